@@ -1,0 +1,57 @@
+"""Shared CLI plumbing: load config (errors → exit 2), act as the local admin workload."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from tether.agent.identity import DevIdentity, FileIdentity, IdentitySource
+from tether.cli.output import fail
+from tether.client import StsClient, StsError
+from tether.config import Config, load_config
+from tether.errors import ConfigError
+from tether.identity.dev_issuer import DevTrustDomain
+from tether.keys.sealed import SealError, load_master_key
+from tether.provision import DEV_TRUST_DOMAIN
+
+__all__ = ["admin_client", "config_or_exit", "dev_domain", "errors_to_exit"]
+
+
+@contextlib.contextmanager
+def errors_to_exit() -> Iterator[None]:
+    """Configuration problems exit 2 with one line; STS refusals exit 1 with the RFC error."""
+    try:
+        yield
+    except ConfigError as exc:
+        fail(str(exc), code=2)
+    except SealError as exc:
+        fail(f"master_key: {exc}", code=2)
+    except StsError as exc:
+        fail(f"the STS refused: {exc.error}: {exc.description}")
+    except OSError as exc:
+        fail(f"{exc.strerror or exc}")
+
+
+def config_or_exit(path: Path | None) -> Config:
+    with errors_to_exit():
+        return load_config(path)
+    raise AssertionError("unreachable")
+
+
+def dev_domain(config: Config) -> DevTrustDomain:
+    name = config.values["dev"]["trust_domain"] or DEV_TRUST_DOMAIN
+    master = load_master_key(config.master_key_file)
+    path = DevTrustDomain.key_path(config.data_dir, name)
+    if not path.exists():
+        raise ConfigError("dev.trust_domain", f"no dev trust domain key at `{path}`; run tether init")
+    return DevTrustDomain.load(config.data_dir, name, master)
+
+
+def admin_client(config: Config, url: str | None, identity_file: Path | None) -> StsClient:
+    identity: IdentitySource
+    if identity_file is not None:
+        identity = FileIdentity(identity_file)
+    else:
+        identity = DevIdentity(dev_domain(config), config.values["admin"]["principals"][0], ttl=120)
+    return StsClient(url or config.issuer, identity)

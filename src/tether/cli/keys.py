@@ -1,0 +1,59 @@
+"""``tether keys rotate|list`` — operate on the store directly (needs the master key)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tether.cli.common import config_or_exit, errors_to_exit
+from tether.cli.output import console, print_json, print_table
+from tether.keys.keyring import SIGNING_ALGS, rotate_signing_key
+from tether.keys.sealed import load_master_key
+from tether.store.open import open_store
+from tether.sts.settings import StsSettings
+
+__all__ = ["app"]
+
+app = typer.Typer(no_args_is_help=True, help="Issuer signing keys.")
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="tether.toml")]
+
+
+@app.command()
+def rotate(
+    alg: Annotated[str, typer.Option(help="ES256 or EdDSA")] = "ES256",
+    config: ConfigOpt = None,
+) -> None:
+    """Add a new signing key; the JWKS keeps the old one until its last token has expired."""
+    if alg not in SIGNING_ALGS:
+        raise typer.BadParameter(f"must be one of {', '.join(SIGNING_ALGS)}", param_hint="--alg")
+    cfg = config_or_exit(config)
+    with errors_to_exit():
+        master = load_master_key(cfg.master_key_file)
+        store = open_store(cfg)
+        try:
+            lifetime = StsSettings.from_config(cfg).max_token_lifetime
+            stored = asyncio.run(rotate_signing_key(store, master, alg=alg, now=int(time.time()), max_token_lifetime=lifetime))
+        finally:
+            store.close()
+    console.print(f"new signing key {stored.kid} ({alg}); the previous key stays published for {lifetime + 60}s")
+
+
+@app.command("list")
+def list_(config: ConfigOpt = None, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List published signing keys (public parts only)."""
+    cfg = config_or_exit(config)
+    with errors_to_exit():
+        store = open_store(cfg)
+        try:
+            keys = asyncio.run(store.signing_keys(now=time.time()))
+        finally:
+            store.close()
+    rows = [(k.kid, k.alg, k.created_at, k.retired_at, k.not_after) for k in keys]
+    if json_out:
+        print_json([dict(zip(("kid", "alg", "created_at", "retired_at", "not_after"), r, strict=True)) for r in rows])
+    else:
+        print_table("signing keys", ["kid", "alg", "created_at", "retired_at", "not_after"], rows)

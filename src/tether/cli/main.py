@@ -1,0 +1,154 @@
+"""``tether``: init · serve · identity · keys · task · revoke · token · audit."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tether.cli import audit as audit_cli
+from tether.cli import keys as keys_cli
+from tether.cli import task as task_cli
+from tether.cli.common import admin_client, config_or_exit, dev_domain, errors_to_exit
+from tether.cli.output import console, fail, print_json, print_mapping
+from tether.provision import initialize
+from tether.store.records import BlockKind
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Task-bound, key-bound, short-lived tokens for agents.")
+identity_app = typer.Typer(no_args_is_help=True, help="Workload identities from the dev trust domain.")
+token_app = typer.Typer(no_args_is_help=True, help="Inspect tokens.")
+app.add_typer(identity_app, name="identity")
+app.add_typer(token_app, name="token")
+app.add_typer(keys_cli.app, name="keys")
+app.add_typer(task_cli.app, name="task")
+app.add_typer(audit_cli.app, name="audit")
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="tether.toml (default ./tether.toml)")]
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Option("--dir", help="where to write tether.toml and .tether/")] = Path("."),
+    issuer: Annotated[str, typer.Option(help="the STS issuer URL")] = "http://127.0.0.1:8700",
+    force: Annotated[bool, typer.Option(help="replace the dev trust domain key and add a new signing key")] = False,
+) -> None:
+    """Create tether.toml, the master key, the issuer signing key and the dev trust domain."""
+    with errors_to_exit():
+        result = initialize(directory, issuer=issuer, force=force)
+    for item in result.created:
+        console.print(f"[green]created[/] {item}")
+    for item in result.kept:
+        console.print(f"[yellow]kept[/]    {item} (use --force to replace keys)")
+    console.print(f"next: tether serve --config {result.config_path}")
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="bind address")] = None,
+    port: Annotated[int | None, typer.Option(help="port")] = None,
+) -> None:
+    """Serve the STS (default 127.0.0.1:8700)."""
+    import uvicorn
+
+    from tether.sts.bootstrap import build_sts
+
+    cfg = config_or_exit(config)
+    bind_host = host or cfg.values["server"]["host"]
+    bind_port = port or cfg.values["server"]["port"]
+
+    async def run() -> None:
+        sts = await build_sts(cfg)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                sts.app,
+                host=bind_host,
+                port=bind_port,
+                loop="none",
+                http="httptools",
+                log_level="warning",
+                access_log=False,
+                server_header=False,
+            )
+        )
+        console.print(f"tether STS {cfg.issuer} listening on {bind_host}:{bind_port} (kid {sts.ctx.keyring.current.kid})")
+        await server.serve()
+
+    with errors_to_exit():
+        try:
+            import uvloop
+
+            uvloop.run(run())
+        except KeyboardInterrupt:
+            pass
+
+
+@identity_app.command("issue")
+def identity_issue(
+    spiffe_id: Annotated[str, typer.Argument(help="e.g. spiffe://tether.local/agent/research")],
+    audience: Annotated[str | None, typer.Option(help="default: the issuer")] = None,
+    ttl: Annotated[int, typer.Option(help="lifetime in seconds")] = 300,
+    config: ConfigOpt = None,
+) -> None:
+    """Print a JWT-SVID for SPIFFE_ID signed by the dev trust domain."""
+    cfg = config_or_exit(config)
+    if not 0 < ttl <= int(cfg.get("identity", "max_lifetime")):
+        fail(f"--ttl must be between 1 and identity.max_lifetime ({cfg.get('identity', 'max_lifetime')})", code=2)
+    with errors_to_exit():
+        domain = dev_domain(cfg)
+        try:
+            token = domain.issue(spiffe_id, audience=audience or cfg.issuer, ttl=ttl, now=int(time.time()))
+        except ValueError as exc:
+            fail(str(exc), code=2)
+    typer.echo(token)
+
+
+@app.command()
+def revoke(
+    agent: Annotated[str | None, typer.Option(help="kill switch: every task and token of this agent")] = None,
+    subject: Annotated[str | None, typer.Option(help="kill switch: every task on behalf of this subject")] = None,
+    lift: Annotated[bool, typer.Option(help="lift a kill switch instead")] = False,
+    url: Annotated[str | None, typer.Option(help="STS URL (default: the issuer)")] = None,
+    identity_file: Annotated[Path | None, typer.Option(help="admin JWT-SVID file instead of the dev issuer")] = None,
+    config: ConfigOpt = None,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Offboard a principal: revoke its tasks and tokens and refuse new exchanges until lifted."""
+    if (agent is None) == (subject is None):
+        fail("give exactly one of --agent or --subject", code=2)
+    kind, value = (BlockKind.AGENT, agent) if agent else (BlockKind.SUBJECT, subject)
+    cfg = config_or_exit(config)
+    with errors_to_exit():
+        client = admin_client(cfg, url, identity_file)
+        result = client.api("POST", "/principals/unblock" if lift else "/principals/block", json={kind.value: value})
+    if json_out:
+        print_json(result)
+    else:
+        print_mapping("kill switch", result)
+
+
+@token_app.command("inspect")
+def token_inspect(token: Annotated[str, typer.Argument(help="a JWT")]) -> None:
+    """Decode a JWT's header and claims WITHOUT verifying it (for reading, never for trusting)."""
+    from tether.rules.jws import JWSError, b64url_decode, peek_header, strict_json_loads
+
+    try:
+        header = peek_header(token.strip(), max_length=16384)
+        claims = strict_json_loads(b64url_decode(token.strip().split(".")[1]))
+    except JWSError as exc:
+        fail(f"not a compact JWT: {exc}")
+    print_json({"header": header, "claims": claims, "verified": False})
+
+
+def main() -> None:
+    asyncio.set_event_loop_policy(None)
+    app()
+
+
+if __name__ == "__main__":
+    main()

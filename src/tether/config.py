@@ -1,0 +1,334 @@
+"""``tether.toml`` plus ``TETHER_*`` environment overrides → one frozen ``Config``.
+
+Every key is declared with its type and default; an unknown key, a wrong type or an
+out-of-range value is a ``ConfigError(key, problem)`` that the CLI prints as one line
+and exits 2 on. A scalar ``section.key`` is overridden by ``TETHER_SECTION_KEY``
+(``tokens.hop_ttl`` → ``TETHER_TOKENS_HOP_TTL``; top-level ``store`` → ``TETHER_STORE``).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tether.errors import ConfigError, OAuthError
+from tether.rules.dpop import DEFAULT_DPOP_ALGS
+from tether.rules.jws import ASYMMETRIC_ALGS
+from tether.rules.principal import is_principal, spiffe_trust_domain
+from tether.rules.resource import check_resource_uri
+from tether.rules.scope import parse_scope
+
+__all__ = [
+    "ClientConfig",
+    "Config",
+    "OidcIssuerConfig",
+    "ResourceConfig",
+    "TrustDomainConfig",
+    "load_config",
+    "parse_config",
+]
+
+_SCALARS: dict[str, dict[str, tuple[type, Any]]] = {
+    "": {
+        "issuer": (str, "http://127.0.0.1:8700"),
+        "data_dir": (str, ".tether"),
+        "store": (str, "sqlite"),
+        "master_key_file": (str, ""),
+    },
+    "server": {"host": (str, "127.0.0.1"), "port": (int, 8700)},
+    "tokens": {"session_ttl": (int, 900), "hop_ttl": (int, 300), "admin_ttl": (int, 300), "clock_skew": (int, 10)},
+    "dpop": {
+        "max_age": (int, 60),
+        "nonce": (bool, True),
+        "nonce_ttl": (int, 120),
+        "algorithms": (list, list(DEFAULT_DPOP_ALGS)),
+    },
+    "tasks": {
+        "max_duration": (int, 900),
+        "max_depth": (int, 5),
+        "max_tokens": (int, 10_000),
+        "default_max_depth": (int, 3),
+        "default_max_tokens": (int, 100),
+    },
+    "identity": {"max_lifetime": (int, 3600), "refresh": (int, 300)},
+    "admin": {"principals": (list, ["spiffe://tether.local/admin"]), "scope": (str, "tether:admin")},
+    "dev": {"trust_domain": (str, "")},
+    "postgres": {"dsn": (str, "")},
+    "redis": {"url": (str, "")},
+}
+_TABLES = {"trust_domains", "oidc_issuers", "clients", "resources"}
+
+
+@dataclass(frozen=True)
+class TrustDomainConfig:
+    name: str
+    bundle_file: Path | None
+    bundle_url: str | None
+
+
+@dataclass(frozen=True)
+class OidcIssuerConfig:
+    issuer: str
+    audience: str
+    principal: str
+    algorithms: tuple[str, ...]
+    jwks_file: Path | None = None
+    jwks_uri: str | None = None
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """An RFC 7523 ``private_key_jwt`` client with registered public keys."""
+
+    client_id: str
+    jwks_file: Path | None
+    jwks: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True)
+class ResourceConfig:
+    """A protected resource and the workloads that may act as it (the ``aud`` owners)."""
+
+    uri: str
+    principals: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path | None
+    values: Mapping[str, Mapping[str, Any]]
+    trust_domains: tuple[TrustDomainConfig, ...] = ()
+    oidc_issuers: tuple[OidcIssuerConfig, ...] = ()
+    clients: tuple[ClientConfig, ...] = ()
+    resources: tuple[ResourceConfig, ...] = ()
+    base_dir: Path = field(default_factory=Path.cwd)
+
+    def get(self, section: str, key: str) -> Any:
+        return self.values[section][key]
+
+    @property
+    def issuer(self) -> str:
+        return str(self.values[""]["issuer"])
+
+    @property
+    def data_dir(self) -> Path:
+        return self.resolve(self.values[""]["data_dir"])
+
+    @property
+    def master_key_file(self) -> Path:
+        configured = self.values[""]["master_key_file"]
+        return self.resolve(configured) if configured else self.data_dir / "master.key"
+
+    @property
+    def admin_scope(self) -> str:
+        return str(self.values["admin"]["scope"])
+
+    def resolve(self, value: str | Path) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.base_dir / path
+
+
+def _typed(key: str, value: Any, kind: type) -> Any:
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(key, "must be an integer")
+    if kind is bool and not isinstance(value, bool):
+        raise ConfigError(key, "must be true or false")
+    if kind is str and not isinstance(value, str):
+        raise ConfigError(key, "must be a string")
+    if kind is list and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
+        raise ConfigError(key, "must be a list of strings")
+    return value
+
+
+def _from_env(key: str, raw: str, kind: type) -> Any:
+    if kind is int:
+        try:
+            return int(raw)
+        except ValueError as exc:
+            raise ConfigError(key, "must be an integer") from exc
+    if kind is bool:
+        if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+            raise ConfigError(key, "must be true or false")
+        return raw.lower() in ("1", "true", "yes")
+    if kind is list:
+        return [v for v in raw.replace(",", " ").split() if v]
+    return raw
+
+
+def _table(name: str, index: int, row: Any, allowed: set[str], required: set[str]) -> dict[str, Any]:
+    key = f"{name}[{index}]"
+    if not isinstance(row, dict):
+        raise ConfigError(key, "must be a table")
+    for k in row:
+        if k not in allowed:
+            raise ConfigError(f"{key}.{k}", "unknown key")
+    for k in required:
+        if k not in row:
+            raise ConfigError(f"{key}.{k}", "is required")
+    return row
+
+
+def _check_positive(values: Mapping[str, Mapping[str, Any]]) -> None:
+    for section in ("tokens", "dpop", "tasks", "identity"):
+        for k, v in values[section].items():
+            if isinstance(v, int) and not isinstance(v, bool) and v <= 0 and k != "clock_skew":
+                raise ConfigError(f"{section}.{k}", "must be a positive integer")
+    if not 0 <= values["tokens"]["clock_skew"] <= 120:
+        raise ConfigError("tokens.clock_skew", "must be between 0 and 120 seconds")
+    if values["tokens"]["hop_ttl"] > values["tasks"]["max_duration"]:
+        raise ConfigError("tokens.hop_ttl", "must not exceed tasks.max_duration")
+    for alg in values["dpop"]["algorithms"]:
+        if alg not in ASYMMETRIC_ALGS:
+            raise ConfigError("dpop.algorithms", f"`{alg}` is not an asymmetric signature algorithm")
+    if values[""]["store"] not in ("sqlite", "postgres"):
+        raise ConfigError("store", "must be `sqlite` or `postgres`")
+    if not 0 < values["server"]["port"] < 65536:
+        raise ConfigError("server.port", "must be a port number")
+    try:
+        parse_scope(values["admin"]["scope"])
+    except OAuthError as exc:
+        raise ConfigError("admin.scope", "must be a scope") from exc
+    for principal in values["admin"]["principals"]:
+        if not is_principal(principal):
+            raise ConfigError("admin.principals", f"`{principal}` is not a principal")
+
+
+def _issuer_uri(value: str) -> str:
+    if not value.startswith(("http://", "https://")) or value.endswith("/") or "?" in value or "#" in value:
+        raise ConfigError("issuer", "must be an http(s) url without a trailing slash, query or fragment")
+    return value
+
+
+def parse_config(data: Mapping[str, Any], *, path: Path | None, env: Mapping[str, str] | None = None) -> Config:
+    """Validate a parsed ``tether.toml`` document and apply environment overrides."""
+    env = os.environ if env is None else env
+    values: dict[str, dict[str, Any]] = {}
+    for section, keys in _SCALARS.items():
+        raw = data if section == "" else data.get(section, {})
+        if not isinstance(raw, dict):
+            raise ConfigError(section, "must be a table")
+        out: dict[str, Any] = {}
+        for k, (kind, default) in keys.items():
+            dotted = k if section == "" else f"{section}.{k}"
+            env_name = "TETHER_" + dotted.upper().replace(".", "_")
+            if env_name in env:
+                out[k] = _from_env(dotted, env[env_name], kind)
+            else:
+                out[k] = _typed(dotted, raw.get(k, default), kind)
+        if section:
+            for k in raw:
+                if k not in keys:
+                    raise ConfigError(f"{section}.{k}", "unknown key")
+        values[section] = out
+    for k in data:
+        if k not in _SCALARS[""] and k not in _SCALARS and k not in _TABLES:
+            raise ConfigError(k, "unknown key")
+    _issuer_uri(values[""]["issuer"])
+    _check_positive(values)
+    base = path.parent if path is not None else Path.cwd()
+    cfg = Config(path=path, values=values, base_dir=base)
+
+    def file_or_none(v: Any, key: str) -> Path | None:
+        if v is None:
+            return None
+        return cfg.resolve(_typed(key, v, str))
+
+    domains = []
+    for i, raw_row in enumerate(_list(data, "trust_domains")):
+        row = _table("trust_domains", i, raw_row, {"name", "bundle_file", "bundle_url"}, {"name"})
+        name = _typed(f"trust_domains[{i}].name", row["name"], str)
+        if spiffe_trust_domain(f"spiffe://{name}/x") != name:
+            raise ConfigError(f"trust_domains[{i}].name", "must be a lower-case trust domain name")
+        if ("bundle_file" in row) == ("bundle_url" in row):
+            raise ConfigError(f"trust_domains[{i}]", "needs exactly one of bundle_file or bundle_url")
+        url = row.get("bundle_url")
+        if url is not None and not _typed(f"trust_domains[{i}].bundle_url", url, str).startswith(("http://", "https://")):
+            raise ConfigError(f"trust_domains[{i}].bundle_url", "must be an http(s) url")
+        domains.append(TrustDomainConfig(name, file_or_none(row.get("bundle_file"), f"trust_domains[{i}].bundle_file"), url))
+    issuers = []
+    for i, raw_row in enumerate(_list(data, "oidc_issuers")):
+        row = _table(
+            "oidc_issuers",
+            i,
+            raw_row,
+            {"issuer", "audience", "principal", "algorithms", "jwks_file", "jwks_uri"},
+            {"issuer", "principal"},
+        )
+        issuer = _typed(f"oidc_issuers[{i}].issuer", row["issuer"], str)
+        principal = _typed(f"oidc_issuers[{i}].principal", row["principal"], str)
+        if principal.lower().startswith("spiffe:") or "{" not in principal or principal.startswith("{"):
+            raise ConfigError(
+                f"oidc_issuers[{i}].principal", "must be a template with a literal prefix such as `k8s:{/sub}`, not a spiffe id"
+            )
+        algs = tuple(_typed(f"oidc_issuers[{i}].algorithms", row.get("algorithms", ["RS256", "ES256"]), list))
+        if not algs or any(a not in ASYMMETRIC_ALGS for a in algs):
+            raise ConfigError(f"oidc_issuers[{i}].algorithms", "must list asymmetric signature algorithms")
+        issuers.append(
+            OidcIssuerConfig(
+                issuer=issuer,
+                audience=_typed(f"oidc_issuers[{i}].audience", row.get("audience", values[""]["issuer"]), str),
+                principal=principal,
+                algorithms=algs,
+                jwks_file=file_or_none(row.get("jwks_file"), f"oidc_issuers[{i}].jwks_file"),
+                jwks_uri=row.get("jwks_uri"),
+            )
+        )
+    clients = []
+    for i, raw_row in enumerate(_list(data, "clients")):
+        row = _table("clients", i, raw_row, {"client_id", "jwks_file", "jwks"}, {"client_id"})
+        client_id = _typed(f"clients[{i}].client_id", row["client_id"], str)
+        if not is_principal(client_id):
+            raise ConfigError(f"clients[{i}].client_id", "must be a principal such as a spiffe id")
+        if ("jwks_file" in row) == ("jwks" in row):
+            raise ConfigError(f"clients[{i}]", "needs exactly one of jwks_file or jwks")
+        clients.append(ClientConfig(client_id, file_or_none(row.get("jwks_file"), f"clients[{i}].jwks_file"), row.get("jwks")))
+    resources = []
+    for i, raw_row in enumerate(_list(data, "resources")):
+        row = _table("resources", i, raw_row, {"uri", "principals"}, {"uri", "principals"})
+        uri = _typed(f"resources[{i}].uri", row["uri"], str)
+        try:
+            check_resource_uri(uri)
+        except OAuthError as exc:
+            raise ConfigError(f"resources[{i}].uri", "must be an absolute uri without a fragment") from exc
+        principals = tuple(_typed(f"resources[{i}].principals", row["principals"], list))
+        if not all(is_principal(p) for p in principals):
+            raise ConfigError(f"resources[{i}].principals", "must list principals")
+        resources.append(ResourceConfig(uri, principals))
+    return Config(
+        path=path,
+        values=values,
+        trust_domains=tuple(domains),
+        oidc_issuers=tuple(issuers),
+        clients=tuple(clients),
+        resources=tuple(resources),
+        base_dir=base,
+    )
+
+
+def _list(data: Mapping[str, Any], name: str) -> list[Any]:
+    value = data.get(name, [])
+    if not isinstance(value, list):
+        raise ConfigError(name, "must be an array of tables")
+    return value
+
+
+def load_config(path: Path | None, *, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate ``path`` (default ``./tether.toml`` or ``TETHER_CONFIG``)."""
+    env = os.environ if env is None else env
+    if path is None:
+        path = Path(env.get("TETHER_CONFIG", "tether.toml"))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError("config", f"`{path}` not found; run tether init") from exc
+    except OSError as exc:
+        raise ConfigError("config", f"`{path}` cannot be read: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", f"`{path}` is not valid TOML: {exc}") from exc
+    return parse_config(data, path=path.resolve(), env=env)

@@ -1,0 +1,164 @@
+"""Typed errors carrying their OAuth wire code (RFC 6749 §5.2, RFC 6750 §3.1, RFC 9449 §7.1).
+
+Every refusal in tether is one of these. The public ``description`` goes on the wire;
+``debug`` goes only to logs and the audit record, so a client learns what it can fix
+without learning which internal check an attack tripped (STYLE rule 4). Rendering to
+HTTP happens in exactly one place, ``tether.web.errors``.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "AccessDenied",
+    "ConfigError",
+    "InsufficientScope",
+    "InvalidClient",
+    "InvalidDPoPProof",
+    "InvalidGrant",
+    "InvalidRequest",
+    "InvalidScope",
+    "InvalidTarget",
+    "InvalidToken",
+    "NotFoundError",
+    "OAuthError",
+    "PolicyUnavailable",
+    "TemporarilyUnavailable",
+    "TetherError",
+    "TooManyRequests",
+    "UnauthorizedClient",
+    "UnsupportedGrantType",
+    "UseDPoPNonce",
+]
+
+# RFC 6749 §5.2: error_description is limited to %x20-21 / %x23-5B / %x5D-7E.
+_DESCRIPTION_CHARS = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
+
+
+def _wire_safe(text: str) -> str:
+    return _DESCRIPTION_CHARS.sub("?", text)[:300]
+
+
+class TetherError(Exception):
+    """Root of every error tether raises on purpose."""
+
+
+class OAuthError(TetherError):
+    """An error with an RFC wire code; ``status`` is the HTTP status at an AS endpoint.
+
+    ``rs_status`` is the status when the same error is raised at a resource server
+    (RFC 6750 §3.1 / RFC 9449 §7.1 use 401 where the AS uses 400).
+    """
+
+    error: str = "invalid_request"
+    status: int = 400
+    rs_status: int = 400
+
+    def __init__(self, description: str, *, debug: str | None = None) -> None:
+        self.description = _wire_safe(description)
+        self.debug = debug or description
+        super().__init__(self.description)
+
+
+class InvalidRequest(OAuthError):
+    error = "invalid_request"
+
+
+class InvalidClient(OAuthError):
+    error = "invalid_client"
+    status = 401
+    rs_status = 401
+
+
+class InvalidGrant(OAuthError):
+    error = "invalid_grant"
+
+
+class UnauthorizedClient(OAuthError):
+    error = "unauthorized_client"
+
+
+class UnsupportedGrantType(OAuthError):
+    error = "unsupported_grant_type"
+
+
+class InvalidScope(OAuthError):
+    error = "invalid_scope"
+
+
+class InvalidTarget(OAuthError):
+    error = "invalid_target"
+
+
+class AccessDenied(OAuthError):
+    error = "access_denied"
+    status = 403
+    rs_status = 403
+
+
+class InvalidDPoPProof(OAuthError):
+    error = "invalid_dpop_proof"
+    rs_status = 401
+
+
+class UseDPoPNonce(OAuthError):
+    """RFC 9449 §8/§9: the caller must retry with the nonce in ``DPoP-Nonce``."""
+
+    error = "use_dpop_nonce"
+    rs_status = 401
+
+    def __init__(self, nonce: str, description: str = "a fresh dpop nonce is required") -> None:
+        super().__init__(description)
+        self.nonce = nonce
+
+
+class InvalidToken(OAuthError):
+    error = "invalid_token"
+    status = 401
+    rs_status = 401
+
+
+class InsufficientScope(OAuthError):
+    error = "insufficient_scope"
+    status = 403
+    rs_status = 403
+
+
+class TooManyRequests(OAuthError):
+    """A cap or rate was hit; ``retry_after`` seconds, when known, goes in ``Retry-After``."""
+
+    error = "too_many_requests"
+    status = 429
+    rs_status = 429
+
+    def __init__(self, description: str, *, retry_after: int | None = None, debug: str | None = None) -> None:
+        super().__init__(description, debug=debug)
+        self.retry_after = retry_after
+
+
+class NotFoundError(OAuthError):
+    error = "not_found"
+    status = 404
+    rs_status = 404
+
+
+class TemporarilyUnavailable(OAuthError):
+    """Fail closed: a dependency could not answer, so nothing was granted (503)."""
+
+    error = "temporarily_unavailable"
+    status = 503
+    rs_status = 503
+
+
+class PolicyUnavailable(TetherError):
+    """The policy engine could not decide; mapped to 503 at the edge (fail closed)."""
+
+
+class ConfigError(TetherError):
+    """A configuration problem, reported as one line naming the key (CLI exit code 2)."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{key}: {problem}")

@@ -1,0 +1,99 @@
+"""Checks shared by every workload-JWT verifier (RFC 7519 §4.1, RFC 7523 §3, SPIFFE JWT-SVID §3).
+
+Workload JWTs are bearer tokens, so the checks are tight: ``aud`` must name us
+(JWT-09, SVID-03), ``exp`` must be present and near — a workload token valid for
+longer than ``max_lifetime`` is refused, so a leaked one dies soon — and ``typ``
+must not claim to be one of tether's own token kinds (JWT-12: mutually exclusive
+validation rules for different kinds of JWT).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Collection, Mapping
+from typing import Any
+
+from tether.rules.dpop import numeric_date
+from tether.rules.jws import JWSError, b64url_decode, peek_header, strict_json_loads
+
+__all__ = [
+    "MAX_WORKLOAD_JWT",
+    "IdentityError",
+    "check_audience",
+    "check_lifetime",
+    "check_typ",
+    "optional_jti",
+    "token_hash",
+    "unverified",
+]
+
+MAX_WORKLOAD_JWT = 16 * 1024
+_FOREIGN_TYPES = frozenset({"at+jwt", "application/at+jwt", "dpop+jwt", "application/dpop+jwt"})
+
+
+class IdentityError(Exception):
+    """Why a workload JWT was refused (for ``debug``; the wire text stays generic)."""
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("ascii", errors="replace")).hexdigest()
+
+
+def unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Header and claims before verification, used only to choose the trusted key set."""
+    try:
+        header = peek_header(token, max_length=MAX_WORKLOAD_JWT)
+        claims = strict_json_loads(b64url_decode(token.split(".")[1]))
+    except JWSError as exc:
+        raise IdentityError(str(exc)) from exc
+    if not isinstance(claims, dict):
+        raise IdentityError("claims are not a json object")
+    return header, claims
+
+
+def check_typ(header: Mapping[str, Any], allowed: Collection[str] | None = None) -> None:
+    typ = header.get("typ")
+    if typ is None:
+        return
+    if not isinstance(typ, str) or typ.lower() in _FOREIGN_TYPES:
+        raise IdentityError(f"typ `{typ}` is not a workload token type")
+    if allowed is not None and typ.upper() not in allowed:
+        raise IdentityError(f"typ `{typ}` not allowed")
+
+
+def check_audience(claims: Mapping[str, Any], accepted: Collection[str]) -> None:
+    """``aud`` present and naming one of ``accepted`` (exact string comparison)."""
+    aud = claims.get("aud")
+    values = [aud] if isinstance(aud, str) else aud
+    if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
+        raise IdentityError("aud missing or malformed")
+    if not set(values) & set(accepted):
+        raise IdentityError("aud does not name this issuer")
+
+
+def check_lifetime(claims: Mapping[str, Any], *, now: float, skew: int, max_lifetime: int) -> int:
+    """``exp`` required, in the future and at most ``max_lifetime`` away; returns ``exp``."""
+    exp = numeric_date(claims.get("exp"))
+    if exp is None:
+        raise IdentityError("exp missing or not a numeric date")
+    if now >= exp + skew:
+        raise IdentityError("token has expired")
+    if exp - now > max_lifetime:
+        raise IdentityError(f"exp is more than {max_lifetime}s away")
+    for name in ("iat", "nbf"):
+        if name in claims:
+            value = numeric_date(claims[name])
+            if value is None:
+                raise IdentityError(f"{name} is not a numeric date")
+            if value > now + skew:
+                raise IdentityError(f"{name} is in the future")
+    return int(exp)
+
+
+def optional_jti(claims: Mapping[str, Any]) -> str | None:
+    jti = claims.get("jti")
+    if jti is None:
+        return None
+    if not isinstance(jti, str) or not jti or len(jti) > 256:
+        raise IdentityError("jti malformed")
+    return jti

@@ -1,0 +1,157 @@
+"""Trusted key sets (JWKS and SPIFFE bundles) from a file or a pinned URL, cached.
+
+Keys come only from configuration (ASVS 9.1.3): a token's ``jku``/``x5u``/``jwk`` is
+never followed. A URL source is fetched without following redirects, with a timeout
+and a size cap (MCP-08, SSRF); it is refreshed when its TTL passes or a token names an
+unknown ``kid`` — at most once per ``min_refresh`` seconds, so unknown kids cannot be
+used to hammer the issuer. A failed refresh keeps the last good set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey, OKPKey, RSAKey
+
+from tether.rules.jws import PublicKey
+
+__all__ = ["FileKeySource", "KeySet", "KeySource", "StaticKeySource", "UrlKeySource", "fetch_json", "parse_jwks"]
+
+log = logging.getLogger("tether.identity")
+
+MAX_DOCUMENT_BYTES = 256 * 1024
+_PRIVATE = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+_CLASSES: Mapping[str, type[ECKey] | type[OKPKey] | type[RSAKey]] = {"EC": ECKey, "OKP": OKPKey, "RSA": RSAKey}
+
+
+class KeySet:
+    """Public verification keys by ``kid``; keys without a ``kid`` are usable only alone."""
+
+    def __init__(self, keys: list[PublicKey]) -> None:
+        self.by_kid: dict[str, PublicKey] = {}
+        self.anonymous: list[PublicKey] = []
+        for key in keys:
+            kid = key.kid
+            if kid:
+                self.by_kid[kid] = key
+            else:
+                self.anonymous.append(key)
+
+    def find(self, kid: object) -> PublicKey | None:
+        if isinstance(kid, str):
+            return self.by_kid.get(kid)
+        if kid is None and len(self.anonymous) + len(self.by_kid) == 1:
+            return (self.anonymous or list(self.by_kid.values()))[0]
+        return None
+
+    def __len__(self) -> int:
+        return len(self.by_kid) + len(self.anonymous)
+
+
+def parse_jwks(document: Any) -> KeySet:
+    """Parse a JWKS or SPIFFE bundle: public asymmetric signing keys only.
+
+    SPIFFE bundles mark JWT-SVID keys ``"use": "jwt-svid"``; ``x509-svid`` and
+    encryption keys are ignored, and so is any entry carrying private material.
+    """
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise ValueError("not a json web key set")
+    keys: list[PublicKey] = []
+    for entry in document["keys"]:
+        if not isinstance(entry, dict) or entry.get("use") not in (None, "sig", "jwt-svid"):
+            continue
+        if _PRIVATE & set(entry):
+            log.warning("ignoring a key set entry that carries private key material")
+            continue
+        key_class = _CLASSES.get(str(entry.get("kty")))
+        if key_class is None:
+            continue
+        clean = {k: v for k, v in entry.items() if k != "use"}
+        try:
+            keys.append(key_class.import_key(clean))
+        except (JoseError, ValueError, TypeError, KeyError):
+            log.warning("ignoring an unusable key set entry kid=%s", str(entry.get("kid"))[:64])
+    return KeySet(keys)
+
+
+class KeySource(Protocol):
+    async def keys(self, *, kid: object, now: float) -> KeySet:
+        """The current key set, refreshed first if ``kid`` is unknown and a refresh is allowed."""
+        ...
+
+
+class StaticKeySource:
+    def __init__(self, keyset: KeySet) -> None:
+        self._keyset = keyset
+
+    async def keys(self, *, kid: object, now: float) -> KeySet:
+        return self._keyset
+
+
+class FileKeySource:
+    """A JWKS file, re-read when its modification time changes (trust bundle rotation)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._mtime: float | None = None
+        self._keyset = KeySet([])
+
+    async def keys(self, *, kid: object, now: float) -> KeySet:
+        try:
+            mtime = self.path.stat().st_mtime
+        except OSError:
+            log.warning("trust bundle %s cannot be read; keeping the last good key set", self.path)
+            return self._keyset
+        if mtime != self._mtime:
+            try:
+                self._keyset = parse_jwks(json.loads(self.path.read_bytes()[:MAX_DOCUMENT_BYTES]))
+                self._mtime = mtime
+            except (OSError, ValueError) as exc:
+                log.warning("trust bundle %s is invalid (%s); keeping the last good key set", self.path, exc)
+        return self._keyset
+
+
+async def fetch_json(client: httpx.AsyncClient, url: str) -> Any:
+    """GET a JSON document: no redirects, bounded size, 2xx only."""
+    async with client.stream("GET", url, headers={"Accept": "application/json"}) as response:
+        if response.status_code != 200:
+            raise ValueError(f"{url} answered {response.status_code}")
+        body = b""
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > MAX_DOCUMENT_BYTES:
+                raise ValueError(f"{url} document exceeds {MAX_DOCUMENT_BYTES} bytes")
+    return json.loads(body)
+
+
+class UrlKeySource:
+    def __init__(self, url: str, client: httpx.AsyncClient, *, ttl: int = 300, min_refresh: float = 10.0) -> None:
+        self.url = url
+        self._client = client
+        self._ttl = ttl
+        self._min_refresh = min_refresh
+        self._keyset = KeySet([])
+        self._fetched_at: float | None = None
+        self._attempted_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def keys(self, *, kid: object, now: float) -> KeySet:
+        stale = self._fetched_at is None or now - self._fetched_at > self._ttl
+        unknown = self._keyset.find(kid) is None
+        if (stale or unknown) and now - self._attempted_at >= self._min_refresh:
+            async with self._lock:
+                if now - self._attempted_at >= self._min_refresh:
+                    self._attempted_at = now
+                    try:
+                        self._keyset = parse_jwks(await fetch_json(self._client, self.url))
+                        self._fetched_at = now
+                    except (httpx.HTTPError, ValueError) as exc:
+                        log.warning("key set %s could not be refreshed: %s", self.url, exc)
+        return self._keyset

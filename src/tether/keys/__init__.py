@@ -1,0 +1,1 @@
+"""Key material: the issuer keyring and private keys sealed at rest under the master key."""

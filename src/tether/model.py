@@ -1,0 +1,164 @@
+"""Frozen records shared by rules, services and adapters.
+
+Parse, don't validate (STYLE rule 8): everything here has already been checked by a
+rule in ``tether.rules``; nothing downstream sees a raw dict from the wire.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "AccessToken",
+    "DPoPProof",
+    "IdentityKind",
+    "Task",
+    "TaskState",
+    "WorkloadIdentity",
+    "act_from_chain",
+    "chain_from_act",
+]
+
+
+class TaskState(enum.StrEnum):
+    ACTIVE = "active"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    SUSPENDED = "suspended"
+
+
+@dataclass(frozen=True)
+class Task:
+    """The unit every token is bound to (DESIGN "The flow", step 1)."""
+
+    id: str
+    agent: str
+    audiences: tuple[str, ...]
+    scopes: frozenset[str]
+    created_at: int
+    expires_at: int
+    max_depth: int
+    max_tokens: int
+    state: TaskState = TaskState.ACTIVE
+    on_behalf_of: str | None = None
+    purpose: str | None = None
+    tokens_issued: int = 0
+    ended_at: int | None = None
+    created_by: str | None = None
+
+    def effective_state(self, now: float) -> TaskState:
+        """An active task past its hard cap is expired, whether or not a sweep marked it."""
+        if self.state is TaskState.ACTIVE and now >= self.expires_at:
+            return TaskState.EXPIRED
+        return self.state
+
+    def as_json(self, now: float) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "agent": self.agent,
+            "on_behalf_of": self.on_behalf_of,
+            "purpose": self.purpose,
+            "audiences": list(self.audiences),
+            "scopes": sorted(self.scopes),
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "max_depth": self.max_depth,
+            "max_tokens": self.max_tokens,
+            "tokens_issued": self.tokens_issued,
+            "state": self.effective_state(now).value,
+            "ended_at": self.ended_at,
+            "created_by": self.created_by,
+        }
+
+
+class IdentityKind(enum.StrEnum):
+    SPIFFE = "spiffe"
+    OIDC = "oidc"
+    CLIENT = "client"
+
+
+@dataclass(frozen=True)
+class WorkloadIdentity:
+    """Who is asking, as proven by a verified workload JWT or client assertion."""
+
+    principal: str
+    kind: IdentityKind
+    issuer: str
+    exp: int
+    jti: str | None
+    token_hash: str
+    claims: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class DPoPProof:
+    """A verified RFC 9449 proof: who holds the key (``jkt``) and what the proof was for."""
+
+    jkt: str
+    jti: str
+    htm: str
+    htu: str
+    iat: int
+    alg: str
+    nonce: str | None
+    ath: str | None
+
+
+@dataclass(frozen=True)
+class AccessToken:
+    """Claims of a verified tether access token (RFC 9068 + RFC 8693 ``act`` + ``txn``).
+
+    ``actors`` is the ``act`` chain newest first: ``actors[0]`` is the current actor,
+    the only one an access-control decision may consider (RFC 8693 §4.1). ``agent`` is
+    the task's agent (claim ``agt``): with an on-behalf-of subject the agent is also the
+    innermost actor, without one it is ``sub``; the claim says which without guessing.
+    """
+
+    iss: str
+    sub: str
+    aud: str
+    exp: int
+    iat: int
+    nbf: int
+    jti: str
+    client_id: str
+    scope: frozenset[str]
+    txn: str | None
+    jkt: str | None
+    agent: str = ""
+    actors: tuple[str, ...] = ()
+    purp: str | None = None
+
+    @property
+    def current_actor(self) -> str | None:
+        return self.actors[0] if self.actors else None
+
+    @property
+    def depth(self) -> int:
+        """Delegation depth: the length of the ``act`` chain."""
+        return len(self.actors)
+
+
+def act_from_chain(actors: tuple[str, ...]) -> dict[str, Any] | None:
+    """Nest an actor chain (newest first) as RFC 8693 §4.1 ``act`` claims."""
+    act: dict[str, Any] | None = None
+    for actor in reversed(actors):
+        act = {"sub": actor} if act is None else {"sub": actor, "act": act}
+    return act
+
+
+def chain_from_act(act: Any, *, max_depth: int) -> tuple[str, ...] | None:
+    """Flatten ``act`` into a chain, or ``None`` if it is malformed or deeper than ``max_depth``."""
+    chain: list[str] = []
+    node = act
+    while node is not None:
+        if not isinstance(node, dict) or not isinstance(node.get("sub"), str) or not node["sub"]:
+            return None
+        if set(node) - {"sub", "act"} or len(chain) >= max_depth:
+            return None
+        chain.append(node["sub"])
+        node = node.get("act")
+    return tuple(chain)

@@ -1,0 +1,79 @@
+"""Stateful DPoP checks shared by the STS, the resource SDK and the gateway (RFC 9449 §8, §11.1).
+
+``rules.dpop.check_proof`` does the pure checks; this adds the two that need state, in
+the order that keeps retries cheap: the server nonce first (a nonce challenge leaves
+the proof unspent), then the ``jti`` replay cache, atomically (DPOP-12 **P**: a
+proof is accepted once, on every replica).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection
+from typing import Protocol
+
+from tether.clock import Clock
+from tether.errors import InvalidDPoPProof, UseDPoPNonce
+from tether.model import DPoPProof
+from tether.rules.dpop import check_proof, replay_key
+from tether.rules.nonce import check_nonce, make_nonce
+
+__all__ = ["ProofChecker", "ReplayCache"]
+
+
+class ReplayCache(Protocol):
+    async def first_use(self, key: str, *, until: int, now: float) -> bool: ...
+
+
+class ProofChecker:
+    def __init__(
+        self,
+        replay: ReplayCache,
+        clock: Clock,
+        *,
+        nonce_key: bytes | None,
+        algorithms: Collection[str],
+        max_age: int = 60,
+        skew: int = 10,
+        nonce_ttl: int = 120,
+    ) -> None:
+        """``nonce_key=None`` turns server nonces off; otherwise every proof needs a fresh one."""
+        self._replay = replay
+        self._clock = clock
+        self._nonce_key = nonce_key
+        self.algorithms = tuple(algorithms)
+        self._max_age = max_age
+        self._skew = skew
+        self._nonce_ttl = nonce_ttl
+
+    @property
+    def nonce_required(self) -> bool:
+        return self._nonce_key is not None
+
+    def fresh_nonce(self) -> str | None:
+        if self._nonce_key is None:
+            return None
+        return make_nonce(self._nonce_key, now=self._clock.now(), salt=os.urandom(12))
+
+    async def check(self, proof: str | None, *, method: str, url: str, access_token: str | None = None) -> DPoPProof:
+        if proof is None:
+            raise InvalidDPoPProof("a dpop proof is required")
+        now = self._clock.now()
+        checked = check_proof(
+            proof,
+            method=method,
+            url=url,
+            now=now,
+            algorithms=self.algorithms,
+            max_age=self._max_age,
+            future_skew=self._skew,
+            access_token=access_token,
+        )
+        if self._nonce_key is not None and not check_nonce(self._nonce_key, checked.nonce, now=now, ttl=self._nonce_ttl):
+            nonce = self.fresh_nonce()
+            assert nonce is not None
+            raise UseDPoPNonce(nonce)
+        until = int(max(checked.iat, now)) + self._max_age + self._skew + 1
+        if not await self._replay.first_use(replay_key(checked.jkt, checked.jti), until=until, now=now):
+            raise InvalidDPoPProof("dpop proof has already been used", debug=f"replayed jti for jkt {checked.jkt}")
+        return checked

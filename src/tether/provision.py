@@ -1,0 +1,141 @@
+"""``tether init``: a deployment directory with config, master key, signing key and dev trust domain.
+
+Idempotent and safe: existing keys are kept unless ``force`` is given, and even then
+the master key is never replaced (that would make every sealed key unreadable);
+``force`` adds a fresh issuer signing key (the old one stays in the JWKS until its
+tokens expire) and a fresh dev trust domain key and bundle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tether.config import load_config
+from tether.identity.dev_issuer import DevTrustDomain
+from tether.keys.keyring import rotate_signing_key
+from tether.keys.sealed import MASTER_KEY_ENV, create_master_key, load_master_key
+from tether.store.open import open_store
+from tether.sts.settings import StsSettings
+
+__all__ = ["DEV_TRUST_DOMAIN", "InitResult", "initialize", "render_config"]
+
+DEV_TRUST_DOMAIN = "tether.local"
+ADMIN_ID = f"spiffe://{DEV_TRUST_DOMAIN}/admin"
+
+
+def render_config(issuer: str) -> str:
+    host, _, port = issuer.split("://", 1)[1].partition(":")
+    port = port.split("/")[0] or ("443" if issuer.startswith("https") else "80")
+    return f"""# tether configuration. Every key is optional unless noted; TETHER_<SECTION>_<KEY> overrides it.
+issuer = "{issuer}"
+data_dir = ".tether"          # SQLite database, sealed keys, dev trust bundle
+store = "sqlite"              # "sqlite" (embedded) or "postgres" (with [postgres] and [redis])
+
+[server]
+host = "{host}"
+port = {port}
+
+[tokens]
+session_ttl = 900             # workload JWT -> session token (never beyond the task or the JWT)
+hop_ttl = 300                 # session token -> hop token for one audience
+admin_ttl = 300
+clock_skew = 10               # accepted clock difference for iat/nbf/exp checks
+
+[dpop]
+nonce = true                  # server nonces at the STS (RFC 9449 section 8)
+max_age = 60                  # oldest acceptable proof iat, seconds
+algorithms = ["ES256", "ES384", "EdDSA", "PS256", "RS256"]
+
+[tasks]
+max_duration = 900            # hard cap on any task, seconds
+max_depth = 5
+max_tokens = 10000
+default_max_depth = 3
+default_max_tokens = 100
+
+[identity]
+max_lifetime = 3600           # refuse workload JWTs valid for longer than this
+
+[admin]
+principals = ["{ADMIN_ID}"]
+scope = "tether:admin"
+
+[dev]
+trust_domain = "{DEV_TRUST_DOMAIN}"   # local JWT-SVID issuer for `tether identity issue`
+
+[[trust_domains]]
+name = "{DEV_TRUST_DOMAIN}"
+bundle_file = ".tether/bundles/{DEV_TRUST_DOMAIN}.json"
+
+# [[trust_domains]]           # a SPIRE trust domain, bundle served over HTTPS
+# name = "prod.example.org"
+# bundle_url = "https://spire.example.org/bundle"
+
+# [[oidc_issuers]]            # Kubernetes projected service-account tokens
+# issuer = "https://kubernetes.default.svc.cluster.local"
+# principal = "k8s:{{/kubernetes.io/namespace}}/{{/kubernetes.io/serviceaccount/name}}"
+
+# [[resources]]               # services that may act on behalf of a token's subject
+# uri = "https://tools.example.org"
+# principals = ["spiffe://{DEV_TRUST_DOMAIN}/tools"]
+"""
+
+
+@dataclass
+class InitResult:
+    config_path: Path
+    created: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+
+
+def initialize(directory: Path, *, issuer: str, force: bool = False) -> InitResult:
+    directory.mkdir(parents=True, exist_ok=True)
+    config_path = directory / "tether.toml"
+    result = InitResult(config_path=config_path)
+    if config_path.exists() and not force:
+        result.kept.append(str(config_path))
+    else:
+        config_path.write_text(render_config(issuer), encoding="utf-8")
+        result.created.append(str(config_path))
+    config = load_config(config_path)
+    data_dir = config.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+    if os.environ.get(MASTER_KEY_ENV):
+        master = load_master_key(config.master_key_file)
+        result.kept.append(f"master key from {MASTER_KEY_ENV}")
+    elif config.master_key_file.exists():
+        master = load_master_key(config.master_key_file)
+        result.kept.append(str(config.master_key_file))
+    else:
+        master = create_master_key(config.master_key_file)
+        result.created.append(str(config.master_key_file))
+    store = open_store(config)
+    try:
+        settings = StsSettings.from_config(config)
+
+        async def keys() -> bool:
+            if await store.signing_keys(now=time.time()) and not force:
+                return False
+            await rotate_signing_key(
+                store, master, alg="ES256", now=int(time.time()), max_token_lifetime=settings.max_token_lifetime
+            )
+            return True
+
+        if asyncio.run(keys()):
+            result.created.append("issuer signing key (ES256)")
+        else:
+            result.kept.append("issuer signing key")
+    finally:
+        store.close()
+    domain = config.values["dev"]["trust_domain"] or DEV_TRUST_DOMAIN
+    if DevTrustDomain.key_path(data_dir, domain).exists() and not force:
+        result.kept.append(f"dev trust domain spiffe://{domain}")
+    else:
+        DevTrustDomain.create(data_dir, domain, master)
+        result.created.append(f"dev trust domain spiffe://{domain} and its bundle")
+    return result

@@ -1,0 +1,196 @@
+"""RFC 9068 JWT access token claims: ``build_claims`` for the STS, ``check_access_token_claims`` for everyone.
+
+The claim set is fixed (DESIGN "Token claims"): ``iss sub aud exp iat nbf jti
+client_id scope txn cnf`` plus ``act`` (RFC 8693 §4.1), ``purp`` and ``agt``. The check
+is the RFC 9068 §4 validation made strict: exact ``iss`` (no substring match,
+PyJWT CVE-2024-53861), a single ``aud``, NumericDates that are numbers and not
+booleans (C-01), bounded future ``iat``/``nbf`` (C-02) and a bounded lifetime (C-03).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tether.errors import InvalidToken, OAuthError
+from tether.model import AccessToken, act_from_chain, chain_from_act
+from tether.rules.dpop import is_type, numeric_date
+from tether.rules.jws import JWSError, PublicKey, verify_compact
+from tether.rules.principal import is_principal
+from tether.rules.scope import format_scope, parse_scope
+
+__all__ = ["MAX_ACCESS_TOKEN", "MAX_ACT_DEPTH", "Grant", "build_claims", "check_access_token_claims", "verify_access_token"]
+
+#: Hard limit on ``act`` nesting accepted anywhere (SECURITY §4 "act depth ≤ 5").
+MAX_ACT_DEPTH = 5
+_GENERIC = "invalid access token"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What a derived token will say; produced by ``rules.exchange``, signed by the STS."""
+
+    sub: str
+    aud: str
+    scope: frozenset[str]
+    exp: int
+    client_id: str
+    agent: str
+    jkt: str
+    txn: str | None
+    actors: tuple[str, ...] = ()
+    purp: str | None = None
+    parent_jti: str | None = None
+
+
+def build_claims(grant: Grant, *, issuer: str, jti: str, now: int) -> dict[str, Any]:
+    """The RFC 9068 §2.2 claim set for ``grant``; ``iat`` = ``nbf`` = ``now``."""
+    claims: dict[str, Any] = {
+        "iss": issuer,
+        "sub": grant.sub,
+        "aud": grant.aud,
+        "exp": grant.exp,
+        "iat": now,
+        "nbf": now,
+        "jti": jti,
+        "client_id": grant.client_id,
+        "scope": format_scope(grant.scope),
+        "cnf": {"jkt": grant.jkt},
+        "agt": grant.agent,
+    }
+    if grant.txn is not None:
+        claims["txn"] = grant.txn
+    act = act_from_chain(grant.actors)
+    if act is not None:
+        claims["act"] = act
+    if grant.purp is not None:
+        claims["purp"] = grant.purp
+    return claims
+
+
+def _invalid(debug: str) -> InvalidToken:
+    return InvalidToken(_GENERIC, debug=debug)
+
+
+def _string(claims: Mapping[str, Any], name: str, *, required: bool = True, max_length: int = 2048) -> str | None:
+    value = claims.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value or len(value) > max_length:
+        raise _invalid(f"claim `{name}` missing or malformed")
+    return value
+
+
+def _date(claims: Mapping[str, Any], name: str) -> float:
+    value = numeric_date(claims.get(name))
+    if value is None:
+        raise _invalid(f"claim `{name}` missing or not a numeric date")
+    return value
+
+
+def check_access_token_claims(
+    header: Mapping[str, Any],
+    claims: Mapping[str, Any],
+    *,
+    issuer: str,
+    audience: str | None,
+    now: float,
+    skew: int,
+    max_lifetime: int,
+) -> AccessToken:
+    """Validate a tether access token's header and claims (signature already verified).
+
+    ``audience`` is the caller's own resource identifier; ``None`` means the caller
+    checks the audience itself (the STS accepts several kinds of subject token).
+    """
+    if not is_type(header.get("typ"), "at+jwt"):
+        raise _invalid("typ is not at+jwt")
+    if claims.get("iss") != issuer:
+        raise _invalid("iss mismatch")
+    aud = _string(claims, "aud")
+    assert aud is not None
+    if audience is not None and aud != audience:
+        raise InvalidToken("access token audience is not this resource", debug=f"aud `{aud:.200}`")
+    exp, iat = _date(claims, "exp"), _date(claims, "iat")
+    nbf = _date(claims, "nbf") if "nbf" in claims else iat
+    if now >= exp + skew:
+        raise InvalidToken("access token has expired", debug=f"exp {exp} now {now}")
+    if nbf > now + skew or iat > now + skew:
+        raise _invalid(f"iat/nbf in the future: iat {iat} nbf {nbf} now {now}")
+    if exp - iat > max_lifetime:
+        raise _invalid(f"lifetime {exp - iat} exceeds {max_lifetime}")
+    sub, jti, client_id = _string(claims, "sub"), _string(claims, "jti", max_length=128), _string(claims, "client_id")
+    assert sub is not None and jti is not None and client_id is not None
+    scope_claim = claims.get("scope", "")
+    if not isinstance(scope_claim, str):
+        raise _invalid("scope is not a string")
+    try:
+        scope = parse_scope(scope_claim)
+    except OAuthError as exc:
+        raise _invalid("scope malformed") from exc
+    cnf = claims.get("cnf")
+    jkt: str | None = None
+    if cnf is not None:
+        if not isinstance(cnf, dict) or set(cnf) != {"jkt"} or not isinstance(cnf["jkt"], str):
+            raise _invalid("cnf malformed or uses an unsupported confirmation method")
+        jkt = cnf["jkt"]
+    actors = chain_from_act(claims.get("act"), max_depth=MAX_ACT_DEPTH)
+    if actors is None:
+        raise _invalid("act malformed or too deep")
+    agent = _string(claims, "agt")
+    assert agent is not None
+    if not all(is_principal(p) for p in (sub, client_id, agent, *actors)):
+        raise _invalid("principal malformed")
+    return AccessToken(
+        iss=issuer,
+        sub=sub,
+        aud=aud,
+        exp=int(exp),
+        iat=int(iat),
+        nbf=int(nbf),
+        jti=jti,
+        client_id=client_id,
+        scope=scope,
+        txn=_string(claims, "txn", required=False, max_length=128),
+        jkt=jkt,
+        agent=agent,
+        actors=actors,
+        purp=_string(claims, "purp", required=False, max_length=512),
+    )
+
+
+_AT_HEADERS = frozenset({"typ", "alg", "kid"})
+MAX_ACCESS_TOKEN = 8192
+
+
+def verify_access_token(
+    token: str,
+    *,
+    resolve_key: Callable[[Mapping[str, Any]], PublicKey],
+    algorithms: Collection[str],
+    issuer: str,
+    audience: str | None,
+    now: float,
+    skew: int,
+    max_lifetime: int,
+) -> AccessToken:
+    """Signature (RFC 9068 §4: asymmetric only, ``kid`` from the issuer's JWKS) then claims.
+
+    Tokens over 8 KB are refused before decoding (SECURITY §4 "Token ≤ 8 KB at RS").
+    """
+    try:
+        verified = verify_compact(
+            token, algorithms=algorithms, allowed_headers=_AT_HEADERS, resolve_key=resolve_key, max_length=MAX_ACCESS_TOKEN
+        )
+    except JWSError as exc:
+        raise _invalid(str(exc)) from exc
+    return check_access_token_claims(
+        verified.header,
+        verified.claims,
+        issuer=issuer,
+        audience=audience,
+        now=now,
+        skew=skew,
+        max_lifetime=max_lifetime,
+    )

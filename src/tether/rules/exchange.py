@@ -1,0 +1,146 @@
+"""RFC 8693 token exchange attenuation: what a derived token may say (§2.1, §4.1, §5; TX-07).
+
+``derive_session`` turns a verified workload identity into the task's session token;
+``derive_hop`` turns a verified tether token into a token for one audience, either
+for its holder or, with an actor, for the service it was issued to. Each derived
+token is no wider (scope ⊆ parent), no longer-lived (exp ≤ parent, ≤ task, ≤ TTL) and
+no deeper (``act`` ≤ ``max_depth``) than its parent allows, and every widening is
+refused rather than narrowed (DESIGN "Rules that never bend").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from tether.errors import InvalidGrant, InvalidTarget
+from tether.model import AccessToken, Task, TaskState, WorkloadIdentity
+from tether.rules.claims import MAX_ACT_DEPTH, Grant
+from tether.rules.scope import check_subset
+
+__all__ = ["Limits", "check_task_usable", "derive_hop", "derive_session"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Server-wide lifetimes (seconds); every token is also capped by its parent and task."""
+
+    session_ttl: int = 900
+    hop_ttl: int = 300
+
+
+def check_task_usable(task: Task, now: float) -> None:
+    """A token is only derived for an active task inside its hard cap and count cap."""
+    state = task.effective_state(now)
+    if state is not TaskState.ACTIVE:
+        raise InvalidGrant(f"task is {state.value}", debug=f"task {task.id} is {state.value}")
+    if task.tokens_issued >= task.max_tokens:
+        raise InvalidGrant("task token limit reached", debug=f"task {task.id} max_tokens {task.max_tokens}")
+
+
+def _expiry(now: int, ttl: int, *caps: int) -> int:
+    exp = min(now + ttl, *caps)
+    if exp <= now:
+        raise InvalidGrant("subject token or task expires too soon to derive a token")
+    return exp
+
+
+def derive_session(
+    identity: WorkloadIdentity,
+    task: Task,
+    *,
+    scope: frozenset[str] | None,
+    audience: str | None,
+    issuer: str,
+    jkt: str,
+    limits: Limits,
+    now: int,
+) -> Grant:
+    """The session token for ``task`` from its agent's workload JWT (DESIGN flow, step 2).
+
+    Its audience is the STS itself; with an on-behalf-of subject, ``sub`` is that
+    subject and the agent is the first actor (RFC 8693 §4.1 delegation).
+    """
+    check_task_usable(task, now)
+    if identity.principal != task.agent:
+        raise InvalidGrant("task is not assigned to this workload", debug=f"{identity.principal} != {task.agent}")
+    if audience is not None and audience != issuer:
+        raise InvalidTarget("the first exchange yields a session token for the issuer; name a resource later")
+    granted = task.scopes if scope is None else scope
+    check_subset(granted, task.scopes, what="the task")
+    return Grant(
+        sub=task.on_behalf_of or task.agent,
+        aud=issuer,
+        scope=granted,
+        exp=_expiry(now, limits.session_ttl, task.expires_at, identity.exp),
+        client_id=task.agent,
+        agent=task.agent,
+        jkt=jkt,
+        txn=task.id,
+        actors=(task.agent,) if task.on_behalf_of else (),
+        purp=task.purpose,
+    )
+
+
+def derive_hop(
+    parent: AccessToken,
+    task: Task,
+    *,
+    scope: frozenset[str] | None,
+    audience: str | None,
+    issuer: str,
+    jkt: str,
+    limits: Limits,
+    now: int,
+    actor: str | None = None,
+    audience_principals: Collection[str] = (),
+) -> Grant:
+    """A token for exactly ``audience`` derived from ``parent`` (DESIGN flow, steps 3 and 5).
+
+    Without ``actor`` the caller is the holder of a session token (its key proven by
+    DPoP). With ``actor`` the caller is the service the parent was issued to — it must
+    be ``parent.aud`` or one of ``audience_principals`` registered for it (no splicing
+    of chains) — and is nested into ``act``; it must not already appear in the chain
+    (no cycles) and the chain must stay within the task's ``max_depth``. Delegation is
+    sticky: ``act`` is carried into every derived token.
+    """
+    check_task_usable(task, now)
+    if parent.txn != task.id:
+        raise InvalidGrant("subject token does not belong to this task")
+    if audience is None:
+        raise InvalidTarget("a resource or audience is required")
+    if audience == issuer or audience not in task.audiences:
+        raise InvalidTarget(f"resource `{audience:.200}` is not allowed for this task")
+    actors = parent.actors
+    client_id = parent.client_id
+    if actor is None:
+        if parent.aud != issuer:
+            raise InvalidGrant(
+                "only a session token can be exchanged by its holder",
+                debug=f"subject token aud `{parent.aud}` without actor_token",
+            )
+    else:
+        if actor != parent.aud and actor not in audience_principals:
+            raise InvalidGrant("actor is not the audience of the subject token", debug=f"{actor} vs {parent.aud}")
+        if actor in (parent.sub, parent.agent, *parent.actors):
+            raise InvalidGrant("actor already appears in the delegation chain")
+        actors = (actor, *parent.actors)
+        client_id = actor
+        if len(actors) > min(task.max_depth, MAX_ACT_DEPTH):
+            raise InvalidGrant(f"delegation depth {len(actors)} exceeds the task's max_depth {task.max_depth}")
+    granted = parent.scope if scope is None else scope
+    check_subset(granted, parent.scope)
+    check_subset(granted, task.scopes, what="the task")
+    return Grant(
+        sub=parent.sub,
+        aud=audience,
+        scope=granted,
+        exp=_expiry(now, limits.hop_ttl, parent.exp, task.expires_at),
+        client_id=client_id,
+        agent=parent.agent,
+        jkt=jkt,
+        txn=task.id,
+        actors=actors,
+        purp=task.purpose,
+        parent_jti=parent.jti,
+    )

@@ -1,0 +1,187 @@
+"""RFC 7515 compact JWS gate with the RFC 8725 (and 8725bis) checks joserfc leaves to callers.
+
+Every JWT tether reads passes through ``verify_compact``: size cap before any decoding
+(Authlib CVE-2025-61920), the JWT-14 character set (no JSON serialization), strict UTF-8
+(JWT-07), duplicate header or claim names refused (AUX-07), an allowlist of header
+names per token kind (no ``crit``, ``b64``, ``jku``, ``x5u``: SVID-02, JWT-10), an
+algorithm allowlist compared case-sensitively (JWT-01), and a key that the caller
+resolves from trusted configuration, typed by kind and never symmetric (ASVS 9.1.3).
+The signature itself is verified by joserfc over pyca/cryptography.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import json
+import re
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from joserfc import jws
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey, OKPKey, RSAKey
+from joserfc.jws import JWSRegistry
+
+__all__ = [
+    "ASYMMETRIC_ALGS",
+    "JWSError",
+    "PublicKey",
+    "VerifiedJWS",
+    "algs_for_key",
+    "b64url_decode",
+    "peek_header",
+    "sign_compact",
+    "strict_json_loads",
+    "verify_compact",
+]
+
+PublicKey = ECKey | OKPKey | RSAKey
+
+#: Every asymmetric JWS algorithm tether can verify; callers pass a subset.
+ASYMMETRIC_ALGS = frozenset({"ES256", "ES384", "ES512", "EdDSA", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
+
+_COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+_CURVE_ALG = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512", "Ed25519": "EdDSA"}
+_RSA_ALGS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
+_MIN_RSA_BITS = 2048
+
+
+class JWSError(Exception):
+    """Why a JWS was refused; callers turn it into their own wire error (STYLE rule 4)."""
+
+
+@dataclass(frozen=True)
+class VerifiedJWS:
+    header: Mapping[str, Any]
+    claims: Mapping[str, Any]
+
+
+def b64url_decode(segment: str) -> bytes:
+    """Strict base64url without padding (RFC 7515 §2): no padding, no stray characters."""
+    if not _B64URL.fullmatch(segment) or len(segment) % 4 == 1:
+        raise JWSError("invalid base64url")
+    try:
+        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise JWSError("invalid base64url") from exc
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise JWSError(f"duplicate member `{key}`")
+        out[key] = value
+    return out
+
+
+def _reject_constant(name: str) -> Any:
+    raise JWSError(f"non-standard json constant `{name}`")
+
+
+def strict_json_loads(data: bytes) -> Any:
+    """JSON with duplicate names refused (RFC 7515 §4 / AUX-07), strict UTF-8 (JWT-07), no NaN."""
+    try:
+        text = data.decode("utf-8", errors="strict")
+    except UnicodeDecodeError as exc:
+        raise JWSError("not utf-8") from exc
+    try:
+        return json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        if isinstance(exc, JWSError):
+            raise
+        raise JWSError("invalid json") from exc
+
+
+def _decode_object(segment: str, what: str) -> dict[str, Any]:
+    value = strict_json_loads(b64url_decode(segment))
+    if not isinstance(value, dict):
+        raise JWSError(f"{what} is not a json object")
+    return value
+
+
+def peek_header(token: str, *, max_length: int) -> dict[str, Any]:
+    """Decode the protected header of an unverified compact JWS after the shape gates.
+
+    Callers use it only to pick the trusted key set (``kid``, ``alg``) or, for DPoP, the
+    proof's own ``jwk``; nothing in it is trusted until ``verify_compact`` succeeds.
+    """
+    if len(token) > max_length:
+        raise JWSError("token too large")
+    if not _COMPACT.fullmatch(token):
+        raise JWSError("not a compact jws")
+    return _decode_object(token.split(".", 1)[0], "header")
+
+
+def algs_for_key(key: PublicKey) -> frozenset[str]:
+    """The one algorithm family a key may be used with (JWT-01: one key, one algorithm).
+
+    A JWK that names its ``alg`` allows exactly that; otherwise EC and OKP keys are
+    fixed by their curve and RSA keys default to RS256.
+    """
+    declared = key.get("alg")
+    if isinstance(key, ECKey | OKPKey):
+        implied = _CURVE_ALG.get(key.curve_name)
+        if implied is None or (declared is not None and declared != implied):
+            return frozenset()
+        return frozenset({implied})
+    if key.raw_value.key_size < _MIN_RSA_BITS:
+        return frozenset()
+    if declared is not None:
+        return frozenset({declared}) if declared in _RSA_ALGS else frozenset()
+    return frozenset({"RS256"})
+
+
+@functools.lru_cache(maxsize=64)
+def _registry(alg: str, max_length: int) -> JWSRegistry:
+    """A joserfc registry allowing exactly ``alg``, with tether's size caps."""
+    registry = JWSRegistry(algorithms=[alg], strict_check_header=False)
+    registry.max_header_length = max_length
+    registry.max_payload_length = max_length
+    registry.max_signature_length = 1024
+    return registry
+
+
+def verify_compact(
+    token: str,
+    *,
+    algorithms: Collection[str],
+    allowed_headers: Collection[str],
+    resolve_key: Callable[[Mapping[str, Any]], PublicKey],
+    max_length: int,
+) -> VerifiedJWS:
+    """Verify a compact JWS and return its header and claims, or raise ``JWSError``.
+
+    ``resolve_key`` receives the (unverified) header and returns the key that must have
+    signed it, from configuration or the proof's own ``jwk`` for DPoP; it raises
+    ``JWSError`` when no trusted key matches. The header ``alg`` must be in
+    ``algorithms`` and in the key's own family.
+    """
+    header = peek_header(token, max_length=max_length)
+    unexpected = set(header) - set(allowed_headers)
+    if unexpected:
+        raise JWSError(f"header parameter `{sorted(unexpected)[0]}` not allowed")
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in algorithms or alg not in ASYMMETRIC_ALGS:
+        raise JWSError(f"algorithm `{alg}` not allowed")
+    key = resolve_key(header)
+    if not isinstance(key, ECKey | OKPKey | RSAKey) or alg not in algs_for_key(key):
+        raise JWSError(f"algorithm `{alg}` does not match the key")
+    try:
+        obj = jws.deserialize_compact(token, key, algorithms=[alg], registry=_registry(alg, max_length))
+    except (JoseError, ValueError, TypeError) as exc:
+        raise JWSError(f"signature rejected: {type(exc).__name__}") from exc
+    claims = strict_json_loads(obj.payload)
+    if not isinstance(claims, dict):
+        raise JWSError("payload is not a json object")
+    return VerifiedJWS(header=header, claims=claims)
+
+
+def sign_compact(header: Mapping[str, Any], claims: Mapping[str, Any], key: PublicKey, alg: str) -> str:
+    """Sign claims as a compact JWS with a private key of the matching family."""
+    payload = json.dumps(claims, separators=(",", ":"), ensure_ascii=True)
+    return jws.serialize_compact(dict(header), payload, key, algorithms=[alg], registry=_registry(alg, 16384))

@@ -1,0 +1,43 @@
+"""RFC 9449 §8 server-provided DPoP nonces, stateless so every replica can check them.
+
+A nonce is ``ts ‖ salt ‖ HMAC(key, ts ‖ salt)`` in base64url: unpredictable without the
+key (DPOP-10), carrying the server time it was issued so that, with nonces on, the
+server's clock rather than the client's ``iat`` bounds how old a proof can be (DPOP-11).
+Replicas derive the same key from the master key, so a nonce from one is good at all.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import struct
+
+__all__ = ["check_nonce", "make_nonce"]
+
+_MAC_LEN = 16
+
+
+def make_nonce(key: bytes, *, now: float, salt: bytes) -> str:
+    """A nonce issued at ``now``; ``salt`` must come from a CSPRNG (8 bytes or more)."""
+    body = struct.pack(">Q", int(now)) + salt
+    mac = hmac.new(key, body, hashlib.sha256).digest()[:_MAC_LEN]
+    return base64.urlsafe_b64encode(body + mac).rstrip(b"=").decode("ascii")
+
+
+def check_nonce(key: bytes, nonce: str | None, *, now: float, ttl: int, future_skew: int = 5) -> bool:
+    """True if ``nonce`` was made with ``key`` no more than ``ttl`` seconds before ``now``."""
+    if not nonce or len(nonce) > 128 or not nonce.isascii():
+        return False
+    try:
+        raw = base64.urlsafe_b64decode(nonce + "=" * (-len(nonce) % 4))
+    except (binascii.Error, ValueError):
+        return False
+    if len(raw) < 8 + 8 + _MAC_LEN:
+        return False
+    body, mac = raw[:-_MAC_LEN], raw[-_MAC_LEN:]
+    if not hmac.compare_digest(mac, hmac.new(key, body, hashlib.sha256).digest()[:_MAC_LEN]):
+        return False
+    issued: int = struct.unpack(">Q", body[:8])[0]
+    return now - ttl <= issued <= now + future_skew

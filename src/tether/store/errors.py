@@ -1,0 +1,35 @@
+"""Store errors. ``StoreUnavailable`` propagates to the edge, which answers 503 (fail closed)."""
+
+from __future__ import annotations
+
+from tether.errors import TetherError
+
+__all__ = ["AlreadySpent", "CapReached", "Conflict", "NotFound", "StoreError", "StoreUnavailable", "TaskNotActive"]
+
+
+class StoreError(TetherError):
+    """Root of store errors."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+class Conflict(StoreError):
+    """An atomic step refused because the stored state changed under it."""
+
+
+class AlreadySpent(Conflict):
+    """A single-use identifier (JWT-SVID or assertion ``jti``) was already redeemed."""
+
+
+class CapReached(Conflict):
+    """The task's ``max_tokens`` would be exceeded."""
+
+
+class TaskNotActive(Conflict):
+    """The task ended (or hit its hard cap) before the write committed."""
+
+
+class StoreUnavailable(StoreError):
+    """The backing store could not answer; nothing may be granted."""

@@ -1,0 +1,105 @@
+"""The Store protocol: what the STS needs from storage, as atomic steps (STYLE rule 5).
+
+Security-critical writes are single primitives, never a read followed by a write:
+``issue_token`` spends a single-use ``jti``, reserves one of the task's ``max_tokens``,
+records the token's lineage and appends its audit record in one transaction;
+``first_use`` is an atomic insert-if-absent; ``revoke_tree`` and ``end_task`` revoke
+a lineage and publish it to the feed in the same step. Every backend passes the same
+conformance suite (``tests/store``). Any method may raise ``StoreUnavailable``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from tether.audit.chain import AuditEvent, AuditRecord
+from tether.model import Task, TaskState
+from tether.store.records import BlockKind, IssuedToken, LookupResult, Revocation, StoredKey
+
+__all__ = ["Store"]
+
+
+class Store(Protocol):
+    async def ping(self) -> None:
+        """Raise ``StoreUnavailable`` unless reads and writes can be served."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+    # -- signing keys -------------------------------------------------------------
+    async def signing_keys(self, *, now: float) -> list[StoredKey]:
+        """All keys not yet past ``not_after``, newest first."""
+        ...
+
+    async def add_signing_key(self, key: StoredKey, *, retire_at: int, not_after: int) -> None:
+        """Add ``key`` as current; every other current key is retired and dropped after ``not_after``."""
+        ...
+
+    # -- tasks --------------------------------------------------------------------
+    async def create_task(self, task: Task, audit: AuditEvent) -> None: ...
+
+    async def get_task(self, task_id: str) -> Task | None: ...
+
+    async def list_tasks(self, *, state: TaskState | None, agent: str | None, now: float, limit: int) -> list[Task]: ...
+
+    async def end_task(self, task_id: str, state: TaskState, *, now: float, audit: AuditEvent) -> Task:
+        """Move an active task to ``state`` and revoke every token bound to it.
+
+        Raises ``NotFound`` or ``TaskNotActive``.
+        """
+        ...
+
+    async def expire_tasks(self, *, now: float) -> list[str]:
+        """Mark active tasks past their hard cap as expired; returns their ids."""
+        ...
+
+    # -- tokens -------------------------------------------------------------------
+    async def lookup(self, *, task_id: str | None, jti: str | None, principals: Sequence[str]) -> LookupResult:
+        """The task, the stored token and whether any of ``principals`` is blocked."""
+        ...
+
+    async def issue_token(
+        self,
+        token: IssuedToken,
+        *,
+        now: float,
+        spend: tuple[str, int] | None,
+        audit: AuditEvent,
+    ) -> None:
+        """Record an issued token atomically.
+
+        ``spend`` is a single-use key and its expiry (an identity ``jti``): already spent
+        raises ``AlreadySpent``. With ``token.task_id`` the task must still be active
+        (``TaskNotActive``) and below ``max_tokens`` (``CapReached``), and its count goes
+        up by one. A revoked parent makes the child revoked at birth.
+        """
+        ...
+
+    async def get_token(self, jti: str) -> IssuedToken | None: ...
+
+    async def revoke_tree(self, jti: str, *, now: float, audit: AuditEvent) -> list[str]:
+        """Revoke the token and every token derived from it; returns the jtis newly revoked."""
+        ...
+
+    # -- kill switch --------------------------------------------------------------
+    async def block(self, kind: BlockKind, value: str, *, now: float, audit: AuditEvent) -> list[str]:
+        """Refuse new exchanges for a principal and end its active tasks; returns their ids."""
+        ...
+
+    async def unblock(self, kind: BlockKind, value: str, *, now: float, audit: AuditEvent) -> bool: ...
+
+    # -- replay cache -------------------------------------------------------------
+    async def first_use(self, key: str, *, until: int, now: float) -> bool:
+        """True exactly once per ``key`` before ``until`` (DPoP proof ``jti``, DPOP-12)."""
+        ...
+
+    # -- revocation feed ----------------------------------------------------------
+    async def revocations_after(self, seq: int, *, now: float, limit: int) -> list[Revocation]:
+        """Feed entries with ``seq`` greater than ``seq`` whose ``exp`` has not passed."""
+        ...
+
+    # -- audit --------------------------------------------------------------------
+    async def append_audit(self, event: AuditEvent, *, now: float) -> AuditRecord: ...
+
+    async def audit_records(self, *, after: int, limit: int) -> list[AuditRecord]: ...

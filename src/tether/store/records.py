@@ -1,0 +1,76 @@
+"""Stored shapes. They hold jtis, hashes and thumbprints, never a token or secret value (BCP-13)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+from tether.model import Task
+
+__all__ = ["BlockKind", "IssuedToken", "LookupResult", "Revocation", "RevocationKind", "StoredKey"]
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    """One issued token in the lineage tree (``parent_jti`` links a derived token to its parent)."""
+
+    jti: str
+    kind: str
+    sub: str
+    client_id: str
+    aud: str
+    scope: str
+    jkt: str
+    iat: int
+    exp: int
+    depth: int = 0
+    task_id: str | None = None
+    parent_jti: str | None = None
+    revoked_at: int | None = None
+
+
+class RevocationKind(enum.StrEnum):
+    TOKEN = "jti"
+    TASK = "task"
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """One entry of the revocation feed; it can be dropped once ``exp`` has passed."""
+
+    seq: int
+    kind: RevocationKind
+    value: str
+    exp: int
+    at: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {"seq": self.seq, "kind": self.kind.value, "value": self.value, "exp": self.exp, "at": self.at}
+
+
+class BlockKind(enum.StrEnum):
+    AGENT = "agent"
+    SUBJECT = "subject"
+
+
+@dataclass(frozen=True)
+class StoredKey:
+    """An issuer signing key: public JWK in clear, private key sealed under the master key."""
+
+    kid: str
+    alg: str
+    public_jwk: dict[str, Any]
+    sealed_private: bytes
+    created_at: int
+    retired_at: int | None = None
+    not_after: int | None = None
+
+
+@dataclass(frozen=True)
+class LookupResult:
+    """Everything an exchange needs to read, fetched in one round trip."""
+
+    task: Task | None
+    token: IssuedToken | None
+    blocked: bool

@@ -1,0 +1,484 @@
+"""``SqliteStore``: every part of the Store protocol in one embedded database file (WAL).
+
+Each security-critical step is one ``BEGIN IMMEDIATE`` transaction, so the
+single-use ``jti``, the ``max_tokens`` count, the lineage record and the audit link of
+an issuance commit together or not at all, even when several processes share the file.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tether.audit.chain import GENESIS, AuditEvent, AuditRecord, link
+from tether.model import Task, TaskState
+from tether.store.errors import AlreadySpent, CapReached, NotFound, StoreUnavailable, TaskNotActive
+from tether.store.records import (
+    BlockKind,
+    IssuedToken,
+    LookupResult,
+    Revocation,
+    RevocationKind,
+    StoredKey,
+)
+from tether.store.sqlite.db import SCHEMA_VERSION, Database, migrate, schema_version, transaction
+
+__all__ = ["SqliteStore"]
+
+_TASK_COLUMNS = (
+    "id, agent, on_behalf_of, purpose, audiences, scopes, created_at, expires_at, "
+    "max_depth, max_tokens, tokens_issued, state, ended_at, created_by"
+)
+_TOKEN_COLUMNS = "jti, kind, task_id, parent_jti, sub, client_id, aud, scope, jkt, iat, exp, depth, revoked_at"
+_PURGE_EVERY = 512
+
+
+def _task(row: sqlite3.Row | tuple[Any, ...]) -> Task:
+    return Task(
+        id=row[0],
+        agent=row[1],
+        on_behalf_of=row[2],
+        purpose=row[3],
+        audiences=tuple(json.loads(row[4])),
+        scopes=frozenset(json.loads(row[5])),
+        created_at=row[6],
+        expires_at=row[7],
+        max_depth=row[8],
+        max_tokens=row[9],
+        tokens_issued=row[10],
+        state=TaskState(row[11]),
+        ended_at=row[12],
+        created_by=row[13],
+    )
+
+
+def _token(row: tuple[Any, ...]) -> IssuedToken:
+    return IssuedToken(
+        jti=row[0],
+        kind=row[1],
+        task_id=row[2],
+        parent_jti=row[3],
+        sub=row[4],
+        client_id=row[5],
+        aud=row[6],
+        scope=row[7],
+        jkt=row[8],
+        iat=row[9],
+        exp=row[10],
+        depth=row[11],
+        revoked_at=row[12],
+    )
+
+
+def _record(row: tuple[Any, ...]) -> AuditRecord:
+    return AuditRecord(
+        seq=row[0],
+        ts=row[1],
+        kind=row[2],
+        outcome=row[3],
+        principal=row[4],
+        task=row[5],
+        jti=row[6],
+        error=row[7],
+        detail=json.loads(row[8]),
+        prev=row[9],
+        hash=row[10],
+    )
+
+
+def _append(conn: sqlite3.Connection, event: AuditEvent, now: float) -> AuditRecord:
+    head = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    seq, prev = (head[0] + 1, head[1]) if head else (1, GENESIS)
+    record = link(event, seq=seq, ts=now, prev=prev)
+    conn.execute(
+        "INSERT INTO audit (seq, ts, kind, outcome, principal, task, jti, error, detail, prev, hash)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            record.seq,
+            record.ts,
+            record.kind,
+            record.outcome,
+            record.principal,
+            record.task,
+            record.jti,
+            record.error,
+            json.dumps(record.detail, sort_keys=True),
+            record.prev,
+            record.hash,
+        ),
+    )
+    return record
+
+
+def _publish(conn: sqlite3.Connection, kind: RevocationKind, value: str, exp: int, now: float) -> None:
+    conn.execute("INSERT INTO revocations (kind, value, exp, at) VALUES (?, ?, ?, ?)", (kind.value, value, exp, now))
+
+
+def _revoke_jtis(conn: sqlite3.Connection, roots: Sequence[str], now: float) -> list[str]:
+    """Revoke each root and all its descendants; publish one feed entry per newly revoked token."""
+    revoked: list[str] = []
+    for root in roots:
+        rows = conn.execute(
+            "WITH RECURSIVE tree(jti) AS (SELECT jti FROM tokens WHERE jti = ?"
+            " UNION SELECT t.jti FROM tokens t JOIN tree ON t.parent_jti = tree.jti)"
+            " SELECT tokens.jti, tokens.exp FROM tokens JOIN tree USING (jti) WHERE tokens.revoked_at IS NULL",
+            (root,),
+        ).fetchall()
+        for jti, exp in rows:
+            conn.execute("UPDATE tokens SET revoked_at = ? WHERE jti = ?", (int(now), jti))
+            if exp > now:
+                _publish(conn, RevocationKind.TOKEN, jti, exp, now)
+            revoked.append(jti)
+    return revoked
+
+
+def _end_task(conn: sqlite3.Connection, task: Task, state: TaskState, now: float) -> None:
+    conn.execute("UPDATE tasks SET state = ?, ended_at = ? WHERE id = ?", (state.value, int(now), task.id))
+    conn.execute("UPDATE tokens SET revoked_at = ? WHERE task_id = ? AND revoked_at IS NULL", (int(now), task.id))
+    _publish(conn, RevocationKind.TASK, task.id, task.expires_at, now)
+
+
+class SqliteStore:
+    """The embedded default store. Open with ``SqliteStore.open(path)``."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._writes = 0
+
+    @classmethod
+    def open(cls, path: Path, *, migrate_schema: bool = True) -> SqliteStore:
+        db = Database(path)
+
+        def check(conn: sqlite3.Connection) -> None:
+            if migrate_schema:
+                migrate(conn)
+            version = schema_version(conn)
+            if version != SCHEMA_VERSION:
+                raise StoreUnavailable(f"database schema v{version} does not match v{SCHEMA_VERSION}; run tether migrate")
+
+        try:
+            db.run_sync(check)
+        except BaseException:
+            db.close()
+            raise
+        return cls(db)
+
+    async def ping(self) -> None:
+        await self._db.run(lambda c: c.execute("SELECT 1").fetchone())
+
+    async def aclose(self) -> None:
+        self._db.close()
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- signing keys -------------------------------------------------------------
+    async def signing_keys(self, *, now: float) -> list[StoredKey]:
+        def q(conn: sqlite3.Connection) -> list[StoredKey]:
+            rows = conn.execute(
+                "SELECT kid, alg, public_jwk, sealed_private, created_at, retired_at, not_after FROM signing_keys"
+                " WHERE not_after IS NULL OR not_after > ? ORDER BY created_at DESC, rowid DESC",
+                (int(now),),
+            ).fetchall()
+            return [StoredKey(r[0], r[1], json.loads(r[2]), bytes(r[3]), r[4], r[5], r[6]) for r in rows]
+
+        return await self._db.run(q)
+
+    async def add_signing_key(self, key: StoredKey, *, retire_at: int, not_after: int) -> None:
+        def q(conn: sqlite3.Connection) -> None:
+            with transaction(conn):
+                conn.execute(
+                    "UPDATE signing_keys SET retired_at = ?, not_after = ? WHERE retired_at IS NULL",
+                    (retire_at, not_after),
+                )
+                conn.execute(
+                    "INSERT INTO signing_keys (kid, alg, public_jwk, sealed_private, created_at) VALUES (?, ?, ?, ?, ?)",
+                    (key.kid, key.alg, json.dumps(key.public_jwk), key.sealed_private, key.created_at),
+                )
+
+        await self._db.run(q)
+
+    # -- tasks --------------------------------------------------------------------
+    async def create_task(self, task: Task, audit: AuditEvent) -> None:
+        def q(conn: sqlite3.Connection) -> None:
+            with transaction(conn):
+                conn.execute(
+                    f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        task.id,
+                        task.agent,
+                        task.on_behalf_of,
+                        task.purpose,
+                        json.dumps(list(task.audiences)),
+                        json.dumps(sorted(task.scopes)),
+                        task.created_at,
+                        task.expires_at,
+                        task.max_depth,
+                        task.max_tokens,
+                        task.tokens_issued,
+                        task.state.value,
+                        task.ended_at,
+                        task.created_by,
+                    ),
+                )
+                _append(conn, audit, task.created_at)
+
+        await self._db.run(q)
+
+    async def get_task(self, task_id: str) -> Task | None:
+        def q(conn: sqlite3.Connection) -> Task | None:
+            row = conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            return _task(row) if row else None
+
+        return await self._db.run(q)
+
+    async def list_tasks(self, *, state: TaskState | None, agent: str | None, now: float, limit: int) -> list[Task]:
+        def q(conn: sqlite3.Connection) -> list[Task]:
+            sql, args = f"SELECT {_TASK_COLUMNS} FROM tasks WHERE 1 = 1", list[object]()
+            if state is TaskState.ACTIVE:
+                sql, args = sql + " AND state = 'active' AND expires_at > ?", [int(now)]
+            elif state is TaskState.EXPIRED:
+                sql += " AND (state = 'expired' OR (state = 'active' AND expires_at <= ?))"
+                args = [int(now)]
+            elif state is not None:
+                sql, args = sql + " AND state = ?", [state.value]
+            if agent is not None:
+                sql += " AND agent = ?"
+                args.append(agent)
+            rows = conn.execute(sql + " ORDER BY created_at DESC, id LIMIT ?", (*args, limit)).fetchall()
+            return [_task(r) for r in rows]
+
+        return await self._db.run(q)
+
+    async def end_task(self, task_id: str, state: TaskState, *, now: float, audit: AuditEvent) -> Task:
+        def q(conn: sqlite3.Connection) -> Task:
+            with transaction(conn):
+                row = conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+                if row is None:
+                    raise NotFound(task_id)
+                task = _task(row)
+                if task.effective_state(now) is not TaskState.ACTIVE:
+                    raise TaskNotActive(task.effective_state(now).value)
+                _end_task(conn, task, state, now)
+                _append(conn, audit, now)
+                return Task(**{**task.__dict__, "state": state, "ended_at": int(now)})
+
+        return await self._db.run(q)
+
+    async def expire_tasks(self, *, now: float) -> list[str]:
+        """Mark tasks past their hard cap as expired (their tokens cannot outlive them)."""
+
+        def q(conn: sqlite3.Connection) -> list[str]:
+            with transaction(conn):
+                ids = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT id FROM tasks WHERE state = 'active' AND expires_at <= ?", (int(now),)
+                    ).fetchall()
+                ]
+                for task_id in ids:
+                    conn.execute("UPDATE tasks SET state = 'expired', ended_at = expires_at WHERE id = ?", (task_id,))
+                    _append(conn, AuditEvent(kind="task.expired", outcome="ok", task=task_id), now)
+                return ids
+
+        return await self._db.run(q)
+
+    # -- tokens -------------------------------------------------------------------
+    async def lookup(self, *, task_id: str | None, jti: str | None, principals: Sequence[str]) -> LookupResult:
+        def q(conn: sqlite3.Connection) -> LookupResult:
+            task_row = (
+                conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+                if task_id is not None
+                else None
+            )
+            token_row = (
+                conn.execute(f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE jti = ?", (jti,)).fetchone()
+                if jti is not None
+                else None
+            )
+            names = list(dict.fromkeys(principals))
+            blocked = False
+            if names:
+                marks = ", ".join("?" * len(names))
+                blocked = conn.execute(f"SELECT 1 FROM blocks WHERE value IN ({marks}) LIMIT 1", names).fetchone() is not None
+            return LookupResult(
+                task=_task(task_row) if task_row else None,
+                token=_token(token_row) if token_row else None,
+                blocked=blocked,
+            )
+
+        return await self._db.run(q)
+
+    async def issue_token(
+        self,
+        token: IssuedToken,
+        *,
+        now: float,
+        spend: tuple[str, int] | None,
+        audit: AuditEvent,
+    ) -> None:
+        def q(conn: sqlite3.Connection) -> None:
+            with transaction(conn):
+                if spend is not None:
+                    key, until = spend
+                    cur = conn.execute(
+                        "INSERT INTO spent (key, until) VALUES (?, ?)"
+                        " ON CONFLICT (key) DO UPDATE SET until = excluded.until WHERE spent.until <= ?",
+                        (key, until, int(now)),
+                    )
+                    if cur.rowcount != 1:
+                        raise AlreadySpent(key)
+                if token.task_id is not None:
+                    cur = conn.execute(
+                        "UPDATE tasks SET tokens_issued = tokens_issued + 1"
+                        " WHERE id = ? AND state = 'active' AND expires_at > ? AND tokens_issued < max_tokens",
+                        (token.task_id, int(now)),
+                    )
+                    if cur.rowcount != 1:
+                        row = conn.execute("SELECT state, expires_at FROM tasks WHERE id = ?", (token.task_id,)).fetchone()
+                        if row is None or row[0] != "active" or row[1] <= now:
+                            raise TaskNotActive(token.task_id)
+                        raise CapReached(token.task_id)
+                if token.parent_jti is not None:
+                    parent = conn.execute("SELECT revoked_at FROM tokens WHERE jti = ?", (token.parent_jti,)).fetchone()
+                    if parent is None or parent[0] is not None:
+                        raise TaskNotActive(f"parent {token.parent_jti} revoked or unknown")
+                conn.execute(
+                    f"INSERT INTO tokens ({_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        token.jti,
+                        token.kind,
+                        token.task_id,
+                        token.parent_jti,
+                        token.sub,
+                        token.client_id,
+                        token.aud,
+                        token.scope,
+                        token.jkt,
+                        token.iat,
+                        token.exp,
+                        token.depth,
+                        None,
+                    ),
+                )
+                _append(conn, audit, now)
+            self._maybe_purge(conn, now)
+
+        await self._db.run(q)
+
+    def _maybe_purge(self, conn: sqlite3.Connection, now: float) -> None:
+        """Drop expired single-use marks, replay entries and feed entries now and then."""
+        self._writes += 1
+        if self._writes % _PURGE_EVERY:
+            return
+        with transaction(conn):
+            conn.execute("DELETE FROM spent WHERE until <= ?", (int(now),))
+            conn.execute("DELETE FROM replay WHERE until <= ?", (int(now),))
+            conn.execute("DELETE FROM revocations WHERE exp <= ?", (int(now),))
+
+    async def get_token(self, jti: str) -> IssuedToken | None:
+        def q(conn: sqlite3.Connection) -> IssuedToken | None:
+            row = conn.execute(f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE jti = ?", (jti,)).fetchone()
+            return _token(row) if row else None
+
+        return await self._db.run(q)
+
+    async def revoke_tree(self, jti: str, *, now: float, audit: AuditEvent) -> list[str]:
+        def q(conn: sqlite3.Connection) -> list[str]:
+            with transaction(conn):
+                revoked = _revoke_jtis(conn, [jti], now)
+                _append(conn, AuditEvent(**{**audit.__dict__, "detail": {**audit.detail, "revoked": len(revoked)}}), now)
+                return revoked
+
+        return await self._db.run(q)
+
+    # -- kill switch --------------------------------------------------------------
+    async def block(self, kind: BlockKind, value: str, *, now: float, audit: AuditEvent) -> list[str]:
+        column = "agent" if kind is BlockKind.AGENT else "on_behalf_of"
+
+        def q(conn: sqlite3.Connection) -> list[str]:
+            with transaction(conn):
+                conn.execute(
+                    "INSERT INTO blocks (kind, value, since) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                    (kind.value, value, now),
+                )
+                rows = conn.execute(
+                    f"SELECT {_TASK_COLUMNS} FROM tasks WHERE {column} = ? AND state = 'active' AND expires_at > ?",
+                    (value, int(now)),
+                ).fetchall()
+                tasks = [_task(r) for r in rows]
+                for task in tasks:
+                    _end_task(conn, task, TaskState.CANCELLED, now)
+                roots = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT jti FROM tokens WHERE (sub = ? OR client_id = ?) AND revoked_at IS NULL AND exp > ?",
+                        (value, value, int(now)),
+                    ).fetchall()
+                ]
+                revoked = _revoke_jtis(conn, roots, now)
+                detail = {**audit.detail, "tasks": [t.id for t in tasks], "revoked": len(revoked)}
+                _append(conn, AuditEvent(**{**audit.__dict__, "detail": detail}), now)
+                return [t.id for t in tasks]
+
+        return await self._db.run(q)
+
+    async def unblock(self, kind: BlockKind, value: str, *, now: float, audit: AuditEvent) -> bool:
+        def q(conn: sqlite3.Connection) -> bool:
+            with transaction(conn):
+                cur = conn.execute("DELETE FROM blocks WHERE kind = ? AND value = ?", (kind.value, value))
+                _append(conn, audit, now)
+                return cur.rowcount == 1
+
+        return await self._db.run(q)
+
+    # -- replay cache -------------------------------------------------------------
+    async def first_use(self, key: str, *, until: int, now: float) -> bool:
+        def q(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "INSERT INTO replay (key, until) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET until = excluded.until WHERE replay.until <= ?",
+                (key, until, int(now)),
+            )
+            return cur.rowcount == 1
+
+        return await self._db.run(q)
+
+    # -- revocation feed ----------------------------------------------------------
+    async def revocations_after(self, seq: int, *, now: float, limit: int) -> list[Revocation]:
+        def q(conn: sqlite3.Connection) -> list[Revocation]:
+            rows = conn.execute(
+                "SELECT seq, kind, value, exp, at FROM revocations WHERE seq > ? AND exp > ? ORDER BY seq LIMIT ?",
+                (seq, int(now), limit),
+            ).fetchall()
+            return [Revocation(r[0], RevocationKind(r[1]), r[2], r[3], r[4]) for r in rows]
+
+        return await self._db.run(q)
+
+    # -- audit --------------------------------------------------------------------
+    async def append_audit(self, event: AuditEvent, *, now: float) -> AuditRecord:
+        def q(conn: sqlite3.Connection) -> AuditRecord:
+            with transaction(conn):
+                return _append(conn, event, now)
+
+        return await self._db.run(q)
+
+    async def audit_records(self, *, after: int, limit: int) -> list[AuditRecord]:
+        def q(conn: sqlite3.Connection) -> list[AuditRecord]:
+            rows = conn.execute(
+                "SELECT seq, ts, kind, outcome, principal, task, jti, error, detail, prev, hash FROM audit"
+                " WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, limit),
+            ).fetchall()
+            return [_record(r) for r in rows]
+
+        return await self._db.run(q)
+
+
+if TYPE_CHECKING:
+    from tether.store.protocol import Store
+
+    _check: Store = SqliteStore(Database(Path(":memory:")))

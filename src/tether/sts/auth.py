@@ -1,0 +1,60 @@
+"""Authenticating callers of the STS's own APIs.
+
+``/tasks`` and the kill switch take a DPoP-bound tether token for the issuer
+(RFC 9449 §7: ``Authorization: DPoP`` + a proof with ``ath``), never a static API key;
+a DPoP-bound token sent as ``Bearer`` is refused (DPOP-15). ``/introspect`` and
+``/revoke`` take a workload JWT as an RFC 7523 client assertion (RFC 7662 §2.1,
+RFC 7009 §2.1), redeemed once when it carries a ``jti``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from starlette.datastructures import Headers
+
+from tether.errors import InsufficientScope, InvalidClient, InvalidToken
+from tether.model import AccessToken, WorkloadIdentity
+from tether.sts.context import StsContext
+from tether.sts.settings import JWT_BEARER
+from tether.web.dpop_request import authorization, dpop_header
+
+__all__ = ["authenticate_client", "authenticate_token", "is_admin", "require_admin"]
+
+
+async def authenticate_token(ctx: StsContext, headers: Headers, *, method: str, url: str) -> AccessToken:
+    scheme, token = authorization(headers)
+    if scheme != "dpop":
+        raise InvalidToken("tokens must be presented with the dpop scheme", debug=f"scheme {scheme}")
+    claims = ctx.verify_own_token(token, audience=ctx.settings.issuer)
+    if claims.jkt is None:
+        raise InvalidToken("token is not key-bound")
+    proof = await ctx.proofs.check(dpop_header(headers), method=method, url=url, access_token=token)
+    if proof.jkt != claims.jkt:
+        raise InvalidToken("dpop proof key does not match the token binding")
+    stored = await ctx.store.lookup(task_id=None, jti=claims.jti, principals=[claims.sub, claims.client_id])
+    if stored.token is None or stored.token.revoked_at is not None:
+        raise InvalidToken("token has been revoked")
+    if stored.blocked:
+        raise InvalidToken("principal is blocked")
+    return claims
+
+
+def is_admin(ctx: StsContext, caller: AccessToken) -> bool:
+    return caller.txn is None and bool(caller.scope & ctx.settings.admin_scope)
+
+
+def require_admin(ctx: StsContext, caller: AccessToken) -> None:
+    if not is_admin(ctx, caller):
+        raise InsufficientScope(f"scope `{' '.join(sorted(ctx.settings.admin_scope))}` is required")
+
+
+async def authenticate_client(ctx: StsContext, assertion: str | None, assertion_type: str | None) -> WorkloadIdentity:
+    if assertion is None or assertion_type != JWT_BEARER:
+        raise InvalidClient("client authentication with a jwt-bearer client assertion is required")
+    client = await ctx.verify_workload(assertion, as_client=True)
+    if client.jti is not None:
+        key = hashlib.sha256(f"assertion\x00{client.issuer}\x00{client.jti}".encode()).hexdigest()
+        if not await ctx.store.first_use(key, until=client.exp + 600, now=ctx.now()):
+            raise InvalidClient("client assertion has already been used")
+    return client

@@ -1,0 +1,105 @@
+"""What every STS use case shares: settings, store, keys, identity, proofs, clock, audit.
+
+Use cases live in their own modules (``exchange``, ``tasks``, ``introspection``) and
+take this context; none of them touches HTTP. Refusals are audited here, in one
+place, with the error code and the internal reason — never a token value.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from tether.audit.chain import AuditEvent
+from tether.clock import Clock
+from tether.errors import InvalidClient, InvalidGrant, InvalidToken, OAuthError
+from tether.identity.checks import IdentityError
+from tether.identity.verifier import IdentityVerifier
+from tether.keys.keyring import KeyRing
+from tether.model import AccessToken, WorkloadIdentity
+from tether.proofs import ProofChecker
+from tether.rules.claims import verify_access_token
+from tether.rules.jws import JWSError, PublicKey
+from tether.store.protocol import Store
+from tether.sts.settings import StsSettings
+
+__all__ = ["StsContext", "new_jti"]
+
+
+def new_jti() -> str:
+    """128 random bits, URL-safe."""
+    return secrets.token_urlsafe(16)
+
+
+@dataclass
+class StsContext:
+    settings: StsSettings
+    store: Store
+    keyring: KeyRing
+    identity: IdentityVerifier
+    proofs: ProofChecker
+    clock: Clock
+    stats: dict[str, int] = field(default_factory=dict)
+
+    def now(self) -> float:
+        return self.clock.now()
+
+    async def refuse(
+        self,
+        exc: OAuthError,
+        *,
+        kind: str,
+        principal: str | None = None,
+        task: str | None = None,
+        jti: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        """Append the audit record of a refusal (before the response is sent)."""
+        event = AuditEvent(
+            kind=kind,
+            outcome="refused",
+            principal=principal,
+            task=task,
+            jti=jti,
+            error=exc.error,
+            detail={"reason": exc.debug[:500], **(detail or {})},
+        )
+        await self.store.append_audit(event, now=self.now())
+
+    def verify_own_token(self, token: str, *, audience: str | None) -> AccessToken:
+        """A tether access token signed by a key in our JWKS (raises ``InvalidToken``)."""
+        now = self.now()
+        keyring = self.keyring
+
+        def resolve(header: Any) -> PublicKey:
+            key = keyring.public_key(header.get("kid"), now=now)
+            if key is None:
+                raise JWSError("unknown kid")
+            return key.public
+
+        return verify_access_token(
+            token,
+            resolve_key=resolve,
+            algorithms=("ES256", "EdDSA"),
+            issuer=self.settings.issuer,
+            audience=audience,
+            now=now,
+            skew=0,
+            max_lifetime=self.settings.max_token_lifetime,
+        )
+
+    def verify_subject_token(self, token: str) -> AccessToken:
+        try:
+            return self.verify_own_token(token, audience=None)
+        except InvalidToken as exc:
+            raise InvalidGrant("subject token is invalid", debug=exc.debug) from exc
+
+    async def verify_workload(self, token: str, *, as_client: bool) -> WorkloadIdentity:
+        """A workload JWT as subject/actor token (``invalid_grant``) or client assertion (``invalid_client``)."""
+        try:
+            return await self.identity.verify(token, now=self.now())
+        except IdentityError as exc:
+            if as_client:
+                raise InvalidClient("client authentication failed", debug=str(exc)) from exc
+            raise InvalidGrant("workload token is invalid", debug=str(exc)) from exc

@@ -1,0 +1,284 @@
+"""The token endpoint's use case: RFC 8693 token exchange, DPoP-bound, task-bound.
+
+Three shapes, told apart by the subject token (DESIGN "The flow"):
+
+* workload JWT + ``task`` → session token (audience: the issuer), step 2;
+* session token + DPoP proof from its key + ``resource`` → hop token, step 3;
+* hop token + the audience's own workload JWT as ``actor_token`` → token for the next
+  service with the actor nested into ``act`` and bound to the actor's key, step 5.
+
+A workload JWT without ``task`` from a configured admin principal yields an admin
+token (the CLI's dogfood path). Order of checks: request shape, DPoP proof, nonce,
+replay, identity, attenuation (pure rules), then one atomic store write that spends
+the identity ``jti``, counts against ``max_tokens``, records lineage and audits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from tether.audit.chain import AuditEvent
+from tether.errors import (
+    AccessDenied,
+    InvalidClient,
+    InvalidDPoPProof,
+    InvalidGrant,
+    InvalidRequest,
+    InvalidTarget,
+    OAuthError,
+    UnsupportedGrantType,
+)
+from tether.model import AccessToken, DPoPProof, Task, WorkloadIdentity
+from tether.rules.claims import Grant, build_claims
+from tether.rules.exchange import derive_hop, derive_session
+from tether.rules.scope import check_subset, format_scope
+from tether.store.errors import AlreadySpent, CapReached, TaskNotActive
+from tether.store.records import IssuedToken
+from tether.sts.context import StsContext, new_jti
+from tether.sts.settings import JWT_BEARER, TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS, TOKEN_TYPE_JWT
+
+__all__ = ["ExchangeRequest", "ExchangeResult", "exchange"]
+
+
+@dataclass(frozen=True)
+class ExchangeRequest:
+    grant_type: str
+    subject_token: str
+    subject_token_type: str
+    dpop: str | None
+    actor_token: str | None = None
+    actor_token_type: str | None = None
+    audience: str | None = None
+    scope: frozenset[str] | None = None
+    requested_token_type: str | None = None
+    task: str | None = None
+    client_id: str | None = None
+    client_assertion: str | None = None
+    client_assertion_type: str | None = None
+
+
+@dataclass(frozen=True)
+class ExchangeResult:
+    access_token: str
+    expires_in: int
+    scope: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "access_token": self.access_token,
+            "issued_token_type": TOKEN_TYPE_ACCESS,
+            "token_type": "DPoP",
+            "expires_in": self.expires_in,
+            "scope": self.scope,
+        }
+
+
+def _check_shape(req: ExchangeRequest) -> None:
+    if req.grant_type != TOKEN_EXCHANGE:
+        raise UnsupportedGrantType("only the token exchange grant is supported")
+    if req.subject_token_type not in (TOKEN_TYPE_JWT, TOKEN_TYPE_ACCESS):
+        raise InvalidRequest("`subject_token_type` must be the jwt or access_token token type")
+    if req.requested_token_type not in (None, TOKEN_TYPE_ACCESS):
+        raise InvalidRequest("only access tokens can be requested")
+    if (req.actor_token is None) != (req.actor_token_type is None):
+        raise InvalidRequest("`actor_token` and `actor_token_type` go together")
+    if req.actor_token_type not in (None, TOKEN_TYPE_JWT):
+        raise InvalidRequest("`actor_token_type` must be the jwt token type")
+    if (req.client_assertion is None) != (req.client_assertion_type is None):
+        raise InvalidRequest("`client_assertion` and `client_assertion_type` go together")
+    if req.client_assertion_type not in (None, JWT_BEARER):
+        raise InvalidClient("unsupported client assertion type")
+    if req.subject_token_type == TOKEN_TYPE_JWT and req.actor_token is not None:
+        raise InvalidRequest("an actor token is only accepted with a tether access token as subject")
+
+
+def _spend_key(identity: WorkloadIdentity) -> tuple[str, int] | None:
+    if identity.jti is None:
+        return None
+    digest = hashlib.sha256(f"jti\x00{identity.issuer}\x00{identity.jti}".encode()).hexdigest()
+    return digest, identity.exp + 600
+
+
+async def _client(ctx: StsContext, req: ExchangeRequest, expected: str) -> WorkloadIdentity | None:
+    """RFC 6749 §2.3 client authentication must name the same workload the tokens prove."""
+    if req.client_id is not None and req.client_id != expected:
+        raise InvalidClient("client_id does not match the authenticated workload")
+    if req.client_assertion is None:
+        return None
+    client = await ctx.verify_workload(req.client_assertion, as_client=True)
+    if client.principal != expected:
+        raise InvalidClient("client assertion does not match the authenticated workload")
+    return client
+
+
+async def exchange(ctx: StsContext, req: ExchangeRequest) -> ExchangeResult:
+    """Run one exchange, auditing the refusal if any check fails."""
+    audit: dict[str, Any] = {}
+    try:
+        return await _exchange(ctx, req, audit)
+    except OAuthError as exc:
+        if exc.error != "use_dpop_nonce":
+            await ctx.refuse(
+                exc,
+                kind="token.refused",
+                principal=audit.get("principal"),
+                task=audit.get("task") or req.task,
+                jti=audit.get("subject_jti"),
+                detail={"audience": req.audience} if req.audience else None,
+            )
+        raise
+
+
+async def _exchange(ctx: StsContext, req: ExchangeRequest, audit: dict[str, Any]) -> ExchangeResult:
+    _check_shape(req)
+    proof = await ctx.proofs.check(req.dpop, method="POST", url=ctx.settings.token_endpoint)
+    if req.subject_token_type == TOKEN_TYPE_JWT:
+        identity = await ctx.verify_workload(req.subject_token, as_client=False)
+        audit["principal"] = identity.principal
+        await _client(ctx, req, identity.principal)
+        if req.task is None:
+            return await _admin(ctx, req, identity, proof)
+        return await _session(ctx, req, identity, proof)
+    parent = ctx.verify_subject_token(req.subject_token)
+    audit.update(principal=parent.client_id, task=parent.txn, subject_jti=parent.jti)
+    if req.task is not None and req.task != parent.txn:
+        raise InvalidRequest("`task` does not match the subject token")
+    return await _hop(ctx, req, parent, proof, audit)
+
+
+async def _session(ctx: StsContext, req: ExchangeRequest, identity: WorkloadIdentity, proof: DPoPProof) -> ExchangeResult:
+    assert req.task is not None
+    state = await ctx.store.lookup(task_id=req.task, jti=None, principals=[identity.principal])
+    if state.task is None:
+        raise InvalidGrant("unknown task", debug=f"task {req.task:.64}")
+    if state.blocked:
+        raise AccessDenied("principal is blocked")
+    now = int(ctx.now())
+    grant = derive_session(
+        identity,
+        state.task,
+        scope=req.scope,
+        audience=req.audience,
+        issuer=ctx.settings.issuer,
+        jkt=proof.jkt,
+        limits=ctx.settings.limits,
+        now=now,
+    )
+    return await _issue(ctx, grant, "session", state.task, depth=len(grant.actors), spend=_spend_key(identity), now=now)
+
+
+async def _hop(
+    ctx: StsContext, req: ExchangeRequest, parent: AccessToken, proof: DPoPProof, audit: dict[str, Any]
+) -> ExchangeResult:
+    if parent.txn is None:
+        raise InvalidGrant("subject token is not bound to a task")
+    actor: WorkloadIdentity | None = None
+    if req.actor_token is not None:
+        actor = await ctx.verify_workload(req.actor_token, as_client=False)
+        audit["principal"] = actor.principal
+        await _client(ctx, req, actor.principal)
+    else:
+        if parent.jkt is None or parent.jkt != proof.jkt:
+            raise InvalidDPoPProof("dpop proof key does not match the subject token binding")
+        await _client(ctx, req, parent.client_id)
+    principals = [parent.sub, parent.agent, *parent.actors] + ([actor.principal] if actor else [])
+    state = await ctx.store.lookup(task_id=parent.txn, jti=parent.jti, principals=principals)
+    if state.token is None or state.token.revoked_at is not None:
+        raise InvalidGrant("subject token has been revoked", debug="revoked or unknown jti")
+    if state.task is None:
+        raise InvalidGrant("unknown task")
+    if state.blocked:
+        raise AccessDenied("principal is blocked")
+    now = int(ctx.now())
+    grant = derive_hop(
+        parent,
+        state.task,
+        scope=req.scope,
+        audience=req.audience,
+        issuer=ctx.settings.issuer,
+        jkt=proof.jkt,
+        limits=ctx.settings.limits,
+        now=now,
+        actor=actor.principal if actor else None,
+        audience_principals=ctx.settings.resources.get(parent.aud, frozenset()),
+    )
+    spend = _spend_key(actor) if actor else None
+    return await _issue(ctx, grant, "hop", state.task, depth=len(grant.actors), spend=spend, now=now)
+
+
+async def _admin(ctx: StsContext, req: ExchangeRequest, identity: WorkloadIdentity, proof: DPoPProof) -> ExchangeResult:
+    """An admin token for the task API: only for configured admin principals, never task-bound."""
+    settings = ctx.settings
+    if identity.principal not in settings.admin_principals:
+        raise InvalidRequest("`task` is required")
+    scope = req.scope if req.scope is not None else settings.admin_scope
+    check_subset(scope, settings.admin_scope, what="the admin scope")
+    if req.audience is not None and req.audience != settings.issuer:
+        raise InvalidTarget("admin tokens are only issued for the issuer")
+    state = await ctx.store.lookup(task_id=None, jti=None, principals=[identity.principal])
+    if state.blocked:
+        raise AccessDenied("principal is blocked")
+    now = int(ctx.now())
+    exp = min(now + settings.admin_ttl, identity.exp)
+    if exp <= now:
+        raise InvalidGrant("workload token expires too soon")
+    grant = Grant(
+        sub=identity.principal,
+        aud=settings.issuer,
+        scope=scope,
+        exp=exp,
+        client_id=identity.principal,
+        agent=identity.principal,
+        jkt=proof.jkt,
+        txn=None,
+    )
+    return await _issue(ctx, grant, "admin", None, depth=0, spend=_spend_key(identity), now=now)
+
+
+async def _issue(
+    ctx: StsContext, grant: Grant, kind: str, task: Task | None, *, depth: int, spend: tuple[str, int] | None, now: int
+) -> ExchangeResult:
+    jti = new_jti()
+    token = ctx.keyring.sign(build_claims(grant, issuer=ctx.settings.issuer, jti=jti, now=now))
+    record = IssuedToken(
+        jti=jti,
+        kind=kind,
+        sub=grant.sub,
+        client_id=grant.client_id,
+        aud=grant.aud,
+        scope=format_scope(grant.scope),
+        jkt=grant.jkt,
+        iat=now,
+        exp=grant.exp,
+        depth=depth,
+        task_id=task.id if task else None,
+        parent_jti=grant.parent_jti,
+    )
+    event = AuditEvent(
+        kind="token.issued",
+        outcome="ok",
+        principal=grant.client_id,
+        task=record.task_id,
+        jti=jti,
+        detail={
+            "token_kind": kind,
+            "aud": grant.aud,
+            "scope": record.scope,
+            "exp": grant.exp,
+            "parent": grant.parent_jti,
+            "act": list(grant.actors),
+            "depth": depth,
+            "jkt": grant.jkt,
+        },
+    )
+    try:
+        await ctx.store.issue_token(record, now=now, spend=spend, audit=event)
+    except AlreadySpent as exc:
+        raise InvalidGrant("workload token has already been used", debug="identity jti already redeemed") from exc
+    except CapReached as exc:
+        raise InvalidGrant("task token limit reached") from exc
+    except TaskNotActive as exc:
+        raise InvalidGrant("task or subject token is no longer active", debug=str(exc)) from exc
+    return ExchangeResult(access_token=token, expires_in=grant.exp - now, scope=record.scope)

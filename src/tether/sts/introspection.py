@@ -1,0 +1,97 @@
+"""Introspection (RFC 7662), revocation (RFC 7009) and the kill switch.
+
+Introspection answers ``active`` from the token, the lineage store and the task at
+once, so a token of a completed task is inactive the moment the task ends. A caller
+learns about a token only if it is the token's audience (or registered for it), its
+client, or an admin; anyone else gets ``{"active": false}`` (AUX-04, anti-scanning).
+Revocation cuts the token and every token derived from it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tether.audit.chain import AuditEvent
+from tether.errors import InvalidToken, UnauthorizedClient
+from tether.model import AccessToken, TaskState, WorkloadIdentity, act_from_chain
+from tether.rules.scope import format_scope
+from tether.store.records import BlockKind
+from tether.sts.context import StsContext
+
+__all__ = ["block", "introspect", "revoke"]
+
+
+def _may_see(ctx: StsContext, caller: WorkloadIdentity, token: AccessToken) -> bool:
+    principal = caller.principal
+    return (
+        principal in ctx.settings.admin_principals
+        or principal == token.aud
+        or principal in ctx.settings.resources.get(token.aud, frozenset())
+        or principal == token.client_id
+    )
+
+
+async def introspect(ctx: StsContext, caller: WorkloadIdentity, token: str) -> dict[str, Any]:
+    inactive: dict[str, Any] = {"active": False}
+    try:
+        claims = ctx.verify_own_token(token, audience=None)
+    except InvalidToken:
+        return inactive
+    if not _may_see(ctx, caller, claims):
+        return inactive
+    state = await ctx.store.lookup(task_id=claims.txn, jti=claims.jti, principals=[claims.sub, claims.agent, *claims.actors])
+    if state.token is None or state.token.revoked_at is not None or state.blocked:
+        return inactive
+    if claims.txn is not None and (state.task is None or state.task.effective_state(ctx.now()) is not TaskState.ACTIVE):
+        return inactive
+    body: dict[str, Any] = {
+        "active": True,
+        "iss": claims.iss,
+        "sub": claims.sub,
+        "aud": claims.aud,
+        "client_id": claims.client_id,
+        "scope": format_scope(claims.scope),
+        "exp": claims.exp,
+        "iat": claims.iat,
+        "nbf": claims.nbf,
+        "jti": claims.jti,
+        "token_type": "DPoP",
+        "agt": claims.agent,
+    }
+    if claims.jkt is not None:
+        body["cnf"] = {"jkt": claims.jkt}
+    if claims.txn is not None:
+        body["txn"] = claims.txn
+    if claims.actors:
+        body["act"] = act_from_chain(claims.actors)
+    if claims.purp is not None:
+        body["purp"] = claims.purp
+    return body
+
+
+async def revoke(ctx: StsContext, caller: WorkloadIdentity, token: str) -> list[str]:
+    """RFC 7009 §2.1: unknown or invalid tokens are a 200 with nothing to do."""
+    try:
+        claims = ctx.verify_own_token(token, audience=None)
+    except InvalidToken:
+        return []
+    allowed = caller.principal in ctx.settings.admin_principals or caller.principal in (
+        claims.client_id,
+        claims.sub,
+        claims.agent,
+    )
+    if not allowed:
+        raise UnauthorizedClient("token was not issued to this client")
+    event = AuditEvent(kind="token.revoked", outcome="ok", principal=caller.principal, task=claims.txn, jti=claims.jti)
+    return await ctx.store.revoke_tree(claims.jti, now=ctx.now(), audit=event)
+
+
+async def block(ctx: StsContext, caller: AccessToken, kind: BlockKind, value: str, *, lift: bool) -> dict[str, Any]:
+    now = ctx.now()
+    if lift:
+        event = AuditEvent(kind="principal.unblocked", outcome="ok", principal=caller.sub, detail={kind.value: value})
+        removed = await ctx.store.unblock(kind, value, now=now, audit=event)
+        return {kind.value: value, "blocked": False, "was_blocked": removed}
+    event = AuditEvent(kind="principal.blocked", outcome="ok", principal=caller.sub, detail={kind.value: value})
+    tasks = await ctx.store.block(kind, value, now=now, audit=event)
+    return {kind.value: value, "blocked": True, "tasks_cancelled": tasks}

@@ -1,0 +1,1 @@
+"""Thin HTTP edges of the STS: parse strictly, call one use case, render."""

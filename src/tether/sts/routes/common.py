@@ -1,0 +1,51 @@
+"""Route plumbing: every endpoint's errors go through ``tether.web.errors``, refusals are audited."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tether.errors import OAuthError, TetherError, UseDPoPNonce
+from tether.store.errors import StoreError
+from tether.sts.context import StsContext
+from tether.web.errors import error_response
+
+__all__ = ["Endpoint", "context", "endpoint", "nonce_headers"]
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def context(request: Request) -> StsContext:
+    ctx: StsContext = request.app.state.ctx
+    return ctx
+
+
+def nonce_headers(ctx: StsContext) -> dict[str, str]:
+    """RFC 9449 §8.2: hand out the next nonce with every successful response."""
+    nonce = ctx.proofs.fresh_nonce()
+    return {"DPoP-Nonce": nonce} if nonce else {}
+
+
+def endpoint(*, resource: bool, audit_kind: str | None = None) -> Callable[[Endpoint], Endpoint]:
+    """Catch tether errors, audit the refusal (unless the use case did) and render it."""
+
+    def wrap(fn: Endpoint) -> Endpoint:
+        @functools.wraps(fn)
+        async def handler(request: Request) -> Response:
+            ctx = context(request)
+            try:
+                return await fn(request)
+            except (TetherError, StoreError) as exc:
+                if isinstance(exc, OAuthError) and audit_kind is not None and not isinstance(exc, UseDPoPNonce):
+                    try:
+                        await ctx.refuse(exc, kind=audit_kind, detail={"path": request.url.path[:200]})
+                    except StoreError as store_exc:
+                        return error_response(store_exc, resource=resource, algs=ctx.proofs.algorithms)
+                return error_response(exc, resource=resource, algs=ctx.proofs.algorithms)
+
+        return handler
+
+    return wrap

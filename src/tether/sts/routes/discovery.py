@@ -1,0 +1,69 @@
+"""``/jwks``, RFC 8414 metadata, ``/healthz`` and the revocation feed (``/revocations``)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from tether.errors import InvalidRequest
+from tether.sts.routes.common import context, endpoint
+from tether.sts.settings import TOKEN_EXCHANGE
+
+__all__ = ["health_endpoint", "jwks_endpoint", "metadata_endpoint", "revocations_endpoint"]
+
+
+@endpoint(resource=False)
+async def jwks_endpoint(request: Request) -> Response:
+    ctx = context(request)
+    return JSONResponse(
+        ctx.keyring.jwks(now=ctx.now()), headers={"Cache-Control": "public, max-age=60"}, media_type="application/jwk-set+json"
+    )
+
+
+@endpoint(resource=False)
+async def metadata_endpoint(request: Request) -> Response:
+    """RFC 8414 §2, with RFC 9449 §5.1 ``dpop_signing_alg_values_supported``."""
+    ctx = context(request)
+    issuer = ctx.settings.issuer
+    algs = list(ctx.proofs.algorithms)
+    return JSONResponse(
+        {
+            "issuer": issuer,
+            "token_endpoint": issuer + "/token",
+            "jwks_uri": issuer + "/jwks",
+            "introspection_endpoint": issuer + "/introspect",
+            "revocation_endpoint": issuer + "/revoke",
+            "grant_types_supported": [TOKEN_EXCHANGE],
+            "response_types_supported": [],
+            "token_endpoint_auth_methods_supported": ["private_key_jwt", "none"],
+            "token_endpoint_auth_signing_alg_values_supported": algs,
+            "introspection_endpoint_auth_methods_supported": ["private_key_jwt"],
+            "revocation_endpoint_auth_methods_supported": ["private_key_jwt"],
+            "dpop_signing_alg_values_supported": algs,
+            "scopes_supported": sorted(ctx.settings.admin_scope),
+            "tether_tasks_endpoint": issuer + "/tasks",
+            "tether_revocations_endpoint": issuer + "/revocations",
+        },
+        headers={"Cache-Control": "public, max-age=300"},
+    )
+
+
+@endpoint(resource=False)
+async def health_endpoint(request: Request) -> Response:
+    ctx = context(request)
+    await ctx.store.ping()
+    return JSONResponse({"status": "ok", "kid": ctx.keyring.current.kid}, headers={"Cache-Control": "no-store"})
+
+
+@endpoint(resource=False)
+async def revocations_endpoint(request: Request) -> Response:
+    """Feed entries after ``after`` (a cursor); entries drop out once the tokens they cover expire."""
+    ctx = context(request)
+    after_raw = request.query_params.get("after", "0")
+    if not after_raw.isdigit() or len(after_raw) > 18:
+        raise InvalidRequest("`after` must be a non-negative integer")
+    entries = await ctx.store.revocations_after(int(after_raw), now=ctx.now(), limit=1000)
+    cursor = entries[-1].seq if entries else int(after_raw)
+    return JSONResponse(
+        {"revocations": [e.as_json() for e in entries], "cursor": cursor}, headers={"Cache-Control": "no-store"}
+    )

@@ -1,0 +1,60 @@
+"""``POST /token`` (RFC 8693 §2), ``POST /introspect`` (RFC 7662 §2), ``POST /revoke`` (RFC 7009 §2)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from tether.rules.resource import select_audience
+from tether.rules.scope import parse_scope
+from tether.sts.auth import authenticate_client
+from tether.sts.exchange import ExchangeRequest, exchange
+from tether.sts.introspection import introspect, revoke
+from tether.sts.routes.common import context, endpoint, nonce_headers
+from tether.web.dpop_request import dpop_header
+from tether.web.errors import NO_STORE
+from tether.web.forms import read_form
+
+__all__ = ["introspect_endpoint", "revoke_endpoint", "token_endpoint"]
+
+
+@endpoint(resource=False)
+async def token_endpoint(request: Request) -> Response:
+    ctx = context(request)
+    form = await read_form(request, repeatable=("resource", "audience"))
+    scope = form.get("scope")
+    req = ExchangeRequest(
+        grant_type=form.require("grant_type"),
+        subject_token=form.require("subject_token"),
+        subject_token_type=form.require("subject_token_type"),
+        dpop=dpop_header(request.headers),
+        actor_token=form.get("actor_token"),
+        actor_token_type=form.get("actor_token_type"),
+        audience=select_audience(form.all("resource"), form.all("audience")),
+        scope=parse_scope(scope) if scope is not None else None,
+        requested_token_type=form.get("requested_token_type"),
+        task=form.get("task"),
+        client_id=form.get("client_id"),
+        client_assertion=form.get("client_assertion"),
+        client_assertion_type=form.get("client_assertion_type"),
+    )
+    result = await exchange(ctx, req)
+    return JSONResponse(result.as_json(), headers={**NO_STORE, **nonce_headers(ctx)})
+
+
+@endpoint(resource=False, audit_kind="introspect.refused")
+async def introspect_endpoint(request: Request) -> Response:
+    ctx = context(request)
+    form = await read_form(request)
+    client = await authenticate_client(ctx, form.get("client_assertion"), form.get("client_assertion_type"))
+    body = await introspect(ctx, client, form.require("token"))
+    return JSONResponse(body, headers=NO_STORE)
+
+
+@endpoint(resource=False, audit_kind="revoke.refused")
+async def revoke_endpoint(request: Request) -> Response:
+    ctx = context(request)
+    form = await read_form(request)
+    client = await authenticate_client(ctx, form.get("client_assertion"), form.get("client_assertion_type"))
+    await revoke(ctx, client, form.require("token"))
+    return Response(status_code=200, headers=NO_STORE)

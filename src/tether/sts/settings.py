@@ -1,0 +1,67 @@
+"""The STS's view of the configuration: plain values, resolved once at start-up."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from tether.config import Config
+from tether.rules.exchange import Limits
+from tether.rules.scope import parse_scope
+from tether.rules.task import TaskLimits
+
+__all__ = ["JWT_BEARER", "TOKEN_EXCHANGE", "TOKEN_TYPE_ACCESS", "TOKEN_TYPE_JWT", "StsSettings"]
+
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
+TOKEN_TYPE_ACCESS = "urn:ietf:params:oauth:token-type:access_token"
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+@dataclass(frozen=True)
+class StsSettings:
+    issuer: str
+    limits: Limits = field(default_factory=Limits)
+    task_limits: TaskLimits = field(default_factory=TaskLimits)
+    admin_principals: frozenset[str] = frozenset({"spiffe://tether.local/admin"})
+    admin_scope: frozenset[str] = frozenset({"tether:admin"})
+    admin_ttl: int = 300
+    skew: int = 10
+    dpop_algs: tuple[str, ...] = ("ES256", "ES384", "EdDSA", "PS256", "RS256")
+    dpop_max_age: int = 60
+    nonce: bool = True
+    nonce_ttl: int = 120
+    resources: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    @property
+    def token_endpoint(self) -> str:
+        return self.issuer + "/token"
+
+    @property
+    def max_token_lifetime(self) -> int:
+        """No tether token lives longer than this (used for C-03 and key retirement)."""
+        return max(self.limits.session_ttl, self.limits.hop_ttl, self.admin_ttl)
+
+    @classmethod
+    def from_config(cls, config: Config) -> StsSettings:
+        tokens, dpop, tasks = config.values["tokens"], config.values["dpop"], config.values["tasks"]
+        return cls(
+            issuer=config.issuer,
+            limits=Limits(session_ttl=tokens["session_ttl"], hop_ttl=tokens["hop_ttl"]),
+            task_limits=TaskLimits(
+                max_duration=tasks["max_duration"],
+                max_depth=tasks["max_depth"],
+                max_tokens=tasks["max_tokens"],
+                default_max_depth=min(tasks["default_max_depth"], tasks["max_depth"]),
+                default_max_tokens=min(tasks["default_max_tokens"], tasks["max_tokens"]),
+            ),
+            admin_principals=frozenset(config.values["admin"]["principals"]),
+            admin_scope=parse_scope(config.admin_scope),
+            admin_ttl=tokens["admin_ttl"],
+            skew=tokens["clock_skew"],
+            dpop_algs=tuple(dpop["algorithms"]),
+            dpop_max_age=dpop["max_age"],
+            nonce=dpop["nonce"],
+            nonce_ttl=dpop["nonce_ttl"],
+            resources={r.uri: frozenset(r.principals) for r in config.resources},
+        )

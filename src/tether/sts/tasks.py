@@ -1,0 +1,136 @@
+"""Task use cases: create, read, list, complete or cancel (DESIGN "The flow", steps 1 and 6).
+
+Only an admin token creates and lists tasks. A task's own session token (``txn`` is
+the task, audience the issuer) may read and end that task, so an agent can close
+what it was given. Ending a task revokes every token bound to it in the same write.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from tether.audit.chain import AuditEvent
+from tether.errors import AccessDenied, InsufficientScope, InvalidRequest, NotFoundError
+from tether.model import AccessToken, Task, TaskState
+from tether.rules.task import TaskRequest, build_task, check_transition
+from tether.store.errors import NotFound, TaskNotActive
+from tether.sts.auth import is_admin, require_admin
+from tether.sts.context import StsContext
+
+__all__ = ["create_task", "end_task", "get_task", "list_tasks", "parse_task_request"]
+
+_FIELDS = {"agent", "audiences", "scopes", "purpose", "on_behalf_of", "max_duration", "max_depth", "max_tokens"}
+
+
+def _optional_int(body: dict[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"`{name}` must be an integer")
+    return value
+
+
+def _optional_str(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest(f"`{name}` must be a string")
+    return value
+
+
+def _str_list(body: dict[str, Any], name: str) -> list[str]:
+    value = body.get(name)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidRequest(f"`{name}` must be a list of strings")
+    return value
+
+
+def parse_task_request(body: dict[str, Any]) -> TaskRequest:
+    unknown = set(body) - _FIELDS
+    if unknown:
+        raise InvalidRequest(f"unknown field `{sorted(unknown)[0]}`")
+    agent = _optional_str(body, "agent")
+    if agent is None:
+        raise InvalidRequest("`agent` is required")
+    return TaskRequest(
+        agent=agent,
+        audiences=_str_list(body, "audiences"),
+        scopes=_str_list(body, "scopes"),
+        purpose=_optional_str(body, "purpose"),
+        on_behalf_of=_optional_str(body, "on_behalf_of"),
+        max_duration=_optional_int(body, "max_duration"),
+        max_depth=_optional_int(body, "max_depth"),
+        max_tokens=_optional_int(body, "max_tokens"),
+    )
+
+
+async def create_task(ctx: StsContext, caller: AccessToken, request: TaskRequest) -> Task:
+    require_admin(ctx, caller)
+    now = int(ctx.now())
+    task = build_task(
+        request,
+        task_id="tsk_" + secrets.token_urlsafe(16),
+        issuer=ctx.settings.issuer,
+        limits=ctx.settings.task_limits,
+        now=now,
+        created_by=caller.sub,
+    )
+    names = [task.agent] + ([task.on_behalf_of] if task.on_behalf_of else [])
+    state = await ctx.store.lookup(task_id=None, jti=None, principals=names)
+    if state.blocked:
+        raise AccessDenied("principal is blocked")
+    event = AuditEvent(
+        kind="task.created",
+        outcome="ok",
+        principal=caller.sub,
+        task=task.id,
+        detail={
+            "agent": task.agent,
+            "on_behalf_of": task.on_behalf_of,
+            "audiences": list(task.audiences),
+            "scopes": sorted(task.scopes),
+            "expires_at": task.expires_at,
+            "max_depth": task.max_depth,
+            "max_tokens": task.max_tokens,
+        },
+    )
+    await ctx.store.create_task(task, event)
+    return task
+
+
+async def _visible(ctx: StsContext, caller: AccessToken, task_id: str) -> Task:
+    task = await ctx.store.get_task(task_id)
+    if task is None or not (is_admin(ctx, caller) or caller.txn == task.id):
+        raise NotFoundError("task not found")
+    return task
+
+
+async def get_task(ctx: StsContext, caller: AccessToken, task_id: str) -> Task:
+    return await _visible(ctx, caller, task_id)
+
+
+async def list_tasks(ctx: StsContext, caller: AccessToken, *, state: str | None, agent: str | None, limit: int) -> list[Task]:
+    require_admin(ctx, caller)
+    try:
+        wanted = TaskState(state) if state else None
+    except ValueError as exc:
+        raise InvalidRequest(f"`state` must be one of {', '.join(s.value for s in TaskState)}") from exc
+    return await ctx.store.list_tasks(state=wanted, agent=agent, now=ctx.now(), limit=limit)
+
+
+async def end_task(ctx: StsContext, caller: AccessToken, task_id: str, target: TaskState) -> Task:
+    task = await _visible(ctx, caller, task_id)
+    if target is TaskState.SUSPENDED and not is_admin(ctx, caller):
+        raise InsufficientScope("only an admin can suspend a task")
+    now = ctx.now()
+    check_transition(task, target, now)
+    event = AuditEvent(kind=f"task.{target.value}", outcome="ok", principal=caller.sub, task=task.id)
+    try:
+        return await ctx.store.end_task(task.id, target, now=now, audit=event)
+    except NotFound as exc:
+        raise NotFoundError("task not found") from exc
+    except TaskNotActive as exc:
+        raise InvalidRequest(f"task is already {exc}") from exc

@@ -1,0 +1,72 @@
+"""The one place where errors become HTTP responses (RFC 6749 §5.2, RFC 6750 §3, RFC 9449 §7.1).
+
+At the AS endpoints an error is a JSON body ``{"error", "error_description"}`` with
+``Cache-Control: no-store``; at DPoP-protected endpoints it is also a
+``WWW-Authenticate: DPoP`` challenge. ``StoreUnavailable`` and ``PolicyUnavailable``
+become 503 ``temporarily_unavailable`` (fail closed). Anything unexpected becomes a
+bare ``server_error`` — the trace goes to the server log, never to the client.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from tether.errors import OAuthError, PolicyUnavailable, TemporarilyUnavailable, TooManyRequests, UseDPoPNonce
+from tether.store.errors import StoreUnavailable
+
+__all__ = ["NO_STORE", "error_response", "handle_http", "handle_unexpected", "unexpected_error"]
+
+log = logging.getLogger("tether.web")
+
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def _challenge(exc: OAuthError, algs: Collection[str]) -> str:
+    parts = [f'error="{exc.error}"']
+    if exc.description:
+        parts.append(f'error_description="{exc.description.replace(chr(34), chr(39))}"')
+    if algs:
+        parts.append(f'algs="{" ".join(algs)}"')
+    return "DPoP " + ", ".join(parts)
+
+
+def error_response(exc: Exception, *, resource: bool = False, algs: Collection[str] = ()) -> Response:
+    """Render a refusal. ``resource=True`` uses the resource-server status and challenge."""
+    if isinstance(exc, StoreUnavailable | PolicyUnavailable):
+        log.error("failing closed: %s", exc)
+        exc = TemporarilyUnavailable("the service cannot decide right now; retry shortly", debug=str(exc))
+    if not isinstance(exc, OAuthError):
+        return unexpected_error(exc)
+    headers = dict(NO_STORE)
+    status = exc.rs_status if resource else exc.status
+    if isinstance(exc, UseDPoPNonce):
+        headers["DPoP-Nonce"] = exc.nonce
+    if isinstance(exc, TemporarilyUnavailable):
+        headers["Retry-After"] = "1"
+    if isinstance(exc, TooManyRequests) and exc.retry_after is not None:
+        headers["Retry-After"] = str(exc.retry_after)
+    if resource and status in (401, 403):
+        headers["WWW-Authenticate"] = _challenge(exc, algs)
+    body = {"error": exc.error, "error_description": exc.description}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def unexpected_error(exc: BaseException) -> Response:
+    log.error("unexpected error", exc_info=exc)
+    return JSONResponse({"error": "server_error", "error_description": "internal error"}, status_code=500, headers=NO_STORE)
+
+
+async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    """Starlette exception handler of last resort."""
+    return unexpected_error(exc)
+
+
+async def handle_http(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 as RFC 6749-style JSON instead of plain text."""
+    status = getattr(exc, "status_code", 404)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(status, "invalid_request")
+    return JSONResponse({"error": code, "error_description": code.replace("_", " ")}, status_code=status, headers=NO_STORE)

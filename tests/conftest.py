@@ -1,0 +1,27 @@
+"""Shared fixtures. Servers are real uvicorn instances on loopback; stores are real files."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from helpers import RunningSts, running_sts  # noqa: E402
+
+
+@pytest.fixture
+def sts(tmp_path: Path) -> Iterator[RunningSts]:
+    """A fresh STS per test (its own directory, keys and database)."""
+    with running_sts(tmp_path) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def shared_sts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSts]:
+    """One STS for a whole module, for tests that only create their own tasks."""
+    with running_sts(tmp_path_factory.mktemp("sts")) as server:
+        yield server

@@ -1,0 +1,206 @@
+"""Test harness: a real STS on loopback (uvicorn in a thread), and small clients for it.
+
+The server runs with a ``ManualClock`` so tests move time forward instead of sleeping.
+Everything else is real: the SQLite file, the HTTP stack, the crypto.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from tether.agent.proof import DPoPKey
+from tether.audit.chain import AuditRecord
+from tether.clock import ManualClock
+from tether.config import Config, load_config
+from tether.identity.dev_issuer import DevTrustDomain
+from tether.keys.sealed import load_master_key
+from tether.provision import initialize
+from tether.store.open import open_store
+from tether.sts.bootstrap import Sts, build_sts
+
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+JWT = "urn:ietf:params:oauth:token-type:jwt"
+ACCESS = "urn:ietf:params:oauth:token-type:access_token"
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+ADMIN = "spiffe://tether.local/admin"
+AGENT = "spiffe://tether.local/agent/research"
+SVC_B = "spiffe://tether.local/svc/b"
+SVC_C = "spiffe://tether.local/svc/c"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_deployment(directory: Path, *, extra_toml: str = "", port: int | None = None) -> Config:
+    """``tether init`` into ``directory`` with a free port, plus extra TOML appended."""
+    port = port or free_port()
+    result = initialize(directory, issuer=f"http://127.0.0.1:{port}")
+    if extra_toml:
+        with result.config_path.open("a", encoding="utf-8") as handle:
+            handle.write("\n" + extra_toml + "\n")
+    return load_config(result.config_path)
+
+
+class ServerThread:
+    """Run an ASGI app under uvicorn on 127.0.0.1:port in a background thread."""
+
+    def __init__(self, app: Any, port: int) -> None:
+        self.port = port
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="on", access_log=False)
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("server did not start")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@dataclass
+class RunningSts:
+    config: Config
+    clock: ManualClock
+    sts: Sts
+    thread: ServerThread
+    clients: list[httpx.Client] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.config.issuer
+
+    @property
+    def token_url(self) -> str:
+        return self.url + "/token"
+
+    def dev(self) -> DevTrustDomain:
+        return DevTrustDomain.load(self.config.data_dir, "tether.local", load_master_key(self.config.master_key_file))
+
+    def svid(self, spiffe_id: str = AGENT, *, audience: str | None = None, ttl: int = 300, jti: bool = True) -> str:
+        now = int(self.clock.now())
+        return self.dev().issue(spiffe_id, audience=audience or self.url, ttl=ttl, now=now, with_jti=jti)
+
+    def audit(self) -> list[AuditRecord]:
+        store = open_store(self.config)
+        try:
+            return asyncio.run(store.audit_records(after=0, limit=100_000))
+        finally:
+            store.close()
+
+    def last_audit(self, kind: str | None = None) -> AuditRecord:
+        records = [r for r in self.audit() if kind is None or r.kind == kind]
+        assert records, f"no audit record of kind {kind}"
+        return records[-1]
+
+
+@contextlib.contextmanager
+def running_sts(directory: Path, *, extra_toml: str = "", clock: ManualClock | None = None) -> Iterator[RunningSts]:
+    config = make_deployment(directory, extra_toml=extra_toml)
+    clock = clock or ManualClock()
+    port = int(config.issuer.rsplit(":", 1)[1])
+    sts = asyncio.run(_build(config, clock))
+    thread = ServerThread(sts.app, port)
+    thread.start()
+    running = RunningSts(config=config, clock=clock, sts=sts, thread=thread)
+    try:
+        yield running
+    finally:
+        for http in running.clients:
+            http.close()
+        thread.stop()
+
+
+async def _build(config: Config, clock: ManualClock) -> Sts:
+    return await build_sts(config, clock=clock)
+
+
+class Client:
+    """A DPoP client for the STS that remembers the server nonce, like a standard client would."""
+
+    def __init__(self, sts: RunningSts, key: DPoPKey | None = None) -> None:
+        self.sts = sts
+        self.key = key or DPoPKey()
+        self.http = httpx.Client(timeout=10.0, trust_env=False)
+        sts.clients.append(self.http)
+        self.nonce: str | None = None
+
+    def proof(self, method: str = "POST", url: str | None = None, *, access_token: str | None = None, **kw: Any) -> str:
+        now = kw.pop("now", self.sts.clock.now())
+        return self.key.proof(method, url or self.sts.token_url, nonce=kw.pop("nonce", self.nonce),
+                              access_token=access_token, now=now)
+
+    def post_token(self, form: dict[str, str], *, proof: str | None = None, headers: dict[str, str] | None = None,
+                   retry_nonce: bool = True) -> httpx.Response:
+        """POST /token with a fresh proof (or ``proof``); one retry on ``use_dpop_nonce``."""
+        for _ in range(2):
+            hdrs = dict(headers or {})
+            if proof is not None or "DPoP" not in hdrs:
+                hdrs.setdefault("DPoP", proof if proof is not None else self.proof())
+            response = self.http.post(self.sts.token_url, data=form, headers=hdrs)
+            if "dpop-nonce" in response.headers:
+                self.nonce = response.headers["dpop-nonce"]
+            if retry_nonce and proof is None and response.status_code == 400 and response.json().get("error") == "use_dpop_nonce":
+                continue
+            return response
+        return response
+
+    def session(self, task_id: str, *, svid: str | None = None, **extra: str) -> httpx.Response:
+        form = {"grant_type": TOKEN_EXCHANGE, "subject_token": svid or self.sts.svid(), "subject_token_type": JWT,
+                "task": task_id, **extra}
+        return self.post_token(form)
+
+    def hop(self, subject: str, resource: str | None, **extra: str) -> httpx.Response:
+        form = {"grant_type": TOKEN_EXCHANGE, "subject_token": subject, "subject_token_type": ACCESS, **extra}
+        if resource is not None:
+            form["resource"] = resource
+        return self.post_token(form)
+
+    def api(self, method: str, path: str, token: str, **kwargs: Any) -> httpx.Response:
+        url = self.sts.url + path
+        for _ in range(2):
+            headers = {"Authorization": f"DPoP {token}", "DPoP": self.proof(method, url, access_token=token)}
+            response = self.http.request(method, url, headers=headers, **kwargs)
+            if "dpop-nonce" in response.headers:
+                self.nonce = response.headers["dpop-nonce"]
+            if response.status_code == 401 and "use_dpop_nonce" in response.headers.get("www-authenticate", ""):
+                continue
+            return response
+        return response
+
+
+def admin_token(sts: RunningSts, client: Client | None = None) -> tuple[Client, str]:
+    client = client or Client(sts)
+    response = client.post_token({"grant_type": TOKEN_EXCHANGE, "subject_token": sts.svid(ADMIN), "subject_token_type": JWT})
+    assert response.status_code == 200, response.text
+    return client, str(response.json()["access_token"])
+
+
+def create_task(sts: RunningSts, **fields: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"agent": AGENT, "audiences": ["http://127.0.0.1:9001"], "scopes": ["wiki:read", "wiki:write"]}
+    body.update(fields)
+    client, token = admin_token(sts)
+    response = client.api("POST", "/tasks", token, json=body)
+    assert response.status_code == 201, response.text
+    task: dict[str, Any] = response.json()
+    return task
