@@ -61,7 +61,9 @@ class ServerThread:
     def __init__(self, app: Any, port: int) -> None:
         self.port = port
         self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="on", access_log=False)
+            uvicorn.Config(
+                app, host="127.0.0.1", port=port, log_level="error", lifespan="on", access_log=False, timeout_graceful_shutdown=1
+            )
         )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -95,6 +95,12 @@ class StsClient:
     def close(self) -> None:
         self.http.close()
 
+    def __enter__(self) -> StsClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def _is_nonce_challenge(response: httpx.Response) -> bool:
     if response.status_code == 401 and "use_dpop_nonce" in response.headers.get("www-authenticate", ""):

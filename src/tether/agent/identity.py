@@ -1,4 +1,6 @@
-"""Where a workload's identity JWT comes from: a file (SPIRE helper, Kubernetes projected token) or the dev issuer.
+"""Where a workload's identity JWT comes from: a file, the SPIFFE Workload API, or the dev issuer.
+
+Files cover spiffe-helper output and Kubernetes projected service-account tokens.
 
 Each source returns a fresh token on demand; files are re-read every time, since the
 agent that writes them (spiffe-helper, kubelet) rotates them in place.
@@ -6,13 +8,14 @@ agent that writes them (spiffe-helper, kubelet) rotates them in place.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Protocol
 
 from tether.identity.dev_issuer import DevTrustDomain
 
-__all__ = ["DevIdentity", "FileIdentity", "IdentitySource"]
+__all__ = ["DevIdentity", "FileIdentity", "IdentitySource", "WorkloadApiIdentity", "identity_from_environment"]
 
 
 class IdentitySource(Protocol):
@@ -45,3 +48,32 @@ class DevIdentity:
     def token(self, audience: str) -> str:
         assert self.principal is not None
         return self._domain.issue(self.principal, audience=audience, ttl=self._ttl, now=int(time.time()))
+
+
+class WorkloadApiIdentity:
+    """JWT-SVIDs from the SPIFFE Workload API (SPIRE agent), via the ``spiffe`` package.
+
+    Used when ``SPIFFE_ENDPOINT_SOCKET`` is set; install with ``pip install tether[spiffe]``.
+    """
+
+    def __init__(self, socket_path: str | None = None) -> None:
+        try:
+            from spiffe import WorkloadApiClient
+        except ImportError as exc:  # pragma: no cover - depends on the optional extra
+            raise RuntimeError("the SPIFFE Workload API needs the `spiffe` package: pip install tether[spiffe]") from exc
+        self._client = WorkloadApiClient(socket_path or os.environ.get("SPIFFE_ENDPOINT_SOCKET"))
+        self.principal: str | None = None
+
+    def token(self, audience: str) -> str:
+        svid = self._client.fetch_jwt_svid(audience={audience})
+        self.principal = str(svid.spiffe_id)
+        return str(svid.token)
+
+
+def identity_from_environment(*, file: Path | None = None) -> IdentitySource:
+    """A JWT file if given, else the Workload API when ``SPIFFE_ENDPOINT_SOCKET`` is set."""
+    if file is not None:
+        return FileIdentity(file)
+    if os.environ.get("SPIFFE_ENDPOINT_SOCKET"):
+        return WorkloadApiIdentity()
+    raise RuntimeError("no workload identity: pass a token file or set SPIFFE_ENDPOINT_SOCKET")

@@ -13,6 +13,7 @@ from tether.cli import audit as audit_cli
 from tether.cli import keys as keys_cli
 from tether.cli import task as task_cli
 from tether.cli.common import admin_client, config_or_exit, dev_domain, errors_to_exit
+from tether.cli.demo import demo
 from tether.cli.output import console, fail, print_json, print_mapping
 from tether.provision import initialize
 from tether.store.records import BlockKind
@@ -27,6 +28,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(keys_cli.app, name="keys")
 app.add_typer(task_cli.app, name="task")
 app.add_typer(audit_cli.app, name="audit")
+app.command()(demo)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="tether.toml (default ./tether.toml)")]
 

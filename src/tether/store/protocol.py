@@ -99,6 +99,14 @@ class Store(Protocol):
         """Feed entries with ``seq`` greater than ``seq`` whose ``exp`` has not passed."""
         ...
 
+    def revocation_generation(self) -> int:
+        """A counter that changes whenever a revocation is published (read it before querying)."""
+        ...
+
+    async def wait_for_revocations(self, *, since: int, timeout: float) -> bool:
+        """Wait until the generation differs from ``since`` (True) or ``timeout`` passes (False)."""
+        ...
+
     # -- audit --------------------------------------------------------------------
     async def append_audit(self, event: AuditEvent, *, now: float) -> AuditRecord: ...
 

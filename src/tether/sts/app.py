@@ -20,7 +20,13 @@ from starlette.routing import Route
 from tether.keys.keyring import load_keyring
 from tether.store.errors import StoreUnavailable
 from tether.sts.context import StsContext
-from tether.sts.routes.discovery import health_endpoint, jwks_endpoint, metadata_endpoint, revocations_endpoint
+from tether.sts.routes.discovery import (
+    health_endpoint,
+    jwks_endpoint,
+    metadata_endpoint,
+    revocations_endpoint,
+    revocations_stream_endpoint,
+)
 from tether.sts.routes.tasks import block_endpoint, task_endpoint, task_transition_endpoint, tasks_endpoint
 from tether.sts.routes.token import introspect_endpoint, revoke_endpoint, token_endpoint
 from tether.web.errors import handle_http, handle_unexpected
@@ -72,6 +78,7 @@ def create_app(
         Route("/.well-known/oauth-authorization-server", metadata_endpoint, methods=["GET"]),
         Route("/healthz", health_endpoint, methods=["GET"]),
         Route("/revocations", revocations_endpoint, methods=["GET"]),
+        Route("/revocations/stream", revocations_stream_endpoint, methods=["GET"]),
         Route("/tasks", tasks_endpoint, methods=["GET", "POST"]),
         Route("/tasks/{task_id}", task_endpoint, methods=["GET"]),
         Route("/tasks/{task_id}/{action:str}", task_transition_endpoint, methods=["POST"]),

@@ -26,9 +26,11 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
 def _challenge(exc: OAuthError, algs: Collection[str]) -> str:
-    parts = [f'error="{exc.error}"']
-    if exc.description:
-        parts.append(f'error_description="{exc.description.replace(chr(34), chr(39))}"')
+    parts = []
+    if not getattr(exc, "bare_challenge", False):
+        parts.append(f'error="{exc.error}"')
+        if exc.description:
+            parts.append(f'error_description="{exc.description.replace(chr(34), chr(39))}"')
     if algs:
         parts.append(f'algs="{" ".join(algs)}"')
     return "DPoP " + ", ".join(parts)

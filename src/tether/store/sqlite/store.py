@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from tether.audit.chain import GENESIS, AuditEvent, AuditRecord, link
 from tether.model import Task, TaskState
 from tether.store.errors import AlreadySpent, CapReached, NotFound, StoreUnavailable, TaskNotActive
+from tether.store.notify import Notifier
 from tether.store.records import (
     BlockKind,
     IssuedToken,
@@ -147,6 +148,7 @@ class SqliteStore:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._writes = 0
+        self._revocations = Notifier()
 
     @classmethod
     def open(cls, path: Path, *, migrate_schema: bool = True) -> SqliteStore:
@@ -266,7 +268,9 @@ class SqliteStore:
                 _append(conn, audit, now)
                 return Task(**{**task.__dict__, "state": state, "ended_at": int(now)})
 
-        return await self._db.run(q)
+        ended = await self._db.run(q)
+        self._revocations.notify()
+        return ended
 
     async def expire_tasks(self, *, now: float) -> list[str]:
         """Mark tasks past their hard cap as expired (their tokens cannot outlive them)."""
@@ -393,7 +397,9 @@ class SqliteStore:
                 _append(conn, AuditEvent(**{**audit.__dict__, "detail": {**audit.detail, "revoked": len(revoked)}}), now)
                 return revoked
 
-        return await self._db.run(q)
+        revoked = await self._db.run(q)
+        self._revocations.notify()
+        return revoked
 
     # -- kill switch --------------------------------------------------------------
     async def block(self, kind: BlockKind, value: str, *, now: float, audit: AuditEvent) -> list[str]:
@@ -424,7 +430,9 @@ class SqliteStore:
                 _append(conn, AuditEvent(**{**audit.__dict__, "detail": detail}), now)
                 return [t.id for t in tasks]
 
-        return await self._db.run(q)
+        ended = await self._db.run(q)
+        self._revocations.notify()
+        return ended
 
     async def unblock(self, kind: BlockKind, value: str, *, now: float, audit: AuditEvent) -> bool:
         def q(conn: sqlite3.Connection) -> bool:
@@ -457,6 +465,12 @@ class SqliteStore:
             return [Revocation(r[0], RevocationKind(r[1]), r[2], r[3], r[4]) for r in rows]
 
         return await self._db.run(q)
+
+    def revocation_generation(self) -> int:
+        return self._revocations.generation
+
+    async def wait_for_revocations(self, *, since: int, timeout: float) -> bool:
+        return await self._revocations.wait(since, timeout)
 
     # -- audit --------------------------------------------------------------------
     async def append_audit(self, event: AuditEvent, *, now: float) -> AuditRecord:

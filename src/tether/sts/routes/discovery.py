@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
+
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from tether.errors import InvalidRequest
+from tether.sts.context import StsContext
 from tether.sts.routes.common import context, endpoint
 from tether.sts.settings import TOKEN_EXCHANGE
 
-__all__ = ["health_endpoint", "jwks_endpoint", "metadata_endpoint", "revocations_endpoint"]
+__all__ = ["health_endpoint", "jwks_endpoint", "metadata_endpoint", "revocations_endpoint", "revocations_stream_endpoint"]
 
 
 @endpoint(resource=False)
@@ -66,4 +70,42 @@ async def revocations_endpoint(request: Request) -> Response:
     cursor = entries[-1].seq if entries else int(after_raw)
     return JSONResponse(
         {"revocations": [e.as_json() for e in entries], "cursor": cursor}, headers={"Cache-Control": "no-store"}
+    )
+
+
+HEARTBEAT_SECONDS = 2.0
+STREAM_SECONDS = 300.0
+
+
+async def _feed(ctx: StsContext, cursor: int) -> AsyncIterator[bytes]:
+    """SSE: backlog after ``cursor``, then entries as they are published, heartbeats between.
+
+    Each entry's ``id`` is its sequence number, so a client that reconnects with
+    ``Last-Event-ID`` (or ``after``) resumes exactly where it stopped. A heartbeat carries
+    the cursor and the server time: subscribers use it to know their view is current.
+    """
+    started = ctx.now()
+    while ctx.now() - started < STREAM_SECONDS:
+        generation = ctx.store.revocation_generation()
+        entries = await ctx.store.revocations_after(cursor, now=ctx.now(), limit=1000)
+        for entry in entries:
+            cursor = entry.seq
+            yield f"id: {entry.seq}\nevent: revocation\ndata: {json.dumps(entry.as_json())}\n\n".encode()
+        if len(entries) == 1000:
+            continue
+        yield f"event: heartbeat\ndata: {json.dumps({'cursor': cursor, 'time': ctx.now()})}\n\n".encode()
+        await ctx.store.wait_for_revocations(since=generation, timeout=HEARTBEAT_SECONDS)
+
+
+@endpoint(resource=False)
+async def revocations_stream_endpoint(request: Request) -> Response:
+    ctx = context(request)
+    raw = request.headers.get("last-event-id") or request.query_params.get("after", "0")
+    if not raw.isdigit() or len(raw) > 18:
+        raise InvalidRequest("`after` / Last-Event-ID must be a non-negative integer")
+    await ctx.store.ping()
+    return StreamingResponse(
+        _feed(ctx, int(raw)),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

@@ -1,0 +1,159 @@
+"""``Agent`` and ``TaskSession``: an agent's tokens for one task.
+
+    session = Agent(sts_url, identity).session(task_id)
+    with httpx.Client(auth=session.auth()) as http:
+        http.get("https://wiki.example/search?q=x")   # hop token for https://wiki.example
+
+The session token (workload JWT → session) is obtained on first use and renewed with
+a fresh workload JWT when near expiry; hop tokens are cached per audience until
+shortly before they expire. All of it is bound to one in-memory DPoP key.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+import httpx
+
+from tether.agent.auth import DPoPAuth
+from tether.agent.exchange import (
+    ACCESS,
+    JWT,
+    TOKEN_EXCHANGE,
+    Flow,
+    IssuedToken,
+    Nonces,
+    exchange_flow,
+    run_async,
+    run_sync,
+)
+from tether.agent.identity import IdentitySource
+from tether.agent.proof import DPoPKey
+
+__all__ = ["Agent", "TaskSession"]
+
+
+def _margin(token: IssuedToken, now: float) -> float:
+    return min(30.0, max(1.0, (token.expires_at - now) / 5))
+
+
+class Agent:
+    def __init__(self, sts_url: str, identity: IdentitySource, *, key: DPoPKey | None = None) -> None:
+        self.sts_url = sts_url.rstrip("/")
+        self.identity = identity
+        self.key = key or DPoPKey()
+
+    def session(self, task_id: str, *, scopes: Mapping[str, str] | None = None) -> TaskSession:
+        """``scopes`` narrows what each audience's hop token asks for (least privilege)."""
+        return TaskSession(self, task_id, scopes=scopes)
+
+
+class TaskSession:
+    def __init__(self, agent: Agent, task_id: str, *, scopes: Mapping[str, str] | None = None) -> None:
+        self.agent = agent
+        self.task_id = task_id
+        self.key = agent.key
+        self.sts_url = agent.sts_url
+        self.nonces = Nonces()
+        self.scopes = dict(scopes or {})
+        self._session: IssuedToken | None = None
+        self._hops: dict[str, IssuedToken] = {}
+        self.exchanges = 0
+
+    @property
+    def token_url(self) -> str:
+        return self.sts_url + "/token"
+
+    def session_flow(self) -> Flow:
+        now = time.time()
+        if self._session is not None and self._session.usable(now, _margin(self._session, now)):
+            return self._session.value
+        form = {
+            "grant_type": TOKEN_EXCHANGE,
+            "subject_token": self.agent.identity.token(self.sts_url),
+            "subject_token_type": JWT,
+            "task": self.task_id,
+        }
+        self._session = yield from exchange_flow(self.token_url, form, self.key, self.nonces)
+        self.exchanges += 1
+        return self._session.value
+
+    def token_flow(self, audience: str) -> Flow:
+        now = time.time()
+        cached = self._hops.get(audience)
+        if cached is not None and cached.usable(now, _margin(cached, now)):
+            return cached.value
+        session = yield from self.session_flow()
+        form = {"grant_type": TOKEN_EXCHANGE, "subject_token": session, "subject_token_type": ACCESS, "resource": audience}
+        if audience in self.scopes:
+            form["scope"] = self.scopes[audience]
+        issued: IssuedToken = yield from exchange_flow(self.token_url, form, self.key, self.nonces)
+        self.exchanges += 1
+        self._hops[audience] = issued
+        return issued.value
+
+    def auth(self, *, audiences: Mapping[str, str] | None = None, discover: bool = True) -> DPoPAuth:
+        """An ``httpx.Auth`` for sync and async clients (see ``DPoPAuth``)."""
+        return DPoPAuth(self, audiences=audiences, discover=discover)
+
+    def token_for(self, audience: str, client: httpx.Client | None = None) -> str:
+        with _client(client) as http:
+            return str(run_sync(self.token_flow(audience), http))
+
+    async def atoken_for(self, audience: str, client: httpx.AsyncClient | None = None) -> str:
+        async with _aclient(client) as http:
+            return str(await run_async(self.token_flow(audience), http))
+
+    def complete_flow(self, action: str = "complete") -> Flow:
+        """End the task with its own session token (the STS revokes everything derived from it)."""
+        session = yield from self.session_flow()
+        url = f"{self.sts_url}/tasks/{self.task_id}/{action}"
+        response: httpx.Response | None = None
+        for _ in range(2):
+            proof = self.key.proof("POST", url, nonce=self.nonces.get(httpx.URL(url)), access_token=session)
+            response = yield httpx.Request("POST", url, headers={"Authorization": f"DPoP {session}", "DPoP": proof})
+            self.nonces.remember(httpx.URL(url), response)
+            if response.status_code != 401 or "use_dpop_nonce" not in response.headers.get("www-authenticate", ""):
+                break
+        assert response is not None
+        response.raise_for_status()
+        self._hops.clear()
+        return response.json()
+
+    def complete(self, client: httpx.Client | None = None) -> dict[str, object]:
+        with _client(client) as http:
+            result: dict[str, object] = run_sync(self.complete_flow(), http)
+            return result
+
+
+class _client:
+    def __init__(self, client: httpx.Client | None) -> None:
+        self._given = client
+        self._own: httpx.Client | None = None
+
+    def __enter__(self) -> httpx.Client:
+        if self._given is not None:
+            return self._given
+        self._own = httpx.Client(timeout=10.0, trust_env=False)
+        return self._own
+
+    def __exit__(self, *exc: object) -> None:
+        if self._own is not None:
+            self._own.close()
+
+
+class _aclient:
+    def __init__(self, client: httpx.AsyncClient | None) -> None:
+        self._given = client
+        self._own: httpx.AsyncClient | None = None
+
+    async def __aenter__(self) -> httpx.AsyncClient:
+        if self._given is not None:
+            return self._given
+        self._own = httpx.AsyncClient(timeout=10.0, trust_env=False)
+        return self._own
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._own is not None:
+            await self._own.aclose()

@@ -1,0 +1,44 @@
+"""``tether demo``: print the scenario's timeline (rich) or its data (``--json``); exit 0 only if every refusal happened."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from tether.cli.output import console, print_json
+
+__all__ = ["demo"]
+
+
+def _describe(detail: dict[str, object]) -> str:
+    return "  ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in detail.items())
+
+
+def demo(json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False) -> None:
+    """Run an agent through a task on a local STS and two services, then play the attacks."""
+    from tether.demo.scenario import run_demo
+
+    if not json_out:
+        console.print("[bold]tether demo[/] — STS, two tool services and an agent on loopback, SQLite store\n")
+    result = run_demo()
+    if json_out:
+        print_json(result.as_json())
+    else:
+        table = Table(show_lines=False, title_justify="left")
+        for column in ("ms", "", "step", "detail"):
+            table.add_column(column, overflow="fold")
+        for step in result.steps:
+            mark = {True: "[green]✔[/]", False: "[red]✘[/]", None: "·"}[step.ok]
+            table.add_row(f"{step.at_ms:8.1f}", mark, f"[bold]{step.kind}[/] {step.title}", _describe(step.detail))
+        console.print(table)
+        refused = sum(1 for k, v in result.checks.items() if k.startswith("refused:") and v)
+        total = sum(1 for k in result.checks if k.startswith("refused:"))
+        console.print(
+            f"\nattacks refused: {refused}/{total}; completion → refusal: "
+            + ", ".join(f"{k} {v} ms" for k, v in result.revocation_ms.items())
+        )
+        console.print("[bold green]all checks passed[/]" if result.ok else "[bold red]some checks failed[/]")
+    raise typer.Exit(0 if result.ok else 1)

@@ -1,0 +1,1 @@
+"""``tether demo``: the whole story on one machine, then the attacks bearer tokens allow."""

@@ -1,0 +1,121 @@
+"""Pure ASGI middleware for Starlette/FastAPI services that accept tether tokens.
+
+It serves RFC 9728 metadata at ``/.well-known/oauth-protected-resource``, verifies
+every other request with a ``Verifier`` (401/403/503 with ``WWW-Authenticate: DPoP``
+on refusal, RFC 9449 §7.1) and puts the ``Principal`` on ``request.state.principal``.
+It starts and stops the verifier's revocation subscription with the app's lifespan.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any, TypeVar
+
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tether.errors import InsufficientScope, OAuthError, TetherError
+from tether.resource.principal import Principal
+from tether.resource.verifier import Verifier
+from tether.store.errors import StoreError
+from tether.web.errors import error_response
+
+__all__ = ["METADATA_PATH", "TetherMiddleware", "principal_of", "require_scope", "requires"]
+
+METADATA_PATH = "/.well-known/oauth-protected-resource"
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+class TetherMiddleware:
+    def __init__(self, app: ASGIApp, verifier: Verifier, *, public_paths: Collection[str] = ()) -> None:
+        self.app = app
+        self.verifier = verifier
+        self.public_paths = frozenset(public_paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, self._lifespan(receive), send)
+            return
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if path == METADATA_PATH:
+            await _send_json(send, 200, self.verifier.metadata())
+            return
+        if path in self.public_paths:
+            await self.app(scope, receive, send)
+            return
+        await self.verifier.start()
+        try:
+            principal = await self.verifier.verify(method=scope["method"], path=path, headers=Headers(scope=scope))
+        except (TetherError, StoreError) as exc:
+            await error_response(exc, resource=True, algs=self.verifier.settings.dpop_algs)(scope, receive, send)
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except OAuthError as exc:
+            if started:
+                raise
+            await error_response(exc, resource=True, algs=self.verifier.settings.dpop_algs)(scope, receive, send)
+
+    def _lifespan(self, receive: Receive) -> Receive:
+        async def wrapped() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.verifier.start()
+            elif message["type"] == "lifespan.shutdown":
+                await self.verifier.aclose()
+            return message
+
+        return wrapped
+
+
+async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
+    payload = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def principal_of(request: Request) -> Principal:
+    """The verified caller of a request that passed ``TetherMiddleware``."""
+    principal = getattr(request.state, "principal", None)
+    if not isinstance(principal, Principal):
+        raise InsufficientScope("request was not authenticated by tether")
+    return principal
+
+
+def require_scope(request: Request, *scopes: str) -> Principal:
+    """Refuse with 403 ``insufficient_scope`` unless the token carries every scope named."""
+    principal = principal_of(request)
+    missing = set(scopes) - principal.scopes
+    if missing:
+        raise InsufficientScope(f"scope `{' '.join(sorted(missing))}` is required")
+    return principal
+
+
+def requires(*scopes: str) -> Callable[[F], F]:
+    """Decorator form of ``require_scope`` for Starlette endpoints ``async def f(request)``."""
+
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        async def endpoint(request: Request, *args: Any, **kwargs: Any) -> Any:
+            require_scope(request, *scopes)
+            return await fn(request, *args, **kwargs)
+
+        return endpoint  # type: ignore[return-value]
+
+    return wrap

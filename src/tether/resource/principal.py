@@ -1,0 +1,52 @@
+"""The typed caller a protected resource sees: who, on whose behalf, through whom, for what."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tether.model import AccessToken
+
+__all__ = ["Principal"]
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Built from a verified, key-bound, unrevoked tether token.
+
+    Authorise on ``subject``, ``scopes`` and the current ``actor`` only: RFC 8693 §4.1
+    says nested actors in ``actors[1:]`` are informational (TX-05).
+    """
+
+    subject: str
+    agent: str
+    client_id: str
+    scopes: frozenset[str]
+    task: str | None
+    purpose: str | None
+    actors: tuple[str, ...]
+    jti: str
+    audience: str
+    expires_at: int
+    jkt: str
+
+    @property
+    def actor(self) -> str | None:
+        """The current actor (the service that called us on the subject's behalf), if any."""
+        return self.actors[0] if self.actors else None
+
+    @classmethod
+    def from_token(cls, token: AccessToken) -> Principal:
+        assert token.jkt is not None
+        return cls(
+            subject=token.sub,
+            agent=token.agent,
+            client_id=token.client_id,
+            scopes=token.scope,
+            task=token.txn,
+            purpose=token.purp,
+            actors=token.actors,
+            jti=token.jti,
+            audience=token.aud,
+            expires_at=token.exp,
+            jkt=token.jkt,
+        )

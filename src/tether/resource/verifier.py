@@ -1,0 +1,155 @@
+"""Per-request verification at a resource server (RFC 9068 §4, RFC 9449 §4.3 and §7, RFC 6750 §3).
+
+``Verifier.verify`` accepts a request only if all of these hold: the ``DPoP``
+authorization scheme (a bound token sent as ``Bearer`` is refused, DPOP-15); a
+token signed by a key in the STS's JWKS (cached, refreshed on an unknown ``kid``),
+``typ at+jwt``, exact ``iss``, ``aud`` equal to this resource (BCP-07), ``exp``/``nbf``
+within a small skew and a bounded lifetime; a DPoP proof for this method and URL with
+``ath`` of this token, signed by the key in ``cnf.jkt`` (DPOP-14), never seen before
+(DPOP-12); and a fresh revocation view that does not list the token or its task.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from starlette.datastructures import Headers
+
+from tether.clock import Clock, SystemClock
+from tether.errors import InvalidToken
+from tether.identity.jwks_cache import KeySource, UrlKeySource
+from tether.proofs import ProofChecker, ReplayCache
+from tether.resource.principal import Principal
+from tether.resource.replay import MemoryReplayCache
+from tether.resource.revocations import RevocationFeed
+from tether.rules.claims import verify_access_token
+from tether.rules.dpop import DEFAULT_DPOP_ALGS
+from tether.rules.jws import JWSError, PublicKey, peek_header
+from tether.web.dpop_request import authorization, dpop_header
+
+__all__ = ["MissingToken", "ResourceSettings", "Verifier"]
+
+
+class MissingToken(InvalidToken):
+    """No credentials at all: RFC 6750 §3.1 says the challenge then carries no error code."""
+
+    bare_challenge = True
+
+
+@dataclass(frozen=True)
+class ResourceSettings:
+    issuer: str
+    resource: str
+    jwks_uri: str | None = None
+    token_algs: tuple[str, ...] = ("ES256", "EdDSA")
+    dpop_algs: tuple[str, ...] = DEFAULT_DPOP_ALGS
+    skew: int = 10
+    max_token_lifetime: int = 900
+    proof_max_age: int = 60
+    nonce: bool = False
+    nonce_ttl: int = 120
+    stale_after: float = 10.0
+    revocation_feed: bool = True
+
+    @property
+    def origin(self) -> str:
+        parts = urlsplit(self.resource)
+        return f"{parts.scheme}://{parts.netloc}"
+
+
+class Verifier:
+    def __init__(
+        self,
+        settings: ResourceSettings,
+        *,
+        http: httpx.AsyncClient | None = None,
+        clock: Clock | None = None,
+        replay: ReplayCache | None = None,
+        keys: KeySource | None = None,
+    ) -> None:
+        self.settings = settings
+        self._own_http = http is None
+        self.http = http or httpx.AsyncClient(follow_redirects=False, timeout=5.0, trust_env=False)
+        self.clock = clock or SystemClock()
+        self.keys = keys or UrlKeySource(settings.jwks_uri or settings.issuer + "/jwks", self.http, ttl=300, min_refresh=5.0)
+        self.proofs = ProofChecker(
+            replay or MemoryReplayCache(),
+            self.clock,
+            nonce_key=os.urandom(32) if settings.nonce else None,
+            algorithms=settings.dpop_algs,
+            max_age=settings.proof_max_age,
+            skew=settings.skew,
+            nonce_ttl=settings.nonce_ttl,
+        )
+        self.feed = (
+            RevocationFeed(settings.issuer, self.http, stale_after=settings.stale_after, clock=self.clock)
+            if settings.revocation_feed
+            else None
+        )
+
+    async def start(self) -> None:
+        if self.feed is not None:
+            self.feed.start()
+
+    async def aclose(self) -> None:
+        if self.feed is not None:
+            await self.feed.aclose()
+        if self._own_http:
+            await self.http.aclose()
+
+    def metadata(self) -> dict[str, Any]:
+        """RFC 9728 §2 protected resource metadata naming the STS."""
+        return {
+            "resource": self.settings.resource,
+            "authorization_servers": [self.settings.issuer],
+            "bearer_methods_supported": ["header"],
+            "dpop_signing_alg_values_supported": list(self.settings.dpop_algs),
+            "dpop_bound_access_tokens_required": True,
+        }
+
+    async def verify(self, *, method: str, path: str, headers: Headers | Mapping[str, str]) -> Principal:
+        hdrs = headers if isinstance(headers, Headers) else Headers(headers=dict(headers))
+        if "authorization" not in hdrs:
+            raise MissingToken("an access token is required")
+        scheme, token = authorization(hdrs)
+        if scheme != "dpop":
+            raise InvalidToken("tokens must be presented with the dpop scheme", debug=f"scheme {scheme}")
+        now = self.clock.now()
+        keyset = await self.keys.keys(kid=_peek_kid(token), now=now)
+
+        def resolve(header: Mapping[str, Any]) -> PublicKey:
+            key = keyset.find(header.get("kid"))
+            if key is None:
+                raise JWSError("unknown kid")
+            return key
+
+        claims = verify_access_token(
+            token,
+            resolve_key=resolve,
+            algorithms=self.settings.token_algs,
+            issuer=self.settings.issuer,
+            audience=self.settings.resource,
+            now=now,
+            skew=self.settings.skew,
+            max_lifetime=self.settings.max_token_lifetime,
+        )
+        if claims.jkt is None:
+            raise InvalidToken("token is not key-bound")
+        proof = await self.proofs.check(dpop_header(hdrs), method=method, url=self.settings.origin + path, access_token=token)
+        if proof.jkt != claims.jkt:
+            raise InvalidToken("dpop proof key does not match the token binding", debug=f"{proof.jkt} != {claims.jkt}")
+        if self.feed is not None:
+            self.feed.check(jti=claims.jti, task=claims.txn, now=now)
+        return Principal.from_token(claims)
+
+
+def _peek_kid(token: str) -> object:
+    try:
+        return peek_header(token, max_length=8192).get("kid")
+    except JWSError:
+        return None
