@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tether.errors import ConfigError, OAuthError
+from tether.identity.jwks_cache import parse_jwks
 from tether.rules.dpop import DEFAULT_DPOP_ALGS
 from tether.rules.jws import ASYMMETRIC_ALGS
 from tether.rules.principal import is_principal, spiffe_trust_domain
@@ -197,10 +198,20 @@ def _check_positive(values: Mapping[str, Mapping[str, Any]]) -> None:
             raise ConfigError("admin.principals", f"`{principal}` is not a principal")
 
 
-def _issuer_uri(value: str) -> str:
-    if not value.startswith(("http://", "https://")) or value.endswith("/") or "?" in value or "#" in value:
-        raise ConfigError("issuer", "must be an http(s) url without a trailing slash, query or fragment")
+def _issuer_uri(value: str, key: str = "issuer") -> str:
+    bad_chars = any(not "\x21" <= c <= "\x7e" for c in value)
+    if bad_chars or not value.startswith(("http://", "https://")) or value.endswith("/") or "?" in value or "#" in value:
+        raise ConfigError(key, "must be an http(s) url without spaces, a trailing slash, query or fragment")
+    if not value.split("://", 1)[1]:
+        raise ConfigError(key, "must name a host")
     return value
+
+
+def _http_url(value: Any, key: str) -> str:
+    text = _typed(key, value, str)
+    if not text.startswith(("http://", "https://")) or any(not "\x21" <= c <= "\x7e" for c in text):
+        raise ConfigError(key, "must be an http(s) url")
+    return str(text)
 
 
 def parse_config(data: Mapping[str, Any], *, path: Path | None, env: Mapping[str, str] | None = None) -> Config:
@@ -225,8 +236,8 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None, env: Mapping[str
                     raise ConfigError(f"{section}.{k}", "unknown key")
         values[section] = out
     for k in data:
-        if k not in _SCALARS[""] and k not in _SCALARS and k not in _TABLES:
-            raise ConfigError(k, "unknown key")
+        if k == "" or (k not in _SCALARS[""] and k not in _SCALARS and k not in _TABLES):
+            raise ConfigError(k or '""', "unknown key")
     _issuer_uri(values[""]["issuer"])
     _check_positive(values)
     base = path.parent if path is not None else Path.cwd()
@@ -246,8 +257,8 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None, env: Mapping[str
         if ("bundle_file" in row) == ("bundle_url" in row):
             raise ConfigError(f"trust_domains[{i}]", "needs exactly one of bundle_file or bundle_url")
         url = row.get("bundle_url")
-        if url is not None and not _typed(f"trust_domains[{i}].bundle_url", url, str).startswith(("http://", "https://")):
-            raise ConfigError(f"trust_domains[{i}].bundle_url", "must be an http(s) url")
+        if url is not None:
+            url = _http_url(url, f"trust_domains[{i}].bundle_url")
         domains.append(TrustDomainConfig(name, file_or_none(row.get("bundle_file"), f"trust_domains[{i}].bundle_file"), url))
     issuers = []
     for i, raw_row in enumerate(_list(data, "oidc_issuers")):
@@ -258,7 +269,7 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None, env: Mapping[str
             {"issuer", "audience", "principal", "algorithms", "jwks_file", "jwks_uri"},
             {"issuer", "principal"},
         )
-        issuer = _typed(f"oidc_issuers[{i}].issuer", row["issuer"], str)
+        issuer = _issuer_uri(_typed(f"oidc_issuers[{i}].issuer", row["issuer"], str), f"oidc_issuers[{i}].issuer")
         principal = _typed(f"oidc_issuers[{i}].principal", row["principal"], str)
         if principal.lower().startswith("spiffe:") or "{" not in principal or principal.startswith("{"):
             raise ConfigError(
@@ -274,7 +285,7 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None, env: Mapping[str
                 principal=principal,
                 algorithms=algs,
                 jwks_file=file_or_none(row.get("jwks_file"), f"oidc_issuers[{i}].jwks_file"),
-                jwks_uri=row.get("jwks_uri"),
+                jwks_uri=_http_url(row["jwks_uri"], f"oidc_issuers[{i}].jwks_uri") if "jwks_uri" in row else None,
             )
         )
     clients = []
@@ -285,7 +296,13 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None, env: Mapping[str
             raise ConfigError(f"clients[{i}].client_id", "must be a principal such as a spiffe id")
         if ("jwks_file" in row) == ("jwks" in row):
             raise ConfigError(f"clients[{i}]", "needs exactly one of jwks_file or jwks")
-        clients.append(ClientConfig(client_id, file_or_none(row.get("jwks_file"), f"clients[{i}].jwks_file"), row.get("jwks")))
+        jwks = row.get("jwks")
+        if jwks is not None:
+            try:
+                parse_jwks(jwks)
+            except ValueError as exc:
+                raise ConfigError(f"clients[{i}].jwks", f"must be a json web key set: {exc}") from exc
+        clients.append(ClientConfig(client_id, file_or_none(row.get("jwks_file"), f"clients[{i}].jwks_file"), jwks))
     resources = []
     for i, raw_row in enumerate(_list(data, "resources")):
         row = _table("resources", i, raw_row, {"uri", "principals"}, {"uri", "principals"})
@@ -327,6 +344,8 @@ def load_config(path: Path | None, *, env: Mapping[str, str] | None = None) -> C
         raise ConfigError("config", f"`{path}` not found; run tether init") from exc
     except OSError as exc:
         raise ConfigError("config", f"`{path}` cannot be read: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError("config", f"`{path}` is not UTF-8") from exc
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -159,6 +159,11 @@ class ConfigError(TetherError):
     """A configuration problem, reported as one line naming the key (CLI exit code 2)."""
 
     def __init__(self, key: str, problem: str) -> None:
-        self.key = key
-        self.problem = problem
-        super().__init__(f"{key}: {problem}")
+        self.key = _one_line(key)
+        self.problem = _one_line(problem)
+        super().__init__(f"{self.key}: {self.problem}")
+
+
+def _one_line(text: str) -> str:
+    """Escape control characters so a message stays one line (no log-line injection)."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)

@@ -22,7 +22,7 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from tether.rules.jws import PublicKey
 
-__all__ = ["FileKeySource", "KeySet", "KeySource", "StaticKeySource", "UrlKeySource", "fetch_json", "parse_jwks"]
+__all__ = ["FileKeySource", "KeySet", "KeySource", "StaticKeySource", "UrlKeySource", "fetch_json", "load_json", "parse_jwks"]
 
 log = logging.getLogger("tether.identity")
 
@@ -111,7 +111,7 @@ class FileKeySource:
             return self._keyset
         if mtime != self._mtime:
             try:
-                self._keyset = parse_jwks(json.loads(self.path.read_bytes()[:MAX_DOCUMENT_BYTES]))
+                self._keyset = parse_jwks(load_json(self.path.read_bytes()[:MAX_DOCUMENT_BYTES]))
                 self._mtime = mtime
             except (OSError, ValueError) as exc:
                 log.warning("trust bundle %s is invalid (%s); keeping the last good key set", self.path, exc)
@@ -120,7 +120,7 @@ class FileKeySource:
 
 async def fetch_json(client: httpx.AsyncClient, url: str) -> Any:
     """GET a JSON document: no redirects, bounded size, 2xx only."""
-    async with client.stream("GET", url, headers={"Accept": "application/json"}) as response:
+    async with client.stream("GET", url, headers={"Accept": "application/json"}, follow_redirects=False) as response:
         if response.status_code != 200:
             raise ValueError(f"{url} answered {response.status_code}")
         body = b""
@@ -128,7 +128,15 @@ async def fetch_json(client: httpx.AsyncClient, url: str) -> Any:
             body += chunk
             if len(body) > MAX_DOCUMENT_BYTES:
                 raise ValueError(f"{url} document exceeds {MAX_DOCUMENT_BYTES} bytes")
-    return json.loads(body)
+    return load_json(body)
+
+
+def load_json(body: bytes) -> Any:
+    """``json.loads`` with every failure (including absurd nesting) reported as ``ValueError``."""
+    try:
+        return json.loads(body)
+    except RecursionError as exc:
+        raise ValueError("json document is nested too deeply") from exc
 
 
 class UrlKeySource:

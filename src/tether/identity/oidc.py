@@ -36,6 +36,7 @@ __all__ = ["OidcVerifier", "render_principal"]
 _HEADERS = frozenset({"alg", "kid", "typ"})
 _PLACEHOLDER = re.compile(r"\{(/[^{}]*)\}")
 _VALUE = re.compile(r"[A-Za-z0-9._:@-]{1,253}")
+_DISCOVERY_RETRY = 10.0
 
 
 def _pointer(claims: Mapping[str, Any], pointer: str) -> Any:
@@ -53,12 +54,12 @@ def render_principal(template: str, claims: Mapping[str, Any]) -> str:
 
     def fill(match: re.Match[str]) -> str:
         value = _pointer(claims, match.group(1))
-        if not isinstance(value, str) or not _VALUE.fullmatch(value):
+        if not isinstance(value, str) or not _VALUE.fullmatch(value) or value in (".", ".."):
             raise IdentityError(f"claim `{match.group(1)}` is not a plain name")
         return value
 
     principal = _PLACEHOLDER.sub(fill, template)
-    if not is_principal(principal):
+    if "{" in principal or "}" in principal or not is_principal(principal):
         raise IdentityError("mapped principal is malformed")
     return principal
 
@@ -70,6 +71,7 @@ class OidcVerifier:
         self._max_lifetime = max_lifetime
         self._skew = skew
         self._source: KeySource | None = None
+        self._discovery_failed_at = float("-inf")
         if config.jwks_file is not None:
             self._source = FileKeySource(config.jwks_file)
         elif config.jwks_uri is not None:
@@ -78,27 +80,37 @@ class OidcVerifier:
     def handles(self, claims: Mapping[str, Any]) -> bool:
         return claims.get("iss") == self.config.issuer
 
-    async def _keys(self) -> KeySource:
+    async def _keys(self, now: float) -> KeySource:
+        """Discover the JWKS once; after a failure, wait ``_DISCOVERY_RETRY`` s before asking again."""
         if self._source is None:
-            url = self.config.issuer + "/.well-known/openid-configuration"
+            if now - self._discovery_failed_at < _DISCOVERY_RETRY:
+                raise IdentityError(f"discovery for {self.config.issuer} failed recently; not retrying yet")
             try:
-                meta = await fetch_json(self._client, url)
-            except (httpx.HTTPError, ValueError) as exc:
-                raise IdentityError(f"discovery for {self.config.issuer} failed: {exc}") from exc
-            if not isinstance(meta, dict) or meta.get("issuer") != self.config.issuer:
-                raise IdentityError("discovery document names a different issuer")
-            jwks_uri = meta.get("jwks_uri")
-            if not isinstance(jwks_uri, str) or not jwks_uri.startswith(("https://", "http://")):
-                raise IdentityError("discovery document has no usable jwks_uri")
-            self._source = UrlKeySource(jwks_uri, self._client)
+                self._source = await self._discover()
+            except IdentityError:
+                self._discovery_failed_at = now
+                raise
         return self._source
+
+    async def _discover(self) -> KeySource:
+        url = self.config.issuer + "/.well-known/openid-configuration"
+        try:
+            meta = await fetch_json(self._client, url)
+        except (httpx.HTTPError, ValueError) as exc:
+            raise IdentityError(f"discovery for {self.config.issuer} failed: {exc}") from exc
+        if not isinstance(meta, dict) or meta.get("issuer") != self.config.issuer:
+            raise IdentityError("discovery document names a different issuer")
+        jwks_uri = meta.get("jwks_uri")
+        if not isinstance(jwks_uri, str) or not jwks_uri.startswith(("https://", "http://")):
+            raise IdentityError("discovery document has no usable jwks_uri")
+        return UrlKeySource(jwks_uri, self._client)
 
     async def verify(self, token: str, *, now: float) -> WorkloadIdentity:
         header, claims = unverified(token)
         if claims.get("iss") != self.config.issuer:
             raise IdentityError("iss is not this issuer")
         check_typ(header)
-        keyset = await (await self._keys()).keys(kid=header.get("kid"), now=now)
+        keyset = await (await self._keys(now)).keys(kid=header.get("kid"), now=now)
 
         def resolve(h: Mapping[str, Any]) -> PublicKey:
             key = keyset.find(h.get("kid"))
