@@ -20,7 +20,7 @@ import httpx
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
-from tether.rules.jws import PublicKey
+from tether.rules.jws import PublicKey, rsa_modulus_too_small
 
 __all__ = ["FileKeySource", "KeySet", "KeySource", "StaticKeySource", "UrlKeySource", "fetch_json", "load_json", "parse_jwks"]
 
@@ -71,7 +71,7 @@ def parse_jwks(document: Any) -> KeySet:
             log.warning("ignoring a key set entry that carries private key material")
             continue
         key_class = _CLASSES.get(str(entry.get("kty")))
-        if key_class is None:
+        if key_class is None or (key_class is RSAKey and rsa_modulus_too_small(entry)):
             continue
         clean = {k: v for k, v in entry.items() if k != "use"}
         try:

@@ -22,7 +22,7 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from tether.errors import InvalidDPoPProof
 from tether.model import DPoPProof
-from tether.rules.jws import JWSError, PublicKey, verify_compact
+from tether.rules.jws import JWSError, PublicKey, rsa_modulus_too_small, verify_compact
 
 __all__ = [
     "DEFAULT_DPOP_ALGS",
@@ -36,7 +36,7 @@ __all__ = [
     "replay_key",
 ]
 
-DEFAULT_DPOP_ALGS = ("ES256", "ES384", "EdDSA", "PS256", "RS256")
+DEFAULT_DPOP_ALGS = ("ES256", "ES384", "EdDSA", "Ed25519", "PS256", "RS256")
 MAX_PROOF_LENGTH = 8192
 _PROOF_HEADERS = frozenset({"typ", "alg", "jwk", "kid"})
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
@@ -128,6 +128,8 @@ def parse_public_jwk(jwk: object) -> PublicKey:
     key_class = _KEY_CLASSES.get(jwk["kty"])
     if key_class is None:
         raise InvalidDPoPProof("invalid dpop proof", debug=f"jwk kty `{jwk['kty']}` not allowed")
+    if key_class is RSAKey and rsa_modulus_too_small(jwk):
+        raise InvalidDPoPProof("invalid dpop proof", debug="rsa key under 2048 bits")
     try:
         return key_class.import_key(jwk)
     except (JoseError, ValueError, TypeError, KeyError) as exc:
@@ -182,6 +184,7 @@ def check_proof(
             allowed_headers=_PROOF_HEADERS,
             resolve_key=resolver,
             max_length=MAX_PROOF_LENGTH,
+            self_asserted_key=True,
         )
     except JWSError as exc:
         raise InvalidDPoPProof("invalid dpop proof", debug=str(exc)) from exc

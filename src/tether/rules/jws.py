@@ -33,6 +33,7 @@ __all__ = [
     "algs_for_key",
     "b64url_decode",
     "peek_header",
+    "rsa_modulus_too_small",
     "sign_compact",
     "strict_json_loads",
     "verify_compact",
@@ -40,12 +41,20 @@ __all__ = [
 
 PublicKey = ECKey | OKPKey | RSAKey
 
-#: Every asymmetric JWS algorithm tether can verify; callers pass a subset.
-ASYMMETRIC_ALGS = frozenset({"ES256", "ES384", "ES512", "EdDSA", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
+#: Every asymmetric JWS algorithm tether can verify; callers pass a subset. ``Ed25519`` is the
+#: RFC 9864 name for EdDSA over Ed25519; the older polymorphic ``EdDSA`` is still accepted.
+ASYMMETRIC_ALGS = frozenset(
+    {"ES256", "ES384", "ES512", "EdDSA", "Ed25519", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
+)
 
 _COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
-_CURVE_ALG = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512", "Ed25519": "EdDSA"}
+_CURVE_ALGS = {
+    "P-256": frozenset({"ES256"}),
+    "P-384": frozenset({"ES384"}),
+    "P-521": frozenset({"ES512"}),
+    "Ed25519": frozenset({"EdDSA", "Ed25519"}),
+}
 _RSA_ALGS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 _MIN_RSA_BITS = 2048
 
@@ -117,29 +126,60 @@ def peek_header(token: str, *, max_length: int) -> dict[str, Any]:
     return _decode_object(token.split(".", 1)[0], "header")
 
 
-def algs_for_key(key: PublicKey) -> frozenset[str]:
-    """The one algorithm family a key may be used with (JWT-01: one key, one algorithm).
+def algs_for_key(key: PublicKey, *, self_asserted: bool = False) -> frozenset[str]:
+    """The algorithms a key may be used with (JWT-01: one key, one algorithm).
 
     A JWK that names its ``alg`` allows exactly that; otherwise EC and OKP keys are
-    fixed by their curve and RSA keys default to RS256.
+    fixed by their curve (Ed25519 under either of its two names) and RSA keys from a
+    trusted key set default to RS256. A ``self_asserted`` key — a DPoP proof's own
+    ``jwk``, which is bound by its thumbprint and never trusted for anything else —
+    may use any RSA signature algorithm the caller allows.
     """
-    declared = key.get("alg")
+    raw_alg = key.get("alg")
+    declared = raw_alg if isinstance(raw_alg, str) else None
+    if raw_alg is not None and declared is None:
+        return frozenset()
     if isinstance(key, ECKey | OKPKey):
-        implied = _CURVE_ALG.get(key.curve_name)
-        if implied is None or (declared is not None and declared != implied):
-            return frozenset()
-        return frozenset({implied})
+        implied = _CURVE_ALGS.get(key.curve_name, frozenset())
+        if declared is not None:
+            return frozenset({declared}) & implied
+        return implied
     if key.raw_value.key_size < _MIN_RSA_BITS:
         return frozenset()
     if declared is not None:
-        return frozenset({declared}) if declared in _RSA_ALGS else frozenset()
-    return frozenset({"RS256"})
+        return frozenset({declared}) & _RSA_ALGS
+    return _RSA_ALGS if self_asserted else frozenset({"RS256"})
+
+
+def rsa_modulus_too_small(jwk: Mapping[str, Any]) -> bool:
+    """True for an RSA JWK under 2048 bits, checked before the key is imported at all."""
+    n = jwk.get("n")
+    if not isinstance(n, str):
+        return True
+    try:
+        return len(b64url_decode(n).lstrip(b"\x00")) < _MIN_RSA_BITS // 8
+    except JWSError:
+        return True
+
+
+class _Registry(JWSRegistry):
+    """Resolves the header name ``EdDSA`` to joserfc's RFC 9864 ``Ed25519`` model.
+
+    They are the same signature over an Ed25519 key; joserfc only warns about the old
+    name, and a warning on every verification is noise (or an error under ``-W error``).
+    Which key types may use it is decided by ``algs_for_key``, before this is reached.
+    """
+
+    def get_alg(self, name: str) -> Any:
+        if name == "EdDSA" and self.allowed and "EdDSA" in self.allowed:
+            return self.algorithms["Ed25519"]
+        return super().get_alg(name)
 
 
 @functools.lru_cache(maxsize=64)
 def _registry(alg: str, max_length: int) -> JWSRegistry:
     """A joserfc registry allowing exactly ``alg``, with tether's size caps."""
-    registry = JWSRegistry(algorithms=[alg], strict_check_header=False)
+    registry = _Registry(algorithms=[alg], strict_check_header=False)
     registry.max_header_length = max_length
     registry.max_payload_length = max_length
     registry.max_signature_length = 1024
@@ -153,6 +193,7 @@ def verify_compact(
     allowed_headers: Collection[str],
     resolve_key: Callable[[Mapping[str, Any]], PublicKey],
     max_length: int,
+    self_asserted_key: bool = False,
 ) -> VerifiedJWS:
     """Verify a compact JWS and return its header and claims, or raise ``JWSError``.
 
@@ -169,7 +210,7 @@ def verify_compact(
     if not isinstance(alg, str) or alg not in algorithms or alg not in ASYMMETRIC_ALGS:
         raise JWSError(f"algorithm `{alg}` not allowed")
     key = resolve_key(header)
-    if not isinstance(key, ECKey | OKPKey | RSAKey) or alg not in algs_for_key(key):
+    if not isinstance(key, ECKey | OKPKey | RSAKey) or alg not in algs_for_key(key, self_asserted=self_asserted_key):
         raise JWSError(f"algorithm `{alg}` does not match the key")
     try:
         obj = jws.deserialize_compact(token, key, algorithms=[alg], registry=_registry(alg, max_length))

@@ -304,6 +304,8 @@ class SqliteStore:
                 else None
             )
             names = list(dict.fromkeys(principals))
+            if task_row is not None:
+                names += [n for n in (task_row[1], task_row[2]) if n and n not in names]
             blocked = False
             if names:
                 marks = ", ".join("?" * len(names))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from tether.errors import OAuthError
 from tether.rules.resource import select_audience
 from tether.rules.scope import parse_scope
 from tether.sts.auth import authenticate_client
@@ -21,9 +22,20 @@ __all__ = ["introspect_endpoint", "revoke_endpoint", "token_endpoint"]
 @endpoint(resource=False)
 async def token_endpoint(request: Request) -> Response:
     ctx = context(request)
+    try:
+        req = await _parse(request)
+    except OAuthError as exc:
+        await ctx.refuse(exc, kind="token.refused", detail={"stage": "request"})
+        raise
+    result = await exchange(ctx, req)
+    return JSONResponse(result.as_json(), headers={**NO_STORE, **nonce_headers(ctx)})
+
+
+async def _parse(request: Request) -> ExchangeRequest:
+    """Strictly parse the RFC 8693 §2.1 form; any problem is ``invalid_request`` or more specific."""
     form = await read_form(request, repeatable=("resource", "audience"))
     scope = form.get("scope")
-    req = ExchangeRequest(
+    return ExchangeRequest(
         grant_type=form.require("grant_type"),
         subject_token=form.require("subject_token"),
         subject_token_type=form.require("subject_token_type"),
@@ -38,8 +50,6 @@ async def token_endpoint(request: Request) -> Response:
         client_assertion=form.get("client_assertion"),
         client_assertion_type=form.get("client_assertion_type"),
     )
-    result = await exchange(ctx, req)
-    return JSONResponse(result.as_json(), headers={**NO_STORE, **nonce_headers(ctx)})
 
 
 @endpoint(resource=False, audit_kind="introspect.refused")
