@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import RunningSts, running_sts  # noqa: E402
+from helpers import RunningSts, running_sts
 
 
 @pytest.fixture

@@ -1,5 +1,7 @@
 """Test harness: a real STS on loopback (uvicorn in a thread), and small clients for it.
 
+``ServerThread`` and ``free_port`` are re-exported from ``tether.web.server``.
+
 The server runs with a ``ManualClock`` so tests move time forward instead of sleeping.
 Everything else is real: the SQLite file, the HTTP stack, the crypto.
 """
@@ -8,16 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 
 from tether.agent.proof import DPoPKey
 from tether.audit.chain import AuditRecord
@@ -28,6 +26,9 @@ from tether.keys.sealed import load_master_key
 from tether.provision import initialize
 from tether.store.open import open_store
 from tether.sts.bootstrap import Sts, build_sts
+from tether.web.server import ServerThread, free_port
+
+__all__ = ["ServerThread", "free_port"]  # re-exported for the test folders
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT = "urn:ietf:params:oauth:token-type:jwt"
@@ -39,12 +40,6 @@ SVC_B = "spiffe://tether.local/svc/b"
 SVC_C = "spiffe://tether.local/svc/c"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def make_deployment(directory: Path, *, extra_toml: str = "", port: int | None = None) -> Config:
     """``tether init`` into ``directory`` with a free port, plus extra TOML appended."""
     port = port or free_port()
@@ -53,31 +48,6 @@ def make_deployment(directory: Path, *, extra_toml: str = "", port: int | None =
         with result.config_path.open("a", encoding="utf-8") as handle:
             handle.write("\n" + extra_toml + "\n")
     return load_config(result.config_path)
-
-
-class ServerThread:
-    """Run an ASGI app under uvicorn on 127.0.0.1:port in a background thread."""
-
-    def __init__(self, app: Any, port: int) -> None:
-        self.port = port
-        self.server = uvicorn.Server(
-            uvicorn.Config(
-                app, host="127.0.0.1", port=port, log_level="error", lifespan="on", access_log=False, timeout_graceful_shutdown=1
-            )
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("server did not start")
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 @dataclass
@@ -162,7 +132,8 @@ class Client:
             response = self.http.post(self.sts.token_url, data=form, headers=hdrs)
             if "dpop-nonce" in response.headers:
                 self.nonce = response.headers["dpop-nonce"]
-            if retry_nonce and proof is None and response.status_code == 400 and response.json().get("error") == "use_dpop_nonce":
+            challenged = response.status_code == 400 and response.json().get("error") == "use_dpop_nonce"
+            if retry_nonce and proof is None and challenged:
                 continue
             return response
         return response

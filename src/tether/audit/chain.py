@@ -94,8 +94,10 @@ def first_broken(records: Iterable[Mapping[str, Any]], *, start_prev: str = GENE
     for raw in records:
         seq = raw.get("seq")
         body = {k: raw.get(k) for k in ("seq", "ts", "kind", "outcome", "principal", "task", "jti", "error", "detail", "prev")}
-        if not isinstance(seq, int) or (expected_seq is not None and seq != expected_seq):
-            return seq if isinstance(seq, int) else -1
+        if isinstance(seq, bool) or not isinstance(seq, int):
+            return expected_seq if expected_seq is not None else -1
+        if expected_seq is not None and seq != expected_seq:
+            return seq
         if raw.get("prev") != prev or hashlib.sha256(canonical(body)).hexdigest() != raw.get("hash"):
             return seq
         prev = str(raw["hash"])

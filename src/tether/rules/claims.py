@@ -9,6 +9,7 @@ booleans (C-01), bounded future ``iat``/``nbf`` (C-02) and a bounded lifetime (C
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ __all__ = ["MAX_ACCESS_TOKEN", "MAX_ACT_DEPTH", "Grant", "build_claims", "check_
 #: Hard limit on ``act`` nesting accepted anywhere (SECURITY §4 "act depth ≤ 5").
 MAX_ACT_DEPTH = 5
 _GENERIC = "invalid access token"
+_JKT = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,7 @@ def check_access_token_claims(
     cnf = claims.get("cnf")
     jkt: str | None = None
     if cnf is not None:
-        if not isinstance(cnf, dict) or set(cnf) != {"jkt"} or not isinstance(cnf["jkt"], str):
+        if not isinstance(cnf, dict) or set(cnf) != {"jkt"} or not _JKT.fullmatch(str(cnf["jkt"])):
             raise _invalid("cnf malformed or uses an unsupported confirmation method")
         jkt = cnf["jkt"]
     actors = chain_from_act(claims.get("act"), max_depth=MAX_ACT_DEPTH)

@@ -57,6 +57,8 @@ def numeric_date(value: object) -> float | None:
     """RFC 7519 §2 NumericDate: a finite non-negative JSON number (never a bool or string)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
+    if isinstance(value, int) and not 0 <= value <= 2**53:
+        return None
     if not math.isfinite(value) or value < 0:
         return None
     return float(value)

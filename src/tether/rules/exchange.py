@@ -38,6 +38,12 @@ def check_task_usable(task: Task, now: float) -> None:
         raise InvalidGrant("task token limit reached", debug=f"task {task.id} max_tokens {task.max_tokens}")
 
 
+def _check_depth(actors: tuple[str, ...], task: Task) -> None:
+    """The ``act`` chain never exceeds the task's ``max_depth`` (nor the global limit)."""
+    if len(actors) > min(task.max_depth, MAX_ACT_DEPTH):
+        raise InvalidGrant(f"delegation depth {len(actors)} exceeds the task's max_depth {task.max_depth}")
+
+
 def _expiry(now: int, ttl: int, *caps: int) -> int:
     exp = min(now + ttl, *caps)
     if exp <= now:
@@ -68,6 +74,8 @@ def derive_session(
         raise InvalidTarget("the first exchange yields a session token for the issuer; name a resource later")
     granted = task.scopes if scope is None else scope
     check_subset(granted, task.scopes, what="the task")
+    actors = (task.agent,) if task.on_behalf_of else ()
+    _check_depth(actors, task)
     return Grant(
         sub=task.on_behalf_of or task.agent,
         aud=issuer,
@@ -77,7 +85,7 @@ def derive_session(
         agent=task.agent,
         jkt=jkt,
         txn=task.id,
-        actors=(task.agent,) if task.on_behalf_of else (),
+        actors=actors,
         purp=task.purpose,
     )
 
@@ -126,8 +134,7 @@ def derive_hop(
             raise InvalidGrant("actor already appears in the delegation chain")
         actors = (actor, *parent.actors)
         client_id = actor
-        if len(actors) > min(task.max_depth, MAX_ACT_DEPTH):
-            raise InvalidGrant(f"delegation depth {len(actors)} exceeds the task's max_depth {task.max_depth}")
+    _check_depth(actors, task)
     granted = parent.scope if scope is None else scope
     check_subset(granted, parent.scope)
     check_subset(granted, task.scopes, what="the task")

@@ -1,0 +1,78 @@
+"""``tether demo``: the whole story on one machine, every attack refused (issue 3, "What it must show").
+
+Run as the user runs it — the installed console script in a subprocess — and once
+in-process through ``run_demo()``. Revocation times are reported, never asserted
+(benchmarks are separate); only that both services refused after completion.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tether.demo.scenario import run_demo
+
+TETHER = Path(sys.prefix) / "bin" / "tether"
+ATTACKS = {
+    "refused:stolen-token-as-bearer",
+    "refused:stolen-token-other-key",
+    "refused:proof-replay",
+    "refused:wrong-audience",
+    "refused:scope-widening",
+    "refused:after-completion",
+    "refused:exchange-after-completion",
+}
+#: A compact JWS (any token, proof or SVID) — none may appear in the demo's output (BCP-13).
+JWS = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(TETHER), "demo", *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def _check_result(result: dict[str, Any]) -> None:
+    assert result["ok"] is True, result["checks"]
+    checks = result["checks"]
+    assert set(checks) >= ATTACKS, sorted(checks)
+    refused = {name: value for name, value in checks.items() if name.startswith("refused:")}
+    assert refused and all(value is True for value in refused.values()), refused
+    assert checks["delegation:act-chain"] is True
+    assert set(result["revocation_ms"]) == {"B", "C"}
+    assert all(isinstance(v, int | float) for v in result["revocation_ms"].values())
+
+
+@pytest.mark.slow
+def test_demo_json_subprocess_every_attack_refused() -> None:
+    done = _run("--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    _check_result(result)
+    kinds = [step["kind"] for step in result["steps"]]
+    for kind in ("setup", "task", "identity", "token", "call", "attack"):
+        assert kind in kinds, kinds
+    assert not JWS.search(done.stdout), "a token or proof was printed"
+    assert not JWS.search(done.stderr), "a token or proof was logged"
+
+
+@pytest.mark.slow
+def test_demo_timeline_subprocess_exits_zero() -> None:
+    done = _run()
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "all checks passed" in done.stdout
+    assert f"attacks refused: {len(ATTACKS)}/{len(ATTACKS)}" in done.stdout
+    assert not JWS.search(done.stdout + done.stderr)
+
+
+def test_run_demo_in_process() -> None:
+    result = run_demo()
+    assert result.ok, result.checks
+    _check_result(result.as_json())
+    chain = next(s for s in result.steps if s.title.startswith("B → C"))
+    assert chain.detail["c_saw"]["actors"] == ["spiffe://tether.local/svc/search", "spiffe://tether.local/agent/research"]
+    assert chain.detail["c_saw"]["subject"] == "user:alice"
