@@ -1,6 +1,7 @@
 """``tether init``: a deployment directory with config, master key, signing key and dev trust domain.
 
-Idempotent and safe: existing keys are kept unless ``force`` is given, and even then
+Idempotent and safe: an existing ``tether.toml`` is never rewritten, existing keys are
+kept unless ``force`` is given, and even then
 the master key is never replaced (that would make every sealed key unreadable);
 ``force`` adds a fresh issuer signing key (the old one stays in the JWKS until its
 tokens expire) and a fresh dev trust domain key and bundle.
@@ -96,7 +97,7 @@ def initialize(directory: Path, *, issuer: str, force: bool = False) -> InitResu
     directory.mkdir(parents=True, exist_ok=True)
     config_path = directory / "tether.toml"
     result = InitResult(config_path=config_path)
-    if config_path.exists() and not force:
+    if config_path.exists():
         result.kept.append(str(config_path))
     else:
         config_path.write_text(render_config(issuer), encoding="utf-8")

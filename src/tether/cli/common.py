@@ -6,6 +6,8 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+
 from tether.agent.identity import DevIdentity, FileIdentity, IdentitySource
 from tether.cli.output import fail
 from tether.client import StsClient, StsError
@@ -29,6 +31,8 @@ def errors_to_exit() -> Iterator[None]:
         fail(f"master_key: {exc}", code=2)
     except StsError as exc:
         fail(f"the STS refused: {exc.error}: {exc.description}")
+    except httpx.TransportError as exc:
+        fail(f"cannot reach the STS: {exc}")
     except OSError as exc:
         fail(f"{exc.strerror or exc}")
 

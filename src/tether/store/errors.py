@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tether.errors import TetherError
 
-__all__ = ["AlreadySpent", "CapReached", "Conflict", "NotFound", "StoreError", "StoreUnavailable", "TaskNotActive"]
+__all__ = ["AlreadySpent", "Blocked", "CapReached", "Conflict", "NotFound", "StoreError", "StoreUnavailable", "TaskNotActive"]
 
 
 class StoreError(TetherError):
@@ -29,6 +29,10 @@ class CapReached(Conflict):
 
 class TaskNotActive(Conflict):
     """The task ended (or hit its hard cap) before the write committed."""
+
+
+class Blocked(Conflict):
+    """A principal named by the write is blocked by the kill switch."""
 
 
 class StoreUnavailable(StoreError):

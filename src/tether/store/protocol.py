@@ -37,7 +37,9 @@ class Store(Protocol):
         ...
 
     # -- tasks --------------------------------------------------------------------
-    async def create_task(self, task: Task, audit: AuditEvent) -> None: ...
+    async def create_task(self, task: Task, audit: AuditEvent) -> None:
+        """Insert the task and its audit record; ``Blocked`` if its agent or subject is blocked."""
+        ...
 
     async def get_task(self, task_id: str) -> Task | None: ...
 
@@ -64,13 +66,13 @@ class Store(Protocol):
         token: IssuedToken,
         *,
         now: float,
-        spend: tuple[str, int] | None,
+        spends: Sequence[tuple[str, int]],
         audit: AuditEvent,
     ) -> None:
         """Record an issued token atomically.
 
-        ``spend`` is a single-use key and its expiry (an identity ``jti``): already spent
-        raises ``AlreadySpent``. With ``token.task_id`` the task must still be active
+        ``spends`` are single-use keys with their expiry (identity ``jti`` marks): any
+        already spent raises ``AlreadySpent`` and nothing is written. With ``token.task_id`` the task must still be active
         (``TaskNotActive``) and below ``max_tokens`` (``CapReached``), and its count goes
         up by one. A revoked parent makes the child revoked at birth.
         """
@@ -88,6 +90,10 @@ class Store(Protocol):
         ...
 
     async def unblock(self, kind: BlockKind, value: str, *, now: float, audit: AuditEvent) -> bool: ...
+
+    async def spend(self, key: str, *, until: int, now: float) -> bool:
+        """Mark a single-use key (the same namespace ``issue_token`` spends); False if already spent."""
+        ...
 
     # -- replay cache -------------------------------------------------------------
     async def first_use(self, key: str, *, until: int, now: float) -> bool:

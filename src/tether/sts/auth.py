@@ -9,13 +9,11 @@ RFC 7009 §2.1), redeemed once when it carries a ``jti``.
 
 from __future__ import annotations
 
-import hashlib
-
 from starlette.datastructures import Headers
 
 from tether.errors import InsufficientScope, InvalidClient, InvalidToken
 from tether.model import AccessToken, WorkloadIdentity
-from tether.sts.context import StsContext
+from tether.sts.context import StsContext, spend_key
 from tether.sts.settings import JWT_BEARER
 from tether.web.dpop_request import authorization, dpop_header
 
@@ -53,8 +51,7 @@ async def authenticate_client(ctx: StsContext, assertion: str | None, assertion_
     if assertion is None or assertion_type != JWT_BEARER:
         raise InvalidClient("client authentication with a jwt-bearer client assertion is required")
     client = await ctx.verify_workload(assertion, as_client=True)
-    if client.jti is not None:
-        key = hashlib.sha256(f"assertion\x00{client.issuer}\x00{client.jti}".encode()).hexdigest()
-        if not await ctx.store.first_use(key, until=client.exp + 600, now=ctx.now()):
-            raise InvalidClient("client assertion has already been used")
+    spend = spend_key(client)
+    if spend is not None and not await ctx.store.spend(spend[0], until=spend[1], now=ctx.now()):
+        raise InvalidClient("client assertion has already been used")
     return client

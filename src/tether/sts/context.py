@@ -7,6 +7,7 @@ place, with the error code and the internal reason — never a token value.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,12 +25,25 @@ from tether.rules.jws import JWSError, PublicKey
 from tether.store.protocol import Store
 from tether.sts.settings import StsSettings
 
-__all__ = ["StsContext", "new_jti"]
+__all__ = ["StsContext", "new_jti", "spend_key"]
 
 
 def new_jti() -> str:
     """128 random bits, URL-safe."""
     return secrets.token_urlsafe(16)
+
+
+def spend_key(identity: WorkloadIdentity) -> tuple[str, int] | None:
+    """The single-use key of a workload JWT's ``jti`` — one namespace for every endpoint.
+
+    A JWT-SVID or assertion redeemed at ``/token`` cannot then authenticate at
+    ``/introspect`` or ``/revoke``, nor the other way round. The mark outlives the
+    token (its ``exp`` plus a margin) so the jti cannot be reused while the token is valid.
+    """
+    if identity.jti is None:
+        return None
+    digest = hashlib.sha256(f"jti\x00{identity.issuer}\x00{identity.jti}".encode()).hexdigest()
+    return digest, identity.exp + 600
 
 
 @dataclass

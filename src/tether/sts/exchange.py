@@ -15,7 +15,6 @@ the identity ``jti``, counts against ``max_tokens``, records lineage and audits.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +35,7 @@ from tether.rules.exchange import derive_hop, derive_session
 from tether.rules.scope import check_subset, format_scope
 from tether.store.errors import AlreadySpent, CapReached, TaskNotActive
 from tether.store.records import IssuedToken
-from tether.sts.context import StsContext, new_jti
+from tether.sts.context import StsContext, new_jti, spend_key
 from tether.sts.settings import JWT_BEARER, TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS, TOKEN_TYPE_JWT
 
 __all__ = ["ExchangeRequest", "ExchangeResult", "exchange"]
@@ -94,11 +93,10 @@ def _check_shape(req: ExchangeRequest) -> None:
         raise InvalidRequest("an actor token is only accepted with a tether access token as subject")
 
 
-def _spend_key(identity: WorkloadIdentity) -> tuple[str, int] | None:
-    if identity.jti is None:
-        return None
-    digest = hashlib.sha256(f"jti\x00{identity.issuer}\x00{identity.jti}".encode()).hexdigest()
-    return digest, identity.exp + 600
+def _spends(*identities: WorkloadIdentity | None) -> list[tuple[str, int]]:
+    """Single-use marks for every workload JWT of the request (deduplicated)."""
+    keys = [spend_key(i) for i in identities if i is not None]
+    return list(dict.fromkeys(k for k in keys if k is not None))
 
 
 async def _client(ctx: StsContext, req: ExchangeRequest, expected: str) -> WorkloadIdentity | None:
@@ -137,10 +135,11 @@ async def _exchange(ctx: StsContext, req: ExchangeRequest, audit: dict[str, Any]
     if req.subject_token_type == TOKEN_TYPE_JWT:
         identity = await ctx.verify_workload(req.subject_token, as_client=False)
         audit["principal"] = identity.principal
-        await _client(ctx, req, identity.principal)
+        client = await _client(ctx, req, identity.principal)
+        spends = _spends(identity, client)
         if req.task is None:
-            return await _admin(ctx, req, identity, proof)
-        return await _session(ctx, req, identity, proof)
+            return await _admin(ctx, req, identity, proof, spends)
+        return await _session(ctx, req, identity, proof, spends)
     parent = ctx.verify_subject_token(req.subject_token)
     audit.update(principal=parent.client_id, task=parent.txn, subject_jti=parent.jti)
     if req.task is not None and req.task != parent.txn:
@@ -148,7 +147,9 @@ async def _exchange(ctx: StsContext, req: ExchangeRequest, audit: dict[str, Any]
     return await _hop(ctx, req, parent, proof, audit)
 
 
-async def _session(ctx: StsContext, req: ExchangeRequest, identity: WorkloadIdentity, proof: DPoPProof) -> ExchangeResult:
+async def _session(
+    ctx: StsContext, req: ExchangeRequest, identity: WorkloadIdentity, proof: DPoPProof, spends: list[tuple[str, int]]
+) -> ExchangeResult:
     assert req.task is not None
     state = await ctx.store.lookup(task_id=req.task, jti=None, principals=[identity.principal])
     if state.task is None:
@@ -166,7 +167,7 @@ async def _session(ctx: StsContext, req: ExchangeRequest, identity: WorkloadIden
         limits=ctx.settings.limits,
         now=now,
     )
-    return await _issue(ctx, grant, "session", state.task, depth=len(grant.actors), spend=_spend_key(identity), now=now)
+    return await _issue(ctx, grant, "session", state.task, depth=len(grant.actors), spends=spends, now=now)
 
 
 async def _hop(
@@ -178,11 +179,11 @@ async def _hop(
     if req.actor_token is not None:
         actor = await ctx.verify_workload(req.actor_token, as_client=False)
         audit["principal"] = actor.principal
-        await _client(ctx, req, actor.principal)
+        client = await _client(ctx, req, actor.principal)
     else:
         if parent.jkt is None or parent.jkt != proof.jkt:
             raise InvalidDPoPProof("dpop proof key does not match the subject token binding")
-        await _client(ctx, req, parent.client_id)
+        client = await _client(ctx, req, parent.client_id)
     principals = [parent.sub, parent.agent, *parent.actors] + ([actor.principal] if actor else [])
     state = await ctx.store.lookup(task_id=parent.txn, jti=parent.jti, principals=principals)
     if state.token is None or state.token.revoked_at is not None:
@@ -204,11 +205,12 @@ async def _hop(
         actor=actor.principal if actor else None,
         audience_principals=ctx.settings.resources.get(parent.aud, frozenset()),
     )
-    spend = _spend_key(actor) if actor else None
-    return await _issue(ctx, grant, "hop", state.task, depth=len(grant.actors), spend=spend, now=now)
+    return await _issue(ctx, grant, "hop", state.task, depth=len(grant.actors), spends=_spends(actor, client), now=now)
 
 
-async def _admin(ctx: StsContext, req: ExchangeRequest, identity: WorkloadIdentity, proof: DPoPProof) -> ExchangeResult:
+async def _admin(
+    ctx: StsContext, req: ExchangeRequest, identity: WorkloadIdentity, proof: DPoPProof, spends: list[tuple[str, int]]
+) -> ExchangeResult:
     """An admin token for the task API: only for configured admin principals, never task-bound."""
     settings = ctx.settings
     if identity.principal not in settings.admin_principals:
@@ -234,11 +236,11 @@ async def _admin(ctx: StsContext, req: ExchangeRequest, identity: WorkloadIdenti
         jkt=proof.jkt,
         txn=None,
     )
-    return await _issue(ctx, grant, "admin", None, depth=0, spend=_spend_key(identity), now=now)
+    return await _issue(ctx, grant, "admin", None, depth=0, spends=spends, now=now)
 
 
 async def _issue(
-    ctx: StsContext, grant: Grant, kind: str, task: Task | None, *, depth: int, spend: tuple[str, int] | None, now: int
+    ctx: StsContext, grant: Grant, kind: str, task: Task | None, *, depth: int, spends: list[tuple[str, int]], now: int
 ) -> ExchangeResult:
     jti = new_jti()
     token = ctx.keyring.sign(build_claims(grant, issuer=ctx.settings.issuer, jti=jti, now=now))
@@ -274,7 +276,7 @@ async def _issue(
         },
     )
     try:
-        await ctx.store.issue_token(record, now=now, spend=spend, audit=event)
+        await ctx.store.issue_token(record, now=now, spends=spends, audit=event)
     except AlreadySpent as exc:
         raise InvalidGrant("workload token has already been used", debug="identity jti already redeemed") from exc
     except CapReached as exc:

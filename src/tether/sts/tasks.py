@@ -14,7 +14,7 @@ from tether.audit.chain import AuditEvent
 from tether.errors import AccessDenied, InsufficientScope, InvalidRequest, NotFoundError
 from tether.model import AccessToken, Task, TaskState
 from tether.rules.task import TaskRequest, build_task, check_transition
-from tether.store.errors import NotFound, TaskNotActive
+from tether.store.errors import Blocked, NotFound, TaskNotActive
 from tether.sts.auth import is_admin, require_admin
 from tether.sts.context import StsContext
 
@@ -78,10 +78,6 @@ async def create_task(ctx: StsContext, caller: AccessToken, request: TaskRequest
         now=now,
         created_by=caller.sub,
     )
-    names = [task.agent] + ([task.on_behalf_of] if task.on_behalf_of else [])
-    state = await ctx.store.lookup(task_id=None, jti=None, principals=names)
-    if state.blocked:
-        raise AccessDenied("principal is blocked")
     event = AuditEvent(
         kind="task.created",
         outcome="ok",
@@ -97,7 +93,10 @@ async def create_task(ctx: StsContext, caller: AccessToken, request: TaskRequest
             "max_tokens": task.max_tokens,
         },
     )
-    await ctx.store.create_task(task, event)
+    try:
+        await ctx.store.create_task(task, event)
+    except Blocked as exc:
+        raise AccessDenied("principal is blocked") from exc
     return task
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from tether.audit.chain import GENESIS, AuditEvent, AuditRecord, link
 from tether.model import Task, TaskState
-from tether.store.errors import AlreadySpent, CapReached, NotFound, StoreUnavailable, TaskNotActive
+from tether.store.errors import AlreadySpent, Blocked, CapReached, NotFound, StoreUnavailable, TaskNotActive
 from tether.store.notify import Notifier
 from tether.store.records import (
     BlockKind,
@@ -136,6 +136,15 @@ def _revoke_jtis(conn: sqlite3.Connection, roots: Sequence[str], now: float) -> 
     return revoked
 
 
+def _spend(conn: sqlite3.Connection, key: str, until: int, now: float) -> bool:
+    cur = conn.execute(
+        "INSERT INTO spent (key, until) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET until = excluded.until"
+        " WHERE spent.until <= ?",
+        (key, until, int(now)),
+    )
+    return cur.rowcount == 1
+
+
 def _end_task(conn: sqlite3.Connection, task: Task, state: TaskState, now: float) -> None:
     conn.execute("UPDATE tasks SET state = ?, ended_at = ? WHERE id = ?", (state.value, int(now), task.id))
     conn.execute("UPDATE tokens SET revoked_at = ? WHERE task_id = ? AND revoked_at IS NULL", (int(now), task.id))
@@ -207,6 +216,10 @@ class SqliteStore:
     async def create_task(self, task: Task, audit: AuditEvent) -> None:
         def q(conn: sqlite3.Connection) -> None:
             with transaction(conn):
+                names = [n for n in (task.agent, task.on_behalf_of) if n]
+                marks = ", ".join("?" * len(names))
+                if conn.execute(f"SELECT 1 FROM blocks WHERE value IN ({marks}) LIMIT 1", names).fetchone():
+                    raise Blocked(task.agent)
                 conn.execute(
                     f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
@@ -323,19 +336,13 @@ class SqliteStore:
         token: IssuedToken,
         *,
         now: float,
-        spend: tuple[str, int] | None,
+        spends: Sequence[tuple[str, int]],
         audit: AuditEvent,
     ) -> None:
         def q(conn: sqlite3.Connection) -> None:
             with transaction(conn):
-                if spend is not None:
-                    key, until = spend
-                    cur = conn.execute(
-                        "INSERT INTO spent (key, until) VALUES (?, ?)"
-                        " ON CONFLICT (key) DO UPDATE SET until = excluded.until WHERE spent.until <= ?",
-                        (key, until, int(now)),
-                    )
-                    if cur.rowcount != 1:
+                for key, until in spends:
+                    if not _spend(conn, key, until, now):
                         raise AlreadySpent(key)
                 if token.task_id is not None:
                     cur = conn.execute(
@@ -444,6 +451,9 @@ class SqliteStore:
                 return cur.rowcount == 1
 
         return await self._db.run(q)
+
+    async def spend(self, key: str, *, until: int, now: float) -> bool:
+        return await self._db.run(lambda conn: _spend(conn, key, until, now))
 
     # -- replay cache -------------------------------------------------------------
     async def first_use(self, key: str, *, until: int, now: float) -> bool:
