@@ -58,6 +58,7 @@ _SCALARS: dict[str, dict[str, tuple[type, Any]]] = {
     "identity": {"max_lifetime": (int, 3600), "refresh": (int, 300)},
     "admin": {"principals": (list, ["spiffe://tether.local/admin"]), "scope": (str, "tether:admin")},
     "dev": {"trust_domain": (str, "")},
+    "policy": {"dir": (str, "policies"), "mode": (str, "enforce"), "publish": (bool, True)},
     "postgres": {"dsn": (str, "")},
     "redis": {"url": (str, "")},
 }
@@ -92,10 +93,11 @@ class ClientConfig:
 
 @dataclass(frozen=True)
 class ResourceConfig:
-    """A protected resource and the workloads that may act as it (the ``aud`` owners)."""
+    """A protected resource, the workloads that may act as it (the ``aud`` owners) and its policy tags."""
 
     uri: str
     principals: tuple[str, ...]
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,10 @@ class Config:
     def master_key_file(self) -> Path:
         configured = self.values[""]["master_key_file"]
         return self.resolve(configured) if configured else self.data_dir / "master.key"
+
+    @property
+    def policy_dir(self) -> Path:
+        return self.resolve(self.values["policy"]["dir"])
 
     @property
     def admin_scope(self) -> str:
@@ -185,6 +191,8 @@ def _check_positive(values: Mapping[str, Mapping[str, Any]]) -> None:
     for alg in values["dpop"]["algorithms"]:
         if alg not in ASYMMETRIC_ALGS:
             raise ConfigError("dpop.algorithms", f"`{alg}` is not an asymmetric signature algorithm")
+    if values["policy"]["mode"] not in ("enforce", "shadow"):
+        raise ConfigError("policy.mode", "must be `enforce` or `shadow`")
     if values[""]["store"] not in ("sqlite", "postgres"):
         raise ConfigError("store", "must be `sqlite` or `postgres`")
     if not 0 < values["server"]["port"] < 65536:
@@ -305,7 +313,7 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None, env: Mapping[str
         clients.append(ClientConfig(client_id, file_or_none(row.get("jwks_file"), f"clients[{i}].jwks_file"), jwks))
     resources = []
     for i, raw_row in enumerate(_list(data, "resources")):
-        row = _table("resources", i, raw_row, {"uri", "principals"}, {"uri", "principals"})
+        row = _table("resources", i, raw_row, {"uri", "principals", "tags"}, {"uri", "principals"})
         uri = _typed(f"resources[{i}].uri", row["uri"], str)
         try:
             check_resource_uri(uri)
@@ -314,7 +322,8 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None, env: Mapping[str
         principals = tuple(_typed(f"resources[{i}].principals", row["principals"], list))
         if not all(is_principal(p) for p in principals):
             raise ConfigError(f"resources[{i}].principals", "must list principals")
-        resources.append(ResourceConfig(uri, principals))
+        tags = tuple(_typed(f"resources[{i}].tags", row.get("tags", []), list))
+        resources.append(ResourceConfig(uri, principals, tags))
     return Config(
         path=path,
         values=values,

@@ -13,6 +13,7 @@ import asyncio
 import os
 import time
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from tether.config import load_config
@@ -22,7 +23,7 @@ from tether.keys.sealed import MASTER_KEY_ENV, create_master_key, load_master_ke
 from tether.store.open import open_store
 from tether.sts.settings import StsSettings
 
-__all__ = ["DEV_TRUST_DOMAIN", "InitResult", "initialize", "render_config"]
+__all__ = ["DEV_TRUST_DOMAIN", "InitResult", "initialize", "install_starter_policies", "render_config"]
 
 DEV_TRUST_DOMAIN = "tether.local"
 ADMIN_ID = f"spiffe://{DEV_TRUST_DOMAIN}/admin"
@@ -68,6 +69,10 @@ scope = "tether:admin"
 [dev]
 trust_domain = "{DEV_TRUST_DOMAIN}"   # local JWT-SVID issuer for `tether identity issue`
 
+[policy]
+dir = "policies"              # Cedar policies (*.cedar), validated against the tether schema, hot-reloaded
+mode = "enforce"              # or "shadow": evaluate and audit, never deny
+
 [[trust_domains]]
 name = "{DEV_TRUST_DOMAIN}"
 bundle_file = ".tether/bundles/{DEV_TRUST_DOMAIN}.json"
@@ -83,7 +88,16 @@ bundle_file = ".tether/bundles/{DEV_TRUST_DOMAIN}.json"
 # [[resources]]               # services that may act on behalf of a token's subject
 # uri = "https://tools.example.org"
 # principals = ["spiffe://{DEV_TRUST_DOMAIN}/tools"]
+# tags = ["wiki"]             # visible to policies as resource.tags
 """
+
+
+def install_starter_policies(directory: Path) -> None:
+    """Copy the commented starter policy set (never over existing files)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for entry in resources.files("tether.policy").joinpath("starter").iterdir():
+        if entry.name.endswith(".cedar") and not (directory / entry.name).exists():
+            (directory / entry.name).write_text(entry.read_text(encoding="utf-8"), encoding="utf-8")
 
 
 @dataclass
@@ -133,6 +147,12 @@ def initialize(directory: Path, *, issuer: str, force: bool = False) -> InitResu
             result.kept.append("issuer signing key")
     finally:
         store.close()
+    policy_dir = config.policy_dir
+    if policy_dir.exists():
+        result.kept.append(f"policies in {policy_dir}")
+    else:
+        install_starter_policies(policy_dir)
+        result.created.append(f"starter policies in {policy_dir}")
     domain = config.values["dev"]["trust_domain"] or DEV_TRUST_DOMAIN
     if DevTrustDomain.key_path(data_dir, domain).exists() and not force:
         result.kept.append(f"dev trust domain spiffe://{domain}")

@@ -20,8 +20,11 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from helpers import AGENT, RunningSts, create_task
+from tether.agent import Agent, DevIdentity
 from tether.agent.identity import IdentitySource
 from tether.agent.onward import Onward
+from tether.identity.dev_issuer import DevTrustDomain
 from tether.resource import TetherMiddleware, Verifier, principal_of
 from tether.rules.jws import b64url_decode, strict_json_loads
 from tether.web.server import ServerThread
@@ -164,3 +167,31 @@ def wait_until(predicate: Callable[[], bool], *, timeout: float = 5.0, what: str
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+@dataclass
+class AgentEnv:
+    sts: RunningSts
+    domain: DevTrustDomain
+    x: App
+    y: App
+    n: App
+    plain: App
+    impostor: App
+    foreign: App
+    http: httpx.Client
+
+    def task(self, **fields: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {"audiences": [self.x.url, self.y.url, self.n.url], "scopes": ["wiki:read", "wiki:write"]}
+        body.update(fields)
+        return create_task(self.sts, **body)
+
+    def agent(self, spiffe_id: str = AGENT) -> Agent:
+        return Agent(self.sts.url, DevIdentity(self.domain, spiffe_id))
+
+    def hop_audits(self, task_id: str) -> list[dict[str, Any]]:
+        return [
+            dict(r.detail)
+            for r in self.sts.audit()
+            if r.kind == "token.issued" and r.task == task_id and r.detail.get("token_kind") == "hop"
+        ]

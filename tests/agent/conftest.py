@@ -12,45 +12,15 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
-from agentkit import App, metadata_app, plain_app, protected_app, serve_app, wait_until
+from agentkit import AgentEnv, metadata_app, plain_app, protected_app, serve_app, wait_until
 
-from helpers import AGENT, SVC_B, RunningSts, create_task, free_port, running_sts
-from tether.agent import Agent, DevIdentity
-from tether.identity.dev_issuer import DevTrustDomain
+from helpers import SVC_B, free_port, running_sts
+from tether.agent import DevIdentity
 from tether.resource import ResourceSettings, Verifier
-
-
-@dataclass
-class AgentEnv:
-    sts: RunningSts
-    domain: DevTrustDomain
-    x: App
-    y: App
-    n: App
-    plain: App
-    impostor: App
-    foreign: App
-    http: httpx.Client
-
-    def task(self, **fields: Any) -> dict[str, Any]:
-        body: dict[str, Any] = {"audiences": [self.x.url, self.y.url, self.n.url], "scopes": ["wiki:read", "wiki:write"]}
-        body.update(fields)
-        return create_task(self.sts, **body)
-
-    def agent(self, spiffe_id: str = AGENT) -> Agent:
-        return Agent(self.sts.url, DevIdentity(self.domain, spiffe_id))
-
-    def hop_audits(self, task_id: str) -> list[dict[str, Any]]:
-        return [
-            dict(r.detail)
-            for r in self.sts.audit()
-            if r.kind == "token.issued" and r.task == task_id and r.detail.get("token_kind") == "hop"
-        ]
 
 
 @pytest.fixture(scope="module")

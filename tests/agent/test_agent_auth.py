@@ -16,12 +16,11 @@ from typing import Any
 
 import httpx
 import pytest
-from agentkit import claims_of, metadata_app, serve_app
+from agentkit import AgentEnv, claims_of, metadata_app, serve_app
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from conftest import AgentEnv
 from helpers import AGENT, free_port
 from tether.agent import Agent, DiscoveryError, DPoPKey, ExchangeError, FileIdentity, TaskSession
 from tether.rules.dpop import compute_ath

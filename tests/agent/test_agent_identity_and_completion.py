@@ -13,9 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from agentkit import wait_until
+from agentkit import AgentEnv, wait_until
 
-from conftest import AgentEnv
 from tether.agent import Agent, ExchangeError, FileIdentity, WorkloadApiIdentity, identity_from_environment
 
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from agentkit import claims_of
+from agentkit import AgentEnv, claims_of
 
-from conftest import AgentEnv
 from helpers import AGENT, SVC_B
 from tether.agent import DevIdentity, ExchangeError, Onward
 from tether.agent.exchange import run_sync

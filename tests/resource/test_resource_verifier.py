@@ -305,7 +305,7 @@ def test_C_03_lifetime_above_the_cap_refused(env: Env) -> None:
     ok(env, env.o.url + "/whoami", own_token(env, key.jkt, iat=now, nbf=now, exp=now + 900), key)
 
 
-def test_unbound_token_refused(env: Env) -> None:
+def test_BCP_04_unbound_token_refused(env: Env) -> None:
     """tether services accept key-bound tokens only (BCP-04 **P**, ASVS 10.3.5)."""
     key = DPoPKey()
     wrong = own_token(env, key.jkt, drop=("cnf",))

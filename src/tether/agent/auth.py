@@ -1,16 +1,21 @@
 """``DPoPAuth``: an ``httpx.Auth`` (sync and async) that makes every request key-bound and hop-scoped.
 
-For each request it picks the audience (a configured URL-prefix map, else RFC 9728
-discovery at the origin, whose ``resource`` must equal the origin it was fetched for,
-AUX-03), gets a hop token for exactly that audience from its provider (cached until
-shortly before expiry), signs a fresh DPoP proof with ``ath`` (RFC 9449 §4.2), and
-retries once when the server answers with a nonce challenge (§9). It never sends a
-token to a host that is not the token's audience (MCP-03).
+For each request it picks the audience (a configured map, else RFC 9728 discovery at
+the origin, whose ``resource`` must equal the origin it was fetched for, AUX-03),
+gets a hop token for exactly that audience from its provider (cached until shortly
+before expiry), signs a fresh DPoP proof with ``ath`` (RFC 9449 §4.2), and retries
+once when the server answers with a nonce challenge (§9). A configured audience
+matches only the same scheme, host and port and a path at a segment boundary, so a
+token is never sent to a look-alike host (MCP-03). Token fetches are serialised per
+provider, so a burst of first requests makes one exchange, not one each.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping
+import asyncio
+import threading
+import weakref
+from collections.abc import AsyncGenerator, Generator, Mapping
 from typing import Protocol
 
 import httpx
@@ -18,17 +23,33 @@ import httpx
 from tether.agent.exchange import Flow, Nonces, is_nonce_challenge
 from tether.agent.proof import DPoPKey
 
-__all__ = ["DPoPAuth", "DiscoveryError", "TokenProvider"]
+__all__ = ["DPoPAuth", "DiscoveryError", "FlowLock", "TokenProvider", "url_matches"]
 
 
 class DiscoveryError(Exception):
     """The target's protected-resource metadata is missing or does not match."""
 
 
+class FlowLock:
+    """One lock for sync callers and one per event loop for async callers."""
+
+    def __init__(self) -> None:
+        self.sync = threading.Lock()
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+    def for_loop(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        lock = self._loops.get(loop)
+        if lock is None:
+            lock = self._loops[loop] = asyncio.Lock()
+        return lock
+
+
 class TokenProvider(Protocol):
     key: DPoPKey
     nonces: Nonces
     sts_url: str
+    lock: FlowLock
 
     def token_flow(self, audience: str) -> Flow:
         """A flow that returns an access token (``str``) for ``audience``."""
@@ -36,7 +57,20 @@ class TokenProvider(Protocol):
 
 
 def _origin(url: httpx.URL) -> str:
-    return f"{url.scheme}://{url.netloc.decode('ascii')}"
+    port = url.port
+    netloc = url.host if port is None else f"{url.host}:{port}"
+    if ":" in url.host:
+        netloc = f"[{url.host}]" if port is None else f"[{url.host}]:{port}"
+    return f"{url.scheme}://{netloc}"
+
+
+def url_matches(prefix: str, url: httpx.URL) -> bool:
+    """Same scheme, host and port (userinfo ignored), and the path under the prefix's path."""
+    base = httpx.URL(prefix)
+    if (base.scheme, base.host, base.port) != (url.scheme, url.host, url.port):
+        return False
+    root = base.path.rstrip("/")
+    return not root or url.path == root or url.path.startswith(root + "/")
 
 
 class DPoPAuth(httpx.Auth):
@@ -49,9 +83,8 @@ class DPoPAuth(httpx.Auth):
         self._discovered: dict[str, str] = {}
 
     def _audience(self, url: httpx.URL) -> Generator[httpx.Request, httpx.Response, str]:
-        text = str(url)
         for prefix, audience in sorted(self.audiences.items(), key=lambda kv: -len(kv[0])):
-            if text.startswith(prefix):
+            if url_matches(prefix, url):
                 return audience
         origin = _origin(url)
         if origin in self._discovered:
@@ -70,9 +103,12 @@ class DPoPAuth(httpx.Auth):
         self._discovered[origin] = origin
         return origin
 
-    def auth_flow(self, request: httpx.Request) -> Flow:
-        audience = yield from self._audience(request.url)
+    def _token(self, url: httpx.URL) -> Flow:
+        audience = yield from self._audience(url)
         token = yield from self.provider.token_flow(audience)
+        return token
+
+    def _send(self, request: httpx.Request, token: str) -> Flow:
         nonces = self.provider.nonces
         response: httpx.Response | None = None
         for _ in range(2):
@@ -85,3 +121,48 @@ class DPoPAuth(httpx.Auth):
             if not is_nonce_challenge(response):
                 return response
         return response
+
+    def auth_flow(self, request: httpx.Request) -> Flow:
+        token = yield from self._token(request.url)
+        response = yield from self._send(request, token)
+        return response
+
+    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        with self.provider.lock.sync:
+            token = str((yield from _read_sync(self._token(request.url))))
+        yield from _read_sync(self._send(request, token))
+
+    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        async with self.provider.lock.for_loop():
+            flow = self._token(request.url)
+            token: str | None = None
+            try:
+                outgoing = next(flow)
+                while True:
+                    response = yield outgoing
+                    await response.aread()
+                    outgoing = flow.send(response)
+            except StopIteration as done:
+                token = done.value
+        assert token is not None
+        flow = self._send(request, token)
+        try:
+            outgoing = next(flow)
+            while True:
+                response = yield outgoing
+                await response.aread()
+                outgoing = flow.send(response)
+        except StopIteration:
+            return
+
+
+def _read_sync(flow: Flow) -> Generator[httpx.Request, httpx.Response, object]:
+    """Drive a flow inside a sync auth flow, reading each response body before handing it back."""
+    try:
+        outgoing = next(flow)
+        while True:
+            response = yield outgoing
+            response.read()
+            outgoing = flow.send(response)
+    except StopIteration as done:
+        return done.value

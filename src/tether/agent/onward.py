@@ -16,7 +16,7 @@ import hashlib
 import time
 from collections.abc import Mapping
 
-from tether.agent.auth import DPoPAuth
+from tether.agent.auth import DPoPAuth, FlowLock
 from tether.agent.exchange import ACCESS, JWT, TOKEN_EXCHANGE, Flow, IssuedToken, Nonces, exchange_flow
 from tether.agent.identity import IdentitySource
 from tether.agent.proof import DPoPKey
@@ -30,6 +30,7 @@ class Onward:
         self.identity = identity
         self.key = key or DPoPKey()
         self.nonces = Nonces()
+        self.lock = FlowLock()
         self._cache: dict[tuple[str, str], IssuedToken] = {}
 
     def auth(self, incoming_token: str, *, audiences: Mapping[str, str] | None = None, scope: str | None = None) -> DPoPAuth:
@@ -65,6 +66,7 @@ class _OnBehalf:
         self.key = onward.key
         self.nonces = onward.nonces
         self.sts_url = onward.sts_url
+        self.lock = onward.lock
 
     def token_flow(self, audience: str) -> Flow:
         token = yield from self._onward.token_flow(self._incoming, audience, self._scope)

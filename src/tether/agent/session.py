@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 import httpx
 
-from tether.agent.auth import DPoPAuth
+from tether.agent.auth import DPoPAuth, FlowLock
 from tether.agent.exchange import (
     ACCESS,
     JWT,
@@ -56,6 +56,7 @@ class TaskSession:
         self.key = agent.key
         self.sts_url = agent.sts_url
         self.nonces = Nonces()
+        self.lock = FlowLock()
         self.scopes = dict(scopes or {})
         self._session: IssuedToken | None = None
         self._hops: dict[str, IssuedToken] = {}

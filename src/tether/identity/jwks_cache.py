@@ -150,16 +150,19 @@ class UrlKeySource:
         self._attempted_at = float("-inf")
         self._lock = asyncio.Lock()
 
+    def _needs_refresh(self, kid: object, now: float) -> bool:
+        return self._fetched_at is None or now - self._fetched_at > self._ttl or self._keyset.find(kid) is None
+
     async def keys(self, *, kid: object, now: float) -> KeySet:
-        stale = self._fetched_at is None or now - self._fetched_at > self._ttl
-        unknown = self._keyset.find(kid) is None
-        if (stale or unknown) and now - self._attempted_at >= self._min_refresh:
-            async with self._lock:
-                if now - self._attempted_at >= self._min_refresh:
-                    self._attempted_at = now
-                    try:
-                        self._keyset = parse_jwks(await fetch_json(self._client, self.url))
-                        self._fetched_at = now
-                    except (httpx.HTTPError, ValueError) as exc:
-                        log.warning("key set %s could not be refreshed: %s", self.url, exc)
+        """Refresh under the lock so concurrent callers wait for one fetch instead of seeing an empty set."""
+        if not self._needs_refresh(kid, now):
+            return self._keyset
+        async with self._lock:
+            if self._needs_refresh(kid, now) and now - self._attempted_at >= self._min_refresh:
+                self._attempted_at = now
+                try:
+                    self._keyset = parse_jwks(await fetch_json(self._client, self.url))
+                    self._fetched_at = now
+                except (httpx.HTTPError, ValueError) as exc:
+                    log.warning("key set %s could not be refreshed: %s", self.url, exc)
         return self._keyset

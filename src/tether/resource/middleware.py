@@ -50,8 +50,10 @@ class TetherMiddleware:
             await self.app(scope, receive, send)
             return
         await self.verifier.start()
+        raw_path = scope.get("raw_path")
+        wire_path = raw_path.decode("latin-1") if isinstance(raw_path, bytes) and raw_path else path
         try:
-            principal = await self.verifier.verify(method=scope["method"], path=path, headers=Headers(scope=scope))
+            principal = await self.verifier.verify(method=scope["method"], path=wire_path, headers=Headers(scope=scope))
         except (TetherError, StoreError) as exc:
             await error_response(exc, resource=True, algs=self.verifier.settings.dpop_algs)(scope, receive, send)
             return

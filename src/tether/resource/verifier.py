@@ -78,7 +78,7 @@ class Verifier:
         self.clock = clock or SystemClock()
         self.keys = keys or UrlKeySource(settings.jwks_uri or settings.issuer + "/jwks", self.http, ttl=300, min_refresh=5.0)
         self.proofs = ProofChecker(
-            replay or MemoryReplayCache(),
+            replay if replay is not None else MemoryReplayCache(),
             self.clock,
             nonce_key=os.urandom(32) if settings.nonce else None,
             algorithms=settings.dpop_algs,

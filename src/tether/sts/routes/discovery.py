@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
@@ -74,10 +75,11 @@ async def revocations_endpoint(request: Request) -> Response:
 
 
 HEARTBEAT_SECONDS = 2.0
+MIN_HEARTBEAT_SECONDS = 0.2
 STREAM_SECONDS = 300.0
 
 
-async def _feed(ctx: StsContext, cursor: int) -> AsyncIterator[bytes]:
+async def _feed(ctx: StsContext, cursor: int, heartbeat: float) -> AsyncIterator[bytes]:
     """SSE: backlog after ``cursor``, then entries as they are published, heartbeats between.
 
     Each entry's ``id`` is its sequence number, so a client that reconnects with
@@ -94,7 +96,7 @@ async def _feed(ctx: StsContext, cursor: int) -> AsyncIterator[bytes]:
         if len(entries) == 1000:
             continue
         yield f"event: heartbeat\ndata: {json.dumps({'cursor': cursor, 'time': ctx.now()})}\n\n".encode()
-        await ctx.store.wait_for_revocations(since=generation, timeout=HEARTBEAT_SECONDS)
+        await ctx.store.wait_for_revocations(since=generation, timeout=heartbeat)
 
 
 @endpoint(resource=False)
@@ -103,9 +105,16 @@ async def revocations_stream_endpoint(request: Request) -> Response:
     raw = request.headers.get("last-event-id") or request.query_params.get("after", "0")
     if not raw.isdigit() or len(raw) > 18:
         raise InvalidRequest("`after` / Last-Event-ID must be a non-negative integer")
+    try:
+        heartbeat = float(request.query_params.get("heartbeat", HEARTBEAT_SECONDS))
+    except ValueError as exc:
+        raise InvalidRequest("`heartbeat` must be a number of seconds") from exc
+    if math.isnan(heartbeat):
+        raise InvalidRequest("`heartbeat` must be a number of seconds")
+    heartbeat = min(HEARTBEAT_SECONDS, max(MIN_HEARTBEAT_SECONDS, heartbeat))
     await ctx.store.ping()
     return StreamingResponse(
-        _feed(ctx, int(raw)),
+        _feed(ctx, int(raw), heartbeat),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

@@ -1,0 +1,158 @@
+"""Request-time Cedar decisions with hot reload, shadow mode and fail-closed errors.
+
+``PolicyEngine.authorize`` is called for every exchange, task creation, admin call and
+(at resource servers and the gateway) every request. Before deciding it checks the
+policy directory's fingerprint and reloads on change; a set that fails to load is
+refused and the previous one stays in force (``last_error`` says why). Cedar skips a
+policy that errors while evaluating, which could turn a ``forbid`` into an allow —
+tether instead denies any request whose evaluation produced an error (fail closed).
+Shadow policies (``@shadow``) and a whole set in ``mode = "shadow"`` never change the
+enforced decision; the ``Decision`` carries both so the audit log shows what they
+would have done.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cedarpy
+
+from tether.errors import PolicyUnavailable
+from tether.policy.entities import PolicyRequest
+from tether.policy.loader import PolicyLoadError, PolicyVersion, directory_fingerprint, load_directory, load_texts
+
+__all__ = ["Decision", "PolicyEngine"]
+
+log = logging.getLogger("tether.policy")
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    version: str
+    determining: tuple[str, ...]
+    errors: tuple[str, ...] = ()
+    mode: str = "enforce"
+    shadow_allowed: bool | None = None
+    shadow_determining: tuple[str, ...] = ()
+
+    def audit(self) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "version": self.version,
+            "decision": "allow" if self.allowed else "deny",
+            "determining": list(self.determining),
+            "mode": self.mode,
+        }
+        if self.errors:
+            record["errors"] = list(self.errors)
+        if self.shadow_allowed is not None:
+            record["shadow"] = {
+                "decision": "allow" if self.shadow_allowed else "deny",
+                "determining": list(self.shadow_determining),
+            }
+        return record
+
+
+def _evaluate(request: PolicyRequest, policy_set: Any) -> tuple[bool, tuple[str, ...], tuple[str, ...]]:
+    result = cedarpy.is_authorized(request.cedar(), policy_set, request.entities)
+    errors = tuple(str(e) for e in result.diagnostics.errors)
+    allowed = result.decision == cedarpy.Decision.Allow and not errors
+    return allowed, tuple(result.diagnostics.reasons), errors
+
+
+class PolicyEngine:
+    def __init__(self, directory: Path | None = None, *, mode: str = "enforce") -> None:
+        if mode not in ("enforce", "shadow"):
+            raise ValueError("policy mode must be `enforce` or `shadow`")
+        self.directory = directory
+        self.mode = mode
+        self.current: PolicyVersion | None = None
+        self.last_error: PolicyLoadError | None = None
+        self._fingerprint: tuple[Any, ...] | None = None
+        self._lock = threading.Lock()
+        self.decisions = 0
+        self.denials = 0
+        if directory is not None:
+            self.refresh()
+
+    # -- loading ------------------------------------------------------------------
+    def refresh(self) -> bool:
+        """Reload if the directory changed; True when a new set was installed."""
+        if self.directory is None:
+            return False
+        fingerprint = directory_fingerprint(self.directory)
+        if fingerprint == self._fingerprint:
+            return False
+        with self._lock:
+            if fingerprint == self._fingerprint:
+                return False
+            self._fingerprint = fingerprint
+            try:
+                version = load_directory(self.directory)
+            except PolicyLoadError as exc:
+                self.last_error = exc
+                log.error("policy set refused, keeping version %s: %s", self.version, exc)
+                return False
+            return self._install(version)
+
+    def install_texts(self, files: Mapping[str, str]) -> bool:
+        """Install a policy set pushed by the STS (same validation as a directory)."""
+        try:
+            version = load_texts(files)
+        except PolicyLoadError as exc:
+            self.last_error = exc
+            log.error("pushed policy set refused, keeping version %s: %s", self.version, exc)
+            return False
+        with self._lock:
+            return self._install(version)
+
+    def _install(self, version: PolicyVersion) -> bool:
+        changed = self.current is None or self.current.version != version.version
+        self.current = version
+        self.last_error = None
+        if changed:
+            log.info(
+                "policy set %s loaded: %d policies (%d shadow)", version.version, len(version.policies), len(version.shadow_ids)
+            )
+        return changed
+
+    @property
+    def version(self) -> str | None:
+        return self.current.version if self.current else None
+
+    # -- deciding -----------------------------------------------------------------
+    def authorize(self, request: PolicyRequest) -> Decision:
+        self.refresh()
+        current = self.current
+        if current is None:
+            raise PolicyUnavailable(f"no valid policy set is loaded: {self.last_error}")
+        allowed, reasons, errors = _evaluate(request, current.enforced)
+        shadow_allowed: bool | None = None
+        shadow_reasons: tuple[str, ...] = ()
+        if self.mode == "shadow":
+            shadow_allowed, shadow_reasons = allowed, reasons
+            allowed, reasons = True, ()
+        elif current.full is not None:
+            shadow_allowed, shadow_reasons, _ = _evaluate(request, current.full)
+        decision = Decision(
+            allowed=allowed,
+            version=current.version,
+            determining=reasons,
+            errors=errors,
+            mode=self.mode,
+            shadow_allowed=shadow_allowed,
+            shadow_determining=shadow_reasons,
+        )
+        self.decisions += 1
+        if not allowed:
+            self.denials += 1
+        if errors:
+            log.error("policy evaluation error (denied, fail closed) for %s: %s", request.describe(), "; ".join(errors))
+        if shadow_allowed is False and allowed:
+            log.warning("shadow policy would deny %s: %s", request.describe(), ", ".join(shadow_reasons) or "no permit")
+        return decision

@@ -1,0 +1,243 @@
+"""Cedar requests and entities built from tether's records — pure, so every decision is reproducible.
+
+Each builder returns a ``PolicyRequest``: the Cedar request (principal, action,
+resource, context) and the entities it refers to, following ``tether.cedarschema``.
+Entity ids are tether's own strings (SPIFFE IDs, URIs) passed in Cedar's JSON form,
+so no id ever needs escaping into policy syntax.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tether.model import Task
+
+__all__ = [
+    "NS",
+    "PolicyRequest",
+    "admin_request",
+    "call_request",
+    "create_task_request",
+    "exchange_request",
+    "workload_entity",
+]
+
+NS = "Tether"
+ADMINS = {"type": f"{NS}::Group", "id": "admins"}
+
+
+@dataclass(frozen=True)
+class PolicyRequest:
+    principal: dict[str, str]
+    action: str
+    resource: dict[str, str]
+    context: dict[str, Any]
+    entities: list[dict[str, Any]] = field(default_factory=list)
+
+    def cedar(self) -> dict[str, Any]:
+        return {
+            "principal": self.principal,
+            "action": {"type": f"{NS}::Action", "id": self.action},
+            "resource": self.resource,
+            "context": self.context,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        return {"principal": self.principal["id"], "action": self.action, "resource": self.resource["id"]}
+
+
+def _uid(kind: str, value: str) -> dict[str, str]:
+    return {"type": f"{NS}::{kind}", "id": value}
+
+
+def _ip(address: str | None) -> dict[str, Any]:
+    try:
+        text = str(ipaddress.ip_address(address or "0.0.0.0"))  # noqa: S104 - "unknown", never bound
+    except ValueError:
+        text = "0.0.0.0"  # noqa: S104
+    return {"__extn": {"fn": "ip", "arg": text}}
+
+
+def _common(*, now: float, client: str | None, risk: int, key_bound: bool) -> dict[str, Any]:
+    seconds = int(now)
+    return {
+        "client": _ip(client),
+        "hour": (seconds // 3600) % 24,
+        "weekday": (seconds // 86400 + 3) % 7,
+        "risk": max(0, min(100, risk)),
+        "key_bound": key_bound,
+    }
+
+
+def _trust_domain(principal: str) -> str:
+    if principal.startswith("spiffe://"):
+        return principal[len("spiffe://") :].split("/", 1)[0]
+    return principal.split(":", 1)[0]
+
+
+def workload_entity(principal: str, *, kind: str, admins: Collection[str]) -> dict[str, Any]:
+    return {
+        "uid": _uid("Workload", principal),
+        "attrs": {"kind": kind, "trust_domain": _trust_domain(principal)},
+        "parents": [ADMINS] if principal in admins else [],
+    }
+
+
+def service_entity(uri: str, tags: Mapping[str, Collection[str]]) -> dict[str, Any]:
+    return {"uid": _uid("Service", uri), "attrs": {"uri": uri, "tags": sorted(tags.get(uri, ()))}, "parents": []}
+
+
+def task_entity(task: Task, *, admins: Collection[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The task entity and the entities it refers to (its agent, its subject)."""
+    agent = workload_entity(task.agent, kind="spiffe" if task.agent.startswith("spiffe://") else "oidc", admins=admins)
+    users = [{"uid": _uid("User", task.on_behalf_of), "attrs": {}, "parents": []}] if task.on_behalf_of else []
+    entity = {
+        "uid": _uid("Task", task.id),
+        "attrs": {
+            "agent": {"__entity": agent["uid"]},
+            "purpose": task.purpose or "",
+            "audiences": list(task.audiences),
+            "scopes": sorted(task.scopes),
+            "max_depth": task.max_depth,
+            "max_tokens": task.max_tokens,
+            "duration": task.expires_at - task.created_at,
+            "on_behalf_of": [{"__entity": u["uid"]} for u in users],
+        },
+        "parents": [],
+    }
+    return entity, [agent, *users]
+
+
+def _dedupe(entities: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    for entity in entities:
+        uid = entity["uid"]
+        seen.setdefault((uid["type"], uid["id"]), entity)
+    return list(seen.values())
+
+
+def exchange_request(
+    *,
+    kind: str,
+    principal: str,
+    principal_kind: str,
+    audience: str,
+    task: Task,
+    scopes: Collection[str],
+    actors: tuple[str, ...],
+    subject: str,
+    now: float,
+    client: str | None,
+    admins: Collection[str],
+    tags: Mapping[str, Collection[str]],
+    risk: int = 0,
+    key_bound: bool = True,
+) -> PolicyRequest:
+    """``exchange``: may ``principal`` get a token for ``audience`` with these scopes and chain?"""
+    task_ent, refs = task_entity(task, admins=admins)
+    who = workload_entity(principal, kind=principal_kind, admins=admins)
+    context = _common(now=now, client=client, risk=risk, key_bound=key_bound) | {
+        "kind": kind,
+        "scopes": sorted(scopes),
+        "depth": len(actors),
+        "actor": actors[0] if actors else "",
+        "actors": list(actors),
+        "subject": subject,
+        "agent": task.agent,
+        "task": {"__entity": task_ent["uid"]},
+        "task_age": max(0, int(now) - task.created_at),
+        "purpose": task.purpose or "",
+    }
+    return PolicyRequest(
+        principal=who["uid"],
+        action="exchange",
+        resource=_uid("Service", audience),
+        context=context,
+        entities=_dedupe([who, service_entity(audience, tags), task_ent, *refs]),
+    )
+
+
+def create_task_request(
+    *, caller: str, caller_kind: str, task: Task, now: float, client: str | None, admins: Collection[str], risk: int = 0
+) -> PolicyRequest:
+    task_ent, refs = task_entity(task, admins=admins)
+    who = workload_entity(caller, kind=caller_kind, admins=admins)
+    return PolicyRequest(
+        principal=who["uid"],
+        action="create_task",
+        resource=task_ent["uid"],
+        context=_common(now=now, client=client, risk=risk, key_bound=True),
+        entities=_dedupe([who, task_ent, *refs]),
+    )
+
+
+def admin_request(
+    *,
+    caller: str,
+    caller_kind: str,
+    issuer: str,
+    operation: str,
+    now: float,
+    client: str | None,
+    admins: Collection[str],
+    risk: int = 0,
+    key_bound: bool = True,
+) -> PolicyRequest:
+    who = workload_entity(caller, kind=caller_kind, admins=admins)
+    return PolicyRequest(
+        principal=who["uid"],
+        action="admin",
+        resource=_uid("Service", issuer),
+        context=_common(now=now, client=client, risk=risk, key_bound=key_bound) | {"operation": operation},
+        entities=_dedupe([who, service_entity(issuer, {})]),
+    )
+
+
+def call_request(
+    *,
+    caller: str,
+    service: str,
+    method: str,
+    path: str,
+    scopes: Collection[str],
+    actors: tuple[str, ...],
+    subject: str,
+    agent: str,
+    task: str | None,
+    purpose: str | None,
+    token_age: int,
+    now: float,
+    client: str | None,
+    tags: Mapping[str, Collection[str]],
+    risk: int = 0,
+    tool: str | None = None,
+) -> PolicyRequest:
+    """``call``: may the caller (current actor, else the agent) use this route of ``service``?"""
+    who = workload_entity(caller, kind="spiffe" if caller.startswith("spiffe://") else "oidc", admins=())
+    svc = service_entity(service, tags)
+    route_tool = tool if tool is not None else path.rstrip("/").rsplit("/", 1)[-1]
+    route_uid = _uid("Route", f"{method} {path}")
+    route: dict[str, Any] = {
+        "uid": route_uid,
+        "attrs": {"method": method, "path": path, "tool": route_tool},
+        "parents": [svc["uid"]],
+    }
+    context = _common(now=now, client=client, risk=risk, key_bound=True) | {
+        "method": method,
+        "path": path,
+        "tool": route_tool,
+        "scopes": sorted(scopes),
+        "depth": len(actors),
+        "actor": actors[0] if actors else "",
+        "subject": subject,
+        "agent": agent,
+        "task": task or "",
+        "purpose": purpose or "",
+        "token_age": max(0, token_age),
+    }
+    return PolicyRequest(
+        principal=who["uid"], action="call", resource=route_uid, context=context, entities=_dedupe([who, svc, route])
+    )

@@ -1,0 +1,223 @@
+"""Loading a directory of ``.cedar`` files into one validated, versioned policy set.
+
+Each file is cut into statements at top-level ``;`` (outside strings and comments), and
+each statement is parsed and validated against ``tether.cedarschema`` on its own, so
+a problem is reported as ``file:line: reason``. A set with any problem is refused as
+a whole (``PolicyLoadError``): the caller keeps the previous set in force. Policies
+are named by their ``@id`` annotation, else ``file:line``; ``@shadow`` marks a policy
+log-only. The version is a hash of every file's name and content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import cedarpy
+
+from tether.errors import TetherError
+
+__all__ = [
+    "LoadedPolicy",
+    "PolicyLoadError",
+    "PolicyProblem",
+    "PolicyVersion",
+    "directory_fingerprint",
+    "load_directory",
+    "load_texts",
+    "read_directory",
+    "schema",
+    "schema_text",
+    "split_statements",
+]
+
+MAX_POLICY_FILES = 256
+MAX_FILE_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class PolicyProblem:
+    file: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.message}"
+
+
+class PolicyLoadError(TetherError):
+    def __init__(self, problems: list[PolicyProblem]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(str(p) for p in problems[:5]) + (" …" if len(problems) > 5 else ""))
+
+
+@dataclass(frozen=True)
+class LoadedPolicy:
+    id: str
+    file: str
+    line: int
+    effect: str
+    shadow: bool
+
+
+@dataclass(frozen=True)
+class PolicyVersion:
+    """An immutable, validated policy set; swapped as a whole on reload."""
+
+    version: str
+    policies: tuple[LoadedPolicy, ...]
+    enforced: Any  # cedarpy.PolicySet of non-shadow policies
+    full: Any  # cedarpy.PolicySet of every policy (None when there are no shadow policies)
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def shadow_ids(self) -> tuple[str, ...]:
+        return tuple(p.id for p in self.policies if p.shadow)
+
+
+def schema_text() -> str:
+    return (resources.files("tether.policy") / "tether.cedarschema").read_text(encoding="utf-8")
+
+
+_SCHEMA: list[Any] = []
+
+
+def schema() -> Any:
+    """The parsed tether schema (parsed once per process)."""
+    if not _SCHEMA:
+        _SCHEMA.append(cedarpy.Schema.from_str(schema_text()))
+    return _SCHEMA[0]
+
+
+def split_statements(text: str) -> Iterator[tuple[int, str]]:
+    """Yield ``(line, statement)`` for each top-level ``;``-terminated statement.
+
+    Understands ``"…"`` strings with backslash escapes and ``//`` comments, which is all
+    the lexical structure Cedar has where a ``;`` could hide. A trailing statement without
+    ``;`` is yielded too, so the parser reports it.
+    """
+    line, start, start_line, i = 1, 0, None, 0
+    in_string = in_comment = False
+    while i < len(text):
+        char = text[i]
+        if char == "\n":
+            line += 1
+            in_comment = False
+        elif in_comment:
+            pass
+        elif in_string:
+            if char == "\\":
+                i += 1
+            elif char == '"':
+                in_string = False
+        elif char == "/" and text.startswith("//", i):
+            in_comment = True
+        else:
+            if start_line is None and not char.isspace():
+                start_line = line
+            if char == '"':
+                in_string = True
+            elif char == ";":
+                yield (start_line or line), text[start : i + 1]
+                start, start_line = i + 1, None
+        i += 1
+    if start_line is not None:
+        yield start_line, text[start:]
+
+
+def _statement(file: str, line: int, chunk: str, problems: list[PolicyProblem]) -> dict[str, Any] | None:
+    try:
+        est = json.loads(cedarpy.policies_to_json_str(chunk))
+    except ValueError as exc:
+        problems.append(PolicyProblem(file, line, f"syntax error: {exc}"))
+        return None
+    if est.get("templates"):
+        problems.append(PolicyProblem(file, line, "policy templates are not supported"))
+        return None
+    policies = list(est.get("staticPolicies", {}).values())
+    if len(policies) != 1:
+        problems.append(PolicyProblem(file, line, "expected exactly one policy"))
+        return None
+    result = cedarpy.validate_policies(chunk, schema())
+    for error in result.errors:
+        problems.append(PolicyProblem(file, line, f"does not match the schema: {error.error}"))
+    return dict(policies[0]) if result.validation_passed else None
+
+
+def load_texts(files: Mapping[str, str]) -> PolicyVersion:
+    """Parse and validate policy files (``name → text``); raises ``PolicyLoadError``."""
+    problems: list[PolicyProblem] = []
+    loaded: list[LoadedPolicy] = []
+    enforced: dict[str, Any] = {}
+    full: dict[str, Any] = {}
+    for name in sorted(files):
+        for line, chunk in split_statements(files[name]):
+            est = _statement(name, line, chunk, problems)
+            if est is None:
+                continue
+            annotations = est.get("annotations") or {}
+            policy_id = str(annotations.get("id") or f"{name}:{line}")
+            if policy_id in full:
+                problems.append(PolicyProblem(name, line, f"duplicate policy id `{policy_id}`"))
+                continue
+            shadow = "shadow" in annotations and str(annotations["shadow"]).lower() != "false"
+            loaded.append(LoadedPolicy(policy_id, name, line, str(est.get("effect")), shadow))
+            full[policy_id] = est
+            if not shadow:
+                enforced[policy_id] = est
+    if problems:
+        raise PolicyLoadError(problems)
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode() + b"\x00" + files[name].encode() + b"\x00")
+    return PolicyVersion(
+        version=digest.hexdigest()[:16],
+        policies=tuple(loaded),
+        enforced=_policy_set(enforced),
+        full=_policy_set(full) if len(full) != len(enforced) else None,
+        sources=dict(files),
+    )
+
+
+def _policy_set(policies: Mapping[str, Any]) -> Any:
+    return cedarpy.PolicySet.from_json_str(json.dumps({"staticPolicies": dict(policies), "templates": {}, "templateLinks": []}))
+
+
+def _cedar_files(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        raise PolicyLoadError([PolicyProblem(str(directory), 0, "policy directory does not exist")])
+    files = sorted(p for p in directory.iterdir() if p.suffix == ".cedar" and p.is_file())
+    if len(files) > MAX_POLICY_FILES:
+        raise PolicyLoadError([PolicyProblem(str(directory), 0, f"more than {MAX_POLICY_FILES} policy files")])
+    return files
+
+
+def read_directory(directory: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for path in _cedar_files(directory):
+        data = path.read_bytes()
+        if len(data) > MAX_FILE_BYTES:
+            raise PolicyLoadError([PolicyProblem(path.name, 0, f"file exceeds {MAX_FILE_BYTES} bytes")])
+        try:
+            out[path.name] = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PolicyLoadError([PolicyProblem(path.name, 0, "file is not UTF-8")]) from exc
+    return out
+
+
+def load_directory(directory: Path) -> PolicyVersion:
+    return load_texts(read_directory(directory))
+
+
+def directory_fingerprint(directory: Path) -> tuple[Any, ...]:
+    """Changes whenever a ``.cedar`` file is added, removed, renamed or rewritten."""
+    try:
+        entries = [(p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in _cedar_files(directory)]
+        return (directory.stat().st_mtime_ns, tuple(entries))
+    except (OSError, PolicyLoadError):
+        return ("missing",)
