@@ -58,6 +58,8 @@ class OAuthError(TetherError):
     def __init__(self, description: str, *, debug: str | None = None) -> None:
         self.description = _wire_safe(description)
         self.debug = debug or description
+        #: extra fields for the audit record of this refusal (never rendered on the wire)
+        self.audit: dict[str, object] = {}
         super().__init__(self.description)
 
 

@@ -13,6 +13,7 @@ from starlette.datastructures import Headers
 
 from tether.errors import InsufficientScope, InvalidClient, InvalidToken
 from tether.model import AccessToken, WorkloadIdentity
+from tether.policy.entities import admin_request
 from tether.sts.context import StsContext, spend_key
 from tether.sts.settings import JWT_BEARER
 from tether.web.dpop_request import authorization, dpop_header
@@ -42,9 +43,23 @@ def is_admin(ctx: StsContext, caller: AccessToken) -> bool:
     return caller.txn is None and bool(caller.scope & ctx.settings.admin_scope)
 
 
-def require_admin(ctx: StsContext, caller: AccessToken) -> None:
+def require_admin(ctx: StsContext, caller: AccessToken, *, operation: str | None = None, client: str | None = None) -> None:
+    """Admin scope, then (with ``operation``) the Cedar ``admin`` action for that operation."""
     if not is_admin(ctx, caller):
         raise InsufficientScope(f"scope `{' '.join(sorted(ctx.settings.admin_scope))}` is required")
+    if operation is not None:
+        ctx.authorize(
+            admin_request(
+                caller=caller.sub,
+                caller_kind="spiffe" if caller.sub.startswith("spiffe://") else "oidc",
+                issuer=ctx.settings.issuer,
+                operation=operation,
+                now=ctx.now(),
+                client=client,
+                admins=ctx.settings.admin_principals,
+                risk=ctx.risk(caller.sub),
+            )
+        )
 
 
 async def authenticate_client(ctx: StsContext, assertion: str | None, assertion_type: str | None) -> WorkloadIdentity:

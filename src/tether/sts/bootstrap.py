@@ -13,6 +13,7 @@ from tether.errors import ConfigError
 from tether.identity.verifier import build_identity_verifier
 from tether.keys.keyring import load_keyring
 from tether.keys.sealed import SealError, derive_key, load_master_key
+from tether.policy.engine import PolicyEngine
 from tether.proofs import ProofChecker
 from tether.store.open import open_store
 from tether.store.protocol import Store
@@ -42,6 +43,13 @@ async def build_sts(config: Config, *, clock: Clock | None = None, store: Store 
         raise ConfigError("master_key", f"cannot open the signing keys: {exc}") from exc
     except LookupError as exc:
         raise ConfigError("keys", str(exc)) from exc
+    try:
+        policy = PolicyEngine(config.policy_dir, mode=config.values["policy"]["mode"])
+    except ValueError as exc:
+        raise ConfigError("policy.mode", str(exc)) from exc
+    if policy.current is None:
+        problem = policy.last_error.problems[0] if policy.last_error and policy.last_error.problems else "no policies"
+        raise ConfigError("policy.dir", f"no valid policy set: {problem}")
     http = httpx.AsyncClient(follow_redirects=False, timeout=httpx.Timeout(5.0), trust_env=False)
     proofs = ProofChecker(
         store,
@@ -59,6 +67,7 @@ async def build_sts(config: Config, *, clock: Clock | None = None, store: Store 
         identity=build_identity_verifier(config, http),
         proofs=proofs,
         clock=clock,
+        policy=policy,
     )
 
     async def shutdown() -> None:

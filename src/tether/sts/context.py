@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from tether.audit.chain import AuditEvent
 from tether.clock import Clock
-from tether.errors import InvalidClient, InvalidGrant, InvalidToken, OAuthError
+from tether.errors import AccessDenied, InvalidClient, InvalidGrant, InvalidToken, OAuthError
 from tether.identity.checks import IdentityError
 from tether.identity.verifier import IdentityVerifier
 from tether.keys.keyring import KeyRing
 from tether.model import AccessToken, WorkloadIdentity
+from tether.policy.engine import Decision, PolicyEngine
+from tether.policy.entities import PolicyRequest
 from tether.proofs import ProofChecker
 from tether.rules.claims import verify_access_token
 from tether.rules.jws import JWSError, PublicKey
@@ -46,6 +49,10 @@ def spend_key(identity: WorkloadIdentity) -> tuple[str, int] | None:
     return digest, identity.exp + 600
 
 
+def _no_risk(principal: str) -> int:
+    return 0
+
+
 @dataclass
 class StsContext:
     settings: StsSettings
@@ -54,10 +61,23 @@ class StsContext:
     identity: IdentityVerifier
     proofs: ProofChecker
     clock: Clock
+    policy: PolicyEngine
+    risk: Callable[[str], int] = _no_risk
     stats: dict[str, int] = field(default_factory=dict)
 
     def now(self) -> float:
         return self.clock.now()
+
+    def authorize(self, request: PolicyRequest, *, refusal: str = "denied by policy") -> Decision:
+        """Evaluate Cedar for ``request``; a deny raises ``AccessDenied`` carrying the decision for the audit."""
+        decision = self.policy.authorize(request)
+        if not decision.allowed:
+            exc = AccessDenied(
+                refusal, debug=f"policy {decision.version} denied: {', '.join(decision.determining) or 'no permit'}"
+            )
+            exc.audit["policy"] = decision.audit()
+            raise exc
+        return decision
 
     async def refuse(
         self,
@@ -77,7 +97,7 @@ class StsContext:
             task=task,
             jti=jti,
             error=exc.error,
-            detail={"reason": exc.debug[:500], **(detail or {})},
+            detail={"reason": exc.debug[:500], **(detail or {}), **exc.audit},
         )
         await self.store.append_audit(event, now=self.now())
 

@@ -30,6 +30,8 @@ from tether.errors import (
     UnsupportedGrantType,
 )
 from tether.model import AccessToken, DPoPProof, Task, WorkloadIdentity
+from tether.policy.engine import Decision
+from tether.policy.entities import admin_request, exchange_request
 from tether.rules.claims import Grant, build_claims
 from tether.rules.exchange import derive_hop, derive_session
 from tether.rules.scope import check_subset, format_scope
@@ -56,6 +58,7 @@ class ExchangeRequest:
     client_id: str | None = None
     client_assertion: str | None = None
     client_assertion_type: str | None = None
+    client_ip: str | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,30 @@ def _spends(*identities: WorkloadIdentity | None) -> list[tuple[str, int]]:
     """Single-use marks for every workload JWT of the request (deduplicated)."""
     keys = [spend_key(i) for i in identities if i is not None]
     return list(dict.fromkeys(k for k in keys if k is not None))
+
+
+def _principal_kind(principal: str) -> str:
+    return "spiffe" if principal.startswith("spiffe://") else "oidc"
+
+
+def _authorize(ctx: StsContext, req: ExchangeRequest, grant: Grant, task: Task, *, kind: str, principal: str) -> Decision:
+    """Cedar ``exchange`` for the token about to be issued (after the built-in attenuation rules)."""
+    request = exchange_request(
+        kind=kind,
+        principal=principal,
+        principal_kind=_principal_kind(principal),
+        audience=grant.aud,
+        task=task,
+        scopes=grant.scope,
+        actors=grant.actors,
+        subject=grant.sub,
+        now=ctx.now(),
+        client=req.client_ip,
+        admins=ctx.settings.admin_principals,
+        tags=ctx.settings.tags,
+        risk=ctx.risk(principal),
+    )
+    return ctx.authorize(request)
 
 
 async def _client(ctx: StsContext, req: ExchangeRequest, expected: str) -> WorkloadIdentity | None:
@@ -167,7 +194,8 @@ async def _session(
         limits=ctx.settings.limits,
         now=now,
     )
-    return await _issue(ctx, grant, "session", state.task, depth=len(grant.actors), spends=spends, now=now)
+    decision = _authorize(ctx, req, grant, state.task, kind="session", principal=identity.principal)
+    return await _issue(ctx, grant, "session", state.task, depth=len(grant.actors), spends=spends, now=now, policy=decision)
 
 
 async def _hop(
@@ -205,7 +233,11 @@ async def _hop(
         actor=actor.principal if actor else None,
         audience_principals=ctx.settings.resources.get(parent.aud, frozenset()),
     )
-    return await _issue(ctx, grant, "hop", state.task, depth=len(grant.actors), spends=_spends(actor, client), now=now)
+    requester = actor.principal if actor else parent.client_id
+    decision = _authorize(ctx, req, grant, state.task, kind="delegation" if actor else "hop", principal=requester)
+    return await _issue(
+        ctx, grant, "hop", state.task, depth=len(grant.actors), spends=_spends(actor, client), now=now, policy=decision
+    )
 
 
 async def _admin(
@@ -236,11 +268,31 @@ async def _admin(
         jkt=proof.jkt,
         txn=None,
     )
-    return await _issue(ctx, grant, "admin", None, depth=0, spends=spends, now=now)
+    decision = ctx.authorize(
+        admin_request(
+            caller=identity.principal,
+            caller_kind=identity.kind.value,
+            issuer=settings.issuer,
+            operation="token",
+            now=now,
+            client=req.client_ip,
+            admins=settings.admin_principals,
+            risk=ctx.risk(identity.principal),
+        )
+    )
+    return await _issue(ctx, grant, "admin", None, depth=0, spends=spends, now=now, policy=decision)
 
 
 async def _issue(
-    ctx: StsContext, grant: Grant, kind: str, task: Task | None, *, depth: int, spends: list[tuple[str, int]], now: int
+    ctx: StsContext,
+    grant: Grant,
+    kind: str,
+    task: Task | None,
+    *,
+    depth: int,
+    spends: list[tuple[str, int]],
+    now: int,
+    policy: Decision,
 ) -> ExchangeResult:
     jti = new_jti()
     token = ctx.keyring.sign(build_claims(grant, issuer=ctx.settings.issuer, jti=jti, now=now))
@@ -273,6 +325,7 @@ async def _issue(
             "act": list(grant.actors),
             "depth": depth,
             "jkt": grant.jkt,
+            "policy": policy.audit(),
         },
     )
     try:

@@ -16,6 +16,7 @@ from tether.errors import InvalidToken, UnauthorizedClient
 from tether.model import AccessToken, TaskState, WorkloadIdentity, act_from_chain
 from tether.rules.scope import format_scope
 from tether.store.records import BlockKind
+from tether.sts.auth import require_admin
 from tether.sts.context import StsContext
 
 __all__ = ["block", "introspect", "revoke"]
@@ -86,7 +87,10 @@ async def revoke(ctx: StsContext, caller: WorkloadIdentity, token: str) -> list[
     return await ctx.store.revoke_tree(claims.jti, now=ctx.now(), audit=event)
 
 
-async def block(ctx: StsContext, caller: AccessToken, kind: BlockKind, value: str, *, lift: bool) -> dict[str, Any]:
+async def block(
+    ctx: StsContext, caller: AccessToken, kind: BlockKind, value: str, *, lift: bool, client: str | None = None
+) -> dict[str, Any]:
+    require_admin(ctx, caller, operation="principals.unblock" if lift else "principals.block", client=client)
     now = ctx.now()
     if lift:
         event = AuditEvent(kind="principal.unblocked", outcome="ok", principal=caller.sub, detail={kind.value: value})

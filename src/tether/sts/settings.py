@@ -32,6 +32,7 @@ class StsSettings:
     nonce: bool = True
     nonce_ttl: int = 120
     resources: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    tags: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def token_endpoint(self) -> str:
@@ -64,4 +65,5 @@ class StsSettings:
             nonce=dpop["nonce"],
             nonce_ttl=dpop["nonce_ttl"],
             resources={r.uri: frozenset(r.principals) for r in config.resources},
+            tags={r.uri: r.tags for r in config.resources},
         )

@@ -13,6 +13,7 @@ from typing import Any
 from tether.audit.chain import AuditEvent
 from tether.errors import AccessDenied, InsufficientScope, InvalidRequest, NotFoundError
 from tether.model import AccessToken, Task, TaskState
+from tether.policy.entities import create_task_request
 from tether.rules.task import TaskRequest, build_task, check_transition
 from tether.store.errors import Blocked, NotFound, TaskNotActive
 from tether.sts.auth import is_admin, require_admin
@@ -67,7 +68,7 @@ def parse_task_request(body: dict[str, Any]) -> TaskRequest:
     )
 
 
-async def create_task(ctx: StsContext, caller: AccessToken, request: TaskRequest) -> Task:
+async def create_task(ctx: StsContext, caller: AccessToken, request: TaskRequest, *, client: str | None = None) -> Task:
     require_admin(ctx, caller)
     now = int(ctx.now())
     task = build_task(
@@ -77,6 +78,17 @@ async def create_task(ctx: StsContext, caller: AccessToken, request: TaskRequest
         limits=ctx.settings.task_limits,
         now=now,
         created_by=caller.sub,
+    )
+    decision = ctx.authorize(
+        create_task_request(
+            caller=caller.sub,
+            caller_kind="spiffe" if caller.sub.startswith("spiffe://") else "oidc",
+            task=task,
+            now=now,
+            client=client,
+            admins=ctx.settings.admin_principals,
+            risk=ctx.risk(caller.sub),
+        )
     )
     event = AuditEvent(
         kind="task.created",
@@ -91,6 +103,7 @@ async def create_task(ctx: StsContext, caller: AccessToken, request: TaskRequest
             "expires_at": task.expires_at,
             "max_depth": task.max_depth,
             "max_tokens": task.max_tokens,
+            "policy": decision.audit(),
         },
     )
     try:
@@ -100,19 +113,24 @@ async def create_task(ctx: StsContext, caller: AccessToken, request: TaskRequest
     return task
 
 
-async def _visible(ctx: StsContext, caller: AccessToken, task_id: str) -> Task:
+async def _visible(ctx: StsContext, caller: AccessToken, task_id: str, *, operation: str, client: str | None) -> Task:
+    """The caller's own task (its session token), or any task for an admin the policy allows."""
     task = await ctx.store.get_task(task_id)
     if task is None or not (is_admin(ctx, caller) or caller.txn == task.id):
         raise NotFoundError("task not found")
+    if caller.txn != task.id:
+        require_admin(ctx, caller, operation=operation, client=client)
     return task
 
 
-async def get_task(ctx: StsContext, caller: AccessToken, task_id: str) -> Task:
-    return await _visible(ctx, caller, task_id)
+async def get_task(ctx: StsContext, caller: AccessToken, task_id: str, *, client: str | None = None) -> Task:
+    return await _visible(ctx, caller, task_id, operation="tasks.read", client=client)
 
 
-async def list_tasks(ctx: StsContext, caller: AccessToken, *, state: str | None, agent: str | None, limit: int) -> list[Task]:
-    require_admin(ctx, caller)
+async def list_tasks(
+    ctx: StsContext, caller: AccessToken, *, state: str | None, agent: str | None, limit: int, client: str | None = None
+) -> list[Task]:
+    require_admin(ctx, caller, operation="tasks.read", client=client)
     try:
         wanted = TaskState(state) if state else None
     except ValueError as exc:
@@ -120,8 +138,8 @@ async def list_tasks(ctx: StsContext, caller: AccessToken, *, state: str | None,
     return await ctx.store.list_tasks(state=wanted, agent=agent, now=ctx.now(), limit=limit)
 
 
-async def end_task(ctx: StsContext, caller: AccessToken, task_id: str, target: TaskState) -> Task:
-    task = await _visible(ctx, caller, task_id)
+async def end_task(ctx: StsContext, caller: AccessToken, task_id: str, target: TaskState, *, client: str | None = None) -> Task:
+    task = await _visible(ctx, caller, task_id, operation="tasks.end", client=client)
     if target is TaskState.SUSPENDED and not is_admin(ctx, caller):
         raise InsufficientScope("only an admin can suspend a task")
     now = ctx.now()

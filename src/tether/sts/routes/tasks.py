@@ -24,6 +24,11 @@ async def _caller(request: Request) -> AccessToken:
     return await authenticate_token(ctx, request.headers, method=request.method, url=url)
 
 
+def _client(request: Request) -> str | None:
+    """The peer address as the server saw it; forwarded headers are never trusted (BCP-14)."""
+    return request.client.host if request.client else None
+
+
 def _json(body: object, request: Request, status: int = 200) -> Response:
     return JSONResponse(body, status_code=status, headers={**NO_STORE, **nonce_headers(context(request))})
 
@@ -33,13 +38,18 @@ async def tasks_endpoint(request: Request) -> Response:
     ctx = context(request)
     caller = await _caller(request)
     if request.method == "POST":
-        task = await create_task(ctx, caller, parse_task_request(await read_json(request)))
+        task = await create_task(ctx, caller, parse_task_request(await read_json(request)), client=_client(request))
         return _json(task.as_json(ctx.now()), request, status=201)
     limit_raw = request.query_params.get("limit", "100")
     if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= 1000:
         raise InvalidRequest("`limit` must be an integer from 1 to 1000")
     tasks = await list_tasks(
-        ctx, caller, state=request.query_params.get("state"), agent=request.query_params.get("agent"), limit=int(limit_raw)
+        ctx,
+        caller,
+        state=request.query_params.get("state"),
+        agent=request.query_params.get("agent"),
+        limit=int(limit_raw),
+        client=_client(request),
     )
     now = ctx.now()
     return _json({"tasks": [t.as_json(now) for t in tasks]}, request)
@@ -49,7 +59,7 @@ async def tasks_endpoint(request: Request) -> Response:
 async def task_endpoint(request: Request) -> Response:
     ctx = context(request)
     caller = await _caller(request)
-    task = await get_task(ctx, caller, request.path_params["task_id"])
+    task = await get_task(ctx, caller, request.path_params["task_id"], client=_client(request))
     return _json(task.as_json(ctx.now()), request)
 
 
@@ -63,7 +73,7 @@ async def task_transition_endpoint(request: Request) -> Response:
     target = _TRANSITIONS.get(request.path_params["action"])
     if target is None:
         raise NotFoundError("no such task action")
-    task = await end_task(ctx, caller, request.path_params["task_id"], target)
+    task = await end_task(ctx, caller, request.path_params["task_id"], target, client=_client(request))
     return _json(task.as_json(ctx.now()), request)
 
 
@@ -80,4 +90,4 @@ async def block_endpoint(request: Request) -> Response:
         raise InvalidRequest("body must name exactly one of `agent` or `subject`")
     kind = kinds[0]
     lift = request.path_params["action"] == "unblock"
-    return _json(await block(ctx, caller, kind, body[kind.value], lift=lift), request)
+    return _json(await block(ctx, caller, kind, body[kind.value], lift=lift, client=_client(request)), request)

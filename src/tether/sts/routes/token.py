@@ -49,6 +49,7 @@ async def _parse(request: Request) -> ExchangeRequest:
         client_id=form.get("client_id"),
         client_assertion=form.get("client_assertion"),
         client_assertion_type=form.get("client_assertion_type"),
+        client_ip=request.client.host if request.client else None,
     )
 
 
