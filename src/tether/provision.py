@@ -96,7 +96,7 @@ def install_starter_policies(directory: Path) -> None:
     """Copy the commented starter policy set (never over existing files)."""
     directory.mkdir(parents=True, exist_ok=True)
     for entry in resources.files("tether.policy").joinpath("starter").iterdir():
-        if entry.name.endswith(".cedar") and not (directory / entry.name).exists():
+        if entry.name.endswith((".cedar", ".yaml")) and not (directory / entry.name).exists():
             (directory / entry.name).write_text(entry.read_text(encoding="utf-8"), encoding="utf-8")
 
 

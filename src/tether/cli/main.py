@@ -11,6 +11,7 @@ import typer
 
 from tether.cli import audit as audit_cli
 from tether.cli import keys as keys_cli
+from tether.cli import policy as policy_cli
 from tether.cli import task as task_cli
 from tether.cli.common import admin_client, config_or_exit, dev_domain, errors_to_exit
 from tether.cli.demo import demo
@@ -28,6 +29,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(keys_cli.app, name="keys")
 app.add_typer(task_cli.app, name="task")
 app.add_typer(audit_cli.app, name="audit")
+app.add_typer(policy_cli.app, name="policy")
 app.command()(demo)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="tether.toml (default ./tether.toml)")]

@@ -53,7 +53,10 @@ class TetherMiddleware:
         raw_path = scope.get("raw_path")
         wire_path = raw_path.decode("latin-1") if isinstance(raw_path, bytes) and raw_path else path
         try:
-            principal = await self.verifier.verify(method=scope["method"], path=wire_path, headers=Headers(scope=scope))
+            client = scope.get("client")
+            principal = await self.verifier.verify(
+                method=scope["method"], path=wire_path, headers=Headers(scope=scope), client=client[0] if client else None
+            )
         except (TetherError, StoreError) as exc:
             await error_response(exc, resource=True, algs=self.verifier.settings.dpop_algs)(scope, receive, send)
             return

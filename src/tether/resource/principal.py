@@ -28,6 +28,7 @@ class Principal:
     audience: str
     expires_at: int
     jkt: str
+    issued_at: int = 0
 
     @property
     def actor(self) -> str | None:
@@ -49,4 +50,5 @@ class Principal:
             audience=token.aud,
             expires_at=token.exp,
             jkt=token.jkt,
+            issued_at=token.iat,
         )

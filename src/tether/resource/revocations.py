@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -71,6 +71,9 @@ class RevocationFeed:
         self.tasks: dict[str, int] = {}
         self.last_heard: float | None = None
         self.connects = 0
+        self.policy_version: str | None = None
+        #: called (awaited) when a heartbeat names a policy version other than the last one
+        self.on_policy_version: Callable[[str], Awaitable[None]] | None = None
         self._task: asyncio.Task[None] | None = None
         self._heard = asyncio.Event()
 
@@ -118,6 +121,14 @@ class RevocationFeed:
             for key in [k for k, exp in table.items() if exp < now - 60]:
                 del table[key]
 
+    async def _policy_heartbeat(self, version: object) -> None:
+        if isinstance(version, str) and version != self.policy_version and self.on_policy_version is not None:
+            try:
+                await self.on_policy_version(version)
+                self.policy_version = version
+            except (httpx.HTTPError, ValueError) as exc:
+                log.warning("policy set %s could not be fetched: %s", version, exc)
+
     async def _run(self) -> None:
         while True:
             try:
@@ -139,8 +150,9 @@ class RevocationFeed:
                 if event == "revocation" and isinstance(payload, dict):
                     self.apply(payload)
                     self.last_heard = max(self.last_heard or 0.0, self._clock.now()) if self._heard.is_set() else None
-                elif event == "heartbeat":
+                elif event == "heartbeat" and isinstance(payload, dict):
                     now = self._clock.now()
                     self.last_heard = now
                     self._prune(now)
+                    await self._policy_heartbeat(payload.get("policy_version"))
                     self._heard.set()

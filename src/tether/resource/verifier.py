@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,8 +22,10 @@ import httpx
 from starlette.datastructures import Headers
 
 from tether.clock import Clock, SystemClock
-from tether.errors import InvalidToken
+from tether.errors import AccessDenied, InvalidToken
 from tether.identity.jwks_cache import KeySource, UrlKeySource
+from tether.policy.engine import Decision, PolicyEngine
+from tether.policy.entities import call_request
 from tether.proofs import ProofChecker, ReplayCache
 from tether.resource.principal import Principal
 from tether.resource.replay import MemoryReplayCache
@@ -55,6 +58,10 @@ class ResourceSettings:
     nonce_ttl: int = 120
     stale_after: float = 10.0
     revocation_feed: bool = True
+    policy_dir: str | None = None
+    policy_from_sts: bool = False
+    policy_mode: str = "enforce"
+    tags: tuple[str, ...] = ()
 
     @property
     def origin(self) -> str:
@@ -91,6 +98,14 @@ class Verifier:
             if settings.revocation_feed
             else None
         )
+        self.policy: PolicyEngine | None = None
+        self.last_decision: Decision | None = None
+        if settings.policy_dir is not None:
+            self.policy = PolicyEngine(Path(settings.policy_dir), mode=settings.policy_mode)
+        elif settings.policy_from_sts:
+            self.policy = PolicyEngine(None, mode=settings.policy_mode)
+            if self.feed is not None:
+                self.feed.on_policy_version = self._fetch_policies
 
     async def start(self) -> None:
         if self.feed is not None:
@@ -102,6 +117,19 @@ class Verifier:
         if self._own_http:
             await self.http.aclose()
 
+    async def _fetch_policies(self, version: str) -> None:
+        """Install the STS's policy set (pushed: the feed heartbeat announced ``version``)."""
+        assert self.policy is not None
+        response = await self.http.get(self.settings.issuer + "/policies", headers={"Accept": "application/json"})
+        if response.status_code != 200:
+            raise ValueError(f"/policies answered {response.status_code}")
+        body = response.json()
+        files = body.get("files") if isinstance(body, dict) else None
+        if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+            raise ValueError("/policies did not return a policy bundle")
+        self.policy.mode = "shadow" if body.get("mode") == "shadow" else "enforce"
+        self.policy.install_texts(files)
+
     def metadata(self) -> dict[str, Any]:
         """RFC 9728 §2 protected resource metadata naming the STS."""
         return {
@@ -112,7 +140,9 @@ class Verifier:
             "dpop_bound_access_tokens_required": True,
         }
 
-    async def verify(self, *, method: str, path: str, headers: Headers | Mapping[str, str]) -> Principal:
+    async def verify(
+        self, *, method: str, path: str, headers: Headers | Mapping[str, str], client: str | None = None
+    ) -> Principal:
         hdrs = headers if isinstance(headers, Headers) else Headers(headers=dict(headers))
         if "authorization" not in hdrs:
             raise MissingToken("an access token is required")
@@ -145,7 +175,36 @@ class Verifier:
             raise InvalidToken("dpop proof key does not match the token binding", debug=f"{proof.jkt} != {claims.jkt}")
         if self.feed is not None:
             self.feed.check(jti=claims.jti, task=claims.txn, now=now)
-        return Principal.from_token(claims)
+        principal = Principal.from_token(claims)
+        if self.policy is not None:
+            self.authorize_call(principal, method=method, path=path, client=client, now=now)
+        return principal
+
+    def authorize_call(self, principal: Principal, *, method: str, path: str, client: str | None, now: float) -> None:
+        """Cedar ``call`` for this route; the caller is the current actor, else the agent."""
+        assert self.policy is not None
+        request = call_request(
+            caller=principal.actor or principal.client_id,
+            service=self.settings.resource,
+            method=method,
+            path=path.split("?", 1)[0],
+            scopes=principal.scopes,
+            actors=principal.actors,
+            subject=principal.subject,
+            agent=principal.agent,
+            task=principal.task,
+            purpose=principal.purpose,
+            token_age=int(now) - principal.issued_at,
+            now=now,
+            client=client,
+            tags={self.settings.resource: self.settings.tags},
+        )
+        decision = self.policy.authorize(request)
+        self.last_decision = decision
+        if not decision.allowed:
+            raise AccessDenied(
+                "denied by policy", debug=f"policy {decision.version}: {', '.join(decision.determining) or 'no permit'}"
+            )
 
 
 def _peek_kid(token: str) -> object:

@@ -24,6 +24,7 @@ from tether.sts.routes.discovery import (
     health_endpoint,
     jwks_endpoint,
     metadata_endpoint,
+    policies_endpoint,
     revocations_endpoint,
     revocations_stream_endpoint,
 )
@@ -79,6 +80,7 @@ def create_app(
         Route("/healthz", health_endpoint, methods=["GET"]),
         Route("/revocations", revocations_endpoint, methods=["GET"]),
         Route("/revocations/stream", revocations_stream_endpoint, methods=["GET"]),
+        Route("/policies", policies_endpoint, methods=["GET"]),
         Route("/tasks", tasks_endpoint, methods=["GET", "POST"]),
         Route("/tasks/{task_id}", task_endpoint, methods=["GET"]),
         Route("/tasks/{task_id}/{action:str}", task_transition_endpoint, methods=["POST"]),

@@ -33,6 +33,7 @@ class StsSettings:
     nonce_ttl: int = 120
     resources: Mapping[str, frozenset[str]] = field(default_factory=dict)
     tags: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    publish_policies: bool = True
 
     @property
     def token_endpoint(self) -> str:
@@ -66,4 +67,5 @@ class StsSettings:
             nonce_ttl=dpop["nonce_ttl"],
             resources={r.uri: frozenset(r.principals) for r in config.resources},
             tags={r.uri: r.tags for r in config.resources},
+            publish_policies=config.values["policy"]["publish"],
         )

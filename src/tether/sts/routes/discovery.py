@@ -9,12 +9,19 @@ from collections.abc import AsyncIterator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from tether.errors import InvalidRequest
+from tether.errors import InvalidRequest, NotFoundError
 from tether.sts.context import StsContext
 from tether.sts.routes.common import context, endpoint
 from tether.sts.settings import TOKEN_EXCHANGE
 
-__all__ = ["health_endpoint", "jwks_endpoint", "metadata_endpoint", "revocations_endpoint", "revocations_stream_endpoint"]
+__all__ = [
+    "health_endpoint",
+    "jwks_endpoint",
+    "metadata_endpoint",
+    "policies_endpoint",
+    "revocations_endpoint",
+    "revocations_stream_endpoint",
+]
 
 
 @endpoint(resource=False)
@@ -95,7 +102,8 @@ async def _feed(ctx: StsContext, cursor: int, heartbeat: float) -> AsyncIterator
             yield f"id: {entry.seq}\nevent: revocation\ndata: {json.dumps(entry.as_json())}\n\n".encode()
         if len(entries) == 1000:
             continue
-        yield f"event: heartbeat\ndata: {json.dumps({'cursor': cursor, 'time': ctx.now()})}\n\n".encode()
+        beat = {"cursor": cursor, "time": ctx.now(), "policy_version": ctx.policy.version}
+        yield f"event: heartbeat\ndata: {json.dumps(beat)}\n\n".encode()
         await ctx.store.wait_for_revocations(since=generation, timeout=heartbeat)
 
 
@@ -118,3 +126,22 @@ async def revocations_stream_endpoint(request: Request) -> Response:
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
+
+
+@endpoint(resource=False)
+async def policies_endpoint(request: Request) -> Response:
+    """The policy set in force, for resource servers and gateways that take policies from the STS.
+
+    The heartbeat of the revocation stream carries ``policy_version``, so subscribers
+    fetch this again as soon as the STS loads a new set (push, not polling).
+    """
+    ctx = context(request)
+    ctx.policy.refresh()
+    current = ctx.policy.current
+    if not ctx.settings.publish_policies or current is None:
+        raise NotFoundError("policies are not published")
+    etag = f'"{current.version}"'
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers={"ETag": etag})
+    body = {"version": current.version, "mode": ctx.policy.mode, "files": dict(current.sources)}
+    return JSONResponse(body, headers={"ETag": etag, "Cache-Control": "no-cache"})

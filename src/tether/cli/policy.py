@@ -1,0 +1,168 @@
+"""``tether policy validate|test|explain`` — the same loader and engine the STS uses."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from tether.cli.common import config_or_exit
+from tether.cli.output import console, fail, print_json, print_table
+from tether.policy.cases import CaseError, build_request, parse_cases, run_cases
+from tether.policy.engine import Decision, PolicyEngine
+from tether.policy.loader import PolicyLoadError, PolicyVersion, load_directory
+
+__all__ = ["app"]
+
+app = typer.Typer(no_args_is_help=True, help="Cedar policies: validate, test, explain.")
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="tether.toml (for the default directory)")]
+DirOpt = Annotated[Path | None, typer.Option("--dir", help="policy directory (default: policy.dir of the config)")]
+
+
+def _directory(directory: Path | None, config: Path | None) -> tuple[Path, list[str], str]:
+    if directory is not None:
+        return directory, [], "enforce"
+    cfg = config_or_exit(config)
+    return cfg.policy_dir, list(cfg.values["admin"]["principals"]), str(cfg.values["policy"]["mode"])
+
+
+def _load(directory: Path) -> PolicyVersion:
+    try:
+        return load_directory(directory)
+    except PolicyLoadError as exc:
+        for problem in exc.problems:
+            console.print(f"[red]{problem}[/]", soft_wrap=True)
+        fail(f"policy set in {directory} is invalid ({len(exc.problems)} problem(s)); the previous set stays in force")
+
+
+@app.command()
+def validate(
+    directory: Annotated[Path | None, typer.Argument(help="policy directory")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Parse every .cedar file and validate it against the tether schema; exit 1 on any problem."""
+    path, _, _ = _directory(directory, config)
+    version = _load(path)
+    rows = [(p.id, f"{p.file}:{p.line}", p.effect, "shadow" if p.shadow else "enforced") for p in version.policies]
+    print_table(f"policy set {version.version} ({path})", ["id", "where", "effect", "mode"], rows)
+    console.print(f"[green]valid[/]: {len(version.policies)} policies, version {version.version}")
+
+
+def _engine(path: Path, mode: str) -> PolicyEngine:
+    logging.getLogger("tether.policy").setLevel(logging.ERROR)  # decisions are printed, not logged
+    engine = PolicyEngine(path, mode=mode)
+    if engine.current is None:
+        _load(path)
+    return engine
+
+
+def _where(engine: PolicyEngine, ids: tuple[str, ...]) -> list[str]:
+    assert engine.current is not None
+    places = {p.id: f"{p.id} ({p.file}:{p.line})" for p in engine.current.policies}
+    return [places.get(i, i) for i in ids]
+
+
+@app.command("test")
+def test_cases(
+    cases_file: Annotated[Path, typer.Argument(help="YAML file of cases (request + expected decision)")],
+    directory: DirOpt = None,
+    config: ConfigOpt = None,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Run each case against the policy set; exit 1 if any decision differs from the expected one."""
+    path, admins, mode = _directory(directory, config)
+    engine = _engine(path, mode)
+    try:
+        document = yaml.safe_load(cases_file.read_text(encoding="utf-8"))
+        cases = parse_cases(document, admins=admins)
+    except (OSError, yaml.YAMLError, CaseError, ValueError) as exc:
+        fail(f"{cases_file}: {exc}", code=2)
+    results = run_cases(engine, cases)
+    failed = [r for r in results if not r.passed]
+    if json_out:
+        print_json(
+            {
+                "version": engine.version,
+                "passed": len(results) - len(failed),
+                "failed": len(failed),
+                "cases": [
+                    {
+                        "name": r.case.name,
+                        "passed": r.passed,
+                        "expect": "allow" if r.case.expect else "deny",
+                        **r.decision.audit(),
+                    }
+                    for r in results
+                ],
+            }
+        )
+    else:
+        rows = [
+            (
+                "[green]pass[/]" if r.passed else "[red]FAIL[/]",
+                r.case.name,
+                "allow" if r.case.expect else "deny",
+                "allow" if r.decision.allowed else "deny",
+                ", ".join(_where(engine, r.decision.determining)) or "-",
+            )
+            for r in results
+        ]
+        print_table(f"policy {engine.version}: {cases_file}", ["", "case", "expected", "decision", "determining"], rows)
+    if failed:
+        fail(f"{len(failed)} of {len(results)} cases failed")
+    if not json_out:
+        console.print(f"[green]all {len(results)} cases passed[/]")
+
+
+def _explain_output(engine: PolicyEngine, decision: Decision) -> dict[str, Any]:
+    out = decision.audit()
+    out["determining"] = _where(engine, decision.determining)
+    if "shadow" in out:
+        out["shadow"]["determining"] = _where(engine, decision.shadow_determining)
+    return out
+
+
+@app.command()
+def explain(
+    action: Annotated[str, typer.Option(help="exchange, create_task, admin or call")],
+    principal: Annotated[str, typer.Option(help="the requesting workload")],
+    resource: Annotated[
+        str, typer.Option(help="audience (exchange), service (call) or the issuer")
+    ] = "https://service.example",
+    scope: Annotated[list[str] | None, typer.Option(help="requested scope (repeatable)")] = None,
+    depth: Annotated[int | None, typer.Option(help="act chain length")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="a tag of the resource (repeatable)")] = None,
+    method: Annotated[str, typer.Option(help="HTTP method (call)")] = "GET",
+    path: Annotated[str, typer.Option(help="request path (call)")] = "/",
+    operation: Annotated[str, typer.Option(help="admin operation")] = "tasks.read",
+    risk: Annotated[int, typer.Option(help="risk score 0-100")] = 0,
+    directory: DirOpt = None,
+    config: ConfigOpt = None,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Decide one request and show the determining policies, errors and the shadow decision."""
+    policy_dir, admins, mode = _directory(directory, config)
+    engine = _engine(policy_dir, mode)
+    raw: dict[str, Any] = {"action": action, "principal": principal, "resource": resource, "method": method,
+                           "path": path, "operation": operation, "risk": risk, "scopes": scope or [],
+                           "tags": {resource: tag or []}}  # fmt: skip
+    if depth is not None:
+        raw["depth"] = depth
+    try:
+        decision = engine.authorize(build_request(raw, where="request", admins=admins))
+    except (CaseError, ValueError) as exc:
+        fail(str(exc), code=2)
+    out = _explain_output(engine, decision)
+    if json_out:
+        print_json(out)
+        return
+    colour = "green" if decision.allowed else "red"
+    console.print(f"decision: [{colour}]{out['decision']}[/] (policy set {decision.version}, mode {decision.mode})")
+    console.print("determining: " + (", ".join(out["determining"]) or "none (default deny)"))
+    for error in decision.errors:
+        console.print(f"[red]error:[/] {error}")
+    if "shadow" in out:
+        console.print(f"shadow decision: {out['shadow']['decision']} — " + (", ".join(out["shadow"]["determining"]) or "none"))

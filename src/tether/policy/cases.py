@@ -1,0 +1,167 @@
+"""Policy test cases: a request in tether's terms and the decision it must get.
+
+Used by ``tether policy test CASES.yaml`` (CI gate: a policy change that breaks a case
+exits non-zero) and ``tether policy explain``. A case names an action
+(``exchange``, ``create_task``, ``admin``, ``call``), a principal, a resource and the
+context fields that matter; everything else gets a neutral default, and the request
+is built by the same builders the STS and resource SDK use, so a case decides exactly
+as the live request would.
+
+    - name: research agent never writes to the wiki
+      action: exchange
+      principal: spiffe://tether.local/agent/research
+      resource: https://wiki.example
+      tags: {https://wiki.example: [wiki]}
+      scopes: [wiki:read, wiki:write]
+      expect: deny
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tether.model import Task
+from tether.policy.engine import Decision, PolicyEngine
+from tether.policy.entities import PolicyRequest, admin_request, call_request, create_task_request, exchange_request
+
+__all__ = ["CaseError", "CaseResult", "PolicyCase", "build_request", "parse_cases", "run_cases"]
+
+ACTIONS = ("exchange", "create_task", "admin", "call")
+_FIELDS = {
+    "name", "action", "principal", "resource", "expect", "shadow", "scopes", "depth", "actors", "kind", "subject",
+    "tags", "task", "method", "path", "tool", "operation", "risk", "client", "time", "key_bound", "admins", "issuer",
+}  # fmt: skip
+_NOON = 1_767_268_800  # 2026-01-01T12:00:00Z, a Thursday: the default decision time
+
+
+class CaseError(ValueError):
+    """A case file that cannot be understood (named by case index and field)."""
+
+
+@dataclass(frozen=True)
+class PolicyCase:
+    name: str
+    request: PolicyRequest
+    expect: bool
+    shadow: bool | None
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    case: PolicyCase
+    decision: Decision
+
+    @property
+    def passed(self) -> bool:
+        if self.decision.allowed != self.case.expect:
+            return False
+        return self.case.shadow is None or self.decision.shadow_allowed == self.case.shadow
+
+
+def _strs(value: Any, where: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise CaseError(f"{where}: must be a string or a list of strings")
+    return value
+
+
+def _decision(value: Any, where: str) -> bool:
+    if value not in ("allow", "deny"):
+        raise CaseError(f"{where}: must be `allow` or `deny`")
+    return bool(value == "allow")
+
+
+def _task(raw: Any, principal: str, resource: str, scopes: list[str], now: int, where: str) -> Task:
+    data = raw if isinstance(raw, dict) else {}
+    if raw is not None and not isinstance(raw, dict):
+        raise CaseError(f"{where}.task: must be a mapping")
+    return Task(
+        id=str(data.get("id", "tsk_case")),
+        agent=str(data.get("agent", principal)),
+        audiences=tuple(_strs(data.get("audiences", [resource]), f"{where}.task.audiences")),
+        scopes=frozenset(_strs(data.get("scopes", scopes), f"{where}.task.scopes")),
+        created_at=now - int(data.get("age", 60)),
+        expires_at=now - int(data.get("age", 60)) + int(data.get("duration", 900)),
+        max_depth=int(data.get("max_depth", 3)),
+        max_tokens=int(data.get("max_tokens", 100)),
+        on_behalf_of=data.get("on_behalf_of"),
+        purpose=data.get("purpose"),
+    )
+
+
+def build_request(raw: Mapping[str, Any], *, where: str = "case", admins: Sequence[str] = ()) -> PolicyRequest:
+    """Build the Cedar request a case describes (raises ``CaseError``)."""
+    unknown = set(raw) - _FIELDS
+    if unknown:
+        raise CaseError(f"{where}: unknown field `{sorted(unknown)[0]}`")
+    action = raw.get("action")
+    if action not in ACTIONS:
+        raise CaseError(f"{where}.action: must be one of {', '.join(ACTIONS)}")
+    principal, resource = raw.get("principal"), raw.get("resource", "https://service.example")
+    if not isinstance(principal, str) or not isinstance(resource, str):
+        raise CaseError(f"{where}: `principal` and `resource` must be strings")
+    now = int(raw.get("time", _NOON))
+    scopes = _strs(raw.get("scopes"), f"{where}.scopes")
+    actors = tuple(_strs(raw.get("actors"), f"{where}.actors"))
+    tags_raw = raw.get("tags") or {}
+    if not isinstance(tags_raw, dict):
+        raise CaseError(f"{where}.tags: must map a resource to its tags")
+    tags = {str(k): _strs(v, f"{where}.tags") for k, v in tags_raw.items()}
+    admin_ids = [*admins, *_strs(raw.get("admins"), f"{where}.admins")]
+    risk, client = int(raw.get("risk", 0)), str(raw.get("client", "127.0.0.1"))
+    task = _task(raw.get("task"), principal, resource, scopes, now, where)
+    kind = "spiffe" if principal.startswith("spiffe://") else "oidc"
+    if action == "exchange":
+        if "depth" in raw and not actors:
+            actors = tuple(f"spiffe://case/actor{i}" for i in range(int(raw["depth"])))
+        return exchange_request(
+            kind=str(raw.get("kind", "delegation" if actors else "hop")), principal=principal, principal_kind=kind,
+            audience=resource, task=task, scopes=scopes or sorted(task.scopes), actors=actors,
+            subject=str(raw.get("subject", task.on_behalf_of or task.agent)), now=now, client=client,
+            admins=admin_ids, tags=tags, risk=risk, key_bound=bool(raw.get("key_bound", True)),
+        )  # fmt: skip
+    if action == "create_task":
+        return create_task_request(caller=principal, caller_kind=kind, task=task, now=now, client=client,
+                                   admins=admin_ids, risk=risk)  # fmt: skip
+    if action == "admin":
+        return admin_request(caller=principal, caller_kind=kind, issuer=str(raw.get("issuer", resource)),
+                             operation=str(raw.get("operation", "tasks.read")), now=now, client=client, admins=admin_ids,
+                             risk=risk)  # fmt: skip
+    return call_request(
+        caller=principal, service=resource, method=str(raw.get("method", "GET")), path=str(raw.get("path", "/")),
+        scopes=scopes, actors=actors, subject=str(raw.get("subject", principal)), agent=task.agent, task=task.id,
+        purpose=task.purpose, token_age=0, now=now, client=client, tags=tags, risk=risk,
+        tool=str(raw["tool"]) if "tool" in raw else None,
+    )  # fmt: skip
+
+
+def parse_cases(document: Any, *, admins: Sequence[str] = ()) -> list[PolicyCase]:
+    """Cases from a parsed YAML document: a list, or a mapping with a ``cases`` list."""
+    items = document.get("cases") if isinstance(document, dict) else document
+    if not isinstance(items, list) or not items:
+        raise CaseError("the file must hold a non-empty list of cases (or `cases:` with one)")
+    cases = []
+    for index, raw in enumerate(items):
+        where = f"cases[{index}]"
+        if not isinstance(raw, dict):
+            raise CaseError(f"{where}: must be a mapping")
+        name = str(raw.get("name", where))
+        shadow = raw.get("shadow")
+        cases.append(
+            PolicyCase(
+                name=name,
+                request=build_request(raw, where=f"{where} ({name})", admins=admins),
+                expect=_decision(raw.get("expect"), f"{where}.expect"),
+                shadow=None if shadow is None else _decision(shadow, f"{where}.shadow"),
+            )
+        )
+    return cases
+
+
+def run_cases(engine: PolicyEngine, cases: Sequence[PolicyCase]) -> list[CaseResult]:
+    return [CaseResult(case, engine.authorize(case.request)) for case in cases]
