@@ -11,106 +11,39 @@ import json
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tether.audit.chain import GENESIS, AuditEvent, AuditRecord, link
 from tether.model import Task, TaskState
 from tether.store.errors import AlreadySpent, Blocked, CapReached, NotFound, StoreUnavailable, TaskNotActive
 from tether.store.notify import Notifier
-from tether.store.records import (
-    BlockKind,
-    IssuedToken,
-    LookupResult,
-    Revocation,
-    RevocationKind,
-    StoredKey,
+from tether.store.records import BlockKind, IssuedToken, LookupResult, Revocation, RevocationKind, StoredKey
+from tether.store.rows import (
+    AUDIT_COLUMNS,
+    KEY_COLUMNS,
+    TASK_COLUMNS,
+    TOKEN_COLUMNS,
+    audit_from_row,
+    audit_values,
+    key_from_row,
+    revocation_from_row,
+    task_from_row,
+    task_values,
+    token_from_row,
+    token_values,
 )
 from tether.store.sqlite.db import SCHEMA_VERSION, Database, migrate, schema_version, transaction
 
 __all__ = ["SqliteStore"]
 
-_TASK_COLUMNS = (
-    "id, agent, on_behalf_of, purpose, audiences, scopes, created_at, expires_at, "
-    "max_depth, max_tokens, tokens_issued, state, ended_at, created_by"
-)
-_TOKEN_COLUMNS = "jti, kind, task_id, parent_jti, sub, client_id, aud, scope, jkt, iat, exp, depth, revoked_at"
 _PURGE_EVERY = 512
-
-
-def _task(row: sqlite3.Row | tuple[Any, ...]) -> Task:
-    return Task(
-        id=row[0],
-        agent=row[1],
-        on_behalf_of=row[2],
-        purpose=row[3],
-        audiences=tuple(json.loads(row[4])),
-        scopes=frozenset(json.loads(row[5])),
-        created_at=row[6],
-        expires_at=row[7],
-        max_depth=row[8],
-        max_tokens=row[9],
-        tokens_issued=row[10],
-        state=TaskState(row[11]),
-        ended_at=row[12],
-        created_by=row[13],
-    )
-
-
-def _token(row: tuple[Any, ...]) -> IssuedToken:
-    return IssuedToken(
-        jti=row[0],
-        kind=row[1],
-        task_id=row[2],
-        parent_jti=row[3],
-        sub=row[4],
-        client_id=row[5],
-        aud=row[6],
-        scope=row[7],
-        jkt=row[8],
-        iat=row[9],
-        exp=row[10],
-        depth=row[11],
-        revoked_at=row[12],
-    )
-
-
-def _record(row: tuple[Any, ...]) -> AuditRecord:
-    return AuditRecord(
-        seq=row[0],
-        ts=row[1],
-        kind=row[2],
-        outcome=row[3],
-        principal=row[4],
-        task=row[5],
-        jti=row[6],
-        error=row[7],
-        detail=json.loads(row[8]),
-        prev=row[9],
-        hash=row[10],
-    )
 
 
 def _append(conn: sqlite3.Connection, event: AuditEvent, now: float) -> AuditRecord:
     head = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
     seq, prev = (head[0] + 1, head[1]) if head else (1, GENESIS)
     record = link(event, seq=seq, ts=now, prev=prev)
-    conn.execute(
-        "INSERT INTO audit (seq, ts, kind, outcome, principal, task, jti, error, detail, prev, hash)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            record.seq,
-            record.ts,
-            record.kind,
-            record.outcome,
-            record.principal,
-            record.task,
-            record.jti,
-            record.error,
-            json.dumps(record.detail, sort_keys=True),
-            record.prev,
-            record.hash,
-        ),
-    )
+    conn.execute(f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", audit_values(record))
     return record
 
 
@@ -190,11 +123,11 @@ class SqliteStore:
     async def signing_keys(self, *, now: float) -> list[StoredKey]:
         def q(conn: sqlite3.Connection) -> list[StoredKey]:
             rows = conn.execute(
-                "SELECT kid, alg, public_jwk, sealed_private, created_at, retired_at, not_after FROM signing_keys"
-                " WHERE not_after IS NULL OR not_after > ? ORDER BY created_at DESC, rowid DESC",
+                f"SELECT {KEY_COLUMNS} FROM signing_keys WHERE not_after IS NULL OR not_after > ?"
+                " ORDER BY created_at DESC, rowid DESC",
                 (int(now),),
             ).fetchall()
-            return [StoredKey(r[0], r[1], json.loads(r[2]), bytes(r[3]), r[4], r[5], r[6]) for r in rows]
+            return [key_from_row(r) for r in rows]
 
         return await self._db.run(q)
 
@@ -220,39 +153,21 @@ class SqliteStore:
                 marks = ", ".join("?" * len(names))
                 if conn.execute(f"SELECT 1 FROM blocks WHERE value IN ({marks}) LIMIT 1", names).fetchone():
                     raise Blocked(task.agent)
-                conn.execute(
-                    f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        task.id,
-                        task.agent,
-                        task.on_behalf_of,
-                        task.purpose,
-                        json.dumps(list(task.audiences)),
-                        json.dumps(sorted(task.scopes)),
-                        task.created_at,
-                        task.expires_at,
-                        task.max_depth,
-                        task.max_tokens,
-                        task.tokens_issued,
-                        task.state.value,
-                        task.ended_at,
-                        task.created_by,
-                    ),
-                )
+                conn.execute(f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({', '.join('?' * 14)})", task_values(task))
                 _append(conn, audit, task.created_at)
 
         await self._db.run(q)
 
     async def get_task(self, task_id: str) -> Task | None:
         def q(conn: sqlite3.Connection) -> Task | None:
-            row = conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
-            return _task(row) if row else None
+            row = conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            return task_from_row(row) if row else None
 
         return await self._db.run(q)
 
     async def list_tasks(self, *, state: TaskState | None, agent: str | None, now: float, limit: int) -> list[Task]:
         def q(conn: sqlite3.Connection) -> list[Task]:
-            sql, args = f"SELECT {_TASK_COLUMNS} FROM tasks WHERE 1 = 1", list[object]()
+            sql, args = f"SELECT {TASK_COLUMNS} FROM tasks WHERE 1 = 1", list[object]()
             if state is TaskState.ACTIVE:
                 sql, args = sql + " AND state = 'active' AND expires_at > ?", [int(now)]
             elif state is TaskState.EXPIRED:
@@ -264,17 +179,17 @@ class SqliteStore:
                 sql += " AND agent = ?"
                 args.append(agent)
             rows = conn.execute(sql + " ORDER BY created_at DESC, id LIMIT ?", (*args, limit)).fetchall()
-            return [_task(r) for r in rows]
+            return [task_from_row(r) for r in rows]
 
         return await self._db.run(q)
 
     async def end_task(self, task_id: str, state: TaskState, *, now: float, audit: AuditEvent) -> Task:
         def q(conn: sqlite3.Connection) -> Task:
             with transaction(conn):
-                row = conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+                row = conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
                 if row is None:
                     raise NotFound(task_id)
-                task = _task(row)
+                task = task_from_row(row)
                 if task.effective_state(now) is not TaskState.ACTIVE:
                     raise TaskNotActive(task.effective_state(now).value)
                 _end_task(conn, task, state, now)
@@ -307,12 +222,12 @@ class SqliteStore:
     async def lookup(self, *, task_id: str | None, jti: str | None, principals: Sequence[str]) -> LookupResult:
         def q(conn: sqlite3.Connection) -> LookupResult:
             task_row = (
-                conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+                conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
                 if task_id is not None
                 else None
             )
             token_row = (
-                conn.execute(f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE jti = ?", (jti,)).fetchone()
+                conn.execute(f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE jti = ?", (jti,)).fetchone()
                 if jti is not None
                 else None
             )
@@ -324,8 +239,8 @@ class SqliteStore:
                 marks = ", ".join("?" * len(names))
                 blocked = conn.execute(f"SELECT 1 FROM blocks WHERE value IN ({marks}) LIMIT 1", names).fetchone() is not None
             return LookupResult(
-                task=_task(task_row) if task_row else None,
-                token=_token(token_row) if token_row else None,
+                task=task_from_row(task_row) if task_row else None,
+                token=token_from_row(token_row) if token_row else None,
                 blocked=blocked,
             )
 
@@ -359,24 +274,7 @@ class SqliteStore:
                     parent = conn.execute("SELECT revoked_at FROM tokens WHERE jti = ?", (token.parent_jti,)).fetchone()
                     if parent is None or parent[0] is not None:
                         raise TaskNotActive(f"parent {token.parent_jti} revoked or unknown")
-                conn.execute(
-                    f"INSERT INTO tokens ({_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        token.jti,
-                        token.kind,
-                        token.task_id,
-                        token.parent_jti,
-                        token.sub,
-                        token.client_id,
-                        token.aud,
-                        token.scope,
-                        token.jkt,
-                        token.iat,
-                        token.exp,
-                        token.depth,
-                        None,
-                    ),
-                )
+                conn.execute(f"INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ({', '.join('?' * 13)})", token_values(token))
                 _append(conn, audit, now)
             self._maybe_purge(conn, now)
 
@@ -394,8 +292,8 @@ class SqliteStore:
 
     async def get_token(self, jti: str) -> IssuedToken | None:
         def q(conn: sqlite3.Connection) -> IssuedToken | None:
-            row = conn.execute(f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE jti = ?", (jti,)).fetchone()
-            return _token(row) if row else None
+            row = conn.execute(f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE jti = ?", (jti,)).fetchone()
+            return token_from_row(row) if row else None
 
         return await self._db.run(q)
 
@@ -421,10 +319,10 @@ class SqliteStore:
                     (kind.value, value, now),
                 )
                 rows = conn.execute(
-                    f"SELECT {_TASK_COLUMNS} FROM tasks WHERE {column} = ? AND state = 'active' AND expires_at > ?",
+                    f"SELECT {TASK_COLUMNS} FROM tasks WHERE {column} = ? AND state = 'active' AND expires_at > ?",
                     (value, int(now)),
                 ).fetchall()
-                tasks = [_task(r) for r in rows]
+                tasks = [task_from_row(r) for r in rows]
                 for task in tasks:
                     _end_task(conn, task, TaskState.CANCELLED, now)
                 roots = [
@@ -474,7 +372,7 @@ class SqliteStore:
                 "SELECT seq, kind, value, exp, at FROM revocations WHERE seq > ? AND exp > ? ORDER BY seq LIMIT ?",
                 (seq, int(now), limit),
             ).fetchall()
-            return [Revocation(r[0], RevocationKind(r[1]), r[2], r[3], r[4]) for r in rows]
+            return [revocation_from_row(r) for r in rows]
 
         return await self._db.run(q)
 
@@ -495,11 +393,9 @@ class SqliteStore:
     async def audit_records(self, *, after: int, limit: int) -> list[AuditRecord]:
         def q(conn: sqlite3.Connection) -> list[AuditRecord]:
             rows = conn.execute(
-                "SELECT seq, ts, kind, outcome, principal, task, jti, error, detail, prev, hash FROM audit"
-                " WHERE seq > ? ORDER BY seq LIMIT ?",
-                (after, limit),
+                f"SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
             ).fetchall()
-            return [_record(r) for r in rows]
+            return [audit_from_row(r) for r in rows]
 
         return await self._db.run(q)
 

@@ -1,0 +1,156 @@
+"""Row ↔ record mapping shared by the SQL backends (same column order in SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from tether.audit.chain import AuditRecord
+from tether.model import Task, TaskState
+from tether.store.records import IssuedToken, Revocation, RevocationKind, StoredKey
+
+__all__ = [
+    "AUDIT_COLUMNS",
+    "KEY_COLUMNS",
+    "TASK_COLUMNS",
+    "TOKEN_COLUMNS",
+    "audit_from_row",
+    "audit_values",
+    "key_from_row",
+    "revocation_from_row",
+    "task_from_row",
+    "task_values",
+    "token_from_row",
+    "token_values",
+]
+
+TASK_COLUMNS = (
+    "id, agent, on_behalf_of, purpose, audiences, scopes, created_at, expires_at, "
+    "max_depth, max_tokens, tokens_issued, state, ended_at, created_by"
+)
+TOKEN_COLUMNS = "jti, kind, task_id, parent_jti, sub, client_id, aud, scope, jkt, iat, exp, depth, revoked_at"
+AUDIT_COLUMNS = "seq, ts, kind, outcome, principal, task, jti, error, detail, prev, hash"
+KEY_COLUMNS = "kid, alg, public_jwk, sealed_private, created_at, retired_at, not_after"
+
+
+def task_from_row(row: Sequence[Any]) -> Task:
+    return Task(
+        id=row[0],
+        agent=row[1],
+        on_behalf_of=row[2],
+        purpose=row[3],
+        audiences=tuple(json.loads(row[4])),
+        scopes=frozenset(json.loads(row[5])),
+        created_at=int(row[6]),
+        expires_at=int(row[7]),
+        max_depth=int(row[8]),
+        max_tokens=int(row[9]),
+        tokens_issued=int(row[10]),
+        state=TaskState(row[11]),
+        ended_at=None if row[12] is None else int(row[12]),
+        created_by=row[13],
+    )
+
+
+def task_values(task: Task) -> tuple[Any, ...]:
+    return (
+        task.id,
+        task.agent,
+        task.on_behalf_of,
+        task.purpose,
+        json.dumps(list(task.audiences)),
+        json.dumps(sorted(task.scopes)),
+        task.created_at,
+        task.expires_at,
+        task.max_depth,
+        task.max_tokens,
+        task.tokens_issued,
+        task.state.value,
+        task.ended_at,
+        task.created_by,
+    )
+
+
+def token_from_row(row: Sequence[Any]) -> IssuedToken:
+    return IssuedToken(
+        jti=row[0],
+        kind=row[1],
+        task_id=row[2],
+        parent_jti=row[3],
+        sub=row[4],
+        client_id=row[5],
+        aud=row[6],
+        scope=row[7],
+        jkt=row[8],
+        iat=int(row[9]),
+        exp=int(row[10]),
+        depth=int(row[11]),
+        revoked_at=None if row[12] is None else int(row[12]),
+    )
+
+
+def token_values(token: IssuedToken) -> tuple[Any, ...]:
+    return (
+        token.jti,
+        token.kind,
+        token.task_id,
+        token.parent_jti,
+        token.sub,
+        token.client_id,
+        token.aud,
+        token.scope,
+        token.jkt,
+        token.iat,
+        token.exp,
+        token.depth,
+        None,
+    )
+
+
+def audit_from_row(row: Sequence[Any]) -> AuditRecord:
+    return AuditRecord(
+        seq=int(row[0]),
+        ts=float(row[1]),
+        kind=row[2],
+        outcome=row[3],
+        principal=row[4],
+        task=row[5],
+        jti=row[6],
+        error=row[7],
+        detail=json.loads(row[8]),
+        prev=row[9],
+        hash=row[10],
+    )
+
+
+def audit_values(record: AuditRecord) -> tuple[Any, ...]:
+    return (
+        record.seq,
+        record.ts,
+        record.kind,
+        record.outcome,
+        record.principal,
+        record.task,
+        record.jti,
+        record.error,
+        json.dumps(record.detail, sort_keys=True),
+        record.prev,
+        record.hash,
+    )
+
+
+def key_from_row(row: Sequence[Any]) -> StoredKey:
+    return StoredKey(
+        kid=row[0],
+        alg=row[1],
+        public_jwk=json.loads(row[2]),
+        sealed_private=bytes(row[3]),
+        created_at=int(row[4]),
+        retired_at=None if row[5] is None else int(row[5]),
+        not_after=None if row[6] is None else int(row[6]),
+    )
+
+
+def revocation_from_row(row: Sequence[Any]) -> Revocation:
+    return Revocation(int(row[0]), RevocationKind(row[1]), row[2], int(row[3]), float(row[4]))
