@@ -10,7 +10,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import RunningSts, running_sts
+from helpers import SCHEMAS, RunningSts, running_sts
+from services import drop_schema
 
 
 @pytest.fixture
@@ -25,3 +26,10 @@ def shared_sts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSts]
     """One STS for a whole module, for tests that only create their own tasks."""
     with running_sts(tmp_path_factory.mktemp("sts")) as server:
         yield server
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_test_schemas() -> Iterator[None]:
+    yield
+    for schema in SCHEMAS:
+        drop_schema(schema)

@@ -17,18 +17,22 @@ from typing import Any
 
 import httpx
 
+from services import new_schema, postgres_toml, require_postgres_and_redis, use_postgres
 from tether.agent.proof import DPoPKey
 from tether.audit.chain import AuditRecord
 from tether.clock import ManualClock
 from tether.config import Config, load_config
 from tether.identity.dev_issuer import DevTrustDomain
 from tether.keys.sealed import load_master_key
-from tether.provision import initialize
+from tether.provision import initialize, render_config
 from tether.store.open import open_store
 from tether.sts.bootstrap import Sts, build_sts
 from tether.web.server import ServerThread, free_port
 
 __all__ = ["ServerThread", "free_port"]  # re-exported for the test folders
+
+#: PostgreSQL schemas created by this test process (dropped at session end by conftest)
+SCHEMAS: list[str] = []
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT = "urn:ietf:params:oauth:token-type:jwt"
@@ -41,9 +45,21 @@ SVC_C = "spiffe://tether.local/svc/c"
 
 
 def make_deployment(directory: Path, *, extra_toml: str = "", port: int | None = None) -> Config:
-    """``tether init`` into ``directory`` with a free port, plus extra TOML appended."""
+    """``tether init`` into ``directory`` with a free port, plus extra TOML appended.
+
+    With ``TETHER_TEST_STORE=postgres`` the deployment uses PostgreSQL + Redis (its own
+    schema and key prefix) instead of SQLite, so the same tests cover both stores.
+    """
     port = port or free_port()
-    result = initialize(directory, issuer=f"http://127.0.0.1:{port}")
+    issuer = f"http://127.0.0.1:{port}"
+    if use_postgres():
+        require_postgres_and_redis()
+        schema = new_schema()
+        directory.mkdir(parents=True, exist_ok=True)
+        text = render_config(issuer).replace('store = "sqlite"', 'store = "postgres"')
+        (directory / "tether.toml").write_text(text + postgres_toml(schema, schema), encoding="utf-8")
+        SCHEMAS.append(schema)
+    result = initialize(directory, issuer=issuer)
     if extra_toml:
         with result.config_path.open("a", encoding="utf-8") as handle:
             handle.write("\n" + extra_toml + "\n")
@@ -74,11 +90,14 @@ class RunningSts:
         return self.dev().issue(spiffe_id, audience=audience or self.url, ttl=ttl, now=now, with_jti=jti)
 
     def audit(self) -> list[AuditRecord]:
-        store = open_store(self.config)
-        try:
-            return asyncio.run(store.audit_records(after=0, limit=100_000))
-        finally:
-            store.close()
+        async def read() -> list[AuditRecord]:
+            store = await open_store(self.config)
+            try:
+                return await store.audit_records(after=0, limit=100_000)
+            finally:
+                await store.aclose()
+
+        return asyncio.run(read())
 
     def last_audit(self, kind: str | None = None) -> AuditRecord:
         records = [r for r in self.audit() if kind is None or r.kind == kind]
@@ -91,7 +110,7 @@ def running_sts(directory: Path, *, extra_toml: str = "", clock: ManualClock | N
     config = make_deployment(directory, extra_toml=extra_toml)
     clock = clock or ManualClock()
     port = int(config.issuer.rsplit(":", 1)[1])
-    sts = asyncio.run(_build(config, clock))
+    sts = build_sts(config, clock=clock)
     thread = ServerThread(sts.app, port)
     thread.start()
     running = RunningSts(config=config, clock=clock, sts=sts, thread=thread)
@@ -101,10 +120,6 @@ def running_sts(directory: Path, *, extra_toml: str = "", clock: ManualClock | N
         for http in running.clients:
             http.close()
         thread.stop()
-
-
-async def _build(config: Config, clock: ManualClock) -> Sts:
-    return await build_sts(config, clock=clock)
 
 
 class Client:

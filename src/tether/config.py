@@ -60,7 +60,7 @@ _SCALARS: dict[str, dict[str, tuple[type, Any]]] = {
     "dev": {"trust_domain": (str, "")},
     "policy": {"dir": (str, "policies"), "mode": (str, "enforce"), "publish": (bool, True)},
     "postgres": {"dsn": (str, "")},
-    "redis": {"url": (str, "")},
+    "redis": {"url": (str, ""), "prefix": (str, "tether")},
 }
 _TABLES = {"trust_domains", "oidc_issuers", "clients", "resources"}
 

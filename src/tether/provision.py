@@ -129,24 +129,24 @@ def initialize(directory: Path, *, issuer: str, force: bool = False) -> InitResu
     else:
         master = create_master_key(config.master_key_file)
         result.created.append(str(config.master_key_file))
-    store = open_store(config)
-    try:
-        settings = StsSettings.from_config(config)
+    settings = StsSettings.from_config(config)
 
-        async def keys() -> bool:
+    async def keys() -> bool:
+        store = await open_store(config, migrate=True)
+        try:
             if await store.signing_keys(now=time.time()) and not force:
                 return False
             await rotate_signing_key(
                 store, master, alg="ES256", now=int(time.time()), max_token_lifetime=settings.max_token_lifetime
             )
             return True
+        finally:
+            await store.aclose()
 
-        if asyncio.run(keys()):
-            result.created.append("issuer signing key (ES256)")
-        else:
-            result.kept.append("issuer signing key")
-    finally:
-        store.close()
+    if asyncio.run(keys()):
+        result.created.append("issuer signing key (ES256)")
+    else:
+        result.kept.append("issuer signing key")
     policy_dir = config.policy_dir
     if policy_dir.exists():
         result.kept.append(f"policies in {policy_dir}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 from cli_support import one_line, tether
 
 from helpers import ADMIN, JWT, JWT_BEARER, SVC_B, TOKEN_EXCHANGE, Client, RunningSts, admin_token, create_task
+from services import store_sql
 
 AUD = "http://127.0.0.1:9001"
 
@@ -73,10 +73,6 @@ def activity(sts: RunningSts) -> list[str]:
     return secrets
 
 
-def _db(sts: RunningSts) -> Path:
-    return sts.config.data_dir / "tether.db"
-
-
 def _verify(sts: RunningSts, *args: str) -> Any:
     return tether("audit", "verify", *args, "--config", str(sts.config.path))
 
@@ -96,18 +92,14 @@ def test_audit_verify_detects_an_edited_row(sts: RunningSts, column: str) -> Non
     target = next(r for r in records if r.kind == "token.refused" and r.error == "invalid_scope")
     values = {"detail": '{"reason": "nothing to see"}', "outcome": "ok", "principal": "spiffe://tether.local/x",
               "ts": target.ts + 1}
-    with sqlite3.connect(_db(sts)) as conn:
-        original = conn.execute(f"SELECT {column} FROM audit WHERE seq = ?", (target.seq,)).fetchone()[0]  # noqa: S608
-        conn.execute(f"UPDATE audit SET {column} = ? WHERE seq = ?", (values[column], target.seq))  # noqa: S608
-    conn.close()
+    original = store_sql(sts.config, f"SELECT {column} FROM audit WHERE seq = ?", (target.seq,))[0][0]  # noqa: S608
+    store_sql(sts.config, f"UPDATE audit SET {column} = ? WHERE seq = ?", (values[column], target.seq))  # noqa: S608
     result = _verify(sts)
     assert result.returncode == 1, result.stdout
     line = one_line(result.stderr)
     assert re.search(rf"\brecord {target.seq}\b", line), line
     # positive control: restoring the row restores the chain
-    with sqlite3.connect(_db(sts)) as conn:
-        conn.execute(f"UPDATE audit SET {column} = ? WHERE seq = ?", (original, target.seq))  # noqa: S608
-    conn.close()
+    store_sql(sts.config, f"UPDATE audit SET {column} = ? WHERE seq = ?", (original, target.seq))  # noqa: S608
     ok = _verify(sts)
     assert ok.returncode == 0, ok.stderr
 
@@ -120,10 +112,8 @@ def test_audit_verify_detects_an_edit_with_a_recomputed_hash(sts: RunningSts) ->
     target = sts.audit()[3]
     forged = link(AuditEvent(kind=target.kind, outcome="ok", principal=target.principal, task=target.task,
                              jti=target.jti, error=None, detail={}), seq=target.seq, ts=target.ts, prev=target.prev)
-    with sqlite3.connect(_db(sts)) as conn:
-        conn.execute("UPDATE audit SET outcome = ?, error = NULL, detail = '{}', hash = ? WHERE seq = ?",
-                     (forged.outcome, forged.hash, target.seq))
-    conn.close()
+    store_sql(sts.config, "UPDATE audit SET outcome = ?, error = NULL, detail = '{}', hash = ? WHERE seq = ?",
+              (forged.outcome, forged.hash, target.seq))
     result = _verify(sts)
     assert result.returncode == 1
     assert re.search(rf"\brecord {target.seq + 1}\b", one_line(result.stderr))
@@ -132,9 +122,7 @@ def test_audit_verify_detects_an_edit_with_a_recomputed_hash(sts: RunningSts) ->
 def test_audit_verify_detects_a_deleted_row(sts: RunningSts) -> None:
     activity(sts)
     target = sts.audit()[4]
-    with sqlite3.connect(_db(sts)) as conn:
-        conn.execute("DELETE FROM audit WHERE seq = ?", (target.seq,))
-    conn.close()
+    store_sql(sts.config, "DELETE FROM audit WHERE seq = ?", (target.seq,))
     result = _verify(sts)
     assert result.returncode == 1
     assert re.search(rf"\brecord {target.seq + 1}\b", one_line(result.stderr))

@@ -6,7 +6,6 @@ resource app under ``tether.web.server.ServerThread``, the crypto. Nothing is mo
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Iterator
@@ -23,13 +22,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from helpers import JWT, Client, RunningSts, _build, admin_token, create_task, make_deployment
+from helpers import JWT, Client, RunningSts, admin_token, create_task, make_deployment
 from tether.agent.proof import DPoPKey
 from tether.clock import ManualClock
 from tether.config import Config
 from tether.errors import AccessDenied
 from tether.resource import Principal, TetherMiddleware, Verifier, principal_of, require_scope, requires
 from tether.rules.jws import b64url_decode, strict_json_loads
+from tether.sts.bootstrap import build_sts
 from tether.web.server import ServerThread
 
 __all__ = [
@@ -269,7 +269,7 @@ class RestartableSts:
 
     def start(self, port: int | None = None) -> RunningSts:
         """Serve on the configured port (or ``port``, keeping the configured issuer)."""
-        sts = asyncio.run(_build(self.config, self.clock))
+        sts = build_sts(self.config, clock=self.clock)
         thread = ServerThread(sts.app, port or self.port).start()
         clients = self.running.clients if self.running is not None else []
         self.running = RunningSts(config=self.config, clock=self.clock, sts=sts, thread=thread, clients=clients)

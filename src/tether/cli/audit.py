@@ -23,22 +23,21 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="tether.t
 
 
 def _records(cfg: Config) -> list[dict[str, Any]]:
-    store = open_store(cfg)
-
     async def read() -> list[dict[str, Any]]:
+        store = await open_store(cfg)
         out: list[dict[str, Any]] = []
         after = 0
-        while True:
-            page = await store.audit_records(after=after, limit=5000)
-            if not page:
-                return out
-            out.extend(r.as_json() for r in page)
-            after = page[-1].seq
+        try:
+            while True:
+                page = await store.audit_records(after=after, limit=5000)
+                if not page:
+                    return out
+                out.extend(r.as_json() for r in page)
+                after = page[-1].seq
+        finally:
+            await store.aclose()
 
-    try:
-        return asyncio.run(read())
-    finally:
-        store.close()
+    return asyncio.run(read())
 
 
 @app.command()

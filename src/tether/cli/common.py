@@ -16,6 +16,7 @@ from tether.errors import ConfigError
 from tether.identity.dev_issuer import DevTrustDomain
 from tether.keys.sealed import SealError, load_master_key
 from tether.provision import DEV_TRUST_DOMAIN
+from tether.store.errors import StoreUnavailable
 
 __all__ = ["admin_client", "config_or_exit", "dev_domain", "errors_to_exit"]
 
@@ -33,6 +34,8 @@ def errors_to_exit() -> Iterator[None]:
         fail(f"the STS refused: {exc.error}: {exc.description}")
     except httpx.TransportError as exc:
         fail(f"cannot reach the STS: {exc}")
+    except StoreUnavailable as exc:
+        fail(f"store unavailable: {exc}")
     except OSError as exc:
         fail(f"{exc.strerror or exc}")
 

@@ -14,6 +14,7 @@ from tether.cli.output import console, print_json, print_table
 from tether.keys.keyring import SIGNING_ALGS, rotate_signing_key
 from tether.keys.sealed import load_master_key
 from tether.store.open import open_store
+from tether.store.records import StoredKey
 from tether.sts.settings import StsSettings
 
 __all__ = ["app"]
@@ -31,14 +32,18 @@ def rotate(
     if alg not in SIGNING_ALGS:
         raise typer.BadParameter(f"must be one of {', '.join(SIGNING_ALGS)}", param_hint="--alg")
     cfg = config_or_exit(config)
+    lifetime = StsSettings.from_config(cfg).max_token_lifetime
+
+    async def run() -> StoredKey:
+        store = await open_store(cfg)
+        try:
+            return await rotate_signing_key(store, master, alg=alg, now=int(time.time()), max_token_lifetime=lifetime)
+        finally:
+            await store.aclose()
+
     with errors_to_exit():
         master = load_master_key(cfg.master_key_file)
-        store = open_store(cfg)
-        try:
-            lifetime = StsSettings.from_config(cfg).max_token_lifetime
-            stored = asyncio.run(rotate_signing_key(store, master, alg=alg, now=int(time.time()), max_token_lifetime=lifetime))
-        finally:
-            store.close()
+        stored = asyncio.run(run())
     console.print(f"new signing key {stored.kid} ({alg}); the previous key stays published for {lifetime + 60}s")
 
 
@@ -46,12 +51,16 @@ def rotate(
 def list_(config: ConfigOpt = None, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List published signing keys (public parts only)."""
     cfg = config_or_exit(config)
-    with errors_to_exit():
-        store = open_store(cfg)
+
+    async def run() -> list[StoredKey]:
+        store = await open_store(cfg)
         try:
-            keys = asyncio.run(store.signing_keys(now=time.time()))
+            return await store.signing_keys(now=time.time())
         finally:
-            store.close()
+            await store.aclose()
+
+    with errors_to_exit():
+        keys = asyncio.run(run())
     rows = [(k.kid, k.alg, k.created_at, k.retired_at, k.not_after) for k in keys]
     if json_out:
         print_json([dict(zip(("kid", "alg", "created_at", "retired_at", "not_after"), r, strict=True)) for r in rows])

@@ -67,7 +67,8 @@ def serve(
     bind_port = port or cfg.values["server"]["port"]
 
     async def run() -> None:
-        sts = await build_sts(cfg)
+        sts = build_sts(cfg)
+        await sts.start()
         server = uvicorn.Server(
             uvicorn.Config(
                 sts.app,
@@ -90,6 +91,22 @@ def serve(
             uvloop.run(run())
         except KeyboardInterrupt:
             pass
+
+
+@app.command()
+def migrate(config: ConfigOpt = None) -> None:
+    """Apply the store's schema migrations (PostgreSQL needs this before serving; SQLite migrates itself)."""
+    from tether.store.open import open_store
+
+    cfg = config_or_exit(config)
+
+    async def run() -> None:
+        store = await open_store(cfg, migrate=True)
+        await store.aclose()
+
+    with errors_to_exit():
+        asyncio.run(run())
+    console.print(f"store `{cfg.values['']['store']}` is at the current schema")
 
 
 @identity_app.command("issue")

@@ -7,7 +7,6 @@ attack. Each step is recorded with its time so the CLI can print a timeline or J
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
@@ -146,7 +145,7 @@ def _scenario(directory: Path, run: _Run) -> None:
         )
     config = load_config(init.config_path)
     domain = DevTrustDomain.load(config.data_dir, "tether.local", load_master_key(config.master_key_file))
-    sts = asyncio.run(build_sts(config))
+    sts = build_sts(config)
     servers = [ServerThread(sts.app, sts_port).start()]
     run.step("setup", "STS started on the embedded SQLite store", url=sts_url, kid=sts.ctx.keyring.current.kid[:12] + "…")
     c_app, c_verifier = docs_service(sts_url, c_url)

@@ -60,7 +60,7 @@ class KeyRing:
     def __init__(self, keys: list[SigningKey]) -> None:
         current = [k for k in keys if k.retired_at is None]
         if not current:
-            raise LookupError("no current signing key; run tether init")
+            raise LookupError("no current signing key in the store; run tether init (or tether keys rotate)")
         self.current = current[0]
         self._by_kid = {k.kid: k for k in keys}
         self.kids = frozenset(self._by_kid)

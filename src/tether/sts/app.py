@@ -12,12 +12,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
-from tether.keys.keyring import load_keyring
 from tether.store.errors import StoreUnavailable
 from tether.sts.context import StsContext
 from tether.sts.routes.discovery import (
@@ -46,30 +46,34 @@ async def _every(seconds: float, job: Callable[[], Awaitable[object]]) -> None:
             log.warning("upkeep skipped: %s", exc)
 
 
-def create_app(
-    ctx: StsContext,
-    *,
-    master_key: bytes | None = None,
-    upkeep: bool = True,
-    on_shutdown: Callable[[], Awaitable[None]] | None = None,
-) -> Starlette:
-    async def reload_keys() -> None:
-        if master_key is not None:
-            ctx.keyring = await load_keyring(ctx.store, master_key, now=ctx.now())
+class Runtime(Protocol):
+    """What the app needs from its owner (``tether.sts.bootstrap.Sts``)."""
 
+    @property
+    def ctx(self) -> StsContext: ...
+
+    async def start(self) -> StsContext: ...
+
+    async def stop(self) -> None: ...
+
+    async def reload_keys(self) -> None: ...
+
+
+def create_app(runtime: Runtime, *, upkeep: bool = True) -> Starlette:
     async def expire() -> None:
+        ctx = runtime.ctx
         await ctx.store.expire_tasks(now=ctx.now())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        jobs = [asyncio.create_task(_every(5, reload_keys)), asyncio.create_task(_every(15, expire))] if upkeep else []
+        app.state.ctx = await runtime.start()
+        jobs = [asyncio.create_task(_every(5, runtime.reload_keys)), asyncio.create_task(_every(15, expire))] if upkeep else []
         try:
             yield
         finally:
             for job in jobs:
                 job.cancel()
-            if on_shutdown is not None:
-                await on_shutdown()
+            await runtime.stop()
 
     routes = [
         Route("/token", token_endpoint, methods=["POST"]),
@@ -91,5 +95,4 @@ def create_app(
         lifespan=lifespan,
         exception_handlers={HTTPException: handle_http, Exception: handle_unexpected},
     )
-    app.state.ctx = ctx
     return app

@@ -1,8 +1,13 @@
-"""Wire a running STS from configuration: store, master key, keyring, identity, proofs."""
+"""Wire a running STS from configuration: store, master key, keyring, identity, proofs, policy.
+
+``build_sts`` checks everything that can be checked without I/O (configuration, master
+key, policy set) so a bad deployment fails before it binds a port. ``Sts.start`` opens
+the store and loads the keyring inside the event loop that will serve requests (an
+async connection pool belongs to one loop); the app's lifespan calls it, and
+``tether serve`` calls it first so store errors are reported before serving.
+"""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import httpx
 from starlette.applications import Starlette
@@ -11,7 +16,7 @@ from tether.clock import Clock, SystemClock
 from tether.config import Config
 from tether.errors import ConfigError
 from tether.identity.verifier import build_identity_verifier
-from tether.keys.keyring import load_keyring
+from tether.keys.keyring import KeyRing, load_keyring
 from tether.keys.sealed import SealError, derive_key, load_master_key
 from tether.policy.engine import PolicyEngine
 from tether.proofs import ProofChecker
@@ -24,25 +29,82 @@ from tether.sts.settings import StsSettings
 __all__ = ["Sts", "build_sts"]
 
 
-@dataclass
 class Sts:
-    ctx: StsContext
-    app: Starlette
-    http: httpx.AsyncClient
+    """A configured STS; its ``ctx`` exists once ``start`` has run in the serving loop."""
+
+    def __init__(self, config: Config, *, clock: Clock, master: bytes, policy: PolicyEngine, upkeep: bool,
+                 store: Store | None = None) -> None:  # fmt: skip
+        self.config = config
+        self.clock = clock
+        self.master_key = master
+        self.policy = policy
+        self.settings = StsSettings.from_config(config)
+        self._store = store
+        self._ctx: StsContext | None = None
+        self._http: httpx.AsyncClient | None = None
+        self.app: Starlette = create_app(self, upkeep=upkeep)
+
+    @property
+    def ctx(self) -> StsContext:
+        if self._ctx is None:
+            raise RuntimeError("the STS has not started yet")
+        return self._ctx
+
+    async def start(self) -> StsContext:
+        if self._ctx is not None:
+            return self._ctx
+        store = self._store or await open_store(self.config)
+        try:
+            keyring = await self._keyring(store)
+        except BaseException:
+            await store.aclose()
+            raise
+        self._http = httpx.AsyncClient(follow_redirects=False, timeout=httpx.Timeout(5.0), trust_env=False)
+        settings = self.settings
+        proofs = ProofChecker(
+            store,
+            self.clock,
+            nonce_key=derive_key(self.master_key, "dpop-nonce") if settings.nonce else None,
+            algorithms=settings.dpop_algs,
+            max_age=settings.dpop_max_age,
+            skew=settings.skew,
+            nonce_ttl=settings.nonce_ttl,
+        )
+        self._ctx = StsContext(
+            settings=settings,
+            store=store,
+            keyring=keyring,
+            identity=build_identity_verifier(self.config, self._http),
+            proofs=proofs,
+            clock=self.clock,
+            policy=self.policy,
+        )
+        return self._ctx
+
+    async def _keyring(self, store: Store) -> KeyRing:
+        try:
+            return await load_keyring(store, self.master_key, now=self.clock.now())
+        except SealError as exc:
+            raise ConfigError("master_key", f"cannot open the signing keys: {exc}") from exc
+        except LookupError as exc:
+            raise ConfigError("keys", str(exc)) from exc
+
+    async def reload_keys(self) -> None:
+        ctx = self.ctx
+        ctx.keyring = await load_keyring(ctx.store, self.master_key, now=ctx.now())
+
+    async def stop(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+        if self._ctx is not None:
+            await self._ctx.store.aclose()
+            self._ctx = None
 
 
-async def build_sts(config: Config, *, clock: Clock | None = None, store: Store | None = None, upkeep: bool = True) -> Sts:
-    """Everything the STS needs, checked before it serves (a bad key or config fails here)."""
-    clock = clock or SystemClock()
+def build_sts(config: Config, *, clock: Clock | None = None, store: Store | None = None, upkeep: bool = True) -> Sts:
+    """Check configuration, master key and policy set; the store is opened by ``Sts.start``."""
     master = load_master_key(config.master_key_file)
-    store = store or open_store(config)
-    settings = StsSettings.from_config(config)
-    try:
-        keyring = await load_keyring(store, master, now=clock.now())
-    except SealError as exc:
-        raise ConfigError("master_key", f"cannot open the signing keys: {exc}") from exc
-    except LookupError as exc:
-        raise ConfigError("keys", str(exc)) from exc
     try:
         policy = PolicyEngine(config.policy_dir, mode=config.values["policy"]["mode"])
     except ValueError as exc:
@@ -50,29 +112,4 @@ async def build_sts(config: Config, *, clock: Clock | None = None, store: Store 
     if policy.current is None:
         problem = policy.last_error.problems[0] if policy.last_error and policy.last_error.problems else "no policies"
         raise ConfigError("policy.dir", f"no valid policy set: {problem}")
-    http = httpx.AsyncClient(follow_redirects=False, timeout=httpx.Timeout(5.0), trust_env=False)
-    proofs = ProofChecker(
-        store,
-        clock,
-        nonce_key=derive_key(master, "dpop-nonce") if settings.nonce else None,
-        algorithms=settings.dpop_algs,
-        max_age=settings.dpop_max_age,
-        skew=settings.skew,
-        nonce_ttl=settings.nonce_ttl,
-    )
-    ctx = StsContext(
-        settings=settings,
-        store=store,
-        keyring=keyring,
-        identity=build_identity_verifier(config, http),
-        proofs=proofs,
-        clock=clock,
-        policy=policy,
-    )
-
-    async def shutdown() -> None:
-        await http.aclose()
-        await store.aclose()
-
-    app = create_app(ctx, master_key=master, upkeep=upkeep, on_shutdown=shutdown)
-    return Sts(ctx=ctx, app=app, http=http)
+    return Sts(config, clock=clock or SystemClock(), master=master, policy=policy, upkeep=upkeep, store=store)

@@ -8,7 +8,6 @@ the same request (same SVID, so the refusal did not spend it) with a good proof.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import secrets
@@ -375,7 +374,7 @@ def test_D_01_replayed_proof_refused_after_restart(sts: RunningSts) -> None:
     case.accept(proof)
     port = int(sts.url.rsplit(":", 1)[1])
     sts.thread.stop()
-    restarted = asyncio.run(build_sts(sts.config, clock=sts.clock))
+    restarted = build_sts(sts.config, clock=sts.clock)
     thread = ServerThread(restarted.app, port)
     thread.start()
     try:

@@ -355,6 +355,9 @@ class SqliteStore:
 
     # -- replay cache -------------------------------------------------------------
     async def first_use(self, key: str, *, until: int, now: float) -> bool:
+        if until <= now:
+            return False
+
         def q(conn: sqlite3.Connection) -> bool:
             cur = conn.execute(
                 "INSERT INTO replay (key, until) VALUES (?, ?)"

@@ -1,0 +1,422 @@
+"""``PostgresRedisStore``: durable state in PostgreSQL, fast expiring state in Redis, for many replicas.
+
+PostgreSQL (psycopg 3, async, pooled) holds tasks, token lineage, the revocation feed,
+blocks, the single-use workload-JWT marks, signing keys and the audit chain; Redis holds
+the DPoP replay cache and announces revocations. Every security-critical step is one
+transaction whose row locks make it correct across replicas:
+
+* ``issue_token`` takes the task row (``UPDATE … tokens_issued < max_tokens``), so racing
+  replicas can never exceed ``max_tokens``, and holds its parent ``FOR SHARE``;
+* ``revoke_tree`` locks the tree it found ``FOR UPDATE`` and looks again until no child
+  appears, so a token issued from a parent mid-revocation is revoked with it;
+* the audit chain is **one chain for all replicas**: each append increments the single
+  ``audit_head`` row, which serialises appends in commit order.
+
+Connection or pool failures raise ``StoreUnavailable`` (503, fail closed); the pool
+replaces broken connections, so service resumes by itself when PostgreSQL returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import sql as pgsql
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from tether.audit.chain import AuditEvent, AuditRecord, link
+from tether.model import Task, TaskState
+from tether.store.errors import AlreadySpent, Blocked, CapReached, NotFound, StoreUnavailable, TaskNotActive
+from tether.store.notify import Notifier
+from tether.store.records import BlockKind, IssuedToken, LookupResult, Revocation, RevocationKind, StoredKey
+from tether.store.redis.cache import RedisCache
+from tether.store.rows import (
+    AUDIT_COLUMNS,
+    KEY_COLUMNS,
+    TASK_COLUMNS,
+    TOKEN_COLUMNS,
+    audit_from_row,
+    audit_values,
+    key_from_row,
+    revocation_from_row,
+    task_from_row,
+    task_values,
+    token_from_row,
+    token_values,
+)
+
+__all__ = ["SCHEMA_VERSION", "PostgresRedisStore", "migrations"]
+
+log = logging.getLogger("tether.store")
+_UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, OSError)
+
+
+def migrations() -> list[tuple[int, str]]:
+    folder = resources.files("tether.store.postgres") / "migrations"
+    found = [(int(e.name.split("_", 1)[0]), e.read_text(encoding="utf-8")) for e in folder.iterdir() if e.name.endswith(".sql")]
+    return sorted(found)
+
+
+SCHEMA_VERSION = migrations()[-1][0]
+Conn = psycopg.AsyncConnection[Any]
+
+
+def _marks(n: int) -> str:
+    return ", ".join(["%s"] * n)
+
+
+async def _append(conn: Conn, event: AuditEvent, now: float) -> AuditRecord:
+    cur = await conn.execute("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
+    row = await cur.fetchone()
+    assert row is not None
+    record = link(event, seq=int(row[0]), ts=now, prev=str(row[1]))
+    await conn.execute(f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ({_marks(11)})", audit_values(record))
+    await conn.execute("UPDATE audit_head SET hash = %s WHERE id = 1", (record.hash,))
+    return record
+
+
+async def _publish(conn: Conn, kind: RevocationKind, value: str, exp: int, now: float) -> None:
+    await conn.execute("INSERT INTO revocations (kind, value, exp, at) VALUES (%s, %s, %s, %s)", (kind.value, value, exp, now))
+
+
+async def _spend(conn: Conn, key: str, until: int, now: float) -> bool:
+    cur = await conn.execute(
+        "INSERT INTO spent (key, until) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET until = excluded.until"
+        " WHERE spent.until <= %s",
+        (key, until, int(now)),
+    )
+    return cur.rowcount == 1
+
+
+_TREE = (
+    "WITH RECURSIVE tree(jti) AS (SELECT jti FROM tokens WHERE jti = ANY(%s)"
+    " UNION SELECT t.jti FROM tokens t JOIN tree ON t.parent_jti = tree.jti) SELECT jti FROM tree"
+)
+
+
+async def _revoke_jtis(conn: Conn, roots: Sequence[str], now: float) -> list[str]:
+    """Lock the lineage under ``roots`` until it stops growing, then revoke it and publish each token."""
+    tree: set[str] = set()
+    frontier = list(roots)
+    while frontier:
+        await conn.execute("SELECT jti FROM tokens WHERE jti = ANY(%s) FOR UPDATE", (frontier,))
+        tree.update(frontier)
+        cur = await conn.execute(_TREE, (list(roots),))
+        frontier = [r[0] for r in await cur.fetchall() if r[0] not in tree]
+    cur = await conn.execute(
+        "UPDATE tokens SET revoked_at = %s WHERE jti = ANY(%s) AND revoked_at IS NULL RETURNING jti, exp",
+        (int(now), list(tree)),
+    )
+    revoked = await cur.fetchall()
+    for jti, exp in revoked:
+        if exp > now:
+            await _publish(conn, RevocationKind.TOKEN, jti, int(exp), now)
+    return [r[0] for r in revoked]
+
+
+async def _end_task(conn: Conn, task: Task, state: TaskState, now: float) -> None:
+    await conn.execute("UPDATE tasks SET state = %s, ended_at = %s WHERE id = %s", (state.value, int(now), task.id))
+    await conn.execute("UPDATE tokens SET revoked_at = %s WHERE task_id = %s AND revoked_at IS NULL", (int(now), task.id))
+    await _publish(conn, RevocationKind.TASK, task.id, task.expires_at, now)
+
+
+async def _create_search_schema(conn: Conn) -> None:
+    """``tether migrate`` into the first schema of ``search_path`` (e.g. ``options=-csearch_path=tether``)."""
+    row = await (await conn.execute("SELECT current_setting('search_path')")).fetchone()
+    first = str(row[0]).split(",")[0].strip().strip('"') if row else ""
+    if first and first != "$user":
+        await conn.execute(pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(pgsql.Identifier(first)))
+
+
+async def _is_blocked(conn: Conn, names: Sequence[str]) -> bool:
+    if not names:
+        return False
+    cur = await conn.execute("SELECT 1 FROM blocks WHERE value = ANY(%s) LIMIT 1", (list(names),))
+    return await cur.fetchone() is not None
+
+
+class PostgresRedisStore:
+    def __init__(self, pool: AsyncConnectionPool[Any], cache: RedisCache) -> None:
+        self.pool = pool
+        self.cache = cache
+        self._notifier = Notifier()
+
+    @classmethod
+    async def open(cls, dsn: str, redis_url: str, *, prefix: str = "tether", migrate: bool = False,
+                   max_size: int = 10) -> PostgresRedisStore:  # fmt: skip
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            dsn, min_size=1, max_size=max_size, open=False, timeout=5.0, kwargs={"autocommit": True}
+        )
+        try:
+            await pool.open(wait=True, timeout=10.0)
+        except _UNAVAILABLE as exc:
+            await pool.close()
+            raise StoreUnavailable(f"postgresql: {exc}") from exc
+        store = cls(pool, RedisCache.from_url(redis_url, prefix=prefix))
+        try:
+            await store._check_schema(migrate)
+            await store.cache.ping()
+        except BaseException:
+            await store.aclose()
+            raise
+        return store
+
+    async def _check_schema(self, migrate: bool) -> None:
+        async with self._conn() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(8700)")
+            if migrate:
+                await _create_search_schema(conn)
+                await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            exists = await (await conn.execute("SELECT to_regclass('schema_version') IS NOT NULL")).fetchone()
+            current = 0
+            if exists and exists[0]:
+                row = await (await conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version")).fetchone()
+                current = int(row[0]) if row else 0
+            if migrate:
+                for version, sql in migrations():
+                    if version > current:
+                        await conn.execute(sql.encode())
+                        await conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+                        current = version
+            if current != SCHEMA_VERSION:
+                raise StoreUnavailable(
+                    f"database schema v{current} does not match v{SCHEMA_VERSION}: run `tether migrate` before serving"
+                )
+
+    @contextlib.asynccontextmanager
+    async def _conn(self) -> AsyncIterator[Conn]:
+        try:
+            async with self.pool.connection() as conn:
+                yield conn
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"postgresql: {type(exc).__name__}: {exc}") from exc
+
+    async def ping(self) -> None:
+        async with self._conn() as conn:
+            await conn.execute("SELECT 1")
+        await self.cache.ping()
+
+    async def aclose(self) -> None:
+        await self.cache.aclose()
+        await self.pool.close()
+
+    async def _revoked(self) -> None:
+        self._notifier.notify()
+        await self.cache.publish_revocation()
+
+    # -- signing keys -------------------------------------------------------------
+    async def signing_keys(self, *, now: float) -> list[StoredKey]:
+        async with self._conn() as conn:
+            cur = await conn.execute(
+                f"SELECT {KEY_COLUMNS} FROM signing_keys WHERE not_after IS NULL OR not_after > %s"
+                " ORDER BY created_at DESC, ordinal DESC",
+                (int(now),),
+            )
+            return [key_from_row(r) for r in await cur.fetchall()]
+
+    async def add_signing_key(self, key: StoredKey, *, retire_at: int, not_after: int) -> None:
+        async with self._conn() as conn, conn.transaction():
+            await conn.execute("LOCK TABLE signing_keys IN EXCLUSIVE MODE")
+            await conn.execute(
+                "UPDATE signing_keys SET retired_at = %s, not_after = %s WHERE retired_at IS NULL", (retire_at, not_after)
+            )
+            await conn.execute(
+                "INSERT INTO signing_keys (kid, alg, public_jwk, sealed_private, created_at) VALUES (%s, %s, %s, %s, %s)",
+                (key.kid, key.alg, json.dumps(key.public_jwk), key.sealed_private, key.created_at),
+            )
+
+    # -- tasks --------------------------------------------------------------------
+    async def create_task(self, task: Task, audit: AuditEvent) -> None:
+        async with self._conn() as conn, conn.transaction():
+            if await _is_blocked(conn, [n for n in (task.agent, task.on_behalf_of) if n]):
+                raise Blocked(task.agent)
+            await conn.execute(f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({_marks(14)})", task_values(task))
+            await _append(conn, audit, task.created_at)
+
+    async def get_task(self, task_id: str) -> Task | None:
+        async with self._conn() as conn:
+            row = await (await conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = %s", (task_id,))).fetchone()
+            return task_from_row(row) if row else None
+
+    async def list_tasks(self, *, state: TaskState | None, agent: str | None, now: float, limit: int) -> list[Task]:
+        sql, args = f"SELECT {TASK_COLUMNS} FROM tasks WHERE TRUE", list[object]()
+        if state is TaskState.ACTIVE:
+            sql, args = sql + " AND state = 'active' AND expires_at > %s", [int(now)]
+        elif state is TaskState.EXPIRED:
+            sql, args = sql + " AND (state = 'expired' OR (state = 'active' AND expires_at <= %s))", [int(now)]
+        elif state is not None:
+            sql, args = sql + " AND state = %s", [state.value]
+        if agent is not None:
+            sql += " AND agent = %s"
+            args.append(agent)
+        async with self._conn() as conn:
+            cur = await conn.execute(sql + " ORDER BY created_at DESC, id LIMIT %s", (*args, limit))
+            return [task_from_row(r) for r in await cur.fetchall()]
+
+    async def end_task(self, task_id: str, state: TaskState, *, now: float, audit: AuditEvent) -> Task:
+        async with self._conn() as conn, conn.transaction():
+            row = await (
+                await conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = %s FOR UPDATE", (task_id,))
+            ).fetchone()
+            if row is None:
+                raise NotFound(task_id)
+            task = task_from_row(row)
+            if task.effective_state(now) is not TaskState.ACTIVE:
+                raise TaskNotActive(task.effective_state(now).value)
+            await _end_task(conn, task, state, now)
+            await _append(conn, audit, now)
+        await self._revoked()
+        return Task(**{**task.__dict__, "state": state, "ended_at": int(now)})
+
+    async def expire_tasks(self, *, now: float) -> list[str]:
+        async with self._conn() as conn, conn.transaction():
+            cur = await conn.execute(
+                "UPDATE tasks SET state = 'expired', ended_at = expires_at WHERE state = 'active' AND expires_at <= %s"
+                " RETURNING id",
+                (int(now),),
+            )
+            ids = [r[0] for r in await cur.fetchall()]
+            for task_id in ids:
+                await _append(conn, AuditEvent(kind="task.expired", outcome="ok", task=task_id), now)
+            return ids
+
+    # -- tokens -------------------------------------------------------------------
+    async def lookup(self, *, task_id: str | None, jti: str | None, principals: Sequence[str]) -> LookupResult:
+        async with self._conn() as conn:
+            task_row = token_row = None
+            if task_id is not None:
+                task_row = await (await conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = %s", (task_id,))).fetchone()
+            if jti is not None:
+                token_row = await (await conn.execute(f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE jti = %s", (jti,))).fetchone()
+            names = list(dict.fromkeys(principals))
+            if task_row is not None:
+                names += [n for n in (task_row[1], task_row[2]) if n and n not in names]
+            blocked = await _is_blocked(conn, names)
+        return LookupResult(
+            task=task_from_row(task_row) if task_row else None,
+            token=token_from_row(token_row) if token_row else None,
+            blocked=blocked,
+        )
+
+    async def issue_token(
+        self, token: IssuedToken, *, now: float, spends: Sequence[tuple[str, int]], audit: AuditEvent
+    ) -> None:
+        async with self._conn() as conn, conn.transaction():
+            for key, until in spends:
+                if not await _spend(conn, key, until, now):
+                    raise AlreadySpent(key)
+            if token.task_id is not None:
+                cur = await conn.execute(
+                    "UPDATE tasks SET tokens_issued = tokens_issued + 1"
+                    " WHERE id = %s AND state = 'active' AND expires_at > %s AND tokens_issued < max_tokens",
+                    (token.task_id, int(now)),
+                )
+                if cur.rowcount != 1:
+                    row = await (
+                        await conn.execute("SELECT state, expires_at FROM tasks WHERE id = %s", (token.task_id,))
+                    ).fetchone()
+                    if row is None or row[0] != "active" or row[1] <= now:
+                        raise TaskNotActive(token.task_id)
+                    raise CapReached(token.task_id)
+            elif await _is_blocked(conn, [token.sub, token.client_id]):
+                raise TaskNotActive(f"{token.sub} is blocked")
+            if token.parent_jti is not None:
+                cur = await conn.execute("SELECT revoked_at FROM tokens WHERE jti = %s FOR SHARE", (token.parent_jti,))
+                parent = await cur.fetchone()
+                if parent is None or parent[0] is not None:
+                    raise TaskNotActive(f"parent {token.parent_jti} revoked or unknown")
+            await conn.execute(f"INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ({_marks(13)})", token_values(token))
+            await _append(conn, audit, now)
+
+    async def get_token(self, jti: str) -> IssuedToken | None:
+        async with self._conn() as conn:
+            row = await (await conn.execute(f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE jti = %s", (jti,))).fetchone()
+            return token_from_row(row) if row else None
+
+    async def revoke_tree(self, jti: str, *, now: float, audit: AuditEvent) -> list[str]:
+        async with self._conn() as conn, conn.transaction():
+            revoked = await _revoke_jtis(conn, [jti], now)
+            await _append(conn, AuditEvent(**{**audit.__dict__, "detail": {**audit.detail, "revoked": len(revoked)}}), now)
+        await self._revoked()
+        return revoked
+
+    # -- kill switch --------------------------------------------------------------
+    async def block(self, kind: BlockKind, value: str, *, now: float, audit: AuditEvent) -> list[str]:
+        column = "agent" if kind is BlockKind.AGENT else "on_behalf_of"
+        async with self._conn() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO blocks (kind, value, since) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING", (kind.value, value, now)
+            )
+            cur = await conn.execute(
+                f"SELECT {TASK_COLUMNS} FROM tasks WHERE {column} = %s AND state = 'active' AND expires_at > %s FOR UPDATE",
+                (value, int(now)),
+            )
+            tasks = [task_from_row(r) for r in await cur.fetchall()]
+            for task in tasks:
+                await _end_task(conn, task, TaskState.CANCELLED, now)
+            cur = await conn.execute(
+                "SELECT jti FROM tokens WHERE (sub = %s OR client_id = %s) AND revoked_at IS NULL AND exp > %s",
+                (value, value, int(now)),
+            )
+            revoked = await _revoke_jtis(conn, [r[0] for r in await cur.fetchall()], now)
+            detail = {**audit.detail, "tasks": [t.id for t in tasks], "revoked": len(revoked)}
+            await _append(conn, AuditEvent(**{**audit.__dict__, "detail": detail}), now)
+        await self._revoked()
+        return [t.id for t in tasks]
+
+    async def unblock(self, kind: BlockKind, value: str, *, now: float, audit: AuditEvent) -> bool:
+        async with self._conn() as conn, conn.transaction():
+            cur = await conn.execute("DELETE FROM blocks WHERE kind = %s AND value = %s", (kind.value, value))
+            await _append(conn, audit, now)
+            return cur.rowcount == 1
+
+    # -- single-use marks and replay ----------------------------------------------
+    async def spend(self, key: str, *, until: int, now: float) -> bool:
+        async with self._conn() as conn:
+            return await _spend(conn, key, until, now)
+
+    async def first_use(self, key: str, *, until: int, now: float) -> bool:
+        return await self.cache.first_use(key, until=until, now=now)
+
+    # -- revocation feed ----------------------------------------------------------
+    async def revocations_after(self, seq: int, *, now: float, limit: int) -> list[Revocation]:
+        async with self._conn() as conn:
+            cur = await conn.execute(
+                "SELECT seq, kind, value, exp, at FROM revocations WHERE seq > %s AND exp > %s ORDER BY seq LIMIT %s",
+                (seq, int(now), limit),
+            )
+            return [revocation_from_row(r) for r in await cur.fetchall()]
+
+    def revocation_generation(self) -> int:
+        return self._notifier.generation
+
+    async def wait_for_revocations(self, *, since: int, timeout: float) -> bool:
+        self.cache.listen(self._notifier.notify)
+        return await self._notifier.wait(since, timeout)
+
+    # -- audit --------------------------------------------------------------------
+    async def append_audit(self, event: AuditEvent, *, now: float) -> AuditRecord:
+        async with self._conn() as conn, conn.transaction():
+            return await _append(conn, event, now)
+
+    async def audit_records(self, *, after: int, limit: int) -> list[AuditRecord]:
+        async with self._conn() as conn:
+            cur = await conn.execute(f"SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > %s ORDER BY seq LIMIT %s", (after, limit))
+            return [audit_from_row(r) for r in await cur.fetchall()]
+
+    async def purge_expired(self, *, now: float) -> None:
+        """Drop single-use marks and feed entries whose tokens have all expired."""
+        async with self._conn() as conn:
+            await conn.execute("DELETE FROM spent WHERE until <= %s", (int(now),))
+            await conn.execute("DELETE FROM revocations WHERE exp <= %s", (int(now),))
+
+
+if TYPE_CHECKING:
+    from tether.store.protocol import Store
+
+    _check: Store = PostgresRedisStore(AsyncConnectionPool("", open=False), RedisCache(None, prefix=""))  # type: ignore[arg-type]

@@ -1,0 +1,85 @@
+"""PostgreSQL and Redis for the tests: the machine's servers, one schema and key prefix per deployment.
+
+With ``CI=true`` an unreachable server FAILS the tests that need it — never a silent skip.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+
+import psycopg
+import pytest
+
+PG_HOST = os.environ.get("TETHER_TEST_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("TETHER_TEST_PG_PORT", "5432"))
+PG_DB = os.environ.get("TETHER_TEST_PG_DB", "test")
+REDIS_URL = os.environ.get("TETHER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def require_postgres_and_redis() -> None:
+    redis_host, redis_port = REDIS_URL.split("//", 1)[1].split("/", 1)[0].split(":")
+    missing = [name for name, ok in (("PostgreSQL", _reachable(PG_HOST, PG_PORT)),
+                                     ("Redis", _reachable(redis_host, int(redis_port)))) if not ok]  # fmt: skip
+    if missing:
+        message = f"{' and '.join(missing)} not reachable on this machine"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message + " (CI=true: the scale-out tests may not be skipped)")
+        pytest.skip(message)
+
+
+def base_dsn(port: int | None = None, host: str | None = None) -> str:
+    return f"postgresql://{host or PG_HOST}:{port or PG_PORT}/{PG_DB}"
+
+
+def new_schema() -> str:
+    return "t_" + secrets.token_hex(6)
+
+
+def schema_dsn(schema: str, *, port: int | None = None, host: str | None = None) -> str:
+    return f"{base_dsn(port, host)}?options=-csearch_path%3D{schema}"
+
+
+def drop_schema(schema: str) -> None:
+    try:
+        with psycopg.connect(base_dsn(), autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    except psycopg.Error:
+        pass
+
+
+def postgres_toml(schema: str, prefix: str) -> str:
+    return f'\n[postgres]\ndsn = "{schema_dsn(schema)}"\n\n[redis]\nurl = "{REDIS_URL}"\nprefix = "{prefix}"\n'
+
+
+def use_postgres() -> bool:
+    """The whole STS suite runs on PostgreSQL + Redis when ``TETHER_TEST_STORE=postgres``."""
+    return os.environ.get("TETHER_TEST_STORE", "sqlite") == "postgres"
+
+
+def store_sql(config: object, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """Run raw SQL (``?`` placeholders) against a deployment's store, SQLite file or PostgreSQL schema.
+
+    Tests use it to play an attacker with database access (tampering with the audit chain).
+    """
+    import sqlite3
+
+    values = config.values  # type: ignore[attr-defined]
+    if values[""]["store"] == "postgres":
+        with psycopg.connect(values["postgres"]["dsn"], autocommit=True, connect_timeout=3) as conn:
+            cur = conn.execute(sql.replace("?", "%s"), params)  # type: ignore[arg-type]
+            return list(cur.fetchall()) if cur.description else []
+    path = config.data_dir / "tether.db"  # type: ignore[attr-defined]
+    with sqlite3.connect(path) as lite:
+        rows = lite.execute(sql, params).fetchall()
+    lite.close()
+    return [tuple(r) for r in rows]

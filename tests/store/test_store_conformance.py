@@ -1,0 +1,372 @@
+"""One conformance suite for every Store backend: SQLite and PostgreSQL + Redis (STYLE rule 5).
+
+Each test gets a fresh store (a new SQLite file, or a new PostgreSQL schema and Redis
+key prefix). The concurrency tests race real concurrent callers against the atomic
+primitives: they pass only if the backend's transactions make them atomic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services import REDIS_URL, drop_schema, new_schema, require_postgres_and_redis, schema_dsn
+from tether.audit.chain import AuditEvent, first_broken
+from tether.model import Task, TaskState
+from tether.store.errors import AlreadySpent, Blocked, CapReached, NotFound, TaskNotActive
+from tether.store.protocol import Store
+from tether.store.records import BlockKind, IssuedToken, RevocationKind
+from tether.store.sqlite.store import SqliteStore
+
+NOW = 1_800_000_000.0
+AGENT = "spiffe://t/agent"
+BACKENDS = ["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres, pytest.mark.redis])]
+
+
+async def _open(kind: str, tmp_path: Path) -> tuple[Store, Callable[[], Awaitable[None]]]:
+    if kind == "sqlite":
+        store = SqliteStore.open(tmp_path / "tether.db")
+
+        async def close_sqlite() -> None:
+            await store.aclose()
+
+        return store, close_sqlite
+    from tether.store.postgres.store import PostgresRedisStore
+
+    require_postgres_and_redis()
+    schema = new_schema()
+    pg = await PostgresRedisStore.open(schema_dsn(schema), REDIS_URL, prefix=schema, migrate=True, max_size=20)
+
+    async def close_pg() -> None:
+        await pg.aclose()
+        drop_schema(schema)
+
+    return pg, close_pg
+
+
+def run(kind: str, tmp_path: Path, body: Callable[[Store], Awaitable[Any]]) -> Any:
+    async def main() -> Any:
+        store, close = await _open(kind, tmp_path)
+        try:
+            return await body(store)
+        finally:
+            await close()
+
+    return asyncio.run(main())
+
+
+def task(**fields: Any) -> Task:
+    values: dict[str, Any] = {
+        "id": "tsk_" + secrets.token_hex(6),
+        "agent": "spiffe://t/agent",
+        "audiences": ("https://a.example",),
+        "scopes": frozenset({"read"}),
+        "created_at": int(NOW),
+        "expires_at": int(NOW) + 900,
+        "max_depth": 3,
+        "max_tokens": 100,
+    }
+    values.update(fields)
+    return Task(**values)
+
+
+def token(task_id: str | None, *, parent: str | None = None, exp: int | None = None, sub: str = AGENT) -> IssuedToken:
+    return IssuedToken(
+        jti=secrets.token_urlsafe(12),
+        kind="hop",
+        sub=sub,
+        client_id=sub,
+        aud="https://a.example",
+        scope="read",
+        jkt="k" * 43,
+        iat=int(NOW),
+        exp=exp or int(NOW) + 300,
+        task_id=task_id,
+        parent_jti=parent,
+    )
+
+
+EVENT = AuditEvent(kind="test", outcome="ok")
+
+
+async def _chain_ok(store: Store) -> int:
+    records = [r.as_json() for r in await store.audit_records(after=0, limit=100_000)]
+    assert first_broken(records) is None
+    return len(records)
+
+
+@pytest.fixture(params=BACKENDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+# -- tasks ------------------------------------------------------------------------------------
+def test_task_round_trip_and_listing(kind: str, tmp_path: Path) -> None:
+    async def body(store: Store) -> None:
+        t = task(on_behalf_of="user:alice", purpose="p")
+        await store.create_task(t, EVENT)
+        assert await store.get_task(t.id) == t
+        assert await store.get_task("tsk_missing") is None
+        assert [x.id for x in await store.list_tasks(state=TaskState.ACTIVE, agent=None, now=NOW, limit=10)] == [t.id]
+        assert await store.list_tasks(state=TaskState.EXPIRED, agent=None, now=NOW, limit=10) == []
+        assert [x.id for x in await store.list_tasks(state=TaskState.EXPIRED, agent=None, now=NOW + 901, limit=10)] == [t.id]
+
+    run(kind, tmp_path, body)
+
+
+def test_end_task_once_and_revokes_its_tokens(kind: str, tmp_path: Path) -> None:
+    async def body(store: Store) -> None:
+        t = task()
+        await store.create_task(t, EVENT)
+        issued = token(t.id)
+        await store.issue_token(issued, now=NOW, spends=[], audit=EVENT)
+        ended = await store.end_task(t.id, TaskState.COMPLETED, now=NOW + 1, audit=EVENT)
+        assert ended.state is TaskState.COMPLETED
+        stored = await store.get_token(issued.jti)
+        assert stored is not None and stored.revoked_at is not None
+        with pytest.raises(TaskNotActive):
+            await store.end_task(t.id, TaskState.CANCELLED, now=NOW + 2, audit=EVENT)
+        with pytest.raises(NotFound):
+            await store.end_task("tsk_missing", TaskState.CANCELLED, now=NOW, audit=EVENT)
+        feed = await store.revocations_after(0, now=NOW, limit=10)
+        assert [(e.kind, e.value) for e in feed] == [(RevocationKind.TASK, t.id)]
+        assert await store.revocations_after(feed[-1].seq, now=NOW, limit=10) == []
+
+    run(kind, tmp_path, body)
+
+
+def test_expired_tasks_are_marked_and_audited(kind: str, tmp_path: Path) -> None:
+    async def body(store: Store) -> None:
+        live, old = task(), task(expires_at=int(NOW) + 10)
+        await store.create_task(live, EVENT)
+        await store.create_task(old, EVENT)
+        assert await store.expire_tasks(now=NOW + 11) == [old.id]
+        expired = await store.get_task(old.id)
+        assert expired is not None and expired.state is TaskState.EXPIRED
+        assert (await store.audit_records(after=0, limit=100))[-1].kind == "task.expired"
+
+    run(kind, tmp_path, body)
+
+
+# -- issuance -----------------------------------------------------------------------------------
+def test_issue_token_spends_once_and_rolls_back_on_refusal(kind: str, tmp_path: Path) -> None:
+    async def body(store: Store) -> None:
+        t = task(max_tokens=2)
+        await store.create_task(t, EVENT)
+        await store.issue_token(token(t.id), now=NOW, spends=[("svid-1", int(NOW) + 600)], audit=EVENT)
+        with pytest.raises(AlreadySpent):
+            await store.issue_token(token(t.id), now=NOW, spends=[("svid-1", int(NOW) + 600)], audit=EVENT)
+        # the refused issuance wrote nothing: the count is still 1, so one more fits
+        await store.issue_token(token(t.id), now=NOW, spends=[("svid-2", int(NOW) + 600)], audit=EVENT)
+        with pytest.raises(CapReached):
+            await store.issue_token(token(t.id), now=NOW, spends=[("svid-3", int(NOW) + 600)], audit=EVENT)
+        # ...and the cap refusal did not burn svid-3
+        assert await store.spend("svid-3", until=int(NOW) + 600, now=NOW)
+        assert not await store.spend("svid-3", until=int(NOW) + 600, now=NOW)
+        stored = await store.get_task(t.id)
+        assert stored is not None and stored.tokens_issued == 2
+        # an expired mark can be reused (the jti's token has expired long ago)
+        assert await store.spend("svid-1", until=int(NOW) + 2000, now=NOW + 1000)
+
+    run(kind, tmp_path, body)
+
+
+def test_issue_refused_for_ended_task_or_revoked_parent(kind: str, tmp_path: Path) -> None:
+    async def body(store: Store) -> None:
+        t = task()
+        await store.create_task(t, EVENT)
+        parent = token(t.id)
+        await store.issue_token(parent, now=NOW, spends=[], audit=EVENT)
+        await store.revoke_tree(parent.jti, now=NOW, audit=EVENT)
+        with pytest.raises(TaskNotActive):
+            await store.issue_token(token(t.id, parent=parent.jti), now=NOW, spends=[], audit=EVENT)
+        await store.end_task(t.id, TaskState.CANCELLED, now=NOW, audit=EVENT)
+        with pytest.raises(TaskNotActive):
+            await store.issue_token(token(t.id), now=NOW, spends=[], audit=EVENT)
+        with pytest.raises(TaskNotActive):
+            await store.issue_token(token(task().id), now=NOW, spends=[], audit=EVENT)
+
+    run(kind, tmp_path, body)
+
+
+def test_revoke_tree_cuts_every_descendant_only(kind: str, tmp_path: Path) -> None:
+    async def body(store: Store) -> None:
+        t = task()
+        await store.create_task(t, EVENT)
+        root, sibling = token(t.id), token(t.id)
+        for tok in (root, sibling):
+            await store.issue_token(tok, now=NOW, spends=[], audit=EVENT)
+        child = token(t.id, parent=root.jti)
+        await store.issue_token(child, now=NOW, spends=[], audit=EVENT)
+        grandchild = token(t.id, parent=child.jti)
+        await store.issue_token(grandchild, now=NOW, spends=[], audit=EVENT)
+        revoked = await store.revoke_tree(root.jti, now=NOW, audit=EVENT)
+        assert set(revoked) == {root.jti, child.jti, grandchild.jti}
+        remaining = await store.get_token(sibling.jti)
+        assert remaining is not None and remaining.revoked_at is None
+        assert await store.revoke_tree(root.jti, now=NOW, audit=EVENT) == []
+        feed = {e.value for e in await store.revocations_after(0, now=NOW, limit=10)}
+        assert feed == {root.jti, child.jti, grandchild.jti}
+
+    run(kind, tmp_path, body)
+
+
+def test_feed_entries_expire_with_what_they_cover(kind: str, tmp_path: Path) -> None:
+    async def body(store: Store) -> None:
+        t = task()
+        await store.create_task(t, EVENT)
+        short = token(t.id, exp=int(NOW) + 10)
+        await store.issue_token(short, now=NOW, spends=[], audit=EVENT)
+        await store.revoke_tree(short.jti, now=NOW, audit=EVENT)
+        assert [e.value for e in await store.revocations_after(0, now=NOW, limit=10)] == [short.jti]
+        assert await store.revocations_after(0, now=NOW + 11, limit=10) == []
+
+    run(kind, tmp_path, body)
+
+
+# -- kill switch -------------------------------------------------------------------------------
+def test_block_ends_tasks_and_refuses_new_ones(kind: str, tmp_path: Path) -> None:
+    async def body(store: Store) -> None:
+        t = task(agent="spiffe://t/bad")
+        await store.create_task(t, EVENT)
+        other = task()
+        await store.create_task(other, EVENT)
+        assert await store.block(BlockKind.AGENT, "spiffe://t/bad", now=NOW, audit=EVENT) == [t.id]
+        ended = await store.get_task(t.id)
+        assert ended is not None and ended.state is TaskState.CANCELLED
+        still = await store.get_task(other.id)
+        assert still is not None and still.state is TaskState.ACTIVE
+        with pytest.raises(Blocked):
+            await store.create_task(task(agent="spiffe://t/bad"), EVENT)
+        state = await store.lookup(task_id=None, jti=None, principals=["spiffe://t/bad"])
+        assert state.blocked
+        assert await store.unblock(BlockKind.AGENT, "spiffe://t/bad", now=NOW, audit=EVENT)
+        await store.create_task(task(agent="spiffe://t/bad"), EVENT)
+        assert not (await store.lookup(task_id=None, jti=None, principals=["spiffe://t/bad"])).blocked
+
+    run(kind, tmp_path, body)
+
+
+# -- replay cache -------------------------------------------------------------------------------
+def test_first_use_is_single_until_expiry(kind: str, tmp_path: Path) -> None:
+    async def body(store: Store) -> None:
+        now = time.time()
+        assert await store.first_use("proof-1", until=int(now) + 60, now=now)
+        assert not await store.first_use("proof-1", until=int(now) + 60, now=now)
+        assert await store.first_use("proof-2", until=int(now) + 60, now=now)
+        # a mark that would already have expired is refused, never silently accepted
+        assert not await store.first_use("proof-expired", until=int(now) - 1, now=now)
+
+    run(kind, tmp_path, body)
+
+
+# -- signing keys -------------------------------------------------------------------------------
+def test_signing_key_rotation_keeps_old_key_until_not_after(kind: str, tmp_path: Path) -> None:
+    from tether.keys.keyring import load_keyring, rotate_signing_key
+
+    master = secrets.token_bytes(32)
+
+    async def body(store: Store) -> None:
+        first = await rotate_signing_key(store, master, alg="ES256", now=int(NOW), max_token_lifetime=300)
+        second = await rotate_signing_key(store, master, alg="EdDSA", now=int(NOW) + 10, max_token_lifetime=300)
+        ring = await load_keyring(store, master, now=NOW + 20)
+        assert ring.current.kid == second.kid
+        assert {k["kid"] for k in ring.jwks(now=NOW + 20)["keys"]} == {first.kid, second.kid}
+        later = await load_keyring(store, master, now=NOW + 10 + 300 + 61)
+        assert {k["kid"] for k in later.jwks(now=NOW + 10 + 300 + 61)["keys"]} == {second.kid}
+
+    run(kind, tmp_path, body)
+
+
+# -- concurrency --------------------------------------------------------------------------------
+async def _race(n: int, make: Callable[[int], Awaitable[Any]]) -> list[BaseException | Any]:
+    return list(await asyncio.gather(*(make(i) for i in range(n)), return_exceptions=True))
+
+
+def test_racing_issuance_never_exceeds_max_tokens(kind: str, tmp_path: Path) -> None:
+    async def body(store: Store) -> None:
+        t = task(max_tokens=7)
+        await store.create_task(t, EVENT)
+        results = await _race(40, lambda i: store.issue_token(token(t.id), now=NOW, spends=[(f"s{i}", int(NOW) + 600)],
+                                                                 audit=EVENT))  # fmt: skip
+        ok = [r for r in results if r is None]
+        assert len(ok) == 7
+        assert all(isinstance(r, CapReached) for r in results if r is not None)
+        stored = await store.get_task(t.id)
+        assert stored is not None and stored.tokens_issued == 7
+        assert await _chain_ok(store) == 1 + 7
+
+    run(kind, tmp_path, body)
+
+
+def test_racing_spends_of_one_jti_succeed_once(kind: str, tmp_path: Path) -> None:
+    async def body(store: Store) -> None:
+        t = task()
+        await store.create_task(t, EVENT)
+        results = await _race(20, lambda i: store.issue_token(token(t.id), now=NOW, spends=[("same", int(NOW) + 600)],
+                                                                 audit=EVENT))  # fmt: skip
+        assert sum(r is None for r in results) == 1
+        assert all(isinstance(r, AlreadySpent) for r in results if r is not None)
+
+    run(kind, tmp_path, body)
+
+
+def test_racing_replay_checks_accept_once(kind: str, tmp_path: Path) -> None:
+    async def body(store: Store) -> None:
+        now = time.time()
+        results = await _race(30, lambda i: store.first_use("racing-proof", until=int(now) + 60, now=now))
+        assert results.count(True) == 1 and results.count(False) == 29
+
+    run(kind, tmp_path, body)
+
+
+def test_revocation_racing_issuance_leaves_no_live_child(kind: str, tmp_path: Path) -> None:
+    """A child issued while its parent is being revoked is either refused or revoked with it."""
+
+    async def body(store: Store) -> None:
+        t = task(max_tokens=1000)
+        await store.create_task(t, EVENT)
+        parent = token(t.id)
+        await store.issue_token(parent, now=NOW, spends=[], audit=EVENT)
+        children = [token(t.id, parent=parent.jti) for _ in range(30)]
+
+        async def issue(i: int) -> Any:
+            if i == 10:
+                return await store.revoke_tree(parent.jti, now=NOW, audit=EVENT)
+            return await store.issue_token(children[i if i < 10 else i - 1], now=NOW, spends=[], audit=EVENT)
+
+        await _race(31, issue)
+        for child in children:
+            stored = await store.get_token(child.jti)
+            assert stored is None or stored.revoked_at is not None, "a child of a revoked parent is still live"
+        assert await _chain_ok(store) >= 2
+
+    run(kind, tmp_path, body)
+
+
+def test_audit_chain_stays_one_chain_under_concurrent_appends(kind: str, tmp_path: Path) -> None:
+    async def body(store: Store) -> None:
+        await _race(50, lambda i: store.append_audit(AuditEvent(kind="race", outcome="ok", detail={"i": i}), now=NOW + i))
+        assert await _chain_ok(store) == 50
+
+    run(kind, tmp_path, body)
+
+
+def test_revocation_wakes_waiters(kind: str, tmp_path: Path) -> None:
+    async def body(store: Store) -> None:
+        t = task()
+        await store.create_task(t, EVENT)
+        generation = store.revocation_generation()
+        waiter = asyncio.create_task(store.wait_for_revocations(since=generation, timeout=10.0))
+        await asyncio.sleep(0.05)
+        await store.end_task(t.id, TaskState.COMPLETED, now=NOW, audit=EVENT)
+        assert await asyncio.wait_for(waiter, 5.0) is True
+        assert await store.wait_for_revocations(since=store.revocation_generation(), timeout=0.05) is False
+
+    run(kind, tmp_path, body)
