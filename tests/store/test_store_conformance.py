@@ -370,3 +370,19 @@ def test_revocation_wakes_waiters(kind: str, tmp_path: Path) -> None:
         assert await store.wait_for_revocations(since=store.revocation_generation(), timeout=0.05) is False
 
     run(kind, tmp_path, body)
+
+
+def test_purge_keeps_everything_still_live(kind: str, tmp_path: Path) -> None:
+    async def body(store: Store) -> None:
+        t = task()
+        await store.create_task(t, EVENT)
+        live = token(t.id)
+        await store.issue_token(live, now=NOW, spends=[("live-mark", int(NOW) + 600)], audit=EVENT)
+        await store.revoke_tree(live.jti, now=NOW, audit=EVENT)
+        await store.purge_expired(now=NOW + 1)
+        assert [e.value for e in await store.revocations_after(0, now=NOW + 1, limit=10)] == [live.jti]
+        assert not await store.spend("live-mark", until=int(NOW) + 600, now=NOW + 1), "a live single-use mark was purged"
+        await store.purge_expired(now=NOW + 1000)
+        assert await store.spend("live-mark", until=int(NOW) + 2000, now=NOW + 1000)
+
+    run(kind, tmp_path, body)

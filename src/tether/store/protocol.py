@@ -113,6 +113,10 @@ class Store(Protocol):
         """Wait until the generation differs from ``since`` (True) or ``timeout`` passes (False)."""
         ...
 
+    async def purge_expired(self, *, now: float) -> None:
+        """Drop single-use marks, replay entries and feed entries that can no longer matter."""
+        ...
+
     # -- audit --------------------------------------------------------------------
     async def append_audit(self, event: AuditEvent, *, now: float) -> AuditRecord: ...
 

@@ -1,9 +1,10 @@
 """``create_app``: the STS as a Starlette ASGI app, plus its background upkeep.
 
 The lifespan reloads the keyring from the store every few seconds (so a rotation made
-by the CLI or another replica is picked up) and marks tasks past their hard cap
-expired. Both are best-effort upkeep: correctness never depends on them, because
-expiry is also checked on every request.
+by the CLI or another replica is picked up), marks tasks past their hard cap expired
+and purges single-use marks and feed entries that can no longer matter. All of it is
+best-effort upkeep: correctness never depends on it, because expiry is also checked
+on every request.
 """
 
 from __future__ import annotations
@@ -64,10 +65,15 @@ def create_app(runtime: Runtime, *, upkeep: bool = True) -> Starlette:
         ctx = runtime.ctx
         await ctx.store.expire_tasks(now=ctx.now())
 
+    async def purge() -> None:
+        ctx = runtime.ctx
+        await ctx.store.purge_expired(now=ctx.now())
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.ctx = await runtime.start()
-        jobs = [asyncio.create_task(_every(5, runtime.reload_keys)), asyncio.create_task(_every(15, expire))] if upkeep else []
+        periodic = ((5, runtime.reload_keys), (15, expire), (60, purge))
+        jobs = [asyncio.create_task(_every(seconds, job)) for seconds, job in periodic] if upkeep else []
         try:
             yield
         finally:

@@ -36,8 +36,6 @@ from tether.store.sqlite.db import SCHEMA_VERSION, Database, migrate, schema_ver
 
 __all__ = ["SqliteStore"]
 
-_PURGE_EVERY = 512
-
 
 def _append(conn: sqlite3.Connection, event: AuditEvent, now: float) -> AuditRecord:
     head = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
@@ -89,7 +87,6 @@ class SqliteStore:
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._writes = 0
         self._revocations = Notifier()
 
     @classmethod
@@ -276,19 +273,17 @@ class SqliteStore:
                         raise TaskNotActive(f"parent {token.parent_jti} revoked or unknown")
                 conn.execute(f"INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ({', '.join('?' * 13)})", token_values(token))
                 _append(conn, audit, now)
-            self._maybe_purge(conn, now)
 
         await self._db.run(q)
 
-    def _maybe_purge(self, conn: sqlite3.Connection, now: float) -> None:
-        """Drop expired single-use marks, replay entries and feed entries now and then."""
-        self._writes += 1
-        if self._writes % _PURGE_EVERY:
-            return
-        with transaction(conn):
-            conn.execute("DELETE FROM spent WHERE until <= ?", (int(now),))
-            conn.execute("DELETE FROM replay WHERE until <= ?", (int(now),))
-            conn.execute("DELETE FROM revocations WHERE exp <= ?", (int(now),))
+    async def purge_expired(self, *, now: float) -> None:
+        def q(conn: sqlite3.Connection) -> None:
+            with transaction(conn):
+                conn.execute("DELETE FROM spent WHERE until <= ?", (int(now),))
+                conn.execute("DELETE FROM replay WHERE until <= ?", (int(now),))
+                conn.execute("DELETE FROM revocations WHERE exp <= ?", (int(now),))
+
+        await self._db.run(q)
 
     async def get_token(self, jti: str) -> IssuedToken | None:
         def q(conn: sqlite3.Connection) -> IssuedToken | None:
