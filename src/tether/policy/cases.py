@@ -70,6 +70,16 @@ def _strs(value: Any, where: str) -> list[str]:
     return value
 
 
+def _int(data: Mapping[str, Any], key: str, where: str, default: int) -> int:
+    """An integer field; absent means ``default``, anything but an integer (``null`` too) is an error."""
+    if key not in data:
+        return default
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CaseError(f"{where}.{key}: must be an integer")
+    return value
+
+
 def _decision(value: Any, where: str) -> bool:
     if value not in ("allow", "deny"):
         raise CaseError(f"{where}: must be `allow` or `deny`")
@@ -80,15 +90,16 @@ def _task(raw: Any, principal: str, resource: str, scopes: list[str], now: int, 
     data = raw if isinstance(raw, dict) else {}
     if raw is not None and not isinstance(raw, dict):
         raise CaseError(f"{where}.task: must be a mapping")
+    age = _int(data, "age", f"{where}.task", 60)
     return Task(
         id=str(data.get("id", "tsk_case")),
         agent=str(data.get("agent", principal)),
         audiences=tuple(_strs(data.get("audiences", [resource]), f"{where}.task.audiences")),
         scopes=frozenset(_strs(data.get("scopes", scopes), f"{where}.task.scopes")),
-        created_at=now - int(data.get("age", 60)),
-        expires_at=now - int(data.get("age", 60)) + int(data.get("duration", 900)),
-        max_depth=int(data.get("max_depth", 3)),
-        max_tokens=int(data.get("max_tokens", 100)),
+        created_at=now - age,
+        expires_at=now - age + _int(data, "duration", f"{where}.task", 900),
+        max_depth=_int(data, "max_depth", f"{where}.task", 3),
+        max_tokens=_int(data, "max_tokens", f"{where}.task", 100),
         on_behalf_of=data.get("on_behalf_of"),
         purpose=data.get("purpose"),
     )
@@ -105,7 +116,7 @@ def build_request(raw: Mapping[str, Any], *, where: str = "case", admins: Sequen
     principal, resource = raw.get("principal"), raw.get("resource", "https://service.example")
     if not isinstance(principal, str) or not isinstance(resource, str):
         raise CaseError(f"{where}: `principal` and `resource` must be strings")
-    now = int(raw.get("time", _NOON))
+    now = _int(raw, "time", where, _NOON)
     scopes = _strs(raw.get("scopes"), f"{where}.scopes")
     actors = tuple(_strs(raw.get("actors"), f"{where}.actors"))
     tags_raw = raw.get("tags") or {}
@@ -113,12 +124,12 @@ def build_request(raw: Mapping[str, Any], *, where: str = "case", admins: Sequen
         raise CaseError(f"{where}.tags: must map a resource to its tags")
     tags = {str(k): _strs(v, f"{where}.tags") for k, v in tags_raw.items()}
     admin_ids = [*admins, *_strs(raw.get("admins"), f"{where}.admins")]
-    risk, client = int(raw.get("risk", 0)), str(raw.get("client", "127.0.0.1"))
+    risk, client = _int(raw, "risk", where, 0), str(raw.get("client", "127.0.0.1"))
     task = _task(raw.get("task"), principal, resource, scopes, now, where)
     kind = "spiffe" if principal.startswith("spiffe://") else "oidc"
     if action == "exchange":
         if "depth" in raw and not actors:
-            actors = tuple(f"spiffe://case/actor{i}" for i in range(int(raw["depth"])))
+            actors = tuple(f"spiffe://case/actor{i}" for i in range(_int(raw, "depth", where, 0)))
         return exchange_request(
             kind=str(raw.get("kind", "delegation" if actors else "hop")), principal=principal, principal_kind=kind,
             audience=resource, task=task, scopes=scopes or sorted(task.scopes), actors=actors,

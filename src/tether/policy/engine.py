@@ -135,7 +135,10 @@ class PolicyEngine:
         shadow_allowed: bool | None = None
         shadow_reasons: tuple[str, ...] = ()
         if self.mode == "shadow":
-            shadow_allowed, shadow_reasons = allowed, reasons
+            if current.full is not None:
+                shadow_allowed, shadow_reasons, _ = _evaluate(request, current.full)
+            else:
+                shadow_allowed, shadow_reasons = allowed, reasons
             allowed, reasons = True, ()
         elif current.full is not None:
             shadow_allowed, shadow_reasons, _ = _evaluate(request, current.full)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -200,7 +201,10 @@ def _cedar_files(directory: Path) -> list[Path]:
 def read_directory(directory: Path) -> dict[str, str]:
     out: dict[str, str] = {}
     for path in _cedar_files(directory):
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise PolicyLoadError([PolicyProblem(path.name, 0, f"cannot be read: {exc.strerror or exc}")]) from exc
         if len(data) > MAX_FILE_BYTES:
             raise PolicyLoadError([PolicyProblem(path.name, 0, f"file exceeds {MAX_FILE_BYTES} bytes")])
         try:
@@ -214,10 +218,23 @@ def load_directory(directory: Path) -> PolicyVersion:
     return load_texts(read_directory(directory))
 
 
-def directory_fingerprint(directory: Path) -> tuple[Any, ...]:
-    """Changes whenever a ``.cedar`` file is added, removed, renamed or rewritten."""
+_RACY_NS = 2_000_000_000
+
+
+def directory_fingerprint(directory: Path, *, now_ns: int | None = None) -> tuple[Any, ...]:
+    """Changes whenever a ``.cedar`` file is added, removed, renamed or rewritten.
+
+    Name, modification time and size identify a file; a file modified in the last two
+    seconds is also identified by its content hash, because an edit within one timestamp
+    tick that keeps the size would otherwise go unseen (git's "racy" rule).
+    """
+    now_ns = time.time_ns() if now_ns is None else now_ns
     try:
-        entries = [(p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in _cedar_files(directory)]
+        entries = []
+        for path in _cedar_files(directory):
+            stat = path.stat()
+            digest = hashlib.sha256(path.read_bytes()).hexdigest() if now_ns - stat.st_mtime_ns < _RACY_NS else ""
+            entries.append((path.name, stat.st_mtime_ns, stat.st_size, digest))
         return (directory.stat().st_mtime_ns, tuple(entries))
     except (OSError, PolicyLoadError):
         return ("missing",)

@@ -55,7 +55,11 @@ class TetherMiddleware:
         try:
             client = scope.get("client")
             principal = await self.verifier.verify(
-                method=scope["method"], path=wire_path, headers=Headers(scope=scope), client=client[0] if client else None
+                method=scope["method"],
+                path=wire_path,
+                route_path=path,
+                headers=Headers(scope=scope),
+                client=client[0] if client else None,
             )
         except (TetherError, StoreError) as exc:
             await error_response(exc, resource=True, algs=self.verifier.settings.dpop_algs)(scope, receive, send)

@@ -141,8 +141,16 @@ class Verifier:
         }
 
     async def verify(
-        self, *, method: str, path: str, headers: Headers | Mapping[str, str], client: str | None = None
+        self,
+        *,
+        method: str,
+        path: str,
+        headers: Headers | Mapping[str, str],
+        client: str | None = None,
+        route_path: str | None = None,
     ) -> Principal:
+        """Verify one request. ``path`` is the path as sent (for ``htu``); ``route_path`` is the
+        decoded path the application routes on, which the ``call`` policy must see (default: ``path``)."""
         hdrs = headers if isinstance(headers, Headers) else Headers(headers=dict(headers))
         if "authorization" not in hdrs:
             raise MissingToken("an access token is required")
@@ -177,7 +185,7 @@ class Verifier:
             self.feed.check(jti=claims.jti, task=claims.txn, now=now)
         principal = Principal.from_token(claims)
         if self.policy is not None:
-            self.authorize_call(principal, method=method, path=path, client=client, now=now)
+            self.authorize_call(principal, method=method, path=route_path or path, client=client, now=now)
         return principal
 
     def authorize_call(self, principal: Principal, *, method: str, path: str, client: str | None, now: float) -> None:

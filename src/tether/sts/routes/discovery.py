@@ -102,6 +102,7 @@ async def _feed(ctx: StsContext, cursor: int, heartbeat: float) -> AsyncIterator
             yield f"id: {entry.seq}\nevent: revocation\ndata: {json.dumps(entry.as_json())}\n\n".encode()
         if len(entries) == 1000:
             continue
+        ctx.policy.refresh()  # so an idle STS still announces a policy set changed on disk
         beat = {"cursor": cursor, "time": ctx.now(), "policy_version": ctx.policy.version}
         yield f"event: heartbeat\ndata: {json.dumps(beat)}\n\n".encode()
         await ctx.store.wait_for_revocations(since=generation, timeout=heartbeat)
