@@ -13,8 +13,10 @@ would have done.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,11 +60,21 @@ class Decision:
         return record
 
 
-def _evaluate(request: PolicyRequest, policy_set: Any) -> tuple[bool, tuple[str, ...], tuple[str, ...]]:
-    result = cedarpy.is_authorized(request.cedar(), policy_set, request.entities)
+_CACHE_SIZE = 8192
+
+
+def _evaluate(cedar_request: dict[str, Any], entities: Any, policy_set: Any) -> tuple[bool, tuple[str, ...], tuple[str, ...]]:
+    result = cedarpy.is_authorized(cedar_request, policy_set, entities)
     errors = tuple(str(e) for e in result.diagnostics.errors)
     allowed = result.decision == cedarpy.Decision.Allow and not errors
     return allowed, tuple(result.diagnostics.reasons), errors
+
+
+def _reduced(request: PolicyRequest, attributes: frozenset[str] | None) -> dict[str, Any]:
+    cedar = request.cedar()
+    if attributes is not None:
+        cedar["context"] = {k: v for k, v in request.context.items() if k in attributes}
+    return cedar
 
 
 class PolicyEngine:
@@ -75,8 +87,10 @@ class PolicyEngine:
         self.last_error: PolicyLoadError | None = None
         self._fingerprint: tuple[Any, ...] | None = None
         self._lock = threading.Lock()
+        self._cache: OrderedDict[str, Decision] = OrderedDict()
         self.decisions = 0
         self.denials = 0
+        self.cache_hits = 0
         if directory is not None:
             self.refresh()
 
@@ -115,6 +129,7 @@ class PolicyEngine:
         changed = self.current is None or self.current.version != version.version
         self.current = version
         self.last_error = None
+        self._cache = OrderedDict()
         if changed:
             log.info(
                 "policy set %s loaded: %d policies (%d shadow)", version.version, len(version.policies), len(version.shadow_ids)
@@ -127,22 +142,42 @@ class PolicyEngine:
 
     # -- deciding -----------------------------------------------------------------
     def authorize(self, request: PolicyRequest) -> Decision:
+        """Decide ``request``; identical requests under one policy version share a cached decision.
+
+        Cedar evaluation is a pure function of the policy set, the request and the entities,
+        and the cache key holds all three (the context reduced to what policies read), so a
+        cached decision is exactly the one Cedar would compute again.
+        """
         self.refresh()
         current = self.current
         if current is None:
             raise PolicyUnavailable(f"no valid policy set is loaded: {self.last_error}")
-        allowed, reasons, errors = _evaluate(request, current.enforced)
+        cedar_request = _reduced(request, current.context_attributes)
+        key = current.version + self.mode + json.dumps([cedar_request, request.entities], sort_keys=True)
+        decision = self._cache.get(key)
+        if decision is None:
+            decision = self._decide(current, cedar_request, request.entities)
+            self._cache[key] = decision
+            if len(self._cache) > _CACHE_SIZE:
+                self._cache.popitem(last=False)
+        else:
+            self.cache_hits += 1
+        self._account(request, decision)
+        return decision
+
+    def _decide(self, current: PolicyVersion, cedar_request: dict[str, Any], entities: Any) -> Decision:
+        allowed, reasons, errors = _evaluate(cedar_request, entities, current.enforced)
         shadow_allowed: bool | None = None
         shadow_reasons: tuple[str, ...] = ()
         if self.mode == "shadow":
             if current.full is not None:
-                shadow_allowed, shadow_reasons, _ = _evaluate(request, current.full)
+                shadow_allowed, shadow_reasons, _ = _evaluate(cedar_request, entities, current.full)
             else:
                 shadow_allowed, shadow_reasons = allowed, reasons
             allowed, reasons = True, ()
         elif current.full is not None:
-            shadow_allowed, shadow_reasons, _ = _evaluate(request, current.full)
-        decision = Decision(
+            shadow_allowed, shadow_reasons, _ = _evaluate(cedar_request, entities, current.full)
+        return Decision(
             allowed=allowed,
             version=current.version,
             determining=reasons,
@@ -151,11 +186,16 @@ class PolicyEngine:
             shadow_allowed=shadow_allowed,
             shadow_determining=shadow_reasons,
         )
+
+    def _account(self, request: PolicyRequest, decision: Decision) -> None:
         self.decisions += 1
-        if not allowed:
+        if not decision.allowed:
             self.denials += 1
-        if errors:
-            log.error("policy evaluation error (denied, fail closed) for %s: %s", request.describe(), "; ".join(errors))
-        if shadow_allowed is False and allowed:
-            log.warning("shadow policy would deny %s: %s", request.describe(), ", ".join(shadow_reasons) or "no permit")
-        return decision
+        if decision.errors:
+            log.error(
+                "policy evaluation error (denied, fail closed) for %s: %s", request.describe(), "; ".join(decision.errors)
+            )
+        if decision.shadow_allowed is False and decision.allowed:
+            log.warning(
+                "shadow policy would deny %s: %s", request.describe(), ", ".join(decision.shadow_determining) or "no permit"
+            )

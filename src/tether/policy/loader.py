@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ __all__ = [
     "PolicyLoadError",
     "PolicyProblem",
     "PolicyVersion",
+    "context_attributes",
     "directory_fingerprint",
     "load_directory",
     "load_texts",
@@ -75,6 +77,8 @@ class PolicyVersion:
     enforced: Any  # cedarpy.PolicySet of non-shadow policies
     full: Any  # cedarpy.PolicySet of every policy (None when there are no shadow policies)
     sources: Mapping[str, str] = field(default_factory=dict)
+    #: context attributes any policy reads (``None``: a policy uses ``context`` as a whole)
+    context_attributes: frozenset[str] | None = None
 
     @property
     def shadow_ids(self) -> tuple[str, ...]:
@@ -182,7 +186,33 @@ def load_texts(files: Mapping[str, str]) -> PolicyVersion:
         enforced=_policy_set(enforced),
         full=_policy_set(full) if len(full) != len(enforced) else None,
         sources=dict(files),
+        context_attributes=context_attributes(list(full.values())),
     )
+
+
+def context_attributes(node: Any) -> frozenset[str] | None:
+    """Every ``context.x`` / ``context has x`` a policy EST reads; ``None`` if ``context`` is used whole.
+
+    Passing only these to Cedar makes evaluation cheaper and decisions cacheable, and
+    cannot change a decision: an attribute no policy reads cannot affect one.
+    """
+    found: set[str] = set()
+
+    def walk(value: Any, parent_reads_attr: bool) -> bool:
+        if isinstance(value, dict):
+            for op in (".", "has"):
+                body = value.get(op)
+                if isinstance(body, dict) and body.get("left") == {"Var": "context"} and isinstance(body.get("attr"), str):
+                    found.add(body["attr"])
+                    return True
+            if value == {"Var": "context"} and not parent_reads_attr:
+                return False
+            return all(walk(v, False) for v in value.values())
+        if isinstance(value, list):
+            return all(walk(v, False) for v in value)
+        return True
+
+    return frozenset(found) if walk(node, False) else None
 
 
 def _policy_set(policies: Mapping[str, Any]) -> Any:
@@ -231,10 +261,14 @@ def directory_fingerprint(directory: Path, *, now_ns: int | None = None) -> tupl
     now_ns = time.time_ns() if now_ns is None else now_ns
     try:
         entries = []
-        for path in _cedar_files(directory):
-            stat = path.stat()
-            digest = hashlib.sha256(path.read_bytes()).hexdigest() if now_ns - stat.st_mtime_ns < _RACY_NS else ""
-            entries.append((path.name, stat.st_mtime_ns, stat.st_size, digest))
-        return (directory.stat().st_mtime_ns, tuple(entries))
-    except (OSError, PolicyLoadError):
+        with os.scandir(directory) as listing:
+            for entry in listing:
+                if not entry.name.endswith(".cedar"):
+                    continue
+                stat = entry.stat()
+                recent = now_ns - stat.st_mtime_ns < _RACY_NS
+                digest = hashlib.sha256(Path(entry.path).read_bytes()).hexdigest() if recent else ""
+                entries.append((entry.name, stat.st_mtime_ns, stat.st_size, digest))
+        return (os.stat(directory).st_mtime_ns, tuple(sorted(entries)))
+    except OSError:
         return ("missing",)
