@@ -386,3 +386,13 @@ def test_purge_keeps_everything_still_live(kind: str, tmp_path: Path) -> None:
         assert await store.spend("live-mark", until=int(NOW) + 2000, now=NOW + 1000)
 
     run(kind, tmp_path, body)
+
+
+def test_policy_versions_are_recorded_once(kind: str, tmp_path: Path) -> None:
+    async def body(store: Store) -> None:
+        assert await store.record_policy_version("v1", {"a.cedar": "permit(principal, action, resource);"}, now=NOW)
+        assert not await store.record_policy_version("v1", {"a.cedar": "changed"}, now=NOW + 1)
+        assert await store.record_policy_version("v2", {}, now=NOW + 2)
+        assert await store.policy_versions(limit=10) == [("v2", NOW + 2), ("v1", NOW)]
+
+    run(kind, tmp_path, body)

@@ -11,6 +11,7 @@ within a small skew and a bounded lifetime; a DPoP proof for this method and URL
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ from tether.rules.jws import JWSError, PublicKey, peek_header
 from tether.web.dpop_request import authorization, dpop_header
 
 __all__ = ["MissingToken", "ResourceSettings", "Verifier"]
+
+log = logging.getLogger("tether.resource")
 
 
 class MissingToken(InvalidToken):
@@ -210,6 +213,14 @@ class Verifier:
         decision = self.policy.authorize(request)
         self.last_decision = decision
         if not decision.allowed:
+            log.info(
+                "call denied by policy %s (%s): %s %s by %s",
+                decision.version,
+                ", ".join(decision.determining) or "no permit",
+                method,
+                path[:200],
+                principal.actor or principal.client_id,
+            )
             raise AccessDenied(
                 "denied by policy", debug=f"policy {decision.version}: {', '.join(decision.determining) or 'no permit'}"
             )

@@ -10,7 +10,7 @@ conformance suite (``tests/store``). Any method may raise ``StoreUnavailable``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from tether.audit.chain import AuditEvent, AuditRecord
@@ -115,6 +115,15 @@ class Store(Protocol):
 
     async def purge_expired(self, *, now: float) -> None:
         """Drop single-use marks, replay entries and feed entries that can no longer matter."""
+        ...
+
+    # -- policy versions --------------------------------------------------------
+    async def record_policy_version(self, version: str, files: Mapping[str, str], *, now: float) -> bool:
+        """Remember a loaded policy set (first load wins); True if it was new."""
+        ...
+
+    async def policy_versions(self, *, limit: int) -> list[tuple[str, float]]:
+        """``(version, first loaded at)``, newest first."""
         ...
 
     # -- audit --------------------------------------------------------------------

@@ -59,6 +59,8 @@ class Runtime(Protocol):
 
     async def reload_keys(self) -> None: ...
 
+    async def record_policy(self) -> None: ...
+
 
 def create_app(runtime: Runtime, *, upkeep: bool = True) -> Starlette:
     async def expire() -> None:
@@ -72,7 +74,7 @@ def create_app(runtime: Runtime, *, upkeep: bool = True) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.ctx = await runtime.start()
-        periodic = ((5, runtime.reload_keys), (15, expire), (60, purge))
+        periodic = ((5, runtime.reload_keys), (5, runtime.record_policy), (15, expire), (60, purge))
         jobs = [asyncio.create_task(_every(seconds, job)) for seconds, job in periodic] if upkeep else []
         try:
             yield

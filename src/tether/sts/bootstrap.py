@@ -12,6 +12,7 @@ from __future__ import annotations
 import httpx
 from starlette.applications import Starlette
 
+from tether.audit.chain import AuditEvent
 from tether.clock import Clock, SystemClock
 from tether.config import Config
 from tether.errors import ConfigError
@@ -42,6 +43,8 @@ class Sts:
         self._store = store
         self._ctx: StsContext | None = None
         self._http: httpx.AsyncClient | None = None
+        self._recorded_policy: str | None = None
+        self._refused_policy: list[str] = []
         self.app: Starlette = create_app(self, upkeep=upkeep)
 
     @property
@@ -79,6 +82,7 @@ class Sts:
             clock=self.clock,
             policy=self.policy,
         )
+        await self.record_policy()
         return self._ctx
 
     async def _keyring(self, store: Store) -> KeyRing:
@@ -92,6 +96,24 @@ class Sts:
     async def reload_keys(self) -> None:
         ctx = self.ctx
         ctx.keyring = await load_keyring(ctx.store, self.master_key, now=ctx.now())
+
+    async def record_policy(self) -> None:
+        """Store and audit each policy set loaded (once per version) and each set refused."""
+        ctx = self.ctx
+        ctx.policy.refresh()
+        current, error = ctx.policy.current, ctx.policy.last_error
+        if current is not None and current.version != self._recorded_policy:
+            if await ctx.store.record_policy_version(current.version, current.sources, now=ctx.now()):
+                detail = {"version": current.version, "policies": len(current.policies), "shadow": list(current.shadow_ids)}
+                await ctx.store.append_audit(AuditEvent(kind="policy.loaded", outcome="ok", detail=detail), now=ctx.now())
+            self._recorded_policy = current.version
+        problems = [str(p) for p in error.problems[:10]] if error is not None else []
+        if problems and problems != self._refused_policy:
+            detail = {"kept_version": current.version if current else None, "problems": problems}
+            await ctx.store.append_audit(
+                AuditEvent(kind="policy.refused", outcome="refused", error="invalid_policy", detail=detail), now=ctx.now()
+            )
+        self._refused_policy = problems
 
     async def stop(self) -> None:
         if self._http is not None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -398,6 +398,22 @@ class PostgresRedisStore:
     async def wait_for_revocations(self, *, since: int, timeout: float) -> bool:
         self.cache.listen(self._notifier.notify)
         return await self._notifier.wait(since, timeout)
+
+    # -- policy versions --------------------------------------------------------
+    async def record_policy_version(self, version: str, files: Mapping[str, str], *, now: float) -> bool:
+        async with self._conn() as conn:
+            cur = await conn.execute(
+                "INSERT INTO policy_versions (version, loaded_at, files) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                (version, now, json.dumps(dict(files), sort_keys=True)),
+            )
+            return cur.rowcount == 1
+
+    async def policy_versions(self, *, limit: int) -> list[tuple[str, float]]:
+        async with self._conn() as conn:
+            cur = await conn.execute(
+                "SELECT version, loaded_at FROM policy_versions ORDER BY loaded_at DESC LIMIT %s", (limit,)
+            )
+            return [(str(r[0]), float(r[1])) for r in await cur.fetchall()]
 
     # -- audit --------------------------------------------------------------------
     async def append_audit(self, event: AuditEvent, *, now: float) -> AuditRecord:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -379,6 +379,24 @@ class SqliteStore:
 
     async def wait_for_revocations(self, *, since: int, timeout: float) -> bool:
         return await self._revocations.wait(since, timeout)
+
+    # -- policy versions --------------------------------------------------------
+    async def record_policy_version(self, version: str, files: Mapping[str, str], *, now: float) -> bool:
+        def q(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "INSERT INTO policy_versions (version, loaded_at, files) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                (version, now, json.dumps(dict(files), sort_keys=True)),
+            )
+            return cur.rowcount == 1
+
+        return await self._db.run(q)
+
+    async def policy_versions(self, *, limit: int) -> list[tuple[str, float]]:
+        def q(conn: sqlite3.Connection) -> list[tuple[str, float]]:
+            rows = conn.execute("SELECT version, loaded_at FROM policy_versions ORDER BY loaded_at DESC LIMIT ?", (limit,))
+            return [(str(r[0]), float(r[1])) for r in rows.fetchall()]
+
+        return await self._db.run(q)
 
     # -- audit --------------------------------------------------------------------
     async def append_audit(self, event: AuditEvent, *, now: float) -> AuditRecord:
