@@ -311,6 +311,13 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None, env: Mapping[str
             except ValueError as exc:
                 raise ConfigError(f"clients[{i}].jwks", f"must be a json web key set: {exc}") from exc
         clients.append(ClientConfig(client_id, file_or_none(row.get("jwks_file"), f"clients[{i}].jwks_file"), jwks))
+    domain_names = {d.name for d in domains}
+    for i, registered in enumerate(clients):
+        if spiffe_trust_domain(registered.client_id) in domain_names:
+            raise ConfigError(
+                f"clients[{i}].client_id",
+                "must not be a spiffe id of a configured trust domain (its assertions would also look like JWT-SVIDs)",
+            )
     resources = []
     for i, raw_row in enumerate(_list(data, "resources")):
         row = _table("resources", i, raw_row, {"uri", "principals", "tags"}, {"uri", "principals"})
