@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tether.errors import ConfigError, OAuthError
+from tether.gateway.routes import GatewayRoute, parse_routes
 from tether.identity.jwks_cache import parse_jwks
 from tether.rules.dpop import DEFAULT_DPOP_ALGS
 from tether.rules.jws import ASYMMETRIC_ALGS
@@ -59,6 +60,16 @@ _SCALARS: dict[str, dict[str, tuple[type, Any]]] = {
     "admin": {"principals": (list, ["spiffe://tether.local/admin"]), "scope": (str, "tether:admin")},
     "dev": {"trust_domain": (str, "")},
     "policy": {"dir": (str, "policies"), "mode": (str, "enforce"), "publish": (bool, True)},
+    "gateway": {
+        "url": (str, "http://127.0.0.1:8710"),
+        "host": (str, "127.0.0.1"),
+        "port": (int, 8710),
+        "suspend_after_refusals": (int, 10),
+        "refusal_window": (int, 60),
+        "suspend_on_cap": (bool, True),
+        "stale_after": (int, 10),
+        "secret_cache_seconds": (int, 30),
+    },
     "postgres": {"dsn": (str, "")},
     "redis": {"url": (str, ""), "prefix": (str, "tether")},
 }
@@ -108,6 +119,7 @@ class Config:
     oidc_issuers: tuple[OidcIssuerConfig, ...] = ()
     clients: tuple[ClientConfig, ...] = ()
     resources: tuple[ResourceConfig, ...] = ()
+    routes: tuple[GatewayRoute, ...] = ()
     base_dir: Path = field(default_factory=Path.cwd)
 
     def get(self, section: str, key: str) -> Any:
@@ -240,7 +252,7 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None, env: Mapping[str
                 out[k] = _typed(dotted, raw.get(k, default), kind)
         if section:
             for k in raw:
-                if k not in keys:
+                if k not in keys and (section, k) != ("gateway", "routes"):
                     raise ConfigError(f"{section}.{k}", "unknown key")
         values[section] = out
     for k in data:
@@ -331,6 +343,10 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None, env: Mapping[str
             raise ConfigError(f"resources[{i}].principals", "must list principals")
         tags = tuple(_typed(f"resources[{i}].tags", row.get("tags", []), list))
         resources.append(ResourceConfig(uri, principals, tags))
+    gateway_raw = data.get("gateway", {})
+    routes = parse_routes(gateway_raw.get("routes") if isinstance(gateway_raw, dict) else None)
+    if routes:
+        _issuer_uri(values["gateway"]["url"], "gateway.url")
     return Config(
         path=path,
         values=values,
@@ -338,6 +354,7 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None, env: Mapping[str
         oidc_issuers=tuple(issuers),
         clients=tuple(clients),
         resources=tuple(resources),
+        routes=routes,
         base_dir=base,
     )
 

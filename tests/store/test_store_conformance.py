@@ -396,3 +396,70 @@ def test_policy_versions_are_recorded_once(kind: str, tmp_path: Path) -> None:
         assert await store.policy_versions(limit=10) == [("v2", NOW + 2), ("v1", NOW)]
 
     run(kind, tmp_path, body)
+
+
+# -- vault and counters ---------------------------------------------------------------------------
+def test_vault_put_rotate_list_delete(kind: str, tmp_path: Path) -> None:
+    async def body(store: Store) -> None:
+        first = await store.vault_put("crm", b"sealed-1", now=NOW, audit=EVENT)
+        assert (first.version, first.created_at) == (1, NOW)
+        rotated = await store.vault_put("crm", b"sealed-2", now=NOW + 5, audit=EVENT)
+        assert (rotated.version, rotated.created_at, rotated.updated_at, rotated.sealed) == (2, NOW, NOW + 5, b"sealed-2")
+        await store.vault_put("billing", b"sealed-b", now=NOW, audit=EVENT)
+        assert [e.name for e in await store.vault_list()] == ["billing", "crm"]
+        assert await store.vault_delete("crm", now=NOW, audit=EVENT)
+        assert not await store.vault_delete("crm", now=NOW, audit=EVENT)
+        assert await store.vault_get("crm") is None
+        got = await store.vault_get("billing")
+        assert got is not None and got.sealed == b"sealed-b"
+
+    run(kind, tmp_path, body)
+
+
+def test_rewrap_sealed_touches_every_blob_in_one_step(kind: str, tmp_path: Path) -> None:
+    from tether.keys.keyring import rotate_signing_key
+
+    async def body(store: Store) -> None:
+        await store.vault_put("a", b"A", now=NOW, audit=EVENT)
+        await store.vault_put("b", b"B", now=NOW, audit=EVENT)
+        key = await rotate_signing_key(store, secrets.token_bytes(32), alg="ES256", now=int(NOW), max_token_lifetime=300)
+        seen: list[tuple[str, str]] = []
+
+        def rewrap(blob_kind: str, ident: str, blob: bytes) -> bytes:
+            seen.append((blob_kind, ident))
+            return blob + b"!"
+
+        assert await store.rewrap_sealed(rewrap, now=NOW, audit=EVENT) == 3
+        assert sorted(seen) == [("key", key.kid), ("vault", "a"), ("vault", "b")]
+        got = await store.vault_get("a")
+        assert got is not None and got.sealed == b"A!"
+        keys = await store.signing_keys(now=NOW)
+        assert keys[0].sealed_private.endswith(b"!")
+
+        def failing(blob_kind: str, ident: str, blob: bytes) -> bytes:
+            if ident == "b":
+                raise RuntimeError("wrong old key")
+            return blob + b"?"
+
+        with pytest.raises(RuntimeError):
+            await store.rewrap_sealed(failing, now=NOW, audit=EVENT)
+        unchanged = await store.vault_get("a")
+        assert unchanged is not None and unchanged.sealed == b"A!", "a failed rewrap must change nothing"
+
+    run(kind, tmp_path, body)
+
+
+def test_counters_count_within_their_window(kind: str, tmp_path: Path) -> None:
+    async def body(store: Store) -> None:
+        now = time.time()
+        values = [await store.count("gw:r:t", until=int(now) + 60, now=now) for _ in range(3)]
+        assert values == [1, 2, 3]
+        assert await store.count("gw:r:other", until=int(now) + 60, now=now) == 1
+        raced = await _race(25, lambda i: store.count("gw:race", until=int(now) + 60, now=now))
+        assert sorted(raced) == list(range(1, 26))
+        first = await store.first_seen("session:t", now=now, until=int(now) + 60)
+        assert first == pytest.approx(now, abs=1e-3)
+        again = await store.first_seen("session:t", now=now + 30, until=int(now) + 90)
+        assert again == pytest.approx(now, abs=1e-3)
+
+    run(kind, tmp_path, body)

@@ -10,12 +10,12 @@ conformance suite (``tests/store``). Any method may raise ``StoreUnavailable``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from tether.audit.chain import AuditEvent, AuditRecord
 from tether.model import Task, TaskState
-from tether.store.records import BlockKind, IssuedToken, LookupResult, Revocation, StoredKey
+from tether.store.records import BlockKind, IssuedToken, LookupResult, Revocation, StoredKey, VaultEntry
 
 __all__ = ["Store"]
 
@@ -115,6 +115,34 @@ class Store(Protocol):
 
     async def purge_expired(self, *, now: float) -> None:
         """Drop single-use marks, replay entries and feed entries that can no longer matter."""
+        ...
+
+    # -- vault --------------------------------------------------------------------
+    async def vault_put(self, name: str, sealed: bytes, *, now: float, audit: AuditEvent) -> VaultEntry:
+        """Store or replace (rotate) a sealed secret; the version goes up on each replacement."""
+        ...
+
+    async def vault_get(self, name: str) -> VaultEntry | None: ...
+
+    async def vault_list(self) -> list[VaultEntry]: ...
+
+    async def vault_delete(self, name: str, *, now: float, audit: AuditEvent) -> bool: ...
+
+    async def rewrap_sealed(self, rewrap: Callable[[str, str, bytes], bytes], *, now: float, audit: AuditEvent) -> int:
+        """Re-seal every sealed blob (vault entries ``"vault"``, signing keys ``"key"``) in one transaction.
+
+        ``rewrap(kind, id, blob)`` returns the blob wrapped under the new master key; used
+        to rotate the master key without re-entering any secret.
+        """
+        ...
+
+    # -- counters -----------------------------------------------------------------
+    async def count(self, key: str, *, until: int, now: float) -> int:
+        """Add one to a fixed-window counter that resets at ``until``; returns the new value."""
+        ...
+
+    async def first_seen(self, key: str, *, now: float, until: int) -> float:
+        """The time ``key`` was first seen (``now`` if never, remembered until ``until``)."""
         ...
 
     # -- policy versions --------------------------------------------------------

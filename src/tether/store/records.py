@@ -8,7 +8,7 @@ from typing import Any
 
 from tether.model import Task
 
-__all__ = ["BlockKind", "IssuedToken", "LookupResult", "Revocation", "RevocationKind", "StoredKey"]
+__all__ = ["BlockKind", "IssuedToken", "LookupResult", "Revocation", "RevocationKind", "StoredKey", "VaultEntry"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,17 @@ class StoredKey:
     created_at: int
     retired_at: int | None = None
     not_after: int | None = None
+
+
+@dataclass(frozen=True)
+class VaultEntry:
+    """A legacy secret, sealed under the master key; ``version`` counts rotations."""
+
+    name: str
+    sealed: bytes
+    created_at: float
+    updated_at: float
+    version: int
 
 
 @dataclass(frozen=True)

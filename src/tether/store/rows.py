@@ -8,13 +8,14 @@ from typing import Any
 
 from tether.audit.chain import AuditRecord
 from tether.model import Task, TaskState
-from tether.store.records import IssuedToken, Revocation, RevocationKind, StoredKey
+from tether.store.records import IssuedToken, Revocation, RevocationKind, StoredKey, VaultEntry
 
 __all__ = [
     "AUDIT_COLUMNS",
     "KEY_COLUMNS",
     "TASK_COLUMNS",
     "TOKEN_COLUMNS",
+    "VAULT_COLUMNS",
     "audit_from_row",
     "audit_values",
     "key_from_row",
@@ -23,6 +24,7 @@ __all__ = [
     "task_values",
     "token_from_row",
     "token_values",
+    "vault_from_row",
 ]
 
 TASK_COLUMNS = (
@@ -32,6 +34,7 @@ TASK_COLUMNS = (
 TOKEN_COLUMNS = "jti, kind, task_id, parent_jti, sub, client_id, aud, scope, jkt, iat, exp, depth, revoked_at"
 AUDIT_COLUMNS = "seq, ts, kind, outcome, principal, task, jti, error, detail, prev, hash"
 KEY_COLUMNS = "kid, alg, public_jwk, sealed_private, created_at, retired_at, not_after"
+VAULT_COLUMNS = "name, sealed, created_at, updated_at, version"
 
 
 def task_from_row(row: Sequence[Any]) -> Task:
@@ -150,6 +153,10 @@ def key_from_row(row: Sequence[Any]) -> StoredKey:
         retired_at=None if row[5] is None else int(row[5]),
         not_after=None if row[6] is None else int(row[6]),
     )
+
+
+def vault_from_row(row: Sequence[Any]) -> VaultEntry:
+    return VaultEntry(str(row[0]), bytes(row[1]), float(row[2]), float(row[3]), int(row[4]))
 
 
 def revocation_from_row(row: Sequence[Any]) -> Revocation:

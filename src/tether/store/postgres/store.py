@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -33,13 +33,14 @@ from tether.audit.chain import AuditEvent, AuditRecord, link
 from tether.model import Task, TaskState
 from tether.store.errors import AlreadySpent, Blocked, CapReached, NotFound, StoreUnavailable, TaskNotActive
 from tether.store.notify import Notifier
-from tether.store.records import BlockKind, IssuedToken, LookupResult, Revocation, RevocationKind, StoredKey
+from tether.store.records import BlockKind, IssuedToken, LookupResult, Revocation, RevocationKind, StoredKey, VaultEntry
 from tether.store.redis.cache import RedisCache
 from tether.store.rows import (
     AUDIT_COLUMNS,
     KEY_COLUMNS,
     TASK_COLUMNS,
     TOKEN_COLUMNS,
+    VAULT_COLUMNS,
     audit_from_row,
     audit_values,
     key_from_row,
@@ -48,6 +49,7 @@ from tether.store.rows import (
     task_values,
     token_from_row,
     token_values,
+    vault_from_row,
 )
 
 __all__ = ["SCHEMA_VERSION", "PostgresRedisStore", "migrations"]
@@ -398,6 +400,58 @@ class PostgresRedisStore:
     async def wait_for_revocations(self, *, since: int, timeout: float) -> bool:
         self.cache.listen(self._notifier.notify)
         return await self._notifier.wait(since, timeout)
+
+    # -- vault --------------------------------------------------------------------
+    async def vault_put(self, name: str, sealed: bytes, *, now: float, audit: AuditEvent) -> VaultEntry:
+        async with self._conn() as conn, conn.transaction():
+            cur = await conn.execute(
+                "INSERT INTO vault (name, sealed, created_at, updated_at, version) VALUES (%s, %s, %s, %s, 1)"
+                " ON CONFLICT (name) DO UPDATE SET sealed = excluded.sealed, updated_at = excluded.updated_at,"
+                f" version = vault.version + 1 RETURNING {VAULT_COLUMNS}",
+                (name, sealed, now, now),
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            await _append(conn, audit, now)
+            return vault_from_row(row)
+
+    async def vault_get(self, name: str) -> VaultEntry | None:
+        async with self._conn() as conn:
+            row = await (await conn.execute(f"SELECT {VAULT_COLUMNS} FROM vault WHERE name = %s", (name,))).fetchone()
+            return vault_from_row(row) if row else None
+
+    async def vault_list(self) -> list[VaultEntry]:
+        async with self._conn() as conn:
+            cur = await conn.execute(f"SELECT {VAULT_COLUMNS} FROM vault ORDER BY name")
+            return [vault_from_row(r) for r in await cur.fetchall()]
+
+    async def vault_delete(self, name: str, *, now: float, audit: AuditEvent) -> bool:
+        async with self._conn() as conn, conn.transaction():
+            cur = await conn.execute("DELETE FROM vault WHERE name = %s", (name,))
+            if cur.rowcount:
+                await _append(conn, audit, now)
+            return cur.rowcount == 1
+
+    async def rewrap_sealed(self, rewrap: Callable[[str, str, bytes], bytes], *, now: float, audit: AuditEvent) -> int:
+        async with self._conn() as conn, conn.transaction():
+            count = 0
+            for name, sealed in await (await conn.execute("SELECT name, sealed FROM vault FOR UPDATE")).fetchall():
+                await conn.execute("UPDATE vault SET sealed = %s WHERE name = %s", (rewrap("vault", name, bytes(sealed)), name))
+                count += 1
+            rows = await (await conn.execute("SELECT kid, sealed_private FROM signing_keys FOR UPDATE")).fetchall()
+            for kid, sealed in rows:
+                new = rewrap("key", kid, bytes(sealed))
+                await conn.execute("UPDATE signing_keys SET sealed_private = %s WHERE kid = %s", (new, kid))
+                count += 1
+            await _append(conn, AuditEvent(**{**audit.__dict__, "detail": {**audit.detail, "rewrapped": count}}), now)
+            return count
+
+    # -- counters (Redis) ---------------------------------------------------------
+    async def count(self, key: str, *, until: int, now: float) -> int:
+        return await self.cache.incr_window(key, window_ends=until)
+
+    async def first_seen(self, key: str, *, now: float, until: int) -> float:
+        return await self.cache.first_seen(key, now=now, until=until)
 
     # -- policy versions --------------------------------------------------------
     async def record_policy_version(self, version: str, files: Mapping[str, str], *, now: float) -> bool:

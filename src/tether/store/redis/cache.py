@@ -71,6 +71,19 @@ class RedisCache:
         values = await self._call(op)
         return int(values[0])
 
+    async def first_seen(self, key: str, *, now: float, until: int) -> float:
+        """``SET NX EXAT`` a timestamp, then read it: the first caller's time wins everywhere."""
+        name = f"{self.prefix}:seen:{key}"
+
+        async def op() -> Any:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.set(name, repr(float(now)).encode(), nx=True, exat=int(until))
+                pipe.get(name)
+                return await pipe.execute()
+
+        values = await self._call(op)
+        return float(values[1])
+
     async def publish_revocation(self) -> None:
         """Best effort: subscribers also re-read the feed on every heartbeat, so a lost message costs latency only."""
         try:

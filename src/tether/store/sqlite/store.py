@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,12 +17,13 @@ from tether.audit.chain import GENESIS, AuditEvent, AuditRecord, link
 from tether.model import Task, TaskState
 from tether.store.errors import AlreadySpent, Blocked, CapReached, NotFound, StoreUnavailable, TaskNotActive
 from tether.store.notify import Notifier
-from tether.store.records import BlockKind, IssuedToken, LookupResult, Revocation, RevocationKind, StoredKey
+from tether.store.records import BlockKind, IssuedToken, LookupResult, Revocation, RevocationKind, StoredKey, VaultEntry
 from tether.store.rows import (
     AUDIT_COLUMNS,
     KEY_COLUMNS,
     TASK_COLUMNS,
     TOKEN_COLUMNS,
+    VAULT_COLUMNS,
     audit_from_row,
     audit_values,
     key_from_row,
@@ -31,6 +32,7 @@ from tether.store.rows import (
     task_values,
     token_from_row,
     token_values,
+    vault_from_row,
 )
 from tether.store.sqlite.db import SCHEMA_VERSION, Database, migrate, schema_version, transaction
 
@@ -282,6 +284,7 @@ class SqliteStore:
                 conn.execute("DELETE FROM spent WHERE until <= ?", (int(now),))
                 conn.execute("DELETE FROM replay WHERE until <= ?", (int(now),))
                 conn.execute("DELETE FROM revocations WHERE exp <= ?", (int(now),))
+                conn.execute("DELETE FROM counters WHERE until <= ?", (int(now),))
 
         await self._db.run(q)
 
@@ -379,6 +382,87 @@ class SqliteStore:
 
     async def wait_for_revocations(self, *, since: int, timeout: float) -> bool:
         return await self._revocations.wait(since, timeout)
+
+    # -- vault --------------------------------------------------------------------
+    async def vault_put(self, name: str, sealed: bytes, *, now: float, audit: AuditEvent) -> VaultEntry:
+        def q(conn: sqlite3.Connection) -> VaultEntry:
+            with transaction(conn):
+                conn.execute(
+                    "INSERT INTO vault (name, sealed, created_at, updated_at, version) VALUES (?, ?, ?, ?, 1)"
+                    " ON CONFLICT (name) DO UPDATE SET sealed = excluded.sealed, updated_at = excluded.updated_at,"
+                    " version = vault.version + 1",
+                    (name, sealed, now, now),
+                )
+                row = conn.execute(f"SELECT {VAULT_COLUMNS} FROM vault WHERE name = ?", (name,)).fetchone()
+                _append(conn, audit, now)
+                return vault_from_row(row)
+
+        return await self._db.run(q)
+
+    async def vault_get(self, name: str) -> VaultEntry | None:
+        def q(conn: sqlite3.Connection) -> VaultEntry | None:
+            row = conn.execute(f"SELECT {VAULT_COLUMNS} FROM vault WHERE name = ?", (name,)).fetchone()
+            return vault_from_row(row) if row else None
+
+        return await self._db.run(q)
+
+    async def vault_list(self) -> list[VaultEntry]:
+        def q(conn: sqlite3.Connection) -> list[VaultEntry]:
+            return [vault_from_row(r) for r in conn.execute(f"SELECT {VAULT_COLUMNS} FROM vault ORDER BY name").fetchall()]
+
+        return await self._db.run(q)
+
+    async def vault_delete(self, name: str, *, now: float, audit: AuditEvent) -> bool:
+        def q(conn: sqlite3.Connection) -> bool:
+            with transaction(conn):
+                cur = conn.execute("DELETE FROM vault WHERE name = ?", (name,))
+                if cur.rowcount:
+                    _append(conn, audit, now)
+                return cur.rowcount == 1
+
+        return await self._db.run(q)
+
+    async def rewrap_sealed(self, rewrap: Callable[[str, str, bytes], bytes], *, now: float, audit: AuditEvent) -> int:
+        def q(conn: sqlite3.Connection) -> int:
+            with transaction(conn):
+                count = 0
+                for name, sealed in conn.execute("SELECT name, sealed FROM vault").fetchall():
+                    conn.execute("UPDATE vault SET sealed = ? WHERE name = ?", (rewrap("vault", name, bytes(sealed)), name))
+                    count += 1
+                for kid, sealed in conn.execute("SELECT kid, sealed_private FROM signing_keys").fetchall():
+                    new = rewrap("key", kid, bytes(sealed))
+                    conn.execute("UPDATE signing_keys SET sealed_private = ? WHERE kid = ?", (new, kid))
+                    count += 1
+                _append(conn, AuditEvent(**{**audit.__dict__, "detail": {**audit.detail, "rewrapped": count}}), now)
+                return count
+
+        return await self._db.run(q)
+
+    # -- counters -----------------------------------------------------------------
+    async def count(self, key: str, *, until: int, now: float) -> int:
+        def q(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "INSERT INTO counters (key, value, until) VALUES (?, 1, ?) ON CONFLICT (key) DO UPDATE SET"
+                " value = CASE WHEN counters.until <= ? THEN 1 ELSE counters.value + 1 END,"
+                " until = CASE WHEN counters.until <= ? THEN excluded.until ELSE counters.until END RETURNING value",
+                (key, until, int(now), int(now)),
+            ).fetchone()
+            return int(row[0])
+
+        return await self._db.run(q)
+
+    async def first_seen(self, key: str, *, now: float, until: int) -> float:
+        def q(conn: sqlite3.Connection) -> float:
+            mark = f"seen:{key}"
+            row = conn.execute(
+                "INSERT INTO counters (key, value, until) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET"
+                " value = CASE WHEN counters.until <= ? THEN excluded.value ELSE counters.value END,"
+                " until = CASE WHEN counters.until <= ? THEN excluded.until ELSE counters.until END RETURNING value",
+                (mark, float(now), until, int(now), int(now)),
+            ).fetchone()
+            return float(row[0])
+
+        return await self._db.run(q)
 
     # -- policy versions --------------------------------------------------------
     async def record_policy_version(self, version: str, files: Mapping[str, str], *, now: float) -> bool:

@@ -1,0 +1,1 @@
+"""The legacy-credential gateway: the narrow, registered bearer exception."""

@@ -1,0 +1,86 @@
+"""How a vaulted secret reaches the upstream: a header template, a query parameter or basic auth.
+
+The agent's own credentials never pass through: its ``Authorization`` and ``DPoP`` are
+dropped with the hop-by-hop headers (RFC 9110 §7.6.1) and anything named like the
+injected header or parameter, so an agent cannot smuggle a value in beside the real one.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode
+
+__all__ = ["HOP_BY_HOP", "Injection", "encodings", "forward_headers", "inject", "response_headers", "strip_query"]
+
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+     "transfer-encoding", "upgrade"}
+)  # fmt: skip
+_AGENT_CREDENTIALS = frozenset({"authorization", "dpop", "cookie", "host", "content-length", "x-api-key"})
+
+
+@dataclass(frozen=True)
+class Injection:
+    mode: str  # "header" | "query" | "basic"
+    header: str = "Authorization"
+    template: str = "Bearer {secret}"
+    query_param: str = "api_key"
+    username: str = ""
+
+    def names(self) -> frozenset[str]:
+        return frozenset({self.header.lower()}) if self.mode == "header" else frozenset()
+
+
+def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
+    tokens: set[str] = set()
+    for name, value in headers:
+        if name.lower() == "connection":
+            tokens.update(t.strip().lower() for t in value.split(","))
+    return tokens
+
+
+def forward_headers(headers: Iterable[tuple[str, str]], injection: Injection) -> list[tuple[str, str]]:
+    """The agent's headers minus hop-by-hop, credentials and anything the injection sets."""
+    pairs = list(headers)
+    drop = HOP_BY_HOP | _AGENT_CREDENTIALS | injection.names() | _connection_tokens(pairs)
+    return [(n, v) for n, v in pairs if n.lower() not in drop and not n.lower().startswith("proxy-")]
+
+
+def response_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Upstream headers minus hop-by-hop (and length: the body may be scrubbed while streamed)."""
+    pairs = list(headers)
+    drop = HOP_BY_HOP | {"content-length", "set-cookie"} | _connection_tokens(pairs)
+    return [(n, v) for n, v in pairs if n.lower() not in drop]
+
+
+def strip_query(query: str, injection: Injection) -> list[tuple[str, str]]:
+    """The agent's query parameters, minus any named like the injected one."""
+    pairs = parse_qsl(query, keep_blank_values=True)
+    return [(k, v) for k, v in pairs if not (injection.mode == "query" and k == injection.query_param)]
+
+
+def inject(
+    injection: Injection, secret: str, headers: list[tuple[str, str]], query: list[tuple[str, str]]
+) -> tuple[list[tuple[str, str]], str]:
+    """Add the secret; returns the upstream headers and the encoded query string."""
+    if injection.mode == "header":
+        headers = [*headers, (injection.header, injection.template.replace("{secret}", secret))]
+    elif injection.mode == "basic":
+        token = base64.b64encode(f"{injection.username}:{secret}".encode()).decode("ascii")
+        headers = [*headers, ("Authorization", f"Basic {token}")]
+    else:
+        query = [*query, (injection.query_param, secret)]
+    return headers, urlencode(query)
+
+
+def encodings(secret: str, injection: Injection) -> list[bytes]:
+    """Every form in which an upstream might echo the secret back (for the scrubber)."""
+    raw = secret.encode()
+    forms = {raw, urlencode({"x": secret})[2:].encode(), base64.b64encode(raw), base64.urlsafe_b64encode(raw).rstrip(b"=")}
+    if injection.mode == "basic":
+        forms.add(base64.b64encode(f"{injection.username}:{secret}".encode()))
+    if injection.mode == "header":
+        forms.add(injection.template.replace("{secret}", secret).encode())
+    return sorted((f for f in forms if len(f) >= 4), key=len, reverse=True)

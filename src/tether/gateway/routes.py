@@ -1,0 +1,158 @@
+"""Gateway routes: each one a registered bearer exception, validated like the rest of ``tether.toml``.
+
+A route names an upstream that only takes a long-lived secret, the vault entry that
+holds it, how to inject it, an allowlist and caps, and — because it is an exception to
+"no bearer secrets" — an owner, a justification and an expiry date after which it
+refuses calls. Its audience is ``{gateway.url}/routes/{name}``: a hop token for it is
+usable nowhere else.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from tether.errors import ConfigError
+from tether.gateway.allowlist import AllowRule, parse_rule
+from tether.gateway.inject import Injection
+
+__all__ = ["GatewayRoute", "days_to_expiry", "parse_routes"]
+
+_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_HEADER = re.compile(r"[A-Za-z0-9-]{1,64}")
+_KEYS = {
+    "name", "upstream", "secret", "inject", "header", "template", "query_param", "username", "allow",
+    "max_requests_per_task", "max_requests_per_second", "max_request_bytes", "max_response_bytes",
+    "max_session_seconds", "timeout", "owner", "justification", "expires", "tags",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class GatewayRoute:
+    name: str
+    upstream: str
+    secret: str
+    injection: Injection
+    allow: tuple[AllowRule, ...]
+    owner: str
+    justification: str
+    expires: dt.date
+    max_requests_per_task: int = 100
+    max_requests_per_second: int = 10
+    max_request_bytes: int = 1_048_576
+    max_response_bytes: int = 10_485_760
+    max_session_seconds: int = 900
+    timeout: float = 10.0
+    tags: tuple[str, ...] = ()
+
+    def audience(self, gateway_url: str) -> str:
+        return f"{gateway_url}/routes/{self.name}"
+
+    def expired(self, today: dt.date) -> bool:
+        return today > self.expires
+
+
+def days_to_expiry(route: GatewayRoute, today: dt.date) -> int:
+    return (route.expires - today).days
+
+
+def _positive(key: str, value: Any, default: int) -> int:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(key, "must be a positive integer")
+    return value
+
+
+def _text(key: str, value: Any, *, required: bool = True) -> str:
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or not value.strip() or not value.isprintable():
+        raise ConfigError(key, "must be non-empty printable text")
+    return value
+
+
+def _route(index: int, row: Any) -> GatewayRoute:
+    where = f"gateway.routes[{index}]"
+    if not isinstance(row, dict):
+        raise ConfigError(where, "must be a table")
+    for key in row:
+        if key not in _KEYS:
+            raise ConfigError(f"{where}.{key}", "unknown key")
+    for key in ("name", "upstream", "secret", "allow", "owner", "justification", "expires"):
+        if key not in row:
+            raise ConfigError(f"{where}.{key}", "is required (every route is a registered bearer exception)")
+    name = _text(f"{where}.name", row["name"])
+    if not _NAME.fullmatch(name):
+        raise ConfigError(f"{where}.name", "must be lower-case letters, digits and dashes")
+    upstream = _text(f"{where}.upstream", row["upstream"]).rstrip("/")
+    if not upstream.startswith(("http://", "https://")) or "?" in upstream or "#" in upstream:
+        raise ConfigError(f"{where}.upstream", "must be an http(s) url without query or fragment")
+    mode = row.get("inject", "header")
+    if mode not in ("header", "query", "basic"):
+        raise ConfigError(f"{where}.inject", "must be `header`, `query` or `basic`")
+    header = row.get("header", "Authorization")
+    template = row.get("template", "Bearer {secret}")
+    if mode == "header" and (not isinstance(header, str) or not _HEADER.fullmatch(header)):
+        raise ConfigError(f"{where}.header", "must be a header name")
+    if mode == "header" and (not isinstance(template, str) or template.count("{secret}") != 1 or not template.isprintable()):
+        raise ConfigError(f"{where}.template", "must contain `{secret}` exactly once")
+    query_param = row.get("query_param", "api_key")
+    if mode == "query" and (not isinstance(query_param, str) or not _HEADER.fullmatch(query_param)):
+        raise ConfigError(f"{where}.query_param", "must be a parameter name")
+    allow_raw = row["allow"]
+    if not isinstance(allow_raw, list) or not allow_raw:
+        raise ConfigError(f"{where}.allow", "must list at least one `METHOD /path` pattern")
+    try:
+        allow = tuple(parse_rule(str(rule)) for rule in allow_raw)
+    except ValueError as exc:
+        raise ConfigError(f"{where}.allow", str(exc)) from exc
+    expires_raw = row["expires"]
+    try:
+        expires = expires_raw if isinstance(expires_raw, dt.date) else dt.date.fromisoformat(str(expires_raw))
+    except ValueError as exc:
+        raise ConfigError(f"{where}.expires", "must be a date (YYYY-MM-DD)") from exc
+    timeout = row.get("timeout", 10)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 300:
+        raise ConfigError(f"{where}.timeout", "must be between 0 and 300 seconds")
+    tags = row.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise ConfigError(f"{where}.tags", "must be a list of strings")
+    return GatewayRoute(
+        name=name,
+        upstream=upstream,
+        secret=_text(f"{where}.secret", row["secret"]),
+        injection=Injection(
+            mode=mode,
+            header=str(header),
+            template=str(template),
+            query_param=str(query_param),
+            username=_text(f"{where}.username", row.get("username"), required=False),
+        ),
+        allow=allow,
+        owner=_text(f"{where}.owner", row["owner"]),
+        justification=_text(f"{where}.justification", row["justification"]),
+        expires=expires,
+        max_requests_per_task=_positive(f"{where}.max_requests_per_task", row.get("max_requests_per_task"), 100),
+        max_requests_per_second=_positive(f"{where}.max_requests_per_second", row.get("max_requests_per_second"), 10),
+        max_request_bytes=_positive(f"{where}.max_request_bytes", row.get("max_request_bytes"), 1_048_576),
+        max_response_bytes=_positive(f"{where}.max_response_bytes", row.get("max_response_bytes"), 10_485_760),
+        max_session_seconds=_positive(f"{where}.max_session_seconds", row.get("max_session_seconds"), 900),
+        timeout=float(timeout),
+        tags=tuple(tags),
+    )
+
+
+def parse_routes(raw: Any) -> tuple[GatewayRoute, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError("gateway.routes", "must be an array of tables ([[gateway.routes]])")
+    routes = tuple(_route(i, row) for i, row in enumerate(raw))
+    names = [r.name for r in routes]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError("gateway.routes", f"route name `{name}` is used twice")
+    return routes
