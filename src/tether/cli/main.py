@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 from pathlib import Path
 from typing import Annotated
@@ -13,6 +14,7 @@ from tether.cli import audit as audit_cli
 from tether.cli import keys as keys_cli
 from tether.cli import policy as policy_cli
 from tether.cli import task as task_cli
+from tether.cli import vault as vault_cli
 from tether.cli.common import admin_client, config_or_exit, dev_domain, errors_to_exit
 from tether.cli.demo import demo
 from tether.cli.output import console, fail, print_json, print_mapping
@@ -30,6 +32,8 @@ app.add_typer(keys_cli.app, name="keys")
 app.add_typer(task_cli.app, name="task")
 app.add_typer(audit_cli.app, name="audit")
 app.add_typer(policy_cli.app, name="policy")
+app.add_typer(vault_cli.app, name="vault")
+app.add_typer(vault_cli.master_app, name="master-key")
 app.command()(demo)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="tether.toml (default ./tether.toml)")]
@@ -82,6 +86,54 @@ def serve(
             )
         )
         console.print(f"tether STS {cfg.issuer} listening on {bind_host}:{bind_port} (kid {sts.ctx.keyring.current.kid})")
+        await server.serve()
+
+    with errors_to_exit():
+        try:
+            import uvloop
+
+            uvloop.run(run())
+        except KeyboardInterrupt:
+            pass
+
+
+@app.command()
+def gateway(
+    config: ConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="bind address")] = None,
+    port: Annotated[int | None, typer.Option(help="port")] = None,
+) -> None:
+    """Serve the legacy-credential gateway (routes from [[gateway.routes]])."""
+    import uvicorn
+
+    from tether.gateway.app import build_gateway, route_warnings
+
+    cfg = config_or_exit(config)
+    if not cfg.routes:
+        fail("no [[gateway.routes]] in the configuration", code=2)
+    bind_host = host or cfg.values["gateway"]["host"]
+    bind_port = port or cfg.values["gateway"]["port"]
+    for warning in route_warnings(cfg.routes, dt.date.today()):
+        console.print(f"[yellow]warning:[/] {warning}")
+
+    async def run() -> None:
+        gw = build_gateway(cfg)
+        await gw.start()
+        server = uvicorn.Server(
+            uvicorn.Config(
+                gw.app,
+                host=bind_host,
+                port=bind_port,
+                loop="none",
+                http="httptools",
+                log_level="warning",
+                access_log=False,
+                server_header=False,
+                timeout_graceful_shutdown=2,
+            )
+        )
+        console.print(f"tether gateway {cfg.values['gateway']['url']} listening on {bind_host}:{bind_port}: "
+                      + ", ".join(sorted(r.name for r in cfg.routes)))  # fmt: skip
         await server.serve()
 
     with errors_to_exit():

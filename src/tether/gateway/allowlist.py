@@ -4,8 +4,10 @@ A pattern segment ``*`` matches exactly one path segment and a final ``**`` matc
 rest (one or more segments); everything else matches literally. The path an agent
 sends is checked in the same form it will be forwarded in, and ambiguous forms are
 refused outright rather than normalised: dot-segments, empty segments, backslashes,
-encoded ``/``, ``\\`` or ``.`` and control characters (the classic proxy-allowlist
-bypasses). So what was allowed is exactly what the upstream receives.
+encoded ``/``, ``\\`` or ``.``, escapes of characters that have a plain spelling, ``;``
+path parameters (``..;/`` is a traversal to some servers) and control characters —
+the classic proxy-allowlist bypasses. So what was allowed is exactly what the upstream
+receives and decodes.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from dataclasses import dataclass
 __all__ = ["AllowRule", "PathRefused", "check_path", "is_allowed", "parse_rule"]
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_SEGMENT = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@%-]*")
+_SEGMENT = re.compile(r"[A-Za-z0-9._~!$&'()*+,=:@%-]*")
 _BAD_ESCAPES = re.compile(r"%(2[fF]|5[cC]|2[eE]|00)")
-_PATTERN_SEGMENT = re.compile(r"\*\*|\*|[A-Za-z0-9._~!$&'()+,;=:@-]+")
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_PATTERN_SEGMENT = re.compile(r"\*\*|\*|[A-Za-z0-9._~!$&'()+,=:@-]+")
 
 
 class PathRefused(ValueError):
@@ -51,11 +54,24 @@ def parse_rule(text: str) -> AllowRule:
     return AllowRule(method, segments)
 
 
+def _escapes_unreserved(path: str) -> bool:
+    """An escape that decodes to an unreserved character has a plain spelling (RFC 3986 §2.3)."""
+    for match in _ESCAPE.finditer(path):
+        char = chr(int(match.group(1), 16))
+        if char.isascii() and (char.isalnum() or char in "-._~"):
+            return True
+    return False
+
+
 def check_path(path: str) -> tuple[str, ...]:
-    """The segments of a forwardable path, or ``PathRefused``."""
+    """The segments of a forwardable path, or ``PathRefused``.
+
+    Escapes are allowed only where a character cannot appear literally, so the path the
+    allowlist and the ``call`` policy see is the one the upstream will decode to.
+    """
     if not path.startswith("/") or len(path) > 2048 or not path.isascii() or not path.isprintable():
         raise PathRefused("path must be printable ascii starting with /")
-    if "\\" in path or _BAD_ESCAPES.search(path):
+    if "\\" in path or _BAD_ESCAPES.search(path) or _escapes_unreserved(path):
         raise PathRefused("path contains an ambiguous encoding")
     if path == "/":
         return ()

@@ -81,7 +81,11 @@ class Verifier:
         clock: Clock | None = None,
         replay: ReplayCache | None = None,
         keys: KeySource | None = None,
+        feed: RevocationFeed | None = None,
+        policy: PolicyEngine | None = None,
     ) -> None:
+        """``keys``, ``replay``, ``feed`` and ``policy`` can be shared by several verifiers
+        (the gateway has one per route); a shared feed is started and closed by its owner."""
         self.settings = settings
         self._own_http = http is None
         self.http = http or httpx.AsyncClient(follow_redirects=False, timeout=5.0, trust_env=False)
@@ -96,26 +100,27 @@ class Verifier:
             skew=settings.skew,
             nonce_ttl=settings.nonce_ttl,
         )
-        self.feed = (
+        self._own_feed = feed is None
+        self.feed = feed or (
             RevocationFeed(settings.issuer, self.http, stale_after=settings.stale_after, clock=self.clock)
             if settings.revocation_feed
             else None
         )
-        self.policy: PolicyEngine | None = None
+        self.policy: PolicyEngine | None = policy
         self.last_decision: Decision | None = None
-        if settings.policy_dir is not None:
+        if policy is None and settings.policy_dir is not None:
             self.policy = PolicyEngine(Path(settings.policy_dir), mode=settings.policy_mode)
-        elif settings.policy_from_sts:
+        elif policy is None and settings.policy_from_sts:
             self.policy = PolicyEngine(None, mode=settings.policy_mode)
             if self.feed is not None:
                 self.feed.on_policy_version = self._fetch_policies
 
     async def start(self) -> None:
-        if self.feed is not None:
+        if self.feed is not None and self._own_feed:
             self.feed.start()
 
     async def aclose(self) -> None:
-        if self.feed is not None:
+        if self.feed is not None and self._own_feed:
             await self.feed.aclose()
         if self._own_http:
             await self.http.aclose()

@@ -1,0 +1,158 @@
+"""``tether vault put|rotate|list|delete`` and ``tether master-key rotate``.
+
+Secret values are read from stdin or a file (``--file``), never from the command line
+(argv is visible to every user of the machine and lands in shell history); ``vault
+list`` shows names, versions and ages, never values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tether.audit.chain import AuditEvent
+from tether.cli.common import config_or_exit, errors_to_exit
+from tether.cli.output import console, fail, print_json, print_table
+from tether.config import Config
+from tether.gateway.vault import put_secret, vault_aad
+from tether.identity.dev_issuer import DevTrustDomain
+from tether.keys.sealed import MASTER_KEY_ENV, create_master_key, load_master_key, rewrap
+from tether.store.open import open_store
+from tether.store.protocol import Store
+
+__all__ = ["app", "master_app"]
+
+app = typer.Typer(no_args_is_help=True, help="Legacy secrets for the gateway, sealed under the master key.")
+master_app = typer.Typer(no_args_is_help=True, help="The master key that seals every key and secret at rest.")
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="tether.toml")]
+FileOpt = Annotated[Path | None, typer.Option("--file", help="read the value from this file instead of stdin")]
+OPERATOR = "operator:cli"
+
+
+def _read_value(file: Path | None) -> bytes:
+    if file is not None:
+        data = file.read_bytes()
+    elif sys.stdin.isatty():
+        first = getpass.getpass("secret value: ")
+        if getpass.getpass("again: ") != first:
+            fail("the two values differ", code=2)
+        data = first.encode()
+    else:
+        data = sys.stdin.buffer.read()
+    if data.endswith(b"\r\n"):
+        data = data[:-2]
+    elif data.endswith(b"\n"):
+        data = data[:-1]
+    if not data:
+        fail("empty secret value", code=2)
+    return data
+
+
+def _with_store(cfg: Config, work: Any) -> Any:
+    async def run() -> Any:
+        store = await open_store(cfg)
+        try:
+            return await work(store)
+        finally:
+            await store.aclose()
+
+    return asyncio.run(run())
+
+
+def _put(name: str, file: Path | None, config: Path | None, *, must_exist: bool) -> None:
+    cfg = config_or_exit(config)
+    value = _read_value(file)
+    with errors_to_exit():
+        master = load_master_key(cfg.master_key_file)
+
+        async def work(store: Store) -> Any:
+            if must_exist and await store.vault_get(name) is None:
+                fail(f"no vault entry `{name}` to rotate (use vault put)")
+            try:
+                return await put_secret(store, master, name, value, now=time.time(), actor=OPERATOR)
+            except ValueError as exc:
+                fail(str(exc), code=2)
+
+        entry = _with_store(cfg, work)
+    console.print(f"vault entry `{name}` stored (version {entry.version}); the value is not shown")
+
+
+@app.command()
+def put(name: str, file: FileOpt = None, config: ConfigOpt = None) -> None:
+    """Store a secret NAME, reading the value from stdin (or --file)."""
+    _put(name, file, config, must_exist=False)
+
+
+@app.command()
+def rotate(name: str, file: FileOpt = None, config: ConfigOpt = None) -> None:
+    """Replace the value of an existing secret NAME (the gateway uses it within its cache time)."""
+    _put(name, file, config, must_exist=True)
+
+
+@app.command("list")
+def list_(config: ConfigOpt = None, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Names, versions and ages — never values."""
+    cfg = config_or_exit(config)
+    with errors_to_exit():
+        entries = _with_store(cfg, lambda store: store.vault_list())
+    now = time.time()
+    rows = [{"name": e.name, "version": e.version, "age_days": round((now - e.created_at) / 86400, 1),
+             "rotated_days_ago": round((now - e.updated_at) / 86400, 1)} for e in entries]  # fmt: skip
+    if json_out:
+        print_json(rows)
+    else:
+        print_table("vault", ["name", "version", "age (days)", "last rotated (days ago)"],
+                    [(r["name"], r["version"], r["age_days"], r["rotated_days_ago"]) for r in rows])  # fmt: skip
+
+
+@app.command()
+def delete(name: str, config: ConfigOpt = None) -> None:
+    """Delete the secret NAME (routes using it then answer 502)."""
+    cfg = config_or_exit(config)
+    event = AuditEvent(kind="vault.deleted", outcome="ok", principal=OPERATOR, detail={"name": name})
+    with errors_to_exit():
+        removed = _with_store(cfg, lambda store: store.vault_delete(name, now=time.time(), audit=event))
+    if not removed:
+        fail(f"no vault entry `{name}`")
+    console.print(f"vault entry `{name}` deleted")
+
+
+@master_app.command("rotate")
+def rotate_master(
+    config: ConfigOpt = None,
+    out: Annotated[Path | None, typer.Option(help="where to write the new key (required with TETHER_MASTER_KEY)")] = None,
+) -> None:
+    """New master key: re-wrap every signing key, vault entry and the dev trust domain key (values unchanged)."""
+    cfg = config_or_exit(config)
+    from_env = bool(os.environ.get(MASTER_KEY_ENV))
+    if from_env and out is None:
+        fail(f"the master key comes from {MASTER_KEY_ENV}: give --out FILE for the new key, then update the variable", code=2)
+    target = out or cfg.master_key_file
+    staging = target.with_name(target.name + ".new")
+    with errors_to_exit():
+        old = load_master_key(cfg.master_key_file)
+        if staging.exists():
+            staging.unlink()
+        new = create_master_key(staging)
+
+        def re_seal(kind: str, ident: str, blob: bytes) -> bytes:
+            aad = vault_aad(ident) if kind == "vault" else b"issuer-key\x00" + ident.encode()
+            return rewrap(old, new, blob, aad=aad)
+
+        event = AuditEvent(kind="master_key.rotated", outcome="ok", principal=OPERATOR)
+        count = _with_store(cfg, lambda store: store.rewrap_sealed(re_seal, now=time.time(), audit=event))
+        dev = DevTrustDomain.key_path(cfg.data_dir, cfg.values["dev"]["trust_domain"] or "tether.local")
+        if dev.exists():
+            name = cfg.values["dev"]["trust_domain"] or "tether.local"
+            dev.write_bytes(rewrap(old, new, dev.read_bytes(), aad=b"dev-trust-domain\x00" + name.encode()))
+        if not from_env and target.exists():
+            os.replace(target, target.with_name(target.name + ".previous"))
+        os.replace(staging, target)
+    console.print(f"master key rotated: {count} sealed value(s) re-wrapped; new key in {target}")

@@ -1,0 +1,311 @@
+"""``tether gateway``: a reverse proxy that holds legacy secrets and injects them into checked calls.
+
+Per request, in order: the hop token and DPoP proof are verified by the resource SDK
+for the route's own audience (so the agent's token works nowhere else), the route must
+not be past its expiry date, the path must be unambiguous and in the allowlist, the
+Cedar ``call`` policy must allow it, the task must be inside the route's session
+duration, rate and per-task cap; then the vaulted secret is injected, the call is
+forwarded (no redirects followed, timeouts, size caps), and the secret is scrubbed
+from whatever comes back. Every call — allowed or refused — is audited and counted;
+a burst of refusals or a cap hit suspends the task (which revokes its tokens).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from tether.audit.chain import AuditEvent
+from tether.clock import Clock, SystemClock
+from tether.config import Config
+from tether.errors import AccessDenied, InvalidRequest, NotFoundError, OAuthError, TetherError, TooManyRequests
+from tether.gateway.allowlist import PathRefused, check_path, is_allowed
+from tether.gateway.proxy import BadGateway, Forwarded, forward
+from tether.gateway.routes import GatewayRoute, days_to_expiry
+from tether.gateway.vault import MissingSecret, SecretCache
+from tether.identity.jwks_cache import UrlKeySource
+from tether.keys.sealed import load_master_key
+from tether.model import TaskState
+from tether.policy.engine import PolicyEngine
+from tether.resource.principal import Principal
+from tether.resource.revocations import RevocationFeed
+from tether.resource.verifier import ResourceSettings, Verifier
+from tether.store.errors import NotFound, StoreError, TaskNotActive
+from tether.store.open import open_store
+from tether.store.protocol import Store
+from tether.web.errors import error_response, handle_http, handle_unexpected
+
+__all__ = ["Gateway", "build_gateway", "route_warnings"]
+
+log = logging.getLogger("tether.gateway")
+EXPIRY_WARNING_DAYS = 14
+
+
+def route_warnings(routes: tuple[GatewayRoute, ...], today: dt.date) -> list[str]:
+    """Bearer exceptions that have expired or expire within two weeks (startup and ``tether report``)."""
+    warnings = []
+    for route in routes:
+        days = days_to_expiry(route, today)
+        if days < 0:
+            warnings.append(f"route `{route.name}` (owner {route.owner}) expired on {route.expires}: it refuses every call")
+        elif days <= EXPIRY_WARNING_DAYS:
+            warnings.append(f"route `{route.name}` (owner {route.owner}) expires in {days} days ({route.expires})")
+    return warnings
+
+
+class Gateway:
+    def __init__(self, config: Config, *, clock: Clock | None = None, store: Store | None = None) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.url = str(config.values["gateway"]["url"])
+        self.routes = {route.name: route for route in config.routes}
+        self.master = load_master_key(config.master_key_file)
+        self.policy = PolicyEngine(config.policy_dir, mode=config.values["policy"]["mode"])
+        self.settings = config.values["gateway"]
+        self.metrics: Counter[tuple[str, int]] = Counter()
+        self._store = store
+        self.store: Store | None = None
+        self.verifiers: dict[str, Verifier] = {}
+        self.app = self._app()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self.store is not None:
+            return
+        self.store = self._store or await open_store(self.config)
+        self.http = httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=10.0)
+        self.upstream = httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=10.0)
+        issuer = self.config.issuer
+        keys = UrlKeySource(issuer + "/jwks", self.http, ttl=300, min_refresh=5.0)
+        stale = float(self.settings["stale_after"])
+        self.feed = RevocationFeed(issuer, self.http, stale_after=stale, clock=self.clock)
+        self.feed.start()
+        for route in self.routes.values():
+            settings = ResourceSettings(issuer=issuer, resource=route.audience(self.url), stale_after=stale, tags=route.tags)
+            self.verifiers[route.name] = Verifier(
+                settings, http=self.http, clock=self.clock, replay=self.store, keys=keys, feed=self.feed, policy=self.policy
+            )
+        self.secrets = SecretCache(self.store, self.master, ttl=float(self.settings["secret_cache_seconds"]))
+        for warning in route_warnings(tuple(self.routes.values()), dt.datetime.fromtimestamp(self.clock.now(), dt.UTC).date()):
+            log.warning("bearer exception: %s", warning)
+
+    async def stop(self) -> None:
+        if self.store is None:
+            return
+        await self.feed.aclose()
+        await self.upstream.aclose()
+        await self.http.aclose()
+        await self.store.aclose()
+        self.store = None
+
+    def _app(self) -> Starlette:
+        @contextlib.asynccontextmanager
+        async def lifespan(app: Starlette) -> AsyncIterator[None]:
+            await self.start()
+            try:
+                yield
+            finally:
+                await self.stop()
+
+        methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+        return Starlette(
+            routes=[
+                Route("/routes/{name}/{rest:path}", self.handle, methods=methods),
+                Route("/routes/{name}", self.handle, methods=methods),
+                Route("/.well-known/oauth-protected-resource/routes/{name}", self.metadata, methods=["GET"]),
+                Route("/healthz", self.health, methods=["GET"]),
+            ],
+            lifespan=lifespan,
+            exception_handlers={HTTPException: handle_http, Exception: handle_unexpected},
+        )
+
+    # -- endpoints -------------------------------------------------------------------------
+    async def metadata(self, request: Request) -> Response:
+        route = self.routes.get(request.path_params["name"])
+        if route is None:
+            return error_response(NotFoundError("no such route"))
+        return JSONResponse(self.verifiers[route.name].metadata())
+
+    async def health(self, request: Request) -> Response:
+        assert self.store is not None
+        try:
+            await self.store.ping()
+        except StoreError as exc:
+            return error_response(exc)
+        return JSONResponse({"status": "ok", "routes": sorted(self.routes)})
+
+    async def handle(self, request: Request) -> Response:
+        started = time.perf_counter()
+        name = request.path_params["name"]
+        route = self.routes.get(name)
+        if route is None:
+            return error_response(NotFoundError("no such route"))
+        raw = request.scope.get("raw_path") or request.url.path.encode()
+        wire_path = raw.decode("latin-1")
+        prefix = f"/routes/{name}"
+        upstream_path = wire_path[len(prefix) :] or "/"
+        principal: Principal | None = None
+        try:
+            principal = await self._admit(request, route, wire_path, upstream_path)
+            secret = await self.secrets.get(route.secret)
+            forwarded = await forward(
+                self.upstream,
+                route,
+                method=request.method,
+                path=upstream_path,
+                query=request.url.query,
+                headers=request.headers.items(),
+                body=request.stream(),
+                content_length=_content_length(request),
+                secret=secret,
+            )
+        except MissingSecret:
+            log.error("route %s: vault entry `%s` is missing", route.name, route.secret)
+            return await self._refused(request, route, principal, BadGateway("upstream credential unavailable"), started)
+        except (TetherError, StoreError) as exc:
+            return await self._refused(request, route, principal, exc, started)
+        assert principal is not None
+        audit = BackgroundTask(self._audit_call, route, principal, request.method, upstream_path, forwarded, started)
+        return StreamingResponse(forwarded.body, status_code=forwarded.status, headers=dict(_merge(forwarded.headers)),
+                                 background=audit)  # fmt: skip
+
+    # -- checks ----------------------------------------------------------------------------
+    async def _admit(self, request: Request, route: GatewayRoute, wire_path: str, upstream_path: str) -> Principal:
+        assert self.store is not None
+        client = request.client.host if request.client else None
+        try:
+            segments = check_path(upstream_path)
+        except PathRefused as exc:
+            raise InvalidRequest(f"path refused: {exc}") from exc
+        verifier = self.verifiers[route.name]
+        principal = await verifier.verify(method=request.method, path=wire_path, route_path=upstream_path,
+                                          headers=request.headers, client=client)  # fmt: skip
+        now = self.clock.now()
+        if route.expired(dt.datetime.fromtimestamp(now, dt.UTC).date()):
+            raise AccessDenied(f"route `{route.name}` is a bearer exception that expired on {route.expires}")
+        if not is_allowed(route.allow, request.method, segments):
+            raise AccessDenied(f"{request.method} {upstream_path[:200]} is not in the route's allowlist")
+        if principal.task is None:
+            raise AccessDenied("gateway calls must be bound to a task")
+        base = f"gw:{route.name}:{principal.task}"
+        first = await self.store.first_seen(base + ":start", now=now, until=int(now) + route.max_session_seconds + 86400)
+        if now - first > route.max_session_seconds:
+            raise AccessDenied(f"session on route `{route.name}` exceeded {route.max_session_seconds}s")
+        second = int(now)
+        if await self.store.count(f"{base}:s:{second}", until=second + 2, now=now) > route.max_requests_per_second:
+            raise TooManyRequests("rate limit exceeded", retry_after=1)
+        total = await self.store.count(base + ":total", until=int(now) + 86400 * 2, now=now)
+        if total > route.max_requests_per_task:
+            refusal = TooManyRequests(f"task reached the route's cap of {route.max_requests_per_task} calls")
+            refusal.audit["cap_hit"] = True
+            raise refusal
+        return principal
+
+    async def _refused(
+        self, request: Request, route: GatewayRoute, principal: Principal | None, exc: Exception, started: float
+    ) -> Response:
+        response = error_response(exc, resource=True, algs=self.verifiers[route.name].settings.dpop_algs)
+        self.metrics[(route.name, response.status_code)] += 1
+        if self.store is None:
+            return response
+        reason = exc.debug if isinstance(exc, OAuthError) else str(exc)
+        detail: dict[str, Any] = {
+            "route": route.name,
+            "method": request.method,
+            "path": request.url.path[:200],
+            "status": response.status_code,
+            "decision": "refused",
+            "reason": reason[:300],
+            "ms": round((time.perf_counter() - started) * 1000, 2),
+        }
+        if principal is not None:
+            detail["agent"] = principal.agent
+        with contextlib.suppress(StoreError):
+            await self.store.append_audit(
+                AuditEvent(kind="gateway.refused", outcome="refused", principal=principal.client_id if principal else None,
+                           task=principal.task if principal else None, error=_code(exc), detail=detail),
+                now=self.clock.now(),
+            )  # fmt: skip
+            if principal is not None and principal.task is not None:
+                await self._maybe_suspend(route, principal, exc)
+        return response
+
+    async def _maybe_suspend(self, route: GatewayRoute, principal: Principal, exc: Exception) -> None:
+        assert self.store is not None and principal.task is not None
+        now = self.clock.now()
+        cap_hit = isinstance(exc, OAuthError) and bool(exc.audit.get("cap_hit"))
+        limit = int(self.settings["suspend_after_refusals"])
+        window = int(self.settings["refusal_window"])
+        burst = False
+        if limit > 0 and not isinstance(exc, BadGateway):
+            refusals = await self.store.count(f"gw:refusals:{principal.task}", until=int(now) + window, now=now)
+            burst = refusals >= limit
+        if not (burst or (cap_hit and self.settings["suspend_on_cap"])):
+            return
+        reason = "cap hit" if cap_hit else f"{limit} refused calls within {window}s"
+        event = AuditEvent(kind="task.suspended", outcome="ok", principal=f"gateway:{route.name}", task=principal.task,
+                           detail={"reason": reason, "route": route.name})  # fmt: skip
+        with contextlib.suppress(NotFound, TaskNotActive):
+            await self.store.end_task(principal.task, TaskState.SUSPENDED, now=now, audit=event)
+            log.warning("task %s suspended by the gateway: %s", principal.task, reason)
+
+    async def _audit_call(self, route: GatewayRoute, principal: Principal, method: str, path: str,
+                          forwarded: Forwarded, started: float) -> None:  # fmt: skip
+        self.metrics[(route.name, forwarded.status)] += 1
+        assert self.store is not None
+        detail = {
+            "route": route.name,
+            "method": method,
+            "path": path[:200],
+            "status": forwarded.status,
+            "bytes_in": forwarded.bytes_in,
+            "bytes_out": forwarded.bytes_out,
+            "agent": principal.agent,
+            "decision": "allowed",
+            "scrubbed": forwarded.scrubbed,
+            "truncated": forwarded.truncated,
+            "ms": round((time.perf_counter() - started) * 1000, 2),
+        }
+        if forwarded.scrubbed:
+            log.warning("route %s: upstream echoed the secret %d time(s); scrubbed", route.name, forwarded.scrubbed)
+        event = AuditEvent(kind="gateway.call", outcome="ok", principal=principal.client_id, task=principal.task,
+                           jti=principal.jti, detail=detail)  # fmt: skip
+        try:
+            await self.store.append_audit(event, now=self.clock.now())
+        except StoreError as exc:
+            log.error("gateway call could not be audited: %s", exc)
+
+
+def _content_length(request: Request) -> int | None:
+    value = request.headers.get("content-length")
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def _code(exc: Exception) -> str:
+    return exc.error if isinstance(exc, OAuthError) else "temporarily_unavailable"
+
+
+def _merge(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Starlette takes a mapping: repeated upstream headers are joined (RFC 9110 §5.3)."""
+    merged: dict[str, str] = {}
+    for name, value in headers:
+        key = name.lower()
+        merged[key] = f"{merged[key]}, {value}" if key in merged else value
+    return list(merged.items())
+
+
+def build_gateway(config: Config, *, clock: Clock | None = None, store: Store | None = None) -> Gateway:
+    return Gateway(config, clock=clock, store=store)

@@ -1,0 +1,67 @@
+"""The vault: legacy secrets sealed under the master key, and a short-lived cache of opened ones.
+
+Values go in through ``put_secret`` (the CLI reads them from stdin or a file, never
+argv) and come out only inside the gateway process, to be injected upstream. The
+associated data binds each sealed value to its name, so a blob cannot be moved to
+another entry. The gateway caches an opened secret for a few seconds, so a
+``vault rotate`` takes effect within that time without a restart.
+"""
+
+from __future__ import annotations
+
+import time
+
+from tether.audit.chain import AuditEvent
+from tether.errors import TetherError
+from tether.keys.sealed import seal, unseal
+from tether.store.protocol import Store
+from tether.store.records import VaultEntry
+
+__all__ = ["MissingSecret", "SecretCache", "put_secret", "vault_aad"]
+
+MAX_SECRET_BYTES = 16 * 1024
+
+
+class MissingSecret(TetherError):
+    """A route names a vault entry that does not exist."""
+
+
+def vault_aad(name: str) -> bytes:
+    return b"vault\x00" + name.encode()
+
+
+async def put_secret(store: Store, master: bytes, name: str, value: bytes, *, now: float, actor: str) -> VaultEntry:
+    """Seal and store ``value`` under ``name`` (a second put is a rotation); the audit names, never shows."""
+    if not value or len(value) > MAX_SECRET_BYTES:
+        raise ValueError(f"a secret must be 1 to {MAX_SECRET_BYTES} bytes")
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError("a secret must be UTF-8 text") from exc
+    if not text.isprintable():
+        raise ValueError("a secret must not contain control characters (it is injected into headers)")
+    existing = await store.vault_get(name)
+    kind = "vault.rotated" if existing else "vault.put"
+    event = AuditEvent(kind=kind, outcome="ok", principal=actor, detail={"name": name, "bytes": len(value)})
+    return await store.vault_put(name, seal(master, value, aad=vault_aad(name)), now=now, audit=event)
+
+
+class SecretCache:
+    def __init__(self, store: Store, master: bytes, *, ttl: float = 30.0) -> None:
+        self._store = store
+        self._master = master
+        self._ttl = ttl
+        self._opened: dict[str, tuple[float, str]] = {}
+
+    async def get(self, name: str) -> str:
+        now = time.monotonic()
+        cached = self._opened.get(name)
+        if cached is not None and now - cached[0] < self._ttl:
+            return cached[1]
+        entry = await self._store.vault_get(name)
+        if entry is None:
+            self._opened.pop(name, None)
+            raise MissingSecret(name)
+        value = unseal(self._master, entry.sealed, aad=vault_aad(name)).decode("utf-8")
+        self._opened[name] = (now, value)
+        return value
