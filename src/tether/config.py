@@ -41,7 +41,7 @@ _SCALARS: dict[str, dict[str, tuple[type, Any]]] = {
         "store": (str, "sqlite"),
         "master_key_file": (str, ""),
     },
-    "server": {"host": (str, "127.0.0.1"), "port": (int, 8700)},
+    "server": {"host": (str, "127.0.0.1"), "port": (int, 8700), "max_inflight": (int, 64)},
     "tokens": {"session_ttl": (int, 900), "hop_ttl": (int, 300), "admin_ttl": (int, 300), "clock_skew": (int, 10)},
     "dpop": {
         "max_age": (int, 60),

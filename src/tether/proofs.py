@@ -56,6 +56,17 @@ class ProofChecker:
         return make_nonce(self._nonce_key, now=self._clock.now(), salt=os.urandom(12))
 
     async def check(self, proof: str | None, *, method: str, url: str, access_token: str | None = None) -> DPoPProof:
+        """Every check, and the proof consumed in the replay cache (accepted once)."""
+        checked, (key, until) = self.check_unconsumed(proof, method=method, url=url, access_token=access_token)
+        if not await self._replay.first_use(key, until=until, now=self._clock.now()):
+            raise InvalidDPoPProof("dpop proof has already been used", debug=f"replayed jti for jkt {checked.jkt}")
+        return checked
+
+    def check_unconsumed(
+        self, proof: str | None, *, method: str, url: str, access_token: str | None = None
+    ) -> tuple[DPoPProof, tuple[str, int]]:
+        """Every check but the replay one; returns the replay key and its expiry for the caller
+        to consume atomically with the write the proof authorises (the STS's issuance)."""
         if proof is None:
             raise InvalidDPoPProof("a dpop proof is required")
         now = self._clock.now()
@@ -74,6 +85,4 @@ class ProofChecker:
             assert nonce is not None
             raise UseDPoPNonce(nonce)
         until = int(max(checked.iat, now)) + self._max_age + self._skew + 1
-        if not await self._replay.first_use(replay_key(checked.jkt, checked.jti), until=until, now=now):
-            raise InvalidDPoPProof("dpop proof has already been used", debug=f"replayed jti for jkt {checked.jkt}")
-        return checked
+        return checked, (replay_key(checked.jkt, checked.jti), until)

@@ -19,7 +19,7 @@ import pytest
 from services import REDIS_URL, drop_schema, new_schema, require_postgres_and_redis, schema_dsn
 from tether.audit.chain import AuditEvent, first_broken
 from tether.model import Task, TaskState
-from tether.store.errors import AlreadySpent, Blocked, CapReached, NotFound, TaskNotActive
+from tether.store.errors import AlreadySpent, Blocked, CapReached, NotFound, ParentRevoked, Replayed, TaskNotActive
 from tether.store.protocol import Store
 from tether.store.records import BlockKind, IssuedToken, RevocationKind
 from tether.store.sqlite.store import SqliteStore
@@ -184,12 +184,12 @@ def test_issue_refused_for_ended_task_or_revoked_parent(kind: str, tmp_path: Pat
         parent = token(t.id)
         await store.issue_token(parent, now=NOW, spends=[], audit=EVENT)
         await store.revoke_tree(parent.jti, now=NOW, audit=EVENT)
-        with pytest.raises(TaskNotActive):
+        with pytest.raises(ParentRevoked):
             await store.issue_token(token(t.id, parent=parent.jti), now=NOW, spends=[], audit=EVENT)
         await store.end_task(t.id, TaskState.CANCELLED, now=NOW, audit=EVENT)
-        with pytest.raises(TaskNotActive):
+        with pytest.raises(TaskNotActive, match="cancelled"):
             await store.issue_token(token(t.id), now=NOW, spends=[], audit=EVENT)
-        with pytest.raises(TaskNotActive):
+        with pytest.raises(TaskNotActive, match="unknown"):
             await store.issue_token(token(task().id), now=NOW, spends=[], audit=EVENT)
 
     run(kind, tmp_path, body)
@@ -461,5 +461,28 @@ def test_counters_count_within_their_window(kind: str, tmp_path: Path) -> None:
         assert first == pytest.approx(now, abs=1e-3)
         again = await store.first_seen("session:t", now=now + 30, until=int(now) + 90)
         assert again == pytest.approx(now, abs=1e-3)
+
+    run(kind, tmp_path, body)
+
+
+def test_issue_consumes_the_proof_and_checks_blocks_in_the_same_step(kind: str, tmp_path: Path) -> None:
+    async def body(store: Store) -> None:
+        t = task()
+        await store.create_task(t, EVENT)
+        now = time.time()
+        first = token(t.id)
+        await store.issue_token(first, now=now, spends=[], audit=EVENT, replay=("proof-a", int(now) + 60))
+        with pytest.raises(Replayed):
+            await store.issue_token(token(t.id), now=now, spends=[("mark", int(now) + 600)], audit=EVENT,
+                                    replay=("proof-a", int(now) + 60))  # fmt: skip
+        # the refused issuance wrote nothing: the identity mark it carried is still unspent
+        assert await store.spend("mark", until=int(now) + 600, now=now)
+        await store.block(BlockKind.SUBJECT, "user:eve", now=now, audit=EVENT)
+        with pytest.raises(Blocked):
+            await store.issue_token(token(t.id), now=now, spends=[], audit=EVENT, principals=["user:eve"])
+        await store.issue_token(token(t.id), now=now, spends=[], audit=EVENT, replay=("proof-b", int(now) + 60),
+                                principals=["user:alice"])  # fmt: skip
+        stored = await store.get_task(t.id)
+        assert stored is not None and stored.tokens_issued == 2
 
     run(kind, tmp_path, body)

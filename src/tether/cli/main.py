@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -60,6 +61,7 @@ def serve(
     config: ConfigOpt = None,
     host: Annotated[str | None, typer.Option(help="bind address")] = None,
     port: Annotated[int | None, typer.Option(help="port")] = None,
+    workers: Annotated[int, typer.Option(help="worker processes (share state through the store)")] = 1,
 ) -> None:
     """Serve the STS (default 127.0.0.1:8700)."""
     import uvicorn
@@ -69,6 +71,16 @@ def serve(
     cfg = config_or_exit(config)
     bind_host = host or cfg.values["server"]["host"]
     bind_port = port or cfg.values["server"]["port"]
+    if workers > 1:
+        assert cfg.path is not None
+        with errors_to_exit():
+            build_sts(cfg)  # check configuration, master key and policies before forking
+        os.environ["TETHER_CONFIG"] = str(cfg.path)
+        console.print(f"tether STS {cfg.issuer} listening on {bind_host}:{bind_port} with {workers} workers")
+        uvicorn.run("tether.sts.asgi:app", factory=True, host=bind_host, port=bind_port, workers=workers,
+                    loop="uvloop", http="httptools", log_level="warning", access_log=False, server_header=False,
+                    timeout_graceful_shutdown=2)  # fmt: skip
+        return
 
     async def run() -> None:
         sts = build_sts(cfg)

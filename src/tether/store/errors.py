@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from tether.errors import TetherError
 
-__all__ = ["AlreadySpent", "Blocked", "CapReached", "Conflict", "NotFound", "StoreError", "StoreUnavailable", "TaskNotActive"]
+__all__ = [
+    "AlreadySpent",
+    "Blocked",
+    "CapReached",
+    "Conflict",
+    "NotFound",
+    "ParentRevoked",
+    "Replayed",
+    "StoreError",
+    "StoreUnavailable",
+    "TaskNotActive",
+]
 
 
 class StoreError(TetherError):
@@ -28,7 +39,15 @@ class CapReached(Conflict):
 
 
 class TaskNotActive(Conflict):
-    """The task ended (or hit its hard cap) before the write committed."""
+    """The task ended (or hit its hard cap) before the write committed; ``str()`` is its state."""
+
+
+class ParentRevoked(Conflict):
+    """The token a new one would derive from has been revoked (or never existed)."""
+
+
+class Replayed(Conflict):
+    """A single-use proof (DPoP ``jti``) was already accepted."""
 
 
 class Blocked(Conflict):

@@ -68,13 +68,18 @@ class Store(Protocol):
         now: float,
         spends: Sequence[tuple[str, int]],
         audit: AuditEvent,
+        replay: tuple[str, int] | None = None,
+        principals: Sequence[str] = (),
     ) -> None:
-        """Record an issued token atomically.
+        """Record an issued token atomically, or nothing at all.
 
-        ``spends`` are single-use keys with their expiry (identity ``jti`` marks): any
-        already spent raises ``AlreadySpent`` and nothing is written. With ``token.task_id`` the task must still be active
-        (``TaskNotActive``) and below ``max_tokens`` (``CapReached``), and its count goes
-        up by one. A revoked parent makes the child revoked at birth.
+        In the same step: ``replay`` (a DPoP proof key) must be unused (``Replayed``);
+        ``spends`` (identity ``jti`` marks) must be unspent (``AlreadySpent``); none of
+        ``principals`` may be blocked (``Blocked``); the task must still be active
+        (``TaskNotActive``, whose text is the state) and below ``max_tokens``
+        (``CapReached``), and its count goes up by one; the parent must exist unrevoked
+        (``ParentRevoked``, checked before blocks). This is the authority: callers may decide from cached task
+        definitions because every mutable fact is re-checked here.
         """
         ...
 

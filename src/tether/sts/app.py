@@ -17,6 +17,7 @@ from typing import Protocol
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from tether.store.errors import StoreUnavailable
@@ -31,6 +32,7 @@ from tether.sts.routes.discovery import (
 )
 from tether.sts.routes.tasks import block_endpoint, task_endpoint, task_transition_endpoint, tasks_endpoint
 from tether.sts.routes.token import introspect_endpoint, revoke_endpoint, token_endpoint
+from tether.web.admission import AdmissionLimit
 from tether.web.errors import handle_http, handle_unexpected
 
 __all__ = ["create_app"]
@@ -62,7 +64,7 @@ class Runtime(Protocol):
     async def record_policy(self) -> None: ...
 
 
-def create_app(runtime: Runtime, *, upkeep: bool = True) -> Starlette:
+def create_app(runtime: Runtime, *, upkeep: bool = True, max_inflight: int = 64) -> Starlette:
     async def expire() -> None:
         ctx = runtime.ctx
         await ctx.store.expire_tasks(now=ctx.now())
@@ -101,6 +103,7 @@ def create_app(runtime: Runtime, *, upkeep: bool = True) -> Starlette:
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=[Middleware(AdmissionLimit, limit=max_inflight)],
         exception_handlers={HTTPException: handle_http, Exception: handle_unexpected},
     )
     return app

@@ -45,7 +45,7 @@ class Sts:
         self._http: httpx.AsyncClient | None = None
         self._recorded_policy: str | None = None
         self._refused_policy: list[str] = []
-        self.app: Starlette = create_app(self, upkeep=upkeep)
+        self.app: Starlette = create_app(self, upkeep=upkeep, max_inflight=int(config.values["server"]["max_inflight"]))
 
     @property
     def ctx(self) -> StsContext:

@@ -19,7 +19,8 @@ from tether.errors import AccessDenied, InvalidClient, InvalidGrant, InvalidToke
 from tether.identity.checks import IdentityError
 from tether.identity.verifier import IdentityVerifier
 from tether.keys.keyring import KeyRing
-from tether.model import AccessToken, WorkloadIdentity
+from tether.lru import LruCache
+from tether.model import AccessToken, Task, WorkloadIdentity
 from tether.policy.engine import Decision, PolicyEngine
 from tether.policy.entities import PolicyRequest
 from tether.proofs import ProofChecker
@@ -64,6 +65,8 @@ class StsContext:
     policy: PolicyEngine
     risk: Callable[[str], int] = _no_risk
     stats: dict[str, int] = field(default_factory=dict)
+    verified: LruCache[str, AccessToken] = field(default_factory=lambda: LruCache(50_000))
+    tasks: LruCache[str, Task] = field(default_factory=lambda: LruCache(20_000))
 
     def now(self) -> float:
         return self.clock.now()
@@ -102,8 +105,37 @@ class StsContext:
         await self.store.append_audit(event, now=self.now())
 
     def verify_own_token(self, token: str, *, audience: str | None) -> AccessToken:
-        """A tether access token signed by a key in our JWKS (raises ``InvalidToken``)."""
+        """A tether access token signed by a key in our JWKS (raises ``InvalidToken``).
+
+        A token that verified once is remembered (bounded LRU) until it expires: an agent
+        presents the same session token for many exchanges, and re-verifying an unchanged
+        string against unchanged keys can only give the same answer. Revocation is never
+        cached: the issuance transaction checks the token's lineage every time.
+        """
         now = self.now()
+        cached = self.verified.get(token)
+        if cached is not None:
+            if now >= cached.exp:
+                raise InvalidToken("access token has expired", debug=f"exp {cached.exp} now {now}")
+            if audience is not None and cached.aud != audience:
+                raise InvalidToken("access token audience is not this resource", debug=f"aud `{cached.aud:.200}`")
+            return cached
+        claims = self._verify_own_token(token, now=now)
+        self.verified.put(token, claims)
+        if audience is not None and claims.aud != audience:
+            raise InvalidToken("access token audience is not this resource", debug=f"aud `{claims.aud:.200}`")
+        return claims
+
+    async def task(self, task_id: str) -> Task | None:
+        """A task's definition (immutable once created), cached; its state is re-checked at issuance."""
+        task = self.tasks.get(task_id)
+        if task is None:
+            task = await self.store.get_task(task_id)
+            if task is not None:
+                self.tasks.put(task_id, task)
+        return task
+
+    def _verify_own_token(self, token: str, *, now: float) -> AccessToken:
         keyring = self.keyring
 
         def resolve(header: Any) -> PublicKey:
@@ -117,7 +149,7 @@ class StsContext:
             resolve_key=resolve,
             algorithms=("ES256", "EdDSA"),
             issuer=self.settings.issuer,
-            audience=audience,
+            audience=None,
             now=now,
             skew=0,
             max_lifetime=self.settings.max_token_lifetime,

@@ -35,7 +35,7 @@ from tether.policy.entities import admin_request, exchange_request
 from tether.rules.claims import Grant, build_claims
 from tether.rules.exchange import derive_hop, derive_session
 from tether.rules.scope import check_subset, format_scope
-from tether.store.errors import AlreadySpent, CapReached, TaskNotActive
+from tether.store.errors import AlreadySpent, Blocked, CapReached, ParentRevoked, Replayed, TaskNotActive
 from tether.store.records import IssuedToken
 from tether.sts.context import StsContext, new_jti, spend_key
 from tether.sts.settings import JWT_BEARER, TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS, TOKEN_TYPE_JWT
@@ -156,50 +156,60 @@ async def exchange(ctx: StsContext, req: ExchangeRequest) -> ExchangeResult:
         raise
 
 
+@dataclass(frozen=True)
+class _Checked:
+    """What the checks before issuance established, and what the issuance must consume atomically."""
+
+    proof: DPoPProof
+    replay: tuple[str, int]
+    spends: list[tuple[str, int]]
+
+
 async def _exchange(ctx: StsContext, req: ExchangeRequest, audit: dict[str, Any]) -> ExchangeResult:
     _check_shape(req)
-    proof = await ctx.proofs.check(req.dpop, method="POST", url=ctx.settings.token_endpoint)
+    proof, replay = ctx.proofs.check_unconsumed(req.dpop, method="POST", url=ctx.settings.token_endpoint)
     if req.subject_token_type == TOKEN_TYPE_JWT:
         identity = await ctx.verify_workload(req.subject_token, as_client=False)
         audit["principal"] = identity.principal
         client = await _client(ctx, req, identity.principal)
-        spends = _spends(identity, client)
+        checked = _Checked(proof, replay, _spends(identity, client))
         if req.task is None:
-            return await _admin(ctx, req, identity, proof, spends)
-        return await _session(ctx, req, identity, proof, spends)
+            return await _admin(ctx, req, identity, checked)
+        return await _session(ctx, req, identity, checked)
     parent = ctx.verify_subject_token(req.subject_token)
     audit.update(principal=parent.client_id, task=parent.txn, subject_jti=parent.jti)
     if req.task is not None and req.task != parent.txn:
         raise InvalidRequest("`task` does not match the subject token")
-    return await _hop(ctx, req, parent, proof, audit)
+    return await _hop(ctx, req, parent, proof, replay, audit)
 
 
-async def _session(
-    ctx: StsContext, req: ExchangeRequest, identity: WorkloadIdentity, proof: DPoPProof, spends: list[tuple[str, int]]
-) -> ExchangeResult:
+async def _session(ctx: StsContext, req: ExchangeRequest, identity: WorkloadIdentity, checked: _Checked) -> ExchangeResult:
     assert req.task is not None
-    state = await ctx.store.lookup(task_id=req.task, jti=None, principals=[identity.principal])
-    if state.task is None:
+    task = await ctx.task(req.task)
+    if task is None:
         raise InvalidGrant("unknown task", debug=f"task {req.task:.64}")
-    if state.blocked:
-        raise AccessDenied("principal is blocked")
     now = int(ctx.now())
     grant = derive_session(
         identity,
-        state.task,
+        task,
         scope=req.scope,
         audience=req.audience,
         issuer=ctx.settings.issuer,
-        jkt=proof.jkt,
+        jkt=checked.proof.jkt,
         limits=ctx.settings.limits,
         now=now,
     )
-    decision = _authorize(ctx, req, grant, state.task, kind="session", principal=identity.principal)
-    return await _issue(ctx, grant, "session", state.task, depth=len(grant.actors), spends=spends, now=now, policy=decision)
+    decision = _authorize(ctx, req, grant, task, kind="session", principal=identity.principal)
+    return await _issue(ctx, grant, "session", task, checked, principals=[identity.principal], now=now, policy=decision)
 
 
 async def _hop(
-    ctx: StsContext, req: ExchangeRequest, parent: AccessToken, proof: DPoPProof, audit: dict[str, Any]
+    ctx: StsContext,
+    req: ExchangeRequest,
+    parent: AccessToken,
+    proof: DPoPProof,
+    replay: tuple[str, int],
+    audit: dict[str, Any],
 ) -> ExchangeResult:
     if parent.txn is None:
         raise InvalidGrant("subject token is not bound to a task")
@@ -212,18 +222,13 @@ async def _hop(
         if parent.jkt is None or parent.jkt != proof.jkt:
             raise InvalidDPoPProof("dpop proof key does not match the subject token binding")
         client = await _client(ctx, req, parent.client_id)
-    principals = [parent.sub, parent.agent, *parent.actors] + ([actor.principal] if actor else [])
-    state = await ctx.store.lookup(task_id=parent.txn, jti=parent.jti, principals=principals)
-    if state.token is None or state.token.revoked_at is not None:
-        raise InvalidGrant("subject token has been revoked", debug="revoked or unknown jti")
-    if state.task is None:
+    task = await ctx.task(parent.txn)
+    if task is None:
         raise InvalidGrant("unknown task")
-    if state.blocked:
-        raise AccessDenied("principal is blocked")
     now = int(ctx.now())
     grant = derive_hop(
         parent,
-        state.task,
+        task,
         scope=req.scope,
         audience=req.audience,
         issuer=ctx.settings.issuer,
@@ -234,15 +239,13 @@ async def _hop(
         audience_principals=ctx.settings.resources.get(parent.aud, frozenset()),
     )
     requester = actor.principal if actor else parent.client_id
-    decision = _authorize(ctx, req, grant, state.task, kind="delegation" if actor else "hop", principal=requester)
-    return await _issue(
-        ctx, grant, "hop", state.task, depth=len(grant.actors), spends=_spends(actor, client), now=now, policy=decision
-    )
+    decision = _authorize(ctx, req, grant, task, kind="delegation" if actor else "hop", principal=requester)
+    principals = [parent.sub, parent.agent, *parent.actors] + ([actor.principal] if actor else [])
+    checked = _Checked(proof, replay, _spends(actor, client))
+    return await _issue(ctx, grant, "hop", task, checked, principals=principals, now=now, policy=decision)
 
 
-async def _admin(
-    ctx: StsContext, req: ExchangeRequest, identity: WorkloadIdentity, proof: DPoPProof, spends: list[tuple[str, int]]
-) -> ExchangeResult:
+async def _admin(ctx: StsContext, req: ExchangeRequest, identity: WorkloadIdentity, checked: _Checked) -> ExchangeResult:
     """An admin token for the task API: only for configured admin principals, never task-bound."""
     settings = ctx.settings
     if identity.principal not in settings.admin_principals:
@@ -251,9 +254,6 @@ async def _admin(
     check_subset(scope, settings.admin_scope, what="the admin scope")
     if req.audience is not None and req.audience != settings.issuer:
         raise InvalidTarget("admin tokens are only issued for the issuer")
-    state = await ctx.store.lookup(task_id=None, jti=None, principals=[identity.principal])
-    if state.blocked:
-        raise AccessDenied("principal is blocked")
     now = int(ctx.now())
     exp = min(now + settings.admin_ttl, identity.exp)
     if exp <= now:
@@ -265,7 +265,7 @@ async def _admin(
         exp=exp,
         client_id=identity.principal,
         agent=identity.principal,
-        jkt=proof.jkt,
+        jkt=checked.proof.jkt,
         txn=None,
     )
     decision = ctx.authorize(
@@ -280,7 +280,7 @@ async def _admin(
             risk=ctx.risk(identity.principal),
         )
     )
-    return await _issue(ctx, grant, "admin", None, depth=0, spends=spends, now=now, policy=decision)
+    return await _issue(ctx, grant, "admin", None, checked, principals=[identity.principal], now=now, policy=decision)
 
 
 async def _issue(
@@ -288,12 +288,14 @@ async def _issue(
     grant: Grant,
     kind: str,
     task: Task | None,
+    checked: _Checked,
     *,
-    depth: int,
-    spends: list[tuple[str, int]],
+    principals: list[str],
     now: int,
     policy: Decision,
 ) -> ExchangeResult:
+    """Sign, then commit atomically: proof consumed, identity spent, count taken, lineage and audit written."""
+    depth = len(grant.actors)
     jti = new_jti()
     token = ctx.keyring.sign(build_claims(grant, issuer=ctx.settings.issuer, jti=jti, now=now))
     record = IssuedToken(
@@ -328,12 +330,22 @@ async def _issue(
             "policy": policy.audit(),
         },
     )
+    if task is not None:
+        principals = [*principals, task.agent, task.on_behalf_of or ""]
     try:
-        await ctx.store.issue_token(record, now=now, spends=spends, audit=event)
+        await ctx.store.issue_token(
+            record, now=now, spends=checked.spends, audit=event, replay=checked.replay, principals=principals
+        )
+    except Replayed as exc:
+        raise InvalidDPoPProof("dpop proof has already been used", debug=f"replayed jti for jkt {grant.jkt}") from exc
     except AlreadySpent as exc:
         raise InvalidGrant("workload token has already been used", debug="identity jti already redeemed") from exc
+    except Blocked as exc:
+        raise AccessDenied("principal is blocked") from exc
     except CapReached as exc:
         raise InvalidGrant("task token limit reached") from exc
     except TaskNotActive as exc:
-        raise InvalidGrant("task or subject token is no longer active", debug=str(exc)) from exc
+        raise InvalidGrant(f"task is {exc}") from exc
+    except ParentRevoked as exc:
+        raise InvalidGrant("subject token has been revoked", debug="revoked or unknown parent jti") from exc
     return ExchangeResult(access_token=token, expires_in=grant.exp - now, scope=record.scope)

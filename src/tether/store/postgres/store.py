@@ -31,7 +31,16 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from tether.audit.chain import AuditEvent, AuditRecord, link
 from tether.model import Task, TaskState
-from tether.store.errors import AlreadySpent, Blocked, CapReached, NotFound, StoreUnavailable, TaskNotActive
+from tether.store.errors import (
+    AlreadySpent,
+    Blocked,
+    CapReached,
+    NotFound,
+    ParentRevoked,
+    Replayed,
+    StoreUnavailable,
+    TaskNotActive,
+)
 from tether.store.notify import Notifier
 from tether.store.records import BlockKind, IssuedToken, LookupResult, Revocation, RevocationKind, StoredKey, VaultEntry
 from tether.store.redis.cache import RedisCache
@@ -136,9 +145,10 @@ async def _create_search_schema(conn: Conn) -> None:
 
 
 async def _is_blocked(conn: Conn, names: Sequence[str]) -> bool:
-    if not names:
+    unique = list(dict.fromkeys(n for n in names if n))
+    if not unique:
         return False
-    cur = await conn.execute("SELECT 1 FROM blocks WHERE value = ANY(%s) LIMIT 1", (list(names),))
+    cur = await conn.execute("SELECT 1 FROM blocks WHERE value = ANY(%s) LIMIT 1", (unique,))
     return await cur.fetchone() is not None
 
 
@@ -306,12 +316,28 @@ class PostgresRedisStore:
         )
 
     async def issue_token(
-        self, token: IssuedToken, *, now: float, spends: Sequence[tuple[str, int]], audit: AuditEvent
+        self,
+        token: IssuedToken,
+        *,
+        now: float,
+        spends: Sequence[tuple[str, int]],
+        audit: AuditEvent,
+        replay: tuple[str, int] | None = None,
+        principals: Sequence[str] = (),
     ) -> None:
+        if replay is not None and not await self.cache.first_use(replay[0], until=replay[1], now=now):
+            raise Replayed(replay[0])
         async with self._conn() as conn, conn.transaction():
             for key, until in spends:
                 if not await _spend(conn, key, until, now):
                     raise AlreadySpent(key)
+            if token.parent_jti is not None:
+                cur = await conn.execute("SELECT revoked_at FROM tokens WHERE jti = %s FOR SHARE", (token.parent_jti,))
+                parent = await cur.fetchone()
+                if parent is None or parent[0] is not None:
+                    raise ParentRevoked(token.parent_jti)
+            if await _is_blocked(conn, [*principals, token.sub, token.client_id]):
+                raise Blocked(token.sub)
             if token.task_id is not None:
                 cur = await conn.execute(
                     "UPDATE tasks SET tokens_issued = tokens_issued + 1"
@@ -319,19 +345,14 @@ class PostgresRedisStore:
                     (token.task_id, int(now)),
                 )
                 if cur.rowcount != 1:
-                    row = await (
-                        await conn.execute("SELECT state, expires_at FROM tasks WHERE id = %s", (token.task_id,))
-                    ).fetchone()
-                    if row is None or row[0] != "active" or row[1] <= now:
-                        raise TaskNotActive(token.task_id)
+                    sql = f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = %s"
+                    row = await (await conn.execute(sql, (token.task_id,))).fetchone()
+                    if row is None:
+                        raise TaskNotActive("unknown")
+                    state = task_from_row(row).effective_state(now)
+                    if state is not TaskState.ACTIVE:
+                        raise TaskNotActive(state.value)
                     raise CapReached(token.task_id)
-            elif await _is_blocked(conn, [token.sub, token.client_id]):
-                raise TaskNotActive(f"{token.sub} is blocked")
-            if token.parent_jti is not None:
-                cur = await conn.execute("SELECT revoked_at FROM tokens WHERE jti = %s FOR SHARE", (token.parent_jti,))
-                parent = await cur.fetchone()
-                if parent is None or parent[0] is not None:
-                    raise TaskNotActive(f"parent {token.parent_jti} revoked or unknown")
             await conn.execute(f"INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ({_marks(13)})", token_values(token))
             await _append(conn, audit, now)
 

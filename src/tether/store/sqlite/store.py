@@ -15,7 +15,16 @@ from typing import TYPE_CHECKING
 
 from tether.audit.chain import GENESIS, AuditEvent, AuditRecord, link
 from tether.model import Task, TaskState
-from tether.store.errors import AlreadySpent, Blocked, CapReached, NotFound, StoreUnavailable, TaskNotActive
+from tether.store.errors import (
+    AlreadySpent,
+    Blocked,
+    CapReached,
+    NotFound,
+    ParentRevoked,
+    Replayed,
+    StoreUnavailable,
+    TaskNotActive,
+)
 from tether.store.notify import Notifier
 from tether.store.records import BlockKind, IssuedToken, LookupResult, Revocation, RevocationKind, StoredKey, VaultEntry
 from tether.store.rows import (
@@ -67,6 +76,25 @@ def _revoke_jtis(conn: sqlite3.Connection, roots: Sequence[str], now: float) -> 
                 _publish(conn, RevocationKind.TOKEN, jti, exp, now)
             revoked.append(jti)
     return revoked
+
+
+def _first_use(conn: sqlite3.Connection, key: str, until: int, now: float) -> bool:
+    if until <= now:
+        return False
+    cur = conn.execute(
+        "INSERT INTO replay (key, until) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET until = excluded.until"
+        " WHERE replay.until <= ?",
+        (key, until, int(now)),
+    )
+    return cur.rowcount == 1
+
+
+def _is_blocked(conn: sqlite3.Connection, names: Sequence[str]) -> bool:
+    unique = list(dict.fromkeys(n for n in names if n))
+    if not unique:
+        return False
+    marks = ", ".join("?" * len(unique))
+    return conn.execute(f"SELECT 1 FROM blocks WHERE value IN ({marks}) LIMIT 1", unique).fetchone() is not None
 
 
 def _spend(conn: sqlite3.Connection, key: str, until: int, now: float) -> bool:
@@ -148,9 +176,7 @@ class SqliteStore:
     async def create_task(self, task: Task, audit: AuditEvent) -> None:
         def q(conn: sqlite3.Connection) -> None:
             with transaction(conn):
-                names = [n for n in (task.agent, task.on_behalf_of) if n]
-                marks = ", ".join("?" * len(names))
-                if conn.execute(f"SELECT 1 FROM blocks WHERE value IN ({marks}) LIMIT 1", names).fetchone():
+                if _is_blocked(conn, [task.agent, task.on_behalf_of or ""]):
                     raise Blocked(task.agent)
                 conn.execute(f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({', '.join('?' * 14)})", task_values(task))
                 _append(conn, audit, task.created_at)
@@ -230,13 +256,10 @@ class SqliteStore:
                 if jti is not None
                 else None
             )
-            names = list(dict.fromkeys(principals))
+            names = list(principals)
             if task_row is not None:
-                names += [n for n in (task_row[1], task_row[2]) if n and n not in names]
-            blocked = False
-            if names:
-                marks = ", ".join("?" * len(names))
-                blocked = conn.execute(f"SELECT 1 FROM blocks WHERE value IN ({marks}) LIMIT 1", names).fetchone() is not None
+                names += [task_row[1], task_row[2]]
+            blocked = _is_blocked(conn, names)
             return LookupResult(
                 task=task_from_row(task_row) if task_row else None,
                 token=token_from_row(token_row) if token_row else None,
@@ -252,12 +275,22 @@ class SqliteStore:
         now: float,
         spends: Sequence[tuple[str, int]],
         audit: AuditEvent,
+        replay: tuple[str, int] | None = None,
+        principals: Sequence[str] = (),
     ) -> None:
         def q(conn: sqlite3.Connection) -> None:
             with transaction(conn):
+                if replay is not None and not _first_use(conn, replay[0], replay[1], now):
+                    raise Replayed(replay[0])
                 for key, until in spends:
                     if not _spend(conn, key, until, now):
                         raise AlreadySpent(key)
+                if token.parent_jti is not None:
+                    parent = conn.execute("SELECT revoked_at FROM tokens WHERE jti = ?", (token.parent_jti,)).fetchone()
+                    if parent is None or parent[0] is not None:
+                        raise ParentRevoked(token.parent_jti)
+                if principals and _is_blocked(conn, principals):
+                    raise Blocked(principals[0])
                 if token.task_id is not None:
                     cur = conn.execute(
                         "UPDATE tasks SET tokens_issued = tokens_issued + 1"
@@ -265,14 +298,13 @@ class SqliteStore:
                         (token.task_id, int(now)),
                     )
                     if cur.rowcount != 1:
-                        row = conn.execute("SELECT state, expires_at FROM tasks WHERE id = ?", (token.task_id,)).fetchone()
-                        if row is None or row[0] != "active" or row[1] <= now:
-                            raise TaskNotActive(token.task_id)
+                        row = conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (token.task_id,)).fetchone()
+                        if row is None:
+                            raise TaskNotActive("unknown")
+                        state = task_from_row(row).effective_state(now)
+                        if state is not TaskState.ACTIVE:
+                            raise TaskNotActive(state.value)
                         raise CapReached(token.task_id)
-                if token.parent_jti is not None:
-                    parent = conn.execute("SELECT revoked_at FROM tokens WHERE jti = ?", (token.parent_jti,)).fetchone()
-                    if parent is None or parent[0] is not None:
-                        raise TaskNotActive(f"parent {token.parent_jti} revoked or unknown")
                 conn.execute(f"INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ({', '.join('?' * 13)})", token_values(token))
                 _append(conn, audit, now)
 
@@ -353,18 +385,7 @@ class SqliteStore:
 
     # -- replay cache -------------------------------------------------------------
     async def first_use(self, key: str, *, until: int, now: float) -> bool:
-        if until <= now:
-            return False
-
-        def q(conn: sqlite3.Connection) -> bool:
-            cur = conn.execute(
-                "INSERT INTO replay (key, until) VALUES (?, ?)"
-                " ON CONFLICT (key) DO UPDATE SET until = excluded.until WHERE replay.until <= ?",
-                (key, until, int(now)),
-            )
-            return cur.rowcount == 1
-
-        return await self._db.run(q)
+        return await self._db.run(lambda conn: _first_use(conn, key, until, now))
 
     # -- revocation feed ----------------------------------------------------------
     async def revocations_after(self, seq: int, *, now: float, limit: int) -> list[Revocation]:

@@ -1,0 +1,40 @@
+"""Admission control: beyond ``limit`` requests in flight, answer 503 at once instead of queueing.
+
+Under overload a server that accepts everything makes every caller wait; one that
+refuses the excess immediately (``503 temporarily_unavailable`` with ``Retry-After``)
+keeps latency bounded for the requests it does serve, and clients back off. Health
+checks are never refused, so a load balancer can tell "busy" from "down".
+"""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from tether.errors import TemporarilyUnavailable
+from tether.web.errors import error_response
+
+__all__ = ["AdmissionLimit"]
+
+
+class AdmissionLimit:
+    def __init__(self, app: ASGIApp, *, limit: int, exempt: frozenset[str] = frozenset({"/healthz"})) -> None:
+        self.app = app
+        self.limit = limit
+        self.exempt = exempt
+        self.in_flight = 0
+        self.refused = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.exempt or scope["path"].endswith("/stream"):
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            self.refused += 1
+            refusal = TemporarilyUnavailable("the server is at capacity; retry shortly", debug="admission limit")
+            await error_response(refusal)(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
