@@ -27,6 +27,7 @@ import cedarpy
 from tether.errors import PolicyUnavailable
 from tether.policy.entities import PolicyRequest
 from tether.policy.loader import PolicyLoadError, PolicyVersion, directory_fingerprint, load_directory, load_texts
+from tether.policy.watch import DirectoryWatch
 
 __all__ = ["Decision", "PolicyEngine"]
 
@@ -86,6 +87,7 @@ class PolicyEngine:
         self.current: PolicyVersion | None = None
         self.last_error: PolicyLoadError | None = None
         self._fingerprint: tuple[Any, ...] | None = None
+        self._watch = DirectoryWatch(directory) if directory is not None else None
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, Decision] = OrderedDict()
         self.decisions = 0
@@ -97,7 +99,9 @@ class PolicyEngine:
     # -- loading ------------------------------------------------------------------
     def refresh(self) -> bool:
         """Reload if the directory changed; True when a new set was installed."""
-        if self.directory is None:
+        if self.directory is None or self._watch is None:
+            return False
+        if not self._watch.changed():
             return False
         fingerprint = directory_fingerprint(self.directory)
         if fingerprint == self._fingerprint:

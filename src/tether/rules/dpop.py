@@ -10,7 +10,9 @@ this returns, so a nonce challenge never consumes a proof.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
+import json
 import math
 import re
 from collections.abc import Collection, Mapping
@@ -100,6 +102,7 @@ def _remove_dot_segments(path: str) -> str:
     return result if result.startswith("/") else "/" + result
 
 
+@functools.lru_cache(maxsize=1024)
 def normalize_htu(url: str) -> str:
     """Normalise an HTTP URI for ``htu`` comparison (RFC 9449 §4.3 item 9, DPOP-09).
 
@@ -122,8 +125,29 @@ def normalize_htu(url: str) -> str:
 
 
 def parse_public_jwk(jwk: object) -> PublicKey:
-    """The proof's ``jwk``: an asymmetric public key only (RFC 9449 §4.3 item 7, DPOP-07)."""
-    if not isinstance(jwk, dict) or not isinstance(jwk.get("kty"), str):
+    """The proof's ``jwk``: an asymmetric public key only (RFC 9449 §4.3 item 7, DPOP-07).
+
+    An agent signs every proof with the same key, so the parsed key is memoised by the
+    JWK's canonical JSON: the same members always parse to the same key.
+    """
+    return _jwk_and_thumbprint(jwk)[0]
+
+
+def _jwk_and_thumbprint(jwk: object) -> tuple[PublicKey, str]:
+    if not isinstance(jwk, dict):
+        raise InvalidDPoPProof("invalid dpop proof", debug="jwk is not a json web key")
+    try:
+        canonical = json.dumps(jwk, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise InvalidDPoPProof("invalid dpop proof", debug="jwk is not a json web key") from exc
+    return _parse_public_jwk(canonical)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_public_jwk(canonical: str) -> tuple[PublicKey, str]:
+    """Memoised: the key and its RFC 7638 thumbprint (refusals raise and are not cached)."""
+    jwk = json.loads(canonical)
+    if not isinstance(jwk.get("kty"), str):
         raise InvalidDPoPProof("invalid dpop proof", debug="jwk is not a json web key")
     if _PRIVATE_MEMBERS & set(jwk):
         raise InvalidDPoPProof("invalid dpop proof", debug="jwk contains private key material")
@@ -133,19 +157,21 @@ def parse_public_jwk(jwk: object) -> PublicKey:
     if key_class is RSAKey and rsa_modulus_too_small(jwk):
         raise InvalidDPoPProof("invalid dpop proof", debug="rsa key under 2048 bits")
     try:
-        return key_class.import_key(jwk)
+        key = key_class.import_key(jwk)
     except (JoseError, ValueError, TypeError, KeyError) as exc:
         raise InvalidDPoPProof("invalid dpop proof", debug=f"jwk unusable: {type(exc).__name__}") from exc
+    return key, key.thumbprint()
 
 
 class _ProofKey:
     """Key resolver for a proof: the header's own ``jwk``, remembered for the thumbprint."""
 
     key: PublicKey | None = None
+    thumbprint: str = ""
 
     def __call__(self, header: Mapping[str, Any]) -> PublicKey:
         try:
-            self.key = parse_public_jwk(header.get("jwk"))
+            self.key, self.thumbprint = _jwk_and_thumbprint(header.get("jwk"))
         except InvalidDPoPProof as exc:
             raise JWSError(exc.debug) from exc
         return self.key
@@ -224,7 +250,7 @@ def check_proof(
         raise InvalidDPoPProof("dpop proof ath does not match the access token", debug="ath mismatch or missing")
     assert resolver.key is not None
     return DPoPProof(
-        jkt=resolver.key.thumbprint(),
+        jkt=resolver.thumbprint,
         jti=jti,
         htm=htm,
         htu=htu,

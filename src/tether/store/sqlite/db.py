@@ -1,15 +1,21 @@
-"""One SQLite connection on its own thread, with versioned migrations.
+"""SQLite connections and versioned migrations.
 
-sqlite3 calls block, so they run on a single dedicated thread rather than on the
-event loop; one thread also means one writer per process, and ``BEGIN IMMEDIATE``
-serialises writers across processes (the CLI and a running STS). WAL keeps readers
-concurrent. Any sqlite3 failure surfaces as ``StoreUnavailable`` so callers fail closed.
+A statement runs **inline** on the calling thread, on that thread's own connection,
+with a busy timeout of a few milliseconds. In WAL mode with ``synchronous=NORMAL`` a
+commit appends to the WAL without an fsync, so a short statement costs tens of
+microseconds — less than handing it to another thread and back. If another process
+holds the write lock (the CLI rotating a key, a gateway sharing the file), the inline
+attempt fails fast before changing anything (``BEGIN IMMEDIATE`` takes the lock
+first; single statements are atomic), and the work is retried on a dedicated worker
+thread that may wait up to ten seconds — so the event loop never blocks on a lock.
+Any sqlite3 failure surfaces as ``StoreUnavailable``, so callers fail closed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -22,6 +28,8 @@ from tether.store.errors import StoreError, StoreUnavailable
 __all__ = ["SCHEMA_VERSION", "Database", "migrations"]
 
 T = TypeVar("T")
+_INLINE_BUSY_MS = 5
+_WORKER_BUSY_MS = 10_000
 
 
 def migrations() -> list[tuple[int, str]]:
@@ -37,25 +45,46 @@ def migrations() -> list[tuple[int, str]]:
 SCHEMA_VERSION = migrations()[-1][0]
 
 
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
 class Database:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tether-sqlite")
-        self._conn: sqlite3.Connection | None = None
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        self.inline = True
 
-    def _connect(self) -> sqlite3.Connection:
-        if self._conn is None:
+    def _connect(self, busy_ms: int) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=busy_ms / 1000)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA busy_timeout=10000")
-            self._conn = conn
-        return self._conn
+            conn.execute(f"PRAGMA busy_timeout={busy_ms}")
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn(connection)`` on the database thread."""
+        """Run ``fn(connection)`` inline; on a lock held by another process, on the worker thread."""
+        if self.inline:
+            try:
+                return fn(self._connect(_INLINE_BUSY_MS))
+            except StoreError:
+                raise
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise StoreUnavailable(f"sqlite: {exc}") from exc
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"sqlite: {type(exc).__name__}: {exc}") from exc
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._call, fn)
 
@@ -64,21 +93,19 @@ class Database:
 
     def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         try:
-            return fn(self._connect())
+            return fn(self._connect(_WORKER_BUSY_MS))
         except StoreError:
             raise
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"sqlite: {type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
-        def _close(_: sqlite3.Connection) -> None:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-        if self._conn is not None:
-            self._executor.submit(_close, self._conn).result()
         self._executor.shutdown(wait=True)
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            conn.close()
+        self._local = threading.local()
 
 
 @contextmanager

@@ -1,0 +1,42 @@
+"""SQLite runs statements inline, but never blocks the event loop on another process's write lock."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+
+from tether.audit.chain import AuditEvent
+from tether.store.sqlite.store import SqliteStore
+
+
+def test_a_write_lock_held_elsewhere_is_waited_for_off_the_event_loop(tmp_path: Path) -> None:
+    store = SqliteStore.open(tmp_path / "tether.db")
+    other = sqlite3.connect(tmp_path / "tether.db", isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    release = threading.Timer(0.3, lambda: other.execute("COMMIT"))
+
+    async def scenario() -> tuple[int, int]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        beat = asyncio.create_task(ticker())
+        release.start()
+        record = await store.append_audit(AuditEvent(kind="test", outcome="ok"), now=1.0)
+        beat.cancel()
+        return record.seq, ticks
+
+    try:
+        seq, ticks = asyncio.run(scenario())
+    finally:
+        release.join()
+        other.close()
+        store.close()
+    assert seq == 1, "the write completed once the lock was released"
+    assert ticks >= 5, "the event loop kept running while the write waited for the lock"
