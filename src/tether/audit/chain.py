@@ -45,6 +45,8 @@ class AuditRecord:
     detail: Mapping[str, Any]
     prev: str
     hash: str
+    #: the canonical JSON of ``detail`` exactly as hashed (kept so a store writes what was hashed)
+    detail_json: str = field(default="", compare=False, repr=False)
 
     def body(self) -> dict[str, Any]:
         return {
@@ -68,23 +70,38 @@ def canonical(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
+def _dump(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=True)
+
+
 def link(event: AuditEvent, *, seq: int, ts: float, prev: str) -> AuditRecord:
-    """Place ``event`` after the record whose hash is ``prev``."""
-    draft = AuditRecord(
+    """Place ``event`` after the record whose hash is ``prev``.
+
+    The hashed text is exactly ``canonical(record.body())`` (which ``first_broken``
+    recomputes); it is assembled from the canonical ``detail`` so the detail is
+    serialised once, on the hot path of every issuance.
+    """
+    detail_json = canonical(dict(event.detail)).decode()
+    rounded = round(float(ts), 6)
+    body_json = (
+        f'{{"detail":{detail_json},"error":{_dump(event.error)},"jti":{_dump(event.jti)},"kind":{_dump(event.kind)},'
+        f'"outcome":{_dump(event.outcome)},"prev":{_dump(prev)},"principal":{_dump(event.principal)},'
+        f'"seq":{int(seq)},"task":{_dump(event.task)},"ts":{_dump(rounded)}}}'
+    )
+    return AuditRecord(
         seq=seq,
-        ts=round(float(ts), 6),
+        ts=rounded,
         kind=event.kind,
         outcome=event.outcome,
         principal=event.principal,
         task=event.task,
         jti=event.jti,
         error=event.error,
-        detail=json.loads(canonical(dict(event.detail))),
+        detail=json.loads(detail_json),
         prev=prev,
-        hash="",
+        hash=hashlib.sha256(body_json.encode()).hexdigest(),
+        detail_json=detail_json,
     )
-    digest = hashlib.sha256(canonical(draft.body())).hexdigest()
-    return AuditRecord(**{**draft.__dict__, "hash": digest})
 
 
 def first_broken(records: Iterable[Mapping[str, Any]], *, start_prev: str = GENESIS) -> int | None:

@@ -79,7 +79,7 @@ def serve(
         console.print(f"tether STS {cfg.issuer} listening on {bind_host}:{bind_port} with {workers} workers")
         uvicorn.run("tether.sts.asgi:app", factory=True, host=bind_host, port=bind_port, workers=workers,
                     loop="uvloop", http="httptools", log_level="warning", access_log=False, server_header=False,
-                    timeout_graceful_shutdown=2)  # fmt: skip
+                    timeout_graceful_shutdown=2, proxy_headers=False)  # fmt: skip
         return
 
     async def run() -> None:
@@ -95,6 +95,7 @@ def serve(
                 log_level="warning",
                 access_log=False,
                 server_header=False,
+                proxy_headers=False,
             )
         )
         console.print(f"tether STS {cfg.issuer} listening on {bind_host}:{bind_port} (kid {sts.ctx.keyring.current.kid})")
@@ -141,6 +142,7 @@ def gateway(
                 log_level="warning",
                 access_log=False,
                 server_header=False,
+                proxy_headers=False,
                 timeout_graceful_shutdown=2,
             )
         )

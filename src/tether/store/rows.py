@@ -137,7 +137,7 @@ def audit_values(record: AuditRecord) -> tuple[Any, ...]:
         record.task,
         record.jti,
         record.error,
-        json.dumps(record.detail, sort_keys=True),
+        record.detail_json or json.dumps(record.detail, sort_keys=True),
         record.prev,
         record.hash,
     )

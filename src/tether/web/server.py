@@ -31,6 +31,7 @@ class ServerThread:
                 access_log=False,
                 timeout_graceful_shutdown=1,
                 http="httptools",
+                proxy_headers=False,
             )
         )
         self.thread = threading.Thread(target=self.server.run, daemon=True, name=f"uvicorn-{port}")

@@ -88,6 +88,50 @@ class Database:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._call, fn)
 
+    async def run_batched(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` inside one transaction shared by every write queued in this loop iteration.
+
+        Group commit: concurrent issuances pay for one ``COMMIT`` together. Each write runs
+        in its own ``SAVEPOINT``, so a write that refuses (a ``StoreError``) is rolled back
+        alone and the others commit; a response is only sent after its batch committed,
+        so durability is what it was with one transaction per write.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        batch: list[tuple[Callable[[sqlite3.Connection], object], asyncio.Future[object]]] | None
+        batch = getattr(self._local, "batch", None)
+        if batch is None:
+            batch = self._local.batch = []
+        batch.append((fn, future))  # type: ignore[arg-type]
+        if len(batch) == 1:
+            loop.call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        batch = self._local.batch
+        self._local.batch = []
+        try:
+            outcomes = _run_batch(self._connect(_INLINE_BUSY_MS), batch)
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                _fail(batch, StoreUnavailable(f"sqlite: {exc}"))
+                return
+            worker = asyncio.get_running_loop().run_in_executor(self._executor, self._flush_on_worker, batch)
+            worker.add_done_callback(lambda done: _deliver(batch, done))
+            return
+        except sqlite3.Error as exc:
+            _fail(batch, StoreUnavailable(f"sqlite: {type(exc).__name__}: {exc}"))
+            return
+        _resolve(batch, outcomes)
+
+    def _flush_on_worker(
+        self, batch: list[tuple[Callable[[sqlite3.Connection], object], asyncio.Future[object]]]
+    ) -> list[tuple[bool, object]]:
+        try:
+            return _run_batch(self._connect(_WORKER_BUSY_MS), batch)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"sqlite: {type(exc).__name__}: {exc}") from exc
+
     def run_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return self._executor.submit(self._call, fn).result()
 
@@ -106,6 +150,52 @@ class Database:
         for conn in connections:
             conn.close()
         self._local = threading.local()
+
+
+_Batch = list[tuple[Callable[[sqlite3.Connection], object], "asyncio.Future[object]"]]
+
+
+def _run_batch(conn: sqlite3.Connection, batch: _Batch) -> list[tuple[bool, object]]:
+    """One transaction, one savepoint per write; returns ``(ok, value or StoreError)`` per write."""
+    outcomes: list[tuple[bool, object]] = []
+    with transaction(conn):
+        for fn, _ in batch:
+            conn.execute("SAVEPOINT write")
+            try:
+                value = fn(conn)
+            except StoreError as refusal:
+                conn.execute("ROLLBACK TO write")
+                conn.execute("RELEASE write")
+                outcomes.append((False, refusal))
+            else:
+                conn.execute("RELEASE write")
+                outcomes.append((True, value))
+    return outcomes
+
+
+def _resolve(batch: _Batch, outcomes: list[tuple[bool, object]]) -> None:
+    for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+        if future.done():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            assert isinstance(value, BaseException)
+            future.set_exception(value)
+
+
+def _fail(batch: _Batch, exc: BaseException) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(exc)
+
+
+def _deliver(batch: _Batch, done: asyncio.Future[list[tuple[bool, object]]]) -> None:
+    exc = done.exception()
+    if exc is not None:
+        _fail(batch, exc)
+    else:
+        _resolve(batch, done.result())
 
 
 @contextmanager

@@ -279,36 +279,35 @@ class SqliteStore:
         principals: Sequence[str] = (),
     ) -> None:
         def q(conn: sqlite3.Connection) -> None:
-            with transaction(conn):
-                if replay is not None and not _first_use(conn, replay[0], replay[1], now):
-                    raise Replayed(replay[0])
-                for key, until in spends:
-                    if not _spend(conn, key, until, now):
-                        raise AlreadySpent(key)
-                if token.parent_jti is not None:
-                    parent = conn.execute("SELECT revoked_at FROM tokens WHERE jti = ?", (token.parent_jti,)).fetchone()
-                    if parent is None or parent[0] is not None:
-                        raise ParentRevoked(token.parent_jti)
-                if principals and _is_blocked(conn, principals):
-                    raise Blocked(principals[0])
-                if token.task_id is not None:
-                    cur = conn.execute(
-                        "UPDATE tasks SET tokens_issued = tokens_issued + 1"
-                        " WHERE id = ? AND state = 'active' AND expires_at > ? AND tokens_issued < max_tokens",
-                        (token.task_id, int(now)),
-                    )
-                    if cur.rowcount != 1:
-                        row = conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (token.task_id,)).fetchone()
-                        if row is None:
-                            raise TaskNotActive("unknown")
-                        state = task_from_row(row).effective_state(now)
-                        if state is not TaskState.ACTIVE:
-                            raise TaskNotActive(state.value)
-                        raise CapReached(token.task_id)
-                conn.execute(f"INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ({', '.join('?' * 13)})", token_values(token))
-                _append(conn, audit, now)
+            if replay is not None and not _first_use(conn, replay[0], replay[1], now):
+                raise Replayed(replay[0])
+            for key, until in spends:
+                if not _spend(conn, key, until, now):
+                    raise AlreadySpent(key)
+            if token.parent_jti is not None:
+                parent = conn.execute("SELECT revoked_at FROM tokens WHERE jti = ?", (token.parent_jti,)).fetchone()
+                if parent is None or parent[0] is not None:
+                    raise ParentRevoked(token.parent_jti)
+            if principals and _is_blocked(conn, principals):
+                raise Blocked(principals[0])
+            if token.task_id is not None:
+                cur = conn.execute(
+                    "UPDATE tasks SET tokens_issued = tokens_issued + 1"
+                    " WHERE id = ? AND state = 'active' AND expires_at > ? AND tokens_issued < max_tokens",
+                    (token.task_id, int(now)),
+                )
+                if cur.rowcount != 1:
+                    row = conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (token.task_id,)).fetchone()
+                    if row is None:
+                        raise TaskNotActive("unknown")
+                    state = task_from_row(row).effective_state(now)
+                    if state is not TaskState.ACTIVE:
+                        raise TaskNotActive(state.value)
+                    raise CapReached(token.task_id)
+            conn.execute(f"INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ({', '.join('?' * 13)})", token_values(token))
+            _append(conn, audit, now)
 
-        await self._db.run(q)
+        await self._db.run_batched(q)
 
     async def purge_expired(self, *, now: float) -> None:
         def q(conn: sqlite3.Connection) -> None:
@@ -505,11 +504,7 @@ class SqliteStore:
 
     # -- audit --------------------------------------------------------------------
     async def append_audit(self, event: AuditEvent, *, now: float) -> AuditRecord:
-        def q(conn: sqlite3.Connection) -> AuditRecord:
-            with transaction(conn):
-                return _append(conn, event, now)
-
-        return await self._db.run(q)
+        return await self._db.run_batched(lambda conn: _append(conn, event, now))
 
     async def audit_records(self, *, after: int, limit: int) -> list[AuditRecord]:
         def q(conn: sqlite3.Connection) -> list[AuditRecord]:
