@@ -123,7 +123,7 @@ def gateway(
 
     cfg = config_or_exit(config)
     if not cfg.routes:
-        fail("no [[gateway.routes]] in the configuration", code=2)
+        fail("no \\[\\[gateway.routes]] in the configuration", code=2)
     bind_host = host or cfg.values["gateway"]["host"]
     bind_port = port or cfg.values["gateway"]["port"]
     for warning in route_warnings(cfg.routes, dt.date.today()):

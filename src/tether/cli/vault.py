@@ -66,7 +66,9 @@ def _with_store(cfg: Config, work: Any) -> Any:
     return asyncio.run(run())
 
 
-def _put(name: str, file: Path | None, config: Path | None, *, must_exist: bool) -> None:
+def _put(name: str, file: Path | None, config: Path | None, *, must_exist: bool, stray: list[str] | None) -> None:
+    if stray:
+        fail("secret values are read from stdin or --file, never from the command line; nothing was stored", code=2)
     cfg = config_or_exit(config)
     value = _read_value(file)
     with errors_to_exit():
@@ -84,16 +86,21 @@ def _put(name: str, file: Path | None, config: Path | None, *, must_exist: bool)
     console.print(f"vault entry `{name}` stored (version {entry.version}); the value is not shown")
 
 
-@app.command()
-def put(name: str, file: FileOpt = None, config: ConfigOpt = None) -> None:
+# Extra command-line words are collected (not echoed back by the parser) and refused: a value
+# typed on the command line is visible to every user of the machine and lands in shell history.
+_NO_VALUE_ON_ARGV = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+@app.command(context_settings=_NO_VALUE_ON_ARGV)
+def put(ctx: typer.Context, name: str, file: FileOpt = None, config: ConfigOpt = None) -> None:
     """Store a secret NAME, reading the value from stdin (or --file)."""
-    _put(name, file, config, must_exist=False)
+    _put(name, file, config, must_exist=False, stray=list(ctx.args))
 
 
-@app.command()
-def rotate(name: str, file: FileOpt = None, config: ConfigOpt = None) -> None:
+@app.command(context_settings=_NO_VALUE_ON_ARGV)
+def rotate(ctx: typer.Context, name: str, file: FileOpt = None, config: ConfigOpt = None) -> None:
     """Replace the value of an existing secret NAME (the gateway uses it within its cache time)."""
-    _put(name, file, config, must_exist=True)
+    _put(name, file, config, must_exist=True, stray=list(ctx.args))
 
 
 @app.command("list")

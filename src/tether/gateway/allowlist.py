@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
 
 __all__ = ["AllowRule", "PathRefused", "check_path", "is_allowed", "parse_rule"]
 
@@ -63,6 +64,23 @@ def _escapes_unreserved(path: str) -> bool:
     return False
 
 
+def _decodes_cleanly(path: str) -> bool:
+    """Every ``%`` starts a two-hex-digit escape and the decoded bytes are valid UTF-8.
+
+    Refuses ``%zz``, a trailing ``%``, IIS-style ``%u002e`` and overlong forms such as
+    ``%c0%ae`` (a dot to lenient decoders) — each one a different path to some server.
+    """
+    if "%" not in path:
+        return True
+    if re.search(r"%(?![0-9A-Fa-f]{2})", path):
+        return False
+    try:
+        unquote_to_bytes(path).decode("utf-8", errors="strict")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def check_path(path: str) -> tuple[str, ...]:
     """The segments of a forwardable path, or ``PathRefused``.
 
@@ -71,7 +89,7 @@ def check_path(path: str) -> tuple[str, ...]:
     """
     if not path.startswith("/") or len(path) > 2048 or not path.isascii() or not path.isprintable():
         raise PathRefused("path must be printable ascii starting with /")
-    if "\\" in path or _BAD_ESCAPES.search(path) or _escapes_unreserved(path):
+    if "\\" in path or not _decodes_cleanly(path) or _BAD_ESCAPES.search(path) or _escapes_unreserved(path):
         raise PathRefused("path contains an ambiguous encoding")
     if path == "/":
         return ()

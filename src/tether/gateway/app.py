@@ -33,7 +33,8 @@ from tether.clock import Clock, SystemClock
 from tether.config import Config
 from tether.errors import AccessDenied, InvalidRequest, NotFoundError, OAuthError, TetherError, TooManyRequests
 from tether.gateway.allowlist import PathRefused, check_path, is_allowed
-from tether.gateway.proxy import BadGateway, Forwarded, forward
+from tether.gateway.proxy import BadGateway, Forwarded, GatewayTimeout, forward
+from tether.gateway.redact import SecretRedactor
 from tether.gateway.routes import GatewayRoute, days_to_expiry
 from tether.gateway.vault import MissingSecret, SecretCache
 from tether.identity.jwks_cache import UrlKeySource
@@ -79,12 +80,16 @@ class Gateway:
         self._store = store
         self.store: Store | None = None
         self.verifiers: dict[str, Verifier] = {}
+        self.redactor = SecretRedactor()
         self.app = self._app()
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         if self.store is not None:
             return
+        # httpx and httpcore log request URLs (which carry the secret with query injection) and
+        # raw upstream headers (before scrubbing): every secret opened is redacted from them.
+        self.redactor.install()
         self.store = self._store or await open_store(self.config)
         self.http = httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=10.0)
         self.upstream = httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=10.0)
@@ -98,7 +103,9 @@ class Gateway:
             self.verifiers[route.name] = Verifier(
                 settings, http=self.http, clock=self.clock, replay=self.store, keys=keys, feed=self.feed, policy=self.policy
             )
-        self.secrets = SecretCache(self.store, self.master, ttl=float(self.settings["secret_cache_seconds"]))
+        self.secrets = SecretCache(
+            self.store, self.master, ttl=float(self.settings["secret_cache_seconds"]), on_open=self.redactor.register
+        )
         for warning in route_warnings(tuple(self.routes.values()), dt.datetime.fromtimestamp(self.clock.now(), dt.UTC).date()):
             log.warning("bearer exception: %s", warning)
 
@@ -159,7 +166,12 @@ class Gateway:
         upstream_path = wire_path[len(prefix) :] or "/"
         principal: Principal | None = None
         try:
-            principal = await self._admit(request, route, wire_path, upstream_path)
+            client = request.client.host if request.client else None
+            principal = await self.verifiers[route.name].verify(
+                method=request.method, path=wire_path, route_path=upstream_path, headers=request.headers, client=client,
+                authorize=False,
+            )  # fmt: skip
+            await self._admit(request, route, principal, upstream_path, client)
             secret = await self.secrets.get(route.secret)
             forwarded = await forward(
                 self.upstream,
@@ -183,21 +195,21 @@ class Gateway:
                                  background=audit)  # fmt: skip
 
     # -- checks ----------------------------------------------------------------------------
-    async def _admit(self, request: Request, route: GatewayRoute, wire_path: str, upstream_path: str) -> Principal:
+    async def _admit(
+        self, request: Request, route: GatewayRoute, principal: Principal, upstream_path: str, client: str | None
+    ) -> None:
+        """Everything after the token: expiry, path, allowlist, Cedar, session, rate, cap — in that order."""
         assert self.store is not None
-        client = request.client.host if request.client else None
+        now = self.clock.now()
+        if route.expired(dt.datetime.fromtimestamp(now, dt.UTC).date()):
+            raise AccessDenied(f"route `{route.name}` is a bearer exception that expired on {route.expires}")
         try:
             segments = check_path(upstream_path)
         except PathRefused as exc:
             raise InvalidRequest(f"path refused: {exc}") from exc
-        verifier = self.verifiers[route.name]
-        principal = await verifier.verify(method=request.method, path=wire_path, route_path=upstream_path,
-                                          headers=request.headers, client=client)  # fmt: skip
-        now = self.clock.now()
-        if route.expired(dt.datetime.fromtimestamp(now, dt.UTC).date()):
-            raise AccessDenied(f"route `{route.name}` is a bearer exception that expired on {route.expires}")
         if not is_allowed(route.allow, request.method, segments):
             raise AccessDenied(f"{request.method} {upstream_path[:200]} is not in the route's allowlist")
+        self.verifiers[route.name].authorize_call(principal, method=request.method, path=upstream_path, client=client, now=now)
         if principal.task is None:
             raise AccessDenied("gateway calls must be bound to a task")
         base = f"gw:{route.name}:{principal.task}"
@@ -212,7 +224,6 @@ class Gateway:
             refusal = TooManyRequests(f"task reached the route's cap of {route.max_requests_per_task} calls")
             refusal.audit["cap_hit"] = True
             raise refusal
-        return principal
 
     async def _refused(
         self, request: Request, route: GatewayRoute, principal: Principal | None, exc: Exception, started: float
@@ -222,10 +233,12 @@ class Gateway:
         if self.store is None:
             return response
         reason = exc.debug if isinstance(exc, OAuthError) else str(exc)
+        raw = request.scope.get("raw_path") or request.url.path.encode()
+        upstream_path = raw.decode("latin-1")[len(f"/routes/{route.name}") :] or "/"
         detail: dict[str, Any] = {
             "route": route.name,
             "method": request.method,
-            "path": request.url.path[:200],
+            "path": upstream_path[:200],
             "status": response.status_code,
             "decision": "refused",
             "reason": reason[:300],
@@ -250,7 +263,7 @@ class Gateway:
         limit = int(self.settings["suspend_after_refusals"])
         window = int(self.settings["refusal_window"])
         burst = False
-        if limit > 0 and not isinstance(exc, BadGateway):
+        if limit > 0 and not isinstance(exc, BadGateway | GatewayTimeout):
             refusals = await self.store.count(f"gw:refusals:{principal.task}", until=int(now) + window, now=now)
             burst = refusals >= limit
         if not (burst or (cap_hit and self.settings["suspend_on_cap"])):

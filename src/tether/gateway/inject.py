@@ -8,6 +8,7 @@ injected header or parameter, so an agent cannot smuggle a value in beside the r
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode
@@ -49,9 +50,10 @@ def forward_headers(headers: Iterable[tuple[str, str]], injection: Injection) ->
 
 
 def response_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Upstream headers minus hop-by-hop (and length: the body may be scrubbed while streamed)."""
+    """Upstream headers minus hop-by-hop, length (the body may be scrubbed while streamed) and the
+    upstream's ``date``/``server`` (the gateway sends its own)."""
     pairs = list(headers)
-    drop = HOP_BY_HOP | {"content-length", "set-cookie"} | _connection_tokens(pairs)
+    drop = HOP_BY_HOP | {"content-length", "set-cookie", "date", "server"} | _connection_tokens(pairs)
     return [(n, v) for n, v in pairs if n.lower() not in drop]
 
 
@@ -78,7 +80,17 @@ def inject(
 def encodings(secret: str, injection: Injection) -> list[bytes]:
     """Every form in which an upstream might echo the secret back (for the scrubber)."""
     raw = secret.encode()
-    forms = {raw, urlencode({"x": secret})[2:].encode(), base64.b64encode(raw), base64.urlsafe_b64encode(raw).rstrip(b"=")}
+    forms = {
+        raw,
+        urlencode({"x": secret})[2:].encode(),
+        base64.b64encode(raw),
+        base64.urlsafe_b64encode(raw).rstrip(b"="),
+        secret.replace("/", "\\/").encode(),  # JSON with escaped slashes (PHP's json_encode)
+        json.dumps(secret, ensure_ascii=False)[1:-1].encode(),  # JSON string escaping
+        json.dumps(secret, ensure_ascii=True)[1:-1].encode(),
+        json.dumps(secret, ensure_ascii=True)[1:-1].replace("/", "\\/").encode(),
+        "".join(f"\\u{ord(c):04x}" for c in secret).encode(),  # fully \\u-escaped JSON
+    }
     if injection.mode == "basic":
         forms.add(base64.b64encode(f"{injection.username}:{secret}".encode()))
     if injection.mode == "header":

@@ -22,6 +22,7 @@ __all__ = ["GatewayRoute", "days_to_expiry", "parse_routes"]
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _HEADER = re.compile(r"[A-Za-z0-9-]{1,64}")
+_PARAM = re.compile(r"[A-Za-z0-9._~-]{1,64}")
 _KEYS = {
     "name", "upstream", "secret", "inject", "header", "template", "query_param", "username", "allow",
     "max_requests_per_task", "max_requests_per_second", "max_request_bytes", "max_response_bytes",
@@ -100,7 +101,7 @@ def _route(index: int, row: Any) -> GatewayRoute:
     if mode == "header" and (not isinstance(template, str) or template.count("{secret}") != 1 or not template.isprintable()):
         raise ConfigError(f"{where}.template", "must contain `{secret}` exactly once")
     query_param = row.get("query_param", "api_key")
-    if mode == "query" and (not isinstance(query_param, str) or not _HEADER.fullmatch(query_param)):
+    if mode == "query" and (not isinstance(query_param, str) or not _PARAM.fullmatch(query_param)):
         raise ConfigError(f"{where}.query_param", "must be a parameter name")
     allow_raw = row["allow"]
     if not isinstance(allow_raw, list) or not allow_raw:

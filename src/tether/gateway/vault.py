@@ -10,6 +10,7 @@ another entry. The gateway caches an opened secret for a few seconds, so a
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from tether.audit.chain import AuditEvent
 from tether.errors import TetherError
@@ -47,10 +48,12 @@ async def put_secret(store: Store, master: bytes, name: str, value: bytes, *, no
 
 
 class SecretCache:
-    def __init__(self, store: Store, master: bytes, *, ttl: float = 30.0) -> None:
+    def __init__(self, store: Store, master: bytes, *, ttl: float = 30.0, on_open: Callable[[str], None] | None = None) -> None:
+        """``on_open`` is told every value opened (the gateway registers it with its log redaction)."""
         self._store = store
         self._master = master
         self._ttl = ttl
+        self._on_open = on_open
         self._opened: dict[str, tuple[float, str]] = {}
 
     async def get(self, name: str) -> str:
@@ -64,4 +67,6 @@ class SecretCache:
             raise MissingSecret(name)
         value = unseal(self._master, entry.sealed, aad=vault_aad(name)).decode("utf-8")
         self._opened[name] = (now, value)
+        if self._on_open is not None:
+            self._on_open(value)
         return value

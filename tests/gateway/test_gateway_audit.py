@@ -1,0 +1,112 @@
+"""Audit and metrics: every allowed call is a ``gateway.call`` record, every refusal a ``gateway.refused``.
+
+An allowed call's record names the route, method, path, status, bytes in and out, task,
+agent and decision; a refusal's record names the route, method, path, status, the
+wire error and — when the token was verified — the task and agent it came from. No
+record holds the secret in any spelling.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+from gwkit import GatewayEnv, encoded_forms, wait_until
+
+from helpers import AGENT
+from tether.audit.chain import AuditRecord
+
+
+def test_every_allowed_call_has_a_gateway_call_record(gw: GatewayEnv) -> None:
+    caller = gw.caller("apikey")
+    task = caller.task["id"]
+    calls = [("GET", "/v1/items", b""), ("POST", "/v1/items", b'{"n": 12345}'), ("GET", "/v1/files/a/b", b"")]
+    sizes = []
+    for method, path, body in calls:
+        response = caller.call(method, "apikey", path + "?page=2", content=body or None)
+        assert response.status_code == 200
+        sizes.append(len(response.content))
+    wait_until(lambda: len(gw.audit("gateway.call", task)) == len(calls), what="one record per call")
+    records = gw.audit("gateway.call", task)
+    for record, (method, path, body), size in zip(records, calls, sizes, strict=True):
+        assert record.outcome == "ok" and record.task == task and record.jti and record.principal == AGENT
+        detail = record.detail
+        assert detail["route"] == "apikey" and detail["method"] == method and detail["path"] == path
+        assert detail["status"] == 200 and detail["decision"] == "allowed" and detail["agent"] == AGENT
+        assert detail["bytes_in"] == len(body) and detail["bytes_out"] == size
+    assert gw.audit("gateway.refused", task) == []  # positive control: nothing refused, nothing recorded as such
+
+
+def _refusals(gw: GatewayEnv, caller_path: str, route: str = "apikey") -> list[AuditRecord]:
+    """Refusal records name the route and the upstream path (as allowed calls do)."""
+    return [r for r in gw.audit("gateway.refused") if r.detail.get("path") == caller_path and r.detail.get("route") == route]
+
+
+def test_every_refusal_has_a_gateway_refused_record(gw: GatewayEnv) -> None:
+    caller = gw.caller("apikey", "nosecret", "small")
+    tag = secrets.token_hex(4)
+    cases = [
+        ("GET", "apikey", f"/v1/admin-{tag}", 403, "access_denied"),  # outside the allowlist
+        ("DELETE", "apikey", f"/v1/items/{tag}", 403, "access_denied"),  # method mismatch
+        ("GET", "apikey", f"/v1/files/{tag}/", 400, "invalid_request"),  # ambiguous path
+        ("GET", "nosecret", f"/v1/items/{tag}", 502, "bad_gateway"),  # vault entry missing
+        ("POST", "small", f"/upload-{tag}", 403, "access_denied"),
+    ]
+    for method, route, path, status, _ in cases:
+        assert caller.call(method, route, path).status_code == status, (method, route, path)
+    for method, route, path, status, error in cases:
+        wait_until(lambda path=path, route=route: bool(_refusals(gw, path, route)), what=f"the refusal of {path}")  # type: ignore[misc]
+        [record] = _refusals(gw, path, route)
+        assert record.outcome == "refused" and record.error == error
+        detail = record.detail
+        assert detail["route"] == route and detail["method"] == method and detail["status"] == status
+        assert detail["decision"] == "refused" and detail["reason"]
+    assert caller.get("apikey", "/v1/items").status_code == 200  # positive control
+
+
+def test_a_refusal_record_names_the_task_and_agent_of_a_verified_token(gw: GatewayEnv) -> None:
+    """The token was verified before the allowlist refused the path: the record must say whose call it was
+    (and only then can a burst of refusals be attributed to, and suspend, the task)."""
+    caller = gw.caller("apikey")
+    tag = secrets.token_hex(4)
+    assert caller.get("apikey", f"/v1/admin-{tag}").status_code == 403
+    wait_until(lambda: bool(_refusals(gw, f"/v1/admin-{tag}")), what="the refusal's record")
+    [record] = _refusals(gw, f"/v1/admin-{tag}")
+    assert record.task == caller.task["id"], "the refusal is not attributed to the task"
+    assert record.principal == AGENT
+    assert record.detail["agent"] == AGENT
+
+
+def test_a_refusal_of_an_unverified_token_has_no_task(gw: GatewayEnv) -> None:
+    caller = gw.caller("apikey")
+    tag = secrets.token_hex(4)
+    path = f"/v1/items/{tag}"
+    response = caller.plain.get(gw.aud("apikey") + path, headers={"Authorization": "DPoP not-a-token"})
+    assert response.status_code == 401
+    wait_until(lambda: bool(_refusals(gw, path)), what="the refusal's record")
+    [record] = _refusals(gw, path)
+    assert record.task is None and record.error == "invalid_token"
+    assert caller.get("apikey", path).status_code == 200
+
+
+def test_calls_are_counted_in_metrics(gw: GatewayEnv) -> None:
+    caller = gw.caller("legacy")
+    ok, refused = gw.gateway.metrics[("legacy", 200)], gw.gateway.metrics[("legacy", 403)]
+    assert caller.get("legacy", "/v1/items").status_code == 200
+    assert caller.get("legacy", "/v1/admin").status_code == 403
+    wait_until(lambda: gw.gateway.metrics[("legacy", 200)] == ok + 1, what="the allowed call's count")
+    assert gw.gateway.metrics[("legacy", 403)] == refused + 1
+
+
+def test_no_audit_record_contains_the_secret(gw: GatewayEnv) -> None:
+    caller = gw.caller("apikey", "query", "basic", "bearer")
+    for route in ("apikey", "query", "basic", "bearer"):
+        assert caller.get(route, "/echo/request").status_code == 200
+        assert caller.get(route, "/redirect").status_code == 302
+        assert caller.get(route, "/v1/admin").status_code == 403
+    wait_until(lambda: len(gw.audit("gateway.call", caller.task["id"])) == 8, what="the call records")
+    records = gw.sts.audit()
+    assert any(r.kind == "vault.put" and r.detail["name"] == "legacy-key" for r in records)  # named, not shown
+    raw = "\n".join(json.dumps(r.body(), sort_keys=True) + r.hash for r in records)
+    for form in encoded_forms():
+        assert form not in raw, f"an audit record holds the secret (as {form!r})"
