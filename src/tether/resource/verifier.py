@@ -7,6 +7,13 @@ token signed by a key in the STS's JWKS (cached, refreshed on an unknown ``kid``
 within a small skew and a bounded lifetime; a DPoP proof for this method and URL with
 ``ath`` of this token, signed by the key in ``cnf.jkt`` (DPOP-14), never seen before
 (DPOP-12); and a fresh revocation view that does not list the token or its task.
+
+An agent presents one access token for many calls, each with a new proof. A token
+whose signature and claims verified once is remembered (bounded LRU) with the exact key
+object that verified it, and reused only while that key is still the one the current
+JWKS names for its ``kid`` and until ``exp``: re-verifying an unchanged string against
+an unchanged key can only give the same answer. The proof, its replay check, the key
+binding, the revocation view and the policy are checked on every call.
 """
 
 from __future__ import annotations
@@ -24,7 +31,9 @@ from starlette.datastructures import Headers
 
 from tether.clock import Clock, SystemClock
 from tether.errors import AccessDenied, InvalidToken
-from tether.identity.jwks_cache import KeySource, UrlKeySource
+from tether.identity.jwks_cache import KeySet, KeySource, UrlKeySource
+from tether.lru import LruCache
+from tether.model import AccessToken
 from tether.policy.engine import Decision, PolicyEngine
 from tether.policy.entities import call_request
 from tether.proofs import ProofChecker, ReplayCache
@@ -65,6 +74,8 @@ class ResourceSettings:
     policy_from_sts: bool = False
     policy_mode: str = "enforce"
     tags: tuple[str, ...] = ()
+    #: verified tokens remembered (0 disables the cache)
+    token_cache: int = 10_000
 
     @property
     def origin(self) -> str:
@@ -107,6 +118,7 @@ class Verifier:
             else None
         )
         self.policy: PolicyEngine | None = policy
+        self._verified: LruCache[str, tuple[AccessToken, object, PublicKey]] = LruCache(settings.token_cache)
         self.last_decision: Decision | None = None
         if policy is None and settings.policy_dir is not None:
             self.policy = PolicyEngine(Path(settings.policy_dir), mode=settings.policy_mode)
@@ -169,12 +181,33 @@ class Verifier:
         if scheme != "dpop":
             raise InvalidToken("tokens must be presented with the dpop scheme", debug=f"scheme {scheme}")
         now = self.clock.now()
-        keyset = await self.keys.keys(kid=_peek_kid(token), now=now)
+        cached = self._verified.get(token) if self.settings.token_cache else None
+        kid = cached[1] if cached is not None else _peek_kid(token)
+        keyset = await self.keys.keys(kid=kid, now=now)
+        if cached is not None and keyset.find(kid) is cached[2] and now < cached[0].exp + self.settings.skew:
+            claims = cached[0]
+        else:
+            claims = self._verify_token(token, keyset, now)
+        if claims.jkt is None:
+            raise InvalidToken("token is not key-bound")
+        proof = await self.proofs.check(dpop_header(hdrs), method=method, url=self.settings.origin + path, access_token=token)
+        if proof.jkt != claims.jkt:
+            raise InvalidToken("dpop proof key does not match the token binding", debug=f"{proof.jkt} != {claims.jkt}")
+        if self.feed is not None:
+            self.feed.check(jti=claims.jti, task=claims.txn, now=now)
+        principal = Principal.from_token(claims)
+        if authorize and self.policy is not None:
+            self.authorize_call(principal, method=method, path=route_path or path, client=client, now=now)
+        return principal
+
+    def _verify_token(self, token: str, keyset: KeySet, now: float) -> AccessToken:
+        used: list[tuple[object, PublicKey]] = []
 
         def resolve(header: Mapping[str, Any]) -> PublicKey:
             key = keyset.find(header.get("kid"))
             if key is None:
                 raise JWSError("unknown kid")
+            used.append((header.get("kid"), key))
             return key
 
         claims = verify_access_token(
@@ -187,17 +220,9 @@ class Verifier:
             skew=self.settings.skew,
             max_lifetime=self.settings.max_token_lifetime,
         )
-        if claims.jkt is None:
-            raise InvalidToken("token is not key-bound")
-        proof = await self.proofs.check(dpop_header(hdrs), method=method, url=self.settings.origin + path, access_token=token)
-        if proof.jkt != claims.jkt:
-            raise InvalidToken("dpop proof key does not match the token binding", debug=f"{proof.jkt} != {claims.jkt}")
-        if self.feed is not None:
-            self.feed.check(jti=claims.jti, task=claims.txn, now=now)
-        principal = Principal.from_token(claims)
-        if authorize and self.policy is not None:
-            self.authorize_call(principal, method=method, path=route_path or path, client=client, now=now)
-        return principal
+        if self.settings.token_cache:
+            self._verified.put(token, (claims, *used[0]))
+        return claims
 
     def authorize_call(self, principal: Principal, *, method: str, path: str, client: str | None, now: float) -> None:
         """Cedar ``call`` for this route; the caller is the current actor, else the agent."""

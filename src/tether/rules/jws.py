@@ -123,7 +123,16 @@ def peek_header(token: str, *, max_length: int) -> dict[str, Any]:
         raise JWSError("token too large")
     if not _COMPACT.fullmatch(token):
         raise JWSError("not a compact jws")
-    return _decode_object(token.split(".", 1)[0], "header")
+    return dict(_decode_header(token.split(".", 1)[0]))
+
+
+@functools.lru_cache(maxsize=1024)
+def _decode_header(segment: str) -> dict[str, Any]:
+    """Headers repeat (one per issuer key, one per DPoP key), so their parse is memoised.
+
+    A failed parse raises and is not cached; callers get a shallow copy.
+    """
+    return _decode_object(segment, "header")
 
 
 def algs_for_key(key: PublicKey, *, self_asserted: bool = False) -> frozenset[str]:

@@ -8,6 +8,7 @@ rather than being normalised here, which would let two strings name one workload
 
 from __future__ import annotations
 
+import functools
 import re
 
 __all__ = ["MAX_PRINCIPAL_LENGTH", "is_principal", "spiffe_trust_domain"]
@@ -18,8 +19,12 @@ _SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
 _GENERIC = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[\x21-\x7e]+")
 
 
+@functools.lru_cache(maxsize=4096)
 def spiffe_trust_domain(value: str) -> str | None:
-    """The trust domain of a well-formed SPIFFE ID with a path, else ``None``."""
+    """The trust domain of a well-formed SPIFFE ID with a path, else ``None``.
+
+    Memoised: a fleet has few workload names, and every token names several of them.
+    """
     if len(value) > MAX_PRINCIPAL_LENGTH or not value.startswith("spiffe://"):
         return None
     rest = value[len("spiffe://") :]
