@@ -32,7 +32,7 @@ from tether.bench.loadgen import form_request
 from tether.bench.report import Row, SignatureCosts
 from tether.web.server import free_port
 
-__all__ = ["AGENT", "AUD_B", "AUD_C", "SVC_B", "ExchangeBench", "setup_task"]
+__all__ = ["ADMIN", "AGENT", "AUD_B", "AUD_C", "RESOURCES", "SVC_B", "ExchangeBench", "hop_requests", "setup_task"]
 
 AGENT = "spiffe://tether.local/agent/bench"
 ADMIN = "spiffe://tether.local/admin"

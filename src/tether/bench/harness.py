@@ -33,6 +33,7 @@ __all__ = [
     "Load",
     "Server",
     "bench_deployment",
+    "loadgen_command",
     "percentile",
     "rss_kib",
     "run_loadgen",
@@ -95,6 +96,11 @@ def summarise(raw: dict[str, Any], ok_status: int = 200) -> Load:
     )
 
 
+def loadgen_command(spec: Path, out: Path) -> list[str]:
+    """The load generator process, pinned to core 1 (the server under test has core 0)."""
+    return [*_pin("1"), sys.executable, "-m", "tether.bench.loadgen", str(spec), str(out)]
+
+
 def run_loadgen(url: str, requests: list[bytes], *, concurrency: int, duration: float) -> dict[str, Any]:
     """Replay ``requests`` against ``url`` from a separate process pinned to core 1."""
     host, port = url.split("//", 1)[1].split(":")
@@ -112,7 +118,7 @@ def run_loadgen(url: str, requests: list[bytes], *, concurrency: int, duration: 
             )
         )
         subprocess.run(  # noqa: S603 - our own interpreter and module
-            [*_pin("1"), sys.executable, "-m", "tether.bench.loadgen", str(spec), str(out)],
+            loadgen_command(spec, out),
             check=True,
             timeout=duration + 120,
         )

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-__all__ = ["Result", "build_request", "run_load"]
+__all__ = ["Result", "build_request", "form_request", "run_generated", "run_load"]
 
 
 def build_request(method: str, url: str, headers: dict[str, str], body: bytes = b"") -> bytes:
@@ -52,16 +52,20 @@ class Result:
         }
 
 
-async def _read_response(reader: asyncio.StreamReader) -> int:
+async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[bytes, bytes], bytes]:
     head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
-    length = 0
+    headers: dict[bytes, bytes] = {}
     for line in head.split(b"\r\n")[1:]:
-        if line[:15].lower() == b"content-length:":
-            length = int(line[15:].strip())
-            break
-    if length:
-        await reader.readexactly(length)
+        name, _, value = line.partition(b":")
+        if name:
+            headers[name.strip().lower()] = value.strip()
+    length = int(headers.get(b"content-length", b"0"))
+    body = await reader.readexactly(length) if length else b""
+    return int(head[9:12]), headers, body
+
+
+async def _read_response(reader: asyncio.StreamReader) -> int:
+    status, _, _ = await _read_head(reader)
     return status
 
 
@@ -93,8 +97,81 @@ async def run_load(host: str, port: int, requests: list[bytes], *, concurrency: 
     return result
 
 
+async def run_generated(spec: dict[str, Any]) -> Result:
+    """Hop exchanges at a fixed ``rate`` for ``duration`` seconds, each proof signed just in time.
+
+    For long runs (the memory soak) pre-building every request is impractical and the
+    server nonce rotates, so this process holds its own DPoP key (it never leaves the
+    process), performs its own session exchange first, and follows ``DPoP-Nonce``.
+    """
+    from tether.agent.proof import DPoPKey  # only this mode needs tether itself
+
+    key, url, host, port = DPoPKey(), spec["url"], spec["host"], spec["port"]
+    token_url = url + "/token"
+    nonce: str | None = None
+
+    async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, form: dict[str, str]) -> tuple[int, bytes]:
+        nonlocal nonce
+        for _ in range(3):
+            writer.write(form_request(token_url, form, {"DPoP": key.proof("POST", token_url, nonce=nonce)}))
+            status, headers, body = await _read_head(reader)
+            if b"dpop-nonce" in headers:
+                nonce = headers[b"dpop-nonce"].decode()
+            if not (status == 400 and b"use_dpop_nonce" in body):
+                break
+        return status, body
+
+    grant = "urn:ietf:params:oauth:grant-type:token-exchange"
+    first = await asyncio.open_connection(host, port)
+    status, body = await exchange(
+        *first,
+        {
+            "grant_type": grant,
+            "subject_token": spec["svid"],
+            "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+            "task": spec["task"],
+        },
+    )
+    first[1].close()
+    if status != 200:
+        raise RuntimeError(f"session exchange failed: {status} {body[:300]!r}")
+    hop = {
+        "grant_type": grant,
+        "subject_token": json.loads(body)["access_token"],
+        "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+        "resource": spec["audience"],
+    }
+    result = Result()
+    interval = 1 / spec["rate"]
+    started = time.perf_counter()
+    deadline = started + spec["duration"]
+    slots = iter(range(1, 1 << 62))
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            while (due := started + next(slots) * interval) < deadline:
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                t0 = time.perf_counter()
+                status, _ = await exchange(reader, writer, hop)
+                result.latencies.append(time.perf_counter() - t0)
+                result.statuses[status] = result.statuses.get(status, 0) + 1
+                result.sent += 1
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(worker() for _ in range(spec["concurrency"])))
+    result.elapsed = time.perf_counter() - started
+    return result
+
+
 def main(spec_path: str, out_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
+    if spec.get("mode") == "generate":
+        Path(out_path).write_text(json.dumps(asyncio.run(run_generated(spec)).as_json()))
+        return
     requests = [bytes.fromhex(r) for r in spec["requests"]]
     result = asyncio.run(
         run_load(spec["host"], spec["port"], requests, concurrency=spec["concurrency"], duration=spec["duration"])

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from tether.cli import audit as audit_cli
+from tether.cli import bench as bench_cli
 from tether.cli import keys as keys_cli
 from tether.cli import policy as policy_cli
 from tether.cli import task as task_cli
@@ -35,6 +36,7 @@ app.add_typer(audit_cli.app, name="audit")
 app.add_typer(policy_cli.app, name="policy")
 app.add_typer(vault_cli.app, name="vault")
 app.add_typer(vault_cli.master_app, name="master-key")
+app.add_typer(bench_cli.app, name="bench")
 app.command()(demo)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="tether.toml (default ./tether.toml)")]

@@ -1,0 +1,108 @@
+"""``tether bench`` — every figure beside a floor measured in the same run; ``tether bench soak`` — memory over time.
+
+Benchmarks print figures and ratios; they assert nothing (the test suite never times anything).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tether.bench.report import Row
+from tether.cli.output import console, fail, print_json, print_table
+
+__all__ = ["app"]
+
+app = typer.Typer(help="Benchmarks on loopback: servers on core 0, the load generator on core 1.")
+
+
+def _figure(value: float, unit: str) -> str:
+    if math.isnan(value):
+        return "-"
+    text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.2f}"
+    return f"{text} {unit}".strip()
+
+
+def _latency(notes: dict[str, Any]) -> str:
+    if "p50_ms" in notes:
+        return f"p50 {notes['p50_ms']} ms · p99 {notes['p99_ms']} ms"
+    if "p50_us" in notes:
+        return f"p50 {notes['p50_us']} µs · p99 {notes['p99_us']} µs"
+    if "p99_us" in notes:
+        return f"p99 {notes['p99_us']} µs"
+    return ""
+
+
+def _print(rows: list[Row], as_json: bool) -> None:
+    if as_json:
+        print_json({"rows": [r.as_json() for r in rows]})
+        return
+    print_table(
+        "tether bench",
+        ["measurement", "figure", "floor (same run)", "ratio", "latency", "target"],
+        [
+            (
+                r.name,
+                _figure(r.value, r.unit),
+                _figure(r.floor, r.floor_unit) if r.floor is not None else None,
+                f"{r.ratio:.0%}" if r.ratio is not None else None,
+                _latency(r.notes),
+                r.target or None,
+            )
+            for r in rows
+        ],
+    )
+
+
+@app.callback(invoke_without_command=True)
+def bench(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="print the rows as JSON")] = False,
+    duration: Annotated[float, typer.Option("--duration", min=1.0, help="seconds per load phase")] = 5.0,
+    only: Annotated[str | None, typer.Option("--only", help="comma-separated sections (default: all)")] = None,
+    runs: Annotated[int, typer.Option("--runs", min=1, max=9, help="repeat and report each row's median")] = 1,
+    postgres_dsn: Annotated[str, typer.Option("--postgres-dsn", envvar="TETHER_BENCH_POSTGRES_DSN")] = (
+        "postgresql://127.0.0.1:5432/test"
+    ),
+    redis_url: Annotated[str, typer.Option("--redis-url", envvar="TETHER_BENCH_REDIS_URL")] = "redis://127.0.0.1:6379/0",
+) -> None:
+    """Exchange throughput and latency, resource-server verify, gateway overhead, revocation, Cedar, memory."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from tether.bench.run import SECTIONS, BenchOptions, run_bench
+
+    sections = tuple(s.strip() for s in only.split(",")) if only else SECTIONS
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        fail(f"--only: unknown section `{unknown[0]}` (choose from {', '.join(SECTIONS)})", code=2)
+    options = BenchOptions(duration=duration, sections=sections, runs=runs, postgres_dsn=postgres_dsn, redis_url=redis_url)
+
+    def progress(message: str) -> None:
+        if not as_json:
+            console.print(f"[dim]… {message}[/]")
+
+    _, rows = run_bench(options, progress)
+    _print(rows, as_json)
+
+
+@app.command()
+def soak(
+    duration: Annotated[
+        float, typer.Option("--duration", min=10.0, max=720.0, help="seconds after warm-up (one task: ≤ 15 min in all)")
+    ] = 600.0,
+    rate: Annotated[float | None, typer.Option("--rate", min=1.0, help="hops/s (default: half the measured maximum)")] = None,
+    warmup: Annotated[float, typer.Option("--warmup", min=0.0, max=60.0, help="seconds before the baseline sample")] = 60.0,
+    as_json: Annotated[bool, typer.Option("--json", help="print the rows as JSON")] = False,
+    workdir: Annotated[Path | None, typer.Option("--dir", help="keep the deployment here (default: a temporary one)")] = None,
+) -> None:
+    """Hop exchanges at a fixed rate for DURATION seconds; the STS's RSS is sampled every 10 s."""
+    import tempfile
+
+    from tether.bench.soak import soak_rows
+
+    with tempfile.TemporaryDirectory(prefix="tether-soak-") as tmp:
+        rows = soak_rows(workdir or Path(tmp), duration=duration, rate=rate, warmup=warmup)
+    _print(rows, as_json)
