@@ -180,6 +180,8 @@ class Upstream:
         if rest == "/redirect":
             target = f"{self.elsewhere}/steal?key={quote_plus(key)}"
             return Response(status_code=302, headers={"Location": target})
+        if rest == "/set-cookie":
+            return JSONResponse({"ok": True}, headers={"Set-Cookie": "upstream_session=for-one-task; Path=/"})
         if rest == "/slow":
             await asyncio.sleep(1.5)
             return JSONResponse({"slow": True})
@@ -244,6 +246,7 @@ DEFAULT_ALLOW = (
     "GET /echo/json-escaped",
     "GET /echo/gzip",
     "GET /redirect",
+    "GET /set-cookie",
 )
 
 

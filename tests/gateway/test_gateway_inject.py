@@ -93,6 +93,18 @@ def test_hop_by_hop_cookies_and_proxy_credentials_are_not_forwarded(gw: GatewayE
     assert got["headers"]["x-keep"] == ["kept"]
 
 
+def test_an_upstream_cookie_is_neither_relayed_nor_replayed_to_later_calls(gw: GatewayEnv) -> None:
+    """One task's upstream session must not ride along on another task's calls (the gateway
+    shares one upstream connection pool): Set-Cookie is dropped, never stored, never sent."""
+    first, second = gw.caller("apikey"), gw.caller("apikey")
+    response = first.get("apikey", "/set-cookie")
+    assert response.status_code == 200 and "set-cookie" not in response.headers
+    before = len(gw.upstream.log)
+    assert second.get("apikey", "/v1/items").status_code == 200
+    [got] = gw.upstream.log[before:]
+    assert "cookie" not in got["headers"]
+
+
 @pytest.mark.parametrize("route", ["apikey", "legacy", "bearer", "query", "basic"])
 def test_an_upstream_echoing_the_whole_request_is_scrubbed_in_every_mode(gw: GatewayEnv, route: str) -> None:
     caller = gw.caller(route)

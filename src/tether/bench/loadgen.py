@@ -53,12 +53,20 @@ class Result:
 
 
 async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[bytes, bytes], bytes]:
+    """One HTTP/1.1 response, framed by ``Content-Length`` or ``Transfer-Encoding: chunked``."""
     head = await reader.readuntil(b"\r\n\r\n")
     headers: dict[bytes, bytes] = {}
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
         if name:
             headers[name.strip().lower()] = value.strip()
+    if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
+        parts = []
+        while size := int((await reader.readuntil(b"\r\n")).split(b";", 1)[0].strip(), 16):
+            parts.append((await reader.readexactly(size + 2))[:-2])
+        while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers, then the final empty line
+            pass
+        return int(head[9:12]), headers, b"".join(parts)
     length = int(headers.get(b"content-length", b"0"))
     body = await reader.readexactly(length) if length else b""
     return int(head[9:12]), headers, body

@@ -33,12 +33,13 @@ from tether.clock import Clock, SystemClock
 from tether.config import Config
 from tether.errors import AccessDenied, InvalidRequest, NotFoundError, OAuthError, TetherError, TooManyRequests
 from tether.gateway.allowlist import PathRefused, check_path, is_allowed
-from tether.gateway.proxy import BadGateway, Forwarded, GatewayTimeout, forward
+from tether.gateway.proxy import BadGateway, Forwarded, GatewayTimeout, forward, upstream_client
 from tether.gateway.redact import SecretRedactor
 from tether.gateway.routes import GatewayRoute, days_to_expiry
 from tether.gateway.vault import MissingSecret, SecretCache
 from tether.identity.jwks_cache import UrlKeySource
 from tether.keys.sealed import load_master_key
+from tether.lru import LruCache
 from tether.model import TaskState
 from tether.policy.engine import PolicyEngine
 from tether.resource.principal import Principal
@@ -81,6 +82,7 @@ class Gateway:
         self.store: Store | None = None
         self.verifiers: dict[str, Verifier] = {}
         self.redactor = SecretRedactor()
+        self._first_seen: LruCache[str, float] = LruCache(50_000)
         self.app = self._app()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -92,7 +94,7 @@ class Gateway:
         self.redactor.install()
         self.store = self._store or await open_store(self.config)
         self.http = httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=10.0)
-        self.upstream = httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=10.0)
+        self.upstream = upstream_client()
         issuer = self.config.issuer
         keys = UrlKeySource(issuer + "/jwks", self.http, ttl=300, min_refresh=5.0)
         stale = float(self.settings["stale_after"])
@@ -113,7 +115,7 @@ class Gateway:
         if self.store is None:
             return
         await self.feed.aclose()
-        await self.upstream.aclose()
+        await self.upstream.close()
         await self.http.aclose()
         await self.store.aclose()
         self.store = None
@@ -191,8 +193,10 @@ class Gateway:
             return await self._refused(request, route, principal, exc, started)
         assert principal is not None
         audit = BackgroundTask(self._audit_call, route, principal, request.method, upstream_path, forwarded, started)
-        return StreamingResponse(forwarded.body, status_code=forwarded.status, headers=dict(_merge(forwarded.headers)),
-                                 background=audit)  # fmt: skip
+        headers = dict(_merge(forwarded.headers))
+        if forwarded.content is not None:
+            return Response(forwarded.content, status_code=forwarded.status, headers=headers, background=audit)
+        return StreamingResponse(forwarded.body, status_code=forwarded.status, headers=headers, background=audit)
 
     # -- checks ----------------------------------------------------------------------------
     async def _admit(
@@ -213,7 +217,10 @@ class Gateway:
         if principal.task is None:
             raise AccessDenied("gateway calls must be bound to a task")
         base = f"gw:{route.name}:{principal.task}"
-        first = await self.store.first_seen(base + ":start", now=now, until=int(now) + route.max_session_seconds + 86400)
+        first = self._first_seen.get(base)
+        if first is None:  # the first call's time never changes once stored: remember it
+            first = await self.store.first_seen(base + ":start", now=now, until=int(now) + route.max_session_seconds + 86400)
+            self._first_seen.put(base, first)
         if now - first > route.max_session_seconds:
             raise AccessDenied(f"session on route `{route.name}` exceeded {route.max_session_seconds}s")
         second = int(now)

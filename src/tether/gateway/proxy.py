@@ -4,21 +4,45 @@ Upstream errors become 502 (unreachable, malformed) or 504 (timeout) with a fixe
 description: an exception message can carry the request URL, and with query
 injection that URL holds the secret, so no upstream error text is ever passed on or
 logged.
+
+The upstream client is aiohttp's, chosen by measurement: on this stack it spends about
+0.15 ms of CPU per keep-alive call where httpx spends about 0.55 ms, and the gateway's
+whole budget is 1 ms per call (``tether bench --only gateway``). The URL is passed
+pre-encoded, exactly as the strict path check accepted it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import httpx
+import aiohttp
+from yarl import URL
 
 from tether.errors import OAuthError
-from tether.gateway.inject import encodings, forward_headers, inject, response_headers, strip_query
+from tether.gateway.inject import Injection, encodings, forward_headers, inject, response_headers, strip_query
 from tether.gateway.routes import GatewayRoute
 from tether.gateway.scrub import Scrubber, scrub_headers
 
-__all__ = ["BadGateway", "Forwarded", "GatewayTimeout", "PayloadTooLarge", "forward"]
+__all__ = ["BadGateway", "Forwarded", "GatewayTimeout", "PayloadTooLarge", "forward", "upstream_client"]
+
+#: Bodies with a declared length up to this (and no content coding) are read whole and sent
+#: with a length: no chunked framing and no streaming machinery for the typical small answer.
+SMALL_BODY = 64 * 1024
+
+
+def upstream_client() -> aiohttp.ClientSession:
+    """The shared upstream client (create it inside the serving loop): no redirects, no proxies
+    from the environment, and no cookie jar. One pool serves every task and agent, so a cookie
+    an upstream sets for one call must never be replayed on another's."""
+    return aiohttp.ClientSession(
+        cookie_jar=aiohttp.DummyCookieJar(),
+        trust_env=False,
+        connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=60),
+        skip_auto_headers=("User-Agent",),
+    )
 
 
 class BadGateway(OAuthError):
@@ -46,12 +70,14 @@ class Forwarded:
     status: int
     headers: list[tuple[str, str]]
     body: AsyncIterator[bytes]
-    response: httpx.Response
+    response: aiohttp.ClientResponse
     scrubbed: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
     truncated: bool = False
     stats: dict[str, int] = field(default_factory=dict)
+    #: the whole scrubbed body when it was small enough to read at once (else ``body`` streams)
+    content: bytes | None = None
 
 
 async def _limited(body: AsyncIterator[bytes], limit: int, counter: dict[str, int]) -> AsyncIterator[bytes]:
@@ -63,7 +89,7 @@ async def _limited(body: AsyncIterator[bytes], limit: int, counter: dict[str, in
 
 
 async def forward(
-    client: httpx.AsyncClient,
+    client: aiohttp.ClientSession,
     route: GatewayRoute,
     *,
     method: str,
@@ -82,31 +108,64 @@ async def forward(
     upstream_headers.append(("Accept-Encoding", "identity"))
     counter: dict[str, int] = {}
     has_body = method not in ("GET", "HEAD", "OPTIONS") or content_length
-    request = client.build_request(
-        method,
-        route.upstream + path + (f"?{qs}" if qs else ""),
-        headers=upstream_headers,
-        content=_limited(body, route.max_request_bytes, counter) if has_body else None,
-        timeout=route.timeout,
-    )
+    url = URL(route.upstream + path + (f"?{qs}" if qs else ""), encoded=True)
+    timeout = aiohttp.ClientTimeout(total=None, connect=route.timeout, sock_read=route.timeout)
     try:
-        response = await client.send(request, stream=True, follow_redirects=False)
-    except httpx.TimeoutException:
+        response = await client.request(
+            method,
+            url,
+            headers=upstream_headers,
+            data=_limited(body, route.max_request_bytes, counter) if has_body else None,
+            allow_redirects=False,
+            timeout=timeout,
+        )
+    except PayloadTooLarge:
+        raise
+    except TimeoutError:
         raise GatewayTimeout("upstream did not answer in time", debug=f"route {route.name}: timeout") from None
-    except httpx.HTTPError as exc:
+    except (aiohttp.ClientError, ValueError, OSError) as exc:
+        if counter.get("bytes_in", 0) > route.max_request_bytes:
+            raise PayloadTooLarge(f"request body exceeds {route.max_request_bytes} bytes") from None
         raise BadGateway("upstream unreachable", debug=f"route {route.name}: {type(exc).__name__}") from None
-    needles = encodings(secret, route.injection)
+    needles = _needles(secret, route.injection)
     length = response.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > route.max_response_bytes:
-        await response.aclose()
+    declared = int(length) if length is not None and length.isdigit() else None
+    if declared is not None and declared > route.max_response_bytes:
+        response.close()
         raise BadGateway("upstream response exceeds the route's size cap", debug=f"route {route.name}: {length} bytes")
-    cleaned, header_hits = scrub_headers(response_headers(response.headers.multi_items()), needles)
+    raw_headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in response.raw_headers]
+    cleaned, header_hits = scrub_headers(response_headers(raw_headers), needles)
     cleaned = [(n, v) for n, v in cleaned if n.lower() != "content-encoding"]
-    forwarded = Forwarded(status=response.status_code, headers=cleaned, body=_empty(), response=response)
+    forwarded = Forwarded(status=response.status, headers=cleaned, body=_empty(), response=response)
     forwarded.scrubbed = header_hits
     forwarded.stats = counter
-    forwarded.body = _relay(forwarded, Scrubber(needles), route.max_response_bytes)
+    coded = response.headers.get("content-encoding", "identity").lower() != "identity"
+    if declared is not None and declared <= SMALL_BODY and not coded:
+        await _read_whole(forwarded, Scrubber(needles), route.name)
+    else:  # decoded while streamed, so the size cap holds for what a compressed body expands to
+        forwarded.body = _relay(forwarded, Scrubber(needles), route.max_response_bytes)
     return forwarded
+
+
+async def _read_whole(forwarded: Forwarded, scrubber: Scrubber, route: str) -> None:
+    try:
+        raw = await forwarded.response.read()
+    except TimeoutError:
+        forwarded.response.close()
+        raise GatewayTimeout("upstream did not answer in time", debug=f"route {route}: body timeout") from None
+    except (aiohttp.ClientError, OSError) as exc:
+        forwarded.response.close()
+        raise BadGateway("upstream response was cut short", debug=f"route {route}: {type(exc).__name__}") from None
+    forwarded.response.release()
+    forwarded.content = scrubber.feed(raw) + scrubber.flush()
+    forwarded.bytes_out = len(raw)
+    forwarded.scrubbed += scrubber.hits
+    forwarded.bytes_in = forwarded.stats.get("bytes_in", 0)
+
+
+@functools.lru_cache(maxsize=64)
+def _needles(secret: str, injection: Injection) -> tuple[bytes, ...]:
+    return tuple(encodings(secret, injection))
 
 
 async def _empty() -> AsyncIterator[bytes]:
@@ -115,8 +174,9 @@ async def _empty() -> AsyncIterator[bytes]:
 
 
 async def _relay(forwarded: Forwarded, scrubber: Scrubber, limit: int) -> AsyncIterator[bytes]:
+    complete = False
     try:
-        async for chunk in forwarded.response.aiter_bytes():
+        async for chunk in forwarded.response.content.iter_any():
             forwarded.bytes_out += len(chunk)
             if forwarded.bytes_out > limit:
                 forwarded.truncated = True
@@ -127,9 +187,13 @@ async def _relay(forwarded: Forwarded, scrubber: Scrubber, limit: int) -> AsyncI
         tail = scrubber.flush()
         if tail and not forwarded.truncated:
             yield tail
-    except httpx.HTTPError:
+        complete = not forwarded.truncated
+    except (aiohttp.ClientError, OSError, TimeoutError, asyncio.IncompleteReadError):
         forwarded.truncated = True
     finally:
         forwarded.scrubbed += scrubber.hits
         forwarded.bytes_in = forwarded.stats.get("bytes_in", 0)
-        await forwarded.response.aclose()
+        if complete:
+            forwarded.response.release()
+        else:  # a half-read connection must not go back to the pool
+            forwarded.response.close()

@@ -1,8 +1,9 @@
 """Log redaction for the gateway: no log record may carry a vaulted secret, in any encoding.
 
-httpx logs every request URL at INFO — with query injection that URL holds the secret —
-and httpcore logs raw upstream headers at DEBUG, before the gateway scrubs them. A
-filter on those loggers rewrites any record that contains a registered secret.
+HTTP clients log request URLs (with query injection the URL holds the secret) and raw
+upstream headers, before the gateway scrubs them: httpx at INFO, httpcore at DEBUG,
+aiohttp (the upstream client) on errors. A filter on those loggers rewrites any record
+that contains a registered secret.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ class SecretRedactor(logging.Filter):
         return True
 
     def install(self) -> None:
-        """Attach to httpx, httpcore and every httpcore child logger (logger filters do not inherit)."""
-        names = ["httpx", "httpcore"] + [n for n in logging.root.manager.loggerDict if n.startswith(("httpx.", "httpcore."))]
+        """Attach to the HTTP clients' loggers and their children (logger filters do not inherit)."""
+        roots = ("httpx", "httpcore", "aiohttp")
+        names = [*roots, *(n for n in logging.root.manager.loggerDict if n.startswith(tuple(r + "." for r in roots)))]
         for name in names:
             logger = logging.getLogger(name)
             if self not in logger.filters:
