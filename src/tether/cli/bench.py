@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from tether.bench.report import Row
-from tether.cli.output import console, fail, print_json, print_table
+from tether.cli.output import console, fail, print_json
 
 __all__ = ["app"]
 
@@ -40,21 +42,22 @@ def _print(rows: list[Row], as_json: bool) -> None:
     if as_json:
         print_json({"rows": [r.as_json() for r in rows]})
         return
-    print_table(
-        "tether bench",
-        ["measurement", "figure", "floor (same run)", "ratio", "latency", "target"],
-        [
-            (
-                r.name,
-                _figure(r.value, r.unit),
-                _figure(r.floor, r.floor_unit) if r.floor is not None else None,
-                f"{r.ratio:.0%}" if r.ratio is not None else None,
-                _latency(r.notes),
-                r.target or None,
-            )
-            for r in rows
-        ],
-    )
+    table = Table(title="tether bench", title_justify="left")
+    for column in ("measurement", "figure", "floor (same run)", "ratio", "latency", "target"):
+        table.add_column(column)
+    for cells in (
+        (
+            r.name,
+            _figure(r.value, r.unit),
+            _figure(r.floor, r.floor_unit) if r.floor is not None else None,
+            f"{r.ratio:.0%}" if r.ratio is not None else None,
+            _latency(r.notes),
+            r.target or None,
+        )
+        for r in rows
+    ):
+        table.add_row(*(c if c is not None else "-" for c in cells))
+    Console(highlight=False, width=max(console.width, 190)).print(table)
 
 
 @app.callback(invoke_without_command=True)
