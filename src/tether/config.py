@@ -18,6 +18,7 @@ from typing import Any
 from tether.errors import ConfigError, OAuthError
 from tether.gateway.routes import GatewayRoute, parse_routes
 from tether.identity.jwks_cache import parse_jwks
+from tether.monitor.settings import DetectorSettings, parse_detectors
 from tether.rules.dpop import DEFAULT_DPOP_ALGS
 from tether.rules.jws import ASYMMETRIC_ALGS
 from tether.rules.principal import is_principal, spiffe_trust_domain
@@ -72,6 +73,17 @@ _SCALARS: dict[str, dict[str, tuple[type, Any]]] = {
     },
     "postgres": {"dsn": (str, "")},
     "redis": {"url": (str, ""), "prefix": (str, "tether")},
+    "monitor": {
+        "enabled": (bool, True),
+        "interval": (int, 1),
+        "webhook_url": (str, ""),
+        "webhook_timeout": (int, 5),
+        "webhook_retries": (int, 3),
+        "risk_ttl": (int, 300),
+    },
+    "metrics": {"enabled": (bool, True)},
+    "logging": {"format": (str, "text"), "level": (str, "info")},
+    "audit": {"checkpoint_every": (int, 1000), "checkpoint_seconds": (int, 60)},
 }
 _TABLES = {"trust_domains", "oidc_issuers", "clients", "resources"}
 
@@ -120,6 +132,7 @@ class Config:
     clients: tuple[ClientConfig, ...] = ()
     resources: tuple[ResourceConfig, ...] = ()
     routes: tuple[GatewayRoute, ...] = ()
+    detectors: tuple[DetectorSettings, ...] = ()
     base_dir: Path = field(default_factory=Path.cwd)
 
     def get(self, section: str, key: str) -> Any:
@@ -192,7 +205,7 @@ def _table(name: str, index: int, row: Any, allowed: set[str], required: set[str
 
 
 def _check_positive(values: Mapping[str, Mapping[str, Any]]) -> None:
-    for section in ("tokens", "dpop", "tasks", "identity"):
+    for section in ("tokens", "dpop", "tasks", "identity", "monitor", "audit"):
         for k, v in values[section].items():
             if isinstance(v, int) and not isinstance(v, bool) and v <= 0 and k != "clock_skew":
                 raise ConfigError(f"{section}.{k}", "must be a positive integer")
@@ -252,7 +265,7 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None, env: Mapping[str
                 out[k] = _typed(dotted, raw.get(k, default), kind)
         if section:
             for k in raw:
-                if k not in keys and (section, k) != ("gateway", "routes"):
+                if k not in keys and (section, k) not in (("gateway", "routes"), ("monitor", "detectors")):
                     raise ConfigError(f"{section}.{k}", "unknown key")
         values[section] = out
     for k in data:
@@ -347,6 +360,14 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None, env: Mapping[str
     routes = parse_routes(gateway_raw.get("routes") if isinstance(gateway_raw, dict) else None)
     if routes:
         _issuer_uri(values["gateway"]["url"], "gateway.url")
+    monitor_raw = data.get("monitor", {})
+    detectors = parse_detectors(monitor_raw.get("detectors") if isinstance(monitor_raw, dict) else None)
+    if values["logging"]["format"] not in ("text", "json"):
+        raise ConfigError("logging.format", "must be `text` or `json`")
+    if values["logging"]["level"] not in ("debug", "info", "warning", "error"):
+        raise ConfigError("logging.level", "must be one of debug, info, warning, error")
+    if values["monitor"]["webhook_url"]:
+        _http_url(values["monitor"]["webhook_url"], "monitor.webhook_url")
     return Config(
         path=path,
         values=values,
@@ -355,6 +376,7 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None, env: Mapping[str
         clients=tuple(clients),
         resources=tuple(resources),
         routes=routes,
+        detectors=detectors,
         base_dir=base,
     )
 

@@ -1,0 +1,65 @@
+"""Prometheus metrics for the STS and the gateway (text exposition at ``GET /metrics``).
+
+One registry per process, so the STS and the gateway (separate processes) each expose
+their own. Label values are bounded sets — error codes, token kinds, route names, HTTP
+statuses, detector names — never principals, task ids or token ids, which would make
+the series count grow with the fleet.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = [
+    "ALERTS",
+    "CONTENT_TYPE",
+    "EXCHANGE_SECONDS",
+    "FEED_LAG_SECONDS",
+    "FEED_SUBSCRIBERS",
+    "GATEWAY_CALLS",
+    "GATEWAY_SECONDS",
+    "ISSUED",
+    "REFUSALS",
+    "REGISTRY",
+    "REVOCATIONS",
+    "exposition",
+]
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+ISSUED = Counter("tether_tokens_issued", "Access tokens issued, by exchange kind", ["kind"], registry=REGISTRY)
+REFUSALS = Counter(
+    "tether_refusals", "Requests refused, by endpoint and OAuth error code", ["endpoint", "error"], registry=REGISTRY
+)
+EXCHANGE_SECONDS = Histogram(
+    "tether_exchange_seconds",
+    "Token endpoint latency, by exchange kind (refusals included as kind=refused)",
+    ["kind"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    registry=REGISTRY,
+)
+REVOCATIONS = Counter(
+    "tether_revocations", "Revocation feed entries published, by kind (jti or task)", ["kind"], registry=REGISTRY
+)
+FEED_SUBSCRIBERS = Gauge("tether_feed_subscribers", "Open revocation feed streams", registry=REGISTRY)
+FEED_LAG_SECONDS = Gauge(
+    "tether_feed_lag_seconds",
+    "Seconds since the revocation view was last heard from the STS (resource servers and the gateway)",
+    registry=REGISTRY,
+)
+GATEWAY_CALLS = Counter("tether_gateway_calls", "Gateway calls, by route and status", ["route", "status"], registry=REGISTRY)
+GATEWAY_SECONDS = Histogram(
+    "tether_gateway_seconds",
+    "Gateway call latency including the upstream, by route",
+    ["route"],
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    registry=REGISTRY,
+)
+ALERTS = Counter("tether_alerts", "Alerts raised by the monitor, by detector", ["detector"], registry=REGISTRY)
+
+
+def exposition() -> bytes:
+    """The registry in the Prometheus text format (version 0.0.4)."""
+    return generate_latest(REGISTRY)

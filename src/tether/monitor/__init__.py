@@ -1,0 +1,1 @@
+"""Watching the audit stream: detectors, their actions, and alerts."""

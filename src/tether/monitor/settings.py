@@ -1,0 +1,95 @@
+"""``[monitor.detectors.NAME]`` tables: which detectors run, their thresholds, and what each does.
+
+Every detector is on by default with the thresholds below; a table overrides some of
+them. Unknown detectors, unknown parameters, wrong types and unknown actions are
+configuration errors naming the key, like every other ``tether.toml`` mistake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tether.errors import ConfigError
+
+__all__ = ["ACTIONS", "DEFAULTS", "SEVERITIES", "DetectorSettings", "parse_detectors"]
+
+ACTIONS = ("alert", "webhook", "risk", "suspend")
+SEVERITIES = ("low", "medium", "high", "critical")
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    name: str
+    enabled: bool
+    severity: str
+    actions: tuple[str, ...]
+    #: detector-specific numbers (thresholds, windows, learning periods), see ``DEFAULTS``
+    params: Mapping[str, float]
+
+    def param(self, key: str) -> float:
+        return float(self.params[key])
+
+
+#: name → (severity, actions, params)
+DEFAULTS: Mapping[str, tuple[str, tuple[str, ...], Mapping[str, float]]] = {
+    # exchanges per agent in a window against its own moving average of earlier windows
+    "exchange_rate_spike": ("high", ("alert", "suspend"), {"window": 10, "factor": 5.0, "min_count": 50, "alpha": 0.2}),
+    # a token for an audience this agent never had a token for, once it has a history
+    "new_audience": ("medium", ("alert",), {"learn": 20}),
+    # policy denials, scope widening, invalid proofs... by one agent within a window
+    "refusal_burst": ("high", ("alert", "risk", "suspend"), {"window": 30, "threshold": 5}),
+    # a DPoP proof presented twice
+    "dpop_replay": ("high", ("alert", "suspend"), {"threshold": 1}),
+    # a token used after its task ended or after it was revoked
+    "use_after_end": ("medium", ("alert",), {"threshold": 1}),
+    # a gateway call on a path or at an hour this agent's history on the route does not have
+    "gateway_unusual": ("medium", ("alert",), {"learn": 20}),
+    # a delegation chain deeper than this agent's norm
+    "deep_delegation": ("medium", ("alert", "risk"), {"learn": 10, "margin": 1}),
+}
+
+
+def _number(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigError(key, "must be a non-negative number")
+    return float(value)
+
+
+def parse_detectors(raw: Any) -> tuple[DetectorSettings, ...]:
+    """Defaults for every detector, overridden by the ``[monitor.detectors.*]`` tables in ``raw``."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError("monitor.detectors", "must be a table of detector tables")
+    for name in raw:
+        if name not in DEFAULTS:
+            raise ConfigError(f"monitor.detectors.{name}", f"unknown detector (known: {', '.join(DEFAULTS)})")
+    out = []
+    for name, (severity, actions, params) in DEFAULTS.items():
+        table = raw.get(name, {})
+        prefix = f"monitor.detectors.{name}"
+        if not isinstance(table, dict):
+            raise ConfigError(prefix, "must be a table")
+        merged = dict(params)
+        for key, value in table.items():
+            if key in ("enabled", "severity", "actions"):
+                continue
+            if key not in params:
+                raise ConfigError(f"{prefix}.{key}", f"unknown parameter (known: {', '.join(params)})")
+            merged[key] = _number(f"{prefix}.{key}", value)
+        enabled = table.get("enabled", True)
+        if not isinstance(enabled, bool):
+            raise ConfigError(f"{prefix}.enabled", "must be true or false")
+        level = table.get("severity", severity)
+        if level not in SEVERITIES:
+            raise ConfigError(f"{prefix}.severity", f"must be one of {', '.join(SEVERITIES)}")
+        chosen = table.get("actions", list(actions))
+        if not isinstance(chosen, list) or not all(isinstance(a, str) for a in chosen):
+            raise ConfigError(f"{prefix}.actions", "must be a list of actions")
+        for action in chosen:
+            if action not in ACTIONS:
+                raise ConfigError(f"{prefix}.actions", f"unknown action `{action}` (known: {', '.join(ACTIONS)})")
+        out.append(DetectorSettings(name, enabled, str(level), tuple(dict.fromkeys(chosen)), merged))
+    return tuple(out)
