@@ -40,3 +40,27 @@ def test_a_write_lock_held_elsewhere_is_waited_for_off_the_event_loop(tmp_path: 
         store.close()
     assert seq == 1, "the write completed once the lock was released"
     assert ticks >= 5, "the event loop kept running while the write waited for the lock"
+
+
+def test_the_wal_is_checkpointed_off_the_event_loop_and_stays_bounded(tmp_path: Path) -> None:
+    """Inline commits never run an automatic checkpoint (a stall inside a request); the
+    worker thread checkpoints instead, so the WAL is reused rather than growing with every
+    commit. 6,000 audit appends without any checkpoint leave a WAL of well over 20 MB."""
+    store = SqliteStore.open(tmp_path / "tether.db")
+
+    async def scenario() -> int:
+        for i in range(6000):
+            await store.append_audit(AuditEvent(kind="test", outcome="ok", detail={"i": i}), now=float(i))
+        conn = store._db._connect(5)  # the event loop thread's inline connection
+        return int(conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+
+    try:
+        autocheckpoint = asyncio.run(scenario())
+        store._db._executor.submit(lambda: None).result()  # let a queued checkpoint finish
+        wal = (tmp_path / "tether.db-wal").stat().st_size
+        records = asyncio.run(store.audit_records(after=0, limit=10_000))
+    finally:
+        store.close()
+    assert autocheckpoint == 0
+    assert len(records) == 6000
+    assert 0 < wal < 12 * 1024 * 1024, f"WAL grew to {wal} bytes"
