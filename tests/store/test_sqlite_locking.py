@@ -42,14 +42,14 @@ def test_a_write_lock_held_elsewhere_is_waited_for_off_the_event_loop(tmp_path: 
     assert ticks >= 5, "the event loop kept running while the write waited for the lock"
 
 
-def test_the_wal_is_checkpointed_off_the_event_loop_and_stays_bounded(tmp_path: Path) -> None:
-    """Inline commits never run an automatic checkpoint (a stall inside a request); the
-    worker thread checkpoints instead, so the WAL is reused rather than growing with every
-    commit. 6,000 audit appends without any checkpoint leave a WAL of well over 20 MB."""
+def test_the_wal_is_checkpointed_and_stays_bounded_under_a_steady_writer(tmp_path: Path) -> None:
+    """The worker thread copies pages in the background and the inline connection's raised
+    auto-checkpoint rewinds the WAL, so it is reused instead of growing with every commit:
+    12,000 audit appends with no checkpoint at all leave a WAL of about 54 MB."""
     store = SqliteStore.open(tmp_path / "tether.db")
 
     async def scenario() -> int:
-        for i in range(6000):
+        for i in range(12_000):
             await store.append_audit(AuditEvent(kind="test", outcome="ok", detail={"i": i}), now=float(i))
         conn = store._db._connect(5)  # the event loop thread's inline connection
         return int(conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
@@ -58,9 +58,9 @@ def test_the_wal_is_checkpointed_off_the_event_loop_and_stays_bounded(tmp_path: 
         autocheckpoint = asyncio.run(scenario())
         store._db._executor.submit(lambda: None).result()  # let a queued checkpoint finish
         wal = (tmp_path / "tether.db-wal").stat().st_size
-        records = asyncio.run(store.audit_records(after=0, limit=10_000))
+        records = asyncio.run(store.audit_records(after=0, limit=20_000))
     finally:
         store.close()
-    assert autocheckpoint == 0
-    assert len(records) == 6000
-    assert 0 < wal < 12 * 1024 * 1024, f"WAL grew to {wal} bytes"
+    assert autocheckpoint > 1000  # raised: most of the copying happens off the request path
+    assert len(records) == 12_000
+    assert 0 < wal < 24 * 1024 * 1024, f"WAL grew to {wal} bytes"

@@ -158,7 +158,7 @@ async def run_generated(spec: dict[str, Any]) -> Result:
     async def worker() -> None:
         reader, writer = await asyncio.open_connection(host, port)
         try:
-            while (due := started + next(slots) * interval) < deadline:
+            while (due := started + next(slots) * interval) < deadline and time.perf_counter() < deadline:
                 delay = due - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
