@@ -967,6 +967,18 @@ def test_ed25519_token_verifies_under_both_names(ed: Pair) -> None:
             verify(token, ed.public, algorithms=("ES256",))
 
 
+def test_ed25519_token_verifies_with_a_jwk_that_declares_alg_eddsa(ed: Pair) -> None:
+    """tether's own JWKS publishes Ed25519 keys with ``"alg": "EdDSA"`` (keyring.public_jwk):
+    joserfc checks a key's declared alg against the algorithm model's name, so the model used
+    for the header name ``EdDSA`` must carry that name (regression: every EdDSA token failed)."""
+    declared = OKPKey.import_key({**ed.public.as_dict(private=False), "alg": "EdDSA"})
+    token = assemble({"typ": "at+jwt", "alg": "EdDSA", "kid": "k1"}, CLAIMS, ed.private, "EdDSA")
+    assert verify(token, declared, algorithms=("EdDSA",)) == CLAIMS
+    with pytest.raises(JWSError):
+        verify(assemble({"typ": "at+jwt", "alg": "Ed25519", "kid": "k1"}, CLAIMS, ed.private, "EdDSA"), declared,
+               algorithms=("Ed25519", "EdDSA"))  # fmt: skip
+
+
 def test_JWT_01_algs_for_small_rsa_key_is_empty() -> None:
     small = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 - the weak key is the input under test
     with warnings.catch_warnings():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import functools
 import json
 import re
@@ -181,8 +182,17 @@ class _Registry(JWSRegistry):
 
     def get_alg(self, name: str) -> Any:
         if name == "EdDSA" and self.allowed and "EdDSA" in self.allowed:
-            return self.algorithms["Ed25519"]
+            return _eddsa(self.algorithms["Ed25519"])
         return super().get_alg(name)
+
+
+@functools.lru_cache(maxsize=1)
+def _eddsa(ed25519: Any) -> Any:
+    """joserfc's Ed25519 model under the name ``EdDSA``: a JWK that declares ``"alg": "EdDSA"``
+    (as tether's JWKS and most others do) is checked against the algorithm's name."""
+    model = copy.copy(ed25519)
+    model.name = "EdDSA"
+    return model
 
 
 @functools.lru_cache(maxsize=64)

@@ -207,3 +207,27 @@ def test_keys_rotate_while_serving(sts: RunningSts) -> None:
     assert _header(fresh)["kid"] == new_kid
     assert _introspect(sts, fresh)["active"] is True
     assert _poll(lambda: _get(sts, "/healthz").json()["kid"] == new_kid)
+
+
+def test_keys_rotate_to_eddsa_tokens_verify_at_the_sts_and_independently(sts: RunningSts) -> None:
+    """An EdDSA issuer key (``tether keys rotate --alg EdDSA``) signs tokens that the STS itself
+    accepts as subject tokens, that introspect as active, and that PyJWT verifies against the
+    published JWKS (``"alg": "EdDSA"``, ``crv: Ed25519``)."""
+    (old_kid,) = [k["kid"] for k in _get(sts, "/jwks").json()["keys"]]
+    result = subprocess.run(
+        [TETHER, "keys", "rotate", "--alg", "EdDSA", "--config", str(sts.config.path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    new_kid = _poll(lambda: (kid := _get(sts, "/healthz").json()["kid"]) != old_kid and kid)
+    task = create_task(sts)
+    agent = Client(sts)
+    session = agent.session(task["id"]).json()["access_token"]
+    assert _header(session) == {"alg": "EdDSA", "kid": new_kid, "typ": "at+jwt"}
+    hop = agent.hop(session, "http://127.0.0.1:9001")  # the STS verifies its own EdDSA session token
+    assert hop.status_code == 200, hop.text
+    jwks = _get(sts, "/jwks").json()
+    [published] = [k for k in jwks["keys"] if k["kid"] == new_kid]
+    assert (published["kty"], published["crv"], published["alg"]) == ("OKP", "Ed25519", "EdDSA")
+    _verify(sts, hop.json()["access_token"], jwks, "http://127.0.0.1:9001")
+    assert _introspect(sts, session)["active"] is True
