@@ -8,6 +8,11 @@ duration, rate and per-task cap; then the vaulted secret is injected, the call i
 forwarded (no redirects followed, timeouts, size caps), and the secret is scrubbed
 from whatever comes back. Every call — allowed or refused — is audited and counted;
 a burst of refusals or a cap hit suspends the task (which revokes its tokens).
+
+``GET /metrics`` (unless ``[metrics] enabled = false``) shows calls by route and
+status, their latency, and how long ago the revocation feed was last heard from the
+STS; like the STS's, it is unauthenticated and its labels are route names and statuses,
+never principals.
 """
 
 from __future__ import annotations
@@ -39,7 +44,9 @@ from tether.gateway.routes import GatewayRoute, days_to_expiry
 from tether.gateway.vault import MissingSecret, SecretCache
 from tether.identity.jwks_cache import UrlKeySource
 from tether.keys.sealed import load_master_key
+from tether.logs import add_secret_source
 from tether.lru import LruCache
+from tether.metrics import CONTENT_TYPE, FEED_LAG_SECONDS, GATEWAY_CALLS, GATEWAY_SECONDS, REVOCATIONS, exposition
 from tether.model import TaskState
 from tether.policy.engine import PolicyEngine
 from tether.resource.principal import Principal
@@ -92,6 +99,7 @@ class Gateway:
         # httpx and httpcore log request URLs (which carry the secret with query injection) and
         # raw upstream headers (before scrubbing): every secret opened is redacted from them.
         self.redactor.install()
+        add_secret_source(self.redactor)  # and from every other logger, through the root handler (tether.logs)
         self.store = self._store or await open_store(self.config)
         self.http = httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=10.0)
         self.upstream = upstream_client()
@@ -136,6 +144,7 @@ class Gateway:
                 Route("/routes/{name}", self.handle, methods=methods),
                 Route("/.well-known/oauth-protected-resource/routes/{name}", self.metadata, methods=["GET"]),
                 Route("/healthz", self.health, methods=["GET"]),
+                *([Route("/metrics", self.scrape, methods=["GET"])] if self.config.values["metrics"]["enabled"] else []),
             ],
             lifespan=lifespan,
             exception_handlers={HTTPException: handle_http, Exception: handle_unexpected},
@@ -155,6 +164,12 @@ class Gateway:
         except StoreError as exc:
             return error_response(exc)
         return JSONResponse({"status": "ok", "routes": sorted(self.routes)})
+
+    async def scrape(self, request: Request) -> Response:
+        """Prometheus text exposition; the feed lag is measured now, at scrape time."""
+        heard = self.feed.last_heard if self.store is not None else None
+        FEED_LAG_SECONDS.set(float("inf") if heard is None else max(0.0, self.clock.now() - heard))
+        return Response(exposition(), media_type=CONTENT_TYPE, headers={"Cache-Control": "no-store"})
 
     async def handle(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -237,6 +252,8 @@ class Gateway:
     ) -> Response:
         response = error_response(exc, resource=True, algs=self.verifiers[route.name].settings.dpop_algs)
         self.metrics[(route.name, response.status_code)] += 1
+        GATEWAY_CALLS.labels(route=route.name, status=str(response.status_code)).inc()
+        GATEWAY_SECONDS.labels(route=route.name).observe(time.perf_counter() - started)
         if self.store is None:
             return response
         reason = exc.debug if isinstance(exc, OAuthError) else str(exc)
@@ -280,11 +297,14 @@ class Gateway:
                            detail={"reason": reason, "route": route.name})  # fmt: skip
         with contextlib.suppress(NotFound, TaskNotActive):
             await self.store.end_task(principal.task, TaskState.SUSPENDED, now=now, audit=event)
+            REVOCATIONS.labels(kind="task").inc()
             log.warning("task %s suspended by the gateway: %s", principal.task, reason)
 
     async def _audit_call(self, route: GatewayRoute, principal: Principal, method: str, path: str,
                           forwarded: Forwarded, started: float) -> None:  # fmt: skip
         self.metrics[(route.name, forwarded.status)] += 1
+        GATEWAY_CALLS.labels(route=route.name, status=str(forwarded.status)).inc()
+        GATEWAY_SECONDS.labels(route=route.name).observe(time.perf_counter() - started)
         assert self.store is not None
         detail = {
             "route": route.name,

@@ -3,7 +3,8 @@
 HTTP clients log request URLs (with query injection the URL holds the secret) and raw
 upstream headers, before the gateway scrubs them: httpx at INFO, httpcore at DEBUG,
 aiohttp (the upstream client) on errors. A filter on those loggers rewrites any record
-that contains a registered secret.
+that contains a registered secret; the gateway also hands it to ``tether.logs`` so the
+root handler (every other logger: uvicorn, tether's own) redacts the same secrets.
 """
 
 from __future__ import annotations
@@ -28,15 +29,25 @@ class SecretRedactor(logging.Filter):
         with self._lock:
             self._needles = sorted(set(self._needles) | set(forms), key=len, reverse=True)
 
-    def filter(self, record: logging.LogRecord) -> bool:
+    def redact(self, text: str) -> str:
+        """``text`` without any registered secret (``text`` itself when none occurs); ``tether.logs`` uses it too."""
         needles = self._needles
         if not needles:
+            return text
+        data = text.encode("utf-8", errors="replace")
+        if not any(needle in data for needle in needles):
+            return text
+        for needle in needles:
+            data = data.replace(needle, REDACTED)
+        return data.decode("utf-8", errors="replace")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self._needles:
             return True
-        message = record.getMessage().encode("utf-8", errors="replace")
-        if any(needle in message for needle in needles):
-            for needle in needles:
-                message = message.replace(needle, REDACTED)
-            record.msg, record.args = message.decode("utf-8", errors="replace"), None
+        message = record.getMessage()
+        clean = self.redact(message)
+        if clean is not message:
+            record.msg, record.args = clean, None
         return True
 
     def install(self) -> None:

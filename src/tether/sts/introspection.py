@@ -13,6 +13,7 @@ from typing import Any
 
 from tether.audit.chain import AuditEvent
 from tether.errors import InvalidToken, UnauthorizedClient
+from tether.metrics import REVOCATIONS
 from tether.model import AccessToken, TaskState, WorkloadIdentity, act_from_chain
 from tether.rules.scope import format_scope
 from tether.store.records import BlockKind
@@ -84,7 +85,9 @@ async def revoke(ctx: StsContext, caller: WorkloadIdentity, token: str) -> list[
     if not allowed:
         raise UnauthorizedClient("token was not issued to this client")
     event = AuditEvent(kind="token.revoked", outcome="ok", principal=caller.principal, task=claims.txn, jti=claims.jti)
-    return await ctx.store.revoke_tree(claims.jti, now=ctx.now(), audit=event)
+    revoked = await ctx.store.revoke_tree(claims.jti, now=ctx.now(), audit=event)
+    REVOCATIONS.labels(kind="jti").inc(len(revoked))  # one feed entry per newly revoked token, after the commit
+    return revoked
 
 
 async def block(
@@ -98,4 +101,5 @@ async def block(
         return {kind.value: value, "blocked": False, "was_blocked": removed}
     event = AuditEvent(kind="principal.blocked", outcome="ok", principal=caller.sub, detail={kind.value: value})
     tasks = await ctx.store.block(kind, value, now=now, audit=event)
+    REVOCATIONS.labels(kind="task").inc(len(tasks))  # the tokens it cut are in the audit record, not counted here
     return {kind.value: value, "blocked": True, "tasks_cancelled": tasks}

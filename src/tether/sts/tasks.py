@@ -12,6 +12,7 @@ from typing import Any
 
 from tether.audit.chain import AuditEvent
 from tether.errors import AccessDenied, InsufficientScope, InvalidRequest, NotFoundError
+from tether.metrics import REVOCATIONS
 from tether.model import AccessToken, Task, TaskState
 from tether.policy.entities import create_task_request
 from tether.rules.task import TaskRequest, build_task, check_transition
@@ -146,8 +147,10 @@ async def end_task(ctx: StsContext, caller: AccessToken, task_id: str, target: T
     check_transition(task, target, now)
     event = AuditEvent(kind=f"task.{target.value}", outcome="ok", principal=caller.sub, task=task.id)
     try:
-        return await ctx.store.end_task(task.id, target, now=now, audit=event)
+        ended = await ctx.store.end_task(task.id, target, now=now, audit=event)
     except NotFound as exc:
         raise NotFoundError("task not found") from exc
     except TaskNotActive as exc:
         raise InvalidRequest(f"task is already {exc}") from exc
+    REVOCATIONS.labels(kind="task").inc()  # the task's feed entry is committed
+    return ended

@@ -1,4 +1,8 @@
-"""Route plumbing: every endpoint's errors go through ``tether.web.errors``, refusals are audited."""
+"""Route plumbing: every endpoint's errors go through ``tether.web.errors``, refusals are audited and counted.
+
+``tether_refusals`` is labelled with the endpoint's name (``token``, ``tasks``, … — taken
+from the function, never the path, which carries task ids) and the wire error code.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,9 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tether.errors import OAuthError, TetherError, UseDPoPNonce
-from tether.store.errors import StoreError
+from tether.errors import OAuthError, PolicyUnavailable, TetherError, UseDPoPNonce
+from tether.metrics import REFUSALS
+from tether.store.errors import StoreError, StoreUnavailable
 from tether.sts.context import StsContext
 from tether.web.errors import error_response
 
@@ -33,12 +38,15 @@ def endpoint(*, resource: bool, audit_kind: str | None = None) -> Callable[[Endp
     """Catch tether errors, audit the refusal (unless the use case did) and render it."""
 
     def wrap(fn: Endpoint) -> Endpoint:
+        name = fn.__name__.removesuffix("_endpoint")
+
         @functools.wraps(fn)
         async def handler(request: Request) -> Response:
             ctx = context(request)
             try:
                 return await fn(request)
             except (TetherError, StoreError) as exc:
+                REFUSALS.labels(endpoint=name, error=_code(exc)).inc()
                 if isinstance(exc, OAuthError) and audit_kind is not None and not isinstance(exc, UseDPoPNonce):
                     try:
                         await ctx.refuse(exc, kind=audit_kind, detail={"path": request.url.path[:200]})
@@ -49,3 +57,12 @@ def endpoint(*, resource: bool, audit_kind: str | None = None) -> Callable[[Endp
         return handler
 
     return wrap
+
+
+def _code(exc: Exception) -> str:
+    """The wire error code ``error_response`` will send for ``exc``."""
+    if isinstance(exc, OAuthError):
+        return exc.error
+    if isinstance(exc, StoreUnavailable | PolicyUnavailable):
+        return "temporarily_unavailable"
+    return "server_error"

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from tether.errors import InvalidRequest, NotFoundError
+from tether.metrics import FEED_SUBSCRIBERS
 from tether.sts.context import StsContext
 from tether.sts.routes.common import context, endpoint
 from tether.sts.settings import TOKEN_EXCHANGE
@@ -108,6 +109,16 @@ async def _feed(ctx: StsContext, cursor: int, heartbeat: float) -> AsyncIterator
         await ctx.store.wait_for_revocations(since=generation, timeout=heartbeat)
 
 
+async def _subscribed(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """``tether_feed_subscribers`` counts a stream from its first byte until it ends or the client goes away."""
+    FEED_SUBSCRIBERS.inc()
+    try:
+        async for chunk in stream:
+            yield chunk
+    finally:
+        FEED_SUBSCRIBERS.dec()
+
+
 @endpoint(resource=False)
 async def revocations_stream_endpoint(request: Request) -> Response:
     ctx = context(request)
@@ -123,7 +134,7 @@ async def revocations_stream_endpoint(request: Request) -> Response:
     heartbeat = min(HEARTBEAT_SECONDS, max(MIN_HEARTBEAT_SECONDS, heartbeat))
     await ctx.store.ping()
     return StreamingResponse(
-        _feed(ctx, int(raw), heartbeat),
+        _subscribed(_feed(ctx, int(raw), heartbeat)),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
