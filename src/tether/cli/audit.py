@@ -1,74 +1,199 @@
-"""``tether audit verify [FILE]`` and ``tether audit export`` — check the hash chain."""
+"""``tether audit verify [FILE]`` and ``tether audit export``: check the hash chain and its signed checkpoints.
+
+An export is JSON lines, one record per line, exactly as stored. It holds no key set:
+a verifier must not trust keys handed over with the log it is checking. The third
+party passes its own copy of the issuer's JWKS (RFC 7517, fetched from ``/jwks``) with
+``--jwks``. The option may be repeated with archived copies, to check checkpoints
+signed by keys that have since been retired. The rules are in ``tether.audit.checkpoint``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.markup import escape
 
-from tether.audit.chain import first_broken
+from tether.audit.checkpoint import ExportBroken, ExportReport, verify_export
 from tether.cli.common import config_or_exit, errors_to_exit
 from tether.cli.output import console, fail
 from tether.config import Config
+from tether.identity.jwks_cache import MAX_DOCUMENT_BYTES, parse_jwks
+from tether.rules.jws import JWSError, PublicKey, strict_json_loads
 from tether.store.open import open_store
 
 __all__ = ["app"]
 
 app = typer.Typer(no_args_is_help=True, help="The tamper-evident audit log.")
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="tether.toml")]
+_err = Console(stderr=True, highlight=False, soft_wrap=True)
+_POSITION = re.compile(r"(\d+)(?::([0-9a-f]{64}))?")
 
 
-def _records(cfg: Config) -> list[dict[str, Any]]:
+def _records(cfg: Config, *, after: int = 0) -> list[dict[str, Any]]:
     async def read() -> list[dict[str, Any]]:
         store = await open_store(cfg)
         out: list[dict[str, Any]] = []
-        after = 0
+        cursor = after
         try:
             while True:
-                page = await store.audit_records(after=after, limit=5000)
+                page = await store.audit_records(after=cursor, limit=5000)
                 if not page:
                     return out
                 out.extend(r.as_json() for r in page)
-                after = page[-1].seq
+                cursor = page[-1].seq
         finally:
             await store.aclose()
 
     return asyncio.run(read())
 
 
+def _store_keys(cfg: Config) -> dict[str, PublicKey]:
+    """The issuer keys the store still publishes (what ``/jwks`` serves), for checking the live chain."""
+
+    async def read() -> list[dict[str, Any]]:
+        store = await open_store(cfg)
+        try:
+            return [dict(k.public_jwk) for k in await store.signing_keys(now=time.time())]
+        finally:
+            await store.aclose()
+
+    return dict(parse_jwks({"keys": asyncio.run(read())}).by_kid)
+
+
+def _load_jwks(files: list[Path]) -> dict[str, PublicKey]:
+    keys: dict[str, PublicKey] = {}
+    for path in files:
+        try:
+            with path.open("rb") as handle:
+                keyset = parse_jwks(strict_json_loads(handle.read(MAX_DOCUMENT_BYTES + 1)[:MAX_DOCUMENT_BYTES]))
+        except (OSError, JWSError, ValueError) as exc:
+            fail(escape(f"`{path}` is not a readable JWKS: {exc}"), code=2)
+        if not keyset.by_kid:
+            fail(escape(f"`{path}` holds no signing key with a `kid`"), code=2)
+        for kid, key in keyset.by_kid.items():
+            if kid in keys and keys[kid].as_dict(private=False) != key.as_dict(private=False):
+                fail(escape(f"the JWKS files disagree about the key `{kid}`"), code=2)
+            keys[kid] = key
+    return keys
+
+
+def _position(value: str | None, option: str) -> tuple[int, str | None] | None:
+    if value is None:
+        return None
+    match = _POSITION.fullmatch(value.strip())
+    if match is None:
+        raise typer.BadParameter("must be SEQ or SEQ:HASH (64 lowercase hex digits)", param_hint=option)
+    return int(match.group(1)), match.group(2)
+
+
+def _read_export(file: Path) -> list[dict[str, Any]]:
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+        records = [json.loads(line) for line in lines if line.strip()]
+    except (OSError, ValueError, RecursionError) as exc:
+        fail(escape(f"`{file}` is not a readable JSON-lines audit export: {exc}"))
+    for number, record in enumerate(records, 1):
+        if not isinstance(record, dict):
+            fail(escape(f"`{file}` is not a JSON-lines audit export: entry {number} is not a json object"))
+    return records
+
+
 @app.command()
-def export(config: ConfigOpt = None, out: Annotated[Path | None, typer.Option(help="file (default stdout)")] = None) -> None:
-    """Write the audit log as JSON lines."""
+def export(
+    config: ConfigOpt = None,
+    out: Annotated[Path | None, typer.Option(help="file (default stdout)")] = None,
+    after: Annotated[int, typer.Option(min=0, help="only records after this seq")] = 0,
+) -> None:
+    """Write the audit log as JSON lines; the head (SEQ:HASH) goes to stderr, for `verify --expect-head`."""
     cfg = config_or_exit(config)
     with errors_to_exit():
-        records = _records(cfg)
+        records = _records(cfg, after=after)
     lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
     if out is None:
         sys.stdout.write(lines)
     else:
-        out.write_text(lines, encoding="utf-8")
+        with errors_to_exit():
+            out.write_text(lines, encoding="utf-8")
+    if records:
+        first, last = records[0], records[-1]
+        _err.print(f"exported {len(records)} records ({first['seq']}-{last['seq']}); head {last['seq']}:{last['hash']}")
+    else:
+        _err.print(f"exported 0 records (none after {after})")
+
+
+def _summary(report: ExportReport, *, anchored: bool, after: int) -> None:
+    span = f" ({report.first}-{report.head[0]})" if report.head else ""
+    console.print(f"audit chain intact: {report.records} records{span}", soft_wrap=True)
+    if after and not anchored:
+        _err.print(f"warning: the export starts after record {after}; its link to record {after} is taken as given")
+    if not report.signatures_checked:
+        _err.print("warning: checkpoint signatures not checked: pass --jwks with the issuer's JWKS")
+        return
+    if report.signed_through is not None:
+        older = f"; {report.superseded} older checkpoints signed by keys not in the JWKS" if report.superseded else ""
+        console.print(
+            escape(
+                f"signed: records up to {report.signed_through} vouched for by {report.checkpoints} checkpoints"
+                f" of `{report.issuer}`{older}"
+            ),
+            soft_wrap=True,
+        )
+    if report.unsigned and report.head:
+        _err.print(f"warning: the last {report.unsigned} records (up to {report.head[0]}) are not covered by a checkpoint")
 
 
 @app.command()
 def verify(
     file: Annotated[Path | None, typer.Argument(help="an exported JSON-lines log (default: the live store)")] = None,
     config: ConfigOpt = None,
+    jwks: Annotated[
+        list[Path] | None, typer.Option("--jwks", help="the issuer's JWKS (your own copy); repeat for archived copies")
+    ] = None,
+    issuer: Annotated[str | None, typer.Option(help="the issuer the checkpoints must name (iss)")] = None,
+    require_signed: Annotated[
+        bool, typer.Option("--require-signed", help="fail unless every record is covered by a valid checkpoint")
+    ] = False,
+    expect_head: Annotated[
+        str | None, typer.Option("--expect-head", help="SEQ:HASH the export must contain (detects truncation)")
+    ] = None,
+    after: Annotated[
+        str | None, typer.Option(help="the export starts after SEQ (SEQ:HASH anchors it to a verified record)")
+    ] = None,
 ) -> None:
-    """Verify every link of the chain; report the first broken record and exit 1 if any."""
+    """Verify every link and every signed checkpoint; on the first bad record print it and exit 1.
+
+    Without FILE the live store is checked against the keys it publishes. With FILE the
+    checkpoints are checked only against `--jwks`.
+    """
+    start = _position(after, "--after") or (0, None)
+    head = _position(expect_head, "--expect-head")
+    if head is not None and head[1] is None:
+        raise typer.BadParameter("must be SEQ:HASH", param_hint="--expect-head")
+    keys = _load_jwks(jwks) if jwks else None
     if file is not None:
-        try:
-            records = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except (OSError, ValueError) as exc:
-            fail(f"`{file}` is not a readable JSON-lines audit export: {exc}")
+        records = _read_export(file)
     else:
         cfg = config_or_exit(config)
         with errors_to_exit():
-            records = _records(cfg)
-    broken = first_broken(records)
-    if broken is not None:
-        fail(f"audit chain broken at record {broken}")
-    console.print(f"audit chain intact: {len(records)} records")
+            records = _records(cfg, after=start[0])
+            keys = keys if keys is not None else _store_keys(cfg)
+        issuer = issuer or cfg.issuer
+    if require_signed and keys is None:
+        raise typer.BadParameter("needs --jwks to check the signatures", param_hint="--require-signed")
+    try:
+        report = verify_export(records, keys=keys, issuer=issuer, after=start[0], after_hash=start[1],
+                               expect_head=(head[0], str(head[1])) if head else None)  # fmt: skip
+    except ExportBroken as exc:
+        fail(escape(str(exc)))
+    if require_signed and report.unsigned:
+        where = f"after record {report.signed_through}" if report.signed_through is not None else "at all"
+        fail(f"audit chain not signed {where}: {report.unsigned} records are not covered by a valid checkpoint")
+    _summary(report, anchored=start[1] is not None, after=start[0])

@@ -1,0 +1,120 @@
+"""STS upkeep: sign a checkpoint of the audit chain every N records or T seconds.
+
+The rules are in ``tether.audit.checkpoint``; this module tails the chain, decides with
+``checkpoint_due`` and appends the signed record. It keeps only a cursor in memory:
+records are read once, as they arrive. At start-up it finds the head with a binary
+search over ``audit_records`` (O(log n) reads, no full scan). If the head is not a
+checkpoint, every record counts as pending (the last checkpoint is not searched for)
+and the clock runs from the head's time, so the unsigned tail left by the previous run
+is signed at once on a long log, and within ``checkpoint_seconds`` of its newest
+record otherwise.
+
+Several replicas may tail one PostgreSQL chain. Before writing, a replica claims the
+right to write the checkpoint that follows the last one it saw, with the atomic
+``first_use`` (one winner per claim). Two checkpoints close together are harmless;
+the claim only avoids them cheaply. A claim whose winner died expires after
+``CLAIM_SECONDS``.
+"""
+
+from __future__ import annotations
+
+from tether.audit.chain import AuditRecord
+from tether.audit.checkpoint import (
+    CHECKPOINT_KIND,
+    CHECKPOINT_TYP,
+    MAX_JWS,
+    checkpoint_claims,
+    checkpoint_due,
+    checkpoint_event,
+)
+from tether.keys.keyring import KeyRing
+from tether.rules.jws import JWSError, peek_header
+from tether.store.protocol import Store
+
+__all__ = ["CLAIM_SECONDS", "AuditCheckpoints"]
+
+CLAIM_SECONDS = 30
+_PAGE = 500
+
+
+def _kid_of(record: AuditRecord) -> str:
+    """The ``kid`` that signed a checkpoint record (``""`` if unreadable: re-sign)."""
+    jws = record.detail.get("jws")
+    if not isinstance(jws, str):
+        return ""
+    try:
+        kid = peek_header(jws, max_length=MAX_JWS).get("kid")
+    except JWSError:
+        return ""
+    return kid if isinstance(kid, str) else ""
+
+
+async def _head_seq(store: Store) -> int:
+    """The newest ``seq`` (0 for an empty chain); seqs are contiguous from 1."""
+
+    async def beyond(seq: int) -> bool:
+        return bool(await store.audit_records(after=seq, limit=1))
+
+    if not await beyond(0):
+        return 0
+    lo, hi = 0, 1  # invariant: a record exists after lo; none after hi (once the probe stops)
+    while await beyond(hi):
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if await beyond(mid) else (lo, mid)
+    return hi
+
+
+class AuditCheckpoints:
+    """The checkpoint writer of one STS process; ``tick`` is called every second by the upkeep."""
+
+    def __init__(self, *, every: int, seconds: int) -> None:
+        self.every = every
+        self.seconds = seconds
+        self._cursor: int | None = None
+        self._head: tuple[int, str] | None = None
+        self._last = 0  # seq of the newest checkpoint record seen (0: none)
+        self._kid: str | None = None  # the kid that signed it
+        self._since = 0.0
+        self._pending = 0
+
+    def _observe(self, record: AuditRecord) -> None:
+        self._cursor, self._head = record.seq, (record.seq, record.hash)
+        if record.kind == CHECKPOINT_KIND:
+            self._last, self._kid, self._since, self._pending = record.seq, _kid_of(record), record.ts, 0
+        else:
+            self._pending += 1
+
+    async def _start(self, store: Store, now: float) -> None:
+        head = await _head_seq(store)
+        self._cursor, self._since = head, now
+        if head:
+            (record,) = await store.audit_records(after=head - 1, limit=1)
+            self._observe(record)
+            if record.kind != CHECKPOINT_KIND:
+                self._pending = head  # the last checkpoint is not searched for: count every record
+                self._since = min(now, record.ts)  # unsigned since at least the head's time
+
+    async def tick(self, store: Store, keyring: KeyRing, *, issuer: str, now: float) -> AuditRecord | None:
+        """Read the new records and append a signed checkpoint if one is due; returns it."""
+        if self._cursor is None:
+            await self._start(store, now)
+        while True:
+            page = await store.audit_records(after=self._cursor or 0, limit=_PAGE)
+            for record in page:
+                self._observe(record)
+            if len(page) < _PAGE:
+                break
+        key = keyring.current
+        changed = self._kid is not None and self._kid != key.kid
+        due = checkpoint_due(pending=self._pending, since=self._since, now=now, every=self.every,
+                             seconds=self.seconds, key_changed=changed)  # fmt: skip
+        if self._head is None or not due:
+            return None
+        if not await store.first_use(f"audit-checkpoint:after:{self._last}", until=int(now) + CLAIM_SECONDS, now=now):
+            return None
+        seq, digest = self._head
+        iat = int(now)
+        jws = keyring.sign(checkpoint_claims(issuer=issuer, seq=seq, hash=digest, iat=iat), typ=CHECKPOINT_TYP)
+        return await store.append_audit(checkpoint_event(seq=seq, hash=digest, jws=jws), now=float(iat))

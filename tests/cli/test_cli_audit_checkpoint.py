@@ -1,0 +1,307 @@
+"""``tether audit export`` / ``tether audit verify FILE --jwks``: signed checkpoints, checked offline.
+
+A real STS writes checkpoints through its upkeep: every ``checkpoint_every`` records, and
+after ``checkpoint_seconds`` (driven by the STS's ManualClock, not by sleeping). Its log is
+exported, and a third party verifies the export with nothing but its own copy of ``/jwks``.
+Then the export is tampered with. An altered record fails ``audit verify`` at exactly
+that record (issue 8, "must show"). So do a rechained tail, a truncation below the known
+head, a foreign JWKS, another issuer and an unsigned tail under ``--require-signed``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cli_support import one_line, tether
+from click.testing import Result
+from typer.testing import CliRunner
+
+from helpers import Client, RunningSts, create_task, running_sts
+from tether.audit.chain import canonical
+from tether.audit.checkpoint import CHECKPOINT_KIND, verify_export
+from tether.cli.main import app
+from tether.identity.jwks_cache import parse_jwks
+from tether.keys.keyring import generate_key, public_jwk
+
+AUD = "http://127.0.0.1:9001"
+BODY = ("seq", "ts", "kind", "outcome", "principal", "task", "jti", "error", "detail", "prev")
+
+
+def cli(*args: str) -> Result:
+    """The same typer app as the ``tether`` executable, in process (fast); stdout and stderr apart."""
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+def wait_until(predicate: Any, what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def checkpoint_count(sts: RunningSts) -> int:
+    return sum(r.kind == CHECKPOINT_KIND for r in sts.audit())
+
+
+def activity(sts: RunningSts) -> None:
+    """Five records: the admin's token, the task, a session token and two hop tokens."""
+    task = create_task(sts, audiences=[AUD])
+    agent = Client(sts)
+    session = agent.session(task["id"]).json()["access_token"]
+    for scope in ("wiki:read", "wiki:write"):
+        assert agent.hop(session, AUD, scope=scope).status_code == 200
+
+
+def write_lines(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@dataclass
+class Exported:
+    sts: RunningSts
+    rows: list[dict[str, Any]]
+    file: Path
+    jwks: Path
+    head: str
+    tmp: Path
+
+    def variant(self, name: str, rows: list[dict[str, Any]]) -> Path:
+        return write_lines(self.tmp / f"{name}.jsonl", rows)
+
+    def verify(self, file: Path, *extra: str) -> Result:
+        return cli("audit", "verify", str(file), "--jwks", str(self.jwks), *extra)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exported]:
+    """A deployment that checkpoints every 5 records, exported with two checkpoints and an unsigned tail."""
+    tmp = tmp_path_factory.mktemp("checkpoints")
+    toml = "[audit]\ncheckpoint_every = 5\ncheckpoint_seconds = 3600"
+    with running_sts(tmp / "deploy", extra_toml=toml) as sts:
+        for expected in (1, 2):
+            activity(sts)
+            wait_until(lambda n=expected: checkpoint_count(sts) >= n, f"checkpoint {expected}")
+        assert Client(sts).session("no-such-task").status_code == 400  # one more record: the unsigned tail
+        wait_until(lambda: sts.audit()[-1].kind != CHECKPOINT_KIND, "the tail record")
+        jwks = tmp / "jwks.json"  # the third party's own copy, fetched from the STS
+        jwks.write_text(httpx.get(sts.url + "/jwks", trust_env=False).text, encoding="utf-8")
+        out = tmp / "audit.jsonl"
+        result = tether("audit", "export", "--out", str(out), "--config", str(sts.config.path))
+        assert result.returncode == 0, result.stderr
+        head = re.search(r"head (\d+:[0-9a-f]{64})", result.stderr)
+        assert head is not None, result.stderr
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        yield Exported(sts=sts, rows=rows, file=out, jwks=jwks, head=head.group(1), tmp=tmp)
+
+
+def checkpoint_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if r["kind"] == CHECKPOINT_KIND]
+
+
+def unsigned_tail(rows: list[dict[str, Any]]) -> int:
+    """Records after the one the last checkpoint names, other than that checkpoint itself."""
+    return int(rows[-1]["seq"]) - int(checkpoint_rows(rows)[-1]["detail"]["seq"]) - 1
+
+
+def rechain(rows: list[dict[str, Any]], start: int) -> list[dict[str, Any]]:
+    out = copy.deepcopy(rows)
+    for i in range(start, len(out)):
+        if i:
+            out[i]["prev"] = out[i - 1]["hash"]
+        out[i]["hash"] = hashlib.sha256(canonical({k: out[i][k] for k in BODY})).hexdigest()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the STS writes the checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def test_sts_checkpoints_every_n_records(exported: Exported) -> None:
+    checkpoints = checkpoint_rows(exported.rows)
+    assert len(checkpoints) == 2
+    assert all(c["detail"]["seq"] < c["seq"] and set(c["detail"]) == {"seq", "hash", "jws"} for c in checkpoints)
+    assert exported.head == f"{exported.rows[-1]['seq']}:{exported.rows[-1]['hash']}"
+
+
+def test_sts_checkpoints_after_t_seconds_on_its_clock(tmp_path: Path) -> None:
+    toml = "[audit]\ncheckpoint_every = 1000\ncheckpoint_seconds = 60"
+    with running_sts(tmp_path, extra_toml=toml) as sts:
+        create_task(sts)
+        assert checkpoint_count(sts) == 0  # before T (the writer's own tests check every tick before T)
+        sts.clock.advance(61)
+        wait_until(lambda: checkpoint_count(sts) == 1, "the timed checkpoint")
+        keys = parse_jwks(httpx.get(sts.url + "/jwks", trust_env=False).json()).by_kid
+        report = verify_export([r.as_json() for r in sts.audit()], keys=keys, issuer=sts.url)
+        assert report.checkpoints == 1 and report.signed_through is not None and report.signed_through >= 3
+
+
+# ---------------------------------------------------------------------------------------------
+# verifying an export offline
+# ---------------------------------------------------------------------------------------------
+
+
+def test_export_verifies_offline_with_the_jwks(exported: Exported) -> None:
+    last = checkpoint_rows(exported.rows)[-1]
+    result = tether("audit", "verify", str(exported.file), "--jwks", str(exported.jwks), "--issuer", exported.sts.url,
+                    "--expect-head", exported.head)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"audit chain intact: {len(exported.rows)} records (1-{exported.rows[-1]['seq']})" in result.stdout
+    assert (
+        f"signed: records up to {last['detail']['seq']} vouched for by 2 checkpoints of `{exported.sts.url}`" in result.stdout
+    )
+    tail = unsigned_tail(exported.rows)
+    assert f"warning: the last {tail} records (up to {exported.rows[-1]['seq']}) are not covered" in result.stderr
+
+
+def test_altered_record_fails_verify_at_that_record(exported: Exported) -> None:
+    """Issue 8 "must show": one record altered in the export fails ``audit verify`` at that record."""
+    rows = copy.deepcopy(exported.rows)
+    index = next(i for i, r in enumerate(rows) if r["kind"] == "task.created")
+    rows[index]["detail"] = {**rows[index]["detail"], "scopes": ["wiki:admin"]}
+    result = tether("audit", "verify", str(exported.variant("altered", rows)), "--jwks", str(exported.jwks))
+    assert result.returncode == 1
+    assert (
+        one_line(result.stderr) == f"error: audit chain broken at record {rows[index]['seq']}: hash does not match its contents"
+    )
+
+
+@pytest.mark.parametrize("field", ["ts", "kind", "outcome"])
+def test_altered_field_fails_at_that_record(exported: Exported, field: str) -> None:
+    rows = copy.deepcopy(exported.rows)
+    index = next(i for i, r in enumerate(rows) if r["kind"] == "token.issued" and i > 3)
+    rows[index][field] = {"ts": rows[index]["ts"] + 1, "kind": "token.refused", "outcome": "refused"}[field]
+    result = exported.verify(exported.variant(f"altered-{field}", rows))
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"error: audit chain broken at record {index + 1}: hash does not match its contents"
+
+
+def test_altered_record_with_a_rechained_tail_fails_at_the_next_checkpoint(exported: Exported) -> None:
+    first = checkpoint_rows(exported.rows)[0]
+    rows = copy.deepcopy(exported.rows)
+    rows[1]["outcome"] = "refused"
+    result = exported.verify(exported.variant("rechained", rechain(rows, 1)))
+    assert result.exit_code == 1
+    covered = first["detail"]["seq"]
+    assert result.stderr.strip() == (
+        f"error: audit chain broken at record {first['seq']}: checkpoint does not match record {covered}: "
+        "a record up to it was changed"
+    )
+
+
+def test_record_removed_from_the_middle(exported: Exported) -> None:
+    rows = exported.rows[:3] + exported.rows[4:]
+    result = exported.verify(exported.variant("removed", rows))
+    assert result.exit_code == 1
+    assert result.stderr.strip().startswith("error: audit chain broken at record 5: out of order, expected record 4")
+
+
+def test_truncation_is_caught_against_the_known_head(exported: Exported) -> None:
+    last = checkpoint_rows(exported.rows)[-1]
+    cut = exported.variant("truncated", exported.rows[: last["seq"]])  # ends right after the last checkpoint
+    looks_complete = exported.verify(cut)
+    assert looks_complete.exit_code == 0 and f"records up to {last['detail']['seq']} vouched" in looks_complete.stdout
+    result = exported.verify(cut, "--expect-head", exported.head)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        f"error: audit chain broken at record {last['seq'] + 1}: missing: the export ends at record {last['seq']}, "
+        f"the expected head is record {exported.head.split(':')[0]}"
+    )
+
+
+def test_require_signed_refuses_the_unsigned_tail(exported: Exported) -> None:
+    last = checkpoint_rows(exported.rows)[-1]
+    result = exported.verify(exported.file, "--require-signed")
+    assert result.exit_code == 1
+    tail = unsigned_tail(exported.rows)
+    assert result.stderr.strip() == (
+        f"error: audit chain not signed after record {last['detail']['seq']}: "
+        f"{tail} records are not covered by a valid checkpoint"
+    )
+
+
+def test_jwks_without_the_signing_key_is_refused(exported: Exported) -> None:
+    other = exported.tmp / "other-jwks.json"
+    other.write_text(json.dumps({"keys": [public_jwk(generate_key("ES256"), "ES256")]}), encoding="utf-8")
+    result = cli("audit", "verify", str(exported.file), "--jwks", str(other))
+    assert result.exit_code == 1
+    first = checkpoint_rows(exported.rows)[0]
+    kid = json.loads(exported.jwks.read_text())["keys"][0]["kid"]
+    assert result.stderr.strip() == (
+        f"error: audit chain broken at record {first['seq']}: checkpoint signed by a key not in the JWKS (kid `{kid}`)"
+    )
+    # an archived copy next to the real one changes nothing
+    assert cli("audit", "verify", str(exported.file), "--jwks", str(other), "--jwks", str(exported.jwks)).exit_code == 0
+
+
+def test_checkpoints_of_another_issuer_are_refused(exported: Exported) -> None:
+    result = exported.verify(exported.file, "--issuer", "https://sts.other.example")
+    assert result.exit_code == 1
+    first = checkpoint_rows(exported.rows)[0]
+    assert result.stderr.strip() == (
+        f"error: audit chain broken at record {first['seq']}: checkpoint issued by `{exported.sts.url}`, "
+        "expected `https://sts.other.example`"
+    )
+
+
+def test_partial_export_anchored_to_an_earlier_record(exported: Exported) -> None:
+    anchor = exported.rows[3]
+    out = exported.tmp / "partial.jsonl"
+    result = cli("audit", "export", "--after", "4", "--out", str(out), "--config", str(exported.sts.config.path))
+    assert result.exit_code == 0, result.stderr
+    ok = exported.verify(out, "--after", f"4:{anchor['hash']}")
+    assert ok.exit_code == 0, ok.stderr
+    assert f"audit chain intact: {len(exported.rows) - 4} records (5-" in ok.stdout
+    wrong = exported.verify(out, "--after", f"4:{'e' * 64}")
+    assert wrong.stderr.strip() == "error: audit chain broken at record 5: does not link to the previous record"
+    assert exported.verify(out).exit_code == 1  # not from the genesis, and not said to be partial
+
+
+def test_live_store_is_checked_against_its_own_keys(exported: Exported) -> None:
+    result = cli("audit", "verify", "--config", str(exported.sts.config.path))
+    assert result.exit_code == 0, result.stderr
+    assert "vouched for by" in result.stdout and f"of `{exported.sts.url}`" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--jwks", "missing.json"], "is not a readable JWKS"),
+        (["--jwks", "{rows}"], "is not a readable JWKS"),
+        (["--require-signed"], "needs --jwks"),
+        (["--expect-head", "12"], "must be SEQ:HASH"),
+    ],
+)
+def test_bad_options_are_usage_errors(exported: Exported, args: list[str], message: str) -> None:
+    args = [a.replace("{rows}", str(exported.file)) for a in args]
+    result = cli("audit", "verify", str(exported.file), *args)
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("[" * 100_000 + "]" * 100_000 + "\n", "is not a readable JSON-lines audit export"),
+        ("[1]\n", "entry 1 is not a json object"),
+    ],
+    ids=["deeply-nested", "not-an-object"],
+)
+def test_malformed_export_is_one_clear_line(tmp_path: Path, content: str, message: str) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(content, encoding="utf-8")
+    result = cli("audit", "verify", str(bad))
+    assert result.exit_code == 1
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
