@@ -1,0 +1,55 @@
+"""The controls: pure checks of one evidence snapshot, each a status, a severity, evidence and a fix.
+
+Every control reads only the ``Evidence`` it is given (no clock, no files, no store),
+so a report is reproducible from its snapshot and each rule is tested with hand-built
+snapshots. Thresholds follow SECURITY.md §4 (access tokens ≤ 5 min, revocation at a
+resource server ≤ 5 s, ``act`` depth ≤ 5) and the RFCs cited per check. Where the
+evidence could not be read the control fails closed: a report that cannot see a
+control does not pass it.
+"""
+
+from __future__ import annotations
+
+from tether.report.check_exceptions import EXCEPTION_CONTROLS
+from tether.report.check_monitoring import MONITORING_CONTROLS
+from tether.report.check_policy import POLICY_CONTROLS
+from tether.report.check_tokens import TOKEN_CONTROLS
+from tether.report.check_trust import TRUST_CONTROLS
+from tether.report.frameworks import mapping_for
+from tether.report.model import Evidence, Report, Result
+from tether.report.outcome import Check
+
+__all__ = ["CONTROLS", "run_controls"]
+
+#: every control, in report order
+CONTROLS: tuple[Check, ...] = (*TOKEN_CONTROLS, *EXCEPTION_CONTROLS, *POLICY_CONTROLS, *MONITORING_CONTROLS, *TRUST_CONTROLS)
+
+
+def run_controls(evidence: Evidence) -> Report:
+    """Evaluate every control over ``evidence``: one result per control, or per subject (route, detector)."""
+    results: list[Result] = []
+    for check in CONTROLS:
+        refs = mapping_for(check.id)
+        for outcome in check.run(evidence):
+            results.append(
+                Result(
+                    control=check.id,
+                    title=check.title,
+                    status=outcome.status,
+                    severity=outcome.severity,
+                    summary=outcome.summary,
+                    evidence=outcome.evidence,
+                    remediation=outcome.remediation,
+                    asi=refs.asi,
+                    maestro=refs.maestro,
+                    nist=refs.nist,
+                    subject=outcome.subject,
+                )
+            )
+    return Report(
+        generated_at=evidence.now,
+        config_path=evidence.config_path,
+        issuer=str(evidence.value("issuer")),
+        store=evidence.store.kind,
+        results=tuple(results),
+    )
