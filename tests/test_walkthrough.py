@@ -84,6 +84,10 @@ def test_walkthrough_what_issue_2_must_show(tmp_path: Path) -> None:
     issuer = f"http://127.0.0.1:{port}"
     _run("init", "--dir", str(tmp_path), "--issuer", issuer, cwd=tmp_path)
     config = str(tmp_path / "tether.toml")
+    # the replay in step 5 would otherwise get the task suspended by the monitor's default
+    # dpop_replay action (tests/monitor covers that); here the alert alone is enough
+    with open(config, "a", encoding="utf-8") as toml:
+        toml.write('\n[monitor.detectors.dpop_replay]\nactions = ["alert"]\n')
     log = tmp_path / "serve.log"
     with log.open("wb") as sink:
         proc = subprocess.Popen([TETHER, "serve", "--config", config], stdout=sink, stderr=sink, env=_env(), cwd=tmp_path)
@@ -159,6 +163,12 @@ def test_walkthrough_what_issue_2_must_show(tmp_path: Path) -> None:
         replay = client.token(token_url, hop_form, proof=proof)
         assert replay.status_code == 400, replay.text
         assert replay.json()["error"] == "invalid_dpop_proof"
+        # ... and the monitor raises an alert for it (polled: the monitor tails the audit log)
+        deadline = time.monotonic() + 15
+        while not [a for a in json.loads(_run("alerts", "--json", "--config", config, cwd=tmp_path))
+                   if a["detector"] == "dpop_replay" and a["task"] == task["id"]]:  # fmt: skip
+            assert time.monotonic() < deadline, "no dpop_replay alert"
+            time.sleep(0.2)
 
         # 6. introspection (the token's client authenticates with a fresh JWT-SVID)
         def introspect(token: str) -> dict[str, Any]:

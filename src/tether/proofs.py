@@ -59,7 +59,9 @@ class ProofChecker:
         """Every check, and the proof consumed in the replay cache (accepted once)."""
         checked, (key, until) = self.check_unconsumed(proof, method=method, url=url, access_token=access_token)
         if not await self._replay.first_use(key, until=until, now=self._clock.now()):
-            raise InvalidDPoPProof("dpop proof has already been used", debug=f"replayed jti for jkt {checked.jkt}")
+            replayed = InvalidDPoPProof("dpop proof has already been used", debug=f"replayed jti for jkt {checked.jkt}")
+            replayed.audit["replay"] = True  # for the monitor's dpop_replay detector
+            raise replayed
         return checked
 
     def check_unconsumed(

@@ -20,6 +20,7 @@ from tether.config import load_config
 from tether.identity.dev_issuer import DevTrustDomain
 from tether.keys.keyring import rotate_signing_key
 from tether.keys.sealed import MASTER_KEY_ENV, create_master_key, load_master_key
+from tether.monitor.sample import sample_config
 from tether.store.open import open_store
 from tether.sts.settings import StsSettings
 
@@ -73,6 +74,11 @@ trust_domain = "{DEV_TRUST_DOMAIN}"   # local JWT-SVID issuer for `tether identi
 dir = "policies"              # Cedar policies (*.cedar), validated against the tether schema, hot-reloaded
 mode = "enforce"              # or "shadow": evaluate and audit, never deny
 
+# [audit]                     # signed checkpoints of the audit chain (`tether audit verify FILE --jwks`)
+# checkpoint_every = 1000     # sign after this many new records
+# checkpoint_seconds = 60     # or after this many seconds with at least one new record
+
+{sample_config()}
 [[trust_domains]]
 name = "{DEV_TRUST_DOMAIN}"
 bundle_file = ".tether/bundles/{DEV_TRUST_DOMAIN}.json"
@@ -89,6 +95,15 @@ bundle_file = ".tether/bundles/{DEV_TRUST_DOMAIN}.json"
 # uri = "https://tools.example.org"
 # principals = ["spiffe://{DEV_TRUST_DOMAIN}/tools"]
 # tags = ["wiki"]             # visible to policies as resource.tags
+
+# [metrics]
+# enabled = true              # GET /metrics (Prometheus text) on the STS and the gateway, unauthenticated;
+#                             # labels are kinds, endpoints, error codes, routes, statuses - never principals
+
+# [logging]                   # tether serve / tether gateway, on stderr
+# format = "text"             # or "json": one object per line (ts, level, logger, message, extras)
+# level = "info"              # debug (adds tracebacks), info, warning, error; tokens, proofs and secrets
+#                             # are redacted in every format and level
 """
 
 

@@ -17,9 +17,12 @@ from tether.cli import keys as keys_cli
 from tether.cli import policy as policy_cli
 from tether.cli import task as task_cli
 from tether.cli import vault as vault_cli
+from tether.cli.alerts import alerts
 from tether.cli.common import admin_client, config_or_exit, dev_domain, errors_to_exit
 from tether.cli.demo import demo
 from tether.cli.output import console, fail, print_json, print_mapping
+from tether.cli.report import report
+from tether.logs import configure_logging
 from tether.provision import initialize
 from tether.store.records import BlockKind
 
@@ -38,6 +41,8 @@ app.add_typer(vault_cli.app, name="vault")
 app.add_typer(vault_cli.master_app, name="master-key")
 app.add_typer(bench_cli.app, name="bench")
 app.command()(demo)
+app.command()(report)
+app.command()(alerts)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="tether.toml (default ./tether.toml)")]
 
@@ -71,6 +76,8 @@ def serve(
     from tether.sts.bootstrap import build_sts
 
     cfg = config_or_exit(config)
+    log_config = configure_logging(cfg)  # [logging] format/level; redacted either way (tether.logs)
+    uvicorn_level = "debug" if cfg.values["logging"]["level"] == "debug" else "warning"
     bind_host = host or cfg.values["server"]["host"]
     bind_port = port or cfg.values["server"]["port"]
     if workers > 1:
@@ -80,8 +87,8 @@ def serve(
         os.environ["TETHER_CONFIG"] = str(cfg.path)
         console.print(f"tether STS {cfg.issuer} listening on {bind_host}:{bind_port} with {workers} workers")
         uvicorn.run("tether.sts.asgi:app", factory=True, host=bind_host, port=bind_port, workers=workers,
-                    loop="uvloop", http="httptools", log_level="warning", access_log=False, server_header=False,
-                    timeout_graceful_shutdown=2, proxy_headers=False)  # fmt: skip
+                    loop="uvloop", http="httptools", log_level=uvicorn_level, access_log=False, server_header=False,
+                    timeout_graceful_shutdown=2, proxy_headers=False, log_config=log_config)  # fmt: skip
         return
 
     async def run() -> None:
@@ -94,7 +101,8 @@ def serve(
                 port=bind_port,
                 loop="none",
                 http="httptools",
-                log_level="warning",
+                log_level=uvicorn_level,
+                log_config=None,
                 access_log=False,
                 server_header=False,
                 proxy_headers=False,
@@ -126,6 +134,8 @@ def gateway(
     cfg = config_or_exit(config)
     if not cfg.routes:
         fail("no \\[\\[gateway.routes]] in the configuration", code=2)
+    configure_logging(cfg)
+    uvicorn_level = "debug" if cfg.values["logging"]["level"] == "debug" else "warning"
     bind_host = host or cfg.values["gateway"]["host"]
     bind_port = port or cfg.values["gateway"]["port"]
     for warning in route_warnings(cfg.routes, dt.date.today()):
@@ -141,7 +151,8 @@ def gateway(
                 port=bind_port,
                 loop="none",
                 http="httptools",
-                log_level="warning",
+                log_level=uvicorn_level,
+                log_config=None,
                 access_log=False,
                 server_header=False,
                 proxy_headers=False,

@@ -34,8 +34,13 @@ class DetectorSettings:
 
 #: name → (severity, actions, params)
 DEFAULTS: Mapping[str, tuple[str, tuple[str, ...], Mapping[str, float]]] = {
-    # exchanges per agent in a window against its own moving average of earlier windows
-    "exchange_rate_spike": ("high", ("alert", "suspend"), {"window": 10, "factor": 5.0, "min_count": 50, "alpha": 0.2}),
+    # exchanges per agent in a window against its own moving average of earlier windows;
+    # an agent is judged only once it has been active in `warmup` earlier windows
+    "exchange_rate_spike": (
+        "high",
+        ("alert", "suspend"),
+        {"window": 10, "factor": 5.0, "min_count": 50, "alpha": 0.2, "warmup": 3},
+    ),
     # a token for an audience this agent never had a token for, once it has a history
     "new_audience": ("medium", ("alert",), {"learn": 20}),
     # policy denials, scope widening, invalid proofs... by one agent within a window
@@ -44,8 +49,9 @@ DEFAULTS: Mapping[str, tuple[str, tuple[str, ...], Mapping[str, float]]] = {
     "dpop_replay": ("high", ("alert", "suspend"), {"threshold": 1}),
     # a token used after its task ended or after it was revoked
     "use_after_end": ("medium", ("alert",), {"threshold": 1}),
-    # a gateway call on a path or at an hour this agent's history on the route does not have
-    "gateway_unusual": ("medium", ("alert",), {"learn": 20}),
+    # a gateway call on a path or at an hour this agent's history on the route does not have;
+    # hours are judged only once that history spans `span` seconds (a day by default)
+    "gateway_unusual": ("medium", ("alert",), {"learn": 20, "span": 86400}),
     # a delegation chain deeper than this agent's norm
     "deep_delegation": ("medium", ("alert", "risk"), {"learn": 10, "margin": 1}),
 }

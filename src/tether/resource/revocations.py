@@ -106,7 +106,7 @@ class RevocationFeed:
                 debug=f"last heard {self.last_heard}, now {now}",
             )
         if jti in self.jtis or (task is not None and task in self.tasks):
-            raise InvalidToken("token has been revoked", debug=f"jti {jti} task {task}")
+            raise InvalidToken("token has been revoked", debug=f"revoked: jti {jti} task {task}")
 
     # -- feed ---------------------------------------------------------------------
     def apply(self, entry: dict[str, Any]) -> None:

@@ -4,7 +4,17 @@ The lifespan reloads the keyring from the store every few seconds (so a rotation
 by the CLI or another replica is picked up), marks tasks past their hard cap expired
 and purges single-use marks and feed entries that can no longer matter. All of it is
 best-effort upkeep: correctness never depends on it, because expiry is also checked
-on every request.
+on every request. Every second it also signs a checkpoint of the audit chain when one
+is due (``tether.sts.checkpoints``).
+
+``GET /metrics`` (Prometheus text exposition, ``tether.metrics``) is served without
+authentication, like ``/healthz``: scrapers do not speak DPoP, and what it shows is
+aggregate counts whose labels are bounded sets (token kind, endpoint, error code,
+detector) — never a principal, task, token id or value. A deployment that must not
+publish even those turns it off (``[metrics] enabled = false`` → 404) or keeps the port
+private. It bypasses the admission limit: an overloaded STS is exactly when an operator
+needs its metrics, and rendering them is cheap (no store access). Counters live in the
+process: with ``tether serve --workers N`` a scrape reads the one worker that answers it.
 """
 
 from __future__ import annotations
@@ -13,13 +23,16 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
 
+from tether.metrics import CONTENT_TYPE, exposition
 from tether.store.errors import StoreUnavailable
 from tether.sts.context import StsContext
 from tether.sts.routes.discovery import (
@@ -35,6 +48,9 @@ from tether.sts.routes.token import introspect_endpoint, revoke_endpoint, token_
 from tether.web.admission import AdmissionLimit
 from tether.web.errors import handle_http, handle_unexpected
 
+if TYPE_CHECKING:
+    from tether.config import Config
+
 __all__ = ["create_app"]
 
 log = logging.getLogger("tether.sts")
@@ -49,8 +65,16 @@ async def _every(seconds: float, job: Callable[[], Awaitable[object]]) -> None:
             log.warning("upkeep skipped: %s", exc)
 
 
+async def metrics_endpoint(request: Request) -> Response:
+    """The process's metrics in the Prometheus text format."""
+    return Response(exposition(), media_type=CONTENT_TYPE, headers={"Cache-Control": "no-store"})
+
+
 class Runtime(Protocol):
     """What the app needs from its owner (``tether.sts.bootstrap.Sts``)."""
+
+    @property
+    def config(self) -> Config: ...
 
     @property
     def ctx(self) -> StsContext: ...
@@ -62,6 +86,8 @@ class Runtime(Protocol):
     async def reload_keys(self) -> None: ...
 
     async def record_policy(self) -> None: ...
+
+    async def checkpoint_audit(self) -> None: ...
 
 
 def create_app(runtime: Runtime, *, upkeep: bool = True, max_inflight: int = 64) -> Starlette:
@@ -76,7 +102,13 @@ def create_app(runtime: Runtime, *, upkeep: bool = True, max_inflight: int = 64)
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.ctx = await runtime.start()
-        periodic = ((5, runtime.reload_keys), (5, runtime.record_policy), (15, expire), (60, purge))
+        periodic = (
+            (5, runtime.reload_keys),
+            (5, runtime.record_policy),
+            (15, expire),
+            (60, purge),
+            (1, runtime.checkpoint_audit),
+        )
         jobs = [asyncio.create_task(_every(seconds, job)) for seconds, job in periodic] if upkeep else []
         try:
             yield
@@ -100,10 +132,12 @@ def create_app(runtime: Runtime, *, upkeep: bool = True, max_inflight: int = 64)
         Route("/tasks/{task_id}/{action:str}", task_transition_endpoint, methods=["POST"]),
         Route("/principals/{action:str}", block_endpoint, methods=["POST"]),
     ]
+    if runtime.config.values["metrics"]["enabled"]:
+        routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(AdmissionLimit, limit=max_inflight)],
+        middleware=[Middleware(AdmissionLimit, limit=max_inflight, exempt=frozenset({"/healthz", "/metrics"}))],
         exception_handlers={HTTPException: handle_http, Exception: handle_unexpected},
     )
     return app

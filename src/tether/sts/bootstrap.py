@@ -19,11 +19,13 @@ from tether.errors import ConfigError
 from tether.identity.verifier import build_identity_verifier
 from tether.keys.keyring import KeyRing, load_keyring
 from tether.keys.sealed import SealError, derive_key, load_master_key
+from tether.monitor.runner import Monitor, build_monitor
 from tether.policy.engine import PolicyEngine
 from tether.proofs import ProofChecker
 from tether.store.open import open_store
 from tether.store.protocol import Store
 from tether.sts.app import create_app
+from tether.sts.checkpoints import AuditCheckpoints
 from tether.sts.context import StsContext
 from tether.sts.settings import StsSettings
 
@@ -41,10 +43,15 @@ class Sts:
         self.policy = policy
         self.settings = StsSettings.from_config(config)
         self._store = store
+        self._upkeep = upkeep
         self._ctx: StsContext | None = None
+        #: the audit-stream monitor (``[monitor]``), running while the STS serves
+        self.monitor: Monitor | None = None
         self._http: httpx.AsyncClient | None = None
         self._recorded_policy: str | None = None
         self._refused_policy: list[str] = []
+        audit = config.values["audit"]
+        self.checkpoints = AuditCheckpoints(every=int(audit["checkpoint_every"]), seconds=int(audit["checkpoint_seconds"]))
         self.app: Starlette = create_app(self, upkeep=upkeep, max_inflight=int(config.values["server"]["max_inflight"]))
 
     @property
@@ -83,6 +90,10 @@ class Sts:
             policy=self.policy,
         )
         await self.record_policy()
+        if self._upkeep and self.config.values["monitor"]["enabled"]:
+            self.monitor = build_monitor(self.config, store, self.clock)
+            await self.monitor.start()
+            self._ctx.risk = self.monitor.risk
         return self._ctx
 
     async def _keyring(self, store: Store) -> KeyRing:
@@ -96,6 +107,11 @@ class Sts:
     async def reload_keys(self) -> None:
         ctx = self.ctx
         ctx.keyring = await load_keyring(ctx.store, self.master_key, now=ctx.now())
+
+    async def checkpoint_audit(self) -> None:
+        """Sign a checkpoint of the audit chain when one is due (``tether.sts.checkpoints``)."""
+        ctx = self.ctx
+        await self.checkpoints.tick(ctx.store, ctx.keyring, issuer=ctx.settings.issuer, now=ctx.now())
 
     async def record_policy(self) -> None:
         """Store and audit each policy set loaded (once per version) and each set refused."""
@@ -116,6 +132,9 @@ class Sts:
         self._refused_policy = problems
 
     async def stop(self) -> None:
+        if self.monitor is not None:
+            await self.monitor.stop()
+            self.monitor = None
         if self._http is not None:
             await self._http.aclose()
             self._http = None

@@ -15,6 +15,7 @@ the identity ``jti``, counts against ``max_tokens``, records lineage and audits.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ from tether.errors import (
     OAuthError,
     UnsupportedGrantType,
 )
+from tether.metrics import EXCHANGE_SECONDS, ISSUED
 from tether.model import AccessToken, DPoPProof, Task, WorkloadIdentity
 from tether.policy.engine import Decision
 from tether.policy.entities import admin_request, exchange_request
@@ -66,6 +68,7 @@ class ExchangeResult:
     access_token: str
     expires_in: int
     scope: str
+    kind: str = "session"  # session, hop or admin (metrics label; not on the wire)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -139,11 +142,13 @@ async def _client(ctx: StsContext, req: ExchangeRequest, expected: str) -> Workl
 
 
 async def exchange(ctx: StsContext, req: ExchangeRequest) -> ExchangeResult:
-    """Run one exchange, auditing the refusal if any check fails."""
+    """Run one exchange, auditing the refusal if any check fails; count and time it (``tether.metrics``)."""
     audit: dict[str, Any] = {}
+    started = time.perf_counter()
     try:
-        return await _exchange(ctx, req, audit)
+        result = await _exchange(ctx, req, audit)
     except OAuthError as exc:
+        EXCHANGE_SECONDS.labels(kind="refused").observe(time.perf_counter() - started)
         if exc.error != "use_dpop_nonce":
             await ctx.refuse(
                 exc,
@@ -154,6 +159,9 @@ async def exchange(ctx: StsContext, req: ExchangeRequest) -> ExchangeResult:
                 detail={"audience": req.audience} if req.audience else None,
             )
         raise
+    EXCHANGE_SECONDS.labels(kind=result.kind).observe(time.perf_counter() - started)
+    ISSUED.labels(kind=result.kind).inc()
+    return result
 
 
 @dataclass(frozen=True)
@@ -326,6 +334,7 @@ async def _issue(
             "parent": grant.parent_jti,
             "act": list(grant.actors),
             "depth": depth,
+            "agent": grant.agent,
             "jkt": grant.jkt,
             "policy": policy.audit(),
         },
@@ -337,7 +346,9 @@ async def _issue(
             record, now=now, spends=checked.spends, audit=event, replay=checked.replay, principals=principals
         )
     except Replayed as exc:
-        raise InvalidDPoPProof("dpop proof has already been used", debug=f"replayed jti for jkt {grant.jkt}") from exc
+        replayed = InvalidDPoPProof("dpop proof has already been used", debug=f"replayed jti for jkt {grant.jkt}")
+        replayed.audit["replay"] = True  # for the monitor's dpop_replay detector
+        raise replayed from exc
     except AlreadySpent as exc:
         raise InvalidGrant("workload token has already been used", debug="identity jti already redeemed") from exc
     except Blocked as exc:
@@ -348,4 +359,4 @@ async def _issue(
         raise InvalidGrant(f"task is {exc}") from exc
     except ParentRevoked as exc:
         raise InvalidGrant("subject token has been revoked", debug="revoked or unknown parent jti") from exc
-    return ExchangeResult(access_token=token, expires_in=grant.exp - now, scope=record.scope)
+    return ExchangeResult(access_token=token, expires_in=grant.exp - now, scope=record.scope, kind=kind)

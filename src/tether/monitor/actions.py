@@ -1,0 +1,93 @@
+"""What a finding makes the monitor do: ``alert``, ``webhook``, ``risk``, ``suspend``.
+
+* ``alert`` — an ``alert.raised`` audit record (detector, severity, reason, evidence,
+  agent, the actions taken), the ``tether_alerts`` counter and a warning in the log.
+  The audit chain is where alerts are stored; ``tether alerts`` lists them.
+* ``risk`` — the record carries ``risk`` (by severity, ``risk.RISK_BY_SEVERITY``); every
+  replica adds it to its risk board when it reads the record (``risk.raised`` is
+  written instead of ``alert.raised`` when ``alert`` is not configured).
+* ``suspend`` — the task ends as ``suspended``: ``Store.end_task`` revokes every token
+  derived from it and publishes the revocation to the feed, in one step.
+* ``webhook`` — the finding as JSON, queued to ``WebhookSender`` (never awaited).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Collection
+from typing import Any
+
+from tether.audit.chain import AuditEvent, AuditRecord
+from tether.clock import Clock
+from tether.metrics import ALERTS
+from tether.model import TaskState
+from tether.monitor.events import MONITOR_PRINCIPAL, Finding
+from tether.monitor.webhook import WebhookSender
+from tether.store.errors import NotFound, TaskNotActive
+from tether.store.protocol import Store
+
+__all__ = ["Actions"]
+
+log = logging.getLogger("tether.monitor")
+
+
+class Actions:
+    def __init__(self, store: Store, clock: Clock, *, webhook: WebhookSender | None) -> None:
+        self.store = store
+        self.clock = clock
+        self.webhook = webhook
+
+    async def record(self, finding: Finding, actions: Collection[str], *, risk: int) -> AuditRecord:
+        """Append ``alert.raised`` (or ``risk.raised`` when only the risk action is configured)."""
+        detail: dict[str, Any] = {
+            "detector": finding.detector,
+            "severity": finding.severity,
+            "reason": finding.reason,
+            "agent": finding.agent,
+            "evidence": dict(finding.evidence),
+            "trigger": finding.seq,
+            "actions": list(actions),
+        }
+        if risk:
+            detail["risk"] = risk
+        kind = "alert.raised" if "alert" in actions else "risk.raised"
+        event = AuditEvent(kind=kind, outcome="alert", principal=MONITOR_PRINCIPAL, task=finding.task, detail=detail)
+        record = await self.store.append_audit(event, now=self.clock.now())
+        if kind == "alert.raised":
+            ALERTS.labels(detector=finding.detector).inc()
+            log.warning(
+                "alert %s (%s) agent=%s task=%s: %s",
+                finding.detector,
+                finding.severity,
+                finding.agent,
+                finding.task,
+                finding.reason,
+            )
+        return record
+
+    async def suspend(self, finding: Finding, alert: AuditRecord | None) -> bool:
+        """End the finding's task as suspended (revoking its tokens); False if it had already ended."""
+        if finding.task is None:
+            return False
+        detail = {"reason": f"{finding.detector}: {finding.reason}"[:300], "detector": finding.detector,
+                  "alert": alert.seq if alert is not None else None}  # fmt: skip
+        event = AuditEvent(kind="task.suspended", outcome="ok", principal=MONITOR_PRINCIPAL, task=finding.task,
+                           detail=detail)  # fmt: skip
+        with contextlib.suppress(NotFound, TaskNotActive):
+            await self.store.end_task(finding.task, TaskState.SUSPENDED, now=self.clock.now(), audit=event)
+            log.warning("task %s suspended by the monitor: %s", finding.task, finding.detector)
+            return True
+        return False
+
+    def notify(self, finding: Finding, alert: AuditRecord | None, actions: Collection[str]) -> bool:
+        """Queue the webhook; never waits for the receiver."""
+        if self.webhook is None:
+            return False
+        payload = {
+            "type": "tether.alert",
+            **finding.as_json(),
+            "alert_seq": alert.seq if alert is not None else None,
+            "actions": list(actions),
+        }
+        return self.webhook.submit(payload)

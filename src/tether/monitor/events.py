@@ -1,0 +1,171 @@
+"""What the detectors read and what they report: audit events in, findings out (pure).
+
+An ``Event`` is the part of an audit record (``tether.audit.chain``) the detectors need;
+``as_event`` accepts the record or its ``as_json()`` dict, so the same detectors run on
+the live store and on an exported log. A ``Finding`` names the detector, the agent and
+task, one human line and the evidence (counts, baselines and the seqs of the records
+that made the case) — never a token or proof value, only what the audit already holds.
+
+The refusal classifiers below read the ``error`` code and the internal ``reason`` that
+every refusal is audited with (``StsContext.refuse``, the gateway's ``gateway.refused``),
+plus the explicit ``replay`` marker the DPoP replay checks add to the audited detail.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tether.audit.chain import AuditRecord
+
+__all__ = [
+    "MONITOR_PRINCIPAL",
+    "OWN_KINDS",
+    "REFUSAL_ERRORS",
+    "Event",
+    "Finding",
+    "as_event",
+    "is_after_end",
+    "is_counted_refusal",
+    "is_refusal",
+    "is_replay",
+]
+
+#: the principal the monitor writes its own records as (``task.suspended``)
+MONITOR_PRINCIPAL = "monitor"
+#: records the monitor itself writes; never fed back into the detectors
+OWN_KINDS = frozenset({"alert.raised", "risk.raised"})
+
+#: refusals that say "this caller tried something it may not" (policy denials, scope or
+#: audience widening, bad proofs, bad or dead grants and tokens) — not malformed requests,
+#: nonce challenges (never audited) or rate limits (already throttled)
+REFUSAL_ERRORS = frozenset(
+    {
+        "access_denied",
+        "invalid_scope",
+        "invalid_target",
+        "invalid_dpop_proof",
+        "invalid_grant",
+        "invalid_token",
+        "insufficient_scope",
+    }
+)
+
+# The internal reasons of refusals caused by an ended task or a revoked token, as written by
+# sts.exchange ("task is suspended", "subject token has been revoked"), rules.exchange
+# ("task <id> is expired") and the revocation view of resource servers and the gateway.
+_AFTER_END = re.compile(
+    r"\btask\b(?: \S+)? is (?:completed|cancelled|suspended|expired)\b|\brevoked\b",
+    re.IGNORECASE,
+)
+_REPLAY = re.compile(r"\breplayed jti\b|\bproof has already been used\b", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Event:
+    seq: int
+    ts: float
+    kind: str
+    outcome: str
+    principal: str | None
+    task: str | None
+    error: str | None
+    detail: Mapping[str, Any]
+
+    @property
+    def reason(self) -> str:
+        value = self.detail.get("reason")
+        return value if isinstance(value, str) else ""
+
+    def text(self, key: str) -> str | None:
+        value = self.detail.get(key)
+        return value if isinstance(value, str) and value else None
+
+    def number(self, key: str) -> int | None:
+        value = self.detail.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def as_event(record: AuditRecord | Mapping[str, Any]) -> Event:
+    """The detectors' view of an audit record (or of its ``as_json()`` form)."""
+    if isinstance(record, AuditRecord):
+        return Event(record.seq, record.ts, record.kind, record.outcome, record.principal, record.task,
+                     record.error, record.detail)  # fmt: skip
+    detail = record.get("detail")
+    return Event(
+        seq=int(record.get("seq") or 0),
+        ts=float(record.get("ts") or 0.0),
+        kind=str(record.get("kind") or ""),
+        outcome=str(record.get("outcome") or ""),
+        principal=_text(record.get("principal")),
+        task=_text(record.get("task")),
+        error=_text(record.get("error")),
+        detail=detail if isinstance(detail, Mapping) else {},
+    )
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def is_refusal(event: Event) -> bool:
+    """Any audited refusal (``token.refused``, ``gateway.refused``, ...) except policy-set refusals."""
+    return event.outcome == "refused" and event.kind.endswith(".refused") and event.kind != "policy.refused"
+
+
+def is_counted_refusal(event: Event) -> bool:
+    return is_refusal(event) and event.error in REFUSAL_ERRORS
+
+
+def is_replay(event: Event) -> bool:
+    """A refusal because the DPoP proof was already used (RFC 9449 §11.1, DPOP-12)."""
+    if not is_refusal(event) or event.error != "invalid_dpop_proof":
+        return False
+    return event.detail.get("replay") is True or bool(_REPLAY.search(event.reason))
+
+
+def is_after_end(event: Event) -> bool:
+    """A refusal because the task had ended or the token (or its parent) was revoked."""
+    if not is_refusal(event) or event.error not in ("invalid_grant", "invalid_token"):
+        return False
+    return event.detail.get("after_end") is True or bool(_AFTER_END.search(event.reason))
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One detection. ``subject`` (an agent or a task) and ``window`` decide deduplication."""
+
+    detector: str
+    severity: str
+    agent: str | None
+    task: str | None
+    reason: str
+    ts: float
+    seq: int
+    window: float
+    subject: str
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """Same detector, same subject, same fixed window of the record's time → same key.
+
+        Computed from the audit record alone, so every replica derives the same key for
+        the same burst and one claim in the shared store decides who acts on it.
+        """
+        bucket = int(self.ts // self.window) if self.window > 0 else self.seq
+        return f"{self.detector}\x00{self.subject}\x00{bucket}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "detector": self.detector,
+            "severity": self.severity,
+            "agent": self.agent,
+            "task": self.task,
+            "reason": self.reason,
+            "evidence": dict(self.evidence),
+            "seq": self.seq,
+            "ts": self.ts,
+        }

@@ -1,0 +1,190 @@
+"""The monitor: tail the audit chain, feed the detectors, act on what they find.
+
+It starts at the chain's head when the STS starts, so history is not re-alerted, and
+polls ``Store.audit_records`` every ``monitor.interval`` seconds. Its own records
+(``alert.raised``, ``risk.raised`` and the ``task.suspended`` it writes as principal
+``monitor``) are never fed back into the detectors; they only update the risk board.
+
+Several replicas (PostgreSQL, or ``tether serve --workers``) each tail the same chain and
+each run the detectors. A finding is acted on once: its key (detector, agent or task,
+the fixed window of the record's time — ``Finding.key``) is claimed with the atomic
+``Store.count`` counter, and only the replica that gets 1 writes the alert, suspends
+and calls the webhook. The risk is then applied by every replica from the written
+record, so all boards agree; on start a replica rebuilds its board from the records of
+the last ``monitor.risk_ttl`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+
+from tether.clock import Clock
+from tether.config import Config
+from tether.lru import LruCache
+from tether.monitor.actions import Actions
+from tether.monitor.cursor import head_seq, seq_before
+from tether.monitor.dedupe import Deduper
+from tether.monitor.detectors import Detector, build_detectors
+from tether.monitor.events import MONITOR_PRINCIPAL, OWN_KINDS, Event, Finding, as_event
+from tether.monitor.risk import RISK_BY_SEVERITY, RiskBoard
+from tether.monitor.settings import DetectorSettings
+from tether.monitor.webhook import WebhookSender
+from tether.store.errors import StoreError
+from tether.store.protocol import Store
+
+__all__ = ["Monitor", "build_monitor"]
+
+log = logging.getLogger("tether.monitor")
+
+_PAGE = 1000
+_PAGES_PER_POLL = 20
+
+
+class Monitor:
+    def __init__(self, store: Store, clock: Clock, detectors: Sequence[DetectorSettings], *, interval: float,
+                 risk_ttl: float, webhook: WebhookSender | None = None) -> None:  # fmt: skip
+        self.store = store
+        self.clock = clock
+        self.interval = interval
+        self.risk_ttl = risk_ttl
+        self.settings: Mapping[str, DetectorSettings] = {s.name: s for s in detectors}
+        self.detectors: list[Detector] = build_detectors(detectors)
+        self.board = RiskBoard()
+        self.actions = Actions(store, clock, webhook=webhook)
+        self.webhook = webhook
+        self.cursor = 0
+        self.findings = 0
+        self._dedupe = Deduper()
+        self._written: LruCache[int, bool] = LruCache(10_000)
+        self._task: asyncio.Task[None] | None = None
+        self._since = 0
+        self._polling = asyncio.Lock()
+
+    def risk(self, principal: str) -> int:
+        """The principal's current score (``StsContext.risk``, Cedar ``context.risk``)."""
+        return self.board.score(principal, now=self.clock.now())
+
+    async def begin(self) -> None:
+        """Place the cursor at the head of the chain: nothing appended from now on is missed."""
+        self.cursor = await head_seq(self.store)
+        self._since = await seq_before(self.store, self.clock.now() - self.risk_ttl, head=self.cursor)
+
+    async def start(self) -> None:
+        """``begin``, then rebuild the risk board and poll in the background."""
+        if self._task is not None:
+            return
+        await self.begin()
+        if self.webhook is not None:
+            self.webhook.start()
+        self._task = asyncio.create_task(self._run(), name="tether-monitor")
+        self._task.add_done_callback(_report_crash)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self.webhook is not None:
+            await self.webhook.stop()
+
+    async def _run(self) -> None:
+        try:
+            await self.rebuild_risk()
+        except StoreError as exc:
+            log.warning("monitor: risk board not rebuilt: %s", exc)
+        while True:
+            try:
+                await self.poll()
+            except StoreError as exc:
+                log.warning("monitor: audit log not read: %s", exc)
+            await asyncio.sleep(self.interval)
+
+    async def rebuild_risk(self) -> None:
+        """Apply the risk of the monitor records written in the last ``risk_ttl`` seconds before ``begin``."""
+        after = self._since
+        while after < self.cursor:
+            page = await self.store.audit_records(after=after, limit=_PAGE)
+            for record in page:
+                if record.seq > self.cursor:
+                    return
+                self._apply_risk(as_event(record))
+            if not page:
+                return
+            after = page[-1].seq
+
+    async def poll(self) -> int:
+        """Read and process what was appended since the last poll; returns the records read."""
+        read = 0
+        async with self._polling:
+            for _ in range(_PAGES_PER_POLL):
+                page = await self.store.audit_records(after=self.cursor, limit=_PAGE)
+                for record in page:
+                    self.cursor = record.seq
+                    await self._observe(as_event(record))
+                read += len(page)
+                if len(page) < _PAGE:
+                    break
+        return read
+
+    async def _observe(self, event: Event) -> None:
+        if event.kind in OWN_KINDS:
+            if not self._written.get(event.seq):
+                self._apply_risk(event)
+            return
+        if event.principal == MONITOR_PRINCIPAL:
+            return
+        for detector in self.detectors:
+            for finding in detector.observe(event):
+                try:
+                    await self._act(finding)
+                except StoreError as exc:
+                    log.error("monitor: %s finding for %s not acted on: %s", finding.detector, finding.subject, exc)
+
+    def _apply_risk(self, event: Event) -> None:
+        amount, agent = event.number("risk"), event.text("agent")
+        if event.kind in OWN_KINDS and amount and agent:
+            self.board.raise_score(agent, amount, until=event.ts + self.risk_ttl)
+
+    async def _claim(self, finding: Finding) -> bool:
+        """True on exactly one replica for each finding key (an atomic shared counter)."""
+        now = self.clock.now()
+        key = "monitor:" + hashlib.sha256(finding.key.encode()).hexdigest()[:40]
+        return await self.store.count(key, until=int(now + finding.window) + 3600, now=now) == 1
+
+    async def _act(self, finding: Finding) -> None:
+        if not self._dedupe.first(finding) or not await self._claim(finding):
+            return
+        self.findings += 1
+        actions = self.settings[finding.detector].actions
+        risk = RISK_BY_SEVERITY.get(finding.severity, 0) if "risk" in actions else 0
+        alert = None
+        if "alert" in actions or risk:
+            alert = await self.actions.record(finding, actions, risk=risk)
+            if risk and finding.agent:
+                self._written.put(alert.seq, True)
+                self.board.raise_score(finding.agent, risk, until=alert.ts + self.risk_ttl)
+        if "suspend" in actions:
+            await self.actions.suspend(finding, alert)
+        if "webhook" in actions:
+            self.actions.notify(finding, alert, actions)
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("monitor stopped: %r", task.exception())
+
+
+def build_monitor(config: Config, store: Store, clock: Clock) -> Monitor:
+    """The monitor configured by ``[monitor]`` and ``[monitor.detectors.*]``."""
+    values = config.values["monitor"]
+    webhook = None
+    if values["webhook_url"]:
+        webhook = WebhookSender(values["webhook_url"], timeout=float(values["webhook_timeout"]),
+                                retries=int(values["webhook_retries"]))  # fmt: skip
+    return Monitor(store, clock, config.detectors, interval=float(values["interval"]),
+                   risk_ttl=float(values["risk_ttl"]), webhook=webhook)  # fmt: skip
