@@ -148,10 +148,13 @@ def test_suspend_ends_the_task_and_revokes_its_tokens(tmp_path: Path, kind: str)
             jti = await add_task(store, clock)
             mon = monitor(store, clock)
             await mon.begin()
+            revoked_before = REGISTRY.get_sample_value("tether_revocations_total", {"kind": "task"}) or 0.0
             await refuse(store, clock, 3)
             await mon.poll()
             task = await store.get_task("t1")
             assert task is not None and task.state is TaskState.SUSPENDED
+            revoked_after = REGISTRY.get_sample_value("tether_revocations_total", {"kind": "task"}) or 0.0
+            assert revoked_after - revoked_before == 1  # the suspension is a task revocation in /metrics
             token = await store.get_token(jti)
             assert token is not None and token.revoked_at is not None
             (suspended,) = await records(store, "task.suspended")

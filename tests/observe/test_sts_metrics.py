@@ -167,11 +167,14 @@ def busy_sts(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Running
 
 
 def test_metrics_answer_while_admission_refuses_everything_else(busy_sts: RunningSts) -> None:
+    before = scrape(busy_sts.url)
     refused = httpx.get(busy_sts.url + "/jwks", trust_env=False)
     assert refused.status_code == 503
     assert refused.json()["error"] == "temporarily_unavailable"
     response = httpx.get(busy_sts.url + "/metrics", trust_env=False)
     assert response.status_code == 200
+    after = scrape(busy_sts.url)
+    assert delta(before, after, "tether_refusals_total", endpoint="admission", error="temporarily_unavailable") == 1
     assert response.headers["cache-control"] == "no-store"
     assert "tether_tokens_issued" in response.text
 

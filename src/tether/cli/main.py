@@ -138,7 +138,7 @@ def gateway(
     uvicorn_level = "debug" if cfg.values["logging"]["level"] == "debug" else "warning"
     bind_host = host or cfg.values["gateway"]["host"]
     bind_port = port or cfg.values["gateway"]["port"]
-    for warning in route_warnings(cfg.routes, dt.date.today()):
+    for warning in route_warnings(cfg.routes, dt.datetime.now(dt.UTC).date()):  # the gateway refuses by UTC date
         console.print(f"[yellow]warning:[/] {warning}")
 
     async def run() -> None:

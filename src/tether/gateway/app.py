@@ -270,6 +270,8 @@ class Gateway:
         }
         if principal is not None:
             detail["agent"] = principal.agent
+        if isinstance(exc, OAuthError):  # markers such as replay / cap_hit, for the monitor
+            detail.update({k: v for k, v in exc.audit.items() if isinstance(v, bool | int | str)})
         with contextlib.suppress(StoreError):
             await self.store.append_audit(
                 AuditEvent(kind="gateway.refused", outcome="refused", principal=principal.client_id if principal else None,

@@ -20,7 +20,7 @@ from typing import Any
 
 from tether.audit.chain import AuditEvent, AuditRecord
 from tether.clock import Clock
-from tether.metrics import ALERTS
+from tether.metrics import ALERTS, REVOCATIONS
 from tether.model import TaskState
 from tether.monitor.events import MONITOR_PRINCIPAL, Finding
 from tether.monitor.webhook import WebhookSender
@@ -76,6 +76,7 @@ class Actions:
                            detail=detail)  # fmt: skip
         with contextlib.suppress(NotFound, TaskNotActive):
             await self.store.end_task(finding.task, TaskState.SUSPENDED, now=self.clock.now(), audit=event)
+            REVOCATIONS.labels(kind="task").inc()
             log.warning("task %s suspended by the monitor: %s", finding.task, finding.detector)
             return True
         return False

@@ -63,6 +63,8 @@ async def _every(seconds: float, job: Callable[[], Awaitable[object]]) -> None:
             await job()
         except StoreUnavailable as exc:
             log.warning("upkeep skipped: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - an upkeep job must outlive any one failure
+            log.error("upkeep job %s failed: %s", getattr(job, "__name__", "job"), type(exc).__name__)
 
 
 async def metrics_endpoint(request: Request) -> Response:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tether.errors import TemporarilyUnavailable
+from tether.metrics import REFUSALS
 from tether.web.errors import error_response
 
 __all__ = ["AdmissionLimit"]
@@ -30,6 +31,7 @@ class AdmissionLimit:
             return
         if self.in_flight >= self.limit:
             self.refused += 1
+            REFUSALS.labels(endpoint="admission", error="temporarily_unavailable").inc()
             refusal = TemporarilyUnavailable("the server is at capacity; retry shortly", debug="admission limit")
             await error_response(refusal)(scope, receive, send)
             return
