@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tether.demo.acts import ROGUE
 from tether.demo.scenario import run_demo
 
 TETHER = Path(sys.prefix) / "bin" / "tether"
@@ -27,6 +28,8 @@ ATTACKS = {
     "refused:scope-widening",
     "refused:after-completion",
     "refused:exchange-after-completion",
+    "refused:gateway-outside-allowlist",
+    "refused:rogue-after-suspension",
 }
 #: A compact JWS (any token, proof or SVID) — none may appear in the demo's output (BCP-13).
 JWS = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
@@ -45,14 +48,43 @@ def _check_result(result: dict[str, Any]) -> None:
     assert checks["delegation:act-chain"] is True
     assert set(result["revocation_ms"]) == {"B", "C"}
     assert all(isinstance(v, int | float) for v in result["revocation_ms"].values())
+    # issue 8: the gateway hides the legacy key; the monitor catches the rogue agent
+    assert checks["gateway:key-never-seen"] is True
+    assert checks["monitor:rogue-suspended"] is True
+    assert checks["monitor:alerts-in-metrics"] is True
+
+
+def _tether(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(TETHER), *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def _check_kept_deployment(kept: Path) -> None:
+    """Issue 8, "what it must show": on the demo deployment, the rogue agent's alerts are listed
+    by ``tether alerts`` and ``tether report`` writes readable HTML with a finding for the
+    bearer exception that expires in 10 days."""
+    config = str(kept / "tether.toml")
+    alerts = _tether("alerts", "--json", "--config", config)
+    assert alerts.returncode == 0, alerts.stderr
+    detectors = {a["detector"] for a in json.loads(alerts.stdout) if a["agent"] == ROGUE}
+    assert {"dpop_replay", "refusal_burst"} <= detectors
+    out = kept / "report.html"
+    report = _tether("report", "--config", config, "--format", "html", "--out", str(out))
+    assert report.returncode == 0, report.stderr
+    html = out.read_text(encoding="utf-8")
+    assert html.lstrip().lower().startswith("<!doctype html>")
+    assert "legacy-crm" in html and "team-crm" in html and "expires in 10 days" in html
+    gated = _tether("report", "--config", config, "--format", "json", "--fail-on", "medium")
+    assert gated.returncode == 1  # the expiring exception is a medium finding: the gate closes
 
 
 @pytest.mark.slow
-def test_demo_json_subprocess_every_attack_refused() -> None:
-    done = _run("--json")
+def test_demo_json_subprocess_every_attack_refused(tmp_path: Path) -> None:
+    kept = tmp_path / "demo"
+    done = _run("--json", "--dir", str(kept))
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout)
     _check_result(result)
+    _check_kept_deployment(kept)
     kinds = [step["kind"] for step in result["steps"]]
     for kind in ("setup", "task", "identity", "token", "call", "attack"):
         assert kind in kinds, kinds

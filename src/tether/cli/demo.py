@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from tether.cli.output import console, print_json
+from tether.cli.output import console, fail, print_json
 
 __all__ = ["demo"]
 
@@ -17,13 +18,20 @@ def _describe(detail: dict[str, object]) -> str:
     return "  ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in detail.items())
 
 
-def demo(json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False) -> None:
-    """Run an agent through a task on a local STS and two services, then play the attacks."""
+def demo(
+    json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+    keep: Annotated[
+        Path | None, typer.Option("--dir", help="keep the deployment in DIR (for tether alerts / report / audit)")
+    ] = None,
+) -> None:
+    """Run an agent through a task on a local STS, two services and a gateway, then play the attacks."""
     from tether.demo.scenario import run_demo
 
+    if keep is not None and (keep / "tether.toml").exists():
+        fail(f"{keep} already holds a deployment; choose an empty directory", code=2)
     if not json_out:
-        console.print("[bold]tether demo[/] — STS, two tool services and an agent on loopback, SQLite store\n")
-    result = run_demo()
+        console.print("[bold]tether demo[/] — STS, two tool services, a gateway and agents on loopback, SQLite store\n")
+    result = run_demo(keep.resolve() if keep is not None else None)
     if json_out:
         print_json(result.as_json())
     else:
@@ -41,4 +49,11 @@ def demo(json_out: Annotated[bool, typer.Option("--json", help="print the result
             + ", ".join(f"{k} {v} ms" for k, v in result.revocation_ms.items())
         )
         console.print("[bold green]all checks passed[/]" if result.ok else "[bold red]some checks failed[/]")
+        if keep is not None:
+            config = keep / "tether.toml"
+            console.print(
+                f"\nthe deployment is kept in {keep}; try:\n  tether alerts --config {config}\n"
+                f"  tether report --config {config} --format html --out report.html\n"
+                f"  tether audit export --config {config} --out audit.jsonl"
+            )
     raise typer.Exit(0 if result.ok else 1)

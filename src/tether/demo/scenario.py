@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,9 @@ from tether.agent.identity import DevIdentity
 from tether.agent.session import Agent, TaskSession
 from tether.client import StsClient
 from tether.config import load_config
+from tether.demo.acts import GatewayPlan, gateway_act, legacy_api, rogue_act, store_legacy_key
 from tether.demo.services import docs_service, search_service
+from tether.gateway.app import build_gateway
 from tether.identity.dev_issuer import DevTrustDomain
 from tether.keys.sealed import load_master_key
 from tether.provision import initialize
@@ -127,8 +130,21 @@ def _wait_fresh(verifiers: list[Verifier], timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
-def run_demo() -> DemoResult:
+def _wait_until(ready: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} not ready")
+        time.sleep(0.02)
+
+
+def run_demo(keep: Path | None = None) -> DemoResult:
+    """Run the whole demo; with ``keep`` the deployment stays there (for ``tether report``)."""
     result = DemoResult()
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        _scenario(keep, _Run(result))
+        return result
     with tempfile.TemporaryDirectory(prefix="tether-demo-") as tmp:
         _scenario(Path(tmp), _Run(result))
     return result
@@ -137,13 +153,15 @@ def run_demo() -> DemoResult:
 def _scenario(directory: Path, run: _Run) -> None:
     sts_port, b_port, c_port = free_port(), free_port(), free_port()
     sts_url, b_url, c_url = (f"http://127.0.0.1:{p}" for p in (sts_port, b_port, c_port))
+    plan = GatewayPlan(f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}")
     init = initialize(directory, issuer=sts_url)
     with init.config_path.open("a", encoding="utf-8") as handle:
         handle.write(
             f'\n[[resources]]\nuri = "{b_url}"\nprincipals = ["{SVC_B}"]\n'
-            f'\n[[resources]]\nuri = "{c_url}"\nprincipals = ["{SVC_C}"]\n'
+            f'\n[[resources]]\nuri = "{c_url}"\nprincipals = ["{SVC_C}"]\n' + plan.toml()
         )
     config = load_config(init.config_path)
+    store_legacy_key(config)
     domain = DevTrustDomain.load(config.data_dir, "tether.local", load_master_key(config.master_key_file))
     sts = build_sts(config)
     servers = [ServerThread(sts.app, sts_port).start()]
@@ -151,13 +169,26 @@ def _scenario(directory: Path, run: _Run) -> None:
     c_app, c_verifier = docs_service(sts_url, c_url)
     b_app, b_verifier = search_service(sts_url, b_url, c_url, DevIdentity(domain, SVC_B))
     servers += [ServerThread(c_app, c_port).start(), ServerThread(b_app, b_port).start()]
+    gateway = build_gateway(config)
+    upstream_port, gateway_port = (int(u.rsplit(":", 1)[1]) for u in (plan.upstream_url, plan.gateway_url))
+    servers += [ServerThread(legacy_api(), upstream_port).start(), ServerThread(gateway.app, gateway_port).start()]
     try:
         _wait_fresh([b_verifier, c_verifier])
         run.step("setup", "services B (search) and C (docs) subscribed to revocations", b=b_url, c=c_url)
         _story(run, sts_url, b_url, c_url, domain)
+        _wait_until(lambda: getattr(gateway, "feed", None) is not None and gateway.feed.fresh(time.time()), "gateway feed")
+        _later_acts(run, sts_url, b_url, domain, plan)
     finally:
         for server in reversed(servers):
             server.stop()
+
+
+def _later_acts(run: _Run, sts_url: str, b_url: str, domain: DevTrustDomain, plan: GatewayPlan) -> None:
+    with StsClient(sts_url, DevIdentity(domain, ADMIN, ttl=120)) as admin:
+        run.step("setup", "gateway in front of a legacy CRM API (a bearer exception, expiring soon)",
+                 gateway=plan.gateway_url, route="legacy-crm")  # fmt: skip
+        gateway_act(run.step, run.check, admin, domain, sts_url, plan)
+        rogue_act(run.step, run.check, admin, domain, sts_url, b_url)
 
 
 def _story(run: _Run, sts_url: str, b_url: str, c_url: str, domain: DevTrustDomain) -> None:
