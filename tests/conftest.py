@@ -7,11 +7,25 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers import SCHEMAS, RunningSts, running_sts
 from services import drop_schema
+
+# Property tests share two cores with live servers: generation speed is not what they test,
+# so the "too slow" health check (a timing judgement) must not fail them under load.
+settings.register_profile("tether", suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("tether")
+
+#: A module's tests share one STS, and its deliberate refusals add up across them: the
+#: monitor there only alerts, so no suspension or risk from one test lands in another's task
+#: (tests/monitor covers what the actions do).
+QUIET_MONITOR = "\n".join(
+    f'[monitor.detectors.{name}]\nactions = ["alert"]'
+    for name in ("exchange_rate_spike", "refusal_burst", "dpop_replay", "deep_delegation")
+)
 
 
 @pytest.fixture
@@ -24,7 +38,7 @@ def sts(tmp_path: Path) -> Iterator[RunningSts]:
 @pytest.fixture(scope="module")
 def shared_sts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSts]:
     """One STS for a whole module, for tests that only create their own tasks."""
-    with running_sts(tmp_path_factory.mktemp("sts")) as server:
+    with running_sts(tmp_path_factory.mktemp("sts"), extra_toml=QUIET_MONITOR) as server:
         yield server
 
 

@@ -5,16 +5,25 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cli_support import one_line, tether
 
-from helpers import ADMIN, JWT, JWT_BEARER, SVC_B, TOKEN_EXCHANGE, Client, RunningSts, admin_token, create_task
+from helpers import ADMIN, JWT, JWT_BEARER, SVC_B, TOKEN_EXCHANGE, Client, RunningSts, admin_token, create_task, running_sts
 from services import store_sql
 
 AUD = "http://127.0.0.1:9001"
+
+
+@pytest.fixture
+def sts(tmp_path: Path) -> Iterator[RunningSts]:
+    """The monitor only alerts on the replay below (no suspension racing the task's completion)."""
+    with running_sts(tmp_path, extra_toml='[monitor.detectors.dpop_replay]\nactions = ["alert"]\n') as server:
+        yield server
 
 
 class RecordingClient(Client):
@@ -70,6 +79,11 @@ def activity(sts: RunningSts) -> list[str]:
                                                       "client_assertion_type": JWT_BEARER}).status_code == 200
     assert admin.api("POST", f"/tasks/{task['id']}/complete", admin_access).status_code == 200
     assert agent.hop(session, AUD).json()["error"] == "invalid_grant"
+    # the monitor appends its alert asynchronously: wait for it, so the chain is quiescent
+    deadline = time.monotonic() + 15
+    while not any(r.kind == "alert.raised" for r in sts.audit()):
+        assert time.monotonic() < deadline, "the monitor never alerted on the replay"
+        time.sleep(0.05)
     return secrets
 
 

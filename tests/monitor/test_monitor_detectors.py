@@ -237,11 +237,19 @@ def test_DPOP_12_replay_detected_by_the_audit_marker() -> None:
     assert len(found) == 1 and found[0].severity == "high" and found[0].agent == AGENT
 
 
-def test_DPOP_12_replay_detected_from_the_gateway_reason() -> None:
-    # the gateway audits the debug text, not the marker
+def test_DPOP_12_replay_detected_from_a_gateway_refusal_with_the_marker() -> None:
     det = detector("dpop_replay")
-    event = Log().refused("invalid_dpop_proof", "replayed jti for jkt abc", kind="gateway.refused")
+    event = Log().refused("invalid_dpop_proof", "replayed jti for jkt abc", kind="gateway.refused", replay=True)
     assert is_replay(event) and len(feed(det, [event])) == 1
+
+
+@pytest.mark.parametrize("reason", ["replayed jti for jkt abc", "htm mismatch: proof has already been used",
+                                    "typ 'replayed jti' is not dpop+jwt"])  # fmt: skip
+def test_DPOP_12_reason_text_alone_is_not_a_replay(reason: str) -> None:
+    # the reason can echo values the caller chose (a proof's htm, a token's typ): only the
+    # marker set by the replay check itself counts, or anyone could get a task suspended
+    event = Log().refused("invalid_dpop_proof", reason)
+    assert not is_replay(event) and feed(detector("dpop_replay"), [event]) == []
 
 
 def test_DPOP_12_other_proof_errors_are_not_replays() -> None:
@@ -276,7 +284,7 @@ def test_dpop_replay_threshold() -> None:
 )
 def test_use_after_end_detected(error: str, reason: str) -> None:
     det = detector("use_after_end")
-    event = Log().refused(error, reason)
+    event = Log().refused(error, reason, after_end=True)
     assert is_after_end(event)
     (finding,) = feed(det, [event])
     assert finding.subject == "t1" and finding.task == "t1" and finding.severity == "medium"
@@ -296,12 +304,22 @@ def test_use_after_end_other_refusals_are_not_matched(error: str, reason: str) -
     assert feed(detector("use_after_end"), [Log().refused(error, reason)]) == []
 
 
+@pytest.mark.parametrize("reason", ["task is suspended", "revoked: jti j1 task t1"])
+def test_use_after_end_reason_text_alone_is_not_matched(reason: str) -> None:
+    # the marker is set by the ended-task / revoked-token checks; text alone can be forged
+    assert feed(detector("use_after_end"), [Log().refused("invalid_grant", reason)]) == []
+
+
+def test_use_after_end_marker_on_another_error_is_not_matched() -> None:
+    assert feed(detector("use_after_end"), [Log().refused("access_denied", "x", after_end=True)]) == []
+
+
 def test_use_after_end_subject_is_the_task() -> None:
     det = detector("use_after_end", threshold=2)
     log = Log()
-    assert feed(det, [log.refused("invalid_grant", "task is suspended", task="a")]) == []
-    assert feed(det, [log.refused("invalid_grant", "task is suspended", task="b")]) == []
-    assert len(feed(det, [log.refused("invalid_grant", "task is suspended", task="a")])) == 1
+    assert feed(det, [log.refused("invalid_grant", "task is suspended", task="a", after_end=True)]) == []
+    assert feed(det, [log.refused("invalid_grant", "task is suspended", task="b", after_end=True)]) == []
+    assert len(feed(det, [log.refused("invalid_grant", "task is suspended", task="a", after_end=True)])) == 1
 
 
 # -- gateway_unusual -----------------------------------------------------------------------

@@ -6,14 +6,14 @@ the live store and on an exported log. A ``Finding`` names the detector, the age
 task, one human line and the evidence (counts, baselines and the seqs of the records
 that made the case) — never a token or proof value, only what the audit already holds.
 
-The refusal classifiers below read the ``error`` code and the internal ``reason`` that
-every refusal is audited with (``StsContext.refuse``, the gateway's ``gateway.refused``),
-plus the explicit ``replay`` marker the DPoP replay checks add to the audited detail.
+The refusal classifiers below read the ``error`` code and the typed markers the emitting
+sites add to the audited detail (``replay`` from the DPoP replay checks, ``after_end`` from
+the ended-task and revoked-token checks) — never the free-text ``reason``, which can hold
+values the caller chose (a proof's ``htm``, a token's ``typ``).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,15 +52,6 @@ REFUSAL_ERRORS = frozenset(
         "insufficient_scope",
     }
 )
-
-# The internal reasons of refusals caused by an ended task or a revoked token, as written by
-# sts.exchange ("task is suspended", "subject token has been revoked"), rules.exchange
-# ("task <id> is expired") and the revocation view of resource servers and the gateway.
-_AFTER_END = re.compile(
-    r"\btask\b(?: \S+)? is (?:completed|cancelled|suspended|expired)\b|\brevoked\b",
-    re.IGNORECASE,
-)
-_REPLAY = re.compile(r"\breplayed jti\b|\bproof has already been used\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -123,14 +114,14 @@ def is_replay(event: Event) -> bool:
     """A refusal because the DPoP proof was already used (RFC 9449 §11.1, DPOP-12)."""
     if not is_refusal(event) or event.error != "invalid_dpop_proof":
         return False
-    return event.detail.get("replay") is True or bool(_REPLAY.search(event.reason))
+    return event.detail.get("replay") is True
 
 
 def is_after_end(event: Event) -> bool:
     """A refusal because the task had ended or the token (or its parent) was revoked."""
     if not is_refusal(event) or event.error not in ("invalid_grant", "invalid_token"):
         return False
-    return event.detail.get("after_end") is True or bool(_AFTER_END.search(event.reason))
+    return event.detail.get("after_end") is True
 
 
 @dataclass(frozen=True)

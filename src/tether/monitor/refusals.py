@@ -76,7 +76,9 @@ class _Counting(DetectorBase):
 
     def observe(self, event: Event) -> list[Finding]:
         subject = self.subject_of(event)
-        if subject is None or not self.matches(event):
+        # never act on a refusal no authenticated caller is tied to: its task is only what
+        # an anonymous request named (the STS records no task for those, see sts.exchange)
+        if subject is None or agent_of(event) is None or not self.matches(event):
             return []
         count = (self.counts.get(subject) or 0) + 1
         self.counts.put(subject, count)

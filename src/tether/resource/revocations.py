@@ -106,7 +106,9 @@ class RevocationFeed:
                 debug=f"last heard {self.last_heard}, now {now}",
             )
         if jti in self.jtis or (task is not None and task in self.tasks):
-            raise InvalidToken("token has been revoked", debug=f"revoked: jti {jti} task {task}")
+            revoked = InvalidToken("token has been revoked", debug=f"revoked: jti {jti} task {task}")
+            revoked.audit["after_end"] = True  # audited by the gateway, read by the monitor
+            raise revoked
 
     # -- feed ---------------------------------------------------------------------
     def apply(self, entry: dict[str, Any]) -> None:

@@ -33,7 +33,9 @@ def check_task_usable(task: Task, now: float) -> None:
     """A token is only derived for an active task inside its hard cap and count cap."""
     state = task.effective_state(now)
     if state is not TaskState.ACTIVE:
-        raise InvalidGrant(f"task is {state.value}", debug=f"task {task.id} is {state.value}")
+        ended = InvalidGrant(f"task is {state.value}", debug=f"task {task.id} is {state.value}")
+        ended.audit["after_end"] = True  # the monitor's use_after_end detector reads this marker
+        raise ended
     if task.tokens_issued >= task.max_tokens:
         raise InvalidGrant("task token limit reached", debug=f"task {task.id} max_tokens {task.max_tokens}")
 

@@ -150,13 +150,19 @@ async def exchange(ctx: StsContext, req: ExchangeRequest) -> ExchangeResult:
     except OAuthError as exc:
         EXCHANGE_SECONDS.labels(kind="refused").observe(time.perf_counter() - started)
         if exc.error != "use_dpop_nonce":
+            # principal and task are only recorded once the caller proved who it is and that the
+            # task is its own: a refusal must never be pinned on someone else's task or agent
+            # (the monitor suspends and scores by them); what was merely asked for goes in detail
+            detail: dict[str, Any] = {"audience": req.audience} if req.audience else {}
+            if req.task is not None and audit.get("task") is None:
+                detail["requested_task"] = req.task[:128]
             await ctx.refuse(
                 exc,
                 kind="token.refused",
                 principal=audit.get("principal"),
-                task=audit.get("task") or req.task,
+                task=audit.get("task"),
                 jti=audit.get("subject_jti"),
-                detail={"audience": req.audience} if req.audience else None,
+                detail=detail or None,
             )
         raise
     EXCHANGE_SECONDS.labels(kind=result.kind).observe(time.perf_counter() - started)
@@ -183,15 +189,17 @@ async def _exchange(ctx: StsContext, req: ExchangeRequest, audit: dict[str, Any]
         checked = _Checked(proof, replay, _spends(identity, client))
         if req.task is None:
             return await _admin(ctx, req, identity, checked)
-        return await _session(ctx, req, identity, checked)
+        return await _session(ctx, req, identity, checked, audit)
     parent = ctx.verify_subject_token(req.subject_token)
-    audit.update(principal=parent.client_id, task=parent.txn, subject_jti=parent.jti)
+    audit["subject_jti"] = parent.jti
     if req.task is not None and req.task != parent.txn:
         raise InvalidRequest("`task` does not match the subject token")
     return await _hop(ctx, req, parent, proof, replay, audit)
 
 
-async def _session(ctx: StsContext, req: ExchangeRequest, identity: WorkloadIdentity, checked: _Checked) -> ExchangeResult:
+async def _session(
+    ctx: StsContext, req: ExchangeRequest, identity: WorkloadIdentity, checked: _Checked, audit: dict[str, Any]
+) -> ExchangeResult:
     assert req.task is not None
     task = await ctx.task(req.task)
     if task is None:
@@ -207,6 +215,7 @@ async def _session(ctx: StsContext, req: ExchangeRequest, identity: WorkloadIden
         limits=ctx.settings.limits,
         now=now,
     )
+    audit["task"] = task.id  # derive_session checked that the task is this workload's
     decision = _authorize(ctx, req, grant, task, kind="session", principal=identity.principal)
     return await _issue(ctx, grant, "session", task, checked, principals=[identity.principal], now=now, policy=decision)
 
@@ -229,6 +238,7 @@ async def _hop(
     else:
         if parent.jkt is None or parent.jkt != proof.jkt:
             raise InvalidDPoPProof("dpop proof key does not match the subject token binding")
+        audit.update(principal=parent.client_id, task=parent.txn)  # the holder proved possession
         client = await _client(ctx, req, parent.client_id)
     task = await ctx.task(parent.txn)
     if task is None:
@@ -246,6 +256,7 @@ async def _hop(
         actor=actor.principal if actor else None,
         audience_principals=ctx.settings.resources.get(parent.aud, frozenset()),
     )
+    audit["task"] = task.id  # an actor is tied to the task only once the delegation is allowed
     requester = actor.principal if actor else parent.client_id
     decision = _authorize(ctx, req, grant, task, kind="delegation" if actor else "hop", principal=requester)
     principals = [parent.sub, parent.agent, *parent.actors] + ([actor.principal] if actor else [])
@@ -356,7 +367,12 @@ async def _issue(
     except CapReached as exc:
         raise InvalidGrant("task token limit reached") from exc
     except TaskNotActive as exc:
-        raise InvalidGrant(f"task is {exc}") from exc
+        raise _after_end(InvalidGrant(f"task is {exc}")) from exc
     except ParentRevoked as exc:
-        raise InvalidGrant("subject token has been revoked", debug="revoked or unknown parent jti") from exc
+        raise _after_end(InvalidGrant("subject token has been revoked", debug="revoked or unknown parent jti")) from exc
     return ExchangeResult(access_token=token, expires_in=grant.exp - now, scope=record.scope, kind=kind)
+
+
+def _after_end(exc: OAuthError) -> OAuthError:
+    exc.audit["after_end"] = True  # for the monitor's use_after_end detector
+    return exc

@@ -100,7 +100,9 @@ def test_JWT_08_wrong_agent_for_task_refused(shared_sts: RunningSts) -> None:
     record = refused(
         sts, response, since=since, status=400, error="invalid_grant", reason=f"{SVC_B} != {AGENT}", secrets=[svid]
     )
-    assert record.principal == SVC_B and record.task == task["id"]
+    # the refusal is SVC_B's, not the task's: a stranger naming a task must not count against it
+    assert record.principal == SVC_B and record.task is None
+    assert record.detail["requested_task"] == task["id"]
     ok(client.session(task["id"], svid=sts.svid(AGENT)))
 
 
