@@ -9,7 +9,7 @@ the credential it demands):
 ``rate``    2 calls per second                 ``small``   64-byte requests, 256-byte responses
 ``expired`` expired in 2001                    ``slow``    0.3 s upstream timeout
 ``down``    an upstream nobody listens on         ``nosecret`` names a vault entry that does not exist
-``tiny``    3 calls per task
+``tiny``    3 calls per task                  ``trickle`` an upstream that drips its head, 0.3 s timeout
 
 The main gateway never suspends (refusal bursts of 1000, no suspension on a cap hit) so
 negative tests can be followed by positive controls on the same task; the strict
@@ -31,6 +31,7 @@ from gwkit import (
     put_secret_sync,
     route_toml,
     serve_gateway,
+    serve_trickle,
     serve_upstream,
 )
 
@@ -41,7 +42,7 @@ SMALL_ALLOW = ["POST /upload", "GET /big", "GET /bigstream", "GET /v1/items"]
 FAST: dict[str, Any] = {"max_requests_per_second": 1000, "max_requests_per_task": 1000}
 
 
-def main_routes(up: str, down_port: int) -> str:
+def main_routes(up: str, down_port: int, trickle_port: int) -> str:
     apikey: dict[str, Any] = {"inject": "header", "header": "X-Api-Key", "template": "{secret}"}
     rows = [
         route_toml("apikey", f"{up}/apikey", **apikey, **FAST),
@@ -57,6 +58,7 @@ def main_routes(up: str, down_port: int) -> str:
         route_toml("down", f"http://127.0.0.1:{down_port}/apikey", **apikey, **FAST),
         route_toml("nosecret", f"{up}/apikey", **apikey, **FAST, secret="absent-key"),
         route_toml("tiny", f"{up}/apikey", **apikey, max_requests_per_task=3, max_requests_per_second=1000),
+        route_toml("trickle", f"http://127.0.0.1:{trickle_port}/apikey", **apikey, **FAST, timeout=0.3),
     ]
     return "\n".join(rows)
 
@@ -65,10 +67,10 @@ def main_routes(up: str, down_port: int) -> str:
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayEnv]:
     upstream, elsewhere = Upstream(), Upstream()
     gw_port, down_port = free_port(), free_port()
-    with serve_upstream(elsewhere), serve_upstream(upstream) as up:
+    with serve_upstream(elsewhere), serve_upstream(upstream) as up, serve_trickle() as trickle_port:
         up.elsewhere = elsewhere.url
         settings = gateway_toml(gw_port, suspend_after_refusals=1000, suspend_on_cap=False, secret_cache_seconds=1)
-        extra = settings + "\n" + main_routes(up.url, down_port)
+        extra = settings + "\n" + main_routes(up.url, down_port, trickle_port)
         with running_sts(tmp_path_factory.mktemp("gw"), extra_toml=extra) as sts:
             put_secret_sync(sts.config, "legacy-key", upstream.key)
             with serve_gateway(sts.config, sts) as gateway:

@@ -175,6 +175,8 @@ class Upstream:
             # compressed whatever the gateway asked for (it asks for identity)
             body = gzip.compress(f"compressed {key} echo".encode())
             return Response(body, media_type="text/plain", headers={"Content-Encoding": "gzip"})
+        if rest.startswith("/echo/coded/"):
+            return _coded(rest.removeprefix("/echo/coded/"), f"compressed {key} echo".encode())
         if rest == "/echo/stream":
             return StreamingResponse(_split_stream(key), media_type="text/plain")
         if rest == "/redirect":
@@ -199,6 +201,22 @@ async def _chunks(piece: bytes, count: int) -> AsyncIterator[bytes]:
         await asyncio.sleep(0.002)
 
 
+def _coded(variant: str, plain: bytes) -> Response:
+    """A body compressed under a coding the gateway's client does not decode (or decodes once)."""
+    codings = {
+        "x-gzip": (gzip.compress(plain), ["x-gzip"]),
+        "list": (gzip.compress(plain), ["gzip, identity"]),
+        "twice": (gzip.compress(gzip.compress(plain)), ["gzip", "gzip"]),
+        "br": (gzip.compress(plain), ["br"]),  # no brotli decoder installed: never passed on
+        "upper": (gzip.compress(plain), ["GZIP"]),  # decoded: the coding name is case-insensitive
+        "identity": (plain, ["identity"]),
+    }
+    body, values = codings[variant]
+    response = Response(body, media_type="text/plain")
+    response.raw_headers += [(b"content-encoding", v.encode()) for v in values]
+    return response
+
+
 async def _split_stream(key: str) -> AsyncIterator[bytes]:
     """The key in three spellings, each cut across chunk boundaries (sent as separate writes)."""
     text = f"start {key} middle {quote_plus(key)} then {base64.b64encode(key.encode()).decode()} end".encode()
@@ -216,6 +234,50 @@ def serve_upstream(upstream: Upstream, port: int | None = None) -> Iterator[Upst
         yield upstream
     finally:
         thread.stop()
+
+
+@contextlib.contextmanager
+def serve_trickle(seconds: float = 5.0) -> Iterator[int]:
+    """A raw upstream that sends its response head one byte every 50 ms (never a full head
+    within a short timeout, yet never silent long enough to trip a per-read one)."""
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def drip(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(1.0)
+            with contextlib.suppress(OSError):
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                conn.sendall(b"HTTP/1.1 200 OK\r\nX-Drip: ")
+                deadline = time.monotonic() + seconds
+                while time.monotonic() < deadline and not stop.is_set():
+                    conn.sendall(b"x")
+                    time.sleep(0.05)
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield int(listener.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join(timeout=2)
+        listener.close()
 
 
 # -- configuration ---------------------------------------------------------------------------
@@ -245,6 +307,7 @@ DEFAULT_ALLOW = (
     "GET /echo/request",
     "GET /echo/json-escaped",
     "GET /echo/gzip",
+    "GET /echo/coded/*",
     "GET /redirect",
     "GET /set-cookie",
 )

@@ -136,3 +136,21 @@ def test_a_key_echoed_in_a_compressed_body_is_scrubbed(gw: GatewayEnv) -> None:
     assert response.text == "compressed [REDACTED] echo"
     assert KEY.encode() not in caller.transport.everything()
     assert gw.upstream.last()["headers"]["accept-encoding"] == ["identity"]
+
+
+@pytest.mark.parametrize("variant", ["x-gzip", "list", "twice", "br"])
+def test_a_body_in_a_coding_the_scrubber_cannot_see_through_is_refused_502(gw: GatewayEnv, variant: str) -> None:
+    """Passed on undecoded, a compressed echo of the key would reach the agent unscrubbed."""
+    caller = gw.caller("apikey")
+    response = caller.get("apikey", f"/echo/coded/{variant}")
+    assert response.status_code == 502 and response.json()["error"] == "bad_gateway"
+    assert KEY.encode() not in caller.transport.everything()
+
+
+@pytest.mark.parametrize("variant", ["upper", "identity"])
+def test_a_body_in_a_coding_that_is_decoded_is_scrubbed(gw: GatewayEnv, variant: str) -> None:
+    caller = gw.caller("apikey")
+    response = caller.get("apikey", f"/echo/coded/{variant}")
+    assert response.status_code == 200 and response.text == "compressed [REDACTED] echo"
+    assert "content-encoding" not in response.headers
+    assert KEY.encode() not in caller.transport.everything()

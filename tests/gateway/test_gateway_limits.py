@@ -133,6 +133,11 @@ def test_an_upstream_timeout_is_504(gw: GatewayEnv) -> None:
     assert caller.get("slow", "/v1/items").status_code == 200  # positive control: same route, fast path
 
 
+def test_an_upstream_that_trickles_its_head_is_504(gw: GatewayEnv) -> None:
+    # a byte every 50 ms never trips the 0.3 s per-read timeout; the whole head has a deadline
+    _clean_failure(gw.caller("trickle").get("trickle", "/v1/items"), 504, "gateway_timeout")
+
+
 def test_an_unreachable_upstream_is_502_until_it_comes_up(gw: GatewayEnv) -> None:
     caller = gw.caller("down")
     _clean_failure(caller.get("down", "/v1/items"), 502, "bad_gateway")

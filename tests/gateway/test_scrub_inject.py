@@ -86,6 +86,13 @@ def test_forward_headers_drop_agent_credentials_and_hop_by_hop() -> None:
     assert forward_headers([("x-legacy", "forged"), ("X-Keep", "1")], legacy) == [("X-Keep", "1")]
 
 
+@pytest.mark.parametrize("name", ["Forwarded", "X-Forwarded-For", "x-forwarded-host", "X-Forwarded-Proto",
+                                  "X-Real-IP", "True-Client-IP", "X-Client-IP"])  # fmt: skip
+def test_forward_headers_drop_a_claimed_client_origin(name: str) -> None:
+    # an upstream that allowlists addresses would otherwise believe the agent's claim
+    assert forward_headers([(name, "10.0.0.1"), ("Accept", "a/b")], HEADER) == [("Accept", "a/b")]
+
+
 def test_inject_adds_exactly_one_credential() -> None:
     headers, qs = inject(HEADER, SECRET, [("Accept", "a/b")], [("q", "1")])
     assert headers == [("Accept", "a/b"), ("X-Api-Key", SECRET)] and qs == "q=1"

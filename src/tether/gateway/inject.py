@@ -1,8 +1,9 @@
 """How a vaulted secret reaches the upstream: a header template, a query parameter or basic auth.
 
 The agent's own credentials never pass through: its ``Authorization`` and ``DPoP`` are
-dropped with the hop-by-hop headers (RFC 9110 §7.6.1) and anything named like the
-injected header or parameter, so an agent cannot smuggle a value in beside the real one.
+dropped with the hop-by-hop headers (RFC 9110 §7.6.1), the ``Forwarded``/``X-Forwarded-*``
+family and anything named like the injected header or parameter, so an agent cannot smuggle
+a value in beside the real one nor claim another client address.
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ HOP_BY_HOP = frozenset(
      "transfer-encoding", "upgrade"}
 )  # fmt: skip
 _AGENT_CREDENTIALS = frozenset({"authorization", "dpop", "cookie", "host", "content-length", "x-api-key"})
+#: Where a request claims to come from (RFC 7239 and its de-facto forms): an upstream that
+#: allowlists client addresses must not be told a made-up one by the agent.
+_CLIENT_ORIGIN = frozenset(
+    {"forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-port", "x-real-ip",
+     "x-client-ip", "true-client-ip", "x-original-forwarded-for"}
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -43,9 +50,10 @@ def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
 
 
 def forward_headers(headers: Iterable[tuple[str, str]], injection: Injection) -> list[tuple[str, str]]:
-    """The agent's headers minus hop-by-hop, credentials and anything the injection sets."""
+    """The agent's headers minus hop-by-hop, credentials, claimed client origins and anything
+    the injection sets."""
     pairs = list(headers)
-    drop = HOP_BY_HOP | _AGENT_CREDENTIALS | injection.names() | _connection_tokens(pairs)
+    drop = HOP_BY_HOP | _AGENT_CREDENTIALS | _CLIENT_ORIGIN | injection.names() | _connection_tokens(pairs)
     return [(n, v) for n, v in pairs if n.lower() not in drop and not n.lower().startswith("proxy-")]
 
 

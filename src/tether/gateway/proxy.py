@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import aiohttp
+from aiohttp.compression_utils import HAS_BROTLI, HAS_ZSTD
 from yarl import URL
 
 from tether.errors import OAuthError
@@ -31,6 +32,11 @@ __all__ = ["BadGateway", "Forwarded", "GatewayTimeout", "PayloadTooLarge", "forw
 #: Bodies with a declared length up to this (and no content coding) are read whole and sent
 #: with a length: no chunked framing and no streaming machinery for the typical small answer.
 SMALL_BODY = 64 * 1024
+
+#: The content codings aiohttp decodes before the scrubber sees the body. It decodes only a
+#: single ``Content-Encoding`` value spelt exactly so; anything else would reach the agent
+#: still compressed, where the scrubber cannot find an echoed secret.
+DECODED = frozenset({"gzip", "deflate"} | ({"br"} if HAS_BROTLI else set()) | ({"zstd"} if HAS_ZSTD else set()))
 
 
 def upstream_client() -> aiohttp.ClientSession:
@@ -111,14 +117,17 @@ async def forward(
     url = URL(route.upstream + path + (f"?{qs}" if qs else ""), encoded=True)
     timeout = aiohttp.ClientTimeout(total=None, connect=route.timeout, sock_read=route.timeout)
     try:
-        response = await client.request(
-            method,
-            url,
-            headers=upstream_headers,
-            data=_limited(body, route.max_request_bytes, counter) if has_body else None,
-            allow_redirects=False,
-            timeout=timeout,
-        )
+        # per-read timeouts alone let an upstream that trickles its head hold the call for
+        # ever: sending the request and receiving the response head share one deadline
+        async with asyncio.timeout(route.timeout):
+            response = await client.request(
+                method,
+                url,
+                headers=upstream_headers,
+                data=_limited(body, route.max_request_bytes, counter) if has_body else None,
+                allow_redirects=False,
+                timeout=timeout,
+            )
     except PayloadTooLarge:
         raise
     except TimeoutError:
@@ -127,6 +136,7 @@ async def forward(
         if counter.get("bytes_in", 0) > route.max_request_bytes:
             raise PayloadTooLarge(f"request body exceeds {route.max_request_bytes} bytes") from None
         raise BadGateway("upstream unreachable", debug=f"route {route.name}: {type(exc).__name__}") from None
+    _check_coding(response, route.name)
     needles = _needles(secret, route.injection)
     length = response.headers.get("content-length")
     declared = int(length) if length is not None and length.isdigit() else None
@@ -145,6 +155,20 @@ async def forward(
     else:  # decoded while streamed, so the size cap holds for what a compressed body expands to
         forwarded.body = _relay(forwarded, Scrubber(needles), route.max_response_bytes)
     return forwarded
+
+
+def _check_coding(response: aiohttp.ClientResponse, route: str) -> None:
+    """Refuse (502) a body whose coding would pass the scrubber undecoded: ``x-gzip``,
+    ``compress``, a list such as ``gzip, identity``, a repeated header, or ``br``/``zstd``
+    without their decoder. The gateway asks for ``identity``; this is a misbehaving upstream."""
+    values = response.headers.getall("content-encoding", [])
+    if not values:
+        return
+    if len(values) == 1 and values[0].isascii() and values[0].lower() in DECODED | {"identity"}:
+        return
+    response.close()
+    raise BadGateway("upstream response uses a content coding the gateway cannot inspect",
+                     debug=f"route {route}: content-encoding {', '.join(values)[:64]!r}")  # fmt: skip
 
 
 async def _read_whole(forwarded: Forwarded, scrubber: Scrubber, route: str) -> None:
