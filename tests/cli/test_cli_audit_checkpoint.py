@@ -231,6 +231,36 @@ def test_require_signed_refuses_the_unsigned_tail(exported: Exported) -> None:
     )
 
 
+def test_a_log_rewritten_end_to_end_without_checkpoints_fails_with_the_jwks(exported: Exported) -> None:
+    # drop every checkpoint, renumber, alter a record and recompute every hash: a consistent
+    # chain that only the missing signatures give away
+    rows = [copy.deepcopy(r) for r in exported.rows if r["kind"] != CHECKPOINT_KIND]
+    for seq, row in enumerate(rows, 1):
+        row["seq"] = seq
+    rows[1]["outcome"] = "refused"
+    forged = exported.variant("forged", rechain(rows, 0))
+    result = exported.verify(forged)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        f"error: audit chain not signed at all: none of its {len(rows)} records is covered by a checkpoint "
+        "signed by a key in the JWKS (--allow-unsigned accepts that)"
+    )
+    # the operator may knowingly accept it (say, a deployment with checkpoints off); it is still warned
+    allowed = exported.verify(forged, "--allow-unsigned")
+    assert allowed.exit_code == 0 and f"audit chain intact: {len(rows)} records" in allowed.stdout
+    assert "not covered by a checkpoint" in allowed.stderr
+
+
+def test_an_export_with_a_duplicated_name_is_refused(exported: Exported) -> None:
+    # RFC 8259 leaves duplicate names undefined: two parsers could read two different records
+    line = json.dumps(exported.rows[0], sort_keys=True)
+    doubled = line[:-1] + ', "outcome": "refused"}\n'
+    bad = exported.tmp / "duplicate.jsonl"
+    bad.write_text(doubled, encoding="utf-8")
+    result = exported.verify(bad)
+    assert result.exit_code == 1 and "is not a readable JSON-lines audit export" in result.stderr
+
+
 def test_jwks_without_the_signing_key_is_refused(exported: Exported) -> None:
     other = exported.tmp / "other-jwks.json"
     other.write_text(json.dumps({"keys": [public_jwk(generate_key("ES256"), "ES256")]}), encoding="utf-8")

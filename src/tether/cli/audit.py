@@ -97,8 +97,8 @@ def _position(value: str | None, option: str) -> tuple[int, str | None] | None:
 def _read_export(file: Path) -> list[dict[str, Any]]:
     try:
         lines = file.read_text(encoding="utf-8").splitlines()
-        records = [json.loads(line) for line in lines if line.strip()]
-    except (OSError, ValueError, RecursionError) as exc:
+        records = [strict_json_loads(line.encode("utf-8")) for line in lines if line.strip()]
+    except (OSError, ValueError, RecursionError, JWSError) as exc:
         fail(escape(f"`{file}` is not a readable JSON-lines audit export: {exc}"))
     for number, record in enumerate(records, 1):
         if not isinstance(record, dict):
@@ -161,6 +161,9 @@ def verify(
     require_signed: Annotated[
         bool, typer.Option("--require-signed", help="fail unless every record is covered by a valid checkpoint")
     ] = False,
+    allow_unsigned: Annotated[
+        bool, typer.Option("--allow-unsigned", help="with --jwks, accept an export that has no valid checkpoint at all")
+    ] = False,
     expect_head: Annotated[
         str | None, typer.Option("--expect-head", help="SEQ:HASH the export must contain (detects truncation)")
     ] = None,
@@ -193,6 +196,11 @@ def verify(
                                expect_head=(head[0], str(head[1])) if head else None)  # fmt: skip
     except ExportBroken as exc:
         fail(escape(str(exc)))
+    if jwks and not allow_unsigned and report.records and report.signed_through is None:
+        # a log rewritten end to end, checkpoints dropped, is a consistent chain: only a
+        # signature ties it to the issuer, so with keys given "nothing signed" is a failure
+        fail(f"audit chain not signed at all: none of its {report.records} records is covered by a checkpoint "
+             "signed by a key in the JWKS (--allow-unsigned accepts that)")  # fmt: skip
     if require_signed and report.unsigned:
         where = f"after record {report.signed_through}" if report.signed_through is not None else "at all"
         fail(f"audit chain not signed {where}: {report.unsigned} records are not covered by a valid checkpoint")
