@@ -793,6 +793,31 @@ def test_b64url_decode_strict(segment: str) -> None:
         b64url_decode(segment)
 
 
+@pytest.mark.parametrize("segment", ["AB", "AAB", "_-9", "AP", "AAD"])
+def test_JWT_14_b64url_decode_refuses_non_canonical_trailing_bits(segment: str) -> None:
+    # "AB" decodes to b"\x00" like "AA" would if the unused low bits were ignored
+    with pytest.raises(JWSError, match="invalid base64url"):
+        b64url_decode(segment)
+
+
+def test_JWT_14_a_second_spelling_of_the_signature_is_refused(p256: Pair) -> None:
+    """One token, one string: the 64-byte ES256 signature leaves 4 unused bits in its last
+    character, and every other value of them must be refused, not verified alike (anything
+    keyed by the token string, such as the verified-token cache or ``ath``, relies on it)."""
+    good = p256.good()
+    head, sig = good.rsplit(".", 1)
+    alphabet = _COMPACT_ALPHABET[:-1]
+    base = alphabet.index(sig[-1]) & ~0b1111
+    spellings = [head + "." + sig[:-1] + alphabet[base | low] for low in range(16)]
+    assert good in spellings and len(set(spellings)) == 16
+    for token in spellings:
+        if token == good:
+            assert verify(token, p256.public) == CLAIMS
+        else:
+            with pytest.raises(JWSError):
+                verify(token, p256.public)
+
+
 @pytest.mark.parametrize(("segment", "expected"), [("", b""), ("AA", b"\x00"), ("AAA", b"\x00\x00"), ("_-8", b"\xff\xef")])
 def test_b64url_decode_accepts_unpadded(segment: str, expected: bytes) -> None:
     assert b64url_decode(segment) == expected

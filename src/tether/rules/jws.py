@@ -75,9 +75,16 @@ def b64url_decode(segment: str) -> bytes:
     if not _B64URL.fullmatch(segment) or len(segment) % 4 == 1:
         raise JWSError("invalid base64url")
     try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        decoded = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
     except (binascii.Error, ValueError) as exc:
         raise JWSError("invalid base64url") from exc
+    # the last character's unused bits must be zero (RFC 4648 §3.5): otherwise one token has
+    # several spellings that verify alike, and anything keyed by the token string (the
+    # verified-token cache, ``ath``) would see them as different tokens
+    tail = len(segment) % 4  # 2 or 3 characters carrying 1 or 2 bytes
+    if tail and base64.urlsafe_b64encode(decoded[1 - tail :])[:tail] != segment[-tail:].encode("ascii"):
+        raise JWSError("invalid base64url")
+    return decoded
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
