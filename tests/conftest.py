@@ -11,22 +11,13 @@ from hypothesis import HealthCheck, settings
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import SCHEMAS, RunningSts, running_sts
+from helpers import QUIET_MONITOR, SCHEMAS, RunningSts, running_sts
 from services import drop_schema
 
 # Property tests share two cores with live servers: generation speed is not what they test,
 # so the "too slow" health check (a timing judgement) must not fail them under load.
 settings.register_profile("tether", suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("tether")
-
-#: A module's tests share one STS, and its deliberate refusals add up across them: the
-#: monitor there only alerts, so no suspension or risk from one test lands in another's task
-#: (tests/monitor covers what the actions do).
-QUIET_MONITOR = "\n".join(
-    f'[monitor.detectors.{name}]\nactions = ["alert"]'
-    for name in ("exchange_rate_spike", "refusal_burst", "dpop_replay", "deep_delegation")
-)
-
 
 @pytest.fixture
 def sts(tmp_path: Path) -> Iterator[RunningSts]:

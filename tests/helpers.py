@@ -44,6 +44,15 @@ SVC_B = "spiffe://tether.local/svc/b"
 SVC_C = "spiffe://tether.local/svc/c"
 
 
+#: For STSs shared by a module's tests: their deliberate refusals add up across tests, so the
+#: monitor there only alerts — no suspension or risk from one test lands in another's task
+#: (tests/monitor covers what the actions do).
+QUIET_MONITOR = "\n".join(
+    f'[monitor.detectors.{name}]\nactions = ["alert"]'
+    for name in ("exchange_rate_spike", "refusal_burst", "dpop_replay", "deep_delegation")
+)
+
+
 def make_deployment(directory: Path, *, extra_toml: str = "", port: int | None = None) -> Config:
     """``tether init`` into ``directory`` with a free port, plus extra TOML appended.
 

@@ -60,6 +60,9 @@ class OAuthError(TetherError):
         self.debug = debug or description
         #: extra fields for the audit record of this refusal (never rendered on the wire)
         self.audit: dict[str, object] = {}
+        #: who the refusal may be attributed to: set only once the caller proved possession
+        #: of the token's key (a replayed proof, a revoked token), never from a mere claim
+        self.holder: object | None = None
         super().__init__(self.description)
 
 

@@ -58,11 +58,15 @@ class ProofChecker:
     async def check(self, proof: str | None, *, method: str, url: str, access_token: str | None = None) -> DPoPProof:
         """Every check, and the proof consumed in the replay cache (accepted once)."""
         checked, (key, until) = self.check_unconsumed(proof, method=method, url=url, access_token=access_token)
+        await self.consume(checked, key, until)
+        return checked
+
+    async def consume(self, checked: DPoPProof, key: str, until: int) -> None:
+        """Spend a checked proof's ``jti`` (RFC 9449 §11.1); a second use is refused."""
         if not await self._replay.first_use(key, until=until, now=self._clock.now()):
             replayed = InvalidDPoPProof("dpop proof has already been used", debug=f"replayed jti for jkt {checked.jkt}")
             replayed.audit["replay"] = True  # for the monitor's dpop_replay detector
             raise replayed
-        return checked
 
     def check_unconsumed(
         self, proof: str | None, *, method: str, url: str, access_token: str | None = None

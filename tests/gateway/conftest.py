@@ -35,7 +35,7 @@ from gwkit import (
     serve_upstream,
 )
 
-from helpers import running_sts
+from helpers import QUIET_MONITOR, running_sts
 from tether.web.server import free_port
 
 SMALL_ALLOW = ["POST /upload", "GET /big", "GET /bigstream", "GET /v1/items"]
@@ -70,7 +70,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayEnv]:
     with serve_upstream(elsewhere), serve_upstream(upstream) as up, serve_trickle() as trickle_port:
         up.elsewhere = elsewhere.url
         settings = gateway_toml(gw_port, suspend_after_refusals=1000, suspend_on_cap=False, secret_cache_seconds=1)
-        extra = settings + "\n" + main_routes(up.url, down_port, trickle_port)
+        extra = settings + "\n" + main_routes(up.url, down_port, trickle_port) + "\n" + QUIET_MONITOR
         with running_sts(tmp_path_factory.mktemp("gw"), extra_toml=extra) as sts:
             put_secret_sync(sts.config, "legacy-key", upstream.key)
             with serve_gateway(sts.config, sts) as gateway:

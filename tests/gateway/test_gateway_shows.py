@@ -152,6 +152,9 @@ def test_a_call_after_task_completion_is_refused(gw: GatewayEnv) -> None:
     wait_until(refused, timeout=5, what="the gateway to learn of the completion")
     response = caller.manual("GET", url, held)
     assert response.status_code == 401 and response.json()["error"] == "invalid_token"
+    # audited as the task's (the caller proved possession), marked for use_after_end
+    record = gw.audit("gateway.refused", caller.task["id"])[-1]
+    assert record.error == "invalid_token" and record.detail["after_end"] is True
     with pytest.raises(ExchangeError) as caught:  # and the STS gives the agent nothing new
         caller.get("apikey", "/v1/items")
     assert caught.value.error == "invalid_grant"

@@ -12,6 +12,8 @@ from __future__ import annotations
 import pytest
 from gwkit import Caller, GatewayEnv
 
+from helpers import AGENT
+
 DEMO = "http://127.0.0.1:9001"  # the STS's demo service audience (helpers.create_task's default)
 
 
@@ -68,6 +70,11 @@ def test_a_replayed_proof_is_refused(gw: GatewayEnv, agent: Caller) -> None:
     before = len(gw.upstream.log)
     again = agent.manual("GET", url, token, proof=proof)
     _refused_401(gw, again.status_code, again.json(), before)
+    # the replayed request proved possession of the token's key: it is audited as this
+    # task's, marked for the monitor's dpop_replay detector
+    record = gw.audit("gateway.refused", agent.task["id"])[-1]
+    assert record.error == "invalid_dpop_proof" and record.detail["replay"] is True
+    assert record.principal == AGENT and record.detail["agent"] == AGENT
     assert agent.manual("GET", url, token).status_code == 200  # a fresh proof
 
 
@@ -87,8 +94,19 @@ def test_a_proof_by_another_key_is_refused(gw: GatewayEnv, agent: Caller) -> Non
     url = gw.aud("apikey") + "/v1/items"
     stolen = agent.token(gw.aud("apikey"))
     before = len(gw.upstream.log)
+    since = gw.sts.audit()[-1].seq
     response = thief.manual("GET", url, stolen)  # the thief's own key signs the proof
     _refused_401(gw, response.status_code, response.json(), before)
+    # DPOP-14: nothing proves who sent it, so it is pinned on no agent or task
+    refusals = [r for r in gw.sts.audit() if r.seq > since and r.kind == "gateway.refused"]
+    assert refusals and all(r.principal is None and r.task is None for r in refusals)
+    # nor does the thief replaying its own proof with the stolen token count as the victim's replay
+    proof = thief.key.proof("GET", url, access_token=stolen)
+    for _ in range(2):
+        replayed = thief.manual("GET", url, stolen, proof=proof)
+        _refused_401(gw, replayed.status_code, replayed.json(), before)
+    refusals = [r for r in gw.sts.audit() if r.seq > since and r.kind == "gateway.refused"]
+    assert len(refusals) == 3 and not any(r.task or r.detail.get("replay") for r in refusals)
     assert agent.manual("GET", url, stolen).status_code == 200
 
 

@@ -205,6 +205,8 @@ class Gateway:
             log.error("route %s: vault entry `%s` is missing", route.name, route.secret)
             return await self._refused(request, route, principal, BadGateway("upstream credential unavailable"), started)
         except (TetherError, StoreError) as exc:
+            if principal is None and isinstance(exc, OAuthError) and isinstance(exc.holder, Principal):
+                principal = exc.holder  # refused after proof of possession: a replay, a revoked token
             return await self._refused(request, route, principal, exc, started)
         assert principal is not None
         audit = BackgroundTask(self._audit_call, route, principal, request.method, upstream_path, forwarded, started)

@@ -30,7 +30,7 @@ import httpx
 from starlette.datastructures import Headers
 
 from tether.clock import Clock, SystemClock
-from tether.errors import AccessDenied, InvalidToken
+from tether.errors import AccessDenied, InvalidToken, OAuthError
 from tether.identity.jwks_cache import KeySet, KeySource, UrlKeySource
 from tether.lru import LruCache
 from tether.model import AccessToken
@@ -190,12 +190,21 @@ class Verifier:
             claims = self._verify_token(token, keyset, now)
         if claims.jkt is None:
             raise InvalidToken("token is not key-bound")
-        proof = await self.proofs.check(dpop_header(hdrs), method=method, url=self.settings.origin + path, access_token=token)
+        proof, (key, until) = self.proofs.check_unconsumed(
+            dpop_header(hdrs), method=method, url=self.settings.origin + path, access_token=token
+        )
         if proof.jkt != claims.jkt:
             raise InvalidToken("dpop proof key does not match the token binding", debug=f"{proof.jkt} != {claims.jkt}")
-        if self.feed is not None:
-            self.feed.check(jti=claims.jti, task=claims.txn, now=now)
         principal = Principal.from_token(claims)
+        try:
+            # from here the caller has proven it holds the token's key: a replay or a revoked
+            # token is this principal's (or its stolen credentials') doing, and is audited so
+            await self.proofs.consume(proof, key, until)
+            if self.feed is not None:
+                self.feed.check(jti=claims.jti, task=claims.txn, now=now)
+        except OAuthError as exc:
+            exc.holder = principal
+            raise
         if authorize and self.policy is not None:
             self.authorize_call(principal, method=method, path=route_path or path, client=client, now=now)
         return principal

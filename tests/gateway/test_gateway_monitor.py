@@ -1,0 +1,87 @@
+"""The monitor sees what happens at the gateway: a replayed proof and a token used after its
+task ended, each attributed to the task only because the caller proved possession of the
+token's key (issue 8's dpop_replay and use_after_end detectors, DPOP-12).
+
+Its own STS (default detectors: a replay alerts and suspends) and gateway, so the
+suspension touches no other test's task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from gwkit import KEY, GatewayEnv, Upstream, gateway_toml, put_secret_sync, route_toml, serve_gateway, serve_upstream
+from gwkit import wait_until as _wait
+
+from helpers import AGENT, running_sts
+from tether.web.server import free_port
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[GatewayEnv]:
+    upstream, elsewhere = Upstream(), Upstream()
+    with serve_upstream(upstream) as up:
+        extra = gateway_toml(free_port(), suspend_after_refusals=1000, suspend_on_cap=False) + route_toml(
+            "apikey", f"{up.url}/apikey", inject="header", header="X-Api-Key", template="{secret}",
+            max_requests_per_second=1000)  # fmt: skip
+        with running_sts(tmp_path, extra_toml=extra + "\n[monitor]\ninterval = 1\n") as sts:
+            put_secret_sync(sts.config, "legacy-key", KEY)
+            with serve_gateway(sts.config, sts) as gateway:
+                gw = GatewayEnv(sts=sts, config=sts.config, gateway=gateway, upstream=upstream, elsewhere=elsewhere,
+                                down_port=0)  # fmt: skip
+                try:
+                    yield gw
+                finally:
+                    gw.close()
+
+
+def alerts(env: GatewayEnv, detector: str, task: str) -> list[object]:
+    return [r for r in env.sts.audit() if r.kind == "alert.raised" and r.detail["detector"] == detector and r.task == task]
+
+
+def test_DPOP_12_a_replay_at_the_gateway_alerts_and_suspends_the_task(env: GatewayEnv) -> None:
+    caller, bystander = env.caller("apikey"), env.caller("apikey")
+    url = env.aud("apikey") + "/v1/items"
+    token = caller.token(env.aud("apikey"))
+    proof = caller.key.proof("GET", url, access_token=token)
+    assert caller.manual("GET", url, token, proof=proof).status_code == 200
+    assert caller.manual("GET", url, token, proof=proof).status_code == 401  # the replay
+    task = caller.task["id"]
+    _wait(lambda: bool(alerts(env, "dpop_replay", task)), timeout=20, what="the dpop_replay alert")
+    _wait(lambda: any(r.kind == "task.suspended" and r.task == task and r.principal == "monitor"
+                      for r in env.sts.audit()), timeout=20, what="the suspension")  # fmt: skip
+    # the suspension reaches the gateway: the task's fresh proofs are refused now
+    _wait(lambda: caller.manual("GET", url, token).status_code == 401, timeout=10, what="the revocation at the gateway")
+    # positive control: another task's agent is untouched
+    assert bystander.get("apikey", "/v1/items").status_code == 200
+
+
+def test_a_thiefs_replay_at_the_gateway_is_pinned_on_nobody(env: GatewayEnv) -> None:
+    caller, thief = env.caller("apikey"), env.caller("apikey")
+    url = env.aud("apikey") + "/v1/items"
+    stolen = caller.token(env.aud("apikey"))
+    proof = thief.key.proof("GET", url, access_token=stolen)
+    for _ in range(3):
+        assert thief.manual("GET", url, stolen, proof=proof).status_code == 401
+    # the sentinel: a real replay by the bystander is alerted, so the monitor is past the thief's
+    sentinel = env.caller("apikey")
+    token = sentinel.token(env.aud("apikey"))
+    again = sentinel.key.proof("GET", url, access_token=token)
+    assert sentinel.manual("GET", url, token, proof=again).status_code == 200
+    assert sentinel.manual("GET", url, token, proof=again).status_code == 401
+    _wait(lambda: bool(alerts(env, "dpop_replay", sentinel.task["id"])), timeout=20, what="the sentinel alert")
+    assert not [r for r in env.sts.audit() if r.kind == "alert.raised" and r.task == caller.task["id"]]
+    assert caller.manual("GET", url, stolen).status_code == 200  # the rightful holder keeps working
+    assert all(r.principal in (None, AGENT) for r in env.sts.audit() if r.kind == "gateway.refused")
+
+
+def test_a_token_used_after_its_task_ended_alerts(env: GatewayEnv) -> None:
+    caller = env.caller("apikey")
+    url = env.aud("apikey") + "/v1/items"
+    held = caller.token(env.aud("apikey"))
+    assert caller.manual("GET", url, held).status_code == 200
+    caller.complete()
+    _wait(lambda: caller.manual("GET", url, held).status_code == 401, timeout=5, what="the gateway to learn of it")
+    _wait(lambda: bool(alerts(env, "use_after_end", caller.task["id"])), timeout=20, what="the use_after_end alert")
