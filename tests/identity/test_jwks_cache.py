@@ -412,6 +412,32 @@ def test_url_source_unknown_kid_refresh_rate_limited(provider: Provider) -> None
     run(scenario)
 
 
+def test_url_source_refresh_keeps_unchanged_key_objects(provider: Provider) -> None:
+    """A refresh forced by a stranger's unknown kid must not flush what is keyed on the key
+    object (the resource server's verified tokens): unchanged keys stay the same object,
+    a replaced one does not."""
+    path = provider.prefix() + "/jwks"
+    provider.set_json(path, jwks(EC))
+
+    async def scenario(http: httpx.AsyncClient) -> None:
+        source = UrlKeySource(provider.url(path), http, ttl=300, min_refresh=10)
+        first = (await source.keys(kid="ec-1", now=NOW)).find("ec-1")
+        assert first is not None
+        provider.set_json(path, jwks(EC, EC_2))
+        again = await source.keys(kid="who-knows", now=NOW + 10)  # refreshes
+        assert provider.count(path) == 2 and again.find("ec-2") is not None
+        assert again.find("ec-1") is first
+        replaced = ec_key("ec-1")  # same kid, new key material
+        provider.set_json(path, jwks(replaced))
+        third = await source.keys(kid="still-unknown", now=NOW + 20)
+        assert provider.count(path) == 3
+        changed = third.find("ec-1")
+        assert changed is not None and changed is not first
+        assert changed.as_dict(private=False) != first.as_dict(private=False)
+
+    run(scenario)
+
+
 @pytest.mark.parametrize(
     "body",
     [b"not json", b"[]", b'{"keys": 1}', b"\xff\xfe", b"[" * 100_000],

@@ -301,3 +301,26 @@ def test_counters_and_audit_shape(tmp_path: Path) -> None:
     assert (engine.decisions, engine.denials) == (2, 1)
     record = Decision(allowed=True, version="v", determining=("p",)).audit()
     assert record == {"version": "v", "decision": "allow", "determining": ["p"], "mode": "enforce"}
+
+
+def test_decision_cache_memory_stays_small_for_long_distinct_paths(tmp_path: Path) -> None:
+    """Each cached decision is keyed by a digest: 2,000 calls with distinct 8 KB paths (a caller
+    can pad a path with dot segments that its proof's normalised htu ignores) must not pin 16 MB."""
+    import tracemalloc
+
+    engine = PolicyEngine(starter_dir(tmp_path))
+    for i in range(50):  # warm-up: imports, the loaded set, allocator pools
+        engine.authorize(call(path=f"/pages/{i}"))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(2000):
+            engine.authorize(call(path=f"/pages/{i:04d}" + "/x/.." * 1333))
+        retained = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert retained < 4_000_000, f"{retained} bytes retained for 2,000 decisions"
+    # the cache still answers: the same request is a hit with the same decision
+    hits = engine.cache_hits
+    first = engine.authorize(call(path="/pages/0001" + "/x/.." * 1333))
+    assert engine.cache_hits == hits + 1 and first.allowed == engine.authorize(call(path="/pages/0001")).allowed

@@ -3,7 +3,8 @@
 A token that verified once is reused for later calls, but each call still needs a new
 proof by the bound key (DPOP-12, DPOP-14), and the cached answer is dropped the moment
 the token expires (C-01), is revoked or its task ends, or the JWKS stops naming the key
-that signed it (AUX-01: an emergency key removal must take effect at once). Real keys,
+that signed it (AUX-01: an emergency key removal takes effect with the refresh that
+brings the new JWKS — the cache adds no delay of its own). Real keys,
 real signatures, the real verifier; only the clock is moved.
 """
 

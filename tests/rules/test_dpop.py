@@ -935,3 +935,19 @@ def test_agent_key_repr_hides_private_key() -> None:
 )
 def test_agent_htu_of_strips_query_and_fragment(url: str, expected: str) -> None:
     assert htu_of(url) == expected
+
+
+def test_DPOP_07_an_oversized_jwk_is_parsed_but_not_memoised() -> None:
+    # the proof's jwk is parsed before its signature is checked: padding it with extra
+    # members must not let a caller fill the memo with large entries
+    from tether.rules.dpop import _parse_public_jwk
+
+    _parse_public_jwk.cache_clear()
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwk = dict(ECKey.import_key(key.public_key()).as_dict(private=False))
+    for i in range(10):
+        padded = {**jwk, "x-pad": f"{i}" + "p" * 2000}
+        assert parse_public_jwk(padded).thumbprint() == ECKey.import_key(jwk).thumbprint()
+    assert _parse_public_jwk.cache_info().currsize == 0
+    parse_public_jwk(jwk)  # positive control: a plain key is memoised
+    assert _parse_public_jwk.cache_info().currsize == 1

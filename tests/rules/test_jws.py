@@ -1011,3 +1011,32 @@ def test_JWT_01_algs_for_small_rsa_key_is_empty() -> None:
         assert algs_for_key(RSAKey.import_key(small.public_key())) == frozenset()
         jwk = dict(RSAKey.import_key(small.public_key()).as_dict(private=False))
         assert algs_for_key(RSAKey.import_key({**jwk, "alg": "RS256"})) == frozenset()
+
+
+# ---------------------------------------------------------------------------------------------
+# the header memo: bounded whatever is sent, and never handing out a shared object
+# ---------------------------------------------------------------------------------------------
+
+
+def test_peek_header_copies_cannot_alter_the_memo(p256: Pair) -> None:
+    jwk = {"kty": "EC", "crv": "P-256", "x": "a" * 43, "y": "b" * 43}
+    token = assemble({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk}, CLAIMS, p256.private, "ES256")
+    first = peek_header(token, max_length=MAX)
+    first["jwk"]["kty"] = "oct"
+    first["alg"] = "none"
+    again = peek_header(token, max_length=MAX)
+    assert again["jwk"] == jwk and again["alg"] == "ES256"
+
+
+def test_oversized_headers_are_parsed_but_not_memoised(p256: Pair) -> None:
+    from tether.rules.jws import _decode_header
+
+    _decode_header.cache_clear()
+    for i in range(50):
+        token = assemble({"typ": "at+jwt", "alg": "ES256", "kid": "k1", "pad": f"{i}" + "p" * 4000}, CLAIMS,
+                         p256.private, "ES256")  # fmt: skip
+        assert peek_header(token, max_length=MAX)["pad"].startswith(str(i))
+    assert _decode_header.cache_info().currsize == 0
+    # positive control: a normal header is memoised
+    peek_header(p256.good(), max_length=MAX)
+    assert _decode_header.cache_info().currsize == 1

@@ -106,3 +106,15 @@ def test_other_principals_accepted(value: str) -> None:
 def test_malformed_principals_refused(value: object) -> None:
     assert is_principal("user:alice") is True
     assert is_principal(value) is False
+
+
+def test_an_oversized_value_never_enters_the_memo() -> None:
+    # an unverified token's `sub` is looked up before its signature is checked
+    from tether.rules.principal import _spiffe_trust_domain
+
+    _spiffe_trust_domain.cache_clear()
+    for i in range(20):
+        assert spiffe_trust_domain(f"spiffe://tether.local/{i}" + "a" * MAX_PRINCIPAL_LENGTH) is None
+    assert _spiffe_trust_domain.cache_info().currsize == 0
+    assert spiffe_trust_domain("spiffe://tether.local/agent/x") == "tether.local"  # positive control
+    assert _spiffe_trust_domain.cache_info().currsize == 1

@@ -54,6 +54,17 @@ class KeySet:
     def __len__(self) -> int:
         return len(self.by_kid) + len(self.anonymous)
 
+    def keeping(self, previous: KeySet) -> KeySet:
+        """This set, with each key that is unchanged since ``previous`` (same ``kid``, same
+        public JWK) replaced by the previous object: caches keyed on the key object (the
+        resource server's verified tokens) survive a refresh that changed nothing for them,
+        so a stranger's unknown ``kid`` cannot flush them. A changed key is a new object."""
+        for kid, key in self.by_kid.items():
+            old = previous.by_kid.get(kid)
+            if old is not None and old is not key and old.as_dict(private=False) == key.as_dict(private=False):
+                self.by_kid[kid] = old
+        return self
+
 
 def parse_jwks(document: Any) -> KeySet:
     """Parse a JWKS or SPIFFE bundle: public asymmetric signing keys only.
@@ -161,7 +172,7 @@ class UrlKeySource:
             if self._needs_refresh(kid, now) and now - self._attempted_at >= self._min_refresh:
                 self._attempted_at = now
                 try:
-                    self._keyset = parse_jwks(await fetch_json(self._client, self.url))
+                    self._keyset = parse_jwks(await fetch_json(self._client, self.url)).keeping(self._keyset)
                     self._fetched_at = now
                 except (httpx.HTTPError, ValueError) as exc:
                     log.warning("key set %s could not be refreshed: %s", self.url, exc)

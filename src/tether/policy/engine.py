@@ -13,6 +13,7 @@ would have done.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -89,7 +90,7 @@ class PolicyEngine:
         self._fingerprint: tuple[Any, ...] | None = None
         self._watch = DirectoryWatch(directory) if directory is not None else None
         self._lock = threading.Lock()
-        self._cache: OrderedDict[str, Decision] = OrderedDict()
+        self._cache: OrderedDict[bytes, Decision] = OrderedDict()
         self.decisions = 0
         self.denials = 0
         self.cache_hits = 0
@@ -157,7 +158,11 @@ class PolicyEngine:
         if current is None:
             raise PolicyUnavailable(f"no valid policy set is loaded: {self.last_error}")
         cedar_request = _reduced(request, current.context_attributes)
-        key = current.version + self.mode + json.dumps([cedar_request, request.entities], sort_keys=True)
+        # a digest, not the text: a request path can be long (up to the server's URL limit),
+        # and an entry-bounded cache of full texts would let one caller pin a lot of memory
+        key = hashlib.sha256(
+            (current.version + self.mode + json.dumps([cedar_request, request.entities], sort_keys=True)).encode()
+        ).digest()
         decision = self._cache.get(key)
         if decision is None:
             decision = self._decide(current, cedar_request, request.entities)

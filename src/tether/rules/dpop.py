@@ -140,10 +140,17 @@ def _jwk_and_thumbprint(jwk: object) -> tuple[PublicKey, str]:
         canonical = json.dumps(jwk, sort_keys=True, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise InvalidDPoPProof("invalid dpop proof", debug="jwk is not a json web key") from exc
+    if len(canonical) > _MEMO_JWK_LENGTH:  # an RSA-4096 JWK is about 750 characters
+        return _parse_public_jwk.__wrapped__(canonical)
     return _parse_public_jwk(canonical)
 
 
-@functools.lru_cache(maxsize=4096)
+#: JWKs up to this length are memoised; with the entry bound that caps the memo's size
+#: whatever keys (and extra members) callers send before their proof is verified.
+_MEMO_JWK_LENGTH = 1200
+
+
+@functools.lru_cache(maxsize=2048)
 def _parse_public_jwk(canonical: str) -> tuple[PublicKey, str]:
     """Memoised: the key and its RFC 7638 thumbprint (refusals raise and are not cached)."""
     jwk = json.loads(canonical)

@@ -131,14 +131,24 @@ def peek_header(token: str, *, max_length: int) -> dict[str, Any]:
         raise JWSError("token too large")
     if not _COMPACT.fullmatch(token):
         raise JWSError("not a compact jws")
-    return dict(_decode_header(token.split(".", 1)[0]))
+    segment = token.split(".", 1)[0]
+    if len(segment) > _MEMO_HEADER_LENGTH:  # real headers are short: only those are memoised
+        return _decode_object(segment, "header")
+    # a copy down to the nested ``jwk`` (whose members are strings), so a caller can never
+    # alter what the memo hands out next
+    return {k: dict(v) if isinstance(v, dict) else v for k, v in _decode_header(segment).items()}
+
+
+#: Header segments up to this length are memoised (an ES256 DPoP header with its ``jwk`` is
+#: about 300 characters, an RSA-4096 one about 900): the memo stays small whatever is sent.
+_MEMO_HEADER_LENGTH = 1536
 
 
 @functools.lru_cache(maxsize=1024)
 def _decode_header(segment: str) -> dict[str, Any]:
     """Headers repeat (one per issuer key, one per DPoP key), so their parse is memoised.
 
-    A failed parse raises and is not cached; callers get a shallow copy.
+    A failed parse raises and is not cached; callers get a copy.
     """
     return _decode_object(segment, "header")
 

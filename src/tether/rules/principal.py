@@ -19,14 +19,19 @@ _SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
 _GENERIC = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[\x21-\x7e]+")
 
 
-@functools.lru_cache(maxsize=4096)
 def spiffe_trust_domain(value: str) -> str | None:
     """The trust domain of a well-formed SPIFFE ID with a path, else ``None``.
 
-    Memoised: a fleet has few workload names, and every token names several of them.
+    Memoised: a fleet has few workload names, and every token names several of them. The
+    length gate comes first, so an oversized (unverified) ``sub`` never enters the memo.
     """
     if len(value) > MAX_PRINCIPAL_LENGTH or not value.startswith("spiffe://"):
         return None
+    return _spiffe_trust_domain(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _spiffe_trust_domain(value: str) -> str | None:
     rest = value[len("spiffe://") :]
     domain, sep, path = rest.partition("/")
     if not sep or not path or not _TRUST_DOMAIN.fullmatch(domain):

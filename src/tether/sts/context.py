@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +18,7 @@ from tether.clock import Clock
 from tether.errors import AccessDenied, InvalidClient, InvalidGrant, InvalidToken, OAuthError
 from tether.identity.checks import IdentityError
 from tether.identity.verifier import IdentityVerifier
-from tether.keys.keyring import KeyRing
+from tether.keys.keyring import KeyRing, SigningKey
 from tether.lru import LruCache
 from tether.model import AccessToken, Task, WorkloadIdentity
 from tether.policy.engine import Decision, PolicyEngine
@@ -65,7 +65,8 @@ class StsContext:
     policy: PolicyEngine
     risk: Callable[[str], int] = _no_risk
     stats: dict[str, int] = field(default_factory=dict)
-    verified: LruCache[str, AccessToken] = field(default_factory=lambda: LruCache(50_000))
+    #: token → (claims, kid, the public JWK that verified it)
+    verified: LruCache[str, tuple[AccessToken, str, Mapping[str, Any]]] = field(default_factory=lambda: LruCache(50_000))
     tasks: LruCache[str, Task] = field(default_factory=lambda: LruCache(20_000))
 
     def now(self) -> float:
@@ -113,15 +114,21 @@ class StsContext:
         cached: the issuance transaction checks the token's lineage every time.
         """
         now = self.now()
-        cached = self.verified.get(token)
+        entry = self.verified.get(token)
+        cached: AccessToken | None = None
+        if entry is not None:
+            # a hit stands only while the key that verified it is still ours and unchanged
+            # (AUX-01; the keyring is reloaded with fresh objects, so compare the public JWK)
+            key = self.keyring.public_key(entry[1], now=now)
+            cached = entry[0] if key is not None and key.jwk == entry[2] else None
         if cached is not None:
             if now >= cached.exp:
                 raise InvalidToken("access token has expired", debug=f"exp {cached.exp} now {now}")
             if audience is not None and cached.aud != audience:
                 raise InvalidToken("access token audience is not this resource", debug=f"aud `{cached.aud:.200}`")
             return cached
-        claims = self._verify_own_token(token, now=now)
-        self.verified.put(token, claims)
+        claims, used = self._verify_own_token(token, now=now)
+        self.verified.put(token, (claims, used.kid, used.jwk))
         if audience is not None and claims.aud != audience:
             raise InvalidToken("access token audience is not this resource", debug=f"aud `{claims.aud:.200}`")
         return claims
@@ -135,16 +142,18 @@ class StsContext:
                 self.tasks.put(task_id, task)
         return task
 
-    def _verify_own_token(self, token: str, *, now: float) -> AccessToken:
+    def _verify_own_token(self, token: str, *, now: float) -> tuple[AccessToken, SigningKey]:
         keyring = self.keyring
+        used: list[SigningKey] = []
 
         def resolve(header: Any) -> PublicKey:
             key = keyring.public_key(header.get("kid"), now=now)
             if key is None:
                 raise JWSError("unknown kid")
+            used.append(key)
             return key.public
 
-        return verify_access_token(
+        claims = verify_access_token(
             token,
             resolve_key=resolve,
             algorithms=("ES256", "EdDSA"),
@@ -154,6 +163,7 @@ class StsContext:
             skew=0,
             max_lifetime=self.settings.max_token_lifetime,
         )
+        return claims, used[-1]
 
     def verify_subject_token(self, token: str) -> AccessToken:
         try:

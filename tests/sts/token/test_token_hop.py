@@ -28,6 +28,7 @@ from tokenkit import (
 )
 
 from helpers import AGENT, Client, RunningSts, create_task
+from tether.errors import InvalidToken
 from tether.rules.jws import sign_compact
 
 
@@ -327,3 +328,21 @@ def test_DPOP_14_thumbprint_helper_agrees_with_joserfc() -> None:
     """The hand-built JWK thumbprint agrees with joserfc's RFC 7638 implementation."""
     key = RawKey("P-256")
     assert ECKey.import_key(key.jwk).thumbprint() == key.jkt
+
+
+def test_AUX_01_a_cached_subject_token_is_refused_once_its_key_is_gone(sts: RunningSts, shared_sts: RunningSts) -> None:
+    """The verified-token cache holds only while the key that verified the token is still in the
+    keyring (and unchanged): a hit must not outlive the key."""
+    agent, _, session = _session(sts)
+    ok(agent.hop(session, SERVICE_B))  # verified once, now cached
+    ctx = sts.sts.ctx
+    own = ctx.keyring
+    assert ctx.verify_own_token(session, audience=None).jti == claims_of(session)["jti"]
+    ctx.keyring = shared_sts.sts.ctx.keyring  # another deployment's keys: our kid is gone
+    try:
+        with pytest.raises(InvalidToken):
+            ctx.verify_own_token(session, audience=None)
+    finally:
+        ctx.keyring = own
+    assert ctx.verify_own_token(session, audience=None).jti == claims_of(session)["jti"]  # positive control
+    ok(agent.hop(session, SERVICE_B))
