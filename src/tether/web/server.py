@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import threading
 import time
@@ -12,8 +13,29 @@ import uvicorn
 __all__ = ["ServerThread", "free_port"]
 
 
+#: Loopback servers take ports below Linux's default ephemeral range (32768-60999): a port
+#: the kernel handed out with ``bind(0)`` and that was closed again can be taken by any
+#: outgoing connection before the server binds it, which happens under parallel load.
+_PORTS = range(20000, 32000)
+_given: set[int] = set()
+_given_lock = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A loopback port that is free now and was not handed out before in this process."""
+    with _given_lock:
+        for _ in range(200):
+            port = random.choice(_PORTS)  # noqa: S311 - spreading picks, not a secret
+            if port in _given:
+                continue
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _given.add(port)
+            return port
+    with socket.socket() as sock:  # the range is exhausted: let the kernel choose
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
