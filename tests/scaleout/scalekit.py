@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from helpers import QUIET_MONITOR
 from services import REDIS_URL, drop_schema, new_schema, require_postgres_and_redis, schema_dsn
 from tether.agent.proof import DPoPKey
 from tether.config import Config, load_config
@@ -55,11 +56,15 @@ def wait_until(check: Any, *, timeout: float = 15.0, interval: float = 0.05, wha
 
 
 def deployment(directory: Path, *, dsn: str, redis_url: str, prefix: str, extra: str = "") -> Config:
-    """A deployment directory on PostgreSQL + Redis with a free issuer port (migrated by init)."""
+    """A deployment directory on PostgreSQL + Redis with a free issuer port (migrated by init).
+
+    The monitor only alerts: these tests race and refuse on purpose, and a refusal burst must
+    not suspend the task under test (tests/monitor covers the actions across replicas)."""
     issuer = f"http://127.0.0.1:{free_port()}"
     directory.mkdir(parents=True, exist_ok=True)
     text = render_config(issuer).replace('store = "sqlite"', 'store = "postgres"')
     text += f'\n[postgres]\ndsn = "{dsn}"\n\n[redis]\nurl = "{redis_url}"\nprefix = "{prefix}"\n' + extra
+    text += "\n" + QUIET_MONITOR + "\n"
     (directory / "tether.toml").write_text(text, encoding="utf-8")
     initialize(directory, issuer=issuer)
     return load_config(directory / "tether.toml")
