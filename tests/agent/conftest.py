@@ -18,7 +18,7 @@ import httpx
 import pytest
 from agentkit import AgentEnv, metadata_app, plain_app, protected_app, serve_app, wait_until
 
-from helpers import SVC_B, free_port, running_sts
+from helpers import QUIET_MONITOR, SVC_B, free_port, running_sts
 from tether.agent import DevIdentity
 from tether.resource import ResourceSettings, Verifier
 
@@ -27,7 +27,7 @@ from tether.resource import ResourceSettings, Verifier
 def aenv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentEnv]:
     ports = {name: free_port() for name in ("x", "y", "n", "plain", "impostor", "foreign")}
     url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
-    resources = f'[[resources]]\nuri = "{url["x"]}"\nprincipals = ["{SVC_B}"]\n'
+    resources = f'[[resources]]\nuri = "{url["x"]}"\nprincipals = ["{SVC_B}"]\n' + QUIET_MONITOR
     with running_sts(tmp_path_factory.mktemp("agent"), extra_toml=resources) as sts, contextlib.ExitStack() as stack:
         domain = sts.dev()
         logs: dict[str, list[dict[str, Any]]] = {name: [] for name in ports}

@@ -32,7 +32,7 @@ from gwkit import (
 )
 from obskit import by_label, check_labels, delta, scrape, value
 
-from helpers import ADMIN, AGENT, running_sts
+from helpers import ADMIN, AGENT, QUIET_MONITOR, running_sts
 from tether.config import load_config
 from tether.web.server import free_port
 
@@ -59,7 +59,8 @@ def _gateway_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayEn
             route_toml("tiny", f"{up.url}/apikey", **APIKEY, max_requests_per_task=1),
         ]
         settings = gateway_toml(port, suspend_after_refusals=1000, suspend_on_cap=True, stale_after=STALE_AFTER)
-        with running_sts(tmp_path_factory.mktemp("gwm"), extra_toml=settings + "\n" + "\n".join(routes)) as sts:
+        extra = settings + "\n" + "\n".join(routes) + "\n" + QUIET_MONITOR
+        with running_sts(tmp_path_factory.mktemp("gwm"), extra_toml=extra) as sts:
             put_secret_sync(sts.config, "legacy-key", upstream.key)
             with serve_gateway(sts.config, sts) as gateway:
                 env = GatewayEnv(sts=sts, config=sts.config, gateway=gateway, upstream=upstream, elsewhere=elsewhere,

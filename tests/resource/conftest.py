@@ -20,7 +20,7 @@ import pytest
 from joserfc.jwk import ECKey
 from rskit import OWN_KID, Env, X, Y, serve
 
-from helpers import SVC_B, SVC_C, free_port, running_sts
+from helpers import QUIET_MONITOR, SVC_B, SVC_C, free_port, running_sts
 from tether.clock import ManualClock
 from tether.identity.jwks_cache import KeySet, StaticKeySource
 from tether.resource import ResourceSettings, Verifier
@@ -37,7 +37,7 @@ principals = ["{SVC_B}"]
 [[resources]]
 uri = "{Y}"
 principals = ["{SVC_C}"]
-"""
+""" + QUIET_MONITOR
     own_key = ECKey.generate_key("P-256", parameters={"kid": OWN_KID}, private=True)
     own_public = ECKey.import_key(own_key.as_dict(private=False))
     clock = ManualClock()

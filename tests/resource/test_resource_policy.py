@@ -20,7 +20,7 @@ import pytest
 from rskit import Served, actor_exchange, call, hop_token, protected_app, wait_until
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from helpers import SVC_B, SVC_C, RunningSts, create_task, free_port, running_sts
+from helpers import QUIET_MONITOR, SVC_B, SVC_C, RunningSts, create_task, free_port, running_sts
 from tether.agent.proof import DPoPKey
 from tether.provision import install_starter_policies
 from tether.resource import ResourceSettings, Verifier
@@ -69,7 +69,7 @@ uri = "http://127.0.0.1:{port}"
 principals = ["{SVC_B}", "{SVC_C}"]
 """
     with (
-        running_sts(tmp_path_factory.mktemp("rs-policy"), extra_toml=resources) as sts,
+        running_sts(tmp_path_factory.mktemp("rs-policy"), extra_toml=resources + "\n" + QUIET_MONITOR) as sts,
         httpx.Client(timeout=10.0, trust_env=False) as http,
     ):
         yield World(sts, port, http)

@@ -33,7 +33,19 @@ from rskit import (
     wait_until,
 )
 
-from helpers import AGENT, JWT, JWT_BEARER, SVC_B, Client, RunningSts, admin_token, create_task, free_port, running_sts
+from helpers import (
+    AGENT,
+    JWT,
+    JWT_BEARER,
+    QUIET_MONITOR,
+    SVC_B,
+    Client,
+    RunningSts,
+    admin_token,
+    create_task,
+    free_port,
+    running_sts,
+)
 from tether.agent.proof import DPoPKey
 from tether.clock import ManualClock
 from tether.resource import ResourceSettings, Verifier
@@ -94,7 +106,7 @@ def fenv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FeedEnv]:
     a_url, b_url = f"http://127.0.0.1:{pa}", f"http://127.0.0.1:{pb}"
     resources = f'[[resources]]\nuri = "{a_url}"\nprincipals = ["{SVC_B}"]\n'
     with (
-        running_sts(tmp_path_factory.mktemp("feed"), extra_toml=resources) as sts,
+        running_sts(tmp_path_factory.mktemp("feed"), extra_toml=resources + "\n" + QUIET_MONITOR) as sts,
         serve(Verifier(ResourceSettings(issuer=sts.url, resource=a_url)), pa) as a,
         serve(Verifier(ResourceSettings(issuer=sts.url, resource=b_url)), pb) as b,
         httpx.Client(trust_env=False, timeout=10.0) as http,

@@ -22,6 +22,7 @@ from helpers import (
     AGENT,
     JWT,
     JWT_BEARER,
+    QUIET_MONITOR,
     SVC_B,
     SVC_C,
     Client,
@@ -48,7 +49,7 @@ SVC_D = "spiffe://tether.local/svc/d"
 
 @pytest.fixture(scope="module")
 def rs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSts]:
-    with running_sts(tmp_path_factory.mktemp("introspect"), extra_toml=RESOURCES) as server:
+    with running_sts(tmp_path_factory.mktemp("introspect"), extra_toml=RESOURCES + "\n" + QUIET_MONITOR) as server:
         yield server
 
 

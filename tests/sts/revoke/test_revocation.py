@@ -14,7 +14,20 @@ from typing import Any
 import httpx
 import pytest
 
-from helpers import ADMIN, AGENT, JWT, JWT_BEARER, SVC_B, SVC_C, Client, RunningSts, admin_token, create_task, running_sts
+from helpers import (
+    ADMIN,
+    AGENT,
+    JWT,
+    JWT_BEARER,
+    QUIET_MONITOR,
+    SVC_B,
+    SVC_C,
+    Client,
+    RunningSts,
+    admin_token,
+    create_task,
+    running_sts,
+)
 from tether.rules.jws import b64url_decode, strict_json_loads
 
 AUD_B = "http://127.0.0.1:9001"
@@ -32,7 +45,7 @@ principals = ["{SVC_C}"]
 
 @pytest.fixture(scope="module")
 def rs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSts]:
-    with running_sts(tmp_path_factory.mktemp("revoke"), extra_toml=RESOURCES) as server:
+    with running_sts(tmp_path_factory.mktemp("revoke"), extra_toml=RESOURCES + "\n" + QUIET_MONITOR) as server:
         yield server
 
 
