@@ -452,3 +452,13 @@ def test_config_error_format() -> None:
     assert err.key == "tokens.hop_ttl"
     assert err.problem == "must be an integer"
     assert str(err) == "tokens.hop_ttl: must be an integer"
+
+
+def test_a_client_id_in_a_configured_trust_domain_is_refused() -> None:
+    """A client's RFC 7523 assertion must never pass for a JWT-SVID: its client_id may not be
+    a SPIFFE ID of a trust domain tether verifies."""
+    err = config_error({"trust_domains": [GOOD_TD], "clients": [{**GOOD_CLIENT, "client_id": "spiffe://td.example/x"}]})
+    assert err.key == "clients[0].client_id" and "spiffe id of a configured trust domain" in err.problem
+    # positive control: a SPIFFE ID of a domain tether does not verify is an ordinary client id
+    cfg = parse({"trust_domains": [GOOD_TD], "clients": [{**GOOD_CLIENT, "client_id": "spiffe://elsewhere.example/x"}]})
+    assert cfg.clients[0].client_id == "spiffe://elsewhere.example/x"

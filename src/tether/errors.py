@@ -9,6 +9,7 @@ HTTP happens in exactly one place, ``tether.web.errors``.
 from __future__ import annotations
 
 import re
+from typing import TypeVar
 
 __all__ = [
     "AccessDenied",
@@ -30,6 +31,8 @@ __all__ = [
     "UnauthorizedClient",
     "UnsupportedGrantType",
     "UseDPoPNonce",
+    "after_end",
+    "replay",
 ]
 
 # RFC 6749 §5.2: error_description is limited to %x20-21 / %x23-5B / %x5D-7E.
@@ -64,6 +67,22 @@ class OAuthError(TetherError):
         #: of the token's key (a replayed proof, a revoked token), never from a mere claim
         self.holder: object | None = None
         super().__init__(self.description)
+
+
+E = TypeVar("E", bound=OAuthError)
+
+
+def after_end(exc: E) -> E:
+    """Mark a refusal caused by an ended task or a revoked token (the monitor's
+    ``use_after_end`` detector reads this marker, never the description)."""
+    exc.audit["after_end"] = True
+    return exc
+
+
+def replay(exc: E) -> E:
+    """Mark a refusal of a DPoP proof presented twice (the ``dpop_replay`` detector)."""
+    exc.audit["replay"] = True
+    return exc
 
 
 class InvalidRequest(OAuthError):

@@ -13,7 +13,7 @@ from collections.abc import Collection
 from typing import Protocol
 
 from tether.clock import Clock
-from tether.errors import InvalidDPoPProof, UseDPoPNonce
+from tether.errors import InvalidDPoPProof, UseDPoPNonce, replay
 from tether.model import DPoPProof
 from tether.rules.dpop import check_proof, replay_key
 from tether.rules.nonce import check_nonce, make_nonce
@@ -64,9 +64,7 @@ class ProofChecker:
     async def consume(self, checked: DPoPProof, key: str, until: int) -> None:
         """Spend a checked proof's ``jti`` (RFC 9449 §11.1); a second use is refused."""
         if not await self._replay.first_use(key, until=until, now=self._clock.now()):
-            replayed = InvalidDPoPProof("dpop proof has already been used", debug=f"replayed jti for jkt {checked.jkt}")
-            replayed.audit["replay"] = True  # for the monitor's dpop_replay detector
-            raise replayed
+            raise replayed_proof(checked.jkt)
 
     def check_unconsumed(
         self, proof: str | None, *, method: str, url: str, access_token: str | None = None
@@ -92,3 +90,8 @@ class ProofChecker:
             raise UseDPoPNonce(nonce)
         until = int(max(checked.iat, now)) + self._max_age + self._skew + 1
         return checked, (replay_key(checked.jkt, checked.jti), until)
+
+
+def replayed_proof(jkt: str) -> InvalidDPoPProof:
+    """The refusal of a proof whose ``jti`` was already spent (RFC 9449 §11.1), marked for the monitor."""
+    return replay(InvalidDPoPProof("dpop proof has already been used", debug=f"replayed jti for jkt {jkt}"))

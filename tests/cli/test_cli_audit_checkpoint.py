@@ -275,6 +275,23 @@ def test_jwks_without_the_signing_key_is_refused(exported: Exported) -> None:
     assert cli("audit", "verify", str(exported.file), "--jwks", str(other), "--jwks", str(exported.jwks)).exit_code == 0
 
 
+def test_jwks_files_that_disagree_or_hold_no_usable_key_are_usage_errors(exported: Exported) -> None:
+    real = json.loads(exported.jwks.read_text())
+    kid = real["keys"][0]["kid"]
+    impostor = exported.tmp / "impostor-jwks.json"  # the same kid, another key
+    impostor.write_text(json.dumps({"keys": [{**public_jwk(generate_key("ES256"), "ES256"), "kid": kid}]}), encoding="utf-8")
+    empty = exported.tmp / "empty-jwks.json"
+    empty.write_text(json.dumps({"keys": []}), encoding="utf-8")
+    huge = exported.tmp / "huge-jwks.json"
+    huge.write_text(json.dumps({"keys": real["keys"], "pad": "x" * 300_000}), encoding="utf-8")
+    cases = [([exported.jwks, impostor], f"the JWKS files disagree about the key `{kid}`"),
+             ([empty], "holds no signing key with a `kid`"), ([huge], "larger than")]  # fmt: skip
+    for files, message in cases:
+        result = cli("audit", "verify", str(exported.file), *[a for f in files for a in ("--jwks", str(f))])
+        assert result.exit_code == 2 and message in one_line(result.stderr), result.stderr
+    assert exported.verify(exported.file).exit_code == 0  # positive control: the real JWKS alone
+
+
 def test_checkpoints_of_another_issuer_are_refused(exported: Exported) -> None:
     result = exported.verify(exported.file, "--issuer", "https://sts.other.example")
     assert result.exit_code == 1

@@ -179,6 +179,16 @@ def test_metrics_answer_while_admission_refuses_everything_else(busy_sts: Runnin
     assert "tether_tokens_issued" in response.text
 
 
+def test_only_the_exact_stream_path_bypasses_admission(busy_sts: RunningSts) -> None:
+    # a long-lived SSE stream must not hold an admission slot, but a path that merely ends in
+    # /stream (a task action, an unknown route) is an ordinary request and is refused
+    for path in ("/tasks/x/stream", "/nothing/stream", "/revocations/stream/"):
+        refused = httpx.post(busy_sts.url + path, trust_env=False)
+        assert refused.status_code == 503 and refused.json()["error"] == "temporarily_unavailable", path
+    with httpx.stream("GET", busy_sts.url + "/revocations/stream", trust_env=False, timeout=10) as stream:
+        assert stream.status_code == 200  # positive control: the real stream is exempt
+
+
 def test_metrics_disabled_is_404(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TETHER_METRICS_ENABLED", "false")
     with running_sts(tmp_path) as sts:

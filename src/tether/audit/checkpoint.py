@@ -42,7 +42,7 @@ from typing import Any
 
 from tether.audit.chain import GENESIS, AuditEvent, canonical
 from tether.rules.dpop import is_type, numeric_date
-from tether.rules.jws import JWSError, PublicKey, verify_compact
+from tether.rules.jws import JWSError, PublicKey, SignatureRejected, verify_compact
 
 __all__ = [
     "ALGORITHMS",
@@ -152,9 +152,9 @@ def verify_checkpoint(jws: object, *, keys: Mapping[str, PublicKey], issuer: str
         verified = verify_compact(jws, algorithms=ALGORITHMS, allowed_headers=_HEADERS, resolve_key=resolve, max_length=MAX_JWS)
     except _NoKey as exc:
         raise UnknownKey(_show(exc.kid)) from None
+    except SignatureRejected:
+        raise CheckpointError("checkpoint signature does not verify") from None
     except JWSError as exc:
-        if str(exc).startswith("signature rejected"):
-            raise CheckpointError("checkpoint signature does not verify") from None
         raise CheckpointError(f"checkpoint rejected: {exc}") from None
     typ = verified.header.get("typ")
     if not is_type(typ, CHECKPOINT_TYP):

@@ -9,7 +9,6 @@ starts, and every one is unique, as the replay checks require.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import httpx
@@ -27,6 +26,7 @@ from tether.bench.harness import (
     serve,
     summarise,
     tether_bin,
+    uvicorn_command,
 )
 from tether.bench.loadgen import form_request
 from tether.bench.report import Row, SignatureCosts
@@ -100,21 +100,7 @@ class ExchangeBench:
     def http_floor(self, concurrency: int) -> None:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        args = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "tether.bench.floor_app:app",
-            "--port",
-            str(port),
-            "--http",
-            "httptools",
-            "--loop",
-            "uvloop",
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ]
+        args = uvicorn_command("tether.bench.floor_app:app", port)
         form = {**_hop_form("x" * 640, AUD_B)}
         request = form_request(url + "/token", form, {"DPoP": "y" * 560})
         with serve(args, url, health="/"):

@@ -21,9 +21,7 @@ The gateway process's CPU time per call (from ``/proc``) is reported for both.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -35,6 +33,7 @@ import httpx
 from starlette.types import Receive, Scope, Send
 
 from tether.bench.exchange import setup_task
+from tether.bench.floor_app import drain, lifespan, respond
 from tether.bench.harness import (
     ACCESS,
     CORES,
@@ -47,12 +46,11 @@ from tether.bench.harness import (
     serve,
     summarise,
     tether_bin,
+    uvicorn_command,
 )
 from tether.bench.loadgen import build_request
 from tether.bench.report import Row
-from tether.gateway.vault import put_secret
-from tether.keys.sealed import load_master_key
-from tether.store.open import open_store
+from tether.gateway.vault import store_secret
 from tether.web.server import free_port
 
 __all__ = ["gateway_rows", "upstream_app"]
@@ -76,28 +74,12 @@ _SECRET_BYTES = SECRET.encode()
 async def upstream_app(scope: Scope, receive: Receive, send: Send) -> None:
     """A bearer-only legacy API: 200 with a small JSON body if ``X-Api-Key`` is the key, else 401."""
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-    more = True
-    while more:
-        message = await receive()
-        more = message.get("more_body", False)
+        await lifespan(receive, send)
+        return
+    await drain(receive)
     keys = [value for name, value in scope["headers"] if name == _HEADER_KEY]
     ok = scope["path"] == "/healthz" or keys == [_SECRET_BYTES]
-    body = _BODY if ok else _DENIED
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200 if ok else 401,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await respond(send, 200 if ok else 401, _BODY if ok else _DENIED)
 
 
 def _merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -138,33 +120,7 @@ max_requests_per_second = 1000000
 
 
 def _store_secret(d: Deployment) -> None:
-    async def run() -> None:
-        store = await open_store(d.config)
-        try:
-            master = load_master_key(d.config.master_key_file)
-            await put_secret(store, master, SECRET_NAME, SECRET.encode(), now=time.time(), actor="bench:operator")
-        finally:
-            await store.aclose()
-
-    asyncio.run(run())
-
-
-def _uvicorn(app: str, port: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        app,
-        "--port",
-        str(port),
-        "--http",
-        "httptools",
-        "--loop",
-        "uvloop",
-        "--log-level",
-        "warning",
-        "--no-access-log",
-    ]
+    store_secret(d.config, SECRET_NAME, SECRET, actor="bench:operator")
 
 
 @dataclass
@@ -217,7 +173,7 @@ def _rig(workdir: Path) -> Iterator[_Rig]:
     _store_secret(d)
     config = str(d.config.path)
     with ExitStack() as stack:
-        stack.enter_context(serve(_uvicorn("tether.bench.gateway:upstream_app", up_port), upstream))
+        stack.enter_context(serve(uvicorn_command("tether.bench.gateway:upstream_app", up_port), upstream))
         stack.enter_context(serve([tether_bin(), "serve", "--config", config], d.url))
         gw = stack.enter_context(serve([tether_bin(), "gateway", "--config", config], f"http://127.0.0.1:{gw_port}"))
         http = stack.enter_context(httpx.Client(trust_env=False, timeout=30))

@@ -39,6 +39,7 @@ __all__ = [
     "run_loadgen",
     "serve",
     "summarise",
+    "uvicorn_command",
 ]
 
 CORES = os.cpu_count() or 1
@@ -99,6 +100,12 @@ def summarise(raw: dict[str, Any], ok_status: int = 200) -> Load:
 def loadgen_command(spec: Path, out: Path) -> list[str]:
     """The load generator process, pinned to core 1 (the server under test has core 0)."""
     return [*_pin("1"), sys.executable, "-m", "tether.bench.loadgen", str(spec), str(out)]
+
+
+def uvicorn_command(app: str, port: int) -> list[str]:
+    """``python -m uvicorn APP`` on the stack tether serves with (httptools, uvloop), quietly."""
+    return [sys.executable, "-m", "uvicorn", app, "--port", str(port), "--http", "httptools", "--loop", "uvloop",
+            "--log-level", "warning", "--no-access-log"]  # fmt: skip
 
 
 def run_loadgen(url: str, requests: list[bytes], *, concurrency: int, duration: float) -> dict[str, Any]:

@@ -73,7 +73,10 @@ def _load_jwks(files: list[Path]) -> dict[str, PublicKey]:
     for path in files:
         try:
             with path.open("rb") as handle:
-                keyset = parse_jwks(strict_json_loads(handle.read(MAX_DOCUMENT_BYTES + 1)[:MAX_DOCUMENT_BYTES]))
+                data = handle.read(MAX_DOCUMENT_BYTES + 1)
+            if len(data) > MAX_DOCUMENT_BYTES:
+                raise ValueError(f"larger than {MAX_DOCUMENT_BYTES} bytes")
+            keyset = parse_jwks(strict_json_loads(data))
         except (OSError, JWSError, ValueError) as exc:
             fail(escape(f"`{path}` is not a readable JWKS: {exc}"), code=2)
         if not keyset.by_kid:

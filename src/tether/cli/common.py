@@ -18,7 +18,7 @@ from tether.keys.sealed import SealError, load_master_key
 from tether.provision import DEV_TRUST_DOMAIN
 from tether.store.errors import StoreUnavailable
 
-__all__ = ["admin_client", "config_or_exit", "dev_domain", "errors_to_exit"]
+__all__ = ["admin_client", "config_or_exit", "dev_domain", "dev_domain_name", "errors_to_exit"]
 
 
 @contextlib.contextmanager
@@ -46,8 +46,12 @@ def config_or_exit(path: Path | None) -> Config:
     raise AssertionError("unreachable")
 
 
+def dev_domain_name(config: Config) -> str:
+    return str(config.values["dev"]["trust_domain"] or DEV_TRUST_DOMAIN)
+
+
 def dev_domain(config: Config) -> DevTrustDomain:
-    name = config.values["dev"]["trust_domain"] or DEV_TRUST_DOMAIN
+    name = dev_domain_name(config)
     master = load_master_key(config.master_key_file)
     path = DevTrustDomain.key_path(config.data_dir, name)
     if not path.exists():

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -91,33 +93,30 @@ def serve(
                     timeout_graceful_shutdown=2, proxy_headers=False, log_config=log_config)  # fmt: skip
         return
 
+    def banner(sts: Any) -> str:
+        return f"tether STS {cfg.issuer} listening on {bind_host}:{bind_port} (kid {sts.ctx.keyring.current.kid})"
+
+    _serve_one(lambda: build_sts(cfg), banner, host=bind_host, port=bind_port, level=uvicorn_level, graceful=None)
+
+
+def _serve_one(build: Callable[[], Any], banner: Callable[[Any], str], *, host: str, port: int, level: str,
+               graceful: int | None) -> None:  # fmt: skip
+    """One process: build the service (its ``app`` and ``start()``) and serve it on uvloop + httptools."""
+    import uvicorn
+    import uvloop
+
     async def run() -> None:
-        sts = build_sts(cfg)
-        await sts.start()
-        server = uvicorn.Server(
-            uvicorn.Config(
-                sts.app,
-                host=bind_host,
-                port=bind_port,
-                loop="none",
-                http="httptools",
-                log_level=uvicorn_level,
-                log_config=None,
-                access_log=False,
-                server_header=False,
-                proxy_headers=False,
-            )
-        )
-        console.print(f"tether STS {cfg.issuer} listening on {bind_host}:{bind_port} (kid {sts.ctx.keyring.current.kid})")
+        service = build()
+        await service.start()
+        config = uvicorn.Config(service.app, host=host, port=port, loop="none", http="httptools", log_level=level,
+                                log_config=None, access_log=False, server_header=False, proxy_headers=False,
+                                timeout_graceful_shutdown=graceful)  # fmt: skip
+        server = uvicorn.Server(config)
+        console.print(banner(service))
         await server.serve()
 
-    with errors_to_exit():
-        try:
-            import uvloop
-
-            uvloop.run(run())
-        except KeyboardInterrupt:
-            pass
+    with errors_to_exit(), contextlib.suppress(KeyboardInterrupt):
+        uvloop.run(run())
 
 
 @app.command()
@@ -127,8 +126,6 @@ def gateway(
     port: Annotated[int | None, typer.Option(help="port")] = None,
 ) -> None:
     """Serve the legacy-credential gateway (routes from [[gateway.routes]])."""
-    import uvicorn
-
     from tether.gateway.app import build_gateway, route_warnings
 
     cfg = config_or_exit(config)
@@ -141,35 +138,11 @@ def gateway(
     for warning in route_warnings(cfg.routes, dt.datetime.now(dt.UTC).date()):  # the gateway refuses by UTC date
         console.print(f"[yellow]warning:[/] {warning}")
 
-    async def run() -> None:
-        gw = build_gateway(cfg)
-        await gw.start()
-        server = uvicorn.Server(
-            uvicorn.Config(
-                gw.app,
-                host=bind_host,
-                port=bind_port,
-                loop="none",
-                http="httptools",
-                log_level=uvicorn_level,
-                log_config=None,
-                access_log=False,
-                server_header=False,
-                proxy_headers=False,
-                timeout_graceful_shutdown=2,
-            )
-        )
-        console.print(f"tether gateway {cfg.values['gateway']['url']} listening on {bind_host}:{bind_port}: "
-                      + ", ".join(sorted(r.name for r in cfg.routes)))  # fmt: skip
-        await server.serve()
+    def banner(gw: Any) -> str:
+        routes = ", ".join(sorted(r.name for r in cfg.routes))
+        return f"tether gateway {cfg.values['gateway']['url']} listening on {bind_host}:{bind_port}: {routes}"
 
-    with errors_to_exit():
-        try:
-            import uvloop
-
-            uvloop.run(run())
-        except KeyboardInterrupt:
-            pass
+    _serve_one(lambda: build_gateway(cfg), banner, host=bind_host, port=bind_port, level=uvicorn_level, graceful=2)
 
 
 @app.command()

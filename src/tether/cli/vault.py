@@ -18,11 +18,12 @@ from typing import Annotated, Any
 import typer
 
 from tether.audit.chain import AuditEvent
-from tether.cli.common import config_or_exit, errors_to_exit
+from tether.cli.common import config_or_exit, dev_domain_name, errors_to_exit
 from tether.cli.output import console, fail, print_json, print_table
 from tether.config import Config
 from tether.gateway.vault import put_secret, vault_aad
-from tether.identity.dev_issuer import DevTrustDomain
+from tether.identity.dev_issuer import DevTrustDomain, dev_domain_aad
+from tether.keys.keyring import issuer_key_aad
 from tether.keys.sealed import MASTER_KEY_ENV, create_master_key, load_master_key, rewrap
 from tether.store.open import open_store
 from tether.store.protocol import Store
@@ -150,15 +151,15 @@ def rotate_master(
         new = create_master_key(staging)
 
         def re_seal(kind: str, ident: str, blob: bytes) -> bytes:
-            aad = vault_aad(ident) if kind == "vault" else b"issuer-key\x00" + ident.encode()
+            aad = vault_aad(ident) if kind == "vault" else issuer_key_aad(ident)
             return rewrap(old, new, blob, aad=aad)
 
         event = AuditEvent(kind="master_key.rotated", outcome="ok", principal=OPERATOR)
         count = _with_store(cfg, lambda store: store.rewrap_sealed(re_seal, now=time.time(), audit=event))
-        dev = DevTrustDomain.key_path(cfg.data_dir, cfg.values["dev"]["trust_domain"] or "tether.local")
+        name = dev_domain_name(cfg)
+        dev = DevTrustDomain.key_path(cfg.data_dir, name)
         if dev.exists():
-            name = cfg.values["dev"]["trust_domain"] or "tether.local"
-            dev.write_bytes(rewrap(old, new, dev.read_bytes(), aad=b"dev-trust-domain\x00" + name.encode()))
+            dev.write_bytes(rewrap(old, new, dev.read_bytes(), aad=dev_domain_aad(name)))
         if not from_env and target.exists():
             os.replace(target, target.with_name(target.name + ".previous"))
         os.replace(staging, target)

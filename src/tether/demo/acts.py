@@ -12,7 +12,6 @@ task within seconds, and the alerts are in the audit log and in ``/metrics``.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import time
 from collections.abc import Callable
@@ -31,10 +30,8 @@ from tether.agent.identity import DevIdentity
 from tether.agent.session import Agent
 from tether.client import StsClient
 from tether.config import Config
-from tether.gateway.vault import put_secret
+from tether.gateway.vault import store_secret
 from tether.identity.dev_issuer import DevTrustDomain
-from tether.keys.sealed import load_master_key
-from tether.store.open import open_store
 
 __all__ = ["LEGACY_KEY", "ROGUE", "GatewayPlan", "gateway_act", "legacy_api", "rogue_act", "store_legacy_key"]
 
@@ -93,15 +90,7 @@ def legacy_api() -> Starlette:
 
 
 def store_legacy_key(config: Config) -> None:
-    async def run() -> None:
-        store = await open_store(config)
-        try:
-            master = load_master_key(config.master_key_file)
-            await put_secret(store, master, "crm-api-key", LEGACY_KEY.encode(), now=time.time(), actor="demo:operator")
-        finally:
-            await store.aclose()
-
-    asyncio.run(run())
+    store_secret(config, "crm-api-key", LEGACY_KEY, actor="demo:operator")
 
 
 Step = Callable[..., None]

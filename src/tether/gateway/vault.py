@@ -9,16 +9,19 @@ another entry. The gateway caches an opened secret for a few seconds, so a
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
 from tether.audit.chain import AuditEvent
+from tether.config import Config
 from tether.errors import TetherError
-from tether.keys.sealed import seal, unseal
+from tether.keys.sealed import load_master_key, seal, unseal
+from tether.store.open import open_store
 from tether.store.protocol import Store
 from tether.store.records import VaultEntry
 
-__all__ = ["MissingSecret", "SecretCache", "put_secret", "vault_aad"]
+__all__ = ["MissingSecret", "SecretCache", "put_secret", "store_secret", "vault_aad"]
 
 MAX_SECRET_BYTES = 16 * 1024
 
@@ -45,6 +48,20 @@ async def put_secret(store: Store, master: bytes, name: str, value: bytes, *, no
     kind = "vault.rotated" if existing else "vault.put"
     event = AuditEvent(kind=kind, outcome="ok", principal=actor, detail={"name": name, "bytes": len(value)})
     return await store.vault_put(name, seal(master, value, aad=vault_aad(name)), now=now, audit=event)
+
+
+def store_secret(config: Config, name: str, value: str, *, actor: str) -> VaultEntry:
+    """``put_secret`` from synchronous provisioning code (the demo, the benchmarks)."""
+
+    async def run() -> VaultEntry:
+        store = await open_store(config)
+        try:
+            master = load_master_key(config.master_key_file)
+            return await put_secret(store, master, name, value.encode(), now=time.time(), actor=actor)
+        finally:
+            await store.aclose()
+
+    return asyncio.run(run())
 
 
 class SecretCache:

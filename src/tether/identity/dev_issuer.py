@@ -19,10 +19,11 @@ from tether.keys.sealed import seal, unseal
 from tether.rules.jws import sign_compact
 from tether.rules.principal import spiffe_trust_domain
 
-__all__ = ["DevTrustDomain"]
+__all__ = ["DevTrustDomain", "dev_domain_aad"]
 
 
-def _aad(name: str) -> bytes:
+def dev_domain_aad(name: str) -> bytes:
+    """The AES-GCM associated data sealing a dev trust domain's key: its name."""
     return b"dev-trust-domain\x00" + name.encode()
 
 
@@ -46,7 +47,7 @@ class DevTrustDomain:
         domain = cls(name, key)
         path = cls.key_path(data_dir, name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        sealed = seal(master, json.dumps(key.as_dict(private=True)).encode(), aad=_aad(name))
+        sealed = seal(master, json.dumps(key.as_dict(private=True)).encode(), aad=dev_domain_aad(name))
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(sealed)
@@ -57,7 +58,7 @@ class DevTrustDomain:
 
     @classmethod
     def load(cls, data_dir: Path, name: str, master: bytes) -> DevTrustDomain:
-        raw = unseal(master, cls.key_path(data_dir, name).read_bytes(), aad=_aad(name))
+        raw = unseal(master, cls.key_path(data_dir, name).read_bytes(), aad=dev_domain_aad(name))
         return cls(name, ECKey.import_key(json.loads(raw)))
 
     def bundle(self) -> dict[str, object]:

@@ -20,7 +20,7 @@ from tether.rules.jws import PublicKey, sign_compact
 from tether.store.protocol import Store
 from tether.store.records import StoredKey
 
-__all__ = ["SIGNING_ALGS", "KeyRing", "SigningKey", "generate_key", "load_keyring", "rotate_signing_key"]
+__all__ = ["SIGNING_ALGS", "KeyRing", "SigningKey", "generate_key", "issuer_key_aad", "load_keyring", "rotate_signing_key"]
 
 SIGNING_ALGS = ("ES256", "EdDSA")
 
@@ -39,7 +39,8 @@ def public_jwk(key: PublicKey, alg: str) -> dict[str, Any]:
     return jwk
 
 
-def _aad(kid: str) -> bytes:
+def issuer_key_aad(kid: str) -> bytes:
+    """The AES-GCM associated data sealing an issuer key: its kid (a blob cannot be swapped)."""
     return b"issuer-key\x00" + kid.encode()
 
 
@@ -88,13 +89,13 @@ def new_stored_key(master: bytes, *, alg: str, now: int) -> StoredKey:
         kid=jwk["kid"],
         alg=alg,
         public_jwk=jwk,
-        sealed_private=seal(master, private, aad=_aad(jwk["kid"])),
+        sealed_private=seal(master, private, aad=issuer_key_aad(jwk["kid"])),
         created_at=now,
     )
 
 
 def _open(master: bytes, stored: StoredKey) -> SigningKey:
-    raw = json.loads(unseal(master, stored.sealed_private, aad=_aad(stored.kid)))
+    raw = json.loads(unseal(master, stored.sealed_private, aad=issuer_key_aad(stored.kid)))
     private: PublicKey = ECKey.import_key(raw) if raw["kty"] == "EC" else OKPKey.import_key(raw)
     public: PublicKey = ECKey.import_key(stored.public_jwk) if raw["kty"] == "EC" else OKPKey.import_key(stored.public_jwk)
     return SigningKey(

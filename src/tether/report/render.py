@@ -125,7 +125,7 @@ def md(value: object) -> str:
     return "".join(out)
 
 
-def _md_refs(result: Result) -> str:
+def _ref_text(result: Result) -> str:
     refs = _refs(result)
     parts = [
         "OWASP " + ", ".join(f"{a['id']} {a['name']}" for a in refs["owasp_asi"]),
@@ -175,7 +175,7 @@ def render_markdown(report: Report) -> str:
             "| --- | --- | --- |",
         ]
         lines += [f"| {md(i.name)} | {md(i.value)} | {md(i.source)} |" for i in r.evidence]
-        lines += ["", f"Remediation: {md(r.remediation)}", "", f"Maps to: {md(_md_refs(r))}", ""]
+        lines += ["", f"Remediation: {md(r.remediation)}", "", f"Maps to: {md(_ref_text(r))}", ""]
     lines += ["## Framework coverage", ""]
     for key, rows in coverage(report).items():
         lines += [f"### {FRAMEWORK_TITLES[key]}", "", "| id | name | controls | status |", "| --- | --- | --- | --- |"]
@@ -218,14 +218,7 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
 
 
 def _html_result(r: Result) -> str:
-    refs = _refs(r)
-    ref_text = "; ".join(
-        [
-            "OWASP " + ", ".join(f"{a['id']} {a['name']}" for a in refs["owasp_asi"]),
-            "MAESTRO " + ", ".join(f"{m['id']} {m['name']}" for m in refs["maestro"]),
-            "NIST AI RMF " + ", ".join(n["id"] for n in refs["nist_ai_rmf"]),
-        ]
-    )
+    ref_text = _ref_text(r)
     badges = _badge(r.status) + (" " + _badge(r.severity) if r.severity else "")
     evidence = _table(["evidence", "value", "source"], [[esc(i.name), esc(i.value), esc(i.source)] for i in r.evidence])
     return (

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 from tether.clock import Clock, SystemClock
-from tether.errors import InvalidToken, TemporarilyUnavailable
+from tether.errors import InvalidToken, TemporarilyUnavailable, after_end
 
 __all__ = ["RevocationFeed", "parse_sse"]
 
@@ -106,9 +106,7 @@ class RevocationFeed:
                 debug=f"last heard {self.last_heard}, now {now}",
             )
         if jti in self.jtis or (task is not None and task in self.tasks):
-            revoked = InvalidToken("token has been revoked", debug=f"revoked: jti {jti} task {task}")
-            revoked.audit["after_end"] = True  # audited by the gateway, read by the monitor
-            raise revoked
+            raise after_end(InvalidToken("token has been revoked", debug=f"revoked: jti {jti} task {task}"))
 
     # -- feed ---------------------------------------------------------------------
     def apply(self, entry: dict[str, Any]) -> None:

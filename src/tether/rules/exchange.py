@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from tether.errors import InvalidGrant, InvalidTarget
+from tether.errors import InvalidGrant, InvalidTarget, after_end
 from tether.model import AccessToken, Task, TaskState, WorkloadIdentity
 from tether.rules.claims import MAX_ACT_DEPTH, Grant
 from tether.rules.scope import check_subset
@@ -33,9 +33,7 @@ def check_task_usable(task: Task, now: float) -> None:
     """A token is only derived for an active task inside its hard cap and count cap."""
     state = task.effective_state(now)
     if state is not TaskState.ACTIVE:
-        ended = InvalidGrant(f"task is {state.value}", debug=f"task {task.id} is {state.value}")
-        ended.audit["after_end"] = True  # the monitor's use_after_end detector reads this marker
-        raise ended
+        raise after_end(InvalidGrant(f"task is {state.value}", debug=f"task {task.id} is {state.value}"))
     if task.tokens_issued >= task.max_tokens:
         raise InvalidGrant("task token limit reached", debug=f"task {task.id} max_tokens {task.max_tokens}")
 

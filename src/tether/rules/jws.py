@@ -30,6 +30,7 @@ __all__ = [
     "ASYMMETRIC_ALGS",
     "JWSError",
     "PublicKey",
+    "SignatureRejected",
     "VerifiedJWS",
     "algs_for_key",
     "b64url_decode",
@@ -62,6 +63,10 @@ _MIN_RSA_BITS = 2048
 
 class JWSError(Exception):
     """Why a JWS was refused; callers turn it into their own wire error (STYLE rule 4)."""
+
+
+class SignatureRejected(JWSError):
+    """Well formed, with an allowed algorithm and a known key, but the signature does not verify."""
 
 
 @dataclass(frozen=True)
@@ -251,7 +256,7 @@ def verify_compact(
     try:
         obj = jws.deserialize_compact(token, key, algorithms=[alg], registry=_registry(alg, max_length))
     except (JoseError, ValueError, TypeError) as exc:
-        raise JWSError(f"signature rejected: {type(exc).__name__}") from exc
+        raise SignatureRejected(f"signature rejected: {type(exc).__name__}") from exc
     claims = strict_json_loads(obj.payload)
     if not isinstance(claims, dict):
         raise JWSError("payload is not a json object")

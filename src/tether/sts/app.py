@@ -139,7 +139,9 @@ def create_app(runtime: Runtime, *, upkeep: bool = True, max_inflight: int = 64)
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(AdmissionLimit, limit=max_inflight, exempt=frozenset({"/healthz", "/metrics"}))],
+        middleware=[
+            Middleware(AdmissionLimit, limit=max_inflight, exempt=frozenset({"/healthz", "/metrics", "/revocations/stream"}))
+        ],
         exception_handlers={HTTPException: handle_http, Exception: handle_unexpected},
     )
     return app

@@ -28,6 +28,7 @@ from tether.audit.checkpoint import (
     checkpoint_event,
 )
 from tether.keys.keyring import KeyRing
+from tether.monitor.cursor import head_seq
 from tether.rules.jws import JWSError, peek_header
 from tether.store.protocol import Store
 
@@ -47,23 +48,6 @@ def _kid_of(record: AuditRecord) -> str:
     except JWSError:
         return ""
     return kid if isinstance(kid, str) else ""
-
-
-async def _head_seq(store: Store) -> int:
-    """The newest ``seq`` (0 for an empty chain); seqs are contiguous from 1."""
-
-    async def beyond(seq: int) -> bool:
-        return bool(await store.audit_records(after=seq, limit=1))
-
-    if not await beyond(0):
-        return 0
-    lo, hi = 0, 1  # invariant: a record exists after lo; none after hi (once the probe stops)
-    while await beyond(hi):
-        lo, hi = hi, hi * 2
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if await beyond(mid) else (lo, mid)
-    return hi
 
 
 class AuditCheckpoints:
@@ -87,7 +71,7 @@ class AuditCheckpoints:
             self._pending += 1
 
     async def _start(self, store: Store, now: float) -> None:
-        head = await _head_seq(store)
+        head = await head_seq(store)
         self._cursor, self._since = head, now
         if head:
             (record,) = await store.audit_records(after=head - 1, limit=1)

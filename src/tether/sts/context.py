@@ -115,20 +115,16 @@ class StsContext:
         """
         now = self.now()
         entry = self.verified.get(token)
-        cached: AccessToken | None = None
-        if entry is not None:
-            # a hit stands only while the key that verified it is still ours and unchanged
-            # (AUX-01; the keyring is reloaded with fresh objects, so compare the public JWK)
-            key = self.keyring.public_key(entry[1], now=now)
-            cached = entry[0] if key is not None and key.jwk == entry[2] else None
-        if cached is not None:
-            if now >= cached.exp:
-                raise InvalidToken("access token has expired", debug=f"exp {cached.exp} now {now}")
-            if audience is not None and cached.aud != audience:
-                raise InvalidToken("access token audience is not this resource", debug=f"aud `{cached.aud:.200}`")
-            return cached
-        claims, used = self._verify_own_token(token, now=now)
-        self.verified.put(token, (claims, used.kid, used.jwk))
+        # a hit stands only while the key that verified it is still ours and unchanged
+        # (AUX-01; the keyring is reloaded with fresh objects, so compare the public JWK)
+        key = self.keyring.public_key(entry[1], now=now) if entry is not None else None
+        if entry is not None and key is not None and key.jwk == entry[2]:
+            claims = entry[0]
+            if now >= claims.exp:
+                raise InvalidToken("access token has expired", debug=f"exp {claims.exp} now {now}")
+        else:
+            claims, used = self._verify_own_token(token, now=now)
+            self.verified.put(token, (claims, used.kid, used.jwk))
         if audience is not None and claims.aud != audience:
             raise InvalidToken("access token audience is not this resource", debug=f"aud `{claims.aud:.200}`")
         return claims

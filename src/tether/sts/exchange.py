@@ -29,11 +29,13 @@ from tether.errors import (
     InvalidTarget,
     OAuthError,
     UnsupportedGrantType,
+    after_end,
 )
 from tether.metrics import EXCHANGE_SECONDS, ISSUED
 from tether.model import AccessToken, DPoPProof, Task, WorkloadIdentity
 from tether.policy.engine import Decision
 from tether.policy.entities import admin_request, exchange_request
+from tether.proofs import replayed_proof
 from tether.rules.claims import Grant, build_claims
 from tether.rules.exchange import derive_hop, derive_session
 from tether.rules.scope import check_subset, format_scope
@@ -357,9 +359,7 @@ async def _issue(
             record, now=now, spends=checked.spends, audit=event, replay=checked.replay, principals=principals
         )
     except Replayed as exc:
-        replayed = InvalidDPoPProof("dpop proof has already been used", debug=f"replayed jti for jkt {grant.jkt}")
-        replayed.audit["replay"] = True  # for the monitor's dpop_replay detector
-        raise replayed from exc
+        raise replayed_proof(str(grant.jkt)) from exc
     except AlreadySpent as exc:
         raise InvalidGrant("workload token has already been used", debug="identity jti already redeemed") from exc
     except Blocked as exc:
@@ -367,12 +367,7 @@ async def _issue(
     except CapReached as exc:
         raise InvalidGrant("task token limit reached") from exc
     except TaskNotActive as exc:
-        raise _after_end(InvalidGrant(f"task is {exc}")) from exc
+        raise after_end(InvalidGrant(f"task is {exc}")) from exc
     except ParentRevoked as exc:
-        raise _after_end(InvalidGrant("subject token has been revoked", debug="revoked or unknown parent jti")) from exc
+        raise after_end(InvalidGrant("subject token has been revoked", debug="revoked or unknown parent jti")) from exc
     return ExchangeResult(access_token=token, expires_in=grant.exp - now, scope=record.scope, kind=kind)
-
-
-def _after_end(exc: OAuthError) -> OAuthError:
-    exc.audit["after_end"] = True  # for the monitor's use_after_end detector
-    return exc

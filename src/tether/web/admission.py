@@ -18,19 +18,19 @@ __all__ = ["AdmissionLimit"]
 
 
 class AdmissionLimit:
-    def __init__(self, app: ASGIApp, *, limit: int, exempt: frozenset[str] = frozenset({"/healthz"})) -> None:
+    """``exempt`` names exact paths (health, metrics, long-lived streams); nothing else is."""
+
+    def __init__(self, app: ASGIApp, *, limit: int, exempt: frozenset[str]) -> None:
         self.app = app
         self.limit = limit
         self.exempt = exempt
         self.in_flight = 0
-        self.refused = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.exempt or scope["path"].endswith("/stream"):
+        if scope["type"] != "http" or scope["path"] in self.exempt:
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.limit:
-            self.refused += 1
             REFUSALS.labels(endpoint="admission", error="temporarily_unavailable").inc()
             refusal = TemporarilyUnavailable("the server is at capacity; retry shortly", debug="admission limit")
             await error_response(refusal)(scope, receive, send)

@@ -67,7 +67,6 @@ class Database:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
-        self.inline = True
         self._since_checkpoint = 0
 
     def _connect(self, busy_ms: int) -> sqlite3.Connection:
@@ -86,9 +85,11 @@ class Database:
                 self._connections.append(conn)
         return conn
 
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn(connection)`` inline; on a lock held by another process, on the worker thread."""
-        if self.inline:
+    async def run(self, fn: Callable[[sqlite3.Connection], T], *, inline: bool = True) -> T:
+        """Run ``fn(connection)`` inline (short statements: cheaper than a thread hop); on a
+        lock held by another process, or with ``inline=False`` (scans and bulk work that
+        would stall every request in flight), on the worker thread."""
+        if inline:
             self._count_inline()
             try:
                 return fn(self._connect(_INLINE_BUSY_MS))
@@ -99,8 +100,11 @@ class Database:
                     raise StoreUnavailable(f"sqlite: {exc}") from exc
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"sqlite: {type(exc).__name__}: {exc}") from exc
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._call, fn)
+        try:
+            work = asyncio.get_running_loop().run_in_executor(self._executor, self._call, fn)
+        except RuntimeError as exc:  # submitting to a shut-down executor: the store was closed
+            raise StoreUnavailable("sqlite: the store is closed") from exc
+        return await work
 
     async def run_batched(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` inside one transaction shared by every write queued in this loop iteration.

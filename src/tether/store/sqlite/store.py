@@ -317,7 +317,7 @@ class SqliteStore:
                 conn.execute("DELETE FROM revocations WHERE exp <= ?", (int(now),))
                 conn.execute("DELETE FROM counters WHERE until <= ?", (int(now),))
 
-        await self._db.run(q)
+        await self._db.run(q, inline=False)  # table scans: never on the request loop
 
     async def get_token(self, jti: str) -> IssuedToken | None:
         def q(conn: sqlite3.Connection) -> IssuedToken | None:
@@ -456,7 +456,7 @@ class SqliteStore:
                 _append(conn, AuditEvent(**{**audit.__dict__, "detail": {**audit.detail, "rewrapped": count}}), now)
                 return count
 
-        return await self._db.run(q)
+        return await self._db.run(q, inline=False)
 
     # -- counters -----------------------------------------------------------------
     async def count(self, key: str, *, until: int, now: float) -> int:
@@ -513,7 +513,9 @@ class SqliteStore:
             ).fetchall()
             return [audit_from_row(r) for r in rows]
 
-        return await self._db.run(q)
+        # the monitor and the checkpoint writer read pages of up to 1,000 records: decoding
+        # them inline would stall every request in flight; a short read stays inline
+        return await self._db.run(q, inline=limit <= 16)
 
 
 if TYPE_CHECKING:

@@ -99,5 +99,5 @@ INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, '00000000000000000000000000
 CREATE TABLE policy_versions (
     version   TEXT PRIMARY KEY,
     loaded_at DOUBLE PRECISION NOT NULL,
-    files     TEXT NOT NULL
+    files     JSONB NOT NULL
 );
