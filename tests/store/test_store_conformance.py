@@ -18,6 +18,7 @@ import pytest
 
 from services import REDIS_URL, drop_schema, new_schema, require_postgres_and_redis, schema_dsn
 from tether.audit.chain import AuditEvent, first_broken
+from tether.audit.checkpoint import checkpoint_event
 from tether.model import Task, TaskState
 from tether.store.errors import AlreadySpent, Blocked, CapReached, NotFound, ParentRevoked, Replayed, TaskNotActive
 from tether.store.protocol import Store
@@ -354,6 +355,22 @@ def test_audit_chain_stays_one_chain_under_concurrent_appends(kind: str, tmp_pat
     async def body(store: Store) -> None:
         await _race(50, lambda i: store.append_audit(AuditEvent(kind="race", outcome="ok", detail={"i": i}), now=NOW + i))
         assert await _chain_ok(store) == 50
+
+    run(kind, tmp_path, body)
+
+
+def test_audit_marks_match_the_records_and_carry_only_checkpoint_jws(kind: str, tmp_path: Path) -> None:
+    async def body(store: Store) -> None:
+        for i in range(5):
+            await store.append_audit(AuditEvent(kind="race", outcome="ok", detail={"jws": f"not-a-checkpoint-{i}"}), now=NOW + i)
+        await store.append_audit(checkpoint_event(seq=5, hash="h", jws="a.b.c"), now=NOW + 5)
+        await store.append_audit(AuditEvent(kind="after", outcome="ok"), now=NOW + 6)
+        records = await store.audit_records(after=0, limit=100)
+        marks = await store.audit_marks(after=0, limit=100)
+        assert [(m.seq, m.ts, m.kind, m.hash) for m in marks] == [(r.seq, r.ts, r.kind, r.hash) for r in records]
+        assert [m.jws for m in marks] == [None] * 5 + ["a.b.c", None]
+        assert [m.seq for m in await store.audit_marks(after=records[2].seq, limit=2)] == [r.seq for r in records[3:5]]
+        assert await store.audit_marks(after=records[-1].seq, limit=10) == []
 
     run(kind, tmp_path, body)
 

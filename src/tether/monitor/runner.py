@@ -34,14 +34,14 @@ from tether.monitor.risk import RISK_BY_SEVERITY, RiskBoard
 from tether.monitor.settings import DetectorSettings
 from tether.monitor.webhook import WebhookSender
 from tether.store.errors import StoreError
-from tether.store.protocol import Store
+from tether.store.protocol import TAIL_PAGE, Store
 
 __all__ = ["Monitor", "build_monitor"]
 
 log = logging.getLogger("tether.monitor")
 
-_PAGE = 1000
-_PAGES_PER_POLL = 20
+_PAGE = TAIL_PAGE
+_PAGES_PER_POLL = 200  # at most 20,000 records per poll; the rest on the next
 
 
 class Monitor:
@@ -116,6 +116,7 @@ class Monitor:
             if not page:
                 return
             after = page[-1].seq
+            await asyncio.sleep(0)
 
     async def poll(self) -> int:
         """Read and process what was appended since the last poll; returns the records read."""
@@ -129,6 +130,7 @@ class Monitor:
                 read += len(page)
                 if len(page) < _PAGE:
                     break
+                await asyncio.sleep(0)  # let the requests in flight run between pages
         return read
 
     async def _observe(self, event: Event) -> None:

@@ -15,9 +15,14 @@ from typing import Protocol
 
 from tether.audit.chain import AuditEvent, AuditRecord
 from tether.model import Task, TaskState
-from tether.store.records import BlockKind, IssuedToken, LookupResult, Revocation, StoredKey, VaultEntry
+from tether.store.records import AuditMark, BlockKind, IssuedToken, LookupResult, Revocation, StoredKey, VaultEntry
 
-__all__ = ["Store"]
+__all__ = ["TAIL_PAGE", "Store"]
+
+# Readers that tail the audit chain while tokens are being issued (the monitor, the
+# checkpoint writer) read pages this small and yield between them: one page is a few
+# milliseconds of decoding, never a stall every request in flight waits behind.
+TAIL_PAGE = 100
 
 
 class Store(Protocol):
@@ -163,3 +168,7 @@ class Store(Protocol):
     async def append_audit(self, event: AuditEvent, *, now: float) -> AuditRecord: ...
 
     async def audit_records(self, *, after: int, limit: int) -> list[AuditRecord]: ...
+
+    async def audit_marks(self, *, after: int, limit: int) -> list[AuditMark]:
+        """``seq``, ``ts``, ``kind`` and ``hash`` of the records after ``after`` (and the JWS of checkpoints)."""
+        ...

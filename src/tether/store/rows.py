@@ -7,16 +7,19 @@ from collections.abc import Sequence
 from typing import Any
 
 from tether.audit.chain import AuditRecord
+from tether.audit.checkpoint import CHECKPOINT_KIND
 from tether.model import Task, TaskState
-from tether.store.records import IssuedToken, Revocation, RevocationKind, StoredKey, VaultEntry
+from tether.store.records import AuditMark, IssuedToken, Revocation, RevocationKind, StoredKey, VaultEntry
 
 __all__ = [
     "AUDIT_COLUMNS",
+    "AUDIT_MARK_COLUMNS",
     "KEY_COLUMNS",
     "TASK_COLUMNS",
     "TOKEN_COLUMNS",
     "VAULT_COLUMNS",
     "audit_from_row",
+    "audit_mark_from_row",
     "audit_values",
     "key_from_row",
     "revocation_from_row",
@@ -33,6 +36,8 @@ TASK_COLUMNS = (
 )
 TOKEN_COLUMNS = "jti, kind, task_id, parent_jti, sub, client_id, aud, scope, jkt, iat, exp, depth, revoked_at"
 AUDIT_COLUMNS = "seq, ts, kind, outcome, principal, task, jti, error, detail, prev, hash"
+# the detail (JSON text) is only selected for checkpoint records, whose JWS the mark carries
+AUDIT_MARK_COLUMNS = f"seq, ts, kind, hash, CASE WHEN kind = '{CHECKPOINT_KIND}' THEN detail END"
 KEY_COLUMNS = "kid, alg, public_jwk, sealed_private, created_at, retired_at, not_after"
 VAULT_COLUMNS = "name, sealed, created_at, updated_at, version"
 
@@ -125,6 +130,11 @@ def audit_from_row(row: Sequence[Any]) -> AuditRecord:
         prev=row[9],
         hash=row[10],
     )
+
+
+def audit_mark_from_row(row: Sequence[Any]) -> AuditMark:
+    jws = json.loads(row[4]).get("jws") if row[4] is not None else None
+    return AuditMark(seq=int(row[0]), ts=float(row[1]), kind=row[2], hash=row[3], jws=jws if isinstance(jws, str) else None)
 
 
 def audit_values(record: AuditRecord) -> tuple[Any, ...]:

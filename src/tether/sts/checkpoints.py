@@ -2,7 +2,8 @@
 
 The rules are in ``tether.audit.checkpoint``; this module tails the chain, decides with
 ``checkpoint_due`` and appends the signed record. It keeps only a cursor in memory:
-records are read once, as they arrive. At start-up it finds the head with a binary
+records are read once, as they arrive, as ``Store.audit_marks`` (position, kind and hash,
+no JSON payload), in short pages with a yield between them. At start-up it finds the head with a binary
 search over ``audit_records`` (O(log n) reads, no full scan). If the head is not a
 checkpoint, every record counts as pending (the last checkpoint is not searched for)
 and the clock runs from the head's time, so the unsigned tail left by the previous run
@@ -18,6 +19,8 @@ the claim only avoids them cheaply. A claim whose winner died expires after
 
 from __future__ import annotations
 
+import asyncio
+
 from tether.audit.chain import AuditRecord
 from tether.audit.checkpoint import (
     CHECKPOINT_KIND,
@@ -30,21 +33,21 @@ from tether.audit.checkpoint import (
 from tether.keys.keyring import KeyRing
 from tether.monitor.cursor import head_seq
 from tether.rules.jws import JWSError, peek_header
-from tether.store.protocol import Store
+from tether.store.protocol import TAIL_PAGE, Store
+from tether.store.records import AuditMark
 
 __all__ = ["CLAIM_SECONDS", "AuditCheckpoints"]
 
 CLAIM_SECONDS = 30
-_PAGE = 500
+_PAGE = 4 * TAIL_PAGE
 
 
-def _kid_of(record: AuditRecord) -> str:
+def _kid_of(mark: AuditMark) -> str:
     """The ``kid`` that signed a checkpoint record (``""`` if unreadable: re-sign)."""
-    jws = record.detail.get("jws")
-    if not isinstance(jws, str):
+    if mark.jws is None:
         return ""
     try:
-        kid = peek_header(jws, max_length=MAX_JWS).get("kid")
+        kid = peek_header(mark.jws, max_length=MAX_JWS).get("kid")
     except JWSError:
         return ""
     return kid if isinstance(kid, str) else ""
@@ -63,7 +66,7 @@ class AuditCheckpoints:
         self._since = 0.0
         self._pending = 0
 
-    def _observe(self, record: AuditRecord) -> None:
+    def _observe(self, record: AuditMark) -> None:
         self._cursor, self._head = record.seq, (record.seq, record.hash)
         if record.kind == CHECKPOINT_KIND:
             self._last, self._kid, self._since, self._pending = record.seq, _kid_of(record), record.ts, 0
@@ -74,7 +77,7 @@ class AuditCheckpoints:
         head = await head_seq(store)
         self._cursor, self._since = head, now
         if head:
-            (record,) = await store.audit_records(after=head - 1, limit=1)
+            (record,) = await store.audit_marks(after=head - 1, limit=1)
             self._observe(record)
             if record.kind != CHECKPOINT_KIND:
                 self._pending = head  # the last checkpoint is not searched for: count every record
@@ -85,11 +88,12 @@ class AuditCheckpoints:
         if self._cursor is None:
             await self._start(store, now)
         while True:
-            page = await store.audit_records(after=self._cursor or 0, limit=_PAGE)
+            page = await store.audit_marks(after=self._cursor or 0, limit=_PAGE)
             for record in page:
                 self._observe(record)
             if len(page) < _PAGE:
                 break
+            await asyncio.sleep(0)  # let the requests in flight run between pages
         key = keyring.current
         changed = self._kid is not None and self._kid != key.kid
         due = checkpoint_due(pending=self._pending, since=self._since, now=now, every=self.every,

@@ -42,15 +42,26 @@ from tether.store.errors import (
     TaskNotActive,
 )
 from tether.store.notify import Notifier
-from tether.store.records import BlockKind, IssuedToken, LookupResult, Revocation, RevocationKind, StoredKey, VaultEntry
+from tether.store.records import (
+    AuditMark,
+    BlockKind,
+    IssuedToken,
+    LookupResult,
+    Revocation,
+    RevocationKind,
+    StoredKey,
+    VaultEntry,
+)
 from tether.store.redis.cache import RedisCache
 from tether.store.rows import (
     AUDIT_COLUMNS,
+    AUDIT_MARK_COLUMNS,
     KEY_COLUMNS,
     TASK_COLUMNS,
     TOKEN_COLUMNS,
     VAULT_COLUMNS,
     audit_from_row,
+    audit_mark_from_row,
     audit_values,
     key_from_row,
     revocation_from_row,
@@ -499,6 +510,13 @@ class PostgresRedisStore:
         async with self._conn() as conn:
             cur = await conn.execute(f"SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > %s ORDER BY seq LIMIT %s", (after, limit))
             return [audit_from_row(r) for r in await cur.fetchall()]
+
+    async def audit_marks(self, *, after: int, limit: int) -> list[AuditMark]:
+        async with self._conn() as conn:
+            cur = await conn.execute(
+                f"SELECT {AUDIT_MARK_COLUMNS} FROM audit WHERE seq > %s ORDER BY seq LIMIT %s", (after, limit)
+            )
+            return [audit_mark_from_row(r) for r in await cur.fetchall()]
 
     async def purge_expired(self, *, now: float) -> None:
         """Drop single-use marks and feed entries whose tokens have all expired."""

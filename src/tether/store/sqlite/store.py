@@ -26,14 +26,26 @@ from tether.store.errors import (
     TaskNotActive,
 )
 from tether.store.notify import Notifier
-from tether.store.records import BlockKind, IssuedToken, LookupResult, Revocation, RevocationKind, StoredKey, VaultEntry
+from tether.store.protocol import TAIL_PAGE
+from tether.store.records import (
+    AuditMark,
+    BlockKind,
+    IssuedToken,
+    LookupResult,
+    Revocation,
+    RevocationKind,
+    StoredKey,
+    VaultEntry,
+)
 from tether.store.rows import (
     AUDIT_COLUMNS,
+    AUDIT_MARK_COLUMNS,
     KEY_COLUMNS,
     TASK_COLUMNS,
     TOKEN_COLUMNS,
     VAULT_COLUMNS,
     audit_from_row,
+    audit_mark_from_row,
     audit_values,
     key_from_row,
     revocation_from_row,
@@ -513,9 +525,19 @@ class SqliteStore:
             ).fetchall()
             return [audit_from_row(r) for r in rows]
 
-        # the monitor and the checkpoint writer read pages of up to 1,000 records: decoding
-        # them inline would stall every request in flight; a short read stays inline
-        return await self._db.run(q, inline=limit <= 16)
+        # the monitor tails in pages of about a hundred, inline (on a worker thread the
+        # decoding would contend for the GIL with every request in flight); the audit
+        # export and reports read pages of thousands, which go to the worker thread
+        return await self._db.run(q, inline=limit <= TAIL_PAGE)
+
+    async def audit_marks(self, *, after: int, limit: int) -> list[AuditMark]:
+        def q(conn: sqlite3.Connection) -> list[AuditMark]:
+            rows = conn.execute(
+                f"SELECT {AUDIT_MARK_COLUMNS} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+            ).fetchall()
+            return [audit_mark_from_row(r) for r in rows]
+
+        return await self._db.run(q, inline=limit <= 4 * TAIL_PAGE)
 
 
 if TYPE_CHECKING:
