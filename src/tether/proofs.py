@@ -14,9 +14,10 @@ from typing import Protocol
 
 from tether.clock import Clock
 from tether.errors import InvalidDPoPProof, UseDPoPNonce, replay
+from tether.lru import LruCache
 from tether.model import DPoPProof
 from tether.rules.dpop import check_proof, replay_key
-from tether.rules.nonce import check_nonce, make_nonce
+from tether.rules.nonce import make_nonce, nonce_fresh, nonce_issued
 
 __all__ = ["ProofChecker", "ReplayCache"]
 
@@ -45,6 +46,12 @@ class ProofChecker:
         self._max_age = max_age
         self._skew = skew
         self._nonce_ttl = nonce_ttl
+        # a nonce is handed out for a whole second (every response carries one: minting a
+        # fresh one each time was a CSPRNG read and an HMAC per request), and the nonces
+        # seen are remembered with their issue time, so a busy client's proofs, which all
+        # carry one nonce, cost one HMAC check between them
+        self._minted: tuple[int, str] | None = None
+        self._seen: LruCache[str, int] = LruCache(4096)
 
     @property
     def nonce_required(self) -> bool:
@@ -53,7 +60,23 @@ class ProofChecker:
     def fresh_nonce(self) -> str | None:
         if self._nonce_key is None:
             return None
-        return make_nonce(self._nonce_key, now=self._clock.now(), salt=os.urandom(12))
+        second = int(self._clock.now())
+        if self._minted is None or self._minted[0] != second:
+            self._minted = (second, make_nonce(self._nonce_key, now=second, salt=os.urandom(12)))
+        return self._minted[1]
+
+    def _nonce_ok(self, nonce: str | None, now: float) -> bool:
+        """RFC 9449 §8: the proof's nonce was issued by a replica (same key) within ``nonce_ttl``."""
+        assert self._nonce_key is not None
+        if nonce is None:
+            return False
+        issued = self._seen.get(nonce)
+        if issued is None:
+            issued = nonce_issued(self._nonce_key, nonce)
+            if issued is None:
+                return False  # forgeries are not remembered: they cannot crowd out good nonces
+            self._seen.put(nonce, issued)
+        return nonce_fresh(issued, now=now, ttl=self._nonce_ttl)
 
     async def check(self, proof: str | None, *, method: str, url: str, access_token: str | None = None) -> DPoPProof:
         """Every check, and the proof consumed in the replay cache (accepted once)."""
@@ -84,7 +107,7 @@ class ProofChecker:
             future_skew=self._skew,
             access_token=access_token,
         )
-        if self._nonce_key is not None and not check_nonce(self._nonce_key, checked.nonce, now=now, ttl=self._nonce_ttl):
+        if self._nonce_key is not None and not self._nonce_ok(checked.nonce, now):
             nonce = self.fresh_nonce()
             assert nonce is not None
             raise UseDPoPNonce(nonce)

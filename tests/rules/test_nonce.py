@@ -8,6 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tether.agent.proof import DPoPKey
+from tether.clock import ManualClock
+from tether.errors import UseDPoPNonce
+from tether.proofs import ProofChecker
 from tether.rules.nonce import check_nonce, make_nonce
 
 KEY = bytes(range(32))
@@ -113,3 +117,53 @@ def test_DPOP_11_nonce_window_property(issued: int, age: int, salt: bytes) -> No
     value = make_nonce(KEY, now=issued, salt=salt)
     assert check_nonce(KEY, value, now=issued + age, ttl=TTL, future_skew=5) is (-5 <= age <= TTL)
     assert check_nonce(OTHER_KEY, value, now=issued, ttl=TTL) is False
+
+
+# -- the STS's use of them (``tether.proofs.ProofChecker``): memoised, never more lenient ------
+
+
+class _NoReplay:
+    async def first_use(self, key: str, *, until: int, now: float) -> bool:
+        return True
+
+
+def _checker(clock: ManualClock) -> ProofChecker:
+    return ProofChecker(_NoReplay(), clock, nonce_key=KEY, algorithms=("ES256",), nonce_ttl=TTL)
+
+
+def _proof(key: DPoPKey, clock: ManualClock, nonce: str | None) -> str:
+    return key.proof("POST", "https://sts.example/token", nonce=nonce, now=clock.now())
+
+
+def test_DPOP_10_one_nonce_per_second_then_a_new_one() -> None:
+    clock = ManualClock()
+    checker = _checker(clock)
+    first = checker.fresh_nonce()
+    assert first is not None and check_nonce(KEY, first, now=clock.now(), ttl=TTL)
+    clock.advance(1)
+    second = checker.fresh_nonce()
+    assert second != first and check_nonce(KEY, second, now=clock.now(), ttl=TTL)
+
+
+def test_DPOP_11_remembered_nonce_still_expires_after_ttl() -> None:
+    clock, key = ManualClock(), DPoPKey()
+    checker = _checker(clock)
+    nonce = checker.fresh_nonce()
+    checker.check_unconsumed(_proof(key, clock, nonce), method="POST", url="https://sts.example/token")
+    clock.advance(TTL + 1)
+    with pytest.raises(UseDPoPNonce):  # the memo holds the issue time, not a verdict
+        checker.check_unconsumed(_proof(key, clock, nonce), method="POST", url="https://sts.example/token")
+
+
+def test_DPOP_10_forged_nonce_refused_before_and_after_a_good_one() -> None:
+    clock, key = ManualClock(), DPoPKey()
+    checker = _checker(clock)
+    good = checker.fresh_nonce()
+    assert good is not None
+    forged = _b64(_raw(good)[:-1] + bytes([_raw(good)[-1] ^ 1]))
+    for nonce in (forged, good, forged, make_nonce(OTHER_KEY, now=clock.now(), salt=SALT)):
+        if nonce == good:
+            checker.check_unconsumed(_proof(key, clock, nonce), method="POST", url="https://sts.example/token")
+            continue
+        with pytest.raises(UseDPoPNonce):
+            checker.check_unconsumed(_proof(key, clock, nonce), method="POST", url="https://sts.example/token")

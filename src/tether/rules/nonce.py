@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import struct
 
-__all__ = ["check_nonce", "make_nonce"]
+__all__ = ["check_nonce", "make_nonce", "nonce_fresh", "nonce_issued"]
 
 _MAC_LEN = 16
 
@@ -26,18 +26,33 @@ def make_nonce(key: bytes, *, now: float, salt: bytes) -> str:
     return base64.urlsafe_b64encode(body + mac).rstrip(b"=").decode("ascii")
 
 
-def check_nonce(key: bytes, nonce: str | None, *, now: float, ttl: int, future_skew: int = 5) -> bool:
-    """True if ``nonce`` was made with ``key`` no more than ``ttl`` seconds before ``now``."""
+def nonce_issued(key: bytes, nonce: str | None) -> int | None:
+    """The server time ``nonce`` was issued at, if it was made with ``key``; else ``None``.
+
+    A pure function of its inputs, so a caller may remember the answer for a nonce it
+    has seen (every proof of a busy client carries the same nonce for a while).
+    """
     if not nonce or len(nonce) > 128 or not nonce.isascii():
-        return False
+        return None
     try:
         raw = base64.urlsafe_b64decode(nonce + "=" * (-len(nonce) % 4))
     except (binascii.Error, ValueError):
-        return False
+        return None
     if len(raw) < 8 + 8 + _MAC_LEN:
-        return False
+        return None
     body, mac = raw[:-_MAC_LEN], raw[-_MAC_LEN:]
     if not hmac.compare_digest(mac, hmac.new(key, body, hashlib.sha256).digest()[:_MAC_LEN]):
-        return False
+        return None
     issued: int = struct.unpack(">Q", body[:8])[0]
+    return issued
+
+
+def nonce_fresh(issued: int, *, now: float, ttl: int, future_skew: int = 5) -> bool:
+    """Whether a nonce issued at ``issued`` is still good at ``now`` (DPOP-11)."""
     return now - ttl <= issued <= now + future_skew
+
+
+def check_nonce(key: bytes, nonce: str | None, *, now: float, ttl: int, future_skew: int = 5) -> bool:
+    """True if ``nonce`` was made with ``key`` no more than ``ttl`` seconds before ``now``."""
+    issued = nonce_issued(key, nonce)
+    return issued is not None and nonce_fresh(issued, now=now, ttl=ttl, future_skew=future_skew)
