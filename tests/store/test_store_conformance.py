@@ -362,7 +362,8 @@ def test_audit_chain_stays_one_chain_under_concurrent_appends(kind: str, tmp_pat
 def test_audit_marks_match_the_records_and_carry_only_checkpoint_jws(kind: str, tmp_path: Path) -> None:
     async def body(store: Store) -> None:
         for i in range(5):
-            await store.append_audit(AuditEvent(kind="race", outcome="ok", detail={"jws": f"not-a-checkpoint-{i}"}), now=NOW + i)
+            event = AuditEvent(kind="race", outcome="ok", detail={"jws": f"not-a-checkpoint-{i}"})
+            await store.append_audit(event, now=NOW + i)
         await store.append_audit(checkpoint_event(seq=5, hash="h", jws="a.b.c"), now=NOW + 5)
         await store.append_audit(AuditEvent(kind="after", outcome="ok"), now=NOW + 6)
         records = await store.audit_records(after=0, limit=100)
