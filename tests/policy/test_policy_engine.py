@@ -11,6 +11,7 @@ import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import cedarpy
 import pytest
@@ -324,3 +325,22 @@ def test_decision_cache_memory_stays_small_for_long_distinct_paths(tmp_path: Pat
     hits = engine.cache_hits
     first = engine.authorize(call(path="/pages/0001" + "/x/.." * 1333))
     assert engine.cache_hits == hits + 1 and first.allowed == engine.authorize(call(path="/pages/0001")).allowed
+
+
+def test_memoised_decision_matches_and_a_new_policy_version_is_not_served_from_the_memo(tmp_path: Path) -> None:
+    engine = engine_with(tmp_path, {"a.cedar": PERMIT_ALL})
+    built: list[int] = []
+
+    def build() -> Any:
+        built.append(1)
+        return exchange(audience=PAY)
+
+    first = engine.authorize_memo("k", build)
+    assert first == engine.authorize(exchange(audience=PAY)) and first.allowed
+    assert engine.authorize_memo("k", build) == first and len(built) == 1  # a hit builds nothing
+    write(folder(engine), "b.cedar", FORBID_PAY)
+    denied = engine.authorize_memo("k", build)
+    assert not denied.allowed and denied.determining == ("forbid-pay",) and len(built) == 2
+    decisions, denials = engine.decisions, engine.denials
+    assert not engine.authorize_memo("k", build).allowed
+    assert (engine.decisions, engine.denials) == (decisions + 1, denials + 1)  # hits are counted too

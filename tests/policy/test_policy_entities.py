@@ -13,10 +13,12 @@ from typing import Any
 
 import cedarpy
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from policykit import ADMIN, AGENT, NOON, PAY, SVC_B, SVC_C, WIKI, admin, call, create, exchange, task
 
 from tether.policy.cases import build_request
-from tether.policy.entities import PolicyRequest
+from tether.policy.entities import PolicyRequest, exchange_request, exchange_request_key
 from tether.policy.loader import schema, schema_text
 
 TRIVIAL = "permit (principal, action, resource);"
@@ -189,3 +191,50 @@ def test_TX_05_nested_actors_are_only_in_the_actors_set() -> None:
 def test_requests_are_reproducible() -> None:
     assert exchange(actors=(SVC_B,)) == exchange(actors=(SVC_B,))
     assert exchange(now=NOON).context != exchange(now=NOON + 3600).context
+
+
+# -- the memo key: equal keys must build equal requests (no decision shared by mistake) ------
+_TASKS = [task(), task(id="tsk_other"), task(purpose="payments"), task(on_behalf_of="user:ann"), task(max_depth=1)]
+_FIELDS = {
+        "kind": st.sampled_from(["session", "hop", "delegation"]),
+        "principal": st.sampled_from([AGENT, SVC_B, ADMIN]),
+        "principal_kind": st.sampled_from(["spiffe", "oidc"]),
+        "audience": st.sampled_from([WIKI, PAY]),
+        "task": st.sampled_from(_TASKS),
+        "scopes": st.frozensets(st.sampled_from(["wiki:read", "wiki:write"])),
+        "actors": st.lists(st.sampled_from([SVC_B, SVC_C]), max_size=2).map(tuple),
+        "subject": st.sampled_from([AGENT, "user:ann"]),
+        "now": st.sampled_from([NOON, NOON + 0.25, NOON + 0.75, NOON + 1, NOON + 3600]),
+        "client": st.sampled_from([None, "127.0.0.1", "10.0.0.7", "::1", "not an ip"]),
+        "admins": st.sampled_from([frozenset(), frozenset({ADMIN}), frozenset({ADMIN, AGENT})]),
+        "tags": st.sampled_from([{}, {PAY: ("pci",)}, {WIKI: ("internal", "docs")}]),
+        "risk": st.sampled_from([0, 50, 100]),
+        "key_bound": st.booleans(),
+}
+_ARGS = st.fixed_dictionaries(_FIELDS)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_ARGS, _ARGS, st.sets(st.sampled_from(sorted(_FIELDS)), min_size=1, max_size=2))
+def test_equal_memo_keys_build_equal_requests(a: dict[str, Any], other: dict[str, Any], redrawn: set[str]) -> None:
+    b = {**a, **{name: other[name] for name in redrawn}}  # one or two inputs differ, often to an equal value
+    if exchange_request_key(**a) == exchange_request_key(**b):
+        assert exchange_request(**a) == exchange_request(**b)
+    if exchange_request(**a) != exchange_request(**b):
+        assert exchange_request_key(**a) != exchange_request_key(**b)
+
+
+@pytest.mark.parametrize(
+    ("name", "other"),
+    [("principal", SVC_B), ("audience", PAY), ("task", task(max_tokens=5)), ("scopes", frozenset({"wiki:write"})),
+     ("actors", (SVC_C,)), ("now", NOON + 1), ("client", "10.9.9.9"), ("admins", frozenset({AGENT})),
+     ("tags", {WIKI: ("secret",)}), ("risk", 90), ("key_bound", False), ("kind", "delegation")],
+)  # fmt: skip
+def test_every_input_of_the_request_is_in_its_memo_key(name: str, other: Any) -> None:
+    base: dict[str, Any] = {
+        "kind": "hop", "principal": AGENT, "principal_kind": "spiffe", "audience": WIKI, "task": task(),
+        "scopes": frozenset({"wiki:read"}), "actors": (), "subject": AGENT, "now": NOON, "client": "127.0.0.1",
+        "admins": frozenset({ADMIN}), "tags": {}, "risk": 0, "key_bound": True,
+    }  # fmt: skip
+    changed = {**base, name: other}
+    assert exchange_request_key(**base) != exchange_request_key(**changed)

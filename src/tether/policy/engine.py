@@ -18,7 +18,7 @@ import json
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from typing import Any
 import cedarpy
 
 from tether.errors import PolicyUnavailable
+from tether.lru import LruCache
 from tether.policy.entities import PolicyRequest
 from tether.policy.loader import PolicyLoadError, PolicyVersion, directory_fingerprint, load_directory, load_texts
 from tether.policy.watch import DirectoryWatch
@@ -63,6 +64,7 @@ class Decision:
 
 
 _CACHE_SIZE = 8192
+_MEMO_SIZE = 4096
 
 
 def _evaluate(cedar_request: dict[str, Any], entities: Any, policy_set: Any) -> tuple[bool, tuple[str, ...], tuple[str, ...]]:
@@ -91,6 +93,7 @@ class PolicyEngine:
         self._watch = DirectoryWatch(directory) if directory is not None else None
         self._lock = threading.Lock()
         self._cache: OrderedDict[bytes, Decision] = OrderedDict()
+        self._memo: LruCache[tuple[str, str, Hashable], tuple[Decision, dict[str, Any]]] = LruCache(_MEMO_SIZE)
         self.decisions = 0
         self.denials = 0
         self.cache_hits = 0
@@ -135,6 +138,7 @@ class PolicyEngine:
         self.current = version
         self.last_error = None
         self._cache = OrderedDict()
+        self._memo = LruCache(_MEMO_SIZE)
         if changed:
             log.info(
                 "policy set %s loaded: %d policies (%d shadow)", version.version, len(version.policies), len(version.shadow_ids)
@@ -171,7 +175,31 @@ class PolicyEngine:
                 self._cache.popitem(last=False)
         else:
             self.cache_hits += 1
-        self._account(request, decision)
+        self._account(request.describe(), decision)
+        return decision
+
+    def authorize_memo(self, key: Hashable, build: Callable[[], PolicyRequest]) -> Decision:
+        """``authorize(build())``, remembered under ``key`` for the policy version in force.
+
+        ``key`` must determine the request completely (``entities.exchange_request_key``
+        is the one for ``exchange_request``); a hit skips building the entities and
+        hashing them, and a new policy version starts with an empty memo.
+        """
+        self.refresh()
+        current = self.current
+        if current is None:
+            raise PolicyUnavailable(f"no valid policy set is loaded: {self.last_error}")
+        memo_key = (current.version, self.mode, key)
+        hit = self._memo.get(memo_key)
+        if hit is not None:
+            decision, described = hit
+            self.cache_hits += 1
+            self._account(described, decision)
+            return decision
+        request = build()
+        decision = self.authorize(request)
+        if decision.version == current.version:  # not if a reload happened in between
+            self._memo.put(memo_key, (decision, request.describe()))
         return decision
 
     def _decide(self, current: PolicyVersion, cedar_request: dict[str, Any], entities: Any) -> Decision:
@@ -196,15 +224,11 @@ class PolicyEngine:
             shadow_determining=shadow_reasons,
         )
 
-    def _account(self, request: PolicyRequest, decision: Decision) -> None:
+    def _account(self, described: Mapping[str, Any], decision: Decision) -> None:
         self.decisions += 1
         if not decision.allowed:
             self.denials += 1
         if decision.errors:
-            log.error(
-                "policy evaluation error (denied, fail closed) for %s: %s", request.describe(), "; ".join(decision.errors)
-            )
+            log.error("policy evaluation error (denied, fail closed) for %s: %s", described, "; ".join(decision.errors))
         if decision.shadow_allowed is False and decision.allowed:
-            log.warning(
-                "shadow policy would deny %s: %s", request.describe(), ", ".join(decision.shadow_determining) or "no permit"
-            )
+            log.warning("shadow policy would deny %s: %s", described, ", ".join(decision.shadow_determining) or "no permit")

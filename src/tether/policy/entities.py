@@ -8,8 +8,9 @@ so no id ever needs escaping into policy syntax.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ __all__ = [
     "call_request",
     "create_task_request",
     "exchange_request",
+    "exchange_request_key",
     "workload_entity",
 ]
 
@@ -53,12 +55,17 @@ def _uid(kind: str, value: str) -> dict[str, str]:
     return {"type": f"{NS}::{kind}", "id": value}
 
 
-def _ip(address: str | None) -> dict[str, Any]:
+@functools.lru_cache(maxsize=1024)
+def _ip_text(address: str | None) -> str:
+    """The canonical text of a client address (``0.0.0.0`` when unknown); clients repeat, parsing is slow."""
     try:
-        text = str(ipaddress.ip_address(address or "0.0.0.0"))  # noqa: S104 - "unknown", never bound
+        return str(ipaddress.ip_address(address or "0.0.0.0"))  # noqa: S104 - "unknown", never bound
     except ValueError:
-        text = "0.0.0.0"  # noqa: S104
-    return {"__extn": {"fn": "ip", "arg": text}}
+        return "0.0.0.0"  # noqa: S104
+
+
+def _ip(address: str | None) -> dict[str, Any]:
+    return {"__extn": {"fn": "ip", "arg": _ip_text(address if address is None or len(address) <= 64 else "")}}
 
 
 def _common(*, now: float, client: str | None, risk: int, key_bound: bool) -> dict[str, Any]:
@@ -157,6 +164,48 @@ def exchange_request(
         resource=_uid("Service", audience),
         context=context,
         entities=_dedupe([who, service_entity(audience, tags), task_ent, *refs]),
+    )
+
+
+def exchange_request_key(
+    *,
+    kind: str,
+    principal: str,
+    principal_kind: str,
+    audience: str,
+    task: Task,
+    scopes: Collection[str],
+    actors: tuple[str, ...],
+    subject: str,
+    now: float,
+    client: str | None,
+    admins: Collection[str],
+    tags: Mapping[str, Collection[str]],
+    risk: int = 0,
+    key_bound: bool = True,
+) -> Hashable:
+    """Everything ``exchange_request`` reads from the same arguments, as a hashable key.
+
+    Equal keys build equal requests (a property test holds the two together), so a
+    decision can be looked up before the entities are built: the STS asks the same
+    question for every hop of a task, and building and hashing the entities cost more
+    than the cached Cedar decision. Time enters only as whole seconds, as in the request.
+    """
+    return (
+        kind,
+        principal,
+        principal_kind,
+        audience,
+        task,
+        frozenset(scopes),
+        tuple(actors),
+        subject,
+        int(now),
+        client,
+        frozenset(admins),
+        tuple(sorted(tags.get(audience, ()))),
+        risk,
+        key_bound,
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,7 +74,13 @@ class StsContext:
 
     def authorize(self, request: PolicyRequest, *, refusal: str = "denied by policy") -> Decision:
         """Evaluate Cedar for ``request``; a deny raises ``AccessDenied`` carrying the decision for the audit."""
-        decision = self.policy.authorize(request)
+        return self._enforce(self.policy.authorize(request), refusal)
+
+    def authorize_memo(self, key: Hashable, build: Callable[[], PolicyRequest]) -> Decision:
+        """``authorize(build())`` through the engine's memo (``PolicyEngine.authorize_memo``)."""
+        return self._enforce(self.policy.authorize_memo(key, build), "denied by policy")
+
+    def _enforce(self, decision: Decision, refusal: str) -> Decision:
         if not decision.allowed:
             exc = AccessDenied(
                 refusal, debug=f"policy {decision.version} denied: {', '.join(decision.determining) or 'no permit'}"

@@ -34,7 +34,7 @@ from tether.errors import (
 from tether.metrics import EXCHANGE_SECONDS, ISSUED
 from tether.model import AccessToken, DPoPProof, Task, WorkloadIdentity
 from tether.policy.engine import Decision
-from tether.policy.entities import admin_request, exchange_request
+from tether.policy.entities import admin_request, exchange_request, exchange_request_key
 from tether.proofs import replayed_proof
 from tether.rules.claims import Grant, build_claims
 from tether.rules.exchange import derive_hop, derive_session
@@ -113,22 +113,22 @@ def _principal_kind(principal: str) -> str:
 
 def _authorize(ctx: StsContext, req: ExchangeRequest, grant: Grant, task: Task, *, kind: str, principal: str) -> Decision:
     """Cedar ``exchange`` for the token about to be issued (after the built-in attenuation rules)."""
-    request = exchange_request(
-        kind=kind,
-        principal=principal,
-        principal_kind=_principal_kind(principal),
-        audience=grant.aud,
-        task=task,
-        scopes=grant.scope,
-        actors=grant.actors,
-        subject=grant.sub,
-        now=ctx.now(),
-        client=req.client_ip,
-        admins=ctx.settings.admin_principals,
-        tags=ctx.settings.tags,
-        risk=ctx.risk(principal),
-    )
-    return ctx.authorize(request)
+    args: dict[str, Any] = {
+        "kind": kind,
+        "principal": principal,
+        "principal_kind": _principal_kind(principal),
+        "audience": grant.aud,
+        "task": task,
+        "scopes": grant.scope,
+        "actors": grant.actors,
+        "subject": grant.sub,
+        "now": ctx.now(),
+        "client": req.client_ip,
+        "admins": ctx.settings.admin_principals,
+        "tags": ctx.settings.tags,
+        "risk": ctx.risk(principal),
+    }
+    return ctx.authorize_memo(exchange_request_key(**args), lambda: exchange_request(**args))
 
 
 async def _client(ctx: StsContext, req: ExchangeRequest, expected: str) -> WorkloadIdentity | None:
