@@ -12,6 +12,8 @@ import hashlib
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tether.audit.chain import GENESIS, AuditEvent, AuditRecord, canonical, first_broken, link
 
@@ -240,3 +242,18 @@ def test_record_from_another_chain_detected(rows: list[dict[str, Any]]) -> None:
     other = as_rows(build_chain(list(reversed(events()))))
     tampered = [*rows[:2], other[2], *rows[3:]]
     assert first_broken(tampered) == rows[2]["seq"]
+
+
+_TEXT = st.one_of(st.none(), st.text(max_size=40))  # any code point: quotes, controls, non-ASCII, surrogates
+
+
+@settings(max_examples=300, deadline=None)
+@given(_TEXT, _TEXT, _TEXT, _TEXT, st.text(max_size=20), st.floats(min_value=0, max_value=4e9), st.integers(1, 2**40))
+def test_link_hash_is_the_canonical_body_for_any_text(
+    principal: str | None, task: str | None, jti: str | None, error: str | None, kind: str, ts: float, seq: int
+) -> None:
+    """``link`` assembles the hashed text itself (fast); it must be exactly ``canonical(body)``."""
+    event = AuditEvent(kind=kind, outcome="ok", principal=principal, task=task, jti=jti, error=error, detail={"k": kind})
+    record = link(event, seq=seq, ts=ts, prev=GENESIS)
+    assert record.hash == hashlib.sha256(canonical(record.body())).hexdigest()
+    assert first_broken([record.as_json()]) is None
