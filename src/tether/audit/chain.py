@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from json.encoder import encode_basestring_ascii
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 __all__ = ["GENESIS", "AuditEvent", "AuditRecord", "canonical", "first_broken", "link"]

@@ -105,9 +105,12 @@ def _serve_one(build: Callable[[], Any], banner: Callable[[Any], str], *, host: 
     import uvicorn
     import uvloop
 
+    from tether.web.heap import settle_after_start
+
     async def run() -> None:
         service = build()
         await service.start()
+        settle_after_start()
         config = uvicorn.Config(service.app, host=host, port=port, loop="none", http="httptools", log_level=level,
                                 log_config=None, access_log=False, server_header=False, proxy_headers=False,
                                 timeout_graceful_shutdown=graceful)  # fmt: skip

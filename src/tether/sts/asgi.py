@@ -13,9 +13,12 @@ from starlette.applications import Starlette
 
 from tether.config import load_config
 from tether.sts.bootstrap import build_sts
+from tether.web.heap import settle_after_start
 
 __all__ = ["app"]
 
 
 def app() -> Starlette:
-    return build_sts(load_config(Path(os.environ["TETHER_CONFIG"]))).app
+    sts = build_sts(load_config(Path(os.environ["TETHER_CONFIG"])))
+    settle_after_start()  # modules, keys and policies are loaded; the store opens in the lifespan
+    return sts.app
