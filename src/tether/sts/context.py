@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,8 +34,14 @@ __all__ = ["StsContext", "new_jti", "spend_key"]
 
 
 def new_jti() -> str:
-    """128 random bits, URL-safe."""
-    return secrets.token_urlsafe(16)
+    """A unique token id: the issue time in milliseconds (12 hex digits), then 80 random bits.
+
+    The time prefix keeps the ``tokens`` primary-key index inserting at one spot, so a
+    group commit writes one index page for its tokens instead of one random page each
+    (a page per token was most of the write-ahead log written per exchange). A jti need
+    only be unique (RFC 7519 §4.1.7); the time it reveals is the token's own ``iat``.
+    """
+    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_urlsafe(10)}"
 
 
 def spend_key(identity: WorkloadIdentity) -> tuple[str, int] | None:
