@@ -9,6 +9,7 @@ validation rules for different kinds of JWT).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Collection, Mapping
 from typing import Any
@@ -40,7 +41,17 @@ def token_hash(token: str) -> str:
 
 
 def unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Header and claims before verification, used only to choose the trusted key set."""
+    """Header and claims before verification, used only to choose the trusted key set.
+
+    Both the router (``IdentityVerifier``) and the chosen verifier read them, so the last
+    few parses are remembered; callers get copies.
+    """
+    header, claims = _unverified(token)
+    return dict(header), dict(claims)
+
+
+@functools.lru_cache(maxsize=32)
+def _unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         header = peek_header(token, max_length=MAX_WORKLOAD_JWT)
         claims = strict_json_loads(b64url_decode(token.split(".")[1]))
