@@ -196,20 +196,20 @@ def test_requests_are_reproducible() -> None:
 # -- the memo key: equal keys must build equal requests (no decision shared by mistake) ------
 _TASKS = [task(), task(id="tsk_other"), task(purpose="payments"), task(on_behalf_of="user:ann"), task(max_depth=1)]
 _FIELDS = {
-        "kind": st.sampled_from(["session", "hop", "delegation"]),
-        "principal": st.sampled_from([AGENT, SVC_B, ADMIN]),
-        "principal_kind": st.sampled_from(["spiffe", "oidc"]),
-        "audience": st.sampled_from([WIKI, PAY]),
-        "task": st.sampled_from(_TASKS),
-        "scopes": st.frozensets(st.sampled_from(["wiki:read", "wiki:write"])),
-        "actors": st.lists(st.sampled_from([SVC_B, SVC_C]), max_size=2).map(tuple),
-        "subject": st.sampled_from([AGENT, "user:ann"]),
-        "now": st.sampled_from([NOON, NOON + 0.25, NOON + 0.75, NOON + 1, NOON + 3600]),
-        "client": st.sampled_from([None, "127.0.0.1", "10.0.0.7", "::1", "not an ip"]),
-        "admins": st.sampled_from([frozenset(), frozenset({ADMIN}), frozenset({ADMIN, AGENT})]),
-        "tags": st.sampled_from([{}, {PAY: ("pci",)}, {WIKI: ("internal", "docs")}]),
-        "risk": st.sampled_from([0, 50, 100]),
-        "key_bound": st.booleans(),
+    "kind": st.sampled_from(["session", "hop", "delegation"]),
+    "principal": st.sampled_from([AGENT, SVC_B, ADMIN]),
+    "principal_kind": st.sampled_from(["spiffe", "oidc"]),
+    "audience": st.sampled_from([WIKI, PAY]),
+    "task": st.sampled_from(_TASKS),
+    "scopes": st.frozensets(st.sampled_from(["wiki:read", "wiki:write"])),
+    "actors": st.lists(st.sampled_from([SVC_B, SVC_C]), max_size=2).map(tuple),
+    "subject": st.sampled_from([AGENT, "user:ann"]),
+    "now": st.sampled_from([NOON, NOON + 0.25, NOON + 0.75, NOON + 1, NOON + 3600]),
+    "client": st.sampled_from([None, "127.0.0.1", "10.0.0.7", "::1", "not an ip"]),
+    "admins": st.sampled_from([frozenset(), frozenset({ADMIN}), frozenset({ADMIN, AGENT})]),
+    "tags": st.sampled_from([{}, {PAY: ("pci",)}, {WIKI: ("internal", "docs")}]),
+    "risk": st.sampled_from([0, 50, 100]),
+    "key_bound": st.booleans(),
 }
 _ARGS = st.fixed_dictionaries(_FIELDS)
 
@@ -228,7 +228,8 @@ def test_equal_memo_keys_build_equal_requests(a: dict[str, Any], other: dict[str
     ("name", "other"),
     [("principal", SVC_B), ("audience", PAY), ("task", task(max_tokens=5)), ("scopes", frozenset({"wiki:write"})),
      ("actors", (SVC_C,)), ("now", NOON + 1), ("client", "10.9.9.9"), ("admins", frozenset({AGENT})),
-     ("tags", {WIKI: ("secret",)}), ("risk", 90), ("key_bound", False), ("kind", "delegation")],
+     ("tags", {WIKI: ("secret",)}), ("risk", 90), ("key_bound", False), ("kind", "delegation"),
+     ("principal_kind", "oidc"), ("subject", "user:ann")],
 )  # fmt: skip
 def test_every_input_of_the_request_is_in_its_memo_key(name: str, other: Any) -> None:
     base: dict[str, Any] = {
