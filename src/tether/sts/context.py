@@ -39,7 +39,7 @@ def new_jti() -> str:
     The time prefix keeps the ``tokens`` primary-key index inserting at one spot, so a
     group commit writes one index page for its tokens instead of one random page each
     (a page per token was most of the write-ahead log written per exchange). A jti need
-    only be unique (RFC 7519 §4.1.7); the time it reveals is the token's own ``iat``.
+    only be unique (RFC 7519 §4.1.7); the wall-clock time it reveals is about the token's ``iat``.
     """
     return f"{time.time_ns() // 1_000_000:012x}{secrets.token_urlsafe(10)}"
 
