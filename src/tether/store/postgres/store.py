@@ -23,7 +23,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from psycopg import sql as pgsql
@@ -73,6 +73,8 @@ from tether.store.rows import (
 )
 
 __all__ = ["SCHEMA_VERSION", "PostgresRedisStore", "migrations"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("tether.store")
 _UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, OSError)
@@ -507,16 +509,15 @@ class PostgresRedisStore:
             return await _append(conn, event, now)
 
     async def audit_records(self, *, after: int, limit: int) -> list[AuditRecord]:
-        async with self._conn() as conn:
-            cur = await conn.execute(f"SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > %s ORDER BY seq LIMIT %s", (after, limit))
-            return [audit_from_row(r) for r in await cur.fetchall()]
+        return await self._audit_page(AUDIT_COLUMNS, audit_from_row, after, limit)
 
     async def audit_marks(self, *, after: int, limit: int) -> list[AuditMark]:
+        return await self._audit_page(AUDIT_MARK_COLUMNS, audit_mark_from_row, after, limit)
+
+    async def _audit_page(self, columns: str, convert: Callable[[Sequence[Any]], T], after: int, limit: int) -> list[T]:
         async with self._conn() as conn:
-            cur = await conn.execute(
-                f"SELECT {AUDIT_MARK_COLUMNS} FROM audit WHERE seq > %s ORDER BY seq LIMIT %s", (after, limit)
-            )
-            return [audit_mark_from_row(r) for r in await cur.fetchall()]
+            cur = await conn.execute(f"SELECT {columns} FROM audit WHERE seq > %s ORDER BY seq LIMIT %s", (after, limit))
+            return [convert(r) for r in await cur.fetchall()]
 
     async def purge_expired(self, *, now: float) -> None:
         """Drop single-use marks and feed entries whose tokens have all expired."""

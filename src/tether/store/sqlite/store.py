@@ -11,7 +11,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tether.audit.chain import GENESIS, AuditEvent, AuditRecord, link
 from tether.model import Task, TaskState
@@ -58,6 +58,8 @@ from tether.store.rows import (
 from tether.store.sqlite.db import SCHEMA_VERSION, Database, migrate, schema_version, transaction
 
 __all__ = ["SqliteStore"]
+
+T = TypeVar("T")
 
 
 def _append(conn: sqlite3.Connection, event: AuditEvent, now: float) -> AuditRecord:
@@ -519,25 +521,26 @@ class SqliteStore:
         return await self._db.run_batched(lambda conn: _append(conn, event, now))
 
     async def audit_records(self, *, after: int, limit: int) -> list[AuditRecord]:
-        def q(conn: sqlite3.Connection) -> list[AuditRecord]:
-            rows = conn.execute(
-                f"SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
-            ).fetchall()
-            return [audit_from_row(r) for r in rows]
-
         # the monitor tails in pages of about a hundred, inline (on a worker thread the
         # decoding would contend for the GIL with every request in flight); the audit
         # export and reports read pages of thousands, which go to the worker thread
-        return await self._db.run(q, inline=limit <= TAIL_PAGE)
+        return await self._db.run(_audit_page(AUDIT_COLUMNS, audit_from_row, after, limit), inline=limit <= TAIL_PAGE)
 
     async def audit_marks(self, *, after: int, limit: int) -> list[AuditMark]:
-        def q(conn: sqlite3.Connection) -> list[AuditMark]:
-            rows = conn.execute(
-                f"SELECT {AUDIT_MARK_COLUMNS} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
-            ).fetchall()
-            return [audit_mark_from_row(r) for r in rows]
+        page = _audit_page(AUDIT_MARK_COLUMNS, audit_mark_from_row, after, limit)
+        return await self._db.run(page, inline=limit <= 4 * TAIL_PAGE)
 
-        return await self._db.run(q, inline=limit <= 4 * TAIL_PAGE)
+
+def _audit_page(
+    columns: str, convert: Callable[[Sequence[Any]], T], after: int, limit: int
+) -> Callable[[sqlite3.Connection], list[T]]:
+    """The query for one page of the chain after ``after``, as records or marks."""
+
+    def q(conn: sqlite3.Connection) -> list[T]:
+        rows = conn.execute(f"SELECT {columns} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)).fetchall()
+        return [convert(r) for r in rows]
+
+    return q
 
 
 if TYPE_CHECKING:
