@@ -25,7 +25,10 @@ from tether.audit.checkpoint import ExportBroken, ExportReport, verify_export
 from tether.cli.common import config_or_exit, errors_to_exit
 from tether.cli.output import console, fail
 from tether.config import Config
+from tether.errors import ConfigError
 from tether.identity.jwks_cache import MAX_DOCUMENT_BYTES, parse_jwks
+from tether.keys.keyring import KeyRing, load_keyring
+from tether.keys.sealed import load_master_key
 from tether.rules.jws import JWSError, PublicKey, strict_json_loads
 from tether.store.open import open_store
 
@@ -56,16 +59,27 @@ def _records(cfg: Config, *, after: int = 0) -> list[dict[str, Any]]:
 
 
 def _store_keys(cfg: Config) -> dict[str, PublicKey]:
-    """The issuer keys the store still publishes (what ``/jwks`` serves), for checking the live chain."""
+    """The issuer's keys as the master key vouches for them, for checking the live chain.
 
-    async def read() -> list[dict[str, Any]]:
+    The public key of each row is derived from its sealed private key and the row's state
+    is authenticated by the seal (``tether.keys.keyring``): a key a database writer put
+    in the store is refused, never trusted to verify checkpoints. Without the master key
+    the caller must bring its own JWKS.
+    """
+    try:
+        master = load_master_key(cfg.master_key_file)
+    except ConfigError as exc:
+        raise ConfigError("--jwks", f"without the master key ({exc.problem}), pass the issuer's JWKS") from exc
+
+    async def read() -> KeyRing:
         store = await open_store(cfg)
         try:
-            return [dict(k.public_jwk) for k in await store.signing_keys(now=time.time())]
+            return await load_keyring(store, master, now=time.time())
         finally:
             await store.aclose()
 
-    return dict(parse_jwks({"keys": asyncio.run(read())}).by_kid)
+    ring = asyncio.run(read())
+    return {kid: key.public for kid in ring.kids if (key := ring.public_key(kid, now=time.time())) is not None}
 
 
 def _load_jwks(files: list[Path]) -> dict[str, PublicKey]:
@@ -176,8 +190,8 @@ def verify(
 ) -> None:
     """Verify every link and every signed checkpoint; on the first bad record print it and exit 1.
 
-    Without FILE the live store is checked against the keys it publishes. With FILE the
-    checkpoints are checked only against `--jwks`.
+    Without FILE the live store is checked against the keys the master key vouches for
+    (or `--jwks`). With FILE the checkpoints are checked only against `--jwks`.
     """
     start = _position(after, "--after") or (0, None)
     head = _position(expect_head, "--expect-head")

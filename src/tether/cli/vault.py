@@ -23,8 +23,8 @@ from tether.cli.output import console, fail, print_json, print_table
 from tether.config import Config
 from tether.gateway.vault import put_secret, vault_aad
 from tether.identity.dev_issuer import DevTrustDomain, dev_domain_aad
-from tether.keys.keyring import issuer_key_aad
-from tether.keys.sealed import MASTER_KEY_ENV, create_master_key, load_master_key, rewrap
+from tether.keys.keyring import issuer_key_aad, legacy_issuer_key_aad
+from tether.keys.sealed import MASTER_KEY_ENV, SealError, create_master_key, load_master_key, rewrap
 from tether.store.open import open_store
 from tether.store.protocol import Store
 
@@ -150,12 +150,25 @@ def rotate_master(
             staging.unlink()
         new = create_master_key(staging)
 
-        def re_seal(kind: str, ident: str, blob: bytes) -> bytes:
-            aad = vault_aad(ident) if kind == "vault" else issuer_key_aad(ident)
-            return rewrap(old, new, blob, aad=aad)
-
         event = AuditEvent(kind="master_key.rotated", outcome="ok", principal=OPERATOR)
-        count = _with_store(cfg, lambda store: store.rewrap_sealed(re_seal, now=time.time(), audit=event))
+
+        async def rewrap_all(store: Store) -> int:
+            keys = {k.kid: k for k in await store.signing_keys(now=0)}
+
+            def re_seal(kind: str, ident: str, blob: bytes) -> bytes:
+                if kind == "vault":
+                    return rewrap(old, new, blob, aad=vault_aad(ident))
+                row = keys.get(ident)
+                if row is None:
+                    raise SealError(f"signing key {ident} changed during the rotation; run it again")
+                try:
+                    return rewrap(old, new, blob, aad=issuer_key_aad(row))
+                except SealError:  # sealed before its state was bound: the STS re-seals it at start
+                    return rewrap(old, new, blob, aad=legacy_issuer_key_aad(ident))
+
+            return await store.rewrap_sealed(re_seal, now=time.time(), audit=event)
+
+        count = _with_store(cfg, rewrap_all)
         name = dev_domain_name(cfg)
         dev = DevTrustDomain.key_path(cfg.data_dir, name)
         if dev.exists():

@@ -4,25 +4,52 @@ Keys live in the store (sealed under the master key) so every replica signs with
 the same key and a rotation made anywhere is seen everywhere. Each key has exactly
 one algorithm (JWT-01) and a ``kid`` equal to its RFC 7638 thumbprint. A rotated-out
 key stays in the JWKS until every token it signed has expired (``not_after``).
+
+The store is not trusted for anything that vouches (SECURITY KEY-01): the public key
+is derived from the unsealed private key, never read from the row, and the key's
+state — ``kid``, ``alg``, ``created_at``, ``retired_at``, ``not_after`` — is the
+AES-GCM associated data of its sealed private key. A database writer without the
+master key can delete a key, but cannot publish a key of its own, extend a key's life
+or bring a retired key back: such a row does not open, and is refused.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from joserfc.jwk import ECKey, OKPKey
 
-from tether.keys.sealed import seal, unseal
+from tether.audit.chain import AuditEvent
+from tether.keys.sealed import SealError, seal, unseal
 from tether.rules.jws import PublicKey, sign_compact
 from tether.store.protocol import Store
 from tether.store.records import StoredKey
 
-__all__ = ["SIGNING_ALGS", "KeyRing", "SigningKey", "generate_key", "issuer_key_aad", "load_keyring", "rotate_signing_key"]
+__all__ = [
+    "SIGNING_ALGS",
+    "KeyRejected",
+    "KeyRing",
+    "SigningKey",
+    "generate_key",
+    "issuer_key_aad",
+    "legacy_issuer_key_aad",
+    "load_keyring",
+    "open_key",
+    "reseal_legacy_keys",
+    "rotate_signing_key",
+]
+
+log = logging.getLogger("tether.keys")
 
 SIGNING_ALGS = ("ES256", "EdDSA")
+
+
+class KeyRejected(SealError):
+    """A stored signing key that does not open, or whose row disagrees with what was sealed."""
 
 
 def generate_key(alg: str) -> ECKey | OKPKey:
@@ -39,8 +66,22 @@ def public_jwk(key: PublicKey, alg: str) -> dict[str, Any]:
     return jwk
 
 
-def issuer_key_aad(kid: str) -> bytes:
-    """The AES-GCM associated data sealing an issuer key: its kid (a blob cannot be swapped)."""
+def _field(value: int | None) -> str:
+    return "" if value is None else str(value)
+
+
+def issuer_key_aad(key: StoredKey) -> bytes:
+    """The associated data sealing an issuer key: its id and its whole lifecycle state.
+
+    Retiring a key re-seals it with the new state (``rotate_signing_key``), so the row's
+    ``retired_at``/``not_after`` can only be what the holder of the master key wrote.
+    """
+    state = "\x00".join((key.kid, key.alg, str(key.created_at), _field(key.retired_at), _field(key.not_after)))
+    return b"issuer-key/2\x00" + state.encode()
+
+
+def legacy_issuer_key_aad(kid: str) -> bytes:
+    """The associated data of keys sealed before the state was bound (kid only); see ``reseal_legacy_keys``."""
     return b"issuer-key\x00" + kid.encode()
 
 
@@ -85,36 +126,121 @@ def new_stored_key(master: bytes, *, alg: str, now: int) -> StoredKey:
     key = generate_key(alg)
     jwk = public_jwk(key, alg)
     private = json.dumps(key.as_dict(private=True)).encode()
-    return StoredKey(
-        kid=jwk["kid"],
-        alg=alg,
-        public_jwk=jwk,
-        sealed_private=seal(master, private, aad=issuer_key_aad(jwk["kid"])),
-        created_at=now,
-    )
+    unsealed = StoredKey(kid=jwk["kid"], alg=alg, public_jwk=jwk, sealed_private=b"", created_at=now)
+    return replace(unsealed, sealed_private=seal(master, private, aad=issuer_key_aad(unsealed)))
 
 
-def _open(master: bytes, stored: StoredKey) -> SigningKey:
-    raw = json.loads(unseal(master, stored.sealed_private, aad=issuer_key_aad(stored.kid)))
-    private: PublicKey = ECKey.import_key(raw) if raw["kty"] == "EC" else OKPKey.import_key(raw)
-    public: PublicKey = ECKey.import_key(stored.public_jwk) if raw["kty"] == "EC" else OKPKey.import_key(stored.public_jwk)
-    return SigningKey(
-        kid=stored.kid,
-        alg=stored.alg,
-        private=private,
-        public=public,
-        jwk=stored.public_jwk,
-        retired_at=stored.retired_at,
-        not_after=stored.not_after,
-    )
+def _import(raw: bytes, alg: str) -> PublicKey:
+    try:
+        data = json.loads(raw)
+        key: PublicKey = OKPKey.import_key(data) if alg == "EdDSA" else ECKey.import_key(data)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise KeyRejected("the sealed private key is not a key") from exc
+    if not key.is_private:
+        raise KeyRejected("the sealed key has no private part")
+    return key
+
+
+def open_key(master: bytes, stored: StoredKey, *, legacy: bool = False) -> SigningKey:
+    """Unseal a stored key and check its row against it; raises ``KeyRejected``.
+
+    ``legacy`` opens a key sealed with only its kid bound (before state binding).
+    """
+    if stored.alg not in SIGNING_ALGS:
+        raise KeyRejected(f"key `{stored.kid:.80}` has an unsupported algorithm")
+    aad = legacy_issuer_key_aad(stored.kid) if legacy else issuer_key_aad(stored)
+    try:
+        private = _import(unseal(master, stored.sealed_private, aad=aad), stored.alg)
+    except SealError as exc:
+        raise KeyRejected(f"key `{stored.kid:.80}` does not open with its stored state: {exc}") from exc
+    jwk = public_jwk(private, stored.alg)
+    if jwk["kid"] != stored.kid:
+        raise KeyRejected(f"key `{stored.kid:.80}` is not the key its id names")
+    if stored.public_jwk != jwk:
+        raise KeyRejected(f"key `{stored.kid:.80}`: the stored public key is not the sealed key's")
+    public: PublicKey = type(private).import_key({k: v for k, v in jwk.items() if k not in ("alg", "use", "kid")})
+    return SigningKey(stored.kid, stored.alg, private, public, jwk, stored.retired_at, stored.not_after)
+
+
+def open_keys(master: bytes, stored: Sequence[StoredKey]) -> tuple[list[SigningKey], list[KeyRejected]]:
+    """Every key that opens and checks out, and why each other one was refused.
+
+    Two keys claiming to be current cannot come from rotations (each retires the
+    previous current key in the same step): only the newest stands; an older one is a
+    retired row put back, and is refused.
+    """
+    opened: list[SigningKey] = []
+    rejected: list[KeyRejected] = []
+    for row in stored:  # newest first
+        try:
+            key = open_key(master, row)
+        except KeyRejected as exc:
+            rejected.append(exc)
+            continue
+        if key.retired_at is None and any(k.retired_at is None for k in opened):
+            rejected.append(KeyRejected(f"key `{key.kid}` claims to be current beside a newer current key"))
+            continue
+        opened.append(key)
+    return opened, rejected
 
 
 async def load_keyring(store: Store, master: bytes, *, now: float) -> KeyRing:
-    return KeyRing([_open(master, k) for k in await store.signing_keys(now=now)])
+    """The keyring from the store; refused keys are logged and left out (never published, never used).
+
+    Raises ``KeyRejected`` when no key opens at all (a wrong master key), ``LookupError``
+    when none of those that open is current.
+    """
+    stored = await store.signing_keys(now=now)
+    opened, rejected = open_keys(master, stored)
+    for problem in rejected:
+        log.error("signing key refused: %s", problem)
+    if stored and not opened:
+        raise rejected[0]
+    return KeyRing(opened)
 
 
 async def rotate_signing_key(store: Store, master: bytes, *, alg: str, now: int, max_token_lifetime: int) -> StoredKey:
-    """Add a new current key; the old one stays published until its last token expires."""
+    """Add a new current key; the old one stays published until its last token expires.
+
+    The previous current key is re-sealed with its retired state in the same store step,
+    so its retirement is as authenticated as its key.
+    """
     stored = new_stored_key(master, alg=alg, now=now)
-    await store.add_signing_key(stored, retire_at=now, not_after=now + max_token_lifetime + 60)
+    retired = []
+    for row in await store.signing_keys(now=now):
+        if row.retired_at is None:
+            private = unseal(master, row.sealed_private, aad=issuer_key_aad(row))
+            state = replace(row, retired_at=now, not_after=now + max_token_lifetime + 60)
+            retired.append(replace(state, sealed_private=seal(master, private, aad=issuer_key_aad(state))))
+    await store.add_signing_key(stored, retired=retired)
     return stored
+
+
+async def reseal_legacy_keys(store: Store, master: bytes, *, now: float) -> list[str]:
+    """Bind the state of keys sealed before it was bound (kid-only associated data); returns their kids.
+
+    Run at start-up by whoever holds the master key: the state is taken as stored this
+    once, and is authenticated from then on.
+    """
+    upgraded: dict[str, StoredKey] = {}
+    for row in await store.signing_keys(now=0):
+        try:
+            open_key(master, row)
+        except KeyRejected:
+            try:
+                open_key(master, row, legacy=True)
+            except KeyRejected:
+                continue  # tampered, or another master key: load_keyring refuses it
+            upgraded[row.kid] = row
+    if not upgraded:
+        return []
+
+    def reseal(kind: str, ident: str, blob: bytes) -> bytes:
+        row = upgraded.get(ident) if kind == "key" else None
+        if row is None:
+            return blob
+        return seal(master, unseal(master, blob, aad=legacy_issuer_key_aad(ident)), aad=issuer_key_aad(row))
+
+    event = AuditEvent(kind="keys.resealed", outcome="ok", detail={"kids": sorted(upgraded)})
+    await store.rewrap_sealed(reseal, now=now, audit=event)
+    return sorted(upgraded)

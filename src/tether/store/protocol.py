@@ -37,8 +37,12 @@ class Store(Protocol):
         """All keys not yet past ``not_after``, newest first."""
         ...
 
-    async def add_signing_key(self, key: StoredKey, *, retire_at: int, not_after: int) -> None:
-        """Add ``key`` as current; every other current key is retired and dropped after ``not_after``."""
+    async def add_signing_key(self, key: StoredKey, *, retired: Sequence[StoredKey]) -> None:
+        """Add ``key`` as current and write ``retired`` (each current key, re-sealed with its retired state).
+
+        One step: ``retired`` must be exactly the keys current at that moment, else
+        ``Conflict`` (a concurrent rotation) and nothing is written.
+        """
         ...
 
     # -- tasks --------------------------------------------------------------------

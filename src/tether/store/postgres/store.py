@@ -35,6 +35,7 @@ from tether.store.errors import (
     AlreadySpent,
     Blocked,
     CapReached,
+    Conflict,
     NotFound,
     ParentRevoked,
     Replayed,
@@ -244,12 +245,19 @@ class PostgresRedisStore:
             )
             return [key_from_row(r) for r in await cur.fetchall()]
 
-    async def add_signing_key(self, key: StoredKey, *, retire_at: int, not_after: int) -> None:
+    async def add_signing_key(self, key: StoredKey, *, retired: Sequence[StoredKey]) -> None:
         async with self._conn() as conn, conn.transaction():
             await conn.execute("LOCK TABLE signing_keys IN EXCLUSIVE MODE")
-            await conn.execute(
-                "UPDATE signing_keys SET retired_at = %s, not_after = %s WHERE retired_at IS NULL", (retire_at, not_after)
-            )
+            for old in retired:
+                cur = await conn.execute(
+                    "UPDATE signing_keys SET retired_at = %s, not_after = %s, sealed_private = %s"
+                    " WHERE kid = %s AND retired_at IS NULL",
+                    (old.retired_at, old.not_after, old.sealed_private, old.kid),
+                )
+                if cur.rowcount != 1:
+                    raise Conflict(f"signing key {old.kid} is not current")
+            if await (await conn.execute("SELECT 1 FROM signing_keys WHERE retired_at IS NULL")).fetchone() is not None:
+                raise Conflict("another signing key became current")
             await conn.execute(
                 "INSERT INTO signing_keys (kid, alg, public_jwk, sealed_private, created_at) VALUES (%s, %s, %s, %s, %s)",
                 (key.kid, key.alg, json.dumps(key.public_jwk), key.sealed_private, key.created_at),

@@ -19,6 +19,7 @@ from tether.store.errors import (
     AlreadySpent,
     Blocked,
     CapReached,
+    Conflict,
     NotFound,
     ParentRevoked,
     Replayed,
@@ -172,13 +173,19 @@ class SqliteStore:
 
         return await self._db.run(q)
 
-    async def add_signing_key(self, key: StoredKey, *, retire_at: int, not_after: int) -> None:
+    async def add_signing_key(self, key: StoredKey, *, retired: Sequence[StoredKey]) -> None:
         def q(conn: sqlite3.Connection) -> None:
             with transaction(conn):
-                conn.execute(
-                    "UPDATE signing_keys SET retired_at = ?, not_after = ? WHERE retired_at IS NULL",
-                    (retire_at, not_after),
-                )
+                for old in retired:
+                    cur = conn.execute(
+                        "UPDATE signing_keys SET retired_at = ?, not_after = ?, sealed_private = ?"
+                        " WHERE kid = ? AND retired_at IS NULL",
+                        (old.retired_at, old.not_after, old.sealed_private, old.kid),
+                    )
+                    if cur.rowcount != 1:
+                        raise Conflict(f"signing key {old.kid} is not current")
+                if conn.execute("SELECT 1 FROM signing_keys WHERE retired_at IS NULL").fetchone() is not None:
+                    raise Conflict("another signing key became current")
                 conn.execute(
                     "INSERT INTO signing_keys (kid, alg, public_jwk, sealed_private, created_at) VALUES (?, ?, ?, ?, ?)",
                     (key.kid, key.alg, json.dumps(key.public_jwk), key.sealed_private, key.created_at),

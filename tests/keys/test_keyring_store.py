@@ -1,0 +1,243 @@
+"""KEY-01: a database writer without the master key cannot publish, revive or extend a signing key.
+
+Each test writes the store as the operator would (``rotate_signing_key`` with the master
+key), then rewrites rows the way an attacker with only database access can (raw SQL on
+SQLite, or on PostgreSQL), and loads the keyring again. Run on both stores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import sqlite3
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from services import REDIS_URL, drop_schema, new_schema, require_postgres_and_redis, schema_dsn
+from tether.audit.chain import AuditEvent
+from tether.keys.keyring import (
+    generate_key,
+    legacy_issuer_key_aad,
+    load_keyring,
+    public_jwk,
+    reseal_legacy_keys,
+    rotate_signing_key,
+)
+from tether.keys.sealed import seal
+from tether.store.errors import Conflict
+from tether.store.protocol import Store
+from tether.store.sqlite.store import SqliteStore
+
+NOW = 1_800_000_000
+LIFETIME = 300
+MASTER = secrets.token_bytes(32)
+BACKENDS = ["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres, pytest.mark.redis])]
+Writer = Callable[[str, tuple[Any, ...]], None]
+
+
+@pytest.fixture(params=BACKENDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def run(kind: str, tmp_path: Path, body: Callable[[Store, Writer], Awaitable[None]]) -> None:
+    """``body(store, sql)``: ``sql`` writes the database directly, as a writer without the master key would."""
+
+    async def main() -> None:
+        if kind == "sqlite":
+            path = tmp_path / "tether.db"
+            store: Store = SqliteStore.open(path)
+
+            def sql(text: str, args: tuple[Any, ...]) -> None:
+                with sqlite3.connect(path) as conn:
+                    conn.execute(text, args)
+
+            try:
+                await body(store, sql)
+            finally:
+                await store.aclose()
+            return
+        from tether.store.postgres.store import PostgresRedisStore
+
+        require_postgres_and_redis()
+        schema = new_schema()
+        pg = await PostgresRedisStore.open(schema_dsn(schema), REDIS_URL, prefix=schema, migrate=True)
+
+        def pg_sql(text: str, args: tuple[Any, ...]) -> None:
+            with psycopg.connect(schema_dsn(schema), autocommit=True) as conn:
+                conn.execute(text.replace("?", "%s"), args)  # type: ignore[arg-type]
+
+        try:
+            await body(pg, pg_sql)
+        finally:
+            await pg.aclose()
+            drop_schema(schema)
+
+    asyncio.run(main())
+
+
+async def two_keys(store: Store) -> tuple[str, str]:
+    """A retired key (``old``) still published, and the current key."""
+    old = await rotate_signing_key(store, MASTER, alg="ES256", now=NOW, max_token_lifetime=LIFETIME)
+    new = await rotate_signing_key(store, MASTER, alg="ES256", now=NOW + 10, max_token_lifetime=LIFETIME)
+    return old.kid, new.kid
+
+
+def published(ring: Any) -> dict[str, dict[str, Any]]:
+    return {k["kid"]: k for k in ring.jwks(now=NOW + 20)["keys"]}
+
+
+def test_key01_positive_control_rotation_publishes_both_keys(kind: str, tmp_path: Path) -> None:
+    async def body(store: Store, sql: Writer) -> None:
+        old, new = await two_keys(store)
+        ring = await load_keyring(store, MASTER, now=NOW + 20)
+        assert ring.current.kid == new
+        assert set(published(ring)) == {old, new}
+        # the published key is the one derived from the sealed private key
+        assert published(ring)[old] == public_jwk(ring.public_key(old, now=NOW + 20).private, "ES256")  # type: ignore[union-attr]
+
+    run(kind, tmp_path, body)
+
+
+def test_key01_swapped_public_key_of_a_retired_row_is_refused(kind: str, tmp_path: Path) -> None:
+    async def body(store: Store, sql: Writer) -> None:
+        old, new = await two_keys(store)
+        attacker = public_jwk(generate_key("ES256"), "ES256") | {"kid": old}
+        sql("UPDATE signing_keys SET public_jwk = ?, not_after = ? WHERE kid = ?", (json.dumps(attacker), NOW + 10**6, old))
+        ring = await load_keyring(store, MASTER, now=NOW + 20)
+        assert set(published(ring)) == {new}, "the tampered key must not be published"
+        assert ring.public_key(old, now=NOW + 20) is None
+        assert attacker["x"] not in json.dumps(ring.jwks(now=NOW + 20))
+
+    run(kind, tmp_path, body)
+
+
+def test_key01_public_key_swapped_alone_is_refused(kind: str, tmp_path: Path) -> None:
+    async def body(store: Store, sql: Writer) -> None:
+        old, new = await two_keys(store)
+        attacker = public_jwk(generate_key("ES256"), "ES256") | {"kid": old}
+        sql("UPDATE signing_keys SET public_jwk = ? WHERE kid = ?", (json.dumps(attacker), old))
+        ring = await load_keyring(store, MASTER, now=NOW + 20)
+        assert set(published(ring)) == {new}
+
+    run(kind, tmp_path, body)
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("not_after", NOW + 10**6), ("not_after", None), ("retired_at", NOW + 5), ("created_at", NOW + 100)],
+)
+def test_key01_lifecycle_state_edited_in_the_row_is_refused(kind: str, tmp_path: Path, column: str, value: Any) -> None:
+    async def body(store: Store, sql: Writer) -> None:
+        old, new = await two_keys(store)
+        sql(f"UPDATE signing_keys SET {column} = ? WHERE kid = ?", (value, old))  # noqa: S608 - column from the parameter list
+        ring = await load_keyring(store, MASTER, now=NOW + 20)
+        assert set(published(ring)) == {new}
+
+    run(kind, tmp_path, body)
+
+
+def test_key01_retired_key_made_current_again_is_refused(kind: str, tmp_path: Path) -> None:
+    async def body(store: Store, sql: Writer) -> None:
+        old, new = await two_keys(store)
+        sql("UPDATE signing_keys SET retired_at = NULL, not_after = NULL WHERE kid = ?", (old,))
+        ring = await load_keyring(store, MASTER, now=NOW + 20)
+        assert ring.current.kid == new and set(published(ring)) == {new}
+
+    run(kind, tmp_path, body)
+
+
+def test_key01_restored_pre_rotation_row_cannot_become_current(kind: str, tmp_path: Path) -> None:
+    """A copy of the row taken while the old key was current opens, but a newer current key exists."""
+
+    async def body(store: Store, sql: Writer) -> None:
+        first = await rotate_signing_key(store, MASTER, alg="ES256", now=NOW, max_token_lifetime=LIFETIME)
+        new = await rotate_signing_key(store, MASTER, alg="ES256", now=NOW + 10, max_token_lifetime=LIFETIME)
+        sql("UPDATE signing_keys SET retired_at = NULL, not_after = NULL, sealed_private = ? WHERE kid = ?",
+            (first.sealed_private, first.kid))  # fmt: skip
+        ring = await load_keyring(store, MASTER, now=NOW + 20)
+        assert ring.current.kid == new.kid and set(published(ring)) == {new.kid}
+
+    run(kind, tmp_path, body)
+
+
+def test_key01_sealed_blob_moved_to_another_row_is_refused(kind: str, tmp_path: Path) -> None:
+    async def body(store: Store, sql: Writer) -> None:
+        old, new = await two_keys(store)
+        current = next(k for k in await store.signing_keys(now=NOW + 20) if k.kid == new)
+        sql("UPDATE signing_keys SET sealed_private = ? WHERE kid = ?", (current.sealed_private, old))
+        ring = await load_keyring(store, MASTER, now=NOW + 20)
+        assert set(published(ring)) == {new}
+
+    run(kind, tmp_path, body)
+
+
+def test_key01_current_key_tampered_fails_closed(kind: str, tmp_path: Path) -> None:
+    async def body(store: Store, sql: Writer) -> None:
+        _, new = await two_keys(store)
+        attacker = public_jwk(generate_key("ES256"), "ES256") | {"kid": new}
+        sql("UPDATE signing_keys SET public_jwk = ? WHERE kid = ?", (json.dumps(attacker), new))
+        with pytest.raises(LookupError):
+            await load_keyring(store, MASTER, now=NOW + 20)
+
+    run(kind, tmp_path, body)
+
+
+def test_key01_rotation_refuses_when_the_current_key_changed_underneath(kind: str, tmp_path: Path) -> None:
+    async def body(store: Store, sql: Writer) -> None:
+        await rotate_signing_key(store, MASTER, alg="ES256", now=NOW, max_token_lifetime=LIFETIME)
+        second = await rotate_signing_key(store, MASTER, alg="ES256", now=NOW + 1, max_token_lifetime=LIFETIME)
+        from tether.keys.keyring import new_stored_key
+
+        with pytest.raises(Conflict):  # says nothing about the current key: it is left current
+            await store.add_signing_key(new_stored_key(MASTER, alg="ES256", now=NOW + 2), retired=[])
+        ring = await load_keyring(store, MASTER, now=NOW + 3)
+        assert ring.current.kid == second.kid
+
+    run(kind, tmp_path, body)
+
+
+def test_key01_legacy_keys_are_resealed_once_then_bound(kind: str, tmp_path: Path) -> None:
+    """A key sealed before state binding (kid-only AAD) keeps working after the upgrade, and is bound from then on."""
+
+    async def body(store: Store, sql: Writer) -> None:
+        retired, new = await two_keys(store)
+        # the retired row as an older release sealed it: a key whose AAD binds its kid only
+        key = generate_key("ES256")
+        jwk = public_jwk(key, "ES256")
+        sealed = seal(MASTER, json.dumps(key.as_dict(private=True)).encode(), aad=legacy_issuer_key_aad(jwk["kid"]))
+        sql("UPDATE signing_keys SET kid = ?, public_jwk = ?, sealed_private = ? WHERE kid = ?",
+            (jwk["kid"], json.dumps(jwk), sealed, retired))  # fmt: skip
+        old = jwk["kid"]
+        assert set(published(await load_keyring(store, MASTER, now=NOW + 20))) == {new}, "not opened before the upgrade"
+        assert await reseal_legacy_keys(store, MASTER, now=NOW + 20) == [old]
+        assert set(published(await load_keyring(store, MASTER, now=NOW + 20))) == {old, new}
+        assert await reseal_legacy_keys(store, MASTER, now=NOW + 20) == []
+        sql("UPDATE signing_keys SET not_after = ? WHERE kid = ?", (NOW + 10**6, old))
+        assert set(published(await load_keyring(store, MASTER, now=NOW + 20))) == {new}
+
+    run(kind, tmp_path, body)
+
+
+def test_key01_rewrap_keeps_keys_opening(kind: str, tmp_path: Path) -> None:
+    """``tether master rotate`` re-wraps key blobs under their state-bound AAD (what the CLI's re_seal does)."""
+    from tether.keys.keyring import issuer_key_aad
+    from tether.keys.sealed import rewrap
+
+    async def body(store: Store, sql: Writer) -> None:
+        old, new = await two_keys(store)
+        rows = {k.kid: k for k in await store.signing_keys(now=0)}
+        other = secrets.token_bytes(32)
+
+        def re_seal(blob_kind: str, ident: str, blob: bytes) -> bytes:
+            return rewrap(MASTER, other, blob, aad=issuer_key_aad(rows[ident]))
+
+        await store.rewrap_sealed(re_seal, now=NOW, audit=AuditEvent(kind="master_key.rotated", outcome="ok"))
+        assert set(published(await load_keyring(store, other, now=NOW + 20))) == {old, new}
+
+    run(kind, tmp_path, body)
