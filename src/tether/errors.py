@@ -33,6 +33,7 @@ __all__ = [
     "UseDPoPNonce",
     "after_end",
     "replay",
+    "spent",
 ]
 
 # RFC 6749 §5.2: error_description is limited to %x20-21 / %x23-5B / %x5D-7E.
@@ -82,6 +83,13 @@ def after_end(exc: E) -> E:
 def replay(exc: E) -> E:
     """Mark a refusal of a DPoP proof presented twice (the ``dpop_replay`` detector)."""
     exc.audit["replay"] = True
+    return exc
+
+
+def spent(exc: E) -> E:
+    """Mark a refusal of a single-use workload JWT presented again: like a replayed proof,
+    it proves nothing about who sent it, so the refusal is never attributed."""
+    exc.audit["spent"] = True
     return exc
 
 

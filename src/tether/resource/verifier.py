@@ -197,9 +197,15 @@ class Verifier:
             raise InvalidToken("dpop proof key does not match the token binding", debug=f"{proof.jkt} != {claims.jkt}")
         principal = Principal.from_token(claims)
         try:
-            # from here the caller has proven it holds the token's key: a replay or a revoked
-            # token is this principal's (or its stolen credentials') doing, and is audited so
             await self.proofs.consume(proof, key, until)
+        except OAuthError as exc:
+            # a replay proves nothing about who sent it (anyone who saw the request can): it
+            # names the token's task and agent only as claimed, never as the refusal's party
+            exc.audit.update(claimed_task=principal.task, claimed_principal=principal.client_id)
+            raise
+        try:
+            # from here the caller has proven it holds the token's key with a fresh proof: a
+            # revoked token is this principal's (or its stolen credentials') doing, audited so
             if self.feed is not None:
                 self.feed.check(jti=claims.jti, task=claims.txn, now=now)
         except OAuthError as exc:

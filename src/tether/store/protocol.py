@@ -109,6 +109,10 @@ class Store(Protocol):
         """Mark a single-use key (the same namespace ``issue_token`` spends); False if already spent."""
         ...
 
+    async def spent(self, key: str, *, now: float) -> bool:
+        """Whether ``key`` is spent (and not yet past its mark); reads only, for attributing refusals."""
+        ...
+
     # -- replay cache -------------------------------------------------------------
     async def first_use(self, key: str, *, until: int, now: float) -> bool:
         """True exactly once per ``key`` before ``until`` (DPoP proof ``jti``, DPOP-12)."""

@@ -30,6 +30,7 @@ from tether.errors import (
     OAuthError,
     UnsupportedGrantType,
     after_end,
+    spent,
 )
 from tether.metrics import EXCHANGE_SECONDS, ISSUED
 from tether.model import AccessToken, DPoPProof, Task, WorkloadIdentity
@@ -39,8 +40,9 @@ from tether.proofs import replayed_proof
 from tether.rules.claims import Grant, build_claims
 from tether.rules.exchange import derive_hop, derive_session
 from tether.rules.scope import check_subset, format_scope
-from tether.store.errors import AlreadySpent, Blocked, CapReached, ParentRevoked, Replayed, TaskNotActive
+from tether.store.errors import AlreadySpent, Blocked, CapReached, ParentRevoked, Replayed, StoreError, TaskNotActive
 from tether.store.records import IssuedToken
+from tether.sts.attribution import Claim, refuse_exchange
 from tether.sts.context import StsContext, new_jti, spend_key
 from tether.sts.settings import JWT_BEARER, TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS, TOKEN_TYPE_JWT
 
@@ -145,27 +147,14 @@ async def _client(ctx: StsContext, req: ExchangeRequest, expected: str) -> Workl
 
 async def exchange(ctx: StsContext, req: ExchangeRequest) -> ExchangeResult:
     """Run one exchange, auditing the refusal if any check fails; count and time it (``tether.metrics``)."""
-    audit: dict[str, Any] = {}
+    claim = Claim()
     started = time.perf_counter()
     try:
-        result = await _exchange(ctx, req, audit)
+        result = await _exchange(ctx, req, claim)
     except OAuthError as exc:
         EXCHANGE_SECONDS.labels(kind="refused").observe(time.perf_counter() - started)
         if exc.error != "use_dpop_nonce":
-            # principal and task are only recorded once the caller proved who it is and that the
-            # task is its own: a refusal must never be pinned on someone else's task or agent
-            # (the monitor suspends and scores by them); what was merely asked for goes in detail
-            detail: dict[str, Any] = {"audience": req.audience} if req.audience else {}
-            if req.task is not None and audit.get("task") is None:
-                detail["requested_task"] = req.task[:128]
-            await ctx.refuse(
-                exc,
-                kind="token.refused",
-                principal=audit.get("principal"),
-                task=audit.get("task"),
-                jti=audit.get("subject_jti"),
-                detail=detail or None,
-            )
+            await refuse_exchange(ctx, exc, claim, audience=req.audience, task=req.task)
         raise
     EXCHANGE_SECONDS.labels(kind=result.kind).observe(time.perf_counter() - started)
     ISSUED.labels(kind=result.kind).inc()
@@ -181,26 +170,28 @@ class _Checked:
     spends: list[tuple[str, int]]
 
 
-async def _exchange(ctx: StsContext, req: ExchangeRequest, audit: dict[str, Any]) -> ExchangeResult:
+async def _exchange(ctx: StsContext, req: ExchangeRequest, claim: Claim) -> ExchangeResult:
     _check_shape(req)
     proof, replay = ctx.proofs.check_unconsumed(req.dpop, method="POST", url=ctx.settings.token_endpoint)
+    claim.proof = replay
     if req.subject_token_type == TOKEN_TYPE_JWT:
         identity = await ctx.verify_workload(req.subject_token, as_client=False)
-        audit["principal"] = identity.principal
+        claim.principal, claim.spends = identity.principal, _spends(identity)
         client = await _client(ctx, req, identity.principal)
         checked = _Checked(proof, replay, _spends(identity, client))
+        claim.spends = checked.spends
         if req.task is None:
-            return await _admin(ctx, req, identity, checked)
-        return await _session(ctx, req, identity, checked, audit)
+            return await _admin(ctx, req, identity, checked, claim)
+        return await _session(ctx, req, identity, checked, claim)
     parent = ctx.verify_subject_token(req.subject_token)
-    audit["subject_jti"] = parent.jti
+    claim.subject_jti, claim.claimed_task = parent.jti, parent.txn
     if req.task is not None and req.task != parent.txn:
         raise InvalidRequest("`task` does not match the subject token")
-    return await _hop(ctx, req, parent, proof, replay, audit)
+    return await _hop(ctx, req, parent, proof, replay, claim)
 
 
 async def _session(
-    ctx: StsContext, req: ExchangeRequest, identity: WorkloadIdentity, checked: _Checked, audit: dict[str, Any]
+    ctx: StsContext, req: ExchangeRequest, identity: WorkloadIdentity, checked: _Checked, claim: Claim
 ) -> ExchangeResult:
     assert req.task is not None
     task = await ctx.task(req.task)
@@ -217,9 +208,10 @@ async def _session(
         limits=ctx.settings.limits,
         now=now,
     )
-    audit["task"] = task.id  # derive_session checked that the task is this workload's
+    claim.task = task.id  # derive_session checked that the task is this workload's
     decision = _authorize(ctx, req, grant, task, kind="session", principal=identity.principal)
-    return await _issue(ctx, grant, "session", task, checked, principals=[identity.principal], now=now, policy=decision)
+    principals = [identity.principal]
+    return await _issue(ctx, grant, "session", task, checked, claim, principals=principals, now=now, policy=decision)
 
 
 async def _hop(
@@ -228,19 +220,20 @@ async def _hop(
     parent: AccessToken,
     proof: DPoPProof,
     replay: tuple[str, int],
-    audit: dict[str, Any],
+    claim: Claim,
 ) -> ExchangeResult:
     if parent.txn is None:
         raise InvalidGrant("subject token is not bound to a task")
     actor: WorkloadIdentity | None = None
     if req.actor_token is not None:
         actor = await ctx.verify_workload(req.actor_token, as_client=False)
-        audit["principal"] = actor.principal
+        claim.principal, claim.spends = actor.principal, _spends(actor)
         client = await _client(ctx, req, actor.principal)
     else:
         if parent.jkt is None or parent.jkt != proof.jkt:
             raise InvalidDPoPProof("dpop proof key does not match the subject token binding")
-        audit.update(principal=parent.client_id, task=parent.txn)  # the holder proved possession
+        # a proof from the token's key: its holder's, if the proof is fresh (attribution.Claim.proven)
+        claim.principal, claim.task = parent.client_id, parent.txn
         client = await _client(ctx, req, parent.client_id)
     task = await ctx.task(parent.txn)
     if task is None:
@@ -258,15 +251,18 @@ async def _hop(
         actor=actor.principal if actor else None,
         audience_principals=ctx.settings.resources.get(parent.aud, frozenset()),
     )
-    audit["task"] = task.id  # an actor is tied to the task only once the delegation is allowed
+    claim.task = task.id  # an actor is tied to the task only once the delegation is allowed
     requester = actor.principal if actor else parent.client_id
     decision = _authorize(ctx, req, grant, task, kind="delegation" if actor else "hop", principal=requester)
     principals = [parent.sub, parent.agent, *parent.actors] + ([actor.principal] if actor else [])
     checked = _Checked(proof, replay, _spends(actor, client))
-    return await _issue(ctx, grant, "hop", task, checked, principals=principals, now=now, policy=decision)
+    claim.spends = checked.spends
+    return await _issue(ctx, grant, "hop", task, checked, claim, principals=principals, now=now, policy=decision)
 
 
-async def _admin(ctx: StsContext, req: ExchangeRequest, identity: WorkloadIdentity, checked: _Checked) -> ExchangeResult:
+async def _admin(
+    ctx: StsContext, req: ExchangeRequest, identity: WorkloadIdentity, checked: _Checked, claim: Claim
+) -> ExchangeResult:
     """An admin token for the task API: only for configured admin principals, never task-bound."""
     settings = ctx.settings
     if identity.principal not in settings.admin_principals:
@@ -301,7 +297,8 @@ async def _admin(ctx: StsContext, req: ExchangeRequest, identity: WorkloadIdenti
             risk=ctx.risk(identity.principal),
         )
     )
-    return await _issue(ctx, grant, "admin", None, checked, principals=[identity.principal], now=now, policy=decision)
+    principals = [identity.principal]
+    return await _issue(ctx, grant, "admin", None, checked, claim, principals=principals, now=now, policy=decision)
 
 
 async def _issue(
@@ -310,6 +307,7 @@ async def _issue(
     kind: str,
     task: Task | None,
     checked: _Checked,
+    claim: Claim,
     *,
     principals: list[str],
     now: int,
@@ -360,14 +358,20 @@ async def _issue(
         )
     except Replayed as exc:
         raise replayed_proof(str(grant.jkt)) from exc
-    except AlreadySpent as exc:
-        raise InvalidGrant("workload token has already been used", debug="identity jti already redeemed") from exc
-    except Blocked as exc:
-        raise AccessDenied("principal is blocked") from exc
-    except CapReached as exc:
-        raise InvalidGrant("task token limit reached") from exc
-    except TaskNotActive as exc:
-        raise after_end(InvalidGrant(f"task is {exc}")) from exc
-    except ParentRevoked as exc:
-        raise after_end(InvalidGrant("subject token has been revoked", debug="revoked or unknown parent jti")) from exc
+    except (AlreadySpent, Blocked, CapReached, TaskNotActive, ParentRevoked) as exc:
+        claim.consumed = True  # the proof was spent first, and stays spent (Store.issue_token)
+        raise _issue_refusal(exc) from exc
     return ExchangeResult(access_token=token, expires_in=grant.exp - now, scope=record.scope, kind=kind)
+
+
+def _issue_refusal(exc: StoreError) -> OAuthError:
+    """The wire refusal of an issuance the store refused (RFC 6749 §5.2 codes)."""
+    if isinstance(exc, AlreadySpent):
+        return spent(InvalidGrant("workload token has already been used", debug="identity jti already redeemed"))
+    if isinstance(exc, Blocked):
+        return AccessDenied("principal is blocked")
+    if isinstance(exc, CapReached):
+        return InvalidGrant("task token limit reached")
+    if isinstance(exc, TaskNotActive):
+        return after_end(InvalidGrant(f"task is {exc}"))
+    return after_end(InvalidGrant("subject token has been revoked", debug="revoked or unknown parent jti"))

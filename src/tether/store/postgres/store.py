@@ -424,6 +424,11 @@ class PostgresRedisStore:
         async with self._conn() as conn:
             return await _spend(conn, key, until, now)
 
+    async def spent(self, key: str, *, now: float) -> bool:
+        async with self._conn() as conn:
+            cur = await conn.execute("SELECT 1 FROM spent WHERE key = %s AND until > %s", (key, int(now)))
+            return await cur.fetchone() is not None
+
     async def first_use(self, key: str, *, until: int, now: float) -> bool:
         return await self.cache.first_use(key, until=until, now=now)
 

@@ -403,6 +403,12 @@ class SqliteStore:
     async def spend(self, key: str, *, until: int, now: float) -> bool:
         return await self._db.run(lambda conn: _spend(conn, key, until, now))
 
+    async def spent(self, key: str, *, now: float) -> bool:
+        def q(conn: sqlite3.Connection) -> bool:
+            return conn.execute("SELECT 1 FROM spent WHERE key = ? AND until > ?", (key, int(now))).fetchone() is not None
+
+        return await self._db.run(q)
+
     # -- replay cache -------------------------------------------------------------
     async def first_use(self, key: str, *, until: int, now: float) -> bool:
         return await self._db.run(lambda conn: _first_use(conn, key, until, now))

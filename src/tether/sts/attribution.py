@@ -1,0 +1,82 @@
+"""Whom a refused exchange is pinned on: only a party that proved it sent the request.
+
+The monitor suspends tasks and scores agents by the principal and task of refusals, so
+a refusal names them only once the caller proved it is that party with a credential
+this very request spends: a fresh DPoP proof (RFC 9449 §11.1) from the subject token's
+key, or a fresh workload JWT (RFC 7523 §3 single use). A replayed proof or JWT proves
+nothing about who sent it — a logging proxy or a retrying balancer can send it again —
+so its refusal is audited unattributed, naming the party only as ``claimed_principal``
+and ``claimed_task``: the monitor may alert on those, never act on them.
+
+Deciding spends the DPoP proof (a client makes a new one per request) but not a
+workload JWT, whose refusal must not burn it (SVID-05: the agent fixes its request and
+retries with the same JWT). A JWT attributes at most one refusal, and none once it
+has been redeemed, so whoever saw it cannot replay it into a burst of attributed refusals.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from tether.errors import OAuthError
+from tether.sts.context import StsContext
+
+__all__ = ["Claim", "refuse_exchange"]
+
+
+@dataclass
+class Claim:
+    """Who the request's credentials name, filled in as each check passes."""
+
+    principal: str | None = None
+    task: str | None = None
+    subject_jti: str | None = None
+    #: the task the verified subject token names (whether or not its holder proved itself)
+    claimed_task: str | None = None
+    #: the DPoP proof's replay key, and the workload JWTs' single-use marks
+    proof: tuple[str, int] | None = None
+    spends: list[tuple[str, int]] = field(default_factory=list)
+    #: the issuance step spent the proof (it stays spent when the issuance refuses: Store.issue_token)
+    consumed: bool = False
+
+    async def proven(self, ctx: StsContext, exc: OAuthError) -> bool:
+        """True if what the request presented was fresh, i.e. this request's own; spends its proof."""
+        if self.principal is None or exc.audit.get("replay") or exc.audit.get("spent"):
+            return False
+        now = ctx.now()
+        fresh = True
+        if self.proof is not None and not self.consumed:
+            fresh = await ctx.store.first_use(self.proof[0], until=self.proof[1], now=now)
+        for key, until in self.spends:
+            if not fresh or await ctx.store.spent(key, now=now):
+                return False
+            fresh = await ctx.store.first_use(_attributed(key), until=until, now=now)
+        return fresh
+
+
+def _attributed(spend_key: str) -> str:
+    """The replay-cache key marking that a workload JWT has been pinned on its principal once."""
+    return hashlib.sha256(b"attributed\x00" + spend_key.encode()).hexdigest()
+
+
+async def refuse_exchange(ctx: StsContext, exc: OAuthError, claim: Claim, *, audience: str | None, task: str | None) -> None:
+    """Audit a refused exchange; ``audience`` and ``task`` are what the request asked for."""
+    proven = await claim.proven(ctx, exc)
+    detail: dict[str, Any] = {"audience": audience} if audience else {}
+    if not proven:
+        if claim.principal is not None:
+            detail["claimed_principal"] = claim.principal
+        if (claim.task or claim.claimed_task) is not None:
+            detail["claimed_task"] = claim.task or claim.claimed_task
+    if task is not None and not (proven and claim.task is not None):
+        detail["requested_task"] = task[:128]
+    await ctx.refuse(
+        exc,
+        kind="token.refused",
+        principal=claim.principal if proven else None,
+        task=claim.task if proven else None,
+        jti=claim.subject_jti,
+        detail=detail or None,
+    )
