@@ -83,7 +83,12 @@ _SCALARS: dict[str, dict[str, tuple[type, Any]]] = {
     },
     "metrics": {"enabled": (bool, True)},
     "logging": {"format": (str, "text"), "level": (str, "info")},
-    "audit": {"checkpoint_every": (int, 1000), "checkpoint_seconds": (int, 60)},
+    "audit": {
+        "checkpoint_every": (int, 1000),
+        "checkpoint_seconds": (int, 60),
+        "refusal_interval": (int, 60),
+        "refusal_buckets": (int, 1000),
+    },
 }
 _TABLES = {"trust_domains", "oidc_issuers", "clients", "resources"}
 
@@ -207,8 +212,10 @@ def _table(name: str, index: int, row: Any, allowed: set[str], required: set[str
 def _check_positive(values: Mapping[str, Mapping[str, Any]]) -> None:
     for section in ("tokens", "dpop", "tasks", "identity", "monitor", "audit"):
         for k, v in values[section].items():
-            if isinstance(v, int) and not isinstance(v, bool) and v <= 0 and k != "clock_skew":
+            if isinstance(v, int) and not isinstance(v, bool) and v <= 0 and k not in ("clock_skew", "refusal_interval"):
                 raise ConfigError(f"{section}.{k}", "must be a positive integer")
+    if values["audit"]["refusal_interval"] < 0:
+        raise ConfigError("audit.refusal_interval", "must be 0 (audit every refusal) or a number of seconds")
     if not 0 <= values["tokens"]["clock_skew"] <= 120:
         raise ConfigError("tokens.clock_skew", "must be between 0 and 120 seconds")
     if values["tokens"]["hop_ttl"] > values["tasks"]["max_duration"]:

@@ -101,6 +101,11 @@ def create_app(runtime: Runtime, *, upkeep: bool = True, max_inflight: int = 64)
         ctx = runtime.ctx
         await ctx.store.purge_expired(now=ctx.now())
 
+    async def count_refusals() -> None:
+        ctx = runtime.ctx
+        assert ctx.anonymous is not None
+        await ctx.anonymous.flush(ctx.now())
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.ctx = await runtime.start()
@@ -110,6 +115,7 @@ def create_app(runtime: Runtime, *, upkeep: bool = True, max_inflight: int = 64)
             (15, expire),
             (60, purge),
             (1, runtime.checkpoint_audit),
+            (5, count_refusals),
         )
         jobs = [asyncio.create_task(_every(seconds, job)) for seconds, job in periodic] if upkeep else []
         try:

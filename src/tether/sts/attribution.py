@@ -61,7 +61,9 @@ def _attributed(spend_key: str) -> str:
     return hashlib.sha256(b"attributed\x00" + spend_key.encode()).hexdigest()
 
 
-async def refuse_exchange(ctx: StsContext, exc: OAuthError, claim: Claim, *, audience: str | None, task: str | None) -> None:
+async def refuse_exchange(
+    ctx: StsContext, exc: OAuthError, claim: Claim, *, audience: str | None, task: str | None, source: str | None
+) -> None:
     """Audit a refused exchange; ``audience`` and ``task`` are what the request asked for."""
     proven = await claim.proven(ctx, exc)
     detail: dict[str, Any] = {"audience": audience} if audience else {}
@@ -79,4 +81,5 @@ async def refuse_exchange(ctx: StsContext, exc: OAuthError, claim: Claim, *, aud
         task=claim.task if proven else None,
         jti=claim.subject_jti,
         detail=detail or None,
+        source=source,
     )

@@ -9,6 +9,7 @@ async connection pool belongs to one loop); the app's lifespan calls it, and
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import httpx
@@ -24,6 +25,7 @@ from tether.keys.sealed import SealError, derive_key, load_master_key
 from tether.monitor.runner import Monitor, build_monitor
 from tether.policy.engine import PolicyEngine
 from tether.proofs import ProofChecker
+from tether.store.errors import StoreError
 from tether.store.open import open_store
 from tether.store.protocol import Store
 from tether.sts.app import create_app
@@ -146,6 +148,9 @@ class Sts:
             await self._http.aclose()
             self._http = None
         if self._ctx is not None:
+            with contextlib.suppress(StoreError):  # counted refusals of the last interval, best effort
+                assert self._ctx.anonymous is not None
+                await self._ctx.anonymous.flush(self._ctx.now(), everything=True)
             await self._ctx.store.aclose()
             self._ctx = None
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tether.audit.anonymous import AnonymousRefusals
 from tether.audit.chain import AuditEvent
 from tether.clock import Clock
 from tether.errors import AccessDenied, InvalidClient, InvalidGrant, InvalidToken, OAuthError
@@ -75,6 +76,16 @@ class StsContext:
     #: token → (claims, kid, the public JWK that verified it)
     verified: LruCache[str, tuple[AccessToken, str, Mapping[str, Any]]] = field(default_factory=lambda: LruCache(50_000))
     tasks: LruCache[str, Task] = field(default_factory=lambda: LruCache(20_000))
+    #: unattributed refusals, counted per source and interval (``tether.audit.anonymous``)
+    anonymous: AnonymousRefusals | None = None
+
+    def __post_init__(self) -> None:
+        if self.anonymous is None:
+            self.anonymous = AnonymousRefusals(self._append, interval=self.settings.refusal_interval,
+                                               max_buckets=self.settings.refusal_buckets)  # fmt: skip
+
+    async def _append(self, event: AuditEvent, now: float) -> None:
+        await self.store.append_audit(event, now=now)
 
     def now(self) -> float:
         return self.clock.now()
@@ -105,8 +116,10 @@ class StsContext:
         task: str | None = None,
         jti: str | None = None,
         detail: dict[str, Any] | None = None,
+        source: str | None = None,
     ) -> None:
-        """Append the audit record of a refusal (before the response is sent)."""
+        """Audit a refusal before the response is sent: one record each when a proven party owns
+        it, else counted per ``source`` (the client address) and interval (``tether.audit.anonymous``)."""
         event = AuditEvent(
             kind=kind,
             outcome="refused",
@@ -116,7 +129,8 @@ class StsContext:
             error=exc.error,
             detail={"reason": exc.debug[:500], **(detail or {}), **exc.audit},
         )
-        await self.store.append_audit(event, now=self.now())
+        assert self.anonymous is not None
+        await self.anonymous.record(event, source=source, now=self.now())
 
     def verify_own_token(self, token: str, *, audience: str | None) -> AccessToken:
         """A tether access token signed by a key in our JWKS (raises ``InvalidToken``).

@@ -154,7 +154,7 @@ async def exchange(ctx: StsContext, req: ExchangeRequest) -> ExchangeResult:
     except OAuthError as exc:
         EXCHANGE_SECONDS.labels(kind="refused").observe(time.perf_counter() - started)
         if exc.error != "use_dpop_nonce":
-            await refuse_exchange(ctx, exc, claim, audience=req.audience, task=req.task)
+            await refuse_exchange(ctx, exc, claim, audience=req.audience, task=req.task, source=req.client_ip)
         raise
     EXCHANGE_SECONDS.labels(kind=result.kind).observe(time.perf_counter() - started)
     ISSUED.labels(kind=result.kind).inc()

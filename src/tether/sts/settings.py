@@ -34,6 +34,9 @@ class StsSettings:
     resources: Mapping[str, frozenset[str]] = field(default_factory=dict)
     tags: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     publish_policies: bool = True
+    #: unattributed refusals: one audit record per source, kind and error each this many seconds
+    refusal_interval: int = 60
+    refusal_buckets: int = 1000
 
     @property
     def token_endpoint(self) -> str:
@@ -68,4 +71,6 @@ class StsSettings:
             resources={r.uri: frozenset(r.principals) for r in config.resources},
             tags={r.uri: r.tags for r in config.resources},
             publish_policies=config.values["policy"]["publish"],
+            refusal_interval=config.values["audit"]["refusal_interval"],
+            refusal_buckets=config.values["audit"]["refusal_buckets"],
         )

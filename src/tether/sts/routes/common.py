@@ -18,7 +18,7 @@ from tether.store.errors import StoreError, StoreUnavailable
 from tether.sts.context import StsContext
 from tether.web.errors import error_response
 
-__all__ = ["Endpoint", "context", "endpoint", "nonce_headers"]
+__all__ = ["Endpoint", "client_address", "context", "endpoint", "nonce_headers"]
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -49,7 +49,8 @@ def endpoint(*, resource: bool, audit_kind: str | None = None) -> Callable[[Endp
                 REFUSALS.labels(endpoint=name, error=_code(exc)).inc()
                 if isinstance(exc, OAuthError) and audit_kind is not None and not isinstance(exc, UseDPoPNonce):
                     try:
-                        await ctx.refuse(exc, kind=audit_kind, detail={"path": request.url.path[:200]})
+                        detail = {"path": request.url.path[:200]}
+                        await ctx.refuse(exc, kind=audit_kind, detail=detail, source=client_address(request))
                     except StoreError as store_exc:
                         return error_response(store_exc, resource=resource, algs=ctx.proofs.algorithms)
                 return error_response(exc, resource=resource, algs=ctx.proofs.algorithms)
@@ -57,6 +58,11 @@ def endpoint(*, resource: bool, audit_kind: str | None = None) -> Callable[[Endp
         return handler
 
     return wrap
+
+
+def client_address(request: Request) -> str | None:
+    """The peer address as the server saw it (never a forwarded header: a client sets those)."""
+    return request.client.host if request.client else None
 
 
 def _code(exc: Exception) -> str:

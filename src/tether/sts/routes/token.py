@@ -11,7 +11,7 @@ from tether.rules.scope import parse_scope
 from tether.sts.auth import authenticate_client
 from tether.sts.exchange import ExchangeRequest, exchange
 from tether.sts.introspection import introspect, revoke
-from tether.sts.routes.common import context, endpoint, nonce_headers
+from tether.sts.routes.common import client_address, context, endpoint, nonce_headers
 from tether.web.dpop_request import dpop_header
 from tether.web.errors import NO_STORE
 from tether.web.forms import read_form
@@ -25,7 +25,7 @@ async def token_endpoint(request: Request) -> Response:
     try:
         req = await _parse(request)
     except OAuthError as exc:
-        await ctx.refuse(exc, kind="token.refused", detail={"stage": "request"})
+        await ctx.refuse(exc, kind="token.refused", detail={"stage": "request"}, source=client_address(request))
         raise
     result = await exchange(ctx, req)
     return JSONResponse(result.as_json(), headers={**NO_STORE, **nonce_headers(ctx)})
@@ -49,7 +49,7 @@ async def _parse(request: Request) -> ExchangeRequest:
         client_id=form.get("client_id"),
         client_assertion=form.get("client_assertion"),
         client_assertion_type=form.get("client_assertion_type"),
-        client_ip=request.client.host if request.client else None,
+        client_ip=client_address(request),
     )
 
 
