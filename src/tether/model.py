@@ -131,6 +131,10 @@ class AccessToken:
     agent: str = ""
     actors: tuple[str, ...] = ()
     purp: str | None = None
+    #: the kind of identity ``client_id`` and the agent proved (claims ``ckd``, ``akd``);
+    #: ``unknown`` for a token that does not say (it matches no ``kind`` in a policy)
+    client_kind: str = "unknown"
+    agent_kind: str = "unknown"
 
     @property
     def current_actor(self) -> str | None:

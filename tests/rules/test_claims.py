@@ -520,6 +520,8 @@ def test_build_claims_shape() -> None:
         "scope": "wiki:read",
         "cnf": {"jkt": JKT},
         "agt": AGENT,
+        "ckd": "unknown",
+        "akd": "unknown",
         "txn": "task-1",
         "act": {"sub": SVC_B, "act": {"sub": AGENT}},
         "purp": "summarise the wiki",
@@ -705,3 +707,21 @@ def test_verified_token_claims_still_checked(signing_key: ECKey, public_key: Pub
     verify_refused(_sign(signing_key, claims(exp=NOW - 3600)), signing_key, public_key)
     verify_refused(_sign(signing_key, claims(iss=ISS + "/")), signing_key, public_key)
     verify_refused(_sign(signing_key, claims(aud="https://other.example")), signing_key, public_key)
+
+
+@pytest.mark.parametrize("kind", ["spiffe", "oidc", "client"])
+def test_kind_claims_are_read(kind: str) -> None:
+    token = check(claims(ckd=kind, akd="spiffe"))
+    assert (token.client_kind, token.agent_kind) == (kind, "spiffe")
+
+
+def test_kind_claims_absent_read_as_unknown() -> None:
+    """A token from before ``ckd``/``akd`` matches no ``kind`` a policy names: it is never guessed."""
+    token = check(claims())
+    assert (token.client_kind, token.agent_kind) == ("unknown", "unknown")
+
+
+@pytest.mark.parametrize("name", ["ckd", "akd"])
+@pytest.mark.parametrize("value", ["SPIFFE", "admin", "", None, 1, ["spiffe"], {"kind": "spiffe"}])
+def test_kind_claim_that_is_not_a_kind_refused(name: str, value: Any) -> None:
+    assert "is not a principal kind" in refused(claims(**{name: value})).debug

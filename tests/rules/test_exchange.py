@@ -136,6 +136,8 @@ def test_session_grant() -> None:
         actors=(),
         purp="summarise the wiki",
         parent_jti=None,
+        client_kind="spiffe",
+        agent_kind="spiffe",
     )
 
 
@@ -236,7 +238,22 @@ def test_holder_hop_grant() -> None:
         actors=(),
         purp="summarise the wiki",
         parent_jti="session-1",
+        client_kind="spiffe",
+        agent_kind="spiffe",
     )
+
+
+@pytest.mark.parametrize("kind", list(IdentityKind))
+def test_kinds_come_from_the_identity_and_follow_the_chain(kind: IdentityKind) -> None:
+    """The requester's and the agent's kinds are what their identities proved, never guessed from a name."""
+    task = make_task()
+    parent = as_token(derive_session(identity(kind=kind), task, scope=None, audience=None, issuer=ISSUER, jkt=JKT,
+                                     limits=LIMITS, now=NOW), jti="session-1")  # fmt: skip
+    assert (parent.client_kind, parent.agent_kind) == (kind.value, kind.value)
+    holder = as_token(hop(parent, task), jti="hop-b")
+    assert (holder.client_kind, holder.agent_kind) == (kind.value, kind.value)
+    delegated = hop(holder, task, audience=URL["c"], actor=SVC["b"], actor_kind="client", audience_principals=(SVC["b"],))
+    assert (delegated.client_kind, delegated.agent_kind) == ("client", kind.value)
 
 
 def test_actor_hop_nests_actor_and_binds_its_key() -> None:

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from helpers import ACCESS, JWT, JWT_BEARER, TOKEN_EXCHANGE, Client, RunningSts, create_task, running_sts
+from helpers import ACCESS, AGENT, JWT, JWT_BEARER, TOKEN_EXCHANGE, Client, RunningSts, create_task, running_sts
 from tether.web.server import ServerThread, free_port
 
 AUD = "http://127.0.0.1:9001"
@@ -143,3 +143,47 @@ def test_private_key_jwt_client_authenticates_at_introspection(world: tuple[Runn
         replayed = introspect(assertion)
         assert replayed.status_code == 401 and replayed.json()["error"] == "invalid_client"
         assert introspect(_assertion(client_key, sts.url)).json()["active"] is True
+
+
+# -- a principal's kind comes from its identity (issue 12: never guessed from a spiffe:// prefix) -----------
+GATED = "http://127.0.0.1:9009"
+KIND_GATE = f"""
+@id("kind-gate")
+forbid (principal, action == Tether::Action::"exchange", resource == Tether::Service::"{GATED}")
+unless {{ principal.kind == context.purpose && context.task.agent.kind == context.purpose }};
+"""
+
+
+def _identity_token(kind: str, sts: RunningSts, provider: Provider, client_key: ec.EllipticCurvePrivateKey) -> tuple[str, str]:
+    """(principal, a fresh workload JWT proving it) for each kind of identity."""
+    if kind == "spiffe":
+        return AGENT, sts.svid()
+    if kind == "oidc":
+        return K8S_PRINCIPAL, provider.token(sts.url)
+    return CLIENT_ID, _assertion(client_key, sts.url)
+
+
+@pytest.mark.parametrize("kind", ["spiffe", "oidc", "client"])
+def test_each_kind_reaches_cedar_as_proven_and_is_carried_through_hops(
+    world: tuple[RunningSts, Provider, Any], kind: str
+) -> None:
+    sts, provider, client_key = world
+    (sts.config.policy_dir / "kind_gate.cedar").write_text(KIND_GATE, encoding="utf-8")
+    principal, token = _identity_token(kind, sts, provider, client_key)
+    task = create_task(sts, agent=principal, audiences=[AUD, GATED], scopes=["wiki:read"], purpose=kind)
+    agent = Client(sts)
+    session = _session(sts, agent, task["id"], token)
+    assert session.status_code == 200, session.text
+    claims = jwt.decode(session.json()["access_token"], options={"verify_signature": False})
+    assert (claims["ckd"], claims["akd"]) == (kind, kind)
+    hop = agent.hop(session.json()["access_token"], GATED)
+    assert hop.status_code == 200, hop.text  # Cedar saw the requester and the task's agent as `kind`
+    hop_claims = jwt.decode(hop.json()["access_token"], options={"verify_signature": False})
+    assert (hop_claims["ckd"], hop_claims["akd"]) == (kind, kind)
+    # negative: the same identity under a task whose gate names another kind is refused by the policy
+    other = next(k for k in ("spiffe", "oidc", "client") if k != kind)
+    principal, token = _identity_token(kind, sts, provider, client_key)
+    task = create_task(sts, agent=principal, audiences=[GATED], scopes=["wiki:read"], purpose=other)
+    session = _session(sts, agent, task["id"], token)
+    refused = agent.hop(session.json()["access_token"], GATED)
+    assert refused.status_code == 403 and refused.json()["error"] == "access_denied", refused.text

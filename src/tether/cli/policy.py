@@ -129,6 +129,9 @@ def _explain_output(engine: PolicyEngine, decision: Decision) -> dict[str, Any]:
 def explain(
     action: Annotated[str, typer.Option(help="exchange, create_task, admin or call")],
     principal: Annotated[str, typer.Option(help="the requesting workload")],
+    principal_kind: Annotated[
+        str | None, typer.Option(help="spiffe, oidc or client: the kind of identity it proved (SPIFFE ID default: spiffe)")
+    ] = None,
     resource: Annotated[
         str, typer.Option(help="audience (exchange), service (call) or the issuer")
     ] = "https://service.example",
@@ -151,6 +154,8 @@ def explain(
                            "tags": {resource: tag or []}}  # fmt: skip
     if depth is not None:
         raw["depth"] = depth
+    if principal_kind is not None:
+        raw["principal_kind"] = principal_kind
     try:
         decision = engine.authorize(build_request(raw, where="request", admins=admins))
     except (CaseError, ValueError) as exc:

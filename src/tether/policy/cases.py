@@ -32,7 +32,9 @@ ACTIONS = ("exchange", "create_task", "admin", "call")
 _FIELDS = {
     "name", "action", "principal", "resource", "expect", "shadow", "scopes", "depth", "actors", "kind", "subject",
     "tags", "task", "method", "path", "tool", "operation", "risk", "client", "time", "key_bound", "admins", "issuer",
+    "principal_kind", "agent_kind",
 }  # fmt: skip
+_KINDS = ("spiffe", "oidc", "client", "unknown")
 _NOON = 1_767_268_800  # 2026-01-01T12:00:00Z, a Thursday: the default decision time
 
 
@@ -126,7 +128,8 @@ def build_request(raw: Mapping[str, Any], *, where: str = "case", admins: Sequen
     admin_ids = [*admins, *_strs(raw.get("admins"), f"{where}.admins")]
     risk, client = _int(raw, "risk", where, 0), str(raw.get("client", "127.0.0.1"))
     task = _task(raw.get("task"), principal, resource, scopes, now, where)
-    kind = "spiffe" if principal.startswith("spiffe://") else "oidc"
+    kind = _kind(raw, "principal_kind", where, principal)
+    agent_kind = _kind(raw, "agent_kind", where, task.agent)
     if action == "exchange":
         if "depth" in raw and not actors:
             actors = tuple(f"spiffe://case/actor{i}" for i in range(_int(raw, "depth", where, 0)))
@@ -134,7 +137,7 @@ def build_request(raw: Mapping[str, Any], *, where: str = "case", admins: Sequen
             kind=str(raw.get("kind", "delegation" if actors else "hop")), principal=principal, principal_kind=kind,
             audience=resource, task=task, scopes=scopes or sorted(task.scopes), actors=actors,
             subject=str(raw.get("subject", task.on_behalf_of or task.agent)), now=now, client=client,
-            admins=admin_ids, tags=tags, risk=risk, key_bound=bool(raw.get("key_bound", True)),
+            admins=admin_ids, tags=tags, risk=risk, key_bound=bool(raw.get("key_bound", True)), agent_kind=agent_kind,
         )  # fmt: skip
     if action == "create_task":
         return create_task_request(caller=principal, caller_kind=kind, task=task, now=now, client=client,
@@ -147,8 +150,20 @@ def build_request(raw: Mapping[str, Any], *, where: str = "case", admins: Sequen
         caller=principal, service=resource, method=str(raw.get("method", "GET")), path=str(raw.get("path", "/")),
         scopes=scopes, actors=actors, subject=str(raw.get("subject", principal)), agent=task.agent, task=task.id,
         purpose=task.purpose, token_age=0, now=now, client=client, tags=tags, risk=risk,
-        tool=str(raw["tool"]) if "tool" in raw else None,
+        tool=str(raw["tool"]) if "tool" in raw else None, caller_kind=kind,
     )  # fmt: skip
+
+
+def _kind(raw: Mapping[str, Any], key: str, where: str, principal: str) -> str:
+    """A case states the kind of identity a principal proved; a SPIFFE ID defaults to ``spiffe``.
+
+    At run time the kind comes from the verified identity (carried in tokens as ``ckd``/``akd``);
+    a test case has no identity, so it says so, and only a SPIFFE ID has an obvious default.
+    """
+    value = raw.get(key, "spiffe" if principal.startswith("spiffe://") else None)
+    if value not in _KINDS:
+        raise CaseError(f"{where}.{key}: must be one of {', '.join(_KINDS)} (needed for a principal that is not a SPIFFE ID)")
+    return str(value)
 
 
 def parse_cases(document: Any, *, admins: Sequence[str] = ()) -> list[PolicyCase]:

@@ -97,9 +97,9 @@ def service_entity(uri: str, tags: Mapping[str, Collection[str]]) -> dict[str, A
     return {"uid": _uid("Service", uri), "attrs": {"uri": uri, "tags": sorted(tags.get(uri, ()))}, "parents": []}
 
 
-def task_entity(task: Task, *, admins: Collection[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The task entity and the entities it refers to (its agent, its subject)."""
-    agent = workload_entity(task.agent, kind="spiffe" if task.agent.startswith("spiffe://") else "oidc", admins=admins)
+def task_entity(task: Task, *, admins: Collection[str], agent_kind: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The task entity and the entities it refers to (its agent, of the kind it proved; its subject)."""
+    agent = workload_entity(task.agent, kind=agent_kind, admins=admins)
     users = [{"uid": _uid("User", task.on_behalf_of), "attrs": {}, "parents": []}] if task.on_behalf_of else []
     entity = {
         "uid": _uid("Task", task.id),
@@ -142,9 +142,14 @@ def exchange_request(
     tags: Mapping[str, Collection[str]],
     risk: int = 0,
     key_bound: bool = True,
+    agent_kind: str = "unknown",
 ) -> PolicyRequest:
-    """``exchange``: may ``principal`` get a token for ``audience`` with these scopes and chain?"""
-    task_ent, refs = task_entity(task, admins=admins)
+    """``exchange``: may ``principal`` get a token for ``audience`` with these scopes and chain?
+
+    ``principal_kind`` and ``agent_kind`` are the kinds of identity those principals proved
+    (``tether.model.IdentityKind``), carried in tokens as ``ckd``/``akd``, never guessed.
+    """
+    task_ent, refs = task_entity(task, admins=admins, agent_kind=agent_kind)
     who = workload_entity(principal, kind=principal_kind, admins=admins)
     context = _common(now=now, client=client, risk=risk, key_bound=key_bound) | {
         "kind": kind,
@@ -183,6 +188,7 @@ def exchange_request_key(
     tags: Mapping[str, Collection[str]],
     risk: int = 0,
     key_bound: bool = True,
+    agent_kind: str = "unknown",
 ) -> Hashable:
     """Everything ``exchange_request`` reads from the same arguments, as a hashable key.
 
@@ -206,13 +212,15 @@ def exchange_request_key(
         tuple(sorted(tags.get(audience, ()))),
         risk,
         key_bound,
+        agent_kind,
     )
 
 
 def create_task_request(
     *, caller: str, caller_kind: str, task: Task, now: float, client: str | None, admins: Collection[str], risk: int = 0
 ) -> PolicyRequest:
-    task_ent, refs = task_entity(task, admins=admins)
+    """``create_task``: the task's agent has proved nothing yet, so its kind is ``unknown``."""
+    task_ent, refs = task_entity(task, admins=admins, agent_kind="unknown")
     who = workload_entity(caller, kind=caller_kind, admins=admins)
     return PolicyRequest(
         principal=who["uid"],
@@ -263,9 +271,10 @@ def call_request(
     tags: Mapping[str, Collection[str]],
     risk: int = 0,
     tool: str | None = None,
+    caller_kind: str = "unknown",
 ) -> PolicyRequest:
     """``call``: may the caller (current actor, else the agent) use this route of ``service``?"""
-    who = workload_entity(caller, kind="spiffe" if caller.startswith("spiffe://") else "oidc", admins=())
+    who = workload_entity(caller, kind=caller_kind, admins=())
     svc = service_entity(service, tags)
     route_tool = tool if tool is not None else path.rstrip("/").rsplit("/", 1)[-1]
     route_uid = _uid("Route", f"{method} {path}")

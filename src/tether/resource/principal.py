@@ -29,6 +29,8 @@ class Principal:
     expires_at: int
     jkt: str
     issued_at: int = 0
+    #: the kind of identity ``client_id`` proved (``spiffe``, ``oidc``, ``client``; ``unknown`` if the token does not say)
+    client_kind: str = "unknown"
 
     @property
     def actor(self) -> str | None:
@@ -51,4 +53,5 @@ class Principal:
             expires_at=token.exp,
             jkt=token.jkt,
             issued_at=token.iat,
+            client_kind=token.client_kind,
         )

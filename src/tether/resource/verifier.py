@@ -258,6 +258,7 @@ class Verifier:
             now=now,
             client=client,
             tags={self.settings.resource: self.settings.tags},
+            caller_kind=principal.client_kind,  # the caller is the token's client (its current actor, if any)
         )
         decision = self.policy.authorize(request)
         self.last_decision = decision

@@ -1,7 +1,7 @@
 """RFC 9068 JWT access token claims: ``build_claims`` for the STS, ``check_access_token_claims`` for everyone.
 
 The claim set is fixed (DESIGN "Token claims"): ``iss sub aud exp iat nbf jti
-client_id scope txn cnf`` plus ``act`` (RFC 8693 §4.1), ``purp`` and ``agt``. The check
+client_id scope txn cnf`` plus ``act`` (RFC 8693 §4.1), ``purp``, ``agt``, ``ckd`` and ``akd``. The check
 is the RFC 9068 §4 validation made strict: exact ``iss`` (no substring match,
 PyJWT CVE-2024-53861), a single ``aud``, NumericDates that are numbers and not
 booleans (C-01), bounded future ``iat``/``nbf`` (C-02) and a bounded lifetime (C-03).
@@ -44,6 +44,9 @@ class Grant:
     actors: tuple[str, ...] = ()
     purp: str | None = None
     parent_jti: str | None = None
+    #: the kind of identity the client and the agent proved (``IdentityKind`` values)
+    client_kind: str = "unknown"
+    agent_kind: str = "unknown"
 
 
 def build_claims(grant: Grant, *, issuer: str, jti: str, now: int) -> dict[str, Any]:
@@ -60,6 +63,8 @@ def build_claims(grant: Grant, *, issuer: str, jti: str, now: int) -> dict[str, 
         "scope": format_scope(grant.scope),
         "cnf": {"jkt": grant.jkt},
         "agt": grant.agent,
+        "ckd": grant.client_kind,
+        "akd": grant.agent_kind,
     }
     if grant.txn is not None:
         claims["txn"] = grant.txn
@@ -159,9 +164,21 @@ def check_access_token_claims(
         agent=agent,
         actors=actors,
         purp=_string(claims, "purp", required=False, max_length=512),
+        client_kind=_kind(claims, "ckd"),
+        agent_kind=_kind(claims, "akd"),
     )
 
 
+def _kind(claims: Mapping[str, Any], name: str) -> str:
+    """``ckd``/``akd``: which kind of identity the principal proved when the chain began."""
+    value = claims.get(name, "unknown")
+    if not isinstance(value, str) or value not in KINDS:
+        raise _invalid(f"claim `{name}` is not a principal kind")
+    return str(value)
+
+
+#: the kinds a principal can have (``tether.model.IdentityKind``), or unknown (not said)
+KINDS = frozenset({"spiffe", "oidc", "client", "unknown"})
 _AT_HEADERS = frozenset({"typ", "alg", "kid"})
 MAX_ACCESS_TOKEN = 8192
 

@@ -87,6 +87,8 @@ def derive_session(
         txn=task.id,
         actors=actors,
         purp=task.purpose,
+        client_kind=identity.kind.value,
+        agent_kind=identity.kind.value,
     )
 
 
@@ -101,6 +103,7 @@ def derive_hop(
     limits: Limits,
     now: int,
     actor: str | None = None,
+    actor_kind: str = "unknown",
     audience_principals: Collection[str] = (),
 ) -> Grant:
     """A token for exactly ``audience`` derived from ``parent`` (DESIGN flow, steps 3 and 5).
@@ -120,7 +123,7 @@ def derive_hop(
     if audience == issuer or audience not in task.audiences:
         raise InvalidTarget(f"resource `{audience:.200}` is not allowed for this task")
     actors = parent.actors
-    client_id = parent.client_id
+    client_id, client_kind = parent.client_id, parent.client_kind
     if actor is None:
         if parent.aud != issuer:
             raise InvalidGrant(
@@ -133,7 +136,7 @@ def derive_hop(
         if actor in (parent.sub, parent.agent, *parent.actors):
             raise InvalidGrant("actor already appears in the delegation chain")
         actors = (actor, *parent.actors)
-        client_id = actor
+        client_id, client_kind = actor, actor_kind
     _check_depth(actors, task)
     granted = parent.scope if scope is None else scope
     check_subset(granted, parent.scope)
@@ -150,4 +153,6 @@ def derive_hop(
         actors=actors,
         purp=task.purpose,
         parent_jti=parent.jti,
+        client_kind=client_kind,
+        agent_kind=parent.agent_kind,
     )

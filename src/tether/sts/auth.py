@@ -51,7 +51,7 @@ def require_admin(ctx: StsContext, caller: AccessToken, *, operation: str | None
         ctx.authorize(
             admin_request(
                 caller=caller.sub,
-                caller_kind="spiffe" if caller.sub.startswith("spiffe://") else "oidc",
+                caller_kind=caller.client_kind,
                 issuer=ctx.settings.issuer,
                 operation=operation,
                 now=ctx.now(),

@@ -109,16 +109,12 @@ def _spends(*identities: WorkloadIdentity | None) -> list[tuple[str, int]]:
     return list(dict.fromkeys(k for k in keys if k is not None))
 
 
-def _principal_kind(principal: str) -> str:
-    return "spiffe" if principal.startswith("spiffe://") else "oidc"
-
-
 def _authorize(ctx: StsContext, req: ExchangeRequest, grant: Grant, task: Task, *, kind: str, principal: str) -> Decision:
     """Cedar ``exchange`` for the token about to be issued (after the built-in attenuation rules)."""
     args: dict[str, Any] = {
         "kind": kind,
         "principal": principal,
-        "principal_kind": _principal_kind(principal),
+        "principal_kind": grant.client_kind,  # the requester is the new token's client
         "audience": grant.aud,
         "task": task,
         "scopes": grant.scope,
@@ -129,6 +125,7 @@ def _authorize(ctx: StsContext, req: ExchangeRequest, grant: Grant, task: Task, 
         "admins": ctx.settings.admin_principals,
         "tags": ctx.settings.tags,
         "risk": ctx.risk(principal),
+        "agent_kind": grant.agent_kind,
     }
     return ctx.authorize_memo(exchange_request_key(**args), lambda: exchange_request(**args))
 
@@ -249,6 +246,7 @@ async def _hop(
         limits=ctx.settings.limits,
         now=now,
         actor=actor.principal if actor else None,
+        actor_kind=actor.kind.value if actor else "unknown",
         audience_principals=ctx.settings.resources.get(parent.aud, frozenset()),
     )
     claim.task = task.id  # an actor is tied to the task only once the delegation is allowed

@@ -83,7 +83,7 @@ async def create_task(ctx: StsContext, caller: AccessToken, request: TaskRequest
     decision = ctx.authorize(
         create_task_request(
             caller=caller.sub,
-            caller_kind="spiffe" if caller.sub.startswith("spiffe://") else "oidc",
+            caller_kind=caller.client_kind,
             task=task,
             now=now,
             client=client,
