@@ -158,12 +158,14 @@ class Gateway:
         return JSONResponse(self.verifiers[route.name].metadata())
 
     async def health(self, request: Request) -> Response:
+        """Status only (200, or 503 when the store is down): it is unauthenticated, and route
+        names say which legacy systems sit behind the gateway."""
         assert self.store is not None
         try:
             await self.store.ping()
         except StoreError as exc:
             return error_response(exc)
-        return JSONResponse({"status": "ok", "routes": sorted(self.routes)})
+        return JSONResponse({"status": "ok"})
 
     async def scrape(self, request: Request) -> Response:
         """Prometheus text exposition; the feed lag is measured now, at scrape time."""
