@@ -38,6 +38,7 @@ from tether.clock import Clock, SystemClock
 from tether.config import Config
 from tether.errors import AccessDenied, InvalidRequest, NotFoundError, OAuthError, TetherError, TooManyRequests
 from tether.gateway.allowlist import PathRefused, check_path, is_allowed
+from tether.gateway.overrides import check_query
 from tether.gateway.proxy import BadGateway, Forwarded, GatewayTimeout, forward, upstream_client
 from tether.gateway.redact import SecretRedactor
 from tether.gateway.routes import GatewayRoute, days_to_expiry
@@ -221,7 +222,8 @@ class Gateway:
     async def _admit(
         self, request: Request, route: GatewayRoute, principal: Principal, upstream_path: str, client: str | None
     ) -> None:
-        """Everything after the token: expiry, path, allowlist, Cedar, session, rate, cap — in that order."""
+        """Everything after the token: expiry, path, query overrides, allowlist, Cedar, session, rate, cap —
+        in that order."""
         assert self.store is not None
         now = self.clock.now()
         if route.expired(dt.datetime.fromtimestamp(now, dt.UTC).date()):
@@ -230,6 +232,7 @@ class Gateway:
             segments = check_path(upstream_path)
         except PathRefused as exc:
             raise InvalidRequest(f"path refused: {exc}") from exc
+        check_query(request.url.query)
         if not is_allowed(route.allow, request.method, segments):
             raise AccessDenied(f"{request.method} {upstream_path[:200]} is not in the route's allowlist")
         self.verifiers[route.name].authorize_call(principal, method=request.method, path=upstream_path, client=client, now=now)
