@@ -158,17 +158,28 @@ async def forward(
 
 
 def _check_coding(response: aiohttp.ClientResponse, route: str) -> None:
-    """Refuse (502) a body whose coding would pass the scrubber undecoded: ``x-gzip``,
-    ``compress``, a list such as ``gzip, identity``, a repeated header, or ``br``/``zstd``
-    without their decoder. The gateway asks for ``identity``; this is a misbehaving upstream."""
-    values = response.headers.getall("content-encoding", [])
-    if not values:
-        return
-    if len(values) == 1 and values[0].isascii() and values[0].lower() in DECODED | {"identity"}:
+    """Refuse (502) a body the scrubber would see still coded.
+
+    ``Content-Encoding``: ``x-gzip``, ``compress``, a list such as ``gzip, identity``, a
+    repeated header, or ``br``/``zstd`` without their decoder. ``Transfer-Encoding``: anything
+    but one ``chunked`` — aiohttp removes the chunk framing and nothing else, so ``gzip,
+    chunked`` (or ``gzip`` alone, or ``gzip`` and ``chunked`` as two fields) would reach the
+    agent compressed; ``identity`` is no transfer coding (RFC 9112 §7) and ``chunked`` applies
+    once (§6.1), so lists with them are framing that parsers disagree on. The gateway asks for
+    ``identity``: this is a misbehaving upstream.
+    """
+    content = response.headers.getall("content-encoding", [])
+    transfer = response.headers.getall("transfer-encoding", [])
+    if _one_of(content, DECODED | {"identity"}) and _one_of(transfer, frozenset({"chunked"})):
         return
     response.close()
-    raise BadGateway("upstream response uses a content coding the gateway cannot inspect",
-                     debug=f"route {route}: content-encoding {', '.join(values)[:64]!r}")  # fmt: skip
+    shown = f"content-encoding {', '.join(content)[:64]!r}, transfer-encoding {', '.join(transfer)[:64]!r}"
+    raise BadGateway("upstream response uses a coding the gateway cannot inspect", debug=f"route {route}: {shown}")
+
+
+def _one_of(values: list[str], allowed: frozenset[str]) -> bool:
+    """No field, or exactly one whose value is one of ``allowed`` (names are case-insensitive)."""
+    return not values or (len(values) == 1 and values[0].isascii() and values[0].strip().lower() in allowed)
 
 
 async def _read_whole(forwarded: Forwarded, scrubber: Scrubber, route: str) -> None:
