@@ -30,16 +30,15 @@ from gwkit import (
     GatewayEnv,
     Upstream,
     gateway_toml,
-    put_secret_sync,
     route_toml,
     send_coded,
-    serve_gateway,
+    serve_env,
     serve_raw,
     serve_trickle,
     serve_upstream,
 )
 
-from helpers import QUIET_MONITOR, running_sts
+from helpers import QUIET_MONITOR
 from tether.web.server import free_port
 
 SMALL_ALLOW = ["POST /upload", "GET /big", "GET /bigstream", "GET /v1/items"]
@@ -81,12 +80,5 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayEnv]:
         up.elsewhere = elsewhere.url
         settings = gateway_toml(gw_port, suspend_after_refusals=1000, suspend_on_cap=False, secret_cache_seconds=1)
         extra = settings + "\n" + main_routes(up.url, down_port, trickle_port, coded.url) + "\n" + QUIET_MONITOR
-        with running_sts(tmp_path_factory.mktemp("gw"), extra_toml=extra) as sts:
-            put_secret_sync(sts.config, "legacy-key", upstream.key)
-            with serve_gateway(sts.config, sts) as gateway:
-                env = GatewayEnv(sts=sts, config=sts.config, gateway=gateway, upstream=upstream, elsewhere=elsewhere,
-                                 down_port=down_port)  # fmt: skip
-                try:
-                    yield env
-                finally:
-                    env.close()
+        with serve_env(tmp_path_factory.mktemp("gw"), extra, upstream, elsewhere=elsewhere, down_port=down_port) as env:
+            yield env

@@ -33,7 +33,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from helpers import AGENT, Client, RunningSts, admin_token, create_task
+from helpers import AGENT, Client, RunningSts, admin_token, create_task, running_sts
 from tether.agent import Agent, DevIdentity, TaskSession
 from tether.agent.proof import DPoPKey
 from tether.config import Config, load_config
@@ -63,6 +63,7 @@ __all__ = [
     "raw_request",
     "route_toml",
     "send_coded",
+    "serve_env",
     "serve_gateway",
     "serve_raw",
     "serve_trickle",
@@ -111,13 +112,16 @@ class Upstream:
     ``apikey`` (``X-Api-Key: KEY``), ``legacy`` (``X-Legacy-Token: Token KEY``), ``bearer``
     (``Authorization: Bearer KEY``), ``query`` (``?apikey=KEY``, exactly once) and
     ``basic`` (``svc-user:KEY``). A missing or wrong credential is 401. Every request is
-    recorded with its raw path, query, all headers and the body received.
+    recorded with its raw path, query, all headers, the body received and the peer address
+    (one per connection).
     """
 
     url: str = ""
     key: str = KEY
     elsewhere: str = ""
     log: list[dict[str, Any]] = field(default_factory=list)
+    #: ``/hold`` answers once this is set (or after 10 s)
+    released: threading.Event = field(default_factory=threading.Event)
 
     def requests(self, suffix: str | None = None) -> list[dict[str, Any]]:
         return [r for r in self.log if suffix is None or r["path"].endswith(suffix)]
@@ -148,7 +152,8 @@ class Upstream:
                 headers.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
             query_string = request.scope.get("query_string", b"").decode("latin-1")
             record: dict[str, Any] = {"method": request.method, "path": raw_path, "query": query_string,
-                                      "headers": headers, "body": b"", "complete": False}  # fmt: skip
+                                      "headers": headers, "body": b"", "complete": False,
+                                      "peer": request.scope.get("client")}  # fmt: skip
             self.log.append(record)
             try:
                 record["body"] = await request.body()
@@ -198,14 +203,24 @@ class Upstream:
             return Response(b"x" * 5000, media_type="application/octet-stream")
         if rest == "/bigstream":
             return StreamingResponse(_chunks(b"y" * 500, 10), media_type="application/octet-stream")
+        if rest == "/hold":
+            for _ in range(1000):
+                if self.released.is_set():
+                    break
+                await asyncio.sleep(0.01)
+            return JSONResponse({"held": True})
+        if rest == "/drip":  # 1200 bytes over 3 s, chunked: never silent for 50 ms
+            return StreamingResponse(_chunks(b"d" * 20, 60, pause=0.05), media_type="application/octet-stream")
+        if rest == "/drip-whole":  # 60 bytes over 3 s, with a Content-Length
+            return StreamingResponse(_chunks(b"w", 60, pause=0.05), headers={"Content-Length": "60"})
         return JSONResponse({"ok": True, "method": request.method, "path": rest, "query": record["query"],
                              "bytes": len(record["body"])})  # fmt: skip
 
 
-async def _chunks(piece: bytes, count: int) -> AsyncIterator[bytes]:
+async def _chunks(piece: bytes, count: int, pause: float = 0.002) -> AsyncIterator[bytes]:
     for _ in range(count):
         yield piece
-        await asyncio.sleep(0.002)
+        await asyncio.sleep(pause)
 
 
 def _coded(variant: str, plain: bytes) -> Response:
@@ -483,6 +498,22 @@ class GatewayEnv:
         for close in self.closers:
             close()
         self.closers.clear()
+
+
+@contextlib.contextmanager
+def serve_env(tmp_path: Path, extra_toml: str, upstream: Upstream, *, elsewhere: Upstream | None = None,
+              down_port: int = 0) -> Iterator[GatewayEnv]:  # fmt: skip
+    """A whole deployment: an STS with ``extra_toml`` (its gateway settings and routes), the
+    upstream's key in the vault as ``SECRET_NAME``, and the gateway serving."""
+    with running_sts(tmp_path, extra_toml=extra_toml) as sts:
+        put_secret_sync(sts.config, SECRET_NAME, upstream.key)
+        with serve_gateway(sts.config, sts) as gateway:
+            env = GatewayEnv(sts=sts, config=sts.config, gateway=gateway, upstream=upstream,
+                             elsewhere=elsewhere or upstream, down_port=down_port)  # fmt: skip
+            try:
+                yield env
+            finally:
+                env.close()
 
 
 class Caller:
