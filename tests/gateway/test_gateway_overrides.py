@@ -60,7 +60,7 @@ def agent(gw: GatewayEnv) -> Caller:
     return gw.caller("apikey")
 
 
-def test_override_headers_do_not_reach_the_upstream(gw: GatewayEnv, agent: Caller) -> None:
+def test_BCP_14_override_headers_do_not_reach_the_upstream(gw: GatewayEnv, agent: Caller) -> None:
     before = len(gw.upstream.log)
     headers = [(name, "DELETE" if "ethod" in name.lower() else "/admin") for name in OVERRIDE_HEADERS]
     response = agent.get("apikey", "/v1/items", headers=[*headers, ("X-Keep", "kept")])
