@@ -10,6 +10,8 @@ the credential it demands):
 ``expired`` expired in 2001                    ``slow``    0.3 s upstream timeout
 ``down``    an upstream nobody listens on         ``nosecret`` names a vault entry that does not exist
 ``tiny``    3 calls per task                  ``trickle`` an upstream that drips its head, 0.3 s timeout
+``coded``   a socket-level upstream answering ``/te/{variant}`` under the transfer codings of
+            ``gwkit.TRANSFER_CODINGS``
 
 The main gateway never suspends (refusal bursts of 1000, no suspension on a cap hit) so
 negative tests can be followed by positive controls on the same task; the strict
@@ -28,21 +30,22 @@ from gwkit import (
     GatewayEnv,
     Upstream,
     gateway_toml,
-    put_secret_sync,
     route_toml,
-    serve_gateway,
+    send_coded,
+    serve_env,
+    serve_raw,
     serve_trickle,
     serve_upstream,
 )
 
-from helpers import QUIET_MONITOR, running_sts
+from helpers import QUIET_MONITOR
 from tether.web.server import free_port
 
 SMALL_ALLOW = ["POST /upload", "GET /big", "GET /bigstream", "GET /v1/items"]
 FAST: dict[str, Any] = {"max_requests_per_second": 1000, "max_requests_per_task": 1000}
 
 
-def main_routes(up: str, down_port: int, trickle_port: int) -> str:
+def main_routes(up: str, down_port: int, trickle_port: int, coded: str) -> str:
     apikey: dict[str, Any] = {"inject": "header", "header": "X-Api-Key", "template": "{secret}"}
     rows = [
         route_toml("apikey", f"{up}/apikey", **apikey, **FAST),
@@ -59,6 +62,7 @@ def main_routes(up: str, down_port: int, trickle_port: int) -> str:
         route_toml("nosecret", f"{up}/apikey", **apikey, **FAST, secret="absent-key"),
         route_toml("tiny", f"{up}/apikey", **apikey, max_requests_per_task=3, max_requests_per_second=1000),
         route_toml("trickle", f"http://127.0.0.1:{trickle_port}/apikey", **apikey, **FAST, timeout=0.3),
+        route_toml("coded", f"{coded}/apikey", **apikey, **FAST, allow=["GET /te/*"]),
     ]
     return "\n".join(rows)
 
@@ -67,16 +71,14 @@ def main_routes(up: str, down_port: int, trickle_port: int) -> str:
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayEnv]:
     upstream, elsewhere = Upstream(), Upstream()
     gw_port, down_port = free_port(), free_port()
-    with serve_upstream(elsewhere), serve_upstream(upstream) as up, serve_trickle() as trickle_port:
+    with (
+        serve_upstream(elsewhere),
+        serve_upstream(upstream) as up,
+        serve_trickle() as trickle_port,
+        serve_raw(send_coded) as coded,
+    ):
         up.elsewhere = elsewhere.url
         settings = gateway_toml(gw_port, suspend_after_refusals=1000, suspend_on_cap=False, secret_cache_seconds=1)
-        extra = settings + "\n" + main_routes(up.url, down_port, trickle_port) + "\n" + QUIET_MONITOR
-        with running_sts(tmp_path_factory.mktemp("gw"), extra_toml=extra) as sts:
-            put_secret_sync(sts.config, "legacy-key", upstream.key)
-            with serve_gateway(sts.config, sts) as gateway:
-                env = GatewayEnv(sts=sts, config=sts.config, gateway=gateway, upstream=upstream, elsewhere=elsewhere,
-                                 down_port=down_port)  # fmt: skip
-                try:
-                    yield env
-                finally:
-                    env.close()
+        extra = settings + "\n" + main_routes(up.url, down_port, trickle_port, coded.url) + "\n" + QUIET_MONITOR
+        with serve_env(tmp_path_factory.mktemp("gw"), extra, upstream, elsewhere=elsewhere, down_port=down_port) as env:
+            yield env

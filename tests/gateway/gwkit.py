@@ -17,7 +17,9 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.client import HTTPResponse
@@ -31,7 +33,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from helpers import AGENT, Client, RunningSts, admin_token, create_task
+from helpers import AGENT, Client, RunningSts, admin_token, create_task, running_sts
 from tether.agent import Agent, DevIdentity, TaskSession
 from tether.agent.proof import DPoPKey
 from tether.config import Config, load_config
@@ -46,10 +48,12 @@ __all__ = [
     "QUERY_PARAM",
     "SECRET_NAME",
     "TETHER",
+    "TRANSFER_CODINGS",
     "USERNAME",
     "Caller",
     "GatewayEnv",
     "RawResponse",
+    "RawUpstream",
     "SeenTransport",
     "Upstream",
     "encoded_forms",
@@ -58,7 +62,11 @@ __all__ = [
     "raw_call",
     "raw_request",
     "route_toml",
+    "send_coded",
+    "serve_env",
     "serve_gateway",
+    "serve_raw",
+    "serve_trickle",
     "serve_upstream",
     "task_state",
     "tether_cli",
@@ -104,13 +112,16 @@ class Upstream:
     ``apikey`` (``X-Api-Key: KEY``), ``legacy`` (``X-Legacy-Token: Token KEY``), ``bearer``
     (``Authorization: Bearer KEY``), ``query`` (``?apikey=KEY``, exactly once) and
     ``basic`` (``svc-user:KEY``). A missing or wrong credential is 401. Every request is
-    recorded with its raw path, query, all headers and the body received.
+    recorded with its raw path, query, all headers, the body received and the peer address
+    (one per connection).
     """
 
     url: str = ""
     key: str = KEY
     elsewhere: str = ""
     log: list[dict[str, Any]] = field(default_factory=list)
+    #: ``/hold`` answers once this is set (or after 10 s)
+    released: threading.Event = field(default_factory=threading.Event)
 
     def requests(self, suffix: str | None = None) -> list[dict[str, Any]]:
         return [r for r in self.log if suffix is None or r["path"].endswith(suffix)]
@@ -141,7 +152,8 @@ class Upstream:
                 headers.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
             query_string = request.scope.get("query_string", b"").decode("latin-1")
             record: dict[str, Any] = {"method": request.method, "path": raw_path, "query": query_string,
-                                      "headers": headers, "body": b"", "complete": False}  # fmt: skip
+                                      "headers": headers, "body": b"", "complete": False,
+                                      "peer": request.scope.get("client")}  # fmt: skip
             self.log.append(record)
             try:
                 record["body"] = await request.body()
@@ -191,14 +203,24 @@ class Upstream:
             return Response(b"x" * 5000, media_type="application/octet-stream")
         if rest == "/bigstream":
             return StreamingResponse(_chunks(b"y" * 500, 10), media_type="application/octet-stream")
+        if rest == "/hold":
+            for _ in range(1000):
+                if self.released.is_set():
+                    break
+                await asyncio.sleep(0.01)
+            return JSONResponse({"held": True})
+        if rest == "/drip":  # 1200 bytes over 3 s, chunked: never silent for 50 ms
+            return StreamingResponse(_chunks(b"d" * 20, 60, pause=0.05), media_type="application/octet-stream")
+        if rest == "/drip-whole":  # 60 bytes over 3 s, with a Content-Length
+            return StreamingResponse(_chunks(b"w", 60, pause=0.05), headers={"Content-Length": "60"})
         return JSONResponse({"ok": True, "method": request.method, "path": rest, "query": record["query"],
                              "bytes": len(record["body"])})  # fmt: skip
 
 
-async def _chunks(piece: bytes, count: int) -> AsyncIterator[bytes]:
+async def _chunks(piece: bytes, count: int, pause: float = 0.002) -> AsyncIterator[bytes]:
     for _ in range(count):
         yield piece
-        await asyncio.sleep(0.002)
+        await asyncio.sleep(pause)
 
 
 def _coded(variant: str, plain: bytes) -> Response:
@@ -236,17 +258,27 @@ def serve_upstream(upstream: Upstream, port: int | None = None) -> Iterator[Upst
         thread.stop()
 
 
-@contextlib.contextmanager
-def serve_trickle(seconds: float = 5.0) -> Iterator[int]:
-    """A raw upstream that sends its response head one byte every 50 ms (never a full head
-    within a short timeout, yet never silent long enough to trip a per-read one)."""
-    import threading
+@dataclass
+class RawUpstream:
+    """A socket-level upstream: ``respond(conn, path)`` writes whatever bytes a test needs."""
 
+    port: int
+    paths: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@contextlib.contextmanager
+def serve_raw(respond: Callable[[socket.socket, str], None]) -> Iterator[RawUpstream]:
+    """One thread per connection: read the request head, record its path, ``respond``, close."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.2)
     stop = threading.Event()
+    raw = RawUpstream(port=int(listener.getsockname()[1]))
 
-    def drip(conn: socket.socket) -> None:
+    def serve(conn: socket.socket) -> None:
         with conn:
             conn.settimeout(1.0)
             with contextlib.suppress(OSError):
@@ -256,11 +288,9 @@ def serve_trickle(seconds: float = 5.0) -> Iterator[int]:
                     if not chunk:
                         return
                     data += chunk
-                conn.sendall(b"HTTP/1.1 200 OK\r\nX-Drip: ")
-                deadline = time.monotonic() + seconds
-                while time.monotonic() < deadline and not stop.is_set():
-                    conn.sendall(b"x")
-                    time.sleep(0.05)
+                path = data.split(b" ", 2)[1].decode("latin-1")
+                raw.paths.append(path)
+                respond(conn, path)
 
     def accept() -> None:
         while not stop.is_set():
@@ -268,16 +298,67 @@ def serve_trickle(seconds: float = 5.0) -> Iterator[int]:
                 conn, _ = listener.accept()
             except OSError:
                 continue
-            threading.Thread(target=drip, args=(conn,), daemon=True).start()
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
     try:
-        yield int(listener.getsockname()[1])
+        yield raw
     finally:
         stop.set()
         thread.join(timeout=2)
         listener.close()
+
+
+@contextlib.contextmanager
+def serve_trickle(seconds: float = 5.0) -> Iterator[int]:
+    """A raw upstream that sends its response head one byte every 50 ms (never a full head
+    within a short timeout, yet never silent long enough to trip a per-read one)."""
+    stop = threading.Event()
+
+    def drip(conn: socket.socket, path: str) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nX-Drip: ")
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not stop.is_set():
+            conn.sendall(b"x")
+            time.sleep(0.05)
+
+    with serve_raw(drip) as raw:
+        try:
+            yield raw.port
+        finally:
+            stop.set()
+
+
+def chunked(body: bytes, size: int = 7) -> bytes:
+    """``body`` in HTTP/1.1 chunked framing (RFC 9112 §7.1), ``size`` bytes a chunk."""
+    frames = [b"%x\r\n%s\r\n" % (len(body[i : i + size]), body[i : i + size]) for i in range(0, len(body), size)]
+    return b"".join(frames) + b"0\r\n\r\n"
+
+
+#: ``/te/{variant}``: the key, compressed or not, under each ``Transfer-Encoding`` a test names
+#: (the header fields, and whether the body is gzip/deflate-compressed and chunk-framed).
+TRANSFER_CODINGS: dict[str, tuple[list[str], str, bool]] = {
+    "gzip-chunked": (["gzip, chunked"], "gzip", True),
+    "x-gzip-chunked": (["x-gzip, chunked"], "gzip", True),
+    "deflate-chunked": (["deflate, chunked"], "deflate", True),
+    "repeated": (["gzip", "chunked"], "gzip", True),
+    "gzip-alone": (["gzip"], "gzip", False),
+    "identity-chunked": (["identity, chunked"], "", True),
+    "chunked-twice": (["chunked, chunked"], "", True),
+    "chunked": (["chunked"], "", True),
+    "chunked-upper": (["Chunked"], "", True),
+}
+
+
+def send_coded(conn: socket.socket, path: str, key: str = KEY) -> None:
+    """The raw upstream of ``TRANSFER_CODINGS``: ``compressed {key} echo`` in the named coding."""
+    fields, compress, framed = TRANSFER_CODINGS[path.rsplit("/", 1)[-1]]
+    body = f"compressed {key} echo".encode()
+    body = gzip.compress(body) if compress == "gzip" else zlib.compress(body) if compress == "deflate" else body
+    head = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+    head += "".join(f"Transfer-Encoding: {value}\r\n" for value in fields)
+    conn.sendall(head.encode() + b"\r\n" + (chunked(body) if framed else body))
 
 
 # -- configuration ---------------------------------------------------------------------------
@@ -417,6 +498,22 @@ class GatewayEnv:
         for close in self.closers:
             close()
         self.closers.clear()
+
+
+@contextlib.contextmanager
+def serve_env(tmp_path: Path, extra_toml: str, upstream: Upstream, *, elsewhere: Upstream | None = None,
+              down_port: int = 0) -> Iterator[GatewayEnv]:  # fmt: skip
+    """A whole deployment: an STS with ``extra_toml`` (its gateway settings and routes), the
+    upstream's key in the vault as ``SECRET_NAME``, and the gateway serving."""
+    with running_sts(tmp_path, extra_toml=extra_toml) as sts:
+        put_secret_sync(sts.config, SECRET_NAME, upstream.key)
+        with serve_gateway(sts.config, sts) as gateway:
+            env = GatewayEnv(sts=sts, config=sts.config, gateway=gateway, upstream=upstream,
+                             elsewhere=elsewhere or upstream, down_port=down_port)  # fmt: skip
+            try:
+                yield env
+            finally:
+                env.close()
 
 
 class Caller:

@@ -2,8 +2,10 @@
 
 ``*`` is exactly one segment, a final ``**`` one or more; the path is checked in the form
 it is forwarded in, and every spelling that an upstream could decode to something else
-(dot segments, empty segments, encoded ``/``, ``\\`` or ``.``, escapes of unreserved
-characters, ``;`` parameters, non-ASCII, control characters) is refused outright.
+(dot segments, empty segments, encoded ``/``, ``\\``, ``;`` or ``.``, escapes of unreserved
+characters, ``;`` parameters, non-ASCII, control characters, and — in any segment, so in
+whatever a ``*`` admits — escapes of whitespace, control characters, ``%`` and non-ASCII
+bytes) is refused outright.
 """
 
 from __future__ import annotations
@@ -88,22 +90,24 @@ REFUSED = {
     "nul": ["/v1/items/%00", "/v1/items/\x00"],
     "non-ascii": ["/v1/items/café", "/v1/items/\u2025", "/v1/items/\uff0e\uff0e"],
     "control characters": ["/v1/items/a\tb", "/v1/items/a\nb", "/v1/items/\x7f"],
+    "encoded semicolon": ["/v1/files/..%3B/admin", "/v1/items/a%3bb"],
     "not absolute": ["", "v1/items", "*"],
     "too long": ["/" + "a" * 2048],
 }
 POSITIVE = {
     "dot-dot": "/v1/files/a..b/c",
     "dot": "/v1/files/a.b",
-    "encoded dots": "/v1/files/%20x",
+    "encoded dots": "/v1/files/%21x",
     "encoded slash": "/v1/items/a%3Fb",
     "encoded backslash": "/v1/files/a%5Bb",
     "backslash": "/v1/files/a-b",
     "empty segment": "/v1/files/a",
     "path parameters": "/v1/items/a,b=c",
-    "unreserved escapes": "/v1/items/caf%C3%A9",
+    "unreserved escapes": "/v1/items/a%3Fb",
     "nul": "/v1/items/0",
-    "non-ascii": "/v1/items/caf%C3%A9",
-    "control characters": "/v1/items/a%09b",
+    "non-ascii": "/v1/items/cafe",
+    "control characters": "/v1/items/a-b",
+    "encoded semicolon": "/v1/files/a%3Ab",
     "not absolute": "/v1/items",
     "too long": "/v1/files/" + "a" * 2000,
 }
@@ -125,7 +129,33 @@ def test_malformed_percent_escapes_are_refused(path: str) -> None:
     IIS-style decoders (Jetty CVE-2021-34429). Such a path is ambiguous and must be refused."""
     with pytest.raises(PathRefused):
         check_path(path)
-    assert check_path("/v1/items/100%25")  # positive control: the proper escape of `%`
+    assert check_path("/v1/items/100%3F")  # positive control: a well-formed escape
+
+
+# -- issue 12 finding 9: what a `*` segment may hold ----------------------------------------------
+#: Escapes some upstream decodes into something the allowlist did not judge: each one, in a
+#: segment a wildcard admits, must be refused (both hex cases where the spelling has letters).
+WILDCARD_ESCAPES = {
+    "encoded space": ["%20", "a%20", "%20..", "..%20"],
+    "encoded tab, newline, carriage return, vt, ff": ["%09", "%0A", "%0a", "%0D", "%0d", "%0B", "%0C"],
+    "encoded control characters": ["%01", "%1F", "%1f", "%7F", "%7f", "a%00"],
+    "double encoding": ["%25", "%252e%252e", "%252E%252E", "%252F", "%255C", "100%25"],
+    "non-ascii escapes": ["%C3%A9", "caf%c3%a9", "%EF%BC%8E%EF%BC%8E", "%ef%bc%8e", "%E2%80%A5", "%C0%AE", "%80", "%FF"],
+}
+#: Escapes of printable ASCII with no literal spelling in a segment: still forwarded.
+WILDCARD_CONTROLS = ["a%3Fb", "%23x", "%5B0%5D", "%22q%22", "%3C%3E", "%7B%7D", "a%7Cb", "%5E", "%60"]
+
+
+@pytest.mark.parametrize("kind", sorted(WILDCARD_ESCAPES))
+def test_wildcard_segments_refuse_whitespace_controls_double_and_non_ascii_escapes(kind: str) -> None:
+    for segment in WILDCARD_ESCAPES[kind]:
+        for path in (f"/v1/items/{segment}", f"/v1/{segment}/meta", f"/v1/files/a/{segment}/b"):
+            with pytest.raises(PathRefused):
+                check_path(path)
+    # positive control on the same rules: a plain segment and escapes of printable ASCII pass
+    for segment in ("42", *WILDCARD_CONTROLS):
+        assert allowed("GET", f"/v1/items/{segment}") and allowed("GET", f"/v1/{segment}/meta")
+        assert allowed("GET", f"/v1/files/a/{segment}/b")
 
 
 def test_root_path() -> None:

@@ -38,7 +38,7 @@ def test_tether_gateway_serves_the_routes_and_warns_about_expired_ones(gw: Gatew
                         pass
                     assert time.monotonic() < deadline, log.read_text()
                     time.sleep(0.1)
-            assert "apikey" in health.json()["routes"] and "expired" in health.json()["routes"]
+            assert health.json() == {"status": "ok"}
             aud = f"{url}/routes/apikey"
             task = gw.task(audiences=[aud])
             caller = Caller(gw, task, [], audiences=[aud])
@@ -65,6 +65,18 @@ def test_tether_gateway_without_routes_exits_2(tmp_path: Path) -> None:
     config = make_deployment(tmp_path / "plain")
     result = tether_cli("gateway", "--config", str(config.path))
     assert result.returncode == 2 and b"no [[gateway.routes]]" in result.stderr + result.stdout
+
+
+def test_healthz_answers_the_status_and_no_route_names(gw: GatewayEnv) -> None:
+    """Issue 12 finding 11: ``/healthz`` is unauthenticated; route names say which legacy
+    systems sit behind the gateway."""
+    with httpx.Client(trust_env=False, timeout=5.0) as http:
+        health = http.get(gw.url + "/healthz")
+    assert health.status_code == 200
+    assert health.json() == {"status": "ok"}
+    for name in gw.gateway.routes:
+        assert name not in health.text, f"/healthz names the route `{name}`"
+    assert gw.caller("apikey").get("apikey", "/v1/items").status_code == 200  # positive control: the routes serve
 
 
 @pytest.mark.parametrize("args", [("--help",)])

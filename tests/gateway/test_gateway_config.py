@@ -76,12 +76,42 @@ def test_a_route_without_its_registration_is_refused(missing: str) -> None:
         ({"timeout": 0}, "timeout"),
         ({"name": "Bad_Name"}, "name"),
         ({"unknown": 1}, "unknown"),
+        ({"max_connections": 0}, "max_connections"),
+        ({"max_connections": 2.5}, "max_connections"),
+        ({"max_in_flight_per_task": 0}, "max_in_flight_per_task"),
+        ({"max_connections": 4, "max_in_flight_per_task": 5}, "max_in_flight_per_task"),
+        ({"max_call_seconds": 0}, "max_call_seconds"),
+        ({"max_call_seconds": 3601}, "max_call_seconds"),
+        ({"max_call_seconds": True}, "max_call_seconds"),
+        ({"max_call_seconds": "60"}, "max_call_seconds"),
+        ({"timeout": 30, "max_call_seconds": 20}, "max_call_seconds"),
     ],
 )
 def test_invalid_route_settings_are_refused(changes: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         routes(**changes)
     assert routes()  # positive control
+
+
+def test_connection_settings_default_to_a_pool_a_deadline_and_half_the_pool_per_task() -> None:
+    """Issue 12 finding 13: each route its own pool, a total deadline per call, an in-flight cap per task."""
+    [route] = routes()
+    assert (route.max_connections, route.max_in_flight_per_task, route.max_call_seconds) == (64, 32, 60.0)
+    [small] = routes(max_connections=5)
+    assert small.max_in_flight_per_task == 2  # half the pool, so one task cannot hold all of it
+    assert routes(max_connections=1)[0].max_in_flight_per_task == 1
+    [slow] = routes(timeout=120)
+    assert slow.max_call_seconds == 120.0  # never shorter than the route's timeout
+    [tuned] = routes(max_connections=4, max_in_flight_per_task=4, max_call_seconds=2.5, timeout=1)
+    assert (tuned.max_connections, tuned.max_in_flight_per_task, tuned.max_call_seconds) == (4, 4, 2.5)
+
+
+def test_in_flight_and_deadline_errors_name_the_key_and_the_limit() -> None:
+    with pytest.raises(ConfigError, match=r"max_in_flight_per_task.*`max_connections` \(4\)"):
+        routes(max_connections=4, max_in_flight_per_task=5)
+    with pytest.raises(ConfigError, match=r"max_call_seconds.*`timeout` \(30 seconds\)"):
+        routes(timeout=30, max_call_seconds=20)
+    assert routes(max_connections=4, max_in_flight_per_task=4, timeout=30, max_call_seconds=30)  # positive control
 
 
 def test_two_routes_with_one_name_are_refused() -> None:

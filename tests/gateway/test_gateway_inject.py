@@ -10,7 +10,10 @@ upstream that echoes the request back returns it scrubbed.
 from __future__ import annotations
 
 import base64
+import contextlib
+import gzip
 import json
+import zlib
 from urllib.parse import parse_qsl
 
 import pytest
@@ -154,3 +157,42 @@ def test_a_body_in_a_coding_that_is_decoded_is_scrubbed(gw: GatewayEnv, variant:
     assert response.status_code == 200 and response.text == "compressed [REDACTED] echo"
     assert "content-encoding" not in response.headers
     assert KEY.encode() not in caller.transport.everything()
+
+
+def _recoverable(blob: bytes) -> bool:
+    """Whether the key can be read from ``blob`` as is or after undoing a gzip/deflate coding."""
+    candidates = [blob]
+    for start in range(len(blob)):  # a compressed body somewhere in the transcript
+        for decode in (gzip.decompress, zlib.decompress):
+            with contextlib.suppress(OSError, EOFError, zlib.error):
+                candidates.append(decode(blob[start:]))
+    return any(form.encode() in candidate for candidate in candidates for form in encoded_forms())
+
+
+@pytest.mark.parametrize("variant", ["gzip-chunked", "x-gzip-chunked", "deflate-chunked", "repeated", "gzip-alone"])
+def test_a_transfer_coding_other_than_chunked_is_refused_502(gw: GatewayEnv, variant: str) -> None:
+    """Issue 12 finding 8: ``Transfer-Encoding: gzip, chunked`` was de-chunked but not decoded, and
+    the compressed echo of the key reached the agent past the scrubber."""
+    caller = gw.caller("coded")
+    response = caller.get("coded", f"/te/{variant}")
+    assert response.status_code == 502, (variant, response.content[:80])
+    assert response.json()["error"] == "bad_gateway"
+    assert not _recoverable(caller.transport.everything()), f"{variant}: the agent can recover the key"
+
+
+@pytest.mark.parametrize("variant", ["identity-chunked", "chunked-twice"])
+def test_an_ambiguous_transfer_coding_list_is_refused_502(gw: GatewayEnv, variant: str) -> None:
+    """``identity`` is no transfer coding (RFC 9112 §7) and ``chunked`` applies once (§6.1): parsers
+    disagree on such framing, so it is refused even where this client happens to read it plainly."""
+    caller = gw.caller("coded")
+    response = caller.get("coded", f"/te/{variant}")
+    assert response.status_code == 502 and response.json()["error"] == "bad_gateway"
+
+
+@pytest.mark.parametrize("variant", ["chunked", "chunked-upper"])
+def test_a_plain_chunked_response_is_scrubbed_and_forwarded(gw: GatewayEnv, variant: str) -> None:
+    """Positive control for finding 8, on the same upstream: one ``chunked`` (any case) is relayed."""
+    caller = gw.caller("coded")
+    response = caller.get("coded", f"/te/{variant}")
+    assert response.status_code == 200 and response.text == "compressed [REDACTED] echo"
+    assert not _recoverable(caller.transport.everything())

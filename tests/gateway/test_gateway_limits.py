@@ -19,14 +19,12 @@ from gwkit import (
     Upstream,
     encoded_forms,
     gateway_toml,
-    put_secret_sync,
     route_toml,
-    serve_gateway,
+    serve_env,
     serve_upstream,
     wait_until,
 )
 
-from helpers import running_sts
 from tether.gateway.app import route_warnings
 from tether.web.server import free_port
 
@@ -93,8 +91,9 @@ def test_a_streamed_response_over_the_cap_is_cut_at_the_cap(gw: GatewayEnv) -> N
     response = caller.get("small", "/bigstream")  # 5000 bytes, no Content-Length
     assert len(response.content) <= 256
     task = caller.task["id"]
-    wait_until(lambda: bool(gw.audit("gateway.call", task)), what="the call's audit record")
-    assert gw.audit("gateway.call", task)[-1].detail["truncated"] is True
+    wait_until(lambda: bool(gw.audit("gateway.result", task)), what="the call's result record")
+    result = gw.audit("gateway.result", task)[-1].detail
+    assert result["truncated"] is True and result["cut"] == "size"
     assert caller.get("small", "/v1/items").status_code == 200
 
 
@@ -168,15 +167,8 @@ def session_env(tmp_path: Path) -> Iterator[GatewayEnv]:
         extra = gateway_toml(port, suspend_after_refusals=1000) + route_toml(
             "session", f"{up.url}/apikey", inject="header", header="X-Api-Key", template="{secret}",
             max_session_seconds=30, max_requests_per_second=1000)  # fmt: skip
-        with running_sts(tmp_path, extra_toml=extra) as sts:
-            put_secret_sync(sts.config, "legacy-key", KEY)
-            with serve_gateway(sts.config, sts, clock=sts.clock) as gateway:
-                env = GatewayEnv(sts=sts, config=sts.config, gateway=gateway, upstream=upstream, elsewhere=elsewhere,
-                                 down_port=0)  # fmt: skip
-                try:
-                    yield env
-                finally:
-                    env.close()
+        with serve_env(tmp_path, extra, upstream, elsewhere=elsewhere) as env:
+            yield env
 
 
 def test_a_session_longer_than_max_session_seconds_is_refused(session_env: GatewayEnv) -> None:

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from gwkit import KEY, GatewayEnv, Upstream, gateway_toml, put_secret_sync, route_toml, serve_gateway, serve_upstream
+from gwkit import GatewayEnv, Upstream, gateway_toml, route_toml, serve_env, serve_upstream
 from gwkit import wait_until as _wait
 
-from helpers import AGENT, running_sts
+from helpers import AGENT
 from tether.web.server import free_port
 
 
@@ -26,15 +26,8 @@ def env(tmp_path: Path) -> Iterator[GatewayEnv]:
         extra = gateway_toml(free_port(), suspend_after_refusals=1000, suspend_on_cap=False) + route_toml(
             "apikey", f"{up.url}/apikey", inject="header", header="X-Api-Key", template="{secret}",
             max_requests_per_second=1000)  # fmt: skip
-        with running_sts(tmp_path, extra_toml=extra + "\n[monitor]\ninterval = 1\n") as sts:
-            put_secret_sync(sts.config, "legacy-key", KEY)
-            with serve_gateway(sts.config, sts) as gateway:
-                gw = GatewayEnv(sts=sts, config=sts.config, gateway=gateway, upstream=upstream, elsewhere=elsewhere,
-                                down_port=0)  # fmt: skip
-                try:
-                    yield gw
-                finally:
-                    gw.close()
+        with serve_env(tmp_path, extra + "\n[monitor]\ninterval = 1\n", upstream, elsewhere=elsewhere) as gw:
+            yield gw
 
 
 def alerts(env: GatewayEnv, detector: str, task: str) -> list[object]:

@@ -132,8 +132,8 @@ def test_scrubbed_calls_are_counted_in_the_audit(gw: GatewayEnv) -> None:
     assert caller.get("apikey", "/echo/stream").status_code == 200
     assert caller.get("apikey", "/v1/items").status_code == 200
     task = caller.task["id"]
-    wait_until(lambda: len(gw.audit("gateway.call", task)) == 2, what="two gateway.call records")
-    echoed, plain = gw.audit("gateway.call", task)
+    wait_until(lambda: len(gw.audit("gateway.result", task)) == 2, what="two gateway.result records")
+    echoed, plain = gw.audit("gateway.result", task)
     assert echoed.detail["path"] == "/echo/stream" and echoed.detail["scrubbed"] == 3
     assert plain.detail["path"] == "/v1/items" and plain.detail["scrubbed"] == 0  # positive control
 

@@ -4,10 +4,21 @@ A pattern segment ``*`` matches exactly one path segment and a final ``**`` matc
 rest (one or more segments); everything else matches literally. The path an agent
 sends is checked in the same form it will be forwarded in, and ambiguous forms are
 refused outright rather than normalised: dot-segments, empty segments, backslashes,
-encoded ``/``, ``\\`` or ``.``, escapes of characters that have a plain spelling, ``;``
-path parameters (``..;/`` is a traversal to some servers) and control characters —
+``;`` path parameters (``..;/`` is a traversal to some servers) and control characters —
 the classic proxy-allowlist bypasses. So what was allowed is exactly what the upstream
 receives and decodes.
+
+Escapes (RFC 3986 §2.1) are the other half of those bypasses, and a ``*`` admits any
+segment, so the rule for them is an allowlist too: an escape may only stand for a
+printable ASCII character that cannot be written literally in a segment (``%3F``,
+``%23``, ``%5B``, ...). Refused, in every segment: escapes of unreserved characters
+(they have a plain spelling, §2.3), of the separators ``/``, ``\\`` and ``;``, of
+whitespace and control characters (``%20``, ``%09``, ``%0A``, ``%00``: trimmed or split
+on by some upstreams), of ``%`` itself (``%25``: a server that decodes twice sees a
+second escape, ``%252e%252e`` becomes ``..``) and of every non-ASCII byte (``%C3%A9``,
+the fullwidth dot ``%EF%BC%8E`` that NFKC-normalising servers turn into ``.``, overlong
+forms such as ``%C0%AE``). Malformed escapes (``%zz``, ``%u002e``, a trailing ``%``)
+are refused as well.
 """
 
 from __future__ import annotations
@@ -15,14 +26,15 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from urllib.parse import unquote_to_bytes
 
 __all__ = ["AllowRule", "PathRefused", "check_path", "is_allowed", "parse_rule"]
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _SEGMENT = re.compile(r"[A-Za-z0-9._~!$&'()*+,=:@%-]*")
-_BAD_ESCAPES = re.compile(r"%(2[fF]|5[cC]|2[eE]|00)")
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_MALFORMED_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+#: The bytes an escape may stand for: printable ASCII with no literal spelling in a segment.
+_ESCAPABLE = frozenset(b for b in range(0x21, 0x7F) if not (chr(b).isalnum() or chr(b) in "-._~/\\;%"))
 _PATTERN_SEGMENT = re.compile(r"\*\*|\*|[A-Za-z0-9._~!$&'()+,=:@-]+")
 
 
@@ -55,41 +67,24 @@ def parse_rule(text: str) -> AllowRule:
     return AllowRule(method, segments)
 
 
-def _escapes_unreserved(path: str) -> bool:
-    """An escape that decodes to an unreserved character has a plain spelling (RFC 3986 §2.3)."""
-    for match in _ESCAPE.finditer(path):
-        char = chr(int(match.group(1), 16))
-        if char.isascii() and (char.isalnum() or char in "-._~"):
-            return True
-    return False
-
-
-def _decodes_cleanly(path: str) -> bool:
-    """Every ``%`` starts a two-hex-digit escape and the decoded bytes are valid UTF-8.
-
-    Refuses ``%zz``, a trailing ``%``, IIS-style ``%u002e`` and overlong forms such as
-    ``%c0%ae`` (a dot to lenient decoders) — each one a different path to some server.
-    """
+def _ambiguous_escape(path: str) -> bool:
+    """A malformed escape, or one that stands for a byte outside ``_ESCAPABLE`` (see the module docstring)."""
     if "%" not in path:
+        return False
+    if _MALFORMED_ESCAPE.search(path):
         return True
-    if re.search(r"%(?![0-9A-Fa-f]{2})", path):
-        return False
-    try:
-        unquote_to_bytes(path).decode("utf-8", errors="strict")
-    except UnicodeDecodeError:
-        return False
-    return True
+    return any(int(match.group(1), 16) not in _ESCAPABLE for match in _ESCAPE.finditer(path))
 
 
 def check_path(path: str) -> tuple[str, ...]:
     """The segments of a forwardable path, or ``PathRefused``.
 
-    Escapes are allowed only where a character cannot appear literally, so the path the
-    allowlist and the ``call`` policy see is the one the upstream will decode to.
+    Escapes are allowed only for printable ASCII that cannot appear literally, so the path
+    the allowlist and the ``call`` policy see is the one the upstream will decode to.
     """
     if not path.startswith("/") or len(path) > 2048 or not path.isascii() or not path.isprintable():
         raise PathRefused("path must be printable ascii starting with /")
-    if "\\" in path or not _decodes_cleanly(path) or _BAD_ESCAPES.search(path) or _escapes_unreserved(path):
+    if "\\" in path or _ambiguous_escape(path):
         raise PathRefused("path contains an ambiguous encoding")
     if path == "/":
         return ()

@@ -2,12 +2,15 @@
 
 Per request, in order: the hop token and DPoP proof are verified by the resource SDK
 for the route's own audience (so the agent's token works nowhere else), the route must
-not be past its expiry date, the path must be unambiguous and in the allowlist, the
-Cedar ``call`` policy must allow it, the task must be inside the route's session
-duration, rate and per-task cap; then the vaulted secret is injected, the call is
-forwarded (no redirects followed, timeouts, size caps), and the secret is scrubbed
-from whatever comes back. Every call — allowed or refused — is audited and counted;
-a burst of refusals or a cap hit suspends the task (which revokes its tokens).
+not be past its expiry date, the path must be unambiguous and in the allowlist (and the
+query name no method override), the Cedar ``call`` policy must allow it, the task must
+be inside the route's session duration, rate, per-task cap and in-flight cap; then the
+call is audited (``gateway.call``, before anything is sent: a call the store cannot
+record is not made), the vaulted secret is injected, the call is forwarded on the
+route's own connection pool (no redirects followed, timeouts, size caps, one deadline
+for the whole call), and the secret is scrubbed from whatever comes back. Its result
+(``gateway.result``) and every refusal are audited and counted; a burst of refusals or
+a cap hit suspends the task (which revokes its tokens).
 
 ``GET /metrics`` (unless ``[metrics] enabled = false``) shows calls by route and
 status, their latency, and how long ago the revocation feed was last heard from the
@@ -17,8 +20,10 @@ never principals.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import time
 from collections import Counter
@@ -27,10 +32,9 @@ from typing import Any
 
 import httpx
 from starlette.applications import Starlette
-from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tether.audit.chain import AuditEvent
@@ -38,8 +42,12 @@ from tether.clock import Clock, SystemClock
 from tether.config import Config
 from tether.errors import AccessDenied, InvalidRequest, NotFoundError, OAuthError, TetherError, TooManyRequests
 from tether.gateway.allowlist import PathRefused, check_path, is_allowed
+from tether.gateway.inflight import InFlight, Slot
+from tether.gateway.overrides import check_query
 from tether.gateway.proxy import BadGateway, Forwarded, GatewayTimeout, forward, upstream_client
+from tether.gateway.records import Call, call_event, result_event
 from tether.gateway.redact import SecretRedactor
+from tether.gateway.relay import Relayed
 from tether.gateway.routes import GatewayRoute, days_to_expiry
 from tether.gateway.vault import MissingSecret, SecretCache
 from tether.identity.jwks_cache import UrlKeySource
@@ -89,6 +97,7 @@ class Gateway:
         self.store: Store | None = None
         self.verifiers: dict[str, Verifier] = {}
         self.redactor = SecretRedactor()
+        self.in_flight = InFlight()
         self._first_seen: LruCache[str, float] = LruCache(50_000)
         self.app = self._app()
 
@@ -102,7 +111,7 @@ class Gateway:
         add_secret_source(self.redactor)  # and from every other logger, through the root handler (tether.logs)
         self.store = self._store or await open_store(self.config)
         self.http = httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=10.0)
-        self.upstream = upstream_client()
+        self.upstream = {route.name: upstream_client(route.max_connections) for route in self.routes.values()}
         issuer = self.config.issuer
         keys = UrlKeySource(issuer + "/jwks", self.http, ttl=300, min_refresh=5.0)
         stale = float(self.settings["stale_after"])
@@ -123,7 +132,8 @@ class Gateway:
         if self.store is None:
             return
         await self.feed.aclose()
-        await self.upstream.close()
+        for client in self.upstream.values():
+            await client.close()
         await self.http.aclose()
         await self.store.aclose()
         self.store = None
@@ -158,12 +168,14 @@ class Gateway:
         return JSONResponse(self.verifiers[route.name].metadata())
 
     async def health(self, request: Request) -> Response:
+        """Status only (200, or 503 when the store is down): it is unauthenticated, and route
+        names say which legacy systems sit behind the gateway."""
         assert self.store is not None
         try:
             await self.store.ping()
         except StoreError as exc:
             return error_response(exc)
-        return JSONResponse({"status": "ok", "routes": sorted(self.routes)})
+        return JSONResponse({"status": "ok"})
 
     async def scrape(self, request: Request) -> Response:
         """Prometheus text exposition; the feed lag is measured now, at scrape time."""
@@ -177,11 +189,14 @@ class Gateway:
         route = self.routes.get(name)
         if route is None:
             return error_response(NotFoundError("no such route"))
+        deadline = asyncio.get_running_loop().time() + route.max_call_seconds
         raw = request.scope.get("raw_path") or request.url.path.encode()
         wire_path = raw.decode("latin-1")
         prefix = f"/routes/{name}"
         upstream_path = wire_path[len(prefix) :] or "/"
         principal: Principal | None = None
+        slot: Slot | None = None
+        forwarded: Forwarded | None = None
         try:
             client = request.client.host if request.client else None
             principal = await self.verifiers[route.name].verify(
@@ -189,9 +204,14 @@ class Gateway:
                 authorize=False,
             )  # fmt: skip
             await self._admit(request, route, principal, upstream_path, client)
+            assert principal.task is not None and self.store is not None  # _admit refuses calls without a task
+            slot = self.in_flight.acquire(route.name, principal.task, route.max_in_flight_per_task)
             secret = await self.secrets.get(route.secret)
+            call = Call(route, principal, request.method, upstream_path, started, slot)
+            # recorded before anything is sent: a call the store cannot record is not made (fail closed)
+            call.seq = (await self.store.append_audit(call_event(call), now=self.clock.now())).seq
             forwarded = await forward(
-                self.upstream,
+                self.upstream[route.name],
                 route,
                 method=request.method,
                 path=upstream_path,
@@ -200,6 +220,7 @@ class Gateway:
                 body=request.stream(),
                 content_length=_content_length(request),
                 secret=secret,
+                deadline=deadline,
             )
         except MissingSecret:
             log.error("route %s: vault entry `%s` is missing", route.name, route.secret)
@@ -208,18 +229,17 @@ class Gateway:
             if principal is None and isinstance(exc, OAuthError) and isinstance(exc.holder, Principal):
                 principal = exc.holder  # refused after proof of possession: a replay, a revoked token
             return await self._refused(request, route, principal, exc, started)
-        assert principal is not None
-        audit = BackgroundTask(self._audit_call, route, principal, request.method, upstream_path, forwarded, started)
-        headers = dict(_merge(forwarded.headers))
-        if forwarded.content is not None:
-            return Response(forwarded.content, status_code=forwarded.status, headers=headers, background=audit)
-        return StreamingResponse(forwarded.body, status_code=forwarded.status, headers=headers, background=audit)
+        finally:
+            if forwarded is None and slot is not None:  # refused, failed or cancelled before the relay
+                slot.release()
+        return Relayed(forwarded, functools.partial(self._finish, call, forwarded))
 
     # -- checks ----------------------------------------------------------------------------
     async def _admit(
         self, request: Request, route: GatewayRoute, principal: Principal, upstream_path: str, client: str | None
     ) -> None:
-        """Everything after the token: expiry, path, allowlist, Cedar, session, rate, cap — in that order."""
+        """Everything after the token: expiry, path, query overrides, allowlist, Cedar, session, rate, cap —
+        in that order."""
         assert self.store is not None
         now = self.clock.now()
         if route.expired(dt.datetime.fromtimestamp(now, dt.UTC).date()):
@@ -228,6 +248,7 @@ class Gateway:
             segments = check_path(upstream_path)
         except PathRefused as exc:
             raise InvalidRequest(f"path refused: {exc}") from exc
+        check_query(request.url.query)
         if not is_allowed(route.allow, request.method, segments):
             raise AccessDenied(f"{request.method} {upstream_path[:200]} is not in the route's allowlist")
         self.verifiers[route.name].authorize_call(principal, method=request.method, path=upstream_path, client=client, now=now)
@@ -304,33 +325,25 @@ class Gateway:
             REVOCATIONS.labels(kind="task").inc()
             log.warning("task %s suspended by the gateway: %s", principal.task, reason)
 
-    async def _audit_call(self, route: GatewayRoute, principal: Principal, method: str, path: str,
-                          forwarded: Forwarded, started: float) -> None:  # fmt: skip
+    async def _finish(self, call: Call, forwarded: Forwarded) -> None:
+        """After the relay, whatever became of it: free the in-flight slot, count the call and
+        record its result (best effort: the call has happened)."""
+        call.slot.release()
+        route = call.route
         self.metrics[(route.name, forwarded.status)] += 1
         GATEWAY_CALLS.labels(route=route.name, status=str(forwarded.status)).inc()
-        GATEWAY_SECONDS.labels(route=route.name).observe(time.perf_counter() - started)
-        assert self.store is not None
-        detail = {
-            "route": route.name,
-            "method": method,
-            "path": path[:200],
-            "status": forwarded.status,
-            "bytes_in": forwarded.bytes_in,
-            "bytes_out": forwarded.bytes_out,
-            "agent": principal.agent,
-            "decision": "allowed",
-            "scrubbed": forwarded.scrubbed,
-            "truncated": forwarded.truncated,
-            "ms": round((time.perf_counter() - started) * 1000, 2),
-        }
+        GATEWAY_SECONDS.labels(route=route.name).observe(time.perf_counter() - call.started)
         if forwarded.scrubbed:
             log.warning("route %s: upstream echoed the secret %d time(s); scrubbed", route.name, forwarded.scrubbed)
-        event = AuditEvent(kind="gateway.call", outcome="ok", principal=principal.client_id, task=principal.task,
-                           jti=principal.jti, detail=detail)  # fmt: skip
+        if forwarded.cut == "deadline":
+            log.warning("route %s: call cut at its deadline of %gs", route.name, route.max_call_seconds)
+        if self.store is None:
+            return
+        event = result_event(call, forwarded, (time.perf_counter() - call.started) * 1000)
         try:
             await self.store.append_audit(event, now=self.clock.now())
         except StoreError as exc:
-            log.error("gateway call could not be audited: %s", exc)
+            log.error("gateway call result could not be audited: %s", exc)
 
 
 def _content_length(request: Request) -> int | None:
@@ -340,15 +353,6 @@ def _content_length(request: Request) -> int | None:
 
 def _code(exc: Exception) -> str:
     return exc.error if isinstance(exc, OAuthError) else "temporarily_unavailable"
-
-
-def _merge(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Starlette takes a mapping: repeated upstream headers are joined (RFC 9110 §5.3)."""
-    merged: dict[str, str] = {}
-    for name, value in headers:
-        key = name.lower()
-        merged[key] = f"{merged[key]}, {value}" if key in merged else value
-    return list(merged.items())
 
 
 def build_gateway(config: Config, *, clock: Clock | None = None, store: Store | None = None) -> Gateway:

@@ -2,8 +2,9 @@
 
 The agent's own credentials never pass through: its ``Authorization`` and ``DPoP`` are
 dropped with the hop-by-hop headers (RFC 9110 §7.6.1), the ``Forwarded``/``X-Forwarded-*``
-family and anything named like the injected header or parameter, so an agent cannot smuggle
-a value in beside the real one nor claim another client address.
+family, method and URL overrides (``tether.gateway.overrides``) and anything named like the
+injected header or parameter, so an agent cannot smuggle a value in beside the real one, claim
+another client address, nor have the upstream run another call than the one allowed.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode
+
+from tether.gateway.overrides import is_override_header
 
 __all__ = ["HOP_BY_HOP", "Injection", "encodings", "forward_headers", "inject", "response_headers", "strip_query"]
 
@@ -50,11 +53,12 @@ def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
 
 
 def forward_headers(headers: Iterable[tuple[str, str]], injection: Injection) -> list[tuple[str, str]]:
-    """The agent's headers minus hop-by-hop, credentials, claimed client origins and anything
-    the injection sets."""
+    """The agent's headers minus hop-by-hop, credentials, claimed client origins, method and URL
+    overrides and anything the injection sets."""
     pairs = list(headers)
     drop = HOP_BY_HOP | _AGENT_CREDENTIALS | _CLIENT_ORIGIN | injection.names() | _connection_tokens(pairs)
-    return [(n, v) for n, v in pairs if n.lower() not in drop and not n.lower().startswith("proxy-")]
+    return [(n, v) for n, v in pairs
+            if n.lower() not in drop and not n.lower().startswith("proxy-") and not is_override_header(n)]  # fmt: skip
 
 
 def response_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -5,6 +5,12 @@ description: an exception message can carry the request URL, and with query
 injection that URL holds the secret, so no upstream error text is ever passed on or
 logged.
 
+Every call runs against a deadline (the route's ``max_call_seconds``, counted from the
+call's arrival): sending the request and reading the response head must also fit in the
+route's ``timeout``, a body read whole must arrive before the deadline, and a streamed body
+is cut when it passes (``tether.gateway.relay``). So a trickling upstream holds a
+connection for ``max_call_seconds`` at most, and only one of its own route's.
+
 The upstream client is aiohttp's, chosen by measurement: on this stack it spends about
 0.15 ms of CPU per keep-alive call where httpx spends about 0.55 ms, and the gateway's
 whole budget is 1 ms per call (``tether bench --only gateway``). The URL is passed
@@ -15,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -39,14 +45,15 @@ SMALL_BODY = 64 * 1024
 DECODED = frozenset({"gzip", "deflate"} | ({"br"} if HAS_BROTLI else set()) | ({"zstd"} if HAS_ZSTD else set()))
 
 
-def upstream_client() -> aiohttp.ClientSession:
-    """The shared upstream client (create it inside the serving loop): no redirects, no proxies
-    from the environment, and no cookie jar. One pool serves every task and agent, so a cookie
-    an upstream sets for one call must never be replayed on another's."""
+def upstream_client(limit: int) -> aiohttp.ClientSession:
+    """One route's upstream client (create it inside the serving loop), at most ``limit``
+    connections: no redirects, no proxies from the environment, and no cookie jar. Its pool
+    serves every task and agent on the route, so a cookie an upstream sets for one call must
+    never be replayed on another's."""
     return aiohttp.ClientSession(
         cookie_jar=aiohttp.DummyCookieJar(),
         trust_env=False,
-        connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=60),
+        connector=aiohttp.TCPConnector(limit=limit, ttl_dns_cache=60),
         skip_auto_headers=("User-Agent",),
     )
 
@@ -75,15 +82,35 @@ class Forwarded:
 
     status: int
     headers: list[tuple[str, str]]
-    body: AsyncIterator[bytes]
+    body: AsyncGenerator[bytes, None]
     response: aiohttp.ClientResponse
+    #: the call's deadline, on the event loop's clock
+    deadline: float
     scrubbed: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
     truncated: bool = False
+    #: why the body stopped short: ``size`` (the route's cap), ``upstream`` (it failed),
+    #: ``deadline`` (``max_call_seconds`` passed) or ``client`` (the agent went away)
+    cut: str | None = None
+    #: the upstream body was read to its end
+    complete: bool = False
     stats: dict[str, int] = field(default_factory=dict)
     #: the whole scrubbed body when it was small enough to read at once (else ``body`` streams)
     content: bytes | None = None
+
+    def stop(self, cut: str) -> None:
+        self.truncated = True
+        self.cut = self.cut or cut
+
+    async def aclose(self) -> None:
+        """Finish the upstream side, whatever happened to the relay: a half-read connection is
+        closed, never returned to the pool (the stream may have been abandoned before or while
+        it ran, and an abandoned generator is only finalised by the garbage collector)."""
+        await self.body.aclose()
+        if not self.complete:
+            self.response.close()
+            self.stop("client")
 
 
 async def _limited(body: AsyncIterator[bytes], limit: int, counter: dict[str, int]) -> AsyncIterator[bytes]:
@@ -105,6 +132,7 @@ async def forward(
     body: AsyncIterator[bytes],
     content_length: int | None,
     secret: str,
+    deadline: float,
 ) -> Forwarded:
     if content_length is not None and content_length > route.max_request_bytes:
         raise PayloadTooLarge(f"request body exceeds {route.max_request_bytes} bytes")
@@ -119,7 +147,7 @@ async def forward(
     try:
         # per-read timeouts alone let an upstream that trickles its head hold the call for
         # ever: sending the request and receiving the response head share one deadline
-        async with asyncio.timeout(route.timeout):
+        async with asyncio.timeout_at(min(deadline, asyncio.get_running_loop().time() + route.timeout)):
             response = await client.request(
                 method,
                 url,
@@ -146,7 +174,7 @@ async def forward(
     raw_headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in response.raw_headers]
     cleaned, header_hits = scrub_headers(response_headers(raw_headers), needles)
     cleaned = [(n, v) for n, v in cleaned if n.lower() != "content-encoding"]
-    forwarded = Forwarded(status=response.status, headers=cleaned, body=_empty(), response=response)
+    forwarded = Forwarded(status=response.status, headers=cleaned, body=_empty(), response=response, deadline=deadline)
     forwarded.scrubbed = header_hits
     forwarded.stats = counter
     coded = response.headers.get("content-encoding", "identity").lower() != "identity"
@@ -158,22 +186,34 @@ async def forward(
 
 
 def _check_coding(response: aiohttp.ClientResponse, route: str) -> None:
-    """Refuse (502) a body whose coding would pass the scrubber undecoded: ``x-gzip``,
-    ``compress``, a list such as ``gzip, identity``, a repeated header, or ``br``/``zstd``
-    without their decoder. The gateway asks for ``identity``; this is a misbehaving upstream."""
-    values = response.headers.getall("content-encoding", [])
-    if not values:
-        return
-    if len(values) == 1 and values[0].isascii() and values[0].lower() in DECODED | {"identity"}:
+    """Refuse (502) a body the scrubber would see still coded.
+
+    ``Content-Encoding``: ``x-gzip``, ``compress``, a list such as ``gzip, identity``, a
+    repeated header, or ``br``/``zstd`` without their decoder. ``Transfer-Encoding``: anything
+    but one ``chunked`` — aiohttp removes the chunk framing and nothing else, so ``gzip,
+    chunked`` (or ``gzip`` alone, or ``gzip`` and ``chunked`` as two fields) would reach the
+    agent compressed; ``identity`` is no transfer coding (RFC 9112 §7) and ``chunked`` applies
+    once (§6.1), so lists with them are framing that parsers disagree on. The gateway asks for
+    ``identity``: this is a misbehaving upstream.
+    """
+    content = response.headers.getall("content-encoding", [])
+    transfer = response.headers.getall("transfer-encoding", [])
+    if _one_of(content, DECODED | {"identity"}) and _one_of(transfer, frozenset({"chunked"})):
         return
     response.close()
-    raise BadGateway("upstream response uses a content coding the gateway cannot inspect",
-                     debug=f"route {route}: content-encoding {', '.join(values)[:64]!r}")  # fmt: skip
+    shown = f"content-encoding {', '.join(content)[:64]!r}, transfer-encoding {', '.join(transfer)[:64]!r}"
+    raise BadGateway("upstream response uses a coding the gateway cannot inspect", debug=f"route {route}: {shown}")
+
+
+def _one_of(values: list[str], allowed: frozenset[str]) -> bool:
+    """No field, or exactly one whose value is one of ``allowed`` (names are case-insensitive)."""
+    return not values or (len(values) == 1 and values[0].isascii() and values[0].strip().lower() in allowed)
 
 
 async def _read_whole(forwarded: Forwarded, scrubber: Scrubber, route: str) -> None:
     try:
-        raw = await forwarded.response.read()
+        async with asyncio.timeout_at(forwarded.deadline):  # a body trickled byte by byte included
+            raw = await forwarded.response.read()
     except TimeoutError:
         forwarded.response.close()
         raise GatewayTimeout("upstream did not answer in time", debug=f"route {route}: body timeout") from None
@@ -181,6 +221,7 @@ async def _read_whole(forwarded: Forwarded, scrubber: Scrubber, route: str) -> N
         forwarded.response.close()
         raise BadGateway("upstream response was cut short", debug=f"route {route}: {type(exc).__name__}") from None
     forwarded.response.release()
+    forwarded.complete = True
     forwarded.content = scrubber.feed(raw) + scrubber.flush()
     forwarded.bytes_out = len(raw)
     forwarded.scrubbed += scrubber.hits
@@ -192,18 +233,17 @@ def _needles(secret: str, injection: Injection) -> tuple[bytes, ...]:
     return tuple(encodings(secret, injection))
 
 
-async def _empty() -> AsyncIterator[bytes]:
+async def _empty() -> AsyncGenerator[bytes, None]:
     if False:  # pragma: no cover - an async generator that yields nothing
         yield b""
 
 
-async def _relay(forwarded: Forwarded, scrubber: Scrubber, limit: int) -> AsyncIterator[bytes]:
-    complete = False
+async def _relay(forwarded: Forwarded, scrubber: Scrubber, limit: int) -> AsyncGenerator[bytes, None]:
     try:
         async for chunk in forwarded.response.content.iter_any():
             forwarded.bytes_out += len(chunk)
             if forwarded.bytes_out > limit:
-                forwarded.truncated = True
+                forwarded.stop("size")
                 break
             out = scrubber.feed(chunk)
             if out:
@@ -211,13 +251,13 @@ async def _relay(forwarded: Forwarded, scrubber: Scrubber, limit: int) -> AsyncI
         tail = scrubber.flush()
         if tail and not forwarded.truncated:
             yield tail
-        complete = not forwarded.truncated
+        forwarded.complete = not forwarded.truncated
     except (aiohttp.ClientError, OSError, TimeoutError, asyncio.IncompleteReadError):
-        forwarded.truncated = True
+        forwarded.stop("upstream")
     finally:
         forwarded.scrubbed += scrubber.hits
         forwarded.bytes_in = forwarded.stats.get("bytes_in", 0)
-        if complete:
+        if forwarded.complete:
             forwarded.response.release()
         else:  # a half-read connection must not go back to the pool
             forwarded.response.close()

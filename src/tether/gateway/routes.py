@@ -5,6 +5,12 @@ holds it, how to inject it, an allowlist and caps, and — because it is an exce
 "no bearer secrets" — an owner, a justification and an expiry date after which it
 refuses calls. Its audience is ``{gateway.url}/routes/{name}``: a hop token for it is
 usable nowhere else.
+
+So that no call holds the gateway, each route has its own upstream connection pool
+(``max_connections``: a slow upstream exhausts only its own route), a total deadline per
+call that includes streaming the response body (``max_call_seconds``, at least ``timeout``),
+and a cap on the calls one task may have in flight on it (``max_in_flight_per_task``, by
+default half the pool, never more than all of it).
 """
 
 from __future__ import annotations
@@ -26,8 +32,11 @@ _PARAM = re.compile(r"[A-Za-z0-9._~-]{1,64}")
 _KEYS = {
     "name", "upstream", "secret", "inject", "header", "template", "query_param", "username", "allow",
     "max_requests_per_task", "max_requests_per_second", "max_request_bytes", "max_response_bytes",
-    "max_session_seconds", "timeout", "owner", "justification", "expires", "tags",
+    "max_session_seconds", "timeout", "owner", "justification", "expires", "tags", "max_connections",
+    "max_in_flight_per_task", "max_call_seconds",
 }  # fmt: skip
+#: the default total deadline per call (or ``timeout``, when that is longer)
+CALL_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,9 @@ class GatewayRoute:
     max_session_seconds: int = 900
     timeout: float = 10.0
     tags: tuple[str, ...] = ()
+    max_connections: int = 64
+    max_in_flight_per_task: int = 32
+    max_call_seconds: float = CALL_SECONDS
 
     def audience(self, gateway_url: str) -> str:
         return f"{gateway_url}/routes/{self.name}"
@@ -65,6 +77,12 @@ def _positive(key: str, value: Any, default: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(key, "must be a positive integer")
     return value
+
+
+def _seconds(key: str, value: Any, most: int) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= most:
+        raise ConfigError(key, f"must be between 0 and {most} seconds")
+    return float(value)
 
 
 def _text(key: str, value: Any, *, required: bool = True) -> str:
@@ -115,9 +133,15 @@ def _route(index: int, row: Any) -> GatewayRoute:
         expires = expires_raw if isinstance(expires_raw, dt.date) else dt.date.fromisoformat(str(expires_raw))
     except ValueError as exc:
         raise ConfigError(f"{where}.expires", "must be a date (YYYY-MM-DD)") from exc
-    timeout = row.get("timeout", 10)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 300:
-        raise ConfigError(f"{where}.timeout", "must be between 0 and 300 seconds")
+    timeout = _seconds(f"{where}.timeout", row.get("timeout", 10), 300)
+    call_seconds = _seconds(f"{where}.max_call_seconds", row.get("max_call_seconds", max(CALL_SECONDS, timeout)), 3600)
+    if call_seconds < timeout:
+        raise ConfigError(f"{where}.max_call_seconds", f"must be at least `timeout` ({timeout:g} seconds)")
+    connections = _positive(f"{where}.max_connections", row.get("max_connections"), 64)
+    in_flight = _positive(f"{where}.max_in_flight_per_task", row.get("max_in_flight_per_task"), max(1, connections // 2))
+    if in_flight > connections:
+        problem = f"must not exceed `max_connections` ({connections}): one task could hold every connection"
+        raise ConfigError(f"{where}.max_in_flight_per_task", problem)
     tags = row.get("tags", [])
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise ConfigError(f"{where}.tags", "must be a list of strings")
@@ -141,8 +165,11 @@ def _route(index: int, row: Any) -> GatewayRoute:
         max_request_bytes=_positive(f"{where}.max_request_bytes", row.get("max_request_bytes"), 1_048_576),
         max_response_bytes=_positive(f"{where}.max_response_bytes", row.get("max_response_bytes"), 10_485_760),
         max_session_seconds=_positive(f"{where}.max_session_seconds", row.get("max_session_seconds"), 900),
-        timeout=float(timeout),
+        timeout=timeout,
         tags=tuple(tags),
+        max_connections=connections,
+        max_in_flight_per_task=in_flight,
+        max_call_seconds=call_seconds,
     )
 
 
