@@ -37,6 +37,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tether.audit.anonymous import AnonymousRefusals
 from tether.audit.chain import AuditEvent
 from tether.clock import Clock, SystemClock
 from tether.config import Config
@@ -125,6 +126,10 @@ class Gateway:
         self.secrets = SecretCache(
             self.store, self.master, ttl=float(self.settings["secret_cache_seconds"]), on_open=self.redactor.register
         )
+        audit = self.config.values["audit"]
+        self.anonymous = AnonymousRefusals(self._append, interval=audit["refusal_interval"],
+                                           max_buckets=audit["refusal_buckets"])  # fmt: skip
+        self._counting = asyncio.create_task(self._count_refusals())
         for warning in route_warnings(tuple(self.routes.values()), dt.datetime.fromtimestamp(self.clock.now(), dt.UTC).date()):
             log.warning("bearer exception: %s", warning)
 
@@ -132,11 +137,25 @@ class Gateway:
         if self.store is None:
             return
         await self.feed.aclose()
+        self._counting.cancel()
+        with contextlib.suppress(StoreError):  # counted refusals of the last interval, best effort
+            await self.anonymous.flush(self.clock.now(), everything=True)
         for client in self.upstream.values():
             await client.close()
         await self.http.aclose()
         await self.store.aclose()
         self.store = None
+
+    async def _append(self, event: AuditEvent, now: float) -> None:
+        assert self.store is not None
+        await self.store.append_audit(event, now=now)
+
+    async def _count_refusals(self) -> None:
+        """Write the counted summaries of unattributed refusals as their intervals end."""
+        while True:
+            await asyncio.sleep(5)
+            with contextlib.suppress(StoreError):
+                await self.anonymous.flush(self.clock.now())
 
     def _app(self) -> Starlette:
         @contextlib.asynccontextmanager
@@ -227,7 +246,7 @@ class Gateway:
             return await self._refused(request, route, principal, BadGateway("upstream credential unavailable"), started)
         except (TetherError, StoreError) as exc:
             if principal is None and isinstance(exc, OAuthError) and isinstance(exc.holder, Principal):
-                principal = exc.holder  # refused after proof of possession: a replay, a revoked token
+                principal = exc.holder  # refused after a fresh proof of possession: a revoked token
             return await self._refused(request, route, principal, exc, started)
         finally:
             if forwarded is None and slot is not None:  # refused, failed or cancelled before the relay
@@ -295,11 +314,11 @@ class Gateway:
             detail["agent"] = principal.agent
         if isinstance(exc, OAuthError):  # markers such as replay / cap_hit, for the monitor
             detail.update({k: v for k, v in exc.audit.items() if isinstance(v, bool | int | str)})
-        with contextlib.suppress(StoreError):
-            await self.store.append_audit(
+        with contextlib.suppress(StoreError):  # unattributed refusals are counted (tether.audit.anonymous)
+            await self.anonymous.record(
                 AuditEvent(kind="gateway.refused", outcome="refused", principal=principal.client_id if principal else None,
                            task=principal.task if principal else None, error=_code(exc), detail=detail),
-                now=self.clock.now(),
+                source=request.client.host if request.client else None, now=self.clock.now(),
             )  # fmt: skip
             if principal is not None and principal.task is not None:
                 await self._maybe_suspend(route, principal, exc)
