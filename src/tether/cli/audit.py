@@ -18,12 +18,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from tether.audit.checkpoint import ExportBroken, ExportReport, verify_export
 from tether.cli.common import config_or_exit, errors_to_exit
-from tether.cli.output import console, fail
+from tether.cli.output import PlainConsole, console, fail
 from tether.config import Config
 from tether.errors import ConfigError
 from tether.identity.jwks_cache import MAX_DOCUMENT_BYTES, parse_jwks
@@ -36,7 +34,7 @@ __all__ = ["app"]
 
 app = typer.Typer(no_args_is_help=True, help="The tamper-evident audit log.")
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="tether.toml")]
-_err = Console(stderr=True, highlight=False, soft_wrap=True)
+_err = PlainConsole(stderr=True, highlight=False, soft_wrap=True)
 _POSITION = re.compile(r"(\d+)(?::([0-9a-f]{64}))?")
 
 
@@ -92,12 +90,12 @@ def _load_jwks(files: list[Path]) -> dict[str, PublicKey]:
                 raise ValueError(f"larger than {MAX_DOCUMENT_BYTES} bytes")
             keyset = parse_jwks(strict_json_loads(data))
         except (OSError, JWSError, ValueError) as exc:
-            fail(escape(f"`{path}` is not a readable JWKS: {exc}"), code=2)
+            fail(f"`{path}` is not a readable JWKS: {exc}", code=2)
         if not keyset.by_kid:
-            fail(escape(f"`{path}` holds no signing key with a `kid`"), code=2)
+            fail(f"`{path}` holds no signing key with a `kid`", code=2)
         for kid, key in keyset.by_kid.items():
             if kid in keys and keys[kid].as_dict(private=False) != key.as_dict(private=False):
-                fail(escape(f"the JWKS files disagree about the key `{kid}`"), code=2)
+                fail(f"the JWKS files disagree about the key `{kid}`", code=2)
             keys[kid] = key
     return keys
 
@@ -116,10 +114,10 @@ def _read_export(file: Path) -> list[dict[str, Any]]:
         lines = file.read_text(encoding="utf-8").splitlines()
         records = [strict_json_loads(line.encode("utf-8")) for line in lines if line.strip()]
     except (OSError, ValueError, RecursionError, JWSError) as exc:
-        fail(escape(f"`{file}` is not a readable JSON-lines audit export: {exc}"))
+        fail(f"`{file}` is not a readable JSON-lines audit export: {exc}")
     for number, record in enumerate(records, 1):
         if not isinstance(record, dict):
-            fail(escape(f"`{file}` is not a JSON-lines audit export: entry {number} is not a json object"))
+            fail(f"`{file}` is not a JSON-lines audit export: entry {number} is not a json object")
     return records
 
 
@@ -157,10 +155,8 @@ def _summary(report: ExportReport, *, anchored: bool, after: int) -> None:
     if report.signed_through is not None:
         older = f"; {report.superseded} older checkpoints signed by keys not in the JWKS" if report.superseded else ""
         console.print(
-            escape(
-                f"signed: records up to {report.signed_through} vouched for by {report.checkpoints} checkpoints"
-                f" of `{report.issuer}`{older}"
-            ),
+            f"signed: records up to {report.signed_through} vouched for by {report.checkpoints} checkpoints"
+            f" of `{report.issuer}`{older}",
             soft_wrap=True,
         )
     if report.unsigned and report.head:
@@ -212,7 +208,7 @@ def verify(
         report = verify_export(records, keys=keys, issuer=issuer, after=start[0], after_hash=start[1],
                                expect_head=(head[0], str(head[1])) if head else None)  # fmt: skip
     except ExportBroken as exc:
-        fail(escape(str(exc)))
+        fail(str(exc))
     if jwks and not allow_unsigned and report.records and report.signed_through is None:
         # a log rewritten end to end, checkpoints dropped, is a consistent chain: only a
         # signature ties it to the issuer, so with keys given "nothing signed" is a failure

@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from tether.bench.report import Row
-from tether.cli.output import console, fail, print_json
+from tether.cli.output import PlainConsole, console, fail, print_json, styled
 
 __all__ = ["app"]
 
@@ -57,7 +56,7 @@ def _print(rows: list[Row], as_json: bool) -> None:
         for r in rows
     ):
         table.add_row(*(c if c is not None else "-" for c in cells))
-    Console(highlight=False, width=max(console.width, 190)).print(table)
+    PlainConsole(highlight=False, width=max(console.width, 190)).print(table)
 
 
 @app.callback(invoke_without_command=True)
@@ -85,7 +84,7 @@ def bench(
 
     def progress(message: str) -> None:
         if not as_json:
-            console.print(f"[dim]… {message}[/]")
+            console.print(styled((f"… {message}", "dim")))
 
     _, rows = run_bench(options, progress)
     _print(rows, as_json)

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tether.cli.output import console, fail, print_json
+from tether.cli.output import console, fail, print_json, styled
 
 __all__ = ["demo"]
 
@@ -30,7 +30,9 @@ def demo(
     if keep is not None and (keep / "tether.toml").exists():
         fail(f"{keep} already holds a deployment; choose an empty directory", code=2)
     if not json_out:
-        console.print("[bold]tether demo[/] — STS, two tool services, a gateway and agents on loopback, SQLite store\n")
+        console.print(
+            styled(("tether demo", "bold"), " — STS, two tool services, a gateway and agents on loopback, SQLite store\n")
+        )
     result = run_demo(keep.resolve() if keep is not None else None)
     if json_out:
         print_json(result.as_json())
@@ -39,8 +41,8 @@ def demo(
         for column in ("ms", "", "step", "detail"):
             table.add_column(column, overflow="fold")
         for step in result.steps:
-            mark = {True: "[green]✔[/]", False: "[red]✘[/]", None: "·"}[step.ok]
-            table.add_row(f"{step.at_ms:8.1f}", mark, f"[bold]{step.kind}[/] {step.title}", _describe(step.detail))
+            mark = {True: styled(("✔", "green")), False: styled(("✘", "red")), None: styled("·")}[step.ok]
+            table.add_row(f"{step.at_ms:8.1f}", mark, styled((step.kind, "bold"), f" {step.title}"), _describe(step.detail))
         console.print(table)
         refused = sum(1 for k, v in result.checks.items() if k.startswith("refused:") and v)
         total = sum(1 for k in result.checks if k.startswith("refused:"))
@@ -48,7 +50,7 @@ def demo(
             f"\nattacks refused: {refused}/{total}; completion → refusal: "
             + ", ".join(f"{k} {v} ms" for k, v in result.revocation_ms.items())
         )
-        console.print("[bold green]all checks passed[/]" if result.ok else "[bold red]some checks failed[/]")
+        console.print(styled(("all checks passed", "bold green")) if result.ok else styled(("some checks failed", "bold red")))
         if keep is not None:
             config = keep / "tether.toml"
             console.print(

@@ -22,7 +22,7 @@ from tether.cli import vault as vault_cli
 from tether.cli.alerts import alerts
 from tether.cli.common import admin_client, config_or_exit, dev_domain, errors_to_exit
 from tether.cli.demo import demo
-from tether.cli.output import console, fail, print_json, print_mapping
+from tether.cli.output import console, fail, print_json, print_mapping, styled
 from tether.cli.report import report
 from tether.logs import configure_logging
 from tether.provision import initialize
@@ -59,9 +59,9 @@ def init(
     with errors_to_exit():
         result = initialize(directory, issuer=issuer, force=force)
     for item in result.created:
-        console.print(f"[green]created[/] {item}")
+        console.print(styled(("created", "green"), f" {item}"))
     for item in result.kept:
-        console.print(f"[yellow]kept[/]    {item} (use --force to replace keys)")
+        console.print(styled(("kept", "yellow"), f"    {item} (use --force to replace keys)"))
     console.print(f"next: tether serve --config {result.config_path}")
 
 
@@ -139,7 +139,7 @@ def gateway(
     bind_host = host or cfg.values["gateway"]["host"]
     bind_port = port or cfg.values["gateway"]["port"]
     for warning in route_warnings(cfg.routes, dt.datetime.now(dt.UTC).date()):  # the gateway refuses by UTC date
-        console.print(f"[yellow]warning:[/] {warning}")
+        console.print(styled(("warning:", "yellow"), f" {warning}"))
 
     def banner(gw: Any) -> str:
         routes = ", ".join(sorted(r.name for r in cfg.routes))

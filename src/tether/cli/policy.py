@@ -10,7 +10,7 @@ import typer
 import yaml
 
 from tether.cli.common import config_or_exit
-from tether.cli.output import console, fail, print_json, print_table
+from tether.cli.output import console, fail, print_json, print_table, styled
 from tether.policy.cases import CaseError, build_request, parse_cases, run_cases
 from tether.policy.engine import Decision, PolicyEngine
 from tether.policy.loader import PolicyLoadError, PolicyVersion, load_directory
@@ -34,7 +34,7 @@ def _load(directory: Path) -> PolicyVersion:
         return load_directory(directory)
     except PolicyLoadError as exc:
         for problem in exc.problems:
-            console.print(f"[red]{problem}[/]", soft_wrap=True)
+            console.print(styled((str(problem), "red")), soft_wrap=True)
         fail(f"policy set in {directory} is invalid ({len(exc.problems)} problem(s)); the previous set stays in force")
 
 
@@ -48,7 +48,7 @@ def validate(
     version = _load(path)
     rows = [(p.id, f"{p.file}:{p.line}", p.effect, "shadow" if p.shadow else "enforced") for p in version.policies]
     print_table(f"policy set {version.version} ({path})", ["id", "where", "effect", "mode"], rows)
-    console.print(f"[green]valid[/]: {len(version.policies)} policies, version {version.version}")
+    console.print(styled(("valid", "green"), f": {len(version.policies)} policies, version {version.version}"))
 
 
 def _engine(path: Path, mode: str) -> PolicyEngine:
@@ -102,7 +102,7 @@ def test_cases(
     else:
         rows = [
             (
-                "[green]pass[/]" if r.passed else "[red]FAIL[/]",
+                styled(("pass", "green")) if r.passed else styled(("FAIL", "red")),
                 r.case.name,
                 "allow" if r.case.expect else "deny",
                 "allow" if r.decision.allowed else "deny",
@@ -114,7 +114,7 @@ def test_cases(
     if failed:
         fail(f"{len(failed)} of {len(results)} cases failed")
     if not json_out:
-        console.print(f"[green]all {len(results)} cases passed[/]")
+        console.print(styled((f"all {len(results)} cases passed", "green")))
 
 
 def _explain_output(engine: PolicyEngine, decision: Decision) -> dict[str, Any]:
@@ -165,9 +165,11 @@ def explain(
         print_json(out)
         return
     colour = "green" if decision.allowed else "red"
-    console.print(f"decision: [{colour}]{out['decision']}[/] (policy set {decision.version}, mode {decision.mode})")
+    console.print(
+        styled("decision: ", (str(out["decision"]), colour), f" (policy set {decision.version}, mode {decision.mode})")
+    )
     console.print("determining: " + (", ".join(out["determining"]) or "none (default deny)"))
     for error in decision.errors:
-        console.print(f"[red]error:[/] {error}")
+        console.print(styled(("error:", "red"), f" {error}"))
     if "shadow" in out:
         console.print(f"shadow decision: {out['shadow']['decision']} — " + (", ".join(out["shadow"]["determining"]) or "none"))

@@ -118,6 +118,8 @@ def md(value: object) -> str:
     start emphasis (CommonMark §6.2), and leaving it keeps the raw file readable.
     """
     text = " ".join(str(value).split())
+    if not text.isprintable():  # an ESC would start a terminal escape sequence where the report is read
+        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
     out = []
     for i, c in enumerate(text):
         inner = c == "_" and 0 < i < len(text) - 1 and text[i - 1].isalnum() and text[i + 1].isalnum()
