@@ -27,15 +27,21 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from hypothesis import strategies as st
 from joserfc.jwk import ECKey, OKPKey
 
+from helpers import ACCESS, JWT, SVC_B, SVC_C, TOKEN_EXCHANGE, RunningSts
 from tether.rules.dpop import compute_ath
+from tether.rules.jws import b64url_decode, strict_json_loads
 
 __all__ = [
+    "ACCESS_TOKEN",
     "KINDS",
+    "PROOF",
     "Member",
     "ProofKey",
     "case_id",
     "cases",
     "members",
+    "obtain",
+    "resign",
     "sign_raw",
     "values",
     "with_member",
@@ -163,3 +169,53 @@ class ProofKey:
             if not (response.status_code == 400 and response.json().get("error") == "use_dpop_nonce"):
                 break
         return response
+
+
+#: Every member of a DPoP proof that tether reads (RFC 9449 §4.2-§4.3).
+PROOF = [
+    *members("header", ["typ", "alg", "kid"]),
+    Member("header/jwk", OBJECT),
+    *members("header", ["jwk/kty", "jwk/crv", "jwk/x", "jwk/y"]),
+    *members("claims", ["jti", "htm", "htu", "nonce", "ath"]),
+    *members("claims", ["iat", "exp", "nbf"], NUMBER),
+]
+
+#: Every member of a tether access token (RFC 9068 §2.2, RFC 8693 §4.1 ``act``, ``cnf.jkt``).
+ACCESS_TOKEN = [
+    *members("header", ["typ", "alg", "kid"]),
+    *members("claims", ["iss", "sub", "aud", "jti", "client_id", "scope", "txn", "purp", "agt"]),
+    *members("claims", ["exp", "iat", "nbf"], NUMBER),
+    Member("claims/cnf", OBJECT),
+    Member("claims/cnf/jkt"),
+    Member("claims/act", OBJECT),
+    Member("claims/act/sub", seed={"claims/act": {"sub": SVC_B}}),
+    Member("claims/act/act", OBJECT, seed={"claims/act": {"sub": SVC_B}}),
+    Member("claims/act/act/sub", seed={"claims/act": {"sub": SVC_B, "act": {"sub": SVC_C}}}),
+]
+
+
+def obtain(sts: RunningSts, http: httpx.Client, key: ProofKey, form: Mapping[str, str]) -> str:
+    """An access token from ``sts`` for ``form``, bound to ``key``."""
+    response = key.post(http, sts.token_url, form)
+    assert response.status_code == 200, response.text
+    return str(response.json()["access_token"])
+
+
+def hop_token(sts: RunningSts, http: httpx.Client, key: ProofKey, task_id: str, svid: str, audience: str) -> str:
+    """The agent's session token (``svid`` for ``task_id``), then a hop token for ``audience``; both bound to ``key``."""
+    session = obtain(sts, http, key, {"grant_type": TOKEN_EXCHANGE, "subject_token": svid, "subject_token_type": JWT,
+                                      "task": task_id})  # fmt: skip
+    form = {"grant_type": TOKEN_EXCHANGE, "subject_token": session, "subject_token_type": ACCESS, "resource": audience}
+    return obtain(sts, http, key, form)
+
+
+def resign(sts: RunningSts, token: str, odd: tuple[Member, Any] | None = None, *, ttl: int = 120) -> str:
+    """``token``'s claims, times refreshed and ``odd`` applied, signed again with the STS's current key (a real key
+    the verifier trusts: only the type check can refuse the result)."""
+    ring = sts.sts.ctx.keyring.current
+    now = int(time.time())
+    claims = {**strict_json_loads(b64url_decode(token.split(".")[1])), "iat": now, "nbf": now, "exp": now + ttl}
+    header: dict[str, Any] = {"typ": "at+jwt", "alg": ring.alg, "kid": ring.kid}
+    if odd is not None:
+        header, claims = with_member(header, claims, *odd)
+    return sign_raw(header, claims, ring.private)  # type: ignore[arg-type]

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from joserfc.jwk import ECKey
-from tokenkit import SERVICE_B, claims_of, hop_form, session_form
+from tokenkit import SERVICE_B, hop_form, session_form
 
 from helpers import (
     ACCESS,
@@ -32,13 +32,26 @@ from helpers import (
     JWT_BEARER,
     QUIET_MONITOR,
     SVC_B,
-    SVC_C,
     TOKEN_EXCHANGE,
     RunningSts,
     create_task,
     running_sts,
 )
-from oddjson import NUMBER, OBJECT, Member, ProofKey, case_id, cases, members, sign_raw, values, with_member
+from oddjson import (
+    ACCESS_TOKEN,
+    NUMBER,
+    OBJECT,
+    PROOF,
+    Member,
+    ProofKey,
+    case_id,
+    cases,
+    members,
+    resign,
+    sign_raw,
+    values,
+    with_member,
+)
 
 OIDC_ISSUER = "https://oidc.test"
 K8S_AGENT = "k8s:agents/research"
@@ -56,24 +69,6 @@ OIDC = [
     Member("claims/kubernetes.io/namespace"),
     Member("claims/kubernetes.io/serviceaccount", OBJECT),
     Member("claims/kubernetes.io/serviceaccount/name"),
-]
-PROOF = [
-    *members("header", ["typ", "alg", "kid"]),
-    Member("header/jwk", OBJECT),
-    *members("header", ["jwk/kty", "jwk/crv", "jwk/x", "jwk/y"]),
-    *members("claims", ["jti", "htm", "htu", "nonce", "ath"]),
-    *members("claims", ["iat", "exp", "nbf"], NUMBER),
-]
-ACCESS_TOKEN = [
-    *members("header", ["typ", "alg", "kid"]),
-    *members("claims", ["iss", "sub", "aud", "jti", "client_id", "scope", "txn", "purp", "agt"]),
-    *members("claims", ["exp", "iat", "nbf"], NUMBER),
-    Member("claims/cnf", OBJECT),
-    Member("claims/cnf/jkt"),
-    Member("claims/act", OBJECT),
-    Member("claims/act/sub", seed={"claims/act": {"sub": SVC_B}}),
-    Member("claims/act/act", OBJECT, seed={"claims/act": {"sub": SVC_B}}),
-    Member("claims/act/act/sub", seed={"claims/act": {"sub": SVC_B, "act": {"sub": SVC_C}}}),
 ]
 
 
@@ -132,13 +127,6 @@ class World:
     def client(self) -> tuple[dict[str, Any], dict[str, Any], ECKey]:
         claims = {"iss": CLIENT_ID, "sub": CLIENT_ID, "aud": self.sts.token_url, **self._times()}
         return {"alg": "ES256", "kid": "client-1"}, claims, self.client_key
-
-    def subject(self) -> tuple[dict[str, Any], dict[str, Any], Any]:
-        """The agent's real session token, its times refreshed, to be re-signed with the STS's own key."""
-        ring = self.sts.sts.ctx.keyring.current
-        now = int(time.time())
-        claims = {**claims_of(self.session), "iat": now, "nbf": now, "exp": now + 120}
-        return {"typ": "at+jwt", "alg": ring.alg, "kid": ring.kid}, claims, ring.private
 
 
 def _jwks_file(directory: Any, name: str, key: ECKey, kid: str) -> str:
@@ -273,7 +261,7 @@ def test_TX_01_odd_actor_token_member_is_invalid_grant(
 
 # -- tether access tokens as subject (RFC 9068 §2.2) ----------------------------------------------------------
 def test_control_resigned_session_token_accepted(world: World) -> None:
-    response = world.agent.post(world.http, world.sts.token_url, hop_form(_signed(world.subject()), SERVICE_B))
+    response = world.agent.post(world.http, world.sts.token_url, hop_form(resign(world.sts, world.session), SERVICE_B))
     assert response.status_code == 200, response.text
 
 
@@ -284,5 +272,5 @@ def test_AUX_01_odd_subject_access_token_member_is_invalid_grant(
     world: World, member: Member, kind: str, data: st.DataObject
 ) -> None:
     odd = (member, data.draw(values(kind), label="value"))
-    response = world.agent.post(world.http, world.sts.token_url, hop_form(_signed(world.subject(), odd), SERVICE_B))
+    response = world.agent.post(world.http, world.sts.token_url, hop_form(resign(world.sts, world.session, odd), SERVICE_B))
     _refused(response, 400, "invalid_grant")
