@@ -16,14 +16,16 @@ import copy
 import json
 import secrets
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from joserfc.jwk import ECKey, OKPKey
 
@@ -35,12 +37,15 @@ __all__ = [
     "ACCESS_TOKEN",
     "KINDS",
     "PROOF",
+    "Hop",
     "Member",
     "ProofKey",
     "case_id",
     "cases",
     "members",
     "obtain",
+    "odd",
+    "over",
     "resign",
     "sign_raw",
     "values",
@@ -96,6 +101,26 @@ def cases(of: Iterable[Member]) -> list[tuple[Member, str]]:
 
 def case_id(value: object) -> str:
     return str(value)
+
+
+T = TypeVar("T", bound=Callable[..., Any])
+
+
+def over(of: Iterable[Member], *, examples: int = 2) -> Callable[[T], T]:
+    """Parametrise a test over ``cases(of)`` (arguments ``member``, ``kind``) and hand it hypothesis ``data``
+    to draw the value with ``odd``: member × kind is exhaustive, the values are ``examples`` draws each."""
+
+    def wrap(test: T) -> T:
+        drawn = given(data=st.data())(test)
+        bounded = settings(max_examples=examples, deadline=None)(drawn)
+        return pytest.mark.parametrize(("member", "kind"), cases(of), ids=case_id)(bounded)  # type: ignore[no-any-return]
+
+    return wrap
+
+
+def odd(member: Member, kind: str, data: st.DataObject) -> tuple[Member, Any]:
+    """``member`` with a value of ``kind`` drawn from ``data``."""
+    return member, data.draw(values(kind), label="value")
 
 
 def with_member(
@@ -219,3 +244,18 @@ def resign(sts: RunningSts, token: str, odd: tuple[Member, Any] | None = None, *
     if odd is not None:
         header, claims = with_member(header, claims, *odd)
     return sign_raw(header, claims, ring.private)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Hop:
+    """A hop token for the audience of ``url``, bound to ``key``, and the client that calls ``url`` with it."""
+
+    url: str
+    token: str
+    key: ProofKey
+    http: httpx.Client
+
+    def call(self, token: str, *, odd: tuple[Member, Any] | None = None) -> httpx.Response:
+        """``GET url`` with ``token`` and a proof for it (``odd`` applied to the proof)."""
+        proof = self.key.proof("GET", self.url, access_token=token, odd=odd)
+        return self.http.get(self.url, headers={"Authorization": f"DPoP {token}", "DPoP": proof})

@@ -10,25 +10,13 @@ The controls — the same builders with nothing replaced — reach the upstream.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import httpx
 import pytest
 from gwkit import GatewayEnv
-from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oddjson import ACCESS_TOKEN, PROOF, Member, ProofKey, case_id, cases, hop_token, resign, values
-
-EXAMPLES = settings(max_examples=2, deadline=None)
-
-
-@dataclass(frozen=True)
-class Hop:
-    url: str
-    token: str
-    key: ProofKey
-    http: httpx.Client
+from oddjson import ACCESS_TOKEN, PROOF, Hop, Member, ProofKey, hop_token, odd, over, resign
 
 
 @pytest.fixture(scope="module")
@@ -39,44 +27,35 @@ def hop(gw: GatewayEnv) -> Iterator[Hop]:
         yield Hop(gw.aud("apikey") + "/v1/items", token, key, http)
 
 
-def _call(hop: Hop, token: str, proof: str) -> httpx.Response:
-    return hop.http.get(hop.url, headers={"Authorization": f"DPoP {token}", "DPoP": proof})
+def _upstream_calls(gw: GatewayEnv) -> int:
+    return len(gw.upstream.requests("/v1/items"))
 
 
-def _refused(gw: GatewayEnv, hop: Hop, response: httpx.Response, error: str, upstream_calls: int) -> None:
+def _refused(gw: GatewayEnv, response: httpx.Response, error: str, upstream_calls: int) -> None:
     assert response.status_code == 401, response.text
     assert response.json()["error"] == error, response.text
-    assert len(gw.upstream.requests("/v1/items")) == upstream_calls, "a refused call reached the upstream"
+    assert _upstream_calls(gw) == upstream_calls, "a refused call reached the upstream"
 
 
 def test_control_resigned_token_and_hand_signed_proof_reach_the_upstream(gw: GatewayEnv, hop: Hop) -> None:
-    before = len(gw.upstream.requests("/v1/items"))
-    token = resign(gw.sts, hop.token)
-    response = _call(hop, token, hop.key.proof("GET", hop.url, access_token=token))
+    before = _upstream_calls(gw)
+    response = hop.call(resign(gw.sts, hop.token))
     assert response.status_code == 200, response.text
     assert response.json()["path"] == "/v1/items"
-    assert len(gw.upstream.requests("/v1/items")) == before + 1
+    assert _upstream_calls(gw) == before + 1
 
 
-@pytest.mark.parametrize(("member", "kind"), cases(ACCESS_TOKEN), ids=case_id)
-@EXAMPLES
-@given(data=st.data())
+@over(ACCESS_TOKEN)
 def test_AUX_01_odd_access_token_member_is_invalid_token(
     gw: GatewayEnv, hop: Hop, member: Member, kind: str, data: st.DataObject
 ) -> None:
-    before = len(gw.upstream.requests("/v1/items"))
-    token = resign(gw.sts, hop.token, (member, data.draw(values(kind), label="value")))
-    _refused(gw, hop, _call(hop, token, hop.key.proof("GET", hop.url, access_token=token)), "invalid_token", before)
+    before = _upstream_calls(gw)
+    _refused(gw, hop.call(resign(gw.sts, hop.token, odd(member, kind, data))), "invalid_token", before)
 
 
-@pytest.mark.parametrize(("member", "kind"), cases(PROOF), ids=case_id)
-@EXAMPLES
-@given(data=st.data())
+@over(PROOF)
 def test_DPOP_03_odd_proof_member_is_invalid_dpop_proof(
     gw: GatewayEnv, hop: Hop, member: Member, kind: str, data: st.DataObject
 ) -> None:
-    before = len(gw.upstream.requests("/v1/items"))
-    odd = (member, data.draw(values(kind), label="value"))
-    token = resign(gw.sts, hop.token)
-    proof = hop.key.proof("GET", hop.url, access_token=token, odd=odd)
-    _refused(gw, hop, _call(hop, token, proof), "invalid_dpop_proof", before)
+    before = _upstream_calls(gw)
+    _refused(gw, hop.call(resign(gw.sts, hop.token), odd=odd(member, kind, data)), "invalid_dpop_proof", before)

@@ -10,36 +10,20 @@ RFC 9449 §7.1), never a 5xx. The controls are the same builders with nothing re
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import httpx
 import pytest
-from hypothesis import given, settings
 from hypothesis import strategies as st
 from rskit import Env
 
 from helpers import AGENT, SVC_B
-from oddjson import ACCESS_TOKEN, PROOF, Member, ProofKey, case_id, cases, hop_token, resign, values
-
-EXAMPLES = settings(max_examples=2, deadline=None)
-
-
-@dataclass(frozen=True)
-class Hop:
-    url: str
-    token: str
-    key: ProofKey
+from oddjson import ACCESS_TOKEN, PROOF, Hop, Member, ProofKey, hop_token, odd, over, resign
 
 
 @pytest.fixture(scope="module")
 def hop(env: Env) -> Hop:
     key = ProofKey()
     token = hop_token(env.sts, env.http, key, env.task()["id"], env.sts.svid(), env.a.url)
-    return Hop(env.a.url + "/whoami", token, key)
-
-
-def _call(env: Env, hop: Hop, token: str, proof: str) -> httpx.Response:
-    return env.http.get(hop.url, headers={"Authorization": f"DPoP {token}", "DPoP": proof})
+    return Hop(env.a.url + "/whoami", token, key, env.http)
 
 
 def _refused(response: httpx.Response, error: str) -> None:
@@ -50,27 +34,21 @@ def _refused(response: httpx.Response, error: str) -> None:
 
 def test_control_resigned_token_and_hand_signed_proof_accepted(env: Env, hop: Hop) -> None:
     for token in (resign(env.sts, hop.token), resign(env.sts, hop.token, (Member("claims/act"), {"sub": SVC_B}))):
-        response = _call(env, hop, token, hop.key.proof("GET", hop.url, access_token=token))
+        response = hop.call(token)
         assert response.status_code == 200, response.text
         assert response.json()["agent"] == AGENT
 
 
-@pytest.mark.parametrize(("member", "kind"), cases(ACCESS_TOKEN), ids=case_id)
-@EXAMPLES
-@given(data=st.data())
+@over(ACCESS_TOKEN)
 def test_AUX_01_odd_access_token_member_is_invalid_token(
     env: Env, hop: Hop, member: Member, kind: str, data: st.DataObject
 ) -> None:
-    token = resign(env.sts, hop.token, (member, data.draw(values(kind), label="value")))
-    _refused(_call(env, hop, token, hop.key.proof("GET", hop.url, access_token=token)), "invalid_token")
+    _refused(hop.call(resign(env.sts, hop.token, odd(member, kind, data))), "invalid_token")
 
 
-@pytest.mark.parametrize(("member", "kind"), cases(PROOF), ids=case_id)
-@EXAMPLES
-@given(data=st.data())
+@over(PROOF)
 def test_DPOP_03_odd_proof_member_is_invalid_dpop_proof(
     env: Env, hop: Hop, member: Member, kind: str, data: st.DataObject
 ) -> None:
-    odd = (member, data.draw(values(kind), label="value"))
-    token = resign(env.sts, hop.token)  # fresh times: the token is valid whenever this runs
-    _refused(_call(env, hop, token, hop.key.proof("GET", hop.url, access_token=token, odd=odd)), "invalid_dpop_proof")
+    # the token re-signed with fresh times: valid whenever this runs
+    _refused(hop.call(resign(env.sts, hop.token), odd=odd(member, kind, data)), "invalid_dpop_proof")

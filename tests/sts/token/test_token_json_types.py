@@ -20,7 +20,6 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import given, settings
 from hypothesis import strategies as st
 from joserfc.jwk import ECKey
 from tokenkit import SERVICE_B, hop_form, session_form
@@ -44,19 +43,17 @@ from oddjson import (
     PROOF,
     Member,
     ProofKey,
-    case_id,
-    cases,
     members,
+    odd,
+    over,
     resign,
     sign_raw,
-    values,
     with_member,
 )
 
 OIDC_ISSUER = "https://oidc.test"
 K8S_AGENT = "k8s:agents/research"
 CLIENT_ID = "client:orchestrator"
-EXAMPLES = settings(max_examples=2, deadline=None)
 
 WORKLOAD = [
     *members("header", ["alg", "kid", "typ"]),
@@ -105,9 +102,9 @@ class World:
         return self.sts.dev()
 
     def post(
-        self, form: dict[str, str], *, key: ProofKey | None = None, odd: tuple[Member, Any] | None = None
+        self, form: dict[str, str], *, key: ProofKey | None = None, change: tuple[Member, Any] | None = None
     ) -> httpx.Response:
-        return (key or ProofKey()).post(self.http, self.sts.token_url, form, odd=odd)
+        return (key or ProofKey()).post(self.http, self.sts.token_url, form, odd=change)
 
     # -- workload JWTs: (header, claims, signing key) of a valid token -----------------------------
     def _times(self) -> dict[str, Any]:
@@ -152,10 +149,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         yield World(sts, http, oidc_key, client_key, agent, response.json()["access_token"])
 
 
-def _signed(parts: tuple[dict[str, Any], dict[str, Any], Any], odd: tuple[Member, Any] | None = None) -> str:
+def _signed(parts: tuple[dict[str, Any], dict[str, Any], Any], change: tuple[Member, Any] | None = None) -> str:
     header, claims, key = parts
-    if odd is not None:
-        header, claims = with_member(header, claims, *odd)
+    if change is not None:
+        header, claims = with_member(header, claims, *change)
     return sign_raw(header, claims, key)
 
 
@@ -182,13 +179,10 @@ def test_control_hand_signed_proof_accepted(world: World) -> None:
     assert response.status_code == 200, response.text
 
 
-@pytest.mark.parametrize(("member", "kind"), cases(PROOF), ids=case_id)
-@EXAMPLES
-@given(data=st.data())
+@over(PROOF)
 def test_DPOP_03_odd_proof_member_is_invalid_dpop_proof(world: World, member: Member, kind: str, data: st.DataObject) -> None:
-    value = data.draw(values(kind), label="value")
     form = session_form("task-not-reached", world.sts.svid())
-    _refused(world.post(form, key=world.agent, odd=(member, value)), 400, "invalid_dpop_proof")
+    _refused(world.post(form, key=world.agent, change=odd(member, kind, data)), 400, "invalid_dpop_proof")
 
 
 # -- workload JWTs as subject, actor and client assertion --------------------------------------------------
@@ -203,30 +197,24 @@ def test_control_hand_signed_workload_jwts_accepted(world: World) -> None:
     assert client.status_code == 200, client.text
 
 
-@pytest.mark.parametrize(("member", "kind"), cases(WORKLOAD), ids=case_id)
-@EXAMPLES
-@given(data=st.data())
+@over(WORKLOAD)
 def test_SVID_odd_subject_member_is_invalid_grant(world: World, member: Member, kind: str, data: st.DataObject) -> None:
-    odd = (member, data.draw(values(kind), label="value"))
-    _refused(world.post(session_form(_task_id(world), _signed(world.svid(), odd))), 400, "invalid_grant")
+    changed = odd(member, kind, data)
+    _refused(world.post(session_form(_task_id(world), _signed(world.svid(), changed))), 400, "invalid_grant")
 
 
-@pytest.mark.parametrize(("member", "kind"), cases(OIDC), ids=case_id)
-@EXAMPLES
-@given(data=st.data())
+@over(OIDC)
 def test_OIDC_odd_subject_member_is_invalid_grant(world: World, member: Member, kind: str, data: st.DataObject) -> None:
-    odd = (member, data.draw(values(kind), label="value"))
-    _refused(world.post(session_form(_task_id(world, K8S_AGENT), _signed(world.oidc(), odd))), 400, "invalid_grant")
+    changed = odd(member, kind, data)
+    _refused(world.post(session_form(_task_id(world, K8S_AGENT), _signed(world.oidc(), changed))), 400, "invalid_grant")
 
 
-@pytest.mark.parametrize(("member", "kind"), cases(WORKLOAD), ids=case_id)
-@EXAMPLES
-@given(data=st.data())
+@over(WORKLOAD)
 def test_RFC7523_odd_client_assertion_member_is_invalid_client(
     world: World, member: Member, kind: str, data: st.DataObject
 ) -> None:
-    odd = (member, data.draw(values(kind), label="value"))
-    form = session_form(_task_id(world, CLIENT_ID), _signed(world.client()), client_assertion=_signed(world.client(), odd),
+    changed = odd(member, kind, data)
+    form = session_form(_task_id(world, CLIENT_ID), _signed(world.client()), client_assertion=_signed(world.client(), changed),
                         client_assertion_type=JWT_BEARER)  # fmt: skip
     _refused(world.post(form), 401, "invalid_client")
 
@@ -249,14 +237,12 @@ def test_control_hand_signed_actor_token_accepted(world: World, hop_for_b: str) 
     assert response.status_code == 200, response.text
 
 
-@pytest.mark.parametrize(("member", "kind"), cases(WORKLOAD), ids=case_id)
-@EXAMPLES
-@given(data=st.data())
+@over(WORKLOAD)
 def test_TX_01_odd_actor_token_member_is_invalid_grant(
     world: World, hop_for_b: str, member: Member, kind: str, data: st.DataObject
 ) -> None:
-    odd = (member, data.draw(values(kind), label="value"))
-    _refused(world.post(_actor_form(hop_for_b, _signed(world.svid(SVC_B), odd))), 400, "invalid_grant")
+    changed = odd(member, kind, data)
+    _refused(world.post(_actor_form(hop_for_b, _signed(world.svid(SVC_B), changed))), 400, "invalid_grant")
 
 
 # -- tether access tokens as subject (RFC 9068 §2.2) ----------------------------------------------------------
@@ -265,12 +251,10 @@ def test_control_resigned_session_token_accepted(world: World) -> None:
     assert response.status_code == 200, response.text
 
 
-@pytest.mark.parametrize(("member", "kind"), cases(ACCESS_TOKEN), ids=case_id)
-@EXAMPLES
-@given(data=st.data())
+@over(ACCESS_TOKEN)
 def test_AUX_01_odd_subject_access_token_member_is_invalid_grant(
     world: World, member: Member, kind: str, data: st.DataObject
 ) -> None:
-    odd = (member, data.draw(values(kind), label="value"))
-    response = world.agent.post(world.http, world.sts.token_url, hop_form(resign(world.sts, world.session, odd), SERVICE_B))
+    changed = odd(member, kind, data)
+    response = world.agent.post(world.http, world.sts.token_url, hop_form(resign(world.sts, world.session, changed), SERVICE_B))
     _refused(response, 400, "invalid_grant")
