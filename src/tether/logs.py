@@ -24,7 +24,10 @@ What becomes ``[REDACTED]``:
 
 JSON lines carry ``ts`` (RFC 3339, UTC), ``level``, ``logger``, ``message`` and any
 ``extra`` fields; an exception is ``exc_type`` plus a one-line ``exc_message``, and the
-traceback only at level ``debug``.
+traceback only at level ``debug`` — except on a record logged with ``extra=WITH_TRACEBACK``
+(an unexpected error, answered 500), which carries its redacted traceback at every level
+so an operator can act on it: in the JSON object's ``traceback``, or in text on the same
+line with its newlines escaped (still one record, one line, unless at level ``debug``).
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ import re
 import threading
 import traceback
 import weakref
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -44,6 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "REDACTED",
+    "WITH_TRACEBACK",
     "JsonFormatter",
     "RedactionFilter",
     "SecretSource",
@@ -55,6 +61,10 @@ __all__ = [
 ]
 
 REDACTED = "[REDACTED]"
+
+_TRACEBACK = "_tether_traceback"
+#: ``extra=`` for a record whose traceback is printed at every level, not only at debug.
+WITH_TRACEBACK: Mapping[str, object] = MappingProxyType({_TRACEBACK: True})
 
 #: loggers uvicorn gives their own handlers; they are sent to the root handler instead
 UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
@@ -139,13 +149,14 @@ def _rfc3339(created: float) -> str:
 
 
 def _exception(record: logging.LogRecord, *, debug: bool) -> dict[str, str]:
-    """The exception as one line (type and message); the traceback too at level debug — always redacted."""
+    """The exception as one line (type and message); the traceback too at level debug or when the record
+    asks for it (``WITH_TRACEBACK``) — always redacted."""
     out: dict[str, str] = {}
     if record.exc_info and record.exc_info[0] is not None:
         kind, value, tb = record.exc_info
         out["exc_type"] = kind.__name__
         out["exc_message"] = redact(" ".join(str(value).split()))[:1000]
-        if debug:
+        if debug or getattr(record, _TRACEBACK, False) is True:
             out["traceback"] = redact("".join(traceback.format_exception(kind, value, tb)))
     if debug and record.stack_info:
         out["stack"] = redact(record.stack_info)
@@ -185,7 +196,9 @@ class TextFormatter(logging.Formatter):
         if "exc_type" in exc:
             line += f" ({exc['exc_type']}: {exc['exc_message']})"
         if "traceback" in exc:
-            line += "\n" + exc["traceback"].rstrip("\n")
+            trace = exc["traceback"].rstrip("\n")
+            # multi-line only at debug: otherwise the exception text inside it cannot forge log lines
+            line += "\n" + trace if self.debug else " | " + trace.replace("\r", "\\r").replace("\n", "\\n")
         if "stack" in exc:
             line += "\n" + exc["stack"]
         return line

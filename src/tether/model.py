@@ -155,14 +155,21 @@ def act_from_chain(actors: tuple[str, ...]) -> dict[str, Any] | None:
 
 
 def chain_from_act(act: Any, *, max_depth: int) -> tuple[str, ...] | None:
-    """Flatten ``act`` into a chain, or ``None`` if it is malformed or deeper than ``max_depth``."""
+    """Flatten a present ``act`` claim into a chain (newest first), or ``None`` if it is malformed
+    or deeper than ``max_depth``.
+
+    Every level must be an object holding a non-empty string ``sub`` and at most a nested
+    ``act`` (RFC 8693 §4.1); a nested ``act`` that is ``null``, a list or a string is as
+    malformed as a top-level one, never read as "no further actor".
+    """
     chain: list[str] = []
     node = act
-    while node is not None:
+    while True:
         if not isinstance(node, dict) or not isinstance(node.get("sub"), str) or not node["sub"]:
             return None
         if set(node) - {"sub", "act"} or len(chain) >= max_depth:
             return None
         chain.append(node["sub"])
-        node = node.get("act")
-    return tuple(chain)
+        if "act" not in node:
+            return tuple(chain)
+        node = node["act"]

@@ -346,7 +346,7 @@ def test_SVID_04_JWT_12_tether_token_types_refused(typ: str) -> None:
     refused(svid({"typ": typ}), "typ")
 
 
-@pytest.mark.parametrize("typ", ["secevent+jwt", "JWS", "", 1, ["JWT"]])
+@pytest.mark.parametrize("typ", ["secevent+jwt", "JWS", "", 1, ["JWT"], None, {"typ": "JWT"}])
 def test_SVID_04_other_typ_refused(typ: Any) -> None:
     assert verify(svid()).principal == AGENT
     refused(svid({"typ": typ}), "typ")
@@ -363,6 +363,14 @@ def test_SVID_04_typ_jwt_jose_or_absent_accepted(typ: Any) -> None:
 def test_JWT_12_svid_with_tether_issuer_refused() -> None:
     assert verify(svid(iss=f"spiffe://{TD_A}")).principal == AGENT
     refused(svid(iss=STS), "issued by tether")
+
+
+@pytest.mark.parametrize("iss", [None, True, 7, 1.5, "", [STS], {"iss": STS}, [{"a": [None]}]], ids=repr)
+def test_JWT_12_iss_of_another_json_type_refused_not_crashing(iss: Any) -> None:
+    """Issue 12 "no 500 on odd JSON types": ``iss`` is optional in a JWT-SVID, but when present it is a
+    string; a list or object here reached a set lookup (unhashable: 500 at the STS). Control: absent."""
+    assert verify(svid(iss=DROP)).principal == AGENT
+    refused(svid(iss=iss), "iss malformed")
 
 
 # --- key lookup ----------------------------------------------------------------------------
@@ -404,7 +412,7 @@ def test_SVID_05_jti_returned_when_present() -> None:
     assert verify(svid(jti=DROP)).jti is None
 
 
-@pytest.mark.parametrize("jti", ["", 5, "x" * 257, ["a"]])
+@pytest.mark.parametrize("jti", ["", 5, "x" * 257, ["a"], None, {"jti": "a"}])
 def test_SVID_05_malformed_jti_refused(jti: Any) -> None:
     assert verify(svid(jti="x" * 256)).jti == "x" * 256
     refused(svid(jti=jti), "jti malformed")

@@ -405,8 +405,20 @@ def test_act_malformed_refused(act: object) -> None:
     refused(claims(act=act))
 
 
-def test_act_null_means_no_actors() -> None:
-    assert check(claims(act=None)).actors == ()
+@pytest.mark.parametrize("act", [None, {"sub": SVC_B, "act": None}], ids=repr)
+def test_act_null_is_malformed_not_absent(act: object) -> None:
+    """Issue 12 "no 500 on odd JSON types": a present ``act`` (at any level) is an object; ``null`` is
+    a wrong-typed member, not a missing one. Control: the same chain without the member is accepted."""
+    assert check(claims(act=MISSING)).actors == ()
+    assert check(claims(act={"sub": SVC_B})).actors == (SVC_B,)
+    refused(claims(act=act))
+
+
+@pytest.mark.parametrize(("claim", "value"), [("txn", None), ("purp", None), ("cnf", None), ("cnf", {"jkt": None})], ids=repr)
+def test_optional_claim_null_is_malformed_not_absent(claim: str, value: object) -> None:
+    """``"txn": null`` is not a token without ``txn``: the control without the member is accepted."""
+    check(claims(**{claim: MISSING}))
+    refused(claims(**{claim: value}))
 
 
 # ---------------------------------------------------------------------------------------------

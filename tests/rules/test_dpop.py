@@ -810,6 +810,13 @@ def test_DPOP_14_ath_missing_or_wrong_refused(es: Signer, ath: object) -> None:
     refused(es.proof(claims=es.claims(ath=ath)), access_token=RFC_ACCESS_TOKEN)
 
 
+def test_DPOP_03_null_ath_without_an_access_token_refused(es: Signer) -> None:
+    """Issue 12 "no 500 on odd JSON types": a present member is read with its type, so ``"ath": null``
+    at the token endpoint (no access token to bind) is malformed, not absent. Control: no ``ath``."""
+    assert check(es.proof(claims=es.claims(ath=MISSING))).ath is None
+    refused(es.proof(claims=es.claims(ath=None)))
+
+
 # ---------------------------------------------------------------------------------------------
 # DPOP-10 nonce claim shape (the nonce value itself is checked by tether.rules.nonce)
 # ---------------------------------------------------------------------------------------------

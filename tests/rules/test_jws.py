@@ -908,6 +908,25 @@ def test_resolver_sees_only_gated_headers(p256: Pair) -> None:
     assert calls == []
 
 
+@pytest.mark.parametrize("name", ["kid", "typ"])
+@pytest.mark.parametrize(
+    "value",
+    [None, True, 7, 1.5, ["k1"], {"k1": True}, [{"a": [None]}]],
+    ids=["null", "bool", "int", "float", "list", "object", "nested"],
+)
+def test_non_string_kid_or_typ_refused_before_key_lookup(p256: Pair, name: str, value: object) -> None:
+    """Issue 12 "no 500 on odd JSON types": ``kid`` and ``typ`` are strings whenever present, so no
+    key resolver (a dict lookup, a keyring) or type check ever sees a list, an object or ``null``."""
+    calls: list[Mapping[str, Any]] = []
+    verify_compact(p256.good(), algorithms=("ES256",), allowed_headers=AT_HEADERS, resolve_key=resolver(p256.public, calls),
+                   max_length=MAX)  # fmt: skip
+    assert len(calls) == 1
+    with pytest.raises(JWSError, match=f"`{name}` is not a string"):
+        verify_compact(p256.good(**{name: value}), algorithms=("ES256",), allowed_headers=AT_HEADERS,
+                       resolve_key=resolver(p256.public, calls), max_length=MAX)  # fmt: skip
+    assert len(calls) == 1
+
+
 def test_resolver_refusal_propagates(p256: Pair) -> None:
     p256.check_good()
 

@@ -22,6 +22,7 @@ import httpx
 
 from tether.agent.exchange import Flow, Nonces, is_nonce_challenge
 from tether.agent.proof import DPoPKey
+from tether.lru import LruCache
 
 __all__ = ["DPoPAuth", "DiscoveryError", "FlowLock", "TokenProvider", "url_matches"]
 
@@ -80,15 +81,16 @@ class DPoPAuth(httpx.Auth):
         self.provider = provider
         self.audiences = dict(audiences or {})
         self.discover = discover
-        self._discovered: dict[str, str] = {}
+        self._discovered: LruCache[str, str] = LruCache(256)  # origins whose metadata named them
 
     def _audience(self, url: httpx.URL) -> Generator[httpx.Request, httpx.Response, str]:
         for prefix, audience in sorted(self.audiences.items(), key=lambda kv: -len(kv[0])):
             if url_matches(prefix, url):
                 return audience
         origin = _origin(url)
-        if origin in self._discovered:
-            return self._discovered[origin]
+        known = self._discovered.get(origin)
+        if known is not None:
+            return known
         if not self.discover:
             raise DiscoveryError(f"no audience configured for {origin}")
         response = yield httpx.Request("GET", origin + "/.well-known/oauth-protected-resource")
@@ -100,7 +102,7 @@ class DPoPAuth(httpx.Auth):
             raise DiscoveryError(f"{origin} metadata does not name {origin} as its resource")
         if self.provider.sts_url not in (doc.get("authorization_servers") or []):
             raise DiscoveryError(f"{origin} does not trust {self.provider.sts_url}")
-        self._discovered[origin] = origin
+        self._discovered.put(origin, origin)
         return origin
 
     def _token(self, url: httpx.URL) -> Flow:

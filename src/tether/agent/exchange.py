@@ -8,7 +8,6 @@ proof per attempt and retries once when the server asks for a nonce (RFC 9449 §
 
 from __future__ import annotations
 
-import time
 from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +15,8 @@ from typing import Any
 import httpx
 
 from tether.agent.proof import DPoPKey
+from tether.clock import Clock, SystemClock
+from tether.lru import LruCache
 
 __all__ = [
     "ACCESS",
@@ -58,10 +59,11 @@ class IssuedToken:
 
 
 class Nonces:
-    """The last ``DPoP-Nonce`` each origin gave us (RFC 9449 §8.2: use it for the next proof)."""
+    """The last ``DPoP-Nonce`` each origin gave us (RFC 9449 §8.2: use it for the next proof), for the
+    256 origins used last (a forgotten one costs one ``use_dpop_nonce`` round trip)."""
 
     def __init__(self) -> None:
-        self._by_origin: dict[str, str] = {}
+        self._by_origin: LruCache[str, str] = LruCache(256)
 
     def get(self, url: httpx.URL) -> str | None:
         return self._by_origin.get(_origin(url))
@@ -69,7 +71,7 @@ class Nonces:
     def remember(self, url: httpx.URL, response: httpx.Response) -> None:
         nonce = response.headers.get("dpop-nonce")
         if nonce:
-            self._by_origin[_origin(url)] = nonce
+            self._by_origin.put(_origin(url), nonce)
 
 
 def _origin(url: httpx.URL) -> str:
@@ -87,8 +89,8 @@ def is_nonce_challenge(response: httpx.Response) -> bool:
     return False
 
 
-def exchange_flow(token_url: str, form: dict[str, str], key: DPoPKey, nonces: Nonces) -> Flow:
-    """POST an RFC 8693 exchange; returns an ``IssuedToken`` or raises ``ExchangeError``."""
+def exchange_flow(token_url: str, form: dict[str, str], key: DPoPKey, nonces: Nonces, *, clock: Clock | None = None) -> Flow:
+    """POST an RFC 8693 exchange; returns an ``IssuedToken`` (``expires_at`` on ``clock``) or raises ``ExchangeError``."""
     url = httpx.URL(token_url)
     response: httpx.Response | None = None
     for _ in range(2):
@@ -105,7 +107,8 @@ def exchange_flow(token_url: str, form: dict[str, str], key: DPoPKey, nonces: No
     if response.status_code != 200 or not isinstance(body, dict) or "access_token" not in body:
         raise ExchangeError(response.status_code, str(body.get("error", "error")), str(body.get("error_description", "")))
     scope = frozenset(str(body.get("scope", "")).split())
-    return IssuedToken(str(body["access_token"]), time.time() + float(body.get("expires_in", 0)), scope)
+    now = (clock or SystemClock()).now()
+    return IssuedToken(str(body["access_token"]), now + float(body.get("expires_in", 0)), scope)
 
 
 def run_sync(flow: Flow, client: httpx.Client) -> Any:

@@ -13,34 +13,71 @@ token to this service's own DPoP key.
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Mapping
 
 from tether.agent.auth import DPoPAuth, FlowLock
 from tether.agent.exchange import ACCESS, JWT, TOKEN_EXCHANGE, Flow, IssuedToken, Nonces, exchange_flow
 from tether.agent.identity import IdentitySource
 from tether.agent.proof import DPoPKey
+from tether.agent.token_cache import DEFAULT_CAPACITY, TokenCache
+from tether.clock import Clock
+from tether.rules.jws import JWSError, b64url_decode, strict_json_loads
 
 __all__ = ["Onward"]
 
 
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _lineage(incoming: str) -> str:
+    """Which cache slot a parent fills: its task and holder (``txn``, ``client_id``), read unverified.
+
+    Only the cache uses it, to let a newer incoming token of the same task and caller
+    replace the onward tokens of the one before (the STS verifies every token it is
+    given). A token without both claims gets a slot of its own.
+    """
+    try:
+        claims = strict_json_loads(b64url_decode(incoming.split(".")[1]))
+    except (JWSError, IndexError):
+        claims = None
+    if isinstance(claims, dict) and isinstance(claims.get("txn"), str) and isinstance(claims.get("client_id"), str):
+        return f"{claims['txn']}\x00{claims['client_id']}"
+    return _digest(incoming)
+
+
 class Onward:
-    def __init__(self, sts_url: str, identity: IdentitySource, *, key: DPoPKey | None = None) -> None:
+    """Onward tokens, cached per (incoming token's task and caller, audience, scope) until near expiry.
+
+    The cache is bounded (``max_entries``, least recently used out first), never serves
+    a token near its expiry and drops those on every insertion, and a newer incoming token
+    for the same task and caller replaces the older one's entries (``TokenCache``).
+    """
+
+    def __init__(
+        self,
+        sts_url: str,
+        identity: IdentitySource,
+        *,
+        key: DPoPKey | None = None,
+        max_entries: int = DEFAULT_CAPACITY,
+        clock: Clock | None = None,
+    ) -> None:
         self.sts_url = sts_url.rstrip("/")
         self.identity = identity
         self.key = key or DPoPKey()
         self.nonces = Nonces()
         self.lock = FlowLock()
-        self._cache: dict[tuple[str, str], IssuedToken] = {}
+        self.cache: TokenCache[tuple[str, str, str | None]] = TokenCache(max_entries, clock=clock)
 
     def auth(self, incoming_token: str, *, audiences: Mapping[str, str] | None = None, scope: str | None = None) -> DPoPAuth:
         return DPoPAuth(_OnBehalf(self, incoming_token, scope), audiences=audiences)
 
     def token_flow(self, incoming_token: str, audience: str, scope: str | None = None) -> Flow:
-        key = (hashlib.sha256(incoming_token.encode()).hexdigest(), audience)
-        cached = self._cache.get(key)
-        if cached is not None and cached.usable(time.time(), 5.0):
-            return cached.value
+        slot, parent = (_lineage(incoming_token), audience, scope), _digest(incoming_token)
+        cached = self.cache.get(slot, parent=parent)
+        if cached is not None:
+            return cached
         form = {
             "grant_type": TOKEN_EXCHANGE,
             "subject_token": incoming_token,
@@ -51,8 +88,9 @@ class Onward:
         }
         if scope is not None:
             form["scope"] = scope
-        issued: IssuedToken = yield from exchange_flow(self.sts_url + "/token", form, self.key, self.nonces)
-        self._cache[key] = issued
+        url = self.sts_url + "/token"
+        issued: IssuedToken = yield from exchange_flow(url, form, self.key, self.nonces, clock=self.cache.clock)
+        self.cache.put(slot, issued, parent=parent)
         return issued.value
 
 

@@ -6,12 +6,13 @@
 
 The session token (workload JWT → session) is obtained on first use and renewed with
 a fresh workload JWT when near expiry; hop tokens are cached per audience until
-shortly before they expire. All of it is bound to one in-memory DPoP key.
+shortly before they expire, in a bounded ``TokenCache`` that a renewed session
+empties (its hops were derived from the old one). All of it is bound to one in-memory
+DPoP key.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 
 import httpx
@@ -30,19 +31,23 @@ from tether.agent.exchange import (
 )
 from tether.agent.identity import IdentitySource
 from tether.agent.proof import DPoPKey
+from tether.agent.token_cache import TokenCache, margin
+from tether.clock import Clock, SystemClock
 
 __all__ = ["Agent", "TaskSession"]
 
-
-def _margin(token: IssuedToken, now: float) -> float:
-    return min(30.0, max(1.0, (token.expires_at - now) / 5))
+#: audiences whose hop tokens a session keeps (a task names a handful)
+MAX_HOPS = 256
 
 
 class Agent:
-    def __init__(self, sts_url: str, identity: IdentitySource, *, key: DPoPKey | None = None) -> None:
+    def __init__(
+        self, sts_url: str, identity: IdentitySource, *, key: DPoPKey | None = None, clock: Clock | None = None
+    ) -> None:
         self.sts_url = sts_url.rstrip("/")
         self.identity = identity
         self.key = key or DPoPKey()
+        self.clock = clock or SystemClock()
 
     def session(self, task_id: str, *, scopes: Mapping[str, str] | None = None) -> TaskSession:
         """``scopes`` narrows what each audience's hop token asks for (least privilege)."""
@@ -59,7 +64,7 @@ class TaskSession:
         self.lock = FlowLock()
         self.scopes = dict(scopes or {})
         self._session: IssuedToken | None = None
-        self._hops: dict[str, IssuedToken] = {}
+        self.hops: TokenCache[str] = TokenCache(MAX_HOPS, clock=agent.clock)
         self.exchanges = 0
 
     @property
@@ -67,8 +72,8 @@ class TaskSession:
         return self.sts_url + "/token"
 
     def session_flow(self) -> Flow:
-        now = time.time()
-        if self._session is not None and self._session.usable(now, _margin(self._session, now)):
+        now = self.agent.clock.now()
+        if self._session is not None and self._session.usable(now, margin(self._session, now)):
             return self._session.value
         form = {
             "grant_type": TOKEN_EXCHANGE,
@@ -76,22 +81,22 @@ class TaskSession:
             "subject_token_type": JWT,
             "task": self.task_id,
         }
-        self._session = yield from exchange_flow(self.token_url, form, self.key, self.nonces)
+        self._session = yield from exchange_flow(self.token_url, form, self.key, self.nonces, clock=self.agent.clock)
+        self.hops.clear()  # derived from the session just replaced
         self.exchanges += 1
         return self._session.value
 
     def token_flow(self, audience: str) -> Flow:
-        now = time.time()
-        cached = self._hops.get(audience)
-        if cached is not None and cached.usable(now, _margin(cached, now)):
-            return cached.value
+        cached = self.hops.get(audience)
+        if cached is not None:
+            return cached
         session = yield from self.session_flow()
         form = {"grant_type": TOKEN_EXCHANGE, "subject_token": session, "subject_token_type": ACCESS, "resource": audience}
         if audience in self.scopes:
             form["scope"] = self.scopes[audience]
-        issued: IssuedToken = yield from exchange_flow(self.token_url, form, self.key, self.nonces)
+        issued: IssuedToken = yield from exchange_flow(self.token_url, form, self.key, self.nonces, clock=self.agent.clock)
         self.exchanges += 1
-        self._hops[audience] = issued
+        self.hops.put(audience, issued)
         return issued.value
 
     def auth(self, *, audiences: Mapping[str, str] | None = None, discover: bool = True) -> DPoPAuth:
@@ -119,7 +124,7 @@ class TaskSession:
                 break
         assert response is not None
         response.raise_for_status()
-        self._hops.clear()
+        self.hops.clear()
         return response.json()
 
     def complete(self, client: httpx.Client | None = None) -> dict[str, object]:

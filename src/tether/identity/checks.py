@@ -24,6 +24,7 @@ __all__ = [
     "check_lifetime",
     "check_typ",
     "optional_jti",
+    "optional_string",
     "token_hash",
     "unverified",
 ]
@@ -63,11 +64,14 @@ def _unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def check_typ(header: Mapping[str, Any], allowed: Collection[str] | None = None) -> None:
-    typ = header.get("typ")
-    if typ is None:
+    """``typ`` may be absent; when present (``null`` included) it is a string naming no tether token kind."""
+    if "typ" not in header:
         return
-    if not isinstance(typ, str) or typ.lower() in _FOREIGN_TYPES:
-        raise IdentityError(f"typ `{typ}` is not a workload token type")
+    typ = header["typ"]
+    if not isinstance(typ, str):
+        raise IdentityError("typ is not a string")
+    if typ.lower() in _FOREIGN_TYPES:
+        raise IdentityError(f"typ `{typ:.64}` is not a workload token type")
     if allowed is not None and typ.upper() not in allowed:
         raise IdentityError(f"typ `{typ}` not allowed")
 
@@ -101,10 +105,16 @@ def check_lifetime(claims: Mapping[str, Any], *, now: float, skew: int, max_life
     return int(exp)
 
 
-def optional_jti(claims: Mapping[str, Any]) -> str | None:
-    jti = claims.get("jti")
-    if jti is None:
+def optional_string(claims: Mapping[str, Any], name: str, *, max_length: int = 2048) -> str | None:
+    """An optional string claim (RFC 7519 §4.1: ``iss``, ``jti``): absent, or a non-empty string —
+    a ``null``, number, list or object in its place is malformed, never "absent"."""
+    if name not in claims:
         return None
-    if not isinstance(jti, str) or not jti or len(jti) > 256:
-        raise IdentityError("jti malformed")
-    return jti
+    value = claims[name]
+    if not isinstance(value, str) or not value or len(value) > max_length:
+        raise IdentityError(f"{name} malformed")
+    return value
+
+
+def optional_jti(claims: Mapping[str, Any]) -> str | None:
+    return optional_string(claims, "jti", max_length=256)

@@ -18,6 +18,7 @@ from tether.identity.checks import (
     check_lifetime,
     check_typ,
     optional_jti,
+    optional_string,
     token_hash,
     unverified,
 )
@@ -58,7 +59,7 @@ class SvidVerifier:
         domain = spiffe_trust_domain(sub) if isinstance(sub, str) else None
         if domain is None or domain not in self._bundles:
             raise IdentityError("sub is not a spiffe id of a configured trust domain")
-        if claims.get("iss") in self._foreign:
+        if optional_string(claims, "iss") in self._foreign:
             raise IdentityError("token was issued by tether itself, not a trust domain")
         check_typ(header, allowed=("JWT", "JOSE"))
         keyset = await self._bundles[domain].keys(kid=header.get("kid"), now=now)

@@ -4,6 +4,17 @@ It serves RFC 9728 metadata at ``/.well-known/oauth-protected-resource``, verifi
 every other request with a ``Verifier`` (401/403/503 with ``WWW-Authenticate: DPoP``
 on refusal, RFC 9449 §7.1) and puts the ``Principal`` on ``request.state.principal``.
 It starts and stops the verifier's revocation subscription with the app's lifespan.
+
+WebSocket connections are verified like any request (issue 12, finding 6): the token
+and proof travel on the opening handshake, an HTTP ``GET`` (RFC 6455 §4.1), so the
+proof's ``htm`` is ``GET`` and its ``htu`` the ``http(s)`` URI of that request — the
+resource's origin and the path, never the ``ws(s)`` spelling (RFC 9449 §4.3 compares
+with the URI of the HTTP request carrying the proof). The principal is on
+``websocket.state.principal``. A refusal before the connection is accepted is the
+same JSON error and challenge as over HTTP when the server offers the
+``websocket.http.response`` extension (uvicorn does), else a ``websocket.close`` with
+1008 (policy violation; 1013 "try again later" when failing closed). Any scope type
+other than ``http``, ``websocket`` and ``lifespan`` is refused with ``UnsupportedScope``.
 """
 
 from __future__ import annotations
@@ -14,7 +25,7 @@ from collections.abc import Awaitable, Callable, Collection
 from typing import Any, TypeVar
 
 from starlette.datastructures import Headers
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tether.errors import InsufficientScope, OAuthError, TetherError
@@ -23,10 +34,19 @@ from tether.resource.verifier import Verifier
 from tether.store.errors import StoreError
 from tether.web.errors import error_response
 
-__all__ = ["METADATA_PATH", "TetherMiddleware", "principal_of", "require_scope", "requires"]
+__all__ = ["METADATA_PATH", "TetherMiddleware", "UnsupportedScope", "principal_of", "require_scope", "requires"]
 
 METADATA_PATH = "/.well-known/oauth-protected-resource"
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+#: RFC 6455 §7.4.1 policy violation; 1013 "try again later" (IANA WebSocket close code registry)
+_CLOSE_REFUSED, _CLOSE_RETRY = 1008, 1013
+#: the first message of a response: once one is sent, a refusal can no longer be rendered
+_STARTED = frozenset({"http.response.start", "websocket.accept", "websocket.close", "websocket.http.response.start"})
+
+
+class UnsupportedScope(TetherError):
+    """An ASGI scope type the middleware cannot verify: refused, never passed to the app unverified."""
 
 
 class TetherMiddleware:
@@ -36,14 +56,14 @@ class TetherMiddleware:
         self.public_paths = frozenset(public_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
+        kind = scope["type"]
+        if kind == "lifespan":
             await self.app(scope, self._lifespan(receive), send)
             return
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+        if kind not in ("http", "websocket"):
+            raise UnsupportedScope(f"ASGI scope type {str(kind)[:40]!r} is not verified by tether")
         path = scope["path"]
-        if path == METADATA_PATH:
+        if kind == "http" and path == METADATA_PATH:
             await _send_json(send, 200, self.verifier.metadata())
             return
         if path in self.public_paths:
@@ -55,22 +75,21 @@ class TetherMiddleware:
         try:
             client = scope.get("client")
             principal = await self.verifier.verify(
-                method=scope["method"],
+                method=scope["method"] if kind == "http" else "GET",
                 path=wire_path,
                 route_path=path,
                 headers=Headers(scope=scope),
                 client=client[0] if client else None,
             )
         except (TetherError, StoreError) as exc:
-            await error_response(exc, resource=True, algs=self.verifier.settings.dpop_algs)(scope, receive, send)
+            await self._refuse(exc, scope, receive, send)
             return
         scope.setdefault("state", {})["principal"] = principal
         started = False
 
         async def tracked(message: Message) -> None:
             nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
+            started = started or message["type"] in _STARTED
             await send(message)
 
         try:
@@ -78,7 +97,16 @@ class TetherMiddleware:
         except OAuthError as exc:
             if started:
                 raise
-            await error_response(exc, resource=True, algs=self.verifier.settings.dpop_algs)(scope, receive, send)
+            await self._refuse(exc, scope, receive, send)
+
+    async def _refuse(self, exc: Exception, scope: Scope, receive: Receive, send: Send) -> None:
+        """The error response (also as a WebSocket denial response where the server supports one), else a close."""
+        response = error_response(exc, resource=True, algs=self.verifier.settings.dpop_algs)
+        if scope["type"] == "http" or "websocket.http.response" in scope.get("extensions", {}):
+            await response(scope, receive, send)
+            return
+        code = _CLOSE_RETRY if response.status_code >= 500 else _CLOSE_REFUSED
+        await send({"type": "websocket.close", "code": code, "reason": getattr(exc, "error", "server_error")})
 
     def _lifespan(self, receive: Receive) -> Receive:
         async def wrapped() -> Message:
@@ -99,15 +127,15 @@ async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
-def principal_of(request: Request) -> Principal:
-    """The verified caller of a request that passed ``TetherMiddleware``."""
+def principal_of(request: HTTPConnection) -> Principal:
+    """The verified caller of a request (or WebSocket connection) that passed ``TetherMiddleware``."""
     principal = getattr(request.state, "principal", None)
     if not isinstance(principal, Principal):
         raise InsufficientScope("request was not authenticated by tether")
     return principal
 
 
-def require_scope(request: Request, *scopes: str) -> Principal:
+def require_scope(request: HTTPConnection, *scopes: str) -> Principal:
     """Refuse with 403 ``insufficient_scope`` unless the token carries every scope named."""
     principal = principal_of(request)
     missing = set(scopes) - principal.scopes

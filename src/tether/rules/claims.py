@@ -81,9 +81,10 @@ def _invalid(debug: str) -> InvalidToken:
 
 
 def _string(claims: Mapping[str, Any], name: str, *, required: bool = True, max_length: int = 2048) -> str | None:
-    value = claims.get(name)
-    if value is None and not required:
+    """A string claim; an optional one may be absent, but when present (even as ``null``) it is a string."""
+    if name not in claims and not required:
         return None
+    value = claims.get(name)
     if not isinstance(value, str) or not value or len(value) > max_length:
         raise _invalid(f"claim `{name}` missing or malformed")
     return value
@@ -136,13 +137,18 @@ def check_access_token_claims(
         scope = parse_scope(scope_claim)
     except OAuthError as exc:
         raise _invalid("scope malformed") from exc
-    cnf = claims.get("cnf")
     jkt: str | None = None
-    if cnf is not None:
-        if not isinstance(cnf, dict) or set(cnf) != {"jkt"} or not _JKT.fullmatch(str(cnf["jkt"])):
+    if "cnf" in claims:
+        cnf = claims["cnf"]
+        if (
+            not isinstance(cnf, dict)
+            or set(cnf) != {"jkt"}
+            or not isinstance(cnf["jkt"], str)
+            or not _JKT.fullmatch(cnf["jkt"])
+        ):
             raise _invalid("cnf malformed or uses an unsupported confirmation method")
         jkt = cnf["jkt"]
-    actors = chain_from_act(claims.get("act"), max_depth=MAX_ACT_DEPTH)
+    actors = chain_from_act(claims["act"], max_depth=MAX_ACT_DEPTH) if "act" in claims else ()
     if actors is None:
         raise _invalid("act malformed or too deep")
     agent = _string(claims, "agt")

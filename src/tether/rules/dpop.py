@@ -185,9 +185,10 @@ class _ProofKey:
 
 
 def _claim_str(claims: Mapping[str, Any], name: str, *, max_length: int = 512) -> str | None:
-    value = claims.get(name)
-    if value is None:
+    """``None`` when the claim is absent; when present (``null`` included) it must be a non-empty string."""
+    if name not in claims:
         return None
+    value = claims[name]
     if not isinstance(value, str) or not value or len(value) > max_length:
         raise InvalidDPoPProof("invalid dpop proof", debug=f"claim `{name}` malformed")
     return value
@@ -250,8 +251,6 @@ def check_proof(
     if "nbf" in claims and float(claims["nbf"]) > now + future_skew:
         raise InvalidDPoPProof("dpop proof is not yet valid", debug="nbf in the future")
     nonce = _claim_str(claims, "nonce", max_length=512)
-    if "nonce" in claims and nonce is None:
-        raise InvalidDPoPProof("invalid dpop proof", debug="nonce malformed")
     ath = _claim_str(claims, "ath", max_length=128)
     if access_token is not None and ath != compute_ath(access_token):
         raise InvalidDPoPProof("dpop proof ath does not match the access token", debug="ath mismatch or missing")

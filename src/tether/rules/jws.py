@@ -59,6 +59,9 @@ _CURVE_ALGS = {
 }
 _RSA_ALGS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 _MIN_RSA_BITS = 2048
+#: Header members that are strings whenever present (RFC 7515 §4.1.4 ``kid``, §4.1.9 ``typ``):
+#: a key resolver or type check never sees a list, an object or ``null`` in their place.
+_STRING_HEADERS = frozenset({"kid", "typ"})
 
 
 class JWSError(Exception):
@@ -249,7 +252,10 @@ def verify_compact(
         raise JWSError(f"header parameter `{sorted(unexpected)[0]}` not allowed")
     alg = header.get("alg")
     if not isinstance(alg, str) or alg not in algorithms or alg not in ASYMMETRIC_ALGS:
-        raise JWSError(f"algorithm `{alg}` not allowed")
+        raise JWSError(f"algorithm `{alg:.64}` not allowed" if isinstance(alg, str) else "algorithm is not a string")
+    for name in _STRING_HEADERS & set(header):
+        if not isinstance(header[name], str):
+            raise JWSError(f"header parameter `{name}` is not a string")
     key = resolve_key(header)
     if not isinstance(key, ECKey | OKPKey | RSAKey) or alg not in algs_for_key(key, self_asserted=self_asserted_key):
         raise JWSError(f"algorithm `{alg}` does not match the key")

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from tether.errors import OAuthError, PolicyUnavailable, TemporarilyUnavailable, TooManyRequests, UseDPoPNonce
+from tether.logs import WITH_TRACEBACK
 from tether.store.errors import StoreUnavailable
 
 __all__ = ["NO_STORE", "error_response", "handle_http", "handle_unexpected", "unexpected_error"]
@@ -58,7 +59,8 @@ def error_response(exc: Exception, *, resource: bool = False, algs: Collection[s
 
 
 def unexpected_error(exc: BaseException) -> Response:
-    log.error("unexpected error", exc_info=exc)
+    """A 500 with a bare body; the one log record carries the (redacted) traceback at every log level."""
+    log.error("unexpected error", exc_info=exc, extra=WITH_TRACEBACK)
     return JSONResponse({"error": "server_error", "error_description": "internal error"}, status_code=500, headers=NO_STORE)
 
 
