@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -72,9 +72,11 @@ from tether.store.rows import (
     audit_from_row,
     audit_mark_from_row,
     audit_values,
+    block_names,
     key_from_row,
     revocation_from_row,
     task_from_row,
+    task_principals,
     task_values,
     token_from_row,
     token_values,
@@ -86,7 +88,9 @@ __all__ = ["SCHEMA_VERSION", "PostgresRedisStore", "migrations"]
 T = TypeVar("T")
 
 log = logging.getLogger("tether.store")
-_UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, OSError)
+# every database error, as on SQLite: a failed statement (a lost connection, a deadlock,
+# a duplicate key) is "cannot answer now" (503), never a half-handled 500
+_UNAVAILABLE = (psycopg.Error, PoolTimeout, OSError)
 
 
 def migrations() -> list[tuple[int, str]]:
@@ -175,7 +179,7 @@ async def _revoke_jtis(conn: Conn, feed: _Feed, roots: Sequence[str], now: float
         "UPDATE tokens SET revoked_at = %s WHERE jti = ANY(%s) AND revoked_at IS NULL RETURNING jti, exp",
         (int(now), list(tree)),
     )
-    revoked = await cur.fetchall()
+    revoked = sorted(await cur.fetchall())
     for jti, exp in revoked:
         if exp > now:
             feed.add(RevocationKind.TOKEN, jti, int(exp))
@@ -212,8 +216,8 @@ async def _create_search_schema(conn: Conn) -> None:
         await conn.execute(pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(pgsql.Identifier(first)))
 
 
-async def _is_blocked(conn: Conn, names: Sequence[str]) -> bool:
-    unique = list(dict.fromkeys(n for n in names if n))
+async def _is_blocked(conn: Conn, *groups: Iterable[str | None]) -> bool:
+    unique = block_names(*groups)
     if not unique:
         return False
     cur = await conn.execute("SELECT 1 FROM blocks WHERE value = ANY(%s) LIMIT 1", (unique,))
@@ -313,7 +317,7 @@ class PostgresRedisStore:
     # -- tasks --------------------------------------------------------------------
     async def create_task(self, task: Task, audit: AuditEvent) -> None:
         async with self._conn() as conn, conn.transaction():
-            if await _is_blocked(conn, [n for n in (task.agent, task.on_behalf_of) if n]):
+            if await _is_blocked(conn, (task.agent, task.on_behalf_of)):
                 raise Blocked(task.agent)
             await conn.execute(f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({_marks(14)})", task_values(task))
             await _append(conn, audit, task.created_at)
@@ -335,7 +339,7 @@ class PostgresRedisStore:
             sql += " AND agent = %s"
             args.append(agent)
         async with self._conn() as conn:
-            cur = await conn.execute(sql + " ORDER BY created_at DESC, id LIMIT %s", (*args, limit))
+            cur = await conn.execute(sql + ' ORDER BY created_at DESC, id COLLATE "C" LIMIT %s', (*args, limit))
             return [task_from_row(r) for r in await cur.fetchall()]
 
     async def end_task(self, task_id: str, state: TaskState, *, now: float, audit: AuditEvent) -> Task:
@@ -362,7 +366,7 @@ class PostgresRedisStore:
                 " RETURNING id",
                 (int(now),),
             )
-            ids = [r[0] for r in await cur.fetchall()]
+            ids = sorted(r[0] for r in await cur.fetchall())
             for task_id in ids:
                 await _append(conn, AuditEvent(kind="task.expired", outcome="ok", task=task_id), now)
             return ids
@@ -375,10 +379,7 @@ class PostgresRedisStore:
                 task_row = await (await conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = %s", (task_id,))).fetchone()
             if jti is not None:
                 token_row = await (await conn.execute(f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE jti = %s", (jti,))).fetchone()
-            names = list(dict.fromkeys(principals))
-            if task_row is not None:
-                names += [n for n in (task_row[1], task_row[2]) if n and n not in names]
-            blocked = await _is_blocked(conn, names)
+            blocked = await _is_blocked(conn, principals, task_principals(task_row))
         return LookupResult(
             task=task_from_row(task_row) if task_row else None,
             token=token_from_row(token_row) if token_row else None,
@@ -409,7 +410,7 @@ class PostgresRedisStore:
                 parent = await cur.fetchone()
                 if parent is None or parent[0] is not None:
                     raise ParentRevoked(token.parent_jti)
-            if await _is_blocked(conn, [*principals, token.sub, token.client_id]):
+            if await _is_blocked(conn, principals, (token.sub, token.client_id)):
                 raise Blocked(token.sub)
             if task_refusal is not None:
                 raise task_refusal
@@ -439,7 +440,8 @@ class PostgresRedisStore:
                 "INSERT INTO blocks (kind, value, since) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING", (kind.value, value, now)
             )
             cur = await conn.execute(
-                f"SELECT {TASK_COLUMNS} FROM tasks WHERE {column} = %s AND state = 'active' AND expires_at > %s FOR UPDATE",
+                f"SELECT {TASK_COLUMNS} FROM tasks WHERE {column} = %s AND state = 'active' AND expires_at > %s"
+                ' ORDER BY id COLLATE "C" FOR UPDATE',
                 (value, int(now)),
             )
             tasks = [task_from_row(r) for r in await cur.fetchall()]
@@ -507,7 +509,7 @@ class PostgresRedisStore:
 
     async def vault_list(self) -> list[VaultEntry]:
         async with self._conn() as conn:
-            cur = await conn.execute(f"SELECT {VAULT_COLUMNS} FROM vault ORDER BY name")
+            cur = await conn.execute(f'SELECT {VAULT_COLUMNS} FROM vault ORDER BY name COLLATE "C"')
             return [vault_from_row(r) for r in await cur.fetchall()]
 
     async def vault_delete(self, name: str, *, now: float, audit: AuditEvent) -> bool:
