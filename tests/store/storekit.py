@@ -105,6 +105,15 @@ def token(
     )
 
 
+async def task_and_token(store: Store, **fields: Any) -> tuple[Task, IssuedToken]:
+    """A stored task (``fields`` override the defaults) and one token issued on it."""
+    t = task(**fields)
+    await store.create_task(t, EVENT)
+    issued = token(t.id)
+    await store.issue_token(issued, now=NOW, spends=[], audit=EVENT)
+    return t, issued
+
+
 async def chain_ok(store: Store) -> int:
     records = [r.as_json() for r in await store.audit_records(after=0, limit=100_000)]
     assert first_broken(records) is None

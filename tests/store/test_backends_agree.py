@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from storekit import AGENT, BACKENDS, EVENT, NOW, run, task, token
+from storekit import AGENT, BACKENDS, EVENT, NOW, run, task, task_and_token, token
 
 from tether.model import Task, TaskState
 from tether.store.errors import AlreadySpent, Blocked, CapReached, Conflict, ParentRevoked, StoreUnavailable, TaskNotActive
@@ -131,10 +131,7 @@ def test_refusals_are_checked_in_the_protocol_order(kind: str, tmp_path: Path) -
     """One issuance that fails every check reports spends, then parent, then blocks, then the task."""
 
     async def body(store: Store) -> None:
-        t = task()
-        await store.create_task(t, EVENT)
-        parent = token(t.id)
-        await store.issue_token(parent, now=NOW, spends=[], audit=EVENT)
+        t, parent = await task_and_token(store)
         await store.revoke_tree(parent.jti, now=NOW, audit=EVENT)
         assert await store.spend("used", until=int(NOW) + 600, now=NOW)
         await store.block(BlockKind.SUBJECT, EVE, now=NOW, audit=EVENT)
@@ -205,10 +202,7 @@ def test_lists_come_in_code_point_order_whatever_the_database_collation(kind: st
 
 def test_revoke_tree_returns_and_publishes_in_jti_order(kind: str, tmp_path: Path) -> None:
     async def body(store: Store) -> None:
-        t = task()
-        await store.create_task(t, EVENT)
-        root = token(t.id)
-        await store.issue_token(root, now=NOW, spends=[], audit=EVENT)
+        t, root = await task_and_token(store)
         for _ in range(6):
             await store.issue_token(token(t.id, parent=root.jti), now=NOW, spends=[], audit=EVENT)
         revoked = await store.revoke_tree(root.jti, now=NOW, audit=EVENT)

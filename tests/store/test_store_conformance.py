@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from storekit import BACKENDS, EVENT, NOW, chain_ok, race, run, task, token
+from storekit import BACKENDS, EVENT, NOW, chain_ok, race, run, task, task_and_token, token
 
 from tether.audit.chain import AuditEvent
 from tether.audit.checkpoint import checkpoint_event
@@ -45,10 +45,7 @@ def test_task_round_trip_and_listing(kind: str, tmp_path: Path) -> None:
 
 def test_end_task_once_and_revokes_its_tokens(kind: str, tmp_path: Path) -> None:
     async def body(store: Store) -> None:
-        t = task()
-        await store.create_task(t, EVENT)
-        issued = token(t.id)
-        await store.issue_token(issued, now=NOW, spends=[], audit=EVENT)
+        t, issued = await task_and_token(store)
         ended = await store.end_task(t.id, TaskState.COMPLETED, now=NOW + 1, audit=EVENT)
         assert ended.state is TaskState.COMPLETED
         stored = await store.get_token(issued.jti)
@@ -102,10 +99,7 @@ def test_issue_token_spends_once_and_rolls_back_on_refusal(kind: str, tmp_path: 
 
 def test_issue_refused_for_ended_task_or_revoked_parent(kind: str, tmp_path: Path) -> None:
     async def body(store: Store) -> None:
-        t = task()
-        await store.create_task(t, EVENT)
-        parent = token(t.id)
-        await store.issue_token(parent, now=NOW, spends=[], audit=EVENT)
+        t, parent = await task_and_token(store)
         await store.revoke_tree(parent.jti, now=NOW, audit=EVENT)
         with pytest.raises(ParentRevoked):
             await store.issue_token(token(t.id, parent=parent.jti), now=NOW, spends=[], audit=EVENT)
