@@ -10,96 +10,18 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from storekit import BACKENDS, EVENT, NOW, chain_ok, race, run, task, task_and_token, token
 
-from services import REDIS_URL, drop_schema, new_schema, require_postgres_and_redis, schema_dsn
-from tether.audit.chain import AuditEvent, first_broken
+from tether.audit.chain import AuditEvent
 from tether.audit.checkpoint import checkpoint_event
-from tether.model import Task, TaskState
+from tether.model import TaskState
 from tether.store.errors import AlreadySpent, Blocked, CapReached, NotFound, ParentRevoked, Replayed, TaskNotActive
 from tether.store.protocol import Store
-from tether.store.records import BlockKind, IssuedToken, RevocationKind
-from tether.store.sqlite.store import SqliteStore
-
-NOW = 1_800_000_000.0
-AGENT = "spiffe://t/agent"
-BACKENDS = ["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres, pytest.mark.redis])]
-
-
-async def _open(kind: str, tmp_path: Path) -> tuple[Store, Callable[[], Awaitable[None]]]:
-    if kind == "sqlite":
-        store = SqliteStore.open(tmp_path / "tether.db")
-
-        async def close_sqlite() -> None:
-            await store.aclose()
-
-        return store, close_sqlite
-    from tether.store.postgres.store import PostgresRedisStore
-
-    require_postgres_and_redis()
-    schema = new_schema()
-    pg = await PostgresRedisStore.open(schema_dsn(schema), REDIS_URL, prefix=schema, migrate=True, max_size=20)
-
-    async def close_pg() -> None:
-        await pg.aclose()
-        drop_schema(schema)
-
-    return pg, close_pg
-
-
-def run(kind: str, tmp_path: Path, body: Callable[[Store], Awaitable[Any]]) -> Any:
-    async def main() -> Any:
-        store, close = await _open(kind, tmp_path)
-        try:
-            return await body(store)
-        finally:
-            await close()
-
-    return asyncio.run(main())
-
-
-def task(**fields: Any) -> Task:
-    values: dict[str, Any] = {
-        "id": "tsk_" + secrets.token_hex(6),
-        "agent": "spiffe://t/agent",
-        "audiences": ("https://a.example",),
-        "scopes": frozenset({"read"}),
-        "created_at": int(NOW),
-        "expires_at": int(NOW) + 900,
-        "max_depth": 3,
-        "max_tokens": 100,
-    }
-    values.update(fields)
-    return Task(**values)
-
-
-def token(task_id: str | None, *, parent: str | None = None, exp: int | None = None, sub: str = AGENT) -> IssuedToken:
-    return IssuedToken(
-        jti=secrets.token_urlsafe(12),
-        kind="hop",
-        sub=sub,
-        client_id=sub,
-        aud="https://a.example",
-        scope="read",
-        jkt="k" * 43,
-        iat=int(NOW),
-        exp=exp or int(NOW) + 300,
-        task_id=task_id,
-        parent_jti=parent,
-    )
-
-
-EVENT = AuditEvent(kind="test", outcome="ok")
-
-
-async def _chain_ok(store: Store) -> int:
-    records = [r.as_json() for r in await store.audit_records(after=0, limit=100_000)]
-    assert first_broken(records) is None
-    return len(records)
+from tether.store.records import BlockKind, RevocationKind
 
 
 @pytest.fixture(params=BACKENDS)
@@ -123,10 +45,7 @@ def test_task_round_trip_and_listing(kind: str, tmp_path: Path) -> None:
 
 def test_end_task_once_and_revokes_its_tokens(kind: str, tmp_path: Path) -> None:
     async def body(store: Store) -> None:
-        t = task()
-        await store.create_task(t, EVENT)
-        issued = token(t.id)
-        await store.issue_token(issued, now=NOW, spends=[], audit=EVENT)
+        t, issued = await task_and_token(store)
         ended = await store.end_task(t.id, TaskState.COMPLETED, now=NOW + 1, audit=EVENT)
         assert ended.state is TaskState.COMPLETED
         stored = await store.get_token(issued.jti)
@@ -180,10 +99,7 @@ def test_issue_token_spends_once_and_rolls_back_on_refusal(kind: str, tmp_path: 
 
 def test_issue_refused_for_ended_task_or_revoked_parent(kind: str, tmp_path: Path) -> None:
     async def body(store: Store) -> None:
-        t = task()
-        await store.create_task(t, EVENT)
-        parent = token(t.id)
-        await store.issue_token(parent, now=NOW, spends=[], audit=EVENT)
+        t, parent = await task_and_token(store)
         await store.revoke_tree(parent.jti, now=NOW, audit=EVENT)
         with pytest.raises(ParentRevoked):
             await store.issue_token(token(t.id, parent=parent.jti), now=NOW, spends=[], audit=EVENT)
@@ -286,22 +202,18 @@ def test_signing_key_rotation_keeps_old_key_until_not_after(kind: str, tmp_path:
 
 
 # -- concurrency --------------------------------------------------------------------------------
-async def _race(n: int, make: Callable[[int], Awaitable[Any]]) -> list[BaseException | Any]:
-    return list(await asyncio.gather(*(make(i) for i in range(n)), return_exceptions=True))
-
-
 def test_racing_issuance_never_exceeds_max_tokens(kind: str, tmp_path: Path) -> None:
     async def body(store: Store) -> None:
         t = task(max_tokens=7)
         await store.create_task(t, EVENT)
-        results = await _race(40, lambda i: store.issue_token(token(t.id), now=NOW, spends=[(f"s{i}", int(NOW) + 600)],
+        results = await race(40, lambda i: store.issue_token(token(t.id), now=NOW, spends=[(f"s{i}", int(NOW) + 600)],
                                                                  audit=EVENT))  # fmt: skip
         ok = [r for r in results if r is None]
         assert len(ok) == 7
         assert all(isinstance(r, CapReached) for r in results if r is not None)
         stored = await store.get_task(t.id)
         assert stored is not None and stored.tokens_issued == 7
-        assert await _chain_ok(store) == 1 + 7
+        assert await chain_ok(store) == 1 + 7
 
     run(kind, tmp_path, body)
 
@@ -310,7 +222,7 @@ def test_racing_spends_of_one_jti_succeed_once(kind: str, tmp_path: Path) -> Non
     async def body(store: Store) -> None:
         t = task()
         await store.create_task(t, EVENT)
-        results = await _race(20, lambda i: store.issue_token(token(t.id), now=NOW, spends=[("same", int(NOW) + 600)],
+        results = await race(20, lambda i: store.issue_token(token(t.id), now=NOW, spends=[("same", int(NOW) + 600)],
                                                                  audit=EVENT))  # fmt: skip
         assert sum(r is None for r in results) == 1
         assert all(isinstance(r, AlreadySpent) for r in results if r is not None)
@@ -321,7 +233,7 @@ def test_racing_spends_of_one_jti_succeed_once(kind: str, tmp_path: Path) -> Non
 def test_racing_replay_checks_accept_once(kind: str, tmp_path: Path) -> None:
     async def body(store: Store) -> None:
         now = time.time()
-        results = await _race(30, lambda i: store.first_use("racing-proof", until=int(now) + 60, now=now))
+        results = await race(30, lambda i: store.first_use("racing-proof", until=int(now) + 60, now=now))
         assert results.count(True) == 1 and results.count(False) == 29
 
     run(kind, tmp_path, body)
@@ -342,19 +254,19 @@ def test_revocation_racing_issuance_leaves_no_live_child(kind: str, tmp_path: Pa
                 return await store.revoke_tree(parent.jti, now=NOW, audit=EVENT)
             return await store.issue_token(children[i if i < 10 else i - 1], now=NOW, spends=[], audit=EVENT)
 
-        await _race(31, issue)
+        await race(31, issue)
         for child in children:
             stored = await store.get_token(child.jti)
             assert stored is None or stored.revoked_at is not None, "a child of a revoked parent is still live"
-        assert await _chain_ok(store) >= 2
+        assert await chain_ok(store) >= 2
 
     run(kind, tmp_path, body)
 
 
 def test_audit_chain_stays_one_chain_under_concurrent_appends(kind: str, tmp_path: Path) -> None:
     async def body(store: Store) -> None:
-        await _race(50, lambda i: store.append_audit(AuditEvent(kind="race", outcome="ok", detail={"i": i}), now=NOW + i))
-        assert await _chain_ok(store) == 50
+        await race(50, lambda i: store.append_audit(AuditEvent(kind="race", outcome="ok", detail={"i": i}), now=NOW + i))
+        assert await chain_ok(store) == 50
 
     run(kind, tmp_path, body)
 
@@ -473,7 +385,7 @@ def test_counters_count_within_their_window(kind: str, tmp_path: Path) -> None:
         values = [await store.count("gw:r:t", until=int(now) + 60, now=now) for _ in range(3)]
         assert values == [1, 2, 3]
         assert await store.count("gw:r:other", until=int(now) + 60, now=now) == 1
-        raced = await _race(25, lambda i: store.count("gw:race", until=int(now) + 60, now=now))
+        raced = await race(25, lambda i: store.count("gw:race", until=int(now) + 60, now=now))
         assert sorted(raced) == list(range(1, 26))
         first = await store.first_seen("session:t", now=now, until=int(now) + 60)
         assert first == pytest.approx(now, abs=1e-3)

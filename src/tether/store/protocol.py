@@ -5,7 +5,13 @@ Security-critical writes are single primitives, never a read followed by a write
 records the token's lineage and appends its audit record in one transaction;
 ``first_use`` is an atomic insert-if-absent; ``revoke_tree`` and ``end_task`` revoke
 a lineage and publish it to the feed in the same step. Every backend passes the same
-conformance suite (``tests/store``). Any method may raise ``StoreUnavailable``.
+conformance suite (``tests/store``), which pins each choice written here: where two
+backends could answer differently, this file says which answer is right.
+
+Any method may raise ``StoreUnavailable``, for any failure of the database (a lost
+connection, a deadlock, a duplicate key), never a driver's own exception. A block names
+a principal whatever its kind (blocking subject ``x`` also refuses an agent or client
+``x``); lists of ids are in code-point order, whatever the database's collation.
 """
 
 from __future__ import annotations
@@ -47,12 +53,14 @@ class Store(Protocol):
 
     # -- tasks --------------------------------------------------------------------
     async def create_task(self, task: Task, audit: AuditEvent) -> None:
-        """Insert the task and its audit record; ``Blocked`` if its agent or subject is blocked."""
+        """Insert the task and its audit record; ``Blocked`` if its agent or subject (``on_behalf_of``) is blocked."""
         ...
 
     async def get_task(self, task_id: str) -> Task | None: ...
 
-    async def list_tasks(self, *, state: TaskState | None, agent: str | None, now: float, limit: int) -> list[Task]: ...
+    async def list_tasks(self, *, state: TaskState | None, agent: str | None, now: float, limit: int) -> list[Task]:
+        """Newest first (ties by id)."""
+        ...
 
     async def end_task(self, task_id: str, state: TaskState, *, now: float, audit: AuditEvent) -> Task:
         """Move an active task to ``state`` and revoke every token bound to it.
@@ -62,12 +70,12 @@ class Store(Protocol):
         ...
 
     async def expire_tasks(self, *, now: float) -> list[str]:
-        """Mark active tasks past their hard cap as expired; returns their ids."""
+        """Mark active tasks past their hard cap as expired; returns their ids, sorted."""
         ...
 
     # -- tokens -------------------------------------------------------------------
     async def lookup(self, *, task_id: str | None, jti: str | None, principals: Sequence[str]) -> LookupResult:
-        """The task, the stored token and whether any of ``principals`` is blocked."""
+        """The task, the stored token, and whether any of ``principals`` or the task's agent or subject is blocked."""
         ...
 
     async def issue_token(
@@ -80,27 +88,34 @@ class Store(Protocol):
         replay: tuple[str, int] | None = None,
         principals: Sequence[str] = (),
     ) -> None:
-        """Record an issued token atomically, or nothing at all.
+        """Record an issued token atomically, or nothing at all, except that a checked proof stays spent.
 
-        In the same step: ``replay`` (a DPoP proof key) must be unused (``Replayed``);
-        ``spends`` (identity ``jti`` marks) must be unspent (``AlreadySpent``); none of
-        ``principals`` may be blocked (``Blocked``); the task must still be active
-        (``TaskNotActive``, whose text is the state) and below ``max_tokens``
-        (``CapReached``), and its count goes up by one; the parent must exist unrevoked
-        (``ParentRevoked``, checked before blocks). This is the authority: callers may decide from cached task
-        definitions because every mutable fact is re-checked here.
+        First ``replay`` (a DPoP proof key) is checked and spent: ``Replayed`` if it was
+        already spent, and nothing else is done. Once spent it **stays spent whatever
+        happens next**: an issuance refused below leaves the proof unusable (RFC 9449
+        §11.1, a proof is accepted at most once), as it would on a replica that had
+        already seen it (if the store itself fails, the mark may or may not remain:
+        nothing is issued either way). Then, in one step that any refusal undoes entirely, checked in
+        this order: ``spends`` (identity ``jti`` marks) must be unspent
+        (``AlreadySpent``); the parent must exist unrevoked (``ParentRevoked``); none of
+        ``principals``, ``token.sub`` or ``token.client_id`` may be blocked
+        (``Blocked``); the task must still be active (``TaskNotActive``, whose text is
+        the state) and below ``max_tokens`` (``CapReached``), and its count goes up by
+        one. A refused issuance leaves every identity mark of ``spends`` unspent. This
+        is the authority: callers may decide from cached task definitions because every
+        mutable fact is re-checked here.
         """
         ...
 
     async def get_token(self, jti: str) -> IssuedToken | None: ...
 
     async def revoke_tree(self, jti: str, *, now: float, audit: AuditEvent) -> list[str]:
-        """Revoke the token and every token derived from it; returns the jtis newly revoked."""
+        """Revoke the token and every token derived from it; returns the jtis newly revoked, sorted."""
         ...
 
     # -- kill switch --------------------------------------------------------------
     async def block(self, kind: BlockKind, value: str, *, now: float, audit: AuditEvent) -> list[str]:
-        """Refuse new exchanges for a principal and end its active tasks; returns their ids."""
+        """Refuse new exchanges for a principal, end its active tasks and revoke its tokens; returns the task ids, sorted."""
         ...
 
     async def unblock(self, kind: BlockKind, value: str, *, now: float, audit: AuditEvent) -> bool: ...
@@ -120,7 +135,12 @@ class Store(Protocol):
 
     # -- revocation feed ----------------------------------------------------------
     async def revocations_after(self, seq: int, *, now: float, limit: int) -> list[Revocation]:
-        """Feed entries with ``seq`` greater than ``seq`` whose ``exp`` has not passed."""
+        """Feed entries with ``seq`` greater than ``seq`` whose ``exp`` has not passed, in ``seq`` order.
+
+        The feed's order is its commit order: once an entry is visible, no entry with a
+        smaller ``seq`` can appear later, so a follower that keeps the last ``seq`` it saw
+        as its cursor never skips one.
+        """
         ...
 
     def revocation_generation(self) -> int:
@@ -142,7 +162,9 @@ class Store(Protocol):
 
     async def vault_get(self, name: str) -> VaultEntry | None: ...
 
-    async def vault_list(self) -> list[VaultEntry]: ...
+    async def vault_list(self) -> list[VaultEntry]:
+        """Every entry, by name."""
+        ...
 
     async def vault_delete(self, name: str, *, now: float, audit: AuditEvent) -> bool: ...
 
@@ -156,7 +178,11 @@ class Store(Protocol):
 
     # -- counters -----------------------------------------------------------------
     async def count(self, key: str, *, until: int, now: float) -> int:
-        """Add one to a fixed-window counter that resets at ``until``; returns the new value."""
+        """Add one to a fixed-window counter; returns the new value.
+
+        The call that starts a window sets its end, ``until``; later calls count in it
+        whatever ``until`` they pass, and the first call after it ends starts a new one.
+        """
         ...
 
     async def first_seen(self, key: str, *, now: float, until: int) -> float:

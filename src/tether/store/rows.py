@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from tether.audit.chain import AuditRecord
@@ -21,9 +21,11 @@ __all__ = [
     "audit_from_row",
     "audit_mark_from_row",
     "audit_values",
+    "block_names",
     "key_from_row",
     "revocation_from_row",
     "task_from_row",
+    "task_principals",
     "task_values",
     "token_from_row",
     "token_values",
@@ -40,6 +42,20 @@ AUDIT_COLUMNS = "seq, ts, kind, outcome, principal, task, jti, error, detail, pr
 AUDIT_MARK_COLUMNS = f"seq, ts, kind, hash, CASE WHEN kind = '{CHECKPOINT_KIND}' THEN detail END"
 KEY_COLUMNS = "kid, alg, public_jwk, sealed_private, created_at, retired_at, not_after"
 VAULT_COLUMNS = "name, sealed, created_at, updated_at, version"
+
+
+def block_names(*groups: Iterable[str | None]) -> list[str]:
+    """The distinct names a block check looks for, in order, without empty or missing ones.
+
+    A block names a principal whatever its kind: blocking subject ``x`` also refuses an
+    agent or client called ``x``. Both backends check exactly these names.
+    """
+    return list(dict.fromkeys(name for group in groups for name in group if name))
+
+
+def task_principals(row: Sequence[Any] | None) -> tuple[str | None, ...]:
+    """A task row's agent and subject (``on_behalf_of``): the principals a lookup also checks."""
+    return () if row is None else (row[1], row[2])
 
 
 def task_from_row(row: Sequence[Any]) -> Task:

@@ -9,8 +9,16 @@ transaction whose row locks make it correct across replicas:
   replicas can never exceed ``max_tokens``, and holds its parent ``FOR SHARE``;
 * ``revoke_tree`` locks the tree it found ``FOR UPDATE`` and looks again until no child
   appears, so a token issued from a parent mid-revocation is revoked with it;
+* the revocation feed is numbered in commit order: a publisher (``end_task``,
+  ``revoke_tree``, ``block``) locks the single ``revocation_head`` row first and numbers
+  its entries from it, so a follower that has read ``seq`` N never later finds an entry
+  below N (a serial drawn at insert let entries commit out of order, and a follower
+  moved past them for good);
 * the audit chain is **one chain for all replicas**: each append increments the single
   ``audit_head`` row, which serialises appends in commit order.
+
+One lock order everywhere, so replicas queue instead of deadlocking: ``revocation_head``
+(publishers only), then task rows, then token rows, then ``audit_head``.
 
 Connection or pool failures raise ``StoreUnavailable`` (503, fail closed); the pool
 replaces broken connections, so service resumes by itself when PostgreSQL returns.
@@ -21,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -64,9 +72,11 @@ from tether.store.rows import (
     audit_from_row,
     audit_mark_from_row,
     audit_values,
+    block_names,
     key_from_row,
     revocation_from_row,
     task_from_row,
+    task_principals,
     task_values,
     token_from_row,
     token_values,
@@ -78,7 +88,9 @@ __all__ = ["SCHEMA_VERSION", "PostgresRedisStore", "migrations"]
 T = TypeVar("T")
 
 log = logging.getLogger("tether.store")
-_UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, OSError)
+# every database error, as on SQLite: a failed statement (a lost connection, a deadlock,
+# a duplicate key) is "cannot answer now" (503), never a half-handled 500
+_UNAVAILABLE = (psycopg.Error, PoolTimeout, OSError)
 
 
 def migrations() -> list[tuple[int, str]]:
@@ -105,8 +117,38 @@ async def _append(conn: Conn, event: AuditEvent, now: float) -> AuditRecord:
     return record
 
 
-async def _publish(conn: Conn, kind: RevocationKind, value: str, exp: int, now: float) -> None:
-    await conn.execute("INSERT INTO revocations (kind, value, exp, at) VALUES (%s, %s, %s, %s)", (kind.value, value, exp, now))
+class _Feed:
+    """Entries one transaction publishes; holding one means the transaction holds the feed's head row.
+
+    The head is locked before any other row (``_lock_feed``) and numbered once, at the
+    end (``publish``), so entries take their ``seq`` in commit order and publishers queue
+    on one lock instead of deadlocking on each other's token and task rows.
+    """
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, str, int]] = []
+
+    def add(self, kind: RevocationKind, value: str, exp: int) -> None:
+        self.entries.append((kind.value, value, exp))
+
+    async def publish(self, conn: Conn, now: float) -> None:
+        if not self.entries:
+            return
+        kinds, values, exps = (list(column) for column in zip(*self.entries, strict=True))
+        await conn.execute(
+            "WITH head AS (UPDATE revocation_head SET seq = seq + %(n)s WHERE id = 1 RETURNING seq)"
+            " INSERT INTO revocations (seq, kind, value, exp, at)"
+            " SELECT head.seq - %(n)s + e.ord, e.kind, e.value, e.exp, %(at)s FROM head,"
+            " unnest(%(kinds)s::text[], %(values)s::text[], %(exps)s::bigint[]) WITH ORDINALITY AS e(kind, value, exp, ord)",
+            {"n": len(self.entries), "at": now, "kinds": kinds, "values": values, "exps": exps},
+        )
+        self.entries = []
+
+
+async def _lock_feed(conn: Conn) -> _Feed:
+    """Lock the feed's head for the rest of the transaction: the first lock of every publisher."""
+    await conn.execute("SELECT seq FROM revocation_head WHERE id = 1 FOR UPDATE")
+    return _Feed()
 
 
 async def _spend(conn: Conn, key: str, until: int, now: float) -> bool:
@@ -124,7 +166,7 @@ _TREE = (
 )
 
 
-async def _revoke_jtis(conn: Conn, roots: Sequence[str], now: float) -> list[str]:
+async def _revoke_jtis(conn: Conn, feed: _Feed, roots: Sequence[str], now: float) -> list[str]:
     """Lock the lineage under ``roots`` until it stops growing, then revoke it and publish each token."""
     tree: set[str] = set()
     frontier = list(roots)
@@ -137,17 +179,33 @@ async def _revoke_jtis(conn: Conn, roots: Sequence[str], now: float) -> list[str
         "UPDATE tokens SET revoked_at = %s WHERE jti = ANY(%s) AND revoked_at IS NULL RETURNING jti, exp",
         (int(now), list(tree)),
     )
-    revoked = await cur.fetchall()
+    revoked = sorted(await cur.fetchall())
     for jti, exp in revoked:
         if exp > now:
-            await _publish(conn, RevocationKind.TOKEN, jti, int(exp), now)
+            feed.add(RevocationKind.TOKEN, jti, int(exp))
     return [r[0] for r in revoked]
 
 
-async def _end_task(conn: Conn, task: Task, state: TaskState, now: float) -> None:
+async def _end_task(conn: Conn, feed: _Feed, task: Task, state: TaskState, now: float) -> None:
     await conn.execute("UPDATE tasks SET state = %s, ended_at = %s WHERE id = %s", (state.value, int(now), task.id))
     await conn.execute("UPDATE tokens SET revoked_at = %s WHERE task_id = %s AND revoked_at IS NULL", (int(now), task.id))
-    await _publish(conn, RevocationKind.TASK, task.id, task.expires_at, now)
+    feed.add(RevocationKind.TASK, task.id, task.expires_at)
+
+
+async def _take_slot(conn: Conn, task_id: str, now: float) -> Conflict | None:
+    """Count one more token on an active task below ``max_tokens`` (row-locking it); else why not."""
+    cur = await conn.execute(
+        "UPDATE tasks SET tokens_issued = tokens_issued + 1"
+        " WHERE id = %s AND state = 'active' AND expires_at > %s AND tokens_issued < max_tokens",
+        (task_id, int(now)),
+    )
+    if cur.rowcount == 1:
+        return None
+    row = await (await conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = %s", (task_id,))).fetchone()
+    if row is None:
+        return TaskNotActive("unknown")
+    state = task_from_row(row).effective_state(now)
+    return TaskNotActive(state.value) if state is not TaskState.ACTIVE else CapReached(task_id)
 
 
 async def _create_search_schema(conn: Conn) -> None:
@@ -158,8 +216,8 @@ async def _create_search_schema(conn: Conn) -> None:
         await conn.execute(pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(pgsql.Identifier(first)))
 
 
-async def _is_blocked(conn: Conn, names: Sequence[str]) -> bool:
-    unique = list(dict.fromkeys(n for n in names if n))
+async def _is_blocked(conn: Conn, *groups: Iterable[str | None]) -> bool:
+    unique = block_names(*groups)
     if not unique:
         return False
     cur = await conn.execute("SELECT 1 FROM blocks WHERE value = ANY(%s) LIMIT 1", (unique,))
@@ -266,7 +324,7 @@ class PostgresRedisStore:
     # -- tasks --------------------------------------------------------------------
     async def create_task(self, task: Task, audit: AuditEvent) -> None:
         async with self._conn() as conn, conn.transaction():
-            if await _is_blocked(conn, [n for n in (task.agent, task.on_behalf_of) if n]):
+            if await _is_blocked(conn, (task.agent, task.on_behalf_of)):
                 raise Blocked(task.agent)
             await conn.execute(f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({_marks(14)})", task_values(task))
             await _append(conn, audit, task.created_at)
@@ -288,11 +346,12 @@ class PostgresRedisStore:
             sql += " AND agent = %s"
             args.append(agent)
         async with self._conn() as conn:
-            cur = await conn.execute(sql + " ORDER BY created_at DESC, id LIMIT %s", (*args, limit))
+            cur = await conn.execute(sql + ' ORDER BY created_at DESC, id COLLATE "C" LIMIT %s', (*args, limit))
             return [task_from_row(r) for r in await cur.fetchall()]
 
     async def end_task(self, task_id: str, state: TaskState, *, now: float, audit: AuditEvent) -> Task:
         async with self._conn() as conn, conn.transaction():
+            feed = await _lock_feed(conn)
             row = await (
                 await conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = %s FOR UPDATE", (task_id,))
             ).fetchone()
@@ -301,7 +360,8 @@ class PostgresRedisStore:
             task = task_from_row(row)
             if task.effective_state(now) is not TaskState.ACTIVE:
                 raise TaskNotActive(task.effective_state(now).value)
-            await _end_task(conn, task, state, now)
+            await _end_task(conn, feed, task, state, now)
+            await feed.publish(conn, now)
             await _append(conn, audit, now)
         await self._revoked()
         return Task(**{**task.__dict__, "state": state, "ended_at": int(now)})
@@ -313,7 +373,7 @@ class PostgresRedisStore:
                 " RETURNING id",
                 (int(now),),
             )
-            ids = [r[0] for r in await cur.fetchall()]
+            ids = sorted(r[0] for r in await cur.fetchall())
             for task_id in ids:
                 await _append(conn, AuditEvent(kind="task.expired", outcome="ok", task=task_id), now)
             return ids
@@ -326,10 +386,7 @@ class PostgresRedisStore:
                 task_row = await (await conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = %s", (task_id,))).fetchone()
             if jti is not None:
                 token_row = await (await conn.execute(f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE jti = %s", (jti,))).fetchone()
-            names = list(dict.fromkeys(principals))
-            if task_row is not None:
-                names += [n for n in (task_row[1], task_row[2]) if n and n not in names]
-            blocked = await _is_blocked(conn, names)
+            blocked = await _is_blocked(conn, principals, task_principals(task_row))
         return LookupResult(
             task=task_from_row(task_row) if task_row else None,
             token=token_from_row(token_row) if token_row else None,
@@ -352,28 +409,18 @@ class PostgresRedisStore:
             for key, until in spends:
                 if not await _spend(conn, key, until, now):
                     raise AlreadySpent(key)
+            # the task row is locked before the parent, as end_task and block lock it before
+            # the task's tokens; its refusal is raised after the parent's and the blocks'
+            task_refusal = None if token.task_id is None else await _take_slot(conn, token.task_id, now)
             if token.parent_jti is not None:
                 cur = await conn.execute("SELECT revoked_at FROM tokens WHERE jti = %s FOR SHARE", (token.parent_jti,))
                 parent = await cur.fetchone()
                 if parent is None or parent[0] is not None:
                     raise ParentRevoked(token.parent_jti)
-            if await _is_blocked(conn, [*principals, token.sub, token.client_id]):
+            if await _is_blocked(conn, principals, (token.sub, token.client_id)):
                 raise Blocked(token.sub)
-            if token.task_id is not None:
-                cur = await conn.execute(
-                    "UPDATE tasks SET tokens_issued = tokens_issued + 1"
-                    " WHERE id = %s AND state = 'active' AND expires_at > %s AND tokens_issued < max_tokens",
-                    (token.task_id, int(now)),
-                )
-                if cur.rowcount != 1:
-                    sql = f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = %s"
-                    row = await (await conn.execute(sql, (token.task_id,))).fetchone()
-                    if row is None:
-                        raise TaskNotActive("unknown")
-                    state = task_from_row(row).effective_state(now)
-                    if state is not TaskState.ACTIVE:
-                        raise TaskNotActive(state.value)
-                    raise CapReached(token.task_id)
+            if task_refusal is not None:
+                raise task_refusal
             await conn.execute(f"INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ({_marks(13)})", token_values(token))
             await _append(conn, audit, now)
 
@@ -384,7 +431,9 @@ class PostgresRedisStore:
 
     async def revoke_tree(self, jti: str, *, now: float, audit: AuditEvent) -> list[str]:
         async with self._conn() as conn, conn.transaction():
-            revoked = await _revoke_jtis(conn, [jti], now)
+            feed = await _lock_feed(conn)
+            revoked = await _revoke_jtis(conn, feed, [jti], now)
+            await feed.publish(conn, now)
             await _append(conn, AuditEvent(**{**audit.__dict__, "detail": {**audit.detail, "revoked": len(revoked)}}), now)
         await self._revoked()
         return revoked
@@ -393,21 +442,24 @@ class PostgresRedisStore:
     async def block(self, kind: BlockKind, value: str, *, now: float, audit: AuditEvent) -> list[str]:
         column = "agent" if kind is BlockKind.AGENT else "on_behalf_of"
         async with self._conn() as conn, conn.transaction():
+            feed = await _lock_feed(conn)
             await conn.execute(
                 "INSERT INTO blocks (kind, value, since) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING", (kind.value, value, now)
             )
             cur = await conn.execute(
-                f"SELECT {TASK_COLUMNS} FROM tasks WHERE {column} = %s AND state = 'active' AND expires_at > %s FOR UPDATE",
+                f"SELECT {TASK_COLUMNS} FROM tasks WHERE {column} = %s AND state = 'active' AND expires_at > %s"
+                ' ORDER BY id COLLATE "C" FOR UPDATE',
                 (value, int(now)),
             )
             tasks = [task_from_row(r) for r in await cur.fetchall()]
             for task in tasks:
-                await _end_task(conn, task, TaskState.CANCELLED, now)
+                await _end_task(conn, feed, task, TaskState.CANCELLED, now)
             cur = await conn.execute(
                 "SELECT jti FROM tokens WHERE (sub = %s OR client_id = %s) AND revoked_at IS NULL AND exp > %s",
                 (value, value, int(now)),
             )
-            revoked = await _revoke_jtis(conn, [r[0] for r in await cur.fetchall()], now)
+            revoked = await _revoke_jtis(conn, feed, [r[0] for r in await cur.fetchall()], now)
+            await feed.publish(conn, now)
             detail = {**audit.detail, "tasks": [t.id for t in tasks], "revoked": len(revoked)}
             await _append(conn, AuditEvent(**{**audit.__dict__, "detail": detail}), now)
         await self._revoked()
@@ -469,7 +521,7 @@ class PostgresRedisStore:
 
     async def vault_list(self) -> list[VaultEntry]:
         async with self._conn() as conn:
-            cur = await conn.execute(f"SELECT {VAULT_COLUMNS} FROM vault ORDER BY name")
+            cur = await conn.execute(f'SELECT {VAULT_COLUMNS} FROM vault ORDER BY name COLLATE "C"')
             return [vault_from_row(r) for r in await cur.fetchall()]
 
     async def vault_delete(self, name: str, *, now: float, audit: AuditEvent) -> bool:

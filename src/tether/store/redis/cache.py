@@ -2,7 +2,8 @@
 
 * ``first_use`` — the DPoP ``jti`` replay cache: ``SET key 1 NX EXAT until`` is atomic,
   so a proof accepted by one replica is a replay at every other (DPOP-12 **P**);
-* ``incr_window`` — fixed-window counters (``INCR`` + ``EXPIREAT``) for rates and caps;
+* ``incr_window`` — fixed-window counters (``INCR``, and ``EXPIREAT`` by the call that
+  starts the window, in one script) for rates and caps;
 * a pub/sub channel on which a replica announces each revocation it committed; every
   replica's listener wakes its SSE streams at once (they then read PostgreSQL).
 
@@ -28,9 +29,18 @@ log = logging.getLogger("tether.store")
 T = TypeVar("T")
 
 
+# INCR, and EXPIREAT only when this call started the window: atomic, any Redis version
+_INCR_WINDOW = """
+local value = redis.call('INCR', KEYS[1])
+if value == 1 then redis.call('EXPIREAT', KEYS[1], ARGV[1]) end
+return value
+"""
+
+
 class RedisCache:
     def __init__(self, client: aioredis.Redis, *, prefix: str) -> None:
         self.client = client
+        self._incr_window = client.register_script(_INCR_WINDOW)
         self.prefix = prefix
         self.channel = f"{prefix}:revocations"
         self._listener: asyncio.Task[None] | None = None
@@ -59,17 +69,15 @@ class RedisCache:
         return bool(result)
 
     async def incr_window(self, key: str, *, window_ends: int) -> int:
-        """Increment a counter that disappears at ``window_ends``; returns the new value."""
+        """Increment a fixed-window counter; returns the new value.
+
+        The window is set once, by the call that starts it, and ``INCR`` keeps it: a later
+        ``window_ends`` never stretches it (as in the SQLite store). Setting the expiry on
+        every call made the window slide, so calls spaced just under a window apart kept
+        adding up for ever.
+        """
         name = f"{self.prefix}:count:{key}"
-
-        async def op() -> Any:
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.incr(name)
-                pipe.expireat(name, int(window_ends))
-                return await pipe.execute()
-
-        values = await self._call(op)
-        return int(values[0])
+        return int(await self._call(lambda: self._incr_window(keys=[name], args=[int(window_ends)])))
 
     async def first_seen(self, key: str, *, now: float, until: int) -> float:
         """``SET NX EXAT`` a timestamp, then read it: the first caller's time wins everywhere."""

@@ -109,21 +109,26 @@ class Database:
             raise StoreUnavailable("sqlite: the store is closed") from exc
         return await work
 
-    async def run_batched(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def run_batched(
+        self, fn: Callable[[sqlite3.Connection], T], *, kept: Callable[[sqlite3.Connection], object] | None = None
+    ) -> T:
         """Run ``fn`` inside one transaction shared by every write queued in this loop iteration.
 
         Group commit: concurrent issuances pay for one ``COMMIT`` together. Each write runs
         in its own ``SAVEPOINT``, so a write that refuses (a ``StoreError``) is rolled back
         alone and the others commit; a response is only sent after its batch committed,
         so durability is what it was with one transaction per write.
+
+        ``kept`` runs first, in a savepoint of its own: what it wrote commits with the batch
+        even if ``fn`` then refuses (a DPoP proof, once checked, stays spent). If ``kept``
+        refuses, ``fn`` does not run.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        batch: list[tuple[Callable[[sqlite3.Connection], object], asyncio.Future[object]]] | None
-        batch = getattr(self._local, "batch", None)
+        batch: _Batch | None = getattr(self._local, "batch", None)
         if batch is None:
             batch = self._local.batch = []
-        batch.append((fn, future))  # type: ignore[arg-type]
+        batch.append((kept, fn, future))  # type: ignore[arg-type]
         if len(batch) == 1:
             loop.call_soon(self._flush)
         return await future
@@ -164,9 +169,7 @@ class Database:
             return
         _resolve(batch, outcomes)
 
-    def _flush_on_worker(
-        self, batch: list[tuple[Callable[[sqlite3.Connection], object], asyncio.Future[object]]]
-    ) -> list[tuple[bool, object]]:
+    def _flush_on_worker(self, batch: _Batch) -> list[tuple[bool, object]]:
         try:
             return _run_batch(self._connect(_WORKER_BUSY_MS), batch)
         except sqlite3.Error as exc:
@@ -192,29 +195,41 @@ class Database:
         self._local = threading.local()
 
 
-_Batch = list[tuple[Callable[[sqlite3.Connection], object], "asyncio.Future[object]"]]
+_Step = Callable[[sqlite3.Connection], object]
+_Batch = list[tuple[_Step | None, _Step, "asyncio.Future[object]"]]
 
 
 def _run_batch(conn: sqlite3.Connection, batch: _Batch) -> list[tuple[bool, object]]:
-    """One transaction, one savepoint per write; returns ``(ok, value or StoreError)`` per write."""
+    """One transaction, one savepoint per step; returns ``(ok, value or StoreError)`` per write."""
     outcomes: list[tuple[bool, object]] = []
     with transaction(conn):
-        for fn, _ in batch:
-            conn.execute("SAVEPOINT write")
+        for kept, fn, _ in batch:
             try:
-                value = fn(conn)
+                if kept is not None:
+                    _savepoint(conn, kept)
+                value = _savepoint(conn, fn)
             except StoreError as refusal:
-                conn.execute("ROLLBACK TO write")
-                conn.execute("RELEASE write")
                 outcomes.append((False, refusal))
             else:
-                conn.execute("RELEASE write")
                 outcomes.append((True, value))
     return outcomes
 
 
+def _savepoint(conn: sqlite3.Connection, step: _Step) -> object:
+    """Run ``step`` in a savepoint: kept if it returns, undone alone if it refuses (``StoreError``)."""
+    conn.execute("SAVEPOINT write")
+    try:
+        value = step(conn)
+    except StoreError:
+        conn.execute("ROLLBACK TO write")
+        conn.execute("RELEASE write")
+        raise
+    conn.execute("RELEASE write")
+    return value
+
+
 def _resolve(batch: _Batch, outcomes: list[tuple[bool, object]]) -> None:
-    for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+    for (_, _, future), (ok, value) in zip(batch, outcomes, strict=True):
         if future.done():
             continue
         if ok:
@@ -225,7 +240,7 @@ def _resolve(batch: _Batch, outcomes: list[tuple[bool, object]]) -> None:
 
 
 def _fail(batch: _Batch, exc: BaseException) -> None:
-    for _, future in batch:
+    for _, _, future in batch:
         if not future.done():
             future.set_exception(exc)
 

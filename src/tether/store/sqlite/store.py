@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -48,9 +48,11 @@ from tether.store.rows import (
     audit_from_row,
     audit_mark_from_row,
     audit_values,
+    block_names,
     key_from_row,
     revocation_from_row,
     task_from_row,
+    task_principals,
     task_values,
     token_from_row,
     token_values,
@@ -76,8 +78,8 @@ def _publish(conn: sqlite3.Connection, kind: RevocationKind, value: str, exp: in
 
 
 def _revoke_jtis(conn: sqlite3.Connection, roots: Sequence[str], now: float) -> list[str]:
-    """Revoke each root and all its descendants; publish one feed entry per newly revoked token."""
-    revoked: list[str] = []
+    """Revoke each root and all its descendants; publish one feed entry per newly revoked token, in jti order."""
+    found: dict[str, int] = {}
     for root in roots:
         rows = conn.execute(
             "WITH RECURSIVE tree(jti) AS (SELECT jti FROM tokens WHERE jti = ?"
@@ -85,11 +87,12 @@ def _revoke_jtis(conn: sqlite3.Connection, roots: Sequence[str], now: float) -> 
             " SELECT tokens.jti, tokens.exp FROM tokens JOIN tree USING (jti) WHERE tokens.revoked_at IS NULL",
             (root,),
         ).fetchall()
-        for jti, exp in rows:
-            conn.execute("UPDATE tokens SET revoked_at = ? WHERE jti = ?", (int(now), jti))
-            if exp > now:
-                _publish(conn, RevocationKind.TOKEN, jti, exp, now)
-            revoked.append(jti)
+        found.update(rows)
+    revoked = sorted(found)
+    for jti in revoked:
+        conn.execute("UPDATE tokens SET revoked_at = ? WHERE jti = ?", (int(now), jti))
+        if found[jti] > now:
+            _publish(conn, RevocationKind.TOKEN, jti, found[jti], now)
     return revoked
 
 
@@ -104,8 +107,8 @@ def _first_use(conn: sqlite3.Connection, key: str, until: int, now: float) -> bo
     return cur.rowcount == 1
 
 
-def _is_blocked(conn: sqlite3.Connection, names: Sequence[str]) -> bool:
-    unique = list(dict.fromkeys(n for n in names if n))
+def _is_blocked(conn: sqlite3.Connection, *groups: Iterable[str | None]) -> bool:
+    unique = block_names(*groups)
     if not unique:
         return False
     marks = ", ".join("?" * len(unique))
@@ -197,7 +200,7 @@ class SqliteStore:
     async def create_task(self, task: Task, audit: AuditEvent) -> None:
         def q(conn: sqlite3.Connection) -> None:
             with transaction(conn):
-                if _is_blocked(conn, [task.agent, task.on_behalf_of or ""]):
+                if _is_blocked(conn, (task.agent, task.on_behalf_of)):
                     raise Blocked(task.agent)
                 conn.execute(f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({', '.join('?' * 14)})", task_values(task))
                 _append(conn, audit, task.created_at)
@@ -254,7 +257,7 @@ class SqliteStore:
                 ids = [
                     r[0]
                     for r in conn.execute(
-                        "SELECT id FROM tasks WHERE state = 'active' AND expires_at <= ?", (int(now),)
+                        "SELECT id FROM tasks WHERE state = 'active' AND expires_at <= ? ORDER BY id", (int(now),)
                     ).fetchall()
                 ]
                 for task_id in ids:
@@ -277,10 +280,7 @@ class SqliteStore:
                 if jti is not None
                 else None
             )
-            names = list(principals)
-            if task_row is not None:
-                names += [task_row[1], task_row[2]]
-            blocked = _is_blocked(conn, names)
+            blocked = _is_blocked(conn, principals, task_principals(task_row))
             return LookupResult(
                 task=task_from_row(task_row) if task_row else None,
                 token=token_from_row(token_row) if token_row else None,
@@ -299,9 +299,11 @@ class SqliteStore:
         replay: tuple[str, int] | None = None,
         principals: Sequence[str] = (),
     ) -> None:
-        def q(conn: sqlite3.Connection) -> None:
+        def spend_proof(conn: sqlite3.Connection) -> None:
             if replay is not None and not _first_use(conn, replay[0], replay[1], now):
                 raise Replayed(replay[0])
+
+        def q(conn: sqlite3.Connection) -> None:
             for key, until in spends:
                 if not _spend(conn, key, until, now):
                     raise AlreadySpent(key)
@@ -309,8 +311,8 @@ class SqliteStore:
                 parent = conn.execute("SELECT revoked_at FROM tokens WHERE jti = ?", (token.parent_jti,)).fetchone()
                 if parent is None or parent[0] is not None:
                     raise ParentRevoked(token.parent_jti)
-            if principals and _is_blocked(conn, principals):
-                raise Blocked(principals[0])
+            if _is_blocked(conn, principals, (token.sub, token.client_id)):
+                raise Blocked(token.sub)
             if token.task_id is not None:
                 cur = conn.execute(
                     "UPDATE tasks SET tokens_issued = tokens_issued + 1"
@@ -328,7 +330,7 @@ class SqliteStore:
             conn.execute(f"INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ({', '.join('?' * 13)})", token_values(token))
             _append(conn, audit, now)
 
-        await self._db.run_batched(q)
+        await self._db.run_batched(q, kept=None if replay is None else spend_proof)
 
     async def purge_expired(self, *, now: float) -> None:
         def q(conn: sqlite3.Connection) -> None:
@@ -369,7 +371,7 @@ class SqliteStore:
                     (kind.value, value, now),
                 )
                 rows = conn.execute(
-                    f"SELECT {TASK_COLUMNS} FROM tasks WHERE {column} = ? AND state = 'active' AND expires_at > ?",
+                    f"SELECT {TASK_COLUMNS} FROM tasks WHERE {column} = ? AND state = 'active' AND expires_at > ? ORDER BY id",
                     (value, int(now)),
                 ).fetchall()
                 tasks = [task_from_row(r) for r in rows]
