@@ -183,6 +183,23 @@ def test_first_use_is_single_until_expiry(kind: str, tmp_path: Path) -> None:
     run(kind, tmp_path, body)
 
 
+def test_spent_reads_a_single_use_mark_without_spending_it(kind: str, tmp_path: Path) -> None:
+    """``spent`` (attributing refusals) sees what ``spend`` and ``issue_token`` marked, until the mark's end."""
+
+    async def body(store: Store) -> None:
+        assert not await store.spent("jwt-1", now=NOW)
+        assert not await store.spent("jwt-1", now=NOW), "reading must not spend"
+        assert await store.spend("jwt-1", until=int(NOW) + 60, now=NOW)
+        assert await store.spent("jwt-1", now=NOW)
+        assert not await store.spent("jwt-1", now=NOW + 61), "an expired mark is no longer spent"
+        t = task()
+        await store.create_task(t, EVENT)
+        await store.issue_token(token(t.id), now=NOW, spends=[("jwt-2", int(NOW) + 60)], audit=EVENT)
+        assert await store.spent("jwt-2", now=NOW)
+
+    run(kind, tmp_path, body)
+
+
 # -- signing keys -------------------------------------------------------------------------------
 def test_signing_key_rotation_keeps_old_key_until_not_after(kind: str, tmp_path: Path) -> None:
     from tether.keys.keyring import load_keyring, rotate_signing_key
