@@ -109,6 +109,15 @@ def _spends(*identities: WorkloadIdentity | None) -> list[tuple[str, int]]:
     return list(dict.fromkeys(k for k in keys if k is not None))
 
 
+def chain_risk(ctx: StsContext, *principals: str) -> int:
+    """The highest risk of everyone in the chain: requester, task agent, subject and every actor.
+
+    A service exchanging on an agent's behalf must not launder the agent's risk: Cedar's
+    ``context.risk`` is the worst score among all the parties the new token would speak for.
+    """
+    return max(ctx.risk(p) for p in dict.fromkeys(principals) if p)
+
+
 def _authorize(ctx: StsContext, req: ExchangeRequest, grant: Grant, task: Task, *, kind: str, principal: str) -> Decision:
     """Cedar ``exchange`` for the token about to be issued (after the built-in attenuation rules)."""
     args: dict[str, Any] = {
@@ -124,7 +133,7 @@ def _authorize(ctx: StsContext, req: ExchangeRequest, grant: Grant, task: Task, 
         "client": req.client_ip,
         "admins": ctx.settings.admin_principals,
         "tags": ctx.settings.tags,
-        "risk": ctx.risk(principal),
+        "risk": chain_risk(ctx, principal, task.agent, grant.sub, *grant.actors),
         "agent_kind": grant.agent_kind,
     }
     return ctx.authorize_memo(exchange_request_key(**args), lambda: exchange_request(**args))
