@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tether.errors import ConfigError, OAuthError
+from tether.filemodes import others_can_write
 from tether.gateway.routes import GatewayRoute, parse_routes
 from tether.identity.jwks_cache import parse_jwks
 from tether.monitor.settings import DetectorSettings, parse_detectors
@@ -401,6 +402,8 @@ def load_config(path: Path | None, *, env: Mapping[str, str] | None = None) -> C
     if path is None:
         path = Path(env.get("TETHER_CONFIG", "tether.toml"))
     try:
+        if others_can_write(path):
+            raise ConfigError("config", f"`{path}` must be writable by its owner only (chmod go-w)")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise ConfigError("config", f"`{path}` not found; run tether init") from exc

@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from tether.config import load_config
+from tether.filemodes import OWNER_DIR, write_private
 from tether.identity.dev_issuer import DevTrustDomain
 from tether.keys.keyring import rotate_signing_key
 from tether.keys.sealed import MASTER_KEY_ENV, create_master_key, load_master_key
@@ -110,9 +111,10 @@ bundle_file = ".tether/bundles/{DEV_TRUST_DOMAIN}.json"
 def install_starter_policies(directory: Path) -> None:
     """Copy the commented starter policy set (never over existing files)."""
     directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, OWNER_DIR)  # explicit modes, never the umask's: policies decide everything
     for entry in resources.files("tether.policy").joinpath("starter").iterdir():
         if entry.name.endswith((".cedar", ".yaml")) and not (directory / entry.name).exists():
-            (directory / entry.name).write_text(entry.read_text(encoding="utf-8"), encoding="utf-8")
+            write_private(directory / entry.name, entry.read_text(encoding="utf-8"))
 
 
 @dataclass
@@ -129,7 +131,7 @@ def initialize(directory: Path, *, issuer: str, force: bool = False) -> InitResu
     if config_path.exists():
         result.kept.append(str(config_path))
     else:
-        config_path.write_text(render_config(issuer), encoding="utf-8")
+        write_private(config_path, render_config(issuer))
         result.created.append(str(config_path))
     config = load_config(config_path)
     data_dir = config.data_dir

@@ -137,9 +137,9 @@ class PolicyEngine:
         changed = self.current is None or self.current.version != version.version
         self.current = version
         self.last_error = None
-        self._cache = OrderedDict()
-        self._memo = LruCache(_MEMO_SIZE)
-        if changed:
+        if changed:  # the same version (content hash) decides the same: its cached decisions stand
+            self._cache = OrderedDict()
+            self._memo = LruCache(_MEMO_SIZE)
             log.info(
                 "policy set %s loaded: %d policies (%d shadow)", version.version, len(version.policies), len(version.shadow_ids)
             )

@@ -23,6 +23,7 @@ from typing import Any
 import cedarpy
 
 from tether.errors import TetherError
+from tether.filemodes import others_can_write
 
 __all__ = [
     "LoadedPolicy",
@@ -220,11 +221,18 @@ def _policy_set(policies: Mapping[str, Any]) -> Any:
 
 
 def _cedar_files(directory: Path) -> list[Path]:
+    """The policy files, refused if the directory or a file is writable by group or others (``tether.filemodes``)."""
     if not directory.is_dir():
         raise PolicyLoadError([PolicyProblem(str(directory), 0, "policy directory does not exist")])
+    writable = "is writable by group or others (chmod go-w)"
+    if others_can_write(directory):
+        raise PolicyLoadError([PolicyProblem(str(directory), 0, f"policy directory {writable}")])
     files = sorted(p for p in directory.iterdir() if p.suffix == ".cedar" and p.is_file())
     if len(files) > MAX_POLICY_FILES:
         raise PolicyLoadError([PolicyProblem(str(directory), 0, f"more than {MAX_POLICY_FILES} policy files")])
+    unsafe = [p.name for p in files if others_can_write(p)]
+    if unsafe:
+        raise PolicyLoadError([PolicyProblem(name, 0, f"policy file {writable}") for name in unsafe])
     return files
 
 
@@ -268,7 +276,8 @@ def directory_fingerprint(directory: Path, *, now_ns: int | None = None) -> tupl
                 stat = entry.stat()
                 recent = now_ns - stat.st_mtime_ns < _RACY_NS
                 digest = hashlib.sha256(Path(entry.path).read_bytes()).hexdigest() if recent else ""
-                entries.append((entry.name, stat.st_mtime_ns, stat.st_size, digest))
-        return (os.stat(directory).st_mtime_ns, tuple(sorted(entries)))
+                entries.append((entry.name, stat.st_mtime_ns, stat.st_size, stat.st_mode, digest))
+        info = os.stat(directory)
+        return (os.path.realpath(directory), info.st_mtime_ns, info.st_mode, tuple(sorted(entries)))
     except OSError:
         return ("missing",)

@@ -4,6 +4,12 @@ On Linux an inotify watch (through libc, no extra dependency) reports every crea
 write, rename or delete in the directory; ``changed()`` drains its queue without
 blocking. Elsewhere — or if inotify is unavailable — it falls back to comparing the
 directory fingerprint on every call, which is always correct, just slower.
+
+The configured path is often a symlink swapped on deploy (``ln -sfn v2 current``). A
+watch on the directory follows the link once, to the old target, and sees nothing of
+the swap; so the link's parent directory is watched too, the resolved path is compared
+on every call (re-watching when it moved), and every ``recheck`` seconds ``changed()``
+answers True anyway, so the caller compares fingerprints even if an event was missed.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import errno
 import os
 import struct
 import sys
+import time
 from pathlib import Path
 
 __all__ = ["DirectoryWatch"]
@@ -37,6 +44,10 @@ _EVENTS = (
 )
 
 
+#: what changes in the link's parent directory matter: the link replaced, removed or re-pointed
+_PARENT_EVENTS = 0x00000004 | 0x00000040 | 0x00000080 | 0x00000100 | 0x00000200 | 0x00000400 | 0x00000800
+
+
 def _libc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None
@@ -50,18 +61,24 @@ def _libc() -> ctypes.CDLL | None:
 class DirectoryWatch:
     """``changed()`` is True the first time it is called and whenever the directory changed since."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, recheck: float = 5.0) -> None:
         self.directory = directory
+        self.recheck = recheck
         self._fd = -1
         self._first = True
         self._libc = _libc()
+        self._resolved = os.path.realpath(directory)
+        self._checked = time.monotonic()
         self._watch()
 
     def _watch(self) -> None:
         if self._libc is None:
             return
+        self._resolved = os.path.realpath(self.directory)
+        parent = os.path.dirname(os.path.abspath(self.directory))
         fd = self._libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
-        if fd >= 0 and self._libc.inotify_add_watch(fd, os.fsencode(self.directory), _EVENTS) >= 0:
+        watched = fd >= 0 and self._libc.inotify_add_watch(fd, os.fsencode(self._resolved), _EVENTS) >= 0
+        if watched and self._libc.inotify_add_watch(fd, os.fsencode(parent), _PARENT_EVENTS) >= 0:
             self._fd = fd
         elif fd >= 0:
             os.close(fd)
@@ -76,6 +93,18 @@ class DirectoryWatch:
             return True
         if self._fd < 0:
             return True  # no inotify: let the caller compare fingerprints every time
+        now = time.monotonic()
+        if now - self._checked >= self.recheck:
+            self._checked = now
+            self._drain()
+            if os.path.realpath(self.directory) != self._resolved:
+                self.close()
+                self._watch()
+            return True
+        return self._drain()
+
+    def _drain(self) -> bool:
+        """Read every queued event; True if there was one (re-watching if a watched directory went away)."""
         seen = False
         while True:
             try:
@@ -89,8 +118,8 @@ class DirectoryWatch:
             if not data:
                 return seen
             seen = True
-            if _lost(data):  # the directory itself was removed or moved: watch it again
-                self.close()
+            if _lost(data) or os.path.realpath(self.directory) != self._resolved:
+                self.close()  # the directory was removed, moved or the link re-pointed: watch again
                 self._watch()
                 return True
 
