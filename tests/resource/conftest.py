@@ -46,12 +46,21 @@ principals = ["{SVC_C}"]
         def url(name: str) -> str:
             return f"http://127.0.0.1:{ports[name]}"
 
-        a = stack.enter_context(serve(Verifier(ResourceSettings(issuer=sts.url, resource=url("a")), clock=clock), ports["a"]))
-        b = stack.enter_context(serve(Verifier(ResourceSettings(issuer=sts.url, resource=url("b"))), ports["b"]))
-        n = stack.enter_context(serve(Verifier(ResourceSettings(issuer=sts.url, resource=url("n"), nonce=True)), ports["n"]))
+        identity = sts.identity(SVC_B)  # registered for X: it may follow the revocation feed
+        a = stack.enter_context(
+            serve(Verifier(ResourceSettings(issuer=sts.url, resource=url("a")), clock=clock, identity=identity), ports["a"])
+        )
+        b = stack.enter_context(serve(Verifier(ResourceSettings(issuer=sts.url, resource=url("b")), identity=identity), ports["b"]))
+        n = stack.enter_context(
+            serve(Verifier(ResourceSettings(issuer=sts.url, resource=url("n"), nonce=True), identity=identity), ports["n"])
+        )
         o = stack.enter_context(
             serve(
-                Verifier(ResourceSettings(issuer=sts.url, resource=url("o")), keys=StaticKeySource(KeySet([own_public]))),
+                Verifier(
+                    ResourceSettings(issuer=sts.url, resource=url("o")),
+                    keys=StaticKeySource(KeySet([own_public])),
+                    identity=identity,
+                ),
                 ports["o"],
             )
         )

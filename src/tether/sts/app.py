@@ -15,6 +15,11 @@ publish even those turns it off (``[metrics] enabled = false`` → 404) or keeps
 private. It bypasses the admission limit: an overloaded STS is exactly when an operator
 needs its metrics, and rendering them is cheap (no store access). Counters live in the
 process: with ``tether serve --workers N`` a scrape reads the one worker that answers it.
+
+The revocation feed's streams are served by one ``FeedHub`` per process (``tether.sts.feed``),
+started with the app. A stream request is admitted like any other (authenticating its
+caller is work) and gives its admission slot back once the stream starts; the hub's own
+caps bound how many streams stay open.
 """
 
 from __future__ import annotations
@@ -35,10 +40,10 @@ from starlette.routing import Route
 from tether.metrics import CONTENT_TYPE, exposition
 from tether.store.errors import StoreUnavailable
 from tether.sts.context import StsContext
-from tether.sts.routes.discovery import (
-    health_endpoint,
-    jwks_endpoint,
-    metadata_endpoint,
+from tether.sts.feed import FeedHub, FeedSettings
+from tether.sts.routes.discovery import health_endpoint, jwks_endpoint, metadata_endpoint
+from tether.sts.routes.feed import (
+    feed_get_endpoint,
     policies_endpoint,
     revocations_endpoint,
     revocations_stream_endpoint,
@@ -103,7 +108,15 @@ def create_app(runtime: Runtime, *, upkeep: bool = True, max_inflight: int = 64)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        app.state.ctx = await runtime.start()
+        app.state.ctx = ctx = await runtime.start()
+
+        def policy_version() -> str | None:
+            ctx.policy.refresh()  # so an idle STS still announces a policy set changed on disk
+            return ctx.policy.version
+
+        feed = FeedHub(ctx.store, ctx.clock, FeedSettings.from_config(runtime.config), policy_version=policy_version)
+        await feed.start()
+        app.state.feed = feed
         periodic = (
             (5, runtime.reload_keys),
             (5, runtime.record_policy),
@@ -117,6 +130,7 @@ def create_app(runtime: Runtime, *, upkeep: bool = True, max_inflight: int = 64)
         finally:
             for job in jobs:
                 job.cancel()
+            await feed.aclose()
             await runtime.stop()
 
     routes = [
@@ -126,9 +140,10 @@ def create_app(runtime: Runtime, *, upkeep: bool = True, max_inflight: int = 64)
         Route("/jwks", jwks_endpoint, methods=["GET"]),
         Route("/.well-known/oauth-authorization-server", metadata_endpoint, methods=["GET"]),
         Route("/healthz", health_endpoint, methods=["GET"]),
-        Route("/revocations", revocations_endpoint, methods=["GET"]),
-        Route("/revocations/stream", revocations_stream_endpoint, methods=["GET"]),
-        Route("/policies", policies_endpoint, methods=["GET"]),
+        Route("/revocations", revocations_endpoint, methods=["POST"]),
+        Route("/revocations/stream", revocations_stream_endpoint, methods=["POST"]),
+        Route("/policies", policies_endpoint, methods=["POST"]),
+        *(Route(path, feed_get_endpoint, methods=["GET"]) for path in ("/revocations", "/revocations/stream", "/policies")),
         Route("/tasks", tasks_endpoint, methods=["GET", "POST"]),
         Route("/tasks/{task_id}", task_endpoint, methods=["GET"]),
         Route("/tasks/{task_id}/{action:str}", task_transition_endpoint, methods=["POST"]),
@@ -140,7 +155,12 @@ def create_app(runtime: Runtime, *, upkeep: bool = True, max_inflight: int = 64)
         routes=routes,
         lifespan=lifespan,
         middleware=[
-            Middleware(AdmissionLimit, limit=max_inflight, exempt=frozenset({"/healthz", "/metrics", "/revocations/stream"}))
+            Middleware(
+                AdmissionLimit,
+                limit=max_inflight,
+                exempt=frozenset({"/healthz", "/metrics"}),
+                streams=frozenset({"/revocations/stream"}),
+            )
         ],
         exception_handlers={HTTPException: handle_http, Exception: handle_unexpected},
     )
