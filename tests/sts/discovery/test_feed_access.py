@@ -35,6 +35,9 @@ from helpers import (
     create_task,
     running_sts,
 )
+from tether.config import parse_config
+from tether.errors import ConfigError
+from tether.sts.feed import FeedSettings
 
 X = "http://svc-x.test"
 REGISTERED = f'[[resources]]\nuri = "{X}"\nprincipals = ["{SVC_B}"]\n'
@@ -254,3 +257,25 @@ def test_an_open_stream_gives_its_admission_slot_back(tmp_path: Path, monkeypatc
         assert _opened(stream)
         for _ in range(3):  # the one slot is free for ordinary requests while the stream stays open
             assert _http(sts).get(sts.url + "/jwks").status_code == 200
+
+
+# -- configuration --------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ({"subscribers": ["not a principal"]}, "revocations.subscribers"),
+        ({"subscribers": "spiffe://tether.local/svc/rs"}, "revocations.subscribers"),
+        ({"max_streams": 0}, "revocations.max_streams"),
+        ({"max_streams_per_caller": -1}, "revocations.max_streams_per_caller"),
+        ({"stream_seconds": 0}, "revocations.stream_seconds"),
+        ({"streams": 5}, "revocations.streams"),
+    ],
+)
+def test_revocations_settings_are_validated(section: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse_config({"revocations": section}, path=None, env={})
+    assert refused.value.key == key
+    # positive control: the defaults, and a listed subscriber, load
+    settings = FeedSettings.from_config(parse_config({"revocations": {"subscribers": [SVC_RS]}}, path=None, env={}))
+    assert (settings.max_streams, settings.max_per_caller, settings.stream_seconds) == (1000, 20, 300.0)
+    assert settings.may_follow(SVC_RS) and settings.may_follow(ADMIN) and not settings.may_follow(AGENT)
