@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import httpx
 
 from tether.agent.identity import IdentitySource
+from tether.background import cancel
 from tether.clock import Clock, SystemClock
 from tether.errors import InvalidToken, TemporarilyUnavailable, after_end
 from tether.store.errors import StoreError
@@ -217,11 +218,8 @@ class RevocationFeed:
             self._task = asyncio.create_task(self._run(), name="tether-revocation-feed")
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel(task)
 
     async def wait_synced(self, timeout: float = 10.0) -> None:
         """Wait for the first heartbeat (the backlog has been applied)."""

@@ -22,7 +22,6 @@ the store reads, whatever the subscribers ask.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
@@ -30,6 +29,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from tether.background import cancel
 from tether.clock import Clock
 from tether.config import Config
 from tether.errors import TemporarilyUnavailable, TooManyRequests
@@ -64,7 +64,8 @@ class FeedSettings:
     max_streams: int = 1000
     max_per_caller: int = 20
     stream_seconds: float = 300.0
-    queue: int = 1024
+    #: events a subscriber may fall behind (items are shared between queues: a slot costs a pointer)
+    queue: int = 4096
     tick: float = 0.25
 
     @classmethod
@@ -169,11 +170,8 @@ class FeedHub:
         self._task = asyncio.create_task(self._run(), name="tether-feed-hub")
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel(task)
 
     # -- subscribers ----------------------------------------------------------------
     def subscribe(self, principal: str, *, heartbeat: float) -> Subscription:
@@ -255,6 +253,7 @@ class FeedHub:
                     self.cursor = entry.seq
                     self._fan_out((entry.seq, encode_entry(entry)))
                 if len(page) == PAGE:
+                    await asyncio.sleep(0)  # let subscribers drain between pages of a large revocation
                     continue
                 now = loop.time()
                 if now >= next_tick:
