@@ -21,7 +21,7 @@ from rskit import Env, call, hop_token, serve, wait_until
 
 from helpers import AGENT, SVC_B, free_port
 from services import REDIS_URL, drop_schema, new_schema, require_postgres_and_redis, schema_dsn, use_postgres
-from tether.agent.identity import DevIdentity
+from tether.agent.identity import DevIdentity, FileIdentity
 from tether.audit.chain import AuditEvent
 from tether.clock import ManualClock
 from tether.errors import InvalidToken, TemporarilyUnavailable
@@ -86,6 +86,24 @@ def test_a_service_whose_identity_is_not_registered_stays_closed(env: Env) -> No
         assert stranger.feed is not None and stranger.feed.connects == 0
     # positive control: the same service, the same token, as a registered workload
     with serve(Verifier(settings, identity=env.sts.identity(SVC_B)), port):
+        assert call(env.http, "GET", url + "/whoami", token, key).status_code == 200
+
+
+def test_a_service_whose_identity_is_not_there_yet_stays_closed_and_subscribes_once_it_is(env: Env, tmp_path: Path) -> None:
+    """A JWT file that spiffe-helper has not written yet: retried (never fatal), closed meanwhile."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    task = env.task(audiences=[url])
+    token, key = hop_token(env.sts, task["id"], url)
+    svid = tmp_path / "svc.jwt"
+    identity = FileIdentity(svid)
+    verifier = Verifier(ResourceSettings(issuer=env.sts.url, resource=url), identity=identity)
+    with serve(verifier, port, sync=False) as served:
+        response = call(env.http, "GET", url + "/whoami", token, key)
+        assert (response.status_code, response.json()["error"]) == (503, "temporarily_unavailable")
+        # the file appears (a JWT-SVID without a jti, as SPIRE issues them: the same one serves every connect)
+        svid.write_text(env.sts.svid(SVC_B, jti=False), encoding="ascii")
+        served.wait_synced()
         assert call(env.http, "GET", url + "/whoami", token, key).status_code == 200
 
 

@@ -22,7 +22,8 @@ class IdentitySource(Protocol):
     principal: str | None
 
     def token(self, audience: str) -> str:
-        """A workload JWT for ``audience`` (the STS issuer)."""
+        """A workload JWT for ``audience`` (the STS issuer); ``OSError``, ``ValueError`` or
+        ``RuntimeError`` when none can be had right now."""
         ...
 
 
@@ -66,7 +67,12 @@ class WorkloadApiIdentity:
         self.principal: str | None = None
 
     def token(self, audience: str) -> str:
-        svid = self._client.fetch_jwt_svid(audience={audience})
+        from spiffe.errors import PySpiffeError
+
+        try:
+            svid = self._client.fetch_jwt_svid(audience={audience})
+        except PySpiffeError as exc:  # the agent is down or has no SVID for us: a transient failure
+            raise RuntimeError(f"the SPIFFE Workload API gave no JWT-SVID: {exc}") from exc
         self.principal = str(svid.spiffe_id)
         return str(svid.token)
 

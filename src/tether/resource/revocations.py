@@ -111,7 +111,7 @@ class StsSource:
     async def events(self, cursor: int, heartbeat: float) -> AsyncGenerator[Event, None]:
         try:
             assertion = self._identity.token(self._audience)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RuntimeError) as exc:  # ``IdentitySource.token``'s failures: retried
             raise FeedDown(f"no workload identity: {exc}") from exc
         form = {"client_assertion_type": JWT_BEARER, "client_assertion": assertion, "heartbeat": f"{heartbeat:.3f}"}
         headers = {"Accept": "text/event-stream", "Last-Event-ID": str(cursor)}
@@ -257,7 +257,7 @@ class RevocationFeed:
             try:
                 await self.on_policy_version(version)
                 self.policy_version = version
-            except (httpx.HTTPError, ValueError, OSError) as exc:
+            except (httpx.HTTPError, ValueError, OSError, RuntimeError) as exc:  # retried at the next heartbeat
                 log.warning("policy set %s could not be fetched: %s", version, exc)
 
     async def _run(self) -> None:
