@@ -43,9 +43,9 @@ EVENT = AuditEvent(kind="test", outcome="ok")
 @pytest.mark.parametrize(
     ("fields", "missing"),
     [
-        ({}, "revocation_feed need"),
-        ({"revocation_feed": False, "policy_from_sts": True}, "policy_from_sts need"),
-        ({"policy_from_sts": True}, "revocation_feed and policy_from_sts need"),
+        ({}, "for revocation_feed:"),
+        ({"revocation_feed": False, "policy_from_sts": True}, "for policy_from_sts:"),
+        ({"policy_from_sts": True}, "for revocation_feed and policy_from_sts:"),
     ],
 )
 def test_a_verifier_that_follows_the_sts_without_an_identity_fails_at_construction(

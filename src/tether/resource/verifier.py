@@ -113,7 +113,8 @@ class Verifier:
             if needed
         ]
         if needs_identity and identity is None:
-            raise ValueError(f"{' and '.join(needs_identity)} need a workload identity: pass Verifier(settings, identity=...)")
+            missing = " and ".join(needs_identity)
+            raise ValueError(f"a workload identity is required for {missing}: pass Verifier(settings, identity=...)")
         self.settings = settings
         self.identity = identity
         self._own_http = http is None

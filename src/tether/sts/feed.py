@@ -15,8 +15,9 @@ Heartbeats carry the cursor, the server time and the policy version in force; th
 sent only after a successful read of the store, so a subscriber that hears them knows its
 view is current (the resource SDK fails closed when they stop). A subscriber may ask for
 a heartbeat between ``MIN_HEARTBEAT_SECONDS`` and ``MAX_HEARTBEAT_SECONDS``; anything
-outside is clamped, and the hub's tick (a quarter second) is the only thing that paces
-the store reads, whatever the subscribers ask.
+outside is clamped, and the hub's tick (a quarter second) is what paces the store reads,
+whatever the subscribers ask — besides the one read of its backlog each stream makes when
+it opens.
 """
 
 from __future__ import annotations
