@@ -10,7 +10,6 @@ same checks and the same fail-closed bound. Real STS, real stores, real HTTP.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -20,23 +19,19 @@ from joserfc.jwk import ECKey
 from rskit import Env, call, hop_token, serve, wait_until
 
 from helpers import AGENT, SVC_B, free_port
-from services import REDIS_URL, drop_schema, new_schema, require_postgres_and_redis, schema_dsn, use_postgres
+from services import ended_task, open_stores
 from tether.agent.identity import DevIdentity, FileIdentity
-from tether.audit.chain import AuditEvent
 from tether.clock import ManualClock
 from tether.errors import InvalidToken, TemporarilyUnavailable
 from tether.identity.dev_issuer import DevTrustDomain
-from tether.model import Task, TaskState
 from tether.resource import ResourceSettings, Verifier
 from tether.resource.revocations import RevocationFeed
 from tether.store.errors import StoreUnavailable
 from tether.store.protocol import Store
 from tether.store.records import Revocation
-from tether.store.sqlite.store import SqliteStore
 
 ISSUER = "http://127.0.0.1:8700"
 RESOURCE = "http://127.0.0.1:9001"
-EVENT = AuditEvent(kind="test", outcome="ok")
 
 
 # -- construction ---------------------------------------------------------------------------------
@@ -133,37 +128,10 @@ def run_two(tmp_path: Path, body: Callable[[Store, Store], Awaitable[None]]) -> 
     """``body`` with two handles on one fresh store, as two processes would hold them."""
 
     async def main() -> None:
-        if not use_postgres():
-            one, two = SqliteStore.open(tmp_path / "tether.db"), SqliteStore.open(tmp_path / "tether.db")
-            try:
-                await body(one, two)
-            finally:
-                one.close()
-                two.close()
-            return
-        from tether.store.postgres.store import PostgresRedisStore
-
-        require_postgres_and_redis()
-        schema = new_schema()
-        first = await PostgresRedisStore.open(schema_dsn(schema), REDIS_URL, prefix=schema, migrate=True)
-        second = await PostgresRedisStore.open(schema_dsn(schema), REDIS_URL, prefix=schema)
-        try:
-            await body(first, second)
-        finally:
-            await first.aclose()
-            await second.aclose()
-            drop_schema(schema)
+        async with open_stores(tmp_path, 2) as (one, two):
+            await body(one, two)
 
     asyncio.run(main())
-
-
-async def _ended_task(store: Store) -> str:
-    now = int(time.time())
-    task = Task(id="tsk_" + secrets.token_hex(6), agent=AGENT, audiences=(RESOURCE,), scopes=frozenset({"read"}),
-                created_at=now, expires_at=now + 900, max_depth=3, max_tokens=10)  # fmt: skip
-    await store.create_task(task, EVENT)
-    await store.end_task(task.id, TaskState.COMPLETED, now=time.time(), audit=EVENT)
-    return task.id
 
 
 async def _until(predicate: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
@@ -179,7 +147,7 @@ def test_the_store_view_refuses_what_another_process_ended(tmp_path: Path) -> No
         feed.start()
         try:
             await feed.wait_synced()
-            ended, running = await _ended_task(sts), "tsk_still_running"
+            ended, running = await ended_task(sts), "tsk_still_running"
             await _until(lambda: ended in feed.tasks, "the ended task on the gateway's view")
             with pytest.raises(InvalidToken) as refused:
                 feed.check(jti="j1", task=ended, now=time.time())

@@ -11,23 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import secrets
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from services import REDIS_URL, drop_schema, new_schema, require_postgres_and_redis, schema_dsn, use_postgres
-from tether.audit.chain import AuditEvent
+from services import ended_task, open_stores
 from tether.clock import SystemClock
-from tether.model import Task, TaskState
 from tether.store.protocol import Store
 from tether.store.records import Revocation
-from tether.store.sqlite.store import SqliteStore
 from tether.sts.feed import Beat, FeedHub, FeedSettings, Subscription
 
 SUBSCRIBERS = 30
-EVENT = AuditEvent(kind="test", outcome="ok")
 
 
 class CountingStore:
@@ -52,35 +46,10 @@ def run(tmp_path: Path, body: Callable[[Store], Awaitable[None]]) -> None:
     """``body`` against a fresh store of the kind the suite runs on."""
 
     async def main() -> None:
-        if not use_postgres():
-            store: Store = SqliteStore.open(tmp_path / "tether.db")
-            try:
-                await body(store)
-            finally:
-                await store.aclose()
-            return
-        from tether.store.postgres.store import PostgresRedisStore
-
-        require_postgres_and_redis()
-        schema = new_schema()
-        pg = await PostgresRedisStore.open(schema_dsn(schema), REDIS_URL, prefix=schema, migrate=True)
-        try:
-            await body(pg)
-        finally:
-            await pg.aclose()
-            drop_schema(schema)
+        async with open_stores(tmp_path) as (store,):
+            await body(store)
 
     asyncio.run(main())
-
-
-async def end_task(store: Store) -> str:
-    """Create and complete a task: the store publishes one feed entry naming it."""
-    now = int(time.time())
-    task = Task(id="tsk_" + secrets.token_hex(6), agent="spiffe://t/agent", audiences=("https://a.example",),
-                scopes=frozenset({"read"}), created_at=now, expires_at=now + 900, max_depth=3, max_tokens=10)  # fmt: skip
-    await store.create_task(task, EVENT)
-    await store.end_task(task.id, TaskState.COMPLETED, now=time.time(), audit=EVENT)
-    return task.id
 
 
 def hub_for(store: Any, **settings: Any) -> FeedHub:
@@ -105,7 +74,7 @@ def test_one_store_read_per_tick_serves_every_subscriber(tmp_path: Path) -> None
             reads_before, started = counting.reads, loop.time()
             readers = asyncio.gather(*(drain(sub) for sub in subs))
             await asyncio.sleep(1.0)
-            ended = await end_task(store)  # one revocation while they all listen
+            ended = await ended_task(store)  # one revocation while they all listen
             got = await readers  # each stream ends after its 3 s
             elapsed, reads = loop.time() - started, counting.reads - reads_before
         finally:
@@ -139,7 +108,7 @@ def test_a_subscriber_that_falls_a_queue_behind_is_cut_and_resumes_from_its_curs
             reader = asyncio.create_task(read())
             ended = []
             for _ in range(20):  # revocations as separate requests would come: the loop turns between them
-                ended.append(await end_task(store))
+                ended.append(await ended_task(store))
                 await asyncio.sleep(0.01)
             await asyncio.wait_for(reader, 10)
             # the one that never read was cut once its queue was full: what it held is dropped
