@@ -94,15 +94,15 @@ def store_sql(config: object, sql: str, params: tuple[object, ...] = ()) -> list
 
 
 @contextlib.asynccontextmanager
-async def open_stores(directory: Path, count: int = 1) -> AsyncIterator[list[Store]]:
-    """``count`` handles on one fresh store of the kind the suite runs on, as separate processes hold them.
+async def open_stores(directory: Path, count: int = 1, *, kind: str | None = None) -> AsyncIterator[list[Store]]:
+    """``count`` handles on one fresh store, as separate processes (or replicas) hold them.
 
-    SQLite: one file in ``directory``; PostgreSQL + Redis (``TETHER_TEST_STORE=postgres``):
-    a new schema and key prefix, dropped afterwards.
+    ``kind`` is ``sqlite`` (one file in ``directory``) or ``postgres`` (PostgreSQL + Redis:
+    a new schema and key prefix, dropped afterwards); by default the suite's (``TETHER_TEST_STORE``).
     """
     from tether.store.sqlite.store import SqliteStore
 
-    if not use_postgres():
+    if (kind or ("postgres" if use_postgres() else "sqlite")) == "sqlite":
         lites: list[Store] = [SqliteStore.open(directory / "tether.db") for _ in range(count)]
         try:
             yield lites
