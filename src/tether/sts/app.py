@@ -42,12 +42,7 @@ from tether.store.errors import StoreUnavailable
 from tether.sts.context import StsContext
 from tether.sts.feed import FeedHub, FeedSettings
 from tether.sts.routes.discovery import health_endpoint, jwks_endpoint, metadata_endpoint
-from tether.sts.routes.feed import (
-    feed_get_endpoint,
-    policies_endpoint,
-    revocations_endpoint,
-    revocations_stream_endpoint,
-)
+from tether.sts.routes.feed import policies_endpoint, revocations_endpoint, revocations_stream_endpoint
 from tether.sts.routes.tasks import block_endpoint, task_endpoint, task_transition_endpoint, tasks_endpoint
 from tether.sts.routes.token import introspect_endpoint, revoke_endpoint, token_endpoint
 from tether.web.admission import AdmissionLimit
@@ -140,10 +135,10 @@ def create_app(runtime: Runtime, *, upkeep: bool = True, max_inflight: int = 64)
         Route("/jwks", jwks_endpoint, methods=["GET"]),
         Route("/.well-known/oauth-authorization-server", metadata_endpoint, methods=["GET"]),
         Route("/healthz", health_endpoint, methods=["GET"]),
-        Route("/revocations", revocations_endpoint, methods=["POST"]),
-        Route("/revocations/stream", revocations_stream_endpoint, methods=["POST"]),
-        Route("/policies", policies_endpoint, methods=["POST"]),
-        *(Route(path, feed_get_endpoint, methods=["GET"]) for path in ("/revocations", "/revocations/stream", "/policies")),
+        # GET too, to be refused with invalid_client and the way in: never a 405 nor the data
+        Route("/revocations", revocations_endpoint, methods=["GET", "POST"]),
+        Route("/revocations/stream", revocations_stream_endpoint, methods=["GET", "POST"]),
+        Route("/policies", policies_endpoint, methods=["GET", "POST"]),
         Route("/tasks", tasks_endpoint, methods=["GET", "POST"]),
         Route("/tasks/{task_id}", task_endpoint, methods=["GET"]),
         Route("/tasks/{task_id}/{action:str}", task_transition_endpoint, methods=["POST"]),

@@ -140,6 +140,9 @@ def test_AUX_04_feed_and_policies_refuse_unauthenticated_callers(env: RunningSts
     refusals = _refusals(env)[before:]
     assert [r.error for r in refusals] == ["invalid_client"] * len(attempts)
     assert all(r.detail["path"] == path for r in refusals)
+    # counted under the endpoint's own name, GET or POST (the metric's labels stay a bounded set)
+    label = path.strip("/").replace("/", "_")
+    assert f'tether_refusals_total{{endpoint="{label}",error="invalid_client"}}' in http.get(env.url + "/metrics").text
     # positive control: the same endpoint, a registered workload's fresh assertion
     assert _read(env, path, env.client_auth(SVC_B))[0] == 200
 

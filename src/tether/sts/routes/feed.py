@@ -25,7 +25,7 @@ from tether.sts.routes.common import context, endpoint
 from tether.web.errors import NO_STORE
 from tether.web.forms import Form, read_form
 
-__all__ = ["feed_get_endpoint", "policies_endpoint", "revocations_endpoint", "revocations_stream_endpoint"]
+__all__ = ["policies_endpoint", "revocations_endpoint", "revocations_stream_endpoint"]
 
 AUDIT_KIND = "feed.refused"
 
@@ -35,16 +35,14 @@ def hub(request: Request) -> FeedHub:
     return feed
 
 
-@endpoint(resource=False, audit_kind=AUDIT_KIND)
-async def feed_get_endpoint(request: Request) -> Response:
-    """The unauthenticated ``GET`` forms of the feed and policy endpoints: refused, with the way in."""
-    raise InvalidClient(
-        "authentication required: POST a form with a jwt-bearer client_assertion (a workload JWT)",
-        debug=f"unauthenticated GET {request.url.path[:200]}",
-    )
-
-
-async def _subscriber(ctx: StsContext, feed: FeedHub, form: Form) -> str:
+async def _subscriber(ctx: StsContext, feed: FeedHub, request: Request) -> tuple[Form, str]:
+    """The request's form and its authenticated, registered caller (the ``GET`` forms are refused, with the way in)."""
+    if request.method != "POST":
+        raise InvalidClient(
+            "authentication required: POST a form with a jwt-bearer client_assertion (a workload JWT)",
+            debug=f"unauthenticated {request.method[:10]} {request.url.path[:200]}",
+        )
+    form = await read_form(request)
     client = await authenticate_client(ctx, form.get("client_assertion"), form.get("client_assertion_type"))
     if not feed.settings.may_follow(client.principal):
         refusal = AccessDenied(
@@ -53,7 +51,7 @@ async def _subscriber(ctx: StsContext, feed: FeedHub, form: Form) -> str:
         )
         refusal.audit["caller"] = client.principal
         raise refusal
-    return client.principal
+    return form, client.principal
 
 
 def _cursor(raw: str, name: str) -> int:
@@ -66,8 +64,7 @@ def _cursor(raw: str, name: str) -> int:
 async def revocations_endpoint(request: Request) -> Response:
     """Feed entries after ``after`` (a cursor); entries drop out once the tokens they cover expire."""
     ctx, feed = context(request), hub(request)
-    form = await read_form(request)
-    await _subscriber(ctx, feed, form)
+    form, _ = await _subscriber(ctx, feed, request)
     after = _cursor(form.get("after") or "0", "`after`")
     entries = await ctx.store.revocations_after(after, now=ctx.now(), limit=PAGE)
     cursor = entries[-1].seq if entries else after
@@ -96,8 +93,7 @@ class _FeedResponse(StreamingResponse):
 async def revocations_stream_endpoint(request: Request) -> Response:
     """SSE: the backlog after ``Last-Event-ID`` (or ``after``), then entries as they are published, heartbeats between."""
     ctx, feed = context(request), hub(request)
-    form = await read_form(request)
-    principal = await _subscriber(ctx, feed, form)
+    form, principal = await _subscriber(ctx, feed, request)
     cursor = _cursor(request.headers.get("last-event-id") or form.get("after") or "0", "`after` / Last-Event-ID")
     try:
         heartbeat = clamp_heartbeat(float(form.get("heartbeat") or MAX_HEARTBEAT_SECONDS))
@@ -115,8 +111,7 @@ async def policies_endpoint(request: Request) -> Response:
     fetch this again as soon as the STS loads a new set (push, not polling).
     """
     ctx, feed = context(request), hub(request)
-    form = await read_form(request)
-    await _subscriber(ctx, feed, form)
+    await _subscriber(ctx, feed, request)
     ctx.policy.refresh()
     current = ctx.policy.current
     if not ctx.settings.publish_policies or current is None:
