@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from services import new_schema, postgres_toml, require_postgres_and_redis, use_postgres
+from tether.agent.identity import DevIdentity
 from tether.agent.proof import DPoPKey
 from tether.audit.chain import AuditRecord
 from tether.clock import ManualClock
@@ -42,6 +43,9 @@ ADMIN = "spiffe://tether.local/admin"
 AGENT = "spiffe://tether.local/agent/research"
 SVC_B = "spiffe://tether.local/svc/b"
 SVC_C = "spiffe://tether.local/svc/c"
+#: a resource server's workload, registered only as a feed subscriber (``FEED_SUBSCRIBER``)
+SVC_RS = "spiffe://tether.local/svc/rs"
+FEED_SUBSCRIBER = f'[revocations]\nsubscribers = ["{SVC_RS}"]\n'
 
 
 #: For STSs shared by a module's tests: their deliberate refusals add up across tests, so the
@@ -97,6 +101,14 @@ class RunningSts:
     def svid(self, spiffe_id: str = AGENT, *, audience: str | None = None, ttl: int = 300, jti: bool = True) -> str:
         now = int(self.clock.now())
         return self.dev().issue(spiffe_id, audience=audience or self.url, ttl=ttl, now=now, with_jti=jti)
+
+    def identity(self, spiffe_id: str) -> DevIdentity:
+        """A workload identity minting SVIDs on this STS's clock (a resource server's, for the feed)."""
+        return DevIdentity(self.dev(), spiffe_id, clock=self.clock)
+
+    def client_auth(self, spiffe_id: str = ADMIN, **form: str) -> dict[str, str]:
+        """A form authenticating ``spiffe_id`` with a fresh RFC 7523 client assertion (``/introspect``, the feed)."""
+        return {"client_assertion": self.svid(spiffe_id), "client_assertion_type": JWT_BEARER, **form}
 
     def audit(self) -> list[AuditRecord]:
         async def read() -> list[AuditRecord]:

@@ -5,12 +5,20 @@ With ``CI=true`` an unreachable server FAILS the tests that need it — never a 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
+
+if TYPE_CHECKING:
+    from tether.store.protocol import Store
 
 PG_HOST = os.environ.get("TETHER_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("TETHER_TEST_PG_PORT", "5432"))
@@ -83,3 +91,49 @@ def store_sql(config: object, sql: str, params: tuple[object, ...] = ()) -> list
         rows = lite.execute(sql, params).fetchall()
     lite.close()
     return [tuple(r) for r in rows]
+
+
+@contextlib.asynccontextmanager
+async def open_stores(directory: Path, count: int = 1, *, kind: str | None = None) -> AsyncIterator[list[Store]]:
+    """``count`` handles on one fresh store, as separate processes (or replicas) hold them.
+
+    ``kind`` is ``sqlite`` (one file in ``directory``) or ``postgres`` (PostgreSQL + Redis:
+    a new schema and key prefix, dropped afterwards); by default the suite's (``TETHER_TEST_STORE``).
+    """
+    from tether.store.sqlite.store import SqliteStore
+
+    if (kind or ("postgres" if use_postgres() else "sqlite")) == "sqlite":
+        lites: list[Store] = [SqliteStore.open(directory / "tether.db") for _ in range(count)]
+        try:
+            yield lites
+        finally:
+            for lite in lites:
+                await lite.aclose()
+        return
+    from tether.store.postgres.store import PostgresRedisStore
+
+    require_postgres_and_redis()
+    schema = new_schema()
+    handles: list[Store] = []
+    try:
+        for i in range(count):
+            handles.append(await PostgresRedisStore.open(schema_dsn(schema), REDIS_URL, prefix=schema, migrate=i == 0))
+        yield handles
+    finally:
+        for handle in handles:
+            await handle.aclose()
+        drop_schema(schema)
+
+
+async def ended_task(store: Store, *, agent: str = "spiffe://t/agent") -> str:
+    """Create and complete a task through ``store``: it publishes one revocation feed entry naming it."""
+    from tether.audit.chain import AuditEvent
+    from tether.model import Task, TaskState
+
+    now = int(time.time())
+    task = Task(id="tsk_" + secrets.token_hex(6), agent=agent, audiences=("https://a.example",),
+                scopes=frozenset({"read"}), created_at=now, expires_at=now + 900, max_depth=3, max_tokens=10)  # fmt: skip
+    event = AuditEvent(kind="test", outcome="ok")
+    await store.create_task(task, event)
+    await store.end_task(task.id, TaskState.COMPLETED, now=time.time(), audit=event)
+    return task.id

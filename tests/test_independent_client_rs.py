@@ -11,7 +11,19 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import ACCESS, AGENT, JWT, TOKEN_EXCHANGE, Client, RunningSts, admin_token, create_task, running_sts
+from helpers import (
+    ACCESS,
+    AGENT,
+    FEED_SUBSCRIBER,
+    JWT,
+    SVC_RS,
+    TOKEN_EXCHANGE,
+    Client,
+    RunningSts,
+    admin_token,
+    create_task,
+    running_sts,
+)
 from independent import DPoPClient
 from tether.demo.services import docs_service
 from tether.web.server import ServerThread, free_port
@@ -23,8 +35,8 @@ REFUSAL_BOUND_SECONDS = 1.0
 def world(tmp_path: Path) -> Iterator[tuple[RunningSts, str, ServerThread]]:
     port = free_port()
     service = f"http://127.0.0.1:{port}"
-    with running_sts(tmp_path) as sts:
-        app, verifier = docs_service(sts.url, service)
+    with running_sts(tmp_path, extra_toml=FEED_SUBSCRIBER) as sts:
+        app, verifier = docs_service(sts.url, service, sts.identity(SVC_RS))
         server = ServerThread(app, port).start()
         try:
             deadline = time.monotonic() + 10

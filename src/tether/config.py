@@ -90,6 +90,12 @@ _SCALARS: dict[str, dict[str, tuple[type, Any]]] = {
         "refusal_interval": (int, 60),
         "refusal_buckets": (int, 1000),
     },
+    "revocations": {
+        "subscribers": (list, []),
+        "max_streams": (int, 1000),
+        "max_streams_per_caller": (int, 20),
+        "stream_seconds": (int, 300),
+    },
 }
 _TABLES = {"trust_domains", "oidc_issuers", "clients", "resources"}
 
@@ -211,7 +217,7 @@ def _table(name: str, index: int, row: Any, allowed: set[str], required: set[str
 
 
 def _check_positive(values: Mapping[str, Mapping[str, Any]]) -> None:
-    for section in ("tokens", "dpop", "tasks", "identity", "monitor", "audit"):
+    for section in ("tokens", "dpop", "tasks", "identity", "monitor", "audit", "revocations"):
         for k, v in values[section].items():
             if isinstance(v, int) and not isinstance(v, bool) and v <= 0 and k not in ("clock_skew", "refusal_interval"):
                 raise ConfigError(f"{section}.{k}", "must be a positive integer")
@@ -234,9 +240,11 @@ def _check_positive(values: Mapping[str, Mapping[str, Any]]) -> None:
         parse_scope(values["admin"]["scope"])
     except OAuthError as exc:
         raise ConfigError("admin.scope", "must be a scope") from exc
-    for principal in values["admin"]["principals"]:
-        if not is_principal(principal):
-            raise ConfigError("admin.principals", f"`{principal}` is not a principal")
+    for key in ("admin.principals", "revocations.subscribers"):
+        section, name = key.split(".")
+        for principal in values[section][name]:
+            if not is_principal(principal):
+                raise ConfigError(key, f"`{principal}` is not a principal")
 
 
 def _issuer_uri(value: str, key: str = "issuer") -> str:

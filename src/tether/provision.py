@@ -97,6 +97,12 @@ bundle_file = ".tether/bundles/{DEV_TRUST_DOMAIN}.json"
 # principals = ["spiffe://{DEV_TRUST_DOMAIN}/tools"]
 # tags = ["wiki"]             # visible to policies as resource.tags
 
+# [revocations]               # the revocation feed and /policies: admins and [[resources]] principals
+# subscribers = []            # may read them, and these principals too (workload JWT as client assertion)
+# max_streams = 1000          # open feed streams per STS process (over it: 429 too_many_requests)
+# max_streams_per_caller = 20 # per authenticated principal (raise it for a service with many replicas)
+# stream_seconds = 300        # a stream ends after this; the subscriber resumes with Last-Event-ID
+
 # [metrics]
 # enabled = true              # GET /metrics (Prometheus text) on the STS and the gateway, unauthenticated;
 #                             # labels are kinds, endpoints, error codes, routes, statuses - never principals

@@ -31,10 +31,11 @@ def aenv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentEnv]:
     with running_sts(tmp_path_factory.mktemp("agent"), extra_toml=resources) as sts, contextlib.ExitStack() as stack:
         domain = sts.dev()
         logs: dict[str, list[dict[str, Any]]] = {name: [] for name in ports}
+        rs = sts.identity(SVC_B)  # registered for x: it may follow the revocation feed
         verifiers = {
-            "x": Verifier(ResourceSettings(issuer=sts.url, resource=url["x"])),
-            "y": Verifier(ResourceSettings(issuer=sts.url, resource=url["y"])),
-            "n": Verifier(ResourceSettings(issuer=sts.url, resource=url["n"], nonce=True)),
+            "x": Verifier(ResourceSettings(issuer=sts.url, resource=url["x"]), identity=rs),
+            "y": Verifier(ResourceSettings(issuer=sts.url, resource=url["y"]), identity=rs),
+            "n": Verifier(ResourceSettings(issuer=sts.url, resource=url["n"], nonce=True), identity=rs),
         }
         apps = {
             "x": protected_app(verifiers["x"], logs["x"], onward=(sts.url, DevIdentity(domain, SVC_B), url["y"])),

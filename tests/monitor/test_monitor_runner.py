@@ -10,14 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import pytest
 from monitorkit import AGENT, OTHER, WIKI
 
-from services import REDIS_URL, drop_schema, new_schema, require_postgres_and_redis, schema_dsn
+from services import open_stores, require_postgres_and_redis
 from tether.audit.chain import AuditEvent
 from tether.clock import ManualClock
 from tether.metrics import REGISTRY
@@ -40,26 +40,9 @@ def alerts_count(detector: str) -> float:
     return REGISTRY.get_sample_value("tether_alerts_total", {"detector": detector}) or 0.0
 
 
-@contextlib.asynccontextmanager
-async def replicas(tmp_path: Path, kind: str, count: int = 2) -> AsyncIterator[list[Store]]:
+def replicas(tmp_path: Path, kind: str, count: int = 2) -> contextlib.AbstractAsyncContextManager[list[Store]]:
     """``count`` independent store handles on ONE chain (a file, or a PostgreSQL schema + Redis prefix)."""
-    stores: list[Store] = []
-    schema = None
-    try:
-        if kind == "sqlite":
-            stores = [SqliteStore.open(tmp_path / "tether.db") for _ in range(count)]
-        else:
-            from tether.store.postgres.store import PostgresRedisStore
-
-            schema = new_schema()
-            for i in range(count):
-                stores.append(await PostgresRedisStore.open(schema_dsn(schema), REDIS_URL, prefix=schema, migrate=i == 0))
-        yield stores
-    finally:
-        for store in stores:
-            await store.aclose()
-        if schema is not None:
-            drop_schema(schema)
+    return open_stores(tmp_path, count, kind=kind)
 
 
 def monitor(store: Store, clock: ManualClock, tables: dict[str, Any] | None = None, *, risk_ttl: float = 300) -> Monitor:

@@ -178,7 +178,7 @@ def test_BCP_13_a_full_run_at_debug_logs_no_token_proof_svid_or_secret(tmp_path:
     domain = DevTrustDomain.load(config.data_dir, "tether.local", load_master_key(config.master_key_file))
     sts = build_sts(config)
     gateway = build_gateway(config)
-    c_app, c_verifier = docs_service(config.issuer, c_url)
+    c_app, c_verifier = docs_service(config.issuer, c_url, DevIdentity(domain, SVC_C))
     b_app, b_verifier = search_service(config.issuer, b_url, c_url, DevIdentity(domain, SVC_B))
     try:
         _serve(sts.app, int(config.issuer.rsplit(":", 1)[1]), wire, servers)

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 from joserfc.jwk import ECKey
-from rskit import OWN_KID, Env, X, Y, serve
+from rskit import OWN_KID, Env, Served, X, Y, serve
 
 from helpers import QUIET_MONITOR, SVC_B, SVC_C, free_port, running_sts
 from tether.clock import ManualClock
@@ -46,14 +47,14 @@ principals = ["{SVC_C}"]
         def url(name: str) -> str:
             return f"http://127.0.0.1:{ports[name]}"
 
-        a = stack.enter_context(serve(Verifier(ResourceSettings(issuer=sts.url, resource=url("a")), clock=clock), ports["a"]))
-        b = stack.enter_context(serve(Verifier(ResourceSettings(issuer=sts.url, resource=url("b"))), ports["b"]))
-        n = stack.enter_context(serve(Verifier(ResourceSettings(issuer=sts.url, resource=url("n"), nonce=True)), ports["n"]))
-        o = stack.enter_context(
-            serve(
-                Verifier(ResourceSettings(issuer=sts.url, resource=url("o")), keys=StaticKeySource(KeySet([own_public]))),
-                ports["o"],
-            )
-        )
+        identity = sts.identity(SVC_B)  # registered for X: it may follow the revocation feed
+
+        def service(name: str, **fields: Any) -> Served:
+            settings = ResourceSettings(issuer=sts.url, resource=url(name), nonce=name == "n")
+            return stack.enter_context(serve(Verifier(settings, identity=identity, **fields), ports[name]))
+
+        a = service("a", clock=clock)
+        b, n = service("b"), service("n")
+        o = service("o", keys=StaticKeySource(KeySet([own_public])))
         http = stack.enter_context(httpx.Client(trust_env=False, timeout=10.0))
         yield Env(sts=sts, a=a, b=b, n=n, o=o, clock=clock, own_key=own_key, http=http)

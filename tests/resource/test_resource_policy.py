@@ -86,7 +86,7 @@ def policy_dir(tmp_path: Path, *extra: tuple[str, str]) -> Path:
 @contextlib.contextmanager
 def service(world: World, settings: ResourceSettings, *, http: httpx.AsyncClient | None = None) -> Iterator[Served]:
     """The protected app on the world's port; an injected async client is closed at shutdown."""
-    verifier = Verifier(settings, http=http, clock=world.sts.clock)
+    verifier = Verifier(settings, http=http, clock=world.sts.clock, identity=world.sts.identity(SVC_C))
     log: list[dict[str, Any]] = []
     app: ASGIApp = protected_app(verifier, log=log)
     if http is not None:

@@ -1,7 +1,8 @@
 """Revocation push (issue 3): the STS feed, the resource server's subscription, fail-closed.
 
-The STS publishes ``GET /revocations?after=N`` and an SSE stream; a service built with
-the resource SDK subscribes, resumes from its cursor after a disconnect, refuses
+The STS publishes ``POST /revocations`` (``after=N``) and an SSE stream to registered
+workloads; a service built with the resource SDK subscribes with its workload identity,
+resumes from its cursor after a disconnect, refuses
 revoked tokens and ended tasks, and refuses everything (503) once it has not heard
 from the STS for longer than ``stale_after``. All over real HTTP on loopback. Waiting
 for background work polls with a deadline; no latency figure is asserted.
@@ -35,10 +36,12 @@ from rskit import (
 
 from helpers import (
     AGENT,
+    FEED_SUBSCRIBER,
     JWT,
     JWT_BEARER,
     QUIET_MONITOR,
     SVC_B,
+    SVC_RS,
     Client,
     RunningSts,
     admin_token,
@@ -82,10 +85,26 @@ def revoke(http: httpx.Client, sts: RunningSts, token: str, caller: str = AGENT,
 
 
 def feed(http: httpx.Client, sts: RunningSts, after: int | str = 0) -> dict[str, Any]:
-    response = http.get(sts.url + "/revocations", params={"after": str(after)})
+    response = http.post(sts.url + "/revocations", data=sts.client_auth(after=str(after)))
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
+
+
+def stream(http: httpx.Client, sts: RunningSts, *, headers: dict[str, str] | None = None, **form: str) -> Any:
+    """``POST /revocations/stream`` as the admin (a registered subscriber)."""
+    return http.stream("POST", sts.url + "/revocations/stream", data=sts.client_auth(**form), headers=headers)
+
+
+@pytest.fixture
+def sts(tmp_path: Path) -> Iterator[RunningSts]:
+    """A fresh STS whose resource servers subscribe as ``SVC_RS`` (``[revocations] subscribers``)."""
+    with running_sts(tmp_path, extra_toml=FEED_SUBSCRIBER) as server:
+        yield server
+
+
+def rs_verifier(sts: RunningSts, url: str, *, clock: ManualClock | None = None, **fields: Any) -> Verifier:
+    return Verifier(ResourceSettings(issuer=sts.url, resource=url, **fields), clock=clock, identity=sts.identity(SVC_RS))
 
 
 # -- a shared STS with two services ----------------------------------------------------------
@@ -107,8 +126,8 @@ def fenv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FeedEnv]:
     resources = f'[[resources]]\nuri = "{a_url}"\nprincipals = ["{SVC_B}"]\n'
     with (
         running_sts(tmp_path_factory.mktemp("feed"), extra_toml=resources + "\n" + QUIET_MONITOR) as sts,
-        serve(Verifier(ResourceSettings(issuer=sts.url, resource=a_url)), pa) as a,
-        serve(Verifier(ResourceSettings(issuer=sts.url, resource=b_url)), pb) as b,
+        serve(Verifier(ResourceSettings(issuer=sts.url, resource=a_url), identity=sts.identity(SVC_B)), pa) as a,
+        serve(Verifier(ResourceSettings(issuer=sts.url, resource=b_url), identity=sts.identity(SVC_B)), pb) as b,
         httpx.Client(trust_env=False, timeout=10.0) as http,
     ):
         yield FeedEnv(sts, a, b, http)
@@ -184,11 +203,12 @@ def test_revocations_json_pages_by_cursor(fenv: FeedEnv) -> None:
 
 @pytest.mark.parametrize("after", ["-1", "abc", "1" * 19, "1.5", ""])
 def test_revocations_cursor_must_be_a_non_negative_integer(fenv: FeedEnv, after: str) -> None:
-    response = fenv.http.get(fenv.sts.url + "/revocations", params={"after": after})
+    response = fenv.http.post(fenv.sts.url + "/revocations", data=fenv.sts.client_auth(after=after or "x"))
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_request"
-    stream = fenv.http.get(fenv.sts.url + "/revocations/stream", headers={"Last-Event-ID": after or "x"})
-    assert stream.status_code == 400 and stream.json()["error"] == "invalid_request"
+    with stream(fenv.http, fenv.sts, headers={"Last-Event-ID": after or "x"}) as refused:
+        refused.read()
+        assert refused.status_code == 400 and refused.json()["error"] == "invalid_request"
     assert feed(fenv.http, fenv.sts, 0)["cursor"] >= 0
 
 
@@ -215,7 +235,7 @@ def test_sse_wire_format_resume_and_live_push(fenv: FeedEnv) -> None:
     seq = feed(fenv.http, fenv.sts)["cursor"]
     deadline = time.monotonic() + 10
     headers = {"Accept": "text/event-stream", "Last-Event-ID": str(seq - 1)}
-    with fenv.http.stream("GET", fenv.sts.url + "/revocations/stream", headers=headers) as response:
+    with stream(fenv.http, fenv.sts, headers=headers) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         assert response.headers["cache-control"] == "no-store"
@@ -237,8 +257,8 @@ def test_sse_wire_format_resume_and_live_push(fenv: FeedEnv) -> None:
                 assert json.loads(event["data"])["value"] == claims_of(second)["jti"]
                 break
             assert event["event"] == "heartbeat"
-    # ``?after=`` works like Last-Event-ID.
-    with fenv.http.stream("GET", fenv.sts.url + "/revocations/stream", params={"after": str(seq)}) as response:
+    # ``after`` works like Last-Event-ID.
+    with stream(fenv.http, fenv.sts, after=str(seq)) as response:
         block = next(_events(response.iter_lines(), time.monotonic() + 10))
         assert block["event"] == "revocation" and int(block["id"]) > seq
 
@@ -289,7 +309,7 @@ def test_revocations_page_at_1000_and_the_stream_delivers_the_whole_backlog(sts:
         assert published == {claims_of(t)["jti"] for t in [session, *hops]}
 
         # A service subscribing now receives the whole backlog (more than one page) before it serves.
-        with serve(Verifier(ResourceSettings(issuer=sts.url, resource=url)), port) as rs:
+        with serve(rs_verifier(sts, url), port) as rs:
             view = rs.verifier.feed
             assert view is not None
             assert published <= set(view.jtis)
@@ -307,7 +327,7 @@ def test_feed_entries_drop_out_once_the_token_or_task_expires(sts: RunningSts) -
     url = f"http://127.0.0.1:{port}"
     rs_clock = ManualClock()
     with (
-        serve(Verifier(ResourceSettings(issuer=sts.url, resource=url), clock=rs_clock), port) as rs,
+        serve(rs_verifier(sts, url, clock=rs_clock), port) as rs,
         httpx.Client(trust_env=False, timeout=10.0) as http,
     ):
         task = create_task(sts, audiences=[url], max_duration=600)
@@ -339,7 +359,7 @@ def test_feed_entries_drop_out_once_the_token_or_task_expires(sts: RunningSts) -
 # -- disconnects, resume and fail-closed -----------------------------------------------------------
 @pytest.fixture
 def restartable(tmp_path: Path) -> Iterator[RestartableSts]:
-    server = RestartableSts(tmp_path)
+    server = RestartableSts(tmp_path, extra_toml=FEED_SUBSCRIBER)
     server.start()
     try:
         yield server
@@ -358,7 +378,7 @@ def test_feed_resumes_after_a_dropped_connection_without_missing_a_revocation(re
     early, revoked_offline, sibling = (hop_from(client, session, url) for _ in range(3))
     in_ended_task, other_key = hop_token(sts, other["id"], url)
     with (
-        serve(Verifier(ResourceSettings(issuer=sts.url, resource=url, stale_after=60.0)), port) as rs,
+        serve(rs_verifier(sts, url, stale_after=60.0), port) as rs,
         httpx.Client(trust_env=False, timeout=10.0) as http,
     ):
         view = rs.verifier.feed
@@ -408,7 +428,7 @@ def test_fail_closed_when_the_sts_is_silent_beyond_stale_after_manual_clock(rest
     task = create_task(sts, audiences=[url])
     token, key = hop_token(sts, task["id"], url)
     with (
-        serve(Verifier(ResourceSettings(issuer=sts.url, resource=url, stale_after=30.0), clock=clock), port) as rs,
+        serve(rs_verifier(sts, url, stale_after=30.0, clock=clock), port) as rs,
         httpx.Client(trust_env=False, timeout=10.0) as http,
     ):
         assert status(http, rs, token, key) == (200, None)
@@ -436,7 +456,7 @@ def test_fail_closed_when_the_sts_is_gone_real_time(restartable: RestartableSts)
     task = create_task(sts, audiences=[url])
     token, key = hop_token(sts, task["id"], url)
     with (
-        serve(Verifier(ResourceSettings(issuer=sts.url, resource=url, stale_after=2.5)), port) as rs,
+        serve(rs_verifier(sts, url, stale_after=2.5), port) as rs,
         httpx.Client(trust_env=False, timeout=10.0) as http,
     ):
         assert status(http, rs, token, key) == (200, None)
@@ -459,7 +479,7 @@ def test_healthy_feed_never_fails_closed_with_a_small_stale_after(sts: RunningSt
     task = create_task(sts, audiences=[url])
     token, key = hop_token(sts, task["id"], url)
     with (
-        serve(Verifier(ResourceSettings(issuer=sts.url, resource=url, stale_after=1.0)), port) as rs,
+        serve(rs_verifier(sts, url, stale_after=1.0), port) as rs,
         httpx.Client(trust_env=False, timeout=10.0) as http,
     ):
         seen: dict[int, int] = {}

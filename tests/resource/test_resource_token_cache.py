@@ -19,9 +19,11 @@ import httpx
 import pytest
 from joserfc.jwk import ECKey
 
+from tether.agent.identity import DevIdentity
 from tether.agent.proof import DPoPKey
 from tether.clock import ManualClock
 from tether.errors import InvalidToken, OAuthError
+from tether.identity.dev_issuer import DevTrustDomain
 from tether.identity.jwks_cache import KeySet
 from tether.resource import ResourceSettings, Verifier
 from tether.resource.revocations import RevocationFeed
@@ -57,7 +59,9 @@ class Rs:
         self.keys = SwitchableKeys(KeySet([_public(self.issuer_key)]))
         self.clock = ManualClock()
         self.http = httpx.AsyncClient(trust_env=False)
-        self.feed = RevocationFeed(ISSUER, self.http, stale_after=3600, clock=self.clock)
+        # never started: the test applies entries itself; the identity is what a real one would present
+        identity = DevIdentity(DevTrustDomain("tether.local", _key("td")), "spiffe://tether.local/svc/a")
+        self.feed = RevocationFeed(ISSUER, self.http, identity=identity, stale_after=3600, clock=self.clock)
         self.feed.last_heard = time.time()
         settings = ResourceSettings(issuer=ISSUER, resource=RESOURCE, token_cache=token_cache)
         self.verifier = Verifier(settings, http=self.http, clock=self.clock, keys=self.keys, feed=self.feed)

@@ -539,7 +539,11 @@ def test_D_01_replay_to_a_second_replica_refused_with_a_shared_cache(env: Env) -
     resource = f"http://127.0.0.1:{p1}"
     shared = MemoryReplayCache()
     settings = ResourceSettings(issuer=env.sts.url, resource=resource)
-    with serve(Verifier(settings, replay=shared), p1) as one, serve(Verifier(settings, replay=shared), p2) as two:
+    identity = env.sts.identity(SVC_B)
+    with (
+        serve(Verifier(settings, replay=shared, identity=identity), p1) as one,
+        serve(Verifier(settings, replay=shared, identity=identity), p2) as two,
+    ):
         task = env.task(audiences=[resource])
         token, key = hop_token(env.sts, task["id"], resource)
         proof = key.proof("GET", resource + "/whoami", access_token=token)
@@ -570,7 +574,7 @@ def test_AUX_01_first_burst_at_a_fresh_service_waits_for_the_jwks(env: Env) -> N
     settings = ResourceSettings(issuer=env.sts.url, resource=resource, jwks_uri=f"http://127.0.0.1:{jwks_port}/jwks")
     relay = ServerThread(Starlette(routes=[Route("/jwks", slow_jwks)]), jwks_port).start()
     try:
-        with serve(Verifier(settings), port):
+        with serve(Verifier(settings, identity=env.sts.identity(SVC_B)), port):
             proofs = [key.proof("GET", url, access_token=token) for _ in range(8)]
 
             async def burst() -> list[int]:

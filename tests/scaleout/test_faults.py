@@ -14,9 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from scalekit import Cluster, cluster, postgres_server, redis_server, wait_until
+from scalekit import ADMIN, Cluster, cluster, postgres_server, redis_server, wait_until
 
 from services import drop_schema, new_schema, require_postgres_and_redis, schema_dsn
+from tether.agent.identity import DevIdentity
 from tether.agent.proof import DPoPKey
 from tether.clock import ManualClock
 from tether.errors import TemporarilyUnavailable
@@ -69,7 +70,7 @@ def test_postgres_down_fails_closed_everywhere_and_recovers(tmp_path: Path) -> N
 
         async def scenario() -> None:
             settings = ResourceSettings(issuer=c.replicas[0].url, resource="https://tool.example", stale_after=3.0)
-            verifier = Verifier(settings, clock=clock)
+            verifier = Verifier(settings, clock=clock, identity=DevIdentity(c.domain, ADMIN))
             await verifier.start()
 
             async def call() -> object:

@@ -20,8 +20,10 @@ import httpx
 import pytest
 from scalekit import JWT_BEARER, SVC, TETHER, Cluster, cluster
 
+from tether.agent.identity import DevIdentity
 from tether.agent.proof import DPoPKey
 from tether.resource import ResourceSettings, Verifier
+from tether.resource.revocations import RevocationFeed
 from tether.rules.jws import b64url_decode
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
@@ -97,8 +99,12 @@ def test_revocation_through_one_replica_is_refused_by_the_others_and_resource_se
     async def resource_server_view() -> tuple[bool, bool]:
         """A resource server subscribed to replica 2 sees a revocation made through replica 1."""
         settings = ResourceSettings(issuer=three.replicas[2].url, resource="https://tool.example", stale_after=5.0)
-        verifier = Verifier(settings)
-        await verifier.start()
+        # the tool's workload subscribes to replica 2; its assertions name the deployment's issuer
+        http = httpx.AsyncClient(trust_env=False, timeout=5.0)
+        identity = DevIdentity(three.domain, SVC)
+        feed = RevocationFeed(three.replicas[2].url, http, identity=identity, audience=three.issuer, stale_after=5.0)
+        verifier = Verifier(settings, http=http, feed=feed)
+        feed.start()
         try:
             assert verifier.feed is not None
             await verifier.feed.wait_synced()
@@ -114,7 +120,8 @@ def test_revocation_through_one_replica_is_refused_by_the_others_and_resource_se
                 await asyncio.sleep(0.01)
             return before, hop_jti in verifier.feed.jtis
         finally:
-            await verifier.aclose()
+            await feed.aclose()
+            await http.aclose()
 
     before, after = asyncio.run(resource_server_view())
     assert before is False and after is True

@@ -9,10 +9,10 @@ agent that writes them (spiffe-helper, kubelet) rotates them in place.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Protocol
 
+from tether.clock import Clock, SystemClock
 from tether.identity.dev_issuer import DevTrustDomain
 
 __all__ = ["DevIdentity", "FileIdentity", "IdentitySource", "WorkloadApiIdentity", "identity_from_environment"]
@@ -22,7 +22,8 @@ class IdentitySource(Protocol):
     principal: str | None
 
     def token(self, audience: str) -> str:
-        """A workload JWT for ``audience`` (the STS issuer)."""
+        """A workload JWT for ``audience`` (the STS issuer); ``OSError``, ``ValueError`` or
+        ``RuntimeError`` when none can be had right now."""
         ...
 
 
@@ -38,16 +39,17 @@ class FileIdentity:
 
 
 class DevIdentity:
-    """JWT-SVIDs minted locally by the dev trust domain (no SPIRE needed)."""
+    """JWT-SVIDs minted locally by the dev trust domain (no SPIRE needed), dated by ``clock``."""
 
-    def __init__(self, domain: DevTrustDomain, spiffe_id: str, *, ttl: int = 300) -> None:
+    def __init__(self, domain: DevTrustDomain, spiffe_id: str, *, ttl: int = 300, clock: Clock | None = None) -> None:
         self._domain = domain
         self.principal: str | None = spiffe_id
         self._ttl = ttl
+        self._clock = clock or SystemClock()
 
     def token(self, audience: str) -> str:
         assert self.principal is not None
-        return self._domain.issue(self.principal, audience=audience, ttl=self._ttl, now=int(time.time()))
+        return self._domain.issue(self.principal, audience=audience, ttl=self._ttl, now=int(self._clock.now()))
 
 
 class WorkloadApiIdentity:
@@ -65,7 +67,12 @@ class WorkloadApiIdentity:
         self.principal: str | None = None
 
     def token(self, audience: str) -> str:
-        svid = self._client.fetch_jwt_svid(audience={audience})
+        from spiffe.errors import PySpiffeError
+
+        try:
+            svid = self._client.fetch_jwt_svid(audience={audience})
+        except PySpiffeError as exc:  # the agent is down or has no SVID for us: a transient failure
+            raise RuntimeError(f"the SPIFFE Workload API gave no JWT-SVID: {exc}") from exc
         self.principal = str(svid.spiffe_id)
         return str(svid.token)
 

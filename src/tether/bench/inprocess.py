@@ -21,9 +21,11 @@ from pathlib import Path
 import httpx
 from joserfc.jwk import ECKey
 
+from tether.agent.identity import DevIdentity
 from tether.agent.proof import DPoPKey
 from tether.bench.harness import percentile
 from tether.bench.report import Row, SignatureCosts
+from tether.identity.dev_issuer import DevTrustDomain
 from tether.identity.jwks_cache import KeySet, StaticKeySource
 from tether.keys.keyring import public_jwk
 from tether.model import Task
@@ -40,6 +42,7 @@ __all__ = ["cedar_rows", "verify_rows"]
 ISSUER = "http://127.0.0.1:8700"
 RESOURCE = "https://b.bench.example"
 AGENT = "spiffe://tether.local/agent/bench"
+SERVICE = "spiffe://tether.local/svc/bench"
 
 
 def _issued_token(issuer_key: ECKey, kid: str, jkt: str, now: int) -> str:
@@ -60,9 +63,10 @@ def _issued_token(issuer_key: ECKey, kid: str, jkt: str, now: int) -> str:
 def _verifier(issuer_key: ECKey, policy: PolicyEngine | None) -> Verifier:
     jwk = public_jwk(issuer_key, "ES256")
     keys = StaticKeySource(KeySet([ECKey.import_key(jwk)]))
-    # nothing is fetched: the keys are static and the feed is marked as just heard from
+    # nothing is fetched: the keys are static and the feed, never started, is marked as just heard from
     http = httpx.AsyncClient(trust_env=False)
-    feed = RevocationFeed(ISSUER, http, stale_after=3600)
+    identity = DevIdentity(DevTrustDomain("tether.local", ECKey.generate_key("P-256", private=True)), SERVICE)
+    feed = RevocationFeed(ISSUER, http, identity=identity, stale_after=3600)
     feed.last_heard = time.time()
     settings = ResourceSettings(issuer=ISSUER, resource=RESOURCE)
     return Verifier(settings, http=http, keys=keys, feed=feed, policy=policy)

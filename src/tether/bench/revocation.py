@@ -49,8 +49,9 @@ from typing import Any
 
 import httpx
 
+from tether.agent.identity import DevIdentity, IdentitySource
 from tether.agent.proof import DPoPKey
-from tether.bench.exchange import ADMIN, AGENT, AUD_B, RESOURCES
+from tether.bench.exchange import ADMIN, AGENT, AUD_B, RESOURCES, SVC_B
 from tether.bench.harness import ACCESS, JWT, TOKEN_EXCHANGE, Actor, Deployment, bench_deployment, percentile, serve, tether_bin
 from tether.bench.report import Row
 from tether.errors import InvalidToken, OAuthError
@@ -71,8 +72,8 @@ REVOKED = "token has been revoked"
 class _ObservedFeed(RevocationFeed):
     """The SDK feed, unchanged, plus a hook: resolve a waiter when an entry naming it is applied."""
 
-    def __init__(self, sts_url: str, http: httpx.AsyncClient) -> None:
-        super().__init__(sts_url, http)
+    def __init__(self, sts_url: str, http: httpx.AsyncClient, *, identity: IdentitySource, audience: str) -> None:
+        super().__init__(sts_url, http, identity=identity, audience=audience)
         self.waiting: dict[str, asyncio.Future[float]] = {}
 
     def apply(self, entry: dict[str, Any]) -> None:
@@ -216,7 +217,8 @@ async def _measure(d: Deployment, feed_url: str, tasks: int) -> _Samples:
         httpx.AsyncClient(trust_env=False, timeout=10.0) as rs_http,
         httpx.AsyncClient(trust_env=False, timeout=10.0) as sts_http,
     ):
-        feed = _ObservedFeed(feed_url, rs_http)
+        # the resource server subscribes as B, the workload registered for AUD_B; its assertions name the issuer
+        feed = _ObservedFeed(feed_url, rs_http, identity=DevIdentity(d.domain, SVC_B), audience=d.url)
         settings = ResourceSettings(issuer=d.url, resource=AUD_B, jwks_uri=feed_url + "/jwks")
         verifier = Verifier(settings, http=rs_http, feed=feed)
         feed.start()

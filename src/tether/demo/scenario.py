@@ -166,7 +166,7 @@ def _scenario(directory: Path, run: _Run) -> None:
     sts = build_sts(config)
     servers = [ServerThread(sts.app, sts_port).start()]
     run.step("setup", "STS started on the embedded SQLite store", url=sts_url, kid=sts.ctx.keyring.current.kid[:12] + "…")
-    c_app, c_verifier = docs_service(sts_url, c_url)
+    c_app, c_verifier = docs_service(sts_url, c_url, DevIdentity(domain, SVC_C))
     b_app, b_verifier = search_service(sts_url, b_url, c_url, DevIdentity(domain, SVC_B))
     servers += [ServerThread(c_app, c_port).start(), ServerThread(b_app, b_port).start()]
     gateway = build_gateway(config)

@@ -34,9 +34,9 @@ async def whoami(request: Request) -> Response:
     return JSONResponse(_seen(require_scope(request)))
 
 
-def docs_service(sts_url: str, resource: str) -> tuple[Starlette, Verifier]:
-    """C: returns a document; needs ``docs:read``."""
-    verifier = Verifier(ResourceSettings(issuer=sts_url, resource=resource))
+def docs_service(sts_url: str, resource: str, identity: IdentitySource) -> tuple[Starlette, Verifier]:
+    """C: returns a document; needs ``docs:read``. ``identity`` is C's own (it follows the revocation feed)."""
+    verifier = Verifier(ResourceSettings(issuer=sts_url, resource=resource), identity=identity)
 
     async def fetch(request: Request) -> Response:
         principal = require_scope(request, "docs:read")
@@ -49,8 +49,8 @@ def docs_service(sts_url: str, resource: str) -> tuple[Starlette, Verifier]:
 
 
 def search_service(sts_url: str, resource: str, docs_url: str, identity: IdentitySource) -> tuple[Starlette, Verifier]:
-    """B: searches, then fetches from C on the agent's behalf (its own identity as actor)."""
-    verifier = Verifier(ResourceSettings(issuer=sts_url, resource=resource))
+    """B: searches, then fetches from C on the agent's behalf (its own identity as actor and feed subscriber)."""
+    verifier = Verifier(ResourceSettings(issuer=sts_url, resource=resource), identity=identity)
     onward = Onward(sts_url, identity)
 
     async def search(request: Request) -> Response:

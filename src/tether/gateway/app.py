@@ -116,7 +116,8 @@ class Gateway:
         issuer = self.config.issuer
         keys = UrlKeySource(issuer + "/jwks", self.http, ttl=300, min_refresh=5.0)
         stale = float(self.settings["stale_after"])
-        self.feed = RevocationFeed(issuer, self.http, stale_after=stale, clock=self.clock)
+        # the gateway holds the store: it follows revocations from it, with no identity to present
+        self.feed = RevocationFeed.from_store(self.store, stale_after=stale, clock=self.clock)
         self.feed.start()
         for route in self.routes.values():
             settings = ResourceSettings(issuer=issuer, resource=route.audience(self.url), stale_after=stale, tags=route.tags)

@@ -1,7 +1,8 @@
 """``tether report --measure``: time one revocation from the STS to a feed subscriber.
 
 A real subscriber (``tether.resource.revocations.RevocationFeed``, as a resource server
-or the gateway runs it) connects to ``/revocations/stream``; the admin client creates
+runs it) connects to ``/revocations/stream`` with the admin's workload identity (admins
+may follow the feed); the admin client creates
 a short probe task and cancels it; the lag is the time from sending the cancel to the
 subscriber holding the task id. It measures the deployment as it runs now — store,
 publish path and network — and leaves one cancelled task (purpose says why) behind.
@@ -38,7 +39,7 @@ async def measure_revocation_lag(config: Config, client: StsClient, *, timeout: 
             (await http.get(base + "/healthz", timeout=min(timeout, 3.0))).raise_for_status()
         except httpx.HTTPError as exc:
             return LagFacts(None, f"the STS at {base} does not answer: {exc}")
-        feed = RevocationFeed(base, http, stale_after=stale_after)
+        feed = RevocationFeed(base, http, identity=client.identity, audience=config.issuer, stale_after=stale_after)
         feed.start()
         try:
             await feed.wait_synced(timeout)
@@ -60,7 +61,7 @@ async def measure_revocation_lag(config: Config, client: StsClient, *, timeout: 
                 await asyncio.sleep(0.005)
             return LagFacts(time.monotonic() - start)
         except TimeoutError:
-            return LagFacts(None, f"the revocation feed at {feed.url} did not answer within {timeout:g}s")
+            return LagFacts(None, f"the revocation feed at {feed.source.name} did not answer within {timeout:g}s")
         except StsError as exc:
             return LagFacts(None, f"the STS refused the probe: {exc.error}: {exc.description}")
         except httpx.HTTPError as exc:

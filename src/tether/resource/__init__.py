@@ -1,6 +1,7 @@
 """Resource-server SDK: accept tether tokens in a few lines.
 
-verifier = Verifier(ResourceSettings(issuer="http://127.0.0.1:8700", resource="http://127.0.0.1:9001"))
+identity = FileIdentity(Path("/run/spire/svc.jwt"))  # this service's workload JWT (registered at the STS)
+verifier = Verifier(ResourceSettings(issuer="http://127.0.0.1:8700", resource="http://127.0.0.1:9001"), identity=identity)
 app = Starlette(routes=..., middleware=[Middleware(TetherMiddleware, verifier=verifier)])
 """
 

@@ -1,13 +1,20 @@
-"""Revocation state at a resource server, kept current by the STS's server-sent-events feed.
+"""Revocation state at a resource server or the gateway, kept current from the STS's feed.
 
-The subscriber holds the revoked token ids and ended task ids the STS published,
-each until the expiry of what it covers, so the set stays small. It resumes from its
-cursor after any disconnect (``Last-Event-ID``), and it **fails closed**: when it has
-not heard from the STS — an entry or a heartbeat — for longer than ``stale_after``
-seconds, every check raises ``TemporarilyUnavailable`` instead of trusting state that
-may be missing a revocation (issue 3; SECURITY §4 "Store outage"). It asks the STS for
-heartbeats three times per ``stale_after`` (the STS allows 0.2–2 s), so a healthy feed
-never looks stale.
+The view holds the revoked token ids and ended task ids, each until the expiry of what
+it covers, so the set stays small. It resumes from its cursor after any disconnect, and
+it **fails closed**: when it has not heard from its source — an entry or a heartbeat —
+for longer than ``stale_after`` seconds, every check raises ``TemporarilyUnavailable``
+instead of trusting state that may be missing a revocation (issue 3; SECURITY §4 "Store
+outage").
+
+One class, two sources. A resource server follows the STS (``RevocationFeed(sts_url,
+http, identity=...)``): ``POST /revocations/stream`` with a fresh workload JWT as its
+RFC 7523 client assertion on every (re)connect, exactly as ``/introspect`` callers
+authenticate (issue 12, finding 4), and heartbeats three times per ``stale_after`` (the
+STS allows 0.5–2 s). The gateway holds the store itself and follows it in-process
+(``RevocationFeed.from_store(store)``), with the same checks and the same fail-closed
+bound. After a refused or failed connection the subscriber backs off (doubling to 2 s,
+or the server's ``Retry-After``).
 """
 
 from __future__ import annotations
@@ -16,17 +23,29 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
 
 import httpx
 
+from tether.agent.identity import IdentitySource
+from tether.background import cancel
 from tether.clock import Clock, SystemClock
 from tether.errors import InvalidToken, TemporarilyUnavailable, after_end
+from tether.store.errors import StoreError
+from tether.store.records import Revocation
 
-__all__ = ["RevocationFeed", "parse_sse"]
+__all__ = ["FeedDown", "FeedSource", "RevocationFeed", "RevocationLog", "StoreSource", "StsSource", "parse_sse"]
 
 log = logging.getLogger("tether.resource")
+
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+PAGE = 1000
+MAX_BACKOFF = 2.0
+#: the store source re-reads at least this often: another process's commit (SQLite) announces nothing here
+STORE_POLL_SECONDS = 0.25
+
+Event = tuple[str, dict[str, Any]]
 
 
 async def parse_sse(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str, str | None]]:
@@ -51,18 +70,133 @@ async def parse_sse(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str, 
             last_id = value
 
 
+class FeedDown(Exception):
+    """A source could not connect, was refused, or lost its connection."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class FeedSource(Protocol):
+    """Where the view's events come from: ``("open", {})`` once connected, then ``revocation``
+    and ``heartbeat`` events, until the connection ends (or ``FeedDown``)."""
+
+    name: str
+
+    def events(self, cursor: int, heartbeat: float) -> AsyncGenerator[Event, None]: ...
+
+
+class RevocationLog(Protocol):
+    """The part of the store the gateway's view reads (``tether.store.protocol.Store``)."""
+
+    async def revocations_after(self, seq: int, *, now: float, limit: int) -> list[Revocation]: ...
+
+    def revocation_generation(self) -> int: ...
+
+    async def wait_for_revocations(self, *, since: int, timeout: float) -> bool: ...
+
+
+class StsSource:
+    """The STS's SSE stream, authenticated with a fresh workload JWT on every connect."""
+
+    def __init__(self, sts_url: str, http: httpx.AsyncClient, identity: IdentitySource, *, audience: str,
+                 read_timeout: float) -> None:  # fmt: skip
+        self.name = sts_url.rstrip("/") + "/revocations/stream"
+        self._http = http
+        self._identity = identity
+        self._audience = audience
+        self._timeout = httpx.Timeout(5.0, read=read_timeout)
+
+    async def events(self, cursor: int, heartbeat: float) -> AsyncGenerator[Event, None]:
+        try:
+            assertion = self._identity.token(self._audience)
+        except (OSError, ValueError, RuntimeError) as exc:  # ``IdentitySource.token``'s failures: retried
+            raise FeedDown(f"no workload identity: {exc}") from exc
+        form = {"client_assertion_type": JWT_BEARER, "client_assertion": assertion, "heartbeat": f"{heartbeat:.3f}"}
+        headers = {"Accept": "text/event-stream", "Last-Event-ID": str(cursor)}
+        try:
+            async with self._http.stream("POST", self.name, data=form, headers=headers, timeout=self._timeout) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    refusal = f"refused: {response.status_code} {_error_code(response)}"
+                    raise FeedDown(refusal, retry_after=_retry_after(response))
+                yield "open", {}
+                async for event, data, _ in parse_sse(response.aiter_lines()):
+                    payload = json.loads(data)
+                    if isinstance(payload, dict):
+                        yield event, payload
+        except (httpx.HTTPError, ValueError) as exc:
+            raise FeedDown(str(exc) or type(exc).__name__) from exc
+
+
+def _error_code(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    return str(body.get("error", ""))[:64] if isinstance(body, dict) else ""
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after", "")
+    return float(value) if value.isdigit() else None
+
+
+class StoreSource:
+    """The store itself, read in-process (the gateway): a heartbeat after every successful read."""
+
+    def __init__(self, store: RevocationLog, clock: Clock) -> None:
+        self.name = "the store"
+        self._store = store
+        self._clock = clock
+
+    async def events(self, cursor: int, heartbeat: float) -> AsyncGenerator[Event, None]:
+        store = self._store
+        try:
+            yield "open", {}
+            while True:
+                generation = store.revocation_generation()
+                page = await store.revocations_after(cursor, now=self._clock.now(), limit=PAGE)
+                for entry in page:
+                    cursor = entry.seq
+                    yield "revocation", entry.as_json()
+                if len(page) == PAGE:
+                    continue
+                yield "heartbeat", {"cursor": cursor, "time": self._clock.now()}
+                await store.wait_for_revocations(since=generation, timeout=min(heartbeat, STORE_POLL_SECONDS))
+        except StoreError as exc:
+            raise FeedDown(str(exc)) from exc
+
+
 class RevocationFeed:
     def __init__(
         self,
         sts_url: str,
         http: httpx.AsyncClient,
         *,
+        identity: IdentitySource,
+        audience: str | None = None,
         stale_after: float = 10.0,
         clock: Clock | None = None,
         reconnect_delay: float = 0.2,
     ) -> None:
-        self.url = sts_url.rstrip("/") + "/revocations/stream"
-        self._http = http
+        """Follow the STS at ``sts_url``; ``audience`` of the client assertions defaults to it (the issuer)."""
+        source = StsSource(sts_url, http, identity, audience=audience or sts_url.rstrip("/"), read_timeout=stale_after)
+        self._setup(source, stale_after=stale_after, clock=clock, reconnect_delay=reconnect_delay)
+
+    @classmethod
+    def from_store(
+        cls, store: RevocationLog, *, stale_after: float = 10.0, clock: Clock | None = None, reconnect_delay: float = 0.2
+    ) -> RevocationFeed:
+        """Follow the store in-process (for a component that holds it, such as the gateway)."""
+        feed = cls.__new__(cls)
+        feed._setup(StoreSource(store, clock or SystemClock()), stale_after=stale_after, clock=clock,
+                    reconnect_delay=reconnect_delay)  # fmt: skip
+        return feed
+
+    def _setup(self, source: FeedSource, *, stale_after: float, clock: Clock | None, reconnect_delay: float) -> None:
+        self.source = source
         self._stale_after = stale_after
         self._clock = clock or SystemClock()
         self._reconnect_delay = reconnect_delay
@@ -84,11 +218,8 @@ class RevocationFeed:
             self._task = asyncio.create_task(self._run(), name="tether-revocation-feed")
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel(task)
 
     async def wait_synced(self, timeout: float = 10.0) -> None:
         """Wait for the first heartbeat (the backlog has been applied)."""
@@ -126,31 +257,34 @@ class RevocationFeed:
             try:
                 await self.on_policy_version(version)
                 self.policy_version = version
-            except (httpx.HTTPError, ValueError) as exc:
+            except (httpx.HTTPError, ValueError, OSError, RuntimeError) as exc:  # retried at the next heartbeat
                 log.warning("policy set %s could not be fetched: %s", version, exc)
 
     async def _run(self) -> None:
+        delay = self._reconnect_delay
         while True:
+            connects = self.connects
             try:
                 await self._consume()
-            except (httpx.HTTPError, ValueError) as exc:
-                log.warning("revocation feed %s disconnected: %s", self.url, exc)
-            await asyncio.sleep(self._reconnect_delay)
+                wait = self._reconnect_delay
+            except FeedDown as exc:
+                log.warning("revocation feed %s: %s", self.source.name, exc)
+                if self.connects != connects:  # it was connected: start the backoff over
+                    delay = self._reconnect_delay
+                wait = max(delay, exc.retry_after or 0.0)
+                delay = min(delay * 2, MAX_BACKOFF)
+            await asyncio.sleep(wait)
 
     async def _consume(self) -> None:
-        headers = {"Accept": "text/event-stream", "Last-Event-ID": str(self.cursor)}
-        timeout = httpx.Timeout(5.0, read=self._stale_after)
-        params = {"heartbeat": f"{min(2.0, self._stale_after / 3):.3f}"}
-        async with self._http.stream("GET", self.url, headers=headers, params=params, timeout=timeout) as response:
-            if response.status_code != 200:
-                raise ValueError(f"feed answered {response.status_code}")
-            self.connects += 1
-            async for event, data, _ in parse_sse(response.aiter_lines()):
-                payload = json.loads(data)
-                if event == "revocation" and isinstance(payload, dict):
+        heartbeat = min(2.0, self._stale_after / 3)
+        async with contextlib.aclosing(self.source.events(self.cursor, heartbeat)) as events:
+            async for event, payload in events:
+                if event == "open":
+                    self.connects += 1
+                elif event == "revocation":
                     self.apply(payload)
                     self.last_heard = max(self.last_heard or 0.0, self._clock.now()) if self._heard.is_set() else None
-                elif event == "heartbeat" and isinstance(payload, dict):
+                elif event == "heartbeat":
                     now = self._clock.now()
                     self.last_heard = now
                     self._prune(now)

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import httpx
 from starlette.datastructures import Headers
 
+from tether.agent.identity import IdentitySource
 from tether.clock import Clock, SystemClock
 from tether.errors import AccessDenied, InvalidToken, OAuthError
 from tether.identity.jwks_cache import KeySet, KeySource, UrlKeySource
@@ -39,7 +40,7 @@ from tether.policy.entities import call_request
 from tether.proofs import ProofChecker, ReplayCache
 from tether.resource.principal import Principal
 from tether.resource.replay import MemoryReplayCache
-from tether.resource.revocations import RevocationFeed
+from tether.resource.revocations import JWT_BEARER, RevocationFeed
 from tether.rules.claims import verify_access_token
 from tether.rules.dpop import DEFAULT_DPOP_ALGS
 from tether.rules.jws import JWSError, PublicKey, peek_header
@@ -94,10 +95,28 @@ class Verifier:
         keys: KeySource | None = None,
         feed: RevocationFeed | None = None,
         policy: PolicyEngine | None = None,
+        identity: IdentitySource | None = None,
     ) -> None:
         """``keys``, ``replay``, ``feed`` and ``policy`` can be shared by several verifiers
-        (the gateway has one per route); a shared feed is started and closed by its owner."""
+        (the gateway has one per route); a shared feed is started and closed by its owner.
+
+        ``identity`` is this service's workload identity: the STS serves its revocation
+        feed and its policies only to registered workloads, so a verifier that follows
+        either (``revocation_feed``, ``policy_from_sts``) without being handed a ``feed``
+        or a ``policy`` must have one — it fails here rather than run unauthenticated."""
+        needs_identity = [
+            what
+            for what, needed in (
+                ("revocation_feed", settings.revocation_feed and feed is None),
+                ("policy_from_sts", settings.policy_from_sts and policy is None and settings.policy_dir is None),
+            )
+            if needed
+        ]
+        if needs_identity and identity is None:
+            missing = " and ".join(needs_identity)
+            raise ValueError(f"a workload identity is required for {missing}: pass Verifier(settings, identity=...)")
         self.settings = settings
+        self.identity = identity
         self._own_http = http is None
         self.http = http or httpx.AsyncClient(follow_redirects=False, timeout=5.0, trust_env=False)
         self.clock = clock or SystemClock()
@@ -112,11 +131,12 @@ class Verifier:
             nonce_ttl=settings.nonce_ttl,
         )
         self._own_feed = feed is None
-        self.feed = feed or (
-            RevocationFeed(settings.issuer, self.http, stale_after=settings.stale_after, clock=self.clock)
-            if settings.revocation_feed
-            else None
-        )
+        self.feed = feed
+        if feed is None and settings.revocation_feed:
+            assert identity is not None
+            self.feed = RevocationFeed(
+                settings.issuer, self.http, identity=identity, stale_after=settings.stale_after, clock=self.clock
+            )
         self.policy: PolicyEngine | None = policy
         self._verified: LruCache[str, tuple[AccessToken, object, PublicKey]] = LruCache(settings.token_cache)
         self.last_decision: Decision | None = None
@@ -138,9 +158,12 @@ class Verifier:
             await self.http.aclose()
 
     async def _fetch_policies(self, version: str) -> None:
-        """Install the STS's policy set (pushed: the feed heartbeat announced ``version``)."""
-        assert self.policy is not None
-        response = await self.http.get(self.settings.issuer + "/policies", headers={"Accept": "application/json"})
+        """Install the STS's policy set (pushed: the feed heartbeat announced ``version``).
+
+        ``POST /policies`` with a fresh client assertion of this service's identity, as the feed."""
+        assert self.policy is not None and self.identity is not None
+        form = {"client_assertion_type": JWT_BEARER, "client_assertion": self.identity.token(self.settings.issuer)}
+        response = await self.http.post(self.settings.issuer + "/policies", data=form, headers={"Accept": "application/json"})
         if response.status_code != 200:
             raise ValueError(f"/policies answered {response.status_code}")
         body = response.json()

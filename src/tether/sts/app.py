@@ -15,6 +15,11 @@ publish even those turns it off (``[metrics] enabled = false`` → 404) or keeps
 private. It bypasses the admission limit: an overloaded STS is exactly when an operator
 needs its metrics, and rendering them is cheap (no store access). Counters live in the
 process: with ``tether serve --workers N`` a scrape reads the one worker that answers it.
+
+The revocation feed's streams are served by one ``FeedHub`` per process (``tether.sts.feed``),
+started with the app. A stream request is admitted like any other (authenticating its
+caller is work) and gives its admission slot back once the stream starts; the hub's own
+caps bound how many streams stay open.
 """
 
 from __future__ import annotations
@@ -35,14 +40,9 @@ from starlette.routing import Route
 from tether.metrics import CONTENT_TYPE, exposition
 from tether.store.errors import StoreUnavailable
 from tether.sts.context import StsContext
-from tether.sts.routes.discovery import (
-    health_endpoint,
-    jwks_endpoint,
-    metadata_endpoint,
-    policies_endpoint,
-    revocations_endpoint,
-    revocations_stream_endpoint,
-)
+from tether.sts.feed import FeedHub, FeedSettings
+from tether.sts.routes.discovery import health_endpoint, jwks_endpoint, metadata_endpoint
+from tether.sts.routes.feed import policies_endpoint, revocations_endpoint, revocations_stream_endpoint
 from tether.sts.routes.tasks import block_endpoint, task_endpoint, task_transition_endpoint, tasks_endpoint
 from tether.sts.routes.token import introspect_endpoint, revoke_endpoint, token_endpoint
 from tether.web.admission import AdmissionLimit
@@ -108,7 +108,15 @@ def create_app(runtime: Runtime, *, upkeep: bool = True, max_inflight: int = 64)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        app.state.ctx = await runtime.start()
+        app.state.ctx = ctx = await runtime.start()
+
+        def policy_version() -> str | None:
+            ctx.policy.refresh()  # so an idle STS still announces a policy set changed on disk
+            return ctx.policy.version
+
+        feed = FeedHub(ctx.store, ctx.clock, FeedSettings.from_config(runtime.config), policy_version=policy_version)
+        await feed.start()
+        app.state.feed = feed
         periodic = (
             (5, runtime.reload_keys),
             (5, runtime.record_policy),
@@ -123,6 +131,7 @@ def create_app(runtime: Runtime, *, upkeep: bool = True, max_inflight: int = 64)
         finally:
             for job in jobs:
                 job.cancel()
+            await feed.aclose()
             await runtime.stop()
 
     routes = [
@@ -132,9 +141,10 @@ def create_app(runtime: Runtime, *, upkeep: bool = True, max_inflight: int = 64)
         Route("/jwks", jwks_endpoint, methods=["GET"]),
         Route("/.well-known/oauth-authorization-server", metadata_endpoint, methods=["GET"]),
         Route("/healthz", health_endpoint, methods=["GET"]),
-        Route("/revocations", revocations_endpoint, methods=["GET"]),
-        Route("/revocations/stream", revocations_stream_endpoint, methods=["GET"]),
-        Route("/policies", policies_endpoint, methods=["GET"]),
+        # GET too, to be refused with invalid_client and the way in: never a 405 nor the data
+        Route("/revocations", revocations_endpoint, methods=["GET", "POST"]),
+        Route("/revocations/stream", revocations_stream_endpoint, methods=["GET", "POST"]),
+        Route("/policies", policies_endpoint, methods=["GET", "POST"]),
         Route("/tasks", tasks_endpoint, methods=["GET", "POST"]),
         Route("/tasks/{task_id}", task_endpoint, methods=["GET"]),
         Route("/tasks/{task_id}/{action:str}", task_transition_endpoint, methods=["POST"]),
@@ -146,7 +156,12 @@ def create_app(runtime: Runtime, *, upkeep: bool = True, max_inflight: int = 64)
         routes=routes,
         lifespan=lifespan,
         middleware=[
-            Middleware(AdmissionLimit, limit=max_inflight, exempt=frozenset({"/healthz", "/metrics", "/revocations/stream"}))
+            Middleware(
+                AdmissionLimit,
+                limit=max_inflight,
+                exempt=frozenset({"/healthz", "/metrics"}),
+                streams=frozenset({"/revocations/stream"}),
+            )
         ],
         exception_handlers={HTTPException: handle_http, Exception: handle_unexpected},
     )

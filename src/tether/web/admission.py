@@ -3,12 +3,14 @@
 Under overload a server that accepts everything makes every caller wait; one that
 refuses the excess immediately (``503 temporarily_unavailable`` with ``Retry-After``)
 keeps latency bounded for the requests it does serve, and clients back off. Health
-checks are never refused, so a load balancer can tell "busy" from "down".
+checks are never refused, so a load balancer can tell "busy" from "down". A long-lived
+stream is admitted like any request (authenticating it is work), but gives its slot back
+once its response starts: its lifetime is bounded by its own caps, not by this limit.
 """
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tether.errors import TemporarilyUnavailable
 from tether.metrics import REFUSALS
@@ -18,12 +20,14 @@ __all__ = ["AdmissionLimit"]
 
 
 class AdmissionLimit:
-    """``exempt`` names exact paths (health, metrics, long-lived streams); nothing else is."""
+    """``exempt`` names exact paths never refused (health, metrics); ``streams`` exact paths
+    whose slot is released when the response starts; nothing else is either."""
 
-    def __init__(self, app: ASGIApp, *, limit: int, exempt: frozenset[str]) -> None:
+    def __init__(self, app: ASGIApp, *, limit: int, exempt: frozenset[str], streams: frozenset[str] = frozenset()) -> None:
         self.app = app
         self.limit = limit
         self.exempt = exempt
+        self.streams = streams
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -36,7 +40,17 @@ class AdmissionLimit:
             await error_response(refusal)(scope, receive, send)
             return
         self.in_flight += 1
+        held = True
+
+        async def release_on_start(message: Message) -> None:
+            nonlocal held
+            if held and message["type"] == "http.response.start":
+                held = False
+                self.in_flight -= 1
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, release_on_start if scope["path"] in self.streams else send)
         finally:
-            self.in_flight -= 1
+            if held:
+                self.in_flight -= 1

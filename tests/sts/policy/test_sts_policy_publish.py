@@ -1,7 +1,8 @@
 """The policy set the STS publishes (``/policies``, the feed heartbeat) and the installed cases.
 
 Resource servers and gateways that take their policies from the STS fetch
-``/policies`` (ETag = version, 304 on ``If-None-Match``) when the revocation stream's
+``POST /policies`` (a registered workload's client assertion; ETag = version, 304 on
+``If-None-Match``) when the revocation stream's
 heartbeat names a new ``policy_version``. ``tether init`` installs ``policies/cases.yaml``
 and ``tether policy test`` passes on it.
 """
@@ -35,7 +36,7 @@ def _cedar_files(directory: Path) -> dict[str, str]:
 
 def test_policies_endpoint_returns_the_bundle_and_honours_if_none_match(sts: RunningSts) -> None:
     http = _http(sts)
-    response = http.get(sts.url + "/policies")
+    response = http.post(sts.url + "/policies", data=sts.client_auth())
     assert response.status_code == 200, response.text
     body = response.json()
     version = engine_version(sts)
@@ -43,24 +44,24 @@ def test_policies_endpoint_returns_the_bundle_and_honours_if_none_match(sts: Run
     assert "cases.yaml" not in body["files"]
     etag = response.headers["etag"]
     assert etag == f'"{version}"'
-    cached = http.get(sts.url + "/policies", headers={"If-None-Match": etag})
+    cached = http.post(sts.url + "/policies", data=sts.client_auth(), headers={"If-None-Match": etag})
     assert cached.status_code == 304 and cached.content == b"" and cached.headers["etag"] == etag
     # a stale tag gets the full bundle
-    assert http.get(sts.url + "/policies", headers={"If-None-Match": '"0000"'}).status_code == 200
+    assert http.post(sts.url + "/policies", data=sts.client_auth(), headers={"If-None-Match": '"0000"'}).status_code == 200
 
     # a new file: the same tag now gets the new bundle (no exchange needed in between)
     add_policy(sts, "80-published.cedar", FORBID)
-    changed = http.get(sts.url + "/policies", headers={"If-None-Match": etag})
+    changed = http.post(sts.url + "/policies", data=sts.client_auth(), headers={"If-None-Match": etag})
     assert changed.status_code == 200
     assert changed.json()["version"] == engine_version(sts) != version
     assert changed.json()["files"]["80-published.cedar"] == FORBID
     assert changed.headers["etag"] == f'"{changed.json()["version"]}"'
     remove_policy(sts, "80-published.cedar")
-    assert http.get(sts.url + "/policies", headers={"If-None-Match": etag}).status_code == 304
+    assert http.post(sts.url + "/policies", data=sts.client_auth(), headers={"If-None-Match": etag}).status_code == 304
 
 
 def _first_heartbeat(http: httpx.Client, sts: RunningSts) -> dict[str, Any]:
-    with http.stream("GET", sts.url + "/revocations/stream", params={"heartbeat": "0.2"}) as response:
+    with http.stream("POST", sts.url + "/revocations/stream", data=sts.client_auth(heartbeat="0.2")) as response:
         assert response.status_code == 200
         event = None
         for line in response.iter_lines():
@@ -80,7 +81,7 @@ def test_heartbeat_announces_the_policy_version_in_force(sts: RunningSts) -> Non
     before = engine_version(sts)
     add_policy(sts, "80-published.cedar", FORBID)
     announced = _first_heartbeat(http, sts)["policy_version"]
-    fetched = http.get(sts.url + "/policies").json()["version"]
+    fetched = http.post(sts.url + "/policies", data=sts.client_auth()).json()["version"]
     assert fetched != before
     assert announced == fetched, "the heartbeat still announces the old policy version"
 

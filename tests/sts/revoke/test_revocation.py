@@ -249,7 +249,7 @@ def test_completing_a_task_revokes_all_its_tokens(rs: RunningSts) -> None:
     record = rs.last_audit("task.completed")
     assert record.task == c["task"]["id"]
     # the revocation feed names the task, for resource servers
-    feed = Client(rs).http.get(rs.url + "/revocations")
+    feed = Client(rs).http.post(rs.url + "/revocations", data=rs.client_auth())
     assert feed.status_code == 200
     assert {"kind": "task", "value": c["task"]["id"]}.items() <= next(
         e for e in feed.json()["revocations"] if e["value"] == c["task"]["id"]
@@ -262,11 +262,12 @@ def test_completing_a_task_revokes_all_its_tokens(rs: RunningSts) -> None:
 
 def test_revocation_feed_lists_revoked_jtis(rs: RunningSts) -> None:
     c = chain(rs)
-    cursor = Client(rs).http.get(rs.url + "/revocations").json()["cursor"]
+    http = Client(rs).http
+    cursor = http.post(rs.url + "/revocations", data=rs.client_auth()).json()["cursor"]
     assert revoke(rs, AGENT, c["hop"]).status_code == 200
-    feed = Client(rs).http.get(rs.url + f"/revocations?after={cursor}").json()
+    feed = http.post(rs.url + "/revocations", data=rs.client_auth(after=str(cursor))).json()
     values = {(e["kind"], e["value"]) for e in feed["revocations"]}
     assert values == {("jti", _jti(c["hop"])), ("jti", _jti(c["delegated"]))}
-    bad = Client(rs).http.get(rs.url + "/revocations?after=-1")
+    bad = http.post(rs.url + "/revocations", data=rs.client_auth(after="-1"))
     assert bad.status_code == 400
     assert bad.json()["error"] == "invalid_request"
