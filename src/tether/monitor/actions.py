@@ -16,13 +16,12 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Collection
-from typing import Any
 
 from tether.audit.chain import AuditEvent, AuditRecord
 from tether.clock import Clock
 from tether.metrics import ALERTS, REVOCATIONS
 from tether.model import TaskState
-from tether.monitor.events import MONITOR_PRINCIPAL, Finding
+from tether.monitor.events import MONITOR_PRINCIPAL, Finding, alert_event
 from tether.monitor.webhook import WebhookSender
 from tether.store.errors import NotFound, TaskNotActive
 from tether.store.protocol import Store
@@ -40,21 +39,9 @@ class Actions:
 
     async def record(self, finding: Finding, actions: Collection[str], *, risk: int) -> AuditRecord:
         """Append ``alert.raised`` (or ``risk.raised`` when only the risk action is configured)."""
-        detail: dict[str, Any] = {
-            "detector": finding.detector,
-            "severity": finding.severity,
-            "reason": finding.reason,
-            "agent": finding.agent,
-            "evidence": dict(finding.evidence),
-            "trigger": finding.seq,
-            "actions": list(actions),
-        }
-        if risk:
-            detail["risk"] = risk
-        kind = "alert.raised" if "alert" in actions else "risk.raised"
-        event = AuditEvent(kind=kind, outcome="alert", principal=MONITOR_PRINCIPAL, task=finding.task, detail=detail)
+        event = alert_event(finding, actions, risk=risk)
         record = await self.store.append_audit(event, now=self.clock.now())
-        if kind == "alert.raised":
+        if event.kind == "alert.raised":
             ALERTS.labels(detector=finding.detector).inc()
             log.warning(
                 "alert %s (%s) agent=%s task=%s: %s",
