@@ -9,6 +9,9 @@
 * ``suspend`` — the task ends as ``suspended``: ``Store.end_task`` revokes every token
   derived from it and publishes the revocation to the feed, in one step.
 * ``webhook`` — the finding as JSON, queued to ``WebhookSender`` (never awaited).
+
+``risk`` and ``suspend`` are never taken on an unproven finding; the runner decides which
+actions reach this module (``Monitor._allowed``, ``settings.PROVEN_ONLY``).
 """
 
 from __future__ import annotations
@@ -37,9 +40,10 @@ class Actions:
         self.clock = clock
         self.webhook = webhook
 
-    async def record(self, finding: Finding, actions: Collection[str], *, risk: int) -> AuditRecord:
+    async def record(self, finding: Finding, actions: Collection[str], *, risk: int,
+                     withheld: Collection[str] = ()) -> AuditRecord:  # fmt: skip
         """Append ``alert.raised`` (or ``risk.raised`` when only the risk action is configured)."""
-        event = alert_event(finding, actions, risk=risk)
+        event = alert_event(finding, actions, risk=risk, withheld=withheld)
         record = await self.store.append_audit(event, now=self.clock.now())
         if event.kind == "alert.raised":
             ALERTS.labels(detector=finding.detector).inc()

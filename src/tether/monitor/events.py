@@ -139,6 +139,9 @@ class Finding:
     window: float
     subject: str
     evidence: Mapping[str, Any] = field(default_factory=dict)
+    #: False when the record it came from names nobody who proved it acted (``base.is_proven``):
+    #: the runner then never suspends nor raises a risk score (``settings.PROVEN_ONLY``)
+    proven: bool = True
 
     @property
     def key(self) -> str:
@@ -160,11 +163,15 @@ class Finding:
             "evidence": dict(self.evidence),
             "seq": self.seq,
             "ts": self.ts,
+            "proven": self.proven,
         }
 
 
-def alert_event(finding: Finding, actions: Collection[str], *, risk: int) -> AuditEvent:
-    """The ``alert.raised`` record of a finding (``risk.raised`` when only the risk action is taken)."""
+def alert_event(finding: Finding, actions: Collection[str], *, risk: int, withheld: Collection[str] = ()) -> AuditEvent:
+    """The ``alert.raised`` record of a finding (``risk.raised`` when only the risk action is taken).
+
+    ``withheld`` lists the configured actions not taken because the finding is unproven.
+    """
     detail: dict[str, Any] = {
         "detector": finding.detector,
         "severity": finding.severity,
@@ -176,5 +183,8 @@ def alert_event(finding: Finding, actions: Collection[str], *, risk: int) -> Aud
     }
     if risk:
         detail["risk"] = risk
+    if not finding.proven:
+        detail["unproven"] = True
+        detail["withheld"] = list(withheld)
     kind = "alert.raised" if "alert" in actions else "risk.raised"
     return AuditEvent(kind=kind, outcome="alert", principal=MONITOR_PRINCIPAL, task=finding.task, detail=detail)

@@ -31,7 +31,7 @@ from tether.monitor.dedupe import Deduper
 from tether.monitor.detectors import Detector, build_detectors
 from tether.monitor.events import MONITOR_PRINCIPAL, OWN_KINDS, Event, Finding, as_event
 from tether.monitor.risk import RISK_BY_SEVERITY, RiskBoard
-from tether.monitor.settings import DetectorSettings
+from tether.monitor.settings import PROVEN_ONLY, DetectorSettings
 from tether.monitor.webhook import WebhookSender
 from tether.store.errors import StoreError
 from tether.store.protocol import TAIL_PAGE, Store
@@ -158,15 +158,30 @@ class Monitor:
         key = "monitor:" + hashlib.sha256(finding.key.encode()).hexdigest()[:40]
         return await self.store.count(key, until=int(now + finding.window) + 3600, now=now) == 1
 
+    def _allowed(self, finding: Finding) -> tuple[str, ...]:
+        """The configured actions, less ``PROVEN_ONLY`` ones for an unproven finding (then alerted instead).
+
+        The one place that keeps a replayed proof or a claimed task from suspending a task
+        or raising a risk score, whatever ``[monitor.detectors.*]`` says (``settings``).
+        """
+        configured = self.settings[finding.detector].actions
+        if finding.proven:
+            return configured
+        allowed = tuple(a for a in configured if a not in PROVEN_ONLY)
+        if allowed != configured and "alert" not in allowed:
+            allowed = ("alert", *allowed)
+        return allowed
+
     async def _act(self, finding: Finding) -> None:
         if not self._dedupe.first(finding) or not await self._claim(finding):
             return
         self.findings += 1
-        actions = self.settings[finding.detector].actions
+        actions = self._allowed(finding)
         risk = RISK_BY_SEVERITY.get(finding.severity, 0) if "risk" in actions else 0
         alert = None
         if "alert" in actions or risk:
-            alert = await self.actions.record(finding, actions, risk=risk)
+            withheld = [a for a in self.settings[finding.detector].actions if a not in actions]
+            alert = await self.actions.record(finding, actions, risk=risk, withheld=withheld)
             if risk and finding.agent:
                 self._written.put(alert.seq, True)
                 self.board.raise_score(finding.agent, risk, until=alert.ts + self.risk_ttl)

@@ -13,7 +13,7 @@ _WHAT = {
     "exchange_rate_spike": "tokens issued to an agent per window vs its moving average (after warm-up)",
     "new_audience": "a token for an audience the agent never had, after `learn` tokens",
     "refusal_burst": "`threshold` refusals (denials, widening, bad proofs) by one agent within `window` s",
-    "dpop_replay": "a DPoP proof presented twice",
+    "dpop_replay": "a DPoP proof presented twice, by the task the token names (never proven: no risk, no suspend)",
     "use_after_end": "a token used after its task ended or after revocation",
     "gateway_unusual": "a gateway call on a new path, or at a new hour once the history spans `span` s",
     "deep_delegation": "an act chain deeper than the agent's deepest + `margin`, after `learn` tokens",
@@ -41,7 +41,8 @@ def sample_config() -> str:
         f"# per detector: enabled, severity ({', '.join(SEVERITIES)}), its numbers, and actions:",
         "#   alert (audited as alert.raised, listed by `tether alerts`), webhook,",
         f"#   risk (raises the agent's Cedar risk by severity: {risk}),",
-        "#   suspend (ends the task as suspended, revoking its tokens)",
+        "#   suspend (ends the task as suspended, revoking its tokens);",
+        "#   risk and suspend are never taken on an unproven finding (a replayed proof, a claimed task)",
     ]
     for name, (severity, actions, params) in DEFAULTS.items():
         lines += ["", f"# {_WHAT[name]}", f"[monitor.detectors.{name}]"]
