@@ -231,13 +231,13 @@ def test_a_restarted_replica_rebuilds_the_risk_board(tmp_path: Path) -> None:
             later = monitor(b_store, clock, risk_ttl=100)
             await later.begin()
             assert later.risk(AGENT) == 0
-            await later.rebuild_risk()
+            await later.rebuild()
             assert later.risk(AGENT) == 50
             clock.advance(51)
             assert later.risk(AGENT) == 0  # expires with the original record's time
             too_late = monitor(b_store, clock, risk_ttl=100)
             await too_late.begin()
-            await too_late.rebuild_risk()
+            await too_late.rebuild()
             assert too_late.risk(AGENT) == 0
 
     run(main)
@@ -314,7 +314,7 @@ def test_DPOP_12_an_unproven_finding_is_alerted_but_never_suspends_or_raises_ris
             assert task is not None and token is not None
             later = monitor(other, clock, tables)  # a replica that rebuilds its board from the records
             await later.begin()
-            await later.rebuild_risk()
+            await later.rebuild()
             if case == "proven refusal":  # the positive control: every configured action taken
                 assert alert.detail["detector"] == "refusal_burst" and alert.detail["actions"] == ALL_ACTIONS
                 assert alert.detail["agent"] == AGENT and alert.detail["risk"] == 50 and "unproven" not in alert.detail

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from tether.monitor.risk import RISK_BY_SEVERITY
-from tether.monitor.settings import DEFAULTS, SEVERITIES
+from tether.monitor.settings import DEFAULTS, HISTORY_RECORDS, HISTORY_SECONDS, SEVERITIES
 
 __all__ = ["sample_config"]
 
@@ -34,6 +34,8 @@ def sample_config() -> str:
         "enabled = true",
         "interval = 1                # seconds between reads of the audit log",
         "risk_ttl = 300              # seconds a risk raise lasts (Cedar context.risk; deny-high-risk at 80)",
+        f"history_records = {HISTORY_RECORDS:<10d}# on start, replay at most this many records into the detectors,",
+        f"history_seconds = {HISTORY_SECONDS:<10d}# none older than this: baselines survive a restart (no actions)",
         'webhook_url = ""            # POST each alert as JSON from a queue: retried, never blocking a request',
         "webhook_timeout = 5",
         "webhook_retries = 3",

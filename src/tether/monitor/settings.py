@@ -22,11 +22,24 @@ from typing import Any
 
 from tether.errors import ConfigError
 
-__all__ = ["ACTIONS", "DEFAULTS", "PROVEN_ONLY", "SEVERITIES", "DetectorSettings", "parse_detectors"]
+__all__ = [
+    "ACTIONS",
+    "DEFAULTS",
+    "HISTORY_RECORDS",
+    "HISTORY_SECONDS",
+    "PROVEN_ONLY",
+    "SEVERITIES",
+    "DetectorSettings",
+    "parse_detectors",
+]
 
 ACTIONS = ("alert", "webhook", "risk", "suspend")
 #: actions taken only on findings from records where the caller proved who it is
 PROVEN_ONLY = ("risk", "suspend")
+#: the window replayed into the detectors at start (``monitor.history_records`` / ``history_seconds``,
+#: see ``tether.monitor.runner``): enough for every default learning period
+HISTORY_RECORDS = 50_000
+HISTORY_SECONDS = 86_400
 SEVERITIES = ("low", "medium", "high", "critical")
 
 
