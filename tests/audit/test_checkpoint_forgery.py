@@ -68,6 +68,25 @@ async def restore(chain: Chain, original: Original) -> None:
     store_rows(chain, relinked(await chain.store.audit_records(after=last_seq, limit=10_000), last_hash))
 
 
+async def first_checkpoint(store: Store, writer: AuditCheckpoints, ring: KeyRing, now: float) -> None:
+    """Five records and the writer's checkpoint of them (record 6, naming record 5)."""
+    await add(store, 5, now=now)
+    assert await writer.tick(store, ring, issuer=ISS, now=now) is not None
+
+
+async def rewritten_after_reading(chain: Chain, writer: AuditCheckpoints, ring: KeyRing, now: float, *,
+                                  forged: bool = True) -> Original:  # fmt: skip
+    """Checkpoint 6 names record 5, the writer reads records 7-9, record 8 is rewritten (and the tail
+    re-hashed), then records 10 and 11 are appended on the forged head; returns the original rows."""
+    await first_checkpoint(chain.store, writer, ring, now)
+    await add(chain.store, 3, now=now)
+    assert await writer.tick(chain.store, ring, issuer=ISS, now=now) is None  # reads 7-9, not due
+    original = await rewrite(chain, 8) if forged else []  # after the last checkpoint: only what was read tells
+    await add(chain.store, 2, now=now)  # appended after the forged head: the chain is consistent
+    assert verify_export(await rows(chain.store), keys=None).records == 11
+    return original
+
+
 async def chain_alerts(store: Store) -> list[AuditRecord]:
     found = await store.audit_records(after=0, limit=100_000)
     return [r for r in found if r.kind == "alert.raised" and r.detail["detector"] == CHAIN_DETECTOR]
@@ -89,14 +108,7 @@ def test_a_rewrite_of_records_the_writer_read_is_refused_with_an_alert(
     async def body(chain: Chain) -> None:
         store = chain.store
         writer = AuditCheckpoints(every=5, seconds=3600)
-        await add(store, 5, now=now)
-        assert (await writer.tick(store, ring, issuer=ISS, now=now)) is not None  # checkpoint 6 names record 5
-        await add(store, 3, now=now)
-        assert await writer.tick(store, ring, issuer=ISS, now=now + 1) is None  # reads 7-9, not due
-        if forged:
-            await rewrite(chain, 8)  # after the last checkpoint: only what the writer read tells
-        await add(store, 2, now=now)  # appended after the forged head: the chain is consistent
-        assert verify_export(await rows(store), keys=None).records == 11
+        await rewritten_after_reading(chain, writer, ring, now, forged=forged)
         written = await writer.tick(store, ring, issuer=ISS, now=now + 2)
         if not forged:
             assert written is not None and written.detail["seq"] == 11
@@ -166,12 +178,7 @@ def test_other_writers_honour_the_alert_until_the_record_is_restored(tmp_path: A
     async def body(chain: Chain) -> None:
         store = chain.store
         a = AuditCheckpoints(every=5, seconds=60)
-        await add(store, 5, now=now)
-        assert await a.tick(store, ring, issuer=ISS, now=now) is not None
-        await add(store, 3, now=now)
-        assert await a.tick(store, ring, issuer=ISS, now=now) is None
-        original = await rewrite(chain, 8)
-        await add(store, 2, now=now)
+        original = await rewritten_after_reading(chain, a, ring, now)
         assert await a.tick(store, ring, issuer=ISS, now=now + 1) is None  # A refuses and alerts
         (alert,) = await chain_alerts(store)
         b = AuditCheckpoints(every=5, seconds=60)
@@ -200,8 +207,7 @@ def test_a_forged_checkpoint_record_is_alerted_without_stopping_later_checkpoint
     async def body(chain: Chain) -> None:
         store = chain.store
         writer = AuditCheckpoints(every=5, seconds=3600)
-        await add(store, 5, now=now)
-        assert await writer.tick(store, ring, issuer=ISS, now=now) is not None
+        await first_checkpoint(store, writer, ring, now)
         await add(store, 2, now=now)
         seq, digest = await head(store)
         impostor = KeyRing([dataclasses.replace(stranger, kid=key.kid)])  # the writer's kid, another key
