@@ -227,7 +227,7 @@ def test_refusal_burst_refusal_without_principal_is_skipped() -> None:
     assert feed(det, [Log().refused(principal=None)]) == []
 
 
-@pytest.mark.parametrize("marks", [{"replay": True}, {"claimed_task": "t1"}, {"claimed_principal": AGENT}])
+@pytest.mark.parametrize("marks", [{"replay": True}, {"spent": True}, {"claimed_task": "t1"}, {"claimed_principal": AGENT}])
 def test_DPOP_14_refusal_burst_counts_only_proven_refusals(marks: dict[str, object]) -> None:
     # a replayed proof, or a refusal naming only what a credential claims, proves nobody acted
     det = detector("refusal_burst", window=30, threshold=2)

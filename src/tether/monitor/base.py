@@ -30,14 +30,16 @@ def is_proven(event: Event) -> bool:
 
     A refusal is attributed (``principal``, or the gateway's ``agent``) only once the
     caller proved possession of the token's key with a fresh proof. A replayed proof
-    proves nothing (RFC 9449 §11.1): whoever captured it can send it again. So a record
-    marked ``replay``, or one naming a ``claimed_task`` / ``claimed_principal`` (named by
-    the credential, not proven by the caller), is unproven whatever else it carries.
+    proves nothing (RFC 9449 §11.1): whoever captured it can send it again; nor does a
+    spent single-use workload JWT presented again. So a record marked ``replay`` or
+    ``spent``, or one naming a ``claimed_task`` / ``claimed_principal`` (named by the
+    credential, not proven by the caller), is unproven whatever else it carries.
     """
     detail = event.detail
     return (
         agent_of(event) is not None
         and detail.get("replay") is not True
+        and detail.get("spent") is not True
         and "claimed_task" not in detail
         and "claimed_principal" not in detail
     )

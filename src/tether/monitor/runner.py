@@ -63,7 +63,7 @@ log = logging.getLogger("tether.monitor")
 
 _PAGE = TAIL_PAGE
 _PAGES_PER_POLL = 200  # at most 20,000 records per poll; the rest on the next
-_REBUILD_PAGE = 1000  # read off the event loop (SQLite decodes pages above TAIL_PAGE on its worker thread)
+_REBUILD_PAGE = 2 * TAIL_PAGE  # decoded off the event loop (SQLite: pages above TAIL_PAGE go to its worker thread)
 
 
 class Monitor:

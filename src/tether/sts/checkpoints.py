@@ -85,7 +85,7 @@ CLAIM_SECONDS = 30
 #: the most records a re-read or the start-up search goes back, and the most hashes kept
 LOOKBACK = 50_000
 _PAGE = 4 * TAIL_PAGE
-_VERIFY_PAGE = 1000
+_VERIFY_PAGE = 2 * TAIL_PAGE  # about 3 ms of re-hashing on the event loop per page
 _ALERT_CLAIM_SECONDS = 86_400
 
 
