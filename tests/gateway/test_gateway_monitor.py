@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from gwkit import KEY, GatewayEnv, Upstream, gateway_toml, put_secret_sync, route_toml, serve_gateway, serve_upstream
@@ -41,22 +42,29 @@ def alerts(env: GatewayEnv, detector: str, task: str) -> list[object]:
     return [r for r in env.sts.audit() if r.kind == "alert.raised" and r.detail["detector"] == detector and r.task == task]
 
 
-def test_DPOP_12_a_replay_at_the_gateway_is_alerted_naming_the_task_but_never_suspends_it(env: GatewayEnv) -> None:
-    caller = env.caller("apikey")
-    url = env.aud("apikey") + "/v1/items"
-    token = caller.token(env.aud("apikey"))
+def replayed(env: GatewayEnv, caller: Any, url: str) -> str:
+    """``caller`` calls once, then sends the very same proof again (401); returns its token."""
+    token = str(caller.token(env.aud("apikey")))
     proof = caller.key.proof("GET", url, access_token=token)
     assert caller.manual("GET", url, token, proof=proof).status_code == 200
     assert caller.manual("GET", url, token, proof=proof).status_code == 401  # the replay
+    return token
+
+
+def sentinel_replay(env: GatewayEnv, url: str) -> None:
+    """A real replay by another task, alerted: the monitor reads in order, so it is past all before it."""
+    sentinel = env.caller("apikey")
+    replayed(env, sentinel, url)
+    _wait(lambda: bool(alerts(env, "dpop_replay", sentinel.task["id"])), timeout=20, what="the sentinel alert")
+
+
+def test_DPOP_12_a_replay_at_the_gateway_is_alerted_naming_the_task_but_never_suspends_it(env: GatewayEnv) -> None:
+    caller = env.caller("apikey")
+    url = env.aud("apikey") + "/v1/items"
+    token = replayed(env, caller, url)
     task = caller.task["id"]
     _wait(lambda: bool(alerts(env, "dpop_replay", task)), timeout=20, what="the dpop_replay alert")
-    # the sentinel: a later replay by another task is alerted, so the monitor is past the first one
-    sentinel = env.caller("apikey")
-    again = sentinel.token(env.aud("apikey"))
-    twice = sentinel.key.proof("GET", url, access_token=again)
-    assert sentinel.manual("GET", url, again, proof=twice).status_code == 200
-    assert sentinel.manual("GET", url, again, proof=twice).status_code == 401
-    _wait(lambda: bool(alerts(env, "dpop_replay", sentinel.task["id"])), timeout=20, what="the sentinel alert")
+    sentinel_replay(env, url)
     assert not any(r.kind == "task.suspended" and r.task == task for r in env.sts.audit())
     # the key holder, with a fresh proof, keeps working
     assert caller.manual("GET", url, token).status_code == 200
@@ -69,13 +77,7 @@ def test_a_thiefs_replay_at_the_gateway_is_pinned_on_nobody(env: GatewayEnv) -> 
     proof = thief.key.proof("GET", url, access_token=stolen)
     for _ in range(3):
         assert thief.manual("GET", url, stolen, proof=proof).status_code == 401
-    # the sentinel: a real replay by the bystander is alerted, so the monitor is past the thief's
-    sentinel = env.caller("apikey")
-    token = sentinel.token(env.aud("apikey"))
-    again = sentinel.key.proof("GET", url, access_token=token)
-    assert sentinel.manual("GET", url, token, proof=again).status_code == 200
-    assert sentinel.manual("GET", url, token, proof=again).status_code == 401
-    _wait(lambda: bool(alerts(env, "dpop_replay", sentinel.task["id"])), timeout=20, what="the sentinel alert")
+    sentinel_replay(env, url)
     assert not [r for r in env.sts.audit() if r.kind == "alert.raised" and r.task == caller.task["id"]]
     assert caller.manual("GET", url, stolen).status_code == 200  # the rightful holder keeps working
     assert all(r.principal in (None, AGENT) for r in env.sts.audit() if r.kind == "gateway.refused")
