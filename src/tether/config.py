@@ -19,7 +19,7 @@ from tether.errors import ConfigError, OAuthError
 from tether.filemodes import others_can_write
 from tether.gateway.routes import GatewayRoute, parse_routes
 from tether.identity.jwks_cache import parse_jwks
-from tether.monitor.settings import DetectorSettings, parse_detectors
+from tether.monitor.settings import HISTORY_RECORDS, HISTORY_SECONDS, DetectorSettings, parse_detectors
 from tether.rules.dpop import DEFAULT_DPOP_ALGS
 from tether.rules.jws import ASYMMETRIC_ALGS
 from tether.rules.principal import is_principal, spiffe_trust_domain
@@ -81,6 +81,8 @@ _SCALARS: dict[str, dict[str, tuple[type, Any]]] = {
         "webhook_timeout": (int, 5),
         "webhook_retries": (int, 3),
         "risk_ttl": (int, 300),
+        "history_records": (int, HISTORY_RECORDS),
+        "history_seconds": (int, HISTORY_SECONDS),
     },
     "metrics": {"enabled": (bool, True)},
     "logging": {"format": (str, "text"), "level": (str, "info")},

@@ -8,9 +8,11 @@ existing chain after a restart, and two replicas on one chain write one checkpoi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-import time
+import sqlite3
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +37,42 @@ def signing_key() -> SigningKey:
                       retired_at=None, not_after=None)  # fmt: skip
 
 
-def run(kind: str, tmp_path: Path, body: Callable[[Store], Awaitable[Any]]) -> Any:
+@dataclass
+class Chain:
+    """A store on one chain, and the database under it for playing an attacker with write access."""
+
+    store: Store
+    path: Path
+    schema: str | None
+
+    def sql(self, statement: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run raw SQL (``?`` placeholders) on the SQLite file or the PostgreSQL schema."""
+        if self.schema is not None:
+            import psycopg
+
+            with psycopg.connect(schema_dsn(self.schema), autocommit=True) as conn:
+                cur = conn.execute(statement.replace("?", "%s"), params)  # type: ignore[arg-type]
+                return list(cur.fetchall()) if cur.description else []
+        with contextlib.closing(sqlite3.connect(self.path)) as lite, lite:
+            return list(lite.execute(statement, params).fetchall())
+
+    def sql_many(self, statement: str, rows: list[tuple[object, ...]]) -> None:
+        """Run one statement for each row of parameters, in one transaction."""
+        if self.schema is not None:
+            import psycopg
+
+            with psycopg.connect(schema_dsn(self.schema)) as conn, conn.cursor() as cur:
+                cur.executemany(statement.replace("?", "%s"), rows)  # type: ignore[arg-type]
+            return
+        with contextlib.closing(sqlite3.connect(self.path)) as lite, lite:
+            lite.executemany(statement, rows)
+
+
+def run_chain(kind: str, tmp_path: Path, body: Callable[[Chain], Awaitable[Any]]) -> Any:
     async def main() -> Any:
+        path = tmp_path / "tether.db"
         if kind == "sqlite":
-            store: Store = SqliteStore.open(tmp_path / "tether.db")
+            store: Store = SqliteStore.open(path)
             schema = None
         else:
             from tether.store.postgres.store import PostgresRedisStore
@@ -47,7 +81,7 @@ def run(kind: str, tmp_path: Path, body: Callable[[Store], Awaitable[Any]]) -> A
             schema = new_schema()
             store = await PostgresRedisStore.open(schema_dsn(schema), REDIS_URL, prefix=schema, migrate=True, max_size=4)
         try:
-            return await body(store)
+            return await body(Chain(store, path, schema))
         finally:
             await store.aclose()
             if schema is not None:
@@ -56,10 +90,8 @@ def run(kind: str, tmp_path: Path, body: Callable[[Store], Awaitable[Any]]) -> A
     return asyncio.run(main())
 
 
-@pytest.fixture
-def now() -> float:
-    """This test's wall-clock time: Redis expires the writers' claims in real time."""
-    return float(int(time.time()))
+def run(kind: str, tmp_path: Path, body: Callable[[Store], Awaitable[Any]]) -> Any:
+    return run_chain(kind, tmp_path, lambda chain: body(chain.store))
 
 
 async def add(store: Store, n: int, *, now: float) -> None:

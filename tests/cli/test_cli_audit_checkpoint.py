@@ -27,6 +27,7 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from helpers import Client, RunningSts, create_task, running_sts
+from services import store_sql
 from tether.audit.chain import canonical
 from tether.audit.checkpoint import CHECKPOINT_KIND, verify_export
 from tether.cli.main import app
@@ -145,6 +146,37 @@ def test_sts_checkpoints_after_t_seconds_on_its_clock(tmp_path: Path) -> None:
         keys = parse_jwks(httpx.get(sts.url + "/jwks", trust_env=False).json()).by_kid
         report = verify_export([r.as_json() for r in sts.audit()], keys=keys, issuer=sts.url)
         assert report.checkpoints == 1 and report.signed_through is not None and report.signed_through >= 3
+
+
+@pytest.mark.parametrize("forged", [True, False], ids=["rewritten", "control"])
+def test_sts_never_signs_a_rewritten_chain_and_tether_alerts_shows_why(tmp_path: Path, forged: bool) -> None:
+    """Issue 12 finding 5, on a live STS: a record under the last checkpoint is rewritten in the
+    database and the whole tail re-hashed (the head row too), so new records link to the forgery."""
+    toml = "[audit]\ncheckpoint_every = 5\ncheckpoint_seconds = 3600"
+    with running_sts(tmp_path, extra_toml=toml) as sts:
+        activity(sts)
+        wait_until(lambda: checkpoint_count(sts) == 1, "the first checkpoint")
+        named = next(r.detail["seq"] for r in sts.audit() if r.kind == CHECKPOINT_KIND)
+        if forged:
+            rows = [r.as_json() for r in sts.audit()]
+            rows[2]["detail"] = {**rows[2]["detail"], "scope": "tether:admin"}
+            for row in rechain(rows, 2)[2:]:
+                store_sql(sts.config, "UPDATE audit SET detail = ?, prev = ?, hash = ? WHERE seq = ?",
+                          (canonical(row["detail"]).decode(), row["prev"], row["hash"], row["seq"]))  # fmt: skip
+            if sts.config.values[""]["store"] == "postgres":
+                store_sql(sts.config, "UPDATE audit_head SET hash = ? WHERE seq = ?", (row["hash"], row["seq"]))
+        activity(sts)  # five records more: a checkpoint is due
+        if not forged:
+            wait_until(lambda: checkpoint_count(sts) == 2, "the second checkpoint")
+            assert tether("alerts", "--json", "--config", str(sts.config.path)).stdout.strip() == "[]"
+            return
+        wait_until(lambda: any(r.kind == "alert.raised" for r in sts.audit()), "the chain alert")
+        result = tether("alerts", "--json", "--config", str(sts.config.path))
+        assert result.returncode == 0, result.stderr
+        (alert,) = json.loads(result.stdout)
+        assert (alert["detector"], alert["severity"], alert["evidence"]["seq"]) == ("audit_chain", "critical", named)
+        assert "no checkpoint signed" in alert["reason"]
+        assert checkpoint_count(sts) == 1
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,7 +4,9 @@ Suspension revokes a task, so a refusal must count against an agent or task only
 the caller has proven it is that agent: a request naming someone else's task, or a stolen
 token presented with the thief's own DPoP key, stays unattributed (DPOP-14, JWT-08).
 Detectors read typed markers set by the checks themselves, never the free-text reason,
-which can echo caller-chosen values such as a proof's ``htm``.
+which can echo caller-chosen values such as a proof's ``htm``. A replayed proof proves
+nothing about who sent it either (issue 12): it is alerted, naming the task, but whatever
+the configured actions, it neither suspends that task nor raises the agent's risk.
 
 Absence is shown without sleeping: the monitor reads the audit log in order, so once it
 has alerted on a later, genuine replay by another agent, it has seen the attack as well.
@@ -14,9 +16,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from test_monitor_e2e import alerts, session, suspended_by_monitor, task_state, wait_until
+from test_monitor_e2e import alerts, sentinel_replay, session, suspended_by_monitor, task_state, wait_until
 
-from helpers import ACCESS, JWT, TOKEN_EXCHANGE, Client, RunningSts, create_task, running_sts
+from helpers import ACCESS, AGENT, JWT, TOKEN_EXCHANGE, Client, create_task, running_sts
 
 WIKI = "http://127.0.0.1:9001"
 OTHER = "spiffe://tether.local/agent/other"
@@ -28,20 +30,9 @@ interval = 1
 window = 30
 threshold = 3
 [monitor.detectors.dpop_replay]
-actions = ["alert"]
+severity = "critical"
+actions = ["alert", "risk", "suspend"]
 """
-
-
-def sentinel_replay(sts: RunningSts) -> None:
-    """Another agent replays a proof for real; wait for that alert (the monitor is past the attack)."""
-    other = Client(sts)
-    task = create_task(sts, agent=OTHER, audiences=[WIKI])
-    token = session(sts, other, task["id"], OTHER)
-    form = {"grant_type": TOKEN_EXCHANGE, "subject_token": token, "subject_token_type": ACCESS, "resource": WIKI}
-    proof = other.proof()
-    assert other.post_token(form, proof=proof).status_code == 200
-    assert other.post_token(form, proof=proof).json()["error"] == "invalid_dpop_proof"
-    wait_until(lambda: any(a.task == task["id"] for a in alerts(sts, "dpop_replay")), what="the sentinel alert")
 
 
 def test_DPOP_12_JWT_08_stranger_naming_a_task_with_a_forged_reason_is_not_pinned_on_it(tmp_path: Path) -> None:
@@ -89,6 +80,27 @@ def test_DPOP_14_thief_with_its_own_key_cannot_get_the_victims_task_suspended(tm
         assert not suspended_by_monitor(sts, victim["id"]) and task_state(sts, victim["id"]) == "active"
         # the rightful holder of the key keeps working
         assert agent.hop(stolen, WIKI).status_code == 200
+
+
+def test_DPOP_12_a_replay_against_a_task_is_alerted_but_neither_suspends_it_nor_raises_risk(tmp_path: Path) -> None:
+    # MONITOR configures dpop_replay as critical with every action: the runner still withholds them
+    with running_sts(tmp_path, extra_toml=MONITOR) as sts:
+        victim = create_task(sts, audiences=[WIKI])
+        agent = Client(sts)
+        token = session(sts, agent, victim["id"])
+        form = {"grant_type": TOKEN_EXCHANGE, "subject_token": token, "subject_token_type": ACCESS, "resource": WIKI}
+        proof = agent.proof()  # captured by whoever: the replay is indistinguishable from the agent's
+        assert agent.post_token(form, proof=proof).status_code == 200
+        replayed = agent.post_token(form, proof=proof)
+        assert replayed.status_code == 400 and replayed.json()["error"] == "invalid_dpop_proof"
+        sentinel_replay(sts)
+        (alert,) = [a for a in alerts(sts, "dpop_replay") if a.task == victim["id"]]
+        assert alert.detail["severity"] == "critical" and alert.detail["actions"] == ["alert"]
+        assert alert.detail["withheld"] == ["risk", "suspend"] and "risk" not in alert.detail
+        assert alert.detail["agent"] is None and alert.detail["evidence"]["claimed_principal"] == AGENT
+        assert not suspended_by_monitor(sts, victim["id"]) and task_state(sts, victim["id"]) == "active"
+        # a critical risk (80) would make deny-high-risk refuse the agent: it keeps working
+        assert agent.hop(token, WIKI).status_code == 200
 
 
 def test_refusal_burst_by_the_proven_agent_still_suspends(tmp_path: Path) -> None:

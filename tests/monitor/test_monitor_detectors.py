@@ -227,14 +227,37 @@ def test_refusal_burst_refusal_without_principal_is_skipped() -> None:
     assert feed(det, [Log().refused(principal=None)]) == []
 
 
+@pytest.mark.parametrize("marks", [{"replay": True}, {"spent": True}, {"claimed_task": "t1"}, {"claimed_principal": AGENT}])
+def test_DPOP_14_refusal_burst_counts_only_proven_refusals(marks: dict[str, object]) -> None:
+    # a replayed proof, or a refusal naming only what a credential claims, proves nobody acted
+    det = detector("refusal_burst", window=30, threshold=2)
+    log = Log()
+    assert feed(det, [log.refused("invalid_dpop_proof", **marks) for _ in range(5)]) == []
+    assert len(feed(det, [log.refused("invalid_dpop_proof") for _ in range(2)])) == 1  # the same, proven
+
+
 # -- dpop_replay --------------------------------------------------------------------------
 
 
-def test_DPOP_12_replay_detected_by_the_audit_marker() -> None:
+def test_DPOP_12_replay_detected_by_the_audit_marker_and_never_proven() -> None:
     det = detector("dpop_replay")
     log = Log()
-    found = feed(det, [log.refused("invalid_dpop_proof", "some reason", replay=True)])
-    assert len(found) == 1 and found[0].severity == "high" and found[0].agent == AGENT
+    (found,) = feed(det, [log.refused("invalid_dpop_proof", "some reason", replay=True)])
+    assert found.severity == "high" and found.task == "t1" and found.subject == "t1"
+    # whoever sent it may have captured it: the principal on the record is a claim, not an agent
+    assert not found.proven and found.agent is None
+    assert (found.evidence["claimed_task"], found.evidence["claimed_principal"]) == ("t1", AGENT)
+
+
+def test_DPOP_12_unattributed_replay_is_counted_by_the_task_the_token_names() -> None:
+    det = detector("dpop_replay")
+    event = Log().refused("invalid_dpop_proof", replay=True, principal=None, task=None, claimed_task="t9",
+                          claimed_principal=AGENT)  # fmt: skip
+    (found,) = feed(det, [event])
+    assert (found.task, found.subject, found.agent, found.proven) == ("t9", "t9", None, False)
+    assert found.evidence["claimed_principal"] == AGENT
+    # naming nothing, a replay is pinned on nothing
+    assert feed(det, [Log().refused("invalid_dpop_proof", replay=True, principal=None, task=None)]) == []
 
 
 def test_DPOP_12_replay_detected_from_a_gateway_refusal_with_the_marker() -> None:
@@ -265,8 +288,10 @@ def test_dpop_replay_threshold() -> None:
     log = Log()
     assert feed(det, [log.refused("invalid_dpop_proof", replay=True)]) == []
     assert len(feed(det, [log.refused("invalid_dpop_proof", replay=True)])) == 1
-    # a different agent starts from zero
-    assert feed(det, [log.refused("invalid_dpop_proof", replay=True, principal=OTHER)]) == []
+    # replays against another task start from zero, whoever the records name
+    assert feed(det, [log.refused("invalid_dpop_proof", replay=True, task="t2")]) == []
+    assert len(feed(det, [log.refused("invalid_dpop_proof", replay=True, principal=None, task=None,
+                                      claimed_task="t2")])) == 1  # fmt: skip
 
 
 # -- use_after_end -------------------------------------------------------------------------
@@ -308,6 +333,13 @@ def test_use_after_end_other_refusals_are_not_matched(error: str, reason: str) -
 def test_use_after_end_reason_text_alone_is_not_matched(reason: str) -> None:
     # the marker is set by the ended-task / revoked-token checks; text alone can be forged
     assert feed(detector("use_after_end"), [Log().refused("invalid_grant", reason)]) == []
+
+
+@pytest.mark.parametrize("marks", [{"replay": True}, {"claimed_task": "t1"}, {"principal": None}])
+def test_DPOP_14_use_after_end_counts_only_proven_refusals(marks: dict[str, object]) -> None:
+    det = detector("use_after_end")
+    assert feed(det, [Log().refused("invalid_grant", "task is suspended", after_end=True, **marks)]) == []
+    assert len(feed(det, [Log().refused("invalid_grant", "task is suspended", after_end=True)])) == 1
 
 
 def test_use_after_end_marker_on_another_error_is_not_matched() -> None:
@@ -430,7 +462,7 @@ def test_finding_key_is_one_per_subject_and_window() -> None:
     a = feed(det, [log.refused("invalid_dpop_proof", replay=True, at=T0 + 1)])[0]
     b = feed(det, [log.refused("invalid_dpop_proof", replay=True, at=T0 + 2)])[0]
     c = feed(det, [log.refused("invalid_dpop_proof", replay=True, at=T0 + 61)])[0]
-    d = feed(det, [log.refused("invalid_dpop_proof", replay=True, principal=OTHER, at=T0 + 2)])[0]
+    d = feed(det, [log.refused("invalid_dpop_proof", replay=True, task="t2", at=T0 + 2)])[0]
     assert a.key == b.key and len({a.key, c.key, d.key}) == 3
 
 

@@ -1,10 +1,12 @@
 """Issue 8 "What it must show": a scripted misbehaving agent against a real STS.
 
-Bursting exchanges, probing new and forbidden audiences and replaying a DPoP proof are
-each detected and the task suspended within seconds; every alert is in the audit log,
-in ``tether alerts`` and in the ``tether_alerts`` counter. A burst raises the agent's
-Cedar risk until the starter policy ``deny-high-risk`` refuses it. A webhook receiver
-that hangs never holds up an exchange. Waits poll for the outcome; nothing is timed.
+Bursting exchanges and probing new and forbidden audiences are each detected and the
+task suspended within seconds. A replayed DPoP proof is alerted, naming the task, but
+never suspends it (issue 12: a replay proves nothing about who sent it). Every alert is
+in the audit log, in ``tether alerts`` and in the ``tether_alerts`` counter. A burst
+raises the agent's Cedar risk until the starter policy ``deny-high-risk`` refuses it. A
+webhook receiver that hangs never holds up an exchange. Waits poll for the outcome;
+nothing is timed.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 from receiver import Receiver
 from typer.testing import CliRunner
 
-from helpers import AGENT, Client, RunningSts, admin_token, create_task, running_sts
+from helpers import ACCESS, AGENT, TOKEN_EXCHANGE, Client, RunningSts, admin_token, create_task, running_sts
 from tether.audit.chain import AuditRecord, first_broken
 from tether.cli.main import app
 from tether.metrics import REGISTRY
@@ -75,6 +77,23 @@ def session(sts: RunningSts, client: Client, task_id: str, agent: str = AGENT, *
     return token
 
 
+def sentinel_replay(sts: RunningSts) -> None:
+    """Another agent replays a proof for real; wait for that alert.
+
+    The monitor reads the log in order and finishes acting on a finding before it reads
+    the next record. So once this alert is written, it has already acted on everything
+    before it, and an absence can be asserted without sleeping.
+    """
+    other = Client(sts)
+    task = create_task(sts, agent=OTHER, audiences=[WIKI])
+    token = session(sts, other, task["id"], OTHER)
+    form = {"grant_type": TOKEN_EXCHANGE, "subject_token": token, "subject_token_type": ACCESS, "resource": WIKI}
+    proof = other.proof()
+    assert other.post_token(form, proof=proof).status_code == 200
+    assert other.post_token(form, proof=proof).json()["error"] == "invalid_dpop_proof"
+    wait_until(lambda: any(a.task == task["id"] for a in alerts(sts, "dpop_replay")), what="the sentinel alert")
+
+
 def to_next_window(sts: RunningSts, window: float = 10.0) -> None:
     """Move the STS clock to the start of the next fixed window (so a burst falls in one window)."""
     sts.clock.advance(window - sts.clock.now() % window + 0.01)
@@ -114,32 +133,33 @@ def test_misbehaving_agent_is_detected_and_suspended_within_seconds(tmp_path: Pa
         wait_until(lambda: suspended_by_monitor(sts, second["id"]), what="the refusal burst to suspend the task")
         (burst,) = alerts(sts, "refusal_burst")
         assert "invalid_target" in burst.detail["evidence"]["errors"] and burst.detail["risk"] == 50
-        # 3. replaying a DPoP proof
+        # 3. replaying a DPoP proof: alerted, naming the task; a replay proves nothing, so no suspension
         third = create_task(sts, audiences=[WIKI])
         token = session(sts, agent, third["id"], used=used)
         proof = agent.proof()
         used.append(proof)
-        form = {"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange", "subject_token": token,
-                "subject_token_type": "urn:ietf:params:oauth:token-type:access_token", "resource": WIKI}  # fmt: skip
+        form = {"grant_type": TOKEN_EXCHANGE, "subject_token": token, "subject_token_type": ACCESS, "resource": WIKI}
         assert agent.post_token(form, proof=proof).status_code == 200
         replay = agent.post_token(form, proof=proof)
         assert replay.status_code == 400 and replay.json()["error"] == "invalid_dpop_proof"
-        wait_until(lambda: suspended_by_monitor(sts, third["id"]), what="the replay to suspend the task")
-        (replayed,) = alerts(sts, "dpop_replay")
+        sentinel_replay(sts)
+        replayed = alerts(sts, "dpop_replay")[0]
         assert replayed.task == third["id"] and replayed.detail["severity"] == "high"
+        assert replayed.detail["agent"] is None and replayed.detail["evidence"]["claimed_principal"] == AGENT
+        assert not suspended_by_monitor(sts, third["id"]) and task_state(sts, third["id"]) == "active"
 
         # the alerts are in `tether alerts`, newest first, and in the metrics registry
         assert sts.config.path is not None
         result = CliRunner().invoke(app, ["alerts", "--config", str(sts.config.path), "--json"])
         assert result.exit_code == 0, result.output
         listed = json.loads(result.output)
-        assert [a["detector"] for a in listed][::-1] == list(detectors)
+        assert [a["detector"] for a in listed][::-1] == [*detectors, "dpop_replay"]  # the sentinel's last
         assert [a["seq"] for a in listed] == sorted((a["seq"] for a in listed), reverse=True)
-        assert all(a["agent"] == AGENT for a in listed)
+        assert all(a["agent"] == (None if a["detector"] == "dpop_replay" else AGENT) for a in listed)
         table = CliRunner().invoke(app, ["alerts", "--config", str(sts.config.path)])
-        assert table.exit_code == 0 and "alerts (5)" in table.output
+        assert table.exit_code == 0 and "alerts (6)" in table.output
         for detector in detectors:
-            assert alerts_metric(detector) == before[detector] + 1
+            assert alerts_metric(detector) == before[detector] + (2 if detector == "dpop_replay" else 1)
         assert first_broken([r.as_json() for r in sts.audit()]) is None
         # BCP-13: what the monitor wrote holds ids and counts, never a token, SVID or proof
         written = json.dumps([r.as_json() for r in sts.audit() if r.principal == "monitor"]) + result.output
@@ -204,8 +224,7 @@ enabled = false
 
 
 def _replay(sts: RunningSts, agent: Client, token: str) -> None:
-    form = {"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange", "subject_token": token,
-            "subject_token_type": "urn:ietf:params:oauth:token-type:access_token", "resource": WIKI}  # fmt: skip
+    form = {"grant_type": TOKEN_EXCHANGE, "subject_token": token, "subject_token_type": ACCESS, "resource": WIKI}
     proof = agent.proof()
     assert agent.post_token(form, proof=proof).status_code == 200
     assert agent.post_token(form, proof=proof).json()["error"] == "invalid_dpop_proof"
@@ -222,7 +241,8 @@ def test_webhook_receives_the_alert_after_a_failed_first_attempt(tmp_path: Path)
             payload = receiver.attempts[1]
             assert receiver.attempts[0] == payload
             assert payload["type"] == "tether.alert" and payload["detector"] == "dpop_replay"
-            assert payload["agent"] == AGENT and payload["task"] == task["id"]
+            assert payload["task"] == task["id"] and payload["proven"] is False and payload["agent"] is None
+            assert payload["evidence"]["claimed_principal"] == AGENT
             assert payload["alert_seq"] == alerts(sts, "dpop_replay")[0].seq
 
 

@@ -214,13 +214,13 @@ def test_a_restarted_replica_rebuilds_the_risk_board(tmp_path: Path) -> None:
             later = monitor(b_store, clock, risk_ttl=100)
             await later.begin()
             assert later.risk(AGENT) == 0
-            await later.rebuild_risk()
+            await later.rebuild()
             assert later.risk(AGENT) == 50
             clock.advance(51)
             assert later.risk(AGENT) == 0  # expires with the original record's time
             too_late = monitor(b_store, clock, risk_ttl=100)
             await too_late.begin()
-            await too_late.rebuild_risk()
+            await too_late.rebuild()
             assert too_late.risk(AGENT) == 0
 
     run(main)
@@ -260,3 +260,73 @@ def test_the_loop_survives_an_unavailable_store(tmp_path: Path, caplog: pytest.L
     with caplog.at_level(logging.WARNING, logger="tether.monitor"):
         run(main)
     assert any("audit log not read" in r.getMessage() for r in caplog.records)
+
+
+ALL_ACTIONS = ["alert", "risk", "suspend"]
+
+
+def refusal(case: str) -> AuditEvent:
+    """A replay audited unattributed (what the credential names is only claimed), as the STS and
+    gateway write it; the same replay as written before that (the principal set, still a replay);
+    and a refusal by the proven key holder (the control)."""
+    if case == "unattributed replay":
+        return AuditEvent(kind="token.refused", outcome="refused", error="invalid_dpop_proof",
+                          detail={"reason": "proof has already been used", "replay": True, "claimed_task": "t1",
+                                  "claimed_principal": AGENT})  # fmt: skip
+    replayed = {"replay": True} if case == "attributed replay" else {}
+    return AuditEvent(kind="token.refused", outcome="refused", principal=AGENT, task="t1", error="invalid_dpop_proof",
+                      detail={"reason": "proof has already been used", **replayed})  # fmt: skip
+
+
+@pytest.mark.parametrize("case", ["unattributed replay", "attributed replay", "proven refusal"])
+def test_DPOP_12_an_unproven_finding_is_alerted_but_never_suspends_or_raises_risk(tmp_path: Path, kind: str,
+                                                                                 case: str) -> None:  # fmt: skip
+    async def main() -> None:
+        clock = ManualClock()
+        async with replicas(tmp_path, kind, 2) as (store, other):
+            jti = await add_task(store, clock)
+            # every action configured on both detectors: the runner decides what an unproven finding may do
+            tables = {name: {"threshold": 1, "actions": ALL_ACTIONS} for name in ("dpop_replay", "refusal_burst")}
+            mon = monitor(store, clock, tables)
+            await mon.begin()
+            await store.append_audit(refusal(case), now=clock.now())
+            await mon.poll()
+            (alert,) = await records(store, "alert.raised")
+            task = await store.get_task("t1")
+            token = await store.get_token(jti)
+            assert task is not None and token is not None
+            later = monitor(other, clock, tables)  # a replica that rebuilds its board from the records
+            await later.begin()
+            await later.rebuild()
+            if case == "proven refusal":  # the positive control: every configured action taken
+                assert alert.detail["detector"] == "refusal_burst" and alert.detail["actions"] == ALL_ACTIONS
+                assert alert.detail["agent"] == AGENT and alert.detail["risk"] == 50 and "unproven" not in alert.detail
+                assert task.state is TaskState.SUSPENDED and token.revoked_at is not None
+                assert mon.risk(AGENT) == later.risk(AGENT) == 50
+                return
+            assert alert.detail["detector"] == "dpop_replay" and alert.task == "t1"  # names the task replayed against
+            assert alert.detail["actions"] == ["alert"] and alert.detail["withheld"] == ["risk", "suspend"]
+            assert alert.detail["unproven"] is True and alert.detail["agent"] is None and "risk" not in alert.detail
+            assert alert.detail["evidence"]["claimed_principal"] == AGENT
+            assert task.state is TaskState.ACTIVE and token.revoked_at is None
+            assert await records(store, "task.suspended") == []
+            assert mon.risk(AGENT) == later.risk(AGENT) == 0
+
+    run(main)
+
+
+def test_DPOP_12_an_unproven_finding_is_alerted_even_when_only_suspend_is_configured(tmp_path: Path) -> None:
+    async def main() -> None:
+        clock = ManualClock()
+        async with replicas(tmp_path, "sqlite", 1) as (store,):
+            await add_task(store, clock)
+            mon = monitor(store, clock, {"dpop_replay": {"actions": ["suspend"]}})
+            await mon.begin()
+            await store.append_audit(refusal("unattributed replay"), now=clock.now())
+            await mon.poll()
+            (alert,) = await records(store, "alert.raised")
+            assert alert.detail["actions"] == ["alert"] and alert.detail["withheld"] == ["suspend"]
+            task = await store.get_task("t1")
+            assert task is not None and task.state is TaskState.ACTIVE
+
+    run(main)

@@ -115,17 +115,19 @@ def test_audit_pass_finds_a_deleted_record_at_a_page_boundary(tmp_path: Path, mo
 
 
 def test_gather_reads_a_fresh_deployment(tmp_path: Path) -> None:
-    config = make_deployment(tmp_path, extra_toml='[monitor.detectors.dpop_replay]\nactions = ["alert"]\n')
+    config = make_deployment(tmp_path, extra_toml='[monitor.detectors.refusal_burst]\nactions = ["alert"]\n')
     snapshot = asyncio.run(gather(config, now=time.time(), env={}))
     assert snapshot.store.error is None and len(snapshot.store.signing_keys) == 1
     assert snapshot.master_key is not None and snapshot.master_key.mode == 0o600
     assert snapshot.data_dir.mode == 0o700
     assert snapshot.policy.version is not None and snapshot.policy.problems == ()
-    assert snapshot.detector_sources["dpop_replay"] == "tether.toml [monitor.detectors.dpop_replay]"
+    assert snapshot.detector_sources["refusal_burst"] == "tether.toml [monitor.detectors.refusal_burst]"
     assert snapshot.detector_sources["new_audience"] == "default"
     report = run_controls(snapshot)
-    replay = next(r for r in report.results if r.id == "MON-02[dpop_replay]")
-    assert replay.status == "warn" and "does not suspend" in replay.summary
+    burst = next(r for r in report.results if r.id == "MON-02[refusal_burst]")
+    assert burst.status == "warn" and "does not suspend" in burst.summary
+    # dpop_replay only alerts by default, and rightly: a replay proves nothing about who sent it
+    assert next(r for r in report.results if r.id == "MON-02[dpop_replay]").status == "pass"
     assert asyncio.run(gather(config, now=time.time(), env={"TETHER_MASTER_KEY": "x"})).master_key is None
 
 

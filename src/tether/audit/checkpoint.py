@@ -57,7 +57,9 @@ __all__ = [
     "checkpoint_claims",
     "checkpoint_due",
     "checkpoint_event",
+    "link_problem",
     "verify_checkpoint",
+    "verify_checkpoint_record",
     "verify_export",
 ]
 
@@ -196,7 +198,7 @@ class ExportBroken(Exception):
         self.reason = reason
 
 
-def _link_problem(raw: Mapping[str, Any], *, expected: int, prev: str | None) -> str | None:
+def link_problem(raw: Mapping[str, Any], *, expected: int, prev: str | None) -> str | None:
     """The reason ``raw`` does not continue the chain, in the order ``chain.first_broken`` checks."""
     seq = raw.get("seq")
     if type(seq) is not int:
@@ -212,9 +214,15 @@ def _link_problem(raw: Mapping[str, Any], *, expected: int, prev: str | None) ->
     return None if digest == raw.get("hash") else "hash does not match its contents"
 
 
-def _covered(raw: Mapping[str, Any], cp: Checkpoint, hashes: Mapping[int, str]) -> int | None:
-    """The seq that a verified checkpoint vouches for in this export (None: before the export starts)."""
+def verify_checkpoint_record(raw: Mapping[str, Any], *, keys: Mapping[str, PublicKey], issuer: str | None) -> Checkpoint:
+    """Verify a checkpoint record: its JWS (``verify_checkpoint``) and its own fields pinned to the claims.
+
+    ``ts`` must equal the signed ``iat``, the detail the signed ``seq`` and ``hash``, and
+    the named record must come before the checkpoint, so neither an edited checkpoint
+    record nor a copy of an old JWS placed elsewhere passes.
+    """
     detail = raw.get("detail")
+    cp = verify_checkpoint(detail.get("jws") if isinstance(detail, Mapping) else None, keys=keys, issuer=issuer)
     pinned = (
         isinstance(detail, Mapping)
         and set(detail) == _DETAIL
@@ -227,8 +235,14 @@ def _covered(raw: Mapping[str, Any], cp: Checkpoint, hashes: Mapping[int, str]) 
     )
     if not pinned:
         raise CheckpointError("checkpoint record does not match its signed claims")
-    if cp.seq >= raw["seq"]:
+    seq = raw.get("seq")
+    if type(seq) is not int or cp.seq >= seq:
         raise CheckpointError(f"checkpoint names record {cp.seq}, which does not precede it")
+    return cp
+
+
+def _covered(cp: Checkpoint, hashes: Mapping[int, str]) -> int | None:
+    """The seq that a verified checkpoint vouches for in this export (None: before the export starts)."""
     known = hashes.get(cp.seq)
     if known is None:
         return None
@@ -263,18 +277,16 @@ def verify_export(
     superseded = count = 0
     last: tuple[int, str] | None = None
     for raw in records:
-        reason = _link_problem(raw, expected=expected, prev=prev)
+        reason = link_problem(raw, expected=expected, prev=prev)
         if reason is not None:
             seq = raw.get("seq")
             raise ExportBroken(seq if type(seq) is int else expected, reason)
         seq, digest = int(raw["seq"]), str(raw["hash"])
         hashes.setdefault(seq - 1, str(raw.get("prev")))  # bound by this record's hash
         if keys is not None and raw.get("kind") == CHECKPOINT_KIND:
-            detail = raw.get("detail")
             try:
-                cp = verify_checkpoint(detail.get("jws") if isinstance(detail, Mapping) else None, keys=keys,
-                                       issuer=issuer_seen)  # fmt: skip
-                covered = _covered(raw, cp, hashes)
+                cp = verify_checkpoint_record(raw, keys=keys, issuer=issuer_seen)
+                covered = _covered(cp, hashes)
             except UnknownKey as exc:
                 pending.append((seq, exc.kid))
             except CheckpointError as exc:

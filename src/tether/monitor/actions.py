@@ -9,6 +9,9 @@
 * ``suspend`` — the task ends as ``suspended``: ``Store.end_task`` revokes every token
   derived from it and publishes the revocation to the feed, in one step.
 * ``webhook`` — the finding as JSON, queued to ``WebhookSender`` (never awaited).
+
+``risk`` and ``suspend`` are never taken on an unproven finding; the runner decides which
+actions reach this module (``Monitor._allowed``, ``settings.PROVEN_ONLY``).
 """
 
 from __future__ import annotations
@@ -16,13 +19,12 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Collection
-from typing import Any
 
 from tether.audit.chain import AuditEvent, AuditRecord
 from tether.clock import Clock
 from tether.metrics import ALERTS, REVOCATIONS
 from tether.model import TaskState
-from tether.monitor.events import MONITOR_PRINCIPAL, Finding
+from tether.monitor.events import MONITOR_PRINCIPAL, Finding, alert_event
 from tether.monitor.webhook import WebhookSender
 from tether.store.errors import NotFound, TaskNotActive
 from tether.store.protocol import Store
@@ -38,23 +40,12 @@ class Actions:
         self.clock = clock
         self.webhook = webhook
 
-    async def record(self, finding: Finding, actions: Collection[str], *, risk: int) -> AuditRecord:
+    async def record(self, finding: Finding, actions: Collection[str], *, risk: int,
+                     withheld: Collection[str] = ()) -> AuditRecord:  # fmt: skip
         """Append ``alert.raised`` (or ``risk.raised`` when only the risk action is configured)."""
-        detail: dict[str, Any] = {
-            "detector": finding.detector,
-            "severity": finding.severity,
-            "reason": finding.reason,
-            "agent": finding.agent,
-            "evidence": dict(finding.evidence),
-            "trigger": finding.seq,
-            "actions": list(actions),
-        }
-        if risk:
-            detail["risk"] = risk
-        kind = "alert.raised" if "alert" in actions else "risk.raised"
-        event = AuditEvent(kind=kind, outcome="alert", principal=MONITOR_PRINCIPAL, task=finding.task, detail=detail)
+        event = alert_event(finding, actions, risk=risk, withheld=withheld)
         record = await self.store.append_audit(event, now=self.clock.now())
-        if kind == "alert.raised":
+        if event.kind == "alert.raised":
             ALERTS.labels(detector=finding.detector).inc()
             log.warning(
                 "alert %s (%s) agent=%s task=%s: %s",

@@ -14,11 +14,11 @@ values the caller chose (a proof's ``htm``, a token's ``typ``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tether.audit.chain import AuditRecord
+from tether.audit.chain import AuditEvent, AuditRecord
 
 __all__ = [
     "MONITOR_PRINCIPAL",
@@ -26,6 +26,7 @@ __all__ = [
     "REFUSAL_ERRORS",
     "Event",
     "Finding",
+    "alert_event",
     "as_event",
     "is_after_end",
     "is_counted_refusal",
@@ -138,6 +139,9 @@ class Finding:
     window: float
     subject: str
     evidence: Mapping[str, Any] = field(default_factory=dict)
+    #: False when the record it came from names nobody who proved it acted (``base.is_proven``):
+    #: the runner then never suspends nor raises a risk score (``settings.PROVEN_ONLY``)
+    proven: bool = True
 
     @property
     def key(self) -> str:
@@ -159,4 +163,28 @@ class Finding:
             "evidence": dict(self.evidence),
             "seq": self.seq,
             "ts": self.ts,
+            "proven": self.proven,
         }
+
+
+def alert_event(finding: Finding, actions: Collection[str], *, risk: int, withheld: Collection[str] = ()) -> AuditEvent:
+    """The ``alert.raised`` record of a finding (``risk.raised`` when only the risk action is taken).
+
+    ``withheld`` lists the configured actions not taken because the finding is unproven.
+    """
+    detail: dict[str, Any] = {
+        "detector": finding.detector,
+        "severity": finding.severity,
+        "reason": finding.reason,
+        "agent": finding.agent,
+        "evidence": dict(finding.evidence),
+        "trigger": finding.seq,
+        "actions": list(actions),
+    }
+    if risk:
+        detail["risk"] = risk
+    if not finding.proven:
+        detail["unproven"] = True
+        detail["withheld"] = list(withheld)
+    kind = "alert.raised" if "alert" in actions else "risk.raised"
+    return AuditEvent(kind=kind, outcome="alert", principal=MONITOR_PRINCIPAL, task=finding.task, detail=detail)

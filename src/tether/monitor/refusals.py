@@ -1,7 +1,13 @@
 """The refusal detectors: bursts, DPoP replays, use after the end (pure, like every detector).
 
-They read the ``error`` and internal ``reason`` each refusal is audited with; see
+They read the ``error`` and the typed markers each refusal is audited with; see
 ``tether.monitor.events`` for the classifiers.
+
+``refusal_burst`` and ``use_after_end`` count only proven refusals (``base.is_proven``):
+a stranger naming someone's task, or a thief presenting a stolen token with its own key,
+is pinned on nobody. ``dpop_replay`` is about exactly the refusals nobody is proven for,
+so it counts them by the task the replayed credential names (``claimed_task``). Its
+findings are unproven, and the runner only alerts on them, never suspends or raises risk.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from collections import deque
 from collections.abc import Callable
 
 from tether.lru import LruCache
-from tether.monitor.base import DEDUPE_SECONDS, MAX_AGENTS, DetectorBase, agent_of
+from tether.monitor.base import DEDUPE_SECONDS, MAX_AGENTS, DetectorBase, agent_of, claimed_task, is_proven
 from tether.monitor.events import Event, Finding, is_after_end, is_counted_refusal, is_replay
 from tether.monitor.settings import DetectorSettings
 
@@ -34,7 +40,7 @@ class RefusalBurst(DetectorBase):
 
     def observe(self, event: Event) -> list[Finding]:
         agent = agent_of(event)
-        if agent is None or not is_counted_refusal(event):
+        if agent is None or not is_proven(event) or not is_counted_refusal(event):
             return []
         recent = self.agents.get(agent)
         if recent is None:
@@ -72,38 +78,50 @@ class _Counting(DetectorBase):
         self.counts: LruCache[str, int] = LruCache(MAX_AGENTS)
 
     def subject_of(self, event: Event) -> str | None:
-        return agent_of(event) or event.task
+        """Whom the refusal counts against; None: nobody (not counted)."""
+        raise NotImplementedError
 
     def observe(self, event: Event) -> list[Finding]:
-        subject = self.subject_of(event)
-        # never act on a refusal no authenticated caller is tied to: its task is only what
-        # an anonymous request named (the STS records no task for those, see sts.exchange)
-        if subject is None or agent_of(event) is None or not self.matches(event):
+        subject = self.subject_of(event) if self.matches(event) else None
+        if subject is None:
             return []
         count = (self.counts.get(subject) or 0) + 1
         self.counts.put(subject, count)
         if count < self.threshold:
             return []
+        proven = is_proven(event)
+        claims = {} if proven else {"claimed_task": claimed_task(event),
+                                    "claimed_principal": event.text("claimed_principal") or agent_of(event)}  # fmt: skip
         return [
             self._finding(
                 event,
-                agent=agent_of(event),
+                agent=agent_of(event) if proven else None,
                 subject=subject,
+                task=claimed_task(event),
                 every=DEDUPE_SECONDS,
                 reason=f"{self.what} ({event.kind}: {event.reason[:120] or event.error})",
                 count=count,
                 threshold=self.threshold,
                 error=event.error,
                 seqs=[event.seq],
+                **claims,
             )
         ]
 
 
 class DpopReplay(_Counting):
-    """A DPoP proof presented again after it was accepted once (RFC 9449 §11.1, DPOP-12)."""
+    """A DPoP proof presented again after it was accepted once (RFC 9449 §11.1, DPOP-12).
+
+    A replay proves nothing about who sent it, so it is counted by the task the replayed
+    token names (``claimed_task``), or else the principal it names, and its finding is
+    unproven.
+    """
 
     def __init__(self, settings: DetectorSettings) -> None:
         super().__init__(settings, matches=is_replay, what="dpop proof replayed")
+
+    def subject_of(self, event: Event) -> str | None:
+        return claimed_task(event) or event.text("claimed_principal") or agent_of(event)
 
 
 class UseAfterEnd(_Counting):
@@ -113,4 +131,6 @@ class UseAfterEnd(_Counting):
         super().__init__(settings, matches=is_after_end, what="token used after its task ended or was revoked")
 
     def subject_of(self, event: Event) -> str | None:
-        return event.task or agent_of(event)
+        # never act on a refusal no authenticated caller is tied to: its task is only what
+        # the request named (the STS records no task for those, see sts.exchange)
+        return (event.task or agent_of(event)) if is_proven(event) else None

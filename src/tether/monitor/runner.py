@@ -10,8 +10,29 @@ each run the detectors. A finding is acted on once: its key (detector, agent or 
 the fixed window of the record's time — ``Finding.key``) is claimed with the atomic
 ``Store.count`` counter, and only the replica that gets 1 writes the alert, suspends
 and calls the webhook. The risk is then applied by every replica from the written
-record, so all boards agree; on start a replica rebuilds its board from the records of
-the last ``monitor.risk_ttl`` seconds.
+record, so all boards agree.
+
+Restarts (issue 12, finding 14). Baselines and learning periods live in the detectors'
+memory. So on start, before it polls, a monitor rebuilds them (``rebuild``): it replays
+the records of a bounded window before the head through the detectors. The window is
+the last ``monitor.history_records`` records, and none older than
+``monitor.history_seconds``. It also rebuilds the risk board from the monitor records of
+the last ``monitor.risk_ttl`` seconds. We rebuild rather than persist:
+
+- the audit chain is already the shared, durable record of everything the detectors
+  read, and the detectors are pure functions of it (time is the record's ``ts``). So a
+  replay puts a restarted replica in the state of one that never stopped, as far back as
+  the window reaches. Persisted state would need its own table and format in both
+  stores, a version for every detector change, and a way to merge what replicas save;
+- the window makes the cost a bound, not the log's size. The defaults (50,000 records,
+  a day) cover every default learning period; a larger ``learn`` or ``warmup`` needs a
+  larger window.
+
+A replay never acts. The findings it produces are dropped, and only counted in
+``replayed``. They were acted on before the restart, by this replica or another; or
+they are judgements made on less history than the live run had. Dropping them means no
+second alert, webhook, risk raise or suspension. Live findings after the restart still
+go through the shared claim, so a finding in a window already acted on is not acted on again.
 """
 
 from __future__ import annotations
@@ -31,7 +52,7 @@ from tether.monitor.dedupe import Deduper
 from tether.monitor.detectors import Detector, build_detectors
 from tether.monitor.events import MONITOR_PRINCIPAL, OWN_KINDS, Event, Finding, as_event
 from tether.monitor.risk import RISK_BY_SEVERITY, RiskBoard
-from tether.monitor.settings import DetectorSettings
+from tether.monitor.settings import HISTORY_RECORDS, HISTORY_SECONDS, PROVEN_ONLY, DetectorSettings
 from tether.monitor.webhook import WebhookSender
 from tether.store.errors import StoreError
 from tether.store.protocol import TAIL_PAGE, Store
@@ -42,15 +63,19 @@ log = logging.getLogger("tether.monitor")
 
 _PAGE = TAIL_PAGE
 _PAGES_PER_POLL = 200  # at most 20,000 records per poll; the rest on the next
+_REBUILD_PAGE = 2 * TAIL_PAGE  # decoded off the event loop (SQLite: pages above TAIL_PAGE go to its worker thread)
 
 
 class Monitor:
     def __init__(self, store: Store, clock: Clock, detectors: Sequence[DetectorSettings], *, interval: float,
-                 risk_ttl: float, webhook: WebhookSender | None = None) -> None:  # fmt: skip
+                 risk_ttl: float, webhook: WebhookSender | None = None, history_records: int = HISTORY_RECORDS,
+                 history_seconds: float = HISTORY_SECONDS) -> None:  # fmt: skip
         self.store = store
         self.clock = clock
         self.interval = interval
         self.risk_ttl = risk_ttl
+        self.history_records = history_records
+        self.history_seconds = history_seconds
         self.settings: Mapping[str, DetectorSettings] = {s.name: s for s in detectors}
         self.detectors: list[Detector] = build_detectors(detectors)
         self.board = RiskBoard()
@@ -58,10 +83,13 @@ class Monitor:
         self.webhook = webhook
         self.cursor = 0
         self.findings = 0
+        #: findings the start-up replay produced and dropped (``rebuild``)
+        self.replayed = 0
         self._dedupe = Deduper()
         self._written: LruCache[int, bool] = LruCache(10_000)
         self._task: asyncio.Task[None] | None = None
-        self._since = 0
+        self._since = 0  # the risk board is rebuilt from the records after this seq
+        self._history = 0  # the detectors are rebuilt from the records after this seq
         self._polling = asyncio.Lock()
 
     def risk(self, principal: str) -> int:
@@ -69,12 +97,15 @@ class Monitor:
         return self.board.score(principal, now=self.clock.now())
 
     async def begin(self) -> None:
-        """Place the cursor at the head of the chain: nothing appended from now on is missed."""
+        """Place the cursor at the head of the chain (nothing appended from now on is missed) and the windows before it."""
         self.cursor = await head_seq(self.store)
-        self._since = await seq_before(self.store, self.clock.now() - self.risk_ttl, head=self.cursor)
+        now = self.clock.now()
+        self._since = await seq_before(self.store, now - self.risk_ttl, head=self.cursor)
+        by_time = await seq_before(self.store, now - self.history_seconds, head=self.cursor)
+        self._history = max(by_time, self.cursor - self.history_records, 0)
 
     async def start(self) -> None:
-        """``begin``, then rebuild the risk board and poll in the background."""
+        """``begin``, then rebuild the detectors and the risk board and poll, in the background."""
         if self._task is not None:
             return
         await self.begin()
@@ -94,9 +125,9 @@ class Monitor:
 
     async def _run(self) -> None:
         try:
-            await self.rebuild_risk()
+            await self.rebuild()
         except StoreError as exc:
-            log.warning("monitor: risk board not rebuilt: %s", exc)
+            log.warning("monitor: detectors and risk board not rebuilt: %s", exc)
         while True:
             try:
                 await self.poll()
@@ -104,15 +135,20 @@ class Monitor:
                 log.warning("monitor: audit log not read: %s", exc)
             await asyncio.sleep(self.interval)
 
-    async def rebuild_risk(self) -> None:
-        """Apply the risk of the monitor records written in the last ``risk_ttl`` seconds before ``begin``."""
-        after = self._since
+    async def rebuild(self) -> None:
+        """Replay the windows before ``begin``: the detectors' history and the risk raised, never acting."""
+        after = min(self._since, self._history)
         while after < self.cursor:
-            page = await self.store.audit_records(after=after, limit=_PAGE)
+            page = await self.store.audit_records(after=after, limit=min(_REBUILD_PAGE, self.cursor - after))
             for record in page:
                 if record.seq > self.cursor:
                     return
-                self._apply_risk(as_event(record))
+                event = as_event(record)
+                if record.seq > self._since:
+                    self._apply_risk(event)
+                if record.seq > self._history and self._watched(event):
+                    for detector in self.detectors:
+                        self.replayed += len(detector.observe(event))
             if not page:
                 return
             after = page[-1].seq
@@ -133,12 +169,15 @@ class Monitor:
                 await asyncio.sleep(0)  # let the requests in flight run between pages
         return read
 
+    @staticmethod
+    def _watched(event: Event) -> bool:
+        """Whether the detectors read ``event``: never the monitor's own records."""
+        return event.kind not in OWN_KINDS and event.principal != MONITOR_PRINCIPAL
+
     async def _observe(self, event: Event) -> None:
-        if event.kind in OWN_KINDS:
-            if not self._written.get(event.seq):
-                self._apply_risk(event)
-            return
-        if event.principal == MONITOR_PRINCIPAL:
+        if event.kind in OWN_KINDS and not self._written.get(event.seq):
+            self._apply_risk(event)
+        if not self._watched(event):
             return
         for detector in self.detectors:
             for finding in detector.observe(event):
@@ -158,15 +197,30 @@ class Monitor:
         key = "monitor:" + hashlib.sha256(finding.key.encode()).hexdigest()[:40]
         return await self.store.count(key, until=int(now + finding.window) + 3600, now=now) == 1
 
+    def _allowed(self, finding: Finding) -> tuple[str, ...]:
+        """The configured actions, less ``PROVEN_ONLY`` ones for an unproven finding (then alerted instead).
+
+        The one place that keeps a replayed proof or a claimed task from suspending a task
+        or raising a risk score, whatever ``[monitor.detectors.*]`` says (``settings``).
+        """
+        configured = self.settings[finding.detector].actions
+        if finding.proven:
+            return configured
+        allowed = tuple(a for a in configured if a not in PROVEN_ONLY)
+        if allowed != configured and "alert" not in allowed:
+            allowed = ("alert", *allowed)
+        return allowed
+
     async def _act(self, finding: Finding) -> None:
         if not self._dedupe.first(finding) or not await self._claim(finding):
             return
         self.findings += 1
-        actions = self.settings[finding.detector].actions
+        actions = self._allowed(finding)
         risk = RISK_BY_SEVERITY.get(finding.severity, 0) if "risk" in actions else 0
         alert = None
         if "alert" in actions or risk:
-            alert = await self.actions.record(finding, actions, risk=risk)
+            withheld = [a for a in self.settings[finding.detector].actions if a not in actions]
+            alert = await self.actions.record(finding, actions, risk=risk, withheld=withheld)
             if risk and finding.agent:
                 self._written.put(alert.seq, True)
                 self.board.raise_score(finding.agent, risk, until=alert.ts + self.risk_ttl)
@@ -189,4 +243,5 @@ def build_monitor(config: Config, store: Store, clock: Clock) -> Monitor:
         webhook = WebhookSender(values["webhook_url"], timeout=float(values["webhook_timeout"]),
                                 retries=int(values["webhook_retries"]))  # fmt: skip
     return Monitor(store, clock, config.detectors, interval=float(values["interval"]),
-                   risk_ttl=float(values["risk_ttl"]), webhook=webhook)  # fmt: skip
+                   risk_ttl=float(values["risk_ttl"]), webhook=webhook, history_records=int(values["history_records"]),
+                   history_seconds=float(values["history_seconds"]))  # fmt: skip

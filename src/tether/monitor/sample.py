@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from tether.monitor.risk import RISK_BY_SEVERITY
-from tether.monitor.settings import DEFAULTS, SEVERITIES
+from tether.monitor.settings import DEFAULTS, HISTORY_RECORDS, HISTORY_SECONDS, SEVERITIES
 
 __all__ = ["sample_config"]
 
@@ -13,7 +13,7 @@ _WHAT = {
     "exchange_rate_spike": "tokens issued to an agent per window vs its moving average (after warm-up)",
     "new_audience": "a token for an audience the agent never had, after `learn` tokens",
     "refusal_burst": "`threshold` refusals (denials, widening, bad proofs) by one agent within `window` s",
-    "dpop_replay": "a DPoP proof presented twice",
+    "dpop_replay": "a DPoP proof presented twice, by the task the token names (never proven: no risk, no suspend)",
     "use_after_end": "a token used after its task ended or after revocation",
     "gateway_unusual": "a gateway call on a new path, or at a new hour once the history spans `span` s",
     "deep_delegation": "an act chain deeper than the agent's deepest + `margin`, after `learn` tokens",
@@ -34,6 +34,8 @@ def sample_config() -> str:
         "enabled = true",
         "interval = 1                # seconds between reads of the audit log",
         "risk_ttl = 300              # seconds a risk raise lasts (Cedar context.risk; deny-high-risk at 80)",
+        f"history_records = {HISTORY_RECORDS:<10d}# on start, replay at most this many records into the detectors,",
+        f"history_seconds = {HISTORY_SECONDS:<10d}# none older than this: baselines survive a restart (no actions)",
         'webhook_url = ""            # POST each alert as JSON from a queue: retried, never blocking a request',
         "webhook_timeout = 5",
         "webhook_retries = 3",
@@ -41,7 +43,8 @@ def sample_config() -> str:
         f"# per detector: enabled, severity ({', '.join(SEVERITIES)}), its numbers, and actions:",
         "#   alert (audited as alert.raised, listed by `tether alerts`), webhook,",
         f"#   risk (raises the agent's Cedar risk by severity: {risk}),",
-        "#   suspend (ends the task as suspended, revoking its tokens)",
+        "#   suspend (ends the task as suspended, revoking its tokens);",
+        "#   risk and suspend are never taken on an unproven finding (a replayed proof, a claimed task)",
     ]
     for name, (severity, actions, params) in DEFAULTS.items():
         lines += ["", f"# {_WHAT[name]}", f"[monitor.detectors.{name}]"]

@@ -3,6 +3,15 @@
 Every detector is on by default with the thresholds below; a table overrides some of
 them. Unknown detectors, unknown parameters, wrong types and unknown actions are
 configuration errors naming the key, like every other ``tether.toml`` mistake.
+
+Whatever a table says, a finding from an unproven record never takes a ``PROVEN_ONLY``
+action. An unproven record is one where nobody proved they acted: a replayed DPoP proof,
+or a refusal naming only a ``claimed_task`` or ``claimed_principal`` (``base.is_proven``).
+Suspending a task or raising an agent's risk on such a finding would let anyone who
+captured a proof, or merely names a task, get the victim suspended or denied. The runner
+enforces this in one place (``Monitor._act``). The finding is alerted instead, listing
+the actions withheld. ``dpop_replay`` findings are always unproven, so its default is
+``alert`` only.
 """
 
 from __future__ import annotations
@@ -13,9 +22,24 @@ from typing import Any
 
 from tether.errors import ConfigError
 
-__all__ = ["ACTIONS", "DEFAULTS", "SEVERITIES", "DetectorSettings", "parse_detectors"]
+__all__ = [
+    "ACTIONS",
+    "DEFAULTS",
+    "HISTORY_RECORDS",
+    "HISTORY_SECONDS",
+    "PROVEN_ONLY",
+    "SEVERITIES",
+    "DetectorSettings",
+    "parse_detectors",
+]
 
 ACTIONS = ("alert", "webhook", "risk", "suspend")
+#: actions taken only on findings from records where the caller proved who it is
+PROVEN_ONLY = ("risk", "suspend")
+#: the window replayed into the detectors at start (``monitor.history_records`` / ``history_seconds``,
+#: see ``tether.monitor.runner``): enough for every default learning period
+HISTORY_RECORDS = 50_000
+HISTORY_SECONDS = 86_400
 SEVERITIES = ("low", "medium", "high", "critical")
 
 
@@ -45,8 +69,9 @@ DEFAULTS: Mapping[str, tuple[str, tuple[str, ...], Mapping[str, float]]] = {
     "new_audience": ("medium", ("alert",), {"learn": 20}),
     # policy denials, scope widening, invalid proofs... by one agent within a window
     "refusal_burst": ("high", ("alert", "risk", "suspend"), {"window": 30, "threshold": 5}),
-    # a DPoP proof presented twice
-    "dpop_replay": ("high", ("alert", "suspend"), {"threshold": 1}),
+    # a DPoP proof presented twice, counted by the task the replayed token names; a replay
+    # proves nothing about who sent it, so it is only ever alerted (see PROVEN_ONLY)
+    "dpop_replay": ("high", ("alert",), {"threshold": 1}),
     # a token used after its task ended or after it was revoked
     "use_after_end": ("medium", ("alert",), {"threshold": 1}),
     # a gateway call on a path or at an hour this agent's history on the route does not have;

@@ -14,8 +14,10 @@ from tether.report.outcome import Check, Outcome, Problem, fmt, iso, judge, sett
 
 __all__ = ["KEY_DETECTORS", "MONITORING_CONTROLS"]
 
-#: detectors that stop an attack in progress (each suspends the task by default)
+#: detectors that must stay on; the first two stop an attack in progress (they suspend the task by default)
 KEY_DETECTORS = ("exchange_rate_spike", "refusal_burst", "dpop_replay")
+#: dpop_replay only alerts: a replay proves nothing about who sent it (monitor.settings.PROVEN_ONLY)
+_ALERT_ONLY = ("dpop_replay",)
 
 
 def monitor(evidence: Evidence) -> list[Outcome]:
@@ -77,7 +79,7 @@ def _detector(evidence: Evidence, detector: DetectorSettings) -> Outcome:
                 f'Set actions = ["alert"] (at least) in [monitor.detectors.{detector.name}].',
             )
         )
-    elif key and "suspend" not in detector.actions:
+    elif key and detector.name not in _ALERT_ONLY and "suspend" not in detector.actions:
         problems.append(
             Problem(
                 "medium",

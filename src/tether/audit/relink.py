@@ -1,0 +1,116 @@
+"""Re-linking the records a checkpoint is about to vouch for (issue 12, finding 5).
+
+A checkpoint signs the hash of the newest record and, through the chain, every record
+before it. The store links each append to the head it holds, so a database writer who
+rewrites a record and re-hashes every record after it leaves a chain that is consistent
+from that point on; a checkpoint writer that signed the head as stored would vouch for
+the forgery. So before signing, the writer re-reads the records from a position it
+trusts (the record named by the last checkpoint it signed, or by one whose signature it
+verified) and ``Relink`` checks them, page by page:
+
+- each record continues the chain from the trusted one: ``seq`` in order, ``prev`` equal
+  to the hash before it, ``hash`` the SHA-256 of its contents (``checkpoint.link_problem``,
+  the check ``tether audit verify`` makes), and the trusted record still has the signed hash;
+- each record whose hash the writer read earlier (``known``) still has that hash. A
+  rewrite made after the writer read a record is caught even when the tail was re-hashed
+  to be consistent;
+- no chain alert in the range still applies. A chain alert is an ``alert.raised`` record
+  of ``CHAIN_DETECTOR`` naming the record and the hash the alerting writer found. A writer
+  that never read the originals (another replica, or a restarted one) cannot tell a
+  consistent rewrite from them. So it defers to the writer that could, for as long as the
+  named record still has that hash. Restoring the record lifts the alert.
+
+Pure: the reads are done by ``tether.sts.checkpoints``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tether.audit.chain import GENESIS
+from tether.audit.checkpoint import link_problem
+
+__all__ = ["CHAIN_DETECTOR", "Broken", "Relink"]
+
+#: the ``detector`` of the alert a checkpoint writer raises when it refuses to sign
+CHAIN_DETECTOR = "audit_chain"
+_CHANGED = "changed after this STS read it (its hash differs)"
+
+
+@dataclass(frozen=True)
+class Broken:
+    """Where the chain stops verifying: the record, the hash it holds now (None: missing), and why."""
+
+    seq: int
+    hash: str | None
+    reason: str
+    #: the seq of the chain alert that already reported this (no second alert)
+    alert: int | None = None
+
+
+def _chain_alert(raw: Mapping[str, Any]) -> tuple[int, str] | None:
+    """The (seq, hash) a chain alert names, if ``raw`` is one."""
+    detail = raw.get("detail")
+    if raw.get("kind") != "alert.raised" or not isinstance(detail, Mapping) or detail.get("detector") != CHAIN_DETECTOR:
+        return None
+    evidence = detail.get("evidence")
+    if not isinstance(evidence, Mapping):
+        return None
+    seq, digest = evidence.get("seq"), evidence.get("hash")
+    return (seq, digest) if type(seq) is int and isinstance(digest, str) else None
+
+
+class Relink:
+    """Follow the chain from ``trusted`` = (seq, hash); read records from that record on.
+
+    A trusted seq of 0 is the genesis (read from record 1). A hash of ``None`` takes the
+    record as given: its ``prev`` is not checked (a bounded re-read that starts after the
+    last checkpoint it could verify).
+    """
+
+    def __init__(self, *, trusted: tuple[int, str | None], known: Mapping[int, str]) -> None:
+        self.trusted = trusted
+        self.known = known
+        self.expected = max(trusted[0], 1)
+        self.prev: str | None = GENESIS if trusted[0] == 0 else None
+        self.head: tuple[int, str] | None = None
+        self._hashes: dict[int, str] = {}
+        self._alerts: list[tuple[int, str, int]] = []
+
+    @property
+    def after(self) -> int:
+        """Where the next read starts (``Store.audit_records(after=...)``)."""
+        return self.expected - 1
+
+    def page(self, records: Iterable[Mapping[str, Any]]) -> Broken | None:
+        """Check the next records in chain order; the first that does not verify, else None."""
+        for raw in records:
+            seq, digest = raw.get("seq"), raw.get("hash")
+            found = digest if isinstance(digest, str) else None
+            problem = link_problem(raw, expected=self.expected, prev=self.prev)
+            if problem is not None:
+                return Broken(seq if type(seq) is int else self.expected, found, problem)
+            assert type(seq) is int and found is not None  # link_problem checked both
+            if seq == self.trusted[0] and self.trusted[1] not in (None, found):
+                return Broken(seq, found, "not the record the last checkpoint vouched for (its hash differs)")
+            if self.known.get(seq, found) != found:
+                return Broken(seq, found, _CHANGED)
+            named = _chain_alert(raw)
+            if named is not None:
+                self._alerts.append((*named, seq))
+            self._hashes[seq], self.prev, self.expected, self.head = found, found, seq + 1, (seq, found)
+        return None
+
+    def finish(self, head: tuple[int, str]) -> Broken | None:
+        """After the last page: the records read end at ``head``, and no chain alert still applies."""
+        if self.head is None or self.head[0] < head[0]:
+            end = self.head[0] if self.head else self.expected - 1
+            return Broken(head[0], None, f"missing: the chain ends at record {end}")
+        if self.head != head:
+            return Broken(head[0], self.head[1], _CHANGED)
+        for seq, digest, alert in self._alerts:
+            if self._hashes.get(seq) == digest:
+                return Broken(seq, digest, f"reported by the chain alert at record {alert}, and not restored", alert=alert)
+        return None
