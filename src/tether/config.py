@@ -148,6 +148,13 @@ class Config:
     routes: tuple[GatewayRoute, ...] = ()
     detectors: tuple[DetectorSettings, ...] = ()
     base_dir: Path = field(default_factory=Path.cwd)
+    #: where each scalar came from: ``env TETHER_…``, ``file`` or ``default`` (dotted key → source)
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def overrides(self) -> dict[str, str]:
+        """The settings an environment variable set: dotted key → variable name."""
+        return {key: source[4:] for key, source in self.sources.items() if source.startswith("env ")}
 
     def get(self, section: str, key: str) -> Any:
         return self.values[section][key]
@@ -269,6 +276,7 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None, env: Mapping[str
     """Validate a parsed ``tether.toml`` document and apply environment overrides."""
     env = os.environ if env is None else env
     values: dict[str, dict[str, Any]] = {}
+    sources: dict[str, str] = {}
     for section, keys in _SCALARS.items():
         raw = data if section == "" else data.get(section, {})
         if not isinstance(raw, dict):
@@ -279,8 +287,10 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None, env: Mapping[str
             env_name = "TETHER_" + dotted.upper().replace(".", "_")
             if env_name in env:
                 out[k] = _from_env(dotted, env[env_name], kind)
+                sources[dotted] = f"env {env_name}"
             else:
                 out[k] = _typed(dotted, raw.get(k, default), kind)
+                sources[dotted] = "file" if k in raw else "default"
         if section:
             for k in raw:
                 if k not in keys and (section, k) not in (("gateway", "routes"), ("monitor", "detectors")):
@@ -396,6 +406,7 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None, env: Mapping[str
         routes=routes,
         detectors=detectors,
         base_dir=base,
+        sources=sources,
     )
 
 

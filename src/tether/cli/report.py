@@ -12,18 +12,23 @@ import asyncio
 import enum
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
 
+import httpx
 import typer
 
 from tether.cli.common import admin_client, config_or_exit, errors_to_exit
 from tether.cli.output import console, fail
+from tether.client import StsError
 from tether.config import Config
+from tether.errors import ConfigError
+from tether.keys.sealed import SealError
 from tether.report.controls import run_controls
-from tether.report.evidence import gather
+from tether.report.evidence import gather, remote_settings
 from tether.report.measure import measure_revocation_lag
-from tether.report.model import LagFacts, severity_rank
+from tether.report.model import LagFacts, Setting, severity_rank
 from tether.report.render import render
 
 __all__ = ["report"]
@@ -51,6 +56,24 @@ def _lag(cfg: Config, url: str | None, identity_file: Path | None) -> LagFacts:
         client.close()
 
 
+def _running(cfg: Config, url: str | None, identity_file: Path | None) -> tuple[Mapping[str, Setting], str]:
+    """The settings the running STS reports (``GET /settings`` as the admin), or none and why not.
+
+    The STS's own view is the one that counts: ``TETHER_*`` variables in its environment
+    override the file, and this shell's environment says nothing about them.
+    """
+    target = url or cfg.issuer
+    try:
+        client = admin_client(cfg, url, identity_file)
+        try:
+            return remote_settings(client.api("GET", "/settings")), f"the running STS at {target}"
+        finally:
+            client.close()
+    except (StsError, httpx.HTTPError, ConfigError, SealError, OSError, ValueError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        return {}, f"the configuration file; the running STS at {target} could not be asked ({reason})"
+
+
 def report(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="tether.toml (default ./tether.toml)")] = None,
     format_: Annotated[Format, typer.Option("--format", "-f", help="md (default), html or json")] = Format.md,
@@ -59,16 +82,18 @@ def report(
     measure: Annotated[
         bool, typer.Option(help="measure the revocation lag at the running STS (creates and cancels a probe task)")
     ] = False,
-    url: Annotated[str | None, typer.Option(help="STS URL for --measure (default: the issuer)")] = None,
+    url: Annotated[
+        str | None, typer.Option(help="the running STS, asked for its settings and for --measure (default: the issuer)")
+    ] = None,
     identity_file: Annotated[
-        Path | None, typer.Option(help="admin JWT-SVID file for --measure instead of the dev issuer")
+        Path | None, typer.Option(help="admin JWT-SVID file for /settings and --measure instead of the dev issuer")
     ] = None,
 ) -> None:
     """The posture of this deployment, control by control, mapped to OWASP ASI, CSA MAESTRO and NIST AI RMF."""
     cfg = config_or_exit(config)
     with errors_to_exit():
         lag = _lag(cfg, url, identity_file) if measure else None
-        evidence = asyncio.run(gather(cfg, now=time.time(), lag=lag))
+        evidence = asyncio.run(gather(cfg, now=time.time(), lag=lag, running=_running(cfg, url, identity_file)))
     result = run_controls(evidence)
     text = render(result, format_.value)
     if out is None:

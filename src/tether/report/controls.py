@@ -52,4 +52,5 @@ def run_controls(evidence: Evidence) -> Report:
         issuer=str(evidence.value("issuer")),
         store=evidence.store.kind,
         results=tuple(results),
+        settings_from=evidence.settings_from,
     )

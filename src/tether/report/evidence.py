@@ -42,7 +42,7 @@ from tether.store.errors import StoreUnavailable
 from tether.store.open import open_store
 from tether.store.protocol import Store
 
-__all__ = ["WINDOW_SECONDS", "gather", "read_audit", "read_settings"]
+__all__ = ["WINDOW_SECONDS", "gather", "read_audit", "read_settings", "remote_settings"]
 
 PAGE = 5000
 WINDOW_SECONDS = 86_400
@@ -264,14 +264,44 @@ async def _store(config: Config, now: float) -> tuple[StoreFacts, tuple[tuple[st
     return facts, loaded
 
 
-async def gather(config: Config, *, now: float, env: Mapping[str, str] | None = None, lag: LagFacts | None = None) -> Evidence:
-    """The snapshot of ``config``'s deployment at ``now`` (``lag`` from ``tether.report.measure`` if measured)."""
+def remote_settings(body: Mapping[str, Any]) -> dict[str, Setting]:
+    """The running STS's ``GET /settings`` answer as report settings (what it runs with, and from where)."""
+    raw = body.get("settings")
+    if not isinstance(raw, dict):
+        raise ValueError("the STS's /settings answer holds no settings")
+    out = {key: Setting(item["value"], f"running STS ({item.get('source', 'default')})") for key, item in raw.items()
+           if isinstance(item, dict) and "value" in item}  # fmt: skip
+    hook = out.pop("monitor.webhook_url", None)
+    if hook is not None:
+        out["monitor.webhook"] = Setting(bool(hook.value), hook.source)
+    return out
+
+
+async def gather(
+    config: Config,
+    *,
+    now: float,
+    env: Mapping[str, str] | None = None,
+    lag: LagFacts | None = None,
+    running: tuple[Mapping[str, Setting], str] | None = None,
+) -> Evidence:
+    """The snapshot of ``config``'s deployment at ``now`` (``lag`` from ``tether.report.measure`` if measured).
+
+    ``running`` is the settings the running STS reports and a note naming it; without it
+    the settings are read from the file and this process's environment, which may not be the
+    server's (``settings_from`` says which).
+    """
     env = os.environ if env is None else env
     store, loaded = await _store(config, now)
+    local = read_settings(config, env)
+    remote, settings_from = (
+        running if running is not None and running[0] else ({}, running[1] if running else "the configuration file")
+    )
     return Evidence(
         now=now,
         config_path=str(config.path) if config.path else "(defaults)",
-        settings=read_settings(config, env),
+        settings_from=settings_from,
+        settings={key: remote.get(key, setting) for key, setting in local.items()},
         trust_sources=_trust_sources(config),
         routes=_routes(config),
         detectors=config.detectors,

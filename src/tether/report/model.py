@@ -196,6 +196,8 @@ class Evidence:
     lag: LagFacts | None = None  # ``None``: not measured
     #: detector name → where its settings come from (its ``[monitor.detectors.NAME]`` table, else ``default``)
     detector_sources: Mapping[str, str] = field(default_factory=dict)
+    #: where ``settings`` were read: the running STS's ``GET /settings``, or the file (and why)
+    settings_from: str = "the configuration file"
 
     @property
     def today(self) -> dt.date:
@@ -247,6 +249,7 @@ class Report:
     issuer: str
     store: str
     results: tuple[Result, ...]
+    settings_from: str = "the configuration file"
 
     def findings(self) -> list[Result]:
         """Results that are not passing, most severe first (then in control order)."""

@@ -80,7 +80,12 @@ def as_json(report: Report) -> dict[str, Any]:
         "report": "tether posture report",
         "format_version": 1,
         "generated_at": iso(report.generated_at),
-        "deployment": {"config": report.config_path, "issuer": report.issuer, "store": report.store},
+        "deployment": {
+            "config": report.config_path,
+            "issuer": report.issuer,
+            "store": report.store,
+            "settings_from": report.settings_from,
+        },
         "summary": _summary(report),
         "findings": [r.id for r in report.findings()],
         "results": [
@@ -148,6 +153,8 @@ def render_markdown(report: Report) -> str:
         "",
         f"Generated {md(iso(report.generated_at))} for {md(report.issuer)} "
         f"(config {md(report.config_path)}, store {md(report.store)}).",
+        "",
+        f"Settings read from {md(report.settings_from)}.",
         "",
         "## Summary",
         "",
@@ -256,6 +263,7 @@ def render_html(report: Report) -> str:
         "<h1>tether posture report</h1>",
         f'<p class="meta">Generated {esc(iso(report.generated_at))} for {esc(report.issuer)} '
         f"(config {esc(report.config_path)}, store {esc(report.store)}).</p>",
+        f'<p class="meta">Settings read from {esc(report.settings_from)}.</p>',
         "<h2>Summary</h2>",
         counts,
         f"<p>{summary['results']} results: {summary['pass']} pass, {summary['warn']} warn, {summary['fail']} fail.</p>",

@@ -43,6 +43,7 @@ from tether.sts.context import StsContext
 from tether.sts.feed import FeedHub, FeedSettings
 from tether.sts.routes.discovery import health_endpoint, jwks_endpoint, metadata_endpoint
 from tether.sts.routes.feed import policies_endpoint, revocations_endpoint, revocations_stream_endpoint
+from tether.sts.routes.settings import settings_endpoint
 from tether.sts.routes.tasks import block_endpoint, task_endpoint, task_transition_endpoint, tasks_endpoint
 from tether.sts.routes.token import introspect_endpoint, revoke_endpoint, token_endpoint
 from tether.web.admission import AdmissionLimit
@@ -149,6 +150,7 @@ def create_app(runtime: Runtime, *, upkeep: bool = True, max_inflight: int = 64)
         Route("/tasks/{task_id}", task_endpoint, methods=["GET"]),
         Route("/tasks/{task_id}/{action:str}", task_transition_endpoint, methods=["POST"]),
         Route("/principals/{action:str}", block_endpoint, methods=["POST"]),
+        Route("/settings", settings_endpoint, methods=["GET"]),
     ]
     if runtime.config.values["metrics"]["enabled"]:
         routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))

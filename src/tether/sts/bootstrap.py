@@ -31,6 +31,7 @@ from tether.store.protocol import Store
 from tether.sts.app import create_app
 from tether.sts.checkpoints import AuditCheckpoints
 from tether.sts.context import StsContext
+from tether.sts.effective import effective_settings, override_event, overrides_shown, security_relevant
 from tether.sts.settings import StsSettings
 
 __all__ = ["Sts", "build_sts"]
@@ -94,13 +95,25 @@ class Sts:
             proofs=proofs,
             clock=self.clock,
             policy=self.policy,
+            effective=effective_settings(self.config),
         )
+        await self._record_overrides(store)
         await self.record_policy()
         if self._upkeep and self.config.values["monitor"]["enabled"]:
             self.monitor = build_monitor(self.config, store, self.clock)
             await self.monitor.start()
             self._ctx.risk = self.monitor.risk
         return self._ctx
+
+    async def _record_overrides(self, store: Store) -> None:
+        """A security-relevant ``TETHER_*`` override is a warning and a ``config.override`` record; others are info."""
+        for key, shown in overrides_shown(self.config).items():
+            level = logging.WARNING if security_relevant(key) else logging.INFO
+            log.log(level, "configuration override: %s sets %s = %r (not what tether.toml says)", shown["env"], key,
+                    shown["value"])  # fmt: skip
+        event = override_event(self.config)
+        if event is not None:
+            await store.append_audit(event, now=self.clock.now())
 
     async def _keyring(self, store: Store) -> KeyRing:
         try:

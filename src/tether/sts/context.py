@@ -78,6 +78,8 @@ class StsContext:
     tasks: LruCache[str, Task] = field(default_factory=lambda: LruCache(20_000))
     #: unattributed refusals, counted per source and interval (``tether.audit.anonymous``)
     anonymous: AnonymousRefusals | None = None
+    #: the effective settings and their sources (``tether.sts.effective``), for ``GET /settings``
+    effective: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.anonymous is None:
