@@ -28,7 +28,7 @@ from starlette.websockets import WebSocket
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from helpers import AGENT, ServerThread, free_port
+from helpers import AGENT, SVC_B, ServerThread, free_port
 from tether.agent.proof import DPoPKey
 from tether.resource import ResourceSettings, TetherMiddleware, Verifier, principal_of, require_scope
 from tether.resource.middleware import UnsupportedScope
@@ -60,7 +60,8 @@ class Socket:
 def sock(env: Env) -> Iterator[Socket]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    verifier = Verifier(ResourceSettings(issuer=env.sts.url, resource=url))
+    # service B's identity is registered at the STS, so it may follow the revocation feed
+    verifier = Verifier(ResourceSettings(issuer=env.sts.url, resource=url), identity=env.sts.identity(SVC_B))
     routes = [WebSocketRoute("/ws", _whoami), WebSocketRoute("/ws/admin", _admin)]
     thread = ServerThread(Starlette(routes=routes, middleware=[Middleware(TetherMiddleware, verifier=verifier)]), port).start()
     try:

@@ -133,7 +133,7 @@ def gateway(
 
     cfg = config_or_exit(config)
     if not cfg.routes:
-        fail("no \\[\\[gateway.routes]] in the configuration", code=2)
+        fail("no [[gateway.routes]] in the configuration", code=2)
     configure_logging(cfg)
     uvicorn_level = "debug" if cfg.values["logging"]["level"] == "debug" else "warning"
     bind_host = host or cfg.values["gateway"]["host"]

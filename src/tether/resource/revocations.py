@@ -286,7 +286,9 @@ class RevocationFeed:
                     self.last_heard = max(self.last_heard or 0.0, self._clock.now()) if self._heard.is_set() else None
                 elif event == "heartbeat":
                     now = self._clock.now()
-                    self.last_heard = now
+                    # never moves back: a clock stepped back and forward again must not make a
+                    # live feed look stale (nor a dead one fresh for longer than the step)
+                    self.last_heard = max(self.last_heard or 0.0, now)
                     self._prune(now)
                     await self._policy_heartbeat(payload.get("policy_version"))
                     self._heard.set()
