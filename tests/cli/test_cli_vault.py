@@ -36,8 +36,7 @@ from gwkit import (
 
 from helpers import RunningSts, running_sts
 from tether.config import Config, load_config
-from tether.gateway.vault import vault_aad
-from tether.keys.sealed import SealError, load_master_key, unseal
+from tether.keys.sealed import SealError, load_master_key, unseal, vault_aad
 from tether.store.open import open_store
 from tether.store.records import VaultEntry
 from tether.sts.bootstrap import build_sts
@@ -61,7 +60,11 @@ def entry(config: Config, name: str) -> VaultEntry | None:
 def opened(config: Config, name: str) -> str:
     found = entry(config, name)
     assert found is not None, f"no vault entry {name}"
-    return unseal(load_master_key(config.master_key_file), found.sealed, aad=vault_aad(name)).decode()
+    return unseal(
+        load_master_key(config.master_key_file),
+        found.sealed,
+        aad=vault_aad(name, created_at=found.created_at, version=found.version),
+    ).decode()
 
 
 def vault(config: Config, *args: str, stdin: bytes | None = None) -> tuple[int, str]:
@@ -230,7 +233,7 @@ def test_master_key_rotate_rewraps_without_changing_the_secret(deployment: tuple
     sealed = entry(sts.config, "crm-key")
     assert sealed is not None
     with pytest.raises(SealError):  # the old master key no longer opens the vault
-        unseal(old_master, sealed.sealed, aad=vault_aad("crm-key"))
+        unseal(old_master, sealed.sealed, aad=vault_aad("crm-key", created_at=sealed.created_at, version=sealed.version))
     previous = sts.config.master_key_file.with_name(sts.config.master_key_file.name + ".previous")
     assert load_master_key(previous) == old_master  # kept aside for the operator, not used
     assert opened(sts.config, "crm-key") == VALUE  # the value itself is unchanged

@@ -25,9 +25,9 @@ from tether.keys.keyring import (
     legacy_issuer_key_aad,
     load_keyring,
     public_jwk,
-    reseal_legacy_keys,
     rotate_signing_key,
 )
+from tether.keys.legacy import reseal_legacy
 from tether.keys.sealed import seal
 from tether.store.errors import Conflict
 from tether.store.protocol import Store
@@ -215,9 +215,9 @@ def test_key01_legacy_keys_are_resealed_once_then_bound(kind: str, tmp_path: Pat
             (jwk["kid"], json.dumps(jwk), sealed, retired))  # fmt: skip
         old = jwk["kid"]
         assert set(published(await load_keyring(store, MASTER, now=NOW + 20))) == {new}, "not opened before the upgrade"
-        assert await reseal_legacy_keys(store, MASTER, now=NOW + 20) == [old]
+        assert await reseal_legacy(store, MASTER, now=NOW + 20) == [f"signing key {old}"]
         assert set(published(await load_keyring(store, MASTER, now=NOW + 20))) == {old, new}
-        assert await reseal_legacy_keys(store, MASTER, now=NOW + 20) == []
+        assert await reseal_legacy(store, MASTER, now=NOW + 20) == []
         sql("UPDATE signing_keys SET not_after = ? WHERE kid = ?", (NOW + 10**6, old))
         assert set(published(await load_keyring(store, MASTER, now=NOW + 20))) == {new}
 

@@ -216,7 +216,7 @@ class PolicyGate(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
-def _pushed(world: World, gate: PolicyGate) -> contextlib.AbstractContextManager[Served]:
+def _pushed(world: World, gate: httpx.AsyncBaseTransport) -> contextlib.AbstractContextManager[Served]:
     http = httpx.AsyncClient(transport=gate, timeout=5.0, trust_env=False, follow_redirects=False)
     return service(world, settings(world, policy_from_sts=True, stale_after=3.0), http=http)
 
@@ -268,3 +268,55 @@ def test_policy_from_sts_follows_changes_at_the_sts(world: World) -> None:
             timeout=DEADLINE,
             what="the service to follow the removal at the STS",
         )
+
+
+class LaggingReplica(httpx.AsyncBaseTransport):
+    """Real HTTP to the STS; while ``lagging``, ``/policies`` answers what it answered first — what a
+    replica that has not reloaded its policy directory yet would answer."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.open = threading.Event()
+        self.open.set()
+        self.lagging = False
+        self.first: tuple[int, bytes] | None = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if request.url.path != "/policies":
+            return response
+        body = await response.aread()
+        if self.first is None:
+            self.first = (response.status_code, body)
+        if self.lagging:
+            status, body = self.first
+            return httpx.Response(status, content=body, headers={"content-type": "application/json"})
+        return httpx.Response(response.status_code, content=body, headers=response.headers)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def test_policy_from_sts_never_pins_a_stale_set_from_a_lagging_replica(world: World) -> None:
+    """Issue 21 finding 5: the SDK records the version it installed, asks again until it is the one
+    announced, and fails closed once it has lagged for ``stale_after``."""
+    token, key = world.token()
+    replica = LaggingReplica()
+    directory = world.sts.config.policy_dir
+    with _pushed(world, replica) as served:
+        served.wait_synced()
+        wait_until(lambda: _status(world, token, key) == (200, None), timeout=DEADLINE, what="the pushed policy set")
+        old = served.verifier.policy.version if served.verifier.policy else None
+        replica.lagging = True
+        try:
+            (directory / "50-no-whoami.cedar").write_text(FORBID_WHOAMI, encoding="utf-8")
+            wait_until(lambda: served.verifier.feed is not None and served.verifier.feed.announced_version not in (None, old),
+                       timeout=DEADLINE, what="the new version to be announced")  # fmt: skip
+            assert served.verifier.feed is not None and served.verifier.feed.policy_version == old  # installed, not announced
+            wait_until(lambda: _status(world, token, key) == (503, "temporarily_unavailable"), timeout=DEADLINE + 5,
+                       what="the service to fail closed while its policy set lags")  # fmt: skip
+            replica.lagging = False  # the replica has reloaded: the next heartbeat's fetch installs the new set
+            wait_until(lambda: _status(world, token, key) == (403, "access_denied"), timeout=DEADLINE,
+                       what="the forbid to be enforced")  # fmt: skip
+        finally:
+            (directory / "50-no-whoami.cedar").unlink()

@@ -194,7 +194,7 @@ def test_lists_come_in_code_point_order_whatever_the_database_collation(kind: st
             await store.create_task(task(id=task_id, expires_at=int(NOW) + 10), EVENT)
         assert await store.expire_tasks(now=NOW + 11) == sorted(expiring)
         for name in ("a", "B", "-c"):
-            await store.vault_put(name, b"sealed", now=NOW, audit=EVENT)
+            await store.vault_put(name, b"sealed", version=1, now=NOW, audit=EVENT)
         assert [e.name for e in await store.vault_list()] == ["-c", "B", "a"]
 
     run(kind, tmp_path, body)

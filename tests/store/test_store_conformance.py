@@ -19,7 +19,7 @@ from storekit import BACKENDS, EVENT, NOW, chain_ok, race, run, task, task_and_t
 from tether.audit.chain import AuditEvent
 from tether.audit.checkpoint import checkpoint_event
 from tether.model import TaskState
-from tether.store.errors import AlreadySpent, Blocked, CapReached, NotFound, ParentRevoked, Replayed, TaskNotActive
+from tether.store.errors import AlreadySpent, Blocked, CapReached, Conflict, NotFound, ParentRevoked, Replayed, TaskNotActive
 from tether.store.protocol import Store
 from tether.store.records import BlockKind, RevocationKind
 
@@ -348,11 +348,16 @@ def test_policy_versions_are_recorded_once(kind: str, tmp_path: Path) -> None:
 # -- vault and counters ---------------------------------------------------------------------------
 def test_vault_put_rotate_list_delete(kind: str, tmp_path: Path) -> None:
     async def body(store: Store) -> None:
-        first = await store.vault_put("crm", b"sealed-1", now=NOW, audit=EVENT)
+        first = await store.vault_put("crm", b"sealed-1", version=1, now=NOW, audit=EVENT)
         assert (first.version, first.created_at) == (1, NOW)
-        rotated = await store.vault_put("crm", b"sealed-2", now=NOW + 5, audit=EVENT)
+        rotated = await store.vault_put("crm", b"sealed-2", version=2, now=NOW + 5, audit=EVENT)
         assert (rotated.version, rotated.created_at, rotated.updated_at, rotated.sealed) == (2, NOW, NOW + 5, b"sealed-2")
-        await store.vault_put("billing", b"sealed-b", now=NOW, audit=EVENT)
+        for stale in (1, 2, 4):  # a new entry where one exists, a version already taken, a skipped one
+            with pytest.raises(Conflict):
+                await store.vault_put("crm", b"sealed-x", version=stale, now=NOW + 6, audit=EVENT)
+        got = await store.vault_get("crm")
+        assert got is not None and (got.version, got.sealed) == (2, b"sealed-2"), "a refused put writes nothing"
+        await store.vault_put("billing", b"sealed-b", version=1, now=NOW, audit=EVENT)
         assert [e.name for e in await store.vault_list()] == ["billing", "crm"]
         assert await store.vault_delete("crm", now=NOW, audit=EVENT)
         assert not await store.vault_delete("crm", now=NOW, audit=EVENT)
@@ -367,8 +372,8 @@ def test_rewrap_sealed_touches_every_blob_in_one_step(kind: str, tmp_path: Path)
     from tether.keys.keyring import rotate_signing_key
 
     async def body(store: Store) -> None:
-        await store.vault_put("a", b"A", now=NOW, audit=EVENT)
-        await store.vault_put("b", b"B", now=NOW, audit=EVENT)
+        await store.vault_put("a", b"A", version=1, now=NOW, audit=EVENT)
+        await store.vault_put("b", b"B", version=1, now=NOW, audit=EVENT)
         key = await rotate_signing_key(store, secrets.token_bytes(32), alg="ES256", now=int(NOW), max_token_lifetime=300)
         seen: list[tuple[str, str]] = []
 

@@ -21,10 +21,18 @@ from tether.audit.chain import AuditEvent
 from tether.cli.common import config_or_exit, dev_domain_name, errors_to_exit
 from tether.cli.output import console, fail, print_json, print_table
 from tether.config import Config
-from tether.gateway.vault import put_secret, vault_aad
+from tether.gateway.vault import put_secret
 from tether.identity.dev_issuer import DevTrustDomain, dev_domain_aad
 from tether.keys.keyring import issuer_key_aad, legacy_issuer_key_aad
-from tether.keys.sealed import MASTER_KEY_ENV, SealError, create_master_key, load_master_key, rewrap
+from tether.keys.sealed import (
+    MASTER_KEY_ENV,
+    SealError,
+    create_master_key,
+    legacy_vault_aad,
+    load_master_key,
+    rewrap,
+    vault_aad,
+)
 from tether.store.open import open_store
 from tether.store.protocol import Store
 
@@ -154,10 +162,17 @@ def rotate_master(
 
         async def rewrap_all(store: Store) -> int:
             keys = {k.kid: k for k in await store.signing_keys(now=0)}
+            entries = {e.name: e for e in await store.vault_list()}
 
             def re_seal(kind: str, ident: str, blob: bytes) -> bytes:
                 if kind == "vault":
-                    return rewrap(old, new, blob, aad=vault_aad(ident))
+                    entry = entries.get(ident)
+                    if entry is None:
+                        raise SealError(f"vault entry {ident} changed during the rotation; run it again")
+                    try:
+                        return rewrap(old, new, blob, aad=vault_aad(ident, created_at=entry.created_at, version=entry.version))
+                    except SealError:  # sealed before its version was bound: the STS re-seals it at start
+                        return rewrap(old, new, blob, aad=legacy_vault_aad(ident))
                 row = keys.get(ident)
                 if row is None:
                     raise SealError(f"signing key {ident} changed during the rotation; run it again")

@@ -242,8 +242,8 @@ class Gateway:
                 secret=secret,
                 deadline=deadline,
             )
-        except MissingSecret:
-            log.error("route %s: vault entry `%s` is missing", route.name, route.secret)
+        except MissingSecret as exc:
+            log.error("route %s: vault entry `%s` is missing or unusable: %s", route.name, route.secret, exc)
             return await self._refused(request, route, principal, BadGateway("upstream credential unavailable"), started)
         except (TetherError, StoreError) as exc:
             if principal is None and isinstance(exc, OAuthError) and isinstance(exc.holder, Principal):

@@ -23,7 +23,6 @@ from typing import Any
 
 from joserfc.jwk import ECKey, OKPKey
 
-from tether.audit.chain import AuditEvent
 from tether.keys.sealed import SealError, seal, unseal
 from tether.rules.jws import PublicKey, sign_compact
 from tether.store.protocol import Store
@@ -39,7 +38,6 @@ __all__ = [
     "legacy_issuer_key_aad",
     "load_keyring",
     "open_key",
-    "reseal_legacy_keys",
     "rotate_signing_key",
 ]
 
@@ -81,7 +79,7 @@ def issuer_key_aad(key: StoredKey) -> bytes:
 
 
 def legacy_issuer_key_aad(kid: str) -> bytes:
-    """The associated data of keys sealed before the state was bound (kid only); see ``reseal_legacy_keys``."""
+    """The associated data of keys sealed before the state was bound (kid only); see ``tether.keys.legacy``."""
     return b"issuer-key\x00" + kid.encode()
 
 
@@ -214,33 +212,3 @@ async def rotate_signing_key(store: Store, master: bytes, *, alg: str, now: int,
             retired.append(replace(state, sealed_private=seal(master, private, aad=issuer_key_aad(state))))
     await store.add_signing_key(stored, retired=retired)
     return stored
-
-
-async def reseal_legacy_keys(store: Store, master: bytes, *, now: float) -> list[str]:
-    """Bind the state of keys sealed before it was bound (kid-only associated data); returns their kids.
-
-    Run at start-up by whoever holds the master key: the state is taken as stored this
-    once, and is authenticated from then on.
-    """
-    upgraded: dict[str, StoredKey] = {}
-    for row in await store.signing_keys(now=0):
-        try:
-            open_key(master, row)
-        except KeyRejected:
-            try:
-                open_key(master, row, legacy=True)
-            except KeyRejected:
-                continue  # tampered, or another master key: load_keyring refuses it
-            upgraded[row.kid] = row
-    if not upgraded:
-        return []
-
-    def reseal(kind: str, ident: str, blob: bytes) -> bytes:
-        row = upgraded.get(ident) if kind == "key" else None
-        if row is None:
-            return blob
-        return seal(master, unseal(master, blob, aad=legacy_issuer_key_aad(ident)), aad=issuer_key_aad(row))
-
-    event = AuditEvent(kind="keys.resealed", outcome="ok", detail={"kids": sorted(upgraded)})
-    await store.rewrap_sealed(reseal, now=now, audit=event)
-    return sorted(upgraded)

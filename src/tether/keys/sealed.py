@@ -29,10 +29,12 @@ __all__ = [
     "SealError",
     "create_master_key",
     "derive_key",
+    "legacy_vault_aad",
     "load_master_key",
     "rewrap",
     "seal",
     "unseal",
+    "vault_aad",
 ]
 
 MASTER_KEY_ENV = "TETHER_MASTER_KEY"
@@ -107,6 +109,20 @@ def rewrap(old_master: bytes, new_master: bytes, sealed: bytes, *, aad: bytes) -
         {"kek": key_id(new_master), "wn": _b64(n2), "wdek": _b64(AESGCM(new_master).encrypt(n2, dek, b"dek\x00" + aad))}
     )
     return json.dumps(blob, sort_keys=True).encode()
+
+
+def vault_aad(name: str, *, created_at: float, version: int) -> bytes:
+    """The associated data of a vault entry: its name, when it was created and its version.
+
+    A value sealed for version N of an entry opens only as version N of that entry, so a
+    database writer cannot put an old (rotated-out) value back without it being refused.
+    """
+    return b"vault/2\x00" + f"{name}\x00{created_at!r}\x00{version}".encode()
+
+
+def legacy_vault_aad(name: str) -> bytes:
+    """Entries sealed before the version was bound (name only); re-sealed at start (``keys.legacy``)."""
+    return b"vault\x00" + name.encode()
 
 
 def derive_key(master: bytes, purpose: str) -> bytes:

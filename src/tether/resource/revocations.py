@@ -205,9 +205,14 @@ class RevocationFeed:
         self.tasks: dict[str, int] = {}
         self.last_heard: float | None = None
         self.connects = 0
+        #: the policy version installed from the STS, and the one its heartbeats announce
         self.policy_version: str | None = None
+        self.announced_version: str | None = None
+        #: when the announced version was first seen while another one was installed
+        self.policy_behind_since: float | None = None
         #: called (awaited) when a heartbeat names a policy version other than the last one
-        self.on_policy_version: Callable[[str], Awaitable[None]] | None = None
+        #: returns the version it installed (a replica that has not reloaded yet may serve an older one)
+        self.on_policy_version: Callable[[str], Awaitable[str | None]] | None = None
         self._task: asyncio.Task[None] | None = None
         self._heard = asyncio.Event()
 
@@ -253,12 +258,33 @@ class RevocationFeed:
                 del table[key]
 
     async def _policy_heartbeat(self, version: object) -> None:
-        if isinstance(version, str) and version != self.policy_version and self.on_policy_version is not None:
-            try:
-                await self.on_policy_version(version)
-                self.policy_version = version
-            except (httpx.HTTPError, ValueError, OSError, RuntimeError) as exc:  # retried at the next heartbeat
-                log.warning("policy set %s could not be fetched: %s", version, exc)
+        """Fetch the announced policy set until the one installed is the one announced.
+
+        What is recorded is the version installed, never merely the one announced: a fetch
+        that reached a replica which had not reloaded yet installs the older set, and the next
+        heartbeat asks again. ``policy_current`` fails closed once that has lasted ``stale_after``.
+        """
+        if not isinstance(version, str) or self.on_policy_version is None:
+            return
+        self.announced_version = version
+        if version == self.policy_version:
+            self.policy_behind_since = None
+            return
+        if self.policy_behind_since is None:
+            self.policy_behind_since = self._clock.now()
+        try:
+            self.policy_version = await self.on_policy_version(version)
+        except (httpx.HTTPError, ValueError, OSError, RuntimeError) as exc:  # retried at the next heartbeat
+            log.warning("policy set %s could not be fetched: %s", version, exc)
+        if self.policy_version == version:
+            self.policy_behind_since = None
+        elif self.policy_version is not None:
+            log.warning("policy set %s announced but %s installed; asking again", version, self.policy_version)
+
+    def policy_current(self, now: float) -> bool:
+        """False once the installed policy set has lagged the announced one for ``stale_after`` seconds."""
+        behind = self.policy_behind_since
+        return behind is None or now - behind <= self._stale_after
 
     async def _run(self) -> None:
         delay = self._reconnect_delay

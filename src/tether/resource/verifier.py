@@ -31,7 +31,7 @@ from starlette.datastructures import Headers
 
 from tether.agent.identity import IdentitySource
 from tether.clock import Clock, SystemClock
-from tether.errors import AccessDenied, InvalidToken, OAuthError
+from tether.errors import AccessDenied, InvalidToken, OAuthError, TemporarilyUnavailable
 from tether.identity.jwks_cache import KeySet, KeySource, UrlKeySource
 from tether.lru import LruCache
 from tether.model import AccessToken
@@ -157,7 +157,7 @@ class Verifier:
         if self._own_http:
             await self.http.aclose()
 
-    async def _fetch_policies(self, version: str) -> None:
+    async def _fetch_policies(self, version: str) -> str | None:
         """Install the STS's policy set (pushed: the feed heartbeat announced ``version``).
 
         ``POST /policies`` with a fresh client assertion of this service's identity, as the feed."""
@@ -172,6 +172,7 @@ class Verifier:
             raise ValueError("/policies did not return a policy bundle")
         self.policy.mode = "shadow" if body.get("mode") == "shadow" else "enforce"
         self.policy.install_texts(files)
+        return self.policy.version
 
     def metadata(self) -> dict[str, Any]:
         """RFC 9728 §2 protected resource metadata naming the STS."""
@@ -266,6 +267,11 @@ class Verifier:
         """Cedar ``call`` for this route; the caller is the current actor, else the agent."""
         if self.policy is None:
             return
+        if self.settings.policy_from_sts and self.feed is not None and not self.feed.policy_current(now):
+            raise TemporarilyUnavailable(
+                "policy set is behind the STS; refusing until it is current",
+                debug=f"announced {self.feed.announced_version}, installed {self.feed.policy_version}",
+            )
         request = call_request(
             caller=principal.actor or principal.client_id,
             service=self.settings.resource,

@@ -156,8 +156,12 @@ class Store(Protocol):
         ...
 
     # -- vault --------------------------------------------------------------------
-    async def vault_put(self, name: str, sealed: bytes, *, now: float, audit: AuditEvent) -> VaultEntry:
-        """Store or replace (rotate) a sealed secret; the version goes up on each replacement."""
+    async def vault_put(self, name: str, sealed: bytes, *, version: int, now: float, audit: AuditEvent) -> VaultEntry:
+        """Store a sealed secret as exactly ``version`` (1 for a new entry, created at ``now``).
+
+        A replacement (rotation) must name the stored version plus one, else ``Conflict`` and
+        nothing is written: the caller sealed the value for that version (``keys.sealed.vault_aad``).
+        """
         ...
 
     async def vault_get(self, name: str) -> VaultEntry | None: ...

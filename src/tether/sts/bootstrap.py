@@ -20,7 +20,8 @@ from tether.clock import Clock, SystemClock
 from tether.config import Config
 from tether.errors import ConfigError
 from tether.identity.verifier import build_identity_verifier
-from tether.keys.keyring import KeyRing, load_keyring, reseal_legacy_keys
+from tether.keys.keyring import KeyRing, load_keyring
+from tether.keys.legacy import reseal_legacy
 from tether.keys.sealed import SealError, derive_key, load_master_key
 from tether.monitor.runner import Monitor, build_monitor
 from tether.policy.engine import PolicyEngine
@@ -117,9 +118,9 @@ class Sts:
 
     async def _keyring(self, store: Store) -> KeyRing:
         try:
-            upgraded = await reseal_legacy_keys(store, self.master_key, now=self.clock.now())
+            upgraded = await reseal_legacy(store, self.master_key, now=self.clock.now())
             if upgraded:
-                log.warning("signing keys %s re-sealed with their state bound (one-time upgrade)", ", ".join(upgraded))
+                log.warning("re-sealed with their state bound (one-time upgrade): %s", ", ".join(upgraded))
             return await load_keyring(store, self.master_key, now=self.clock.now())
         except SealError as exc:
             raise ConfigError("master_key", f"cannot open the signing keys: {exc}") from exc

@@ -501,16 +501,23 @@ class PostgresRedisStore:
         return await self._notifier.wait(since, timeout)
 
     # -- vault --------------------------------------------------------------------
-    async def vault_put(self, name: str, sealed: bytes, *, now: float, audit: AuditEvent) -> VaultEntry:
+    async def vault_put(self, name: str, sealed: bytes, *, version: int, now: float, audit: AuditEvent) -> VaultEntry:
         async with self._conn() as conn, conn.transaction():
-            cur = await conn.execute(
-                "INSERT INTO vault (name, sealed, created_at, updated_at, version) VALUES (%s, %s, %s, %s, 1)"
-                " ON CONFLICT (name) DO UPDATE SET sealed = excluded.sealed, updated_at = excluded.updated_at,"
-                f" version = vault.version + 1 RETURNING {VAULT_COLUMNS}",
-                (name, sealed, now, now),
-            )
+            if version == 1:
+                cur = await conn.execute(
+                    "INSERT INTO vault (name, sealed, created_at, updated_at, version) VALUES (%s, %s, %s, %s, 1)"
+                    f" ON CONFLICT (name) DO NOTHING RETURNING {VAULT_COLUMNS}",
+                    (name, sealed, now, now),
+                )
+            else:
+                cur = await conn.execute(
+                    f"UPDATE vault SET sealed = %s, updated_at = %s, version = %s WHERE name = %s AND version = %s"
+                    f" RETURNING {VAULT_COLUMNS}",
+                    (sealed, now, version, name, version - 1),
+                )
             row = await cur.fetchone()
-            assert row is not None
+            if row is None:
+                raise Conflict(f"vault entry {name} is not at version {version - 1}")
             await _append(conn, audit, now)
             return vault_from_row(row)
 

@@ -433,15 +433,22 @@ class SqliteStore:
         return await self._revocations.wait(since, timeout)
 
     # -- vault --------------------------------------------------------------------
-    async def vault_put(self, name: str, sealed: bytes, *, now: float, audit: AuditEvent) -> VaultEntry:
+    async def vault_put(self, name: str, sealed: bytes, *, version: int, now: float, audit: AuditEvent) -> VaultEntry:
         def q(conn: sqlite3.Connection) -> VaultEntry:
             with transaction(conn):
-                conn.execute(
-                    "INSERT INTO vault (name, sealed, created_at, updated_at, version) VALUES (?, ?, ?, ?, 1)"
-                    " ON CONFLICT (name) DO UPDATE SET sealed = excluded.sealed, updated_at = excluded.updated_at,"
-                    " version = vault.version + 1",
-                    (name, sealed, now, now),
-                )
+                if version == 1:
+                    cur = conn.execute(
+                        "INSERT INTO vault (name, sealed, created_at, updated_at, version) VALUES (?, ?, ?, ?, 1)"
+                        " ON CONFLICT (name) DO NOTHING",
+                        (name, sealed, now, now),
+                    )
+                else:
+                    cur = conn.execute(
+                        "UPDATE vault SET sealed = ?, updated_at = ?, version = ? WHERE name = ? AND version = ?",
+                        (sealed, now, version, name, version - 1),
+                    )
+                if cur.rowcount != 1:
+                    raise Conflict(f"vault entry {name} is not at version {version - 1}")
                 row = conn.execute(f"SELECT {VAULT_COLUMNS} FROM vault WHERE name = ?", (name,)).fetchone()
                 _append(conn, audit, now)
                 return vault_from_row(row)
