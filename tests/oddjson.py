@@ -208,7 +208,7 @@ PROOF = [
 #: Every member of a tether access token (RFC 9068 §2.2, RFC 8693 §4.1 ``act``, ``cnf.jkt``).
 ACCESS_TOKEN = [
     *members("header", ["typ", "alg", "kid"]),
-    *members("claims", ["iss", "sub", "aud", "jti", "client_id", "scope", "txn", "purp", "agt", "ckd", "akd"]),
+    *members("claims", ["iss", "sub", "aud", "jti", "client_id", "scope", "txn", "purp", "agt", "ckd", "akd", "ctd", "atd"]),
     *members("claims", ["exp", "iat", "nbf"], NUMBER),
     Member("claims/cnf", OBJECT),
     Member("claims/cnf/jkt"),

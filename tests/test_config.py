@@ -458,7 +458,48 @@ def test_a_client_id_in_a_configured_trust_domain_is_refused() -> None:
     """A client's RFC 7523 assertion must never pass for a JWT-SVID: its client_id may not be
     a SPIFFE ID of a trust domain tether verifies."""
     err = config_error({"trust_domains": [GOOD_TD], "clients": [{**GOOD_CLIENT, "client_id": "spiffe://td.example/x"}]})
-    assert err.key == "clients[0].client_id" and "spiffe id of a configured trust domain" in err.problem
+    assert err.key == "clients[0].client_id" and "overlaps the principals of trust_domains[0]" in err.problem
     # positive control: a SPIFFE ID of a domain tether does not verify is an ordinary client id
     cfg = parse({"trust_domains": [GOOD_TD], "clients": [{**GOOD_CLIENT, "client_id": "spiffe://elsewhere.example/x"}]})
     assert cfg.clients[0].client_id == "spiffe://elsewhere.example/x"
+
+
+# -- identity sources own disjoint namespaces (issue 21 finding 2) ------------------------------------
+PROD, DEV = "https://prod.k8s.example", "https://dev.k8s.example"
+
+
+@pytest.mark.parametrize(
+    ("templates", "clients"),
+    [
+        (["k8s:{/sub}", "k8s:{/sub}"], []),  # the README's old example, twice: every name in both
+        (["k8s:{/sub}", "k8s:prod/{/sub}"], []),  # one prefix inside the other
+        (["k8s", "k8s-dev:{/sub}"], []),  # a template with no placeholder is its own prefix
+        (["k8s-prod:{/sub}"], ["k8s-prod:orchestrator"]),  # a registered client inside an issuer's prefix
+        (["spif{/sub}"], []),  # would render spiffe://… names  (refused earlier: no spiffe-like prefix)
+    ],
+)
+def test_overlapping_identity_sources_are_refused(templates: list[str], clients: list[str]) -> None:
+    issuers = [{**GOOD_OIDC, "issuer": iss, "principal": t} for iss, t in zip([PROD, DEV], templates, strict=False)]
+    err = config_error({"trust_domains": [GOOD_TD], "oidc_issuers": issuers,
+                        "clients": [{**GOOD_CLIENT, "client_id": c} for c in clients]})  # fmt: skip
+    assert err.key.startswith(("oidc_issuers[", "clients[")), err
+    assert "overlaps the principals of" in err.problem or "literal prefix" in err.problem, err
+
+
+def test_disjoint_identity_sources_are_accepted_and_each_principal_has_one_source() -> None:
+    """Positive control: a prefix per source (note the delimiters), a client outside all of them."""
+    from tether.rules.namespace import source_of
+
+    cfg = parse({"trust_domains": [GOOD_TD], "clients": [GOOD_CLIENT],
+                 "oidc_issuers": [{**GOOD_OIDC, "issuer": PROD, "principal": "k8s-prod:{/sub}"},
+                                  {**GOOD_OIDC, "issuer": DEV, "principal": "k8s-dev:{/sub}"}]})  # fmt: skip
+    kinds = {p: (s.kind, s.issuer) if (s := source_of(p, cfg.namespaces)) else None
+             for p in ("k8s-prod:agents/research", "k8s-dev:agents/research", "client:agent-1",
+                       "spiffe://td.example/agent", "k8s:agents/research")}  # fmt: skip
+    assert kinds == {
+        "k8s-prod:agents/research": ("oidc", PROD),
+        "k8s-dev:agents/research": ("oidc", DEV),
+        "client:agent-1": ("client", "client:agent-1"),
+        "spiffe://td.example/agent": ("spiffe", "spiffe://td.example"),
+        "k8s:agents/research": None,
+    }

@@ -22,6 +22,7 @@ from tether.identity.jwks_cache import parse_jwks
 from tether.monitor.settings import HISTORY_RECORDS, HISTORY_SECONDS, DetectorSettings, parse_detectors
 from tether.rules.dpop import DEFAULT_DPOP_ALGS
 from tether.rules.jws import ASYMMETRIC_ALGS
+from tether.rules.namespace import Namespace, collisions
 from tether.rules.principal import is_principal, spiffe_trust_domain
 from tether.rules.resource import check_resource_uri
 from tether.rules.scope import parse_scope
@@ -148,6 +149,8 @@ class Config:
     routes: tuple[GatewayRoute, ...] = ()
     detectors: tuple[DetectorSettings, ...] = ()
     base_dir: Path = field(default_factory=Path.cwd)
+    #: each identity source's namespace of principal names (disjoint; ``tether.rules.namespace``)
+    namespaces: tuple[Namespace, ...] = ()
     #: where each scalar came from: ``env TETHER_…``, ``file`` or ``default`` (dotted key → source)
     sources: Mapping[str, str] = field(default_factory=dict)
 
@@ -364,13 +367,7 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None, env: Mapping[str
             except ValueError as exc:
                 raise ConfigError(f"clients[{i}].jwks", f"must be a json web key set: {exc}") from exc
         clients.append(ClientConfig(client_id, file_or_none(row.get("jwks_file"), f"clients[{i}].jwks_file"), jwks))
-    domain_names = {d.name for d in domains}
-    for i, registered in enumerate(clients):
-        if spiffe_trust_domain(registered.client_id) in domain_names:
-            raise ConfigError(
-                f"clients[{i}].client_id",
-                "must not be a spiffe id of a configured trust domain (its assertions would also look like JWT-SVIDs)",
-            )
+    spaces = _namespaces(domains, issuers, clients)
     resources = []
     for i, raw_row in enumerate(_list(data, "resources")):
         row = _table("resources", i, raw_row, {"uri", "principals", "tags"}, {"uri", "principals"})
@@ -407,7 +404,27 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None, env: Mapping[str
         detectors=detectors,
         base_dir=base,
         sources=sources,
+        namespaces=spaces,
     )
+
+
+def _namespaces(
+    domains: list[TrustDomainConfig], issuers: list[OidcIssuerConfig], clients: list[ClientConfig]
+) -> tuple[Namespace, ...]:
+    """Each identity source's namespace (``tether.rules.namespace``); overlapping ones are refused."""
+    spaces = [Namespace("spiffe", f"spiffe://{d.name}", f"spiffe://{d.name}/", key=f"trust_domains[{i}]")
+              for i, d in enumerate(domains)]  # fmt: skip
+    spaces += [Namespace("oidc", o.issuer, o.principal.split("{", 1)[0], key=f"oidc_issuers[{i}].principal")
+               for i, o in enumerate(issuers)]  # fmt: skip
+    spaces += [Namespace("client", c.client_id, c.client_id, exact=True, key=f"clients[{i}].client_id")
+               for i, c in enumerate(clients)]  # fmt: skip
+    for first, second in collisions(spaces):
+        raise ConfigError(
+            second.key,
+            f"`{second.prefix}` overlaps the principals of {first.key} (`{first.prefix}`): one name could be"
+            " either source's workload; give each identity source its own prefix",
+        )
+    return tuple(spaces)
 
 
 def _list(data: Mapping[str, Any], name: str) -> list[Any]:

@@ -92,6 +92,12 @@ class WorkloadIdentity:
     token_hash: str
     claims: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
+    @property
+    def trust_domain(self) -> str:
+        """The identity source it proved, as Cedar names it: the SPIFFE trust domain (``issuer`` is
+        ``spiffe://<td>``), the OIDC issuer URL, or the registered client id."""
+        return self.issuer.removeprefix("spiffe://")
+
 
 @dataclass(frozen=True)
 class DPoPProof:
@@ -135,6 +141,10 @@ class AccessToken:
     #: ``unknown`` for a token that does not say (it matches no ``kind`` in a policy)
     client_kind: str = "unknown"
     agent_kind: str = "unknown"
+    #: the identity source each proved, as Cedar's ``trust_domain`` (claims ``ctd``, ``atd``): the
+    #: SPIFFE trust domain, the OIDC issuer or the client id; ``""`` for a token that does not say
+    client_domain: str = ""
+    agent_domain: str = ""
 
     @property
     def current_actor(self) -> str | None:

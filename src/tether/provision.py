@@ -88,9 +88,11 @@ bundle_file = ".tether/bundles/{DEV_TRUST_DOMAIN}.json"
 # name = "prod.example.org"
 # bundle_url = "https://spire.example.org/bundle"
 
-# [[oidc_issuers]]            # Kubernetes projected service-account tokens
+# [[oidc_issuers]]            # Kubernetes projected service-account tokens of one cluster
 # issuer = "https://kubernetes.default.svc.cluster.local"
-# principal = "k8s:{{/kubernetes.io/namespace}}/{{/kubernetes.io/serviceaccount/name}}"
+# principal = "k8s-prod:{{/kubernetes.io/namespace}}/{{/kubernetes.io/serviceaccount/name}}"
+#                             # each identity source owns its prefix: give every cluster its own
+#                             # ("k8s-prod:", "k8s-dev:"); overlapping prefixes are refused
 
 # [[resources]]               # services that may act on behalf of a token's subject
 # uri = "https://tools.example.org"

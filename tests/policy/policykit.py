@@ -13,6 +13,7 @@ from typing import Any
 from tether.model import Task
 from tether.policy.entities import PolicyRequest, admin_request, call_request, create_task_request, exchange_request
 from tether.provision import install_starter_policies
+from tether.rules.principal import spiffe_trust_domain
 
 __all__ = [
     "ADMIN",
@@ -119,14 +120,19 @@ def exchange(
 
 
 def create(*, caller: str = ADMIN, the_task: Task | None = None, risk: int = 0) -> PolicyRequest:
+    """As the STS builds it: the agent's kind and trust domain from the source that owns its name."""
+    the_task = the_task or task()
     return create_task_request(
         caller=caller,
         caller_kind="spiffe",
-        task=the_task or task(),
+        caller_domain="tether.local",
+        task=the_task,
         now=NOON,
         client="127.0.0.1",
         admins=[ADMIN],
         risk=risk,
+        agent_kind="spiffe",
+        agent_domain=spiffe_trust_domain(the_task.agent) or "",
     )
 
 

@@ -138,6 +138,8 @@ def test_session_grant() -> None:
         parent_jti=None,
         client_kind="spiffe",
         agent_kind="spiffe",
+        client_domain="example.org",
+        agent_domain="example.org",
     )
 
 
@@ -240,6 +242,8 @@ def test_holder_hop_grant() -> None:
         parent_jti="session-1",
         client_kind="spiffe",
         agent_kind="spiffe",
+        client_domain="example.org",
+        agent_domain="example.org",
     )
 
 
@@ -715,3 +719,16 @@ def test_TX_05_property_identity_and_chain_carried(case: dict[str, Any]) -> None
             assert case["actor"] == parent.aud or case["actor"] in case["audience_principals"]
         assert case["task"].effective_state(case["now"]) is TaskState.ACTIVE
         assert case["task"].tokens_issued < case["task"].max_tokens
+
+
+def test_session_needs_the_agent_from_the_source_that_owns_its_name() -> None:
+    """Issue 21 finding 2: the same principal string from another identity source does not redeem the task."""
+    task = make_task()
+    own = ("spiffe", "spiffe://example.org")
+    grant = derive_session(identity(), task, scope=None, audience=None, issuer=ISSUER, jkt=JKT, limits=LIMITS, now=NOW,
+                           agent_source=own)  # fmt: skip
+    assert grant.client_id == AGENT  # positive control
+    for other in (("oidc", "https://dev.k8s.example"), ("spiffe", "spiffe://dev.example"), ("none", "")):
+        with pytest.raises(InvalidGrant):
+            derive_session(identity(), task, scope=None, audience=None, issuer=ISSUER, jkt=JKT, limits=LIMITS, now=NOW,
+                           agent_source=other)  # fmt: skip

@@ -147,6 +147,12 @@ def test_private_key_jwt_client_authenticates_at_introspection(world: tuple[Runn
 
 # -- a principal's kind comes from its identity (issue 12: never guessed from a spiffe:// prefix) -----------
 GATED = "http://127.0.0.1:9009"
+GATED_TD = "http://127.0.0.1:9010"
+DOMAIN_GATE = f"""
+@id("domain-gate")
+forbid (principal, action == Tether::Action::"exchange", resource == Tether::Service::"{GATED_TD}")
+unless {{ principal.trust_domain == context.purpose && context.task.agent.trust_domain == context.purpose }};
+"""
 KIND_GATE = f"""
 @id("kind-gate")
 forbid (principal, action == Tether::Action::"exchange", resource == Tether::Service::"{GATED}")
@@ -187,3 +193,29 @@ def test_each_kind_reaches_cedar_as_proven_and_is_carried_through_hops(
     session = _session(sts, agent, task["id"], token)
     refused = agent.hop(session.json()["access_token"], GATED)
     assert refused.status_code == 403 and refused.json()["error"] == "access_denied", refused.text
+
+
+@pytest.mark.parametrize("kind", ["spiffe", "oidc", "client"])
+def test_each_sources_trust_domain_reaches_cedar_and_is_carried_through_hops(
+    world: tuple[RunningSts, Provider, Any], kind: str
+) -> None:
+    """Issue 21 finding 6: Cedar's ``trust_domain`` is the identity source that verified the workload
+    (the SPIFFE trust domain, the OIDC issuer, the registered client), carried in ``ctd``/``atd``."""
+    sts, provider, client_key = world
+    (sts.config.policy_dir / "domain_gate.cedar").write_text(DOMAIN_GATE, encoding="utf-8")
+    expected = {"spiffe": "tether.local", "oidc": provider.issuer, "client": CLIENT_ID}[kind]
+    for purpose, allowed in ((expected, True), ("wrong.example", False)):
+        principal, token = _identity_token(kind, sts, provider, client_key)
+        task = create_task(sts, agent=principal, audiences=[GATED_TD], scopes=["wiki:read"], purpose=purpose)
+        agent = Client(sts)
+        session = _session(sts, agent, task["id"], token)
+        assert session.status_code == 200, session.text
+        claims = jwt.decode(session.json()["access_token"], options={"verify_signature": False})
+        assert (claims["ctd"], claims["atd"]) == (expected, expected)
+        hop = agent.hop(session.json()["access_token"], GATED_TD)
+        if allowed:
+            assert hop.status_code == 200, hop.text
+            hop_claims = jwt.decode(hop.json()["access_token"], options={"verify_signature": False})
+            assert (hop_claims["ctd"], hop_claims["atd"]) == (expected, expected)
+        else:
+            assert hop.status_code == 403 and hop.json()["error"] == "access_denied", hop.text

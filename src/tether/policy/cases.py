@@ -25,6 +25,7 @@ from typing import Any
 from tether.model import Task
 from tether.policy.engine import Decision, PolicyEngine
 from tether.policy.entities import PolicyRequest, admin_request, call_request, create_task_request, exchange_request
+from tether.rules.principal import spiffe_trust_domain
 
 __all__ = ["CaseError", "CaseResult", "PolicyCase", "build_request", "parse_cases", "run_cases"]
 
@@ -32,7 +33,7 @@ ACTIONS = ("exchange", "create_task", "admin", "call")
 _FIELDS = {
     "name", "action", "principal", "resource", "expect", "shadow", "scopes", "depth", "actors", "kind", "subject",
     "tags", "task", "method", "path", "tool", "operation", "risk", "client", "time", "key_bound", "admins", "issuer",
-    "principal_kind", "agent_kind",
+    "principal_kind", "agent_kind", "principal_trust_domain", "agent_trust_domain",
 }  # fmt: skip
 _KINDS = ("spiffe", "oidc", "client", "unknown")
 _NOON = 1_767_268_800  # 2026-01-01T12:00:00Z, a Thursday: the default decision time
@@ -130,6 +131,7 @@ def build_request(raw: Mapping[str, Any], *, where: str = "case", admins: Sequen
     task = _task(raw.get("task"), principal, resource, scopes, now, where)
     kind = _kind(raw, "principal_kind", where, principal)
     agent_kind = _kind(raw, "agent_kind", where, task.agent)
+    domain, agent_domain = _domain(raw, "principal_trust_domain", principal), _domain(raw, "agent_trust_domain", task.agent)
     if action == "exchange":
         if "depth" in raw and not actors:
             actors = tuple(f"spiffe://case/actor{i}" for i in range(_int(raw, "depth", where, 0)))
@@ -138,20 +140,27 @@ def build_request(raw: Mapping[str, Any], *, where: str = "case", admins: Sequen
             audience=resource, task=task, scopes=scopes or sorted(task.scopes), actors=actors,
             subject=str(raw.get("subject", task.on_behalf_of or task.agent)), now=now, client=client,
             admins=admin_ids, tags=tags, risk=risk, key_bound=bool(raw.get("key_bound", True)), agent_kind=agent_kind,
+            principal_domain=domain, agent_domain=agent_domain,
         )  # fmt: skip
     if action == "create_task":
         return create_task_request(caller=principal, caller_kind=kind, task=task, now=now, client=client,
-                                   admins=admin_ids, risk=risk)  # fmt: skip
+                                   admins=admin_ids, risk=risk, caller_domain=domain)  # fmt: skip
     if action == "admin":
         return admin_request(caller=principal, caller_kind=kind, issuer=str(raw.get("issuer", resource)),
                              operation=str(raw.get("operation", "tasks.read")), now=now, client=client, admins=admin_ids,
-                             risk=risk)  # fmt: skip
+                             risk=risk, caller_domain=domain)  # fmt: skip
     return call_request(
         caller=principal, service=resource, method=str(raw.get("method", "GET")), path=str(raw.get("path", "/")),
         scopes=scopes, actors=actors, subject=str(raw.get("subject", principal)), agent=task.agent, task=task.id,
         purpose=task.purpose, token_age=0, now=now, client=client, tags=tags, risk=risk,
-        tool=str(raw["tool"]) if "tool" in raw else None, caller_kind=kind,
+        tool=str(raw["tool"]) if "tool" in raw else None, caller_kind=kind, caller_domain=domain,
     )  # fmt: skip
+
+
+def _domain(raw: Mapping[str, Any], key: str, principal: str) -> str:
+    """The identity source a case's principal proved (Cedar's ``trust_domain``); a SPIFFE ID's trust domain by default."""
+    value = raw.get(key)
+    return value if isinstance(value, str) else spiffe_trust_domain(principal) or ""
 
 
 def _kind(raw: Mapping[str, Any], key: str, where: str, principal: str) -> str:

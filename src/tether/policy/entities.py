@@ -79,16 +79,12 @@ def _common(*, now: float, client: str | None, risk: int, key_bound: bool) -> di
     }
 
 
-def _trust_domain(principal: str) -> str:
-    if principal.startswith("spiffe://"):
-        return principal[len("spiffe://") :].split("/", 1)[0]
-    return principal.split(":", 1)[0]
-
-
-def workload_entity(principal: str, *, kind: str, admins: Collection[str]) -> dict[str, Any]:
+def workload_entity(principal: str, *, kind: str, domain: str, admins: Collection[str]) -> dict[str, Any]:
+    """A workload as its identity proved it: ``kind`` and ``trust_domain`` come from the verified
+    identity (carried in tokens as ``ckd``/``ctd``, ``akd``/``atd``), never from the shape of its name."""
     return {
         "uid": _uid("Workload", principal),
-        "attrs": {"kind": kind, "trust_domain": _trust_domain(principal)},
+        "attrs": {"kind": kind, "trust_domain": domain},
         "parents": [ADMINS] if principal in admins else [],
     }
 
@@ -97,9 +93,11 @@ def service_entity(uri: str, tags: Mapping[str, Collection[str]]) -> dict[str, A
     return {"uid": _uid("Service", uri), "attrs": {"uri": uri, "tags": sorted(tags.get(uri, ()))}, "parents": []}
 
 
-def task_entity(task: Task, *, admins: Collection[str], agent_kind: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The task entity and the entities it refers to (its agent, of the kind it proved; its subject)."""
-    agent = workload_entity(task.agent, kind=agent_kind, admins=admins)
+def task_entity(
+    task: Task, *, admins: Collection[str], agent_kind: str, agent_domain: str
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The task entity and the entities it refers to (its agent, as its identity proved it; its subject)."""
+    agent = workload_entity(task.agent, kind=agent_kind, domain=agent_domain, admins=admins)
     users = [{"uid": _uid("User", task.on_behalf_of), "attrs": {}, "parents": []}] if task.on_behalf_of else []
     entity = {
         "uid": _uid("Task", task.id),
@@ -143,14 +141,16 @@ def exchange_request(
     risk: int = 0,
     key_bound: bool = True,
     agent_kind: str = "unknown",
+    principal_domain: str = "",
+    agent_domain: str = "",
 ) -> PolicyRequest:
     """``exchange``: may ``principal`` get a token for ``audience`` with these scopes and chain?
 
     ``principal_kind`` and ``agent_kind`` are the kinds of identity those principals proved
     (``tether.model.IdentityKind``), carried in tokens as ``ckd``/``akd``, never guessed.
     """
-    task_ent, refs = task_entity(task, admins=admins, agent_kind=agent_kind)
-    who = workload_entity(principal, kind=principal_kind, admins=admins)
+    task_ent, refs = task_entity(task, admins=admins, agent_kind=agent_kind, agent_domain=agent_domain)
+    who = workload_entity(principal, kind=principal_kind, domain=principal_domain, admins=admins)
     context = _common(now=now, client=client, risk=risk, key_bound=key_bound) | {
         "kind": kind,
         "scopes": sorted(scopes),
@@ -189,6 +189,8 @@ def exchange_request_key(
     risk: int = 0,
     key_bound: bool = True,
     agent_kind: str = "unknown",
+    principal_domain: str = "",
+    agent_domain: str = "",
 ) -> Hashable:
     """Everything ``exchange_request`` reads from the same arguments, as a hashable key.
 
@@ -213,15 +215,28 @@ def exchange_request_key(
         risk,
         key_bound,
         agent_kind,
+        principal_domain,
+        agent_domain,
     )
 
 
 def create_task_request(
-    *, caller: str, caller_kind: str, task: Task, now: float, client: str | None, admins: Collection[str], risk: int = 0
+    *,
+    caller: str,
+    caller_kind: str,
+    task: Task,
+    now: float,
+    client: str | None,
+    admins: Collection[str],
+    risk: int = 0,
+    caller_domain: str = "",
+    agent_kind: str = "unknown",
+    agent_domain: str = "",
 ) -> PolicyRequest:
-    """``create_task``: the task's agent has proved nothing yet, so its kind is ``unknown``."""
-    task_ent, refs = task_entity(task, admins=admins, agent_kind="unknown")
-    who = workload_entity(caller, kind=caller_kind, admins=admins)
+    """``create_task``: the agent has proved nothing yet; its kind and trust domain are those of the
+    identity source whose namespace holds its name (``rules.namespace``), ``unknown`` if none does."""
+    task_ent, refs = task_entity(task, admins=admins, agent_kind=agent_kind, agent_domain=agent_domain)
+    who = workload_entity(caller, kind=caller_kind, domain=caller_domain, admins=admins)
     return PolicyRequest(
         principal=who["uid"],
         action="create_task",
@@ -242,8 +257,9 @@ def admin_request(
     admins: Collection[str],
     risk: int = 0,
     key_bound: bool = True,
+    caller_domain: str = "",
 ) -> PolicyRequest:
-    who = workload_entity(caller, kind=caller_kind, admins=admins)
+    who = workload_entity(caller, kind=caller_kind, domain=caller_domain, admins=admins)
     return PolicyRequest(
         principal=who["uid"],
         action="admin",
@@ -272,9 +288,10 @@ def call_request(
     risk: int = 0,
     tool: str | None = None,
     caller_kind: str = "unknown",
+    caller_domain: str = "",
 ) -> PolicyRequest:
     """``call``: may the caller (current actor, else the agent) use this route of ``service``?"""
-    who = workload_entity(caller, kind=caller_kind, admins=())
+    who = workload_entity(caller, kind=caller_kind, domain=caller_domain, admins=())
     svc = service_entity(service, tags)
     route_tool = tool if tool is not None else path.rstrip("/").rsplit("/", 1)[-1]
     route_uid = _uid("Route", f"{method} {path}")

@@ -31,6 +31,8 @@ class Principal:
     issued_at: int = 0
     #: the kind of identity ``client_id`` proved (``spiffe``, ``oidc``, ``client``; ``unknown`` if the token does not say)
     client_kind: str = "unknown"
+    #: the identity source ``client_id`` proved (Cedar's ``trust_domain``; ``""`` if the token does not say)
+    client_domain: str = ""
 
     @property
     def actor(self) -> str | None:
@@ -54,4 +56,5 @@ class Principal:
             jkt=token.jkt,
             issued_at=token.iat,
             client_kind=token.client_kind,
+            client_domain=token.client_domain,
         )

@@ -288,6 +288,7 @@ class Verifier:
             client=client,
             tags={self.settings.resource: self.settings.tags},
             caller_kind=principal.client_kind,  # the caller is the token's client (its current actor, if any)
+            caller_domain=principal.client_domain,
         )
         decision = self.policy.authorize(request)
         self.last_decision = decision

@@ -47,6 +47,9 @@ class Grant:
     #: the kind of identity the client and the agent proved (``IdentityKind`` values)
     client_kind: str = "unknown"
     agent_kind: str = "unknown"
+    #: the identity source each proved (``WorkloadIdentity.trust_domain``)
+    client_domain: str = ""
+    agent_domain: str = ""
 
 
 def build_claims(grant: Grant, *, issuer: str, jti: str, now: int) -> dict[str, Any]:
@@ -66,6 +69,10 @@ def build_claims(grant: Grant, *, issuer: str, jti: str, now: int) -> dict[str, 
         "ckd": grant.client_kind,
         "akd": grant.agent_kind,
     }
+    if grant.client_domain:
+        claims["ctd"] = grant.client_domain
+    if grant.agent_domain:
+        claims["atd"] = grant.agent_domain
     if grant.txn is not None:
         claims["txn"] = grant.txn
     act = act_from_chain(grant.actors)
@@ -172,6 +179,8 @@ def check_access_token_claims(
         purp=_string(claims, "purp", required=False, max_length=512),
         client_kind=_kind(claims, "ckd"),
         agent_kind=_kind(claims, "akd"),
+        client_domain=_string(claims, "ctd", required=False) or "",
+        agent_domain=_string(claims, "atd", required=False) or "",
     )
 
 

@@ -61,8 +61,13 @@ def derive_session(
     jkt: str,
     limits: Limits,
     now: int,
+    agent_source: tuple[str, str] | None = None,
 ) -> Grant:
     """The session token for ``task`` from its agent's workload JWT (DESIGN flow, step 2).
+
+    ``agent_source`` is the identity source (kind, issuer) whose namespace holds the task's
+    agent (``rules.namespace``): the workload must be that principal *from that source*, so
+    a same-named workload of another issuer never redeems the task.
 
     Its audience is the STS itself; with an on-behalf-of subject, ``sub`` is that
     subject and the agent is the first actor (RFC 8693 §4.1 delegation).
@@ -70,6 +75,11 @@ def derive_session(
     check_task_usable(task, now)
     if identity.principal != task.agent:
         raise InvalidGrant("task is not assigned to this workload", debug=f"{identity.principal} != {task.agent}")
+    if agent_source is not None and agent_source != (identity.kind.value, identity.issuer):
+        raise InvalidGrant(
+            "task is not assigned to this workload",
+            debug=f"agent {task.agent} belongs to {agent_source}, the token came from {identity.kind.value} {identity.issuer}",
+        )
     if audience is not None and audience != issuer:
         raise InvalidTarget("the first exchange yields a session token for the issuer; name a resource later")
     granted = task.scopes if scope is None else scope
@@ -89,6 +99,8 @@ def derive_session(
         purp=task.purpose,
         client_kind=identity.kind.value,
         agent_kind=identity.kind.value,
+        client_domain=identity.trust_domain,
+        agent_domain=identity.trust_domain,
     )
 
 
@@ -104,6 +116,7 @@ def derive_hop(
     now: int,
     actor: str | None = None,
     actor_kind: str = "unknown",
+    actor_domain: str = "",
     audience_principals: Collection[str] = (),
 ) -> Grant:
     """A token for exactly ``audience`` derived from ``parent`` (DESIGN flow, steps 3 and 5).
@@ -123,7 +136,7 @@ def derive_hop(
     if audience == issuer or audience not in task.audiences:
         raise InvalidTarget(f"resource `{audience:.200}` is not allowed for this task")
     actors = parent.actors
-    client_id, client_kind = parent.client_id, parent.client_kind
+    client_id, client_kind, client_domain = parent.client_id, parent.client_kind, parent.client_domain
     if actor is None:
         if parent.aud != issuer:
             raise InvalidGrant(
@@ -136,7 +149,7 @@ def derive_hop(
         if actor in (parent.sub, parent.agent, *parent.actors):
             raise InvalidGrant("actor already appears in the delegation chain")
         actors = (actor, *parent.actors)
-        client_id, client_kind = actor, actor_kind
+        client_id, client_kind, client_domain = actor, actor_kind, actor_domain
     _check_depth(actors, task)
     granted = parent.scope if scope is None else scope
     check_subset(granted, parent.scope)
@@ -155,4 +168,6 @@ def derive_hop(
         parent_jti=parent.jti,
         client_kind=client_kind,
         agent_kind=parent.agent_kind,
+        client_domain=client_domain,
+        agent_domain=parent.agent_domain,
     )

@@ -52,6 +52,7 @@ def require_admin(ctx: StsContext, caller: AccessToken, *, operation: str | None
             admin_request(
                 caller=caller.sub,
                 caller_kind=caller.client_kind,
+                caller_domain=caller.client_domain,
                 issuer=ctx.settings.issuer,
                 operation=operation,
                 now=ctx.now(),

@@ -39,6 +39,7 @@ from tether.policy.entities import admin_request, exchange_request, exchange_req
 from tether.proofs import replayed_proof
 from tether.rules.claims import Grant, build_claims
 from tether.rules.exchange import derive_hop, derive_session
+from tether.rules.namespace import source_of
 from tether.rules.scope import check_subset, format_scope
 from tether.store.errors import AlreadySpent, Blocked, CapReached, ParentRevoked, Replayed, StoreError, TaskNotActive
 from tether.store.records import IssuedToken
@@ -109,6 +110,19 @@ def _spends(*identities: WorkloadIdentity | None) -> list[tuple[str, int]]:
     return list(dict.fromkeys(k for k in keys if k is not None))
 
 
+def _source(ctx: StsContext, principal: str) -> tuple[str, str] | None:
+    """The (kind, issuer) of the identity source whose namespace holds ``principal``.
+
+    ``None`` only when no source is configured; a principal outside every namespace gets a
+    source no identity has, so no workload redeems its task.
+    """
+    spaces = ctx.settings.namespaces
+    if not spaces:
+        return None
+    found = source_of(principal, spaces)
+    return (found.kind, found.issuer) if found is not None else ("none", "")
+
+
 def chain_risk(ctx: StsContext, *principals: str) -> int:
     """The highest risk of everyone in the chain: requester, task agent, subject and every actor.
 
@@ -135,6 +149,8 @@ def _authorize(ctx: StsContext, req: ExchangeRequest, grant: Grant, task: Task, 
         "tags": ctx.settings.tags,
         "risk": chain_risk(ctx, principal, task.agent, grant.sub, *grant.actors),
         "agent_kind": grant.agent_kind,
+        "principal_domain": grant.client_domain,
+        "agent_domain": grant.agent_domain,
     }
     return ctx.authorize_memo(exchange_request_key(**args), lambda: exchange_request(**args))
 
@@ -213,6 +229,7 @@ async def _session(
         jkt=checked.proof.jkt,
         limits=ctx.settings.limits,
         now=now,
+        agent_source=_source(ctx, task.agent),
     )
     claim.task = task.id  # derive_session checked that the task is this workload's
     decision = _authorize(ctx, req, grant, task, kind="session", principal=identity.principal)
@@ -256,6 +273,7 @@ async def _hop(
         now=now,
         actor=actor.principal if actor else None,
         actor_kind=actor.kind.value if actor else "unknown",
+        actor_domain=actor.trust_domain if actor else "",
         audience_principals=ctx.settings.resources.get(parent.aud, frozenset()),
     )
     claim.task = task.id  # an actor is tied to the task only once the delegation is allowed
@@ -291,11 +309,16 @@ async def _admin(
         agent=identity.principal,
         jkt=checked.proof.jkt,
         txn=None,
+        client_kind=identity.kind.value,
+        agent_kind=identity.kind.value,
+        client_domain=identity.trust_domain,
+        agent_domain=identity.trust_domain,
     )
     decision = ctx.authorize(
         admin_request(
             caller=identity.principal,
             caller_kind=identity.kind.value,
+            caller_domain=identity.trust_domain,
             issuer=settings.issuer,
             operation="token",
             now=now,

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from tether.config import Config
 from tether.rules.exchange import Limits
+from tether.rules.namespace import Namespace
 from tether.rules.scope import parse_scope
 from tether.rules.task import TaskLimits
 
@@ -34,6 +35,8 @@ class StsSettings:
     resources: Mapping[str, frozenset[str]] = field(default_factory=dict)
     tags: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     publish_policies: bool = True
+    #: the identity sources' disjoint namespaces of principal names (``tether.rules.namespace``)
+    namespaces: tuple[Namespace, ...] = ()
     #: unattributed refusals: one audit record per source, kind and error each this many seconds
     refusal_interval: int = 60
     refusal_buckets: int = 1000
@@ -71,6 +74,7 @@ class StsSettings:
             resources={r.uri: frozenset(r.principals) for r in config.resources},
             tags={r.uri: r.tags for r in config.resources},
             publish_policies=config.values["policy"]["publish"],
+            namespaces=config.namespaces,
             refusal_interval=config.values["audit"]["refusal_interval"],
             refusal_buckets=config.values["audit"]["refusal_buckets"],
         )

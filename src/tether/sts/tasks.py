@@ -15,6 +15,7 @@ from tether.errors import AccessDenied, InsufficientScope, InvalidRequest, NotFo
 from tether.metrics import REVOCATIONS
 from tether.model import AccessToken, Task, TaskState
 from tether.policy.entities import create_task_request
+from tether.rules.namespace import source_of
 from tether.rules.task import TaskRequest, build_task, check_transition
 from tether.store.errors import Blocked, NotFound, TaskNotActive
 from tether.sts.auth import is_admin, require_admin
@@ -80,15 +81,19 @@ async def create_task(ctx: StsContext, caller: AccessToken, request: TaskRequest
         now=now,
         created_by=caller.sub,
     )
+    agent = source_of(task.agent, ctx.settings.namespaces)  # the source that owns the agent's name
     decision = ctx.authorize(
         create_task_request(
             caller=caller.sub,
             caller_kind=caller.client_kind,
+            caller_domain=caller.client_domain,
             task=task,
             now=now,
             client=client,
             admins=ctx.settings.admin_principals,
             risk=ctx.risk(caller.sub),
+            agent_kind=agent.kind if agent is not None else "unknown",
+            agent_domain=agent.trust_domain if agent is not None else "",
         )
     )
     event = AuditEvent(
