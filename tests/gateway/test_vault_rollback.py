@@ -129,3 +129,18 @@ def test_legacy_entries_are_resealed_once_and_bound_from_then_on(kind: str, tmp_
         assert await reseal_legacy(store, MASTER, now=NOW) == []
 
     run(kind, tmp_path, body)
+
+
+def test_a_legacy_entry_beside_bound_ones_is_not_resealed(kind: str, tmp_path: Path) -> None:
+    """After the upgrade a legacy-sealed entry is an old row put back: it stays refused."""
+
+    async def body(store: Store, sql: Writer) -> None:
+        await put_secret(store, MASTER, "billing", b"billing-key", now=NOW, actor="test")  # sealed the new way
+        await put_secret(store, MASTER, "crm", b"placeholder", now=NOW, actor="test")
+        sql("UPDATE vault SET sealed = ? WHERE name = ?", (seal(MASTER, b"leaked-key", aad=legacy_vault_aad("crm")), "crm"))
+        assert await reseal_legacy(store, MASTER, now=NOW) == []
+        with pytest.raises(SecretRefused):
+            await SecretCache(store, MASTER, ttl=0).get("crm")
+        assert await SecretCache(store, MASTER, ttl=0).get("billing") == "billing-key"
+
+    run(kind, tmp_path, body)

@@ -21,6 +21,7 @@ import pytest
 from services import REDIS_URL, drop_schema, new_schema, require_postgres_and_redis, schema_dsn
 from tether.audit.chain import AuditEvent
 from tether.keys.keyring import (
+    KeyRejected,
     generate_key,
     legacy_issuer_key_aad,
     load_keyring,
@@ -202,23 +203,42 @@ def test_key01_rotation_refuses_when_the_current_key_changed_underneath(kind: st
     run(kind, tmp_path, body)
 
 
+def legacy_row(sql: Writer, kid: str) -> str:
+    """Replace row ``kid`` with a key sealed as an older release sealed it (AAD binds the kid only)."""
+    key = generate_key("ES256")
+    jwk = public_jwk(key, "ES256")
+    sealed = seal(MASTER, json.dumps(key.as_dict(private=True)).encode(), aad=legacy_issuer_key_aad(jwk["kid"]))
+    sql("UPDATE signing_keys SET kid = ?, public_jwk = ?, sealed_private = ? WHERE kid = ?",
+        (jwk["kid"], json.dumps(jwk), sealed, kid))  # fmt: skip
+    return str(jwk["kid"])
+
+
 def test_key01_legacy_keys_are_resealed_once_then_bound(kind: str, tmp_path: Path) -> None:
-    """A key sealed before state binding (kid-only AAD) keeps working after the upgrade, and is bound from then on."""
+    """A store sealed entirely by an older release keeps working after the upgrade, and is bound from then on."""
 
     async def body(store: Store, sql: Writer) -> None:
-        retired, new = await two_keys(store)
-        # the retired row as an older release sealed it: a key whose AAD binds its kid only
-        key = generate_key("ES256")
-        jwk = public_jwk(key, "ES256")
-        sealed = seal(MASTER, json.dumps(key.as_dict(private=True)).encode(), aad=legacy_issuer_key_aad(jwk["kid"]))
-        sql("UPDATE signing_keys SET kid = ?, public_jwk = ?, sealed_private = ? WHERE kid = ?",
-            (jwk["kid"], json.dumps(jwk), sealed, retired))  # fmt: skip
-        old = jwk["kid"]
-        assert set(published(await load_keyring(store, MASTER, now=NOW + 20))) == {new}, "not opened before the upgrade"
-        assert await reseal_legacy(store, MASTER, now=NOW + 20) == [f"signing key {old}"]
+        retired, current = await two_keys(store)
+        old, new = legacy_row(sql, retired), legacy_row(sql, current)
+        with pytest.raises(KeyRejected):  # nothing opens before the upgrade
+            await load_keyring(store, MASTER, now=NOW + 20)
+        assert sorted(await reseal_legacy(store, MASTER, now=NOW + 20)) == sorted([f"signing key {old}", f"signing key {new}"])
         assert set(published(await load_keyring(store, MASTER, now=NOW + 20))) == {old, new}
         assert await reseal_legacy(store, MASTER, now=NOW + 20) == []
         sql("UPDATE signing_keys SET not_after = ? WHERE kid = ?", (NOW + 10**6, old))
+        assert set(published(await load_keyring(store, MASTER, now=NOW + 20))) == {new}
+
+    run(kind, tmp_path, body)
+
+
+def test_key01_a_legacy_row_beside_bound_ones_is_not_resealed(kind: str, tmp_path: Path) -> None:
+    """Once the store is upgraded, a legacy-sealed row can only be an old backup put back with its
+    state edited at will: re-sealing it would launder the edit, so it stays refused."""
+
+    async def body(store: Store, sql: Writer) -> None:
+        retired, new = await two_keys(store)
+        old = legacy_row(sql, retired)
+        sql("UPDATE signing_keys SET not_after = ? WHERE kid = ?", (NOW + 10**6, old))
+        assert await reseal_legacy(store, MASTER, now=NOW + 20) == []
         assert set(published(await load_keyring(store, MASTER, now=NOW + 20))) == {new}
 
     run(kind, tmp_path, body)

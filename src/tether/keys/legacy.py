@@ -9,6 +9,8 @@ that opens under neither form is left alone for the loaders to refuse.
 
 from __future__ import annotations
 
+import logging
+
 from tether.audit.chain import AuditEvent
 from tether.keys.keyring import KeyRejected, issuer_key_aad, legacy_issuer_key_aad, open_key
 from tether.keys.sealed import SealError, legacy_vault_aad, seal, unseal, vault_aad
@@ -17,36 +19,48 @@ from tether.store.records import StoredKey, VaultEntry
 
 __all__ = ["reseal_legacy"]
 
+log = logging.getLogger("tether.keys")
 
-def _legacy_key(master: bytes, row: StoredKey) -> bool:
-    try:
-        open_key(master, row)
-        return False
-    except KeyRejected:
+
+def _key_seal(master: bytes, row: StoredKey) -> str:
+    """``bound`` (sealed with its state), ``legacy`` (kid only) or ``bad`` (neither: refused by the loader)."""
+    for legacy, answer in ((False, "bound"), (True, "legacy")):
         try:
-            open_key(master, row, legacy=True)
-            return True
+            open_key(master, row, legacy=legacy)
+            return answer
         except KeyRejected:
-            return False
+            continue
+    return "bad"
 
 
-def _legacy_entry(master: bytes, entry: VaultEntry) -> bool:
-    try:
-        unseal(master, entry.sealed, aad=vault_aad(entry.name, created_at=entry.created_at, version=entry.version))
-        return False
-    except SealError:
+def _entry_seal(master: bytes, entry: VaultEntry) -> str:
+    """``bound`` (sealed with name, creation and version), ``legacy`` (name only) or ``bad``."""
+    bound = vault_aad(entry.name, created_at=entry.created_at, version=entry.version)
+    for aad, answer in ((bound, "bound"), (legacy_vault_aad(entry.name), "legacy")):
         try:
-            unseal(master, entry.sealed, aad=legacy_vault_aad(entry.name))
-            return True
+            unseal(master, entry.sealed, aad=aad)
+            return answer
         except SealError:
-            return False
+            continue
+    return "bad"
 
 
 async def reseal_legacy(store: Store, master: bytes, *, now: float) -> list[str]:
-    """Re-seal legacy signing keys and vault entries with their state bound; returns what was upgraded."""
-    keys = {row.kid: row for row in await store.signing_keys(now=0) if _legacy_key(master, row)}
-    entries = {entry.name: entry for entry in await store.vault_list() if _legacy_entry(master, entry)}
+    """Re-seal legacy signing keys and vault entries with their state bound; returns what was upgraded.
+
+    Only a store that holds nothing sealed the new way is upgraded. Once one value is bound,
+    a legacy value appearing beside it can only be an old row put back (a backup restored
+    over the current one, its state edited at will): it is left for the loaders to refuse.
+    """
+    key_seals = {row.kid: (row, _key_seal(master, row)) for row in await store.signing_keys(now=0)}
+    entry_seals = {entry.name: (entry, _entry_seal(master, entry)) for entry in await store.vault_list()}
+    keys = {kid: row for kid, (row, seal_) in key_seals.items() if seal_ == "legacy"}
+    entries = {name: entry for name, (entry, seal_) in entry_seals.items() if seal_ == "legacy"}
     if not keys and not entries:
+        return []
+    if any(seal_ == "bound" for _, seal_ in [*key_seals.values(), *entry_seals.values()]):
+        log.error("legacy-sealed %s beside state-bound values: an old row put back? refused, not re-sealed",
+                  ", ".join([*keys, *entries]))  # fmt: skip
         return []
 
     def reseal(kind: str, ident: str, blob: bytes) -> bytes:
