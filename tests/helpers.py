@@ -128,8 +128,13 @@ class RunningSts:
 
 @contextlib.contextmanager
 def running_sts(directory: Path, *, extra_toml: str = "", clock: ManualClock | None = None) -> Iterator[RunningSts]:
-    config = make_deployment(directory, extra_toml=extra_toml)
-    clock = clock or ManualClock()
+    with serving(make_deployment(directory, extra_toml=extra_toml), clock or ManualClock()) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def serving(config: Config, clock: ManualClock) -> Iterator[RunningSts]:
+    """Serve an existing deployment's STS (a second ``serving`` of the same config is a restart)."""
     port = int(config.issuer.rsplit(":", 1)[1])
     sts = build_sts(config, clock=clock)
     thread = ServerThread(sts.app, port)
@@ -155,11 +160,13 @@ class Client:
 
     def proof(self, method: str = "POST", url: str | None = None, *, access_token: str | None = None, **kw: Any) -> str:
         now = kw.pop("now", self.sts.clock.now())
-        return self.key.proof(method, url or self.sts.token_url, nonce=kw.pop("nonce", self.nonce),
-                              access_token=access_token, now=now)
+        return self.key.proof(
+            method, url or self.sts.token_url, nonce=kw.pop("nonce", self.nonce), access_token=access_token, now=now
+        )
 
-    def post_token(self, form: dict[str, str], *, proof: str | None = None, headers: dict[str, str] | None = None,
-                   retry_nonce: bool = True) -> httpx.Response:
+    def post_token(
+        self, form: dict[str, str], *, proof: str | None = None, headers: dict[str, str] | None = None, retry_nonce: bool = True
+    ) -> httpx.Response:
         """POST /token with a fresh proof (or ``proof``); one retry on ``use_dpop_nonce``."""
         for _ in range(2):
             hdrs = dict(headers or {})
@@ -175,8 +182,13 @@ class Client:
         return response
 
     def session(self, task_id: str, *, svid: str | None = None, **extra: str) -> httpx.Response:
-        form = {"grant_type": TOKEN_EXCHANGE, "subject_token": svid or self.sts.svid(), "subject_token_type": JWT,
-                "task": task_id, **extra}
+        form = {
+            "grant_type": TOKEN_EXCHANGE,
+            "subject_token": svid or self.sts.svid(),
+            "subject_token_type": JWT,
+            "task": task_id,
+            **extra,
+        }
         return self.post_token(form)
 
     def hop(self, subject: str, resource: str | None, **extra: str) -> httpx.Response:

@@ -10,9 +10,9 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
@@ -94,7 +94,9 @@ def store_sql(config: object, sql: str, params: tuple[object, ...] = ()) -> list
 
 
 @contextlib.asynccontextmanager
-async def open_stores(directory: Path, count: int = 1, *, kind: str | None = None) -> AsyncIterator[list[Store]]:
+async def open_stores(
+    directory: Path, count: int = 1, *, kind: str | None = None, schema: str | None = None
+) -> AsyncIterator[list[Store]]:
     """``count`` handles on one fresh store, as separate processes (or replicas) hold them.
 
     ``kind`` is ``sqlite`` (one file in ``directory``) or ``postgres`` (PostgreSQL + Redis:
@@ -113,7 +115,7 @@ async def open_stores(directory: Path, count: int = 1, *, kind: str | None = Non
     from tether.store.postgres.store import PostgresRedisStore
 
     require_postgres_and_redis()
-    schema = new_schema()
+    schema = schema or new_schema()
     handles: list[Store] = []
     try:
         for i in range(count):
@@ -123,6 +125,41 @@ async def open_stores(directory: Path, count: int = 1, *, kind: str | None = Non
         for handle in handles:
             await handle.aclose()
         drop_schema(schema)
+
+
+Writer = Callable[[str, tuple[Any, ...]], None]
+
+
+@contextlib.asynccontextmanager
+async def tampering(directory: Path, kind: str) -> AsyncIterator[tuple[Store, Writer]]:
+    """A fresh store and a raw SQL writer (``?`` placeholders) on the same database: the writer plays
+    someone with database access but no master key."""
+    import sqlite3
+
+    schema = new_schema() if kind == "postgres" else None
+
+    def write(sql: str, params: tuple[Any, ...]) -> None:
+        if schema is not None:
+            with psycopg.connect(schema_dsn(schema), autocommit=True) as conn:
+                conn.execute(sql.replace("?", "%s"), params)  # type: ignore[arg-type]
+            return
+        with sqlite3.connect(directory / "tether.db") as lite:
+            lite.execute(sql, params)
+        lite.close()
+
+    async with open_stores(directory, kind=kind, schema=schema) as (store,):
+        yield store, write
+
+
+def run_tampered(kind: str, directory: Path, body: Callable[[Store, Writer], Awaitable[None]]) -> None:
+    """Run ``body(store, sql)`` on a fresh store of ``kind`` with its raw SQL writer (``tampering``)."""
+    import asyncio
+
+    async def main() -> None:
+        async with tampering(directory, kind) as (store, sql):
+            await body(store, sql)
+
+    asyncio.run(main())
 
 
 async def ended_task(store: Store, *, agent: str = "spiffe://t/agent") -> str:

@@ -9,66 +9,25 @@ as someone with database access but no master key would.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
-import sqlite3
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
-import psycopg
 import pytest
 
-from services import REDIS_URL, drop_schema, new_schema, require_postgres_and_redis, schema_dsn
+from services import Writer, run_tampered
 from tether.gateway.vault import SecretCache, SecretRefused, put_secret
 from tether.keys.legacy import reseal_legacy
 from tether.keys.sealed import legacy_vault_aad, seal
 from tether.store.protocol import Store
-from tether.store.sqlite.store import SqliteStore
 
 NOW = 1_800_000_000.0
 MASTER = secrets.token_bytes(32)
 BACKENDS = ["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres, pytest.mark.redis])]
-Writer = Callable[[str, tuple[Any, ...]], None]
 
 
 @pytest.fixture(params=BACKENDS)
 def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-def run(kind: str, tmp_path: Path, body: Callable[[Store, Writer], Awaitable[None]]) -> None:
-    async def main() -> None:
-        if kind == "sqlite":
-            path = tmp_path / "tether.db"
-            store: Store = SqliteStore.open(path)
-
-            def sql(text: str, args: tuple[Any, ...]) -> None:
-                with sqlite3.connect(path) as conn:
-                    conn.execute(text, args)
-
-            try:
-                await body(store, sql)
-            finally:
-                await store.aclose()
-            return
-        from tether.store.postgres.store import PostgresRedisStore
-
-        require_postgres_and_redis()
-        schema = new_schema()
-        pg = await PostgresRedisStore.open(schema_dsn(schema), REDIS_URL, prefix=schema, migrate=True)
-
-        def pg_sql(text: str, args: tuple[Any, ...]) -> None:
-            with psycopg.connect(schema_dsn(schema), autocommit=True) as conn:
-                conn.execute(text.replace("?", "%s"), args)  # type: ignore[arg-type]
-
-        try:
-            await body(pg, pg_sql)
-        finally:
-            await pg.aclose()
-            drop_schema(schema)
-
-    asyncio.run(main())
 
 
 async def two_versions(store: Store) -> bytes:
@@ -89,7 +48,7 @@ def test_an_old_value_written_over_a_newer_version_is_refused(kind: str, tmp_pat
         with pytest.raises(SecretRefused):  # a gateway started afterwards refuses it too
             await SecretCache(store, MASTER, ttl=0).get("crm")
 
-    run(kind, tmp_path, body)
+    run_tampered(kind, tmp_path, body)
 
 
 def test_a_row_rolled_back_with_its_version_is_refused_by_a_running_gateway(kind: str, tmp_path: Path) -> None:
@@ -104,7 +63,7 @@ def test_a_row_rolled_back_with_its_version_is_refused_by_a_running_gateway(kind
         await put_secret(store, MASTER, "crm", b"rotated-key", now=NOW + 20, actor="test")
         assert await cache.get("crm") == "rotated-key"
 
-    run(kind, tmp_path, body)
+    run_tampered(kind, tmp_path, body)
 
 
 def test_a_value_sealed_for_another_entry_is_refused(kind: str, tmp_path: Path) -> None:
@@ -115,7 +74,7 @@ def test_a_value_sealed_for_another_entry_is_refused(kind: str, tmp_path: Path) 
         with pytest.raises(SecretRefused):
             await SecretCache(store, MASTER, ttl=0).get("crm")
 
-    run(kind, tmp_path, body)
+    run_tampered(kind, tmp_path, body)
 
 
 def test_legacy_entries_are_resealed_once_and_bound_from_then_on(kind: str, tmp_path: Path) -> None:
@@ -128,7 +87,7 @@ def test_legacy_entries_are_resealed_once_and_bound_from_then_on(kind: str, tmp_
         assert await SecretCache(store, MASTER, ttl=0).get("crm") == "legacy-key"
         assert await reseal_legacy(store, MASTER, now=NOW) == []
 
-    run(kind, tmp_path, body)
+    run_tampered(kind, tmp_path, body)
 
 
 def test_a_legacy_entry_beside_bound_ones_is_not_resealed(kind: str, tmp_path: Path) -> None:
@@ -143,4 +102,4 @@ def test_a_legacy_entry_beside_bound_ones_is_not_resealed(kind: str, tmp_path: P
             await SecretCache(store, MASTER, ttl=0).get("crm")
         assert await SecretCache(store, MASTER, ttl=0).get("billing") == "billing-key"
 
-    run(kind, tmp_path, body)
+    run_tampered(kind, tmp_path, body)

@@ -10,40 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 
-from helpers import AGENT, Client, RunningSts, create_task, make_deployment
+from helpers import AGENT, Client, create_task, make_deployment, serving
 from tether.clock import ManualClock
 from tether.config import Config
 from tether.keys.keyring import generate_key, public_jwk, rotate_signing_key
 from tether.keys.sealed import load_master_key
 from tether.rules.jws import sign_compact
 from tether.store.open import open_store
-from tether.sts.bootstrap import build_sts
-from tether.web.server import ServerThread
 
 AUD = "http://127.0.0.1:9001"
-
-
-@contextlib.contextmanager
-def serving(config: Config, clock: ManualClock) -> Iterator[RunningSts]:
-    """Start the STS of an existing deployment (a restart loads the keyring afresh)."""
-    thread = ServerThread(build_sts(config, clock=clock).app, int(config.issuer.rsplit(":", 1)[1])).start()
-    running = RunningSts(config=config, clock=clock, sts=None, thread=thread)  # type: ignore[arg-type]
-    try:
-        yield running
-    finally:
-        for http in running.clients:
-            http.close()
-        thread.stop()
 
 
 def rotate(config: Config) -> None:

@@ -7,18 +7,14 @@ SQLite, or on PostgreSQL), and loads the keyring again. Run on both stores.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
-import sqlite3
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
-from services import REDIS_URL, drop_schema, new_schema, require_postgres_and_redis, schema_dsn
+from services import Writer, run_tampered
 from tether.audit.chain import AuditEvent
 from tether.keys.keyring import (
     KeyRejected,
@@ -32,54 +28,16 @@ from tether.keys.legacy import reseal_legacy
 from tether.keys.sealed import seal
 from tether.store.errors import Conflict
 from tether.store.protocol import Store
-from tether.store.sqlite.store import SqliteStore
 
 NOW = 1_800_000_000
 LIFETIME = 300
 MASTER = secrets.token_bytes(32)
 BACKENDS = ["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres, pytest.mark.redis])]
-Writer = Callable[[str, tuple[Any, ...]], None]
 
 
 @pytest.fixture(params=BACKENDS)
 def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-def run(kind: str, tmp_path: Path, body: Callable[[Store, Writer], Awaitable[None]]) -> None:
-    """``body(store, sql)``: ``sql`` writes the database directly, as a writer without the master key would."""
-
-    async def main() -> None:
-        if kind == "sqlite":
-            path = tmp_path / "tether.db"
-            store: Store = SqliteStore.open(path)
-
-            def sql(text: str, args: tuple[Any, ...]) -> None:
-                with sqlite3.connect(path) as conn:
-                    conn.execute(text, args)
-
-            try:
-                await body(store, sql)
-            finally:
-                await store.aclose()
-            return
-        from tether.store.postgres.store import PostgresRedisStore
-
-        require_postgres_and_redis()
-        schema = new_schema()
-        pg = await PostgresRedisStore.open(schema_dsn(schema), REDIS_URL, prefix=schema, migrate=True)
-
-        def pg_sql(text: str, args: tuple[Any, ...]) -> None:
-            with psycopg.connect(schema_dsn(schema), autocommit=True) as conn:
-                conn.execute(text.replace("?", "%s"), args)  # type: ignore[arg-type]
-
-        try:
-            await body(pg, pg_sql)
-        finally:
-            await pg.aclose()
-            drop_schema(schema)
-
-    asyncio.run(main())
 
 
 async def two_keys(store: Store) -> tuple[str, str]:
@@ -102,7 +60,7 @@ def test_key01_positive_control_rotation_publishes_both_keys(kind: str, tmp_path
         # the published key is the one derived from the sealed private key
         assert published(ring)[old] == public_jwk(ring.public_key(old, now=NOW + 20).private, "ES256")  # type: ignore[union-attr]
 
-    run(kind, tmp_path, body)
+    run_tampered(kind, tmp_path, body)
 
 
 def test_key01_swapped_public_key_of_a_retired_row_is_refused(kind: str, tmp_path: Path) -> None:
@@ -115,7 +73,7 @@ def test_key01_swapped_public_key_of_a_retired_row_is_refused(kind: str, tmp_pat
         assert ring.public_key(old, now=NOW + 20) is None
         assert attacker["x"] not in json.dumps(ring.jwks(now=NOW + 20))
 
-    run(kind, tmp_path, body)
+    run_tampered(kind, tmp_path, body)
 
 
 def test_key01_public_key_swapped_alone_is_refused(kind: str, tmp_path: Path) -> None:
@@ -126,7 +84,7 @@ def test_key01_public_key_swapped_alone_is_refused(kind: str, tmp_path: Path) ->
         ring = await load_keyring(store, MASTER, now=NOW + 20)
         assert set(published(ring)) == {new}
 
-    run(kind, tmp_path, body)
+    run_tampered(kind, tmp_path, body)
 
 
 @pytest.mark.parametrize(
@@ -140,7 +98,7 @@ def test_key01_lifecycle_state_edited_in_the_row_is_refused(kind: str, tmp_path:
         ring = await load_keyring(store, MASTER, now=NOW + 20)
         assert set(published(ring)) == {new}
 
-    run(kind, tmp_path, body)
+    run_tampered(kind, tmp_path, body)
 
 
 def test_key01_retired_key_made_current_again_is_refused(kind: str, tmp_path: Path) -> None:
@@ -150,7 +108,7 @@ def test_key01_retired_key_made_current_again_is_refused(kind: str, tmp_path: Pa
         ring = await load_keyring(store, MASTER, now=NOW + 20)
         assert ring.current.kid == new and set(published(ring)) == {new}
 
-    run(kind, tmp_path, body)
+    run_tampered(kind, tmp_path, body)
 
 
 def test_key01_restored_pre_rotation_row_cannot_become_current(kind: str, tmp_path: Path) -> None:
@@ -164,7 +122,7 @@ def test_key01_restored_pre_rotation_row_cannot_become_current(kind: str, tmp_pa
         ring = await load_keyring(store, MASTER, now=NOW + 20)
         assert ring.current.kid == new.kid and set(published(ring)) == {new.kid}
 
-    run(kind, tmp_path, body)
+    run_tampered(kind, tmp_path, body)
 
 
 def test_key01_sealed_blob_moved_to_another_row_is_refused(kind: str, tmp_path: Path) -> None:
@@ -175,7 +133,7 @@ def test_key01_sealed_blob_moved_to_another_row_is_refused(kind: str, tmp_path: 
         ring = await load_keyring(store, MASTER, now=NOW + 20)
         assert set(published(ring)) == {new}
 
-    run(kind, tmp_path, body)
+    run_tampered(kind, tmp_path, body)
 
 
 def test_key01_current_key_tampered_fails_closed(kind: str, tmp_path: Path) -> None:
@@ -186,7 +144,7 @@ def test_key01_current_key_tampered_fails_closed(kind: str, tmp_path: Path) -> N
         with pytest.raises(LookupError):
             await load_keyring(store, MASTER, now=NOW + 20)
 
-    run(kind, tmp_path, body)
+    run_tampered(kind, tmp_path, body)
 
 
 def test_key01_rotation_refuses_when_the_current_key_changed_underneath(kind: str, tmp_path: Path) -> None:
@@ -200,7 +158,7 @@ def test_key01_rotation_refuses_when_the_current_key_changed_underneath(kind: st
         ring = await load_keyring(store, MASTER, now=NOW + 3)
         assert ring.current.kid == second.kid
 
-    run(kind, tmp_path, body)
+    run_tampered(kind, tmp_path, body)
 
 
 def legacy_row(sql: Writer, kid: str) -> str:
@@ -227,7 +185,7 @@ def test_key01_legacy_keys_are_resealed_once_then_bound(kind: str, tmp_path: Pat
         sql("UPDATE signing_keys SET not_after = ? WHERE kid = ?", (NOW + 10**6, old))
         assert set(published(await load_keyring(store, MASTER, now=NOW + 20))) == {new}
 
-    run(kind, tmp_path, body)
+    run_tampered(kind, tmp_path, body)
 
 
 def test_key01_a_legacy_row_beside_bound_ones_is_not_resealed(kind: str, tmp_path: Path) -> None:
@@ -241,7 +199,7 @@ def test_key01_a_legacy_row_beside_bound_ones_is_not_resealed(kind: str, tmp_pat
         assert await reseal_legacy(store, MASTER, now=NOW + 20) == []
         assert set(published(await load_keyring(store, MASTER, now=NOW + 20))) == {new}
 
-    run(kind, tmp_path, body)
+    run_tampered(kind, tmp_path, body)
 
 
 def test_key01_rewrap_keeps_keys_opening(kind: str, tmp_path: Path) -> None:
@@ -260,4 +218,4 @@ def test_key01_rewrap_keeps_keys_opening(kind: str, tmp_path: Path) -> None:
         await store.rewrap_sealed(re_seal, now=NOW, audit=AuditEvent(kind="master_key.rotated", outcome="ok"))
         assert set(published(await load_keyring(store, other, now=NOW + 20))) == {old, new}
 
-    run(kind, tmp_path, body)
+    run_tampered(kind, tmp_path, body)
