@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,12 +18,6 @@ from services import drop_schema
 # so the "too slow" health check (a timing judgement) must not fail them under load.
 settings.register_profile("tether", suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("tether")
-
-# Every refusal gets its own audit record in the suite (``[audit] refusal_interval = 0``): most tests
-# assert the record of the one refusal they provoke, and a module-scoped STS sees many identical
-# anonymous refusals from 127.0.0.1. tests/audit/test_anonymous_refusals.py runs with the default
-# (counted per source and interval) and removes this override.
-os.environ.setdefault("TETHER_AUDIT_REFUSAL_INTERVAL", "0")
 
 @pytest.fixture
 def sts(tmp_path: Path) -> Iterator[RunningSts]:

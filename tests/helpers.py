@@ -73,10 +73,23 @@ def make_deployment(directory: Path, *, extra_toml: str = "", port: int | None =
         (directory / "tether.toml").write_text(text + postgres_toml(schema, schema), encoding="utf-8")
         SCHEMAS.append(schema)
     result = initialize(directory, issuer=issuer)
-    if extra_toml:
-        with result.config_path.open("a", encoding="utf-8") as handle:
-            handle.write("\n" + extra_toml + "\n")
+    with result.config_path.open("a", encoding="utf-8") as handle:
+        handle.write("\n" + _audit_every_refusal(extra_toml) + "\n")
     return load_config(result.config_path)
+
+
+def _audit_every_refusal(extra_toml: str) -> str:
+    """``extra_toml`` with ``[audit] refusal_interval = 0`` unless it sets the interval itself.
+
+    Most tests assert the audit record of the one refusal they provoke, and a module-scoped STS
+    sees many identical anonymous refusals from 127.0.0.1, which a deployment counts instead of
+    recording each (``tether.audit.anonymous``); the tests of that counting set the interval.
+    """
+    if "refusal_interval" in extra_toml:
+        return extra_toml
+    if "[audit]\n" in extra_toml:
+        return extra_toml.replace("[audit]\n", "[audit]\nrefusal_interval = 0\n", 1)
+    return extra_toml + "\n[audit]\nrefusal_interval = 0\n"
 
 
 @dataclass

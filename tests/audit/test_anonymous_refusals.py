@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -119,9 +119,8 @@ def test_interval_zero_writes_every_refusal(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def counting_sts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RunningSts:  # type: ignore[misc]
-    monkeypatch.delenv("TETHER_AUDIT_REFUSAL_INTERVAL", raising=False)  # the deployment default
-    with running_sts(tmp_path) as sts:
+def counting_sts(tmp_path: Path) -> Iterator[RunningSts]:
+    with running_sts(tmp_path, extra_toml="[audit]\nrefusal_interval = 60\n") as sts:  # the deployment default
         yield sts
 
 

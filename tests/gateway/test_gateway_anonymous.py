@@ -18,12 +18,12 @@ from tether.web.server import free_port
 
 
 @pytest.fixture
-def counting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[GatewayEnv]:
-    monkeypatch.delenv("TETHER_AUDIT_REFUSAL_INTERVAL", raising=False)
+def counting(tmp_path: Path) -> Iterator[GatewayEnv]:
     upstream = Upstream()
     with serve_upstream(upstream) as up:
         apikey = {"inject": "header", "header": "X-Api-Key", "template": "{secret}"}
         toml = gateway_toml(free_port()) + "\n" + route_toml("apikey", f"{up.url}/apikey", **apikey)
+        toml += "\n[audit]\nrefusal_interval = 60\n"  # the deployment default
         with serve_env(tmp_path, toml, upstream) as env:
             yield env
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import psycopg
+import pytest
 
 from helpers import AGENT, Client, create_task, make_deployment, serving
 from tether.clock import ManualClock
@@ -25,6 +26,7 @@ from tether.keys.keyring import generate_key, public_jwk, rotate_signing_key
 from tether.keys.sealed import load_master_key
 from tether.rules.jws import sign_compact
 from tether.store.open import open_store
+from tether.sts.bootstrap import build_sts
 
 AUD = "http://127.0.0.1:9001"
 
@@ -99,3 +101,31 @@ def test_key01_sts_still_starts_when_a_retired_row_is_tampered(tmp_path: Path) -
     with serving(config, ManualClock()) as sts:
         assert len(httpx.get(sts.url + "/jwks").json()["keys"]) == 1
         create_task(sts, agent=AGENT, audiences=[AUD])
+
+
+def test_key01_a_store_sealed_by_an_older_release_needs_the_explicit_upgrade(tmp_path: Path) -> None:
+    """The STS never re-seals on its own (a writer who could trigger that could launder rows it put back):
+    it refuses to start and names the command; ``tether keys upgrade`` re-seals, then it starts."""
+    import asyncio
+
+    from typer.testing import CliRunner
+
+    from tether.cli.main import app
+    from tether.errors import ConfigError
+    from tether.keys.keyring import legacy_issuer_key_aad
+    from tether.keys.sealed import seal
+
+    config = make_deployment(tmp_path)
+    key = generate_key("ES256")
+    jwk = public_jwk(key, "ES256")
+    sealed = seal(load_master_key(config.master_key_file), json.dumps(key.as_dict(private=True)).encode(),
+                  aad=legacy_issuer_key_aad(jwk["kid"]))  # fmt: skip
+    write_row(config, "UPDATE signing_keys SET kid = ?, public_jwk = ?, sealed_private = ?",
+              (jwk["kid"], json.dumps(jwk), sealed))  # fmt: skip
+    with pytest.raises(ConfigError, match="tether keys upgrade"):
+        asyncio.run(build_sts(config, clock=ManualClock()).start())
+    result = CliRunner().invoke(app, ["keys", "upgrade", "--config", str(config.path)])
+    assert result.exit_code == 0 and jwk["kid"] in result.stdout.replace("\n", ""), result.output
+    with serving(config, ManualClock()) as sts:
+        assert jwk["kid"] in {k["kid"] for k in httpx.get(sts.url + "/jwks").json()["keys"]}
+        create_task(sts, agent=AGENT, audiences=[AUD])  # the upgraded key signs

@@ -18,6 +18,7 @@ from services import Writer, run_tampered
 from tether.audit.chain import AuditEvent
 from tether.keys.keyring import (
     KeyRejected,
+    check_not_older,
     generate_key,
     legacy_issuer_key_aad,
     load_keyring,
@@ -26,6 +27,7 @@ from tether.keys.keyring import (
 )
 from tether.keys.legacy import reseal_legacy
 from tether.keys.sealed import seal
+from tether.localstate import LocalState
 from tether.store.errors import Conflict
 from tether.store.protocol import Store
 
@@ -217,5 +219,26 @@ def test_key01_rewrap_keeps_keys_opening(kind: str, tmp_path: Path) -> None:
 
         await store.rewrap_sealed(re_seal, now=NOW, audit=AuditEvent(kind="master_key.rotated", outcome="ok"))
         assert set(published(await load_keyring(store, other, now=NOW + 20))) == {old, new}
+
+    run_tampered(kind, tmp_path, body)
+
+
+def test_key01_a_retired_key_restored_after_the_newer_rows_are_deleted_is_refused(kind: str, tmp_path: Path) -> None:
+    """The store cannot tell a restored pre-rotation row from a real one (its seal is genuine): a process
+    remembers, outside the store, the newest key it signed with and refuses an older current key."""
+    state = LocalState(tmp_path / "keyring.state")
+
+    async def body(store: Store, sql: Writer) -> None:
+        first = await rotate_signing_key(store, MASTER, alg="ES256", now=NOW, max_token_lifetime=LIFETIME)
+        check_not_older(await load_keyring(store, MASTER, now=NOW + 1), state)  # the STS signs with key 1
+        second = await rotate_signing_key(store, MASTER, alg="ES256", now=NOW + 10, max_token_lifetime=LIFETIME)
+        check_not_older(await load_keyring(store, MASTER, now=NOW + 11), state)  # positive control: a rotation
+        sql("DELETE FROM signing_keys", ())
+        sql("INSERT INTO signing_keys (kid, alg, public_jwk, sealed_private, created_at) VALUES (?, ?, ?, ?, ?)",
+            (first.kid, first.alg, json.dumps(first.public_jwk), first.sealed_private, first.created_at))  # fmt: skip
+        ring = await load_keyring(store, MASTER, now=NOW + 20)
+        assert ring.current.kid == first.kid, "the store alone cannot tell"
+        with pytest.raises(KeyRejected, match=second.kid):
+            check_not_older(ring, state)
 
     run_tampered(kind, tmp_path, body)

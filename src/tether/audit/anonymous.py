@@ -11,8 +11,9 @@ time). Buckets are bounded: past ``max_buckets`` every new key shares one overfl
 so memory and records per interval are bounded whatever the attacker varies.
 
 What is in a key: the client address, the record's kind and error code, the ``replay`` /
-``after_end`` / ``spent`` markers and ``claimed_task`` (so a replay alert still names its
-task). Never the reason text or a requested task id, which the caller chooses freely.
+``after_end`` / ``spent`` markers, ``claimed_task`` and ``claimed_principal`` (so a replay
+alert still names its task and agent; both come from a verified credential). Never the
+reason text or a requested task id, which the caller chooses freely.
 """
 
 from __future__ import annotations
@@ -28,13 +29,15 @@ Append = Callable[[AuditEvent, float], Awaitable[object]]
 Key = tuple[str, ...]
 _OVERFLOW: Key = ("*",)
 _MARKERS = ("replay", "after_end", "spent")
+#: named by a verified credential (not chosen freely), kept so alerts can name the party
+_CLAIMED = ("claimed_task", "claimed_principal")
 
 
 def refusal_key(event: AuditEvent, source: str | None) -> Key:
     """What makes two anonymous refusals "the same" for counting (nothing the caller picks freely)."""
     markers = "".join(m[0] for m in _MARKERS if event.detail.get(m) is True)
-    claimed = event.detail.get("claimed_task")
-    return (source or "", event.kind, event.error or "", markers, claimed if isinstance(claimed, str) else "")
+    claimed = [event.detail.get(k) for k in _CLAIMED]
+    return (source or "", event.kind, event.error or "", markers, *(c if isinstance(c, str) else "" for c in claimed))
 
 
 @dataclass
@@ -95,7 +98,7 @@ class AnonymousRefusals:
             "first": bucket.first,
             "last": bucket.last,
             **({"overflow": True} if key == _OVERFLOW else {}),
-            **{k: v for k, v in bucket.event.detail.items() if k in (*_MARKERS, "claimed_task")},
+            **{k: v for k, v in bucket.event.detail.items() if k in (*_MARKERS, *_CLAIMED)},
         }
         summary = AuditEvent(kind=bucket.event.kind, outcome="refused", error=bucket.event.error, detail=detail)
         await self._append(summary, now)

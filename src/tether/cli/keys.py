@@ -1,4 +1,4 @@
-"""``tether keys rotate|list`` — operate on the store directly (needs the master key)."""
+"""``tether keys rotate|list|upgrade`` — operate on the store directly (needs the master key)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import typer
 from tether.cli.common import config_or_exit, errors_to_exit
 from tether.cli.output import console, print_json, print_table
 from tether.keys.keyring import SIGNING_ALGS, rotate_signing_key
+from tether.keys.legacy import reseal_legacy
 from tether.keys.sealed import load_master_key
 from tether.store.open import open_store
 from tether.store.records import StoredKey
@@ -45,6 +46,29 @@ def rotate(
         master = load_master_key(cfg.master_key_file)
         stored = asyncio.run(run())
     console.print(f"new signing key {stored.kid} ({alg}); the previous key stays published for {lifetime + 60}s")
+
+
+@app.command()
+def upgrade(config: ConfigOpt = None) -> None:
+    """Once, after upgrading from a release that sealed keys and vault entries without their state.
+
+    Re-seals every signing key and vault entry of such a store with its state bound (taking the
+    state as stored now); a store with any value sealed the new way is left alone: a legacy value
+    beside it can only be an old row put back. Never run automatically.
+    """
+    cfg = config_or_exit(config)
+
+    async def run() -> list[str]:
+        store = await open_store(cfg)
+        try:
+            return await reseal_legacy(store, master, now=time.time())
+        finally:
+            await store.aclose()
+
+    with errors_to_exit():
+        master = load_master_key(cfg.master_key_file)
+        upgraded = asyncio.run(run())
+    console.print(f"re-sealed with their state bound: {', '.join(upgraded)}" if upgraded else "nothing to upgrade")
 
 
 @app.command("list")

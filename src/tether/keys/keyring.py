@@ -24,6 +24,7 @@ from typing import Any
 from joserfc.jwk import ECKey, OKPKey
 
 from tether.keys.sealed import SealError, seal, unseal
+from tether.localstate import LocalState
 from tether.rules.jws import PublicKey, sign_compact
 from tether.store.protocol import Store
 from tether.store.records import StoredKey
@@ -33,6 +34,7 @@ __all__ = [
     "KeyRejected",
     "KeyRing",
     "SigningKey",
+    "check_not_older",
     "generate_key",
     "issuer_key_aad",
     "legacy_issuer_key_aad",
@@ -92,6 +94,7 @@ class SigningKey:
     jwk: Mapping[str, Any]
     retired_at: int | None
     not_after: int | None
+    created_at: int = 0
 
 
 class KeyRing:
@@ -157,7 +160,7 @@ def open_key(master: bytes, stored: StoredKey, *, legacy: bool = False) -> Signi
     if stored.public_jwk != jwk:
         raise KeyRejected(f"key `{stored.kid:.80}`: the stored public key is not the sealed key's")
     public: PublicKey = type(private).import_key({k: v for k, v in jwk.items() if k not in ("alg", "use", "kid")})
-    return SigningKey(stored.kid, stored.alg, private, public, jwk, stored.retired_at, stored.not_after)
+    return SigningKey(stored.kid, stored.alg, private, public, jwk, stored.retired_at, stored.not_after, stored.created_at)
 
 
 def open_keys(master: bytes, stored: Sequence[StoredKey]) -> tuple[list[SigningKey], list[KeyRejected]]:
@@ -195,6 +198,26 @@ async def load_keyring(store: Store, master: bytes, *, now: float) -> KeyRing:
     if stored and not opened:
         raise rejected[0]
     return KeyRing(opened)
+
+
+def check_not_older(ring: KeyRing, state: LocalState) -> None:
+    """Refuse a keyring whose current key is older than one this process has already signed with.
+
+    A database writer can delete the newest rows and put back a key's row from before its
+    retirement: its seal is genuine, so ``open_keys`` cannot tell. The newest current key a
+    process has used is kept outside the store (``tether.localstate``), and a current key older
+    than it is refused, across restarts. Raises ``KeyRejected``; records a newer key.
+    """
+    current = ring.current
+    seen = state.get("current_signing_key")
+    if isinstance(seen, list) and len(seen) == 2 and current.created_at < int(seen[0]):
+        raise KeyRejected(
+            f"the current signing key `{current.kid}` (created {current.created_at}) is older than `{seen[1]}`"
+            f" (created {seen[0]}), which this STS has signed with: a key row was removed or restored;"
+            f" if that was intended, delete `{state.path}`"
+        )
+    if not isinstance(seen, list) or len(seen) != 2 or current.created_at > int(seen[0]) or seen[1] != current.kid:
+        state.put("current_signing_key", [current.created_at, current.kid])
 
 
 async def rotate_signing_key(store: Store, master: bytes, *, alg: str, now: int, max_token_lifetime: int) -> StoredKey:

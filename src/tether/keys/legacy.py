@@ -2,9 +2,10 @@
 
 Older releases sealed an issuer key with its ``kid`` only and a vault entry with its name
 only, so a database writer could change a key's retirement or expiry, or put a rotated-out
-secret back. Whoever holds the master key (the STS, at start) re-seals such values once with
-their state as stored at that moment; from then on that state is authenticated. Anything
-that opens under neither form is left alone for the loaders to refuse.
+secret back. The operator runs ``tether keys upgrade`` once (never automatically: a writer
+who could trigger it could launder rows it put back); it re-seals such values with their state
+as stored at that moment, and from then on that state is authenticated. Anything that opens
+under neither form is left alone for the loaders to refuse.
 """
 
 from __future__ import annotations

@@ -40,10 +40,12 @@ class Claim:
     spends: list[tuple[str, int]] = field(default_factory=list)
     #: the issuance step spent the proof (it stays spent when the issuance refuses: Store.issue_token)
     consumed: bool = False
+    #: a workload JWT without a ``jti`` was presented: nothing single-use proves who sent it
+    unprovable: bool = False
 
     async def proven(self, ctx: StsContext, exc: OAuthError) -> bool:
         """True if what the request presented was fresh, i.e. this request's own; spends its proof."""
-        if self.principal is None or exc.audit.get("replay") or exc.audit.get("spent"):
+        if self.principal is None or self.unprovable or exc.audit.get("replay") or exc.audit.get("spent"):
             return False
         now = ctx.now()
         fresh = True

@@ -20,9 +20,9 @@ from tether.clock import Clock, SystemClock
 from tether.config import Config
 from tether.errors import ConfigError
 from tether.identity.verifier import build_identity_verifier
-from tether.keys.keyring import KeyRing, load_keyring
-from tether.keys.legacy import reseal_legacy
+from tether.keys.keyring import KeyRing, check_not_older, load_keyring
 from tether.keys.sealed import SealError, derive_key, load_master_key
+from tether.localstate import LocalState
 from tether.monitor.runner import Monitor, build_monitor
 from tether.policy.engine import PolicyEngine
 from tether.proofs import ProofChecker
@@ -60,6 +60,8 @@ class Sts:
         self._refused_policy: list[str] = []
         audit = config.values["audit"]
         self.checkpoints = AuditCheckpoints(every=int(audit["checkpoint_every"]), seconds=int(audit["checkpoint_seconds"]))
+        #: the newest signing key this STS has used, kept outside the store (``keys.keyring.check_not_older``)
+        self.key_state = LocalState(config.data_dir / "keyring.state")
         self.app: Starlette = create_app(self, upkeep=upkeep, max_inflight=int(config.values["server"]["max_inflight"]))
 
     @property
@@ -118,18 +120,23 @@ class Sts:
 
     async def _keyring(self, store: Store) -> KeyRing:
         try:
-            upgraded = await reseal_legacy(store, self.master_key, now=self.clock.now())
-            if upgraded:
-                log.warning("re-sealed with their state bound (one-time upgrade): %s", ", ".join(upgraded))
-            return await load_keyring(store, self.master_key, now=self.clock.now())
+            ring = await load_keyring(store, self.master_key, now=self.clock.now())
+            check_not_older(ring, self.key_state)
+            return ring
         except SealError as exc:
-            raise ConfigError("master_key", f"cannot open the signing keys: {exc}") from exc
+            raise ConfigError(
+                "master_key",
+                f"cannot open the signing keys: {exc} (keys sealed by an older release: run `tether keys upgrade` once)",
+            ) from exc
         except LookupError as exc:
-            raise ConfigError("keys", str(exc)) from exc
+            raise ConfigError("keys", f"{exc} (keys sealed by an older release: run `tether keys upgrade` once)") from exc
 
     async def reload_keys(self) -> None:
+        """Pick up a rotation made elsewhere; a keyring that fails its checks leaves the current one in use."""
         ctx = self.ctx
-        ctx.keyring = await load_keyring(ctx.store, self.master_key, now=ctx.now())
+        ring = await load_keyring(ctx.store, self.master_key, now=ctx.now())
+        check_not_older(ring, self.key_state)
+        ctx.keyring = ring
 
     async def checkpoint_audit(self) -> None:
         """Sign a checkpoint of the audit chain when one is due (``tether.sts.checkpoints``)."""

@@ -26,8 +26,7 @@ HIDDEN = frozenset({"postgres.dsn", "redis.url", "monitor.webhook_url", "master_
 #: an audited ``config.override`` record
 OPERATIONAL = frozenset(
     {"server.host", "server.port", "server.max_inflight", "logging.format", "logging.level", "metrics.enabled",
-     "postgres.dsn", "redis.url", "redis.prefix", "gateway.url", "gateway.host", "gateway.port",
-     "audit.refusal_interval", "audit.refusal_buckets"}
+     "postgres.dsn", "gateway.url", "gateway.host", "gateway.port"}
 )  # fmt: skip
 
 

@@ -104,6 +104,26 @@ def _check_shape(req: ExchangeRequest) -> None:
         raise InvalidRequest("an actor token is only accepted with a tether access token as subject")
 
 
+async def _unredeemed(ctx: StsContext, claim: Claim, identity: WorkloadIdentity) -> WorkloadIdentity:
+    """A workload JWT already redeemed is refused at once, whatever the request asks.
+
+    Otherwise its holder — or whoever captured it — could learn from the scope, audience and
+    policy checks that still run which requests would be granted, with refusals that are
+    never attributed (a redeemed JWT proves nothing about who sent it). A JWT without a
+    ``jti`` cannot be redeemed once, so it proves nothing either: its refusals are never
+    pinned on its principal (``attribution.Claim``).
+    """
+    spend = spend_key(identity)
+    claim.principal = identity.principal
+    if spend is None:
+        claim.unprovable = True
+        return identity
+    claim.spends = [spend]
+    if await ctx.store.spent(spend[0], now=ctx.now()):
+        raise spent(InvalidGrant("workload token has already been used", debug="identity jti already redeemed"))
+    return identity
+
+
 def _spends(*identities: WorkloadIdentity | None) -> list[tuple[str, int]]:
     """Single-use marks for every workload JWT of the request (deduplicated)."""
     keys = [spend_key(i) for i in identities if i is not None]
@@ -197,8 +217,7 @@ async def _exchange(ctx: StsContext, req: ExchangeRequest, claim: Claim) -> Exch
     proof, replay = ctx.proofs.check_unconsumed(req.dpop, method="POST", url=ctx.settings.token_endpoint)
     claim.proof = replay
     if req.subject_token_type == TOKEN_TYPE_JWT:
-        identity = await ctx.verify_workload(req.subject_token, as_client=False)
-        claim.principal, claim.spends = identity.principal, _spends(identity)
+        identity = await _unredeemed(ctx, claim, await ctx.verify_workload(req.subject_token, as_client=False))
         client = await _client(ctx, req, identity.principal)
         checked = _Checked(proof, replay, _spends(identity, client))
         claim.spends = checked.spends
@@ -249,8 +268,7 @@ async def _hop(
         raise InvalidGrant("subject token is not bound to a task")
     actor: WorkloadIdentity | None = None
     if req.actor_token is not None:
-        actor = await ctx.verify_workload(req.actor_token, as_client=False)
-        claim.principal, claim.spends = actor.principal, _spends(actor)
+        actor = await _unredeemed(ctx, claim, await ctx.verify_workload(req.actor_token, as_client=False))
         client = await _client(ctx, req, actor.principal)
     else:
         if parent.jkt is None or parent.jkt != proof.jkt:

@@ -5,24 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from tokenkit import SERVICE_B, SERVICE_C, SERVICE_D
+from tokenkit import RESOURCES_TOML
 
-from helpers import QUIET_MONITOR, SVC_B, SVC_C, RunningSts, running_sts
-
-#: Service B acts as SERVICE_B and SERVICE_D, service C as SERVICE_C (the ``aud`` owners).
-RESOURCES_TOML = f"""
-[[resources]]
-uri = "{SERVICE_B}"
-principals = ["{SVC_B}"]
-
-[[resources]]
-uri = "{SERVICE_C}"
-principals = ["{SVC_C}"]
-
-[[resources]]
-uri = "{SERVICE_D}"
-principals = ["{SVC_B}"]
-"""
+from helpers import QUIET_MONITOR, RunningSts, running_sts
 
 
 @pytest.fixture(scope="module")

@@ -70,10 +70,10 @@ def test_replayed_workload_jwt_is_not_pinned_on_its_principal(sts: RunningSts) -
                      error="invalid_grant", reason="already redeemed", secrets=[svid])  # fmt: skip
     assert record.principal is None and record.task is None
     assert record.detail["claimed_principal"] == AGENT
-    # refused before issuance (an unknown task): the spent JWT still proves nothing
+    # whatever else it asks (an unknown task), a redeemed JWT is refused as redeemed: it learns nothing
     since = audit_mark(sts)
     record = refused(sts, attacker.post_token(session_form("tsk_unknown", svid)), since=since, status=400,
-                     error="invalid_grant", reason="task")  # fmt: skip
+                     error="invalid_grant", reason="already redeemed")  # fmt: skip
     assert record.principal is None and record.detail["requested_task"] == "tsk_unknown"
     # positive control: a fresh JWT for the same unknown task is its principal's own refusal
     since = audit_mark(sts)
@@ -114,3 +114,32 @@ def test_replays_do_not_suspend_the_victims_task(sts: RunningSts) -> None:
     records = [r for r in sts.audit() if r.kind == "token.refused"]
     assert records and all(r.principal is None and r.task is None for r in records[-10:])
     ok(agent.post_token(form))  # the victim's own next hop is served
+
+
+def test_a_workload_jwt_without_jti_never_attributes_a_refusal(sts: RunningSts) -> None:
+    """A JWT-SVID without ``jti`` (SPIRE issues them so) cannot be redeemed once, so a refusal that
+    presents it proves nothing: whoever captured it could otherwise pile refusals on its agent."""
+    task = create_task(sts, audiences=[SERVICE_B])
+    svid = sts.svid(jti=False)
+    for _ in range(3):
+        since = audit_mark(sts)
+        record = refused(sts, Client(sts).post_token(session_form(task["id"], svid, scope="wiki:admin")), since=since,
+                         status=400, error="invalid_scope")  # fmt: skip
+        assert record.principal is None and record.task is None and record.detail["claimed_principal"] == AGENT
+    # positive control: the same request with a single-use JWT is its principal's own refusal
+    since = audit_mark(sts)
+    own = refused(sts, Client(sts).post_token(session_form(task["id"], sts.svid(), scope="wiki:admin")), since=since,
+                  status=400, error="invalid_scope")  # fmt: skip
+    assert own.principal == AGENT
+
+
+def test_a_redeemed_jwt_learns_nothing_about_what_would_be_granted(sts: RunningSts) -> None:
+    """A redeemed JWT is refused as redeemed before any scope, audience or policy check runs."""
+    task = create_task(sts, audiences=[SERVICE_B])
+    svid = sts.svid()
+    ok(Client(sts).post_token(session_form(task["id"], svid)))
+    answers = set()
+    for extra in ({"scope": "wiki:read"}, {"scope": "wiki:admin"}, {"resource": SERVICE_B}, {}):
+        response = Client(sts).post_token(session_form(task["id"], svid, **extra))
+        answers.add((response.status_code, response.json()["error"], response.json()["error_description"]))
+    assert answers == {(400, "invalid_grant", "workload token has already been used")}

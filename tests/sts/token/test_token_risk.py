@@ -16,9 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tokenkit import ACCESS, JWT, SERVICE_B, SERVICE_C, TOKEN_EXCHANGE, ok
+from tokenkit import ACCESS, JWT, RESOURCES_TOML, SERVICE_B, SERVICE_C, TOKEN_EXCHANGE, ok
 
-from conftest import RESOURCES_TOML
 from helpers import AGENT, SVC_B, Client, RunningSts, create_task, running_sts
 from tether.audit.chain import AuditEvent
 from tether.store.open import open_store

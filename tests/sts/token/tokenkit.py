@@ -22,12 +22,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from helpers import ACCESS, JWT, TOKEN_EXCHANGE, Client, RunningSts
+from helpers import ACCESS, JWT, SVC_B, SVC_C, TOKEN_EXCHANGE, Client, RunningSts
 from tether.audit.chain import AuditRecord
 
 __all__ = [
     "ACCESS",
     "JWT",
+    "RESOURCES_TOML",
     "SERVICE_B",
     "SERVICE_C",
     "SERVICE_D",
@@ -54,6 +55,21 @@ __all__ = [
 SERVICE_B = "http://127.0.0.1:9001"
 SERVICE_C = "http://127.0.0.1:9002"
 SERVICE_D = "http://127.0.0.1:9003"
+
+#: Service B acts as SERVICE_B and SERVICE_D, service C as SERVICE_C (the ``aud`` owners).
+RESOURCES_TOML = f"""
+[[resources]]
+uri = "{SERVICE_B}"
+principals = ["{SVC_B}"]
+
+[[resources]]
+uri = "{SERVICE_C}"
+principals = ["{SVC_C}"]
+
+[[resources]]
+uri = "{SERVICE_D}"
+principals = ["{SVC_B}"]
+"""
 
 #: RFC 6749 §5.2, RFC 8693 §2.2.2, RFC 8707 §2, RFC 9449 §7/§12.2, plus the 503 fail-closed code.
 STANDARD_ERRORS = frozenset(
