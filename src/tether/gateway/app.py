@@ -50,7 +50,7 @@ from tether.gateway.records import Call, call_event, result_event
 from tether.gateway.redact import SecretRedactor
 from tether.gateway.relay import Relayed
 from tether.gateway.routes import GatewayRoute, days_to_expiry
-from tether.gateway.vault import MissingSecret, SecretCache
+from tether.gateway.vault import MissingSecret, SecretCache, opened_marks
 from tether.identity.jwks_cache import UrlKeySource
 from tether.keys.sealed import load_master_key
 from tether.logs import add_secret_source
@@ -91,6 +91,7 @@ class Gateway:
         self.url = str(config.values["gateway"]["url"])
         self.routes = {route.name: route for route in config.routes}
         self.master = load_master_key(config.master_key_file)
+        self.vault_marks = opened_marks(config)  # read now: one the gateway cannot read stops its start
         self.policy = PolicyEngine(config.policy_dir, mode=config.values["policy"]["mode"])
         self.settings = config.values["gateway"]
         self.metrics: Counter[tuple[str, int]] = Counter()
@@ -124,9 +125,8 @@ class Gateway:
             self.verifiers[route.name] = Verifier(
                 settings, http=self.http, clock=self.clock, replay=self.store, keys=keys, feed=self.feed, policy=self.policy
             )
-        self.secrets = SecretCache(
-            self.store, self.master, ttl=float(self.settings["secret_cache_seconds"]), on_open=self.redactor.register
-        )
+        self.secrets = SecretCache(self.store, self.master, self.vault_marks, ttl=float(self.settings["secret_cache_seconds"]),
+                                   on_open=self.redactor.register)  # fmt: skip
         audit = self.config.values["audit"]
         self.anonymous = AnonymousRefusals(self._append, interval=audit["refusal_interval"],
                                            max_buckets=audit["refusal_buckets"])  # fmt: skip
