@@ -58,7 +58,9 @@ def main_routes(up: str, down_port: int, trickle_port: int, coded: str) -> str:
         route_toml("rate", f"{up}/apikey", **apikey, max_requests_per_second=2),
         route_toml("small", f"{up}/apikey", **apikey, **FAST, allow=SMALL_ALLOW, max_request_bytes=64, max_response_bytes=256),
         route_toml("expired", f"{up}/apikey", **apikey, **FAST, expires="2001-01-01"),
-        route_toml("slow", f"{up}/apikey", **apikey, **FAST, allow=["GET /slow", "GET /v1/items"], timeout=0.3),
+        route_toml(
+            "slow", f"{up}/apikey", **apikey, **FAST, allow=["GET /slow", "GET /v1/items", "POST /v1/items"], timeout=0.3
+        ),
         route_toml("down", f"http://127.0.0.1:{down_port}/apikey", **apikey, **FAST),
         route_toml("nosecret", f"{up}/apikey", **apikey, **FAST, secret="absent-key"),
         route_toml("tiny", f"{up}/apikey", **apikey, max_requests_per_task=3, max_requests_per_second=1000),

@@ -11,6 +11,8 @@ never reaches the upstream. Each has a positive control on the same agent, route
 from __future__ import annotations
 
 import gzip
+import socket
+from http.client import HTTPResponse
 from typing import Any
 
 import httpx
@@ -193,3 +195,26 @@ def test_a_form_body_over_the_routes_cap_is_413_and_never_forwarded(gw: GatewayE
     assert len(gw.upstream.log) == before
     assert post(agent, "small", "/upload", b"name=widget", URLENCODED).status_code == 200  # positive control
     assert gw.upstream.last()["body"] == b"name=widget"
+
+
+def test_a_form_body_that_stops_arriving_is_refused_at_the_routes_timeout(gw: GatewayEnv) -> None:
+    """Route ``slow`` (0.3 s timeout): half a chunked form body, then nothing; the gateway answers
+    without waiting for the rest, and forwards nothing."""
+    agent = gw.caller("slow")
+    url = gw.aud("slow") + "/v1/items"
+    token = agent.token(gw.aud("slow"))
+    head = (f"POST /routes/slow/v1/items HTTP/1.1\r\nHost: {gw.url.split('//')[1]}\r\nAuthorization: DPoP {token}\r\n"
+            f"DPoP: {agent.key.proof('POST', url, access_token=token)}\r\nContent-Type: {URLENCODED}\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n5\r\nname=\r\n")  # fmt: skip
+    before = len(gw.upstream.log)
+    host, port = gw.url.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head.encode())
+        response = HTTPResponse(sock, method="POST")
+        response.begin()
+        body = response.read()
+        response.close()
+    assert response.status == 400 and b'"invalid_request"' in body
+    assert len(gw.upstream.log) == before
+    ok = post(agent, "slow", "/v1/items", b"name=widget", URLENCODED)  # positive control: the whole body in time
+    assert ok.status_code == 200 and gw.upstream.last()["body"] == b"name=widget"
