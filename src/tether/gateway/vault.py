@@ -97,8 +97,8 @@ def opened_marks(config: Config) -> LocalState:
         return LocalState(config.data_dir / STATE_FILE)
     except OSError as exc:
         raise ConfigError(
-            "data_dir", f"{exc}; restore it from a backup, or remove it knowing that this host then trusts each "
-            "vault entry's row as far as the audit log allows (README: the vault)",
+            "data_dir", f"{exc}; restore it from a backup, or remove it (this host then checks vault rows "
+            "against the audit log only)",
         ) from exc  # fmt: skip
 
 
@@ -125,12 +125,7 @@ class SecretCache:
             raise MissingSecret(name)
         state = (entry.created_at, entry.version)
         opened = self._opened_state(name)
-        if opened is not None and state < opened:
-            raise SecretRefused(_rolled_back(name, state, opened, "was opened here before"))
-        recorded = await self._store.vault_latest_audit(name)
-        anchor = _recorded_state(recorded)
-        if recorded is not None and anchor is not None and state < anchor:
-            raise SecretRefused(_rolled_back(name, state, anchor, f"is recorded in the audit log (seq {recorded.seq})"))
+        await self._refuse_older(name, state, opened)
         try:
             aad = vault_aad(name, created_at=entry.created_at, version=entry.version)
             value = unseal(self._master, entry.sealed, aad=aad).decode("utf-8")
@@ -142,6 +137,15 @@ class SecretCache:
         if self._on_open is not None:
             self._on_open(value)
         return value
+
+    async def _refuse_older(self, name: str, state: State, opened: State | None) -> None:
+        """Refuse a row older than this host has opened, or than the audit log's newest record of the entry."""
+        if opened is not None and state < opened:
+            raise SecretRefused(_rolled_back(name, state, opened, "was opened here before"))
+        record = await self._store.vault_latest_audit(name)
+        recorded = _recorded_state(record)
+        if record is not None and recorded is not None and state < recorded:
+            raise SecretRefused(_rolled_back(name, state, recorded, f"is recorded in the audit log (seq {record.seq})"))
 
     def _opened_state(self, name: str) -> State | None:
         mark = self._marks.get(name)
