@@ -12,6 +12,7 @@ the credential it demands):
 ``tiny``    3 calls per task                  ``trickle`` an upstream that drips its head, 0.3 s timeout
 ``coded``   a socket-level upstream answering ``/te/{variant}`` under the transfer codings of
             ``gwkit.TRANSFER_CODINGS``
+``rolled``  its own vault entry, ``rolled-key`` (rollback tests write its row)
 
 The main gateway never suspends (refusal bursts of 1000, no suspension on a cap hit) so
 negative tests can be followed by positive controls on the same task; the strict
@@ -57,12 +58,15 @@ def main_routes(up: str, down_port: int, trickle_port: int, coded: str) -> str:
         route_toml("rate", f"{up}/apikey", **apikey, max_requests_per_second=2),
         route_toml("small", f"{up}/apikey", **apikey, **FAST, allow=SMALL_ALLOW, max_request_bytes=64, max_response_bytes=256),
         route_toml("expired", f"{up}/apikey", **apikey, **FAST, expires="2001-01-01"),
-        route_toml("slow", f"{up}/apikey", **apikey, **FAST, allow=["GET /slow", "GET /v1/items"], timeout=0.3),
+        route_toml(
+            "slow", f"{up}/apikey", **apikey, **FAST, allow=["GET /slow", "GET /v1/items", "POST /v1/items"], timeout=0.3
+        ),
         route_toml("down", f"http://127.0.0.1:{down_port}/apikey", **apikey, **FAST),
         route_toml("nosecret", f"{up}/apikey", **apikey, **FAST, secret="absent-key"),
         route_toml("tiny", f"{up}/apikey", **apikey, max_requests_per_task=3, max_requests_per_second=1000),
         route_toml("trickle", f"http://127.0.0.1:{trickle_port}/apikey", **apikey, **FAST, timeout=0.3),
         route_toml("coded", f"{coded}/apikey", **apikey, **FAST, allow=["GET /te/*"]),
+        route_toml("rolled", f"{up}/apikey", **apikey, **FAST, secret="rolled-key"),
     ]
     return "\n".join(rows)
 

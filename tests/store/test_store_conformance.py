@@ -368,6 +368,29 @@ def test_vault_put_rotate_list_delete(kind: str, tmp_path: Path) -> None:
     run(kind, tmp_path, body)
 
 
+def test_vault_latest_audit_is_the_newest_put_or_rotation_naming_the_entry(kind: str, tmp_path: Path) -> None:
+    def vault_event(event_kind: str, name: str, version: int) -> AuditEvent:
+        return AuditEvent(kind=event_kind, outcome="ok", detail={"name": name, "version": version})
+
+    async def body(store: Store) -> None:
+        assert await store.vault_latest_audit("crm") is None
+        await store.vault_put("crm", b"sealed-1", version=1, now=NOW, audit=vault_event("vault.put", "crm", 1))
+        await store.vault_put("crm", b"sealed-2", version=2, now=NOW + 5, audit=vault_event("vault.rotated", "crm", 2))
+        # after it: another entry's rotation, and records of other kinds naming crm
+        await store.vault_put("billing", b"sealed-b", version=1, now=NOW + 6, audit=vault_event("vault.put", "billing", 1))
+        await store.append_audit(vault_event("gateway.call", "crm", 9), now=NOW + 7)
+        await store.vault_delete("crm", now=NOW + 8, audit=vault_event("vault.deleted", "crm", 9))
+        latest = await store.vault_latest_audit("crm")
+        assert latest is not None and (latest.kind, latest.ts, dict(latest.detail)) == (
+            "vault.rotated", NOW + 5, {"name": "crm", "version": 2},
+        )  # fmt: skip
+        billing = await store.vault_latest_audit("billing")
+        assert billing is not None and billing.detail["name"] == "billing" and billing.kind == "vault.put"
+        assert await store.vault_latest_audit("cr") is None  # the name, not a prefix
+
+    run(kind, tmp_path, body)
+
+
 def test_rewrap_sealed_touches_every_blob_in_one_step(kind: str, tmp_path: Path) -> None:
     from tether.keys.keyring import rotate_signing_key
 

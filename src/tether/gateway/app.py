@@ -3,8 +3,10 @@
 Per request, in order: the hop token and DPoP proof are verified by the resource SDK
 for the route's own audience (so the agent's token works nowhere else), the route must
 not be past its expiry date, the path must be unambiguous and in the allowlist (and the
-query name no method override), the Cedar ``call`` policy must allow it, the task must
-be inside the route's session duration, rate, per-task cap and in-flight cap; then the
+query name no method override), the Cedar ``call`` policy must allow it, a form body must
+name no method override either (``tether.gateway.forms``: read first, then forwarded as
+read), the task must be inside the route's session duration, rate, per-task cap and
+in-flight cap; then the
 call is audited (``gateway.call``, before anything is sent: a call the store cannot
 record is not made), the vaulted secret is injected, the call is forwarded on the
 route's own connection pool (no redirects followed, timeouts, size caps, one deadline
@@ -43,6 +45,7 @@ from tether.clock import Clock, SystemClock
 from tether.config import Config
 from tether.errors import AccessDenied, InvalidRequest, NotFoundError, OAuthError, TetherError, TooManyRequests
 from tether.gateway.allowlist import PathRefused, check_path, is_allowed
+from tether.gateway.forms import declared_length, read_form
 from tether.gateway.inflight import InFlight, Slot
 from tether.gateway.overrides import check_query
 from tether.gateway.proxy import BadGateway, Forwarded, GatewayTimeout, forward, upstream_client
@@ -50,7 +53,7 @@ from tether.gateway.records import Call, call_event, result_event
 from tether.gateway.redact import SecretRedactor
 from tether.gateway.relay import Relayed
 from tether.gateway.routes import GatewayRoute, days_to_expiry
-from tether.gateway.vault import MissingSecret, SecretCache
+from tether.gateway.vault import MissingSecret, SecretCache, opened_marks
 from tether.identity.jwks_cache import UrlKeySource
 from tether.keys.sealed import load_master_key
 from tether.logs import add_secret_source
@@ -91,6 +94,7 @@ class Gateway:
         self.url = str(config.values["gateway"]["url"])
         self.routes = {route.name: route for route in config.routes}
         self.master = load_master_key(config.master_key_file)
+        self.vault_marks = opened_marks(config)  # read now: one the gateway cannot read stops its start
         self.policy = PolicyEngine(config.policy_dir, mode=config.values["policy"]["mode"])
         self.settings = config.values["gateway"]
         self.metrics: Counter[tuple[str, int]] = Counter()
@@ -124,9 +128,8 @@ class Gateway:
             self.verifiers[route.name] = Verifier(
                 settings, http=self.http, clock=self.clock, replay=self.store, keys=keys, feed=self.feed, policy=self.policy
             )
-        self.secrets = SecretCache(
-            self.store, self.master, ttl=float(self.settings["secret_cache_seconds"]), on_open=self.redactor.register
-        )
+        self.secrets = SecretCache(self.store, self.master, self.vault_marks, ttl=float(self.settings["secret_cache_seconds"]),
+                                   on_open=self.redactor.register)  # fmt: skip
         audit = self.config.values["audit"]
         self.anonymous = AnonymousRefusals(self._append, interval=audit["refusal_interval"],
                                            max_buckets=audit["refusal_buckets"])  # fmt: skip
@@ -223,7 +226,7 @@ class Gateway:
                 method=request.method, path=wire_path, route_path=upstream_path, headers=request.headers, client=client,
                 authorize=False,
             )  # fmt: skip
-            await self._admit(request, route, principal, upstream_path, client)
+            form = await self._admit(request, route, principal, upstream_path, client, deadline)
             assert principal.task is not None and self.store is not None  # _admit refuses calls without a task
             slot = self.in_flight.acquire(route.name, principal.task, route.max_in_flight_per_task)
             secret = await self.secrets.get(route.secret)
@@ -237,8 +240,8 @@ class Gateway:
                 path=upstream_path,
                 query=request.url.query,
                 headers=request.headers.items(),
-                body=request.stream(),
-                content_length=_content_length(request),
+                body=request.stream() if form is None else form,
+                content_length=declared_length(request),
                 secret=secret,
                 deadline=deadline,
             )
@@ -256,10 +259,11 @@ class Gateway:
 
     # -- checks ----------------------------------------------------------------------------
     async def _admit(
-        self, request: Request, route: GatewayRoute, principal: Principal, upstream_path: str, client: str | None
-    ) -> None:
-        """Everything after the token: expiry, path, query overrides, allowlist, Cedar, session, rate, cap —
-        in that order."""
+        self, request: Request, route: GatewayRoute, principal: Principal, upstream_path: str, client: str | None,
+        deadline: float,
+    ) -> bytes | None:  # fmt: skip
+        """Everything after the token: expiry, path, query overrides, allowlist, Cedar, form overrides,
+        session, rate, cap — in that order. Returns a form body it read to check (None: not a form)."""
         assert self.store is not None
         now = self.clock.now()
         if route.expired(dt.datetime.fromtimestamp(now, dt.UTC).date()):
@@ -274,6 +278,7 @@ class Gateway:
         self.verifiers[route.name].authorize_call(principal, method=request.method, path=upstream_path, client=client, now=now)
         if principal.task is None:
             raise AccessDenied("gateway calls must be bound to a task")
+        form = await read_form(request, route, deadline)
         base = f"gw:{route.name}:{principal.task}"
         first = self._first_seen.get(base)
         if first is None:  # the first call's time never changes once stored: remember it
@@ -289,6 +294,7 @@ class Gateway:
             refusal = TooManyRequests(f"task reached the route's cap of {route.max_requests_per_task} calls")
             refusal.audit["cap_hit"] = True
             raise refusal
+        return form
 
     async def _refused(
         self, request: Request, route: GatewayRoute, principal: Principal | None, exc: Exception, started: float
@@ -364,11 +370,6 @@ class Gateway:
             await self.store.append_audit(event, now=self.clock.now())
         except StoreError as exc:
             log.error("gateway call result could not be audited: %s", exc)
-
-
-def _content_length(request: Request) -> int | None:
-    value = request.headers.get("content-length")
-    return int(value) if value is not None and value.isdigit() else None
 
 
 def _code(exc: Exception) -> str:

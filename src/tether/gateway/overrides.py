@@ -19,20 +19,24 @@ A name is lower-cased and split into words at every character other than a lette
   the agent asked for and the allowlist judged, and silently turn an intended ``DELETE``
   into a ``GET``; refusing tells the agent. ``url`` and ``path`` stay allowed in queries,
   where they are ordinary data; ``method`` does not — on RPC-style APIs (``?method=
-  photos.delete``) it selects the operation, which the allowlist cannot see either.
+  photos.delete``) it selects the operation, which the allowlist cannot see either. Fields
+  are separated by ``;`` as well as ``&`` (Rack before 3.0 splits at both).
+- **Form fields** (``tether.gateway.forms``) are judged by the same rule as query parameters.
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from urllib.parse import parse_qsl
+from collections.abc import Iterable, Iterator
+from urllib.parse import unquote_plus
 
 from tether.errors import InvalidRequest
 
-__all__ = ["check_query", "is_override_header"]
+__all__ = ["check_fields", "check_query", "field_names", "is_override_header"]
 
 _WORD_BREAK = re.compile(r"[^a-z0-9]+")
+_FIELD_BREAK = re.compile(r"[&;]")
 _PROXY_PREFIXES = ("x-forwarded-", "x-original-")
 
 
@@ -56,11 +60,23 @@ def is_override_header(name: str) -> bool:
     )
 
 
-def check_query(query: str) -> None:
-    """Refuse a query that names a method override (``_method``, ``X-HTTP-Method-Override``, ...)."""
-    for name, _ in parse_qsl(query, keep_blank_values=True):
+def field_names(text: str) -> Iterator[str]:
+    """The decoded names of the fields of ``a=1&b=2`` (a query or a urlencoded body)."""
+    for field in _FIELD_BREAK.split(text):
+        name = field.split("=", 1)[0]
+        if name:
+            yield unquote_plus(name)
+
+
+def check_fields(names: Iterable[str], where: str) -> None:
+    """Refuse (400) when a ``where`` (``query parameter``, ``form field``) names a method override."""
+    for name in names:
         if _names_a_method(_words(name)):
             raise InvalidRequest(
-                "query parameters may not override the method",
-                debug=f"query parameter `{name[:64]}` names a method override",
+                f"{where}s may not override the method", debug=f"{where} `{name[:64]}` names a method override"
             )
+
+
+def check_query(query: str) -> None:
+    """Refuse a query that names a method override (``_method``, ``X-HTTP-Method-Override``, ...)."""
+    check_fields(field_names(query), "query parameter")

@@ -33,7 +33,8 @@ from tether.gateway.inject import Injection, encodings, forward_headers, inject,
 from tether.gateway.routes import GatewayRoute
 from tether.gateway.scrub import Scrubber, scrub_headers
 
-__all__ = ["BadGateway", "Forwarded", "GatewayTimeout", "PayloadTooLarge", "forward", "upstream_client"]
+__all__ = ["BadGateway", "Forwarded", "GatewayTimeout", "PayloadTooLarge", "check_length", "forward", "limited",
+           "upstream_client"]  # fmt: skip
 
 #: Bodies with a declared length up to this (and no content coding) are read whole and sent
 #: with a length: no chunked framing and no streaming machinery for the typical small answer.
@@ -113,7 +114,14 @@ class Forwarded:
             self.stop("client")
 
 
-async def _limited(body: AsyncIterator[bytes], limit: int, counter: dict[str, int]) -> AsyncIterator[bytes]:
+def check_length(content_length: int | None, route: GatewayRoute) -> None:
+    """A declared request body over the route's cap is refused (413) before any of it is read."""
+    if content_length is not None and content_length > route.max_request_bytes:
+        raise PayloadTooLarge(f"request body exceeds {route.max_request_bytes} bytes")
+
+
+async def limited(body: AsyncIterator[bytes], limit: int, counter: dict[str, int]) -> AsyncIterator[bytes]:
+    """``body`` counted into ``counter["bytes_in"]``; 413 once it passes ``limit``."""
     async for chunk in body:
         counter["bytes_in"] = counter.get("bytes_in", 0) + len(chunk)
         if counter["bytes_in"] > limit:
@@ -129,19 +137,23 @@ async def forward(
     path: str,
     query: str,
     headers: list[tuple[str, str]],
-    body: AsyncIterator[bytes],
+    body: AsyncIterator[bytes] | bytes,
     content_length: int | None,
     secret: str,
     deadline: float,
 ) -> Forwarded:
-    if content_length is not None and content_length > route.max_request_bytes:
-        raise PayloadTooLarge(f"request body exceeds {route.max_request_bytes} bytes")
+    """``body`` streams through, or is bytes already read (and checked: ``tether.gateway.forms``)."""
+    counter: dict[str, int] = {}
+    if isinstance(body, bytes):
+        content_length = counter["bytes_in"] = len(body)
+    check_length(content_length, route)
     upstream_headers, qs = inject(route.injection, secret, forward_headers(headers, route.injection),
                                   strip_query(query, route.injection))  # fmt: skip
     upstream_headers = [(n, v) for n, v in upstream_headers if n.lower() != "accept-encoding"]
     upstream_headers.append(("Accept-Encoding", "identity"))
-    counter: dict[str, int] = {}
-    has_body = method not in ("GET", "HEAD", "OPTIONS") or content_length
+    data: bytes | AsyncIterator[bytes] | None = None
+    if method not in ("GET", "HEAD", "OPTIONS") or content_length:
+        data = body if isinstance(body, bytes) else limited(body, route.max_request_bytes, counter)
     url = URL(route.upstream + path + (f"?{qs}" if qs else ""), encoded=True)
     timeout = aiohttp.ClientTimeout(total=None, connect=route.timeout, sock_read=route.timeout)
     try:
@@ -152,7 +164,7 @@ async def forward(
                 method,
                 url,
                 headers=upstream_headers,
-                data=_limited(body, route.max_request_bytes, counter) if has_body else None,
+                data=data,
                 allow_redirects=False,
                 timeout=timeout,
             )

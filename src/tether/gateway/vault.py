@@ -4,29 +4,48 @@ Values go in through ``put_secret`` (the CLI reads them from stdin or a file, ne
 argv) and come out only inside the gateway process, to be injected upstream. The
 associated data binds each sealed value to its name, the time its entry was created and its
 version (``keys.sealed.vault_aad``), so a blob cannot be moved to another entry, nor an old
-value (perhaps leaked, rotated out) restored over a newer one: a row whose version or creation
-time was rolled back with it does not open under the newer state, and a running gateway never
-accepts an older (creation, version) than one it has already opened. The gateway caches an opened secret for a few seconds, so a
-``vault rotate`` takes effect within that time without a restart.
+value restored over a newer one with the newer state: it does not open.
+
+A database writer can still put back a whole old row, whose seal is genuine for its own old
+state (a value from before a rotation, perhaps leaked). So an entry's (creation, version) is
+refused when it is older than either of two anchors outside the row:
+
+- what this gateway host has opened before, kept per entry in ``gateway-vault.state`` in the
+  data directory (``tether.localstate``: 0600, replaced atomically), so across restarts;
+- the newest ``vault.put``/``vault.rotated`` audit record naming the entry
+  (``Store.vault_latest_audit``, an index lookup on every cache miss): the chain is
+  hash-linked and checkpoint-signed, so a writer cannot quietly drop or edit it.
+
+What remains: a new gateway host that has never opened the entry, where the audit log holds no
+record of it with its state (records from releases before this one), trusts the row.
+The gateway caches an opened secret for a few seconds, so a ``vault rotate`` takes effect
+within that time without a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 from collections.abc import Callable
 
-from tether.audit.chain import AuditEvent
+from tether.audit.chain import AuditEvent, AuditRecord
 from tether.config import Config
-from tether.errors import TetherError
+from tether.errors import ConfigError, TetherError
 from tether.keys.sealed import SealError, load_master_key, seal, unseal, vault_aad
+from tether.localstate import LocalState
 from tether.store.open import open_store
 from tether.store.protocol import Store
 from tether.store.records import VaultEntry
 
-__all__ = ["MissingSecret", "SecretCache", "SecretRefused", "put_secret", "store_secret", "vault_aad"]
+__all__ = ["STATE_FILE", "MissingSecret", "SecretCache", "SecretRefused", "opened_marks", "put_secret", "store_secret",
+           "vault_aad"]  # fmt: skip
 
 MAX_SECRET_BYTES = 16 * 1024
+#: the gateway's newest opened (created_at, version) per entry, in the data directory
+STATE_FILE = "gateway-vault.state"
+
+State = tuple[float, int]
 
 
 class MissingSecret(TetherError):
@@ -50,7 +69,8 @@ async def put_secret(store: Store, master: bytes, name: str, value: bytes, *, no
     existing = await store.vault_get(name)
     kind = "vault.rotated" if existing else "vault.put"
     created, version = (existing.created_at, existing.version + 1) if existing else (now, 1)
-    detail = {"name": name, "bytes": len(value), "version": version}
+    # the state the value is sealed for: the gateway refuses a row older than the newest recorded
+    detail = {"name": name, "bytes": len(value), "version": version, "created_at": created}
     event = AuditEvent(kind=kind, outcome="ok", principal=actor, detail=detail)
     sealed = seal(master, value, aad=vault_aad(name, created_at=created, version=version))
     return await store.vault_put(name, sealed, version=version, now=now, audit=event)
@@ -70,16 +90,29 @@ def store_secret(config: Config, name: str, value: str, *, actor: str) -> VaultE
     return asyncio.run(run())
 
 
+def opened_marks(config: Config) -> LocalState:
+    """The gateway's ``STATE_FILE``. One it cannot read is a startup error (``ConfigError``): starting
+    without it would forget every entry's newest state, which is what a rollback needs."""
+    try:
+        return LocalState(config.data_dir / STATE_FILE)
+    except OSError as exc:
+        raise ConfigError(
+            "data_dir", f"{exc}; restore it from a backup, or remove it (this host then checks vault rows "
+            "against the audit log only)",
+        ) from exc  # fmt: skip
+
+
 class SecretCache:
-    def __init__(self, store: Store, master: bytes, *, ttl: float = 30.0, on_open: Callable[[str], None] | None = None) -> None:
-        """``on_open`` is told every value opened (the gateway registers it with its log redaction)."""
+    def __init__(self, store: Store, master: bytes, marks: LocalState, *, ttl: float = 30.0,
+                 on_open: Callable[[str], None] | None = None) -> None:  # fmt: skip
+        """``marks`` keeps the newest (created_at, version) opened per entry (``opened_marks``);
+        ``on_open`` is told every value opened (the gateway registers it with its log redaction)."""
         self._store = store
         self._master = master
+        self._marks = marks
         self._ttl = ttl
         self._on_open = on_open
         self._opened: dict[str, tuple[float, str]] = {}
-        #: the newest (created_at, version) opened per entry: an older one is a rollback
-        self._newest: dict[str, tuple[float, int]] = {}
 
     async def get(self, name: str) -> str:
         now = time.monotonic()
@@ -91,15 +124,59 @@ class SecretCache:
             self._opened.pop(name, None)
             raise MissingSecret(name)
         state = (entry.created_at, entry.version)
-        if state < self._newest.get(name, state):
-            raise SecretRefused(f"vault entry `{name}` went back to version {entry.version} (rolled back)")
+        opened = self._opened_state(name)
+        await self._refuse_older(name, state, opened)
         try:
             aad = vault_aad(name, created_at=entry.created_at, version=entry.version)
             value = unseal(self._master, entry.sealed, aad=aad).decode("utf-8")
         except (SealError, UnicodeDecodeError) as exc:
             raise SecretRefused(f"vault entry `{name}` does not open under its stored version: {exc}") from exc
-        self._newest[name] = state
+        if opened is None or state > opened:
+            self._marks.put(name, list(state))
         self._opened[name] = (now, value)
         if self._on_open is not None:
             self._on_open(value)
         return value
+
+    async def _refuse_older(self, name: str, state: State, opened: State | None) -> None:
+        """Refuse a row older than this host has opened, or than the audit log's newest record of the entry."""
+        if opened is not None and state < opened:
+            raise SecretRefused(_rolled_back(name, state, opened, "was opened here before"))
+        record = await self._store.vault_latest_audit(name)
+        recorded = _recorded_state(record)
+        if record is not None and recorded is not None and state < recorded:
+            raise SecretRefused(_rolled_back(name, state, recorded, f"is recorded in the audit log (seq {record.seq})"))
+
+    def _opened_state(self, name: str) -> State | None:
+        mark = self._marks.get(name)
+        if mark is None:
+            return None
+        state = _state(mark)
+        if state is None:  # edited by hand: nothing can be trusted against it
+            raise SecretRefused(f"`{self._marks.path}` holds no readable state for vault entry `{name}`")
+        return state
+
+
+def _state(value: object) -> State | None:
+    """A (created_at, version) from JSON: ``[number, integer]``, else None."""
+    match value:
+        case [int() | float() as created, int() as version] if not isinstance(version, bool):
+            return float(created), version
+    return None
+
+
+def _recorded_state(record: AuditRecord | None) -> State | None:
+    """The state a ``vault.put``/``vault.rotated`` record says was stored (None from releases that did not say)."""
+    if record is None:
+        return None
+    return _state([record.detail.get("created_at"), record.detail.get("version")])
+
+
+def _rolled_back(name: str, state: State, newer: State, where: str) -> str:
+    """The refusal (logged by the gateway): the entry and both versions, never a value."""
+    return f"vault entry `{name}` is at {_shown(state)} but {_shown(newer)} {where}: an old row was put back"
+
+
+def _shown(state: State) -> str:
+    created = dt.datetime.fromtimestamp(state[0], dt.UTC).isoformat(timespec="milliseconds")
+    return f"version {state[1]} (entry created {created})"

@@ -172,6 +172,15 @@ class Store(Protocol):
 
     async def vault_delete(self, name: str, *, now: float, audit: AuditEvent) -> bool: ...
 
+    async def vault_latest_audit(self, name: str) -> AuditRecord | None:
+        """The newest ``vault.put`` or ``vault.rotated`` audit record whose ``detail.name`` is ``name``.
+
+        An index lookup (a partial index over the vault's records, keyed by name), never a
+        scan of the chain: the gateway asks on every cache miss, to refuse a vault row older
+        than the newest state the hash-chained audit log says was stored.
+        """
+        ...
+
     async def rewrap_sealed(self, rewrap: Callable[[str, str, bytes], bytes], *, now: float, audit: AuditEvent) -> int:
         """Re-seal every sealed blob (vault entries ``"vault"``, signing keys ``"key"``) in one transaction.
 

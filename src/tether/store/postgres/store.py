@@ -526,6 +526,17 @@ class PostgresRedisStore:
             row = await (await conn.execute(f"SELECT {VAULT_COLUMNS} FROM vault WHERE name = %s", (name,))).fetchone()
             return vault_from_row(row) if row else None
 
+    async def vault_latest_audit(self, name: str) -> AuditRecord | None:
+        async with self._conn() as conn:
+            # the expression and the kinds are the partial index's (migration 0005), so it answers
+            cur = await conn.execute(
+                f"SELECT {AUDIT_COLUMNS} FROM audit WHERE kind IN ('vault.put', 'vault.rotated')"
+                " AND (detail::jsonb ->> 'name') = %s ORDER BY seq DESC LIMIT 1",
+                (name,),
+            )
+            row = await cur.fetchone()
+            return audit_from_row(row) if row else None
+
     async def vault_list(self) -> list[VaultEntry]:
         async with self._conn() as conn:
             cur = await conn.execute(f'SELECT {VAULT_COLUMNS} FROM vault ORDER BY name COLLATE "C"')

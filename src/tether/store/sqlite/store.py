@@ -478,6 +478,18 @@ class SqliteStore:
 
         return await self._db.run(q)
 
+    async def vault_latest_audit(self, name: str) -> AuditRecord | None:
+        def q(conn: sqlite3.Connection) -> AuditRecord | None:
+            # the expression and the kinds are the partial index's (migration 0004), so it answers
+            row = conn.execute(
+                f"SELECT {AUDIT_COLUMNS} FROM audit WHERE kind IN ('vault.put', 'vault.rotated')"
+                " AND json_extract(detail, '$.name') = ? ORDER BY seq DESC LIMIT 1",
+                (name,),
+            ).fetchone()
+            return audit_from_row(row) if row else None
+
+        return await self._db.run(q)
+
     async def rewrap_sealed(self, rewrap: Callable[[str, str, bytes], bytes], *, now: float, audit: AuditEvent) -> int:
         def q(conn: sqlite3.Connection) -> int:
             with transaction(conn):

@@ -1,0 +1,108 @@
+"""Method overrides in form bodies: read and refused before anything is forwarded.
+
+Rack's ``MethodOverride`` (Rails, Sinatra), Laravel and Symfony take ``_method`` from the
+fields of a POST body, ASP.NET MVC takes ``X-HTTP-Method-Override``; Rack and Laravel parse
+multipart bodies as well as urlencoded ones, and Rack reads a POST whose ``Content-Type`` has
+an empty media type as urlencoded. (A body sent with no ``Content-Type`` at all reaches the
+upstream as ``application/octet-stream``, which the gateway's client adds, and no framework
+reads fields from.) So a body an upstream would read fields from is read first —
+whole, within the route's ``max_request_bytes`` (413 past it, as when streamed) and
+``timeout`` — its field names are judged by the rule for query parameters
+(``tether.gateway.overrides``: 400 ``invalid_request``), and the bytes read are forwarded
+unchanged. Every other body, JSON included (``{"_method": "DELETE"}`` is no form field),
+streams through unread.
+
+The media type is the ``Content-Type`` up to its first ``;`` or ``,`` (RFC 9110 §8.3.1;
+Rack and PHP also stop at ``,``), compared case-insensitively; ``Content-Type`` fields that
+disagree are refused. Multipart field names are taken from every ``Content-Disposition``
+line of the body, whatever boundary the upstream's parser settles on, in each spelling a
+parser may decode: quoted, backslash-escaped, percent-encoded, RFC 2231 (``name*``, and
+``name*0``/``name*1`` continuations). A content-coded form (``Content-Encoding: gzip``) cannot
+be read here but may be decoded before the framework parses it: refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterator, Sequence
+from email.message import Message
+from email.utils import collapse_rfc2231_value
+from urllib.parse import unquote
+
+from starlette.requests import ClientDisconnect, Request
+
+from tether.errors import InvalidRequest
+from tether.gateway.overrides import check_fields, field_names
+from tether.gateway.proxy import check_length, limited
+from tether.gateway.routes import GatewayRoute
+
+__all__ = ["declared_length", "form_kind", "multipart_names", "read_form"]
+
+URLENCODED = "application/x-www-form-urlencoded"
+_MEDIA_END = re.compile(r"[;,]")
+#: a Content-Disposition field anywhere in the body, with its folded continuation lines
+_DISPOSITION = re.compile(rb"^[ \t]*content-disposition[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)", re.I | re.M)
+#: ``name``, ``name*``, ``name*0``, ``name*0*`` parameters, quoted or not
+_NAME_PARAM = re.compile(r"""(?:^|[;,\s])name(?:\*?\d*)\*?\s*=\s*("(?:[^"\\]|\\.)*"?|[^;,\s]*)""", re.I)
+_ESCAPED = re.compile(r"\\(.)")
+
+
+def declared_length(request: Request) -> int | None:
+    value = request.headers.get("content-length")
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def form_kind(content_types: Sequence[str]) -> str | None:
+    """``urlencoded``, ``multipart`` or None (not a form): how an upstream framework reads the body."""
+    media = {_MEDIA_END.split(value, maxsplit=1)[0].strip().lower() for value in content_types}
+    if len(media) > 1:
+        raise InvalidRequest("conflicting Content-Type fields", debug=f"content types {sorted(media)!r:.200}")
+    if not media:  # sent as application/octet-stream
+        return None
+    kind = media.pop()
+    if kind in (URLENCODED, ""):
+        return "urlencoded"
+    return "multipart" if kind.startswith("multipart/") else None
+
+
+def multipart_names(body: bytes) -> Iterator[str]:
+    """Every field name a multipart parser could find in ``body``, in every spelling it could decode."""
+    for match in _DISPOSITION.finditer(body):
+        value = re.sub(r"\r?\n[ \t]", " ", match.group(1).decode("latin-1")).strip()
+        header = Message()
+        header["content-disposition"] = value
+        for key, param in header.get_params(header="content-disposition", failobj=[]):
+            if key.lower() == "name":  # continuations joined, RFC 2231 decoded
+                yield collapse_rfc2231_value(param)
+        for raw in _NAME_PARAM.findall(value):
+            yield _ESCAPED.sub(r"\1", raw[1:].removesuffix('"')) if raw.startswith('"') else raw
+
+
+def _names(kind: str, body: bytes) -> Iterator[str]:
+    if kind == "urlencoded":
+        yield from field_names(body.decode("latin-1"))
+        return
+    for name in multipart_names(body):
+        yield name
+        yield unquote(name)
+
+
+async def read_form(request: Request, route: GatewayRoute, deadline: float) -> bytes | None:
+    """The body of a form request, read and checked (to be forwarded as read); None for any other body."""
+    kind = form_kind(request.headers.getlist("content-type"))
+    if kind is None:
+        return None
+    codings = {c.strip().lower() for value in request.headers.getlist("content-encoding") for c in value.split(",")}
+    if codings - {"", "identity"}:
+        raise InvalidRequest("a form body may not be content-coded", debug=f"content-encoding {sorted(codings)!r:.100}")
+    check_length(declared_length(request), route)
+    try:
+        async with asyncio.timeout_at(min(deadline, asyncio.get_running_loop().time() + route.timeout)):
+            body = b"".join([chunk async for chunk in limited(request.stream(), route.max_request_bytes, {})])
+    except TimeoutError:
+        raise InvalidRequest("the request body did not arrive in time", debug=f"route {route.name}: form body") from None
+    except ClientDisconnect:
+        raise InvalidRequest("the request body was cut short", debug=f"route {route.name}: form body") from None
+    check_fields(_names(kind, body), "form field")
+    return body
