@@ -63,6 +63,12 @@ async def old_release_put(store: Store, value: bytes, *, version: int, now: floa
     return await store.vault_put("crm", sealed, version=version, now=now, audit=event)
 
 
+async def recreate(store: Store, name: str, value: bytes) -> None:
+    """What the operator does after a refusal: delete the entry and put it again (``tether vault delete``/``put``)."""
+    assert await store.vault_delete(name, now=NOW + 20, audit=AuditEvent(kind="vault.deleted", outcome="ok"))
+    await put_secret(store, MASTER, name, value, now=NOW + 21, actor="test")
+
+
 async def two_versions(store: Store) -> bytes:
     """``crm`` at version 2 ("new-key"); returns version 1's sealed value ("leaked-key")."""
     first = await put_secret(store, MASTER, "crm", b"leaked-key", now=NOW, actor="test")
@@ -92,8 +98,8 @@ def test_a_row_rolled_back_with_its_version_is_refused_by_a_running_gateway(kind
         sql("UPDATE vault SET sealed = ?, version = 1 WHERE name = ?", (old, "crm"))
         with pytest.raises(SecretRefused):
             await cache.get("crm")
-        # positive control: the operator rotates the key again, and the new value is served
-        await put_secret(store, MASTER, "crm", b"rotated-key", now=NOW + 20, actor="test")
+        # positive control: the operator re-creates the entry (delete, put), and the new value is served
+        await recreate(store, "crm", b"rotated-key")
         assert await cache.get("crm") == "rotated-key"
 
     run_tampered(kind, tmp_path, body)
@@ -152,8 +158,8 @@ def test_the_reviewers_attack_is_refused_after_a_restart(kind: str, tmp_path: Pa
         message = str(refused.value)
         assert "`crm` is at version 1" in message and "version 2" in message and "opened here before" in message
         assert "leaked-key" not in message and "new-key" not in message
-        # positive control: the operator rotates again after the restart, and that value is served
-        await put_secret(store, MASTER, "crm", b"rotated-key", now=NOW + 20, actor="test")
+        # positive control: the operator re-creates the entry after the restart, and that value is served
+        await recreate(store, "crm", b"rotated-key")
         assert await gateway_cache(store, tmp_path).get("crm") == "rotated-key"
 
     run_tampered(kind, tmp_path, body)
@@ -252,6 +258,22 @@ def test_a_rolled_back_entry_answers_502_and_logs_the_entry_and_both_versions(
     logged = [r.getMessage() for r in caplog.records if "rolled-key" in r.getMessage()]
     assert any("`rolled-key` is at version 1" in m and "version 2" in m for m in logged), logged
     assert not any("leaked-old-key" in m or KEY in m for m in logged)
-    # positive control: the operator rotates the entry again, and the gateway serves it
+    # positive control: the operator re-creates the entry (delete, put), and the gateway serves it
+    assert tether_cli("vault", "delete", "rolled-key", "--config", str(gw.config.path)).returncode == 0
     put_secret_sync(gw.config, "rolled-key", KEY)
     wait_until(lambda: agent.get("rolled", "/v1/items").status_code == 200, what="the rotated entry served")
+
+
+def test_rotating_a_rolled_back_entry_is_refused_and_delete_then_put_works(kind: str, tmp_path: Path) -> None:
+    """A rotation on top of a row put back would seal the new value for a version an old value had."""
+
+    async def body(store: Store, sql: Writer) -> None:
+        old = await two_versions(store)
+        sql("UPDATE vault SET sealed = ?, version = 1 WHERE name = ?", (old, "crm"))
+        with pytest.raises(ValueError, match="rolled back"):
+            await put_secret(store, MASTER, "crm", b"rotated-key", now=NOW + 20, actor="test")
+        assert await store.vault_delete("crm", now=NOW + 21, audit=AuditEvent(kind="vault.deleted", outcome="ok"))
+        await put_secret(store, MASTER, "crm", b"fresh-key", now=NOW + 22, actor="test")
+        assert await gateway_cache(store, tmp_path).get("crm") == "fresh-key"
+
+    run_tampered(kind, tmp_path, body)

@@ -67,6 +67,13 @@ async def put_secret(store: Store, master: bytes, name: str, value: bytes, *, no
     if not text.isprintable():
         raise ValueError("a secret must not contain control characters (it is injected into headers)")
     existing = await store.vault_get(name)
+    recorded = _recorded_state(await store.vault_latest_audit(name)) if existing else None
+    if existing is not None and recorded is not None and (existing.created_at, existing.version) < recorded:
+        # rotating on top of a row put back would give the new value a version an old one had
+        raise ValueError(
+            f"vault entry `{name}` was rolled back (its row is at version {existing.version}, the audit log"
+            f" recorded version {recorded[1]}): delete it and put it again"
+        )
     kind = "vault.rotated" if existing else "vault.put"
     created, version = (existing.created_at, existing.version + 1) if existing else (now, 1)
     # the state the value is sealed for: the gateway refuses a row older than the newest recorded
