@@ -20,17 +20,18 @@ from tether.audit.checkpoint import (
     ALGORITHMS,
     CHECKPOINT_KIND,
     CHECKPOINT_TYP,
-    ExportBroken,
     checkpoint_claims,
     checkpoint_due,
     checkpoint_event,
-    verify_export,
 )
+from tether.audit.export import ExportBroken, verify_export
 from tether.keys.keyring import SIGNING_ALGS, KeyRing, SigningKey, generate_key, public_jwk
 from tether.rules.jws import PublicKey, sign_compact
 
 ISS = "https://sts.example"
 TS = 1_790_000_000.0
+#: a checkpoint names the newest checkpoint record of the log as the one before it
+LAST: Any = object()
 
 
 def signing_key(alg: str = "ES256") -> SigningKey:
@@ -68,11 +69,20 @@ class Log:
                                    detail={"aud": "https://b.example", "scope": ["wiki:read"]}))  # fmt: skip
         return self
 
+    @property
+    def last_checkpoint(self) -> tuple[int, str] | None:
+        """The newest checkpoint record: what the next checkpoint names as the one before it."""
+        found = [(r["seq"], r["hash"]) for r in self.rows if r["kind"] == CHECKPOINT_KIND]
+        return found[-1] if found else None
+
     def jws(self, *, key: SigningKey | None = None, iss: str = ISS, seq: int | None = None, digest: str | None = None,
-            iat: int | None = None, typ: str = CHECKPOINT_TYP) -> str:  # fmt: skip
+            iat: int | None = None, typ: str = CHECKPOINT_TYP, prev: Any = LAST, legacy: bool = False) -> str:  # fmt: skip
         head_seq, head_hash = self.head
         claims = checkpoint_claims(issuer=iss, seq=head_seq if seq is None else seq,
-                                   hash=head_hash if digest is None else digest, iat=iat or int(TS) + head_seq)  # fmt: skip
+                                   hash=head_hash if digest is None else digest, iat=iat or int(TS) + head_seq,
+                                   prev=self.last_checkpoint if prev is LAST else prev)  # fmt: skip
+        if legacy:  # written before checkpoints named the one before them
+            del claims["prev"]
         return KeyRing([key or self.key]).sign(claims, typ=typ)
 
     def checkpoint(self, jws: str | None = None, **claims: Any) -> dict[str, Any]:
@@ -80,7 +90,11 @@ class Log:
         head_seq, head_hash = self.head
         seq, digest = claims.get("seq", head_seq), claims.get("digest", head_hash)
         iat = claims.get("iat") or int(TS) + head_seq
-        return self.append(checkpoint_event(seq=seq, hash=digest, jws=token), ts=float(iat))
+        prev = claims.get("prev", LAST)
+        event = checkpoint_event(seq=seq, hash=digest, jws=token, prev=self.last_checkpoint if prev is LAST else prev)
+        if claims.get("legacy"):
+            event = AuditEvent(kind=CHECKPOINT_KIND, outcome="ok", detail={"seq": seq, "hash": digest, "jws": token})
+        return self.append(event, ts=float(iat))
 
 
 def rechain(rows: list[dict[str, Any]], start: int) -> list[dict[str, Any]]:

@@ -22,7 +22,8 @@ import pytest
 from test_checkpoint_upkeep import BACKENDS, ISS, Chain, add, checkpoints, rows, run_chain, signing_key
 
 from tether.audit.chain import AuditEvent, AuditRecord, link
-from tether.audit.checkpoint import CHECKPOINT_KIND, CHECKPOINT_TYP, checkpoint_claims, checkpoint_event, verify_export
+from tether.audit.checkpoint import CHECKPOINT_KIND, CHECKPOINT_TYP, checkpoint_claims, checkpoint_event
+from tether.audit.export import verify_export
 from tether.audit.relink import CHAIN_DETECTOR
 from tether.keys.keyring import KeyRing
 from tether.monitor.events import MONITOR_PRINCIPAL
