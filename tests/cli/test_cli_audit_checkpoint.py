@@ -29,7 +29,8 @@ from typer.testing import CliRunner
 from helpers import Client, RunningSts, create_task, running_sts
 from services import store_sql
 from tether.audit.chain import canonical
-from tether.audit.checkpoint import CHECKPOINT_KIND, verify_export
+from tether.audit.checkpoint import CHECKPOINT_KIND
+from tether.audit.export import verify_export
 from tether.cli.main import app
 from tether.identity.jwks_cache import parse_jwks
 from tether.keys.keyring import generate_key, public_jwk
@@ -132,7 +133,9 @@ def rechain(rows: list[dict[str, Any]], start: int) -> list[dict[str, Any]]:
 def test_sts_checkpoints_every_n_records(exported: Exported) -> None:
     checkpoints = checkpoint_rows(exported.rows)
     assert len(checkpoints) == 2
-    assert all(c["detail"]["seq"] < c["seq"] and set(c["detail"]) == {"seq", "hash", "jws"} for c in checkpoints)
+    assert all(c["detail"]["seq"] < c["seq"] and set(c["detail"]) == {"seq", "hash", "prev", "jws"} for c in checkpoints)
+    # each names the checkpoint record before it (issue 12, finding 5)
+    assert [c["detail"]["prev"] for c in checkpoints] == [None, {"seq": checkpoints[0]["seq"], "hash": checkpoints[0]["hash"]}]
     assert exported.head == f"{exported.rows[-1]['seq']}:{exported.rows[-1]['hash']}"
 
 
