@@ -71,6 +71,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from tether.audit.chain import GENESIS, AuditRecord
@@ -155,6 +156,7 @@ class AuditCheckpoints:
         self.seconds = seconds
         self._state = LocalState(data_dir / STATE_FILE) if data_dir is not None else None
         self._saved = _saved(self._state)
+        self._saved_alerted = False
         self._keys: Mapping[str, PublicKey] = {}
         self._issuer: str | None = None
         self._retry_at = 0.0
@@ -265,6 +267,8 @@ class AuditCheckpoints:
         if self._saved is None or self._reached is None:
             return None
         broken = saved_problem(await self._record(store, self._saved[0][0]), self._saved[0])
+        if broken is not None and self._saved_alerted:  # one alert, whatever the record turns into meanwhile
+            broken = replace(broken, alert=0)
         if broken is not None or self._top is None:
             return broken
         lineage = Lineage(top=self._top, target=self._reached)
@@ -317,6 +321,7 @@ class AuditCheckpoints:
                           window=0, subject="audit", evidence=evidence)  # fmt: skip
         await store.append_audit(alert_event(finding, ("alert",), risk=0), now=now)
         ALERTS.labels(detector=CHAIN_DETECTOR).inc()
+        self._saved_alerted = self._saved_alerted or (self._saved is not None and broken.seq == self._saved[0][0])
 
     async def _read(self, store: Store) -> None:
         """Observe every record appended since the last read, in pages."""
