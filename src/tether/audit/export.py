@@ -142,7 +142,7 @@ def verify_export(
             raise ExportBroken(seq if type(seq) is int else expected, reason)
         seq, digest = int(raw["seq"]), str(raw["hash"])
         hashes.setdefault(seq - 1, str(raw.get("prev")))  # bound by this record's hash
-        if raw.get("kind") != CHECKPOINT_KIND:
+        if keys is not None and raw.get("kind") != CHECKPOINT_KIND:
             tally.stretches.add(seq, raw.get("ts"))
         elif keys is not None:
             try:
@@ -154,7 +154,6 @@ def verify_export(
                 raise ExportBroken(seq, str(exc)) from None
             else:
                 issuer_seen = cp.iss
-        if raw.get("kind") == CHECKPOINT_KIND:
             tally.before = (seq, digest)
         hashes[seq], prev, expected, last = digest, digest, seq + 1, (seq, digest)
         count += 1

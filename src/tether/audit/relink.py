@@ -179,7 +179,7 @@ class Lineage:
         except ValueError:
             prev = None
         t = self.target[0]
-        if raw.get("kind") != CHECKPOINT_KIND or prev is None:
+        if raw.get("kind") != CHECKPOINT_KIND or prev is None or prev[0] >= seq:
             return Broken(seq, found, f"names no checkpoint before it: the chain of checkpoints does not lead back "
                                       f"to record {t}, the checkpoint this STS last checked")  # fmt: skip
         if prev[0] < t:
