@@ -20,17 +20,19 @@ from tether.audit.checkpoint import (
     ALGORITHMS,
     CHECKPOINT_KIND,
     CHECKPOINT_TYP,
-    ExportBroken,
     checkpoint_claims,
     checkpoint_due,
     checkpoint_event,
-    verify_export,
 )
+from tether.audit.coverage import GRACE_SECONDS, Stretch
+from tether.audit.export import ExportBroken, verify_export
 from tether.keys.keyring import SIGNING_ALGS, KeyRing, SigningKey, generate_key, public_jwk
 from tether.rules.jws import PublicKey, sign_compact
 
 ISS = "https://sts.example"
 TS = 1_790_000_000.0
+#: a checkpoint names the newest checkpoint record of the log as the one before it
+LAST: Any = object()
 
 
 def signing_key(alg: str = "ES256") -> SigningKey:
@@ -68,11 +70,20 @@ class Log:
                                    detail={"aud": "https://b.example", "scope": ["wiki:read"]}))  # fmt: skip
         return self
 
+    @property
+    def last_checkpoint(self) -> tuple[int, str] | None:
+        """The newest checkpoint record: what the next checkpoint names as the one before it."""
+        found = [(r["seq"], r["hash"]) for r in self.rows if r["kind"] == CHECKPOINT_KIND]
+        return found[-1] if found else None
+
     def jws(self, *, key: SigningKey | None = None, iss: str = ISS, seq: int | None = None, digest: str | None = None,
-            iat: int | None = None, typ: str = CHECKPOINT_TYP) -> str:  # fmt: skip
+            iat: int | None = None, typ: str = CHECKPOINT_TYP, prev: Any = LAST, legacy: bool = False) -> str:  # fmt: skip
         head_seq, head_hash = self.head
         claims = checkpoint_claims(issuer=iss, seq=head_seq if seq is None else seq,
-                                   hash=head_hash if digest is None else digest, iat=iat or int(TS) + head_seq)  # fmt: skip
+                                   hash=head_hash if digest is None else digest, iat=iat or int(TS) + head_seq,
+                                   prev=self.last_checkpoint if prev is LAST else prev)  # fmt: skip
+        if legacy:  # written before checkpoints named the one before them
+            del claims["prev"]
         return KeyRing([key or self.key]).sign(claims, typ=typ)
 
     def checkpoint(self, jws: str | None = None, **claims: Any) -> dict[str, Any]:
@@ -80,7 +91,11 @@ class Log:
         head_seq, head_hash = self.head
         seq, digest = claims.get("seq", head_seq), claims.get("digest", head_hash)
         iat = claims.get("iat") or int(TS) + head_seq
-        return self.append(checkpoint_event(seq=seq, hash=digest, jws=token), ts=float(iat))
+        prev = claims.get("prev", LAST)
+        event = checkpoint_event(seq=seq, hash=digest, jws=token, prev=self.last_checkpoint if prev is LAST else prev)
+        if claims.get("legacy"):
+            event = AuditEvent(kind=CHECKPOINT_KIND, outcome="ok", detail={"seq": seq, "hash": digest, "jws": token})
+        return self.append(event, ts=float(iat))
 
 
 def rechain(rows: list[dict[str, Any]], start: int) -> list[dict[str, Any]]:
@@ -304,6 +319,9 @@ def test_rotation_older_checkpoint_by_a_retired_key_is_vouched_for_by_a_later_on
     assert (report.signed_through, report.checkpoints, report.superseded, report.unsigned) == (6, 1, 1, 0)
     archived = verify_export(log.rows, keys=keys_of(new, key), issuer=ISS)  # with an archived copy: both checked
     assert (archived.checkpoints, archived.superseded) == (2, 0)
+    # only a checkpoint whose signature is checked ends a stretch between checkpoints
+    assert report.longest == Stretch(first=1, last=6, checkpoint=7, records=5, late=0)
+    assert archived.longest == Stretch(first=1, last=3, checkpoint=4, records=3, late=0)
 
 
 def test_retired_key_checkpoint_not_vouched_for_is_refused(key: SigningKey) -> None:
@@ -428,3 +446,146 @@ def test_record_too_deep_to_hash_is_refused_not_crashed(log: Log, key: SigningKe
     rows = copy.deepcopy(log.rows[:3])
     rows[2]["detail"] = deep
     assert (broken(rows, key).seq, broken(rows, key).reason) == (3, "record cannot be hashed")
+
+
+# ---------------------------------------------------------------------------------------------
+# the chain of checkpoints (issue 12, finding 5): each names the checkpoint record before it
+# ---------------------------------------------------------------------------------------------
+
+
+def test_each_checkpoint_names_the_checkpoint_record_before_it(log: Log, key: SigningKey) -> None:
+    first, second = (r for r in log.rows if r["kind"] == CHECKPOINT_KIND)
+    assert first["detail"]["prev"] is None
+    assert second["detail"]["prev"] == {"seq": first["seq"], "hash": first["hash"]}
+
+
+@pytest.mark.parametrize(
+    ("prev", "reason"),
+    [
+        (None, "checkpoint names no checkpoint before it, but record 6 is one"),
+        ("record2", "checkpoint names record 2 as the checkpoint before it, not record 6 (removed or rewritten)"),
+        ("changed6", "the checkpoint before it (record 6) was changed"),
+        ("later", "checkpoint names record 10 as the checkpoint before it, which does not precede it"),
+        ("control", None),
+    ],
+)
+def test_a_checkpoint_that_does_not_name_the_one_before_it(key: SigningKey, prev: str | None, reason: str | None) -> None:
+    log = Log(key).add(5)
+    log.checkpoint()
+    log.add(3)
+    named = {None: None, "record2": (2, log.rows[1]["hash"]), "changed6": (6, "a" * 64), "later": (10, "b" * 64),
+             "control": LAST}[prev]  # fmt: skip
+    log.checkpoint(prev=named)
+    if reason is None:
+        assert verify_export(log.rows, keys=keys_of(key), issuer=ISS).checkpoints == 2
+        return
+    error = broken(log.rows, key, issuer=ISS)
+    assert (error.seq, error.reason) == (10, reason)
+
+
+def test_a_checkpoint_demoted_under_a_later_one_breaks_the_chain_there(key: SigningKey) -> None:
+    """Checkpoint 7 names record 5 (it was signed while checkpoint 6 landed) and checkpoint 6 as the one
+    before it. Turning 6 into an ordinary record and re-hashing leaves 7's signature and named record
+    intact; only the chain of checkpoints shows what was removed."""
+    log = Log(key).add(5)
+    log.checkpoint()
+    log.checkpoint(seq=5, digest=log.rows[4]["hash"], iat=int(TS) + 6)
+    assert verify_export(log.rows, keys=keys_of(key), issuer=ISS).checkpoints == 2  # control
+    rows = copy.deepcopy(log.rows)
+    rows[5].update(kind="token.issued", detail={"aud": "https://b.example"})
+    error = broken(rechain(rows, 5), key, issuer=ISS)
+    assert (error.seq, error.reason) == (
+        7,
+        "checkpoint names record 6 as the checkpoint before it, but none precedes it (removed or rewritten)",
+    )
+
+
+def test_exports_from_before_prev_still_verify_until_the_first_checkpoint_with_it(key: SigningKey) -> None:
+    log = Log(key).add(3)
+    log.checkpoint(legacy=True)
+    log.add(3).checkpoint(legacy=True)
+    older = verify_export(log.rows, keys=keys_of(key), issuer=ISS)
+    assert (older.checkpoints, older.signed_through) == (2, 7)
+    log.add(2).checkpoint()  # the first one written after the upgrade names the last legacy one
+    assert log.rows[-1]["detail"]["prev"] == {"seq": 8, "hash": log.rows[7]["hash"]}
+    upgraded = verify_export(log.rows, keys=keys_of(key), issuer=ISS)
+    assert (upgraded.checkpoints, upgraded.signed_through) == (3, 10)
+    log.add(1).checkpoint(legacy=True)  # a checkpoint without prev after one with it
+    error = broken(log.rows, key, issuer=ISS)
+    assert (error.seq, error.reason) == (13, "checkpoint does not name the checkpoint before it, unlike an earlier one")
+
+
+@pytest.mark.parametrize("detail", ["other", "missing", "control"])
+def test_checkpoint_record_prev_is_pinned_to_the_signed_claim(log: Log, key: SigningKey, detail: str) -> None:
+    jws = log.jws()
+    head_seq, head_hash = log.head
+    prev = {"other": {"seq": 6, "hash": log.rows[5]["hash"]}, "control": {"seq": 10, "hash": log.rows[9]["hash"]}}
+    shown = {"seq": head_seq, "hash": head_hash, "jws": jws} | ({"prev": prev[detail]} if detail in prev else {})
+    log.append(AuditEvent(kind=CHECKPOINT_KIND, outcome="ok", detail=shown), ts=TS + head_seq)
+    if detail == "control":
+        assert verify_export(log.rows, keys=keys_of(key), issuer=ISS).checkpoints == 3
+        return
+    assert broken(log.rows, key, issuer=ISS).reason == "checkpoint record does not match its signed claims"
+
+
+@pytest.mark.parametrize("value", [{"seq": "6", "hash": "a" * 64}, {"seq": 6}, [6, "a" * 64], {"seq": 6, "hash": "A" * 64}])
+def test_a_malformed_prev_claim_is_refused(log: Log, key: SigningKey, value: Any) -> None:
+    head_seq, head_hash = log.head
+    claims = checkpoint_claims(issuer=ISS, seq=head_seq, hash=head_hash, iat=int(TS) + head_seq) | {"prev": value}
+    jws = KeyRing([key]).sign(claims, typ=CHECKPOINT_TYP)
+    detail = {"seq": head_seq, "hash": head_hash, "prev": value, "jws": jws}
+    log.append(AuditEvent(kind=CHECKPOINT_KIND, outcome="ok", detail=detail), ts=TS + head_seq)
+    assert broken(log.rows, key, issuer=ISS).reason == "checkpoint claims do not name a valid checkpoint before it"
+
+
+def test_a_partial_export_accepts_a_first_checkpoint_naming_one_before_it(log: Log, key: SigningKey) -> None:
+    rows = log.rows[6:]  # records 7-12: checkpoint 10 names checkpoint 6, which is not exported
+    report = verify_export(rows, keys=keys_of(key), issuer=ISS, after=6, after_hash=log.rows[5]["hash"])
+    assert (report.checkpoints, report.signed_through) == (1, 9)
+    error = broken(rows, key, issuer=ISS, after=5)  # said to start after record 5: checkpoint 6 should be in it
+    assert error.seq == 7
+
+
+# ---------------------------------------------------------------------------------------------
+# stretches between checkpoints: a removed checkpoint shows (issue 12, finding 5)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_longest_stretch_is_reported(log: Log, key: SigningKey) -> None:
+    report = verify_export(log.rows, keys=keys_of(key), issuer=ISS, every=5)
+    assert report.longest == Stretch(first=1, last=5, checkpoint=6, records=5, late=0)
+    assert report.overdue is None
+    assert verify_export(log.rows, keys=None).longest is None  # only verified checkpoints end a stretch
+
+
+@pytest.mark.parametrize("removed", [True, False], ids=["removed", "control"])
+def test_a_removed_checkpoint_and_a_re_signed_log_is_an_overdue_stretch(key: SigningKey, removed: bool) -> None:
+    """The reviewer's attack seen offline: checkpoint 6 turned into an ordinary record, the log re-hashed,
+    and a writer that had forgotten it signs record 9 a minute later."""
+    log = Log(key).add(5)
+    log.checkpoint()
+    log.add(3)
+    if removed:
+        log.rows = rechain([r | {"kind": "token.issued"} if r["seq"] == 6 else r for r in log.rows], 5)
+    log.checkpoint(iat=int(TS) + 60)
+    report = verify_export(log.rows, keys=keys_of(key), issuer=ISS, every=5)
+    assert report.signed_through == 9
+    if not removed:
+        assert report.overdue is None and report.longest == Stretch(first=1, last=5, checkpoint=6, records=5, late=0)
+        return
+    assert report.overdue == report.longest == Stretch(first=1, last=9, checkpoint=10, records=9, late=9)
+    assert verify_export(log.rows, keys=keys_of(key), issuer=ISS).overdue is None  # without ``every``: reported only
+
+
+@pytest.mark.parametrize(("old", "overdue"), [(5, False), (6, True)])
+def test_records_of_the_last_seconds_before_a_checkpoint_are_not_held_against_it(key: SigningKey, old: int,
+                                                                                  overdue: bool) -> None:  # fmt: skip
+    """A busy STS signs a stretch that grew past ``checkpoint_every`` in the second before it looked:
+    only records appended more than ``GRACE_SECONDS`` before the checkpoint count."""
+    log = Log(key)
+    for i in range(old + 50):
+        log.append(AuditEvent(kind="token.issued", outcome="ok", jti=f"j{i}"), ts=TS if i < old else TS + 100)
+    log.checkpoint(iat=int(TS) + 100 + GRACE_SECONDS)
+    report = verify_export(log.rows, keys=keys_of(key), issuer=ISS, every=5)
+    assert report.longest == Stretch(first=1, last=old + 50, checkpoint=old + 51, records=old + 50, late=old)
+    assert (report.overdue is not None) is overdue

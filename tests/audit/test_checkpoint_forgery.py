@@ -22,7 +22,8 @@ import pytest
 from test_checkpoint_upkeep import BACKENDS, ISS, Chain, add, checkpoints, rows, run_chain, signing_key
 
 from tether.audit.chain import AuditEvent, AuditRecord, link
-from tether.audit.checkpoint import CHECKPOINT_KIND, CHECKPOINT_TYP, checkpoint_claims, checkpoint_event, verify_export
+from tether.audit.checkpoint import CHECKPOINT_KIND, CHECKPOINT_TYP, checkpoint_claims, checkpoint_event
+from tether.audit.export import verify_export
 from tether.audit.relink import CHAIN_DETECTOR
 from tether.keys.keyring import KeyRing
 from tether.monitor.events import MONITOR_PRINCIPAL
@@ -32,12 +33,17 @@ from tether.sts.checkpoints import CLAIM_SECONDS, AuditCheckpoints
 Original = list[tuple[Any, ...]]
 
 
-def relinked(records: list[AuditRecord], prev: str, *, forge: int | None = None) -> list[AuditRecord]:
-    """``records`` linked again from ``prev``, the one at seq ``forge`` edited."""
+def relinked(records: list[AuditRecord], prev: str, *, forge: int | None = None,
+             demote: int | None = None) -> list[AuditRecord]:  # fmt: skip
+    """``records`` linked again from ``prev``, the one at seq ``forge`` edited, the checkpoint
+    record at seq ``demote`` turned into an ordinary record."""
     out = []
     for record in records:
         detail = {**record.detail, "forged": True} if record.seq == forge else record.detail
-        event = AuditEvent(kind=record.kind, outcome=record.outcome, principal=record.principal, task=record.task,
+        kind = record.kind
+        if record.seq == demote:
+            kind, detail = "token.refused", {"reason": "nothing to see"}
+        event = AuditEvent(kind=kind, outcome=record.outcome, principal=record.principal, task=record.task,
                            jti=record.jti, error=record.error, detail=detail)  # fmt: skip
         out.append(link(event, seq=record.seq, ts=record.ts, prev=prev))
         prev = out[-1].hash
@@ -46,25 +52,26 @@ def relinked(records: list[AuditRecord], prev: str, *, forge: int | None = None)
 
 def store_rows(chain: Chain, records: list[AuditRecord]) -> None:
     """Write ``records`` over the stored ones (and move PostgreSQL's head row if the last is the head)."""
-    chain.sql_many("UPDATE audit SET detail = ?, prev = ?, hash = ? WHERE seq = ?",
-                   [(r.detail_json, r.prev, r.hash, r.seq) for r in records])  # fmt: skip
+    chain.sql_many("UPDATE audit SET kind = ?, detail = ?, prev = ?, hash = ? WHERE seq = ?",
+                   [(r.kind, r.detail_json, r.prev, r.hash, r.seq) for r in records])  # fmt: skip
     if chain.schema is not None:
         chain.sql("UPDATE audit_head SET hash = ? WHERE seq = ?", (records[-1].hash, records[-1].seq))
 
 
-async def rewrite(chain: Chain, seq: int) -> Original:
-    """Edit record ``seq`` and re-hash it and every record after it; returns the original rows."""
-    original = chain.sql("SELECT seq, detail, prev, hash FROM audit WHERE seq >= ? ORDER BY seq", (seq,))
+async def rewrite(chain: Chain, seq: int, *, demote: int | None = None) -> Original:
+    """Edit record ``seq`` (and demote checkpoint record ``demote``) and re-hash it and every record
+    after it; returns the original rows."""
+    original = chain.sql("SELECT seq, kind, detail, prev, hash FROM audit WHERE seq >= ? ORDER BY seq", (seq,))
     records = await chain.store.audit_records(after=seq - 1, limit=10_000)
-    store_rows(chain, relinked(records, records[0].prev, forge=seq))
+    store_rows(chain, relinked(records, records[0].prev, forge=seq, demote=demote))
     return original
 
 
 async def restore(chain: Chain, original: Original) -> None:
     """Put the rewritten rows back, and link the records appended since then to them."""
-    chain.sql_many("UPDATE audit SET detail = ?, prev = ?, hash = ? WHERE seq = ?",
-                   [(detail, prev, digest, seq) for seq, detail, prev, digest in original])  # fmt: skip
-    last_seq, last_hash = original[-1][0], original[-1][3]
+    chain.sql_many("UPDATE audit SET kind = ?, detail = ?, prev = ?, hash = ? WHERE seq = ?",
+                   [(kind, detail, prev, digest, seq) for seq, kind, detail, prev, digest in original])  # fmt: skip
+    last_seq, last_hash = original[-1][0], original[-1][4]
     store_rows(chain, relinked(await chain.store.audit_records(after=last_seq, limit=10_000), last_hash))
 
 

@@ -20,7 +20,8 @@ import pytest
 
 from services import REDIS_URL, drop_schema, new_schema, require_postgres_and_redis, schema_dsn
 from tether.audit.chain import AuditEvent, AuditRecord
-from tether.audit.checkpoint import CHECKPOINT_KIND, verify_export
+from tether.audit.checkpoint import CHECKPOINT_KIND
+from tether.audit.export import verify_export
 from tether.keys.keyring import KeyRing, SigningKey, generate_key, public_jwk
 from tether.store.protocol import Store
 from tether.store.sqlite.store import SqliteStore

@@ -26,13 +26,17 @@ from cli_support import one_line, tether
 from click.testing import Result
 from typer.testing import CliRunner
 
-from helpers import Client, RunningSts, create_task, running_sts
+from helpers import Client, RunningSts, create_task, make_deployment, running_sts, serving
 from services import store_sql
 from tether.audit.chain import canonical
-from tether.audit.checkpoint import CHECKPOINT_KIND, verify_export
+from tether.audit.checkpoint import CHECKPOINT_KIND
+from tether.audit.export import verify_export
 from tether.cli.main import app
+from tether.clock import ManualClock
+from tether.config import Config, load_config
 from tether.identity.jwks_cache import parse_jwks
 from tether.keys.keyring import generate_key, public_jwk
+from tether.sts.checkpoints import STATE_FILE
 
 AUD = "http://127.0.0.1:9001"
 BODY = ("seq", "ts", "kind", "outcome", "principal", "task", "jti", "error", "detail", "prev")
@@ -124,6 +128,16 @@ def rechain(rows: list[dict[str, Any]], start: int) -> list[dict[str, Any]]:
     return out
 
 
+def store_rows(config: Config, rows: list[dict[str, Any]]) -> None:
+    """Write ``rows`` over the stored records, as someone with database access does (and move
+    PostgreSQL's head row to the last of them)."""
+    for row in rows:
+        store_sql(config, "UPDATE audit SET kind = ?, detail = ?, prev = ?, hash = ? WHERE seq = ?",
+                  (row["kind"], canonical(row["detail"]).decode(), row["prev"], row["hash"], row["seq"]))  # fmt: skip
+    if config.values[""]["store"] == "postgres":
+        store_sql(config, "UPDATE audit_head SET hash = ? WHERE seq = ?", (rows[-1]["hash"], rows[-1]["seq"]))
+
+
 # ---------------------------------------------------------------------------------------------
 # the STS writes the checkpoints
 # ---------------------------------------------------------------------------------------------
@@ -132,7 +146,9 @@ def rechain(rows: list[dict[str, Any]], start: int) -> list[dict[str, Any]]:
 def test_sts_checkpoints_every_n_records(exported: Exported) -> None:
     checkpoints = checkpoint_rows(exported.rows)
     assert len(checkpoints) == 2
-    assert all(c["detail"]["seq"] < c["seq"] and set(c["detail"]) == {"seq", "hash", "jws"} for c in checkpoints)
+    assert all(c["detail"]["seq"] < c["seq"] and set(c["detail"]) == {"seq", "hash", "prev", "jws"} for c in checkpoints)
+    # each names the checkpoint record before it (issue 12, finding 5)
+    assert [c["detail"]["prev"] for c in checkpoints] == [None, {"seq": checkpoints[0]["seq"], "hash": checkpoints[0]["hash"]}]
     assert exported.head == f"{exported.rows[-1]['seq']}:{exported.rows[-1]['hash']}"
 
 
@@ -160,11 +176,7 @@ def test_sts_never_signs_a_rewritten_chain_and_tether_alerts_shows_why(tmp_path:
         if forged:
             rows = [r.as_json() for r in sts.audit()]
             rows[2]["detail"] = {**rows[2]["detail"], "scope": "tether:admin"}
-            for row in rechain(rows, 2)[2:]:
-                store_sql(sts.config, "UPDATE audit SET detail = ?, prev = ?, hash = ? WHERE seq = ?",
-                          (canonical(row["detail"]).decode(), row["prev"], row["hash"], row["seq"]))  # fmt: skip
-            if sts.config.values[""]["store"] == "postgres":
-                store_sql(sts.config, "UPDATE audit_head SET hash = ? WHERE seq = ?", (row["hash"], row["seq"]))
+            store_rows(sts.config, rechain(rows, 2)[2:])
         activity(sts)  # five records more: a checkpoint is due
         if not forged:
             wait_until(lambda: checkpoint_count(sts) == 2, "the second checkpoint")
@@ -177,6 +189,69 @@ def test_sts_never_signs_a_rewritten_chain_and_tether_alerts_shows_why(tmp_path:
         assert (alert["detector"], alert["severity"], alert["evidence"]["seq"]) == ("audit_chain", "critical", named)
         assert "no checkpoint signed" in alert["reason"]
         assert checkpoint_count(sts) == 1
+
+
+def later(config: Config) -> Config:
+    """The deployment as an STS started a while later sees it. On PostgreSQL + Redis the checkpoint
+    claims of the first run have expired by then; a fresh Redis prefix stands in for the 30 s a test
+    does not wait."""
+    if config.values[""]["store"] != "postgres":
+        return config
+    prefix = config.values["redis"]["prefix"]
+    text = config.path.read_text(encoding="utf-8")
+    config.path.write_text(text.replace(f'prefix = "{prefix}"', f'prefix = "{prefix}-later"'), encoding="utf-8")
+    return load_config(config.path)
+
+
+@pytest.mark.parametrize("case", ["state-kept", "state-deleted", "control"])
+def test_a_restarted_sts_cannot_be_made_to_forget_a_checkpoint(tmp_path: Path, case: str) -> None:
+    """Issue 12 finding 5, the reviewer's attack on a deployment: with the STS stopped, a record under
+    the first checkpoint is edited, the checkpoint turned into an ordinary record and the chain re-hashed.
+    The restarted STS refuses and alerts; with its state file deleted too it signs, and ``audit verify
+    --require-signed`` fails on the stretch that checkpoint closes. The control restarts an intact log."""
+    config = make_deployment(tmp_path, extra_toml="[audit]\ncheckpoint_every = 5\ncheckpoint_seconds = 60")
+    clock = ManualClock()
+    with serving(config, clock) as sts:
+        activity(sts)
+        wait_until(lambda: checkpoint_count(sts) == 1, "the first checkpoint")
+        for _ in range(2):  # a tail the checkpoint does not cover
+            assert Client(sts).session("no-such-task").status_code == 400
+    rows = [r.as_json() for r in sts.audit()]  # read once stopped: shutting down may append
+    first = next(i for i, r in enumerate(rows) if r["kind"] == CHECKPOINT_KIND)
+    if case != "control":
+        rows[2]["detail"] = {**rows[2]["detail"], "scope": "tether:admin"}
+        rows[first].update(kind="token.refused", detail={"reason": "nothing to see"})
+        store_rows(config, rechain(rows, 2)[2:])
+    if case == "state-deleted":
+        (config.data_dir / STATE_FILE).unlink()
+    clock.advance(120)
+    with serving(later(config), clock) as sts:
+        if case == "state-kept":
+            wait_until(lambda: any(r.kind == "alert.raised" for r in sts.audit()), "the chain alert")
+            (alert,) = json.loads(tether("alerts", "--json", "--config", str(sts.config.path)).stdout)
+            assert (alert["detector"], alert["severity"], alert["evidence"]["seq"]) == ("audit_chain", "critical",
+                                                                                         first + 1)  # fmt: skip
+            assert "is no longer the checkpoint this STS signed last" in alert["reason"]
+            assert checkpoint_count(sts) == 0
+            return
+        wait_until(lambda: sts.audit()[-1].kind == CHECKPOINT_KIND, "the checkpoint after the restart")
+        jwks, out = tmp_path / "jwks.json", tmp_path / "audit.jsonl"
+        jwks.write_text(httpx.get(sts.url + "/jwks", trust_env=False).text, encoding="utf-8")
+        assert cli("audit", "export", "--out", str(out), "--config", str(sts.config.path)).exit_code == 0
+    result = cli("audit", "verify", str(out), "--jwks", str(jwks), "--require-signed", "--checkpoint-every", "5")
+    if case == "control":
+        assert result.exit_code == 0, result.stderr
+        assert re.search(r"longest stretch between checkpoints: \d+ records \(1-\d+\)", result.stdout)
+        return
+    head = sts.audit()[-1]
+    overdue = (
+        f"checkpoint record {head.seq} closes a stretch (records 1-{head.seq - 1}) with {head.seq - 1} records "
+        "appended over 10 s before it, more than checkpoint_every (5) lets pass: a checkpoint may have been removed "
+        "and the log signed again"
+    )
+    assert result.exit_code == 1 and one_line(result.stderr) == f"error: audit chain not signed often enough: {overdue}"
+    warned = cli("audit", "verify", str(out), "--jwks", str(jwks), "--checkpoint-every", "5")  # reported, not refused
+    assert warned.exit_code == 0 and one_line(warned.stderr) == f"warning: {overdue}"
 
 
 # ---------------------------------------------------------------------------------------------

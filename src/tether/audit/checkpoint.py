@@ -1,12 +1,12 @@
-"""Signed checkpoints of the audit chain, and offline verification of an exported log.
+"""Signed checkpoints of the audit chain: what one claims, and how one record of it is checked.
 
 A checkpoint is itself an audit record (kind ``audit.checkpoint``). Its detail holds the
-``seq`` and ``hash`` of the newest record when it was written and a compact JWS (RFC 7515)
-over ``{iss, seq, hash, iat}``, signed with the issuer's current key. The hash chain
-commits every record to all the records before it, so one valid checkpoint vouches for
-every record up to the one it names, earlier checkpoints included. A third party with
-only the issuer's JWKS (RFC 7517) can therefore check an export offline: every link and
-hash, every checkpoint's signature, ``iss`` and the record it names.
+``seq`` and ``hash`` of the newest record when it was written, the checkpoint record
+before it (``prev``) and a compact JWS (RFC 7515) over ``{iss, seq, hash, prev, iat}``,
+signed with the issuer's current key. The hash chain commits every record to all the
+records before it, so one valid checkpoint vouches for every record up to the one it
+names, earlier checkpoints included. ``tether.audit.export`` checks a whole exported log
+with these rules, offline, with only the issuer's JWKS (RFC 7517).
 
 Why it is built this way:
 
@@ -22,12 +22,12 @@ Why it is built this way:
   later link protects) is still caught.
 - Key rotation. The JWKS keeps a retired key only until its tokens expire. The STS writes
   a new checkpoint as soon as the current key differs from the one that signed the last
-  checkpoint (``checkpoint_due``). A checkpoint signed by a key missing from the JWKS is
-  accepted only if a later valid checkpoint vouches for it; that later checkpoint covers
-  it through the chain. Otherwise it is refused.
-- Truncation. An export cut just after a checkpoint looks exactly like a shorter log.
-  Only a verifier that knows the head (``expect_head``, e.g. from an earlier export) can
-  tell the difference.
+  checkpoint (``checkpoint_due``), so the newest checkpoint is verifiable with the
+  published JWKS.
+- The chain of checkpoints (issue 12, finding 5). ``prev`` names the checkpoint record
+  before it, so one turned into an ordinary record, or rewritten, under a later one
+  breaks the chain (``tether.audit.coverage``). A checkpoint from before ``prev``
+  existed has no such claim (``Checkpoint.chained`` is false).
 
 Everything here is pure: no I/O, no clock (``now``/``iat`` come in as arguments).
 """
@@ -36,11 +36,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tether.audit.chain import GENESIS, AuditEvent, canonical
+from tether.audit.chain import AuditEvent, canonical
+from tether.audit.coverage import Position, parse_position, position_json
 from tether.rules.dpop import is_type, numeric_date
 from tether.rules.jws import JWSError, PublicKey, SignatureRejected, verify_compact
 
@@ -51,8 +52,6 @@ __all__ = [
     "MAX_JWS",
     "Checkpoint",
     "CheckpointError",
-    "ExportBroken",
-    "ExportReport",
     "UnknownKey",
     "checkpoint_claims",
     "checkpoint_due",
@@ -60,7 +59,6 @@ __all__ = [
     "link_problem",
     "verify_checkpoint",
     "verify_checkpoint_record",
-    "verify_export",
 ]
 
 CHECKPOINT_KIND = "audit.checkpoint"
@@ -69,7 +67,8 @@ CHECKPOINT_TYP = "tether-audit-checkpoint+jwt"
 ALGORITHMS = ("ES256", "EdDSA")
 MAX_JWS = 4096
 _HEADERS = frozenset({"typ", "alg", "kid"})
-_DETAIL = frozenset({"seq", "hash", "jws"})
+_DETAIL = frozenset({"seq", "hash", "jws"})  # a checkpoint from before ``prev``
+_CHAINED = _DETAIL | {"prev"}
 _HASH = re.compile(r"[0-9a-f]{64}")
 _BODY = ("seq", "ts", "kind", "outcome", "principal", "task", "jti", "error", "detail", "prev")
 _UNSET = ("principal", "task", "jti", "error")
@@ -80,14 +79,16 @@ def _show(value: object) -> str:
     return re.sub(r"[^\x20-\x7e]", "?", str(value))[:64].replace("`", "'")
 
 
-def checkpoint_claims(*, issuer: str, seq: int, hash: str, iat: int) -> dict[str, Any]:
-    """The signed claims: who vouches (``iss``), for which record (``seq``, ``hash``), when (``iat``)."""
-    return {"iss": issuer, "seq": seq, "hash": hash, "iat": iat}
+def checkpoint_claims(*, issuer: str, seq: int, hash: str, iat: int, prev: Position | None = None) -> dict[str, Any]:
+    """The signed claims: who vouches (``iss``), for which record (``seq``, ``hash``), when (``iat``),
+    after which checkpoint record (``prev``, None for the first)."""
+    return {"iss": issuer, "seq": seq, "hash": hash, "prev": position_json(prev), "iat": iat}
 
 
-def checkpoint_event(*, seq: int, hash: str, jws: str) -> AuditEvent:
+def checkpoint_event(*, seq: int, hash: str, jws: str, prev: Position | None = None) -> AuditEvent:
     """The audit event that carries a checkpoint; append it with ``now`` equal to the claims' ``iat``."""
-    return AuditEvent(kind=CHECKPOINT_KIND, outcome="ok", detail={"seq": seq, "hash": hash, "jws": jws})
+    detail = {"seq": seq, "hash": hash, "prev": position_json(prev), "jws": jws}
+    return AuditEvent(kind=CHECKPOINT_KIND, outcome="ok", detail=detail)
 
 
 def checkpoint_due(*, pending: int, since: float, now: float, every: int, seconds: float, key_changed: bool) -> bool:
@@ -106,13 +107,19 @@ def checkpoint_due(*, pending: int, since: float, now: float, every: int, second
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A verified checkpoint: ``iss`` vouches for record ``seq`` whose hash is ``hash``."""
+    """A verified checkpoint: ``iss`` vouches for record ``seq`` whose hash is ``hash``.
+
+    ``prev`` is the checkpoint record it names as the one before it; ``chained`` says
+    whether it has the claim at all (a checkpoint from before ``prev`` existed has not).
+    """
 
     seq: int
     hash: str
     iss: str
     iat: int
     kid: str
+    prev: Position | None = None
+    chained: bool = False
 
 
 class CheckpointError(Exception):
@@ -169,33 +176,12 @@ def verify_checkpoint(jws: object, *, keys: Mapping[str, PublicKey], issuer: str
         raise CheckpointError("checkpoint claims lack `iss` or `iat`")
     if issuer is not None and iss != issuer:
         raise CheckpointError(f"checkpoint issued by `{_show(iss)}`, expected `{_show(issuer)}`")
-    return Checkpoint(seq=seq, hash=digest, iss=iss, iat=int(iat), kid=str(verified.header["kid"]))
-
-
-@dataclass(frozen=True)
-class ExportReport:
-    """What an intact export proves; ``signed_through`` is the newest record a valid checkpoint vouches for."""
-
-    records: int
-    first: int | None
-    head: tuple[int, str] | None
-    signatures_checked: bool
-    signed_through: int | None = None
-    checkpoints: int = 0
-    #: checkpoints signed by keys not in the JWKS, vouched for by a later valid checkpoint
-    superseded: int = 0
-    #: records after ``signed_through`` that are not themselves valid checkpoints
-    unsigned: int = 0
-    issuer: str | None = None
-
-
-class ExportBroken(Exception):
-    """The first record of an export that does not verify, and why."""
-
-    def __init__(self, seq: int, reason: str) -> None:
-        super().__init__(f"audit chain broken at record {seq}: {reason}")
-        self.seq = seq
-        self.reason = reason
+    try:
+        prev = parse_position(claims.get("prev"))
+    except ValueError:
+        raise CheckpointError("checkpoint claims do not name a valid checkpoint before it") from None
+    return Checkpoint(seq=seq, hash=digest, iss=iss, iat=int(iat), kid=str(verified.header["kid"]), prev=prev,
+                      chained="prev" in claims)  # fmt: skip
 
 
 def link_problem(raw: Mapping[str, Any], *, expected: int, prev: str | None) -> str | None:
@@ -217,15 +203,16 @@ def link_problem(raw: Mapping[str, Any], *, expected: int, prev: str | None) -> 
 def verify_checkpoint_record(raw: Mapping[str, Any], *, keys: Mapping[str, PublicKey], issuer: str | None) -> Checkpoint:
     """Verify a checkpoint record: its JWS (``verify_checkpoint``) and its own fields pinned to the claims.
 
-    ``ts`` must equal the signed ``iat``, the detail the signed ``seq`` and ``hash``, and
-    the named record must come before the checkpoint, so neither an edited checkpoint
-    record nor a copy of an old JWS placed elsewhere passes.
+    ``ts`` must equal the signed ``iat``, the detail the signed ``seq``, ``hash`` and
+    ``prev``, and the named records must come before the checkpoint, so neither an edited
+    checkpoint record nor a copy of an old JWS placed elsewhere passes.
     """
     detail = raw.get("detail")
     cp = verify_checkpoint(detail.get("jws") if isinstance(detail, Mapping) else None, keys=keys, issuer=issuer)
     pinned = (
         isinstance(detail, Mapping)
-        and set(detail) == _DETAIL
+        and set(detail) == (_CHAINED if cp.chained else _DETAIL)
+        and (not cp.chained or _position_or_none(detail["prev"]) == (cp.prev, True))
         and type(detail["seq"]) is int
         and detail["seq"] == cp.seq
         and detail["hash"] == cp.hash
@@ -238,90 +225,14 @@ def verify_checkpoint_record(raw: Mapping[str, Any], *, keys: Mapping[str, Publi
     seq = raw.get("seq")
     if type(seq) is not int or cp.seq >= seq:
         raise CheckpointError(f"checkpoint names record {cp.seq}, which does not precede it")
+    if cp.prev is not None and cp.prev[0] >= seq:
+        raise CheckpointError(f"checkpoint names record {cp.prev[0]} as the checkpoint before it, which does not precede it")
     return cp
 
 
-def _covered(cp: Checkpoint, hashes: Mapping[int, str]) -> int | None:
-    """The seq that a verified checkpoint vouches for in this export (None: before the export starts)."""
-    known = hashes.get(cp.seq)
-    if known is None:
-        return None
-    if known != cp.hash:
-        raise CheckpointError(f"checkpoint does not match record {cp.seq}: a record up to it was changed")
-    return cp.seq
-
-
-def verify_export(
-    records: Iterable[Mapping[str, Any]],
-    *,
-    keys: Mapping[str, PublicKey] | None,
-    issuer: str | None = None,
-    after: int = 0,
-    after_hash: str | None = None,
-    expect_head: tuple[int, str] | None = None,
-) -> ExportReport:
-    """Verify an exported log (records in order); raise ``ExportBroken`` at the first bad record.
-
-    ``after``/``after_hash`` say where the export starts. By default it starts at the
-    genesis. With ``after`` but no hash, the first record's ``prev`` is taken as given
-    (unanchored). With ``keys=None`` only the chain is checked. ``issuer`` pins ``iss``;
-    without it every checkpoint must name the same issuer as the first one.
-    ``expect_head`` is a record the export must contain, with that hash (truncation).
-    """
-    prev: str | None = GENESIS if after == 0 else after_hash
-    expected, issuer_seen = after + 1, issuer
-    hashes: dict[int, str] = {}
-    pending: list[tuple[int, str]] = []
-    valid: list[int] = []
-    signed: int | None = None
-    superseded = count = 0
-    last: tuple[int, str] | None = None
-    for raw in records:
-        reason = link_problem(raw, expected=expected, prev=prev)
-        if reason is not None:
-            seq = raw.get("seq")
-            raise ExportBroken(seq if type(seq) is int else expected, reason)
-        seq, digest = int(raw["seq"]), str(raw["hash"])
-        hashes.setdefault(seq - 1, str(raw.get("prev")))  # bound by this record's hash
-        if keys is not None and raw.get("kind") == CHECKPOINT_KIND:
-            try:
-                cp = verify_checkpoint_record(raw, keys=keys, issuer=issuer_seen)
-                covered = _covered(cp, hashes)
-            except UnknownKey as exc:
-                pending.append((seq, exc.kid))
-            except CheckpointError as exc:
-                raise ExportBroken(seq, str(exc)) from None
-            else:
-                issuer_seen = cp.iss
-                valid.append(seq)
-                if covered is not None and (signed is None or covered > signed):
-                    signed = covered
-                    superseded += sum(1 for s, _ in pending if s <= covered)
-                    pending = [(s, kid) for s, kid in pending if s > covered]
-        hashes[seq], prev, expected, last = digest, digest, seq + 1, (seq, digest)
-        count += 1
-    problems = [(s, str(UnknownKey(kid))) for s, kid in pending[:1]]
-    if expect_head is not None:
-        want, want_hash = expect_head
-        if last is None or want > last[0]:
-            end = last[0] if last else after
-            problems.append((end + 1, f"missing: the export ends at record {end}, the expected head is record {want}"))
-        elif hashes.get(want) is None:
-            problems.append((want, "the expected head is before the start of the export"))
-        elif hashes[want] != want_hash:
-            problems.append((want, "hash differs from the expected head"))
-    if problems:
-        raise ExportBroken(*min(problems))
-    floor = after if signed is None else signed
-    unsigned = (last[0] - floor if last else 0) - sum(1 for v in valid if v > floor)
-    return ExportReport(
-        records=count,
-        first=after + 1 if count else None,
-        head=last,
-        signatures_checked=keys is not None,
-        signed_through=signed,
-        checkpoints=len(valid),
-        superseded=superseded,
-        unsigned=max(unsigned, 0) if keys is not None else count,
-        issuer=issuer_seen,
-    )
+def _position_or_none(value: object) -> tuple[Position | None, bool]:
+    """``parse_position`` as (position, valid), for comparing a detail with its claims."""
+    try:
+        return parse_position(value), True
+    except ValueError:
+        return None, False

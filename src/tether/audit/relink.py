@@ -20,6 +20,13 @@ verified) and ``Relink`` checks them, page by page:
   consistent rewrite from them. So it defers to the writer that could, for as long as the
   named record still has that hash. Restoring the record lifts the alert.
 
+The writer also remembers, outside the store, the last checkpoint it signed (``saved``).
+That record must still be in the chain with the hash it had (``saved_problem``), and the
+chain of checkpoints (``prev``, ``tether.audit.coverage``) must lead back to it from the
+newest checkpoint whose signature verifies (``Lineage``). A database writer who turns
+the checkpoint into an ordinary record, so that a restarted writer would find no
+checkpoint to check against, gets a refusal instead.
+
 Pure: the reads are done by ``tether.sts.checkpoints``.
 """
 
@@ -30,9 +37,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from tether.audit.chain import GENESIS
-from tether.audit.checkpoint import link_problem
+from tether.audit.checkpoint import CHECKPOINT_KIND, link_problem
+from tether.audit.coverage import Position, parse_position
 
-__all__ = ["CHAIN_DETECTOR", "Broken", "Relink"]
+__all__ = ["CHAIN_DETECTOR", "Broken", "Lineage", "Relink", "saved_problem"]
 
 #: the ``detector`` of the alert a checkpoint writer raises when it refuses to sign
 CHAIN_DETECTOR = "audit_chain"
@@ -113,4 +121,69 @@ class Relink:
         for seq, digest, alert in self._alerts:
             if self._hashes.get(seq) == digest:
                 return Broken(seq, digest, f"reported by the chain alert at record {alert}, and not restored", alert=alert)
+        return None
+
+
+def _as_read(raw: Mapping[str, Any] | None, seq: int) -> tuple[str | None, str | None]:
+    """The hash of the record read at ``seq`` (None: missing), and why it is not that record intact."""
+    if raw is None:
+        return None, "is missing"
+    digest = raw.get("hash")
+    return (digest if isinstance(digest, str) else None), link_problem(raw, expected=seq, prev=None)
+
+
+def saved_problem(raw: Mapping[str, Any] | None, saved: Position) -> Broken | None:
+    """Whether ``raw``, read at the seq of the checkpoint this STS signed last, is still that record."""
+    found, problem = _as_read(raw, saved[0])
+    if problem is not None:
+        return Broken(saved[0], found, f"{problem}, and it is the checkpoint this STS signed last")
+    if found != saved[1]:
+        return Broken(saved[0], found, "is no longer the checkpoint this STS signed last (its hash differs)")
+    return None
+
+
+class Lineage:
+    """Follow the chain of checkpoints back from ``top`` to ``target`` = (seq, hash), one record per step.
+
+    ``top`` is the newest checkpoint record whose signature verified; its ``prev`` names
+    the checkpoint record before it, whose hash then vouches for its own ``prev``, and so
+    on. ``target`` is the last checkpoint this STS signed (or one it already followed back
+    to it): the chain must reach it exactly.
+    """
+
+    def __init__(self, *, top: Position, target: Position) -> None:
+        self.target = target
+        self.hops = 0
+        #: the record to read next (None: done) and the hash it must have
+        self.next: Position | None = top if top[0] > target[0] else None
+
+    def step(self, raw: Mapping[str, Any] | None) -> Broken | None:
+        """Check the record read at ``next``; the problem if the chain does not lead back to ``target``."""
+        assert self.next is not None
+        seq, want = self.next
+        found, problem = _as_read(raw, seq)
+        if problem is not None:
+            return Broken(seq, found, problem)
+        assert raw is not None and found is not None
+        self.hops += 1
+        if seq == self.target[0] and found != self.target[1]:
+            return Broken(seq, found, "is no longer the checkpoint this STS last checked (its hash differs)")
+        if found != want:
+            return Broken(seq, found, "is not the checkpoint record the next checkpoint names (its hash differs)")
+        if seq == self.target[0]:
+            self.next = None
+            return None
+        detail = raw.get("detail")
+        try:
+            prev = parse_position(detail.get("prev") if isinstance(detail, Mapping) else None)
+        except ValueError:
+            prev = None
+        t = self.target[0]
+        if raw.get("kind") != CHECKPOINT_KIND or prev is None or prev[0] >= seq:
+            return Broken(seq, found, f"names no checkpoint before it: the chain of checkpoints does not lead back "
+                                      f"to record {t}, the checkpoint this STS last checked")  # fmt: skip
+        if prev[0] < t:
+            return Broken(seq, found, f"names record {prev[0]} as the checkpoint before it: the chain of checkpoints "
+                                      f"skips record {t}, the checkpoint this STS last checked")  # fmt: skip
+        self.next = prev
         return None

@@ -4,7 +4,13 @@ An export is JSON lines, one record per line, exactly as stored. It holds no key
 a verifier must not trust keys handed over with the log it is checking. The third
 party passes its own copy of the issuer's JWKS (RFC 7517, fetched from ``/jwks``) with
 ``--jwks``. The option may be repeated with archived copies, to check checkpoints
-signed by keys that have since been retired. The rules are in ``tether.audit.checkpoint``.
+signed by keys that have since been retired. The rules are in ``tether.audit.export``.
+
+The longest stretch of records between checkpoints is reported. One with more than
+``checkpoint_every`` records appended over ``GRACE_SECONDS`` before the checkpoint that
+closes it is more than the STS lets pass (``tether.audit.coverage``): a checkpoint may
+have been removed and the log signed again. It is a warning, and a failure with
+``--require-signed``.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from typing import Annotated, Any
 
 import typer
 
-from tether.audit.checkpoint import ExportBroken, ExportReport, verify_export
+from tether.audit.coverage import GRACE_SECONDS, Stretch
+from tether.audit.export import ExportBroken, ExportReport, verify_export
 from tether.cli.common import config_or_exit, errors_to_exit
 from tether.cli.output import PlainConsole, console, fail
 from tether.config import Config
@@ -36,6 +43,8 @@ app = typer.Typer(no_args_is_help=True, help="The tamper-evident audit log.")
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="tether.toml")]
 _err = PlainConsole(stderr=True, highlight=False, soft_wrap=True)
 _POSITION = re.compile(r"(\d+)(?::([0-9a-f]{64}))?")
+#: ``audit.checkpoint_every`` when no configuration says otherwise
+_EVERY = 1000
 
 
 def _records(cfg: Config, *, after: int = 0) -> list[dict[str, Any]]:
@@ -159,8 +168,17 @@ def _summary(report: ExportReport, *, anchored: bool, after: int) -> None:
             f" of `{report.issuer}`{older}",
             soft_wrap=True,
         )
+    if report.longest is not None:
+        s = report.longest
+        console.print(f"longest stretch between checkpoints: {s.records} records ({s.first}-{s.last})", soft_wrap=True)
     if report.unsigned and report.head:
         _err.print(f"warning: the last {report.unsigned} records (up to {report.head[0]}) are not covered by a checkpoint")
+
+
+def _overdue(stretch: Stretch, every: int) -> str:
+    return (f"checkpoint record {stretch.checkpoint} closes a stretch (records {stretch.first}-{stretch.last}) with "
+            f"{stretch.late} records appended over {GRACE_SECONDS} s before it, more than checkpoint_every ({every}) "
+            "lets pass: a checkpoint may have been removed and the log signed again")  # fmt: skip
 
 
 @app.command()
@@ -183,6 +201,10 @@ def verify(
     after: Annotated[
         str | None, typer.Option(help="the export starts after SEQ (SEQ:HASH anchors it to a verified record)")
     ] = None,
+    checkpoint_every: Annotated[
+        int | None,
+        typer.Option(min=1, help="the issuer's audit.checkpoint_every (default: the configured one, or 1000 for FILE)"),
+    ] = None,
 ) -> None:
     """Verify every link and every signed checkpoint; on the first bad record print it and exit 1.
 
@@ -194,6 +216,7 @@ def verify(
     if head is not None and head[1] is None:
         raise typer.BadParameter("must be SEQ:HASH", param_hint="--expect-head")
     keys = _load_jwks(jwks) if jwks else None
+    every = checkpoint_every or _EVERY
     if file is not None:
         records = _read_export(file)
     else:
@@ -202,11 +225,12 @@ def verify(
             records = _records(cfg, after=start[0])
             keys = keys if keys is not None else _store_keys(cfg)
         issuer = issuer or cfg.issuer
+        every = checkpoint_every or int(cfg.values["audit"]["checkpoint_every"])
     if require_signed and keys is None:
         raise typer.BadParameter("needs --jwks to check the signatures", param_hint="--require-signed")
     try:
         report = verify_export(records, keys=keys, issuer=issuer, after=start[0], after_hash=start[1],
-                               expect_head=(head[0], str(head[1])) if head else None)  # fmt: skip
+                               expect_head=(head[0], str(head[1])) if head else None, every=every)  # fmt: skip
     except ExportBroken as exc:
         fail(str(exc))
     if jwks and not allow_unsigned and report.records and report.signed_through is None:
@@ -217,4 +241,8 @@ def verify(
     if require_signed and report.unsigned:
         where = f"after record {report.signed_through}" if report.signed_through is not None else "at all"
         fail(f"audit chain not signed {where}: {report.unsigned} records are not covered by a valid checkpoint")
+    if require_signed and report.overdue is not None:
+        fail(f"audit chain not signed often enough: {_overdue(report.overdue, every)}")
     _summary(report, anchored=start[1] is not None, after=start[0])
+    if report.overdue is not None:
+        _err.print(f"warning: {_overdue(report.overdue, every)}")

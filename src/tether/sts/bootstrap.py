@@ -59,7 +59,8 @@ class Sts:
         self._recorded_policy: str | None = None
         self._refused_policy: list[str] = []
         audit = config.values["audit"]
-        self.checkpoints = AuditCheckpoints(every=int(audit["checkpoint_every"]), seconds=int(audit["checkpoint_seconds"]))
+        self.checkpoints = AuditCheckpoints(every=int(audit["checkpoint_every"]), seconds=int(audit["checkpoint_seconds"]),
+                                            data_dir=config.data_dir)  # fmt: skip
         #: the newest signing key this STS has used, kept outside the store (``keys.keyring.check_not_older``)
         self.key_state = LocalState(config.data_dir / "keyring.state")
         self.app: Starlette = create_app(self, upkeep=upkeep, max_inflight=int(config.values["server"]["max_inflight"]))

@@ -38,15 +38,32 @@ checkpoint is found, every record read counts as pending, and the clock runs fro
 head's time. So the unsigned tail left by the previous run is signed at once on a long
 log, and within ``checkpoint_seconds`` of its newest record otherwise.
 
+Memory outside the store (issue 12, finding 5). A restarted writer that trusted whatever
+checkpoint it found could be made to forget: turn the newest checkpoint into an ordinary
+record, rewrite what it covered, re-hash, and the restarted writer finds nothing to check
+against. So the writer keeps the last checkpoint it signed (seq and hash of the record,
+and of the record it named) in ``STATE_FILE`` in the data directory (``LocalState``).
+On start, and before each signing, that record must still be in the chain with that
+hash (``relink.saved_problem``), and the chain of checkpoints (each names the checkpoint
+record before it, ``prev``) must lead back to it from the newest checkpoint whose
+signature verifies (``relink.Lineage``); otherwise it refuses and alerts as above. The
+walk back reads one record per checkpoint, at most ``MAX_HOPS``; it stops at a
+checkpoint it has already followed back. Beyond that bound the rest of the chain is
+taken as given (logged). A writer without the file (a new deployment, or a deleted
+file) starts as before; ``tether audit verify`` then shows the removed checkpoint as an
+overdue stretch (``tether.audit.coverage``). A new audit log on an old data directory
+needs the file deleted.
+
 What no writer can know: a record rewritten after the newest verifiable checkpoint,
 before this process first read it. ``tether audit verify --expect-head`` against an
 earlier export finds that.
 
-Several replicas may tail one PostgreSQL chain. Before writing, a replica claims the
-right to write the checkpoint that follows the last one it saw, with the atomic
-``first_use`` (one winner per claim). Two checkpoints close together are harmless;
-the claim only avoids them cheaply. A claim whose winner died expires after
-``CLAIM_SECONDS``.
+Several replicas may tail one PostgreSQL chain; each keeps its own file. Before
+writing, a replica claims the right to write the checkpoint that follows the last one
+it saw, with the atomic ``first_use`` (one winner per claim). A claim whose winner died
+expires after ``CLAIM_SECONDS``. Just before appending, the writer reads the marks
+again: a checkpoint that landed meanwhile would make its ``prev`` name the wrong
+checkpoint record, so it does not sign that round.
 """
 
 from __future__ import annotations
@@ -54,6 +71,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
 
 from tether.audit.chain import GENESIS, AuditRecord
 from tether.audit.checkpoint import (
@@ -68,8 +87,10 @@ from tether.audit.checkpoint import (
     verify_checkpoint,
     verify_checkpoint_record,
 )
-from tether.audit.relink import CHAIN_DETECTOR, Broken, Relink
+from tether.audit.coverage import Position, parse_position, position_json
+from tether.audit.relink import CHAIN_DETECTOR, Broken, Lineage, Relink, saved_problem
 from tether.keys.keyring import KeyRing
+from tether.localstate import LocalState
 from tether.metrics import ALERTS
 from tether.monitor.cursor import head_seq
 from tether.monitor.events import Finding, alert_event
@@ -77,7 +98,7 @@ from tether.rules.jws import JWSError, PublicKey, peek_header
 from tether.store.protocol import TAIL_PAGE, Store
 from tether.store.records import AuditMark
 
-__all__ = ["CLAIM_SECONDS", "LOOKBACK", "AuditCheckpoints"]
+__all__ = ["CLAIM_SECONDS", "LOOKBACK", "MAX_HOPS", "STATE_FILE", "AuditCheckpoints"]
 
 log = logging.getLogger("tether.sts")
 
@@ -87,6 +108,11 @@ LOOKBACK = 50_000
 _PAGE = 4 * TAIL_PAGE
 _VERIFY_PAGE = 2 * TAIL_PAGE  # about 3 ms of re-hashing on the event loop per page
 _ALERT_CLAIM_SECONDS = 86_400
+#: the most checkpoint records one walk back along the chain of checkpoints reads
+MAX_HOPS = 1_000
+#: the file in the data directory that holds the last checkpoint this STS signed
+STATE_FILE = "audit-checkpoint.state"
+_STATE_KEY = "last_signed"
 
 
 def _kid_of(mark: AuditMark) -> str:
@@ -100,6 +126,21 @@ def _kid_of(mark: AuditMark) -> str:
     return kid if isinstance(kid, str) else ""
 
 
+def _saved(state: LocalState | None) -> tuple[Position, Position] | None:
+    """The last checkpoint this STS signed and the record it named, from ``state`` (None: none yet)."""
+    value = state.get(_STATE_KEY) if state is not None else None
+    if value is None:
+        return None
+    try:
+        record, named = parse_position(value.get("checkpoint")), parse_position(value.get("named"))
+    except (AttributeError, ValueError):
+        record = named = None
+    if record is None or named is None:
+        assert state is not None
+        raise OSError(f"`{state.path}` does not name a checkpoint (delete it only for a new audit log)")
+    return record, named
+
+
 def _public_keys(keyring: KeyRing, now: float) -> dict[str, PublicKey]:
     """kid → public key of every key the keyring still publishes."""
     found = {kid: keyring.public_key(kid, now=now) for kid in keyring.kids}
@@ -109,9 +150,13 @@ def _public_keys(keyring: KeyRing, now: float) -> dict[str, PublicKey]:
 class AuditCheckpoints:
     """The checkpoint writer of one STS process; ``tick`` is called every second by the upkeep."""
 
-    def __init__(self, *, every: int, seconds: int) -> None:
+    def __init__(self, *, every: int, seconds: int, data_dir: Path | None = None) -> None:
+        """``data_dir`` holds ``STATE_FILE``; without it nothing is remembered across restarts."""
         self.every = every
         self.seconds = seconds
+        self._state = LocalState(data_dir / STATE_FILE) if data_dir is not None else None
+        self._saved = _saved(self._state)
+        self._saved_alerted = False
         self._keys: Mapping[str, PublicKey] = {}
         self._issuer: str | None = None
         self._retry_at = 0.0
@@ -124,7 +169,10 @@ class AuditCheckpoints:
         self._cursor: int | None = None
         self._head: tuple[int, str] | None = None
         self._last = 0  # seq of the newest checkpoint record seen (0: none)
+        self._last_hash = ""
         self._kid: str | None = None  # the kid that signed it
+        self._top: Position | None = None  # the newest checkpoint record whose signature verified
+        self._reached = self._saved[0] if self._saved else None  # the newest one known to lead back to it
         self._since = 0.0
         self._pending = 0
         self._trusted: tuple[int, str | None] = (0, GENESIS)
@@ -137,6 +185,7 @@ class AuditCheckpoints:
             del self._known[next(iter(self._known))]
         if record.kind == CHECKPOINT_KIND:
             self._last, self._kid, self._since, self._pending = record.seq, _kid_of(record), record.ts, 0
+            self._last_hash = record.hash
             if adopt:
                 self._adopt(record)
         else:
@@ -151,6 +200,7 @@ class AuditCheckpoints:
         except CheckpointError as exc:
             self._problems.append(Broken(mark.seq, mark.hash, f"is a checkpoint that does not verify ({exc})"))
             return
+        self._top = (mark.seq, mark.hash)
         if cp.seq > self._trusted[0] and self._known.get(cp.seq, cp.hash) == cp.hash:
             self._trust(cp.seq, cp.hash)
 
@@ -170,7 +220,7 @@ class AuditCheckpoints:
         except CheckpointError as exc:
             self._problems.append(Broken(mark.seq, mark.hash, f"is a checkpoint that does not verify ({exc})"))
             return False
-        self._trusted = (cp.seq, cp.hash)
+        self._trusted, self._top = (cp.seq, cp.hash), (mark.seq, mark.hash)
         return True
 
     async def _anchor_in(self, store: Store, page: list[AuditMark]) -> bool:
@@ -208,6 +258,32 @@ class AuditCheckpoints:
             self._pending = head  # no checkpoint found: count every record
             self._since = min(now, pages[0][-1].ts)  # unsigned since at least the head's time
 
+    async def _record(self, store: Store, seq: int) -> dict[str, object] | None:
+        found = await store.audit_records(after=seq - 1, limit=1)
+        return found[0].as_json() if found else None
+
+    async def _lineage(self, store: Store) -> Broken | None:
+        """The checkpoint this STS signed last is in the chain as signed, and the newest one leads back to it."""
+        if self._saved is None or self._reached is None:
+            return None
+        broken = saved_problem(await self._record(store, self._saved[0][0]), self._saved[0])
+        if broken is not None and self._saved_alerted:  # one alert, whatever the record turns into meanwhile
+            broken = replace(broken, alert=0)
+        if broken is not None or self._top is None:
+            return broken
+        lineage = Lineage(top=self._top, target=self._reached)
+        while lineage.next is not None:
+            if lineage.hops >= MAX_HOPS:
+                log.warning("audit checkpoints: followed %d checkpoints back from record %d; the chain before "
+                            "record %d is taken as given", MAX_HOPS, self._top[0], lineage.next[0])  # fmt: skip
+                break
+            broken = lineage.step(await self._record(store, lineage.next[0]))
+            if broken is not None:
+                return broken
+            await asyncio.sleep(0)
+        self._reached = max(self._reached, self._top)
+        return None
+
     async def _verify(self, store: Store) -> Broken | None:
         """Re-read the records from the trusted position to the head and re-link them."""
         assert self._head is not None
@@ -225,7 +301,7 @@ class AuditCheckpoints:
             if broken is not None:
                 return broken
             await asyncio.sleep(0)  # let the requests in flight run between pages
-        return relink.finish(head)
+        return relink.finish(head) or await self._lineage(store)
 
     async def _report(self, store: Store, broken: Broken, *, now: float, refused: bool) -> None:
         """Log the problem and raise the chain alert, once per record and hash across replicas."""
@@ -245,12 +321,10 @@ class AuditCheckpoints:
                           window=0, subject="audit", evidence=evidence)  # fmt: skip
         await store.append_audit(alert_event(finding, ("alert",), risk=0), now=now)
         ALERTS.labels(detector=CHAIN_DETECTOR).inc()
+        self._saved_alerted = self._saved_alerted or (self._saved is not None and broken.seq == self._saved[0][0])
 
-    async def tick(self, store: Store, keyring: KeyRing, *, issuer: str, now: float) -> AuditRecord | None:
-        """Read the new records and append a signed checkpoint if one is due and the chain re-links."""
-        self._keys, self._issuer = _public_keys(keyring, now), issuer
-        if self._cursor is None:
-            await self._start(store, now)
+    async def _read(self, store: Store) -> None:
+        """Observe every record appended since the last read, in pages."""
         while True:
             page = await store.audit_marks(after=self._cursor or 0, limit=_PAGE)
             for mark in page:
@@ -258,6 +332,32 @@ class AuditCheckpoints:
             if len(page) < _PAGE:
                 break
             await asyncio.sleep(0)  # let the requests in flight run between pages
+
+    async def _restart(self, store: Store, now: float) -> None:
+        """Start as a fresh process: find the head and the newest checkpoint, and check the saved one."""
+        await self._start(store, now)
+        broken = await self._lineage(store)
+        if broken is not None and self._head is not None:
+            broken = await self._verify(store)  # the first record that does not verify, as a signing would find
+        if broken is not None:
+            await self._report(store, broken, now=now, refused=True)
+        elif self._saved is not None and self._saved[1][0] > self._trusted[0]:
+            self._trust(*self._saved[1])  # the record it signed last is as signed: what it named is
+
+    async def _save(self, record: AuditRecord, named: Position) -> None:
+        """Remember the checkpoint just signed, outside the store (a file write: off the event loop)."""
+        self._saved = ((record.seq, record.hash), named)
+        self._top = self._reached = (record.seq, record.hash)
+        if self._state is not None:
+            value = {"checkpoint": position_json(self._saved[0]), "named": position_json(named)}
+            await asyncio.to_thread(self._state.put, _STATE_KEY, value)
+
+    async def tick(self, store: Store, keyring: KeyRing, *, issuer: str, now: float) -> AuditRecord | None:
+        """Read the new records and append a signed checkpoint if one is due and the chain re-links."""
+        self._keys, self._issuer = _public_keys(keyring, now), issuer
+        if self._cursor is None:
+            await self._restart(store, now)
+        await self._read(store)
         while self._problems:
             await self._report(store, self._problems.pop(0), now=now, refused=False)
         key = keyring.current
@@ -266,6 +366,7 @@ class AuditCheckpoints:
                              seconds=self.seconds, key_changed=changed)  # fmt: skip
         if self._head is None or not due or now < self._retry_at:
             return None
+        last = (self._last, self._last_hash) if self._last else None
         if not await store.first_use(f"audit-checkpoint:after:{self._last}", until=int(now) + CLAIM_SECONDS, now=now):
             return None
         broken = await self._verify(store)
@@ -277,8 +378,13 @@ class AuditCheckpoints:
             self._forget()
             return None
         seq, digest = self._head
+        await self._read(store)
+        if (self._last, self._last_hash) != (last or (0, "")):
+            return None  # a checkpoint landed meanwhile: ours would not name the one before it
         iat = int(now)
-        jws = keyring.sign(checkpoint_claims(issuer=issuer, seq=seq, hash=digest, iat=iat), typ=CHECKPOINT_TYP)
-        record = await store.append_audit(checkpoint_event(seq=seq, hash=digest, jws=jws), now=float(iat))
+        claims = checkpoint_claims(issuer=issuer, seq=seq, hash=digest, iat=iat, prev=last)
+        jws = keyring.sign(claims, typ=CHECKPOINT_TYP)
+        record = await store.append_audit(checkpoint_event(seq=seq, hash=digest, jws=jws, prev=last), now=float(iat))
         self._trust(seq, digest)
+        await self._save(record, (seq, digest))
         return record
