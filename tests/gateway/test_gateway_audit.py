@@ -12,14 +12,22 @@ from __future__ import annotations
 
 import json
 import secrets
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from gwkit import GatewayEnv, encoded_forms, wait_until
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "observe"))
+
+from obskit import delta, scrape
+
 from helpers import AGENT
 from services import store_sql
 from tether.audit.chain import AuditRecord
+
+CALLS = "tether_gateway_calls_total"
 
 
 def test_every_allowed_call_has_a_gateway_call_record_and_a_result(gw: GatewayEnv) -> None:
@@ -99,12 +107,13 @@ def test_a_refusal_of_an_unverified_token_has_no_task(gw: GatewayEnv) -> None:
 
 
 def test_calls_are_counted_in_metrics(gw: GatewayEnv) -> None:
+    """``GET /metrics`` counts allowed calls (after the relay) and refusals by route and status."""
     caller = gw.caller("legacy")
-    ok, refused = gw.gateway.metrics[("legacy", 200)], gw.gateway.metrics[("legacy", 403)]
+    before = scrape(gw.url)
     assert caller.get("legacy", "/v1/items").status_code == 200
     assert caller.get("legacy", "/v1/admin").status_code == 403
-    wait_until(lambda: gw.gateway.metrics[("legacy", 200)] == ok + 1, what="the allowed call's count")
-    assert gw.gateway.metrics[("legacy", 403)] == refused + 1
+    wait_until(lambda: delta(before, scrape(gw.url), CALLS, route="legacy", status="200") == 1, what="the allowed call's count")
+    assert delta(before, scrape(gw.url), CALLS, route="legacy", status="403") == 1
 
 
 def test_no_audit_record_contains_the_secret(gw: GatewayEnv) -> None:

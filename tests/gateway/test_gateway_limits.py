@@ -25,7 +25,7 @@ from gwkit import (
     wait_until,
 )
 
-from tether.gateway.app import route_warnings
+from tether.gateway.routes import route_warnings
 from tether.web.server import free_port
 
 

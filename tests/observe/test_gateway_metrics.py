@@ -1,8 +1,8 @@
 """``GET /metrics`` of a real gateway on loopback: calls by route and status, latency, feed lag, suspensions.
 
 One STS, one legacy upstream and one gateway for the module (``gwkit``); each test
-uses its own task and compares two scrapes. The allowed call is counted when its
-audit record is written (after the response), so that count is awaited.
+uses its own task and compares two scrapes. The allowed call is counted after the response,
+just before its ``gateway.result`` record is written, so that record is awaited.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def _forbidden(env: GatewayEnv, task_id: str) -> list[str]:
 def test_calls_are_counted_by_route_and_status(gw: GatewayEnv) -> None:
     caller = gw.caller("apikey")
     assert caller.get("apikey", "/v1/items").status_code == 200  # the session and hop token exist before the scrape
-    wait_until(lambda: gw.gateway.metrics[("apikey", 200)] >= 1, what="the first call's count")
+    wait_until(lambda: bool(gw.audit("gateway.result", caller.task["id"])), what="the first call's count")
     before = scrape(gw.url)
 
     assert caller.get("apikey", "/v1/items").status_code == 200
@@ -109,7 +109,7 @@ def test_unknown_routes_are_not_counted(gw: GatewayEnv) -> None:
 def test_a_cap_hit_suspension_is_counted_as_a_task_revocation(gw: GatewayEnv) -> None:
     caller = gw.caller("tiny")
     assert caller.get("tiny", "/v1/items").status_code == 200
-    wait_until(lambda: gw.gateway.metrics[("tiny", 200)] >= 1, what="the first call's count")
+    wait_until(lambda: bool(gw.audit("gateway.result", caller.task["id"])), what="the first call's count")
     before = scrape(gw.url)
     capped = caller.get("tiny", "/v1/items")
     assert capped.status_code == 429

@@ -129,7 +129,8 @@ def gateway(
     port: Annotated[int | None, typer.Option(help="port")] = None,
 ) -> None:
     """Serve the legacy-credential gateway (routes from [[gateway.routes]])."""
-    from tether.gateway.app import build_gateway, route_warnings
+    from tether.gateway.app import build_gateway
+    from tether.gateway.routes import route_warnings
 
     cfg = config_or_exit(config)
     if not cfg.routes:

@@ -10,7 +10,7 @@ connection pool it protects does; the event loop is single-threaded, so no lock 
 
 from __future__ import annotations
 
-from tether.errors import TooManyRequests
+from tether.gateway.admission import check_in_flight
 
 __all__ = ["InFlight", "Slot"]
 
@@ -40,11 +40,7 @@ class InFlight:
         """A slot for one more call of ``task`` on ``route``, or ``TooManyRequests`` at ``limit``."""
         key = (route, task)
         held = self._counts.get(key, 0)
-        if held >= limit:
-            refusal = TooManyRequests("too many calls in flight for this task", retry_after=1,
-                                      debug=f"task has {held} calls in flight on route `{route}` (cap {limit})")  # fmt: skip
-            refusal.audit["in_flight_cap"] = True
-            raise refusal
+        check_in_flight(route, held, limit)
         self._counts[key] = held + 1
         return Slot(self, key)
 

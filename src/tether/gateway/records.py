@@ -1,16 +1,11 @@
-"""The audit records of an allowed gateway call: ``gateway.call`` before it is made, ``gateway.result`` after.
+"""The gateway's audit records: ``gateway.call`` before a call is made, ``gateway.result`` after, ``gateway.refused``.
 
-``gateway.call`` is appended before the upstream is called, and a call the store cannot
-record is not made: the gateway answers 503 ``temporarily_unavailable`` and the upstream
-never sees it (no decision without a durable record, SECURITY.md §4 "Audit"). It carries
-everything known at that point — route, method, path, agent, task and token — which is
-what the monitor's ``gateway_unusual`` detector reads.
-
-``gateway.result`` carries what is only known afterwards: the upstream status, bytes each
-way, how many echoes of the secret were scrubbed, whether and why the body was cut
-(``cut``: ``size``, ``upstream``, ``deadline`` or ``client``) and the duration. It names its
-``gateway.call`` record by ``seq``. It is best effort — the call has happened by then — so a
-store failure is logged, not answered.
+``gateway.call`` carries everything known before the upstream is called (route, method, path,
+agent, task, token), which is what the monitor's ``gateway_unusual`` detector reads.
+``gateway.result`` names its call record by ``seq`` and adds what is known only afterwards:
+status, bytes each way, scrubbed echoes of the secret, whether and why the body was cut
+(``size``, ``upstream``, ``deadline`` or ``client``) and the duration. ``gateway.refused``
+carries the wire error, the reason (``debug``, never on the wire) and the refusal's markers.
 """
 
 from __future__ import annotations
@@ -19,12 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from tether.audit.chain import AuditEvent
+from tether.errors import OAuthError
 from tether.gateway.inflight import Slot
 from tether.gateway.proxy import Forwarded
 from tether.gateway.routes import GatewayRoute
 from tether.resource.principal import Principal
+from tether.web.errors import wire_code
 
-__all__ = ["Call", "call_event", "result_event"]
+__all__ = ["Call", "call_event", "refusal_event", "result_event"]
 
 
 @dataclass
@@ -65,3 +62,25 @@ def result_event(call: Call, forwarded: Forwarded, ms: float) -> AuditEvent:
         detail["cut"] = forwarded.cut
     return AuditEvent(kind="gateway.result", outcome="ok", principal=call.principal.client_id, task=call.principal.task,
                       jti=call.principal.jti, detail=detail)  # fmt: skip
+
+
+def refusal_event(
+    route: GatewayRoute, principal: Principal | None, exc: Exception, *, method: str, path: str, status: int, ms: float
+) -> AuditEvent:
+    """``principal`` is set only once the token was verified: only then is the refusal the task's."""
+    reason = exc.debug if isinstance(exc, OAuthError) else str(exc)
+    detail: dict[str, Any] = {
+        "route": route.name,
+        "method": method,
+        "path": path[:200],
+        "status": status,
+        "decision": "refused",
+        "reason": reason[:300],
+        "ms": round(ms, 2),
+    }
+    if principal is not None:
+        detail["agent"] = principal.agent
+    if isinstance(exc, OAuthError):  # markers such as replay / cap_hit, for the monitor
+        detail.update({k: v for k, v in exc.audit.items() if isinstance(v, bool | int | str)})
+    return AuditEvent(kind="gateway.refused", outcome="refused", principal=principal.client_id if principal else None,
+                      task=principal.task if principal else None, error=wire_code(exc), detail=detail)  # fmt: skip

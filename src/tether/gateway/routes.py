@@ -24,7 +24,7 @@ from tether.errors import ConfigError
 from tether.gateway.allowlist import AllowRule, parse_rule
 from tether.gateway.inject import Injection
 
-__all__ = ["GatewayRoute", "days_to_expiry", "parse_routes"]
+__all__ = ["GatewayRoute", "days_to_expiry", "parse_routes", "route_warnings", "utc_date"]
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _HEADER = re.compile(r"[A-Za-z0-9-]{1,64}")
@@ -37,6 +37,7 @@ _KEYS = {
 }  # fmt: skip
 #: the default total deadline per call (or ``timeout``, when that is longer)
 CALL_SECONDS = 60.0
+EXPIRY_WARNING_DAYS = 14
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,25 @@ class GatewayRoute:
         return today > self.expires
 
 
+def utc_date(now: float) -> dt.date:
+    """Routes expire by UTC date, wherever the gateway runs."""
+    return dt.datetime.fromtimestamp(now, dt.UTC).date()
+
+
 def days_to_expiry(route: GatewayRoute, today: dt.date) -> int:
     return (route.expires - today).days
+
+
+def route_warnings(routes: tuple[GatewayRoute, ...], today: dt.date) -> list[str]:
+    """Bearer exceptions that have expired or expire within two weeks (startup and ``tether report``)."""
+    warnings = []
+    for route in routes:
+        days = days_to_expiry(route, today)
+        if days < 0:
+            warnings.append(f"route `{route.name}` (owner {route.owner}) expired on {route.expires}: it refuses every call")
+        elif days <= EXPIRY_WARNING_DAYS:
+            warnings.append(f"route `{route.name}` (owner {route.owner}) expires in {days} days ({route.expires})")
+    return warnings
 
 
 def _positive(key: str, value: Any, default: int) -> int:

@@ -19,7 +19,7 @@ from tether.errors import OAuthError, PolicyUnavailable, TemporarilyUnavailable,
 from tether.logs import WITH_TRACEBACK
 from tether.store.errors import StoreUnavailable
 
-__all__ = ["NO_STORE", "error_response", "handle_http", "handle_unexpected", "unexpected_error"]
+__all__ = ["NO_STORE", "error_response", "handle_http", "handle_unexpected", "unexpected_error", "wire_code"]
 
 log = logging.getLogger("tether.web")
 
@@ -35,6 +35,16 @@ def _challenge(exc: OAuthError, algs: Collection[str]) -> str:
     if algs:
         parts.append(f'algs="{" ".join(algs)}"')
     return "DPoP " + ", ".join(parts)
+
+
+def wire_code(exc: BaseException) -> str:
+    """The ``error`` code ``error_response`` sends for ``exc``: for metric labels and audit records,
+    which must name the refusal the client saw (fail closed is ``temporarily_unavailable``)."""
+    if isinstance(exc, StoreUnavailable | PolicyUnavailable):
+        return TemporarilyUnavailable.error
+    if isinstance(exc, OAuthError):
+        return exc.error
+    return "server_error"
 
 
 def error_response(exc: Exception, *, resource: bool = False, algs: Collection[str] = ()) -> Response:

@@ -12,11 +12,11 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tether.errors import OAuthError, PolicyUnavailable, TetherError, UseDPoPNonce
+from tether.errors import OAuthError, TetherError, UseDPoPNonce
 from tether.metrics import REFUSALS
-from tether.store.errors import StoreError, StoreUnavailable
+from tether.store.errors import StoreError
 from tether.sts.context import StsContext
-from tether.web.errors import error_response
+from tether.web.errors import error_response, wire_code
 
 __all__ = ["Endpoint", "client_address", "context", "endpoint", "nonce_headers"]
 
@@ -46,7 +46,7 @@ def endpoint(*, resource: bool, audit_kind: str | None = None) -> Callable[[Endp
             try:
                 return await fn(request)
             except (TetherError, StoreError) as exc:
-                REFUSALS.labels(endpoint=name, error=_code(exc)).inc()
+                REFUSALS.labels(endpoint=name, error=wire_code(exc)).inc()
                 if isinstance(exc, OAuthError) and audit_kind is not None and not isinstance(exc, UseDPoPNonce):
                     try:
                         detail = {"path": request.url.path[:200]}
@@ -63,12 +63,3 @@ def endpoint(*, resource: bool, audit_kind: str | None = None) -> Callable[[Endp
 def client_address(request: Request) -> str | None:
     """The peer address as the server saw it (never a forwarded header: a client sets those)."""
     return request.client.host if request.client else None
-
-
-def _code(exc: Exception) -> str:
-    """The wire error code ``error_response`` will send for ``exc``."""
-    if isinstance(exc, OAuthError):
-        return exc.error
-    if isinstance(exc, StoreUnavailable | PolicyUnavailable):
-        return "temporarily_unavailable"
-    return "server_error"
