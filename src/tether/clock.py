@@ -1,7 +1,7 @@
 """Clocks: the only place that reads the time, so rules stay pure and tests move time.
 
-Rules take ``now`` as an argument (STYLE rule 1); services take a ``Clock``. Tests
-use ``ManualClock`` to move a running server forward instead of sleeping.
+Rules take ``now`` as an argument; services take a ``Clock``. Tests use ``ManualClock`` to
+move a running server forward instead of sleeping.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Typed errors carrying their OAuth wire code (RFC 6749 §5.2, RFC 6750 §3.1, RFC 9449 §7.1).
 
 Every refusal in tether is one of these. The public ``description`` goes on the wire;
-``debug`` goes only to logs and the audit record, so a client learns what it can fix
-without learning which internal check an attack tripped (STYLE rule 4). Rendering to
-HTTP happens in exactly one place, ``tether.web.errors``.
+``debug`` goes only to logs and the audit record, so a client learns what it can fix without
+learning which internal check an attack tripped. Rendering to HTTP happens in exactly one
+place, ``tether.web.errors``.
 """
 
 from __future__ import annotations

@@ -1,33 +1,11 @@
 """Process logging for ``tether serve`` and ``tether gateway``: one line per record, text or JSON, always redacted.
 
-Every record of the process — tether's own, uvicorn's (its access log included, when
-an operator turns it on), httpx, httpcore and aiohttp — ends at one handler on the root
-logger, and that handler carries the redaction filter. So one filter covers libraries
-that print request lines, URLs or raw headers, and redaction is not a format option:
-text and JSON are redacted alike. Access tokens are secrets that are never logged
-(RFC 9700 §4.9.2, SECURITY.md BCP-13; RFC 6750 §5.3); the same goes for DPoP proofs,
-workload JWTs and the gateway's vaulted credentials (DESIGN "Secrets never in logs").
-
-What becomes ``[REDACTED]``:
-
-* anything shaped like a compact JWS or JWE (RFC 7515 §7.1: base64url segments joined by
-  dots, the first one starting ``eyJ``, i.e. ``{"``): access tokens, DPoP proofs
-  (RFC 9449 §4.2), JWT-SVIDs, client assertions (RFC 7523);
-* the value of ``Authorization``, ``Proxy-Authorization``, ``DPoP``, ``Cookie``,
-  ``Set-Cookie`` and ``X-Api-Key``, in the shapes libraries print headers in
-  (``Name: value``, ``name=value``, ``(b'name', b'value')``, ``{'name': 'value'}``);
-* a ``Bearer`` / ``DPoP`` credential (RFC 6750 §2.1, RFC 9449 §7.1) wherever it appears;
-* token-carrying query and form parameters (``access_token`` of RFC 6750 §2.3,
-  ``subject_token``/``actor_token`` of RFC 8693 §2.1, ``client_assertion``, ``apikey`` …);
-* every secret a registered source knows (the gateway's ``SecretRedactor``, which holds
-  each vaulted secret in all the encodings an upstream or a library could print).
-
-JSON lines carry ``ts`` (RFC 3339, UTC), ``level``, ``logger``, ``message`` and any
-``extra`` fields; an exception is ``exc_type`` plus a one-line ``exc_message``, and the
-traceback only at level ``debug`` — except on a record logged with ``extra=WITH_TRACEBACK``
-(an unexpected error, answered 500), which carries its redacted traceback at every level
-so an operator can act on it: in the JSON object's ``traceback``, or in text on the same
-line with its newlines escaped (still one record, one line, unless at level ``debug``).
+Every record (tether's, uvicorn's, httpx's, httpcore's, aiohttp's) ends at one handler on the
+root logger that carries the redaction filter, so redaction covers libraries that print
+headers or URLs and is not a format option. Access tokens are never logged (RFC 9700 §4.9.2,
+RFC 6750 §5.3), nor are proofs, workload JWTs or vaulted secrets: anything shaped like a
+compact JWS/JWE, credential headers and parameters, and every secret a registered source knows
+become ``[REDACTED]``. Tracebacks appear only at ``debug``, except with ``extra=WITH_TRACEBACK``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Frozen records shared by rules, services and adapters.
 
-Parse, don't validate (STYLE rule 8): everything here has already been checked by a
-rule in ``tether.rules``; nothing downstream sees a raw dict from the wire.
+Parse, don't validate: everything here has already been checked by a rule in
+``tether.rules``; nothing downstream sees a raw dict from the wire.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Stateful DPoP checks shared by the STS, the resource SDK and the gateway (RFC 9449 §8, §11.1).
 
-``rules.dpop.check_proof`` does the pure checks; this adds the two that need state, in
-the order that keeps retries cheap: the server nonce first (a nonce challenge leaves
-the proof unspent), then the ``jti`` replay cache, atomically (DPOP-12 **P**: a
-proof is accepted once, on every replica).
+``rules.dpop.check_proof`` does the pure checks; this adds the two that need state, in the
+order that keeps retries cheap: the server nonce first (a nonce challenge leaves the proof
+unspent), then the ``jti`` replay cache, atomically, so a proof is accepted once on every
+replica.
 """
 
 from __future__ import annotations

@@ -1,13 +1,10 @@
 """``DPoPAuth``: an ``httpx.Auth`` (sync and async) that makes every request key-bound and hop-scoped.
 
-For each request it picks the audience (a configured map, else RFC 9728 discovery at
-the origin, whose ``resource`` must equal the origin it was fetched for, AUX-03),
-gets a hop token for exactly that audience from its provider (cached until shortly
-before expiry), signs a fresh DPoP proof with ``ath`` (RFC 9449 §4.2), and retries
-once when the server answers with a nonce challenge (§9). A configured audience
-matches only the same scheme, host and port and a path at a segment boundary, so a
-token is never sent to a look-alike host (MCP-03). Token fetches are serialised per
-provider, so a burst of first requests makes one exchange, not one each.
+Per request it picks the audience (a configured map, else RFC 9728 discovery, whose
+``resource`` must equal the origin it was fetched for), gets a cached hop token for exactly
+it, signs a proof with ``ath`` (RFC 9449 §4.2) and retries once on a nonce challenge (§9). A
+configured audience matches only the same origin and a path at a segment boundary, so a token
+never reaches a look-alike host; token fetches are serialised per provider.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
-"""Calling onward on a caller's behalf (DESIGN "The flow", step 5; RFC 8693 §2.1 ``actor_token``).
+"""Calling onward on a caller's behalf (RFC 8693 §2.1 ``actor_token``).
 
-A service that received a hop token must not forward it (MCP-03: no token
-passthrough). Instead it exchanges the incoming token as ``subject_token`` with its
-own workload JWT as ``actor_token``; the STS nests it into ``act`` and binds the new
-token to this service's own DPoP key.
+A service must not forward the token it received (no token passthrough). It exchanges that
+token as ``subject_token`` with its own workload JWT as ``actor_token``; the STS nests it into
+``act`` and binds the new token to this service's own DPoP key.
 
     onward = Onward(sts_url, my_identity)
     async with httpx.AsyncClient(auth=onward.auth(incoming_token)) as http:

@@ -1,9 +1,9 @@
 """Client side of RFC 9449 §4: a DPoP key that never leaves the process, and its proofs.
 
-Each proof has a fresh 128-bit ``jti`` (DPOP-13: ≥ 96 bits), the exact method and URI
-(query and fragment stripped, §4.2), ``iat`` from the caller's clock, the server nonce
-when one was given, and ``ath`` when it accompanies an access token. The private key
-is held in a slot that ``repr`` never prints.
+Each proof has a fresh 128-bit ``jti``, the exact method and URI (query and fragment
+stripped, §4.2), ``iat`` from the caller's clock, the server nonce when one was given, and
+``ath`` when it accompanies an access token. The private key is held in a slot that ``repr``
+never prints.
 """
 
 from __future__ import annotations

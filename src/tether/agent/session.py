@@ -1,14 +1,11 @@
-"""``Agent`` and ``TaskSession``: an agent's tokens for one task.
+"""``Agent`` and ``TaskSession``: an agent's tokens for one task, all bound to one in-memory DPoP key.
 
     session = Agent(sts_url, identity).session(task_id)
     with httpx.Client(auth=session.auth()) as http:
         http.get("https://wiki.example/search?q=x")   # hop token for https://wiki.example
 
-The session token (workload JWT → session) is obtained on first use and renewed with
-a fresh workload JWT when near expiry; hop tokens are cached per audience until
-shortly before they expire, in a bounded ``TokenCache`` that a renewed session
-empties (its hops were derived from the old one). All of it is bound to one in-memory
-DPoP key.
+The session token is obtained on first use and renewed near expiry; hop tokens are cached per
+audience in a bounded ``TokenCache`` that a renewed session empties.
 """
 
 from __future__ import annotations

@@ -1,13 +1,10 @@
-"""Issued tokens an agent or service keeps for reuse: bounded, and never served or kept near expiry (issue 12, finding 15).
+"""Issued tokens an agent or service keeps for reuse: bounded, and never served or kept near expiry.
 
-A token is reused only while it is comfortably valid: its margin is a fifth of its
-remaining life, between 1 and 30 seconds, so a proof signed now still reaches the
-resource before ``exp`` (RFC 9449 §11.1 keeps the window short anyway). Each entry also
-records the *parent* it was derived from (the session token, or the incoming token a
-service exchanges onward): a lookup with another parent is a miss, and the new token
-replaces the old one in that slot, so a renewed parent leaves no stale children behind.
-The map holds at most ``capacity`` entries (least recently used out first), and every
-insertion sweeps out the entries that are near expiry, whatever their number of lookups.
+A token is reused while comfortably valid (a margin of a fifth of its remaining life, 1 to 30
+seconds), so a proof signed now reaches the resource before ``exp``. Each entry records the
+parent it was derived from; a lookup with another parent misses and replaces it, so a renewed
+parent leaves no stale children. At most ``capacity`` entries (least recently used out
+first), and every insertion sweeps out the ones near expiry.
 """
 
 from __future__ import annotations

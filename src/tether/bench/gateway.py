@@ -1,22 +1,11 @@
 """Gateway overhead: the latency one proxied call adds over calling the legacy upstream directly.
 
-The gateway sits on every call an agent makes to a legacy API, so its cost is paid per
-call, not per task; the target is at most 1 ms added at the median. Three processes on
-core 0 — a minimal legacy API (``upstream_app`` below: the floor handler plus a
-static-key check), the STS and ``tether gateway`` — and the load generator alone on
-core 1. The agent gets its hop token for the route's audience before the clock starts,
-and every gateway request is pre-built with its own DPoP proof (fresh ``jti``, bound to
-the token with ``ath``), so the gateway's replay check passes for each one and the
-measured window holds only the gateway's work: token and proof verification (one hop
-token serves every call, as an agent's would), the route checks (expiry, path,
-allowlist, Cedar, session, rate, cap), the injected secret, the upstream round trip,
-scrubbing and the audit record.
-
-On one connection (concurrency 1), direct calls (the same path, the key sent by the
-caller) and gateway calls run in alternating halves, so a change in load on a shared
-machine hits both; the added latency is ``p50(gateway) - p50(direct)``. A run at
-concurrency 16 gives the gateway's throughput on its one core (the upstream shares it).
-The gateway process's CPU time per call (from ``/proc``) is reported for both.
+The gateway is paid per call, so the target is at most 1 ms added at the median. A minimal
+legacy API (``upstream_app``), the STS and ``tether gateway`` share core 0 and the load
+generator has core 1; every request is pre-built with its own DPoP proof. On one connection,
+direct and gateway calls alternate in halves so load changes hit both, and the figure is
+``p50(gateway) - p50(direct)``; a run at concurrency 16 gives throughput, and ``/proc`` the
+gateway's CPU time per call.
 """
 
 from __future__ import annotations

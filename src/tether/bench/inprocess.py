@@ -1,14 +1,9 @@
 """In-process rows: resource-server verification and Cedar decisions.
 
-Resource-server verification is what every protected call pays: the access token's
-signature and claims (RFC 9068 §4), the DPoP proof (RFC 9449 §4.3) including its replay
-check, and the revocation view. Its floor is the two raw ES256 verifications it cannot
-avoid. Every proof is unique (the replay cache would refuse a repeat), and they are all
-signed before the clock starts. The agent presents one hop token for several calls, as it
-does in practice.
-
-Cedar is timed on the starter policy set for an ``exchange`` and a ``call`` request: cold
-(every request distinct, so every one is evaluated) and repeated (the decision cache).
+Verification is what every protected call pays (the token's signature and claims, RFC 9068 §4;
+the proof and its replay check, RFC 9449 §4.3; the revocation view); its floor is the two raw
+ES256 verifications. Proofs are unique and signed before the clock starts, and one hop token
+serves several calls, as in practice. Cedar is timed on the starter set, cold and cached.
 """
 
 from __future__ import annotations

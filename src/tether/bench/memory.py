@@ -1,12 +1,9 @@
 """Memory per active task and per cached token, from the STS process's resident set.
 
-Tasks: ``n`` tasks are created and each gets a session token (so its definition sits in
-the task cache and its rows in the store); the RSS growth divided by ``n`` is the cost of
-an active task. Tokens: each of those ``n`` distinct session tokens is then presented
-once for a hop, so each enters the verified-token cache; the further growth divided by
-``n`` is the cost of a cached token (and the hop token's row it leaves behind). RSS
-includes allocator slack and SQLite's bounded page cache, so it over- rather than
-under-states the cost; the caches themselves are bounded LRUs (see ``sts/context.py``).
+``n`` tasks each get a session token (RSS growth over ``n`` is an active task); then each
+session token is presented once for a hop and enters the verified-token cache (further growth
+over ``n`` is a cached token). RSS includes allocator slack and SQLite's page cache, so it
+overstates the cost rather than understating it.
 """
 
 from __future__ import annotations

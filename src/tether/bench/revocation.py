@@ -1,37 +1,11 @@
 """Revocation propagation: task completion at the STS → refusal at a subscribed resource server.
 
-What is measured, per task: the agent completes its task (``POST /tasks/{id}/complete``
-with its session token, sent from this process to an STS running as its own process),
-and the clock runs from just before that request is sent until a **real request** —
-the task's hop token with a fresh DPoP proof — is refused by an in-process
-``tether.resource.Verifier`` with the revocation error (``invalid_token``, "token has
-been revoked"). The same request was accepted just before the completion, so the figure
-is the whole window in which an ended task's token still works at a resource server:
-the completion's HTTP round trip and commit, the STS waking its feed, the SSE push, the
-subscriber applying the entry, and one verification.
-
-Why this way: the DESIGN promises that completing a task pushes its revocation to every
-subscribed service; the user-visible number is how long a token keeps working after
-"done". The resource server's ``RevocationFeed`` is observed through a subclass that
-notes when an entry is applied (the feed itself is untouched), so no polling interval is
-added to the figure; the refusal is then confirmed by ``Verifier.verify`` and it is that
-moment that stops the clock.
-
-Two deployments:
-
-* **SQLite**: one STS process; the resource server subscribes to it (in-process wake-up).
-* **PostgreSQL + Redis**: two STS replicas on one fresh schema and Redis prefix, each on
-  its own port (same issuer, as behind a balancer). The task is completed on replica A
-  while the resource server subscribes to replica B (feed and JWKS), so the figure
-  includes A's commit, the Redis pub/sub announcement, B's listener and B's re-read of
-  the feed from PostgreSQL.
-
-Set-up for each task (create task as admin, session exchange, hop exchange, the accepted
-request) happens outside the clock, in a worker thread so the resource server's event
-loop keeps reading the feed. The completion request itself is sent from the event loop
-(``httpx.AsyncClient``) so the feed is read while the completion is in flight — a push
-that beats the HTTP response is seen when it lands. A few warm-up tasks (JWKS fetch,
-keep-alive connections, Redis listener) are excluded.
+The clock runs from just before the agent's ``POST /tasks/{id}/complete`` until a real
+request (the task's hop token, a fresh proof), accepted just before, is refused by an
+in-process ``Verifier``: the whole window in which an ended task's token still works. On
+SQLite one STS serves the subscriber; on PostgreSQL + Redis the task is completed on replica
+A while the subscriber follows replica B, so the Redis announcement is in the figure. Set-up
+and a few warm-up tasks stay outside the clock.
 """
 
 from __future__ import annotations

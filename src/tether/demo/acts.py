@@ -1,13 +1,10 @@
 """The demo's later acts: a legacy API behind the gateway, and an agent that misbehaves.
 
-The gateway act shows the bearer exception: the legacy API only takes a static key, the
-gateway holds it in the vault and injects it into allowlisted calls, and the agent never
-sees it. The route is declared to expire soon, so ``tether report`` on the kept demo
-deployment has a finding for it.
-
-The rogue act shows the monitor: an agent replays a DPoP proof and probes audiences its
-task does not name; the monitor (tailing the audit log) raises alerts and suspends the
-task within seconds, and the alerts are in the audit log and in ``/metrics``.
+The gateway act shows the bearer exception: the legacy API takes only a static key, which the
+gateway holds in the vault and injects into allowlisted calls, so the agent never sees it (the
+route expires soon, so ``tether report`` has a finding). The rogue act shows the monitor: an
+agent replays a proof and probes audiences its task does not name; the monitor raises alerts
+and suspends the task, visible in the audit log and ``/metrics``.
 """
 
 from __future__ import annotations

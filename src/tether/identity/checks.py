@@ -1,10 +1,9 @@
 """Checks shared by every workload-JWT verifier (RFC 7519 §4.1, RFC 7523 §3, SPIFFE JWT-SVID §3).
 
-Workload JWTs are bearer tokens, so the checks are tight: ``aud`` must name us
-(JWT-09, SVID-03), ``exp`` must be present and near — a workload token valid for
-longer than ``max_lifetime`` is refused, so a leaked one dies soon — and ``typ``
-must not claim to be one of tether's own token kinds (JWT-12: mutually exclusive
-validation rules for different kinds of JWT).
+Workload JWTs are bearer tokens, so the checks are tight: ``aud`` must name us, ``exp`` must
+be present and near (a workload token valid for longer than ``max_lifetime`` is refused, so a
+leaked one dies soon), and ``typ`` must not claim one of tether's own token kinds (different
+kinds of JWT have mutually exclusive validation rules, RFC 8725 §3.12).
 """
 
 from __future__ import annotations

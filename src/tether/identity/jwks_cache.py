@@ -1,10 +1,10 @@
 """Trusted key sets (JWKS and SPIFFE bundles) from a file or a pinned URL, cached.
 
-Keys come only from configuration (ASVS 9.1.3): a token's ``jku``/``x5u``/``jwk`` is
-never followed. A URL source is fetched without following redirects, with a timeout
-and a size cap (MCP-08, SSRF); it is refreshed when its TTL passes or a token names an
-unknown ``kid`` — at most once per ``min_refresh`` seconds, so unknown kids cannot be
-used to hammer the issuer. A failed refresh keeps the last good set.
+Keys come only from configuration (ASVS 9.1.3): a token's ``jku``/``x5u``/``jwk`` is never
+followed. A URL is fetched without redirects, with a timeout and a size cap (no SSRF), and
+refreshed when its TTL passes or a token names an unknown ``kid``, at most once per
+``min_refresh`` seconds so unknown kids cannot hammer the issuer. A failed refresh keeps the
+last good set.
 """
 
 from __future__ import annotations

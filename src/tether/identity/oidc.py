@@ -1,9 +1,9 @@
 """Workload tokens from configured OIDC issuers (OIDC Discovery 1.0 §4, RFC 8414 §3.3).
 
-Kubernetes projected service-account tokens and CI runners' OIDC tokens are the
-examples. The issuer is pinned in configuration: discovery must return exactly that
-``issuer`` (AUX-03) and its ``jwks_uri`` is the only key source. Claims are mapped to
-a principal by a template whose placeholders are JSON pointers into the claims, e.g.
+Kubernetes projected service-account tokens and CI runners' OIDC tokens are the examples. The
+issuer is pinned in configuration: discovery must return exactly that ``issuer`` and its
+``jwks_uri`` is the only key source. Claims map to a principal by a template whose
+placeholders are JSON pointers into the claims, e.g.
 ``k8s:{/kubernetes.io/namespace}/{/kubernetes.io/serviceaccount/name}``.
 """
 

@@ -1,9 +1,8 @@
 """SPIFFE JWT-SVID validation against per-trust-domain bundles (SPIFFE JWT-SVID §3–§4).
 
-The trust domain of ``sub`` picks the bundle, so a key trusted for one domain never
-vouches for another (JWT-08). Only RS/ES/PS algorithms (SVID-01), only ``alg``,
-``kid`` and ``typ`` headers (SVID-02), ``typ`` absent or ``JWT``/``JOSE`` (SVID-04),
-``aud`` naming us and ``exp`` present and near (SVID-03).
+The trust domain of ``sub`` picks the bundle, so a key trusted for one domain never vouches
+for another. Only RS/ES/PS algorithms, only ``alg``, ``kid`` and ``typ`` headers, ``typ``
+absent or ``JWT``/``JOSE``, ``aud`` naming us and ``exp`` present and near.
 """
 
 from __future__ import annotations

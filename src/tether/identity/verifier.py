@@ -1,10 +1,9 @@
 """One entry point for workload JWTs: pick the single verifier whose rules apply.
 
-Each kind of workload JWT has mutually exclusive validation rules (JWT-12): a JWT-SVID
-is chosen by the trust domain of its ``sub``, an OIDC token by its pinned ``iss``, a
-``private_key_jwt`` assertion by ``iss == sub == client_id``. A token that more than one
-verifier would accept is ambiguous and refused, so no key set can vouch for a token
-meant for another.
+Each kind of workload JWT has mutually exclusive validation rules: a JWT-SVID is chosen by
+the trust domain of its ``sub``, an OIDC token by its pinned ``iss``, a ``private_key_jwt``
+assertion by ``iss == sub == client_id``. A token more than one verifier would accept is
+ambiguous and refused, so no key set can vouch for a token meant for another.
 """
 
 from __future__ import annotations

@@ -1,16 +1,11 @@
 """The issuer keyring: the current signing key, retired keys still in the JWKS, rotation.
 
-Keys live in the store (sealed under the master key) so every replica signs with
-the same key and a rotation made anywhere is seen everywhere. Each key has exactly
-one algorithm (JWT-01) and a ``kid`` equal to its RFC 7638 thumbprint. A rotated-out
-key stays in the JWKS until every token it signed has expired (``not_after``).
-
-The store is not trusted for anything that vouches (SECURITY KEY-01): the public key
-is derived from the unsealed private key, never read from the row, and the key's
-state — ``kid``, ``alg``, ``created_at``, ``retired_at``, ``not_after`` — is the
-AES-GCM associated data of its sealed private key. A database writer without the
-master key can delete a key, but cannot publish a key of its own, extend a key's life
-or bring a retired key back: such a row does not open, and is refused.
+Keys live in the store, sealed under the master key, so every replica signs with the same key
+and sees a rotation made anywhere. Each key has one algorithm and its RFC 7638 thumbprint as
+``kid``, and stays in the JWKS until every token it signed has expired. The store does not
+vouch: the public key is derived from the unsealed private key, and the key's state (``kid``,
+``alg``, creation, retirement, ``not_after``) is the seal's associated data, so a database
+writer without the master key cannot publish, extend or revive a key.
 """
 
 from __future__ import annotations

@@ -1,17 +1,10 @@
 """What a finding makes the monitor do: ``alert``, ``webhook``, ``risk``, ``suspend``.
 
-* ``alert`` — an ``alert.raised`` audit record (detector, severity, reason, evidence,
-  agent, the actions taken), the ``tether_alerts`` counter and a warning in the log.
-  The audit chain is where alerts are stored; ``tether alerts`` lists them.
-* ``risk`` — the record carries ``risk`` (by severity, ``risk.RISK_BY_SEVERITY``); every
-  replica adds it to its risk board when it reads the record (``risk.raised`` is
-  written instead of ``alert.raised`` when ``alert`` is not configured).
-* ``suspend`` — the task ends as ``suspended``: ``Store.end_task`` revokes every token
-  derived from it and publishes the revocation to the feed, in one step.
-* ``webhook`` — the finding as JSON, queued to ``WebhookSender`` (never awaited).
-
-``risk`` and ``suspend`` are never taken on an unproven finding; the runner decides which
-actions reach this module (``Monitor._allowed``, ``settings.PROVEN_ONLY``).
+An alert is an ``alert.raised`` audit record (the chain is where alerts live), a counter and a
+log warning; ``risk`` rides on that record (or on ``risk.raised``) and every replica adds it
+to its board when it reads it; ``suspend`` ends the task through ``Store.end_task``, revoking
+and publishing in one step; ``webhook`` queues the finding without waiting. The runner decides
+which actions reach here: never ``risk`` or ``suspend`` on an unproven finding.
 """
 
 from __future__ import annotations

@@ -1,19 +1,11 @@
 """The seven detectors over the audit stream (pure: no I/O, no clock, no randomness).
 
-The traffic detectors live here; the refusal ones (``refusal_burst``, ``dpop_replay``,
-``use_after_end``) in ``tether.monitor.refusals``, re-exported.
-
-Each detector is fed every audit record in chain order through ``observe`` and returns
-the findings that record completes. Time is the record's ``ts``, never the wall clock,
-so a detector run over an exported log gives the same answers as it did live. State is
-in memory and bounded: per-agent state sits in an LRU (``tether.lru.LruCache``) of
-``MAX_AGENTS`` entries, and every per-agent collection has its own cap.
-
-Learning detectors (``new_audience``, ``gateway_unusual``, ``deep_delegation``) stay quiet
-until an agent has a history of ``learn`` records, and learn what they alerted on, so a
-novelty is reported once, not on every later record. ``exchange_rate_spike`` judges an
-agent only after ``warmup`` active windows, so a brand-new agent's first burst is its
-baseline rather than an alert.
+The traffic detectors live here, the refusal ones in ``tether.monitor.refusals``
+(re-exported). Each is fed every record in chain order and returns the findings it completes;
+time is the record's ``ts``, so an exported log gives the answers the live run gave, and state
+is bounded (an LRU of ``MAX_AGENTS``, each collection capped). Learning detectors stay quiet
+until an agent has ``learn`` records of history and ``exchange_rate_spike`` waits ``warmup``
+windows, so a new agent's first traffic is its baseline, not an alert.
 """
 
 from __future__ import annotations

@@ -1,15 +1,10 @@
 """What the detectors read and what they report: audit events in, findings out (pure).
 
-An ``Event`` is the part of an audit record (``tether.audit.chain``) the detectors need;
-``as_event`` accepts the record or its ``as_json()`` dict, so the same detectors run on
-the live store and on an exported log. A ``Finding`` names the detector, the agent and
-task, one human line and the evidence (counts, baselines and the seqs of the records
-that made the case) — never a token or proof value, only what the audit already holds.
-
-The refusal classifiers below read the ``error`` code and the typed markers the emitting
-sites add to the audited detail (``replay`` from the DPoP replay checks, ``after_end`` from
-the ended-task and revoked-token checks) — never the free-text ``reason``, which can hold
-values the caller chose (a proof's ``htm``, a token's ``typ``).
+An ``Event`` is the part of an audit record the detectors need, taken from the record or its
+JSON, so the same detectors run live and on an exported log. A ``Finding`` names the detector,
+agent, task, one line and the evidence, never a token or proof. The refusal classifiers read
+the ``error`` code and the typed markers (``replay``, ``after_end``), never the free-text
+``reason``, which can hold values the caller chose.
 """
 
 from __future__ import annotations

@@ -1,13 +1,9 @@
 """The refusal detectors: bursts, DPoP replays, use after the end (pure, like every detector).
 
-They read the ``error`` and the typed markers each refusal is audited with; see
-``tether.monitor.events`` for the classifiers.
-
-``refusal_burst`` and ``use_after_end`` count only proven refusals (``base.is_proven``):
-a stranger naming someone's task, or a thief presenting a stolen token with its own key,
-is pinned on nobody. ``dpop_replay`` is about exactly the refusals nobody is proven for,
-so it counts them by the task the replayed credential names (``claimed_task``). Its
-findings are unproven, and the runner only alerts on them, never suspends or raises risk.
+They read each refusal's ``error`` and typed markers (classifiers in ``tether.monitor.events``).
+``refusal_burst`` and ``use_after_end`` count proven refusals only, so a stranger naming a task
+is pinned on nobody. ``dpop_replay`` counts exactly the unproven ones, by the task the replayed
+credential names (``claimed_task``); its findings are only ever alerted.
 """
 
 from __future__ import annotations

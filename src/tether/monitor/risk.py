@@ -1,13 +1,10 @@
 """The risk board: a 0-100 score per principal that Cedar sees as ``context.risk`` (pure).
 
-Detectors with the ``risk`` action add to the score of the agent they caught; each
-addition expires ``risk_ttl`` seconds after the audit record that raised it, so a score
-decays back to zero once an agent behaves. The starter policy ``deny-high-risk``
-refuses every request at 80 and above. The amount follows the detector's severity.
-
-Every replica builds its board from the ``alert.raised`` / ``risk.raised`` records of
-the shared audit chain (written once, by whichever replica claimed the finding), so all
-replicas agree on a principal's score, and a restarted replica rebuilds it.
+Detectors with the ``risk`` action add to the caught agent's score by severity; each addition
+expires ``risk_ttl`` seconds after the record that raised it, so a score decays once an agent
+behaves (the starter ``deny-high-risk`` refuses at 80). Every replica builds its board from
+the shared chain's ``alert.raised`` and ``risk.raised`` records, so replicas agree and a
+restarted one rebuilds it.
 """
 
 from __future__ import annotations

@@ -1,38 +1,11 @@
 """The monitor: tail the audit chain, feed the detectors, act on what they find.
 
-It starts at the chain's head when the STS starts, so history is not re-alerted, and
-polls ``Store.audit_records`` every ``monitor.interval`` seconds. Its own records
-(``alert.raised``, ``risk.raised`` and the ``task.suspended`` it writes as principal
-``monitor``) are never fed back into the detectors; they only update the risk board.
-
-Several replicas (PostgreSQL, or ``tether serve --workers``) each tail the same chain and
-each run the detectors. A finding is acted on once: its key (detector, agent or task,
-the fixed window of the record's time — ``Finding.key``) is claimed with the atomic
-``Store.count`` counter, and only the replica that gets 1 writes the alert, suspends
-and calls the webhook. The risk is then applied by every replica from the written
-record, so all boards agree.
-
-Restarts (issue 12, finding 14). Baselines and learning periods live in the detectors'
-memory. So on start, before it polls, a monitor rebuilds them (``rebuild``): it replays
-the records of a bounded window before the head through the detectors. The window is
-the last ``monitor.history_records`` records, and none older than
-``monitor.history_seconds``. It also rebuilds the risk board from the monitor records of
-the last ``monitor.risk_ttl`` seconds. We rebuild rather than persist:
-
-- the audit chain is already the shared, durable record of everything the detectors
-  read, and the detectors are pure functions of it (time is the record's ``ts``). So a
-  replay puts a restarted replica in the state of one that never stopped, as far back as
-  the window reaches. Persisted state would need its own table and format in both
-  stores, a version for every detector change, and a way to merge what replicas save;
-- the window makes the cost a bound, not the log's size. The defaults (50,000 records,
-  a day) cover every default learning period; a larger ``learn`` or ``warmup`` needs a
-  larger window.
-
-A replay never acts. The findings it produces are dropped, and only counted in
-``replayed``. They were acted on before the restart, by this replica or another; or
-they are judgements made on less history than the live run had. Dropping them means no
-second alert, webhook, risk raise or suspension. Live findings after the restart still
-go through the shared claim, so a finding in a window already acted on is not acted on again.
+It starts at the chain's head and polls every ``monitor.interval`` seconds; its own records
+(``alert.raised``, ``risk.raised``, the ``task.suspended`` it writes) only update the risk
+board. Every replica runs the detectors, and a finding is acted on once: its key
+(``Finding.key``) is claimed with the atomic ``Store.count``. On start, baselines are rebuilt
+by replaying a bounded window before the head (``rebuild``) rather than persisted: the chain
+is already the shared, durable record the detectors are pure functions of. A replay never acts.
 """
 
 from __future__ import annotations

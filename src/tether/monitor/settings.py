@@ -1,17 +1,10 @@
 """``[monitor.detectors.NAME]`` tables: which detectors run, their thresholds, and what each does.
 
-Every detector is on by default with the thresholds below; a table overrides some of
-them. Unknown detectors, unknown parameters, wrong types and unknown actions are
-configuration errors naming the key, like every other ``tether.toml`` mistake.
-
-Whatever a table says, a finding from an unproven record never takes a ``PROVEN_ONLY``
-action. An unproven record is one where nobody proved they acted: a replayed DPoP proof,
-or a refusal naming only a ``claimed_task`` or ``claimed_principal`` (``base.is_proven``).
-Suspending a task or raising an agent's risk on such a finding would let anyone who
-captured a proof, or merely names a task, get the victim suspended or denied. The runner
-enforces this in one place (``Monitor._act``). The finding is alerted instead, listing
-the actions withheld. ``dpop_replay`` findings are always unproven, so its default is
-``alert`` only.
+Every detector is on by default; a table overrides thresholds or actions, and unknown names,
+parameters, types or actions are configuration errors naming the key. Whatever a table says,
+a finding from an unproven record (a replay, a refusal naming only a claimed task or
+principal) never takes a ``PROVEN_ONLY`` action: acting on it would let anyone who captured a
+proof get its victim suspended. So ``dpop_replay`` defaults to ``alert`` only.
 """
 
 from __future__ import annotations

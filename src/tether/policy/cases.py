@@ -1,19 +1,10 @@
 """Policy test cases: a request in tether's terms and the decision it must get.
 
-Used by ``tether policy test CASES.yaml`` (CI gate: a policy change that breaks a case
-exits non-zero) and ``tether policy explain``. A case names an action
-(``exchange``, ``create_task``, ``admin``, ``call``), a principal, a resource and the
-context fields that matter; everything else gets a neutral default, and the request
-is built by the same builders the STS and resource SDK use, so a case decides exactly
-as the live request would.
-
-    - name: research agent never writes to the wiki
-      action: exchange
-      principal: spiffe://tether.local/agent/research
-      resource: https://wiki.example
-      tags: {https://wiki.example: [wiki]}
-      scopes: [wiki:read, wiki:write]
-      expect: deny
+Used by ``tether policy test CASES.yaml`` (a CI gate) and ``tether policy explain``. A case
+names an action, a principal, a resource and the context that matters
+(``policy/starter/cases.yaml`` has examples); the rest gets neutral defaults, and the request
+is built by the builders the STS and resource SDK use, so a case decides as the live request
+would.
 """
 
 from __future__ import annotations

@@ -1,14 +1,10 @@
 """Request-time Cedar decisions with hot reload, shadow mode and fail-closed errors.
 
-``PolicyEngine.authorize`` is called for every exchange, task creation, admin call and
-(at resource servers and the gateway) every request. Before deciding it checks the
-policy directory's fingerprint and reloads on change; a set that fails to load is
-refused and the previous one stays in force (``last_error`` says why). Cedar skips a
-policy that errors while evaluating, which could turn a ``forbid`` into an allow —
-tether instead denies any request whose evaluation produced an error (fail closed).
-Shadow policies (``@shadow``) and a whole set in ``mode = "shadow"`` never change the
-enforced decision; the ``Decision`` carries both so the audit log shows what they
-would have done.
+``PolicyEngine.authorize`` runs for every exchange, task creation, admin call and (at resource
+servers and the gateway) every request. It reloads when the directory changes, keeping the
+previous set if the new one fails (``last_error``). Cedar skips a policy that errors, which
+could turn a ``forbid`` into an allow, so any evaluation error denies. Shadow policies never
+change the enforced decision; the ``Decision`` carries both for the audit.
 """
 
 from __future__ import annotations

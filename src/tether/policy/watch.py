@@ -1,15 +1,10 @@
 """Noticing that a policy directory changed, for the price of one non-blocking read per decision.
 
-On Linux an inotify watch (through libc, no extra dependency) reports every create,
-write, rename or delete in the directory; ``changed()`` drains its queue without
-blocking. Elsewhere — or if inotify is unavailable — it falls back to comparing the
-directory fingerprint on every call, which is always correct, just slower.
-
-The configured path is often a symlink swapped on deploy (``ln -sfn v2 current``). A
-watch on the directory follows the link once, to the old target, and sees nothing of
-the swap; so the link's parent directory is watched too, the resolved path is compared
-on every call (re-watching when it moved), and every ``recheck`` seconds ``changed()``
-answers True anyway, so the caller compares fingerprints even if an event was missed.
+On Linux an inotify watch (through libc, no extra dependency) reports changes and
+``changed()`` drains it without blocking; elsewhere the directory fingerprint is compared on
+every call. A configured path that is a symlink swapped on deploy is caught by also watching
+its parent and re-resolving it, and every ``recheck`` seconds ``changed()`` answers True, so a
+missed event costs at most that long.
 """
 
 from __future__ import annotations

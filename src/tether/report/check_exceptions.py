@@ -1,9 +1,9 @@
 """Bearer exceptions (gateway routes) and the legacy secrets behind them.
 
-A route is the one place an agent reaches something with a static secret, so DESIGN
-("Bearer tokens are an exception, not a mode") requires an owner, a justification and
-an expiry. The report lists each with its days to expiry so the owner renews or
-retires it before the gateway starts refusing calls.
+A route is the one place an agent reaches something with a static secret, so it must have an
+owner, a justification and an expiry: bearer tokens are an exception, not a mode. The report
+lists each with its days to expiry so the owner renews or retires it before the gateway starts
+refusing calls.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """Monitoring controls: the monitor and its detectors, recent alerts and refusals, the audit chain and checkpoints.
 
-The bearer exception is acceptable only "surrounded by monitoring" (issue 8): these
-controls show that the detectors that suspend a misbehaving task are on, that the
-audit log they read is intact, and that it is checkpointed so an exported copy can be
-verified offline.
+A bearer exception is acceptable only surrounded by monitoring: these controls show that the
+detectors that suspend a misbehaving task are on, that the audit log they read is intact, and
+that it is checkpointed so an exported copy can be verified offline.
 """
 
 from __future__ import annotations

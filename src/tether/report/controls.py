@@ -1,11 +1,9 @@
 """The controls: pure checks of one evidence snapshot, each a status, a severity, evidence and a fix.
 
-Every control reads only the ``Evidence`` it is given (no clock, no files, no store),
-so a report is reproducible from its snapshot and each rule is tested with hand-built
-snapshots. Thresholds follow SECURITY.md §4 (access tokens ≤ 5 min, revocation at a
-resource server ≤ 5 s, ``act`` depth ≤ 5) and the RFCs cited per check. Where the
-evidence could not be read the control fails closed: a report that cannot see a
-control does not pass it.
+Every control reads only the ``Evidence`` it is given (no clock, files or store), so a report
+is reproducible from its snapshot and each rule is tested with hand-built snapshots.
+Thresholds: access tokens ≤ 5 min, revocation at a resource server ≤ 5 s, ``act`` depth ≤ 5,
+and the RFCs cited per check. A control whose evidence could not be read fails closed.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """The shapes of a posture report: the evidence snapshot going in, the control results coming out.
 
 The snapshot is plain data read once from the live configuration and store
-(``tether.report.evidence``), so the controls are pure functions of it and can be
-tested with hand-built snapshots. It holds names, numbers, dates, jtis and key ids —
-never a secret value, a token, a DSN or a webhook URL (BCP-13): the report is meant
-to be handed to an auditor.
+(``tether.report.evidence``), so the controls are pure functions of it and can be tested with
+hand-built snapshots. It holds names, numbers, dates, jtis and key ids, never a secret value, a
+token, a DSN or a webhook URL: the report is meant to be handed to an auditor.
 """
 
 from __future__ import annotations

@@ -1,20 +1,11 @@
 """Pure ASGI middleware for Starlette/FastAPI services that accept tether tokens.
 
-It serves RFC 9728 metadata at ``/.well-known/oauth-protected-resource``, verifies
-every other request with a ``Verifier`` (401/403/503 with ``WWW-Authenticate: DPoP``
-on refusal, RFC 9449 §7.1) and puts the ``Principal`` on ``request.state.principal``.
-It starts and stops the verifier's revocation subscription with the app's lifespan.
-
-WebSocket connections are verified like any request (issue 12, finding 6): the token
-and proof travel on the opening handshake, an HTTP ``GET`` (RFC 6455 §4.1), so the
-proof's ``htm`` is ``GET`` and its ``htu`` the ``http(s)`` URI of that request — the
-resource's origin and the path, never the ``ws(s)`` spelling (RFC 9449 §4.3 compares
-with the URI of the HTTP request carrying the proof). The principal is on
-``websocket.state.principal``. A refusal before the connection is accepted is the
-same JSON error and challenge as over HTTP when the server offers the
-``websocket.http.response`` extension (uvicorn does), else a ``websocket.close`` with
-1008 (policy violation; 1013 "try again later" when failing closed). Any scope type
-other than ``http``, ``websocket`` and ``lifespan`` is refused with ``UnsupportedScope``.
+It serves RFC 9728 metadata at ``/.well-known/oauth-protected-resource``, verifies every other
+request with a ``Verifier`` (401/403/503 with ``WWW-Authenticate: DPoP``, RFC 9449 §7.1), puts
+the ``Principal`` on ``request.state.principal`` and runs the verifier's revocation
+subscription with the app's lifespan. WebSocket handshakes are verified the same way (``htu``
+is the handshake's ``http(s)`` URI, RFC 9449 §4.3); a refusal is the JSON error where the
+server offers ``websocket.http.response``, else close 1008. Other scope types are refused.
 """
 
 from __future__ import annotations

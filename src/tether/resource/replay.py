@@ -1,9 +1,9 @@
-"""An in-process DPoP replay cache for a single resource-server process (DPOP-12).
+"""An in-process DPoP replay cache for a single resource-server process (RFC 9449 §11.1).
 
-Bounded: entries expire with the proof's acceptance window, and when the cache is
-full the oldest entries go first — but never one still inside its window, so a
-flood of proofs makes new proofs wait for room (refused) rather than opening a
-replay gap. Several replicas of one service share a Redis cache instead.
+Bounded: entries expire with the proof's acceptance window, and when the cache is full the
+oldest go first, but never one still inside its window, so a flood of proofs makes new proofs
+wait for room (refused) rather than opening a replay gap. Several replicas of one service
+share a Redis cache instead.
 """
 
 from __future__ import annotations

@@ -1,20 +1,12 @@
 """Revocation state at a resource server or the gateway, kept current from the STS's feed.
 
-The view holds the revoked token ids and ended task ids, each until the expiry of what
-it covers, so the set stays small. It resumes from its cursor after any disconnect, and
-it **fails closed**: when it has not heard from its source — an entry or a heartbeat —
-for longer than ``stale_after`` seconds, every check raises ``TemporarilyUnavailable``
-instead of trusting state that may be missing a revocation (issue 3; SECURITY §4 "Store
-outage").
-
-One class, two sources. A resource server follows the STS (``RevocationFeed(sts_url,
-http, identity=...)``): ``POST /revocations/stream`` with a fresh workload JWT as its
-RFC 7523 client assertion on every (re)connect, exactly as ``/introspect`` callers
-authenticate (issue 12, finding 4), and heartbeats three times per ``stale_after`` (the
-STS allows 0.5–2 s). The gateway holds the store itself and follows it in-process
-(``RevocationFeed.from_store(store)``), with the same checks and the same fail-closed
-bound. After a refused or failed connection the subscriber backs off (doubling to 2 s,
-or the server's ``Retry-After``).
+The view holds revoked token ids and ended task ids until what they cover expires, resumes
+from its cursor after a disconnect, and fails closed: once it has heard nothing (an entry or a
+heartbeat) for ``stale_after`` seconds, every check raises ``TemporarilyUnavailable``. A
+resource server follows the STS (``POST /revocations/stream``, a fresh RFC 7523 client
+assertion per connection); the gateway follows its store in-process
+(``RevocationFeed.from_store``). Failed connections back off, doubling to 2 s or per
+``Retry-After``.
 """
 
 from __future__ import annotations

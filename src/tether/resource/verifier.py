@@ -1,19 +1,11 @@
 """Per-request verification at a resource server (RFC 9068 §4, RFC 9449 §4.3 and §7, RFC 6750 §3).
 
-``Verifier.verify`` accepts a request only if all of these hold: the ``DPoP``
-authorization scheme (a bound token sent as ``Bearer`` is refused, DPOP-15); a
-token signed by a key in the STS's JWKS (cached, refreshed on an unknown ``kid``),
-``typ at+jwt``, exact ``iss``, ``aud`` equal to this resource (BCP-07), ``exp``/``nbf``
-within a small skew and a bounded lifetime; a DPoP proof for this method and URL with
-``ath`` of this token, signed by the key in ``cnf.jkt`` (DPOP-14), never seen before
-(DPOP-12); and a fresh revocation view that does not list the token or its task.
-
-An agent presents one access token for many calls, each with a new proof. A token
-whose signature and claims verified once is remembered (bounded LRU) with the exact key
-object that verified it, and reused only while that key is still the one the current
-JWKS names for its ``kid`` and until ``exp``: re-verifying an unchanged string against
-an unchanged key can only give the same answer. The proof, its replay check, the key
-binding, the revocation view and the policy are checked on every call.
+``Verifier.verify`` accepts a request only with the ``DPoP`` scheme (a bound token sent as
+``Bearer`` is refused); a token from the STS's JWKS with ``typ at+jwt``, exact ``iss``, this
+resource as ``aud`` and a bounded lifetime; a fresh, unreplayed proof for this method and URL
+from the ``cnf.jkt`` key, with this token's ``ath``; and a fresh revocation view listing
+neither token nor task. A token verified once is remembered (bounded) with the key that
+verified it, while the JWKS still names that key and until ``exp``; the rest runs every call.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """RFC 9068 JWT access token claims: ``build_claims`` for the STS, ``check_access_token_claims`` for everyone.
 
-The claim set is fixed (DESIGN "Token claims"): ``iss sub aud exp iat nbf jti
-client_id scope txn cnf`` plus ``act`` (RFC 8693 §4.1), ``purp``, ``agt``, ``ckd`` and ``akd``. The check
-is the RFC 9068 §4 validation made strict: exact ``iss`` (no substring match,
-PyJWT CVE-2024-53861), a single ``aud``, NumericDates that are numbers and not
-booleans (C-01), bounded future ``iat``/``nbf`` (C-02) and a bounded lifetime (C-03).
+The claim set is fixed: ``iss sub aud exp iat nbf jti client_id scope txn cnf`` plus ``act``
+(RFC 8693 §4.1), ``purp``, ``agt``, ``ckd`` and ``akd``. The check is RFC 9068 §4 made strict:
+exact ``iss`` (no substring match, PyJWT CVE-2024-53861), a single ``aud``, NumericDates that
+are numbers and not booleans, bounded future ``iat``/``nbf`` and a bounded lifetime.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """RFC 9449 §4.3 DPoP proof checks, ``htu`` normalisation and ``ath`` (§4.2, §6.1).
 
-``check_proof`` performs every check of §4.3 that needs no state: shape, ``typ``,
-asymmetric ``alg`` allowlist, public ``jwk`` only, signature, ``htm``, ``htu`` (with the
-RFC 3986 §6.2.2/§6.2.3 normalisation DPOP-09 asks for), the ``iat`` window and ``ath``.
-The stateful checks (nonce, ``jti`` replay) are done by the caller with the values
-this returns, so a nonce challenge never consumes a proof.
+``check_proof`` performs every check of §4.3 that needs no state: shape, ``typ``, asymmetric
+``alg`` allowlist, public ``jwk`` only, signature, ``htm``, ``htu`` (normalised per RFC 3986
+§6.2.2/§6.2.3), the ``iat`` window and ``ath``. The stateful checks (nonce, ``jti`` replay)
+are done by the caller with the values this returns, so a nonce challenge never spends a proof.
 """
 
 from __future__ import annotations

@@ -1,11 +1,10 @@
-"""RFC 8693 token exchange attenuation: what a derived token may say (§2.1, §4.1, §5; TX-07).
+"""RFC 8693 token exchange attenuation: what a derived token may say (§2.1, §4.1, §5).
 
 ``derive_session`` turns a verified workload identity into the task's session token;
-``derive_hop`` turns a verified tether token into a token for one audience, either
-for its holder or, with an actor, for the service it was issued to. Each derived
-token is no wider (scope ⊆ parent), no longer-lived (exp ≤ parent, ≤ task, ≤ TTL) and
-no deeper (``act`` ≤ ``max_depth``) than its parent allows, and every widening is
-refused rather than narrowed (DESIGN "Rules that never bend").
+``derive_hop`` turns a verified tether token into a token for one audience, for its holder or,
+with an actor, for the service it was issued to. A derived token is no wider (scope ⊆ parent),
+no longer-lived (exp ≤ parent, task, TTL) and no deeper (``act`` ≤ ``max_depth``) than its
+parent, and every widening is refused rather than narrowed.
 """
 
 from __future__ import annotations

@@ -1,12 +1,10 @@
 """RFC 7515 compact JWS gate with the RFC 8725 (and 8725bis) checks joserfc leaves to callers.
 
-Every JWT tether reads passes through ``verify_compact``: size cap before any decoding
-(Authlib CVE-2025-61920), the JWT-14 character set (no JSON serialization), strict UTF-8
-(JWT-07), duplicate header or claim names refused (AUX-07), an allowlist of header
-names per token kind (no ``crit``, ``b64``, ``jku``, ``x5u``: SVID-02, JWT-10), an
-algorithm allowlist compared case-sensitively (JWT-01), and a key that the caller
-resolves from trusted configuration, typed by kind and never symmetric (ASVS 9.1.3).
-The signature itself is verified by joserfc over pyca/cryptography.
+Every JWT tether reads passes ``verify_compact``: a size cap before any decoding (Authlib
+CVE-2025-61920), the JWT character set (no JSON serialization), strict UTF-8, duplicate
+header or claim names refused, an allowlist of header names per token kind (no ``crit``,
+``b64``, ``jku``, ``x5u``), an algorithm allowlist compared case-sensitively, and a key the
+caller resolves from trusted configuration, never symmetric. joserfc verifies the signature.
 """
 
 from __future__ import annotations

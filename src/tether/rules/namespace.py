@@ -1,14 +1,10 @@
-"""Identity sources own disjoint namespaces of principal names (issue 21: principals must not collide).
+"""Identity sources own disjoint namespaces of principal names, so principals never collide.
 
-Tasks, blocks, policies and audit records name principals as strings. Two identity sources
-that could render the same string — two OIDC issuers whose templates share a literal
-prefix, a registered client id inside an issuer's prefix or a SPIFFE trust domain — would
-let a workload of one (a dev cluster) act as the same-named workload of another (prod).
-So each source owns a namespace: a SPIFFE trust domain owns ``spiffe://<td>/``, an OIDC
-issuer the literal prefix of its principal template (everything before the first
-placeholder), a registered client exactly its client id. Namespaces must not overlap —
-neither prefix may be a prefix of the other — and that is checked when the configuration
-loads. Then every principal names at most one source, and ``source_of`` finds it.
+Two sources that could render the same string (overlapping OIDC template prefixes, a client id
+inside a prefix or trust domain) would let a workload of one act as the same-named workload of
+another. A SPIFFE trust domain owns ``spiffe://<td>/``, an OIDC issuer the literal prefix of
+its template, a client exactly its id; overlaps are refused when the configuration loads, and
+``source_of`` finds a principal's one source.
 """
 
 from __future__ import annotations

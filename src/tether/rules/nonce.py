@@ -1,9 +1,9 @@
 """RFC 9449 §8 server-provided DPoP nonces, stateless so every replica can check them.
 
-A nonce is ``ts ‖ salt ‖ HMAC(key, ts ‖ salt)`` in base64url: unpredictable without the
-key (DPOP-10), carrying the server time it was issued so that, with nonces on, the
-server's clock rather than the client's ``iat`` bounds how old a proof can be (DPOP-11).
-Replicas derive the same key from the master key, so a nonce from one is good at all.
+A nonce is ``ts ‖ salt ‖ HMAC(key, ts ‖ salt)`` in base64url: unpredictable without the key,
+and carrying the server time it was issued, so with nonces on the server's clock rather than
+the client's ``iat`` bounds how old a proof can be. Replicas derive the same key from the
+master key, so a nonce from one is good at all.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """RFC 8707 §2 ``resource`` and RFC 8693 §2.1 ``audience``: exactly one target per token.
 
-tether issues one audience per token (BCP-07, DESIGN "One audience per token"), so a
-request naming several targets is refused with ``invalid_target`` rather than served
-with a token usable at several services.
+tether issues one audience per token, so a request naming several targets is refused with
+``invalid_target`` rather than served with a token usable at several services.
 """
 
 from __future__ import annotations

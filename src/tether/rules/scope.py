@@ -1,8 +1,8 @@
-"""RFC 6749 §3.3 scope syntax and the attenuation subset rule (RFC 8693 §5, TX-07).
+"""RFC 6749 §3.3 scope syntax and the attenuation subset rule (RFC 8693 §5).
 
-A scope is a set of scope-tokens; ``scope-token = 1*( %x21 / %x23-5B / %x5D-7E )``.
-Widening is refused with ``invalid_scope`` naming what was asked for beyond the
-parent, never silently narrowed (DESIGN "Attenuation only").
+A scope is a set of scope-tokens; ``scope-token = 1*( %x21 / %x23-5B / %x5D-7E )``. Widening
+is refused with ``invalid_scope`` naming what was asked for beyond the parent, never silently
+narrowed.
 """
 
 from __future__ import annotations

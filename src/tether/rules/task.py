@@ -1,8 +1,8 @@
-"""Tasks: creation limits and the state machine every token is bound to (DESIGN "The flow", step 1).
+"""Tasks: creation limits and the state machine every token is bound to.
 
-A task is created active and ends exactly once — completed, cancelled, suspended or
-expired — and never comes back: everything derived from it dies with it. Requests
-beyond the server's caps are refused, not clamped (STYLE rule 6: no silent narrowing).
+A task is created active and ends exactly once (completed, cancelled, suspended or expired)
+and never comes back: everything derived from it dies with it. Requests beyond the server's
+caps are refused, not clamped.
 """
 
 from __future__ import annotations

@@ -1,17 +1,11 @@
-"""The Store protocol: what the STS needs from storage, as atomic steps (STYLE rule 5).
+"""The Store protocol: what the STS needs from storage, as atomic steps.
 
 Security-critical writes are single primitives, never a read followed by a write:
-``issue_token`` spends a single-use ``jti``, reserves one of the task's ``max_tokens``,
-records the token's lineage and appends its audit record in one transaction;
-``first_use`` is an atomic insert-if-absent; ``revoke_tree`` and ``end_task`` revoke
-a lineage and publish it to the feed in the same step. Every backend passes the same
-conformance suite (``tests/store``), which pins each choice written here: where two
-backends could answer differently, this file says which answer is right.
-
-Any method may raise ``StoreUnavailable``, for any failure of the database (a lost
-connection, a deadlock, a duplicate key), never a driver's own exception. A block names
-a principal whatever its kind (blocking subject ``x`` also refuses an agent or client
-``x``); lists of ids are in code-point order, whatever the database's collation.
+``issue_token`` spends the ``jti``, takes one of ``max_tokens``, records lineage and audits in
+one transaction; ``first_use`` inserts if absent; ``end_task`` revokes and publishes in one
+step. One conformance suite (``tests/store``) holds every backend to the answers written here.
+Any failure is ``StoreUnavailable``, never a driver's exception; a block names a principal
+whatever its kind; lists of ids are in code-point order, whatever the collation.
 """
 
 from __future__ import annotations

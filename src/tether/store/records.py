@@ -1,4 +1,4 @@
-"""Stored shapes. They hold jtis, hashes and thumbprints, never a token or secret value (BCP-13)."""
+"""Stored shapes. They hold jtis, hashes and thumbprints, never a token or secret value."""
 
 from __future__ import annotations
 

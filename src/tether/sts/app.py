@@ -1,25 +1,11 @@
 """``create_app``: the STS as a Starlette ASGI app, plus its background upkeep.
 
-The lifespan reloads the keyring from the store every few seconds (so a rotation made
-by the CLI or another replica is picked up), marks tasks past their hard cap expired
-and purges single-use marks and feed entries that can no longer matter. All of it is
-best-effort upkeep: correctness never depends on it, because expiry is also checked
-on every request. Every second it also signs a checkpoint of the audit chain when one
-is due (``tether.sts.checkpoints``).
-
-``GET /metrics`` (Prometheus text exposition, ``tether.metrics``) is served without
-authentication, like ``/healthz``: scrapers do not speak DPoP, and what it shows is
-aggregate counts whose labels are bounded sets (token kind, endpoint, error code,
-detector) — never a principal, task, token id or value. A deployment that must not
-publish even those turns it off (``[metrics] enabled = false`` → 404) or keeps the port
-private. It bypasses the admission limit: an overloaded STS is exactly when an operator
-needs its metrics, and rendering them is cheap (no store access). Counters live in the
-process: with ``tether serve --workers N`` a scrape reads the one worker that answers it.
-
-The revocation feed's streams are served by one ``FeedHub`` per process (``tether.sts.feed``),
-started with the app. A stream request is admitted like any other (authenticating its
-caller is work) and gives its admission slot back once the stream starts; the hub's own
-caps bound how many streams stay open.
+The lifespan reloads the keyring every few seconds (a rotation made elsewhere is picked up),
+expires tasks past their hard cap, purges marks and feed entries that can no longer matter and
+signs audit checkpoints when due: best-effort upkeep, since every request checks expiry itself.
+``GET /metrics`` needs no authentication (scrapers do not speak DPoP; its labels are bounded
+sets, never ids) and bypasses the admission limit, since overload is when an operator needs
+it. One ``FeedHub`` per process serves the revocation streams.
 """
 
 from __future__ import annotations

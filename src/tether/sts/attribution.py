@@ -1,17 +1,11 @@
 """Whom a refused exchange is pinned on: only a party that proved it sent the request.
 
-The monitor suspends tasks and scores agents by the principal and task of refusals, so
-a refusal names them only once the caller proved it is that party with a credential
-this very request spends: a fresh DPoP proof (RFC 9449 §11.1) from the subject token's
-key, or a fresh workload JWT (RFC 7523 §3 single use). A replayed proof or JWT proves
-nothing about who sent it — a logging proxy or a retrying balancer can send it again —
-so its refusal is audited unattributed, naming the party only as ``claimed_principal``
-and ``claimed_task``: the monitor may alert on those, never act on them.
-
-Deciding spends the DPoP proof (a client makes a new one per request) but not a
-workload JWT, whose refusal must not burn it (SVID-05: the agent fixes its request and
-retries with the same JWT). A JWT attributes at most one refusal, and none once it
-has been redeemed, so whoever saw it cannot replay it into a burst of attributed refusals.
+The monitor suspends tasks and scores agents by the principal and task of refusals, so a
+refusal names them only when this request spends a fresh credential of that party: a DPoP
+proof from the subject token's key (RFC 9449 §11.1) or an unredeemed workload JWT (RFC 7523
+§3). A replay proves nothing about its sender and is audited unattributed (``claimed_principal``,
+``claimed_task``). Deciding spends the proof but not the JWT, so an agent can fix its request
+and retry; a JWT attributes at most one refusal.
 """
 
 from __future__ import annotations

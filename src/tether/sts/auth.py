@@ -1,10 +1,9 @@
 """Authenticating callers of the STS's own APIs.
 
-``/tasks`` and the kill switch take a DPoP-bound tether token for the issuer
-(RFC 9449 §7: ``Authorization: DPoP`` + a proof with ``ath``), never a static API key;
-a DPoP-bound token sent as ``Bearer`` is refused (DPOP-15). ``/introspect`` and
-``/revoke`` take a workload JWT as an RFC 7523 client assertion (RFC 7662 §2.1,
-RFC 7009 §2.1), redeemed once when it carries a ``jti``.
+``/tasks`` and the kill switch take a DPoP-bound tether token for the issuer (RFC 9449 §7:
+``Authorization: DPoP`` and a proof with ``ath``), never a static API key; a DPoP-bound token
+sent as ``Bearer`` is refused. ``/introspect`` and ``/revoke`` take a workload JWT as an RFC
+7523 client assertion (RFC 7662 §2.1, RFC 7009 §2.1), redeemed once when it carries a ``jti``.
 """
 
 from __future__ import annotations

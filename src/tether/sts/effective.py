@@ -1,11 +1,9 @@
-"""The settings an STS actually runs with, and where each came from (issue 21: overrides are visible).
+"""The settings an STS actually runs with, and where each came from.
 
-``TETHER_*`` variables override ``tether.toml`` (``tether.config``). An override that weakens
-the STS — ``TETHER_POLICY_MODE=shadow``, ``TETHER_DPOP_NONCE=false``, another
-``TETHER_ADMIN_PRINCIPALS`` — must not go unseen: the STS logs each override at start as a
-warning and audits it (``config.override``), and an authenticated admin reads the effective
-settings with their sources at ``GET /settings``, which ``tether report`` uses instead of
-the operator's own shell. Values that carry credentials are never shown.
+``TETHER_*`` variables override ``tether.toml``, and an override that weakens the STS must not
+go unseen: the STS logs each at start (security-relevant ones as a warning, audited as
+``config.override``), and an admin reads the effective settings with their sources at
+``GET /settings``, which ``tether report`` uses. Values that carry credentials are never shown.
 """
 
 from __future__ import annotations

@@ -1,16 +1,11 @@
 """The token endpoint's use case: RFC 8693 token exchange, DPoP-bound, task-bound.
 
-Three shapes, told apart by the subject token (DESIGN "The flow"):
-
-* workload JWT + ``task`` → session token (audience: the issuer), step 2;
-* session token + DPoP proof from its key + ``resource`` → hop token, step 3;
-* hop token + the audience's own workload JWT as ``actor_token`` → token for the next
-  service with the actor nested into ``act`` and bound to the actor's key, step 5.
-
-A workload JWT without ``task`` from a configured admin principal yields an admin
-token (the CLI's dogfood path). Order of checks: request shape, DPoP proof, nonce,
-replay, identity, attenuation (pure rules), then one atomic store write that spends
-the identity ``jti``, counts against ``max_tokens``, records lineage and audits.
+Three shapes, told apart by the subject token: a workload JWT with ``task`` gives a session
+token; a session token with a proof from its key and a ``resource`` gives a hop token; a hop
+token with the audience's own workload JWT as ``actor_token`` gives a token for the next
+service, the actor nested in ``act`` (RFC 8693 §4.1). An admin principal's workload JWT without
+``task`` gives an admin token (the CLI). Checks run shape, proof, nonce, replay, identity,
+attenuation, then one atomic store write (spend, count, lineage, audit).
 """
 
 from __future__ import annotations

@@ -1,23 +1,12 @@
 """The revocation feed's shared poll: one task per STS process reads the store and fans out.
 
-A subscriber of ``/revocations/stream`` costs no store reads of its own once it is
-connected: the hub reads the feed when the store announces a revocation (the store's
-generation changes) or on its tick, and puts each entry — encoded once — and each due
-heartbeat into every subscriber's bounded queue. A subscriber that falls a whole queue
-behind is cut (its queue is emptied at once, so it never grows memory) and resumes with
-``Last-Event-ID``; one that stops reading keeps its slot, and nothing else, until its
-connection fails. Streams are capped globally and per authenticated principal, and end
-after ``stream_seconds``. Only registered workloads may follow the feed (``may_follow``):
-admins, resource principals and ``[revocations] subscribers`` — its entries name task
-and token ids.
-
-Heartbeats carry the cursor, the server time and the policy version in force; they are
-sent only after a successful read of the store, so a subscriber that hears them knows its
-view is current (the resource SDK fails closed when they stop). A subscriber may ask for
-a heartbeat between ``MIN_HEARTBEAT_SECONDS`` and ``MAX_HEARTBEAT_SECONDS``; anything
-outside is clamped, and the hub's tick (a quarter second) is what paces the store reads,
-whatever the subscribers ask — besides the one read of its backlog each stream makes when
-it opens.
+A connected subscriber of ``/revocations/stream`` costs no store reads of its own: the hub
+reads the feed when the store announces a revocation or on its tick, and puts each entry
+(encoded once) and each due heartbeat into every subscriber's bounded queue; one that falls a
+whole queue behind is cut and resumes with ``Last-Event-ID``. Heartbeats carry the cursor, the
+server time and the policy version, and follow only a successful read, so hearing them means
+the view is current. Streams are capped globally and per principal; only registered workloads
+may follow (``may_follow``).
 """
 
 from __future__ import annotations

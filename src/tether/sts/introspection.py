@@ -1,10 +1,10 @@
 """Introspection (RFC 7662), revocation (RFC 7009) and the kill switch.
 
-Introspection answers ``active`` from the token, the lineage store and the task at
-once, so a token of a completed task is inactive the moment the task ends. A caller
-learns about a token only if it is the token's audience (or registered for it), its
-client, or an admin; anyone else gets ``{"active": false}`` (AUX-04, anti-scanning).
-Revocation cuts the token and every token derived from it.
+Introspection answers ``active`` from the token, the lineage store and the task at once, so a
+token of a completed task is inactive the moment the task ends. A caller learns about a token
+only if it is the token's audience (or registered for it), its client or an admin; anyone else
+gets ``{"active": false}`` (no token scanning, RFC 7662 §2.1). Revocation cuts the token and
+every token derived from it.
 """
 
 from __future__ import annotations

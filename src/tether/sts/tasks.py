@@ -1,8 +1,8 @@
-"""Task use cases: create, read, list, complete or cancel (DESIGN "The flow", steps 1 and 6).
+"""Task use cases: create, read, list, complete or cancel.
 
-Only an admin token creates and lists tasks. A task's own session token (``txn`` is
-the task, audience the issuer) may read and end that task, so an agent can close
-what it was given. Ending a task revokes every token bound to it in the same write.
+Only an admin token creates and lists tasks. A task's own session token (``txn`` is the task,
+audience the issuer) may read and end that task, so an agent can close what it was given.
+Ending a task revokes every token bound to it in the same write.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Reading the DPoP-related request headers (RFC 9449 §4.3 item 1, §7.1; RFC 6750 §2.1).
 
-Exactly one ``DPoP`` header (DPOP-01); the header name is case-insensitive (HTTP), the
-``DPoP`` authorization scheme too (RFC 9110 §11.1). A token sent under ``Bearer`` is
-returned as such so that a DPoP-bound token presented as a bearer token is refused
-(DPOP-15) rather than silently accepted.
+Exactly one ``DPoP`` header; the header name is case-insensitive (HTTP), and so is the
+``DPoP`` authorization scheme (RFC 9110 §11.1). A token sent under ``Bearer`` is returned as
+such, so that a DPoP-bound token presented as a bearer token is refused rather than silently
+accepted.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""Strict request bodies: bounded size, UTF-8, no repeated parameters (RFC 6749 §3.2, STYLE rule 8).
+"""Strict request bodies: bounded size, UTF-8, no repeated parameters (RFC 6749 §3.2).
 
-RFC 6749 §3.2 says parameters sent without a value are treated as omitted and a
-parameter must not be included more than once; RFC 8693 §2.1 and RFC 8707 §2 let
-``resource`` and ``audience`` repeat, so those come back as lists.
+RFC 6749 §3.2 says parameters sent without a value are treated as omitted and a parameter
+must not be included more than once; RFC 8693 §2.1 and RFC 8707 §2 let ``resource`` and
+``audience`` repeat, so those come back as lists.
 """
 
 from __future__ import annotations

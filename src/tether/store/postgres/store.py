@@ -1,27 +1,12 @@
 """``PostgresRedisStore``: durable state in PostgreSQL, fast expiring state in Redis, for many replicas.
 
-PostgreSQL (psycopg 3, async, pooled) holds tasks, token lineage, the revocation feed,
-blocks, the single-use workload-JWT marks, signing keys and the audit chain; Redis holds
-the DPoP replay cache and announces revocations. Every security-critical step is one
-transaction whose row locks make it correct across replicas:
-
-* ``issue_token`` takes the task row (``UPDATE … tokens_issued < max_tokens``), so racing
-  replicas can never exceed ``max_tokens``, and holds its parent ``FOR SHARE``;
-* ``revoke_tree`` locks the tree it found ``FOR UPDATE`` and looks again until no child
-  appears, so a token issued from a parent mid-revocation is revoked with it;
-* the revocation feed is numbered in commit order: a publisher (``end_task``,
-  ``revoke_tree``, ``block``) locks the single ``revocation_head`` row first and numbers
-  its entries from it, so a follower that has read ``seq`` N never later finds an entry
-  below N (a serial drawn at insert let entries commit out of order, and a follower
-  moved past them for good);
-* the audit chain is **one chain for all replicas**: each append increments the single
-  ``audit_head`` row, which serialises appends in commit order.
-
-One lock order everywhere, so replicas queue instead of deadlocking: ``revocation_head``
-(publishers only), then task rows, then token rows, then ``audit_head``.
-
-Connection or pool failures raise ``StoreUnavailable`` (503, fail closed); the pool
-replaces broken connections, so service resumes by itself when PostgreSQL returns.
+PostgreSQL holds tasks, token lineage, the revocation feed, blocks, single-use marks, signing
+keys and the audit chain; Redis holds the DPoP replay cache and announces revocations. Each
+security-critical step is one transaction whose row locks make it correct across replicas:
+the task row caps ``max_tokens``, ``revocation_head`` numbers the feed in commit order and
+``audit_head`` serialises the one chain. One lock order everywhere (``revocation_head``, task
+rows, token rows, ``audit_head``), so replicas queue instead of deadlocking. Database failures
+raise ``StoreUnavailable`` (503, fail closed).
 """
 
 from __future__ import annotations

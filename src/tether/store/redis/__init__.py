@@ -1,0 +1,1 @@
+"""Redis: the replay cache, counters and revocation announcements the PostgreSQL store shares."""

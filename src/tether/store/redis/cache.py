@@ -1,13 +1,9 @@
 """Redis for the fast, expiring state every replica shares (redis-py asyncio).
 
-* ``first_use`` — the DPoP ``jti`` replay cache: ``SET key 1 NX EXAT until`` is atomic,
-  so a proof accepted by one replica is a replay at every other (DPOP-12 **P**);
-* ``incr_window`` — fixed-window counters (``INCR``, and ``EXPIREAT`` by the call that
-  starts the window, in one script) for rates and caps;
-* a pub/sub channel on which a replica announces each revocation it committed; every
-  replica's listener wakes its SSE streams at once (they then read PostgreSQL).
-
-Any Redis failure raises ``StoreUnavailable``: with no replay cache nothing is accepted.
+``first_use`` is the DPoP ``jti`` replay cache (``SET NX EXAT``: a proof accepted by one
+replica is a replay at every other); ``incr_window`` keeps fixed-window counters; a pub/sub
+channel announces each committed revocation so every replica's streams wake at once. Any
+Redis failure raises ``StoreUnavailable``: with no replay cache nothing is accepted.
 """
 
 from __future__ import annotations

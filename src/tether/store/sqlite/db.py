@@ -1,23 +1,11 @@
 """SQLite connections and versioned migrations.
 
-A statement runs **inline** on the calling thread, on that thread's own connection,
-with a busy timeout of a few milliseconds. In WAL mode with ``synchronous=NORMAL`` a
-commit appends to the WAL without an fsync, so a short statement costs tens of
-microseconds — less than handing it to another thread and back. If another process
-holds the write lock (the CLI rotating a key, a gateway sharing the file), the inline
-attempt fails fast before changing anything (``BEGIN IMMEDIATE`` takes the lock
-first; single statements are atomic), and the work is retried on a dedicated worker
-thread that may wait up to ten seconds — so the event loop never blocks on a lock.
-Any sqlite3 failure surfaces as ``StoreUnavailable``, so callers fail closed.
-
-The WAL is checkpointed mostly off the request path: every ``_CHECKPOINT_EVERY`` inline
-statements or group commits a ``PASSIVE`` checkpoint is handed to the worker thread
-(SQLite releases the GIL while it copies pages and syncs), one at a time. ``PASSIVE``
-cannot rewind the WAL while commits keep arriving, so the inline connection keeps an
-automatic checkpoint, at a higher threshold; by the time it runs, the worker has
-copied and synced nearly every page, and what is left in the request path is the tail.
-Checkpointing off the loop only every thousand statements left that tail at several
-megabytes: its copy and sync stalled every request in flight for 15-30 ms each time.
+A statement runs inline on the calling thread's own connection with a busy timeout of a few
+milliseconds: in WAL mode with ``synchronous=NORMAL`` that is cheaper than a thread hop. When
+another process holds the write lock the attempt fails before changing anything and is retried
+on a worker thread that may wait, so the event loop never blocks on a lock. ``PASSIVE`` WAL
+checkpoints go to that worker every ``_CHECKPOINT_EVERY`` commits, leaving little to copy in
+the request path. Any sqlite3 failure is ``StoreUnavailable`` (fail closed).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """``/jwks``, RFC 8414 metadata and ``/healthz`` (the feed and ``/policies`` are in ``routes.feed``).
 
-``/healthz`` is for load balancers and says only whether the store answers: nothing
-about the deployment (issue 12, finding 11).
+``/healthz`` is for load balancers and says only whether the store answers, nothing about the
+deployment.
 """
 
 from __future__ import annotations

@@ -1,14 +1,10 @@
 """``POST /revocations``, ``POST /revocations/stream``, ``POST /policies``: for registered workloads only.
 
-The feed names task and token ids and ``/policies`` is the whole Cedar set, so both
-are for the workloads that enforce them (issue 12, findings 4 and 11). A caller
-authenticates exactly as at ``/introspect`` — a fresh workload JWT as an RFC 7523
-``client_assertion`` (``jwt-bearer``, RFC 7521 §4.2), spent once — in a form body, never
-in the URL where access logs would keep it. Only an admin, a principal registered under
-``[[resources]]`` or one listed in ``[revocations] subscribers`` may read; anyone else
-gets ``access_denied``. The old ``GET`` forms answer ``invalid_client``, saying how to
-authenticate. Streams are served by the process's ``FeedHub`` (one shared poll, capped:
-over a cap the answer is 429 ``too_many_requests`` with ``Retry-After``).
+The feed names task and token ids and ``/policies`` is the whole Cedar set, so both are for the
+workloads that enforce them: an admin, a ``[[resources]]`` principal or one in ``[revocations]
+subscribers``, authenticated as at ``/introspect`` with a fresh RFC 7523 client assertion in
+the form body (never the URL). Anyone else gets ``access_denied``; the old ``GET`` forms answer
+``invalid_client``. Streams are served by the process's ``FeedHub``.
 """
 
 from __future__ import annotations
