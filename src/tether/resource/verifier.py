@@ -40,10 +40,11 @@ from tether.policy.entities import call_request
 from tether.proofs import ProofChecker, ReplayCache
 from tether.resource.principal import Principal
 from tether.resource.replay import MemoryReplayCache
-from tether.resource.revocations import JWT_BEARER, RevocationFeed
+from tether.resource.revocations import RevocationFeed
 from tether.rules.claims import verify_access_token
 from tether.rules.dpop import DEFAULT_DPOP_ALGS
 from tether.rules.jws import JWSError, PublicKey, peek_header
+from tether.urns import JWT_BEARER
 from tether.web.dpop_request import authorization, dpop_header
 
 __all__ = ["MissingToken", "ResourceSettings", "Verifier"]
