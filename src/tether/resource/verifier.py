@@ -35,7 +35,7 @@ from tether.errors import AccessDenied, InvalidToken, OAuthError, TemporarilyUna
 from tether.identity.jwks_cache import KeySet, KeySource, UrlKeySource
 from tether.lru import LruCache
 from tether.model import AccessToken
-from tether.policy.engine import Decision, PolicyEngine
+from tether.policy.engine import PolicyEngine
 from tether.policy.entities import call_request
 from tether.proofs import ProofChecker, ReplayCache
 from tether.resource.principal import Principal
@@ -140,7 +140,6 @@ class Verifier:
             )
         self.policy: PolicyEngine | None = policy
         self._verified: LruCache[str, tuple[AccessToken, object, PublicKey]] = LruCache(settings.token_cache)
-        self.last_decision: Decision | None = None
         if policy is None and settings.policy_dir is not None:
             self.policy = PolicyEngine(Path(settings.policy_dir), mode=settings.policy_mode)
         elif policy is None and settings.policy_from_sts:
@@ -292,7 +291,6 @@ class Verifier:
             caller_domain=principal.client_domain,
         )
         decision = self.policy.authorize(request)
-        self.last_decision = decision
         if not decision.allowed:
             log.info(
                 "call denied by policy %s (%s): %s %s by %s",
