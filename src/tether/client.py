@@ -10,35 +10,15 @@ from typing import Any
 
 import httpx
 
+from tether.agent.exchange import ExchangeError, Nonces, exchange_flow, refusal, run_sync, send_flow
 from tether.agent.identity import IdentitySource
 from tether.agent.proof import DPoPKey
+from tether.urns import TOKEN_EXCHANGE, TOKEN_TYPE_JWT
 
-__all__ = ["TOKEN_EXCHANGE", "TOKEN_TYPE_ACCESS", "TOKEN_TYPE_JWT", "StsClient", "StsError"]
+__all__ = ["StsClient", "StsError"]
 
-TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
-TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
-TOKEN_TYPE_ACCESS = "urn:ietf:params:oauth:token-type:access_token"
-
-
-class StsError(Exception):
-    """An error answer from the STS, with its RFC 6749 ``error`` code."""
-
-    def __init__(self, status: int, error: str, description: str) -> None:
-        super().__init__(f"{error}: {description}" if description else error)
-        self.status = status
-        self.error = error
-        self.description = description
-
-
-def _raise_for(response: httpx.Response) -> None:
-    if response.is_success:
-        return
-    try:
-        body = response.json()
-        error, description = str(body.get("error", "error")), str(body.get("error_description", ""))
-    except ValueError:
-        error, description = "error", response.text[:200]
-    raise StsError(response.status_code, error, description)
+#: an error answer from the STS, with its RFC 6749 ``error`` code (the agent SDK's error)
+StsError = ExchangeError
 
 
 class StsClient:
@@ -46,46 +26,28 @@ class StsClient:
         self.url = url.rstrip("/")
         self.identity = identity
         self.key = DPoPKey()
+        self.nonces = Nonces()
         self.http = http or httpx.Client(timeout=10.0, trust_env=False)
-        self._nonce: str | None = None
         self._admin_token: str | None = None
 
-    def _send(self, method: str, path: str, *, token: str | None = None, **kwargs: Any) -> httpx.Response:
-        """Send with a fresh proof; retry once with the server's nonce (RFC 9449 §8)."""
-        url = self.url + path
-        for _ in range(2):
-            headers = {"DPoP": self.key.proof(method, url, nonce=self._nonce, access_token=token)}
-            if token is not None:
-                headers["Authorization"] = f"DPoP {token}"
-            response = self.http.request(method, url, headers=headers, **kwargs)
-            if "dpop-nonce" in response.headers:
-                self._nonce = response.headers["dpop-nonce"]
-            if response.status_code in (400, 401) and _is_nonce_challenge(response):
-                continue
-            return response
-        return response
-
-    def exchange(self, form: dict[str, str]) -> dict[str, Any]:
-        response = self._send("POST", "/token", data=form)
-        _raise_for(response)
-        body: dict[str, Any] = response.json()
-        return body
-
     def admin_token(self) -> str:
+        """The admin's DPoP-bound token, from its workload JWT on first use (RFC 8693 §2.1)."""
         if self._admin_token is None:
-            body = self.exchange(
-                {
-                    "grant_type": TOKEN_EXCHANGE,
-                    "subject_token": self.identity.token(self.url),
-                    "subject_token_type": TOKEN_TYPE_JWT,
-                }
-            )
-            self._admin_token = str(body["access_token"])
+            form = {
+                "grant_type": TOKEN_EXCHANGE,
+                "subject_token": self.identity.token(self.url),
+                "subject_token_type": TOKEN_TYPE_JWT,
+            }
+            issued = run_sync(exchange_flow(self.url + "/token", form, self.key, self.nonces), self.http)
+            self._admin_token = str(issued.value)
         return self._admin_token
 
     def api(self, method: str, path: str, *, json: Any = None, params: dict[str, str] | None = None) -> Any:
-        response = self._send(method, path, token=self.admin_token(), json=json, params=params)
-        _raise_for(response)
+        token = self.admin_token()
+        request = self.http.build_request(method, self.url + path, json=json, params=params)
+        response: httpx.Response = run_sync(send_flow(request, self.key, self.nonces, access_token=token), self.http)
+        if not response.is_success:
+            raise refusal(response)
         return response.json()
 
     def create_task(self, **fields: Any) -> dict[str, Any]:
@@ -100,12 +62,3 @@ class StsClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _is_nonce_challenge(response: httpx.Response) -> bool:
-    if response.status_code == 401 and "use_dpop_nonce" in response.headers.get("www-authenticate", ""):
-        return True
-    try:
-        return bool(response.json().get("error") == "use_dpop_nonce")
-    except ValueError:
-        return False

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import secrets
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -338,3 +339,96 @@ def test_concurrent_first_requests_with_a_file_identity_all_succeed(aenv: AgentE
     path.write_text(aenv.sts.svid(), encoding="ascii")
     single = Agent(aenv.sts.url, FileIdentity(path)).session(aenv.task()["id"])
     assert [getattr(r, "status_code", repr(r)) for r in _burst(single, aenv.x.url, 1)] == [200]
+
+
+# -- the provider's lock covers the token fetch, not the request it was fetched for -----------------
+HELD = 5.0  # how long a held request waits for an exchange before the test reports none came
+
+
+class _HoldUntilExchange(httpx.BaseTransport, httpx.AsyncBaseTransport):
+    """Real HTTP, except that a request to ``held`` waits until a ``/token`` request has gone out
+    meanwhile (or ``HELD`` seconds pass): an exchange can only go out if no lock is left held."""
+
+    def __init__(self, held: str) -> None:
+        self.held = held
+        self.arrived = threading.Event()
+        self.exchanged = threading.Event()
+        self.exchanged_while_held: bool | None = None
+        self.sync, self.asynchronous = httpx.HTTPTransport(), httpx.AsyncHTTPTransport()
+
+    def _note(self, request: httpx.Request) -> bool:
+        if request.url.path == "/token" and self.arrived.is_set():
+            self.exchanged.set()
+        if str(request.url).startswith(self.held):
+            self.arrived.set()
+            return True
+        return False
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self._note(request):
+            self.exchanged_while_held = self.exchanged.wait(HELD)
+        return self.sync.handle_request(request)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._note(request):
+            self.exchanged_while_held = await asyncio.to_thread(self.exchanged.wait, HELD)
+        return await self.asynchronous.handle_async_request(request)
+
+    def close(self) -> None:
+        self.sync.close()
+
+    async def aclose(self) -> None:
+        await self.asynchronous.aclose()
+
+
+def test_sync_token_lock_is_released_before_the_request_is_sent(aenv: AgentEnv) -> None:
+    _warm(aenv)
+    session = aenv.agent().session(aenv.task()["id"])
+    gate = _HoldUntilExchange(aenv.x.url + "/whoami")
+    audiences = {aenv.x.url: aenv.x.url, aenv.y.url: aenv.y.url}
+    with httpx.Client(auth=session.auth(audiences=audiences), transport=gate, trust_env=False, timeout=10.0) as http:
+        held: list[int] = []
+        first = threading.Thread(target=lambda: held.append(http.get(aenv.x.url + "/whoami").status_code))
+        first.start()
+        assert gate.arrived.wait(HELD), "the first request never went out"
+        other = http.get(aenv.y.url + "/whoami")  # needs a hop token of its own while the first is in flight
+        first.join()
+    assert gate.exchanged_while_held, "the hop exchange for y waited for the request to x to finish"
+    assert (held, other.status_code) == ([200], 200)
+    assert session.exchanges == 3  # session, hop for x, hop for y
+
+
+def test_async_token_lock_is_released_before_the_request_is_sent(aenv: AgentEnv) -> None:
+    _warm(aenv)
+    session = aenv.agent().session(aenv.task()["id"])
+    gate = _HoldUntilExchange(aenv.x.url + "/whoami")
+    audiences = {aenv.x.url: aenv.x.url, aenv.y.url: aenv.y.url}
+
+    async def run() -> list[int]:
+        auth = session.auth(audiences=audiences)
+        async with httpx.AsyncClient(auth=auth, transport=gate, trust_env=False, timeout=10.0) as http:
+            first = asyncio.create_task(http.get(aenv.x.url + "/whoami"))
+            await asyncio.to_thread(gate.arrived.wait, HELD)
+            other = await http.get(aenv.y.url + "/whoami")
+            return [(await first).status_code, other.status_code]
+
+    assert asyncio.run(run()) == [200, 200]
+    assert gate.exchanged_while_held, "the hop exchange for y waited for the request to x to finish"
+    assert session.exchanges == 3
+
+
+def test_atoken_for_runs_the_exchange_flows_on_an_async_client(aenv: AgentEnv) -> None:
+    task = aenv.task(audiences=[aenv.x.url])
+    session = aenv.agent().session(task["id"])
+
+    async def run() -> tuple[str, str]:
+        async with httpx.AsyncClient(trust_env=False, timeout=10.0) as http:
+            return await session.atoken_for(aenv.x.url, http), await session.atoken_for(aenv.x.url, http)
+
+    token, again = asyncio.run(run())
+    claims = claims_of(token)
+    assert (claims["aud"], claims["txn"], claims["cnf"]["jkt"]) == (aenv.x.url, task["id"], session.key.jkt)
+    assert again == token and session.exchanges == 2  # session and one hop; the second call is served from the cache
+    with pytest.raises(ExchangeError) as caught:  # an audience outside the task: the STS's refusal, raised
+        asyncio.run(session.atoken_for(aenv.y.url))
+    assert (caught.value.status, caught.value.error) == (400, "invalid_target")

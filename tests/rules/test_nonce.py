@@ -12,7 +12,7 @@ from tether.agent.proof import DPoPKey
 from tether.clock import ManualClock
 from tether.errors import UseDPoPNonce
 from tether.proofs import ProofChecker
-from tether.rules.nonce import check_nonce, make_nonce
+from tether.rules.nonce import make_nonce, nonce_fresh, nonce_issued
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
@@ -27,6 +27,12 @@ def _raw(nonce: str) -> bytes:
 
 def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def check_nonce(key: bytes, nonce: str | None, *, now: float, ttl: int, future_skew: int = 5) -> bool:
+    """The server's test of a proof's nonce (``ProofChecker``): made with ``key``, and fresh at ``now``."""
+    issued = nonce_issued(key, nonce)
+    return issued is not None and nonce_fresh(issued, now=now, ttl=ttl, future_skew=future_skew)
 
 
 @pytest.fixture

@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
-from collections.abc import AsyncGenerator, Generator, Mapping
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from typing import Protocol
 
 import httpx
 
-from tether.agent.exchange import Flow, Nonces, is_nonce_challenge
+from tether.agent.exchange import Flow, Nonces, Steps, send_flow
 from tether.agent.proof import DPoPKey
 from tether.lru import LruCache
 
@@ -41,6 +41,22 @@ class FlowLock:
         if lock is None:
             lock = self._loops[loop] = asyncio.Lock()
         return lock
+
+
+class _Releasable(Protocol):
+    def release(self) -> None: ...
+
+
+class _Held:
+    """A lock taken for a token fetch, released once: when the token is ready or the flow ends."""
+
+    def __init__(self, lock: _Releasable) -> None:
+        self._lock: _Releasable | None = lock
+
+    def release(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
 
 
 class TokenProvider(Protocol):
@@ -107,61 +123,47 @@ class DPoPAuth(httpx.Auth):
         token = yield from self.provider.token_flow(audience)
         return token
 
-    def _send(self, request: httpx.Request, token: str) -> Flow:
-        nonces = self.provider.nonces
-        response: httpx.Response | None = None
-        for _ in range(2):
-            request.headers["Authorization"] = f"DPoP {token}"
-            request.headers["DPoP"] = self.provider.key.proof(
-                request.method, str(request.url), nonce=nonces.get(request.url), access_token=token
-            )
-            response = yield request
-            nonces.remember(request.url, response)
-            if not is_nonce_challenge(response):
-                return response
+    def _flow(self, request: httpx.Request, unlock: Callable[[], None]) -> Flow:
+        """The hop token (``unlock`` is called once it is in hand), then the request with a proof."""
+        token = yield from self._token(request.url)
+        unlock()
+        provider = self.provider
+        response = yield from send_flow(request, provider.key, provider.nonces, access_token=token)
         return response
 
     def auth_flow(self, request: httpx.Request) -> Flow:
-        token = yield from self._token(request.url)
-        response = yield from self._send(request, token)
-        return response
+        return self._flow(request, lambda: None)
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        with self.provider.lock.sync:
-            token = str((yield from _read_sync(self._token(request.url))))
-        yield from _read_sync(self._send(request, token))
+        """Token fetches hold the provider's lock, so a burst of first requests makes one exchange."""
+        lock = self.provider.lock.sync
+        lock.acquire()
+        held = _Held(lock)
+        try:
+            yield from _read_sync(self._flow(request, held.release))
+        finally:
+            held.release()
 
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        async with self.provider.lock.for_loop():
-            flow = self._token(request.url)
-            token: str | None = None
-            try:
-                outgoing = next(flow)
-                while True:
-                    response = yield outgoing
-                    await response.aread()
-                    outgoing = flow.send(response)
-            except StopIteration as done:
-                token = done.value
-        assert token is not None
-        flow = self._send(request, token)
+        """As ``sync_auth_flow``, under the provider's lock for this event loop."""
+        lock = self.provider.lock.for_loop()
+        await lock.acquire()
+        held = _Held(lock)
         try:
-            outgoing = next(flow)
-            while True:
-                response = yield outgoing
+            steps = Steps(self._flow(request, held.release))
+            while steps.request is not None:
+                response = yield steps.request
                 await response.aread()
-                outgoing = flow.send(response)
-        except StopIteration:
-            return
+                steps.answer(response)
+        finally:
+            held.release()
 
 
 def _read_sync(flow: Flow) -> Generator[httpx.Request, httpx.Response, object]:
     """Drive a flow inside a sync auth flow, reading each response body before handing it back."""
-    try:
-        outgoing = next(flow)
-        while True:
-            response = yield outgoing
-            response.read()
-            outgoing = flow.send(response)
-    except StopIteration as done:
-        return done.value
+    steps = Steps(flow)
+    while steps.request is not None:
+        response = yield steps.request
+        response.read()
+        steps.answer(response)
+    return steps.result

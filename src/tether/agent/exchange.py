@@ -19,30 +19,27 @@ from tether.clock import Clock, SystemClock
 from tether.lru import LruCache
 
 __all__ = [
-    "ACCESS",
-    "JWT",
-    "TOKEN_EXCHANGE",
     "ExchangeError",
     "Flow",
     "IssuedToken",
     "Nonces",
+    "Steps",
     "exchange_flow",
     "is_nonce_challenge",
+    "refusal",
+    "run_async",
     "run_sync",
+    "send_flow",
 ]
-
-TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
-JWT = "urn:ietf:params:oauth:token-type:jwt"
-ACCESS = "urn:ietf:params:oauth:token-type:access_token"
 
 Flow = Generator[httpx.Request, httpx.Response, Any]
 
 
 class ExchangeError(Exception):
-    """The STS refused an exchange; ``error`` is its RFC 6749 code."""
+    """The STS refused a request (an exchange or an API call); ``error`` is its RFC 6749 code."""
 
     def __init__(self, status: int, error: str, description: str) -> None:
-        super().__init__(f"{error}: {description}")
+        super().__init__(f"{error}: {description}" if description else error)
         self.status = status
         self.error = error
         self.description = description
@@ -78,58 +75,92 @@ def _origin(url: httpx.URL) -> str:
     return f"{url.scheme}://{url.netloc.decode('ascii')}"
 
 
+def _json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
 def is_nonce_challenge(response: httpx.Response) -> bool:
+    """A 401 ``WWW-Authenticate: DPoP error="use_dpop_nonce"`` (RFC 9449 §9) or a 400 JSON error (§8)."""
     if response.status_code == 401:
         return "use_dpop_nonce" in response.headers.get("www-authenticate", "")
     if response.status_code == 400 and response.headers.get("content-type", "").startswith("application/json"):
-        try:
-            return bool(response.json().get("error") == "use_dpop_nonce")
-        except ValueError:
-            return False
+        body = _json(response)
+        return isinstance(body, dict) and body.get("error") == "use_dpop_nonce"
     return False
+
+
+def refusal(response: httpx.Response) -> ExchangeError:
+    """The STS's error answer (RFC 6749 §5.2) as an ``ExchangeError``; an error body that is not a
+    JSON object is described by its first 200 characters."""
+    body = _json(response)
+    if isinstance(body, dict):
+        return ExchangeError(response.status_code, str(body.get("error", "error")), str(body.get("error_description", "")))
+    return ExchangeError(response.status_code, "error", "" if response.is_success else response.text[:200])
+
+
+def send_flow(request: httpx.Request, key: DPoPKey, nonces: Nonces, *, access_token: str | None = None) -> Flow:
+    """Send ``request`` with a fresh DPoP proof (and ``Authorization: DPoP`` when it carries
+    ``access_token``, RFC 9449 §7.1); on a nonce challenge, sign again with the server's nonce and
+    send once more (§8, §9). Returns the last response."""
+    if access_token is not None:
+        request.headers["Authorization"] = f"DPoP {access_token}"
+    for _ in range(2):
+        nonce = nonces.get(request.url)
+        request.headers["DPoP"] = key.proof(request.method, str(request.url), nonce=nonce, access_token=access_token)
+        response = yield request
+        nonces.remember(request.url, response)
+        if not is_nonce_challenge(response):
+            break
+    return response
 
 
 def exchange_flow(token_url: str, form: dict[str, str], key: DPoPKey, nonces: Nonces, *, clock: Clock | None = None) -> Flow:
     """POST an RFC 8693 exchange; returns an ``IssuedToken`` (``expires_at`` on ``clock``) or raises ``ExchangeError``."""
-    url = httpx.URL(token_url)
-    response: httpx.Response | None = None
-    for _ in range(2):
-        proof = key.proof("POST", token_url, nonce=nonces.get(url))
-        response = yield httpx.Request("POST", url, data=form, headers={"DPoP": proof, "Accept": "application/json"})
-        nonces.remember(url, response)
-        if not is_nonce_challenge(response):
-            break
-    assert response is not None
-    try:
-        body = response.json()
-    except ValueError:
-        body = {}
+    request = httpx.Request("POST", token_url, data=form, headers={"Accept": "application/json"})
+    response = yield from send_flow(request, key, nonces)
+    body = _json(response)
     if response.status_code != 200 or not isinstance(body, dict) or "access_token" not in body:
-        raise ExchangeError(response.status_code, str(body.get("error", "error")), str(body.get("error_description", "")))
+        raise refusal(response)
     scope = frozenset(str(body.get("scope", "")).split())
     now = (clock or SystemClock()).now()
     return IssuedToken(str(body["access_token"]), now + float(body.get("expires_in", 0)), scope)
 
 
+class Steps:
+    """Steps through a flow for a driver: ``request`` is the next request to send, ``None`` once the
+    flow has returned, with its value in ``result``. Each driver only moves the bytes."""
+
+    def __init__(self, flow: Flow) -> None:
+        self._flow = flow
+        self.result: Any = None
+        self.request: httpx.Request | None = self._advance(None)
+
+    def answer(self, response: httpx.Response) -> None:
+        """Hand the response to the last request back to the flow."""
+        self.request = self._advance(response)
+
+    def _advance(self, response: httpx.Response | None) -> httpx.Request | None:
+        try:
+            return next(self._flow) if response is None else self._flow.send(response)
+        except StopIteration as done:
+            self.result = done.value
+            return None
+
+
 def run_sync(flow: Flow, client: httpx.Client) -> Any:
     """Drive a flow with a synchronous client."""
-    try:
-        request = next(flow)
-        while True:
-            response = client.send(request)
-            response.read()
-            request = flow.send(response)
-    except StopIteration as done:
-        return done.value
+    steps = Steps(flow)
+    while steps.request is not None:
+        steps.answer(client.send(steps.request))
+    return steps.result
 
 
 async def run_async(flow: Flow, client: httpx.AsyncClient) -> Any:
     """Drive a flow with an asynchronous client."""
-    try:
-        request = next(flow)
-        while True:
-            response = await client.send(request)
-            await response.aread()
-            request = flow.send(response)
-    except StopIteration as done:
-        return done.value
+    steps = Steps(flow)
+    while steps.request is not None:
+        steps.answer(await client.send(steps.request))
+    return steps.result

@@ -15,12 +15,13 @@ import hashlib
 from collections.abc import Mapping
 
 from tether.agent.auth import DPoPAuth, FlowLock
-from tether.agent.exchange import ACCESS, JWT, TOKEN_EXCHANGE, Flow, IssuedToken, Nonces, exchange_flow
+from tether.agent.exchange import Flow, IssuedToken, Nonces, exchange_flow
 from tether.agent.identity import IdentitySource
 from tether.agent.proof import DPoPKey
 from tether.agent.token_cache import DEFAULT_CAPACITY, TokenCache
 from tether.clock import Clock
 from tether.rules.jws import JWSError, b64url_decode, strict_json_loads
+from tether.urns import TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS, TOKEN_TYPE_JWT
 
 __all__ = ["Onward"]
 
@@ -80,9 +81,9 @@ class Onward:
         form = {
             "grant_type": TOKEN_EXCHANGE,
             "subject_token": incoming_token,
-            "subject_token_type": ACCESS,
+            "subject_token_type": TOKEN_TYPE_ACCESS,
             "actor_token": self.identity.token(self.sts_url),
-            "actor_token_type": JWT,
+            "actor_token_type": TOKEN_TYPE_JWT,
             "resource": audience,
         }
         if scope is not None:

@@ -15,21 +15,12 @@ from collections.abc import Mapping
 import httpx
 
 from tether.agent.auth import DPoPAuth, FlowLock
-from tether.agent.exchange import (
-    ACCESS,
-    JWT,
-    TOKEN_EXCHANGE,
-    Flow,
-    IssuedToken,
-    Nonces,
-    exchange_flow,
-    run_async,
-    run_sync,
-)
+from tether.agent.exchange import Flow, IssuedToken, Nonces, exchange_flow, run_async, run_sync, send_flow
 from tether.agent.identity import IdentitySource
 from tether.agent.proof import DPoPKey
 from tether.agent.token_cache import TokenCache, margin
 from tether.clock import Clock, SystemClock
+from tether.urns import TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS, TOKEN_TYPE_JWT
 
 __all__ = ["Agent", "TaskSession"]
 
@@ -75,7 +66,7 @@ class TaskSession:
         form = {
             "grant_type": TOKEN_EXCHANGE,
             "subject_token": self.agent.identity.token(self.sts_url),
-            "subject_token_type": JWT,
+            "subject_token_type": TOKEN_TYPE_JWT,
             "task": self.task_id,
         }
         self._session = yield from exchange_flow(self.token_url, form, self.key, self.nonces, clock=self.agent.clock)
@@ -88,7 +79,12 @@ class TaskSession:
         if cached is not None:
             return cached
         session = yield from self.session_flow()
-        form = {"grant_type": TOKEN_EXCHANGE, "subject_token": session, "subject_token_type": ACCESS, "resource": audience}
+        form = {
+            "grant_type": TOKEN_EXCHANGE,
+            "subject_token": session,
+            "subject_token_type": TOKEN_TYPE_ACCESS,
+            "resource": audience,
+        }
         if audience in self.scopes:
             form["scope"] = self.scopes[audience]
         issued: IssuedToken = yield from exchange_flow(self.token_url, form, self.key, self.nonces, clock=self.agent.clock)
@@ -111,15 +107,8 @@ class TaskSession:
     def complete_flow(self, action: str = "complete") -> Flow:
         """End the task with its own session token (the STS revokes everything derived from it)."""
         session = yield from self.session_flow()
-        url = f"{self.sts_url}/tasks/{self.task_id}/{action}"
-        response: httpx.Response | None = None
-        for _ in range(2):
-            proof = self.key.proof("POST", url, nonce=self.nonces.get(httpx.URL(url)), access_token=session)
-            response = yield httpx.Request("POST", url, headers={"Authorization": f"DPoP {session}", "DPoP": proof})
-            self.nonces.remember(httpx.URL(url), response)
-            if response.status_code != 401 or "use_dpop_nonce" not in response.headers.get("www-authenticate", ""):
-                break
-        assert response is not None
+        request = httpx.Request("POST", f"{self.sts_url}/tasks/{self.task_id}/{action}")
+        response = yield from send_flow(request, self.key, self.nonces, access_token=session)
         response.raise_for_status()
         self.hops.clear()
         return response.json()

@@ -14,9 +14,6 @@ from pathlib import Path
 import httpx
 
 from tether.bench.harness import (
-    ACCESS,
-    JWT,
-    TOKEN_EXCHANGE,
     Actor,
     Deployment,
     Load,
@@ -30,6 +27,9 @@ from tether.bench.harness import (
 )
 from tether.bench.loadgen import form_request
 from tether.bench.report import Row, SignatureCosts
+from tether.urns import TOKEN_EXCHANGE
+from tether.urns import TOKEN_TYPE_ACCESS as ACCESS
+from tether.urns import TOKEN_TYPE_JWT as JWT
 from tether.web.server import free_port
 
 __all__ = ["ADMIN", "AGENT", "AUD_B", "AUD_C", "RESOURCES", "SVC_B", "ExchangeBench", "hop_requests", "setup_task"]

@@ -24,9 +24,7 @@ from starlette.types import Receive, Scope, Send
 from tether.bench.exchange import setup_task
 from tether.bench.floor_app import drain, lifespan, respond
 from tether.bench.harness import (
-    ACCESS,
     CORES,
-    TOKEN_EXCHANGE,
     Actor,
     Deployment,
     Load,
@@ -40,6 +38,8 @@ from tether.bench.harness import (
 from tether.bench.loadgen import build_request
 from tether.bench.report import Row
 from tether.gateway.vault import store_secret
+from tether.urns import TOKEN_EXCHANGE
+from tether.urns import TOKEN_TYPE_ACCESS as ACCESS
 from tether.web.server import free_port
 
 __all__ = ["gateway_rows", "upstream_app"]

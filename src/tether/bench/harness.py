@@ -43,9 +43,6 @@ __all__ = [
 ]
 
 CORES = os.cpu_count() or 1
-TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
-JWT = "urn:ietf:params:oauth:token-type:jwt"
-ACCESS = "urn:ietf:params:oauth:token-type:access_token"
 
 
 def _pin(core: str) -> list[str]:

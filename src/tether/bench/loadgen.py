@@ -113,6 +113,7 @@ async def run_generated(spec: dict[str, Any]) -> Result:
     process), performs its own session exchange first, and follows ``DPoP-Nonce``.
     """
     from tether.agent.proof import DPoPKey  # only this mode needs tether itself
+    from tether.urns import TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS, TOKEN_TYPE_JWT
 
     key, url, host, port = DPoPKey(), spec["url"], spec["host"], spec["port"]
     token_url = url + "/token"
@@ -129,14 +130,13 @@ async def run_generated(spec: dict[str, Any]) -> Result:
                 break
         return status, body
 
-    grant = "urn:ietf:params:oauth:grant-type:token-exchange"
     first = await asyncio.open_connection(host, port)
     status, body = await exchange(
         *first,
         {
-            "grant_type": grant,
+            "grant_type": TOKEN_EXCHANGE,
             "subject_token": spec["svid"],
-            "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+            "subject_token_type": TOKEN_TYPE_JWT,
             "task": spec["task"],
         },
     )
@@ -144,9 +144,9 @@ async def run_generated(spec: dict[str, Any]) -> Result:
     if status != 200:
         raise RuntimeError(f"session exchange failed: {status} {body[:300]!r}")
     hop = {
-        "grant_type": grant,
+        "grant_type": TOKEN_EXCHANGE,
         "subject_token": json.loads(body)["access_token"],
-        "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+        "subject_token_type": TOKEN_TYPE_ACCESS,
         "resource": spec["audience"],
     }
     result = Result()

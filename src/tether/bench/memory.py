@@ -14,8 +14,11 @@ from pathlib import Path
 import httpx
 
 from tether.bench.exchange import ADMIN, AGENT, AUD_B, AUD_C, RESOURCES
-from tether.bench.harness import ACCESS, JWT, TOKEN_EXCHANGE, Actor, bench_deployment, rss_kib, serve, tether_bin
+from tether.bench.harness import Actor, bench_deployment, rss_kib, serve, tether_bin
 from tether.bench.report import Row
+from tether.urns import TOKEN_EXCHANGE
+from tether.urns import TOKEN_TYPE_ACCESS as ACCESS
+from tether.urns import TOKEN_TYPE_JWT as JWT
 
 __all__ = ["memory_rows"]
 

@@ -26,11 +26,14 @@ import httpx
 from tether.agent.identity import DevIdentity, IdentitySource
 from tether.agent.proof import DPoPKey
 from tether.bench.exchange import ADMIN, AGENT, AUD_B, RESOURCES, SVC_B
-from tether.bench.harness import ACCESS, JWT, TOKEN_EXCHANGE, Actor, Deployment, bench_deployment, percentile, serve, tether_bin
+from tether.bench.harness import Actor, Deployment, bench_deployment, percentile, serve, tether_bin
 from tether.bench.report import Row
 from tether.errors import InvalidToken, OAuthError
 from tether.resource import ResourceSettings, Verifier
 from tether.resource.revocations import RevocationFeed
+from tether.urns import TOKEN_EXCHANGE
+from tether.urns import TOKEN_TYPE_ACCESS as ACCESS
+from tether.urns import TOKEN_TYPE_JWT as JWT
 from tether.web.server import free_port
 
 __all__ = ["revocation_rows"]

@@ -22,8 +22,6 @@ import httpx
 
 from tether.bench.exchange import ADMIN, AGENT, AUD_B, AUD_C, RESOURCES, hop_requests, setup_task
 from tether.bench.harness import (
-    JWT,
-    TOKEN_EXCHANGE,
     Actor,
     Deployment,
     bench_deployment,
@@ -35,6 +33,8 @@ from tether.bench.harness import (
     tether_bin,
 )
 from tether.bench.report import Row
+from tether.urns import TOKEN_EXCHANGE
+from tether.urns import TOKEN_TYPE_JWT as JWT
 
 __all__ = ["soak_rows"]
 

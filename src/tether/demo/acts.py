@@ -29,6 +29,7 @@ from tether.client import StsClient
 from tether.config import Config
 from tether.gateway.vault import store_secret
 from tether.identity.dev_issuer import DevTrustDomain
+from tether.urns import TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS
 
 __all__ = ["LEGACY_KEY", "ROGUE", "GatewayPlan", "gateway_act", "legacy_api", "rogue_act", "store_legacy_key"]
 
@@ -139,8 +140,8 @@ def rogue_act(step: Step, check: Step, admin: StsClient, domain: DevTrustDomain,
         session_token = run_sync(session.session_flow(), raw)
         started = time.perf_counter()
         url = session.token_url
-        form = {"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange", "subject_token": session_token,
-                "subject_token_type": "urn:ietf:params:oauth:token-type:access_token", "resource": b_url}  # fmt: skip
+        form = {"grant_type": TOKEN_EXCHANGE, "subject_token": session_token, "subject_token_type": TOKEN_TYPE_ACCESS,
+                "resource": b_url}  # fmt: skip
         proof = session.key.proof("POST", url, nonce=session.nonces.get(httpx.URL(url)))
         first = raw.post(url, data=form, headers={"DPoP": proof})
         again = raw.post(url, data=form, headers={"DPoP": proof})

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from tether.agent.exchange import ACCESS, TOKEN_EXCHANGE, ExchangeError, exchange_flow, run_sync
+from tether.agent.exchange import ExchangeError, exchange_flow, run_sync
 from tether.agent.identity import DevIdentity
 from tether.agent.session import Agent, TaskSession
 from tether.client import StsClient
@@ -33,6 +33,7 @@ from tether.provision import initialize
 from tether.resource import Verifier
 from tether.rules.jws import b64url_decode
 from tether.sts.bootstrap import build_sts
+from tether.urns import TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS
 from tether.web.server import ServerThread, free_port
 
 __all__ = ["DemoResult", "Step", "run_demo"]
@@ -266,7 +267,12 @@ def _svid_view(svid: str) -> dict[str, Any]:
 
 
 def _hop_form(subject: str, audience: str, scope: str | None = None) -> dict[str, str]:
-    form = {"grant_type": TOKEN_EXCHANGE, "subject_token": subject, "subject_token_type": ACCESS, "resource": audience}
+    form = {
+        "grant_type": TOKEN_EXCHANGE,
+        "subject_token": subject,
+        "subject_token_type": TOKEN_TYPE_ACCESS,
+        "resource": audience,
+    }
     if scope:
         form["scope"] = scope
     return form

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from tether.identity.jwks_cache import KeySource
+from tether.model import IdentityKind, WorkloadIdentity
 from tether.rules.dpop import numeric_date
-from tether.rules.jws import JWSError, b64url_decode, peek_header, strict_json_loads
+from tether.rules.jws import JWSError, PublicKey, b64url_decode, peek_header, strict_json_loads, verify_compact
 
 __all__ = [
     "MAX_WORKLOAD_JWT",
+    "Acceptance",
     "IdentityError",
     "check_audience",
     "check_lifetime",
@@ -26,9 +30,11 @@ __all__ = [
     "optional_string",
     "token_hash",
     "unverified",
+    "verify_signed",
 ]
 
 MAX_WORKLOAD_JWT = 16 * 1024
+_HEADERS = frozenset({"alg", "kid", "typ"})
 _FOREIGN_TYPES = frozenset({"at+jwt", "application/at+jwt", "dpop+jwt", "application/dpop+jwt"})
 
 
@@ -117,3 +123,57 @@ def optional_string(claims: Mapping[str, Any], name: str, *, max_length: int = 2
 
 def optional_jti(claims: Mapping[str, Any]) -> str | None:
     return optional_string(claims, "jti", max_length=256)
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """What one kind of workload JWT must meet once its key source is chosen."""
+
+    kind: IdentityKind
+    algorithms: Collection[str]
+    audiences: Collection[str]
+    max_lifetime: int
+    skew: int
+    #: why a token is refused when no key of the source has its ``kid`` (``debug`` only)
+    unknown_key: str = "no trusted key for kid"
+
+
+async def verify_signed(
+    token: str,
+    header: Mapping[str, Any],
+    keys: KeySource,
+    accept: Acceptance,
+    *,
+    issuer: str,
+    principal: Callable[[dict[str, Any]], str],
+    now: float,
+) -> WorkloadIdentity:
+    """The tail every workload-JWT verifier shares: key lookup by ``kid`` in ``keys`` (never a key
+    the token carries), signature (RFC 7515 §5.2), audience and lifetime (RFC 7519 §4.1.3-§4.1.5);
+    then the identity, with ``principal`` read from the verified claims."""
+    keyset = await keys.keys(kid=header.get("kid"), now=now)
+
+    def resolve(h: Mapping[str, Any]) -> PublicKey:
+        key = keyset.find(h.get("kid"))
+        if key is None:
+            raise JWSError(accept.unknown_key)
+        return key
+
+    try:
+        verified = verify_compact(
+            token, algorithms=accept.algorithms, allowed_headers=_HEADERS, resolve_key=resolve, max_length=MAX_WORKLOAD_JWT
+        )
+    except JWSError as exc:
+        raise IdentityError(str(exc)) from exc
+    claims = dict(verified.claims)
+    check_audience(claims, accept.audiences)
+    exp = check_lifetime(claims, now=now, skew=accept.skew, max_lifetime=accept.max_lifetime)
+    return WorkloadIdentity(
+        principal=principal(claims),
+        kind=accept.kind,
+        issuer=issuer,
+        exp=exp,
+        jti=optional_jti(claims),
+        token_hash=token_hash(token),
+        claims=claims,
+    )

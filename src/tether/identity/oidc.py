@@ -9,6 +9,7 @@ placeholders are JSON pointers into the claims, e.g.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -16,24 +17,13 @@ from typing import Any
 import httpx
 
 from tether.config import OidcIssuerConfig
-from tether.identity.checks import (
-    MAX_WORKLOAD_JWT,
-    IdentityError,
-    check_audience,
-    check_lifetime,
-    check_typ,
-    optional_jti,
-    token_hash,
-    unverified,
-)
+from tether.identity.checks import Acceptance, IdentityError, check_typ, unverified, verify_signed
 from tether.identity.jwks_cache import FileKeySource, KeySource, UrlKeySource, fetch_json
 from tether.model import IdentityKind, WorkloadIdentity
-from tether.rules.jws import JWSError, PublicKey, verify_compact
 from tether.rules.principal import is_principal
 
 __all__ = ["OidcVerifier", "render_principal"]
 
-_HEADERS = frozenset({"alg", "kid", "typ"})
 _PLACEHOLDER = re.compile(r"\{(/[^{}]*)\}")
 _VALUE = re.compile(r"[A-Za-z0-9._:@-]{1,253}")
 _DISCOVERY_RETRY = 10.0
@@ -68,8 +58,7 @@ class OidcVerifier:
     def __init__(self, config: OidcIssuerConfig, client: httpx.AsyncClient, *, max_lifetime: int, skew: int) -> None:
         self.config = config
         self._client = client
-        self._max_lifetime = max_lifetime
-        self._skew = skew
+        self._accept = Acceptance(IdentityKind.OIDC, config.algorithms, (config.audience,), max_lifetime, skew)
         self._source: KeySource | None = None
         self._discovery_failed_at = float("-inf")
         if config.jwks_file is not None:
@@ -110,33 +99,6 @@ class OidcVerifier:
         if claims.get("iss") != self.config.issuer:
             raise IdentityError("iss is not this issuer")
         check_typ(header)
-        keyset = await (await self._keys(now)).keys(kid=header.get("kid"), now=now)
-
-        def resolve(h: Mapping[str, Any]) -> PublicKey:
-            key = keyset.find(h.get("kid"))
-            if key is None:
-                raise JWSError("no trusted key for kid")
-            return key
-
-        try:
-            verified = verify_compact(
-                token,
-                algorithms=self.config.algorithms,
-                allowed_headers=_HEADERS,
-                resolve_key=resolve,
-                max_length=MAX_WORKLOAD_JWT,
-            )
-        except JWSError as exc:
-            raise IdentityError(str(exc)) from exc
-        claims = dict(verified.claims)
-        check_audience(claims, [self.config.audience])
-        exp = check_lifetime(claims, now=now, skew=self._skew, max_lifetime=self._max_lifetime)
-        return WorkloadIdentity(
-            principal=render_principal(self.config.principal, claims),
-            kind=IdentityKind.OIDC,
-            issuer=self.config.issuer,
-            exp=exp,
-            jti=optional_jti(claims),
-            token_hash=token_hash(token),
-            claims=claims,
-        )
+        keys = await self._keys(now)
+        principal = functools.partial(render_principal, self.config.principal)
+        return await verify_signed(token, header, keys, self._accept, issuer=self.config.issuer, principal=principal, now=now)

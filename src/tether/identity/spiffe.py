@@ -10,26 +10,14 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from tether.identity.checks import (
-    MAX_WORKLOAD_JWT,
-    IdentityError,
-    check_audience,
-    check_lifetime,
-    check_typ,
-    optional_jti,
-    optional_string,
-    token_hash,
-    unverified,
-)
+from tether.identity.checks import Acceptance, IdentityError, check_typ, optional_string, unverified, verify_signed
 from tether.identity.jwks_cache import KeySource
 from tether.model import IdentityKind, WorkloadIdentity
-from tether.rules.jws import JWSError, PublicKey, verify_compact
 from tether.rules.principal import spiffe_trust_domain
 
 __all__ = ["SVID_ALGS", "SvidVerifier"]
 
 SVID_ALGS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512"})
-_HEADERS = frozenset({"alg", "kid", "typ"})
 
 
 class SvidVerifier:
@@ -43,9 +31,7 @@ class SvidVerifier:
         foreign_issuers: Collection[str] = (),
     ) -> None:
         self._bundles = dict(bundles)
-        self._audiences = frozenset(audiences)
-        self._max_lifetime = max_lifetime
-        self._skew = skew
+        self._accept = Acceptance(IdentityKind.SPIFFE, SVID_ALGS, frozenset(audiences), max_lifetime, skew)
         self._foreign = frozenset(foreign_issuers)
 
     def handles(self, claims: Mapping[str, Any]) -> bool:
@@ -61,29 +47,7 @@ class SvidVerifier:
         if optional_string(claims, "iss") in self._foreign:
             raise IdentityError("token was issued by tether itself, not a trust domain")
         check_typ(header, allowed=("JWT", "JOSE"))
-        keyset = await self._bundles[domain].keys(kid=header.get("kid"), now=now)
-
-        def resolve(h: Mapping[str, Any]) -> PublicKey:
-            key = keyset.find(h.get("kid"))
-            if key is None:
-                raise JWSError("no trusted key for kid")
-            return key
-
-        try:
-            verified = verify_compact(
-                token, algorithms=SVID_ALGS, allowed_headers=_HEADERS, resolve_key=resolve, max_length=MAX_WORKLOAD_JWT
-            )
-        except JWSError as exc:
-            raise IdentityError(str(exc)) from exc
-        claims = dict(verified.claims)
-        check_audience(claims, self._audiences)
-        exp = check_lifetime(claims, now=now, skew=self._skew, max_lifetime=self._max_lifetime)
-        return WorkloadIdentity(
-            principal=str(claims["sub"]),
-            kind=IdentityKind.SPIFFE,
-            issuer=f"spiffe://{domain}",
-            exp=exp,
-            jti=optional_jti(claims),
-            token_hash=token_hash(token),
-            claims=claims,
+        bundle, issuer = self._bundles[domain], f"spiffe://{domain}"
+        return await verify_signed(
+            token, header, bundle, self._accept, issuer=issuer, principal=lambda c: str(c["sub"]), now=now
         )

@@ -26,12 +26,12 @@ from tether.clock import Clock, SystemClock
 from tether.errors import InvalidToken, TemporarilyUnavailable, after_end
 from tether.store.errors import StoreError
 from tether.store.records import Revocation
+from tether.urns import JWT_BEARER
 
 __all__ = ["FeedDown", "FeedSource", "RevocationFeed", "RevocationLog", "StoreSource", "StsSource", "parse_sse"]
 
 log = logging.getLogger("tether.resource")
 
-JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 PAGE = 1000
 MAX_BACKOFF = 2.0
 #: the store source re-reads at least this often: another process's commit (SQLite) announces nothing here

@@ -27,15 +27,16 @@ from tether.errors import AccessDenied, InvalidToken, OAuthError, TemporarilyUna
 from tether.identity.jwks_cache import KeySet, KeySource, UrlKeySource
 from tether.lru import LruCache
 from tether.model import AccessToken
-from tether.policy.engine import Decision, PolicyEngine
+from tether.policy.engine import PolicyEngine
 from tether.policy.entities import call_request
 from tether.proofs import ProofChecker, ReplayCache
 from tether.resource.principal import Principal
 from tether.resource.replay import MemoryReplayCache
-from tether.resource.revocations import JWT_BEARER, RevocationFeed
+from tether.resource.revocations import RevocationFeed
 from tether.rules.claims import verify_access_token
 from tether.rules.dpop import DEFAULT_DPOP_ALGS
 from tether.rules.jws import JWSError, PublicKey, peek_header
+from tether.urns import JWT_BEARER
 from tether.web.dpop_request import authorization, dpop_header
 
 __all__ = ["MissingToken", "ResourceSettings", "Verifier"]
@@ -131,7 +132,6 @@ class Verifier:
             )
         self.policy: PolicyEngine | None = policy
         self._verified: LruCache[str, tuple[AccessToken, object, PublicKey]] = LruCache(settings.token_cache)
-        self.last_decision: Decision | None = None
         if policy is None and settings.policy_dir is not None:
             self.policy = PolicyEngine(Path(settings.policy_dir), mode=settings.policy_mode)
         elif policy is None and settings.policy_from_sts:
@@ -283,7 +283,6 @@ class Verifier:
             caller_domain=principal.client_domain,
         )
         decision = self.policy.authorize(request)
-        self.last_decision = decision
         if not decision.allowed:
             log.info(
                 "call denied by policy %s (%s): %s %s by %s",

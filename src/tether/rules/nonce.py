@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import struct
 
-__all__ = ["check_nonce", "make_nonce", "nonce_fresh", "nonce_issued"]
+__all__ = ["make_nonce", "nonce_fresh", "nonce_issued"]
 
 _MAC_LEN = 16
 
@@ -50,9 +50,3 @@ def nonce_issued(key: bytes, nonce: str | None) -> int | None:
 def nonce_fresh(issued: int, *, now: float, ttl: int, future_skew: int = 5) -> bool:
     """Whether a nonce issued at ``issued`` is still good at ``now`` (DPOP-11)."""
     return now - ttl <= issued <= now + future_skew
-
-
-def check_nonce(key: bytes, nonce: str | None, *, now: float, ttl: int, future_skew: int = 5) -> bool:
-    """True if ``nonce`` was made with ``key`` no more than ``ttl`` seconds before ``now``."""
-    issued = nonce_issued(key, nonce)
-    return issued is not None and nonce_fresh(issued, now=now, ttl=ttl, future_skew=future_skew)

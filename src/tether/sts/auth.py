@@ -14,7 +14,7 @@ from tether.errors import InsufficientScope, InvalidClient, InvalidToken
 from tether.model import AccessToken, WorkloadIdentity
 from tether.policy.entities import admin_request
 from tether.sts.context import StsContext, spend_key
-from tether.sts.settings import JWT_BEARER
+from tether.urns import JWT_BEARER
 from tether.web.dpop_request import authorization, dpop_header
 
 __all__ = ["authenticate_client", "authenticate_token", "is_admin", "require_admin"]

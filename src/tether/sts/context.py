@@ -72,7 +72,6 @@ class StsContext:
     clock: Clock
     policy: PolicyEngine
     risk: Callable[[str], int] = _no_risk
-    stats: dict[str, int] = field(default_factory=dict)
     #: token → (claims, kid, the public JWK that verified it)
     verified: LruCache[str, tuple[AccessToken, str, Mapping[str, Any]]] = field(default_factory=lambda: LruCache(50_000))
     tasks: LruCache[str, Task] = field(default_factory=lambda: LruCache(20_000))

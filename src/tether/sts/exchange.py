@@ -40,7 +40,7 @@ from tether.store.errors import AlreadySpent, Blocked, CapReached, ParentRevoked
 from tether.store.records import IssuedToken
 from tether.sts.attribution import Claim, refuse_exchange
 from tether.sts.context import StsContext, new_jti, spend_key
-from tether.sts.settings import JWT_BEARER, TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS, TOKEN_TYPE_JWT
+from tether.urns import JWT_BEARER, TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS, TOKEN_TYPE_JWT
 
 __all__ = ["ExchangeRequest", "ExchangeResult", "exchange"]
 

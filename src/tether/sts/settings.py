@@ -11,12 +11,7 @@ from tether.rules.namespace import Namespace
 from tether.rules.scope import parse_scope
 from tether.rules.task import TaskLimits
 
-__all__ = ["JWT_BEARER", "TOKEN_EXCHANGE", "TOKEN_TYPE_ACCESS", "TOKEN_TYPE_JWT", "StsSettings"]
-
-TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
-TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
-TOKEN_TYPE_ACCESS = "urn:ietf:params:oauth:token-type:access_token"
-JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+__all__ = ["StsSettings"]
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from tether.sts.routes.common import context, endpoint
-from tether.sts.settings import TOKEN_EXCHANGE
+from tether.urns import TOKEN_EXCHANGE
 
 __all__ = ["health_endpoint", "jwks_endpoint", "metadata_endpoint"]
 

@@ -1,0 +1,11 @@
+"""The OAuth identifiers tether speaks on the wire, defined once for the STS and its clients.
+
+RFC 8693 §2.1 grant type and §3 token type identifiers; RFC 7523 §2.2 client assertion type.
+"""
+
+__all__ = ["JWT_BEARER", "TOKEN_EXCHANGE", "TOKEN_TYPE_ACCESS", "TOKEN_TYPE_JWT"]
+
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
+TOKEN_TYPE_ACCESS = "urn:ietf:params:oauth:token-type:access_token"
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
