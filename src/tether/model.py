@@ -32,7 +32,7 @@ class TaskState(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Task:
-    """The unit every token is bound to (DESIGN "The flow", step 1)."""
+    """The unit every token is bound to; an orchestrator creates it before the agent's first exchange."""
 
     id: str
     agent: str

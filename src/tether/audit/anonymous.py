@@ -1,19 +1,11 @@
 """Refusals nobody proved to own are counted, not each written: the audit chain is not an attacker's to fill.
 
-Every refusal of an authenticated party stays one audit record (the monitor and an
-investigator need each of them). A refusal that no proven identity owns — a bad token, a
-replayed proof, a malformed request, a guessed task id — costs a stranger one HTTP request,
-and each used to cost the deployment an append under the chain's head lock and a row on
-disk. Here the first such refusal per source, kind, error and markers in each interval is
-written at once (so the monitor still sees it promptly); the rest of that interval are
-counted and written as one summary record (``detail.aggregated``: how many, first and last
-time). Buckets are bounded: past ``max_buckets`` every new key shares one overflow bucket,
-so memory and records per interval are bounded whatever the attacker varies.
-
-What is in a key: the client address, the record's kind and error code, the ``replay`` /
-``after_end`` / ``spent`` markers, ``claimed_task`` and ``claimed_principal`` (so a replay
-alert still names its task and agent; both come from a verified credential). Never the
-reason text or a requested task id, which the caller chooses freely.
+A refusal of an authenticated party stays one record. One that no proven identity owns (a bad
+token, a replayed proof, a guessed task id) costs a stranger one request, so in each interval
+the first per key is written at once (the monitor sees it promptly) and the rest become one
+summary record (``detail.aggregated``); past ``max_buckets`` keys, new ones share one overflow
+bucket. A key is the client address, kind, error code, markers, and the ``claimed_task`` and
+``claimed_principal`` of a verified credential: never text the caller chooses freely.
 """
 
 from __future__ import annotations

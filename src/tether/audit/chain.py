@@ -3,7 +3,7 @@
 ``hash = SHA-256(canonical JSON of the record with ``prev``)``, where ``prev`` is the
 previous record's hash (64 zeros for the first). Editing, deleting or reordering any
 record breaks every link after it, and ``first_broken`` names the first one. Records
-hold jtis and hashes, never token or secret values (BCP-13).
+hold jtis and hashes, never token or secret values.
 """
 
 from __future__ import annotations

@@ -1,35 +1,12 @@
 """Signed checkpoints of the audit chain: what one claims, and how one record of it is checked.
 
-A checkpoint is itself an audit record (kind ``audit.checkpoint``). Its detail holds the
-``seq`` and ``hash`` of the newest record when it was written, the checkpoint record
-before it (``prev``) and a compact JWS (RFC 7515) over ``{iss, seq, hash, prev, iat}``,
-signed with the issuer's current key. The hash chain commits every record to all the
-records before it, so one valid checkpoint vouches for every record up to the one it
-names, earlier checkpoints included. ``tether.audit.export`` checks a whole exported log
-with these rules, offline, with only the issuer's JWKS (RFC 7517).
-
-Why it is built this way:
-
-- Explicit typing (RFC 8725 §3.11, JWT-12). The issuer key also signs access tokens
-  (``at+jwt``). A checkpoint has ``typ: tether-audit-checkpoint+jwt`` and no ``aud``,
-  ``sub`` or ``exp``, so neither kind can pass for the other.
-- The named record may come before the checkpoint's immediate predecessor. The store
-  links an appended record to the head at commit time, so an issuance can land between
-  reading the head and appending. The checkpoint still vouches for exactly the record it
-  names; any record in between is covered by the next checkpoint.
-- The checkpoint record's own fields are pinned. ``ts`` equals the signed ``iat`` and the
-  detail equals the signed claims, so an edit of the last record of an export (which no
-  later link protects) is still caught.
-- Key rotation. The JWKS keeps a retired key only until its tokens expire. The STS writes
-  a new checkpoint as soon as the current key differs from the one that signed the last
-  checkpoint (``checkpoint_due``), so the newest checkpoint is verifiable with the
-  published JWKS.
-- The chain of checkpoints (issue 12, finding 5). ``prev`` names the checkpoint record
-  before it, so one turned into an ordinary record, or rewritten, under a later one
-  breaks the chain (``tether.audit.coverage``). A checkpoint from before ``prev``
-  existed has no such claim (``Checkpoint.chained`` is false).
-
-Everything here is pure: no I/O, no clock (``now``/``iat`` come in as arguments).
+A checkpoint is an audit record (``audit.checkpoint``) naming the newest record (``seq``,
+``hash``) and the checkpoint record before it (``prev``), with a compact JWS (RFC 7515) over
+them by the issuer key; through the hash chain it vouches for every record before. Typed
+``tether-audit-checkpoint+jwt``, with no ``aud``, ``sub`` or ``exp``, it cannot pass for an
+access token (RFC 8725 §3.11). Its record's ``ts`` and detail must equal the signed claims, so
+an export's last record is pinned too. The named record may precede the checkpoint's own
+predecessor: appends race the signer. Pure: no I/O, no clock.
 """
 
 from __future__ import annotations

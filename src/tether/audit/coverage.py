@@ -1,26 +1,12 @@
 """What the checkpoints of an audit log cover: the chain of checkpoints, and the stretches between them.
 
-Issue 12, finding 5. A checkpoint vouches for every record up to the one it names. So a
-database writer who rewrites a record under a checkpoint has to turn that checkpoint,
-and every later one, into ordinary records (their signed hashes no longer match) and
-then get a checkpoint writer to sign the forged chain. Two things make that visible:
-
-- The chain of checkpoints. Each checkpoint names the checkpoint record before it
-  (``prev``: that record's seq and hash; null for the first). A checkpoint removed or
-  rewritten under a later one breaks the chain at the later one (``chain_problem``), and
-  the STS that signed a checkpoint can follow the chain back to it from the newest one
-  (``tether.audit.relink.Lineage``). Checkpoints written before this change name
-  nothing; such a checkpoint is accepted only before the first one that has ``prev``.
-- The stretches. A stretch is the records after one checkpoint record up to the record
-  the next checkpoint names. The STS counts the records since the last checkpoint and
-  signs as soon as ``checkpoint_every`` are pending, looking once a second
-  (``checkpoint_due``). So in a log it wrote, fewer than ``checkpoint_every`` records of
-  a stretch were appended more than ``GRACE_SECONDS`` before the checkpoint that closes
-  it. Removing a checkpoint that was due by count merges two stretches into one with
-  more (``Stretch.late``); ``tether audit verify --require-signed`` refuses that.
-
-Only a checkpoint whose signature verifies ends a stretch: one signed by a key missing
-from the JWKS proves nothing about when the log was checked. Pure: no I/O, no clock.
+To hide a rewrite under a checkpoint, a database writer must turn that checkpoint and every
+later one into ordinary records. Each checkpoint names the checkpoint record before it
+(``prev``), so one removed under a later one breaks the chain there (``chain_problem``); a
+checkpoint from before ``prev`` existed passes only before the first that has it. The STS signs
+once ``checkpoint_every`` records are pending, so a stretch holding more, appended over
+``GRACE_SECONDS`` before its closing checkpoint, shows a removal (``Stretch.late``). Only a
+checkpoint whose signature verifies ends a stretch. Pure: no I/O, no clock.
 """
 
 from __future__ import annotations

@@ -1,21 +1,11 @@
 """Offline verification of an exported audit log: every link and hash, every checkpoint.
 
-An export is the records in order, exactly as stored. ``verify_export`` checks each link
-and hash (``link_problem``), each checkpoint record (``verify_checkpoint_record``), the
-record each one names, the chain of checkpoints and the stretches between them
-(``tether.audit.coverage``), and raises ``ExportBroken`` at the first bad record.
-
-- Key rotation. A checkpoint signed by a key missing from the JWKS is accepted only if a
-  later valid checkpoint vouches for it; that later checkpoint covers it through the
-  chain. Otherwise it is refused. It does not end a stretch.
-- Older exports. Checkpoints from before ``prev`` existed are accepted only before the
-  first checkpoint that has it: a log written since the upgrade verifies as before, and
-  a checkpoint without ``prev`` after one with it is refused.
-- Truncation. An export cut just after a checkpoint looks exactly like a shorter log.
-  Only a verifier that knows the head (``expect_head``, e.g. from an earlier export) can
-  tell the difference.
-
-Pure: no I/O, no clock.
+``verify_export`` checks each record's link and hash, each checkpoint record and the record it
+names, the chain of checkpoints and the stretches between them (``tether.audit.coverage``), and
+raises ``ExportBroken`` at the first bad one. A checkpoint signed by a key missing from the JWKS
+passes only when a later valid checkpoint covers it, and ends no stretch. An export cut just
+after a checkpoint looks like a shorter log; only ``expect_head`` (from an earlier export)
+tells. Pure: no I/O, no clock.
 """
 
 from __future__ import annotations

@@ -1,33 +1,12 @@
-"""Re-linking the records a checkpoint is about to vouch for (issue 12, finding 5).
+"""Re-linking the records a checkpoint is about to vouch for, and the checkpoints that lead to it.
 
-A checkpoint signs the hash of the newest record and, through the chain, every record
-before it. The store links each append to the head it holds, so a database writer who
-rewrites a record and re-hashes every record after it leaves a chain that is consistent
-from that point on; a checkpoint writer that signed the head as stored would vouch for
-the forgery. So before signing, the writer re-reads the records from a position it
-trusts (the record named by the last checkpoint it signed, or by one whose signature it
-verified) and ``Relink`` checks them, page by page:
-
-- each record continues the chain from the trusted one: ``seq`` in order, ``prev`` equal
-  to the hash before it, ``hash`` the SHA-256 of its contents (``checkpoint.link_problem``,
-  the check ``tether audit verify`` makes), and the trusted record still has the signed hash;
-- each record whose hash the writer read earlier (``known``) still has that hash. A
-  rewrite made after the writer read a record is caught even when the tail was re-hashed
-  to be consistent;
-- no chain alert in the range still applies. A chain alert is an ``alert.raised`` record
-  of ``CHAIN_DETECTOR`` naming the record and the hash the alerting writer found. A writer
-  that never read the originals (another replica, or a restarted one) cannot tell a
-  consistent rewrite from them. So it defers to the writer that could, for as long as the
-  named record still has that hash. Restoring the record lifts the alert.
-
-The writer also remembers, outside the store, the last checkpoint it signed (``saved``).
-That record must still be in the chain with the hash it had (``saved_problem``), and the
-chain of checkpoints (``prev``, ``tether.audit.coverage``) must lead back to it from the
-newest checkpoint whose signature verifies (``Lineage``). A database writer who turns
-the checkpoint into an ordinary record, so that a restarted writer would find no
-checkpoint to check against, gets a refusal instead.
-
-Pure: the reads are done by ``tether.sts.checkpoints``.
+A database writer who rewrites a record and re-hashes the rest leaves a chain consistent from
+there on, which a signer trusting the stored head would vouch for. So ``Relink`` re-checks the
+records from a trusted position (named by a checkpoint the writer signed or verified): each
+continues the chain, each it read before keeps the hash it read, and no chain alert in the
+range still applies (a writer that never read the originals defers to one that did). ``Lineage``
+follows ``prev`` back to the checkpoint the writer saved outside the store. Pure:
+``tether.sts.checkpoints`` does the reads.
 """
 
 from __future__ import annotations

@@ -1,16 +1,10 @@
 """``tether audit verify [FILE]`` and ``tether audit export``: check the hash chain and its signed checkpoints.
 
-An export is JSON lines, one record per line, exactly as stored. It holds no key set:
-a verifier must not trust keys handed over with the log it is checking. The third
-party passes its own copy of the issuer's JWKS (RFC 7517, fetched from ``/jwks``) with
-``--jwks``. The option may be repeated with archived copies, to check checkpoints
-signed by keys that have since been retired. The rules are in ``tether.audit.export``.
-
-The longest stretch of records between checkpoints is reported. One with more than
-``checkpoint_every`` records appended over ``GRACE_SECONDS`` before the checkpoint that
-closes it is more than the STS lets pass (``tether.audit.coverage``): a checkpoint may
-have been removed and the log signed again. It is a warning, and a failure with
-``--require-signed``.
+An export is JSON lines, one record per line, exactly as stored, with no key set: a verifier
+must not trust keys handed over with the log it checks, so it passes its own copy of the
+issuer's JWKS (RFC 7517, from ``/jwks``) with ``--jwks``, repeated for archived copies. The
+rules are ``tether.audit.export``'s. The longest stretch between checkpoints is reported; one
+the STS would not have left (``tether.audit.coverage``) warns, and fails ``--require-signed``.
 """
 
 from __future__ import annotations

@@ -1,24 +1,12 @@
 """Route allowlists: ``METHOD /path/pattern`` rules, matched against the exact path forwarded.
 
-A pattern segment ``*`` matches exactly one path segment and a final ``**`` matches the
-rest (one or more segments); everything else matches literally. The path an agent
-sends is checked in the same form it will be forwarded in, and ambiguous forms are
-refused outright rather than normalised: dot-segments, empty segments, backslashes,
-``;`` path parameters (``..;/`` is a traversal to some servers) and control characters —
-the classic proxy-allowlist bypasses. So what was allowed is exactly what the upstream
-receives and decodes.
-
-Escapes (RFC 3986 §2.1) are the other half of those bypasses, and a ``*`` admits any
-segment, so the rule for them is an allowlist too: an escape may only stand for a
-printable ASCII character that cannot be written literally in a segment (``%3F``,
-``%23``, ``%5B``, ...). Refused, in every segment: escapes of unreserved characters
-(they have a plain spelling, §2.3), of the separators ``/``, ``\\`` and ``;``, of
-whitespace and control characters (``%20``, ``%09``, ``%0A``, ``%00``: trimmed or split
-on by some upstreams), of ``%`` itself (``%25``: a server that decodes twice sees a
-second escape, ``%252e%252e`` becomes ``..``) and of every non-ASCII byte (``%C3%A9``,
-the fullwidth dot ``%EF%BC%8E`` that NFKC-normalising servers turn into ``.``, overlong
-forms such as ``%C0%AE``). Malformed escapes (``%zz``, ``%u002e``, a trailing ``%``)
-are refused as well.
+A ``*`` segment matches one path segment, a final ``**`` one or more; the rest is literal.
+The path is judged in the form it will be forwarded in, and ambiguous forms are refused,
+never normalised: dot or empty segments, backslashes, ``;`` parameters (``..;/`` traverses
+on some servers), control characters. Escapes (RFC 3986 §2.1) are allowlisted too: only one
+for a printable ASCII character with no literal spelling in a segment passes (``%3F``,
+``%23``). So ``%25`` (decoded twice, ``%252e`` is ``.``), encoded separators, whitespace,
+non-ASCII bytes (a fullwidth dot NFKC turns into ``.``) and malformed escapes are refused.
 """
 
 from __future__ import annotations

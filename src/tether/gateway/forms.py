@@ -1,24 +1,12 @@
 """Method overrides in form bodies: read and refused before anything is forwarded.
 
 Rack's ``MethodOverride`` (Rails, Sinatra), Laravel and Symfony take ``_method`` from the
-fields of a POST body, ASP.NET MVC takes ``X-HTTP-Method-Override``; Rack and Laravel parse
-multipart bodies as well as urlencoded ones, and Rack reads a POST whose ``Content-Type`` has
-an empty media type as urlencoded. (A body sent with no ``Content-Type`` at all reaches the
-upstream as ``application/octet-stream``, which the gateway's client adds, and no framework
-reads fields from.) So a body an upstream would read fields from is read first —
-whole, within the route's ``max_request_bytes`` (413 past it, as when streamed) and
-``timeout`` — its field names are judged by the rule for query parameters
-(``tether.gateway.overrides``: 400 ``invalid_request``), and the bytes read are forwarded
-unchanged. Every other body, JSON included (``{"_method": "DELETE"}`` is no form field),
-streams through unread.
-
-The media type is the ``Content-Type`` up to its first ``;`` or ``,`` (RFC 9110 §8.3.1;
-Rack and PHP also stop at ``,``), compared case-insensitively; ``Content-Type`` fields that
-disagree are refused. Multipart field names are taken from every ``Content-Disposition``
-line of the body, whatever boundary the upstream's parser settles on, in each spelling a
-parser may decode: quoted, backslash-escaped, percent-encoded, RFC 2231 (``name*``, and
-``name*0``/``name*1`` continuations). A content-coded form (``Content-Encoding: gzip``) cannot
-be read here but may be decoded before the framework parses it: refused.
+fields of a urlencoded or multipart body. So such a body is read whole first (within
+``max_request_bytes`` and ``timeout``), its field names are judged by the query rule
+(``tether.gateway.overrides``) and the bytes read are forwarded unchanged; any other body,
+JSON included, streams through unread. The media type ends at the first ``;`` or ``,``
+(RFC 9110 §8.3.1; Rack and PHP stop at ``,`` too). Multipart names count in each spelling a
+parser decodes (RFC 2231 ``name*`` included); a content-coded form cannot be judged: refused.
 """
 
 from __future__ import annotations

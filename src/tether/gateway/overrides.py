@@ -1,27 +1,12 @@
 """Method and URL overrides: what an agent may not add to make the upstream run another call.
 
-The allowlist and the Cedar ``call`` policy judge the request line. Frameworks and proxies
-also read a method or a URL from elsewhere — ``X-HTTP-Method-Override: DELETE`` (Rails,
-Express, ASP.NET, Google APIs), ``X-Original-URL`` / ``X-Rewrite-URL`` (IIS, Symfony),
-``?_method=DELETE`` (Laravel, Express method-override) — so a judged ``GET /v1/customers``
-could run as a ``DELETE`` or on another path. Names vary (``X-HTTP-Method``,
-``X-Original-Method``, ``X-Override-URL``, ``X-Envoy-Original-Path``, ``_httpMethod``) and
-servers fold case and treat ``_`` like ``-`` (CGI, PHP and Rack see ``X_HTTP_METHOD_OVERRIDE``
-as the override), so the rule is on the words of a name, not a list of spellings.
-
-A name is lower-cased and split into words at every character other than a letter or digit.
-
-- **Headers** are dropped (like hop-by-hop ones) when a word contains ``method`` or
-  ``override``, or ends in ``url``, ``uri`` or ``path``, or the name starts with
-  ``x-forwarded-`` or ``x-original-`` (what a proxy in front of the upstream would set).
-- **Query parameters** whose name has a word containing ``method`` or ``override`` refuse
-  the call (400 ``invalid_request``). Dropping one would forward another URL than the one
-  the agent asked for and the allowlist judged, and silently turn an intended ``DELETE``
-  into a ``GET``; refusing tells the agent. ``url`` and ``path`` stay allowed in queries,
-  where they are ordinary data; ``method`` does not — on RPC-style APIs (``?method=
-  photos.delete``) it selects the operation, which the allowlist cannot see either. Fields
-  are separated by ``;`` as well as ``&`` (Rack before 3.0 splits at both).
-- **Form fields** (``tether.gateway.forms``) are judged by the same rule as query parameters.
+The allowlist and the Cedar ``call`` policy judge the request line, but frameworks and
+proxies also read a method or URL from headers (``X-HTTP-Method-Override``,
+``X-Original-URL``) and parameters (``_method``), under names that vary and fold case and
+``_``/``-``. So the rule is on the words of a name (split at anything but letters and digits):
+such headers are dropped; such query parameters and form fields refuse the call, since
+dropping one would forward another URL than the one judged. ``url`` and ``path`` are data in
+a query; ``method`` is not (``?method=photos.delete`` selects the operation on RPC APIs).
 """
 
 from __future__ import annotations

@@ -1,20 +1,11 @@
 """Forwarding one call upstream: inject, stream both ways within caps, scrub, never follow redirects.
 
-Upstream errors become 502 (unreachable, malformed) or 504 (timeout) with a fixed
-description: an exception message can carry the request URL, and with query
-injection that URL holds the secret, so no upstream error text is ever passed on or
-logged.
-
-Every call runs against a deadline (the route's ``max_call_seconds``, counted from the
-call's arrival): sending the request and reading the response head must also fit in the
-route's ``timeout``, a body read whole must arrive before the deadline, and a streamed body
-is cut when it passes (``tether.gateway.relay``). So a trickling upstream holds a
-connection for ``max_call_seconds`` at most, and only one of its own route's.
-
-The upstream client is aiohttp's, chosen by measurement: on this stack it spends about
-0.15 ms of CPU per keep-alive call where httpx spends about 0.55 ms, and the gateway's
-whole budget is 1 ms per call (``tether bench --only gateway``). The URL is passed
-pre-encoded, exactly as the strict path check accepted it.
+Upstream errors become 502 (unreachable, malformed) or 504 (timeout) with a fixed description:
+with query injection the request URL holds the secret, and an exception message can carry it.
+Every call runs against the route's ``max_call_seconds`` from its arrival (the head must also
+fit in ``timeout``; the body relay is ``tether.gateway.relay``). The client is aiohttp's, for
+its CPU cost per call (``tether bench --only gateway``); the URL is passed pre-encoded, exactly
+as the strict path check accepted it.
 """
 
 from __future__ import annotations

@@ -1,16 +1,11 @@
 """Relaying an upstream answer to the agent within the call's deadline, and closing the call after.
 
-The deadline (the route's ``max_call_seconds``) covers the whole relay, reading from the
-upstream and writing to the agent alike: an upstream that trickles its body, or an agent
-that stops reading, cannot hold the connection past it. When it passes mid-stream the
-response is left incomplete — no final chunk — so the server drops the connection and the
-agent sees an aborted response rather than a short one that looks whole (RFC 9112 §7.1:
-a chunked body ends only with its last chunk). Had nothing been sent yet, the agent gets
-504 ``gateway_timeout``.
-
-``on_close`` runs exactly once, after the upstream side is closed, whatever happened: sent in
-full, cut, abandoned by the agent, or failed. The gateway releases the call's in-flight slot
-and writes its result record there.
+The deadline (``max_call_seconds``) covers reading from the upstream and writing to the agent
+alike, so neither a trickling upstream nor an agent that stops reading holds the connection
+past it. Cut mid-stream, the response is left without its final chunk, so the agent sees an
+aborted response rather than a short one that looks whole (RFC 9112 §7.1); cut before anything
+was sent, it is 504 ``gateway_timeout``. ``on_close`` runs exactly once, after the upstream side
+is closed, however the call ended: it frees the in-flight slot and writes the result record.
 """
 
 from __future__ import annotations

@@ -1,16 +1,11 @@
 """Gateway routes: each one a registered bearer exception, validated like the rest of ``tether.toml``.
 
-A route names an upstream that only takes a long-lived secret, the vault entry that
-holds it, how to inject it, an allowlist and caps, and — because it is an exception to
-"no bearer secrets" — an owner, a justification and an expiry date after which it
-refuses calls. Its audience is ``{gateway.url}/routes/{name}``: a hop token for it is
-usable nowhere else.
-
-So that no call holds the gateway, each route has its own upstream connection pool
-(``max_connections``: a slow upstream exhausts only its own route), a total deadline per
-call that includes streaming the response body (``max_call_seconds``, at least ``timeout``),
-and a cap on the calls one task may have in flight on it (``max_in_flight_per_task``, by
-default half the pool, never more than all of it).
+A route names an upstream that only takes a long-lived secret, the vault entry holding it, how
+to inject it, an allowlist and caps, and, being an exception to "no bearer secrets", an owner,
+a justification and an expiry date. Its audience is ``{gateway.url}/routes/{name}``, so a hop
+token for it is usable nowhere else. So that no call holds the gateway, each route has its own
+connection pool (``max_connections``), a deadline per call that includes the streamed body
+(``max_call_seconds`` ≥ ``timeout``) and a cap on one task's calls in flight.
 """
 
 from __future__ import annotations

@@ -1,25 +1,12 @@
 """The vault: legacy secrets sealed under the master key, and a short-lived cache of opened ones.
 
-Values go in through ``put_secret`` (the CLI reads them from stdin or a file, never
-argv) and come out only inside the gateway process, to be injected upstream. The
-associated data binds each sealed value to its name, the time its entry was created and its
-version (``keys.sealed.vault_aad``), so a blob cannot be moved to another entry, nor an old
-value restored over a newer one with the newer state: it does not open.
-
-A database writer can still put back a whole old row, whose seal is genuine for its own old
-state (a value from before a rotation, perhaps leaked). So an entry's (creation, version) is
-refused when it is older than either of two anchors outside the row:
-
-- what this gateway host has opened before, kept per entry in ``gateway-vault.state`` in the
-  data directory (``tether.localstate``: 0600, replaced atomically), so across restarts;
-- the newest ``vault.put``/``vault.rotated`` audit record naming the entry
-  (``Store.vault_latest_audit``, an index lookup on every cache miss): the chain is
-  hash-linked and checkpoint-signed, so a writer cannot quietly drop or edit it.
-
-What remains: a new gateway host that has never opened the entry, where the audit log holds no
-record of it with its state (records from releases before this one), trusts the row.
-The gateway caches an opened secret for a few seconds, so a ``vault rotate`` takes effect
-within that time without a restart.
+Values go in through ``put_secret`` (never from argv) and come out only inside the gateway, to
+be injected upstream. Each seal's associated data binds the value to its name, its entry's
+creation time and its version (``keys.sealed.vault_aad``), so a blob cannot move between
+entries. A whole old row, genuinely sealed for its old state, is refused when older than
+what this host has opened (``gateway-vault.state``, via ``tether.localstate``) or than the
+newest ``vault.put``/``vault.rotated`` audit record naming it: the chain is hash-linked and
+signed, so a database writer cannot quietly drop that record.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ def agent_of(event: Event) -> str | None:
 
 
 def is_proven(event: Event) -> bool:
-    """Whether the record names who acted because the caller proved it (DPOP-14, JWT-08).
+    """Whether the record names who acted because the caller proved it (RFC 9449 §4.3 item 12).
 
     A refusal is attributed (``principal``, or the gateway's ``agent``) only once the
     caller proved possession of the token's key with a fresh proof. A replayed proof

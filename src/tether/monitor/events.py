@@ -107,7 +107,7 @@ def is_counted_refusal(event: Event) -> bool:
 
 
 def is_replay(event: Event) -> bool:
-    """A refusal because the DPoP proof was already used (RFC 9449 §11.1, DPOP-12)."""
+    """A refusal because the DPoP proof was already used (RFC 9449 §11.1)."""
     if not is_refusal(event) or event.error != "invalid_dpop_proof":
         return False
     return event.detail.get("replay") is True

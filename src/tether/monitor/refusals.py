@@ -106,7 +106,7 @@ class _Counting(DetectorBase):
 
 
 class DpopReplay(_Counting):
-    """A DPoP proof presented again after it was accepted once (RFC 9449 §11.1, DPOP-12).
+    """A DPoP proof presented again after it was accepted once (RFC 9449 §11.1).
 
     A replay proves nothing about who sent it, so it is counted by the task the replayed
     token names (``claimed_task``), or else the principal it names, and its finding is

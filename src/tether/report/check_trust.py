@@ -12,7 +12,7 @@ from tether.report.outcome import Check, Outcome, Problem, age_days, fmt, iso, j
 __all__ = ["TRUST_CONTROLS"]
 
 KEY_ROTATE_DAYS, KEY_MAX_DAYS = 90, 365
-IDENTITY_MAX_LIFETIME = 3600  # SPIFFE JWT-SVIDs are bearer tokens: keep them short (SVID-05)
+IDENTITY_MAX_LIFETIME = 3600  # SPIFFE JWT-SVIDs are bearer tokens: keep them short
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 OWNER_ONLY = stat.S_IRWXG | stat.S_IRWXO
 

@@ -14,7 +14,7 @@ class Principal:
     """Built from a verified, key-bound, unrevoked tether token.
 
     Authorise on ``subject``, ``scopes`` and the current ``actor`` only: RFC 8693 §4.1
-    says nested actors in ``actors[1:]`` are informational (TX-05).
+    says nested actors in ``actors[1:]`` are informational.
     """
 
     subject: str

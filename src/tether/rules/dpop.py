@@ -72,7 +72,7 @@ def compute_ath(access_token: str) -> str:
 
 
 def replay_key(jkt: str, jti: str) -> str:
-    """A fixed-size, hashed replay-cache key for a proof (DPOP-12: store hashed ``jti``)."""
+    """A fixed-size, hashed replay-cache key for a proof (RFC 9449 §11.1)."""
     return hashlib.sha256(f"dpop\x00{jkt}\x00{jti}".encode()).hexdigest()
 
 
@@ -103,7 +103,7 @@ def _remove_dot_segments(path: str) -> str:
 
 @functools.lru_cache(maxsize=1024)
 def normalize_htu(url: str) -> str:
-    """Normalise an HTTP URI for ``htu`` comparison (RFC 9449 §4.3 item 9, DPOP-09).
+    """Normalise an HTTP URI for ``htu`` comparison (RFC 9449 §4.3 item 9).
 
     Scheme and host are lower-cased, the default port is dropped, an empty path is
     ``/``, percent-encodings are normalised and dot-segments removed; query and
@@ -124,7 +124,7 @@ def normalize_htu(url: str) -> str:
 
 
 def parse_public_jwk(jwk: object) -> PublicKey:
-    """The proof's ``jwk``: an asymmetric public key only (RFC 9449 §4.3 item 7, DPOP-07).
+    """The proof's ``jwk``: an asymmetric public key only (RFC 9449 §4.3 item 7).
 
     An agent signs every proof with the same key, so the parsed key is memoised by the
     JWK's canonical JSON: the same members always parse to the same key.
@@ -207,8 +207,8 @@ def check_proof(
     """Verify a DPoP proof for a request to ``method`` ``url`` at time ``now``.
 
     ``max_age`` bounds how old ``iat`` may be and ``future_skew`` how far ahead of our
-    clock (DPOP-11). With ``access_token`` the proof must carry the matching ``ath``
-    (DPOP-14). Raises ``InvalidDPoPProof``; the public text stays generic, ``debug``
+    clock (RFC 9449 §4.3 item 11). With ``access_token`` the proof must carry the matching ``ath``
+    (RFC 9449 §4.3 item 12). Raises ``InvalidDPoPProof``; the public text stays generic, ``debug``
     names the failed check.
     """
     resolver = _ProofKey()

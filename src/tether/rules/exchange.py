@@ -62,7 +62,7 @@ def derive_session(
     now: int,
     agent_source: tuple[str, str] | None = None,
 ) -> Grant:
-    """The session token for ``task`` from its agent's workload JWT (DESIGN flow, step 2).
+    """The session token for ``task`` from its agent's workload JWT (the agent's first exchange).
 
     ``agent_source`` is the identity source (kind, issuer) whose namespace holds the task's
     agent (``rules.namespace``): the workload must be that principal *from that source*, so
@@ -118,7 +118,7 @@ def derive_hop(
     actor_domain: str = "",
     audience_principals: Collection[str] = (),
 ) -> Grant:
-    """A token for exactly ``audience`` derived from ``parent`` (DESIGN flow, steps 3 and 5).
+    """A token for exactly ``audience`` derived from ``parent`` (a hop token, or a service's onward one).
 
     Without ``actor`` the caller is the holder of a session token (its key proven by
     DPoP). With ``actor`` the caller is the service the parent was issued to — it must

@@ -63,7 +63,7 @@ _STRING_HEADERS = frozenset({"kid", "typ"})
 
 
 class JWSError(Exception):
-    """Why a JWS was refused; callers turn it into their own wire error (STYLE rule 4)."""
+    """Why a JWS was refused; callers turn it into their own wire error."""
 
 
 class SignatureRejected(JWSError):
@@ -107,7 +107,7 @@ def _reject_constant(name: str) -> Any:
 
 
 def strict_json_loads(data: bytes) -> Any:
-    """JSON with duplicate names refused (RFC 7515 §4 / AUX-07), strict UTF-8 (JWT-07), no NaN."""
+    """JSON with duplicate names refused (RFC 7515 §4), strict UTF-8 (RFC 8725 §3.7), no NaN."""
     try:
         text = data.decode("utf-8", errors="strict")
     except UnicodeDecodeError as exc:
@@ -160,7 +160,7 @@ def _decode_header(segment: str) -> dict[str, Any]:
 
 
 def algs_for_key(key: PublicKey, *, self_asserted: bool = False) -> frozenset[str]:
-    """The algorithms a key may be used with (JWT-01: one key, one algorithm).
+    """The algorithms a key may be used with (RFC 8725 §3.1: one key, one algorithm).
 
     A JWK that names its ``alg`` allows exactly that; otherwise EC and OKP keys are
     fixed by their curve (Ed25519 under either of its two names) and RSA keys from a

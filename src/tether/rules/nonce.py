@@ -48,5 +48,5 @@ def nonce_issued(key: bytes, nonce: str | None) -> int | None:
 
 
 def nonce_fresh(issued: int, *, now: float, ttl: int, future_skew: int = 5) -> bool:
-    """Whether a nonce issued at ``issued`` is still good at ``now`` (DPOP-11)."""
+    """Whether a nonce issued at ``issued`` is still good at ``now`` (RFC 9449 §8, §11.1)."""
     return now - ttl <= issued <= now + future_skew

@@ -38,7 +38,7 @@ def parse_scope_list(tokens: Iterable[str]) -> frozenset[str]:
 
 
 def check_subset(requested: frozenset[str], allowed: frozenset[str], *, what: str = "the subject token") -> None:
-    """Refuse any requested scope not already held (TX-07: a child's scope ⊆ its parent's)."""
+    """Refuse any requested scope not already held (a child's scope ⊆ its parent's)."""
     extra = requested - allowed
     if extra:
         raise InvalidScope(f"scope `{' '.join(sorted(extra))}` exceeds {what}")

@@ -124,7 +124,7 @@ class Store(Protocol):
 
     # -- replay cache -------------------------------------------------------------
     async def first_use(self, key: str, *, until: int, now: float) -> bool:
-        """True exactly once per ``key`` before ``until`` (DPoP proof ``jti``, DPOP-12)."""
+        """True exactly once per ``key`` before ``until`` (DPoP proof ``jti``, RFC 9449 §11.1)."""
         ...
 
     # -- revocation feed ----------------------------------------------------------

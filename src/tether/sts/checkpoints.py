@@ -1,69 +1,11 @@
 """STS upkeep: sign a checkpoint of the audit chain every N records or T seconds, never over a rewrite.
 
-The rules are in ``tether.audit.checkpoint``. This module tails the chain, decides with
-``checkpoint_due``, re-links what it is about to vouch for (``tether.audit.relink``) and
-appends the signed record.
-
-Tailing. Records are read once, as they arrive, as ``Store.audit_marks`` (position, kind
-and hash, no JSON payload), in short pages with a yield between them. The writer keeps
-the hash of every record it has read (``known``) until a checkpoint covers it.
-
-Trust. The writer trusts one position: the genesis; or the record named by the checkpoint
-it signed last (kept in memory after the append, so it is not re-read or re-verified);
-or the record named by a checkpoint whose signature it verified with the issuer keys.
-That is another replica's checkpoint, as it arrives, or, at start-up, the newest one
-found searching back from the head. Before signing, the writer re-reads the full
-records from that position to the head and re-links them. It stops at any record that
-does not continue the chain from the trusted hash, or whose hash is not the one it read.
-A database writer who rewrites a window and re-hashes the rest gets a refusal instead of
-a signature. Other replicas' records are checked exactly like this process's own.
-
-Refusal. No checkpoint is written. An ``alert.raised`` record (detector ``audit_chain``,
-severity critical) names the record and the hash found; it is written once across
-replicas (``first_use`` on that record and hash), so ``tether alerts`` lists it. An error
-is logged. A writer that never read the original (a replica or a process started after
-the rewrite) cannot tell a consistent rewrite from it, so it honours the alert for as
-long as the record still has the hash the alert names. After a refusal the writer itself
-starts over like a fresh process: the records it read since the rewrite link to it and
-prove nothing. It tries again no sooner than ``checkpoint_seconds`` later. So once the
-operator restores the record (and re-links what was appended since), signing resumes by
-itself.
-
-Bounds. A re-read covers the records since the trusted position: about ``every``, or
-what ``seconds`` brought, in pages of ``_VERIFY_PAGE`` with a yield between. It never
-reaches back more than ``LOOKBACK`` records; beyond that, the oldest record read is
-taken as given, and a warning is logged. The start-up search reads marks back from the
-head within the same bound, and ``known`` holds at most ``LOOKBACK`` hashes. If no
-checkpoint is found, every record read counts as pending, and the clock runs from the
-head's time. So the unsigned tail left by the previous run is signed at once on a long
-log, and within ``checkpoint_seconds`` of its newest record otherwise.
-
-Memory outside the store (issue 12, finding 5). A restarted writer that trusted whatever
-checkpoint it found could be made to forget: turn the newest checkpoint into an ordinary
-record, rewrite what it covered, re-hash, and the restarted writer finds nothing to check
-against. So the writer keeps the last checkpoint it signed (seq and hash of the record,
-and of the record it named) in ``STATE_FILE`` in the data directory (``LocalState``).
-On start, and before each signing, that record must still be in the chain with that
-hash (``relink.saved_problem``), and the chain of checkpoints (each names the checkpoint
-record before it, ``prev``) must lead back to it from the newest checkpoint whose
-signature verifies (``relink.Lineage``); otherwise it refuses and alerts as above. The
-walk back reads one record per checkpoint, at most ``MAX_HOPS``; it stops at a
-checkpoint it has already followed back. Beyond that bound the rest of the chain is
-taken as given (logged). A writer without the file (a new deployment, or a deleted
-file) starts as before; ``tether audit verify`` then shows the removed checkpoint as an
-overdue stretch (``tether.audit.coverage``). A new audit log on an old data directory
-needs the file deleted.
-
-What no writer can know: a record rewritten after the newest verifiable checkpoint,
-before this process first read it. ``tether audit verify --expect-head`` against an
-earlier export finds that.
-
-Several replicas may tail one PostgreSQL chain; each keeps its own file. Before
-writing, a replica claims the right to write the checkpoint that follows the last one
-it saw, with the atomic ``first_use`` (one winner per claim). A claim whose winner died
-expires after ``CLAIM_SECONDS``. Just before appending, the writer reads the marks
-again: a checkpoint that landed meanwhile would make its ``prev`` name the wrong
-checkpoint record, so it does not sign that round.
+The rules are ``tether.audit.checkpoint`` and ``tether.audit.relink``; here are the reads and
+writes. The writer tails ``Store.audit_marks`` in short pages, keeps each hash it read until a
+checkpoint covers it, and before signing re-links the records since the position it trusts (at
+most ``LOOKBACK``). A rewrite gets a critical ``alert.raised``, once across replicas, instead of
+a signature. The last checkpoint it signed is kept in ``STATE_FILE``, where a database writer
+cannot rewind it. Replicas on one chain claim each next checkpoint with ``first_use``.
 """
 
 from __future__ import annotations

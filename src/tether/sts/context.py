@@ -144,7 +144,7 @@ class StsContext:
         now = self.now()
         entry = self.verified.get(token)
         # a hit stands only while the key that verified it is still ours and unchanged
-        # (AUX-01; the keyring is reloaded with fresh objects, so compare the public JWK)
+        # (RFC 9068 §4; the keyring is reloaded with fresh objects, so compare the public JWK)
         key = self.keyring.public_key(entry[1], now=now) if entry is not None else None
         if entry is not None and key is not None and key.jwk == entry[2]:
             claims = entry[0]

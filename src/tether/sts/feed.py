@@ -71,7 +71,7 @@ class FeedSettings:
         )
 
     def may_follow(self, principal: str) -> bool:
-        """An admin, a registered resource principal or a listed subscriber (issue 12, finding 11)."""
+        """An admin, a registered resource principal or a listed subscriber: no one else learns what was revoked."""
         return principal in self.subscribers
 
 

@@ -42,7 +42,7 @@ class StsSettings:
 
     @property
     def max_token_lifetime(self) -> int:
-        """No tether token lives longer than this (used for C-03 and key retirement)."""
+        """No tether token lives longer than this (a longer-lived one is refused; a retired key is kept this long)."""
         return max(self.limits.session_ttl, self.limits.hop_ttl, self.admin_ttl)
 
     @classmethod

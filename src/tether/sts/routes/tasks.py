@@ -25,7 +25,7 @@ async def _caller(request: Request) -> AccessToken:
 
 
 def _client(request: Request) -> str | None:
-    """The peer address as the server saw it; forwarded headers are never trusted (BCP-14)."""
+    """The peer address as the server saw it; forwarded headers are never trusted (RFC 9700 §4.13)."""
     return request.client.host if request.client else None
 
 

@@ -1,4 +1,4 @@
--- The revocation feed's order is its commit order (issue 12, finding 3). A serial is
+-- The revocation feed's order is its commit order. A serial is
 -- drawn at insert but transactions commit in any order, so a follower that had read seq
 -- N+1 never saw a later-committed N. Every publishing transaction now locks this single
 -- head row first and numbers its entries from it: no later seq can become visible before
