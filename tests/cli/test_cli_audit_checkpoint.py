@@ -163,7 +163,7 @@ def test_sts_never_signs_a_rewritten_chain_and_tether_alerts_shows_why(tmp_path:
             for row in rechain(rows, 2)[2:]:
                 store_sql(sts.config, "UPDATE audit SET detail = ?, prev = ?, hash = ? WHERE seq = ?",
                           (canonical(row["detail"]).decode(), row["prev"], row["hash"], row["seq"]))  # fmt: skip
-            if sts.config.values[""]["store"] == "postgres":
+            if sts.config.store == "postgres":
                 store_sql(sts.config, "UPDATE audit_head SET hash = ? WHERE seq = ?", (row["hash"], row["seq"]))
         activity(sts)  # five records more: a checkpoint is due
         if not forged:
