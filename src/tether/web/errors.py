@@ -15,9 +15,8 @@ from collections.abc import Collection
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from tether.errors import OAuthError, PolicyUnavailable, TemporarilyUnavailable, TooManyRequests, UseDPoPNonce
+from tether.errors import OAuthError, TemporarilyUnavailable, TooManyRequests, Unavailable, UseDPoPNonce
 from tether.logs import WITH_TRACEBACK
-from tether.store.errors import StoreUnavailable
 
 __all__ = ["NO_STORE", "error_response", "handle_http", "handle_unexpected", "unexpected_error"]
 
@@ -39,7 +38,7 @@ def _challenge(exc: OAuthError, algs: Collection[str]) -> str:
 
 def error_response(exc: Exception, *, resource: bool = False, algs: Collection[str] = ()) -> Response:
     """Render a refusal. ``resource=True`` uses the resource-server status and challenge."""
-    if isinstance(exc, StoreUnavailable | PolicyUnavailable):
+    if isinstance(exc, Unavailable):  # StoreUnavailable, PolicyUnavailable
         log.error("failing closed: %s", exc)
         exc = TemporarilyUnavailable("the service cannot decide right now; retry shortly", debug=str(exc))
     if not isinstance(exc, OAuthError):

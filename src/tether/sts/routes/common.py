@@ -13,10 +13,10 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tether.errors import OAuthError, PolicyUnavailable, TetherError, UseDPoPNonce
+from tether.errors import OAuthError, TetherError, Unavailable, UseDPoPNonce
 from tether.metrics import REFUSALS
 from tether.model import AccessToken
-from tether.store.errors import StoreError, StoreUnavailable
+from tether.store.errors import StoreError
 from tether.sts.auth import check_bound_token, check_token_proof
 from tether.sts.context import StsContext
 from tether.web.dpop_request import authorization, dpop_header
@@ -80,6 +80,6 @@ def _code(exc: Exception) -> str:
     """The wire error code ``error_response`` will send for ``exc``."""
     if isinstance(exc, OAuthError):
         return exc.error
-    if isinstance(exc, StoreUnavailable | PolicyUnavailable):
+    if isinstance(exc, Unavailable):
         return "temporarily_unavailable"
     return "server_error"
