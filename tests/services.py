@@ -18,6 +18,7 @@ import psycopg
 import pytest
 
 if TYPE_CHECKING:
+    from tether.config import Config
     from tether.store.protocol import Store
 
 PG_HOST = os.environ.get("TETHER_TEST_PG_HOST", "127.0.0.1")
@@ -74,19 +75,18 @@ def use_postgres() -> bool:
     return os.environ.get("TETHER_TEST_STORE", "sqlite") == "postgres"
 
 
-def store_sql(config: object, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+def store_sql(config: Config, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
     """Run raw SQL (``?`` placeholders) against a deployment's store, SQLite file or PostgreSQL schema.
 
     Tests use it to play an attacker with database access (tampering with the audit chain).
     """
     import sqlite3
 
-    values = config.values  # type: ignore[attr-defined]
-    if values[""]["store"] == "postgres":
-        with psycopg.connect(values["postgres"]["dsn"], autocommit=True, connect_timeout=3) as conn:
+    if config.store == "postgres":
+        with psycopg.connect(config.postgres.dsn, autocommit=True, connect_timeout=3) as conn:
             cur = conn.execute(sql.replace("?", "%s"), params)  # type: ignore[arg-type]
             return list(cur.fetchall()) if cur.description else []
-    path = config.data_dir / "tether.db"  # type: ignore[attr-defined]
+    path = config.data_dir / "tether.db"
     with sqlite3.connect(path) as lite:
         rows = lite.execute(sql, params).fetchall()
     lite.close()

@@ -52,23 +52,23 @@ def write(tmp_path: Path, text: str | bytes, name: str = "tether.toml") -> Path:
 def test_defaults() -> None:
     cfg = parse({})
     assert cfg.issuer == "http://127.0.0.1:8700"
-    assert cfg.get("", "store") == "sqlite"
-    assert cfg.get("server", "host") == "127.0.0.1"
-    assert cfg.get("server", "port") == 8700
-    assert cfg.get("tokens", "session_ttl") == 900
-    assert cfg.get("tokens", "hop_ttl") == 300
-    assert cfg.get("tokens", "admin_ttl") == 300
-    assert cfg.get("tokens", "clock_skew") == 10
-    assert cfg.get("dpop", "max_age") == 60
-    assert cfg.get("dpop", "nonce") is True
-    assert cfg.get("dpop", "nonce_ttl") == 120
-    assert cfg.get("dpop", "algorithms")
-    assert cfg.get("tasks", "max_duration") == 900
-    assert cfg.get("tasks", "max_depth") == 5
-    assert cfg.get("tasks", "max_tokens") == 10_000
-    assert cfg.get("identity", "max_lifetime") == 3600
-    assert cfg.get("identity", "refresh") == 300
-    assert cfg.get("admin", "principals") == ["spiffe://tether.local/admin"]
+    assert cfg.store == "sqlite"
+    assert cfg.server.host == "127.0.0.1"
+    assert cfg.server.port == 8700
+    assert cfg.tokens.session_ttl == 900
+    assert cfg.tokens.hop_ttl == 300
+    assert cfg.tokens.admin_ttl == 300
+    assert cfg.tokens.clock_skew == 10
+    assert cfg.dpop.max_age == 60
+    assert cfg.dpop.nonce is True
+    assert cfg.dpop.nonce_ttl == 120
+    assert cfg.dpop.algorithms
+    assert cfg.tasks.max_duration == 900
+    assert cfg.tasks.max_depth == 5
+    assert cfg.tasks.max_tokens == 10_000
+    assert cfg.identity.max_lifetime == 3600
+    assert cfg.identity.refresh == 300
+    assert cfg.admin.principals == ("spiffe://tether.local/admin",)
     assert cfg.admin_scope == "tether:admin"
     assert cfg.data_dir == Path.cwd() / ".tether"
     assert cfg.master_key_file == Path.cwd() / ".tether" / "master.key"
@@ -79,8 +79,8 @@ def test_defaults_ignore_process_environment(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("TETHER_STORE", "postgres")
     monkeypatch.setenv("TETHER_TOKENS_HOP_TTL", "1")
     cfg = parse({})
-    assert cfg.get("", "store") == "sqlite"
-    assert cfg.get("tokens", "hop_ttl") == 300
+    assert cfg.store == "sqlite"
+    assert cfg.tokens.hop_ttl == 300
 
 
 def test_tables_parsed(tmp_path: Path) -> None:
@@ -135,7 +135,7 @@ def test_unknown_key_refused(data: dict[str, Any], key: str) -> None:
 
 def test_empty_top_level_key_refused(tmp_path: Path) -> None:
     """``"" = 1`` is an unknown key like any other (the empty name is not a section)."""
-    assert load_config(write(tmp_path, "store = 'sqlite'\n"), env={}).get("", "store") == "sqlite"
+    assert load_config(write(tmp_path, "store = 'sqlite'\n"), env={}).store == "sqlite"
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, '"" = 1\n'), env={})
     assert info.value.problem == "unknown key"
@@ -225,11 +225,11 @@ def test_oidc_issuer_must_be_http_url(issuer: str) -> None:
 
 
 def test_hop_ttl_greater_than_max_duration_refused() -> None:
-    assert parse({"tokens": {"hop_ttl": 900}}).get("tokens", "hop_ttl") == 900
+    assert parse({"tokens": {"hop_ttl": 900}}).tokens.hop_ttl == 900
     err = config_error({"tokens": {"hop_ttl": 901}})
     assert err.key == "tokens.hop_ttl"
     assert "max_duration" in err.problem
-    assert parse({"tokens": {"hop_ttl": 901}, "tasks": {"max_duration": 901}}).get("tokens", "hop_ttl") == 901
+    assert parse({"tokens": {"hop_ttl": 901}, "tasks": {"max_duration": 901}}).tokens.hop_ttl == 901
     assert config_error({"tasks": {"max_duration": 299}}).key == "tokens.hop_ttl"
 
 
@@ -291,11 +291,11 @@ def test_issuer_with_whitespace_refused(issuer: str) -> None:
 
 def test_env_overrides_file_values() -> None:
     data = {"tokens": {"hop_ttl": 120}, "dpop": {"nonce": True}}
-    assert parse(data).get("tokens", "hop_ttl") == 120
+    assert parse(data).tokens.hop_ttl == 120
     cfg = parse(data, env={"TETHER_TOKENS_HOP_TTL": "60", "TETHER_STORE": "postgres", "TETHER_DPOP_NONCE": "false"})
-    assert cfg.get("tokens", "hop_ttl") == 60
-    assert cfg.get("", "store") == "postgres"
-    assert cfg.get("dpop", "nonce") is False
+    assert cfg.tokens.hop_ttl == 60
+    assert cfg.store == "postgres"
+    assert cfg.dpop.nonce is False
 
 
 @pytest.mark.parametrize(
@@ -312,7 +312,7 @@ def test_env_overrides_file_values() -> None:
     ],
 )
 def test_env_dpop_nonce_values(raw: str, value: bool) -> None:
-    assert parse({}, env={"TETHER_DPOP_NONCE": raw}).get("dpop", "nonce") is value
+    assert parse({}, env={"TETHER_DPOP_NONCE": raw}).dpop.nonce is value
 
 
 @pytest.mark.parametrize(
@@ -344,7 +344,7 @@ def test_env_invalid_value_refused(env: dict[str, str], key: str) -> None:
 
 def test_env_list_override() -> None:
     cfg = parse({}, env={"TETHER_DPOP_ALGORITHMS": "ES256, EdDSA"})
-    assert cfg.get("dpop", "algorithms") == ["ES256", "EdDSA"]
+    assert cfg.dpop.algorithms == ("ES256", "EdDSA")
 
 
 # --- OIDC principal templates --------------------------------------------------------------------
@@ -378,19 +378,19 @@ def test_load_config_reads_toml_and_resolves_relative_paths(tmp_path: Path) -> N
     )
     cfg = load_config(path, env={})
     assert cfg.path == path.resolve()
-    assert cfg.get("tokens", "hop_ttl") == 60
+    assert cfg.tokens.hop_ttl == 60
     assert cfg.data_dir == tmp_path.resolve() / "state"
     assert cfg.trust_domains[0].bundle_file == tmp_path.resolve() / "bundles" / "td.json"
 
 
 def test_load_config_from_tether_config_env(tmp_path: Path) -> None:
     path = write(tmp_path, 'store = "postgres"\n', name="custom.toml")
-    assert load_config(None, env={"TETHER_CONFIG": str(path)}).get("", "store") == "postgres"
+    assert load_config(None, env={"TETHER_CONFIG": str(path)}).store == "postgres"
 
 
 def test_load_config_env_override(tmp_path: Path) -> None:
     path = write(tmp_path, "[tokens]\nhop_ttl = 60\n")
-    assert load_config(path, env={"TETHER_TOKENS_HOP_TTL": "30"}).get("tokens", "hop_ttl") == 30
+    assert load_config(path, env={"TETHER_TOKENS_HOP_TTL": "30"}).tokens.hop_ttl == 30
 
 
 def test_missing_file_is_config_error(tmp_path: Path) -> None:
@@ -503,3 +503,71 @@ def test_disjoint_identity_sources_are_accepted_and_each_principal_has_one_sourc
         "spiffe://td.example/agent": ("spiffe", "spiffe://td.example"),
         "k8s:agents/research": None,
     }
+
+
+# -- a typed Config; the feature tables come through a registration seam ---------------------------
+
+
+def test_sections_are_typed_and_values_is_the_same_settings_as_a_mapping() -> None:
+    cfg = parse({"tokens": {"hop_ttl": 60}, "admin": {"principals": ["spiffe://td.example/ops"]}},
+                env={"TETHER_DPOP_NONCE": "false"})  # fmt: skip
+    assert (cfg.tokens.hop_ttl, cfg.dpop.nonce, cfg.admin.principals) == (60, False, ("spiffe://td.example/ops",))
+    values = cfg.values
+    assert values["tokens"]["hop_ttl"] == 60 and values["dpop"]["nonce"] is False
+    assert values["admin"]["principals"] == ["spiffe://td.example/ops"]  # lists, as in tether.toml
+    assert values[""] == {"issuer": cfg.issuer, "data_dir": ".tether", "store": "sqlite", "master_key_file": ""}
+    assert set(values) == {"", *(k.split(".")[0] for k in cfg.sources if "." in k)}
+    assert sum(len(keys) for keys in values.values()) == len(cfg.sources)  # every scalar, each with its source
+    values["tokens"]["hop_ttl"] = 1  # a copy: the frozen Config is unchanged
+    assert cfg.tokens.hop_ttl == 60 and cfg.values["tokens"]["hop_ttl"] == 60
+
+
+def test_feature_tables_are_validated_on_load(tmp_path: Path) -> None:
+    """``[[gateway.routes]]`` and ``[monitor.detectors.*]`` are parsed by their features, whenever a config loads."""
+    cfg = load_config(write(tmp_path, "[monitor.detectors.new_audience]\nlearn = 5\n"), env={})
+    assert {d.name: d.param("learn") for d in cfg.detectors if d.name == "new_audience"} == {"new_audience": 5.0}
+    assert cfg.routes == ()
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, "[monitor.detectors.no_such_detector]\n"), env={})
+    assert info.value.key == "monitor.detectors.no_such_detector"
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, '[[gateway.routes]]\nname = "crm"\n'), env={})
+    assert info.value.key == "gateway.routes[0].upstream"
+
+
+def test_register_table_takes_only_a_declared_feature_table() -> None:
+    from tether.config import FEATURE_TABLES, register_table
+
+    assert FEATURE_TABLES == ("gateway.routes", "monitor.detectors")
+    with pytest.raises(ValueError, match="not a feature table"):
+        register_table("tokens.extra", lambda raw: ())
+
+
+_UNREGISTERED = """
+import sys
+from tether.config import parse_config
+try:
+    parse_config({}, path=None, env={})
+except RuntimeError as exc:
+    print("refused:", exc)
+import tether.cli.common  # an entry point: registers the feature tables
+from tether.errors import ConfigError
+try:
+    parse_config({"monitor": {"detectors": {"nope": {}}}}, path=None, env={})
+except ConfigError as exc:
+    print("validated:", exc.key)
+from tether.monitor.settings import DEFAULTS
+print("every detector:", len(parse_config({}, path=None, env={}).detectors) == len(DEFAULTS))
+"""
+
+
+def test_a_config_is_never_loaded_without_its_feature_tables() -> None:
+    """Loading a config before any feature registered its tables is refused (the detectors' defaults would be
+    lost silently); once an entry point is imported, the same call validates them (positive control)."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", _UNREGISTERED], capture_output=True, text=True, timeout=60, check=True)
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("refused: no parser registered for `gateway.routes`"), run.stdout
+    assert lines[1:] == ["validated: monitor.detectors.nope", "every detector: True"], run.stdout

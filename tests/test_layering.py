@@ -1,8 +1,15 @@
-"""STYLE rule 1: ``tether.rules`` is pure — no clock, environment, randomness, event loop, storage or HTTP.
+"""The rings, enforced: pure rules, and a map of which packages may not import which.
 
-Every module under ``src/tether/rules`` is parsed with ``ast`` and its imports checked against the
-forbidden list; the tether modules the rules depend on (transitively) are held to the same list,
-so purity cannot be bypassed through a helper such as ``tether.clock``.
+STYLE rule 1: ``tether.rules`` is pure — no clock, environment, randomness, event loop,
+storage or HTTP. Every module under ``src/tether/rules`` is parsed with ``ast`` and its
+imports checked against the forbidden list; the tether modules the rules depend on
+(transitively) are held to the same list, so purity cannot be bypassed through a helper
+such as ``tether.clock``.
+
+The ring map (``RINGS``) holds each listed module, and every tether module it imports at
+run time (transitively), to a list of forbidden imports; a failure names the module, the
+forbidden import and the chain of imports that reaches it. Imports under
+``if TYPE_CHECKING:`` are not run and do not count for the map.
 """
 
 from __future__ import annotations
@@ -32,11 +39,32 @@ def _path_of(module: str) -> Path | None:
     return None
 
 
-def imports_of(source: str, module: str, *, is_package: bool = False) -> set[str]:
+def _is_type_checking(node: ast.AST) -> bool:
+    test = node.test if isinstance(node, ast.If) else None
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _nodes(tree: ast.AST, *, runtime_only: bool) -> list[ast.AST]:
+    """Every node of ``tree``; with ``runtime_only``, not the body of an ``if TYPE_CHECKING:``."""
+    out, todo = [], [tree]
+    while todo:
+        node = todo.pop()
+        out.append(node)
+        if runtime_only and _is_type_checking(node):
+            assert isinstance(node, ast.If)
+            todo.extend([node.test, *node.orelse])
+        else:
+            todo.extend(ast.iter_child_nodes(node))
+    return out
+
+
+def imports_of(source: str, module: str, *, is_package: bool = False, runtime_only: bool = False) -> set[str]:
     """Fully qualified names imported by ``source`` (relative imports resolved against ``module``)."""
     names: set[str] = set()
     package = module if is_package else module.rpartition(".")[0]
-    for node in ast.walk(ast.parse(source)):
+    for node in _nodes(ast.parse(source), runtime_only=runtime_only):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -138,3 +166,116 @@ def test_checker_ignores_allowed_imports(source: str) -> None:
 def test_relative_import_resolved() -> None:
     assert "tether.rules.scope" in imports_of("from .scope import parse_scope", "tether.rules.claims")
     assert "tether.model" in imports_of("from ..model import Task", "tether.rules.claims")
+
+
+# --- the ring map -------------------------------------------------------------------------------
+
+#: ring → (the modules or packages it holds, the imports forbidden to them and to what they import)
+RINGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "services import no Starlette and nothing from tether.web": (
+        ("tether.sts.exchange", "tether.sts.tasks", "tether.sts.introspection", "tether.sts.attribution"),
+        ("starlette", "tether.web"),
+    ),
+    "the store imports nothing from the STS, the gateway or audit checkpoints": (
+        ("tether.store",),
+        ("tether.sts", "tether.gateway", "tether.audit.checkpoint"),
+    ),
+    "config imports no feature package": (
+        ("tether.config",),
+        ("tether.gateway", "tether.monitor", "tether.sts", "tether.resource", "tether.agent", "tether.report", "tether.cli"),
+    ),
+    "the resource and agent SDKs import nothing from the store": (("tether.resource", "tether.agent"), ("tether.store",)),
+}
+
+
+def _modules_in(name: str) -> list[str]:
+    """``name`` and, for a package, every module below it."""
+    path = _path_of(name)
+    assert path is not None, f"{name} is not a module of src/"
+    if path.name != "__init__.py":
+        return [name]
+    return sorted(_module_name(p) for p in path.parent.rglob("*.py"))
+
+
+def _is_under(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def ring_violations(holds: tuple[str, ...], forbidden: tuple[str, ...], sources: dict[str, str] | None = None) -> list[str]:
+    """One line per forbidden import reachable at run time from a module of ``holds``, with its chain.
+
+    ``sources`` replaces the text of some modules (the checker's own test adds an import that way).
+    """
+    sources = sources or {}
+    found: dict[str, str] = {}
+    for start in [m for name in holds for m in _modules_in(name)]:
+        via: dict[str, str | None] = {start: None}
+        todo = [start]
+        while todo:
+            module = todo.pop()
+            path = _path_of(module)
+            if path is None:  # ``from tether.x import name`` where name is not a module
+                continue
+            text = sources.get(module) or path.read_text(encoding="utf-8")
+            for name in sorted(imports_of(text, module, is_package=path.name == "__init__.py", runtime_only=True)):
+                if _is_under(name, forbidden):
+                    chain = [module]
+                    while (parent := via[chain[-1]]) is not None:
+                        chain.append(parent)
+                    found.setdefault(f"{start} imports {name}", " -> ".join([*reversed(chain), name]))
+                elif name.startswith("tether.") and name not in via:
+                    via[name] = module
+                    todo.append(name)
+    return [f"{what} (via {chain})" for what, chain in sorted(found.items())]
+
+
+@pytest.mark.parametrize("ring", sorted(RINGS))
+def test_ring_map_holds(ring: str) -> None:
+    holds, forbidden = RINGS[ring]
+    violations = ring_violations(holds, forbidden)
+    assert violations == [], f"{ring}:\n  " + "\n  ".join(violations)
+
+
+def test_ring_checker_reports_an_added_import_with_its_chain() -> None:
+    """Positive control for the map: ``import starlette`` added to a service is reported, and so is an
+    import that reaches tether.web through another module."""
+    holds, forbidden = RINGS["services import no Starlette and nothing from tether.web"]
+    exchange = (SRC / "tether" / "sts" / "exchange.py").read_text(encoding="utf-8")
+    assert ring_violations(holds, forbidden) == []
+    added = ring_violations(holds, forbidden, {"tether.sts.exchange": exchange + "\nimport starlette\n"})
+    assert added == ["tether.sts.exchange imports starlette (via tether.sts.exchange -> starlette)"]
+    context = (SRC / "tether" / "sts" / "context.py").read_text(encoding="utf-8")
+    indirect = ring_violations(holds, forbidden, {"tether.sts.context": context + "\nfrom tether.web import errors\n"})
+    assert "tether.sts.tasks imports tether.web (via tether.sts.tasks -> tether.sts.context -> tether.web)" in indirect
+
+
+def test_type_only_imports_do_not_count_for_the_map() -> None:
+    source = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from tether.gateway.routes import GatewayRoute\n"
+    assert "tether.gateway.routes" in imports_of(source, "tether.config.model")
+    assert "tether.gateway.routes" not in imports_of(source, "tether.config.model", runtime_only=True)
+    assert "tether.gateway.routes" in imports_of(source.replace("TYPE_CHECKING:", "True:"), "x", runtime_only=True)
+
+
+def test_every_config_loader_registers_the_feature_tables() -> None:
+    """``tether.config`` knows no feature: a module that loads a config imports ``tether.features`` so that
+    ``[[gateway.routes]]`` and ``[monitor.detectors.*]`` are validated (an unregistered table refuses to load)."""
+    loaders = []
+    for path in sorted((SRC / "tether").rglob("*.py")):
+        module = _module_name(path)
+        if _is_under(module, ("tether.config",)):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        called = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+        if called & {"load_config", "parse_config"}:
+            loaders.append(module)
+            names = imports_of(path.read_text(encoding="utf-8"), module, is_package=path.name == "__init__.py")
+            assert "tether.features" in names, f"{module} loads a config but does not import tether.features"
+    assert {"tether.cli.common", "tether.sts.asgi", "tether.provision"} <= set(loaders)
+
+
+def test_the_store_and_the_audit_service_name_one_checkpoint_kind() -> None:
+    """The store names the checkpoint kind itself (it may not import tether.audit.checkpoint): the same one."""
+    from tether.audit.checkpoint import CHECKPOINT_KIND
+    from tether.store.rows import CHECKPOINT_KIND as STORE_CHECKPOINT_KIND
+
+    assert STORE_CHECKPOINT_KIND == CHECKPOINT_KIND

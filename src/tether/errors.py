@@ -29,6 +29,7 @@ __all__ = [
     "TetherError",
     "TooManyRequests",
     "UnauthorizedClient",
+    "Unavailable",
     "UnsupportedGrantType",
     "UseDPoPNonce",
     "after_end",
@@ -183,7 +184,11 @@ class TemporarilyUnavailable(OAuthError):
     rs_status = 503
 
 
-class PolicyUnavailable(TetherError):
+class Unavailable(TetherError):
+    """Something that must answer could not (the store, the policy engine): 503 at the edge, nothing granted."""
+
+
+class PolicyUnavailable(Unavailable):
     """The policy engine could not decide; mapped to 503 at the edge (fail closed)."""
 
 

@@ -210,8 +210,7 @@ def logging_config(fmt: str = "text", level: str = "info") -> dict[str, Any]:
 
 def configure_logging(config: Config) -> dict[str, Any]:
     """Apply ``[logging] format/level`` (``TETHER_LOGGING_*`` override them); returns the dictConfig for uvicorn."""
-    settings = config.values["logging"]
-    document = logging_config(str(settings["format"]), str(settings["level"]))
+    document = logging_config(config.logging.format, config.logging.level)
     logging.config.dictConfig(document)
     logging.captureWarnings(True)
     return document

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+import tether.features  # noqa: F401  (the feature tables are registered before a config is loaded)
 from tether.config import load_config
 from tether.filemodes import OWNER_DIR, write_private
 from tether.identity.dev_issuer import DevTrustDomain
@@ -178,7 +179,7 @@ def initialize(directory: Path, *, issuer: str, force: bool = False) -> InitResu
     else:
         install_starter_policies(policy_dir)
         result.created.append(f"starter policies in {policy_dir}")
-    domain = config.values["dev"]["trust_domain"] or DEV_TRUST_DOMAIN
+    domain = config.dev.trust_domain or DEV_TRUST_DOMAIN
     if DevTrustDomain.key_path(data_dir, domain).exists() and not force:
         result.kept.append(f"dev trust domain spiffe://{domain}")
     else:

@@ -48,10 +48,10 @@ def forge_checkpoint(config: Config, *, with_key_row: bool) -> None:
 async def _insert_key(config: Config, row: StoredKey) -> None:
     args = (row.kid, row.alg, json.dumps(row.public_jwk), row.sealed_private, row.created_at, row.retired_at, row.not_after)
     sql = "INSERT INTO signing_keys (kid, alg, public_jwk, sealed_private, created_at, retired_at, not_after)"
-    if config.values[""]["store"] == "postgres":
+    if config.store == "postgres":
         import psycopg
 
-        with psycopg.connect(config.values["postgres"]["dsn"], autocommit=True) as conn:
+        with psycopg.connect(config.postgres.dsn, autocommit=True) as conn:
             conn.execute(sql + " VALUES (%s, %s, %s, %s, %s, %s, %s)", args)  # type: ignore[arg-type]
         return
     import sqlite3

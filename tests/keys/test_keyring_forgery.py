@@ -45,8 +45,8 @@ def rotate(config: Config) -> None:
 
 def write_row(config: Config, sql: str, args: tuple[Any, ...]) -> None:
     """Write the store directly, as someone with database access but no master key."""
-    if config.values[""]["store"] == "postgres":
-        with psycopg.connect(config.values["postgres"]["dsn"], autocommit=True) as conn:
+    if config.store == "postgres":
+        with psycopg.connect(config.postgres.dsn, autocommit=True) as conn:
             conn.execute(sql.replace("?", "%s"), args)  # type: ignore[arg-type]
         return
     with sqlite3.connect(config.data_dir / "tether.db") as conn:

@@ -29,7 +29,7 @@ def test_uncommented_monitor_block_equals_the_defaults() -> None:
     config = parse_config(data, path=None, env={})
     assert config.detectors == parse_detectors(None)
     assert {d.name for d in config.detectors} == set(DEFAULTS)
-    assert config.values["monitor"]["interval"] == 1 and config.values["monitor"]["webhook_url"] == ""
+    assert config.monitor.interval == 1 and config.monitor.webhook_url == ""
 
 
 @pytest.mark.parametrize(

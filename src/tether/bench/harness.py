@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 
+import tether.features  # noqa: F401  (the feature tables are registered before a config is loaded)
 from tether.agent.proof import DPoPKey
 from tether.config import Config, load_config
 from tether.identity.dev_issuer import DevTrustDomain

@@ -219,7 +219,7 @@ def verify(
             records = _records(cfg, after=start[0])
             keys = keys if keys is not None else _store_keys(cfg)
         issuer = issuer or cfg.issuer
-        every = checkpoint_every or int(cfg.values["audit"]["checkpoint_every"])
+        every = checkpoint_every or cfg.audit.checkpoint_every
     if require_signed and keys is None:
         raise typer.BadParameter("needs --jwks to check the signatures", param_hint="--require-signed")
     try:

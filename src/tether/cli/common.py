@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 
+import tether.features  # noqa: F401  (the feature tables are registered before a config is loaded)
 from tether.agent.identity import DevIdentity, FileIdentity, IdentitySource
 from tether.cli.output import fail
 from tether.client import StsClient, StsError
@@ -47,7 +48,7 @@ def config_or_exit(path: Path | None) -> Config:
 
 
 def dev_domain_name(config: Config) -> str:
-    return str(config.values["dev"]["trust_domain"] or DEV_TRUST_DOMAIN)
+    return config.dev.trust_domain or DEV_TRUST_DOMAIN
 
 
 def dev_domain(config: Config) -> DevTrustDomain:
@@ -64,5 +65,5 @@ def admin_client(config: Config, url: str | None, identity_file: Path | None) ->
     if identity_file is not None:
         identity = FileIdentity(identity_file)
     else:
-        identity = DevIdentity(dev_domain(config), config.values["admin"]["principals"][0], ttl=120)
+        identity = DevIdentity(dev_domain(config), config.admin.principals[0], ttl=120)
     return StsClient(url or config.issuer, identity)

@@ -79,9 +79,9 @@ def serve(
 
     cfg = config_or_exit(config)
     log_config = configure_logging(cfg)  # [logging] format/level; redacted either way (tether.logs)
-    uvicorn_level = "debug" if cfg.values["logging"]["level"] == "debug" else "warning"
-    bind_host = host or cfg.values["server"]["host"]
-    bind_port = port or cfg.values["server"]["port"]
+    uvicorn_level = "debug" if cfg.logging.level == "debug" else "warning"
+    bind_host = host or cfg.server.host
+    bind_port = port or cfg.server.port
     if workers > 1:
         assert cfg.path is not None
         with errors_to_exit():
@@ -136,15 +136,15 @@ def gateway(
     if not cfg.routes:
         fail("no [[gateway.routes]] in the configuration", code=2)
     configure_logging(cfg)
-    uvicorn_level = "debug" if cfg.values["logging"]["level"] == "debug" else "warning"
-    bind_host = host or cfg.values["gateway"]["host"]
-    bind_port = port or cfg.values["gateway"]["port"]
+    uvicorn_level = "debug" if cfg.logging.level == "debug" else "warning"
+    bind_host = host or cfg.gateway.host
+    bind_port = port or cfg.gateway.port
     for warning in route_warnings(cfg.routes, dt.datetime.now(dt.UTC).date()):  # the gateway refuses by UTC date
         console.print(styled(("warning:", "yellow"), f" {warning}"))
 
     def banner(gw: Any) -> str:
         routes = ", ".join(sorted(r.name for r in cfg.routes))
-        return f"tether gateway {cfg.values['gateway']['url']} listening on {bind_host}:{bind_port}: {routes}"
+        return f"tether gateway {cfg.gateway.url} listening on {bind_host}:{bind_port}: {routes}"
 
     _serve_one(lambda: build_gateway(cfg), banner, host=bind_host, port=bind_port, level=uvicorn_level, graceful=2)
 
@@ -162,7 +162,7 @@ def migrate(config: ConfigOpt = None) -> None:
 
     with errors_to_exit():
         asyncio.run(run())
-    console.print(f"store `{cfg.values['']['store']}` is at the current schema")
+    console.print(f"store `{cfg.store}` is at the current schema")
 
 
 @identity_app.command("issue")
@@ -174,8 +174,8 @@ def identity_issue(
 ) -> None:
     """Print a JWT-SVID for SPIFFE_ID signed by the dev trust domain."""
     cfg = config_or_exit(config)
-    if not 0 < ttl <= int(cfg.get("identity", "max_lifetime")):
-        fail(f"--ttl must be between 1 and identity.max_lifetime ({cfg.get('identity', 'max_lifetime')})", code=2)
+    if not 0 < ttl <= cfg.identity.max_lifetime:
+        fail(f"--ttl must be between 1 and identity.max_lifetime ({cfg.identity.max_lifetime})", code=2)
     with errors_to_exit():
         domain = dev_domain(cfg)
         try:

@@ -26,7 +26,7 @@ def _directory(directory: Path | None, config: Path | None) -> tuple[Path, list[
     if directory is not None:
         return directory, [], "enforce"
     cfg = config_or_exit(config)
-    return cfg.policy_dir, list(cfg.values["admin"]["principals"]), str(cfg.values["policy"]["mode"])
+    return cfg.policy_dir, list(cfg.admin.principals), cfg.policy.mode
 
 
 def _load(directory: Path) -> PolicyVersion:

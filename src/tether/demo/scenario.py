@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+import tether.features  # noqa: F401  (the feature tables are registered before a config is loaded)
 from tether.agent.exchange import ExchangeError, exchange_flow, run_sync
 from tether.agent.identity import DevIdentity
 from tether.agent.session import Agent, TaskSession

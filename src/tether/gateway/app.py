@@ -57,8 +57,8 @@ class Gateway:
         self.routes = {route.name: route for route in config.routes}
         self.master = load_master_key(config.master_key_file)
         self.vault_marks = opened_marks(config)  # read now: one the gateway cannot read stops its start
-        self.policy = PolicyEngine(config.policy_dir, mode=config.values["policy"]["mode"])
-        self.settings = config.values["gateway"]
+        self.policy = PolicyEngine(config.policy_dir, mode=config.policy.mode)
+        self.settings = config.gateway
         self._store = store
         self.run: Runtime | None = None
         self.redactor = SecretRedactor()
@@ -77,7 +77,7 @@ class Gateway:
         store = self._store or await open_store(self.config)
         self.run = await open_runtime(self.config, store, clock=self.clock, policy=self.policy)
         self.feed = self.run.feed
-        self.secrets = SecretCache(store, self.master, self.vault_marks, ttl=float(self.settings["secret_cache_seconds"]),
+        self.secrets = SecretCache(store, self.master, self.vault_marks, ttl=float(self.settings.secret_cache_seconds),
                                    on_open=self.redactor.register)  # fmt: skip
         self.gate = Gate(store, self.run.verifiers)
         self.audit.start(store)
@@ -107,7 +107,7 @@ class Gateway:
                 Route("/routes/{name}", self.handle, methods=methods),
                 Route("/.well-known/oauth-protected-resource/routes/{name}", self.metadata, methods=["GET"]),
                 Route("/healthz", self.health, methods=["GET"]),
-                *([Route("/metrics", self.scrape, methods=["GET"])] if self.config.values["metrics"]["enabled"] else []),
+                *([Route("/metrics", self.scrape, methods=["GET"])] if self.config.metrics.enabled else []),
             ],
             lifespan=lifespan,
             exception_handlers={HTTPException: handle_http, Exception: handle_unexpected},

@@ -39,14 +39,13 @@ class GatewayAudit:
     def __init__(self, config: Config, clock: Clock) -> None:
         self.config = config
         self.clock = clock
-        self.settings = config.values["gateway"]
+        self.settings = config.gateway
         self.store: Store | None = None
 
     def start(self, store: Store) -> None:
         self.store = store
-        audit = self.config.values["audit"]
-        self.anonymous = AnonymousRefusals(self._append, interval=audit["refusal_interval"],
-                                           max_buckets=audit["refusal_buckets"])  # fmt: skip
+        audit = self.config.audit
+        self.anonymous = AnonymousRefusals(self._append, interval=audit.refusal_interval, max_buckets=audit.refusal_buckets)
         self._counting = asyncio.create_task(self._count_refusals())
 
     async def stop(self) -> None:
@@ -94,13 +93,13 @@ class GatewayAudit:
         assert self.store is not None
         now = self.clock.now()
         cap_hit = isinstance(exc, OAuthError) and bool(exc.audit.get("cap_hit"))
-        limit = int(self.settings["suspend_after_refusals"])
-        window = int(self.settings["refusal_window"])
+        limit = self.settings.suspend_after_refusals
+        window = self.settings.refusal_window
         refusals = None  # an upstream's failure is not the task's: not counted toward a burst
         if limit > 0 and not isinstance(exc, BadGateway | GatewayTimeout):
             refusals = await self.store.count(f"gw:refusals:{task}", until=int(now) + window, now=now)
         reason = suspension(cap_hit=cap_hit, refusals=refusals, limit=limit, window=window,
-                            on_cap=bool(self.settings["suspend_on_cap"]))  # fmt: skip
+                            on_cap=self.settings.suspend_on_cap)  # fmt: skip
         if reason is None:
             return
         event = AuditEvent(kind="task.suspended", outcome="ok", principal=f"gateway:{route.name}", task=task,

@@ -41,16 +41,16 @@ class Runtime:
 
 
 async def open_runtime(config: Config, store: Store, *, clock: Clock, policy: PolicyEngine) -> Runtime:
-    settings = config.values["gateway"]
+    settings = config.gateway
     http = httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=10.0)
     upstream = {route.name: upstream_client(route.max_connections) for route in config.routes}
     keys = UrlKeySource(config.issuer + "/jwks", http, ttl=300, min_refresh=5.0)
-    stale = float(settings["stale_after"])
+    stale = float(settings.stale_after)
     feed = RevocationFeed.from_store(store, stale_after=stale, clock=clock)
     feed.start()
     verifiers = {}
     for route in config.routes:
-        resource = ResourceSettings(issuer=config.issuer, resource=route.audience(str(settings["url"])), stale_after=stale,
+        resource = ResourceSettings(issuer=config.issuer, resource=route.audience(settings.url), stale_after=stale,
                                     tags=route.tags)  # fmt: skip
         verifiers[route.name] = Verifier(resource, http=http, clock=clock, replay=store, keys=keys, feed=feed, policy=policy)
     return Runtime(store, http, feed, verifiers, upstream)

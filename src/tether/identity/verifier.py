@@ -47,9 +47,9 @@ class IdentityVerifier:
 
 def build_identity_verifier(config: Config, client: httpx.AsyncClient) -> IdentityVerifier:
     """Verifiers for every configured trust domain, OIDC issuer and registered client."""
-    skew = int(config.get("tokens", "clock_skew"))
-    max_lifetime = int(config.get("identity", "max_lifetime"))
-    refresh = int(config.get("identity", "refresh"))
+    skew = config.tokens.clock_skew
+    max_lifetime = config.identity.max_lifetime
+    refresh = config.identity.refresh
     audiences = (config.issuer, config.issuer + "/token", config.issuer + "/introspect", config.issuer + "/revoke")
     bundles: dict[str, KeySource] = {}
     for domain in config.trust_domains:

@@ -210,11 +210,10 @@ def _report_crash(task: asyncio.Task[None]) -> None:
 
 def build_monitor(config: Config, store: Store, clock: Clock) -> Monitor:
     """The monitor configured by ``[monitor]`` and ``[monitor.detectors.*]``."""
-    values = config.values["monitor"]
+    settings = config.monitor
     webhook = None
-    if values["webhook_url"]:
-        webhook = WebhookSender(values["webhook_url"], timeout=float(values["webhook_timeout"]),
-                                retries=int(values["webhook_retries"]))  # fmt: skip
-    return Monitor(store, clock, config.detectors, interval=float(values["interval"]),
-                   risk_ttl=float(values["risk_ttl"]), webhook=webhook, history_records=int(values["history_records"]),
-                   history_seconds=float(values["history_seconds"]))  # fmt: skip
+    if settings.webhook_url:
+        webhook = WebhookSender(settings.webhook_url, timeout=float(settings.webhook_timeout), retries=settings.webhook_retries)
+    return Monitor(store, clock, config.detectors, interval=float(settings.interval),
+                   risk_ttl=float(settings.risk_ttl), webhook=webhook, history_records=settings.history_records,
+                   history_seconds=float(settings.history_seconds))  # fmt: skip

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tether.config.sections import MonitorSettings
 from tether.errors import ConfigError
 
 __all__ = [
@@ -31,8 +32,8 @@ ACTIONS = ("alert", "webhook", "risk", "suspend")
 PROVEN_ONLY = ("risk", "suspend")
 #: the window replayed into the detectors at start (``monitor.history_records`` / ``history_seconds``,
 #: see ``tether.monitor.runner``): enough for every default learning period
-HISTORY_RECORDS = 50_000
-HISTORY_SECONDS = 86_400
+HISTORY_RECORDS = MonitorSettings.history_records
+HISTORY_SECONDS = MonitorSettings.history_seconds
 SEVERITIES = ("low", "medium", "high", "critical")
 
 

@@ -90,13 +90,14 @@ def read_settings(config: Config, env: Mapping[str, str]) -> dict[str, Setting]:
         table = raw if not section else raw.get(section, {})
         return f"{file_name} {dotted}" if isinstance(table, dict) and key in table else "default"
 
+    values = config.values
     for key in TOP_LEVEL:
-        out[key] = Setting(config.values[""][key], source("", key))
+        out[key] = Setting(values[""][key], source("", key))
     for section in SECTIONS:
-        for key, value in config.values[section].items():
+        for key, value in values[section].items():
             if (section, key) not in HIDDEN:
                 out[f"{section}.{key}"] = Setting(value, source(section, key))
-    out["monitor.webhook"] = Setting(bool(config.values["monitor"]["webhook_url"]), source("monitor", "webhook_url"))
+    out["monitor.webhook"] = Setting(bool(config.monitor.webhook_url), source("monitor", "webhook_url"))
     return out
 
 
@@ -239,7 +240,7 @@ async def read_audit(store: Store, *, now: float, window: int = WINDOW_SECONDS) 
 
 
 async def _store(config: Config, now: float) -> tuple[StoreFacts, tuple[tuple[str, float], ...] | None]:
-    kind = str(config.values[""]["store"])
+    kind = config.store
     if kind == "sqlite" and not (config.data_dir / "tether.db").exists():
         return StoreFacts(kind, error=f"no database at {config.data_dir / 'tether.db'}; run tether init"), None
     try:

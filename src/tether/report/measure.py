@@ -26,13 +26,13 @@ PROBE_PURPOSE = "tether report: revocation lag probe"
 
 
 def _probe_agent(config: Config) -> str:
-    admin = str(config.values["admin"]["principals"][0])
+    admin = config.admin.principals[0]
     return admin.rstrip("/") + "/report-probe" if admin.startswith("spiffe://") else "spiffe://tether.local/report-probe"
 
 
 async def measure_revocation_lag(config: Config, client: StsClient, *, timeout: float = 10.0) -> LagFacts:
     """The seconds from cancelling a probe task to a feed subscriber seeing it, or why it could not be measured."""
-    stale_after = float(config.values["gateway"]["stale_after"])
+    stale_after = float(config.gateway.stale_after)
     base = client.url  # the STS the admin client talks to (``--url``, default the issuer)
     async with httpx.AsyncClient(trust_env=False) as http:
         try:

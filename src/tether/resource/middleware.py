@@ -22,7 +22,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tether.errors import InsufficientScope, OAuthError, TetherError
 from tether.resource.principal import Principal
 from tether.resource.verifier import Verifier
-from tether.store.errors import StoreError
 from tether.web.errors import error_response
 
 __all__ = ["METADATA_PATH", "TetherMiddleware", "UnsupportedScope", "principal_of", "require_scope", "requires"]
@@ -72,7 +71,7 @@ class TetherMiddleware:
                 headers=Headers(scope=scope),
                 client=client[0] if client else None,
             )
-        except (TetherError, StoreError) as exc:
+        except TetherError as exc:  # a refusal, or a shared replay cache that cannot answer (503, fail closed)
             await self._refuse(exc, scope, receive, send)
             return
         scope.setdefault("state", {})["principal"] = principal

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import httpx
@@ -23,12 +23,19 @@ import httpx
 from tether.agent.identity import IdentitySource
 from tether.background import cancel
 from tether.clock import Clock, SystemClock
-from tether.errors import InvalidToken, TemporarilyUnavailable, after_end
-from tether.store.errors import StoreError
-from tether.store.records import Revocation
+from tether.errors import InvalidToken, TemporarilyUnavailable, TetherError, after_end
 from tether.urns import JWT_BEARER
 
-__all__ = ["FeedDown", "FeedSource", "RevocationFeed", "RevocationLog", "StoreSource", "StsSource", "parse_sse"]
+__all__ = [
+    "FeedDown",
+    "FeedSource",
+    "LoggedRevocation",
+    "RevocationFeed",
+    "RevocationLog",
+    "StoreSource",
+    "StsSource",
+    "parse_sse",
+]
 
 log = logging.getLogger("tether.resource")
 
@@ -79,10 +86,22 @@ class FeedSource(Protocol):
     def events(self, cursor: int, heartbeat: float) -> AsyncGenerator[Event, None]: ...
 
 
-class RevocationLog(Protocol):
-    """The part of the store the gateway's view reads (``tether.store.protocol.Store``)."""
+class LoggedRevocation(Protocol):
+    """One entry of the store's revocation log (``tether.store.records.Revocation``)."""
 
-    async def revocations_after(self, seq: int, *, now: float, limit: int) -> list[Revocation]: ...
+    @property
+    def seq(self) -> int: ...
+
+    def as_json(self) -> dict[str, Any]: ...
+
+
+class RevocationLog(Protocol):
+    """The part of the store the gateway's view reads (``tether.store.protocol.Store``).
+
+    Its failures are ``TetherError`` (the store's ``StoreError``): the feed is then down and reconnects.
+    """
+
+    async def revocations_after(self, seq: int, *, now: float, limit: int) -> Sequence[LoggedRevocation]: ...
 
     def revocation_generation(self) -> int: ...
 
@@ -157,7 +176,7 @@ class StoreSource:
                     continue
                 yield "heartbeat", {"cursor": cursor, "time": self._clock.now()}
                 await store.wait_for_revocations(since=generation, timeout=min(heartbeat, STORE_POLL_SECONDS))
-        except StoreError as exc:
+        except TetherError as exc:  # the store's StoreError
             raise FeedDown(str(exc)) from exc
 
 

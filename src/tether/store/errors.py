@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tether.errors import TetherError
+from tether.errors import TetherError, Unavailable
 
 __all__ = [
     "AlreadySpent",
@@ -54,5 +54,5 @@ class Blocked(Conflict):
     """A principal named by the write is blocked by the kill switch."""
 
 
-class StoreUnavailable(StoreError):
+class StoreUnavailable(StoreError, Unavailable):
     """The backing store could not answer; nothing may be granted."""

@@ -16,14 +16,13 @@ async def open_store(config: Config, *, migrate: bool | None = None) -> Store:
     SQLite migrates itself by default (it is embedded); PostgreSQL does only when asked
     (``tether migrate``) and otherwise refuses to serve a schema behind the code.
     """
-    kind = config.values[""]["store"]
-    if kind == "sqlite":
+    if config.store == "sqlite":
         return SqliteStore.open(config.data_dir / "tether.db", migrate_schema=True if migrate is None else migrate)
     from tether.store.postgres.store import PostgresRedisStore
 
-    dsn, redis_url = config.values["postgres"]["dsn"], config.values["redis"]["url"]
+    dsn, redis_url = config.postgres.dsn, config.redis.url
     if not dsn:
         raise ConfigError("postgres.dsn", 'is required when store = "postgres" (or set TETHER_POSTGRES_DSN)')
     if not redis_url:
         raise ConfigError("redis.url", 'is required when store = "postgres" (or set TETHER_REDIS_URL)')
-    return await PostgresRedisStore.open(dsn, redis_url, prefix=config.values["redis"]["prefix"], migrate=bool(migrate))
+    return await PostgresRedisStore.open(dsn, redis_url, prefix=config.redis.prefix, migrate=bool(migrate))

@@ -7,7 +7,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from tether.audit.chain import AuditRecord
-from tether.audit.checkpoint import CHECKPOINT_KIND
 from tether.model import Task, TaskState
 from tether.store.records import AuditMark, IssuedToken, Revocation, RevocationKind, StoredKey, VaultEntry
 
@@ -38,6 +37,9 @@ TASK_COLUMNS = (
 )
 TOKEN_COLUMNS = "jti, kind, task_id, parent_jti, sub, client_id, aud, scope, jkt, iat, exp, depth, revoked_at"
 AUDIT_COLUMNS = "seq, ts, kind, outcome, principal, task, jti, error, detail, prev, hash"
+#: the kind of the signed checkpoint records ``tether.audit.checkpoint`` writes; named here, not imported,
+#: so that the store does not depend on the audit service (tests/test_layering.py checks they agree)
+CHECKPOINT_KIND = "audit.checkpoint"
 # the detail (JSON text) is only selected for checkpoint records, whose JWS the mark carries
 AUDIT_MARK_COLUMNS = f"seq, ts, kind, hash, CASE WHEN kind = '{CHECKPOINT_KIND}' THEN detail END"
 KEY_COLUMNS = "kid, alg, public_jwk, sealed_private, created_at, retired_at, not_after"

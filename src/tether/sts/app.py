@@ -138,7 +138,7 @@ def create_app(runtime: Runtime, *, upkeep: bool = True, max_inflight: int = 64)
         Route("/principals/{action:str}", block_endpoint, methods=["POST"]),
         Route("/settings", settings_endpoint, methods=["GET"]),
     ]
-    if runtime.config.values["metrics"]["enabled"]:
+    if runtime.config.metrics.enabled:
         routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
     app = Starlette(
         routes=routes,

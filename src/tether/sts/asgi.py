@@ -11,6 +11,7 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 
+import tether.features  # noqa: F401  (the feature tables are registered before a config is loaded)
 from tether.config import load_config
 from tether.sts.bootstrap import build_sts
 from tether.web.heap import settle_after_start

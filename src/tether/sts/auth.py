@@ -4,30 +4,35 @@
 ``Authorization: DPoP`` and a proof with ``ath``), never a static API key; a DPoP-bound token
 sent as ``Bearer`` is refused. ``/introspect`` and ``/revoke`` take a workload JWT as an RFC
 7523 client assertion (RFC 7662 §2.1, RFC 7009 §2.1), redeemed once when it carries a ``jti``.
+Reading the headers is the routes' part (``sts.routes.common.authenticate_token``).
 """
 
 from __future__ import annotations
-
-from starlette.datastructures import Headers
 
 from tether.errors import InsufficientScope, InvalidClient, InvalidToken
 from tether.model import AccessToken, WorkloadIdentity
 from tether.policy.entities import admin_request
 from tether.sts.context import StsContext, spend_key
 from tether.urns import JWT_BEARER
-from tether.web.dpop_request import authorization, dpop_header
 
-__all__ = ["authenticate_client", "authenticate_token", "is_admin", "require_admin"]
+__all__ = ["authenticate_client", "check_bound_token", "check_token_proof", "is_admin", "require_admin"]
 
 
-async def authenticate_token(ctx: StsContext, headers: Headers, *, method: str, url: str) -> AccessToken:
-    scheme, token = authorization(headers)
+def check_bound_token(ctx: StsContext, scheme: str, token: str) -> AccessToken:
+    """The STS's own key-bound token, presented under the ``DPoP`` scheme (RFC 9449 §7.1)."""
     if scheme != "dpop":
         raise InvalidToken("tokens must be presented with the dpop scheme", debug=f"scheme {scheme}")
     claims = ctx.verify_own_token(token, audience=ctx.settings.issuer)
     if claims.jkt is None:
         raise InvalidToken("token is not key-bound")
-    proof = await ctx.proofs.check(dpop_header(headers), method=method, url=url, access_token=token)
+    return claims
+
+
+async def check_token_proof(
+    ctx: StsContext, claims: AccessToken, token: str, proof_jwt: str | None, *, method: str, url: str
+) -> AccessToken:
+    """The DPoP proof of possession of ``claims``' key (RFC 9449 §4.3, ``ath`` §7.1), then its live state."""
+    proof = await ctx.proofs.check(proof_jwt, method=method, url=url, access_token=token)
     if proof.jkt != claims.jkt:
         raise InvalidToken("dpop proof key does not match the token binding")
     stored = await ctx.store.lookup(task_id=None, jti=claims.jti, principals=[claims.sub, claims.client_id])

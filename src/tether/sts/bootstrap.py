@@ -58,12 +58,11 @@ class Sts:
         self._http: httpx.AsyncClient | None = None
         self._recorded_policy: str | None = None
         self._refused_policy: list[str] = []
-        audit = config.values["audit"]
-        self.checkpoints = AuditCheckpoints(every=int(audit["checkpoint_every"]), seconds=int(audit["checkpoint_seconds"]),
+        self.checkpoints = AuditCheckpoints(every=config.audit.checkpoint_every, seconds=config.audit.checkpoint_seconds,
                                             data_dir=config.data_dir)  # fmt: skip
         #: the newest signing key this STS has used, kept outside the store (``keys.keyring.check_not_older``)
         self.key_state = LocalState(config.data_dir / "keyring.state")
-        self.app: Starlette = create_app(self, upkeep=upkeep, max_inflight=int(config.values["server"]["max_inflight"]))
+        self.app: Starlette = create_app(self, upkeep=upkeep, max_inflight=config.server.max_inflight)
 
     @property
     def ctx(self) -> StsContext:
@@ -103,7 +102,7 @@ class Sts:
         )
         await self._record_overrides(store)
         await self.record_policy()
-        if self._upkeep and self.config.values["monitor"]["enabled"]:
+        if self._upkeep and self.config.monitor.enabled:
             self.monitor = build_monitor(self.config, store, self.clock)
             await self.monitor.start()
             self._ctx.risk = self.monitor.risk
@@ -181,7 +180,7 @@ def build_sts(config: Config, *, clock: Clock | None = None, store: Store | None
     """Check configuration, master key and policy set; the store is opened by ``Sts.start``."""
     master = load_master_key(config.master_key_file)
     try:
-        policy = PolicyEngine(config.policy_dir, mode=config.values["policy"]["mode"])
+        policy = PolicyEngine(config.policy_dir, mode=config.policy.mode)
     except ValueError as exc:
         raise ConfigError("policy.mode", str(exc)) from exc
     if policy.current is None:

@@ -60,14 +60,14 @@ class FeedSettings:
 
     @classmethod
     def from_config(cls, config: Config) -> FeedSettings:
-        section = config.values["revocations"]
-        allowed = {*config.values["admin"]["principals"], *section["subscribers"]}
+        section = config.revocations
+        allowed = {*config.admin.principals, *section.subscribers}
         allowed.update(p for resource in config.resources for p in resource.principals)
         return cls(
             subscribers=frozenset(allowed),
-            max_streams=section["max_streams"],
-            max_per_caller=section["max_streams_per_caller"],
-            stream_seconds=float(section["stream_seconds"]),
+            max_streams=section.max_streams,
+            max_per_caller=section.max_streams_per_caller,
+            stream_seconds=float(section.stream_seconds),
         )
 
     def may_follow(self, principal: str) -> bool:

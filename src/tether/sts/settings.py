@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tether.config import Config
 from tether.rules.exchange import Limits
@@ -47,29 +47,27 @@ class StsSettings:
 
     @classmethod
     def from_config(cls, config: Config) -> StsSettings:
-        tokens, dpop, tasks = config.values["tokens"], config.values["dpop"], config.values["tasks"]
+        tokens, dpop, tasks = config.tokens, config.dpop, config.tasks
         return cls(
             issuer=config.issuer,
-            limits=Limits(session_ttl=tokens["session_ttl"], hop_ttl=tokens["hop_ttl"]),
-            task_limits=TaskLimits(
-                max_duration=tasks["max_duration"],
-                max_depth=tasks["max_depth"],
-                max_tokens=tasks["max_tokens"],
-                default_max_depth=min(tasks["default_max_depth"], tasks["max_depth"]),
-                default_max_tokens=min(tasks["default_max_tokens"], tasks["max_tokens"]),
+            limits=Limits(session_ttl=tokens.session_ttl, hop_ttl=tokens.hop_ttl),
+            task_limits=replace(  # a default above its maximum is the maximum
+                tasks,
+                default_max_depth=min(tasks.default_max_depth, tasks.max_depth),
+                default_max_tokens=min(tasks.default_max_tokens, tasks.max_tokens),
             ),
-            admin_principals=frozenset(config.values["admin"]["principals"]),
+            admin_principals=frozenset(config.admin.principals),
             admin_scope=parse_scope(config.admin_scope),
-            admin_ttl=tokens["admin_ttl"],
-            skew=tokens["clock_skew"],
-            dpop_algs=tuple(dpop["algorithms"]),
-            dpop_max_age=dpop["max_age"],
-            nonce=dpop["nonce"],
-            nonce_ttl=dpop["nonce_ttl"],
+            admin_ttl=tokens.admin_ttl,
+            skew=tokens.clock_skew,
+            dpop_algs=dpop.algorithms,
+            dpop_max_age=dpop.max_age,
+            nonce=dpop.nonce,
+            nonce_ttl=dpop.nonce_ttl,
             resources={r.uri: frozenset(r.principals) for r in config.resources},
             tags={r.uri: r.tags for r in config.resources},
-            publish_policies=config.values["policy"]["publish"],
+            publish_policies=config.policy.publish,
             namespaces=config.namespaces,
-            refusal_interval=config.values["audit"]["refusal_interval"],
-            refusal_buckets=config.values["audit"]["refusal_buckets"],
+            refusal_interval=config.audit.refusal_interval,
+            refusal_buckets=config.audit.refusal_buckets,
         )

@@ -15,9 +15,8 @@ from collections.abc import Collection
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from tether.errors import OAuthError, PolicyUnavailable, TemporarilyUnavailable, TooManyRequests, UseDPoPNonce
+from tether.errors import OAuthError, TemporarilyUnavailable, TooManyRequests, Unavailable, UseDPoPNonce
 from tether.logs import WITH_TRACEBACK
-from tether.store.errors import StoreUnavailable
 
 __all__ = ["NO_STORE", "error_response", "handle_http", "handle_unexpected", "unexpected_error", "wire_code"]
 
@@ -40,7 +39,7 @@ def _challenge(exc: OAuthError, algs: Collection[str]) -> str:
 def wire_code(exc: BaseException) -> str:
     """The ``error`` code ``error_response`` sends for ``exc``: for metric labels and audit records,
     which must name the refusal the client saw (fail closed is ``temporarily_unavailable``)."""
-    if isinstance(exc, StoreUnavailable | PolicyUnavailable):
+    if isinstance(exc, Unavailable):  # StoreUnavailable, PolicyUnavailable
         return TemporarilyUnavailable.error
     if isinstance(exc, OAuthError):
         return exc.error
@@ -49,7 +48,7 @@ def wire_code(exc: BaseException) -> str:
 
 def error_response(exc: Exception, *, resource: bool = False, algs: Collection[str] = ()) -> Response:
     """Render a refusal. ``resource=True`` uses the resource-server status and challenge."""
-    if isinstance(exc, StoreUnavailable | PolicyUnavailable):
+    if isinstance(exc, Unavailable):  # StoreUnavailable, PolicyUnavailable
         log.error("failing closed: %s", exc)
         exc = TemporarilyUnavailable("the service cannot decide right now; retry shortly", debug=str(exc))
     if not isinstance(exc, OAuthError):

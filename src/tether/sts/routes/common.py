@@ -9,16 +9,20 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable
 
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 
 from tether.errors import OAuthError, TetherError, UseDPoPNonce
 from tether.metrics import REFUSALS
+from tether.model import AccessToken
 from tether.store.errors import StoreError
+from tether.sts.auth import check_bound_token, check_token_proof
 from tether.sts.context import StsContext
+from tether.web.dpop_request import authorization, dpop_header
 from tether.web.errors import error_response, wire_code
 
-__all__ = ["Endpoint", "client_address", "context", "endpoint", "nonce_headers"]
+__all__ = ["Endpoint", "authenticate_token", "client_address", "context", "endpoint", "nonce_headers"]
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -26,6 +30,13 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 def context(request: Request) -> StsContext:
     ctx: StsContext = request.app.state.ctx
     return ctx
+
+
+async def authenticate_token(ctx: StsContext, headers: Headers, *, method: str, url: str) -> AccessToken:
+    """The caller of a DPoP-protected STS API: ``Authorization: DPoP`` and its ``DPoP`` proof (RFC 9449 §7.1)."""
+    scheme, token = authorization(headers)
+    claims = check_bound_token(ctx, scheme, token)
+    return await check_token_proof(ctx, claims, token, dpop_header(headers), method=method, url=url)
 
 
 def nonce_headers(ctx: StsContext) -> dict[str, str]:

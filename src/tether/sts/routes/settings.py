@@ -7,8 +7,8 @@ import os
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from tether.sts.auth import authenticate_token, require_admin
-from tether.sts.routes.common import client_address, context, endpoint, nonce_headers
+from tether.sts.auth import require_admin
+from tether.sts.routes.common import authenticate_token, client_address, context, endpoint, nonce_headers
 from tether.web.errors import NO_STORE
 
 __all__ = ["settings_endpoint"]

@@ -8,9 +8,9 @@ from starlette.responses import JSONResponse, Response
 from tether.errors import InvalidRequest, NotFoundError
 from tether.model import AccessToken, TaskState
 from tether.store.records import BlockKind
-from tether.sts.auth import authenticate_token, require_admin
+from tether.sts.auth import require_admin
 from tether.sts.introspection import block
-from tether.sts.routes.common import context, endpoint, nonce_headers
+from tether.sts.routes.common import authenticate_token, context, endpoint, nonce_headers
 from tether.sts.tasks import create_task, end_task, get_task, list_tasks, parse_task_request
 from tether.web.errors import NO_STORE
 from tether.web.forms import read_json

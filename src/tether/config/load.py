@@ -1,0 +1,111 @@
+"""``tether.toml`` plus ``TETHER_*`` environment overrides → one frozen ``Config``.
+
+Every key is declared with its type and default; an unknown key, a wrong type or an
+out-of-range value is a ``ConfigError(key, problem)`` that the CLI prints as one line
+and exits 2 on. The tables a feature owns (``[[gateway.routes]]``,
+``[monitor.detectors.*]``) are parsed by the parser that feature registers with
+``register_table``, so this package imports no feature; ``tether.features`` registers
+them, and every entry point that loads a config imports it first.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from tether.config.identities import (
+    TABLES,
+    parse_clients,
+    parse_namespaces,
+    parse_oidc_issuers,
+    parse_resources,
+    parse_trust_domains,
+)
+from tether.config.model import Config
+from tether.config.scalars import SCALARS, check_outputs, check_scalars, issuer_uri, read_scalars
+from tether.config.sections import SECTIONS
+from tether.errors import ConfigError
+from tether.filemodes import others_can_write
+
+__all__ = ["FEATURE_TABLES", "TableParser", "load_config", "parse_config", "register_table"]
+
+#: a feature's parser: the raw table (``None`` when absent) → its typed rows; problems are ``ConfigError``
+TableParser = Callable[[Any], tuple[Any, ...]]
+#: the tables inside a section that a feature parses: ``Config.routes`` and ``Config.detectors``
+FEATURE_TABLES = ("gateway.routes", "monitor.detectors")
+_PARSERS: dict[str, TableParser] = {}
+
+
+def register_table(name: str, parser: TableParser) -> None:
+    """Let the feature that owns ``name`` (one of ``FEATURE_TABLES``) parse it whenever a config is loaded."""
+    if name not in FEATURE_TABLES:
+        raise ValueError(f"`{name}` is not a feature table ({', '.join(FEATURE_TABLES)})")
+    _PARSERS[name] = parser
+
+
+def _feature_table(data: Mapping[str, Any], name: str) -> tuple[Any, ...]:
+    parser = _PARSERS.get(name)
+    if parser is None:  # a default (every detector on) would be silently lost: refuse to load instead
+        raise RuntimeError(f"no parser registered for `{name}`: import tether.features before loading a config")
+    section, key = name.split(".")
+    raw = data.get(section, {})
+    return parser(raw.get(key) if isinstance(raw, dict) else None)
+
+
+def parse_config(data: Mapping[str, Any], *, path: Path | None, env: Mapping[str, str] | None = None) -> Config:
+    """Validate a parsed ``tether.toml`` document and apply environment overrides."""
+    env = os.environ if env is None else env
+    values, sources = _scalars(data, env)
+    base = path.parent if path is not None else Path.cwd()
+    domains = parse_trust_domains(data, base)
+    issuers = parse_oidc_issuers(data, base, values[""]["issuer"])
+    clients = parse_clients(data, base)
+    namespaces = parse_namespaces(domains, issuers, clients)
+    resources = parse_resources(data)
+    routes = _feature_table(data, "gateway.routes")
+    if routes:
+        issuer_uri(values["gateway"]["url"], "gateway.url")
+    detectors = _feature_table(data, "monitor.detectors")
+    check_outputs(values)
+    sections = {
+        section or "general": cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values[section].items()})
+        for section, cls in SECTIONS.items()
+    }
+    return Config(path=path, **sections, trust_domains=domains, oidc_issuers=issuers, clients=clients,
+                  resources=resources, routes=routes, detectors=detectors, base_dir=base, sources=sources,
+                  namespaces=namespaces)  # fmt: skip
+
+
+def _scalars(data: Mapping[str, Any], env: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Every scalar, checked, and its source; a top-level key that is neither a scalar, a section nor a table is refused."""
+    values, sources = read_scalars(data, env, FEATURE_TABLES)
+    for k in data:
+        if k == "" or (k not in SCALARS[""] and k not in SCALARS and k not in TABLES):
+            raise ConfigError(k or '""', "unknown key")
+    check_scalars(values)
+    return values, sources
+
+
+def load_config(path: Path | None, *, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate ``path`` (default ``./tether.toml`` or ``TETHER_CONFIG``)."""
+    env = os.environ if env is None else env
+    if path is None:
+        path = Path(env.get("TETHER_CONFIG", "tether.toml"))
+    try:
+        if others_can_write(path):
+            raise ConfigError("config", f"`{path}` must be writable by its owner only (chmod go-w)")
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError("config", f"`{path}` not found; run tether init") from exc
+    except OSError as exc:
+        raise ConfigError("config", f"`{path}` cannot be read: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError("config", f"`{path}` is not UTF-8") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", f"`{path}` is not valid TOML: {exc}") from exc
+    return parse_config(data, path=path.resolve(), env=env)

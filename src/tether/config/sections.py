@@ -1,0 +1,233 @@
+"""The scalar sections of ``tether.toml``, one frozen dataclass each: every key with its type and default.
+
+The field list is the schema: ``tether.config.scalars`` reads and validates each field
+(``[section] key``, overridden by ``TETHER_SECTION_KEY``) and refuses any other key.
+``[tasks]`` is ``tether.rules.task.TaskLimits``, the server maxima and defaults themselves.
+Lists of strings are tuples here, so a loaded ``Config`` cannot be changed in place.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass, fields
+from typing import Any
+
+from tether.rules.dpop import DEFAULT_DPOP_ALGS
+from tether.rules.task import TaskLimits
+
+__all__ = [
+    "SECTIONS",
+    "AdminSettings",
+    "AuditSettings",
+    "DevSettings",
+    "DpopSettings",
+    "GatewaySettings",
+    "GeneralSettings",
+    "IdentitySettings",
+    "LoggingSettings",
+    "MetricsSettings",
+    "MonitorSettings",
+    "PolicySettings",
+    "PostgresSettings",
+    "RedisSettings",
+    "RevocationsSettings",
+    "ServerSettings",
+    "TokenSettings",
+    "scalar_kinds",
+]
+
+
+@dataclass(frozen=True)
+class GeneralSettings:
+    """The top-level keys (no section); paths are resolved by ``Config``."""
+
+    issuer: str = "http://127.0.0.1:8700"
+    data_dir: str = ".tether"
+    store: str = "sqlite"
+    master_key_file: str = ""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """``[server]``: where the STS listens, and how many requests it serves at once."""
+
+    host: str = "127.0.0.1"
+    port: int = 8700
+    max_inflight: int = 64
+
+
+@dataclass(frozen=True)
+class TokenSettings:
+    """``[tokens]``: token lifetimes (seconds) and the clock skew allowed when checking them."""
+
+    #: workload JWT → session token (never beyond the task or the JWT)
+    session_ttl: int = 900
+    #: session token → hop token for one audience
+    hop_ttl: int = 300
+    admin_ttl: int = 300
+    #: accepted clock difference for ``iat``/``nbf``/``exp`` checks (0–120)
+    clock_skew: int = 10
+
+
+@dataclass(frozen=True)
+class DpopSettings:
+    """``[dpop]``: proof age, server nonces (RFC 9449 §8) and the accepted proof algorithms."""
+
+    #: oldest acceptable proof ``iat``
+    max_age: int = 60
+    nonce: bool = True
+    nonce_ttl: int = 120
+    algorithms: tuple[str, ...] = DEFAULT_DPOP_ALGS
+
+
+@dataclass(frozen=True)
+class IdentitySettings:
+    """``[identity]``: the longest workload JWT accepted, and how often key sets are refreshed."""
+
+    #: workload JWTs valid for longer than this are refused
+    max_lifetime: int = 3600
+    refresh: int = 300
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    """``[admin]``: the principals that may administer tether, and the scope they are given."""
+
+    principals: tuple[str, ...] = ("spiffe://tether.local/admin",)
+    scope: str = "tether:admin"
+
+
+@dataclass(frozen=True)
+class DevSettings:
+    """``[dev]``: the local trust domain ``tether init`` creates (empty: the default one)."""
+
+    trust_domain: str = ""
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """``[policy]``: the Cedar policy directory, enforce or shadow, and whether resources may fetch it."""
+
+    dir: str = "policies"
+    mode: str = "enforce"
+    publish: bool = True
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """``[gateway]``: the gateway's URL and listen address, suspension and secret caching."""
+
+    #: the base of every route's audience, ``{url}/routes/{name}``
+    url: str = "http://127.0.0.1:8710"
+    host: str = "127.0.0.1"
+    port: int = 8710
+    #: a task refused this often within ``refusal_window`` seconds is suspended
+    suspend_after_refusals: int = 10
+    refusal_window: int = 60
+    suspend_on_cap: bool = True
+    #: seconds without news from the revocation feed before every call is refused
+    stale_after: int = 10
+    secret_cache_seconds: int = 30
+
+
+@dataclass(frozen=True)
+class PostgresSettings:
+    """``[postgres]``: the durable store when ``store = "postgres"``."""
+
+    dsn: str = ""
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """``[redis]``: replay cache, counters and notifications beside PostgreSQL."""
+
+    url: str = ""
+    prefix: str = "tether"
+
+
+@dataclass(frozen=True)
+class MonitorSettings:
+    """``[monitor]``: the audit-stream monitor: its pace, webhook and the history it replays at start."""
+
+    enabled: bool = True
+    #: seconds between reads of the audit log
+    interval: int = 1
+    webhook_url: str = ""
+    webhook_timeout: int = 5
+    webhook_retries: int = 3
+    #: seconds a risk raise lasts (Cedar ``context.risk``)
+    risk_ttl: int = 300
+    #: the window replayed into the detectors at start (``tether.monitor.runner``):
+    #: enough for every default learning period
+    history_records: int = 50_000
+    history_seconds: int = 86_400
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """``[metrics]``: whether ``/metrics`` is served."""
+
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    """``[logging]``: text or JSON lines, and the level."""
+
+    format: str = "text"
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """``[audit]``: how often checkpoints are signed, and how refusals nobody proved are counted."""
+
+    #: sign a checkpoint after this many new records, or after ``checkpoint_seconds`` with at least one
+    checkpoint_every: int = 1000
+    checkpoint_seconds: int = 60
+    #: unattributed refusals: one record per source, kind and error each this many seconds (0: every one)
+    refusal_interval: int = 60
+    refusal_buckets: int = 1000
+
+
+@dataclass(frozen=True)
+class RevocationsSettings:
+    """``[revocations]``: who may follow the revocation feed besides admins and resources, and its caps."""
+
+    subscribers: tuple[str, ...] = ()
+    #: open feed streams per STS process, and per authenticated principal
+    max_streams: int = 1000
+    max_streams_per_caller: int = 20
+    stream_seconds: int = 300
+
+
+#: ``tether.toml`` section (``""``: the top level) → its dataclass, in the order they are read
+SECTIONS: dict[str, type[Any]] = {
+    "": GeneralSettings,
+    "server": ServerSettings,
+    "tokens": TokenSettings,
+    "dpop": DpopSettings,
+    "tasks": TaskLimits,
+    "identity": IdentitySettings,
+    "admin": AdminSettings,
+    "dev": DevSettings,
+    "policy": PolicySettings,
+    "gateway": GatewaySettings,
+    "postgres": PostgresSettings,
+    "redis": RedisSettings,
+    "monitor": MonitorSettings,
+    "metrics": MetricsSettings,
+    "logging": LoggingSettings,
+    "audit": AuditSettings,
+    "revocations": RevocationsSettings,
+}
+
+_KINDS: dict[Any, type] = {int: int, bool: bool, str: str, tuple[str, ...]: list}
+
+
+def scalar_kinds(section: type[Any]) -> dict[str, tuple[type, Any]]:
+    """Each key of a section → (``int``, ``bool``, ``str`` or ``list`` of strings, its default)."""
+    hints = typing.get_type_hints(section)
+    return {
+        f.name: (_KINDS[hints[f.name]], list(f.default) if isinstance(f.default, tuple) else f.default) for f in fields(section)
+    }
