@@ -16,7 +16,7 @@ import json
 import logging
 import math
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 
 from tether.background import cancel
@@ -190,7 +190,7 @@ class FeedHub:
                 del self._per_caller[sub.principal]
             FEED_SUBSCRIBERS.dec()
 
-    async def stream(self, sub: Subscription, cursor: int) -> AsyncIterator[bytes]:
+    async def stream(self, sub: Subscription, cursor: int) -> AsyncGenerator[bytes, None]:
         """SSE for one subscriber: its backlog after ``cursor`` (its own read, once), a heartbeat, then the hub's items.
 
         The subscriber was registered before the backlog is read, so an entry committed
