@@ -113,7 +113,7 @@ def over(of: Iterable[Member], *, examples: int = 2) -> Callable[[T], T]:
     def wrap(test: T) -> T:
         drawn = given(data=st.data())(test)
         bounded = settings(max_examples=examples, deadline=None)(drawn)
-        return pytest.mark.parametrize(("member", "kind"), cases(of), ids=case_id)(bounded)  # type: ignore[no-any-return]
+        return pytest.mark.parametrize(("member", "kind"), cases(of), ids=case_id)(bounded)  # type: ignore[no-any-return]  # hypothesis `settings(...)` returns Any
 
     return wrap
 
@@ -243,7 +243,7 @@ def resign(sts: RunningSts, token: str, odd: tuple[Member, Any] | None = None, *
     header: dict[str, Any] = {"typ": "at+jwt", "alg": ring.alg, "kid": ring.kid}
     if odd is not None:
         header, claims = with_member(header, claims, *odd)
-    return sign_raw(header, claims, ring.private)  # type: ignore[arg-type]
+    return sign_raw(header, claims, ring.private)  # type: ignore[arg-type]  # typed as any JWK; an EC or OKP key here
 
 
 @dataclass(frozen=True)

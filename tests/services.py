@@ -84,7 +84,7 @@ def store_sql(config: Config, sql: str, params: tuple[object, ...] = ()) -> list
 
     if config.store == "postgres":
         with psycopg.connect(config.postgres.dsn, autocommit=True, connect_timeout=3) as conn:
-            cur = conn.execute(sql.replace("?", "%s"), params)  # type: ignore[arg-type]
+            cur = conn.execute(sql.replace("?", "%s"), params)
             return list(cur.fetchall()) if cur.description else []
     path = config.data_dir / "tether.db"
     with sqlite3.connect(path) as lite:
@@ -141,7 +141,7 @@ async def tampering(directory: Path, kind: str) -> AsyncIterator[tuple[Store, Wr
     def write(sql: str, params: tuple[Any, ...]) -> None:
         if schema is not None:
             with psycopg.connect(schema_dsn(schema), autocommit=True) as conn:
-                conn.execute(sql.replace("?", "%s"), params)  # type: ignore[arg-type]
+                conn.execute(sql.replace("?", "%s"), params)
             return
         with sqlite3.connect(directory / "tether.db") as lite:
             lite.execute(sql, params)

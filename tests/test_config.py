@@ -72,7 +72,7 @@ def test_defaults() -> None:
     assert cfg.admin_scope == "tether:admin"
     assert cfg.data_dir == Path.cwd() / ".tether"
     assert cfg.master_key_file == Path.cwd() / ".tether" / "master.key"
-    assert cfg.trust_domains == cfg.oidc_issuers == cfg.clients == cfg.resources == ()
+    assert (cfg.trust_domains, cfg.oidc_issuers, cfg.clients, cfg.resources) == ((), (), (), ())
 
 
 def test_defaults_ignore_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:

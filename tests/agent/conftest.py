@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +22,11 @@ from agentkit import AgentEnv, metadata_app, plain_app, protected_app, serve_app
 from helpers import QUIET_MONITOR, SVC_B, free_port, running_sts
 from tether.agent import DevIdentity
 from tether.resource import ResourceSettings, Verifier
+
+
+def _synced(verifier: Verifier) -> bool:
+    """The verifier has heard the revocation feed lately (it refuses every token until then)."""
+    return verifier.feed is not None and verifier.feed.fresh(time.time())
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +57,6 @@ def aenv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentEnv]:
         }
         served = {name: stack.enter_context(serve_app(app, ports[name], logs[name])) for name, app in apps.items()}
         for verifier in verifiers.values():
-            wait_until(lambda v=verifier: v.feed is not None and v.feed.fresh(time.time()), timeout=10, what="feed sync")
+            wait_until(functools.partial(_synced, verifier), timeout=10, what="feed sync")
         http = stack.enter_context(httpx.Client(trust_env=False, timeout=10.0))
         yield AgentEnv(sts=sts, domain=domain, http=http, **served)

@@ -38,7 +38,7 @@ def run(tmp_path: Path, body: Body, **options: float) -> list[AuditRecord]:
             await store.append_audit(event, now=now)
 
         try:
-            await body(AnonymousRefusals(append, **options), store)  # type: ignore[arg-type]
+            await body(AnonymousRefusals(append, **options), store)  # type: ignore[arg-type]  # max_buckets is given as an int
             return await store.audit_records(after=0, limit=10_000)
         finally:
             await store.aclose()

@@ -52,7 +52,7 @@ class Chain:
             import psycopg
 
             with psycopg.connect(schema_dsn(self.schema), autocommit=True) as conn:
-                cur = conn.execute(statement.replace("?", "%s"), params)  # type: ignore[arg-type]
+                cur = conn.execute(statement.replace("?", "%s"), params)
                 return list(cur.fetchall()) if cur.description else []
         with contextlib.closing(sqlite3.connect(self.path)) as lite, lite:
             return list(lite.execute(statement, params).fetchall())
@@ -63,7 +63,7 @@ class Chain:
             import psycopg
 
             with psycopg.connect(schema_dsn(self.schema)) as conn, conn.cursor() as cur:
-                cur.executemany(statement.replace("?", "%s"), rows)  # type: ignore[arg-type]
+                cur.executemany(statement.replace("?", "%s"), rows)
             return
         with contextlib.closing(sqlite3.connect(self.path)) as lite, lite:
             lite.executemany(statement, rows)

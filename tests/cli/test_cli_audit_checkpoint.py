@@ -23,8 +23,7 @@ from typing import Any
 import httpx
 import pytest
 from cli_support import one_line, tether
-from click.testing import Result
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from helpers import Client, RunningSts, create_task, make_deployment, running_sts, serving
 from services import store_sql
@@ -198,9 +197,11 @@ def later(config: Config) -> Config:
     if config.values[""]["store"] != "postgres":
         return config
     prefix = config.values["redis"]["prefix"]
-    text = config.path.read_text(encoding="utf-8")
-    config.path.write_text(text.replace(f'prefix = "{prefix}"', f'prefix = "{prefix}-later"'), encoding="utf-8")
-    return load_config(config.path)
+    path = config.path
+    assert path is not None  # loaded from a file
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace(f'prefix = "{prefix}"', f'prefix = "{prefix}-later"'), encoding="utf-8")
+    return load_config(path)
 
 
 @pytest.mark.parametrize("case", ["state-kept", "state-deleted", "control"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from importlib import resources
 from pathlib import Path
 
@@ -28,8 +29,8 @@ def starter(tmp_path: Path) -> Path:
     return directory
 
 
-def output(result: object) -> str:
-    return str(result.stdout) + str(result.stderr)  # type: ignore[attr-defined]
+def output(result: subprocess.CompletedProcess[str]) -> str:
+    return str(result.stdout) + str(result.stderr)
 
 
 # -- validate ----------------------------------------------------------------------------------

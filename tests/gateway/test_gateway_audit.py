@@ -72,7 +72,7 @@ def test_every_refusal_has_a_gateway_refused_record(gw: GatewayEnv) -> None:
     for method, route, path, status, _ in cases:
         assert caller.call(method, route, path).status_code == status, (method, route, path)
     for method, route, path, status, error in cases:
-        wait_until(lambda path=path, route=route: bool(_refusals(gw, path, route)), what=f"the refusal of {path}")  # type: ignore[misc]
+        wait_until(lambda path=path, route=route: bool(_refusals(gw, path, route)), what=f"the refusal of {path}")  # type: ignore[misc]  # mypy infers no lambda with defaults
         [record] = _refusals(gw, path, route)
         assert record.outcome == "refused" and record.error == error
         detail = record.detail

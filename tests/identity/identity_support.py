@@ -22,7 +22,7 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-from joserfc.jwk import ECKey, OKPKey, RSAKey
+from joserfc.jwk import ECKey, KeyParameters, OKPKey, RSAKey
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -131,7 +131,7 @@ def ec_key(kid: str | None, crv: str = "P-256") -> ECKey:
 
 
 def rsa_key(kid: str | None, alg: str | None = None) -> RSAKey:
-    params: dict[str, Any] = {}
+    params: KeyParameters = {}
     if kid:
         params["kid"] = kid
     if alg:

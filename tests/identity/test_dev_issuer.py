@@ -40,6 +40,7 @@ def test_create_writes_sealed_key_and_public_bundle(tmp_path: Path, master: byte
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     sealed = key_file.read_bytes()
     private_d = domain.key.as_dict(private=True)["d"]
+    assert isinstance(private_d, str)  # `d` is a single string member
     assert private_d.encode() not in sealed  # sealed, not plain JWK
 
     bundle = json.loads(DevTrustDomain.bundle_path(tmp_path, NAME).read_text())

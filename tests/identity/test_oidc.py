@@ -405,8 +405,10 @@ def test_render_principal_unfilled_placeholder_refused() -> None:
 def test_missing_claim_refused(tenant: Tenant) -> None:
     async def scenario(v: OidcVerifier) -> None:
         assert (await v.verify(sa_token(tenant.issuer), now=NOW)).principal == "k8s:ns/name"
-        await refused(v, sa_token(tenant.issuer, **{"kubernetes.io": {"namespace": "ns"}}), "missing")
-        await refused(v, sa_token(tenant.issuer, **{"kubernetes.io": DROP}), "missing")
+        no_name: dict[str, Any] = {"kubernetes.io": {"namespace": "ns"}}
+        no_k8s: dict[str, Any] = {"kubernetes.io": DROP}
+        await refused(v, sa_token(tenant.issuer, **no_name), "missing")
+        await refused(v, sa_token(tenant.issuer, **no_k8s), "missing")
 
     run(issuer_config(tenant), scenario)
 

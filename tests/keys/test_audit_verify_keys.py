@@ -52,7 +52,7 @@ async def _insert_key(config: Config, row: StoredKey) -> None:
         import psycopg
 
         with psycopg.connect(config.postgres.dsn, autocommit=True) as conn:
-            conn.execute(sql + " VALUES (%s, %s, %s, %s, %s, %s, %s)", args)  # type: ignore[arg-type]
+            conn.execute(sql + " VALUES (%s, %s, %s, %s, %s, %s, %s)", args)
         return
     import sqlite3
 

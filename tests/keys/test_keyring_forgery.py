@@ -47,7 +47,7 @@ def write_row(config: Config, sql: str, args: tuple[Any, ...]) -> None:
     """Write the store directly, as someone with database access but no master key."""
     if config.store == "postgres":
         with psycopg.connect(config.postgres.dsn, autocommit=True) as conn:
-            conn.execute(sql.replace("?", "%s"), args)  # type: ignore[arg-type]
+            conn.execute(sql.replace("?", "%s"), args)
         return
     with sqlite3.connect(config.data_dir / "tether.db") as conn:
         conn.execute(sql, args)

@@ -60,7 +60,7 @@ def test_key01_positive_control_rotation_publishes_both_keys(kind: str, tmp_path
         assert ring.current.kid == new
         assert set(published(ring)) == {old, new}
         # the published key is the one derived from the sealed private key
-        assert published(ring)[old] == public_jwk(ring.public_key(old, now=NOW + 20).private, "ES256")  # type: ignore[union-attr]
+        assert published(ring)[old] == public_jwk(ring.public_key(old, now=NOW + 20).private, "ES256")  # type: ignore[union-attr]  # `old` is in the ring
 
     run_tampered(kind, tmp_path, body)
 

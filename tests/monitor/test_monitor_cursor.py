@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tether.audit.chain import AuditEvent
+from tether.audit.chain import AuditEvent, AuditRecord
 from tether.monitor.cursor import head_seq, seq_before
 from tether.store.sqlite.store import SqliteStore
 
@@ -21,7 +21,7 @@ class CountingStore:
         self.store = store
         self.reads = 0
 
-    async def audit_records(self, *, after: int, limit: int):  # type: ignore[no-untyped-def]
+    async def audit_records(self, *, after: int, limit: int) -> list[AuditRecord]:
         self.reads += 1
         return await self.store.audit_records(after=after, limit=limit)
 

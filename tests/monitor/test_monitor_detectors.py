@@ -7,6 +7,7 @@ warm-up and learning periods, per-agent isolation, and one finding per burst.
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import pytest
 from monitorkit import AGENT, DOCS, OTHER, SVC_B, T0, WIKI, Log, detector, feed, settings
@@ -228,7 +229,7 @@ def test_refusal_burst_refusal_without_principal_is_skipped() -> None:
 
 
 @pytest.mark.parametrize("marks", [{"replay": True}, {"spent": True}, {"claimed_task": "t1"}, {"claimed_principal": AGENT}])
-def test_DPOP_14_refusal_burst_counts_only_proven_refusals(marks: dict[str, object]) -> None:
+def test_DPOP_14_refusal_burst_counts_only_proven_refusals(marks: dict[str, Any]) -> None:
     # a replayed proof, or a refusal naming only what a credential claims, proves nobody acted
     det = detector("refusal_burst", window=30, threshold=2)
     log = Log()
@@ -336,7 +337,7 @@ def test_use_after_end_reason_text_alone_is_not_matched(reason: str) -> None:
 
 
 @pytest.mark.parametrize("marks", [{"replay": True}, {"claimed_task": "t1"}, {"principal": None}])
-def test_DPOP_14_use_after_end_counts_only_proven_refusals(marks: dict[str, object]) -> None:
+def test_DPOP_14_use_after_end_counts_only_proven_refusals(marks: dict[str, Any]) -> None:
     det = detector("use_after_end")
     assert feed(det, [Log().refused("invalid_grant", "task is suspended", after_end=True, **marks)]) == []
     assert len(feed(det, [Log().refused("invalid_grant", "task is suspended", after_end=True)])) == 1
@@ -477,4 +478,4 @@ def test_detector_state_is_bounded_per_agent() -> None:
     log = Log()
     for i in range(10_500):
         det.observe(log.issued(agent=f"spiffe://tether.local/agent/{i}"))
-    assert len(det.agents) == 10_000  # type: ignore[attr-defined]
+    assert len(det.agents) == 10_000  # type: ignore[attr-defined]  # new_audience state, not in the protocol

@@ -103,7 +103,7 @@ def test_misbehaving_agent_is_detected_and_suspended_within_seconds(tmp_path: Pa
     detectors = ("exchange_rate_spike", "use_after_end", "new_audience", "refusal_burst", "dpop_replay")
     before = {d: alerts_metric(d) for d in detectors}
     with running_sts(tmp_path, extra_toml=MONITOR) as sts:
-        agent, used = Client(sts), []
+        agent, used = Client(sts), list[str]()
         # a normal start: one session and a couple of hops (the agent's warm-up window)
         first = create_task(sts, audiences=[WIKI, DOCS])
         token = session(sts, agent, first["id"], used=used)

@@ -183,7 +183,7 @@ def test_replaying_the_window_never_acts_twice(tmp_path: Path, kind: str) -> Non
     async def main(receiver: Receiver) -> None:
         async with replicas(tmp_path, kind, 2) as (store, fresh):
             clock = At()
-            await add_task(store, clock)  # type: ignore[arg-type]
+            await add_task(store, clock)  # type: ignore[arg-type]  # At has the `now` add_task reads
             sender = WebhookSender(receiver.url, timeout=5, retries=0)
             first = monitor(store, clock, tables, webhook=sender)
             await first.begin()

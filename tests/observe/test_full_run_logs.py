@@ -188,7 +188,7 @@ def test_BCP_13_a_full_run_at_debug_logs_no_token_proof_svid_or_secret(tmp_path:
         _serve(gateway.app, gw_port, wire, servers)
         with everything_logged_at_debug() as buffer:
             for feed in (b_verifier.feed, c_verifier.feed, gateway.feed):
-                wait_until(lambda feed=feed: feed is not None and feed.fresh(time.time()), timeout=10, what="feeds")  # type: ignore[misc]
+                wait_until(lambda feed=feed: feed is not None and feed.fresh(time.time()), timeout=10, what="feeds")  # type: ignore[misc]  # mypy infers no lambda with defaults
             _story(config.issuer, b_url, c_url, gw_url, domain)
             text = buffer.getvalue()
     finally:

@@ -11,6 +11,7 @@ import math
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -39,7 +40,7 @@ from tether.web.server import free_port
 CALLS = "tether_gateway_calls_total"
 SECONDS = "tether_gateway_seconds"
 STALE_AFTER = 10
-APIKEY = {"inject": "header", "header": "X-Api-Key", "template": "{secret}", "max_requests_per_second": 1000}
+APIKEY: dict[str, Any] = {"inject": "header", "header": "X-Api-Key", "template": "{secret}", "max_requests_per_second": 1000}
 
 
 @pytest.fixture(scope="module")

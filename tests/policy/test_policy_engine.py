@@ -158,6 +158,7 @@ def test_new_file_is_used_by_the_next_decision(tmp_path: Path) -> None:
 def test_invalid_file_is_refused_and_the_previous_set_keeps_deciding(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     engine = engine_with(tmp_path, {"a.cedar": PERMIT_ALL, "b.cedar": FORBID_PAY})
     good = engine.version
+    assert good is not None  # a valid set has a version
     invalid = (
         '// a typo in the action name\n\n@id("no-wiki")\nforbid (principal, action == Tether::Action::"exchnage", resource);\n'
     )

@@ -46,7 +46,7 @@ RESOURCE = "http://127.0.0.1:9001"
 def test_a_verifier_that_follows_the_sts_without_an_identity_fails_at_construction(
     fields: dict[str, bool], missing: str
 ) -> None:
-    settings = ResourceSettings(issuer=ISSUER, resource=RESOURCE, **fields)  # type: ignore[arg-type]
+    settings = ResourceSettings(issuer=ISSUER, resource=RESOURCE, **fields)  # type: ignore[arg-type]  # only its bool fields are set
     with pytest.raises(ValueError, match=missing) as refused:
         Verifier(settings)
     assert "identity=" in str(refused.value) and "\n" not in str(refused.value)

@@ -117,8 +117,8 @@ class _ClosesClient:
         await self.app(scope, receive, closing)
 
 
-def settings(world: World, **fields: object) -> ResourceSettings:
-    return ResourceSettings(issuer=world.sts.url, resource=world.url, **fields)  # type: ignore[arg-type]
+def settings(world: World, **fields: Any) -> ResourceSettings:
+    return ResourceSettings(issuer=world.sts.url, resource=world.url, **fields)
 
 
 def request(world: World, method: str, path: str, token: str, key: DPoPKey) -> httpx.Response:

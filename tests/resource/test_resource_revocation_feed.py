@@ -145,7 +145,7 @@ def test_task_completion_is_pushed_and_refused_at_every_service(fenv: FeedEnv) -
     complete_task(fenv.sts, task["id"])
     wait_refused(fenv.http, fenv.a, for_a, key)
     wait_refused(fenv.http, fenv.b, for_b, key)
-    assert task["id"] in fenv.a.verifier.feed.tasks  # type: ignore[union-attr]
+    assert task["id"] in fenv.a.verifier.feed.tasks  # type: ignore[union-attr]  # this verifier follows the feed
     # Positive control: the other task's token still works at the same service.
     assert status(fenv.http, fenv.a, unrelated, unrelated_key) == (200, None)
 
@@ -414,7 +414,7 @@ def test_feed_resumes_after_a_dropped_connection_without_missing_a_revocation(re
         wait_refused(http, rs, revoked_offline, key, timeout=10)
         wait_refused(http, rs, in_ended_task, other_key, timeout=10)
         assert view.connects > connects_before
-        assert view.cursor == feed(http, restartable.running, 0)["cursor"] > cursor_before  # type: ignore[arg-type]
+        assert view.cursor == feed(http, restartable.running, 0)["cursor"] > cursor_before  # type: ignore[arg-type]  # the feed body is untyped JSON
         # Positive control: the sibling token is still good.
         assert status(http, rs, sibling, key) == (200, None)
 

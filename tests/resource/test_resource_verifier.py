@@ -292,9 +292,11 @@ def test_C_02_nbf_or_iat_beyond_skew_refused(env: Env, claim: str) -> None:
     key = DPoPKey()
     now = int(time.time())
     for ahead in (11, 61):
-        wrong = own_token(env, key.jkt, **{claim: now + ahead, "exp": now + 300})
+        ahead_claims: dict[str, Any] = {claim: now + ahead, "exp": now + 300}
+        wrong = own_token(env, key.jkt, **ahead_claims)
         assert_refused(call(env.http, "GET", env.o.url + "/whoami", wrong, key), 401, "invalid_token")
-    ok(env, env.o.url + "/whoami", own_token(env, key.jkt, **{claim: now + 5, "exp": now + 300}), key)
+    within: dict[str, Any] = {claim: now + 5, "exp": now + 300}
+    ok(env, env.o.url + "/whoami", own_token(env, key.jkt, **within), key)
 
 
 def test_C_03_lifetime_above_the_cap_refused(env: Env) -> None:

@@ -703,7 +703,9 @@ def test_JWT_10_access_token_header_allowlist(signing_key: ECKey, public_key: Pu
     p = _b64u(json.dumps(claims()).encode())
     good = _sign(signing_key, claims())
     # signed with the real key, so that only the header is wrong
-    r, s = decode_dss_signature(signing_key.raw_value.sign(f"{h}.{p}".encode(), ec.ECDSA(hashes.SHA256())))
+    private = signing_key.private_key
+    assert private is not None  # the fixture generates a private key
+    r, s = decode_dss_signature(private.sign(f"{h}.{p}".encode(), ec.ECDSA(hashes.SHA256())))
     token = f"{h}.{p}.{_b64u(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
     assert good != token
     verify_refused(token, signing_key, public_key)

@@ -599,6 +599,7 @@ def exchange_cases(draw: st.DrawFn) -> dict[str, Any]:
         txn="task-1" if usable else draw(st.sampled_from(["task-1", "task-2", None])),
         actors=actors,
     )
+    audience: str | None
     if usable or draw(st.booleans()):
         audience = draw(st.sampled_from(task.audiences))
     else:

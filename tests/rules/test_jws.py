@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from cryptography import x509
@@ -119,7 +119,8 @@ class Pair:
     public: PublicKey
     alg: str
 
-    def good(self, claims: Mapping[str, Any] = CLAIMS, **header: Any) -> str:
+    def good(self, claims: Mapping[str, Any] = CLAIMS, /, **header: Any) -> str:
+        """``claims`` is positional only, so a header named ``claims`` stays a header."""
         return assemble({"typ": "at+jwt", "alg": self.alg, "kid": "k1", **header}, claims, self.private, self.alg)
 
     def check_good(self, **kwargs: Any) -> None:
@@ -298,7 +299,7 @@ def test_A_02_symmetric_key_from_resolver_refused(p256: Pair) -> None:
                 token,
                 algorithms=algorithms,
                 allowed_headers=AT_HEADERS,
-                resolve_key=lambda _h: oct_key,  # type: ignore[arg-type,return-value]
+                resolve_key=lambda _h: oct_key,  # type: ignore[arg-type,return-value]  # a secret key, on purpose
                 max_length=MAX,
             )
 
@@ -947,7 +948,7 @@ def _ec(curve: str, **extra: Any) -> PublicKey:
     return ECKey.import_key({**jwk, **extra})
 
 
-def _okp(curve: str, **extra: Any) -> PublicKey:
+def _okp(curve: Literal["Ed25519", "Ed448", "X25519", "X448"], **extra: Any) -> PublicKey:
     jwk = dict(OKPKey.generate_key(curve, private=False).as_dict(private=False))
     return OKPKey.import_key({**jwk, **extra})
 

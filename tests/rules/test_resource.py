@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from tether.errors import InvalidTarget
@@ -10,9 +12,9 @@ from tether.rules.resource import MAX_URI_LENGTH, check_resource_uri, select_aud
 API = "https://api.example/v1"
 
 
-def refused_target(func: object, *args: object) -> InvalidTarget:
+def refused_target(func: Callable[..., object], *args: object) -> InvalidTarget:
     with pytest.raises(InvalidTarget) as info:
-        func(*args)  # type: ignore[operator]
+        func(*args)
     assert type(info.value) is InvalidTarget
     assert info.value.error == "invalid_target"
     return info.value

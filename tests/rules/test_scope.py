@@ -73,7 +73,7 @@ def test_parse_scope_too_many_tokens_is_invalid_request() -> None:
 def test_parse_scope_list_refuses_bad_tokens(tokens: list[object]) -> None:
     assert parse_scope_list(["a", "b", "a"]) == {"a", "b"}
     with pytest.raises(InvalidScope) as info:
-        parse_scope_list(tokens)  # type: ignore[arg-type]
+        parse_scope_list(tokens)  # type: ignore[arg-type]  # not all strings, on purpose
     assert info.value.error == "invalid_scope"
 
 

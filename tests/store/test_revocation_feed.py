@@ -78,7 +78,8 @@ async def _round(stores: list[Store], number: int, rng: random.Random) -> set[En
         if what == "revoke":
             return await store.revoke_tree(value, now=NOW + 1, audit=EVENT)
         if what == "issue":
-            return await store.issue_token(late[int(value)], now=NOW + 1, spends=[], audit=EVENT)
+            await store.issue_token(late[int(value)], now=NOW + 1, spends=[], audit=EVENT)
+            return None
         return await store.block(BlockKind.AGENT, value, now=NOW + 1, audit=EVENT)
 
     results = await race(len(calls), call)

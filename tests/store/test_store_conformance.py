@@ -431,7 +431,7 @@ def test_counters_count_within_their_window(kind: str, tmp_path: Path) -> None:
         assert values == [1, 2, 3]
         assert await store.count("gw:r:other", until=int(now) + 60, now=now) == 1
         raced = await race(25, lambda i: store.count("gw:race", until=int(now) + 60, now=now))
-        assert sorted(raced) == list(range(1, 26))
+        assert sorted(r for r in raced if isinstance(r, int)) == list(range(1, 26))  # 25 ints: none raised
         first = await store.first_seen("session:t", now=now, until=int(now) + 60)
         assert first == pytest.approx(now, abs=1e-3)
         again = await store.first_seen("session:t", now=now + 30, until=int(now) + 90)

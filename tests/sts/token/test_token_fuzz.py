@@ -189,7 +189,7 @@ def test_JWT_07_non_utf8_or_malformed_form_refused(
 def test_DPOP_02_junk_dpop_header_refused(
     shared_sts: RunningSts, raw_http: httpx.Client, valid: dict[str, str], dpop: str
 ) -> None:
-    headers = [("content-type", FORM), ("DPoP", dpop.encode("latin-1"))]
+    headers = [(b"content-type", FORM.encode()), (b"DPoP", dpop.encode("latin-1"))]
     response = raw_http.post(shared_sts.token_url, content=urlencode(valid).encode(), headers=headers)
     assert _contract(response)["error"] == "invalid_dpop_proof"
     _control(shared_sts, valid)
@@ -275,7 +275,7 @@ def test_TX_04_malformed_request_refusals_are_audited(shared_sts: RunningSts, va
 
 # -- the fuzzer -----------------------------------------------------------------------
 
-_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=120)
+_text = st.text(st.characters(blacklist_categories=["Cs"]), max_size=120)
 _values = st.one_of(
     _text,
     st.sampled_from([TOKEN_EXCHANGE, JWT, ACCESS, SERVICE_B, "http://127.0.0.1:9001#f", "wiki:read", *JUNK_TOKENS[:6]]),
@@ -310,13 +310,13 @@ def test_BCP_13_fuzzed_forms_never_5xx(
 ) -> None:
     if valid_base:
         pairs = list(fuzz_base.items()) + pairs
-    headers: list[tuple[str, bytes]] = []
+    headers: list[tuple[bytes, bytes]] = []
     if ctype:
-        headers.append(("content-type", ctype.encode()))
+        headers.append((b"content-type", ctype.encode()))
     if dpop == "<valid>":
         dpop = fuzz_client.proof()
     if dpop is not None:
-        headers.append(("DPoP", dpop.strip().encode("latin-1", errors="replace")))
+        headers.append((b"DPoP", dpop.strip().encode("latin-1", errors="replace")))
     body = urlencode(pairs).encode()
     _contract(raw_http.post(shared_sts.token_url, content=body, headers=headers))
 

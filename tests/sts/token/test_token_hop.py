@@ -102,7 +102,7 @@ def test_T_02_several_audiences_refused(shared_sts: RunningSts) -> None:
     for targets in forms:
         since = audit_mark(sts)
         form = {**hop_form(session, None), **targets}
-        response = agent.post_token(form)  # type: ignore[arg-type]
+        response = agent.post_token(form)  # type: ignore[arg-type]  # a list value, on purpose
         refused(sts, response, since=since, status=400, error="invalid_target", secrets=[session])
     ok(agent.hop(session, SERVICE_B))
 
