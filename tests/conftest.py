@@ -19,6 +19,7 @@ from services import drop_schema
 settings.register_profile("tether", suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("tether")
 
+
 @pytest.fixture
 def sts(tmp_path: Path) -> Iterator[RunningSts]:
     """A fresh STS per test (its own directory, keys and database)."""

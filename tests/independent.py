@@ -31,8 +31,12 @@ class DPoPClient:
         self.http = http
         self.key = ec.generate_private_key(ec.SECP256R1())
         numbers = self.key.public_key().public_numbers()
-        self.jwk = {"kty": "EC", "crv": "P-256", "x": _b64(numbers.x.to_bytes(32, "big")),
-                    "y": _b64(numbers.y.to_bytes(32, "big"))}
+        self.jwk = {
+            "kty": "EC",
+            "crv": "P-256",
+            "x": _b64(numbers.x.to_bytes(32, "big")),
+            "y": _b64(numbers.y.to_bytes(32, "big")),
+        }
         thumb_input = json.dumps({k: self.jwk[k] for k in ("crv", "kty", "x", "y")}, separators=(",", ":"))
         self.jkt = _b64(hashlib.sha256(thumb_input.encode()).digest())  # RFC 7638
         self.nonce: str | None = None

@@ -104,8 +104,24 @@ def test_walkthrough_what_issue_2_must_show(tmp_path: Path) -> None:
         # the operator's side: an identity for the agent and a task for it
         svid = _run("identity", "issue", AGENT, "--config", config, cwd=tmp_path).strip()
         secrets_used.append(svid)
-        task = json.loads(_run("task", "create", "--agent", AGENT, "--audience", SERVICE, "--scope", "wiki:read",
-                               "--scope", "wiki:write", "--json", "--config", config, cwd=tmp_path))
+        task = json.loads(
+            _run(
+                "task",
+                "create",
+                "--agent",
+                AGENT,
+                "--audience",
+                SERVICE,
+                "--scope",
+                "wiki:read",
+                "--scope",
+                "wiki:write",
+                "--json",
+                "--config",
+                config,
+                cwd=tmp_path,
+            )
+        )
         assert task["state"] == "active"
 
         # the client configures itself from RFC 8414 metadata (BCP-11, AUX-03)
@@ -117,8 +133,16 @@ def test_walkthrough_what_issue_2_must_show(tmp_path: Path) -> None:
         client = DPoPClient(http)
 
         # 1. workload JWT + task → session token (first try gets use_dpop_nonce; the client retries)
-        first = client.token(token_url, {"grant_type": TOKEN_EXCHANGE, "subject_token": svid,
-                                         "subject_token_type": JWT_TYPE, "task": task["id"], "client_id": AGENT})
+        first = client.token(
+            token_url,
+            {
+                "grant_type": TOKEN_EXCHANGE,
+                "subject_token": svid,
+                "subject_token_type": JWT_TYPE,
+                "task": task["id"],
+                "client_id": AGENT,
+            },
+        )
         assert first.status_code == 200, first.text
         assert client.challenges == 1  # the STS demanded a nonce, the client complied
         body = first.json()
@@ -127,9 +151,16 @@ def test_walkthrough_what_issue_2_must_show(tmp_path: Path) -> None:
         secrets_used.append(session)
 
         # 2. session token + proof from the same key + resource → hop token
-        hop_response = client.token(token_url, {"grant_type": TOKEN_EXCHANGE, "subject_token": session,
-                                                "subject_token_type": ACCESS_TYPE, "resource": SERVICE,
-                                                "scope": "wiki:read"})
+        hop_response = client.token(
+            token_url,
+            {
+                "grant_type": TOKEN_EXCHANGE,
+                "subject_token": session,
+                "subject_token_type": ACCESS_TYPE,
+                "resource": SERVICE,
+                "scope": "wiki:read",
+            },
+        )
         assert hop_response.status_code == 200, hop_response.text
         hop = hop_response.json()["access_token"]
         secrets_used.append(hop)
@@ -140,8 +171,14 @@ def test_walkthrough_what_issue_2_must_show(tmp_path: Path) -> None:
         header = jwt.get_unverified_header(hop)
         assert header["typ"] == "at+jwt"
         signing = next(k for k in jwks["keys"] if k["kid"] == header["kid"])
-        claims = jwt.decode(hop, jwt.PyJWK(signing).key, algorithms=[signing["alg"]], audience=SERVICE, issuer=issuer,
-                            options={"require": ["exp", "iat", "jti", "sub", "aud", "iss"]})
+        claims = jwt.decode(
+            hop,
+            jwt.PyJWK(signing).key,
+            algorithms=[signing["alg"]],
+            audience=SERVICE,
+            issuer=issuer,
+            options={"require": ["exp", "iat", "jti", "sub", "aud", "iss"]},
+        )
         assert claims["cnf"] == {"jkt": client.jkt}
         assert claims["scope"] == "wiki:read"
         assert claims["txn"] == task["id"]
@@ -152,15 +189,27 @@ def test_walkthrough_what_issue_2_must_show(tmp_path: Path) -> None:
             jwt.decode(hop, jwt.PyJWK(signing).key, algorithms=[signing["alg"]], audience="http://127.0.0.1:9002")
 
         # 4. scope widening is refused, never narrowed
-        wide = client.token(token_url, {"grant_type": TOKEN_EXCHANGE, "subject_token": session,
-                                        "subject_token_type": ACCESS_TYPE, "resource": SERVICE,
-                                        "scope": "wiki:read wiki:admin"})
+        wide = client.token(
+            token_url,
+            {
+                "grant_type": TOKEN_EXCHANGE,
+                "subject_token": session,
+                "subject_token_type": ACCESS_TYPE,
+                "resource": SERVICE,
+                "scope": "wiki:read wiki:admin",
+            },
+        )
         assert wide.status_code == 400, wide.text
         assert wide.json()["error"] == "invalid_scope"
 
         # 5. a replayed proof is refused (positive control first: its first use succeeds)
-        hop_form = {"grant_type": TOKEN_EXCHANGE, "subject_token": session, "subject_token_type": ACCESS_TYPE,
-                    "resource": SERVICE, "scope": "wiki:write"}
+        hop_form = {
+            "grant_type": TOKEN_EXCHANGE,
+            "subject_token": session,
+            "subject_token_type": ACCESS_TYPE,
+            "resource": SERVICE,
+            "scope": "wiki:write",
+        }
         proof = client.proof("POST", token_url)
         once = client.token(token_url, hop_form, proof=proof)
         assert once.status_code == 200, once.text
@@ -179,8 +228,10 @@ def test_walkthrough_what_issue_2_must_show(tmp_path: Path) -> None:
         def introspect(token: str) -> dict[str, Any]:
             assertion = _run("identity", "issue", AGENT, "--config", config, cwd=tmp_path).strip()
             secrets_used.append(assertion)
-            response = http.post(meta["introspection_endpoint"], data={
-                "token": token, "client_assertion_type": JWT_BEARER, "client_assertion": assertion})
+            response = http.post(
+                meta["introspection_endpoint"],
+                data={"token": token, "client_assertion_type": JWT_BEARER, "client_assertion": assertion},
+            )
             assert response.status_code == 200, response.text
             result: dict[str, Any] = response.json()
             return result
@@ -192,16 +243,19 @@ def test_walkthrough_what_issue_2_must_show(tmp_path: Path) -> None:
         # 7. tether task complete → everything derived from the task dies at once
         done = json.loads(_run("task", "complete", task["id"], "--json", "--config", config, cwd=tmp_path))
         assert done["state"] == "completed"
-        after = client.token(token_url, {"grant_type": TOKEN_EXCHANGE, "subject_token": session,
-                                         "subject_token_type": ACCESS_TYPE, "resource": SERVICE})
+        after = client.token(
+            token_url,
+            {"grant_type": TOKEN_EXCHANGE, "subject_token": session, "subject_token_type": ACCESS_TYPE, "resource": SERVICE},
+        )
         assert after.status_code == 400, after.text
         assert after.json()["error"] == "invalid_grant"
         assert introspect(hop) == {"active": False}
         assert introspect(session) == {"active": False}
 
         # the audit chain is intact and holds the story
-        verify = subprocess.run([TETHER, "audit", "verify", "--config", config], capture_output=True, text=True,
-                                timeout=60, check=False, env=_env())
+        verify = subprocess.run(
+            [TETHER, "audit", "verify", "--config", config], capture_output=True, text=True, timeout=60, check=False, env=_env()
+        )
         assert verify.returncode == 0, verify.stderr
         assert "intact" in verify.stdout
         export = _run("audit", "export", "--config", config, cwd=tmp_path)

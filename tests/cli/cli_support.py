@@ -22,11 +22,10 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def tether(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-           timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [TETHER, *args], capture_output=True, text=True, timeout=timeout, check=False, cwd=cwd, env=_env(env)
-    )
+def tether(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([TETHER, *args], capture_output=True, text=True, timeout=timeout, check=False, cwd=cwd, env=_env(env))
 
 
 def one_line(stderr: str) -> str:

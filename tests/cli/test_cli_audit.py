@@ -52,8 +52,12 @@ def activity(sts: RunningSts) -> list[str]:
     token = admin.post_token({"grant_type": TOKEN_EXCHANGE, "subject_token": svid(ADMIN), "subject_token_type": JWT})
     admin_access = token.json()["access_token"]
     secrets.append(admin_access)
-    task = admin.api("POST", "/tasks", admin_access, json={"agent": "spiffe://tether.local/agent/research",
-                                                            "audiences": [AUD], "scopes": ["wiki:read", "wiki:write"]}).json()
+    task = admin.api(
+        "POST",
+        "/tasks",
+        admin_access,
+        json={"agent": "spiffe://tether.local/agent/research", "audiences": [AUD], "scopes": ["wiki:read", "wiki:write"]},
+    ).json()
     agent = RecordingClient(sts, secrets)
     session = agent.session(task["id"], svid=svid()).json()["access_token"]
     secrets.append(session)
@@ -62,21 +66,45 @@ def activity(sts: RunningSts) -> list[str]:
     # refusals whose reasons are audited: widening, replay, bearer downgrade, foreign client
     assert agent.hop(session, AUD, scope="wiki:admin").json()["error"] == "invalid_scope"
     replayed = agent.proof()
-    assert agent.post_token({"grant_type": TOKEN_EXCHANGE, "subject_token": session,
-                             "subject_token_type": "urn:ietf:params:oauth:token-type:access_token", "resource": AUD},
-                            proof=replayed).status_code == 200
-    again = agent.post_token({"grant_type": TOKEN_EXCHANGE, "subject_token": session,
-                              "subject_token_type": "urn:ietf:params:oauth:token-type:access_token", "resource": AUD},
-                             proof=replayed)
+    assert (
+        agent.post_token(
+            {
+                "grant_type": TOKEN_EXCHANGE,
+                "subject_token": session,
+                "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+                "resource": AUD,
+            },
+            proof=replayed,
+        ).status_code
+        == 200
+    )
+    again = agent.post_token(
+        {
+            "grant_type": TOKEN_EXCHANGE,
+            "subject_token": session,
+            "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+            "resource": AUD,
+        },
+        proof=replayed,
+    )
     assert again.json()["error"] == "invalid_dpop_proof"
     assert agent.http.get(sts.url + "/tasks", headers={"Authorization": f"Bearer {session}"}).status_code == 401
-    bad_client = agent.http.post(sts.url + "/revoke", data={"token": session, "client_assertion": svid(SVC_B),
-                                                            "client_assertion_type": JWT_BEARER})
+    bad_client = agent.http.post(
+        sts.url + "/revoke", data={"token": session, "client_assertion": svid(SVC_B), "client_assertion_type": JWT_BEARER}
+    )
     assert bad_client.json()["error"] == "unauthorized_client"
-    assert agent.http.post(sts.url + "/introspect", data={"token": hop, "client_assertion": svid(),
-                                                          "client_assertion_type": JWT_BEARER}).json()["active"] is True
-    assert agent.http.post(sts.url + "/revoke", data={"token": hop, "client_assertion": svid(),
-                                                      "client_assertion_type": JWT_BEARER}).status_code == 200
+    assert (
+        agent.http.post(
+            sts.url + "/introspect", data={"token": hop, "client_assertion": svid(), "client_assertion_type": JWT_BEARER}
+        ).json()["active"]
+        is True
+    )
+    assert (
+        agent.http.post(
+            sts.url + "/revoke", data={"token": hop, "client_assertion": svid(), "client_assertion_type": JWT_BEARER}
+        ).status_code
+        == 200
+    )
     assert admin.api("POST", f"/tasks/{task['id']}/complete", admin_access).status_code == 200
     assert agent.hop(session, AUD).json()["error"] == "invalid_grant"
     # the monitor appends its alert asynchronously: wait for it, so the chain is quiescent
@@ -104,8 +132,12 @@ def test_audit_verify_detects_an_edited_row(sts: RunningSts, column: str) -> Non
     activity(sts)
     records = sts.audit()
     target = next(r for r in records if r.kind == "token.refused" and r.error == "invalid_scope")
-    values = {"detail": '{"reason": "nothing to see"}', "outcome": "ok", "principal": "spiffe://tether.local/x",
-              "ts": target.ts + 1}
+    values = {
+        "detail": '{"reason": "nothing to see"}',
+        "outcome": "ok",
+        "principal": "spiffe://tether.local/x",
+        "ts": target.ts + 1,
+    }
     original = store_sql(sts.config, f"SELECT {column} FROM audit WHERE seq = ?", (target.seq,))[0][0]  # noqa: S608
     store_sql(sts.config, f"UPDATE audit SET {column} = ? WHERE seq = ?", (values[column], target.seq))  # noqa: S608
     result = _verify(sts)
@@ -124,10 +156,19 @@ def test_audit_verify_detects_an_edit_with_a_recomputed_hash(sts: RunningSts) ->
 
     activity(sts)
     target = sts.audit()[3]
-    forged = link(AuditEvent(kind=target.kind, outcome="ok", principal=target.principal, task=target.task,
-                             jti=target.jti, error=None, detail={}), seq=target.seq, ts=target.ts, prev=target.prev)
-    store_sql(sts.config, "UPDATE audit SET outcome = ?, error = NULL, detail = '{}', hash = ? WHERE seq = ?",
-              (forged.outcome, forged.hash, target.seq))
+    forged = link(
+        AuditEvent(
+            kind=target.kind, outcome="ok", principal=target.principal, task=target.task, jti=target.jti, error=None, detail={}
+        ),
+        seq=target.seq,
+        ts=target.ts,
+        prev=target.prev,
+    )
+    store_sql(
+        sts.config,
+        "UPDATE audit SET outcome = ?, error = NULL, detail = '{}', hash = ? WHERE seq = ?",
+        (forged.outcome, forged.hash, target.seq),
+    )
     result = _verify(sts)
     assert result.returncode == 1
     assert re.search(rf"\brecord {target.seq + 1}\b", one_line(result.stderr))
@@ -160,7 +201,7 @@ def test_audit_export_then_verify_file(sts: RunningSts, tmp_path: Path) -> None:
     record = json.loads(lines[index])
     record["outcome"] = "ok"
     record["error"] = None
-    edited = [*lines[:index], json.dumps(record, sort_keys=True), *lines[index + 1:]]
+    edited = [*lines[:index], json.dumps(record, sort_keys=True), *lines[index + 1 :]]
     bad = tmp_path / "edited.jsonl"
     bad.write_text("\n".join(edited) + "\n")
     result = tether("audit", "verify", str(bad))
@@ -181,8 +222,7 @@ def test_audit_export_then_verify_file(sts: RunningSts, tmp_path: Path) -> None:
     assert tether("audit", "verify", str(out)).returncode == 0
 
 
-def test_BCP_13_no_token_or_proof_in_audit_or_logs(sts: RunningSts, tmp_path: Path,
-                                                   caplog: pytest.LogCaptureFixture) -> None:
+def test_BCP_13_no_token_or_proof_in_audit_or_logs(sts: RunningSts, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     secrets = activity(sts)
     out = tmp_path / "audit.jsonl"
@@ -208,5 +248,4 @@ def test_audit_records_every_task_change_and_issuance(sts: RunningSts) -> None:
     assert agent.hop(session, AUD).status_code == 200
     assert client.api("POST", f"/tasks/{task['id']}/cancel", token).status_code == 200
     kinds = [(r.kind, r.detail.get("token_kind")) for r in sts.audit() if r.task == task["id"]]
-    assert kinds == [("task.created", None), ("token.issued", "session"), ("token.issued", "hop"),
-                     ("task.cancelled", None)]
+    assert kinds == [("task.created", None), ("token.issued", "session"), ("token.issued", "hop"), ("task.cancelled", None)]

@@ -22,8 +22,9 @@ def _verify_svid(sts: RunningSts, token: str, audience: str) -> dict[str, Any]:
     header = jwt.get_unverified_header(token)
     assert header["alg"] == "ES256"
     key = jwt.PyJWK(keys[header["kid"]], algorithm="ES256")
-    claims: dict[str, Any] = jwt.decode(token, key.key, algorithms=["ES256"], audience=audience,
-                                        options={"require": ["sub", "aud", "exp", "iat"]})
+    claims: dict[str, Any] = jwt.decode(
+        token, key.key, algorithms=["ES256"], audience=audience, options={"require": ["sub", "aud", "exp", "iat"]}
+    )
     return claims
 
 
@@ -46,8 +47,9 @@ def test_identity_issue_prints_an_svid_that_verifies_against_the_bundle(shared_s
 
 def test_identity_issue_audience_and_ttl(shared_sts: RunningSts) -> None:
     sts = shared_sts
-    result = tether("identity", "issue", AGENT, "--audience", "https://svc.example", "--ttl", "60",
-                    "--config", str(sts.config.path))
+    result = tether(
+        "identity", "issue", AGENT, "--audience", "https://svc.example", "--ttl", "60", "--config", str(sts.config.path)
+    )
     assert result.returncode == 0, result.stderr
     claims = _verify_svid(sts, result.stdout.strip(), "https://svc.example")
     assert claims["exp"] - claims["iat"] == 60

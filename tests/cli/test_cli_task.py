@@ -21,9 +21,28 @@ def task_cli(sts: RunningSts, *args: str) -> Any:
 def test_task_create_show_list_complete(shared_sts: RunningSts) -> None:
     sts = shared_sts
     task = task_cli(
-        sts, "create", "--agent", AGENT, "--audience", AUD, "--audience", "http://127.0.0.1:9002",
-        "--scope", "wiki:read", "--scope", "wiki:write", "--purpose", "cli test", "--max-duration", "600",
-        "--max-depth", "2", "--max-tokens", "9", "--on-behalf-of", "user:alice",
+        sts,
+        "create",
+        "--agent",
+        AGENT,
+        "--audience",
+        AUD,
+        "--audience",
+        "http://127.0.0.1:9002",
+        "--scope",
+        "wiki:read",
+        "--scope",
+        "wiki:write",
+        "--purpose",
+        "cli test",
+        "--max-duration",
+        "600",
+        "--max-depth",
+        "2",
+        "--max-tokens",
+        "9",
+        "--on-behalf-of",
+        "user:alice",
     )
     assert task["state"] == "active"
     assert task["agent"] == AGENT
@@ -74,8 +93,9 @@ def test_task_complete_twice_fails_with_the_rfc_error(shared_sts: RunningSts) ->
 def test_task_create_beyond_caps_fails(shared_sts: RunningSts) -> None:
     sts = shared_sts
     cfg = str(sts.config.path)
-    result = tether("task", "create", "--agent", AGENT, "--audience", AUD, "--scope", "a", "--max-duration", "901",
-                    "--config", cfg)
+    result = tether(
+        "task", "create", "--agent", AGENT, "--audience", AUD, "--scope", "a", "--max-duration", "901", "--config", cfg
+    )
     assert result.returncode == 1
     line = one_line(result.stderr)
     assert "invalid_request" in line and "max_duration" in line

@@ -30,7 +30,8 @@ from tether.resource import ResourceSettings, Verifier
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     ports = {name: free_port() for name in "abno"}
-    resources = f"""
+    resources = (
+        f"""
 [[resources]]
 uri = "{X}"
 principals = ["{SVC_B}"]
@@ -38,7 +39,9 @@ principals = ["{SVC_B}"]
 [[resources]]
 uri = "{Y}"
 principals = ["{SVC_C}"]
-""" + QUIET_MONITOR
+"""
+        + QUIET_MONITOR
+    )
     own_key = ECKey.generate_key("P-256", parameters={"kid": OWN_KID}, private=True)
     own_public = ECKey.import_key(own_key.as_dict(private=False))
     clock = ManualClock()

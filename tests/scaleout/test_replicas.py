@@ -169,4 +169,3 @@ def test_losing_a_replica_leaves_the_others_serving(tmp_path: Path) -> None:
 def _claims(token: str) -> dict[str, object]:
     value: dict[str, object] = json.loads(b64url_decode(token.split(".")[1]))
     return value
-

@@ -44,7 +44,11 @@ def _verify(sts: RunningSts, token: str, jwks: dict[str, Any], audience: str) ->
     header = _header(token)
     key = jwt.PyJWK(keys[header["kid"]])
     claims: dict[str, Any] = jwt.decode(
-        token, key.key, algorithms=[keys[header["kid"]]["alg"]], audience=audience, issuer=sts.url,
+        token,
+        key.key,
+        algorithms=[keys[header["kid"]]["alg"]],
+        audience=audience,
+        issuer=sts.url,
         options={"require": ["exp", "iat", "jti", "sub", "iss", "aud"]},
         leeway=0,
     )
@@ -59,8 +63,12 @@ def test_AUX_03_BCP_11_metadata_issuer_equals_the_issuer_used_to_build_its_url(s
     assert response.headers["content-type"].startswith("application/json")
     meta = response.json()
     assert meta["issuer"] == issuer
-    for name, path in (("token_endpoint", "/token"), ("jwks_uri", "/jwks"), ("introspection_endpoint", "/introspect"),
-                       ("revocation_endpoint", "/revoke")):
+    for name, path in (
+        ("token_endpoint", "/token"),
+        ("jwks_uri", "/jwks"),
+        ("introspection_endpoint", "/introspect"),
+        ("revocation_endpoint", "/revoke"),
+    ):
         assert meta[name] == issuer + path
     assert TOKEN_EXCHANGE in meta["grant_types_supported"]
     assert "password" not in meta["grant_types_supported"]  # BCP-09
@@ -195,7 +203,10 @@ def test_keys_rotate_while_serving(sts: RunningSts) -> None:
     assert client.api("GET", "/tasks?limit=1", old_admin).status_code == 200  # old admin token still accepted
     listed = subprocess.run(
         [TETHER, "keys", "list", "--json", "--config", str(sts.config.path)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert listed.returncode == 0, listed.stderr
     by_kid = {k["kid"]: k for k in json.loads(listed.stdout)}

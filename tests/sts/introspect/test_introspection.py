@@ -64,8 +64,9 @@ def _http(sts: RunningSts) -> httpx.Client:
     return Client(sts).http
 
 
-def introspect(sts: RunningSts, caller: str | None, token: str, *, assertion: str | None = None,
-               assertion_type: str = JWT_BEARER) -> httpx.Response:
+def introspect(
+    sts: RunningSts, caller: str | None, token: str, *, assertion: str | None = None, assertion_type: str = JWT_BEARER
+) -> httpx.Response:
     form = {"token": token}
     if caller is not None or assertion is not None:
         form["client_assertion"] = assertion if assertion is not None else sts.svid(caller or AGENT)
@@ -125,8 +126,17 @@ def test_AUX_04_introspection_requires_caller_authentication(rs: RunningSts) -> 
 
 @pytest.mark.parametrize(
     "case",
-    ["garbage", "wrong_type", "wrong_audience", "foreign_trust_domain", "untrusted_key", "tampered", "expired",
-     "tether_token", "type_only"],
+    [
+        "garbage",
+        "wrong_type",
+        "wrong_audience",
+        "foreign_trust_domain",
+        "untrusted_key",
+        "tampered",
+        "expired",
+        "tether_token",
+        "type_only",
+    ],
 )
 def test_AUX_04_invalid_client_assertion_refused(rs: RunningSts, case: str) -> None:
     c = chain(rs)
@@ -244,9 +254,15 @@ def test_AUX_04_assertion_audience_may_name_the_endpoint(rs: RunningSts) -> None
     response = introspect(rs, None, c["hop"], assertion=rs.svid(SVC_B, audience=rs.url + "/introspect"))
     assert response.status_code == 200, response.text
     assert response.json()["active"] is True
-    hinted = _http(rs).post(rs.url + "/introspect", data={
-        "token": c["hop"], "token_type_hint": "access_token", "client_assertion": rs.svid(SVC_B),
-        "client_assertion_type": JWT_BEARER})
+    hinted = _http(rs).post(
+        rs.url + "/introspect",
+        data={
+            "token": c["hop"],
+            "token_type_hint": "access_token",
+            "client_assertion": rs.svid(SVC_B),
+            "client_assertion_type": JWT_BEARER,
+        },
+    )
     assert hinted.status_code == 200, hinted.text
     assert hinted.json()["active"] is True
 

@@ -240,8 +240,7 @@ def test_block_a_service_revokes_its_delegated_tokens_and_refuses_it_as_actor(tm
         client, admin = admin_token(sts)
         assert client.api("POST", "/principals/block", admin, json={"agent": SVC_B}).status_code == 200
         assert not is_active(sts, delegated.json()["access_token"])
-        refused = Client(sts).hop(other["hop"], "http://127.0.0.1:9002", actor_token=sts.svid(SVC_B),
-                                  actor_token_type=JWT)
+        refused = Client(sts).hop(other["hop"], "http://127.0.0.1:9002", actor_token=sts.svid(SVC_B), actor_token_type=JWT)
         assert_denied(refused, challenge=False)
         # positive control: the agents' own tokens are untouched, and unblocking restores the actor
         assert is_active(sts, t["hop"])

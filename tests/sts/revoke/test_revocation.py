@@ -70,8 +70,9 @@ def revoke(sts: RunningSts, caller: str | None, token: str) -> httpx.Response:
 
 
 def is_active(sts: RunningSts, token: str) -> bool:
-    response = _post(sts, "/introspect", {"token": token, "client_assertion": sts.svid(ADMIN),
-                                          "client_assertion_type": JWT_BEARER})
+    response = _post(
+        sts, "/introspect", {"token": token, "client_assertion": sts.svid(ADMIN), "client_assertion_type": JWT_BEARER}
+    )
     assert response.status_code == 200, response.text
     return bool(response.json()["active"])
 
@@ -163,8 +164,16 @@ def test_AUX_05_revoking_a_hop_token_leaves_its_parent_and_siblings(rs: RunningS
 def test_AUX_05_actor_revokes_its_delegated_token(rs: RunningSts) -> None:
     """SVC_B is the client of the token it obtained as actor, so it may revoke it (with a type hint)."""
     c = chain(rs)
-    response = _post(rs, "/revoke", {"token": c["delegated"], "token_type_hint": "access_token",
-                                     "client_assertion": rs.svid(SVC_B), "client_assertion_type": JWT_BEARER})
+    response = _post(
+        rs,
+        "/revoke",
+        {
+            "token": c["delegated"],
+            "token_type_hint": "access_token",
+            "client_assertion": rs.svid(SVC_B),
+            "client_assertion_type": JWT_BEARER,
+        },
+    )
     assert response.status_code == 200, response.text
     assert not is_active(rs, c["delegated"])
     assert is_active(rs, c["hop"])
@@ -213,8 +222,12 @@ def test_ASVS_10_4_10_revocation_requires_client_authentication(rs: RunningSts) 
     assert response.status_code == 401, response.text
     assert response.json()["error"] == "invalid_client"
     assertion = rs.svid(AGENT)
-    assert _post(rs, "/revoke", {"token": c["session"], "client_assertion": assertion,
-                                 "client_assertion_type": JWT_BEARER}).status_code == 200
+    assert (
+        _post(
+            rs, "/revoke", {"token": c["session"], "client_assertion": assertion, "client_assertion_type": JWT_BEARER}
+        ).status_code
+        == 200
+    )
     # the same assertion a second time is refused (single use)
     reused = _post(rs, "/revoke", {"token": c["hop"], "client_assertion": assertion, "client_assertion_type": JWT_BEARER})
     assert reused.status_code == 401, reused.text

@@ -320,8 +320,11 @@ def test_complete_unknown_task_is_404(shared_sts: RunningSts) -> None:
 def _raw(client: Client, method: str, path: str, token: str, *, content: bytes, content_type: str) -> httpx.Response:
     """A DPoP-authenticated request with a hand-made body (``Client.api`` only sends JSON)."""
     url = client.sts.url + path
-    headers = {"Authorization": f"DPoP {token}", "DPoP": client.proof(method, url, access_token=token),
-               "Content-Type": content_type}
+    headers = {
+        "Authorization": f"DPoP {token}",
+        "DPoP": client.proof(method, url, access_token=token),
+        "Content-Type": content_type,
+    }
     response = client.http.request(method, url, headers=headers, content=content)
     client.nonce = response.headers.get("dpop-nonce", client.nonce)
     return response

@@ -67,8 +67,14 @@ def test_no_authorization_refused_with_dpop_challenge(shared_sts: RunningSts) ->
     _refused(sts, response, 401, "invalid_token", before=before)
     assert sts.last_audit("task.refused").detail["path"] == "/tasks"
     before = _count(sts, "task.refused")
-    response = _send(client, "POST", "/tasks", authorization=None, proof=client.proof("POST", sts.url + "/tasks"),
-                     json={"agent": AGENT, "audiences": [AUD], "scopes": ["a"]})
+    response = _send(
+        client,
+        "POST",
+        "/tasks",
+        authorization=None,
+        proof=client.proof("POST", sts.url + "/tasks"),
+        json={"agent": AGENT, "audiences": [AUD], "scopes": ["a"]},
+    )
     _refused(sts, response, 401, "invalid_token", before=before)
     _ok_list(client, token)
 
@@ -164,8 +170,9 @@ def test_DPOP_10_api_proof_without_nonce_gets_nonce_challenge(shared_sts: Runnin
     assert 'error="use_dpop_nonce"' in response.headers["www-authenticate"]
     assert response.headers["dpop-nonce"]
     assert _count(sts, "task.refused") == before  # a nonce challenge is not a refusal
-    retry = client.key.proof("GET", sts.url + "/tasks", nonce=response.headers["dpop-nonce"], access_token=token,
-                             now=sts.clock.now())
+    retry = client.key.proof(
+        "GET", sts.url + "/tasks", nonce=response.headers["dpop-nonce"], access_token=token, now=sts.clock.now()
+    )
     ok = _send(client, "GET", "/tasks", authorization=f"DPoP {token}", proof=retry)
     assert ok.status_code == 200, ok.text
 
