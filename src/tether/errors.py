@@ -60,6 +60,12 @@ class OAuthError(TetherError):
     status: int = 400
     rs_status: int = 400
 
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        """A subclass that sets ``status`` alone answers the same at a resource server."""
+        super().__init_subclass__(**kwargs)
+        if "status" in cls.__dict__ and "rs_status" not in cls.__dict__:
+            cls.rs_status = cls.status
+
     def __init__(self, description: str, *, debug: str | None = None) -> None:
         self.description = _wire_safe(description)
         self.debug = debug or description
@@ -101,7 +107,6 @@ class InvalidRequest(OAuthError):
 class InvalidClient(OAuthError):
     error = "invalid_client"
     status = 401
-    rs_status = 401
 
 
 class InvalidGrant(OAuthError):
@@ -127,7 +132,6 @@ class InvalidTarget(OAuthError):
 class AccessDenied(OAuthError):
     error = "access_denied"
     status = 403
-    rs_status = 403
 
 
 class InvalidDPoPProof(OAuthError):
@@ -149,13 +153,11 @@ class UseDPoPNonce(OAuthError):
 class InvalidToken(OAuthError):
     error = "invalid_token"
     status = 401
-    rs_status = 401
 
 
 class InsufficientScope(OAuthError):
     error = "insufficient_scope"
     status = 403
-    rs_status = 403
 
 
 class TooManyRequests(OAuthError):
@@ -163,7 +165,6 @@ class TooManyRequests(OAuthError):
 
     error = "too_many_requests"
     status = 429
-    rs_status = 429
 
     def __init__(self, description: str, *, retry_after: int | None = None, debug: str | None = None) -> None:
         super().__init__(description, debug=debug)
@@ -173,7 +174,6 @@ class TooManyRequests(OAuthError):
 class NotFoundError(OAuthError):
     error = "not_found"
     status = 404
-    rs_status = 404
 
 
 class TemporarilyUnavailable(OAuthError):
@@ -181,7 +181,6 @@ class TemporarilyUnavailable(OAuthError):
 
     error = "temporarily_unavailable"
     status = 503
-    rs_status = 503
 
 
 class Unavailable(TetherError):

@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from tether.model import Task
-from tether.policy.entities import PolicyRequest, admin_request, call_request, create_task_request, exchange_request
+from tether.policy.entities import (
+    ExchangeQuestion,
+    PolicyRequest,
+    admin_request,
+    call_request,
+    create_task_request,
+    exchange_request,
+)
 from tether.provision import install_starter_policies
 from tether.rules.principal import spiffe_trust_domain
 
@@ -102,20 +109,22 @@ def exchange(
 ) -> PolicyRequest:
     the_task = the_task or task()
     return exchange_request(
-        kind=kind,
-        principal=principal,
-        principal_kind="spiffe",
-        audience=audience,
-        task=the_task,
-        scopes=scopes,
-        actors=actors,
-        subject=the_task.on_behalf_of or the_task.agent,
-        now=now,
-        client=client,
-        admins=[ADMIN],
-        tags=tags or {},
-        risk=risk,
-        key_bound=key_bound,
+        ExchangeQuestion(
+            kind=kind,
+            principal=principal,
+            principal_kind="spiffe",
+            audience=audience,
+            task=the_task,
+            scopes=scopes,
+            actors=actors,
+            subject=the_task.on_behalf_of or the_task.agent,
+            now=now,
+            client=client,
+            admins=[ADMIN],
+            tags=tags or {},
+            risk=risk,
+            key_bound=key_bound,
+        )
     )
 
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from policykit import ADMIN, AGENT, NOON, PAY, SVC_B, SVC_C, WIKI, admin, call, create, exchange, task
 
 from tether.policy.cases import build_request
-from tether.policy.entities import PolicyRequest, exchange_request, exchange_request_key
+from tether.policy.entities import ExchangeQuestion, PolicyRequest, exchange_request
 from tether.policy.loader import schema, schema_text
 
 TRIVIAL = "permit (principal, action, resource);"
@@ -218,10 +218,10 @@ _ARGS = st.fixed_dictionaries(_FIELDS)
 @given(_ARGS, _ARGS, st.sets(st.sampled_from(sorted(_FIELDS)), min_size=1, max_size=2))
 def test_equal_memo_keys_build_equal_requests(a: dict[str, Any], other: dict[str, Any], redrawn: set[str]) -> None:
     b = {**a, **{name: other[name] for name in redrawn}}  # one or two inputs differ, often to an equal value
-    if exchange_request_key(**a) == exchange_request_key(**b):
-        assert exchange_request(**a) == exchange_request(**b)
-    if exchange_request(**a) != exchange_request(**b):
-        assert exchange_request_key(**a) != exchange_request_key(**b)
+    if ExchangeQuestion(**a).key() == ExchangeQuestion(**b).key():
+        assert exchange_request(ExchangeQuestion(**a)) == exchange_request(ExchangeQuestion(**b))
+    if exchange_request(ExchangeQuestion(**a)) != exchange_request(ExchangeQuestion(**b)):
+        assert ExchangeQuestion(**a).key() != ExchangeQuestion(**b).key()
 
 
 @pytest.mark.parametrize(
@@ -238,4 +238,4 @@ def test_every_input_of_the_request_is_in_its_memo_key(name: str, other: Any) ->
         "admins": frozenset({ADMIN}), "tags": {}, "risk": 0, "key_bound": True,
     }  # fmt: skip
     changed = {**base, name: other}
-    assert exchange_request_key(**base) != exchange_request_key(**changed)
+    assert ExchangeQuestion(**base).key() != ExchangeQuestion(**changed).key()

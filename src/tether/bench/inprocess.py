@@ -25,7 +25,7 @@ from tether.identity.jwks_cache import KeySet, StaticKeySource
 from tether.keys.keyring import public_jwk
 from tether.model import Task
 from tether.policy.engine import PolicyEngine
-from tether.policy.entities import call_request, exchange_request
+from tether.policy.entities import ExchangeQuestion, call_request, exchange_request
 from tether.provision import install_starter_policies
 from tether.resource.revocations import RevocationFeed
 from tether.resource.verifier import ResourceSettings, Verifier
@@ -155,18 +155,20 @@ def cedar_rows(workdir: Path, *, n: int = 2000) -> list[Row]:
     now = int(time.time())
     exchanges = [
         exchange_request(
-            kind="hop",
-            principal=AGENT,
-            principal_kind="spiffe",
-            audience=RESOURCE,
-            task=_task(i, now),
-            scopes=("read",),
-            actors=(),
-            subject=AGENT,
-            now=now,
-            client="127.0.0.1",
-            admins=("spiffe://tether.local/admin",),
-            tags={},
+            ExchangeQuestion(
+                kind="hop",
+                principal=AGENT,
+                principal_kind="spiffe",
+                audience=RESOURCE,
+                task=_task(i, now),
+                scopes=("read",),
+                actors=(),
+                subject=AGENT,
+                now=now,
+                client="127.0.0.1",
+                admins=("spiffe://tether.local/admin",),
+                tags={},
+            )
         )
         for i in range(n)
     ]

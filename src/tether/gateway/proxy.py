@@ -53,19 +53,16 @@ def upstream_client(limit: int) -> aiohttp.ClientSession:
 class BadGateway(OAuthError):
     error = "bad_gateway"
     status = 502
-    rs_status = 502
 
 
 class GatewayTimeout(OAuthError):
     error = "gateway_timeout"
     status = 504
-    rs_status = 504
 
 
 class PayloadTooLarge(OAuthError):
     error = "request_too_large"
     status = 413
-    rs_status = 413
 
 
 @dataclass

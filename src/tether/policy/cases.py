@@ -15,7 +15,14 @@ from typing import Any
 
 from tether.model import Task
 from tether.policy.engine import Decision, PolicyEngine
-from tether.policy.entities import PolicyRequest, admin_request, call_request, create_task_request, exchange_request
+from tether.policy.entities import (
+    ExchangeQuestion,
+    PolicyRequest,
+    admin_request,
+    call_request,
+    create_task_request,
+    exchange_request,
+)
 from tether.rules.principal import spiffe_trust_domain
 
 __all__ = ["CaseError", "CaseResult", "PolicyCase", "build_request", "parse_cases", "run_cases"]
@@ -126,13 +133,13 @@ def build_request(raw: Mapping[str, Any], *, where: str = "case", admins: Sequen
     if action == "exchange":
         if "depth" in raw and not actors:
             actors = tuple(f"spiffe://case/actor{i}" for i in range(_int(raw, "depth", where, 0)))
-        return exchange_request(
+        return exchange_request(ExchangeQuestion(
             kind=str(raw.get("kind", "delegation" if actors else "hop")), principal=principal, principal_kind=kind,
             audience=resource, task=task, scopes=scopes or sorted(task.scopes), actors=actors,
             subject=str(raw.get("subject", task.on_behalf_of or task.agent)), now=now, client=client,
             admins=admin_ids, tags=tags, risk=risk, key_bound=bool(raw.get("key_bound", True)), agent_kind=agent_kind,
             principal_domain=domain, agent_domain=agent_domain,
-        )  # fmt: skip
+        ))  # fmt: skip
     if action == "create_task":
         return create_task_request(caller=principal, caller_kind=kind, task=task, now=now, client=client,
                                    admins=admin_ids, risk=risk, caller_domain=domain)  # fmt: skip

@@ -177,7 +177,7 @@ class PolicyEngine:
     def authorize_memo(self, key: Hashable, build: Callable[[], PolicyRequest]) -> Decision:
         """``authorize(build())``, remembered under ``key`` for the policy version in force.
 
-        ``key`` must determine the request completely (``entities.exchange_request_key``
+        ``key`` must determine the request completely (``entities.ExchangeQuestion.key``
         is the one for ``exchange_request``); a hit skips building the entities and
         hashing them, and a new policy version starts with an empty memo.
         """

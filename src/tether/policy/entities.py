@@ -18,12 +18,12 @@ from tether.model import Task
 
 __all__ = [
     "NS",
+    "ExchangeQuestion",
     "PolicyRequest",
     "admin_request",
     "call_request",
     "create_task_request",
     "exchange_request",
-    "exchange_request_key",
     "workload_entity",
 ]
 
@@ -124,99 +124,72 @@ def _dedupe(entities: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
-def exchange_request(
-    *,
-    kind: str,
-    principal: str,
-    principal_kind: str,
-    audience: str,
-    task: Task,
-    scopes: Collection[str],
-    actors: tuple[str, ...],
-    subject: str,
-    now: float,
-    client: str | None,
-    admins: Collection[str],
-    tags: Mapping[str, Collection[str]],
-    risk: int = 0,
-    key_bound: bool = True,
-    agent_kind: str = "unknown",
-    principal_domain: str = "",
-    agent_domain: str = "",
-) -> PolicyRequest:
-    """``exchange``: may ``principal`` get a token for ``audience`` with these scopes and chain?
+@dataclass(frozen=True)
+class ExchangeQuestion:
+    """Everything an ``exchange`` decision reads: may ``principal`` get a token for ``audience``
+    with these scopes and chain?
 
     ``principal_kind`` and ``agent_kind`` are the kinds of identity those principals proved
     (``tether.model.IdentityKind``), carried in tokens as ``ckd``/``akd``, never guessed.
     """
-    task_ent, refs = task_entity(task, admins=admins, agent_kind=agent_kind, agent_domain=agent_domain)
-    who = workload_entity(principal, kind=principal_kind, domain=principal_domain, admins=admins)
-    context = _common(now=now, client=client, risk=risk, key_bound=key_bound) | {
-        "kind": kind,
-        "scopes": sorted(scopes),
-        "depth": len(actors),
-        "actor": actors[0] if actors else "",
-        "actors": list(actors),
-        "subject": subject,
+
+    kind: str
+    principal: str
+    principal_kind: str
+    audience: str
+    task: Task
+    scopes: Collection[str]
+    actors: tuple[str, ...]
+    subject: str
+    now: float
+    client: str | None
+    admins: Collection[str]
+    tags: Mapping[str, Collection[str]]
+    risk: int = 0
+    key_bound: bool = True
+    agent_kind: str = "unknown"
+    principal_domain: str = ""
+    agent_domain: str = ""
+
+    def key(self) -> Hashable:
+        """Everything ``exchange_request`` reads, as a hashable key.
+
+        Equal keys build equal requests (a property test holds the two together), so a
+        decision can be looked up before the entities are built: the STS asks the same
+        question for every hop of a task, and building and hashing the entities cost more
+        than the cached Cedar decision. Time enters only as whole seconds, as in the request.
+        """
+        return (
+            *(self.kind, self.principal, self.principal_kind, self.audience, self.task),
+            *(frozenset(self.scopes), tuple(self.actors), self.subject, int(self.now), self.client),
+            *(frozenset(self.admins), tuple(sorted(self.tags.get(self.audience, ()))), self.risk, self.key_bound),
+            *(self.agent_kind, self.principal_domain, self.agent_domain),
+        )
+
+
+def exchange_request(q: ExchangeQuestion) -> PolicyRequest:
+    """The Cedar ``exchange`` request for ``q``."""
+    task = q.task
+    task_ent, refs = task_entity(task, admins=q.admins, agent_kind=q.agent_kind, agent_domain=q.agent_domain)
+    who = workload_entity(q.principal, kind=q.principal_kind, domain=q.principal_domain, admins=q.admins)
+    context = _common(now=q.now, client=q.client, risk=q.risk, key_bound=q.key_bound) | {
+        "kind": q.kind,
+        "scopes": sorted(q.scopes),
+        "depth": len(q.actors),
+        "actor": q.actors[0] if q.actors else "",
+        "actors": list(q.actors),
+        "subject": q.subject,
         "agent": task.agent,
         "task": {"__entity": task_ent["uid"]},
-        "task_age": max(0, int(now) - task.created_at),
+        "task_age": max(0, int(q.now) - task.created_at),
         "purpose": task.purpose or "",
     }
     return PolicyRequest(
         principal=who["uid"],
         action="exchange",
-        resource=_uid("Service", audience),
+        resource=_uid("Service", q.audience),
         context=context,
-        entities=_dedupe([who, service_entity(audience, tags), task_ent, *refs]),
-    )
-
-
-def exchange_request_key(
-    *,
-    kind: str,
-    principal: str,
-    principal_kind: str,
-    audience: str,
-    task: Task,
-    scopes: Collection[str],
-    actors: tuple[str, ...],
-    subject: str,
-    now: float,
-    client: str | None,
-    admins: Collection[str],
-    tags: Mapping[str, Collection[str]],
-    risk: int = 0,
-    key_bound: bool = True,
-    agent_kind: str = "unknown",
-    principal_domain: str = "",
-    agent_domain: str = "",
-) -> Hashable:
-    """Everything ``exchange_request`` reads from the same arguments, as a hashable key.
-
-    Equal keys build equal requests (a property test holds the two together), so a
-    decision can be looked up before the entities are built: the STS asks the same
-    question for every hop of a task, and building and hashing the entities cost more
-    than the cached Cedar decision. Time enters only as whole seconds, as in the request.
-    """
-    return (
-        kind,
-        principal,
-        principal_kind,
-        audience,
-        task,
-        frozenset(scopes),
-        tuple(actors),
-        subject,
-        int(now),
-        client,
-        frozenset(admins),
-        tuple(sorted(tags.get(audience, ()))),
-        risk,
-        key_bound,
-        agent_kind,
-        principal_domain,
-        agent_domain,
+        entities=_dedupe([who, service_entity(q.audience, q.tags), task_ent, *refs]),
     )
 
 

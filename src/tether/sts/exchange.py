@@ -30,7 +30,7 @@ from tether.errors import (
 from tether.metrics import EXCHANGE_SECONDS, ISSUED
 from tether.model import AccessToken, DPoPProof, Task, WorkloadIdentity
 from tether.policy.engine import Decision
-from tether.policy.entities import admin_request, exchange_request, exchange_request_key
+from tether.policy.entities import ExchangeQuestion, admin_request, exchange_request
 from tether.proofs import replayed_proof
 from tether.rules.claims import Grant, build_claims
 from tether.rules.exchange import derive_hop, derive_session
@@ -149,25 +149,25 @@ def chain_risk(ctx: StsContext, *principals: str) -> int:
 
 def _authorize(ctx: StsContext, req: ExchangeRequest, grant: Grant, task: Task, *, kind: str, principal: str) -> Decision:
     """Cedar ``exchange`` for the token about to be issued (after the built-in attenuation rules)."""
-    args: dict[str, Any] = {
-        "kind": kind,
-        "principal": principal,
-        "principal_kind": grant.client_kind,  # the requester is the new token's client
-        "audience": grant.aud,
-        "task": task,
-        "scopes": grant.scope,
-        "actors": grant.actors,
-        "subject": grant.sub,
-        "now": ctx.now(),
-        "client": req.client_ip,
-        "admins": ctx.settings.admin_principals,
-        "tags": ctx.settings.tags,
-        "risk": chain_risk(ctx, principal, task.agent, grant.sub, *grant.actors),
-        "agent_kind": grant.agent_kind,
-        "principal_domain": grant.client_domain,
-        "agent_domain": grant.agent_domain,
-    }
-    return ctx.authorize_memo(exchange_request_key(**args), lambda: exchange_request(**args))
+    q = ExchangeQuestion(
+        kind=kind,
+        principal=principal,
+        principal_kind=grant.client_kind,  # the requester is the new token's client
+        audience=grant.aud,
+        task=task,
+        scopes=grant.scope,
+        actors=grant.actors,
+        subject=grant.sub,
+        now=ctx.now(),
+        client=req.client_ip,
+        admins=ctx.settings.admin_principals,
+        tags=ctx.settings.tags,
+        risk=chain_risk(ctx, principal, task.agent, grant.sub, *grant.actors),
+        agent_kind=grant.agent_kind,
+        principal_domain=grant.client_domain,
+        agent_domain=grant.agent_domain,
+    )
+    return ctx.authorize_memo(q.key(), lambda: exchange_request(q))
 
 
 async def _client(ctx: StsContext, req: ExchangeRequest, expected: str) -> WorkloadIdentity | None:
