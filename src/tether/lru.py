@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 __all__ = ["LruCache"]
@@ -27,6 +28,14 @@ class LruCache(Generic[K, V]):
         self._items.move_to_end(key)
         if len(self._items) > self.capacity:
             self._items.popitem(last=False)
+
+    def setdefault(self, key: K, make: Callable[[], V]) -> V:
+        """The value under ``key``, made and stored first if there is none."""
+        value = self.get(key)
+        if value is None:
+            value = make()
+            self.put(key, value)
+        return value
 
     def pop(self, key: K) -> None:
         self._items.pop(key, None)

@@ -123,10 +123,7 @@ class NewAudience(DetectorBase):
         agent, audience = agent_of(event), event.text("aud")
         if event.kind != "token.issued" or agent is None or audience is None:
             return []
-        state = self.agents.get(agent)
-        if state is None:
-            state = _Seen()
-            self.agents.put(agent, state)
+        state = self.agents.setdefault(agent, _Seen)
         out: list[Finding] = []
         if state.count >= self.learn and audience not in state.values:
             out.append(
@@ -246,10 +243,7 @@ class DeepDelegation(DetectorBase):
         agent, depth = event.text("agent") or agent_of(event), event.number("depth")
         if event.kind != "token.issued" or agent is None or depth is None:
             return []
-        state = self.agents.get(agent)
-        if state is None:
-            state = _Depth()
-            self.agents.put(agent, state)
+        state = self.agents.setdefault(agent, _Depth)
         out: list[Finding] = []
         if state.count >= self.learn and depth > state.deepest + self.margin:
             actors = event.detail.get("act")

@@ -11,11 +11,11 @@ is already the shared, durable record the detectors are pure functions of. A rep
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 
+from tether.background import cancel
 from tether.clock import Clock
 from tether.config import Config
 from tether.lru import LruCache
@@ -88,11 +88,8 @@ class Monitor:
         self._task.add_done_callback(_report_crash)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         if self.webhook is not None:
             await self.webhook.stop()
 

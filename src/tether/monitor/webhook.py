@@ -11,13 +11,14 @@ secret (many chat webhooks do), so logs name only its scheme and host.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+
+from tether.background import cancel
 
 __all__ = ["WebhookSender"]
 
@@ -50,11 +51,8 @@ class WebhookSender:
             self._worker = asyncio.create_task(self._run(), name="tether-monitor-webhook")
 
     async def stop(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-            self._worker = None
+        await cancel(self._worker)
+        self._worker = None
         if self._http is not None:
             await self._http.aclose()
             self._http = None

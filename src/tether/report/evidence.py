@@ -30,7 +30,6 @@ from tether.report.model import (
     FileFacts,
     KeyFacts,
     LagFacts,
-    PolicyFacts,
     PolicyState,
     RouteFacts,
     Setting,
@@ -147,7 +146,7 @@ def _policy(config: Config, loaded: tuple[tuple[str, float], ...] | None) -> Pol
         version = load_directory(config.policy_dir)
     except PolicyLoadError as exc:
         return PolicyState(directory, None, problems=tuple(str(p) for p in exc.problems), loaded=loaded)
-    policies = tuple(PolicyFacts(p.id, p.file, p.line, p.effect, p.shadow) for p in version.policies)
+    policies = tuple(version.policies)
     return PolicyState(directory, version.version, policies, loaded=loaded)
 
 

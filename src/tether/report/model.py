@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tether.monitor.settings import DetectorSettings
+from tether.policy.loader import LoadedPolicy as PolicyFacts
 
 __all__ = [
     "SEVERITIES",
@@ -96,15 +97,6 @@ class VaultFacts:
     version: int
     created_at: float
     updated_at: float
-
-
-@dataclass(frozen=True)
-class PolicyFacts:
-    id: str
-    file: str
-    line: int
-    effect: str
-    shadow: bool
 
 
 @dataclass(frozen=True)

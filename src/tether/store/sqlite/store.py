@@ -15,49 +15,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from tether.audit.chain import GENESIS, AuditEvent, AuditRecord, link
 from tether.model import Task, TaskState
-from tether.store.errors import (
-    AlreadySpent,
-    Blocked,
-    CapReached,
-    Conflict,
-    NotFound,
-    ParentRevoked,
-    Replayed,
-    StoreUnavailable,
-    TaskNotActive,
-)
+from tether.store import errors, records
+from tether.store import rows as table
 from tether.store.notify import Notifier
 from tether.store.protocol import TAIL_PAGE
-from tether.store.records import (
-    AuditMark,
-    BlockKind,
-    IssuedToken,
-    LookupResult,
-    Revocation,
-    RevocationKind,
-    StoredKey,
-    VaultEntry,
-)
-from tether.store.rows import (
-    AUDIT_COLUMNS,
-    AUDIT_MARK_COLUMNS,
-    KEY_COLUMNS,
-    TASK_COLUMNS,
-    TOKEN_COLUMNS,
-    VAULT_COLUMNS,
-    audit_from_row,
-    audit_mark_from_row,
-    audit_values,
-    block_names,
-    key_from_row,
-    revocation_from_row,
-    task_from_row,
-    task_principals,
-    task_values,
-    token_from_row,
-    token_values,
-    vault_from_row,
-)
 from tether.store.sqlite.db import SCHEMA_VERSION, Database, migrate, schema_version, transaction
 
 __all__ = ["SqliteStore"]
@@ -69,11 +30,13 @@ def _append(conn: sqlite3.Connection, event: AuditEvent, now: float) -> AuditRec
     head = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
     seq, prev = (head[0] + 1, head[1]) if head else (1, GENESIS)
     record = link(event, seq=seq, ts=now, prev=prev)
-    conn.execute(f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", audit_values(record))
+    conn.execute(
+        f"INSERT INTO audit ({table.AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", table.audit_values(record)
+    )
     return record
 
 
-def _publish(conn: sqlite3.Connection, kind: RevocationKind, value: str, exp: int, now: float) -> None:
+def _publish(conn: sqlite3.Connection, kind: records.RevocationKind, value: str, exp: int, now: float) -> None:
     conn.execute("INSERT INTO revocations (kind, value, exp, at) VALUES (?, ?, ?, ?)", (kind.value, value, exp, now))
 
 
@@ -92,7 +55,7 @@ def _revoke_jtis(conn: sqlite3.Connection, roots: Sequence[str], now: float) -> 
     for jti in revoked:
         conn.execute("UPDATE tokens SET revoked_at = ? WHERE jti = ?", (int(now), jti))
         if found[jti] > now:
-            _publish(conn, RevocationKind.TOKEN, jti, found[jti], now)
+            _publish(conn, records.RevocationKind.TOKEN, jti, found[jti], now)
     return revoked
 
 
@@ -108,7 +71,7 @@ def _first_use(conn: sqlite3.Connection, key: str, until: int, now: float) -> bo
 
 
 def _is_blocked(conn: sqlite3.Connection, *groups: Iterable[str | None]) -> bool:
-    unique = block_names(*groups)
+    unique = table.block_names(*groups)
     if not unique:
         return False
     marks = ", ".join("?" * len(unique))
@@ -127,7 +90,7 @@ def _spend(conn: sqlite3.Connection, key: str, until: int, now: float) -> bool:
 def _end_task(conn: sqlite3.Connection, task: Task, state: TaskState, now: float) -> None:
     conn.execute("UPDATE tasks SET state = ?, ended_at = ? WHERE id = ?", (state.value, int(now), task.id))
     conn.execute("UPDATE tokens SET revoked_at = ? WHERE task_id = ? AND revoked_at IS NULL", (int(now), task.id))
-    _publish(conn, RevocationKind.TASK, task.id, task.expires_at, now)
+    _publish(conn, records.RevocationKind.TASK, task.id, task.expires_at, now)
 
 
 class SqliteStore:
@@ -146,7 +109,9 @@ class SqliteStore:
                 migrate(conn)
             version = schema_version(conn)
             if version != SCHEMA_VERSION:
-                raise StoreUnavailable(f"database schema v{version} does not match v{SCHEMA_VERSION}; run tether migrate")
+                raise errors.StoreUnavailable(
+                    f"database schema v{version} does not match v{SCHEMA_VERSION}; run tether migrate"
+                )
 
         try:
             db.run_sync(check)
@@ -165,18 +130,18 @@ class SqliteStore:
         self._db.close()
 
     # -- signing keys -------------------------------------------------------------
-    async def signing_keys(self, *, now: float) -> list[StoredKey]:
-        def q(conn: sqlite3.Connection) -> list[StoredKey]:
+    async def signing_keys(self, *, now: float) -> list[records.StoredKey]:
+        def q(conn: sqlite3.Connection) -> list[records.StoredKey]:
             rows = conn.execute(
-                f"SELECT {KEY_COLUMNS} FROM signing_keys WHERE not_after IS NULL OR not_after > ?"
+                f"SELECT {table.KEY_COLUMNS} FROM signing_keys WHERE not_after IS NULL OR not_after > ?"
                 " ORDER BY created_at DESC, rowid DESC",
                 (int(now),),
             ).fetchall()
-            return [key_from_row(r) for r in rows]
+            return [table.key_from_row(r) for r in rows]
 
         return await self._db.run(q)
 
-    async def add_signing_key(self, key: StoredKey, *, retired: Sequence[StoredKey]) -> None:
+    async def add_signing_key(self, key: records.StoredKey, *, retired: Sequence[records.StoredKey]) -> None:
         def q(conn: sqlite3.Connection) -> None:
             with transaction(conn):
                 for old in retired:
@@ -186,9 +151,9 @@ class SqliteStore:
                         (old.retired_at, old.not_after, old.sealed_private, old.kid),
                     )
                     if cur.rowcount != 1:
-                        raise Conflict(f"signing key {old.kid} is not current")
+                        raise errors.Conflict(f"signing key {old.kid} is not current")
                 if conn.execute("SELECT 1 FROM signing_keys WHERE retired_at IS NULL").fetchone() is not None:
-                    raise Conflict("another signing key became current")
+                    raise errors.Conflict("another signing key became current")
                 conn.execute(
                     "INSERT INTO signing_keys (kid, alg, public_jwk, sealed_private, created_at) VALUES (?, ?, ?, ?, ?)",
                     (key.kid, key.alg, json.dumps(key.public_jwk), key.sealed_private, key.created_at),
@@ -201,22 +166,24 @@ class SqliteStore:
         def q(conn: sqlite3.Connection) -> None:
             with transaction(conn):
                 if _is_blocked(conn, (task.agent, task.on_behalf_of)):
-                    raise Blocked(task.agent)
-                conn.execute(f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({', '.join('?' * 14)})", task_values(task))
+                    raise errors.Blocked(task.agent)
+                conn.execute(
+                    f"INSERT INTO tasks ({table.TASK_COLUMNS}) VALUES ({', '.join('?' * 14)})", table.task_values(task)
+                )
                 _append(conn, audit, task.created_at)
 
         await self._db.run(q)
 
     async def get_task(self, task_id: str) -> Task | None:
         def q(conn: sqlite3.Connection) -> Task | None:
-            row = conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
-            return task_from_row(row) if row else None
+            row = conn.execute(f"SELECT {table.TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            return table.task_from_row(row) if row else None
 
         return await self._db.run(q)
 
     async def list_tasks(self, *, state: TaskState | None, agent: str | None, now: float, limit: int) -> list[Task]:
         def q(conn: sqlite3.Connection) -> list[Task]:
-            sql, args = f"SELECT {TASK_COLUMNS} FROM tasks WHERE 1 = 1", list[object]()
+            sql, args = f"SELECT {table.TASK_COLUMNS} FROM tasks WHERE 1 = 1", list[object]()
             if state is TaskState.ACTIVE:
                 sql, args = sql + " AND state = 'active' AND expires_at > ?", [int(now)]
             elif state is TaskState.EXPIRED:
@@ -228,19 +195,19 @@ class SqliteStore:
                 sql += " AND agent = ?"
                 args.append(agent)
             rows = conn.execute(sql + " ORDER BY created_at DESC, id LIMIT ?", (*args, limit)).fetchall()
-            return [task_from_row(r) for r in rows]
+            return [table.task_from_row(r) for r in rows]
 
         return await self._db.run(q)
 
     async def end_task(self, task_id: str, state: TaskState, *, now: float, audit: AuditEvent) -> Task:
         def q(conn: sqlite3.Connection) -> Task:
             with transaction(conn):
-                row = conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+                row = conn.execute(f"SELECT {table.TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
                 if row is None:
-                    raise NotFound(task_id)
-                task = task_from_row(row)
+                    raise errors.NotFound(task_id)
+                task = table.task_from_row(row)
                 if task.effective_state(now) is not TaskState.ACTIVE:
-                    raise TaskNotActive(task.effective_state(now).value)
+                    raise errors.TaskNotActive(task.effective_state(now).value)
                 _end_task(conn, task, state, now)
                 _append(conn, audit, now)
                 return Task(**{**task.__dict__, "state": state, "ended_at": int(now)})
@@ -268,22 +235,22 @@ class SqliteStore:
         return await self._db.run(q)
 
     # -- tokens -------------------------------------------------------------------
-    async def lookup(self, *, task_id: str | None, jti: str | None, principals: Sequence[str]) -> LookupResult:
-        def q(conn: sqlite3.Connection) -> LookupResult:
+    async def lookup(self, *, task_id: str | None, jti: str | None, principals: Sequence[str]) -> records.LookupResult:
+        def q(conn: sqlite3.Connection) -> records.LookupResult:
             task_row = (
-                conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+                conn.execute(f"SELECT {table.TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
                 if task_id is not None
                 else None
             )
             token_row = (
-                conn.execute(f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE jti = ?", (jti,)).fetchone()
+                conn.execute(f"SELECT {table.TOKEN_COLUMNS} FROM tokens WHERE jti = ?", (jti,)).fetchone()
                 if jti is not None
                 else None
             )
-            blocked = _is_blocked(conn, principals, task_principals(task_row))
-            return LookupResult(
-                task=task_from_row(task_row) if task_row else None,
-                token=token_from_row(token_row) if token_row else None,
+            blocked = _is_blocked(conn, principals, table.task_principals(task_row))
+            return records.LookupResult(
+                task=table.task_from_row(task_row) if task_row else None,
+                token=table.token_from_row(token_row) if token_row else None,
                 blocked=blocked,
             )
 
@@ -291,7 +258,7 @@ class SqliteStore:
 
     async def issue_token(
         self,
-        token: IssuedToken,
+        token: records.IssuedToken,
         *,
         now: float,
         spends: Sequence[tuple[str, int]],
@@ -301,18 +268,18 @@ class SqliteStore:
     ) -> None:
         def spend_proof(conn: sqlite3.Connection) -> None:
             if replay is not None and not _first_use(conn, replay[0], replay[1], now):
-                raise Replayed(replay[0])
+                raise errors.Replayed(replay[0])
 
         def q(conn: sqlite3.Connection) -> None:
             for key, until in spends:
                 if not _spend(conn, key, until, now):
-                    raise AlreadySpent(key)
+                    raise errors.AlreadySpent(key)
             if token.parent_jti is not None:
                 parent = conn.execute("SELECT revoked_at FROM tokens WHERE jti = ?", (token.parent_jti,)).fetchone()
                 if parent is None or parent[0] is not None:
-                    raise ParentRevoked(token.parent_jti)
+                    raise errors.ParentRevoked(token.parent_jti)
             if _is_blocked(conn, principals, (token.sub, token.client_id)):
-                raise Blocked(token.sub)
+                raise errors.Blocked(token.sub)
             if token.task_id is not None:
                 cur = conn.execute(
                     "UPDATE tasks SET tokens_issued = tokens_issued + 1"
@@ -320,14 +287,16 @@ class SqliteStore:
                     (token.task_id, int(now)),
                 )
                 if cur.rowcount != 1:
-                    row = conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (token.task_id,)).fetchone()
+                    row = conn.execute(f"SELECT {table.TASK_COLUMNS} FROM tasks WHERE id = ?", (token.task_id,)).fetchone()
                     if row is None:
-                        raise TaskNotActive("unknown")
-                    state = task_from_row(row).effective_state(now)
+                        raise errors.TaskNotActive("unknown")
+                    state = table.task_from_row(row).effective_state(now)
                     if state is not TaskState.ACTIVE:
-                        raise TaskNotActive(state.value)
-                    raise CapReached(token.task_id)
-            conn.execute(f"INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ({', '.join('?' * 13)})", token_values(token))
+                        raise errors.TaskNotActive(state.value)
+                    raise errors.CapReached(token.task_id)
+            conn.execute(
+                f"INSERT INTO tokens ({table.TOKEN_COLUMNS}) VALUES ({', '.join('?' * 13)})", table.token_values(token)
+            )
             _append(conn, audit, now)
 
         await self._db.run_batched(q, kept=None if replay is None else spend_proof)
@@ -342,10 +311,10 @@ class SqliteStore:
 
         await self._db.run(q, inline=False)  # table scans: never on the request loop
 
-    async def get_token(self, jti: str) -> IssuedToken | None:
-        def q(conn: sqlite3.Connection) -> IssuedToken | None:
-            row = conn.execute(f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE jti = ?", (jti,)).fetchone()
-            return token_from_row(row) if row else None
+    async def get_token(self, jti: str) -> records.IssuedToken | None:
+        def q(conn: sqlite3.Connection) -> records.IssuedToken | None:
+            row = conn.execute(f"SELECT {table.TOKEN_COLUMNS} FROM tokens WHERE jti = ?", (jti,)).fetchone()
+            return table.token_from_row(row) if row else None
 
         return await self._db.run(q)
 
@@ -361,8 +330,8 @@ class SqliteStore:
         return revoked
 
     # -- kill switch --------------------------------------------------------------
-    async def block(self, kind: BlockKind, value: str, *, now: float, audit: AuditEvent) -> list[str]:
-        column = "agent" if kind is BlockKind.AGENT else "on_behalf_of"
+    async def block(self, kind: records.BlockKind, value: str, *, now: float, audit: AuditEvent) -> list[str]:
+        column = "agent" if kind is records.BlockKind.AGENT else "on_behalf_of"
 
         def q(conn: sqlite3.Connection) -> list[str]:
             with transaction(conn):
@@ -371,10 +340,11 @@ class SqliteStore:
                     (kind.value, value, now),
                 )
                 rows = conn.execute(
-                    f"SELECT {TASK_COLUMNS} FROM tasks WHERE {column} = ? AND state = 'active' AND expires_at > ? ORDER BY id",
+                    f"SELECT {table.TASK_COLUMNS} FROM tasks"
+                    f" WHERE {column} = ? AND state = 'active' AND expires_at > ? ORDER BY id",
                     (value, int(now)),
                 ).fetchall()
-                tasks = [task_from_row(r) for r in rows]
+                tasks = [table.task_from_row(r) for r in rows]
                 for task in tasks:
                     _end_task(conn, task, TaskState.CANCELLED, now)
                 roots = [
@@ -393,7 +363,7 @@ class SqliteStore:
         self._revocations.notify()
         return ended
 
-    async def unblock(self, kind: BlockKind, value: str, *, now: float, audit: AuditEvent) -> bool:
+    async def unblock(self, kind: records.BlockKind, value: str, *, now: float, audit: AuditEvent) -> bool:
         def q(conn: sqlite3.Connection) -> bool:
             with transaction(conn):
                 cur = conn.execute("DELETE FROM blocks WHERE kind = ? AND value = ?", (kind.value, value))
@@ -416,13 +386,13 @@ class SqliteStore:
         return await self._db.run(lambda conn: _first_use(conn, key, until, now))
 
     # -- revocation feed ----------------------------------------------------------
-    async def revocations_after(self, seq: int, *, now: float, limit: int) -> list[Revocation]:
-        def q(conn: sqlite3.Connection) -> list[Revocation]:
+    async def revocations_after(self, seq: int, *, now: float, limit: int) -> list[records.Revocation]:
+        def q(conn: sqlite3.Connection) -> list[records.Revocation]:
             rows = conn.execute(
                 "SELECT seq, kind, value, exp, at FROM revocations WHERE seq > ? AND exp > ? ORDER BY seq LIMIT ?",
                 (seq, int(now), limit),
             ).fetchall()
-            return [revocation_from_row(r) for r in rows]
+            return [table.revocation_from_row(r) for r in rows]
 
         return await self._db.run(q)
 
@@ -433,8 +403,8 @@ class SqliteStore:
         return await self._revocations.wait(since, timeout)
 
     # -- vault --------------------------------------------------------------------
-    async def vault_put(self, name: str, sealed: bytes, *, version: int, now: float, audit: AuditEvent) -> VaultEntry:
-        def q(conn: sqlite3.Connection) -> VaultEntry:
+    async def vault_put(self, name: str, sealed: bytes, *, version: int, now: float, audit: AuditEvent) -> records.VaultEntry:
+        def q(conn: sqlite3.Connection) -> records.VaultEntry:
             with transaction(conn):
                 if version == 1:
                     cur = conn.execute(
@@ -448,23 +418,26 @@ class SqliteStore:
                         (sealed, now, version, name, version - 1),
                     )
                 if cur.rowcount != 1:
-                    raise Conflict(f"vault entry {name} is not at version {version - 1}")
-                row = conn.execute(f"SELECT {VAULT_COLUMNS} FROM vault WHERE name = ?", (name,)).fetchone()
+                    raise errors.Conflict(f"vault entry {name} is not at version {version - 1}")
+                row = conn.execute(f"SELECT {table.VAULT_COLUMNS} FROM vault WHERE name = ?", (name,)).fetchone()
                 _append(conn, audit, now)
-                return vault_from_row(row)
+                return table.vault_from_row(row)
 
         return await self._db.run(q)
 
-    async def vault_get(self, name: str) -> VaultEntry | None:
-        def q(conn: sqlite3.Connection) -> VaultEntry | None:
-            row = conn.execute(f"SELECT {VAULT_COLUMNS} FROM vault WHERE name = ?", (name,)).fetchone()
-            return vault_from_row(row) if row else None
+    async def vault_get(self, name: str) -> records.VaultEntry | None:
+        def q(conn: sqlite3.Connection) -> records.VaultEntry | None:
+            row = conn.execute(f"SELECT {table.VAULT_COLUMNS} FROM vault WHERE name = ?", (name,)).fetchone()
+            return table.vault_from_row(row) if row else None
 
         return await self._db.run(q)
 
-    async def vault_list(self) -> list[VaultEntry]:
-        def q(conn: sqlite3.Connection) -> list[VaultEntry]:
-            return [vault_from_row(r) for r in conn.execute(f"SELECT {VAULT_COLUMNS} FROM vault ORDER BY name").fetchall()]
+    async def vault_list(self) -> list[records.VaultEntry]:
+        def q(conn: sqlite3.Connection) -> list[records.VaultEntry]:
+            return [
+                table.vault_from_row(r)
+                for r in conn.execute(f"SELECT {table.VAULT_COLUMNS} FROM vault ORDER BY name").fetchall()
+            ]
 
         return await self._db.run(q)
 
@@ -482,11 +455,11 @@ class SqliteStore:
         def q(conn: sqlite3.Connection) -> AuditRecord | None:
             # the expression and the kinds are the partial index's (migration 0004), so it answers
             row = conn.execute(
-                f"SELECT {AUDIT_COLUMNS} FROM audit WHERE kind IN ('vault.put', 'vault.rotated')"
+                f"SELECT {table.AUDIT_COLUMNS} FROM audit WHERE kind IN ('vault.put', 'vault.rotated')"
                 " AND json_extract(detail, '$.name') = ? ORDER BY seq DESC LIMIT 1",
                 (name,),
             ).fetchone()
-            return audit_from_row(row) if row else None
+            return table.audit_from_row(row) if row else None
 
         return await self._db.run(q)
 
@@ -558,10 +531,12 @@ class SqliteStore:
         # the monitor tails in pages of about a hundred, inline (on a worker thread the
         # decoding would contend for the GIL with every request in flight); the audit
         # export and reports read pages of thousands, which go to the worker thread
-        return await self._db.run(_audit_page(AUDIT_COLUMNS, audit_from_row, after, limit), inline=limit <= TAIL_PAGE)
+        return await self._db.run(
+            _audit_page(table.AUDIT_COLUMNS, table.audit_from_row, after, limit), inline=limit <= TAIL_PAGE
+        )
 
-    async def audit_marks(self, *, after: int, limit: int) -> list[AuditMark]:
-        page = _audit_page(AUDIT_MARK_COLUMNS, audit_mark_from_row, after, limit)
+    async def audit_marks(self, *, after: int, limit: int) -> list[records.AuditMark]:
+        page = _audit_page(table.AUDIT_MARK_COLUMNS, table.audit_mark_from_row, after, limit)
         return await self._db.run(page, inline=limit <= 4 * TAIL_PAGE)
 
 
