@@ -169,54 +169,30 @@ class ExchangeBench:
             self.sts_rss_kib = rss_kib(sts.process.pid)
 
     def _session(self, d: Deployment, agent: Actor, task_id: str, concurrency: int) -> None:
-        url = d.url + "/token"
         form = {"grant_type": TOKEN_EXCHANGE, "subject_token_type": JWT, "task": task_id}
-        agent.token({**form, "subject_token": agent.svid(AGENT)})
-        requests = [
-            form_request(
-                url, {**form, "subject_token": agent.svid(AGENT)}, {"DPoP": agent.key.proof("POST", url, nonce=agent.nonce)}
-            )
-            for _ in range(int(self.duration * 3000))
-        ]
-        load = self._load(d.url, requests, concurrency)
-        self.rows.append(
-            Row(
-                f"session exchange (workload JWT → session), c={concurrency}",
-                load.throughput,
-                "req/s",
-                self.floor(verifies=2, signs=1),
-                "req/s",
-                "≥ 1,200/s · ≥ 60 % of floor",
-                _notes(load),
-            )
-        )
+        label = f"session exchange (workload JWT → session), c={concurrency}"
+        self._fresh_jwts(d, agent, form, "subject_token", AGENT, label, concurrency, "≥ 1,200/s · ≥ 60 % of floor")
 
     def _actor(self, d: Deployment, http: httpx.Client, concurrency: int) -> None:
         """Service B exchanges the agent's hop token for B with its own JWT-SVID as actor, for C."""
-        url = d.url + "/token"
         agent, session, _ = setup_task(d, http, [AUD_B, AUD_C])
         b_token = str(agent.token(_hop_form(session, AUD_B))["access_token"])
-        service = Actor(d, http)
         form = {**_hop_form(b_token, AUD_C), "actor_token_type": JWT}
-        service.token({**form, "actor_token": service.svid(SVC_B)})
+        label = f"actor exchange (hop + service JWT → delegated), c={concurrency}"
+        self._fresh_jwts(d, Actor(d, http), form, "actor_token", SVC_B, label, concurrency, "")
+
+    def _fresh_jwts(
+        self, d: Deployment, caller: Actor, form: dict[str, str], field: str, who: str, label: str, c: int, target: str
+    ) -> None:
+        """Exchanges that each carry a fresh workload JWT for ``who`` in ``field`` (two verifies, one sign)."""
+        url = d.url + "/token"
+        caller.token({**form, field: caller.svid(who)})
         requests = [
-            form_request(
-                url, {**form, "actor_token": service.svid(SVC_B)}, {"DPoP": service.key.proof("POST", url, nonce=service.nonce)}
-            )
+            form_request(url, {**form, field: caller.svid(who)}, {"DPoP": caller.key.proof("POST", url, nonce=caller.nonce)})
             for _ in range(int(self.duration * 3000))
         ]
-        load = self._load(d.url, requests, concurrency)
-        self.rows.append(
-            Row(
-                f"actor exchange (hop + service JWT → delegated), c={concurrency}",
-                load.throughput,
-                "req/s",
-                self.floor(verifies=2, signs=1),
-                "req/s",
-                "",
-                _notes(load),
-            )
-        )
+        load = self._load(d.url, requests, c)
+        self.rows.append(Row(label, load.throughput, "req/s", self.floor(verifies=2, signs=1), "req/s", target, _notes(load)))
 
     def scaling(self, concurrency: int = 16) -> None:
         d = bench_deployment(self.workdir / "scaling", extra=RESOURCES, store_toml=self.store_toml)

@@ -51,12 +51,14 @@ def validate(
     console.print(styled(("valid", "green"), f": {len(version.policies)} policies, version {version.version}"))
 
 
-def _engine(path: Path, mode: str) -> PolicyEngine:
+def _engine(directory: Path | None, config: Path | None) -> tuple[PolicyEngine, list[str]]:
+    """The engine over the chosen policy set (exit 1 if it is invalid), and the admin principals."""
+    path, admins, mode = _directory(directory, config)
     logging.getLogger("tether.policy").setLevel(logging.ERROR)  # decisions are printed, not logged
     engine = PolicyEngine(path, mode=mode)
     if engine.current is None:
         _load(path)
-    return engine
+    return engine, admins
 
 
 def _where(engine: PolicyEngine, ids: tuple[str, ...]) -> list[str]:
@@ -73,8 +75,7 @@ def test_cases(
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Run each case against the policy set; exit 1 if any decision differs from the expected one."""
-    path, admins, mode = _directory(directory, config)
-    engine = _engine(path, mode)
+    engine, admins = _engine(directory, config)
     try:
         document = yaml.safe_load(cases_file.read_text(encoding="utf-8"))
         cases = parse_cases(document, admins=admins)
@@ -147,8 +148,7 @@ def explain(
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Decide one request and show the determining policies, errors and the shadow decision."""
-    policy_dir, admins, mode = _directory(directory, config)
-    engine = _engine(policy_dir, mode)
+    engine, admins = _engine(directory, config)
     raw: dict[str, Any] = {"action": action, "principal": principal, "resource": resource, "method": method,
                            "path": path, "operation": operation, "risk": risk, "scopes": scope or [],
                            "tags": {resource: tag or []}}  # fmt: skip

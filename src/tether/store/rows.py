@@ -98,56 +98,23 @@ def task_values(task: Task) -> tuple[Any, ...]:
     )
 
 
+_TOKEN_FIELDS = tuple(TOKEN_COLUMNS.split(", "))
+_AUDIT_FIELDS = tuple(AUDIT_COLUMNS.split(", "))
+
+
 def token_from_row(row: Sequence[Any]) -> IssuedToken:
-    return IssuedToken(
-        jti=row[0],
-        kind=row[1],
-        task_id=row[2],
-        parent_jti=row[3],
-        sub=row[4],
-        client_id=row[5],
-        aud=row[6],
-        scope=row[7],
-        jkt=row[8],
-        iat=int(row[9]),
-        exp=int(row[10]),
-        depth=int(row[11]),
-        revoked_at=None if row[12] is None else int(row[12]),
-    )
+    """Integer columns come back as ``int`` from both backends (SQLite INTEGER, PostgreSQL BIGINT)."""
+    return IssuedToken(**dict(zip(_TOKEN_FIELDS, row, strict=True)))
 
 
 def token_values(token: IssuedToken) -> tuple[Any, ...]:
-    return (
-        token.jti,
-        token.kind,
-        token.task_id,
-        token.parent_jti,
-        token.sub,
-        token.client_id,
-        token.aud,
-        token.scope,
-        token.jkt,
-        token.iat,
-        token.exp,
-        token.depth,
-        None,
-    )
+    """A token is recorded unrevoked: ``revoked_at`` (the last column) starts empty."""
+    return (*(getattr(token, name) for name in _TOKEN_FIELDS[:-1]), None)
 
 
 def audit_from_row(row: Sequence[Any]) -> AuditRecord:
-    return AuditRecord(
-        seq=int(row[0]),
-        ts=float(row[1]),
-        kind=row[2],
-        outcome=row[3],
-        principal=row[4],
-        task=row[5],
-        jti=row[6],
-        error=row[7],
-        detail=json.loads(row[8]),
-        prev=row[9],
-        hash=row[10],
-    )
+    fields = dict(zip(_AUDIT_FIELDS, row, strict=True))
+    return AuditRecord(**{**fields, "ts": float(row[1]), "detail": json.loads(row[8])})
 
 
 def audit_mark_from_row(row: Sequence[Any]) -> AuditMark:
@@ -156,19 +123,9 @@ def audit_mark_from_row(row: Sequence[Any]) -> AuditMark:
 
 
 def audit_values(record: AuditRecord) -> tuple[Any, ...]:
-    return (
-        record.seq,
-        record.ts,
-        record.kind,
-        record.outcome,
-        record.principal,
-        record.task,
-        record.jti,
-        record.error,
-        record.detail_json or json.dumps(record.detail, sort_keys=True),
-        record.prev,
-        record.hash,
-    )
+    """``detail`` as the exact JSON that was hashed (``detail_json``) when the record carries it."""
+    detail = record.detail_json or json.dumps(record.detail, sort_keys=True)
+    return tuple(detail if name == "detail" else getattr(record, name) for name in _AUDIT_FIELDS)
 
 
 def key_from_row(row: Sequence[Any]) -> StoredKey:
