@@ -21,6 +21,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from tether.rules.jws import PublicKey, rsa_modulus_too_small
+from tether.streams import read_at_most
 
 __all__ = ["FileKeySource", "KeySet", "KeySource", "StaticKeySource", "UrlKeySource", "fetch_json", "load_json", "parse_jwks"]
 
@@ -134,11 +135,8 @@ async def fetch_json(client: httpx.AsyncClient, url: str) -> Any:
     async with client.stream("GET", url, headers={"Accept": "application/json"}, follow_redirects=False) as response:
         if response.status_code != 200:
             raise ValueError(f"{url} answered {response.status_code}")
-        body = b""
-        async for chunk in response.aiter_bytes():
-            body += chunk
-            if len(body) > MAX_DOCUMENT_BYTES:
-                raise ValueError(f"{url} document exceeds {MAX_DOCUMENT_BYTES} bytes")
+        too_large = ValueError(f"{url} document exceeds {MAX_DOCUMENT_BYTES} bytes")
+        body = await read_at_most(response.aiter_bytes(), MAX_DOCUMENT_BYTES, lambda: too_large)
     return load_json(body)
 
 

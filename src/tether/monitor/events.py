@@ -10,7 +10,7 @@ the ``error`` code and the typed markers (``replay``, ``after_end``), never the 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from tether.audit.chain import AuditEvent, AuditRecord
@@ -51,15 +51,8 @@ REFUSAL_ERRORS = frozenset(
 
 
 @dataclass(frozen=True)
-class Event:
-    seq: int
-    ts: float
-    kind: str
-    outcome: str
-    principal: str | None
-    task: str | None
-    error: str | None
-    detail: Mapping[str, Any]
+class Event(AuditRecord):
+    """An audit record with the typed reads of ``detail`` the detectors use."""
 
     @property
     def reason(self) -> str:
@@ -77,9 +70,10 @@ class Event:
 
 def as_event(record: AuditRecord | Mapping[str, Any]) -> Event:
     """The detectors' view of an audit record (or of its ``as_json()`` form)."""
+    if isinstance(record, Event):
+        return record
     if isinstance(record, AuditRecord):
-        return Event(record.seq, record.ts, record.kind, record.outcome, record.principal, record.task,
-                     record.error, record.detail)  # fmt: skip
+        return Event(**{f.name: getattr(record, f.name) for f in fields(AuditRecord)})
     detail = record.get("detail")
     return Event(
         seq=int(record.get("seq") or 0),
@@ -88,8 +82,11 @@ def as_event(record: AuditRecord | Mapping[str, Any]) -> Event:
         outcome=str(record.get("outcome") or ""),
         principal=_text(record.get("principal")),
         task=_text(record.get("task")),
+        jti=_text(record.get("jti")),
         error=_text(record.get("error")),
         detail=detail if isinstance(detail, Mapping) else {},
+        prev=str(record.get("prev") or ""),
+        hash=str(record.get("hash") or ""),
     )
 
 

@@ -15,6 +15,7 @@ from starlette.requests import Request
 
 from tether.errors import InvalidRequest
 from tether.rules.jws import JWSError, strict_json_loads
+from tether.streams import read_at_most
 
 __all__ = ["MAX_BODY", "Form", "read_body", "read_form", "read_json"]
 
@@ -43,12 +44,7 @@ async def read_body(request: Request, *, limit: int = MAX_BODY) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise InvalidRequest(f"request body must be at most {limit} bytes")
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise InvalidRequest(f"request body must be at most {limit} bytes")
-    return body
+    return await read_at_most(request.stream(), limit, lambda: InvalidRequest(f"request body must be at most {limit} bytes"))
 
 
 async def read_form(request: Request, *, repeatable: Collection[str] = ()) -> Form:
