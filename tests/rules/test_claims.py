@@ -27,6 +27,7 @@ from tether.model import AccessToken
 from tether.rules.claims import (
     MAX_ACCESS_TOKEN,
     MAX_ACT_DEPTH,
+    Expected,
     Grant,
     build_claims,
     check_access_token_claims,
@@ -71,12 +72,12 @@ def claims(**changes: Any) -> dict[str, Any]:
 
 
 def check(c: Mapping[str, Any], header: Mapping[str, Any] = HEADER, **kwargs: Any) -> AccessToken:
-    kwargs.setdefault("issuer", ISS)
-    kwargs.setdefault("audience", AUD)
-    kwargs.setdefault("now", NOW)
-    kwargs.setdefault("skew", SKEW)
-    kwargs.setdefault("max_lifetime", MAX_LIFETIME)
-    return check_access_token_claims(header, c, **kwargs)
+    now = kwargs.pop("now", NOW)
+    return check_access_token_claims(header, c, _expected(**kwargs), now=now)
+
+
+def _expected(**kwargs: Any) -> Expected:
+    return Expected(**{"issuer": ISS, "audience": AUD, "skew": SKEW, "max_lifetime": MAX_LIFETIME, **kwargs})
 
 
 def refused(c: Mapping[str, Any], header: Mapping[str, Any] = HEADER, **kwargs: Any) -> InvalidToken:
@@ -634,9 +635,8 @@ def verify(token: str, public_key: PublicKey, **kwargs: Any) -> AccessToken:
             raise JWSError("unknown kid")
         return public_key
 
-    for name, value in {"issuer": ISS, "audience": AUD, "now": NOW, "skew": SKEW, "max_lifetime": MAX_LIFETIME}.items():
-        kwargs.setdefault(name, value)
-    return verify_access_token(token, resolve_key=resolve, algorithms=("ES256",), **kwargs)
+    now = kwargs.pop("now", NOW)
+    return verify_access_token(token, _expected(**kwargs), resolve_key=resolve, algorithms=("ES256",), now=now)
 
 
 def verify_refused(token: str, signing_key: ECKey, public_key: PublicKey) -> InvalidToken:

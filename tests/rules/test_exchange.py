@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from tether.errors import InvalidGrant, InvalidScope, InvalidTarget, OAuthError
 from tether.model import AccessToken, IdentityKind, Task, TaskState, WorkloadIdentity
-from tether.rules.claims import MAX_ACT_DEPTH, Grant, build_claims, check_access_token_claims
+from tether.rules.claims import MAX_ACT_DEPTH, Expected, Grant, build_claims, check_access_token_claims
 from tether.rules.exchange import Limits, check_task_usable, derive_hop, derive_session
 
 NOW = 1_700_000_000
@@ -65,9 +65,7 @@ def identity(**changes: Any) -> WorkloadIdentity:
 def as_token(grant: Grant, *, jti: str = "jti-1", now: int = NOW) -> AccessToken:
     """What a resource or the STS reads back from a token signed for ``grant``."""
     claims = build_claims(grant, issuer=ISSUER, jti=jti, now=now)
-    return check_access_token_claims(
-        {"typ": "at+jwt"}, claims, issuer=ISSUER, audience=None, now=now, skew=0, max_lifetime=10**9
-    )
+    return check_access_token_claims({"typ": "at+jwt"}, claims, Expected(ISSUER, None, skew=0, max_lifetime=10**9), now=now)
 
 
 def session_for(task: Task, **kwargs: Any) -> AccessToken:

@@ -146,17 +146,9 @@ class Finding:
         return f"{self.detector}\x00{self.subject}\x00{bucket}"
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            "detector": self.detector,
-            "severity": self.severity,
-            "agent": self.agent,
-            "task": self.task,
-            "reason": self.reason,
-            "evidence": dict(self.evidence),
-            "seq": self.seq,
-            "ts": self.ts,
-            "proven": self.proven,
-        }
+        """The finding as an alert's detail (its window and subject are the claim's business)."""
+        named = ("detector", "severity", "agent", "task", "reason", "seq", "ts", "proven")
+        return {**{name: getattr(self, name) for name in named}, "evidence": dict(self.evidence)}
 
 
 def alert_event(finding: Finding, actions: Collection[str], *, risk: int, withheld: Collection[str] = ()) -> AuditEvent:

@@ -33,7 +33,7 @@ from tether.proofs import ProofChecker, ReplayCache
 from tether.resource.principal import Principal
 from tether.resource.replay import MemoryReplayCache
 from tether.resource.revocations import RevocationFeed
-from tether.rules.claims import verify_access_token
+from tether.rules.claims import Expected, verify_access_token
 from tether.rules.dpop import DEFAULT_DPOP_ALGS
 from tether.rules.jws import JWSError, PublicKey, peek_header
 from tether.urns import JWT_BEARER
@@ -241,16 +241,9 @@ class Verifier:
             used.append((header.get("kid"), key))
             return key
 
-        claims = verify_access_token(
-            token,
-            resolve_key=resolve,
-            algorithms=self.settings.token_algs,
-            issuer=self.settings.issuer,
-            audience=self.settings.resource,
-            now=now,
-            skew=self.settings.skew,
-            max_lifetime=self.settings.max_token_lifetime,
-        )
+        settings = self.settings
+        expected = Expected(settings.issuer, settings.resource, settings.skew, settings.max_token_lifetime)
+        claims = verify_access_token(token, expected, resolve_key=resolve, algorithms=settings.token_algs, now=now)
         if self.settings.token_cache:
             self._verified.put(token, (claims, *used[0]))
         return claims

@@ -20,7 +20,15 @@ from tether.rules.jws import JWSError, PublicKey, verify_compact
 from tether.rules.principal import is_principal
 from tether.rules.scope import format_scope, parse_scope
 
-__all__ = ["MAX_ACCESS_TOKEN", "MAX_ACT_DEPTH", "Grant", "build_claims", "check_access_token_claims", "verify_access_token"]
+__all__ = [
+    "MAX_ACCESS_TOKEN",
+    "MAX_ACT_DEPTH",
+    "Expected",
+    "Grant",
+    "build_claims",
+    "check_access_token_claims",
+    "verify_access_token",
+]
 
 #: Hard limit on ``act`` nesting accepted anywhere (SECURITY §4 "act depth ≤ 5").
 MAX_ACT_DEPTH = 5
@@ -103,21 +111,26 @@ def _date(claims: Mapping[str, Any], name: str) -> float:
     return value
 
 
-def check_access_token_claims(
-    header: Mapping[str, Any],
-    claims: Mapping[str, Any],
-    *,
-    issuer: str,
-    audience: str | None,
-    now: float,
-    skew: int,
-    max_lifetime: int,
-) -> AccessToken:
-    """Validate a tether access token's header and claims (signature already verified).
+@dataclass(frozen=True)
+class Expected:
+    """What a verifier expects of a tether access token (RFC 9068 §4).
 
     ``audience`` is the caller's own resource identifier; ``None`` means the caller
     checks the audience itself (the STS accepts several kinds of subject token).
+    ``skew`` is the clock leeway in seconds; ``max_lifetime`` the longest ``exp - iat``.
     """
+
+    issuer: str
+    audience: str | None
+    skew: int
+    max_lifetime: int
+
+
+def check_access_token_claims(
+    header: Mapping[str, Any], claims: Mapping[str, Any], expected: Expected, *, now: float
+) -> AccessToken:
+    """Validate a tether access token's header and claims (signature already verified)."""
+    issuer, audience, skew, max_lifetime = expected.issuer, expected.audience, expected.skew, expected.max_lifetime
     if not is_type(header.get("typ"), "at+jwt"):
         raise _invalid("typ is not at+jwt")
     if claims.get("iss") != issuer:
@@ -199,14 +212,11 @@ MAX_ACCESS_TOKEN = 8192
 
 def verify_access_token(
     token: str,
+    expected: Expected,
     *,
     resolve_key: Callable[[Mapping[str, Any]], PublicKey],
     algorithms: Collection[str],
-    issuer: str,
-    audience: str | None,
     now: float,
-    skew: int,
-    max_lifetime: int,
 ) -> AccessToken:
     """Signature (RFC 9068 §4: asymmetric only, ``kid`` from the issuer's JWKS) then claims.
 
@@ -218,12 +228,4 @@ def verify_access_token(
         )
     except JWSError as exc:
         raise _invalid(str(exc)) from exc
-    return check_access_token_claims(
-        verified.header,
-        verified.claims,
-        issuer=issuer,
-        audience=audience,
-        now=now,
-        skew=skew,
-        max_lifetime=max_lifetime,
-    )
+    return check_access_token_claims(verified.header, verified.claims, expected, now=now)

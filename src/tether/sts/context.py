@@ -26,7 +26,7 @@ from tether.model import AccessToken, Task, WorkloadIdentity
 from tether.policy.engine import Decision, PolicyEngine
 from tether.policy.entities import PolicyRequest
 from tether.proofs import ProofChecker
-from tether.rules.claims import verify_access_token
+from tether.rules.claims import Expected, verify_access_token
 from tether.rules.jws import JWSError, PublicKey
 from tether.store.protocol import Store
 from tether.sts.settings import StsSettings
@@ -177,16 +177,8 @@ class StsContext:
             used.append(key)
             return key.public
 
-        claims = verify_access_token(
-            token,
-            resolve_key=resolve,
-            algorithms=("ES256", "EdDSA"),
-            issuer=self.settings.issuer,
-            audience=None,
-            now=now,
-            skew=0,
-            max_lifetime=self.settings.max_token_lifetime,
-        )
+        expected = Expected(self.settings.issuer, None, skew=0, max_lifetime=self.settings.max_token_lifetime)
+        claims = verify_access_token(token, expected, resolve_key=resolve, algorithms=("ES256", "EdDSA"), now=now)
         return claims, used[-1]
 
     def verify_subject_token(self, token: str) -> AccessToken:
