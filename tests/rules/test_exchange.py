@@ -17,10 +17,29 @@ from hypothesis import strategies as st
 
 from tether.errors import InvalidGrant, InvalidScope, InvalidTarget, OAuthError
 from tether.model import AccessToken, IdentityKind, Task, TaskState, WorkloadIdentity
+from tether.rules import exchange
 from tether.rules.claims import MAX_ACT_DEPTH, Expected, Grant, build_claims, check_access_token_claims
-from tether.rules.exchange import Limits, check_task_usable, derive_hop, derive_session
+from tether.rules.exchange import Ask, Limits, check_task_usable
 
 NOW = 1_700_000_000
+
+
+def derive_session(
+    ident: WorkloadIdentity, task: Task, *, scope: frozenset[str] | None, audience: str | None, issuer: str, jkt: str,
+    limits: Limits, now: int, agent_source: tuple[str, str] | None = None,
+) -> Grant:  # fmt: skip
+    """``exchange.derive_session`` with the ask spelled out, as the cases below read best."""
+    return exchange.derive_session(ident, task, Ask(scope, audience, jkt, issuer, limits), now=now, agent_source=agent_source)
+
+
+def derive_hop(
+    parent: AccessToken, task: Task, *, scope: frozenset[str] | None, audience: str | None, issuer: str, jkt: str,
+    limits: Limits, now: int, **actor: Any,
+) -> Grant:  # fmt: skip
+    """``exchange.derive_hop`` with the ask spelled out (``actor`` holds the actor keywords)."""
+    return exchange.derive_hop(parent, task, Ask(scope, audience, jkt, issuer, limits), now=now, **actor)
+
+
 ISSUER = "https://sts.example"
 AGENT = "spiffe://example.org/agent/research"
 USER = "user:alice"

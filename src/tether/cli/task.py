@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from tether.cli.common import admin_client, config_or_exit, errors_to_exit
 from tether.cli.output import print_json, print_mapping, print_table
+from tether.client import StsClient
 
 __all__ = ["app"]
+
+T = TypeVar("T")
 
 app = typer.Typer(no_args_is_help=True, help="Create and end tasks (the unit every token is bound to).")
 
@@ -18,6 +22,13 @@ UrlOpt = Annotated[str | None, typer.Option(help="STS URL (default: the issuer)"
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="tether.toml")]
 IdentityOpt = Annotated[Path | None, typer.Option(help="admin JWT-SVID file instead of the dev issuer")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
+
+
+def _admin(config: Path | None, url: str | None, identity_file: Path | None, call: Callable[[StsClient], T]) -> T:
+    """``call`` on an admin client of the STS, its refusals turned into a clean exit."""
+    cfg = config_or_exit(config)
+    with errors_to_exit():
+        return call(admin_client(cfg, url, identity_file))
 
 
 def _show(task: dict[str, Any], json_out: bool) -> None:
@@ -43,19 +54,9 @@ def create(
     json_out: JsonOpt = False,
 ) -> None:
     """Create a task and print it."""
-    cfg = config_or_exit(config)
-    with errors_to_exit():
-        task = admin_client(cfg, url, identity_file).create_task(
-            agent=agent,
-            audiences=audience,
-            scopes=scope,
-            purpose=purpose,
-            max_duration=max_duration,
-            max_depth=max_depth,
-            max_tokens=max_tokens,
-            on_behalf_of=on_behalf_of,
-        )
-    _show(task, json_out)
+    limits = {"max_duration": max_duration, "max_depth": max_depth, "max_tokens": max_tokens}
+    ask = {"agent": agent, "audiences": audience, "scopes": scope, "purpose": purpose, "on_behalf_of": on_behalf_of}
+    _show(_admin(config, url, identity_file, lambda sts: sts.create_task(**ask, **limits)), json_out)
 
 
 @app.command()
@@ -63,10 +64,7 @@ def show(
     task_id: str, url: UrlOpt = None, config: ConfigOpt = None, identity_file: IdentityOpt = None, json_out: JsonOpt = False
 ) -> None:
     """Show one task."""
-    cfg = config_or_exit(config)
-    with errors_to_exit():
-        task = admin_client(cfg, url, identity_file).api("GET", f"/tasks/{task_id}")
-    _show(task, json_out)
+    _show(_admin(config, url, identity_file, lambda sts: sts.api("GET", f"/tasks/{task_id}")), json_out)
 
 
 @app.command("list")
@@ -79,10 +77,8 @@ def list_(
     json_out: JsonOpt = False,
 ) -> None:
     """List tasks, newest first."""
-    cfg = config_or_exit(config)
     params = {k: v for k, v in {"state": state, "agent": agent}.items() if v}
-    with errors_to_exit():
-        body = admin_client(cfg, url, identity_file).api("GET", "/tasks", params=params)
+    body = _admin(config, url, identity_file, lambda sts: sts.api("GET", "/tasks", params=params))
     if json_out:
         print_json(body)
         return
@@ -93,10 +89,7 @@ def list_(
 
 
 def _end(action: str, task_id: str, url: str | None, config: Path | None, identity_file: Path | None, json_out: bool) -> None:
-    cfg = config_or_exit(config)
-    with errors_to_exit():
-        task = admin_client(cfg, url, identity_file).api("POST", f"/tasks/{task_id}/{action}")
-    _show(task, json_out)
+    _show(_admin(config, url, identity_file, lambda sts: sts.api("POST", f"/tasks/{task_id}/{action}")), json_out)
 
 
 @app.command()

@@ -17,7 +17,7 @@ from tether.model import AccessToken, Task, TaskState, WorkloadIdentity
 from tether.rules.claims import MAX_ACT_DEPTH, Grant
 from tether.rules.scope import check_subset
 
-__all__ = ["Limits", "check_task_usable", "derive_hop", "derive_session"]
+__all__ = ["Ask", "Limits", "check_task_usable", "derive_hop", "derive_session"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,19 @@ class Limits:
 
     session_ttl: int = 900
     hop_ttl: int = 300
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One exchange as these rules see it (RFC 8693 §2.1): the ``scope`` and ``audience`` asked
+    for (``None``: not asked), the key its DPoP proof showed (``jkt``, RFC 9449 §6), and the
+    issuer and lifetimes it is answered under."""
+
+    scope: frozenset[str] | None
+    audience: str | None
+    jkt: str
+    issuer: str
+    limits: Limits
 
 
 def check_task_usable(task: Task, now: float) -> None:
@@ -51,16 +64,7 @@ def _expiry(now: int, ttl: int, *caps: int) -> int:
 
 
 def derive_session(
-    identity: WorkloadIdentity,
-    task: Task,
-    *,
-    scope: frozenset[str] | None,
-    audience: str | None,
-    issuer: str,
-    jkt: str,
-    limits: Limits,
-    now: int,
-    agent_source: tuple[str, str] | None = None,
+    identity: WorkloadIdentity, task: Task, ask: Ask, *, now: int, agent_source: tuple[str, str] | None = None
 ) -> Grant:
     """The session token for ``task`` from its agent's workload JWT (the agent's first exchange).
 
@@ -71,6 +75,7 @@ def derive_session(
     Its audience is the STS itself; with an on-behalf-of subject, ``sub`` is that
     subject and the agent is the first actor (RFC 8693 §4.1 delegation).
     """
+    scope, audience, jkt, issuer, limits = ask.scope, ask.audience, ask.jkt, ask.issuer, ask.limits
     check_task_usable(task, now)
     if identity.principal != task.agent:
         raise InvalidGrant("task is not assigned to this workload", debug=f"{identity.principal} != {task.agent}")
@@ -106,12 +111,8 @@ def derive_session(
 def derive_hop(
     parent: AccessToken,
     task: Task,
+    ask: Ask,
     *,
-    scope: frozenset[str] | None,
-    audience: str | None,
-    issuer: str,
-    jkt: str,
-    limits: Limits,
     now: int,
     actor: str | None = None,
     actor_kind: str = "unknown",
@@ -127,6 +128,7 @@ def derive_hop(
     (no cycles) and the chain must stay within the task's ``max_depth``. Delegation is
     sticky: ``act`` is carried into every derived token.
     """
+    scope, audience, jkt, issuer, limits = ask.scope, ask.audience, ask.jkt, ask.issuer, ask.limits
     check_task_usable(task, now)
     if parent.txn != task.id:
         raise InvalidGrant("subject token does not belong to this task")

@@ -33,7 +33,7 @@ from tether.policy.engine import Decision
 from tether.policy.entities import ExchangeQuestion, admin_request, exchange_request
 from tether.proofs import replayed_proof
 from tether.rules.claims import Grant, build_claims
-from tether.rules.exchange import derive_hop, derive_session
+from tether.rules.exchange import Ask, derive_hop, derive_session
 from tether.rules.namespace import source_of
 from tether.rules.scope import check_subset, format_scope
 from tether.store.errors import AlreadySpent, Blocked, CapReached, ParentRevoked, Replayed, StoreError, TaskNotActive
@@ -234,21 +234,11 @@ async def _session(
     if task is None:
         raise InvalidGrant("unknown task", debug=f"task {req.task:.64}")
     now = int(ctx.now())
-    grant = derive_session(
-        identity,
-        task,
-        scope=req.scope,
-        audience=req.audience,
-        issuer=ctx.settings.issuer,
-        jkt=checked.proof.jkt,
-        limits=ctx.settings.limits,
-        now=now,
-        agent_source=_source(ctx, task.agent),
-    )
+    ask = Ask(req.scope, req.audience, checked.proof.jkt, ctx.settings.issuer, ctx.settings.limits)
+    grant = derive_session(identity, task, ask, now=now, agent_source=_source(ctx, task.agent))
     claim.task = task.id  # derive_session checked that the task is this workload's
     decision = _authorize(ctx, req, grant, task, kind="session", principal=identity.principal)
-    principals = [identity.principal]
-    return await _issue(ctx, grant, "session", task, checked, claim, principals=principals, now=now, policy=decision)
+    return await _issue(ctx, grant, "session", task, checked, claim, principals=[identity.principal], now=now, policy=decision)
 
 
 async def _hop(
@@ -278,11 +268,7 @@ async def _hop(
     grant = derive_hop(
         parent,
         task,
-        scope=req.scope,
-        audience=req.audience,
-        issuer=ctx.settings.issuer,
-        jkt=proof.jkt,
-        limits=ctx.settings.limits,
+        Ask(req.scope, req.audience, proof.jkt, ctx.settings.issuer, ctx.settings.limits),
         now=now,
         actor=actor.principal if actor else None,
         actor_kind=actor.kind.value if actor else "unknown",
@@ -340,8 +326,7 @@ async def _admin(
             risk=ctx.risk(identity.principal),
         )
     )
-    principals = [identity.principal]
-    return await _issue(ctx, grant, "admin", None, checked, claim, principals=principals, now=now, policy=decision)
+    return await _issue(ctx, grant, "admin", None, checked, claim, principals=[identity.principal], now=now, policy=decision)
 
 
 async def _issue(
