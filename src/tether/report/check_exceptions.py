@@ -9,9 +9,12 @@ refusing calls.
 from __future__ import annotations
 
 from tether.report.model import Evidence, Item, RouteFacts
-from tether.report.outcome import Check, Outcome, Problem, age_days, fmt, iso, judge, unavailable
+from tether.report.outcome import Check, Outcome, Problem, age_days, control, fmt, iso, judge, unavailable
 
 __all__ = ["EXCEPTION_CONTROLS", "ROTATE_DAYS"]
+
+#: this module's controls, in report order (each registered by ``@control`` below)
+EXCEPTION_CONTROLS: list[Check] = []
 
 SOON_DAYS, NEAR_DAYS, FAR_DAYS = 7, 30, 365
 #: a legacy secret not rotated for this long is a finding (medium), twice as long high
@@ -79,6 +82,7 @@ def _route(evidence: Evidence, route: RouteFacts, vault_names: set[str] | None) 
     return judge(problems, ok, items, subject=route.name)
 
 
+@control(EXCEPTION_CONTROLS, "BEARER-01", "Bearer exceptions are owned, justified and current")
 def bearer_exceptions(evidence: Evidence) -> list[Outcome]:
     if not evidence.routes:
         return [
@@ -92,6 +96,7 @@ def bearer_exceptions(evidence: Evidence) -> list[Outcome]:
     return [_route(evidence, route, vault) for route in evidence.routes]
 
 
+@control(EXCEPTION_CONTROLS, "VAULT-01", "Legacy secrets are rotated")
 def vault_rotation(evidence: Evidence) -> list[Outcome]:
     if evidence.store.error:
         return [unavailable("the vault", evidence.store.error, severity="medium")]
@@ -125,9 +130,3 @@ def vault_rotation(evidence: Evidence) -> list[Outcome]:
     if not items:
         items.append(Item("vault entries", "0", "store vault_list"))
     return [judge(problems, f"every vault secret was rotated within {ROTATE_DAYS} days", items)]
-
-
-EXCEPTION_CONTROLS = (
-    Check("BEARER-01", "Bearer exceptions are owned, justified and current", bearer_exceptions),
-    Check("VAULT-01", "Legacy secrets are rotated", vault_rotation),
-)

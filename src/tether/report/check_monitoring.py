@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from tether.monitor.settings import DetectorSettings
 from tether.report.model import SEVERITIES, Evidence, Item
-from tether.report.outcome import Check, Outcome, Problem, fmt, iso, judge, setting, unavailable
+from tether.report.outcome import Check, Outcome, Problem, control, fmt, iso, judge, setting, unavailable
 
 __all__ = ["KEY_DETECTORS", "MONITORING_CONTROLS"]
+
+#: this module's controls, in report order (each registered by ``@control`` below)
+MONITORING_CONTROLS: list[Check] = []
 
 #: detectors that must stay on; the first two stop an attack in progress (they suspend the task by default)
 KEY_DETECTORS = ("exchange_rate_spike", "refusal_burst", "dpop_replay")
@@ -19,6 +22,7 @@ KEY_DETECTORS = ("exchange_rate_spike", "refusal_burst", "dpop_replay")
 _ALERT_ONLY = ("dpop_replay",)
 
 
+@control(MONITORING_CONTROLS, "MON-01", "The monitor watches the audit stream")
 def monitor(evidence: Evidence) -> list[Outcome]:
     keys = ["monitor.enabled", "monitor.interval", "monitor.webhook", "metrics.enabled"]
     items = [setting(evidence, k) for k in keys]
@@ -89,10 +93,12 @@ def _detector(evidence: Evidence, detector: DetectorSettings) -> Outcome:
     return judge(problems, f"detector {detector.name} is on ({fmt(detector.actions)})", items, subject=detector.name)
 
 
+@control(MONITORING_CONTROLS, "MON-02", "Detectors are on and act")
 def detectors(evidence: Evidence) -> list[Outcome]:
     return [_detector(evidence, d) for d in evidence.detectors]
 
 
+@control(MONITORING_CONTROLS, "MON-03", "Recent alerts and refusals")
 def recent_activity(evidence: Evidence) -> list[Outcome]:
     audit = evidence.store.audit
     if audit is None:
@@ -127,6 +133,7 @@ def recent_activity(evidence: Evidence) -> list[Outcome]:
     return [judge(problems, f"no alerts in the last {hours}h ({refused} refusals)", items)]
 
 
+@control(MONITORING_CONTROLS, "AUD-01", "The audit chain is intact")
 def audit_chain(evidence: Evidence) -> list[Outcome]:
     audit = evidence.store.audit
     if audit is None:
@@ -146,6 +153,7 @@ def audit_chain(evidence: Evidence) -> list[Outcome]:
     return [judge(problems, f"the audit hash chain verifies over {audit.records} records", items)]
 
 
+@control(MONITORING_CONTROLS, "AUD-02", "The audit log is checkpointed")
 def checkpoints(evidence: Evidence) -> list[Outcome]:
     """Checkpoints are due after ``checkpoint_every`` records or ``checkpoint_seconds`` (``checkpoint_due``).
 
@@ -179,12 +187,3 @@ def checkpoints(evidence: Evidence) -> list[Outcome]:
         else "no checkpoint due yet"
     )
     return [judge(problems, ok, items)]
-
-
-MONITORING_CONTROLS = (
-    Check("MON-01", "The monitor watches the audit stream", monitor),
-    Check("MON-02", "Detectors are on and act", detectors),
-    Check("MON-03", "Recent alerts and refusals", recent_activity),
-    Check("AUD-01", "The audit chain is intact", audit_chain),
-    Check("AUD-02", "The audit log is checkpointed", checkpoints),
-)

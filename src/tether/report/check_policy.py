@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from tether.report.model import Evidence, Item
-from tether.report.outcome import Check, Outcome, Problem, fmt, iso, judge
+from tether.report.outcome import Check, Outcome, Problem, control, fmt, iso, judge
 
 __all__ = ["POLICY_CONTROLS"]
 
+#: this module's controls, in report order (each registered by ``@control`` below)
+POLICY_CONTROLS: list[Check] = []
 
+
+@control(POLICY_CONTROLS, "POL-01", "A valid Cedar policy set is in force")
 def policy_set(evidence: Evidence) -> list[Outcome]:
     state = evidence.policy
     where = f"{state.directory} (tether.policy.loader.load_directory)"
@@ -51,6 +55,7 @@ def policy_set(evidence: Evidence) -> list[Outcome]:
     return [judge(problems, f"policy set {state.version} is valid ({len(state.policies)} policies) and loaded", items)]
 
 
+@control(POLICY_CONTROLS, "POL-02", "No policy is left in shadow")
 def shadow_policies(evidence: Evidence) -> list[Outcome]:
     shadow = [p for p in evidence.policy.policies if p.shadow]
     items = [Item(p.id, f"{p.effect}, {p.file}:{p.line}", "@shadow annotation") for p in shadow]
@@ -71,6 +76,7 @@ def shadow_policies(evidence: Evidence) -> list[Outcome]:
     return [judge(problems, "every policy in the set is enforced", items)]
 
 
+@control(POLICY_CONTROLS, "POL-03", "Policies are enforced, not shadowed")
 def policy_mode(evidence: Evidence) -> list[Outcome]:
     mode = str(evidence.value("policy.mode"))
     items = [
@@ -88,10 +94,3 @@ def policy_mode(evidence: Evidence) -> list[Outcome]:
             )
         )
     return [judge(problems, "policy decisions are enforced", items)]
-
-
-POLICY_CONTROLS = (
-    Check("POL-01", "A valid Cedar policy set is in force", policy_set),
-    Check("POL-02", "No policy is left in shadow", shadow_policies),
-    Check("POL-03", "Policies are enforced, not shadowed", policy_mode),
-)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from tether.report.model import Evidence, Item
-from tether.report.outcome import Check, Outcome, Problem, fmt, judge, setting, unavailable
+from tether.report.outcome import Check, Outcome, Problem, control, fmt, judge, setting, unavailable
 from tether.rules.jws import ASYMMETRIC_ALGS
 
 __all__ = ["TOKEN_CONTROLS"]
+
+#: this module's controls, in report order (each registered by ``@control`` below)
+TOKEN_CONTROLS: list[Check] = []
 
 #: ``key`` → (recommended maximum, hard maximum) in seconds; SECURITY §4 "Lifetimes": AT ≤ 5 min
 TTL_BOUNDS = {"tokens.session_ttl": (900, 3600), "tokens.hop_ttl": (300, 900), "tokens.admin_ttl": (300, 900)}
@@ -37,6 +40,7 @@ def _bounded(evidence: Evidence, bounds: dict[str, tuple[int, int]], unit: str, 
     return problems
 
 
+@control(TOKEN_CONTROLS, "TOK-01", "Token lifetimes are short")
 def token_lifetimes(evidence: Evidence) -> list[Outcome]:
     problems = _bounded(evidence, TTL_BOUNDS, "s", "Lower {key} to at most {n} seconds.")
     longest = max(int(evidence.value(k)) for k in TTL_BOUNDS)
@@ -45,6 +49,7 @@ def token_lifetimes(evidence: Evidence) -> list[Outcome]:
     return [judge(problems, f"no token lives longer than {longest}s", items)]
 
 
+@control(TOKEN_CONTROLS, "TOK-02", "Every issued token is key-bound (DPoP)")
 def key_binding(evidence: Evidence) -> list[Outcome]:
     audit = evidence.store.audit
     if audit is None:
@@ -70,6 +75,7 @@ def key_binding(evidence: Evidence) -> list[Outcome]:
     return [judge(problems, ok, items)]
 
 
+@control(TOKEN_CONTROLS, "DPOP-01", "DPoP server nonces are on")
 def dpop_nonce(evidence: Evidence) -> list[Outcome]:
     nonce, max_age = bool(evidence.value("dpop.nonce")), int(evidence.value("dpop.max_age"))
     longest = max(int(evidence.value(k)) for k in TTL_BOUNDS)
@@ -96,6 +102,7 @@ def dpop_nonce(evidence: Evidence) -> list[Outcome]:
     return [judge(problems, "server-issued nonces are required in every proof", items)]
 
 
+@control(TOKEN_CONTROLS, "DPOP-02", "Only asymmetric proof and identity algorithms")
 def dpop_algorithms(evidence: Evidence) -> list[Outcome]:
     algs = [str(a) for a in evidence.value("dpop.algorithms")]
     problems = []
@@ -130,6 +137,7 @@ def dpop_algorithms(evidence: Evidence) -> list[Outcome]:
     return [judge(problems, "only asymmetric signature algorithms are accepted", items)]
 
 
+@control(TOKEN_CONTROLS, "TASK-01", "Task caps bound duration, depth and token count")
 def task_caps(evidence: Evidence) -> list[Outcome]:
     problems = _bounded(evidence, TASK_BOUNDS, "", "Lower {key} to at most {n}.")
     keys = [*TASK_BOUNDS, "tasks.default_max_depth", "tasks.default_max_tokens"]
@@ -140,6 +148,7 @@ def task_caps(evidence: Evidence) -> list[Outcome]:
     ]
 
 
+@control(TOKEN_CONTROLS, "REV-01", "Revocations propagate quickly")
 def revocation_reach(evidence: Evidence) -> list[Outcome]:
     stale = int(evidence.value("gateway.stale_after"))
     heartbeat = min(2.0, stale / 3)
@@ -186,13 +195,3 @@ def revocation_reach(evidence: Evidence) -> list[Outcome]:
             )
         )
     return [judge(problems, f"revocations reach subscribers within {stale}s at worst", items)]
-
-
-TOKEN_CONTROLS = (
-    Check("TOK-01", "Token lifetimes are short", token_lifetimes),
-    Check("TOK-02", "Every issued token is key-bound (DPoP)", key_binding),
-    Check("DPOP-01", "DPoP server nonces are on", dpop_nonce),
-    Check("DPOP-02", "Only asymmetric proof and identity algorithms", dpop_algorithms),
-    Check("TASK-01", "Task caps bound duration, depth and token count", task_caps),
-    Check("REV-01", "Revocations propagate quickly", revocation_reach),
-)

@@ -7,9 +7,12 @@ from urllib.parse import urlsplit
 
 from tether.keys.keyring import SIGNING_ALGS
 from tether.report.model import Evidence, FileFacts, Item
-from tether.report.outcome import Check, Outcome, Problem, age_days, fmt, iso, judge, setting, unavailable
+from tether.report.outcome import Check, Outcome, Problem, age_days, control, fmt, iso, judge, setting, unavailable
 
 __all__ = ["TRUST_CONTROLS"]
+
+#: this module's controls, in report order (each registered by ``@control`` below)
+TRUST_CONTROLS: list[Check] = []
 
 KEY_ROTATE_DAYS, KEY_MAX_DAYS = 90, 365
 IDENTITY_MAX_LIFETIME = 3600  # SPIFFE JWT-SVIDs are bearer tokens: keep them short
@@ -21,6 +24,7 @@ def _mode(facts: FileFacts) -> str:
     return "missing" if facts.mode is None else oct(facts.mode & 0o777)
 
 
+@control(TRUST_CONTROLS, "KEY-01", "The master key and data are owner-only")
 def secrets_at_rest(evidence: Evidence) -> list[Outcome]:
     problems = []
     master = evidence.master_key
@@ -59,6 +63,7 @@ def secrets_at_rest(evidence: Evidence) -> list[Outcome]:
     return [judge(problems, "the master key and the data directory are owner-only", items)]
 
 
+@control(TRUST_CONTROLS, "KEY-02", "The issuer signing key is rotated")
 def signing_keys(evidence: Evidence) -> list[Outcome]:
     store = evidence.store
     if store.error:
@@ -101,6 +106,7 @@ def _insecure(url: str) -> bool:
     return parts.scheme == "http" and (parts.hostname or "") not in LOOPBACK
 
 
+@control(TRUST_CONTROLS, "ID-01", "Workload identity sources are trusted safely")
 def identity_sources(evidence: Evidence) -> list[Outcome]:
     dev = str(evidence.value("dev.trust_domain"))
     items = [Item(f"{s.kind} {s.name}", s.location, "tether.toml") for s in evidence.trust_sources]
@@ -144,6 +150,7 @@ def identity_sources(evidence: Evidence) -> list[Outcome]:
     return [judge(problems, f"{len(evidence.trust_sources)} identity source(s), all fetched securely", items)]
 
 
+@control(TRUST_CONTROLS, "ADM-01", "Admin principals are few and not locally mintable")
 def admins(evidence: Evidence) -> list[Outcome]:
     principals = [str(p) for p in evidence.value("admin.principals")]
     dev = str(evidence.value("dev.trust_domain"))
@@ -166,6 +173,7 @@ def admins(evidence: Evidence) -> list[Outcome]:
     return [judge(problems, f"{len(principals)} admin principal(s), none from a local dev identity", items)]
 
 
+@control(TRUST_CONTROLS, "NET-01", "Endpoints are served over TLS")
 def transport(evidence: Evidence) -> list[Outcome]:
     urls = [("issuer", str(evidence.value("issuer")))]
     if evidence.routes:
@@ -183,12 +191,3 @@ def transport(evidence: Evidence) -> list[Outcome]:
     ]
     plain = any(urlsplit(url).scheme == "http" for _, url in urls)
     return [judge(problems, "plain http on loopback only (development)" if plain else "served over https", items)]
-
-
-TRUST_CONTROLS = (
-    Check("KEY-01", "The master key and data are owner-only", secrets_at_rest),
-    Check("KEY-02", "The issuer signing key is rotated", signing_keys),
-    Check("ID-01", "Workload identity sources are trusted safely", identity_sources),
-    Check("ADM-01", "Admin principals are few and not locally mintable", admins),
-    Check("NET-01", "Endpoints are served over TLS", transport),
-)

@@ -34,11 +34,26 @@ class Outcome:
     subject: str | None = None
 
 
+#: a control's rule: evidence in, one outcome per subject out
+Rule = Callable[[Evidence], list[Outcome]]
+
+
 @dataclass(frozen=True)
 class Check:
     id: str
     title: str
-    run: Callable[[Evidence], list[Outcome]]
+    run: Rule
+
+
+def control(registry: list[Check], id: str, title: str) -> Callable[[Rule], Rule]:
+    """Register the decorated rule as control ``id`` in ``registry``: the id and title stand
+    beside the rule they name, and definition order is report order."""
+
+    def register(run: Rule) -> Rule:
+        registry.append(Check(id, title, run))
+        return run
+
+    return register
 
 
 def judge(problems: Sequence[Problem], ok: str, evidence: Iterable[Item], *, subject: str | None = None) -> Outcome:
