@@ -14,15 +14,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tether.audit import checkpoint
 from tether.audit.chain import GENESIS
-from tether.audit.checkpoint import (
-    CHECKPOINT_KIND,
-    Checkpoint,
-    CheckpointError,
-    UnknownKey,
-    link_problem,
-    verify_checkpoint_record,
-)
 from tether.audit.coverage import Position, Stretch, Stretches, chain_problem
 from tether.rules.jws import PublicKey
 
@@ -59,13 +52,13 @@ class ExportBroken(Exception):
         self.reason = reason
 
 
-def _covered(cp: Checkpoint, hashes: Mapping[int, str]) -> int | None:
+def _covered(cp: checkpoint.Checkpoint, hashes: Mapping[int, str]) -> int | None:
     """The seq that a verified checkpoint vouches for in this export (None: before the export starts)."""
     known = hashes.get(cp.seq)
     if known is None:
         return None
     if known != cp.hash:
-        raise CheckpointError(f"checkpoint does not match record {cp.seq}: a record up to it was changed")
+        raise checkpoint.CheckpointError(f"checkpoint does not match record {cp.seq}: a record up to it was changed")
     return cp.seq
 
 
@@ -82,13 +75,13 @@ class _Tally:
         self.chained = False  # an earlier valid checkpoint named the one before it
         self.stretches = Stretches(after=after, every=every)
 
-    def checkpoint(self, raw: Mapping[str, Any], cp: Checkpoint, hashes: Mapping[int, str]) -> None:
+    def checkpoint(self, raw: Mapping[str, Any], cp: checkpoint.Checkpoint, hashes: Mapping[int, str]) -> None:
         """A checkpoint record whose signature verified; raises ``CheckpointError`` if it vouches for nothing here."""
         covered = _covered(cp, hashes)
         problem = chain_problem(cp.prev, chained=cp.chained, before=self.before, after=self.after,
                                 seen_chained=self.chained)  # fmt: skip
         if problem is not None:
-            raise CheckpointError(problem)
+            raise checkpoint.CheckpointError(problem)
         seq = int(raw["seq"])
         self.chained = self.chained or cp.chained
         self.valid.append(seq)
@@ -126,28 +119,28 @@ def verify_export(
     count = 0
     last: tuple[int, str] | None = None
     for raw in records:
-        reason = link_problem(raw, expected=expected, prev=prev)
+        reason = checkpoint.link_problem(raw, expected=expected, prev=prev)
         if reason is not None:
             seq = raw.get("seq")
             raise ExportBroken(seq if type(seq) is int else expected, reason)
         seq, digest = int(raw["seq"]), str(raw["hash"])
         hashes.setdefault(seq - 1, str(raw.get("prev")))  # bound by this record's hash
-        if keys is not None and raw.get("kind") != CHECKPOINT_KIND:
+        if keys is not None and raw.get("kind") != checkpoint.CHECKPOINT_KIND:
             tally.stretches.add(seq, raw.get("ts"))
         elif keys is not None:
             try:
-                cp = verify_checkpoint_record(raw, keys=keys, issuer=issuer_seen)
+                cp = checkpoint.verify_checkpoint_record(raw, keys=keys, issuer=issuer_seen)
                 tally.checkpoint(raw, cp, hashes)
-            except UnknownKey as exc:
+            except checkpoint.UnknownKey as exc:
                 tally.pending.append((seq, exc.kid))
-            except CheckpointError as exc:
+            except checkpoint.CheckpointError as exc:
                 raise ExportBroken(seq, str(exc)) from None
             else:
                 issuer_seen = cp.iss
             tally.before = (seq, digest)
         hashes[seq], prev, expected, last = digest, digest, seq + 1, (seq, digest)
         count += 1
-    problems = [(s, str(UnknownKey(kid))) for s, kid in tally.pending[:1]]
+    problems = [(s, str(checkpoint.UnknownKey(kid))) for s, kid in tally.pending[:1]]
     if expect_head is not None:
         want, want_hash = expect_head
         if last is None or want > last[0]:
