@@ -8,8 +8,8 @@ that it is checkpointed so an exported copy can be verified offline.
 from __future__ import annotations
 
 from tether.monitor.settings import DetectorSettings
-from tether.report.model import SEVERITIES, Evidence, Item
-from tether.report.outcome import Check, Outcome, Problem, control, fmt, iso, judge, setting, unavailable
+from tether.report.model import SEVERITIES, AuditFacts, Evidence, Item
+from tether.report.outcome import Check, Outcome, Problem, control, fmt, iso, judge, reads_audit, setting
 
 __all__ = ["KEY_DETECTORS", "MONITORING_CONTROLS"]
 
@@ -99,10 +99,8 @@ def detectors(evidence: Evidence) -> list[Outcome]:
 
 
 @control(MONITORING_CONTROLS, "MON-03", "Recent alerts and refusals")
-def recent_activity(evidence: Evidence) -> list[Outcome]:
-    audit = evidence.store.audit
-    if audit is None:
-        return [unavailable("the audit log", evidence.store.error, severity="medium")]
+@reads_audit("the audit log", severity="medium")
+def recent_activity(evidence: Evidence, audit: AuditFacts) -> list[Outcome]:
     hours = audit.window_seconds // 3600
     refused = sum(audit.refusals.values())
     items = [Item("refusals", str(refused), f"audit log, outcome refused, last {hours}h")]
@@ -134,10 +132,8 @@ def recent_activity(evidence: Evidence) -> list[Outcome]:
 
 
 @control(MONITORING_CONTROLS, "AUD-01", "The audit chain is intact")
-def audit_chain(evidence: Evidence) -> list[Outcome]:
-    audit = evidence.store.audit
-    if audit is None:
-        return [unavailable("the audit log", evidence.store.error)]
+@reads_audit("the audit log")
+def audit_chain(evidence: Evidence, audit: AuditFacts) -> list[Outcome]:
     items = [Item("records", str(audit.records), "store audit_records"), Item("last seq", fmt(audit.last_seq), "store")]
     problems = []
     if audit.first_broken is not None:
@@ -154,15 +150,13 @@ def audit_chain(evidence: Evidence) -> list[Outcome]:
 
 
 @control(MONITORING_CONTROLS, "AUD-02", "The audit log is checkpointed")
-def checkpoints(evidence: Evidence) -> list[Outcome]:
+@reads_audit("the audit log", severity="medium")
+def checkpoints(evidence: Evidence, audit: AuditFacts) -> list[Outcome]:
     """Checkpoints are due after ``checkpoint_every`` records or ``checkpoint_seconds`` (``checkpoint_due``).
 
     A finding needs twice that: two missed checkpoints, so a report taken just before
     the next one is due is not flagged.
     """
-    audit = evidence.store.audit
-    if audit is None:
-        return [unavailable("the audit log", evidence.store.error, severity="medium")]
     every, seconds = int(evidence.value("audit.checkpoint_every")), int(evidence.value("audit.checkpoint_seconds"))
     oldest = audit.oldest_uncovered_ts
     items = [

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tether.report.model import Evidence, Item
-from tether.report.outcome import Check, Outcome, Problem, control, fmt, judge, setting, unavailable
+from tether.report.model import AuditFacts, Evidence, Item
+from tether.report.outcome import Check, Outcome, Problem, control, fmt, judge, reads_audit, setting
 from tether.rules.jws import ASYMMETRIC_ALGS
 
 __all__ = ["TOKEN_CONTROLS"]
@@ -50,10 +50,8 @@ def token_lifetimes(evidence: Evidence) -> list[Outcome]:
 
 
 @control(TOKEN_CONTROLS, "TOK-02", "Every issued token is key-bound (DPoP)")
-def key_binding(evidence: Evidence) -> list[Outcome]:
-    audit = evidence.store.audit
-    if audit is None:
-        return [unavailable("the issued-token records", evidence.store.error)]
+@reads_audit("the issued-token records")
+def key_binding(evidence: Evidence, audit: AuditFacts) -> list[Outcome]:
     items = [
         Item("tokens issued", str(audit.tokens_issued), "audit log, token.issued records"),
         Item("tokens without cnf.jkt", str(audit.unbound_tokens), "audit log, token.issued detail.jkt"),

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tether.report.model import Evidence, Item, severity_rank
+from tether.report.model import AuditFacts, Evidence, Item, severity_rank
 
 __all__ = ["Check", "Outcome", "Problem", "age_days", "fmt", "iso", "judge", "setting", "unavailable"]
 
@@ -81,6 +82,23 @@ def unavailable(what: str, error: str | None, *, severity: str = "high", subject
         fail=True,
     )
     return judge([problem], "", [Item("store", "unavailable", error or "unknown error")], subject=subject)
+
+
+def reads_audit(what: str, *, severity: str = "high") -> Callable[[Callable[[Evidence, AuditFacts], list[Outcome]]], Rule]:
+    """A rule over the audit facts; when the store could not give them, it fails closed as
+    ``unavailable`` (with ``severity``) instead of running."""
+
+    def wrap(rule: Callable[[Evidence, AuditFacts], list[Outcome]]) -> Rule:
+        @functools.wraps(rule)
+        def run(evidence: Evidence) -> list[Outcome]:
+            audit = evidence.store.audit
+            if audit is None:
+                return [unavailable(what, evidence.store.error, severity=severity)]
+            return rule(evidence, audit)
+
+        return run
+
+    return wrap
 
 
 def fmt(value: Any) -> str:
