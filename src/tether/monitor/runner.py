@@ -112,6 +112,11 @@ class Monitor:
                 log.warning("monitor: audit log not read: %s", exc)
             await asyncio.sleep(self.interval)
 
+    @property
+    def outage_since(self) -> float | None:
+        """When the store last answered before the failure going on now (None: it answers)."""
+        return self._down_since
+
     def store_failed(self) -> None:
         """Note that the store did not answer: an outage since its last answer, until it answers again."""
         if self._down_since is None:
