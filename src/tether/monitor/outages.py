@@ -22,8 +22,8 @@ _KEPT = 16
 
 def outage_event(*, since: float, until: float) -> Event:
     """The event telling the detectors the store was unavailable from ``since`` to ``until``."""
-    return Event(seq=0, ts=until, kind=OUTAGE_KIND, outcome="outage", principal=None, task=None, error=None,
-                 detail={"since": since, "until": until})  # fmt: skip
+    return Event(seq=0, ts=until, kind=OUTAGE_KIND, outcome="outage", principal=None, task=None, jti=None,
+                 error=None, detail={"since": since, "until": until}, prev="", hash="")  # fmt: skip
 
 
 class Outages:
