@@ -152,10 +152,12 @@ def test_catch_up_after_a_redis_outage_is_not_a_spike_and_a_spike_still_is(tmp_p
                         if r.kind == "alert.raised" and r.detail["agent"] == AGENT]  # fmt: skip
             assert alert.detail["evidence"]["baseline"] == 4.0  # the held windows did not move it
         finally:
-            await mon.stop()
-            await store.aclose()
-            redis.kill()
-            drop_schema(schema)
+            redis.kill()  # first: nothing below may leave the server running
+            try:
+                await mon.stop()
+            finally:
+                await store.aclose()
+                drop_schema(schema)
 
     asyncio.run(main())
 
