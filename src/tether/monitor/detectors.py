@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from tether.lru import LruCache
 from tether.monitor.base import DEDUPE_SECONDS, MAX_AGENTS, Detector, DetectorBase, agent_of
 from tether.monitor.events import Event, Finding
+from tether.monitor.outages import Outages
 from tether.monitor.refusals import DpopReplay, RefusalBurst, UseAfterEnd
 from tether.monitor.settings import DetectorSettings
 
@@ -55,6 +56,12 @@ class ExchangeRateSpike(DetectorBase):
     an agent that works in bursts keeps the intensity of its bursts as its baseline
     instead of decaying to zero while idle. It fires once per window, when the count
     reaches ``min_count`` and ``factor`` times the baseline.
+
+    A known store outage (``tether.monitor.outages``) holds the windows it touched: the one
+    it cut short and those starting before ``recovery`` seconds after it ended are neither
+    judged nor averaged, so the deferred work arriving at once is not an alert and does not
+    inflate the baseline; a rate that stays high past the recovery is judged against the
+    baseline from before the outage.
     """
 
     def __init__(self, settings: DetectorSettings) -> None:
@@ -64,11 +71,15 @@ class ExchangeRateSpike(DetectorBase):
         self.min_count = settings.param("min_count")
         self.alpha = min(max(settings.param("alpha"), 0.0), 1.0)
         self.warmup = int(settings.param("warmup"))
+        self.outages = Outages(settings.param("recovery"))
         self.agents: LruCache[str, _Rate] = LruCache(MAX_AGENTS)
+
+    def _held(self, bucket: int) -> bool:
+        return self.outages.touches(bucket * self.window, (bucket + 1) * self.window)
 
     def observe(self, event: Event) -> list[Finding]:
         agent = agent_of(event)
-        if event.kind != "token.issued" or agent is None:
+        if self.outages.observe(event) or event.kind != "token.issued" or agent is None:
             return []
         bucket = int(event.ts // self.window)
         state = self.agents.get(agent)
@@ -76,13 +87,13 @@ class ExchangeRateSpike(DetectorBase):
             state = _Rate(bucket, first_seq=event.seq)
             self.agents.put(agent, state)
         elif bucket > state.bucket:
-            if state.count:
+            if state.count and not self._held(state.bucket):
                 state.baseline = state.count if state.baseline is None else (
                     self.alpha * state.count + (1 - self.alpha) * state.baseline)  # fmt: skip
                 state.windows += 1
             state.bucket, state.count, state.first_seq, state.fired = bucket, 0, event.seq, False
         state.count += 1
-        if state.fired or state.windows < self.warmup or state.count < self.min_count:
+        if state.fired or state.windows < self.warmup or state.count < self.min_count or self._held(state.bucket):
             return []
         baseline = state.baseline or 0.0
         if state.count < self.factor * baseline:

@@ -6,6 +6,8 @@ board. Every replica runs the detectors, and a finding is acted on once: its key
 (``Finding.key``) is claimed with the atomic ``Store.count``. On start, baselines are rebuilt
 by replaying a bounded window before the head (``rebuild``) rather than persisted: the chain
 is already the shared, durable record the detectors are pure functions of. A replay never acts.
+When the store fails (a ping or a read) and then answers again, the detectors are told the
+interval (``tether.monitor.outages``) before they read the catch-up that follows it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from tether.monitor.cursor import head_seq, seq_before
 from tether.monitor.dedupe import Deduper
 from tether.monitor.detectors import Detector, build_detectors
 from tether.monitor.events import MONITOR_PRINCIPAL, OWN_KINDS, Event, Finding, as_event
+from tether.monitor.outages import outage_event
 from tether.monitor.risk import RISK_BY_SEVERITY, RiskBoard
 from tether.monitor.settings import HISTORY_RECORDS, HISTORY_SECONDS, PROVEN_ONLY, DetectorSettings
 from tether.monitor.webhook import WebhookSender
@@ -64,6 +67,8 @@ class Monitor:
         self._since = 0  # the risk board is rebuilt from the records after this seq
         self._history = 0  # the detectors are rebuilt from the records after this seq
         self._polling = asyncio.Lock()
+        self._up_at = 0.0  # when the store last answered
+        self._down_since: float | None = None  # the last answer before it failed (None: not failing)
 
     def risk(self, principal: str) -> int:
         """The principal's current score (``StsContext.risk``, Cedar ``context.risk``)."""
@@ -72,7 +77,7 @@ class Monitor:
     async def begin(self) -> None:
         """Place the cursor at the head of the chain (nothing appended from now on is missed) and the windows before it."""
         self.cursor = await head_seq(self.store)
-        now = self.clock.now()
+        now = self._up_at = self.clock.now()
         self._since = await seq_before(self.store, now - self.risk_ttl, head=self.cursor)
         by_time = await seq_before(self.store, now - self.history_seconds, head=self.cursor)
         self._history = max(by_time, self.cursor - self.history_records, 0)
@@ -100,10 +105,22 @@ class Monitor:
             log.warning("monitor: detectors and risk board not rebuilt: %s", exc)
         while True:
             try:
+                await self.store.ping()  # reads may still work while issuance fails (PostgreSQL up, Redis down)
                 await self.poll()
             except StoreError as exc:
+                self.store_failed()
                 log.warning("monitor: audit log not read: %s", exc)
             await asyncio.sleep(self.interval)
+
+    @property
+    def outage_since(self) -> float | None:
+        """When the store last answered before the failure going on now (None: it answers)."""
+        return self._down_since
+
+    def store_failed(self) -> None:
+        """Note that the store did not answer: an outage since its last answer, until it answers again."""
+        if self._down_since is None:
+            self._down_since = self._up_at
 
     async def rebuild(self) -> None:
         """Replay the windows before ``begin``: the detectors' history and the risk raised, never acting."""
@@ -130,6 +147,7 @@ class Monitor:
         async with self._polling:
             for _ in range(_PAGES_PER_POLL):
                 page = await self.store.audit_records(after=self.cursor, limit=_PAGE)
+                self._recovered()
                 for record in page:
                     self.cursor = record.seq
                     await self._observe(as_event(record))
@@ -138,6 +156,17 @@ class Monitor:
                     break
                 await asyncio.sleep(0)  # let the requests in flight run between pages
         return read
+
+    def _recovered(self) -> None:
+        """The store answered: after an outage, tell the detectors before they read the catch-up."""
+        self._up_at = self.clock.now()
+        if self._down_since is None:
+            return
+        event = outage_event(since=self._down_since, until=self._up_at)
+        self._down_since = None
+        log.warning("monitor: store unavailable for %.1fs; the detectors hold the catch-up", event.ts - event.detail["since"])
+        for detector in self.detectors:
+            detector.observe(event)
 
     @staticmethod
     def _watched(event: Event) -> bool:

@@ -10,7 +10,8 @@ from tether.monitor.settings import DEFAULTS, HISTORY_RECORDS, HISTORY_SECONDS, 
 __all__ = ["sample_config"]
 
 _WHAT = {
-    "exchange_rate_spike": "tokens issued to an agent per window vs its moving average (after warm-up)",
+    "exchange_rate_spike": "tokens issued to an agent per window vs its moving average (after warm-up; "
+    "held for `recovery` s after a store outage)",
     "new_audience": "a token for an audience the agent never had, after `learn` tokens",
     "refusal_burst": "`threshold` refusals (denials, widening, bad proofs) by one agent within `window` s",
     "dpop_replay": "a DPoP proof presented twice, by the task the token names (never proven: no risk, no suspend)",

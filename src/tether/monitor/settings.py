@@ -53,11 +53,12 @@ class DetectorSettings:
 #: name → (severity, actions, params)
 DEFAULTS: Mapping[str, tuple[str, tuple[str, ...], Mapping[str, float]]] = {
     # exchanges per agent in a window against its own moving average of earlier windows;
-    # an agent is judged only once it has been active in `warmup` earlier windows
+    # an agent is judged only once it has been active in `warmup` earlier windows; windows a
+    # store outage cut short, or starting within `recovery` seconds after it, are not judged
     "exchange_rate_spike": (
         "high",
         ("alert", "suspend"),
-        {"window": 10, "factor": 5.0, "min_count": 50, "alpha": 0.2, "warmup": 3},
+        {"window": 10, "factor": 5.0, "min_count": 50, "alpha": 0.2, "warmup": 3, "recovery": 30},
     ),
     # a token for an audience this agent never had a token for, once it has a history
     "new_audience": ("medium", ("alert",), {"learn": 20}),

@@ -5,7 +5,9 @@ writes. The writer tails ``Store.audit_marks`` in short pages, keeps each hash i
 checkpoint covers it, and before signing re-links the records since the position it trusts (at
 most ``LOOKBACK``). A rewrite gets a critical ``alert.raised``, once across replicas, instead of
 a signature. The last checkpoint it signed is kept in ``STATE_FILE``, where a database writer
-cannot rewind it. Replicas on one chain claim each next checkpoint with ``first_use``.
+cannot rewind it. Replicas on one chain claim each next checkpoint with ``first_use``; the claim
+names its holder (``tether.sts.writer``), so a restarted STS reclaims at once what its previous
+process claimed and died holding, while other replicas honour it for ``CLAIM_SECONDS``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from tether.monitor.events import Finding, alert_event
 from tether.rules.jws import JWSError, PublicKey, peek_header
 from tether.store.protocol import TAIL_PAGE, Store
 from tether.store.records import AuditMark
+from tether.sts.writer import WriterIdentity, claim
 
 __all__ = ["CLAIM_SECONDS", "LOOKBACK", "MAX_HOPS", "STATE_FILE", "AuditCheckpoints"]
 
@@ -97,6 +100,7 @@ class AuditCheckpoints:
         self.every = every
         self.seconds = seconds
         self._state = LocalState(data_dir / STATE_FILE) if data_dir is not None else None
+        self.writer = WriterIdentity(data_dir)
         self._saved = _saved(self._state)
         self._saved_alerted = False
         self._keys: Mapping[str, PublicKey] = {}
@@ -309,7 +313,9 @@ class AuditCheckpoints:
         if self._head is None or not due or now < self._retry_at:
             return None
         last = (self._last, self._last_hash) if self._last else None
-        if not await store.first_use(f"audit-checkpoint:after:{self._last}", until=int(now) + CLAIM_SECONDS, now=now):
+        holder = self.writer.holder() if self.writer.locked else await asyncio.to_thread(self.writer.holder)
+        claimed = f"audit-checkpoint:after:{self._last}"
+        if not await claim(store, claimed, holder=holder, until=int(now) + CLAIM_SECONDS, now=now):
             return None
         broken = await self._verify(store)
         if broken is not None:

@@ -1,0 +1,48 @@
+"""Known store outages, as the detectors see them (pure: no I/O, no clock).
+
+A store outage leaves no records behind (a refusal that fails closed is not written when
+the store that would hold it is down), and when it ends the agents' deferred work arrives at
+once. The audit stream alone cannot tell that catch-up from an attack nor from an agent that
+simply went idle, so the monitor tells the detectors: when its store reads or pings fail and
+then succeed again it feeds them an ``outage_event`` naming the interval. ``Outages`` answers
+which windows an outage touched, order-independently (records written before the outage may
+be read after the event).
+"""
+
+from __future__ import annotations
+
+from tether.monitor.events import Event
+
+__all__ = ["OUTAGE_KIND", "Outages", "outage_event"]
+
+#: the kind of the event the monitor feeds its detectors after an outage (never an audit record)
+OUTAGE_KIND = "store.outage"
+_KEPT = 16
+
+
+def outage_event(*, since: float, until: float) -> Event:
+    """The event telling the detectors the store was unavailable from ``since`` to ``until``."""
+    return Event(seq=0, ts=until, kind=OUTAGE_KIND, outcome="outage", principal=None, task=None, jti=None,
+                 error=None, detail={"since": since, "until": until}, prev="", hash="")  # fmt: skip
+
+
+class Outages:
+    """The last few outages; a window is *touched* when it overlaps one or its ``recovery`` after it."""
+
+    def __init__(self, recovery: float) -> None:
+        self.recovery = recovery
+        self.spans: list[tuple[float, float]] = []
+
+    def observe(self, event: Event) -> bool:
+        """Remember ``event`` if it is an ``outage_event``; True if it was."""
+        if event.kind != OUTAGE_KIND or event.seq != 0:  # never a record of the chain
+            return False
+        since, until = event.detail.get("since"), event.detail.get("until")
+        if not isinstance(since, int | float) or not isinstance(until, int | float) or until < since:
+            return True
+        self.spans = [*self.spans, (float(since), float(until))][-_KEPT:]
+        return True
+
+    def touches(self, start: float, end: float) -> bool:
+        """Whether the window ``[start, end)`` was cut short by an outage or falls in the recovery after it."""
+        return any(end > since and start < until + self.recovery for since, until in self.spans)
