@@ -3,14 +3,15 @@
 ``rules.dpop.check_proof`` does the pure checks; this adds the two that need state, in the
 order that keeps retries cheap: the server nonce first (a nonce challenge leaves the proof
 unspent), then the ``jti`` replay cache, atomically, so a proof is accepted once on every
-replica.
+replica. A replay cache that can lose keys (Redis) also says when it began; a proof not
+provably made since then is refused with a fresh nonce (``rules.replay_epoch``).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Collection
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from tether.clock import Clock
 from tether.errors import InvalidDPoPProof, UseDPoPNonce, replay
@@ -18,12 +19,26 @@ from tether.lru import LruCache
 from tether.model import DPoPProof
 from tether.rules.dpop import check_proof, replay_key
 from tether.rules.nonce import make_nonce, nonce_fresh, nonce_issued
+from tether.rules.replay_epoch import made_after, nonce_stamp, predates_cache
 
-__all__ = ["ProofChecker", "ReplayCache"]
+__all__ = ["EpochReplayCache", "ProofChecker", "ReplayCache", "predates_refusal_marker"]
 
 
 class ReplayCache(Protocol):
     async def first_use(self, key: str, *, until: int, now: float) -> bool: ...
+
+
+@runtime_checkable
+class EpochReplayCache(Protocol):
+    """A replay cache that can lose keys and knows when it last did (``RedisCache.spend_proof``)."""
+
+    async def spend_proof(self, key: str, *, until: int, now: float) -> tuple[bool, float]: ...
+
+
+#: the audit mark of a proof refused because the replay cache cannot vouch for it: like a
+#: replay it proves nothing about its sender, but it is not counted as one (honest clients
+#: get it after every loss of the cache)
+predates_refusal_marker = "predates_replay_cache"
 
 
 class ProofChecker:
@@ -52,6 +67,8 @@ class ProofChecker:
         # carry one nonce, cost one HMAC check between them
         self._minted: tuple[int, str] | None = None
         self._seen: LruCache[str, int] = LruCache(4096)
+        # the latest time a replay cache was seen to begin: nonces are stamped no earlier
+        self._since = 0.0
 
     @property
     def nonce_required(self) -> bool:
@@ -60,23 +77,54 @@ class ProofChecker:
     def fresh_nonce(self) -> str | None:
         if self._nonce_key is None:
             return None
-        second = int(self._clock.now())
-        if self._minted is None or self._minted[0] != second:
-            self._minted = (second, make_nonce(self._nonce_key, now=second, salt=os.urandom(12)))
+        stamp = nonce_stamp(self._clock.now(), self._since)
+        if self._minted is None or self._minted[0] != stamp:
+            self._minted = (stamp, make_nonce(self._nonce_key, now=stamp, salt=os.urandom(12)))
         return self._minted[1]
 
-    def _nonce_ok(self, nonce: str | None, now: float) -> bool:
-        """RFC 9449 §8: the proof's nonce was issued by a replica (same key) within ``nonce_ttl``."""
-        assert self._nonce_key is not None
-        if nonce is None:
-            return False
+    def _nonce_time(self, nonce: str | None) -> int | None:
+        """When a replica (same key) issued ``nonce``; ``None`` if it is not ours."""
+        if self._nonce_key is None or nonce is None:
+            return None
         issued = self._seen.get(nonce)
         if issued is None:
             issued = nonce_issued(self._nonce_key, nonce)
             if issued is None:
-                return False  # forgeries are not remembered: they cannot crowd out good nonces
+                return None  # forgeries are not remembered: they cannot crowd out good nonces
             self._seen.put(nonce, issued)
-        return nonce_fresh(issued, now=now, ttl=self._nonce_ttl)
+        return issued
+
+    def _nonce_ok(self, nonce: str | None, now: float) -> bool:
+        """RFC 9449 §8: the proof's nonce was issued by a replica (same key) within ``nonce_ttl``."""
+        issued = self._nonce_time(nonce)
+        return issued is not None and nonce_fresh(issued, now=now, ttl=self._nonce_ttl)
+
+    def made_after(self, checked: DPoPProof) -> float:
+        """The server time ``checked`` was provably made at or after (``rules.replay_epoch``)."""
+        return made_after(iat=checked.iat, nonce_issued=self._nonce_time(checked.nonce), skew=self._skew)
+
+    def predates_refusal(self, checked: DPoPProof, since: float) -> InvalidDPoPProof | UseDPoPNonce:
+        """The refusal of a proof the replay cache that began at ``since`` cannot vouch for.
+
+        With nonces on it is a nonce challenge (RFC 9449 §8) whose nonce is stamped at or
+        after ``since``, so the client's retry passes; without, ``invalid_dpop_proof``
+        until the client's ``iat`` is ``skew`` past ``since``.
+        """
+        self._since = max(self._since, since)
+        nonce = self.fresh_nonce()
+        debug = f"proof made after {self.made_after(checked)}, replay cache began at {since}, jkt {checked.jkt}"
+        exc: InvalidDPoPProof | UseDPoPNonce
+        if nonce is not None:
+            exc = UseDPoPNonce(nonce, "a fresh dpop nonce is required (the replay cache was reset)")
+        else:
+            exc = InvalidDPoPProof("dpop proof predates the replay cache; retry with a new proof")
+        exc.debug = debug
+        exc.audit[predates_refusal_marker] = True
+        return exc
+
+    def learn_since(self, since: float) -> None:
+        """Remember when the replay cache began, so the nonces minted from now on pass."""
+        self._since = max(self._since, since)
 
     async def check(self, proof: str | None, *, method: str, url: str, access_token: str | None = None) -> DPoPProof:
         """Every check, and the proof consumed in the replay cache (accepted once)."""
@@ -86,7 +134,15 @@ class ProofChecker:
 
     async def consume(self, checked: DPoPProof, key: str, until: int) -> None:
         """Spend a checked proof's ``jti`` (RFC 9449 §11.1); a second use is refused."""
-        if not await self._replay.first_use(key, until=until, now=self._clock.now()):
+        now = self._clock.now()
+        if isinstance(self._replay, EpochReplayCache):
+            fresh, since = await self._replay.spend_proof(key, until=until, now=now)
+            if not fresh:
+                raise replayed_proof(checked.jkt)
+            if predates_cache(self.made_after(checked), since):
+                raise self.predates_refusal(checked, since)
+            self.learn_since(since)
+        elif not await self._replay.first_use(key, until=until, now=now):
             raise replayed_proof(checked.jkt)
 
     def check_unconsumed(

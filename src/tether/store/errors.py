@@ -11,6 +11,7 @@ __all__ = [
     "Conflict",
     "NotFound",
     "ParentRevoked",
+    "PredatesReplayCache",
     "Replayed",
     "StoreError",
     "StoreUnavailable",
@@ -48,6 +49,15 @@ class ParentRevoked(Conflict):
 
 class Replayed(Conflict):
     """A single-use proof (DPoP ``jti``) was already accepted."""
+
+
+class PredatesReplayCache(Conflict):
+    """A DPoP proof not provably made after the replay cache last lost its memory
+    (``rules.replay_epoch``): it may be a replay the cache forgot. ``since`` is when it began."""
+
+    def __init__(self, since: float) -> None:
+        super().__init__(f"replay cache began at {since}")
+        self.since = since
 
 
 class Blocked(Conflict):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tether.errors import OAuthError
+from tether.proofs import predates_refusal_marker
 from tether.sts.context import StsContext
 
 __all__ = ["Claim", "refuse_exchange"]
@@ -40,6 +41,8 @@ class Claim:
     async def proven(self, ctx: StsContext, exc: OAuthError) -> bool:
         """True if what the request presented was fresh, i.e. this request's own; spends its proof."""
         if self.principal is None or self.unprovable or exc.audit.get("replay") or exc.audit.get("spent"):
+            return False
+        if exc.audit.get(predates_refusal_marker):  # possibly a replay the lost cache forgot
             return False
         now = ctx.now()
         fresh = True

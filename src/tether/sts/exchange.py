@@ -36,7 +36,16 @@ from tether.rules.claims import Grant, build_claims
 from tether.rules.exchange import derive_hop, derive_session
 from tether.rules.namespace import source_of
 from tether.rules.scope import check_subset, format_scope
-from tether.store.errors import AlreadySpent, Blocked, CapReached, ParentRevoked, Replayed, StoreError, TaskNotActive
+from tether.store.errors import (
+    AlreadySpent,
+    Blocked,
+    CapReached,
+    ParentRevoked,
+    PredatesReplayCache,
+    Replayed,
+    StoreError,
+    TaskNotActive,
+)
 from tether.store.records import IssuedToken
 from tether.sts.attribution import Claim, refuse_exchange
 from tether.sts.context import StsContext, new_jti, spend_key
@@ -397,10 +406,19 @@ async def _issue(
         principals = [*principals, task.agent, task.on_behalf_of or ""]
     try:
         await ctx.store.issue_token(
-            record, now=now, spends=checked.spends, audit=event, replay=checked.replay, principals=principals
+            record,
+            now=now,
+            spends=checked.spends,
+            audit=event,
+            replay=checked.replay,
+            principals=principals,
+            proof_made_after=ctx.proofs.made_after(checked.proof),
         )
     except Replayed as exc:
         raise replayed_proof(str(grant.jkt)) from exc
+    except PredatesReplayCache as exc:
+        claim.consumed = True  # spent with the check: the client retries with a new proof
+        raise ctx.proofs.predates_refusal(checked.proof, exc.since) from exc
     except (AlreadySpent, Blocked, CapReached, TaskNotActive, ParentRevoked) as exc:
         claim.consumed = True  # the proof was spent first, and stays spent (Store.issue_token)
         raise _issue_refusal(exc) from exc

@@ -24,6 +24,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from tether.audit.chain import AuditEvent, AuditRecord, link
 from tether.model import Task, TaskState
+from tether.rules.replay_epoch import predates_cache
 from tether.store.errors import (
     AlreadySpent,
     Blocked,
@@ -31,6 +32,7 @@ from tether.store.errors import (
     Conflict,
     NotFound,
     ParentRevoked,
+    PredatesReplayCache,
     Replayed,
     StoreUnavailable,
     TaskNotActive,
@@ -230,6 +232,9 @@ class PostgresRedisStore:
         try:
             await store._check_schema(migrate)
             await store.cache.ping()
+            warning = await store.cache.check_eviction()
+            if warning is not None:
+                log.warning("%s", warning)
         except BaseException:
             await store.aclose()
             raise
@@ -387,9 +392,14 @@ class PostgresRedisStore:
         audit: AuditEvent,
         replay: tuple[str, int] | None = None,
         principals: Sequence[str] = (),
+        proof_made_after: float | None = None,
     ) -> None:
-        if replay is not None and not await self.cache.first_use(replay[0], until=replay[1], now=now):
-            raise Replayed(replay[0])
+        if replay is not None:
+            fresh, since = await self.cache.spend_proof(replay[0], until=replay[1], now=now)
+            if not fresh:
+                raise Replayed(replay[0])
+            if proof_made_after is not None and predates_cache(proof_made_after, since):
+                raise PredatesReplayCache(since)
         async with self._conn() as conn, conn.transaction():
             for key, until in spends:
                 if not await _spend(conn, key, until, now):
@@ -468,6 +478,10 @@ class PostgresRedisStore:
 
     async def first_use(self, key: str, *, until: int, now: float) -> bool:
         return await self.cache.first_use(key, until=until, now=now)
+
+    async def spend_proof(self, key: str, *, until: int, now: float) -> tuple[bool, float]:
+        """``first_use`` and when the replay cache began (``RedisCache.spend_proof``)."""
+        return await self.cache.spend_proof(key, until=until, now=now)
 
     # -- revocation feed ----------------------------------------------------------
     async def revocations_after(self, seq: int, *, now: float, limit: int) -> list[Revocation]:

@@ -1,7 +1,9 @@
 """Redis for the fast, expiring state every replica shares (redis-py asyncio).
 
 ``first_use`` is the DPoP ``jti`` replay cache (``SET NX EXAT``: a proof accepted by one
-replica is a replay at every other); ``incr_window`` keeps fixed-window counters; a pub/sub
+replica is a replay at every other); ``spend_proof`` does the same and also returns when the
+current cache began (the replay-epoch marker, ``rules.replay_epoch``), so a cache that lost
+keys is never taken for one that remembers them; ``incr_window`` keeps fixed-window counters; a pub/sub
 channel announces each committed revocation so every replica's streams wake at once. Any
 Redis failure raises ``StoreUnavailable``: with no replay cache nothing is accepted.
 """
@@ -11,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -33,11 +37,38 @@ return value
 """
 
 
+# The replay-epoch marker is read, and recreated when it is missing (a restart without
+# persistence, an eviction, a flush) or was written by another Redis run (a restart that
+# reloaded an older RDB/AOF, a failover to a replica: run_id changes with the process),
+# in the same script as the SET NX: no spend can slip between a loss and its detection.
+# ARGV: 1 jti expiry (unix seconds), 2 caller's now, 3 a random epoch id for a new marker.
+_SPEND_PROOF = """
+redis.replicate_commands()
+local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
+local marker = redis.call('HMGET', KEYS[2], 'since', 'run')
+local since = marker[1]
+if not since or marker[2] ~= run then
+  since = ARGV[2]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[2], 'since', since, 'run', run, 'epoch', ARGV[3])
+end
+local fresh = 0
+if redis.call('SET', KEYS[1], '1', 'NX', 'EXAT', ARGV[1]) then fresh = 1 end
+return {fresh, since}
+"""
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 class RedisCache:
     def __init__(self, client: aioredis.Redis, *, prefix: str) -> None:
         self.client = client
         self._incr_window = client.register_script(_INCR_WINDOW)
+        self._spend_proof = client.register_script(_SPEND_PROOF)
         self.prefix = prefix
+        self.epoch_key = f"{prefix}:replay-epoch"
         self.channel = f"{prefix}:revocations"
         self._listener: asyncio.Task[None] | None = None
 
@@ -63,6 +94,37 @@ class RedisCache:
         name = f"{self.prefix}:replay:{key}"
         result = await self._call(lambda: self.client.set(name, b"1", nx=True, exat=int(until)))
         return bool(result)
+
+    async def spend_proof(self, key: str, *, until: int, now: float) -> tuple[bool, float]:
+        """``first_use`` for a DPoP proof, and the time the replay cache began (``since``).
+
+        One script: the epoch marker is checked (and recreated at ``now`` if lost) in the
+        same step that spends ``key``, so every spend learns ``since`` from Redis itself,
+        never from what this replica remembers (RFC 9449 §11.1; ``rules.replay_epoch``).
+        """
+        if until <= now:
+            return False, math.inf  # refused as spent either way
+        name = f"{self.prefix}:replay:{key}"
+        args: list[str | int] = [int(until), repr(float(now)), secrets.token_hex(8)]
+        fresh, since = await self._call(lambda: self._spend_proof(keys=[name, self.epoch_key], args=args))
+        return bool(fresh), float(since)
+
+    async def check_eviction(self) -> str | None:
+        """A warning when Redis may evict keys (``maxmemory`` with a policy other than
+        ``noeviction``): an evicted ``jti`` mark is a replay the epoch marker cannot detect.
+        ``None`` when eviction is off; a warning too when the settings cannot be read."""
+        try:
+            raw: dict[Any, Any] = dict(await self.client.config_get("maxmemory*"))
+        except (RedisError, OSError) as exc:
+            return f"cannot read redis maxmemory settings ({type(exc).__name__}); make sure maxmemory-policy is noeviction"
+        config = {_text(name): _text(value) for name, value in raw.items()}
+        policy, limit = config.get("maxmemory-policy", ""), config.get("maxmemory", "0")
+        if limit not in ("", "0") and policy != "noeviction":
+            return (
+                f"redis maxmemory-policy is {policy} with maxmemory {limit}: evicted dpop replay marks "
+                "would let proofs be replayed; set maxmemory-policy noeviction"
+            )
+        return None
 
     async def incr_window(self, key: str, *, window_ends: int) -> int:
         """Increment a fixed-window counter; returns the new value.

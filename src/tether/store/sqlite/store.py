@@ -298,7 +298,10 @@ class SqliteStore:
         audit: AuditEvent,
         replay: tuple[str, int] | None = None,
         principals: Sequence[str] = (),
+        proof_made_after: float | None = None,
     ) -> None:
+        # the replay marks live in the same database as the tokens: they are lost only with
+        # them, so ``proof_made_after`` has nothing to guard against here
         def spend_proof(conn: sqlite3.Connection) -> None:
             if replay is not None and not _first_use(conn, replay[0], replay[1], now):
                 raise Replayed(replay[0])
