@@ -9,12 +9,13 @@ provably made since then is refused with a fresh nonce (``rules.replay_epoch``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Collection
 from typing import Protocol, runtime_checkable
 
 from tether.clock import Clock
-from tether.errors import InvalidDPoPProof, UseDPoPNonce, replay
+from tether.errors import InvalidDPoPProof, Unavailable, UseDPoPNonce, replay
 from tether.lru import LruCache
 from tether.model import DPoPProof
 from tether.rules.dpop import check_proof, replay_key
@@ -33,6 +34,8 @@ class EpochReplayCache(Protocol):
     """A replay cache that can lose keys and knows when it last did (``RedisCache.spend_proof``)."""
 
     async def spend_proof(self, key: str, *, until: int, now: float) -> tuple[bool, float]: ...
+
+    async def replay_since(self, *, now: float) -> float: ...
 
 
 #: the audit mark of a proof refused because the replay cache cannot vouch for it: like a
@@ -69,6 +72,14 @@ class ProofChecker:
         self._seen: LruCache[str, int] = LruCache(4096)
         # the latest time a replay cache was seen to begin: nonces are stamped no earlier
         self._since = 0.0
+
+    async def start(self) -> None:
+        """Learn when the replay cache began before minting nonces (a fresh cache begins now),
+        so a client's first nonce passes. Best effort: without it a first proof may meet one
+        more nonce challenge."""
+        if isinstance(self._replay, EpochReplayCache):
+            with contextlib.suppress(Unavailable):
+                self.learn_since(await self._replay.replay_since(now=self._clock.now()))
 
     @property
     def nonce_required(self) -> bool:

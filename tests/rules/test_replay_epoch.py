@@ -131,6 +131,9 @@ class _EpochCache:
     async def first_use(self, key: str, *, until: int, now: float) -> bool:
         raise AssertionError("spend_proof must be used when the cache has it")
 
+    async def replay_since(self, *, now: float) -> float:
+        return self.since
+
     async def spend_proof(self, key: str, *, until: int, now: float) -> tuple[bool, float]:
         fresh = key not in self.spent
         self.spent.add(key)

@@ -10,6 +10,7 @@ answers "fresh" for the forgotten proof in each case: that is the gap the marker
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -29,6 +30,11 @@ PREFIX = "t-epoch"
 def _run(tmp_path: Path, body: Callable[[DefaultRedis], Coroutine[Any, Any, None]]) -> None:
     with default_redis(tmp_path / "redis") as redis:
         asyncio.run(body(redis))
+
+
+def _start(now: float) -> float:
+    """The start a marker created at ``now`` records: the next whole second (``_start_after``)."""
+    return float(math.floor(now) + 1)
 
 
 def _cache(redis: DefaultRedis) -> RedisCache:
@@ -51,11 +57,25 @@ def test_DPOP_12_marker_created_once_and_reported_with_every_spend(tmp_path: Pat
         cache = _cache(redis)
         try:
             now = time.time()
-            assert await _spend(cache, "a", now) == (True, now)  # the cache begins with the first spend
-            assert await _spend(cache, "a", now + 1) == (False, now)  # positive control: a replay
-            assert await _spend(cache, "b", now + 2) == (True, now)  # a later spend keeps the start
+            assert await _spend(cache, "a", now) == (True, _start(now))  # the cache begins with the first spend
+            assert await _spend(cache, "a", now + 1) == (False, _start(now))  # positive control: a replay
+            assert await _spend(cache, "b", now + 2) == (True, _start(now))  # a later spend keeps the start
             assert redis.cli("ttl", f"{PREFIX}:replay-epoch") == "-1"  # the marker never expires
             assert await cache.first_use("c", until=int(now) + 70, now=now) is True
+            assert await cache.replay_since(now=now + 9) == _start(now)  # read without spending
+        finally:
+            await cache.aclose()
+
+    _run(tmp_path, body)
+
+
+def test_DPOP_12_replay_since_creates_the_marker_a_replica_starts_with(tmp_path: Path) -> None:
+    async def body(redis: DefaultRedis) -> None:
+        cache = _cache(redis)
+        try:
+            now = time.time()
+            assert await cache.replay_since(now=now) == _start(now)
+            assert await _spend(cache, "a", now + 2) == (True, _start(now))
         finally:
             await cache.aclose()
 
@@ -67,13 +87,13 @@ def test_DPOP_12_D_01_kill_9_without_snapshot_begins_a_new_cache(tmp_path: Path)
         cache = _cache(redis)
         try:
             first = time.time()
-            assert await _spend(cache, "spent-before", first) == (True, first)
+            assert await _spend(cache, "spent-before", first) == (True, _start(first))
             redis.kill9()
             redis.start()
             later = time.time()
             fresh, since = await _spend(cache, "spent-before", later)
             assert fresh  # the mark is gone: without the marker this is an accepted replay ...
-            assert since == later  # ... but the spend reports a cache that began after the proof
+            assert since == _start(later)  # ... but the spend reports a cache that began after the proof
         finally:
             await cache.aclose()
 
@@ -89,17 +109,17 @@ def test_DPOP_12_D_01_kill_9_after_a_snapshot_holding_the_marker_begins_a_new_ca
         cache = _cache(redis)
         try:
             first = time.time()
-            assert await _spend(cache, "in-snapshot", first) == (True, first)
+            assert await _spend(cache, "in-snapshot", first) == (True, _start(first))
             redis.snapshot()
-            assert await _spend(cache, "after-snapshot", first + 1) == (True, first)
+            assert await _spend(cache, "after-snapshot", first + 1) == (True, _start(first))
             redis.kill9()
             redis.start()
-            assert redis.cli("hget", f"{PREFIX}:replay-epoch", "since") == repr(first)  # reloaded from the RDB
+            assert redis.cli("hget", f"{PREFIX}:replay-epoch", "since") == repr(_start(first))  # reloaded from the RDB
             assert redis.cli("exists", f"{PREFIX}:replay:after-snapshot") == "0"  # ... without the later mark
             later = time.time()
             fresh, since = await _spend(cache, "after-snapshot", later)
-            assert fresh and since == later  # forgotten mark, and a cache that began after it
-            assert await _spend(cache, "in-snapshot", later + 1) == (False, later)  # what the RDB kept still counts
+            assert fresh and since == _start(later)  # forgotten mark, and a cache that began after it
+            assert await _spend(cache, "in-snapshot", later + 1) == (False, _start(later))  # what the RDB kept still counts
         finally:
             await cache.aclose()
 
@@ -111,15 +131,15 @@ def test_DPOP_12_a_replica_up_across_the_restart_learns_the_start_from_redis(tmp
         a, b = _cache(redis), _cache(redis)
         try:
             first = time.time()
-            assert (await _spend(a, "x", first))[1] == first
-            assert await _spend(b, "y", first + 1) == (True, first)
+            assert (await _spend(a, "x", first))[1] == _start(first)
+            assert await _spend(b, "y", first + 1) == (True, _start(first))
             redis.kill9()
             redis.start()
             restarted = time.time()
-            assert await _spend(a, "z", restarted) == (True, restarted)
+            assert await _spend(a, "z", restarted) == (True, _start(restarted))
             # b kept its connections' pool and remembers nothing: Redis tells it
-            assert await _spend(b, "x", restarted + 5) == (True, restarted)
-            assert await _spend(b, "z", restarted + 6) == (False, restarted)
+            assert await _spend(b, "x", restarted + 5) == (True, _start(restarted))
+            assert await _spend(b, "z", restarted + 6) == (False, _start(restarted))
         finally:
             await a.aclose()
             await b.aclose()
@@ -134,9 +154,9 @@ def test_DPOP_12_marker_deleted_or_evicted_begins_a_new_cache(tmp_path: Path) ->
             first = time.time()
             await _spend(cache, "k1", first)
             redis.cli("del", f"{PREFIX}:replay-epoch")
-            assert await _spend(cache, "k2", first + 3) == (True, first + 3)
+            assert await _spend(cache, "k2", first + 3) == (True, _start(first + 3))
             redis.cli("flushall")
-            assert await _spend(cache, "k1", first + 4) == (True, first + 4)
+            assert await _spend(cache, "k1", first + 4) == (True, _start(first + 4))
         finally:
             await cache.aclose()
 

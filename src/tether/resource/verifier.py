@@ -140,6 +140,7 @@ class Verifier:
                 self.feed.on_policy_version = self._fetch_policies
 
     async def start(self) -> None:
+        await self.proofs.start()
         if self.feed is not None and self._own_feed:
             self.feed.start()
 

@@ -483,6 +483,10 @@ class PostgresRedisStore:
         """``first_use`` and when the replay cache began (``RedisCache.spend_proof``)."""
         return await self.cache.spend_proof(key, until=until, now=now)
 
+    async def replay_since(self, *, now: float) -> float:
+        """When the replay cache began (``RedisCache.replay_since``)."""
+        return await self.cache.replay_since(now=now)
+
     # -- revocation feed ----------------------------------------------------------
     async def revocations_after(self, seq: int, *, now: float, limit: int) -> list[Revocation]:
         async with self._conn() as conn:

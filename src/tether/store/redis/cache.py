@@ -41,21 +41,30 @@ return value
 # persistence, an eviction, a flush) or was written by another Redis run (a restart that
 # reloaded an older RDB/AOF, a failover to a replica: run_id changes with the process),
 # in the same script as the SET NX: no spend can slip between a loss and its detection.
-# ARGV: 1 jti expiry (unix seconds), 2 caller's now, 3 a random epoch id for a new marker.
-_SPEND_PROOF = """
+# KEYS: 1 the marker, 2 the jti mark (absent: only read the marker).
+# ARGV: 1 the start a new marker records, 2 a random epoch id for it, 3 the jti mark's expiry.
+_REPLAY_EPOCH = """
 redis.replicate_commands()
 local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
-local marker = redis.call('HMGET', KEYS[2], 'since', 'run')
+local marker = redis.call('HMGET', KEYS[1], 'since', 'run')
 local since = marker[1]
 if not since or marker[2] ~= run then
-  since = ARGV[2]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[2], 'since', since, 'run', run, 'epoch', ARGV[3])
+  since = ARGV[1]
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'since', since, 'run', run, 'epoch', ARGV[2])
 end
 local fresh = 0
-if redis.call('SET', KEYS[1], '1', 'NX', 'EXAT', ARGV[1]) then fresh = 1 end
+if KEYS[2] and redis.call('SET', KEYS[2], '1', 'NX', 'EXAT', ARGV[3]) then fresh = 1 end
 return {fresh, since}
 """
+
+
+def _start_after(now: float) -> str:
+    """The start a marker created at ``now`` records: the next whole second. Callers may pass
+    ``now`` truncated to whole seconds (the STS passes its tokens' ``iat``), and nonces carry
+    whole seconds: a start strictly after ``floor(now)`` is after every nonce minted before
+    the loss was noticed (``rules.replay_epoch``)."""
+    return repr(float(math.floor(now) + 1))
 
 
 def _text(value: object) -> str:
@@ -66,7 +75,7 @@ class RedisCache:
     def __init__(self, client: aioredis.Redis, *, prefix: str) -> None:
         self.client = client
         self._incr_window = client.register_script(_INCR_WINDOW)
-        self._spend_proof = client.register_script(_SPEND_PROOF)
+        self._replay_epoch = client.register_script(_REPLAY_EPOCH)
         self.prefix = prefix
         self.epoch_key = f"{prefix}:replay-epoch"
         self.channel = f"{prefix}:revocations"
@@ -104,10 +113,17 @@ class RedisCache:
         """
         if until <= now:
             return False, math.inf  # refused as spent either way
-        name = f"{self.prefix}:replay:{key}"
-        args: list[str | int] = [int(until), repr(float(now)), secrets.token_hex(8)]
-        fresh, since = await self._call(lambda: self._spend_proof(keys=[name, self.epoch_key], args=args))
+        keys = [self.epoch_key, f"{self.prefix}:replay:{key}"]
+        args: list[str | int] = [_start_after(now), secrets.token_hex(8), int(until)]
+        fresh, since = await self._call(lambda: self._replay_epoch(keys=keys, args=args))
         return bool(fresh), float(since)
+
+    async def replay_since(self, *, now: float) -> float:
+        """When the current replay cache began, creating the marker if it is missing or stale
+        (a replica learns it when it starts, so the nonces it mints pass from the first)."""
+        args: list[str | int] = [_start_after(now), secrets.token_hex(8)]
+        _, since = await self._call(lambda: self._replay_epoch(keys=[self.epoch_key], args=args))
+        return float(since)
 
     async def check_eviction(self) -> str | None:
         """A warning when Redis may evict keys (``maxmemory`` with a policy other than
