@@ -68,7 +68,7 @@ class ProofChecker:
         # fresh one each time was a CSPRNG read and an HMAC per request), and the nonces
         # seen are remembered with their issue time, so a busy client's proofs, which all
         # carry one nonce, cost one HMAC check between them
-        self._minted: tuple[int, str] | None = None
+        self._minted: tuple[tuple[int, int], str] | None = None
         self._seen: LruCache[str, int] = LruCache(4096)
         # the latest time a replay cache was seen to begin: nonces are stamped no earlier
         self._since = 0.0
@@ -88,9 +88,10 @@ class ProofChecker:
     def fresh_nonce(self) -> str | None:
         if self._nonce_key is None:
             return None
-        stamp = nonce_stamp(self._clock.now(), self._since)
-        if self._minted is None or self._minted[0] != stamp:
-            self._minted = (stamp, make_nonce(self._nonce_key, now=stamp, salt=os.urandom(12)))
+        now = self._clock.now()
+        stamp = nonce_stamp(now, self._since)  # after the replay cache's start (rules.replay_epoch)
+        if self._minted is None or self._minted[0] != (int(now), stamp):
+            self._minted = ((int(now), stamp), make_nonce(self._nonce_key, now=stamp, salt=os.urandom(12)))
         return self._minted[1]
 
     def _nonce_time(self, nonce: str | None) -> int | None:
