@@ -9,6 +9,7 @@ provably made since then is refused with a fresh nonce (``rules.replay_epoch``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import Collection
@@ -20,7 +21,7 @@ from tether.lru import LruCache
 from tether.model import DPoPProof
 from tether.rules.dpop import check_proof, replay_key
 from tether.rules.nonce import make_nonce, nonce_fresh, nonce_issued
-from tether.rules.replay_epoch import made_after, nonce_stamp, predates_cache
+from tether.rules.replay_epoch import made_after, nonce_wait, predates_cache
 
 __all__ = ["EpochReplayCache", "ProofChecker", "ReplayCache", "predates_refusal_marker"]
 
@@ -42,6 +43,10 @@ class EpochReplayCache(Protocol):
 #: replay it proves nothing about its sender, but it is not counted as one (honest clients
 #: get it after every loss of the cache)
 predates_refusal_marker = "predates_replay_cache"
+
+#: the longest a nonce is held back for a replay cache's start (a start further ahead is
+#: another replica's clock running fast: its clients are refused until the clocks agree)
+_MAX_NONCE_WAIT = 2.0
 
 
 class ProofChecker:
@@ -68,18 +73,27 @@ class ProofChecker:
         # fresh one each time was a CSPRNG read and an HMAC per request), and the nonces
         # seen are remembered with their issue time, so a busy client's proofs, which all
         # carry one nonce, cost one HMAC check between them
-        self._minted: tuple[tuple[int, int], str] | None = None
+        self._minted: tuple[int, str] | None = None
         self._seen: LruCache[str, int] = LruCache(4096)
-        # the latest time a replay cache was seen to begin: nonces are stamped no earlier
+        # the latest time a replay cache was seen to begin
         self._since = 0.0
 
     async def start(self) -> None:
-        """Learn when the replay cache began before minting nonces (a fresh cache begins now),
-        so a client's first nonce passes. Best effort: without it a first proof may meet one
-        more nonce challenge."""
+        """Learn when the replay cache began, and mint no nonce before then (a fresh cache
+        begins at the next whole second: at most a second more to start), so a client's
+        first nonce passes. Best effort: without it a first proof may meet one more challenge."""
         if isinstance(self._replay, EpochReplayCache):
             with contextlib.suppress(Unavailable):
                 self.learn_since(await self._replay.replay_since(now=self._clock.now()))
+                if self._nonce_key is not None:
+                    await self._reach(self._since)
+
+    async def _reach(self, since: float) -> None:
+        """Wait until a nonce minted now passes a cache begun at ``since`` (``nonce_wait``: under
+        a second when replica clocks agree; never more than ``_MAX_NONCE_WAIT``)."""
+        deadline = self._clock.now() + _MAX_NONCE_WAIT
+        while (wait := nonce_wait(self._clock.now(), since)) > 0 and self._clock.now() < deadline:
+            await asyncio.sleep(wait + 0.002)
 
     @property
     def nonce_required(self) -> bool:
@@ -88,10 +102,9 @@ class ProofChecker:
     def fresh_nonce(self) -> str | None:
         if self._nonce_key is None:
             return None
-        now = self._clock.now()
-        stamp = nonce_stamp(now, self._since)  # after the replay cache's start (rules.replay_epoch)
-        if self._minted is None or self._minted[0] != (int(now), stamp):
-            self._minted = ((int(now), stamp), make_nonce(self._nonce_key, now=stamp, salt=os.urandom(12)))
+        second = int(self._clock.now())
+        if self._minted is None or self._minted[0] != second:
+            self._minted = (second, make_nonce(self._nonce_key, now=second, salt=os.urandom(12)))
         return self._minted[1]
 
     def _nonce_time(self, nonce: str | None) -> int | None:
@@ -115,14 +128,17 @@ class ProofChecker:
         """The server time ``checked`` was provably made at or after (``rules.replay_epoch``)."""
         return made_after(iat=checked.iat, nonce_issued=self._nonce_time(checked.nonce), skew=self._skew)
 
-    def predates_refusal(self, checked: DPoPProof, since: float) -> InvalidDPoPProof | UseDPoPNonce:
+    async def predates_refusal(self, checked: DPoPProof, since: float) -> InvalidDPoPProof | UseDPoPNonce:
         """The refusal of a proof the replay cache that began at ``since`` cannot vouch for.
 
-        With nonces on it is a nonce challenge (RFC 9449 §8) whose nonce is stamped at or
-        after ``since``, so the client's retry passes; without, ``invalid_dpop_proof``
-        until the client's ``iat`` is ``skew`` past ``since``.
+        With nonces on it is a nonce challenge (RFC 9449 §8) whose nonce is minted at or
+        after ``since`` — in the second the cache began, the answer waits for the next one
+        (``rules.replay_epoch.nonce_wait``) — so the client's retry passes; without nonces,
+        ``invalid_dpop_proof`` until the client's ``iat`` is ``skew`` past ``since``.
         """
-        self._since = max(self._since, since)
+        self.learn_since(since)
+        if self._nonce_key is not None:
+            await self._reach(since)
         nonce = self.fresh_nonce()
         debug = f"proof made after {self.made_after(checked)}, replay cache began at {since}, jkt {checked.jkt}"
         exc: InvalidDPoPProof | UseDPoPNonce
@@ -135,7 +151,7 @@ class ProofChecker:
         return exc
 
     def learn_since(self, since: float) -> None:
-        """Remember when the replay cache began, so the nonces minted from now on pass."""
+        """Remember the latest start of the replay cache seen."""
         self._since = max(self._since, since)
 
     async def check(self, proof: str | None, *, method: str, url: str, access_token: str | None = None) -> DPoPProof:
@@ -152,7 +168,7 @@ class ProofChecker:
             if not fresh:
                 raise replayed_proof(checked.jkt)
             if predates_cache(self.made_after(checked), since):
-                raise self.predates_refusal(checked, since)
+                raise await self.predates_refusal(checked, since)
             self.learn_since(since)
         elif not await self._replay.first_use(key, until=until, now=now):
             raise replayed_proof(checked.jkt)

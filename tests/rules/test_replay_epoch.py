@@ -18,7 +18,7 @@ from tether.clock import ManualClock
 from tether.errors import InvalidDPoPProof, UseDPoPNonce
 from tether.proofs import ProofChecker, predates_refusal_marker
 from tether.rules.nonce import nonce_fresh, nonce_issued
-from tether.rules.replay_epoch import made_after, nonce_stamp, predates_cache
+from tether.rules.replay_epoch import made_after, nonce_wait, predates_cache
 
 MAX_AGE, SKEW, NONCE_TTL, NONCE_FUTURE = 60, 10, 120, 5
 T0 = 1_700_000_000
@@ -42,11 +42,12 @@ def test_predates_cache_boundary() -> None:
     assert not predates_cache(100.5, 100.0)
 
 
-def test_nonce_stamp_never_before_the_cache_start() -> None:
-    assert nonce_stamp(100.7, 0.0) == 100
-    assert nonce_stamp(100.2, 100.1) == 101  # the same second as the start: stamped just after it
-    assert nonce_stamp(102.0, 100.1) == 102
-    assert nonce_stamp(100.0, 100.0) == 100
+def test_nonce_wait_reaches_the_second_the_cache_began() -> None:
+    assert nonce_wait(100.7, 0.0) == 0.0
+    assert nonce_wait(100.2, 101.0) == pytest.approx(0.8)  # a start is the next whole second
+    assert nonce_wait(102.0, 101.0) == 0.0
+    assert nonce_wait(101.0, 101.0) == 0.0
+    assert nonce_wait(100.2, 100.5) == pytest.approx(0.8)  # any start: the second after it
 
 
 # Soundness: a proof first accepted at ``accepted`` (before the loss at ``lost``), with its
@@ -86,14 +87,25 @@ def test_DPOP_12_D_01_no_proof_accepted_before_the_loss_is_accepted_after_it(non
 
 @pytest.mark.parametrize("since_fraction", (0.0, 0.3, 0.99))
 def test_DPOP_11_honest_retry_with_the_handed_nonce_is_accepted(since_fraction: float) -> None:
-    """After a refusal the client signs again with a nonce stamped by ``nonce_stamp``: accepted,
-    whatever its own clock says (iat anywhere in the window), and the nonce is fresh."""
+    """After a refusal the client signs again with a nonce minted once ``nonce_wait`` has
+    passed: accepted, whatever its own clock says (iat anywhere in the window)."""
     since = T0 + since_fraction
     for delay, iat_offset in itertools.product((0.0, 0.1, 0.5, 3.0, 30.0), range(-MAX_AGE, SKEW + 1)):
-        now = since + delay
-        stamp = nonce_stamp(now, since)
-        assert nonce_fresh(stamp, now=now, ttl=NONCE_TTL, future_skew=NONCE_FUTURE)
-        assert not predates_cache(made_after(iat=now + iat_offset, nonce_issued=stamp, skew=SKEW), since)
+        refused_at = since + delay
+        minted = int(refused_at + nonce_wait(refused_at, since))  # the whole second it carries
+        assert not predates_cache(made_after(iat=refused_at + iat_offset, nonce_issued=minted, skew=SKEW), since)
+
+
+def test_DPOP_12_D_01_two_losses_in_one_second_still_refuse_the_first_caches_proofs() -> None:
+    """A nonce handed out after a first loss never passes a cache begun by a second loss
+    noticed later in that same second, or any later one: nonces carry the second they were
+    really minted in (never one ahead), and a start is the next whole second after ``now``
+    (``RedisCache._start_after``)."""
+    first_start = float(T0 + 1)
+    for mint_ms, later_ms in itertools.product(range(0, 3000, 25), range(0, 1500, 25)):
+        minted = first_start + mint_ms / 1000  # the refusal waited until the first start
+        second_start = float(int(minted + later_ms / 1000) + 1)
+        assert predates_cache(made_after(iat=minted, nonce_issued=int(minted), skew=SKEW), second_start)
 
 
 def test_DPOP_11_without_nonces_new_proofs_pass_once_skew_has_passed() -> None:
@@ -162,7 +174,7 @@ def test_DPOP_12_checker_refuses_an_old_nonce_with_a_fresh_nonce_then_accepts_th
     assert refused.value.audit.get(predates_refusal_marker) is True
     assert not refused.value.audit.get("replay")  # honest clients get it: not counted as a replay
     handed = refused.value.nonce
-    assert (nonce_issued(bytes(32), handed) or 0) >= cache.since
+    assert (nonce_issued(bytes(32), handed) or 0) >= cache.since  # minted once the start was reached
     _consume(checker, key.proof("POST", URL, nonce=handed, now=clock.now()))  # the retry passes
 
 

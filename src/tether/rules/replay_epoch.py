@@ -13,7 +13,7 @@ run). A proof is accepted only if it was provably made at or after ``since``:
 
 Nothing special remains once ``max_age + skew`` has passed since ``since``: every proof that
 passes the ``iat`` window then has ``iat - skew >= since``. A refused honest client is
-answered ``use_dpop_nonce`` with a nonce minted at or after ``since`` (``nonce_stamp``), and
+answered ``use_dpop_nonce`` with a nonce minted at or after ``since`` (``nonce_wait``), and
 simply retries. Replica clocks are assumed to agree to better than the time Redis takes to
 come back (a replica whose clock runs ahead by more could have minted, before the loss, a
 nonce stamped after ``since``).
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["made_after", "nonce_stamp", "predates_cache"]
+__all__ = ["made_after", "nonce_wait", "predates_cache"]
 
 
 def made_after(*, iat: float, nonce_issued: int | None, skew: int) -> float:
@@ -42,11 +42,13 @@ def predates_cache(made_after: float, since: float) -> bool:
     return made_after < since
 
 
-def nonce_stamp(now: float, since: float) -> int:
-    """The issue time to stamp on a nonce minted at ``now`` by a replica that knows ``since``.
+def nonce_wait(now: float, since: float) -> float:
+    """How long to wait, from ``now``, before minting a nonce that passes a cache begun at ``since``.
 
-    Nonces carry whole seconds; a nonce minted in the second the cache began would carry a
-    time before ``since`` and be refused again, so it is stamped ``ceil(since)`` instead
-    (less than a second ahead: within the nonce check's future leeway, ``rules.nonce``).
+    Nonces carry the whole second they were minted in, truthfully: a nonce minted in the
+    second the cache began would carry a time before ``since`` and be refused again, so the
+    answer to a refused proof waits for the next whole second (at most one second, once per
+    loss). Never stamping a nonce ahead of its real time is what keeps two losses in one
+    second apart: a nonce minted before the second loss can never claim a time after it.
     """
-    return max(int(now), math.ceil(since))
+    return max(0.0, math.ceil(since) - now)

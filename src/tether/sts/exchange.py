@@ -418,7 +418,7 @@ async def _issue(
         raise replayed_proof(str(grant.jkt)) from exc
     except PredatesReplayCache as exc:
         claim.consumed = True  # spent with the check: the client retries with a new proof
-        raise ctx.proofs.predates_refusal(checked.proof, exc.since) from exc
+        raise await ctx.proofs.predates_refusal(checked.proof, exc.since) from exc
     except (AlreadySpent, Blocked, CapReached, TaskNotActive, ParentRevoked) as exc:
         claim.consumed = True  # the proof was spent first, and stays spent (Store.issue_token)
         raise _issue_refusal(exc) from exc

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from tether.store.errors import StoreUnavailable
@@ -62,8 +63,8 @@ return {fresh, since}
 def _start_after(now: float) -> str:
     """The start a marker created at ``now`` records: the next whole second. Callers may pass
     ``now`` truncated to whole seconds (the STS passes its tokens' ``iat``), and nonces carry
-    whole seconds: a start strictly after ``floor(now)`` is after every nonce minted before
-    the loss was noticed (``rules.replay_epoch``)."""
+    the whole second they were minted in: a start strictly after ``floor(now)`` is after every
+    nonce minted before the loss was noticed (``rules.replay_epoch``)."""
     return repr(float(math.floor(now) + 1))
 
 
@@ -89,6 +90,17 @@ class RedisCache:
         return cls(client, prefix=prefix)
 
     async def _call(self, op: Callable[[], Awaitable[T]]) -> T:
+        """``op``, any Redis failure raised as ``StoreUnavailable`` (503, fail closed).
+
+        A connection error is retried once: after Redis restarts, the first command on the
+        pool's old connections fails with "connection closed" although Redis is back (a
+        spend retried after it did reach Redis is refused as a replay: fail closed)."""
+        try:
+            return await op()
+        except RedisConnectionError:
+            pass
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
         try:
             return await op()
         except (RedisError, OSError) as exc:
