@@ -16,7 +16,7 @@ passes the ``iat`` window then has ``iat - skew >= since``. A refused honest cli
 answered ``use_dpop_nonce`` with a nonce minted at or after ``since`` (``nonce_wait``), and
 simply retries. Replica clocks are assumed to agree to better than the time Redis takes to
 come back (a replica whose clock runs ahead by more could have minted, before the loss, a
-nonce stamped after ``since``).
+nonce carrying a time after ``since``).
 """
 
 from __future__ import annotations
