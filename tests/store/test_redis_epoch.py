@@ -3,22 +3,24 @@
 SECURITY.md DPOP-12 / D-01 with the replay *cache* restarted: every loss of the ``jti``
 marks — the process killed with nothing saved, killed after a snapshot that holds the marker
 but not the later marks, a flush or an eviction of the marker — makes the next spend report
-a new ``since``, learnt by every handle (replica) from Redis itself. A plain ``first_use``
-answers "fresh" for the forgotten proof in each case: that is the gap the marker closes.
+a new epoch (a new random id, its start from Redis's own clock), learnt by every handle
+(replica) from Redis itself. A plain ``first_use`` answers "fresh" for the forgotten proof in
+each case: that is the gap the marker closes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from redisproc import DefaultRedis, default_redis
+from tether.rules.replay_epoch import ReplayEpoch
 from tether.store.errors import StoreUnavailable
 from tether.store.redis.cache import RedisCache
 
@@ -32,20 +34,22 @@ def _run(tmp_path: Path, body: Callable[[DefaultRedis], Coroutine[Any, Any, None
         asyncio.run(body(redis))
 
 
-def _start(now: float) -> float:
-    """The start a marker created at ``now`` records: the next whole second (``_start_after``)."""
-    return float(math.floor(now) + 1)
-
-
 def _cache(redis: DefaultRedis) -> RedisCache:
     return RedisCache.from_url(redis.url, prefix=PREFIX)
 
 
-async def _spend(cache: RedisCache, key: str, now: float) -> tuple[bool, float]:
+def _new_after(epoch: ReplayEpoch, old: ReplayEpoch | None, before: float) -> None:
+    """``epoch`` is a new one, begun (by Redis's clock, the test's too) after ``before``."""
+    assert old is None or epoch.id != old.id
+    assert before < epoch.since <= time.time() + 2
+
+
+async def _spend(cache: RedisCache, key: str) -> tuple[bool, ReplayEpoch]:
     """A spend as ProofChecker makes it; a transient error right after a restart is retried
     (a stale pooled connection), as a client retries a 503."""
     for _ in range(50):
         try:
+            now = time.time()
             return await cache.spend_proof(key, until=int(now) + 70, now=now)
         except StoreUnavailable:
             await asyncio.sleep(0.1)
@@ -56,26 +60,29 @@ def test_DPOP_12_marker_created_once_and_reported_with_every_spend(tmp_path: Pat
     async def body(redis: DefaultRedis) -> None:
         cache = _cache(redis)
         try:
-            now = time.time()
-            assert await _spend(cache, "a", now) == (True, _start(now))  # the cache begins with the first spend
-            assert await _spend(cache, "a", now + 1) == (False, _start(now))  # positive control: a replay
-            assert await _spend(cache, "b", now + 2) == (True, _start(now))  # a later spend keeps the start
+            before = time.time() - 1
+            fresh, epoch = await _spend(cache, "a")
+            assert fresh
+            _new_after(epoch, None, before)  # the cache begins with the first spend
+            assert await _spend(cache, "a") == (False, epoch)  # positive control: a replay
+            assert await _spend(cache, "b") == (True, epoch)  # a later spend keeps the epoch
             assert redis.cli("ttl", f"{PREFIX}:replay-epoch") == "-1"  # the marker never expires
-            assert await cache.first_use("c", until=int(now) + 70, now=now) is True
-            assert await cache.replay_since(now=now + 9) == _start(now)  # read without spending
+            assert await cache.first_use("c", until=int(time.time()) + 70, now=time.time()) is True
+            assert await cache.replay_epoch() == epoch  # read without spending
         finally:
             await cache.aclose()
 
     _run(tmp_path, body)
 
 
-def test_DPOP_12_replay_since_creates_the_marker_a_replica_starts_with(tmp_path: Path) -> None:
+def test_DPOP_12_replay_epoch_creates_the_marker_a_replica_starts_with(tmp_path: Path) -> None:
     async def body(redis: DefaultRedis) -> None:
         cache = _cache(redis)
         try:
-            now = time.time()
-            assert await cache.replay_since(now=now) == _start(now)
-            assert await _spend(cache, "a", now + 2) == (True, _start(now))
+            before = time.time() - 1
+            epoch = await cache.replay_epoch()
+            _new_after(epoch, None, before)
+            assert await _spend(cache, "a") == (True, epoch)
         finally:
             await cache.aclose()
 
@@ -86,14 +93,14 @@ def test_DPOP_12_D_01_kill_9_without_snapshot_begins_a_new_cache(tmp_path: Path)
     async def body(redis: DefaultRedis) -> None:
         cache = _cache(redis)
         try:
-            first = time.time()
-            assert await _spend(cache, "spent-before", first) == (True, _start(first))
+            fresh, first = await _spend(cache, "spent-before")
+            assert fresh
             redis.kill9()
             redis.start()
-            later = time.time()
-            fresh, since = await _spend(cache, "spent-before", later)
+            lost = time.time() - 1
+            fresh, epoch = await _spend(cache, "spent-before")
             assert fresh  # the mark is gone: without the marker this is an accepted replay ...
-            assert since == _start(later)  # ... but the spend reports a cache that began after the proof
+            _new_after(epoch, first, lost)  # ... but the spend reports a new epoch
         finally:
             await cache.aclose()
 
@@ -108,38 +115,37 @@ def test_DPOP_12_D_01_kill_9_after_a_snapshot_holding_the_marker_begins_a_new_ca
     async def body(redis: DefaultRedis) -> None:
         cache = _cache(redis)
         try:
-            first = time.time()
-            assert await _spend(cache, "in-snapshot", first) == (True, _start(first))
+            _, first = await _spend(cache, "in-snapshot")
             redis.snapshot()
-            assert await _spend(cache, "after-snapshot", first + 1) == (True, _start(first))
+            assert await _spend(cache, "after-snapshot") == (True, first)
             redis.kill9()
             redis.start()
-            assert redis.cli("hget", f"{PREFIX}:replay-epoch", "since") == repr(_start(first))  # reloaded from the RDB
+            assert redis.cli("hget", f"{PREFIX}:replay-epoch", "epoch") == first.id  # reloaded from the RDB
             assert redis.cli("exists", f"{PREFIX}:replay:after-snapshot") == "0"  # ... without the later mark
-            later = time.time()
-            fresh, since = await _spend(cache, "after-snapshot", later)
-            assert fresh and since == _start(later)  # forgotten mark, and a cache that began after it
-            assert await _spend(cache, "in-snapshot", later + 1) == (False, _start(later))  # what the RDB kept still counts
+            lost = time.time() - 1
+            fresh, epoch = await _spend(cache, "after-snapshot")
+            assert fresh  # a forgotten mark ...
+            _new_after(epoch, first, lost)  # ... and a new epoch
+            assert await _spend(cache, "in-snapshot") == (False, epoch)  # what the RDB kept still counts
         finally:
             await cache.aclose()
 
     _run(tmp_path, body)
 
 
-def test_DPOP_12_a_replica_up_across_the_restart_learns_the_start_from_redis(tmp_path: Path) -> None:
+def test_DPOP_12_a_replica_up_across_the_restart_learns_the_epoch_from_redis(tmp_path: Path) -> None:
     async def body(redis: DefaultRedis) -> None:
         a, b = _cache(redis), _cache(redis)
         try:
-            first = time.time()
-            assert (await _spend(a, "x", first))[1] == _start(first)
-            assert await _spend(b, "y", first + 1) == (True, _start(first))
+            _, first = await _spend(a, "x")
+            assert await _spend(b, "y") == (True, first)
             redis.kill9()
             redis.start()
-            restarted = time.time()
-            assert await _spend(a, "z", restarted) == (True, _start(restarted))
+            fresh, epoch = await _spend(a, "z")
+            assert fresh and epoch != first
             # b kept its connections' pool and remembers nothing: Redis tells it
-            assert await _spend(b, "x", restarted + 5) == (True, _start(restarted))
-            assert await _spend(b, "z", restarted + 6) == (False, _start(restarted))
+            assert await _spend(b, "x") == (True, epoch)
+            assert await _spend(b, "z") == (False, epoch)
         finally:
             await a.aclose()
             await b.aclose()
@@ -147,16 +153,66 @@ def test_DPOP_12_a_replica_up_across_the_restart_learns_the_start_from_redis(tmp
     _run(tmp_path, body)
 
 
-def test_DPOP_12_marker_deleted_or_evicted_begins_a_new_cache(tmp_path: Path) -> None:
+def test_DPOP_12_marker_deleted_or_flushed_begins_a_new_cache(tmp_path: Path) -> None:
     async def body(redis: DefaultRedis) -> None:
         cache = _cache(redis)
         try:
-            first = time.time()
-            await _spend(cache, "k1", first)
+            _, first = await _spend(cache, "k1")
             redis.cli("del", f"{PREFIX}:replay-epoch")
-            assert await _spend(cache, "k2", first + 3) == (True, _start(first + 3))
+            fresh, second = await _spend(cache, "k2")
+            assert fresh and second.id != first.id
             redis.cli("flushall")
-            assert await _spend(cache, "k1", first + 4) == (True, _start(first + 4))
+            fresh, third = await _spend(cache, "k1")
+            assert fresh and third.id not in (first.id, second.id)
+        finally:
+            await cache.aclose()
+
+    _run(tmp_path, body)
+
+
+def test_DPOP_12_a_marker_stamped_with_an_hour_ahead_start_is_reported_as_is(tmp_path: Path) -> None:
+    """Anyone who can write Redis can set the start; the cache reports it and ProofChecker
+    clamps it (tests/rules/test_replay_epoch.py), never waits for it."""
+
+    async def body(redis: DefaultRedis) -> None:
+        cache = _cache(redis)
+        try:
+            _, first = await _spend(cache, "k1")
+            redis.cli("hset", f"{PREFIX}:replay-epoch", "since", str(int(time.time()) + 3600))
+            fresh, epoch = await _spend(cache, "k2")
+            assert fresh and epoch.id == first.id and epoch.since > time.time() + 3000
+        finally:
+            await cache.aclose()
+
+    _run(tmp_path, body)
+
+
+def test_DPOP_12_a_spend_retried_after_a_lost_reply_is_unavailable_not_a_replay(tmp_path: Path) -> None:
+    """The script ran but its reply was lost (the connection dropped after Redis did the SET
+    NX): the retry finds the mark set. That is not a replay (an honest client would be told
+    its proof was reused) but an unknown outcome: 503. Control: a real replay after a clean
+    reply, and a retry that finds the mark unset (fresh), are answered as before."""
+
+    async def body(redis: DefaultRedis) -> None:
+        cache = _cache(redis)
+        try:
+            script = cache._replay_epoch
+            dropped: list[bool] = []
+
+            async def reply_lost_once(**kwargs: Any) -> Any:
+                result = await script(**kwargs)  # Redis ran it: the mark is set
+                if not dropped:
+                    dropped.append(True)
+                    raise RedisConnectionError("Connection closed by server.")
+                return result
+
+            cache._replay_epoch = reply_lost_once  # type: ignore[assignment]
+            with pytest.raises(StoreUnavailable):
+                await cache.spend_proof("lost-reply", until=int(time.time()) + 70, now=time.time())
+            assert dropped == [True]
+            cache._replay_epoch = script
+            assert (await _spend(cache, "lost-reply"))[0] is False  # control: a clean replay is a replay
+            assert (await _spend(cache, "new"))[0] is True
         finally:
             await cache.aclose()
 
@@ -184,7 +240,7 @@ def test_redis_down_is_store_unavailable(tmp_path: Path) -> None:
     async def body(redis: DefaultRedis) -> None:
         cache = _cache(redis)
         try:
-            assert (await _spend(cache, "k", time.time()))[0]  # positive control
+            assert (await _spend(cache, "k"))[0]  # positive control
             redis.kill9()
             with pytest.raises(StoreUnavailable):
                 await cache.spend_proof("k2", until=int(time.time()) + 70, now=time.time())

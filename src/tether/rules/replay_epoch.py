@@ -1,54 +1,71 @@
 """When a DPoP proof may be trusted after the replay cache was lost (RFC 9449 §11.1, §8).
 
 The ``jti`` replay cache lives in Redis, which may lose keys (a restart with default
-persistence, a failover, an eviction). A cache that forgot a ``jti`` would accept the
-proof again, so each replay check also learns ``since``: the server time the current
-cache began (a marker key recreated whenever it is found missing or from another Redis
-run). A proof is accepted only if it was provably made at or after ``since``:
+persistence, a failover, a flush). A cache that forgot a ``jti`` would accept the proof
+again, so each replay check also reads the cache's *epoch*: a marker key recreated, with a
+new random id and Redis's own time as ``since``, whenever it is found missing or written by
+another Redis run. A proof is accepted only if it was provably made in the current epoch:
 
-* its server nonce was issued at or after ``since`` (nonces carry the server time,
-  ``rules.nonce``), or
-* its ``iat`` is at least ``since + skew``: a proof accepted before the loss had
-  ``iat <= accepted_at + skew < since + skew`` (RFC 9449 §4.3 item 11 refuses a later one).
+* with server nonces on, its nonce carries the current epoch's tag (``rules.nonce``: the tag
+  is under the nonce's MAC, and the id is random and only learnt from Redis once the epoch
+  began). No clock is compared, so replicas whose clocks disagree cannot let a proof made
+  before the loss through (a fast replica's nonce carries a later *time*, never a later epoch);
+* without nonces, its ``iat`` is at least ``since + allowance``, where ``since`` is Redis's
+  ``TIME`` when the loss was noticed and ``allowance`` at least the ``iat`` future leeway: a
+  proof accepted before the loss had ``iat <= accepted_at + skew < since + skew``.
 
-Nothing special remains once ``max_age + skew`` has passed since ``since``: every proof that
-passes the ``iat`` window then has ``iat - skew >= since``. A refused honest client is
-answered ``use_dpop_nonce`` with a nonce minted at or after ``since`` (``nonce_wait``), and
-simply retries. Replica clocks are assumed to agree to better than the time Redis takes to
-come back (a replica whose clock runs ahead by more could have minted, before the loss, a
-nonce carrying a time after ``since``).
+A refused honest client is answered ``use_dpop_nonce`` with a nonce of the new epoch and
+simply retries (nonces off: ``invalid_dpop_proof`` until its ``iat`` is past the allowance).
 """
 
 from __future__ import annotations
 
-import math
+import hmac
+from dataclasses import dataclass
 
-__all__ = ["made_after", "nonce_wait", "predates_cache"]
+from tether.rules.nonce import epoch_tag
+
+__all__ = ["MAX_AHEAD", "MIN_ALLOWANCE", "ReplayEpoch", "effective_since", "vouched"]
+
+#: the least ``iat`` allowance past ``since`` (the nonce future tolerance, ``rules.nonce``)
+MIN_ALLOWANCE = 5
+
+#: how far ahead of a replica's clock an epoch's ``since`` is believed (``effective_since``)
+MAX_AHEAD = 5.0
 
 
-def made_after(*, iat: float, nonce_issued: int | None, skew: int) -> float:
-    """The server time a proof was provably made at or after.
+@dataclass(frozen=True)
+class ReplayEpoch:
+    """The replay cache's current epoch: its random ``id`` and when it began (Redis ``TIME``)."""
 
-    ``nonce_issued`` is the issue time of the proof's server nonce when it verified
-    (``rules.nonce.nonce_issued``), else ``None``; ``skew`` is the future leeway the
-    ``iat`` check allows (the proof could have been accepted up to ``skew`` before its ``iat``).
+    id: str
+    since: float
+
+    @property
+    def tag(self) -> bytes:
+        """The tag nonces minted under this epoch carry (``rules.nonce.epoch_tag``)."""
+        return epoch_tag(self.id)
+
+
+def vouched(*, iat: float, nonce_epoch: bytes | None, skew: int, epoch: ReplayEpoch, since: float) -> bool:
+    """True when the replay cache in ``epoch`` can vouch that the proof is unspent.
+
+    ``nonce_epoch`` is the epoch tag of the proof's verified server nonce (``None`` when
+    nonces are off); ``skew`` is the ``iat`` future leeway; ``since`` is the epoch's start as
+    this replica believes it (``effective_since``).
     """
-    by_iat = iat - skew
-    return by_iat if nonce_issued is None else max(by_iat, float(nonce_issued))
+    if nonce_epoch is not None:
+        return hmac.compare_digest(nonce_epoch, epoch.tag)
+    return iat - max(skew, MIN_ALLOWANCE) >= since
 
 
-def predates_cache(made_after: float, since: float) -> bool:
-    """True when the replay cache that began at ``since`` cannot vouch the proof is unspent."""
-    return made_after < since
+def effective_since(since: float, *, first_seen: float) -> float:
+    """The start of an epoch a replica uses: ``since``, but never more than ``MAX_AHEAD``
+    after the replica first saw the epoch (``first_seen``, its own clock).
 
-
-def nonce_wait(now: float, since: float) -> float:
-    """How long to wait, from ``now``, before minting a nonce that passes a cache begun at ``since``.
-
-    Nonces carry the whole second they were minted in, truthfully: a nonce minted in the
-    second the cache began would carry a time before ``since`` and be refused again, so the
-    answer to a refused proof waits for the next whole second (at most one second, once per
-    loss). Never stamping a nonce ahead of its real time is what keeps two losses in one
-    second apart: a nonce minted before the second loss can never claim a time after it.
+    A ``since`` far ahead is a Redis clock running fast or a marker someone wrote: believed,
+    it would refuse every ``iat`` until then. The clamp stays safe: the loss happened before
+    the replica first saw the new epoch, so a proof accepted before it has
+    ``iat <= first_seen + skew``, still refused.
     """
-    return max(0.0, math.ceil(since) - now)
+    return min(since, first_seen + MAX_AHEAD)

@@ -10,6 +10,7 @@ attenuation, then one atomic store write (spend, count, lineage, audit).
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -412,13 +413,13 @@ async def _issue(
             audit=event,
             replay=checked.replay,
             principals=principals,
-            proof_made_after=ctx.proofs.made_after(checked.proof),
+            vouch=functools.partial(ctx.proofs.admits, checked.proof),
         )
     except Replayed as exc:
         raise replayed_proof(str(grant.jkt)) from exc
     except PredatesReplayCache as exc:
         claim.consumed = True  # spent with the check: the client retries with a new proof
-        raise await ctx.proofs.predates_refusal(checked.proof, exc.since) from exc
+        raise ctx.proofs.predates_refusal(checked.proof) from exc
     except (AlreadySpent, Blocked, CapReached, TaskNotActive, ParentRevoked) as exc:
         claim.consumed = True  # the proof was spent first, and stays spent (Store.issue_token)
         raise _issue_refusal(exc) from exc

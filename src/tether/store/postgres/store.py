@@ -24,7 +24,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from tether.audit.chain import AuditEvent, AuditRecord, link
 from tether.model import Task, TaskState
-from tether.rules.replay_epoch import predates_cache
+from tether.rules.replay_epoch import ReplayEpoch
 from tether.store.errors import (
     AlreadySpent,
     Blocked,
@@ -392,14 +392,14 @@ class PostgresRedisStore:
         audit: AuditEvent,
         replay: tuple[str, int] | None = None,
         principals: Sequence[str] = (),
-        proof_made_after: float | None = None,
+        vouch: Callable[[ReplayEpoch], bool] | None = None,
     ) -> None:
         if replay is not None:
-            fresh, since = await self.cache.spend_proof(replay[0], until=replay[1], now=now)
+            fresh, epoch = await self.cache.spend_proof(replay[0], until=replay[1], now=now)
             if not fresh:
                 raise Replayed(replay[0])
-            if proof_made_after is not None and predates_cache(proof_made_after, since):
-                raise PredatesReplayCache(since)
+            if vouch is not None and not vouch(epoch):
+                raise PredatesReplayCache(epoch)
         async with self._conn() as conn, conn.transaction():
             for key, until in spends:
                 if not await _spend(conn, key, until, now):
@@ -479,13 +479,13 @@ class PostgresRedisStore:
     async def first_use(self, key: str, *, until: int, now: float) -> bool:
         return await self.cache.first_use(key, until=until, now=now)
 
-    async def spend_proof(self, key: str, *, until: int, now: float) -> tuple[bool, float]:
-        """``first_use`` and when the replay cache began (``RedisCache.spend_proof``)."""
+    async def spend_proof(self, key: str, *, until: int, now: float) -> tuple[bool, ReplayEpoch]:
+        """``first_use`` and the replay cache's epoch (``RedisCache.spend_proof``)."""
         return await self.cache.spend_proof(key, until=until, now=now)
 
-    async def replay_since(self, *, now: float) -> float:
-        """When the replay cache began (``RedisCache.replay_since``)."""
-        return await self.cache.replay_since(now=now)
+    async def replay_epoch(self) -> ReplayEpoch:
+        """The replay cache's current epoch (``RedisCache.replay_epoch``)."""
+        return await self.cache.replay_epoch()
 
     # -- revocation feed ----------------------------------------------------------
     async def revocations_after(self, seq: int, *, now: float, limit: int) -> list[Revocation]:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from tether.audit.chain import GENESIS, AuditEvent, AuditRecord, link
 from tether.model import Task, TaskState
+from tether.rules.replay_epoch import ReplayEpoch
 from tether.store.errors import (
     AlreadySpent,
     Blocked,
@@ -298,10 +299,10 @@ class SqliteStore:
         audit: AuditEvent,
         replay: tuple[str, int] | None = None,
         principals: Sequence[str] = (),
-        proof_made_after: float | None = None,
+        vouch: Callable[[ReplayEpoch], bool] | None = None,
     ) -> None:
         # the replay marks live in the same database as the tokens: they are lost only with
-        # them, so ``proof_made_after`` has nothing to guard against here
+        # them, so ``vouch`` has nothing to guard against here
         def spend_proof(conn: sqlite3.Connection) -> None:
             if replay is not None and not _first_use(conn, replay[0], replay[1], now):
                 raise Replayed(replay[0])
