@@ -12,9 +12,11 @@ before the proof (the reloaded RDB holds the marker but not the proof's mark).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -106,5 +108,51 @@ def test_DPOP_12_D_01_no_replay_across_a_redis_restart_and_honest_clients_carry_
                                     capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
             assert verify.returncode == 0, verify.stderr
             assert "intact" in verify.stdout
+    finally:
+        drop_schema(schema)
+
+
+def _refusals(c: Cluster) -> list[dict[str, Any]]:
+    """The ``token.refused`` audit records, oldest first (``tether audit export``)."""
+    export = subprocess.run([TETHER, "audit", "export", "--config", str(c.config.path)],
+                            capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
+    records = [json.loads(line) for line in export.stdout.splitlines() if line.strip()]
+    return [r for r in records if r.get("kind") == "token.refused"]
+
+
+def test_DPOP_12_a_pre_loss_proof_resent_with_another_body_is_not_pinned_on_its_holder(tmp_path: Path) -> None:
+    """Review finding 4: after the replay cache is lost, an observer resends a captured exchange
+    with a changed body (a scope outside the parent's). It is refused for the scope before
+    issuance, and the refusal was attributed to the victim (the proof's spend found the mark
+    gone, so "fresh"): the monitor could score or suspend it. The spend that decides attribution
+    now applies the epoch rule: the proof predates the cache, so it proves nothing. Control on
+    the same fixture: the holder's own new proof asking the same is pinned on it."""
+    require_postgres_and_redis()
+    schema = new_schema()
+    try:
+        with default_redis(tmp_path / "redis") as redis, cluster(tmp_path / "d", replicas=1, dsn=schema_dsn(schema),
+                                                                 redis_url=redis.url) as c:  # fmt: skip
+            task = c.task(audiences=[TOOL])
+            key = DPoPKey()
+            session = c.session(task["id"], key)
+            form = c.hop_form(session)
+            proof = key.proof("POST", c.issuer + "/token", nonce=c.nonces["sts"])
+            assert c.post_token(0, form, key, proof=proof).status_code == 200
+
+            _restart(redis, c)
+
+            widened = {**form, "scope": "write"}  # the task grants only "read"
+            resent = _post_until_redis_answers(c, widened, key, proof)
+            assert (resent.status_code, _error(resent)) == (400, "invalid_scope"), resent.text
+            record = _refusals(c)[-1]
+            assert record["principal"] is None and record["task"] is None, record
+            assert record["detail"]["claimed_principal"] == AGENT
+
+            # control: the holder, once it holds a nonce of the new epoch, asks the same itself
+            assert c.post_token(0, form, key).status_code == 200
+            own = c.post_token(0, widened, key)
+            assert (own.status_code, _error(own)) == (400, "invalid_scope"), own.text
+            record = _refusals(c)[-1]
+            assert record["principal"] == AGENT and record["task"] == task["id"], record
     finally:
         drop_schema(schema)

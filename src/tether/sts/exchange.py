@@ -220,7 +220,7 @@ class _Checked:
 async def _exchange(ctx: StsContext, req: ExchangeRequest, claim: Claim) -> ExchangeResult:
     _check_shape(req)
     proof, replay = ctx.proofs.check_unconsumed(req.dpop, method="POST", url=ctx.settings.token_endpoint)
-    claim.proof = replay
+    claim.proof, claim.checked = replay, proof
     if req.subject_token_type == TOKEN_TYPE_JWT:
         identity = await _unredeemed(ctx, claim, await ctx.verify_workload(req.subject_token, as_client=False))
         client = await _client(ctx, req, identity.principal)
