@@ -219,6 +219,35 @@ def test_DPOP_12_a_spend_retried_after_a_lost_reply_is_unavailable_not_a_replay(
     _run(tmp_path, body)
 
 
+def test_DPOP_12_keys_evicted_since_the_marker_begin_a_new_cache(tmp_path: Path) -> None:
+    """Review finding 5: with ``maxmemory`` and a ``volatile-*`` policy Redis evicts keys with a
+    TTL (the jti marks) and keeps the marker (no TTL): a forgotten proof the marker could not
+    see. The marker records ``evicted_keys``; once it moved, the next spend begins a new epoch.
+    Control on the same server: the same policy with nothing evicted keeps the epoch."""
+
+    async def body(redis: DefaultRedis) -> None:
+        cache = _cache(redis)
+        try:
+            _, first = await _spend(cache, "spent-before")
+            info = redis.cli("info", "memory")
+            used = int(next(line.split(":")[1] for line in info.splitlines() if line.startswith("used_memory:")))
+            redis.cli("config", "set", "maxmemory", str(used + 2_000_000))
+            redis.cli("config", "set", "maxmemory-policy", "volatile-lru")
+            assert await _spend(cache, "no-eviction-yet") == (True, first)  # control
+            for n in range(2000):
+                await cache.client.set(f"{PREFIX}:filler:{n}", b"x" * 20_000, ex=600)
+                if int((await cache.client.info("stats"))["evicted_keys"]) > 0:
+                    break
+            else:
+                raise AssertionError("redis never evicted")
+            fresh, epoch = await _spend(cache, "after-eviction")
+            assert fresh and epoch.id != first.id  # a new epoch: the evicted marks are proofs it cannot vouch for
+        finally:
+            await cache.aclose()
+
+    _run(tmp_path, body)
+
+
 def test_eviction_policy_is_checked(tmp_path: Path) -> None:
     async def body(redis: DefaultRedis) -> None:
         cache = _cache(redis)

@@ -42,26 +42,32 @@ return value
 # The replay-epoch marker is read, and recreated when it is missing (a restart without
 # persistence, an eviction, a flush) or was written by another Redis run or replication
 # history (a restart that reloaded an older RDB/AOF, a failover to a replica: run_id changes
-# with the process, master_replid with a failover or a full resync), in the same script as
-# the SET NX: no spend can slip between a loss and its detection. A new marker takes a new
-# random epoch id and Redis's own TIME as its start (no replica's clock: rules.replay_epoch).
+# with the process, master_replid with a failover or a full resync), or when Redis evicted
+# keys since it was written (evicted_keys moved: an evicted jti mark is a forgotten proof,
+# and the marker cannot tell which), in the same script as the SET NX: no spend can slip
+# between a loss and its detection. A new marker takes a new random epoch id and Redis's own
+# TIME as its start (no replica's clock: rules.replay_epoch). Missing INFO fields are an
+# error (503), never compared as ''.
 # KEYS: 1 the marker, 2 the jti mark (absent: only read the marker).
 # ARGV: 1 a random epoch id for a new marker, 2 the jti mark's expiry.
 _REPLAY_EPOCH = """
 redis.replicate_commands()
-local info = redis.call('INFO', 'server') .. redis.call('INFO', 'replication')
+local info = redis.call('INFO', 'server') .. redis.call('INFO', 'replication') .. redis.call('INFO', 'stats')
 local run = string.match(info, 'run_id:(%x+)')
 local replid = string.match(info, 'master_replid:(%x+)')
-if not run or not replid then return redis.error_reply('ERR tether: no run_id/master_replid in INFO') end
+local evicted = string.match(info, 'evicted_keys:(%d+)')
+if not run or not replid or not evicted then
+  return redis.error_reply('ERR tether: no run_id, master_replid or evicted_keys in INFO')
+end
 run = run .. '/' .. replid
-local marker = redis.call('HMGET', KEYS[1], 'since', 'run', 'epoch')
+local marker = redis.call('HMGET', KEYS[1], 'since', 'run', 'epoch', 'evicted')
 local since, epoch = marker[1], marker[3]
-if not since or not epoch or marker[2] ~= run then
+if not since or not epoch or marker[2] ~= run or marker[4] ~= evicted then
   local t = redis.call('TIME')
   since = tostring(tonumber(t[1]) + 1)
   epoch = ARGV[1]
   redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[1], 'since', since, 'run', run, 'epoch', epoch)
+  redis.call('HSET', KEYS[1], 'since', since, 'run', run, 'epoch', epoch, 'evicted', evicted)
 end
 local fresh = 0
 if KEYS[2] and redis.call('SET', KEYS[2], '1', 'NX', 'EXAT', ARGV[2]) then fresh = 1 end
@@ -153,8 +159,9 @@ class RedisCache:
 
     async def check_eviction(self) -> str | None:
         """A warning when Redis may evict keys (``maxmemory`` with a policy other than
-        ``noeviction``): an evicted ``jti`` mark is a replay the epoch marker cannot detect.
-        ``None`` when eviction is off; a warning too when the settings cannot be read."""
+        ``noeviction``): each eviction begins a new replay epoch (the marker cannot tell which
+        ``jti`` marks went), so every client is challenged again after it. ``None`` when
+        eviction is off; a warning too when the settings cannot be read."""
         try:
             raw: dict[Any, Any] = dict(await self.client.config_get("maxmemory*"))
         except (RedisError, OSError) as exc:
@@ -163,8 +170,8 @@ class RedisCache:
         policy, limit = config.get("maxmemory-policy", ""), config.get("maxmemory", "0")
         if limit not in ("", "0") and policy != "noeviction":
             return (
-                f"redis maxmemory-policy is {policy} with maxmemory {limit}: evicted dpop replay marks "
-                "would let proofs be replayed; set maxmemory-policy noeviction"
+                f"redis maxmemory-policy is {policy} with maxmemory {limit}: every eviction resets the dpop "
+                "replay cache (clients are challenged for a new nonce again); set maxmemory-policy noeviction"
             )
         return None
 
