@@ -22,6 +22,7 @@ __all__ = [
     "ISSUED",
     "REFUSALS",
     "REGISTRY",
+    "REPLAY_EPOCH_REFUSALS",
     "REVOCATIONS",
     "exposition",
 ]
@@ -55,6 +56,13 @@ GATEWAY_SECONDS = Histogram(
     "Gateway call latency including the upstream, by route",
     ["route"],
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    registry=REGISTRY,
+)
+REPLAY_EPOCH_REFUSALS = Counter(
+    "tether_dpop_replay_epoch_refusals",
+    "DPoP proofs refused because the replay cache was lost since they were made (a replay or an "
+    "honest client's first proof after the loss; the STS does not audit nonce challenges), by error code",
+    ["error"],
     registry=REGISTRY,
 )
 ALERTS = Counter("tether_alerts", "Alerts raised by the monitor, by detector", ["detector"], registry=REGISTRY)

@@ -53,4 +53,5 @@ async def open_runtime(config: Config, store: Store, *, clock: Clock, policy: Po
         resource = ResourceSettings(issuer=config.issuer, resource=route.audience(settings.url), stale_after=stale,
                                     tags=route.tags)  # fmt: skip
         verifiers[route.name] = Verifier(resource, http=http, clock=clock, replay=store, keys=keys, feed=feed, policy=policy)
+        await verifiers[route.name].proofs.start()  # the replay cache's start, before any nonce
     return Runtime(store, http, feed, verifiers, upstream)

@@ -123,6 +123,7 @@ class Verifier:
             skew=settings.skew,
             nonce_ttl=settings.nonce_ttl,
         )
+        self._proofs_started = False
         self._own_feed = feed is None
         self.feed = feed
         if feed is None and settings.revocation_feed:
@@ -140,6 +141,12 @@ class Verifier:
                 self.feed.on_policy_version = self._fetch_policies
 
     async def start(self) -> None:
+        """Start the feed and learn the replay cache's epoch. The middleware calls this on every
+        request (an app without lifespan events) so it must be cheap after the first: the
+        epoch is read once (a Redis script), and later learnt from each spend."""
+        if not self._proofs_started:
+            self._proofs_started = True
+            await self.proofs.start()
         if self.feed is not None and self._own_feed:
             self.feed.start()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tether.errors import TetherError, Unavailable
+from tether.rules.replay_epoch import ReplayEpoch
 
 __all__ = [
     "AlreadySpent",
@@ -11,6 +12,7 @@ __all__ = [
     "Conflict",
     "NotFound",
     "ParentRevoked",
+    "PredatesReplayCache",
     "Replayed",
     "StoreError",
     "StoreUnavailable",
@@ -48,6 +50,15 @@ class ParentRevoked(Conflict):
 
 class Replayed(Conflict):
     """A single-use proof (DPoP ``jti``) was already accepted."""
+
+
+class PredatesReplayCache(Conflict):
+    """A DPoP proof not provably made after the replay cache last lost its memory
+    (``rules.replay_epoch``): it may be a replay the cache forgot. ``epoch`` is the cache's current one."""
+
+    def __init__(self, epoch: ReplayEpoch) -> None:
+        super().__init__(f"replay cache epoch began at {epoch.since}")
+        self.epoch = epoch
 
 
 class Blocked(Conflict):

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from tether.audit.chain import AuditEvent, AuditRecord
 from tether.model import Task, TaskState
+from tether.rules.replay_epoch import ReplayEpoch
 from tether.store.records import AuditMark, BlockKind, IssuedToken, LookupResult, Revocation, StoredKey, VaultEntry
 
 __all__ = ["TAIL_PAGE", "Store"]
@@ -81,11 +82,15 @@ class Store(Protocol):
         audit: AuditEvent,
         replay: tuple[str, int] | None = None,
         principals: Sequence[str] = (),
+        vouch: Callable[[ReplayEpoch], bool] | None = None,
     ) -> None:
         """Record an issued token atomically, or nothing at all, except that a checked proof stays spent.
 
         First ``replay`` (a DPoP proof key) is checked and spent: ``Replayed`` if it was
-        already spent, and nothing else is done. Once spent it **stays spent whatever
+        already spent, and nothing else is done. A store whose replay cache can lose keys
+        (Redis) also refuses, with ``PredatesReplayCache`` and after spending it, a proof
+        ``vouch`` rejects for the cache's current epoch (``ProofChecker.admits``,
+        ``rules.replay_epoch``); ``None`` skips that check. Once spent it **stays spent whatever
         happens next**: an issuance refused below leaves the proof unusable (RFC 9449
         §11.1, a proof is accepted at most once), as it would on a replica that had
         already seen it (if the store itself fails, the mark may or may not remain:

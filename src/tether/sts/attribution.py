@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tether.errors import OAuthError
+from tether.model import DPoPProof
+from tether.proofs import predates_refusal_marker
 from tether.sts.context import StsContext
 
 __all__ = ["Claim", "refuse_exchange"]
@@ -31,6 +33,8 @@ class Claim:
     claimed_task: str | None = None
     #: the DPoP proof's replay key, and the workload JWTs' single-use marks
     proof: tuple[str, int] | None = None
+    #: the checked DPoP proof ``proof`` is the key of (spent through the replay epoch rule)
+    checked: DPoPProof | None = None
     spends: list[tuple[str, int]] = field(default_factory=list)
     #: the issuance step spent the proof (it stays spent when the issuance refuses: Store.issue_token)
     consumed: bool = False
@@ -41,10 +45,17 @@ class Claim:
         """True if what the request presented was fresh, i.e. this request's own; spends its proof."""
         if self.principal is None or self.unprovable or exc.audit.get("replay") or exc.audit.get("spent"):
             return False
+        if exc.audit.get(predates_refusal_marker):  # possibly a replay the lost cache forgot
+            return False
         now = ctx.now()
         fresh = True
         if self.proof is not None and not self.consumed:
-            fresh = await ctx.store.first_use(self.proof[0], until=self.proof[1], now=now)
+            # the same epoch rule as an issuance: after a loss of the replay cache a proof made
+            # before it proves nothing (a resent capture with a changed body is refused, and
+            # must not be pinned on the key's holder)
+            if self.checked is None:
+                return False
+            fresh = await ctx.proofs.spend(self.checked, self.proof[0], self.proof[1])
         for key, until in self.spends:
             if not fresh or await ctx.store.spent(key, now=now):
                 return False

@@ -90,6 +90,7 @@ class Sts:
             skew=settings.skew,
             nonce_ttl=settings.nonce_ttl,
         )
+        await proofs.start()
         self._ctx = StsContext(
             settings=settings,
             store=store,

@@ -10,6 +10,7 @@ attenuation, then one atomic store write (spend, count, lineage, audit).
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +37,16 @@ from tether.rules.claims import Grant, build_claims
 from tether.rules.exchange import Ask, derive_hop, derive_session
 from tether.rules.namespace import source_of
 from tether.rules.scope import check_subset, format_scope
-from tether.store.errors import AlreadySpent, Blocked, CapReached, ParentRevoked, Replayed, StoreError, TaskNotActive
+from tether.store.errors import (
+    AlreadySpent,
+    Blocked,
+    CapReached,
+    ParentRevoked,
+    PredatesReplayCache,
+    Replayed,
+    StoreError,
+    TaskNotActive,
+)
 from tether.store.records import IssuedToken
 from tether.sts.attribution import Claim, refuse_exchange
 from tether.sts.context import StsContext, new_jti, spend_key
@@ -210,7 +220,7 @@ class _Checked:
 async def _exchange(ctx: StsContext, req: ExchangeRequest, claim: Claim) -> ExchangeResult:
     _check_shape(req)
     proof, replay = ctx.proofs.check_unconsumed(req.dpop, method="POST", url=ctx.settings.token_endpoint)
-    claim.proof = replay
+    claim.proof, claim.checked = replay, proof
     if req.subject_token_type == TOKEN_TYPE_JWT:
         identity = await _unredeemed(ctx, claim, await ctx.verify_workload(req.subject_token, as_client=False))
         client = await _client(ctx, req, identity.principal)
@@ -382,10 +392,19 @@ async def _issue(
         principals = [*principals, task.agent, task.on_behalf_of or ""]
     try:
         await ctx.store.issue_token(
-            record, now=now, spends=checked.spends, audit=event, replay=checked.replay, principals=principals
+            record,
+            now=now,
+            spends=checked.spends,
+            audit=event,
+            replay=checked.replay,
+            principals=principals,
+            vouch=functools.partial(ctx.proofs.admits, checked.proof),
         )
     except Replayed as exc:
         raise replayed_proof(str(grant.jkt)) from exc
+    except PredatesReplayCache as exc:
+        claim.consumed = True  # spent with the check: the client retries with a new proof
+        raise ctx.proofs.predates_refusal(checked.proof) from exc
     except (AlreadySpent, Blocked, CapReached, TaskNotActive, ParentRevoked) as exc:
         claim.consumed = True  # the proof was spent first, and stays spent (Store.issue_token)
         raise _issue_refusal(exc) from exc

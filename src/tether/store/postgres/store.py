@@ -24,6 +24,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from tether.audit.chain import AuditEvent, AuditRecord, link
 from tether.model import Task, TaskState
+from tether.rules.replay_epoch import ReplayEpoch
 from tether.store.errors import (
     AlreadySpent,
     Blocked,
@@ -31,6 +32,7 @@ from tether.store.errors import (
     Conflict,
     NotFound,
     ParentRevoked,
+    PredatesReplayCache,
     Replayed,
     StoreUnavailable,
     TaskNotActive,
@@ -230,6 +232,9 @@ class PostgresRedisStore:
         try:
             await store._check_schema(migrate)
             await store.cache.ping()
+            warning = await store.cache.check_eviction()
+            if warning is not None:
+                log.warning("%s", warning)
         except BaseException:
             await store.aclose()
             raise
@@ -387,9 +392,14 @@ class PostgresRedisStore:
         audit: AuditEvent,
         replay: tuple[str, int] | None = None,
         principals: Sequence[str] = (),
+        vouch: Callable[[ReplayEpoch], bool] | None = None,
     ) -> None:
-        if replay is not None and not await self.cache.first_use(replay[0], until=replay[1], now=now):
-            raise Replayed(replay[0])
+        if replay is not None:
+            fresh, epoch = await self.cache.spend_proof(replay[0], until=replay[1], now=now)
+            if not fresh:
+                raise Replayed(replay[0])
+            if vouch is not None and not vouch(epoch):
+                raise PredatesReplayCache(epoch)
         async with self._conn() as conn, conn.transaction():
             for key, until in spends:
                 if not await _spend(conn, key, until, now):
@@ -468,6 +478,14 @@ class PostgresRedisStore:
 
     async def first_use(self, key: str, *, until: int, now: float) -> bool:
         return await self.cache.first_use(key, until=until, now=now)
+
+    async def spend_proof(self, key: str, *, until: int, now: float) -> tuple[bool, ReplayEpoch]:
+        """``first_use`` and the replay cache's epoch (``RedisCache.spend_proof``)."""
+        return await self.cache.spend_proof(key, until=until, now=now)
+
+    async def replay_epoch(self) -> ReplayEpoch:
+        """The replay cache's current epoch (``RedisCache.replay_epoch``)."""
+        return await self.cache.replay_epoch()
 
     # -- revocation feed ----------------------------------------------------------
     async def revocations_after(self, seq: int, *, now: float, limit: int) -> list[Revocation]:

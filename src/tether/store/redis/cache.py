@@ -1,7 +1,9 @@
 """Redis for the fast, expiring state every replica shares (redis-py asyncio).
 
 ``first_use`` is the DPoP ``jti`` replay cache (``SET NX EXAT``: a proof accepted by one
-replica is a replay at every other); ``incr_window`` keeps fixed-window counters; a pub/sub
+replica is a replay at every other); ``spend_proof`` does the same and also returns the
+current cache's epoch (the replay-epoch marker, ``rules.replay_epoch``), so a cache that lost
+keys is never taken for one that remembers them; ``incr_window`` keeps fixed-window counters; a pub/sub
 channel announces each committed revocation so every replica's streams wake at once. Any
 Redis failure raises ``StoreUnavailable``: with no replay cache nothing is accepted.
 """
@@ -11,12 +13,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from tether.rules.replay_epoch import ReplayEpoch
 from tether.store.errors import StoreUnavailable
 
 __all__ = ["RedisCache"]
@@ -33,11 +39,57 @@ return value
 """
 
 
+# The replay-epoch marker is read, and recreated when it is missing (a restart without
+# persistence, an eviction, a flush) or was written by another Redis run or replication
+# history (a restart that reloaded an older RDB/AOF, a failover to a replica: run_id changes
+# with the process, master_replid with a failover or a full resync), or when Redis evicted
+# keys since it was written (evicted_keys moved: an evicted jti mark is a forgotten proof,
+# and the marker cannot tell which), in the same script as the SET NX: no spend can slip
+# between a loss and its detection. A new marker takes a new random epoch id and Redis's own
+# TIME as its start (no replica's clock: rules.replay_epoch). Missing INFO fields are an
+# error (503), never compared as ''.
+# KEYS: 1 the marker, 2 the jti mark (absent: only read the marker).
+# ARGV: 1 a random epoch id for a new marker, 2 the jti mark's expiry.
+_REPLAY_EPOCH = """
+redis.replicate_commands()
+local info = redis.call('INFO', 'server') .. redis.call('INFO', 'replication') .. redis.call('INFO', 'stats')
+local run = string.match(info, 'run_id:(%x+)')
+local replid = string.match(info, 'master_replid:(%x+)')
+local evicted = string.match(info, 'evicted_keys:(%d+)')
+if not run or not replid or not evicted then
+  return redis.error_reply('ERR tether: no run_id, master_replid or evicted_keys in INFO')
+end
+run = run .. '/' .. replid
+local marker = redis.call('HMGET', KEYS[1], 'since', 'run', 'epoch', 'evicted')
+local since, epoch = marker[1], marker[3]
+if not since or not epoch or marker[2] ~= run or marker[4] ~= evicted then
+  local t = redis.call('TIME')
+  since = tostring(tonumber(t[1]) + 1)
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'since', since, 'run', run, 'epoch', epoch, 'evicted', evicted)
+end
+local fresh = 0
+if KEYS[2] and redis.call('SET', KEYS[2], '1', 'NX', 'EXAT', ARGV[2]) then fresh = 1 end
+return {fresh, since, epoch}
+"""
+
+
+def _epoch(since: object, epoch: object) -> ReplayEpoch:
+    return ReplayEpoch(id=_text(epoch), since=float(_text(since)))
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 class RedisCache:
     def __init__(self, client: aioredis.Redis, *, prefix: str) -> None:
         self.client = client
         self._incr_window = client.register_script(_INCR_WINDOW)
+        self._replay_epoch = client.register_script(_REPLAY_EPOCH)
         self.prefix = prefix
+        self.epoch_key = f"{prefix}:replay-epoch"
         self.channel = f"{prefix}:revocations"
         self._listener: asyncio.Task[None] | None = None
 
@@ -49,8 +101,24 @@ class RedisCache:
         return cls(client, prefix=prefix)
 
     async def _call(self, op: Callable[[], Awaitable[T]]) -> T:
+        """``op``, any Redis failure raised as ``StoreUnavailable`` (503, fail closed)."""
+        return (await self._call_retried(op))[0]
+
+    async def _call_retried(self, op: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
+        """``op`` and whether it had to be retried; any Redis failure is ``StoreUnavailable``.
+
+        A connection error is retried once: after Redis restarts, the first command on the
+        pool's old connections fails with "connection closed" although Redis is back. The
+        first attempt may still have run (its reply lost): callers whose command is not
+        idempotent read the answer knowing it was retried (``spend_proof``)."""
         try:
-            return await op()
+            return await op(), False
+        except RedisConnectionError:
+            pass
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+        try:
+            return await op(), True
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
 
@@ -63,6 +131,49 @@ class RedisCache:
         name = f"{self.prefix}:replay:{key}"
         result = await self._call(lambda: self.client.set(name, b"1", nx=True, exat=int(until)))
         return bool(result)
+
+    async def spend_proof(self, key: str, *, until: int, now: float) -> tuple[bool, ReplayEpoch]:
+        """``first_use`` for a DPoP proof, and the replay cache's current epoch.
+
+        One script: the epoch marker is checked (and recreated if lost) in the same step that
+        spends ``key``, so every spend learns the epoch from Redis itself, never from what this
+        replica remembers (RFC 9449 §11.1; ``rules.replay_epoch``). A spend that had to be
+        retried after a lost connection and then finds the mark set may have set it itself on
+        the first attempt: that is ``StoreUnavailable`` (503, retry), not a replay.
+        """
+        if until <= now:
+            return False, ReplayEpoch(id="", since=math.inf)  # refused as spent either way
+        keys = [self.epoch_key, f"{self.prefix}:replay:{key}"]
+        args: list[str | int] = [secrets.token_hex(8), int(until)]
+        (fresh, since, epoch), retried = await self._call_retried(lambda: self._replay_epoch(keys=keys, args=args))
+        if retried and not fresh:
+            raise StoreUnavailable("redis: the dpop proof spend was retried after a lost reply; its outcome is unknown")
+        return bool(fresh), _epoch(since, epoch)
+
+    async def replay_epoch(self) -> ReplayEpoch:
+        """The replay cache's current epoch, creating the marker if it is missing or stale
+        (a replica learns it when it starts, so the nonces it mints pass from the first)."""
+        args: list[str | int] = [secrets.token_hex(8)]
+        _, since, epoch = await self._call(lambda: self._replay_epoch(keys=[self.epoch_key], args=args))
+        return _epoch(since, epoch)
+
+    async def check_eviction(self) -> str | None:
+        """A warning when Redis may evict keys (``maxmemory`` with a policy other than
+        ``noeviction``): each eviction begins a new replay epoch (the marker cannot tell which
+        ``jti`` marks went), so every client is challenged again after it. ``None`` when
+        eviction is off; a warning too when the settings cannot be read."""
+        try:
+            raw: dict[Any, Any] = dict(await self.client.config_get("maxmemory*"))
+        except (RedisError, OSError) as exc:
+            return f"cannot read redis maxmemory settings ({type(exc).__name__}); make sure maxmemory-policy is noeviction"
+        config = {_text(name): _text(value) for name, value in raw.items()}
+        policy, limit = config.get("maxmemory-policy", ""), config.get("maxmemory", "0")
+        if limit not in ("", "0") and policy != "noeviction":
+            return (
+                f"redis maxmemory-policy is {policy} with maxmemory {limit}: every eviction resets the dpop "
+                "replay cache (clients are challenged for a new nonce again); set maxmemory-policy noeviction"
+            )
+        return None
 
     async def incr_window(self, key: str, *, window_ends: int) -> int:
         """Increment a fixed-window counter; returns the new value.

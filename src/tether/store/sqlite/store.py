@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from tether.audit.chain import GENESIS, AuditEvent, AuditRecord, link
 from tether.model import Task, TaskState
+from tether.rules.replay_epoch import ReplayEpoch
 from tether.store import errors, records
 from tether.store import rows as table
 from tether.store.notify import Notifier
@@ -265,7 +266,10 @@ class SqliteStore:
         audit: AuditEvent,
         replay: tuple[str, int] | None = None,
         principals: Sequence[str] = (),
+        vouch: Callable[[ReplayEpoch], bool] | None = None,
     ) -> None:
+        # the replay marks live in the same database as the tokens: they are lost only with
+        # them, so ``vouch`` has nothing to guard against here
         def spend_proof(conn: sqlite3.Connection) -> None:
             if replay is not None and not _first_use(conn, replay[0], replay[1], now):
                 raise errors.Replayed(replay[0])
