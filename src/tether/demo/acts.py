@@ -46,10 +46,6 @@ class GatewayPlan:
     gateway_url: str
     upstream_url: str
 
-    @property
-    def audience(self) -> str:
-        return f"{self.gateway_url}/routes/{ROUTE}"
-
     def toml(self) -> str:
         port = self.gateway_url.rsplit(":", 1)[1]
         expires = (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=EXPIRES_IN_DAYS)).isoformat()
@@ -95,12 +91,13 @@ Step = Callable[..., None]
 
 
 def gateway_act(step: Step, check: Step, admin: StsClient, domain: DevTrustDomain, sts_url: str, plan: GatewayPlan) -> None:
-    task = admin.create_task(agent=AGENT, audiences=[plan.audience], scopes=["crm:read"], purpose="look up a customer")
+    audience = f"{plan.gateway_url}/routes/{ROUTE}"
+    task = admin.create_task(agent=AGENT, audiences=[audience], scopes=["crm:read"], purpose="look up a customer")
     agent = Agent(sts_url, DevIdentity(domain, AGENT))
     session = agent.session(task["id"])
-    auth = session.auth(audiences={plan.audience: plan.audience})
+    auth = session.auth(audiences={audience: audience})
     with httpx.Client(auth=auth, trust_env=False, timeout=10.0) as http:
-        response = http.get(plan.audience + "/v1/customers", params={"debug": "1"})
+        response = http.get(audience + "/v1/customers", params={"debug": "1"})
         body = response.text
         step(
             "gateway",
@@ -112,7 +109,7 @@ def gateway_act(step: Step, check: Step, admin: StsClient, domain: DevTrustDomai
         check("gateway:key-never-seen", response.status_code == 200 and LEGACY_KEY not in body,
               "the agent never sees the legacy API key, even when the upstream echoes it",
               scrubbed="[REDACTED]" in body)  # fmt: skip
-        off = http.post(plan.audience + "/v1/admin/purge")
+        off = http.post(audience + "/v1/admin/purge")
         check(
             "refused:gateway-outside-allowlist",
             off.status_code == 403,
