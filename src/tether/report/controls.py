@@ -29,21 +29,8 @@ def run_controls(evidence: Evidence) -> Report:
     for check in CONTROLS:
         refs = mapping_for(check.id)
         for outcome in check.run(evidence):
-            results.append(
-                Result(
-                    control=check.id,
-                    title=check.title,
-                    status=outcome.status,
-                    severity=outcome.severity,
-                    summary=outcome.summary,
-                    evidence=outcome.evidence,
-                    remediation=outcome.remediation,
-                    asi=refs.asi,
-                    maestro=refs.maestro,
-                    nist=refs.nist,
-                    subject=outcome.subject,
-                )
-            )
+            named = {"control": check.id, "title": check.title, **vars(outcome)}
+            results.append(Result(**named, asi=refs.asi, maestro=refs.maestro, nist=refs.nist))
     return Report(
         generated_at=evidence.now,
         config_path=evidence.config_path,
