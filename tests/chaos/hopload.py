@@ -42,6 +42,7 @@ WORKERS = 16
 class Answer:
     """One hop exchange as the client saw it (``status`` 0: no answer, the connection failed)."""
 
+    url: str  # the replica's base URL
     sent: float
     received: float
     status: int
@@ -77,36 +78,39 @@ class HopLoad:
         with httpx.Client(trust_env=False, timeout=30.0) as http:
             n = worker
             while not self._stop.is_set():
-                url = self.urls[n % len(self.urls)] + "/token"
+                url = self.urls[n % len(self.urls)]
                 n += 1
                 proof = self.key.proof("POST", token_url, nonce=self._nonce)
                 sent = time.monotonic()
                 try:
-                    response = http.post(url, data=form, headers={"DPoP": proof})
+                    response = http.post(url + "/token", data=form, headers={"DPoP": proof})
                 except httpx.TransportError:
-                    self._record(Answer(sent, time.monotonic(), 0, None, "transport"))
+                    self._record(Answer(url, sent, time.monotonic(), 0, None, "transport"))
                     time.sleep(0.01)
                     continue
                 received = time.monotonic()
                 self._nonce = response.headers.get("dpop-nonce", self._nonce)
                 body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
                 token = body.get("access_token") if response.status_code == 200 else None
-                self._record(Answer(sent, received, response.status_code, token, body.get("error")))
+                self._record(Answer(url, sent, received, response.status_code, token, body.get("error")))
 
     def _record(self, answer: Answer) -> None:
         with self._lock:
             self.answers.append(answer)
 
-    def served(self) -> int:
-        with self._lock:
-            return sum(1 for a in self.answers if a.status == 200)
-
     def snapshot(self) -> list[Answer]:
         with self._lock:
             return list(self.answers)
 
-    def wait_served(self, count: int, timeout: float = 60.0) -> None:
-        wait_until(lambda: self.served() >= count, timeout=timeout, what=f"{count} hop exchanges served")
+    def wait_served(self, count: int, timeout: float = 60.0, *, after: float = 0.0, url: str | None = None) -> None:
+        """Until ``count`` hops sent after ``after`` (to ``url``, or anywhere) were served."""
+
+        def enough() -> bool:
+            with self._lock:
+                served = [a for a in self.answers if a.status == 200 and a.sent > after and url in (None, a.url)]
+            return len(served) >= count
+
+        wait_until(enough, timeout=timeout, what=f"{count} hop exchanges served")
 
     def wait_sent_after(self, moment: float, per_worker: int = 2, timeout: float = 60.0) -> None:
         """Until ``per_worker`` × workers answers came back for requests sent after ``moment``."""
@@ -141,13 +145,15 @@ def sqlite_cluster(directory: Path, *, extra: str = "") -> Iterator[Cluster]:
     """One ``tether serve`` process on a fresh SQLite deployment, as a one-replica ``Cluster``."""
     config = sqlite_deployment(directory, extra=extra)
     http = httpx.Client(trust_env=False, timeout=30.0)
-    replica = start_replica(config, int(config.issuer.rsplit(":", 1)[1]), directory)
+    domain = DevTrustDomain.load(config.data_dir, "tether.local", load_master_key(config.master_key_file))
+    c = Cluster(config=config, replicas=[], http=http, domain=domain)
     try:
-        domain = DevTrustDomain.load(config.data_dir, "tether.local", load_master_key(config.master_key_file))
-        yield Cluster(config=config, replicas=[replica], http=http, domain=domain)
+        c.replicas.append(start_replica(config, int(config.issuer.rsplit(":", 1)[1]), directory))
+        yield c
     finally:
         http.close()
-        replica.kill()
+        for replica in c.replicas:  # as restarted
+            replica.kill()
 
 
 def kill_9(replica: Replica) -> None:
