@@ -16,9 +16,6 @@ revoked once the link heals, and service resumes by itself. The run ends with
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +26,7 @@ from hopload import audit_verify
 
 from helpers import FEED_SUBSCRIBER, QUIET_MONITOR, SVC_RS, Client, RunningSts, admin_token, create_task, running_sts
 from tether.agent.proof import DPoPKey
+from tether.bench.partition import Partition
 from tether.errors import InvalidToken, TemporarilyUnavailable
 from tether.resource import ResourceSettings, Verifier
 from tether.resource.revocations import RevocationFeed
@@ -38,81 +36,6 @@ pytestmark = [pytest.mark.slow]
 RS = "http://127.0.0.1:9001"
 STALE_AFTER = 2.0
 DEADLINE = 30.0
-
-
-class Partition:
-    """A loopback TCP relay to ``target_port`` that can be cut: no byte moves either way and new
-    connections hang, but nothing is closed or reset — a partition, not a dead peer."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target = target_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self.listener.getsockname()[1])
-        self.flowing = threading.Event()
-        self.flowing.set()
-        self.closed = threading.Event()
-        self.sockets: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def cut(self) -> None:
-        self.flowing.clear()
-
-    def heal(self) -> None:
-        self.flowing.set()
-
-    def close(self) -> None:
-        self.closed.set()
-        self.flowing.set()
-        for sock in [self.listener, *self.sockets]:
-            with contextlib.suppress(OSError):
-                sock.close()
-
-    def _wait_flowing(self) -> bool:
-        while not self.flowing.wait(0.05):
-            pass
-        return not self.closed.is_set()
-
-    def _accept(self) -> None:
-        while not self.closed.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            self.sockets.append(client)
-            threading.Thread(target=self._connect, args=(client,), daemon=True).start()
-
-    def _connect(self, client: socket.socket) -> None:
-        if not self._wait_flowing():
-            return
-        try:
-            upstream = socket.create_connection(("127.0.0.1", self.target))
-        except OSError:
-            client.close()
-            return
-        self.sockets.append(upstream)
-        for src, dst in ((client, upstream), (upstream, client)):
-            threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        src.settimeout(0.1)
-        try:
-            while self._wait_flowing():
-                try:
-                    data = src.recv(65536)
-                except TimeoutError:
-                    continue
-                if not data or not self._wait_flowing():
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        for sock in (src, dst):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
 
 
 @pytest.fixture

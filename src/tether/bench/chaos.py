@@ -6,6 +6,9 @@
   may be issued after its commit (the audit chain orders them);
 * **kill -9 under load** — an STS SIGKILLed mid-load (SQLite: restarted; PostgreSQL: one of two
   replicas): tokens clients received that the store or the audit log lacks (must be 0);
+* **partition** — a resource server cut from a healthy STS by a silent link: seconds from the cut
+  to its first refusal (``stale_after`` bounds it), from the heal to service again, and whether a
+  task completed during the cut is refused once the link heals;
 * **flood** — malformed and anonymous requests: answers per second, 5xx (must be 0), audit
   records added, the STS's resident memory, and a good exchange's latency in the middle of it.
 
@@ -34,12 +37,17 @@ from typing import Any, TypeVar
 
 import httpx
 
+from tether.agent.identity import DevIdentity
 from tether.agent.proof import DPoPKey
-from tether.bench.exchange import ADMIN, AGENT, AUD_B, RESOURCES
+from tether.bench.exchange import ADMIN, AGENT, AUD_B, RESOURCES, SVC_B
 from tether.bench.harness import Actor, Deployment, bench_deployment, loadgen_command, percentile, rss_kib, serve, tether_bin
 from tether.bench.loadgen import form_request
+from tether.bench.partition import Partition
 from tether.bench.report import Row
 from tether.bench.revocation import _fresh_schema_and_prefix
+from tether.errors import InvalidToken, TemporarilyUnavailable
+from tether.resource import ResourceSettings, Verifier
+from tether.resource.revocations import RevocationFeed
 from tether.store.open import open_store
 from tether.store.protocol import Store
 from tether.urns import TOKEN_EXCHANGE
@@ -47,7 +55,7 @@ from tether.urns import TOKEN_TYPE_ACCESS as ACCESS
 from tether.urns import TOKEN_TYPE_JWT as JWT
 from tether.web.server import free_port
 
-__all__ = ["chaos_rows", "completion_rows", "flood_rows", "kill_rows"]
+__all__ = ["chaos_rows", "completion_rows", "flood_rows", "kill_rows", "partition_rows"]
 
 T = TypeVar("T")
 WORKERS = 16
@@ -421,6 +429,94 @@ def kill_rows(
     return [_kill_row(workdir / f"kill-{store}", store, load_seconds, postgres_dsn, redis_url) for store in stores]
 
 
+# -- a resource server partitioned from the STS ------------------------------------------------------
+async def _partitioned(d: Deployment, link: Partition, stale_after: float, kept: tuple[str, DPoPKey],
+                       ended: tuple[str, str, DPoPKey], complete: Callable[[str], int]) -> dict[str, Any]:  # fmt: skip
+    async with httpx.AsyncClient(trust_env=False, timeout=5.0) as http:
+        feed = RevocationFeed(link.url, http, identity=DevIdentity(d.domain, SVC_B), audience=d.url, stale_after=stale_after)
+        settings = ResourceSettings(issuer=d.url, resource=AUD_B, jwks_uri=link.url + "/jwks", stale_after=stale_after)
+        verifier = Verifier(settings, http=http, feed=feed)
+
+        async def outcome(token: str, key: DPoPKey) -> str:
+            proof = key.proof("GET", AUD_B + "/x", access_token=token)
+            try:
+                await verifier.verify(method="GET", path="/x", headers={"authorization": f"DPoP {token}", "dpop": proof})
+            except TemporarilyUnavailable:
+                return "unavailable"
+            except InvalidToken as exc:
+                return exc.description
+            return "accepted"
+
+        async def until(token: str, key: DPoPKey, wanted: str, since: float) -> float:
+            while (got := await outcome(token, key)) != wanted:
+                if time.perf_counter() - since > stale_after * 3 + 30:
+                    raise RuntimeError(f"still {got!r} waiting for {wanted!r}")
+                await asyncio.sleep(0.01)
+            return time.perf_counter() - since
+
+        feed.start()
+        try:
+            await feed.wait_synced()
+            await asyncio.sleep(1.0)
+            if (await outcome(*kept), await outcome(ended[1], ended[2])) != ("accepted", "accepted"):
+                raise RuntimeError("the tokens were not accepted before the cut")
+            cut = time.perf_counter()
+            link.cut()
+            completed = await asyncio.to_thread(complete, ended[0])
+            revoked_at = time.perf_counter()
+            refused_s = await until(*kept, "unavailable", cut)
+            revoked_accepted_s = await until(ended[1], ended[2], "unavailable", revoked_at)
+            heal = time.perf_counter()
+            link.heal()
+            recovered_s = await until(*kept, "accepted", heal)
+            ended_after = await outcome(ended[1], ended[2])
+        finally:
+            await feed.aclose()
+            await verifier.aclose()
+    return {
+        "refused_after_cut_s": round(refused_s, 2),
+        "recovered_after_heal_s": round(recovered_s, 2),
+        "completion_during_cut": completed,
+        "revoked_token_still_accepted_s": round(revoked_accepted_s, 2),
+        "revoked_token_after_heal": ended_after,
+    }
+
+
+def partition_rows(workdir: Path, *, stale_after: float = 10.0) -> list[Row]:
+    d = bench_deployment(workdir / "partition", extra=RESOURCES + QUIET_MONITOR)
+    with (
+        serve([tether_bin(), "serve", "--config", str(d.config.path)], d.url),
+        httpx.Client(trust_env=False, timeout=60) as http,
+    ):
+        admin, admin_token = _admin(d, http)
+        tokens = []
+        for _ in range(2):
+            task_id, agent, session = _new_task(d, http, admin, admin_token)
+            tokens.append((task_id, str(agent.token(_hop_form(session))["access_token"]), agent.key))
+
+        def complete(task_id: str) -> int:
+            return admin.api("POST", f"/tasks/{task_id}/complete", admin_token).status_code
+
+        link = Partition(int(d.url.rsplit(":", 1)[1]))
+        try:
+            notes = asyncio.run(_partitioned(d, link, stale_after, tokens[0][1:], tokens[1], complete))
+        finally:
+            link.close()
+        notes["audit_verify"] = _audit_verify(d)
+        notes["positive_control"] = _positive_control(d, d.url)
+    notes["stale_after_s"] = stale_after
+    notes["heartbeat_s"] = min(2.0, stale_after / 3)
+    return [
+        Row(
+            "resource server partitioned from the STS (silent link): first refusal after the cut",
+            float(notes["refused_after_cut_s"]),
+            "s",
+            target=f"≤ stale_after ({stale_after:g} s)",
+            notes=notes,
+        )
+    ]
+
+
 # -- a flood of malformed and anonymous requests ----------------------------------------------------
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
@@ -524,6 +620,8 @@ def chaos_rows(
     )
     progress("kill -9 under load")
     rows += kill_rows(workdir, load_seconds=load_seconds, postgres_dsn=postgres_dsn, redis_url=redis_url)
+    progress("a resource server partitioned from the STS")
+    rows += partition_rows(workdir)
     progress("flood")
     rows += flood_rows(workdir, requests=flood)
     return rows
