@@ -45,7 +45,7 @@ def _kill_under_load(c: Cluster, victim: int) -> tuple[HopLoad, float]:
     session = c.session(task["id"], key)
     load = HopLoad(c, session, key, [r.url for r in c.replicas]).start()
     try:
-        load.wait_served(3 * WORKERS)
+        load.wait_served(2 * WORKERS)
         kill_9(c.replicas[victim])
     except BaseException:
         load.stop()
@@ -57,7 +57,7 @@ def _no_received_token_lost(c: Cluster, load: HopLoad) -> None:
     answers = load.snapshot()
     assert not [a for a in answers if a.status >= 500], "no 5xx, only answers or dropped connections"
     received = {_jti(a.token) for a in answers if a.token is not None}
-    assert len(received) >= 3 * WORKERS
+    assert len(received) >= 2 * WORKERS
     assert _missing_from_store(c, received) == []
     audited = {r.jti for r in audit_records(c.config) if r.kind == "token.issued"}
     assert received <= audited
@@ -86,7 +86,7 @@ def test_kill_9_of_one_postgres_replica_under_load_loses_no_received_token(tmp_p
     with cluster(tmp_path, replicas=2) as c:
         load, killed = _kill_under_load(c, 0)
         try:
-            load.wait_served(2 * WORKERS, after=killed, url=c.replicas[1].url)  # the survivor serves on
+            load.wait_served(WORKERS, after=killed, url=c.replicas[1].url)  # the survivor serves on
         finally:
             load.stop()
         _no_received_token_lost(c, load)

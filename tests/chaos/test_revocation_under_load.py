@@ -79,20 +79,20 @@ def _revoke_under_load(c: Cluster, action: str) -> None:
     admin_key, admin = c.admin(0)
     load = HopLoad(c, session, key, [r.url for r in c.replicas]).start()
     try:
-        load.wait_served(3 * WORKERS)  # every worker is in its loop: full load
+        load.wait_served(2 * WORKERS)  # every worker is in its loop: full load
         if action == "complete":
             response = c.api(0, "POST", f"/tasks/{task['id']}/complete", admin, admin_key)
         else:
             response = c.api(0, "POST", "/principals/block", admin, admin_key, json={"agent": AGENT})
         answered = time.monotonic()
-        load.wait_sent_after(answered)
+        load.wait_sent_after(answered, per_worker=1)
     finally:
         answers = load.stop()
 
     # the revocation answers 200, not 503, while the load runs
     assert response.status_code == 200, response.text
     served_before = [a for a in answers if a.status == 200 and a.received < answered]
-    assert len(served_before) >= 3 * WORKERS - WORKERS, "the load was running when the revocation was sent"
+    assert len(served_before) >= WORKERS, "the load was running when the revocation was sent"
     if action == "complete":
         assert response.json()["state"] == "completed"
     else:
@@ -119,7 +119,7 @@ def _revoke_under_load(c: Cluster, action: str) -> None:
     stored = _tokens(c, issued_jtis)
     assert all(t is not None and t.revoked_at is not None for t in stored)
     # ... and inactive at every replica (the session and the last tokens served: the store holds the rest)
-    last_served = [a.token for a in answers if a.token is not None][-WORKERS:]
+    last_served = [a.token for a in answers if a.token is not None][-8:]
     for replica in range(len(c.replicas)):
         assert not any(introspect_active(c, replica, token) for token in [session, *last_served])
 
