@@ -61,7 +61,7 @@ T = TypeVar("T")
 WORKERS = 16
 WARMUP = 3
 #: hop requests signed per load generator and sample: more than the load runs through before the completion
-REQUESTS_PER_SAMPLE = 400
+REQUESTS_PER_SAMPLE = 200
 #: the bench's own deployments: the monitor only alerts, so its detectors never suspend a task under test
 QUIET_MONITOR = "\n" + "\n".join(
     f'[monitor.detectors.{name}]\nactions = ["alert"]'
@@ -188,9 +188,9 @@ class _Completion:
 
 
 def _start_load(
-    d: Deployment, agent: Actor, session: str, url: str, tmp: Path, name: str
+    d: Deployment, agent: Actor, session: str, url: str, tmp: Path, name: str, connections: int
 ) -> tuple[subprocess.Popen[bytes], Path]:
-    """A loadgen process on core 1: ``WORKERS`` connections (split over replicas by the caller) replaying signed hops."""
+    """A loadgen process on core 1: ``connections`` keep-alive connections to ``url`` replaying signed hops."""
     token_url = d.url + "/token"
     form = _hop_form(session)
     requests = [
@@ -199,15 +199,20 @@ def _start_load(
     ]
     host, port = url.split("//", 1)[1].split(":")
     spec, out = tmp / f"{name}.json", tmp / f"{name}.out.json"
-    spec.write_text(json.dumps({"host": host, "port": int(port), "concurrency": WORKERS, "duration": 10, "requests": requests}))
+    spec.write_text(
+        json.dumps({"host": host, "port": int(port), "concurrency": connections, "duration": 10, "requests": requests})
+    )
     return subprocess.Popen(loadgen_command(spec, out)), out  # noqa: S603 - our own interpreter and module
 
 
-def _one_completion(d: Deployment, http: httpx.Client, urls: list[str], action: str, tmp: Path) -> tuple[_Completion, str]:
-    admin, admin_token = _admin(d, http)
+def _one_completion(
+    d: Deployment, http: httpx.Client, admin_pair: tuple[Actor, str], urls: list[str], action: str, tmp: Path
+) -> tuple[_Completion, str]:
+    admin, admin_token = admin_pair
     task_id, agent, session = _new_task(d, http, admin, admin_token)
     agent.token(_hop_form(session))  # the nonce is fresh and the session verified once
-    started = [_start_load(d, agent, session, url, tmp, f"load{i}") for i, url in enumerate(urls)]
+    # WORKERS connections in all, split evenly over the replicas
+    started = [_start_load(d, agent, session, url, tmp, f"load{i}", WORKERS // len(urls)) for i, url in enumerate(urls)]
     try:
         deadline = time.monotonic() + 30
         while admin.api("GET", f"/tasks/{task_id}", admin_token).json().get("tokens_issued", 0) < 2 + 2 * WORKERS:
@@ -262,7 +267,9 @@ def _completion_row(workdir: Path, store: str, action: str, samples: int, dsn: s
         measured: list[_Completion] = []
         tasks: list[str] = []
         for i in range(WARMUP + samples):
-            sample, task = _one_completion(d, http, urls, action, Path(tmp))
+            if i % 20 == 0:  # an admin token lives 5 minutes
+                admin = _admin(d, http)
+            sample, task = _one_completion(d, http, admin, urls, action, Path(tmp))
             if i >= WARMUP:
                 measured.append(sample)
                 tasks.append(task)
