@@ -108,7 +108,7 @@ def _revoke_under_load(c: Cluster, action: str) -> None:
     # no token issued after the revocation's commit: its record follows every issuance of the task
     records = audit_records(c.config)
     ended_kind = "task.completed" if action == "complete" else "principal.blocked"
-    ended = [r for r in records if r.kind == ended_kind and (r.task == task["id"] or action == "block")]
+    ended = [r for r in records if r.kind == ended_kind and task["id"] in (r.task, *r.detail.get("tasks", ()))]
     assert len(ended) == 1
     issued = [r for r in records if r.kind == "token.issued" and r.task == task["id"]]
     assert issued and max(r.seq for r in issued) < ended[0].seq
