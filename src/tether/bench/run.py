@@ -20,7 +20,7 @@ from tether.bench.report import Row, SignatureCosts, signature_costs
 
 __all__ = ["SECTIONS", "BenchOptions", "run_bench"]
 
-SECTIONS = ("exchange", "scaling", "verify", "gateway", "revocation", "cedar", "memory")
+SECTIONS = ("exchange", "scaling", "verify", "gateway", "revocation", "completion", "cedar", "memory")
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class BenchOptions:
     postgres_dsn: str = "postgresql://127.0.0.1:5432/test"
     redis_url: str = "redis://127.0.0.1:6379/0"
     revocation_tasks: int = 200
+    completion_samples: int = 30
 
 
 def scale_out_reachable(options: BenchOptions) -> bool:
@@ -81,6 +82,23 @@ def _section(name: str, workdir: Path, costs: SignatureCosts, options: BenchOpti
             )
         rows = revocation_rows(workdir, tasks=options.revocation_tasks)
         rows.append(Row("revocation propagation, PostgreSQL + Redis: skipped", float("nan"), "", notes={"why": "unreachable"}))
+        return rows
+    if name == "completion":
+        from tether.bench.chaos import completion_rows
+
+        if scale_out_reachable(options):
+            return completion_rows(
+                workdir, samples=options.completion_samples, postgres_dsn=options.postgres_dsn, redis_url=options.redis_url
+            )
+        rows = completion_rows(workdir, samples=options.completion_samples)
+        rows.append(
+            Row(
+                "task completion under full hop load, PostgreSQL + Redis: skipped",
+                float("nan"),
+                "",
+                notes={"why": "unreachable"},
+            )
+        )
         return rows
     if name == "memory":
         from tether.bench.memory import memory_rows

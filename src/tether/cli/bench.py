@@ -71,7 +71,8 @@ def bench(
     ),
     redis_url: Annotated[str, typer.Option("--redis-url", envvar="TETHER_BENCH_REDIS_URL")] = "redis://127.0.0.1:6379/0",
 ) -> None:
-    """Exchange throughput and latency, resource-server verify, gateway overhead, revocation, Cedar, memory."""
+    """Exchange throughput and latency, resource-server verify, gateway overhead, revocation, completion under load,
+    Cedar, memory."""
     if ctx.invoked_subcommand is not None:
         return
     from tether.bench.run import SECTIONS, BenchOptions, run_bench
@@ -107,4 +108,46 @@ def soak(
 
     with tempfile.TemporaryDirectory(prefix="tether-soak-") as tmp:
         rows = soak_rows(workdir or Path(tmp), duration=duration, rate=rate, warmup=warmup)
+    _print(rows, as_json)
+
+
+@app.command()
+def chaos(
+    samples: Annotated[int, typer.Option("--samples", min=1, max=1000, help="revocations measured per store and action")] = 30,
+    flood: Annotated[int, typer.Option("--flood", min=100, help="malformed and anonymous requests in the flood")] = 20_000,
+    load_seconds: Annotated[float, typer.Option("--load-seconds", min=0.5, max=60.0, help="hop load before the kill")] = 3.0,
+    as_json: Annotated[bool, typer.Option("--json", help="print the rows as JSON")] = False,
+    postgres_dsn: Annotated[str, typer.Option("--postgres-dsn", envvar="TETHER_BENCH_POSTGRES_DSN")] = (
+        "postgresql://127.0.0.1:5432/test"
+    ),
+    redis_url: Annotated[str, typer.Option("--redis-url", envvar="TETHER_BENCH_REDIS_URL")] = "redis://127.0.0.1:6379/0",
+) -> None:
+    """Faults under load: completion and the kill switch under full hop load, kill -9 of an STS, a flood.
+
+    The longer versions of the chaos suite (tests/chaos); every run ends with `tether audit verify`
+    and a positive-control exchange. PostgreSQL + Redis rows are skipped when either is unreachable.
+    """
+    import tempfile
+
+    from tether.bench.chaos import chaos_rows
+    from tether.bench.run import BenchOptions, scale_out_reachable
+
+    reachable = scale_out_reachable(BenchOptions(postgres_dsn=postgres_dsn, redis_url=redis_url))
+
+    def progress(message: str) -> None:
+        if not as_json:
+            console.print(styled((f"… {message}", "dim")))
+
+    with tempfile.TemporaryDirectory(prefix="tether-chaos-") as tmp:
+        rows = chaos_rows(
+            Path(tmp),
+            samples=samples,
+            flood=flood,
+            load_seconds=load_seconds,
+            postgres_dsn=postgres_dsn if reachable else None,
+            redis_url=redis_url if reachable else None,
+            progress=progress,
+        )
+    if not reachable:
+        rows.append(Row("chaos, PostgreSQL + Redis: skipped", float("nan"), "", notes={"why": "unreachable"}))
     _print(rows, as_json)
