@@ -23,6 +23,7 @@ __all__ = [
     "REFUSALS",
     "REGISTRY",
     "REVOCATIONS",
+    "STORE_CIRCUIT_OPEN",
     "exposition",
 ]
 
@@ -55,6 +56,11 @@ GATEWAY_SECONDS = Histogram(
     "Gateway call latency including the upstream, by route",
     ["route"],
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    registry=REGISTRY,
+)
+STORE_CIRCUIT_OPEN = Gauge(
+    "tether_store_circuit_open",
+    "1 while the PostgreSQL circuit is open (the database did not answer; requests are refused at once), else 0",
     registry=REGISTRY,
 )
 ALERTS = Counter("tether_alerts", "Alerts raised by the monitor, by detector", ["detector"], registry=REGISTRY)
