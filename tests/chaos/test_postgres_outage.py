@@ -14,6 +14,7 @@ import logging
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +35,8 @@ AUDIENCE = "http://127.0.0.1:9001"
 #: twenty refusals of each kind; with the old 5 s pool timeout one alone took 5 s
 REQUESTS = 20
 OUTCOME_BOUND = 5.0
+#: how long the database stays away: long enough for the background loops to retry many times
+OUTAGE = 3.0
 
 
 def _deployment(directory: Path, dsn: str, prefix: str) -> Config:
@@ -97,6 +100,8 @@ def test_postgres_refusing_connections_answers_503_at_once_and_recovers_by_itsel
             _assert_refused(response)
         assert elapsed < OUTCOME_BOUND, f"{2 * REQUESTS} refusals took {elapsed:.1f} s: they waited on a dead pool"
         assert _circuit_gauge(http, sts) == "1.0"
+        time.sleep(max(0.0, OUTAGE - (time.monotonic() - started)))  # the background loops keep failing meanwhile
+        during = [r for r in caplog.records if r.name != "tether.web"]  # the edge logs each 503 it answers
 
         proxy.forward()  # the same STS process, not restarted
         deadline = time.monotonic() + 30
@@ -109,6 +114,10 @@ def test_postgres_refusing_connections_answers_503_at_once_and_recovers_by_itsel
         assert _circuit_gauge(http, sts) == "0.0"
     finally:
         http.close()
+    # the feed poller (every 0.25 s), the upkeep jobs (every 1 s) and the monitor each said so once
+    repeated = {m: n for m, n in Counter(f"{r.name}: {r.getMessage()}" for r in during).items() if n > 1}
+    assert repeated == {}, "a background loop logged every attempt during the outage"
+    assert any("revocation feed poll failed" in r.getMessage() for r in during)
     store_lines = [r.getMessage() for r in caplog.records if r.name == "tether.store"]
     assert sum("unreachable" in line for line in store_lines) == 1, store_lines
     assert sum("answers again after" in line for line in store_lines) == 1, store_lines
