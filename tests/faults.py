@@ -5,8 +5,10 @@ under test at ``proxy.port``: the test can then take "the database" away without
 server everyone else uses.
 
 - ``forward()``: connections are relayed to the upstream (the normal state).
-- ``refuse()``: the listening socket is closed (new connections get ``ECONNREFUSED``) and every
-  open connection is cut, as when the server goes down.
+- ``refuse()``: every open connection is cut and each new one is reset as soon as it arrives, as
+  when the server goes down. (The port stays bound: closing the listener would let the port be
+  taken meanwhile — even by a client's own connect to it, a TCP self-connect — and forwarding
+  could not resume on it.)
 - ``blackhole()``: connections are accepted and held, and bytes in either direction are
   swallowed: nothing ever answers, as across a network partition.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
+import struct
 import threading
 from collections.abc import Iterator
 from typing import Literal
@@ -82,20 +85,17 @@ class TcpProxy:
 
     # -- faults ---------------------------------------------------------------------
     def forward(self) -> None:
-        """Relay again (re-opening the listening socket on the same port if it was closed)."""
+        """Relay again."""
         self.mode = "forward"
-        self._listen()
 
     def refuse(self) -> None:
-        """Refuse new connections and cut the open ones."""
+        """Reset new connections and cut the open ones."""
         self.mode = "refuse"
-        self._close_listener()
         self._cut_all()
 
     def blackhole(self) -> None:
         """Accept and hold connections, answer nothing; open connections stop relaying."""
         self.mode = "blackhole"
-        self._listen()
 
     def connections(self) -> int:
         with self._lock:
@@ -107,9 +107,13 @@ class TcpProxy:
             if self._listener is not None:
                 return
             listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind((self.host, self.port))
-            listener.listen(128)
+            try:
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                listener.bind((self.host, self.port))
+                listener.listen(128)
+            except OSError:
+                listener.close()
+                raise
             listener.settimeout(0.05)
             self.port = listener.getsockname()[1]
             self._listener = listener
@@ -139,6 +143,10 @@ class TcpProxy:
             except (TimeoutError, OSError):
                 continue
             self.accepted += 1
+            if self.mode == "refuse":  # a reset, not a close: the client's handshake fails at once
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                client.close()
+                continue
             client.setblocking(True)
             upstream = None
             if self.mode == "forward":

@@ -207,3 +207,29 @@ async def _pings(store: PostgresRedisStore) -> bool:
     except StoreUnavailable:
         return False
     return True
+
+
+def test_a_health_check_on_a_busy_pool_does_not_open_the_circuit(tmp_path: Path) -> None:
+    """Every connection in use: ``/healthz`` gives up within its bound (503) and the circuit stays
+    closed, since the database answers; once the connection is back the health check passes."""
+
+    async def body(proxy: TcpProxy) -> None:
+        async with _store(proxy, GuardSettings(max_size=1, ping_timeout=0.2)) as store:
+            held, release = asyncio.Event(), asyncio.Event()
+
+            async def hold() -> None:
+                async with store.guard.connection() as conn:
+                    await conn.execute("SELECT 1")
+                    held.set()
+                    await release.wait()
+
+            holder = asyncio.create_task(hold())
+            await held.wait()
+            with pytest.raises(StoreUnavailable, match="PoolTimeout"):
+                await store.ping()
+            assert store.guard.circuit.state is CircuitState.CLOSED
+            release.set()
+            await holder
+            await store.ping()
+
+    _run(body)

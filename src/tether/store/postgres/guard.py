@@ -165,8 +165,8 @@ class GuardedPool:
         except UNAVAILABLE as exc:
             if not is_connectivity(exc):
                 self.circuit.succeeded()  # the database answered, with an error
-            elif opens or not overdue.fired:
-                self._failed(exc)
+            elif opens or not (overdue.fired or isinstance(exc, PoolTimeout)):
+                self._failed(exc)  # a late health check is not a dead database; a refused connection is
             raise StoreUnavailable(f"postgresql: {type(exc).__name__}: {exc}") from exc
         except Exception:
             self.circuit.succeeded()  # the store's own refusal (a conflict, a block): the database answered
@@ -201,9 +201,10 @@ class GuardedPool:
                 continue
             try:
                 pool = await self._probe()
-            except UNAVAILABLE as exc:
+            except Exception as exc:  # noqa: BLE001 - the prober must outlive any one failure, or the store stays shut
                 self.circuit.probe_failed()
-                log.debug("postgresql probe failed: %s: %s", type(exc).__name__, exc)
+                level = logging.DEBUG if isinstance(exc, UNAVAILABLE) else logging.ERROR
+                log.log(level, "postgresql probe failed: %s: %s", type(exc).__name__, exc)
                 continue
             self._pool = pool
             failed, seconds = self.circuit.failed_probes, self.circuit.probe_succeeded()
