@@ -24,6 +24,7 @@ __all__ = [
     "REGISTRY",
     "REPLAY_EPOCH_REFUSALS",
     "REVOCATIONS",
+    "STORE_CIRCUIT_OPEN",
     "exposition",
 ]
 
@@ -63,6 +64,11 @@ REPLAY_EPOCH_REFUSALS = Counter(
     "DPoP proofs refused because the replay cache was lost since they were made (a replay or an "
     "honest client's first proof after the loss; the STS does not audit nonce challenges), by error code",
     ["error"],
+    registry=REGISTRY,
+)
+STORE_CIRCUIT_OPEN = Gauge(
+    "tether_store_circuit_open",
+    "1 while the PostgreSQL circuit is open (the database did not answer; requests are refused at once), else 0",
     registry=REGISTRY,
 )
 ALERTS = Counter("tether_alerts", "Alerts raised by the monitor, by detector", ["detector"], registry=REGISTRY)

@@ -17,7 +17,7 @@ import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 
-from tether.background import cancel
+from tether.background import FailureStreak, cancel
 from tether.clock import Clock
 from tether.config import Config
 from tether.lru import LruCache
@@ -103,13 +103,16 @@ class Monitor:
             await self.rebuild()
         except StoreError as exc:
             log.warning("monitor: detectors and risk board not rebuilt: %s", exc)
+        interval = self.interval
+        unavailable = FailureStreak(log, "monitor: audit log not read", "monitor: the audit log", base=interval, cap=interval)
         while True:
             try:
                 await self.store.ping()  # reads may still work while issuance fails (PostgreSQL up, Redis down)
                 await self.poll()
+                unavailable.succeeded()
             except StoreError as exc:
                 self.store_failed()
-                log.warning("monitor: audit log not read: %s", exc)
+                unavailable.failed(exc)  # logged once per outage, not once per poll
             await asyncio.sleep(self.interval)
 
     @property

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tether.background import FailureStreak
 from tether.metrics import CONTENT_TYPE, exposition
 from tether.store.errors import StoreUnavailable
 from tether.sts.context import StsContext
@@ -44,14 +45,19 @@ log = logging.getLogger("tether.sts")
 
 
 async def _every(seconds: float, job: Callable[[], Awaitable[object]]) -> None:
+    name = getattr(job, "__name__", "job")
+    # one line when the store goes away and one when it is back, not one per run
+    unavailable = FailureStreak(log, f"upkeep skipped ({name})", f"upkeep job {name}", base=seconds, cap=seconds)
     while True:
         await asyncio.sleep(seconds)
         try:
             await job()
         except StoreUnavailable as exc:
-            log.warning("upkeep skipped: %s", exc)
+            unavailable.failed(exc)
+            continue
         except Exception as exc:  # noqa: BLE001 - an upkeep job must outlive any one failure
-            log.error("upkeep job %s failed: %s", getattr(job, "__name__", "job"), type(exc).__name__)
+            log.error("upkeep job %s failed: %s", name, type(exc).__name__)
+        unavailable.succeeded()
 
 
 async def metrics_endpoint(request: Request) -> Response:

@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 
-from tether.background import cancel
+from tether.background import FailureStreak, cancel
 from tether.clock import Clock
 from tether.config import Config
 from tether.errors import TemporarilyUnavailable, TooManyRequests
@@ -230,15 +230,16 @@ class FeedHub:
         loop = asyncio.get_running_loop()
         tick = self.settings.tick
         next_tick = loop.time()
+        streak = FailureStreak(log, "revocation feed poll failed", "revocation feed poll", base=tick, cap=max(tick, 1.0))
         try:
             while True:
                 generation = self.store.revocation_generation()
                 try:
                     page = await self.store.revocations_after(self.cursor, now=self.clock.now(), limit=PAGE)
                 except StoreError as exc:  # no heartbeat without a read: subscribers go stale and fail closed
-                    log.warning("revocation feed poll failed: %s", exc)
-                    await asyncio.sleep(tick)
+                    await asyncio.sleep(streak.failed(exc))  # backs off to 1 s; logged once per outage
                     continue
+                streak.succeeded()
                 for entry in page:
                     self.cursor = entry.seq
                     self._fan_out((entry.seq, encode_entry(entry)))

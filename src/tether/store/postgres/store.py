@@ -6,7 +6,8 @@ security-critical step is one transaction whose row locks make it correct across
 the task row caps ``max_tokens``, ``revocation_head`` numbers the feed in commit order and
 ``audit_head`` serialises the one chain. One lock order everywhere (``revocation_head``, task
 rows, token rows, ``audit_head``), so replicas queue instead of deadlocking. Database failures
-raise ``StoreUnavailable`` (503, fail closed).
+raise ``StoreUnavailable`` (503, fail closed); connections come through ``GuardedPool``, whose
+circuit refuses at once while the database is unreachable instead of waiting on a dead pool.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from psycopg import sql as pgsql
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 from tether.audit.chain import AuditEvent, AuditRecord, link
 from tether.model import Task, TaskState
@@ -38,6 +39,7 @@ from tether.store.errors import (
     TaskNotActive,
 )
 from tether.store.notify import Notifier
+from tether.store.postgres.guard import GuardedPool, GuardSettings
 from tether.store.records import (
     AuditMark,
     BlockKind,
@@ -75,9 +77,6 @@ __all__ = ["SCHEMA_VERSION", "PostgresRedisStore", "migrations"]
 T = TypeVar("T")
 
 log = logging.getLogger("tether.store")
-# every database error, as on SQLite: a failed statement (a lost connection, a deadlock,
-# a duplicate key) is "cannot answer now" (503), never a half-handled 500
-_UNAVAILABLE = (psycopg.Error, PoolTimeout, OSError)
 
 
 def migrations() -> list[tuple[int, str]]:
@@ -212,22 +211,21 @@ async def _is_blocked(conn: Conn, *groups: Iterable[str | None]) -> bool:
 
 
 class PostgresRedisStore:
-    def __init__(self, pool: AsyncConnectionPool[Any], cache: RedisCache) -> None:
-        self.pool = pool
+    def __init__(self, guard: GuardedPool, cache: RedisCache) -> None:
+        self.guard = guard
         self.cache = cache
         self._notifier = Notifier()
 
+    @property
+    def pool(self) -> AsyncConnectionPool[Any]:
+        """The current pool (a new one after each outage); ``StoreUnavailable`` while the circuit is open."""
+        return self.guard.pool
+
     @classmethod
     async def open(cls, dsn: str, redis_url: str, *, prefix: str = "tether", migrate: bool = False,
-                   max_size: int = 10) -> PostgresRedisStore:  # fmt: skip
-        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            dsn, min_size=1, max_size=max_size, open=False, timeout=5.0, kwargs={"autocommit": True}
-        )
-        try:
-            await pool.open(wait=True, timeout=10.0)
-        except _UNAVAILABLE as exc:
-            await pool.close()
-            raise StoreUnavailable(f"postgresql: {exc}") from exc
+                   max_size: int = 10, guard: GuardSettings | None = None) -> PostgresRedisStore:  # fmt: skip
+        pool = GuardedPool(dsn, guard or GuardSettings(max_size=max_size))
+        await pool.open(timeout=10.0)
         store = cls(pool, RedisCache.from_url(redis_url, prefix=prefix))
         try:
             await store._check_schema(migrate)
@@ -241,7 +239,7 @@ class PostgresRedisStore:
         return store
 
     async def _check_schema(self, migrate: bool) -> None:
-        async with self._conn() as conn, conn.transaction():
+        async with self._conn(unbounded=True) as conn, conn.transaction():  # a migration takes what it takes
             await conn.execute("SELECT pg_advisory_xact_lock(8700)")
             if migrate:
                 await _create_search_schema(conn)
@@ -262,22 +260,21 @@ class PostgresRedisStore:
                     f"database schema v{current} does not match v{SCHEMA_VERSION}: run `tether migrate` before serving"
                 )
 
-    @contextlib.asynccontextmanager
-    async def _conn(self) -> AsyncIterator[Conn]:
-        try:
-            async with self.pool.connection() as conn:
-                yield conn
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"postgresql: {type(exc).__name__}: {exc}") from exc
+    def _conn(self, *, unbounded: bool = False) -> contextlib.AbstractAsyncContextManager[Conn]:
+        """A connection through the circuit: ``StoreUnavailable`` at once while the database is unreachable.
+
+        Each operation is bounded (an overdue one opens the circuit); ``unbounded`` is for migrations.
+        """
+        return self.guard.connection(bounded=not unbounded)
 
     async def ping(self) -> None:
-        async with self._conn() as conn:
-            await conn.execute("SELECT 1")
+        """Bounded: answered from the circuit while it is open, else ``SELECT 1`` within a second."""
+        await self.guard.ping()
         await self.cache.ping()
 
     async def aclose(self) -> None:
         await self.cache.aclose()
-        await self.pool.close()
+        await self.guard.aclose()
 
     async def _revoked(self) -> None:
         self._notifier.notify()
@@ -615,4 +612,4 @@ class PostgresRedisStore:
 if TYPE_CHECKING:
     from tether.store.protocol import Store
 
-    _check: Store = PostgresRedisStore(AsyncConnectionPool("", open=False), RedisCache(None, prefix=""))  # type: ignore[arg-type]
+    _check: Store = PostgresRedisStore(GuardedPool(""), RedisCache(None, prefix=""))  # type: ignore[arg-type]
