@@ -13,6 +13,7 @@ circuit refuses at once while the database is unreachable instead of waiting on 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -178,6 +179,32 @@ async def _end_task(conn: Conn, feed: _Feed, task: Task, state: TaskState, now: 
     feed.add(RevocationKind.TASK, task.id, task.expires_at)
 
 
+#: the advisory-lock namespace of tasks (the first key of ``pg_advisory_xact_lock(int, int)``)
+_TASK_LOCKS = 0x7E7E
+
+
+def _task_key(task_id: str) -> int:
+    """A task's advisory-lock key: 32 bits of SHA-256 (a collision only makes two tasks share a queue)."""
+    return int.from_bytes(hashlib.sha256(task_id.encode()).digest()[:4], "big", signed=True)
+
+
+async def _enter_task(conn: Conn, task_id: str) -> None:
+    """Issuance holds its task's advisory lock shared: issuances never wait for each other on it.
+
+    Revocation takes it exclusive (``_end_tasks``). PostgreSQL queues a lock request behind
+    an earlier conflicting waiter, so a completion waits only for the issuances already in
+    flight, never for the ones that keep arriving (row locks do not queue fairly: under a
+    steady stream of hops a completion waiting on the task row alone could wait seconds).
+    """
+    await conn.execute("SELECT pg_advisory_xact_lock_shared(%s, %s)", (_TASK_LOCKS, _task_key(task_id)))
+
+
+async def _end_tasks(conn: Conn, task_ids: Iterable[str]) -> None:
+    """Revocation's exclusive hold on each task's advisory lock, in one order (see ``_enter_task``)."""
+    for key in sorted({_task_key(t) for t in task_ids}):
+        await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_TASK_LOCKS, key))
+
+
 async def _take_slot(conn: Conn, task_id: str, now: float) -> Conflict | None:
     """Count one more token on an active task below ``max_tokens`` (row-locking it); else why not."""
     cur = await conn.execute(
@@ -339,6 +366,7 @@ class PostgresRedisStore:
     async def end_task(self, task_id: str, state: TaskState, *, now: float, audit: AuditEvent) -> Task:
         async with self._conn() as conn, conn.transaction():
             feed = await _lock_feed(conn)
+            await _end_tasks(conn, [task_id])
             row = await (
                 await conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = %s FOR UPDATE", (task_id,))
             ).fetchone()
@@ -403,7 +431,10 @@ class PostgresRedisStore:
                     raise AlreadySpent(key)
             # the task row is locked before the parent, as end_task and block lock it before
             # the task's tokens; its refusal is raised after the parent's and the blocks'
-            task_refusal = None if token.task_id is None else await _take_slot(conn, token.task_id, now)
+            task_refusal = None
+            if token.task_id is not None:
+                await _enter_task(conn, token.task_id)
+                task_refusal = await _take_slot(conn, token.task_id, now)
             if token.parent_jti is not None:
                 cur = await conn.execute("SELECT revoked_at FROM tokens WHERE jti = %s FOR SHARE", (token.parent_jti,))
                 parent = await cur.fetchone()
@@ -438,6 +469,10 @@ class PostgresRedisStore:
             await conn.execute(
                 "INSERT INTO blocks (kind, value, since) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING", (kind.value, value, now)
             )
+            cur = await conn.execute(
+                f"SELECT id FROM tasks WHERE {column} = %s AND state = 'active' AND expires_at > %s", (value, int(now))
+            )
+            await _end_tasks(conn, [r[0] for r in await cur.fetchall()])
             cur = await conn.execute(
                 f"SELECT {TASK_COLUMNS} FROM tasks WHERE {column} = %s AND state = 'active' AND expires_at > %s"
                 ' ORDER BY id COLLATE "C" FOR UPDATE',
