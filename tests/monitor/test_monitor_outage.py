@@ -81,7 +81,7 @@ def test_the_window_an_outage_cut_short_does_not_lower_the_baseline() -> None:
     det = spike()
     baseline(det)  # four windows of 4: baseline 4
     log = Log(T0 + 40)
-    truncated = windows([1], start=T0 + 40, log=log)  # the store failed 1 s into the next window
+    truncated = [log.issued(agent=AGENT, at=T0 + 40.5)]  # the store failed 1 s into the next window
     det.observe(outage_event(since=T0 + 41, until=T0 + 71))
     assert feed(det, truncated) == []
     found = feed(det, windows([20], start=T0 + 110, log=log))  # past the recovery (T0 + 101)
@@ -123,7 +123,8 @@ def test_recovery_zero_holds_only_the_windows_the_outage_overlapped() -> None:
     det = spike(recovery=0)
     baseline(det)
     det.observe(outage_event(since=DOWN, until=UP))  # [40, 70): windows at 40, 50, 60
-    assert feed(det, windows([60], start=UP - 10)) == []
+    log = Log(UP - 1)  # issued as the store came back, in the last window the outage overlapped
+    assert feed(det, [log.issued(agent=AGENT, at=UP - 0.9 + i * 0.01) for i in range(60)]) == []
     assert len(feed(det, windows([60], start=UP))) == 1
 
 
@@ -171,3 +172,48 @@ def test_recovery_is_a_setting_with_a_default_shown_in_the_sample_config() -> No
     assert chosen.param("recovery") == 5.0
     assert DEFAULTS["exchange_rate_spike"][2]["recovery"] == 30
     assert "# recovery = 30" in sample_config()
+
+
+# -- only a real outage holds: one during which the store issued nothing -------------------------
+
+
+def _spike_with_blips(blip_every: float, blip: float) -> list[Any]:
+    """A 50x spike for ten minutes while the monitor sees a ``blip``-second "outage" every
+    ``blip_every`` seconds (its ping timing out on a pool the flood keeps busy). As in the
+    runner, each outage event is fed when the store answers again, before the records
+    written meanwhile are read."""
+    det = spike()
+    baseline(det)
+    found: list[Any] = []
+    next_blip = DOWN
+    for event in windows([200] * 60, start=DOWN):
+        if blip_every and event.ts >= next_blip:
+            det.observe(outage_event(since=next_blip, until=next_blip + blip))
+            next_blip += blip_every
+        found += det.observe(event)
+    return found
+
+
+@pytest.mark.parametrize("blip", [1.0, 5.0, 20.0])
+def test_MON_outage_hold_outages_during_which_tokens_were_issued_hide_no_spike(blip: float) -> None:
+    assert len(_spike_with_blips(0, blip)) >= 1  # control: the spike alerts without blips
+    assert len(_spike_with_blips(25, blip)) >= 1  # the store served the flood inside every "outage"
+
+
+def test_a_blip_no_longer_than_two_edges_holds_nothing_and_a_longer_silent_one_does() -> None:
+    catch_up = windows([60], start=UP)
+    for since, held in ((UP - 2.0, False), (UP - 2.5, True)):
+        det = spike()
+        baseline(det)
+        det.observe(outage_event(since=since, until=UP))
+        assert (feed(det, catch_up) == []) is held, since
+
+
+def test_an_issuance_inside_an_outage_proves_it_was_no_outage_and_one_at_its_edges_does_not() -> None:
+    for at, held in ((DOWN + 15, False), (DOWN + 0.5, True), (UP - 0.5, True)):
+        det = spike()
+        baseline(det)
+        det.observe(outage_event(since=DOWN, until=UP))
+        inside = Log(at).issued(agent=OTHER, at=at)
+        assert det.observe(inside) == []
+        assert (feed(det, windows([60], start=UP)) == []) is held, at

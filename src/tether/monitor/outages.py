@@ -7,6 +7,13 @@ simply went idle, so the monitor tells the detectors: when its store reads or pi
 then succeed again it feeds them an ``outage_event`` naming the interval. ``Outages`` answers
 which windows an outage touched, order-independently (records written before the outage may
 be read after the event).
+
+Only a real outage holds anything: one during which the store issued no token. The monitor
+cannot tell its own slow reads (a pool busy with a flood, a slow Redis ping) from a dead
+store, but the chain can: a ``token.issued`` record inside the interval proves the store was
+serving, so that interval holds no window and a flood cannot hide itself behind the monitor's
+failed pings. An outage no longer than ``2 * EDGE`` has no inside to prove it by, and holds
+nothing either (a blip leaves no backlog worth hiding an alert for).
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ __all__ = ["OUTAGE_KIND", "Outages", "outage_event"]
 #: the kind of the event the monitor feeds its detectors after an outage (never an audit record)
 OUTAGE_KIND = "store.outage"
 _KEPT = 16
+#: seconds at each end of an outage where an issuance may still (or already) commit
+EDGE = 1.0
 
 
 def outage_event(*, since: float, until: float) -> Event:
@@ -31,18 +40,28 @@ class Outages:
 
     def __init__(self, recovery: float) -> None:
         self.recovery = recovery
-        self.spans: list[tuple[float, float]] = []
+        #: (since, until, tokens the store issued inside the interval)
+        self.spans: list[tuple[float, float, int]] = []
 
     def observe(self, event: Event) -> bool:
-        """Remember ``event`` if it is an ``outage_event``; True if it was."""
+        """Remember ``event`` if it is an ``outage_event`` (True), else count it against the
+        outages it falls inside if it is an issuance (False).
+
+        Records written during an outage are read only after its event (the monitor's reads
+        failed meanwhile), so each is counted before a window after the outage is judged.
+        """
         if event.kind != OUTAGE_KIND or event.seq != 0:  # never a record of the chain
+            if event.kind == "token.issued" and self.spans:
+                self.spans = [(a, b, n + (a + EDGE < event.ts < b - EDGE)) for a, b, n in self.spans]
             return False
         since, until = event.detail.get("since"), event.detail.get("until")
         if not isinstance(since, int | float) or not isinstance(until, int | float) or until < since:
             return True
-        self.spans = [*self.spans, (float(since), float(until))][-_KEPT:]
+        self.spans = [*self.spans, (float(since), float(until), 0)][-_KEPT:]
         return True
 
     def touches(self, start: float, end: float) -> bool:
-        """Whether the window ``[start, end)`` was cut short by an outage or falls in the recovery after it."""
-        return any(end > since and start < until + self.recovery for since, until in self.spans)
+        """Whether the window ``[start, end)`` was cut short by a real outage (no issuance inside it)
+        or falls in the recovery after one."""
+        real = [(since, until) for since, until, served in self.spans if until - since > 2 * EDGE and not served]
+        return any(end > since and start < until + self.recovery for since, until in real)
