@@ -104,3 +104,16 @@ def test_a_restarted_writer_signs_at_its_first_tick_what_its_dead_process_claime
         restarted.writer.release()
 
     run(kind, tmp_path, body)
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_a_claim_mark_in_the_store_does_not_reveal_its_holder(kind: str, tmp_path: Path, now: float) -> None:
+    # a reader of the store must not learn a replica's writer name: with it, a writer of the
+    # store alone could pre-mark that replica's claim of a later key (review finding)
+    async def body(store: Store) -> None:
+        until = int(now) + CLAIM_SECONDS
+        assert await claim(store, KEY, holder="w-secret-name", until=until, now=now)
+        assert not await store.spent(f"{KEY}:by:w-secret-name", now=now + 1)
+        assert await claim(store, KEY, holder="w-secret-name", until=until, now=now + 1)  # control: still its own
+
+    run(kind, tmp_path, body)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import hmac
 import os
 import secrets
 import weakref
@@ -79,7 +81,14 @@ def _close(fd: int) -> None:
 
 
 def _by(key: str, holder: str) -> str:
-    return f"{key}:by:{holder}"
+    """The holder's mark for ``key``: a MAC of the key under the holder's name, never the name.
+
+    The name is a secret of its data directory (an owner-only file): a reader of the store
+    learns no replica's name, so a writer of the store alone cannot forge another replica's
+    mark for a later key and hand one claim to two writers.
+    """
+    mark = hmac.new(holder.encode(), key.encode(), hashlib.sha256).hexdigest()[:32]
+    return f"{key}:by:{mark}"
 
 
 async def claim(store: Store, key: str, *, holder: str, until: int, now: float) -> bool:
