@@ -66,6 +66,13 @@ REPLAY_EPOCH_REFUSALS = Counter(
     ["error"],
     registry=REGISTRY,
 )
+
+
+def count_epoch_refusal(error: str) -> None:
+    """``ProofChecker.on_epoch_refusal`` for the STS and the gateway."""
+    REPLAY_EPOCH_REFUSALS.labels(error=error).inc()
+
+
 STORE_CIRCUIT_OPEN = Gauge(
     "tether_store_circuit_open",
     "1 while the PostgreSQL circuit is open (the database did not answer; requests are refused at once), else 0",

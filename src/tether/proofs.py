@@ -12,13 +12,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Protocol, runtime_checkable
 
 from tether.clock import Clock
 from tether.errors import InvalidDPoPProof, Unavailable, UseDPoPNonce, replay
 from tether.lru import LruCache
-from tether.metrics import REPLAY_EPOCH_REFUSALS
 from tether.model import DPoPProof
 from tether.rules.dpop import check_proof, replay_key
 from tether.rules.nonce import NO_EPOCH, make_nonce, nonce_fresh, nonce_read
@@ -77,6 +76,9 @@ class ProofChecker:
         # the replay cache's epoch last learnt, and when this replica first saw it (own clock)
         self._epoch: ReplayEpoch | None = None
         self._first_seen = 0.0
+        #: called with the error code of each refusal for a lost replay cache: the servers count
+        #: it in ``tether_dpop_replay_epoch_refusals_total`` (the SDK install has no Prometheus)
+        self.on_epoch_refusal: Callable[[str], None] | None = None
 
     async def start(self) -> None:
         """Learn the replay cache's epoch, so the nonces minted from now on pass at the first
@@ -156,7 +158,8 @@ class ProofChecker:
             exc = InvalidDPoPProof("dpop proof predates the replay cache; retry with a new proof")
         exc.debug = debug
         exc.audit[predates_refusal_marker] = True
-        REPLAY_EPOCH_REFUSALS.labels(error=exc.error).inc()
+        if self.on_epoch_refusal is not None:
+            self.on_epoch_refusal(exc.error)
         return exc
 
     async def check(self, proof: str | None, *, method: str, url: str, access_token: str | None = None) -> DPoPProof:

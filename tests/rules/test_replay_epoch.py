@@ -22,7 +22,7 @@ import pytest
 from tether.agent.proof import DPoPKey
 from tether.clock import ManualClock
 from tether.errors import InvalidDPoPProof, UseDPoPNonce
-from tether.metrics import REPLAY_EPOCH_REFUSALS
+from tether.metrics import REPLAY_EPOCH_REFUSALS, count_epoch_refusal
 from tether.proofs import ProofChecker, predates_refusal_marker
 from tether.rules.nonce import NO_EPOCH, epoch_tag, make_nonce, nonce_read
 from tether.rules.replay_epoch import MAX_AHEAD, ReplayEpoch, effective_since, vouched
@@ -168,7 +168,9 @@ def _consume(checker: ProofChecker, proof: str) -> None:
 
 
 def _checker(cache: _EpochCache, clock: ManualClock, *, nonces: bool = True) -> ProofChecker:
-    return ProofChecker(cache, clock, nonce_key=KEY if nonces else None, algorithms=("ES256",), max_age=MAX_AGE, skew=SKEW)
+    checker = ProofChecker(cache, clock, nonce_key=KEY if nonces else None, algorithms=("ES256",), max_age=MAX_AGE, skew=SKEW)
+    checker.on_epoch_refusal = count_epoch_refusal  # as the STS and the gateway count them
+    return checker
 
 
 def test_DPOP_12_checker_refuses_an_old_nonce_with_a_nonce_of_the_new_epoch_then_accepts_the_retry() -> None:

@@ -16,6 +16,7 @@ from tether.clock import Clock
 from tether.config import Config
 from tether.gateway.proxy import upstream_client
 from tether.identity.jwks_cache import UrlKeySource
+from tether.metrics import count_epoch_refusal
 from tether.policy.engine import PolicyEngine
 from tether.resource.revocations import RevocationFeed
 from tether.resource.verifier import ResourceSettings, Verifier
@@ -53,5 +54,6 @@ async def open_runtime(config: Config, store: Store, *, clock: Clock, policy: Po
         resource = ResourceSettings(issuer=config.issuer, resource=route.audience(settings.url), stale_after=stale,
                                     tags=route.tags)  # fmt: skip
         verifiers[route.name] = Verifier(resource, http=http, clock=clock, replay=store, keys=keys, feed=feed, policy=policy)
+        verifiers[route.name].proofs.on_epoch_refusal = count_epoch_refusal
         await verifiers[route.name].proofs.start()  # the replay cache's start, before any nonce
     return Runtime(store, http, feed, verifiers, upstream)

@@ -23,6 +23,7 @@ from tether.identity.verifier import build_identity_verifier
 from tether.keys.keyring import KeyRing, check_not_older, load_keyring
 from tether.keys.sealed import SealError, derive_key, load_master_key
 from tether.localstate import LocalState
+from tether.metrics import count_epoch_refusal
 from tether.monitor.runner import Monitor, build_monitor
 from tether.policy.engine import PolicyEngine
 from tether.proofs import ProofChecker
@@ -90,6 +91,7 @@ class Sts:
             skew=settings.skew,
             nonce_ttl=settings.nonce_ttl,
         )
+        proofs.on_epoch_refusal = count_epoch_refusal
         await proofs.start()
         self._ctx = StsContext(
             settings=settings,
