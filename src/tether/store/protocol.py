@@ -11,6 +11,7 @@ whatever its kind; lists of ids are in code-point order, whatever the collation.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from tether.audit.chain import AuditEvent, AuditRecord
@@ -18,12 +19,24 @@ from tether.model import Task, TaskState
 from tether.rules.replay_epoch import ReplayEpoch
 from tether.store.records import AuditMark, BlockKind, IssuedToken, LookupResult, Revocation, StoredKey, VaultEntry
 
-__all__ = ["TAIL_PAGE", "Store"]
+__all__ = ["TAIL_PAGE", "Issuance", "Store"]
 
 # Readers that tail the audit chain while tokens are being issued (the monitor, the
 # checkpoint writer) read pages this small and yield between them: one page is a few
 # milliseconds of decoding, never a stall every request in flight waits behind.
 TAIL_PAGE = 100
+
+
+@dataclass(frozen=True)
+class Issuance:
+    """The arguments of one ``Store.issue_token``, handed to the backend whole."""
+
+    token: IssuedToken
+    spends: Sequence[tuple[str, int]]
+    audit: AuditEvent
+    replay: tuple[str, int] | None
+    principals: Sequence[str]
+    vouch: Callable[[ReplayEpoch], bool] | None
 
 
 class Store(Protocol):
@@ -104,6 +117,10 @@ class Store(Protocol):
         is the authority: callers may decide from cached task definitions because every
         mutable fact is re-checked here.
         """
+        await self._issue(Issuance(token, spends, audit, replay, principals, vouch), now=now)
+
+    async def _issue(self, issuance: Issuance, *, now: float) -> None:
+        """``issue_token`` as each backend implements it (the backends subclass ``Store``)."""
         ...
 
     async def get_token(self, jti: str) -> IssuedToken | None: ...

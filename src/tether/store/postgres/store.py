@@ -18,7 +18,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import resources
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql as pgsql
@@ -41,6 +41,7 @@ from tether.store.errors import (
 )
 from tether.store.notify import Notifier
 from tether.store.postgres.guard import GuardedPool, GuardSettings
+from tether.store.protocol import Issuance, Store
 from tether.store.records import (
     AuditMark,
     BlockKind,
@@ -237,7 +238,7 @@ async def _is_blocked(conn: Conn, *groups: Iterable[str | None]) -> bool:
     return await cur.fetchone() is not None
 
 
-class PostgresRedisStore:
+class PostgresRedisStore(Store):
     def __init__(self, guard: GuardedPool, cache: RedisCache) -> None:
         self.guard = guard
         self.cache = cache
@@ -408,25 +409,16 @@ class PostgresRedisStore:
             blocked=blocked,
         )
 
-    async def issue_token(
-        self,
-        token: IssuedToken,
-        *,
-        now: float,
-        spends: Sequence[tuple[str, int]],
-        audit: AuditEvent,
-        replay: tuple[str, int] | None = None,
-        principals: Sequence[str] = (),
-        vouch: Callable[[ReplayEpoch], bool] | None = None,
-    ) -> None:
+    async def _issue(self, issuance: Issuance, *, now: float) -> None:
+        token, replay = issuance.token, issuance.replay
         if replay is not None:
             fresh, epoch = await self.cache.spend_proof(replay[0], until=replay[1], now=now)
             if not fresh:
                 raise Replayed(replay[0])
-            if vouch is not None and not vouch(epoch):
+            if issuance.vouch is not None and not issuance.vouch(epoch):
                 raise PredatesReplayCache(epoch)
         async with self._conn() as conn, conn.transaction():
-            for key, until in spends:
+            for key, until in issuance.spends:
                 if not await _spend(conn, key, until, now):
                     raise AlreadySpent(key)
             # the task row is locked before the parent, as end_task and block lock it before
@@ -440,12 +432,12 @@ class PostgresRedisStore:
                 parent = await cur.fetchone()
                 if parent is None or parent[0] is not None:
                     raise ParentRevoked(token.parent_jti)
-            if await _is_blocked(conn, principals, (token.sub, token.client_id)):
+            if await _is_blocked(conn, issuance.principals, (token.sub, token.client_id)):
                 raise Blocked(token.sub)
             if task_refusal is not None:
                 raise task_refusal
             await conn.execute(f"INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ({_marks(13)})", token_values(token))
-            await _append(conn, audit, now)
+            await _append(conn, issuance.audit, now)
 
     async def get_token(self, jti: str) -> IssuedToken | None:
         async with self._conn() as conn:
@@ -642,9 +634,3 @@ class PostgresRedisStore:
         async with self._conn() as conn:
             await conn.execute("DELETE FROM spent WHERE until <= %s", (int(now),))
             await conn.execute("DELETE FROM revocations WHERE exp <= %s", (int(now),))
-
-
-if TYPE_CHECKING:
-    from tether.store.protocol import Store
-
-    _check: Store = PostgresRedisStore(GuardedPool(""), RedisCache(None, prefix=""))  # type: ignore[arg-type]

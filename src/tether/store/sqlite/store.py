@@ -11,15 +11,14 @@ import json
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from tether.audit.chain import GENESIS, AuditEvent, AuditRecord, link
 from tether.model import Task, TaskState
-from tether.rules.replay_epoch import ReplayEpoch
 from tether.store import errors, records
 from tether.store import rows as table
 from tether.store.notify import Notifier
-from tether.store.protocol import TAIL_PAGE
+from tether.store.protocol import TAIL_PAGE, Issuance, Store
 from tether.store.sqlite.db import SCHEMA_VERSION, Database, migrate, schema_version, transaction
 
 __all__ = ["SqliteStore"]
@@ -94,7 +93,7 @@ def _end_task(conn: sqlite3.Connection, task: Task, state: TaskState, now: float
     _publish(conn, records.RevocationKind.TASK, task.id, task.expires_at, now)
 
 
-class SqliteStore:
+class SqliteStore(Store):
     """The embedded default store. Open with ``SqliteStore.open(path)``."""
 
     def __init__(self, db: Database) -> None:
@@ -257,17 +256,9 @@ class SqliteStore:
 
         return await self._db.run(q)
 
-    async def issue_token(
-        self,
-        token: records.IssuedToken,
-        *,
-        now: float,
-        spends: Sequence[tuple[str, int]],
-        audit: AuditEvent,
-        replay: tuple[str, int] | None = None,
-        principals: Sequence[str] = (),
-        vouch: Callable[[ReplayEpoch], bool] | None = None,
-    ) -> None:
+    async def _issue(self, issuance: Issuance, *, now: float) -> None:
+        token, replay = issuance.token, issuance.replay
+
         # the replay marks live in the same database as the tokens: they are lost only with
         # them, so ``vouch`` has nothing to guard against here
         def spend_proof(conn: sqlite3.Connection) -> None:
@@ -275,14 +266,14 @@ class SqliteStore:
                 raise errors.Replayed(replay[0])
 
         def q(conn: sqlite3.Connection) -> None:
-            for key, until in spends:
+            for key, until in issuance.spends:
                 if not _spend(conn, key, until, now):
                     raise errors.AlreadySpent(key)
             if token.parent_jti is not None:
                 parent = conn.execute("SELECT revoked_at FROM tokens WHERE jti = ?", (token.parent_jti,)).fetchone()
                 if parent is None or parent[0] is not None:
                     raise errors.ParentRevoked(token.parent_jti)
-            if _is_blocked(conn, principals, (token.sub, token.client_id)):
+            if _is_blocked(conn, issuance.principals, (token.sub, token.client_id)):
                 raise errors.Blocked(token.sub)
             if token.task_id is not None:
                 cur = conn.execute(
@@ -301,7 +292,7 @@ class SqliteStore:
             conn.execute(
                 f"INSERT INTO tokens ({table.TOKEN_COLUMNS}) VALUES ({', '.join('?' * 13)})", table.token_values(token)
             )
-            _append(conn, audit, now)
+            _append(conn, issuance.audit, now)
 
         await self._db.run_batched(q, kept=None if replay is None else spend_proof)
 
@@ -554,9 +545,3 @@ def _audit_page(
         return [convert(r) for r in rows]
 
     return q
-
-
-if TYPE_CHECKING:
-    from tether.store.protocol import Store
-
-    _check: Store = SqliteStore(Database(Path(":memory:")))
