@@ -51,10 +51,12 @@ def test_redis_down_refuses_exchanges_with_503_and_recovers(tmp_path: Path) -> N
             assert _hop_ok(c, session, key)
             redis.kill()
             _assert_unavailable(c.post_token(0, c.hop_form(session), key))
-            _assert_unavailable(c.http.get(c.replicas[0].url + "/healthz"))
+            health = c.replicas[0].url + "/healthz"  # its outcome is reused for a second: wait for the change
+            wait_until(lambda: c.http.get(health).status_code == 503, timeout=10, what="/healthz to report the outage")
+            _assert_unavailable(c.http.get(health))
             redis.start()  # same port: the replica reconnects on its own
             wait_until(lambda: _hop_ok(c, session, key), timeout=20, what="exchanges to resume after redis returns")
-            assert c.http.get(c.replicas[0].url + "/healthz").status_code == 200
+            wait_until(lambda: c.http.get(health).status_code == 200, timeout=10, what="/healthz to report the recovery")
     finally:
         drop_schema(schema)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg_pool import PoolTimeout
 
 from faults import TcpProxy, tcp_proxy
 from services import PG_HOST, PG_PORT, REDIS_URL, drop_schema, new_schema, require_postgres_and_redis, schema_dsn
@@ -25,7 +26,7 @@ from tether.audit.chain import AuditEvent
 from tether.model import Task
 from tether.store.circuit import CircuitState
 from tether.store.errors import StoreUnavailable
-from tether.store.postgres.guard import GuardSettings, is_connectivity
+from tether.store.postgres.guard import GuardSettings, is_connectivity, is_overload
 from tether.store.postgres.store import PostgresRedisStore
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
@@ -58,6 +59,10 @@ async def _eventually(check: Callable[[], Awaitable[bool]], *, timeout: float = 
     while not await check():
         assert time.monotonic() < deadline, "the store did not serve again"
         await asyncio.sleep(0.05)
+
+
+async def _opened(store: PostgresRedisStore) -> bool:
+    return store.guard.circuit.state is not CircuitState.CLOSED
 
 
 async def _serves(store: PostgresRedisStore) -> bool:
@@ -155,13 +160,16 @@ def test_connectivity_is_told_from_answers() -> None:
     assert is_connectivity(TimeoutError())
     assert is_connectivity(ConnectionResetError())
     assert is_connectivity(psycopg.errors.AdminShutdown())
-    assert is_connectivity(psycopg.errors.TooManyConnections())
     assert not is_connectivity(psycopg.errors.UniqueViolation())
     assert not is_connectivity(psycopg.errors.DeadlockDetected()), "an OperationalError by class, but an answer"
     assert not is_connectivity(psycopg.errors.QueryCanceled())
     assert not is_connectivity(psycopg.errors.LockNotAvailable())
     assert not is_connectivity(psycopg.ProgrammingError("the query has 1 placeholder but 2 parameters were passed"))
     assert not is_connectivity(ValueError())
+    assert not is_connectivity(PoolTimeout("couldn't get a connection after 5.00 sec")), "a busy pool is load"
+    assert not is_connectivity(psycopg.errors.TooManyConnections()), "a full server answered"
+    assert is_overload(PoolTimeout()) and is_overload(psycopg.errors.TooManyConnections())
+    assert not is_overload(psycopg.OperationalError("connection failed: Connection refused"))
 
 
 def test_a_black_holed_database_is_cut_at_the_deadline_and_recovers(tmp_path: Path) -> None:
@@ -175,7 +183,7 @@ def test_a_black_holed_database_is_cut_at_the_deadline_and_recovers(tmp_path: Pa
             proxy.blackhole()
             with pytest.raises(StoreUnavailable):  # not a TimeoutError: severed, it failed by itself
                 await asyncio.wait_for(store.get_task("tsk_none"), timeout=10.0)
-            assert store.guard.circuit.state is not CircuitState.CLOSED
+            await _eventually(lambda: _opened(store))  # once a fresh connection cannot get through either
             with pytest.raises(StoreUnavailable, match="circuit open"):
                 await store.get_task("tsk_none")
             proxy.forward()
@@ -231,5 +239,117 @@ def test_a_health_check_on_a_busy_pool_does_not_open_the_circuit(tmp_path: Path)
             release.set()
             await holder
             await store.ping()
+
+    _run(body)
+
+
+async def _settled(store: PostgresRedisStore) -> None:
+    """Wait for the reachability check a late or starved operation started, if any (bounded)."""
+    checker = store.guard._checker
+    if checker is not None:
+        await asyncio.wait_for(asyncio.shield(checker), timeout=20.0)
+
+
+def test_a_lock_held_past_the_deadline_is_an_sql_error_not_an_outage(tmp_path: Path) -> None:
+    """Another replica's (or an operator's) transaction holds ``audit_head`` longer than the client
+    deadline: the server ends the waiting statement itself (``lock_timeout``, 55P03) — a 503 for that
+    request, the circuit stays closed, nothing is left waiting on the server — and once the lock is
+    released the same store appends again (positive control)."""
+
+    async def body(proxy: TcpProxy) -> None:
+        async with _store(proxy, GuardSettings(deadline=1.0)) as store:
+            await store.append_audit(EVENT, now=time.time())
+            async with await psycopg.AsyncConnection.connect(store.guard.dsn) as blocker:
+                await blocker.execute("SELECT * FROM audit_head FOR UPDATE")
+                with pytest.raises(StoreUnavailable, match="LockNotAvailable"):
+                    await asyncio.wait_for(store.append_audit(EVENT, now=time.time()), timeout=10.0)
+                await _settled(store)
+                assert store.guard.circuit.state is CircuitState.CLOSED
+                assert store.guard.circuit.openings == 0
+                cur = await blocker.execute(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation"
+                    " WHERE c.relname = 'audit_head' AND NOT l.granted"
+                )
+                assert await cur.fetchone() == (0,), "a statement still waits on the server"
+                await blocker.rollback()
+            await store.append_audit(EVENT, now=time.time())
+
+    _run(body)
+
+
+def test_an_overdue_operation_on_a_live_database_does_not_open_the_circuit(tmp_path: Path) -> None:
+    """Each statement under the server's limits, the operation as a whole past the deadline: it is cut
+    (503), but a fresh connection reaches the database, so the circuit stays closed and serves on."""
+
+    async def body(proxy: TcpProxy) -> None:
+        async with _store(proxy, GuardSettings(deadline=1.0)) as store:
+            with pytest.raises(StoreUnavailable):
+                async with store.guard.connection() as conn:
+                    for _ in range(3):
+                        await conn.execute("SELECT pg_sleep(0.5)")
+            await _settled(store)
+            assert store.guard.circuit.state is CircuitState.CLOSED
+            assert store.guard.circuit.openings == 0
+            assert await _serves(store)
+
+    _run(body)
+
+
+def test_a_starved_pool_fails_the_request_but_does_not_open_the_circuit(tmp_path: Path) -> None:
+    """No pooled connection in time (load, or a flood holding them): that request gets 503, but the
+    database answers a fresh connection, so the pool of healthy connections is not closed; once the
+    connection is back, requests are served (positive control)."""
+
+    async def body(proxy: TcpProxy) -> None:
+        async with _store(proxy, GuardSettings(max_size=1, acquire=0.2)) as store:
+            held, release = asyncio.Event(), asyncio.Event()
+
+            async def hold() -> None:
+                async with store.guard.connection() as conn:
+                    await conn.execute("SELECT 1")
+                    held.set()
+                    await release.wait()
+
+            holder = asyncio.create_task(hold())
+            await held.wait()
+            pool = store.pool
+            with pytest.raises(StoreUnavailable, match="PoolTimeout"):
+                await store.get_task("tsk_none")
+            await _settled(store)
+            assert store.guard.circuit.state is CircuitState.CLOSED
+            assert store.guard.circuit.openings == 0
+            release.set()
+            await holder
+            assert store.pool is pool, "the pool was closed and replaced"
+            assert await _serves(store)
+
+    _run(body)
+
+
+def test_a_starved_pool_on_a_dead_database_does_open_the_circuit(tmp_path: Path) -> None:
+    """The same starved pool while the database refuses connections: the fresh connection cannot get
+    through either, so the circuit opens and later requests are refused at once."""
+
+    async def body(proxy: TcpProxy) -> None:
+        async with _store(proxy, GuardSettings(max_size=1, acquire=0.2)) as store:
+            held, release = asyncio.Event(), asyncio.Event()
+
+            async def hold() -> None:
+                async with store.guard.connection() as conn:
+                    await conn.execute("SELECT 1")
+                    held.set()
+                    await release.wait()
+
+            holder = asyncio.create_task(hold())
+            await held.wait()
+            proxy.refuse()  # also cuts the held connection, unused until released
+            with pytest.raises(StoreUnavailable):
+                await store.get_task("tsk_none")
+            await _eventually(lambda: _opened(store))
+            release.set()
+            with contextlib.suppress(StoreUnavailable):
+                await holder
+            with pytest.raises(StoreUnavailable, match="circuit open"):
+                await store.get_task("tsk_none")
 
     _run(body)

@@ -29,6 +29,7 @@ from tether.proofs import ProofChecker
 from tether.rules.claims import Expected, verify_access_token
 from tether.rules.jws import JWSError, PublicKey
 from tether.store.protocol import Store
+from tether.sts.health import SharedCheck
 from tether.sts.settings import StsSettings
 
 __all__ = ["StsContext", "new_jti", "spend_key"]
@@ -79,11 +80,17 @@ class StsContext:
     anonymous: AnonymousRefusals | None = None
     #: the effective settings and their sources (``tether.sts.effective``), for ``GET /settings``
     effective: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: ``/healthz``'s store check, shared by concurrent callers and reused for a second
+    health: SharedCheck = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self.health = SharedCheck(self._ping)
         if self.anonymous is None:
             self.anonymous = AnonymousRefusals(self._append, interval=self.settings.refusal_interval,
                                                max_buckets=self.settings.refusal_buckets)  # fmt: skip
+
+    async def _ping(self) -> None:
+        await self.store.ping()
 
     async def _append(self, event: AuditEvent, now: float) -> None:
         await self.store.append_audit(event, now=now)

@@ -3,7 +3,9 @@
 At the AS endpoints an error is a JSON body ``{"error", "error_description"}`` with
 ``Cache-Control: no-store``; at DPoP-protected endpoints it is also a
 ``WWW-Authenticate: DPoP`` challenge. ``StoreUnavailable`` and ``PolicyUnavailable``
-become 503 ``temporarily_unavailable`` (fail closed). Anything unexpected becomes a
+become 503 ``temporarily_unavailable`` with ``Retry-After`` (fail closed, RFC 9110 §10.2.3),
+logged at most once per ``OUTAGE_LOG_INTERVAL`` per kind (an outage answers every request in
+milliseconds; a line each would let a flood fill the disk). Anything unexpected becomes a
 bare ``server_error`` — the trace goes to the server log, never to the client.
 """
 
@@ -17,12 +19,24 @@ from starlette.responses import JSONResponse, Response
 
 from tether.errors import OAuthError, TemporarilyUnavailable, TooManyRequests, Unavailable, UseDPoPNonce
 from tether.logs import WITH_TRACEBACK
+from tether.throttle import LogThrottle
 
 __all__ = ["NO_STORE", "error_response", "handle_http", "handle_unexpected", "unexpected_error", "wire_code"]
 
 log = logging.getLogger("tether.web")
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+#: seconds between two "failing closed" lines of the same kind during an outage
+OUTAGE_LOG_INTERVAL = 10.0
+_outage_logs: dict[str, LogThrottle] = {}
+
+
+def _log_failing_closed(exc: Exception) -> None:
+    kind = type(exc).__name__
+    throttle = _outage_logs.get(kind)
+    if throttle is None:
+        throttle = _outage_logs.setdefault(kind, LogThrottle(log, logging.ERROR, interval=OUTAGE_LOG_INTERVAL))
+    throttle.emit(f"failing closed: {exc}")
 
 
 def _challenge(exc: OAuthError, algs: Collection[str]) -> str:
@@ -46,10 +60,14 @@ def wire_code(exc: BaseException) -> str:
     return "server_error"
 
 
-def error_response(exc: Exception, *, resource: bool = False, algs: Collection[str] = ()) -> Response:
-    """Render a refusal. ``resource=True`` uses the resource-server status and challenge."""
+def error_response(exc: Exception, *, resource: bool = False, algs: Collection[str] = (), quiet: bool = False) -> Response:
+    """Render a refusal. ``resource=True`` uses the resource-server status and challenge;
+    ``quiet`` logs an outage at debug level only (``/healthz``: its 503 is the report)."""
     if isinstance(exc, Unavailable):  # StoreUnavailable, PolicyUnavailable
-        log.error("failing closed: %s", exc)
+        if quiet:
+            log.debug("failing closed: %s", exc)
+        else:
+            _log_failing_closed(exc)
         exc = TemporarilyUnavailable("the service cannot decide right now; retry shortly", debug=str(exc))
     if not isinstance(exc, OAuthError):
         return unexpected_error(exc)

@@ -1,13 +1,19 @@
 """The PostgreSQL connection pool behind a circuit breaker (``tether.store.circuit``).
 
 Without it, a database refusing connections made every request wait the pool's whole timeout
-(5 s) before its 503. Here the first connectivity failure — a refused or lost connection, no
-pooled connection in time, an operation overdue — opens the circuit: the pool is closed (which
-also fails the requests already queued for a connection), every operation is refused at once
-with ``StoreUnavailable`` (503 ``temporarily_unavailable``, ``Retry-After``), and one background
-task probes with a fresh connection of its own (short timeout, delay doubling up to 1 s). When
-the database answers, a new pool is opened and the circuit closes. An SQL error is an answer:
-it never opens the circuit.
+(5 s) before its 503. Here the first operation that cannot reach the database — a refused or lost
+connection, a server shutting down — opens the circuit: the pool is closed (which also fails the
+requests already queued for a connection), every operation is refused at once with
+``StoreUnavailable`` (503 ``temporarily_unavailable``, ``Retry-After``), and one background task
+probes with a fresh connection of its own (short timeout, delay doubling up to 1 s). When the
+database answers, a new pool is opened and the circuit closes.
+
+An SQL error is an answer: it never opens the circuit. Pooled connections carry server-side
+``lock_timeout`` and ``statement_timeout`` below the client deadline, so a statement stuck behind
+another transaction's lock comes back as an SQL error (55P03 / 57014), not as a cut connection.
+Load is not an outage either: no pooled connection in time (``PoolTimeout``), an operation
+overdue or "too many connections" (53300) fail that request only, and open the circuit only if a
+fresh connection of the guard's own then cannot reach the server (a black hole, a refusal).
 """
 
 from __future__ import annotations
@@ -23,13 +29,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from tether.metrics import STORE_CIRCUIT_OPEN
 from tether.store.circuit import Circuit, CircuitSettings
 from tether.store.errors import StoreUnavailable
 
-__all__ = ["UNAVAILABLE", "GuardSettings", "GuardedPool", "is_connectivity", "sever"]
+__all__ = ["UNAVAILABLE", "GuardSettings", "GuardedPool", "is_connectivity", "is_overload", "session_options", "sever"]
 
 log = logging.getLogger("tether.store")
 
@@ -38,24 +45,44 @@ Conn = psycopg.AsyncConnection[Any]
 UNAVAILABLE = (psycopg.Error, PoolTimeout, OSError)
 #: libpq's shortest connect timeout (seconds): without one, a connect to a black hole never ends
 CONNECT_TIMEOUT = 2
-# SQLSTATEs of a server that is going away or takes no connections (class 08 is the connection's own)
-_GOING_AWAY = frozenset({"57P01", "57P02", "57P03", "53300"})
+# SQLSTATEs of a server that is going away (class 08 is the connection's own)
+_GOING_AWAY = frozenset({"57P01", "57P02", "57P03"})
+#: the server answered "too many connections": full, not gone
+TOO_MANY_CONNECTIONS = "53300"
 
 
 def is_connectivity(exc: BaseException) -> bool:
     """Could the operation not reach the database (vs. the database answered with an error)?
 
-    A client-side error with no SQLSTATE (refused, reset, closed, pool timeout), a timeout,
-    a socket error, class 08 or a shutting-down server is; a statement the server refused
-    (a constraint, a deadlock, a syntax error) is not.
+    A client-side error with no SQLSTATE (refused, reset, closed), a timeout, a socket error,
+    class 08 or a shutting-down server is; a statement the server refused (a constraint, a
+    deadlock, a lock or statement timeout) is not, nor is load (``is_overload``).
     """
     if isinstance(exc, OSError):  # TimeoutError included
         return True
-    if not isinstance(exc, psycopg.Error):
+    if not isinstance(exc, psycopg.Error) or is_overload(exc):
         return False
     if exc.sqlstate is None:
         return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
     return exc.sqlstate.startswith("08") or exc.sqlstate in _GOING_AWAY
+
+
+def is_overload(exc: BaseException) -> bool:
+    """No pooled connection in time, or the server has no connection slot left: a busy (or
+    flooded) database, which answers those it can serve — never a reason to close the pool."""
+    return isinstance(exc, PoolTimeout) or (isinstance(exc, psycopg.Error) and exc.sqlstate == TOO_MANY_CONNECTIONS)
+
+
+def session_options(dsn: str, deadline: float) -> str:
+    """The DSN's ``options`` plus server-side lock and statement timeouts below ``deadline``.
+
+    A statement waiting on a lock that another transaction holds (another replica, an operator's
+    session) then ends on the server with an SQL error (55P03 at 80 %, 57014 at 90 % of the
+    deadline) before the client cuts the connection — an answer, which fails that request only.
+    """
+    lock_ms, statement_ms = max(1, int(deadline * 800)), max(1, int(deadline * 900))
+    given = str(conninfo_to_dict(dsn).get("options") or "")
+    return f"{given} -c lock_timeout={lock_ms} -c statement_timeout={statement_ms}".strip()
 
 
 @dataclass(frozen=True)
@@ -63,7 +90,8 @@ class GuardSettings:
     max_size: int = 10
     #: wait for a pooled connection while the circuit is closed
     acquire: float = 5.0
-    #: an operation (connection and statements) still running after this long counts as unreachable
+    #: an operation (connection and statements) still running after this long is cut; the server's
+    #: own lock and statement timeouts (``session_options``) end a waiting statement before that
     deadline: float = 5.0
     #: a probe (connect and ``SELECT 1``, then the new pool's first connection) and a health check
     probe_timeout: float = 1.0
@@ -74,19 +102,23 @@ class GuardSettings:
 class _Overdue:
     """What happens when an operation outlives its deadline: its connection is severed (the read it
     waits on fails at once, with no cancel request sent into a network that does not answer) and,
-    for requests, the circuit opens."""
+    for requests, a fresh connection checks whether the database is reachable at all."""
 
-    def __init__(self, failed: Callable[[BaseException], None] | None) -> None:
-        self.failed = failed
+    def __init__(self, check: Callable[[], None] | None) -> None:
+        self.check = check
         self.conn: Conn | None = None
         self.fired = False
+        #: the operation ended (its connection is going back to the pool): too late to fire
+        self.done = False
 
     def fire(self) -> None:
+        if self.done:
+            return
         self.fired = True
         if self.conn is not None:
             sever(self.conn)
-        if self.failed is not None:
-            self.failed(TimeoutError("operation overdue"))
+        if self.check is not None:
+            self.check()
 
 
 def sever(conn: Conn) -> None:
@@ -104,12 +136,14 @@ class GuardedPool:
         self.circuit = Circuit(self.settings.circuit, clock=clock)
         self._pool: AsyncConnectionPool[Any] | None = None
         self._prober: asyncio.Task[None] | None = None
+        self._checker: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
 
     def _new_pool(self) -> AsyncConnectionPool[Any]:
         return AsyncConnectionPool(
             self.dsn, min_size=1, max_size=self.settings.max_size, open=False, timeout=self.settings.acquire,
-            kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
+            kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT,
+                    "options": session_options(self.dsn, self.settings.deadline)},
         )  # fmt: skip
 
     @property
@@ -133,8 +167,9 @@ class GuardedPool:
         """A pooled connection, refused at once while the circuit is open.
 
         A bounded operation (connection and statements) still running after ``deadline`` has its
-        connection severed and opens the circuit at once, so that other requests stop waiting;
-        ``bounded=False`` is for migrations, which take what they take.
+        connection severed, and the circuit opens if a fresh connection cannot reach the database
+        either; ``bounded=False`` is for migrations, which take what they take: a connection of
+        their own, without the pool's server-side timeouts.
         """
         seconds = self.settings.deadline if bounded else None
         return self._connection(seconds, acquire=self.settings.acquire, opens=True)
@@ -142,7 +177,7 @@ class GuardedPool:
     async def ping(self) -> None:
         """For ``/healthz``: the circuit's state when open, else ``SELECT 1`` within ``ping_timeout``.
 
-        A health check that merely runs late on a busy database answers 503 but does not open the circuit.
+        A health check that merely runs late or finds the pool busy answers 503 and changes nothing.
         """
         seconds = self.settings.ping_timeout
         async with self._connection(seconds, acquire=seconds, opens=False) as conn:
@@ -153,20 +188,25 @@ class GuardedPool:
         pool = self._pool
         if pool is None or not self.circuit.allows():
             raise StoreUnavailable("postgresql: unreachable (circuit open); probing in the background")
-        overdue = _Overdue(self._failed if opens else None)
+        overdue = _Overdue(self._check_reachable if opens else None)
         handle = None if seconds is None else asyncio.get_running_loop().call_later(seconds, overdue.fire)
         try:
-            async with pool.connection(timeout=acquire) as conn:
+            async with self._acquire(pool, bounded=seconds is not None, acquire=acquire) as conn:
                 overdue.conn = conn
                 try:
                     yield conn
                 finally:
-                    overdue.conn = None  # back to the pool: never sever it from here on
+                    overdue.conn, overdue.done = None, True  # back to the pool: never sever it, nor check
+                    if handle is not None:
+                        handle.cancel()
         except UNAVAILABLE as exc:
-            if not is_connectivity(exc):
+            if overdue.fired or is_overload(exc):
+                if opens:  # late or busy, or unreachable? A fresh connection tells (the overdue asked already)
+                    self._check_reachable()
+            elif is_connectivity(exc):
+                self._failed(exc)  # the database could not be reached: open now
+            else:
                 self.circuit.succeeded()  # the database answered, with an error
-            elif opens or not (overdue.fired or isinstance(exc, PoolTimeout)):
-                self._failed(exc)  # a late health check is not a dead database; a refused connection is
             raise StoreUnavailable(f"postgresql: {type(exc).__name__}: {exc}") from exc
         except Exception:
             self.circuit.succeeded()  # the store's own refusal (a conflict, a block): the database answered
@@ -176,6 +216,43 @@ class GuardedPool:
         finally:
             if handle is not None:
                 handle.cancel()
+
+    @contextlib.asynccontextmanager
+    async def _acquire(self, pool: AsyncConnectionPool[Any], *, bounded: bool, acquire: float) -> AsyncIterator[Conn]:
+        if bounded:
+            async with pool.connection(timeout=acquire) as conn:
+                yield conn
+            return
+        conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
+        try:
+            yield conn
+        finally:
+            await conn.close()
+
+    def _check_reachable(self) -> None:
+        """Start the one reachability check (if none runs and the circuit is closed)."""
+        if not self.circuit.allows() or (self._checker is not None and not self._checker.done()):
+            return
+        self._checker = asyncio.create_task(self._reachable(), name="tether-postgres-check")
+
+    async def _reachable(self) -> None:
+        """A fresh connection and ``SELECT 1``: only if that cannot reach the server does the circuit open."""
+        try:
+            await self._select_one()
+        except Exception as exc:  # noqa: BLE001 - a check must end quietly whatever happened
+            if is_connectivity(exc):
+                self._failed(exc)
+            else:
+                log.debug("postgresql busy, not unreachable: %s: %s", type(exc).__name__, exc)
+
+    async def _select_one(self) -> None:
+        # connect_timeout bounds the connect (a cancelled connect would leave its socket to the GC)
+        conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
+        try:
+            async with asyncio.timeout(self.settings.probe_timeout):
+                await conn.execute("SELECT 1")
+        finally:
+            await conn.close()
 
     def _failed(self, exc: BaseException) -> None:
         if not self.circuit.failed():
@@ -214,27 +291,21 @@ class GuardedPool:
 
     async def _probe(self) -> AsyncConnectionPool[Any]:
         """Connect and ``SELECT 1`` on a connection of the probe's own, then open a fresh pool."""
-        timeout = self.settings.probe_timeout
-        # connect_timeout bounds the connect (a cancelled connect would leave its socket to the GC)
-        conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
-        try:
-            async with asyncio.timeout(timeout):
-                await conn.execute("SELECT 1")
-        finally:
-            await conn.close()
+        await self._select_one()
         pool = self._new_pool()
         try:
-            await pool.open(wait=True, timeout=timeout)
+            await pool.open(wait=True, timeout=self.settings.probe_timeout)
         except BaseException:
             await pool.close(timeout=1.0)
             raise
         return pool
 
     async def aclose(self) -> None:
-        if self._prober is not None:
-            self._prober.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._prober
+        for task in (self._prober, self._checker):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._pool is not None:
             await self._pool.close()
             self._pool = None

@@ -1,7 +1,8 @@
 """``/jwks``, RFC 8414 metadata and ``/healthz`` (the feed and ``/policies`` are in ``routes.feed``).
 
 ``/healthz`` is for load balancers and says only whether the store answers, nothing about the
-deployment.
+deployment. Its check is shared and reused for a second (``tether.sts.health``), and its 503 is
+not logged above debug level: the answer is the report, and a flood must not reach the log.
 """
 
 from __future__ import annotations
@@ -9,8 +10,11 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from tether.metrics import REFUSALS
+from tether.store.errors import StoreError
 from tether.sts.routes.common import context, endpoint
 from tether.urns import TOKEN_EXCHANGE
+from tether.web.errors import error_response, wire_code
 
 __all__ = ["health_endpoint", "jwks_endpoint", "metadata_endpoint"]
 
@@ -54,5 +58,9 @@ async def metadata_endpoint(request: Request) -> Response:
 @endpoint(resource=False)
 async def health_endpoint(request: Request) -> Response:
     ctx = context(request)
-    await ctx.store.ping()
+    try:
+        await ctx.health()
+    except StoreError as exc:
+        REFUSALS.labels(endpoint="health", error=wire_code(exc)).inc()
+        return error_response(exc, quiet=True)
     return JSONResponse({"status": "ok"}, headers={"Cache-Control": "no-store"})

@@ -1,0 +1,51 @@
+"""``/healthz``'s check of the store, shared: one in flight for all callers, its outcome reused ~1 s.
+
+``/healthz`` is unauthenticated, and each check costs a pooled database connection and a Redis
+round trip: a flood of health checks would compete with real traffic for both. Concurrent callers
+wait on the one check already running, and for ``ttl`` seconds after it ends its outcome (pass or
+the error) is the answer, so the store sees at most one check per ``ttl`` however many callers
+come. A load balancer learns of a change at most ``ttl`` later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+__all__ = ["SharedCheck"]
+
+
+class SharedCheck:
+    def __init__(
+        self, check: Callable[[], Awaitable[None]], *, ttl: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._check = check
+        self.ttl = ttl
+        self._clock = clock
+        self._running: asyncio.Task[None] | None = None
+        self._ended_at: float | None = None
+        self._error: BaseException | None = None
+
+    async def __call__(self) -> None:
+        """Pass, or raise what the (shared or recent) check raised."""
+        if self._ended_at is not None and self._clock() - self._ended_at < self.ttl:
+            if self._error is not None:
+                raise self._error
+            return
+        if self._running is None:
+            self._running = asyncio.create_task(self._run(), name="tether-health-check")
+        # shielded: a caller that goes away does not cancel the check the others wait on
+        await asyncio.shield(self._running)
+
+    async def _run(self) -> None:
+        try:
+            await self._check()
+        except Exception as exc:
+            self._error = exc
+            raise
+        else:
+            self._error = None
+        finally:
+            self._ended_at = self._clock()
+            self._running = None
