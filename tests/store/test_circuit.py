@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from tether.store.circuit import Circuit, CircuitSettings, CircuitState
+from tether.store.circuit import Circuit, CircuitState
 
 
 class Clock:
@@ -27,7 +27,7 @@ class Clock:
 
 def make(**settings: float) -> tuple[Circuit, Clock]:
     clock = Clock()
-    return Circuit(CircuitSettings(**settings), clock=clock), clock  # type: ignore[arg-type]
+    return Circuit(clock=clock, **settings), clock  # type: ignore[arg-type]
 
 
 def test_a_new_circuit_is_closed_and_allows() -> None:
@@ -161,7 +161,7 @@ def test_probe_outcomes_without_a_probe_are_refused() -> None:
 )
 def test_nonsense_settings_are_refused(settings: dict[str, float]) -> None:
     with pytest.raises(ValueError):
-        CircuitSettings(**settings)  # type: ignore[arg-type]
+        Circuit(clock=Clock(), **settings)  # type: ignore[arg-type]
 
 
 def test_every_sequence_of_events_keeps_the_invariants() -> None:

@@ -14,9 +14,8 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
-__all__ = ["Circuit", "CircuitSettings", "CircuitState"]
+__all__ = ["Circuit", "CircuitState"]
 
 
 class CircuitState(enum.Enum):
@@ -25,29 +24,27 @@ class CircuitState(enum.Enum):
     HALF_OPEN = "half_open"
 
 
-@dataclass(frozen=True)
-class CircuitSettings:
-    #: consecutive connectivity failures that open the circuit
-    threshold: int = 1
-    #: wait before the first probe after opening, then after each failed probe (doubled each time)
-    first_delay: float = 0.05
-    max_delay: float = 1.0
-    factor: float = 2.0
-
-    def __post_init__(self) -> None:
-        if self.threshold < 1 or not 0 < self.first_delay <= self.max_delay or self.factor < 1:
-            raise ValueError("circuit settings: threshold >= 1, 0 < first_delay <= max_delay, factor >= 1")
-
-
 class Circuit:
     """The breaker's state; callers report outcomes, the prober asks when it may probe."""
 
-    def __init__(self, settings: CircuitSettings | None = None, *, clock: Callable[[], float]) -> None:
-        self.settings = settings or CircuitSettings()
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float],
+        threshold: int = 1,
+        first_delay: float = 0.05,
+        max_delay: float = 1.0,
+        factor: float = 2.0,
+    ) -> None:
+        """Open after ``threshold`` consecutive connectivity failures; probe ``first_delay`` seconds
+        after opening, then after each failed probe ``factor`` times longer, at most ``max_delay``."""
+        if threshold < 1 or not 0 < first_delay <= max_delay or factor < 1:
+            raise ValueError("circuit settings: threshold >= 1, 0 < first_delay <= max_delay, factor >= 1")
+        self.threshold, self.first_delay, self.max_delay, self.factor = threshold, first_delay, max_delay, factor
         self._clock = clock
         self._state = CircuitState.CLOSED
         self._failures = 0
-        self._delay = self.settings.first_delay
+        self._delay = self.first_delay
         self._next_probe = 0.0
         self._opened_at = 0.0
         #: times the circuit opened and failed probes, for logs and metrics
@@ -72,11 +69,11 @@ class Circuit:
         if self._state is not CircuitState.CLOSED:
             return False  # already open: in-flight operations that started before change nothing
         self._failures += 1
-        if self._failures < self.settings.threshold:
+        if self._failures < self.threshold:
             return False
         self._state = CircuitState.OPEN
         self._opened_at = self._clock()
-        self._delay = self.settings.first_delay
+        self._delay = self.first_delay
         self._next_probe = self._opened_at + self._delay
         self.openings += 1
         return True
@@ -108,7 +105,7 @@ class Circuit:
             raise RuntimeError(f"no probe is running (circuit {self._state.value})")
         self._state = CircuitState.OPEN
         self.failed_probes += 1
-        self._delay = min(self._delay * self.settings.factor, self.settings.max_delay)
+        self._delay = min(self._delay * self.factor, self.max_delay)
         self._next_probe = self._clock() + self._delay
 
     def open_for(self) -> float:

@@ -25,7 +25,7 @@ import os
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -33,7 +33,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from tether.metrics import STORE_CIRCUIT_OPEN
-from tether.store.circuit import Circuit, CircuitSettings
+from tether.store.circuit import Circuit
 from tether.store.errors import StoreUnavailable
 
 __all__ = ["UNAVAILABLE", "GuardSettings", "GuardedPool", "is_connectivity", "is_overload", "session_options", "sever"]
@@ -96,7 +96,6 @@ class GuardSettings:
     #: a probe (connect and ``SELECT 1``, then the new pool's first connection) and a health check
     probe_timeout: float = 1.0
     ping_timeout: float = 1.0
-    circuit: CircuitSettings = field(default_factory=CircuitSettings)
 
 
 class _Overdue:
@@ -133,7 +132,7 @@ class GuardedPool:
     def __init__(self, dsn: str, settings: GuardSettings | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.dsn = dsn
         self.settings = settings or GuardSettings()
-        self.circuit = Circuit(self.settings.circuit, clock=clock)
+        self.circuit = Circuit(clock=clock)
         self._pool: AsyncConnectionPool[Any] | None = None
         self._prober: asyncio.Task[None] | None = None
         self._checker: asyncio.Task[None] | None = None
