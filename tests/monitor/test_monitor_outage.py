@@ -217,3 +217,16 @@ def test_an_issuance_inside_an_outage_proves_it_was_no_outage_and_one_at_its_edg
         inside = Log(at).issued(agent=OTHER, at=at)
         assert det.observe(inside) == []
         assert (feed(det, windows([60], start=UP)) == []) is held, at
+
+
+def test_another_replicas_first_catch_up_is_no_proof_against_the_outage_the_monitor_saw() -> None:
+    # the monitor's ``since``/``until`` are its last and first good polls; the store failed for it
+    # from DOWN + 0.8 to UP - 0.7. Another replica healed first and served its catch-up from
+    # UP - 1.5: that is the recovery, not service during the outage (review finding)
+    for at, held in ((UP - 1.5, True), (UP - 10, False)):
+        det = spike()
+        baseline(det)
+        det.observe(outage_event(since=DOWN, until=UP, failed=(DOWN + 0.8, UP - 0.7)))
+        early = [Log(at).issued(agent=OTHER, at=at + i * 0.01) for i in range(5)]
+        assert feed(det, early) == []
+        assert (feed(det, windows([60], start=UP)) == []) is held, at

@@ -170,6 +170,22 @@ def test_block_ends_tasks_and_refuses_new_ones(kind: str, tmp_path: Path) -> Non
     run(kind, tmp_path, body)
 
 
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_block_ends_more_tasks_than_take_advisory_locks(kind: str, tmp_path: Path) -> None:
+    # PostgreSQL takes a task's advisory lock only for blocks of up to 64 tasks (each takes a
+    # slot of the server's shared lock table); a block of a principal with more still ends all
+    async def body(store: Store) -> None:
+        many = [task(agent="spiffe://t/busy") for _ in range(70)]
+        for t in many:
+            await store.create_task(t, EVENT)
+        ended = await store.block(BlockKind.AGENT, "spiffe://t/busy", now=NOW, audit=EVENT)
+        assert sorted(ended) == sorted(t.id for t in many)
+        states = {(await store.get_task(t.id)).state for t in many}  # type: ignore[union-attr]
+        assert states == {TaskState.CANCELLED}
+
+    run(kind, tmp_path, body)
+
+
 # -- replay cache -------------------------------------------------------------------------------
 def test_first_use_is_single_until_expiry(kind: str, tmp_path: Path) -> None:
     async def body(store: Store) -> None:

@@ -29,10 +29,15 @@ _KEPT = 16
 EDGE = 1.0
 
 
-def outage_event(*, since: float, until: float) -> Event:
-    """The event telling the detectors the store was unavailable from ``since`` to ``until``."""
+def outage_event(*, since: float, until: float, failed: tuple[float, float] | None = None) -> Event:
+    """The event telling the detectors the store was unavailable from ``since`` (its last answer)
+    to ``until`` (its first answer again); ``failed`` is when the monitor saw its first and last
+    failure, the stretch in which an issuance proves the store was serving after all."""
+    detail: dict[str, float] = {"since": since, "until": until}
+    if failed is not None:
+        detail |= {"failed_from": failed[0], "failed_until": failed[1]}
     return Event(seq=0, ts=until, kind=OUTAGE_KIND, outcome="outage", principal=None, task=None, jti=None,
-                 error=None, detail={"since": since, "until": until}, prev="", hash="")  # fmt: skip
+                 error=None, detail=detail, prev="", hash="")  # fmt: skip
 
 
 class Outages:
@@ -40,8 +45,8 @@ class Outages:
 
     def __init__(self, recovery: float) -> None:
         self.recovery = recovery
-        #: (since, until, tokens the store issued inside the interval)
-        self.spans: list[tuple[float, float, int]] = []
+        #: (since, until, first and last failure the monitor saw, tokens issued between them)
+        self.spans: list[tuple[float, float, float, float, int]] = []
 
     def observe(self, event: Event) -> bool:
         """Remember ``event`` if it is an ``outage_event`` (True), else count it against the
@@ -52,16 +57,22 @@ class Outages:
         """
         if event.kind != OUTAGE_KIND or event.seq != 0:  # never a record of the chain
             if event.kind == "token.issued" and self.spans:
-                self.spans = [(a, b, n + (a + EDGE < event.ts < b - EDGE)) for a, b, n in self.spans]
+                self.spans = [(*span[:4], span[4] + (span[2] + EDGE < event.ts < span[3] - EDGE)) for span in self.spans]
             return False
-        since, until = event.detail.get("since"), event.detail.get("until")
+        detail = event.detail
+        since, until = detail.get("since"), detail.get("until")
         if not isinstance(since, int | float) or not isinstance(until, int | float) or until < since:
             return True
-        self.spans = [*self.spans, (float(since), float(until), 0)][-_KEPT:]
+        first, last = detail.get("failed_from", since), detail.get("failed_until", until)
+        if not isinstance(first, int | float) or not isinstance(last, int | float):
+            first, last = since, until
+        self.spans = [*self.spans, (float(since), float(until), float(first), float(last), 0)][-_KEPT:]
         return True
 
     def touches(self, start: float, end: float) -> bool:
-        """Whether the window ``[start, end)`` was cut short by a real outage (no issuance inside it)
-        or falls in the recovery after one."""
-        real = [(since, until) for since, until, served in self.spans if until - since > 2 * EDGE and not served]
+        """Whether the window ``[start, end)`` was cut short by a real outage or falls in the
+        recovery after one. Real: the monitor saw it fail for longer than ``2 * EDGE`` and no
+        token was issued in that stretch (less ``EDGE`` at each end, where another replica may
+        already, or still, be served)."""
+        real = [(a, b) for a, b, first, last, served in self.spans if last - first > 2 * EDGE and not served]
         return any(end > since and start < until + self.recovery for since, until in real)

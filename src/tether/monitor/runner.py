@@ -69,6 +69,7 @@ class Monitor:
         self._polling = asyncio.Lock()
         self._up_at = 0.0  # when the store last answered
         self._down_since: float | None = None  # the last answer before it failed (None: not failing)
+        self._failed = (0.0, 0.0)  # when the monitor saw its first and its latest failure
 
     def risk(self, principal: str) -> int:
         """The principal's current score (``StsContext.risk``, Cedar ``context.risk``)."""
@@ -122,8 +123,10 @@ class Monitor:
 
     def store_failed(self) -> None:
         """Note that the store did not answer: an outage since its last answer, until it answers again."""
+        now = self.clock.now()
         if self._down_since is None:
-            self._down_since = self._up_at
+            self._down_since, self._failed = self._up_at, (now, now)
+        self._failed = (self._failed[0], now)
 
     async def rebuild(self) -> None:
         """Replay the windows before ``begin``: the detectors' history and the risk raised, never acting."""
@@ -165,7 +168,7 @@ class Monitor:
         self._up_at = self.clock.now()
         if self._down_since is None:
             return
-        event = outage_event(since=self._down_since, until=self._up_at)
+        event = outage_event(since=self._down_since, until=self._up_at, failed=self._failed)
         self._down_since = None
         log.warning("monitor: store unavailable for %.1fs; the detectors hold the catch-up", event.ts - event.detail["since"])
         for detector in self.detectors:

@@ -10,6 +10,7 @@ come. A load balancer learns of a change at most ``ttl`` later.
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from collections.abc import Awaitable, Callable
 
@@ -31,7 +32,9 @@ class SharedCheck:
         """Pass, or raise what the (shared or recent) check raised."""
         if self._ended_at is not None and self._clock() - self._ended_at < self.ttl:
             if self._error is not None:
-                raise self._error
+                # a fresh exception per caller: re-raising one object would chain every
+                # caller's frame onto its traceback for as long as the outcome is reused
+                raise copy.copy(self._error).with_traceback(None) from None
             return
         if self._running is None:
             self._running = asyncio.create_task(self._run(), name="tether-health-check")

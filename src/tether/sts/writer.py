@@ -84,8 +84,9 @@ def _by(key: str, holder: str) -> str:
     """The holder's mark for ``key``: a MAC of the key under the holder's name, never the name.
 
     The name is a secret of its data directory (an owner-only file): a reader of the store
-    learns no replica's name, so a writer of the store alone cannot forge another replica's
-    mark for a later key and hand one claim to two writers.
+    learns no replica's name and cannot forge another replica's mark for a later key. A writer
+    of the store can still reset the claim row itself, as it always could: the claim keeps
+    honest replicas from signing twice, it is no defence against the store.
     """
     mark = hmac.new(holder.encode(), key.encode(), hashlib.sha256).hexdigest()[:32]
     return f"{key}:by:{mark}"

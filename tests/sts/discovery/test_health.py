@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 
 import httpx
@@ -98,3 +99,25 @@ def test_a_shared_check_runs_once_for_concurrent_callers_and_reuses_its_outcome(
         assert len(runs) == 3
 
     asyncio.run(body())
+
+
+def test_a_reused_failure_is_raised_afresh_to_each_caller() -> None:
+    """Re-raising one exception object would chain every caller's frame onto its traceback
+    for as long as the outcome is reused (memory an unauthenticated /healthz flood drives)."""
+
+    async def failing() -> None:
+        raise StoreUnavailable("redis: ConnectionError")
+
+    async def scenario() -> None:
+        check = SharedCheck(failing, ttl=60.0)
+        seen: list[BaseException] = []
+        for _ in range(50):
+            try:
+                await check()
+            except StoreUnavailable as exc:
+                seen.append(exc)
+        assert len(seen) == 50 and all(str(e) == "redis: ConnectionError" for e in seen)
+        depths = [len(traceback.extract_tb(e.__traceback__)) for e in seen[1:]]
+        assert max(depths) <= 3, depths
+
+    asyncio.run(scenario())
