@@ -58,11 +58,19 @@ class ProofChecker:
         max_age: int = 60,
         skew: int = 10,
         nonce_ttl: int = 120,
+        challenge_key: bytes | None = None,
     ) -> None:
-        """``nonce_key=None`` turns server nonces off; otherwise every proof needs a fresh one."""
+        """``nonce_key=None`` turns server nonces off; otherwise every proof needs a fresh one.
+
+        With nonces off, a proof the replay cache cannot vouch for after a loss is still
+        answered with a nonce challenge, minted with ``challenge_key`` (replicas that share it
+        accept each other's; a random key per process by default), so an honest client's retry
+        passes at once instead of waiting out the ``iat`` allowance.
+        """
         self._replay = replay
         self._clock = clock
         self._nonce_key = nonce_key
+        self._challenge_key = nonce_key or challenge_key or os.urandom(32)
         self.algorithms = tuple(algorithms)
         self._max_age = max_age
         self._skew = skew
@@ -93,21 +101,22 @@ class ProofChecker:
 
     def fresh_nonce(self) -> str | None:
         """A nonce (RFC 9449 §8) minted now, under the replay epoch this replica last learnt."""
-        if self._nonce_key is None:
-            return None
+        return None if self._nonce_key is None else self._mint()
+
+    def _mint(self) -> str:
         second = int(self._clock.now())
         tag = NO_EPOCH if self._epoch is None else self._epoch.tag
         if self._minted is None or self._minted[0] != second or self._minted[1] != tag:
-            self._minted = (second, tag, make_nonce(self._nonce_key, now=second, salt=os.urandom(12), epoch=tag))
+            self._minted = (second, tag, make_nonce(self._challenge_key, now=second, salt=os.urandom(12), epoch=tag))
         return self._minted[2]
 
     def _nonce_facts(self, nonce: str | None) -> tuple[int, bytes] | None:
         """When a replica (same key) issued ``nonce``, and under which epoch; ``None`` if it is not ours."""
-        if self._nonce_key is None or nonce is None:
+        if nonce is None:
             return None
         facts = self._seen.get(nonce)
         if facts is None:
-            facts = nonce_read(self._nonce_key, nonce)
+            facts = nonce_read(self._challenge_key, nonce)
             if facts is None:
                 return None  # forgeries are not remembered: they cannot crowd out good nonces
             self._seen.put(nonce, facts)
@@ -135,27 +144,24 @@ class ProofChecker:
     def admits(self, checked: DPoPProof, epoch: ReplayEpoch) -> bool:
         """Whether the replay cache in ``epoch`` vouches ``checked`` is unspent (``rules.replay_epoch``)."""
         self.learn(epoch)
-        facts = self._nonce_facts(checked.nonce) if self._nonce_key is not None else None
-        nonce_epoch = None if self._nonce_key is None else (NO_EPOCH if facts is None else facts[1])
+        facts = self._nonce_facts(checked.nonce)
+        if self._nonce_key is not None:
+            nonce_epoch: bytes | None = NO_EPOCH if facts is None else facts[1]
+        else:  # nonces off: a nonce of this epoch (from a challenge) vouches; else the iat allowance
+            nonce_epoch = facts[1] if facts is not None and facts[1] == epoch.tag else None
         since = effective_since(epoch.since, first_seen=self._first_seen)
         return vouched(iat=checked.iat, nonce_epoch=nonce_epoch, skew=self._skew, epoch=epoch, since=since)
 
-    def predates_refusal(self, checked: DPoPProof) -> InvalidDPoPProof | UseDPoPNonce:
+    def predates_refusal(self, checked: DPoPProof) -> UseDPoPNonce:
         """The refusal of a proof the replay cache's current epoch cannot vouch for.
 
-        With nonces on it is a nonce challenge (RFC 9449 §8) with a nonce of the current epoch
-        (``admits`` learnt it), so the client's retry passes at once; without nonces,
-        ``invalid_dpop_proof`` until the client's ``iat`` is past the epoch's start plus the
-        allowance. Counted in ``tether_dpop_replay_epoch_refusals_total``.
+        A nonce challenge (RFC 9449 §8, §9) with a nonce of the current epoch (``admits`` learnt
+        it), with server nonces on or off, so the client's retry passes at once. Counted in
+        ``tether_dpop_replay_epoch_refusals_total``.
         """
-        nonce = self.fresh_nonce()
         epoch = "none" if self._epoch is None else f"{self._epoch.id} began at {self._epoch.since}"
         debug = f"proof (iat {checked.iat}) not made in the replay cache's epoch {epoch}, jkt {checked.jkt}"
-        exc: InvalidDPoPProof | UseDPoPNonce
-        if nonce is not None:
-            exc = UseDPoPNonce(nonce, "a fresh dpop nonce is required (the replay cache was reset)")
-        else:
-            exc = InvalidDPoPProof("dpop proof predates the replay cache; retry with a new proof")
+        exc = UseDPoPNonce(self._mint(), "a fresh dpop nonce is required (the replay cache was reset)")
         exc.debug = debug
         exc.audit[predates_refusal_marker] = True
         if self.on_epoch_refusal is not None:

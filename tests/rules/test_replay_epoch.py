@@ -232,20 +232,30 @@ def test_DPOP_12_a_start_an_hour_ahead_is_not_waited_for() -> None:
     # without nonces the start is clamped to MAX_AHEAD past when it was first seen
     plain = _checker(cache, clock, nonces=False)
     _run(plain.start())
-    with pytest.raises(InvalidDPoPProof):
+    with pytest.raises(UseDPoPNonce):
         _consume(plain, key.proof("POST", URL, now=clock.now()))
     clock.advance(MAX_AHEAD + SKEW + 1)
     _consume(plain, key.proof("POST", URL, now=clock.now()))
 
 
-def test_DPOP_12_checker_without_nonces_refuses_until_iat_is_skew_past_the_start() -> None:
+def test_DPOP_12_checker_without_nonces_challenges_with_a_nonce_of_the_epoch_or_waits_out_the_allowance() -> None:
+    """Server nonces off: a proof made before the epoch could be a replay, so it is refused with a
+    challenge nonce of the current epoch (RFC 9449 §9); the retry carrying it passes at once. A
+    client that ignores the challenge passes once its ``iat`` is past the start plus the allowance."""
     clock, key = ManualClock(), DPoPKey()
     cache = _EpochCache(since=clock.now() + 0.5)
     checker = _checker(cache, clock, nonces=False)
     clock.advance(1)
-    with pytest.raises(InvalidDPoPProof) as refused:
+    with pytest.raises(UseDPoPNonce) as refused:
         _consume(checker, key.proof("POST", URL, now=clock.now()))
     assert refused.value.audit.get(predates_refusal_marker) is True
+    assert checker.fresh_nonce() is None  # nonces stay off for every other answer
+    _consume(checker, key.proof("POST", URL, nonce=refused.value.nonce, now=clock.now()))  # the retry
+    old_epoch_nonce = refused.value.nonce
+    cache.lose(since=clock.now() + 0.5)
+    clock.advance(1)
+    with pytest.raises(UseDPoPNonce):  # a challenge nonce of the previous epoch vouches for nothing
+        _consume(checker, key.proof("POST", URL, nonce=old_epoch_nonce, now=clock.now()))
     clock.advance(SKEW + 1)  # iat is whole seconds: one more so it is surely skew past the start
     _consume(checker, key.proof("POST", URL, now=clock.now()))
 

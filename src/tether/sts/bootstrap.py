@@ -86,6 +86,7 @@ class Sts:
             store,
             self.clock,
             nonce_key=derive_key(self.master_key, "dpop-nonce") if settings.nonce else None,
+            challenge_key=derive_key(self.master_key, "dpop-nonce"),
             algorithms=settings.dpop_algs,
             max_age=settings.dpop_max_age,
             skew=settings.skew,
