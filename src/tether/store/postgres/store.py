@@ -267,8 +267,10 @@ class PostgresRedisStore(Store):
         await pool.open(timeout=10.0)
         store = cls(pool, RedisCache.from_url(redis_url, prefix=prefix))
         try:
-            await store._check_schema(migrate)
+            created = await store._check_schema(migrate)
             await store.cache.ping()
+            if created:
+                await store.cache.begin_empty()
             warning = await store.cache.check_eviction()
             if warning is not None:
                 log.warning("%s", warning)
@@ -277,7 +279,8 @@ class PostgresRedisStore(Store):
             raise
         return store
 
-    async def _check_schema(self, migrate: bool) -> None:
+    async def _check_schema(self, migrate: bool) -> bool:
+        """Check (and with ``migrate`` bring up) the schema; True when it was created from nothing."""
         async with self._conn(unbounded=True) as conn, conn.transaction():  # a migration takes what it takes
             await conn.execute("SELECT pg_advisory_xact_lock(8700)")
             if migrate:
@@ -285,10 +288,12 @@ class PostgresRedisStore(Store):
                 await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             exists = await (await conn.execute("SELECT to_regclass('schema_version') IS NOT NULL")).fetchone()
             current = 0
+            created = False
             if exists and exists[0]:
                 row = await (await conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version")).fetchone()
                 current = int(row[0]) if row else 0
             if migrate:
+                created = current == 0
                 for version, sql in migrations():
                     if version > current:
                         await conn.execute(sql.encode())
@@ -298,6 +303,7 @@ class PostgresRedisStore(Store):
                 raise StoreUnavailable(
                     f"database schema v{current} does not match v{SCHEMA_VERSION}: run `tether migrate` before serving"
                 )
+            return created
 
     def _conn(self, *, unbounded: bool = False) -> contextlib.AbstractAsyncContextManager[Conn]:
         """A connection through the circuit: ``StoreUnavailable`` at once while the database is unreachable.

@@ -49,7 +49,9 @@ return value
 # TIME as its start (no replica's clock: rules.replay_epoch). Missing INFO fields are an
 # error (503), never compared as ''.
 # KEYS: 1 the marker, 2 the jti mark (absent: only read the marker).
-# ARGV: 1 a random epoch id for a new marker, 2 the jti mark's expiry.
+# ARGV: 1 a random epoch id for a new marker, 2 the jti mark's expiry, 3 'empty' when the
+# deployment has never accepted a proof (a schema just created): a marker that is missing
+# then begins at 0, since the empty cache has lost nothing.
 _REPLAY_EPOCH = """
 redis.replicate_commands()
 local info = redis.call('INFO', 'server') .. redis.call('INFO', 'replication') .. redis.call('INFO', 'stats')
@@ -65,6 +67,7 @@ local since, epoch = marker[1], marker[3]
 if not since or not epoch or marker[2] ~= run or marker[4] ~= evicted then
   local t = redis.call('TIME')
   since = tostring(tonumber(t[1]) + 1)
+  if ARGV[3] == 'empty' and not marker[1] and not marker[2] then since = '0' end
   epoch = ARGV[1]
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[1], 'since', since, 'run', run, 'epoch', epoch, 'evicted', evicted)
@@ -154,6 +157,14 @@ class RedisCache:
         """The replay cache's current epoch, creating the marker if it is missing or stale
         (a replica learns it when it starts, so the nonces it mints pass from the first)."""
         args: list[str | int] = [secrets.token_hex(8)]
+        _, since, epoch = await self._call(lambda: self._replay_epoch(keys=[self.epoch_key], args=args))
+        return _epoch(since, epoch)
+
+    async def begin_empty(self) -> ReplayEpoch:
+        """The first epoch of a deployment that has never accepted a proof: if no marker exists,
+        it begins at 0 (nothing can have been forgotten), so the first clients are not
+        challenged as after a loss. Called only by the store that has just created its schema."""
+        args: list[str | int] = [secrets.token_hex(8), 0, "empty"]
         _, since, epoch = await self._call(lambda: self._replay_epoch(keys=[self.epoch_key], args=args))
         return _epoch(since, epoch)
 
