@@ -137,6 +137,10 @@ def test_catch_up_after_a_redis_outage_is_not_a_spike_and_a_spike_still_is(tmp_p
             redis.kill()  # the outage: issuance fails closed (503), nothing is audited
             await eventually(lambda: _true(mon.outage_since is not None), "the monitor to see the outage")
             clock.advance(30)
+            # the monitor keeps seeing the store fail through the outage (a real one, with no
+            # issuance inside the stretch it saw failing, is what holds the detector)
+            failing = clock.now()
+            await eventually(lambda: _true((mon.last_failure or 0.0) >= failing), "the monitor to see it still down")
             redis.start()
             window_start(clock)  # the agent's deferred work, all at once: 15 times its baseline
             await issue(store, clock, AGENT, 60)

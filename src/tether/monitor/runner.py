@@ -121,6 +121,11 @@ class Monitor:
         """When the store last answered before the failure going on now (None: it answers)."""
         return self._down_since
 
+    @property
+    def last_failure(self) -> float | None:
+        """When the monitor last saw the store fail in the outage going on now (None: it answers)."""
+        return None if self._down_since is None else self._failed[1]
+
     def store_failed(self) -> None:
         """Note that the store did not answer: an outage since its last answer, until it answers again."""
         now = self.clock.now()
