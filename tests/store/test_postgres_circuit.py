@@ -223,16 +223,8 @@ def test_a_health_check_on_a_busy_pool_does_not_open_the_circuit(tmp_path: Path)
 
     async def body(proxy: TcpProxy) -> None:
         async with _store(proxy, GuardSettings(max_size=1, ping_timeout=0.2)) as store:
-            held, release = asyncio.Event(), asyncio.Event()
-
-            async def hold() -> None:
-                async with store.guard.connection() as conn:
-                    await conn.execute("SELECT 1")
-                    held.set()
-                    await release.wait()
-
-            holder = asyncio.create_task(hold())
-            await held.wait()
+            release = asyncio.Event()
+            holder = await _hold_the_only_connection(store, release)
             with pytest.raises(StoreUnavailable, match="PoolTimeout"):
                 await store.ping()
             assert store.guard.circuit.state is CircuitState.CLOSED
@@ -241,6 +233,21 @@ def test_a_health_check_on_a_busy_pool_does_not_open_the_circuit(tmp_path: Path)
             await store.ping()
 
     _run(body)
+
+
+async def _hold_the_only_connection(store: PostgresRedisStore, release: asyncio.Event) -> asyncio.Task[None]:
+    """A task holding a pooled connection (used once) until ``release`` is set; returns once it holds it."""
+    held = asyncio.Event()
+
+    async def hold() -> None:
+        async with store.guard.connection() as conn:
+            await conn.execute("SELECT 1")
+            held.set()
+            await release.wait()
+
+    holder = asyncio.create_task(hold())
+    await held.wait()
+    return holder
 
 
 async def _settled(store: PostgresRedisStore) -> None:
@@ -302,16 +309,8 @@ def test_a_starved_pool_fails_the_request_but_does_not_open_the_circuit(tmp_path
 
     async def body(proxy: TcpProxy) -> None:
         async with _store(proxy, GuardSettings(max_size=1, acquire=0.2)) as store:
-            held, release = asyncio.Event(), asyncio.Event()
-
-            async def hold() -> None:
-                async with store.guard.connection() as conn:
-                    await conn.execute("SELECT 1")
-                    held.set()
-                    await release.wait()
-
-            holder = asyncio.create_task(hold())
-            await held.wait()
+            release = asyncio.Event()
+            holder = await _hold_the_only_connection(store, release)
             pool = store.pool
             with pytest.raises(StoreUnavailable, match="PoolTimeout"):
                 await store.get_task("tsk_none")
@@ -332,16 +331,8 @@ def test_a_starved_pool_on_a_dead_database_does_open_the_circuit(tmp_path: Path)
 
     async def body(proxy: TcpProxy) -> None:
         async with _store(proxy, GuardSettings(max_size=1, acquire=0.2)) as store:
-            held, release = asyncio.Event(), asyncio.Event()
-
-            async def hold() -> None:
-                async with store.guard.connection() as conn:
-                    await conn.execute("SELECT 1")
-                    held.set()
-                    await release.wait()
-
-            holder = asyncio.create_task(hold())
-            await held.wait()
+            release = asyncio.Event()
+            holder = await _hold_the_only_connection(store, release)
             proxy.refuse()  # also cuts the held connection, unused until released
             with pytest.raises(StoreUnavailable):
                 await store.get_task("tsk_none")
