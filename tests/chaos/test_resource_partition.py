@@ -26,8 +26,7 @@ from hopload import audit_verify
 
 from helpers import FEED_SUBSCRIBER, QUIET_MONITOR, SVC_RS, Client, RunningSts, admin_token, create_task, running_sts
 from tether.agent.proof import DPoPKey
-from tether.bench.partition import Partition
-from tether.errors import InvalidToken, TemporarilyUnavailable
+from tether.bench.partition import Partition, verdict
 from tether.resource import ResourceSettings, Verifier
 from tether.resource.revocations import RevocationFeed
 
@@ -67,14 +66,8 @@ def test_resource_server_partitioned_from_the_sts_fails_closed_and_recovers(feed
         verifier = Verifier(settings, http=http, feed=feed)
 
         async def outcome(token: str, key: DPoPKey) -> str | None:
-            proof = key.proof("GET", RS + "/x", access_token=token)
-            try:
-                await verifier.verify(method="GET", path="/x", headers={"authorization": f"DPoP {token}", "dpop": proof})
-            except TemporarilyUnavailable:
-                return "unavailable"
-            except InvalidToken as exc:
-                return exc.description
-            return None
+            got = await verdict(verifier, RS, token, key)
+            return None if got == "accepted" else got
 
         async def until(token: str, key: DPoPKey, wanted: str | None) -> None:
             deadline = time.monotonic() + DEADLINE

@@ -42,10 +42,9 @@ from tether.agent.proof import DPoPKey
 from tether.bench.exchange import ADMIN, AGENT, AUD_B, RESOURCES, SVC_B
 from tether.bench.harness import Actor, Deployment, bench_deployment, loadgen_command, percentile, rss_kib, serve, tether_bin
 from tether.bench.loadgen import form_request
-from tether.bench.partition import Partition
+from tether.bench.partition import Partition, verdict
 from tether.bench.report import Row
 from tether.bench.revocation import _fresh_schema_and_prefix
-from tether.errors import InvalidToken, TemporarilyUnavailable
 from tether.resource import ResourceSettings, Verifier
 from tether.resource.revocations import RevocationFeed
 from tether.store.open import open_store
@@ -445,14 +444,7 @@ async def _partitioned(d: Deployment, link: Partition, stale_after: float, kept:
         verifier = Verifier(settings, http=http, feed=feed)
 
         async def outcome(token: str, key: DPoPKey) -> str:
-            proof = key.proof("GET", AUD_B + "/x", access_token=token)
-            try:
-                await verifier.verify(method="GET", path="/x", headers={"authorization": f"DPoP {token}", "dpop": proof})
-            except TemporarilyUnavailable:
-                return "unavailable"
-            except InvalidToken as exc:
-                return exc.description
-            return "accepted"
+            return await verdict(verifier, AUD_B, token, key)
 
         async def until(token: str, key: DPoPKey, wanted: str, since: float) -> float:
             while (got := await outcome(token, key)) != wanted:

@@ -12,7 +12,11 @@ import contextlib
 import socket
 import threading
 
-__all__ = ["Partition"]
+from tether.agent.proof import DPoPKey
+from tether.errors import InvalidToken, TemporarilyUnavailable
+from tether.resource import Verifier
+
+__all__ = ["Partition", "verdict"]
 
 
 class Partition:
@@ -87,3 +91,16 @@ class Partition:
         for sock in (src, dst):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+
+async def verdict(verifier: Verifier, resource: str, token: str, key: DPoPKey) -> str:
+    """What ``verifier`` makes of ``GET {resource}/x`` with ``token``: ``accepted``, ``unavailable``
+    (its revocation view is stale) or the ``invalid_token`` description."""
+    proof = key.proof("GET", resource + "/x", access_token=token)
+    try:
+        await verifier.verify(method="GET", path="/x", headers={"authorization": f"DPoP {token}", "dpop": proof})
+    except TemporarilyUnavailable:
+        return "unavailable"
+    except InvalidToken as exc:
+        return exc.description
+    return "accepted"
