@@ -197,6 +197,25 @@ def test_a_host_that_never_opened_the_entry_refuses_a_row_older_than_the_audit_l
     run_tampered(kind, tmp_path, body)
 
 
+def test_an_appended_record_naming_the_old_state_does_not_unlock_a_rollback(kind: str, tmp_path: Path) -> None:
+    # a database writer without the master key can append a correctly linked record (the chain is
+    # unkeyed until a checkpoint signs it) naming version 1, then put version 1's row back: a new
+    # host still refuses it, as the greatest state ever recorded is version 2
+    async def body(store: Store, sql: Writer) -> None:
+        saved = await put_secret(store, MASTER, "crm", b"leaked-key", now=NOW, actor="test")
+        await put_secret(store, MASTER, "crm", b"new-key", now=NOW + 10, actor="test")
+        forged = AuditEvent(kind="vault.put", outcome="ok", principal="test",
+                            detail={"name": "crm", "created_at": saved.created_at, "version": 1})  # fmt: skip
+        await store.append_audit(forged, now=NOW + 30)
+        assert await gateway_cache(store, tmp_path / "first-host").get("crm") == "new-key"  # control
+        put_back(sql, saved)
+        with pytest.raises(SecretRefused) as refused:
+            await gateway_cache(store, tmp_path / "new-host").get("crm")
+        assert "version 2" in str(refused.value)
+
+    run_tampered(kind, tmp_path, body)
+
+
 def test_a_recreated_entry_is_served_and_its_old_incarnation_refused(kind: str, tmp_path: Path) -> None:
     """Deleted and put again, an entry is version 1 of a newer creation: served above the old
     version 2 (positive control), and the old entry's last row, put back, is refused."""

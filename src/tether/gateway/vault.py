@@ -133,7 +133,7 @@ class SecretCache:
         return value
 
     async def _refuse_older(self, name: str, state: State, opened: State | None) -> None:
-        """Refuse a row older than this host has opened, or than the audit log's newest record of the entry."""
+        """Refuse a row older than this host has opened, or than the newest state the audit log records."""
         if opened is not None and state < opened:
             raise SecretRefused(_rolled_back(name, state, opened, "was opened here before"))
         record = await self._store.vault_latest_audit(name)

@@ -189,7 +189,12 @@ class Store(Protocol):
     async def vault_delete(self, name: str, *, now: float, audit: AuditEvent) -> bool: ...
 
     async def vault_latest_audit(self, name: str) -> AuditRecord | None:
-        """The newest ``vault.put`` or ``vault.rotated`` audit record whose ``detail.name`` is ``name``.
+        """The ``vault.put`` or ``vault.rotated`` audit record whose ``detail.name`` is ``name``
+        naming the newest state (highest ``created_at``, then ``version``; then the newest record).
+
+        Ordered by the state, not by position: the chain is unkeyed until a checkpoint signs it,
+        so a database writer can append a record naming an older state; it can never make the
+        greatest state recorded smaller without rewriting a real record (a broken chain).
 
         An index lookup (a partial index over the vault's records, keyed by name), never a
         scan of the chain: the gateway asks on every cache miss, to refuse a vault row older

@@ -133,6 +133,12 @@ class _Feed:
         self.entries = []
 
 
+def _json_number(key: str) -> str:
+    """``detail.key`` as a number when it is one (NULL otherwise: never a cast error)."""
+    field = f"(detail::jsonb -> '{key}')"
+    return f"(CASE WHEN jsonb_typeof({field}) = 'number' THEN ({field})::text::float8 END)"
+
+
 async def _lock_feed(conn: Conn) -> _Feed:
     """Lock the feed's head for the rest of the transaction: the first lock of every publisher."""
     await conn.execute("SELECT seq FROM revocation_head WHERE id = 1 FOR UPDATE")
@@ -575,7 +581,9 @@ class PostgresRedisStore(Store):
             # the expression and the kinds are the partial index's (migration 0005), so it answers
             cur = await conn.execute(
                 f"SELECT {AUDIT_COLUMNS} FROM audit WHERE kind IN ('vault.put', 'vault.rotated')"
-                " AND (detail::jsonb ->> 'name') = %s ORDER BY seq DESC LIMIT 1",
+                " AND (detail::jsonb ->> 'name') = %s ORDER BY "
+                + ", ".join(f"{_json_number(k)} DESC NULLS LAST" for k in ("created_at", "version"))
+                + ", seq DESC LIMIT 1",
                 (name,),
             )
             row = await cur.fetchone()

@@ -451,7 +451,8 @@ class SqliteStore(Store):
             # the expression and the kinds are the partial index's (migration 0004), so it answers
             row = conn.execute(
                 f"SELECT {table.AUDIT_COLUMNS} FROM audit WHERE kind IN ('vault.put', 'vault.rotated')"
-                " AND json_extract(detail, '$.name') = ? ORDER BY seq DESC LIMIT 1",
+                " AND json_extract(detail, '$.name') = ? ORDER BY json_extract(detail, '$.created_at') DESC,"
+                " json_extract(detail, '$.version') DESC, seq DESC LIMIT 1",
                 (name,),
             ).fetchone()
             return table.audit_from_row(row) if row else None
