@@ -277,3 +277,47 @@ def test_redis_down_is_store_unavailable(tmp_path: Path) -> None:
             await cache.aclose()
 
     _run(tmp_path, body)
+
+
+def test_a_once_only_claim_retried_after_a_lost_reply_is_unavailable_and_a_counter_is_not_counted_twice(
+    tmp_path: Path,
+) -> None:
+    """``first_use`` (checkpoint and alert claims, the monitor's finding claims) made by a ``SET NX``
+    whose reply was lost: the retry finds the key taken, which must not read as "someone else has
+    it" (no replica would then act) but as an unknown outcome, 503. A fixed-window counter is not
+    retried at all: a repeat would count one call twice. Controls: clean calls answer as before."""
+
+    async def body(redis: DefaultRedis) -> None:
+        cache = _cache(redis)
+        try:
+            real_set, real_incr = cache.client.set, cache._incr_window
+
+            def lose_the_first_reply(call: Any) -> Any:
+                dropped: list[bool] = []
+
+                async def once(*args: Any, **kwargs: Any) -> Any:
+                    result = await call(*args, **kwargs)  # Redis did it
+                    if not dropped:
+                        dropped.append(True)
+                        raise RedisConnectionError("Connection closed by server.")
+                    return result
+
+                return once
+
+            now = time.time()
+            cache.client.set = lose_the_first_reply(real_set)  # type: ignore[method-assign]
+            with pytest.raises(StoreUnavailable):
+                await cache.first_use("claim", until=int(now) + 60, now=now)
+            cache.client.set = real_set  # type: ignore[method-assign]
+            assert await cache.first_use("claim", until=int(now) + 60, now=now) is False  # control: taken
+            assert await cache.first_use("other", until=int(now) + 60, now=now) is True
+
+            cache._incr_window = lose_the_first_reply(real_incr)
+            with pytest.raises(StoreUnavailable):
+                await cache.incr_window("calls", window_ends=int(now) + 60)
+            cache._incr_window = real_incr
+            assert await cache.incr_window("calls", window_ends=int(now) + 60) == 2  # counted once, not twice
+        finally:
+            await cache.aclose()
+
+    _run(tmp_path, body)

@@ -104,8 +104,25 @@ class RedisCache:
         return cls(client, prefix=prefix)
 
     async def _call(self, op: Callable[[], Awaitable[T]]) -> T:
-        """``op``, any Redis failure raised as ``StoreUnavailable`` (503, fail closed)."""
+        """``op`` (idempotent: a read, or a write whose repeat changes nothing), any Redis failure
+        raised as ``StoreUnavailable`` (503, fail closed)."""
         return (await self._call_retried(op))[0]
+
+    async def _claim(self, op: Callable[[], Awaitable[Any]]) -> bool:
+        """A once-only write (``SET NX``): True when this call made it. Retried after a lost
+        connection and then found taken, the first attempt may have made it itself (its reply
+        lost): that outcome is unknown, so ``StoreUnavailable``, never a false "taken"."""
+        made, retried = await self._call_retried(op)
+        if retried and not made:
+            raise StoreUnavailable("redis: a once-only write was retried after a lost reply; its outcome is unknown")
+        return bool(made)
+
+    async def _once(self, op: Callable[[], Awaitable[T]]) -> T:
+        """``op`` without the retry (a write whose repeat would count twice)."""
+        try:
+            return await op()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
 
     async def _call_retried(self, op: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
         """``op`` and whether it had to be retried; any Redis failure is ``StoreUnavailable``.
@@ -132,8 +149,7 @@ class RedisCache:
         if until <= now:
             return False
         name = f"{self.prefix}:replay:{key}"
-        result = await self._call(lambda: self.client.set(name, b"1", nx=True, exat=int(until)))
-        return bool(result)
+        return await self._claim(lambda: self.client.set(name, b"1", nx=True, exat=int(until)))
 
     async def spend_proof(self, key: str, *, until: int, now: float) -> tuple[bool, ReplayEpoch]:
         """``first_use`` for a DPoP proof, and the replay cache's current epoch.
@@ -148,10 +164,14 @@ class RedisCache:
             return False, ReplayEpoch(id="", since=math.inf)  # refused as spent either way
         keys = [self.epoch_key, f"{self.prefix}:replay:{key}"]
         args: list[str | int] = [secrets.token_hex(8), int(until)]
-        (fresh, since, epoch), retried = await self._call_retried(lambda: self._replay_epoch(keys=keys, args=args))
-        if retried and not fresh:
-            raise StoreUnavailable("redis: the dpop proof spend was retried after a lost reply; its outcome is unknown")
-        return bool(fresh), _epoch(since, epoch)
+        answer: list[Any] = []
+
+        async def spend() -> bool:
+            answer[:] = await self._replay_epoch(keys=keys, args=args)
+            return bool(answer[0])
+
+        fresh = await self._claim(spend)
+        return fresh, _epoch(answer[1], answer[2])
 
     async def replay_epoch(self) -> ReplayEpoch:
         """The replay cache's current epoch, creating the marker if it is missing or stale
@@ -195,7 +215,8 @@ class RedisCache:
         adding up for ever.
         """
         name = f"{self.prefix}:count:{key}"
-        return int(await self._call(lambda: self._incr_window(keys=[name], args=[int(window_ends)])))
+        # never retried: a repeat after a lost reply would count the call twice
+        return int(await self._once(lambda: self._incr_window(keys=[name], args=[int(window_ends)])))
 
     async def first_seen(self, key: str, *, now: float, until: int) -> float:
         """``SET NX EXAT`` a timestamp, then read it: the first caller's time wins everywhere."""
