@@ -57,6 +57,16 @@ class LocalState:
                 handle.write(text)
                 handle.flush()
                 os.fsync(handle.fileno())
-            with contextlib.suppress(OSError):
-                os.chmod(tmp, 0o600)
-            os.replace(tmp, self.path)
+            os.replace(tmp, self.path)  # mkstemp made it owner-only (0600)
+            _sync_directory(self.path.parent)
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make the rename durable: without it a power loss can bring the previous file back,
+    rewinding the mark this state exists to keep (best effort where directories cannot be opened)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -68,6 +68,9 @@ class ProofChecker:
         passes at once instead of waiting out the ``iat`` allowance.
         """
         self._replay = replay
+        #: the same cache when it can report its epochs (decided once: a runtime Protocol check
+        #: costs microseconds on every spend)
+        self._epochs = replay if isinstance(replay, EpochReplayCache) else None
         self._clock = clock
         self._nonce_key = nonce_key
         self._challenge_key = nonce_key or challenge_key or os.urandom(32)
@@ -91,9 +94,9 @@ class ProofChecker:
     async def start(self) -> None:
         """Learn the replay cache's epoch, so the nonces minted from now on pass at the first
         try. Best effort: without it a client's first proof meets one more challenge."""
-        if isinstance(self._replay, EpochReplayCache):
+        if self._epochs is not None:
             with contextlib.suppress(Unavailable):
-                self.learn(await self._replay.replay_epoch())
+                self.learn(await self._epochs.replay_epoch())
 
     @property
     def nonce_required(self) -> bool:
@@ -185,9 +188,9 @@ class ProofChecker:
         for it (a proof made before the cache's current epoch proves nothing: it may be a
         replay the lost cache forgot). With ``refuse``, such a proof raises ``predates_refusal``."""
         now = self._clock.now()
-        if not isinstance(self._replay, EpochReplayCache):
+        if self._epochs is None:
             return await self._replay.first_use(key, until=until, now=now)
-        fresh, epoch = await self._replay.spend_proof(key, until=until, now=now)
+        fresh, epoch = await self._epochs.spend_proof(key, until=until, now=now)
         if not fresh:
             return False
         if self.admits(checked, epoch):

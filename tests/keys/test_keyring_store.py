@@ -242,3 +242,19 @@ def test_key01_a_retired_key_restored_after_the_newer_rows_are_deleted_is_refuse
             check_not_older(ring, state)
 
     run_tampered(kind, tmp_path, body)
+
+
+def test_key01_a_rotation_from_a_host_whose_clock_lags_still_makes_the_newest_key(kind: str, tmp_path: Path) -> None:
+    # replicas refuse a current key older than one they have signed with (check_not_older); a
+    # rotation run where the clock is an hour behind must not produce such a key
+    async def body(store: Store, sql: Writer) -> None:
+        state = LocalState(tmp_path / "keyring.state")
+        first = await rotate_signing_key(store, MASTER, alg="ES256", now=NOW, max_token_lifetime=LIFETIME)
+        check_not_older(await load_keyring(store, MASTER, now=NOW + 1), state)  # the STS signs with it
+        lagging = await rotate_signing_key(store, MASTER, alg="ES256", now=NOW - 3600, max_token_lifetime=LIFETIME)
+        assert lagging.created_at > first.created_at
+        ring = await load_keyring(store, MASTER, now=NOW + 2)
+        check_not_older(ring, state)  # accepted: it is the newest key
+        assert ring.current.kid == lagging.kid
+
+    run_tampered(kind, tmp_path, body)

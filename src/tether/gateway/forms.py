@@ -22,8 +22,9 @@ from starlette.requests import ClientDisconnect, Request
 
 from tether.errors import InvalidRequest
 from tether.gateway.overrides import check_fields, field_names
-from tether.gateway.proxy import check_length, limited
+from tether.gateway.proxy import PayloadTooLarge, check_length
 from tether.gateway.routes import GatewayRoute
+from tether.streams import read_at_most
 
 __all__ = ["declared_length", "form_kind", "multipart_names", "read_form"]
 
@@ -87,10 +88,14 @@ async def read_form(request: Request, route: GatewayRoute, deadline: float) -> b
     check_length(declared_length(request), route)
     try:
         async with asyncio.timeout_at(min(deadline, asyncio.get_running_loop().time() + route.timeout)):
-            body = b"".join([chunk async for chunk in limited(request.stream(), route.max_request_bytes, {})])
+            body = await read_at_most(request.stream(), route.max_request_bytes, lambda: _too_large(route))
     except TimeoutError:
         raise InvalidRequest("the request body did not arrive in time", debug=f"route {route.name}: form body") from None
     except ClientDisconnect:
         raise InvalidRequest("the request body was cut short", debug=f"route {route.name}: form body") from None
     check_fields(_names(kind, body), "form field")
     return body
+
+
+def _too_large(route: GatewayRoute) -> PayloadTooLarge:
+    return PayloadTooLarge(f"request body exceeds {route.max_request_bytes} bytes")

@@ -55,5 +55,5 @@ async def open_runtime(config: Config, store: Store, *, clock: Clock, policy: Po
                                     tags=route.tags)  # fmt: skip
         verifiers[route.name] = Verifier(resource, http=http, clock=clock, replay=store, keys=keys, feed=feed, policy=policy)
         verifiers[route.name].proofs.on_epoch_refusal = count_epoch_refusal
-        await verifiers[route.name].proofs.start()  # the replay cache's start, before any nonce
+        await verifiers[route.name].start()  # the replay cache's epoch, before any nonce (the feed is shared)
     return Runtime(store, http, feed, verifiers, upstream)

@@ -219,11 +219,16 @@ async def rotate_signing_key(store: Store, master: bytes, *, alg: str, now: int,
     """Add a new current key; the old one stays published until its last token expires.
 
     The previous current key is re-sealed with its retired state in the same store step,
-    so its retirement is as authenticated as its key.
+    so its retirement is as authenticated as its key. The new key is always created after
+    every key it replaces, whatever this host's clock says: replicas refuse a current key
+    older than one they have seen (``check_not_older``), so a rotation from a host whose
+    clock lags would otherwise lock every STS out of the new key.
     """
-    stored = new_stored_key(master, alg=alg, now=now)
+    rows = await store.signing_keys(now=now)
+    created = max([now, *(row.created_at + 1 for row in rows)])
+    stored = new_stored_key(master, alg=alg, now=created)
     retired = []
-    for row in await store.signing_keys(now=now):
+    for row in rows:
         if row.retired_at is None:
             private = unseal(master, row.sealed_private, aad=issuer_key_aad(row))
             state = replace(row, retired_at=now, not_after=now + max_token_lifetime + 60)

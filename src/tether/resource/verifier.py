@@ -110,6 +110,7 @@ class Verifier:
             raise ValueError(f"a workload identity is required for {missing}: pass Verifier(settings, identity=...)")
         self.settings = settings
         self.identity = identity
+        self._expected = Expected(settings.issuer, settings.resource, settings.skew, settings.max_token_lifetime)
         self._own_http = http is None
         self.http = http or httpx.AsyncClient(follow_redirects=False, timeout=5.0, trust_env=False)
         self.clock = clock or SystemClock()
@@ -249,8 +250,7 @@ class Verifier:
             return key
 
         settings = self.settings
-        expected = Expected(settings.issuer, settings.resource, settings.skew, settings.max_token_lifetime)
-        claims = verify_access_token(token, expected, resolve_key=resolve, algorithms=settings.token_algs, now=now)
+        claims = verify_access_token(token, self._expected, resolve_key=resolve, algorithms=settings.token_algs, now=now)
         if self.settings.token_cache:
             self._verified.put(token, (claims, *used[0]))
         return claims

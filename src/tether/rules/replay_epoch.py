@@ -15,13 +15,14 @@ another Redis run. A proof is accepted only if it was provably made in the curre
   proof accepted before the loss had ``iat <= accepted_at + skew < since + skew``.
 
 A refused honest client is answered ``use_dpop_nonce`` with a nonce of the new epoch and
-simply retries (nonces off: ``invalid_dpop_proof`` until its ``iat`` is past the allowance).
+simply retries, with server nonces on or off (off: the nonce is minted for the challenge only;
+a client that ignores it passes once its ``iat`` is past the allowance).
 """
 
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tether.rules.nonce import epoch_tag
 
@@ -40,11 +41,11 @@ class ReplayEpoch:
 
     id: str
     since: float
+    #: the tag nonces minted under this epoch carry (``rules.nonce.epoch_tag``), hashed once
+    tag: bytes = field(init=False, repr=False, compare=False)
 
-    @property
-    def tag(self) -> bytes:
-        """The tag nonces minted under this epoch carry (``rules.nonce.epoch_tag``)."""
-        return epoch_tag(self.id)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tag", epoch_tag(self.id))
 
 
 def vouched(*, iat: float, nonce_epoch: bytes | None, skew: int, epoch: ReplayEpoch, since: float) -> bool:

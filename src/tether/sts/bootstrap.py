@@ -82,11 +82,12 @@ class Sts:
             raise
         self._http = httpx.AsyncClient(follow_redirects=False, timeout=httpx.Timeout(5.0), trust_env=False)
         settings = self.settings
+        nonce_key = derive_key(self.master_key, "dpop-nonce")
         proofs = ProofChecker(
             store,
             self.clock,
-            nonce_key=derive_key(self.master_key, "dpop-nonce") if settings.nonce else None,
-            challenge_key=derive_key(self.master_key, "dpop-nonce"),
+            nonce_key=nonce_key if settings.nonce else None,
+            challenge_key=nonce_key,
             algorithms=settings.dpop_algs,
             max_age=settings.dpop_max_age,
             skew=settings.skew,

@@ -10,7 +10,7 @@ from tether.model import AccessToken, TaskState
 from tether.store.records import BlockKind
 from tether.sts.auth import require_admin
 from tether.sts.introspection import block
-from tether.sts.routes.common import authenticate_token, context, endpoint, nonce_headers
+from tether.sts.routes.common import authenticate_token, client_address, context, endpoint, nonce_headers
 from tether.sts.tasks import create_task, end_task, get_task, list_tasks, parse_task_request
 from tether.web.errors import NO_STORE
 from tether.web.forms import read_json
@@ -24,11 +24,6 @@ async def _caller(request: Request) -> AccessToken:
     return await authenticate_token(ctx, request.headers, method=request.method, url=url)
 
 
-def _client(request: Request) -> str | None:
-    """The peer address as the server saw it; forwarded headers are never trusted (RFC 9700 §4.13)."""
-    return request.client.host if request.client else None
-
-
 def _json(body: object, request: Request, status: int = 200) -> Response:
     return JSONResponse(body, status_code=status, headers={**NO_STORE, **nonce_headers(context(request))})
 
@@ -38,7 +33,7 @@ async def tasks_endpoint(request: Request) -> Response:
     ctx = context(request)
     caller = await _caller(request)
     if request.method == "POST":
-        task = await create_task(ctx, caller, parse_task_request(await read_json(request)), client=_client(request))
+        task = await create_task(ctx, caller, parse_task_request(await read_json(request)), client=client_address(request))
         return _json(task.as_json(ctx.now()), request, status=201)
     limit_raw = request.query_params.get("limit", "100")
     if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= 1000:
@@ -49,7 +44,7 @@ async def tasks_endpoint(request: Request) -> Response:
         state=request.query_params.get("state"),
         agent=request.query_params.get("agent"),
         limit=int(limit_raw),
-        client=_client(request),
+        client=client_address(request),
     )
     now = ctx.now()
     return _json({"tasks": [t.as_json(now) for t in tasks]}, request)
@@ -59,7 +54,7 @@ async def tasks_endpoint(request: Request) -> Response:
 async def task_endpoint(request: Request) -> Response:
     ctx = context(request)
     caller = await _caller(request)
-    task = await get_task(ctx, caller, request.path_params["task_id"], client=_client(request))
+    task = await get_task(ctx, caller, request.path_params["task_id"], client=client_address(request))
     return _json(task.as_json(ctx.now()), request)
 
 
@@ -73,7 +68,7 @@ async def task_transition_endpoint(request: Request) -> Response:
     target = _TRANSITIONS.get(request.path_params["action"])
     if target is None:
         raise NotFoundError("no such task action")
-    task = await end_task(ctx, caller, request.path_params["task_id"], target, client=_client(request))
+    task = await end_task(ctx, caller, request.path_params["task_id"], target, client=client_address(request))
     return _json(task.as_json(ctx.now()), request)
 
 
@@ -90,4 +85,4 @@ async def block_endpoint(request: Request) -> Response:
         raise InvalidRequest("body must name exactly one of `agent` or `subject`")
     kind = kinds[0]
     lift = request.path_params["action"] == "unblock"
-    return _json(await block(ctx, caller, kind, body[kind.value], lift=lift, client=_client(request)), request)
+    return _json(await block(ctx, caller, kind, body[kind.value], lift=lift, client=client_address(request)), request)
