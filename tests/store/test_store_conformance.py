@@ -19,7 +19,17 @@ from storekit import BACKENDS, EVENT, NOW, chain_ok, race, run, task, task_and_t
 from tether.audit.chain import AuditEvent
 from tether.audit.checkpoint import checkpoint_event
 from tether.model import TaskState
-from tether.store.errors import AlreadySpent, Blocked, CapReached, Conflict, NotFound, ParentRevoked, Replayed, TaskNotActive
+from tether.store.errors import (
+    AlreadySpent,
+    Blocked,
+    CapReached,
+    Conflict,
+    NotFound,
+    ParentRevoked,
+    PredatesReplayCache,
+    Replayed,
+    TaskNotActive,
+)
 from tether.store.protocol import Store
 from tether.store.records import BlockKind, RevocationKind
 
@@ -475,5 +485,37 @@ def test_issue_consumes_the_proof_and_checks_blocks_in_the_same_step(kind: str, 
                                 principals=["user:alice"])  # fmt: skip
         stored = await store.get_task(t.id)
         assert stored is not None and stored.tokens_issued == 2
+
+    run(kind, tmp_path, body)
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_DPOP_12_a_proof_the_replay_epoch_cannot_vouch_for_is_spent_and_nothing_is_issued(kind: str, tmp_path: Path) -> None:
+    # PostgreSQL + Redis: ``vouch`` rejecting the cache's epoch refuses with PredatesReplayCache after
+    # spending the proof (a second try is a replay) and writes nothing else. SQLite keeps its replay
+    # marks in the database they guard, so it has nothing to vouch for and ignores ``vouch``.
+    async def body(store: Store) -> None:
+        t = task()
+        await store.create_task(t, EVENT)
+        now = time.time()
+        before = len(await store.audit_records(after=0, limit=1000))
+        refused = token(t.id)
+        if kind == "sqlite":
+            await store.issue_token(refused, now=now, spends=[], audit=EVENT, replay=("p", int(now) + 60),
+                                    vouch=lambda epoch: False)  # fmt: skip
+            assert await store.get_token(refused.jti) is not None
+            return
+        with pytest.raises(PredatesReplayCache):
+            await store.issue_token(refused, now=now, spends=[("mark", int(now) + 600)], audit=EVENT,
+                                    replay=("p", int(now) + 60), vouch=lambda epoch: False)  # fmt: skip
+        assert await store.get_token(refused.jti) is None
+        assert len(await store.audit_records(after=0, limit=1000)) == before
+        assert await store.spend("mark", until=int(now) + 600, now=now)  # the identity mark stayed unspent
+        stored = await store.get_task(t.id)
+        assert stored is not None and stored.tokens_issued == 0
+        with pytest.raises(Replayed):  # the proof itself stays spent
+            await store.issue_token(token(t.id), now=now, spends=[], audit=EVENT, replay=("p", int(now) + 60))
+        await store.issue_token(token(t.id), now=now, spends=[], audit=EVENT, replay=("q", int(now) + 60),
+                                vouch=lambda epoch: True)  # fmt: skip  # control
 
     run(kind, tmp_path, body)
