@@ -156,8 +156,15 @@ class InvalidToken(OAuthError):
 
 
 class InsufficientScope(OAuthError):
+    """RFC 6750 §3.1: ``scope`` names every scope the request needs (the challenge's
+    ``scope`` attribute), so a client can ask for all of them in one step-up."""
+
     error = "insufficient_scope"
     status = 403
+
+    def __init__(self, description: str, *, debug: str | None = None, scope: str | None = None) -> None:
+        super().__init__(description, debug=debug)
+        self.scope = scope
 
 
 class TooManyRequests(OAuthError):

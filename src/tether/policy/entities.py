@@ -262,8 +262,15 @@ def call_request(
     tool: str | None = None,
     caller_kind: str = "unknown",
     caller_domain: str = "",
+    arguments: Mapping[str, str] | None = None,
+    arguments_digest: str = "",
 ) -> PolicyRequest:
-    """``call``: may the caller (current actor, else the agent) use this route of ``service``?"""
+    """``call``: may the caller (current actor, else the agent) use this route of ``service``?
+
+    For an MCP ``tools/call``, ``tool`` is the tool's name and ``arguments`` its Cedar tags
+    (``tether.rules.tool_call.argument_tags``) with ``arguments_digest`` naming them; the
+    Arguments entity's id is that digest, so two calls with different arguments never share
+    a cached decision."""
     who = workload_entity(caller, kind=caller_kind, domain=caller_domain, admins=())
     svc = service_entity(service, tags)
     route_tool = tool if tool is not None else path.rstrip("/").rsplit("/", 1)[-1]
@@ -273,10 +280,14 @@ def call_request(
         "attrs": {"method": method, "path": path, "tool": route_tool},
         "parents": [svc["uid"]],
     }
+    args_uid = _uid("Arguments", arguments_digest)
+    args: dict[str, Any] = {"uid": args_uid, "attrs": {}, "parents": [], "tags": dict(arguments or {})}
     context = _common(now=now, client=client, risk=risk, key_bound=True) | {
         "method": method,
         "path": path,
         "tool": route_tool,
+        "arguments": {"__entity": args_uid},
+        "arguments_digest": arguments_digest,
         "scopes": sorted(scopes),
         "depth": len(actors),
         "actor": actors[0] if actors else "",
@@ -287,5 +298,5 @@ def call_request(
         "token_age": max(0, token_age),
     }
     return PolicyRequest(
-        principal=who["uid"], action="call", resource=route_uid, context=context, entities=_dedupe([who, svc, route])
+        principal=who["uid"], action="call", resource=route_uid, context=context, entities=_dedupe([who, svc, route, args])
     )

@@ -36,6 +36,7 @@ from tether.resource.revocations import RevocationFeed
 from tether.rules.claims import Expected, verify_access_token
 from tether.rules.dpop import DEFAULT_DPOP_ALGS
 from tether.rules.jws import JWSError, PublicKey, peek_header
+from tether.rules.tool_call import ToolCall, argument_tags
 from tether.urns import JWT_BEARER
 from tether.web.dpop_request import authorization, dpop_header
 
@@ -255,8 +256,22 @@ class Verifier:
             self._verified.put(token, (claims, *used[0]))
         return claims
 
-    def authorize_call(self, principal: Principal, *, method: str, path: str, client: str | None, now: float) -> None:
-        """Cedar ``call`` for this route; the caller is the current actor, else the agent."""
+    def authorize_call(
+        self,
+        principal: Principal,
+        *,
+        method: str,
+        path: str,
+        client: str | None,
+        now: float,
+        tool: str | None = None,
+        call: ToolCall | None = None,
+    ) -> None:
+        """Cedar ``call`` for this route; the caller is the current actor, else the agent.
+
+        For an MCP ``tools/call``, ``call`` is the tool and its arguments (Cedar sees both);
+        ``tool`` alone (no arguments, empty ``arguments_digest``) asks whether a tool may be
+        listed (``tools/list``)."""
         if self.policy is None:
             return
         if self.settings.policy_from_sts and self.feed is not None and not self.feed.policy_current(now):
@@ -281,15 +296,19 @@ class Verifier:
             tags={self.settings.resource: self.settings.tags},
             caller_kind=principal.client_kind,  # the caller is the token's client (its current actor, if any)
             caller_domain=principal.client_domain,
+            tool=call.name if call is not None else tool,
+            arguments=argument_tags(call.arguments) if call is not None else None,
+            arguments_digest=call.digest if call is not None else "",
         )
         decision = self.policy.authorize(request)
         if not decision.allowed:
             log.info(
-                "call denied by policy %s (%s): %s %s by %s",
+                "call denied by policy %s (%s): %s %s%s by %s",
                 decision.version,
                 ", ".join(decision.determining) or "no permit",
                 method,
                 path[:200],
+                f" tool {call.name if call is not None else tool}" if (call or tool) else "",
                 principal.actor or principal.client_id,
             )
             raise AccessDenied(

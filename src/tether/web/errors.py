@@ -39,12 +39,23 @@ def _log_failing_closed(exc: Exception) -> None:
     throttle.emit(f"failing closed: {exc}")
 
 
-def _challenge(exc: OAuthError, algs: Collection[str]) -> str:
+def _quoted(value: str) -> str:
+    """An RFC 9110 §5.6.4 quoted-string of an already wire-safe value (no quotes or backslashes)."""
+    return '"' + value.replace("\\", "?").replace('"', "'") + '"'
+
+
+def _challenge(exc: OAuthError, algs: Collection[str], resource_metadata: str | None) -> str:
+    """RFC 9449 §7.1 ``DPoP`` challenge; RFC 6750 §3 ``scope``; RFC 9728 §5.1 ``resource_metadata``."""
     parts = []
     if not getattr(exc, "bare_challenge", False):
-        parts.append(f'error="{exc.error}"')
+        parts.append(f"error={_quoted(exc.error)}")
         if exc.description:
-            parts.append(f'error_description="{exc.description.replace(chr(34), chr(39))}"')
+            parts.append(f"error_description={_quoted(exc.description)}")
+    scope = getattr(exc, "scope", None)
+    if isinstance(scope, str) and scope:
+        parts.append(f"scope={_quoted(scope)}")
+    if resource_metadata:
+        parts.append(f"resource_metadata={_quoted(resource_metadata)}")
     if algs:
         parts.append(f'algs="{" ".join(algs)}"')
     return "DPoP " + ", ".join(parts)
@@ -60,9 +71,17 @@ def wire_code(exc: BaseException) -> str:
     return "server_error"
 
 
-def error_response(exc: Exception, *, resource: bool = False, algs: Collection[str] = (), quiet: bool = False) -> Response:
-    """Render a refusal. ``resource=True`` uses the resource-server status and challenge;
-    ``quiet`` logs an outage at debug level only (``/healthz``: its 503 is the report)."""
+def error_response(
+    exc: Exception,
+    *,
+    resource: bool = False,
+    algs: Collection[str] = (),
+    quiet: bool = False,
+    resource_metadata: str | None = None,
+) -> Response:
+    """Render a refusal. ``resource=True`` uses the resource-server status and challenge
+    (naming ``resource_metadata``, the RFC 9728 metadata URL, when given); ``quiet`` logs an
+    outage at debug level only (``/healthz``: its 503 is the report)."""
     if isinstance(exc, Unavailable):  # StoreUnavailable, PolicyUnavailable
         if quiet:
             log.debug("failing closed: %s", exc)
@@ -80,7 +99,7 @@ def error_response(exc: Exception, *, resource: bool = False, algs: Collection[s
     if isinstance(exc, TooManyRequests) and exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)
     if resource and status in (401, 403):
-        headers["WWW-Authenticate"] = _challenge(exc, algs)
+        headers["WWW-Authenticate"] = _challenge(exc, algs, resource_metadata)
     body = {"error": exc.error, "error_description": exc.description}
     return JSONResponse(body, status_code=status, headers=headers)
 

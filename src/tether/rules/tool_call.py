@@ -1,0 +1,166 @@
+"""What one MCP ``tools/call`` asks for, in the forms policy, audit and refusals need — pure.
+
+A tool call is authorized per request (MCP authorization spec 2026-07-28; tether DESIGN
+"request-time policy"): Cedar sees the tool's name and its arguments, the audit records the
+name and a digest of the arguments (never the arguments: they may carry data the agent read),
+and the scope convention ``tool:<name>`` lets a deployment authorize tools without Cedar.
+
+* ``canonical_json`` is the RFC 8785 (JCS) serialization for the JSON an MCP client can send:
+  object members sorted by UTF-16 code units, no insignificant whitespace, strings escaped as
+  ECMAScript's ``JSON.stringify`` does, numbers as ECMAScript prints them; NaN and infinities
+  are not JSON and are refused. The digest of a call is SHA-256 over it (base64url, no
+  padding), so the same arguments digest the same whatever the client's key order.
+* ``argument_tags`` is how Cedar sees the arguments: an entity whose tags are the top-level
+  argument names, each a ``String`` (a string argument as itself, anything else as its
+  canonical JSON), so ``context.arguments.getTag("path") like "/shared/*"`` needs no schema
+  per tool.
+* Arguments are capped (``max_bytes`` of canonical JSON, ``MAX_DEPTH`` of nesting) and a call
+  over the cap is refused with a clear error, never truncated: a policy must see all of what
+  the tool will receive.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+__all__ = [
+    "DEFAULT_MAX_ARGUMENT_BYTES",
+    "DEFAULT_SCOPE_PREFIX",
+    "MAX_DEPTH",
+    "ToolCall",
+    "ToolCallError",
+    "argument_tags",
+    "canonical_json",
+    "digest",
+    "missing_tool_scope",
+    "parse_tool_call",
+]
+
+#: canonical JSON bytes of one call's arguments that policy will look at
+DEFAULT_MAX_ARGUMENT_BYTES = 16 * 1024
+#: nesting of objects and arrays inside the arguments
+MAX_DEPTH = 32
+#: the scope that grants one tool without Cedar: ``tool:<name>``
+DEFAULT_SCOPE_PREFIX = "tool:"
+#: MCP tool names (MCP spec "Tool names": 1-128 of A-Z a-z 0-9 _ - .)
+MAX_TOOL_NAME = 128
+_TOOL_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-./")
+
+
+class ToolCallError(ValueError):
+    """A ``tools/call`` that cannot be judged: refused as the request it is (JSON-RPC invalid params)."""
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    name: str
+    arguments: Mapping[str, Any]
+    canonical: str
+    digest: str
+
+    @property
+    def size(self) -> int:
+        return len(self.canonical.encode())
+
+
+def _number(value: int | float) -> str:
+    """ECMAScript Number::toString for a finite number (RFC 8785 §3.2.2.3)."""
+    if isinstance(value, bool):
+        raise TypeError("bool is not a number")
+    if isinstance(value, int):
+        if abs(value) >= 2**53:  # beyond IEEE 754 doubles: what a JS client would have sent is already rounded
+            return _number(float(value))
+        return str(value)
+    if not math.isfinite(value):
+        raise ToolCallError("arguments hold NaN or an infinity, which JSON cannot carry")
+    if value == 0:
+        return "0"
+    text = repr(value)  # shortest round-trip digits, as ECMAScript uses
+    if value.is_integer() and abs(value) < 1e21:
+        return format(Decimal(text), "f").split(".")[0]
+    if "e" not in text:
+        return text
+    mantissa, exponent = text.split("e")
+    exp = int(exponent)
+    if -7 < exp < 21:  # ECMAScript writes these in positional notation, with the same digits
+        return format(Decimal(text), "f")
+    mantissa = mantissa.rstrip("0").rstrip(".") if "." in mantissa else mantissa
+    return f"{mantissa}e{'+' if exp > 0 else '-'}{abs(exp)}"
+
+
+def _string(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _utf16_key(key: str) -> bytes:
+    return key.encode("utf-16-be")
+
+
+def canonical_json(value: Any, *, depth: int = 0) -> str:
+    """RFC 8785 canonical JSON of ``value`` (dicts with string keys, lists, str, int, float, bool, None)."""
+    if depth > MAX_DEPTH:
+        raise ToolCallError(f"arguments nest deeper than {MAX_DEPTH} levels")
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, str):
+        return _string(value)
+    if isinstance(value, int | float):
+        return _number(value)
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(canonical_json(item, depth=depth + 1) for item in value) + "]"
+    if isinstance(value, Mapping):
+        if not all(isinstance(k, str) for k in value):
+            raise ToolCallError("argument object keys must be strings")
+        members = sorted(value.items(), key=lambda kv: _utf16_key(kv[0]))
+        return "{" + ",".join(f"{_string(k)}:{canonical_json(v, depth=depth + 1)}" for k, v in members) + "}"
+    raise ToolCallError(f"arguments hold a {type(value).__name__}, which is not JSON")
+
+
+def digest(canonical: str) -> str:
+    """SHA-256 of the canonical text, base64url without padding (as RFC 9449 ``ath``)."""
+    return base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=").decode()
+
+
+def parse_tool_call(params: object, *, max_bytes: int = DEFAULT_MAX_ARGUMENT_BYTES) -> ToolCall:
+    """The tool and arguments of ``tools/call`` params, checked and canonicalized.
+
+    ``arguments`` may be absent (a tool without input) but, when present, must be an object
+    (MCP ``CallToolRequestParams``); the name must be an MCP tool name."""
+    if not isinstance(params, Mapping):
+        raise ToolCallError("tools/call params must be an object")
+    name = params.get("name")
+    if not isinstance(name, str) or not name:
+        raise ToolCallError("tools/call names no tool")
+    if len(name) > MAX_TOOL_NAME or not set(name) <= _TOOL_CHARS:
+        raise ToolCallError("tools/call names a tool with an invalid name")
+    arguments = params.get("arguments")
+    if arguments is None:
+        arguments = {}
+    if not isinstance(arguments, Mapping):
+        raise ToolCallError("tools/call arguments must be an object")
+    canonical = canonical_json(arguments)
+    if len(canonical.encode()) > max_bytes:
+        raise ToolCallError(f"tools/call arguments exceed {max_bytes} bytes; the call is refused, not truncated")
+    return ToolCall(name=name, arguments=arguments, canonical=canonical, digest=digest(canonical))
+
+
+def argument_tags(arguments: Mapping[str, Any]) -> dict[str, str]:
+    """Cedar tags for the arguments: strings as themselves, other values as canonical JSON."""
+    return {k: v if isinstance(v, str) else canonical_json(v) for k, v in arguments.items()}
+
+
+def missing_tool_scope(scopes: Collection[str], tool: str, prefix: str = DEFAULT_SCOPE_PREFIX) -> str | None:
+    """The scope the token lacks for ``tool`` under the scope convention, or None if it holds it."""
+    needed = prefix + tool
+    return None if needed in scopes else needed
