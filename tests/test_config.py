@@ -538,7 +538,7 @@ def test_feature_tables_are_validated_on_load(tmp_path: Path) -> None:
 def test_register_table_takes_only_a_declared_feature_table() -> None:
     from tether.config import FEATURE_TABLES, register_table
 
-    assert FEATURE_TABLES == ("gateway.routes", "monitor.detectors")
+    assert FEATURE_TABLES == ("gateway.routes", "gateway.mcp", "monitor.detectors")
     with pytest.raises(ValueError, match="not a feature table"):
         register_table("tokens.extra", lambda raw: ())
 

@@ -34,8 +34,8 @@ __all__ = ["FEATURE_TABLES", "TableParser", "load_config", "parse_config", "regi
 
 #: a feature's parser: the raw table (``None`` when absent) → its typed rows; problems are ``ConfigError``
 TableParser = Callable[[Any], tuple[Any, ...]]
-#: the tables inside a section that a feature parses: ``Config.routes`` and ``Config.detectors``
-FEATURE_TABLES = ("gateway.routes", "monitor.detectors")
+#: the tables inside a section that a feature parses: ``Config.routes``, ``Config.mcp_routes`` and ``Config.detectors``
+FEATURE_TABLES = ("gateway.routes", "gateway.mcp", "monitor.detectors")
 _PARSERS: dict[str, TableParser] = {}
 
 
@@ -66,7 +66,8 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None, env: Mapping[str
     namespaces = parse_namespaces(domains, issuers, clients)
     resources = parse_resources(data)
     routes = _feature_table(data, "gateway.routes")
-    if routes:
+    mcp_routes = _feature_table(data, "gateway.mcp")
+    if routes or mcp_routes:
         issuer_uri(values["gateway"]["url"], "gateway.url")
     detectors = _feature_table(data, "monitor.detectors")
     check_outputs(values)
@@ -75,8 +76,8 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None, env: Mapping[str
         for section, cls in SECTIONS.items()
     }
     return Config(path=path, **sections, trust_domains=domains, oidc_issuers=issuers, clients=clients,
-                  resources=resources, routes=routes, detectors=detectors, base_dir=base, sources=sources,
-                  namespaces=namespaces)  # fmt: skip
+                  resources=resources, routes=routes, mcp_routes=mcp_routes, detectors=detectors, base_dir=base,
+                  sources=sources, namespaces=namespaces)  # fmt: skip
 
 
 def _scalars(data: Mapping[str, Any], env: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:

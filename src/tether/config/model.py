@@ -36,6 +36,7 @@ from tether.rules.namespace import Namespace
 from tether.rules.task import TaskLimits
 
 if TYPE_CHECKING:  # the features parse these tables themselves (``tether.config.register_table``)
+    from tether.gateway.mcp_routes import McpRoute
     from tether.gateway.routes import GatewayRoute
     from tether.monitor.settings import DetectorSettings
 
@@ -67,6 +68,7 @@ class Config:
     clients: tuple[ClientConfig, ...] = ()
     resources: tuple[ResourceConfig, ...] = ()
     routes: tuple[GatewayRoute, ...] = ()
+    mcp_routes: tuple[McpRoute, ...] = ()
     detectors: tuple[DetectorSettings, ...] = ()
     base_dir: Path = field(default_factory=Path.cwd)
     #: each identity source's namespace of principal names (disjoint; ``tether.rules.namespace``)

@@ -19,9 +19,20 @@ from tether.errors import ConfigError
 from tether.gateway.allowlist import AllowRule, parse_rule
 from tether.gateway.inject import Injection
 
-__all__ = ["GatewayRoute", "days_to_expiry", "parse_routes", "route_warnings", "utc_date"]
+__all__ = [
+    "ROUTE_NAME",
+    "GatewayRoute",
+    "days_to_expiry",
+    "injection_of",
+    "parse_routes",
+    "positive_int",
+    "route_warnings",
+    "seconds_value",
+    "text_value",
+    "utc_date",
+]
 
-_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+ROUTE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _HEADER = re.compile(r"[A-Za-z0-9-]{1,64}")
 _PARAM = re.compile(r"[A-Za-z0-9._~-]{1,64}")
 _KEYS = {
@@ -84,7 +95,7 @@ def route_warnings(routes: tuple[GatewayRoute, ...], today: dt.date) -> list[str
     return warnings
 
 
-def _positive(key: str, value: Any, default: int) -> int:
+def positive_int(key: str, value: Any, default: int) -> int:
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -92,13 +103,13 @@ def _positive(key: str, value: Any, default: int) -> int:
     return value
 
 
-def _seconds(key: str, value: Any, most: int) -> float:
+def seconds_value(key: str, value: Any, most: int) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= most:
         raise ConfigError(key, f"must be between 0 and {most} seconds")
     return float(value)
 
 
-def _text(key: str, value: Any, *, required: bool = True) -> str:
+def text_value(key: str, value: Any, *, required: bool = True) -> str:
     if value is None and not required:
         return ""
     if not isinstance(value, str) or not value.strip() or not value.isprintable():
@@ -106,22 +117,8 @@ def _text(key: str, value: Any, *, required: bool = True) -> str:
     return value
 
 
-def _route(index: int, row: Any) -> GatewayRoute:
-    where = f"gateway.routes[{index}]"
-    if not isinstance(row, dict):
-        raise ConfigError(where, "must be a table")
-    for key in row:
-        if key not in _KEYS:
-            raise ConfigError(f"{where}.{key}", "unknown key")
-    for key in ("name", "upstream", "secret", "allow", "owner", "justification", "expires"):
-        if key not in row:
-            raise ConfigError(f"{where}.{key}", "is required (every route is a registered bearer exception)")
-    name = _text(f"{where}.name", row["name"])
-    if not _NAME.fullmatch(name):
-        raise ConfigError(f"{where}.name", "must be lower-case letters, digits and dashes")
-    upstream = _text(f"{where}.upstream", row["upstream"]).rstrip("/")
-    if not upstream.startswith(("http://", "https://")) or "?" in upstream or "#" in upstream:
-        raise ConfigError(f"{where}.upstream", "must be an http(s) url without query or fragment")
+def injection_of(where: str, row: dict[str, Any]) -> Injection:
+    """How a route's vaulted secret is injected (``inject``, ``header``, ``template``, ``query_param``, ``username``)."""
     mode = row.get("inject", "header")
     if mode not in ("header", "query", "basic"):
         raise ConfigError(f"{where}.inject", "must be `header`, `query` or `basic`")
@@ -134,6 +131,31 @@ def _route(index: int, row: Any) -> GatewayRoute:
     query_param = row.get("query_param", "api_key")
     if mode == "query" and (not isinstance(query_param, str) or not _PARAM.fullmatch(query_param)):
         raise ConfigError(f"{where}.query_param", "must be a parameter name")
+    return Injection(
+        mode=mode,
+        header=str(header),
+        template=str(template),
+        query_param=str(query_param),
+        username=text_value(f"{where}.username", row.get("username"), required=False),
+    )
+
+
+def _route(index: int, row: Any) -> GatewayRoute:
+    where = f"gateway.routes[{index}]"
+    if not isinstance(row, dict):
+        raise ConfigError(where, "must be a table")
+    for key in row:
+        if key not in _KEYS:
+            raise ConfigError(f"{where}.{key}", "unknown key")
+    for key in ("name", "upstream", "secret", "allow", "owner", "justification", "expires"):
+        if key not in row:
+            raise ConfigError(f"{where}.{key}", "is required (every route is a registered bearer exception)")
+    name = text_value(f"{where}.name", row["name"])
+    if not ROUTE_NAME.fullmatch(name):
+        raise ConfigError(f"{where}.name", "must be lower-case letters, digits and dashes")
+    upstream = text_value(f"{where}.upstream", row["upstream"]).rstrip("/")
+    if not upstream.startswith(("http://", "https://")) or "?" in upstream or "#" in upstream:
+        raise ConfigError(f"{where}.upstream", "must be an http(s) url without query or fragment")
     allow_raw = row["allow"]
     if not isinstance(allow_raw, list) or not allow_raw:
         raise ConfigError(f"{where}.allow", "must list at least one `METHOD /path` pattern")
@@ -146,12 +168,12 @@ def _route(index: int, row: Any) -> GatewayRoute:
         expires = expires_raw if isinstance(expires_raw, dt.date) else dt.date.fromisoformat(str(expires_raw))
     except ValueError as exc:
         raise ConfigError(f"{where}.expires", "must be a date (YYYY-MM-DD)") from exc
-    timeout = _seconds(f"{where}.timeout", row.get("timeout", 10), 300)
-    call_seconds = _seconds(f"{where}.max_call_seconds", row.get("max_call_seconds", max(CALL_SECONDS, timeout)), 3600)
+    timeout = seconds_value(f"{where}.timeout", row.get("timeout", 10), 300)
+    call_seconds = seconds_value(f"{where}.max_call_seconds", row.get("max_call_seconds", max(CALL_SECONDS, timeout)), 3600)
     if call_seconds < timeout:
         raise ConfigError(f"{where}.max_call_seconds", f"must be at least `timeout` ({timeout:g} seconds)")
-    connections = _positive(f"{where}.max_connections", row.get("max_connections"), 64)
-    in_flight = _positive(f"{where}.max_in_flight_per_task", row.get("max_in_flight_per_task"), max(1, connections // 2))
+    connections = positive_int(f"{where}.max_connections", row.get("max_connections"), 64)
+    in_flight = positive_int(f"{where}.max_in_flight_per_task", row.get("max_in_flight_per_task"), max(1, connections // 2))
     if in_flight > connections:
         problem = f"must not exceed `max_connections` ({connections}): one task could hold every connection"
         raise ConfigError(f"{where}.max_in_flight_per_task", problem)
@@ -161,23 +183,17 @@ def _route(index: int, row: Any) -> GatewayRoute:
     return GatewayRoute(
         name=name,
         upstream=upstream,
-        secret=_text(f"{where}.secret", row["secret"]),
-        injection=Injection(
-            mode=mode,
-            header=str(header),
-            template=str(template),
-            query_param=str(query_param),
-            username=_text(f"{where}.username", row.get("username"), required=False),
-        ),
+        secret=text_value(f"{where}.secret", row["secret"]),
+        injection=injection_of(where, row),
         allow=allow,
-        owner=_text(f"{where}.owner", row["owner"]),
-        justification=_text(f"{where}.justification", row["justification"]),
+        owner=text_value(f"{where}.owner", row["owner"]),
+        justification=text_value(f"{where}.justification", row["justification"]),
         expires=expires,
-        max_requests_per_task=_positive(f"{where}.max_requests_per_task", row.get("max_requests_per_task"), 100),
-        max_requests_per_second=_positive(f"{where}.max_requests_per_second", row.get("max_requests_per_second"), 10),
-        max_request_bytes=_positive(f"{where}.max_request_bytes", row.get("max_request_bytes"), 1_048_576),
-        max_response_bytes=_positive(f"{where}.max_response_bytes", row.get("max_response_bytes"), 10_485_760),
-        max_session_seconds=_positive(f"{where}.max_session_seconds", row.get("max_session_seconds"), 900),
+        max_requests_per_task=positive_int(f"{where}.max_requests_per_task", row.get("max_requests_per_task"), 100),
+        max_requests_per_second=positive_int(f"{where}.max_requests_per_second", row.get("max_requests_per_second"), 10),
+        max_request_bytes=positive_int(f"{where}.max_request_bytes", row.get("max_request_bytes"), 1_048_576),
+        max_response_bytes=positive_int(f"{where}.max_response_bytes", row.get("max_response_bytes"), 10_485_760),
+        max_session_seconds=positive_int(f"{where}.max_session_seconds", row.get("max_session_seconds"), 900),
         timeout=timeout,
         tags=tuple(tags),
         max_connections=connections,

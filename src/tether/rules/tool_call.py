@@ -41,6 +41,7 @@ __all__ = [
     "digest",
     "missing_tool_scope",
     "parse_tool_call",
+    "valid_tool_name",
 ]
 
 #: canonical JSON bytes of one call's arguments that policy will look at
@@ -142,7 +143,7 @@ def parse_tool_call(params: object, *, max_bytes: int = DEFAULT_MAX_ARGUMENT_BYT
     name = params.get("name")
     if not isinstance(name, str) or not name:
         raise ToolCallError("tools/call names no tool")
-    if len(name) > MAX_TOOL_NAME or not set(name) <= _TOOL_CHARS:
+    if not valid_tool_name(name):
         raise ToolCallError("tools/call names a tool with an invalid name")
     arguments = params.get("arguments")
     if arguments is None:
@@ -153,6 +154,11 @@ def parse_tool_call(params: object, *, max_bytes: int = DEFAULT_MAX_ARGUMENT_BYT
     if len(canonical.encode()) > max_bytes:
         raise ToolCallError(f"tools/call arguments exceed {max_bytes} bytes; the call is refused, not truncated")
     return ToolCall(name=name, arguments=arguments, canonical=canonical, digest=digest(canonical))
+
+
+def valid_tool_name(name: str) -> bool:
+    """MCP tool names: 1-128 characters of A-Z a-z 0-9 ``_ - . /``."""
+    return 0 < len(name) <= MAX_TOOL_NAME and set(name) <= _TOOL_CHARS
 
 
 def argument_tags(arguments: Mapping[str, Any]) -> dict[str, str]:
