@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from helpers import AGENT, FEED_SUBSCRIBER, QUIET_MONITOR, SVC_RS, RunningSts, create_task, free_port, running_sts
+from helpers import AGENT, FEED_SUBSCRIBER, JWT_BEARER, QUIET_MONITOR, SVC_RS, RunningSts, create_task, free_port, running_sts
 from tether.agent import Agent, DevIdentity, DiscoveryError, SessionEnded, TaskSession
 from tether.clock import ManualClock
 from tether.identity.dev_issuer import DevTrustDomain
@@ -300,6 +300,68 @@ def test_RFC9728_resource_metadata_from_the_challenge_and_nonce_answered(menv: M
     assert session.exchanges == 2
 
 
+def _raw_call(http: httpx2.Client, url: str, a: int, b: int) -> httpx2.Response:
+    """A 2026-07-28 single-exchange ``tools/call`` written by hand (MCP §Transports: headers mirror the body)."""
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "add", "arguments": {"a": a, "b": b}, "_meta": meta},
+    }
+    headers = {
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2026-07-28",
+        "Mcp-Method": "tools/call",
+        "Mcp-Name": "add",
+    }
+    return http.post(url, json=body, headers=headers)
+
+
+def test_sync_httpx2_client(menv: McpEnv) -> None:
+    """The sync auth flow: same discovery, one exchange, the token reused."""
+    session = menv.session()
+    before = len(menv.mcp.log)
+    with httpx2.Client(auth=session.mcp_auth(), trust_env=False, timeout=10.0) as http:
+        first, second = _raw_call(http, menv.mcp_url, 1, 2), _raw_call(http, menv.mcp_url, 3, 4)
+    assert [r.status_code for r in (first, second)] == [200, 200], first.text
+    assert [r.json()["result"]["structuredContent"]["result"] for r in (first, second)] == [3, 7]
+    assert [r["path"] for r in menv.mcp.log[before:]] == ["/mcp", METADATA + "/mcp", "/mcp", "/mcp"]
+    assert len(set(_tokens(menv.mcp.log[before:]))) == 1 and session.exchanges == 2
+
+
+def test_RFC6750_revoked_hop_token_is_not_retried_and_is_forgotten(menv: McpEnv) -> None:
+    """A 401 ``invalid_token`` goes back to the caller after one attempt; the next request gets a new token."""
+    session = menv.session()
+    with httpx2.Client(auth=session.mcp_auth(), trust_env=False, timeout=10.0) as http:
+        assert _raw_call(http, menv.mcp_url, 1, 1).status_code == 200
+        old = _tokens(menv.mcp.log)[-1]
+        form = {"token": old, "client_assertion": menv.sts.svid(AGENT), "client_assertion_type": JWT_BEARER}
+        with httpx.Client(trust_env=False, timeout=10.0) as raw:
+            assert raw.post(menv.sts.url + "/revoke", data=form).status_code == 200
+            wait_until(lambda: _refuses(raw, menv.mcp_url, session, old), timeout=5.0, what="the server to refuse the token")
+        before = len(menv.mcp.log)
+        refused = _raw_call(http, menv.mcp_url, 2, 2)
+        assert refused.status_code == 401 and 'error="invalid_token"' in refused.headers["www-authenticate"]
+        assert len(menv.mcp.log) == before + 1, "one attempt, no retry loop"
+        assert session.hops.get(menv.mcp_url) is None, "the refused token was forgotten"
+        again = _raw_call(http, menv.mcp_url, 2, 2)  # positive control: a new hop token
+        assert again.status_code == 200, again.text
+    assert _tokens(menv.mcp.log)[-1] != old
+    assert len(menv.hop_audits(session.task_id)) == 2
+
+
+def _refuses(raw: httpx.Client, url: str, session: TaskSession, token: str) -> bool:
+    """A bare ``tools/list`` with ``token`` and a fresh proof: ``True`` once the server answers 401 ``invalid_token``."""
+    proof = session.key.proof("POST", url, access_token=token)
+    headers = {"Authorization": f"DPoP {token}", "DPoP": proof, "Accept": "application/json, text/event-stream"}
+    response = raw.post(url, headers=headers, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+    if response.status_code != 401:
+        return False
+    assert response.json()["error"] == "invalid_token"
+    return True
+
+
 # -- discovery refuses metadata that names another AS or another resource (no token passthrough) --------
 @dataclass
 class Stub:
@@ -413,17 +475,7 @@ def test_complete_ends_the_mcp_session_locally_and_at_the_server(menv: McpEnv) -
     token = seen["token"]
 
     with httpx.Client(trust_env=False, timeout=10.0) as raw:
-
-        def refused() -> bool:
-            proof = session.key.proof("POST", menv.mcp_url, access_token=token)
-            headers = {"Authorization": f"DPoP {token}", "DPoP": proof, "Accept": "application/json, text/event-stream"}
-            response = raw.post(menv.mcp_url, headers=headers, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
-            if response.status_code == 200:
-                return False
-            assert (response.status_code, response.json()["error"]) == (401, "invalid_token")
-            return True
-
-        wait_until(refused, timeout=5.0, what="the MCP server to refuse the completed task's token")
+        wait_until(lambda: _refuses(raw, menv.mcp_url, session, token), timeout=5.0, what="the server to refuse the token")
 
     async def control() -> list[str]:
         async with connect(menv.mcp_url, other.mcp_auth()) as client:

@@ -85,7 +85,8 @@ def _json(response: httpx.Response) -> Any:
 class Httpx2Steps:
     """Drives one tether flow (``httpx`` requests and responses) from inside an ``httpx2`` auth flow.
 
-    The flow sees ``stand_in``, an ``httpx`` copy of the caller's request without its body: when
+    The flow sees ``stand_in``, an ``httpx`` copy of the caller's request without its body and
+    without ``Authorization`` or ``DPoP`` (the flow owns those): when
     the flow yields it, the caller's real ``httpx2`` request goes out carrying the headers the
     flow set (``Authorization``, ``DPoP``). Requests the flow makes itself (metadata, token
     exchange) are copied into ``httpx2`` requests. A driver reads a response body only when
@@ -96,7 +97,8 @@ class Httpx2Steps:
 
     def __init__(self, flow: Callable[[httpx.Request], Flow], request: httpx2.Request) -> None:
         self.real = request
-        self.stand_in = httpx.Request(request.method, str(request.url), headers=request.headers.multi_items())
+        headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() not in _AUTH_HEADERS]
+        self.stand_in = httpx.Request(request.method, str(request.url), headers=headers)
         self._sent: httpx.Request | None = None
         self._steps = Steps(flow(self.stand_in))
         self.request = self._outgoing()
