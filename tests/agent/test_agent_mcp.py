@@ -301,6 +301,10 @@ def test_RFC9728_resource_metadata_from_the_challenge_and_nonce_answered(menv: M
 
 
 def _raw_call(http: httpx2.Client, url: str, a: int, b: int) -> httpx2.Response:
+    return http.post(url, **_add_call(a, b))
+
+
+def _add_call(a: int, b: int) -> dict[str, Any]:
     """A 2026-07-28 single-exchange ``tools/call`` written by hand (MCP §Transports: headers mirror the body)."""
     meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
     body = {
@@ -315,7 +319,7 @@ def _raw_call(http: httpx2.Client, url: str, a: int, b: int) -> httpx2.Response:
         "Mcp-Method": "tools/call",
         "Mcp-Name": "add",
     }
-    return http.post(url, json=body, headers=headers)
+    return {"json": body, "headers": headers}
 
 
 def test_sync_httpx2_client(menv: McpEnv) -> None:
@@ -328,6 +332,21 @@ def test_sync_httpx2_client(menv: McpEnv) -> None:
     assert [r.json()["result"]["structuredContent"]["result"] for r in (first, second)] == [3, 7]
     assert [r["path"] for r in menv.mcp.log[before:]] == ["/mcp", METADATA + "/mcp", "/mcp", "/mcp"]
     assert len(set(_tokens(menv.mcp.log[before:]))) == 1 and session.exchanges == 2
+
+
+def test_concurrent_first_requests_share_one_hop_exchange(menv: McpEnv) -> None:
+    """Discovery runs without the session's lock; the token fetch under it: five first calls, one exchange."""
+    session = menv.session()
+
+    async def run() -> list[Any]:
+        async with httpx2.AsyncClient(auth=session.mcp_auth(), trust_env=False, timeout=10.0) as http:
+            calls = (http.post(menv.mcp_url, **_add_call(i, i)) for i in range(5))
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+    results = asyncio.run(run())
+    assert [getattr(r, "status_code", repr(r)) for r in results] == [200] * 5
+    assert sorted(r.json()["result"]["structuredContent"]["result"] for r in results) == [0, 2, 4, 6, 8]
+    assert session.exchanges == 2 and len(menv.hop_audits(session.task_id)) == 1
 
 
 def test_RFC6750_revoked_hop_token_is_not_retried_and_is_forgotten(menv: McpEnv) -> None:
@@ -430,10 +449,14 @@ def test_AUX_03_metadata_for_a_sibling_path_is_refused_after_the_root_fallback(m
     _no_token(log, session)
 
 
-def test_AUX_03_challenge_naming_the_real_servers_metadata_is_refused(menv: McpEnv) -> None:
-    """The 401 may point anywhere, but the document must describe the URL being called."""
+def test_MCP_08_challenge_naming_metadata_on_another_origin_is_not_fetched(menv: McpEnv) -> None:
+    """The 401 names the real server's metadata: not fetched (another origin); the stub's own well-known
+    URLs are tried and it has none, so nothing is sent with a token anywhere."""
+    before = len(menv.mcp.log)
     log, session, error = _refused(menv, lambda origin: Stub({}, named=menv.mcp.url + METADATA + "/mcp"))
-    assert isinstance(error, DiscoveryError) and "another resource" in str(error)
+    assert isinstance(error, DiscoveryError) and "serves no protected resource metadata" in str(error)
+    assert [r["path"] for r in log] == ["/mcp", METADATA + "/mcp", METADATA]
+    assert len(menv.mcp.log) == before, "the other origin was not contacted"
     _no_token(log, session)
 
 

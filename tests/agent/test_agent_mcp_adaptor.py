@@ -181,12 +181,26 @@ def test_AUX_03_metadata_not_naming_this_sts_is_refused(servers: Any) -> None:
         _discover({"resource": MCP, "authorization_servers": servers})
 
 
-def test_metadata_named_over_http_for_an_https_resource_is_refused() -> None:
+@pytest.mark.parametrize(
+    ("named", "first"),
+    [
+        ("https://tools.example/meta/doc", "https://tools.example/meta/doc"),
+        ("/meta/doc", "https://tools.example/meta/doc"),  # relative: resolved against the MCP URL
+        ("https://tools.example/meta/doc#frag", "https://tools.example/meta/doc"),
+        ("http://tools.example/meta/doc", None),  # another origin (scheme): not fetched
+        ("https://tools.example:444/meta/doc", None),
+        ("https://169.254.169.254/latest/meta-data", None),
+        ("https://user:pw@tools.example/meta/doc", None),
+    ],
+)
+def test_MCP_08_named_metadata_is_fetched_only_on_the_servers_origin(named: str, first: str | None) -> None:
+    """Elsewhere it is ignored and the well-known URLs are tried, as when the 401 names none."""
     auth = Agent(STS, _NoIdentity()).session("tsk_unit").mcp_auth()
     flow = auth.audience_flow(httpx.Request("POST", MCP))
     next(flow)
-    with pytest.raises(DiscoveryError, match="http URL"):
-        flow.send(httpx.Response(401, headers={"WWW-Authenticate": 'DPoP resource_metadata="http://tools.example/m"'}))
+    fetched = flow.send(httpx.Response(401, headers={"WWW-Authenticate": f'DPoP resource_metadata="{named}"'}))
+    assert str(fetched.url) == (first or metadata_urls(httpx.URL(MCP))[0])
+    assert "authorization" not in fetched.headers and "dpop" not in fetched.headers
 
 
 def test_no_metadata_anywhere_is_refused() -> None:

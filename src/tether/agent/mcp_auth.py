@@ -6,8 +6,9 @@
 
 MCP authorization (spec 2025-11-25 and 2026-07-28, §Authorization): a request the agent has
 no audience for goes out once without a token; the server's 401 names its RFC 9728
-metadata (``WWW-Authenticate ... resource_metadata``, §5.1), else the client tries the
-path-suffixed well-known URL and then the root one (§3.1). The metadata is accepted only
+metadata (``WWW-Authenticate ... resource_metadata``, §5.1; fetched only on the server's own
+origin), else the client tries the path-suffixed well-known URL and then the root one
+(§3.1). The metadata is accepted only
 when its ``resource`` is the MCP URL or a prefix of it on the same origin (§3.3) and its
 ``authorization_servers`` names this STS: a server that names another AS or another
 resource gets no token (MCP "token passthrough" and audience rules). The hop token comes
@@ -24,7 +25,6 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import httpx
 import httpx2
@@ -186,13 +186,20 @@ class McpAuth(httpx2.Auth):
         return audience
 
     def metadata_flow(self, url: httpx.URL, named: str | None) -> Flow:
-        """Fetch and check the RFC 9728 metadata: ``named`` (from the 401) first, then the well-known URLs."""
+        """Fetch and check the RFC 9728 metadata: ``named`` (from the 401) first, then the well-known URLs.
+
+        ``named`` is fetched only on the MCP server's own origin: a 401 must not make the agent
+        fetch any URL it likes (SSRF, MCP-08); elsewhere it is ignored and the well-known URLs
+        (§3.1) are tried, as when the challenge names none. The first 200 JSON object is the one
+        checked: a document that fails the checks is refused, not skipped."""
         candidates = metadata_urls(url)
         if named is not None:
-            scheme = urlsplit(named).scheme
-            if scheme not in ("https", url.scheme):  # no http metadata for an https resource
-                raise DiscoveryError(f"{_where(url)} names metadata at a {scheme or 'relative'} URL")
-            candidates.insert(0, named)
+            try:
+                target = url.join(named)
+            except httpx.InvalidURL:
+                target = None
+            if target is not None and _same_origin(target, url) and not target.userinfo:
+                candidates.insert(0, str(target.copy_with(fragment=None)))
         for candidate in candidates:
             response = yield httpx.Request("GET", candidate, headers={"Accept": "application/json"})
             document = _json(response)
@@ -266,6 +273,10 @@ class McpAuth(httpx2.Auth):
                 steps.answer(response)
         finally:
             held.release()
+
+
+def _same_origin(a: httpx.URL, b: httpx.URL) -> bool:
+    return (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port)
 
 
 def _covers(resource: str, url: httpx.URL) -> bool:
