@@ -4,6 +4,8 @@ metadata rules, driven by hand (no network: each response is written here, each 
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import subprocess
 import sys
@@ -23,6 +25,7 @@ from tether.agent.mcp_auth import Httpx2Steps, McpAuth, metadata_urls, resource_
 from tether.rules.dpop import compute_ath
 
 STS = "https://sts.example"
+METADATA = "/.well-known/oauth-protected-resource"
 MCP = "https://tools.example/mcp"
 
 
@@ -79,6 +82,19 @@ def test_adaptor_reads_an_error_answer_to_the_callers_request() -> None:
     assert steps.wants_body(refusal)
     steps.answer(refusal)
     assert steps.result == {"error": "use_dpop_nonce"}
+
+
+def test_adaptor_hands_the_flow_a_decoded_body_once() -> None:
+    """A gzip answer (RFC 9110 §8.4) reaches the flow decoded, without the encoding that would decode it again."""
+
+    def flow(stand_in: httpx.Request) -> Flow:
+        issued = yield httpx.Request("GET", STS + METADATA)
+        return issued.json(), issued.headers.get("content-encoding")
+
+    steps = Httpx2Steps(flow, _mcp_request())
+    body = gzip.compress(json.dumps({"resource": MCP}).encode())
+    steps.answer(httpx2.Response(200, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}, content=body))
+    assert steps.result == ({"resource": MCP}, None)
 
 
 def test_adaptor_runs_send_flow_through_a_nonce_challenge() -> None:

@@ -38,6 +38,8 @@ __all__ = ["Httpx2Steps", "McpAuth", "McpTokenProvider", "metadata_urls", "resou
 METADATA_PATH = "/.well-known/oauth-protected-resource"
 #: the headers a flow sets on the caller's request (RFC 9449 §7.1)
 _AUTH_HEADERS = ("authorization", "dpop")
+#: framing of a body already decoded by httpx2: not copied (httpx would decode it again)
+_FRAMING = ("content-encoding", "content-length", "transfer-encoding")
 #: ``resource_metadata=`` as an auth-param of a challenge (RFC 9110 §11.2), quoted or a token
 _RESOURCE_METADATA = re.compile(r'(?:^|[\s,])resource_metadata\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]+))', re.IGNORECASE)
 
@@ -108,13 +110,15 @@ class Httpx2Steps:
         return self._steps.result
 
     def wants_body(self, response: httpx2.Response) -> bool:
+        """Read this response's body before ``answer``: a response to the flow's own request, or an error."""
         return self._sent is not self.stand_in or response.status_code >= 400
 
     def answer(self, response: httpx2.Response) -> None:
         """Hand the response to the last request back to the flow (its body read if ``wants_body``)."""
         assert self._sent is not None, "answer() before a request was sent"
         content = response.content if self.wants_body(response) else b""
-        copy = httpx.Response(response.status_code, headers=response.headers.multi_items(), content=content, request=self._sent)
+        headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _FRAMING]
+        copy = httpx.Response(response.status_code, headers=headers, content=content, request=self._sent)
         self._steps.answer(copy)
         self.request = self._outgoing()
 
