@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -388,11 +388,11 @@ class Stub:
     named: str | None = None
 
 
-def _refused(menv: McpEnv, make: Any) -> tuple[list[dict[str, Any]], TaskSession, BaseException]:
+def _refused(menv: McpEnv, make: Callable[[str], Stub]) -> tuple[list[dict[str, Any]], TaskSession, BaseException]:
     """Run one tools call through a stub built by ``make(origin)``; returns its log, the session, the error."""
     port = free_port()
     origin = f"http://127.0.0.1:{port}"
-    stub: Stub = make(origin)
+    stub = make(origin)
     log: list[dict[str, Any]] = []
     with serve_app(stub_app(log, stub.documents, named=stub.named), port, log):
         session = menv.session(audiences=[menv.mcp_url, origin + "/mcp", origin])

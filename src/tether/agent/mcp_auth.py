@@ -151,7 +151,8 @@ class McpAuth(httpx2.Auth):
         self, provider: McpTokenProvider, *, audiences: Mapping[str, str] | None = None, discover: bool = True
     ) -> None:
         self.provider = provider
-        self.audiences = sorted(dict(audiences or {}).items(), key=lambda kv: -len(kv[0]))
+        self.audiences = dict(audiences or {})
+        self._longest_first = sorted(self.audiences.items(), key=lambda kv: -len(kv[0]))
         self.discover = discover
         self.closed = False
         self._discovered: LruCache[str, str] = LruCache(256)  # MCP URL -> the audience its metadata named
@@ -167,7 +168,7 @@ class McpAuth(httpx2.Auth):
 
     # -- flows (httpx requests and responses; see Httpx2Steps) ------------------------------------
     def _known(self, url: httpx.URL) -> str | None:
-        for prefix, audience in self.audiences:
+        for prefix, audience in self._longest_first:
             if url_matches(prefix, url):
                 return audience
         return self._discovered.get(_where(url))
