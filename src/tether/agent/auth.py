@@ -21,11 +21,15 @@ from tether.agent.exchange import Flow, Nonces, Steps, send_flow
 from tether.agent.proof import DPoPKey
 from tether.lru import LruCache
 
-__all__ = ["DPoPAuth", "DiscoveryError", "FlowLock", "TokenProvider", "url_matches"]
+__all__ = ["DPoPAuth", "DiscoveryError", "FlowLock", "SessionEnded", "TokenProvider", "url_matches"]
 
 
 class DiscoveryError(Exception):
     """The target's protected-resource metadata is missing or does not match."""
+
+
+class SessionEnded(Exception):
+    """The task session was completed: an auth it handed out refuses every further request locally."""
 
 
 class FlowLock:

@@ -5,22 +5,29 @@
         http.get("https://wiki.example/search?q=x")   # hop token for https://wiki.example
 
 The session token is obtained on first use and renewed near expiry; hop tokens are cached per
-audience in a bounded ``TokenCache`` that a renewed session empties.
+audience in a bounded ``TokenCache`` that a renewed session empties. ``session.mcp_auth()`` is
+the same for the MCP client SDK (``httpx2``, see ``tether.agent.mcp_auth``); ``complete()``
+closes every MCP auth the session handed out.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import httpx
 
-from tether.agent.auth import DPoPAuth, FlowLock
+from tether.agent.auth import DPoPAuth, FlowLock, SessionEnded
 from tether.agent.exchange import Flow, IssuedToken, Nonces, exchange_flow, run_async, run_sync, send_flow
 from tether.agent.identity import IdentitySource
 from tether.agent.proof import DPoPKey
 from tether.agent.token_cache import TokenCache, margin
 from tether.clock import Clock, SystemClock
 from tether.urns import TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS, TOKEN_TYPE_JWT
+
+if TYPE_CHECKING:
+    from tether.agent.mcp_auth import McpAuth
 
 __all__ = ["Agent", "TaskSession"]
 
@@ -54,6 +61,8 @@ class TaskSession:
         self._session: IssuedToken | None = None
         self.hops: TokenCache[str] = TokenCache(MAX_HOPS, clock=agent.clock)
         self.exchanges = 0
+        self.ended = False
+        self._mcp_auths: weakref.WeakSet[McpAuth] = weakref.WeakSet()
 
     @property
     def token_url(self) -> str:
@@ -96,6 +105,20 @@ class TaskSession:
         """An ``httpx.Auth`` for sync and async clients (see ``DPoPAuth``)."""
         return DPoPAuth(self, audiences=audiences, discover=discover)
 
+    def mcp_auth(self, *, audiences: Mapping[str, str] | None = None, discover: bool = True) -> McpAuth:
+        """An ``httpx2.Auth`` for the MCP client SDK (see ``McpAuth``); needs the ``mcp`` extra."""
+        from tether.agent.mcp_auth import McpAuth  # httpx2 comes with the mcp extra
+
+        if self.ended:
+            raise SessionEnded(f"task session {self.task_id} has ended")
+        auth = McpAuth(self, audiences=audiences, discover=discover)
+        self._mcp_auths.add(auth)
+        return auth
+
+    def forget(self, audience: str) -> None:
+        """Drop the hop token for ``audience``: its server refused it (expired or revoked)."""
+        self.hops.discard(audience)
+
     def token_for(self, audience: str, client: httpx.Client | None = None) -> str:
         with _client(client) as http:
             return str(run_sync(self.token_flow(audience), http))
@@ -111,11 +134,20 @@ class TaskSession:
         response = yield from send_flow(request, self.key, self.nonces, access_token=session)
         response.raise_for_status()
         self.hops.clear()
+        self.ended = True
+        for auth in list(self._mcp_auths):
+            auth.close()
         return response.json()
 
     def complete(self, client: httpx.Client | None = None) -> dict[str, object]:
         with _client(client) as http:
             result: dict[str, object] = run_sync(self.complete_flow(), http)
+            return result
+
+    async def acomplete(self, client: httpx.AsyncClient | None = None) -> dict[str, object]:
+        """``complete()`` for async agents (an MCP client runs on an event loop)."""
+        async with _aclient(client) as http:
+            result: dict[str, object] = await run_async(self.complete_flow(), http)
             return result
 
 

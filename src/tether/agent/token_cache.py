@@ -62,6 +62,10 @@ class TokenCache(Generic[K]):
         while len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
 
+    def discard(self, key: K) -> None:
+        """Forget ``key``'s token (its audience refused it)."""
+        self._entries.pop(key, None)
+
     def clear(self) -> None:
         self._entries.clear()
 

@@ -1,0 +1,304 @@
+"""``McpAuth``: the official MCP client SDK (``httpx2``) through tether, one hop token per MCP server.
+
+    async with httpx2.AsyncClient(auth=session.mcp_auth()) as http:
+        async with Client(streamable_http_client(url, http_client=http)) as mcp:
+            await mcp.call_tool("search", {"q": "x"})
+
+MCP authorization (spec 2025-11-25 and 2026-07-28, §Authorization): a request the agent has
+no audience for goes out once without a token; the server's 401 names its RFC 9728
+metadata (``WWW-Authenticate ... resource_metadata``, §5.1; fetched only on the server's own
+origin), else the client tries the path-suffixed well-known URL and then the root one
+(§3.1). The metadata is accepted only
+when its ``resource`` is the MCP URL or a prefix of it on the same origin (§3.3) and its
+``authorization_servers`` names this STS: a server that names another AS or another
+resource gets no token (MCP "token passthrough" and audience rules). The hop token comes
+from the session's ``token_flow`` (one exchange per audience, renewed near expiry) and every
+request carries a fresh DPoP proof, retried once on a nonce challenge (RFC 9449 §8, §9):
+the same flows ``DPoPAuth`` runs on ``httpx``, carried over ``httpx2`` by ``Httpx2Steps``.
+
+This module is the only one in ``tether.agent`` that imports ``httpx2``, which comes with the
+``mcp`` extra; ``TaskSession.mcp_auth`` imports it on first use.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping
+from typing import Any, Protocol
+
+import httpx
+import httpx2
+
+from tether.agent.auth import DiscoveryError, SessionEnded, TokenProvider, _Held, url_matches
+from tether.agent.exchange import Flow, Steps, send_flow
+from tether.lru import LruCache
+
+__all__ = ["Httpx2Steps", "McpAuth", "McpTokenProvider", "metadata_urls", "resource_metadata_of"]
+
+METADATA_PATH = "/.well-known/oauth-protected-resource"
+#: the headers a flow sets on the caller's request (RFC 9449 §7.1)
+_AUTH_HEADERS = ("authorization", "dpop")
+#: framing of a body already decoded by httpx2: not copied (httpx would decode it again)
+_FRAMING = ("content-encoding", "content-length", "transfer-encoding")
+#: ``resource_metadata=`` as an auth-param of a challenge (RFC 9110 §11.2), quoted or a token
+_RESOURCE_METADATA = re.compile(r'(?:^|[\s,])resource_metadata\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]+))', re.IGNORECASE)
+
+
+class McpTokenProvider(TokenProvider, Protocol):
+    def forget(self, audience: str) -> None:
+        """Drop the cached hop token for ``audience`` (its server refused it)."""
+        ...
+
+
+def resource_metadata_of(challenges: list[str]) -> str | None:
+    """The ``resource_metadata`` URL a 401's ``WWW-Authenticate`` names (RFC 9728 §5.1), if any."""
+    for challenge in challenges:
+        found = _RESOURCE_METADATA.search(challenge)
+        if found:
+            quoted, token = found.groups()
+            return re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else token
+    return None
+
+
+def metadata_urls(url: httpx.URL) -> list[str]:
+    """The well-known metadata URLs for a resource URL: path-suffixed first, then the root (RFC 9728 §3.1)."""
+    origin = _origin(url)
+    path = url.path.rstrip("/")
+    return [origin + METADATA_PATH + path, origin + METADATA_PATH] if path else [origin + METADATA_PATH]
+
+
+def _origin(url: httpx.URL) -> str:
+    return f"{url.scheme}://{url.netloc.decode('ascii')}"
+
+
+def _where(url: httpx.URL) -> str:
+    """A URL for a message or cache key: no userinfo, query or fragment (they can carry secrets)."""
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    return f"{url.scheme}://{host}{'' if url.port is None else f':{url.port}'}{url.path}"
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+class Httpx2Steps:
+    """Drives one tether flow (``httpx`` requests and responses) from inside an ``httpx2`` auth flow.
+
+    The flow sees ``stand_in``, an ``httpx`` copy of the caller's request without its body and
+    without ``Authorization`` or ``DPoP`` (the flow owns those): when
+    the flow yields it, the caller's real ``httpx2`` request goes out carrying the headers the
+    flow set (``Authorization``, ``DPoP``). Requests the flow makes itself (metadata, token
+    exchange) are copied into ``httpx2`` requests. A driver reads a response body only when
+    ``wants_body`` says so: always for the flow's own requests, and for the caller's request
+    only when it failed: an MCP answer can be an SSE stream that lasts (MCP §Transports), and
+    the SDK reads it itself.
+    """
+
+    def __init__(self, flow: Callable[[httpx.Request], Flow], request: httpx2.Request) -> None:
+        self.real = request
+        headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() not in _AUTH_HEADERS]
+        self.stand_in = httpx.Request(request.method, str(request.url), headers=headers)
+        self._sent: httpx.Request | None = None
+        self._steps = Steps(flow(self.stand_in))
+        self.request = self._outgoing()
+
+    @property
+    def result(self) -> Any:
+        return self._steps.result
+
+    def wants_body(self, response: httpx2.Response) -> bool:
+        """Read this response's body before ``answer``: a response to the flow's own request, or an error."""
+        return self._sent is not self.stand_in or response.status_code >= 400
+
+    def answer(self, response: httpx2.Response) -> None:
+        """Hand the response to the last request back to the flow (its body read if ``wants_body``)."""
+        assert self._sent is not None, "answer() before a request was sent"
+        content = response.content if self.wants_body(response) else b""
+        headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _FRAMING]
+        copy = httpx.Response(response.status_code, headers=headers, content=content, request=self._sent)
+        self._steps.answer(copy)
+        self.request = self._outgoing()
+
+    def _outgoing(self) -> httpx2.Request | None:
+        wanted = self._sent = self._steps.request
+        if wanted is None:
+            return None
+        if wanted is self.stand_in:
+            for name in _AUTH_HEADERS:
+                value = wanted.headers.get(name)
+                if value is None:
+                    self.real.headers.pop(name, None)
+                else:
+                    self.real.headers[name] = value
+            return self.real
+        headers = [(k, v) for k, v in wanted.headers.multi_items() if k.lower() not in ("content-length", "host")]
+        return httpx2.Request(wanted.method, str(wanted.url), headers=headers, content=wanted.read())
+
+
+class McpAuth(httpx2.Auth):
+    """An ``httpx2.Auth`` (sync and async) for MCP servers, bound to one ``TaskSession``.
+
+    ``audiences={url_prefix: audience}`` skips discovery for the URLs it covers, as for
+    ``session.auth()``; with ``discover=False`` any other URL is refused. A discovered audience
+    is remembered per MCP URL. Once ``close()``d (``session.complete()`` closes every auth it
+    handed out) it refuses every request locally with ``SessionEnded``.
+    """
+
+    def __init__(
+        self, provider: McpTokenProvider, *, audiences: Mapping[str, str] | None = None, discover: bool = True
+    ) -> None:
+        self.provider = provider
+        self.audiences = dict(audiences or {})
+        self._longest_first = sorted(self.audiences.items(), key=lambda kv: -len(kv[0]))
+        self.discover = discover
+        self.closed = False
+        self._discovered: LruCache[str, str] = LruCache(256)  # MCP URL -> the audience its metadata named
+
+    def close(self) -> None:
+        """Refuse every further request and forget what discovery learnt."""
+        self.closed = True
+        self._discovered = LruCache(256)
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise SessionEnded("the task session has ended: this MCP auth authenticates no further requests")
+
+    # -- flows (httpx requests and responses; see Httpx2Steps) ------------------------------------
+    def _known(self, url: httpx.URL) -> str | None:
+        for prefix, audience in self._longest_first:
+            if url_matches(prefix, url):
+                return audience
+        return self._discovered.get(_where(url))
+
+    def audience_flow(self, request: httpx.Request) -> Flow:
+        """The audience for ``request``; ``None`` when the server answered it without a token (that answer stands).
+
+        Unknown URLs are sent once without a token: the MCP server's 401 says where its metadata is."""
+        audience = self._known(request.url)
+        if audience is not None:
+            return audience
+        if not self.discover:
+            raise DiscoveryError(f"no audience configured for {_where(request.url)}")
+        response = yield request
+        if response.status_code != 401:
+            return None
+        named = resource_metadata_of(response.headers.get_list("www-authenticate"))
+        audience = yield from self.metadata_flow(request.url, named)
+        self._discovered.put(_where(request.url), audience)
+        return audience
+
+    def metadata_flow(self, url: httpx.URL, named: str | None) -> Flow:
+        """Fetch and check the RFC 9728 metadata: ``named`` (from the 401) first, then the well-known URLs.
+
+        ``named`` is fetched only on the MCP server's own origin: a 401 must not make the agent
+        fetch any URL it likes (SSRF, MCP-08); elsewhere it is ignored and the well-known URLs
+        (§3.1) are tried, as when the challenge names none. The first 200 JSON object is the one
+        checked: a document that fails the checks is refused, not skipped."""
+        candidates = metadata_urls(url)
+        if named is not None:
+            try:
+                target = url.join(named)
+            except httpx.InvalidURL:
+                target = None
+            if target is not None and _same_origin(target, url) and not target.userinfo:
+                candidates.insert(0, str(target.copy_with(fragment=None)))
+        for candidate in candidates:
+            response = yield httpx.Request("GET", candidate, headers={"Accept": "application/json"})
+            document = _json(response)
+            if response.status_code == 200 and isinstance(document, dict):
+                return self._accept(document, url)
+        raise DiscoveryError(f"{_where(url)} serves no protected resource metadata")
+
+    def _accept(self, document: dict[str, Any], url: httpx.URL) -> str:
+        """The metadata's ``resource``, if it covers ``url`` and trusts this STS (RFC 9728 §3.3, §7.3)."""
+        resource = document.get("resource")
+        if not isinstance(resource, str) or not _covers(resource, url):
+            raise DiscoveryError(f"{_where(url)} metadata names another resource: {str(resource)[:200]!r}")
+        servers = document.get("authorization_servers")
+        named = [s.rstrip("/") for s in servers if isinstance(s, str)] if isinstance(servers, list) else []
+        if self.provider.sts_url not in named:
+            raise DiscoveryError(f"{_where(url)} does not name {self.provider.sts_url} as its authorization server")
+        return resource
+
+    def authorized_flow(self, request: httpx.Request, audience: str, unlock: Callable[[], None]) -> Flow:
+        """The hop token for ``audience`` (``unlock`` once it is in hand), then ``request`` with it and a proof.
+
+        A 401 ``invalid_token`` (expired or revoked, RFC 6750 §3.1) is returned, not retried, and
+        the token is forgotten: the next request asks the STS, which refuses an ended task."""
+        self._check_open()
+        token = yield from self.provider.token_flow(audience)
+        unlock()
+        self._check_open()
+        response = yield from send_flow(request, self.provider.key, self.provider.nonces, access_token=token)
+        if response.status_code == 401 and 'error="invalid_token"' in response.headers.get("www-authenticate", ""):
+            self.provider.forget(audience)
+        return response
+
+    # -- httpx2 drivers --------------------------------------------------------------------------
+    def sync_auth_flow(self, request: httpx2.Request) -> Generator[httpx2.Request, httpx2.Response, None]:
+        """Discovery without the provider's lock; the token fetch under it (one exchange per audience)."""
+        self._check_open()
+        request.read()
+        audience = yield from _drive_sync(Httpx2Steps(self.audience_flow, request))
+        if audience is None:
+            return
+        lock = self.provider.lock.sync
+        lock.acquire()
+        held = _Held(lock)
+        try:
+            yield from _drive_sync(Httpx2Steps(lambda r: self.authorized_flow(r, audience, held.release), request))
+        finally:
+            held.release()
+
+    async def async_auth_flow(self, request: httpx2.Request) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
+        """As ``sync_auth_flow``, under the provider's lock for this event loop."""
+        self._check_open()
+        await request.aread()
+        steps = Httpx2Steps(self.audience_flow, request)
+        while steps.request is not None:
+            response = yield steps.request
+            if steps.wants_body(response):
+                await response.aread()
+            steps.answer(response)
+        audience = steps.result
+        if audience is None:
+            return
+        lock = self.provider.lock.for_loop()
+        await lock.acquire()
+        held = _Held(lock)
+        try:
+            steps = Httpx2Steps(lambda r: self.authorized_flow(r, audience, held.release), request)
+            while steps.request is not None:
+                response = yield steps.request
+                if steps.wants_body(response):
+                    await response.aread()
+                steps.answer(response)
+        finally:
+            held.release()
+
+
+def _same_origin(a: httpx.URL, b: httpx.URL) -> bool:
+    return (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port)
+
+
+def _covers(resource: str, url: httpx.URL) -> bool:
+    """``resource`` is ``url`` or a path prefix of it on the same origin, with no userinfo, query or fragment."""
+    try:
+        parsed = httpx.URL(resource)
+    except httpx.InvalidURL:
+        return False
+    if parsed.userinfo or parsed.query or parsed.fragment or parsed.scheme not in ("http", "https"):
+        return False
+    return url_matches(resource, url)
+
+
+def _drive_sync(steps: Httpx2Steps) -> Generator[httpx2.Request, httpx2.Response, Any]:
+    while steps.request is not None:
+        response = yield steps.request
+        if steps.wants_body(response):
+            response.read()
+        steps.answer(response)
+    return steps.result
