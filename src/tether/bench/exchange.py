@@ -42,7 +42,9 @@ AUD_C = "https://c.bench.example"
 RESOURCES = f'\n[[resources]]\nuri = "{AUD_B}"\nprincipals = ["{SVC_B}"]\n'
 
 
-def setup_task(d: Deployment, http: httpx.Client, audiences: list[str]) -> tuple[Actor, str, str]:
+def setup_task(
+    d: Deployment, http: httpx.Client, audiences: list[str], scopes: list[str] | None = None
+) -> tuple[Actor, str, str]:
     """An agent with a session token for a new, generously capped task."""
     admin = Actor(d, http)
     admin_token = admin.token({"grant_type": TOKEN_EXCHANGE, "subject_token": admin.svid(ADMIN), "subject_token_type": JWT})[
@@ -52,7 +54,7 @@ def setup_task(d: Deployment, http: httpx.Client, audiences: list[str]) -> tuple
         "POST",
         "/tasks",
         admin_token,
-        json={"agent": AGENT, "audiences": audiences, "scopes": ["read"], "max_tokens": 10_000_000},
+        json={"agent": AGENT, "audiences": audiences, "scopes": scopes or ["read"], "max_tokens": 10_000_000},
     )
     created.raise_for_status()
     task_id = str(created.json()["id"])

@@ -20,7 +20,7 @@ from tether.bench.report import Row, SignatureCosts, signature_costs
 
 __all__ = ["SECTIONS", "BenchOptions", "run_bench"]
 
-SECTIONS = ("exchange", "scaling", "verify", "gateway", "revocation", "completion", "cedar", "memory")
+SECTIONS = ("exchange", "scaling", "verify", "gateway", "mcp", "revocation", "completion", "cedar", "memory")
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,10 @@ def _section(name: str, workdir: Path, costs: SignatureCosts, options: BenchOpti
         from tether.bench.gateway import gateway_rows
 
         return gateway_rows(workdir, duration=options.duration)
+    if name == "mcp":
+        from tether.bench.mcp import mcp_rows
+
+        return mcp_rows(workdir)
     if name == "revocation":
         from tether.bench.revocation import revocation_rows
 

@@ -26,12 +26,15 @@ from tether.agent.session import Agent, TaskSession
 from tether.client import StsClient
 from tether.config import load_config
 from tether.demo.acts import GatewayPlan, gateway_act, legacy_api, rogue_act, store_legacy_key
+from tether.demo.mcp_act import NOTES_SERVICE, McpPlan, mcp_act, pin_drive
+from tether.demo.mcp_servers import notes_server
 from tether.demo.services import docs_service, search_service
 from tether.gateway.app import build_gateway
 from tether.identity.dev_issuer import DevTrustDomain
 from tether.keys.sealed import load_master_key
 from tether.provision import initialize
-from tether.resource import Verifier
+from tether.mcp import protect
+from tether.resource import ResourceSettings, Verifier
 from tether.rules.jws import b64url_decode
 from tether.sts.bootstrap import build_sts
 from tether.urns import TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS
@@ -156,14 +159,17 @@ def _scenario(directory: Path, run: _Run) -> None:
     sts_port, b_port, c_port = free_port(), free_port(), free_port()
     sts_url, b_url, c_url = (f"http://127.0.0.1:{p}" for p in (sts_port, b_port, c_port))
     plan = GatewayPlan(f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}")
+    notes_port = free_port()
+    mcp_plan = McpPlan(plan.gateway_url, f"http://127.0.0.1:{notes_port}/mcp", directory / "drive-vendor-update")
     init = initialize(directory, issuer=sts_url)
     with init.config_path.open("a", encoding="utf-8") as handle:
         handle.write(
             f'\n[[resources]]\nuri = "{b_url}"\nprincipals = ["{SVC_B}"]\n'
-            f'\n[[resources]]\nuri = "{c_url}"\nprincipals = ["{SVC_C}"]\n' + plan.toml()
+            f'\n[[resources]]\nuri = "{c_url}"\nprincipals = ["{SVC_C}"]\n' + mcp_plan.toml() + plan.toml()
         )
     config = load_config(init.config_path)
     store_legacy_key(config)
+    pinned = pin_drive(config)
     domain = DevTrustDomain.load(config.data_dir, "tether.local", load_master_key(config.master_key_file))
     sts = build_sts(config)
     servers = [ServerThread(sts.app, sts_port).start()]
@@ -171,25 +177,33 @@ def _scenario(directory: Path, run: _Run) -> None:
     c_app, c_verifier = docs_service(sts_url, c_url, DevIdentity(domain, SVC_C))
     b_app, b_verifier = search_service(sts_url, b_url, c_url, DevIdentity(domain, SVC_B))
     servers += [ServerThread(c_app, c_port).start(), ServerThread(b_app, b_port).start()]
+    notes_verifier = Verifier(ResourceSettings(issuer=sts_url, resource=mcp_plan.notes_url),
+                              identity=DevIdentity(domain, NOTES_SERVICE))  # fmt: skip
+    servers.append(ServerThread(protect(notes_server(), notes_verifier), notes_port).start())
     gateway = build_gateway(config)
     upstream_port, gateway_port = (int(u.rsplit(":", 1)[1]) for u in (plan.upstream_url, plan.gateway_url))
     servers += [ServerThread(legacy_api(), upstream_port).start(), ServerThread(gateway.app, gateway_port).start()]
     try:
-        _wait_fresh([b_verifier, c_verifier])
+        _wait_fresh([b_verifier, c_verifier, notes_verifier])
         run.step("setup", "services B (search) and C (docs) subscribed to revocations", b=b_url, c=c_url)
+        run.step("setup", "MCP: notes server behind tether.mcp.protect; the gateway's stdio drive route pinned",
+                 notes=mcp_plan.notes_url, drive=mcp_plan.drive_url, pinned=pinned)  # fmt: skip
         _story(run, sts_url, b_url, c_url, domain)
         _wait_until(lambda: getattr(gateway, "feed", None) is not None and gateway.feed.fresh(time.time()), "gateway feed")
-        _later_acts(run, sts_url, b_url, domain, plan)
+        _later_acts(run, sts_url, b_url, domain, plan, mcp_plan)
     finally:
         for server in reversed(servers):
             server.stop()
 
 
-def _later_acts(run: _Run, sts_url: str, b_url: str, domain: DevTrustDomain, plan: GatewayPlan) -> None:
+def _later_acts(
+    run: _Run, sts_url: str, b_url: str, domain: DevTrustDomain, plan: GatewayPlan, mcp_plan: McpPlan
+) -> None:
     with StsClient(sts_url, DevIdentity(domain, ADMIN, ttl=120)) as admin:
         run.step("setup", "gateway in front of a legacy CRM API (a bearer exception, expiring soon)",
                  gateway=plan.gateway_url, route="legacy-crm")  # fmt: skip
         gateway_act(run.step, run.check, admin, domain, sts_url, plan)
+        mcp_act(run.step, run.check, admin, domain, sts_url, mcp_plan)
         rogue_act(run.step, run.check, admin, domain, sts_url, b_url)
 
 
