@@ -21,6 +21,7 @@ from helpers import FEED_SUBSCRIBER, QUIET_MONITOR, SVC_RS, free_port, running_s
 from tether.provision import install_starter_policies
 from tether.resource import ResourceSettings, Verifier
 
+
 def _synced(verifier: Verifier, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not (verifier.feed is not None and verifier.feed.fresh(time.time())):

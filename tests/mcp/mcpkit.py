@@ -174,7 +174,8 @@ def modern_request(method: str, params: dict[str, Any] | None = None, *, request
     meta = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}}
     body_params = dict(params or {})
     body_params["_meta"] = {**meta, **body_params.get("_meta", {})}
-    return {"jsonrpc": "2.0", "id": request_id if request_id is not None else next(_ids), "method": method, "params": body_params}
+    rid = request_id if request_id is not None else next(_ids)
+    return {"jsonrpc": "2.0", "id": rid, "method": method, "params": body_params}
 
 
 def modern_headers(method: str, name: str | None = None) -> dict[str, str]:

@@ -37,7 +37,7 @@ def test_MCP_09_metadata_at_the_root_and_the_path_suffixed_well_known(menv: McpE
 
 
 def _challenge(response: httpx.Response) -> str:
-    value = response.headers.get("www-authenticate", "")
+    value = str(response.headers.get("www-authenticate", ""))
     assert value.startswith("DPoP "), value
     return value
 
@@ -86,17 +86,13 @@ def test_MCP_02_a_token_for_another_mcp_server_is_refused(menv: McpEnv) -> None:
     token = session.token_for(menv.json.url)  # audience: the other server's MCP URL
     body = modern_request("tools/call", {"name": "echo", "arguments": {"text": "wrong-audience"}})
     headers = modern_headers("tools/call", "echo")
+
+    def signed(url: str) -> dict[str, str]:
+        return {**headers, "Authorization": f"DPoP {token}", "DPoP": session.key.proof("POST", url, access_token=token)}
+
     with httpx.Client(trust_env=False, timeout=10.0) as http:
-        wrong = http.post(
-            menv.sse.url,
-            json=body,
-            headers={**headers, "Authorization": f"DPoP {token}", "DPoP": session.key.proof("POST", menv.sse.url, access_token=token)},
-        )
-        right = http.post(
-            menv.json.url,
-            json=body,
-            headers={**headers, "Authorization": f"DPoP {token}", "DPoP": session.key.proof("POST", menv.json.url, access_token=token)},
-        )
+        wrong = http.post(menv.sse.url, json=body, headers=signed(menv.sse.url))
+        right = http.post(menv.json.url, json=body, headers=signed(menv.json.url))
     assert wrong.status_code == 401
     assert 'error="invalid_token"' in _challenge(wrong)
     assert "wrong-audience" not in menv.sse.tools.calls("echo")

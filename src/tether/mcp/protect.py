@@ -82,7 +82,7 @@ _CLOSE_REFUSED = 1008
 class _StreamableServer(Protocol):
     """An ``mcp`` SDK server (``MCPServer`` or lowlevel ``Server``), recognised without importing the SDK."""
 
-    def streamable_http_app(self, **options: Any) -> ASGIApp: ...
+    def streamable_http_app(self, *, streamable_http_path: str = "/mcp") -> ASGIApp: ...
 
 
 def protect(
