@@ -38,6 +38,7 @@ __all__ = [
     "call_tool",
     "error_of",
     "legacy_headers",
+    "legacy_session",
     "modern_headers",
     "modern_request",
     "reply_of",
@@ -191,6 +192,22 @@ def legacy_headers(session_id: str | None = None) -> dict[str, str]:
         headers["Mcp-Session-Id"] = session_id
         headers["MCP-Protocol-Version"] = LEGACY
     return headers
+
+
+def legacy_session(http: httpx.Client, url: str) -> str:
+    """``initialize`` + ``notifications/initialized`` (MCP 2025-11-25 lifecycle); the session id."""
+    init = {
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "initialize",
+        "params": {"protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}},
+    }
+    response = http.post(url, json=init, headers=legacy_headers())
+    assert response.status_code == 200, response.text
+    session_id = str(response.headers["mcp-session-id"])
+    done = http.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=legacy_headers(session_id))
+    assert done.status_code == 202, done.text
+    return session_id
 
 
 def call_tool(http: httpx.Client, url: str, tool: str, arguments: Any = None, **extra: Any) -> httpx.Response:

@@ -20,6 +20,7 @@ from mcpkit import (
     call_tool,
     error_of,
     legacy_headers,
+    legacy_session,
     modern_headers,
     modern_request,
     reply_of,
@@ -121,33 +122,17 @@ def test_tools_list_is_filtered_in_a_json_answer(menv: McpEnv) -> None:
     assert echo["inputSchema"]["properties"]["text"]["type"] == "string"
 
 
-def _legacy_session(http: httpx.Client, url: str) -> str:
-    """``initialize`` + ``notifications/initialized`` (MCP 2025-11-25 lifecycle); the session id."""
-    init = {
-        "jsonrpc": "2.0",
-        "id": 0,
-        "method": "initialize",
-        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}},
-    }
-    response = http.post(url, json=init, headers=legacy_headers())
-    assert response.status_code == 200, response.text
-    session_id = response.headers["mcp-session-id"]
-    done = http.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=legacy_headers(session_id))
-    assert done.status_code == 202, done.text
-    return session_id
-
-
 def test_tools_list_is_filtered_in_an_sse_answer(menv: McpEnv) -> None:
     """The ``sse`` server answers over SSE: scope convention and Cedar both hide tools."""
     session = menv.session(scopes={menv.sse.url: "tool:echo tool:read_file tool:secret_admin"})
     with menv.client(session) as http:
-        session_id = _legacy_session(http, menv.sse.url)
+        session_id = legacy_session(http, menv.sse.url)
         response = http.post(
             menv.sse.url, json={"jsonrpc": "2.0", "id": 7, "method": "tools/list"}, headers=legacy_headers(session_id)
         )
         full = menv.session()  # positive control: every tool scope
         with menv.client(full) as other:
-            other_id = _legacy_session(other, menv.sse.url)
+            other_id = legacy_session(other, menv.sse.url)
             everything = other.post(
                 menv.sse.url, json={"jsonrpc": "2.0", "id": 8, "method": "tools/list"}, headers=legacy_headers(other_id)
             )
