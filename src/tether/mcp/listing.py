@@ -89,14 +89,14 @@ class SseRewriter:
         self._event_lines: list[bytes] = []
         self.failed = False
 
-    def feed(self, chunk: bytes) -> bytes:
+    def feed(self, chunk: bytes, *, final: bool = False) -> bytes:
         if self.failed:
             return b""
         out = bytearray()
         data = self._pending + chunk
         start = 0
         while True:
-            end, after = _line_end(data, start)
+            end, after = _line_end(data, start, final=final)
             if end < 0:
                 break
             line = data[start:end]
@@ -114,12 +114,13 @@ class SseRewriter:
 
     def close(self) -> bytes:
         """The bytes still held when the stream ends (an unterminated event is not dispatched by SSE)."""
+        out = self.feed(b"", final=True)  # a CR that ended the last chunk ended its line
         if self.failed:
-            return b""
+            return out
         rest = bytes(self._event_raw) + self._pending
         if self._event_lines and self._data_is_listing():
-            return b""  # an unterminated listing event: never passed unfiltered
-        return rest
+            return out  # an unterminated listing event: never passed unfiltered
+        return out + rest
 
     def _data_is_listing(self) -> bool:
         data = _event_data(self._event_lines)
@@ -150,7 +151,7 @@ class SseRewriter:
         return b"".join(line + b"\r\n" for line in kept) + b"data: " + rewritten.encode() + b"\r\n\r\n"
 
 
-def _line_end(data: bytes, start: int) -> tuple[int, int]:
+def _line_end(data: bytes, start: int, *, final: bool = False) -> tuple[int, int]:
     """(end of the line's content, start of the next line) or (-1, -1) while incomplete."""
     cr = data.find(b"\r", start)
     lf = data.find(b"\n", start)
@@ -158,7 +159,7 @@ def _line_end(data: bytes, start: int) -> tuple[int, int]:
         return -1, -1
     if cr < 0 or (0 <= lf < cr):
         return lf, lf + 1
-    if cr + 1 == len(data):
+    if cr + 1 == len(data) and not final:
         return -1, -1  # a CR at the end of a chunk may be the first half of CRLF
     return cr, cr + 2 if data[cr + 1 : cr + 2] == b"\n" else cr + 1
 
