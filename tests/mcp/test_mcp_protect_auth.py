@@ -10,7 +10,7 @@ import logging
 
 import httpx
 import pytest
-from mcpkit import ACCEPT, McpEnv, Served, call_tool, modern_headers, modern_request, result_of
+from mcpkit import ACCEPT, McpEnv, Served, call_tool, legacy_headers, legacy_session, modern_headers, modern_request, result_of
 
 from tether.agent import DPoPKey
 
@@ -126,3 +126,28 @@ def test_the_agent_sdk_client_reaches_both_servers(menv: McpEnv) -> None:
             assert response.status_code == 200, response.text
             assert result_of(response)["content"][0]["text"] == served.url
     assert session.exchanges == 3  # session token + one hop per server
+
+
+def test_MCP_10_a_session_id_is_never_authentication(menv: McpEnv, caplog: pytest.LogCaptureFixture) -> None:
+    """Another task's agent, with a valid token of its own, cannot use (or read the stream of) a session."""
+    owner, other = menv.session(), menv.session()
+    listing = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    with (
+        menv.client(owner) as http,
+        menv.client(other) as intruder,
+        caplog.at_level(logging.INFO, logger="tether.mcp"),
+    ):
+        session_id = legacy_session(http, menv.sse.url)
+        hijack = intruder.post(menv.sse.url, json=listing, headers=legacy_headers(session_id))
+        stream = intruder.get(menv.sse.url, headers={**legacy_headers(session_id), "Accept": "text/event-stream"})
+        made_up = http.post(menv.sse.url, json=listing, headers=legacy_headers("f" * 32))
+        own = http.post(menv.sse.url, json=listing, headers=legacy_headers(session_id))
+        deleted = http.delete(menv.sse.url, headers=legacy_headers(session_id))
+        after = http.post(menv.sse.url, json=listing, headers=legacy_headers(session_id))
+    for response in (hijack, stream, made_up, after):
+        assert response.status_code == 404, response.text
+        assert response.json()["error"]["message"] == "Session not found"
+    assert own.status_code == 200, own.text  # positive control: the session's own caller
+    assert deleted.status_code in (200, 204), deleted.text
+    refused = [r for r in caplog.records if getattr(r, "mcp_event", None) == "session not the caller's"]
+    assert [r.task for r in refused[:2]] == [other.task_id, other.task_id]  # type: ignore[attr-defined]

@@ -21,7 +21,8 @@ from tether.mcp.messages import (
     header_value,
     parse_message,
 )
-from tether.resource import ResourceSettings, Verifier
+from tether.mcp.sessions import SessionOwners
+from tether.resource import Principal, ResourceSettings, Verifier
 
 
 # -- messages --------------------------------------------------------------------------------------
@@ -230,3 +231,24 @@ def test_tether_mcp_imports_and_protects_a_plain_asgi_app_without_the_mcp_sdk() 
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def _principal(subject: str, task: str | None) -> Principal:
+    return Principal(
+        subject=subject, agent="agent", client_id="agent", scopes=frozenset(), task=task, purpose=None,
+        actors=(), jti="j", audience="a", expires_at=0, jkt="k",
+    )  # fmt: skip
+
+
+def test_a_session_belongs_to_its_subject_agent_and_task_and_the_oldest_binding_goes_first() -> None:
+    owners = SessionOwners(capacity=2)
+    alice, alice_other_task, bob = _principal("alice", "t1"), _principal("alice", "t2"), _principal("bob", "t1")
+    owners.bind("s1", alice)
+    assert owners.allows("s1", alice)
+    assert not owners.allows("s1", alice_other_task) and not owners.allows("s1", bob)
+    assert not owners.allows("never-issued", alice)
+    owners.bind("s2", bob)
+    owners.bind("s3", bob)  # over capacity: s1 is forgotten, and so refused (fail closed)
+    assert not owners.allows("s1", alice) and owners.allows("s3", bob)
+    owners.forget("s3")
+    assert not owners.allows("s3", bob) and len(owners) == 1

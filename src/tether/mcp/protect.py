@@ -51,6 +51,7 @@ from tether.mcp.messages import (
     header_value,
     parse_message,
 )
+from tether.mcp.sessions import DEFAULT_MAX_SESSIONS, SessionOwners
 from tether.resource.middleware import METADATA_PATH
 from tether.resource.principal import Principal
 from tether.resource.verifier import Verifier
@@ -95,6 +96,7 @@ def protect(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_listing_bytes: int = DEFAULT_MAX_LISTING_BYTES,
     cut_interval: float = DEFAULT_CUT_INTERVAL,
+    max_sessions: int = DEFAULT_MAX_SESSIONS,
     **app_options: Any,
 ) -> ProtectedMCP:
     """Serve an MCP server's streamable HTTP transport as a tether resource server.
@@ -119,6 +121,7 @@ def protect(
         max_body_bytes=max_body_bytes,
         max_listing_bytes=max_listing_bytes,
         cut_interval=cut_interval,
+        max_sessions=max_sessions,
     )
 
 
@@ -136,6 +139,7 @@ class ProtectedMCP:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         max_listing_bytes: int = DEFAULT_MAX_LISTING_BYTES,
         cut_interval: float = DEFAULT_CUT_INTERVAL,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
     ) -> None:
         if not path.startswith("/"):
             raise ValueError("path must start with '/'")
@@ -150,6 +154,8 @@ class ProtectedMCP:
         self.max_body_bytes = max_body_bytes
         self.max_listing_bytes = max_listing_bytes
         self.cut_interval = cut_interval
+        #: which principal each MCP session belongs to (MCP-10: a session id is never authentication)
+        self.sessions = SessionOwners(max_sessions)
         #: RFC 9728 §3.1: the well-known path is inserted between the host and the resource's path
         self.metadata_paths = frozenset({METADATA_PATH, METADATA_PATH + resource_path})
         self.metadata_url = verifier.settings.origin + METADATA_PATH + resource_path
@@ -174,6 +180,11 @@ class ProtectedMCP:
             return
         scope.setdefault("state", {})["principal"] = principal
         on_mcp_path = (scope["path"].rstrip("/") or "/") == self.path
+        session_id = Headers(scope=scope).get("mcp-session-id") if on_mcp_path else None
+        if session_id is not None and not self.sessions.allows(session_id, principal):
+            _audit("session not the caller's", error="invalid_request", principal=principal, method=scope["method"])
+            await _send_bytes(send, 404, JsonRpcRefusal(INVALID_REQUEST, "Session not found").body())
+            return
         if not on_mcp_path or scope["method"] != "POST":
             target: Target = None  # a GET stream may replay (resume) a listing: any listing in it is filtered
             rewrite = on_mcp_path and scope["method"] == "GET"
@@ -336,7 +347,7 @@ class ProtectedMCP:
         self, scope: Scope, receive: Receive, send: Send, principal: Principal, *, listing: bool, target: Target
     ) -> None:
         """Run the server, watching the caller's task while the response is open (the mid-session cut)."""
-        out = _Tracked(send)
+        out = _Tracked(send, on_start=self._session_binder(scope, principal))
         cut: list[OAuthError] = []
         failure: list[BaseException] = []
         async with anyio.create_task_group() as group:
@@ -361,6 +372,22 @@ class ProtectedMCP:
             return
         if failure:
             raise failure[0]
+
+    def _session_binder(self, scope: Scope, principal: Principal) -> Callable[[AsgiMessage], None]:
+        """Bind a session the server names to the caller; forget one the caller deleted."""
+        asked = Headers(scope=scope).get("mcp-session-id")
+        on_mcp_path = (scope["path"].rstrip("/") or "/") == self.path
+
+        def on_start(message: AsgiMessage) -> None:
+            if not on_mcp_path:
+                return
+            named = Headers(raw=message.get("headers", [])).get("mcp-session-id")
+            if scope["method"] == "DELETE" and asked is not None and 200 <= message.get("status", 0) < 300:
+                self.sessions.forget(asked)
+            elif named is not None and (asked is None or named == asked):
+                self.sessions.bind(named, principal)
+
+        return on_start
 
     async def _watch(self, principal: Principal, cancel: anyio.CancelScope, cut: list[OAuthError]) -> None:
         """Check the revocation view (and the token's expiry) every ``cut_interval`` seconds."""
@@ -393,8 +420,9 @@ class ProtectedMCP:
 class _Tracked:
     """The real ``send``, remembering whether the response started and ended."""
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, *, on_start: Callable[[AsgiMessage], None]) -> None:
         self.send = send
+        self.on_start = on_start
         self.started = False
         self.finished = False
 
@@ -403,6 +431,7 @@ class _Tracked:
             return
         if message["type"] == "http.response.start":
             self.started = True
+            self.on_start(message)
         elif message["type"] == "http.response.body" and not message.get("more_body", False):
             self.finished = True
         await self.send(message)
