@@ -107,6 +107,9 @@ def protect(
     server's MCP URL (``https://host/mcp``): it is the tokens' audience. ``scope_prefix=None``
     turns the ``tool:<name>`` scope convention off (Cedar alone decides)."""
     if isinstance(app_or_server, _StreamableServer):
+        # the SDK turns on its DNS-rebinding Host check (localhost names only) for a localhost ``host``:
+        # the server is named by its resource URL, so that is the host it is reached by
+        app_options.setdefault("host", urlsplit(verifier.settings.resource).hostname or "127.0.0.1")
         app: ASGIApp = app_or_server.streamable_http_app(streamable_http_path=path, **app_options)
     elif app_options:
         raise TypeError(f"options {sorted(app_options)} apply to an mcp SDK server, not to an ASGI app")
