@@ -3,14 +3,18 @@ framing, bounds, fail-closed), ``protect``'s arguments, and importing ``tether.m
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 import textwrap
 from typing import Any
 
+import anyio
 import pytest
 
+from tether.clock import ManualClock
+from tether.errors import InvalidToken, OAuthError
 from tether.mcp import protect
 from tether.mcp.listing import FilterError, SseRewriter, filter_json
 from tether.mcp.messages import (
@@ -252,3 +256,23 @@ def test_a_session_belongs_to_its_subject_agent_and_task_and_the_oldest_binding_
     assert not owners.allows("s1", alice) and owners.allows("s3", bob)
     owners.forget("s3")
     assert not owners.allows("s3", bob) and len(owners) == 1
+
+
+def test_a_stream_outliving_its_token_is_cut() -> None:
+    """The watcher ends an open response once the token expires (the client reconnects with a fresh one)."""
+    clock = ManualClock()
+    settings = ResourceSettings(issuer="http://127.0.0.1:1", resource="http://127.0.0.1:9/mcp", revocation_feed=False)
+    app = protect(_app, Verifier(settings, clock=clock), cut_interval=0.01)
+    principal = _principal("alice", "t1")
+    principal = Principal(**{**principal.__dict__, "expires_at": int(clock.now()) + 60})
+
+    async def watch(advance: float) -> list[OAuthError]:
+        cut: list[OAuthError] = []
+        clock.advance(advance)
+        with anyio.move_on_after(0.5) as scope:  # a bound on the test, not a latency assertion
+            await app._watch(principal, scope, cut)
+        return cut
+
+    assert asyncio.run(watch(0)) == []  # positive control: a live token keeps its stream
+    (reason,) = asyncio.run(watch(120))
+    assert isinstance(reason, InvalidToken) and "expired" in reason.description
