@@ -77,7 +77,10 @@ def _number(value: int | float) -> str:
         raise TypeError("bool is not a number")
     if isinstance(value, int):
         if abs(value) >= 2**53:  # beyond IEEE 754 doubles: what a JS client would have sent is already rounded
-            return _number(float(value))
+            try:
+                return _number(float(value))
+            except OverflowError:
+                raise ToolCallError("arguments hold an integer beyond the range of an IEEE 754 double") from None
         return str(value)
     if not math.isfinite(value):
         raise ToolCallError("arguments hold NaN or an infinity, which JSON cannot carry")
@@ -96,8 +99,18 @@ def _number(value: int | float) -> str:
     return f"{mantissa}e{'+' if exp > 0 else '-'}{abs(exp)}"
 
 
+def _text(value: str) -> str:
+    """``value`` if it is Unicode text: a lone surrogate (which ``\\ud800`` in JSON can carry) is not
+    (I-JSON, RFC 7493 §2.1, which RFC 8785 §3.1 requires), and could not be hashed or sorted."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ToolCallError("arguments hold a lone surrogate, which is not Unicode text") from None
+    return value
+
+
 def _string(value: str) -> str:
-    return json.dumps(value, ensure_ascii=False)
+    return json.dumps(_text(value), ensure_ascii=False)
 
 
 def _utf16_key(key: str) -> bytes:
@@ -123,6 +136,8 @@ def canonical_json(value: Any, *, depth: int = 0) -> str:
     if isinstance(value, Mapping):
         if not all(isinstance(k, str) for k in value):
             raise ToolCallError("argument object keys must be strings")
+        for key in value:
+            _text(key)
         members = sorted(value.items(), key=lambda kv: _utf16_key(kv[0]))
         return "{" + ",".join(f"{_string(k)}:{canonical_json(v, depth=depth + 1)}" for k, v in members) + "}"
     raise ToolCallError(f"arguments hold a {type(value).__name__}, which is not JSON")
