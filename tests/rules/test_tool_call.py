@@ -77,17 +77,21 @@ def test_nan_and_infinities_are_refused(bits: str) -> None:
         canonical_json({"x": _double(bits)})
 
 
-def test_integers_print_exactly_inside_the_double_range_and_round_beyond() -> None:
+def test_integers_print_exactly_inside_the_safe_range_and_are_refused_beyond() -> None:
     assert canonical_json(2**53 - 1) == "9007199254740991"
     assert canonical_json(-(2**53 - 1)) == "-9007199254740991"
-    # a JS client cannot send 2**53 + 1: it is the double 2**53, and so is its canonical form
-    assert canonical_json(2**53 + 1) == "9007199254740992"
-    assert canonical_json(10**21) == "1e+21"
+    # beyond ±(2**53 - 1) an integer is refused (RFC 7493 §2.2): policy would see a rounded double
+    # while the tool receives the exact value
+    for unsafe in (2**53, 2**53 + 1, -(2**53), 10**30):
+        with pytest.raises(ToolCallError, match="RFC 7493"):
+            canonical_json(unsafe)
+    assert canonical_json(float(2**53)) == "9007199254740992"  # a double of that size is a double
+    assert canonical_json(1e21) == "1e+21"
     assert canonical_json(1.0) == "1" and canonical_json(-0.0) == "0" and canonical_json(0) == "0"
 
 
 def test_an_integer_beyond_any_double_is_refused_not_a_crash() -> None:
-    with pytest.raises(ToolCallError, match="IEEE 754"):
+    with pytest.raises(ToolCallError, match="RFC 7493"):
         parse_tool_call({"name": "t", "arguments": {"n": 10**400}})
 
 
@@ -154,7 +158,7 @@ def test_digest_is_sha256_base64url_of_the_canonical_text() -> None:
 
 
 #: integers a double holds exactly (beyond them canonical JSON rounds, as a JS client would: tested above)
-json_scalars: st.SearchStrategy[Any] = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=8)
+json_scalars: st.SearchStrategy[Any] = st.none() | st.booleans() | st.integers(-(2**53 - 1), 2**53 - 1) | st.text(max_size=8)
 json_scalars |= st.floats(allow_nan=False, allow_infinity=False)
 json_values = st.recursive(
     json_scalars,

@@ -106,6 +106,7 @@ async def _measure(session: TaskSession, urls: dict[str, str], calls: int) -> li
     from mcp.client.streamable_http import streamable_http_client
 
     async with AsyncExitStack() as stack:
+
         async def client(url: str, auth: Any = None) -> Any:
             http = await stack.enter_async_context(httpx2.AsyncClient(auth=auth, trust_env=False, timeout=30.0))
             return await stack.enter_async_context(Client(streamable_http_client(url, http_client=http)))
@@ -117,7 +118,9 @@ async def _measure(session: TaskSession, urls: dict[str, str], calls: int) -> li
         direct = await stack.enter_async_context(Client(stdio))
         search = {"query": "demo"}
         read = {"path": "/shared/q3-plan.md"}
-        a, b = await _pair(lambda: plain.call_tool("search_notes", search), lambda: protected.call_tool("search_notes", search), calls)
+        a, b = await _pair(
+            lambda: plain.call_tool("search_notes", search), lambda: protected.call_tool("search_notes", search), calls
+        )
         c, d = await _pair(lambda: direct.call_tool("read_file", read), lambda: gateway.call_tool("read_file", read), calls)
     return [
         _row("MCP tools/call: added by tether.mcp.protect vs the same server plain", a, b, ("plain", "protected")),

@@ -196,9 +196,7 @@ def _scenario(directory: Path, run: _Run) -> None:
             server.stop()
 
 
-def _later_acts(
-    run: _Run, sts_url: str, b_url: str, domain: DevTrustDomain, plan: GatewayPlan, mcp_plan: McpPlan
-) -> None:
+def _later_acts(run: _Run, sts_url: str, b_url: str, domain: DevTrustDomain, plan: GatewayPlan, mcp_plan: McpPlan) -> None:
     with StsClient(sts_url, DevIdentity(domain, ADMIN, ttl=120)) as admin:
         run.step("setup", "gateway in front of a legacy CRM API (a bearer exception, expiring soon)",
                  gateway=plan.gateway_url, route="legacy-crm")  # fmt: skip

@@ -302,7 +302,10 @@ class Verifier:
         )
         decision = self.policy.authorize(request)
         if not decision.allowed:
-            log.info(
+            # a tools/list visibility check is not a refusal the caller saw: one line per hidden tool
+            # on every listing would drown the real denials
+            log.log(
+                logging.DEBUG if call is None and tool is not None else logging.INFO,
                 "call denied by policy %s (%s): %s %s%s by %s",
                 decision.version,
                 ", ".join(decision.determining) or "no permit",

@@ -50,7 +50,9 @@ DEFAULT_MAX_ARGUMENT_BYTES = 16 * 1024
 MAX_DEPTH = 32
 #: the scope that grants one tool without Cedar: ``tool:<name>``
 DEFAULT_SCOPE_PREFIX = "tool:"
-#: MCP tool names (MCP spec "Tool names": 1-128 of A-Z a-z 0-9 _ - .)
+#: the largest integer every JSON implementation reads exactly (RFC 7493 §2.2)
+MAX_SAFE_INTEGER = 2**53 - 1
+#: MCP tool names (MCP spec "Tool names": 1-128 of A-Z a-z 0-9 _ - . /)
 MAX_TOOL_NAME = 128
 _TOOL_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-./")
 
@@ -76,11 +78,11 @@ def _number(value: int | float) -> str:
     if isinstance(value, bool):
         raise TypeError("bool is not a number")
     if isinstance(value, int):
-        if abs(value) >= 2**53:  # beyond IEEE 754 doubles: what a JS client would have sent is already rounded
-            try:
-                return _number(float(value))
-            except OverflowError:
-                raise ToolCallError("arguments hold an integer beyond the range of an IEEE 754 double") from None
+        if abs(value) > MAX_SAFE_INTEGER:
+            # RFC 7493 §2.2: beyond ±(2**53 - 1) an integer is not interoperable. Its canonical form
+            # would be the rounded double while a Python tool receives the exact value, so a policy
+            # on a numeric id could be passed with one number and the tool run on another.
+            raise ToolCallError("arguments hold an integer beyond ±(2**53 - 1) (RFC 7493 §2.2); send it as a string")
         return str(value)
     if not math.isfinite(value):
         raise ToolCallError("arguments hold NaN or an infinity, which JSON cannot carry")
