@@ -32,8 +32,8 @@ from tether.demo.services import docs_service, search_service
 from tether.gateway.app import build_gateway
 from tether.identity.dev_issuer import DevTrustDomain
 from tether.keys.sealed import load_master_key
-from tether.provision import initialize
 from tether.mcp import protect
+from tether.provision import initialize
 from tether.resource import ResourceSettings, Verifier
 from tether.rules.jws import b64url_decode
 from tether.sts.bootstrap import build_sts
