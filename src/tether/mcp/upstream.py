@@ -85,6 +85,13 @@ def _clean(text: str, secret_forms: list[bytes]) -> str:
     return text[:_MAX_MESSAGE]
 
 
+def _leaf(exc: BaseException) -> BaseException:
+    """The first error inside (nested) exception groups: what the SDK's task groups wrap."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def _process_of(transport: object) -> Any:
     """The subprocess of an entered ``stdio_client``.
 
@@ -132,6 +139,7 @@ class Upstream:
         error, else only what failed (the exception text may hold a URL or a secret)."""
         from mcp.shared.exceptions import MCPError
 
+        exc = _leaf(exc)
         if isinstance(exc, UpstreamError):
             return exc
         if isinstance(exc, MCPError):
@@ -209,7 +217,7 @@ class Upstream:
                 await self._stop.wait()
         except Exception as exc:  # noqa: BLE001 - whatever ended the connection, connect() gets an UpstreamError
             if not ready.done():
-                ready.set_exception(self._failure("the connection", exc))
+                ready.set_exception(self._failure("the MCP handshake", exc))
             else:
                 log.info("MCP upstream %s: the connection ended (%s)", self.route, type(exc).__name__)
         finally:
