@@ -62,7 +62,7 @@ from tether.gateway.mcp_sessions import UpstreamSession, UpstreamSessions
 from tether.gateway.proxy import BadGateway, GatewayTimeout
 from tether.gateway.routes import utc_date
 from tether.gateway.vault import MissingSecret, SecretCache
-from tether.mcp.pins import PinsTampered, load_pins
+from tether.mcp.pins import PinsTampered, load_pins, pins_path
 from tether.mcp.upstream import UpstreamError
 from tether.metrics import ALERTS, MCP_CALLS, MCP_SESSIONS
 from tether.monitor.events import Finding, alert_event
@@ -221,6 +221,7 @@ class McpEndpoint:
             max_sessions=max(64, 8 * route.max_sessions),
         )
         self._needles: tuple[str | None, list[bytes]] = (None, [])
+        self._pins: tuple[object, Mapping[str, str]] | None = None
 
     # -- HTTP --------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -253,15 +254,27 @@ class McpEndpoint:
         await self.manager.handle_request(scope, receive, send)
 
     def pins(self) -> Mapping[str, str]:
-        """The pinned catalogue (tool → digest); a route without a usable one serves nothing."""
+        """The pinned catalogue (tool → digest); a route without a usable one serves nothing.
+
+        Read again whenever the pin file changes (a re-pin applies at once, no restart); a
+        file that does not verify is refused on every request until it is re-pinned."""
+        config, name = self.service.config, self.route.name
         try:
-            catalogue = load_pins(self.service.config, self.route)
+            stat = pins_path(config, name).stat()
+        except FileNotFoundError:
+            stat = None
+        signature = None if stat is None else (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if signature is not None and self._pins is not None and self._pins[0] == signature:
+            return self._pins[1]
+        try:
+            catalogue = load_pins(config, name)
         except PinsTampered as exc:
-            log.error("MCP route %s: the pinned catalogue failed its integrity check: %s", self.route.name, exc)
-            raise NotPinned(f"MCP route `{self.route.name}`: its pinned tool catalogue failed its integrity check; "
+            log.error("MCP route %s: the pinned catalogue failed its integrity check: %s", name, exc)
+            raise NotPinned(f"MCP route `{name}`: its pinned tool catalogue failed its integrity check; "
                             "an operator must re-pin it", debug=str(exc)[:300]) from exc  # fmt: skip
         if catalogue is None:
-            raise NotPinned(f"MCP route `{self.route.name}` has no pinned tool catalogue: an operator must review and pin it")
+            raise NotPinned(f"MCP route `{name}` has no pinned tool catalogue: an operator must review and pin it")
+        self._pins = (signature, catalogue.tools)
         return catalogue.tools
 
     def _pinned(self, tool: str) -> bool:
@@ -386,7 +399,7 @@ class McpEndpoint:
                 refusal = GatewayTimeout(f"the tool did not answer within {route.timeout:g}s")
             else:
                 refusal = BadGateway("the MCP upstream failed the call", debug=str(exc)[:300])
-            if not isinstance(exc, OAuthError):  # the upstream failed or hung: the next call gets a fresh one
+            if isinstance(exc, TimeoutError) or not session.upstream.alive:  # hung or dead: the next call gets a fresh one
                 await sessions.close(session.key, f"call failed: {refusal.error}")
             ms = (time.perf_counter() - record.started) * 1000
             MCP_CALLS.labels(route=route.name, tool=call.name, outcome=refusal.error).inc()

@@ -115,6 +115,9 @@ class UpstreamSessions:
             if secret != session.secret:  # the vaulted secret was rotated: reconnect with the new one
                 await self.close(key, "secret rotated")
                 session = None
+        if session is not None and not session.upstream.alive:  # it exited or dropped: start over
+            await self.close(key, "upstream gone")
+            session = None
         if session is not None:
             session.last_used = time.monotonic()
             if time.monotonic() - session.listed_at > self.relist_seconds:
@@ -182,9 +185,11 @@ class UpstreamSessions:
 
     # -- the sweeper -----------------------------------------------------------------------
     def due(self, session: UpstreamSession, now: float) -> str | None:
-        """Why ``session`` should stop now, or None: its task ended, or it is idle too long."""
+        """Why ``session`` should stop now, or None: its task ended, its upstream died, or it is idle too long."""
         if session.route.stdio and session.task in self.feed.tasks:
             return "task ended"
+        if not session.upstream.alive:
+            return "upstream gone"
         if session.busy == 0 and now - session.last_used > session.route.session_idle_seconds:
             return "idle"
         return None

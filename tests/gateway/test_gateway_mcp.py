@@ -1,0 +1,314 @@
+"""The MCP gateway end to end: a real STS, the gateway on loopback, real MCP servers, real agents.
+
+The upstream is the tiny files server of tests/mcp (``read_file``, ``list_directory``,
+``write_file``), over stdio unless said otherwise; pins are written before the gateway starts.
+
+``files``     read_file and list_directory allowlisted (write_file is offered but not allowed)
+``tiny``      3 tool calls per task
+``unpinned``  never pinned
+``drifty``    pinned from the server as reviewed; it now runs rug-pulled (read_file changed)
+``scoped``    the ``tool:<name>`` scope convention on (the others turn it off with ``scope_prefix = ""``)
+``small``     64 bytes of arguments at most
+``expired``   expired in 2001
+``solo``      one upstream session at a time
+``web``       the same server over streamable HTTP, demanding a vaulted API key
+
+A Cedar policy limits ``read_file`` to paths under a ``shared`` directory on every route.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from gwkit import gateway_toml, put_secret_sync, serve_gateway, wait_until
+from mcpkit import STDIO, McpEnv, RpcError, files_server, mcp_route_toml, pid_alive, pin_route
+
+from helpers import QUIET_MONITOR, running_sts
+from tether.web.server import ServerThread, free_port
+
+ALLOWED = ["list_directory", "read_file"]
+OFF = {"scope_prefix": ""}
+API_KEY = "mcp-up/stream+key=0123456789"
+RUG_PULL = {"FILES_SERVER_RUG_PULL": "1"}
+
+CEDAR = """
+@id("mcp-read-shared-only")
+forbid (principal, action == Tether::Action::"call", resource)
+when { context.tool == "read_file" && context.arguments_digest != "" &&
+       !(context.arguments.hasTag("path") && context.arguments.getTag("path") like "*/shared/*") };
+"""
+
+
+def routes(web: str) -> str:
+    return "".join([
+        mcp_route_toml("files", command=STDIO, tools=ALLOWED, **OFF),
+        mcp_route_toml("tiny", command=STDIO, tools=["*"], max_calls_per_task=3, **OFF),
+        mcp_route_toml("unpinned", command=STDIO, tools=["*"], **OFF),
+        mcp_route_toml("drifty", command=STDIO, tools=["*"], env=RUG_PULL, **OFF),
+        mcp_route_toml("scoped", command=STDIO, tools=["*"]),
+        mcp_route_toml("small", command=STDIO, tools=["*"], max_argument_bytes=64, **OFF),
+        mcp_route_toml("expired", command=STDIO, tools=["*"], expires="2001-01-01", **OFF),
+        mcp_route_toml("solo", command=STDIO, tools=["*"], max_sessions=1, **OFF),
+        mcp_route_toml("web", url=web, tools=["*"], secret="web-key", header="X-Api-Key", template="{secret}",
+                       max_result_bytes=2048, **OFF),
+    ])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory the policy allows reading, with a file holding the HTTP upstream's key."""
+    directory = tmp_path_factory.mktemp("data") / "shared"
+    directory.mkdir()
+    (directory / "a.txt").write_text("hello from a", encoding="utf-8")
+    (directory / "leak.txt").write_text(f"debug: key={API_KEY} done", encoding="utf-8")
+    (directory / "big.txt").write_text("b" * 5000, encoding="utf-8")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[McpEnv]:
+    port, web_port = free_port(), free_port()
+    settings = gateway_toml(port, suspend_after_refusals=1000, suspend_on_cap=False)
+    web_app = files_server().http_app(header="X-Api-Key", value=API_KEY)
+    web = f"http://127.0.0.1:{web_port}/mcp"
+    thread = ServerThread(web_app, web_port).start()
+    try:
+        with running_sts(tmp_path_factory.mktemp("mcp"), extra_toml=settings + routes(web) + QUIET_MONITOR) as sts:
+            config = sts.config
+            (config.policy_dir / "90-mcp-test.cedar").write_text(CEDAR, encoding="utf-8")
+            put_secret_sync(config, "web-key", API_KEY)
+            for name in ("files", "tiny", "scoped", "small", "expired", "solo"):
+                pin_route(config, name)
+            pin_route(config, "drifty", env={})  # reviewed before the server changed
+            pin_route(config, "web", secret=API_KEY)
+            with serve_gateway(config, sts) as gateway:
+                mcp = McpEnv(sts=sts, config=config, gateway=gateway)
+                try:
+                    yield mcp
+                finally:
+                    mcp.close()
+    finally:
+        thread.stop()
+
+
+def text(result: dict[str, object]) -> str:
+    content = result["content"]
+    assert isinstance(content, list)
+    return str(content[0]["text"])
+
+
+def refusal(excinfo: pytest.ExceptionInfo[RpcError]) -> tuple[object, object, object]:
+    data = excinfo.value.data
+    return excinfo.value.code, data.get("error"), data.get("tool")
+
+
+def test_a_stdio_route_lists_and_calls_its_tools(env: McpEnv, shared: Path) -> None:
+    agent = env.agent("files")
+    assert agent.tools("files") == ALLOWED  # write_file is upstream but not allowlisted
+    assert text(agent.call("files", "read_file", {"path": str(shared / "a.txt")})) == "hello from a"
+    calls = env.audit("mcp.call", task=agent.task["id"])
+    assert calls[-1].detail["tool"] == "read_file" and calls[-1].detail["argument_shape"] == ["path:string"]
+    assert calls[-1].detail["arguments_digest"] and str(shared) not in str(calls[-1].detail)  # never argument values
+    results = env.audit("mcp.result", task=agent.task["id"])
+    assert results[-1].detail["call"] == calls[-1].seq and results[-1].detail["result"] == "ok"
+
+
+def test_task_completion_ends_access_and_stops_the_upstream(env: McpEnv, shared: Path) -> None:
+    agent = env.agent("files")
+    agent.call("files", "list_directory", {"path": str(shared)})
+    token = agent.token("files")
+    [session] = env.sessions("files", agent.task["id"])
+    pid = session.upstream.pid
+    assert pid is not None and pid_alive(pid)
+    agent.complete()
+    wait_until(lambda: not pid_alive(pid), timeout=15, what="the upstream process to stop")
+    assert env.sessions("files", agent.task["id"]) == []
+    response = agent.with_token("files", token, "tools/call", {"name": "list_directory", "arguments": {"path": "/"}})
+    assert response.status_code == 401 and response.json()["error"] == "invalid_token"
+    assert 'resource_metadata="' in response.headers["www-authenticate"]
+
+
+def test_a_tool_outside_the_allowlist_is_refused_and_never_called(env: McpEnv, shared: Path) -> None:
+    agent = env.agent("files")
+    target = shared / "written.txt"
+    with pytest.raises(RpcError) as refused:
+        agent.call("files", "write_file", {"path": str(target), "content": "x"})
+    assert refusal(refused) == (-32003, "access_denied", "write_file")
+    assert "allowlist" in refused.value.message and not target.exists()
+    assert not [r for r in env.audit("mcp.call", task=agent.task["id"]) if r.detail["tool"] == "write_file"]
+    record = env.audit("mcp.refused", task=agent.task["id"])[-1]
+    assert record.error == "access_denied" and record.detail["tool"] == "write_file" and record.detail["not_allowlisted"]
+    assert "a.txt" in text(agent.call("files", "list_directory", {"path": str(shared)}))  # positive control
+
+
+def test_an_unpinned_route_serves_nothing(env: McpEnv) -> None:
+    agent = env.agent("unpinned", "files")
+    for method, params in (("tools/list", {}), ("tools/call", {"name": "list_directory", "arguments": {"path": "/"}})):
+        response = agent.request("unpinned", method, params)
+        assert response.status_code == 503 and response.json()["error"] == "temporarily_unavailable"
+        assert "no pinned tool catalogue" in response.json()["error_description"]
+    assert env.sessions("unpinned", agent.task["id"]) == []  # no upstream was even started
+    assert agent.tools("files") == ALLOWED  # positive control: a pinned route
+
+
+def test_a_tampered_pin_file_serves_nothing(env: McpEnv) -> None:
+    from tether.mcp.pins import pins_path
+
+    agent = env.agent("small")
+    assert agent.request("small", "tools/list").status_code == 200
+    path = pins_path(env.config, "small")
+    original = path.read_bytes()
+    try:
+        path.write_bytes(original.replace(b'"list_directory"', b'"list_directorz"'))
+        response = agent.request("small", "tools/list")
+        assert response.status_code == 503 and "integrity" in response.json()["error_description"]
+    finally:
+        path.write_bytes(original)
+    assert agent.request("small", "tools/list").status_code == 200
+
+
+def test_a_drifted_tool_is_refused_and_alerted_while_the_others_work(env: McpEnv, shared: Path) -> None:
+    agent = env.agent("drifty")
+    assert agent.tools("drifty") == ["list_directory", "write_file"]  # read_file differs from its pin: not offered
+    with pytest.raises(RpcError) as refused:
+        agent.call("drifty", "read_file", {"path": str(shared / "a.txt")})
+    assert refusal(refused) == (-32003, "access_denied", "read_file")
+    assert "re-pinned" in refused.value.message
+    assert "a.txt" in text(agent.call("drifty", "list_directory", {"path": str(shared)}))
+    drift = [r for r in env.audit("mcp.drift") if r.detail["route"] == "drifty"]
+    assert len(drift) == 1 and drift[0].outcome == "alert" and drift[0].detail["tool"] == "read_file"
+    alerts = [r for r in env.audit("alert.raised") if r.detail["detector"] == "mcp_drift"]
+    assert alerts and alerts[0].detail["evidence"]["tool"] == "read_file"
+    with pytest.raises(RpcError):  # still refused, not alerted twice
+        agent.call("drifty", "read_file", {"path": str(shared / "a.txt")})
+    assert len([r for r in env.audit("mcp.drift") if r.detail["route"] == "drifty"]) == 1
+    assert env.audit("mcp.refused", task=agent.task["id"])[-1].detail["drift"] is True
+
+
+def test_a_token_for_another_route_is_refused(env: McpEnv) -> None:
+    agent = env.agent("files", "tiny")
+    response = agent.with_token("files", agent.token("tiny"))  # a token for /mcp/tiny, presented at /mcp/files
+    assert response.status_code == 401 and response.json()["error"] == "invalid_token"
+    challenge = response.headers["www-authenticate"]
+    assert challenge.startswith("DPoP ")
+    assert f'resource_metadata="{env.url}/.well-known/oauth-protected-resource/mcp/files"' in challenge
+    assert agent.with_token("files", agent.token("files")).status_code == 200  # positive control
+
+
+def test_the_route_metadata_names_the_route_url(env: McpEnv) -> None:
+    body = httpx.get(f"{env.url}/.well-known/oauth-protected-resource/mcp/files").json()
+    assert body["resource"] == env.aud("files") and body["authorization_servers"] == [env.sts.url]
+    assert httpx.get(f"{env.url}/.well-known/oauth-protected-resource/mcp/nope").status_code == 404
+
+
+def test_no_token_is_a_bare_challenge(env: McpEnv) -> None:
+    response = httpx.post(env.aud("files"), json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+    assert response.status_code == 401 and "resource_metadata=" in response.headers["www-authenticate"]
+
+
+def test_the_per_task_cap(env: McpEnv, shared: Path) -> None:
+    agent = env.agent("tiny")
+    for _ in range(3):
+        agent.call("tiny", "list_directory", {"path": str(shared)})
+    with pytest.raises(RpcError) as refused:
+        agent.call("tiny", "list_directory", {"path": str(shared)})
+    assert refusal(refused) == (-32003, "too_many_requests", "list_directory")
+    assert env.audit("mcp.refused", task=agent.task["id"])[-1].detail["cap_hit"] is True
+    other = env.agent("tiny")  # the cap is per task: another task still calls
+    assert "a.txt" in text(other.call("tiny", "list_directory", {"path": str(shared)}))
+
+
+def test_oversize_arguments_are_refused_before_the_upstream(env: McpEnv, shared: Path) -> None:
+    agent = env.agent("small")
+    with pytest.raises(RpcError) as refused:
+        agent.call("small", "list_directory", {"path": "/" + "x" * 100})
+    assert refused.value.code == -32602 and refused.value.data["error"] == "invalid_request"
+    assert "64 bytes" in refused.value.message
+    assert not env.audit("mcp.call", task=agent.task["id"])  # never reached the upstream
+    assert text(agent.call("small", "list_directory", {"path": "/"}))  # positive control
+
+
+def test_cedar_sees_the_arguments(env: McpEnv, shared: Path) -> None:
+    agent = env.agent("files")
+    outside = shared.parent / "secret.txt"
+    outside.write_text("not for agents", encoding="utf-8")
+    with pytest.raises(RpcError) as refused:
+        agent.call("files", "read_file", {"path": str(outside)})
+    assert refusal(refused) == (-32003, "access_denied", "read_file")
+    record = env.audit("mcp.refused", task=agent.task["id"])[-1]
+    assert "mcp-read-shared-only" in record.detail["reason"] and record.detail["arguments_digest"]
+    assert "secret.txt" not in str(record.detail)
+    assert text(agent.call("files", "read_file", {"path": str(shared / "a.txt")})) == "hello from a"
+
+
+def test_the_scope_convention(env: McpEnv, shared: Path) -> None:
+    agent = env.agent("scoped", scopes=["tool:list_directory"])
+    assert agent.tools("scoped") == ["list_directory"]
+    with pytest.raises(RpcError) as refused:
+        agent.call("scoped", "read_file", {"path": str(shared / "a.txt")})
+    assert refusal(refused) == (-32003, "insufficient_scope", "read_file")
+    assert refused.value.data["scope"] == "tool:read_file"
+    assert "a.txt" in text(agent.call("scoped", "list_directory", {"path": str(shared)}))
+
+
+def test_an_expired_route_refuses_everything(env: McpEnv) -> None:
+    agent = env.agent("expired", "files")
+    response = agent.request("expired", "tools/list")
+    assert response.status_code == 403 and response.json()["error"] == "access_denied"
+    assert "expired" in response.json()["error_description"]
+    assert agent.request("files", "tools/list").status_code == 200
+
+
+def test_upstream_sessions_are_capped_per_route(env: McpEnv) -> None:
+    first, second = env.agent("solo"), env.agent("solo")
+    assert first.tools("solo")
+    with pytest.raises(RpcError) as refused:
+        second.tools("solo")
+    assert refused.value.data["error"] == "too_many_requests" and "maximum of 1" in refused.value.message
+    assert first.tools("solo")  # the running session is not disturbed
+    first.complete()
+    wait_until(lambda: not env.sessions("solo", first.task["id"]), timeout=15, what="the first session to end")
+    assert second.tools("solo")  # room again
+
+
+def test_the_session_protocol_is_bound_to_its_agent_session(env: McpEnv, shared: Path) -> None:
+    agent = env.agent("files")
+    assert agent.initialize("files").status_code == 200
+    assert agent.tools("files") == ALLOWED
+    assert text(agent.call("files", "read_file", {"path": str(shared / "a.txt")})) == "hello from a"
+    other = env.agent("files")  # another task (and key) presenting the first one's session id
+    other.mcp_session["files"] = agent.mcp_session["files"]
+    assert other.request("files", "tools/list").status_code == 404
+    del other.mcp_session["files"]
+    assert other.tools("files") == ALLOWED  # positive control
+
+
+def test_an_http_upstream_gets_the_vaulted_key_and_its_echo_is_scrubbed(env: McpEnv, shared: Path) -> None:
+    agent = env.agent("web")
+    assert sorted(agent.tools("web")) == ["list_directory", "read_file", "write_file"]
+    result = agent.call("web", "read_file", {"path": str(shared / "leak.txt")})
+    assert text(result) == "debug: key=[REDACTED] done"
+    assert API_KEY not in str(result)
+    assert env.audit("mcp.result", task=agent.task["id"])[-1].detail["scrubbed"] >= 1
+    assert text(agent.call("web", "read_file", {"path": str(shared / "a.txt")})) == "hello from a"  # control
+
+
+def test_an_oversize_result_is_refused_whole(env: McpEnv, shared: Path) -> None:
+    agent = env.agent("web")
+    with pytest.raises(RpcError) as refused:
+        agent.call("web", "read_file", {"path": str(shared / "big.txt")})
+    assert refusal(refused) == (-32003, "result_too_large", "read_file")
+    assert "2048" in refused.value.message
+    assert env.audit("mcp.result", task=agent.task["id"])[-1].detail["result"] == "error"
+    assert text(agent.call("web", "read_file", {"path": str(shared / "a.txt")})) == "hello from a"  # control
+
+
+def test_metrics_count_tool_calls_without_principals(env: McpEnv, shared: Path) -> None:
+    agent = env.agent("files")
+    agent.call("files", "list_directory", {"path": str(shared)})
+    body = httpx.get(env.url + "/metrics").text
+    assert 'tether_mcp_calls_total{outcome="ok",route="files",tool="list_directory"}' in body
+    assert agent.task["id"] not in body and "spiffe://" not in body
