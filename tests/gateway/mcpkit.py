@@ -32,7 +32,7 @@ from tether.gateway.mcp_routes import McpRoute
 from tether.mcp.pins import pin_tools, save_pins
 from tether.mcp.upstream import connect
 
-__all__ = ["FILES_SERVER", "MODERN", "McpAgent", "McpEnv", "RpcError", "mcp_route_toml", "pid_alive", "pin_route"]
+__all__ = ["FILES_SERVER", "MODERN", "McpAgent", "McpEnv", "RpcError", "mcp_route_toml", "pid_alive", "pin_routes"]
 
 MODERN = "2026-07-28"
 LEGACY = "2025-06-18"
@@ -67,10 +67,11 @@ def mcp_route_toml(name: str, *, tools: Sequence[str], command: Sequence[str] = 
     return "\n".join(lines) + "\n"
 
 
-def pin_route(config: Config, name: str, *, env: Mapping[str, str] | None = None, secret: str | None = None) -> dict[str, str]:
-    """Pin what the route's upstream offers now, as ``tether mcp pin`` does (``env`` overrides the
-    route's environment: the server as it was reviewed)."""
-    route = next(r for r in config.mcp_routes if r.name == name)
+def pin_routes(config: Config, *names: str, env: Mapping[str, str] | None = None, secret: str | None = None) -> dict[str, str]:
+    """Pin what the first route's upstream offers now, as ``tether mcp pin`` does, for every route
+    named (they must run the same server: it is listed once); ``env`` overrides the route's
+    environment (the server as it was reviewed)."""
+    route = next(r for r in config.mcp_routes if r.name == names[0])
     if env is not None:
         route = replace(route, env=tuple(sorted(env.items())))
 
@@ -81,9 +82,10 @@ def pin_route(config: Config, name: str, *, env: Mapping[str, str] | None = None
         finally:
             await upstream.aclose()
 
-    catalogue = pin_tools(name, asyncio.run(listed()), now=time.time(), by="test:operator")
-    save_pins(config, catalogue)
-    return dict(catalogue.tools)
+    tools = asyncio.run(listed())
+    for name in names:
+        save_pins(config, pin_tools(name, tools, now=time.time(), by="test:operator"))
+    return dict(pin_tools(names[0], tools, now=0, by="").tools)
 
 
 def pid_alive(pid: int) -> bool:

@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 from gwkit import gateway_toml, put_secret_sync, serve_gateway, wait_until
-from mcpkit import STDIO, McpEnv, RpcError, files_server, mcp_route_toml, pid_alive, pin_route
+from mcpkit import STDIO, McpEnv, RpcError, files_server, mcp_route_toml, pid_alive, pin_routes
 
 from helpers import QUIET_MONITOR, running_sts
 from tether.web.server import ServerThread, free_port
@@ -80,10 +80,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[McpEnv]:
             config = sts.config
             (config.policy_dir / "90-mcp-test.cedar").write_text(CEDAR, encoding="utf-8")
             put_secret_sync(config, "web-key", API_KEY)
-            for name in ("files", "tiny", "scoped", "small", "expired", "solo"):
-                pin_route(config, name)
-            pin_route(config, "drifty", env={})  # reviewed before the server changed
-            pin_route(config, "web", secret=API_KEY)
+            # drifty was reviewed before its server changed (it now runs rug-pulled)
+            pin_routes(config, "files", "tiny", "scoped", "small", "expired", "solo", "drifty", env={})
+            pin_routes(config, "web", secret=API_KEY)
             with serve_gateway(config, sts) as gateway:
                 mcp = McpEnv(sts=sts, config=config, gateway=gateway)
                 try:

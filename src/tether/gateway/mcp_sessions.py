@@ -96,8 +96,7 @@ class UpstreamSessions:
                 await sweeper
         for starting in list(self._starting.values()):
             starting.cancel()
-        for key in list(self.sessions):
-            await self.close(key, "gateway shutdown")
+        await asyncio.gather(*(self.close(key, "gateway shutdown") for key in list(self.sessions)))
 
     # -- use ---------------------------------------------------------------------------------
     def key_of(self, route: McpRoute, principal: Principal) -> SessionKey:
@@ -196,10 +195,8 @@ class UpstreamSessions:
 
     async def sweep_once(self) -> None:
         now = time.monotonic()
-        for key, session in list(self.sessions.items()):
-            reason = self.due(session, now)
-            if reason is not None:
-                await self.close(key, reason)
+        due = [(key, reason) for key, session in list(self.sessions.items()) if (reason := self.due(session, now))]
+        await asyncio.gather(*(self.close(key, reason) for key, reason in due))  # a slow stop holds up no other
 
     async def _sweep(self) -> None:
         while True:
