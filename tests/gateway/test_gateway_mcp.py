@@ -11,6 +11,7 @@ The upstream is the tiny files server of tests/mcp (``read_file``, ``list_direct
 ``small``     64 bytes of arguments at most
 ``expired``   expired in 2001
 ``solo``      one upstream session at a time
+``idle``      upstream sessions stopped after 1 s unused
 ``web``       the same server over streamable HTTP, demanding a vaulted API key
 
 A Cedar policy limits ``read_file`` to paths under a ``shared`` directory on every route.
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gwkit import gateway_toml, put_secret_sync, serve_gateway, wait_until
+from gwkit import gateway_toml, put_secret_sync, serve_gateway, task_state, variant_config, wait_until
 from mcpkit import STDIO, McpEnv, RpcError, files_server, mcp_route_toml, pid_alive, pin_routes
 
 from helpers import QUIET_MONITOR, running_sts
@@ -52,6 +53,7 @@ def routes(web: str) -> str:
         mcp_route_toml("small", command=STDIO, tools=["*"], max_argument_bytes=64, **OFF),
         mcp_route_toml("expired", command=STDIO, tools=["*"], expires="2001-01-01", **OFF),
         mcp_route_toml("solo", command=STDIO, tools=["*"], max_sessions=1, **OFF),
+        mcp_route_toml("idle", command=STDIO, tools=["*"], session_idle_seconds=1, **OFF),
         mcp_route_toml("web", url=web, tools=["*"], secret="web-key", header="X-Api-Key", template="{secret}",
                        max_result_bytes=2048, **OFF),
     ])  # fmt: skip
@@ -81,7 +83,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[McpEnv]:
             (config.policy_dir / "90-mcp-test.cedar").write_text(CEDAR, encoding="utf-8")
             put_secret_sync(config, "web-key", API_KEY)
             # drifty was reviewed before its server changed (it now runs rug-pulled)
-            pin_routes(config, "files", "tiny", "scoped", "small", "expired", "solo", "drifty", env={})
+            pin_routes(config, "files", "tiny", "scoped", "small", "expired", "solo", "idle", "drifty", env={})
             pin_routes(config, "web", secret=API_KEY)
             with serve_gateway(config, sts) as gateway:
                 mcp = McpEnv(sts=sts, config=config, gateway=gateway)
@@ -311,3 +313,41 @@ def test_metrics_count_tool_calls_without_principals(env: McpEnv, shared: Path) 
     body = httpx.get(env.url + "/metrics").text
     assert 'tether_mcp_calls_total{outcome="ok",route="files",tool="list_directory"}' in body
     assert agent.task["id"] not in body and "spiffe://" not in body
+
+
+def test_an_idle_upstream_is_stopped_and_restarted_on_next_use(env: McpEnv, shared: Path) -> None:
+    agent = env.agent("idle")
+    assert "a.txt" in text(agent.call("idle", "list_directory", {"path": str(shared)}))
+    [session] = env.sessions("idle", agent.task["id"])
+    pid = session.upstream.pid
+    wait_until(lambda: not pid_alive(pid), timeout=15, what="the idle upstream to stop")
+    assert env.sessions("idle", agent.task["id"]) == []
+    assert "a.txt" in text(agent.call("idle", "list_directory", {"path": str(shared)}))  # a fresh one
+    [again] = env.sessions("idle", agent.task["id"])
+    assert again.upstream.pid != pid
+
+
+def test_a_cap_hit_suspends_the_task_and_shutdown_stops_every_upstream(env: McpEnv, shared: Path) -> None:
+    """A gateway with ``suspend_on_cap`` on, on the same STS and store (the main one has it off)."""
+    port = free_port()
+    config = variant_config(env.config, url=f"http://127.0.0.1:{port}", port=str(port), suspend_on_cap="true")
+    with serve_gateway(config, env.sts) as gateway:
+        strict = McpEnv(sts=env.sts, config=config, gateway=gateway)
+        try:
+            agent, bystander = strict.agent("tiny"), strict.agent("files")
+            for _ in range(3):
+                agent.call("tiny", "list_directory", {"path": str(shared)})
+            [capped] = strict.sessions("tiny", agent.task["id"])
+            with pytest.raises(RpcError) as refused:
+                agent.call("tiny", "list_directory", {"path": str(shared)})
+            assert refusal(refused) == (-32003, "too_many_requests", "list_directory")
+            wait_until(lambda: task_state(env.sts, agent.task["id"]) == "suspended", what="the task to be suspended")
+            [suspended] = strict.audit("task.suspended", agent.task["id"])
+            assert suspended.principal == "gateway:mcp:tiny" and suspended.detail["reason"] == "cap hit"
+            wait_until(lambda: not pid_alive(capped.upstream.pid), timeout=15, what="the suspended task's upstream")
+            assert "a.txt" in text(bystander.call("files", "list_directory", {"path": str(shared)}))  # control
+            [running] = strict.sessions("files", bystander.task["id"])
+            assert pid_alive(running.upstream.pid)
+        finally:
+            strict.close()
+    assert not pid_alive(running.upstream.pid)  # stopped with the gateway
