@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -34,6 +35,8 @@ ALLOWED = ["list_directory", "read_file"]
 OFF = {"scope_prefix": ""}
 API_KEY = "mcp-up/stream+key=0123456789"
 RUG_PULL = {"FILES_SERVER_RUG_PULL": "1"}
+#: the headers of every request the HTTP upstream received
+SEEN: list[dict[str, str]] = []
 
 CEDAR = """
 @id("mcp-read-shared-only")
@@ -74,7 +77,13 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[McpEnv]:
     port, web_port = free_port(), free_port()
     settings = gateway_toml(port, suspend_after_refusals=1000, suspend_on_cap=False)
-    web_app = files_server().http_app(header="X-Api-Key", value=API_KEY)
+    app = files_server().http_app(header="X-Api-Key", value=API_KEY)
+
+    async def web_app(scope: Any, receive: Any, send: Any) -> None:  # records what reached the upstream
+        if scope["type"] == "http":
+            SEEN.append({k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]})
+        await app(scope, receive, send)
+
     web = f"http://127.0.0.1:{web_port}/mcp"
     thread = ServerThread(web_app, web_port).start()
     try:
@@ -294,6 +303,9 @@ def test_an_http_upstream_gets_the_vaulted_key_and_its_echo_is_scrubbed(env: Mcp
     assert text(result) == "debug: key=[REDACTED] done"
     assert API_KEY not in str(result)
     assert env.audit("mcp.result", task=agent.task["id"])[-1].detail["scrubbed"] >= 1
+    # the agent's token never went upstream (MCP authorization, "token passthrough"): only the vaulted key did
+    assert SEEN and all(h.get("x-api-key") == API_KEY for h in SEEN)
+    assert not [h for h in SEEN if "dpop" in h or "authorization" in h]
     assert text(agent.call("web", "read_file", {"path": str(shared / "a.txt")})) == "hello from a"  # control
 
 

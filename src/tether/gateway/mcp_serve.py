@@ -62,6 +62,7 @@ from tether.gateway.mcp_sessions import UpstreamSession, UpstreamSessions
 from tether.gateway.proxy import BadGateway, GatewayTimeout
 from tether.gateway.routes import utc_date
 from tether.gateway.vault import MissingSecret, SecretCache
+from tether.lru import LruCache
 from tether.mcp.pins import PinsTampered, load_pins, pins_path
 from tether.mcp.upstream import UpstreamError
 from tether.metrics import ALERTS, MCP_CALLS, MCP_SESSIONS
@@ -122,7 +123,7 @@ class McpService:
         self.endpoints = {
             route.name: McpEndpoint(self, route, verifiers[route.name]) for route in config.mcp_routes
         }  # fmt: skip
-        self._drift_seen: set[str] = set()
+        self._drift_seen: LruCache[str, bool] = LruCache(10_000)  # claims already made (or lost) here
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -175,14 +176,14 @@ class McpService:
     async def drifted(self, route: McpRoute, principal: Principal, tool: str, pinned: str, current: str | None) -> None:
         """Raise the drift alert once per (route, tool, current definition), across replicas."""
         claim = f"mcp-drift:{route.name}:{tool}:{current or '-'}:{pinned}"
-        if claim in self._drift_seen:
+        if self._drift_seen.get(claim):
             return
         now = self.clock.now()
         try:
             first = await self.store.first_use(claim, until=int(now) + DRIFT_CLAIM_SECONDS, now=now)
         except StoreError:
             return  # the call is refused anyway; the next one tries again
-        self._drift_seen.add(claim)
+        self._drift_seen.put(claim, True)
         if not first:
             return
         event = drift_event(route, principal, tool, pinned=pinned, current=current)
