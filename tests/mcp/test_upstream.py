@@ -129,3 +129,32 @@ def test_http_upstream_nobody_listens_on() -> None:
 
     with pytest.raises(UpstreamError, match="route `files`"):
         asyncio.run(run())
+
+
+def test_handle_is_shared_across_tasks_and_a_hung_call_times_out(tmp_path: Path) -> None:
+    """Connected in one task, called from several at once, closed from another; a call the server
+    never answers (it blocks opening a FIFO) ends at its timeout and the hung process is still stopped."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    note = tmp_path / "note.txt"
+    note.write_text("shared")
+
+    async def run() -> tuple[list[str], int]:
+        upstream = await asyncio.create_task(connect(route(stdio_row())))
+        assert upstream.pid is not None
+        await upstream.list_tools()
+        results = await asyncio.gather(
+            *(asyncio.create_task(upstream.call_tool("read_file", {"path": str(note)}, timeout=30)) for _ in range(5))
+        )
+        texts = [r["content"][0]["text"] for r in results]
+        with pytest.raises(UpstreamError, match="did not answer tools/call in time"):
+            await upstream.call_tool("read_file", {"path": str(fifo)}, timeout=0.5)
+        await asyncio.create_task(upstream.aclose())
+        assert not upstream.alive
+        with pytest.raises(UpstreamError, match="not connected"):
+            await upstream.list_tools()
+        return texts, upstream.pid
+
+    texts, pid = asyncio.run(run())
+    assert texts == ["shared"] * 5
+    assert _gone(pid)
