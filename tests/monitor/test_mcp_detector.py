@@ -87,12 +87,14 @@ def test_argument_shape_normalizes() -> None:
 def test_mcp_drift_alerts_per_route() -> None:
     det = detector("mcp_drift")
     log = Log()
-    found = feed(det, [log.record("mcp.drift", outcome="refused", route="files", tool="read_file",
-                                  changed=["read_file"], at=T0)])  # fmt: skip
+    found = feed(det, [log.record("mcp.drift", outcome="alert", route="files", tool="read_file",
+                                  pinned_digest="p1", current_digest="c2", at=T0)])  # fmt: skip
     assert len(found) == 1
     finding = found[0]
-    assert finding.severity == "high" and finding.agent == AGENT and "`read_file`" in finding.reason
-    assert finding.evidence["changed"] == ["read_file"] and finding.subject == "mcp-route:files"
+    assert finding.severity == "high" and finding.agent == AGENT and "`read_file` differs" in finding.reason
+    assert finding.evidence["current_digest"] == "c2" and finding.subject == "mcp-route:files"
+    gone = feed(detector("mcp_drift"), [log.record("mcp.drift", route="files", tool="read_file", pinned_digest="p1")])
+    assert "`read_file` is gone upstream" in gone[0].reason
     other_agent = feed(det, [log.record("mcp.drift", principal=OTHER, route="files", tool="read_file", at=T0 + 1)])[0]
     assert other_agent.key == finding.key  # one alert per route and minute, whichever agent hit it
     assert feed(det, [log.record("mcp.pinned", route="files"), call(log)]) == []

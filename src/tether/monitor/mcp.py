@@ -115,22 +115,23 @@ class McpDrift(DetectorBase):
         if event.kind != "mcp.drift" or route is None:
             return []
         tool = event.text("tool")
-        what = f"tool `{tool[:200]}`" if tool else "its catalogue"
-        lists = {key: event.detail.get(key) for key in ("added", "removed", "changed")}
-        names = {key: [str(v)[:200] for v in value][:20] if isinstance(value, list) else [] for key, value in lists.items()}
+        pinned, current = event.text("pinned_digest"), event.text("current_digest")
+        if tool and pinned and current is None:
+            what = f"tool `{tool[:200]}` is gone upstream"
+        else:
+            what = f"tool `{tool[:200]}` differs from" if tool else "the catalogue differs from"
+            what += " the pinned catalogue"
         return [
             self._finding(
                 event,
                 agent=agent_of(event),
                 every=DEDUPE_SECONDS,
                 subject=f"mcp-route:{route}",
-                reason=f"MCP route `{route}`: {what} differs from the pinned catalogue (re-pin after review,"
-                f" or remove the upstream)",
+                reason=f"MCP route `{route}`: {what} (review it, then re-pin or remove the upstream)",
                 route=route,
                 tool=tool,
-                added=names["added"],
-                removed=names["removed"],
-                changed=names["changed"],
+                pinned_digest=pinned,
+                current_digest=current,
                 seqs=[event.seq],
             )
         ]
