@@ -158,3 +158,23 @@ def test_handle_is_shared_across_tasks_and_a_hung_call_times_out(tmp_path: Path)
     texts, pid = asyncio.run(run())
     assert texts == ["shared"] * 5
     assert _gone(pid)
+
+
+def test_stdio_stderr_is_logged_redacted_never_passed_through(
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """MCP-14: the server's stderr lines are logged under the route's name, a token in them redacted and
+    a terminal escape shown escaped; nothing reaches this process's own stderr."""
+    token = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlc2lnbmF0dXJl"
+    line = f"starting with {token} \x1b[2J done"
+
+    async def run() -> None:
+        upstream = await connect(route(stdio_row(env={"FILES_SERVER_STDERR": line})))
+        await upstream.aclose()
+
+    with caplog.at_level("INFO", logger="tether.mcp"):
+        asyncio.run(run())
+    logged = [r.getMessage() for r in caplog.records if "stderr:" in r.getMessage()]
+    assert any(m == "MCP upstream files stderr: starting with [REDACTED] \\x1b[2J done" for m in logged), logged
+    assert token not in "".join(logged)
+    assert "starting with" not in capfd.readouterr().err
