@@ -66,7 +66,7 @@ def as_json(out: str) -> Any:
     return json.loads(out)
 
 
-def test_mcp_pin_then_rug_pull_then_tampered_pin_refused(tmp_path: Path) -> None:
+def test_MCP_13_pin_then_rug_pull_then_tampered_pin_refused(tmp_path: Path) -> None:
     marker = tmp_path / "rug-pull"
     config = make_deployment(tmp_path / "d", extra_toml=stdio_toml(marker))
 
