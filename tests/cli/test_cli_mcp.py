@@ -25,7 +25,7 @@ from helpers import make_deployment
 from tether.audit.chain import AuditRecord
 from tether.config import Config
 from tether.gateway.vault import store_secret
-from tether.mcp.pins import pins_path
+from tether.mcp.pins import PinsTampered, load_pins, pin_tools, pins_path, save_pins
 from tether.store.open import open_store
 
 ROUTE = """
@@ -66,7 +66,7 @@ def as_json(out: str) -> Any:
     return json.loads(out)
 
 
-def test_mcp_pin_then_rug_pull_then_tampered_pin_refused(tmp_path: Path) -> None:
+def test_MCP_13_pin_then_rug_pull_then_tampered_pin_refused(tmp_path: Path) -> None:
     marker = tmp_path / "rug-pull"
     config = make_deployment(tmp_path / "d", extra_toml=stdio_toml(marker))
 
@@ -129,3 +129,19 @@ def test_http_route_pinned_with_its_vaulted_secret(http_config: Config) -> None:
     assert SECRET not in out + err
     code, out, _ = mcp(http_config, "tools", "files-http", "--json")
     assert code == 0 and as_json(out)["pinned"] is True
+
+
+def test_master_key_rotation_re_signs_the_pins(tmp_path: Path) -> None:
+    """A pin made under the old master key still verifies after ``tether master-key rotate``, and the
+    old key no longer verifies it (it was re-signed, not left alone)."""
+    config = make_deployment(tmp_path / "d", extra_toml=stdio_toml(tmp_path / "m"))
+    catalogue = pin_tools("files", [{"name": "read_file", "description": "Read."}], now=1.0, by="operator:cli")
+    save_pins(config, catalogue)
+    old = config.master_key_file.read_bytes()
+    done = tether("master-key", "rotate", "--config", str(config.path))
+    assert done.returncode == 0, done.stderr
+    assert "1 MCP pin file(s) re-signed" in done.stdout
+    assert load_pins(config, "files") == catalogue
+    config.master_key_file.write_bytes(old)
+    with pytest.raises(PinsTampered, match="another master key"):
+        load_pins(config, "files")

@@ -108,7 +108,7 @@ def _edit(path: Path, change: Any) -> None:
         lambda d: d.pop("mac"),
     ],
 )
-def test_mcp_pins_tampered_file_refused(config: Config, change: Any) -> None:
+def test_MCP_13_tampered_pin_file_refused(config: Config, change: Any) -> None:
     path = save_pins(config, _pinned())
     assert load_pins(config, "files") == _pinned()  # positive control on the same file
     _edit(path, change)
@@ -116,7 +116,7 @@ def test_mcp_pins_tampered_file_refused(config: Config, change: Any) -> None:
         load_pins(config, "files")
 
 
-def test_mcp_pins_copied_to_another_route_refused(config: Config) -> None:
+def test_MCP_13_pins_copied_to_another_route_refused(config: Config) -> None:
     path = save_pins(config, _pinned())
     other = pins_path(config, "other")
     other.write_bytes(path.read_bytes())

@@ -29,8 +29,8 @@ def _environ(text: str) -> dict[str, str]:
     return dict(item.split("=", 1) for item in text.split("\0") if "=" in item)
 
 
-def test_stdio_upstream_lists_calls_and_is_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """MCP-ENV: the stdio server sees only a minimal environment plus the route's env, never the
+def test_MCP_14_stdio_upstream_minimal_environment_and_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stdio server sees only a minimal environment plus the route's env, never the
     gateway's (TETHER_SECRET_TEST), and its process is gone after aclose."""
     monkeypatch.setenv("TETHER_SECRET_TEST", "x")
     note = tmp_path / "note.txt"
@@ -58,7 +58,7 @@ def test_stdio_upstream_lists_calls_and_is_stopped(tmp_path: Path, monkeypatch: 
     assert _gone(pid)
 
 
-def test_stdio_rug_pull_shows_as_changed() -> None:
+def test_MCP_13_stdio_rug_pull_shows_as_changed() -> None:
     async def listing(**env: str) -> list[dict[str, Any]]:
         upstream = await connect(route(stdio_row(env=env)))
         try:
@@ -84,8 +84,8 @@ def test_stdio_upstream_that_does_not_speak_mcp_is_an_upstream_error() -> None:
         asyncio.run(run(["/nonexistent/mcp-server"]))
 
 
-def test_http_upstream_gets_the_injected_secret() -> None:
-    """MCP-INJECT: the vaulted secret is injected as configured; without it the upstream refuses."""
+def test_MCP_12_http_upstream_gets_the_vaulted_secret_injected() -> None:
+    """The vaulted secret is injected as configured; without it the upstream refuses."""
 
     async def run(url: str, secret: str | None) -> list[dict[str, Any]]:
         upstream = await connect(route(http_row(url)), secret=secret)
@@ -107,7 +107,7 @@ def test_http_upstream_gets_the_injected_secret() -> None:
             asyncio.run(run(url, None))
 
 
-def test_http_rug_pull_shows_as_changed() -> None:
+def test_MCP_13_http_rug_pull_shows_as_changed() -> None:
     async def listing(url: str) -> list[dict[str, Any]]:
         upstream = await connect(route(http_row(url)), secret=SECRET)
         try:
@@ -129,3 +129,52 @@ def test_http_upstream_nobody_listens_on() -> None:
 
     with pytest.raises(UpstreamError, match="route `files`"):
         asyncio.run(run())
+
+
+def test_handle_is_shared_across_tasks_and_a_hung_call_times_out(tmp_path: Path) -> None:
+    """Connected in one task, called from several at once, closed from another; a call the server
+    never answers (it blocks opening a FIFO) ends at its timeout and the hung process is still stopped."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    note = tmp_path / "note.txt"
+    note.write_text("shared")
+
+    async def run() -> tuple[list[str], int]:
+        upstream = await asyncio.create_task(connect(route(stdio_row())))
+        assert upstream.pid is not None
+        await upstream.list_tools()
+        results = await asyncio.gather(
+            *(asyncio.create_task(upstream.call_tool("read_file", {"path": str(note)}, timeout=30)) for _ in range(5))
+        )
+        texts = [r["content"][0]["text"] for r in results]
+        with pytest.raises(UpstreamError, match="did not answer tools/call in time"):
+            await upstream.call_tool("read_file", {"path": str(fifo)}, timeout=0.5)
+        await asyncio.create_task(upstream.aclose())
+        assert not upstream.alive
+        with pytest.raises(UpstreamError, match="not connected"):
+            await upstream.list_tools()
+        return texts, upstream.pid
+
+    texts, pid = asyncio.run(run())
+    assert texts == ["shared"] * 5
+    assert _gone(pid)
+
+
+def test_MCP_14_stdio_stderr_logged_redacted_never_passed_through(
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """MCP-14: the server's stderr lines are logged under the route's name, a token in them redacted and
+    a terminal escape shown escaped; nothing reaches this process's own stderr."""
+    token = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlc2lnbmF0dXJl"
+    line = f"starting with {token} \x1b[2J done"
+
+    async def run() -> None:
+        upstream = await connect(route(stdio_row(env={"FILES_SERVER_STDERR": line})))
+        await upstream.aclose()
+
+    with caplog.at_level("INFO", logger="tether.mcp"):
+        asyncio.run(run())
+    logged = [r.getMessage() for r in caplog.records if "stderr:" in r.getMessage()]
+    assert any(m == "MCP upstream files stderr: starting with [REDACTED] \\x1b[2J done" for m in logged), logged
+    assert token not in "".join(logged)
+    assert "starting with" not in capfd.readouterr().err

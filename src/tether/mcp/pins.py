@@ -18,7 +18,6 @@ Rotating the master key invalidates every pin file (``rekey_pins`` re-MACs them)
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import json
@@ -150,7 +149,7 @@ def _parse(route: str, raw: bytes, master: bytes) -> PinnedCatalogue:
                        f" until it is pinned again (tether mcp pin {route})")  # fmt: skip
     try:
         document = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # a writer of the data directory may write anything
         raise bad from exc
     if not isinstance(document, dict) or not isinstance(document.get("mac"), str):
         raise bad
@@ -160,7 +159,7 @@ def _parse(route: str, raw: bytes, master: bytes) -> PinnedCatalogue:
                            f" pin it again (tether mcp pin {route})")  # fmt: skip
     try:
         expected = _mac(pins_key(master), content)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:
         raise bad from exc
     if not hmac.compare_digest(expected.encode(), str(document["mac"]).encode()):
         raise bad
@@ -199,7 +198,7 @@ def rekey_pins(config: Config, old_master: bytes, new_master: bytes) -> int:
     for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
         try:
             catalogue = _parse(path.stem, path.read_bytes(), old_master)
-        except (PinsTampered, OSError, binascii.Error):
+        except (PinsTampered, OSError):
             continue
         _save(config, catalogue, new_master)
         count += 1

@@ -8,8 +8,9 @@ upstream's tools and relays calls it has authorized. Two transports (MCP "Transp
   ``env``: never the gateway's own environment, which holds the master key, database URLs and
   whatever else the operator exported. The SDK starts it in its own session (process group)
   and on close shuts it down as the MCP lifecycle says (close stdin, wait, then terminate the
-  whole process tree). Its stderr goes nowhere unless the caller asks for it (the CLI shows
-  it to the operator): an upstream must not write lines into the gateway's log.
+  whole process tree). Its stderr is logged line by line, redacted and escaped, under the
+  route's name (``tether.mcp.stderr``; SECURITY.md MCP-14): never passed through to the
+  gateway's own stderr, where it could forge log lines.
 * streamable HTTP: the route's vaulted secret is injected as configured (header template,
   basic auth or query parameter; ``tether.gateway.inject``), redirects are left to the SDK
   (same origin only), and the agent's own token is never sent (MCP authorization spec,
@@ -31,13 +32,13 @@ import asyncio
 import contextlib
 import logging
 import os
-import subprocess
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, TextIO, cast
+from typing import IO, TYPE_CHECKING, Any, TextIO
 from urllib.parse import parse_qsl
 
 from tether.errors import TetherError
 from tether.gateway.inject import encodings, inject
+from tether.mcp.stderr import StderrLog, close_stderr_log, open_stderr_log
 
 if TYPE_CHECKING:
     from tether.gateway.mcp_routes import McpRoute
@@ -115,6 +116,7 @@ class Upstream:
         self._process: Any = None
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stderr: tuple[IO[str], asyncio.ReadTransport, StderrLog] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -210,7 +212,11 @@ class Upstream:
             async with contextlib.AsyncExitStack() as stack:
                 if http_client is not None:
                     await stack.enter_async_context(http_client)
-                await stack.enter_async_context(client)
+                try:
+                    await stack.enter_async_context(client)
+                finally:
+                    if self._stderr is not None:
+                        self._stderr[0].close()  # the process has its copy of the write end (or never started)
                 self._process = _process_of(transport)
                 self._client = client
                 ready.set_result(None)
@@ -224,6 +230,8 @@ class Upstream:
             self._client = None
             if not ready.done():  # cancelled before it connected
                 ready.set_exception(UpstreamError(f"the MCP upstream of route `{self.route}` was not connected"))
+            if self._stderr is not None:
+                await close_stderr_log(*self._stderr)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
@@ -261,7 +269,7 @@ async def connect(route: McpRoute, *, secret: str | None = None, stderr: TextIO 
     """Connect to the route's upstream (start it, for stdio) and complete the MCP handshake.
 
     ``secret`` is the opened vault value for an HTTP route that names one. ``stderr`` is where
-    a stdio upstream's stderr goes (discarded by default). Raises ``UpstreamError``."""
+    a stdio upstream's stderr goes (default: logged, ``tether.mcp.stderr``). Raises ``UpstreamError``."""
     try:
         from mcp.client.client import Client
         from mcp.client.stdio import StdioServerParameters, stdio_client
@@ -271,11 +279,13 @@ async def connect(route: McpRoute, *, secret: str | None = None, stderr: TextIO 
         raise UpstreamError("MCP routes need the `mcp` extra (pip install 'tether[mcp]')") from exc
 
     http_client = None
+    pipe = None
     if route.stdio:
         params = StdioServerParameters(
             command=route.command[0], args=list(route.command[1:]), env=stdio_environment(route), cwd=route.cwd or None
         )
-        errlog = stderr if stderr is not None else cast(TextIO, subprocess.DEVNULL)
+        pipe = None if stderr is not None else await open_stderr_log(route.name)
+        errlog: Any = stderr if pipe is None else pipe[0]
         transport: Any = stdio_client(params, errlog=errlog)
         forms: list[bytes] = []
     else:
@@ -284,6 +294,7 @@ async def connect(route: McpRoute, *, secret: str | None = None, stderr: TextIO 
         forms = encodings(secret, route.injection) if secret and route.injection else []
     client = Client(transport, cache=None, client_info=Implementation(name="tether", version="1"))
     upstream = Upstream(route.name, timeout=route.timeout, secret_forms=forms)
+    upstream._stderr = pipe if route.stdio else None
     ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     ready.add_done_callback(lambda f: None if f.cancelled() else f.exception())  # retrieved even if connect gave up
     upstream._task = asyncio.create_task(upstream._own(client, transport, http_client, ready), name=f"mcp-{route.name}")

@@ -20,6 +20,8 @@ from typing import Any
 from mcp.server.mcpserver import MCPServer
 
 RUG_PULL_ENV = "FILES_SERVER_RUG_PULL"
+#: a line the server writes to its stderr when it starts (to test how the client handles stderr)
+STDERR_ENV = "FILES_SERVER_STDERR"
 RUG_PULL_FILE_ENV = "FILES_SERVER_RUG_PULL_FILE"
 
 
@@ -74,4 +76,6 @@ def http_app(*, header: str = "", value: str = "", rug_pull: bool = False) -> An
 
 
 if __name__ == "__main__":
+    if os.environ.get(STDERR_ENV):
+        print(os.environ[STDERR_ENV], file=sys.stderr, flush=True)
     build(rug_pull=rug_pulled(sys.argv[1:])).run("stdio")
