@@ -87,7 +87,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[McpEnv]:
     web = f"http://127.0.0.1:{web_port}/mcp"
     thread = ServerThread(web_app, web_port).start()
     try:
-        with running_sts(tmp_path_factory.mktemp("mcp"), extra_toml=settings + routes(web) + QUIET_MONITOR) as sts:
+        extra = settings + routes(web) + "[monitor]\ninterval = 1\n" + QUIET_MONITOR
+        with running_sts(tmp_path_factory.mktemp("mcp"), extra_toml=extra) as sts:
             config = sts.config
             (config.policy_dir / "90-mcp-test.cedar").write_text(CEDAR, encoding="utf-8")
             put_secret_sync(config, "web-key", API_KEY)
@@ -190,8 +191,12 @@ def test_a_drifted_tool_is_refused_and_alerted_while_the_others_work(env: McpEnv
     assert "a.txt" in text(agent.call("drifty", "list_directory", {"path": str(shared)}))
     drift = [r for r in env.audit("mcp.drift") if r.detail["route"] == "drifty"]
     assert len(drift) == 1 and drift[0].outcome == "alert" and drift[0].detail["tool"] == "read_file"
-    alerts = [r for r in env.audit("alert.raised") if r.detail["detector"] == "mcp_drift"]
-    assert alerts and alerts[0].detail["evidence"]["tool"] == "read_file"
+
+    def alerts() -> list[Any]:  # raised by the monitor from the mcp.drift record (`tether alerts` shows them)
+        return [r for r in env.audit("alert.raised") if r.detail["detector"] == "mcp_drift"]
+
+    wait_until(lambda: bool(alerts()), timeout=15, what="the monitor's mcp_drift alert")
+    assert alerts()[0].detail["evidence"]["tool"] == "read_file" and alerts()[0].detail["severity"] == "high"
     with pytest.raises(RpcError):  # still refused, not alerted twice
         agent.call("drifty", "read_file", {"path": str(shared / "a.txt")})
     assert len([r for r in env.audit("mcp.drift") if r.detail["route"] == "drifty"]) == 1

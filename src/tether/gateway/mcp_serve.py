@@ -65,8 +65,7 @@ from tether.gateway.vault import MissingSecret, SecretCache
 from tether.lru import LruCache
 from tether.mcp.pins import PinsTampered, load_pins, pins_path
 from tether.mcp.upstream import UpstreamError
-from tether.metrics import ALERTS, MCP_CALLS, MCP_SESSIONS
-from tether.monitor.events import Finding, alert_event
+from tether.metrics import MCP_CALLS, MCP_SESSIONS
 from tether.resource.principal import Principal
 from tether.resource.verifier import Verifier
 from tether.rules.tool_call import ToolCall, ToolCallError, parse_tool_call
@@ -174,7 +173,8 @@ class McpService:
         await self.audit.record_refusal(event, f"mcp:{route.name}", principal, exc, source=source)
 
     async def drifted(self, route: McpRoute, principal: Principal, tool: str, pinned: str, current: str | None) -> None:
-        """Raise the drift alert once per (route, tool, current definition), across replicas."""
+        """Record ``mcp.drift`` (outcome ``alert``) once per (route, tool, current and pinned definition), across
+        replicas; the monitor's ``mcp_drift`` detector turns it into an ``alert.raised`` (``tether alerts``)."""
         claim = f"mcp-drift:{route.name}:{tool}:{current or '-'}:{pinned}"
         if self._drift_seen.get(claim):
             return
@@ -188,13 +188,7 @@ class McpService:
             return
         event = drift_event(route, principal, tool, pinned=pinned, current=current)
         log.warning("%s", event.detail["reason"])
-        await self.audit.append_quietly(event)
-        finding = Finding(detector="mcp_drift", severity="high", agent=principal.agent, task=principal.task,
-                          reason=str(event.detail["reason"]), ts=now, seq=0, window=0, subject=route.name,
-                          evidence={"route": route.name, "tool": tool, "pinned_digest": pinned,
-                                    "current_digest": current})  # fmt: skip
-        await self.audit.append_quietly(alert_event(finding, ("alert",), risk=0))
-        ALERTS.labels(detector="mcp_drift").inc()
+        await self.audit.append_quietly(event)  # the monitor's mcp_drift detector raises the alert from it
 
 
 class McpEndpoint:
