@@ -344,10 +344,13 @@ def test_an_idle_upstream_is_stopped_and_restarted_on_next_use(env: McpEnv, shar
     assert again.upstream.pid != pid
 
 
-def test_a_cap_hit_suspends_the_task_and_shutdown_stops_every_upstream(env: McpEnv, shared: Path) -> None:
-    """A gateway with ``suspend_on_cap`` on, on the same STS and store (the main one has it off)."""
+def test_suspensions_and_shutdown(env: McpEnv, shared: Path) -> None:
+    """A gateway with ``suspend_on_cap`` on and bursts of 3 refusals suspending, on the same STS and store (the
+    main one has both off): a cap hit suspends its task and stops its upstream; refusals that are not the
+    agent's doing (a drifted tool) never add up to a burst, its own refusals do; shutdown stops every upstream."""
     port = free_port()
-    config = variant_config(env.config, url=f"http://127.0.0.1:{port}", port=str(port), suspend_on_cap="true")
+    config = variant_config(env.config, url=f"http://127.0.0.1:{port}", port=str(port), suspend_on_cap="true",
+                            suspend_after_refusals="3", refusal_window="60")  # fmt: skip
     with serve_gateway(config, env.sts) as gateway:
         strict = McpEnv(sts=env.sts, config=config, gateway=gateway)
         try:
@@ -365,6 +368,15 @@ def test_a_cap_hit_suspends_the_task_and_shutdown_stops_every_upstream(env: McpE
             assert "a.txt" in text(bystander.call("files", "list_directory", {"path": str(shared)}))  # control
             [running] = strict.sessions("files", bystander.task["id"])
             assert pid_alive(running.upstream.pid)
+            drifter = strict.agent("drifty", "files")
+            for _ in range(4):  # the upstream's doing: refused, never a burst of the task's
+                with pytest.raises(RpcError):
+                    drifter.call("drifty", "read_file", {"path": str(shared / "a.txt")})
+            assert task_state(env.sts, drifter.task["id"]) == "active"
+            for _ in range(3):  # its own: a tool outside the allowlist, three times
+                with pytest.raises(RpcError):
+                    drifter.call("files", "write_file", {"path": str(shared / "nope.txt"), "content": "x"})
+            wait_until(lambda: task_state(env.sts, drifter.task["id"]) == "suspended", what="the burst suspension")
         finally:
             strict.close()
     assert not pid_alive(running.upstream.pid)  # stopped with the gateway

@@ -119,7 +119,8 @@ class GatewayAudit:
         limit = self.settings.suspend_after_refusals
         window = self.settings.refusal_window
         refusals = None  # an upstream's failure is not the task's: not counted toward a burst
-        if limit > 0 and not isinstance(exc, BadGateway | GatewayTimeout):
+        blameless = isinstance(exc, OAuthError) and bool(exc.audit.get("blameless"))  # nor one marked so
+        if limit > 0 and not isinstance(exc, BadGateway | GatewayTimeout) and not blameless:
             refusals = await self.store.count(f"gw:refusals:{task}", until=int(now) + window, now=now)
         reason = suspension(cap_hit=cap_hit, refusals=refusals, limit=limit, window=window,
                             on_cap=self.settings.suspend_on_cap)  # fmt: skip

@@ -32,7 +32,13 @@ __all__ = [
 
 
 class NotPinned(TemporarilyUnavailable):
-    """The route has no usable pinned catalogue: it serves nothing until an operator pins it."""
+    """The route has no usable pinned catalogue: it serves nothing until an operator pins it.
+
+    Marked ``blameless``: the operator's doing, never counted toward the task's refusal burst."""
+
+    def __init__(self, description: str, *, debug: str | None = None) -> None:
+        super().__init__(description, debug=debug)
+        self.audit["blameless"] = True
 
 
 def check_open(route: McpRoute, today: dt.date) -> None:
@@ -73,7 +79,7 @@ def check_drift(route: McpRoute, tool: str, pinned: str, current: str | None) ->
     if current != pinned:
         what = "no longer offered by" if current is None else "changed by"
         refusal = AccessDenied(f"tool `{tool}` was {what} the upstream since it was pinned; refused until re-pinned")
-        refusal.audit["drift"] = True
+        refusal.audit.update(drift=True, blameless=True)  # the upstream changed, not the agent's doing
         raise refusal
 
 

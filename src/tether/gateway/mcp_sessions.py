@@ -125,12 +125,14 @@ class UpstreamSessions:
         starting = self._starting.get(key)
         if starting is None:
             if route.stdio:
-                running = sum(1 for k in (*self.sessions, *self._starting) if k[0] == route.name)
+                running = sum(1 for k in {*self.sessions, *self._starting} if k[0] == route.name)
                 if running >= route.max_sessions:
-                    raise TooManyRequests(
+                    full = TooManyRequests(
                         f"MCP route `{route.name}` runs its maximum of {route.max_sessions} upstream sessions; retry later",
                         retry_after=5,
                     )
+                    full.audit.update(sessions_full=True, blameless=True)  # others' sessions: not this task's burst
+                    raise full
             starting = asyncio.create_task(self._open(key, route))
             self._starting[key] = starting
             starting.add_done_callback(lambda _: self._starting.pop(key, None))
