@@ -40,9 +40,9 @@ timeout = 60
 """
 
 
-def stdio_toml(marker: Path) -> str:
-    upstream = (f"command = {json.dumps([sys.executable, str(SERVER)])}\n"
-                f"env = {{ FILES_SERVER_RUG_PULL_FILE = {json.dumps(str(marker))} }}")  # fmt: skip
+def stdio_toml(marker: Path, *, stderr: str = "") -> str:
+    env = f"FILES_SERVER_RUG_PULL_FILE = {json.dumps(str(marker))}" + (f', FILES_SERVER_STDERR = "{stderr}"' if stderr else "")
+    upstream = f"command = {json.dumps([sys.executable, str(SERVER)])}\nenv = {{ {env} }}"
     return ROUTE.format(name="files", upstream=upstream)
 
 
@@ -106,10 +106,14 @@ def test_MCP_13_pin_then_rug_pull_then_tampered_pin_refused(tmp_path: Path) -> N
     assert len(audit(config, "mcp.pinned")) == 2
 
 
-def test_unknown_route_is_a_configuration_error(tmp_path: Path) -> None:
-    config = make_deployment(tmp_path / "d", extra_toml=stdio_toml(tmp_path / "m"))
+def test_unknown_route_is_a_configuration_error_and_verbose_shows_upstream_stderr(tmp_path: Path) -> None:
+    config = make_deployment(tmp_path / "d", extra_toml=stdio_toml(tmp_path / "m", stderr="files server \\u001b[1mready"))
     code, _, err = mcp(config, "pin", "nope")
     assert code == 2 and "no MCP route `nope`" in err and "files" in err
+    code, _, err = mcp(config, "tools", "files")
+    assert code == 1 and "ready" not in err  # the upstream's stderr is logged, not shown...
+    code, _, err = mcp(config, "tools", "files", "--verbose")
+    assert code == 1 and "MCP upstream files stderr: files server \\x1b[1mready" in err  # ...unless asked, escaped
 
 
 @pytest.fixture

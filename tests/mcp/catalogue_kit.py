@@ -55,10 +55,12 @@ def route(row: dict[str, Any]) -> McpRoute:
 
 
 @contextlib.contextmanager
-def http_upstream(*, rug_pull: bool = False, port: int | None = None) -> Iterator[str]:
-    """The files server over streamable HTTP, demanding ``X-Api-Key: SECRET``; yields its MCP url."""
+def http_upstream(*, rug_pull: bool = False, port: int | None = None, header: str = SECRET_HEADER,
+                  value: str = SECRET, query: str = "") -> Iterator[str]:  # fmt: skip
+    """The files server over streamable HTTP, demanding ``header: value`` (default ``X-Api-Key: SECRET``)
+    or, with ``query``, the query parameter ``query=value``; yields its MCP url."""
     port = port or free_port()
-    app = files_server().http_app(header=SECRET_HEADER, value=SECRET, rug_pull=rug_pull)
+    app = files_server().http_app(header="" if query else header, value=value, query=query, rug_pull=rug_pull)
     server = ServerThread(app, port).start()
     try:
         yield f"http://127.0.0.1:{port}/mcp"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 from pathlib import Path
 from typing import Any
@@ -178,3 +179,31 @@ def test_MCP_14_stdio_stderr_logged_redacted_never_passed_through(
     assert any(m == "MCP upstream files stderr: starting with [REDACTED] \\x1b[2J done" for m in logged), logged
     assert token not in "".join(logged)
     assert "starting with" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("injection", "guard"),
+    [
+        ({"inject": "query", "query_param": "key"}, {"query": "key"}),
+        ({"inject": "basic", "username": "svc"},
+         {"header": "Authorization", "value": "Basic " + base64.b64encode(f"svc:{SECRET}".encode()).decode()}),
+        ({"header": "Authorization", "template": "Bearer {secret}"}, {"header": "Authorization",
+                                                                      "value": f"Bearer {SECRET}"}),
+    ],
+)  # fmt: skip
+def test_MCP_12_every_injection_mode_reaches_the_upstream(injection: dict[str, str], guard: dict[str, str]) -> None:
+    """Query parameter, basic auth and a header template each reach a real upstream that demands them."""
+
+    async def run(url: str, secret: str) -> int:
+        row = {k: v for k, v in http_row(url).items() if k not in ("header", "template")} | injection
+        upstream = await connect(route(row), secret=secret)
+        try:
+            return len(await upstream.list_tools())
+        finally:
+            await upstream.aclose()
+
+    demand = {"value": SECRET} | guard
+    with http_upstream(header=demand.get("header", ""), value=demand["value"], query=demand.get("query", "")) as url:
+        assert asyncio.run(run(url, SECRET)) == 3
+        with pytest.raises(UpstreamError):
+            asyncio.run(run(url, "wrong-" + SECRET))

@@ -13,6 +13,8 @@ OWASP LLM03 supply chain; MCP "Tools" §Security Considerations).
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -37,9 +39,21 @@ __all__ = ["app"]
 app = typer.Typer(no_args_is_help=True, help="MCP routes: pin the upstream's tool catalogue, show drift from it.")
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="tether.toml")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+VerboseOpt = Annotated[
+    bool, typer.Option("--verbose", "-v", help="show the upstream's stderr on stderr (escaped and redacted)")
+]
 OPERATOR = "operator:cli"
 #: exit codes of ``tether mcp tools``
 NO_DRIFT, DRIFT, CANNOT_CHECK = 0, 1, 2
+
+
+def _show_upstream_stderr() -> None:
+    """The ``tether.mcp`` records (a stdio upstream's stderr lines, already escaped and redacted) on our stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("tether.mcp")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def _route(cfg: Config, name: str) -> McpRoute:
@@ -83,9 +97,11 @@ def _previous(cfg: Config, name: str) -> tuple[PinnedCatalogue | None, str]:
 
 
 @app.command()
-def pin(name: str, config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
+def pin(name: str, config: ConfigOpt = None, json_out: JsonOpt = False, verbose: VerboseOpt = False) -> None:
     """Connect to route NAME's upstream, list its tools and pin them (the gateway then serves only these)."""
     cfg = config_or_exit(config)
+    if verbose:
+        _show_upstream_stderr()
     route = _route(cfg, name)
     with errors_to_exit():
         previous, problem = _previous(cfg, name)
@@ -135,12 +151,14 @@ def pin(name: str, config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
 
 
 @app.command()
-def tools(name: str, config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
+def tools(name: str, config: ConfigOpt = None, json_out: JsonOpt = False, verbose: VerboseOpt = False) -> None:
     """Show route NAME's pinned tools and how the upstream drifted from them.
 
     Exit code 0: no drift; 1: drift (a tool added, removed or changed, or nothing pinned);
     2: could not check (configuration, a pin file that does not verify, upstream unreachable)."""
     cfg = config_or_exit(config)
+    if verbose:
+        _show_upstream_stderr()
     route = _route(cfg, name)
     with errors_to_exit():
         try:

@@ -16,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 from mcp.server.mcpserver import MCPServer
 
@@ -57,16 +58,22 @@ def build(*, rug_pull: bool = False) -> MCPServer:
     return server
 
 
-def http_app(*, header: str = "", value: str = "", rug_pull: bool = False) -> Any:
+def http_app(*, header: str = "", value: str = "", query: str = "", rug_pull: bool = False) -> Any:
     """The server as a streamable-HTTP ASGI app; with ``header``, a request without ``header: value``
-    is answered 401 before it reaches MCP (the credential an upstream would demand)."""
+    (with ``query``, without the query parameter ``query`` = ``value``) is answered 401 before it
+    reaches MCP (the credential an upstream would demand)."""
     app = build(rug_pull=rug_pull).streamable_http_app(streamable_http_path="/mcp")
-    if not header:
+    if not header and not query:
         return app
     wanted = (header.lower().encode(), value.encode())
 
+    def credited(scope: Any) -> bool:
+        if query:
+            return (query, value) in parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        return wanted in scope["headers"]
+
     async def guarded(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and wanted not in scope["headers"]:
+        if scope["type"] == "http" and not credited(scope):
             await send({"type": "http.response.start", "status": 401, "headers": [(b"content-type", b"text/plain")]})
             await send({"type": "http.response.body", "body": b"missing credential"})
             return
