@@ -165,19 +165,32 @@ class McpAgent:
         base = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
         return self.http.post(self.env.aud(route), content=json.dumps(body), headers={**base, **headers})
 
-    def request(self, route: str, method: str, params: Mapping[str, Any] | None = None) -> httpx.Response:
+    def post_raw(self, route: str, body: bytes, headers: Mapping[str, str]) -> httpx.Response:
+        """``body`` byte for byte (JSON a dict cannot express, such as a repeated member)."""
+        base = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+        return self.http.post(self.env.aud(route), content=body, headers={**base, **headers})
+
+    def bearer(self, token_route: str, url_route: str) -> dict[str, str]:
+        """Authorization and DPoP headers presenting the token for ``token_route`` at ``url_route``'s URL."""
+        token = self.token(token_route)
+        proof = self.agent.key.proof("POST", self.env.aud(url_route), access_token=token)
+        return {"Authorization": f"DPoP {token}", "DPoP": proof}
+
+    def request(self, route: str, method: str, params: Mapping[str, Any] | None = None, *,
+                headers: Mapping[str, str] | None = None) -> httpx.Response:  # fmt: skip
         """One MCP request: single-exchange 2026-07-28, or in the route's session once ``initialize``d."""
         params = dict(params or {})
-        headers: dict[str, str]
+        sent: dict[str, str]
         if route in self.mcp_session:
-            headers = {"MCP-Protocol-Version": LEGACY, "Mcp-Session-Id": self.mcp_session[route]}
+            sent = {"MCP-Protocol-Version": LEGACY, "Mcp-Session-Id": self.mcp_session[route]}
         else:
             meta = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}}
             params["_meta"] = {**meta, **params.get("_meta", {})}
-            headers = {"MCP-Protocol-Version": MODERN, "Mcp-Method": method}
+            sent = {"MCP-Protocol-Version": MODERN, "Mcp-Method": method}
             if method == "tools/call":
-                headers["Mcp-Name"] = str(params["name"])
-        return self.post(route, {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params}, headers)
+                sent["Mcp-Name"] = str(params["name"])
+        sent.update(headers or {})
+        return self.post(route, {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params}, sent)
 
     def rpc(self, route: str, method: str, params: Mapping[str, Any] | None = None) -> Any:
         """The JSON-RPC result, or ``RpcError``; an HTTP refusal (401/403/503) is raised as httpx's error."""

@@ -19,6 +19,7 @@ A Cedar policy limits ``read_file`` to paths under a ``shared`` directory on eve
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from typing import Any
 import httpx
 import pytest
 from gwkit import gateway_toml, put_secret_sync, serve_gateway, task_state, variant_config, wait_until
-from mcpkit import STDIO, McpEnv, RpcError, files_server, mcp_route_toml, pid_alive, pin_routes
+from mcpkit import MODERN, STDIO, McpEnv, RpcError, files_server, mcp_route_toml, pid_alive, pin_routes
 
 from helpers import QUIET_MONITOR, running_sts
 from tether.web.server import ServerThread, free_port
@@ -127,7 +128,7 @@ def test_a_stdio_route_lists_and_calls_its_tools(env: McpEnv, shared: Path) -> N
     assert results[-1].detail["call"] == calls[-1].seq and results[-1].detail["result"] == "ok"
 
 
-def test_task_completion_ends_access_and_stops_the_upstream(env: McpEnv, shared: Path) -> None:
+def test_mcp14_task_completion_ends_access_and_stops_the_upstream(env: McpEnv, shared: Path) -> None:
     agent = env.agent("files")
     agent.call("files", "list_directory", {"path": str(shared)})
     token = agent.token("files")
@@ -155,7 +156,7 @@ def test_a_tool_outside_the_allowlist_is_refused_and_never_called(env: McpEnv, s
     assert "a.txt" in text(agent.call("files", "list_directory", {"path": str(shared)}))  # positive control
 
 
-def test_an_unpinned_route_serves_nothing(env: McpEnv) -> None:
+def test_mcp13_an_unpinned_route_serves_nothing(env: McpEnv) -> None:
     agent = env.agent("unpinned", "files")
     for method, params in (("tools/list", {}), ("tools/call", {"name": "list_directory", "arguments": {"path": "/"}})):
         response = agent.request("unpinned", method, params)
@@ -165,7 +166,7 @@ def test_an_unpinned_route_serves_nothing(env: McpEnv) -> None:
     assert agent.tools("files") == ALLOWED  # positive control: a pinned route
 
 
-def test_a_tampered_pin_file_serves_nothing(env: McpEnv) -> None:
+def test_mcp13_a_tampered_pin_file_serves_nothing(env: McpEnv) -> None:
     from tether.mcp.pins import pins_path
 
     agent = env.agent("small")
@@ -181,7 +182,7 @@ def test_a_tampered_pin_file_serves_nothing(env: McpEnv) -> None:
     assert agent.request("small", "tools/list").status_code == 200
 
 
-def test_a_drifted_tool_is_refused_and_alerted_while_the_others_work(env: McpEnv, shared: Path) -> None:
+def test_mcp13_a_drifted_tool_is_refused_and_alerted_while_the_others_work(env: McpEnv, shared: Path) -> None:
     agent = env.agent("drifty")
     assert agent.tools("drifty") == ["list_directory", "write_file"]  # read_file differs from its pin: not offered
     with pytest.raises(RpcError) as refused:
@@ -203,7 +204,7 @@ def test_a_drifted_tool_is_refused_and_alerted_while_the_others_work(env: McpEnv
     assert env.audit("mcp.refused", task=agent.task["id"])[-1].detail["drift"] is True
 
 
-def test_a_token_for_another_route_is_refused(env: McpEnv) -> None:
+def test_mcp02_a_token_for_another_route_is_refused(env: McpEnv) -> None:
     agent = env.agent("files", "tiny")
     response = agent.with_token("files", agent.token("tiny"))  # a token for /mcp/tiny, presented at /mcp/files
     assert response.status_code == 401 and response.json()["error"] == "invalid_token"
@@ -213,13 +214,13 @@ def test_a_token_for_another_route_is_refused(env: McpEnv) -> None:
     assert agent.with_token("files", agent.token("files")).status_code == 200  # positive control
 
 
-def test_the_route_metadata_names_the_route_url(env: McpEnv) -> None:
+def test_mcp09_the_route_metadata_names_the_route_url(env: McpEnv) -> None:
     body = httpx.get(f"{env.url}/.well-known/oauth-protected-resource/mcp/files").json()
     assert body["resource"] == env.aud("files") and body["authorization_servers"] == [env.sts.url]
     assert httpx.get(f"{env.url}/.well-known/oauth-protected-resource/mcp/nope").status_code == 404
 
 
-def test_no_token_is_a_bare_challenge(env: McpEnv) -> None:
+def test_mcp09_no_token_is_a_bare_challenge_naming_the_metadata(env: McpEnv) -> None:
     response = httpx.post(env.aud("files"), json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
     assert response.status_code == 401 and "resource_metadata=" in response.headers["www-authenticate"]
 
@@ -236,7 +237,7 @@ def test_the_per_task_cap(env: McpEnv, shared: Path) -> None:
     assert "a.txt" in text(other.call("tiny", "list_directory", {"path": str(shared)}))
 
 
-def test_oversize_arguments_are_refused_before_the_upstream(env: McpEnv, shared: Path) -> None:
+def test_mcp15_oversize_arguments_are_refused_before_the_upstream(env: McpEnv, shared: Path) -> None:
     agent = env.agent("small")
     with pytest.raises(RpcError) as refused:
         agent.call("small", "list_directory", {"path": "/" + "x" * 100})
@@ -301,7 +302,9 @@ def test_the_session_protocol_is_bound_to_its_agent_session(env: McpEnv, shared:
     assert other.tools("files") == ALLOWED  # positive control
 
 
-def test_an_http_upstream_gets_the_vaulted_key_and_its_echo_is_scrubbed(env: McpEnv, shared: Path) -> None:
+def test_mcp03_mcp12_an_http_upstream_gets_the_vaulted_key_not_the_token_and_its_echo_is_scrubbed(
+    env: McpEnv, shared: Path
+) -> None:
     agent = env.agent("web")
     assert sorted(agent.tools("web")) == ["list_directory", "read_file", "write_file"]
     result = agent.call("web", "read_file", {"path": str(shared / "leak.txt")})
@@ -332,7 +335,7 @@ def test_metrics_count_tool_calls_without_principals(env: McpEnv, shared: Path) 
     assert agent.task["id"] not in body and "spiffe://" not in body
 
 
-def test_an_idle_upstream_is_stopped_and_restarted_on_next_use(env: McpEnv, shared: Path) -> None:
+def test_mcp14_an_idle_upstream_is_stopped_and_restarted_on_next_use(env: McpEnv, shared: Path) -> None:
     agent = env.agent("idle")
     assert "a.txt" in text(agent.call("idle", "list_directory", {"path": str(shared)}))
     [session] = env.sessions("idle", agent.task["id"])
@@ -380,3 +383,47 @@ def test_suspensions_and_shutdown(env: McpEnv, shared: Path) -> None:
         finally:
             strict.close()
     assert not pid_alive(running.upstream.pid)  # stopped with the gateway
+
+
+def test_mcp15_duplicate_json_members_are_refused_before_anything_runs(env: McpEnv, shared: Path) -> None:
+    """The policy and the tool must see the same arguments: a repeated member name is ambiguous."""
+    agent = env.agent("files")
+    allowed, denied = json.dumps(str(shared / "a.txt")), json.dumps(str(shared.parent / "secret.txt"))
+    meta = json.dumps({"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}})
+
+    def call(arguments: str) -> bytes:  # the JSON text as sent: a dict could not repeat a member
+        params = f'{{"name": "read_file", "arguments": {arguments}, "_meta": {meta}}}'
+        return f'{{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {params}}}'.encode()
+
+    headers = {"MCP-Protocol-Version": MODERN, "Mcp-Method": "tools/call", "Mcp-Name": "read_file"}
+    response = agent.post_raw("files", call(f'{{"path": {allowed}, "path": {denied}}}'), headers)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == -32602 and "duplicate member `path`" in error["message"]
+    assert not env.audit("mcp.call", task=agent.task["id"])  # nothing was judged, nothing ran
+    assert env.audit("mcp.refused", task=agent.task["id"])[-1].detail["tool"] == "read_file"
+    control = agent.post_raw("files", call(f'{{"path": {allowed}}}'), headers)
+    assert control.json()["result"]["content"][0]["text"] == "hello from a"
+
+
+def test_mcp11_routing_headers_must_match_the_body(env: McpEnv, shared: Path) -> None:
+    agent = env.agent("files")
+    response = agent.request("files", "tools/call", {"name": "read_file", "arguments": {"path": str(shared / "a.txt")}},
+                             headers={"Mcp-Name": "list_directory"})  # fmt: skip
+    assert response.status_code == 400 and "error" in response.json()
+    assert not env.audit("mcp.call", task=agent.task["id"])
+    assert agent.call("files", "read_file", {"path": str(shared / "a.txt")})  # positive control
+
+
+def test_mcp10_a_session_id_is_never_authentication(env: McpEnv) -> None:
+    agent = env.agent("files", "tiny")
+    assert agent.initialize("files").status_code == 200
+    session = agent.mcp_session["files"]
+    body = {"jsonrpc": "2.0", "id": 9, "method": "tools/list", "params": {}}
+    headers = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18",
+               "Mcp-Session-Id": session}  # fmt: skip
+    bare = agent.plain.post(env.aud("files"), json=body, headers=headers)
+    assert bare.status_code == 401 and "resource_metadata=" in bare.headers["www-authenticate"]
+    other_route = agent.plain.post(env.aud("files"), json=body, headers={**headers, **agent.bearer("tiny", "files")})
+    assert other_route.status_code == 401  # a token for another route, on this session: refused all the same
+    assert agent.tools("files") == ALLOWED  # positive control: the session with the agent's own token
