@@ -26,6 +26,7 @@ from tether.gateway.mcp_checks import (
 from tether.gateway.mcp_records import McpCall, argument_shape, call_event, drift_event, refusal_event, result_event
 from tether.gateway.mcp_results import result_size, scrub_json
 from tether.gateway.mcp_routes import McpRoute
+from tether.gateway.mcp_wire import Ambiguous, ambiguity
 from tether.gateway.scrub import REDACTED
 from tether.resource.principal import Principal
 from tether.rules.tool_call import parse_tool_call
@@ -148,3 +149,16 @@ def test_records_carry_the_shape_and_digest_never_the_values() -> None:
     assert refused.detail["reason"] == "why" and refused.detail["status"] == 401
     drift = drift_event(route(), principal(), "read_file", pinned="d1", current=None)
     assert drift.outcome == "alert" and "vanished" in drift.detail["reason"]
+
+
+def test_mcp15_ambiguous_json_is_named_and_strict_or_broken_json_passes_through() -> None:
+    repeated = b'{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"read_file","arguments":{"p":1,"p":2}}}'
+    found = ambiguity(repeated)
+    assert found is not None and "duplicate member `p`" in found.reason
+    assert (found.ident, found.method, found.tool) == (4, "tools/call", "read_file")
+    nan = ambiguity(b'{"jsonrpc":"2.0","id":"x","method":"tools/call","params":{"name":"t","arguments":{"n":NaN}}}')
+    assert nan is not None and nan.ident == "x"
+    assert ambiguity(b'[{"a":1},{"a":1,"a":2}]') == Ambiguous(reason="duplicate member `a`", ident=None, method="POST",
+                                                              tool=None)  # fmt: skip
+    assert ambiguity(b'{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}') is None
+    assert ambiguity(b"{not json") is None  # the SDK answers its own parse error

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -37,7 +36,7 @@ from mcp.shared.exceptions import MCPError
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from tether.clock import Clock
 from tether.config import Config
@@ -60,6 +59,7 @@ from tether.gateway.mcp_records import McpCall, call_event, drift_event, refusal
 from tether.gateway.mcp_results import ResultTooLarge, result_size, scrub_json
 from tether.gateway.mcp_routes import McpRoute
 from tether.gateway.mcp_sessions import UpstreamSession, UpstreamSessions
+from tether.gateway.mcp_wire import BodyTooLarge, ambiguity, read_body, replay, rpc_error
 from tether.gateway.proxy import BadGateway, GatewayTimeout
 from tether.gateway.routes import utc_date
 from tether.gateway.vault import MissingSecret, SecretCache
@@ -69,11 +69,9 @@ from tether.mcp.upstream import UpstreamError
 from tether.metrics import MCP_CALLS, MCP_SESSIONS
 from tether.resource.principal import Principal
 from tether.resource.verifier import Verifier
-from tether.rules.jws import JWSError, strict_json_loads
 from tether.rules.tool_call import ToolCall, ToolCallError, parse_tool_call
 from tether.store.errors import StoreError
 from tether.store.protocol import Store
-from tether.streams import read_at_most
 from tether.web.errors import error_response, wire_code
 
 __all__ = ["PRINCIPAL_STATE", "TOOL_REFUSED", "McpEndpoint", "McpService"]
@@ -253,46 +251,30 @@ class McpEndpoint:
             body = await self.strict_body(request, send, principal, started, client)
             if body is None:
                 return
-            receive = _replay(body, receive)
+            receive = replay(body, receive)
         await self.manager.handle_request(scope, receive, send)
 
     async def strict_body(
         self, request: Request, send: Send, principal: Principal, started: float, client: str | None
     ) -> bytes | None:
-        """The POST body, read whole (up to the SDK's own limit) and parsed strictly before the SDK parses it.
-
-        A JSON member name given twice is ambiguous — Python keeps the last, another parser the
-        first, so what Cedar judged and what the tool receives could differ (SECURITY MCP-15) —
-        and is refused (JSON-RPC -32602, HTTP 400), as are non-JSON constants (NaN). Other
-        malformed JSON is left to the SDK (a parse error). Answered here: None is returned."""
+        """The POST body, read whole and judged strictly before the SDK parses it (``mcp_wire``);
+        None when it was refused (answered and audited here)."""
         limit = self.manager.max_request_body_size
         try:
-            body = await read_at_most(request.stream(), limit, lambda: _TooLarge(f"request body over {limit} bytes"))
-        except _TooLarge:
-            await _rpc_error(None, types.INVALID_REQUEST, f"the request body exceeds {limit} bytes", 413)(
-                request.scope, request.receive, send
-            )
-            return None
-        try:
-            strict_json_loads(body)
-        except JWSError as exc:
-            try:
-                loose = json.loads(body)
-            except (ValueError, RecursionError):
-                return body  # not JSON at all: the SDK answers its parse error
-            message = loose if isinstance(loose, dict) else {}
-            ident = message.get("id") if isinstance(message.get("id"), str | int) else None
-            method = message.get("method") if isinstance(message.get("method"), str) else "POST"
-            params = message.get("params")
-            name = params.get("name") if isinstance(params, dict) else None
-            tool = name if isinstance(name, str) else None
-            refusal = InvalidRequest(f"the request is ambiguous JSON ({exc}); refused")
-            await self.service.refused(self.route, principal, refusal, method=str(method)[:64], tool=tool, digest=None,
-                                       status=400, started=started, source=client)  # fmt: skip
-            answer = _rpc_error(ident, types.INVALID_PARAMS, refusal.description, 400, {"error": "invalid_request"})
+            body = await read_body(request.stream(), limit)
+        except BodyTooLarge:
+            answer = rpc_error(None, types.INVALID_REQUEST, f"the request body exceeds {limit} bytes", 413)
             await answer(request.scope, request.receive, send)
             return None
-        return body
+        ambiguous = ambiguity(body)
+        if ambiguous is None:
+            return body
+        refusal = InvalidRequest(f"the request is ambiguous JSON ({ambiguous.reason}); refused")
+        await self.service.refused(self.route, principal, refusal, method=ambiguous.method, tool=ambiguous.tool,
+                                   digest=None, status=400, started=started, source=client)  # fmt: skip
+        answer = rpc_error(ambiguous.ident, types.INVALID_PARAMS, refusal.description, 400, {"error": "invalid_request"})
+        await answer(request.scope, request.receive, send)
+        return None
 
     def pins(self) -> Mapping[str, str]:
         """The pinned catalogue (tool → digest); a route without a usable one serves nothing.
@@ -462,32 +444,6 @@ class McpEndpoint:
         if self._needles[0] != secret:
             self._needles = (secret, encodings(secret, self.route.injection or Injection(mode="header")))
         return self._needles[1]
-
-
-class _TooLarge(Exception):
-    pass
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """``receive`` for the SDK: the body already read, then whatever the client sends (its disconnect)."""
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
-
-
-def _rpc_error(ident: str | int | None, code: int, message: str, status: int, data: object = None) -> Response:
-    """A JSON-RPC 2.0 error answer (§5.1) with an HTTP status, as the SDK answers its own refusals."""
-    error: dict[str, object] = {"code": code, "message": message}
-    if data is not None:
-        error["data"] = data
-    return JSONResponse({"jsonrpc": "2.0", "id": ident, "error": error}, status_code=status)
 
 
 def error_of(exc: Exception) -> OAuthError:
