@@ -14,10 +14,12 @@ from hypothesis import strategies as st
 from tether.errors import AccessDenied, InsufficientScope, TooManyRequests
 from tether.gateway.inject import Injection, encodings
 from tether.gateway.mcp_checks import (
+    HeaderMismatch,
     check_allowed,
     check_cap,
     check_drift,
     check_open,
+    check_param_headers,
     check_pinned,
     check_rate,
     check_scope,
@@ -162,3 +164,15 @@ def test_mcp15_ambiguous_json_is_named_and_strict_or_broken_json_passes_through(
                                                               tool=None)  # fmt: skip
     assert ambiguity(b'{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}') is None
     assert ambiguity(b"{not json") is None  # the SDK answers its own parse error
+
+
+def test_mcp11_param_headers_must_mirror_the_arguments_the_schema_declares() -> None:
+    definition = {"name": "deploy", "inputSchema": {"type": "object", "properties": {
+        "region": {"type": "string", "x-mcp-header": "Region"}, "note": {"type": "string"}}}}  # fmt: skip
+    call = parse_tool_call({"name": "deploy", "arguments": {"region": "eu-west", "note": "x"}})
+    check_param_headers(definition, call, {"mcp-param-region": "eu-west"})
+    with pytest.raises(HeaderMismatch):
+        check_param_headers(definition, call, {"mcp-param-region": "us-east"})  # routed one way, run another
+    with pytest.raises(HeaderMismatch):
+        check_param_headers(definition, parse_tool_call({"name": "deploy", "arguments": {}}), {"mcp-param-region": "eu"})
+    check_param_headers({"name": "plain"}, call, {"mcp-param-region": "anything"})  # no schema declares a header

@@ -13,17 +13,22 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Collection, Mapping
+from typing import Any
 
-from tether.errors import AccessDenied, InsufficientScope, TemporarilyUnavailable, TooManyRequests
+from mcp.shared.inbound import validate_mcp_param_headers
+
+from tether.errors import AccessDenied, InsufficientScope, InvalidRequest, TemporarilyUnavailable, TooManyRequests
 from tether.gateway.mcp_routes import McpRoute
-from tether.rules.tool_call import missing_tool_scope
+from tether.rules.tool_call import ToolCall, missing_tool_scope
 
 __all__ = [
+    "HeaderMismatch",
     "NotPinned",
     "check_allowed",
     "check_cap",
     "check_drift",
     "check_open",
+    "check_param_headers",
     "check_pinned",
     "check_rate",
     "check_scope",
@@ -81,6 +86,23 @@ def check_drift(route: McpRoute, tool: str, pinned: str, current: str | None) ->
         refusal = AccessDenied(f"tool `{tool}` was {what} the upstream since it was pinned; refused until re-pinned")
         refusal.audit.update(drift=True, blameless=True)  # the upstream changed, not the agent's doing
         raise refusal
+
+
+class HeaderMismatch(InvalidRequest):
+    """An ``Mcp-Param-*`` header disagrees with the argument it mirrors (MCP 2026-07-28 Streamable HTTP)."""
+
+
+def check_param_headers(definition: Mapping[str, Any], call: ToolCall, headers: Mapping[str, str]) -> None:
+    """The ``Mcp-Param-*`` headers of a call must agree with its arguments, as the tool's (pinned)
+    input schema declares them (``x-mcp-header``): an intermediary may route on a header, so a
+    header saying one thing while the body says another is refused (SECURITY MCP-11). The SDK
+    leaves this to the gateway here, which alone knows the caller's upstream's schema."""
+    schema = definition.get("inputSchema")
+    if not isinstance(schema, Mapping):
+        return
+    rejection = validate_mcp_param_headers(schema, call.arguments, headers)
+    if rejection is not None:
+        raise HeaderMismatch(rejection.message)
 
 
 def check_rate(route: McpRoute, this_second: int) -> None:

@@ -45,11 +45,13 @@ from tether.gateway.admission import check_bound
 from tether.gateway.audit import GatewayAudit
 from tether.gateway.inject import Injection, encodings
 from tether.gateway.mcp_checks import (
+    HeaderMismatch,
     NotPinned,
     check_allowed,
     check_cap,
     check_drift,
     check_open,
+    check_param_headers,
     check_pinned,
     check_rate,
     check_scope,
@@ -95,6 +97,10 @@ def _refusal(exc: OAuthError, tool: str | None) -> MCPError:
     if isinstance(scope, str) and scope:
         data["scope"] = scope
     return MCPError(TOOL_REFUSED, exc.description, data=data)
+
+
+def _headers(ctx: ServerRequestContext[Any, Any]) -> Mapping[str, str]:
+    return ctx.request.headers if isinstance(ctx.request, Request) else {}
 
 
 def _principal(ctx: ServerRequestContext[Any, Any]) -> tuple[Principal, str | None]:
@@ -359,7 +365,7 @@ class McpEndpoint:
                 types.INVALID_PARAMS, str(exc), data={"error": "invalid_request", "tool": params.name[:128]}
             ) from None
         try:
-            session = await self.admit(principal, call, client)
+            session = await self.admit(principal, call, client, _headers(ctx))
             record = McpCall(route, principal, call, started)
             record.seq = await self.service.audit.append(call_event(record))
         except (TetherError, StoreError) as exc:
@@ -367,10 +373,14 @@ class McpEndpoint:
             await self.service.refused(route, principal, refusal, method="tools/call", tool=call.name, digest=call.digest,
                                        status=None, started=started, source=client,
                                        pinned=self._pinned(call.name))  # fmt: skip
+            if isinstance(refusal, HeaderMismatch):  # the transport's own error code (400), as the SDK's checks
+                raise MCPError(types.HEADER_MISMATCH, refusal.description, data={"error": refusal.error}) from None
             raise _refusal(refusal, call.name) from None
         return await self.forward(session, record)
 
-    async def admit(self, principal: Principal, call: ToolCall, client: str | None) -> UpstreamSession:
+    async def admit(
+        self, principal: Principal, call: ToolCall, client: str | None, headers: Mapping[str, str]
+    ) -> UpstreamSession:
         """Every check of a tools/call, in order; the caller's upstream session once all pass."""
         route = self.route
         now = self.service.clock.now()
@@ -385,6 +395,7 @@ class McpEndpoint:
         if current != pinned:
             await self.service.drifted(route, principal, call.name, pinned, current)
         check_drift(route, call.name, pinned, current)
+        check_param_headers(session.definitions.get(call.name, {}), call, headers)
         task = check_bound(principal.task)
         base = f"mcp:{route.name}:{task}"
         second = int(now)
