@@ -20,6 +20,8 @@ __all__ = [
     "GATEWAY_CALLS",
     "GATEWAY_SECONDS",
     "ISSUED",
+    "MCP_CALLS",
+    "MCP_SESSIONS",
     "REFUSALS",
     "REGISTRY",
     "REPLAY_EPOCH_REFUSALS",
@@ -59,6 +61,14 @@ GATEWAY_SECONDS = Histogram(
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
     registry=REGISTRY,
 )
+MCP_CALLS = Counter(
+    "tether_mcp_calls",
+    "MCP gateway tool calls, by route, tool (a pinned tool's name, else `-`) and outcome (ok, error or the refusal's code)",
+    ["route", "tool", "outcome"],
+    registry=REGISTRY,
+)
+MCP_SESSIONS = Gauge("tether_mcp_sessions", "Upstream MCP sessions the gateway holds open, by route", ["route"],
+                     registry=REGISTRY)  # fmt: skip
 REPLAY_EPOCH_REFUSALS = Counter(
     "tether_dpop_replay_epoch_refusals",
     "DPoP proofs refused because the replay cache was lost since they were made (a replay or an "

@@ -16,6 +16,7 @@ import typer
 from tether.cli import audit as audit_cli
 from tether.cli import bench as bench_cli
 from tether.cli import keys as keys_cli
+from tether.cli import mcp as mcp_cli
 from tether.cli import policy as policy_cli
 from tether.cli import task as task_cli
 from tether.cli import vault as vault_cli
@@ -42,6 +43,7 @@ app.add_typer(policy_cli.app, name="policy")
 app.add_typer(vault_cli.app, name="vault")
 app.add_typer(vault_cli.master_app, name="master-key")
 app.add_typer(bench_cli.app, name="bench")
+app.add_typer(mcp_cli.app, name="mcp")
 app.command()(demo)
 app.command()(report)
 app.command()(alerts)

@@ -3,6 +3,9 @@
 Secret values are read from stdin or a file (``--file``), never from the command line
 (argv is visible to every user of the machine and lands in shell history); ``vault
 list`` shows names, versions and ages, never values.
+
+A master key rotation also re-signs the MCP pin files (``tether.mcp.pins``), whose MAC key
+is derived from the master key: without it every MCP route would serve nothing afterwards.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from tether.keys.sealed import (
     rewrap,
     vault_aad,
 )
+from tether.mcp.pins import rekey_pins
 from tether.store.open import open_store
 from tether.store.protocol import Store
 
@@ -188,7 +192,9 @@ def rotate_master(
         dev = DevTrustDomain.key_path(cfg.data_dir, name)
         if dev.exists():
             dev.write_bytes(rewrap(old, new, dev.read_bytes(), aad=dev_domain_aad(name)))
+        pinned = rekey_pins(cfg, old, new)  # MCP pin files are MAC'd under a key derived from the master key
         if not from_env and target.exists():
             os.replace(target, target.with_name(target.name + ".previous"))
         os.replace(staging, target)
-    console.print(f"master key rotated: {count} sealed value(s) re-wrapped; new key in {target}")
+    pins = f"; {pinned} MCP pin file(s) re-signed" if pinned else ""
+    console.print(f"master key rotated: {count} sealed value(s) re-wrapped{pins}; new key in {target}")

@@ -2,8 +2,10 @@
 
 Per request: the hop token and DPoP proof are verified for the route's own audience, the call
 is admitted (``tether.gateway.gate``) and recorded (``tether.gateway.audit``), the vaulted
-secret is injected, and the answer is relayed back scrubbed. ``GET /metrics`` is
-unauthenticated; its labels are route names and statuses, never principals.
+secret is injected, and the answer is relayed back scrubbed. MCP routes (``[[gateway.mcp]]``)
+are served at ``/mcp/{name}`` by ``tether.gateway.mcp_serve`` (imported only when configured:
+the MCP SDK is an optional extra). ``GET /metrics`` is unauthenticated; its labels are route
+names, tool names from pinned catalogues and statuses, never principals.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from tether.clock import Clock, SystemClock
 from tether.config import Config
@@ -28,6 +32,7 @@ from tether.gateway.audit import GatewayAudit
 from tether.gateway.forms import declared_length
 from tether.gateway.gate import Gate
 from tether.gateway.inflight import InFlight, Slot
+from tether.gateway.mcp_routes import McpRoute
 from tether.gateway.proxy import BadGateway, Forwarded, forward
 from tether.gateway.records import Call
 from tether.gateway.redact import SecretRedactor
@@ -44,6 +49,9 @@ from tether.store.errors import StoreError
 from tether.store.open import open_store
 from tether.store.protocol import Store
 from tether.web.errors import error_response, handle_http, handle_unexpected
+
+if TYPE_CHECKING:
+    from tether.gateway.mcp_serve import McpService
 
 __all__ = ["Gateway", "build_gateway"]
 
@@ -64,6 +72,7 @@ class Gateway:
         self.redactor = SecretRedactor()
         self.in_flight = InFlight()
         self.audit = GatewayAudit(config, self.clock)
+        self.mcp: McpService | None = None
         self.app = self._app()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -81,6 +90,13 @@ class Gateway:
                                    on_open=self.redactor.register)  # fmt: skip
         self.gate = Gate(store, self.run.verifiers)
         self.audit.start(store)
+        if self.config.mcp_routes:
+            from tether.gateway.mcp_serve import McpService  # the optional MCP extra
+            from tether.gateway.mcp_sessions import UpstreamSessions
+
+            sessions = UpstreamSessions(self.feed, self._mcp_secret)
+            self.mcp = McpService(self.config, clock=self.clock, store=store, verifiers=self.run.mcp_verifiers,
+                                  sessions=sessions, secrets=self.secrets, audit=self.audit)  # fmt: skip
         for warning in route_warnings(tuple(self.routes.values()), utc_date(self.clock.now())):
             log.warning("bearer exception: %s", warning)
 
@@ -96,7 +112,8 @@ class Gateway:
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
             await self.start()
             try:
-                yield
+                async with self.mcp.running() if self.mcp is not None else contextlib.nullcontext():
+                    yield  # MCP upstreams are stopped before the store closes
             finally:
                 await self.stop()
 
@@ -106,6 +123,8 @@ class Gateway:
                 Route("/routes/{name}/{rest:path}", self.handle, methods=methods),
                 Route("/routes/{name}", self.handle, methods=methods),
                 Route("/.well-known/oauth-protected-resource/routes/{name}", self.metadata, methods=["GET"]),
+                Route("/mcp/{name}", _McpApp(self), methods=["GET", "POST", "DELETE"]),
+                Route("/.well-known/oauth-protected-resource/mcp/{name}", self.mcp_metadata, methods=["GET"]),
                 Route("/healthz", self.health, methods=["GET"]),
                 *([Route("/metrics", self.scrape, methods=["GET"])] if self.config.metrics.enabled else []),
             ],
@@ -121,6 +140,15 @@ class Gateway:
         assert self.run is not None
         return JSONResponse(self.run.verifiers[route.name].metadata())
 
+    async def mcp_metadata(self, request: Request) -> Response:
+        if self.mcp is None:
+            return error_response(NotFoundError("no such MCP route"))
+        return await self.mcp.metadata(request)
+
+    async def _mcp_secret(self, route: McpRoute) -> str | None:
+        assert self.mcp is not None
+        return await self.mcp.secret_of(route)
+
     async def health(self, request: Request) -> Response:
         """Status only (200, or 503 when the store is down): it is unauthenticated, and route
         names say which legacy systems sit behind the gateway."""
@@ -135,6 +163,8 @@ class Gateway:
         """Prometheus text exposition; the feed lag is measured now, at scrape time."""
         heard = self.feed.last_heard if self.run is not None else None
         FEED_LAG_SECONDS.set(float("inf") if heard is None else max(0.0, self.clock.now() - heard))
+        if self.mcp is not None:
+            self.mcp.observe()
         return Response(exposition(), media_type=CONTENT_TYPE, headers={"Cache-Control": "no-store"})
 
     async def handle(self, request: Request) -> Response:
@@ -187,6 +217,20 @@ class Gateway:
         """After the relay, whatever became of it: free the in-flight slot, count and record the call."""
         call.slot.release()
         await self.audit.result(call, forwarded)
+
+
+class _McpApp:
+    """``/mcp/{name}`` as a raw ASGI app (the SDK answers it), served by the gateway's MCP service once started."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        mcp = self.gateway.mcp
+        if mcp is None:
+            await error_response(NotFoundError("no such MCP route"))(scope, receive, send)
+            return
+        await mcp(scope, receive, send)
 
 
 def build_gateway(config: Config, *, clock: Clock | None = None, store: Store | None = None) -> Gateway:

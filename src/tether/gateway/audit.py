@@ -84,26 +84,50 @@ class GatewayAudit:
             return
         ms = (time.perf_counter() - started) * 1000
         event = refusal_event(route, principal, exc, method=method, path=path, status=status, ms=ms)
+        await self.record_refusal(event, route.name, principal, exc, source=source)
+
+    async def record_refusal(
+        self, event: AuditEvent, route: str, principal: Principal | None, exc: Exception, *, source: str | None
+    ) -> None:
+        """Write (or count, when nobody proved to own it) a refusal record of any route kind
+        (``gateway.refused``, ``mcp.refused``); one of a verified task may suspend it."""
+        if self.store is None:
+            return
         with contextlib.suppress(StoreError):
             await self.anonymous.record(event, source=source, now=self.clock.now())
             if principal is not None and principal.task is not None:
                 await self._maybe_suspend(route, principal.task, exc)
 
-    async def _maybe_suspend(self, route: GatewayRoute, task: str, exc: Exception) -> None:
+    async def append(self, event: AuditEvent) -> int:
+        """Record ``event`` now; its ``seq``. A store failure is raised: what it records must not happen."""
+        assert self.store is not None
+        return (await self.store.append_audit(event, now=self.clock.now())).seq
+
+    async def append_quietly(self, event: AuditEvent) -> None:
+        """Record ``event`` (best effort: what it records has happened)."""
+        if self.store is None:
+            return
+        try:
+            await self.store.append_audit(event, now=self.clock.now())
+        except StoreError as exc:
+            log.error("gateway %s record could not be audited: %s", event.kind, exc)
+
+    async def _maybe_suspend(self, route: str, task: str, exc: Exception) -> None:
         assert self.store is not None
         now = self.clock.now()
         cap_hit = isinstance(exc, OAuthError) and bool(exc.audit.get("cap_hit"))
         limit = self.settings.suspend_after_refusals
         window = self.settings.refusal_window
         refusals = None  # an upstream's failure is not the task's: not counted toward a burst
-        if limit > 0 and not isinstance(exc, BadGateway | GatewayTimeout):
+        blameless = isinstance(exc, OAuthError) and bool(exc.audit.get("blameless"))  # nor one marked so
+        if limit > 0 and not isinstance(exc, BadGateway | GatewayTimeout) and not blameless:
             refusals = await self.store.count(f"gw:refusals:{task}", until=int(now) + window, now=now)
         reason = suspension(cap_hit=cap_hit, refusals=refusals, limit=limit, window=window,
                             on_cap=self.settings.suspend_on_cap)  # fmt: skip
         if reason is None:
             return
-        event = AuditEvent(kind="task.suspended", outcome="ok", principal=f"gateway:{route.name}", task=task,
-                           detail={"reason": reason, "route": route.name})  # fmt: skip
+        event = AuditEvent(kind="task.suspended", outcome="ok", principal=f"gateway:{route}", task=task,
+                           detail={"reason": reason, "route": route})  # fmt: skip
         with contextlib.suppress(NotFound, TaskNotActive):
             await self.store.end_task(task, TaskState.SUSPENDED, now=now, audit=event)
             REVOCATIONS.labels(kind="task").inc()

@@ -2,7 +2,9 @@
 
 The store; a client for the STS (its JWKS); the revocation feed, which the gateway follows in
 the store it holds, with no identity to present; one token verifier per route, for the route's
-own audience; one upstream connection pool per route, so a slow upstream exhausts only its own.
+own audience (``/routes/{name}``, and ``/mcp/{name}`` for an MCP route: the two kinds of route
+have separate names and verifiers sharing the keys, feed, replay cache and policy); one
+upstream connection pool per HTTP route, so a slow upstream exhausts only its own.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class Runtime:
     feed: RevocationFeed
     verifiers: dict[str, Verifier]
     upstream: dict[str, aiohttp.ClientSession]
+    #: one verifier per MCP route, for its audience ``{gateway.url}/mcp/{name}``
+    mcp_verifiers: dict[str, Verifier]
 
     async def aclose(self) -> None:
         await self.feed.aclose()
@@ -49,11 +53,14 @@ async def open_runtime(config: Config, store: Store, *, clock: Clock, policy: Po
     stale = float(settings.stale_after)
     feed = RevocationFeed.from_store(store, stale_after=stale, clock=clock)
     feed.start()
-    verifiers = {}
-    for route in config.routes:
-        resource = ResourceSettings(issuer=config.issuer, resource=route.audience(settings.url), stale_after=stale,
-                                    tags=route.tags)  # fmt: skip
-        verifiers[route.name] = Verifier(resource, http=http, clock=clock, replay=store, keys=keys, feed=feed, policy=policy)
-        verifiers[route.name].proofs.on_epoch_refusal = count_epoch_refusal
-        await verifiers[route.name].start()  # the replay cache's epoch, before any nonce (the feed is shared)
-    return Runtime(store, http, feed, verifiers, upstream)
+
+    async def verifier(audience: str, tags: tuple[str, ...]) -> Verifier:
+        resource = ResourceSettings(issuer=config.issuer, resource=audience, stale_after=stale, tags=tags)
+        made = Verifier(resource, http=http, clock=clock, replay=store, keys=keys, feed=feed, policy=policy)
+        made.proofs.on_epoch_refusal = count_epoch_refusal
+        await made.start()  # the replay cache's epoch, before any nonce (the feed is shared)
+        return made
+
+    verifiers = {route.name: await verifier(route.audience(settings.url), route.tags) for route in config.routes}
+    mcp = {route.name: await verifier(route.audience(settings.url), route.tags) for route in config.mcp_routes}
+    return Runtime(store, http, feed, verifiers, upstream, mcp)

@@ -1,4 +1,4 @@
-"""MCP servers as tether resource servers (MCP authorization spec 2026-07-28).
+"""tether and the Model Context Protocol (MCP authorization spec 2026-07-28).
 
 ``protect(server, verifier)`` wraps an ``mcp`` SDK server (or any ASGI app speaking MCP
 streamable HTTP) so that every request carries a DPoP-bound tether token for the server's URL,
@@ -13,6 +13,10 @@ imported here: a plain ASGI app needs none of it.
 
     verifier = Verifier(ResourceSettings(issuer=STS, resource="https://notes.example/mcp"), identity=identity)
     app = protect(server, verifier)  # serve with uvicorn
+
+For the gateway: ``upstream`` talks to an upstream MCP server on the official SDK (imported
+lazily); ``catalogue`` is pure (tool digests and drift); ``pins`` keeps the operator-approved
+catalogue per route in a file MAC'd under the master key.
 """
 
 from tether.mcp.protect import DEFAULT_CUT_INTERVAL, DEFAULT_MAX_BODY_BYTES, ProtectedMCP, protect

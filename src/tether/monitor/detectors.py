@@ -1,7 +1,7 @@
-"""The seven detectors over the audit stream (pure: no I/O, no clock, no randomness).
+"""The nine detectors over the audit stream (pure: no I/O, no clock, no randomness).
 
-The traffic detectors live here, the refusal ones in ``tether.monitor.refusals``
-(re-exported). Each is fed every record in chain order and returns the findings it completes;
+The traffic detectors live here, the refusal ones in ``tether.monitor.refusals`` and the MCP
+ones in ``tether.monitor.mcp`` (re-exported). Each is fed every record in chain order and returns the findings it completes;
 time is the record's ``ts``, so an exported log gives the answers the live run gave, and state
 is bounded (an LRU of ``MAX_AGENTS``, each collection capped). Learning detectors stay quiet
 until an agent has ``learn`` records of history and ``exchange_rate_spike`` waits ``warmup``
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from tether.lru import LruCache
 from tether.monitor.base import DEDUPE_SECONDS, MAX_AGENTS, Detector, DetectorBase, agent_of
 from tether.monitor.events import Event, Finding
+from tether.monitor.mcp import McpDrift, McpUnusual
 from tether.monitor.outages import Outages
 from tether.monitor.refusals import DpopReplay, RefusalBurst, UseAfterEnd
 from tether.monitor.settings import DetectorSettings
@@ -29,6 +30,8 @@ __all__ = [
     "DpopReplay",
     "ExchangeRateSpike",
     "GatewayUnusual",
+    "McpDrift",
+    "McpUnusual",
     "NewAudience",
     "RefusalBurst",
     "UseAfterEnd",
@@ -286,6 +289,8 @@ _KINDS: dict[str, Callable[[DetectorSettings], Detector]] = {
     "use_after_end": UseAfterEnd,
     "gateway_unusual": GatewayUnusual,
     "deep_delegation": DeepDelegation,
+    "mcp_unusual": McpUnusual,
+    "mcp_drift": McpDrift,
 }
 
 

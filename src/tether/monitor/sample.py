@@ -18,6 +18,9 @@ _WHAT = {
     "use_after_end": "a token used after its task ended or after revocation",
     "gateway_unusual": "a gateway call on a new path, or at a new hour once the history spans `span` s",
     "deep_delegation": "an act chain deeper than the agent's deepest + `margin`, after `learn` tokens",
+    "mcp_unusual": "an MCP tool the agent never called on the route (after `learn` calls), or an argument shape "
+    "never seen for the tool (after `shape_learn` calls of it)",
+    "mcp_drift": "a call reached an MCP tool changed since its catalogue was pinned (a rug pull)",
 }
 
 

@@ -74,6 +74,11 @@ DEFAULTS: Mapping[str, tuple[str, tuple[str, ...], Mapping[str, float]]] = {
     "gateway_unusual": ("medium", ("alert",), {"learn": 20, "span": 86400}),
     # a delegation chain deeper than this agent's norm
     "deep_delegation": ("medium", ("alert", "risk"), {"learn": 10, "margin": 1}),
+    # an MCP tool this agent never called on the route (after `learn` calls there), or a tool
+    # called with an argument shape never seen for it (after `shape_learn` calls of it)
+    "mcp_unusual": ("medium", ("alert",), {"learn": 20, "shape_learn": 5}),
+    # a call that reached an MCP tool changed since its catalogue was pinned (a rug pull)
+    "mcp_drift": ("high", ("alert",), {}),
 }
 
 

@@ -9,6 +9,7 @@ and the RFCs cited per check. A control whose evidence could not be read fails c
 from __future__ import annotations
 
 from tether.report.check_exceptions import EXCEPTION_CONTROLS
+from tether.report.check_mcp import MCP_CONTROLS
 from tether.report.check_monitoring import MONITORING_CONTROLS
 from tether.report.check_policy import POLICY_CONTROLS
 from tether.report.check_tokens import TOKEN_CONTROLS
@@ -20,7 +21,8 @@ from tether.report.outcome import Check
 __all__ = ["CONTROLS", "run_controls"]
 
 #: every control, in report order
-CONTROLS: tuple[Check, ...] = (*TOKEN_CONTROLS, *EXCEPTION_CONTROLS, *POLICY_CONTROLS, *MONITORING_CONTROLS, *TRUST_CONTROLS)
+CONTROLS: tuple[Check, ...] = (*TOKEN_CONTROLS, *EXCEPTION_CONTROLS, *MCP_CONTROLS, *POLICY_CONTROLS, *MONITORING_CONTROLS,
+                               *TRUST_CONTROLS)  # fmt: skip
 
 
 def run_controls(evidence: Evidence) -> Report:
@@ -30,7 +32,7 @@ def run_controls(evidence: Evidence) -> Report:
         refs = mapping_for(check.id)
         for outcome in check.run(evidence):
             named = {"control": check.id, "title": check.title, **vars(outcome)}
-            results.append(Result(**named, asi=refs.asi, maestro=refs.maestro, nist=refs.nist))
+            results.append(Result(**named, asi=refs.asi, maestro=refs.maestro, nist=refs.nist, llm=refs.llm))
     return Report(
         generated_at=evidence.now,
         config_path=evidence.config_path,

@@ -1,10 +1,11 @@
 """Gather the evidence snapshot from the live configuration, files and store (read-only).
 
-Nothing here writes: the store is opened without migrating, the master key is never
-loaded (only its file mode is read) and no secret, DSN or webhook URL is copied into
-the snapshot. The audit log is read once, page by page, verifying the hash chain as
-it goes (``tether.audit.chain.first_broken`` with each page's predecessor hash) and
-counting issued tokens without ``cnf.jkt``, refusals, alerts and checkpoints.
+Nothing here writes: the store is opened without migrating, the master key is loaded
+only to verify the MCP pin files' MACs (``tether.mcp.pins``; the report says "unverified"
+where it cannot be read) and no secret, DSN or webhook URL is copied into the snapshot.
+The audit log is read once, page by page, verifying the hash chain as it goes
+(``tether.audit.chain.first_broken`` with each page's predecessor hash) and counting
+issued tokens without ``cnf.jkt``, refusals, alerts, checkpoints and ``mcp.drift`` records.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from typing import Any
 from tether.audit.chain import GENESIS, AuditRecord, first_broken
 from tether.audit.checkpoint import CHECKPOINT_KIND
 from tether.config import Config
-from tether.keys.sealed import MASTER_KEY_ENV
+from tether.errors import ConfigError
+from tether.keys.sealed import MASTER_KEY_ENV, SealError
+from tether.mcp.pins import PinsTampered, load_pins
 from tether.policy.loader import PolicyLoadError, load_directory
 from tether.report.model import (
     SEVERITIES,
@@ -30,6 +33,8 @@ from tether.report.model import (
     FileFacts,
     KeyFacts,
     LagFacts,
+    McpRouteFacts,
+    PinFacts,
     PolicyState,
     RouteFacts,
     Setting,
@@ -133,6 +138,36 @@ def _routes(config: Config) -> tuple[RouteFacts, ...]:
     )
 
 
+def _pin_facts(config: Config, route: str) -> PinFacts:
+    try:
+        pins = load_pins(config, route)
+    except PinsTampered as exc:
+        return PinFacts("refused", problem=str(exc))
+    except (ConfigError, SealError, OSError) as exc:
+        return PinFacts("unverified", problem=f"the master key could not be read ({type(exc).__name__})")
+    if pins is None:
+        return PinFacts("missing")
+    return PinFacts("valid", tuple(sorted(pins.tools)), pins.pinned_at, pins.pinned_by)
+
+
+def _mcp_routes(config: Config) -> tuple[McpRouteFacts, ...]:
+    return tuple(
+        McpRouteFacts(
+            name=r.name,
+            owner=r.owner,
+            justification=r.justification,
+            expires=r.expires,
+            upstream=Path(r.command[0]).name if r.stdio else r.url.split("?", 1)[0],
+            transport="stdio" if r.stdio else "http",
+            tools=r.tools,
+            secret=r.secret,
+            pins=_pin_facts(config, r.name),
+            max_calls_per_task=r.max_calls_per_task,
+        )
+        for r in config.mcp_routes
+    )
+
+
 def _file(path: Path) -> FileFacts:
     try:
         return FileFacts(str(path), stat.S_IMODE(path.stat().st_mode))
@@ -167,6 +202,8 @@ class _AuditTally:
         self.refusals: Counter[str] = Counter()
         self.severities: Counter[str] = Counter()
         self.alerts: deque[AlertFacts] = deque(maxlen=MAX_ALERTS)
+        self.mcp_drift: Counter[str] = Counter()
+        self.mcp_drift_tools: dict[str, set[str]] = {}
 
     def page(self, records: list[AuditRecord]) -> None:
         if self.broken is None:
@@ -198,6 +235,13 @@ class _AuditTally:
             return
         if record.outcome == "refused":
             self.refusals[f"{record.kind} {record.error or ''}".strip()] += 1
+        if record.kind == "mcp.drift":
+            route = str(record.detail.get("route") or "?")[:100]
+            self.mcp_drift[route] += 1
+            tool = record.detail.get("tool")
+            tools = self.mcp_drift_tools.setdefault(route, set())
+            if isinstance(tool, str) and len(tools) < MAX_EXAMPLES:
+                tools.add(tool[:100])
         if record.kind == "alert.raised":
             severity = str(record.detail.get("severity", "medium"))
             severity = severity if severity in SEVERITIES else "medium"
@@ -223,6 +267,8 @@ class _AuditTally:
             alert_severities=dict(self.severities),
             uncovered=self.uncovered,
             oldest_uncovered_ts=self.oldest_uncovered,
+            mcp_drift=dict(self.mcp_drift),
+            mcp_drift_tools={route: tuple(sorted(tools)) for route, tools in self.mcp_drift_tools.items()},
         )
 
 
@@ -311,4 +357,5 @@ async def gather(
         store=store,
         lag=lag,
         detector_sources=_detector_sources(config),
+        mcp_routes=_mcp_routes(config),
     )

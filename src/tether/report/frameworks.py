@@ -1,7 +1,8 @@
 """The frameworks a tether deployment is judged against, and which control answers which item.
 
 Names and ids as published: the OWASP Top 10 for Agentic Applications 2026 (OWASP
-GenAI Security Project, ASI01–ASI10, December 2025); the seven layers of CSA MAESTRO
+GenAI Security Project, ASI01–ASI10, December 2025); the OWASP Top 10 for LLM Applications
+2025 (LLM01–LLM10, November 2024), cited by the controls over MCP tools; the seven layers of CSA MAESTRO
 (v1.0, February 2025; the ten-layer v2 is still in open review); and NIST AI RMF 1.0
 (NIST AI 100-1, January 2023) functions and subcategories. A mapping says that the
 control produces evidence for the item, not that it satisfies the item on its own:
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "ASI",
+    "LLM",
     "MAESTRO",
     "MAPPINGS",
     "NIST_FUNCTIONS",
@@ -37,6 +39,20 @@ ASI: Mapping[str, str] = {
     "ASI08": "Cascading Failures",
     "ASI09": "Human-Agent Trust Exploitation",
     "ASI10": "Rogue Agents",
+}
+
+#: OWASP Top 10 for LLM Applications 2025
+LLM: Mapping[str, str] = {
+    "LLM01": "Prompt Injection",
+    "LLM02": "Sensitive Information Disclosure",
+    "LLM03": "Supply Chain",
+    "LLM04": "Data and Model Poisoning",
+    "LLM05": "Improper Output Handling",
+    "LLM06": "Excessive Agency",
+    "LLM07": "System Prompt Leakage",
+    "LLM08": "Vector and Embedding Weaknesses",
+    "LLM09": "Misinformation",
+    "LLM10": "Unbounded Consumption",
 }
 
 #: CSA MAESTRO (Multi-Agent Environment, Security, Threat, Risk, and Outcome) layers
@@ -87,10 +103,12 @@ class FrameworkRefs:
     asi: tuple[str, ...]
     maestro: tuple[str, ...]
     nist: tuple[str, ...]
+    llm: tuple[str, ...] = ()
 
 
-def _m(asi: str, maestro: str, nist: str) -> FrameworkRefs:
-    return FrameworkRefs(tuple(asi.split()), tuple(maestro.split()), tuple(s.strip() for s in nist.split(",")))
+def _m(asi: str, maestro: str, nist: str, llm: str = "") -> FrameworkRefs:
+    return FrameworkRefs(tuple(asi.split()), tuple(maestro.split()), tuple(s.strip() for s in nist.split(",")),
+                         tuple(llm.split()))  # fmt: skip
 
 
 MAPPINGS: Mapping[str, FrameworkRefs] = {
@@ -115,6 +133,11 @@ MAPPINGS: Mapping[str, FrameworkRefs] = {
     "ID-01": _m("ASI03 ASI04 ASI07", "L4 L6 L7", "GOVERN 6.1, MEASURE 2.7"),
     "ADM-01": _m("ASI03", "L6", "GOVERN 2.1, GOVERN 3.2"),
     "NET-01": _m("ASI07", "L4", "MEASURE 2.7"),
+    # MCP tools: an allowlist bounds what an agent may do (excessive agency), a pinned catalogue
+    # keeps the tools the ones approved (supply chain: a rug pull), drift alerts say it was tried
+    "MCP-01": _m("ASI02 ASI03", "L3 L7", "MAP 3.3, GOVERN 2.1, MANAGE 3.1", "LLM06"),
+    "MCP-02": _m("ASI04 ASI02", "L3 L7", "GOVERN 6.1, MANAGE 3.1, MEASURE 2.7", "LLM03 LLM06"),
+    "MCP-03": _m("ASI04 ASI02", "L5 L7", "MEASURE 2.4, MANAGE 3.1, MANAGE 4.3", "LLM03"),
 }
 
 

@@ -26,6 +26,8 @@ __all__ = [
     "Item",
     "KeyFacts",
     "LagFacts",
+    "McpRouteFacts",
+    "PinFacts",
     "PolicyFacts",
     "PolicyState",
     "Report",
@@ -80,6 +82,39 @@ class RouteFacts:
     max_requests_per_task: int
     max_requests_per_second: int
     max_session_seconds: int
+
+
+@dataclass(frozen=True)
+class PinFacts:
+    """A route's pinned tool catalogue (``tether.mcp.pins``) as the report found it."""
+
+    #: "valid" (the MAC verifies), "missing" (never pinned), "refused" (the MAC fails), or
+    #: "unverified" (the master key could not be read by the report, so the MAC was not checked)
+    state: str
+    tools: tuple[str, ...] = ()
+    pinned_at: float | None = None
+    pinned_by: str = ""
+    #: why it is refused or unverified
+    problem: str = ""
+
+
+@dataclass(frozen=True)
+class McpRouteFacts:
+    """An MCP route (``[[gateway.mcp]]``): an upstream of tools the gateway fronts."""
+
+    name: str
+    owner: str
+    justification: str
+    expires: dt.date
+    #: the stdio command's program, or the HTTP url without its query
+    upstream: str
+    transport: str  # "stdio" | "http"
+    #: the allowlist (``*`` admits every pinned tool)
+    tools: tuple[str, ...]
+    #: the vault entry injected into an HTTP upstream ("" for none)
+    secret: str
+    pins: PinFacts
+    max_calls_per_task: int = 100
 
 
 @dataclass(frozen=True)
@@ -151,6 +186,10 @@ class AuditFacts:
     #: records after the last checkpoint record (checkpoints themselves not counted) and the oldest one's time
     uncovered: int = 0
     oldest_uncovered_ts: float | None = None
+    #: MCP route → ``mcp.drift`` records within the window (calls that reached a tool changed since pinning)
+    mcp_drift: Mapping[str, int] = field(default_factory=dict)
+    #: MCP route → the tools those records name (a few)
+    mcp_drift_tools: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -189,6 +228,8 @@ class Evidence:
     detector_sources: Mapping[str, str] = field(default_factory=dict)
     #: where ``settings`` were read: the running STS's ``GET /settings``, or the file (and why)
     settings_from: str = "the configuration file"
+    #: ``[[gateway.mcp]]`` routes with their pinned catalogues
+    mcp_routes: tuple[McpRouteFacts, ...] = ()
 
     @property
     def today(self) -> dt.date:
@@ -223,6 +264,8 @@ class Result:
     nist: tuple[str, ...]
     #: the route, detector … this result is about, when a control yields one result per subject
     subject: str | None = None
+    #: OWASP Top 10 for LLM Applications 2025 items (only the controls that map to one)
+    llm: tuple[str, ...] = ()
 
     @property
     def id(self) -> str:

@@ -13,7 +13,7 @@ import html
 import json
 from typing import Any
 
-from tether.report.frameworks import ASI, MAESTRO, NIST_FUNCTIONS, NIST_SUBCATEGORIES, nist_function
+from tether.report.frameworks import ASI, LLM, MAESTRO, NIST_FUNCTIONS, NIST_SUBCATEGORIES, nist_function
 from tether.report.model import Report, Result
 from tether.report.outcome import iso
 
@@ -22,6 +22,7 @@ __all__ = ["FORMATS", "as_json", "coverage", "render", "render_html", "render_js
 FORMATS = ("md", "html", "json")
 FRAMEWORK_TITLES = {
     "owasp_asi": "OWASP Top 10 for Agentic Applications 2026",
+    "owasp_llm": "OWASP Top 10 for LLM Applications 2025",
     "maestro": "CSA MAESTRO layers",
     "nist_ai_rmf": "NIST AI RMF 1.0",
 }
@@ -31,6 +32,7 @@ FRAMEWORK_TITLES = {
 def _refs(result: Result) -> dict[str, list[dict[str, str]]]:
     return {
         "owasp_asi": [{"id": a, "name": ASI[a]} for a in result.asi],
+        "owasp_llm": [{"id": a, "name": LLM[a]} for a in result.llm],
         "maestro": [{"id": m, "name": MAESTRO[m]} for m in result.maestro],
         "nist_ai_rmf": [{"id": n, "function": nist_function(n), "name": NIST_SUBCATEGORIES[n]} for n in result.nist],
     }
@@ -57,6 +59,7 @@ def coverage(report: Report) -> dict[str, list[dict[str, Any]]]:
     nist_items = {**NIST_FUNCTIONS, **NIST_SUBCATEGORIES}
     return {
         "owasp_asi": rows(dict(ASI), lambda r: r.asi),
+        "owasp_llm": rows(dict(LLM), lambda r: r.llm),
         "maestro": rows(dict(MAESTRO), lambda r: r.maestro),
         "nist_ai_rmf": rows(nist_items, lambda r: {*r.nist, *(nist_function(n) for n in r.nist)}),
     }
@@ -139,6 +142,8 @@ def _ref_text(result: Result) -> str:
         "MAESTRO " + ", ".join(f"{m['id']} {m['name']}" for m in refs["maestro"]),
         "NIST AI RMF " + ", ".join(n["id"] for n in refs["nist_ai_rmf"]),
     ]
+    if refs["owasp_llm"]:
+        parts.insert(1, "OWASP LLM " + ", ".join(f"{a['id']} {a['name']}" for a in refs["owasp_llm"]))
     return "; ".join(parts)
 
 
