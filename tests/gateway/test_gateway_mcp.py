@@ -26,8 +26,8 @@ from typing import Any
 
 import httpx
 import pytest
+from gw_mcpkit import MODERN, STDIO, McpEnv, RpcError, files_server, mcp_route_toml, pid_alive, pin_routes
 from gwkit import gateway_toml, put_secret_sync, serve_gateway, task_state, variant_config, wait_until
-from mcpkit import MODERN, STDIO, McpEnv, RpcError, files_server, mcp_route_toml, pid_alive, pin_routes
 
 from helpers import QUIET_MONITOR, running_sts
 from tether.web.server import ServerThread, free_port
