@@ -29,7 +29,7 @@ import pytest
 from gw_mcpkit import MODERN, STDIO, McpEnv, RpcError, files_server, mcp_route_toml, pid_alive, pin_routes
 from gwkit import gateway_toml, put_secret_sync, serve_gateway, task_state, variant_config, wait_until
 
-from helpers import QUIET_MONITOR, running_sts
+from helpers import AGENT, QUIET_MONITOR, create_task, running_sts
 from tether.web.server import ServerThread, free_port
 
 ALLOWED = ["list_directory", "read_file"]
@@ -427,3 +427,65 @@ def test_mcp10_a_session_id_is_never_authentication(env: McpEnv) -> None:
     other_route = agent.plain.post(env.aud("files"), json=body, headers={**headers, **agent.bearer("tiny", "files")})
     assert other_route.status_code == 401  # a token for another route, on this session: refused all the same
     assert agent.tools("files") == ALLOWED  # positive control: the session with the agent's own token
+
+
+# -- independent clients: the official Python SDK with tether's auth, and the TypeScript SDK -----
+def test_mcp_sdk_client_through_the_gateway(env: McpEnv, shared: Path) -> None:
+    """The Python MCP SDK's client with ``session.mcp_auth()``: the audience is discovered from the
+    route's 401 (RFC 9728 ``resource_metadata``), the route's tools are listed and called, and a
+    tool outside the allowlist is the SDK's ``MCPError`` with tether's code."""
+    import anyio
+    import httpx2
+    from mcp import Client, MCPError
+    from mcp.client.streamable_http import streamable_http_client
+
+    from tether.agent import Agent
+
+    task = create_task(env.sts, audiences=[env.aud("files")], scopes=["wiki:read"])
+    session = Agent(env.sts.url, env.sts.identity(AGENT)).session(task["id"])
+
+    async def run() -> tuple[list[str], str, BaseException]:
+        async with (
+            httpx2.AsyncClient(auth=session.mcp_auth(), trust_env=False, timeout=20.0) as http,
+            Client(streamable_http_client(env.aud("files"), http_client=http)) as client,
+        ):
+            listed = sorted(t.name for t in (await client.list_tools()).tools)
+            read = await client.call_tool("read_file", {"path": str(shared / "a.txt")})
+            try:
+                await client.call_tool("write_file", {"path": str(shared / "x"), "content": "x"})
+            except MCPError as exc:
+                return listed, str(read.content[0].text), exc  # type: ignore[union-attr]
+        raise AssertionError("write_file was answered")
+
+    listed, read, refused = anyio.run(run)
+    assert listed == ALLOWED and read == "hello from a"
+    assert isinstance(refused, MCPError) and refused.code == -32003
+    assert refused.data == {"error": "access_denied", "tool": "write_file"}
+    assert not (shared / "x").exists()
+    session.complete()
+
+
+def test_mcp_typescript_sdk_client_with_webcrypto_dpop_through_the_gateway(env: McpEnv, shared: Path) -> None:
+    """Interop: the TypeScript MCP SDK (npm ``@modelcontextprotocol/sdk``), its ``fetch`` adding the
+    hop token and a DPoP proof signed with WebCrypto; the session and hop exchanges are its own
+    too. No tether code runs on the client side."""
+    from npmkit import run_node
+
+    task = create_task(env.sts, audiences=[env.aud("files")], scopes=["wiki:read"])
+    calls = [
+        {"name": "read_file", "arguments": {"path": str(shared / "a.txt")}},
+        {"name": "write_file", "arguments": {"path": str(shared / "ts"), "content": "x"}},
+        {"name": "read_file", "arguments": {"path": "/etc/hostname"}},  # the Cedar policy: under */shared/ only
+    ]
+    payload = {"sts": env.sts.url, "task": task["id"], "svid": env.sts.svid(AGENT, audience=env.sts.url),
+               "url": env.aud("files"), "calls": calls}  # fmt: skip
+    out = run_node("mcp_client.mjs", payload)
+    assert out["audience"] == env.aud("files")
+    assert out["tools"] == ALLOWED
+    ok, outside, denied = out["results"]
+    assert ok["ok"] and ok["content"][0]["text"] == "hello from a"
+    assert outside["error"]["code"] == -32003 and outside["error"]["data"] == {"error": "access_denied", "tool": "write_file"}
+    assert denied["error"]["code"] == -32003 and denied["error"]["data"]["tool"] == "read_file"
+    assert not (shared / "ts").exists()
+    calls_seen = [r.detail["tool"] for r in env.audit("mcp.call", task=task["id"])]
+    assert calls_seen == ["read_file"]  # the refused calls never reached the upstream

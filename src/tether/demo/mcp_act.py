@@ -94,10 +94,11 @@ async def _refusal(url: str, auth: Any, tool: str, arguments: dict[str, Any]) ->
         async with _client(url, auth) as client:
             result = await client.call_tool(tool, arguments)
             return "tool error" if result.is_error else "called"
-    except MCPError as exc:
-        return f"json-rpc {exc.error.code}: {exc.error.message[:80]}"
-    except BaseException as exc:  # noqa: BLE001 - the SDK ends its transport with an exception group
-        return f"refused: {_leaf(exc)}"[:120]
+    except BaseException as exc:  # noqa: BLE001 - the SDK's task group wraps what the call raised
+        leaf = _leaf(exc)
+        if isinstance(leaf, MCPError):
+            return f"json-rpc {leaf.code}: {leaf.message[:80]}"
+        return f"refused: {leaf}"[:120]
 
 
 def _leaf(exc: BaseException) -> BaseException:
