@@ -33,6 +33,7 @@ from tether.agent.identity import DevIdentity
 from tether.agent.session import Agent, TaskSession
 from tether.bench.exchange import AGENT, setup_task
 from tether.bench.harness import bench_deployment, percentile, serve, tether_bin
+from tether.bench.mcp_apps import SERVICE
 from tether.bench.report import Row
 from tether.web.server import free_port
 
@@ -43,23 +44,28 @@ ROUTE = "drive"
 CALLS = 600
 
 
-def _gateway_toml(port: int) -> str:
-    command = [sys.executable, "-m", "tether.demo.mcp_servers", "drive"]
+def _toml(port: int, protected: str) -> str:
+    """The gateway's MCP route, and the protected server registered as a resource (it follows the feed)."""
+    command = ", ".join(f'"{part}"' for part in (sys.executable, "-m", "tether.demo.mcp_servers", "drive"))
     return f"""
+[[resources]]
+uri = "{protected}"
+principals = ["{SERVICE}"]
+
 [gateway]
 url = "http://127.0.0.1:{port}"
 port = {port}
 
 [[gateway.mcp]]
 name = "{ROUTE}"
-command = {command!r}
+command = [{command}]
 tools = ["*"]
 owner = "bench"
 justification = "benchmark: the demo's stdio MCP server"
 expires = 2099-12-31
 max_calls_per_task = 100000000
 max_calls_per_second = 1000000
-""".replace("'", '"')
+"""
 
 
 Call = Callable[[], Awaitable[Any]]
@@ -143,7 +149,7 @@ def _wait_ready(url: str) -> None:
 
 def mcp_rows(workdir: Path, *, calls: int = CALLS) -> list[Row]:
     plain_port, protected_port, gw_port = free_port(), free_port(), free_port()
-    d = bench_deployment(workdir / "mcp", extra=_gateway_toml(gw_port))
+    d = bench_deployment(workdir / "mcp", extra=_toml(gw_port, f"http://127.0.0.1:{protected_port}/mcp"))
     config = str(d.config.path)
     gateway_url = f"http://127.0.0.1:{gw_port}"
     urls = {

@@ -130,13 +130,13 @@ def gateway(
     host: Annotated[str | None, typer.Option(help="bind address")] = None,
     port: Annotated[int | None, typer.Option(help="port")] = None,
 ) -> None:
-    """Serve the legacy-credential gateway (routes from [[gateway.routes]])."""
+    """Serve the gateway: legacy-credential routes ([[gateway.routes]]) and MCP routes ([[gateway.mcp]])."""
     from tether.gateway.app import build_gateway
     from tether.gateway.routes import route_warnings
 
     cfg = config_or_exit(config)
-    if not cfg.routes:
-        fail("no [[gateway.routes]] in the configuration", code=2)
+    if not cfg.routes and not cfg.mcp_routes:
+        fail("no [[gateway.routes]] or [[gateway.mcp]] in the configuration", code=2)
     configure_logging(cfg)
     uvicorn_level = "debug" if cfg.logging.level == "debug" else "warning"
     bind_host = host or cfg.gateway.host
