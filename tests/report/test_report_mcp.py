@@ -38,26 +38,26 @@ def with_route(route: McpRouteFacts, **changes: Any) -> Evidence:
 
 def test_no_mcp_routes_pass_and_a_pinned_allowlisted_route_passes() -> None:
     report = run_controls(healthy())
-    assert all(only(report, c).status == "pass" for c in ("MCP-01", "MCP-02", "MCP-03"))
+    assert all(only(report, c).status == "pass" for c in ("TOOL-01", "TOOL-02", "TOOL-03"))
     report = run_controls(with_route(mcp_route()))
-    for control in ("MCP-01", "MCP-02"):
+    for control in ("TOOL-01", "TOOL-02"):
         assert only(report, control, "files").status == "pass"
-    assert only(report, "MCP-03").status == "pass"
-    assert only(report, "MCP-01", "files").llm == ("LLM06",)
-    assert only(report, "MCP-02", "files").llm == ("LLM03", "LLM06")
+    assert only(report, "TOOL-03").status == "pass"
+    assert only(report, "TOOL-01", "files").llm == ("LLM06",)
+    assert only(report, "TOOL-02", "files").llm == ("LLM03", "LLM06")
 
 
 def test_a_wildcard_allowlist_is_excessive_agency() -> None:
-    result = only(run_controls(with_route(mcp_route(tools=("*",)))), "MCP-01", "files")
+    result = only(run_controls(with_route(mcp_route(tools=("*",)))), "TOOL-01", "files")
     assert (result.status, result.severity) == ("warn", "medium") and "every tool" in result.summary
     assert "LLM06" in result.remediation and "list_directory, read_file" in result.remediation
 
 
 def test_an_expired_mcp_route_fails_and_a_missing_vault_secret_fails() -> None:
-    assert only(run_controls(with_route(mcp_route(days=-1))), "MCP-01", "files").status == "fail"
-    result = only(run_controls(with_route(mcp_route(secret="nope-key"))), "MCP-01", "files")
+    assert only(run_controls(with_route(mcp_route(days=-1))), "TOOL-01", "files").status == "fail"
+    result = only(run_controls(with_route(mcp_route(secret="nope-key"))), "TOOL-01", "files")
     assert result.status == "fail" and "nope-key" in result.summary
-    assert only(run_controls(with_route(mcp_route(secret="crm-key"))), "MCP-01", "files").status == "pass"
+    assert only(run_controls(with_route(mcp_route(secret="crm-key"))), "TOOL-01", "files").status == "pass"
 
 
 @pytest.mark.parametrize(
@@ -69,33 +69,33 @@ def test_an_expired_mcp_route_fails_and_a_missing_vault_secret_fails() -> None:
     ],
 )
 def test_mcp_pins_missing_refused_unverified(pins: PinFacts, status: str, severity: str) -> None:
-    result = only(run_controls(with_route(mcp_route(pins=pins))), "MCP-02", "files")
+    result = only(run_controls(with_route(mcp_route(pins=pins))), "TOOL-02", "files")
     assert (result.status, result.severity) == (status, severity)
     assert ("tether mcp pin files" in result.remediation) == (status == "fail")
 
 
 def test_an_allowlisted_tool_never_pinned_is_noted() -> None:
-    result = only(run_controls(with_route(mcp_route(tools=("read_file", "write_file")))), "MCP-02", "files")
+    result = only(run_controls(with_route(mcp_route(tools=("read_file", "write_file")))), "TOOL-02", "files")
     assert (result.status, result.severity) == ("warn", "low") and "write_file" in result.summary
 
 
 def test_drift_records_are_a_high_finding() -> None:
     drifted = store(audit=audit(mcp_drift={"files": 3}, mcp_drift_tools={"files": ("read_file",)}))
-    result = only(run_controls(with_route(mcp_route(), store=drifted)), "MCP-03")
+    result = only(run_controls(with_route(mcp_route(), store=drifted)), "TOOL-03")
     assert (result.status, result.severity) == ("warn", "high")
     assert "read_file" in result.summary and "tether mcp tools files" in result.remediation
     unreadable = dataclasses.replace(store(), error="database locked", audit=None)
-    assert only(run_controls(with_route(mcp_route(), store=unreadable)), "MCP-03").status == "fail"
-    assert only(run_controls(healthy(store=unreadable)), "MCP-03").status == "pass"  # no MCP routes: nothing to read
+    assert only(run_controls(with_route(mcp_route(), store=unreadable)), "TOOL-03").status == "fail"
+    assert only(run_controls(healthy(store=unreadable)), "TOOL-03").status == "pass"  # no MCP routes: nothing to read
 
 
 def test_llm_mapping_is_rendered() -> None:
     report = run_controls(with_route(mcp_route()))
     data = as_json(report)
-    row = next(r for r in data["results"] if r["id"] == "MCP-01[files]")
+    row = next(r for r in data["results"] if r["id"] == "TOOL-01[files]")
     assert {"id": "LLM06", "name": "Excessive Agency"} in row["mappings"]["owasp_llm"]
     coverage = {c["id"]: c for c in data["coverage"]["owasp_llm"]}
-    assert coverage["LLM03"]["controls"] == ["MCP-02", "MCP-03"] and coverage["LLM01"]["status"] == "not covered"
+    assert coverage["LLM03"]["controls"] == ["TOOL-02", "TOOL-03"] and coverage["LLM01"]["status"] == "not covered"
     assert "OWASP LLM LLM06 Excessive Agency" in render_markdown(report)
 
 
@@ -129,4 +129,4 @@ def test_gathered_from_a_deployment_with_pins_and_drift(tmp_path: Path) -> None:
     asyncio.run(drift())
     evidence = gathered()
     assert evidence.store.audit is not None and evidence.store.audit.mcp_drift == {"files": 1}
-    assert only(run_controls(evidence), "MCP-03").severity == "high"
+    assert only(run_controls(evidence), "TOOL-03").severity == "high"

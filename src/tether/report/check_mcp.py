@@ -70,7 +70,7 @@ def _registered(evidence: Evidence, route: McpRouteFacts, vault_names: set[str] 
     return judge(problems, ok, items, subject=route.name)
 
 
-@control(MCP_CONTROLS, "MCP-01", "MCP routes are owned, justified, current and allowlist their tools")
+@control(MCP_CONTROLS, "TOOL-01", "MCP routes are owned, justified, current and allowlist their tools")
 def mcp_routes(evidence: Evidence) -> list[Outcome]:
     if not evidence.mcp_routes:
         return _none("agents reach no MCP tools through the gateway")
@@ -116,14 +116,14 @@ def _pinned(route: McpRouteFacts) -> Outcome:
     return judge(problems, ok, items, subject=route.name)
 
 
-@control(MCP_CONTROLS, "MCP-02", "MCP tool catalogues are pinned and their pin files verify")
+@control(MCP_CONTROLS, "TOOL-02", "MCP tool catalogues are pinned and their pin files verify")
 def mcp_pins(evidence: Evidence) -> list[Outcome]:
     if not evidence.mcp_routes:
         return _none("there is no tool catalogue to pin")
     return [_pinned(route) for route in evidence.mcp_routes]
 
 
-@control(MCP_CONTROLS, "MCP-03", "No call reached an MCP tool changed since it was pinned")
+@control(MCP_CONTROLS, "TOOL-03", "No call reached an MCP tool changed since it was pinned")
 def mcp_drift(evidence: Evidence) -> list[Outcome]:
     audit = evidence.store.audit
     if audit is None:

@@ -135,9 +135,9 @@ MAPPINGS: Mapping[str, FrameworkRefs] = {
     "NET-01": _m("ASI07", "L4", "MEASURE 2.7"),
     # MCP tools: an allowlist bounds what an agent may do (excessive agency), a pinned catalogue
     # keeps the tools the ones approved (supply chain: a rug pull), drift alerts say it was tried
-    "MCP-01": _m("ASI02 ASI03", "L3 L7", "MAP 3.3, GOVERN 2.1, MANAGE 3.1", "LLM06"),
-    "MCP-02": _m("ASI04 ASI02", "L3 L7", "GOVERN 6.1, MANAGE 3.1, MEASURE 2.7", "LLM03 LLM06"),
-    "MCP-03": _m("ASI04 ASI02", "L5 L7", "MEASURE 2.4, MANAGE 3.1, MANAGE 4.3", "LLM03"),
+    "TOOL-01": _m("ASI02 ASI03", "L3 L7", "MAP 3.3, GOVERN 2.1, MANAGE 3.1", "LLM06"),
+    "TOOL-02": _m("ASI04 ASI02", "L3 L7", "GOVERN 6.1, MANAGE 3.1, MEASURE 2.7", "LLM03 LLM06"),
+    "TOOL-03": _m("ASI04 ASI02", "L5 L7", "MEASURE 2.4, MANAGE 3.1, MANAGE 4.3", "LLM03"),
 }
 
 
