@@ -30,6 +30,12 @@ ATTACKS = {
     "refused:exchange-after-completion",
     "refused:gateway-outside-allowlist",
     "refused:rogue-after-suspension",
+    # issue 15: the MCP act
+    "refused:mcp-outside-allowlist",
+    "refused:mcp-tool-scope",
+    "refused:mcp-token-for-another-server",
+    "refused:mcp-after-completion",
+    "refused:mcp-rug-pull",
 }
 #: A compact JWS (any token, proof or SVID) — none may appear in the demo's output (BCP-13).
 JWS = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
@@ -52,6 +58,8 @@ def _check_result(result: dict[str, Any]) -> None:
     assert checks["gateway:key-never-seen"] is True
     assert checks["monitor:rogue-suspended"] is True
     assert checks["monitor:alerts-in-metrics"] is True
+    # issue 15: an agent on the MCP SDK lists and calls tools at a protected server and through the gateway
+    assert checks["mcp:protected-call"] is True and checks["mcp:gateway-call"] is True
 
 
 def _tether(*args: str) -> subprocess.CompletedProcess[str]:
