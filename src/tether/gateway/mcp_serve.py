@@ -46,10 +46,12 @@ from tether.gateway.audit import GatewayAudit
 from tether.gateway.inject import Injection, encodings
 from tether.gateway.mcp_checks import (
     HeaderMismatch,
+    JsonTextArgument,
     NotPinned,
     check_allowed,
     check_cap,
     check_drift,
+    check_json_text,
     check_open,
     check_param_headers,
     check_pinned,
@@ -375,6 +377,10 @@ class McpEndpoint:
                                        pinned=self._pinned(call.name))  # fmt: skip
             if isinstance(refusal, HeaderMismatch):  # the transport's own error code (400), as the SDK's checks
                 raise MCPError(types.HEADER_MISMATCH, refusal.description, data={"error": refusal.error}) from None
+            if isinstance(refusal, JsonTextArgument):  # invalid params, as tether.mcp.protect answers it
+                raise MCPError(
+                    types.INVALID_PARAMS, refusal.description, data={"error": refusal.error, "tool": call.name}
+                ) from None
             raise _refusal(refusal, call.name) from None
         return await self.forward(session, record)
 
@@ -395,6 +401,7 @@ class McpEndpoint:
         if current != pinned:
             await self.service.drifted(route, principal, call.name, pinned, current)
         check_drift(route, call.name, pinned, current)
+        check_json_text(session.definitions.get(call.name, {}), call)
         check_param_headers(session.definitions.get(call.name, {}), call, headers)
         task = check_bound(principal.task)
         base = f"mcp:{route.name}:{task}"

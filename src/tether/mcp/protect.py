@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
@@ -60,6 +60,8 @@ from tether.rules.tool_call import (
     DEFAULT_SCOPE_PREFIX,
     ToolCall,
     ToolCallError,
+    json_text_argument,
+    json_text_refusal,
     missing_tool_scope,
     parse_tool_call,
 )
@@ -97,6 +99,7 @@ def protect(
     max_listing_bytes: int = DEFAULT_MAX_LISTING_BYTES,
     cut_interval: float = DEFAULT_CUT_INTERVAL,
     max_sessions: int = DEFAULT_MAX_SESSIONS,
+    input_schema: Callable[[str], Mapping[str, Any] | None] | None = None,
     **app_options: Any,
 ) -> ProtectedMCP:
     """Serve an MCP server's streamable HTTP transport as a tether resource server.
@@ -105,8 +108,14 @@ def protect(
     with ``app_options``, e.g. ``stateless_http=True``, ``json_response=True``) or any ASGI app
     that speaks MCP streamable HTTP at ``path``. ``verifier.settings.resource`` must be the
     server's MCP URL (``https://host/mcp``): it is the tokens' audience. ``scope_prefix=None``
-    turns the ``tool:<name>`` scope convention off (Cedar alone decides)."""
+    turns the ``tool:<name>`` scope convention off (Cedar alone decides). ``input_schema`` gives a
+    tool's input schema by name (an SDK server's own is used when it is not given): an argument
+    holding JSON text is refused unless the schema declares it a string (MCP-15), and with no
+    schema known every such argument is refused."""
     if isinstance(app_or_server, _StreamableServer):
+        if input_schema is None:
+            lowlevel = getattr(app_or_server, "_lowlevel_server", app_or_server)
+            input_schema = getattr(lowlevel, "get_tool_input_schema", None)
         # the SDK turns on its DNS-rebinding Host check (localhost names only) for a localhost ``host``:
         # the server is named by its resource URL, so that is the host it is reached by
         app_options.setdefault("host", urlsplit(verifier.settings.resource).hostname or "127.0.0.1")
@@ -125,6 +134,7 @@ def protect(
         max_listing_bytes=max_listing_bytes,
         cut_interval=cut_interval,
         max_sessions=max_sessions,
+        input_schema=input_schema,
     )
 
 
@@ -143,6 +153,7 @@ class ProtectedMCP:
         max_listing_bytes: int = DEFAULT_MAX_LISTING_BYTES,
         cut_interval: float = DEFAULT_CUT_INTERVAL,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
+        input_schema: Callable[[str], Mapping[str, Any] | None] | None = None,
     ) -> None:
         if not path.startswith("/"):
             raise ValueError("path must start with '/'")
@@ -157,6 +168,7 @@ class ProtectedMCP:
         self.max_body_bytes = max_body_bytes
         self.max_listing_bytes = max_listing_bytes
         self.cut_interval = cut_interval
+        self.input_schema = input_schema
         #: which principal each MCP session belongs to (MCP-10: a session id is never authentication)
         self.sessions = SessionOwners(max_sessions)
         #: RFC 9728 §3.1: the well-known path is inserted between the host and the resource's path
@@ -282,6 +294,10 @@ class ProtectedMCP:
             tool = _tool_name(message.params)
             _audit("invalid tool call", error="invalid_request", principal=principal, tool=tool, code=INVALID_PARAMS)
             raise JsonRpcRefusal(INVALID_PARAMS, f"Invalid params: {exc}", request_id=message.request_id) from None
+        smuggled = json_text_argument(call.arguments, self.input_schema(call.name) if self.input_schema else None)
+        if smuggled is not None:
+            _audit("JSON text argument", error="invalid_request", principal=principal, call=call, code=INVALID_PARAMS)
+            raise JsonRpcRefusal(INVALID_PARAMS, json_text_refusal(smuggled), request_id=message.request_id)
         declared_name = headers.get("mcp-name")
         if declared_name is not None and header_value(declared_name) != call.name:
             _audit("header mismatch", error="invalid_request", principal=principal, call=call, code=HEADER_MISMATCH)
