@@ -68,6 +68,7 @@ from tether.gateway.proxy import BadGateway, GatewayTimeout
 from tether.gateway.routes import utc_date
 from tether.gateway.vault import MissingSecret, SecretCache
 from tether.lru import LruCache
+from tether.mcp.catalogue import pinned_view
 from tether.mcp.pins import PinsTampered, load_pins, pins_path
 from tether.mcp.upstream import UpstreamError
 from tether.metrics import MCP_CALLS, MCP_SESSIONS
@@ -339,8 +340,8 @@ class McpEndpoint:
                     self.verifier.authorize_call(principal, method="POST", path=self.path, client=client, now=now, tool=name)
                 except AccessDenied:
                     continue
-                try:
-                    tools.append(types.Tool.model_validate(definition))
+                try:  # only what the pin covers: `_meta`, `icons`, `execution` could change unseen (review F6)
+                    tools.append(types.Tool.model_validate(pinned_view(definition)))
                 except ValidationError:
                     log.warning("MCP route %s: upstream tool `%s` is not a valid MCP tool; not listed", route.name, name)
             for name, pinned in pins.items():
