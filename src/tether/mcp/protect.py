@@ -52,7 +52,7 @@ from tether.mcp.messages import (
     parse_message,
 )
 from tether.mcp.sessions import DEFAULT_MAX_SESSIONS, SessionOwners
-from tether.resource.middleware import METADATA_PATH
+from tether.resource.middleware import METADATA_PATH, verifier_lifespan
 from tether.resource.principal import Principal
 from tether.resource.verifier import Verifier
 from tether.rules.tool_call import (
@@ -425,15 +425,7 @@ class ProtectedMCP:
                 return
 
     def _lifespan(self, receive: Receive) -> Receive:
-        async def wrapped() -> AsgiMessage:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await self.verifier.start()
-            elif message["type"] == "lifespan.shutdown":
-                await self.verifier.aclose()
-            return message
-
-        return wrapped
+        return verifier_lifespan(self.verifier, receive)
 
 
 class _Tracked:
