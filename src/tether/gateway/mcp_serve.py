@@ -57,6 +57,7 @@ from tether.gateway.mcp_checks import (
     check_scope,
     visible,
 )
+from tether.gateway.mcp_hop import incoming_token
 from tether.gateway.mcp_records import McpCall, call_event, drift_event, refusal_event, result_event
 from tether.gateway.mcp_results import ResultTooLarge, result_size, scrub_json
 from tether.gateway.mcp_routes import McpRoute
@@ -323,7 +324,7 @@ class McpEndpoint:
         route = self.route
         try:
             pins = self.pins()
-            session = await self.service.sessions.get(route, principal)
+            session = await self.service.sessions.get(route, principal, incoming_token(_headers(ctx)))
             digests = dict(await self.service.sessions.relist(session))
             now = self.service.clock.now()
             tools = []
@@ -390,7 +391,7 @@ class McpEndpoint:
         pinned = check_pinned(route, pins, call.name)
         check_scope(route, principal.scopes, call.name)
         self.verifier.authorize_call(principal, method="POST", path=self.path, client=client, now=now, call=call)
-        session = await self.service.sessions.get(route, principal)
+        session = await self.service.sessions.get(route, principal, incoming_token(headers))
         current = session.digests.get(call.name)
         if current != pinned:
             await self.service.drifted(route, principal, call.name, pinned, current)
