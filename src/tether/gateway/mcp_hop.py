@@ -62,9 +62,11 @@ from tether.errors import (
     UnauthorizedClient,
 )
 from tether.gateway.mcp_routes import McpRoute
+from tether.mcp.messages import ACCESS_DENIED
+from tether.mcp.upstream import UpstreamError
 from tether.web.dpop_request import authorization
 
-__all__ = ["HopCredentials", "HopTokens", "gateway_identity", "incoming_token", "refusal_of"]
+__all__ = ["HopCredentials", "HopTokens", "gateway_identity", "incoming_token", "not_offered", "refusal_of", "upstream_refusal"]
 
 log = logging.getLogger("tether.gateway")
 
@@ -130,6 +132,27 @@ def refusal_of(exc: ExchangeError, route: McpRoute) -> OAuthError:
     if exc.error in _GATEWAYS_DOING or exc.status >= 500:
         refusal.audit["blameless"] = True
         log.error("MCP route %s: the STS refused the gateway's delegation exchange: %s", route.name, said[:300])
+    return refusal
+
+
+def not_offered(route: McpRoute, tool: str) -> AccessDenied | None:
+    """A hop route's upstream lists tools per caller (``tether.mcp.protect`` shows only what the
+    minted token's scopes and the upstream's Cedar policy grant): a pinned tool missing from this
+    session's listing is the upstream refusing this caller, not drift (no alert, not blameless)."""
+    if not route.hop:
+        return None
+    refusal = AccessDenied(f"the tether-protected upstream does not grant tool `{tool[:128]}` to this task")
+    refusal.audit["upstream_refused"] = True
+    return refusal
+
+
+def upstream_refusal(route: McpRoute, exc: UpstreamError) -> AccessDenied | None:
+    """A hop route's upstream refused a call itself (``tether.mcp.protect``: JSON-RPC ``-32003``, its
+    Cedar policy or scope convention): the agent sees an ``access_denied`` with the upstream's words."""
+    if not route.hop or exc.code != ACCESS_DENIED:
+        return None
+    refusal = AccessDenied(exc.message, debug=f"upstream refusal: {exc.message}"[:300])
+    refusal.audit["upstream_refused"] = True
     return refusal
 
 
