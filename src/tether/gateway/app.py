@@ -64,6 +64,12 @@ class Gateway:
         self.config = config
         self.clock = clock or SystemClock()
         self.routes = {route.name: route for route in config.routes}
+        # a credential = "hop" route needs the gateway's own workload identity: refused now, not at first call
+        self.hop_identity: IdentitySource | None = None
+        if any(route.hop for route in config.mcp_routes):
+            from tether.gateway.mcp_hop import gateway_identity  # the optional MCP extra
+
+            self.hop_identity = gateway_identity(config)
         self.master = load_master_key(config.master_key_file)
         self.vault_marks = opened_marks(config)  # read now: one the gateway cannot read stops its start
         self.policy = PolicyEngine(config.policy_dir, mode=config.policy.mode)
@@ -74,12 +80,6 @@ class Gateway:
         self.in_flight = InFlight()
         self.audit = GatewayAudit(config, self.clock)
         self.mcp: McpService | None = None
-        # a credential = "hop" route needs the gateway's own workload identity: refused now, not at first call
-        self.hop_identity: IdentitySource | None = None
-        if any(route.hop for route in config.mcp_routes):
-            from tether.gateway.mcp_hop import gateway_identity  # the optional MCP extra
-
-            self.hop_identity = gateway_identity(config)
         self.app = self._app()
 
     # -- lifecycle -------------------------------------------------------------------------
