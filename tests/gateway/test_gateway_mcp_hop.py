@@ -170,7 +170,7 @@ def text(result: dict[str, Any]) -> str:
 
 
 # -- end to end --------------------------------------------------------------------------------
-def test_mcp_hop_upstream_sees_only_a_token_minted_for_it(hop: HopEnv) -> None:
+def test_mcp03_mcp12_hop_upstream_sees_only_a_token_minted_for_it(hop: HopEnv) -> None:
     agent = hop.agent()
     before = len(hop.seen)
     assert agent.tools("notes") == ["echo", "read_file"]  # store: the minted token lacks tool:store
