@@ -73,3 +73,16 @@ def test_an_expired_entry_is_not_served_and_not_kept(aenv: AgentEnv) -> None:
         new = str(run_sync(onward.token_flow(first, aenv.y.url), http))
     assert new != old, "an expired onward token was served"
     assert len(onward.cache) == 1, "the other expired entry was kept"
+
+
+def test_forget_drops_only_that_callers_entry(aenv: AgentEnv) -> None:
+    """``Onward.forget`` (the MCP gateway drops a hop session's token when the session ends)."""
+    onward = Onward(aenv.sts.url, DevIdentity(aenv.domain, SVC_B))
+    first, second = _incoming(aenv, 1)[0], _incoming(aenv, 1)[0]  # two tasks: two slots
+    with httpx.Client(trust_env=False, timeout=10.0) as http:
+        old = str(run_sync(onward.token_flow(first, aenv.y.url), http))
+        kept = str(run_sync(onward.token_flow(second, aenv.y.url), http))
+        onward.forget(first, aenv.y.url)
+        assert len(onward.cache) == 1
+        assert run_sync(onward.token_flow(second, aenv.y.url), http) == kept  # control: the other is still served
+        assert run_sync(onward.token_flow(first, aenv.y.url), http) != old  # forgotten: a new exchange

@@ -73,6 +73,10 @@ class Onward:
     def auth(self, incoming_token: str, *, audiences: Mapping[str, str] | None = None, scope: str | None = None) -> DPoPAuth:
         return DPoPAuth(_OnBehalf(self, incoming_token, scope), audiences=audiences)
 
+    def forget(self, incoming_token: str, audience: str, scope: str | None = None) -> None:
+        """Drop the cached onward token for this caller and audience (refused by its audience, or no longer needed)."""
+        self.cache.discard((_lineage(incoming_token), audience, scope))
+
     def token_flow(self, incoming_token: str, audience: str, scope: str | None = None) -> Flow:
         slot, parent = (_lineage(incoming_token), audience, scope), _digest(incoming_token)
         cached = self.cache.get(slot, parent=parent)

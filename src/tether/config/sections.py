@@ -115,7 +115,7 @@ class PolicySettings:
 
 @dataclass(frozen=True)
 class GatewaySettings:
-    """``[gateway]``: the gateway's URL and listen address, suspension and secret caching."""
+    """``[gateway]``: the gateway's URL and listen address, suspension, secret caching and its own identity."""
 
     #: the base of every route's audience, ``{url}/routes/{name}``
     url: str = "http://127.0.0.1:8710"
@@ -128,6 +128,11 @@ class GatewaySettings:
     #: seconds without news from the revocation feed before every call is refused
     stale_after: int = 10
     secret_cache_seconds: int = 30
+    #: the gateway's workload JWT (a JWT-SVID file, re-read as it rotates; relative to the config
+    #: file's directory), its ``actor_token`` when it exchanges an agent's token for a
+    #: ``credential = "hop"`` MCP upstream (RFC 8693 §2.1); "": the SPIFFE Workload API when
+    #: ``SPIFFE_ENDPOINT_SOCKET`` is set
+    identity_file: str = ""
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from tether.agent.identity import IdentitySource
 from tether.clock import Clock, SystemClock
 from tether.config import Config
 from tether.errors import NotFoundError, OAuthError, TetherError
@@ -63,6 +64,12 @@ class Gateway:
         self.config = config
         self.clock = clock or SystemClock()
         self.routes = {route.name: route for route in config.routes}
+        # a credential = "hop" route needs the gateway's own workload identity: refused now, not at first call
+        self.hop_identity: IdentitySource | None = None
+        if any(route.hop for route in config.mcp_routes):
+            from tether.gateway.mcp_hop import gateway_identity  # the optional MCP extra
+
+            self.hop_identity = gateway_identity(config)
         self.master = load_master_key(config.master_key_file)
         self.vault_marks = opened_marks(config)  # read now: one the gateway cannot read stops its start
         self.policy = PolicyEngine(config.policy_dir, mode=config.policy.mode)
@@ -91,10 +98,14 @@ class Gateway:
         self.gate = Gate(store, self.run.verifiers)
         self.audit.start(store)
         if self.config.mcp_routes:
+            from tether.gateway.mcp_hop import HopCredentials
             from tether.gateway.mcp_serve import McpService  # the optional MCP extra
             from tether.gateway.mcp_sessions import UpstreamSessions
 
-            sessions = UpstreamSessions(self.feed, self._mcp_secret)
+            hop = None
+            if self.hop_identity is not None:
+                hop = HopCredentials(self.config.issuer, self.hop_identity, self.run.http, clock=self.clock)
+            sessions = UpstreamSessions(self.feed, self._mcp_secret, hop=hop)
             self.mcp = McpService(self.config, clock=self.clock, store=store, verifiers=self.run.mcp_verifiers,
                                   sessions=sessions, secrets=self.secrets, audit=self.audit)  # fmt: skip
         for warning in route_warnings(tuple(self.routes.values()), utc_date(self.clock.now())):

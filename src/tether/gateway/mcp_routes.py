@@ -4,9 +4,20 @@ An MCP route is served at ``{gateway.url}/mcp/{name}``, which is also the audien
 tether token an agent must present (RFC 8707), so a token for it is usable nowhere else.
 The upstream is reached over streamable HTTP (``url``) or started as a stdio subprocess
 (``command``), one per agent session. The agent's token never goes upstream (MCP
-authorization spec, "token passthrough" is forbidden): an HTTP upstream gets a vaulted
-secret injected as configured, and the route is then a bearer exception like an HTTP route
-(owner, justification, expiry are required for every MCP route, since it grants tools).
+authorization spec, "token passthrough" is forbidden). What the upstream gets instead is the
+route's ``credential``:
+
+* ``"none"`` (the default without ``secret``; the only one for stdio): nothing;
+* ``"secret"`` (implied by ``secret = ...``): a vaulted secret injected as configured; the route
+  is then a bearer exception like an HTTP route;
+* ``"hop"`` (``url`` routes only): a tether hop token for the upstream's ``audience`` (default:
+  the route ``url``), which the gateway gets per agent session by an RFC 8693 delegation
+  exchange of the agent's own token with the gateway's workload identity as ``actor_token``
+  (``[gateway] identity_file`` or the SPIFFE Workload API; ``tether.gateway.mcp_hop``).
+  The upstream is then a server behind ``tether.mcp.protect``, which sees the agent as
+  subject and the gateway as ``act``.
+
+Owner, justification and expiry are required for every MCP route, since it grants tools.
 ``tools`` is the allowlist: ``["*"]`` allows every pinned tool.
 """
 
@@ -21,12 +32,16 @@ from tether.gateway.inject import Injection
 from tether.gateway.routes import ROUTE_NAME, injection_of, positive_int, seconds_value, text_value
 from tether.rules.tool_call import DEFAULT_MAX_ARGUMENT_BYTES, DEFAULT_SCOPE_PREFIX, valid_tool_name
 
-__all__ = ["McpRoute", "parse_mcp_routes"]
+__all__ = ["CREDENTIALS", "McpRoute", "parse_mcp_routes"]
+
+#: what an upstream is given in place of the agent's token (see the module docstring)
+CREDENTIALS = ("none", "secret", "hop")
 
 _KEYS = {
     "name", "command", "url", "env", "cwd", "tools", "owner", "justification", "expires", "secret", "inject", "header",
     "template", "query_param", "username", "max_calls_per_task", "max_calls_per_second", "max_argument_bytes",
-    "max_result_bytes", "timeout", "scope_prefix", "tags", "max_sessions", "session_idle_seconds",
+    "max_result_bytes", "timeout", "scope_prefix", "tags", "max_sessions", "session_idle_seconds", "credential",
+    "audience",
 }  # fmt: skip
 
 
@@ -60,10 +75,25 @@ class McpRoute:
     max_sessions: int = 32
     #: a stdio upstream unused this long is stopped
     session_idle_seconds: float = 300.0
+    #: what the upstream is given: ``none``, ``secret`` (the vaulted ``secret``) or ``hop`` (a tether token)
+    credential: str = "none"
+    #: with ``credential = "hop"``: the upstream's tether audience (TOML ``audience``, default the ``url``)
+    upstream_audience: str = ""
 
     @property
     def stdio(self) -> bool:
         return bool(self.command)
+
+    @property
+    def hop(self) -> bool:
+        """The upstream is tether-protected: it gets a hop token minted for it per agent session."""
+        return self.credential == "hop"
+
+    @property
+    def per_agent(self) -> bool:
+        """One upstream session per (task, caller key): a stdio process, or a hop route's own connection
+        (its token is the agent's delegation, so it is never shared with another caller)."""
+        return self.stdio or self.hop
 
     def audience(self, gateway_url: str) -> str:
         return f"{gateway_url}/mcp/{self.name}"
@@ -126,6 +156,7 @@ def _route(index: int, row: Any) -> McpRoute:
         raise ConfigError(f"{where}.secret", "only an HTTP upstream takes a vaulted secret (a stdio server gets none)")
     if not secret and any(k in row for k in ("inject", "header", "template", "query_param", "username")):
         raise ConfigError(f"{where}.inject", "says how to inject a secret, but the route names no `secret`")
+    credential, audience = _credential(where, row, url=url, secret=secret)
     expires_raw = row["expires"]
     try:
         expires = expires_raw if isinstance(expires_raw, dt.date) else dt.date.fromisoformat(str(expires_raw))
@@ -161,7 +192,33 @@ def _route(index: int, row: Any) -> McpRoute:
         tags=_strings(f"{where}.tags", tags, allow_empty=True),
         max_sessions=positive_int(f"{where}.max_sessions", row.get("max_sessions"), 32),
         session_idle_seconds=seconds_value(f"{where}.session_idle_seconds", row.get("session_idle_seconds", 300), 86400),
+        credential=credential,
+        upstream_audience=audience,
     )
+
+
+def _credential(where: str, row: dict[str, Any], *, url: str, secret: str) -> tuple[str, str]:
+    """``credential`` (checked against ``url`` and ``secret``) and, for ``hop``, the upstream audience."""
+    default = "secret" if secret else "none"
+    credential = row.get("credential", default)
+    if credential not in CREDENTIALS:
+        raise ConfigError(f"{where}.credential", f"must be one of {', '.join(CREDENTIALS)}")
+    if credential == "hop" and not url:
+        raise ConfigError(f"{where}.credential", '"hop" needs a `url` route (a stdio server gets no credential)')
+    if credential == "hop" and secret:
+        raise ConfigError(f"{where}.credential", '"hop" and `secret` exclude each other: the upstream gets one credential')
+    if credential == "secret" and not secret:
+        raise ConfigError(f"{where}.credential", '"secret" needs the vault entry named by `secret`')
+    if credential == "none" and secret:
+        raise ConfigError(f"{where}.credential", '"none" contradicts `secret` (which injects a vaulted secret)')
+    if "audience" not in row:
+        return credential, url if credential == "hop" else ""
+    if credential != "hop":
+        raise ConfigError(f"{where}.audience", 'is the upstream\'s tether audience: only for credential = "hop"')
+    audience = text_value(f"{where}.audience", row["audience"])
+    if not audience.startswith(("http://", "https://")) or "#" in audience or "?" in audience:
+        raise ConfigError(f"{where}.audience", "must be an http(s) url without query or fragment (RFC 8707 §2)")
+    return credential, audience
 
 
 def parse_mcp_routes(raw: Any) -> tuple[McpRoute, ...]:

@@ -59,6 +59,7 @@ from tether.gateway.mcp_checks import (
     check_scope,
     visible,
 )
+from tether.gateway.mcp_hop import incoming_token, not_offered, upstream_refusal
 from tether.gateway.mcp_records import McpCall, call_event, drift_event, refusal_event, result_event
 from tether.gateway.mcp_results import ResultTooLarge, result_size, scrub_json
 from tether.gateway.mcp_routes import McpRoute
@@ -326,7 +327,7 @@ class McpEndpoint:
         route = self.route
         try:
             pins = self.pins()
-            session = await self.service.sessions.get(route, principal)
+            session = await self.service.sessions.get(route, principal, incoming_token(_headers(ctx)))
             digests = dict(await self.service.sessions.relist(session))
             now = self.service.clock.now()
             tools = []
@@ -345,7 +346,7 @@ class McpEndpoint:
                 except ValidationError:
                     log.warning("MCP route %s: upstream tool `%s` is not a valid MCP tool; not listed", route.name, name)
             for name, pinned in pins.items():
-                if name not in digests and route.allows(name):
+                if name not in digests and route.allows(name) and not route.hop:  # a hop upstream lists per caller
                     await self.service.drifted(route, principal, name, pinned, None)
         except (TetherError, StoreError) as exc:
             refusal = exc if isinstance(exc, OAuthError) else error_of(exc)
@@ -397,8 +398,10 @@ class McpEndpoint:
         pinned = check_pinned(route, pins, call.name)
         check_scope(route, principal.scopes, call.name)
         self.verifier.authorize_call(principal, method="POST", path=self.path, client=client, now=now, call=call)
-        session = await self.service.sessions.get(route, principal)
+        session = await self.service.sessions.get(route, principal, incoming_token(headers))
         current = session.digests.get(call.name)
+        if current is None and (hidden := not_offered(route, call.name)) is not None:
+            raise hidden
         if current != pinned:
             await self.service.drifted(route, principal, call.name, pinned, current)
         check_drift(route, call.name, pinned, current)
@@ -439,6 +442,8 @@ class McpEndpoint:
                 refusal = exc
             elif isinstance(exc, TimeoutError):
                 refusal = GatewayTimeout(f"the tool did not answer within {route.timeout:g}s")
+            elif isinstance(exc, UpstreamError) and (denied := upstream_refusal(route, exc)) is not None:
+                refusal = denied
             else:
                 refusal = BadGateway("the MCP upstream failed the call", debug=str(exc)[:300])
             if isinstance(exc, TimeoutError) or not session.upstream.alive:  # hung or dead: the next call gets a fresh one

@@ -10,7 +10,10 @@ cancelled, suspended or expired), when it fails, and at gateway shutdown.
 
 An HTTP upstream is one connection per route shared by every caller, with the route's vaulted
 secret injected (never the agent's token: MCP authorization spec, "token passthrough"); it is
-reconnected when the vaulted secret changes.
+reconnected when the vaulted secret changes. A ``credential = "hop"`` route is per agent
+session like stdio: its own connection, whose requests carry a token the gateway minted for
+the upstream's audience from this agent's token (``mcp_hop``), made sure of before each use
+and stopped with the task like a stdio process.
 
 Each session remembers the upstream's tool list (name → RFC 8785 digest, ``catalogue.tool_digest``)
 from when it started, re-listed every ``relist_seconds`` and whenever the agent lists tools, so
@@ -28,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tether.errors import TooManyRequests
+from tether.gateway.mcp_hop import HopCredentials, HopTokens
 from tether.gateway.mcp_routes import McpRoute
 from tether.gateway.proxy import BadGateway, GatewayTimeout
 from tether.mcp.catalogue import tool_digest
@@ -39,7 +43,7 @@ __all__ = ["SessionKey", "UpstreamSession", "UpstreamSessions"]
 
 log = logging.getLogger("tether.gateway")
 
-#: (route, task, caller jkt); an HTTP upstream's shared session is (route, "", "")
+#: (route, task, caller jkt); a shared HTTP upstream's session is (route, "", "")
 SessionKey = tuple[str, str, str]
 
 SecretSource = Callable[[McpRoute], Awaitable[str | None]]
@@ -52,6 +56,8 @@ class UpstreamSession:
     upstream: Upstream
     #: the vaulted secret it was connected with (HTTP upstreams)
     secret: str | None = None
+    #: the hop tokens its connection carries (``credential = "hop"`` routes)
+    hop: HopTokens | None = None
     #: the upstream's tools when last listed: name → digest, and name → definition
     digests: dict[str, str] = field(default_factory=dict)
     definitions: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -74,9 +80,10 @@ class UpstreamSessions:
     """Every upstream session of the gateway's MCP routes, and the sweeper that ends them."""
 
     def __init__(self, feed: RevocationFeed, secrets: SecretSource, *, relist_seconds: float = 30.0,
-                 sweep_seconds: float = 0.25) -> None:  # fmt: skip
+                 sweep_seconds: float = 0.25, hop: HopCredentials | None = None) -> None:  # fmt: skip
         self.feed = feed
         self.secrets = secrets
+        self.hop = hop
         self.relist_seconds = relist_seconds
         self.sweep_seconds = sweep_seconds
         self.sessions: dict[SessionKey, UpstreamSession] = {}
@@ -100,16 +107,21 @@ class UpstreamSessions:
 
     # -- use ---------------------------------------------------------------------------------
     def key_of(self, route: McpRoute, principal: Principal) -> SessionKey:
-        if not route.stdio:
+        if not route.per_agent:
             return (route.name, "", "")
         assert principal.task is not None  # the route refuses calls bound to no task
         return (route.name, principal.task, principal.jkt)
 
-    async def get(self, route: McpRoute, principal: Principal) -> UpstreamSession:
-        """The caller's upstream session, started (and its tools listed) on first use."""
+    async def get(self, route: McpRoute, principal: Principal, incoming: str | None = None) -> UpstreamSession:
+        """The caller's upstream session, started (and its tools listed) on first use.
+
+        ``incoming`` is the agent's verified token for the route: a hop route's session
+        delegates it (never forwards it) and refreshes its own token from it first."""
         key = self.key_of(route, principal)
         session = self.sessions.get(key)
-        if session is not None and not route.stdio:
+        if session is not None and session.hop is not None:
+            await session.hop.ready(incoming)
+        if session is not None and not route.per_agent:
             secret = await self.secrets(route)
             if secret != session.secret:  # the vaulted secret was rotated: reconnect with the new one
                 await self.close(key, "secret rotated")
@@ -124,7 +136,7 @@ class UpstreamSessions:
             return session
         starting = self._starting.get(key)
         if starting is None:
-            if route.stdio:
+            if route.per_agent:
                 running = sum(1 for k in {*self.sessions, *self._starting} if k[0] == route.name)
                 if running >= route.max_sessions:
                     full = TooManyRequests(
@@ -133,26 +145,40 @@ class UpstreamSessions:
                     )
                     full.audit.update(sessions_full=True, blameless=True)  # others' sessions: not this task's burst
                     raise full
-            starting = asyncio.create_task(self._open(key, route))
+            starting = asyncio.create_task(self._open(key, route, incoming))
             self._starting[key] = starting
             starting.add_done_callback(lambda _: self._starting.pop(key, None))
         return await asyncio.shield(starting)
 
-    async def _open(self, key: SessionKey, route: McpRoute) -> UpstreamSession:
+    async def _open(self, key: SessionKey, route: McpRoute, incoming: str | None = None) -> UpstreamSession:
         secret = None if route.stdio else await self.secrets(route)
+        hop = None
+        if route.hop:
+            if self.hop is None:  # never: the gateway refuses to start without an identity
+                raise BadGateway("the gateway has no workload identity for this upstream", debug=f"route {route.name}")
+            hop = self.hop.tokens(route)
+            await hop.ready(incoming)  # an STS refusal is the caller's answer, before any connection
         try:
-            upstream = await asyncio.wait_for(connect(route, secret=secret), route.timeout)
-        except TimeoutError as exc:
-            raise GatewayTimeout("the MCP upstream did not start in time", debug=f"route {route.name}") from exc
-        except (UpstreamError, OSError) as exc:
-            log.error("MCP route %s: upstream could not be started: %s", route.name, exc)
-            raise BadGateway("the MCP upstream could not be reached", debug=str(exc)[:300]) from exc
-        session = UpstreamSession(key, route, upstream, secret=secret)
+            upstream = await asyncio.wait_for(
+                connect(route, secret=secret, auth=hop.auth() if hop is not None else None), route.timeout
+            )
+        except BaseException as exc:
+            if hop is not None:
+                hop.close()
+            if isinstance(exc, TimeoutError):
+                raise GatewayTimeout("the MCP upstream did not start in time", debug=f"route {route.name}") from exc
+            if isinstance(exc, UpstreamError | OSError):
+                log.error("MCP route %s: upstream could not be started: %s", route.name, exc)
+                raise BadGateway("the MCP upstream could not be reached", debug=str(exc)[:300]) from exc
+            raise
+        session = UpstreamSession(key, route, upstream, secret=secret, hop=hop)
         try:
             await self.relist(session)
         except BaseException:
             with contextlib.suppress(Exception):
                 await upstream.aclose()
+            if hop is not None:
+                hop.close()
             raise
         self.sessions[key] = session
         if route.stdio:
@@ -177,6 +203,8 @@ class UpstreamSessions:
         if session is None or session.closed:
             return
         session.closed = True
+        if session.hop is not None:
+            session.hop.close()
         if session.route.stdio:
             log.info("MCP route %s: upstream pid %s stopped (%s)", session.route.name, session.upstream.pid, reason)
         try:
@@ -187,7 +215,7 @@ class UpstreamSessions:
     # -- the sweeper -----------------------------------------------------------------------
     def due(self, session: UpstreamSession, now: float) -> str | None:
         """Why ``session`` should stop now, or None: its task ended, its upstream died, or it is idle too long."""
-        if session.route.stdio and session.task in self.feed.tasks:
+        if session.route.per_agent and session.task in self.feed.tasks:
             return "task ended"
         if not session.upstream.alive:
             return "upstream gone"

@@ -14,7 +14,8 @@ upstream's tools and relays calls it has authorized. Two transports (MCP "Transp
 * streamable HTTP: the route's vaulted secret is injected as configured (header template,
   basic auth or query parameter; ``tether.gateway.inject``), redirects are left to the SDK
   (same origin only), and the agent's own token is never sent (MCP authorization spec,
-  "Token Passthrough" is forbidden).
+  "Token Passthrough" is forbidden). A ``credential = "hop"`` route's client carries an
+  ``auth`` instead: a token tether minted for the upstream's own audience.
 
 The SDK's context managers (the transport's task group, the client session) must be entered
 and exited by one task. ``connect`` therefore starts an owner task that enters them and waits;
@@ -247,7 +248,7 @@ def _deadline(seconds: float) -> Any:
         yield
 
 
-def _http_client(route: McpRoute, secret: str | None) -> Any:
+def _http_client(route: McpRoute, secret: str | None, auth: Any = None) -> Any:
     import httpx2
 
     headers: list[tuple[str, str]] = []
@@ -257,7 +258,10 @@ def _http_client(route: McpRoute, secret: str | None) -> Any:
             raise UpstreamError(f"the MCP upstream of route `{route.name}` needs its vault secret")
         headers, query = inject(route.injection, secret, [], [])
         params = list(parse_qsl(query, keep_blank_values=True))
+    if route.hop and auth is None:
+        raise UpstreamError(f"the MCP upstream of route `{route.name}` needs a hop token (an auth for its audience)")
     return httpx2.AsyncClient(
+        auth=auth,
         headers=headers,
         params=params,
         follow_redirects=False,
@@ -265,10 +269,13 @@ def _http_client(route: McpRoute, secret: str | None) -> Any:
     )
 
 
-async def connect(route: McpRoute, *, secret: str | None = None, stderr: TextIO | None = None) -> Upstream:
+async def connect(route: McpRoute, *, secret: str | None = None, stderr: TextIO | None = None, auth: Any = None) -> Upstream:
     """Connect to the route's upstream (start it, for stdio) and complete the MCP handshake.
 
-    ``secret`` is the opened vault value for an HTTP route that names one. ``stderr`` is where
+    ``secret`` is the opened vault value for an HTTP route that names one. ``auth`` (an
+    ``httpx2.Auth``) authenticates every request to an HTTP upstream: for a ``credential = "hop"``
+    route, the gateway's delegation token for the upstream's audience with a fresh DPoP proof
+    per request (``tether.gateway.mcp_hop``), never the agent's own token. ``stderr`` is where
     a stdio upstream's stderr goes (default: logged, ``tether.mcp.stderr``). Raises ``UpstreamError``."""
     try:
         from mcp.client.client import Client
@@ -289,7 +296,7 @@ async def connect(route: McpRoute, *, secret: str | None = None, stderr: TextIO 
         transport: Any = stdio_client(params, errlog=errlog)
         forms: list[bytes] = []
     else:
-        http_client = _http_client(route, secret)
+        http_client = _http_client(route, secret, auth)
         transport = streamable_http_client(route.url, http_client=http_client)
         forms = encodings(secret, route.injection) if secret and route.injection else []
     client = Client(transport, cache=None, client_info=Implementation(name="tether", version="1"))
