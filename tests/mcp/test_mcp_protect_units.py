@@ -16,6 +16,7 @@ import pytest
 from tether.clock import ManualClock
 from tether.errors import InvalidToken, OAuthError
 from tether.mcp import protect
+from tether.mcp.cut import watch as watch_principal
 from tether.mcp.listing import FilterError, SseRewriter, filter_json
 from tether.mcp.messages import (
     INTERNAL_ERROR,
@@ -270,7 +271,7 @@ def test_a_stream_outliving_its_token_is_cut() -> None:
         cut: list[OAuthError] = []
         clock.advance(advance)
         with anyio.move_on_after(0.5) as scope:  # a bound on the test, not a latency assertion
-            await app._watch(principal, scope, cut)
+            await watch_principal(app.verifier, principal, scope, cut, interval=app.cut_interval)
         return cut
 
     assert asyncio.run(watch(0)) == []  # positive control: a live token keeps its stream

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
@@ -39,7 +40,8 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
 
-from tether.errors import AccessDenied, InsufficientScope, InvalidToken, OAuthError, TetherError
+from tether.errors import AccessDenied, InsufficientScope, OAuthError, TetherError
+from tether.mcp.cut import DEFAULT_CUT_INTERVAL, Tracked, watch
 from tether.mcp.listing import DEFAULT_MAX_LISTING_BYTES, FilterError, SseRewriter, Target, filter_json
 from tether.mcp.messages import (
     ACCESS_DENIED,
@@ -71,8 +73,6 @@ log = logging.getLogger("tether.mcp")
 
 #: the largest POST body read before the server sees it (the MCP SDK's own default cap)
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
-#: seconds between two revocation checks of an open response stream
-DEFAULT_CUT_INTERVAL = 0.2
 _JSON = "application/json"
 _SSE = "text/event-stream"
 #: RFC 6455 §7.4.1 policy violation: MCP has no WebSocket transport to verify
@@ -350,7 +350,7 @@ class ProtectedMCP:
         self, scope: Scope, receive: Receive, send: Send, principal: Principal, *, listing: bool, target: Target
     ) -> None:
         """Run the server, watching the caller's task while the response is open (the mid-session cut)."""
-        out = _Tracked(send, on_start=self._session_binder(scope, principal))
+        out = Tracked(send, on_start=self._session_binder(scope, principal))
         cut: list[OAuthError] = []
         failure: list[BaseException] = []
         async with anyio.create_task_group() as group:
@@ -358,7 +358,7 @@ class ProtectedMCP:
             if listing:
                 visible = self._visible(scope, principal)
                 inner = _ListingFilter(out, visible, target, self.max_listing_bytes, stop=group.cancel_scope.cancel)
-            group.start_soon(self._watch, principal, group.cancel_scope, cut)
+            group.start_soon(partial(watch, self.verifier, principal, group.cancel_scope, cut, interval=self.cut_interval))
             try:
                 await self.app(scope, receive, inner)
             except Exception as error:  # noqa: BLE001 -- re-raised below, outside the task group (no exception group)
@@ -368,8 +368,7 @@ class ProtectedMCP:
             reason = cut[0]
             _audit("stream cut", error=wire_code(reason), principal=principal, method=scope["method"])
             if out.started:
-                if not out.finished:
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await out.end()
             else:
                 await self._refuse(reason, scope, receive, send)
             return
@@ -392,22 +391,6 @@ class ProtectedMCP:
 
         return on_start
 
-    async def _watch(self, principal: Principal, cancel: anyio.CancelScope, cut: list[OAuthError]) -> None:
-        """Check the revocation view (and the token's expiry) every ``cut_interval`` seconds."""
-        verifier = self.verifier
-        while True:
-            await anyio.sleep(self.cut_interval)
-            now = verifier.clock.now()
-            try:
-                if verifier.feed is not None:
-                    verifier.feed.check(jti=principal.jti, task=principal.task, now=now)
-                if now >= principal.expires_at + verifier.settings.skew:
-                    raise InvalidToken("the access token expired while its stream was open")
-            except OAuthError as exc:
-                cut.append(exc)
-                cancel.cancel()
-                return
-
     def _lifespan(self, receive: Receive) -> Receive:
         async def wrapped() -> AsgiMessage:
             message = await receive()
@@ -418,26 +401,6 @@ class ProtectedMCP:
             return message
 
         return wrapped
-
-
-class _Tracked:
-    """The real ``send``, remembering whether the response started and ended."""
-
-    def __init__(self, send: Send, *, on_start: Callable[[AsgiMessage], None]) -> None:
-        self.send = send
-        self.on_start = on_start
-        self.started = False
-        self.finished = False
-
-    async def __call__(self, message: AsgiMessage) -> None:
-        if self.finished:
-            return
-        if message["type"] == "http.response.start":
-            self.started = True
-            self.on_start(message)
-        elif message["type"] == "http.response.body" and not message.get("more_body", False):
-            self.finished = True
-        await self.send(message)
 
 
 class _ListingFilter:
