@@ -136,9 +136,10 @@ def test_one_task_many_keys_gets_at_most_its_share_of_stdio_slots(env: McpEnv) -
     assert len(env.sessions("solo2", first.task["id"])) == 1
     victim = env.agent("solo2")
     assert victim.tools("solo2")  # positive control: the other task gets the remaining slot
-    for agent in (first, victim):
-        agent.complete()
-        wait_until(lambda a=agent: not env.sessions("solo2", a.task["id"]), timeout=15, what="the upstream to stop")
+    first.complete()
+    victim.complete()
+    tasks = {first.task["id"], victim.task["id"]}
+    wait_until(lambda: not any(env.sessions("solo2", t) for t in tasks), timeout=15, what="the upstreams to stop")
 
 
 def test_stdio_sessions_per_task_never_exceed_half_a_route(env: McpEnv) -> None:
