@@ -40,7 +40,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
 
-from tether.errors import AccessDenied, InsufficientScope, OAuthError, TetherError
+from tether.errors import AccessDenied, InsufficientScope, OAuthError, TetherError, TooManyRequests
 from tether.mcp.cut import DEFAULT_CUT_INTERVAL, Tracked, watch
 from tether.mcp.listing import DEFAULT_MAX_LISTING_BYTES, FilterError, SseRewriter, Target, filter_json
 from tether.mcp.messages import (
@@ -53,7 +53,7 @@ from tether.mcp.messages import (
     header_value,
     parse_message,
 )
-from tether.mcp.sessions import DEFAULT_MAX_SESSIONS, SessionOwners
+from tether.mcp.sessions import DEFAULT_MAX_SESSIONS, DEFAULT_SESSIONS_PER_OWNER, SessionOwners
 from tether.resource.middleware import METADATA_PATH
 from tether.resource.principal import Principal
 from tether.resource.verifier import Verifier
@@ -97,6 +97,7 @@ def protect(
     max_listing_bytes: int = DEFAULT_MAX_LISTING_BYTES,
     cut_interval: float = DEFAULT_CUT_INTERVAL,
     max_sessions: int = DEFAULT_MAX_SESSIONS,
+    max_sessions_per_owner: int = DEFAULT_SESSIONS_PER_OWNER,
     **app_options: Any,
 ) -> ProtectedMCP:
     """Serve an MCP server's streamable HTTP transport as a tether resource server.
@@ -105,7 +106,9 @@ def protect(
     with ``app_options``, e.g. ``stateless_http=True``, ``json_response=True``) or any ASGI app
     that speaks MCP streamable HTTP at ``path``. ``verifier.settings.resource`` must be the
     server's MCP URL (``https://host/mcp``): it is the tokens' audience. ``scope_prefix=None``
-    turns the ``tool:<name>`` scope convention off (Cedar alone decides)."""
+    turns the ``tool:<name>`` scope convention off (Cedar alone decides). ``max_sessions`` bounds the
+    session-based protocol's sessions, ``max_sessions_per_owner`` those of one (subject, agent, task):
+    an ``initialize`` beyond either is refused with ``too_many_requests`` (``tether.mcp.sessions``)."""
     if isinstance(app_or_server, _StreamableServer):
         # the SDK turns on its DNS-rebinding Host check (localhost names only) for a localhost ``host``:
         # the server is named by its resource URL, so that is the host it is reached by
@@ -125,6 +128,7 @@ def protect(
         max_listing_bytes=max_listing_bytes,
         cut_interval=cut_interval,
         max_sessions=max_sessions,
+        max_sessions_per_owner=max_sessions_per_owner,
     )
 
 
@@ -143,6 +147,7 @@ class ProtectedMCP:
         max_listing_bytes: int = DEFAULT_MAX_LISTING_BYTES,
         cut_interval: float = DEFAULT_CUT_INTERVAL,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
+        max_sessions_per_owner: int = DEFAULT_SESSIONS_PER_OWNER,
     ) -> None:
         if not path.startswith("/"):
             raise ValueError("path must start with '/'")
@@ -158,7 +163,7 @@ class ProtectedMCP:
         self.max_listing_bytes = max_listing_bytes
         self.cut_interval = cut_interval
         #: which principal each MCP session belongs to (MCP-10: a session id is never authentication)
-        self.sessions = SessionOwners(max_sessions)
+        self.sessions = SessionOwners(max_sessions, per_owner=max_sessions_per_owner)
         #: RFC 9728 §3.1: the well-known path is inserted between the host and the resource's path
         self.metadata_paths = frozenset({METADATA_PATH, METADATA_PATH + resource_path})
         self.metadata_url = verifier.settings.origin + METADATA_PATH + resource_path
@@ -188,6 +193,18 @@ class ProtectedMCP:
             _audit("session not the caller's", error="invalid_request", principal=principal, method=scope["method"])
             await _send_bytes(send, 404, JsonRpcRefusal(INVALID_REQUEST, "Session not found").body())
             return
+        if session_id is not None:
+            self.sessions.opened(session_id)  # an open request (the GET stream) keeps its binding alive
+        try:
+            await self._serve(scope, receive, send, principal, on_mcp_path=on_mcp_path, session_id=session_id)
+        finally:
+            if session_id is not None:
+                self.sessions.closed(session_id)
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, principal: Principal, *, on_mcp_path: bool,
+        session_id: str | None,
+    ) -> None:  # fmt: skip
         if not on_mcp_path or scope["method"] != "POST":
             target: Target = None  # a GET stream may replay (resume) a listing: any listing in it is filtered
             rewrite = on_mcp_path and scope["method"] == "GET"
@@ -206,7 +223,22 @@ class ProtectedMCP:
             return
         listing = message is not None and message.is_request and message.method == "tools/list"
         target = message.request_id if message is not None else None
-        await self._run(scope, _replay(body, receive), send, principal, listing=listing, target=target)
+        opening = session_id is None and message is not None and message.is_request and message.method == "initialize"
+        if opening:
+            feed = self.verifier.feed
+            try:
+                self.sessions.admit(principal, feed.tasks if feed is not None else ())
+            except TooManyRequests as exc:  # this owner's quota, or the server's: nobody else's binding is evicted
+                _audit("session refused", error=exc.error, principal=principal, code=INVALID_REQUEST)
+                full = JsonRpcRefusal(INVALID_REQUEST, exc.description, request_id=target, status=exc.status,
+                                      data={"error": exc.error})  # fmt: skip
+                await _send_bytes(send, full.status, full.body())
+                return
+        try:
+            await self._run(scope, _replay(body, receive), send, principal, listing=listing, target=target)
+        finally:
+            if opening:
+                self.sessions.release(principal)
 
     async def _verify(self, scope: Scope, receive: Receive, send: Send) -> Principal | None:
         raw_path = scope.get("raw_path")
