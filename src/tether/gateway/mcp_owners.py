@@ -76,8 +76,11 @@ class SdkSessionOwners:
         self._by_task.setdefault(task, set()).add(session_id)
 
     async def end_tasks(self, ended: Collection[str]) -> int:
-        """Terminate every SDK session of a task in ``ended`` (its GET stream ends, its id answers 404)."""
+        """Terminate every SDK session of a task in ``ended`` (its GET stream ends, its id answers 404);
+        called by the upstream sessions' sweeper."""
         stopped = 0
+        for task in [t for t in self._by_task if t not in ended]:
+            self.live(task)  # forget sessions the SDK already discarded (DELETE, idle timeout)
         for task in [t for t in self._by_task if t in ended]:
             for sid in self._by_task.pop(task, set()):
                 transport = self.manager._server_instances.get(sid)

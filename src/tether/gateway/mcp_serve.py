@@ -294,26 +294,30 @@ class McpEndpoint:
                 answer.headers["Retry-After"] = str(exc.retry_after)
                 await answer(scope, receive, send)
                 return
+        reserved = [opening]  # until the session it opens is bound (or the request is over)
         try:
-            await self.serve_watched(scope, receive, send, principal, opening=opening, started=started, client=client)
+            await self.serve_watched(scope, receive, send, principal, reserved=reserved, started=started, client=client)
         finally:
-            if opening:
+            if reserved[0]:
                 self.owners.release(task)
 
     async def serve_watched(
-        self, scope: Scope, receive: Receive, send: Send, principal: Principal, *, opening: bool, started: float,
-        client: str | None,
+        self, scope: Scope, receive: Receive, send: Send, principal: Principal, *, reserved: list[bool],
+        started: float, client: str | None,
     ) -> None:  # fmt: skip
         """Hand the request to the SDK while watching the caller's task and token (``tether.mcp.cut``,
         as ``protect`` does): when the task ends or the token expires an open response (the session
         GET stream, a long SSE answer) is ended and its handling cancelled. A session the SDK opens
-        is bound to the caller's task (``mcp_owners``), so the sweeper can end it with the task."""
+        is bound to the caller's task (``mcp_owners``), so the sweeper can end it with the task; its
+        reservation becomes the binding at once (the client may open the next before this returns)."""
         task = check_bound(principal.task)
 
         def bind(message: Message) -> None:
             named = Headers(raw=message.get("headers", [])).get("mcp-session-id")
-            if opening and named is not None and message.get("status", 500) < 400:
+            if reserved[0] and named is not None and message.get("status", 500) < 400:
                 self.owners.bind(task, named)
+                reserved[0] = False
+                self.owners.release(task)
 
         out = Tracked(send, on_start=bind)
         cut: list[OAuthError] = []
@@ -327,6 +331,8 @@ class McpEndpoint:
             group.cancel_scope.cancel()
         if cut:
             reason = cut[0]
+            # an expiry or a task end mid-stream is not the agent's misbehaviour: no suspension burst
+            reason.audit.update(stream_cut=True, blameless=True)
             status = None if out.started else reason.status
             await self.service.refused(self.route, principal, reason, method=str(scope.get("method")), tool=None,
                                        digest=None, status=status, started=started, source=client)  # fmt: skip

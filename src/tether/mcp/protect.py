@@ -234,10 +234,12 @@ class ProtectedMCP:
                                       data={"error": exc.error})  # fmt: skip
                 await _send_bytes(send, full.status, full.body())
                 return
+        reserved = [opening]  # until the session it opens is bound (or the request is over)
         try:
-            await self._run(scope, _replay(body, receive), send, principal, listing=listing, target=target)
+            await self._run(scope, _replay(body, receive), send, principal, listing=listing, target=target,
+                            reserved=reserved)  # fmt: skip
         finally:
-            if opening:
+            if reserved[0]:
                 self.sessions.release(principal)
 
     async def _verify(self, scope: Scope, receive: Receive, send: Send) -> Principal | None:
@@ -379,10 +381,11 @@ class ProtectedMCP:
 
     # -- the response -------------------------------------------------------------------
     async def _run(
-        self, scope: Scope, receive: Receive, send: Send, principal: Principal, *, listing: bool, target: Target
-    ) -> None:
+        self, scope: Scope, receive: Receive, send: Send, principal: Principal, *, listing: bool, target: Target,
+        reserved: list[bool] | None = None,
+    ) -> None:  # fmt: skip
         """Run the server, watching the caller's task while the response is open (the mid-session cut)."""
-        out = Tracked(send, on_start=self._session_binder(scope, principal))
+        out = Tracked(send, on_start=self._session_binder(scope, principal, reserved))
         cut: list[OAuthError] = []
         failure: list[BaseException] = []
         async with anyio.create_task_group() as group:
@@ -407,8 +410,12 @@ class ProtectedMCP:
         if failure:
             raise failure[0]
 
-    def _session_binder(self, scope: Scope, principal: Principal) -> Callable[[AsgiMessage], None]:
-        """Bind a session the server names to the caller; forget one the caller deleted."""
+    def _session_binder(
+        self, scope: Scope, principal: Principal, reserved: list[bool] | None = None
+    ) -> Callable[[AsgiMessage], None]:
+        """Bind a session the server names to the caller; forget one the caller deleted. A session
+        opened under a reservation (``SessionOwners.admit``) turns it into the binding at once: the
+        client may open its next session before this request's handling has wound down."""
         asked = Headers(scope=scope).get("mcp-session-id")
         on_mcp_path = (scope["path"].rstrip("/") or "/") == self.path
 
@@ -420,6 +427,9 @@ class ProtectedMCP:
                 self.sessions.forget(asked)
             elif named is not None and (asked is None or named == asked):
                 self.sessions.bind(named, principal)
+                if reserved is not None and reserved[0]:
+                    reserved[0] = False
+                    self.sessions.release(principal)
 
         return on_start
 
