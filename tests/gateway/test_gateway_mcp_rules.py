@@ -15,9 +15,11 @@ from tether.errors import AccessDenied, InsufficientScope, TooManyRequests
 from tether.gateway.inject import Injection, encodings
 from tether.gateway.mcp_checks import (
     HeaderMismatch,
+    JsonTextArgument,
     check_allowed,
     check_cap,
     check_drift,
+    check_json_text,
     check_open,
     check_param_headers,
     check_pinned,
@@ -176,3 +178,15 @@ def test_mcp11_param_headers_must_mirror_the_arguments_the_schema_declares() -> 
     with pytest.raises(HeaderMismatch):
         check_param_headers(definition, parse_tool_call({"name": "deploy", "arguments": {}}), {"mcp-param-region": "eu"})
     check_param_headers({"name": "plain"}, call, {"mcp-param-region": "anything"})  # no schema declares a header
+
+
+def test_mcp15_json_text_is_refused_unless_the_upstream_schema_declares_a_string() -> None:
+    """Review F2: an SDK upstream decodes a JSON string for a parameter not typed ``str``."""
+    definition = {"inputSchema": {"type": "object", "properties": {"path": {"type": "string"}, "filter": {}}}}
+    smuggled = parse_tool_call({"name": "read_file", "arguments": {"filter": '{"k": "p\\u0061ss"}'}})
+    with pytest.raises(JsonTextArgument, match="`filter`"):
+        check_json_text(definition, smuggled)
+    with pytest.raises(JsonTextArgument):
+        check_json_text({}, parse_tool_call({"name": "read_file", "arguments": {"path": "[1]"}}))  # no schema known
+    check_json_text(definition, parse_tool_call({"name": "read_file", "arguments": {"path": '{"k": 1}'}}))
+    check_json_text(definition, parse_tool_call({"name": "read_file", "arguments": {"filter": {"k": "pass"}}}))

@@ -251,3 +251,21 @@ def test_a_body_over_the_cap_is_413_before_the_server_reads_it(menv: McpEnv) -> 
     assert response.json()["error"]["code"] == INVALID_REQUEST
     assert "exceeds" in response.json()["error"]["message"]
     assert not any(len(v) > 1000 for v in menv.json.tools.calls("echo"))
+
+
+# -- MCP-15: JSON text in an argument the SDK would decode before the tool runs (review F2) -------
+@pytest.mark.parametrize("server", ["sse", "json"])
+def test_mcp_15_json_text_for_a_non_string_parameter_is_refused_and_the_tool_never_runs(menv: McpEnv, server: str) -> None:
+    """``store(data: Any)``: the SDK would json.loads the string, so the tool would get a structure whose
+    text Cedar never saw (an escape can spell around a rule). Refused as invalid params."""
+    served = getattr(menv, server)
+    before = list(served.tools.calls("store"))
+    with menv.client(menv.session()) as http:
+        smuggled = call_tool(http, served.url, "store", {"data": '{"k": "p\\u0061ssword"}'})
+        structured = call_tool(http, served.url, "store", {"data": {"k": "fine"}})  # positive control
+        declared = call_tool(http, served.url, "echo", {"text": '{"k": "v"}'})  # `text: str`: passed on as text
+    error = error_of(smuggled)
+    assert smuggled.status_code == 400 and error["code"] == INVALID_PARAMS and "`data`" in error["message"]
+    assert result_of(structured)["content"][0]["text"] == "stored"
+    assert result_of(declared)["content"][0]["text"] == '{"k": "v"}'
+    assert served.tools.calls("store") == [*before, {"k": "fine"}]

@@ -27,6 +27,7 @@ from tether.rules.tool_call import (
     argument_tags,
     canonical_json,
     digest,
+    json_text_argument,
     missing_tool_scope,
     parse_tool_call,
 )
@@ -283,3 +284,44 @@ def test_missing_tool_scope_names_the_scope_the_token_lacks() -> None:
     assert missing_tool_scope(set(), "x", prefix="mcp.tool/") == "mcp.tool/x"
     # no prefix matching: tool:read does not grant read_file, nor tool:* anything
     assert missing_tool_scope({"tool:read", "tool:*"}, "read_file") == "tool:read_file"
+
+
+# -- MCP-15: a string holding JSON that a server would decode before the tool runs ---------------
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "text": {"type": "string"},
+        "data": {},
+        "model": {"$ref": "#/$defs/Model"},
+        "note": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+        "count": {"type": "integer"},
+    },
+    "$defs": {"Model": {"type": "object"}},
+}
+
+
+@pytest.mark.parametrize("value", ['{"k": "p\\u0061ssword"}', " [1, 2]", '\n{"a": {}}'])
+@pytest.mark.parametrize("name", ["data", "model", "count", "undeclared"])
+def test_mcp_15_json_text_in_a_non_string_argument_is_named(name: str, value: str) -> None:
+    assert json_text_argument({"text": "ok", name: value}, SCHEMA) == name
+
+
+@pytest.mark.parametrize("value", ['{"k": 1}', "[1]"])
+def test_mcp_15_json_text_without_a_known_schema_is_named(value: str) -> None:
+    assert json_text_argument({"text": value}, None) == "text"
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {"text": '{"k": "v"}'},  # declared a string: the server hands the text over as it is
+        {"note": "[1, 2]"},  # anyOf with a string branch
+        {"data": "plain words"},  # not JSON
+        {"data": '"a JSON string"'},  # a JSON scalar is not decoded into structure
+        {"data": "{not json"},
+        {"data": 5, "count": 3},
+        {"data": {"k": "v"}},  # sent as JSON: Cedar sees what the tool gets
+    ],
+)
+def test_mcp_15_arguments_a_server_passes_through_unchanged_are_not_named(arguments: dict[str, Any]) -> None:
+    assert json_text_argument(arguments, SCHEMA) is None

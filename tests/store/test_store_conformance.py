@@ -417,6 +417,29 @@ def test_vault_latest_audit_is_the_newest_put_or_rotation_naming_the_entry(kind:
     run(kind, tmp_path, body)
 
 
+def test_mcp_pin_latest_audit_is_the_newest_approval_of_the_route_not_the_newest_record(kind: str, tmp_path: Path) -> None:
+    def pinned(route: str, at: float, tools: dict[str, str]) -> AuditEvent:
+        return AuditEvent(kind="mcp.pinned", outcome="ok", detail={"route": route, "pinned_at": at, "tools": tools})
+
+    async def body(store: Store) -> None:
+        assert await store.mcp_pin_latest_audit("files") is None
+        await store.append_audit(pinned("files", NOW, {"read_file": "d1"}), now=NOW)
+        await store.append_audit(pinned("files", NOW + 10, {"read_file": "d2"}), now=NOW + 10)
+        # after it: a record naming an older approval (what a database writer could append), another
+        # route's approval and another kind naming the route
+        await store.append_audit(pinned("files", NOW + 1, {"read_file": "d1"}), now=NOW + 20)
+        await store.append_audit(pinned("drive", NOW + 30, {"x": "d3"}), now=NOW + 30)
+        await store.append_audit(AuditEvent(kind="mcp.call", outcome="ok", detail={"route": "files", "pinned_at": NOW + 99}),
+                                 now=NOW + 31)  # fmt: skip
+        latest = await store.mcp_pin_latest_audit("files")
+        assert latest is not None and latest.detail["tools"] == {"read_file": "d2"} and latest.ts == NOW + 10
+        drive = await store.mcp_pin_latest_audit("drive")
+        assert drive is not None and drive.detail["tools"] == {"x": "d3"}
+        assert await store.mcp_pin_latest_audit("file") is None  # the route, not a prefix
+
+    run(kind, tmp_path, body)
+
+
 def test_rewrap_sealed_touches_every_blob_in_one_step(kind: str, tmp_path: Path) -> None:
     from tether.keys.keyring import rotate_signing_key
 

@@ -21,7 +21,6 @@ from typing import Annotated, Any
 
 import typer
 
-from tether.audit.chain import AuditEvent
 from tether.cli.common import config_or_exit, errors_to_exit
 from tether.cli.output import console, fail, print_json, print_table, styled
 from tether.config import Config
@@ -29,7 +28,7 @@ from tether.gateway.mcp_routes import McpRoute
 from tether.gateway.vault import MissingSecret, SecretCache, opened_marks
 from tether.keys.sealed import load_master_key
 from tether.mcp.catalogue import drift, tool_digest
-from tether.mcp.pins import PinnedCatalogue, PinsTampered, load_pins, pin_tools, pins_path, save_pins
+from tether.mcp.pins import PinnedCatalogue, PinsTampered, load_pins, pin_tools, pins_path, record_pins
 from tether.mcp.upstream import UpstreamError, connect
 from tether.store.open import open_store
 from tether.store.protocol import Store
@@ -114,19 +113,7 @@ def pin(name: str, config: ConfigOpt = None, json_out: JsonOpt = False, verbose:
                     catalogue = pin_tools(route.name, tools, now=time.time(), by=OPERATOR)
                 except ValueError as exc:
                     fail(f"route `{name}`: {exc}; nothing was pinned")
-                path = pins_path(cfg, name)
-                before = path.read_bytes() if path.exists() else None
-                save_pins(cfg, catalogue)
-                detail = {"route": name, "tools": dict(catalogue.tools), "replaced": previous is not None}
-                event = AuditEvent(kind="mcp.pinned", outcome="ok", principal=OPERATOR, detail=detail)
-                try:
-                    await store.append_audit(event, now=catalogue.pinned_at)
-                except BaseException:  # an approval that is not audited is not made
-                    if before is None:
-                        path.unlink(missing_ok=True)
-                    else:
-                        path.write_bytes(before)
-                    raise
+                await record_pins(cfg, store, catalogue)
                 return catalogue
             finally:
                 await store.aclose()

@@ -55,22 +55,27 @@ class McpPlan:
 
 
 def pin_drive(config: Config) -> list[str]:
-    """``tether mcp pin drive``, as an operator approves the route: the tool names pinned."""
-    from tether.mcp.pins import pin_tools, save_pins
+    """``tether mcp pin drive``, as an operator approves the route (audited): the tool names pinned."""
+    from tether.mcp.pins import pin_tools, record_pins
     from tether.mcp.upstream import connect
+    from tether.store.open import open_store
 
     route = next(r for r in config.mcp_routes if r.name == ROUTE)
 
-    async def listing() -> list[dict[str, Any]]:
+    async def approve() -> list[str]:
         upstream = await connect(route)
         try:
-            return await upstream.list_tools()
+            tools = await upstream.list_tools()
         finally:
             await upstream.aclose()
+        store = await open_store(config)
+        try:
+            await record_pins(config, store, pin_tools(ROUTE, tools, now=time.time(), by="demo:operator"))
+        finally:
+            await store.aclose()
+        return sorted(str(t["name"]) for t in tools)
 
-    tools = asyncio.run(listing())
-    save_pins(config, pin_tools(ROUTE, tools, now=time.time(), by="demo:operator"))
-    return sorted(str(t["name"]) for t in tools)
+    return asyncio.run(approve())
 
 
 @asynccontextmanager

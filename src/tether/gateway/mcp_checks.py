@@ -19,14 +19,16 @@ from mcp.shared.inbound import validate_mcp_param_headers
 
 from tether.errors import AccessDenied, InsufficientScope, InvalidRequest, TemporarilyUnavailable, TooManyRequests
 from tether.gateway.mcp_routes import McpRoute
-from tether.rules.tool_call import ToolCall, missing_tool_scope
+from tether.rules.tool_call import ToolCall, json_text_argument, json_text_refusal, missing_tool_scope
 
 __all__ = [
     "HeaderMismatch",
+    "JsonTextArgument",
     "NotPinned",
     "check_allowed",
     "check_cap",
     "check_drift",
+    "check_json_text",
     "check_open",
     "check_param_headers",
     "check_pinned",
@@ -90,6 +92,20 @@ def check_drift(route: McpRoute, tool: str, pinned: str, current: str | None) ->
 
 class HeaderMismatch(InvalidRequest):
     """An ``Mcp-Param-*`` header disagrees with the argument it mirrors (MCP 2026-07-28 Streamable HTTP)."""
+
+
+class JsonTextArgument(InvalidRequest):
+    """An argument is a string holding a JSON object or array where the tool's schema does not
+    declare a string: the upstream may decode it, so policy could not judge it (MCP-15)."""
+
+
+def check_json_text(definition: Mapping[str, Any], call: ToolCall) -> None:
+    """Refuse ``tether.rules.tool_call.json_text_argument``'s ambiguous arguments, judged against the
+    input schema the caller's upstream listed (no schema: every such argument is refused)."""
+    schema = definition.get("inputSchema")
+    name = json_text_argument(call.arguments, schema if isinstance(schema, Mapping) else None)
+    if name is not None:
+        raise JsonTextArgument(json_text_refusal(name))
 
 
 def check_param_headers(definition: Mapping[str, Any], call: ToolCall, headers: Mapping[str, str]) -> None:

@@ -58,10 +58,12 @@ from tether.gateway.audit import GatewayAudit
 from tether.gateway.inject import Injection, encodings
 from tether.gateway.mcp_checks import (
     HeaderMismatch,
+    JsonTextArgument,
     NotPinned,
     check_allowed,
     check_cap,
     check_drift,
+    check_json_text,
     check_open,
     check_param_headers,
     check_pinned,
@@ -79,6 +81,7 @@ from tether.gateway.proxy import BadGateway, GatewayTimeout
 from tether.gateway.routes import utc_date
 from tether.gateway.vault import MissingSecret, SecretCache
 from tether.lru import LruCache
+from tether.mcp.catalogue import pinned_view
 from tether.mcp.cut import Tracked, watch
 from tether.mcp.pins import PinsTampered, load_pins, pins_path
 from tether.mcp.upstream import UpstreamError
@@ -442,8 +445,8 @@ class McpEndpoint:
                     self.verifier.authorize_call(principal, method="POST", path=self.path, client=client, now=now, tool=name)
                 except AccessDenied:
                     continue
-                try:
-                    tools.append(types.Tool.model_validate(definition))
+                try:  # only what the pin covers: `_meta`, `icons`, `execution` could change unseen (review F6)
+                    tools.append(types.Tool.model_validate(pinned_view(definition)))
                 except ValidationError:
                     log.warning("MCP route %s: upstream tool `%s` is not a valid MCP tool; not listed", route.name, name)
             for name, pinned in pins.items():
@@ -480,6 +483,10 @@ class McpEndpoint:
                                        pinned=self._pinned(call.name))  # fmt: skip
             if isinstance(refusal, HeaderMismatch):  # the transport's own error code (400), as the SDK's checks
                 raise MCPError(types.HEADER_MISMATCH, refusal.description, data={"error": refusal.error}) from None
+            if isinstance(refusal, JsonTextArgument):  # invalid params, as tether.mcp.protect answers it
+                raise MCPError(
+                    types.INVALID_PARAMS, refusal.description, data={"error": refusal.error, "tool": call.name}
+                ) from None
             raise _refusal(refusal, call.name) from None
         return await self.forward(session, record)
 
@@ -500,6 +507,7 @@ class McpEndpoint:
         if current != pinned:
             await self.service.drifted(route, principal, call.name, pinned, current)
         check_drift(route, call.name, pinned, current)
+        check_json_text(session.definitions.get(call.name, {}), call)
         check_param_headers(session.definitions.get(call.name, {}), call, headers)
         task = check_bound(principal.task)
         base = f"mcp:{route.name}:{task}"

@@ -24,7 +24,7 @@ from typing import Any
 
 from tether.rules.tool_call import canonical_json, digest
 
-__all__ = ["DIGESTED_KEYS", "Drift", "drift", "tool_digest"]
+__all__ = ["DIGESTED_KEYS", "Drift", "drift", "pinned_view", "tool_digest"]
 
 #: the parts of an MCP ``Tool`` definition that decide what a model is told and what it may send
 DIGESTED_KEYS = ("name", "title", "description", "inputSchema", "outputSchema", "annotations")
@@ -32,12 +32,18 @@ DIGESTED_KEYS = ("name", "title", "description", "inputSchema", "outputSchema", 
 _UNDIGESTIBLE = "!undigestible"
 
 
+def pinned_view(tool: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a tool definition its pin covers: all the gateway passes on to an agent, so a
+    change in anything else (``_meta``, ``icons``, ``execution``) cannot reach it unseen."""
+    return {key: tool[key] for key in DIGESTED_KEYS if key in tool}
+
+
 def tool_digest(tool: Mapping[str, Any]) -> str:
     """The digest of one tool definition (the JSON a ``tools/list`` result carries for it).
 
     Raises ``ValueError`` (``ToolCallError``) if the definition is not JSON or nests deeper than
     the canonicalizer allows."""
-    return digest(canonical_json({key: tool[key] for key in DIGESTED_KEYS if key in tool}))
+    return digest(canonical_json(pinned_view(tool)))
 
 
 def _digest_or_sentinel(tool: Mapping[str, Any]) -> str:

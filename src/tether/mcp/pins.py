@@ -26,11 +26,12 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from tether.audit.chain import AuditEvent, AuditRecord
 from tether.config import Config
 from tether.errors import TetherError
 from tether.filemodes import OWNER_DIR
@@ -38,14 +39,21 @@ from tether.keys.sealed import key_id, load_master_key
 from tether.mcp.catalogue import tool_digest
 from tether.rules.tool_call import canonical_json, valid_tool_name
 
+if TYPE_CHECKING:
+    from tether.store.protocol import Store
+
 __all__ = [
     "PINS_DIR",
     "PinnedCatalogue",
+    "PinsRolledBack",
     "PinsTampered",
+    "check_current",
     "load_pins",
     "pin_tools",
+    "pinned_event",
     "pins_key",
     "pins_path",
+    "record_pins",
     "rekey_pins",
     "save_pins",
 ]
@@ -203,3 +211,50 @@ def rekey_pins(config: Config, old_master: bytes, new_master: bytes) -> int:
         _save(config, catalogue, new_master)
         count += 1
     return count
+
+
+class PinsRolledBack(PinsTampered):
+    """A valid pin file older than the newest approval the audit log records for its route:
+    written back from before a re-pin (a data-directory writer's rollback)."""
+
+
+def pinned_event(catalogue: PinnedCatalogue, *, replaced: bool) -> AuditEvent:
+    """The ``mcp.pinned`` approval record: route, the time of the approval and every digest."""
+    detail = {"route": catalogue.route, "pinned_at": catalogue.pinned_at, "tools": dict(catalogue.tools), "replaced": replaced}
+    return AuditEvent(kind="mcp.pinned", outcome="ok", principal=catalogue.pinned_by or None, detail=detail)
+
+
+async def record_pins(config: Config, store: Store, catalogue: PinnedCatalogue) -> Path:
+    """Save a pin file and its ``mcp.pinned`` record; an approval that is not audited is not made
+    (the previous file is put back if the record cannot be written)."""
+    path = pins_path(config, catalogue.route)
+    before = path.read_bytes() if path.exists() else None
+    save_pins(config, catalogue)
+    try:
+        await store.append_audit(pinned_event(catalogue, replaced=before is not None), now=catalogue.pinned_at)
+    except BaseException:
+        if before is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_bytes(before)
+        raise
+    return path
+
+
+def check_current(catalogue: PinnedCatalogue, recorded: AuditRecord | None) -> None:
+    """Refuse a pin file that is not the newest approval the audit log records for its route
+    (``Store.mcp_pin_latest_audit``): older, or as old with other digests. With no record (a
+    catalogue pinned without the CLI) the MAC alone vouches for the file."""
+    if recorded is None:
+        return
+    at = recorded.detail.get("pinned_at")
+    newest = float(at) if isinstance(at, int | float) and not isinstance(at, bool) else None
+    if newest is None:
+        return  # an approval recorded before pinned_at was: it orders nothing
+    if catalogue.pinned_at < newest or (
+        catalogue.pinned_at == newest and recorded.detail.get("tools") != dict(catalogue.tools)
+    ):
+        raise PinsRolledBack(
+            f"pin file of route `{catalogue.route}` (pinned at {catalogue.pinned_at:.0f}) is older than the approval "
+            f"the audit log records (seq {recorded.seq}, pinned at {newest:.0f}): re-pin the route"
+        )

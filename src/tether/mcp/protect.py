@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
@@ -54,7 +54,7 @@ from tether.mcp.messages import (
     parse_message,
 )
 from tether.mcp.sessions import DEFAULT_MAX_SESSIONS, DEFAULT_SESSIONS_PER_OWNER, SessionOwners
-from tether.resource.middleware import METADATA_PATH
+from tether.resource.middleware import METADATA_PATH, verifier_lifespan
 from tether.resource.principal import Principal
 from tether.resource.verifier import Verifier
 from tether.rules.tool_call import (
@@ -62,6 +62,8 @@ from tether.rules.tool_call import (
     DEFAULT_SCOPE_PREFIX,
     ToolCall,
     ToolCallError,
+    json_text_argument,
+    json_text_refusal,
     missing_tool_scope,
     parse_tool_call,
 )
@@ -98,6 +100,7 @@ def protect(
     cut_interval: float = DEFAULT_CUT_INTERVAL,
     max_sessions: int = DEFAULT_MAX_SESSIONS,
     max_sessions_per_owner: int = DEFAULT_SESSIONS_PER_OWNER,
+    input_schema: Callable[[str], Mapping[str, Any] | None] | None = None,
     **app_options: Any,
 ) -> ProtectedMCP:
     """Serve an MCP server's streamable HTTP transport as a tether resource server.
@@ -106,10 +109,16 @@ def protect(
     with ``app_options``, e.g. ``stateless_http=True``, ``json_response=True``) or any ASGI app
     that speaks MCP streamable HTTP at ``path``. ``verifier.settings.resource`` must be the
     server's MCP URL (``https://host/mcp``): it is the tokens' audience. ``scope_prefix=None``
-    turns the ``tool:<name>`` scope convention off (Cedar alone decides). ``max_sessions`` bounds the
-    session-based protocol's sessions, ``max_sessions_per_owner`` those of one (subject, agent, task):
-    an ``initialize`` beyond either is refused with ``too_many_requests`` (``tether.mcp.sessions``)."""
+    turns the ``tool:<name>`` scope convention off (Cedar alone decides). ``input_schema`` gives a
+    tool's input schema by name (an SDK server's own is used when it is not given): an argument
+    holding JSON text is refused unless the schema declares it a string (MCP-15), and with no
+    schema known every such argument is refused. ``max_sessions`` bounds the session-based
+    protocol's sessions, ``max_sessions_per_owner`` those of one (subject, agent, task): an
+    ``initialize`` beyond either is refused with ``too_many_requests`` (``tether.mcp.sessions``)."""
     if isinstance(app_or_server, _StreamableServer):
+        if input_schema is None:
+            lowlevel = getattr(app_or_server, "_lowlevel_server", app_or_server)
+            input_schema = getattr(lowlevel, "get_tool_input_schema", None)
         # the SDK turns on its DNS-rebinding Host check (localhost names only) for a localhost ``host``:
         # the server is named by its resource URL, so that is the host it is reached by
         app_options.setdefault("host", urlsplit(verifier.settings.resource).hostname or "127.0.0.1")
@@ -129,6 +138,7 @@ def protect(
         cut_interval=cut_interval,
         max_sessions=max_sessions,
         max_sessions_per_owner=max_sessions_per_owner,
+        input_schema=input_schema,
     )
 
 
@@ -148,6 +158,7 @@ class ProtectedMCP:
         cut_interval: float = DEFAULT_CUT_INTERVAL,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         max_sessions_per_owner: int = DEFAULT_SESSIONS_PER_OWNER,
+        input_schema: Callable[[str], Mapping[str, Any] | None] | None = None,
     ) -> None:
         if not path.startswith("/"):
             raise ValueError("path must start with '/'")
@@ -162,6 +173,7 @@ class ProtectedMCP:
         self.max_body_bytes = max_body_bytes
         self.max_listing_bytes = max_listing_bytes
         self.cut_interval = cut_interval
+        self.input_schema = input_schema
         #: which principal each MCP session belongs to (MCP-10: a session id is never authentication)
         self.sessions = SessionOwners(max_sessions, per_owner=max_sessions_per_owner)
         #: RFC 9728 §3.1: the well-known path is inserted between the host and the resource's path
@@ -316,6 +328,10 @@ class ProtectedMCP:
             tool = _tool_name(message.params)
             _audit("invalid tool call", error="invalid_request", principal=principal, tool=tool, code=INVALID_PARAMS)
             raise JsonRpcRefusal(INVALID_PARAMS, f"Invalid params: {exc}", request_id=message.request_id) from None
+        smuggled = json_text_argument(call.arguments, self.input_schema(call.name) if self.input_schema else None)
+        if smuggled is not None:
+            _audit("JSON text argument", error="invalid_request", principal=principal, call=call, code=INVALID_PARAMS)
+            raise JsonRpcRefusal(INVALID_PARAMS, json_text_refusal(smuggled), request_id=message.request_id)
         declared_name = headers.get("mcp-name")
         if declared_name is not None and header_value(declared_name) != call.name:
             _audit("header mismatch", error="invalid_request", principal=principal, call=call, code=HEADER_MISMATCH)
@@ -434,15 +450,7 @@ class ProtectedMCP:
         return on_start
 
     def _lifespan(self, receive: Receive) -> Receive:
-        async def wrapped() -> AsgiMessage:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await self.verifier.start()
-            elif message["type"] == "lifespan.shutdown":
-                await self.verifier.aclose()
-            return message
-
-        return wrapped
+        return verifier_lifespan(self.verifier, receive)
 
 
 class _ListingFilter:

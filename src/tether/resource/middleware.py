@@ -24,7 +24,15 @@ from tether.resource.principal import Principal
 from tether.resource.verifier import Verifier
 from tether.web.errors import error_response
 
-__all__ = ["METADATA_PATH", "TetherMiddleware", "UnsupportedScope", "principal_of", "require_scope", "requires"]
+__all__ = [
+    "METADATA_PATH",
+    "TetherMiddleware",
+    "UnsupportedScope",
+    "principal_of",
+    "require_scope",
+    "requires",
+    "verifier_lifespan",
+]
 
 METADATA_PATH = "/.well-known/oauth-protected-resource"
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -99,15 +107,22 @@ class TetherMiddleware:
         await send({"type": "websocket.close", "code": code, "reason": getattr(exc, "error", "server_error")})
 
     def _lifespan(self, receive: Receive) -> Receive:
-        async def wrapped() -> Message:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await self.verifier.start()
-            elif message["type"] == "lifespan.shutdown":
-                await self.verifier.aclose()
-            return message
+        return verifier_lifespan(self.verifier, receive)
 
-        return wrapped
+
+def verifier_lifespan(verifier: Verifier, receive: Receive) -> Receive:
+    """``receive`` for an app's lifespan scope that also starts the verifier (its revocation
+    subscription) at startup and closes it at shutdown."""
+
+    async def wrapped() -> Message:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await verifier.start()
+        elif message["type"] == "lifespan.shutdown":
+            await verifier.aclose()
+        return message
+
+    return wrapped
 
 
 async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:

@@ -39,6 +39,8 @@ __all__ = [
     "argument_tags",
     "canonical_json",
     "digest",
+    "json_text_argument",
+    "json_text_refusal",
     "missing_tool_scope",
     "parse_tool_call",
     "valid_tool_name",
@@ -171,6 +173,62 @@ def parse_tool_call(params: object, *, max_bytes: int = DEFAULT_MAX_ARGUMENT_BYT
     if len(canonical.encode()) > max_bytes:
         raise ToolCallError(f"tools/call arguments exceed {max_bytes} bytes; the call is refused, not truncated")
     return ToolCall(name=name, arguments=arguments, canonical=canonical, digest=digest(canonical))
+
+
+def _resolve(schema: Mapping[str, Any], node: object) -> Mapping[str, Any] | None:
+    """A property schema with a local ``$ref`` (``#/$defs/X``, ``#/definitions/X``) followed once."""
+    if not isinstance(node, Mapping):
+        return None
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref.startswith(("#/$defs/", "#/definitions/")):
+        section, _, name = ref[2:].partition("/")
+        target = schema.get(section)
+        found = target.get(name) if isinstance(target, Mapping) else None
+        return found if isinstance(found, Mapping) else None
+    return node
+
+
+def _declares_string(schema: Mapping[str, Any], node: object) -> bool:
+    prop = _resolve(schema, node)
+    if prop is None:
+        return False
+    kind = prop.get("type")
+    if kind == "string" or (isinstance(kind, list) and "string" in kind):
+        return True
+    branches = [b for key in ("anyOf", "oneOf") for b in (prop.get(key) or []) if isinstance(prop.get(key), list)]
+    return any(_declares_string(schema, branch) for branch in branches)
+
+
+def json_text_argument(arguments: Mapping[str, Any], schema: Mapping[str, Any] | None) -> str | None:
+    """The name of an argument that is a string holding a JSON object or array, where the tool's
+    input schema (``None``: unknown) does not declare that argument a string; else None.
+
+    A server may decode such a string before the tool runs (the MCP Python SDK does, for every
+    parameter not typed ``str``), so the tool would receive a structure whose text Cedar never
+    saw (``"{\"k\": \"p\\u0061ss\"}"`` is ``{"k": "pass"}`` to the tool): the call is refused,
+    the agent sends the value as JSON instead (MCP-15)."""
+    properties = schema.get("properties") if isinstance(schema, Mapping) else None
+    for name, value in arguments.items():
+        if not isinstance(value, str) or value.lstrip(" \t\n\r")[:1] not in ("{", "["):
+            continue
+        try:
+            decoded = json.loads(value)
+        except (ValueError, RecursionError):
+            continue
+        if not isinstance(decoded, dict | list):
+            continue
+        declared = properties.get(name) if isinstance(properties, Mapping) else None
+        if schema is None or not _declares_string(schema, declared):
+            return name
+    return None
+
+
+def json_text_refusal(name: str) -> str:
+    """The refusal's words for ``json_text_argument``: what the agent should send instead."""
+    return (
+        f"Invalid params: argument `{name[:64]}` is a string holding JSON, which the server may decode "
+        "before the tool runs; send the value as JSON, not as text"
+    )
 
 
 def valid_tool_name(name: str) -> bool:

@@ -188,6 +188,13 @@ class Store(Protocol):
 
     async def vault_delete(self, name: str, *, now: float, audit: AuditEvent) -> bool: ...
 
+    async def mcp_pin_latest_audit(self, route: str) -> AuditRecord | None:
+        """The ``mcp.pinned`` audit record whose ``detail.route`` is ``route`` naming the newest
+        approval (highest ``detail.pinned_at``; then the newest record). Ordered by the approval's
+        time, not by position, as ``vault_latest_audit``: a database writer can append a record
+        naming an older approval, never lower the newest one recorded. A partial-index lookup."""
+        ...
+
     async def vault_latest_audit(self, name: str) -> AuditRecord | None:
         """The ``vault.put`` or ``vault.rotated`` audit record whose ``detail.name`` is ``name``
         naming the newest state (highest ``created_at``, then ``version``; then the newest record).

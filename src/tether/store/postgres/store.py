@@ -576,6 +576,17 @@ class PostgresRedisStore(Store):
             row = await (await conn.execute(f"SELECT {VAULT_COLUMNS} FROM vault WHERE name = %s", (name,))).fetchone()
             return vault_from_row(row) if row else None
 
+    async def mcp_pin_latest_audit(self, route: str) -> AuditRecord | None:
+        async with self._conn() as conn:
+            # the expression and the kind are the partial index's (migration 0006), so it answers
+            cur = await conn.execute(
+                f"SELECT {AUDIT_COLUMNS} FROM audit WHERE kind = 'mcp.pinned' AND (detail::jsonb ->> 'route') = %s"
+                f" ORDER BY {_json_number('pinned_at')} DESC NULLS LAST, seq DESC LIMIT 1",
+                (route,),
+            )
+            row = await cur.fetchone()
+            return audit_from_row(row) if row else None
+
     async def vault_latest_audit(self, name: str) -> AuditRecord | None:
         async with self._conn() as conn:
             # the expression and the kinds are the partial index's (migration 0005), so it answers

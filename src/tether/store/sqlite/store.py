@@ -446,6 +446,18 @@ class SqliteStore(Store):
 
         return await self._db.run(q)
 
+    async def mcp_pin_latest_audit(self, route: str) -> AuditRecord | None:
+        def q(conn: sqlite3.Connection) -> AuditRecord | None:
+            # the expression and the kind are the partial index's (migration 0005), so it answers
+            row = conn.execute(
+                f"SELECT {table.AUDIT_COLUMNS} FROM audit WHERE kind = 'mcp.pinned'"
+                " AND json_extract(detail, '$.route') = ? ORDER BY json_extract(detail, '$.pinned_at') DESC, seq DESC LIMIT 1",
+                (route,),
+            ).fetchone()
+            return table.audit_from_row(row) if row else None
+
+        return await self._db.run(q)
+
     async def vault_latest_audit(self, name: str) -> AuditRecord | None:
         def q(conn: sqlite3.Connection) -> AuditRecord | None:
             # the expression and the kinds are the partial index's (migration 0004), so it answers
