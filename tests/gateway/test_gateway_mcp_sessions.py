@@ -101,6 +101,7 @@ def test_mcp14_a_get_stream_ends_with_its_task_and_its_sdk_session_is_terminated
     assert ending.with_token("streams", token).status_code == 401  # and its token is refused
     staying.complete()
     wait_until(streams[1].ended.is_set, timeout=15, what="the second stream to be cut")
+    wait_until(lambda: not env.sessions("streams", staying.task["id"]), timeout=15, what="its upstream to stop")
 
 
 def test_one_task_is_held_to_its_sdk_session_quota_and_others_still_get_in(env: McpEnv) -> None:
@@ -120,6 +121,7 @@ def test_one_task_is_held_to_its_sdk_session_quota_and_others_still_get_in(env: 
     attacker.complete()  # its sessions are terminated with the task
     owners = env.gateway.mcp.endpoints["one"].owners  # type: ignore[union-attr]
     wait_until(lambda: not owners.live(attacker.task["id"]), timeout=15, what="the attacker's sessions to end")
+    wait_until(lambda: not env.sessions("one", attacker.task["id"]), timeout=15, what="its upstream to stop")
     victim.complete()
 
 
@@ -157,3 +159,4 @@ def test_tools_list_starts_no_upstream_for_a_caller_granted_no_tool(env: McpEnv)
     assert reader.tools("scopedx") == ["read_file"]  # positive control: a granted caller gets its upstream
     assert len(env.sessions("scopedx", reader.task["id"])) == 1
     reader.complete()
+    wait_until(lambda: not env.sessions("scopedx", reader.task["id"]), timeout=15, what="its upstream to stop")

@@ -93,6 +93,7 @@ class UpstreamSessions:
         self.sessions: dict[SessionKey, UpstreamSession] = {}
         self._starting: dict[SessionKey, asyncio.Task[UpstreamSession]] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._stopping: set[asyncio.Task[None]] = set()
         #: run after each sweep (the MCP endpoints end the SDK sessions of ended tasks there)
         self.on_sweep: list[Callable[[], Awaitable[None]]] = []
 
@@ -110,6 +111,7 @@ class UpstreamSessions:
         for starting in list(self._starting.values()):
             starting.cancel()
         await asyncio.gather(*(self.close(key, "gateway shutdown") for key in list(self.sessions)))
+        await asyncio.gather(*self._stopping, return_exceptions=True)  # stops the sweeper had begun
 
     # -- use ---------------------------------------------------------------------------------
     def key_of(self, route: McpRoute, principal: Principal) -> SessionKey:
@@ -201,6 +203,13 @@ class UpstreamSessions:
         session.closed = True
         if session.route.stdio:
             log.info("MCP route %s: upstream pid %s stopped (%s)", session.route.name, session.upstream.pid, reason)
+        # a stop runs to its end even if the sweeper that began it is cancelled (shutdown waits for it)
+        stopping = asyncio.create_task(self._stop(session))
+        self._stopping.add(stopping)
+        stopping.add_done_callback(self._stopping.discard)
+        await asyncio.shield(stopping)
+
+    async def _stop(self, session: UpstreamSession) -> None:
         try:
             await session.upstream.aclose()
         except Exception as exc:  # noqa: BLE001 - best effort: the session is gone either way
