@@ -18,6 +18,7 @@ import pytest
 from mcpkit import McpEnv, call_tool, legacy_headers, legacy_session, modern_headers, modern_request, sse_messages
 
 from tether.agent import TaskSession
+from tether.mcp.sessions import DEFAULT_SESSIONS_PER_OWNER
 
 DEADLINE = 10.0
 
@@ -137,3 +138,20 @@ def test_task_completion_ends_a_long_tools_call_and_cancels_the_tool(menv: McpEn
     assert tools.calls("wait")[started:] == ["started", "cancelled"]
     assert after.status_code == 401
     assert "after-cut" not in tools.calls("echo")
+
+
+def test_f4_one_task_opening_sessions_stops_at_its_quota_and_others_still_get_one(menv: McpEnv) -> None:
+    """``initialize`` beyond the owner's quota is refused with 429 ``too_many_requests`` (a JSON-RPC
+    error), so one agent cannot fill the server's session table; another task still opens one."""
+    greedy, other = menv.session(), menv.session()
+    hello = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
+    init = {"jsonrpc": "2.0", "id": 9, "method": "initialize", "params": hello}
+    with menv.client(greedy) as http:
+        opened = [legacy_session(http, menv.sse.url) for _ in range(DEFAULT_SESSIONS_PER_OWNER)]
+        refused = http.post(menv.sse.url, json=init, headers=legacy_headers())
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"]["data"] == {"error": "too_many_requests"} and refused.json()["id"] == 9
+        http.delete(menv.sse.url, headers=legacy_headers(opened[0]))  # ending one makes room again
+        assert legacy_session(http, menv.sse.url)
+    with menv.client(other) as http:
+        assert legacy_session(http, menv.sse.url)  # positive control: another task is unaffected

@@ -14,8 +14,9 @@ import anyio
 import pytest
 
 from tether.clock import ManualClock
-from tether.errors import InvalidToken, OAuthError
+from tether.errors import InvalidToken, OAuthError, TooManyRequests
 from tether.mcp import protect
+from tether.mcp.cut import watch as watch_principal
 from tether.mcp.listing import FilterError, SseRewriter, filter_json
 from tether.mcp.messages import (
     INTERNAL_ERROR,
@@ -244,18 +245,73 @@ def _principal(subject: str, task: str | None) -> Principal:
     )  # fmt: skip
 
 
-def test_a_session_belongs_to_its_subject_agent_and_task_and_the_oldest_binding_goes_first() -> None:
+def test_a_session_belongs_to_its_subject_agent_and_task() -> None:
     owners = SessionOwners(capacity=2)
     alice, alice_other_task, bob = _principal("alice", "t1"), _principal("alice", "t2"), _principal("bob", "t1")
     owners.bind("s1", alice)
     assert owners.allows("s1", alice)
     assert not owners.allows("s1", alice_other_task) and not owners.allows("s1", bob)
     assert not owners.allows("never-issued", alice)
-    owners.bind("s2", bob)
-    owners.bind("s3", bob)  # over capacity: s1 is forgotten, and so refused (fail closed)
-    assert not owners.allows("s1", alice) and owners.allows("s3", bob)
-    owners.forget("s3")
-    assert not owners.allows("s3", bob) and len(owners) == 1
+    owners.bind("s1", bob)  # a named session is never re-bound to someone else
+    assert owners.allows("s1", alice) and not owners.allows("s1", bob)
+    owners.forget("s1")
+    assert not owners.allows("s1", alice) and len(owners) == 0
+
+
+def _open(owners: SessionOwners, sid: str, principal: Principal, ended: tuple[str, ...] = ()) -> None:
+    owners.admit(principal, ended)
+    owners.bind(sid, principal)
+    owners.release(principal)
+
+
+def test_f4_an_owner_over_its_quota_is_refused_and_never_evicts_another_owners_binding() -> None:
+    clock = ManualClock()
+    owners = SessionOwners(capacity=4, per_owner=2, idle_seconds=60, clock=clock.now)
+    alice, bob, carol = _principal("alice", "t1"), _principal("bob", "t2"), _principal("carol", "t3")
+    _open(owners, "a1", alice)
+    _open(owners, "b1", bob)
+    _open(owners, "b2", bob)
+    with pytest.raises(TooManyRequests, match="already holds 2"):
+        owners.admit(bob)  # bob's quota
+    _open(owners, "a2", alice)  # positive control: alice had one of her two left
+    with pytest.raises(TooManyRequests, match="maximum number of sessions"):
+        owners.admit(carol)  # the server's cap: refused, not made room for by evicting anyone
+    assert owners.allows("a1", alice) and owners.allows("b1", bob)
+    owners.forget("b2")  # a DELETE makes room
+    _open(owners, "c1", carol)
+    assert owners.allows("c1", carol) and owners.allows("a1", alice)
+
+
+def test_f4_concurrent_initializes_count_before_they_are_answered() -> None:
+    owners = SessionOwners(per_owner=2)
+    bob = _principal("bob", "t2")
+    owners.admit(bob)
+    owners.admit(bob)
+    with pytest.raises(TooManyRequests):
+        owners.admit(bob)
+    owners.release(bob)
+    owners.admit(bob)
+
+
+def test_f4_bindings_of_ended_tasks_and_idle_sessions_make_room_but_an_open_stream_is_kept() -> None:
+    clock = ManualClock()
+    owners = SessionOwners(capacity=10, per_owner=2, idle_seconds=60, clock=clock.now)
+    alice, bob = _principal("alice", "t1"), _principal("bob", "t2")
+    _open(owners, "a1", alice)
+    _open(owners, "a2", alice)
+    _open(owners, "b1", bob)
+    _open(owners, "b2", bob)
+    owners.opened("b1")  # b1's GET stream stays open
+    with pytest.raises(TooManyRequests):
+        owners.admit(alice)
+    owners.admit(alice, ended_tasks=("t1",))  # alice's task ended: its bindings are gone
+    owners.release(alice)
+    assert not owners.allows("a1", alice)
+    clock.advance(120)
+    owners.admit(_principal("carol", "t3"))  # prunes idle bindings
+    assert owners.allows("b1", bob) and not owners.allows("b2", bob)  # an open stream keeps its session
+    owners.closed("b1")
+    assert owners.allows("b1", bob)
 
 
 def test_a_stream_outliving_its_token_is_cut() -> None:
@@ -270,7 +326,7 @@ def test_a_stream_outliving_its_token_is_cut() -> None:
         cut: list[OAuthError] = []
         clock.advance(advance)
         with anyio.move_on_after(0.5) as scope:  # a bound on the test, not a latency assertion
-            await app._watch(principal, scope, cut)
+            await watch_principal(app.verifier, principal, scope, cut, interval=app.cut_interval)
         return cut
 
     assert asyncio.run(watch(0)) == []  # positive control: a live token keeps its stream

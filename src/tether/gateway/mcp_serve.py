@@ -24,8 +24,10 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
+from functools import partial
 from typing import Any
 
+import anyio
 import mcp_types as types
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken as SdkAccessToken
@@ -33,14 +35,24 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.exceptions import MCPError
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import ValidationError
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from tether.clock import Clock
 from tether.config import Config
-from tether.errors import AccessDenied, InvalidRequest, NotFoundError, OAuthError, TemporarilyUnavailable, TetherError
+from tether.errors import (
+    AccessDenied,
+    InvalidRequest,
+    NotFoundError,
+    OAuthError,
+    TemporarilyUnavailable,
+    TetherError,
+    TooManyRequests,
+)
 from tether.gateway.admission import check_bound
 from tether.gateway.audit import GatewayAudit
 from tether.gateway.inject import Injection, encodings
@@ -60,6 +72,7 @@ from tether.gateway.mcp_checks import (
     visible,
 )
 from tether.gateway.mcp_hop import incoming_token, not_offered, upstream_refusal
+from tether.gateway.mcp_owners import SDK_SESSIONS_PER_TASK, SdkSessionOwners
 from tether.gateway.mcp_records import McpCall, call_event, drift_event, refusal_event, result_event
 from tether.gateway.mcp_results import ResultTooLarge, result_size, scrub_json
 from tether.gateway.mcp_routes import McpRoute
@@ -70,12 +83,13 @@ from tether.gateway.routes import utc_date
 from tether.gateway.vault import MissingSecret, SecretCache
 from tether.lru import LruCache
 from tether.mcp.catalogue import pinned_view
+from tether.mcp.cut import Tracked, watch
 from tether.mcp.pins import PinsTampered, load_pins, pins_path
 from tether.mcp.upstream import UpstreamError
 from tether.metrics import MCP_CALLS, MCP_SESSIONS
 from tether.resource.principal import Principal
 from tether.resource.verifier import Verifier
-from tether.rules.tool_call import ToolCall, ToolCallError, parse_tool_call
+from tether.rules.tool_call import ToolCall, ToolCallError, missing_tool_scope, parse_tool_call
 from tether.store.errors import StoreError
 from tether.store.protocol import Store
 from tether.web.errors import error_response, wire_code
@@ -141,6 +155,7 @@ class McpService:
         async with contextlib.AsyncExitStack() as stack:
             for endpoint in self.endpoints.values():
                 await stack.enter_async_context(endpoint.manager.run())
+            self.sessions.on_sweep.append(self.end_sdk_sessions)
             self.sessions.start()
             stack.push_async_callback(self.sessions.aclose)
             yield
@@ -158,6 +173,12 @@ class McpService:
         if endpoint is None:
             return error_response(NotFoundError("no such MCP route"))
         return JSONResponse(endpoint.verifier.metadata())
+
+    async def end_sdk_sessions(self) -> None:
+        """Called by the sweeper: terminate the SDK sessions of every task the revocation feed lists (F3)."""
+        ended = self.sessions.feed.tasks
+        for endpoint in self.endpoints.values():
+            await endpoint.owners.end_tasks(ended)
 
     async def secret_of(self, route: McpRoute) -> str | None:
         if not route.secret:
@@ -224,8 +245,11 @@ class McpEndpoint:
             # arguments are capped by the rules (refused with a clear error); the body limit only
             # keeps a runaway request from being parsed at all
             max_request_body_size=max(65536, 4 * route.max_argument_bytes),
-            max_sessions=max(64, 8 * route.max_sessions),
+            # one task holds at most SDK_SESSIONS_PER_TASK of them (``mcp_owners``): the route's
+            # max_sessions tasks can each hold their quota
+            max_sessions=max(64, SDK_SESSIONS_PER_TASK * route.max_sessions),
         )
+        self.owners = SdkSessionOwners(self.manager, route.name)
         self._needles: tuple[str | None, list[bytes]] = (None, [])
         self._pins: tuple[object, Mapping[str, str]] | None = None
 
@@ -262,7 +286,69 @@ class McpEndpoint:
             if body is None:
                 return
             receive = replay(body, receive)
-        await self.manager.handle_request(scope, receive, send)
+        task = check_bound(principal.task)
+        opening = _opens_session(request)
+        if opening:
+            try:
+                self.owners.reserve(task)
+            except TooManyRequests as exc:
+                await self.service.refused(self.route, principal, exc, method=request.method, tool=None, digest=None,
+                                           status=exc.status, started=started, source=client)  # fmt: skip
+                answer = rpc_error(None, types.INVALID_REQUEST, exc.description, exc.status, {"error": exc.error})
+                answer.headers["Retry-After"] = str(exc.retry_after)
+                await answer(scope, receive, send)
+                return
+        reserved = [opening]  # until the session it opens is bound (or the request is over)
+        try:
+            await self.serve_watched(scope, receive, send, principal, reserved=reserved, started=started, client=client)
+        finally:
+            if reserved[0]:
+                self.owners.release(task)
+
+    async def serve_watched(
+        self, scope: Scope, receive: Receive, send: Send, principal: Principal, *, reserved: list[bool],
+        started: float, client: str | None,
+    ) -> None:  # fmt: skip
+        """Hand the request to the SDK while watching the caller's task and token (``tether.mcp.cut``,
+        as ``protect`` does): when the task ends or the token expires an open response (the session
+        GET stream, a long SSE answer) is ended and its handling cancelled. A session the SDK opens
+        is bound to the caller's task (``mcp_owners``), so the sweeper can end it with the task; its
+        reservation becomes the binding at once (the client may open the next before this returns)."""
+        task = check_bound(principal.task)
+
+        def bind(message: Message) -> None:
+            named = Headers(raw=message.get("headers", [])).get("mcp-session-id")
+            if reserved[0] and named is not None and message.get("status", 500) < 400:
+                self.owners.bind(task, named)
+                reserved[0] = False
+                self.owners.release(task)
+
+        out = Tracked(send, on_start=bind)
+        cut: list[OAuthError] = []
+        failure: list[Exception] = []
+        async with anyio.create_task_group() as group:
+            group.start_soon(partial(watch, self.verifier, principal, group.cancel_scope, cut))
+            try:
+                await self.manager.handle_request(scope, receive, out)
+            except Exception as error:  # noqa: BLE001 -- re-raised below, outside the task group (no exception group)
+                failure.append(error)
+            group.cancel_scope.cancel()
+        if cut:
+            reason = cut[0]
+            # an expiry or a task end mid-stream is not the agent's misbehaviour: no suspension burst
+            reason.audit.update(stream_cut=True, blameless=True)
+            status = None if out.started else reason.status
+            await self.service.refused(self.route, principal, reason, method=str(scope.get("method")), tool=None,
+                                       digest=None, status=status, started=started, source=client)  # fmt: skip
+            if out.started:
+                await out.end()
+            else:
+                response = error_response(reason, resource=True, algs=self.verifier.settings.dpop_algs,
+                                          resource_metadata=self.metadata_url)  # fmt: skip
+                await response(scope, receive, send)
+            return
+        if failure:
+            raise failure[0]
 
     async def strict_body(
         self, request: Request, send: Send, principal: Principal, started: float, client: str | None
@@ -318,6 +404,23 @@ class McpEndpoint:
             return False
 
     # -- MCP ---------------------------------------------------------------------------------
+    def could_see_any(self, principal: Principal, client: str | None, pins: Mapping[str, str]) -> bool:
+        """Whether any pinned tool could be listed for this caller: allowlisted, granted by the
+        scope convention and by Cedar (which needs only the name). Decided before an upstream is
+        started, so a caller who may call nothing costs no process (review finding F5)."""
+        now = self.service.clock.now()
+        for name in pins:
+            if not self.route.allows(name):
+                continue
+            if self.route.scope_prefix and missing_tool_scope(principal.scopes, name, self.route.scope_prefix):
+                continue
+            try:
+                self.verifier.authorize_call(principal, method="POST", path=self.path, client=client, now=now, tool=name)
+            except AccessDenied:
+                continue
+            return True
+        return False
+
     async def list_tools(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
@@ -327,6 +430,8 @@ class McpEndpoint:
         route = self.route
         try:
             pins = self.pins()
+            if not self.could_see_any(principal, client, pins):
+                return types.ListToolsResult(tools=[])
             session = await self.service.sessions.get(route, principal, incoming_token(_headers(ctx)))
             digests = dict(await self.service.sessions.relist(session))
             now = self.service.clock.now()
@@ -468,6 +573,16 @@ class McpEndpoint:
         if self._needles[0] != secret:
             self._needles = (secret, encodings(secret, self.route.injection or Injection(mode="header")))
         return self._needles[1]
+
+
+def _opens_session(request: Request) -> bool:
+    """Whether the SDK would open a new transport session for this request: a POST naming no
+    ``Mcp-Session-Id`` in the session-based protocol (no version header, or a handshake version;
+    2026-07-28 requests are single exchanges and open none)."""
+    if request.method != "POST" or "mcp-session-id" in request.headers:
+        return False
+    version = request.headers.get("mcp-protocol-version")
+    return version is None or version in HANDSHAKE_PROTOCOL_VERSIONS
 
 
 def error_of(exc: Exception) -> OAuthError:

@@ -3,10 +3,12 @@
 A stdio upstream is a process per agent session — per (route, task, caller key ``jkt``) — so
 two agents (or two tasks of one agent) never share a server's state, files or credentials
 (MCP security best practices, "session hijacking" / confused deputy). At most
-``route.max_sessions`` run per route; one more is refused with ``too_many_requests``, never
-by stopping someone else's. A session's process is stopped after ``session_idle_seconds``
-unused, at once when its task ends (the gateway's revocation feed lists the task: completed,
-cancelled, suspended or expired), when it fails, and at gateway shutdown.
+``route.max_sessions`` run per route, and one task holds at most ``per_task(route)`` of them
+(DPoP keys are free, so a task with many keys must not take every slot: review finding F5);
+one more is refused with ``too_many_requests``, never by stopping someone else's. A session's
+process is stopped after ``session_idle_seconds`` unused, at once when its task ends (the
+gateway's revocation feed lists the task: completed, cancelled, suspended or expired), when it
+fails, and at gateway shutdown.
 
 An HTTP upstream is one connection per route shared by every caller, with the route's vaulted
 secret injected (never the agent's token: MCP authorization spec, "token passthrough"); it is
@@ -39,7 +41,7 @@ from tether.mcp.upstream import Upstream, UpstreamError, connect
 from tether.resource.principal import Principal
 from tether.resource.revocations import RevocationFeed
 
-__all__ = ["SessionKey", "UpstreamSession", "UpstreamSessions"]
+__all__ = ["STDIO_SESSIONS_PER_TASK", "SessionKey", "UpstreamSession", "UpstreamSessions", "per_task"]
 
 log = logging.getLogger("tether.gateway")
 
@@ -47,6 +49,15 @@ log = logging.getLogger("tether.gateway")
 SessionKey = tuple[str, str, str]
 
 SecretSource = Callable[[McpRoute], Awaitable[str | None]]
+
+#: stdio upstream sessions (one per DPoP key) one task may run on one route
+STDIO_SESSIONS_PER_TASK = 2
+
+
+def per_task(route: McpRoute) -> int:
+    """How many stdio upstreams one task may run on ``route``: ``STDIO_SESSIONS_PER_TASK``, and never
+    more than half the route's slots (a route of one slot: that one), so one task cannot fill it."""
+    return max(1, min(STDIO_SESSIONS_PER_TASK, route.max_sessions // 2))
 
 
 @dataclass
@@ -89,6 +100,9 @@ class UpstreamSessions:
         self.sessions: dict[SessionKey, UpstreamSession] = {}
         self._starting: dict[SessionKey, asyncio.Task[UpstreamSession]] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._stopping: set[asyncio.Task[None]] = set()
+        #: run after each sweep (the MCP endpoints end the SDK sessions of ended tasks there)
+        self.on_sweep: list[Callable[[], Awaitable[None]]] = []
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -104,6 +118,7 @@ class UpstreamSessions:
         for starting in list(self._starting.values()):
             starting.cancel()
         await asyncio.gather(*(self.close(key, "gateway shutdown") for key in list(self.sessions)))
+        await asyncio.gather(*self._stopping, return_exceptions=True)  # stops the sweeper had begun
 
     # -- use ---------------------------------------------------------------------------------
     def key_of(self, route: McpRoute, principal: Principal) -> SessionKey:
@@ -137,6 +152,15 @@ class UpstreamSessions:
         starting = self._starting.get(key)
         if starting is None:
             if route.per_agent:
+                mine = sum(1 for k in {*self.sessions, *self._starting} if k[0] == route.name and k[1] == key[1])
+                if mine >= per_task(route):
+                    own = TooManyRequests(
+                        f"this task already runs {mine} upstream session(s) on MCP route `{route.name}` (one per DPoP "
+                        "key); reuse one",
+                        retry_after=5,
+                    )
+                    own.audit.update(sessions_full=True)
+                    raise own
                 running = sum(1 for k in {*self.sessions, *self._starting} if k[0] == route.name)
                 if running >= route.max_sessions:
                     full = TooManyRequests(
@@ -207,6 +231,13 @@ class UpstreamSessions:
             session.hop.close()
         if session.route.stdio:
             log.info("MCP route %s: upstream pid %s stopped (%s)", session.route.name, session.upstream.pid, reason)
+        # a stop runs to its end even if the sweeper that began it is cancelled (shutdown waits for it)
+        stopping = asyncio.create_task(self._stop(session))
+        self._stopping.add(stopping)
+        stopping.add_done_callback(self._stopping.discard)
+        await asyncio.shield(stopping)
+
+    async def _stop(self, session: UpstreamSession) -> None:
         try:
             await session.upstream.aclose()
         except Exception as exc:  # noqa: BLE001 - best effort: the session is gone either way
@@ -227,6 +258,8 @@ class UpstreamSessions:
         now = time.monotonic()
         due = [(key, reason) for key, session in list(self.sessions.items()) if (reason := self.due(session, now))]
         await asyncio.gather(*(self.close(key, reason) for key, reason in due))  # a slow stop holds up no other
+        for hook in self.on_sweep:
+            await hook()
 
     async def _sweep(self) -> None:
         while True:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
@@ -39,7 +40,8 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
 
-from tether.errors import AccessDenied, InsufficientScope, InvalidToken, OAuthError, TetherError
+from tether.errors import AccessDenied, InsufficientScope, OAuthError, TetherError, TooManyRequests
+from tether.mcp.cut import DEFAULT_CUT_INTERVAL, Tracked, watch
 from tether.mcp.listing import DEFAULT_MAX_LISTING_BYTES, FilterError, SseRewriter, Target, filter_json
 from tether.mcp.messages import (
     ACCESS_DENIED,
@@ -51,7 +53,7 @@ from tether.mcp.messages import (
     header_value,
     parse_message,
 )
-from tether.mcp.sessions import DEFAULT_MAX_SESSIONS, SessionOwners
+from tether.mcp.sessions import DEFAULT_MAX_SESSIONS, DEFAULT_SESSIONS_PER_OWNER, SessionOwners
 from tether.resource.middleware import METADATA_PATH, verifier_lifespan
 from tether.resource.principal import Principal
 from tether.resource.verifier import Verifier
@@ -73,8 +75,6 @@ log = logging.getLogger("tether.mcp")
 
 #: the largest POST body read before the server sees it (the MCP SDK's own default cap)
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
-#: seconds between two revocation checks of an open response stream
-DEFAULT_CUT_INTERVAL = 0.2
 _JSON = "application/json"
 _SSE = "text/event-stream"
 #: RFC 6455 §7.4.1 policy violation: MCP has no WebSocket transport to verify
@@ -99,6 +99,7 @@ def protect(
     max_listing_bytes: int = DEFAULT_MAX_LISTING_BYTES,
     cut_interval: float = DEFAULT_CUT_INTERVAL,
     max_sessions: int = DEFAULT_MAX_SESSIONS,
+    max_sessions_per_owner: int = DEFAULT_SESSIONS_PER_OWNER,
     input_schema: Callable[[str], Mapping[str, Any] | None] | None = None,
     **app_options: Any,
 ) -> ProtectedMCP:
@@ -111,7 +112,9 @@ def protect(
     turns the ``tool:<name>`` scope convention off (Cedar alone decides). ``input_schema`` gives a
     tool's input schema by name (an SDK server's own is used when it is not given): an argument
     holding JSON text is refused unless the schema declares it a string (MCP-15), and with no
-    schema known every such argument is refused."""
+    schema known every such argument is refused. ``max_sessions`` bounds the session-based
+    protocol's sessions, ``max_sessions_per_owner`` those of one (subject, agent, task): an
+    ``initialize`` beyond either is refused with ``too_many_requests`` (``tether.mcp.sessions``)."""
     if isinstance(app_or_server, _StreamableServer):
         if input_schema is None:
             lowlevel = getattr(app_or_server, "_lowlevel_server", app_or_server)
@@ -134,6 +137,7 @@ def protect(
         max_listing_bytes=max_listing_bytes,
         cut_interval=cut_interval,
         max_sessions=max_sessions,
+        max_sessions_per_owner=max_sessions_per_owner,
         input_schema=input_schema,
     )
 
@@ -153,6 +157,7 @@ class ProtectedMCP:
         max_listing_bytes: int = DEFAULT_MAX_LISTING_BYTES,
         cut_interval: float = DEFAULT_CUT_INTERVAL,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
+        max_sessions_per_owner: int = DEFAULT_SESSIONS_PER_OWNER,
         input_schema: Callable[[str], Mapping[str, Any] | None] | None = None,
     ) -> None:
         if not path.startswith("/"):
@@ -170,7 +175,7 @@ class ProtectedMCP:
         self.cut_interval = cut_interval
         self.input_schema = input_schema
         #: which principal each MCP session belongs to (MCP-10: a session id is never authentication)
-        self.sessions = SessionOwners(max_sessions)
+        self.sessions = SessionOwners(max_sessions, per_owner=max_sessions_per_owner)
         #: RFC 9728 §3.1: the well-known path is inserted between the host and the resource's path
         self.metadata_paths = frozenset({METADATA_PATH, METADATA_PATH + resource_path})
         self.metadata_url = verifier.settings.origin + METADATA_PATH + resource_path
@@ -200,6 +205,18 @@ class ProtectedMCP:
             _audit("session not the caller's", error="invalid_request", principal=principal, method=scope["method"])
             await _send_bytes(send, 404, JsonRpcRefusal(INVALID_REQUEST, "Session not found").body())
             return
+        if session_id is not None:
+            self.sessions.opened(session_id)  # an open request (the GET stream) keeps its binding alive
+        try:
+            await self._serve(scope, receive, send, principal, on_mcp_path=on_mcp_path, session_id=session_id)
+        finally:
+            if session_id is not None:
+                self.sessions.closed(session_id)
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, principal: Principal, *, on_mcp_path: bool,
+        session_id: str | None,
+    ) -> None:  # fmt: skip
         if not on_mcp_path or scope["method"] != "POST":
             target: Target = None  # a GET stream may replay (resume) a listing: any listing in it is filtered
             rewrite = on_mcp_path and scope["method"] == "GET"
@@ -218,7 +235,24 @@ class ProtectedMCP:
             return
         listing = message is not None and message.is_request and message.method == "tools/list"
         target = message.request_id if message is not None else None
-        await self._run(scope, _replay(body, receive), send, principal, listing=listing, target=target)
+        opening = session_id is None and message is not None and message.is_request and message.method == "initialize"
+        if opening:
+            feed = self.verifier.feed
+            try:
+                self.sessions.admit(principal, feed.tasks if feed is not None else ())
+            except TooManyRequests as exc:  # this owner's quota, or the server's: nobody else's binding is evicted
+                _audit("session refused", error=exc.error, principal=principal, code=INVALID_REQUEST)
+                full = JsonRpcRefusal(INVALID_REQUEST, exc.description, request_id=target, status=exc.status,
+                                      data={"error": exc.error})  # fmt: skip
+                await _send_bytes(send, full.status, full.body())
+                return
+        reserved = [opening]  # until the session it opens is bound (or the request is over)
+        try:
+            await self._run(scope, _replay(body, receive), send, principal, listing=listing, target=target,
+                            reserved=reserved)  # fmt: skip
+        finally:
+            if reserved[0]:
+                self.sessions.release(principal)
 
     async def _verify(self, scope: Scope, receive: Receive, send: Send) -> Principal | None:
         raw_path = scope.get("raw_path")
@@ -363,10 +397,11 @@ class ProtectedMCP:
 
     # -- the response -------------------------------------------------------------------
     async def _run(
-        self, scope: Scope, receive: Receive, send: Send, principal: Principal, *, listing: bool, target: Target
-    ) -> None:
+        self, scope: Scope, receive: Receive, send: Send, principal: Principal, *, listing: bool, target: Target,
+        reserved: list[bool] | None = None,
+    ) -> None:  # fmt: skip
         """Run the server, watching the caller's task while the response is open (the mid-session cut)."""
-        out = _Tracked(send, on_start=self._session_binder(scope, principal))
+        out = Tracked(send, on_start=self._session_binder(scope, principal, reserved))
         cut: list[OAuthError] = []
         failure: list[BaseException] = []
         async with anyio.create_task_group() as group:
@@ -374,7 +409,7 @@ class ProtectedMCP:
             if listing:
                 visible = self._visible(scope, principal)
                 inner = _ListingFilter(out, visible, target, self.max_listing_bytes, stop=group.cancel_scope.cancel)
-            group.start_soon(self._watch, principal, group.cancel_scope, cut)
+            group.start_soon(partial(watch, self.verifier, principal, group.cancel_scope, cut, interval=self.cut_interval))
             try:
                 await self.app(scope, receive, inner)
             except Exception as error:  # noqa: BLE001 -- re-raised below, outside the task group (no exception group)
@@ -384,16 +419,19 @@ class ProtectedMCP:
             reason = cut[0]
             _audit("stream cut", error=wire_code(reason), principal=principal, method=scope["method"])
             if out.started:
-                if not out.finished:
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await out.end()
             else:
                 await self._refuse(reason, scope, receive, send)
             return
         if failure:
             raise failure[0]
 
-    def _session_binder(self, scope: Scope, principal: Principal) -> Callable[[AsgiMessage], None]:
-        """Bind a session the server names to the caller; forget one the caller deleted."""
+    def _session_binder(
+        self, scope: Scope, principal: Principal, reserved: list[bool] | None = None
+    ) -> Callable[[AsgiMessage], None]:
+        """Bind a session the server names to the caller; forget one the caller deleted. A session
+        opened under a reservation (``SessionOwners.admit``) turns it into the binding at once: the
+        client may open its next session before this request's handling has wound down."""
         asked = Headers(scope=scope).get("mcp-session-id")
         on_mcp_path = (scope["path"].rstrip("/") or "/") == self.path
 
@@ -405,47 +443,14 @@ class ProtectedMCP:
                 self.sessions.forget(asked)
             elif named is not None and (asked is None or named == asked):
                 self.sessions.bind(named, principal)
+                if reserved is not None and reserved[0]:
+                    reserved[0] = False
+                    self.sessions.release(principal)
 
         return on_start
 
-    async def _watch(self, principal: Principal, cancel: anyio.CancelScope, cut: list[OAuthError]) -> None:
-        """Check the revocation view (and the token's expiry) every ``cut_interval`` seconds."""
-        verifier = self.verifier
-        while True:
-            await anyio.sleep(self.cut_interval)
-            now = verifier.clock.now()
-            try:
-                if verifier.feed is not None:
-                    verifier.feed.check(jti=principal.jti, task=principal.task, now=now)
-                if now >= principal.expires_at + verifier.settings.skew:
-                    raise InvalidToken("the access token expired while its stream was open")
-            except OAuthError as exc:
-                cut.append(exc)
-                cancel.cancel()
-                return
-
     def _lifespan(self, receive: Receive) -> Receive:
         return verifier_lifespan(self.verifier, receive)
-
-
-class _Tracked:
-    """The real ``send``, remembering whether the response started and ended."""
-
-    def __init__(self, send: Send, *, on_start: Callable[[AsgiMessage], None]) -> None:
-        self.send = send
-        self.on_start = on_start
-        self.started = False
-        self.finished = False
-
-    async def __call__(self, message: AsgiMessage) -> None:
-        if self.finished:
-            return
-        if message["type"] == "http.response.start":
-            self.started = True
-            self.on_start(message)
-        elif message["type"] == "http.response.body" and not message.get("more_body", False):
-            self.finished = True
-        await self.send(message)
 
 
 class _ListingFilter:
