@@ -42,6 +42,26 @@ class ResponseTooLarge(httpx2.SSEError, httpx2.StreamError):
         super().__init__(message)
 
 
+def _events(tail: bytes, chunk: bytes, held: int) -> tuple[int, int, bytes]:
+    """Scan one chunk of an SSE stream: the largest event (in bytes) it ends or extends, the size
+    of the event still open after it, and the tail to carry over (an event end may straddle chunks).
+
+    ``held`` is the size of the event open before the chunk; ``tail`` the last bytes before it,
+    already counted."""
+    window = tail + chunk
+    fresh = len(tail)  # where the chunk's bytes start in the window
+    biggest = held
+    opened: int | None = None  # where the open event started, once an end is seen in this chunk
+    for end in _EVENT_END.finditer(window):
+        if end.end() <= fresh:
+            continue  # an end wholly in the tail was seen with the previous chunk
+        size = held + max(0, end.start() - fresh) if opened is None else end.start() - opened
+        biggest = max(biggest, size)
+        opened = end.end()
+    held = held + len(chunk) if opened is None else len(window) - opened
+    return max(biggest, held), held, window[-2:]
+
+
 class _CappedStream(httpx2.AsyncByteStream):
     def __init__(self, inner: httpx2.AsyncByteStream, cap: ResponseCap, *, per_event: bool, refusal: str | None) -> None:
         self._inner = inner
@@ -59,15 +79,10 @@ class _CappedStream(httpx2.AsyncByteStream):
         try:
             async for chunk in stream:
                 if self._per_event:
-                    window = tail + chunk
-                    last = None
-                    for last in _EVENT_END.finditer(window):  # noqa: B007 - the last match is what counts
-                        pass
-                    held = held + len(chunk) if last is None else len(window) - last.end()
-                    tail = window[-2:]
+                    biggest, held, tail = _events(tail, chunk, held)
                 else:
-                    held += len(chunk)
-                if held > limit:
+                    biggest = held = held + len(chunk)
+                if biggest > limit:
                     self._cap.overflows += 1
                     raise ResponseTooLarge(f"a message of more than {limit} bytes")
                 yield chunk
