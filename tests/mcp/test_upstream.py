@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from catalogue_kit import SECRET, http_row, http_upstream, route, stdio_row
 
+from tether.gateway.mcp_results import ResultTooLarge
 from tether.mcp.catalogue import drift
 from tether.mcp.pins import pin_tools
 from tether.mcp.upstream import UpstreamError, connect
@@ -207,3 +208,65 @@ def test_MCP_12_every_injection_mode_reaches_the_upstream(injection: dict[str, s
         assert asyncio.run(run(url, SECRET)) == 3
         with pytest.raises(UpstreamError):
             asyncio.run(run(url, "wrong-" + SECRET))
+
+
+BIG = 5 * 1024 * 1024  # over message_limit(1024), the 4 MiB floor
+
+
+def test_F1_stdio_oversized_result_refused_while_read_and_the_upstream_stopped(tmp_path: Path) -> None:
+    """Review F1: an answer over the message limit is refused as it is read (never parsed whole), the
+    upstream that sent it is killed, and the call fails with ResultTooLarge; below the limit an answer
+    is read whole, even over the cap (the gateway measures that exactly), and a fresh upstream works."""
+    big, medium, small = tmp_path / "big.log", tmp_path / "medium.log", tmp_path / "small.log"
+    big.write_bytes(b"y" * BIG)
+    medium.write_bytes(b"m" * 100_000)
+    small.write_bytes(b"s")
+
+    async def run() -> tuple[int, int]:
+        upstream = await connect(route(stdio_row(max_result_bytes=1024)))
+        try:
+            pid = upstream.pid
+            assert pid is not None
+            read = await upstream.call_tool("read_file", {"path": str(medium)}, timeout=30)  # positive control
+            assert read["content"][0]["text"] == "m" * 100_000
+            with pytest.raises(ResultTooLarge, match="exceeds the route's cap of 1024 bytes") as refused:
+                await upstream.call_tool("read_file", {"path": str(big)}, timeout=30)
+            assert "the upstream was stopped" in refused.value.description
+            assert not upstream.alive and _gone(pid)
+            with pytest.raises(UpstreamError, match="not connected"):
+                await upstream.call_tool("read_file", {"path": str(small)}, timeout=30)
+        finally:
+            await upstream.aclose()
+        fresh = await connect(route(stdio_row(max_result_bytes=1024)))
+        try:
+            again = await fresh.call_tool("read_file", {"path": str(small)}, timeout=30)
+            assert again["content"][0]["text"] == "s"
+            assert fresh.pid is not None
+            return pid, fresh.pid
+        finally:
+            await fresh.aclose()
+
+    pid, second = asyncio.run(run())
+    assert pid != second and _gone(second)
+
+
+def test_F1_http_oversized_result_refused_while_read(tmp_path: Path) -> None:
+    """Review F1 over streamable HTTP: the response is cut at the message limit and the call fails with
+    ResultTooLarge; the connection is fine (nothing was mis-framed) and the next call succeeds."""
+    big, small = tmp_path / "big.log", tmp_path / "small.log"
+    big.write_bytes(b"y" * BIG)
+    small.write_bytes(b"s")
+
+    async def run(url: str) -> None:
+        upstream = await connect(route(http_row(url, max_result_bytes=1024)), secret=SECRET)
+        try:
+            with pytest.raises(ResultTooLarge, match="exceeds the route's cap of 1024 bytes"):
+                await upstream.call_tool("read_file", {"path": str(big)}, timeout=30)
+            assert upstream.alive
+            again = await upstream.call_tool("read_file", {"path": str(small)}, timeout=30)  # positive control
+            assert again["content"][0]["text"] == "s"
+        finally:
+            await upstream.aclose()
+
+    with http_upstream() as url:
+        asyncio.run(run(url))

@@ -10,12 +10,18 @@ upstream's tools and relays calls it has authorized. Two transports (MCP "Transp
   and on close shuts it down as the MCP lifecycle says (close stdin, wait, then terminate the
   whole process tree). Its stderr is logged line by line, redacted and escaped, under the
   route's name (``tether.mcp.stderr``; SECURITY.md MCP-14): never passed through to the
-  gateway's own stderr, where it could forge log lines.
+  gateway's own stderr, where it could forge log lines. The transport is tether's own
+  (``tether.mcp.stdio``): the SDK's reads an unbounded line in quadratic time.
 * streamable HTTP: the route's vaulted secret is injected as configured (header template,
   basic auth or query parameter; ``tether.gateway.inject``), redirects are left to the SDK
   (same origin only), and the agent's own token is never sent (MCP authorization spec,
   "Token Passthrough" is forbidden). A ``credential = "hop"`` route's client carries an
   ``auth`` instead: a token tether minted for the upstream's own audience.
+
+Both transports bound every message from the upstream while reading it
+(``tether.mcp.lines.message_limit`` of the route's ``max_result_bytes``; review finding F1):
+a tool call whose answer goes over it raises the gateway's ``ResultTooLarge`` without the
+answer ever being held whole, and a stdio upstream that sent it is killed.
 
 The SDK's context managers (the transport's task group, the client session) must be entered
 and exited by one task. ``connect`` therefore starts an owner task that enters them and waits;
@@ -39,10 +45,14 @@ from urllib.parse import parse_qsl
 
 from tether.errors import TetherError
 from tether.gateway.inject import encodings, inject
+from tether.gateway.mcp_results import ResultTooLarge
+from tether.mcp.lines import message_limit
 from tether.mcp.stderr import StderrLog, close_stderr_log, open_stderr_log
+from tether.mcp.stdio import StdioTransport
 
 if TYPE_CHECKING:
     from tether.gateway.mcp_routes import McpRoute
+    from tether.mcp.http_cap import ResponseCap
 
 __all__ = ["MAX_LISTED_TOOLS", "SAFE_ENVIRONMENT", "Upstream", "UpstreamError", "connect", "stdio_environment"]
 
@@ -94,25 +104,17 @@ def _leaf(exc: BaseException) -> BaseException:
     return exc
 
 
-def _process_of(transport: object) -> Any:
-    """The subprocess of an entered ``stdio_client``.
-
-    The SDK keeps it in a local of the generator behind its context manager and exposes no
-    accessor; its pid is what lets the gateway and the tests see the process is gone after
-    ``aclose``. Reading the suspended generator's frame is exact (no scan of the process
-    table, no race with other children); should a future SDK rename the local, ``pid`` is
-    None and the tests that check it fail loudly."""
-    frame = getattr(getattr(transport, "gen", None), "ag_frame", None)
-    return None if frame is None else frame.f_locals.get("process")
-
-
 class Upstream:
     """A connected upstream. Create with ``connect``; usable from any task of its event loop."""
 
-    def __init__(self, route: str, *, timeout: float, secret_forms: list[bytes]) -> None:
+    def __init__(self, route: str, *, timeout: float, secret_forms: list[bytes], max_result_bytes: int = 1_048_576,
+                 meter: StdioTransport | ResponseCap | None = None) -> None:  # fmt: skip
         self.route = route
         self._timeout = timeout
         self._secret_forms = secret_forms
+        self._max_result_bytes = max_result_bytes
+        #: the transport's count of messages refused for size (``overflows``)
+        self._meter = meter
         self._client: Any = None
         self._process: Any = None
         self._stop = asyncio.Event()
@@ -127,8 +129,10 @@ class Upstream:
 
     @property
     def alive(self) -> bool:
-        """Connected, not closed, and (stdio) its process has not exited."""
+        """Connected, not closed, and (stdio) its process has not exited nor been stopped for an oversized message."""
         if self._client is None or self._task is None or self._task.done():
+            return False
+        if isinstance(self._meter, StdioTransport) and self._meter.failed:
             return False
         return self._process is None or getattr(self._process, "returncode", None) is None
 
@@ -137,14 +141,23 @@ class Upstream:
             raise UpstreamError(f"the MCP upstream of route `{self.route}` is not connected")
         return self._client
 
-    def _failure(self, what: str, exc: BaseException) -> UpstreamError:
+    def _overflows(self) -> int:
+        return 0 if self._meter is None else self._meter.overflows
+
+    def _failure(self, what: str, exc: BaseException, overflows: int | None = None) -> UpstreamError:
         """A client-safe error for ``exc``: what the upstream said if it answered with a JSON-RPC
-        error, else only what failed (the exception text may hold a URL or a secret)."""
+        error, else only what failed (the exception text may hold a URL or a secret).
+
+        ``overflows`` is the transport's count of oversized messages before the request: if it
+        grew, the request failed because a message was refused while it was read."""
         from mcp.shared.exceptions import MCPError
 
         exc = _leaf(exc)
         if isinstance(exc, UpstreamError):
             return exc
+        if overflows is not None and self._overflows() > overflows:
+            return UpstreamError(f"the MCP upstream of route `{self.route}` sent a message over the size limit"
+                                 f" during {what}")  # fmt: skip
         if isinstance(exc, MCPError):
             said = _clean(exc.message, self._secret_forms)
             return UpstreamError(f"the MCP upstream of route `{self.route}` answered {what} with an error: {said}",
@@ -157,6 +170,7 @@ class Upstream:
     async def list_tools(self) -> list[dict[str, Any]]:
         """Every tool definition (MCP ``tools/list``, all pages) as JSON, as the upstream sent it."""
         client = self._live()
+        overflows = self._overflows()
         tools: list[dict[str, Any]] = []
         cursor: str | None = None
         cursors: set[str] = set()
@@ -175,7 +189,7 @@ class Upstream:
                         raise UpstreamError(f"the MCP upstream of route `{self.route}` paginates tools/list in a loop")
                     cursors.add(cursor)
         except Exception as exc:  # noqa: BLE001 - the SDK and its transports raise many types; a client sees one
-            raise self._failure("tools/list", exc) from None
+            raise self._failure("tools/list", exc, overflows) from None
         raise UpstreamError(f"the MCP upstream of route `{self.route}` lists tools over more than {MAX_LIST_PAGES} pages")
 
     async def call_tool(self, name: str, arguments: Mapping[str, Any], *, timeout: float) -> dict[str, Any]:
@@ -183,15 +197,26 @@ class Upstream:
 
         A tool that ran and failed is a result with ``isError: true`` (MCP "Error Handling"),
         not an exception; an upstream that answers with a JSON-RPC error raises ``UpstreamError``
-        with its ``code``."""
+        with its ``code``. An answer over the transport's message limit is never read whole: it
+        raises ``ResultTooLarge`` (the gateway's refusal, as for a result over the cap)."""
         client = self._live()
+        overflows = self._overflows()
         try:
             with _deadline(timeout):
                 result = await client.call_tool(name, dict(arguments), read_timeout_seconds=timeout)
         except Exception as exc:  # noqa: BLE001 - the SDK and its transports raise many types; a client sees one
+            if self._overflows() > overflows:
+                raise self._too_large() from None
             raise self._failure("tools/call", exc) from None
         dumped: dict[str, Any] = result.model_dump(mode="json", by_alias=True, exclude_none=True)
         return dumped
+
+    def _too_large(self) -> ResultTooLarge:
+        limit = getattr(self._meter, "limit", 0)
+        stopped = "; the upstream was stopped" if isinstance(self._meter, StdioTransport) else ""
+        return ResultTooLarge(f"the tool result exceeds the route's cap of {self._max_result_bytes} bytes (a message"
+                              f" of more than {limit} bytes was refused while it was read{stopped}); it was not"
+                              " returned")  # fmt: skip
 
     async def aclose(self) -> None:
         """Disconnect: an HTTP session is ended, a stdio process (and its process tree) stopped."""
@@ -218,7 +243,7 @@ class Upstream:
                 finally:
                     if self._stderr is not None:
                         self._stderr[0].close()  # the process has its copy of the write end (or never started)
-                self._process = _process_of(transport)
+                self._process = getattr(transport, "process", None)
                 self._client = client
                 ready.set_result(None)
                 await self._stop.wait()
@@ -248,7 +273,8 @@ def _deadline(seconds: float) -> Any:
         yield
 
 
-def _http_client(route: McpRoute, secret: str | None, auth: Any = None) -> Any:
+def _http_client(route: McpRoute, secret: str | None, auth: Any = None, *, cap: ResponseCap | None = None) -> Any:
+    """The upstream's HTTP client; ``cap`` bounds what each response may hold (``tether.mcp.http_cap``)."""
     import httpx2
 
     headers: list[tuple[str, str]] = []
@@ -266,6 +292,7 @@ def _http_client(route: McpRoute, secret: str | None, auth: Any = None) -> Any:
         params=params,
         follow_redirects=False,
         timeout=httpx2.Timeout(route.timeout, read=max(route.timeout, 300.0)),
+        event_hooks=None if cap is None else cap.hooks,
     )
 
 
@@ -279,28 +306,32 @@ async def connect(route: McpRoute, *, secret: str | None = None, stderr: TextIO 
     a stdio upstream's stderr goes (default: logged, ``tether.mcp.stderr``). Raises ``UpstreamError``."""
     try:
         from mcp.client.client import Client
-        from mcp.client.stdio import StdioServerParameters, stdio_client
         from mcp.client.streamable_http import streamable_http_client
         from mcp_types import Implementation
+
+        from tether.mcp.http_cap import ResponseCap
     except ImportError as exc:
         raise UpstreamError("MCP routes need the `mcp` extra (pip install 'tether[mcp]')") from exc
 
     http_client = None
     pipe = None
+    limit = message_limit(route.max_result_bytes)
+    meter: StdioTransport | ResponseCap
     if route.stdio:
-        params = StdioServerParameters(
-            command=route.command[0], args=list(route.command[1:]), env=stdio_environment(route), cwd=route.cwd or None
-        )
         pipe = None if stderr is not None else await open_stderr_log(route.name)
         errlog: Any = stderr if pipe is None else pipe[0]
-        transport: Any = stdio_client(params, errlog=errlog)
+        meter = StdioTransport(route.command, env=stdio_environment(route), cwd=route.cwd or None, errlog=errlog,
+                               limit=limit, label=route.name)  # fmt: skip
+        transport: Any = meter
         forms: list[bytes] = []
     else:
-        http_client = _http_client(route, secret, auth)
-        transport = streamable_http_client(route.url, http_client=http_client)
+        meter = ResponseCap(limit)
+        http_client = _http_client(route, secret, auth, cap=meter)
+        transport = streamable_http_client(route.url, http_client=http_client, max_sse_event_size=limit)
         forms = encodings(secret, route.injection) if secret and route.injection else []
     client = Client(transport, cache=None, client_info=Implementation(name="tether", version="1"))
-    upstream = Upstream(route.name, timeout=route.timeout, secret_forms=forms)
+    upstream = Upstream(route.name, timeout=route.timeout, secret_forms=forms, max_result_bytes=route.max_result_bytes,
+                        meter=meter)  # fmt: skip
     upstream._stderr = pipe if route.stdio else None
     ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     ready.add_done_callback(lambda f: None if f.cancelled() else f.exception())  # retrieved even if connect gave up
