@@ -58,6 +58,7 @@ def routes(web: str) -> str:
         mcp_route_toml("expired", command=STDIO, tools=["*"], expires="2001-01-01", **OFF),
         mcp_route_toml("solo", command=STDIO, tools=["*"], max_sessions=1, **OFF),
         mcp_route_toml("idle", command=STDIO, tools=["*"], session_idle_seconds=1, **OFF),
+        mcp_route_toml("repinned", command=STDIO, tools=["*"], **OFF),
         mcp_route_toml("web", url=web, tools=["*"], secret="web-key", header="X-Api-Key", template="{secret}",
                        max_result_bytes=2048, **OFF),
     ])  # fmt: skip
@@ -94,7 +95,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[McpEnv]:
             (config.policy_dir / "90-mcp-test.cedar").write_text(CEDAR, encoding="utf-8")
             put_secret_sync(config, "web-key", API_KEY)
             # drifty was reviewed before its server changed (it now runs rug-pulled)
-            pin_routes(config, "files", "tiny", "scoped", "small", "expired", "solo", "idle", "drifty", env={})
+            pin_routes(config, "files", "tiny", "scoped", "small", "expired", "solo", "idle", "drifty", "repinned", env={})
             pin_routes(config, "web", secret=API_KEY)
             with serve_gateway(config, sts) as gateway:
                 mcp = McpEnv(sts=sts, config=config, gateway=gateway)
@@ -180,6 +181,41 @@ def test_mcp13_a_tampered_pin_file_serves_nothing(env: McpEnv) -> None:
     finally:
         path.write_bytes(original)
     assert agent.request("small", "tools/list").status_code == 200
+
+
+def test_mcp13_a_pin_file_written_back_from_before_a_re_pin_serves_nothing(env: McpEnv) -> None:
+    """Review F7: a writer of the data directory puts back an older, validly MAC'd pin file; the audit
+    log's newest approval of the route (``mcp.pinned``) is newer, so the route refuses until re-pinned."""
+    import asyncio
+    import time
+
+    from tether.mcp.pins import PinnedCatalogue, load_pins, pins_path, record_pins
+    from tether.store.open import open_store
+
+    path = pins_path(env.config, "repinned")
+    old = path.read_bytes()
+    pinned = load_pins(env.config, "repinned")
+    assert pinned is not None
+
+    def approve() -> None:  # as `tether mcp pin` does: the file and its audited approval
+        async def run() -> None:
+            store = await open_store(env.config)
+            try:
+                catalogue = PinnedCatalogue("repinned", pinned.tools, pinned_at=time.time(), pinned_by="operator:test")
+                await record_pins(env.config, store, catalogue)
+            finally:
+                await store.aclose()
+
+        asyncio.run(run())
+
+    approve()
+    agent = env.agent("repinned")
+    assert agent.request("repinned", "tools/list").status_code == 200
+    path.write_bytes(old)  # the rollback: bytes that verify, from before the audited re-pin
+    response = agent.request("repinned", "tools/list")
+    assert response.status_code == 503 and "integrity" in response.json()["error_description"]
+    approve()  # positive control: an operator re-pins
+    assert agent.request("repinned", "tools/list").status_code == 200
 
 
 def test_mcp13_a_drifted_tool_is_refused_and_alerted_while_the_others_work(env: McpEnv, shared: Path) -> None:

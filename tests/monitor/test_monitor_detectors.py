@@ -190,6 +190,18 @@ def test_refusal_burst_spread_out_refusals_do_not_fire() -> None:
     assert feed(det, [log.refused(at=T0 + 10 * i) for i in range(50)]) == []
 
 
+def test_refusal_burst_ignores_refusals_marked_blameless() -> None:
+    """An MCP gateway refusal of a tool its upstream changed (or of an unpinned route) is the
+    upstream's or the operator's doing: the gateway marks it blameless and the burst skips it."""
+    det = detector("refusal_burst", window=30, threshold=2)
+    log = Log()
+    drifted = [log.record("mcp.refused", outcome="refused", error="access_denied", drift=True, blameless=True)
+               for _ in range(5)]  # fmt: skip
+    assert feed(det, drifted) == []
+    denied = [log.record("mcp.refused", outcome="refused", error="access_denied") for _ in range(2)]
+    assert len(feed(det, denied)) == 1  # the same refusals, not marked: counted
+
+
 def test_refusal_burst_ignores_requests_that_are_only_malformed() -> None:
     det = detector("refusal_burst", window=30, threshold=2)
     log = Log()

@@ -10,6 +10,7 @@ definition changed after it was pinned (a rug pull) — all refused.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -176,4 +177,5 @@ def _rug_pull(step: Step, check: Step, admin: StsClient, domain: DevTrustDomain,
     outcome = asyncio.run(_refusal(plan.drive_url, session.mcp_auth(), "read_file", {"path": "/shared/q3-plan.md"}))
     check("refused:mcp-rug-pull", outcome.startswith("json-rpc"), "read_file refused: its definition drifted from the pin",
           outcome=outcome)  # fmt: skip
-    session.complete()
+    with contextlib.suppress(httpx.HTTPStatusError):  # the monitor may have suspended the task already: it is over
+        session.complete()

@@ -84,7 +84,7 @@ from tether.gateway.vault import MissingSecret, SecretCache
 from tether.lru import LruCache
 from tether.mcp.catalogue import pinned_view
 from tether.mcp.cut import Tracked, watch
-from tether.mcp.pins import PinsTampered, load_pins, pins_path
+from tether.mcp.pins import PinsTampered, check_current, load_pins, pins_path
 from tether.mcp.upstream import UpstreamError
 from tether.metrics import MCP_CALLS, MCP_SESSIONS
 from tether.resource.principal import Principal
@@ -265,7 +265,7 @@ class McpEndpoint:
                                                    headers=request.headers, client=client, authorize=False)  # fmt: skip
             check_bound(principal.task)
             check_open(self.route, utc_date(self.service.clock.now()))
-            self.pins()
+            await self.pins()
         except (TetherError, StoreError) as exc:
             if principal is None and isinstance(exc, OAuthError) and isinstance(exc.holder, Principal):
                 principal = exc.holder  # refused after a fresh proof of possession: a revoked token
@@ -372,11 +372,13 @@ class McpEndpoint:
         await answer(request.scope, request.receive, send)
         return None
 
-    def pins(self) -> Mapping[str, str]:
+    async def pins(self) -> Mapping[str, str]:
         """The pinned catalogue (tool → digest); a route without a usable one serves nothing.
 
         Read again whenever the pin file changes (a re-pin applies at once, no restart); a
-        file that does not verify is refused on every request until it is re-pinned."""
+        file that does not verify, or that is older than the newest approval the audit log
+        records for the route (a file written back from before a re-pin), is refused on every
+        request until the route is re-pinned."""
         config, name = self.service.config, self.route.name
         try:
             stat = pins_path(config, name).stat()
@@ -387,6 +389,8 @@ class McpEndpoint:
             return self._pins[1]
         try:
             catalogue = load_pins(config, name)
+            if catalogue is not None:
+                check_current(catalogue, await self.service.store.mcp_pin_latest_audit(name))
         except PinsTampered as exc:
             log.error("MCP route %s: the pinned catalogue failed its integrity check: %s", name, exc)
             raise NotPinned(f"MCP route `{name}`: its pinned tool catalogue failed its integrity check; "
@@ -397,11 +401,8 @@ class McpEndpoint:
         return catalogue.tools
 
     def _pinned(self, tool: str) -> bool:
-        """Whether ``tool`` is in the pins (only such names become metric labels: a bounded set)."""
-        try:
-            return tool in self.pins()
-        except NotPinned:
-            return False
+        """Whether ``tool`` is in the pins last loaded (only such names become metric labels: a bounded set)."""
+        return self._pins is not None and tool in self._pins[1]
 
     # -- MCP ---------------------------------------------------------------------------------
     def could_see_any(self, principal: Principal, client: str | None, pins: Mapping[str, str]) -> bool:
@@ -429,7 +430,7 @@ class McpEndpoint:
         started = time.perf_counter()
         route = self.route
         try:
-            pins = self.pins()
+            pins = await self.pins()
             if not self.could_see_any(principal, client, pins):
                 return types.ListToolsResult(tools=[])
             session = await self.service.sessions.get(route, principal, incoming_token(_headers(ctx)))
@@ -499,7 +500,7 @@ class McpEndpoint:
         now = self.service.clock.now()
         check_open(route, utc_date(now))
         check_allowed(route, call.name)
-        pins = self.pins()
+        pins = await self.pins()
         pinned = check_pinned(route, pins, call.name)
         check_scope(route, principal.scopes, call.name)
         self.verifier.authorize_call(principal, method="POST", path=self.path, client=client, now=now, call=call)

@@ -100,7 +100,10 @@ def is_refusal(event: Event) -> bool:
 
 
 def is_counted_refusal(event: Event) -> bool:
-    return is_refusal(event) and event.error in REFUSAL_ERRORS
+    """A refusal the agent's own conduct explains; never one its record marks ``blameless`` (an
+    unpinned route, a tool its upstream changed, a stream cut by the task's end: the gateway
+    does not count those toward its own suspension either)."""
+    return is_refusal(event) and event.error in REFUSAL_ERRORS and event.detail.get("blameless") is not True
 
 
 def is_replay(event: Event) -> bool:
