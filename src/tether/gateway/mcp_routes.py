@@ -29,7 +29,7 @@ from typing import Any
 
 from tether.errors import ConfigError
 from tether.gateway.inject import Injection
-from tether.gateway.routes import ROUTE_NAME, injection_of, positive_int, seconds_value, text_value
+from tether.gateway.routes import ROUTE_NAME, injection_of, parse_table, positive_int, seconds_value, text_value
 from tether.rules.tool_call import DEFAULT_MAX_ARGUMENT_BYTES, DEFAULT_SCOPE_PREFIX, valid_tool_name
 
 __all__ = ["CREDENTIALS", "McpRoute", "parse_mcp_routes"]
@@ -222,13 +222,4 @@ def _credential(where: str, row: dict[str, Any], *, url: str, secret: str) -> tu
 
 
 def parse_mcp_routes(raw: Any) -> tuple[McpRoute, ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        raise ConfigError("gateway.mcp", "must be an array of tables ([[gateway.mcp]])")
-    routes = tuple(_route(i, row) for i, row in enumerate(raw))
-    names = [r.name for r in routes]
-    for name in names:
-        if names.count(name) > 1:
-            raise ConfigError("gateway.mcp", f"MCP route name `{name}` is used twice")
-    return routes
+    return parse_table("gateway.mcp", raw, _route)

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from tether.errors import ConfigError
 from tether.gateway.allowlist import AllowRule, parse_rule
@@ -25,6 +26,7 @@ __all__ = [
     "days_to_expiry",
     "injection_of",
     "parse_routes",
+    "parse_table",
     "positive_int",
     "route_warnings",
     "seconds_value",
@@ -41,6 +43,7 @@ _KEYS = {
     "max_session_seconds", "timeout", "owner", "justification", "expires", "tags", "max_connections",
     "max_in_flight_per_task", "max_call_seconds",
 }  # fmt: skip
+R = TypeVar("R")
 #: the default total deadline per call (or ``timeout``, when that is longer)
 CALL_SECONDS = 60.0
 EXPIRY_WARNING_DAYS = 14
@@ -202,14 +205,19 @@ def _route(index: int, row: Any) -> GatewayRoute:
     )
 
 
-def parse_routes(raw: Any) -> tuple[GatewayRoute, ...]:
+def parse_table(table: str, raw: Any, parse_row: Callable[[int, Any], R]) -> tuple[R, ...]:
+    """An array of tables (``[[table]]``) of named routes, each row parsed by ``parse_row``; a name used twice is refused."""
     if raw is None:
         return ()
     if not isinstance(raw, list):
-        raise ConfigError("gateway.routes", "must be an array of tables ([[gateway.routes]])")
-    routes = tuple(_route(i, row) for i, row in enumerate(raw))
-    names = [r.name for r in routes]
+        raise ConfigError(table, f"must be an array of tables ([[{table}]])")
+    rows = tuple(parse_row(i, row) for i, row in enumerate(raw))
+    names = [getattr(r, "name", None) for r in rows]
     for name in names:
         if names.count(name) > 1:
-            raise ConfigError("gateway.routes", f"route name `{name}` is used twice")
-    return routes
+            raise ConfigError(table, f"route name `{name}` is used twice")
+    return rows
+
+
+def parse_routes(raw: Any) -> tuple[GatewayRoute, ...]:
+    return parse_table("gateway.routes", raw, _route)
