@@ -340,6 +340,9 @@ def test_revocation_wakes_waiters(kind: str, tmp_path: Path) -> None:
         await asyncio.sleep(0.05)
         await store.end_task(t.id, TaskState.COMPLETED, now=NOW, audit=EVENT)
         assert await asyncio.wait_for(waiter, 5.0) is True
+        # PostgreSQL + Redis wakes its own waiters at commit and again when its own pub/sub message comes
+        # back (as every other replica hears it): let that echo land, then nothing more may wake a waiter
+        await asyncio.sleep(0.3)
         assert await store.wait_for_revocations(since=store.revocation_generation(), timeout=0.05) is False
 
     run(kind, tmp_path, body)
