@@ -63,3 +63,17 @@ def test_the_throttle_logs_the_first_then_one_summary_per_interval(caplog: pytes
     assert len(messages) == 3
     assert "99 more like it" in messages[1]
     assert "more like it" not in messages[2]
+
+
+def test_a_burst_throttle_logs_that_many_lines_per_interval_then_counts(caplog: pytest.LogCaptureFixture) -> None:
+    """``tether.mcp.protect`` logs refusals of unproven callers through one: a flood costs at most
+    ``burst`` lines per interval, each with its structured fields."""
+    now = [0.0]
+    throttle = LogThrottle(logging.getLogger("tether.test"), logging.INFO, interval=10.0, clock=lambda: now[0], burst=3)
+    with caplog.at_level(logging.INFO, logger="tether.test"):
+        sent = [throttle.emit("refused", extra={"mcp_event": "request refused"}) for _ in range(100)]
+        now[0] = 10.0
+        assert throttle.emit("refused")  # a new window
+    assert sent == [True, True, True] + [False] * 97
+    assert [getattr(r, "mcp_event", None) for r in caplog.records[:3]] == ["request refused"] * 3
+    assert len(caplog.records) == 4 and "97 more like it" in caplog.records[-1].getMessage()

@@ -77,7 +77,7 @@ from tether.gateway.mcp_records import McpCall, call_event, drift_event, refusal
 from tether.gateway.mcp_results import ResultTooLarge, result_size, scrub_json
 from tether.gateway.mcp_routes import McpRoute
 from tether.gateway.mcp_sessions import UpstreamSession, UpstreamSessions
-from tether.gateway.mcp_wire import BodyTooLarge, ambiguity, read_body, replay, rpc_error
+from tether.gateway.mcp_wire import BodyTooLarge, ambiguity, read_body, rpc_error
 from tether.gateway.proxy import BadGateway, GatewayTimeout
 from tether.gateway.routes import utc_date
 from tether.gateway.vault import MissingSecret, SecretCache
@@ -92,6 +92,7 @@ from tether.resource.verifier import Verifier
 from tether.rules.tool_call import ToolCall, ToolCallError, missing_tool_scope, parse_tool_call
 from tether.store.errors import StoreError
 from tether.store.protocol import Store
+from tether.streams import replay_body
 from tether.web.errors import error_response, wire_code
 
 __all__ = ["PRINCIPAL_STATE", "TOOL_REFUSED", "McpEndpoint", "McpService"]
@@ -285,7 +286,7 @@ class McpEndpoint:
             body = await self.strict_body(request, send, principal, started, client)
             if body is None:
                 return
-            receive = replay(body, receive)
+            receive = replay_body(body, receive)
         task = check_bound(principal.task)
         opening = _opens_session(request)
         if opening:

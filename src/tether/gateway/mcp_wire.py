@@ -4,7 +4,7 @@ A JSON member name given twice is ambiguous: Python's parser (the SDK's) keeps t
 parser the first, so what Cedar judged and what the tool receives could differ (SECURITY
 MCP-15). The body is therefore read whole (up to the SDK's own limit), parsed strictly
 (``tether.rules.jws.strict_json_loads``: no repeated member, no NaN) and, if it passes, handed to
-the SDK unchanged (``replay``). Malformed JSON is left to the SDK, which answers its parse error.
+the SDK unchanged (``tether.streams.replay_body``). Malformed JSON is left to the SDK, which answers its parse error.
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from starlette.responses import JSONResponse, Response
-from starlette.types import Message, Receive
 
 from tether.rules.jws import JWSError, strict_json_loads
 from tether.streams import read_at_most
 
-__all__ = ["Ambiguous", "BodyTooLarge", "ambiguity", "read_body", "replay", "rpc_error"]
+__all__ = ["Ambiguous", "BodyTooLarge", "ambiguity", "read_body", "rpc_error"]
 
 
 class BodyTooLarge(Exception):
@@ -63,20 +62,6 @@ def ambiguity(body: bytes) -> Ambiguous | None:
         method=method[:64] if isinstance(method, str) else "POST",
         tool=name[:128] if isinstance(name, str) else None,
     )
-
-
-def replay(body: bytes, receive: Receive) -> Receive:
-    """``receive`` for the SDK: the body already read, then whatever the client sends (its disconnect)."""
-    sent = False
-
-    async def replayed() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replayed
 
 
 def rpc_error(ident: str | int | None, code: int, message: str, status: int, data: object = None) -> Response:

@@ -67,11 +67,15 @@ from tether.rules.tool_call import (
     missing_tool_scope,
     parse_tool_call,
 )
+from tether.streams import replay_body
+from tether.throttle import LogThrottle
 from tether.web.errors import error_response, wire_code
 
 __all__ = ["DEFAULT_CUT_INTERVAL", "DEFAULT_MAX_BODY_BYTES", "ProtectedMCP", "protect"]
 
 log = logging.getLogger("tether.mcp")
+#: refusals of callers who proved nothing: at most this many log lines per this many seconds
+UNPROVEN_LOG_BURST, UNPROVEN_LOG_INTERVAL = 50, 10.0
 
 #: the largest POST body read before the server sees it (the MCP SDK's own default cap)
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -174,6 +178,8 @@ class ProtectedMCP:
         self.max_listing_bytes = max_listing_bytes
         self.cut_interval = cut_interval
         self.input_schema = input_schema
+        #: refusals nobody proved to own: logged at most once per interval
+        self._unproven = LogThrottle(log, logging.INFO, interval=UNPROVEN_LOG_INTERVAL, burst=UNPROVEN_LOG_BURST)
         #: which principal each MCP session belongs to (MCP-10: a session id is never authentication)
         self.sessions = SessionOwners(max_sessions, per_owner=max_sessions_per_owner)
         #: RFC 9728 §3.1: the well-known path is inserted between the host and the resource's path
@@ -248,7 +254,7 @@ class ProtectedMCP:
                 return
         reserved = [opening]  # until the session it opens is bound (or the request is over)
         try:
-            await self._run(scope, _replay(body, receive), send, principal, listing=listing, target=target,
+            await self._run(scope, replay_body(body, receive), send, principal, listing=listing, target=target,
                             reserved=reserved)  # fmt: skip
         finally:
             if reserved[0]:
@@ -268,7 +274,9 @@ class ProtectedMCP:
             )
         except TetherError as exc:  # a refusal, or a shared replay cache that cannot answer (fail closed)
             holder = exc.holder if isinstance(exc, OAuthError) and isinstance(exc.holder, Principal) else None
-            _audit("request refused", error=wire_code(exc), principal=holder, method=scope["method"])
+            # a caller who proved nothing gets no line of its own: an unauthenticated flood would fill the disk
+            _audit("request refused", error=wire_code(exc), principal=holder, method=scope["method"],
+                   throttle=None if holder is not None else self._unproven)  # fmt: skip
             await self._refuse(exc, scope, receive, send)
             return None
 
@@ -526,20 +534,6 @@ def _without_length(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, byt
     return [(k, v) for k, v in headers if k.lower() != b"content-length"]
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """The body already read, handed to the server unchanged; then the real channel (disconnects)."""
-    pending = True
-
-    async def replayed() -> AsgiMessage:
-        nonlocal pending
-        if pending:
-            pending = False
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replayed
-
-
 def _tool_name(params: object) -> str | None:
     name = params.get("name") if isinstance(params, dict) else None
     return name[:128] if isinstance(name, str) else None
@@ -554,8 +548,10 @@ def _audit(
     tool: str | None = None,
     code: int | None = None,
     method: str | None = None,
+    throttle: LogThrottle | None = None,
 ) -> None:
-    """One structured record per refusal: never the arguments, only their digest (RFC 8785 + SHA-256)."""
+    """One structured record per refusal (through ``throttle`` when given): never the arguments, only
+    their digest (RFC 8785 + SHA-256)."""
     fields: dict[str, Any] = {
         "mcp_event": what,
         "error": error,
@@ -567,15 +563,13 @@ def _audit(
         "jsonrpc_code": code,
         "http_method": method,
     }
-    log.info(
-        "mcp %s: %s%s by %s (task %s)",
-        what,
-        error,
-        f" tool {fields['tool']}" if fields["tool"] else "",
-        fields["principal"] or "unverified caller",
-        fields["task"] or "-",
-        extra={k: v for k, v in fields.items() if v is not None},
-    )
+    tool = f" tool {fields['tool']}" if fields["tool"] else ""
+    message = f"mcp {what}: {error}{tool} by {fields['principal'] or 'unverified caller'} (task {fields['task'] or '-'})"
+    extra = {k: v for k, v in fields.items() if v is not None}
+    if throttle is not None:
+        throttle.emit(message, extra=extra)
+    else:
+        log.info("%s", message, extra=extra)
 
 
 async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
