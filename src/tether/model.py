@@ -145,6 +145,13 @@ class AccessToken:
     #: SPIFFE trust domain, the OIDC issuer or the client id; ``""`` for a token that does not say
     client_domain: str = ""
     agent_domain: str = ""
+    #: RFC 8705 §3.1 ``cnf.x5t#S256``: the thumbprint of the client certificate the token is bound to
+    x5t: str | None = None
+
+    @property
+    def bindings(self) -> str:
+        """How the token is bound, as audit and metrics say it: ``dpop``, ``mtls``, ``dpop+mtls`` or ``none``."""
+        return binding_name(self.jkt, self.x5t)
 
     @property
     def current_actor(self) -> str | None:
@@ -154,6 +161,12 @@ class AccessToken:
     def depth(self) -> int:
         """Delegation depth: the length of the ``act`` chain."""
         return len(self.actors)
+
+
+def binding_name(jkt: str | None, x5t: str | None) -> str:
+    """``dpop`` (RFC 9449 ``cnf.jkt``), ``mtls`` (RFC 8705 ``cnf.x5t#S256``), both, or ``none``."""
+    names = [name for name, value in (("dpop", jkt), ("mtls", x5t)) if value]
+    return "+".join(names) or "none"
 
 
 def act_from_chain(actors: tuple[str, ...]) -> dict[str, Any] | None:

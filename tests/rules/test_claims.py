@@ -48,6 +48,9 @@ SKEW = 10
 MAX_LIFETIME = 900
 
 
+X5T = "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2"
+
+
 def claims(**changes: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "iss": ISS,
@@ -329,8 +332,11 @@ def test_C_03_lifetime_over_cap_refused(iat: int, exp: int) -> None:
 @pytest.mark.parametrize(
     "cnf",
     [
-        pytest.param({"x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2"}, id="x5t-alone"),
-        pytest.param({"jkt": JKT, "x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2"}, id="jkt-and-x5t"),
+        pytest.param({"x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg"}, id="x5t-short"),
+        pytest.param({"x5t#S256": X5T + "="}, id="x5t-padded"),
+        pytest.param({"x5t#S256": None}, id="x5t-null"),
+        pytest.param({"jkt": JKT, "x5t#S256": X5T, "x5t": "abc"}, id="x5t-sha1-member"),
+        pytest.param({"jkt": JKT, "x5t#S256": 1}, id="jkt-and-x5t-int"),
         pytest.param({"jkt": JKT, "extra": 1}, id="extra-member"),
         pytest.param({"jkt": JKT, "jwk": {"kty": "EC"}}, id="jkt-and-jwk"),
         pytest.param({"jwk": {"kty": "EC", "crv": "P-256"}}, id="jwk"),
@@ -350,7 +356,22 @@ def test_cnf_malformed_refused(cnf: object) -> None:
 
 
 def test_cnf_absent_means_unbound() -> None:
-    assert check(claims(cnf=MISSING)).jkt is None
+    token = check(claims(cnf=MISSING))
+    assert (token.jkt, token.x5t, token.bindings) == (None, None, "none")
+
+
+@pytest.mark.parametrize(
+    ("cnf", "bindings"),
+    [
+        pytest.param({"x5t#S256": X5T}, "mtls", id="x5t-alone"),
+        pytest.param({"jkt": JKT, "x5t#S256": X5T}, "dpop+mtls", id="jkt-and-x5t"),
+        pytest.param({"jkt": JKT}, "dpop", id="jkt-alone"),
+    ],
+)
+def test_MTLS_cnf_x5t_read_with_or_instead_of_jkt(cnf: dict[str, str], bindings: str) -> None:
+    """RFC 8705 §3.1: ``cnf.x5t#S256`` beside or instead of RFC 9449 ``cnf.jkt``."""
+    token = check(claims(cnf=cnf))
+    assert (token.jkt, token.x5t, token.bindings) == (cnf.get("jkt"), cnf.get("x5t#S256"), bindings)
 
 
 # ---------------------------------------------------------------------------------------------

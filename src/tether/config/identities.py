@@ -44,6 +44,8 @@ class TrustDomainConfig:
     name: str
     bundle_file: Path | None
     bundle_url: str | None
+    #: the domain's X.509 bundle (PEM CA certificates) that its X.509-SVIDs chain to (RFC 8705 §2.1)
+    x509_bundle_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -58,11 +60,13 @@ class OidcIssuerConfig:
 
 @dataclass(frozen=True)
 class ClientConfig:
-    """An RFC 7523 ``private_key_jwt`` client with registered public keys."""
+    """A client registered by its keys: RFC 7523 ``private_key_jwt`` (a JWKS) and/or RFC 8705
+    §2.2 ``self_signed_tls_client_auth`` (its self-signed certificate, PEM)."""
 
     client_id: str
     jwks_file: Path | None
     jwks: Mapping[str, Any] | None
+    certificate: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,8 @@ def _rows(data: Mapping[str, Any], name: str, allowed: set[str], required: set[s
 
 def parse_trust_domains(data: Mapping[str, Any], base: Path) -> tuple[TrustDomainConfig, ...]:
     domains = []
-    for i, row in enumerate(_rows(data, "trust_domains", {"name", "bundle_file", "bundle_url"}, {"name"})):
+    allowed = {"name", "bundle_file", "bundle_url", "x509_bundle_file"}
+    for i, row in enumerate(_rows(data, "trust_domains", allowed, {"name"})):
         name = typed(f"trust_domains[{i}].name", row["name"], str)
         if spiffe_trust_domain(f"spiffe://{name}/x") != name:
             raise ConfigError(f"trust_domains[{i}].name", "must be a lower-case trust domain name")
@@ -119,7 +124,14 @@ def parse_trust_domains(data: Mapping[str, Any], base: Path) -> tuple[TrustDomai
         url = row.get("bundle_url")
         if url is not None:
             url = http_url(url, f"trust_domains[{i}].bundle_url")
-        domains.append(TrustDomainConfig(name, _file(base, row.get("bundle_file"), f"trust_domains[{i}].bundle_file"), url))
+        domains.append(
+            TrustDomainConfig(
+                name,
+                _file(base, row.get("bundle_file"), f"trust_domains[{i}].bundle_file"),
+                url,
+                _file(base, row.get("x509_bundle_file"), f"trust_domains[{i}].x509_bundle_file"),
+            )
+        )
     return tuple(domains)
 
 
@@ -153,19 +165,28 @@ def parse_oidc_issuers(data: Mapping[str, Any], base: Path, audience: str) -> tu
 
 def parse_clients(data: Mapping[str, Any], base: Path) -> tuple[ClientConfig, ...]:
     clients = []
-    for i, row in enumerate(_rows(data, "clients", {"client_id", "jwks_file", "jwks"}, {"client_id"})):
+    for i, row in enumerate(_rows(data, "clients", {"client_id", "jwks_file", "jwks", "certificate"}, {"client_id"})):
         client_id = typed(f"clients[{i}].client_id", row["client_id"], str)
         if not is_principal(client_id):
             raise ConfigError(f"clients[{i}].client_id", "must be a principal such as a spiffe id")
-        if ("jwks_file" in row) == ("jwks" in row):
-            raise ConfigError(f"clients[{i}]", "needs exactly one of jwks_file or jwks")
+        if "jwks_file" in row and "jwks" in row:
+            raise ConfigError(f"clients[{i}]", "needs at most one of jwks_file or jwks")
+        if not ({"jwks_file", "jwks", "certificate"} & set(row)):
+            raise ConfigError(f"clients[{i}]", "needs jwks_file, jwks or certificate")
         jwks = row.get("jwks")
         if jwks is not None:
             try:
                 parse_jwks(jwks)
             except ValueError as exc:
                 raise ConfigError(f"clients[{i}].jwks", f"must be a json web key set: {exc}") from exc
-        clients.append(ClientConfig(client_id, _file(base, row.get("jwks_file"), f"clients[{i}].jwks_file"), jwks))
+        clients.append(
+            ClientConfig(
+                client_id,
+                _file(base, row.get("jwks_file"), f"clients[{i}].jwks_file"),
+                jwks,
+                _file(base, row.get("certificate"), f"clients[{i}].certificate"),
+            )
+        )
     return tuple(clients)
 
 

@@ -30,6 +30,7 @@ from tether.config.sections import (
     RedisSettings,
     RevocationsSettings,
     ServerSettings,
+    TlsSettings,
     TokenSettings,
 )
 from tether.rules.namespace import Namespace
@@ -48,6 +49,7 @@ class Config:
     path: Path | None = None
     general: GeneralSettings = field(default_factory=GeneralSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
     tokens: TokenSettings = field(default_factory=TokenSettings)
     dpop: DpopSettings = field(default_factory=DpopSettings)
     tasks: TaskLimits = field(default_factory=TaskLimits)

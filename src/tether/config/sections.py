@@ -32,6 +32,7 @@ __all__ = [
     "RedisSettings",
     "RevocationsSettings",
     "ServerSettings",
+    "TlsSettings",
     "TokenSettings",
     "scalar_kinds",
 ]
@@ -54,6 +55,22 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8700
     max_inflight: int = 64
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """``[tls]``: HTTPS for the STS and the gateway, client certificates (RFC 8705) and trusted terminators (RFC 9440).
+
+    With ``certificate`` and ``key`` set (``tether init --tls`` writes both), ``tether serve
+    --tls`` and ``tether gateway --tls`` speak HTTPS and ask for a client certificate, which
+    must chain to a trust domain's ``x509_bundle_file`` or be a ``[[clients]]`` registered
+    ``certificate``. ``trusted_proxies`` lists the addresses (CIDRs) of TLS terminators whose
+    ``Client-Cert`` header is believed; from anyone else it is removed. Empty: no one.
+    """
+
+    certificate: str = ""
+    key: str = ""
+    trusted_proxies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -210,6 +227,7 @@ class RevocationsSettings:
 SECTIONS: dict[str, type[Any]] = {
     "": GeneralSettings,
     "server": ServerSettings,
+    "tls": TlsSettings,
     "tokens": TokenSettings,
     "dpop": DpopSettings,
     "tasks": TaskLimits,

@@ -125,7 +125,7 @@ class UpstreamSessions:
         if not route.per_agent:
             return (route.name, "", "")
         assert principal.task is not None  # the route refuses calls bound to no task
-        return (route.name, principal.task, principal.jkt)
+        return (route.name, principal.task, principal.binding)
 
     async def get(self, route: McpRoute, principal: Principal, incoming: str | None = None) -> UpstreamSession:
         """The caller's upstream session, started (and its tools listed) on first use.

@@ -67,7 +67,7 @@ def build_identity_verifier(config: Config, client: httpx.AsyncClient) -> Identi
     for registered in config.clients:
         if registered.jwks_file is not None:
             clients[registered.client_id] = FileKeySource(registered.jwks_file)
-        else:
+        elif registered.jwks is not None:
             clients[registered.client_id] = StaticKeySource(parse_jwks(registered.jwks))
     if clients:
         verifiers.append(ClientAssertionVerifier(clients, audiences=audiences, max_lifetime=max_lifetime, skew=skew))

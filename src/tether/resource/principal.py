@@ -27,12 +27,19 @@ class Principal:
     jti: str
     audience: str
     expires_at: int
-    jkt: str
+    jkt: str | None
     issued_at: int = 0
     #: the kind of identity ``client_id`` proved (``spiffe``, ``oidc``, ``client``; ``unknown`` if the token does not say)
     client_kind: str = "unknown"
     #: the identity source ``client_id`` proved (Cedar's ``trust_domain``; ``""`` if the token does not say)
     client_domain: str = ""
+    #: RFC 8705 ``cnf.x5t#S256``: the client certificate the token is bound to, if any
+    x5t: str | None = None
+
+    @property
+    def binding(self) -> str:
+        """The token's key binding as one stable string (its DPoP key and/or certificate thumbprint)."""
+        return f"jkt={self.jkt or ''} x5t={self.x5t or ''}"
 
     @property
     def actor(self) -> str | None:
@@ -41,7 +48,7 @@ class Principal:
 
     @classmethod
     def from_token(cls, token: AccessToken) -> Principal:
-        assert token.jkt is not None
+        assert token.jkt is not None or token.x5t is not None
         return cls(
             subject=token.sub,
             agent=token.agent,
@@ -57,4 +64,5 @@ class Principal:
             issued_at=token.iat,
             client_kind=token.client_kind,
             client_domain=token.client_domain,
+            x5t=token.x5t,
         )

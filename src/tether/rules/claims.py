@@ -27,6 +27,7 @@ __all__ = [
     "Grant",
     "build_claims",
     "check_access_token_claims",
+    "cnf_claim",
     "verify_access_token",
 ]
 
@@ -46,7 +47,7 @@ class Grant:
     exp: int
     client_id: str
     agent: str
-    jkt: str
+    jkt: str | None
     txn: str | None
     actors: tuple[str, ...] = ()
     purp: str | None = None
@@ -57,6 +58,18 @@ class Grant:
     #: the identity source each proved (``WorkloadIdentity.trust_domain``)
     client_domain: str = ""
     agent_domain: str = ""
+    #: RFC 8705 §3.1: the thumbprint of the client certificate the token is bound to (with or instead of ``jkt``)
+    x5t: str | None = None
+
+
+def cnf_claim(jkt: str | None, x5t: str | None) -> dict[str, str]:
+    """RFC 7800 ``cnf`` with the RFC 9449 §6.1 ``jkt`` and/or RFC 8705 §3.1 ``x5t#S256`` members."""
+    cnf = {}
+    if jkt:
+        cnf["jkt"] = jkt
+    if x5t:
+        cnf["x5t#S256"] = x5t
+    return cnf
 
 
 def build_claims(grant: Grant, *, issuer: str, jti: str, now: int) -> dict[str, Any]:
@@ -71,11 +84,13 @@ def build_claims(grant: Grant, *, issuer: str, jti: str, now: int) -> dict[str, 
         "jti": jti,
         "client_id": grant.client_id,
         "scope": format_scope(grant.scope),
-        "cnf": {"jkt": grant.jkt},
         "agt": grant.agent,
         "ckd": grant.client_kind,
         "akd": grant.agent_kind,
     }
+    cnf = cnf_claim(grant.jkt, grant.x5t)
+    if cnf:
+        claims["cnf"] = cnf
     if grant.client_domain:
         claims["ctd"] = grant.client_domain
     if grant.agent_domain:
@@ -156,17 +171,7 @@ def check_access_token_claims(
         scope = parse_scope(scope_claim)
     except OAuthError as exc:
         raise _invalid("scope malformed") from exc
-    jkt: str | None = None
-    if "cnf" in claims:
-        cnf = claims["cnf"]
-        if (
-            not isinstance(cnf, dict)
-            or set(cnf) != {"jkt"}
-            or not isinstance(cnf["jkt"], str)
-            or not _JKT.fullmatch(cnf["jkt"])
-        ):
-            raise _invalid("cnf malformed or uses an unsupported confirmation method")
-        jkt = cnf["jkt"]
+    jkt, x5t = _cnf(claims)
     actors = chain_from_act(claims["act"], max_depth=MAX_ACT_DEPTH) if "act" in claims else ()
     if actors is None:
         raise _invalid("act malformed or too deep")
@@ -193,7 +198,26 @@ def check_access_token_claims(
         agent_kind=_kind(claims, "akd"),
         client_domain=_string(claims, "ctd", required=False) or "",
         agent_domain=_string(claims, "atd", required=False) or "",
+        x5t=x5t,
     )
+
+
+def _cnf(claims: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """``cnf`` (RFC 7800 §3.1): absent, or ``jkt`` and/or ``x5t#S256``, each a SHA-256 thumbprint.
+
+    An unknown confirmation method is refused rather than ignored: a verifier that skipped a
+    member it did not understand would honour the token without the proof it demands."""
+    if "cnf" not in claims:
+        return None, None
+    cnf = claims["cnf"]
+    if (
+        not isinstance(cnf, dict)
+        or not cnf
+        or not set(cnf) <= {"jkt", "x5t#S256"}
+        or not all(isinstance(v, str) and _JKT.fullmatch(v) for v in cnf.values())
+    ):
+        raise _invalid("cnf malformed or uses an unsupported confirmation method")
+    return cnf.get("jkt"), cnf.get("x5t#S256")
 
 
 def _kind(claims: Mapping[str, Any], name: str) -> str:

@@ -28,6 +28,8 @@ class IssuedToken:
     task_id: str | None = None
     parent_jti: str | None = None
     revoked_at: int | None = None
+    #: RFC 8705 ``cnf.x5t#S256`` (``jkt`` is ``""`` for a token bound to a certificate only)
+    x5t: str | None = None
 
 
 class RevocationKind(enum.StrEnum):

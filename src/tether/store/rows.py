@@ -35,7 +35,7 @@ TASK_COLUMNS = (
     "id, agent, on_behalf_of, purpose, audiences, scopes, created_at, expires_at, "
     "max_depth, max_tokens, tokens_issued, state, ended_at, created_by"
 )
-TOKEN_COLUMNS = "jti, kind, task_id, parent_jti, sub, client_id, aud, scope, jkt, iat, exp, depth, revoked_at"
+TOKEN_COLUMNS = "jti, kind, task_id, parent_jti, sub, client_id, aud, scope, jkt, iat, exp, depth, revoked_at, x5t"
 AUDIT_COLUMNS = "seq, ts, kind, outcome, principal, task, jti, error, detail, prev, hash"
 #: the kind of the signed checkpoint records ``tether.audit.checkpoint`` writes; named here, not imported,
 #: so that the store does not depend on the audit service (tests/test_layering.py checks they agree)
@@ -108,8 +108,8 @@ def token_from_row(row: Sequence[Any]) -> IssuedToken:
 
 
 def token_values(token: IssuedToken) -> tuple[Any, ...]:
-    """A token is recorded unrevoked: ``revoked_at`` (the last column) starts empty."""
-    return (*(getattr(token, name) for name in _TOKEN_FIELDS[:-1]), None)
+    """A token is recorded unrevoked: ``revoked_at`` starts empty."""
+    return tuple(None if name == "revoked_at" else getattr(token, name) for name in _TOKEN_FIELDS)
 
 
 def audit_from_row(row: Sequence[Any]) -> AuditRecord:

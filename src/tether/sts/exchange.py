@@ -362,12 +362,13 @@ async def _issue(
         client_id=grant.client_id,
         aud=grant.aud,
         scope=format_scope(grant.scope),
-        jkt=grant.jkt,
+        jkt=grant.jkt or "",
         iat=now,
         exp=grant.exp,
         depth=depth,
         task_id=task.id if task else None,
         parent_jti=grant.parent_jti,
+        x5t=grant.x5t,
     )
     event = AuditEvent(
         kind="token.issued",
@@ -385,6 +386,7 @@ async def _issue(
             "depth": depth,
             "agent": grant.agent,
             "jkt": grant.jkt,
+            "x5t": grant.x5t,
             "policy": policy.audit(),
         },
     )

@@ -15,6 +15,7 @@ from tether.audit.chain import AuditEvent
 from tether.errors import InvalidToken, UnauthorizedClient
 from tether.metrics import REVOCATIONS
 from tether.model import AccessToken, TaskState, WorkloadIdentity, act_from_chain
+from tether.rules.claims import cnf_claim
 from tether.rules.scope import format_scope
 from tether.store.records import BlockKind
 from tether.sts.auth import require_admin
@@ -60,8 +61,9 @@ async def introspect(ctx: StsContext, caller: WorkloadIdentity, token: str) -> d
         "token_type": "DPoP",
         "agt": claims.agent,
     }
-    if claims.jkt is not None:
-        body["cnf"] = {"jkt": claims.jkt}
+    cnf = cnf_claim(claims.jkt, claims.x5t)
+    if cnf:
+        body["cnf"] = cnf
     if claims.txn is not None:
         body["txn"] = claims.txn
     if claims.actors:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import socket
 import threading
@@ -9,6 +10,8 @@ import time
 from typing import Any
 
 import uvicorn
+
+from tether.web.tls import TlsFiles, TlsHttpToolsProtocol, uvicorn_context_factory
 
 __all__ = ["ServerThread", "free_port"]
 
@@ -41,8 +44,11 @@ def free_port() -> int:
 
 
 class ServerThread:
-    def __init__(self, app: Any, port: int, *, host: str = "127.0.0.1") -> None:
+    def __init__(self, app: Any, port: int, *, host: str = "127.0.0.1", tls: TlsFiles | None = None) -> None:
+        """With ``tls`` the server speaks HTTPS, asks for client certificates and hands the
+        verified one to the app in the ASGI TLS extension (``tether.web.tls``)."""
         self.port = port
+        self.scheme = "https" if tls is not None else "http"
         self.server = uvicorn.Server(
             uvicorn.Config(
                 app,
@@ -52,8 +58,9 @@ class ServerThread:
                 lifespan="on",
                 access_log=False,
                 timeout_graceful_shutdown=1,
-                http="httptools",
+                http=TlsHttpToolsProtocol if tls is not None else "httptools",
                 proxy_headers=False,
+                ssl_context_factory=functools.partial(uvicorn_context_factory, tls) if tls is not None else None,
             )
         )
         self.thread = threading.Thread(target=self.server.run, daemon=True, name=f"uvicorn-{port}")

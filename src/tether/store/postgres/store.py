@@ -459,7 +459,7 @@ class PostgresRedisStore(Store):
                 raise Blocked(token.sub)
             if task_refusal is not None:
                 raise task_refusal
-            await conn.execute(f"INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ({_marks(13)})", token_values(token))
+            await conn.execute(f"INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ({_marks(14)})", token_values(token))
             await _append(conn, issuance.audit, now)
 
     async def get_token(self, jti: str) -> IssuedToken | None:

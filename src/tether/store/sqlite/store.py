@@ -290,7 +290,7 @@ class SqliteStore(Store):
                         raise errors.TaskNotActive(state.value)
                     raise errors.CapReached(token.task_id)
             conn.execute(
-                f"INSERT INTO tokens ({table.TOKEN_COLUMNS}) VALUES ({', '.join('?' * 13)})", table.token_values(token)
+                f"INSERT INTO tokens ({table.TOKEN_COLUMNS}) VALUES ({', '.join('?' * 14)})", table.token_values(token)
             )
             _append(conn, issuance.audit, now)
 

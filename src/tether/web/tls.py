@@ -1,0 +1,103 @@
+"""TLS for tether's servers, and the client certificate handed to the ASGI app.
+
+uvicorn terminates TLS and verifies client certificates, but it does not tell the app which
+certificate the client presented. tether adds the ASGI TLS extension
+(``scope["extensions"]["tls"]``, ASGI spec "TLS Extension") with a small protocol hook: a
+subclass of uvicorn's httptools protocol that reads the verified chain from the connection's
+``SSLObject`` once, after the handshake, and puts it in the scope of every request on that
+connection. Why a hook and not another server: the TLS stack, HTTP parser and event loop stay
+the ones that were measured (``tether bench``); the hook adds one attribute read per request.
+
+The server requests a certificate but does not require one (``CERT_OPTIONAL``): DPoP clients
+and mTLS clients share the endpoints (RFC 8705 §5 aliases name the same URLs). A client that
+sends a certificate must chain to a configured X.509 bundle or be a registered self-signed
+certificate, or the handshake fails; which workload it proves is decided per request
+(``tether.rules.certificate``), against its own trust domain's bundle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+__all__ = ["TlsFiles", "TlsHttpToolsProtocol", "server_context", "tls_extension"]
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A server's certificate chain and key (PEM), and the CA files client certificates may chain to
+    (X.509 bundles of trust domains, registered self-signed client certificates)."""
+
+    certificate: Path
+    key: Path
+    client_cas: tuple[Path, ...] = field(default=())
+
+
+def server_context(files: TlsFiles) -> ssl.SSLContext:
+    """A TLS 1.2+ server context that asks for (but does not require) a client certificate."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(files.certificate), str(files.key))
+    if files.client_cas:
+        for ca in files.client_cas:
+            context.load_verify_locations(cafile=str(ca))
+        context.verify_mode = ssl.CERT_OPTIONAL
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+def uvicorn_context_factory(files: TlsFiles, _config: Any, _default: Any) -> ssl.SSLContext:
+    """``uvicorn.Config(ssl_context_factory=functools.partial(uvicorn_context_factory, files))``."""
+    return server_context(files)
+
+
+def _verified_chain(ssl_object: Any) -> Sequence[Any]:
+    """The chain OpenSSL verified, leaf first (``SSLObject.get_verified_chain`` from Python 3.13;
+    the same method on the underlying ``_ssl`` object before)."""
+    getter = getattr(ssl_object, "get_verified_chain", None) or getattr(ssl_object._sslobj, "get_verified_chain", None)
+    chain = getter() if getter is not None else None
+    return list(chain or ())
+
+
+def tls_extension(transport: asyncio.BaseTransport) -> dict[str, Any] | None:
+    """The ASGI TLS extension for a connection (``None`` over plain TCP).
+
+    ``client_cert_chain`` holds PEM strings, leaf first, and only when the handshake verified
+    the client's certificate (``CERT_OPTIONAL`` lets a client send none; one it sends that
+    does not verify fails the handshake)."""
+    ssl_object = transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return None
+    chain: list[str] = []
+    if ssl_object.getpeercert(binary_form=True):
+        chain = [ssl.DER_cert_to_PEM_cert(cert.public_bytes(ssl._ssl.ENCODING_DER)) for cert in _verified_chain(ssl_object)]  # type: ignore[attr-defined]
+    version = ssl_object.version()
+    return {
+        "server_cert": None,
+        "client_cert_chain": chain,
+        "client_cert_name": None,
+        "client_cert_error": None,
+        "tls_version": {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}.get(version or ""),
+        "cipher_suite": None,
+    }
+
+
+class TlsHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, adding the ASGI TLS extension to every request's scope."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._tls = tls_extension(transport)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._tls is not None:
+            extensions: dict[str, Any] = dict(self.scope.get("extensions") or {})
+            extensions["tls"] = self._tls
+            self.scope["extensions"] = extensions
