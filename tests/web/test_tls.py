@@ -1,0 +1,155 @@
+"""The TLS protocol hook and the client-certificate sources, over real TLS on loopback (RFC 8705, RFC 9440).
+
+A tiny ASGI app echoes what ``presented_certificate`` saw; the server is uvicorn with
+``TlsHttpToolsProtocol`` (``ServerThread(tls=...)``), the clients real ``ssl`` contexts.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tether.errors import OAuthError
+from tether.identity.dev_x509 import DevCA, Issued, self_signed
+from tether.rules.certificate import thumbprint
+from tether.web.client_cert import TrustedProxies, presented_certificate, strip_client_cert_headers
+from tether.web.server import ServerThread, free_port
+from tether.web.tls import TlsFiles
+
+DOMAIN = "example.org"
+
+
+async def _echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers with the thumbprint and source of the certificate the request came with."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    proxies = TrustedProxies(scope["state"].get("proxies", ()) if "state" in scope else ())
+    try:
+        cert = presented_certificate(scope, proxies)
+        strip_client_cert_headers(scope, proxies)
+        body = {
+            "thumbprint": cert.thumbprint if cert else None,
+            "source": cert.source if cert else None,
+            "scheme": scope["scheme"],
+            "headers": sorted(k.decode() for k, _ in scope["headers"] if k.startswith(b"client-cert")),
+        }
+        status = 200
+    except OAuthError as exc:
+        body, status = {"error": exc.error}, 400
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+
+
+class _Kit:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.ca = DevCA.create(DOMAIN)
+        (root / "ca.pem").write_bytes(self.ca.bundle_pem)
+        self.registered = self_signed("registered-client")
+        (root / "registered.pem").write_bytes(self.registered.cert_pem)
+        cert, key = self.ca.issue_server(["127.0.0.1"]).write(root, "server")
+        self.files = TlsFiles(cert, key, (root / "ca.pem", root / "registered.pem"))
+
+    def client(self, issued: Issued | None) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.root / "ca.pem"))
+        if issued is not None:
+            cert, key = issued.write(self.root, f"client-{thumbprint(issued.der)[:8]}")
+            context.load_cert_chain(cert, key)
+        return context
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory: pytest.TempPathFactory) -> _Kit:
+    return _Kit(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def server(kit: _Kit) -> Iterator[str]:
+    port = free_port()
+    thread = ServerThread(_echo, port, tls=kit.files).start()
+    try:
+        yield f"https://127.0.0.1:{port}/"
+    finally:
+        thread.stop()
+
+
+def test_MTLS_verified_svid_reaches_the_app(kit: _Kit, server: str) -> None:
+    svid = kit.ca.issue_svid("spiffe://example.org/agent")
+    body = httpx.get(server, verify=kit.client(svid)).json()
+    assert body == {"thumbprint": thumbprint(svid.der), "source": "tls", "scheme": "https", "headers": []}
+
+
+def test_MTLS_registered_self_signed_certificate_reaches_the_app(kit: _Kit, server: str) -> None:
+    body = httpx.get(server, verify=kit.client(kit.registered)).json()
+    assert body["thumbprint"] == thumbprint(kit.registered.der)
+
+
+def test_MTLS_no_client_certificate_is_none_not_a_refusal(kit: _Kit, server: str) -> None:
+    """DPoP clients share the port: a certificate is asked for, not required."""
+    assert httpx.get(server, verify=kit.client(None)).json()["thumbprint"] is None
+
+
+@pytest.mark.parametrize("who", ["rogue-ca", "unregistered-self-signed"])
+def test_MTLS_certificate_that_does_not_verify_fails_the_handshake(kit: _Kit, server: str, who: str) -> None:
+    issued = DevCA.create(DOMAIN).issue_svid("spiffe://example.org/agent") if who == "rogue-ca" else self_signed("x")
+    with pytest.raises((httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError)):
+        httpx.get(server, verify=kit.client(issued))
+
+
+def test_MTLS_each_connection_sees_its_own_certificate(kit: _Kit, server: str) -> None:
+    first, second = (kit.ca.issue_svid(f"spiffe://example.org/a{i}") for i in range(2))
+    with httpx.Client(verify=kit.client(first)) as a, httpx.Client(verify=kit.client(second)) as b:
+        for _ in range(3):  # keep-alive: the extension is per connection, repeated per request
+            assert a.get(server).json()["thumbprint"] == thumbprint(first.der)
+            assert b.get(server).json()["thumbprint"] == thumbprint(second.der)
+
+
+def test_MTLS_client_cert_header_from_an_untrusted_peer_is_ignored_and_stripped(kit: _Kit, server: str) -> None:
+    """RFC 9440 §4: only a configured terminator's header counts; a client's own is removed."""
+    forged = ":" + base64.b64encode(kit.registered.der).decode() + ":"
+    body = httpx.get(server, verify=kit.client(None), headers={"Client-Cert": forged, "Client-Cert-Chain": forged}).json()
+    assert body["thumbprint"] is None and body["headers"] == []
+
+
+def _scope(peer: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    return {"type": "http", "client": (peer, 5000), "headers": headers}
+
+
+def test_MTLS_trusted_proxy_header_is_the_certificate(kit: _Kit) -> None:
+    der = kit.registered.der
+    header = (b"client-cert", b":" + base64.b64encode(der) + b":")
+    proxies = TrustedProxies(["10.0.0.0/8"])
+    cert = presented_certificate(_scope("10.1.2.3", [header]), proxies)
+    assert cert is not None and (cert.thumbprint, cert.source) == (thumbprint(der), "proxy")
+    scope = _scope("10.1.2.3", [header])
+    strip_client_cert_headers(scope, proxies)
+    assert scope["headers"] == [header]  # kept for the app: it came from the terminator
+    for peer in ("192.168.1.1", "not-an-address", ""):
+        assert presented_certificate(_scope(peer, [header]), proxies) is None
+    assert presented_certificate(_scope("10.1.2.3", [header]), None) is None  # nothing trusted by default
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param([(b"client-cert", b"garbage")], id="malformed"),
+        pytest.param([(b"client-cert", b":AAAA:"), (b"client-cert", b":AAAA:")], id="twice"),
+    ],
+)
+def test_MTLS_bad_header_from_a_trusted_proxy_is_invalid_request(headers: list[tuple[bytes, bytes]]) -> None:
+    with pytest.raises(OAuthError) as err:
+        presented_certificate(_scope("127.0.0.1", headers), TrustedProxies(["127.0.0.1/32"]))
+    assert err.value.error == "invalid_request"
