@@ -49,6 +49,7 @@ from tether.resource.principal import Principal
 from tether.store.errors import StoreError
 from tether.store.open import open_store
 from tether.store.protocol import Store
+from tether.web.client_cert import presented_certificate
 from tether.web.errors import error_response, handle_http, handle_unexpected
 
 if TYPE_CHECKING:
@@ -195,7 +196,7 @@ class Gateway:
         try:
             principal = await verifier.verify(
                 method=request.method, path=wire_path, route_path=path, headers=request.headers, client=client,
-                authorize=False,
+                authorize=False, certificate=presented_certificate(request.scope, verifier.proxies),
             )  # fmt: skip
             form = await self.gate.admit(request, route, principal, path=path, client=client, deadline=deadline,
                                          now=self.clock.now())  # fmt: skip
@@ -215,7 +216,7 @@ class Gateway:
                 refusal = BadGateway("upstream credential unavailable")
             elif principal is None and isinstance(exc, OAuthError) and isinstance(exc.holder, Principal):
                 principal = exc.holder  # refused after a fresh proof of possession: a revoked token
-            response = error_response(refusal, resource=True, algs=verifier.settings.dpop_algs)
+            response = verifier.refusal(refusal, request.headers)
             await self.audit.refused(route, principal, refusal, method=request.method, path=path,
                                      status=response.status_code, started=started, source=client)  # fmt: skip
             return response
