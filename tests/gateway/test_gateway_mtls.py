@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
+from gw_mcpkit import MODERN, STDIO, mcp_route_toml, pin_routes
 from gwkit import SECRET_NAME, Upstream, put_secret_sync, route_toml, serve_upstream, wait_until
 
 from helpers import AGENT, QUIET_MONITOR, RunningSts, create_task, running_sts
@@ -63,14 +64,15 @@ class MtlsGateway:
     def client(self, issued: Issued | None) -> httpx.Client:
         return httpx.Client(verify=self.context(issued), trust_env=False, timeout=10.0)
 
-    def bound_token(self, agent: Agent | None = None) -> str:
+    def bound_token(self, agent: Agent | None = None, *, audience: str | None = None) -> str:
         """The STS's hop token for a fresh task, bound to the agent's certificate (and, when
         ``agent`` is given, also to that agent's DPoP key, which the STS bound it to)."""
-        task = create_task(self.sts, audiences=[self.audience], scopes=["wiki:read"])
+        audience = audience or self.audience
+        task = create_task(self.sts, audiences=[audience], scopes=["wiki:read"])
         keep_jkt = agent is not None
         session = (agent or Agent(self.sts.url, DevIdentity(self.sts.dev(), AGENT))).session(task["id"])
         with httpx.Client(trust_env=False, timeout=10.0) as plain:
-            issued = session.token_for(self.audience, plain)
+            issued = session.token_for(audience, plain)
         claims: dict[str, Any] = strict_json_loads(b64url_decode(issued.split(".")[1]))
         jkt = claims["cnf"]["jkt"]
         claims["cnf"] = {"x5t#S256": thumbprint(self.agent.der), **({"jkt": jkt} if keep_jkt else {})}
@@ -103,8 +105,10 @@ def mgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MtlsGateway]:
         route = route_toml("apikey", f"{up.url}/apikey", inject="header", header="X-Api-Key", template="{secret}",
                            max_requests_per_second=1000, max_requests_per_task=1000)  # fmt: skip
         gateway = f'[gateway]\nurl = "https://127.0.0.1:{port}"\nport = {port}\nsuspend_after_refusals = 1000\n'
-        sts = stack.enter_context(running_sts(root / "sts", extra_toml=gateway + route + QUIET_MONITOR))
+        mcp = mcp_route_toml("files", command=STDIO, tools=["list_directory", "read_file"], scope_prefix="")
+        sts = stack.enter_context(running_sts(root / "sts", extra_toml=gateway + route + mcp + QUIET_MONITOR))
         put_secret_sync(sts.config, SECRET_NAME, upstream.key)
+        pin_routes(sts.config, "files", env={})
         stack.callback(_serve(build_gateway(sts.config, clock=sts.clock), port, files).stop)
         # the same deployment behind a TLS terminator at 127.0.0.1 (its RFC 9440 header is believed)
         behind = dataclasses.replace(sts.config, tls=dataclasses.replace(sts.config.tls, trusted_proxies=("127.0.0.1/32",)))
@@ -189,3 +193,23 @@ def test_MTLS_04_a_token_bound_to_key_and_certificate_needs_both_at_the_gateway(
         assert refused.headers["www-authenticate"].startswith('DPoP error="invalid_token"')
         assert_refused(right.get(url, headers=bearer(token)))  # the certificate alone is not enough
         assert dpop(right).status_code == 200
+
+
+def test_MTLS_01_an_mcp_route_verifies_certificate_bound_tokens_the_same_way(mgw: MtlsGateway) -> None:
+    url = mgw.tls_url + "/mcp/files"
+    token = mgw.bound_token(audience=url)
+    meta = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}}
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": meta}}
+    headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json",
+               "MCP-Protocol-Version": MODERN, "Mcp-Method": "tools/list"}  # fmt: skip
+    metadata = mgw.tls_url + "/.well-known/oauth-protected-resource/mcp/files"
+    with mgw.client(None) as anonymous, mgw.client(mgw.other) as other, mgw.client(mgw.agent) as agent:
+        for refused in (anonymous.post(url, json=body, headers=bearer(token, **headers)),
+                        other.post(url, json=body, headers=bearer(token, **headers))):  # fmt: skip
+            assert_refused(refused)
+            assert f'resource_metadata="{metadata}"' in refused.headers["www-authenticate"]
+        listed = agent.post(url, json=body, headers=bearer(token, **headers))
+        assert listed.status_code == 200, listed.text
+        assert sorted(t["name"] for t in listed.json()["result"]["tools"]) == ["list_directory", "read_file"]
+        document = agent.get(metadata).json()
+    assert document["resource"] == url and document["tls_client_certificate_bound_access_tokens"] is True
