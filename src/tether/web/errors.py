@@ -92,14 +92,14 @@ def _challenge(
     accepts after it without an error (RFC 9110 §11.6.1 allows several challenges; RFC 9449
     §7.2 shows ``Bearer, DPoP algs=...``), so a DPoP-bound token sent as Bearer still learns
     where to go. A request without credentials gets both challenges, bare (RFC 6750 §3.1).
+    A DPoP-scheme request keeps the DPoP challenge alone, as at a DPoP-only resource.
     """
     first = _params(exc, resource_metadata)
-    if not bearer:
-        return _dpop(first, algs)
-    other = _params(exc, resource_metadata, error=False)
-    if scheme == "bearer":
-        return _bearer(first) + ", " + _dpop(other, algs)
-    return _dpop(first, algs) + ", " + _bearer(first if getattr(exc, "bare_challenge", False) else other)
+    if bearer and scheme == "bearer":
+        return _bearer(first) + ", " + _dpop(_params(exc, resource_metadata, error=False), algs)
+    if bearer and getattr(exc, "bare_challenge", False):
+        return _dpop(first, algs) + ", " + _bearer(first)
+    return _dpop(first, algs)
 
 
 def request_scheme(authorization: str | None) -> str | None:
