@@ -32,7 +32,8 @@ def test_the_route_metadata_names_the_route_audience(gw: GatewayEnv, agent: Call
     doc = agent.plain.get(gw.url + "/.well-known/oauth-protected-resource/routes/apikey").json()
     assert doc["resource"] == gw.aud("apikey")
     assert doc["authorization_servers"] == [gw.sts.url]
-    assert doc["dpop_bound_access_tokens_required"] is True
+    assert doc["dpop_bound_access_tokens_required"] is False  # certificate-bound tokens too (RFC 8705)
+    assert doc["tls_client_certificate_bound_access_tokens"] is True
 
 
 def test_a_hop_token_for_another_service_is_refused(gw: GatewayEnv, agent: Caller) -> None:

@@ -29,16 +29,17 @@ def test_MCP_09_metadata_at_the_root_and_the_path_suffixed_well_known(menv: McpE
     document = response.json()
     assert document["resource"] == menv.sse.url  # the MCP URL itself, path included
     assert document["authorization_servers"] == [menv.sts.url]
-    assert document["dpop_bound_access_tokens_required"] is True
+    assert document["dpop_bound_access_tokens_required"] is False  # certificate-bound tokens too (RFC 8705)
+    assert document["tls_client_certificate_bound_access_tokens"] is True
     # negative control: another well-known suffix is not metadata (it is verified, and refused)
     with httpx.Client(trust_env=False, timeout=10.0) as http:
         other = http.get(menv.sse.origin + METADATA + "/other")
     assert other.status_code == 401
 
 
-def _challenge(response: httpx.Response) -> str:
+def _challenge(response: httpx.Response, scheme: str = "DPoP") -> str:
     value = str(response.headers.get("www-authenticate", ""))
-    assert value.startswith("DPoP "), value
+    assert value.startswith(scheme + " "), value
     return value
 
 
@@ -74,8 +75,11 @@ def test_MCP_02_a_bound_token_sent_as_bearer_is_refused(menv: McpEnv) -> None:
         proof = session.key.proof("POST", menv.sse.url, access_token=token)
         dpop = http.post(menv.sse.url, json=body, headers={**headers, "Authorization": f"DPoP {token}", "DPoP": proof})
     assert bearer.status_code == 401
-    challenge = _challenge(bearer)
-    assert 'error="invalid_token"' in challenge and f'resource_metadata="{_metadata_url(menv.sse)}"' in challenge
+    # RFC 6750 §3: the Bearer challenge for a Bearer-scheme request (RFC 8705 §3 tokens use that scheme),
+    # naming DPoP after it (RFC 9449 §7.2) so a DPoP-bound token's client learns where to go
+    challenge = _challenge(bearer, "Bearer")
+    assert challenge.startswith('Bearer error="invalid_token"') and ", DPoP " in challenge
+    assert f'resource_metadata="{_metadata_url(menv.sse)}"' in challenge
     # positive control: the same token with the DPoP scheme and a proof
     assert dpop.status_code == 200, dpop.text
     assert result_of(dpop)["content"][0]["text"] == "x"

@@ -108,6 +108,8 @@ def test_RFC6750_no_credentials_gets_bare_dpop_challenge(env: Env) -> None:
     assert header.startswith("DPoP "), header
     assert "error=" not in header, "RFC 6750 §3.1: no error code when the request carried no credentials"
     assert f'algs="{ALGS}"' in header
+    # RFC 9449 §7.2: a resource that also takes certificate-bound tokens as Bearer names both schemes
+    assert header == f'DPoP algs="{ALGS}", Bearer', header
     ok(env, env.a.url + "/whoami", token, key)
 
 
@@ -120,11 +122,21 @@ def test_MCP_05_token_in_query_string_is_not_accepted(env: Env) -> None:
     ok(env, url, token, key)
 
 
+def assert_bearer_refused(response: Any) -> None:
+    """RFC 6750 §3: a Bearer-scheme request is refused with the Bearer challenge (this resource
+    takes certificate-bound tokens as Bearer, RFC 8705 §3), the DPoP one named after it (RFC 9449 §7.2)."""
+    assert response.status_code == 401, response.text
+    assert response.json()["error"] == "invalid_token", response.text
+    header = challenge(response)
+    assert header.startswith('Bearer error="invalid_token"'), header
+    assert header.endswith(f', DPoP algs="{ALGS}"'), header
+
+
 def test_DPOP_15_bound_token_presented_as_bearer_refused(env: Env) -> None:
     token, key, _ = fresh_hop(env)
     url = env.a.url + "/whoami"
-    assert_refused(call(env.http, "GET", url, token, None, scheme="Bearer"), 401, "invalid_token")
-    assert_refused(call(env.http, "GET", url, token, key, scheme="Bearer"), 401, "invalid_token")
+    assert_bearer_refused(call(env.http, "GET", url, token, None, scheme="Bearer"))
+    assert_bearer_refused(call(env.http, "GET", url, token, key, scheme="Bearer"))
     ok(env, url, token, key)
     # The scheme name is case-insensitive (RFC 9110 §11.1; FAPI "RSDpopAuthSchemeCaseInsensitivity").
     assert call(env.http, "GET", url, token, key, scheme="dpop").status_code == 200
@@ -468,7 +480,10 @@ def test_RFC9728_protected_resource_metadata_names_the_sts(env: Env) -> None:
     assert doc["resource"] == env.a.url
     assert doc["authorization_servers"] == [env.sts.url]
     assert doc["bearer_methods_supported"] == ["header"]
-    assert doc["dpop_bound_access_tokens_required"] is True
+    # RFC 8705 §3 / RFC 9728 §2: certificate-bound tokens are accepted (mtls on by default), so
+    # DPoP is not the only binding; no unbound token is accepted either way (test_mtls_*)
+    assert doc["dpop_bound_access_tokens_required"] is False
+    assert doc["tls_client_certificate_bound_access_tokens"] is True
     assert doc["dpop_signing_alg_values_supported"] == list(DEFAULT_DPOP_ALGS)
     assert env.http.get(env.n.url + "/.well-known/oauth-protected-resource").json()["resource"] == env.n.url
 

@@ -89,7 +89,9 @@ def _refused(sock: Socket, path: str, headers: dict[str, str] | None, status: in
     response = caught.value.response
     assert response.status_code == status
     challenge = response.headers["WWW-Authenticate"]
-    assert challenge.startswith("DPoP ")
+    # RFC 6750 §3: a Bearer-scheme request gets the Bearer challenge (certificate-bound tokens use it, RFC 8705 §3)
+    bearer = (headers or {}).get("Authorization", "").startswith("Bearer ")
+    assert challenge.startswith("Bearer " if bearer else "DPoP "), challenge
     if error is None:
         assert "error=" not in challenge  # RFC 6750 §3.1: no credentials, no error code
     else:

@@ -23,7 +23,12 @@ HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "trailer",
      "transfer-encoding", "upgrade"}
 )  # fmt: skip
-_AGENT_CREDENTIALS = frozenset({"authorization", "dpop", "cookie", "host", "content-length", "x-api-key"})
+#: the agent's credentials, never passed on; RFC 9440 ``Client-Cert``/``Client-Cert-Chain`` among
+#: them: the certificate was checked here, and an upstream that believed the header would take
+#: the gateway's word (or a forger's, had it come from an untrusted peer) for the agent's TLS identity
+_AGENT_CREDENTIALS = frozenset(
+    {"authorization", "dpop", "cookie", "host", "content-length", "x-api-key", "client-cert", "client-cert-chain"}
+)
 #: Where a request claims to come from (RFC 7239 and its de-facto forms): an upstream that
 #: allowlists client addresses must not be told a made-up one by the agent.
 _CLIENT_ORIGIN = frozenset(

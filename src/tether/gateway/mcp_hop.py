@@ -109,14 +109,16 @@ def gateway_identity(config: Config, env: Mapping[str, str] | None = None) -> Id
 
 
 def incoming_token(headers: Mapping[str, str]) -> str | None:
-    """The access token of a request the gateway has verified (``Authorization: DPoP <token>``)."""
+    """The access token of a request the gateway has verified (``Authorization: DPoP <token>``, or
+    ``Bearer`` for a certificate-bound token without ``jkt``, RFC 8705 §3: verified against the
+    agent's certificate, it is the delegation's subject token like any other)."""
     if not isinstance(headers, Headers):
         return None
     try:
         scheme, token = authorization(headers)
     except OAuthError:
         return None
-    return token if scheme.lower() == "dpop" and token else None
+    return token if scheme.lower() in ("dpop", "bearer") and token else None
 
 
 def refusal_of(exc: ExchangeError, route: McpRoute) -> OAuthError:

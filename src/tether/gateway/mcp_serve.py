@@ -93,6 +93,7 @@ from tether.rules.tool_call import ToolCall, ToolCallError, missing_tool_scope, 
 from tether.store.errors import StoreError
 from tether.store.protocol import Store
 from tether.streams import replay_body
+from tether.web.client_cert import presented_certificate
 from tether.web.errors import error_response, wire_code
 
 __all__ = ["PRINCIPAL_STATE", "TOOL_REFUSED", "McpEndpoint", "McpService"]
@@ -263,23 +264,23 @@ class McpEndpoint:
         principal: Principal | None = None
         try:
             principal = await self.verifier.verify(method=request.method, path=wire_path, route_path=self.path,
-                                                   headers=request.headers, client=client, authorize=False)  # fmt: skip
+                                                   headers=request.headers, client=client, authorize=False,
+                                                   certificate=presented_certificate(scope, self.verifier.proxies))  # fmt: skip
             check_bound(principal.task)
             check_open(self.route, utc_date(self.service.clock.now()))
             await self.pins()
         except (TetherError, StoreError) as exc:
             if principal is None and isinstance(exc, OAuthError) and isinstance(exc.holder, Principal):
                 principal = exc.holder  # refused after a fresh proof of possession: a revoked token
-            response = error_response(exc, resource=True, algs=self.verifier.settings.dpop_algs,
-                                      resource_metadata=self.metadata_url)  # fmt: skip
+            response = self.verifier.refusal(exc, request.headers, resource_metadata=self.metadata_url)
             await self.service.refused(self.route, principal, exc, method=request.method, tool=None, digest=None,
                                        status=response.status_code, started=started, source=client)  # fmt: skip
             await response(scope, receive, send)
             return
         scope.setdefault("state", {})[PRINCIPAL_STATE] = principal
         # the SDK binds an Mcp-Session-Id to the credential that opened it: here the agent
-        # session (client, task, key), so another caller's requests on it answer 404
-        owner = f"{principal.client_id} task={principal.task} jkt={principal.jkt}"
+        # session (client, task, DPoP key and/or certificate), so another caller's requests on it answer 404
+        owner = f"{principal.client_id} task={principal.task} {principal.binding}"
         scope["user"] = AuthenticatedUser(SdkAccessToken(token=principal.jti, client_id=owner, scopes=[],
                                                          subject=principal.subject))  # fmt: skip
         if request.method == "POST":
@@ -344,8 +345,7 @@ class McpEndpoint:
             if out.started:
                 await out.end()
             else:
-                response = error_response(reason, resource=True, algs=self.verifier.settings.dpop_algs,
-                                          resource_metadata=self.metadata_url)  # fmt: skip
+                response = self.verifier.refusal(reason, Headers(scope=scope), resource_metadata=self.metadata_url)
                 await response(scope, receive, send)
             return
         if failure:

@@ -55,7 +55,9 @@ async def open_runtime(config: Config, store: Store, *, clock: Clock, policy: Po
     feed.start()
 
     async def verifier(audience: str, tags: tuple[str, ...]) -> Verifier:
-        resource = ResourceSettings(issuer=config.issuer, resource=audience, stale_after=stale, tags=tags)
+        # the caller's certificate: the gateway's own TLS client's, or a [tls] trusted_proxies header (RFC 9440)
+        resource = ResourceSettings(issuer=config.issuer, resource=audience, stale_after=stale, tags=tags,
+                                    trusted_proxies=config.tls.trusted_proxies)  # fmt: skip
         made = Verifier(resource, http=http, clock=clock, replay=store, keys=keys, feed=feed, policy=policy)
         made.proofs.on_epoch_refusal = count_epoch_refusal
         await made.start()  # the replay cache's epoch, before any nonce (the feed is shared)

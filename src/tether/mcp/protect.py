@@ -5,8 +5,11 @@ What the wrapper owes, in the order a request meets it:
 * RFC 9728 metadata at ``/.well-known/oauth-protected-resource`` and at the path-suffixed
   ``/.well-known/oauth-protected-resource/mcp`` (RFC 9728 §3.1; MCP-09), naming the STS.
 * Every HTTP request — each POST, the GET SSE stream, DELETE — is verified by the
-  ``Verifier``: a DPoP-bound token (RFC 9449) for exactly this server's URL (MCP-02, MCP-10;
-  a session id is never authentication). A refusal is 401 with a ``DPoP`` challenge naming
+  ``Verifier``: a DPoP-bound token (RFC 9449) and/or a certificate-bound one (RFC 8705 §3,
+  honoured only with the client certificate of this connection or of a trusted proxy's
+  RFC 9440 header; those headers from anyone else are removed before the server sees them)
+  for exactly this server's URL (MCP-02, MCP-10; a session id is never authentication). A
+  refusal is 401 with a ``DPoP`` challenge (``Bearer`` for a Bearer-scheme request) naming
   ``resource_metadata`` (RFC 9728 §5.1), so an MCP client can discover the STS.
 * The POSTed JSON-RPC message is read (bounded) and parsed strictly before the server sees it
   (``tether.mcp.messages``). For ``tools/call``: the arguments are capped and canonicalized
@@ -69,7 +72,8 @@ from tether.rules.tool_call import (
 )
 from tether.streams import replay_body
 from tether.throttle import LogThrottle
-from tether.web.errors import error_response, wire_code
+from tether.web.client_cert import presented_certificate, strip_client_cert_headers
+from tether.web.errors import wire_code
 
 __all__ = ["DEFAULT_CUT_INTERVAL", "DEFAULT_MAX_BODY_BYTES", "ProtectedMCP", "protect"]
 
@@ -197,6 +201,7 @@ class ProtectedMCP:
                 await send({"type": "websocket.close", "code": _CLOSE_REFUSED, "reason": "invalid_request"})
                 return
             raise TetherError(f"ASGI scope type {str(kind)[:40]!r} is not served by tether.mcp")
+        strip_client_cert_headers(scope, self.verifier.proxies)
         if scope["path"] in self.metadata_paths and scope["method"] == "GET":
             await _send_json(send, 200, self.verifier.metadata())
             return
@@ -271,6 +276,7 @@ class ProtectedMCP:
                 route_path=scope["path"],
                 headers=Headers(scope=scope),
                 client=client[0] if client else None,
+                certificate=presented_certificate(scope, self.verifier.proxies),
             )
         except TetherError as exc:  # a refusal, or a shared replay cache that cannot answer (fail closed)
             holder = exc.holder if isinstance(exc, OAuthError) and isinstance(exc.holder, Principal) else None
@@ -281,9 +287,7 @@ class ProtectedMCP:
             return None
 
     async def _refuse(self, exc: Exception, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(
-            exc, resource=True, algs=self.verifier.settings.dpop_algs, resource_metadata=self.metadata_url
-        )
+        response = self.verifier.refusal(exc, Headers(scope=scope), resource_metadata=self.metadata_url)
         await response(scope, receive, send)
 
     # -- the message --------------------------------------------------------------------

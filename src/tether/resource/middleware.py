@@ -1,11 +1,18 @@
 """Pure ASGI middleware for Starlette/FastAPI services that accept tether tokens.
 
 It serves RFC 9728 metadata at ``/.well-known/oauth-protected-resource``, verifies every other
-request with a ``Verifier`` (401/403/503 with ``WWW-Authenticate: DPoP``, RFC 9449 §7.1), puts
+request with a ``Verifier`` (401/403/503 with ``WWW-Authenticate: DPoP``, RFC 9449 §7.1, or
+``Bearer`` for a Bearer-scheme request, RFC 6750 §3), puts
 the ``Principal`` on ``request.state.principal`` and runs the verifier's revocation
 subscription with the app's lifespan. WebSocket handshakes are verified the same way (``htu``
 is the handshake's ``http(s)`` URI, RFC 9449 §4.3); a refusal is the JSON error where the
 server offers ``websocket.http.response``, else close 1008. Other scope types are refused.
+
+The client certificate a request came with (RFC 8705 §3) is this server's own TLS client's,
+or the RFC 9440 ``Client-Cert`` header of a ``trusted_proxies`` peer
+(``tether.web.client_cert``); from anyone else those headers are removed before the app —
+public paths included — sees the request, so no handler can be fooled by a forged one.
+A malformed header from a trusted proxy is 400 ``invalid_request`` (the proxy is broken).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tether.errors import InsufficientScope, OAuthError, TetherError
 from tether.resource.principal import Principal
 from tether.resource.verifier import Verifier
-from tether.web.errors import error_response
+from tether.web.client_cert import presented_certificate, strip_client_cert_headers
 
 __all__ = [
     "METADATA_PATH",
@@ -61,6 +68,7 @@ class TetherMiddleware:
         if kind not in ("http", "websocket"):
             raise UnsupportedScope(f"ASGI scope type {str(kind)[:40]!r} is not verified by tether")
         path = scope["path"]
+        strip_client_cert_headers(scope, self.verifier.proxies)
         if kind == "http" and path == METADATA_PATH:
             await _send_json(send, 200, self.verifier.metadata())
             return
@@ -72,12 +80,14 @@ class TetherMiddleware:
         wire_path = raw_path.decode("latin-1") if isinstance(raw_path, bytes) and raw_path else path
         try:
             client = scope.get("client")
+            certificate = presented_certificate(scope, self.verifier.proxies)
             principal = await self.verifier.verify(
                 method=scope["method"] if kind == "http" else "GET",
                 path=wire_path,
                 route_path=path,
                 headers=Headers(scope=scope),
                 client=client[0] if client else None,
+                certificate=certificate,
             )
         except TetherError as exc:  # a refusal, or a shared replay cache that cannot answer (503, fail closed)
             await self._refuse(exc, scope, receive, send)
@@ -99,7 +109,7 @@ class TetherMiddleware:
 
     async def _refuse(self, exc: Exception, scope: Scope, receive: Receive, send: Send) -> None:
         """The error response (also as a WebSocket denial response where the server supports one), else a close."""
-        response = error_response(exc, resource=True, algs=self.verifier.settings.dpop_algs)
+        response = self.verifier.refusal(exc, Headers(scope=scope))
         if scope["type"] == "http" or "websocket.http.response" in scope.get("extensions", {}):
             await response(scope, receive, send)
             return

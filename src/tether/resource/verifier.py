@@ -1,11 +1,15 @@
-"""Per-request verification at a resource server (RFC 9068 §4, RFC 9449 §4.3 and §7, RFC 6750 §3).
+"""Per-request verification at a resource server (RFC 9068 §4, RFC 9449 §4.3 and §7, RFC 8705 §3, RFC 6750 §3).
 
-``Verifier.verify`` accepts a request only with the ``DPoP`` scheme (a bound token sent as
-``Bearer`` is refused); a token from the STS's JWKS with ``typ at+jwt``, exact ``iss``, this
-resource as ``aud`` and a bounded lifetime; a fresh, unreplayed proof for this method and URL
-from the ``cnf.jkt`` key, with this token's ``ath``; and a fresh revocation view listing
-neither token nor task. A token verified once is remembered (bounded) with the key that
-verified it, while the JWKS still names that key and until ``exp``; the rest runs every call.
+``Verifier.verify`` accepts a token from the STS's JWKS with ``typ at+jwt``, exact ``iss``,
+this resource as ``aud`` and a bounded lifetime, presented with the proof its binding asks
+for (``tether.resource.binding``): a DPoP-bound token (``cnf.jkt``) under the ``DPoP`` scheme
+with a fresh, unreplayed proof for this method and URL from that key, with this token's
+``ath`` (a bound token sent as ``Bearer`` is refused); a certificate-bound token
+(``cnf.x5t#S256``) only with that client certificate (this server's TLS, or a trusted
+proxy's RFC 9440 header), under ``Bearer`` when it has no ``jkt``; a token with both needs
+both. Then a fresh revocation view listing neither token nor task. A token verified once is
+remembered (bounded) with the key that verified it, while the JWKS still names that key and
+until ``exp``; the rest — binding and certificate included — runs every call.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from urllib.parse import urlsplit
 
 import httpx
 from starlette.datastructures import Headers
+from starlette.responses import Response
 
 from tether.agent.identity import IdentitySource
 from tether.clock import Clock, SystemClock
@@ -30,15 +35,19 @@ from tether.model import AccessToken
 from tether.policy.engine import PolicyEngine
 from tether.policy.entities import call_request
 from tether.proofs import ProofChecker, ReplayCache
+from tether.resource.binding import SCHEMES, needs_dpop_proof
 from tether.resource.principal import Principal
 from tether.resource.replay import MemoryReplayCache
 from tether.resource.revocations import RevocationFeed
+from tether.rules.certificate import ClientCertificate
 from tether.rules.claims import Expected, verify_access_token
 from tether.rules.dpop import DEFAULT_DPOP_ALGS
 from tether.rules.jws import JWSError, PublicKey, peek_header
 from tether.rules.tool_call import ToolCall, argument_tags
 from tether.urns import JWT_BEARER
+from tether.web.client_cert import TrustedProxies
 from tether.web.dpop_request import authorization, dpop_header
+from tether.web.errors import error_response, request_scheme
 
 __all__ = ["MissingToken", "ResourceSettings", "Verifier"]
 
@@ -71,6 +80,13 @@ class ResourceSettings:
     tags: tuple[str, ...] = ()
     #: verified tokens remembered (0 disables the cache)
     token_cache: int = 10_000
+    #: accept certificate-bound tokens (RFC 8705 §3; ``Bearer`` scheme for those without ``jkt``).
+    #: On by default: it weakens nothing, since such a token is honoured only with its
+    #: certificate and every other token needs DPoP as before; off refuses them all.
+    mtls: bool = True
+    #: TLS terminators (addresses or CIDRs) whose RFC 9440 ``Client-Cert`` header is believed;
+    #: empty (the default): none, the certificate is only ever this server's own TLS client's
+    trusted_proxies: tuple[str, ...] = ()
 
     @property
     def origin(self) -> str:
@@ -111,6 +127,8 @@ class Verifier:
             raise ValueError(f"a workload identity is required for {missing}: pass Verifier(settings, identity=...)")
         self.settings = settings
         self.identity = identity
+        #: whose RFC 9440 headers count as the caller's certificate (``presented_certificate``)
+        self.proxies = TrustedProxies(settings.trusted_proxies)
         self._expected = Expected(settings.issuer, settings.resource, settings.skew, settings.max_token_lifetime)
         self._own_http = http is None
         self.http = http or httpx.AsyncClient(follow_redirects=False, timeout=5.0, trust_env=False)
@@ -176,14 +194,36 @@ class Verifier:
         return self.policy.version
 
     def metadata(self) -> dict[str, Any]:
-        """RFC 9728 §2 protected resource metadata naming the STS."""
-        return {
+        """RFC 9728 §2 protected resource metadata naming the STS.
+
+        ``dpop_bound_access_tokens_required`` is true only while certificate-bound tokens
+        without ``jkt`` are refused; with ``mtls`` the resource says it takes them
+        (``tls_client_certificate_bound_access_tokens``) and, truthfully, that DPoP is not
+        the only binding it accepts. Either way no unbound token is ever accepted."""
+        document: dict[str, Any] = {
             "resource": self.settings.resource,
             "authorization_servers": [self.settings.issuer],
             "bearer_methods_supported": ["header"],
             "dpop_signing_alg_values_supported": list(self.settings.dpop_algs),
-            "dpop_bound_access_tokens_required": True,
+            "dpop_bound_access_tokens_required": not self.settings.mtls,
         }
+        if self.settings.mtls:
+            document["tls_client_certificate_bound_access_tokens"] = True
+        return document
+
+    def refusal(
+        self, exc: Exception, headers: Headers | Mapping[str, str], *, resource_metadata: str | None = None
+    ) -> Response:
+        """The HTTP answer to a refusal of a request to this resource: its status, and the
+        challenge for the scheme the request used (``tether.web.errors``, the one mapping place)."""
+        return error_response(
+            exc,
+            resource=True,
+            algs=self.settings.dpop_algs,
+            resource_metadata=resource_metadata,
+            scheme=request_scheme(headers.get("authorization")),
+            bearer=self.settings.mtls,
+        )
 
     async def verify(
         self,
@@ -194,16 +234,19 @@ class Verifier:
         client: str | None = None,
         route_path: str | None = None,
         authorize: bool = True,
+        certificate: ClientCertificate | None = None,
     ) -> Principal:
         """Verify one request. ``path`` is the path as sent (for ``htu``); ``route_path`` is the
         decoded path the application routes on, which the ``call`` policy must see (default: ``path``).
         ``authorize=False`` leaves the ``call`` policy to the caller (the gateway runs it after
-        its own route checks, so a refusal still knows whose call it was)."""
+        its own route checks, so a refusal still knows whose call it was). ``certificate`` is
+        the client certificate this request came with (``presented_certificate(scope,
+        verifier.proxies)``), or None: a certificate-bound token is refused without it."""
         hdrs = headers if isinstance(headers, Headers) else Headers(headers=dict(headers))
         if "authorization" not in hdrs:
             raise MissingToken("an access token is required")
         scheme, token = authorization(hdrs)
-        if scheme != "dpop":
+        if scheme not in SCHEMES or (scheme == "bearer" and not self.settings.mtls):
             raise InvalidToken("tokens must be presented with the dpop scheme", debug=f"scheme {scheme}")
         now = self.clock.now()
         cached = self._verified.get(token) if self.settings.token_cache else None
@@ -213,23 +256,25 @@ class Verifier:
             claims = cached[0]
         else:
             claims = self._verify_token(token, keyset, now)
-        if claims.jkt is None:
-            raise InvalidToken("token is not key-bound")
-        proof, (key, until) = self.proofs.check_unconsumed(
-            dpop_header(hdrs), method=method, url=self.settings.origin + path, access_token=token
-        )
-        if proof.jkt != claims.jkt:
-            raise InvalidToken("dpop proof key does not match the token binding", debug=f"{proof.jkt} != {claims.jkt}")
+        # every request, cached token or not: the certificate belongs to this connection
+        dpop = needs_dpop_proof(jkt=claims.jkt, x5t=claims.x5t, scheme=scheme, certificate=certificate, mtls=self.settings.mtls)
         principal = Principal.from_token(claims)
+        if dpop:
+            proof, (key, until) = self.proofs.check_unconsumed(
+                dpop_header(hdrs), method=method, url=self.settings.origin + path, access_token=token
+            )
+            if proof.jkt != claims.jkt:
+                raise InvalidToken("dpop proof key does not match the token binding", debug=f"{proof.jkt} != {claims.jkt}")
+            try:
+                await self.proofs.consume(proof, key, until)
+            except OAuthError as exc:
+                # a replay proves nothing about who sent it (anyone who saw the request can): it
+                # names the token's task and agent only as claimed, never as the refusal's party
+                exc.audit.update(claimed_task=principal.task, claimed_principal=principal.client_id)
+                raise
         try:
-            await self.proofs.consume(proof, key, until)
-        except OAuthError as exc:
-            # a replay proves nothing about who sent it (anyone who saw the request can): it
-            # names the token's task and agent only as claimed, never as the refusal's party
-            exc.audit.update(claimed_task=principal.task, claimed_principal=principal.client_id)
-            raise
-        try:
-            # from here the caller has proven it holds the token's key with a fresh proof: a
+            # from here the caller has proven it holds the token's key (a fresh proof) and/or
+            # its certificate's (the TLS handshake, here or at a trusted terminator): a
             # revoked token is this principal's (or its stolen credentials') doing, audited so
             if self.feed is not None:
                 self.feed.check(jti=claims.jti, task=claims.txn, now=now)

@@ -1,12 +1,15 @@
 """The one place where errors become HTTP responses (RFC 6749 §5.2, RFC 6750 §3, RFC 9449 §7.1).
 
 At the AS endpoints an error is a JSON body ``{"error", "error_description"}`` with
-``Cache-Control: no-store``; at DPoP-protected endpoints it is also a
-``WWW-Authenticate: DPoP`` challenge. ``StoreUnavailable`` and ``PolicyUnavailable``
-become 503 ``temporarily_unavailable`` with ``Retry-After`` (fail closed, RFC 9110 §10.2.3),
-logged at most once per ``OUTAGE_LOG_INTERVAL`` per kind (an outage answers every request in
-milliseconds; a line each would let a flood fill the disk). Anything unexpected becomes a
-bare ``server_error`` — the trace goes to the server log, never to the client.
+``Cache-Control: no-store``; at protected resources it is also a ``WWW-Authenticate``
+challenge: ``DPoP`` (RFC 9449 §7.1), or ``Bearer`` (RFC 6750 §3) when the request used the
+Bearer scheme at a resource that accepts certificate-bound tokens (RFC 8705 §3); a resource
+that accepts both schemes names both in a challenge without an error (RFC 9449 §7.2).
+``StoreUnavailable`` and ``PolicyUnavailable`` become 503 ``temporarily_unavailable`` with
+``Retry-After`` (fail closed, RFC 9110 §10.2.3), logged at most once per
+``OUTAGE_LOG_INTERVAL`` per kind (an outage answers every request in milliseconds; a line
+each would let a flood fill the disk). Anything unexpected becomes a bare ``server_error`` —
+the trace goes to the server log, never to the client.
 """
 
 from __future__ import annotations
@@ -21,7 +24,15 @@ from tether.errors import OAuthError, TemporarilyUnavailable, TooManyRequests, U
 from tether.logs import WITH_TRACEBACK
 from tether.throttle import LogThrottle
 
-__all__ = ["NO_STORE", "error_response", "handle_http", "handle_unexpected", "unexpected_error", "wire_code"]
+__all__ = [
+    "NO_STORE",
+    "error_response",
+    "handle_http",
+    "handle_unexpected",
+    "request_scheme",
+    "unexpected_error",
+    "wire_code",
+]
 
 log = logging.getLogger("tether.web")
 
@@ -44,21 +55,58 @@ def _quoted(value: str) -> str:
     return '"' + value.replace("\\", "?").replace('"', "'") + '"'
 
 
-def _challenge(exc: OAuthError, algs: Collection[str], resource_metadata: str | None) -> str:
-    """RFC 9449 §7.1 ``DPoP`` challenge; RFC 6750 §3 ``scope``; RFC 9728 §5.1 ``resource_metadata``."""
+def _params(exc: OAuthError, resource_metadata: str | None, *, error: bool = True) -> list[str]:
+    """RFC 6750 §3 ``error``/``error_description``/``scope``; RFC 9728 §5.1 ``resource_metadata``."""
     parts = []
-    if not getattr(exc, "bare_challenge", False):
+    if error and not getattr(exc, "bare_challenge", False):
         parts.append(f"error={_quoted(exc.error)}")
         if exc.description:
             parts.append(f"error_description={_quoted(exc.description)}")
     scope = getattr(exc, "scope", None)
-    if isinstance(scope, str) and scope:
+    if error and isinstance(scope, str) and scope:
         parts.append(f"scope={_quoted(scope)}")
     if resource_metadata:
         parts.append(f"resource_metadata={_quoted(resource_metadata)}")
+    return parts
+
+
+def _dpop(parts: list[str], algs: Collection[str]) -> str:
     if algs:
-        parts.append(f'algs="{" ".join(algs)}"')
-    return "DPoP " + ", ".join(parts)
+        parts = [*parts, f'algs="{" ".join(algs)}"']
+    return ("DPoP " + ", ".join(parts)) if parts else "DPoP"
+
+
+def _bearer(parts: list[str]) -> str:
+    return ("Bearer " + ", ".join(parts)) if parts else "Bearer"
+
+
+def _challenge(
+    exc: OAuthError, algs: Collection[str], resource_metadata: str | None, *, scheme: str | None, bearer: bool
+) -> str:
+    """The ``WWW-Authenticate`` value for a refusal at a protected resource.
+
+    Without ``bearer`` (the resource takes DPoP only) it is the RFC 9449 §7.1 ``DPoP``
+    challenge, whatever scheme the request used. A resource that also takes certificate-bound
+    tokens under the Bearer scheme (RFC 8705 §3) answers a Bearer-scheme request with the
+    RFC 6750 §3 ``Bearer`` challenge carrying the error, and names the other scheme it
+    accepts after it without an error (RFC 9110 §11.6.1 allows several challenges; RFC 9449
+    §7.2 shows ``Bearer, DPoP algs=...``), so a DPoP-bound token sent as Bearer still learns
+    where to go. A request without credentials gets both challenges, bare (RFC 6750 §3.1).
+    A DPoP-scheme request keeps the DPoP challenge alone, as at a DPoP-only resource.
+    """
+    first = _params(exc, resource_metadata)
+    if bearer and scheme == "bearer":
+        return _bearer(first) + ", " + _dpop(_params(exc, resource_metadata, error=False), algs)
+    if bearer and getattr(exc, "bare_challenge", False):
+        return _dpop(first, algs) + ", " + _bearer(first)
+    return _dpop(first, algs)
+
+
+def request_scheme(authorization: str | None) -> str | None:
+    """The lower-cased scheme of an ``Authorization`` value (RFC 9110 §11.1: case-insensitive), if any."""
+    if not authorization:
+        return None
+    return authorization.strip().partition(" ")[0].lower() or None
 
 
 def wire_code(exc: BaseException) -> str:
@@ -78,10 +126,15 @@ def error_response(
     algs: Collection[str] = (),
     quiet: bool = False,
     resource_metadata: str | None = None,
+    scheme: str | None = None,
+    bearer: bool = False,
 ) -> Response:
     """Render a refusal. ``resource=True`` uses the resource-server status and challenge
     (naming ``resource_metadata``, the RFC 9728 metadata URL, when given); ``quiet`` logs an
-    outage at debug level only (``/healthz``: its 503 is the report)."""
+    outage at debug level only (``/healthz``: its 503 is the report). ``scheme`` is the
+    request's authorization scheme (``request_scheme``) and ``bearer`` whether this resource
+    accepts certificate-bound tokens under the Bearer scheme (RFC 8705 §3): together they
+    choose the challenge (``_challenge``)."""
     if isinstance(exc, Unavailable):  # StoreUnavailable, PolicyUnavailable
         if quiet:
             log.debug("failing closed: %s", exc)
@@ -99,7 +152,7 @@ def error_response(
     if isinstance(exc, TooManyRequests) and exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)
     if resource and status in (401, 403):
-        headers["WWW-Authenticate"] = _challenge(exc, algs, resource_metadata)
+        headers["WWW-Authenticate"] = _challenge(exc, algs, resource_metadata, scheme=scheme, bearer=bearer)
     body = {"error": exc.error, "error_description": exc.description}
     return JSONResponse(body, status_code=status, headers=headers)
 
