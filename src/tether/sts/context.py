@@ -20,6 +20,7 @@ from tether.clock import Clock
 from tether.errors import AccessDenied, InvalidClient, InvalidGrant, InvalidToken, OAuthError
 from tether.identity.checks import IdentityError
 from tether.identity.verifier import IdentityVerifier
+from tether.identity.x509 import CertificateAuthenticator
 from tether.keys.keyring import KeyRing, SigningKey
 from tether.lru import LruCache
 from tether.model import AccessToken, Task, WorkloadIdentity
@@ -31,6 +32,7 @@ from tether.rules.jws import JWSError, PublicKey
 from tether.store.protocol import Store
 from tether.sts.health import SharedCheck
 from tether.sts.settings import StsSettings
+from tether.web.client_cert import TrustedProxies
 
 __all__ = ["StsContext", "new_jti", "spend_key"]
 
@@ -82,9 +84,15 @@ class StsContext:
     effective: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: ``/healthz``'s store check, shared by concurrent callers and reused for a second
     health: SharedCheck = field(init=False, repr=False)
+    #: client authentication by certificate (RFC 8705 §2), from the trust domains' X.509 bundles
+    #: and the registered clients' certificates
+    certificates: CertificateAuthenticator = field(default_factory=lambda: CertificateAuthenticator({}, {}))
+    #: whose RFC 9440 ``Client-Cert`` header names the caller's certificate (``web.client_cert``)
+    proxies: TrustedProxies = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.health = SharedCheck(self._ping)
+        self.proxies = TrustedProxies(self.settings.trusted_proxies)
         if self.anonymous is None:
             self.anonymous = AnonymousRefusals(self._append, interval=self.settings.refusal_interval,
                                                max_buckets=self.settings.refusal_buckets)  # fmt: skip
