@@ -158,6 +158,8 @@ def derive_hop(
     """
     scope, audience, jkt, issuer, limits = ask.scope, ask.audience, ask.jkt, ask.issuer, ask.limits
     x5t = check_hop_binding(parent, ask, actor=actor)
+    if actor is None:
+        jkt = parent.jkt  # the holder's hop is bound exactly as its session (a proof it need not send adds nothing)
     check_task_usable(task, now)
     if parent.txn != task.id:
         raise InvalidGrant("subject token does not belong to this task")
