@@ -14,6 +14,7 @@ With ``TETHER_TEST_STORE=postgres`` the deployment runs on PostgreSQL + Redis (`
 from __future__ import annotations
 
 import contextlib
+import os
 import ssl
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -104,7 +105,22 @@ def credentials(task_id: str, client_id: str = AGENT, **extra: str) -> dict[str,
 
 
 @contextlib.contextmanager
-def mtls_sts(directory: Path) -> Iterator[MtlsSts]:
+def _store_env(store: str | None) -> Iterator[None]:
+    saved = os.environ.get("TETHER_TEST_STORE")
+    if store is not None:
+        os.environ["TETHER_TEST_STORE"] = store
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("TETHER_TEST_STORE", None)
+        else:
+            os.environ["TETHER_TEST_STORE"] = saved
+
+
+@contextlib.contextmanager
+def mtls_sts(directory: Path, *, postgres: bool = False) -> Iterator[MtlsSts]:
+    """With ``postgres`` the deployment uses PostgreSQL + Redis whatever ``TETHER_TEST_STORE`` says."""
     port = free_port()
     home = DevCA.create("tether.local")
     other = DevCA.create("other.example")
@@ -120,7 +136,8 @@ def mtls_sts(directory: Path) -> Iterator[MtlsSts]:
         'x509_bundle_file = "x509/other.example.pem"\n'
         f'[[clients]]\nclient_id = "{BATCH}"\ncertificate = "x509/batch.pem"\n' + QUIET_MONITOR
     )
-    config = make_deployment(directory, extra_toml=extra, port=port)
+    with _store_env("postgres" if postgres else None):
+        config = make_deployment(directory, extra_toml=extra, port=port)
     assert config.path is not None
     text = config.path.read_text(encoding="utf-8")
     text = text.replace(f'issuer = "http://127.0.0.1:{port}"', f'issuer = "https://127.0.0.1:{port}"', 1)

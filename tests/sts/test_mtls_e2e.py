@@ -13,6 +13,7 @@ import json
 import shutil
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +21,7 @@ import pytest
 from mtlskit import BATCH, MtlsSts, credentials, mtls_sts
 
 from helpers import ACCESS, AGENT, TOKEN_EXCHANGE
+from services import store_sql
 from tether.identity.dev_x509 import DevCA, Issued
 from tether.rules.certificate import thumbprint
 
@@ -226,3 +228,19 @@ def test_curl_client_credentials_with_a_client_certificate(m: MtlsSts, svid: Iss
     body = json.loads(result.stdout)
     assert body["token_type"] == "Bearer", body
     assert claims_of(body["access_token"])["cnf"] == {"x5t#S256": thumbprint(svid.der)}
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_MTLS_01_session_and_hop_on_postgres_and_redis(tmp_path: Path) -> None:
+    """The same path on the scale-out store: no DPoP replay key to spend, the x5t kept in the lineage."""
+    with mtls_sts(tmp_path, postgres=True) as pg:
+        assert pg.running.config.store == "postgres"
+        svid = pg.home.issue_svid(AGENT)
+        _, body = session(pg, svid)
+        hop = pg.post(svid, hop_form(body["access_token"]))
+        assert hop.status_code == 200, hop.text
+        refused(pg.post(pg.home.issue_svid(AGENT), hop_form(body["access_token"])), 400, "invalid_grant")
+        jti = claims_of(hop.json()["access_token"])["jti"]
+        stored = store_sql(pg.running.config, "SELECT x5t, jkt FROM tokens WHERE jti = ?", (jti,))
+        assert stored == [(thumbprint(svid.der), "")]
