@@ -20,7 +20,7 @@ import httpx
 import pytest
 from mtlskit import BATCH, MtlsSts, credentials, mtls_sts
 
-from helpers import ACCESS, AGENT, TOKEN_EXCHANGE
+from helpers import ACCESS, ADMIN, AGENT, TOKEN_EXCHANGE
 from services import store_sql
 from tether.identity.dev_x509 import DevCA, Issued
 from tether.rules.certificate import thumbprint
@@ -201,6 +201,22 @@ def test_MTLS_04_hop_of_a_dpop_and_certificate_bound_session_needs_both(m: MtlsS
     assert claims_of(response.json()["access_token"])["cnf"] == {"x5t#S256": thumbprint(svid.der), "jkt": client.key.jkt}
 
 
+# -- introspection and revocation authenticated by certificate (RFC 8705 §2, RFC 7662 §2.1, RFC 7009 §2.1)
+def test_introspect_and_revoke_with_certificate_client_authentication(m: MtlsSts, svid: Issued) -> None:
+    _, body = session(m, svid)
+    token = body["access_token"]
+    admin_cert = m.home.issue_svid(ADMIN)
+    seen = m.http(admin_cert).post(m.url + "/introspect", data={"client_id": ADMIN, "token": token})
+    assert seen.status_code == 200, seen.text
+    assert seen.json()["active"] is True and seen.json()["cnf"] == {"x5t#S256": thumbprint(svid.der)}
+    refused(m.http(admin_cert).post(m.url + "/introspect", data={"client_id": AGENT, "token": token}), 401, "invalid_client")
+    refused(m.http(None).post(m.url + "/introspect", data={"client_id": ADMIN, "token": token}), 401, "invalid_client")
+    revoked = m.http(svid).post(m.url + "/revoke", data={"client_id": AGENT, "token": token})
+    assert revoked.status_code == 200, revoked.text
+    assert m.introspect(token)["active"] is False
+    refused(m.post(svid, hop_form(token)), 400, "invalid_grant")  # a revoked session yields no hop
+
+
 # -- metadata and a standard client -----------------------------------------------------------
 def test_metadata_advertises_rfc_8705(m: MtlsSts) -> None:
     body = m.http(None).get(m.url + "/.well-known/oauth-authorization-server").json()
@@ -212,6 +228,7 @@ def test_metadata_advertises_rfc_8705(m: MtlsSts) -> None:
     }
     assert {"tls_client_auth", "self_signed_tls_client_auth"} <= set(body["token_endpoint_auth_methods_supported"])
     assert "client_credentials" in body["grant_types_supported"]
+    assert "tls_client_auth" in body["introspection_endpoint_auth_methods_supported"]
 
 
 def test_curl_client_credentials_with_a_client_certificate(m: MtlsSts, svid: Issued) -> None:

@@ -65,6 +65,8 @@ async def metadata_endpoint(request: Request) -> Response:
             TLS_CLIENT_AUTH,
             SELF_SIGNED_TLS_CLIENT_AUTH,
         ]
+        for key in ("introspection_endpoint_auth_methods_supported", "revocation_endpoint_auth_methods_supported"):
+            body[key] = ["private_key_jwt", TLS_CLIENT_AUTH, SELF_SIGNED_TLS_CLIENT_AUTH]
         body["tls_client_certificate_bound_access_tokens"] = True
         body["mtls_endpoint_aliases"] = {
             "token_endpoint": issuer + "/token",

@@ -61,7 +61,13 @@ async def _parse(request: Request) -> ExchangeRequest:
 async def introspect_endpoint(request: Request) -> Response:
     ctx = context(request)
     form = await read_form(request)
-    client = await authenticate_client(ctx, form.get("client_assertion"), form.get("client_assertion_type"))
+    client = await authenticate_client(
+        ctx,
+        form.get("client_assertion"),
+        form.get("client_assertion_type"),
+        certificate=presented_certificate(request.scope, ctx.proxies),
+        client_id=form.get("client_id"),
+    )
     body = await introspect(ctx, client, form.require("token"))
     return JSONResponse(body, headers=NO_STORE)
 
@@ -70,6 +76,12 @@ async def introspect_endpoint(request: Request) -> Response:
 async def revoke_endpoint(request: Request) -> Response:
     ctx = context(request)
     form = await read_form(request)
-    client = await authenticate_client(ctx, form.get("client_assertion"), form.get("client_assertion_type"))
+    client = await authenticate_client(
+        ctx,
+        form.get("client_assertion"),
+        form.get("client_assertion_type"),
+        certificate=presented_certificate(request.scope, ctx.proxies),
+        client_id=form.get("client_id"),
+    )
     await revoke(ctx, client, form.require("token"))
     return Response(status_code=200, headers=NO_STORE)
