@@ -119,7 +119,7 @@ def _store_env(store: str | None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def mtls_sts(directory: Path, *, postgres: bool = False) -> Iterator[MtlsSts]:
+def mtls_sts(directory: Path, *, postgres: bool = False, extra_toml: str = "") -> Iterator[MtlsSts]:
     """With ``postgres`` the deployment uses PostgreSQL + Redis whatever ``TETHER_TEST_STORE`` says."""
     port = free_port()
     home = DevCA.create("tether.local")
@@ -134,7 +134,7 @@ def mtls_sts(directory: Path, *, postgres: bool = False) -> Iterator[MtlsSts]:
     extra = (
         '[[trust_domains]]\nname = "other.example"\nbundle_url = "https://other.example/bundle"\n'
         'x509_bundle_file = "x509/other.example.pem"\n'
-        f'[[clients]]\nclient_id = "{BATCH}"\ncertificate = "x509/batch.pem"\n' + QUIET_MONITOR
+        f'[[clients]]\nclient_id = "{BATCH}"\ncertificate = "x509/batch.pem"\n' + QUIET_MONITOR + "\n" + extra_toml
     )
     with _store_env("postgres" if postgres else None):
         config = make_deployment(directory, extra_toml=extra, port=port)

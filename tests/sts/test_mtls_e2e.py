@@ -164,6 +164,27 @@ def test_client_credentials_with_a_subject_token_or_assertion_is_invalid_request
     refused(m.post(svid, {"grant_type": "client_credentials", "client_id": AGENT}), 400, "invalid_request")
 
 
+# -- RFC 9440 Client-Cert: only from a configured terminator (MTLS-03) ---------------------------
+def client_cert_header(cert: Issued) -> dict[str, str]:
+    return {"Client-Cert": ":" + base64.b64encode(cert.der).decode() + ":"}
+
+
+def test_MTLS_03_a_client_cert_header_from_an_untrusted_address_is_ignored(m: MtlsSts, svid: Issued) -> None:
+    task = m.create_task()
+    refused(m.post(None, credentials(task["id"]), headers=client_cert_header(svid)), 401, "invalid_client")
+
+
+def test_MTLS_03_a_trusted_terminators_client_cert_header_authenticates(tmp_path: Path) -> None:
+    with mtls_sts(tmp_path, extra_toml='[tls]\ntrusted_proxies = ["127.0.0.1/32"]\n') as proxied:
+        svid = proxied.home.issue_svid(AGENT)
+        task = proxied.create_task()
+        response = proxied.post(None, credentials(task["id"]), headers=client_cert_header(svid))
+        assert response.status_code == 200, response.text
+        assert claims_of(response.json()["access_token"])["cnf"] == {"x5t#S256": thumbprint(svid.der)}
+        # from the terminator, its header alone counts: the connection's own certificate is the proxy's
+        refused(proxied.post(svid, credentials(task["id"])), 401, "invalid_client")
+
+
 # -- hops of a certificate-bound session ------------------------------------------------------
 def test_MTLS_01_hop_over_the_same_certificate_keeps_the_binding(m: MtlsSts, svid: Issued) -> None:
     _, body = session(m, svid)

@@ -32,7 +32,6 @@ from tether.rules.jws import JWSError, PublicKey
 from tether.store.protocol import Store
 from tether.sts.health import SharedCheck
 from tether.sts.settings import StsSettings
-from tether.web.client_cert import TrustedProxies
 
 __all__ = ["StsContext", "new_jti", "spend_key"]
 
@@ -87,12 +86,9 @@ class StsContext:
     #: client authentication by certificate (RFC 8705 §2), from the trust domains' X.509 bundles
     #: and the registered clients' certificates
     certificates: CertificateAuthenticator = field(default_factory=lambda: CertificateAuthenticator({}, {}))
-    #: whose RFC 9440 ``Client-Cert`` header names the caller's certificate (``web.client_cert``)
-    proxies: TrustedProxies = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.health = SharedCheck(self._ping)
-        self.proxies = TrustedProxies(self.settings.trusted_proxies)
         if self.anonymous is None:
             self.anonymous = AnonymousRefusals(self._append, interval=self.settings.refusal_interval,
                                                max_buckets=self.settings.refusal_buckets)  # fmt: skip

@@ -11,8 +11,7 @@ from tether.rules.scope import parse_scope
 from tether.sts.auth import authenticate_client
 from tether.sts.exchange import ExchangeRequest, exchange
 from tether.sts.introspection import introspect, revoke
-from tether.sts.routes.common import client_address, context, endpoint, nonce_headers
-from tether.web.client_cert import presented_certificate
+from tether.sts.routes.common import client_address, client_certificate, context, endpoint, nonce_headers
 from tether.web.dpop_request import dpop_header
 from tether.web.errors import NO_STORE
 from tether.web.forms import read_form
@@ -53,7 +52,7 @@ async def _parse(request: Request) -> ExchangeRequest:
         client_assertion=form.get("client_assertion"),
         client_assertion_type=form.get("client_assertion_type"),
         client_ip=client_address(request),
-        certificate=presented_certificate(request.scope, context(request).proxies),
+        certificate=client_certificate(request),
     )
 
 
@@ -65,7 +64,7 @@ async def introspect_endpoint(request: Request) -> Response:
         ctx,
         form.get("client_assertion"),
         form.get("client_assertion_type"),
-        certificate=presented_certificate(request.scope, ctx.proxies),
+        certificate=client_certificate(request),
         client_id=form.get("client_id"),
     )
     body = await introspect(ctx, client, form.require("token"))
@@ -80,7 +79,7 @@ async def revoke_endpoint(request: Request) -> Response:
         ctx,
         form.get("client_assertion"),
         form.get("client_assertion_type"),
-        certificate=presented_certificate(request.scope, ctx.proxies),
+        certificate=client_certificate(request),
         client_id=form.get("client_id"),
     )
     await revoke(ctx, client, form.require("token"))
