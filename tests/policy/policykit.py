@@ -106,6 +106,7 @@ def exchange(
     now: float = NOON,
     client: str | None = "127.0.0.1",
     the_task: Task | None = None,
+    binding: str = "dpop",
 ) -> PolicyRequest:
     the_task = the_task or task()
     return exchange_request(
@@ -124,6 +125,7 @@ def exchange(
             tags=tags or {},
             risk=risk,
             key_bound=key_bound,
+            binding=binding,
         )
     )
 

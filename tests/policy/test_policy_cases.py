@@ -49,6 +49,11 @@ def test_depth_builds_an_actor_chain_and_admins_join_the_group() -> None:
     assert who["parents"] == [{"type": "Tether::Group", "id": "admins"}]
 
 
+def test_a_case_states_the_binding_of_an_exchange() -> None:
+    assert build_request({"action": "exchange", "principal": AGENT}).context["binding"] == "dpop"
+    assert build_request({"action": "exchange", "principal": AGENT, "binding": "mtls"}).context["binding"] == "mtls"
+
+
 MALFORMED: dict[str, Any] = {
     "not a list": {"cases": "nope"},
     "empty": {"cases": []},
@@ -66,6 +71,7 @@ MALFORMED: dict[str, Any] = {
     "risk a list": [{**GOOD, "risk": [1]}],
     "time null": [{**GOOD, "time": None}],
     "task age a list": [{**GOOD, "task": {"age": [60]}}],
+    "unknown binding": [{**GOOD, "binding": "bearer"}],
 }
 
 

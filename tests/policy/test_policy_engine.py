@@ -345,3 +345,36 @@ def test_memoised_decision_matches_and_a_new_policy_version_is_not_served_from_t
     decisions, denials = engine.decisions, engine.denials
     assert not engine.authorize_memo("k", build).allowed
     assert (engine.decisions, engine.denials) == (decisions + 1, denials + 1)  # hits are counted too
+
+
+# -- RFC 8705: how the token is bound is in the exchange context ------------------------------
+REQUIRE_DPOP_FOR_PAY = (
+    '@id("pay-needs-dpop")\nforbid (principal, action == Tether::Action::"exchange", resource)\n'
+    'when { resource.uri == "https://pay.example" && !(context.binding like "dpop*") };\n'
+)
+
+
+def test_MTLS_a_policy_can_require_a_binding(tmp_path: Path) -> None:
+    engine = engine_with(tmp_path, {"a.cedar": PERMIT_ALL, "b.cedar": REQUIRE_DPOP_FOR_PAY})
+    denied = engine.authorize(exchange(audience=PAY, binding="mtls"))
+    assert (denied.allowed, denied.determining) == (False, ("pay-needs-dpop",))
+    for binding in ("dpop", "dpop+mtls"):
+        assert engine.authorize(exchange(audience=PAY, binding=binding)).allowed
+    assert engine.authorize(exchange(audience=WIKI, binding="mtls")).allowed
+
+
+def test_MTLS_the_memo_never_shares_a_decision_across_bindings(tmp_path: Path) -> None:
+    from policykit import task
+
+    from tether.policy.entities import ExchangeQuestion, exchange_request
+
+    engine = engine_with(tmp_path, {"a.cedar": PERMIT_ALL, "b.cedar": REQUIRE_DPOP_FOR_PAY})
+    base: dict[str, Any] = {
+        "kind": "session", "principal": AGENT, "principal_kind": "spiffe", "audience": PAY, "task": task(),
+        "scopes": ("wiki:read",), "actors": (), "subject": AGENT, "now": 1_767_268_800, "client": "127.0.0.1",
+        "admins": (), "tags": {},
+    }  # fmt: skip
+    first = ExchangeQuestion(**base, binding="dpop")
+    second = ExchangeQuestion(**base, binding="mtls")
+    assert engine.authorize_memo(first.key(), lambda: exchange_request(first)).allowed
+    assert not engine.authorize_memo(second.key(), lambda: exchange_request(second)).allowed

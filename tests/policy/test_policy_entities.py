@@ -210,6 +210,7 @@ _FIELDS = {
     "tags": st.sampled_from([{}, {PAY: ("pci",)}, {WIKI: ("internal", "docs")}]),
     "risk": st.sampled_from([0, 50, 100]),
     "key_bound": st.booleans(),
+    "binding": st.sampled_from(["dpop", "mtls", "dpop+mtls"]),
 }
 _ARGS = st.fixed_dictionaries(_FIELDS)
 
@@ -229,7 +230,7 @@ def test_equal_memo_keys_build_equal_requests(a: dict[str, Any], other: dict[str
     [("principal", SVC_B), ("audience", PAY), ("task", task(max_tokens=5)), ("scopes", frozenset({"wiki:write"})),
      ("actors", (SVC_C,)), ("now", NOON + 1), ("client", "10.9.9.9"), ("admins", frozenset({AGENT})),
      ("tags", {WIKI: ("secret",)}), ("risk", 90), ("key_bound", False), ("kind", "delegation"),
-     ("principal_kind", "oidc"), ("subject", "user:ann")],
+     ("principal_kind", "oidc"), ("subject", "user:ann"), ("binding", "mtls")],
 )  # fmt: skip
 def test_every_input_of_the_request_is_in_its_memo_key(name: str, other: Any) -> None:
     base: dict[str, Any] = {

@@ -32,9 +32,9 @@ def audit_after(config: Config, events: list[tuple[AuditEvent, float]]) -> Audit
     return asyncio.run(run())
 
 
-def issued(jti: str, jkt: str) -> AuditEvent:
+def issued(jti: str, jkt: str, x5t: str | None = None) -> AuditEvent:
     return AuditEvent(kind="token.issued", outcome="ok", principal="spiffe://tether.local/agent/a", jti=jti,
-                      detail={"aud": "https://wiki.example", "jkt": jkt})  # fmt: skip
+                      detail={"aud": "https://wiki.example", "jkt": jkt, "x5t": x5t})  # fmt: skip
 
 
 def test_setting_sources_name_the_environment_the_file_or_the_default(tmp_path: Path) -> None:
@@ -68,6 +68,7 @@ def test_audit_pass_counts_unbound_tokens_refusals_alerts_and_checkpoints(tmp_pa
     facts = audit_after(config, [
         (issued("j-bound", "thumbprint-1"), now),
         (issued("j-unbound", ""), now),
+        (issued("j-certificate", "", "x5t-thumbprint"), now),  # RFC 8705: bound to a certificate, not unbound
         (AuditEvent(kind="token.refused", outcome="refused", error="invalid_scope"), now),
         (AuditEvent(kind="token.refused", outcome="refused", error="invalid_scope"), now - 2 * 86_400),  # outside the window
         (AuditEvent(kind="alert.raised", outcome="ok", task="t-1", detail={"detector": "dpop_replay", "severity": "high"}),
@@ -76,8 +77,8 @@ def test_audit_pass_counts_unbound_tokens_refusals_alerts_and_checkpoints(tmp_pa
         (AuditEvent(kind="audit.checkpoint", outcome="ok", detail={"seq": 6}), now),
         (issued("j-after", "thumbprint-2"), now + 1),
     ])  # fmt: skip
-    assert (facts.records, facts.last_seq, facts.first_broken) == (8, 8, None)
-    assert (facts.tokens_issued, facts.unbound_tokens, facts.unbound_examples) == (3, 1, ("j-unbound",))
+    assert (facts.records, facts.last_seq, facts.first_broken) == (9, 9, None)
+    assert (facts.tokens_issued, facts.unbound_tokens, facts.unbound_examples) == (4, 1, ("j-unbound",))
     assert facts.refusals == {"token.refused invalid_scope": 1}
     assert facts.alerts_in_window == 2 and facts.alert_severities == {"high": 1, "medium": 1}
     assert [(a.detector, a.severity, a.task) for a in facts.alerts] == [
@@ -86,7 +87,7 @@ def test_audit_pass_counts_unbound_tokens_refusals_alerts_and_checkpoints(tmp_pa
     ]
     assert (facts.checkpoints, facts.last_checkpoint_seq, facts.uncovered, facts.oldest_uncovered_ts) == (
         1,
-        7,
+        8,
         1,
         round(now + 1, 6),
     )

@@ -8,6 +8,7 @@ primitives: they pass only if the backend's transactions make them atomic.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import time
 from pathlib import Path
@@ -543,5 +544,31 @@ def test_DPOP_12_a_proof_the_replay_epoch_cannot_vouch_for_is_spent_and_nothing_
             await store.issue_token(token(t.id), now=now, spends=[], audit=EVENT, replay=("p", int(now) + 60))
         await store.issue_token(token(t.id), now=now, spends=[], audit=EVENT, replay=("q", int(now) + 60),
                                 vouch=lambda epoch: True)  # fmt: skip  # control
+
+    run(kind, tmp_path, body)
+
+
+# -- RFC 8705: certificate-bound tokens --------------------------------------------------------
+def test_MTLS_01_a_certificate_bound_lineage_round_trips_without_a_proof(kind: str, tmp_path: Path) -> None:
+    """A certificate-only token (``jkt`` "", ``x5t`` set) is issued with no DPoP replay key and
+    reads back whole through ``get_token`` and ``lookup``; its hop links to it and is revoked with it."""
+    x5t = "x" * 43
+
+    async def body(store: Store) -> None:
+        t = task()
+        await store.create_task(t, EVENT)
+        session = dataclasses.replace(token(t.id), kind="session", jkt="", x5t=x5t)
+        await store.issue_token(session, now=NOW, spends=[], audit=EVENT, replay=None, vouch=None)
+        hop = dataclasses.replace(token(t.id, parent=session.jti), jkt="", x5t=x5t)
+        await store.issue_token(hop, now=NOW, spends=[], audit=EVENT, replay=None, vouch=None)
+        both = dataclasses.replace(token(t.id, parent=session.jti), x5t=x5t)  # dpop+mtls keeps its jkt
+        await store.issue_token(both, now=NOW, spends=[], audit=EVENT, replay=("proof-" + both.jti, int(NOW) + 60))
+        for issued in (session, hop, both):
+            assert await store.get_token(issued.jti) == issued
+        found = await store.lookup(task_id=t.id, jti=hop.jti, principals=[hop.sub])
+        assert found.token == hop and found.token.x5t == x5t and found.token.jkt == ""
+        assert await store.revoke_tree(session.jti, now=NOW + 1, audit=EVENT) == sorted([session.jti, hop.jti, both.jti])
+        revoked = await store.get_token(hop.jti)
+        assert revoked is not None and revoked.x5t == x5t and revoked.revoked_at is not None
 
     run(kind, tmp_path, body)

@@ -31,7 +31,7 @@ ACTIONS = ("exchange", "create_task", "admin", "call")
 _FIELDS = {
     "name", "action", "principal", "resource", "expect", "shadow", "scopes", "depth", "actors", "kind", "subject",
     "tags", "task", "method", "path", "tool", "operation", "risk", "client", "time", "key_bound", "admins", "issuer",
-    "principal_kind", "agent_kind", "principal_trust_domain", "agent_trust_domain",
+    "principal_kind", "agent_kind", "principal_trust_domain", "agent_trust_domain", "binding",
 }  # fmt: skip
 _KINDS = ("spiffe", "oidc", "client", "unknown")
 _NOON = 1_767_268_800  # 2026-01-01T12:00:00Z, a Thursday: the default decision time
@@ -138,7 +138,7 @@ def build_request(raw: Mapping[str, Any], *, where: str = "case", admins: Sequen
             audience=resource, task=task, scopes=scopes or sorted(task.scopes), actors=actors,
             subject=str(raw.get("subject", task.on_behalf_of or task.agent)), now=now, client=client,
             admins=admin_ids, tags=tags, risk=risk, key_bound=bool(raw.get("key_bound", True)), agent_kind=agent_kind,
-            principal_domain=domain, agent_domain=agent_domain,
+            principal_domain=domain, agent_domain=agent_domain, binding=_binding(raw, where),
         ))  # fmt: skip
     if action == "create_task":
         return create_task_request(caller=principal, caller_kind=kind, task=task, now=now, client=client,
@@ -170,6 +170,17 @@ def _kind(raw: Mapping[str, Any], key: str, where: str, principal: str) -> str:
     value = raw.get(key, "spiffe" if principal.startswith("spiffe://") else None)
     if value not in _KINDS:
         raise CaseError(f"{where}.{key}: must be one of {', '.join(_KINDS)} (needed for a principal that is not a SPIFFE ID)")
+    return str(value)
+
+
+_BINDINGS = ("dpop", "mtls", "dpop+mtls")
+
+
+def _binding(raw: Mapping[str, Any], where: str) -> str:
+    """How the token of an ``exchange`` case is bound (``context.binding``); DPoP unless the case says."""
+    value = raw.get("binding", "dpop")
+    if value not in _BINDINGS:
+        raise CaseError(f"{where}.binding: must be one of {', '.join(_BINDINGS)}")
     return str(value)
 
 

@@ -150,6 +150,8 @@ class ExchangeQuestion:
     agent_kind: str = "unknown"
     principal_domain: str = ""
     agent_domain: str = ""
+    #: how the new token is bound (RFC 9449 ``jkt``, RFC 8705 ``x5t#S256``): "dpop", "mtls" or "dpop+mtls"
+    binding: str = "dpop"
 
     def key(self) -> Hashable:
         """Everything ``exchange_request`` reads, as a hashable key.
@@ -163,7 +165,7 @@ class ExchangeQuestion:
             *(self.kind, self.principal, self.principal_kind, self.audience, self.task),
             *(frozenset(self.scopes), tuple(self.actors), self.subject, int(self.now), self.client),
             *(frozenset(self.admins), tuple(sorted(self.tags.get(self.audience, ()))), self.risk, self.key_bound),
-            *(self.agent_kind, self.principal_domain, self.agent_domain),
+            *(self.agent_kind, self.principal_domain, self.agent_domain, self.binding),
         )
 
 
@@ -183,6 +185,7 @@ def exchange_request(q: ExchangeQuestion) -> PolicyRequest:
         "task": {"__entity": task_ent["uid"]},
         "task_age": max(0, int(q.now) - task.created_at),
         "purpose": task.purpose or "",
+        "binding": q.binding,
     }
     return PolicyRequest(
         principal=who["uid"],

@@ -49,12 +49,12 @@ def token_lifetimes(evidence: Evidence) -> list[Outcome]:
     return [judge(problems, f"no token lives longer than {longest}s", items)]
 
 
-@control(TOKEN_CONTROLS, "TOK-02", "Every issued token is key-bound (DPoP)")
+@control(TOKEN_CONTROLS, "TOK-02", "Every issued token is key-bound (DPoP or client certificate)")
 @reads_audit("the issued-token records")
 def key_binding(evidence: Evidence, audit: AuditFacts) -> list[Outcome]:
     items = [
         Item("tokens issued", str(audit.tokens_issued), "audit log, token.issued records"),
-        Item("tokens without cnf.jkt", str(audit.unbound_tokens), "audit log, token.issued detail.jkt"),
+        Item("tokens without cnf.jkt or cnf.x5t#S256", str(audit.unbound_tokens), "audit log, token.issued detail.jkt, x5t"),
     ]
     if audit.unbound_examples:
         items.append(Item("unbound token jtis", fmt(audit.unbound_examples), "audit log"))
@@ -65,11 +65,15 @@ def key_binding(evidence: Evidence, audit: AuditFacts) -> list[Outcome]:
                 "high",
                 f"{audit.unbound_tokens} issued token(s) are not bound to a key",
                 "Find the issuing path from the jtis in the audit log; every agent token must carry "
-                "cnf.jkt (RFC 9449 §6) and bearer access goes through a gateway route.",
+                "cnf.jkt (RFC 9449 §6) or cnf.x5t#S256 (RFC 8705 §3) and bearer access goes through a gateway route.",
                 fail=True,
             )
         )
-    ok = f"all {audit.tokens_issued} issued tokens are DPoP-bound" if audit.tokens_issued else "no tokens issued yet"
+    ok = (
+        f"all {audit.tokens_issued} issued tokens are key- or certificate-bound"
+        if audit.tokens_issued
+        else "no tokens issued yet"
+    )
     return [judge(problems, ok, items)]
 
 

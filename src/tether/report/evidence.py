@@ -220,7 +220,8 @@ class _AuditTally:
         self.records += 1
         if record.kind == "token.issued" and record.outcome == "ok":
             self.issued += 1
-            if not record.detail.get("jkt"):
+            # bound to a DPoP key (RFC 9449 cnf.jkt) or a client certificate (RFC 8705 cnf.x5t#S256)
+            if not (record.detail.get("jkt") or record.detail.get("x5t")):
                 self.unbound += 1
                 if len(self.examples) < MAX_EXAMPLES:
                     self.examples.append(str(record.jti))

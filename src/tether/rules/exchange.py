@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from tether.errors import InvalidGrant, InvalidTarget, after_end
+from tether.errors import InvalidDPoPProof, InvalidGrant, InvalidRequest, InvalidTarget, after_end
 from tether.model import AccessToken, Task, TaskState, WorkloadIdentity
 from tether.rules.claims import MAX_ACT_DEPTH, Grant
 from tether.rules.scope import check_subset
 
-__all__ = ["Ask", "Limits", "check_task_usable", "derive_hop", "derive_session"]
+__all__ = ["Ask", "Limits", "check_hop_binding", "check_task_usable", "derive_hop", "derive_session"]
 
 
 @dataclass(frozen=True)
@@ -31,14 +31,16 @@ class Limits:
 @dataclass(frozen=True)
 class Ask:
     """One exchange as these rules see it (RFC 8693 §2.1): the ``scope`` and ``audience`` asked
-    for (``None``: not asked), the key its DPoP proof showed (``jkt``, RFC 9449 §6), and the
-    issuer and lifetimes it is answered under."""
+    for (``None``: not asked), the key its DPoP proof showed (``jkt``, RFC 9449 §6; ``None``
+    without a proof), the issuer and lifetimes it is answered under, and the thumbprint of the
+    client certificate of the connection (``x5t``, RFC 8705 §3.1; ``None`` without one)."""
 
     scope: frozenset[str] | None
     audience: str | None
-    jkt: str
+    jkt: str | None
     issuer: str
     limits: Limits
+    x5t: str | None = None
 
 
 def check_task_usable(task: Task, now: float) -> None:
@@ -63,6 +65,23 @@ def _expiry(now: int, ttl: int, *caps: int) -> int:
     return exp
 
 
+def check_hop_binding(parent: AccessToken, ask: Ask, *, actor: str | None) -> str | None:
+    """Check the binding a hop's caller proved, and return the hop token's ``x5t``."""
+    if actor is not None:
+        if ask.jkt is None:
+            raise InvalidDPoPProof("a dpop proof is required")
+        return None
+    if parent.x5t is not None and ask.x5t != parent.x5t:
+        raise InvalidGrant("client certificate does not match the subject token binding", debug=f"{ask.x5t} != {parent.x5t}")
+    if parent.jkt is not None and ask.jkt is None:
+        raise InvalidDPoPProof("a dpop proof is required")
+    if parent.jkt is not None and ask.jkt != parent.jkt:
+        raise InvalidDPoPProof("dpop proof key does not match the subject token binding")
+    if parent.jkt is None and parent.x5t is None:
+        raise InvalidGrant("subject token is not bound")
+    return parent.x5t
+
+
 def derive_session(
     identity: WorkloadIdentity, task: Task, ask: Ask, *, now: int, agent_source: tuple[str, str] | None = None
 ) -> Grant:
@@ -73,9 +92,12 @@ def derive_session(
     a same-named workload of another issuer never redeems the task.
 
     Its audience is the STS itself; with an on-behalf-of subject, ``sub`` is that
-    subject and the agent is the first actor (RFC 8693 §4.1 delegation).
+    subject and the agent is the first actor (RFC 8693 §4.1 delegation). It is bound to
+    the proof's key and/or the client certificate (RFC 9449, RFC 8705 §3): never a bearer token.
     """
     scope, audience, jkt, issuer, limits = ask.scope, ask.audience, ask.jkt, ask.issuer, ask.limits
+    if jkt is None and ask.x5t is None:
+        raise InvalidRequest("a session token must be bound to a dpop key or a client certificate")
     check_task_usable(task, now)
     if identity.principal != task.agent:
         raise InvalidGrant("task is not assigned to this workload", debug=f"{identity.principal} != {task.agent}")
@@ -98,6 +120,7 @@ def derive_session(
         client_id=task.agent,
         agent=task.agent,
         jkt=jkt,
+        x5t=ask.x5t,
         txn=task.id,
         actors=actors,
         purp=task.purpose,
@@ -127,8 +150,16 @@ def derive_hop(
     of chains) — and is nested into ``act``; it must not already appear in the chain
     (no cycles) and the chain must stay within the task's ``max_depth``. Delegation is
     sticky: ``act`` is carried into every derived token.
+
+    Binding (RFC 9449 §4.3, RFC 8705 §3): the holder proves every binding of its session
+    token — the proof's key must be the parent's ``jkt`` (a proof is needed iff it has one) and
+    the connection's certificate the parent's ``x5t`` — and the hop keeps the parent's binding.
+    A delegating actor proves its own DPoP key, to which the onward token is bound.
     """
     scope, audience, jkt, issuer, limits = ask.scope, ask.audience, ask.jkt, ask.issuer, ask.limits
+    x5t = check_hop_binding(parent, ask, actor=actor)
+    if actor is None:
+        jkt = parent.jkt  # the holder's hop is bound exactly as its session (a proof it need not send adds nothing)
     check_task_usable(task, now)
     if parent.txn != task.id:
         raise InvalidGrant("subject token does not belong to this task")
@@ -163,6 +194,7 @@ def derive_hop(
         client_id=client_id,
         agent=parent.agent,
         jkt=jkt,
+        x5t=x5t,
         txn=task.id,
         actors=actors,
         purp=task.purpose,

@@ -3,7 +3,8 @@
 ``/tasks`` and the kill switch take a DPoP-bound tether token for the issuer (RFC 9449 §7:
 ``Authorization: DPoP`` and a proof with ``ath``), never a static API key; a DPoP-bound token
 sent as ``Bearer`` is refused. ``/introspect`` and ``/revoke`` take a workload JWT as an RFC
-7523 client assertion (RFC 7662 §2.1, RFC 7009 §2.1), redeemed once when it carries a ``jti``.
+7523 client assertion (RFC 7662 §2.1, RFC 7009 §2.1), redeemed once when it carries a ``jti``,
+or a client certificate on the connection with ``client_id`` (RFC 8705 §2).
 Reading the headers is the routes' part (``sts.routes.common.authenticate_token``).
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 from tether.errors import InsufficientScope, InvalidClient, InvalidToken
 from tether.model import AccessToken, WorkloadIdentity
 from tether.policy.entities import admin_request
+from tether.rules.certificate import ClientCertificate
 from tether.sts.context import StsContext, spend_key
 from tether.urns import JWT_BEARER
 
@@ -67,7 +69,20 @@ def require_admin(ctx: StsContext, caller: AccessToken, *, operation: str | None
         )
 
 
-async def authenticate_client(ctx: StsContext, assertion: str | None, assertion_type: str | None) -> WorkloadIdentity:
+async def authenticate_client(
+    ctx: StsContext,
+    assertion: str | None,
+    assertion_type: str | None,
+    *,
+    certificate: ClientCertificate | None = None,
+    client_id: str | None = None,
+) -> WorkloadIdentity:
+    """RFC 7523 ``private_key_jwt``, or — with no assertion, a ``client_id`` and a client
+    certificate on the connection — RFC 8705 §2 certificate authentication (``identity.x509``)."""
+    if assertion is None and assertion_type is None and client_id is not None and certificate is not None:
+        if not ctx.certificates:
+            raise InvalidClient("certificate client authentication is not configured")
+        return ctx.certificates.authenticate(certificate, client_id, now=ctx.now()).identity
     if assertion is None or assertion_type != JWT_BEARER:
         raise InvalidClient("client authentication with a jwt-bearer client assertion is required")
     client = await ctx.verify_workload(assertion, as_client=True)

@@ -20,6 +20,7 @@ from tether.clock import Clock, SystemClock
 from tether.config import Config
 from tether.errors import ConfigError
 from tether.identity.verifier import build_identity_verifier
+from tether.identity.x509 import CertificateAuthenticator
 from tether.keys.keyring import KeyRing, check_not_older, load_keyring
 from tether.keys.sealed import SealError, derive_key, load_master_key
 from tether.localstate import LocalState
@@ -104,6 +105,7 @@ class Sts:
             clock=self.clock,
             policy=self.policy,
             effective=effective_settings(self.config),
+            certificates=CertificateAuthenticator.from_config(self.config),
         )
         await self._record_overrides(store)
         await self.record_policy()

@@ -20,6 +20,7 @@ from tether.clock import Clock
 from tether.errors import AccessDenied, InvalidClient, InvalidGrant, InvalidToken, OAuthError
 from tether.identity.checks import IdentityError
 from tether.identity.verifier import IdentityVerifier
+from tether.identity.x509 import CertificateAuthenticator
 from tether.keys.keyring import KeyRing, SigningKey
 from tether.lru import LruCache
 from tether.model import AccessToken, Task, WorkloadIdentity
@@ -82,6 +83,9 @@ class StsContext:
     effective: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: ``/healthz``'s store check, shared by concurrent callers and reused for a second
     health: SharedCheck = field(init=False, repr=False)
+    #: client authentication by certificate (RFC 8705 §2), from the trust domains' X.509 bundles
+    #: and the registered clients' certificates
+    certificates: CertificateAuthenticator = field(default_factory=lambda: CertificateAuthenticator({}, {}))
 
     def __post_init__(self) -> None:
         self.health = SharedCheck(self._ping)

@@ -1,7 +1,9 @@
-"""The token endpoint's use case: RFC 8693 token exchange, DPoP-bound, task-bound.
+"""The token endpoint's use case: RFC 8693 token exchange, DPoP- and/or certificate-bound, task-bound.
 
 Three shapes, told apart by the subject token: a workload JWT with ``task`` gives a session
-token; a session token with a proof from its key and a ``resource`` gives a hop token; a hop
+token (so does ``client_credentials``, RFC 6749 §4.4, from a client authenticated by its
+certificate, RFC 8705 §2: the token is then bound to that certificate, §3); a session token
+with a proof from its key and/or its certificate and a ``resource`` gives a hop token; a hop
 token with the audience's own workload JWT as ``actor_token`` gives a token for the next
 service, the actor nested in ``act`` (RFC 8693 §4.1). An admin principal's workload JWT without
 ``task`` gives an admin token (the CLI). Checks run shape, proof, nonce, replay, identity,
@@ -28,13 +30,15 @@ from tether.errors import (
     after_end,
     spent,
 )
+from tether.identity.x509 import CertificateAuthentication
 from tether.metrics import EXCHANGE_SECONDS, ISSUED
-from tether.model import AccessToken, DPoPProof, Task, WorkloadIdentity
+from tether.model import AccessToken, DPoPProof, Task, WorkloadIdentity, binding_name
 from tether.policy.engine import Decision
 from tether.policy.entities import ExchangeQuestion, admin_request, exchange_request
 from tether.proofs import replayed_proof
+from tether.rules.certificate import ClientCertificate
 from tether.rules.claims import Grant, build_claims
-from tether.rules.exchange import Ask, derive_hop, derive_session
+from tether.rules.exchange import Ask, check_hop_binding, derive_hop, derive_session
 from tether.rules.namespace import source_of
 from tether.rules.scope import check_subset, format_scope
 from tether.store.errors import (
@@ -52,14 +56,17 @@ from tether.sts.attribution import Claim, refuse_exchange
 from tether.sts.context import StsContext, new_jti, spend_key
 from tether.urns import JWT_BEARER, TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS, TOKEN_TYPE_JWT
 
-__all__ = ["ExchangeRequest", "ExchangeResult", "exchange"]
+__all__ = ["CLIENT_CREDENTIALS", "ExchangeRequest", "ExchangeResult", "exchange"]
+
+#: RFC 6749 §4.4 grant type: a session token for a client authenticated by its certificate (RFC 8705 §2)
+CLIENT_CREDENTIALS = "client_credentials"
 
 
 @dataclass(frozen=True)
 class ExchangeRequest:
     grant_type: str
-    subject_token: str
-    subject_token_type: str
+    subject_token: str | None
+    subject_token_type: str | None
     dpop: str | None
     actor_token: str | None = None
     actor_token_type: str | None = None
@@ -71,6 +78,8 @@ class ExchangeRequest:
     client_assertion: str | None = None
     client_assertion_type: str | None = None
     client_ip: str | None = None
+    #: the client certificate of the connection (``web.client_cert.presented_certificate``)
+    certificate: ClientCertificate | None = None
 
 
 @dataclass(frozen=True)
@@ -79,20 +88,27 @@ class ExchangeResult:
     expires_in: int
     scope: str
     kind: str = "session"  # session, hop or admin (metrics label; not on the wire)
+    #: RFC 9449 §5 ``DPoP`` for a key-bound token; RFC 8705 §3 / RFC 6750 ``Bearer`` for a certificate-only one
+    token_type: str = "DPoP"
 
     def as_json(self) -> dict[str, Any]:
         return {
             "access_token": self.access_token,
             "issued_token_type": TOKEN_TYPE_ACCESS,
-            "token_type": "DPoP",
+            "token_type": self.token_type,
             "expires_in": self.expires_in,
             "scope": self.scope,
         }
 
 
 def _check_shape(req: ExchangeRequest) -> None:
+    if req.grant_type == CLIENT_CREDENTIALS:
+        _check_credentials_shape(req)
+        return
     if req.grant_type != TOKEN_EXCHANGE:
-        raise UnsupportedGrantType("only the token exchange grant is supported")
+        raise UnsupportedGrantType("only the token exchange and client credentials grants are supported")
+    if req.subject_token is None or req.subject_token_type is None:
+        raise InvalidRequest("`subject_token` and `subject_token_type` are required")
     if req.subject_token_type not in (TOKEN_TYPE_JWT, TOKEN_TYPE_ACCESS):
         raise InvalidRequest("`subject_token_type` must be the jwt or access_token token type")
     if req.requested_token_type not in (None, TOKEN_TYPE_ACCESS):
@@ -107,6 +123,24 @@ def _check_shape(req: ExchangeRequest) -> None:
         raise InvalidClient("unsupported client assertion type")
     if req.subject_token_type == TOKEN_TYPE_JWT and req.actor_token is not None:
         raise InvalidRequest("an actor token is only accepted with a tether access token as subject")
+
+
+def _check_credentials_shape(req: ExchangeRequest) -> None:
+    """RFC 6749 §4.4.2 with RFC 8705 §2: the certificate is the client's one authentication
+    (§2.3: never more than one method), and a session needs its ``task``."""
+    extra = [name for name, value in (("subject_token", req.subject_token), ("subject_token_type", req.subject_token_type),
+                                      ("actor_token", req.actor_token), ("actor_token_type", req.actor_token_type))
+             if value is not None]  # fmt: skip
+    if extra:
+        raise InvalidRequest(f"`{extra[0]}` is not a client credentials parameter")
+    if req.client_assertion is not None or req.client_assertion_type is not None:
+        raise InvalidRequest("a certificate-authenticated client must not also send a client assertion")
+    if req.requested_token_type not in (None, TOKEN_TYPE_ACCESS):
+        raise InvalidRequest("only access tokens can be requested")
+    if req.client_id is None:
+        raise InvalidRequest("`client_id` is required")
+    if req.task is None:
+        raise InvalidRequest("`task` is required")
 
 
 async def _unredeemed(ctx: StsContext, claim: Claim, identity: WorkloadIdentity) -> WorkloadIdentity:
@@ -176,6 +210,7 @@ def _authorize(ctx: StsContext, req: ExchangeRequest, grant: Grant, task: Task, 
         agent_kind=grant.agent_kind,
         principal_domain=grant.client_domain,
         agent_domain=grant.agent_domain,
+        binding=binding_name(grant.jkt, grant.x5t),
     )
     return ctx.authorize_memo(q.key(), lambda: exchange_request(q))
 
@@ -212,16 +247,41 @@ async def exchange(ctx: StsContext, req: ExchangeRequest) -> ExchangeResult:
 class _Checked:
     """What the checks before issuance established, and what the issuance must consume atomically."""
 
-    proof: DPoPProof
-    replay: tuple[str, int]
+    proof: DPoPProof | None
+    replay: tuple[str, int] | None
     spends: list[tuple[str, int]]
 
 
-async def _exchange(ctx: StsContext, req: ExchangeRequest, claim: Claim) -> ExchangeResult:
-    _check_shape(req)
+def _proof(ctx: StsContext, req: ExchangeRequest, claim: Claim) -> tuple[DPoPProof | None, tuple[str, int] | None]:
+    """The request's DPoP proof, checked but not yet spent; ``None`` without one.
+
+    Whether one is needed is for each shape to say: a workload JWT always needs one, a
+    certificate-bound session token only if it also has ``jkt`` (RFC 8705 §3, RFC 9449 §4.3).
+    """
+    if req.dpop is None:
+        return None, None
     proof, replay = ctx.proofs.check_unconsumed(req.dpop, method="POST", url=ctx.settings.token_endpoint)
     claim.proof, claim.checked = replay, proof
+    return proof, replay
+
+
+def _required(proof: DPoPProof | None) -> DPoPProof:
+    if proof is None:
+        raise InvalidDPoPProof("a dpop proof is required")
+    return proof
+
+
+async def _exchange(ctx: StsContext, req: ExchangeRequest, claim: Claim) -> ExchangeResult:
+    if req.grant_type == CLIENT_CREDENTIALS and not ctx.certificates:
+        # no trust domain has an X.509 bundle and no client a certificate: nobody can authenticate
+        raise UnsupportedGrantType("client credentials need certificate client authentication, not configured here")
+    _check_shape(req)
+    if req.grant_type == CLIENT_CREDENTIALS:
+        return await _credentials(ctx, req, claim)
+    assert req.subject_token is not None
+    proof, replay = _proof(ctx, req, claim)
     if req.subject_token_type == TOKEN_TYPE_JWT:
+        _required(proof)
         identity = await _unredeemed(ctx, claim, await ctx.verify_workload(req.subject_token, as_client=False))
         client = await _client(ctx, req, identity.principal)
         checked = _Checked(proof, replay, _spends(identity, client))
@@ -237,38 +297,64 @@ async def _exchange(ctx: StsContext, req: ExchangeRequest, claim: Claim) -> Exch
 
 
 async def _session(
-    ctx: StsContext, req: ExchangeRequest, identity: WorkloadIdentity, checked: _Checked, claim: Claim
+    ctx: StsContext,
+    req: ExchangeRequest,
+    identity: WorkloadIdentity,
+    checked: _Checked,
+    claim: Claim,
+    *,
+    x5t: str | None = None,
 ) -> ExchangeResult:
     assert req.task is not None
     task = await ctx.task(req.task)
     if task is None:
         raise InvalidGrant("unknown task", debug=f"task {req.task:.64}")
     now = int(ctx.now())
-    ask = Ask(req.scope, req.audience, checked.proof.jkt, ctx.settings.issuer, ctx.settings.limits)
+    jkt = checked.proof.jkt if checked.proof is not None else None
+    ask = Ask(req.scope, req.audience, jkt, ctx.settings.issuer, ctx.settings.limits, x5t=x5t)
     grant = derive_session(identity, task, ask, now=now, agent_source=_source(ctx, task.agent))
     claim.task = task.id  # derive_session checked that the task is this workload's
     decision = _authorize(ctx, req, grant, task, kind="session", principal=identity.principal)
     return await _issue(ctx, grant, "session", task, checked, claim, principals=[identity.principal], now=now, policy=decision)
 
 
+async def _credentials(ctx: StsContext, req: ExchangeRequest, claim: Claim) -> ExchangeResult:
+    """``client_credentials`` (RFC 6749 §4.4) from a client authenticated by its certificate (RFC 8705 §2).
+
+    The certificate the handshake (or a trusted terminator, RFC 9440) verified is proof of
+    who sent this request, so once it authenticates the client, refusals are pinned on it
+    (``attribution.Claim``). A DPoP proof is optional; if sent it must be valid, and the
+    session is then bound to its key as well (RFC 9449 §6 with RFC 8705 §3).
+    """
+    proof, replay = _proof(ctx, req, claim)
+    auth: CertificateAuthentication = ctx.certificates.authenticate(req.certificate, req.client_id, now=ctx.now())
+    assert req.certificate is not None
+    claim.principal = auth.identity.principal
+    checked = _Checked(proof, replay, [])
+    return await _session(ctx, req, auth.identity, checked, claim, x5t=req.certificate.thumbprint)
+
+
 async def _hop(
     ctx: StsContext,
     req: ExchangeRequest,
     parent: AccessToken,
-    proof: DPoPProof,
-    replay: tuple[str, int],
+    proof: DPoPProof | None,
+    replay: tuple[str, int] | None,
     claim: Claim,
 ) -> ExchangeResult:
     if parent.txn is None:
         raise InvalidGrant("subject token is not bound to a task")
+    presented = req.certificate.thumbprint if req.certificate is not None else None
+    ask = Ask(req.scope, req.audience, proof.jkt if proof else None, ctx.settings.issuer, ctx.settings.limits, x5t=presented)
     actor: WorkloadIdentity | None = None
     if req.actor_token is not None:
+        _required(proof)
         actor = await _unredeemed(ctx, claim, await ctx.verify_workload(req.actor_token, as_client=False))
         client = await _client(ctx, req, actor.principal)
     else:
-        if parent.jkt is None or parent.jkt != proof.jkt:
-            raise InvalidDPoPProof("dpop proof key does not match the subject token binding")
-        # a proof from the token's key: its holder's, if the proof is fresh (attribution.Claim.proven)
+        check_hop_binding(parent, ask, actor=None)
+        # a proof from the token's key and/or its certificate on this connection: its holder's,
+        # if the proof (when there is one) is fresh (attribution.Claim.proven)
         claim.principal, claim.task = parent.client_id, parent.txn
         client = await _client(ctx, req, parent.client_id)
     task = await ctx.task(parent.txn)
@@ -278,7 +364,7 @@ async def _hop(
     grant = derive_hop(
         parent,
         task,
-        Ask(req.scope, req.audience, proof.jkt, ctx.settings.issuer, ctx.settings.limits),
+        ask,
         now=now,
         actor=actor.principal if actor else None,
         actor_kind=actor.kind.value if actor else "unknown",
@@ -306,6 +392,7 @@ async def _admin(
     if req.audience is not None and req.audience != settings.issuer:
         raise InvalidTarget("admin tokens are only issued for the issuer")
     now = int(ctx.now())
+    proof = _required(checked.proof)
     exp = min(now + settings.admin_ttl, identity.exp)
     if exp <= now:
         raise InvalidGrant("workload token expires too soon")
@@ -316,7 +403,7 @@ async def _admin(
         exp=exp,
         client_id=identity.principal,
         agent=identity.principal,
-        jkt=checked.proof.jkt,
+        jkt=proof.jkt,
         txn=None,
         client_kind=identity.kind.value,
         agent_kind=identity.kind.value,
@@ -387,6 +474,7 @@ async def _issue(
             "agent": grant.agent,
             "jkt": grant.jkt,
             "x5t": grant.x5t,
+            "binding": binding_name(grant.jkt, grant.x5t),
             "policy": policy.audit(),
         },
     )
@@ -400,17 +488,24 @@ async def _issue(
             audit=event,
             replay=checked.replay,
             principals=principals,
-            vouch=functools.partial(ctx.proofs.admits, checked.proof),
+            vouch=functools.partial(ctx.proofs.admits, checked.proof) if checked.proof is not None else None,
         )
     except Replayed as exc:
         raise replayed_proof(str(grant.jkt)) from exc
     except PredatesReplayCache as exc:
         claim.consumed = True  # spent with the check: the client retries with a new proof
+        assert checked.proof is not None  # only a proof can predate the replay cache
         raise ctx.proofs.predates_refusal(checked.proof) from exc
     except (AlreadySpent, Blocked, CapReached, TaskNotActive, ParentRevoked) as exc:
         claim.consumed = True  # the proof was spent first, and stays spent (Store.issue_token)
         raise _issue_refusal(exc) from exc
-    return ExchangeResult(access_token=token, expires_in=grant.exp - now, scope=record.scope, kind=kind)
+    return ExchangeResult(
+        access_token=token,
+        expires_in=grant.exp - now,
+        scope=record.scope,
+        kind=kind,
+        token_type="DPoP" if grant.jkt else "Bearer",
+    )
 
 
 def _issue_refusal(exc: StoreError) -> OAuthError:

@@ -35,6 +35,8 @@ class StsSettings:
     #: unattributed refusals: one audit record per source, kind and error each this many seconds
     refusal_interval: int = 60
     refusal_buckets: int = 1000
+    #: TLS terminators whose RFC 9440 ``Client-Cert`` headers are believed (``[tls] trusted_proxies``)
+    trusted_proxies: tuple[str, ...] = ()
 
     @property
     def token_endpoint(self) -> str:
@@ -70,4 +72,5 @@ class StsSettings:
             namespaces=config.namespaces,
             refusal_interval=config.audit.refusal_interval,
             refusal_buckets=config.audit.refusal_buckets,
+            trusted_proxies=tuple(config.tls.trusted_proxies),
         )

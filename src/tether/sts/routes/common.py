@@ -16,13 +16,23 @@ from starlette.responses import Response
 from tether.errors import OAuthError, TetherError, UseDPoPNonce
 from tether.metrics import REFUSALS
 from tether.model import AccessToken
+from tether.rules.certificate import ClientCertificate
 from tether.store.errors import StoreError
 from tether.sts.auth import check_bound_token, check_token_proof
 from tether.sts.context import StsContext
+from tether.web.client_cert import TrustedProxies, presented_certificate
 from tether.web.dpop_request import authorization, dpop_header
 from tether.web.errors import error_response, wire_code
 
-__all__ = ["Endpoint", "authenticate_token", "client_address", "context", "endpoint", "nonce_headers"]
+__all__ = [
+    "Endpoint",
+    "authenticate_token",
+    "client_address",
+    "client_certificate",
+    "context",
+    "endpoint",
+    "nonce_headers",
+]
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -74,3 +84,14 @@ def endpoint(*, resource: bool, audit_kind: str | None = None) -> Callable[[Endp
 def client_address(request: Request) -> str | None:
     """The peer address as the server saw it (never a forwarded header: a client sets those)."""
     return request.client.host if request.client else None
+
+
+@functools.lru_cache(maxsize=8)
+def _proxies(cidrs: tuple[str, ...]) -> TrustedProxies:
+    return TrustedProxies(cidrs)
+
+
+def client_certificate(request: Request) -> ClientCertificate | None:
+    """The caller's client certificate: this server's TLS handshake, or the RFC 9440 header of a
+    ``[tls] trusted_proxies`` address (``web.client_cert``; never a header from anyone else)."""
+    return presented_certificate(request.scope, _proxies(context(request).settings.trusted_proxies))

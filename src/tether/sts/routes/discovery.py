@@ -7,11 +7,15 @@ not logged above debug level: the answer is the report, and a flood must not rea
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from tether.identity.x509 import SELF_SIGNED_TLS_CLIENT_AUTH, TLS_CLIENT_AUTH
 from tether.metrics import REFUSALS
 from tether.store.errors import StoreError
+from tether.sts.exchange import CLIENT_CREDENTIALS
 from tether.sts.routes.common import context, endpoint
 from tether.urns import TOKEN_EXCHANGE
 from tether.web.errors import error_response, wire_code
@@ -29,30 +33,47 @@ async def jwks_endpoint(request: Request) -> Response:
 
 @endpoint(resource=False)
 async def metadata_endpoint(request: Request) -> Response:
-    """RFC 8414 §2, with RFC 9449 §5.1 ``dpop_signing_alg_values_supported``."""
+    """RFC 8414 §2, with RFC 9449 §5.1 ``dpop_signing_alg_values_supported`` and, when client
+    certificates can authenticate anyone here (a trust domain's X.509 bundle or a registered
+    certificate), RFC 8705 §3.3 and §5 (``mtls_endpoint_aliases``: one port serves both)."""
     ctx = context(request)
     issuer = ctx.settings.issuer
     algs = list(ctx.proofs.algorithms)
-    return JSONResponse(
-        {
-            "issuer": issuer,
+    mtls = bool(ctx.certificates)
+    body: dict[str, Any] = {
+        "issuer": issuer,
+        "token_endpoint": issuer + "/token",
+        "jwks_uri": issuer + "/jwks",
+        "introspection_endpoint": issuer + "/introspect",
+        "revocation_endpoint": issuer + "/revoke",
+        "grant_types_supported": [TOKEN_EXCHANGE],
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt", "none"],
+        "token_endpoint_auth_signing_alg_values_supported": algs,
+        "introspection_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "revocation_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "dpop_signing_alg_values_supported": algs,
+        "scopes_supported": sorted(ctx.settings.admin_scope),
+        "tether_tasks_endpoint": issuer + "/tasks",
+        "tether_revocations_endpoint": issuer + "/revocations",
+    }
+    if mtls:
+        body["grant_types_supported"] = [TOKEN_EXCHANGE, CLIENT_CREDENTIALS]
+        body["token_endpoint_auth_methods_supported"] = [
+            "private_key_jwt",
+            "none",
+            TLS_CLIENT_AUTH,
+            SELF_SIGNED_TLS_CLIENT_AUTH,
+        ]
+        for key in ("introspection_endpoint_auth_methods_supported", "revocation_endpoint_auth_methods_supported"):
+            body[key] = ["private_key_jwt", TLS_CLIENT_AUTH, SELF_SIGNED_TLS_CLIENT_AUTH]
+        body["tls_client_certificate_bound_access_tokens"] = True
+        body["mtls_endpoint_aliases"] = {
             "token_endpoint": issuer + "/token",
-            "jwks_uri": issuer + "/jwks",
             "introspection_endpoint": issuer + "/introspect",
             "revocation_endpoint": issuer + "/revoke",
-            "grant_types_supported": [TOKEN_EXCHANGE],
-            "response_types_supported": [],
-            "token_endpoint_auth_methods_supported": ["private_key_jwt", "none"],
-            "token_endpoint_auth_signing_alg_values_supported": algs,
-            "introspection_endpoint_auth_methods_supported": ["private_key_jwt"],
-            "revocation_endpoint_auth_methods_supported": ["private_key_jwt"],
-            "dpop_signing_alg_values_supported": algs,
-            "scopes_supported": sorted(ctx.settings.admin_scope),
-            "tether_tasks_endpoint": issuer + "/tasks",
-            "tether_revocations_endpoint": issuer + "/revocations",
-        },
-        headers={"Cache-Control": "public, max-age=300"},
-    )
+        }
+    return JSONResponse(body, headers={"Cache-Control": "public, max-age=300"})
 
 
 @endpoint(resource=False)

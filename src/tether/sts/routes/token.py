@@ -11,7 +11,7 @@ from tether.rules.scope import parse_scope
 from tether.sts.auth import authenticate_client
 from tether.sts.exchange import ExchangeRequest, exchange
 from tether.sts.introspection import introspect, revoke
-from tether.sts.routes.common import client_address, context, endpoint, nonce_headers
+from tether.sts.routes.common import client_address, client_certificate, context, endpoint, nonce_headers
 from tether.web.dpop_request import dpop_header
 from tether.web.errors import NO_STORE
 from tether.web.forms import read_form
@@ -32,13 +32,15 @@ async def token_endpoint(request: Request) -> Response:
 
 
 async def _parse(request: Request) -> ExchangeRequest:
-    """Strictly parse the RFC 8693 §2.1 form; any problem is ``invalid_request`` or more specific."""
+    """Strictly parse the RFC 8693 §2.1 (or RFC 6749 §4.4.2) form; any problem is ``invalid_request``
+    or more specific. The client certificate is this connection's, or a trusted terminator's
+    RFC 9440 header (``web.client_cert``); which grant needs it is the use case's to say."""
     form = await read_form(request, repeatable=("resource", "audience"))
     scope = form.get("scope")
     return ExchangeRequest(
         grant_type=form.require("grant_type"),
-        subject_token=form.require("subject_token"),
-        subject_token_type=form.require("subject_token_type"),
+        subject_token=form.get("subject_token"),
+        subject_token_type=form.get("subject_token_type"),
         dpop=dpop_header(request.headers),
         actor_token=form.get("actor_token"),
         actor_token_type=form.get("actor_token_type"),
@@ -50,6 +52,7 @@ async def _parse(request: Request) -> ExchangeRequest:
         client_assertion=form.get("client_assertion"),
         client_assertion_type=form.get("client_assertion_type"),
         client_ip=client_address(request),
+        certificate=client_certificate(request),
     )
 
 
@@ -57,7 +60,13 @@ async def _parse(request: Request) -> ExchangeRequest:
 async def introspect_endpoint(request: Request) -> Response:
     ctx = context(request)
     form = await read_form(request)
-    client = await authenticate_client(ctx, form.get("client_assertion"), form.get("client_assertion_type"))
+    client = await authenticate_client(
+        ctx,
+        form.get("client_assertion"),
+        form.get("client_assertion_type"),
+        certificate=client_certificate(request),
+        client_id=form.get("client_id"),
+    )
     body = await introspect(ctx, client, form.require("token"))
     return JSONResponse(body, headers=NO_STORE)
 
@@ -66,6 +75,12 @@ async def introspect_endpoint(request: Request) -> Response:
 async def revoke_endpoint(request: Request) -> Response:
     ctx = context(request)
     form = await read_form(request)
-    client = await authenticate_client(ctx, form.get("client_assertion"), form.get("client_assertion_type"))
+    client = await authenticate_client(
+        ctx,
+        form.get("client_assertion"),
+        form.get("client_assertion_type"),
+        certificate=client_certificate(request),
+        client_id=form.get("client_id"),
+    )
     await revoke(ctx, client, form.require("token"))
     return Response(status_code=200, headers=NO_STORE)
