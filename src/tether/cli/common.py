@@ -15,11 +15,12 @@ from tether.client import StsClient, StsError
 from tether.config import Config, load_config
 from tether.errors import ConfigError
 from tether.identity.dev_issuer import DevTrustDomain
+from tether.identity.dev_x509 import DevCA
 from tether.keys.sealed import SealError, load_master_key
-from tether.provision import DEV_TRUST_DOMAIN
+from tether.provision import DEV_TRUST_DOMAIN, dev_ca_key_path, dev_x509_bundle_path, load_dev_ca
 from tether.store.errors import StoreUnavailable
 
-__all__ = ["admin_client", "config_or_exit", "dev_domain", "dev_domain_name", "errors_to_exit"]
+__all__ = ["admin_client", "config_or_exit", "dev_ca", "dev_domain", "dev_domain_name", "errors_to_exit"]
 
 
 @contextlib.contextmanager
@@ -58,6 +59,16 @@ def dev_domain(config: Config) -> DevTrustDomain:
     if not path.exists():
         raise ConfigError("dev.trust_domain", f"no dev trust domain key at `{path}`; run tether init")
     return DevTrustDomain.load(config.data_dir, name, master)
+
+
+def dev_ca(config: Config) -> DevCA:
+    """The dev trust domain's X.509 CA (``tether init --tls``), its key unsealed with the master key."""
+    name = dev_domain_name(config)
+    key, bundle = dev_ca_key_path(config.data_dir, name), dev_x509_bundle_path(config.data_dir, name)
+    if not key.exists() or not bundle.exists():
+        raise ConfigError("dev.trust_domain", f"no dev X.509 CA for `{name}` at `{key}`; run tether init --tls")
+    master = load_master_key(config.master_key_file)
+    return load_dev_ca(config.data_dir, name, master)
 
 
 def admin_client(config: Config, url: str | None, identity_file: Path | None) -> StsClient:
