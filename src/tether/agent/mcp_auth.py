@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import httpx
 import httpx2
 
-from tether.agent.auth import DiscoveryError, SessionEnded, TokenProvider, _Held, url_matches
+from tether.agent.auth import DiscoveryError, SessionEnded, TokenProvider, _Held, proof_key, url_matches
 from tether.agent.exchange import Flow, Steps, send_flow
 from tether.lru import LruCache
 
@@ -232,7 +232,7 @@ class McpAuth(httpx2.Auth):
         token = yield from self.provider.token_flow(audience)
         unlock()
         self._check_open()
-        response = yield from send_flow(request, self.provider.key, self.provider.nonces, access_token=token)
+        response = yield from send_flow(request, proof_key(self.provider, token), self.provider.nonces, access_token=token)
         if response.status_code == 401 and 'error="invalid_token"' in response.headers.get("www-authenticate", ""):
             self.provider.forget(audience)
         return response
