@@ -241,7 +241,7 @@ def test_mtls_session_by_client_credentials_then_hop_and_bearer_call_aux_06(mtls
         response = http.get(mtls.resource + "/whoami")
         assert response.status_code == 200, response.text
         assert response.json() == {"agent": AGENT, "x5t": x5t, "jkt": None, "task": session.task_id}
-        hop = session.token_for(mtls.resource, http)
+        hop = session.token_for(mtls.resource)
     claims = claims_of(hop)
     assert claims["cnf"] == {"x5t#S256": x5t}  # certificate-bound only: no DPoP key was offered
     assert session.exchanges == 2  # one client_credentials session exchange, one hop exchange
@@ -258,7 +258,7 @@ def test_mtls_session_exchanges_again_after_the_svid_rotates(mtls: MtlsWorld) ->
     session = Agent(mtls.sts_url, x509=identity).session(mtls.task())
     with session.client(audiences={mtls.resource: mtls.resource}) as http:
         assert http.get(mtls.resource + "/whoami").status_code == 200
-        old_hop = session.token_for(mtls.resource, http)
+        old_hop = session.token_for(mtls.resource)
         old = identity.current().thumbprint
         _write_svid(svid, mtls.ca.issue_svid(AGENT), mtls.ca)  # spiffe-helper rewrites the files
         new = identity.current().thumbprint
@@ -267,7 +267,7 @@ def test_mtls_session_exchanges_again_after_the_svid_rotates(mtls: MtlsWorld) ->
         assert response.status_code == 200, response.text
         assert response.json()["x5t"] == new
         assert session.exchanges == 4  # a new session by client_credentials and a new hop, both bound to the new cert
-        assert claims_of(session.token_for(mtls.resource, http))["cnf"] == {"x5t#S256": new}
+        assert claims_of(session.token_for(mtls.resource))["cnf"] == {"x5t#S256": new}
         # the token bound to the old certificate does not work with the new one
         refused = http.get(mtls.resource + "/whoami", headers={"Authorization": f"Bearer {old_hop}"}, auth=None)
     assert refused.status_code == 401
@@ -306,3 +306,20 @@ def test_mtls_session_completes_its_task_with_its_certificate_bound_session_toke
     with pytest.raises(ExchangeError) as refused:
         _session(mtls, svid, session.task_id).token_for(mtls.resource)
     assert refused.value.error == "invalid_grant"
+
+
+def test_mtls_session_with_dpop_too_binds_every_token_to_both_mtls_04(mtls: MtlsWorld) -> None:
+    """``dpop=True`` beside an SVID: the client_credentials exchange carries a DPoP proof, so the
+    session and hop tokens carry ``jkt`` and ``x5t#S256`` (the resource then checks both)."""
+    svid = mtls.svid("both")
+    x5t = _identity(svid).current().thumbprint
+    agent = Agent(mtls.sts_url, x509=_identity(svid), dpop=True)
+    session = agent.session(mtls.task())
+    with session.client(audiences={mtls.resource: mtls.resource}) as http:
+        hop = session.token_for(mtls.resource)
+        assert claims_of(hop)["cnf"] == {"x5t#S256": x5t, "jkt": agent.key.jkt}
+        response = http.get(mtls.resource + "/whoami")
+        assert response.status_code == 200, response.text
+        assert response.json()["jkt"] == agent.key.jkt and response.json()["x5t"] == x5t
+        result = session.complete()
+    assert result["state"] == "completed"
