@@ -18,16 +18,17 @@ from typing import Any
 
 import httpx
 import pytest
-from agentkit import claims_of
+from agentkit import claims_of, wait_until
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from workload_api import WorkloadApi
 
 from helpers import ADMIN, AGENT, free_port
 from tether.agent import Agent, DevIdentity, ExchangeError, FileX509Identity, X509Transport
-from tether.agent.x509 import AsyncX509Transport
+from tether.agent.x509 import AsyncX509Transport, WorkloadApiX509Identity
 from tether.client import StsClient
 from tether.clock import ManualClock
 from tether.config import Config, load_config
@@ -323,3 +324,22 @@ def test_mtls_session_with_dpop_too_binds_every_token_to_both_mtls_04(mtls: Mtls
         assert response.json()["jkt"] == agent.key.jkt and response.json()["x5t"] == x5t
         result = session.complete()
     assert result["state"] == "completed"
+
+
+# -- WorkloadApiX509Identity: SVIDs streamed by the SPIFFE Workload API -------------------------
+
+
+def test_workload_api_identity_presents_the_streamed_svid_and_the_rotated_one(echo: TlsWorld, tmp_path: Path) -> None:
+    with WorkloadApi(tmp_path, echo.ca, AGENT) as api:
+        identity = WorkloadApiX509Identity(api.socket)
+        try:
+            credential = identity.current()
+            assert credential.spiffe_id == AGENT
+            assert credential.thumbprint == thumbprint(api.svid.der)
+            with httpx.Client(transport=X509Transport(identity), trust_env=False) as http:
+                assert http.get(echo.url + "/echo").json()["x5t"] == thumbprint(api.svid.der)
+                rotated = api.rotate()
+                wait_until(lambda: identity.current().thumbprint == thumbprint(rotated.der), what="the streamed rotation")
+                assert http.get(echo.url + "/echo").json()["x5t"] == thumbprint(rotated.der)
+        finally:
+            identity.close()
