@@ -343,3 +343,8 @@ def test_workload_api_identity_presents_the_streamed_svid_and_the_rotated_one(ec
                 assert http.get(echo.url + "/echo").json()["x5t"] == thumbprint(rotated.der)
         finally:
             identity.close()
+
+
+def test_workload_api_identity_without_an_agent_is_a_runtime_error(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="Workload API"):
+        WorkloadApiX509Identity(f"unix://{tmp_path}/no-agent.sock", timeout=0.5)

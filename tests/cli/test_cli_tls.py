@@ -6,6 +6,7 @@ handshakes are made with the dev CA the command wrote (and, as negatives, with a
 from __future__ import annotations
 
 import ipaddress
+import json
 import shutil
 import ssl
 import stat
@@ -183,6 +184,11 @@ def test_serve_with_tls_config_speaks_https_and_verifies_client_certificates_mtl
         # the server is not the system's: without the dev CA the client refuses it
         with httpx.Client(trust_env=False) as http, pytest.raises(httpx.ConnectError):
             http.get(url + "/healthz")
+        # the CLI's admin commands reach the STS over TLS (they trust the dev CA)
+        created = tether("task", "create", "--agent", AGENT_ID, "--audience", "https://wiki.example", "--scope", "wiki:read",
+                         "--json", "--config", str(config))  # fmt: skip
+        assert created.returncode == 0, created.stderr
+        assert json.loads(created.stdout)["agent"] == AGENT_ID
         # and plain HTTP on the TLS port gets no answer
         with httpx.Client(trust_env=False) as http, pytest.raises(httpx.TransportError):
             http.get(f"http://127.0.0.1:{port}/healthz")

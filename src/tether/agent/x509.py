@@ -155,8 +155,13 @@ class WorkloadApiX509Identity:
                 from spiffe import X509Source as SpiffeX509Source
             except ImportError as exc:  # pragma: no cover - depends on the optional extra
                 raise RuntimeError("the SPIFFE Workload API needs the `spiffe` package: pip install tether[spiffe]") from exc
+            from spiffe.errors import PySpiffeError
+
             socket = socket_path or os.environ.get("SPIFFE_ENDPOINT_SOCKET")
-            source = SpiffeX509Source(socket_path=socket, timeout_in_seconds=timeout)
+            try:
+                source = SpiffeX509Source(socket_path=socket, timeout_in_seconds=timeout)
+            except PySpiffeError as exc:  # no agent on the socket, or no SVID for us in time
+                raise RuntimeError(f"the SPIFFE Workload API gave no X.509-SVID: {exc}") from exc
         self._source = source
         self._lock = threading.Lock()
         self._current: X509Credential | None = None

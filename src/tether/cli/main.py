@@ -9,7 +9,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -28,6 +28,10 @@ from tether.cli.report import report
 from tether.logs import configure_logging
 from tether.provision import initialize
 from tether.store.records import BlockKind
+
+if TYPE_CHECKING:
+    from tether.config import Config
+    from tether.web.tls import TlsFiles
 
 __all__ = ["app", "main"]
 
@@ -80,7 +84,7 @@ TlsOpt = Annotated[
 ]
 
 
-def _tls_files(cfg: Any, required: bool) -> Any:
+def _tls_files(cfg: Config, required: bool) -> TlsFiles | None:
     """The server's TLS files when ``[tls]`` names a certificate and key (``None`` otherwise);
     ``--tls`` without them exits 2 rather than serving plain HTTP by surprise."""
     from tether.web.tls import TlsFiles
@@ -96,7 +100,7 @@ def _tls_files(cfg: Any, required: bool) -> Any:
     return files
 
 
-def _client_ca_files(cfg: Any) -> list[Path]:
+def _client_ca_files(cfg: Config) -> list[Path]:
     """What a client certificate may chain to (RFC 8705 §2): every trust domain's X.509 bundle
     and every registered self-signed client certificate (its own anchor, §2.2).
 
@@ -106,7 +110,7 @@ def _client_ca_files(cfg: Any) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
-def _uvicorn_tls(files: Any) -> dict[str, Any]:
+def _uvicorn_tls(files: TlsFiles | None) -> dict[str, Any]:
     """uvicorn options for HTTPS with the client certificate in the ASGI TLS extension
     (``tether.web.tls``); a ``functools.partial`` of module-level names, so it pickles for --workers."""
     import functools
