@@ -192,3 +192,35 @@ def test_serve_with_tls_config_speaks_https_and_verifies_client_certificates_mtl
         # and plain HTTP on the TLS port gets no answer
         with httpx.Client(trust_env=False) as http, pytest.raises(httpx.TransportError):
             http.get(f"http://127.0.0.1:{port}/healthz")
+
+
+def test_serve_tls_with_workers_pickles_the_context_factory(deployment: tuple[Path, int], tmp_path: Path) -> None:
+    """``--workers N`` spawns processes: the TLS options (a partial of module-level names) must
+    pickle, and every worker serves HTTPS with the dev CA."""
+    template, old = deployment
+    directory = tmp_path / "d"
+    shutil.copytree(template, directory)
+    port = free_port()
+    config = directory / "tether.toml"
+    config.write_text(config.read_text().replace(str(old), str(port)))
+    trust = ssl.create_default_context(cafile=str(directory / ".tether" / "bundles" / "tether.local.x509.pem"))
+    url = f"https://127.0.0.1:{port}"
+    with (
+        serving(config, url, log=tmp_path / "serve.log", verify=trust, args=("--workers", "2"), timeout=40),
+        httpx.Client(verify=trust, trust_env=False) as http,
+    ):
+        assert all(http.get(url + "/healthz").status_code == 200 for _ in range(4))
+
+
+def test_gateway_tls_without_tls_settings_exits_2(tmp_path: Path) -> None:
+    port = free_port()
+    assert tether("init", "--dir", str(tmp_path), "--issuer", f"http://127.0.0.1:{port}").returncode == 0
+    config = tmp_path / "tether.toml"
+    route = (
+        '\n[[gateway.routes]]\nname = "apikey"\nupstream = "http://127.0.0.1:9"\nsecret = "key"\n'
+        'allow = ["GET /v1/items"]\nowner = "team"\njustification = "a static key"\nexpires = 2099-12-31\n'
+    )
+    config.write_text(config.read_text() + route)
+    result = tether("gateway", "--tls", "--config", str(config), timeout=30)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "[tls]" in one_line(result.stderr)
