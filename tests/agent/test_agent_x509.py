@@ -27,7 +27,7 @@ from starlette.routing import Route
 from workload_api import WorkloadApi
 
 from helpers import ADMIN, AGENT, free_port
-from tether.agent import Agent, DevIdentity, ExchangeError, FileX509Identity, X509Transport
+from tether.agent import Agent, DevIdentity, ExchangeError, FileIdentity, FileX509Identity, X509Transport
 from tether.agent.x509 import AsyncX509Transport, WorkloadApiX509Identity
 from tether.client import StsClient
 from tether.clock import ManualClock
@@ -348,3 +348,24 @@ def test_workload_api_identity_presents_the_streamed_svid_and_the_rotated_one(ec
 def test_workload_api_identity_without_an_agent_is_a_runtime_error(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="Workload API"):
         WorkloadApiX509Identity(f"unix://{tmp_path}/no-agent.sock", timeout=0.5)
+
+
+def test_mcp_transport_presents_the_svid_to_httpx2_and_follows_rotation(echo: TlsWorld, tmp_path: Path) -> None:
+    """The MCP client SDK's ``httpx2`` client over mTLS: ``session.mcp_transport()``."""
+    import httpx2
+
+    first, second = echo.ca.issue_svid(AGENT), echo.ca.issue_svid(AGENT)
+    _write_svid(tmp_path, first, echo.ca)
+    session = Agent("https://sts.example", x509=_identity(tmp_path)).session("tsk_unit")
+
+    async def run() -> list[str]:
+        seen = []
+        async with httpx2.AsyncClient(transport=session.mcp_transport(), trust_env=False) as http:
+            seen.append((await http.get(echo.url + "/echo")).json()["x5t"])
+            _write_svid(tmp_path, second, echo.ca)
+            seen.append((await http.get(echo.url + "/echo")).json()["x5t"])
+        return seen
+
+    assert asyncio.run(run()) == [thumbprint(first.der), thumbprint(second.der)]
+    with pytest.raises(ValueError, match="mTLS session"):
+        Agent("https://sts.example", FileIdentity(tmp_path / "jwt")).session("t").mcp_transport()

@@ -218,6 +218,15 @@ class TaskSession:
         self._mcp_auths.add(auth)
         return auth
 
+    def mcp_transport(self, **options: Any) -> Any:
+        """An ``httpx2`` transport presenting this session's X.509-SVID and following its rotation
+        (mTLS mode): ``httpx2.AsyncClient(auth=session.mcp_auth(), transport=session.mcp_transport())``."""
+        from tether.agent.mcp_auth import Httpx2X509Transport  # httpx2 comes with the mcp extra
+
+        if self.x509 is None:
+            raise ValueError("mcp_transport() is for an mTLS session (x509=); a DPoP session needs no transport")
+        return Httpx2X509Transport(self.x509, **options)
+
     def forget(self, audience: str) -> None:
         """Drop the hop token for ``audience``: its server refused it (expired or revoked)."""
         self.hops.discard(audience)
