@@ -19,6 +19,9 @@ from typing import Any
 import httpx
 import pytest
 from agentkit import claims_of, wait_until
+from mcp.client.client import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.server.mcpserver import MCPServer
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -179,6 +182,7 @@ class MtlsWorld:
     resource: str
     trust: ssl.SSLContext
     svids: Path
+    mcp_url: str
 
     def admin(self) -> StsClient:
         domain = DevTrustDomain.load(self.config.data_dir, "tether.local", load_master_key(self.config.master_key_file))
@@ -186,13 +190,24 @@ class MtlsWorld:
 
     def task(self, agent: str = AGENT) -> str:
         with self.admin() as admin:
-            task = admin.create_task(agent=agent, audiences=[self.resource], scopes=["wiki:read"])
+            task = admin.create_task(agent=agent, audiences=[self.resource, self.mcp_url], scopes=["wiki:read"])
         return str(task["id"])
 
     def svid(self, name: str, spiffe_id: str = AGENT) -> Path:
         directory = self.svids / name
         _write_svid(directory, self.ca.issue_svid(spiffe_id), self.ca)
         return directory
+
+
+def _tools() -> MCPServer:
+    server = MCPServer("tools")
+
+    @server.tool()
+    def add(a: int, b: int) -> int:
+        """Add two numbers."""
+        return a + b
+
+    return server
 
 
 async def _whoami(request: Request) -> Response:
@@ -205,7 +220,7 @@ def mtls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MtlsWorld]:
     """``tether init --tls``'s deployment, its STS over HTTPS asking for client certificates, and a
     tether-protected resource over HTTPS with the same dev CA."""
     directory = tmp_path_factory.mktemp("mtls")
-    port, rport = free_port(), free_port()
+    port, rport, mport = free_port(), free_port(), free_port()
     result = initialize(directory, issuer=f"https://127.0.0.1:{port}", tls=True)
     with result.config_path.open("a", encoding="utf-8") as handle:
         handle.write("\n[audit]\nrefusal_interval = 0\n")
@@ -222,12 +237,20 @@ def mtls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MtlsWorld]:
         http=httpx.AsyncClient(verify=trust, trust_env=False, timeout=5.0),
     )
     app = Starlette(routes=[Route("/whoami", _whoami)], middleware=[Middleware(TetherMiddleware, verifier=verifier)])
+    mcp_url = f"https://127.0.0.1:{mport}/mcp"
+    mcp_verifier = Verifier(
+        ResourceSettings(issuer=config.issuer, resource=mcp_url, revocation_feed=False),
+        http=httpx.AsyncClient(verify=trust, trust_env=False, timeout=5.0),
+    )
+    mcp_app = TetherMiddleware(_tools().streamable_http_app(streamable_http_path="/mcp"), mcp_verifier)
     with contextlib.ExitStack() as stack:
         sts_thread = ServerThread(sts.app, port, tls=files).start()
         stack.callback(sts_thread.stop)
         rs_thread = ServerThread(app, rport, tls=files).start()
         stack.callback(rs_thread.stop)
-        yield MtlsWorld(config, ca, config.issuer, resource, trust, directory / "svids")
+        mcp_thread = ServerThread(mcp_app, mport, tls=files).start()
+        stack.callback(mcp_thread.stop)
+        yield MtlsWorld(config, ca, config.issuer, resource, trust, directory / "svids", mcp_url)
 
 
 def _session(world: MtlsWorld, svid: Path, task: str) -> Any:
@@ -324,6 +347,32 @@ def test_mtls_session_with_dpop_too_binds_every_token_to_both_mtls_04(mtls: Mtls
         assert response.json()["jkt"] == agent.key.jkt and response.json()["x5t"] == x5t
         result = session.complete()
     assert result["state"] == "completed"
+
+
+def test_mcp_client_sdk_over_mtls_presents_the_svid_and_a_certificate_bound_token(mtls: MtlsWorld) -> None:
+    """The official MCP client SDK (httpx2) through an mTLS session: ``mcp_auth()`` for the token
+    (Bearer, certificate-bound) and ``mcp_transport()`` for the certificate."""
+    import httpx2
+
+    session = _session(mtls, mtls.svid("mcp"), mtls.task())
+
+    async def run() -> list[str]:
+        async with (
+            httpx2.AsyncClient(
+                auth=session.mcp_auth(audiences={mtls.mcp_url: mtls.mcp_url}),
+                transport=session.mcp_transport(),
+                trust_env=False,
+                timeout=10.0,
+            ) as http,
+            Client(streamable_http_client(mtls.mcp_url, http_client=http)) as client,
+        ):
+            result = await client.call_tool("add", {"a": 2, "b": 3})
+            return [block.text for block in result.content]
+
+    assert asyncio.run(run()) == ["5"]
+    x5t = session.x509.current().thumbprint if session.x509 else ""
+    assert claims_of(session.token_for(mtls.mcp_url))["cnf"] == {"x5t#S256": x5t}
+    assert session.exchanges == 2
 
 
 # -- WorkloadApiX509Identity: SVIDs streamed by the SPIFFE Workload API -------------------------
