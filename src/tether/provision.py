@@ -5,6 +5,13 @@ kept unless ``force`` is given, and even then
 the master key is never replaced (that would make every sealed key unreadable);
 ``force`` adds a fresh issuer signing key (the old one stays in the JWKS until its
 tokens expire) and a fresh dev trust domain key and bundle.
+
+With ``tls`` (``tether init --tls``) the dev trust domain also gets an X.509 CA (RFC 8705
+§2.1 needs a CA that X.509-SVIDs chain to; SPIFFE X.509-SVID §4: the CA certificate is the
+domain's X.509 bundle). Its key is sealed under the master key like the JWT-SVID key; the
+server certificate for the issuer host is written in the clear (uvicorn loads it) and only
+its owner may read the key. The config then names them in ``[tls]`` and the trust domain's
+``x509_bundle_file``, and the issuer and gateway URLs are https.
 """
 
 from __future__ import annotations
@@ -17,24 +24,54 @@ from importlib import resources
 from pathlib import Path
 
 import tether.features  # noqa: F401  (the feature tables are registered before a config is loaded)
-from tether.config import load_config
+from tether.config import Config, load_config
 from tether.filemodes import OWNER_DIR, write_private
 from tether.identity.dev_issuer import DevTrustDomain
+from tether.identity.dev_x509 import DevCA
+from tether.identity.dev_x509 import write_private as write_secret
 from tether.keys.keyring import rotate_signing_key
-from tether.keys.sealed import MASTER_KEY_ENV, create_master_key, load_master_key
+from tether.keys.sealed import MASTER_KEY_ENV, create_master_key, load_master_key, seal, unseal
 from tether.monitor.sample import sample_config
 from tether.store.open import open_store
 from tether.sts.settings import StsSettings
 
-__all__ = ["DEV_TRUST_DOMAIN", "InitResult", "initialize", "install_starter_policies", "render_config"]
+__all__ = [
+    "DEV_TRUST_DOMAIN",
+    "InitResult",
+    "create_dev_ca",
+    "dev_ca_aad",
+    "dev_ca_key_path",
+    "dev_x509_bundle_path",
+    "initialize",
+    "install_starter_policies",
+    "load_dev_ca",
+    "render_config",
+    "server_hosts",
+    "tls_paths",
+]
 
 DEV_TRUST_DOMAIN = "tether.local"
 ADMIN_ID = f"spiffe://{DEV_TRUST_DOMAIN}/admin"
 
 
-def render_config(issuer: str) -> str:
-    host, _, port = issuer.split("://", 1)[1].partition(":")
-    port = port.split("/")[0] or ("443" if issuer.startswith("https") else "80")
+def _host_port(url: str) -> tuple[str, str]:
+    host, _, port = url.split("://", 1)[1].split("/", maxsplit=1)[0].partition(":")
+    return host, port or ("443" if url.startswith("https") else "80")
+
+
+def render_config(issuer: str, *, tls: bool = False) -> str:
+    host, port = _host_port(issuer)
+    x509 = f'x509_bundle_file = ".tether/bundles/{DEV_TRUST_DOMAIN}.x509.pem"\n' if tls else ""
+    tls_section = (
+        "[tls]                         # HTTPS for tether serve / tether gateway (tether init --tls)\n"
+        'certificate = ".tether/tls/server.pem"\n'
+        'key = ".tether/tls/server.key"\n'
+        "# trusted_proxies = []        # TLS terminators whose Client-Cert header (RFC 9440) is believed\n\n"
+        "[gateway]\n"
+        'url = "https://127.0.0.1:8710"\n\n'
+        if tls
+        else ""
+    )
     return f"""# tether configuration. Every key is optional unless noted; TETHER_<SECTION>_<KEY> overrides it.
 issuer = "{issuer}"
 data_dir = ".tether"          # SQLite database, sealed keys, dev trust bundle
@@ -44,7 +81,7 @@ store = "sqlite"              # "sqlite" (embedded) or "postgres" (with [postgre
 host = "{host}"
 port = {port}
 
-[tokens]
+{tls_section}[tokens]
 session_ttl = 900             # workload JWT -> session token (never beyond the task or the JWT)
 hop_ttl = 300                 # session token -> hop token for one audience
 admin_ttl = 300
@@ -84,7 +121,7 @@ mode = "enforce"              # or "shadow": evaluate and audit, never deny
 [[trust_domains]]
 name = "{DEV_TRUST_DOMAIN}"
 bundle_file = ".tether/bundles/{DEV_TRUST_DOMAIN}.json"
-
+{x509}
 # [[trust_domains]]           # a SPIRE trust domain, bundle served over HTTPS
 # name = "prod.example.org"
 # bundle_url = "https://spire.example.org/bundle"
@@ -126,21 +163,73 @@ def install_starter_policies(directory: Path) -> None:
             write_private(directory / entry.name, entry.read_text(encoding="utf-8"))
 
 
+def dev_ca_aad(name: str) -> bytes:
+    """The AES-GCM associated data sealing a dev trust domain's X.509 CA key: its name."""
+    return b"dev-x509-ca\x00" + name.encode()
+
+
+def dev_ca_key_path(data_dir: Path, name: str) -> Path:
+    return data_dir / "dev" / f"{name}.ca.key.sealed"
+
+
+def dev_x509_bundle_path(data_dir: Path, name: str) -> Path:
+    """The domain's X.509 bundle: the dev CA's certificate (PEM)."""
+    return data_dir / "bundles" / f"{name}.x509.pem"
+
+
+def tls_paths(data_dir: Path) -> tuple[Path, Path]:
+    """The server certificate (PEM, leaf then CA) and its key (0600)."""
+    return data_dir / "tls" / "server.pem", data_dir / "tls" / "server.key"
+
+
+def create_dev_ca(data_dir: Path, name: str, master: bytes) -> DevCA:
+    """A fresh dev CA: its key sealed under the master key, its certificate as the X.509 bundle."""
+    ca = DevCA.create(name)
+    key_path = dev_ca_key_path(data_dir, name)
+    key_path.parent.mkdir(parents=True, exist_ok=True)
+    write_secret(key_path, seal(master, ca.key_pem, aad=dev_ca_aad(name)))
+    bundle = dev_x509_bundle_path(data_dir, name)
+    bundle.parent.mkdir(parents=True, exist_ok=True)
+    bundle.write_bytes(ca.bundle_pem)
+    return ca
+
+
+def load_dev_ca(data_dir: Path, name: str, master: bytes) -> DevCA:
+    """The dev CA of ``name`` (``SealError`` if the master key does not open it)."""
+    key_pem = unseal(master, dev_ca_key_path(data_dir, name).read_bytes(), aad=dev_ca_aad(name))
+    return DevCA.load(name, dev_x509_bundle_path(data_dir, name).read_bytes(), key_pem)
+
+
+def server_hosts(*urls: str) -> list[str]:
+    """The server certificate's names: each URL's host, then loopback (127.0.0.1, localhost)."""
+    hosts: list[str] = []
+    for host in [*(_host_port(url)[0].strip("[]") for url in urls), "127.0.0.1", "localhost"]:
+        if host and host not in hosts:
+            hosts.append(host)
+    return hosts
+
+
 @dataclass
 class InitResult:
     config_path: Path
     created: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
+    #: what the operator must still do by hand (an existing tether.toml is never rewritten)
+    todo: list[str] = field(default_factory=list)
 
 
-def initialize(directory: Path, *, issuer: str, force: bool = False) -> InitResult:
+def _https(url: str) -> str:
+    return "https://" + url.split("://", 1)[1] if url.startswith("http://") else url
+
+
+def initialize(directory: Path, *, issuer: str, force: bool = False, tls: bool = False) -> InitResult:
     directory.mkdir(parents=True, exist_ok=True)
     config_path = directory / "tether.toml"
     result = InitResult(config_path=config_path)
     if config_path.exists():
         result.kept.append(str(config_path))
     else:
-        write_private(config_path, render_config(issuer))
+        write_private(config_path, render_config(_https(issuer) if tls else issuer, tls=tls))
         result.created.append(str(config_path))
     config = load_config(config_path)
     data_dir = config.data_dir
@@ -185,4 +274,38 @@ def initialize(directory: Path, *, issuer: str, force: bool = False) -> InitResu
     else:
         DevTrustDomain.create(data_dir, domain, master)
         result.created.append(f"dev trust domain spiffe://{domain} and its bundle")
+    if tls:
+        _init_tls(config, master, domain, force=force, result=result)
     return result
+
+
+def _init_tls(config: Config, master: bytes, domain: str, *, force: bool, result: InitResult) -> None:
+    """The dev CA, the server certificate, and what tether.toml must say about them."""
+    data_dir = config.data_dir
+    fresh_ca = force or not dev_ca_key_path(data_dir, domain).exists()
+    if fresh_ca:
+        ca = create_dev_ca(data_dir, domain, master)
+        result.created.append(f"dev X.509 CA for spiffe://{domain} (bundle {dev_x509_bundle_path(data_dir, domain)})")
+    else:
+        ca = load_dev_ca(data_dir, domain, master)
+        result.kept.append(f"dev X.509 CA for spiffe://{domain}")
+    cert_path, key_path = tls_paths(data_dir)
+    hosts = server_hosts(config.issuer, config.gateway.url)
+    if fresh_ca or not cert_path.exists() or not key_path.exists():
+        server = ca.issue_server(hosts)
+        cert_path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(cert_path.parent, OWNER_DIR)
+        write_secret(key_path, server.key_pem)
+        cert_path.write_bytes(server.cert_pem + ca.bundle_pem)
+        result.created.append(f"server certificate {cert_path} for {', '.join(hosts)}")
+    else:
+        result.kept.append(f"server certificate {cert_path}")
+    # an existing tether.toml is never rewritten: say what it is missing
+    if not (config.tls.certificate and config.tls.key):
+        result.todo.append(f'[tls] certificate = "{cert_path}" and key = "{key_path}"')
+    entry = next((td for td in config.trust_domains if td.name == domain), None)
+    bundle = dev_x509_bundle_path(data_dir, domain)
+    if entry is not None and entry.x509_bundle_file is None:
+        result.todo.append(f'x509_bundle_file = "{bundle}" in the [[trust_domains]] entry named "{domain}"')
+    if not config.issuer.startswith("https://"):
+        result.todo.append(f'issuer = "{_https(config.issuer)}"')

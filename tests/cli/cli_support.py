@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -36,13 +37,16 @@ def one_line(stderr: str) -> str:
 
 
 @contextlib.contextmanager
-def serving(config: Path, url: str, *, log: Path, timeout: float = 20) -> Iterator[subprocess.Popen[bytes]]:
-    """``tether serve --config`` as a subprocess; yields once ``/healthz`` answers, kills it afterwards."""
+def serving(
+    config: Path, url: str, *, log: Path, timeout: float = 20, verify: ssl.SSLContext | bool = True, args: tuple[str, ...] = ()
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``tether serve --config`` as a subprocess; yields once ``/healthz`` answers, kills it afterwards.
+    ``verify``: how an https ``url`` is checked (an ``ssl.SSLContext`` trusting the dev CA)."""
     with log.open("wb") as sink:
-        proc = subprocess.Popen([TETHER, "serve", "--config", str(config)], stdout=sink, stderr=sink, env=_env())
+        proc = subprocess.Popen([TETHER, "serve", "--config", str(config), *args], stdout=sink, stderr=sink, env=_env())
         try:
             deadline = time.monotonic() + timeout
-            with httpx.Client(timeout=2.0, trust_env=False) as http:
+            with httpx.Client(timeout=2.0, trust_env=False, verify=verify) as http:
                 while True:
                     if proc.poll() is not None:
                         raise AssertionError(f"tether serve exited {proc.returncode}: {log.read_text()}")

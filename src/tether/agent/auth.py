@@ -21,7 +21,16 @@ from tether.agent.exchange import Flow, Nonces, Steps, send_flow
 from tether.agent.proof import DPoPKey
 from tether.lru import LruCache
 
-__all__ = ["DPoPAuth", "DiscoveryError", "FlowLock", "SessionEnded", "TokenProvider", "url_matches"]
+__all__ = [
+    "DPoPAuth",
+    "DiscoveryError",
+    "FlowLock",
+    "ProofKeyChooser",
+    "SessionEnded",
+    "TokenProvider",
+    "proof_key",
+    "url_matches",
+]
 
 
 class DiscoveryError(Exception):
@@ -72,6 +81,22 @@ class TokenProvider(Protocol):
     def token_flow(self, audience: str) -> Flow:
         """A flow that returns an access token (``str``) for ``audience``."""
         ...
+
+
+class ProofKeyChooser(Protocol):
+    def proof_key(self, token: str) -> DPoPKey | None:
+        """The key proving possession of ``token`` (RFC 9449), or ``None`` for a certificate-bound
+        token without ``jkt``, sent as a bearer token over the mTLS connection (RFC 8705 §3)."""
+        ...
+
+
+def proof_key(provider: TokenProvider, token: str) -> DPoPKey | None:
+    """The provider's choice when it makes one (an mTLS ``TaskSession``), else its DPoP key."""
+    choose = getattr(provider, "proof_key", None)  # one attribute lookup per request, no isinstance
+    if choose is None:
+        return provider.key
+    key: DPoPKey | None = choose(token)
+    return key
 
 
 def _origin(url: httpx.URL) -> str:
@@ -132,7 +157,7 @@ class DPoPAuth(httpx.Auth):
         token = yield from self._token(request.url)
         unlock()
         provider = self.provider
-        response = yield from send_flow(request, provider.key, provider.nonces, access_token=token)
+        response = yield from send_flow(request, proof_key(provider, token), provider.nonces, access_token=token)
         return response
 
     def auth_flow(self, request: httpx.Request) -> Flow:

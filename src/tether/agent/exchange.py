@@ -50,6 +50,9 @@ class IssuedToken:
     value: str
     expires_at: float
     scope: frozenset[str]
+    #: ``DPoP`` (bound to a DPoP key, RFC 9449 §5) or ``Bearer`` (a certificate-bound token
+    #: without ``jkt``, presented as a bearer token over the same mTLS connection, RFC 8705 §3)
+    token_type: str = "DPoP"
 
     def usable(self, now: float, margin: float) -> bool:
         return now < self.expires_at - margin
@@ -101,10 +104,19 @@ def refusal(response: httpx.Response) -> ExchangeError:
     return ExchangeError(response.status_code, "error", "" if response.is_success else response.text[:200])
 
 
-def send_flow(request: httpx.Request, key: DPoPKey, nonces: Nonces, *, access_token: str | None = None) -> Flow:
+def send_flow(request: httpx.Request, key: DPoPKey | None, nonces: Nonces, *, access_token: str | None = None) -> Flow:
     """Send ``request`` with a fresh DPoP proof (and ``Authorization: DPoP`` when it carries
     ``access_token``, RFC 9449 §7.1); on a nonce challenge, sign again with the server's nonce and
-    send once more (§8, §9). Returns the last response."""
+    send once more (§8, §9). Returns the last response.
+
+    ``key=None``: no proof; the request is authenticated by the TLS client certificate of the
+    connection and carries ``access_token`` as ``Authorization: Bearer`` (RFC 8705 §3: a
+    certificate-bound token without ``jkt`` uses the bearer scheme, RFC 6750 §2.1)."""
+    if key is None:
+        if access_token is not None:
+            request.headers["Authorization"] = f"Bearer {access_token}"
+        response = yield request
+        return response
     if access_token is not None:
         request.headers["Authorization"] = f"DPoP {access_token}"
     for _ in range(2):
@@ -117,8 +129,12 @@ def send_flow(request: httpx.Request, key: DPoPKey, nonces: Nonces, *, access_to
     return response
 
 
-def exchange_flow(token_url: str, form: dict[str, str], key: DPoPKey, nonces: Nonces, *, clock: Clock | None = None) -> Flow:
-    """POST an RFC 8693 exchange; returns an ``IssuedToken`` (``expires_at`` on ``clock``) or raises ``ExchangeError``."""
+def exchange_flow(
+    token_url: str, form: dict[str, str], key: DPoPKey | None, nonces: Nonces, *, clock: Clock | None = None
+) -> Flow:
+    """POST a token request (RFC 8693 exchange, or RFC 6749 §4.4 client credentials over mTLS);
+    returns an ``IssuedToken`` (``expires_at`` on ``clock``) or raises ``ExchangeError``.
+    ``key=None`` sends no DPoP proof (the client certificate is the only binding)."""
     request = httpx.Request("POST", token_url, data=form, headers={"Accept": "application/json"})
     response = yield from send_flow(request, key, nonces)
     body = _json(response)
@@ -126,7 +142,8 @@ def exchange_flow(token_url: str, form: dict[str, str], key: DPoPKey, nonces: No
         raise refusal(response)
     scope = frozenset(str(body.get("scope", "")).split())
     now = (clock or SystemClock()).now()
-    return IssuedToken(str(body["access_token"]), now + float(body.get("expires_in", 0)), scope)
+    token_type = "Bearer" if str(body.get("token_type", "")).lower() == "bearer" else "DPoP"
+    return IssuedToken(str(body["access_token"]), now + float(body.get("expires_in", 0)), scope, token_type)
 
 
 class Steps:

@@ -29,11 +29,12 @@ from typing import Any, Protocol
 import httpx
 import httpx2
 
-from tether.agent.auth import DiscoveryError, SessionEnded, TokenProvider, _Held, url_matches
+from tether.agent.auth import DiscoveryError, SessionEnded, TokenProvider, _Held, proof_key, url_matches
 from tether.agent.exchange import Flow, Steps, send_flow
+from tether.agent.x509 import X509Source
 from tether.lru import LruCache
 
-__all__ = ["Httpx2Steps", "McpAuth", "McpTokenProvider", "metadata_urls", "resource_metadata_of"]
+__all__ = ["Httpx2Steps", "Httpx2X509Transport", "McpAuth", "McpTokenProvider", "metadata_urls", "resource_metadata_of"]
 
 METADATA_PATH = "/.well-known/oauth-protected-resource"
 #: the headers a flow sets on the caller's request (RFC 9449 §7.1)
@@ -232,7 +233,7 @@ class McpAuth(httpx2.Auth):
         token = yield from self.provider.token_flow(audience)
         unlock()
         self._check_open()
-        response = yield from send_flow(request, self.provider.key, self.provider.nonces, access_token=token)
+        response = yield from send_flow(request, proof_key(self.provider, token), self.provider.nonces, access_token=token)
         if response.status_code == 401 and 'error="invalid_token"' in response.headers.get("www-authenticate", ""):
             self.provider.forget(audience)
         return response
@@ -302,3 +303,35 @@ def _drive_sync(steps: Httpx2Steps) -> Generator[httpx2.Request, httpx2.Response
             response.read()
         steps.answer(response)
     return steps.result
+
+
+class Httpx2X509Transport(httpx2.AsyncBaseTransport):
+    """``tether.agent.x509.AsyncX509Transport`` for ``httpx2`` (the MCP client SDK): presents the
+    source's current X.509-SVID (RFC 8705), with a new connection pool after a rotation, so the
+    STS exchanges and the MCP calls of an mTLS session carry the certificate its tokens are
+    bound to. ``session.mcp_transport()`` makes one."""
+
+    def __init__(self, source: X509Source, **options: Any) -> None:
+        self.source = source
+        self._options = options
+        self._thumbprint = ""
+        self._inner: httpx2.AsyncHTTPTransport | None = None
+        self._retired: list[httpx2.AsyncHTTPTransport] = []
+
+    def _transport(self) -> httpx2.AsyncHTTPTransport:
+        credential = self.source.current()
+        if self._inner is None or credential.thumbprint != self._thumbprint:  # no await: atomic on the loop
+            if self._inner is not None:
+                self._retired.append(self._inner)
+            self._inner = httpx2.AsyncHTTPTransport(verify=credential.ssl_context, **self._options)
+            self._thumbprint = credential.thumbprint
+        return self._inner
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        return await self._transport().handle_async_request(request)
+
+    async def aclose(self) -> None:
+        transports = [*self._retired, *([self._inner] if self._inner else [])]
+        self._retired, self._inner = [], None
+        for transport in transports:
+            await transport.aclose()

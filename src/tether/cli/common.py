@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,11 +16,12 @@ from tether.client import StsClient, StsError
 from tether.config import Config, load_config
 from tether.errors import ConfigError
 from tether.identity.dev_issuer import DevTrustDomain
+from tether.identity.dev_x509 import DevCA
 from tether.keys.sealed import SealError, load_master_key
-from tether.provision import DEV_TRUST_DOMAIN
+from tether.provision import DEV_TRUST_DOMAIN, dev_ca_key_path, dev_x509_bundle_path, load_dev_ca
 from tether.store.errors import StoreUnavailable
 
-__all__ = ["admin_client", "config_or_exit", "dev_domain", "dev_domain_name", "errors_to_exit"]
+__all__ = ["admin_client", "config_or_exit", "dev_ca", "dev_domain", "dev_domain_name", "errors_to_exit", "sts_trust"]
 
 
 @contextlib.contextmanager
@@ -60,10 +62,32 @@ def dev_domain(config: Config) -> DevTrustDomain:
     return DevTrustDomain.load(config.data_dir, name, master)
 
 
+def dev_ca(config: Config) -> DevCA:
+    """The dev trust domain's X.509 CA (``tether init --tls``), its key unsealed with the master key."""
+    name = dev_domain_name(config)
+    key, bundle = dev_ca_key_path(config.data_dir, name), dev_x509_bundle_path(config.data_dir, name)
+    if not key.exists() or not bundle.exists():
+        raise ConfigError("dev.trust_domain", f"no dev X.509 CA for `{name}` at `{key}`; run tether init --tls")
+    master = load_master_key(config.master_key_file)
+    return load_dev_ca(config.data_dir, name, master)
+
+
+def sts_trust(config: Config) -> ssl.SSLContext | bool:
+    """How the CLI checks the STS's server certificate: the system's CAs, and the dev CA
+    (``tether init --tls``) when the dev trust domain has one (its server certificate chains to it)."""
+    bundle = dev_x509_bundle_path(config.data_dir, dev_domain_name(config))
+    if not bundle.is_file():
+        return True
+    context = ssl.create_default_context()
+    context.load_verify_locations(cafile=str(bundle))
+    return context
+
+
 def admin_client(config: Config, url: str | None, identity_file: Path | None) -> StsClient:
     identity: IdentitySource
     if identity_file is not None:
         identity = FileIdentity(identity_file)
     else:
         identity = DevIdentity(dev_domain(config), config.admin.principals[0], ttl=120)
-    return StsClient(url or config.issuer, identity)
+    http = httpx.Client(timeout=10.0, trust_env=False, verify=sts_trust(config))
+    return StsClient(url or config.issuer, identity, http=http)

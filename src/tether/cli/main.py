@@ -9,7 +9,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -21,13 +21,17 @@ from tether.cli import policy as policy_cli
 from tether.cli import task as task_cli
 from tether.cli import vault as vault_cli
 from tether.cli.alerts import alerts
-from tether.cli.common import admin_client, config_or_exit, dev_domain, errors_to_exit
+from tether.cli.common import admin_client, config_or_exit, dev_ca, dev_domain, errors_to_exit
 from tether.cli.demo import demo
 from tether.cli.output import console, fail, print_json, print_mapping, styled
 from tether.cli.report import report
 from tether.logs import configure_logging
 from tether.provision import initialize
 from tether.store.records import BlockKind
+
+if TYPE_CHECKING:
+    from tether.config import Config
+    from tether.web.tls import TlsFiles
 
 __all__ = ["app", "main"]
 
@@ -56,15 +60,66 @@ def init(
     directory: Annotated[Path, typer.Option("--dir", help="where to write tether.toml and .tether/")] = Path("."),
     issuer: Annotated[str, typer.Option(help="the STS issuer URL")] = "http://127.0.0.1:8700",
     force: Annotated[bool, typer.Option(help="replace the dev trust domain key and add a new signing key")] = False,
+    tls: Annotated[
+        bool, typer.Option("--tls", help="also a dev X.509 CA, a server certificate and https URLs (RFC 8705)")
+    ] = False,
 ) -> None:
     """Create tether.toml, the master key, the issuer signing key and the dev trust domain."""
     with errors_to_exit():
-        result = initialize(directory, issuer=issuer, force=force)
+        result = initialize(directory, issuer=issuer, force=force, tls=tls)
     for item in result.created:
         console.print(styled(("created", "green"), f" {item}"))
     for item in result.kept:
         console.print(styled(("kept", "yellow"), f"    {item} (use --force to replace keys)"))
+    for item in result.todo:
+        console.print(styled(("todo", "red"), f"    {result.config_path} exists and was not rewritten: set {item}"))
     console.print(f"next: tether serve --config {result.config_path}")
+
+
+TlsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--tls", help="require HTTPS from [tls] (the default whenever [tls] certificate and key are set; an error if not)"
+    ),
+]
+
+
+def _tls_files(cfg: Config, required: bool) -> TlsFiles | None:
+    """The server's TLS files when ``[tls]`` names a certificate and key (``None`` otherwise);
+    ``--tls`` without them exits 2 rather than serving plain HTTP by surprise."""
+    from tether.web.tls import TlsFiles
+
+    if not (cfg.tls.certificate and cfg.tls.key):
+        if required:
+            fail("--tls needs [tls] certificate and key in the configuration (tether init --tls writes them)", code=2)
+        return None
+    files = TlsFiles(cfg.resolve(cfg.tls.certificate), cfg.resolve(cfg.tls.key), tuple(_client_ca_files(cfg)))
+    for path in (files.certificate, files.key, *files.client_cas):
+        if not path.is_file():
+            fail(f"tls: no such file `{path}`", code=2)
+    return files
+
+
+def _client_ca_files(cfg: Config) -> list[Path]:
+    """What a client certificate may chain to (RFC 8705 §2): every trust domain's X.509 bundle
+    and every registered self-signed client certificate (its own anchor, §2.2).
+
+    Private stand-in until the STS module's ``client_ca_files(config)`` is merged."""
+    files = [td.x509_bundle_file for td in cfg.trust_domains if td.x509_bundle_file is not None]
+    files += [client.certificate for client in cfg.clients if client.certificate is not None]
+    return list(dict.fromkeys(files))
+
+
+def _uvicorn_tls(files: TlsFiles | None) -> dict[str, Any]:
+    """uvicorn options for HTTPS with the client certificate in the ASGI TLS extension
+    (``tether.web.tls``); a ``functools.partial`` of module-level names, so it pickles for --workers."""
+    import functools
+
+    from tether.web.tls import TlsHttpToolsProtocol, uvicorn_context_factory
+
+    if files is None:
+        return {"http": "httptools"}
+    return {"http": TlsHttpToolsProtocol, "ssl_context_factory": functools.partial(uvicorn_context_factory, files)}
 
 
 @app.command()
@@ -73,8 +128,9 @@ def serve(
     host: Annotated[str | None, typer.Option(help="bind address")] = None,
     port: Annotated[int | None, typer.Option(help="port")] = None,
     workers: Annotated[int, typer.Option(help="worker processes (share state through the store)")] = 1,
+    tls: TlsOpt = False,
 ) -> None:
-    """Serve the STS (default 127.0.0.1:8700)."""
+    """Serve the STS (default 127.0.0.1:8700); HTTPS with client certificates when [tls] is set."""
     import uvicorn
 
     from tether.sts.bootstrap import build_sts
@@ -84,6 +140,7 @@ def serve(
     uvicorn_level = "debug" if cfg.logging.level == "debug" else "warning"
     bind_host = host or cfg.server.host
     bind_port = port or cfg.server.port
+    tls_options = _uvicorn_tls(_tls_files(cfg, tls))
     if workers > 1:
         assert cfg.path is not None
         with errors_to_exit():
@@ -91,18 +148,19 @@ def serve(
         os.environ["TETHER_CONFIG"] = str(cfg.path)
         console.print(f"tether STS {cfg.issuer} listening on {bind_host}:{bind_port} with {workers} workers")
         uvicorn.run("tether.sts.asgi:app", factory=True, host=bind_host, port=bind_port, workers=workers,
-                    loop="uvloop", http="httptools", log_level=uvicorn_level, access_log=False, server_header=False,
-                    timeout_graceful_shutdown=2, proxy_headers=False, log_config=log_config)  # fmt: skip
+                    loop="uvloop", log_level=uvicorn_level, access_log=False, server_header=False,
+                    timeout_graceful_shutdown=2, proxy_headers=False, log_config=log_config, **tls_options)  # fmt: skip
         return
 
     def banner(sts: Any) -> str:
         return f"tether STS {cfg.issuer} listening on {bind_host}:{bind_port} (kid {sts.ctx.keyring.current.kid})"
 
-    _serve_one(lambda: build_sts(cfg), banner, host=bind_host, port=bind_port, level=uvicorn_level, graceful=None)
+    _serve_one(lambda: build_sts(cfg), banner, host=bind_host, port=bind_port, level=uvicorn_level, graceful=None,
+               tls=tls_options)  # fmt: skip
 
 
 def _serve_one(build: Callable[[], Any], banner: Callable[[Any], str], *, host: str, port: int, level: str,
-               graceful: int | None) -> None:  # fmt: skip
+               graceful: int | None, tls: dict[str, Any]) -> None:  # fmt: skip
     """One process: build the service (its ``app`` and ``start()``) and serve it on uvloop + httptools."""
     import uvicorn
     import uvloop
@@ -113,9 +171,9 @@ def _serve_one(build: Callable[[], Any], banner: Callable[[Any], str], *, host: 
         service = build()
         await service.start()
         settle_after_start()
-        config = uvicorn.Config(service.app, host=host, port=port, loop="none", http="httptools", log_level=level,
+        config = uvicorn.Config(service.app, host=host, port=port, loop="none", log_level=level,
                                 log_config=None, access_log=False, server_header=False, proxy_headers=False,
-                                timeout_graceful_shutdown=graceful)  # fmt: skip
+                                timeout_graceful_shutdown=graceful, **tls)  # fmt: skip
         server = uvicorn.Server(config)
         console.print(banner(service))
         await server.serve()
@@ -129,6 +187,7 @@ def gateway(
     config: ConfigOpt = None,
     host: Annotated[str | None, typer.Option(help="bind address")] = None,
     port: Annotated[int | None, typer.Option(help="port")] = None,
+    tls: TlsOpt = False,
 ) -> None:
     """Serve the gateway: legacy-credential routes ([[gateway.routes]]) and MCP routes ([[gateway.mcp]])."""
     from tether.gateway.app import build_gateway
@@ -141,6 +200,7 @@ def gateway(
     uvicorn_level = "debug" if cfg.logging.level == "debug" else "warning"
     bind_host = host or cfg.gateway.host
     bind_port = port or cfg.gateway.port
+    tls_options = _uvicorn_tls(_tls_files(cfg, tls))
     for warning in route_warnings(cfg.routes, dt.datetime.now(dt.UTC).date()):  # the gateway refuses by UTC date
         console.print(styled(("warning:", "yellow"), f" {warning}"))
 
@@ -148,7 +208,8 @@ def gateway(
         routes = ", ".join(sorted(r.name for r in cfg.routes))
         return f"tether gateway {cfg.gateway.url} listening on {bind_host}:{bind_port}: {routes}"
 
-    _serve_one(lambda: build_gateway(cfg), banner, host=bind_host, port=bind_port, level=uvicorn_level, graceful=2)
+    _serve_one(lambda: build_gateway(cfg), banner, host=bind_host, port=bind_port, level=uvicorn_level, graceful=2,
+               tls=tls_options)  # fmt: skip
 
 
 @app.command()
@@ -170,21 +231,61 @@ def migrate(config: ConfigOpt = None) -> None:
 @identity_app.command("issue")
 def identity_issue(
     spiffe_id: Annotated[str, typer.Argument(help="e.g. spiffe://tether.local/agent/research")],
-    audience: Annotated[str | None, typer.Option(help="default: the issuer")] = None,
-    ttl: Annotated[int, typer.Option(help="lifetime in seconds")] = 300,
+    audience: Annotated[str | None, typer.Option(help="default: the issuer (JWT-SVID only)")] = None,
+    ttl: Annotated[int | None, typer.Option(help="lifetime in seconds (default 300; 3600 with --x509)")] = None,
+    x509: Annotated[bool, typer.Option("--x509", help="an X.509-SVID from the dev CA instead (tether init --tls)")] = False,
+    out: Annotated[Path | None, typer.Option("--out", help="with --x509: write svid.pem, svid.key, bundle.pem here")] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Print a JWT-SVID for SPIFFE_ID signed by the dev trust domain."""
+    """Print a JWT-SVID for SPIFFE_ID signed by the dev trust domain, or write an X.509-SVID (--x509 --out DIR)."""
     cfg = config_or_exit(config)
-    if not 0 < ttl <= cfg.identity.max_lifetime:
+    lifetime = ttl if ttl is not None else (3600 if x509 else 300)
+    if not 0 < lifetime <= cfg.identity.max_lifetime:
         fail(f"--ttl must be between 1 and identity.max_lifetime ({cfg.identity.max_lifetime})", code=2)
+    if x509:
+        if out is None:
+            fail("--x509 needs --out DIR (svid.pem, svid.key, bundle.pem)", code=2)
+        if audience is not None:
+            fail("--audience is for JWT-SVIDs; an X.509-SVID has no audience", code=2)
+        with errors_to_exit():
+            ca = dev_ca(cfg)
+            try:
+                issued = ca.issue_svid(spiffe_id, ttl=lifetime)
+            except ValueError as exc:
+                fail(str(exc), code=2)
+            written = write_x509_svid(out, issued.cert_pem, issued.key_pem, ca.bundle_pem)
+        for path in written:
+            console.print(styled(("wrote", "green"), f" {path}"))
+        return
+    if out is not None:
+        fail("--out is for --x509; a JWT-SVID is printed", code=2)
     with errors_to_exit():
         domain = dev_domain(cfg)
         try:
-            token = domain.issue(spiffe_id, audience=audience or cfg.issuer, ttl=ttl, now=int(time.time()))
+            token = domain.issue(spiffe_id, audience=audience or cfg.issuer, ttl=lifetime, now=int(time.time()))
         except ValueError as exc:
             fail(str(exc), code=2)
     typer.echo(token)
+
+
+def write_x509_svid(directory: Path, cert_pem: bytes, key_pem: bytes, bundle_pem: bytes) -> list[Path]:
+    """svid.pem (the leaf; the dev CA is the root, so no intermediates), svid.key (0600) and
+    bundle.pem, in the layout spiffe-helper writes. Each file is replaced atomically, key first,
+    so a reader re-reading them (``tether.agent.x509.FileX509Identity``) never sees half a file."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    written = []
+    for name, data, mode in (("svid.key", key_pem, 0o600), ("svid.pem", cert_pem, 0o644), ("bundle.pem", bundle_pem, 0o644)):
+        target = directory / name
+        temp = directory / f".{name}.tmp"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fchmod(fd, mode)
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(temp, target)
+        written.append(target)
+    return written
 
 
 @app.command()
