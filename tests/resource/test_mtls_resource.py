@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from mtlskit import ISSUER, MtlsKit, client_cert_header
+from rs_mtlskit import ISSUER, MtlsKit, client_cert_header
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request

@@ -11,13 +11,13 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from mtlskit import MtlsKit
+from rs_mtlskit import MtlsKit
 from starlette.datastructures import Headers
 
 from tether.agent.proof import DPoPKey
 from tether.errors import InsufficientScope, InvalidRequest, InvalidToken, OAuthError
 from tether.resource import MissingToken, ResourceSettings, Verifier
-from tether.resource.binding import needs_dpop_proof
+from tether.rules.binding import needs_dpop_proof
 from tether.rules.certificate import ClientCertificate, thumbprint
 from tether.web.errors import error_response, request_scheme
 
@@ -156,7 +156,7 @@ def test_MTLS_03_trusted_proxies_default_to_none_and_must_parse() -> None:
 
 # -- Verifier.verify: the certificate is checked on every request, cached token or not ----------------
 def verifier(kit: MtlsKit, **fields: object) -> Verifier:
-    from mtlskit import ISSUER
+    from rs_mtlskit import ISSUER
 
     settings = ResourceSettings(issuer=ISSUER, resource=RESOURCE, revocation_feed=False, **fields)  # type: ignore[arg-type]
     return Verifier(settings, keys=kit.keys())

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from mtlskit import BATCH, MtlsSts, credentials, mtls_sts
+from sts_mtlskit import BATCH, MtlsSts, credentials, mtls_sts
 
 from helpers import ACCESS, ADMIN, AGENT, TOKEN_EXCHANGE
 from services import store_sql

@@ -2,7 +2,7 @@
 
 ``Verifier.verify`` accepts a token from the STS's JWKS with ``typ at+jwt``, exact ``iss``,
 this resource as ``aud`` and a bounded lifetime, presented with the proof its binding asks
-for (``tether.resource.binding``): a DPoP-bound token (``cnf.jkt``) under the ``DPoP`` scheme
+for (``tether.rules.binding``): a DPoP-bound token (``cnf.jkt``) under the ``DPoP`` scheme
 with a fresh, unreplayed proof for this method and URL from that key, with this token's
 ``ath`` (a bound token sent as ``Bearer`` is refused); a certificate-bound token
 (``cnf.x5t#S256``) only with that client certificate (this server's TLS, or a trusted
@@ -35,10 +35,10 @@ from tether.model import AccessToken
 from tether.policy.engine import PolicyEngine
 from tether.policy.entities import call_request
 from tether.proofs import ProofChecker, ReplayCache
-from tether.resource.binding import SCHEMES, needs_dpop_proof
 from tether.resource.principal import Principal
 from tether.resource.replay import MemoryReplayCache
 from tether.resource.revocations import RevocationFeed
+from tether.rules.binding import SCHEMES, needs_dpop_proof
 from tether.rules.certificate import ClientCertificate
 from tether.rules.claims import Expected, verify_access_token
 from tether.rules.dpop import DEFAULT_DPOP_ALGS

@@ -1,10 +1,12 @@
 """Authenticating callers of the STS's own APIs.
 
-``/tasks`` and the kill switch take a DPoP-bound tether token for the issuer (RFC 9449 §7:
-``Authorization: DPoP`` and a proof with ``ath``), never a static API key; a DPoP-bound token
-sent as ``Bearer`` is refused. ``/introspect`` and ``/revoke`` take a workload JWT as an RFC
-7523 client assertion (RFC 7662 §2.1, RFC 7009 §2.1), redeemed once when it carries a ``jti``,
-or a client certificate on the connection with ``client_id`` (RFC 8705 §2).
+``/tasks`` and the kill switch take a sender-constrained tether token for the issuer, never a
+static API key: a DPoP-bound one with ``Authorization: DPoP`` and a proof with ``ath`` (RFC 9449
+§7), a certificate-bound one (RFC 8705 §3) with the certificate it names, both for both
+(``rules.binding``); a DPoP-bound token sent as ``Bearer`` is refused. ``/introspect`` and
+``/revoke`` take a workload JWT as an RFC 7523 client assertion (RFC 7662 §2.1, RFC 7009
+§2.1), redeemed once when it carries a ``jti``, or a client certificate on the connection with
+``client_id`` (RFC 8705 §2).
 Reading the headers is the routes' part (``sts.routes.common.authenticate_token``).
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 from tether.errors import InsufficientScope, InvalidClient, InvalidToken
 from tether.model import AccessToken, WorkloadIdentity
 from tether.policy.entities import admin_request
+from tether.rules.binding import SCHEMES, needs_dpop_proof
 from tether.rules.certificate import ClientCertificate
 from tether.sts.context import StsContext, spend_key
 from tether.urns import JWT_BEARER
@@ -20,23 +23,27 @@ from tether.urns import JWT_BEARER
 __all__ = ["authenticate_client", "check_bound_token", "check_token_proof", "is_admin", "require_admin"]
 
 
-def check_bound_token(ctx: StsContext, scheme: str, token: str) -> AccessToken:
-    """The STS's own key-bound token, presented under the ``DPoP`` scheme (RFC 9449 §7.1)."""
-    if scheme != "dpop":
+def check_bound_token(
+    ctx: StsContext, scheme: str, token: str, certificate: ClientCertificate | None
+) -> tuple[AccessToken, bool]:
+    """The STS's own sender-constrained token, presented as its binding demands; also whether a
+    DPoP proof must follow (RFC 9449 §7.1, RFC 8705 §3: the same rules as at a resource)."""
+    if scheme not in SCHEMES:
         raise InvalidToken("tokens must be presented with the dpop scheme", debug=f"scheme {scheme}")
     claims = ctx.verify_own_token(token, audience=ctx.settings.issuer)
-    if claims.jkt is None:
-        raise InvalidToken("token is not key-bound")
-    return claims
+    dpop = needs_dpop_proof(jkt=claims.jkt, x5t=claims.x5t, scheme=scheme, certificate=certificate, mtls=True)
+    return claims, dpop
 
 
 async def check_token_proof(
-    ctx: StsContext, claims: AccessToken, token: str, proof_jwt: str | None, *, method: str, url: str
+    ctx: StsContext, claims: AccessToken, token: str, proof_jwt: str | None, *, method: str, url: str, dpop: bool = True
 ) -> AccessToken:
-    """The DPoP proof of possession of ``claims``' key (RFC 9449 §4.3, ``ath`` §7.1), then its live state."""
-    proof = await ctx.proofs.check(proof_jwt, method=method, url=url, access_token=token)
-    if proof.jkt != claims.jkt:
-        raise InvalidToken("dpop proof key does not match the token binding")
+    """The DPoP proof of possession of ``claims``' key (RFC 9449 §4.3, ``ath`` §7.1) when its
+    binding needs one (``check_bound_token``), then its live state."""
+    if dpop:
+        proof = await ctx.proofs.check(proof_jwt, method=method, url=url, access_token=token)
+        if proof.jkt != claims.jkt:
+            raise InvalidToken("dpop proof key does not match the token binding")
     stored = await ctx.store.lookup(task_id=None, jti=claims.jti, principals=[claims.sub, claims.client_id])
     if stored.token is None or stored.token.revoked_at is not None:
         raise InvalidToken("token has been revoked")

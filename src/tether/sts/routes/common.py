@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable
 
-from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -42,11 +41,14 @@ def context(request: Request) -> StsContext:
     return ctx
 
 
-async def authenticate_token(ctx: StsContext, headers: Headers, *, method: str, url: str) -> AccessToken:
-    """The caller of a DPoP-protected STS API: ``Authorization: DPoP`` and its ``DPoP`` proof (RFC 9449 §7.1)."""
-    scheme, token = authorization(headers)
-    claims = check_bound_token(ctx, scheme, token)
-    return await check_token_proof(ctx, claims, token, dpop_header(headers), method=method, url=url)
+async def authenticate_token(request: Request, *, method: str, url: str) -> AccessToken:
+    """The caller of an STS API: its tether token with the proof its binding needs (``sts.auth``):
+    ``Authorization: DPoP`` and a ``DPoP`` proof (RFC 9449 §7.1), the client certificate it is
+    bound to (RFC 8705 §3), or both."""
+    ctx = context(request)
+    scheme, token = authorization(request.headers)
+    claims, dpop = check_bound_token(ctx, scheme, token, client_certificate(request))
+    return await check_token_proof(ctx, claims, token, dpop_header(request.headers), method=method, url=url, dpop=dpop)
 
 
 def nonce_headers(ctx: StsContext) -> dict[str, str]:

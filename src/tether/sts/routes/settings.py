@@ -17,7 +17,7 @@ __all__ = ["settings_endpoint"]
 @endpoint(resource=True, audit_kind="settings.refused")
 async def settings_endpoint(request: Request) -> Response:
     ctx = context(request)
-    caller = await authenticate_token(ctx, request.headers, method="GET", url=ctx.settings.issuer + "/settings")
+    caller = await authenticate_token(request, method="GET", url=ctx.settings.issuer + "/settings")
     require_admin(ctx, caller, operation="settings.read", client=client_address(request))
     ctx.policy.refresh()
     directory = ctx.policy.directory

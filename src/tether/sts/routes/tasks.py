@@ -21,7 +21,7 @@ __all__ = ["block_endpoint", "task_endpoint", "task_transition_endpoint", "tasks
 async def _caller(request: Request) -> AccessToken:
     ctx = context(request)
     url = ctx.settings.issuer + request.url.path
-    return await authenticate_token(ctx, request.headers, method=request.method, url=url)
+    return await authenticate_token(request, method=request.method, url=url)
 
 
 def _json(body: object, request: Request, status: int = 200) -> Response:
