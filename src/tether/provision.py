@@ -27,8 +27,7 @@ import tether.features  # noqa: F401  (the feature tables are registered before 
 from tether.config import Config, load_config
 from tether.filemodes import OWNER_DIR, write_private
 from tether.identity.dev_issuer import DevTrustDomain
-from tether.identity.dev_x509 import DevCA
-from tether.identity.dev_x509 import write_private as write_secret
+from tether.identity.dev_x509 import DevCA, write_secret
 from tether.keys.keyring import rotate_signing_key
 from tether.keys.sealed import MASTER_KEY_ENV, create_master_key, load_master_key, seal, unseal
 from tether.monitor.sample import sample_config
@@ -66,6 +65,7 @@ def render_config(issuer: str, *, tls: bool = False) -> str:
         "[tls]                         # HTTPS for tether serve / tether gateway (tether init --tls)\n"
         'certificate = ".tether/tls/server.pem"\n'
         'key = ".tether/tls/server.key"\n'
+        f'ca_file = ".tether/bundles/{DEV_TRUST_DOMAIN}.x509.pem"   # what the CLI and gateway trust for the STS\n'
         "# trusted_proxies = []        # TLS terminators whose Client-Cert header (RFC 9440) is believed\n\n"
         "[gateway]\n"
         'url = "https://127.0.0.1:8710"\n\n'

@@ -234,13 +234,13 @@ def mtls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MtlsWorld]:
     resource = f"https://127.0.0.1:{rport}"
     verifier = Verifier(
         ResourceSettings(issuer=config.issuer, resource=resource, revocation_feed=False),
-        http=httpx.AsyncClient(verify=trust, trust_env=False, timeout=5.0),
+        verify=trust,
     )
     app = Starlette(routes=[Route("/whoami", _whoami)], middleware=[Middleware(TetherMiddleware, verifier=verifier)])
     mcp_url = f"https://127.0.0.1:{mport}/mcp"
     mcp_verifier = Verifier(
         ResourceSettings(issuer=config.issuer, resource=mcp_url, revocation_feed=False),
-        http=httpx.AsyncClient(verify=trust, trust_env=False, timeout=5.0),
+        verify=trust,
     )
     mcp_app = TetherMiddleware(_tools().streamable_http_app(streamable_http_path="/mcp"), mcp_verifier)
     with contextlib.ExitStack() as stack:

@@ -20,6 +20,7 @@ from tether.identity.dev_x509 import DevCA
 from tether.keys.sealed import SealError, load_master_key
 from tether.provision import DEV_TRUST_DOMAIN, dev_ca_key_path, dev_x509_bundle_path, load_dev_ca
 from tether.store.errors import StoreUnavailable
+from tether.web.tls import client_trust
 
 __all__ = ["admin_client", "config_or_exit", "dev_ca", "dev_domain", "dev_domain_name", "errors_to_exit", "sts_trust"]
 
@@ -73,14 +74,12 @@ def dev_ca(config: Config) -> DevCA:
 
 
 def sts_trust(config: Config) -> ssl.SSLContext | bool:
-    """How the CLI checks the STS's server certificate: the system's CAs, and the dev CA
-    (``tether init --tls``) when the dev trust domain has one (its server certificate chains to it)."""
+    """How the CLI checks the STS's server certificate: the system's CAs, and ``[tls] ca_file``
+    (``tether init --tls`` names the dev CA there), or the dev CA when the dev trust domain has one."""
+    if config.tls.ca_file:
+        return client_trust(config.resolve(config.tls.ca_file))
     bundle = dev_x509_bundle_path(config.data_dir, dev_domain_name(config))
-    if not bundle.is_file():
-        return True
-    context = ssl.create_default_context()
-    context.load_verify_locations(cafile=str(bundle))
-    return context
+    return client_trust(bundle if bundle.is_file() else None)
 
 
 def admin_client(config: Config, url: str | None, identity_file: Path | None) -> StsClient:

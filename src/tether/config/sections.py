@@ -71,6 +71,9 @@ class TlsSettings:
     certificate: str = ""
     key: str = ""
     trusted_proxies: tuple[str, ...] = ()
+    #: the CA certificates (PEM) tether's own clients — the CLI, the gateway — check the STS's
+    #: certificate against, besides the system's (``tether init --tls``: the dev CA)
+    ca_file: str = ""
 
 
 @dataclass(frozen=True)

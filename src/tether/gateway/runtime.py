@@ -23,6 +23,7 @@ from tether.policy.engine import PolicyEngine
 from tether.resource.revocations import RevocationFeed
 from tether.resource.verifier import ResourceSettings, Verifier
 from tether.store.protocol import Store
+from tether.web.tls import client_trust
 
 __all__ = ["Runtime", "open_runtime"]
 
@@ -47,7 +48,8 @@ class Runtime:
 
 async def open_runtime(config: Config, store: Store, *, clock: Clock, policy: PolicyEngine) -> Runtime:
     settings = config.gateway
-    http = httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=10.0)
+    ca_file = config.resolve(config.tls.ca_file) if config.tls.ca_file else None
+    http = httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=10.0, verify=client_trust(ca_file))
     upstream = {route.name: upstream_client(route.max_connections) for route in config.routes}
     keys = UrlKeySource(config.issuer + "/jwks", http, ttl=300, min_refresh=5.0)
     stale = float(settings.stale_after)

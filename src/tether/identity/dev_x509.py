@@ -23,7 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tether.rules.principal import spiffe_trust_domain
 
-__all__ = ["DevCA", "Issued", "pem_chain", "self_signed", "write_private"]
+__all__ = ["DevCA", "Issued", "pem_chain", "self_signed", "write_secret"]
 
 
 @dataclass(frozen=True)
@@ -52,14 +52,16 @@ class Issued:
         directory.mkdir(parents=True, exist_ok=True)
         cert, key = directory / f"{stem}.pem", directory / f"{stem}.key"
         cert.write_bytes(self.cert_pem)
-        write_private(key, self.key_pem)
+        write_secret(key, self.key_pem)
         return cert, key
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to a file only its owner can read (created 0600, never widened)."""
+def write_secret(path: Path, data: bytes) -> None:
+    """Write a private key only its owner can read (mode 0600 whatever the umask; replaces the
+    file's content: a re-issued credential overwrites the old one, unlike ``filemodes.write_private``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
 

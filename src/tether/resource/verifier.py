@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,7 @@ class Verifier:
         feed: RevocationFeed | None = None,
         policy: PolicyEngine | None = None,
         identity: IdentitySource | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         """``keys``, ``replay``, ``feed`` and ``policy`` can be shared by several verifiers
         (the gateway has one per route); a shared feed is started and closed by its owner.
@@ -131,7 +133,8 @@ class Verifier:
         self.proxies = TrustedProxies(settings.trusted_proxies)
         self._expected = Expected(settings.issuer, settings.resource, settings.skew, settings.max_token_lifetime)
         self._own_http = http is None
-        self.http = http or httpx.AsyncClient(follow_redirects=False, timeout=5.0, trust_env=False)
+        # ``verify``: how the verifier's own client (JWKS, feed, policies) checks an https STS's certificate
+        self.http = http or httpx.AsyncClient(follow_redirects=False, timeout=5.0, trust_env=False, verify=verify)
         self.clock = clock or SystemClock()
         self.keys = keys or UrlKeySource(settings.jwks_uri or settings.issuer + "/jwks", self.http, ttl=300, min_refresh=5.0)
         self.proofs = ProofChecker(

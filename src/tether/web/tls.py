@@ -26,7 +26,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-__all__ = ["TlsFiles", "TlsHttpToolsProtocol", "server_context", "tls_extension"]
+__all__ = ["TlsFiles", "TlsHttpToolsProtocol", "client_trust", "server_context", "tls_extension"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,16 @@ def server_context(files: TlsFiles) -> ssl.SSLContext:
             context.load_verify_locations(cafile=str(ca))
         context.verify_mode = ssl.CERT_OPTIONAL
     context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+def client_trust(ca_file: Path | None) -> ssl.SSLContext | bool:
+    """What tether's own HTTPS clients (CLI, gateway) verify the STS's certificate with: the
+    system's CAs, plus ``[tls] ca_file`` when set (a private or dev CA). Never "no verification"."""
+    if ca_file is None:
+        return True
+    context = ssl.create_default_context()
+    context.load_verify_locations(cafile=str(ca_file))
     return context
 
 
@@ -94,6 +104,16 @@ class TlsHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._tls = tls_extension(transport)
+
+    def shutdown(self) -> None:
+        """A server stopping drops idle TLS connections at once. ``close()`` would first send
+        close_notify and wait for the peer's (asyncio waits up to 30 s for an idle keep-alive
+        client that never reads), outlasting the graceful-shutdown period; a request in flight
+        still completes as uvicorn arranges."""
+        if self._tls is not None and (self.cycle is None or self.cycle.response_complete):
+            self.transport.abort()
+            return
+        super().shutdown()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
