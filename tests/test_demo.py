@@ -36,6 +36,11 @@ ATTACKS = {
     "refused:mcp-token-for-another-server",
     "refused:mcp-after-completion",
     "refused:mcp-rug-pull",
+    # issue 16: the mTLS act (a certificate-bound token with another SVID, none, a forged Client-Cert)
+    "refused:mtls-other-certificate",
+    "refused:mtls-no-certificate",
+    "refused:mtls-spoofed-client-cert",
+    "refused:mtls-after-completion",
 }
 #: A compact JWS (any token, proof or SVID) — none may appear in the demo's output (BCP-13).
 JWS = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
@@ -58,6 +63,7 @@ def _check_result(result: dict[str, Any]) -> None:
     assert checks["gateway:key-never-seen"] is True
     assert checks["monitor:rogue-suspended"] is True
     assert checks["monitor:alerts-in-metrics"] is True
+    assert checks["mtls:certificate-bound"] is True
     # issue 15: an agent on the MCP SDK lists and calls tools at a protected server and through the gateway
     assert checks["mcp:protected-call"] is True and checks["mcp:gateway-call"] is True
 

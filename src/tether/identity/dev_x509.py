@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tether.rules.certificate import thumbprint
 from tether.rules.principal import spiffe_trust_domain
 
 __all__ = ["DevCA", "Issued", "pem_chain", "self_signed", "write_secret"]
@@ -46,6 +47,11 @@ class Issued:
     @property
     def der(self) -> bytes:
         return self.certificate.public_bytes(serialization.Encoding.DER)
+
+    @property
+    def thumbprint(self) -> str:
+        """RFC 8705 §3.1 ``x5t#S256`` of the certificate."""
+        return thumbprint(self.der)
 
     def write(self, directory: Path, stem: str) -> tuple[Path, Path]:
         """``stem.pem`` (certificate) and ``stem.key`` (private, mode 0600) in ``directory``."""
