@@ -38,7 +38,7 @@ from tether.agent.proof import DPoPKey
 from tether.agent.token_cache import TokenCache, margin
 from tether.agent.x509 import AsyncX509Transport, X509Source, X509Transport
 from tether.clock import Clock, SystemClock
-from tether.urns import TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS, TOKEN_TYPE_JWT
+from tether.urns import CLIENT_CREDENTIALS, TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS, TOKEN_TYPE_JWT
 
 if TYPE_CHECKING:
     from tether.agent.mcp_auth import McpAuth
@@ -49,7 +49,6 @@ __all__ = ["Agent", "TaskSession"]
 MAX_HOPS = 256
 
 #: RFC 6749 §4.4: the session exchange of a client authenticated by its certificate
-CLIENT_CREDENTIALS = "client_credentials"
 
 
 class Agent:

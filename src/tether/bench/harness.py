@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import ssl
 import statistics
 import subprocess
 import sys
@@ -106,8 +107,17 @@ def uvicorn_command(app: str, port: int) -> list[str]:
             "--log-level", "warning", "--no-access-log"]  # fmt: skip
 
 
-def run_loadgen(url: str, requests: list[bytes], *, concurrency: int, duration: float) -> dict[str, Any]:
-    """Replay ``requests`` against ``url`` from a separate process pinned to core 1."""
+def run_loadgen(
+    url: str,
+    requests: list[bytes],
+    *,
+    concurrency: int,
+    duration: float,
+    tls: dict[str, str] | None = None,
+    new_connection: bool = False,
+) -> dict[str, Any]:
+    """Replay ``requests`` against ``url`` from a separate process pinned to core 1 (``tls``:
+    ``loadgen.tls_context``'s files, for an https ``url``)."""
     host, port = url.split("//", 1)[1].split(":")
     with tempfile.TemporaryDirectory() as tmp:
         spec, out = Path(tmp) / "spec.json", Path(tmp) / "out.json"
@@ -119,6 +129,8 @@ def run_loadgen(url: str, requests: list[bytes], *, concurrency: int, duration: 
                     "concurrency": concurrency,
                     "duration": duration,
                     "requests": [r.hex() for r in requests],
+                    "tls": tls,
+                    "new_connection": new_connection,
                 }
             )
         )
@@ -146,15 +158,18 @@ class Server:
 
 
 @contextmanager
-def serve(args: list[str], url: str, *, core: str = "0", health: str = "/healthz") -> Iterator[Server]:
-    """Start ``tether ARGS`` (or ``python -m ...``) pinned to ``core`` and wait until it answers."""
+def serve(
+    args: list[str], url: str, *, core: str = "0", health: str = "/healthz", verify: ssl.SSLContext | bool = True
+) -> Iterator[Server]:
+    """Start ``tether ARGS`` (or ``python -m ...``) pinned to ``core`` and wait until it answers
+    (``verify``: how to check an https server's certificate)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
     command = [*_pin(core), *args]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)  # noqa: S603
     server = Server(url, process)
     try:
         deadline = time.monotonic() + 30
-        with httpx.Client(trust_env=False, timeout=1.0) as http:
+        with httpx.Client(trust_env=False, timeout=1.0, verify=verify) as http:
             while True:
                 try:
                     if http.get(url + health).status_code == 200:

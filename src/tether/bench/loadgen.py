@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import sys
 import time
 from dataclasses import dataclass, field
@@ -77,27 +78,60 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def run_load(host: str, port: int, requests: list[bytes], *, concurrency: int, duration: float) -> Result:
-    """Send ``requests`` (each at most once) from ``concurrency`` connections for up to ``duration`` seconds."""
+def tls_context(spec: dict[str, Any] | None) -> ssl.SSLContext | None:
+    """``{"ca": PEM file, "cert": PEM file, "key": PEM file}`` → a client context (the client
+    certificate is optional); ``None``: plain TCP."""
+    if not spec:
+        return None
+    context = ssl.create_default_context(cafile=spec["ca"])
+    if spec.get("cert"):
+        context.load_cert_chain(spec["cert"], spec["key"])
+    return context
+
+
+async def run_load(
+    host: str,
+    port: int,
+    requests: list[bytes],
+    *,
+    concurrency: int,
+    duration: float,
+    tls: ssl.SSLContext | None = None,
+    new_connection: bool = False,
+) -> Result:
+    """Send ``requests`` (each at most once) from ``concurrency`` connections for up to ``duration`` seconds.
+
+    With ``tls`` the connections speak TLS (presenting a client certificate if the context has
+    one); with ``new_connection`` every request opens its own connection, handshake included in
+    its latency (``Connection: close`` is the caller's to put in the request)."""
     result = Result()
     queue = iter(requests)
     deadline = time.perf_counter() + duration
 
+    async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection(host, port, ssl=tls, server_hostname=host if tls else None)
+
     async def worker() -> None:
-        reader, writer = await asyncio.open_connection(host, port)
+        reader, writer = (None, None) if new_connection else await connect()
         try:
             while time.perf_counter() < deadline:
                 request = next(queue, None)
                 if request is None:
                     return
                 started = time.perf_counter()
+                if new_connection:
+                    reader, writer = await connect()
+                assert reader is not None and writer is not None
                 writer.write(request)
                 status = await _read_response(reader)
+                if new_connection:
+                    writer.close()
                 result.latencies.append(time.perf_counter() - started)
                 result.statuses[status] = result.statuses.get(status, 0) + 1
                 result.sent += 1
         finally:
-            writer.close()
+            if writer is not None:
+                writer.close()
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -182,7 +216,15 @@ def main(spec_path: str, out_path: str) -> None:
         return
     requests = [bytes.fromhex(r) for r in spec["requests"]]
     result = asyncio.run(
-        run_load(spec["host"], spec["port"], requests, concurrency=spec["concurrency"], duration=spec["duration"])
+        run_load(
+            spec["host"],
+            spec["port"],
+            requests,
+            concurrency=spec["concurrency"],
+            duration=spec["duration"],
+            tls=tls_context(spec.get("tls")),
+            new_connection=bool(spec.get("new_connection")),
+        )
     )
     Path(out_path).write_text(json.dumps(result.as_json()))
 

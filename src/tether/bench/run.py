@@ -20,7 +20,7 @@ from tether.bench.report import Row, SignatureCosts, signature_costs
 
 __all__ = ["SECTIONS", "BenchOptions", "run_bench"]
 
-SECTIONS = ("exchange", "scaling", "verify", "gateway", "mcp", "revocation", "completion", "cedar", "memory")
+SECTIONS = ("exchange", "scaling", "mtls", "verify", "gateway", "mcp", "revocation", "completion", "cedar", "memory")
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,10 @@ def _section(name: str, workdir: Path, costs: SignatureCosts, options: BenchOpti
         if "scaling" in options.sections:
             bench.scaling()
         return bench.rows
+    if name == "mtls":
+        from tether.bench.mtls import mtls_rows
+
+        return mtls_rows(workdir, duration=options.duration)
     if name == "verify":
         from tether.bench.inprocess import verify_rows
 

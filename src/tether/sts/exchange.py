@@ -54,12 +54,11 @@ from tether.store.errors import (
 from tether.store.records import IssuedToken
 from tether.sts.attribution import Claim, refuse_exchange
 from tether.sts.context import StsContext, new_jti, spend_key
-from tether.urns import JWT_BEARER, TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS, TOKEN_TYPE_JWT
+from tether.urns import CLIENT_CREDENTIALS, JWT_BEARER, TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS, TOKEN_TYPE_JWT
 
-__all__ = ["CLIENT_CREDENTIALS", "ExchangeRequest", "ExchangeResult", "exchange"]
+__all__ = ["ExchangeRequest", "ExchangeResult", "exchange"]
 
 #: RFC 6749 §4.4 grant type: a session token for a client authenticated by its certificate (RFC 8705 §2)
-CLIENT_CREDENTIALS = "client_credentials"
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,8 @@ from starlette.responses import JSONResponse, Response
 from tether.identity.x509 import SELF_SIGNED_TLS_CLIENT_AUTH, TLS_CLIENT_AUTH
 from tether.metrics import REFUSALS
 from tether.store.errors import StoreError
-from tether.sts.exchange import CLIENT_CREDENTIALS
 from tether.sts.routes.common import context, endpoint
-from tether.urns import TOKEN_EXCHANGE
+from tether.urns import CLIENT_CREDENTIALS, TOKEN_EXCHANGE
 from tether.web.errors import error_response, wire_code
 
 __all__ = ["health_endpoint", "jwks_endpoint", "metadata_endpoint"]
