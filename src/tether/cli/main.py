@@ -87,27 +87,18 @@ TlsOpt = Annotated[
 def _tls_files(cfg: Config, required: bool) -> TlsFiles | None:
     """The server's TLS files when ``[tls]`` names a certificate and key (``None`` otherwise);
     ``--tls`` without them exits 2 rather than serving plain HTTP by surprise."""
+    from tether.identity.x509 import client_ca_files
     from tether.web.tls import TlsFiles
 
     if not (cfg.tls.certificate and cfg.tls.key):
         if required:
             fail("--tls needs [tls] certificate and key in the configuration (tether init --tls writes them)", code=2)
         return None
-    files = TlsFiles(cfg.resolve(cfg.tls.certificate), cfg.resolve(cfg.tls.key), tuple(_client_ca_files(cfg)))
+    files = TlsFiles(cfg.resolve(cfg.tls.certificate), cfg.resolve(cfg.tls.key), client_ca_files(cfg))
     for path in (files.certificate, files.key, *files.client_cas):
         if not path.is_file():
             fail(f"tls: no such file `{path}`", code=2)
     return files
-
-
-def _client_ca_files(cfg: Config) -> list[Path]:
-    """What a client certificate may chain to (RFC 8705 §2): every trust domain's X.509 bundle
-    and every registered self-signed client certificate (its own anchor, §2.2).
-
-    Private stand-in until the STS module's ``client_ca_files(config)`` is merged."""
-    files = [td.x509_bundle_file for td in cfg.trust_domains if td.x509_bundle_file is not None]
-    files += [client.certificate for client in cfg.clients if client.certificate is not None]
-    return list(dict.fromkeys(files))
 
 
 def _uvicorn_tls(files: TlsFiles | None) -> dict[str, Any]:
