@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 
+import tether.features  # noqa: F401  (the feature tables are registered before a config is loaded)
 from tether.bench.exchange import AGENT, AUD_B, AUD_C, RESOURCES, hop_requests, setup_task
 from tether.bench.harness import Actor, Deployment, Load, run_loadgen, serve, summarise, tether_bin
 from tether.bench.loadgen import form_request
