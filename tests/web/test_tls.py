@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,3 +154,53 @@ def test_MTLS_bad_header_from_a_trusted_proxy_is_invalid_request(headers: list[t
     with pytest.raises(OAuthError) as err:
         presented_certificate(_scope("127.0.0.1", headers), TrustedProxies(["127.0.0.1/32"]))
     assert err.value.error == "invalid_request"
+
+
+def _peer_certificate(port: int, trust: ssl.SSLContext) -> bytes:
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        trust.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return der
+
+
+def test_MTLS_rotated_bundle_and_server_certificate_apply_to_the_next_handshake(tmp_path: Path) -> None:
+    """SPIFFE bundles rotate while servers run: a CA added to the bundle file is trusted, a CA
+    removed is not, and a new server certificate is served — from the next connection, no restart."""
+    old, new = DevCA.create(DOMAIN), DevCA.create(DOMAIN)
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(old.bundle_pem)
+    trust = ssl.create_default_context(cafile=str(bundle))
+    cert, key = old.issue_server(["127.0.0.1"]).write(tmp_path, "server")
+    port = free_port()
+    thread = ServerThread(_echo, port, tls=TlsFiles(cert, key, (bundle,))).start()
+    url = f"https://127.0.0.1:{port}/"
+
+    def client(issued: Issued) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(tmp_path / "trust.pem"))
+        path, key_path = issued.write(tmp_path, f"c-{issued.thumbprint[:8]}")
+        context.load_cert_chain(path, key_path)
+        return context
+
+    (tmp_path / "trust.pem").write_bytes(old.bundle_pem + new.bundle_pem)
+    from_old, from_new = old.issue_svid("spiffe://example.org/a"), new.issue_svid("spiffe://example.org/b")
+    try:
+        assert httpx.get(url, verify=client(from_old)).json()["thumbprint"] == from_old.thumbprint
+        with pytest.raises((httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError)):
+            httpx.get(url, verify=client(from_new))  # positive control: not trusted yet
+        bundle.write_bytes(old.bundle_pem + new.bundle_pem)
+        assert httpx.get(url, verify=client(from_new)).json()["thumbprint"] == from_new.thumbprint
+        bundle.write_bytes(new.bundle_pem)  # the old CA retired
+        with pytest.raises((httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError)):
+            httpx.get(url, verify=client(from_old))
+        before = _peer_certificate(port, trust)
+        rotated = new.issue_server(["127.0.0.1"])
+        rotated.write(tmp_path, "server")
+        both = ssl.create_default_context(cafile=str(tmp_path / "trust.pem"))
+        assert _peer_certificate(port, both) == rotated.der != before
+        cert.write_bytes(b"-----BEGIN CERTIFICATE-----\ngarbage\n")  # half-written: the last good one stays
+        assert _peer_certificate(port, both) == rotated.der
+    finally:
+        thread.stop()

@@ -18,6 +18,7 @@ certificate, or the handshake fails; which workload it proves is decided per req
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,7 +27,9 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-__all__ = ["TlsFiles", "TlsHttpToolsProtocol", "client_trust", "server_context", "tls_extension"]
+__all__ = ["RotatingContext", "TlsFiles", "TlsHttpToolsProtocol", "client_trust", "server_context", "tls_extension"]
+
+log = logging.getLogger("tether.web")
 
 
 @dataclass(frozen=True)
@@ -62,9 +65,50 @@ def client_trust(ca_file: Path | None) -> ssl.SSLContext | bool:
     return context
 
 
+class RotatingContext:
+    """Server TLS material that follows its files: a rotated server certificate, or a trust
+    bundle that gained (or lost) a CA, applies to the next handshake without a restart.
+
+    SPIFFE bundles rotate while servers run. The listening socket keeps one ``SSLContext``;
+    its ``sni_callback`` — called on every ClientHello, with or without SNI — compares the
+    files' (mtime, size, inode) with those the current context was built from, rebuilds it
+    when they changed, and hands the connection the current one. A rewrite caught half-way
+    that does not load keeps the previous context (and is logged)."""
+
+    def __init__(self, files: TlsFiles) -> None:
+        self.files = files
+        self._seen = self._signature()
+        self.current = server_context(files)
+
+    def _signature(self) -> tuple[tuple[int, int, int], ...]:
+        paths = (self.files.certificate, self.files.key, *self.files.client_cas)
+        try:
+            stats = [p.stat() for p in paths]
+        except OSError:
+            return ()
+        return tuple((st.st_mtime_ns, st.st_size, st.st_ino) for st in stats)
+
+    def listening(self) -> ssl.SSLContext:
+        """The context the server socket is created with."""
+        root = server_context(self.files)
+        root.sni_callback = self._pick
+        return root
+
+    def _pick(self, connection: ssl.SSLObject, _server_name: str | None, _context: ssl.SSLContext) -> None:
+        seen = self._signature()
+        if seen and seen != self._seen:
+            try:
+                self.current = server_context(self.files)
+                self._seen = seen
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                log.warning("TLS files changed but do not load (%s); keeping the previous ones", exc)
+        connection.context = self.current
+
+
 def uvicorn_context_factory(files: TlsFiles, _config: Any, _default: Any) -> ssl.SSLContext:
-    """``uvicorn.Config(ssl_context_factory=functools.partial(uvicorn_context_factory, files))``."""
-    return server_context(files)
+    """``uvicorn.Config(ssl_context_factory=functools.partial(uvicorn_context_factory, files))``:
+    a context that follows rotated certificate and bundle files (``RotatingContext``)."""
+    return RotatingContext(files).listening()
 
 
 def _verified_chain(ssl_object: Any) -> Sequence[Any]:
