@@ -31,7 +31,7 @@ import httpx2
 
 from tether.agent.auth import DiscoveryError, SessionEnded, TokenProvider, _Held, proof_key, url_matches
 from tether.agent.exchange import Flow, Steps, send_flow
-from tether.agent.x509 import X509Source
+from tether.agent.x509 import RotatingPools, X509Source
 from tether.lru import LruCache
 
 __all__ = ["Httpx2Steps", "Httpx2X509Transport", "McpAuth", "McpTokenProvider", "metadata_urls", "resource_metadata_of"]
@@ -313,25 +313,11 @@ class Httpx2X509Transport(httpx2.AsyncBaseTransport):
 
     def __init__(self, source: X509Source, **options: Any) -> None:
         self.source = source
-        self._options = options
-        self._thumbprint = ""
-        self._inner: httpx2.AsyncHTTPTransport | None = None
-        self._retired: list[httpx2.AsyncHTTPTransport] = []
-
-    def _transport(self) -> httpx2.AsyncHTTPTransport:
-        credential = self.source.current()
-        if self._inner is None or credential.thumbprint != self._thumbprint:  # no await: atomic on the loop
-            if self._inner is not None:
-                self._retired.append(self._inner)
-            self._inner = httpx2.AsyncHTTPTransport(verify=credential.ssl_context, **self._options)
-            self._thumbprint = credential.thumbprint
-        return self._inner
+        self._pools = RotatingPools(source, lambda context: httpx2.AsyncHTTPTransport(verify=context, **options))
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        return await self._transport().handle_async_request(request)
+        return await self._pools.current().handle_async_request(request)
 
     async def aclose(self) -> None:
-        transports = [*self._retired, *([self._inner] if self._inner else [])]
-        self._retired, self._inner = [], None
-        for transport in transports:
+        for transport in self._pools.drain():
             await transport.aclose()

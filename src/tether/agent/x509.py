@@ -19,9 +19,10 @@ import os
 import ssl
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import httpx
 from cryptography import x509
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AsyncX509Transport",
     "FileX509Identity",
+    "RotatingPools",
     "WorkloadApiX509Identity",
     "X509Credential",
     "X509Source",
@@ -195,37 +197,52 @@ class WorkloadApiX509Identity:
             self._source.close()
 
 
-class X509Transport(httpx.BaseTransport):
-    """An ``httpx`` transport presenting ``source``'s current certificate: after a rotation, new
-    requests go through a new connection pool (a TLS connection keeps the certificate it was
-    opened with). Pools of older certificates are closed with the transport."""
+T = TypeVar("T")
 
-    def __init__(self, source: X509Source, **options: Any) -> None:
+
+class RotatingPools(Generic[T]):
+    """The connection pool for ``source``'s current certificate: after a rotation, a new pool
+    (``make(ssl_context)``) for new requests — a TLS connection keeps the certificate it was
+    opened with — while requests in flight on the old one finish. ``drain`` hands every pool
+    over for closing. Shared by the httpx and httpx2 (MCP SDK) transports."""
+
+    def __init__(self, source: X509Source, make: Callable[[ssl.SSLContext], T]) -> None:
         self.source = source
-        self._options = options
+        self._make = make
         self._lock = threading.Lock()
         self._thumbprint = ""
-        self._inner: httpx.HTTPTransport | None = None
-        self._retired: list[httpx.HTTPTransport] = []
+        self._inner: T | None = None
+        self._retired: list[T] = []
 
-    def _transport(self) -> httpx.HTTPTransport:
+    def current(self) -> T:
         credential = self.source.current()
         with self._lock:
             if self._inner is None or credential.thumbprint != self._thumbprint:
                 if self._inner is not None:
-                    self._retired.append(self._inner)  # requests in flight on it finish
-                self._inner = httpx.HTTPTransport(verify=credential.ssl_context, **self._options)
+                    self._retired.append(self._inner)
+                self._inner = self._make(credential.ssl_context)
                 self._thumbprint = credential.thumbprint
             return self._inner
 
+    def drain(self) -> list[T]:
+        with self._lock:
+            pools = [*self._retired, *([self._inner] if self._inner is not None else [])]
+            self._retired, self._inner = [], None
+        return pools
+
+
+class X509Transport(httpx.BaseTransport):
+    """An ``httpx`` transport presenting ``source``'s current certificate (``RotatingPools``)."""
+
+    def __init__(self, source: X509Source, **options: Any) -> None:
+        self.source = source
+        self._pools = RotatingPools(source, lambda context: httpx.HTTPTransport(verify=context, **options))
+
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        return self._transport().handle_request(request)
+        return self._pools.current().handle_request(request)
 
     def close(self) -> None:
-        with self._lock:
-            transports = [*self._retired, *([self._inner] if self._inner else [])]
-            self._retired, self._inner = [], None
-        for transport in transports:
+        for transport in self._pools.drain():
             transport.close()
 
 
@@ -234,25 +251,11 @@ class AsyncX509Transport(httpx.AsyncBaseTransport):
 
     def __init__(self, source: X509Source, **options: Any) -> None:
         self.source = source
-        self._options = options
-        self._thumbprint = ""
-        self._inner: httpx.AsyncHTTPTransport | None = None
-        self._retired: list[httpx.AsyncHTTPTransport] = []
-
-    def _transport(self) -> httpx.AsyncHTTPTransport:
-        credential = self.source.current()
-        if self._inner is None or credential.thumbprint != self._thumbprint:  # no await: atomic on the loop
-            if self._inner is not None:
-                self._retired.append(self._inner)
-            self._inner = httpx.AsyncHTTPTransport(verify=credential.ssl_context, **self._options)
-            self._thumbprint = credential.thumbprint
-        return self._inner
+        self._pools = RotatingPools(source, lambda context: httpx.AsyncHTTPTransport(verify=context, **options))
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        return await self._transport().handle_async_request(request)
+        return await self._pools.current().handle_async_request(request)
 
     async def aclose(self) -> None:
-        transports = [*self._retired, *([self._inner] if self._inner else [])]
-        self._retired, self._inner = [], None
-        for transport in transports:
+        for transport in self._pools.drain():
             await transport.aclose()

@@ -6,6 +6,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from tether.errors import OAuthError
+from tether.model import WorkloadIdentity
 from tether.rules.resource import select_audience
 from tether.rules.scope import parse_scope
 from tether.sts.auth import authenticate_client
@@ -14,7 +15,7 @@ from tether.sts.introspection import introspect, revoke
 from tether.sts.routes.common import client_address, client_certificate, context, endpoint, nonce_headers
 from tether.web.dpop_request import dpop_header
 from tether.web.errors import NO_STORE
-from tether.web.forms import read_form
+from tether.web.forms import Form, read_form
 
 __all__ = ["introspect_endpoint", "revoke_endpoint", "token_endpoint"]
 
@@ -60,14 +61,7 @@ async def _parse(request: Request) -> ExchangeRequest:
 async def introspect_endpoint(request: Request) -> Response:
     ctx = context(request)
     form = await read_form(request)
-    client = await authenticate_client(
-        ctx,
-        form.get("client_assertion"),
-        form.get("client_assertion_type"),
-        certificate=client_certificate(request),
-        client_id=form.get("client_id"),
-    )
-    body = await introspect(ctx, client, form.require("token"))
+    body = await introspect(ctx, await _client(request, form), form.require("token"))
     return JSONResponse(body, headers=NO_STORE)
 
 
@@ -75,12 +69,17 @@ async def introspect_endpoint(request: Request) -> Response:
 async def revoke_endpoint(request: Request) -> Response:
     ctx = context(request)
     form = await read_form(request)
-    client = await authenticate_client(
-        ctx,
+    await revoke(ctx, await _client(request, form), form.require("token"))
+    return Response(status_code=200, headers=NO_STORE)
+
+
+async def _client(request: Request, form: Form) -> WorkloadIdentity:
+    """RFC 7662 §2.1 / RFC 7009 §2.1 client authentication: a jwt-bearer client assertion, or the
+    connection's certificate with ``client_id`` (RFC 8705 §2)."""
+    return await authenticate_client(
+        context(request),
         form.get("client_assertion"),
         form.get("client_assertion_type"),
         certificate=client_certificate(request),
         client_id=form.get("client_id"),
     )
-    await revoke(ctx, client, form.require("token"))
-    return Response(status_code=200, headers=NO_STORE)
