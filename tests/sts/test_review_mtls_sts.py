@@ -1,0 +1,64 @@
+"""Review (issue 16): the STS's certificate paths attacked with malformed certificates, over real TLS.
+
+Behind a ``[tls] trusted_proxies`` terminator the STS parses whatever certificate the RFC 9440
+``Client-Cert`` header carries. Terminators that forward certificates they did not verify are
+the normal set-up for RFC 8705 §2.2 self-signed clients (nginx ``ssl_verify_client
+optional_no_ca``, Envoy ``forward_client_cert_details`` with ``trust_chain_verification:
+ACCEPT_UNTRUSTED``), so the certificate's content is the caller's. SECURITY.md: a reject is the
+standard error and an audit record, never a 5xx.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sts_mtlskit import MtlsSts, credentials, mtls_sts
+
+from helpers import AGENT
+
+
+@pytest.fixture(scope="module")
+def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MtlsSts]:
+    with mtls_sts(tmp_path_factory.mktemp("review-sts"), extra_toml='[tls]\ntrusted_proxies = ["127.0.0.1/32"]\n') as m:
+        yield m
+
+
+def _duplicate_san(der: bytes) -> bytes:
+    """The SVID with its extended-key-usage extension's OID turned into a second SAN (same length,
+    so the DER stays well formed; the signature no longer matters: parsing comes first)."""
+    eku, san = bytes.fromhex("0603551d25"), bytes.fromhex("0603551d11")
+    assert der.count(eku) == 1
+    return der.replace(eku, san)
+
+
+def _header(der: bytes) -> dict[str, str]:
+    return {"Client-Cert": ":" + base64.b64encode(der).decode() + ":"}
+
+
+def _refused(response: httpx.Response, status: int, error: str) -> None:
+    assert response.status_code == status, (response.status_code, response.text)
+    assert response.json()["error"] == error, response.text
+
+
+def test_review_MTLS_02_a_certificate_with_a_duplicate_extension_is_invalid_client_not_500(proxied: MtlsSts) -> None:
+    svid = proxied.home.issue_svid(AGENT)
+    task = proxied.create_task()
+    # positive control: the well-formed certificate from the terminator authenticates
+    ok = proxied.post(None, credentials(task["id"]), headers=_header(svid.der))
+    assert ok.status_code == 200, ok.text
+    task = proxied.create_task()
+    response = proxied.post(None, credentials(task["id"]), headers=_header(_duplicate_san(svid.der)))
+    _refused(response, 401, "invalid_client")
+
+
+def test_review_AUX_04_introspect_with_a_duplicate_extension_certificate_is_invalid_client_not_500(
+    proxied: MtlsSts,
+) -> None:
+    svid = proxied.home.issue_svid(AGENT)
+    form = {"client_id": AGENT, "token": "x.y.z"}
+    response = proxied.http(None).post(proxied.url + "/introspect", data=form, headers=_header(_duplicate_san(svid.der)))
+    _refused(response, 401, "invalid_client")
