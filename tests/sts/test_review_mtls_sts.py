@@ -62,3 +62,18 @@ def test_review_AUX_04_introspect_with_a_duplicate_extension_certificate_is_inva
     form = {"client_id": AGENT, "token": "x.y.z"}
     response = proxied.http(None).post(proxied.url + "/introspect", data=form, headers=_header(_duplicate_san(svid.der)))
     _refused(response, 401, "invalid_client")
+
+
+def test_review_AUX_04_introspection_of_a_certificate_only_token_says_bearer_not_dpop(proxied: MtlsSts) -> None:
+    """RFC 7662 §2.2 ``token_type`` is how the token is presented: a token bound only by
+    ``cnf.x5t#S256`` (no ``jkt``) is a Bearer token (RFC 8705 §3, and the STS's own token
+    response says ``Bearer``); an RS trusting introspection would demand a DPoP proof that
+    can never come."""
+    svid = proxied.home.issue_svid(AGENT)
+    task = proxied.create_task()
+    issued = proxied.post(None, credentials(task["id"]), headers=_header(svid.der))
+    assert issued.status_code == 200, issued.text
+    assert issued.json()["token_type"] == "Bearer"
+    body = proxied.introspect(issued.json()["access_token"])
+    assert body["active"] is True and "jkt" not in body["cnf"]
+    assert body["token_type"] == "Bearer", body
