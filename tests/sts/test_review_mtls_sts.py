@@ -19,6 +19,7 @@ import pytest
 from sts_mtlskit import MtlsSts, credentials, mtls_sts
 
 from helpers import AGENT
+from tether.identity.dev_x509 import DevCA
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +78,24 @@ def test_review_AUX_04_introspection_of_a_certificate_only_token_says_bearer_not
     body = proxied.introspect(issued.json()["access_token"])
     assert body["active"] is True and "jkt" not in body["cnf"]
     assert body["token_type"] == "Bearer", body
+
+
+def test_review_MTLS_02_a_rotated_x509_bundle_is_honoured_at_the_handshake_too(tmp_path: Path) -> None:
+    """``identity.x509.PemFile`` re-reads a trust domain's X.509 bundle when it changes ("Bundles
+    rotate"), but the server's TLS context loaded the CA files once at startup: an SVID from the
+    trust domain's new CA (SPIRE rotates its CA every ``ca_ttl``, 24 h by default, and
+    spiffe-helper rewrites bundle.pem) fails the handshake until the STS is restarted."""
+    with mtls_sts(tmp_path) as m:
+        rotated = DevCA.create("tether.local")
+        bundle = m.directory / "x509" / "tether.local.pem"
+        bundle.write_bytes(m.home.bundle_pem + rotated.bundle_pem)  # the new CA published beside the old one
+        old, new = m.home.issue_svid(AGENT), rotated.issue_svid(AGENT)
+        task = m.create_task()
+        ok = m.post(old, credentials(task["id"]))  # control: the old CA still works
+        assert ok.status_code == 200, ok.text
+        task = m.create_task()
+        try:
+            response = m.post(new, credentials(task["id"]))
+        except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError) as exc:
+            pytest.fail(f"the rotated CA's SVID failed the TLS handshake: {exc!r}")
+        assert response.status_code == 200, response.text
