@@ -36,6 +36,16 @@ def _duplicate_san(der: bytes) -> bytes:
     return der.replace(eku, san)
 
 
+def _bad_version(der: bytes) -> bytes:
+    """The SVID with an X.509 version the parser rejects (``[0] INTEGER 2`` becomes 5)."""
+    v3 = bytes.fromhex("a003020102")
+    assert der.count(v3) == 1
+    return der.replace(v3, bytes.fromhex("a003020105"))
+
+
+MALFORMED = {"duplicate-san": _duplicate_san, "bad-version": _bad_version}
+
+
 def _header(der: bytes) -> dict[str, str]:
     return {"Client-Cert": ":" + base64.b64encode(der).decode() + ":"}
 
@@ -45,23 +55,25 @@ def _refused(response: httpx.Response, status: int, error: str) -> None:
     assert response.json()["error"] == error, response.text
 
 
-def test_review_MTLS_02_a_certificate_with_a_duplicate_extension_is_invalid_client_not_500(proxied: MtlsSts) -> None:
+@pytest.mark.parametrize("malformed", sorted(MALFORMED))
+def test_review_MTLS_02_a_malformed_certificate_is_invalid_client_not_500(proxied: MtlsSts, malformed: str) -> None:
     svid = proxied.home.issue_svid(AGENT)
     task = proxied.create_task()
     # positive control: the well-formed certificate from the terminator authenticates
     ok = proxied.post(None, credentials(task["id"]), headers=_header(svid.der))
     assert ok.status_code == 200, ok.text
     task = proxied.create_task()
-    response = proxied.post(None, credentials(task["id"]), headers=_header(_duplicate_san(svid.der)))
+    response = proxied.post(None, credentials(task["id"]), headers=_header(MALFORMED[malformed](svid.der)))
     _refused(response, 401, "invalid_client")
 
 
-def test_review_AUX_04_introspect_with_a_duplicate_extension_certificate_is_invalid_client_not_500(
-    proxied: MtlsSts,
+@pytest.mark.parametrize("malformed", sorted(MALFORMED))
+def test_review_AUX_04_introspect_with_a_malformed_certificate_is_invalid_client_not_500(
+    proxied: MtlsSts, malformed: str
 ) -> None:
     svid = proxied.home.issue_svid(AGENT)
     form = {"client_id": AGENT, "token": "x.y.z"}
-    response = proxied.http(None).post(proxied.url + "/introspect", data=form, headers=_header(_duplicate_san(svid.der)))
+    response = proxied.http(None).post(proxied.url + "/introspect", data=form, headers=_header(MALFORMED[malformed](svid.der)))
     _refused(response, 401, "invalid_client")
 
 
