@@ -16,7 +16,7 @@ import pytest
 from test_gateway_mtls import MtlsGateway, bearer, mgw, sf  # noqa: F401  (the module fixture)
 
 FORGED = {
-    "X-Forwarded-Client-Cert": 'By=spiffe://example.org/upstream;Hash=00;URI=spiffe://example.org/admin',
+    "X-Forwarded-Client-Cert": "By=spiffe://example.org/upstream;Hash=00;URI=spiffe://example.org/admin",
     "X-SSL-Client-Cert": "forged",
     "SSL-Client-Cert": "forged",
     "X-Client-Cert": "forged",

@@ -13,17 +13,13 @@ from __future__ import annotations
 import json
 import socket
 import ssl
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from test_tls import _echo, _Kit  # the kit of tests/web/test_tls.py
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_tls import _echo, _Kit  # noqa: E402  (the kit of tests/web/test_tls.py)
-
-from tether.rules.certificate import thumbprint  # noqa: E402
-from tether.web.server import ServerThread, free_port  # noqa: E402
+from tether.rules.certificate import thumbprint
+from tether.web.server import ServerThread, free_port
 
 
 @pytest.fixture(scope="module")
