@@ -18,7 +18,7 @@ import httpx
 import pytest
 from sts_mtlskit import MtlsSts, credentials, mtls_sts
 
-from helpers import AGENT
+from helpers import ACCESS, AGENT, TOKEN_EXCHANGE, admin_token
 from tether.identity.dev_x509 import DevCA
 
 
@@ -111,3 +111,24 @@ def test_review_MTLS_02_a_rotated_x509_bundle_is_honoured_at_the_handshake_too(t
         except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError) as exc:
             pytest.fail(f"the rotated CA's SVID failed the TLS handshake: {exc!r}")
         assert response.status_code == 200, response.text
+
+
+def test_review_kill_switch_stops_an_mtls_agent_sessions_and_hops(tmp_path: Path) -> None:
+    """Checked sound (no defect): the agent kill switch stops certificate-authenticated sessions
+    and the hops of a certificate-bound session already issued, as for DPoP agents."""
+    with mtls_sts(tmp_path) as m:
+        svid = m.home.issue_svid(AGENT)
+        task = m.create_task(audiences=["https://wiki.example"])
+        session = m.post(svid, credentials(task["id"]))
+        assert session.status_code == 200, session.text
+        token = session.json()["access_token"]
+        hop = {"grant_type": TOKEN_EXCHANGE, "subject_token": token, "subject_token_type": ACCESS,
+               "resource": "https://wiki.example"}  # fmt: skip
+        assert m.post(svid, hop).status_code == 200  # control
+        client, admin = admin_token(m.running, m.client(None))
+        blocked = client.api("POST", "/principals/block", admin, json={"agent": AGENT})
+        assert blocked.status_code == 200, blocked.text
+        after = m.post(svid, hop)
+        assert after.status_code in (400, 401, 403) and after.json()["error"] != "server_error", after.text
+        again = m.post(svid, credentials(task["id"]))
+        assert again.status_code in (400, 401, 403), again.text
