@@ -11,6 +11,7 @@ standard error and an audit record, never a 5xx.
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,8 +19,11 @@ import httpx
 import pytest
 from sts_mtlskit import MtlsSts, credentials, mtls_sts
 
-from helpers import ACCESS, AGENT, TOKEN_EXCHANGE, admin_token
+from helpers import ACCESS, AGENT, JWT, SVC_B, TOKEN_EXCHANGE, admin_token
+
 from tether.identity.dev_x509 import DevCA
+
+OTHER = "spiffe://tether.local/agent/other"
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +136,31 @@ def test_review_kill_switch_stops_an_mtls_agent_sessions_and_hops(tmp_path: Path
         assert after.status_code in (400, 401, 403) and after.json()["error"] != "server_error", after.text
         again = m.post(svid, credentials(task["id"]))
         assert again.status_code in (400, 401, 403), again.text
+
+
+def test_review_delegation_of_a_certificate_bound_hop_needs_the_audiences_identity_not_the_certificate(
+    tmp_path: Path,
+) -> None:
+    """Checked, by design (RFC 8693 §4.1 delegation; brief: "can a service that received the
+    agent's token re-use it without the certificate?"): yes — the audience service redeems the
+    agent's certificate-bound hop token with its own workload JWT as ``actor_token`` and its own
+    DPoP key, and the onward token is bound to that key only. Anyone else holding the token
+    (another workload of the same trust domain with its own credentials) is refused."""
+    b, c = "http://127.0.0.1:9001", "http://127.0.0.1:9002"
+    with mtls_sts(tmp_path, extra_toml=f'[[resources]]\nuri = "{b}"\nprincipals = ["{SVC_B}"]\n') as m:
+        svid = m.home.issue_svid(AGENT)
+        task = m.create_task(audiences=[b, c])
+        session = m.post(svid, credentials(task["id"])).json()["access_token"]
+        hop_form = {"grant_type": TOKEN_EXCHANGE, "subject_token": session, "subject_token_type": ACCESS, "resource": b}
+        hop = m.post(svid, hop_form)
+        assert hop.status_code == 200, hop.text
+        token = hop.json()["access_token"]
+        # a stranger with valid credentials of its own (the agent's sibling) cannot redeem it
+        stranger = m.client(None).hop(token, c, actor_token=m.running.svid(OTHER), actor_token_type=JWT)
+        _refused(stranger, 400, "invalid_grant")
+        # the audience service, without the agent's certificate: a token bound to its own key
+        service = m.client(None)
+        onward = service.hop(token, c, actor_token=m.running.svid(SVC_B), actor_token_type=JWT)
+        assert onward.status_code == 200, onward.text
+        claims = json.loads(base64.urlsafe_b64decode(onward.json()["access_token"].split(".")[1] + "=="))
+        assert set(claims["cnf"]) == {"jkt"} and claims["act"]["sub"] == SVC_B
