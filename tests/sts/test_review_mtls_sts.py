@@ -20,7 +20,6 @@ import pytest
 from sts_mtlskit import MtlsSts, credentials, mtls_sts
 
 from helpers import ACCESS, AGENT, JWT, SVC_B, TOKEN_EXCHANGE, admin_token
-
 from tether.identity.dev_x509 import DevCA
 
 OTHER = "spiffe://tether.local/agent/other"
