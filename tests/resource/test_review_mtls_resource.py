@@ -14,12 +14,16 @@ import contextlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
+import httpx
 import pytest
-from rs_mtlskit import ISSUER, MtlsKit
+from rs_mtlskit import ISSUER, MtlsKit, client_cert_header
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import WebSocketRoute
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from websockets.sync.client import connect
 
@@ -60,3 +64,39 @@ def test_review_MTLS_01_certificate_bound_token_opens_a_websocket_with_its_certi
                  additional_headers=headers, proxy=None, open_timeout=10) as conn:  # fmt: skip
         seen = json.loads(conn.recv(timeout=10))
     assert seen == {"x5t": thumbprint(ws.kit.agent.der)}
+
+
+async def _whoami_http(request: Request) -> Response:
+    return JSONResponse({"x5t": principal_of(request).x5t})
+
+
+def test_review_MTLS_03_a_forwarded_for_header_makes_anyone_the_trusted_terminator(tmp_path: Path) -> None:
+    """``trusted_proxies`` is judged on ``scope["client"]``, which the ASGI server may already have
+    rewritten from ``X-Forwarded-For``: uvicorn does so by default for peers in
+    ``forwarded_allow_ips`` (``127.0.0.1``), and ``--forwarded-allow-ips='*'`` is the documented
+    setting behind a load balancer, where the left-most (client-written) address wins. The
+    resource SDK runs under the operator's server, not tether's (``proxy_headers=False``).
+    A thief with a certificate-bound token then needs only the agent's *certificate* (public:
+    sent in clear in TLS 1.2, logged, forwarded in ``Client-Cert`` between proxy and app), not
+    its key: ``X-Forwarded-For: <terminator>`` plus ``Client-Cert`` passes MTLS-01."""
+    kit = MtlsKit.create(tmp_path)
+    terminator = "10.0.0.5"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    settings = ResourceSettings(issuer=ISSUER, resource=url, revocation_feed=False, trusted_proxies=(f"{terminator}/32",))
+    verifier = Verifier(settings, keys=kit.keys())
+    app = Starlette(routes=[Route("/whoami", _whoami_http)], middleware=[Middleware(TetherMiddleware, verifier=verifier)])
+    thread = ServerThread(app, port)
+    thread.server.config.proxy_headers = True  # uvicorn's default; tether's own servers turn it off
+    thread.server.config.forwarded_allow_ips = "*"  # "behind a load balancer" (uvicorn docs)
+    thread.start()
+    try:
+        stolen = kit.bound(url)
+        forged = {"Authorization": f"Bearer {stolen}", "Client-Cert": client_cert_header(kit.agent)}
+        with httpx.Client(trust_env=False, timeout=10.0) as thief:
+            # control: from the thief's own address the header is not believed
+            assert thief.get(url + "/whoami", headers=forged).status_code == 401
+            response = thief.get(url + "/whoami", headers={**forged, "X-Forwarded-For": terminator})
+        assert response.status_code == 401, f"accepted without the certificate's key: {response.text}"
+    finally:
+        thread.stop()
