@@ -571,3 +571,17 @@ def test_a_config_is_never_loaded_without_its_feature_tables() -> None:
     lines = run.stdout.splitlines()
     assert lines[0].startswith("refused: no parser registered for `gateway.routes`"), run.stdout
     assert lines[1:] == ["validated: monitor.detectors.nope", "every detector: True"], run.stdout
+
+
+@pytest.mark.parametrize("entry", ["proxy.lan", "10.0.0.0/33", "", "127.0.0.1/32 "])
+def test_MTLS_03_trusted_proxies_must_be_addresses_or_cidrs(entry: str) -> None:
+    """Refused at load for every process (the STS answered 500 on each request before)."""
+    err = config_error({"tls": {"trusted_proxies": ["10.0.0.5/32", entry]}})
+    assert err.key == "tls.trusted_proxies"
+    env_err = config_error({}, env={"TETHER_TLS_TRUSTED_PROXIES": f'["{entry}"]'})
+    assert env_err.key == "tls.trusted_proxies"
+
+
+def test_MTLS_03_trusted_proxies_accepts_addresses_and_networks() -> None:
+    cfg = parse({"tls": {"trusted_proxies": ["10.0.0.5", "10.0.0.0/8", "::1/128"]}})
+    assert cfg.tls.trusted_proxies == ("10.0.0.5", "10.0.0.0/8", "::1/128")

@@ -204,3 +204,37 @@ def test_MTLS_rotated_bundle_and_server_certificate_apply_to_the_next_handshake(
         assert _peer_certificate(port, both) == rotated.der
     finally:
         thread.stop()
+
+
+@pytest.mark.parametrize(
+    ("forwarding", "believed"),
+    [
+        pytest.param([], True, id="no-forwarding-headers"),
+        pytest.param([(b"x-forwarded-for", b"203.0.113.7")], True, id="xff-names-the-real-client"),
+        pytest.param([(b"x-forwarded-for", b"203.0.113.7, 10.1.2.3")], False, id="xff-names-the-terminator"),
+        pytest.param([(b"x-forwarded-for", b"10.1.2.3:443")], False, id="xff-with-port"),
+        pytest.param([(b"x-real-ip", b"10.1.2.3")], False, id="x-real-ip"),
+        pytest.param([(b"forwarded", b'for="10.1.2.3:8443";proto=https')], False, id="rfc7239-quoted-port"),
+        pytest.param([(b"forwarded", b"for=203.0.113.7, for=10.1.2.3")], False, id="rfc7239-list"),
+        pytest.param([(b"forwarded", b"for=203.0.113.7;by=10.1.2.3")], True, id="rfc7239-by-is-not-for"),
+    ],
+)
+def test_MTLS_03_a_peer_address_a_forwarding_header_names_vouches_for_nothing(
+    kit: _Kit, forwarding: list[tuple[bytes, bytes]], believed: bool
+) -> None:
+    """An ASGI server with proxy-header support may have set ``client`` from ``X-Forwarded-For``,
+    which the client writes; a terminator never names itself as the client it forwards for."""
+    header = (b"client-cert", b":" + base64.b64encode(kit.registered.der) + b":")
+    proxies = TrustedProxies(["10.0.0.0/8"])
+    cert = presented_certificate(_scope("10.1.2.3", [header, *forwarding]), proxies)
+    assert (cert is not None) is believed
+    scope = _scope("10.1.2.3", [header, *forwarding])
+    strip_client_cert_headers(scope, proxies)
+    assert (header in scope["headers"]) is believed
+
+
+def test_MTLS_03_ipv6_terminator_with_a_bracketed_forwarded_address() -> None:
+    header = (b"client-cert", b":AAAA:")
+    proxies = TrustedProxies(["fd00::/8"])
+    scope = _scope("fd00::5", [header, (b"forwarded", b'for="[fd00::5]:443"')])
+    assert presented_certificate(scope, proxies) is None

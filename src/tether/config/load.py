@@ -10,6 +10,7 @@ them, and every entry point that loads a config imports it first.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -71,6 +72,7 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None, env: Mapping[str
         issuer_uri(values["gateway"]["url"], "gateway.url")
     detectors = _feature_table(data, "monitor.detectors")
     check_outputs(values)
+    _check_networks(values["tls"]["trusted_proxies"], "tls.trusted_proxies")
     sections = {
         section or "general": cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values[section].items()})
         for section, cls in SECTIONS.items()
@@ -78,6 +80,16 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None, env: Mapping[str
     return Config(path=path, **sections, trust_domains=domains, oidc_issuers=issuers, clients=clients,
                   resources=resources, routes=routes, mcp_routes=mcp_routes, detectors=detectors, base_dir=base,
                   sources=sources, namespaces=namespaces)  # fmt: skip
+
+
+def _check_networks(entries: list[str], key: str) -> None:
+    """Addresses or CIDRs, refused at load (the STS, the gateway and every CLI command alike)
+    rather than as a failure of the first request that reads them."""
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError as exc:
+            raise ConfigError(key, f"`{entry:.100}` is not an address or CIDR") from exc
 
 
 def _scalars(data: Mapping[str, Any], env: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:

@@ -28,7 +28,7 @@ from starlette.types import Receive, Scope, Send
 from tether.agent.identity import IdentitySource
 from tether.clock import Clock, SystemClock
 from tether.config import Config
-from tether.errors import ConfigError, NotFoundError, OAuthError, TetherError
+from tether.errors import NotFoundError, OAuthError, TetherError
 from tether.gateway.audit import GatewayAudit
 from tether.gateway.forms import declared_length
 from tether.gateway.gate import Gate
@@ -49,7 +49,7 @@ from tether.resource.principal import Principal
 from tether.store.errors import StoreError
 from tether.store.open import open_store
 from tether.store.protocol import Store
-from tether.web.client_cert import TrustedProxies, presented_certificate
+from tether.web.client_cert import presented_certificate
 from tether.web.errors import error_response, handle_http, handle_unexpected
 
 if TYPE_CHECKING:
@@ -65,10 +65,6 @@ class Gateway:
         self.config = config
         self.clock = clock or SystemClock()
         self.routes = {route.name: route for route in config.routes}
-        try:  # refused now, not as a crash when the first verifier is built
-            TrustedProxies(config.tls.trusted_proxies)
-        except ValueError as exc:
-            raise ConfigError("tls.trusted_proxies", f"not an address or CIDR: {exc}") from exc
         # a credential = "hop" route needs the gateway's own workload identity: refused now, not at first call
         self.hop_identity: IdentitySource | None = None
         if any(route.hop for route in config.mcp_routes):

@@ -63,7 +63,22 @@ def forward_headers(headers: Iterable[tuple[str, str]], injection: Injection) ->
     pairs = list(headers)
     drop = HOP_BY_HOP | _AGENT_CREDENTIALS | _CLIENT_ORIGIN | injection.names() | _connection_tokens(pairs)
     return [(n, v) for n, v in pairs
-            if n.lower() not in drop and not n.lower().startswith("proxy-") and not is_override_header(n)]  # fmt: skip
+            if n.lower() not in drop and not n.lower().startswith("proxy-") and not is_override_header(n)
+            and not _claims_tls_identity(n)]  # fmt: skip
+
+
+#: fragments of the header names terminators use to hand on a client's TLS identity (nginx's
+#: ``X-SSL-Client-Cert``, HAProxy's ``X-SSL-Client-*``, ``X-Client-Cert``, ``SSL-Client-Verify``)
+_TLS_IDENTITY = ("client-cert", "ssl-client", "client-verify", "client-dn", "client-s-dn")
+
+
+def _claims_tls_identity(name: str) -> bool:
+    """A header that claims a client certificate, in any of the conventions an upstream may
+    believe; or any name with ``_``, which CGI-style servers fold into the same variables as
+    the dashed form (``client_cert`` → ``HTTP_CLIENT_CERT``). The gateway is the upstream's TLS
+    terminator: it alone may say who the client is, and it says it with the injected secret."""
+    lowered = name.lower()
+    return "_" in lowered or any(fragment in lowered.replace("_", "-") for fragment in _TLS_IDENTITY)
 
 
 def response_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -71,10 +71,19 @@ class ClientCertificate:
 
 
 def load_certificate(der: bytes) -> x509.Certificate:
-    """Parse a DER certificate, refusing oversized or malformed input as ``ValueError``."""
+    """Parse a DER certificate, refusing oversized or malformed input as ``ValueError``.
+
+    cryptography parses the version and extensions lazily and raises its own exception types
+    for them (a duplicated extension, an unknown version); they are forced here so that every
+    malformed certificate is one ``ValueError`` before any rule reads it — never a 500."""
     if not der or len(der) > MAX_CERTIFICATE:
         raise ValueError("certificate is empty or too large")
-    return x509.load_der_x509_certificate(der)
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        _ = cert.version, cert.extensions, cert.subject, cert.issuer
+    except (ValueError, x509.DuplicateExtension, x509.InvalidVersion, x509.UnsupportedGeneralNameType) as exc:
+        raise ValueError(f"malformed certificate: {exc}") from exc
+    return cert
 
 
 def _sf_binary(item: str) -> bytes:

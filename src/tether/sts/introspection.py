@@ -58,7 +58,7 @@ async def introspect(ctx: StsContext, caller: WorkloadIdentity, token: str) -> d
         "iat": claims.iat,
         "nbf": claims.nbf,
         "jti": claims.jti,
-        "token_type": "DPoP",
+        "token_type": "DPoP" if claims.jkt else "Bearer",  # RFC 8705 §3: a certificate-only token is a Bearer one
         "agt": claims.agent,
     }
     cnf = cnf_claim(claims.jkt, claims.x5t)

@@ -9,7 +9,11 @@ Two sources, never mixed (RFC 9440 §4, RFC 8705 §3):
   is one of those proxies. From any other peer the headers are ignored (a client can set
   them) and ``strip_client_cert_headers`` removes them before anything is forwarded.
 
-Nothing is trusted by default: with no ``trusted_proxies`` the headers are never read.
+Nothing is trusted by default: with no ``trusted_proxies`` the headers are never read. The
+peer address is the ASGI ``client``; a server that rewrites it from forwarding headers would
+let a client choose it, so an address those headers also name is not believed (``_believed``).
+Run the resource SDK's server without proxy-header rewriting (uvicorn ``--no-proxy-headers``),
+as tether's own servers are.
 """
 
 from __future__ import annotations
@@ -54,6 +58,51 @@ def _peer(scope: MutableMapping[str, Any]) -> str | None:
     return str(client[0]) if client else None
 
 
+def _host(token: str) -> str:
+    """An address as forwarding headers write it (``"[::1]:80"``, ``1.2.3.4:5``, ``_hidden``), normalised."""
+    token = token.strip().strip('"')
+    if token.startswith("["):
+        token = token[1:].split("]", 1)[0]
+    elif token.count(":") == 1:
+        token = token.split(":", 1)[0]
+    try:
+        return str(ipaddress.ip_address(token))
+    except ValueError:
+        return token.lower()
+
+
+def _forwarded_hosts(scope: MutableMapping[str, Any]) -> set[str]:
+    """Every address the request's forwarding headers name (``X-Forwarded-For``, ``X-Real-IP``,
+    RFC 7239 ``Forwarded: for=``)."""
+    hosts: set[str] = set()
+    for key, raw in scope.get("headers", ()):
+        if key not in (b"x-forwarded-for", b"x-real-ip", b"forwarded"):
+            continue
+        value = raw.decode("latin-1")
+        if key == b"forwarded":
+            parts = [p.split("=", 1)[1] for e in value.split(",") for p in e.split(";") if p.strip().lower().startswith("for=")]
+        else:
+            parts = value.split(",")
+        hosts.update(_host(part) for part in parts if part.strip())
+    return hosts
+
+
+def _believed(scope: MutableMapping[str, Any], proxies: TrustedProxies | None) -> bool:
+    """Whether this request's RFC 9440 headers come from a configured terminator.
+
+    The peer address is the ASGI ``client``, which a server with proxy-header support (uvicorn's
+    default for ``forwarded_allow_ips``) may have rewritten from ``X-Forwarded-For`` — a value the
+    client writes. A terminator never names itself as the client it forwards for, so an address
+    that also appears in the request's forwarding headers came from a header, not from the
+    connection, and vouches for nothing."""
+    if proxies is None:
+        return False
+    peer = _peer(scope)
+    if not proxies.trusts(peer):
+        return False
+    return _host(peer or "") not in _forwarded_hosts(scope)
+
+
 def _header(scope: MutableMapping[str, Any], name: bytes) -> list[bytes]:
     return [value for key, value in scope.get("headers", ()) if key == name]
 
@@ -69,7 +118,7 @@ def presented_certificate(scope: MutableMapping[str, Any], proxies: TrustedProxi
     certificate, if any, is not the caller's). A trusted proxy that sends a header twice or
     one that does not parse is refused with ``invalid_request``: the proxy is misconfigured.
     """
-    if proxies is not None and proxies.trusts(_peer(scope)):
+    if _believed(scope, proxies):
         leaf = _header(scope, b"client-cert")
         chain = _header(scope, b"client-cert-chain")
         if not leaf:
@@ -95,7 +144,7 @@ def presented_certificate(scope: MutableMapping[str, Any], proxies: TrustedProxi
 def strip_client_cert_headers(scope: MutableMapping[str, Any], proxies: TrustedProxies | None = None) -> None:
     """Remove RFC 9440 headers that did not come from a trusted proxy (in place), so that no
     application or upstream behind this server ever reads a client's forged certificate."""
-    if proxies is not None and proxies.trusts(_peer(scope)):
+    if _believed(scope, proxies):
         return
     headers = scope.get("headers")
     if headers and any(key in CLIENT_CERT_HEADERS for key, _ in headers):
