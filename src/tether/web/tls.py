@@ -129,8 +129,14 @@ def tls_extension(transport: asyncio.BaseTransport) -> dict[str, Any] | None:
     if ssl_object is None:
         return None
     chain: list[str] = []
-    if ssl_object.getpeercert(binary_form=True):
-        chain = [ssl.DER_cert_to_PEM_cert(cert.public_bytes(ssl._ssl.ENCODING_DER)) for cert in _verified_chain(ssl_object)]  # type: ignore[attr-defined]
+    leaf = ssl_object.getpeercert(binary_form=True)
+    if leaf:
+        ders = [cert.public_bytes(ssl._ssl.ENCODING_DER) for cert in _verified_chain(ssl_object)]  # type: ignore[attr-defined]
+        if not ders:
+            # a resumed session (RFC 8446 §2.2, RFC 5077) has no verified chain, only the leaf its
+            # full handshake verified (OpenSSL resumes only a session that verified): hand that on
+            ders = [leaf]
+        chain = [ssl.DER_cert_to_PEM_cert(der) for der in ders]
     version = ssl_object.version()
     return {
         "server_cert": None,
@@ -142,12 +148,33 @@ def tls_extension(transport: asyncio.BaseTransport) -> dict[str, Any] | None:
     }
 
 
+def _websocket_with_tls(protocol_class: Any, tls: dict[str, Any]) -> Any:
+    """uvicorn's WebSocket protocol (whichever implementation) for a connection upgraded from
+    this one, its scope given the same TLS extension: a certificate-bound token opens a
+    WebSocket with its certificate as it makes a request."""
+
+    def make(**kwargs: Any) -> Any:
+        protocol = protocol_class(**kwargs)
+        app = protocol.app
+
+        async def with_tls(scope: Any, receive: Any, send: Any) -> Any:
+            scope["extensions"] = {**(scope.get("extensions") or {}), "tls": tls}
+            return await app(scope, receive, send)
+
+        protocol.app = with_tls
+        return protocol
+
+    return make
+
+
 class TlsHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, adding the ASGI TLS extension to every request's scope."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._tls = tls_extension(transport)
+        if self._tls is not None and self.ws_protocol_class is not None:
+            self.ws_protocol_class = _websocket_with_tls(self.ws_protocol_class, self._tls)
 
     def shutdown(self) -> None:
         """A server stopping drops idle TLS connections at once. ``close()`` would first send
