@@ -78,7 +78,8 @@ def test_review_MTLS_03_a_forwarded_for_header_makes_anyone_the_trusted_terminat
     resource SDK runs under the operator's server, not tether's (``proxy_headers=False``).
     A thief with a certificate-bound token then needs only the agent's *certificate* (public:
     sent in clear in TLS 1.2, logged, forwarded in ``Client-Cert`` between proxy and app), not
-    its key: ``X-Forwarded-For: <terminator>`` plus ``Client-Cert`` passes MTLS-01."""
+    its key: ``X-Forwarded-For: <terminator>`` plus ``Client-Cert`` passed MTLS-01 before a peer
+    address named by the request's own forwarding headers stopped counting as the terminator."""
     kit = MtlsKit.create(tmp_path)
     terminator = "10.0.0.5"
     port = free_port()

@@ -99,7 +99,8 @@ def test_review_MTLS_02_a_rotated_x509_bundle_is_honoured_at_the_handshake_too(t
     """``identity.x509.PemFile`` re-reads a trust domain's X.509 bundle when it changes ("Bundles
     rotate"), but the server's TLS context loaded the CA files once at startup: an SVID from the
     trust domain's new CA (SPIRE rotates its CA every ``ca_ttl``, 24 h by default, and
-    spiffe-helper rewrites bundle.pem) fails the handshake until the STS is restarted."""
+    spiffe-helper rewrites bundle.pem) failed the handshake until the STS restarted; the TLS
+    context now follows the files (``web.tls.RotatingContext``)."""
     with mtls_sts(tmp_path) as m:
         rotated = DevCA.create("tether.local")
         bundle = m.directory / "x509" / "tether.local.pem"

@@ -3,8 +3,9 @@
 A client that resumes its TLS session (RFC 8446 §2.2 PSK resumption, RFC 5077 tickets /
 session ids in TLS 1.2) proved its certificate at the full handshake; the session still carries
 it (``getpeercert``), but OpenSSL keeps no *verified chain* for a resumed session, so
-``tls_extension`` hands the app an empty ``client_cert_chain`` and every certificate-bound
-token on that connection is refused (MTLS-01 availability; fail closed, not a bypass).
+``tls_extension`` handed the app an empty ``client_cert_chain`` and every certificate-bound
+token on that connection was refused (MTLS-01 availability; fail closed, not a bypass); it now
+hands on the leaf the full handshake verified.
 curl, Go, Java, nginx/Envoy upstream pools all resume sessions by default.
 """
 
