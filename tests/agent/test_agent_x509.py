@@ -22,6 +22,7 @@ from agentkit import claims_of, wait_until
 from mcp.client.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import MCPServer
+from mcp.types import TextContent
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -367,7 +368,7 @@ def test_mcp_client_sdk_over_mtls_presents_the_svid_and_a_certificate_bound_toke
             Client(streamable_http_client(mtls.mcp_url, http_client=http)) as client,
         ):
             result = await client.call_tool("add", {"a": 2, "b": 3})
-            return [block.text for block in result.content]
+            return [block.text for block in result.content if isinstance(block, TextContent)]
 
     assert asyncio.run(run()) == ["5"]
     x5t = session.x509.current().thumbprint if session.x509 else ""

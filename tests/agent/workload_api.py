@@ -19,7 +19,7 @@ from tether.identity.dev_x509 import DevCA, Issued
 __all__ = ["WorkloadApi"]
 
 
-class _Servicer(workload_pb2_grpc.SpiffeWorkloadAPIServicer):  # type: ignore[misc]
+class _Servicer(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
     def __init__(self, api: WorkloadApi) -> None:
         self.api = api
 
@@ -46,7 +46,7 @@ class WorkloadApi:
         self.version = 0
         self.svid: Issued = ca.issue_svid(spiffe_id)
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server(_Servicer(self), self._server)
+        workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server(_Servicer(self), self._server)  # type: ignore[no-untyped-call]
         self._server.add_insecure_port(f"unix:{self.path}")
 
     def response(self) -> Any:
