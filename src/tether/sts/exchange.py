@@ -58,8 +58,6 @@ from tether.urns import CLIENT_CREDENTIALS, JWT_BEARER, TOKEN_EXCHANGE, TOKEN_TY
 
 __all__ = ["ExchangeRequest", "ExchangeResult", "exchange"]
 
-#: RFC 6749 §4.4 grant type: a session token for a client authenticated by its certificate (RFC 8705 §2)
-
 
 @dataclass(frozen=True)
 class ExchangeRequest:
