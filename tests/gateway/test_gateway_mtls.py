@@ -12,7 +12,6 @@ credential, checked here, as its ``Authorization`` is).
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
 import ssl
@@ -30,7 +29,7 @@ from helpers import AGENT, QUIET_MONITOR, RunningSts, create_task, running_sts
 from tether.agent import Agent, DevIdentity
 from tether.gateway.app import Gateway, build_gateway
 from tether.identity.dev_x509 import DevCA, Issued
-from tether.rules.certificate import thumbprint
+from tether.rules.certificate import client_cert_header, thumbprint
 from tether.rules.jws import b64url_decode, strict_json_loads
 from tether.web.server import ServerThread, free_port
 from tether.web.tls import TlsFiles
@@ -40,7 +39,7 @@ CERT_HEADERS = ("client-cert", "client-cert-chain")
 
 def sf(issued: Issued) -> str:
     """RFC 9440 §2.2 structured-field byte sequence of a DER certificate."""
-    return ":" + base64.b64encode(issued.der).decode("ascii") + ":"
+    return client_cert_header(issued.der)
 
 
 @dataclass

@@ -9,7 +9,6 @@ message (401 ``invalid_token``, a ``Bearer`` challenge naming the RFC 9728 metad
 
 from __future__ import annotations
 
-import base64
 import json
 import secrets
 import ssl
@@ -33,7 +32,7 @@ from tether.identity.dev_x509 import DevCA, Issued
 from tether.identity.jwks_cache import KeySet, StaticKeySource
 from tether.mcp import protect
 from tether.resource import ResourceSettings, Verifier
-from tether.rules.certificate import thumbprint
+from tether.rules.certificate import client_cert_header, thumbprint
 from tether.rules.jws import sign_compact
 from tether.web.server import ServerThread, free_port
 from tether.web.tls import TlsFiles
@@ -101,7 +100,7 @@ def post(client: httpx.Client, served: Served, token: str, **extra: str) -> http
 
 def test_MTLS_01_protect_refuses_a_certificate_bound_token_without_its_certificate(served: Served) -> None:
     token = served.token()
-    spoofed = {"Client-Cert": ":" + base64.b64encode(served.agent.der).decode() + ":"}
+    spoofed = {"Client-Cert": client_cert_header(served.agent.der)}
     metadata = served.url.removesuffix("/mcp") + "/.well-known/oauth-protected-resource/mcp"
     before = len(served.received)
     with served.client(None) as anonymous, served.client(served.other) as other:

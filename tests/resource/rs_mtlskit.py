@@ -8,7 +8,6 @@ the ``o`` service of ``conftest``), so a token carries exactly the ``cnf`` a tes
 
 from __future__ import annotations
 
-import base64
 import secrets
 import ssl
 import time
@@ -21,7 +20,7 @@ from joserfc.jwk import ECKey
 from helpers import AGENT
 from tether.identity.dev_x509 import DevCA, Issued
 from tether.identity.jwks_cache import KeySet, StaticKeySource
-from tether.rules.certificate import thumbprint
+from tether.rules.certificate import client_cert_header, thumbprint
 from tether.rules.jws import sign_compact
 from tether.web.tls import TlsFiles
 
@@ -30,11 +29,6 @@ __all__ = ["ISSUER", "MtlsKit", "client_cert_header"]
 ISSUER = "https://sts.mtls.test"
 DOMAIN = "example.org"
 KID = "mtls-test-key"
-
-
-def client_cert_header(issued: Issued) -> str:
-    """RFC 9440 §2.2: the DER certificate as a structured-field byte sequence."""
-    return ":" + base64.b64encode(issued.der).decode("ascii") + ":"
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from rs_mtlskit import ISSUER, MtlsKit, client_cert_header
+from rs_mtlskit import ISSUER, MtlsKit
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -27,7 +27,7 @@ from starlette.routing import Route
 
 from tether.agent.proof import DPoPKey
 from tether.resource import ResourceSettings, TetherMiddleware, Verifier, principal_of
-from tether.rules.certificate import thumbprint
+from tether.rules.certificate import client_cert_header, thumbprint
 from tether.web.server import ServerThread, free_port
 
 
@@ -126,7 +126,10 @@ def test_MTLS_01_refused_over_plain_http(world: World) -> None:
 
 def test_MTLS_03_spoofed_client_cert_from_an_untrusted_address_is_refused_and_stripped(world: World) -> None:
     """No trusted proxies by default: the header is a client's claim, ignored and removed before the app."""
-    forged = {"Client-Cert": client_cert_header(world.kit.agent), "Client-Cert-Chain": client_cert_header(world.kit.other)}
+    forged = {
+        "Client-Cert": client_cert_header(world.kit.agent.der),
+        "Client-Cert-Chain": client_cert_header(world.kit.other.der),
+    }
     over_tls = world.kit.bound(world.tls.url)
     over_plain = world.kit.bound(world.plain.url)
     with world.client(None) as anonymous, world.client("other") as other, httpx.Client(trust_env=False) as http:
@@ -144,11 +147,11 @@ def test_MTLS_03_proxy_mode_accepts_the_trusted_terminators_header(world: World)
     token = world.kit.bound(world.proxy.url)
     url = world.proxy.url + "/whoami"
     with httpx.Client(trust_env=False, timeout=10.0) as proxy:  # connects from 127.0.0.1: the listed terminator
-        accepted = proxy.get(url, headers=bearer(token, **{"Client-Cert": client_cert_header(world.kit.agent)}))
+        accepted = proxy.get(url, headers=bearer(token, **{"Client-Cert": client_cert_header(world.kit.agent.der)}))
         assert accepted.status_code == 200, accepted.text
         assert accepted.json()["x5t"] == thumbprint(world.kit.agent.der)
         assert accepted.json()["headers"] == ["client-cert"]  # the terminator's header reaches the app
-        assert_refused(proxy.get(url, headers=bearer(token, **{"Client-Cert": client_cert_header(world.kit.other)})))
+        assert_refused(proxy.get(url, headers=bearer(token, **{"Client-Cert": client_cert_header(world.kit.other.der)})))
         assert_refused(proxy.get(url, headers=bearer(token)))  # the terminator saw no certificate
         malformed = proxy.get(url, headers=bearer(token, **{"Client-Cert": "not-a-byte-sequence"}))
         assert malformed.status_code == 400 and malformed.json()["error"] == "invalid_request"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from rs_mtlskit import ISSUER, MtlsKit, client_cert_header
+from rs_mtlskit import ISSUER, MtlsKit
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -28,7 +28,7 @@ from starlette.websockets import WebSocket
 from websockets.sync.client import connect
 
 from tether.resource import ResourceSettings, TetherMiddleware, Verifier, principal_of
-from tether.rules.certificate import thumbprint
+from tether.rules.certificate import client_cert_header, thumbprint
 from tether.web.server import ServerThread, free_port
 
 
@@ -93,7 +93,7 @@ def test_review_MTLS_03_a_forwarded_for_header_makes_anyone_the_trusted_terminat
     thread.start()
     try:
         stolen = kit.bound(url)
-        forged = {"Authorization": f"Bearer {stolen}", "Client-Cert": client_cert_header(kit.agent)}
+        forged = {"Authorization": f"Bearer {stolen}", "Client-Cert": client_cert_header(kit.agent.der)}
         with httpx.Client(trust_env=False, timeout=10.0) as thief:
             # control: from the thief's own address the header is not believed
             assert thief.get(url + "/whoami", headers=forged).status_code == 401

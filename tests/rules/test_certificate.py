@@ -24,6 +24,7 @@ from tether.rules.certificate import (
     MAX_CHAIN,
     ClientCertificate,
     check_certificate_binding,
+    client_cert_header,
     parse_client_cert,
     parse_client_cert_chain,
     spiffe_id_of,
@@ -42,7 +43,7 @@ def ca() -> DevCA:
 
 
 def _sf(der: bytes) -> str:
-    return ":" + base64.b64encode(der).decode() + ":"
+    return client_cert_header(der)
 
 
 def _der(cert: x509.Certificate) -> bytes:

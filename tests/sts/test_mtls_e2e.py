@@ -23,7 +23,7 @@ from sts_mtlskit import BATCH, MtlsSts, credentials, mtls_sts
 from helpers import ACCESS, ADMIN, AGENT, TOKEN_EXCHANGE
 from services import store_sql
 from tether.identity.dev_x509 import DevCA, Issued
-from tether.rules.certificate import thumbprint
+from tether.rules.certificate import client_cert_header, thumbprint
 
 OTHER_AGENT = "spiffe://tether.local/agent/other"
 WIKI = "https://wiki.example"
@@ -165,20 +165,20 @@ def test_client_credentials_with_a_subject_token_or_assertion_is_invalid_request
 
 
 # -- RFC 9440 Client-Cert: only from a configured terminator (MTLS-03) ---------------------------
-def client_cert_header(cert: Issued) -> dict[str, str]:
-    return {"Client-Cert": ":" + base64.b64encode(cert.der).decode() + ":"}
+def _forwarded(cert: Issued) -> dict[str, str]:
+    return {"Client-Cert": client_cert_header(cert.der)}
 
 
 def test_MTLS_03_a_client_cert_header_from_an_untrusted_address_is_ignored(m: MtlsSts, svid: Issued) -> None:
     task = m.create_task()
-    refused(m.post(None, credentials(task["id"]), headers=client_cert_header(svid)), 401, "invalid_client")
+    refused(m.post(None, credentials(task["id"]), headers=_forwarded(svid)), 401, "invalid_client")
 
 
 def test_MTLS_03_a_trusted_terminators_client_cert_header_authenticates(tmp_path: Path) -> None:
     with mtls_sts(tmp_path, extra_toml='[tls]\ntrusted_proxies = ["127.0.0.1/32"]\n') as proxied:
         svid = proxied.home.issue_svid(AGENT)
         task = proxied.create_task()
-        response = proxied.post(None, credentials(task["id"]), headers=client_cert_header(svid))
+        response = proxied.post(None, credentials(task["id"]), headers=_forwarded(svid))
         assert response.status_code == 200, response.text
         assert claims_of(response.json()["access_token"])["cnf"] == {"x5t#S256": thumbprint(svid.der)}
         # from the terminator, its header alone counts: the connection's own certificate is the proxy's

@@ -21,6 +21,7 @@ from sts_mtlskit import MtlsSts, credentials, mtls_sts
 
 from helpers import ACCESS, AGENT, JWT, SVC_B, TOKEN_EXCHANGE, admin_token
 from tether.identity.dev_x509 import DevCA
+from tether.rules.certificate import client_cert_header
 
 OTHER = "spiffe://tether.local/agent/other"
 
@@ -50,7 +51,7 @@ MALFORMED = {"duplicate-san": _duplicate_san, "bad-version": _bad_version}
 
 
 def _header(der: bytes) -> dict[str, str]:
-    return {"Client-Cert": ":" + base64.b64encode(der).decode() + ":"}
+    return {"Client-Cert": client_cert_header(der)}
 
 
 def _refused(response: httpx.Response, status: int, error: str) -> None:

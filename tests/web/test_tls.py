@@ -6,7 +6,6 @@ A tiny ASGI app echoes what ``presented_certificate`` saw; the server is uvicorn
 
 from __future__ import annotations
 
-import base64
 import json
 import socket
 import ssl
@@ -19,7 +18,7 @@ import pytest
 
 from tether.errors import OAuthError
 from tether.identity.dev_x509 import DevCA, Issued, self_signed
-from tether.rules.certificate import thumbprint
+from tether.rules.certificate import client_cert_header, thumbprint
 from tether.web.client_cert import TrustedProxies, presented_certificate, strip_client_cert_headers
 from tether.web.server import ServerThread, free_port
 from tether.web.tls import TlsFiles
@@ -120,7 +119,7 @@ def test_MTLS_each_connection_sees_its_own_certificate(kit: _Kit, server: str) -
 
 def test_MTLS_client_cert_header_from_an_untrusted_peer_is_ignored_and_stripped(kit: _Kit, server: str) -> None:
     """RFC 9440 §4: only a configured terminator's header counts; a client's own is removed."""
-    forged = ":" + base64.b64encode(kit.registered.der).decode() + ":"
+    forged = client_cert_header(kit.registered.der)
     body = httpx.get(server, verify=kit.client(None), headers={"Client-Cert": forged, "Client-Cert-Chain": forged}).json()
     assert body["thumbprint"] is None and body["headers"] == []
 
@@ -131,7 +130,7 @@ def _scope(peer: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
 
 def test_MTLS_trusted_proxy_header_is_the_certificate(kit: _Kit) -> None:
     der = kit.registered.der
-    header = (b"client-cert", b":" + base64.b64encode(der) + b":")
+    header = (b"client-cert", client_cert_header(der).encode())
     proxies = TrustedProxies(["10.0.0.0/8"])
     cert = presented_certificate(_scope("10.1.2.3", [header]), proxies)
     assert cert is not None and (cert.thumbprint, cert.source) == (thumbprint(der), "proxy")
@@ -224,7 +223,7 @@ def test_MTLS_03_a_peer_address_a_forwarding_header_names_vouches_for_nothing(
 ) -> None:
     """An ASGI server with proxy-header support may have set ``client`` from ``X-Forwarded-For``,
     which the client writes; a terminator never names itself as the client it forwards for."""
-    header = (b"client-cert", b":" + base64.b64encode(kit.registered.der) + b":")
+    header = (b"client-cert", client_cert_header(kit.registered.der).encode())
     proxies = TrustedProxies(["10.0.0.0/8"])
     cert = presented_certificate(_scope("10.1.2.3", [header, *forwarding]), proxies)
     assert (cert is not None) is believed

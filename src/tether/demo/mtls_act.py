@@ -12,7 +12,6 @@ call after the task completed — all refused.
 
 from __future__ import annotations
 
-import base64
 import ssl
 import time
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from tether.identity.dev_x509 import DevCA, Issued
 from tether.identity.x509 import client_ca_files
 from tether.provision import create_dev_ca, dev_x509_bundle_path, tls_paths
 from tether.resource import ResourceSettings, TetherMiddleware, Verifier, require_scope
+from tether.rules.certificate import client_cert_header
 from tether.web.tls import TlsFiles
 
 __all__ = ["MTLS_AGENT", "REPORTS_SERVICE", "MtlsPlan", "mtls_act", "reports_service"]
@@ -150,8 +150,7 @@ def mtls_act(step: Step, check: Step, admin: StsClient, plan: MtlsPlan, ca: DevC
     bare = _call(bundle, url, hop, identity=None)
     check("refused:mtls-no-certificate", _refused(bare), "the hop token as a plain bearer token (TLS, no client certificate)",
           status=[bare.status_code, _err(bare)])  # fmt: skip
-    forged = ":" + base64.b64encode(svid.der).decode() + ":"
-    spoofed = _call(bundle, url, hop, identity=None, headers={"Client-Cert": forged})
+    spoofed = _call(bundle, url, hop, identity=None, headers={"Client-Cert": client_cert_header(svid.der)})
     check("refused:mtls-spoofed-client-cert", _refused(spoofed),
           "the agent's own (public) certificate forged into a Client-Cert header from an untrusted address",
           status=[spoofed.status_code, _err(spoofed)])  # fmt: skip

@@ -30,6 +30,7 @@ __all__ = [
     "MAX_CHAIN",
     "ClientCertificate",
     "check_certificate_binding",
+    "client_cert_header",
     "load_certificate",
     "parse_client_cert",
     "parse_client_cert_chain",
@@ -97,6 +98,12 @@ def _sf_binary(item: str) -> bytes:
     if not der or len(der) > MAX_CERTIFICATE:
         raise ValueError("certificate is empty or too large")
     return der
+
+
+def client_cert_header(der: bytes) -> str:
+    """RFC 9440 §2.2 ``Client-Cert`` value for a DER certificate: a structured-field byte sequence
+    (what a TLS terminator sends; ``parse_client_cert`` reads it back)."""
+    return ":" + base64.b64encode(der).decode("ascii") + ":"
 
 
 def parse_client_cert(value: str) -> bytes:
