@@ -1,0 +1,102 @@
+"""Second review (issue 16): a CA removed from a trust domain's X.509 bundle, and a client that
+resumes a TLS session from before the removal — at the STS.
+
+``RotatingContext`` applies the new bundle to full handshakes, but a resumed session is looked
+up in the listening context's cache / ticket keys and not verified again; ``tls_extension`` hands
+the app the leaf held in the session. ``client_credentials`` is safe (``verify_svid`` re-checks
+the chain against the bundle file on every request), but a hop exchange of a certificate-bound
+session token only compares the connection's thumbprint with the parent's ``x5t``
+(``check_hop_binding``): the STS keeps issuing new tokens to a workload whose CA it no longer
+trusts (a compromised intermediate/CA retired from the bundle), for as long as the session ticket
+and the session token live.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+from sts_mtlskit import MtlsSts, credentials, mtls_sts
+
+from helpers import ACCESS, AGENT, TOKEN_EXCHANGE
+from tether.identity.dev_x509 import DevCA, Issued
+
+REFUSED = (ssl.SSLError, ConnectionError, OSError)
+
+
+def _context(m: MtlsSts, svid: Issued) -> ssl.SSLContext:
+    trust = m.directory / "server-trust.pem"
+    trust.write_bytes(m.home.bundle_pem)
+    context = ssl.create_default_context(cafile=str(trust))
+    cert, key = m.files(svid)
+    context.load_cert_chain(str(cert), str(key))
+    return context
+
+
+def _post(m: MtlsSts, context: ssl.SSLContext, form: dict[str, str], session: ssl.SSLSession | None = None
+          ) -> tuple[int, dict[str, Any], ssl.SSLSession | None, bool]:  # fmt: skip
+    """POST /token over a fresh connection (resuming ``session`` if given): status, body, the new
+    session, whether it was resumed."""
+    port = int(m.url.rsplit(":", 1)[1].split("/", 1)[0])
+    body = urlencode(form).encode()
+    request = (f"POST /token HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n"
+               f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body  # fmt: skip
+    sock = context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="127.0.0.1",
+                               session=session)  # fmt: skip
+    data = b""
+    try:
+        sock.sendall(request)
+        while chunk := sock.recv(65536):
+            data += chunk
+        reused, new_session = sock.session_reused, sock.session
+    finally:
+        sock.close()
+    if not data:  # TLS 1.3: the client certificate is checked after the client's handshake ends
+        raise ConnectionError("closed without an answer")
+    head, payload = data.split(b"\r\n\r\n", 1)
+    status = int(head.split(b" ", 2)[1])
+    if b"transfer-encoding: chunked" in head.lower():
+        decoded = b""
+        while True:
+            size_line, payload = payload.split(b"\r\n", 1)
+            size = int(size_line, 16)
+            if size == 0:
+                break
+            decoded, payload = decoded + payload[:size], payload[size + 2 :]
+        payload = decoded
+    return status, json.loads(payload), new_session, reused
+
+
+def test_review2_MTLS_a_retired_ca_cannot_hop_through_a_resumed_tls_session(tmp_path: Path) -> None:
+    with mtls_sts(tmp_path) as m:
+        bundle = m.directory / "x509" / "tether.local.pem"
+        retired = DevCA.create("tether.local")
+        bundle.write_bytes(m.home.bundle_pem + retired.bundle_pem)  # a second CA of the trust domain
+        svid = retired.issue_svid(AGENT)
+        context = _context(m, svid)
+        task = m.create_task(audiences=["https://wiki.example"])
+        status, body, session, _ = _post(m, context, credentials(task["id"]))
+        assert status == 200, body  # control: trusted while its CA is in the bundle
+        token = body["access_token"]
+        hop = {"grant_type": TOKEN_EXCHANGE, "subject_token": token, "subject_token_type": ACCESS,
+               "resource": "https://wiki.example"}  # fmt: skip
+        status, body, session, _ = _post(m, context, hop)
+        assert status == 200, body  # control: a hop with the certificate
+        assert session is not None
+
+        bundle.write_bytes(m.home.bundle_pem)  # the CA is retired (compromised)
+        with pytest.raises(REFUSED):  # control: a full handshake now fails
+            _post(m, _context(m, svid), hop)
+        # control: client_credentials on a resumed session is refused (verify_svid re-reads the bundle)
+        status, body, _, reused = _post(m, context, credentials(task["id"]), session)
+        assert reused, "the server did not resume the session (nothing to test)"
+        assert status in (400, 401), body
+        # the hop on a resumed session
+        status, body, _, reused = _post(m, context, hop, session)
+        assert reused
+        assert status in (400, 401), ("the STS issued a hop token to a certificate whose CA it no longer trusts", body)
