@@ -100,3 +100,62 @@ def test_review2_MTLS_a_retired_ca_cannot_hop_through_a_resumed_tls_session(tmp_
         status, body, _, reused = _post(m, context, hop, session)
         assert reused
         assert status in (400, 401), ("the STS issued a hop token to a certificate whose CA it no longer trusts", body)
+
+
+def _intermediate(root: DevCA) -> DevCA:
+    """A CA of ``root``'s trust domain signed by ``root`` (SPIRE with an upstream authority, or
+    nested SPIRE, issues SVIDs from such intermediates; the bundle holds the root only)."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    usage = x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                          data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                          encipher_only=False, decipher_only=False)  # fmt: skip
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, root.name + " intermediate")]))
+        .issuer_name(root.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(seconds=60))
+        .not_valid_after(now + timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(usage, critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(root.key.public_key()), critical=False)
+        .sign(root.key, hashes.SHA256())
+    )
+    return DevCA(root.name, cert, key)
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3], ids=["tls1.2", "tls1.3"])
+def test_review2_MTLS_an_svid_from_an_intermediate_authenticates_on_a_resumed_tls_session(
+    tmp_path: Path, version: ssl.TLSVersion
+) -> None:
+    """F2's fix hands the app the leaf alone on a resumed session; the STS needs the intermediates
+    too (the bundle holds the root), so ``client_credentials`` of an intermediate-issued SVID is
+    ``invalid_client`` whenever the client resumes (availability; fail closed)."""
+    with mtls_sts(tmp_path) as m:
+        intermediate = _intermediate(m.home)
+        svid = intermediate.issue_svid(AGENT)
+        chain = m.directory / "chain.pem"
+        chain.write_bytes(svid.cert_pem + intermediate.bundle_pem)
+        key = m.directory / "chain.key"
+        key.write_bytes(svid.key_pem)
+        trust = m.directory / "server-trust.pem"
+        trust.write_bytes(m.home.bundle_pem)
+        context = ssl.create_default_context(cafile=str(trust))
+        context.load_cert_chain(str(chain), str(key))
+        context.maximum_version = version
+        task = m.create_task(audiences=["https://wiki.example"])
+        status, body, session, _ = _post(m, context, credentials(task["id"]))
+        assert status == 200, body  # control: the full handshake
+        status, body, _, reused = _post(m, context, credentials(task["id"]), session)
+        assert reused, "the server did not resume the session (nothing to test)"
+        assert status == 200, body
