@@ -12,6 +12,7 @@ a malformed one (at least one ``/0``; a warning for very broad prefixes).
 from __future__ import annotations
 
 import pytest
+
 from test_config import config_error
 
 

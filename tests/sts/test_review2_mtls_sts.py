@@ -44,8 +44,9 @@ def _post(m: MtlsSts, context: ssl.SSLContext, form: dict[str, str], session: ss
     session, whether it was resumed."""
     port = int(m.url.rsplit(":", 1)[1].split("/", 1)[0])
     body = urlencode(form).encode()
-    request = (f"POST /token HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n"
-               f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body  # fmt: skip
+    start = (f"POST /token HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n"
+            f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(body)}\r\n\r\n")  # fmt: skip
+    request = start.encode() + body
     sock = context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="127.0.0.1",
                                session=session)  # fmt: skip
     data = b""
@@ -53,7 +54,7 @@ def _post(m: MtlsSts, context: ssl.SSLContext, form: dict[str, str], session: ss
         sock.sendall(request)
         while chunk := sock.recv(65536):
             data += chunk
-        reused, new_session = sock.session_reused, sock.session
+        reused, new_session = bool(sock.session_reused), sock.session
     finally:
         sock.close()
     if not data:  # TLS 1.3: the client certificate is checked after the client's handshake ends
@@ -69,7 +70,8 @@ def _post(m: MtlsSts, context: ssl.SSLContext, form: dict[str, str], session: ss
                 break
             decoded, payload = decoded + payload[:size], payload[size + 2 :]
         payload = decoded
-    return status, json.loads(payload), new_session, reused
+    answer: dict[str, Any] = json.loads(payload)
+    return status, answer, new_session, reused
 
 
 def test_review2_MTLS_a_retired_ca_cannot_hop_through_a_resumed_tls_session(tmp_path: Path) -> None:
