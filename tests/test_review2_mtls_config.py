@@ -6,7 +6,8 @@ uvicorn's ``forwarded_allow_ips='*'``) makes every peer a terminator: any client
 header is believed, and a thief with a certificate-bound token and the victim's public
 certificate is accepted at the STS APIs, hop exchanges and the gateway — certificate binding is
 silently off. Such an entry is never a terminator's address; it should be refused at load like
-a malformed one (at least one ``/0``; a warning for very broad prefixes).
+a malformed one (at least one ``/0``; a warning for very broad prefixes). Fixed: a ``/0`` is
+refused at load.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ and the upstreams behind them believe those names:
 
 An agent that sends one of them through the gateway tells the upstream a client certificate it
 does not hold. A denylist of fragments cannot keep up; the gateway, the upstream's terminator,
-should forward an allowlist, or at least match ``clientcert`` / ``ssl-cert`` too.
+should forward an allowlist, or at least match ``clientcert`` / ``ssl-cert`` too. Fixed: those
+fragments (and ``mtls``) are dropped as well.
 """
 
 from __future__ import annotations

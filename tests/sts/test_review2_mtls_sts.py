@@ -8,7 +8,9 @@ the chain against the bundle file on every request), but a hop exchange of a cer
 session token only compares the connection's thumbprint with the parent's ``x5t``
 (``check_hop_binding``): the STS keeps issuing new tokens to a workload whose CA it no longer
 trusts (a compromised intermediate/CA retired from the bundle), for as long as the session ticket
-and the session token live.
+and the session token live. Fixed: no tickets are issued (TLS 1.3 never resumes), and a TLS 1.2
+session-ID resumption carries a certificate only if the chain its full handshake verified still
+ends at a CA trusted now (``web.tls._resumed_chain``).
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ def test_review2_MTLS_a_retired_ca_cannot_hop_through_a_resumed_tls_session(tmp_
         bundle.write_bytes(m.home.bundle_pem + retired.bundle_pem)  # a second CA of the trust domain
         svid = retired.issue_svid(AGENT)
         context = _context(m, svid)
+        context.maximum_version = ssl.TLSVersion.TLSv1_2  # the one resumption the STS serves (TLS 1.3 gets no tickets)
         task = m.create_task(audiences=["https://wiki.example"])
         status, body, session, _ = _post(m, context, credentials(task["id"]))
         assert status == 200, body  # control: trusted while its CA is in the bundle
@@ -159,5 +162,7 @@ def test_review2_MTLS_an_svid_from_an_intermediate_authenticates_on_a_resumed_tl
         status, body, session, _ = _post(m, context, credentials(task["id"]))
         assert status == 200, body  # control: the full handshake
         status, body, _, reused = _post(m, context, credentials(task["id"]), session)
-        assert reused, "the server did not resume the session (nothing to test)"
+        # TLS 1.2 resumes (the chain its full handshake verified is remembered and re-checked);
+        # TLS 1.3 gets no tickets: a full handshake with the chain
+        assert reused is (version is ssl.TLSVersion.TLSv1_2)
         assert status == 200, body

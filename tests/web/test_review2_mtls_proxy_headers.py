@@ -93,9 +93,13 @@ def test_review2_MTLS_03_control_a_terminator_with_no_forwarding_headers_is_beli
     assert _run("*", "10.0.0.5", []) == ("10.0.0.5", True)
 
 
-def test_review2_MTLS_03_a_terminator_forwarding_for_a_client_on_its_own_address_is_believed() -> None:
-    """uvicorn run with ``--no-proxy-headers`` as the README says (no rewriting at all): the peer is the
-    real terminator. Its client connected from the same host, so the terminator writes its own address
-    in X-Forwarded-For; the certificate it verified is refused."""
+def test_review2_MTLS_03_a_terminator_forwarding_for_a_client_on_its_own_address_fails_closed() -> None:
+    """The trade-off, pinned: with ``--no-proxy-headers`` the peer is the real terminator, but a client
+    that connected to it from the same host is written into X-Forwarded-For as that very address, and
+    tether cannot tell this from a server that rewrote ``client`` out of a forged header. It refuses
+    to believe the header (the request carries no certificate: a certificate-bound token is refused)
+    rather than let a forged X-Forwarded-For choose the terminator."""
     scope = {"type": "http", "client": ("127.0.0.1", 40000), "headers": [CERT, (b"x-forwarded-for", b"127.0.0.1")]}
-    assert presented_certificate(scope, PROXIES) is not None
+    assert presented_certificate(scope, PROXIES) is None
+    control = {"type": "http", "client": ("127.0.0.1", 40000), "headers": [CERT, (b"x-forwarded-for", b"192.0.2.9")]}
+    assert presented_certificate(control, PROXIES) is not None

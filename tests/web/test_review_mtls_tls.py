@@ -65,6 +65,30 @@ def test_review_MTLS_01_a_resumed_tls_session_still_presents_the_client_certific
     second, again = _get(context, port, session)
     resumed = again.session_reused
     again.close()
-    assert resumed, "the server did not resume the session (nothing to test)"
+    # TLS 1.2 session-ID resumption is served (re-checked against the CAs trusted now); TLS 1.3
+    # gets no tickets, so its second connection is a full handshake
+    assert resumed is (version is ssl.TLSVersion.TLSv1_2)
     # the same client, the same certificate (held in the resumed session): the app must see it
     assert second["thumbprint"] == thumbprint(svid.der), second
+
+
+def test_MTLS_01_a_resumed_session_whose_chain_is_forgotten_is_rechecked_against_the_current_cas(
+    kit: _Kit, port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The remembered chains are bounded (and per process): a resumed session whose chain is gone
+    is believed only if its leaf is issued directly by a CA trusted now."""
+    from tether.lru import LruCache
+    from tether.web import tls
+
+    svid = kit.ca.issue_svid("spiffe://example.org/forgotten")
+    context = kit.client(svid)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    first, sock = _get(context, port, None)
+    assert first["thumbprint"] == thumbprint(svid.der)
+    session = sock.session
+    sock.close()
+    monkeypatch.setattr(tls, "_CHAINS", LruCache(16))  # the chain evicted
+    second, again = _get(context, port, session)
+    assert again.session_reused
+    again.close()
+    assert second["thumbprint"] == thumbprint(svid.der)

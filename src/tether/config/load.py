@@ -87,9 +87,11 @@ def _check_networks(entries: list[str], key: str) -> None:
     rather than as a failure of the first request that reads them."""
     for entry in entries:
         try:
-            ipaddress.ip_network(entry, strict=False)
+            network = ipaddress.ip_network(entry, strict=False)
         except ValueError as exc:
             raise ConfigError(key, f"`{entry:.100}` is not an address or CIDR") from exc
+        if network.prefixlen == 0:
+            raise ConfigError(key, f"`{entry}` trusts every address: name the terminators")
 
 
 def _scalars(data: Mapping[str, Any], env: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:

@@ -68,8 +68,9 @@ def forward_headers(headers: Iterable[tuple[str, str]], injection: Injection) ->
 
 
 #: fragments of the header names terminators use to hand on a client's TLS identity (nginx's
-#: ``X-SSL-Client-Cert``, HAProxy's ``X-SSL-Client-*``, ``X-Client-Cert``, ``SSL-Client-Verify``)
-_TLS_IDENTITY = ("client-cert", "ssl-client", "client-verify", "client-dn", "client-s-dn")
+#: ``X-SSL-Client-Cert`` and ``X-SSL-Cert``, HAProxy's ``X-SSL-Client-*``, ``X-Client-Cert``,
+#: ``SSL-Client-Verify``, Azure's ``X-ARR-ClientCert``, AWS ALB's ``X-Amzn-Mtls-Clientcert*``)
+_TLS_IDENTITY = ("client-cert", "clientcert", "ssl-client", "ssl-cert", "client-verify", "client-dn", "client-s-dn", "mtls")
 
 
 def _claims_tls_identity(name: str) -> bool:

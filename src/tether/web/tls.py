@@ -22,10 +22,15 @@ import logging
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from tether.lru import LruCache
 
 __all__ = ["RotatingContext", "TlsFiles", "TlsHttpToolsProtocol", "client_trust", "server_context", "tls_extension"]
 
@@ -47,6 +52,10 @@ def server_context(files: TlsFiles) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(str(files.certificate), str(files.key))
+    # no tickets (TLS 1.2 RFC 5077, TLS 1.3 PSK): a resumed session is not verified again and
+    # carries no chain; TLS 1.2 session-ID resumption remains, checked again in ``tls_extension``
+    context.options |= ssl.OP_NO_TICKET
+    context.num_tickets = 0
     if files.client_cas:
         for ca in files.client_cas:
             context.load_verify_locations(cafile=str(ca))
@@ -119,6 +128,43 @@ def _verified_chain(ssl_object: Any) -> Sequence[Any]:
     return list(chain or ())
 
 
+#: the chain each full handshake verified, by TLS session id (bounded): a TLS 1.2 session-ID
+#: resumption (RFC 5246 §7.3) is not verified again and keeps no chain of its own
+_CHAINS: LruCache[bytes, tuple[bytes, ...]] = LruCache(4096)
+
+
+def _resumed_chain(ssl_object: Any, leaf: bytes) -> list[bytes]:
+    """The chain of a resumed session, if it still holds under the CAs trusted *now*.
+
+    OpenSSL resumes a session without verifying the certificate again, so a CA removed from the
+    bundle since (``RotatingContext``) would stay trusted through it. The chain its full
+    handshake verified must still end at a CA of the connection's current context and the leaf
+    must be within its validity; otherwise — or when the chain is no longer remembered and the
+    leaf is neither a registered certificate nor issued directly by a current CA — the request
+    carries no certificate (fail closed)."""
+    anchors = set(ssl_object.context.get_ca_certs(binary_form=True))
+    try:
+        cert = x509.load_der_x509_certificate(leaf)
+    except ValueError:
+        return []
+    now = datetime.now(UTC)
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        return []
+    session = ssl_object.session
+    cached = _CHAINS.get(session.id) if session is not None else None
+    if cached is not None and cached[0] == leaf and cached[-1] in anchors:
+        return list(cached)
+    if leaf in anchors:
+        return [leaf]  # a registered self-signed certificate is its own anchor (RFC 8705 §2.2)
+    for der in anchors:
+        try:
+            cert.verify_directly_issued_by(x509.load_der_x509_certificate(der))
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return [leaf, der]
+    return []
+
+
 def tls_extension(transport: asyncio.BaseTransport) -> dict[str, Any] | None:
     """The ASGI TLS extension for a connection (``None`` over plain TCP).
 
@@ -132,10 +178,11 @@ def tls_extension(transport: asyncio.BaseTransport) -> dict[str, Any] | None:
     leaf = ssl_object.getpeercert(binary_form=True)
     if leaf:
         ders = [cert.public_bytes(ssl._ssl.ENCODING_DER) for cert in _verified_chain(ssl_object)]  # type: ignore[attr-defined]
-        if not ders:
-            # a resumed session (RFC 8446 §2.2, RFC 5077) has no verified chain, only the leaf its
-            # full handshake verified (OpenSSL resumes only a session that verified): hand that on
-            ders = [leaf]
+        session = ssl_object.session
+        if ders and session is not None:
+            _CHAINS.put(session.id, tuple(ders))
+        elif not ders:
+            ders = _resumed_chain(ssl_object, leaf)
         chain = [ssl.DER_cert_to_PEM_cert(der) for der in ders]
     version = ssl_object.version()
     return {
