@@ -12,7 +12,7 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["OWNER_DIR", "OWNER_FILE", "others_can_write", "write_private"]
+__all__ = ["OWNER_DIR", "OWNER_FILE", "file_signature", "others_can_write", "write_private"]
 
 OWNER_FILE = 0o600
 OWNER_DIR = 0o700
@@ -21,6 +21,13 @@ OWNER_DIR = 0o700
 def others_can_write(path: Path) -> bool:
     """True if the group or other users may write ``path`` (symlinks followed to what is read)."""
     return bool(path.stat().st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+
+
+def file_signature(*paths: Path) -> tuple[tuple[int, int, int], ...]:
+    """(mtime, size, inode) of each path: whether a file watched for rotation changed, a rename
+    into place included (``OSError`` if one cannot be read)."""
+    stats = [path.stat() for path in paths]
+    return tuple((st.st_mtime_ns, st.st_size, st.st_ino) for st in stats)
 
 
 def write_private(path: Path, text: str) -> None:

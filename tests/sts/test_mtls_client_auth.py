@@ -20,9 +20,9 @@ from tether.identity.x509 import (
     TLS_CLIENT_AUTH,
     CertificateAuthentication,
     CertificateAuthenticator,
-    PemFile,
     authenticate_certificate,
     client_ca_files,
+    pem_file,
 )
 from tether.model import IdentityKind
 from tether.rules.certificate import ClientCertificate
@@ -163,15 +163,15 @@ def test_MTLS_02_self_signed_expired_registration_is_refused(home: DevCA, other:
 def test_bundle_file_is_reread_when_it_rotates_and_kept_when_broken(tmp_path: Path, home: DevCA) -> None:
     path = tmp_path / "bundle.pem"
     path.write_bytes(home.bundle_pem)
-    source = PemFile(path)
-    assert source.certificates() == (home.certificate,)
+    source = pem_file(path)
+    assert source.current() == (home.certificate,)
     rotated = DevCA.create("tether.local")
     path.write_bytes(home.bundle_pem + rotated.bundle_pem)
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10_000_000))
-    assert source.certificates() == (home.certificate, rotated.certificate)
+    assert source.current() == (home.certificate, rotated.certificate)
     path.write_bytes(b"-----BEGIN CERTIFICATE-----\ngarbage")  # a rewrite caught half-way
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 20_000_000))
-    assert source.certificates() == (home.certificate, rotated.certificate)
+    assert source.current() == (home.certificate, rotated.certificate)
 
 
 def test_authenticator_reads_rotated_bundle_at_the_next_request(tmp_path: Path, home: DevCA) -> None:

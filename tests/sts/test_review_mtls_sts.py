@@ -97,7 +97,7 @@ def test_review_AUX_04_introspection_of_a_certificate_only_token_says_bearer_not
 
 
 def test_review_MTLS_02_a_rotated_x509_bundle_is_honoured_at_the_handshake_too(tmp_path: Path) -> None:
-    """``identity.x509.PemFile`` re-reads a trust domain's X.509 bundle when it changes ("Bundles
+    """``identity.x509.pem_file`` re-reads a trust domain's X.509 bundle when it changes ("Bundles
     rotate"), but the server's TLS context loaded the CA files once at startup: an SVID from the
     trust domain's new CA (SPIRE rotates its CA every ``ca_ttl``, 24 h by default, and
     spiffe-helper rewrites bundle.pem) failed the handshake until the STS restarted; the TLS

@@ -28,6 +28,7 @@ import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from tether.filemodes import file_signature
 from tether.rules.certificate import spiffe_id_of, thumbprint
 
 if TYPE_CHECKING:
@@ -118,9 +119,7 @@ class FileX509Identity:
         self._current: X509Credential | None = None
 
     def _signature(self) -> tuple[tuple[int, int, int], ...]:
-        paths = [self.certificate, self.key, self.bundle, *([self.trust] if self.trust else [])]
-        stats = [p.stat() for p in paths]
-        return tuple((s.st_mtime_ns, s.st_size, s.st_ino) for s in stats)
+        return file_signature(self.certificate, self.key, self.bundle, *([self.trust] if self.trust else []))
 
     def current(self) -> X509Credential:
         with self._lock:

@@ -20,6 +20,7 @@ import httpx
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
+from tether.identity.watched import WatchedFile
 from tether.rules.jws import PublicKey, rsa_modulus_too_small
 from tether.streams import read_at_most
 
@@ -108,26 +109,16 @@ class StaticKeySource:
 
 
 class FileKeySource:
-    """A JWKS file, re-read when its modification time changes (trust bundle rotation)."""
+    """A JWKS file, re-read when it changes (trust bundle rotation; ``identity.watched``)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._mtime: float | None = None
-        self._keyset = KeySet([])
+        self._file = WatchedFile(
+            path, lambda data: parse_jwks(load_json(data[:MAX_DOCUMENT_BYTES])), KeySet([]), what="trust bundle", kept="key set"
+        )
 
     async def keys(self, *, kid: object, now: float) -> KeySet:
-        try:
-            mtime = self.path.stat().st_mtime
-        except OSError:
-            log.warning("trust bundle %s cannot be read; keeping the last good key set", self.path)
-            return self._keyset
-        if mtime != self._mtime:
-            try:
-                self._keyset = parse_jwks(load_json(self.path.read_bytes()[:MAX_DOCUMENT_BYTES]))
-                self._mtime = mtime
-            except (OSError, ValueError) as exc:
-                log.warning("trust bundle %s is invalid (%s); keeping the last good key set", self.path, exc)
-        return self._keyset
+        return self._file.current()
 
 
 async def fetch_json(client: httpx.AsyncClient, url: str) -> Any:

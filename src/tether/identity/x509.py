@@ -11,15 +11,14 @@ always sent, and the certificate must be the one registered or issued for it):
   presented leaf's SHA-256 thumbprint must equal the registered certificate's (no chain: the
   registration is the trust).
 
-Bundles rotate: each PEM file is re-read when its modification time changes, keeping the last
-good contents if a rewrite is caught half-way (as ``identity.jwks_cache.FileKeySource``). The
-decision itself (``authenticate_certificate``) is pure; only ``PemFile`` reads files.
+Bundles rotate: each PEM file is re-read when it changes, keeping the last good contents if a
+rewrite is caught half-way (``identity.watched``, as for JWKS bundles). The decision itself
+(``authenticate_certificate``) is pure; only ``pem_file`` reads files.
 ``client_ca_files`` tells the TLS layer which CA files to ask client certificates for.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from tether.errors import InvalidClient
+from tether.identity.watched import WatchedFile
 from tether.model import IdentityKind, WorkloadIdentity
 from tether.rules.certificate import ClientCertificate, load_certificate, thumbprint, verify_svid
 from tether.rules.principal import spiffe_trust_domain
@@ -41,12 +41,10 @@ __all__ = [
     "TLS_CLIENT_AUTH",
     "CertificateAuthentication",
     "CertificateAuthenticator",
-    "PemFile",
     "authenticate_certificate",
     "client_ca_files",
 ]
 
-log = logging.getLogger(__name__)
 
 #: RFC 8705 §2.1.1 / §2.2.1 ``token_endpoint_auth_method`` values
 TLS_CLIENT_AUTH = "tls_client_auth"
@@ -78,27 +76,9 @@ def load_pem_certificates(data: bytes) -> tuple[x509.Certificate, ...]:
     return certs
 
 
-class PemFile:
-    """A PEM file of certificates, re-read when its modification time changes (bundle rotation)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._mtime: float | None = None
-        self._certs: tuple[x509.Certificate, ...] = ()
-
-    def certificates(self) -> tuple[x509.Certificate, ...]:
-        try:
-            mtime = self.path.stat().st_mtime_ns
-        except OSError:
-            log.warning("certificate file %s cannot be read; keeping the last good one", self.path)
-            return self._certs
-        if mtime != self._mtime:
-            try:
-                self._certs = load_pem_certificates(self.path.read_bytes())
-                self._mtime = mtime
-            except (OSError, ValueError) as exc:
-                log.warning("certificate file %s is invalid (%s); keeping the last good one", self.path, exc)
-        return self._certs
+def pem_file(path: Path) -> WatchedFile[tuple[x509.Certificate, ...]]:
+    """A PEM bundle of certificates, re-read as it rotates (``identity.watched``)."""
+    return WatchedFile(path, load_pem_certificates, (), what="certificate file", kept="one")
 
 
 @dataclass(frozen=True)
@@ -177,11 +157,11 @@ class CertificateAuthenticator:
     """``authenticate_certificate`` over the configured bundle and client certificate files."""
 
     def __init__(self, bundles: Mapping[str, Path], registered: Mapping[str, Path]) -> None:
-        self._bundles = {domain: PemFile(path) for domain, path in bundles.items()}
-        self._registered = {client_id: PemFile(path) for client_id, path in registered.items()}
+        self._bundles = {domain: pem_file(path) for domain, path in bundles.items()}
+        self._registered = {client_id: pem_file(path) for client_id, path in registered.items()}
         # read once at startup, so a broken file is logged then rather than at the first request
         for source in (*self._bundles.values(), *self._registered.values()):
-            source.certificates()
+            source.current()
 
     @classmethod
     def from_config(cls, config: Config) -> CertificateAuthenticator:
@@ -197,8 +177,8 @@ class CertificateAuthenticator:
         self, presented: ClientCertificate | None, client_id: str | None, *, now: float
     ) -> CertificateAuthentication:
         """Only the file ``client_id`` names is looked at (stat per request, re-read on change)."""
-        registered = {client_id: self._registered[client_id].certificates()} if client_id in self._registered else {}
+        registered = {client_id: self._registered[client_id].current()} if client_id in self._registered else {}
         domain = spiffe_trust_domain(client_id) if client_id else None
         source = self._bundles.get(domain) if domain is not None else None
-        bundles = {domain: source.certificates()} if domain is not None and source is not None else {}
+        bundles = {domain: source.current()} if domain is not None and source is not None else {}
         return authenticate_certificate(presented, client_id, bundles=bundles, registered=registered, now=now)

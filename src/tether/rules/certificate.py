@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import re
 from collections.abc import Sequence
@@ -66,8 +67,9 @@ class ClientCertificate:
     chain: tuple[bytes, ...] = ()
     source: str = "tls"
 
-    @property
+    @functools.cached_property
     def thumbprint(self) -> str:
+        """Computed once per request: the binding check, the hop and the principal all read it."""
         return thumbprint(self.der)
 
 

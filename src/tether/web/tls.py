@@ -30,6 +30,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from tether.filemodes import file_signature
 from tether.lru import LruCache
 
 __all__ = ["RotatingContext", "TlsFiles", "TlsHttpToolsProtocol", "client_trust", "server_context", "tls_extension"]
@@ -90,12 +91,10 @@ class RotatingContext:
         self.current = server_context(files)
 
     def _signature(self) -> tuple[tuple[int, int, int], ...]:
-        paths = (self.files.certificate, self.files.key, *self.files.client_cas)
         try:
-            stats = [p.stat() for p in paths]
+            return file_signature(self.files.certificate, self.files.key, *self.files.client_cas)
         except OSError:
             return ()
-        return tuple((st.st_mtime_ns, st.st_size, st.st_ino) for st in stats)
 
     def listening(self) -> ssl.SSLContext:
         """The context the server socket is created with."""
