@@ -7,7 +7,9 @@ pass through untouched: Envoy's ``X-Forwarded-Client-Cert`` (XFCC, ``URI=spiffe:
 nginx/HAProxy conventions ``X-SSL-Client-Cert`` / ``SSL-Client-Cert`` / ``X-Client-Cert``, and
 the underscore spelling ``client_cert``, which CGI/WSGI-style servers map to the same
 ``HTTP_CLIENT_CERT`` variable as ``Client-Cert`` (BCP-14: a terminator sanitises client-cert
-headers; the gateway is the upstream's terminator).
+headers; the gateway is the upstream's terminator). The second review added the spellings that
+contained none of the first fix's fragments: nginx's and HAProxy's ``X-SSL-Cert``, Azure's
+``X-ARR-ClientCert``, AWS ALB's ``X-Amzn-Mtls-Clientcert`` / ``-Leaf``. All are dropped now.
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ FORGED = {
     "SSL-Client-Cert": "forged",
     "X-Client-Cert": "forged",
     "client_cert": "forged",
+    # second review
+    "X-SSL-Cert": "-----BEGIN%20CERTIFICATE-----forged",
+    "X-ARR-ClientCert": "MIIforged",
+    "X-Amzn-Mtls-Clientcert": "-----BEGIN%20CERTIFICATE-----forged",
+    "X-Amzn-Mtls-Clientcert-Leaf": "-----BEGIN%20CERTIFICATE-----forged",
 }
 
 

@@ -162,6 +162,8 @@ def test_client_credentials_with_a_subject_token_or_assertion_is_invalid_request
     refused(m.post(svid, credentials(task["id"], subject_token="x")), 400, "invalid_request")
     refused(m.post(svid, credentials(task["id"], client_assertion="x", client_assertion_type="y")), 400, "invalid_request")
     refused(m.post(svid, {"grant_type": "client_credentials", "client_id": AGENT}), 400, "invalid_request")
+    refused(m.post(svid, {"grant_type": "client_credentials", "task": task["id"]}), 400, "invalid_request")  # no client_id
+    refused(m.post(svid, credentials(task["id"], actor_token="x", actor_token_type="y")), 400, "invalid_request")
 
 
 # -- RFC 9440 Client-Cert: only from a configured terminator (MTLS-03) ---------------------------

@@ -250,7 +250,8 @@ class Verifier:
             raise MissingToken("an access token is required")
         scheme, token = authorization(hdrs)
         if scheme not in SCHEMES or (scheme == "bearer" and not self.settings.mtls):
-            raise InvalidToken("tokens must be presented with the dpop scheme", debug=f"scheme {scheme}")
+            schemes = "the dpop or bearer scheme" if self.settings.mtls else "the dpop scheme"
+            raise InvalidToken(f"tokens must be presented with {schemes}", debug=f"scheme {scheme}")
         now = self.clock.now()
         cached = self._verified.get(token) if self.settings.token_cache else None
         kid = cached[1] if cached is not None else _peek_kid(token)

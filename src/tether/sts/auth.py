@@ -29,7 +29,7 @@ def check_bound_token(
     """The STS's own sender-constrained token, presented as its binding demands; also whether a
     DPoP proof must follow (RFC 9449 §7.1, RFC 8705 §3: the same rules as at a resource)."""
     if scheme not in SCHEMES:
-        raise InvalidToken("tokens must be presented with the dpop scheme", debug=f"scheme {scheme}")
+        raise InvalidToken("tokens must be presented with the dpop or bearer scheme", debug=f"scheme {scheme}")
     claims = ctx.verify_own_token(token, audience=ctx.settings.issuer)
     dpop = needs_dpop_proof(jkt=claims.jkt, x5t=claims.x5t, scheme=scheme, certificate=certificate, mtls=True)
     return claims, dpop
