@@ -13,7 +13,9 @@ from typing import TypeVar
 
 __all__ = [
     "AccessDenied",
+    "AuthorizationPending",
     "ConfigError",
+    "ExpiredToken",
     "InsufficientScope",
     "InvalidClient",
     "InvalidDPoPProof",
@@ -25,6 +27,7 @@ __all__ = [
     "NotFoundError",
     "OAuthError",
     "PolicyUnavailable",
+    "SlowDown",
     "TemporarilyUnavailable",
     "TetherError",
     "TooManyRequests",
@@ -71,6 +74,8 @@ class OAuthError(TetherError):
         self.debug = debug or description
         #: extra fields for the audit record of this refusal (never rendered on the wire)
         self.audit: dict[str, object] = {}
+        #: further members of the JSON error body (RFC 8628 §3.5: ``interval``, the approval id)
+        self.fields: dict[str, object] = {}
         #: who the refusal may be attributed to: set only once the caller proved possession
         #: of the token's key (a replayed proof, a revoked token), never from a mere claim
         self.holder: object | None = None
@@ -148,6 +153,32 @@ class UseDPoPNonce(OAuthError):
     def __init__(self, nonce: str, description: str = "a fresh dpop nonce is required") -> None:
         super().__init__(description)
         self.nonce = nonce
+
+
+class AuthorizationPending(OAuthError):
+    """RFC 8628 §3.5 / CIBA §11: the request is held for a human's decision; poll again.
+
+    The body names the approval to poll with (``approval_id``), how often (``interval``
+    seconds) and for how long it can still be decided (``expires_in``)."""
+
+    error = "authorization_pending"
+
+    def __init__(self, approval_id: str, *, interval: int, expires_in: int, description: str | None = None) -> None:
+        super().__init__(description or "the request is held for approval; poll again with `approval_id`")
+        self.approval_id = approval_id
+        self.fields.update({"approval_id": approval_id, "interval": interval, "expires_in": max(0, expires_in)})
+
+
+class SlowDown(AuthorizationPending):
+    """RFC 8628 §3.5: still pending, and polled faster than ``interval``; the interval grows by 5 s."""
+
+    error = "slow_down"
+
+
+class ExpiredToken(OAuthError):
+    """RFC 8628 §3.5: the approval expired before anyone decided; start a new request."""
+
+    error = "expired_token"
 
 
 class InvalidToken(OAuthError):

@@ -147,6 +147,10 @@ class AccessToken:
     agent_domain: str = ""
     #: RFC 8705 §3.1 ``cnf.x5t#S256``: the thumbprint of the client certificate the token is bound to
     x5t: str | None = None
+    #: the one tool call this token was approved for: SHA-256 of its RFC 8785 form (``rules.approval.tool_call_context``)
+    tctx: str | None = None
+    #: the human approval it was issued under (claim ``apr``: ``id``, ``by``, ``at``)
+    apr: ApprovalClaim | None = None
 
     @property
     def bindings(self) -> str:
@@ -196,3 +200,79 @@ def chain_from_act(act: Any, *, max_depth: int) -> tuple[str, ...] | None:
         if "act" not in node:
             return tuple(chain)
         node = node["act"]
+
+
+@dataclass(frozen=True)
+class ApprovalClaim:
+    """The ``apr`` claim: which approval a token was issued under, who gave it and when."""
+
+    id: str
+    by: str
+    at: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {"id": self.id, "by": self.by, "at": self.at}
+
+
+class ApprovalStatus(enum.StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    DENIED = "denied"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True)
+class Approval:
+    """A request held for a human's yes (``rules.approval``), as the store keeps it.
+
+    ``request`` is the canonical binding (``ApprovalBinding.canonical``) and ``digest`` its
+    hash: the approval redeems only a request with the same digest. ``view`` is what the
+    approver is shown, built from the same data with secrets redacted. ``request_mac`` and
+    ``decision_mac`` bind the record to the master key (``rules.approval_seal``): a database
+    writer can neither forge an approval nor change what a pending one shows.
+    """
+
+    id: str
+    task: str
+    digest: str
+    request: dict[str, Any]
+    view: dict[str, Any]
+    groups: tuple[str, ...]
+    policies: tuple[str, ...]
+    created_at: int
+    expires_at: int
+    request_mac: str
+    creator_may_approve: bool = False
+    status: ApprovalStatus = ApprovalStatus.PENDING
+    decided_by: str | None = None
+    decided_at: int | None = None
+    reason: str = ""
+    #: tokens an approval may yield (set when approved: 1 unless the approver grants more)
+    uses: int = 0
+    #: an approved approval yields tokens until this time (the approver's window; else its expiry)
+    until: int | None = None
+    decision_mac: str = ""
+
+    def effective_status(self, now: float) -> ApprovalStatus:
+        """A pending approval past its expiry is expired, whether or not a sweep marked it."""
+        if self.status is ApprovalStatus.PENDING and now >= self.expires_at:
+            return ApprovalStatus.EXPIRED
+        return self.status
+
+    def as_json(self, now: float) -> dict[str, Any]:
+        """The API form: the view, the state and the decision; never the MACs."""
+        return {
+            "id": self.id,
+            "task": self.task,
+            "status": self.effective_status(now).value,
+            "groups": list(self.groups),
+            "policies": list(self.policies),
+            "request": self.view,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "decided_by": self.decided_by,
+            "decided_at": self.decided_at,
+            "reason": self.reason,
+            "uses": self.uses,
+            "until": self.until,
+        }

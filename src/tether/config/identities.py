@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 #: the top-level arrays of tables
-TABLES = ("trust_domains", "oidc_issuers", "clients", "resources")
+TABLES = ("trust_domains", "oidc_issuers", "clients", "resources", "approver_groups")
 
 
 @dataclass(frozen=True)

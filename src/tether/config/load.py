@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from tether.config.approvers import parse_approver_groups
 from tether.config.identities import (
     TABLES,
     parse_clients,
@@ -72,6 +73,7 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None, env: Mapping[str
         issuer_uri(values["gateway"]["url"], "gateway.url")
     detectors = _feature_table(data, "monitor.detectors")
     check_outputs(values)
+    approver_groups = parse_approver_groups(data)
     _check_networks(values["tls"]["trusted_proxies"], "tls.trusted_proxies")
     sections = {
         section or "general": cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values[section].items()})
@@ -79,7 +81,7 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None, env: Mapping[str
     }
     return Config(path=path, **sections, trust_domains=domains, oidc_issuers=issuers, clients=clients,
                   resources=resources, routes=routes, mcp_routes=mcp_routes, detectors=detectors, base_dir=base,
-                  sources=sources, namespaces=namespaces)  # fmt: skip
+                  sources=sources, namespaces=namespaces, approver_groups=approver_groups)  # fmt: skip
 
 
 def _check_networks(entries: list[str], key: str) -> None:

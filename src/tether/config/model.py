@@ -12,10 +12,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tether.config.approvers import ApproverGroup
 from tether.config.identities import ClientConfig, OidcIssuerConfig, ResourceConfig, TrustDomainConfig, resolve
 from tether.config.sections import (
     SECTIONS,
     AdminSettings,
+    ApprovalSettings,
     AuditSettings,
     DevSettings,
     DpopSettings,
@@ -72,6 +74,8 @@ class Config:
     routes: tuple[GatewayRoute, ...] = ()
     mcp_routes: tuple[McpRoute, ...] = ()
     detectors: tuple[DetectorSettings, ...] = ()
+    approvals: ApprovalSettings = field(default_factory=ApprovalSettings)
+    approver_groups: tuple[ApproverGroup, ...] = ()
     base_dir: Path = field(default_factory=Path.cwd)
     #: each identity source's namespace of principal names (disjoint; ``tether.rules.namespace``)
     namespaces: tuple[Namespace, ...] = ()

@@ -83,7 +83,7 @@ def read_scalars(
 def check_scalars(values: Mapping[str, Mapping[str, Any]]) -> None:
     """Ranges and cross-checks between scalars (the ones that need no table)."""
     issuer_uri(values[""]["issuer"])
-    for section in ("tokens", "dpop", "tasks", "identity", "monitor", "audit", "revocations"):
+    for section in ("tokens", "dpop", "tasks", "identity", "monitor", "audit", "revocations", "approvals"):
         for k, v in values[section].items():
             if isinstance(v, int) and not isinstance(v, bool) and v <= 0 and k not in ("clock_skew", "refusal_interval"):
                 raise ConfigError(f"{section}.{k}", "must be a positive integer")
@@ -121,6 +121,7 @@ def check_outputs(values: Mapping[str, Mapping[str, Any]]) -> None:
         raise ConfigError("logging.level", "must be one of debug, info, warning, error")
     if values["monitor"]["webhook_url"]:
         http_url(values["monitor"]["webhook_url"], "monitor.webhook_url")
+    check_approvals(values["approvals"])
 
 
 def issuer_uri(value: str, key: str = "issuer") -> str:
@@ -137,3 +138,19 @@ def http_url(value: Any, key: str) -> str:
     if not text.startswith(("http://", "https://")) or any(not "\x21" <= c <= "\x7e" for c in text):
         raise ConfigError(key, "must be an http(s) url")
     return str(text)
+
+
+def check_approvals(values: Mapping[str, Any]) -> None:
+    """``[approvals]``: URLs, the provider's principal template and algorithms."""
+    for key in ("webhook_url", "public_url", "jwks_uri"):
+        if values[key]:
+            http_url(values[key], f"approvals.{key}")
+    if values["issuer"]:
+        issuer_uri(values["issuer"], "approvals.issuer")
+        if "{/" not in values["principal"]:
+            raise ConfigError("approvals.principal", "must name a claim, e.g. `user:{/email}`")
+    for alg in values["algorithms"]:
+        if alg not in ASYMMETRIC_ALGS:
+            raise ConfigError("approvals.algorithms", f"`{alg}` is not an asymmetric signature algorithm")
+    if values["interval"] > values["ttl"]:
+        raise ConfigError("approvals.interval", "must not exceed approvals.ttl")

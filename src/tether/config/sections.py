@@ -18,6 +18,7 @@ from tether.rules.task import TaskLimits
 __all__ = [
     "SECTIONS",
     "AdminSettings",
+    "ApprovalSettings",
     "AuditSettings",
     "DevSettings",
     "DpopSettings",
@@ -226,6 +227,42 @@ class RevocationsSettings:
     stream_seconds: int = 300
 
 
+@dataclass(frozen=True)
+class ApprovalSettings:
+    """``[approvals]``: requests a Cedar ``@approval`` permit holds for a human's yes (``rules.approval``).
+
+    Approvers are humans proved by the organisation's OIDC provider (``issuer``; keys from
+    discovery, ``jwks_uri`` or ``jwks_file``), with ``principal`` rendered from its claims and
+    groups from ``[[approver_groups]]`` (by principal, or by the provider's ``group_claim``)."""
+
+    #: seconds a held request waits for a decision (RFC 8628 ``expires_in``); an approval's default window
+    ttl: int = 300
+    #: the polling interval an agent is told (RFC 8628 §3.5 ``interval``)
+    interval: int = 2
+    #: pending approvals per task (a further held request is refused, never queued)
+    max_pending: int = 16
+    #: the most tokens, and the longest window in seconds, an approver may grant at once
+    max_uses: int = 20
+    max_window: int = 3600
+    #: seconds a webhook's one-time approve/deny link stays valid (APR-04)
+    link_ttl: int = 900
+    #: base URL of those links (default: the issuer)
+    public_url: str = ""
+    webhook_url: str = ""
+    webhook_timeout: int = 5
+    #: argument fields shown to approvers as ``[redacted]`` (any depth, case-insensitive; APR-05)
+    redact: tuple[str, ...] = ("password", "secret", "token", "api_key", "authorization", "card_number", "cvv", "ssn")
+    #: audience tags ``tether report`` counts as high-risk: each should be held for approval
+    high_risk_tags: tuple[str, ...] = ("payments",)
+    issuer: str = ""
+    audience: str = "tether-approvals"
+    principal: str = "user:{/email}"
+    group_claim: str = "groups"
+    jwks_uri: str = ""
+    jwks_file: str = ""
+    algorithms: tuple[str, ...] = ("RS256", "ES256", "EdDSA")
+
+
 #: ``tether.toml`` section (``""``: the top level) → its dataclass, in the order they are read
 SECTIONS: dict[str, type[Any]] = {
     "": GeneralSettings,
@@ -246,6 +283,7 @@ SECTIONS: dict[str, type[Any]] = {
     "logging": LoggingSettings,
     "audit": AuditSettings,
     "revocations": RevocationsSettings,
+    "approvals": ApprovalSettings,
 }
 
 _KINDS: dict[Any, type] = {int: int, bool: bool, str: str, tuple[str, ...]: list}

@@ -41,6 +41,12 @@ class Decision:
     mode: str = "enforce"
     shadow_allowed: bool | None = None
     shadow_determining: tuple[str, ...] = ()
+    #: the approver groups of the determining permits annotated ``@approval`` (``rules.approval``):
+    #: when not empty, an allowed request is held until a human in every one of them says yes
+    approval: tuple[str, ...] = ()
+    #: the determining ``@approval`` policies, and whether one lets the task's creator approve
+    approval_policies: tuple[str, ...] = ()
+    creator_may_approve: bool = False
 
     def audit(self) -> dict[str, Any]:
         record: dict[str, Any] = {
@@ -51,6 +57,8 @@ class Decision:
         }
         if self.errors:
             record["errors"] = list(self.errors)
+        if self.approval:
+            record["approval"] = list(self.approval)
         if self.shadow_allowed is not None:
             record["shadow"] = {
                 "decision": "allow" if self.shadow_allowed else "deny",
@@ -210,6 +218,7 @@ class PolicyEngine:
             allowed, reasons = True, ()
         elif current.full is not None:
             shadow_allowed, shadow_reasons, _ = _evaluate(cedar_request, entities, current.full)
+        held = [current.approvals[r] for r in reasons if r in current.approvals] if allowed else []
         return Decision(
             allowed=allowed,
             version=current.version,
@@ -218,6 +227,9 @@ class PolicyEngine:
             mode=self.mode,
             shadow_allowed=shadow_allowed,
             shadow_determining=shadow_reasons,
+            approval=tuple(sorted({p.approval for p in held if p.approval is not None})),
+            approval_policies=tuple(p.id for p in held),
+            creator_may_approve=bool(held) and all(p.creator_may_approve for p in held),
         )
 
     def _account(self, described: Mapping[str, Any], decision: Decision) -> None:

@@ -10,6 +10,7 @@ log-only. The version is a hash of every file's name and content.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -24,6 +25,7 @@ import cedarpy
 
 from tether.errors import TetherError
 from tether.filemodes import others_can_write
+from tether.rules.approval import ANNOTATION, CREATOR_ANNOTATION, valid_group
 
 __all__ = [
     "LoadedPolicy",
@@ -67,6 +69,10 @@ class LoadedPolicy:
     line: int
     effect: str
     shadow: bool
+    #: ``@approval("group")``: a request this permit determines is held for that group's yes (``rules.approval``)
+    approval: str | None = None
+    #: ``@approval_creator("allowed")``: the task's creator may give that approval (APR-02)
+    creator_may_approve: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,11 @@ class PolicyVersion:
     @property
     def shadow_ids(self) -> tuple[str, ...]:
         return tuple(p.id for p in self.policies if p.shadow)
+
+    @functools.cached_property
+    def approvals(self) -> Mapping[str, LoadedPolicy]:
+        """The policies that hold requests for approval, by id."""
+        return {p.id: p for p in self.policies if p.approval is not None}
 
 
 def schema_text() -> str:
@@ -155,6 +166,22 @@ def _statement(file: str, line: int, chunk: str, problems: list[PolicyProblem]) 
     return dict(policies[0]) if result.validation_passed else None
 
 
+def _approval(annotations: Mapping[str, Any], effect: str, where: PolicyProblem, problems: list[PolicyProblem]) -> str | None:
+    """``@approval("group")``: only on a ``permit`` (a forbid refuses; there is nothing to approve),
+    naming a group (``rules.approval.valid_group``) or ``subject``."""
+    if ANNOTATION not in annotations:
+        return None
+    group = annotations[ANNOTATION]
+    if effect != "permit":
+        problems.append(PolicyProblem(where.file, where.line, f"@{ANNOTATION} only applies to a permit"))
+        return None
+    if not valid_group(group):
+        example = f'@{ANNOTATION}("finance")'
+        problems.append(PolicyProblem(where.file, where.line, f"@{ANNOTATION} must name an approver group, e.g. {example}"))
+        return None
+    return str(group)
+
+
 def load_texts(files: Mapping[str, str]) -> PolicyVersion:
     """Parse and validate policy files (``name → text``); raises ``PolicyLoadError``."""
     problems: list[PolicyProblem] = []
@@ -172,7 +199,11 @@ def load_texts(files: Mapping[str, str]) -> PolicyVersion:
                 problems.append(PolicyProblem(name, line, f"duplicate policy id `{policy_id}`"))
                 continue
             shadow = "shadow" in annotations and str(annotations["shadow"]).lower() != "false"
-            loaded.append(LoadedPolicy(policy_id, name, line, str(est.get("effect")), shadow))
+            approval = _approval(annotations, str(est.get("effect")), PolicyProblem(name, line, ""), problems)
+            creator = annotations.get(CREATOR_ANNOTATION)
+            if creator is not None and (creator != "allowed" or approval is None):
+                problems.append(PolicyProblem(name, line, f'@{CREATOR_ANNOTATION}("allowed") goes with @{ANNOTATION}'))
+            loaded.append(LoadedPolicy(policy_id, name, line, str(est.get("effect")), shadow, approval, creator == "allowed"))
             full[policy_id] = est
             if not shadow:
                 enforced[policy_id] = est

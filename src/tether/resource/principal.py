@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tether.model import AccessToken
+from tether.model import AccessToken, ApprovalClaim
 
 __all__ = ["Principal"]
 
@@ -35,6 +35,9 @@ class Principal:
     client_domain: str = ""
     #: RFC 8705 ``cnf.x5t#S256``: the client certificate the token is bound to, if any
     x5t: str | None = None
+    #: the one tool call the token was issued for, and the human approval it carries (``rules.approval``)
+    tctx: str | None = None
+    apr: ApprovalClaim | None = None
 
     @property
     def binding(self) -> str:
@@ -65,4 +68,6 @@ class Principal:
             client_kind=token.client_kind,
             client_domain=token.client_domain,
             x5t=token.x5t,
+            tctx=token.tctx,
+            apr=token.apr,
         )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tether.errors import InvalidToken, OAuthError
-from tether.model import AccessToken, act_from_chain, chain_from_act
+from tether.model import AccessToken, ApprovalClaim, act_from_chain, chain_from_act
 from tether.rules.dpop import is_type, numeric_date
 from tether.rules.jws import JWSError, PublicKey, verify_compact
 from tether.rules.principal import is_principal
@@ -60,6 +60,9 @@ class Grant:
     agent_domain: str = ""
     #: RFC 8705 §3.1: the thumbprint of the client certificate the token is bound to (with or instead of ``jkt``)
     x5t: str | None = None
+    #: the one tool call the token is for (``rules.approval.tool_call_context``), and the approval it was issued under
+    tctx: str | None = None
+    apr: ApprovalClaim | None = None
 
 
 def cnf_claim(jkt: str | None, x5t: str | None) -> dict[str, str]:
@@ -102,6 +105,10 @@ def build_claims(grant: Grant, *, issuer: str, jti: str, now: int) -> dict[str, 
         claims["act"] = act
     if grant.purp is not None:
         claims["purp"] = grant.purp
+    if grant.tctx is not None:
+        claims["tctx"] = grant.tctx
+    if grant.apr is not None:
+        claims["apr"] = grant.apr.as_json()
     return claims
 
 
@@ -199,7 +206,37 @@ def check_access_token_claims(
         client_domain=_string(claims, "ctd", required=False) or "",
         agent_domain=_string(claims, "atd", required=False) or "",
         x5t=x5t,
+        tctx=_tctx(claims),
+        apr=_apr(claims),
     )
+
+
+def _tctx(claims: Mapping[str, Any]) -> str | None:
+    """``tctx``: absent, or a SHA-256 digest (43 base64url characters)."""
+    if "tctx" not in claims:
+        return None
+    value = claims["tctx"]
+    if not isinstance(value, str) or not _JKT.fullmatch(value):
+        raise _invalid("tctx malformed")
+    return value
+
+
+def _apr(claims: Mapping[str, Any]) -> ApprovalClaim | None:
+    """``apr``: absent, or ``{"id", "by", "at"}`` — the approval, its approver (a principal) and the time."""
+    if "apr" not in claims:
+        return None
+    value = claims["apr"]
+    if (
+        not isinstance(value, dict)
+        or set(value) != {"id", "by", "at"}
+        or not isinstance(value["id"], str)
+        or not 0 < len(value["id"]) <= 64
+        or not is_principal(value["by"])
+        or isinstance(value["at"], bool)
+        or not isinstance(value["at"], int)
+    ):
+        raise _invalid("apr malformed")
+    return ApprovalClaim(id=value["id"], by=value["by"], at=value["at"])
 
 
 def _cnf(claims: Mapping[str, Any]) -> tuple[str | None, str | None]:

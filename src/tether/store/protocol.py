@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from tether.audit.chain import AuditEvent, AuditRecord
-from tether.model import Task, TaskState
+from tether.model import Approval, ApprovalStatus, Task, TaskState
 from tether.rules.replay_epoch import ReplayEpoch
 from tether.store.records import AuditMark, BlockKind, IssuedToken, LookupResult, Revocation, StoredKey, VaultEntry
 
@@ -228,6 +228,46 @@ class Store(Protocol):
 
     async def first_seen(self, key: str, *, now: float, until: int) -> float:
         """The time ``key`` was first seen (``now`` if never, remembered until ``until``)."""
+        ...
+
+    # -- approvals (``rules.approval``) -----------------------------------------------
+    async def hold_approval(self, approval: Approval, *, now: float, max_pending: int, audit: AuditEvent) -> Approval:
+        """Record a held request and its ``audit`` (``approval.requested``) in one step; returns the stored approval.
+
+        Idempotent per request: if the task already has a *pending, unexpired* approval with the
+        same ``digest``, that one is returned and nothing is written (a retried request waits on
+        the same approval, never a second one). Otherwise ``CapReached`` if the task already has
+        ``max_pending`` pending, unexpired approvals, and nothing is written.
+        """
+        ...
+
+    async def get_approval(self, approval_id: str) -> Approval | None: ...
+
+    async def list_approvals(
+        self, *, status: ApprovalStatus | None, task: str | None, now: float, limit: int, before: str | None = None
+    ) -> list[Approval]:
+        """Newest first (by ``created_at``, then id descending); ``before`` is an id to page from (exclusive).
+
+        ``status`` filters by the *effective* status: ``PENDING`` excludes approvals past their
+        expiry, ``EXPIRED`` includes them, whether or not a sweep has marked them yet."""
+        ...
+
+    async def decide_approval(self, decided: Approval, *, now: float, audit: AuditEvent) -> Approval:
+        """Write a decision (``decided``: the stored approval with status, decider, time, uses,
+        window and ``decision_mac`` set) and its audit record, in one step.
+
+        Only if the stored approval is still pending and ``now`` is before its expiry: else
+        ``NotFound`` (no such id) or ``Conflict`` (already decided or expired), and nothing is
+        written. Only the decision fields are written; what was asked stays as stored.
+        """
+        ...
+
+    async def expire_approvals(
+        self, *, now: float, audit: Callable[[Approval], AuditEvent], limit: int = 1000
+    ) -> list[Approval]:
+        """Mark pending approvals past their expiry as expired, each with its ``audit(approval)``
+        record (``approval.expired``), in one step; returns them as now stored, oldest expiry
+        first, at most ``limit``."""
         ...
 
     # -- policy versions --------------------------------------------------------

@@ -153,7 +153,7 @@ def error_response(
         headers["Retry-After"] = str(exc.retry_after)
     if resource and status in (401, 403):
         headers["WWW-Authenticate"] = _challenge(exc, algs, resource_metadata, scheme=scheme, bearer=bearer)
-    body = {"error": exc.error, "error_description": exc.description}
+    body = {**exc.fields, "error": exc.error, "error_description": exc.description}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
