@@ -26,7 +26,6 @@ entry of type ``tool_call`` (``parse_authorization_details``).
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -59,7 +58,6 @@ __all__ = [
     "check_grant",
     "check_pending",
     "check_use",
-    "new_approval_id",
     "parse_authorization_details",
     "redact",
     "redeem",
@@ -112,12 +110,9 @@ def valid_group(name: object) -> bool:
     return isinstance(name, str) and _GROUP.fullmatch(name) is not None
 
 
-def new_approval_id() -> str:
-    """``apr_`` and 128 random bits: unguessable, since the id is what an agent polls with."""
-    return "apr_" + secrets.token_urlsafe(16)
-
-
 def valid_approval_id(value: object) -> bool:
+    """``apr_`` and 22 base64url characters (128 random bits, ``secrets.token_urlsafe(16)``): unguessable,
+    since the id is what an agent polls with."""
     return isinstance(value, str) and _APPROVAL_ID.fullmatch(value) is not None
 
 

@@ -22,7 +22,6 @@ import binascii
 import hashlib
 import hmac
 import json
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -81,10 +80,6 @@ class Link:
     decision: str
     exp: int
     nonce: str
-
-    @classmethod
-    def new(cls, approval: str, approver: str, decision: str, *, exp: int) -> Link:
-        return cls(approval, approver, decision, exp, secrets.token_urlsafe(16))
 
 
 def _b64(data: bytes) -> str:

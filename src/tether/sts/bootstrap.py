@@ -19,6 +19,7 @@ from tether.audit.chain import AuditEvent
 from tether.clock import Clock, SystemClock
 from tether.config import Config
 from tether.errors import ConfigError
+from tether.identity.approvers import ApproverVerifier
 from tether.identity.verifier import build_identity_verifier
 from tether.identity.x509 import CertificateAuthenticator
 from tether.keys.keyring import KeyRing, check_not_older, load_keyring
@@ -106,6 +107,9 @@ class Sts:
             policy=self.policy,
             effective=effective_settings(self.config),
             certificates=CertificateAuthenticator.from_config(self.config),
+            approval_key=derive_key(self.master_key, "approvals"),
+            link_key=derive_key(self.master_key, "approval-links"),
+            approvers=ApproverVerifier.from_config(self.config, self._http),
         )
         await self._record_overrides(store)
         await self.record_policy()

@@ -18,12 +18,13 @@ from tether.audit.anonymous import AnonymousRefusals
 from tether.audit.chain import AuditEvent
 from tether.clock import Clock
 from tether.errors import AccessDenied, InvalidClient, InvalidGrant, InvalidToken, OAuthError
+from tether.identity.approvers import ApproverVerifier
 from tether.identity.checks import IdentityError
 from tether.identity.verifier import IdentityVerifier
 from tether.identity.x509 import CertificateAuthenticator
 from tether.keys.keyring import KeyRing, SigningKey
 from tether.lru import LruCache
-from tether.model import AccessToken, Task, WorkloadIdentity
+from tether.model import AccessToken, Approval, Task, WorkloadIdentity
 from tether.policy.engine import Decision, PolicyEngine
 from tether.policy.entities import PolicyRequest
 from tether.proofs import ProofChecker
@@ -86,6 +87,13 @@ class StsContext:
     #: client authentication by certificate (RFC 8705 §2), from the trust domains' X.509 bundles
     #: and the registered clients' certificates
     certificates: CertificateAuthenticator = field(default_factory=lambda: CertificateAuthenticator({}, {}))
+    #: HMAC keys derived from the master key: approvals' MACs and one-time links (``rules.approval_seal``)
+    approval_key: bytes = b""
+    link_key: bytes = b""
+    #: the organisation's OIDC provider for approvers (``identity.approvers``); ``None`` until started
+    approvers: ApproverVerifier | None = None
+    #: called (not awaited by the token response) for each newly held request: the webhook (``sts.approval_webhook``)
+    on_hold: Callable[[Approval, Task], None] | None = None
 
     def __post_init__(self) -> None:
         self.health = SharedCheck(self._ping)

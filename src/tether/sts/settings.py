@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from tether.config import Config
+from tether.config.approvers import ApproverGroup
+from tether.config.sections import ApprovalSettings
 from tether.rules.exchange import Limits
 from tether.rules.namespace import Namespace
 from tether.rules.scope import parse_scope
@@ -37,6 +39,9 @@ class StsSettings:
     refusal_buckets: int = 1000
     #: TLS terminators whose RFC 9440 ``Client-Cert`` headers are believed (``[tls] trusted_proxies``)
     trusted_proxies: tuple[str, ...] = ()
+    #: held requests and their approvers (``[approvals]``, ``[[approver_groups]]``; ``rules.approval``)
+    approvals: ApprovalSettings = field(default_factory=ApprovalSettings)
+    approver_groups: tuple[ApproverGroup, ...] = ()
 
     @property
     def token_endpoint(self) -> str:
@@ -73,4 +78,6 @@ class StsSettings:
             refusal_interval=config.audit.refusal_interval,
             refusal_buckets=config.audit.refusal_buckets,
             trusted_proxies=tuple(config.tls.trusted_proxies),
+            approvals=config.approvals,
+            approver_groups=config.approver_groups,
         )
