@@ -16,7 +16,6 @@ import pytest
 from joserfc.jwk import ECKey
 from tests.cli.cli_support import tether
 
-import tether.features
 from tether.config import Config, load_config
 from tether.errors import InvalidToken
 from tether.identity.approvers import ApproverVerifier
