@@ -652,3 +652,31 @@ def test_a_database_on_the_previous_schema_upgrades_and_keeps_its_data(kind: str
         asyncio.run(upgrade())
     finally:
         drop_schema(schema)
+
+
+@pytest.mark.parametrize(
+    "decided",
+    [
+        {"status": ApprovalStatus.APPROVED},
+        {"status": ApprovalStatus.DENIED},
+        {"status": ApprovalStatus.EXPIRED},
+        {"decided_by": APPROVER},
+        {"decided_at": T0},
+        {"reason": "pre-approved"},
+        {"uses": 5},
+        {"until": T0 + 3600},
+        {"decision_mac": "forged"},
+    ],
+    ids=lambda fields: next(iter(fields)) + "=" + str(next(iter(fields.values()))),
+)
+def test_APR02_a_hold_cannot_store_a_decision(kind: str, decided: dict[str, Any], tmp_path: Path) -> None:
+    """Only ``decide_approval`` decides: a request held with any decision field set is refused, nothing written."""
+
+    async def body(store: Store) -> None:
+        approval = dataclasses.replace(held(), **decided)
+        with pytest.raises(Conflict):
+            await hold(store, approval)
+        assert await store.get_approval(approval.id) is None
+        assert await store.audit_records(after=0, limit=10) == []
+
+    run(kind, tmp_path, body)

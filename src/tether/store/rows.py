@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -28,6 +29,7 @@ __all__ = [
     "audit_values",
     "block_names",
     "check_decision",
+    "check_held",
     "key_from_row",
     "revocation_from_row",
     "task_from_row",
@@ -204,6 +206,15 @@ def approval_decision(approval: Approval) -> tuple[Any, ...]:
         approval.until,
         approval.decision_mac,
     )
+
+
+def check_held(approval: Approval) -> None:
+    """A hold writes a request, never a decision (``Conflict`` otherwise, before the database is
+    asked): only ``decide_approval`` approves, so no code path can store a request pre-approved."""
+    undecided = dataclasses.replace(approval, status=ApprovalStatus.PENDING, decided_by=None, decided_at=None,
+                                    reason="", uses=0, until=None, decision_mac="")  # fmt: skip
+    if approval != undecided:
+        raise Conflict(f"approval {approval.id} is held with decision fields set")
 
 
 def check_decision(decided: Approval) -> None:

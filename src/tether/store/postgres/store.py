@@ -70,6 +70,7 @@ from tether.store.rows import (
     audit_values,
     block_names,
     check_decision,
+    check_held,
     key_from_row,
     revocation_from_row,
     task_from_row,
@@ -646,6 +647,7 @@ class PostgresRedisStore(Store):
 
     # -- approvals ------------------------------------------------------------------
     async def hold_approval(self, approval: Approval, *, now: float, max_pending: int, audit: AuditEvent) -> Approval:
+        check_held(approval)
         values = approval_values(approval)
         async with self._conn() as conn, conn.transaction():
             # every statement below reads a snapshot taken after the lock: a hold queued behind

@@ -520,6 +520,7 @@ class SqliteStore(Store):
 
     # -- approvals ------------------------------------------------------------------
     async def hold_approval(self, approval: Approval, *, now: float, max_pending: int, audit: AuditEvent) -> Approval:
+        table.check_held(approval)
         values = table.approval_values(approval)
 
         def q(conn: sqlite3.Connection) -> Approval:
