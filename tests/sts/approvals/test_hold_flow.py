@@ -309,3 +309,29 @@ def test_apr01_stolen_workload_jwt_with_another_key_does_not_redeem(sts: Running
     assert body["error_description"] == "the approval does not cover this request"
     wait(sts)
     assert client.post_token(session_form(sts, task, approval_id=approval_id)).status_code == 200
+
+
+def test_on_hold_is_called_once_per_new_approval(sts: RunningSts) -> None:
+    calls: list[tuple[str, str]] = []
+    sts.sts.ctx.on_hold = lambda approval, task: calls.append((approval.id, task.id))
+    try:
+        client = Client(sts)
+        task = new_task(sts)
+        session = session_token(sts, client, task)
+        approval_id = assert_held(hop(client, session, PAYMENTS))
+        wait(sts)
+        assert_held(hop(client, session, PAYMENTS))  # the same request: the same approval, no new call
+        assert_held(poll(sts, client, session, PAYMENTS, approval_id))
+    finally:
+        sts.sts.ctx.on_hold = None
+    assert calls == [(approval_id, task)]
+
+
+def test_apr05_view_redacts_secret_fields_and_tokens(sts: RunningSts) -> None:
+    client = Client(sts)
+    session = session_token(sts, client, new_task(sts))
+    arguments = {"to": "acct-1", "auth": {"Password": "hunter2"}, "note": session}
+    approval_id = assert_held(hop(client, session, PLAIN, authorization_details=details("transfer", **arguments)))
+    view = approval_row(sts, approval_id).view
+    assert view["arguments"] == {"to": "acct-1", "auth": {"Password": "[redacted]"}, "note": "[redacted]"}
+    assert view["tctx"] == tctx_of("transfer", arguments)  # the hash covers what was asked, unredacted
