@@ -335,3 +335,25 @@ def test_apr05_view_redacts_secret_fields_and_tokens(sts: RunningSts) -> None:
     view = approval_row(sts, approval_id).view
     assert view["arguments"] == {"to": "acct-1", "auth": {"Password": "[redacted]"}, "note": "[redacted]"}
     assert view["tctx"] == tctx_of("transfer", arguments)  # the hash covers what was asked, unredacted
+
+
+def test_delegation_is_held_and_redeemed_by_the_same_actor(sts: RunningSts) -> None:
+    """The plain audience's service exchanges the agent's token for the payments audience (RFC 8693 actor)."""
+    agent = Client(sts)
+    session = session_token(sts, agent, new_task(sts))
+    hop_token = hop(agent, session, PLAIN).json()["access_token"]
+    service = Client(sts)
+
+    def delegate(**extra: str) -> httpx.Response:
+        return hop(service, hop_token, PAYMENTS, actor_token=sts.svid("spiffe://tether.local/svc/plain"),
+                   actor_token_type="urn:ietf:params:oauth:token-type:jwt", **extra)  # fmt: skip
+
+    approval_id = assert_held(delegate())
+    approval = approval_row(sts, approval_id)
+    assert approval.view["kind"] == "delegation" and approval.view["actors"] == ["spiffe://tether.local/svc/plain"]
+    decide(sts, approval_id)
+    wait(sts)
+    response = delegate(approval_id=approval_id)
+    assert response.status_code == 200, response.text
+    claims = claims_of(response.json()["access_token"])
+    assert claims["apr"]["id"] == approval_id and claims["act"]["sub"] == "spiffe://tether.local/svc/plain"
