@@ -11,20 +11,35 @@ interval and none asserts a wall-clock time.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import httpx
+from mcp.server.mcpserver import MCPServer
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from helpers import AGENT, FEED_SUBSCRIBER, QUIET_MONITOR, SVC_RS, RunningSts, create_task, make_deployment, serving
+from tether.agent import Agent, DevIdentity, TaskSession
 from tether.agent.exchange import RESUMED, Flow, Pause, Steps
+from tether.agent.proof import DPoPKey
+from tether.audit.chain import AuditEvent
 from tether.clock import ManualClock
+from tether.keys.sealed import derive_key, load_master_key
+from tether.mcp import protect
+from tether.model import Approval, ApprovalStatus
+from tether.resource import ResourceSettings, Verifier
+from tether.rules.approval_seal import decision_mac
 from tether.rules.jws import b64url_decode, strict_json_loads
+from tether.store.open import open_store
 from tether.web.server import ServerThread, free_port
 
 __all__ = [
@@ -119,3 +134,127 @@ def drive(flow: Flow, http: httpx.Client, clock: ManualClock) -> Driven:
     except Exception as exc:  # noqa: BLE001 -- the test asserts which one
         driven.error = exc
     return driven
+
+
+# -- the real thing: an STS that holds a payment tool, and an MCP server that holds it too ----------
+
+#: the policy both the STS and the MCP server load: ``pay`` is held for finance, ``echo`` is not
+PAY_POLICY = """
+@id("pay-needs-finance")
+@approval("finance")
+permit (principal, action == Tether::Action::"call", resource)
+when { context.tool == "pay" };
+"""
+FINANCE = "user:fiona@example.com"
+TOML = "\n[approvals]\nttl = 120\ninterval = 1\n" + f'\n[[approver_groups]]\nname = "finance"\nmembers = ["{FINANCE}"]\n'
+
+
+@dataclass
+class PayWorld:
+    sts: RunningSts
+    url: str
+    verifier: Verifier
+    ran: list[dict[str, Any]]
+
+    def session(self, *, approval_timeout: float = 0) -> TaskSession:
+        task = create_task(self.sts, audiences=[self.url], scopes=["tool:pay", "tool:echo"])
+        agent = Agent(self.sts.url, DevIdentity(self.sts.dev(), AGENT))
+        return agent.session(str(task["id"]), approval_timeout=approval_timeout)
+
+    def pending(self, task: str) -> list[Approval]:
+        """The task's pending approvals, read from the STS's store as another process would."""
+
+        async def read() -> list[Approval]:
+            store = await open_store(self.sts.config)
+            try:
+                found = await store.list_approvals(status=ApprovalStatus.PENDING, task=task, now=self.sts.clock.now(), limit=10)
+                return list(found)
+            finally:
+                await store.aclose()
+
+        return asyncio.run(read())
+
+
+def _pay_server(ran: list[dict[str, Any]]) -> MCPServer:
+    server = MCPServer("payments")
+
+    @server.tool()
+    def pay(amount: int, to: str) -> str:
+        ran.append({"amount": amount, "to": to})
+        return f"paid {amount} to {to}"
+
+    @server.tool()
+    def echo(text: str) -> str:
+        return text
+
+    return server
+
+
+@contextlib.contextmanager
+def pay_world(directory: Path) -> Iterator[PayWorld]:
+    """The STS (held tool calls, 1 s polling interval) and ``protect``'s payment server, sharing one policy set."""
+    config = make_deployment(directory / "sts", extra_toml=FEED_SUBSCRIBER + QUIET_MONITOR + TOML)
+    (config.policy_dir / "50-pay.cedar").write_text(PAY_POLICY, encoding="utf-8")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    with serving(config, ManualClock()) as sts:
+        settings = ResourceSettings(issuer=sts.url, resource=url, policy_dir=str(config.policy_dir))
+        verifier = Verifier(settings, identity=sts.identity(SVC_RS))
+        ran: list[dict[str, Any]] = []
+        thread = ServerThread(protect(_pay_server(ran), verifier, scope_prefix=None), port).start()
+        try:
+            deadline = time.monotonic() + 10
+            while not (verifier.feed is not None and verifier.feed.fresh(time.time())):
+                assert time.monotonic() < deadline, "the MCP server's revocation feed did not sync"
+                time.sleep(0.02)
+            yield PayWorld(sts, url, verifier, ran)
+        finally:
+            thread.stop()
+
+
+def decide(sts: RunningSts, approval_id: str, *, approve: bool = True, approver: str = FINANCE) -> Approval:
+    """A human's decision, written as the approvers' API writes it: the decision fields, a correct
+    ``decision_mac`` (the key derived from the STS's master key) and its audit record, in one step."""
+    now = int(sts.clock.now())
+
+    async def write() -> Approval:
+        store = await open_store(sts.config)
+        try:
+            stored = await store.get_approval(approval_id)
+            assert stored is not None
+            decided = replace(
+                stored,
+                status=ApprovalStatus.APPROVED if approve else ApprovalStatus.DENIED,
+                decided_by=approver,
+                decided_at=now,
+                uses=1 if approve else 0,
+                until=now + sts.config.approvals.ttl if approve else None,
+            )
+            key = derive_key(load_master_key(sts.config.master_key_file), "approvals")
+            decided = replace(decided, decision_mac=decision_mac(key, decided))
+            kind = "approval.approved" if approve else "approval.denied"
+            event = AuditEvent(kind=kind, outcome="ok", principal=approver, task=stored.task, detail={"approval": approval_id})
+            return await store.decide_approval(decided, now=now, audit=event)
+        finally:
+            await store.aclose()
+
+    return asyncio.run(write())
+
+
+def rpc_call(http: httpx.Client, url: str, token: str, key: DPoPKey, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """One MCP 2026-07-28 ``tools/call`` with ``token`` and a fresh proof; the JSON-RPC reply."""
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": arguments, "_meta": meta}}
+    headers = {
+        "Accept": "application/json, text/event-stream", "Content-Type": "application/json",
+        "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": tool,
+        "Authorization": f"DPoP {token}", "DPoP": key.proof("POST", url, access_token=token),
+    }  # fmt: skip
+    response = http.post(url, content=json.dumps(body), headers=headers)
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        for line in response.text.splitlines():
+            if line.startswith("data:") and '"id"' in line:
+                reply: dict[str, Any] = json.loads(line[5:])
+                return reply
+    reply = response.json()
+    return reply

@@ -7,12 +7,35 @@ a member of the group, the token carrying ``apr`` and ``tctx`` — against the r
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import httpx
+import httpx2
 import pytest
-from agent_approval_kit import APPROVAL_ID, denied, drive, expired, issued, pending, scripted_sts, slow_down
+from agent_approval_kit import (
+    APPROVAL_ID,
+    FINANCE,
+    PayWorld,
+    decide,
+    denied,
+    drive,
+    expired,
+    issued,
+    pay_world,
+    pending,
+    rpc_call,
+    scripted_sts,
+    slow_down,
+)
+from mcp.client.client import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 
 from tether.agent import ApprovalDenied, ApprovalExpired, ApprovalPending, ExchangeError
 from tether.agent.exchange import Nonces, exchange_flow
@@ -21,6 +44,7 @@ from tether.agent.proof import DPoPKey
 from tether.agent.session import tool_call_details
 from tether.clock import ManualClock
 from tether.rules.approval import parse_authorization_details, tool_call_context
+from tether.rules.jws import b64url_decode, strict_json_loads
 
 FORM = {"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange", "subject_token": "workload-jwt-1",
         "subject_token_type": "urn:ietf:params:oauth:token-type:jwt", "task": "tsk_1"}  # fmt: skip
@@ -161,3 +185,150 @@ def test_only_an_approval_required_answer_for_that_very_call_triggers_the_retry(
     assert not held_for_approval(answer(7, {**data, "tctx": tool_call_context("pay", {"amount": 2})}), call)
     assert not held_for_approval(answer(7, {**data, "error": "access_denied"}), call)
     assert not held_for_approval(httpx.Response(200, json={"jsonrpc": "2.0", "id": 7, "result": {}}), call)
+
+
+# -- end to end: the real STS holds a payment tool, a member of finance approves ----------------------
+PAY = {"amount": 120, "to": "acme-ltd"}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PayWorld]:
+    with pay_world(tmp_path_factory.mktemp("pay-world")) as made:
+        yield made
+
+
+def _approve_when_held(world: PayWorld, task: str, *, approve: bool = True) -> threading.Thread:
+    """A member of finance, deciding as soon as the task's request shows up (as the webhook's link would)."""
+
+    def run() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            found = world.pending(task)
+            if found:
+                decide(world.sts, found[0].id, approve=approve)
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_apr01_payment_call_held_approved_by_finance_serves_exactly_that_call_once(world: PayWorld, http: httpx.Client) -> None:
+    """The issue's headline: held, approved by a member of the group, the token carries apr and tctx, the
+    call with the same arguments succeeds, with changed arguments is refused, a second use is refused."""
+    session = world.session()
+    key = session.key
+    hop_token = session.token_for(world.url, http)
+    held = rpc_call(http, world.url, hop_token, key, "pay", PAY)
+    assert held["error"]["data"] == {
+        "error": "approval_required", "tool": "pay", "groups": ["finance"], "tctx": tool_call_context("pay", PAY)
+    }  # fmt: skip
+    assert world.ran == []
+
+    with pytest.raises(ApprovalPending) as pending_call:
+        session.token_for_call(world.url, "pay", PAY, client=http)
+    approval_id = pending_call.value.approval_id
+    [approval] = world.pending(session.task_id)
+    assert approval.id == approval_id and approval.groups == ("finance",)
+    assert approval.view["tool"] == "pay" and approval.view["tctx"] == tool_call_context("pay", PAY)
+
+    decide(world.sts, approval_id, approver=FINANCE)
+    token = session.token_for_call(world.url, "pay", PAY, approval_id=approval_id, client=http)
+    claims = claims_of(token)
+    assert claims["aud"] == world.url
+    assert claims["apr"]["id"] == approval_id and claims["apr"]["by"] == FINANCE
+    assert claims["tctx"] == tool_call_context("pay", PAY)
+
+    done = rpc_call(http, world.url, token, key, "pay", {"to": "acme-ltd", "amount": 120})
+    assert done["result"]["content"][0]["text"] == "paid 120 to acme-ltd"
+    changed = rpc_call(http, world.url, token, key, "pay", {"amount": 12000, "to": "acme-ltd"})
+    assert changed["error"]["data"]["error"] == "access_denied"
+    assert changed["error"]["message"] == "the call differs from the one approved"
+    again = rpc_call(http, world.url, token, key, "pay", PAY)
+    assert again["error"]["data"]["error"] == "access_denied" and "already been used" in again["error"]["message"]
+    assert world.ran == [PAY]
+    # the ordinary hop token still serves unheld tools, and still cannot pay
+    assert rpc_call(http, world.url, hop_token, key, "echo", {"text": "hi"})["result"]["content"][0]["text"] == "hi"
+    assert rpc_call(http, world.url, hop_token, key, "pay", PAY)["error"]["data"]["error"] == "approval_required"
+
+
+def test_apr03_a_denied_tool_call_is_approval_denied(world: PayWorld, http: httpx.Client) -> None:
+    session = world.session()
+    with pytest.raises(ApprovalPending) as held:
+        session.token_for_call(world.url, "pay", PAY, client=http)
+    decide(world.sts, held.value.approval_id, approve=False)
+    with pytest.raises(ApprovalDenied) as denied_call:
+        session.token_for_call(world.url, "pay", PAY, approval_id=held.value.approval_id, client=http)
+    assert denied_call.value.status == 403
+
+
+def test_a_held_call_waits_for_the_approval_when_the_caller_gives_a_deadline(world: PayWorld, http: httpx.Client) -> None:
+    session = world.session(approval_timeout=30)
+    approver = _approve_when_held(world, session.task_id)
+    token = session.token_for_call(world.url, "pay", {"amount": 7, "to": "acme-ltd"}, client=http)
+    approver.join(timeout=30)
+    assert claims_of(token)["apr"]["by"] == FINANCE
+
+
+def test_mcp_client_retries_a_held_tools_call_once_with_an_approved_token(world: PayWorld) -> None:
+    session = world.session()
+    auth = session.mcp_auth(audiences={world.url: world.url}, discover=False, approval_timeout=30)
+    arguments = {"amount": 9, "to": "acme-ltd"}
+    approver = _approve_when_held(world, session.task_id)
+
+    async def run() -> tuple[list[str], list[str]]:
+        async with connect(world.url, auth) as client:
+            paid = texts(await client.call_tool("pay", arguments))
+            echoed = texts(await client.call_tool("echo", {"text": "after"}))  # the ordinary hop token again
+            return paid, echoed
+
+    paid, echoed = asyncio.run(run())
+    approver.join(timeout=30)
+    assert paid == ["paid 9 to acme-ltd"] and echoed == ["after"]
+    assert auth.last_approval is None
+    assert world.ran.count(arguments) == 1
+    issued = [r for r in world.sts.audit() if r.kind == "token.issued" and r.task == session.task_id]
+    assert sum(1 for r in issued if r.detail.get("approval")) == 1, "one token under the approval, for that call"
+
+
+def test_mcp_client_without_a_deadline_surfaces_approval_required_then_resumes_the_same_approval(world: PayWorld) -> None:
+    session = world.session()
+    auth = session.mcp_auth(audiences={world.url: world.url}, discover=False)
+    arguments = {"amount": 11, "to": "acme-ltd"}
+
+    async def call() -> list[str] | MCPError:
+        async with connect(world.url, auth) as client:
+            try:
+                return texts(await client.call_tool("pay", arguments))
+            except MCPError as exc:
+                return exc
+
+    refused = asyncio.run(call())
+    assert isinstance(refused, MCPError) and refused.error.data is not None
+    assert refused.error.data["error"] == "approval_required"
+    assert isinstance(auth.last_approval, ApprovalPending)
+    approval_id = auth.last_approval.approval_id
+    decide(world.sts, approval_id)
+    assert asyncio.run(call()) == ["paid 11 to acme-ltd"], "the retry redeemed the approval it waited on"
+    assert world.pending(session.task_id) == []
+    issued = [r for r in world.sts.audit() if r.kind == "token.issued" and r.task == session.task_id]
+    assert [r.detail.get("approval") for r in issued if r.detail.get("approval")] == [approval_id]
+
+
+@contextlib.asynccontextmanager
+async def connect(url: str, auth: httpx2.Auth) -> AsyncIterator[Client]:
+    async with (
+        httpx2.AsyncClient(auth=auth, trust_env=False, timeout=60.0) as http,
+        Client(streamable_http_client(url, http_client=http)) as client,
+    ):
+        yield client
+
+
+def texts(result: Any) -> list[str]:
+    return [block.text for block in result.content]
+
+
+def claims_of(token: str) -> dict[str, Any]:
+    value: dict[str, Any] = strict_json_loads(b64url_decode(token.split(".")[1]))
+    return value

@@ -44,7 +44,7 @@ import httpx
 import httpx2
 
 from tether.agent.auth import DiscoveryError, SessionEnded, TokenProvider, _Held, proof_key, url_matches
-from tether.agent.exchange import RESUMED, ExchangeError, Flow, Pause, Steps, send_flow
+from tether.agent.exchange import RESUMED, ApprovalDenied, ApprovalPending, ExchangeError, Flow, Pause, Steps, send_flow
 from tether.agent.x509 import RotatingPools, X509Source
 from tether.lru import LruCache
 from tether.rules.approval import tool_call_context
@@ -86,7 +86,13 @@ class CallTokenProvider(Protocol):
     gateway's hop provider cannot: its upstream's refusal goes back to the agent as it is)."""
 
     def call_token_flow(
-        self, audience: str, tool: str, arguments: Mapping[str, Any], *, approval_timeout: float | None = None
+        self,
+        audience: str,
+        tool: str,
+        arguments: Mapping[str, Any],
+        *,
+        approval_timeout: float | None = None,
+        approval_id: str | None = None,
     ) -> Flow:
         """A flow returning a token for exactly one tool call (``TaskSession.call_token_flow``)."""
         ...
@@ -266,6 +272,8 @@ class McpAuth(httpx2.Auth):
         #: why the last held tools/call was not retried (``ApprovalPending`` names the approval), else None
         self.last_approval: ExchangeError | None = None
         self._calls = provider if isinstance(provider, CallTokenProvider) else None
+        #: (audience, tctx) -> the approval a held call waits on, resumed by the next try of that call
+        self._waiting: LruCache[tuple[str, str], str] = LruCache(256)
         self.audiences = dict(audiences or {})
         self._longest_first = sorted(self.audiences.items(), key=lambda kv: -len(kv[0]))
         self.discover = discover
@@ -354,24 +362,50 @@ class McpAuth(httpx2.Auth):
         if response.status_code == 401 and 'error="invalid_token"' in response.headers.get("www-authenticate", ""):
             self.provider.forget(audience)
         if call is not None and self._calls is not None and held_for_approval(response, call):
-            response = yield from self.approved_flow(request, audience, call, response)
+            response = yield from self.approved_flow(request, audience, call, token)
         return response
 
-    def approved_flow(self, request: httpx.Request, audience: str, call: ToolCallRequest, held: httpx.Response) -> Flow:
+    def approved_flow(self, request: httpx.Request, audience: str, call: ToolCallRequest, hop_token: str) -> Flow:
         """A token for exactly ``call`` (waiting up to ``approval_timeout`` for a human's yes), then
-        ``request`` once more with it; if none comes, the server's refusal ``held`` stands."""
+        ``request`` once more with it. If none comes, ``request`` goes once more with the ordinary
+        ``hop_token``, so that the caller gets the server's ``approval_required`` answer (an auth
+        flow's result is the answer to its last request, here the STS's): a held call never runs.
+
+        An approval this auth waited on before for the same call (same audience and ``tctx``) is
+        resumed with its ``approval_id`` (RFC 8628 §3.4: a new request would be a new approval);
+        one that has since expired or been used up is forgotten and the call asked for afresh, a
+        denied one is forgotten and the refusal stands (asking again is the caller's decision)."""
         assert self._calls is not None
-        try:
-            token = yield from self._calls.call_token_flow(
-                audience, call.tool, call.arguments, approval_timeout=self.approval_timeout
-            )
-        except ExchangeError as exc:  # still pending, denied, expired, or refused outright
-            self.last_approval = exc
-            log.info("tool call %s not approved: %s", call.tool[:128], exc)
-            return held
+        waiting = (audience, tool_call_context(call.tool, call.arguments))
+        approval_id = self._waiting.get(waiting)
+        token: str | None = None
+        while token is None:
+            try:
+                token = yield from self._calls.call_token_flow(
+                    audience, call.tool, call.arguments, approval_timeout=self.approval_timeout, approval_id=approval_id
+                )
+            except ApprovalPending as exc:
+                self._waiting.put(waiting, exc.approval_id)
+                return (yield from self._not_approved(request, call, hop_token, exc))
+            except ExchangeError as exc:  # denied, expired, used up, or refused outright
+                self._waiting.pop(waiting)
+                if approval_id is not None and not isinstance(exc, ApprovalDenied):
+                    approval_id = None  # that approval is over: ask for this call afresh, once
+                    continue
+                return (yield from self._not_approved(request, call, hop_token, exc))
+        self._waiting.pop(waiting)
         self.last_approval = None
         self._check_open()
         response = yield from send_flow(request, proof_key(self.provider, token), self.provider.nonces, access_token=token)
+        return response
+
+    def _not_approved(self, request: httpx.Request, call: ToolCallRequest, hop_token: str, why: ExchangeError) -> Flow:
+        self.last_approval = why
+        log.info("tool call %s not approved: %s", call.tool[:128], why.error)
+        self._check_open()
+        response = yield from send_flow(
+            request, proof_key(self.provider, hop_token), self.provider.nonces, access_token=hop_token
+        )
         return response
 
     # -- httpx2 drivers --------------------------------------------------------------------------
