@@ -28,9 +28,9 @@ from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from tether.audit.chain import AuditEvent
-from tether.errors import AuthorizationPending, InvalidGrant, SlowDown, TooManyRequests
+from tether.errors import AccessDenied, AuthorizationPending, InvalidGrant, SlowDown, TooManyRequests, after_end
 from tether.lru import LruCache
-from tether.model import Approval, ApprovalStatus, DPoPProof, Task
+from tether.model import Approval, ApprovalStatus, DPoPProof, Task, TaskState
 from tether.policy.engine import Decision
 from tether.policy.entities import call_request
 from tether.rules.approval import (
@@ -210,6 +210,7 @@ async def gate(
     if approval_id is None and not held.groups:
         return Gated(grant, replay)
     await _spend(ctx, proof, replay, claim)
+    await _check_live(ctx, grant, task)
     binding = _binding(grant, task, kind)
     if approval_id is not None:
         approval = await _covering(ctx, approval_id, binding, held.groups)
@@ -223,6 +224,21 @@ async def _spend(ctx: StsContext, proof: DPoPProof | None, replay: tuple[str, in
         return  # certificate-bound only: the TLS handshake proved the key on this connection
     await ctx.proofs.consume(proof, *replay)
     claim.consumed = True
+
+
+async def _check_live(ctx: StsContext, grant: Grant, task: Task) -> None:
+    """What the issuance would re-check (``Store.issue_token``), checked before holding or answering
+    pending: no approver is asked, and no agent told to wait, for an ended task, a revoked subject
+    token or a blocked principal (the same refusals an issuance gives)."""
+    principals = [grant.sub, grant.agent, grant.client_id, *grant.actors, task.on_behalf_of or ""]
+    state = await ctx.store.lookup(task_id=task.id, jti=grant.parent_jti, principals=[p for p in principals if p])
+    if state.blocked:
+        raise AccessDenied("principal is blocked")
+    live = state.task.effective_state(ctx.now()) if state.task is not None else None
+    if live is not TaskState.ACTIVE:
+        raise after_end(InvalidGrant(f"task is {live.value if live else 'unknown'}"))
+    if grant.parent_jti is not None and (state.token is None or state.token.revoked_at is not None):
+        raise after_end(InvalidGrant("subject token has been revoked", debug="revoked or unknown parent jti"))
 
 
 async def _covering(ctx: StsContext, approval_id: str, binding: ApprovalBinding, groups: Collection[str]) -> Approval:

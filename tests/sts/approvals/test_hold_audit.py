@@ -96,6 +96,6 @@ def test_redemption_is_audited_once_with_the_approval(sts: RunningSts) -> None:
     sts.clock.advance(1)
     response = hop(client, session, PAYMENTS, approval_id=approval_id)
     assert response.status_code == 200, response.text
-    kinds = [r.kind for r in sts.audit() if r.seq > mark]
+    kinds = [r.kind for r in sts.audit() if r.seq > mark and r.kind.startswith(("approval.", "token."))]
     assert kinds == ["approval.requested", "approval.approved", "token.issued"]
     assert sts.last_audit("token.issued").detail["approval"] == approval_id

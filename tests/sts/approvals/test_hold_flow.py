@@ -30,7 +30,7 @@ from hold_kit import (
     tctx_of,
 )
 
-from helpers import QUIET_MONITOR, Client, RunningSts
+from helpers import QUIET_MONITOR, Client, RunningSts, admin_token
 
 TOML = QUIET_MONITOR + "\n[approvals]\nttl = 120\ninterval = 2\nmax_pending = 3\n"
 
@@ -269,3 +269,43 @@ def test_apr01_hop_from_an_apr_token_does_not_inherit_it(sts: RunningSts) -> Non
     response = hop(client, session, PLAIN)
     assert response.status_code == 200, response.text
     assert "apr" not in claims_of(response.json()["access_token"])
+
+
+def end_task(sts: RunningSts, task: str) -> None:
+    admin, token = admin_token(sts)
+    response = admin.api("POST", f"/tasks/{task}/complete", token)
+    assert response.status_code == 200, response.text
+
+
+def test_ended_task_holds_nothing(sts: RunningSts) -> None:
+    client = Client(sts)
+    task = new_task(sts)
+    session = session_token(sts, client, task)
+    end_task(sts, task)
+    mark = sts.audit()[-1].seq
+    refused(hop(client, session, PAYMENTS), status=400, error="invalid_grant")
+    assert audit_of(sts, "approval.requested", since=mark) == []
+
+
+def test_pending_poll_after_task_end_is_refused(sts: RunningSts) -> None:
+    client = Client(sts)
+    task = new_task(sts)
+    session = session_token(sts, client, task)
+    approval_id = assert_held(hop(client, session, PAYMENTS))
+    end_task(sts, task)
+    body = refused(poll(sts, client, session, PAYMENTS, approval_id), status=400, error="invalid_grant")
+    assert "task is" in body["error_description"]
+
+
+def test_apr01_stolen_workload_jwt_with_another_key_does_not_redeem(sts: RunningSts) -> None:
+    """A held session: whoever has a JWT of the agent but not its DPoP key cannot redeem the approval."""
+    client = Client(sts)
+    task = new_task(sts, purpose="needs ops")
+    approval_id = assert_held(client.post_token(session_form(sts, task)))
+    decide(sts, approval_id, approver="user:olga@example.com")
+    wait(sts)
+    thief = Client(sts)
+    body = refused(thief.post_token(session_form(sts, task, approval_id=approval_id)), status=400, error="invalid_grant")
+    assert body["error_description"] == "the approval does not cover this request"
+    wait(sts)
+    assert client.post_token(session_form(sts, task, approval_id=approval_id)).status_code == 200
