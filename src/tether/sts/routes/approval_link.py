@@ -135,8 +135,9 @@ async def approval_link_endpoint(request: Request) -> Response:
     token = request.path_params["token"]
     try:
         if request.method == "POST":
-            form = await read_form(request)
-            approval = await decide_by_link(ctx, token, reason=form.get("reason") or "")
+            empty = "content-type" not in request.headers and request.headers.get("content-length", "0") == "0"
+            reason = "" if empty else (await read_form(request)).get("reason") or ""
+            approval = await decide_by_link(ctx, token, reason=reason)
             if _wants_json(request):
                 return JSONResponse(approval.as_json(ctx.now()), headers=NO_STORE)
             return _done(approval)

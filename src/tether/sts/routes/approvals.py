@@ -48,6 +48,7 @@ from tether.web.forms import read_json
 __all__ = [
     "AUDIT_KIND",
     "ApprovalStreams",
+    "Slot",
     "approval_decide_endpoint",
     "approval_endpoint",
     "approval_events_endpoint",
@@ -84,7 +85,8 @@ async def refusal(
     """Count, audit (``approval.refused``) and render one refusal; ``path`` never carries a link.
     ``challenge``: a protected resource's status and ``WWW-Authenticate`` (not for the link pages)."""
     REFUSALS.labels(endpoint=name, error=wire_code(exc)).inc()
-    scheme = request_scheme(request.headers.get("authorization")) or "bearer"
+    # approvers use Bearer: every request but a DPoP one gets the Bearer challenge first (RFC 6750 §3)
+    scheme = "dpop" if request_scheme(request.headers.get("authorization")) == "dpop" else "bearer"
     if isinstance(exc, OAuthError) and not isinstance(exc, UseDPoPNonce):
         principal = getattr(request.state, "approver", None)
         try:
@@ -222,17 +224,32 @@ class ApprovalStreams:
     poll: float = 0.5
     _per_caller: Counter[str] = field(default_factory=Counter)
 
-    def join(self, caller: str) -> None:
+    def join(self, caller: str) -> Slot:
         if sum(self._per_caller.values()) >= self.max_streams:
             raise TooManyRequests("too many approval streams are open; retry later", retry_after=5)
         if self._per_caller[caller] >= self.max_per_caller:
             raise TooManyRequests("too many approval streams for this caller", retry_after=5)
         self._per_caller[caller] += 1
+        return Slot(self, caller)
 
-    def leave(self, caller: str) -> None:
+    def _leave(self, caller: str) -> None:
         self._per_caller[caller] -= 1
         if self._per_caller[caller] <= 0:
             del self._per_caller[caller]
+
+
+@dataclass
+class Slot:
+    """One open stream's place; released once, when its events end or its response does (whichever is first)."""
+
+    streams: ApprovalStreams
+    caller: str
+    released: bool = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.streams._leave(self.caller)
 
 
 def streams_of(request: Request) -> ApprovalStreams:
@@ -247,8 +264,12 @@ def _event(body: object) -> bytes:
     return f"event: approval\ndata: {json.dumps(body, separators=(',', ':'))}\n\n".encode()
 
 
-async def _events(ctx: StsContext, approval_id: str, streams: ApprovalStreams) -> AsyncGenerator[bytes, None]:
-    """The approval now, then on every change; ends once it is decided or expired, or at the stream's deadline."""
+async def _events(ctx: StsContext, approval_id: str, slot: Slot) -> AsyncGenerator[bytes, None]:
+    """The approval now, then on every change; ends once it is decided or expired, or at the stream's deadline.
+
+    The slot is released as the events end, before the response's last message: a client that
+    saw the stream end may open the next one at once."""
+    streams = slot.streams
     loop = asyncio.get_running_loop()
     deadline = loop.time() + streams.seconds
     last: object = None
@@ -267,24 +288,26 @@ async def _events(ctx: StsContext, approval_id: str, streams: ApprovalStreams) -
             await asyncio.sleep(min(streams.poll, max(0.0, deadline - loop.time())))
     except StoreError as exc:
         log.warning("approval stream ended: %s", exc)
+    finally:
+        slot.release()
 
 
 class _StreamResponse(StreamingResponse):
     """The SSE response of one approval stream; its slot is freed however the response ends."""
 
-    def __init__(self, ctx: StsContext, approval_id: str, streams: ApprovalStreams, caller: str) -> None:
+    def __init__(self, ctx: StsContext, approval_id: str, slot: Slot) -> None:
         super().__init__(
-            _events(ctx, approval_id, streams),
+            _events(ctx, approval_id, slot),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
-        self.streams, self.caller = streams, caller
+        self.slot = slot
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self.streams.leave(self.caller)
+            self.slot.release()
 
 
 @approvals_api
@@ -309,6 +332,4 @@ async def approval_events_endpoint(request: Request) -> Response:
         approval = await get_approval(ctx, caller, approval_id)
         viewer = caller.principal
     await ctx.store.ping()
-    streams = streams_of(request)
-    streams.join(viewer)
-    return _StreamResponse(ctx, approval.id, streams, viewer)
+    return _StreamResponse(ctx, approval.id, streams_of(request).join(viewer))
