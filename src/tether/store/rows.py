@@ -7,20 +7,27 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from tether.audit.chain import AuditRecord
-from tether.model import Task, TaskState
+from tether.model import Approval, ApprovalStatus, Task, TaskState
+from tether.store.errors import Conflict
 from tether.store.records import AuditMark, IssuedToken, Revocation, RevocationKind, StoredKey, VaultEntry
 
 __all__ = [
+    "APPROVAL_COLUMNS",
+    "APPROVAL_RETENTION",
     "AUDIT_COLUMNS",
     "AUDIT_MARK_COLUMNS",
     "KEY_COLUMNS",
     "TASK_COLUMNS",
     "TOKEN_COLUMNS",
     "VAULT_COLUMNS",
+    "approval_decision",
+    "approval_from_row",
+    "approval_values",
     "audit_from_row",
     "audit_mark_from_row",
     "audit_values",
     "block_names",
+    "check_decision",
     "key_from_row",
     "revocation_from_row",
     "task_from_row",
@@ -44,6 +51,14 @@ CHECKPOINT_KIND = "audit.checkpoint"
 AUDIT_MARK_COLUMNS = f"seq, ts, kind, hash, CASE WHEN kind = '{CHECKPOINT_KIND}' THEN detail END"
 KEY_COLUMNS = "kid, alg, public_jwk, sealed_private, created_at, retired_at, not_after"
 VAULT_COLUMNS = "name, sealed, created_at, updated_at, version"
+APPROVAL_COLUMNS = (
+    "id, task, digest, request, view, groups, policies, created_at, expires_at, request_mac, "
+    "creator_may_approve, status, decided_by, decided_at, reason, uses, until, decision_mac"
+)
+#: how long a decided or expired approval is kept after it stopped mattering (its expiry, or the
+#: end of its approved window if later): long enough to answer a late poll or an operator's
+#: question from the store, short enough that the table stays bounded; the audit chain keeps the rest
+APPROVAL_RETENTION = 7 * 24 * 3600
 
 
 def block_names(*groups: Iterable[str | None]) -> list[str]:
@@ -146,3 +161,78 @@ def vault_from_row(row: Sequence[Any]) -> VaultEntry:
 
 def revocation_from_row(row: Sequence[Any]) -> Revocation:
     return Revocation(int(row[0]), RevocationKind(row[1]), row[2], int(row[3]), float(row[4]))
+
+
+def _json_text(value: Any) -> str:
+    """JSON text for a stored JSON column: ASCII escapes (PostgreSQL TEXT holds no NUL), no NaN."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, allow_nan=False)
+
+
+def approval_values(approval: Approval) -> tuple[Any, ...]:
+    """Every ``Approval`` field in ``APPROVAL_COLUMNS`` order."""
+    return (
+        approval.id,
+        approval.task,
+        approval.digest,
+        _json_text(approval.request),
+        _json_text(approval.view),
+        _json_text(list(approval.groups)),
+        _json_text(list(approval.policies)),
+        approval.created_at,
+        approval.expires_at,
+        approval.request_mac,
+        approval.creator_may_approve,
+        approval.status.value,
+        approval.decided_by,
+        approval.decided_at,
+        approval.reason,
+        approval.uses,
+        approval.until,
+        approval.decision_mac,
+    )
+
+
+def approval_decision(approval: Approval) -> tuple[Any, ...]:
+    """The decision fields, the only ones ``decide_approval`` writes:
+    ``status, decided_by, decided_at, reason, uses, until, decision_mac``."""
+    return (
+        approval.status.value,
+        approval.decided_by,
+        approval.decided_at,
+        approval.reason,
+        approval.uses,
+        approval.until,
+        approval.decision_mac,
+    )
+
+
+def check_decision(decided: Approval) -> None:
+    """A decision approves or denies (``Conflict`` otherwise, before the database is asked)."""
+    if decided.status not in (ApprovalStatus.APPROVED, ApprovalStatus.DENIED):
+        raise Conflict(f"a decision approves or denies, not {decided.status.value}")
+
+
+def approval_from_row(row: Sequence[Any], *, expired: bool = False) -> Approval:
+    """SQLite returns ``creator_may_approve`` as 0/1, PostgreSQL as a bool: both become a bool.
+
+    ``expired``: the row as the expiry sweep is about to store it (status ``expired``)."""
+    return Approval(
+        id=row[0],
+        task=row[1],
+        digest=row[2],
+        request=json.loads(row[3]),
+        view=json.loads(row[4]),
+        groups=tuple(json.loads(row[5])),
+        policies=tuple(json.loads(row[6])),
+        created_at=int(row[7]),
+        expires_at=int(row[8]),
+        request_mac=row[9],
+        creator_may_approve=bool(row[10]),
+        status=ApprovalStatus.EXPIRED if expired else ApprovalStatus(row[11]),
+        decided_by=row[12],
+        decided_at=None if row[13] is None else int(row[13]),
+        reason=row[14],
+        uses=int(row[15]),
+        until=None if row[16] is None else int(row[16]),
+        decision_mac=row[17],
+    )

@@ -25,7 +25,7 @@ from psycopg import sql as pgsql
 from psycopg_pool import AsyncConnectionPool
 
 from tether.audit.chain import AuditEvent, AuditRecord, link
-from tether.model import Task, TaskState
+from tether.model import Approval, ApprovalStatus, Task, TaskState
 from tether.rules.replay_epoch import ReplayEpoch
 from tether.store.errors import (
     AlreadySpent,
@@ -54,16 +54,22 @@ from tether.store.records import (
 )
 from tether.store.redis.cache import RedisCache
 from tether.store.rows import (
+    APPROVAL_COLUMNS,
+    APPROVAL_RETENTION,
     AUDIT_COLUMNS,
     AUDIT_MARK_COLUMNS,
     KEY_COLUMNS,
     TASK_COLUMNS,
     TOKEN_COLUMNS,
     VAULT_COLUMNS,
+    approval_decision,
+    approval_from_row,
+    approval_values,
     audit_from_row,
     audit_mark_from_row,
     audit_values,
     block_names,
+    check_decision,
     key_from_row,
     revocation_from_row,
     task_from_row,
@@ -204,6 +210,11 @@ async def _enter_task(conn: Conn, task_id: str) -> None:
     steady stream of hops a completion waiting on the task row alone could wait seconds).
     """
     await conn.execute("SELECT pg_advisory_xact_lock_shared(%s, %s)", (_TASK_LOCKS, _task_key(task_id)))
+
+
+#: the advisory-lock namespace of a task's approvals: holds on one task queue on it, so the
+#: idempotent look-up, the ``max_pending`` count and the insert are one step across replicas
+_APPROVAL_LOCKS = 0x7E7F
 
 
 #: the most tasks one revocation takes advisory locks for: each takes a slot of PostgreSQL's
@@ -633,6 +644,99 @@ class PostgresRedisStore(Store):
     async def first_seen(self, key: str, *, now: float, until: int) -> float:
         return await self.cache.first_seen(key, now=now, until=until)
 
+    # -- approvals ------------------------------------------------------------------
+    async def hold_approval(self, approval: Approval, *, now: float, max_pending: int, audit: AuditEvent) -> Approval:
+        values = approval_values(approval)
+        async with self._conn() as conn, conn.transaction():
+            # every statement below reads a snapshot taken after the lock: a hold queued behind
+            # another of the same task sees the row it inserted
+            await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_APPROVAL_LOCKS, _task_key(approval.task)))
+            cur = await conn.execute(
+                f"SELECT {APPROVAL_COLUMNS} FROM approvals WHERE task = %s AND status = 'pending' AND digest = %s"
+                ' AND expires_at > %s ORDER BY created_at DESC, id COLLATE "C" DESC LIMIT 1',
+                (approval.task, approval.digest, int(now)),
+            )
+            row = await cur.fetchone()
+            if row is not None:
+                return approval_from_row(row)
+            cur = await conn.execute(
+                "SELECT COUNT(*) FROM approvals WHERE task = %s AND status = 'pending' AND expires_at > %s",
+                (approval.task, int(now)),
+            )
+            counted = await cur.fetchone()
+            if counted is not None and int(counted[0]) >= max_pending:
+                raise CapReached(approval.task)
+            await conn.execute(f"INSERT INTO approvals ({APPROVAL_COLUMNS}) VALUES ({_marks(18)})", values)
+            await _append(conn, audit, now)
+            return approval
+
+    async def get_approval(self, approval_id: str) -> Approval | None:
+        async with self._conn() as conn:
+            cur = await conn.execute(f"SELECT {APPROVAL_COLUMNS} FROM approvals WHERE id = %s", (approval_id,))
+            row = await cur.fetchone()
+            return approval_from_row(row) if row else None
+
+    async def list_approvals(
+        self, *, status: ApprovalStatus | None, task: str | None, now: float, limit: int, before: str | None = None
+    ) -> list[Approval]:
+        sql, args = f"SELECT {APPROVAL_COLUMNS} FROM approvals a WHERE TRUE", list[object]()
+        if status is ApprovalStatus.PENDING:
+            sql, args = sql + " AND status = 'pending' AND expires_at > %s", [int(now)]
+        elif status is ApprovalStatus.EXPIRED:
+            sql, args = sql + " AND (status = 'expired' OR (status = 'pending' AND expires_at <= %s))", [int(now)]
+        elif status is not None:
+            sql, args = sql + " AND status = %s", [status.value]
+        if task is not None:
+            sql += " AND task = %s"
+            args.append(task)
+        if before is not None:  # an unknown id pages from nowhere: nothing
+            sql += (
+                " AND EXISTS (SELECT 1 FROM approvals b WHERE b.id = %s AND (a.created_at < b.created_at"
+                ' OR (a.created_at = b.created_at AND a.id COLLATE "C" < b.id COLLATE "C")))'
+            )
+            args.append(before)
+        async with self._conn() as conn:
+            cur = await conn.execute(sql + ' ORDER BY a.created_at DESC, a.id COLLATE "C" DESC LIMIT %s', (*args, limit))
+            return [approval_from_row(r) for r in await cur.fetchall()]
+
+    async def decide_approval(self, decided: Approval, *, now: float, audit: AuditEvent) -> Approval:
+        check_decision(decided)
+        async with self._conn() as conn, conn.transaction():
+            # a compare-and-set: a concurrent decision or sweep holding the row makes this one
+            # re-read it once committed, and find it no longer pending
+            cur = await conn.execute(
+                "UPDATE approvals SET status = %s, decided_by = %s, decided_at = %s, reason = %s, uses = %s, until = %s,"
+                " decision_mac = %s WHERE id = %s AND status = 'pending' AND expires_at > %s"
+                f" RETURNING {APPROVAL_COLUMNS}",
+                (*approval_decision(decided), decided.id, int(now)),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                found = await (await conn.execute("SELECT 1 FROM approvals WHERE id = %s", (decided.id,))).fetchone()
+                if found is None:
+                    raise NotFound(decided.id)
+                raise Conflict(f"approval {decided.id} is no longer pending")
+            await _append(conn, audit, now)
+            return approval_from_row(row)
+
+    async def expire_approvals(
+        self, *, now: float, audit: Callable[[Approval], AuditEvent], limit: int = 1000
+    ) -> list[Approval]:
+        async with self._conn() as conn, conn.transaction():
+            # locked in one order (expiry, then id), so two sweeps queue instead of deadlocking;
+            # a row decided meanwhile is re-read once unlocked and skipped
+            cur = await conn.execute(
+                f"SELECT {APPROVAL_COLUMNS} FROM approvals WHERE status = 'pending' AND expires_at <= %s"
+                ' ORDER BY expires_at, id COLLATE "C" LIMIT %s FOR UPDATE',
+                (int(now), limit),
+            )
+            expired = [approval_from_row(r, expired=True) for r in await cur.fetchall()]
+            if expired:
+                await conn.execute("UPDATE approvals SET status = 'expired' WHERE id = ANY(%s)", ([a.id for a in expired],))
+            for approval in expired:
+                await _append(conn, audit(approval), now)
+            return expired
+
     # -- policy versions --------------------------------------------------------
     async def record_policy_version(self, version: str, files: Mapping[str, str], *, now: float) -> bool:
         async with self._conn() as conn:
@@ -666,7 +770,13 @@ class PostgresRedisStore(Store):
             return [convert(r) for r in await cur.fetchall()]
 
     async def purge_expired(self, *, now: float) -> None:
-        """Drop single-use marks and feed entries whose tokens have all expired."""
+        """Drop single-use marks and feed entries whose tokens have all expired, and approvals
+        decided or expired ``APPROVAL_RETENTION`` ago (after their expiry and approved window)."""
         async with self._conn() as conn:
             await conn.execute("DELETE FROM spent WHERE until <= %s", (int(now),))
             await conn.execute("DELETE FROM revocations WHERE exp <= %s", (int(now),))
+            cutoff = int(now) - APPROVAL_RETENTION
+            await conn.execute(
+                "DELETE FROM approvals WHERE status <> 'pending' AND expires_at <= %s AND COALESCE(until, 0) <= %s",
+                (cutoff, cutoff),
+            )

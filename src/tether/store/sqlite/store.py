@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tether.audit.chain import GENESIS, AuditEvent, AuditRecord, link
-from tether.model import Task, TaskState
+from tether.model import Approval, ApprovalStatus, Task, TaskState
 from tether.store import errors, records
 from tether.store import rows as table
 from tether.store.notify import Notifier
@@ -303,6 +303,11 @@ class SqliteStore(Store):
                 conn.execute("DELETE FROM replay WHERE until <= ?", (int(now),))
                 conn.execute("DELETE FROM revocations WHERE exp <= ?", (int(now),))
                 conn.execute("DELETE FROM counters WHERE until <= ?", (int(now),))
+                cutoff = int(now) - table.APPROVAL_RETENTION
+                conn.execute(
+                    "DELETE FROM approvals WHERE status <> 'pending' AND expires_at <= ? AND COALESCE(until, 0) <= ?",
+                    (cutoff, cutoff),
+                )
 
         await self._db.run(q, inline=False)  # table scans: never on the request loop
 
@@ -512,6 +517,105 @@ class SqliteStore(Store):
             return float(row[0])
 
         return await self._db.run(q)
+
+    # -- approvals ------------------------------------------------------------------
+    async def hold_approval(self, approval: Approval, *, now: float, max_pending: int, audit: AuditEvent) -> Approval:
+        values = table.approval_values(approval)
+
+        def q(conn: sqlite3.Connection) -> Approval:
+            # BEGIN IMMEDIATE: every writer of the file (any process) queues here, so the
+            # look-up, the count and the insert are one step
+            with transaction(conn):
+                row = conn.execute(
+                    f"SELECT {table.APPROVAL_COLUMNS} FROM approvals WHERE task = ? AND status = 'pending' AND digest = ?"
+                    " AND expires_at > ? ORDER BY created_at DESC, id DESC LIMIT 1",
+                    (approval.task, approval.digest, int(now)),
+                ).fetchone()
+                if row is not None:
+                    return table.approval_from_row(row)
+                (pending,) = conn.execute(
+                    "SELECT COUNT(*) FROM approvals WHERE task = ? AND status = 'pending' AND expires_at > ?",
+                    (approval.task, int(now)),
+                ).fetchone()
+                if pending >= max_pending:
+                    raise errors.CapReached(approval.task)
+                conn.execute(f"INSERT INTO approvals ({table.APPROVAL_COLUMNS}) VALUES ({', '.join('?' * 18)})", values)
+                _append(conn, audit, now)
+                return approval
+
+        return await self._db.run(q)
+
+    async def get_approval(self, approval_id: str) -> Approval | None:
+        def q(conn: sqlite3.Connection) -> Approval | None:
+            row = conn.execute(f"SELECT {table.APPROVAL_COLUMNS} FROM approvals WHERE id = ?", (approval_id,)).fetchone()
+            return table.approval_from_row(row) if row else None
+
+        return await self._db.run(q)
+
+    async def list_approvals(
+        self, *, status: ApprovalStatus | None, task: str | None, now: float, limit: int, before: str | None = None
+    ) -> list[Approval]:
+        sql, args = f"SELECT {table.APPROVAL_COLUMNS} FROM approvals a WHERE 1 = 1", list[object]()
+        if status is ApprovalStatus.PENDING:
+            sql, args = sql + " AND status = 'pending' AND expires_at > ?", [int(now)]
+        elif status is ApprovalStatus.EXPIRED:
+            sql, args = sql + " AND (status = 'expired' OR (status = 'pending' AND expires_at <= ?))", [int(now)]
+        elif status is not None:
+            sql, args = sql + " AND status = ?", [status.value]
+        if task is not None:
+            sql += " AND task = ?"
+            args.append(task)
+        if before is not None:  # an unknown id pages from nowhere: nothing
+            sql += (
+                " AND EXISTS (SELECT 1 FROM approvals b WHERE b.id = ? AND (a.created_at < b.created_at"
+                " OR (a.created_at = b.created_at AND a.id < b.id)))"
+            )
+            args.append(before)
+
+        def q(conn: sqlite3.Connection) -> list[Approval]:
+            rows = conn.execute(sql + " ORDER BY created_at DESC, id DESC LIMIT ?", (*args, limit)).fetchall()
+            return [table.approval_from_row(r) for r in rows]
+
+        return await self._db.run(q)
+
+    async def decide_approval(self, decided: Approval, *, now: float, audit: AuditEvent) -> Approval:
+        decision = table.approval_decision(decided)
+
+        def q(conn: sqlite3.Connection) -> Approval:
+            with transaction(conn):
+                row = conn.execute(
+                    "UPDATE approvals SET status = ?, decided_by = ?, decided_at = ?, reason = ?, uses = ?, until = ?,"
+                    " decision_mac = ? WHERE id = ? AND status = 'pending' AND expires_at > ?"
+                    f" RETURNING {table.APPROVAL_COLUMNS}",
+                    (*decision, decided.id, int(now)),
+                ).fetchone()
+                if row is None:
+                    if conn.execute("SELECT 1 FROM approvals WHERE id = ?", (decided.id,)).fetchone() is None:
+                        raise errors.NotFound(decided.id)
+                    raise errors.Conflict(f"approval {decided.id} is no longer pending")
+                _append(conn, audit, now)
+                return table.approval_from_row(row)
+
+        table.check_decision(decided)
+        return await self._db.run(q)
+
+    async def expire_approvals(
+        self, *, now: float, audit: Callable[[Approval], AuditEvent], limit: int = 1000
+    ) -> list[Approval]:
+        def q(conn: sqlite3.Connection) -> list[Approval]:
+            with transaction(conn):
+                rows = conn.execute(
+                    f"SELECT {table.APPROVAL_COLUMNS} FROM approvals WHERE status = 'pending' AND expires_at <= ?"
+                    " ORDER BY expires_at, id LIMIT ?",
+                    (int(now), limit),
+                ).fetchall()
+                expired = [table.approval_from_row(r, expired=True) for r in rows]
+                for approval in expired:
+                    conn.execute("UPDATE approvals SET status = 'expired' WHERE id = ?", (approval.id,))
+                    _append(conn, audit(approval), now)
+                return expired
+
+        return await self._db.run(q, inline=False)  # upkeep, up to ``limit`` audit records: off the request loop
 
     # -- policy versions --------------------------------------------------------
     async def record_policy_version(self, version: str, files: Mapping[str, str], *, now: float) -> bool:
