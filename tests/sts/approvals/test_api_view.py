@@ -7,6 +7,7 @@ only: anything else is 401 ``invalid_token`` with a ``Bearer`` challenge.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -16,6 +17,7 @@ from approvals_api_kit import ALICE, APPROVALS_AUDIENCE, EVE, LENA, OLIVIA, Appr
 from identity_support import Tenant, ec_key
 
 from helpers import AGENT, Client, admin_token
+from services import store_sql
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +81,37 @@ def test_apr05_tampered_groups_are_never_shown(env: ApprovalsEnv) -> None:
     tampered = env.hold(task, replace(genuine, groups=("finance",)))
     refused(env.approve(ALICE, tampered.id), 404, "not_found")
     assert env.status(tampered.id) == "pending"
+
+
+def test_apr05_view_rewritten_in_the_database_is_never_shown(env: ApprovalsEnv) -> None:
+    """A database writer changes what a pending request shows its approver (the payee)."""
+    task = env.task()
+    approval = env.hold(task)
+    view = {**approval.view, "arguments": {**approval.view["arguments"], "to": "Innocent Ltd"}}
+    store_sql(env.sts.config, "UPDATE approvals SET view = ? WHERE id = ?", (json.dumps(view), approval.id))
+    refused(env.as_(ALICE, "GET", f"/approvals/{approval.id}"), 404, "not_found")
+    refused(env.approve(ALICE, approval.id), 404, "not_found")
+    assert env.as_(ALICE, "GET", "/approvals", params={"task": task.id}).json()["approvals"] == []
+    refused(env.api("GET", env.link(approval.id, ALICE, "approve"), None, headers={"Accept": "application/json"}),
+            404, "not_found")  # fmt: skip
+    assert env.status(approval.id) == "pending"
+
+
+def test_apr05_decision_forged_in_the_database_is_never_shown(env: ApprovalsEnv) -> None:
+    """A writer marks a pending request approved, copying a genuine decision's fields and MAC."""
+    task = env.task()
+    genuine, forged = env.hold(task), env.hold(task)
+    assert env.approve(ALICE, genuine.id).status_code == 200
+    store_sql(
+        env.sts.config,
+        "UPDATE approvals SET status = 'approved', decided_by = ?, decided_at = ?, uses = ?, until = ?, decision_mac = "
+        "(SELECT decision_mac FROM approvals WHERE id = ?) WHERE id = ?",
+        (ALICE, env.now(), 5, env.now() + 600, genuine.id, forged.id),
+    )
+    refused(env.as_(ALICE, "GET", f"/approvals/{forged.id}"), 404, "not_found")
+    listed = [a["id"] for a in env.as_(ALICE, "GET", "/approvals", params={"task": task.id, "status": "approved"}).json()[
+        "approvals"]]  # fmt: skip
+    assert listed == [genuine.id]
 
 
 # -- visibility ---------------------------------------------------------------------------------------
