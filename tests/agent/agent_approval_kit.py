@@ -1,4 +1,4 @@
-"""Held exchanges for the agent-SDK approval tests: a scripted token endpoint and a pause-recording driver.
+"""Held exchanges for the agent-SDK approval tests: a scripted token endpoint, a pause driver, the real world.
 
 The client side of RFC 8628 §3.5 polling (``interval``, ``slow_down`` +5 s, the caller's
 deadline, the error each answer becomes) is tested against ``ScriptedSts``: a token endpoint
@@ -7,6 +7,10 @@ DPoP proof it got. The real STS holding and issuing is tested in
 ``test_agent_approval.py``'s end-to-end tests. ``drive`` runs a flow over real HTTP but answers
 its pauses at once, advancing a ``ManualClock`` instead of sleeping, so no test waits out an
 interval and none asserts a wall-clock time.
+
+``pay_world`` is the real thing: the STS and a ``protect``ed payment MCP server sharing one
+policy set that holds ``pay`` for finance, approvers proved by a loopback OIDC provider
+(``tests/identity``'s ``Provider``) and deciding through the approvers' API.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +32,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "identity"))
+
+from identity_support import Provider, Tenant, ec_key, sign_jwt
+
 from helpers import AGENT, FEED_SUBSCRIBER, QUIET_MONITOR, SVC_RS, RunningSts, create_task, make_deployment, serving
 from tether.agent import Agent, DevIdentity, TaskSession
 from tether.agent.exchange import RESUMED, Flow, Pause, Steps
 from tether.agent.proof import DPoPKey
-from tether.audit.chain import AuditEvent
 from tether.clock import ManualClock
-from tether.keys.sealed import derive_key, load_master_key
 from tether.mcp import protect
 from tether.model import Approval, ApprovalStatus
 from tether.resource import ResourceSettings, Verifier
-from tether.rules.approval_seal import decision_mac
 from tether.rules.jws import b64url_decode, strict_json_loads
 from tether.store.open import open_store
 from tether.web.server import ServerThread, free_port
@@ -146,7 +152,16 @@ permit (principal, action == Tether::Action::"call", resource)
 when { context.tool == "pay" };
 """
 FINANCE = "user:fiona@example.com"
-TOML = "\n[approvals]\nttl = 120\ninterval = 1\n" + f'\n[[approver_groups]]\nname = "finance"\nmembers = ["{FINANCE}"]\n'
+OUTSIDER = "user:eve@example.com"
+APPROVERS_AUDIENCE = "tether-approvals"
+
+
+def approvals_toml(issuer: str) -> str:
+    """Held requests polled every second; approvers proved by ``issuer`` (the test's OIDC provider)."""
+    return (
+        f'\n[approvals]\nttl = 120\ninterval = 1\nissuer = "{issuer}"\naudience = "{APPROVERS_AUDIENCE}"\n'
+        f'\n[[approver_groups]]\nname = "finance"\nmembers = ["{FINANCE}"]\n'
+    )
 
 
 @dataclass
@@ -155,6 +170,19 @@ class PayWorld:
     url: str
     verifier: Verifier
     ran: list[dict[str, Any]]
+    tenant: Tenant
+    approver_key: Any
+
+    def approve(self, approval_id: str, *, approver: str = FINANCE, deny: bool = False) -> httpx.Response:
+        """A human's decision through the approvers' API, with an ID token from the organisation's provider."""
+        now = int(self.sts.clock.now())
+        claims = {"iss": self.tenant.issuer, "sub": "sub-" + approver, "aud": APPROVERS_AUDIENCE, "iat": now,
+                  "exp": now + 300, "email": approver.removeprefix("user:")}  # fmt: skip
+        id_token = sign_jwt({"alg": "ES256", "kid": self.approver_key.kid, "typ": "JWT"}, claims, self.approver_key)
+        action = "deny" if deny else "approve"
+        with httpx.Client(timeout=10.0, trust_env=False) as http:
+            return http.post(f"{self.sts.url}/approvals/{approval_id}/{action}", json={},
+                             headers={"Authorization": f"Bearer {id_token}"})  # fmt: skip
 
     def session(self, *, approval_timeout: float = 0) -> TaskSession:
         task = create_task(self.sts, audiences=[self.url], scopes=["tool:pay", "tool:echo"])
@@ -192,8 +220,23 @@ def _pay_server(ran: list[dict[str, Any]]) -> MCPServer:
 
 @contextlib.contextmanager
 def pay_world(directory: Path) -> Iterator[PayWorld]:
-    """The STS (held tool calls, 1 s polling interval) and ``protect``'s payment server, sharing one policy set."""
-    config = make_deployment(directory / "sts", extra_toml=FEED_SUBSCRIBER + QUIET_MONITOR + TOML)
+    """The STS (held tool calls, 1 s polling interval, approvers from a loopback OIDC provider) and
+    ``protect``'s payment server, sharing one policy set."""
+    provider = Provider().start()
+    try:
+        tenant = Tenant(provider)
+        approver_key = ec_key("approvers-1")
+        tenant.publish(approver_key)
+        with _pay_world(directory, tenant, approver_key) as world:
+            yield world
+    finally:
+        provider.stop()
+
+
+@contextlib.contextmanager
+def _pay_world(directory: Path, tenant: Tenant, approver_key: Any) -> Iterator[PayWorld]:
+    toml = FEED_SUBSCRIBER + QUIET_MONITOR + approvals_toml(tenant.issuer)
+    config = make_deployment(directory / "sts", extra_toml=toml)
     (config.policy_dir / "50-pay.cedar").write_text(PAY_POLICY, encoding="utf-8")
     port = free_port()
     url = f"http://127.0.0.1:{port}/mcp"
@@ -207,38 +250,9 @@ def pay_world(directory: Path) -> Iterator[PayWorld]:
             while not (verifier.feed is not None and verifier.feed.fresh(time.time())):
                 assert time.monotonic() < deadline, "the MCP server's revocation feed did not sync"
                 time.sleep(0.02)
-            yield PayWorld(sts, url, verifier, ran)
+            yield PayWorld(sts, url, verifier, ran, tenant, approver_key)
         finally:
             thread.stop()
-
-
-def decide(sts: RunningSts, approval_id: str, *, approve: bool = True, approver: str = FINANCE) -> Approval:
-    """A human's decision, written as the approvers' API writes it: the decision fields, a correct
-    ``decision_mac`` (the key derived from the STS's master key) and its audit record, in one step."""
-    now = int(sts.clock.now())
-
-    async def write() -> Approval:
-        store = await open_store(sts.config)
-        try:
-            stored = await store.get_approval(approval_id)
-            assert stored is not None
-            decided = replace(
-                stored,
-                status=ApprovalStatus.APPROVED if approve else ApprovalStatus.DENIED,
-                decided_by=approver,
-                decided_at=now,
-                uses=1 if approve else 0,
-                until=now + sts.config.approvals.ttl if approve else None,
-            )
-            key = derive_key(load_master_key(sts.config.master_key_file), "approvals")
-            decided = replace(decided, decision_mac=decision_mac(key, decided))
-            kind = "approval.approved" if approve else "approval.denied"
-            event = AuditEvent(kind=kind, outcome="ok", principal=approver, task=stored.task, detail={"approval": approval_id})
-            return await store.decide_approval(decided, now=now, audit=event)
-        finally:
-            await store.aclose()
-
-    return asyncio.run(write())
 
 
 def rpc_call(http: httpx.Client, url: str, token: str, key: DPoPKey, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:

@@ -21,8 +21,8 @@ import pytest
 from agent_approval_kit import (
     APPROVAL_ID,
     FINANCE,
+    OUTSIDER,
     PayWorld,
-    decide,
     denied,
     drive,
     expired,
@@ -205,7 +205,7 @@ def _approve_when_held(world: PayWorld, task: str, *, approve: bool = True) -> t
         while time.monotonic() < deadline:
             found = world.pending(task)
             if found:
-                decide(world.sts, found[0].id, approve=approve)
+                world.approve(found[0].id, deny=not approve)
                 return
             time.sleep(0.05)
 
@@ -233,7 +233,12 @@ def test_apr01_payment_call_held_approved_by_finance_serves_exactly_that_call_on
     assert approval.id == approval_id and approval.groups == ("finance",)
     assert approval.view["tool"] == "pay" and approval.view["tctx"] == tool_call_context("pay", PAY)
 
-    decide(world.sts, approval_id, approver=FINANCE)
+    # APR-02: someone outside finance cannot approve (nor even see it); a member of finance does, through the API
+    outsider = world.approve(approval_id, approver=OUTSIDER)
+    assert outsider.status_code == 404 and outsider.json()["error"] == "not_found"
+    approved = world.approve(approval_id)
+    assert approved.status_code == 200, approved.text
+    assert approved.json()["status"] == "approved" and approved.json()["decided_by"] == FINANCE
     token = session.token_for_call(world.url, "pay", PAY, approval_id=approval_id, client=http)
     claims = claims_of(token)
     assert claims["aud"] == world.url
@@ -257,7 +262,7 @@ def test_apr03_a_denied_tool_call_is_approval_denied(world: PayWorld, http: http
     session = world.session()
     with pytest.raises(ApprovalPending) as held:
         session.token_for_call(world.url, "pay", PAY, client=http)
-    decide(world.sts, held.value.approval_id, approve=False)
+    assert world.approve(held.value.approval_id, deny=True).status_code == 200
     with pytest.raises(ApprovalDenied) as denied_call:
         session.token_for_call(world.url, "pay", PAY, approval_id=held.value.approval_id, client=http)
     assert denied_call.value.status == 403
@@ -309,7 +314,7 @@ def test_mcp_client_without_a_deadline_surfaces_approval_required_then_resumes_t
     assert refused.error.data["error"] == "approval_required"
     assert isinstance(auth.last_approval, ApprovalPending)
     approval_id = auth.last_approval.approval_id
-    decide(world.sts, approval_id)
+    assert world.approve(approval_id).status_code == 200
     assert asyncio.run(call()) == ["paid 11 to acme-ltd"], "the retry redeemed the approval it waited on"
     assert world.pending(session.task_id) == []
     issued = [r for r in world.sts.audit() if r.kind == "token.issued" and r.task == session.task_id]
