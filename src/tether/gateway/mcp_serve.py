@@ -15,6 +15,8 @@ the caller's own upstream session (``mcp_sessions``), scrubbed of the vaulted se
 size-capped (``mcp_results``), and recorded again (``mcp.result``). A refusal is a JSON-RPC
 error ``-32003`` whose ``data`` names the OAuth error code and the tool, raised as the SDK's
 ``MCPError`` so any MCP client surfaces it; malformed or oversized arguments are ``-32602``.
+A call held for a human's approval is ``approval_required`` with the groups and the call's
+``tctx``, and an approved token serves its one call, as at ``tether.mcp.protect`` (APR-01).
 """
 
 from __future__ import annotations

@@ -17,6 +17,13 @@ What the wrapper owes, in the order a request meets it:
   ``insufficient_scope`` whose ``scope`` names every scope needed, RFC 6750 §3.1, MCP-09),
   then Cedar decides on the tool and its arguments; a refusal is a JSON-RPC error and the
   tool never runs. An allowed body is replayed to the server byte for byte.
+* Held calls (SECURITY APR-01, ``rules.approval.check_call``): a call a ``@approval`` permit
+  determines needs a token issued under a human approval for exactly it (``apr`` and
+  ``tctx``), else it is refused with ``data.error = "approval_required"`` naming the groups and
+  the call's ``tctx`` (the agent asks the STS for a token for this call and waits); a ``tctx``
+  token for another call is ``access_denied`` ("the call differs from the one approved"); a
+  token carrying ``apr`` serves one ``tools/call`` (its ``jti`` spent in the replay cache).
+  Other MCP methods are not tool calls: a held tool is still listed.
 * ``tools/list`` answers are filtered to the tools the caller may call (``tether.mcp.listing``).
 * A task that ends cuts its session: the next message fails verification, and a response
   still streaming (the GET stream, a long ``tools/call`` over SSE) is ended within
