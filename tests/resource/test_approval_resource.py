@@ -24,8 +24,8 @@ from rs_approval_kit import HeldService, approval_policies, serve_held, signed_c
 from services import REDIS_URL, _reachable
 from tether.agent.proof import DPoPKey
 from tether.errors import AccessDenied
+from tether.resource.approvals import APPROVED_CALL_PREFIX, ApprovalSpent
 from tether.resource.principal import Principal
-from tether.resource.verifier import APPROVED_CALL_PREFIX, ApprovalSpent
 from tether.rules.approval import ApprovalRequired
 from tether.rules.tool_call import parse_tool_call
 from tether.store.redis.cache import RedisCache

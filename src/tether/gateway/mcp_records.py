@@ -19,8 +19,8 @@ from typing import Any
 from tether.audit.chain import AuditEvent
 from tether.errors import OAuthError
 from tether.gateway.mcp_routes import McpRoute
+from tether.resource.approvals import approval_fields
 from tether.resource.principal import Principal
-from tether.resource.verifier import approval_fields
 from tether.rules.tool_call import ToolCall
 from tether.web.errors import wire_code
 

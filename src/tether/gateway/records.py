@@ -18,8 +18,8 @@ from tether.errors import OAuthError
 from tether.gateway.inflight import Slot
 from tether.gateway.proxy import Forwarded
 from tether.gateway.routes import GatewayRoute
+from tether.resource.approvals import approval_fields
 from tether.resource.principal import Principal
-from tether.resource.verifier import approval_fields
 from tether.web.errors import wire_code
 
 __all__ = ["Call", "call_event", "refusal_event", "result_event"]

@@ -65,9 +65,10 @@ from tether.mcp.messages import (
     parse_message,
 )
 from tether.mcp.sessions import DEFAULT_MAX_SESSIONS, DEFAULT_SESSIONS_PER_OWNER, SessionOwners
+from tether.resource.approvals import POLICY_DENIAL, ApprovalSpent, approval_fields
 from tether.resource.middleware import METADATA_PATH, verifier_lifespan
 from tether.resource.principal import Principal
-from tether.resource.verifier import POLICY_DENIAL, ApprovalSpent, Verifier, approval_fields
+from tether.resource.verifier import Verifier
 from tether.rules.approval import ApprovalRequired
 from tether.rules.tool_call import (
     DEFAULT_MAX_ARGUMENT_BYTES,

@@ -38,10 +38,11 @@ from tether.clock import Clock, SystemClock
 from tether.errors import AccessDenied, InvalidToken, OAuthError, TemporarilyUnavailable
 from tether.identity.jwks_cache import KeySet, KeySource, UrlKeySource
 from tether.lru import LruCache
-from tether.model import AccessToken, ApprovalClaim
+from tether.model import AccessToken
 from tether.policy.engine import PolicyEngine
 from tether.policy.entities import call_request
 from tether.proofs import ProofChecker, ReplayCache
+from tether.resource.approvals import POLICY_DENIAL, approval_fields, spend
 from tether.resource.principal import Principal
 from tether.resource.replay import MemoryReplayCache
 from tether.resource.revocations import RevocationFeed
@@ -57,50 +58,15 @@ from tether.web.client_cert import TrustedProxies
 from tether.web.dpop_request import authorization, dpop_header
 from tether.web.errors import error_response, request_scheme
 
-__all__ = [
-    "APPROVED_CALL_PREFIX",
-    "POLICY_DENIAL",
-    "ApprovalSpent",
-    "MissingToken",
-    "ResourceSettings",
-    "Verifier",
-    "approval_fields",
-]
+__all__ = ["MissingToken", "ResourceSettings", "Verifier"]
 
 log = logging.getLogger("tether.resource")
-
-
-#: the description of a Cedar ``call`` deny
-POLICY_DENIAL = "denied by policy"
-#: the replay-cache key prefix that spends a token issued under approval on its one call (APR-01)
-APPROVED_CALL_PREFIX = "apr-call:"
 
 
 class MissingToken(InvalidToken):
     """No credentials at all: RFC 6750 §3.1 says the challenge then carries no error code."""
 
     bare_challenge = True
-
-
-class ApprovalSpent(AccessDenied):
-    """A token issued under a human approval presented for a second call (APR-01: one approval,
-    one request); the agent asks for a new token, and a human approves again if the policy says so."""
-
-    def __init__(self, claim: ApprovalClaim, jti: str) -> None:
-        super().__init__(
-            "this approved token has already been used for its call: request a new token",
-            debug=f"approval {claim.id} token {jti} used twice",
-        )
-
-
-def approval_fields(principal: Principal) -> dict[str, str]:
-    """What a log or audit line says about a token's approval: its id and ``tctx``, never arguments."""
-    fields: dict[str, str] = {}
-    if principal.apr is not None:
-        fields["approval"] = principal.apr.id
-    if principal.tctx is not None:
-        fields["tctx"] = principal.tctx
-    return fields
 
 
 @dataclass(frozen=True)
@@ -418,20 +384,9 @@ class Verifier:
         and a plain request the policy holds (``required``). Its ``jti`` is spent in the replay
         cache, atomically and shared by every replica on a shared cache, before the call runs; a
         second call is ``access_denied``. Call after ``authorize_call`` allowed it."""
-        if principal.apr is None or (call is None and not required):
-            return
-        key = APPROVED_CALL_PREFIX + principal.jti
-        until = principal.expires_at + self.settings.skew + 1
-        if not await self.replay.first_use(key, until=until, now=now):
-            exc = ApprovalSpent(principal.apr, principal.jti)
-            log.info(
-                "approved token used again by %s%s",
-                principal.actor or principal.client_id,
-                f" for tool {call.name}" if call is not None else "",
-                extra=approval_fields(principal),
-            )
-            exc.holder = principal
-            raise exc
+        await spend(
+            self.replay, principal, required=required, call=call, until=principal.expires_at + self.settings.skew + 1, now=now
+        )
 
     def _decide(
         self,
