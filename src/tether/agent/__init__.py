@@ -10,7 +10,7 @@ then session.client() presents the SVID and follows its rotation.
 """
 
 from tether.agent.auth import DiscoveryError, DPoPAuth, SessionEnded
-from tether.agent.exchange import ExchangeError
+from tether.agent.exchange import ApprovalDenied, ApprovalExpired, ApprovalPending, ExchangeError
 from tether.agent.identity import DevIdentity, FileIdentity, IdentitySource, WorkloadApiIdentity, identity_from_environment
 from tether.agent.onward import Onward
 from tether.agent.proof import DPoPKey
@@ -26,6 +26,9 @@ from tether.agent.x509 import (
 
 __all__ = [
     "Agent",
+    "ApprovalDenied",
+    "ApprovalExpired",
+    "ApprovalPending",
     "AsyncX509Transport",
     "DPoPAuth",
     "DPoPKey",

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import weakref
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from typing import Protocol
 
+import anyio
 import httpx
 
-from tether.agent.exchange import Flow, Nonces, Steps, send_flow
+from tether.agent.exchange import RESUMED, Flow, Nonces, Pause, Steps, send_flow
 from tether.agent.proof import DPoPKey
 from tether.lru import LruCache
 
@@ -181,6 +183,10 @@ class DPoPAuth(httpx.Auth):
         try:
             steps = Steps(self._flow(request, held.release))
             while steps.request is not None:
+                if isinstance(steps.request, Pause):  # a held exchange's wait between polls
+                    await anyio.sleep(steps.request.seconds)
+                    steps.answer(RESUMED)
+                    continue
                 response = yield steps.request
                 await response.aread()
                 steps.answer(response)
@@ -192,6 +198,10 @@ def _read_sync(flow: Flow) -> Generator[httpx.Request, httpx.Response, object]:
     """Drive a flow inside a sync auth flow, reading each response body before handing it back."""
     steps = Steps(flow)
     while steps.request is not None:
+        if isinstance(steps.request, Pause):  # a held exchange's wait between polls
+            time.sleep(steps.request.seconds)
+            steps.answer(RESUMED)
+            continue
         response = yield steps.request
         response.read()
         steps.answer(response)

@@ -4,14 +4,23 @@ A flow is a generator that yields ``httpx.Request`` objects and receives the
 responses, the pattern of ``httpx.Auth.auth_flow``: the same code then runs inside an
 auth flow (sync or async client) or under a tiny driver. Each flow signs a fresh DPoP
 proof per attempt and retries once when the server asks for a nonce (RFC 9449 §8).
+
+A request the STS holds for a human's approval (RFC 8628 §3.5, as CIBA §11 uses it) is
+answered ``authorization_pending`` with an ``approval_id``: ``exchange_flow`` polls with it,
+the same form and a fresh proof, every ``interval`` seconds (5 more after ``slow_down``)
+until the caller's ``approval_timeout`` would pass, then raises ``ApprovalPending``. The wait
+is a ``Pause`` the flow yields: every driver sleeps it (``time.sleep``, ``anyio.sleep``) and
+sends nothing. A denial is ``ApprovalDenied``, an approval that expired ``ApprovalExpired``.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import httpx
 
 from tether.agent.proof import DPoPKey
@@ -19,10 +28,15 @@ from tether.clock import Clock, SystemClock
 from tether.lru import LruCache
 
 __all__ = [
+    "RESUMED",
+    "ApprovalDenied",
+    "ApprovalExpired",
+    "ApprovalPending",
     "ExchangeError",
     "Flow",
     "IssuedToken",
     "Nonces",
+    "Pause",
     "Steps",
     "exchange_flow",
     "is_nonce_challenge",
@@ -43,6 +57,43 @@ class ExchangeError(Exception):
         self.status = status
         self.error = error
         self.description = description
+
+
+class ApprovalPending(ExchangeError):
+    """The request is held for a human's approval and the caller's deadline (``approval_timeout``)
+    came first, or the caller would not wait (RFC 8628 §3.5 ``authorization_pending``). Ask again
+    later with ``approval_id``: the same request waits on the same approval."""
+
+    def __init__(self, approval_id: str, expires_in: int, *, interval: int = 5, description: str = "") -> None:
+        super().__init__(400, "authorization_pending", description or f"held for approval {approval_id}")
+        self.approval_id = approval_id
+        self.expires_in = expires_in
+        self.interval = interval
+
+
+class ApprovalDenied(ExchangeError):
+    """The approver said no (RFC 6749 §4.1.2.1 ``access_denied`` answering a poll)."""
+
+
+class ApprovalExpired(ExchangeError):
+    """Nobody decided before the approval expired (RFC 8628 §3.5 ``expired_token``): start a new request."""
+
+
+class Pause(httpx.Request):
+    """Not a request: a flow's wait of ``seconds`` between polls of a held request. A driver sleeps
+    it and answers ``RESUMED``; it never reaches the network (``.invalid``, RFC 6761 §6.4)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__("GET", "http://pause.invalid/")
+        self.seconds = seconds
+
+
+#: the answer a driver hands back to a flow after sleeping a ``Pause``
+RESUMED = httpx.Response(204)
+
+#: RFC 8628 §3.2: the polling interval when the server names none; §3.5: 5 s more after ``slow_down``
+DEFAULT_INTERVAL, SLOW_DOWN_STEP, MAX_INTERVAL = 5, 5, 300
+_HELD = ("authorization_pending", "slow_down")
 
 
 @dataclass(frozen=True)
@@ -130,20 +181,62 @@ def send_flow(request: httpx.Request, key: DPoPKey | None, nonces: Nonces, *, ac
 
 
 def exchange_flow(
-    token_url: str, form: dict[str, str], key: DPoPKey | None, nonces: Nonces, *, clock: Clock | None = None
+    token_url: str,
+    form: dict[str, str],
+    key: DPoPKey | None,
+    nonces: Nonces,
+    *,
+    clock: Clock | None = None,
+    approval_timeout: float = 0,
+    approval_id: str | None = None,
 ) -> Flow:
     """POST a token request (RFC 8693 exchange, or RFC 6749 §4.4 client credentials over mTLS);
     returns an ``IssuedToken`` (``expires_at`` on ``clock``) or raises ``ExchangeError``.
-    ``key=None`` sends no DPoP proof (the client certificate is the only binding)."""
-    request = httpx.Request("POST", token_url, data=form, headers={"Accept": "application/json"})
-    response = yield from send_flow(request, key, nonces)
-    body = _json(response)
-    if response.status_code != 200 or not isinstance(body, dict) or "access_token" not in body:
-        raise refusal(response)
+    ``key=None`` sends no DPoP proof (the client certificate is the only binding).
+
+    A held request is polled (see the module docstring) for at most ``approval_timeout``
+    seconds (0: ``ApprovalPending`` at once); ``approval_id`` resumes waiting on an approval
+    an earlier ``ApprovalPending`` named. Each poll is the same form (for a session exchange,
+    the same workload JWT: the STS binds the approval to it) with a fresh DPoP proof."""
+    clock = clock or SystemClock()
+    deadline = clock.now() + max(0.0, approval_timeout)
+    interval = 0
+    while True:
+        data = form if approval_id is None else {**form, "approval_id": approval_id}
+        request = httpx.Request("POST", token_url, data=data, headers={"Accept": "application/json"})
+        response = yield from send_flow(request, key, nonces)
+        body = _json(response)
+        if response.status_code == 200 and isinstance(body, dict) and "access_token" in body:
+            break
+        error = body.get("error") if isinstance(body, dict) else None
+        if error in _HELD and isinstance(body, dict) and isinstance(body.get("approval_id"), str):
+            approval_id = str(body["approval_id"])[:64]
+            asked = _bounded(body.get("interval"), DEFAULT_INTERVAL)
+            interval = max(asked, interval + SLOW_DOWN_STEP) if error == "slow_down" else asked
+            expires_in = _bounded(body.get("expires_in"), 0, top=10**7)
+            if clock.now() + interval > deadline:
+                raise ApprovalPending(
+                    approval_id, expires_in, interval=interval, description=str(body.get("error_description", ""))
+                )
+            yield Pause(interval)
+            continue
+        failure = refusal(response)
+        if approval_id is not None and error == "access_denied":
+            raise ApprovalDenied(failure.status, failure.error, failure.description)
+        if error == "expired_token":
+            raise ApprovalExpired(failure.status, failure.error, failure.description)
+        raise failure
     scope = frozenset(str(body.get("scope", "")).split())
-    now = (clock or SystemClock()).now()
+    now = clock.now()
     token_type = "Bearer" if str(body.get("token_type", "")).lower() == "bearer" else "DPoP"
     return IssuedToken(str(body["access_token"]), now + float(body.get("expires_in", 0)), scope, token_type)
+
+
+def _bounded(value: object, default: int, *, top: int = MAX_INTERVAL) -> int:
+    """A whole number of seconds from a response body: ``default`` unless an int in ``1..top``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+        return default
+    return value
 
 
 class Steps:
@@ -168,16 +261,24 @@ class Steps:
 
 
 def run_sync(flow: Flow, client: httpx.Client) -> Any:
-    """Drive a flow with a synchronous client."""
+    """Drive a flow with a synchronous client (sleeping its pauses)."""
     steps = Steps(flow)
     while steps.request is not None:
+        if isinstance(steps.request, Pause):
+            time.sleep(steps.request.seconds)
+            steps.answer(RESUMED)
+            continue
         steps.answer(client.send(steps.request))
     return steps.result
 
 
 async def run_async(flow: Flow, client: httpx.AsyncClient) -> Any:
-    """Drive a flow with an asynchronous client."""
+    """Drive a flow with an asynchronous client (sleeping its pauses)."""
     steps = Steps(flow)
     while steps.request is not None:
+        if isinstance(steps.request, Pause):
+            await anyio.sleep(steps.request.seconds)
+            steps.answer(RESUMED)
+            continue
         steps.answer(await client.send(steps.request))
     return steps.result

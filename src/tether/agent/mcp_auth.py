@@ -16,25 +16,54 @@ from the session's ``token_flow`` (one exchange per audience, renewed near expir
 request carries a fresh DPoP proof, retried once on a nonce challenge (RFC 9449 §8, §9):
 the same flows ``DPoPAuth`` runs on ``httpx``, carried over ``httpx2`` by ``Httpx2Steps``.
 
+A ``tools/call`` a server holds for a human's approval (a JSON-RPC error whose ``data.error``
+is ``approval_required``, from ``tether.mcp.protect`` or the gateway) is retried once: the
+auth asks the STS for a token for exactly that call (RFC 9396 ``authorization_details``,
+``TaskSession.call_token_flow``), waits for the approval up to ``approval_timeout`` seconds,
+and sends the same request again with it. That token serves that call only: later calls use
+the ordinary hop token. If the approval does not come in time (or is denied), the server's
+``approval_required`` answer stands and ``last_approval`` says why (with the ``approval_id``);
+calling the tool again with the same arguments waits on the same approval.
+
 This module is the only one in ``tether.agent`` that imports ``httpx2``, which comes with the
 ``mcp`` extra; ``TaskSession.mcp_auth`` imports it on first use.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import re
+import time
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
+import anyio
 import httpx
 import httpx2
 
 from tether.agent.auth import DiscoveryError, SessionEnded, TokenProvider, _Held, proof_key, url_matches
-from tether.agent.exchange import Flow, Steps, send_flow
+from tether.agent.exchange import RESUMED, ApprovalDenied, ApprovalPending, ExchangeError, Flow, Pause, Steps, send_flow
 from tether.agent.x509 import RotatingPools, X509Source
 from tether.lru import LruCache
+from tether.rules.approval import tool_call_context
 
-__all__ = ["Httpx2Steps", "Httpx2X509Transport", "McpAuth", "McpTokenProvider", "metadata_urls", "resource_metadata_of"]
+__all__ = [
+    "APPROVAL_REQUIRED",
+    "CallTokenProvider",
+    "Httpx2Steps",
+    "Httpx2X509Transport",
+    "McpAuth",
+    "McpTokenProvider",
+    "ToolCallRequest",
+    "held_for_approval",
+    "metadata_urls",
+    "resource_metadata_of",
+    "tool_call_of",
+]
+
+log = logging.getLogger("tether.agent")
 
 METADATA_PATH = "/.well-known/oauth-protected-resource"
 #: the headers a flow sets on the caller's request (RFC 9449 §7.1)
@@ -49,6 +78,64 @@ class McpTokenProvider(TokenProvider, Protocol):
     def forget(self, audience: str) -> None:
         """Drop the cached hop token for ``audience`` (its server refused it)."""
         ...
+
+
+@runtime_checkable
+class CallTokenProvider(Protocol):
+    """A provider that can ask for a token for exactly one tool call (a ``TaskSession``; the
+    gateway's hop provider cannot: its upstream's refusal goes back to the agent as it is)."""
+
+    def call_token_flow(
+        self,
+        audience: str,
+        tool: str,
+        arguments: Mapping[str, Any],
+        *,
+        approval_timeout: float | None = None,
+        approval_id: str | None = None,
+    ) -> Flow:
+        """A flow returning a token for exactly one tool call (``TaskSession.call_token_flow``)."""
+        ...
+
+
+@dataclass(frozen=True)
+class ToolCallRequest:
+    """The ``tools/call`` a request carries: what a token for exactly this call is asked for."""
+
+    request_id: str | int
+    tool: str
+    arguments: dict[str, Any]
+
+
+def tool_call_of(body: bytes) -> ToolCallRequest | None:
+    """The JSON-RPC ``tools/call`` request in ``body`` (a single message, MCP streamable HTTP), if it is one."""
+    if not body or len(body) > MAX_PEEK_BYTES or body.lstrip()[:1] != b"{":
+        return None
+    try:
+        message = json.loads(body)
+    except ValueError:
+        return None
+    params = message.get("params") if isinstance(message, dict) else None
+    if not isinstance(message, dict) or message.get("method") != "tools/call" or not isinstance(params, dict):
+        return None
+    request_id, tool, arguments = message.get("id"), params.get("name"), params.get("arguments", {})
+    if isinstance(request_id, bool) or not isinstance(request_id, str | int) or not isinstance(tool, str):
+        return None
+    return ToolCallRequest(request_id, tool, arguments) if isinstance(arguments, dict) else None
+
+
+def held_for_approval(response: httpx.Response, call: ToolCallRequest) -> bool:
+    """Whether ``response`` answers ``call`` with a JSON-RPC ``approval_required`` error for that very
+    call: same id, same tool, and (when the server names it) the ``tctx`` this agent computes."""
+    body = _json(response)
+    error = body.get("error") if isinstance(body, dict) else None
+    data = error.get("data") if isinstance(error, dict) else None
+    if not isinstance(data, dict) or data.get("error") != APPROVAL_REQUIRED or body.get("id") != call.request_id:
+        return False
+    if data.get("tool") != call.tool:
+        return False
+    named = data.get("tctx")
+    return named is None or named == tool_call_context(call.tool, call.arguments)
 
 
 def resource_metadata_of(challenges: list[str]) -> str | None:
@@ -85,6 +172,12 @@ def _json(response: httpx.Response) -> Any:
         return None
 
 
+#: a tools/call body larger than this is not parsed for the approval retry (servers cap arguments far lower)
+MAX_PEEK_BYTES = 1024 * 1024
+#: ``data.error`` of a JSON-RPC error for a tool call held for approval (``tether.mcp.protect``)
+APPROVAL_REQUIRED = "approval_required"
+
+
 class Httpx2Steps:
     """Drives one tether flow (``httpx`` requests and responses) from inside an ``httpx2`` auth flow.
 
@@ -98,8 +191,12 @@ class Httpx2Steps:
     the SDK reads it itself.
     """
 
-    def __init__(self, flow: Callable[[httpx.Request], Flow], request: httpx2.Request) -> None:
+    def __init__(self, flow: Callable[[httpx.Request], Flow], request: httpx2.Request, *, peek_json: bool = False) -> None:
+        """``peek_json``: read the caller's JSON answers too (a tools/call's, to see a refusal for approval)."""
         self.real = request
+        self.peek_json = peek_json
+        #: seconds to sleep before ``resume()`` (a held exchange's wait), else None
+        self.pause: float | None = None
         headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() not in _AUTH_HEADERS]
         self.stand_in = httpx.Request(request.method, str(request.url), headers=headers)
         self._sent: httpx.Request | None = None
@@ -111,8 +208,18 @@ class Httpx2Steps:
         return self._steps.result
 
     def wants_body(self, response: httpx2.Response) -> bool:
-        """Read this response's body before ``answer``: a response to the flow's own request, or an error."""
-        return self._sent is not self.stand_in or response.status_code >= 400
+        """Read this response's body before ``answer``: a response to the flow's own request, or an error
+        (and with ``peek_json`` a JSON answer, which is one message, not a stream)."""
+        if self._sent is not self.stand_in or response.status_code >= 400:
+            return True
+        content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        return self.peek_json and content_type == "application/json"
+
+    def resume(self) -> None:
+        """After sleeping ``pause``: let the flow go on."""
+        self.pause = None
+        self._steps.answer(RESUMED)
+        self.request = self._outgoing()
 
     def answer(self, response: httpx2.Response) -> None:
         """Hand the response to the last request back to the flow (its body read if ``wants_body``)."""
@@ -125,6 +232,9 @@ class Httpx2Steps:
 
     def _outgoing(self) -> httpx2.Request | None:
         wanted = self._sent = self._steps.request
+        if isinstance(wanted, Pause):  # nothing to send: the driver sleeps, then ``resume()``
+            self.pause = wanted.seconds
+            return None
         if wanted is None:
             return None
         if wanted is self.stand_in:
@@ -149,9 +259,21 @@ class McpAuth(httpx2.Auth):
     """
 
     def __init__(
-        self, provider: McpTokenProvider, *, audiences: Mapping[str, str] | None = None, discover: bool = True
+        self,
+        provider: McpTokenProvider,
+        *,
+        audiences: Mapping[str, str] | None = None,
+        discover: bool = True,
+        approval_timeout: float = 0,
     ) -> None:
         self.provider = provider
+        #: how long a tools/call held for approval waits for it before the server's refusal stands
+        self.approval_timeout = approval_timeout
+        #: why the last held tools/call was not retried (``ApprovalPending`` names the approval), else None
+        self.last_approval: ExchangeError | None = None
+        self._calls = provider if isinstance(provider, CallTokenProvider) else None
+        #: (audience, tctx) -> the approval a held call waits on, resumed by the next try of that call
+        self._waiting: LruCache[tuple[str, str], str] = LruCache(256)
         self.audiences = dict(audiences or {})
         self._longest_first = sorted(self.audiences.items(), key=lambda kv: -len(kv[0]))
         self.discover = discover
@@ -224,11 +346,14 @@ class McpAuth(httpx2.Auth):
             raise DiscoveryError(f"{_where(url)} does not name {self.provider.sts_url} as its authorization server")
         return resource
 
-    def authorized_flow(self, request: httpx.Request, audience: str, unlock: Callable[[], None]) -> Flow:
+    def authorized_flow(
+        self, request: httpx.Request, audience: str, unlock: Callable[[], None], call: ToolCallRequest | None = None
+    ) -> Flow:
         """The hop token for ``audience`` (``unlock`` once it is in hand), then ``request`` with it and a proof.
 
         A 401 ``invalid_token`` (expired or revoked, RFC 6750 §3.1) is returned, not retried, and
-        the token is forgotten: the next request asks the STS, which refuses an ended task."""
+        the token is forgotten: the next request asks the STS, which refuses an ended task. A
+        ``call`` held for approval is retried once with a token for it (``approved_flow``)."""
         self._check_open()
         token = yield from self.provider.token_flow(audience)
         unlock()
@@ -236,6 +361,51 @@ class McpAuth(httpx2.Auth):
         response = yield from send_flow(request, proof_key(self.provider, token), self.provider.nonces, access_token=token)
         if response.status_code == 401 and 'error="invalid_token"' in response.headers.get("www-authenticate", ""):
             self.provider.forget(audience)
+        if call is not None and self._calls is not None and held_for_approval(response, call):
+            response = yield from self.approved_flow(request, audience, call, token)
+        return response
+
+    def approved_flow(self, request: httpx.Request, audience: str, call: ToolCallRequest, hop_token: str) -> Flow:
+        """A token for exactly ``call`` (waiting up to ``approval_timeout`` for a human's yes), then
+        ``request`` once more with it. If none comes, ``request`` goes once more with the ordinary
+        ``hop_token``, so that the caller gets the server's ``approval_required`` answer (an auth
+        flow's result is the answer to its last request, here the STS's): a held call never runs.
+
+        An approval this auth waited on before for the same call (same audience and ``tctx``) is
+        resumed with its ``approval_id`` (RFC 8628 §3.4: a new request would be a new approval);
+        one that has since expired or been used up is forgotten and the call asked for afresh, a
+        denied one is forgotten and the refusal stands (asking again is the caller's decision)."""
+        assert self._calls is not None
+        waiting = (audience, tool_call_context(call.tool, call.arguments))
+        approval_id = self._waiting.get(waiting)
+        token: str | None = None
+        while token is None:
+            try:
+                token = yield from self._calls.call_token_flow(
+                    audience, call.tool, call.arguments, approval_timeout=self.approval_timeout, approval_id=approval_id
+                )
+            except ApprovalPending as exc:
+                self._waiting.put(waiting, exc.approval_id)
+                return (yield from self._not_approved(request, call, hop_token, exc))
+            except ExchangeError as exc:  # denied, expired, used up, or refused outright
+                self._waiting.pop(waiting)
+                if approval_id is not None and not isinstance(exc, ApprovalDenied):
+                    approval_id = None  # that approval is over: ask for this call afresh, once
+                    continue
+                return (yield from self._not_approved(request, call, hop_token, exc))
+        self._waiting.pop(waiting)
+        self.last_approval = None
+        self._check_open()
+        response = yield from send_flow(request, proof_key(self.provider, token), self.provider.nonces, access_token=token)
+        return response
+
+    def _not_approved(self, request: httpx.Request, call: ToolCallRequest, hop_token: str, why: ExchangeError) -> Flow:
+        self.last_approval = why
+        log.info("tool call %s not approved: %s", call.tool[:128], why.error)
+        self._check_open()
+        response = yield from send_flow(
+            request, proof_key(self.provider, hop_token), self.provider.nonces, access_token=hop_token
+        )
         return response
 
     # -- httpx2 drivers --------------------------------------------------------------------------
@@ -246,11 +416,15 @@ class McpAuth(httpx2.Auth):
         audience = yield from _drive_sync(Httpx2Steps(self.audience_flow, request))
         if audience is None:
             return
+        call = tool_call_of(request.content)
         lock = self.provider.lock.sync
         lock.acquire()
         held = _Held(lock)
         try:
-            yield from _drive_sync(Httpx2Steps(lambda r: self.authorized_flow(r, audience, held.release), request))
+            steps = Httpx2Steps(
+                lambda r: self.authorized_flow(r, audience, held.release, call), request, peek_json=call is not None
+            )
+            yield from _drive_sync(steps)
         finally:
             held.release()
 
@@ -267,12 +441,20 @@ class McpAuth(httpx2.Auth):
         audience = steps.result
         if audience is None:
             return
+        call = tool_call_of(request.content)
         lock = self.provider.lock.for_loop()
         await lock.acquire()
         held = _Held(lock)
         try:
-            steps = Httpx2Steps(lambda r: self.authorized_flow(r, audience, held.release), request)
-            while steps.request is not None:
+            steps = Httpx2Steps(
+                lambda r: self.authorized_flow(r, audience, held.release, call), request, peek_json=call is not None
+            )
+            while steps.request is not None or steps.pause is not None:
+                if steps.pause is not None:  # waiting for a human's approval: nothing is sent meanwhile
+                    await anyio.sleep(steps.pause)
+                    steps.resume()
+                    continue
+                assert steps.request is not None
                 response = yield steps.request
                 if steps.wants_body(response):
                     await response.aread()
@@ -297,7 +479,12 @@ def _covers(resource: str, url: httpx.URL) -> bool:
 
 
 def _drive_sync(steps: Httpx2Steps) -> Generator[httpx2.Request, httpx2.Response, Any]:
-    while steps.request is not None:
+    while steps.request is not None or steps.pause is not None:
+        if steps.pause is not None:  # waiting for a human's approval: nothing is sent meanwhile
+            time.sleep(steps.pause)
+            steps.resume()
+            continue
+        assert steps.request is not None
         response = yield steps.request
         if steps.wants_body(response):
             response.read()

@@ -21,10 +21,18 @@ over the same connection, and tokens without ``jkt`` are sent as ``Authorization
 the certificate (§3). When the certificate rotates, the session and its hop tokens are dropped
 and exchanged again: they are bound to the old certificate's thumbprint. ``dpop=True`` adds a
 DPoP proof to every exchange as well, so tokens carry both bindings (both are then checked).
+
+Held requests (issue 17): ``approval_timeout`` (seconds, default 0) is how long an exchange
+the STS holds for a human's approval is polled before ``ApprovalPending`` is raised. A token
+for one MCP tool call (``token_for_call``) is asked with RFC 9396 ``authorization_details``;
+it carries ``tctx`` (and ``apr`` when a human approved it), serves that one call only, and is
+never cached. ``session.mcp_auth()`` asks for one by itself when a server answers a
+``tools/call`` with ``approval_required``.
 """
 
 from __future__ import annotations
 
+import json
 import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -43,12 +51,20 @@ from tether.urns import CLIENT_CREDENTIALS, TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS, T
 if TYPE_CHECKING:
     from tether.agent.mcp_auth import McpAuth
 
-__all__ = ["Agent", "TaskSession"]
+__all__ = ["Agent", "TaskSession", "tool_call_details"]
 
 #: audiences whose hop tokens a session keeps (a task names a handful)
 MAX_HOPS = 256
 
 #: RFC 6749 §4.4: the session exchange of a client authenticated by its certificate
+
+
+def tool_call_details(tool: str, arguments: Mapping[str, Any]) -> str:
+    """RFC 9396 ``authorization_details`` for one MCP tool call: ``[{"type": "tool_call", "tool", "arguments"}]``.
+
+    The arguments go as given; the STS and the resource hash the RFC 8785 form of both, so the
+    key order and number spelling of this JSON do not matter (``rules.approval.tool_call_context``)."""
+    return json.dumps([{"type": "tool_call", "tool": tool, "arguments": dict(arguments)}], separators=(",", ":"))
 
 
 class Agent:
@@ -75,16 +91,24 @@ class Agent:
         self.key = key or DPoPKey()
         self.clock = clock or SystemClock()
 
-    def session(self, task_id: str, *, scopes: Mapping[str, str] | None = None) -> TaskSession:
-        """``scopes`` narrows what each audience's hop token asks for (least privilege)."""
-        return TaskSession(self, task_id, scopes=scopes)
+    def session(self, task_id: str, *, scopes: Mapping[str, str] | None = None, approval_timeout: float = 0) -> TaskSession:
+        """``scopes`` narrows what each audience's hop token asks for (least privilege);
+        ``approval_timeout`` is how long a held exchange waits for its approval (0: not at all)."""
+        return TaskSession(self, task_id, scopes=scopes, approval_timeout=approval_timeout)
 
 
 class TaskSession:
     def __init__(
-        self, agent: Agent, task_id: str, *, scopes: Mapping[str, str] | None = None, x509: X509Source | None = None
+        self,
+        agent: Agent,
+        task_id: str,
+        *,
+        scopes: Mapping[str, str] | None = None,
+        x509: X509Source | None = None,
+        approval_timeout: float = 0,
     ) -> None:
-        """``x509`` overrides the agent's X.509-SVID source for this session (mTLS mode)."""
+        """``x509`` overrides the agent's X.509-SVID source for this session (mTLS mode);
+        ``approval_timeout``: seconds a held exchange is polled before ``ApprovalPending``."""
         self.agent = agent
         self.task_id = task_id
         self.key = agent.key
@@ -97,6 +121,7 @@ class TaskSession:
         self.nonces = Nonces()
         self.lock = FlowLock()
         self.scopes = dict(scopes or {})
+        self.approval_timeout = approval_timeout
         self._session: IssuedToken | None = None
         self.hops: TokenCache[str] = TokenCache(MAX_HOPS, clock=agent.clock)
         self.exchanges = 0
@@ -145,18 +170,15 @@ class TaskSession:
         now = self.agent.clock.now()
         if self._session is not None and self._session.usable(now, margin(self._session, now)):
             return self._session.value
-        form = self._session_form()
-        self._session = yield from exchange_flow(self.token_url, form, self.exchange_key, self.nonces, clock=self.agent.clock)
+        form = self._session_form()  # built once: a held session exchange is polled with the same workload JWT
+        self._session = yield from exchange_flow(
+            self.token_url, form, self.exchange_key, self.nonces, clock=self.agent.clock, approval_timeout=self.approval_timeout
+        )
         self.hops.clear()  # derived from the session just replaced
         self.exchanges += 1
         return self._session.value
 
-    def token_flow(self, audience: str) -> Flow:
-        self._check_rotation()
-        cached = self.hops.get(audience)
-        if cached is not None:
-            return cached
-        session = yield from self.session_flow()
+    def _hop_form(self, session: str, audience: str) -> dict[str, str]:
         form = {
             "grant_type": TOKEN_EXCHANGE,
             "subject_token": session,
@@ -165,11 +187,54 @@ class TaskSession:
         }
         if audience in self.scopes:
             form["scope"] = self.scopes[audience]
+        return form
+
+    def token_flow(self, audience: str) -> Flow:
+        self._check_rotation()
+        cached = self.hops.get(audience)
+        if cached is not None:
+            return cached
+        session = yield from self.session_flow()
         issued: IssuedToken = yield from exchange_flow(
-            self.token_url, form, self.exchange_key, self.nonces, clock=self.agent.clock
+            self.token_url,
+            self._hop_form(session, audience),
+            self.exchange_key,
+            self.nonces,
+            clock=self.agent.clock,
+            approval_timeout=self.approval_timeout,
         )
         self.exchanges += 1
         self.hops.put(audience, issued)
+        return issued.value
+
+    def call_token_flow(
+        self,
+        audience: str,
+        tool: str,
+        arguments: Mapping[str, Any],
+        *,
+        approval_timeout: float | None = None,
+        approval_id: str | None = None,
+    ) -> Flow:
+        """A hop token for ``audience`` for exactly one MCP tool call (RFC 9396 ``authorization_details``
+        of type ``tool_call``): the STS decides on the call itself, and may hold it for a human's
+        approval (polled for ``approval_timeout`` seconds, the session's by default; ``approval_id``
+        resumes an earlier wait). Not cached: it serves one call (SECURITY APR-01)."""
+        self._check_rotation()
+        session = yield from self.session_flow()
+        form = self._hop_form(session, audience)
+        form["authorization_details"] = tool_call_details(tool, arguments)
+        timeout = self.approval_timeout if approval_timeout is None else approval_timeout
+        issued: IssuedToken = yield from exchange_flow(
+            self.token_url,
+            form,
+            self.exchange_key,
+            self.nonces,
+            clock=self.agent.clock,
+            approval_timeout=timeout,
+            approval_id=approval_id,
+        )
+        self.exchanges += 1
         return issued.value
 
     def auth(self, *, audiences: Mapping[str, str] | None = None, discover: bool = True) -> DPoPAuth:
@@ -207,13 +272,17 @@ class TaskSession:
             **options,
         )
 
-    def mcp_auth(self, *, audiences: Mapping[str, str] | None = None, discover: bool = True) -> McpAuth:
-        """An ``httpx2.Auth`` for the MCP client SDK (see ``McpAuth``); needs the ``mcp`` extra."""
+    def mcp_auth(
+        self, *, audiences: Mapping[str, str] | None = None, discover: bool = True, approval_timeout: float | None = None
+    ) -> McpAuth:
+        """An ``httpx2.Auth`` for the MCP client SDK (see ``McpAuth``); needs the ``mcp`` extra.
+        ``approval_timeout``: how long a held tool call waits for its approval (the session's by default)."""
         from tether.agent.mcp_auth import McpAuth  # httpx2 comes with the mcp extra
 
         if self.ended:
             raise SessionEnded(f"task session {self.task_id} has ended")
-        auth = McpAuth(self, audiences=audiences, discover=discover)
+        timeout = self.approval_timeout if approval_timeout is None else approval_timeout
+        auth = McpAuth(self, audiences=audiences, discover=discover, approval_timeout=timeout)
         self._mcp_auths.add(auth)
         return auth
 
@@ -237,6 +306,37 @@ class TaskSession:
     async def atoken_for(self, audience: str, client: httpx.AsyncClient | None = None) -> str:
         async with _aclient(client, self) as http:
             return str(await run_async(self.token_flow(audience), http))
+
+    def token_for_call(
+        self,
+        audience: str,
+        tool: str,
+        arguments: Mapping[str, Any],
+        *,
+        approval_timeout: float | None = None,
+        approval_id: str | None = None,
+        client: httpx.Client | None = None,
+    ) -> str:
+        """A token for one call of ``tool`` with ``arguments`` at ``audience`` (``call_token_flow``);
+        raises ``ApprovalPending`` (with the ``approval_id`` to resume), ``ApprovalDenied`` or ``ApprovalExpired``."""
+        flow = self.call_token_flow(audience, tool, arguments, approval_timeout=approval_timeout, approval_id=approval_id)
+        with _client(client, self) as http:
+            return str(run_sync(flow, http))
+
+    async def atoken_for_call(
+        self,
+        audience: str,
+        tool: str,
+        arguments: Mapping[str, Any],
+        *,
+        approval_timeout: float | None = None,
+        approval_id: str | None = None,
+        client: httpx.AsyncClient | None = None,
+    ) -> str:
+        """``token_for_call`` for async agents."""
+        flow = self.call_token_flow(audience, tool, arguments, approval_timeout=approval_timeout, approval_id=approval_id)
+        async with _aclient(client, self) as http:
+            return str(await run_async(flow, http))
 
     def complete_flow(self, action: str = "complete") -> Flow:
         """End the task with its own session token (the STS revokes everything derived from it)."""

@@ -1,4 +1,4 @@
-"""``tether``: init · serve · identity · keys · task · revoke · token · audit."""
+"""``tether``: init · serve · identity · keys · task · approvals · revoke · token · audit."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from tether.cli import approvals as approvals_cli
 from tether.cli import audit as audit_cli
 from tether.cli import bench as bench_cli
 from tether.cli import keys as keys_cli
@@ -48,6 +49,7 @@ app.add_typer(vault_cli.app, name="vault")
 app.add_typer(vault_cli.master_app, name="master-key")
 app.add_typer(bench_cli.app, name="bench")
 app.add_typer(mcp_cli.app, name="mcp")
+app.add_typer(approvals_cli.app, name="approvals")
 app.command()(demo)
 app.command()(report)
 app.command()(alerts)

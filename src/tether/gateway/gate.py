@@ -37,7 +37,9 @@ class Gate:
         """Everything after the token, in this order; returns a form body it read to check (None: not a form)."""
         check_open(route, utc_date(now))
         check_target(route, request.method, path, request.url.query)
-        self.verifiers[route.name].authorize_call(principal, method=request.method, path=path, client=client, now=now)
+        verifier = self.verifiers[route.name]
+        # a token issued for one tool call serves no HTTP route; a held route needs an approved token (APR-01)
+        required = verifier.authorize_call(principal, method=request.method, path=path, client=client, now=now)
         task = check_bound(principal.task)
         form = await read_form(request, route, deadline)
         base = f"gw:{route.name}:{task}"
@@ -45,6 +47,7 @@ class Gate:
         second = int(now)
         check_rate(route, await self.store.count(f"{base}:s:{second}", until=second + 2, now=now))
         check_cap(route, await self.store.count(base + ":total", until=int(now) + DAY * 2, now=now))
+        await verifier.spend_approval(principal, required=required, call=None, now=now)  # last: one approved call, made
         return form
 
     async def _session_start(self, route: GatewayRoute, base: str, now: float) -> float:

@@ -19,6 +19,7 @@ from typing import Any
 from tether.audit.chain import AuditEvent
 from tether.errors import OAuthError
 from tether.gateway.mcp_routes import McpRoute
+from tether.resource.approvals import approval_fields
 from tether.resource.principal import Principal
 from tether.rules.tool_call import ToolCall
 from tether.web.errors import wire_code
@@ -57,7 +58,8 @@ def argument_shape(arguments: Mapping[str, Any]) -> list[str]:
 
 
 def _base(route: McpRoute, principal: Principal, tool: str) -> dict[str, Any]:
-    return {"route": route.name, "tool": tool, "agent": principal.agent}
+    """With the approval the token was issued under and its ``tctx`` (APR-01), never argument values."""
+    return {"route": route.name, "tool": tool, "agent": principal.agent, **approval_fields(principal)}
 
 
 def call_event(call: McpCall) -> AuditEvent:
@@ -97,6 +99,7 @@ def refusal_event(
         detail["status"] = status
     if principal is not None:
         detail["agent"] = principal.agent
+        detail.update(approval_fields(principal))
     if isinstance(exc, OAuthError):  # markers such as replay / cap_hit / drift, for the monitor
         detail.update({k: v for k, v in exc.audit.items() if isinstance(v, bool | int | str)})
     return AuditEvent(kind="mcp.refused", outcome="refused", principal=principal.client_id if principal else None,

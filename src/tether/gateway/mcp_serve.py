@@ -15,6 +15,8 @@ the caller's own upstream session (``mcp_sessions``), scrubbed of the vaulted se
 size-capped (``mcp_results``), and recorded again (``mcp.result``). A refusal is a JSON-RPC
 error ``-32003`` whose ``data`` names the OAuth error code and the tool, raised as the SDK's
 ``MCPError`` so any MCP client surfaces it; malformed or oversized arguments are ``-32602``.
+A call held for a human's approval is ``approval_required`` with the groups and the call's
+``tctx``, and an approved token serves its one call, as at ``tether.mcp.protect`` (APR-01).
 """
 
 from __future__ import annotations
@@ -85,10 +87,12 @@ from tether.lru import LruCache
 from tether.mcp.catalogue import pinned_view
 from tether.mcp.cut import Tracked, watch
 from tether.mcp.pins import PinsTampered, check_current, load_pins, pins_path
+from tether.mcp.protect import approval_refusal
 from tether.mcp.upstream import UpstreamError
 from tether.metrics import MCP_CALLS, MCP_SESSIONS
 from tether.resource.principal import Principal
 from tether.resource.verifier import Verifier
+from tether.rules.approval import ApprovalRequired
 from tether.rules.tool_call import ToolCall, ToolCallError, missing_tool_scope, parse_tool_call
 from tether.store.errors import StoreError
 from tether.store.protocol import Store
@@ -110,6 +114,11 @@ DAY = 86400
 
 
 def _refusal(exc: OAuthError, tool: str | None) -> MCPError:
+    """The JSON-RPC error of a refused call; a call held for a human approval says ``approval_required``
+    and names the groups and the call's ``tctx`` (``tether.mcp.protect.approval_refusal``)."""
+    if isinstance(exc, ApprovalRequired) and tool is not None:
+        held = approval_refusal(exc, tool[:128], None)
+        return MCPError(TOOL_REFUSED, held.message, data=held.data)
     data: dict[str, Any] = {"error": exc.error}
     if tool is not None:
         data["tool"] = tool[:128]
@@ -504,7 +513,7 @@ class McpEndpoint:
         pins = await self.pins()
         pinned = check_pinned(route, pins, call.name)
         check_scope(route, principal.scopes, call.name)
-        self.verifier.authorize_call(principal, method="POST", path=self.path, client=client, now=now, call=call)
+        required = self.verifier.authorize_call(principal, method="POST", path=self.path, client=client, now=now, call=call)
         session = await self.service.sessions.get(route, principal, incoming_token(headers))
         current = session.digests.get(call.name)
         if current is None and (hidden := not_offered(route, call.name)) is not None:
@@ -519,6 +528,8 @@ class McpEndpoint:
         second = int(now)
         check_rate(route, await self.service.store.count(f"{base}:s:{second}", until=second + 2, now=now))
         check_cap(route, await self.service.store.count(base + ":total", until=int(now) + DAY * 2, now=now))
+        # last, once every other check passed: a token issued under approval serves this one call (APR-01)
+        await self.verifier.spend_approval(principal, required=required, call=call, now=now)
         return session
 
     async def forward(self, session: UpstreamSession, record: McpCall) -> types.CallToolResult:

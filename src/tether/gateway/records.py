@@ -18,6 +18,7 @@ from tether.errors import OAuthError
 from tether.gateway.inflight import Slot
 from tether.gateway.proxy import Forwarded
 from tether.gateway.routes import GatewayRoute
+from tether.resource.approvals import approval_fields
 from tether.resource.principal import Principal
 from tether.web.errors import wire_code
 
@@ -39,7 +40,7 @@ class Call:
 
 def call_event(call: Call) -> AuditEvent:
     detail = {"route": call.route.name, "method": call.method, "path": call.path[:200], "agent": call.principal.agent,
-              "decision": "allowed"}  # fmt: skip
+              "decision": "allowed", **approval_fields(call.principal)}  # fmt: skip
     return AuditEvent(kind="gateway.call", outcome="ok", principal=call.principal.client_id, task=call.principal.task,
                       jti=call.principal.jti, detail=detail)  # fmt: skip
 
@@ -80,6 +81,7 @@ def refusal_event(
     }
     if principal is not None:
         detail["agent"] = principal.agent
+        detail.update(approval_fields(principal))
     if isinstance(exc, OAuthError):  # markers such as replay / cap_hit, for the monitor
         detail.update({k: v for k, v in exc.audit.items() if isinstance(v, bool | int | str)})
     return AuditEvent(kind="gateway.refused", outcome="refused", principal=principal.client_id if principal else None,

@@ -17,6 +17,13 @@ What the wrapper owes, in the order a request meets it:
   ``insufficient_scope`` whose ``scope`` names every scope needed, RFC 6750 §3.1, MCP-09),
   then Cedar decides on the tool and its arguments; a refusal is a JSON-RPC error and the
   tool never runs. An allowed body is replayed to the server byte for byte.
+* Held calls (SECURITY APR-01, ``rules.approval.check_call``): a call a ``@approval`` permit
+  determines needs a token issued under a human approval for exactly it (``apr`` and
+  ``tctx``), else it is refused with ``data.error = "approval_required"`` naming the groups and
+  the call's ``tctx`` (the agent asks the STS for a token for this call and waits); a ``tctx``
+  token for another call is ``access_denied`` ("the call differs from the one approved"); a
+  token carrying ``apr`` serves one ``tools/call`` (its ``jti`` spent in the replay cache).
+  Other MCP methods are not tool calls: a held tool is still listed.
 * ``tools/list`` answers are filtered to the tools the caller may call (``tether.mcp.listing``).
 * A task that ends cuts its session: the next message fails verification, and a response
   still streaming (the GET stream, a long ``tools/call`` over SSE) is ended within
@@ -53,13 +60,16 @@ from tether.mcp.messages import (
     INVALID_REQUEST,
     JsonRpcRefusal,
     Message,
+    RequestId,
     header_value,
     parse_message,
 )
 from tether.mcp.sessions import DEFAULT_MAX_SESSIONS, DEFAULT_SESSIONS_PER_OWNER, SessionOwners
+from tether.resource.approvals import POLICY_DENIAL, ApprovalSpent, approval_fields
 from tether.resource.middleware import METADATA_PATH, verifier_lifespan
 from tether.resource.principal import Principal
 from tether.resource.verifier import Verifier
+from tether.rules.approval import ApprovalRequired
 from tether.rules.tool_call import (
     DEFAULT_MAX_ARGUMENT_BYTES,
     DEFAULT_SCOPE_PREFIX,
@@ -75,7 +85,10 @@ from tether.throttle import LogThrottle
 from tether.web.client_cert import presented_certificate, strip_client_cert_headers
 from tether.web.errors import wire_code
 
-__all__ = ["DEFAULT_CUT_INTERVAL", "DEFAULT_MAX_BODY_BYTES", "ProtectedMCP", "protect"]
+__all__ = ["APPROVAL_REQUIRED", "DEFAULT_CUT_INTERVAL", "DEFAULT_MAX_BODY_BYTES", "ProtectedMCP", "approval_refusal", "protect"]
+
+#: ``data.error`` of a tools/call held for a human approval (the agent asks for a token for exactly this call)
+APPROVAL_REQUIRED = "approval_required"
 
 log = logging.getLogger("tether.mcp")
 #: refusals of callers who proved nothing: at most this many log lines per this many seconds
@@ -237,11 +250,13 @@ class ProtectedMCP:
         if body is None:
             return
         try:
-            message = self._judge(scope, body, principal)
+            message, call = self._judge(scope, body, principal)
+            if call is not None and message is not None:
+                await self._spend(message, call, principal)
         except JsonRpcRefusal as refusal:
             await _send_bytes(send, refusal.status, refusal.body())
             return
-        except OAuthError as exc:  # insufficient scope, or a policy that cannot decide right now
+        except OAuthError as exc:  # insufficient scope, or a policy (or replay cache) that cannot decide right now
             await self._refuse(exc, scope, receive, send)
             return
         listing = message is not None and message.is_request and message.method == "tools/list"
@@ -277,6 +292,7 @@ class ProtectedMCP:
                 headers=Headers(scope=scope),
                 client=client[0] if client else None,
                 certificate=presented_certificate(scope, self.verifier.proxies),
+                per_message=True,  # approvals are checked per tools/call (``_authorize``), not per HTTP request
             )
         except TetherError as exc:  # a refusal, or a shared replay cache that cannot answer (fail closed)
             holder = exc.holder if isinstance(exc, OAuthError) and isinstance(exc.holder, Principal) else None
@@ -315,8 +331,9 @@ class ProtectedMCP:
             if not event.get("more_body", False):
                 return b"".join(parts)
 
-    def _judge(self, scope: Scope, body: bytes, principal: Principal) -> Message | None:
-        """Decide on one POSTed message; raises ``JsonRpcRefusal`` or an ``OAuthError`` to refuse."""
+    def _judge(self, scope: Scope, body: bytes, principal: Principal) -> tuple[Message | None, ToolCall | None]:
+        """Decide on one POSTed message; raises ``JsonRpcRefusal`` or an ``OAuthError`` to refuse.
+        Returns the message and, for an allowed ``tools/call``, the call."""
         try:
             message = parse_message(body)
         except JsonRpcRefusal as refusal:
@@ -330,7 +347,7 @@ class ProtectedMCP:
                 HEADER_MISMATCH, "Mcp-Method header does not match the body's method", request_id=message.request_id
             )
         if message.method != "tools/call":
-            return message
+            return message, None
         if not message.is_request:
             _audit("tools/call notification", error="invalid_request", principal=principal, code=INVALID_REQUEST)
             raise JsonRpcRefusal(INVALID_REQUEST, "tools/call must be a request (with an id)")
@@ -351,7 +368,7 @@ class ProtectedMCP:
                 HEADER_MISMATCH, "Mcp-Name header does not match the tool called", request_id=message.request_id
             )
         self._authorize(scope, message, call, principal)
-        return message
+        return message, call
 
     def _authorize(self, scope: Scope, message: Message, call: ToolCall, principal: Principal) -> None:
         if self.scope_prefix is not None:
@@ -371,17 +388,30 @@ class ProtectedMCP:
                 now=self.verifier.clock.now(),
                 call=call,
             )
-        except AccessDenied:
+        except ApprovalRequired as exc:
+            _audit("tool call held for approval", error=APPROVAL_REQUIRED, principal=principal, call=call, code=ACCESS_DENIED)
+            raise approval_refusal(exc, call.name, message.request_id) from None
+        except AccessDenied as exc:
             _audit("tool call denied", error="access_denied", principal=principal, call=call, code=ACCESS_DENIED)
+            # the policy's refusal keeps its words; an approved token used for another call says so (APR-01)
+            text = f"tool call denied by policy: {call.name}" if exc.description == POLICY_DENIAL else exc.description
             raise JsonRpcRefusal(
-                ACCESS_DENIED,
-                f"tool call denied by policy: {call.name}",
-                request_id=message.request_id,
-                data={"error": "access_denied", "tool": call.name},
+                ACCESS_DENIED, text, request_id=message.request_id, data={"error": "access_denied", "tool": call.name}
             ) from None
         except OAuthError as exc:
             _audit("tool call undecided", error=wire_code(exc), principal=principal, call=call)
             raise
+
+    async def _spend(self, message: Message, call: ToolCall, principal: Principal) -> None:
+        """A token issued under approval serves this one call and no other (APR-01; ``Verifier.spend_approval``)."""
+        try:
+            await self.verifier.spend_approval(principal, required=(), call=call, now=self.verifier.clock.now())
+        except ApprovalSpent as exc:
+            _audit("approved token reused", error="access_denied", principal=principal, call=call, code=ACCESS_DENIED)
+            raise JsonRpcRefusal(
+                ACCESS_DENIED, exc.description, request_id=message.request_id,
+                data={"error": "access_denied", "tool": call.name},
+            ) from None  # fmt: skip
 
     def _visible(self, scope: Scope, principal: Principal) -> Callable[[str], bool]:
         """May ``tools/list`` show this tool to this caller: the scope convention, then Cedar with the tool alone."""
@@ -534,6 +564,14 @@ class _ListingFilter:
         await self.send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+def approval_refusal(exc: ApprovalRequired, tool: str, request_id: RequestId | None) -> JsonRpcRefusal:
+    """The JSON-RPC error of a held tools/call: the code of a policy refusal, and ``data`` naming
+    the groups that must approve and the ``tctx`` of this call, so the agent can request a token
+    for exactly it (``authorization_details``, RFC 9396) and wait for the approval."""
+    data: dict[str, Any] = {"error": APPROVAL_REQUIRED, "tool": tool, "groups": list(exc.groups), "tctx": exc.tctx}
+    return JsonRpcRefusal(ACCESS_DENIED, f"tool call needs a human approval: {tool}", request_id=request_id, data=data)
+
+
 def _without_length(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     return [(k, v) for k, v in headers if k.lower() != b"content-length"]
 
@@ -566,6 +604,7 @@ def _audit(
         "task": principal.task if principal is not None else None,
         "jsonrpc_code": code,
         "http_method": method,
+        **(approval_fields(principal) if principal is not None else {}),
     }
     tool = f" tool {fields['tool']}" if fields["tool"] else ""
     message = f"mcp {what}: {error}{tool} by {fields['principal'] or 'unverified caller'} (task {fields['task'] or '-'})"

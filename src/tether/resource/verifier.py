@@ -10,6 +10,12 @@ proxy's RFC 9440 header), under ``Bearer`` when it has no ``jkt``; a token with 
 both. Then a fresh revocation view listing neither token nor task. A token verified once is
 remembered (bounded) with the key that verified it, while the JWKS still names that key and
 until ``exp``; the rest — binding and certificate included — runs every call.
+
+Held calls (SECURITY APR-01, ``rules.approval.check_call``): a ``call`` permit annotated
+``@approval`` makes the call need a token issued under a human approval (``apr``), and for
+an MCP ``tools/call`` one issued for exactly that call (``tctx``, the RFC 8785 hash of the
+tool and its arguments); a ``tctx`` token serves no other request. A token carrying ``apr``
+serves one held call: its ``jti`` is spent in the replay cache (``apr-call:<jti>``) first.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import ssl
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,9 +42,11 @@ from tether.model import AccessToken
 from tether.policy.engine import PolicyEngine
 from tether.policy.entities import call_request
 from tether.proofs import ProofChecker, ReplayCache
+from tether.resource.approvals import POLICY_DENIAL, approval_fields, spend
 from tether.resource.principal import Principal
 from tether.resource.replay import MemoryReplayCache
 from tether.resource.revocations import RevocationFeed
+from tether.rules.approval import ApprovalRequired, check_call
 from tether.rules.binding import SCHEMES, needs_dpop_proof
 from tether.rules.certificate import ClientCertificate
 from tether.rules.claims import Expected, verify_access_token
@@ -137,8 +145,10 @@ class Verifier:
         self.http = http or httpx.AsyncClient(follow_redirects=False, timeout=5.0, trust_env=False, verify=verify)
         self.clock = clock or SystemClock()
         self.keys = keys or UrlKeySource(settings.jwks_uri or settings.issuer + "/jwks", self.http, ttl=300, min_refresh=5.0)
+        #: DPoP ``jti``s, and the tokens issued under approval that served their call (``spend_approval``)
+        self.replay: ReplayCache = replay if replay is not None else MemoryReplayCache()
         self.proofs = ProofChecker(
-            replay if replay is not None else MemoryReplayCache(),
+            self.replay,
             self.clock,
             nonce_key=os.urandom(32) if settings.nonce else None,
             algorithms=settings.dpop_algs,
@@ -238,13 +248,17 @@ class Verifier:
         route_path: str | None = None,
         authorize: bool = True,
         certificate: ClientCertificate | None = None,
+        per_message: bool = False,
     ) -> Principal:
         """Verify one request. ``path`` is the path as sent (for ``htu``); ``route_path`` is the
         decoded path the application routes on, which the ``call`` policy must see (default: ``path``).
         ``authorize=False`` leaves the ``call`` policy to the caller (the gateway runs it after
         its own route checks, so a refusal still knows whose call it was). ``certificate`` is
         the client certificate this request came with (``presented_certificate(scope,
-        verifier.proxies)``), or None: a certificate-bound token is refused without it."""
+        verifier.proxies)``), or None: a certificate-bound token is refused without it.
+        ``per_message=True`` (an MCP server: ``tether.mcp.protect``) leaves the approval checks to
+        each ``tools/call`` the request carries; otherwise this request is a plain HTTP call, which a
+        ``tctx`` token never serves and a held route serves once per approved token (APR-01)."""
         hdrs = headers if isinstance(headers, Headers) else Headers(headers=dict(headers))
         if "authorization" not in hdrs:
             raise MissingToken("an access token is required")
@@ -285,8 +299,13 @@ class Verifier:
         except OAuthError as exc:
             exc.holder = principal
             raise
-        if authorize and self.policy is not None:
-            self.authorize_call(principal, method=method, path=route_path or path, client=client, now=now)
+        if authorize:
+            path = route_path or path
+            required = self.authorize_call(
+                principal, method=method, path=path, client=client, now=now, approvals=not per_message
+            )
+            if not per_message:
+                await self.spend_approval(principal, required=required, call=None, now=now)
         return principal
 
     def _verify_token(self, token: str, keyset: KeySet, now: float) -> AccessToken:
@@ -315,14 +334,74 @@ class Verifier:
         now: float,
         tool: str | None = None,
         call: ToolCall | None = None,
-    ) -> None:
+        approvals: bool = True,
+    ) -> tuple[str, ...]:
         """Cedar ``call`` for this route; the caller is the current actor, else the agent.
 
         For an MCP ``tools/call``, ``call`` is the tool and its arguments (Cedar sees both);
         ``tool`` alone (no arguments, empty ``arguments_digest``) asks whether a tool may be
-        listed (``tools/list``)."""
+        listed (``tools/list``): a tool held for approval is listed, since it can be called
+        once approved. Otherwise (``approvals``) the token must fit the call
+        (``rules.approval.check_call``, APR-01): ``ApprovalRequired`` names the groups when the
+        call is held and the token carries no approval for it; a ``tctx`` token for another call,
+        or for a request that is no tool call, is ``access_denied``. Returns the groups of the
+        ``@approval`` policies that hold the call (empty if none): with ``spend_approval`` the
+        caller then spends an approved token on it."""
+        required = self._decide(principal, method=method, path=path, client=client, now=now, tool=tool, call=call)
+        if not approvals or (tool is not None and call is None):
+            return required
+        try:
+            check_call(principal.tctx, principal.apr, call, required=required)
+        except ApprovalRequired as exc:
+            exc.audit.update(approval_required=",".join(exc.groups), call_tctx=exc.tctx or "")
+            log.info(
+                "call held for approval by %s: %s %s%s by %s",
+                ", ".join(exc.groups),
+                method,
+                path[:200],
+                f" tool {call.name} tctx {exc.tctx}" if call is not None else "",
+                principal.actor or principal.client_id,
+                extra={"groups": list(exc.groups), **approval_fields(principal)},
+            )
+            raise
+        except AccessDenied as exc:
+            log.info(
+                "call refused: %s: %s %s%s by %s",
+                exc.description,
+                method,
+                path[:200],
+                f" tool {call.name}" if call is not None else "",
+                principal.actor or principal.client_id,
+                extra=approval_fields(principal),
+            )
+            raise
+        return required
+
+    async def spend_approval(
+        self, principal: Principal, *, required: Collection[str], call: ToolCall | None, now: float
+    ) -> None:
+        """A token issued under approval (``apr``) serves one call (APR-01): every ``tools/call``,
+        and a plain request the policy holds (``required``). Its ``jti`` is spent in the replay
+        cache, atomically and shared by every replica on a shared cache, before the call runs; a
+        second call is ``access_denied``. Call after ``authorize_call`` allowed it."""
+        await spend(
+            self.replay, principal, required=required, call=call, until=principal.expires_at + self.settings.skew + 1, now=now
+        )
+
+    def _decide(
+        self,
+        principal: Principal,
+        *,
+        method: str,
+        path: str,
+        client: str | None,
+        now: float,
+        tool: str | None,
+        call: ToolCall | None,
+    ) -> tuple[str, ...]:
+        """Cedar's ``call`` decision (refusing a deny); the ``@approval`` groups of an allow."""
         if self.policy is None:
-            return
+            return ()
         if self.settings.policy_from_sts and self.feed is not None and not self.feed.policy_current(now):
             raise TemporarilyUnavailable(
                 "policy set is behind the STS; refusing until it is current",
@@ -364,8 +443,9 @@ class Verifier:
                 principal.actor or principal.client_id,
             )
             raise AccessDenied(
-                "denied by policy", debug=f"policy {decision.version}: {', '.join(decision.determining) or 'no permit'}"
+                POLICY_DENIAL, debug=f"policy {decision.version}: {', '.join(decision.determining) or 'no permit'}"
             )
+        return decision.approval
 
 
 def _peek_kid(token: str) -> object:

@@ -29,6 +29,13 @@ from tether.store.errors import StoreUnavailable
 from tether.sts.context import StsContext
 from tether.sts.feed import FeedHub, FeedSettings
 from tether.sts.holds import sweep_approvals
+from tether.sts.routes.approval_link import approval_link_endpoint
+from tether.sts.routes.approvals import (
+    approval_decide_endpoint,
+    approval_endpoint,
+    approval_events_endpoint,
+    approvals_endpoint,
+)
 from tether.sts.routes.discovery import health_endpoint, jwks_endpoint, metadata_endpoint
 from tether.sts.routes.feed import policies_endpoint, revocations_endpoint, revocations_stream_endpoint
 from tether.sts.routes.settings import settings_endpoint
@@ -145,6 +152,12 @@ def create_app(runtime: Runtime, *, upkeep: bool = True, max_inflight: int = 64)
         Route("/tasks/{task_id}/{action:str}", task_transition_endpoint, methods=["POST"]),
         Route("/principals/{action:str}", block_endpoint, methods=["POST"]),
         Route("/settings", settings_endpoint, methods=["GET"]),
+        # the approvers' API; the link routes first (`link` is not an approval id)
+        Route("/approvals", approvals_endpoint, methods=["GET"]),
+        Route("/approvals/link/{token}", approval_link_endpoint, methods=["GET", "POST"]),
+        Route("/approvals/{approval_id}", approval_endpoint, methods=["GET"]),
+        Route("/approvals/{approval_id}/events", approval_events_endpoint, methods=["GET"]),
+        Route("/approvals/{approval_id}/{action:str}", approval_decide_endpoint, methods=["POST"]),
     ]
     if runtime.config.metrics.enabled:
         routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
@@ -157,6 +170,7 @@ def create_app(runtime: Runtime, *, upkeep: bool = True, max_inflight: int = 64)
                 limit=max_inflight,
                 exempt=frozenset({"/healthz", "/metrics"}),
                 streams=frozenset({"/revocations/stream"}),
+                stream_suffixes=("/events",),
             )
         ],
         exception_handlers={HTTPException: handle_http, Exception: handle_unexpected},

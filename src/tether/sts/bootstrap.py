@@ -33,6 +33,7 @@ from tether.store.errors import StoreError
 from tether.store.open import open_store
 from tether.store.protocol import Store
 from tether.sts.app import create_app
+from tether.sts.approval_webhook import ApprovalWebhook
 from tether.sts.checkpoints import AuditCheckpoints
 from tether.sts.context import StsContext
 from tether.sts.effective import effective_settings, override_event, overrides_shown, security_relevant
@@ -59,6 +60,8 @@ class Sts:
         #: the audit-stream monitor (``[monitor]``), running while the STS serves
         self.monitor: Monitor | None = None
         self._http: httpx.AsyncClient | None = None
+        #: ``[approvals] webhook_url``: each held request announced with one-time links (``ctx.on_hold``)
+        self.approval_webhook: ApprovalWebhook | None = None
         self._recorded_policy: str | None = None
         self._refused_policy: list[str] = []
         self.checkpoints = AuditCheckpoints(every=config.audit.checkpoint_every, seconds=config.audit.checkpoint_seconds,
@@ -111,6 +114,10 @@ class Sts:
             link_key=derive_key(self.master_key, "approval-links"),
             approvers=ApproverVerifier.from_config(self.config, self._http),
         )
+        if settings.approvals.webhook_url:
+            self.approval_webhook = ApprovalWebhook.for_context(self._ctx)
+            self.approval_webhook.start()
+            self._ctx.on_hold = self.approval_webhook
         await self._record_overrides(store)
         await self.record_policy()
         if self._upkeep and self.config.monitor.enabled:
@@ -173,6 +180,9 @@ class Sts:
         self._refused_policy = problems
 
     async def stop(self) -> None:
+        if self.approval_webhook is not None:
+            await self.approval_webhook.stop()
+            self.approval_webhook = None
         if self.monitor is not None:
             await self.monitor.stop()
             self.monitor = None

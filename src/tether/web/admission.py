@@ -20,14 +20,17 @@ __all__ = ["AdmissionLimit"]
 
 
 class AdmissionLimit:
-    """``exempt`` names exact paths never refused (health, metrics); ``streams`` exact paths
-    whose slot is released when the response starts; nothing else is either."""
+    """``exempt`` names exact paths never refused (health, metrics); ``streams`` exact paths, and
+    ``stream_suffixes`` path endings (``/approvals/{id}/events``), whose slot is released when the
+    response starts; nothing else is either."""
 
-    def __init__(self, app: ASGIApp, *, limit: int, exempt: frozenset[str], streams: frozenset[str] = frozenset()) -> None:
+    def __init__(self, app: ASGIApp, *, limit: int, exempt: frozenset[str], streams: frozenset[str] = frozenset(),
+                 stream_suffixes: tuple[str, ...] = ()) -> None:  # fmt: skip
         self.app = app
         self.limit = limit
         self.exempt = exempt
         self.streams = streams
+        self.stream_suffixes = stream_suffixes
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -50,7 +53,9 @@ class AdmissionLimit:
             await send(message)
 
         try:
-            await self.app(scope, receive, release_on_start if scope["path"] in self.streams else send)
+            path = scope["path"]
+            streaming = path in self.streams or (bool(self.stream_suffixes) and path.endswith(self.stream_suffixes))
+            await self.app(scope, receive, release_on_start if streaming else send)
         finally:
             if held:
                 self.in_flight -= 1
