@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cli_support import tether
 from joserfc.jwk import ECKey
-from tests.cli.cli_support import tether
 
 from tether.config import Config, load_config
 from tether.errors import InvalidToken
