@@ -171,8 +171,11 @@ def test_apr01_tctx_argument_values_are_not_confusable_with_the_tool_name() -> N
 
 _json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-(2**53) + 1, 2**53 - 1), st.text(max_size=8),
                        st.floats(allow_nan=False, allow_infinity=False))  # fmt: skip
-_json = st.recursive(_json_leaf, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
-                                                                                               max_size=3), max_leaves=12)  # fmt: skip
+_json = st.recursive(
+    _json_leaf,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=12,
+)
 
 
 @settings(max_examples=150, deadline=None)

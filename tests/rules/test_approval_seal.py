@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tether.errors import AccessDenied, ExpiredToken, OAuthError
+from tether.errors import OAuthError
 from tether.model import Approval, ApprovalStatus
 from tether.rules.approval_seal import (
     MAX_LINK,
@@ -38,19 +38,21 @@ APR_ID = "apr_" + "B" * 22
 
 
 def pending(**changes: Any) -> Approval:
-    base = Approval(**{
-        "id": APR_ID,
-        "task": "tsk_1",
-        "digest": "d" * 43,
-        "request": {"aud": "https://pay.example", "scope": ["pay:write"], "actors": []},
-        "view": {"tool": "pay", "arguments": {"amount": 10}},
-        "groups": ("finance",),
-        "policies": ("payments-need-finance",),
-        "created_at": NOW - 10,
-        "expires_at": NOW + 290,
-        "request_mac": "",
-        **changes,
-    })
+    base = Approval(
+        **{
+            "id": APR_ID,
+            "task": "tsk_1",
+            "digest": "d" * 43,
+            "request": {"aud": "https://pay.example", "scope": ["pay:write"], "actors": []},
+            "view": {"tool": "pay", "arguments": {"amount": 10}},
+            "groups": ("finance",),
+            "policies": ("payments-need-finance",),
+            "created_at": NOW - 10,
+            "expires_at": NOW + 290,
+            "request_mac": "",
+            **changes,
+        }
+    )
     return dataclasses.replace(base, request_mac=request_mac(KEY, base))
 
 

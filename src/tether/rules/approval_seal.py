@@ -113,8 +113,11 @@ def verify_link(key: bytes, token: str, *, now: float) -> Link:
     except (binascii.Error, ValueError, KeyError, TypeError):
         raise AccessDenied(_INVALID, debug="link payload malformed") from None
     texts = (link.approval, link.approver, link.nonce)
-    if link.decision not in DECISIONS or isinstance(link.exp, bool) or not isinstance(link.exp, int) or not all(
-        isinstance(t, str) for t in texts
+    if (
+        link.decision not in DECISIONS
+        or isinstance(link.exp, bool)
+        or not isinstance(link.exp, int)
+        or not all(isinstance(t, str) for t in texts)
     ):
         raise AccessDenied(_INVALID, debug="link payload malformed")
     if now >= link.exp:
