@@ -479,9 +479,9 @@ def test_finding_key_is_one_per_subject_and_window() -> None:
     assert a.key == b.key and len({a.key, c.key, d.key}) == 3
 
 
-def test_disabled_detectors_are_not_built_and_defaults_cover_all_nine() -> None:
+def test_disabled_detectors_are_not_built_and_defaults_cover_all_eleven() -> None:
     names = {d.name for d in build_detectors(parse_detectors({"new_audience": {"enabled": False}}))}
-    assert names == set(DEFAULTS) - {"new_audience"} and len(DEFAULTS) == 9
+    assert names == set(DEFAULTS) - {"new_audience"} and len(DEFAULTS) == 11
     assert settings("refusal_burst").actions == ("alert", "risk", "suspend")
 
 

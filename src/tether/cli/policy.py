@@ -1,4 +1,8 @@
-"""``tether policy validate|test|explain`` — the same loader and engine the STS uses."""
+"""``tether policy validate|test|explain`` — the same loader and engine the STS uses.
+
+``explain`` and ``test`` also show the ``@approval`` outcome: the approver groups that hold an
+allowed request and the policies that named them (``policy.engine.Decision.approval``).
+"""
 
 from __future__ import annotations
 
@@ -94,6 +98,7 @@ def test_cases(
                         "name": r.case.name,
                         "passed": r.passed,
                         "expect": "allow" if r.case.expect else "deny",
+                        **({} if r.case.approval is None else {"expect_approval": list(r.case.approval)}),
                         **r.decision.audit(),
                     }
                     for r in results
@@ -106,7 +111,7 @@ def test_cases(
                 styled(("pass", "green")) if r.passed else styled(("FAIL", "red")),
                 r.case.name,
                 "allow" if r.case.expect else "deny",
-                "allow" if r.decision.allowed else "deny",
+                _decided(r.decision) + _expected_hold(r.case.approval, r.decision),
                 ", ".join(_where(engine, r.decision.determining)) or "-",
             )
             for r in results
@@ -118,12 +123,48 @@ def test_cases(
         console.print(styled((f"all {len(results)} cases passed", "green")))
 
 
+def _decided(decision: Decision) -> str:
+    """``allow``, ``deny``, or ``allow, held for finance`` (an ``@approval`` outcome)."""
+    if not decision.allowed:
+        return "deny"
+    return f"allow, held for {', '.join(decision.approval)}" if decision.approval else "allow"
+
+
+def _expected_hold(expected: tuple[str, ...] | None, decision: Decision) -> str:
+    """What a case expected of the hold, shown only when the decision differs from it."""
+    if expected is None or expected == decision.approval:
+        return ""
+    return f" (expected {'held for ' + ', '.join(expected) if expected else 'not held'})"
+
+
 def _explain_output(engine: PolicyEngine, decision: Decision) -> dict[str, Any]:
     out = decision.audit()
     out["determining"] = _where(engine, decision.determining)
     if "shadow" in out:
         out["shadow"]["determining"] = _where(engine, decision.shadow_determining)
+    if decision.approval:
+        out["approval"] = list(decision.approval)
+        out["approval_policies"] = _where(engine, decision.approval_policies)
+        out["approval_creator"] = decision.creator_may_approve
     return out
+
+
+def _tool_arguments(tool: str | None, arguments: list[str] | None) -> dict[str, Any]:
+    """``--tool`` and ``--argument k=v`` as a ``call`` case's ``tool`` and ``arguments`` (values are strings,
+    as Cedar sees every argument: ``rules.tool_call.argument_tags``)."""
+    if not arguments:
+        return {} if tool is None else {"tool": tool}
+    if tool is None:
+        fail("--argument needs --tool (arguments belong to an MCP tool call)", code=2)
+    parsed: dict[str, str] = {}
+    for item in arguments:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            fail(f"--argument `{item[:80]}`: expected NAME=VALUE", code=2)
+        if name in parsed:
+            fail(f"--argument `{name[:80]}` is given twice", code=2)
+        parsed[name] = value
+    return {"tool": tool, "arguments": parsed}
 
 
 @app.command()
@@ -142,12 +183,16 @@ def explain(
     method: Annotated[str, typer.Option(help="HTTP method (call)")] = "GET",
     path: Annotated[str, typer.Option(help="request path (call)")] = "/",
     operation: Annotated[str, typer.Option(help="admin operation")] = "tasks.read",
+    tool: Annotated[str | None, typer.Option(help="MCP tool name (call)")] = None,
+    argument: Annotated[
+        list[str] | None, typer.Option(help="a tool argument NAME=VALUE (call, repeatable; needs --tool)")
+    ] = None,
     risk: Annotated[int, typer.Option(help="risk score 0-100")] = 0,
     directory: DirOpt = None,
     config: ConfigOpt = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Decide one request and show the determining policies, errors and the shadow decision."""
+    """Decide one request and show the determining policies, errors, the shadow decision and any approval hold."""
     engine, admins = _engine(directory, config)
     raw: dict[str, Any] = {"action": action, "principal": principal, "resource": resource, "method": method,
                            "path": path, "operation": operation, "risk": risk, "scopes": scope or [],
@@ -156,6 +201,10 @@ def explain(
         raw["depth"] = depth
     if principal_kind is not None:
         raw["principal_kind"] = principal_kind
+    if action == "call":
+        raw.update(_tool_arguments(tool, argument))
+    elif tool is not None or argument:
+        fail("--tool and --argument apply to --action call", code=2)
     try:
         decision = engine.authorize(build_request(raw, where="request", admins=admins))
     except (CaseError, ValueError) as exc:
@@ -169,6 +218,11 @@ def explain(
         styled("decision: ", (str(out["decision"]), colour), f" (policy set {decision.version}, mode {decision.mode})")
     )
     console.print("determining: " + (", ".join(out["determining"]) or "none (default deny)"))
+    if decision.approval:
+        creator = "; the task's creator may approve" if decision.creator_may_approve else ""
+        policies = ", ".join(out["approval_policies"])
+        line = f"{', '.join(decision.approval)} ({policies}){creator}"
+        console.print(styled(("held for approval by: ", "yellow"), line), soft_wrap=True)
     for error in decision.errors:
         console.print(styled(("error:", "red"), f" {error}"))
     if "shadow" in out:

@@ -1,7 +1,8 @@
-"""The nine detectors over the audit stream (pure: no I/O, no clock, no randomness).
+"""The eleven detectors over the audit stream (pure: no I/O, no clock, no randomness).
 
-The traffic detectors live here, the refusal ones in ``tether.monitor.refusals`` and the MCP
-ones in ``tether.monitor.mcp`` (re-exported). Each is fed every record in chain order and returns the findings it completes;
+The traffic detectors live here, the refusal ones in ``tether.monitor.refusals``, the MCP
+ones in ``tether.monitor.mcp`` and the approval ones in ``tether.monitor.approvals`` (all
+re-exported). Each is fed every record in chain order and returns the findings it completes;
 time is the record's ``ts``, so an exported log gives the answers the live run gave, and state
 is bounded (an LRU of ``MAX_AGENTS``, each collection capped). Learning detectors stay quiet
 until an agent has ``learn`` records of history and ``exchange_rate_spike`` waits ``warmup``
@@ -15,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from tether.lru import LruCache
+from tether.monitor.approvals import ApprovalDenied, ApprovalExpiryBurst
 from tether.monitor.base import DEDUPE_SECONDS, MAX_AGENTS, Detector, DetectorBase, agent_of
 from tether.monitor.events import Event, Finding
 from tether.monitor.mcp import McpDrift, McpUnusual
@@ -25,6 +27,8 @@ from tether.monitor.settings import DetectorSettings
 __all__ = [
     "DEDUPE_SECONDS",
     "MAX_AGENTS",
+    "ApprovalDenied",
+    "ApprovalExpiryBurst",
     "DeepDelegation",
     "Detector",
     "DpopReplay",
@@ -291,6 +295,8 @@ _KINDS: dict[str, Callable[[DetectorSettings], Detector]] = {
     "deep_delegation": DeepDelegation,
     "mcp_unusual": McpUnusual,
     "mcp_drift": McpDrift,
+    "approval_denied": ApprovalDenied,
+    "approval_expiry_burst": ApprovalExpiryBurst,
 }
 
 

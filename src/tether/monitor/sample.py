@@ -21,6 +21,9 @@ _WHAT = {
     "mcp_unusual": "an MCP tool the agent never called on the route (after `learn` calls), or an argument shape "
     "never seen for the tool (after `shape_learn` calls of it)",
     "mcp_drift": "a call reached an MCP tool changed since its catalogue was pinned (a rug pull)",
+    "approval_denied": "`threshold` held requests of one agent denied by their approvers within `window` s",
+    "approval_expiry_burst": "`threshold` held requests for the same approver groups expiring unanswered within "
+    "`window` s (about the approvers: never risk or suspend)",
 }
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "DEFAULTS",
     "HISTORY_RECORDS",
     "HISTORY_SECONDS",
+    "NEVER_ON_AGENT",
     "PROVEN_ONLY",
     "SEVERITIES",
     "DetectorSettings",
@@ -79,7 +80,16 @@ DEFAULTS: Mapping[str, tuple[str, tuple[str, ...], Mapping[str, float]]] = {
     "mcp_unusual": ("medium", ("alert",), {"learn": 20, "shape_learn": 5}),
     # a call that reached an MCP tool changed since its catalogue was pinned (a rug pull)
     "mcp_drift": ("high", ("alert",), {}),
+    # a human denied the agent's held request (tether.monitor.approvals): alerted, and the agent's
+    # risk raised modestly (low: +10 per denial for risk_ttl), never a suspension by default
+    "approval_denied": ("low", ("alert", "risk"), {"threshold": 1, "window": 3600}),
+    # held requests for the same approver groups expiring unanswered: about the approvers, not the
+    # agent, so alert only (NEVER_ON_AGENT)
+    "approval_expiry_burst": ("medium", ("alert",), {"threshold": 5, "window": 3600}),
 }
+
+#: detectors whose findings are never about the agent: ``risk`` and ``suspend`` are refused for them
+NEVER_ON_AGENT = ("approval_expiry_burst",)
 
 
 def _number(key: str, value: Any) -> float:
@@ -122,5 +132,9 @@ def parse_detectors(raw: Any) -> tuple[DetectorSettings, ...]:
         for action in chosen:
             if action not in ACTIONS:
                 raise ConfigError(f"{prefix}.actions", f"unknown action `{action}` (known: {', '.join(ACTIONS)})")
+            if name in NEVER_ON_AGENT and action in PROVEN_ONLY:
+                raise ConfigError(
+                    f"{prefix}.actions", f"`{action}` acts on an agent, and this finding proves nothing about one"
+                )
         out.append(DetectorSettings(name, enabled, str(level), tuple(dict.fromkeys(chosen)), merged))
     return tuple(out)

@@ -4,7 +4,10 @@ Used by ``tether policy test CASES.yaml`` (a CI gate) and ``tether policy explai
 names an action, a principal, a resource and the context that matters
 (``policy/starter/cases.yaml`` has examples); the rest gets neutral defaults, and the request
 is built by the builders the STS and resource SDK use, so a case decides as the live request
-would.
+would. A ``call`` case may name a ``tool`` and its ``arguments`` (seen by Cedar as the
+resource SDK shows them: ``rules.tool_call.argument_tags``). A case may also expect the
+approver groups that hold it (``approval: [finance]``; ``approval: []`` = not held), the
+``@approval`` outcome of ``policy.engine.Decision``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from tether.policy.entities import (
     exchange_request,
 )
 from tether.rules.principal import spiffe_trust_domain
+from tether.rules.tool_call import ToolCallError, argument_tags, parse_tool_call
 
 __all__ = ["CaseError", "CaseResult", "PolicyCase", "build_request", "parse_cases", "run_cases"]
 
@@ -31,7 +35,7 @@ ACTIONS = ("exchange", "create_task", "admin", "call")
 _FIELDS = {
     "name", "action", "principal", "resource", "expect", "shadow", "scopes", "depth", "actors", "kind", "subject",
     "tags", "task", "method", "path", "tool", "operation", "risk", "client", "time", "key_bound", "admins", "issuer",
-    "principal_kind", "agent_kind", "principal_trust_domain", "agent_trust_domain", "binding",
+    "principal_kind", "agent_kind", "principal_trust_domain", "agent_trust_domain", "binding", "arguments", "approval",
 }  # fmt: skip
 _KINDS = ("spiffe", "oidc", "client", "unknown")
 _NOON = 1_767_268_800  # 2026-01-01T12:00:00Z, a Thursday: the default decision time
@@ -47,6 +51,8 @@ class PolicyCase:
     request: PolicyRequest
     expect: bool
     shadow: bool | None
+    #: the approver groups the case expects to hold it (sorted; ``()``: not held), ``None``: not checked
+    approval: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,8 @@ class CaseResult:
     @property
     def passed(self) -> bool:
         if self.decision.allowed != self.case.expect:
+            return False
+        if self.case.approval is not None and self.decision.approval != self.case.approval:
             return False
         return self.case.shadow is None or self.decision.shadow_allowed == self.case.shadow
 
@@ -147,12 +155,34 @@ def build_request(raw: Mapping[str, Any], *, where: str = "case", admins: Sequen
         return admin_request(caller=principal, caller_kind=kind, issuer=str(raw.get("issuer", resource)),
                              operation=str(raw.get("operation", "tasks.read")), now=now, client=client, admins=admin_ids,
                              risk=risk, caller_domain=domain)  # fmt: skip
+    tool = str(raw["tool"]) if "tool" in raw else None
+    arguments, arguments_digest = _arguments(raw, tool, where)
     return call_request(
         caller=principal, service=resource, method=str(raw.get("method", "GET")), path=str(raw.get("path", "/")),
         scopes=scopes, actors=actors, subject=str(raw.get("subject", principal)), agent=task.agent, task=task.id,
         purpose=task.purpose, token_age=0, now=now, client=client, tags=tags, risk=risk,
-        tool=str(raw["tool"]) if "tool" in raw else None, caller_kind=kind, caller_domain=domain,
+        tool=tool, caller_kind=kind, caller_domain=domain, arguments=arguments, arguments_digest=arguments_digest,
     )  # fmt: skip
+
+
+def _arguments(raw: Mapping[str, Any], tool: str | None, where: str) -> tuple[dict[str, str] | None, str]:
+    """A ``call`` case's tool arguments as Cedar tags and their digest, checked as a ``tools/call``'s are."""
+    if "arguments" not in raw:
+        return None, ""
+    if tool is None:
+        raise CaseError(f"{where}.arguments: needs `tool` (arguments belong to an MCP tool call)")
+    try:
+        call = parse_tool_call({"name": tool, "arguments": raw["arguments"]})
+    except ToolCallError as exc:
+        raise CaseError(f"{where}.arguments: {exc}") from None
+    return argument_tags(call.arguments), call.digest
+
+
+def _groups(value: Any, where: str) -> tuple[str, ...] | None:
+    """``approval:``: the approver groups expected to hold the case (a name or a list; ``[]``: not held)."""
+    if value is None:
+        return None
+    return tuple(sorted(set(_strs(value, where))))
 
 
 def _domain(raw: Mapping[str, Any], key: str, principal: str) -> str:
@@ -202,6 +232,7 @@ def parse_cases(document: Any, *, admins: Sequence[str] = ()) -> list[PolicyCase
                 request=build_request(raw, where=f"{where} ({name})", admins=admins),
                 expect=_decision(raw.get("expect"), f"{where}.expect"),
                 shadow=None if shadow is None else _decision(shadow, f"{where}.shadow"),
+                approval=_groups(raw.get("approval"), f"{where}.approval"),
             )
         )
     return cases

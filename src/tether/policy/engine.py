@@ -228,7 +228,7 @@ class PolicyEngine:
             shadow_allowed=shadow_allowed,
             shadow_determining=shadow_reasons,
             approval=tuple(sorted({p.approval for p in held if p.approval is not None})),
-            approval_policies=tuple(p.id for p in held),
+            approval_policies=tuple(sorted(p.id for p in held)),
             creator_may_approve=bool(held) and all(p.creator_may_approve for p in held),
         )
 

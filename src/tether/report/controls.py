@@ -8,6 +8,7 @@ and the RFCs cited per check. A control whose evidence could not be read fails c
 
 from __future__ import annotations
 
+from tether.report.check_approvals import APPROVAL_CONTROLS
 from tether.report.check_exceptions import EXCEPTION_CONTROLS
 from tether.report.check_mcp import MCP_CONTROLS
 from tether.report.check_monitoring import MONITORING_CONTROLS
@@ -21,8 +22,8 @@ from tether.report.outcome import Check
 __all__ = ["CONTROLS", "run_controls"]
 
 #: every control, in report order
-CONTROLS: tuple[Check, ...] = (*TOKEN_CONTROLS, *EXCEPTION_CONTROLS, *MCP_CONTROLS, *POLICY_CONTROLS, *MONITORING_CONTROLS,
-                               *TRUST_CONTROLS)  # fmt: skip
+CONTROLS: tuple[Check, ...] = (*TOKEN_CONTROLS, *EXCEPTION_CONTROLS, *MCP_CONTROLS, *POLICY_CONTROLS, *APPROVAL_CONTROLS,
+                               *MONITORING_CONTROLS, *TRUST_CONTROLS)  # fmt: skip
 
 
 def run_controls(evidence: Evidence) -> Report:

@@ -5,7 +5,9 @@ only to verify the MCP pin files' MACs (``tether.mcp.pins``; the report says "un
 where it cannot be read) and no secret, DSN or webhook URL is copied into the snapshot.
 The audit log is read once, page by page, verifying the hash chain as it goes
 (``tether.audit.chain.first_broken`` with each page's predecessor hash) and counting
-issued tokens without ``cnf.jkt``, refusals, alerts, checkpoints and ``mcp.drift`` records.
+issued tokens without ``cnf.jkt``, refusals, alerts, checkpoints, ``mcp.drift`` and ``approval.*``
+records. The approval evidence asks the policy set about each high-risk audience
+(``tether.report.approvals``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from tether.errors import ConfigError
 from tether.keys.sealed import MASTER_KEY_ENV, SealError
 from tether.mcp.pins import PinsTampered, load_pins
 from tether.policy.loader import PolicyLoadError, load_directory
+from tether.report.approvals import approval_facts
 from tether.report.model import (
     SEVERITIES,
     AlertFacts,
@@ -69,6 +72,8 @@ SECTIONS = (
 )
 TOP_LEVEL = ("issuer", "store", "data_dir")
 HIDDEN = {("monitor", "webhook_url")}  # may carry a token in its path or query
+#: the audit kinds of held requests (``rules.approval``), counted within the window
+APPROVAL_KINDS = frozenset({"approval.requested", "approval.approved", "approval.denied", "approval.expired"})
 
 
 def _raw_toml(config: Config) -> Mapping[str, Any]:
@@ -204,6 +209,7 @@ class _AuditTally:
         self.alerts: deque[AlertFacts] = deque(maxlen=MAX_ALERTS)
         self.mcp_drift: Counter[str] = Counter()
         self.mcp_drift_tools: dict[str, set[str]] = {}
+        self.approvals: Counter[str] = Counter()
 
     def page(self, records: list[AuditRecord]) -> None:
         if self.broken is None:
@@ -236,6 +242,10 @@ class _AuditTally:
             return
         if record.outcome == "refused":
             self.refusals[f"{record.kind} {record.error or ''}".strip()] += 1
+        if record.kind in APPROVAL_KINDS:
+            self.approvals[record.kind.split(".", 1)[1]] += 1
+        elif record.kind == "token.issued" and record.outcome == "ok" and record.detail.get("approval"):
+            self.approvals["issued"] += 1
         if record.kind == "mcp.drift":
             route = str(record.detail.get("route") or "?")[:100]
             self.mcp_drift[route] += 1
@@ -270,6 +280,7 @@ class _AuditTally:
             oldest_uncovered_ts=self.oldest_uncovered,
             mcp_drift=dict(self.mcp_drift),
             mcp_drift_tools={route: tuple(sorted(tools)) for route, tools in self.mcp_drift_tools.items()},
+            approvals=dict(self.approvals),
         )
 
 
@@ -359,4 +370,5 @@ async def gather(
         lag=lag,
         detector_sources=_detector_sources(config),
         mcp_routes=_mcp_routes(config),
+        approvals=approval_facts(config),
     )

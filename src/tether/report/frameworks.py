@@ -138,6 +138,11 @@ MAPPINGS: Mapping[str, FrameworkRefs] = {
     "TOOL-01": _m("ASI02 ASI03", "L3 L7", "MAP 3.3, GOVERN 2.1, MANAGE 3.1", "LLM06"),
     "TOOL-02": _m("ASI04 ASI02", "L3 L7", "GOVERN 6.1, MANAGE 3.1, MEASURE 2.7", "LLM03 LLM06"),
     "TOOL-03": _m("ASI04 ASI02", "L5 L7", "MEASURE 2.4, MANAGE 3.1, MANAGE 4.3", "LLM03"),
+    # human approval of held requests: oversight defined and wired (GOVERN 3.2), high-risk actions held
+    # (excessive agency), approvers actually reached (a request nobody answers is oversight in name only)
+    "APPR-01": _m("ASI09 ASI02 ASI03", "L6 L7", "GOVERN 3.2, GOVERN 2.1", "LLM06"),
+    "APPR-02": _m("ASI02 ASI03 ASI09", "L6 L7", "GOVERN 3.2, MANAGE 1.3, MAP 4.2", "LLM06"),
+    "APPR-03": _m("ASI09", "L5 L6", "GOVERN 3.2, MEASURE 2.4", "LLM06"),
 }
 
 

@@ -20,6 +20,9 @@ __all__ = [
     "SEVERITIES",
     "STATUSES",
     "AlertFacts",
+    "ApprovalFacts",
+    "ApproverGroupFacts",
+    "AudienceHold",
     "AuditFacts",
     "Evidence",
     "FileFacts",
@@ -190,6 +193,49 @@ class AuditFacts:
     mcp_drift: Mapping[str, int] = field(default_factory=dict)
     #: MCP route → the tools those records name (a few)
     mcp_drift_tools: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: ``approval.requested|approved|denied|expired`` records within the window, by the last word of
+    #: the kind, and ``issued``: ``token.issued`` records naming an approval
+    approvals: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ApproverGroupFacts:
+    """An ``[[approver_groups]]`` entry: how many principals it lists and which provider groups make a member."""
+
+    name: str
+    members: int
+    idp_groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AudienceHold:
+    """What the policy set decides for a synthetic exchange to one high-risk audience."""
+
+    uri: str
+    tags: tuple[str, ...]
+    #: ``held`` (allowed, held for approval), ``allowed`` (issued without approval), ``denied``, or
+    #: ``error`` (the policy set could not decide: ``problem`` says why)
+    outcome: str
+    groups: tuple[str, ...] = ()
+    policies: tuple[str, ...] = ()
+    problem: str = ""
+
+
+@dataclass(frozen=True)
+class ApprovalFacts:
+    """``[approvals]``, ``[[approver_groups]]`` and the holds the policy set gives high-risk audiences.
+
+    The defaults are a deployment that neither configures approvals nor tags a resource high-risk."""
+
+    #: ``[approvals] issuer`` (the approvers' OIDC provider); "" when not set: nobody can approve
+    issuer: str = ""
+    high_risk_tags: tuple[str, ...] = ("payments",)
+    groups: tuple[ApproverGroupFacts, ...] = ()
+    webhook: bool = False
+    #: one per ``[[resources]]`` tagged with a high-risk tag; ``None`` when the policy set did not load
+    audiences: tuple[AudienceHold, ...] | None = ()
+    #: the principal the synthetic exchanges were asked for
+    probe: str = ""
 
 
 @dataclass(frozen=True)
@@ -230,6 +276,8 @@ class Evidence:
     settings_from: str = "the configuration file"
     #: ``[[gateway.mcp]]`` routes with their pinned catalogues
     mcp_routes: tuple[McpRouteFacts, ...] = ()
+    #: approvals: settings, groups, and the holds of high-risk audiences
+    approvals: ApprovalFacts = field(default_factory=ApprovalFacts)
 
     @property
     def today(self) -> dt.date:

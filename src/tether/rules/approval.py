@@ -134,7 +134,7 @@ def parse_authorization_details(text: str, *, max_bytes: int = DEFAULT_MAX_ARGUM
         raise InvalidAuthorizationDetails("`authorization_details` is too large")
     try:
         value = strict_json_loads(text.encode("utf-8"))
-    except (JWSError, UnicodeError):  # strict_json_loads raises JWSError for every malformed text
+    except (JWSError, ValueError, UnicodeError):  # JWSError: invalid JSON, a duplicate key, NaN
         raise InvalidAuthorizationDetails("`authorization_details` is not valid JSON") from None
     if not isinstance(value, list) or len(value) != 1 or not isinstance(value[0], dict):
         raise InvalidAuthorizationDetails("`authorization_details` must be an array of one object")

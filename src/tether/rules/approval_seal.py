@@ -7,7 +7,7 @@ the master key (``keys.sealed.derive_key(master, "approvals")``):
 
 * ``request_mac`` over what was asked (id, task, binding, view, groups, times), set when the
   request is held and checked before it is shown or decided;
-* ``decision_mac`` over the decision (id, digest, status, approver, time, uses, window), set
+* ``decision_mac`` over the decision (id, digest, status, approver, time, uses, window, reason), set
   when a human decides and checked before a token is issued under it.
 
 A webhook carries one link per approver and decision. A link is ``payload.tag``: the payload
@@ -59,7 +59,7 @@ def decision_mac(key: bytes, approval: Approval) -> str:
     return _tag(key, {
         "id": approval.id, "digest": approval.digest, "status": approval.status.value,
         "decided_by": approval.decided_by, "decided_at": approval.decided_at, "uses": approval.uses,
-        "until": approval.until,
+        "until": approval.until, "reason": approval.reason,
     }, prefix=b"decision\x00")  # fmt: skip
 
 
@@ -101,7 +101,7 @@ def verify_link(key: bytes, token: str, *, now: float) -> Link:
 
     The tag is checked before anything in the payload is read; single use is the caller's
     (the nonce, ``Store.first_use``)."""
-    if not isinstance(token, str) or len(token) > MAX_LINK or token.count(".") != 1:
+    if not isinstance(token, str) or len(token) > MAX_LINK or not token.isascii() or token.count(".") != 1:
         raise AccessDenied(_INVALID, debug="link malformed")
     payload, tag = token.split(".")
     expected = _b64(hmac.new(key, _LINK_TAG + payload.encode(), hashlib.sha256).digest())
@@ -112,7 +112,13 @@ def verify_link(key: bytes, token: str, *, now: float) -> Link:
         link = Link(data["a"], data["p"], data["d"], data["x"], data["n"])
     except (binascii.Error, ValueError, KeyError, TypeError):
         raise AccessDenied(_INVALID, debug="link payload malformed") from None
-    if link.decision not in DECISIONS or not isinstance(link.exp, int):
+    texts = (link.approval, link.approver, link.nonce)
+    if (
+        link.decision not in DECISIONS
+        or isinstance(link.exp, bool)
+        or not isinstance(link.exp, int)
+        or not all(isinstance(t, str) for t in texts)
+    ):
         raise AccessDenied(_INVALID, debug="link payload malformed")
     if now >= link.exp:
         raise ExpiredToken("the link has expired", debug=f"link for {link.approval} expired")
