@@ -26,6 +26,7 @@ from pathlib import Path
 import tether.features  # noqa: F401  (the feature tables are registered before a config is loaded)
 from tether.config import Config, load_config
 from tether.filemodes import OWNER_DIR, write_private
+from tether.identity.dev_approvers import DevApprovers
 from tether.identity.dev_issuer import DevTrustDomain
 from tether.identity.dev_x509 import DevCA, write_secret
 from tether.keys.keyring import rotate_signing_key
@@ -112,6 +113,18 @@ trust_domain = "{DEV_TRUST_DOMAIN}"   # local JWT-SVID issuer for `tether identi
 [policy]
 dir = "policies"              # Cedar policies (*.cedar), validated against the tether schema, hot-reloaded
 mode = "enforce"              # or "shadow": evaluate and audit, never deny
+
+[approvals]                   # requests a Cedar @approval("group") permit holds for a human's yes
+ttl = 300                     # seconds a held request waits for a decision
+# the dev approvers' provider (`tether identity approver EMAIL --group G`): use your organisation's
+# OIDC provider in production (issuer, audience, principal = "user:{{/email}}", group_claim)
+issuer = "{DevApprovers.issuer_for(issuer)}"
+jwks_file = ".tether/bundles/approvers.json"
+# webhook_url = "https://hooks.example/approvals"   # one-time approve/deny links per approver
+
+# [[approver_groups]]
+# name = "finance"
+# members = ["user:alice@example.com"]   # and/or idp_groups = ["finance"] from the provider's group claim
 
 # [audit]                     # signed checkpoints of the audit chain (`tether audit verify FILE --jwks`)
 # checkpoint_every = 1000     # sign after this many new records
@@ -274,9 +287,23 @@ def initialize(directory: Path, *, issuer: str, force: bool = False, tls: bool =
     else:
         DevTrustDomain.create(data_dir, domain, master)
         result.created.append(f"dev trust domain spiffe://{domain} and its bundle")
+    _init_approvers(config, master, force=force, result=result)
     if tls:
         _init_tls(config, master, domain, force=force, result=result)
     return result
+
+
+def _init_approvers(config: Config, master: bytes, *, force: bool, result: InitResult) -> None:
+    """The dev approvers' provider, when tether.toml points ``[approvals]`` at it."""
+    data_dir = config.data_dir
+    dev_issuer = DevApprovers.issuer_for(config.issuer)
+    if config.approvals.issuer != dev_issuer:
+        return
+    if DevApprovers.key_path(data_dir).exists() and not force:
+        result.kept.append("dev approvers' provider")
+    else:
+        DevApprovers.create(data_dir, dev_issuer, master)
+        result.created.append(f"dev approvers' provider {dev_issuer}")
 
 
 def _init_tls(config: Config, master: bytes, domain: str, *, force: bool, result: InitResult) -> None:

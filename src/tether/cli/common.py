@@ -15,6 +15,7 @@ from tether.cli.output import fail
 from tether.client import StsClient, StsError
 from tether.config import Config, load_config
 from tether.errors import ConfigError
+from tether.identity.dev_approvers import DevApprovers
 from tether.identity.dev_issuer import DevTrustDomain
 from tether.identity.dev_x509 import DevCA
 from tether.keys.sealed import SealError, load_master_key
@@ -61,6 +62,18 @@ def dev_domain(config: Config) -> DevTrustDomain:
     if not path.exists():
         raise ConfigError("dev.trust_domain", f"no dev trust domain key at `{path}`; run tether init")
     return DevTrustDomain.load(config.data_dir, name, master)
+
+
+def dev_approvers(config: Config) -> DevApprovers:
+    """The dev approvers' provider (``tether init``), when ``[approvals] issuer`` is it."""
+    issuer = DevApprovers.issuer_for(config.issuer)
+    if config.approvals.issuer != issuer:
+        raise ConfigError(
+            "approvals.issuer", f"approvers come from `{config.approvals.issuer or 'nowhere'}`, not the dev provider"
+        )
+    if not DevApprovers.key_path(config.data_dir).exists():
+        raise ConfigError("approvals.issuer", "no dev approvers' key; run tether init")
+    return DevApprovers.load(config.data_dir, issuer, load_master_key(config.master_key_file))
 
 
 def dev_ca(config: Config) -> DevCA:

@@ -22,7 +22,7 @@ from tether.cli import policy as policy_cli
 from tether.cli import task as task_cli
 from tether.cli import vault as vault_cli
 from tether.cli.alerts import alerts
-from tether.cli.common import admin_client, config_or_exit, dev_ca, dev_domain, errors_to_exit
+from tether.cli.common import admin_client, config_or_exit, dev_approvers, dev_ca, dev_domain, errors_to_exit
 from tether.cli.demo import demo
 from tether.cli.output import console, fail, print_json, print_mapping, styled
 from tether.cli.report import report
@@ -256,6 +256,26 @@ def identity_issue(
         domain = dev_domain(cfg)
         try:
             token = domain.issue(spiffe_id, audience=audience or cfg.issuer, ttl=lifetime, now=int(time.time()))
+        except ValueError as exc:
+            fail(str(exc), code=2)
+    typer.echo(token)
+
+
+@identity_app.command("approver")
+def identity_approver(
+    email: Annotated[str, typer.Argument(help="the approver, e.g. alice@example.com (principal user:<email>)")],
+    group: Annotated[list[str] | None, typer.Option(help="a value of its groups claim (repeatable)")] = None,
+    ttl: Annotated[int, typer.Option(help="lifetime in seconds")] = 600,
+    config: ConfigOpt = None,
+) -> None:
+    """Print an approver's ID token from the dev approvers' provider (for `tether approvals` on a laptop)."""
+    cfg = config_or_exit(config)
+    if not 0 < ttl <= cfg.identity.max_lifetime:
+        fail(f"--ttl must be between 1 and identity.max_lifetime ({cfg.identity.max_lifetime})", code=2)
+    with errors_to_exit():
+        approvers = dev_approvers(cfg)
+        try:
+            token = approvers.issue(email, audience=cfg.approvals.audience, groups=group or (), ttl=ttl, now=int(time.time()))
         except ValueError as exc:
             fail(str(exc), code=2)
     typer.echo(token)
