@@ -39,7 +39,7 @@ from tether.errors import (
     OAuthError,
 )
 from tether.model import Approval, ApprovalClaim, ApprovalStatus, Task, binding_name
-from tether.rules.jws import strict_json_loads
+from tether.rules.jws import JWSError, strict_json_loads
 from tether.rules.tool_call import DEFAULT_MAX_ARGUMENT_BYTES, ToolCall, ToolCallError, canonical_json, digest, parse_tool_call
 
 __all__ = [
@@ -134,7 +134,7 @@ def parse_authorization_details(text: str, *, max_bytes: int = DEFAULT_MAX_ARGUM
         raise InvalidAuthorizationDetails("`authorization_details` is too large")
     try:
         value = strict_json_loads(text.encode("utf-8"))
-    except (ValueError, UnicodeError):
+    except (JWSError, UnicodeError):  # strict_json_loads raises JWSError for every malformed text
         raise InvalidAuthorizationDetails("`authorization_details` is not valid JSON") from None
     if not isinstance(value, list) or len(value) != 1 or not isinstance(value[0], dict):
         raise InvalidAuthorizationDetails("`authorization_details` must be an array of one object")

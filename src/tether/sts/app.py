@@ -28,6 +28,7 @@ from tether.metrics import CONTENT_TYPE, exposition
 from tether.store.errors import StoreUnavailable
 from tether.sts.context import StsContext
 from tether.sts.feed import FeedHub, FeedSettings
+from tether.sts.holds import sweep_approvals
 from tether.sts.routes.approval_link import approval_link_endpoint
 from tether.sts.routes.approvals import (
     approval_decide_endpoint,
@@ -96,6 +97,7 @@ def create_app(runtime: Runtime, *, upkeep: bool = True, max_inflight: int = 64)
     async def expire() -> None:
         ctx = runtime.ctx
         await ctx.store.expire_tasks(now=ctx.now())
+        await sweep_approvals(ctx.store, now=ctx.now())
 
     async def purge() -> None:
         ctx = runtime.ctx

@@ -7,7 +7,9 @@ with a proof from its key and/or its certificate and a ``resource`` gives a hop 
 token with the audience's own workload JWT as ``actor_token`` gives a token for the next
 service, the actor nested in ``act`` (RFC 8693 §4.1). An admin principal's workload JWT without
 ``task`` gives an admin token (the CLI). Checks run shape, proof, nonce, replay, identity,
-attenuation, then one atomic store write (spend, count, lineage, audit).
+attenuation, then one atomic store write (spend, count, lineage, audit). Between the decision
+and the write, ``holds.gate`` judges an RFC 9396 tool call and holds a request the policies
+hold for a human's approval (RFC 8628 §3.5 polling with ``approval_id``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from tether.audit.chain import AuditEvent
 from tether.errors import (
     AccessDenied,
+    AuthorizationPending,
     InvalidClient,
     InvalidDPoPProof,
     InvalidGrant,
@@ -41,6 +44,7 @@ from tether.rules.claims import Grant, build_claims
 from tether.rules.exchange import Ask, check_hop_binding, derive_hop, derive_session
 from tether.rules.namespace import source_of
 from tether.rules.scope import check_subset, format_scope
+from tether.rules.tool_call import ToolCall
 from tether.store.errors import (
     AlreadySpent,
     Blocked,
@@ -54,6 +58,7 @@ from tether.store.errors import (
 from tether.store.records import IssuedToken
 from tether.sts.attribution import Claim, refuse_exchange
 from tether.sts.context import StsContext, new_jti, spend_key
+from tether.sts.holds import gate
 from tether.urns import CLIENT_CREDENTIALS, JWT_BEARER, TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS, TOKEN_TYPE_JWT
 
 __all__ = ["ExchangeRequest", "ExchangeResult", "exchange"]
@@ -77,6 +82,10 @@ class ExchangeRequest:
     client_ip: str | None = None
     #: the client certificate of the connection (``web.client_cert.presented_certificate``)
     certificate: ClientCertificate | None = None
+    #: RFC 9396 ``authorization_details``: the one MCP tool call the token is for (``rules.approval``)
+    tool_call: ToolCall | None = None
+    #: RFC 8628-style poll of a held request (``rules.approval.valid_approval_id`` checked the shape)
+    approval_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -230,6 +239,11 @@ async def exchange(ctx: StsContext, req: ExchangeRequest) -> ExchangeResult:
     started = time.perf_counter()
     try:
         result = await _exchange(ctx, req, claim)
+    except AuthorizationPending:
+        # held: the approval.requested record says so once; a poll is neither audited (it
+        # would flood the chain) nor a refusal the monitor could count against the agent
+        EXCHANGE_SECONDS.labels(kind="held").observe(time.perf_counter() - started)
+        raise
     except OAuthError as exc:
         EXCHANGE_SECONDS.labels(kind="refused").observe(time.perf_counter() - started)
         if exc.error != "use_dpop_nonce":
@@ -312,7 +326,12 @@ async def _session(
     grant = derive_session(identity, task, ask, now=now, agent_source=_source(ctx, task.agent))
     claim.task = task.id  # derive_session checked that the task is this workload's
     decision = _authorize(ctx, req, grant, task, kind="session", principal=identity.principal)
-    return await _issue(ctx, grant, "session", task, checked, claim, principals=[identity.principal], now=now, policy=decision)
+    gated = await gate(ctx, grant, task, decision, kind="session", call=req.tool_call, approval_id=req.approval_id,
+                       proof=checked.proof, replay=checked.replay, claim=claim, client=req.client_ip,
+                       risk=chain_risk(ctx, identity.principal, task.agent, grant.sub, *grant.actors))  # fmt: skip
+    checked = _Checked(checked.proof, gated.replay, checked.spends)
+    return await _issue(ctx, gated.grant, "session", task, checked, claim, principals=[identity.principal], now=now,
+                        policy=decision)  # fmt: skip
 
 
 async def _credentials(ctx: StsContext, req: ExchangeRequest, claim: Claim) -> ExchangeResult:
@@ -370,11 +389,16 @@ async def _hop(
     )
     claim.task = task.id  # an actor is tied to the task only once the delegation is allowed
     requester = actor.principal if actor else parent.client_id
-    decision = _authorize(ctx, req, grant, task, kind="delegation" if actor else "hop", principal=requester)
+    kind = "delegation" if actor else "hop"
+    decision = _authorize(ctx, req, grant, task, kind=kind, principal=requester)
     principals = [parent.sub, parent.agent, *parent.actors] + ([actor.principal] if actor else [])
-    checked = _Checked(proof, replay, _spends(actor, client))
-    claim.spends = checked.spends
-    return await _issue(ctx, grant, "hop", task, checked, claim, principals=principals, now=now, policy=decision)
+    spends = _spends(actor, client)
+    claim.spends = spends
+    gated = await gate(ctx, grant, task, decision, kind=kind, call=req.tool_call, approval_id=req.approval_id,
+                       proof=proof, replay=replay, claim=claim, client=req.client_ip,
+                       risk=chain_risk(ctx, requester, task.agent, grant.sub, *grant.actors))  # fmt: skip
+    checked = _Checked(proof, gated.replay, spends)
+    return await _issue(ctx, gated.grant, "hop", task, checked, claim, principals=principals, now=now, policy=decision)
 
 
 async def _admin(
@@ -384,6 +408,8 @@ async def _admin(
     settings = ctx.settings
     if identity.principal not in settings.admin_principals:
         raise InvalidRequest("`task` is required")
+    if req.tool_call is not None or req.approval_id is not None:
+        raise InvalidRequest("`authorization_details` and `approval_id` need a task")
     scope = req.scope if req.scope is not None else settings.admin_scope
     check_subset(scope, settings.admin_scope, what="the admin scope")
     if req.audience is not None and req.audience != settings.issuer:
@@ -473,6 +499,8 @@ async def _issue(
             "x5t": grant.x5t,
             "binding": binding_name(grant.jkt, grant.x5t),
             "policy": policy.audit(),
+            **({"approval": grant.apr.id} if grant.apr is not None else {}),
+            **({"tctx": grant.tctx} if grant.tctx is not None else {}),
         },
     )
     if task is not None:
@@ -485,7 +513,7 @@ async def _issue(
             audit=event,
             replay=checked.replay,
             principals=principals,
-            vouch=functools.partial(ctx.proofs.admits, checked.proof) if checked.proof is not None else None,
+            vouch=functools.partial(ctx.proofs.admits, checked.proof) if checked.replay is not None and checked.proof else None,
         )
     except Replayed as exc:
         raise replayed_proof(str(grant.jkt)) from exc

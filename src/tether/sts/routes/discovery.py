@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 
 from tether.identity.x509 import SELF_SIGNED_TLS_CLIENT_AUTH, TLS_CLIENT_AUTH
 from tether.metrics import REFUSALS
+from tether.rules.approval import TOOL_CALL_TYPE
 from tether.store.errors import StoreError
 from tether.sts.routes.common import context, endpoint
 from tether.urns import CLIENT_CREDENTIALS, TOKEN_EXCHANGE
@@ -34,7 +35,8 @@ async def jwks_endpoint(request: Request) -> Response:
 async def metadata_endpoint(request: Request) -> Response:
     """RFC 8414 §2, with RFC 9449 §5.1 ``dpop_signing_alg_values_supported`` and, when client
     certificates can authenticate anyone here (a trust domain's X.509 bundle or a registered
-    certificate), RFC 8705 §3.3 and §5 (``mtls_endpoint_aliases``: one port serves both)."""
+    certificate), RFC 8705 §3.3 and §5 (``mtls_endpoint_aliases``: one port serves both); the
+    RFC 9396 §10 ``authorization_details`` types the token endpoint takes."""
     ctx = context(request)
     issuer = ctx.settings.issuer
     algs = list(ctx.proofs.algorithms)
@@ -55,6 +57,8 @@ async def metadata_endpoint(request: Request) -> Response:
         "scopes_supported": sorted(ctx.settings.admin_scope),
         "tether_tasks_endpoint": issuer + "/tasks",
         "tether_revocations_endpoint": issuer + "/revocations",
+        # RFC 9396 §10: one MCP tool call per token request (``rules.approval``)
+        "authorization_details_types_supported": [TOOL_CALL_TYPE],
     }
     if mtls:
         body["grant_types_supported"] = [TOKEN_EXCHANGE, CLIENT_CREDENTIALS]

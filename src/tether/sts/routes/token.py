@@ -1,20 +1,26 @@
-"""``POST /token`` (RFC 8693 §2), ``POST /introspect`` (RFC 7662 §2), ``POST /revoke`` (RFC 7009 §2)."""
+"""``POST /token`` (RFC 8693 §2), ``POST /introspect`` (RFC 7662 §2), ``POST /revoke`` (RFC 7009 §2).
+
+The token endpoint also takes RFC 9396 ``authorization_details`` (one ``tool_call``, echoed in
+the response as §7 says) and ``approval_id``, the poll of a held request (RFC 8628 §3.4 style).
+"""
 
 from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from tether.errors import OAuthError
+from tether.errors import AuthorizationPending, InvalidRequest, OAuthError
 from tether.model import WorkloadIdentity
+from tether.rules.approval import parse_authorization_details, valid_approval_id
 from tether.rules.resource import select_audience
 from tether.rules.scope import parse_scope
 from tether.sts.auth import authenticate_client
 from tether.sts.exchange import ExchangeRequest, exchange
+from tether.sts.holds import details_json
 from tether.sts.introspection import introspect, revoke
 from tether.sts.routes.common import client_address, client_certificate, context, endpoint, nonce_headers
 from tether.web.dpop_request import dpop_header
-from tether.web.errors import NO_STORE
+from tether.web.errors import NO_STORE, error_response
 from tether.web.forms import Form, read_form
 
 __all__ = ["introspect_endpoint", "revoke_endpoint", "token_endpoint"]
@@ -28,8 +34,17 @@ async def token_endpoint(request: Request) -> Response:
     except OAuthError as exc:
         await ctx.refuse(exc, kind="token.refused", detail={"stage": "request"}, source=client_address(request))
         raise
-    result = await exchange(ctx, req)
-    return JSONResponse(result.as_json(), headers={**NO_STORE, **nonce_headers(ctx)})
+    try:
+        result = await exchange(ctx, req)
+    except AuthorizationPending as exc:
+        # RFC 8628 §3.5 answer; with the next DPoP nonce (RFC 9449 §8.2), as the agent polls on
+        response = error_response(exc)
+        response.headers.update(nonce_headers(ctx))
+        return response
+    body = result.as_json()
+    if req.tool_call is not None:
+        body["authorization_details"] = details_json(req.tool_call)
+    return JSONResponse(body, headers={**NO_STORE, **nonce_headers(ctx)})
 
 
 async def _parse(request: Request) -> ExchangeRequest:
@@ -38,6 +53,10 @@ async def _parse(request: Request) -> ExchangeRequest:
     RFC 9440 header (``web.client_cert``); which grant needs it is the use case's to say."""
     form = await read_form(request, repeatable=("resource", "audience"))
     scope = form.get("scope")
+    details = form.get("authorization_details")
+    approval_id = form.get("approval_id")
+    if approval_id is not None and not valid_approval_id(approval_id):
+        raise InvalidRequest("`approval_id` is not an approval id")
     return ExchangeRequest(
         grant_type=form.require("grant_type"),
         subject_token=form.get("subject_token"),
@@ -54,6 +73,8 @@ async def _parse(request: Request) -> ExchangeRequest:
         client_assertion_type=form.get("client_assertion_type"),
         client_ip=client_address(request),
         certificate=client_certificate(request),
+        tool_call=parse_authorization_details(details) if details is not None else None,
+        approval_id=approval_id,
     )
 
 
