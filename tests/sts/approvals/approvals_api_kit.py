@@ -282,8 +282,16 @@ class ApprovalsEnv:
 
 
 @contextlib.contextmanager
-def approvals_env(directory: Path, *, webhook_url: str = "", extra_toml: str = "") -> Iterator[ApprovalsEnv]:
-    """A provider with one tenant (the approvers' issuer) and an STS trusting it for approvers."""
+def approvals_env(
+    directory: Path,
+    *,
+    webhook_url: str = "",
+    extra_toml: str = "",
+    policies: str = "",
+    settings: Mapping[str, str | int] | None = None,
+) -> Iterator[ApprovalsEnv]:
+    """A provider with one tenant (the approvers' issuer) and an STS trusting it for approvers;
+    ``policies`` is written into the policy directory before the STS starts, ``settings`` into ``[approvals]``."""
     provider = Provider().start()
     try:
         tenant = Tenant(provider)
@@ -291,7 +299,9 @@ def approvals_env(directory: Path, *, webhook_url: str = "", extra_toml: str = "
         tenant.publish(key)
         config = make_deployment(directory, extra_toml=GROUPS_TOML + "\n" + QUIET_MONITOR + "\n" + extra_toml)
         assert config.path is not None
-        set_approvals(config.path, approvals_settings(tenant.issuer, webhook_url=webhook_url))
+        set_approvals(config.path, {**approvals_settings(tenant.issuer, webhook_url=webhook_url), **(settings or {})})
+        if policies:
+            (config.policy_dir / "50-approvals.cedar").write_text(policies, encoding="utf-8")
         with serving(load_config(config.path), ManualClock()) as sts:
             env = ApprovalsEnv(sts=sts, provider=provider, tenant=tenant, key=key)
             try:
