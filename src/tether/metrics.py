@@ -13,6 +13,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = [
     "ALERTS",
+    "APPROVALS",
     "CONTENT_TYPE",
     "EXCHANGE_SECONDS",
     "FEED_LAG_SECONDS",
@@ -47,6 +48,8 @@ EXCHANGE_SECONDS = Histogram(
 REVOCATIONS = Counter(
     "tether_revocations", "Revocation feed entries published, by kind (jti or task)", ["kind"], registry=REGISTRY
 )
+#: held requests by outcome: requested, approved, denied, expired (``rules.approval``; no ids as labels)
+APPROVALS = Counter("tether_approvals", "Held requests and their outcomes", ["outcome"], registry=REGISTRY)
 FEED_SUBSCRIBERS = Gauge("tether_feed_subscribers", "Open revocation feed streams", registry=REGISTRY)
 FEED_LAG_SECONDS = Gauge(
     "tether_feed_lag_seconds",

@@ -69,7 +69,8 @@ def _wait(predicate: Any, what: str, timeout: float = 10.0) -> None:
 #: none of these may appear in a label value, nor any task id, jti or token a test handled
 PRINCIPALS = (ADMIN, AGENT, OTHER_AGENT, "spiffe://", "eyJ", "http")
 ENDPOINTS = {"token", "introspect", "revoke", "jwks", "metadata", "health", "revocations", "revocations_stream",
-             "policies", "tasks", "task", "task_transition", "block"}  # fmt: skip
+             "policies", "tasks", "task", "task_transition", "block",
+             "approvals", "approval", "approval_decide", "approval_events", "approval_link"}  # fmt: skip
 
 
 def test_exchanges_and_refusals_move_the_counters_exactly(quiet_sts: RunningSts) -> None:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from tether.audit.chain import AuditEvent
 from tether.config.approvers import ApproverGroup
 from tether.errors import AccessDenied, InvalidRequest, NotFoundError
+from tether.metrics import APPROVALS
 from tether.model import Approval, ApprovalStatus, Task
 from tether.rules.approval import SUBJECT_GROUP, Approver, check_approver, check_grant, check_pending, valid_approval_id
 from tether.rules.approval_seal import ApprovalTampered, Link, check_sealed, decision_mac, sign_link, verify_link
@@ -193,11 +194,13 @@ async def _write_decision(
     event = AuditEvent(kind=f"approval.{decided.status.value}", outcome="ok", principal=approver.principal,
                        task=approval.task, detail=detail)  # fmt: skip
     try:
-        return await ctx.store.decide_approval(decided, now=now, audit=event)
+        stored = await ctx.store.decide_approval(decided, now=now, audit=event)
     except NotFound:
         raise NotFoundError(_NOT_FOUND, debug=f"approval {approval.id} vanished before its decision") from None
     except Conflict:
         raise InvalidRequest("the approval is already decided", debug=f"approval {approval.id} decided concurrently") from None
+    APPROVALS.labels(outcome=stored.status.value).inc()
+    return stored
 
 
 async def _task_of(ctx: StsContext, approval: Approval) -> Task:

@@ -32,9 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent / "identity
 
 from identity_support import Provider, Tenant, ec_key, sign_jwt
 
-from helpers import ADMIN, AGENT, QUIET_MONITOR, RunningSts, ServerThread, free_port, running_sts
+from helpers import ADMIN, AGENT, QUIET_MONITOR, RunningSts, ServerThread, free_port, make_deployment, serving
 from tether.audit.chain import AuditEvent
-from tether.config import Config
+from tether.clock import ManualClock
+from tether.config import Config, load_config
 from tether.keys.sealed import derive_key, load_master_key
 from tether.model import Approval, Task
 from tether.rules.approval import ApprovalBinding, approval_view, tool_call_context
@@ -92,30 +93,36 @@ def refused(response: httpx.Response, status: int, error: str) -> dict[str, Any]
     return body
 
 
-def approvals_toml(issuer: str, *, webhook_url: str = "", public_url: str = "") -> str:
-    lines = [
-        "[approvals]",
-        f'issuer = "{issuer}"',
-        f'audience = "{APPROVALS_AUDIENCE}"',
-        "max_uses = 5",
-        "max_window = 1800",
-    ]
+def approvals_settings(issuer: str, *, webhook_url: str = "", public_url: str = "") -> dict[str, str | int]:
+    """``[approvals]`` of these tests: the loopback provider as the approvers' issuer."""
+    values: dict[str, str | int] = {"issuer": issuer, "audience": APPROVALS_AUDIENCE, "max_uses": 5, "max_window": 1800}
     if webhook_url:
-        lines += [f'webhook_url = "{webhook_url}"', "webhook_timeout = 2"]
+        values.update(webhook_url=webhook_url, webhook_timeout=2)
     if public_url:
-        lines.append(f'public_url = "{public_url}"')
-    lines += [
-        "",
-        "[[approver_groups]]",
-        'name = "finance"',
-        f'members = ["{ALICE}", "{CAROL}", "{DAVE}"]',
-        'idp_groups = ["fin-team"]',
-        "",
-        "[[approver_groups]]",
-        'name = "legal"',
-        f'members = ["{LENA}"]',
-    ]
-    return "\n".join(lines) + "\n"
+        values["public_url"] = public_url
+    return values
+
+
+GROUPS_TOML = f"""
+[[approver_groups]]
+name = "finance"
+members = ["{ALICE}", "{CAROL}", "{DAVE}"]
+idp_groups = ["fin-team"]
+
+[[approver_groups]]
+name = "legal"
+members = ["{LENA}"]
+"""
+
+
+def set_approvals(path: Path, values: Mapping[str, str | int]) -> None:
+    """Rewrite the ``[approvals]`` table ``tether init`` wrote (the dev provider) with ``values``."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split("#")[0].strip() == "[approvals]")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
+    kept = [line for line in lines[start + 1 : end] if line.split("=")[0].strip() not in {*values, "jwks_file"}]
+    mine = [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    path.write_text("\n".join([*lines[:start], "[approvals]", *mine, *kept, *lines[end:]]) + "\n", encoding="utf-8")
 
 
 def run(fn: Callable[[Store], Awaitable[T]], config: Config) -> T:
@@ -275,15 +282,27 @@ class ApprovalsEnv:
 
 
 @contextlib.contextmanager
-def approvals_env(directory: Path, *, webhook_url: str = "", extra_toml: str = "") -> Iterator[ApprovalsEnv]:
-    """A provider with one tenant (the approvers' issuer) and an STS trusting it for approvers."""
+def approvals_env(
+    directory: Path,
+    *,
+    webhook_url: str = "",
+    extra_toml: str = "",
+    policies: str = "",
+    settings: Mapping[str, str | int] | None = None,
+) -> Iterator[ApprovalsEnv]:
+    """A provider with one tenant (the approvers' issuer) and an STS trusting it for approvers;
+    ``policies`` is written into the policy directory before the STS starts, ``settings`` into ``[approvals]``."""
     provider = Provider().start()
     try:
         tenant = Tenant(provider)
         key = ec_key("approvers-1")
         tenant.publish(key)
-        toml = approvals_toml(tenant.issuer, webhook_url=webhook_url) + "\n" + QUIET_MONITOR + "\n" + extra_toml
-        with running_sts(directory, extra_toml=toml) as sts:
+        config = make_deployment(directory, extra_toml=GROUPS_TOML + "\n" + QUIET_MONITOR + "\n" + extra_toml)
+        assert config.path is not None
+        set_approvals(config.path, {**approvals_settings(tenant.issuer, webhook_url=webhook_url), **(settings or {})})
+        if policies:
+            (config.policy_dir / "50-approvals.cedar").write_text(policies, encoding="utf-8")
+        with serving(load_config(config.path), ManualClock()) as sts:
             env = ApprovalsEnv(sts=sts, provider=provider, tenant=tenant, key=key)
             try:
                 yield env

@@ -157,6 +157,8 @@ def test_deny_records_the_denial(env: ApprovalsEnv) -> None:
     assert (body["status"], body["decided_by"], body["uses"], body["until"]) == ("denied", ALICE, 0, None)
     record = env.sts.last_audit("approval.denied")
     assert (record.principal, record.detail["approval"], record.detail["reason"]) == (ALICE, approval.id, "not this vendor")
+    metrics = env.http.get(env.sts.url + "/metrics").text
+    assert 'tether_approvals_total{outcome="denied"}' in metrics
 
 
 @pytest.mark.parametrize(
@@ -208,5 +210,18 @@ def test_oversized_body_isrefused(env: ApprovalsEnv) -> None:
     big = '{"reason": "' + "x" * 70_000 + '"}'
     response = env.as_(ALICE, "POST", f"/approvals/{approval.id}/approve", content=big,
                        headers={"Content-Type": "application/json"})  # fmt: skip
+    refused(response, 400, "invalid_request")
+    assert env.status(approval.id) == "pending"
+
+
+@pytest.mark.parametrize(
+    ("content", "ctype"),
+    [("[]", "application/json"), ("{", "application/json"), ('{"uses": 1, "uses": 2}', "application/json"),
+     ('{"uses": 1}', "text/plain"), ("uses=1", "application/x-www-form-urlencoded")],
+    ids=["array", "truncated", "duplicate-key", "text-plain", "form"],
+)  # fmt: skip
+def test_malformed_decision_body_is_invalid_request(env: ApprovalsEnv, content: str, ctype: str) -> None:
+    approval = env.hold(env.task())
+    response = env.as_(ALICE, "POST", f"/approvals/{approval.id}/approve", content=content, headers={"Content-Type": ctype})
     refused(response, 400, "invalid_request")
     assert env.status(approval.id) == "pending"

@@ -100,7 +100,7 @@ def _issued_by_us(ctx: StsContext, token: str) -> bool:
     """Whether a Bearer token claims to be one of our own (certificate-bound, RFC 8705 §3); only picks the verifier."""
     try:
         claims = strict_json_loads(b64url_decode(token.split(".")[1])) if token.count(".") == 2 else None
-    except (JWSError, IndexError):
+    except (JWSError, ValueError):
         return False
     return isinstance(claims, dict) and claims.get("iss") == ctx.settings.issuer
 
