@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,9 +74,33 @@ def make_deployment(directory: Path, *, extra_toml: str = "", port: int | None =
         (directory / "tether.toml").write_text(text + postgres_toml(schema, schema), encoding="utf-8")
         SCHEMAS.append(schema)
     result = initialize(directory, issuer=issuer)
-    with result.config_path.open("a", encoding="utf-8") as handle:
-        handle.write("\n" + _audit_every_refusal(extra_toml) + "\n")
+    text, extra = merge_approvals(result.config_path.read_text(encoding="utf-8"), extra_toml)
+    result.config_path.write_text(text + "\n" + _audit_every_refusal(extra) + "\n", encoding="utf-8")
     return load_config(result.config_path)
+
+
+_APPROVALS = re.compile(r"^\[approvals\][^\n]*\n((?:(?!\[).*\n?)*)", re.M)
+
+
+def merge_approvals(config_text: str, extra_toml: str) -> tuple[str, str]:
+    """An ``[approvals]`` table in ``extra_toml`` takes over the one ``tether init`` wrote (TOML has
+    one table per name): its keys win, the init table's other keys move into it — except the dev
+    provider's ``jwks_file`` when the extra table names another ``issuer``."""
+    theirs = _APPROVALS.search(extra_toml)
+    ours = _APPROVALS.search(config_text)
+    if theirs is None or ours is None:
+        return config_text, extra_toml
+
+    def keys(block: str) -> dict[str, str]:
+        lines = [line for line in block.splitlines() if "=" in line and not line.lstrip().startswith("#")]
+        return {line.split("=", 1)[0].strip(): line for line in lines}
+
+    overridden = keys(theirs.group(1))
+    if "issuer" in overridden:
+        overridden.setdefault("jwks_file", "")
+    kept = [line for key, line in keys(ours.group(1)).items() if key not in overridden]
+    merged = extra_toml[: theirs.end()].rstrip("\n") + "\n" + "".join(f"{line}\n" for line in kept) + extra_toml[theirs.end() :]
+    return config_text[: ours.start()] + config_text[ours.end() :], merged
 
 
 def _audit_every_refusal(extra_toml: str) -> str:

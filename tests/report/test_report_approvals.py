@@ -19,6 +19,7 @@ from snapshots import DAY, NOW, audit, healthy, only, policy, store
 from helpers import make_deployment
 from tether.audit.chain import AuditEvent
 from tether.config import Config
+from tether.identity.dev_approvers import DevApprovers
 from tether.report.approvals import approval_facts, probe_principal
 from tether.report.controls import run_controls
 from tether.report.evidence import gather
@@ -218,7 +219,8 @@ def test_gather_asks_the_policy_engine_for_each_high_risk_audience(tmp_path: Pat
 
 def test_gather_without_high_risk_resources_or_with_a_broken_policy_set(tmp_path: Path) -> None:
     plain = make_deployment(tmp_path / "plain")
-    assert approval_facts(plain).audiences == () and approval_facts(plain).issuer == ""
+    # tether init points [approvals] at its dev approvers' provider
+    assert approval_facts(plain).audiences == () and approval_facts(plain).issuer == DevApprovers.issuer_for(plain.issuer)
     broken = deployment(tmp_path / "broken")
     (broken.policy_dir / "30-bad.cedar").write_text("permit (principal, action, resource) when { nope };\n", "utf-8")
     assert approval_facts(broken).audiences is None
