@@ -38,6 +38,7 @@ from tether.sts.checkpoints import AuditCheckpoints
 from tether.sts.context import StsContext
 from tether.sts.effective import effective_settings, override_event, overrides_shown, security_relevant
 from tether.sts.settings import StsSettings
+from tether.sts.vault_values import VaultValues
 
 __all__ = ["Sts", "build_sts"]
 
@@ -113,6 +114,7 @@ class Sts:
             approval_key=derive_key(self.master_key, "approvals"),
             link_key=derive_key(self.master_key, "approval-links"),
             approvers=ApproverVerifier.from_config(self.config, self._http),
+            vault_values=VaultValues(store, self.master_key).values,
         )
         if settings.approvals.webhook_url:
             self.approval_webhook = ApprovalWebhook.for_context(self._ctx)

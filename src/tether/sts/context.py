@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,6 +92,8 @@ class StsContext:
     link_key: bytes = b""
     #: the organisation's OIDC provider for approvers (``identity.approvers``); ``None`` until started
     approvers: ApproverVerifier | None = None
+    #: the vaulted secrets' values, redacted from what approvers see (``sts.vault_values``)
+    vault_values: Callable[[], Awaitable[tuple[str, ...]]] | None = None
     #: called (not awaited by the token response) for each newly held request: the webhook (``sts.approval_webhook``)
     on_hold: Callable[[Approval, Task], None] | None = None
 

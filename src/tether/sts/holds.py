@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 from tether.audit.chain import AuditEvent
 from tether.errors import AccessDenied, AuthorizationPending, InvalidGrant, SlowDown, TooManyRequests, after_end
 from tether.lru import LruCache
+from tether.metrics import APPROVALS
 from tether.model import Approval, ApprovalStatus, DPoPProof, Task, TaskState
 from tether.policy.engine import Decision
 from tether.policy.entities import call_request
@@ -290,7 +291,8 @@ async def _hold(ctx: StsContext, binding: ApprovalBinding, task: Task, call: Too
     """Record the held request (or find the pending one for the same request) and answer pending."""
     settings = ctx.settings.approvals
     now = int(ctx.now())
-    view = approval_view(binding, task=task, call=call, fields=settings.redact)
+    vaulted = await ctx.vault_values() if ctx.vault_values is not None and call is not None else ()
+    view = approval_view(binding, task=task, call=call, fields=settings.redact, secrets=vaulted)
     draft = Approval(
         id=new_approval_id(),
         task=task.id,
@@ -309,6 +311,8 @@ async def _hold(ctx: StsContext, binding: ApprovalBinding, task: Task, call: Too
                        detail=approval_detail(draft))  # fmt: skip
     try:
         stored = await ctx.store.hold_approval(draft, now=now, max_pending=settings.max_pending, audit=event)
+        if stored.id == draft.id:
+            APPROVALS.labels(outcome="requested").inc()
     except CapReached:
         raise await _cap_refusal(ctx.store, task, now=now, cap=settings.max_pending) from None
     fresh = stored.id == draft.id
@@ -346,4 +350,7 @@ async def sweep_approvals(store: Store, *, now: float) -> list[Approval]:
         return AuditEvent(kind="approval.expired", outcome="ok", principal=agent if isinstance(agent, str) else None,
                           task=approval.task, detail=approval_detail(approval))  # fmt: skip
 
-    return await store.expire_approvals(now=now, audit=event)
+    expired = await store.expire_approvals(now=now, audit=event)
+    if expired:
+        APPROVALS.labels(outcome="expired").inc(len(expired))
+    return expired

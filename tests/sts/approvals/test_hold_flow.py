@@ -357,3 +357,17 @@ def test_delegation_is_held_and_redeemed_by_the_same_actor(sts: RunningSts) -> N
     assert response.status_code == 200, response.text
     claims = claims_of(response.json()["access_token"])
     assert claims["apr"]["id"] == approval_id and claims["act"]["sub"] == "spiffe://tether.local/svc/plain"
+
+
+def test_apr05_view_redacts_vaulted_secrets_in_arguments(sts: RunningSts) -> None:
+    from tether.gateway.vault import store_secret
+
+    secret = "sk-live-9f8e7d6c5b4a"
+    store_secret(sts.config, "payments-api-key", secret, actor="test")
+    client = Client(sts)
+    session = session_token(sts, client, new_task(sts))
+    arguments = {"to": "acct-1", "memo": f"key={secret}", "items": ["fine", secret]}
+    approval_id = assert_held(hop(client, session, PLAIN, authorization_details=details("transfer", **arguments)))
+    view = approval_row(sts, approval_id).view
+    assert view["arguments"] == {"to": "acct-1", "memo": "[redacted]", "items": ["fine", "[redacted]"]}
+    assert secret not in str(view)
