@@ -41,6 +41,12 @@ ATTACKS = {
     "refused:mtls-no-certificate",
     "refused:mtls-spoofed-client-cert",
     "refused:mtls-after-completion",
+    # issue 17: the approval act (a non-member, the agent itself, a forged link, changed arguments, a second use)
+    "refused:approval-outside-group",
+    "refused:approval-by-the-agent",
+    "refused:approval-forged-link",
+    "refused:approval-changed-arguments",
+    "refused:approval-used-twice",
 }
 #: A compact JWS (any token, proof or SVID) — none may appear in the demo's output (BCP-13).
 JWS = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
@@ -66,6 +72,8 @@ def _check_result(result: dict[str, Any]) -> None:
     assert checks["mtls:certificate-bound"] is True
     # issue 15: an agent on the MCP SDK lists and calls tools at a protected server and through the gateway
     assert checks["mcp:protected-call"] is True and checks["mcp:gateway-call"] is True
+    # issue 17: a held payment approved by a scripted member of finance went through once
+    assert checks["approval:held-then-paid"] is True
 
 
 def _tether(*args: str) -> subprocess.CompletedProcess[str]:

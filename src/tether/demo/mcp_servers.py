@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DRIVE", "POISONED", "drive_server", "main", "notes_server"]
+__all__ = ["DRIVE", "POISONED", "drive_server", "main", "notes_server", "payments_server"]
 
 #: the shared drive's files (in memory: the demo reads, never writes, the real disk)
 DRIVE = {
@@ -49,6 +49,24 @@ def drive_server(*, poisoned: bool = False) -> Any:
     def delete_file(path: str) -> str:
         DRIVE.pop(path, None)
         return f"deleted {path}"
+
+    return server
+
+
+def payments_server(paid: list[dict[str, Any]]) -> Any:
+    """A payments service (``pay``, ``balance``); ``paid`` records every payment it made."""
+    from mcp.server.mcpserver import MCPServer
+
+    server = MCPServer("payments")
+
+    @server.tool(description="Pay an amount (in euros) to a supplier.")
+    def pay(to: str, amount: int, memo: str = "") -> str:
+        paid.append({"to": to, "amount": amount, "memo": memo})
+        return f"paid {amount} EUR to {to}"
+
+    @server.tool(description="The account balance, in euros.")
+    def balance() -> int:
+        return 10_000 - sum(int(p["amount"]) for p in paid)
 
     return server
 

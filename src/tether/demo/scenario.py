@@ -26,8 +26,9 @@ from tether.agent.session import Agent, TaskSession
 from tether.client import StsClient
 from tether.config import load_config
 from tether.demo.acts import GatewayPlan, gateway_act, legacy_api, rogue_act, store_legacy_key
+from tether.demo.approval_act import APPROVAL_POLICY, PAYMENTS_SERVICE, ApprovalPlan, approval_act
 from tether.demo.mcp_act import NOTES_SERVICE, McpPlan, mcp_act, pin_drive
-from tether.demo.mcp_servers import notes_server
+from tether.demo.mcp_servers import notes_server, payments_server
 from tether.demo.mtls_act import REPORTS_SERVICE, MtlsPlan, enable_x509, mtls_act, reports_service, tls_files
 from tether.demo.services import docs_service, search_service
 from tether.gateway.app import build_gateway
@@ -163,22 +164,32 @@ def _scenario(directory: Path, run: _Run) -> None:
     notes_port = free_port()
     mcp_plan = McpPlan(plan.gateway_url, f"http://127.0.0.1:{notes_port}/mcp", directory / "drive-vendor-update")
     mtls_plan = MtlsPlan(f"https://127.0.0.1:{free_port()}", f"https://127.0.0.1:{free_port()}")
+    payments_port = free_port()
+    approval_plan = ApprovalPlan(f"http://127.0.0.1:{payments_port}/mcp")
     init = initialize(directory, issuer=sts_url)
     with init.config_path.open("a", encoding="utf-8") as handle:
         handle.write(
             f'\n[[resources]]\nuri = "{b_url}"\nprincipals = ["{SVC_B}"]\n'
-            f'\n[[resources]]\nuri = "{c_url}"\nprincipals = ["{SVC_C}"]\n' + mcp_plan.toml() + plan.toml() + mtls_plan.toml()
+            f'\n[[resources]]\nuri = "{c_url}"\nprincipals = ["{SVC_C}"]\n'
+            + mcp_plan.toml()
+            + plan.toml()
+            + mtls_plan.toml()
+            + approval_plan.toml()
         )
     initial = load_config(init.config_path)
     master = load_master_key(initial.master_key_file)
     ca, bundle = enable_x509(init.config_path, initial.data_dir, "tether.local", master)
     config = load_config(init.config_path)
+    (config.policy_dir / "50-payments.cedar").write_text(APPROVAL_POLICY, encoding="utf-8")
     store_legacy_key(config)
     pinned = pin_drive(config)
     domain = DevTrustDomain.load(config.data_dir, "tether.local", master)
     sts = build_sts(config)
     tls = tls_files(config)
-    servers = [ServerThread(sts.app, sts_port).start(), ServerThread(sts.app, _port(mtls_plan.sts_mtls_url), tls=tls).start()]
+    servers = [
+        ServerThread(sts.app, sts_port).start(),
+        ServerThread(sts.app, _port(mtls_plan.sts_mtls_url), tls=tls, lifespan=False).start(),
+    ]
     run.step("setup", "STS started on the embedded SQLite store", url=sts_url, kid=sts.ctx.keyring.current.kid[:12] + "…")
     c_app, c_verifier = docs_service(sts_url, c_url, DevIdentity(domain, SVC_C))
     b_app, b_verifier = search_service(sts_url, b_url, c_url, DevIdentity(domain, SVC_B))
@@ -186,13 +197,18 @@ def _scenario(directory: Path, run: _Run) -> None:
     notes_verifier = Verifier(ResourceSettings(issuer=sts_url, resource=mcp_plan.notes_url),
                               identity=DevIdentity(domain, NOTES_SERVICE))  # fmt: skip
     servers.append(ServerThread(protect(notes_server(), notes_verifier), notes_port).start())
+    payments_verifier = Verifier(ResourceSettings(issuer=sts_url, resource=approval_plan.payments_url,
+                                                  policy_dir=str(config.policy_dir)),
+                                 identity=DevIdentity(domain, PAYMENTS_SERVICE))  # fmt: skip
+    paid: list[dict[str, Any]] = []
+    servers.append(ServerThread(protect(payments_server(paid), payments_verifier), payments_port).start())
     r_app, r_verifier = reports_service(sts_url, mtls_plan.reports_url, DevIdentity(domain, REPORTS_SERVICE))
     servers.append(ServerThread(r_app, _port(mtls_plan.reports_url), tls=tls).start())
     gateway = build_gateway(config)
     upstream_port, gateway_port = (int(u.rsplit(":", 1)[1]) for u in (plan.upstream_url, plan.gateway_url))
     servers += [ServerThread(legacy_api(), upstream_port).start(), ServerThread(gateway.app, gateway_port).start()]
     try:
-        _wait_fresh([b_verifier, c_verifier, notes_verifier, r_verifier])
+        _wait_fresh([b_verifier, c_verifier, notes_verifier, r_verifier, payments_verifier])
         run.step("setup", "services B (search) and C (docs) subscribed to revocations", b=b_url, c=c_url)
         run.step("setup", "MCP: notes server behind tether.mcp.protect; the gateway's stdio drive route pinned",
                  notes=mcp_plan.notes_url, drive=mcp_plan.drive_url, pinned=pinned)  # fmt: skip
@@ -203,6 +219,9 @@ def _scenario(directory: Path, run: _Run) -> None:
             run.step("setup", "the STS's mutual-TLS listener and the reports service, both asking for client certificates",
                      sts=mtls_plan.sts_mtls_url, reports=mtls_plan.reports_url)  # fmt: skip
             mtls_act(run.step, run.check, admin, mtls_plan, ca, bundle, directory / "svids")
+            run.step("setup", "a payments MCP server behind tether.mcp.protect; `pay` is held for finance's approval",
+                     payments=approval_plan.payments_url, policy="payments-need-finance")  # fmt: skip
+            approval_act(run.step, run.check, admin, domain, sts_url, approval_plan, config, paid)
     finally:
         for server in reversed(servers):
             server.stop()

@@ -44,9 +44,13 @@ def free_port() -> int:
 
 
 class ServerThread:
-    def __init__(self, app: Any, port: int, *, host: str = "127.0.0.1", tls: TlsFiles | None = None) -> None:
+    def __init__(
+        self, app: Any, port: int, *, host: str = "127.0.0.1", tls: TlsFiles | None = None, lifespan: bool = True
+    ) -> None:
         """With ``tls`` the server speaks HTTPS, asks for client certificates and hands the
-        verified one to the app in the ASGI TLS extension (``tether.web.tls``)."""
+        verified one to the app in the ASGI TLS extension (``tether.web.tls``). ``lifespan=False``
+        for a second listener of an app another server runs: its startup and shutdown (the STS's
+        store, monitor and upkeep) belong to one event loop, the first server's."""
         self.port = port
         self.scheme = "https" if tls is not None else "http"
         self.server = uvicorn.Server(
@@ -55,7 +59,7 @@ class ServerThread:
                 host=host,
                 port=port,
                 log_level="error",
-                lifespan="on",
+                lifespan="on" if lifespan else "off",
                 access_log=False,
                 timeout_graceful_shutdown=1,
                 http=TlsHttpToolsProtocol if tls is not None else "httptools",
