@@ -109,7 +109,13 @@ def test_exchanges_and_refusals_move_the_counters_exactly(quiet_sts: RunningSts)
         assert delta(before, after, SECONDS + "_bucket", kind=kind, le="+Inf") == count, kind
     check_labels(after, [*PRINCIPALS, task["id"], session_token, _jti(session_token), hop.json()["access_token"]])
     assert by_label(after, ISSUED, "kind") <= {"session", "hop", "admin"}
-    assert by_label(after, SECONDS + "_count", "kind") <= {"session", "hop", "admin", "refused"}
+    assert by_label(after, SECONDS + "_count", "kind") <= {
+        "session",
+        "hop",
+        "admin",
+        "refused",
+        "held",
+    }  # held: a request waiting for approval
     assert {"token", "tasks"} <= by_label(after, REFUSALS, "endpoint") <= ENDPOINTS
 
 
