@@ -183,7 +183,9 @@ def test_pending_polls_are_not_audited(sts: RunningSts) -> None:
     for _ in range(3):
         assert_held(poll(sts, client, session, PAYMENTS, approval_id))
     hop(client, session, PAYMENTS, approval_id=approval_id)  # slow_down
-    assert [r for r in sts.audit() if r.seq > mark] == []
+    task = approval_row(sts, approval_id).task
+    # nothing about this request (the upkeep may meanwhile expire other tests' approvals, or sign a checkpoint)
+    assert [r for r in sts.audit() if r.seq > mark and (r.task == task or r.kind.startswith("token."))] == []
 
 
 def test_replayed_poll_proof_is_refused(sts: RunningSts) -> None:
