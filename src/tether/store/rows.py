@@ -247,3 +247,30 @@ def approval_from_row(row: Sequence[Any], *, expired: bool = False) -> Approval:
         until=None if row[16] is None else int(row[16]),
         decision_mac=row[17],
     )
+
+
+def approvals_query(
+    *, status: ApprovalStatus | None, task: str | None, before: str | None, now: float, mark: str, ordered: str
+) -> tuple[str, list[object]]:
+    """``Store.list_approvals``'s ``SELECT`` (newest first, a page before ``before``) for a driver whose
+    parameter mark is ``mark`` and whose code-point ordering of ids is ``ordered`` (``id`` with its
+    collation): one query text for both backends, so they filter and page the same way."""
+    sql, args = f"SELECT {APPROVAL_COLUMNS} FROM approvals a WHERE 1 = 1", list[object]()
+    if status is ApprovalStatus.PENDING:
+        sql, args = sql + f" AND status = 'pending' AND expires_at > {mark}", [int(now)]
+    elif status is ApprovalStatus.EXPIRED:
+        sql, args = sql + f" AND (status = 'expired' OR (status = 'pending' AND expires_at <= {mark}))", [int(now)]
+    elif status is not None:
+        sql, args = sql + f" AND status = {mark}", [status.value]
+    if task is not None:
+        sql += f" AND task = {mark}"
+        args.append(task)
+    if before is not None:  # an unknown id pages from nowhere: nothing
+        a_id, b_id = ordered.replace("id", "a.id", 1), ordered.replace("id", "b.id", 1)
+        sql += (
+            f" AND EXISTS (SELECT 1 FROM approvals b WHERE b.id = {mark} AND (a.created_at < b.created_at"
+            f" OR (a.created_at = b.created_at AND {a_id} < {b_id})))"
+        )
+        args.append(before)
+    a_id = ordered.replace("id", "a.id", 1)
+    return sql + f" ORDER BY a.created_at DESC, {a_id} DESC LIMIT {mark}", args

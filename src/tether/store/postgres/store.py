@@ -65,6 +65,7 @@ from tether.store.rows import (
     approval_decision,
     approval_from_row,
     approval_values,
+    approvals_query,
     audit_from_row,
     audit_mark_from_row,
     audit_values,
@@ -681,24 +682,9 @@ class PostgresRedisStore(Store):
     async def list_approvals(
         self, *, status: ApprovalStatus | None, task: str | None, now: float, limit: int, before: str | None = None
     ) -> list[Approval]:
-        sql, args = f"SELECT {APPROVAL_COLUMNS} FROM approvals a WHERE TRUE", list[object]()
-        if status is ApprovalStatus.PENDING:
-            sql, args = sql + " AND status = 'pending' AND expires_at > %s", [int(now)]
-        elif status is ApprovalStatus.EXPIRED:
-            sql, args = sql + " AND (status = 'expired' OR (status = 'pending' AND expires_at <= %s))", [int(now)]
-        elif status is not None:
-            sql, args = sql + " AND status = %s", [status.value]
-        if task is not None:
-            sql += " AND task = %s"
-            args.append(task)
-        if before is not None:  # an unknown id pages from nowhere: nothing
-            sql += (
-                " AND EXISTS (SELECT 1 FROM approvals b WHERE b.id = %s AND (a.created_at < b.created_at"
-                ' OR (a.created_at = b.created_at AND a.id COLLATE "C" < b.id COLLATE "C")))'
-            )
-            args.append(before)
+        sql, args = approvals_query(status=status, task=task, before=before, now=now, mark="%s", ordered='id COLLATE "C"')
         async with self._conn() as conn:
-            cur = await conn.execute(sql + ' ORDER BY a.created_at DESC, a.id COLLATE "C" DESC LIMIT %s', (*args, limit))
+            cur = await conn.execute(sql, (*args, limit))
             return [approval_from_row(r) for r in await cur.fetchall()]
 
     async def decide_approval(self, decided: Approval, *, now: float, audit: AuditEvent) -> Approval:

@@ -556,25 +556,10 @@ class SqliteStore(Store):
     async def list_approvals(
         self, *, status: ApprovalStatus | None, task: str | None, now: float, limit: int, before: str | None = None
     ) -> list[Approval]:
-        sql, args = f"SELECT {table.APPROVAL_COLUMNS} FROM approvals a WHERE 1 = 1", list[object]()
-        if status is ApprovalStatus.PENDING:
-            sql, args = sql + " AND status = 'pending' AND expires_at > ?", [int(now)]
-        elif status is ApprovalStatus.EXPIRED:
-            sql, args = sql + " AND (status = 'expired' OR (status = 'pending' AND expires_at <= ?))", [int(now)]
-        elif status is not None:
-            sql, args = sql + " AND status = ?", [status.value]
-        if task is not None:
-            sql += " AND task = ?"
-            args.append(task)
-        if before is not None:  # an unknown id pages from nowhere: nothing
-            sql += (
-                " AND EXISTS (SELECT 1 FROM approvals b WHERE b.id = ? AND (a.created_at < b.created_at"
-                " OR (a.created_at = b.created_at AND a.id < b.id)))"
-            )
-            args.append(before)
+        sql, args = table.approvals_query(status=status, task=task, before=before, now=now, mark="?", ordered="id")
 
         def q(conn: sqlite3.Connection) -> list[Approval]:
-            rows = conn.execute(sql + " ORDER BY created_at DESC, id DESC LIMIT ?", (*args, limit)).fetchall()
+            rows = conn.execute(sql, (*args, limit)).fetchall()
             return [table.approval_from_row(r) for r in rows]
 
         return await self._db.run(q)
