@@ -51,7 +51,9 @@ from tether.store.protocol import Store
 from tether.sts.attribution import Claim
 from tether.sts.context import StsContext
 
-__all__ = ["Gated", "PollClock", "approval_detail", "details_json", "gate", "new_approval_id", "sweep_approvals"]
+__all__ = [
+    "Gated", "PollClock", "approval_detail", "details_json", "gate", "new_approval_id", "sweep_approvals", "take_use",
+]  # fmt: skip
 
 log = logging.getLogger("tether.sts.holds")
 
@@ -272,9 +274,21 @@ async def _redeem(ctx: StsContext, approval: Approval, binding: ApprovalBinding,
         raise _pending(approval, now=now, interval=interval, fresh=False) from None
     assert approval.until is not None  # redeem refuses an approval without a window
     # a use taken by an issuance the store then refuses stays taken (fail closed)
-    count = await ctx.store.count("approval-use:" + approval.id, until=approval.until + USE_MARGIN, now=now)
-    check_use(approval, count)
+    check_use(approval, await take_use(ctx.store, approval, now=now))
     return replace(grant, apr=approval_claim(approval))
+
+
+async def take_use(store: Store, approval: Approval, *, now: float) -> int:
+    """Take the approval's next use: its number (1 for the first), or ``uses + 1`` when none is left.
+
+    Each use is a durable single-use mark (``Store.spend``: the database, never a cache that can
+    lose keys — a Redis restart must not hand out a 1-use approval's use again), tried in order;
+    ``uses`` is at most ``[approvals] max_uses``, so this is a few round trips at worst."""
+    assert approval.until is not None
+    for number in range(1, approval.uses + 1):
+        if await store.spend(f"approval-use:{approval.id}:{number}", until=approval.until + USE_MARGIN, now=now):
+            return number
+    return approval.uses + 1
 
 
 def _pending(approval: Approval, *, now: float, interval: int, fresh: bool) -> AuthorizationPending:

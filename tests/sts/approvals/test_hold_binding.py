@@ -192,3 +192,26 @@ def test_apr01_policy_tightened_after_approval_is_not_bypassed(sts: RunningSts) 
     finally:
         extra.unlink()
         sts.sts.ctx.policy.refresh()
+
+
+def test_apr03_uses_are_durable_when_the_cache_loses_its_keys(sts: RunningSts) -> None:
+    """A 1-use approval's use is a mark in the database, not a Redis counter: with every Redis key
+    of the deployment gone (a restart without persistence), the approval still yields no second token."""
+    client = Client(sts)
+    session = session_token(sts, client, new_task(sts))
+    approval_id = assert_held(hop(client, session, PAYMENTS))
+    decide(sts, approval_id, uses=1)
+    wait(sts)
+    assert hop(client, session, PAYMENTS, approval_id=approval_id).status_code == 200
+    if sts.config.store == "postgres":  # the SQLite store has no cache to lose
+        import redis
+
+        cache = redis.Redis.from_url(sts.config.redis.url)
+        try:
+            keys = list(cache.scan_iter(match=f"{sts.config.redis.prefix}*"))
+            assert keys, "the deployment keeps its caches in Redis"
+            cache.delete(*keys)
+        finally:
+            cache.close()
+    wait(sts)
+    refused(hop(client, session, PAYMENTS, approval_id=approval_id), status=400, error="invalid_grant")
