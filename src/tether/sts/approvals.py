@@ -18,7 +18,8 @@ with its ``approval.approved`` / ``approval.denied`` audit record (``Store.decid
 One-time links (APR-04): a link names one approval, one approver, one decision, an expiry and a
 nonce, under an HMAC (``rules.approval_seal.verify_link``). The approver is re-checked when the
 link is used — against the ``members`` lists only, since a link is minted before anyone could
-present the provider's group claim — and the nonce is spent once (``Store.first_use``).
+present the provider's group claim — and the nonce is spent once (``Store.spend``: a durable
+mark, so a lost cache never makes a used link usable again).
 """
 
 from __future__ import annotations
@@ -282,7 +283,7 @@ async def decide_by_link(ctx: StsContext, token: str, *, reason: object = "") ->
     """Perform a link's decision once: tag and expiry, the approver re-checked, the nonce spent, then the decision."""
     text = _reason(reason)
     link, approval = await inspect_link(ctx, token)
-    if not await ctx.store.first_use("approval-link:" + link.nonce, until=link.exp + LINK_MARGIN, now=ctx.now()):
+    if not await ctx.store.spend("approval-link:" + link.nonce, until=link.exp + LINK_MARGIN, now=ctx.now()):
         raise AccessDenied("the link has already been used", debug=f"link nonce for {link.approval} replayed")
     approver = link_approver(ctx.settings.approver_groups, link.approver)
     return await _write_decision(ctx, approval, approver, link.decision, uses=1, window=0, reason=text, via="link")
