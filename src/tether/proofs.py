@@ -144,6 +144,14 @@ class ProofChecker:
                 MAX_AHEAD,
             )
 
+    def vouches_issued(self, iat: float, epoch: ReplayEpoch) -> bool:
+        """Whether every use of something issued at ``iat`` falls in ``epoch`` (so the cache still holds
+        its marks): ``rules.replay_epoch.vouched`` without a nonce. For a token spent on its one call
+        (``resource.approvals``): one issued before a loss of the cache may have been used before it."""
+        self.learn(epoch)
+        since = effective_since(epoch.since, first_seen=self._first_seen)
+        return vouched(iat=iat, nonce_epoch=None, skew=self._skew, epoch=epoch, since=since)
+
     def admits(self, checked: DPoPProof, epoch: ReplayEpoch) -> bool:
         """Whether the replay cache in ``epoch`` vouches ``checked`` is unspent (``rules.replay_epoch``)."""
         self.learn(epoch)

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from rs_approval_kit import HeldService, approval_policies, serve_held, signed_call
 
-from services import REDIS_URL, _reachable
+from services import REDIS_URL, require_postgres_and_redis
 from tether.agent.proof import DPoPKey
 from tether.errors import AccessDenied
 from tether.resource.approvals import APPROVED_CALL_PREFIX, ApprovalSpent
@@ -185,11 +185,25 @@ def _principal(svc: HeldService, key: DPoPKey, **claims: Any) -> Principal:
 
 
 # -- APR-01 across replicas: one approved call in all, through a shared Redis --------------------
-def test_apr01_approved_token_serves_one_call_across_replicas_sharing_redis(policies: Path, http: httpx.Client) -> None:
-    host, port = REDIS_URL.split("//", 1)[1].split("/", 1)[0].split(":")
-    if not _reachable(host, int(port)):
-        pytest.skip("redis is not reachable")
+def _fresh_deployment() -> str:
+    """A Redis key prefix for a deployment that has never accepted a proof: its replay epoch
+    begins at 0, as the store that creates a schema begins it (``RedisCache.begin_empty``)."""
     prefix = "t-apr-" + secrets.token_hex(6)
+
+    async def begin() -> None:
+        cache = RedisCache.from_url(REDIS_URL, prefix=prefix)
+        try:
+            await cache.begin_empty()
+        finally:
+            await cache.aclose()
+
+    asyncio.run(begin())
+    return prefix
+
+
+def test_apr01_approved_token_serves_one_call_across_replicas_sharing_redis(policies: Path, http: httpx.Client) -> None:
+    require_postgres_and_redis()  # fails under CI, never skips silently
+    prefix = _fresh_deployment()
     first_port = free_port()
     resource = f"http://127.0.0.1:{first_port}"
     key = DPoPKey()
@@ -205,3 +219,27 @@ def test_apr01_approved_token_serves_one_call_across_replicas_sharing_redis(poli
         assert again.status_code == 403, again.text
         assert "already been used" in str(_body(again)["error_description"])
     assert APPROVED_CALL_PREFIX == "apr-call:"
+
+
+def test_apr01_approved_token_issued_before_the_redis_epoch_is_refused(policies: Path, http: httpx.Client) -> None:
+    """Redis restarted without persistence loses the mark of the call an approved token made: the
+    replay cache's new epoch began after the token was issued, so the token is refused as possibly
+    used (fail closed), never served a second call."""
+    require_postgres_and_redis()
+    import redis
+
+    prefix = _fresh_deployment()
+    key = DPoPKey()
+    with serve_held(policies, replay=RedisCache.from_url(REDIS_URL, prefix=prefix)) as one:
+        token = one.signer.token(key, approval=APPROVAL)
+        assert signed_call(http, "POST", one.url, "/pay", token, key).status_code == 200
+        cache = redis.Redis.from_url(REDIS_URL)
+        try:
+            keys = list(cache.scan_iter(match=f"{prefix}*"))
+            assert keys
+            cache.delete(*keys)  # the restart: every mark and the epoch marker gone
+        finally:
+            cache.close()
+        again = signed_call(http, "POST", one.url, "/pay", token, key)  # (after the new epoch's nonce challenge)
+        assert again.status_code == 403, again.text
+        assert "already been used" in str(_body(again)["error_description"])

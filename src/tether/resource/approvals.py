@@ -15,7 +15,7 @@ from collections.abc import Collection
 
 from tether.errors import AccessDenied
 from tether.model import ApprovalClaim
-from tether.proofs import ReplayCache
+from tether.proofs import EpochReplayCache, ProofChecker, ReplayCache
 from tether.resource.principal import Principal
 from tether.rules.tool_call import ToolCall
 
@@ -51,7 +51,14 @@ def approval_fields(principal: Principal) -> dict[str, str]:
 
 
 async def spend(
-    replay: ReplayCache, principal: Principal, *, required: Collection[str], call: ToolCall | None, until: int, now: float
+    replay: ReplayCache,
+    principal: Principal,
+    *,
+    required: Collection[str],
+    call: ToolCall | None,
+    until: int,
+    now: float,
+    proofs: ProofChecker | None = None,
 ) -> None:
     """Spend ``principal``'s approved token on this call, or refuse it as already spent.
 
@@ -60,7 +67,20 @@ async def spend(
     spends nothing. ``until``: how long the spend is remembered (past the token's ``exp``)."""
     if principal.apr is None or (call is None and not required):
         return
-    if not await replay.first_use(APPROVED_CALL_PREFIX + principal.jti, until=until, now=now):
+    key = APPROVED_CALL_PREFIX + principal.jti
+    if isinstance(replay, EpochReplayCache) and proofs is not None:
+        # a cache that can lose keys (Redis): the mark of a call made before a loss is gone, so a
+        # token issued before the cache's epoch began is refused as possibly used (fail closed;
+        # the agent asks for a new token, within what the approval still grants)
+        fresh, epoch = await replay.spend_proof(key, until=until, now=now)
+        if fresh and not proofs.vouches_issued(principal.issued_at, epoch):
+            log.info("approved token predates the replay cache's epoch", extra=approval_fields(principal))
+            exc = ApprovalSpent(principal.apr, principal.jti)
+            exc.holder = principal
+            raise exc
+    else:
+        fresh = await replay.first_use(key, until=until, now=now)
+    if not fresh:
         log.info(
             "approved token used again by %s%s",
             principal.actor or principal.client_id,

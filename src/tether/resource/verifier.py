@@ -384,9 +384,8 @@ class Verifier:
         and a plain request the policy holds (``required``). Its ``jti`` is spent in the replay
         cache, atomically and shared by every replica on a shared cache, before the call runs; a
         second call is ``access_denied``. Call after ``authorize_call`` allowed it."""
-        await spend(
-            self.replay, principal, required=required, call=call, until=principal.expires_at + self.settings.skew + 1, now=now
-        )
+        until = principal.expires_at + self.settings.skew + 1
+        await spend(self.replay, principal, required=required, call=call, until=until, now=now, proofs=self.proofs)
 
     def _decide(
         self,
