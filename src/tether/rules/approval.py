@@ -61,6 +61,7 @@ __all__ = [
     "parse_authorization_details",
     "redact",
     "redeem",
+    "sealed_subject",
     "tool_call_context",
     "valid_approval_id",
     "valid_group",
@@ -285,6 +286,19 @@ def check_pending(approval: Approval, *, now: float) -> None:
         raise InvalidRequest(f"the approval is already {status.value}")
 
 
+def sealed_subject(approval: Approval, task: Task) -> str | None:
+    """The end user the task acts for, if the approval sealed the same one (else ``None``).
+
+    The task row is not sealed: a database writer could name anyone its ``on_behalf_of``. The
+    approval's binding is, under ``request_mac``, and its ``sub`` is the task's user (the agent
+    for a task that acts for nobody), so the ``subject`` who may approve is the task's user only
+    while it is still the one the held request was made for."""
+    user = task.on_behalf_of
+    if not user or approval.request.get("sub") != user:
+        return None
+    return user
+
+
 def check_approver(approval: Approval, approver: Approver, *, task: Task) -> None:
     """Separation of duties (APR-02): in every named group, and no party to the request.
 
@@ -299,7 +313,8 @@ def check_approver(approval: Approval, approver: Approver, *, task: Task) -> Non
         raise AccessDenied("an approver cannot approve a request they are party to", debug=f"{who} is a party")
     for group in approval.groups:
         if group == SUBJECT_GROUP:
-            if not task.on_behalf_of or who != task.on_behalf_of:
+            subject = sealed_subject(approval, task)
+            if subject is None or who != subject:
                 raise AccessDenied("only the user this task acts for can approve this request", debug=f"{who} not subject")
         elif group not in approver.groups:
             raise AccessDenied(f"the approver is not in group `{group}`", debug=f"{who} not in {group}")
