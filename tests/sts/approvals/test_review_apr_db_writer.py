@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from approvals_api_kit import ALICE, EVE, OLIVIA, ApprovalsEnv, approvals_env, refused
+from approvals_api_kit import ALICE, EVE, OLIVIA, ApprovalsEnv, approvals_env, refused, run
 
 from services import store_sql
+from tether.sts.holds import sweep_approvals
 
 
 @pytest.fixture(scope="module")
@@ -49,3 +50,24 @@ def test_review_apr02_subject_still_approves_an_untampered_task(env: ApprovalsEn
     response = env.approve(OLIVIA, approval.id)
     assert response.status_code == 200, response.text
     assert response.json()["decided_by"] == OLIVIA
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("status", "approved-ish"), ("request", "{not json"), ("view", "[1, 2"), ("groups", "null"), ("request", "[]"),
+     ("created_at", "soon"), ("request_mac", b"\x00blob")],
+)  # fmt: skip
+def test_review_apr05_malformed_row_is_a_tampered_approval_not_a_500(env: ApprovalsEnv, column: str, value: object) -> None:
+    """A writer stores a value the row reader cannot parse: that approval is not shown (as a bad MAC
+    is not), and the others of the list still are."""
+    task = env.task()
+    genuine, broken = env.hold(task), env.hold(task)
+    store_sql(env.sts.config, f"UPDATE approvals SET {column} = ? WHERE id = ?", (value, broken.id))  # noqa: S608 (a test column)
+    refused(env.as_(ALICE, "GET", f"/approvals/{broken.id}"), 404, "not_found")
+    refused(env.approve(ALICE, broken.id), 404, "not_found")
+    listed = env.as_(ALICE, "GET", "/approvals", params={"task": task.id})
+    assert listed.status_code == 200, listed.text
+    assert [a["id"] for a in listed.json()["approvals"]] == [genuine.id]
+    # the expiry sweep reads every due row: the unreadable one must not stop it
+    swept = run(lambda store: sweep_approvals(store, now=env.now() + 3600), env.sts.config)
+    assert genuine.id in {a.id for a in swept}
