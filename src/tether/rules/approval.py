@@ -219,6 +219,8 @@ def approval_view(
         "agent": task.agent,
         "requester": binding.client,
         "on_behalf_of": task.on_behalf_of,
+        # sealed with the view (``request_mac``): the task row is not, and APR-02 keeps its creator out
+        "created_by": task.created_by,
         "task": task.id,
         "purpose": task.purpose or "",
         "audience": binding.aud,
@@ -305,7 +307,8 @@ def check_approver(approval: Approval, approver: Approver, *, task: Task) -> Non
     ``subject`` is satisfied only by the end user the task acts for (``on_behalf_of``); any
     other group by membership (``tether.toml`` lists or the provider's group claim). The agent,
     the requester and every actor can never approve; the subject only for ``subject``; the
-    task's creator only where the policy said ``@approval_creator("allowed")``."""
+    task's creator (as the task says, and as the sealed view recorded it: the task row is not
+    sealed) only where the policy said ``@approval_creator("allowed")``."""
     who = approver.principal
     request = approval.request
     parties = {str(request.get("agent")), str(request.get("client")), *(str(a) for a in request.get("actors", []))}
@@ -320,7 +323,8 @@ def check_approver(approval: Approval, approver: Approver, *, task: Task) -> Non
             raise AccessDenied(f"the approver is not in group `{group}`", debug=f"{who} not in {group}")
     if SUBJECT_GROUP not in approval.groups and who == request.get("sub"):
         raise AccessDenied("an approver cannot approve a request they are party to", debug=f"{who} is the subject")
-    if task.created_by is not None and who == task.created_by and not approval.creator_may_approve:
+    creators = {task.created_by, approval.view.get("created_by")} - {None}
+    if who in creators and not approval.creator_may_approve:
         raise AccessDenied("the task's creator cannot approve its requests", debug=f"{who} created the task")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from approvals_api_kit import ALICE, EVE, OLIVIA, ApprovalsEnv, approvals_env, refused, run
+from approvals_api_kit import ALICE, CAROL, DAVE, EVE, OLIVIA, ApprovalsEnv, approvals_env, refused, run
 
 from services import store_sql
 from tether.sts.holds import sweep_approvals
@@ -50,6 +50,20 @@ def test_review_apr02_subject_still_approves_an_untampered_task(env: ApprovalsEn
     response = env.approve(OLIVIA, approval.id)
     assert response.status_code == 200, response.text
     assert response.json()["decided_by"] == OLIVIA
+
+
+@pytest.mark.parametrize("creator", [None, ALICE])
+def test_review_apr02_db_writer_rewriting_the_tasks_creator_cannot_let_the_creator_approve(
+    env: ApprovalsEnv, creator: str | None
+) -> None:
+    """Dave (finance) created the task; a writer (Dave himself, say) blanks or moves ``created_by``."""
+    task = env.task(created_by=DAVE)
+    approval = env.hold(task)
+    store_sql(env.sts.config, "UPDATE tasks SET created_by = ? WHERE id = ?", (creator, task.id))
+    body = refused(env.approve(DAVE, approval.id), 403, "access_denied")
+    assert "creator" in str(body["error_description"])
+    assert env.status(approval.id) == "pending"
+    assert env.approve(CAROL, approval.id).status_code == 200  # control: another finance member
 
 
 @pytest.mark.parametrize(

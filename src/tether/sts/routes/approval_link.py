@@ -52,6 +52,7 @@ _FIELDS = (
     ("requester", "Requested by"),
     ("on_behalf_of", "On behalf of"),
     ("task", "Task"),
+    ("created_by", "Task created by"),
     ("purpose", "Task purpose"),
     ("audience", "Audience"),
     ("scope", "Scope"),
