@@ -25,6 +25,7 @@ from tether.cli.common import config_or_exit, dev_domain_name, errors_to_exit
 from tether.cli.output import console, fail, print_json, print_table
 from tether.config import Config
 from tether.gateway.vault import put_secret
+from tether.identity.dev_approvers import DevApprovers
 from tether.identity.dev_issuer import DevTrustDomain, dev_domain_aad
 from tether.keys.keyring import issuer_key_aad, legacy_issuer_key_aad
 from tether.keys.sealed import (
@@ -149,7 +150,7 @@ def rotate_master(
     config: ConfigOpt = None,
     out: Annotated[Path | None, typer.Option(help="where to write the new key (required with TETHER_MASTER_KEY)")] = None,
 ) -> None:
-    """New master key: re-wrap every signing key, vault entry and the dev trust domain key (values unchanged)."""
+    """New master key: re-wrap every signing key, vault entry, dev trust domain and dev approvers key (values unchanged)."""
     cfg = config_or_exit(config)
     from_env = bool(os.environ.get(MASTER_KEY_ENV))
     if from_env and out is None:
@@ -192,6 +193,7 @@ def rotate_master(
         dev = DevTrustDomain.key_path(cfg.data_dir, name)
         if dev.exists():
             dev.write_bytes(rewrap(old, new, dev.read_bytes(), aad=dev_domain_aad(name)))
+        DevApprovers.rekey(cfg.data_dir, old, new)  # the dev approvers' provider key, sealed like the dev domain's
         pinned = rekey_pins(cfg, old, new)  # MCP pin files are MAC'd under a key derived from the master key
         if not from_env and target.exists():
             os.replace(target, target.with_name(target.name + ".previous"))

@@ -6,7 +6,9 @@ signature, ``iss``/``aud``/``exp``, bounded lifetime: ``identity.oidc.OidcVerifi
 principal is rendered from its claims by ``[approvals] principal`` (``user:{/email}``), and the
 groups it is in are those of ``[[approver_groups]]`` that list that principal in ``members`` or
 share a value with the token's ``group_claim`` in ``idp_groups``. Workload identities (SPIFFE,
-clients) never approve: only this provider's tokens are accepted here.
+clients) never approve: only this provider's tokens are accepted here. A principal made from the
+``email`` claim needs the address verified: a token with ``email_verified`` other than ``true``
+is refused (OIDC Core §5.1; a provider that does not send the claim at all is taken at its word).
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ from tether.identity.oidc import OidcVerifier
 from tether.rules.approval import Approver
 
 __all__ = ["ApproverVerifier", "groups_of"]
+
+
+def _uses_email(template: str) -> bool:
+    """Whether the principal template reads the ``email`` claim (``user:{/email}``, the default)."""
+    return "{/email}" in template
 
 
 def groups_of(principal: str, claims: Mapping[str, Any], groups: Sequence[ApproverGroup], *, claim: str) -> frozenset[str]:
@@ -84,5 +91,10 @@ class ApproverVerifier:
             identity = await self._oidc.verify(token, now=now)
         except IdentityError as exc:
             raise InvalidToken("the approver's token is not valid", debug=str(exc)) from exc
+        claims = identity.claims
+        if _uses_email(self.settings.principal) and claims.get("email_verified", True) is not True:
+            # OIDC Core §5.1: the provider says it never verified this address; as a principal
+            # (``user:{/email}``, the ``members`` lists) it would make anyone who typed it a member
+            raise InvalidToken("the approver's e-mail address is not verified", debug="email_verified is not true")
         groups = groups_of(identity.principal, identity.claims, self.groups, claim=self.settings.group_claim)
         return Approver(principal=identity.principal, groups=groups)

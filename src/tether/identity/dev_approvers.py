@@ -18,7 +18,7 @@ from pathlib import Path
 
 from joserfc.jwk import ECKey
 
-from tether.keys.sealed import seal, unseal
+from tether.keys.sealed import rewrap, seal, unseal
 from tether.rules.jws import sign_compact
 
 __all__ = ["DevApprovers"]
@@ -63,6 +63,15 @@ class DevApprovers:
     def load(cls, data_dir: Path, issuer: str, master: bytes) -> DevApprovers:
         raw = unseal(master, cls.key_path(data_dir).read_bytes(), aad=_AAD)
         return cls(issuer, ECKey.import_key(json.loads(raw)))
+
+    @classmethod
+    def rekey(cls, data_dir: Path, old_master: bytes, new_master: bytes) -> bool:
+        """Re-wrap the sealed key under a new master key (``tether master-key rotate``); False if there is none."""
+        path = cls.key_path(data_dir)
+        if not path.exists():
+            return False
+        path.write_bytes(rewrap(old_master, new_master, path.read_bytes(), aad=_AAD))
+        return True
 
     def issue(self, email: str, *, audience: str, groups: Sequence[str] = (), ttl: int, now: int) -> str:
         """An approver's ID token for ``email`` (its ``sub``), in ``groups`` (the ``groups`` claim)."""

@@ -61,6 +61,7 @@ __all__ = [
     "parse_authorization_details",
     "redact",
     "redeem",
+    "sealed_subject",
     "tool_call_context",
     "valid_approval_id",
     "valid_group",
@@ -218,6 +219,8 @@ def approval_view(
         "agent": task.agent,
         "requester": binding.client,
         "on_behalf_of": task.on_behalf_of,
+        # sealed with the view (``request_mac``): the task row is not, and APR-02 keeps its creator out
+        "created_by": task.created_by,
         "task": task.id,
         "purpose": task.purpose or "",
         "audience": binding.aud,
@@ -285,13 +288,27 @@ def check_pending(approval: Approval, *, now: float) -> None:
         raise InvalidRequest(f"the approval is already {status.value}")
 
 
+def sealed_subject(approval: Approval, task: Task) -> str | None:
+    """The end user the task acts for, if the approval sealed the same one (else ``None``).
+
+    The task row is not sealed: a database writer could name anyone its ``on_behalf_of``. The
+    approval's binding is, under ``request_mac``, and its ``sub`` is the task's user (the agent
+    for a task that acts for nobody), so the ``subject`` who may approve is the task's user only
+    while it is still the one the held request was made for."""
+    user = task.on_behalf_of
+    if not user or approval.request.get("sub") != user:
+        return None
+    return user
+
+
 def check_approver(approval: Approval, approver: Approver, *, task: Task) -> None:
     """Separation of duties (APR-02): in every named group, and no party to the request.
 
     ``subject`` is satisfied only by the end user the task acts for (``on_behalf_of``); any
     other group by membership (``tether.toml`` lists or the provider's group claim). The agent,
     the requester and every actor can never approve; the subject only for ``subject``; the
-    task's creator only where the policy said ``@approval_creator("allowed")``."""
+    task's creator (as the task says, and as the sealed view recorded it: the task row is not
+    sealed) only where the policy said ``@approval_creator("allowed")``."""
     who = approver.principal
     request = approval.request
     parties = {str(request.get("agent")), str(request.get("client")), *(str(a) for a in request.get("actors", []))}
@@ -299,13 +316,15 @@ def check_approver(approval: Approval, approver: Approver, *, task: Task) -> Non
         raise AccessDenied("an approver cannot approve a request they are party to", debug=f"{who} is a party")
     for group in approval.groups:
         if group == SUBJECT_GROUP:
-            if not task.on_behalf_of or who != task.on_behalf_of:
+            subject = sealed_subject(approval, task)
+            if subject is None or who != subject:
                 raise AccessDenied("only the user this task acts for can approve this request", debug=f"{who} not subject")
         elif group not in approver.groups:
             raise AccessDenied(f"the approver is not in group `{group}`", debug=f"{who} not in {group}")
     if SUBJECT_GROUP not in approval.groups and who == request.get("sub"):
         raise AccessDenied("an approver cannot approve a request they are party to", debug=f"{who} is the subject")
-    if task.created_by is not None and who == task.created_by and not approval.creator_may_approve:
+    creators = {task.created_by, approval.view.get("created_by")} - {None}
+    if who in creators and not approval.creator_may_approve:
         raise AccessDenied("the task's creator cannot approve its requests", debug=f"{who} created the task")
 
 

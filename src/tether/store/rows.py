@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -11,6 +12,8 @@ from tether.audit.chain import AuditRecord
 from tether.model import Approval, ApprovalStatus, Task, TaskState
 from tether.store.errors import Conflict
 from tether.store.records import AuditMark, IssuedToken, Revocation, RevocationKind, StoredKey, VaultEntry
+
+log = logging.getLogger("tether.store")
 
 __all__ = [
     "APPROVAL_COLUMNS",
@@ -223,30 +226,68 @@ def check_decision(decided: Approval) -> None:
         raise Conflict(f"a decision approves or denies, not {decided.status.value}")
 
 
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{type(value).__name__} where text was stored")
+    return value
+
+
+def _json_object(value: Any) -> dict[str, Any]:
+    loaded = json.loads(_text(value))
+    if not isinstance(loaded, dict):
+        raise TypeError("not a JSON object")
+    return loaded
+
+
+def _json_texts(value: Any) -> tuple[str, ...]:
+    loaded = json.loads(_text(value))
+    if not isinstance(loaded, list) or not all(isinstance(v, str) for v in loaded):
+        raise TypeError("not a JSON array of strings")
+    return tuple(loaded)
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{type(value).__name__} where an integer was stored")
+    return value
+
+
 def approval_from_row(row: Sequence[Any], *, expired: bool = False) -> Approval:
     """SQLite returns ``creator_may_approve`` as 0/1, PostgreSQL as a bool: both become a bool.
 
-    ``expired``: the row as the expiry sweep is about to store it (status ``expired``)."""
-    return Approval(
-        id=row[0],
-        task=row[1],
-        digest=row[2],
-        request=json.loads(row[3]),
-        view=json.loads(row[4]),
-        groups=tuple(json.loads(row[5])),
-        policies=tuple(json.loads(row[6])),
-        created_at=int(row[7]),
-        expires_at=int(row[8]),
-        request_mac=row[9],
-        creator_may_approve=bool(row[10]),
-        status=ApprovalStatus.EXPIRED if expired else ApprovalStatus(row[11]),
-        decided_by=row[12],
-        decided_at=None if row[13] is None else int(row[13]),
-        reason=row[14],
-        uses=int(row[15]),
-        until=None if row[16] is None else int(row[16]),
-        decision_mac=row[17],
-    )
+    ``expired``: the row as the expiry sweep is about to store it (status ``expired``).
+
+    A row only a database writer could have made (a status no code writes, JSON that does not
+    parse, a value of the wrong type) is an approval whose MACs cannot verify: it is returned
+    with empty MACs and no content, so every reader refuses it as tampered (``check_sealed``)
+    instead of failing the whole request, list or expiry sweep with a 500."""
+    try:
+        return Approval(
+            id=_text(row[0]),
+            task=_text(row[1]),
+            digest=_text(row[2]),
+            request=_json_object(row[3]),
+            view=_json_object(row[4]),
+            groups=_json_texts(row[5]),
+            policies=_json_texts(row[6]),
+            created_at=_integer(row[7]),
+            expires_at=_integer(row[8]),
+            request_mac=_text(row[9]),
+            creator_may_approve=bool(row[10]),
+            status=ApprovalStatus.EXPIRED if expired else ApprovalStatus(row[11]),
+            decided_by=None if row[12] is None else _text(row[12]),
+            decided_at=None if row[13] is None else _integer(row[13]),
+            reason=_text(row[14]),
+            uses=_integer(row[15]),
+            until=None if row[16] is None else _integer(row[16]),
+            decision_mac=_text(row[17]),
+        )
+    except (ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
+        log.error("approval `%.40s`: its row cannot be read (%s); treating it as tampered", row[0], type(exc).__name__)
+        return Approval(
+            id=str(row[0]), task=str(row[1]), digest="", request={}, view={}, groups=(), policies=(), created_at=0,
+            expires_at=0, request_mac="", status=ApprovalStatus.EXPIRED,
+        )  # fmt: skip
 
 
 def approvals_query(

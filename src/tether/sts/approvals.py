@@ -34,7 +34,15 @@ from tether.config.approvers import ApproverGroup
 from tether.errors import AccessDenied, InvalidRequest, NotFoundError
 from tether.metrics import APPROVALS
 from tether.model import Approval, ApprovalStatus, Task
-from tether.rules.approval import SUBJECT_GROUP, Approver, check_approver, check_grant, check_pending, valid_approval_id
+from tether.rules.approval import (
+    SUBJECT_GROUP,
+    Approver,
+    check_approver,
+    check_grant,
+    check_pending,
+    sealed_subject,
+    valid_approval_id,
+)
 from tether.rules.approval_seal import ApprovalTampered, Link, check_sealed, decision_mac, sign_link, verify_link
 from tether.store.errors import Conflict, NotFound
 from tether.sts.context import StsContext
@@ -81,7 +89,7 @@ def satisfies(approver: Approver, approval: Approval, task: Task | None) -> bool
     """Does ``approver`` satisfy every group ``approval`` names (the visibility rule)?"""
     for group in approval.groups:
         if group == SUBJECT_GROUP:
-            if task is None or not task.on_behalf_of or approver.principal != task.on_behalf_of:
+            if task is None or approver.principal != sealed_subject(approval, task):
                 return False
         elif group not in approver.groups:
             return False

@@ -52,6 +52,7 @@ _FIELDS = (
     ("requester", "Requested by"),
     ("on_behalf_of", "On behalf of"),
     ("task", "Task"),
+    ("created_by", "Task created by"),
     ("purpose", "Task purpose"),
     ("audience", "Audience"),
     ("scope", "Scope"),
@@ -73,8 +74,19 @@ def _text(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
 
 
+def _visible(text: str) -> str:
+    """``text`` with every character that is not printable but a newline as a ``\\uXXXX`` escape.
+
+    Escaping markup is not enough (APR-05): a right-to-left override (U+202E) makes ``\\u202eEMCA``
+    read ``ACME``, a zero-width space hides in an account number; what the approver reads must
+    be the bound text, so format and control characters are shown, not rendered."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == "\n" else f"\\u{ord(c):04x}" for c in text)
+
+
 def _e(value: Any) -> str:
-    return html.escape(_text(value), quote=True)
+    return html.escape(_visible(_text(value)), quote=True)
 
 
 def _when(seconds: int | None) -> str:

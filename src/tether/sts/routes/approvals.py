@@ -146,7 +146,7 @@ def _json(request: Request, body: object, *, dpop: bool) -> Response:
 
 
 def _limit(raw: str) -> int:
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 1000:  # isdigit alone takes "²"
         raise InvalidRequest("`limit` must be an integer from 1 to 1000")
     return int(raw)
 
