@@ -331,8 +331,11 @@ def check_approver(approval: Approval, approver: Approver, *, task: Task) -> Non
     sealed) only where the policy said ``@approval_creator("allowed")``."""
     who = approver.principal
     request = approval.request
+    # a party is refused whatever the case of its name: providers send the same mailbox as
+    # ``Alice@Example.com`` and ``alice@example.com`` (``user:{/email}``); refusing more is fail-closed
+    me = who.casefold()
     parties = {str(request.get("agent")), str(request.get("client")), *(str(a) for a in request.get("actors", []))}
-    if who in parties:
+    if me in {p.casefold() for p in parties}:
         raise AccessDenied("an approver cannot approve a request they are party to", debug=f"{who} is a party")
     for group in approval.groups:
         if group == SUBJECT_GROUP:
@@ -341,10 +344,10 @@ def check_approver(approval: Approval, approver: Approver, *, task: Task) -> Non
                 raise AccessDenied("only the user this task acts for can approve this request", debug=f"{who} not subject")
         elif group not in approver.groups:
             raise AccessDenied(f"the approver is not in group `{group}`", debug=f"{who} not in {group}")
-    if SUBJECT_GROUP not in approval.groups and who == request.get("sub"):
+    if SUBJECT_GROUP not in approval.groups and me == str(request.get("sub")).casefold():
         raise AccessDenied("an approver cannot approve a request they are party to", debug=f"{who} is the subject")
-    creators = {task.created_by, approval.view.get("created_by")} - {None}
-    if who in creators and not approval.creator_may_approve:
+    creators = {str(c).casefold() for c in (task.created_by, approval.view.get("created_by")) if c is not None}
+    if me in creators and not approval.creator_may_approve:
         raise AccessDenied("the task's creator cannot approve its requests", debug=f"{who} created the task")
 
 
