@@ -23,7 +23,10 @@ What the wrapper owes, in the order a request meets it:
   the call's ``tctx`` (the agent asks the STS for a token for this call and waits); a ``tctx``
   token for another call is ``access_denied`` ("the call differs from the one approved"); a
   token carrying ``apr`` serves one ``tools/call`` (its ``jti`` spent in the replay cache).
-  Other MCP methods are not tool calls: a held tool is still listed.
+  Other MCP methods are not tool calls: a held tool is still listed. Any other route of the
+  wrapped app (an SDK server's ``custom_route``) is a plain HTTP call, checked as the resource
+  SDK checks one: a ``tctx`` token serves none, and a route a ``@approval`` permit holds is
+  served once per approved token.
 * ``tools/list`` answers are filtered to the tools the caller may call (``tether.mcp.listing``).
 * A task that ends cuts its session: the next message fails verification, and a response
   still streaming (the GET stream, a long ``tools/call`` over SSE) is ended within
@@ -292,7 +295,9 @@ class ProtectedMCP:
                 headers=Headers(scope=scope),
                 client=client[0] if client else None,
                 certificate=presented_certificate(scope, self.verifier.proxies),
-                per_message=True,  # approvals are checked per tools/call (``_authorize``), not per HTTP request
+                # on the MCP path approvals are checked per tools/call (``_authorize``); any other route of
+                # the app is a plain HTTP call (APR-01): a tctx token serves none, a held one needs an apr token
+                per_message=(scope["path"].rstrip("/") or "/") == self.path,
             )
         except TetherError as exc:  # a refusal, or a shared replay cache that cannot answer (fail closed)
             holder = exc.holder if isinstance(exc, OAuthError) and isinstance(exc.holder, Principal) else None

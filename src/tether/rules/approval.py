@@ -190,16 +190,36 @@ class ApprovalBinding:
 
 def redact(value: Any, *, fields: Collection[str], secrets: Collection[str] = ()) -> Any:
     """``value`` with every member named in ``fields`` (any depth, case-insensitive), every string
-    holding a vaulted secret and every token-shaped string replaced by ``[redacted]`` (APR-05)."""
+    holding a vaulted secret and every token-shaped string replaced by ``[redacted]`` (APR-05).
+
+    Member names are text the approver reads too: one holding a secret or a token is shown as
+    ``[redacted]`` (numbered if several in one object), and a number is searched as its digits
+    (a vaulted PIN or account number sent as a JSON number)."""
     names = {f.lower() for f in fields}
     needles = [s for s in secrets if len(s) >= MIN_SECRET_MATCH]
 
+    def hides(text: str) -> bool:
+        return bool(_TOKEN_SHAPED.search(text)) or any(s in text for s in needles)
+
     def walk(node: Any) -> Any:
         if isinstance(node, dict):
-            return {k: REDACTED if k.lower() in names else walk(v) for k, v in node.items()}
+            taken = {k for k in node if not hides(k)}  # a redacted name never overwrites another member
+            out: dict[str, Any] = {}
+            for k, v in node.items():
+                label, n = k, 1
+                if hides(k):
+                    label = REDACTED
+                    while label in taken:
+                        n += 1
+                        label = f"{REDACTED} {n}"
+                    taken.add(label)
+                out[label] = REDACTED if k.lower() in names else walk(v)
+            return out
         if isinstance(node, list):
             return [walk(v) for v in node]
-        if isinstance(node, str) and (_TOKEN_SHAPED.search(node) or any(s in node for s in needles)):
+        if isinstance(node, str) and hides(node):
+            return REDACTED
+        if isinstance(node, int | float) and not isinstance(node, bool) and hides(str(node)):
             return REDACTED
         return node
 
@@ -311,8 +331,11 @@ def check_approver(approval: Approval, approver: Approver, *, task: Task) -> Non
     sealed) only where the policy said ``@approval_creator("allowed")``."""
     who = approver.principal
     request = approval.request
+    # a party is refused whatever the case of its name: providers send the same mailbox as
+    # ``Alice@Example.com`` and ``alice@example.com`` (``user:{/email}``); refusing more is fail-closed
+    me = who.casefold()
     parties = {str(request.get("agent")), str(request.get("client")), *(str(a) for a in request.get("actors", []))}
-    if who in parties:
+    if me in {p.casefold() for p in parties}:
         raise AccessDenied("an approver cannot approve a request they are party to", debug=f"{who} is a party")
     for group in approval.groups:
         if group == SUBJECT_GROUP:
@@ -321,10 +344,10 @@ def check_approver(approval: Approval, approver: Approver, *, task: Task) -> Non
                 raise AccessDenied("only the user this task acts for can approve this request", debug=f"{who} not subject")
         elif group not in approver.groups:
             raise AccessDenied(f"the approver is not in group `{group}`", debug=f"{who} not in {group}")
-    if SUBJECT_GROUP not in approval.groups and who == request.get("sub"):
+    if SUBJECT_GROUP not in approval.groups and me == str(request.get("sub")).casefold():
         raise AccessDenied("an approver cannot approve a request they are party to", debug=f"{who} is the subject")
-    creators = {task.created_by, approval.view.get("created_by")} - {None}
-    if who in creators and not approval.creator_may_approve:
+    creators = {str(c).casefold() for c in (task.created_by, approval.view.get("created_by")) if c is not None}
+    if me in creators and not approval.creator_may_approve:
         raise AccessDenied("the task's creator cannot approve its requests", debug=f"{who} created the task")
 
 

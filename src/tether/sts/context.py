@@ -8,6 +8,7 @@ place, with the error code and the internal reason — never a token value.
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Hashable, Mapping
@@ -35,6 +36,8 @@ from tether.sts.health import SharedCheck
 from tether.sts.settings import StsSettings
 
 __all__ = ["StsContext", "new_jti", "spend_key"]
+
+log = logging.getLogger("tether.sts")
 
 
 def new_jti() -> str:
@@ -112,19 +115,31 @@ class StsContext:
     def now(self) -> float:
         return self.clock.now()
 
-    def authorize(self, request: PolicyRequest, *, refusal: str = "denied by policy") -> Decision:
-        """Evaluate Cedar for ``request``; a deny raises ``AccessDenied`` carrying the decision for the audit."""
-        return self._enforce(self.policy.authorize(request), refusal)
+    def authorize(self, request: PolicyRequest, *, refusal: str = "denied by policy", holds: bool = False) -> Decision:
+        """Evaluate Cedar for ``request``; a deny raises ``AccessDenied`` carrying the decision for the audit.
+
+        ``holds``: the caller holds a decision that names ``@approval`` groups (``sts.holds.gate``:
+        the token exchange and its tool call). Any other caller (``create_task``, ``admin``) has no
+        held path, so such a decision is refused (APR-01, fail closed), never allowed unasked."""
+        return self._enforce(self.policy.authorize(request), refusal, holds=holds)
 
     def authorize_memo(self, key: Hashable, build: Callable[[], PolicyRequest]) -> Decision:
-        """``authorize(build())`` through the engine's memo (``PolicyEngine.authorize_memo``)."""
-        return self._enforce(self.policy.authorize_memo(key, build), "denied by policy")
+        """``authorize(build())`` through the engine's memo (``PolicyEngine.authorize_memo``): the
+        token exchange's decision, which ``sts.holds.gate`` holds when it names approval groups."""
+        return self._enforce(self.policy.authorize_memo(key, build), "denied by policy", holds=True)
 
-    def _enforce(self, decision: Decision, refusal: str) -> Decision:
+    def _enforce(self, decision: Decision, refusal: str, *, holds: bool) -> Decision:
         if not decision.allowed:
             exc = AccessDenied(
                 refusal, debug=f"policy {decision.version} denied: {', '.join(decision.determining) or 'no permit'}"
             )
+            exc.audit["policy"] = decision.audit()
+            raise exc
+        if decision.approval and not holds:
+            policies = ", ".join(decision.approval_policies)
+            log.error("policy %s holds an action that cannot be held for approval (%s): refused", decision.version, policies)
+            exc = AccessDenied("this action cannot wait for a human approval; the policy that holds it refuses it",
+                               debug=f"@approval on {policies}: only token exchanges and tool calls can be held")  # fmt: skip
             exc.audit["policy"] = decision.audit()
             raise exc
         return decision

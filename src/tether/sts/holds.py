@@ -146,7 +146,7 @@ def _call_decision(ctx: StsContext, call: ToolCall, grant: Grant, task: Task, *,
         arguments=argument_tags(call.arguments),
         arguments_digest=call.digest,
     )
-    return ctx.authorize(request, refusal="the tool call is denied by policy")
+    return ctx.authorize(request, refusal="the tool call is denied by policy", holds=True)
 
 
 def details_json(call: ToolCall) -> list[dict[str, Any]]:
