@@ -281,6 +281,7 @@ def test_revocation_feed_lists_revoked_jtis(rs: RunningSts) -> None:
     feed = http.post(rs.url + "/revocations", data=rs.client_auth(after=str(cursor))).json()
     values = {(e["kind"], e["value"]) for e in feed["revocations"]}
     assert values == {("jti", _jti(c["hop"])), ("jti", _jti(c["delegated"]))}
-    bad = http.post(rs.url + "/revocations", data=rs.client_auth(after="-1"))
-    assert bad.status_code == 400
-    assert bad.json()["error"] == "invalid_request"
+    for after in ("-1", "\u00b2"):  # "²" is a digit to str.isdigit, not to int(): never a 500
+        bad = http.post(rs.url + "/revocations", data=rs.client_auth(after=after))
+        assert bad.status_code == 400
+        assert bad.json()["error"] == "invalid_request"

@@ -51,7 +51,7 @@ async def _subscriber(ctx: StsContext, feed: FeedHub, request: Request) -> tuple
 
 
 def _cursor(raw: str, name: str) -> int:
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # isdigit alone takes "²"
         raise InvalidRequest(f"{name} must be a non-negative integer")
     return int(raw)
 

@@ -36,7 +36,7 @@ async def tasks_endpoint(request: Request) -> Response:
         task = await create_task(ctx, caller, parse_task_request(await read_json(request)), client=client_address(request))
         return _json(task.as_json(ctx.now()), request, status=201)
     limit_raw = request.query_params.get("limit", "100")
-    if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= 1000:
+    if not (limit_raw.isascii() and limit_raw.isdigit()) or not 1 <= int(limit_raw) <= 1000:  # isdigit alone takes "²"
         raise InvalidRequest("`limit` must be an integer from 1 to 1000")
     tasks = await list_tasks(
         ctx,
