@@ -5,7 +5,9 @@ Secret values are read from stdin or a file (``--file``), never from the command
 list`` shows names, versions and ages, never values.
 
 A master key rotation also re-signs the MCP pin files (``tether.mcp.pins``), whose MAC key
-is derived from the master key: without it every MCP route would serve nothing afterwards.
+is derived from the master key: without it every MCP route would serve nothing afterwards; and
+it re-seals the approvals (``rules.approval_seal``) for the same reason: without it every
+approval in flight would be refused as tampered.
 """
 
 from __future__ import annotations
@@ -32,12 +34,16 @@ from tether.keys.sealed import (
     MASTER_KEY_ENV,
     SealError,
     create_master_key,
+    derive_key,
     legacy_vault_aad,
     load_master_key,
     rewrap,
     vault_aad,
 )
 from tether.mcp.pins import rekey_pins
+from tether.model import Approval, ApprovalStatus
+from tether.rules.approval_seal import ApprovalTampered, check_sealed, decision_mac, request_mac
+from tether.store.errors import StoreError
 from tether.store.open import open_store
 from tether.store.protocol import Store
 
@@ -150,7 +156,12 @@ def rotate_master(
     config: ConfigOpt = None,
     out: Annotated[Path | None, typer.Option(help="where to write the new key (required with TETHER_MASTER_KEY)")] = None,
 ) -> None:
-    """New master key: re-wrap every signing key, vault entry, dev trust domain and dev approvers key (values unchanged)."""
+    """New master key: re-wrap every signing key, vault entry and dev key (values unchanged), re-seal every approval.
+
+    Approvals in flight (pending or decided) keep working: their MACs are re-computed under the new key.
+    An approval whose MACs do not verify under the old key is left as it is: still refused as tampered.
+    One-time approve/deny links already sent stop working (their key changes too): approvers use the API instead.
+    Run it with the STS stopped: a replica still on the old key would write approvals the new key refuses."""
     cfg = config_or_exit(config)
     from_env = bool(os.environ.get(MASTER_KEY_ENV))
     if from_env and out is None:
@@ -165,7 +176,7 @@ def rotate_master(
 
         event = AuditEvent(kind="master_key.rotated", outcome="ok", principal=OPERATOR)
 
-        async def rewrap_all(store: Store) -> int:
+        async def rewrap_all(store: Store) -> tuple[int, int | None]:
             keys = {k.kid: k for k in await store.signing_keys(now=0)}
             entries = {e.name: e for e in await store.vault_list()}
 
@@ -186,9 +197,21 @@ def rotate_master(
                 except SealError:  # sealed before its state was bound: the STS re-seals it at start
                     return rewrap(old, new, blob, aad=legacy_issuer_key_aad(ident))
 
-            return await store.rewrap_sealed(re_seal, now=time.time(), audit=event)
+            count = await store.rewrap_sealed(re_seal, now=time.time(), audit=event)
+            try:
+                resealed = await store.reseal_approvals(
+                    lambda approval: _reseal_approval(old_approvals, new_approvals, approval), now=time.time(), audit=resealing
+                )
+            except StoreError as exc:
+                # the keys are already re-wrapped under the new master key: the rotation must finish, or
+                # nothing opens them; approvals left under the old key are refused until they expire
+                console.print(f"warning: approvals not re-sealed ({type(exc).__name__}); those in flight are refused")
+                return count, None
+            return count, resealed
 
-        count = _with_store(cfg, rewrap_all)
+        old_approvals, new_approvals = derive_key(old, "approvals"), derive_key(new, "approvals")
+        resealing = AuditEvent(kind="approvals.resealed", outcome="ok", principal=OPERATOR, detail={"by": "master_key.rotated"})
+        count, resealed = _with_store(cfg, rewrap_all)
         name = dev_domain_name(cfg)
         dev = DevTrustDomain.key_path(cfg.data_dir, name)
         if dev.exists():
@@ -199,4 +222,17 @@ def rotate_master(
             os.replace(target, target.with_name(target.name + ".previous"))
         os.replace(staging, target)
     pins = f"; {pinned} MCP pin file(s) re-signed" if pinned else ""
-    console.print(f"master key rotated: {count} sealed value(s) re-wrapped{pins}; new key in {target}")
+    approvals = "" if resealed is None else f", {resealed} approval(s) re-sealed"
+    console.print(f"master key rotated: {count} sealed value(s) re-wrapped{approvals}{pins}; new key in {target}")
+
+
+def _reseal_approval(old: bytes, new: bytes, approval: Approval) -> tuple[str, str] | None:
+    """``approval``'s MACs under ``new`` (the approvals key derived from the new master key), if they
+    verify under ``old``: the request MAC, and the decision MAC once a human decided (else "").
+    None if they do not: a row a database writer made stays refused (SECURITY APR-05)."""
+    decided = approval.status in (ApprovalStatus.APPROVED, ApprovalStatus.DENIED)
+    try:
+        check_sealed(old, approval, decided=decided)
+    except ApprovalTampered:
+        return None
+    return request_mac(new, approval), decision_mac(new, approval) if decided else ""

@@ -270,6 +270,20 @@ class Store(Protocol):
         first, at most ``limit``."""
         ...
 
+    async def reseal_approvals(
+        self, reseal: Callable[[Approval], tuple[str, str] | None], *, now: float, audit: AuditEvent
+    ) -> int:
+        """Re-seal every approval (pending, decided or expired) in one transaction, with one
+        ``audit`` record: ``tether master-key rotate``, whose approval MAC key (derived from the
+        master key, ``rules.approval_seal``) changes with it.
+
+        ``reseal(approval)`` returns the new ``(request_mac, decision_mac)``, or None to leave the
+        row as it is (its MACs did not verify under the old key: it stays refused as tampered).
+        Only the two MAC columns are written; returns how many rows were re-sealed. An exception
+        from ``reseal`` writes nothing.
+        """
+        ...
+
     # -- policy versions --------------------------------------------------------
     async def record_policy_version(self, version: str, files: Mapping[str, str], *, now: float) -> bool:
         """Remember a loaded policy set (first load wins); True if it was new."""

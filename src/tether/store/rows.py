@@ -8,7 +8,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from tether.audit.chain import AuditRecord
+from tether.audit.chain import AuditEvent, AuditRecord
 from tether.model import Approval, ApprovalStatus, Task, TaskState
 from tether.store.errors import Conflict
 from tether.store.records import AuditMark, IssuedToken, Revocation, RevocationKind, StoredKey, VaultEntry
@@ -34,6 +34,7 @@ __all__ = [
     "check_decision",
     "check_held",
     "key_from_row",
+    "resealed_audit",
     "revocation_from_row",
     "task_from_row",
     "task_principals",
@@ -224,6 +225,12 @@ def check_decision(decided: Approval) -> None:
     """A decision approves or denies (``Conflict`` otherwise, before the database is asked)."""
     if decided.status not in (ApprovalStatus.APPROVED, ApprovalStatus.DENIED):
         raise Conflict(f"a decision approves or denies, not {decided.status.value}")
+
+
+def resealed_audit(audit: AuditEvent, *, resealed: int, left: int) -> AuditEvent:
+    """``Store.reseal_approvals``'s one audit record: ``audit`` with how many approvals were
+    re-sealed and how many were left as they were (their MACs did not verify: still refused)."""
+    return dataclasses.replace(audit, detail={**audit.detail, "resealed": resealed, "left": left})
 
 
 def _text(value: Any) -> str:

@@ -73,6 +73,7 @@ from tether.store.rows import (
     check_decision,
     check_held,
     key_from_row,
+    resealed_audit,
     revocation_from_row,
     task_from_row,
     task_principals,
@@ -724,6 +725,24 @@ class PostgresRedisStore(Store):
             for approval in expired:
                 await _append(conn, audit(approval), now)
             return expired
+
+    async def reseal_approvals(
+        self, reseal: Callable[[Approval], tuple[str, str] | None], *, now: float, audit: AuditEvent
+    ) -> int:
+        async with self._conn() as conn, conn.transaction():
+            # every row locked, in the expiry sweep's order (so the two queue instead of deadlocking):
+            # a decision or sweep of a replica waits for this transaction, then re-reads the row
+            cur = await conn.execute(f'SELECT {APPROVAL_COLUMNS} FROM approvals ORDER BY expires_at, id COLLATE "C" FOR UPDATE')
+            rows = await cur.fetchall()
+            count = 0
+            for row in rows:
+                macs = reseal(approval_from_row(row))
+                if macs is None:
+                    continue
+                await conn.execute("UPDATE approvals SET request_mac = %s, decision_mac = %s WHERE id = %s", (*macs, row[0]))
+                count += 1
+            await _append(conn, resealed_audit(audit, resealed=count, left=len(rows) - count), now)
+            return count
 
     # -- policy versions --------------------------------------------------------
     async def record_policy_version(self, version: str, files: Mapping[str, str], *, now: float) -> bool:

@@ -603,6 +603,25 @@ class SqliteStore(Store):
 
         return await self._db.run(q, inline=False)  # upkeep, up to ``limit`` audit records: off the request loop
 
+    async def reseal_approvals(
+        self, reseal: Callable[[Approval], tuple[str, str] | None], *, now: float, audit: AuditEvent
+    ) -> int:
+        def q(conn: sqlite3.Connection) -> int:
+            # BEGIN IMMEDIATE: no hold or decision of another process lands between the read and the writes
+            with transaction(conn):
+                rows = conn.execute(f"SELECT {table.APPROVAL_COLUMNS} FROM approvals ORDER BY id").fetchall()
+                count = 0
+                for row in rows:
+                    macs = reseal(table.approval_from_row(row))
+                    if macs is None:
+                        continue
+                    conn.execute("UPDATE approvals SET request_mac = ?, decision_mac = ? WHERE id = ?", (*macs, row[0]))
+                    count += 1
+                _append(conn, table.resealed_audit(audit, resealed=count, left=len(rows) - count), now)
+                return count
+
+        return await self._db.run(q, inline=False)
+
     # -- policy versions --------------------------------------------------------
     async def record_policy_version(self, version: str, files: Mapping[str, str], *, now: float) -> bool:
         def q(conn: sqlite3.Connection) -> bool:
