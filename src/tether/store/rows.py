@@ -188,13 +188,7 @@ def approval_values(approval: Approval) -> tuple[Any, ...]:
         approval.expires_at,
         approval.request_mac,
         approval.creator_may_approve,
-        approval.status.value,
-        approval.decided_by,
-        approval.decided_at,
-        approval.reason,
-        approval.uses,
-        approval.until,
-        approval.decision_mac,
+        *approval_decision(approval),
     )
 
 
