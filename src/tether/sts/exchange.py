@@ -197,8 +197,11 @@ def chain_risk(ctx: StsContext, *principals: str) -> int:
     return max(ctx.risk(p) for p in dict.fromkeys(principals) if p)
 
 
-def _authorize(ctx: StsContext, req: ExchangeRequest, grant: Grant, task: Task, *, kind: str, principal: str) -> Decision:
-    """Cedar ``exchange`` for the token about to be issued (after the built-in attenuation rules)."""
+def _authorize(
+    ctx: StsContext, req: ExchangeRequest, grant: Grant, task: Task, *, kind: str, principal: str, risk: int
+) -> Decision:
+    """Cedar ``exchange`` for the token about to be issued (after the built-in attenuation rules);
+    ``risk`` is ``chain_risk`` of its parties, computed once for this and the tool call's ``call``."""
     q = ExchangeQuestion(
         kind=kind,
         principal=principal,
@@ -212,7 +215,7 @@ def _authorize(ctx: StsContext, req: ExchangeRequest, grant: Grant, task: Task, 
         client=req.client_ip,
         admins=ctx.settings.admin_principals,
         tags=ctx.settings.tags,
-        risk=chain_risk(ctx, principal, task.agent, grant.sub, *grant.actors),
+        risk=risk,
         agent_kind=grant.agent_kind,
         principal_domain=grant.client_domain,
         agent_domain=grant.agent_domain,
@@ -325,10 +328,11 @@ async def _session(
     ask = Ask(req.scope, req.audience, jkt, ctx.settings.issuer, ctx.settings.limits, x5t=x5t)
     grant = derive_session(identity, task, ask, now=now, agent_source=_source(ctx, task.agent))
     claim.task = task.id  # derive_session checked that the task is this workload's
-    decision = _authorize(ctx, req, grant, task, kind="session", principal=identity.principal)
+    risk = chain_risk(ctx, identity.principal, task.agent, grant.sub, *grant.actors)
+    decision = _authorize(ctx, req, grant, task, kind="session", principal=identity.principal, risk=risk)
     gated = await gate(ctx, grant, task, decision, kind="session", call=req.tool_call, approval_id=req.approval_id,
                        proof=checked.proof, replay=checked.replay, claim=claim, client=req.client_ip,
-                       risk=chain_risk(ctx, identity.principal, task.agent, grant.sub, *grant.actors))  # fmt: skip
+                       risk=risk)  # fmt: skip
     checked = _Checked(checked.proof, gated.replay, checked.spends)
     return await _issue(ctx, gated.grant, "session", task, checked, claim, principals=[identity.principal], now=now,
                         policy=decision)  # fmt: skip
@@ -390,13 +394,13 @@ async def _hop(
     claim.task = task.id  # an actor is tied to the task only once the delegation is allowed
     requester = actor.principal if actor else parent.client_id
     kind = "delegation" if actor else "hop"
-    decision = _authorize(ctx, req, grant, task, kind=kind, principal=requester)
+    risk = chain_risk(ctx, requester, task.agent, grant.sub, *grant.actors)
+    decision = _authorize(ctx, req, grant, task, kind=kind, principal=requester, risk=risk)
     principals = [parent.sub, parent.agent, *parent.actors] + ([actor.principal] if actor else [])
     spends = _spends(actor, client)
     claim.spends = spends
     gated = await gate(ctx, grant, task, decision, kind=kind, call=req.tool_call, approval_id=req.approval_id,
-                       proof=proof, replay=replay, claim=claim, client=req.client_ip,
-                       risk=chain_risk(ctx, requester, task.agent, grant.sub, *grant.actors))  # fmt: skip
+                       proof=proof, replay=replay, claim=claim, client=req.client_ip, risk=risk)  # fmt: skip
     checked = _Checked(proof, gated.replay, spends)
     return await _issue(ctx, gated.grant, "hop", task, checked, claim, principals=principals, now=now, policy=decision)
 

@@ -205,6 +205,8 @@ async def gate(
 ) -> Gated:
     """Issue now, hold, or redeem an approval (module docstring); ``kind`` is the binding's
     ``session``, ``hop`` or ``delegation``. Raises ``AuthorizationPending`` for a held request."""
+    if call is None and approval_id is None and not decision.approval:
+        return Gated(grant, replay)  # the plain exchange: nothing to judge, hold or redeem
     call_decision = None
     if call is not None:
         call_decision = _call_decision(ctx, call, grant, task, client=client, risk=risk)
