@@ -14,6 +14,7 @@ reused for a different amount, and for the same payment twice — all refused.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from tether.agent.identity import DevIdentity
 from tether.agent.session import Agent, TaskSession
 from tether.client import StsClient
 from tether.config import Config
+from tether.identity.checks import unverified
 from tether.identity.dev_approvers import DevApprovers
 from tether.identity.dev_issuer import DevTrustDomain
 from tether.keys.sealed import load_master_key
@@ -104,8 +106,6 @@ def _approve_when_held(approvers: _Approvers, task: str, seen: list[dict[str, An
 
 def _rpc(url: str, token: str, session: TaskSession, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
     """One raw MCP ``tools/call`` with ``token`` (what an agent holding it could send): the JSON-RPC reply."""
-    import json
-
     meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
     body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": arguments, "_meta": meta}}
     headers = {
@@ -175,7 +175,7 @@ def approval_act(
           status=forged.status_code)  # fmt: skip
     approvers.decide(FINANCE, approval_id).raise_for_status()
     token = session.token_for_call(plan.payments_url, "pay", second, approval_id=approval_id)
-    claims = session_claims(token)
+    _, claims = unverified(token)  # for display: the payments server verifies it
     step("approval", "alice approves the second payment: the token carries apr (who, when) and tctx (which call)",
          ok=claims.get("apr", {}).get("by") == f"user:{FINANCE}" and claims.get("tctx") == tool_call_context("pay", second),
          apr=claims.get("apr"), tctx=claims.get("tctx"))  # fmt: skip
@@ -188,10 +188,3 @@ def approval_act(
           "the approved payment went through once; the same token again is refused", outcome=_error(again))  # fmt: skip
     session.complete()
     step("task", "procurement task completed: its tokens are revoked everywhere")
-
-
-def session_claims(token: str) -> dict[str, Any]:
-    from tether.rules.jws import b64url_decode, strict_json_loads
-
-    claims = strict_json_loads(b64url_decode(token.split(".")[1]))
-    return dict(claims) if isinstance(claims, dict) else {}
