@@ -76,8 +76,9 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None, env: Mapping[str
     approver_groups = parse_approver_groups(data)
     _check_networks(values["tls"]["trusted_proxies"], "tls.trusted_proxies")
     sections = {
-        section or "general": cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values[section].items()})
+        (section or "general").replace(".", "_"): cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
         for section, cls in SECTIONS.items()
+        for raw in (values[section],)
     }
     return Config(path=path, **sections, trust_domains=domains, oidc_issuers=issuers, clients=clients,
                   resources=resources, routes=routes, mcp_routes=mcp_routes, detectors=detectors, base_dir=base,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tether.config.approvers import ApproverGroup
+from tether.config.console import ConsoleOidcSettings, ConsoleSettings
 from tether.config.identities import ClientConfig, OidcIssuerConfig, ResourceConfig, TrustDomainConfig, resolve
 from tether.config.sections import (
     SECTIONS,
@@ -76,6 +77,8 @@ class Config:
     detectors: tuple[DetectorSettings, ...] = ()
     approvals: ApprovalSettings = field(default_factory=ApprovalSettings)
     approver_groups: tuple[ApproverGroup, ...] = ()
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
+    console_oidc: ConsoleOidcSettings = field(default_factory=ConsoleOidcSettings)
     base_dir: Path = field(default_factory=Path.cwd)
     #: each identity source's namespace of principal names (disjoint; ``tether.rules.namespace``)
     namespaces: tuple[Namespace, ...] = ()
@@ -92,7 +95,7 @@ class Config:
         """Every scalar as ``section → key → value`` (``""``: the top level; lists as lists), a fresh copy."""
         out: dict[str, dict[str, Any]] = {}
         for section in SECTIONS:
-            settings = asdict(getattr(self, section or "general"))
+            settings = asdict(getattr(self, (section or "general").replace(".", "_")))
             out[section] = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
         return out
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any
 
+from tether.config.console import check_console
 from tether.config.sections import SECTIONS, scalar_kinds
 from tether.errors import ConfigError, OAuthError
 from tether.rules.jws import ASYMMETRIC_ALGS
@@ -59,7 +60,7 @@ def read_scalars(
     values: dict[str, dict[str, Any]] = {}
     sources: dict[str, str] = {}
     for section, keys in SCALARS.items():
-        raw = data if section == "" else data.get(section, {})
+        raw = _table(data, section)
         if not isinstance(raw, dict):
             raise ConfigError(section, "must be a table")
         out: dict[str, Any] = {}
@@ -74,10 +75,20 @@ def read_scalars(
                 sources[dotted] = "file" if k in raw else "default"
         if section:
             for k in raw:
-                if k not in keys and f"{section}.{k}" not in nested:
+                if k not in keys and f"{section}.{k}" not in nested and f"{section}.{k}" not in SCALARS:
                     raise ConfigError(f"{section}.{k}", "unknown key")
         values[section] = out
     return values, sources
+
+
+def _table(data: Mapping[str, Any], section: str) -> Any:
+    """The table of ``section`` (``console.oidc`` is ``[console.oidc]``, inside ``[console]``)."""
+    if section == "":
+        return data
+    raw: Any = data
+    for part in section.split("."):
+        raw = raw.get(part, {}) if isinstance(raw, dict) else raw
+    return raw
 
 
 def check_scalars(values: Mapping[str, Mapping[str, Any]]) -> None:
@@ -122,6 +133,7 @@ def check_outputs(values: Mapping[str, Mapping[str, Any]]) -> None:
     if values["monitor"]["webhook_url"]:
         http_url(values["monitor"]["webhook_url"], "monitor.webhook_url")
     check_approvals(values["approvals"])
+    check_console(values["console"], values["console.oidc"], uri=issuer_uri)
 
 
 def issuer_uri(value: str, key: str = "issuer") -> str:

@@ -12,6 +12,7 @@ import typing
 from dataclasses import dataclass, fields
 from typing import Any
 
+from tether.config.console import ConsoleOidcSettings, ConsoleSettings
 from tether.rules.dpop import DEFAULT_DPOP_ALGS
 from tether.rules.task import TaskLimits
 
@@ -284,6 +285,8 @@ SECTIONS: dict[str, type[Any]] = {
     "audit": AuditSettings,
     "revocations": RevocationsSettings,
     "approvals": ApprovalSettings,
+    "console": ConsoleSettings,
+    "console.oidc": ConsoleOidcSettings,
 }
 
 _KINDS: dict[Any, type] = {int: int, bool: bool, str: str, tuple[str, ...]: list}

@@ -17,7 +17,18 @@ from typing import Protocol
 from tether.audit.chain import AuditEvent, AuditRecord
 from tether.model import Approval, ApprovalStatus, Task, TaskState
 from tether.rules.replay_epoch import ReplayEpoch
-from tether.store.records import AuditMark, BlockKind, IssuedToken, LookupResult, Revocation, StoredKey, VaultEntry
+from tether.store.records import (
+    AgentHolding,
+    AuditMark,
+    AuditPage,
+    Block,
+    BlockKind,
+    IssuedToken,
+    LookupResult,
+    Revocation,
+    StoredKey,
+    VaultEntry,
+)
 
 __all__ = ["TAIL_PAGE", "Issuance", "Store"]
 
@@ -66,8 +77,30 @@ class Store(Protocol):
 
     async def get_task(self, task_id: str) -> Task | None: ...
 
-    async def list_tasks(self, *, state: TaskState | None, agent: str | None, now: float, limit: int) -> list[Task]:
-        """Newest first (ties by id)."""
+    async def list_tasks(
+        self,
+        *,
+        state: TaskState | None,
+        agent: str | None,
+        now: float,
+        limit: int,
+        audience: str | None = None,
+        after: str | None = None,
+    ) -> list[Task]:
+        """Newest first (ties by id); ``audience``: tasks that allow exactly that audience; ``after``:
+        the page after the task with that id (keyset pagination; an unknown id yields no rows)."""
+        ...
+
+    async def count_tasks(self, *, now: float) -> dict[TaskState, int]:
+        """How many tasks are in each effective state (an active task past its cap counts as expired); every state present."""
+        ...
+
+    async def task_tokens(self, task_id: str, *, limit: int) -> list[IssuedToken]:
+        """The tokens bound to ``task_id`` (its lineage), oldest first (``iat``, then ``jti``), at most ``limit``."""
+        ...
+
+    async def agent_holdings(self, *, now: float, limit: int) -> list[AgentHolding]:
+        """Agents with live tasks: how many live tasks and live tokens each; most tokens first (ties by agent)."""
         ...
 
     async def end_task(self, task_id: str, state: TaskState, *, now: float, audit: AuditEvent) -> Task:
@@ -135,6 +168,10 @@ class Store(Protocol):
         ...
 
     async def unblock(self, kind: BlockKind, value: str, *, now: float, audit: AuditEvent) -> bool: ...
+
+    async def list_blocks(self, *, limit: int) -> list[Block]:
+        """The kill switch's entries, newest first (ties by kind, value)."""
+        ...
 
     async def spend(self, key: str, *, until: int, now: float) -> bool:
         """Mark a single-use key (the same namespace ``issue_token`` spends); False if already spent."""
@@ -297,6 +334,29 @@ class Store(Protocol):
     async def append_audit(self, event: AuditEvent, *, now: float) -> AuditRecord: ...
 
     async def audit_records(self, *, after: int, limit: int) -> list[AuditRecord]: ...
+
+    async def search_audit(
+        self,
+        *,
+        task: str | None = None,
+        principal: str | None = None,
+        kind: str | None = None,
+        before: int | None = None,
+        limit: int,
+        scan: int = 100_000,
+    ) -> AuditPage:
+        """Records matching every filter given, newest first, with ``seq`` below ``before``.
+
+        ``kind`` is exact, or a prefix when it ends in ``.`` (``approval.``). A search by task uses
+        an index; otherwise at most ``scan`` records are examined, and ``next_before`` says where
+        the next page starts (the lowest ``seq`` examined, or of the last match when ``limit`` was reached).
+        """
+        ...
+
+    async def audit_counts(self, *, after: int, scan: int) -> dict[tuple[str, str, str], int]:
+        """``(kind, outcome, error or "")`` → how many records with ``seq`` above ``after``
+        (at most ``scan`` of the newest are examined)."""
+        ...
 
     async def audit_marks(self, *, after: int, limit: int) -> list[AuditMark]:
         """``seq``, ``ts``, ``kind`` and ``hash`` of the records after ``after`` (and the JWS of checkpoints)."""

@@ -6,9 +6,22 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
+from tether.audit.chain import AuditRecord
 from tether.model import Task
 
-__all__ = ["AuditMark", "BlockKind", "IssuedToken", "LookupResult", "Revocation", "RevocationKind", "StoredKey", "VaultEntry"]
+__all__ = [
+    "AgentHolding",
+    "AuditMark",
+    "AuditPage",
+    "Block",
+    "BlockKind",
+    "IssuedToken",
+    "LookupResult",
+    "Revocation",
+    "RevocationKind",
+    "StoredKey",
+    "VaultEntry",
+]
 
 
 @dataclass(frozen=True)
@@ -103,3 +116,29 @@ class AuditMark:
     kind: str
     hash: str
     jws: str | None = None
+
+
+@dataclass(frozen=True)
+class Block:
+    """A kill-switch entry: ``kind`` (agent or subject), ``value`` (the principal), ``since`` (epoch seconds)."""
+
+    kind: BlockKind
+    value: str
+    since: float
+
+
+@dataclass(frozen=True)
+class AgentHolding:
+    """What one agent holds now (the console's agents page): live tasks and live tokens (unrevoked, unexpired)."""
+
+    agent: str
+    tasks: int
+    tokens: int
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    """A page of ``Store.search_audit``: matching records newest first, and where to go on (``None``: the log's start)."""
+
+    records: list[AuditRecord]
+    next_before: int | None

@@ -1,0 +1,194 @@
+"""The operator console's sessions, CSRF tokens and one-time login links (SECURITY WEB-01, 02, 04).
+
+Pure: no I/O, no clock of its own. Everything the console hands a browser is ``payload.tag``:
+RFC 8785 JSON in base64url, then an HMAC-SHA256 tag (RFC 2104) under a key derived from the
+master key (``keys.sealed.derive_key(master, "console")``), with a label per kind of value so a
+login link can never be presented as a session or the other way round. The tag is checked
+before anything in the payload is read.
+
+* A **session** names its id, the human's principal, roles, approver groups, how they logged in,
+  when (``iat``, for the absolute timeout) and when they were last seen (idle timeout). The
+  cookie is re-sealed on each request with a new ``seen``. Logging out spends the session id in
+  the store (``logout_key``), so a copy of the cookie dies with it on every replica.
+* A **CSRF token** is an HMAC of the session id (the "synchronizer token" bound to the session,
+  OWASP ASVS V3.5): nothing to store, and a token from another session never verifies.
+* A **login link** names the principal and role it logs in as, an expiry and a nonce; the
+  console spends the nonce in the store on use (single use, ``link_key``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tether.errors import AccessDenied, TetherError
+from tether.rules.tool_call import canonical_json
+
+__all__ = [
+    "LoginLink",
+    "Session",
+    "SessionInvalid",
+    "check_csrf",
+    "csrf_token",
+    "link_key",
+    "logout_key",
+    "open_link",
+    "open_session",
+    "seal_link",
+    "seal_session",
+]
+
+MAX_SEALED = 4096
+_SESSION = b"tether console session v1\x00"
+_LINK = b"tether console login link v1\x00"
+_CSRF = b"tether console csrf v1\x00"
+
+
+class SessionInvalid(TetherError):
+    """No usable session: absent, forged, malformed, idle too long or too old. ``reason`` says which (for logs)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _seal(key: bytes, label: bytes, content: Mapping[str, Any]) -> str:
+    payload = _b64(canonical_json(dict(content)).encode())
+    return f"{payload}.{_b64(hmac.new(key, label + payload.encode(), hashlib.sha256).digest())}"
+
+
+def _open(key: bytes, label: bytes, sealed: str) -> dict[str, Any] | None:
+    """The payload when the tag verifies, else ``None`` (checked before the payload is decoded)."""
+    if not isinstance(sealed, str) or len(sealed) > MAX_SEALED or not sealed.isascii() or sealed.count(".") != 1:
+        return None
+    payload, tag = sealed.split(".")
+    expected = _b64(hmac.new(key, label + payload.encode(), hashlib.sha256).digest())
+    if not hmac.compare_digest(tag.encode(), expected.encode()):
+        return None
+    try:
+        data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (binascii.Error, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _strings(value: Any) -> frozenset[str] | None:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return None
+    return frozenset(value)
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True)
+class Session:
+    """A logged-in human: ``sid`` (random), ``principal``, ``roles``, approver ``groups``, ``via``
+    (``oidc`` or ``link``), ``iat`` (login time) and ``seen`` (last request)."""
+
+    sid: str
+    principal: str
+    roles: frozenset[str]
+    groups: frozenset[str]
+    via: str
+    iat: int
+    seen: int
+    name: str = ""
+
+    def touched(self, now: float) -> Session:
+        """The same session, seen at ``now`` (the idle timeout restarts)."""
+        return Session(self.sid, self.principal, self.roles, self.groups, self.via, self.iat, int(now), self.name)
+
+
+def seal_session(key: bytes, session: Session) -> str:
+    return _seal(key, _SESSION, {
+        "sid": session.sid, "p": session.principal, "r": sorted(session.roles), "g": sorted(session.groups),
+        "v": session.via, "iat": session.iat, "seen": session.seen, "n": session.name,
+    })  # fmt: skip
+
+
+def open_session(key: bytes, sealed: str | None, *, now: float, idle: int, max_age: int) -> Session:
+    """The session a cookie carries, if it verifies and neither timeout has passed (WEB-01)."""
+    if not sealed:
+        raise SessionInvalid("no session")
+    data = _open(key, _SESSION, sealed)
+    if data is None:
+        raise SessionInvalid("session cookie does not verify")
+    roles, groups = _strings(data.get("r")), _strings(data.get("g"))
+    iat, seen = _int(data.get("iat")), _int(data.get("seen"))
+    texts = [data.get(k) for k in ("sid", "p", "v", "n")]
+    if roles is None or groups is None or iat is None or seen is None or not all(isinstance(t, str) for t in texts):
+        raise SessionInvalid("session cookie malformed")
+    session = Session(data["sid"], data["p"], roles, groups, data["v"], iat, seen, data["n"])
+    if now >= session.iat + max_age:
+        raise SessionInvalid("session reached its absolute timeout")
+    if now >= session.seen + idle:
+        raise SessionInvalid("session idle too long")
+    if session.seen < session.iat or session.seen > now + 60:
+        raise SessionInvalid("session times inconsistent")
+    return session
+
+
+def logout_key(sid: str) -> str:
+    """The store key that marks a session logged out (``Store.spend`` / ``Store.spent``)."""
+    return hashlib.sha256(b"tether console logout\x00" + sid.encode()).hexdigest()
+
+
+def csrf_token(key: bytes, sid: str) -> str:
+    """The CSRF token of session ``sid`` (WEB-02): an HMAC of the id, never stored."""
+    return _b64(hmac.new(key, _CSRF + sid.encode(), hashlib.sha256).digest())
+
+
+def check_csrf(key: bytes, sid: str, presented: object) -> None:
+    """``AccessDenied`` unless ``presented`` is this session's CSRF token."""
+    if not isinstance(presented, str) or not presented.isascii() or len(presented) > 100:
+        raise AccessDenied("the form is missing its CSRF token; reload the page and try again")
+    if not hmac.compare_digest(presented.encode(), csrf_token(key, sid).encode()):
+        raise AccessDenied("the form's CSRF token is not this session's; reload the page and try again")
+
+
+@dataclass(frozen=True)
+class LoginLink:
+    """What a one-time login link logs in as: ``principal`` with ``role``, until ``exp``, once (``nonce``)."""
+
+    principal: str
+    role: str
+    exp: int
+    nonce: str
+
+
+def seal_link(key: bytes, link: LoginLink) -> str:
+    return _seal(key, _LINK, {"p": link.principal, "r": link.role, "x": link.exp, "n": link.nonce})
+
+
+_BAD_LINK = "this login link is not valid; ask for a new one (tether console --link)"
+
+
+def open_link(key: bytes, sealed: str, *, now: float) -> LoginLink:
+    """The link's content if it verifies and has not expired (``AccessDenied``); single use is the caller's."""
+    data = _open(key, _LINK, sealed)
+    if data is None:
+        raise AccessDenied(_BAD_LINK, debug="login link does not verify")
+    exp = _int(data.get("x"))
+    texts = [data.get(k) for k in ("p", "r", "n")]
+    if exp is None or not all(isinstance(t, str) and t for t in texts):
+        raise AccessDenied(_BAD_LINK, debug="login link malformed")
+    if now >= exp:
+        raise AccessDenied("this login link has expired; ask for a new one (tether console --link)", debug="expired")
+    return LoginLink(data["p"], data["r"], exp, data["n"])
+
+
+def link_key(nonce: str) -> str:
+    """The store key that marks a login link used (``Store.spend``)."""
+    return hashlib.sha256(b"tether console login link\x00" + nonce.encode()).hexdigest()
