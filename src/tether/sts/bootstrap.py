@@ -113,6 +113,7 @@ class Sts:
             certificates=CertificateAuthenticator.from_config(self.config),
             approval_key=derive_key(self.master_key, "approvals"),
             link_key=derive_key(self.master_key, "approval-links"),
+            console_key=derive_key(self.master_key, "console"),
             approvers=ApproverVerifier.from_config(self.config, self._http),
             vault_values=VaultValues(store, self.master_key).values,
         )

@@ -93,6 +93,8 @@ class StsContext:
     #: HMAC keys derived from the master key: approvals' MACs and one-time links (``rules.approval_seal``)
     approval_key: bytes = b""
     link_key: bytes = b""
+    #: the operator console's sessions, CSRF tokens and login links (``rules.console_session``)
+    console_key: bytes = b""
     #: the organisation's OIDC provider for approvers (``identity.approvers``); ``None`` until started
     approvers: ApproverVerifier | None = None
     #: the vaulted secrets' values, redacted from what approvers see (``sts.vault_values``)

@@ -1,0 +1,2 @@
+// tether console: progressive enhancement only (helper "pages" fills this in).
+"use strict";
