@@ -21,7 +21,7 @@ from tether.store.records import BlockKind
 from tether.sts.auth import require_admin
 from tether.sts.context import StsContext
 
-__all__ = ["block", "introspect", "revoke"]
+__all__ = ["block", "introspect", "revoke", "set_block"]
 
 
 def _may_see(ctx: StsContext, caller: WorkloadIdentity, token: AccessToken) -> bool:
@@ -96,12 +96,20 @@ async def block(
     ctx: StsContext, caller: AccessToken, kind: BlockKind, value: str, *, lift: bool, client: str | None = None
 ) -> dict[str, Any]:
     require_admin(ctx, caller, operation="principals.unblock" if lift else "principals.block", client=client)
+    return await set_block(ctx, kind, value, lift=lift, principal=caller.sub)
+
+
+async def set_block(
+    ctx: StsContext, kind: BlockKind, value: str, *, lift: bool, principal: str, detail: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The kill switch for an authorized ``principal``: block (end the tasks, revoke the tokens) or lift, audited."""
     now = ctx.now()
+    extra = detail or {}
     if lift:
-        event = AuditEvent(kind="principal.unblocked", outcome="ok", principal=caller.sub, detail={kind.value: value})
+        event = AuditEvent(kind="principal.unblocked", outcome="ok", principal=principal, detail={kind.value: value, **extra})
         removed = await ctx.store.unblock(kind, value, now=now, audit=event)
         return {kind.value: value, "blocked": False, "was_blocked": removed}
-    event = AuditEvent(kind="principal.blocked", outcome="ok", principal=caller.sub, detail={kind.value: value})
+    event = AuditEvent(kind="principal.blocked", outcome="ok", principal=principal, detail={kind.value: value, **extra})
     tasks = await ctx.store.block(kind, value, now=now, audit=event)
     REVOCATIONS.labels(kind="task").inc(len(tasks))  # the tokens it cut are in the audit record, not counted here
     return {kind.value: value, "blocked": True, "tasks_cancelled": tasks}

@@ -21,7 +21,7 @@ from tether.store.errors import Blocked, NotFound, TaskNotActive
 from tether.sts.auth import is_admin, require_admin
 from tether.sts.context import StsContext
 
-__all__ = ["create_task", "end_task", "get_task", "list_tasks", "parse_task_request"]
+__all__ = ["create_task", "end_task", "get_task", "list_tasks", "move_task", "parse_task_request"]
 
 _FIELDS = {"agent", "audiences", "scopes", "purpose", "on_behalf_of", "max_duration", "max_depth", "max_tokens"}
 
@@ -148,9 +148,16 @@ async def end_task(ctx: StsContext, caller: AccessToken, task_id: str, target: T
     task = await _visible(ctx, caller, task_id, operation="tasks.end", client=client)
     if target is TaskState.SUSPENDED and not is_admin(ctx, caller):
         raise InsufficientScope("only an admin can suspend a task")
+    return await move_task(ctx, task, target, principal=caller.sub)
+
+
+async def move_task(
+    ctx: StsContext, task: Task, target: TaskState, *, principal: str, detail: dict[str, Any] | None = None
+) -> Task:
+    """End (or suspend) ``task`` for an authorized ``principal``: revoke its tokens, audit it with ``detail``."""
     now = ctx.now()
     check_transition(task, target, now)
-    event = AuditEvent(kind=f"task.{target.value}", outcome="ok", principal=caller.sub, task=task.id)
+    event = AuditEvent(kind=f"task.{target.value}", outcome="ok", principal=principal, task=task.id, detail=detail or {})
     try:
         ended = await ctx.store.end_task(task.id, target, now=now, audit=event)
     except NotFound as exc:
