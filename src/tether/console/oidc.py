@@ -339,8 +339,9 @@ async def _refuse(request: Request, exc: OAuthError, *, principal: str | None = 
     """An HTML refusal, audited as ``console.login``: by the client's address unless the human is proven."""
     ctx = context(request)
     try:
-        await ctx.refuse(exc, kind="console.login", principal=principal, detail={"via": "oidc"},
-                         source=client_address(request))  # fmt: skip
+        source = client_address(request)
+        await ctx.refuse(exc, kind="console.login", principal=principal, detail={"via": "oidc", "client": source or ""},
+                         source=source)  # fmt: skip
     except StoreError:
         return _clear(error_page(request, 503, "the store is not answering; try again shortly"))
     return _clear(error_page(request, exc.status, exc.description))
