@@ -23,9 +23,9 @@ from urllib.parse import urljoin
 
 import httpx
 from consolekit import Browser, RunningConsole
+
 from helpers import QUIET_MONITOR, ServerThread, free_port, make_deployment, serving
 from npmkit import interop_dir
-
 from tether.clock import ManualClock
 from tether.console.app import create_console_app
 from tether.console.oidc import LOGIN_COOKIE

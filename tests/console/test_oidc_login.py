@@ -8,19 +8,31 @@ way an attacker would: by running an authorization request of their own against 
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import dataclasses
 import hashlib
+import hmac
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import parse_qs, urlencode, urlsplit
+from types import SimpleNamespace
+from typing import Any
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
+import httpx
 import pytest
+from joserfc.jwk import ECKey
 from oidckit import CLIENT_ID, SECRET_ENV, OidcBrowser, OidcConsole, oidc_console
+from starlette.datastructures import State
 
-from tether.console.oidc import LOGIN_COOKIE
+from tether.console.oidc import LOGIN_COOKIE, ProviderUnavailable, _metadata, _verify
 from tether.console.web import COOKIE
+from tether.errors import AccessDenied
+from tether.identity.checks import unverified
 from tether.rules.console_session import LoginState, open_login, open_session, seal_login
+from tether.rules.jws import sign_compact
 
 ACCOUNTS = {
     "alice": {"email": "alice@example.com", "email_verified": True, "name": "Alice", "groups": ["tether-viewers", "payroll"]},
@@ -216,3 +228,96 @@ def test_web04_next_cannot_redirect_off_site(oidc: OidcConsole, target: str) -> 
 def test_login_button_on_the_login_page(oidc: OidcConsole, tmp_path: Path) -> None:
     page = oidc.browser().get("/login", params={"next": "/tasks"})
     assert page.status_code == 200 and "/login/oidc?next=" in page.text and oidc.op.issuer in page.text
+
+
+def test_web04_callback_naming_another_issuer_is_refused(oidc: OidcConsole) -> None:
+    browser = oidc.browser()
+    callback = browser.authorize(browser.start(), "alice")
+    assert "iss=" in callback  # RFC 9207: the provider names itself in the response
+    mixed = callback.replace("iss=" + quote(oidc.op.issuer, safe=""), "iss=" + quote("https://idp.evil.example", safe=""))
+    assert mixed != callback
+    refused = browser.finish(mixed)
+    assert refused.status_code == 403 and "another provider" in refused.text and browser.cookie is None
+
+
+def _request(oidc: OidcConsole) -> Any:
+    """What ``console.oidc`` reads of a request outside a route: the app (its discovery cache)."""
+    return SimpleNamespace(app=SimpleNamespace(state=State()))
+
+
+def _real_id_token(oidc: OidcConsole, login: LoginState) -> str:
+    """An ID token the provider issued for ``login`` (the test plays the console's part at the token endpoint)."""
+    browser = oidc.browser()
+    callback = browser.authorize(_own_authorization(oidc, login, nonce=login.nonce, verifier=login.verifier), "alice")
+    code = parse_qs(urlsplit(callback).query)["code"][0]
+    answer = browser.op.post(f"{oidc.op.issuer}/token", auth=(CLIENT_ID, quote(os.environ[SECRET_ENV], safe="")), data={
+        "grant_type": "authorization_code", "code": code, "redirect_uri": oidc.console.url + "/login/callback",
+        "code_verifier": login.verifier,
+    })  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    token: str = answer.json()["id_token"]
+    return token
+
+
+def test_web04_id_token_alg_must_be_configured_never_none_or_hmac(oidc: OidcConsole) -> None:
+    """The real provider's ES256 ID token verifies; the same claims under `none`, HS256 keyed with the
+    provider's public key (algorithm confusion), another key with the provider's `kid`, or with ES256
+    left out of ``[console.oidc] algorithms``, never do."""
+    settings = oidc.console.runtime.config.console_oidc
+    login = LoginState("st-" + "a" * 40, "nonce-" + "b" * 40, "v" * 64, "/", int(oidc.console.sts.clock.now()) + 600)
+    token = _real_id_token(oidc, login)
+    header, claims = unverified(token)
+    assert header["alg"] == "ES256"
+    request, now = _request(oidc), oidc.console.sts.clock.now()
+
+    async def verify(token: str, algorithms: tuple[str, ...] = settings.algorithms) -> str:
+        async with httpx.AsyncClient(trust_env=False) as client:
+            meta = await _metadata(request, client, settings.issuer, now=now)
+            chosen = dataclasses.replace(settings, algorithms=algorithms)
+            principal, _ = await _verify(request, client, chosen, meta, token, login, now=now, skew=10)
+            return principal
+
+    assert asyncio.run(verify(token)) == "user:alice@example.com"
+    with pytest.raises(AccessDenied):
+        asyncio.run(verify(token, ("RS256",)))
+    body = token.split(".")[1]
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    none = b64(json.dumps({"alg": "none", "kid": header["kid"]}).encode()) + "." + body + "."
+    jwks = httpx.get(f"{oidc.op.issuer}/jwks", trust_env=False).json()
+    secret = json.dumps(jwks["keys"][0]).encode()
+    hs_head = b64(json.dumps({"alg": "HS256", "kid": header["kid"]}).encode()) + "." + body
+    hs256 = hs_head + "." + b64(hmac.new(secret, hs_head.encode(), hashlib.sha256).digest())
+    other = sign_compact({"alg": "ES256", "kid": header["kid"]}, claims, ECKey.generate_key("P-256"), "ES256")
+    for forged in (none, hs256, other):
+        with pytest.raises(AccessDenied):
+            asyncio.run(verify(forged, ("ES256", "HS256")))
+
+
+def test_web04_discovery_must_name_exactly_the_configured_issuer(oidc: OidcConsole) -> None:
+    request, now = _request(oidc), oidc.console.sts.clock.now()
+    alias = oidc.op.issuer.replace("127.0.0.1", "localhost")  # the same server, another name: not this issuer
+
+    async def discover(issuer: str) -> str:
+        async with httpx.AsyncClient(trust_env=False) as client:
+            return (await _metadata(request, client, issuer, now=now)).token_endpoint
+
+    assert asyncio.run(discover(oidc.op.issuer)).startswith(oidc.op.issuer)
+    with pytest.raises(ProviderUnavailable):
+        asyncio.run(discover(alias))
+
+
+@pytest.fixture(scope="module")
+def public(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcConsole]:
+    with oidc_console(tmp_path_factory.mktemp("oidc-public"), accounts=ACCOUNTS, secret=None,
+                      console_toml='viewers = ["user:olga@example.com"]', oidc_toml="") as running:  # fmt: skip
+        yield running
+
+
+def test_web04_public_client_logs_in_with_pkce_alone(public: OidcConsole) -> None:
+    browser = public.browser()
+    done = browser.login("olga", "/tasks")
+    assert done.status_code == 303 and done.headers["location"] == "/tasks"
+    assert _session_of(public, browser)[:2] == ("user:olga@example.com", frozenset({"viewer"}))
