@@ -192,3 +192,55 @@ def open_link(key: bytes, sealed: str, *, now: float) -> LoginLink:
 def link_key(nonce: str) -> str:
     """The store key that marks a login link used (``Store.spend``)."""
     return hashlib.sha256(b"tether console login link\x00" + nonce.encode()).hexdigest()
+
+
+# --- OIDC login state (WEB-04): what the browser carries between /login/oidc and /login/callback ---
+
+_LOGIN = b"tether console oidc login v1\x00"
+
+#: seconds a started OIDC login may take before its callback is refused (the login cookie's life)
+LOGIN_TTL = 600
+
+
+@dataclass(frozen=True)
+class LoginState:
+    """One OIDC login in flight (OIDC Core §3.1.2.1, RFC 7636 §4): the ``state`` the callback must
+    echo (login CSRF), the ``nonce`` the ID token must carry (code injection), the PKCE
+    ``verifier``, the local path to go to afterwards and an expiry. Sealed into the short-lived
+    ``__Host-tether-login`` cookie; the console spends ``state`` on the first callback (``login_key``)."""
+
+    state: str
+    nonce: str
+    verifier: str
+    next_path: str
+    exp: int
+
+
+def seal_login(key: bytes, login: LoginState) -> str:
+    return _seal(key, _LOGIN, {"s": login.state, "n": login.nonce, "v": login.verifier, "x": login.next_path,
+                               "e": login.exp})  # fmt: skip
+
+
+def open_login(key: bytes, sealed: str | None, *, now: float) -> LoginState:
+    """The login a cookie carries, if it verifies (under its own label: a session or a login link
+    never opens as one) and has not expired; ``AccessDenied`` otherwise."""
+    if not sealed:
+        raise AccessDenied("this login was not started here or has expired; start again", debug="no login cookie")
+    data = _open(key, _LOGIN, sealed)
+    if data is None:
+        raise AccessDenied("this login was not started here; start again", debug="login cookie does not verify")
+    exp = _int(data.get("e"))
+    texts = [data.get(k) for k in ("s", "n", "v", "x")]
+    if exp is None or not all(isinstance(t, str) and t for t in texts):
+        raise AccessDenied("this login was not started here; start again", debug="login cookie malformed")
+    if now >= exp:
+        raise AccessDenied("this login took too long and has expired; start again", debug="login cookie expired")
+    return LoginState(data["s"], data["n"], data["v"], data["x"], exp)
+
+
+def login_key(state: str) -> str:
+    """The store key that marks an OIDC login's ``state`` used: one login cookie serves one callback."""
+    return hashlib.sha256(b"tether console oidc login\x00" + state.encode()).hexdigest()
+
+
+__all__ += ["LOGIN_TTL", "LoginState", "login_key", "open_login", "seal_login"]
