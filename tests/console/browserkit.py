@@ -8,18 +8,30 @@ test that silently does not run proves nothing.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
-__all__ = ["SCREENSHOTS", "chromium_path", "launch", "logged_in"]
+__all__ = ["SCREENSHOTS", "chromium_path", "launch", "logged_in", "off_loop", "shoot"]
 
 #: where ``TETHER_SCREENSHOTS=1`` writes the README's screenshots
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
+
+
+T = TypeVar("T")
+
+
+def off_loop(fn: Callable[[], T]) -> T:
+    """Run ``fn`` (which may call ``asyncio.run``) in a thread: Playwright's sync API keeps an event loop
+    running in the test's own thread while a browser is open."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(fn).result(timeout=60)
 
 
 def chromium_path() -> str:
