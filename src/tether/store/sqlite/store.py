@@ -707,9 +707,7 @@ class SqliteStore(Store):
 
         def q(conn: sqlite3.Connection) -> records.AuditPage:
             first, last = conn.execute(table.AUDIT_ENDS).fetchone()
-            window = table.AuditWindow.of(
-                first, last, before=before, scan=scan, indexed=kind == table.ALERT_KIND
-            )
+            window = table.AuditWindow.of(first, last, before=before, scan=scan, indexed=kind == table.ALERT_KIND)
             if window.empty:
                 return records.AuditPage([], None)
             sql, args = table.audit_search(
