@@ -32,7 +32,7 @@ upstream = "http://127.0.0.1:9/api"
 secret = "crm-key"
 allow = ["GET /v1/items", "GET /v1/items/*", "POST /v1/items"]
 owner = "team-legacy"
-justification = {json.dumps("vendor only takes a static key " + HOSTILE)}
+justification = {json.dumps("vendor only takes a static key <script>alert(1)</script>")}
 expires = {EXPIRED}
 
 [[gateway.routes]]
@@ -129,7 +129,7 @@ def test_exceptions_show_owner_expiry_and_calls(console: RunningConsole) -> None
     assert "team-legacy" in cells(page.text, "Owner")
     assert "GET /v1/items/*" in cells(page.text, "Allowlist")[0]
     assert "among the newest 5000 audit records" in page.text
-    assert_escaped(page.text)  # the justification is configuration text, escaped like the rest
+    assert "<script>alert(1)" not in page.text and "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
 
 
 # -- policies -------------------------------------------------------------------------------------

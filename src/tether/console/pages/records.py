@@ -197,6 +197,8 @@ class ChainStatus:
     last: int | None = None
     records: int = 0
     more: bool = False
+    #: nothing was found wrong, but the checkpoint could not be checked (its key is no longer held)
+    unverified: bool = False
 
 
 def _issuer_keys(ctx: StsContext) -> dict[str, PublicKey]:
@@ -231,7 +233,7 @@ async def chain_status(ctx: StsContext) -> ChainStatus:
     except checkpoint.UnknownKey:
         return ChainStatus(False, "the newest checkpoint is signed by a key the issuer no longer holds; verify it with "
                            "an archived JWKS (`tether audit verify --jwks`)", checkpoint_seq=record.seq,
-                           checkpoint_time=when(record.ts))  # fmt: skip
+                           checkpoint_time=when(record.ts), unverified=True)  # fmt: skip
     except checkpoint.CheckpointError as exc:
         return ChainStatus(False, f"the newest checkpoint (record {record.seq}) does not verify: {exc}",
                            checkpoint_seq=record.seq, checkpoint_time=when(record.ts))  # fmt: skip
