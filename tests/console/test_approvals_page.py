@@ -212,6 +212,7 @@ def test_apr02_separation_of_duties_still_applies(env: Env) -> None:
     assert refused.status_code == 403
     requested_by_bot = env.hold(env.task(), client=BOT)
     bot = env.approver(BOT)
+    assert bot.get(f"/approvals/{requested_by_bot.id}/approve").status_code == 403  # told before the form
     assert bot.post(f"/approvals/{requested_by_bot.id}/approve", {"csrf": bot.csrf("/approvals")}).status_code == 403
     assert env.stored(created_by_dave.id).status is ApprovalStatus.PENDING
     assert env.stored(requested_by_bot.id).status is ApprovalStatus.PENDING

@@ -27,7 +27,7 @@ from tether.console.pages.shown import compact, plain, text_param, when
 from tether.console.web import Human, config, context, page, render
 from tether.errors import AccessDenied, InvalidRequest, NotFoundError
 from tether.model import Approval, ApprovalStatus
-from tether.rules.approval import Approver, valid_approval_id
+from tether.rules.approval import Approver, check_approver, valid_approval_id
 from tether.sts.approvals import MAX_REASON, Admin, Viewer, decide, get_approval, list_approvals
 from tether.web.forms import Form
 
@@ -139,6 +139,10 @@ async def confirm(request: Request, human: Human, form: Form | None) -> Response
     approver = _approver(human)
     decision = _decision(request)
     approval = await get_approval(ctx, approver, _id(request))
+    task = await ctx.task(approval.task)
+    if task is None:
+        raise NotFoundError("approval not found")
+    check_approver(approval, approver, task=task)  # separation of duties, told before the form (decide checks it again)
     settings = ctx.settings.approvals
     return render(request, "approvals_confirm.html", {
         "title": "Approve" if decision == "approve" else "Deny", "decision": decision,
