@@ -18,3 +18,7 @@ async def overview(request: Request, human: Human, form: Form | None) -> Respons
 
 
 PAGE_ROUTES: list[BaseRoute] = [Route("/", overview, methods=["GET"])]
+
+from tether.console.pages import approvals, records  # noqa: E402  (h-records: the lead merges these into PAGE_ROUTES)
+
+PAGE_ROUTES += records.ROUTES + approvals.ROUTES
