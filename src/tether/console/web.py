@@ -3,7 +3,8 @@
 Every console page goes through ``page``: it opens the session cookie (``rules.console_session``;
 forged, idle or too old → the login page), refuses a session that logged out on any replica
 (``Store.spent``), recomputes the roles from the configuration (``rules.console_roles``), checks
-the CSRF token of every POST (WEB-02), refuses a role that may not do this (WEB-05: audited as
+the CSRF token of every POST (WEB-02; a failure is counted per source, never pinned on the
+human whose cookie the browser attached), refuses a role that may not do this (WEB-05: audited as
 ``console.refused`` with the human's principal) and re-seals the cookie with the new last-seen time.
 Errors become an HTML page with the status their class carries; the reason a human reads is
 the error's public description, never a trace or a secret (the debug text goes to the audit).
@@ -220,7 +221,10 @@ def page(kind: str = "view") -> Callable[[Page], Callable[[Request], Awaitable[R
                 form = None
                 if request.method == "POST":
                     form = await read_form(request)
-                    check_csrf(ctx.console_key, human.session.sid, form.get("csrf"))
+                    try:
+                        check_csrf(ctx.console_key, human.session.sid, form.get("csrf"))
+                    except AccessDenied as exc:
+                        return await _forged(request, exc, human)
                 if not human.may(kind):
                     raise RoleRefused(f"your role ({', '.join(sorted(human.roles))}) may not do this")
                 response = await fn(request, human, form)
@@ -239,6 +243,20 @@ def page(kind: str = "view") -> Callable[[Page], Callable[[Request], Awaitable[R
         return handler
 
     return wrap
+
+
+async def _forged(request: Request, exc: AccessDenied, human: Human) -> Response:
+    """A POST without this session's CSRF token (WEB-02). The cookie came with it only because the
+    browser attaches it to any request, another site's included: the human is not proven to have
+    sent it, so it is never pinned on them (``claimed_principal``, not ``principal``: the refusal
+    detectors skip it) and is counted per source address, not written once per forged request."""
+    ctx = context(request)
+    try:
+        await ctx.refuse(exc, kind="console.refused", source=client_address(request),
+                         detail={"claimed_principal": human.principal, "path": request.url.path[:200]})  # fmt: skip
+    except StoreError:
+        return error_page(request, 503, "the store is not answering; nothing was done", human=human)
+    return error_page(request, exc.status, exc.description, human=human)
 
 
 async def _refused(request: Request, exc: Exception, human: Human | None) -> Response:
