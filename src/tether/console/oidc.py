@@ -304,9 +304,9 @@ async def _verify(request: Request, client: httpx.AsyncClient, settings: Console
     except IdentityError as exc:
         raise AccessDenied("the login provider's ID token is not valid for this login; start again",
                            debug=f"id token: {exc}") from exc  # fmt: skip
-    if "{/email}" in settings.principal and claims.get("email_verified", True) is not True:
+    if "{/email}" in settings.principal and claims.get("email_verified") is not True:
         # OIDC Core §5.1: the provider never verified this address; as a principal it would let
-        # anyone who typed it be whoever the role lists name
+        # anyone who typed it be whoever the role lists name; a missing claim is no statement at all
         raise AccessDenied("your e-mail address is not verified by the login provider",
                            debug="email_verified is not true")  # fmt: skip
     return principal, claims
