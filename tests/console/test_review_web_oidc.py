@@ -11,11 +11,12 @@ listed by that address). The console's own contract says a principal read from `
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from oidckit import OidcConsole, oidc_console
 
-ACCOUNTS = {
+ACCOUNTS: dict[str, dict[str, Any]] = {
     # claims the address but the provider says nothing about verifying it
     "mallet": {"email": "olga@example.com", "name": "Mallet", "groups": []},
     "olga": {"email": "olga@example.com", "email_verified": True, "name": "Olga", "groups": []},
