@@ -4,7 +4,8 @@ A one-time link (``tether console`` prints one) is ``/login/link?t=…``. Openin
 nothing: it shows a button (a GET must never change state, WEB-02, and a chat client's link
 preview must not use the link up). The POST spends the link's nonce in the store (single use on
 every replica), then starts a session; a POST a browser marks as sent by another site
-(``Sec-Fetch-Site``) is refused first (login CSRF with a link of the attacker's own). The link is HMAC-sealed under the master key
+(``Sec-Fetch-Site``) is refused first (login CSRF with a link of the attacker's own). The link
+is HMAC-sealed under the master key
 (``rules.console_session``), names the principal and role it logs in as and expires after
 ``[console] link_ttl``. Login by the organisation's OIDC provider is ``console.oidc``.
 Logout spends the session id, so the cookie is dead everywhere even if a copy survives.
