@@ -33,6 +33,7 @@ import logging
 import os
 import re
 import secrets
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -112,9 +113,16 @@ def _cache(request: Request, issuer: str) -> _Cache:
     return caches.setdefault(issuer, _Cache())
 
 
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """One TLS context per process: building one loads the CA bundle (tens of ms of CPU), and
+    ``/login/oidc`` and ``/login/callback`` answer strangers, so each must not build its own."""
+    return httpx.create_ssl_context(trust_env=False)
+
+
 def _client() -> httpx.AsyncClient:
     """Never a redirect, never a proxy from the environment, bounded time (documents are bounded by ``fetch_json``)."""
-    return httpx.AsyncClient(follow_redirects=False, timeout=_TIMEOUT, trust_env=False)
+    return httpx.AsyncClient(follow_redirects=False, timeout=_TIMEOUT, trust_env=False, verify=_tls())
 
 
 def redirect_uri(cfg: Config) -> str:
