@@ -10,11 +10,18 @@ listed by that address). The console's own contract says a principal read from `
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
 from oidckit import OidcConsole, oidc_console
+
+from helpers import ServerThread, free_port
+from tether.console.app import create_console_app
+from tether.console.web import COOKIE
 
 ACCOUNTS: dict[str, dict[str, Any]] = {
     # claims the address but the provider says nothing about verifying it
@@ -43,3 +50,22 @@ def test_web04_verified_email_still_logs_in(oidc: OidcConsole) -> None:
     browser = oidc.browser()
     done = browser.login("olga")
     assert done.status_code == 303 and browser.cookie, done.text[:300]
+
+
+def test_web04_a_session_from_a_provider_no_longer_configured_is_refused(oidc: OidcConsole) -> None:
+    """Sessions are cookies that outlive a restart: after ``[console.oidc] issuer`` names another
+    provider, a session the old provider vouched for must not be read as the new one's (its
+    principal and groups are the old provider's word; ``approver_of`` would trust it for approvals)."""
+    browser = oidc.browser()
+    assert browser.login("olga").status_code == 303 and browser.cookie
+    assert browser.get("/").status_code == 200
+    cfg = oidc.console.runtime.config
+    moved = dataclasses.replace(cfg, console_oidc=dataclasses.replace(cfg.console_oidc, issuer="https://idp.example.org"))
+    runtime = SimpleNamespace(config=moved, ctx=oidc.console.runtime.ctx)  # the same store and keys, reconfigured
+    thread = ServerThread(create_console_app(runtime, lifespan=False), free_port()).start()
+    try:
+        answer = httpx.get(f"http://127.0.0.1:{thread.port}/", headers={"Cookie": f"{COOKIE}={browser.cookie}"},
+                           timeout=10.0, trust_env=False)  # fmt: skip
+    finally:
+        thread.stop()
+    assert answer.status_code == 303 and answer.headers["location"].startswith("/login")

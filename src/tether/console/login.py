@@ -71,12 +71,13 @@ def safe_next(value: str | None) -> str:
 
 
 async def start_session(
-    request: Request, principal: str, *, roles: frozenset[str], groups: frozenset[str], via: str, name: str, next_path: str
-) -> Response:
+    request: Request, principal: str, *, roles: frozenset[str], groups: frozenset[str], via: str, name: str, next_path: str,
+    issuer: str = "",
+) -> Response:  # fmt: skip
     """A new session (a fresh id: never one the browser brought, ASVS V7.2.4), audited as ``console.login``."""
     ctx, cfg = context(request), config(request)
     now = ctx.now()
-    session = new_session(principal, roles=roles, groups=groups, via=via, now=now, name=name)
+    session = new_session(principal, roles=roles, groups=groups, via=via, now=now, name=name, issuer=issuer)
     event = AuditEvent(kind="console.login", outcome="ok", principal=principal,
                        detail={"via": via, "roles": sorted(roles), "client": client_address(request) or ""})  # fmt: skip
     await ctx.store.append_audit(event, now=now)

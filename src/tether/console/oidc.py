@@ -388,14 +388,16 @@ async def callback(request: Request) -> Response:
     except StoreError:
         return _clear(error_page(request, 503, "the store is not answering; try again shortly"))
     groups = _groups(cfg, claims)
-    roles = roles_of(cfg, new_session(principal, roles=frozenset(), groups=groups, via="oidc", now=now))
+    roles = roles_of(cfg, new_session(principal, roles=frozenset(), groups=groups, via="oidc", now=now,
+                                      issuer=settings.issuer))  # fmt: skip
     if not roles:
         refused = AccessDenied("you have no role in this console; ask an administrator",
                                debug="no role for this principal or its groups")  # fmt: skip
         return await _refuse(request, refused, principal=principal)
     try:
         response = await start_session(request, principal, roles=roles, groups=groups, via="oidc",
-                                       name=_name(claims, principal), next_path=login.next_path)  # fmt: skip
+                                       name=_name(claims, principal), next_path=login.next_path,
+                                       issuer=settings.issuer)  # fmt: skip
     except StoreError:
         return _clear(error_page(request, 503, "the store is not answering; try again shortly"))
     return _clear(response)

@@ -138,10 +138,13 @@ class Human:
 
 
 def roles_of(cfg: Config, session: Session) -> frozenset[str]:
-    """The roles a session holds now: a link's role as minted, an OIDC login's from the configuration."""
+    """The roles a session holds now: a link's role as minted, an OIDC login's from the configuration,
+    and none for a login by a provider the configuration no longer names (WEB-04, WEB-05)."""
     if session.via == "link":
         return session.roles
     console, oidc = cfg.console, cfg.console_oidc
+    if not oidc.issuer or session.issuer != oidc.issuer:
+        return frozenset()  # another provider's word (the configuration changed since): no role here
     return grant(
         session.principal,
         session.groups,
@@ -162,9 +165,10 @@ def approver_of(cfg: Config, session: Session, roles: frozenset[str]) -> Approve
 
 
 def new_session(
-    principal: str, *, roles: frozenset[str], groups: frozenset[str], via: str, now: float, name: str = ""
-) -> Session:
-    return Session(secrets.token_urlsafe(24), principal, roles, groups, via, int(now), int(now), name)
+    principal: str, *, roles: frozenset[str], groups: frozenset[str], via: str, now: float, name: str = "",
+    issuer: str = "",
+) -> Session:  # fmt: skip
+    return Session(secrets.token_urlsafe(24), principal, roles, groups, via, int(now), int(now), name, issuer)
 
 
 def session_cookie(response: Response, key: bytes, session: Session, *, max_age: int) -> None:
