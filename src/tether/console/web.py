@@ -224,10 +224,10 @@ def page(kind: str = "view") -> Callable[[Page], Callable[[Request], Awaitable[R
                 human = await current_human(request)
                 form = None
                 if request.method == "POST":
-                    form = await read_form(request)
-                    try:
+                    try:  # an unreadable form is as unproven as a wrong token: another site can send either
+                        form = await read_form(request)
                         check_csrf(ctx.console_key, human.session.sid, form.get("csrf"))
-                    except AccessDenied as exc:
+                    except OAuthError as exc:
                         return await _forged(request, exc, human)
                 if not human.may(kind):
                     raise RoleRefused(f"your role ({', '.join(sorted(human.roles))}) may not do this")
@@ -249,11 +249,13 @@ def page(kind: str = "view") -> Callable[[Page], Callable[[Request], Awaitable[R
     return wrap
 
 
-async def _forged(request: Request, exc: AccessDenied, human: Human) -> Response:
-    """A POST without this session's CSRF token (WEB-02). The cookie came with it only because the
-    browser attaches it to any request, another site's included: the human is not proven to have
-    sent it, so it is never pinned on them (``claimed_principal``, not ``principal``: the refusal
-    detectors skip it) and is counted per source address, not written once per forged request."""
+async def _forged(request: Request, exc: OAuthError, human: Human) -> Response:
+    """A POST without this session's CSRF token, or with a form that cannot be read (WEB-02).
+
+    The cookie came with it only because the browser attaches it to any request, another site's
+    included: the human is not proven to have sent it, so it is never pinned on them
+    (``claimed_principal``, not ``principal``: the refusal detectors skip it) and is counted per
+    source address, not written once per forged request."""
     ctx = context(request)
     try:
         await ctx.refuse(exc, kind="console.refused", source=client_address(request),
