@@ -17,6 +17,7 @@ import typer
 
 from tether.cli.common import config_or_exit, errors_to_exit
 from tether.cli.output import console, fail
+from tether.config.console import plain_http_refusal
 from tether.rules.console_roles import ROLES
 
 if TYPE_CHECKING:
@@ -79,9 +80,12 @@ def console_command(
     if link:
         console.print(url, soft_wrap=True)
         return
+    bind_host, bind_port = host or cfg.console.host, port or cfg.console.port
+    refusal = plain_http_refusal(bind_host, cfg.console.public_url)
+    if refusal is not None:
+        fail(refusal, code=2)  # WEB-01: never a login link or a session cookie in the clear
     configure_logging(cfg)
     level = "debug" if cfg.logging.level == "debug" else "warning"
-    bind_host, bind_port = host or cfg.console.host, port or cfg.console.port
 
     def banner(service: Any) -> str:
         return (f"tether console for {cfg.issuer} listening on {bind_host}:{bind_port}\n"

@@ -24,7 +24,7 @@ from starlette.staticfiles import StaticFiles
 from tether.console.login import link_login, link_page, login_page, logout
 from tether.console.oidc import OIDC_ROUTES
 from tether.console.pages import PAGE_ROUTES
-from tether.console.web import SecurityHeaders, error_page
+from tether.console.web import HEADERS, SecurityHeaders, error_page
 from tether.sts.context import StsContext
 
 if TYPE_CHECKING:
@@ -56,7 +56,10 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     import logging
 
     logging.getLogger("tether.console").error("console error: %s", type(exc).__name__, exc_info=exc)
-    return error_page(request, 500, "something went wrong on the server; it has been logged")
+    response = error_page(request, 500, "something went wrong on the server; it has been logged")
+    # Starlette answers from ServerErrorMiddleware, outside SecurityHeaders: set them here (WEB-03)
+    response.headers.update({**HEADERS, "Cache-Control": "no-store"})
+    return response
 
 
 def create_console_app(runtime: ConsoleRuntime, *, lifespan: bool = True) -> Starlette:

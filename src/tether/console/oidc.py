@@ -33,6 +33,7 @@ import logging
 import os
 import re
 import secrets
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -112,9 +113,16 @@ def _cache(request: Request, issuer: str) -> _Cache:
     return caches.setdefault(issuer, _Cache())
 
 
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """One TLS context per process: building one loads the CA bundle (tens of ms of CPU), and
+    ``/login/oidc`` and ``/login/callback`` answer strangers, so each must not build its own."""
+    return httpx.create_ssl_context(trust_env=False)
+
+
 def _client() -> httpx.AsyncClient:
     """Never a redirect, never a proxy from the environment, bounded time (documents are bounded by ``fetch_json``)."""
-    return httpx.AsyncClient(follow_redirects=False, timeout=_TIMEOUT, trust_env=False)
+    return httpx.AsyncClient(follow_redirects=False, timeout=_TIMEOUT, trust_env=False, verify=_tls())
 
 
 def redirect_uri(cfg: Config) -> str:
@@ -304,9 +312,9 @@ async def _verify(request: Request, client: httpx.AsyncClient, settings: Console
     except IdentityError as exc:
         raise AccessDenied("the login provider's ID token is not valid for this login; start again",
                            debug=f"id token: {exc}") from exc  # fmt: skip
-    if "{/email}" in settings.principal and claims.get("email_verified", True) is not True:
+    if "{/email}" in settings.principal and claims.get("email_verified") is not True:
         # OIDC Core §5.1: the provider never verified this address; as a principal it would let
-        # anyone who typed it be whoever the role lists name
+        # anyone who typed it be whoever the role lists name; a missing claim is no statement at all
         raise AccessDenied("your e-mail address is not verified by the login provider",
                            debug="email_verified is not true")  # fmt: skip
     return principal, claims
@@ -380,14 +388,16 @@ async def callback(request: Request) -> Response:
     except StoreError:
         return _clear(error_page(request, 503, "the store is not answering; try again shortly"))
     groups = _groups(cfg, claims)
-    roles = roles_of(cfg, new_session(principal, roles=frozenset(), groups=groups, via="oidc", now=now))
+    roles = roles_of(cfg, new_session(principal, roles=frozenset(), groups=groups, via="oidc", now=now,
+                                      issuer=settings.issuer))  # fmt: skip
     if not roles:
         refused = AccessDenied("you have no role in this console; ask an administrator",
                                debug="no role for this principal or its groups")  # fmt: skip
         return await _refuse(request, refused, principal=principal)
     try:
         response = await start_session(request, principal, roles=roles, groups=groups, via="oidc",
-                                       name=_name(claims, principal), next_path=login.next_path)  # fmt: skip
+                                       name=_name(claims, principal), next_path=login.next_path,
+                                       issuer=settings.issuer)  # fmt: skip
     except StoreError:
         return _clear(error_page(request, 503, "the store is not answering; try again shortly"))
     return _clear(response)

@@ -6,10 +6,11 @@ master key (``keys.sealed.derive_key(master, "console")``), with a label per kin
 login link can never be presented as a session or the other way round. The tag is checked
 before anything in the payload is read.
 
-* A **session** names its id, the human's principal, roles, approver groups, how they logged in,
-  when (``iat``, for the absolute timeout) and when they were last seen (idle timeout). The
-  cookie is re-sealed on each request with a new ``seen``. Logging out spends the session id in
-  the store (``logout_key``), so a copy of the cookie dies with it on every replica.
+* A **session** names its id, the human's principal, roles, approver groups, how they logged in
+  (and, for OIDC, which provider vouched for them), when (``iat``, for the absolute timeout) and
+  when they were last seen (idle timeout). The cookie is re-sealed on each request with a new
+  ``seen``. Logging out spends the session id in the store (``logout_key``), so a copy of the
+  cookie dies with it on every replica.
 * A **CSRF token** is an HMAC of the session id (the "synchronizer token" bound to the session,
   OWASP ASVS V3.5): nothing to store, and a token from another session never verifies.
 * A **login link** names the principal and role it logs in as, an expiry and a nonce; the
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -105,16 +107,19 @@ class Session:
     iat: int
     seen: int
     name: str = ""
+    #: the provider that vouched for an OIDC login (``""`` for a link): a session outlives a
+    #: restart, and one from a provider no longer configured must not pass as the new one's
+    issuer: str = ""
 
     def touched(self, now: float) -> Session:
         """The same session, seen at ``now`` (the idle timeout restarts)."""
-        return Session(self.sid, self.principal, self.roles, self.groups, self.via, self.iat, int(now), self.name)
+        return dataclasses.replace(self, seen=int(now))
 
 
 def seal_session(key: bytes, session: Session) -> str:
     return _seal(key, _SESSION, {
         "sid": session.sid, "p": session.principal, "r": sorted(session.roles), "g": sorted(session.groups),
-        "v": session.via, "iat": session.iat, "seen": session.seen, "n": session.name,
+        "v": session.via, "iat": session.iat, "seen": session.seen, "n": session.name, "i": session.issuer,
     })  # fmt: skip
 
 
@@ -127,10 +132,10 @@ def open_session(key: bytes, sealed: str | None, *, now: float, idle: int, max_a
         raise SessionInvalid("session cookie does not verify")
     roles, groups = _strings(data.get("r")), _strings(data.get("g"))
     iat, seen = _int(data.get("iat")), _int(data.get("seen"))
-    texts = [data.get(k) for k in ("sid", "p", "v", "n")]
+    texts = [data.get(k) for k in ("sid", "p", "v", "n", "i")]
     if roles is None or groups is None or iat is None or seen is None or not all(isinstance(t, str) for t in texts):
         raise SessionInvalid("session cookie malformed")
-    session = Session(data["sid"], data["p"], roles, groups, data["v"], iat, seen, data["n"])
+    session = Session(data["sid"], data["p"], roles, groups, data["v"], iat, seen, data["n"], data["i"])
     if now >= session.iat + max_age:
         raise SessionInvalid("session reached its absolute timeout")
     if now >= session.seen + idle:
