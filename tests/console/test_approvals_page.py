@@ -54,7 +54,7 @@ class Env:
     def approver(self, principal: str, groups: Sequence[str] = ()) -> Browser:
         """A browser holding the session an OIDC login with the approvals' provider leaves."""
         session = new_session(principal, roles=frozenset({"viewer", "approver"}), groups=frozenset(groups), via="oidc",
-                              now=self.now, name=principal)  # fmt: skip
+                              now=self.now, name=principal, issuer=self.console.runtime.config.console_oidc.issuer)  # fmt: skip
         browser = self.console.browser()
         browser.cookie = seal_session(self.console.key, session)
         return browser

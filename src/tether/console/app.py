@@ -12,10 +12,12 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
+from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
@@ -62,6 +64,19 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return response
 
 
+_LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def allowed_hosts(config: Config) -> list[str]:
+    """The ``Host`` values the console answers: its public URL's host, or its bind address, and the
+    loopback names when it listens on loopback (a DNS-rebinding page at another name gets 400)."""
+    console = config.console
+    hosts = {urlsplit(console.public_url).hostname or ""} if console.public_url else {console.host}
+    if console.host in _LOOPBACK or hosts & set(_LOOPBACK):
+        hosts.update(_LOOPBACK)
+    return sorted(h for h in hosts if h)
+
+
 def create_console_app(runtime: ConsoleRuntime, *, lifespan: bool = True) -> Starlette:
     @contextlib.asynccontextmanager
     async def run(app: Starlette) -> AsyncIterator[None]:
@@ -85,7 +100,10 @@ def create_console_app(runtime: ConsoleRuntime, *, lifespan: bool = True) -> Sta
     app = Starlette(
         routes=routes,
         lifespan=run,
-        middleware=[Middleware(SecurityHeaders)],
+        middleware=[
+            Middleware(SecurityHeaders),
+            Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(runtime.config)),
+        ],
         exception_handlers={HTTPException: _not_found, Exception: _unexpected},
     )
     app.state.runtime = runtime
