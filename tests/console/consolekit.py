@@ -22,12 +22,13 @@ import httpx
 
 from helpers import QUIET_MONITOR, RunningSts, ServerThread, free_port, make_deployment, serving
 from tether.clock import ManualClock
+from tether.config import Config
 from tether.console.app import create_console_app
 from tether.console.login import mint_link
 from tether.console.web import COOKIE
 from tether.sts.bootstrap import Sts, build_sts
 
-__all__ = ["Browser", "RunningConsole", "csrf_of", "running_console"]
+__all__ = ["Browser", "RunningConsole", "console_for", "csrf_of", "running_console"]
 
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
@@ -117,7 +118,14 @@ class RunningConsole:
 def running_console(directory: Path, *, extra_toml: str = "", clock: ManualClock | None = None) -> Iterator[RunningConsole]:
     """A deployment's STS and its console on two loopback ports."""
     config = make_deployment(directory, extra_toml=QUIET_MONITOR + "\n" + extra_toml)
-    with serving(config, clock or ManualClock()) as sts:
+    with console_for(config, clock or ManualClock()) as console:
+        yield console
+
+
+@contextlib.contextmanager
+def console_for(config: Config, clock: ManualClock) -> Iterator[RunningConsole]:
+    """An existing deployment's STS (``helpers.serving``) and its console beside it."""
+    with serving(config, clock) as sts:
         runtime = build_sts(config, clock=sts.clock, upkeep=False)
         thread = ServerThread(create_console_app(runtime), free_port()).start()
         console = RunningConsole(sts, runtime, thread)

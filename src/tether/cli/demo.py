@@ -21,7 +21,7 @@ def _describe(detail: dict[str, object]) -> str:
 def demo(
     json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
     keep: Annotated[
-        Path | None, typer.Option("--dir", help="keep the deployment in DIR (for tether alerts / report / audit)")
+        Path | None, typer.Option("--dir", help="keep the deployment in DIR (for tether alerts / report / audit / console)")
     ] = None,
 ) -> None:
     """Run an agent through a task on a local STS, two services and a gateway, then play the attacks."""
@@ -56,6 +56,7 @@ def demo(
             console.print(
                 f"\nthe deployment is kept in {keep}; try:\n  tether alerts --config {config}\n"
                 f"  tether report --config {config} --format html --out report.html\n"
-                f"  tether audit export --config {config} --out audit.jsonl"
+                f"  tether audit export --config {config} --out audit.jsonl\n"
+                f"  tether console --config {config}   (the demo's tasks and their token trees in a browser)"
             )
     raise typer.Exit(0 if result.ok else 1)
