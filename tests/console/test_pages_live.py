@@ -79,3 +79,23 @@ def test_at_most_max_streams_per_process(console: RunningConsole) -> None:
         time.sleep(0.2)
     else:
         pytest.fail("stream slots were not released after the clients disconnected")
+
+
+def test_web01_a_stream_is_not_activity_and_ends_with_the_idle_session(console: RunningConsole) -> None:
+    """Runs last in this module: it moves the shared clock past a session's idle timeout."""
+    task = create_task(console.sts)
+    viewer = console.login("viewer")
+    idle = console.runtime.config.console.session_idle
+    console.sts.clock.advance(idle - 5)
+    assert viewer.get("/tasks").status_code == 200  # activity: the idle clock restarts here
+    console.sts.clock.advance(idle - 5)
+    with _stream(viewer) as http, http.stream("GET", f"/tasks/{task['id']}/events") as response:
+        assert response.status_code == 200
+        for value in response.headers.get_list("set-cookie"):  # what a browser keeps from the stream
+            if value.startswith(COOKIE + "="):
+                viewer.cookie = value.split("=", 1)[1].split(";", 1)[0]
+        events = sse_events(response.iter_lines())
+        assert next(events)[0] == "task"
+        console.sts.clock.advance(10)  # the session is now idle too long
+        assert list(events) == []  # and the stream ends with it
+    assert viewer.get("/").status_code == 303  # the stream did not keep the session alive

@@ -7,8 +7,10 @@ store announces a revocation (``wait_for_revocations``). It sends ``event: task`
 the start), and a comment line every ``HEARTBEAT`` seconds so proxies keep the connection.
 
 Bounded: at most ``MAX_STREAMS`` streams per process (one more is a 503 page), each ends after
-``[console] session_idle`` seconds, when the session is logged out on any replica (the logout
-mark is re-read each loop: WEB-01) and when the client goes away. Only the session checks of
+``[console] session_idle`` seconds or when its session would time out (a stream is not activity:
+it never refreshes the session's last-seen time, so an open tab cannot keep an idle session
+alive), when the session is logged out on any replica (the logout mark is re-read each loop:
+WEB-01) and when the client goes away. Only the session checks of
 ``page("view")`` let a stream start; it carries token ids and states, never a token value.
 """
 
@@ -27,7 +29,7 @@ from starlette.types import Receive, Scope, Send
 
 from tether.console import lineage
 from tether.console.pages.tasks import TREE_LIMIT, load_task
-from tether.console.web import Human, config, context, error_page, page
+from tether.console.web import Human, config, context, error_page, page, session_cookie
 from tether.rules.console_session import logout_key
 from tether.store.errors import StoreError
 from tether.web.forms import Form
@@ -85,17 +87,19 @@ async def task_events(request: Request, human: Human, form: Form | None) -> Resp
     if slots.open >= MAX_STREAMS:
         return error_page(request, 503, "too many live views are open on this console; reload later", human=human)
     slots.open += 1
-    store, task_id, sid = ctx.store, task.id, human.session.sid
+    store, task_id, session = ctx.store, task.id, human.session
+    # the session's own end by its idle and absolute timeouts (WEB-01): a stream is not activity
+    session_ends = min(session.seen + cfg.console.session_idle, session.iat + cfg.console.session_max)
     loop = asyncio.get_running_loop()
-    ends = loop.time() + cfg.console.session_idle
+    ends = loop.time() + max(0.0, min(float(cfg.console.session_idle), session_ends - ctx.now()))
 
     async def events() -> AsyncIterator[str]:
         last: tuple[str, tuple[str, ...], int] | None = None
         beat = loop.time() + HEARTBEAT
         yield "retry: 5000\n\n"
-        while loop.time() < ends:
+        while loop.time() < ends and ctx.now() < session_ends:
             try:
-                if await request.is_disconnected() or await store.spent(logout_key(sid), now=ctx.now()):
+                if await request.is_disconnected() or await store.spent(logout_key(session.sid), now=ctx.now()):
                     return
                 generation = store.revocation_generation()
                 current = await store.get_task(task_id)
@@ -118,7 +122,11 @@ async def task_events(request: Request, human: Human, form: Form | None) -> Resp
             except StoreError:
                 await asyncio.sleep(POLL)
 
-    return _Stream(events(), slots)
+    response = _Stream(events(), slots)
+    # the cookie goes back unchanged: an open page must not keep an idle session alive (WEB-01),
+    # and a cookie set here stops ``page`` from re-sealing it with a new last-seen time
+    session_cookie(response, ctx.console_key, session, max_age=cfg.console.session_max)
+    return response
 
 
 ROUTES: list[BaseRoute] = [Route("/tasks/{task_id}/events", task_events, methods=["GET"])]
