@@ -110,3 +110,19 @@ def test_agents_page_shows_holdings_and_an_operator_blocks_and_unblocks(console:
     assert lifted.status_code == 303 and "Nobody is blocked" in operator.get("/agents").text
     task = create_task(console.sts)
     assert Client(console.sts).session(task["id"]).status_code == 200  # exchanges work again
+
+
+def test_an_operator_blocks_a_subject_from_the_form(console: RunningConsole) -> None:
+    subject = "user:carol"
+    lineage = make_lineage(console.sts, on_behalf_of=subject)
+    operator = console.login("operator", "console:olga")
+    assert 'action="/principals/block/confirm"' in operator.get("/agents").text  # the block form (a GET)
+    confirm = operator.get("/principals/block/confirm", params={"kind": "subject", "value": subject})
+    assert confirm.status_code == 200 and "subject user:carol" in confirm.text
+    done = operator.post("/principals/block", {"csrf": operator.csrf("/agents"), "kind": "subject", "value": subject})
+    assert done.status_code == 303
+    assert lineage.agent.hop(lineage.session, SERVICE_B).status_code == 400
+    page = operator.get("/agents").text
+    assert re.search(r"<td data-label=\"Kind\">subject</td>\s*<td data-label=\"Principal\"><code>user:carol</code>", page)
+    operator.post("/principals/unblock", {"csrf": operator.csrf("/agents"), "kind": "subject", "value": subject})
+    assert "Nobody is blocked" in operator.get("/agents").text
