@@ -11,34 +11,56 @@ from typing import Any
 from tether.audit.chain import AuditEvent, AuditRecord
 from tether.model import Approval, ApprovalStatus, Task, TaskState
 from tether.store.errors import Conflict
-from tether.store.records import AuditMark, IssuedToken, Revocation, RevocationKind, StoredKey, VaultEntry
+from tether.store.records import (
+    AuditMark,
+    Block,
+    BlockKind,
+    IssuedToken,
+    Revocation,
+    RevocationKind,
+    StoredKey,
+    VaultEntry,
+)
 
 log = logging.getLogger("tether.store")
 
 __all__ = [
+    "ALERT_KIND",
     "APPROVAL_COLUMNS",
     "APPROVAL_RETENTION",
     "AUDIT_COLUMNS",
+    "AUDIT_COUNTS",
+    "AUDIT_ENDS",
     "AUDIT_MARK_COLUMNS",
+    "COUNT_TASKS",
     "KEY_COLUMNS",
     "TASK_COLUMNS",
     "TOKEN_COLUMNS",
     "VAULT_COLUMNS",
+    "AuditWindow",
     "approval_decision",
     "approval_from_row",
     "approval_values",
+    "audit_counts_from_rows",
     "audit_from_row",
     "audit_mark_from_row",
+    "audit_search",
     "audit_values",
     "block_names",
+    "blocks_from_rows",
     "check_decision",
     "check_held",
+    "check_page",
+    "counts_floor",
+    "holdings_query",
     "key_from_row",
     "resealed_audit",
     "revocation_from_row",
+    "task_counts",
     "task_from_row",
     "task_principals",
     "task_values",
+    "tasks_query",
     "token_from_row",
     "token_values",
     "vault_from_row",
@@ -55,6 +77,9 @@ AUDIT_COLUMNS = "seq, ts, kind, outcome, principal, task, jti, error, detail, pr
 CHECKPOINT_KIND = "audit.checkpoint"
 # the detail (JSON text) is only selected for checkpoint records, whose JWS the mark carries
 AUDIT_MARK_COLUMNS = f"seq, ts, kind, hash, CASE WHEN kind = '{CHECKPOINT_KIND}' THEN detail END"
+#: the anomaly monitor's alert records: rare, listed by the console, so a partial index holds them
+#: (migrations 0008 SQLite / 0009 PostgreSQL) and a search for them is exhaustive, not a bounded scan
+ALERT_KIND = "alert.raised"
 KEY_COLUMNS = "kid, alg, public_jwk, sealed_private, created_at, retired_at, not_after"
 VAULT_COLUMNS = "name, sealed, created_at, updated_at, version"
 APPROVAL_COLUMNS = (
@@ -316,3 +341,198 @@ def approvals_query(
         args.append(before)
     a_id = ordered.replace("id", "a.id", 1)
     return sql + f" ORDER BY a.created_at DESC, {a_id} DESC LIMIT {mark}", args
+
+
+def tasks_query(
+    *,
+    state: TaskState | None,
+    agent: str | None,
+    audience: str | None,
+    after: str | None,
+    now: float,
+    mark: str,
+    ordered: str,
+    has_audience: str,
+) -> tuple[str, list[object]]:
+    """``Store.list_tasks``'s ``SELECT`` (newest first, ties by id; the page after the task ``after``).
+
+    ``mark`` is the driver's parameter mark, ``ordered`` the code-point ordering of ids (``id`` with
+    its collation) and ``has_audience`` the backend's exact membership test of one audience in the
+    ``a.audiences`` JSON array (a ``{mark}`` for the value): one query text for both backends, so they
+    filter and page alike. ``after`` is a keyset cursor: the rows strictly after that task in this
+    order, so pages neither skip nor repeat a task while others are created; an unknown id pages
+    from nowhere (no rows), like ``approvals_query``'s ``before``.
+    """
+    sql, args = f"SELECT {', '.join('a.' + c for c in TASK_COLUMNS.split(', '))} FROM tasks a WHERE 1 = 1", list[object]()
+    if state is TaskState.ACTIVE:
+        sql, args = sql + f" AND a.state = 'active' AND a.expires_at > {mark}", [int(now)]
+    elif state is TaskState.EXPIRED:
+        sql, args = sql + f" AND (a.state = 'expired' OR (a.state = 'active' AND a.expires_at <= {mark}))", [int(now)]
+    elif state is not None:
+        sql, args = sql + f" AND a.state = {mark}", [state.value]
+    if agent is not None:
+        sql += f" AND a.agent = {mark}"
+        args.append(agent)
+    if audience is not None:
+        sql += f" AND {has_audience.format(mark=mark)}"
+        args.append(audience)
+    a_id, b_id = ordered.replace("id", "a.id", 1), ordered.replace("id", "b.id", 1)
+    if after is not None:
+        sql += (
+            f" AND EXISTS (SELECT 1 FROM tasks b WHERE b.id = {mark} AND (a.created_at < b.created_at"
+            f" OR (a.created_at = b.created_at AND {a_id} > {b_id})))"
+        )
+        args.append(after)
+    return sql + f" ORDER BY a.created_at DESC, {a_id} LIMIT {mark}", args
+
+
+def audit_search(
+    *,
+    task: str | None,
+    principal: str | None,
+    kind: str | None,
+    top: int,
+    bound: int | None,
+    mark: str,
+) -> tuple[str, list[object]]:
+    """``Store.search_audit``'s ``SELECT`` of matches with ``bound <= seq < top``, newest first.
+
+    ``bound`` is ``None`` for the indexed search (of alerts: a partial index), which reads every
+    match below ``top``. A ``kind`` ending in ``.`` is a prefix, compared with ``substr`` (never
+    ``LIKE``: a ``%`` or ``_`` in it is a literal character); the alert kind is written as a
+    literal, so the planner can see the partial index's predicate (a bound value hides it).
+    """
+    sql, args = f"SELECT {AUDIT_COLUMNS} FROM audit WHERE seq < {mark}", list[object]([top])
+    if bound is not None:
+        sql += f" AND seq >= {mark}"
+        args.append(bound)
+    if task is not None:
+        sql += f" AND task = {mark}"
+        args.append(task)
+    if principal is not None:
+        sql += f" AND principal = {mark}"
+        args.append(principal)
+    if kind == ALERT_KIND:
+        sql += f" AND kind = '{ALERT_KIND}'"
+    elif kind is not None and kind.endswith("."):
+        sql += f" AND substr(kind, 1, {mark}) = {mark}"
+        args.extend([len(kind), kind])
+    elif kind is not None:
+        sql += f" AND kind = {mark}"
+        args.append(kind)
+    return sql + f" ORDER BY seq DESC LIMIT {mark}", args
+
+
+#: each task in its effective state (an active task past its hard cap is expired, as
+#: ``Task.effective_state`` says), counted; ``{mark}``: the driver's parameter mark, bound to ``int(now)``
+COUNT_TASKS = (
+    "SELECT s, COUNT(*) FROM (SELECT CASE WHEN state = 'active' AND expires_at <= {mark} THEN 'expired'"
+    " ELSE state END AS s FROM tasks) AS t GROUP BY s"
+)
+
+
+def task_counts(rows: Iterable[Sequence[Any]]) -> dict[TaskState, int]:
+    """``COUNT_TASKS``'s rows as a count for every state (0 when none); a state no code writes is left out."""
+    counts = dict.fromkeys(TaskState, 0)
+    for state, count in rows:
+        try:
+            counts[TaskState(state)] += int(count)
+        except ValueError:
+            log.error("tasks in an unknown state `%.20s` left out of the counts", state)
+    return counts
+
+
+def holdings_query(*, mark: str, ordered: str) -> str:
+    """``Store.agent_holdings``'s ``SELECT``: per agent of live tasks (active, before their hard cap),
+    how many and how many live tokens (unrevoked, unexpired) are bound to them; most tokens first,
+    ties by agent (``ordered``: ``t.agent`` with the backend's code-point collation). Binds ``int(now)``
+    twice, then the limit."""
+    return (
+        "SELECT t.agent, COUNT(*), COALESCE(SUM(t.live), 0) FROM (SELECT a.agent, (SELECT COUNT(*) FROM tokens k"
+        f" WHERE k.task_id = a.id AND k.revoked_at IS NULL AND k.exp > {mark}) AS live FROM tasks a"
+        f" WHERE a.state = 'active' AND a.expires_at > {mark}) AS t GROUP BY t.agent"
+        f" ORDER BY 3 DESC, {ordered} LIMIT {mark}"
+    )
+
+
+def blocks_from_rows(rows: Iterable[Sequence[Any]]) -> list[Block]:
+    """``kind, value, since`` rows as kill-switch entries (a kind no code writes is left out)."""
+    found = []
+    for kind, value, since in rows:
+        try:
+            found.append(Block(kind=BlockKind(kind), value=str(value), since=float(since)))
+        except ValueError:
+            log.error("a block of unknown kind `%.20s` left out of the list", kind)
+    return found
+
+
+def check_page(limit: int, scan: int) -> None:
+    """A page holds at least one record and a scan examines at least one (``ValueError``: the caller's bug)."""
+    if limit < 1 or scan < 1:
+        raise ValueError("limit and scan must be positive")
+
+
+#: the lowest and highest ``seq`` (two scalar subqueries: each is one probe of the primary key)
+AUDIT_ENDS = "SELECT (SELECT MIN(seq) FROM audit), (SELECT MAX(seq) FROM audit)"
+
+#: ``(kind, outcome, error or "")`` → count over the records with ``seq`` above ``{mark}``
+AUDIT_COUNTS = (
+    "SELECT kind, outcome, COALESCE(error, ''), COUNT(*) FROM audit WHERE seq > {mark}"
+    " GROUP BY kind, outcome, COALESCE(error, '')"
+)
+
+
+def counts_floor(last: int | None, *, after: int, scan: int) -> int:
+    """``Store.audit_counts`` counts records with ``seq`` above this: above ``after``, and among the
+    ``scan`` newest (``seq`` numbers are contiguous, as the chain requires, so those are the ones above
+    ``last - scan``)."""
+    return after if last is None else max(after, int(last) - scan)
+
+
+def audit_counts_from_rows(rows: Iterable[Sequence[Any]]) -> dict[tuple[str, str, str], int]:
+    return {(str(kind), str(outcome), str(error)): int(count) for kind, outcome, error, count in rows}
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditWindow:
+    """The part of the chain one ``Store.search_audit`` page examines, and where the next page starts.
+
+    The chain numbers its records one after another (``seq`` n+1 follows n; ``first_broken``
+    refuses a gap), so "the ``scan`` newest records below ``before``" are those with
+    ``before - scan <= seq < before``: a primary-key range, read newest first, that stops at
+    ``limit`` matches. ``top`` is ``before`` (or one past the newest record; never above it, so a
+    cursor from the future cannot walk through empty pages). The search for alerts has no ``bound``:
+    the partial index ``audit_alerts`` holds them all, so it reads every match below ``top``. A search
+    by task is a bounded scan too: an index on ``(task, seq)`` would cost every append (the token
+    exchange's hot path) 6-7% of its throughput.
+
+    ``next_before`` (pinned by tests/store/test_console_conformance.py):
+
+    - ``limit`` matches found: the ``seq`` of the last (oldest) match; the records between it and
+      ``bound`` were not examined and the next page starts there;
+    - fewer, in an indexed search: ``None`` (every match was read);
+    - fewer, in a scan: ``bound``, the lowest ``seq`` examined, unless that is the log's first
+      record, then ``None`` (the start of the log was examined).
+    """
+
+    top: int
+    bound: int | None
+    first: int
+    empty: bool = False
+
+    @classmethod
+    def of(cls, first: int | None, last: int | None, *, before: int | None, scan: int, indexed: bool) -> AuditWindow:
+        if first is None or last is None:
+            return cls(top=0, bound=None, first=0, empty=True)
+        first, last = int(first), int(last)
+        top = last + 1 if before is None else min(before, last + 1)
+        if top <= first:
+            return cls(top=top, bound=None, first=first, empty=True)
+        return cls(top=top, bound=None if indexed else max(top - scan, first), first=first)
+
+    def next_before(self, found: Sequence[AuditRecord], limit: int) -> int | None:
+        if len(found) >= limit:
+            return found[-1].seq
+        if self.bound is None or self.bound <= self.first:
+            return None
+        return self.bound

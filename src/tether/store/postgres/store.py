@@ -43,7 +43,10 @@ from tether.store.notify import Notifier
 from tether.store.postgres.guard import GuardedPool, GuardSettings
 from tether.store.protocol import Issuance, Store
 from tether.store.records import (
+    AgentHolding,
     AuditMark,
+    AuditPage,
+    Block,
     BlockKind,
     IssuedToken,
     LookupResult,
@@ -54,30 +57,43 @@ from tether.store.records import (
 )
 from tether.store.redis.cache import RedisCache
 from tether.store.rows import (
+    ALERT_KIND,
     APPROVAL_COLUMNS,
     APPROVAL_RETENTION,
     AUDIT_COLUMNS,
+    AUDIT_COUNTS,
+    AUDIT_ENDS,
     AUDIT_MARK_COLUMNS,
+    COUNT_TASKS,
     KEY_COLUMNS,
     TASK_COLUMNS,
     TOKEN_COLUMNS,
     VAULT_COLUMNS,
+    AuditWindow,
     approval_decision,
     approval_from_row,
     approval_values,
     approvals_query,
+    audit_counts_from_rows,
     audit_from_row,
     audit_mark_from_row,
+    audit_search,
     audit_values,
     block_names,
+    blocks_from_rows,
     check_decision,
     check_held,
+    check_page,
+    counts_floor,
+    holdings_query,
     key_from_row,
     resealed_audit,
     revocation_from_row,
+    task_counts,
     task_from_row,
     task_principals,
     task_values,
+    tasks_query,
     token_from_row,
     token_values,
     vault_from_row,
@@ -269,6 +285,21 @@ async def _is_blocked(conn: Conn, *groups: Iterable[str | None]) -> bool:
     return await cur.fetchone() is not None
 
 
+#: exactly ``audience`` among a task's audiences (JSON text): jsonb containment compares whole
+#: array elements, so "https://a" never matches "https://ab"
+_HAS_AUDIENCE = "a.audiences::jsonb @> jsonb_build_array({mark}::text)"
+_COUNT_TASKS = COUNT_TASKS.format(mark="%s")
+_HOLDINGS = holdings_query(mark="%s", ordered='t.agent COLLATE "C"')
+_AUDIT_COUNTS = AUDIT_COUNTS.format(mark="%s")
+
+
+async def _one(conn: Conn, sql: str) -> tuple[Any, ...]:
+    """The one row of an aggregate ``SELECT``."""
+    row = await (await conn.execute(sql.encode())).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
 class PostgresRedisStore(Store):
     def __init__(self, guard: GuardedPool, cache: RedisCache) -> None:
         self.guard = guard
@@ -386,20 +417,42 @@ class PostgresRedisStore(Store):
             row = await (await conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = %s", (task_id,))).fetchone()
             return task_from_row(row) if row else None
 
-    async def list_tasks(self, *, state: TaskState | None, agent: str | None, now: float, limit: int) -> list[Task]:
-        sql, args = f"SELECT {TASK_COLUMNS} FROM tasks WHERE TRUE", list[object]()
-        if state is TaskState.ACTIVE:
-            sql, args = sql + " AND state = 'active' AND expires_at > %s", [int(now)]
-        elif state is TaskState.EXPIRED:
-            sql, args = sql + " AND (state = 'expired' OR (state = 'active' AND expires_at <= %s))", [int(now)]
-        elif state is not None:
-            sql, args = sql + " AND state = %s", [state.value]
-        if agent is not None:
-            sql += " AND agent = %s"
-            args.append(agent)
+    async def list_tasks(
+        self,
+        *,
+        state: TaskState | None,
+        agent: str | None,
+        now: float,
+        limit: int,
+        audience: str | None = None,
+        after: str | None = None,
+    ) -> list[Task]:
+        """Newest first, ties by id in code-point order (the index ``tasks_newest`` of migration 0009)."""
+        sql, args = tasks_query(
+            state=state, agent=agent, audience=audience, after=after, now=now, mark="%s", ordered='id COLLATE "C"',
+            has_audience=_HAS_AUDIENCE,
+        )  # fmt: skip
         async with self._conn() as conn:
-            cur = await conn.execute(sql + ' ORDER BY created_at DESC, id COLLATE "C" LIMIT %s', (*args, limit))
+            cur = await conn.execute(sql, (*args, limit))
             return [task_from_row(r) for r in await cur.fetchall()]
+
+    async def count_tasks(self, *, now: float) -> dict[TaskState, int]:
+        async with self._conn() as conn:
+            cur = await conn.execute(_COUNT_TASKS, (int(now),))
+            return task_counts(await cur.fetchall())
+
+    async def task_tokens(self, task_id: str, *, limit: int) -> list[IssuedToken]:
+        async with self._conn() as conn:
+            cur = await conn.execute(
+                f'SELECT {TOKEN_COLUMNS} FROM tokens WHERE task_id = %s ORDER BY iat, jti COLLATE "C" LIMIT %s',
+                (task_id, limit),
+            )
+            return [token_from_row(r) for r in await cur.fetchall()]
+
+    async def agent_holdings(self, *, now: float, limit: int) -> list[AgentHolding]:
+        async with self._conn() as conn:
+            cur = await conn.execute(_HOLDINGS, (int(now), int(now), limit))
+            return [AgentHolding(agent=str(r[0]), tasks=int(r[1]), tokens=int(r[2])) for r in await cur.fetchall()]
 
     async def end_task(self, task_id: str, state: TaskState, *, now: float, audit: AuditEvent) -> Task:
         async with self._conn() as conn, conn.transaction():
@@ -526,6 +579,14 @@ class PostgresRedisStore(Store):
             cur = await conn.execute("DELETE FROM blocks WHERE kind = %s AND value = %s", (kind.value, value))
             await _append(conn, audit, now)
             return cur.rowcount == 1
+
+    async def list_blocks(self, *, limit: int) -> list[Block]:
+        async with self._conn() as conn:
+            cur = await conn.execute(
+                'SELECT kind, value, since FROM blocks ORDER BY since DESC, kind COLLATE "C", value COLLATE "C" LIMIT %s',
+                (limit,),
+            )
+            return blocks_from_rows(await cur.fetchall())
 
     # -- single-use marks and replay ----------------------------------------------
     async def spend(self, key: str, *, until: int, now: float) -> bool:
@@ -767,6 +828,34 @@ class PostgresRedisStore(Store):
 
     async def audit_records(self, *, after: int, limit: int) -> list[AuditRecord]:
         return await self._audit_page(AUDIT_COLUMNS, audit_from_row, after, limit)
+
+    async def search_audit(
+        self,
+        *,
+        task: str | None = None,
+        principal: str | None = None,
+        kind: str | None = None,
+        before: int | None = None,
+        limit: int,
+        scan: int = 100_000,
+    ) -> AuditPage:
+        """See ``rows.AuditWindow`` for the window examined and where the next page starts."""
+        check_page(limit, scan)
+        async with self._conn() as conn:
+            first, last = await _one(conn, AUDIT_ENDS)
+            window = AuditWindow.of(first, last, before=before, scan=scan, indexed=kind == ALERT_KIND)
+            if window.empty:
+                return AuditPage([], None)
+            sql, args = audit_search(task=task, principal=principal, kind=kind, top=window.top, bound=window.bound, mark="%s")
+            found = [audit_from_row(r) for r in await (await conn.execute(sql, (*args, limit))).fetchall()]
+        return AuditPage(found, window.next_before(found, limit))
+
+    async def audit_counts(self, *, after: int, scan: int) -> dict[tuple[str, str, str], int]:
+        check_page(1, scan)
+        async with self._conn() as conn:
+            (last,) = await _one(conn, "SELECT MAX(seq) FROM audit")
+            cur = await conn.execute(_AUDIT_COUNTS, (counts_floor(last, after=after, scan=scan),))
+            return audit_counts_from_rows(await cur.fetchall())
 
     async def audit_marks(self, *, after: int, limit: int) -> list[AuditMark]:
         return await self._audit_page(AUDIT_MARK_COLUMNS, audit_mark_from_row, after, limit)

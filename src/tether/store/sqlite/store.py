@@ -93,6 +93,12 @@ def _end_task(conn: sqlite3.Connection, task: Task, state: TaskState, now: float
     _publish(conn, records.RevocationKind.TASK, task.id, task.expires_at, now)
 
 
+#: exactly ``audience`` among a task's audiences (a JSON array of strings): json_each compares
+#: whole elements, so "https://a" never matches "https://ab"
+_HAS_AUDIENCE = "EXISTS (SELECT 1 FROM json_each(a.audiences) AS aud WHERE aud.type = 'text' AND aud.value = {mark})"
+_COUNT_TASKS = table.COUNT_TASKS.format(mark="?")
+
+
 class SqliteStore(Store):
     """The embedded default store. Open with ``SqliteStore.open(path)``."""
 
@@ -181,23 +187,50 @@ class SqliteStore(Store):
 
         return await self._db.run(q)
 
-    async def list_tasks(self, *, state: TaskState | None, agent: str | None, now: float, limit: int) -> list[Task]:
+    async def list_tasks(
+        self,
+        *,
+        state: TaskState | None,
+        agent: str | None,
+        now: float,
+        limit: int,
+        audience: str | None = None,
+        after: str | None = None,
+    ) -> list[Task]:
+        """Newest first, ties by id (the index ``tasks_newest`` of migration 0008 serves the unfiltered page)."""
+        sql, args = table.tasks_query(
+            state=state, agent=agent, audience=audience, after=after, now=now, mark="?", ordered="id",
+            has_audience=_HAS_AUDIENCE,
+        )  # fmt: skip
+
         def q(conn: sqlite3.Connection) -> list[Task]:
-            sql, args = f"SELECT {table.TASK_COLUMNS} FROM tasks WHERE 1 = 1", list[object]()
-            if state is TaskState.ACTIVE:
-                sql, args = sql + " AND state = 'active' AND expires_at > ?", [int(now)]
-            elif state is TaskState.EXPIRED:
-                sql += " AND (state = 'expired' OR (state = 'active' AND expires_at <= ?))"
-                args = [int(now)]
-            elif state is not None:
-                sql, args = sql + " AND state = ?", [state.value]
-            if agent is not None:
-                sql += " AND agent = ?"
-                args.append(agent)
-            rows = conn.execute(sql + " ORDER BY created_at DESC, id LIMIT ?", (*args, limit)).fetchall()
+            rows = conn.execute(sql, (*args, limit)).fetchall()
             return [table.task_from_row(r) for r in rows]
 
         return await self._db.run(q)
+
+    async def count_tasks(self, *, now: float) -> dict[TaskState, int]:
+        def q(conn: sqlite3.Connection) -> dict[TaskState, int]:
+            rows = conn.execute(_COUNT_TASKS, (int(now),)).fetchall()
+            return table.task_counts(rows)
+
+        return await self._db.run(q, inline=False)  # a scan of every task: off the request loop
+
+    async def task_tokens(self, task_id: str, *, limit: int) -> list[records.IssuedToken]:
+        def q(conn: sqlite3.Connection) -> list[records.IssuedToken]:
+            rows = conn.execute(
+                f"SELECT {table.TOKEN_COLUMNS} FROM tokens WHERE task_id = ? ORDER BY iat, jti LIMIT ?", (task_id, limit)
+            ).fetchall()
+            return [table.token_from_row(r) for r in rows]
+
+        return await self._db.run(q)
+
+    async def agent_holdings(self, *, now: float, limit: int) -> list[records.AgentHolding]:
+        def q(conn: sqlite3.Connection) -> list[records.AgentHolding]:
+            rows = conn.execute(table.holdings_query(mark="?", ordered="agent"), (int(now), int(now), limit)).fetchall()
+            return [records.AgentHolding(agent=str(r[0]), tasks=int(r[1]), tokens=int(r[2])) for r in rows]
+
+        return await self._db.run(q, inline=False)  # every live task and token: off the request loop
 
     async def end_task(self, task_id: str, state: TaskState, *, now: float, audit: AuditEvent) -> Task:
         def q(conn: sqlite3.Connection) -> Task:
@@ -369,6 +402,13 @@ class SqliteStore(Store):
                 cur = conn.execute("DELETE FROM blocks WHERE kind = ? AND value = ?", (kind.value, value))
                 _append(conn, audit, now)
                 return cur.rowcount == 1
+
+        return await self._db.run(q)
+
+    async def list_blocks(self, *, limit: int) -> list[records.Block]:
+        def q(conn: sqlite3.Connection) -> list[records.Block]:
+            rows = conn.execute("SELECT kind, value, since FROM blocks ORDER BY since DESC, kind, value LIMIT ?", (limit,))
+            return table.blocks_from_rows(rows.fetchall())
 
         return await self._db.run(q)
 
@@ -651,6 +691,43 @@ class SqliteStore(Store):
         return await self._db.run(
             _audit_page(table.AUDIT_COLUMNS, table.audit_from_row, after, limit), inline=limit <= TAIL_PAGE
         )
+
+    async def search_audit(
+        self,
+        *,
+        task: str | None = None,
+        principal: str | None = None,
+        kind: str | None = None,
+        before: int | None = None,
+        limit: int,
+        scan: int = 100_000,
+    ) -> records.AuditPage:
+        """See ``rows.AuditWindow`` for the window examined and where the next page starts."""
+        table.check_page(limit, scan)
+
+        def q(conn: sqlite3.Connection) -> records.AuditPage:
+            first, last = conn.execute(table.AUDIT_ENDS).fetchone()
+            window = table.AuditWindow.of(first, last, before=before, scan=scan, indexed=kind == table.ALERT_KIND)
+            if window.empty:
+                return records.AuditPage([], None)
+            sql, args = table.audit_search(
+                task=task, principal=principal, kind=kind, top=window.top, bound=window.bound, mark="?"
+            )
+            found = [table.audit_from_row(r) for r in conn.execute(sql, (*args, limit)).fetchall()]
+            return records.AuditPage(found, window.next_before(found, limit))
+
+        # a window of up to ``scan`` records: on the worker thread, never stalling the request loop
+        return await self._db.run(q, inline=False)
+
+    async def audit_counts(self, *, after: int, scan: int) -> dict[tuple[str, str, str], int]:
+        table.check_page(1, scan)
+
+        def q(conn: sqlite3.Connection) -> dict[tuple[str, str, str], int]:
+            (last,) = conn.execute("SELECT MAX(seq) FROM audit").fetchone()
+            rows = conn.execute(table.AUDIT_COUNTS.format(mark="?"), (table.counts_floor(last, after=after, scan=scan),))
+            return table.audit_counts_from_rows(rows.fetchall())
+
+        return await self._db.run(q, inline=False)
 
     async def audit_marks(self, *, after: int, limit: int) -> list[records.AuditMark]:
         page = _audit_page(table.AUDIT_MARK_COLUMNS, table.audit_mark_from_row, after, limit)
