@@ -12,6 +12,7 @@ from consolekit import Browser, RunningConsole, running_console
 from pageskit import RESOURCES, end_by_admin_api, make_lineage, sse_events
 
 from helpers import create_task
+from tether.console import live
 from tether.console.live import MAX_STREAMS
 from tether.console.web import COOKIE
 
@@ -79,6 +80,16 @@ def test_at_most_max_streams_per_process(console: RunningConsole) -> None:
         time.sleep(0.2)
     else:
         pytest.fail("stream slots were not released after the clients disconnected")
+
+
+def test_stream_sends_comment_heartbeats(console: RunningConsole, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(live, "HEARTBEAT", 0.2)  # read by each loop of the server's stream (same process)
+    task = create_task(console.sts)
+    viewer = console.login("viewer")
+    with _stream(viewer) as http, http.stream("GET", f"/tasks/{task['id']}/events") as response:
+        lines = response.iter_lines()
+        seen = [next(lines) for _ in range(8)]
+    assert ": heartbeat" in seen and any(line.startswith("event: task") for line in seen)
 
 
 def test_web01_a_stream_is_not_activity_and_ends_with_the_idle_session(console: RunningConsole) -> None:
