@@ -126,6 +126,15 @@ jwks_file = ".tether/bundles/approvers.json"
 # name = "finance"
 # members = ["user:alice@example.com"]   # and/or idp_groups = ["finance"] from the provider's group claim
 
+# [console]                   # the operator console: `tether console` (prints a one-time login link),
+# enabled = false             # or served by `tether serve` on its own port when true
+# port = 8701
+# operators = []              # principals who may end tasks and block agents (viewers, approvers likewise)
+# [console.oidc]              # humans log in with your organisation's provider (code flow + PKCE)
+# issuer = "https://login.example.com"
+# client_id = "tether-console"  # redirect URI: http://127.0.0.1:8701/login/callback (or public_url's)
+# operator_groups = ["platform-oncall"]   # roles from the provider's `groups` claim
+
 # [audit]                     # signed checkpoints of the audit chain (`tether audit verify FILE --jwks`)
 # checkpoint_every = 1000     # sign after this many new records
 # checkpoint_seconds = 60     # or after this many seconds with at least one new record

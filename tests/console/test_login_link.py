@@ -83,7 +83,9 @@ def test_web02_post_without_or_with_a_foreign_csrf_token_is_refused(console: Run
     assert refused.status_code == 403 and "CSRF" in refused.text
     assert alice.get("/").status_code == 200  # still logged in: the forged logout did nothing
     record = console.sts.last_audit("console.refused")
-    assert record.principal == "console:alice" and record.error == "access_denied"
+    # unproven (another site's page could have sent it): named as claimed, never as alice's act
+    assert record.principal is None and record.error == "access_denied"
+    assert record.detail["claimed_principal"] == "console:alice"
 
 
 def test_web03_security_headers_on_pages_and_errors(console: RunningConsole) -> None:
@@ -98,3 +100,10 @@ def test_web03_security_headers_on_pages_and_errors(console: RunningConsole) -> 
 def test_login_page_never_redirects_off_site(console: RunningConsole, tmp_path: Path) -> None:
     page = console.browser().get("/login", params={"next": "//evil.example/x"})
     assert page.status_code == 200 and "evil.example" not in page.text
+
+
+def test_web03_a_request_for_another_host_name_is_refused(console: RunningConsole) -> None:
+    """DNS rebinding: a page at evil.example resolving to the loopback console gets no console page."""
+    refused = console.browser().get("/login", headers={"Host": "evil.example"})
+    assert refused.status_code == 400 and "tether" not in refused.text
+    assert console.browser().get("/login", headers={"Host": "localhost"}).status_code == 200

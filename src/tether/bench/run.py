@@ -20,7 +20,7 @@ from tether.bench.report import Row, SignatureCosts, signature_costs
 
 __all__ = ["SECTIONS", "BenchOptions", "run_bench"]
 
-SECTIONS = ("exchange", "scaling", "mtls", "verify", "gateway", "mcp", "revocation", "completion", "cedar", "memory")
+SECTIONS = ("exchange", "scaling", "mtls", "verify", "gateway", "mcp", "revocation", "completion", "cedar", "memory", "console")
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,10 @@ def _section(name: str, workdir: Path, costs: SignatureCosts, options: BenchOpti
         from tether.bench.memory import memory_rows
 
         return memory_rows(workdir)
+    if name == "console":
+        from tether.bench.console import console_rows
+
+        return console_rows(workdir)
     raise ValueError(f"unknown section {name}")
 
 

@@ -72,7 +72,7 @@ def bench(
     redis_url: Annotated[str, typer.Option("--redis-url", envvar="TETHER_BENCH_REDIS_URL")] = "redis://127.0.0.1:6379/0",
 ) -> None:
     """Exchange throughput and latency, resource-server verify, gateway overhead, revocation, completion under load,
-    Cedar, memory."""
+    Cedar, memory, the console's pages with 10,000 tasks."""
     if ctx.invoked_subcommand is not None:
         return
     from tether.bench.run import SECTIONS, BenchOptions, run_bench

@@ -9,7 +9,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
@@ -23,6 +23,7 @@ from tether.cli import task as task_cli
 from tether.cli import vault as vault_cli
 from tether.cli.alerts import alerts
 from tether.cli.common import admin_client, config_or_exit, dev_approvers, dev_ca, dev_domain, errors_to_exit
+from tether.cli.console import console_command
 from tether.cli.demo import demo
 from tether.cli.output import console, fail, print_json, print_mapping, styled
 from tether.cli.report import report
@@ -53,6 +54,7 @@ app.add_typer(approvals_cli.app, name="approvals")
 app.command()(demo)
 app.command()(report)
 app.command()(alerts)
+app.command("console")(console_command)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="tether.toml (default ./tether.toml)")]
 
@@ -138,6 +140,8 @@ def serve(
         assert cfg.path is not None
         with errors_to_exit():
             build_sts(cfg)  # check configuration, master key and policies before forking
+        if cfg.console.enabled:
+            console.print("[console] is not served with --workers: run `tether console` beside the workers")
         os.environ["TETHER_CONFIG"] = str(cfg.path)
         console.print(f"tether STS {cfg.issuer} listening on {bind_host}:{bind_port} with {workers} workers")
         uvicorn.run("tether.sts.asgi:app", factory=True, host=bind_host, port=bind_port, workers=workers,
@@ -146,30 +150,50 @@ def serve(
         return
 
     def banner(sts: Any) -> str:
-        return f"tether STS {cfg.issuer} listening on {bind_host}:{bind_port} (kid {sts.ctx.keyring.current.kid})"
+        line = f"tether STS {cfg.issuer} listening on {bind_host}:{bind_port} (kid {sts.ctx.keyring.current.kid})"
+        if cfg.console.enabled:
+            line += f"\nconsole on {cfg.console.host}:{cfg.console.port}; a login link: tether console --link"
+        return line
 
-    _serve_one(lambda: build_sts(cfg), banner, host=bind_host, port=bind_port, level=uvicorn_level, graceful=None,
-               tls=tls_options)  # fmt: skip
+    def console_app(sts: Any) -> list[tuple[Any, str, int]]:
+        from tether.console.app import create_console_app
+
+        if not cfg.console.enabled:
+            return []
+        return [(create_console_app(sts, lifespan=False), cfg.console.host, cfg.console.port)]
+
+    serve_apps(lambda: build_sts(cfg), banner, host=bind_host, port=bind_port, level=uvicorn_level, graceful=None,
+               tls=tls_options, beside=console_app)  # fmt: skip
 
 
-def _serve_one(build: Callable[[], Any], banner: Callable[[Any], str], *, host: str, port: int, level: str,
-               graceful: int | None, tls: dict[str, Any]) -> None:  # fmt: skip
-    """One process: build the service (its ``app`` and ``start()``) and serve it on uvloop + httptools."""
+def serve_apps(build: Callable[[], Any], banner: Callable[[Any], str], *, host: str, port: int, level: str,
+               graceful: int | None, tls: dict[str, Any],
+               beside: Callable[[Any], list[tuple[Any, str, int]]] | None = None) -> None:  # fmt: skip
+    """One process: build the service (its ``app`` and ``start()``) and serve it on uvloop + httptools;
+    ``beside`` names more apps to serve in the same event loop (the console next to the STS, sharing its runtime)."""
     import uvicorn
     import uvloop
 
     from tether.web.heap import settle_after_start
 
+    def server(app: Any, bind: str, number: int, options: dict[str, Any], lifespan: Literal["auto", "off"]) -> uvicorn.Server:
+        return uvicorn.Server(uvicorn.Config(app, host=bind, port=number, loop="none", log_level=level, log_config=None,
+                                             access_log=False, server_header=False, proxy_headers=False, lifespan=lifespan,
+                                             timeout_graceful_shutdown=graceful, **options))  # fmt: skip
+
     async def run() -> None:
         service = build()
         await service.start()
         settle_after_start()
-        config = uvicorn.Config(service.app, host=host, port=port, loop="none", log_level=level,
-                                log_config=None, access_log=False, server_header=False, proxy_headers=False,
-                                timeout_graceful_shutdown=graceful, **tls)  # fmt: skip
-        server = uvicorn.Server(config)
-        console.print(banner(service))
-        await server.serve()
+        servers = [server(service.app, host, port, tls, "auto")]
+        servers += [server(app, bind, number, {}, "off") for app, bind, number in (beside(service) if beside else [])]
+        console.print(banner(service), soft_wrap=True)
+        running = [asyncio.create_task(s.serve()) for s in servers]
+        # each server catches the signals in turn: when one stops, stop the others
+        await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+        for each in servers:
+            each.should_exit = True
+        await asyncio.gather(*running)
 
     with errors_to_exit(), contextlib.suppress(KeyboardInterrupt):
         uvloop.run(run())
@@ -201,7 +225,7 @@ def gateway(
         routes = ", ".join(sorted(r.name for r in cfg.routes))
         return f"tether gateway {cfg.gateway.url} listening on {bind_host}:{bind_port}: {routes}"
 
-    _serve_one(lambda: build_gateway(cfg), banner, host=bind_host, port=bind_port, level=uvicorn_level, graceful=2,
+    serve_apps(lambda: build_gateway(cfg), banner, host=bind_host, port=bind_port, level=uvicorn_level, graceful=2,
                tls=tls_options)  # fmt: skip
 
 

@@ -10,6 +10,7 @@ group claim (``*_groups``); ``operator`` and ``approver`` include ``viewer``
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from tether.errors import ConfigError
 from tether.rules.jws import ASYMMETRIC_ALGS
 
-__all__ = ["ConsoleOidcSettings", "ConsoleSettings", "check_console"]
+__all__ = ["ConsoleOidcSettings", "ConsoleSettings", "check_console", "is_loopback", "plain_http_refusal"]
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,8 @@ class ConsoleSettings:
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = 8701
-    #: the URL humans open (the OIDC redirect URI is this + ``/login/callback``); default ``http://host:port``
+    #: the URL humans open (the OIDC redirect URI is this + ``/login/callback``); default ``http://host:port``;
+    #: ``https://`` (a TLS front) when ``host`` is not loopback (WEB-01)
     public_url: str = ""
     #: seconds without a request before a session ends, and the most a session lives (WEB-01)
     session_idle: int = 1800
@@ -61,6 +63,31 @@ class ConsoleOidcSettings:
     algorithms: tuple[str, ...] = ("RS256", "ES256", "EdDSA")
 
 
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a bind address) only answers on this machine."""
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def plain_http_refusal(host: str, public_url: str) -> str | None:
+    """Why the console may not listen on ``host`` with ``public_url`` (``None``: it may).
+
+    The console serves plain HTTP. Off loopback, a network observer would read the one-time link
+    in the request and the session cookie in the answer (WEB-01: ``Secure`` except loopback dev),
+    so it needs a TLS front that humans reach at an ``https`` public URL."""
+    if is_loopback(host) or public_url.startswith("https://"):
+        return None
+    return (f"the console serves plain HTTP: on `{host}` (not loopback) put it behind TLS and set "
+            "[console] public_url to its https:// address")  # fmt: skip
+
+
 def check_console(console: Mapping[str, Any], oidc: Mapping[str, Any], *, uri: Callable[[str, str], str]) -> None:
     """Ranges and URLs of ``[console]`` / ``[console.oidc]`` (``uri``: ``config.scalars.issuer_uri``)."""
     if not 0 < console["port"] < 65536:
@@ -76,6 +103,9 @@ def check_console(console: Mapping[str, Any], oidc: Mapping[str, Any], *, uri: C
         raise ConfigError("console.page_size", "must be at most 500")
     if console["public_url"]:
         uri(console["public_url"], "console.public_url")
+    refusal = plain_http_refusal(console["host"], console["public_url"])
+    if refusal is not None:
+        raise ConfigError("console.host", refusal)
     if oidc["issuer"]:
         uri(oidc["issuer"], "console.oidc.issuer")
         if not oidc["client_id"]:

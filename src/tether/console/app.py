@@ -12,10 +12,12 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
+from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
@@ -24,7 +26,7 @@ from starlette.staticfiles import StaticFiles
 from tether.console.login import link_login, link_page, login_page, logout
 from tether.console.oidc import OIDC_ROUTES
 from tether.console.pages import PAGE_ROUTES
-from tether.console.web import SecurityHeaders, error_page
+from tether.console.web import HEADERS, SecurityHeaders, error_page
 from tether.sts.context import StsContext
 
 if TYPE_CHECKING:
@@ -56,7 +58,23 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     import logging
 
     logging.getLogger("tether.console").error("console error: %s", type(exc).__name__, exc_info=exc)
-    return error_page(request, 500, "something went wrong on the server; it has been logged")
+    response = error_page(request, 500, "something went wrong on the server; it has been logged")
+    # Starlette answers from ServerErrorMiddleware, outside SecurityHeaders: set them here (WEB-03)
+    response.headers.update({**HEADERS, "Cache-Control": "no-store"})
+    return response
+
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def allowed_hosts(config: Config) -> list[str]:
+    """The ``Host`` values the console answers: its public URL's host, or its bind address, and the
+    loopback names when it listens on loopback (a DNS-rebinding page at another name gets 400)."""
+    console = config.console
+    hosts = {urlsplit(console.public_url).hostname or ""} if console.public_url else {console.host}
+    if console.host in _LOOPBACK or hosts & set(_LOOPBACK):
+        hosts.update(_LOOPBACK)
+    return sorted(h for h in hosts if h)
 
 
 def create_console_app(runtime: ConsoleRuntime, *, lifespan: bool = True) -> Starlette:
@@ -82,7 +100,10 @@ def create_console_app(runtime: ConsoleRuntime, *, lifespan: bool = True) -> Sta
     app = Starlette(
         routes=routes,
         lifespan=run,
-        middleware=[Middleware(SecurityHeaders)],
+        middleware=[
+            Middleware(SecurityHeaders),
+            Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(runtime.config)),
+        ],
         exception_handlers={HTTPException: _not_found, Exception: _unexpected},
     )
     app.state.runtime = runtime

@@ -3,7 +3,9 @@
 A one-time link (``tether console`` prints one) is ``/login/link?t=…``. Opening it changes
 nothing: it shows a button (a GET must never change state, WEB-02, and a chat client's link
 preview must not use the link up). The POST spends the link's nonce in the store (single use on
-every replica), then starts a session. The link is HMAC-sealed under the master key
+every replica), then starts a session; a POST a browser marks as sent by another site
+(``Sec-Fetch-Site``) is refused first (login CSRF with a link of the attacker's own). The link
+is HMAC-sealed under the master key
 (``rules.console_session``), names the principal and role it logs in as and expires after
 ``[console] link_ttl``. Login by the organisation's OIDC provider is ``console.oidc``.
 Logout spends the session id, so the cookie is dead everywhere even if a copy survives.
@@ -43,6 +45,11 @@ log = logging.getLogger("tether.console")
 
 #: how long a spent login-link nonce is remembered beyond the link's expiry
 _MARGIN = 60
+#: Fetch Metadata ``Sec-Fetch-Site`` values of a link POST the console's own button (or a typed
+#: address) sends; ``cross-site`` / ``same-site`` is another site's form: login CSRF (WEB-04).
+#: An ``Origin`` check would not do: under ``Referrer-Policy: no-referrer`` a browser sends
+#: ``Origin: null`` for the console's own form. A client that sends no such header is not a browser.
+_OWN_SITE = frozenset({"same-origin", "none"})
 
 
 def mint_link(key: bytes, base: str, *, principal: str, role: str, now: float, ttl: int) -> str:
@@ -64,12 +71,13 @@ def safe_next(value: str | None) -> str:
 
 
 async def start_session(
-    request: Request, principal: str, *, roles: frozenset[str], groups: frozenset[str], via: str, name: str, next_path: str
-) -> Response:
+    request: Request, principal: str, *, roles: frozenset[str], groups: frozenset[str], via: str, name: str, next_path: str,
+    issuer: str = "",
+) -> Response:  # fmt: skip
     """A new session (a fresh id: never one the browser brought, ASVS V7.2.4), audited as ``console.login``."""
     ctx, cfg = context(request), config(request)
     now = ctx.now()
-    session = new_session(principal, roles=roles, groups=groups, via=via, now=now, name=name)
+    session = new_session(principal, roles=roles, groups=groups, via=via, now=now, name=name, issuer=issuer)
     event = AuditEvent(kind="console.login", outcome="ok", principal=principal,
                        detail={"via": via, "roles": sorted(roles), "client": client_address(request) or ""})  # fmt: skip
     await ctx.store.append_audit(event, now=now)
@@ -113,6 +121,10 @@ async def link_login(request: Request) -> Response:
     """POST ``/login/link``: spend the link (once, WEB-04) and start a session."""
     ctx = context(request)
     try:
+        if request.headers.get("sec-fetch-site", "same-origin") not in _OWN_SITE:
+            # login CSRF: another site's form with a link of the attacker's own; nothing is spent
+            raise AccessDenied("open the login link itself, not a page that posts it for you",
+                               debug="login link posted by another site")  # fmt: skip
         form = await read_form(request)
         token = form.get("t") or ""
         link = open_link(ctx.console_key, token, now=ctx.now())

@@ -3,7 +3,8 @@
 Every console page goes through ``page``: it opens the session cookie (``rules.console_session``;
 forged, idle or too old → the login page), refuses a session that logged out on any replica
 (``Store.spent``), recomputes the roles from the configuration (``rules.console_roles``), checks
-the CSRF token of every POST (WEB-02), refuses a role that may not do this (WEB-05: audited as
+the CSRF token of every POST (WEB-02; a failure is counted per source, never pinned on the
+human whose cookie the browser attached), refuses a role that may not do this (WEB-05: audited as
 ``console.refused`` with the human's principal) and re-seals the cookie with the new last-seen time.
 Errors become an HTML page with the status their class carries; the reason a human reads is
 the error's public description, never a trace or a secret (the debug text goes to the audit).
@@ -137,10 +138,13 @@ class Human:
 
 
 def roles_of(cfg: Config, session: Session) -> frozenset[str]:
-    """The roles a session holds now: a link's role as minted, an OIDC login's from the configuration."""
+    """The roles a session holds now: a link's role as minted, an OIDC login's from the configuration,
+    and none for a login by a provider the configuration no longer names (WEB-04, WEB-05)."""
     if session.via == "link":
         return session.roles
     console, oidc = cfg.console, cfg.console_oidc
+    if not oidc.issuer or session.issuer != oidc.issuer:
+        return frozenset()  # another provider's word (the configuration changed since): no role here
     return grant(
         session.principal,
         session.groups,
@@ -161,9 +165,10 @@ def approver_of(cfg: Config, session: Session, roles: frozenset[str]) -> Approve
 
 
 def new_session(
-    principal: str, *, roles: frozenset[str], groups: frozenset[str], via: str, now: float, name: str = ""
-) -> Session:
-    return Session(secrets.token_urlsafe(24), principal, roles, groups, via, int(now), int(now), name)
+    principal: str, *, roles: frozenset[str], groups: frozenset[str], via: str, now: float, name: str = "",
+    issuer: str = "",
+) -> Session:  # fmt: skip
+    return Session(secrets.token_urlsafe(24), principal, roles, groups, via, int(now), int(now), name, issuer)
 
 
 def session_cookie(response: Response, key: bytes, session: Session, *, max_age: int) -> None:
@@ -219,8 +224,11 @@ def page(kind: str = "view") -> Callable[[Page], Callable[[Request], Awaitable[R
                 human = await current_human(request)
                 form = None
                 if request.method == "POST":
-                    form = await read_form(request)
-                    check_csrf(ctx.console_key, human.session.sid, form.get("csrf"))
+                    try:  # an unreadable form is as unproven as a wrong token: another site can send either
+                        form = await read_form(request)
+                        check_csrf(ctx.console_key, human.session.sid, form.get("csrf"))
+                    except OAuthError as exc:
+                        return await _forged(request, exc, human)
                 if not human.may(kind):
                     raise RoleRefused(f"your role ({', '.join(sorted(human.roles))}) may not do this")
                 response = await fn(request, human, form)
@@ -239,6 +247,22 @@ def page(kind: str = "view") -> Callable[[Page], Callable[[Request], Awaitable[R
         return handler
 
     return wrap
+
+
+async def _forged(request: Request, exc: OAuthError, human: Human) -> Response:
+    """A POST without this session's CSRF token, or with a form that cannot be read (WEB-02).
+
+    The cookie came with it only because the browser attaches it to any request, another site's
+    included: the human is not proven to have sent it, so it is never pinned on them
+    (``claimed_principal``, not ``principal``: the refusal detectors skip it) and is counted per
+    source address, not written once per forged request."""
+    ctx = context(request)
+    try:
+        await ctx.refuse(exc, kind="console.refused", source=client_address(request),
+                         detail={"claimed_principal": human.principal, "path": request.url.path[:200]})  # fmt: skip
+    except StoreError:
+        return error_page(request, 503, "the store is not answering; nothing was done", human=human)
+    return error_page(request, exc.status, exc.description, human=human)
 
 
 async def _refused(request: Request, exc: Exception, human: Human | None) -> Response:

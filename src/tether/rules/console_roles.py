@@ -10,7 +10,7 @@ taken away in the configuration is gone at the next click, not at the next login
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 __all__ = ["APPROVER", "OPERATOR", "ROLES", "VIEWER", "grant", "may"]
 
@@ -27,8 +27,8 @@ def grant(
     principal: str,
     groups: Collection[str],
     *,
-    members: dict[str, Collection[str]],
-    group_roles: dict[str, Collection[str]],
+    members: Mapping[str, Collection[str]],
+    group_roles: Mapping[str, Collection[str]],
 ) -> frozenset[str]:
     """The roles ``principal`` holds: listed by name in ``members[role]`` or holding a group of
     ``group_roles[role]``; any role implies ``viewer``."""

@@ -6,10 +6,11 @@ master key (``keys.sealed.derive_key(master, "console")``), with a label per kin
 login link can never be presented as a session or the other way round. The tag is checked
 before anything in the payload is read.
 
-* A **session** names its id, the human's principal, roles, approver groups, how they logged in,
-  when (``iat``, for the absolute timeout) and when they were last seen (idle timeout). The
-  cookie is re-sealed on each request with a new ``seen``. Logging out spends the session id in
-  the store (``logout_key``), so a copy of the cookie dies with it on every replica.
+* A **session** names its id, the human's principal, roles, approver groups, how they logged in
+  (and, for OIDC, which provider vouched for them), when (``iat``, for the absolute timeout) and
+  when they were last seen (idle timeout). The cookie is re-sealed on each request with a new
+  ``seen``. Logging out spends the session id in the store (``logout_key``), so a copy of the
+  cookie dies with it on every replica.
 * A **CSRF token** is an HMAC of the session id (the "synchronizer token" bound to the session,
   OWASP ASVS V3.5): nothing to store, and a token from another session never verifies.
 * A **login link** names the principal and role it logs in as, an expiry and a nonce; the
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -105,16 +107,19 @@ class Session:
     iat: int
     seen: int
     name: str = ""
+    #: the provider that vouched for an OIDC login (``""`` for a link): a session outlives a
+    #: restart, and one from a provider no longer configured must not pass as the new one's
+    issuer: str = ""
 
     def touched(self, now: float) -> Session:
         """The same session, seen at ``now`` (the idle timeout restarts)."""
-        return Session(self.sid, self.principal, self.roles, self.groups, self.via, self.iat, int(now), self.name)
+        return dataclasses.replace(self, seen=int(now))
 
 
 def seal_session(key: bytes, session: Session) -> str:
     return _seal(key, _SESSION, {
         "sid": session.sid, "p": session.principal, "r": sorted(session.roles), "g": sorted(session.groups),
-        "v": session.via, "iat": session.iat, "seen": session.seen, "n": session.name,
+        "v": session.via, "iat": session.iat, "seen": session.seen, "n": session.name, "i": session.issuer,
     })  # fmt: skip
 
 
@@ -127,10 +132,10 @@ def open_session(key: bytes, sealed: str | None, *, now: float, idle: int, max_a
         raise SessionInvalid("session cookie does not verify")
     roles, groups = _strings(data.get("r")), _strings(data.get("g"))
     iat, seen = _int(data.get("iat")), _int(data.get("seen"))
-    texts = [data.get(k) for k in ("sid", "p", "v", "n")]
+    texts = [data.get(k) for k in ("sid", "p", "v", "n", "i")]
     if roles is None or groups is None or iat is None or seen is None or not all(isinstance(t, str) for t in texts):
         raise SessionInvalid("session cookie malformed")
-    session = Session(data["sid"], data["p"], roles, groups, data["v"], iat, seen, data["n"])
+    session = Session(data["sid"], data["p"], roles, groups, data["v"], iat, seen, data["n"], data["i"])
     if now >= session.iat + max_age:
         raise SessionInvalid("session reached its absolute timeout")
     if now >= session.seen + idle:
@@ -192,3 +197,55 @@ def open_link(key: bytes, sealed: str, *, now: float) -> LoginLink:
 def link_key(nonce: str) -> str:
     """The store key that marks a login link used (``Store.spend``)."""
     return hashlib.sha256(b"tether console login link\x00" + nonce.encode()).hexdigest()
+
+
+# --- OIDC login state (WEB-04): what the browser carries between /login/oidc and /login/callback ---
+
+_LOGIN = b"tether console oidc login v1\x00"
+
+#: seconds a started OIDC login may take before its callback is refused (the login cookie's life)
+LOGIN_TTL = 600
+
+
+@dataclass(frozen=True)
+class LoginState:
+    """One OIDC login in flight (OIDC Core §3.1.2.1, RFC 7636 §4): the ``state`` the callback must
+    echo (login CSRF), the ``nonce`` the ID token must carry (code injection), the PKCE
+    ``verifier``, the local path to go to afterwards and an expiry. Sealed into the short-lived
+    ``__Host-tether-login`` cookie; the console spends ``state`` on the first callback (``login_key``)."""
+
+    state: str
+    nonce: str
+    verifier: str
+    next_path: str
+    exp: int
+
+
+def seal_login(key: bytes, login: LoginState) -> str:
+    return _seal(key, _LOGIN, {"s": login.state, "n": login.nonce, "v": login.verifier, "x": login.next_path,
+                               "e": login.exp})  # fmt: skip
+
+
+def open_login(key: bytes, sealed: str | None, *, now: float) -> LoginState:
+    """The login a cookie carries, if it verifies (under its own label: a session or a login link
+    never opens as one) and has not expired; ``AccessDenied`` otherwise."""
+    if not sealed:
+        raise AccessDenied("this login was not started here or has expired; start again", debug="no login cookie")
+    data = _open(key, _LOGIN, sealed)
+    if data is None:
+        raise AccessDenied("this login was not started here; start again", debug="login cookie does not verify")
+    exp = _int(data.get("e"))
+    texts = [data.get(k) for k in ("s", "n", "v", "x")]
+    if exp is None or not all(isinstance(t, str) and t for t in texts):
+        raise AccessDenied("this login was not started here; start again", debug="login cookie malformed")
+    if now >= exp:
+        raise AccessDenied("this login took too long and has expired; start again", debug="login cookie expired")
+    return LoginState(data["s"], data["n"], data["v"], data["x"], exp)
+
+
+def login_key(state: str) -> str:
+    """The store key that marks an OIDC login's ``state`` used: one login cookie serves one callback."""
+    return hashlib.sha256(b"tether console oidc login\x00" + state.encode()).hexdigest()
+
+
+__all__ += ["LOGIN_TTL", "LoginState", "login_key", "open_login", "seal_login"]

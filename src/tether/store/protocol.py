@@ -347,9 +347,11 @@ class Store(Protocol):
     ) -> AuditPage:
         """Records matching every filter given, newest first, with ``seq`` below ``before``.
 
-        ``kind`` is exact, or a prefix when it ends in ``.`` (``approval.``). A search by task uses
-        an index; otherwise at most ``scan`` records are examined, and ``next_before`` says where
-        the next page starts (the lowest ``seq`` examined, or of the last match when ``limit`` was reached).
+        ``kind`` is exact, or a prefix when it ends in ``.`` (``approval.``). At most ``scan`` records
+        are examined (audit ``seq`` has no gaps: the newest ``scan`` below ``before`` are one range; an
+        index on task would cost every exchange's audit append ~6 %), except ``alert.raised``, which a
+        partial index finds wherever it is; ``next_before`` says where the next page starts (the
+        ``seq`` of the last match when ``limit`` was reached, else the lowest examined, ``None`` at the log's start).
         """
         ...
 

@@ -221,9 +221,9 @@ async def _task_of(ctx: StsContext, approval: Approval) -> Task:
 
 async def decide(
     ctx: StsContext, approver: Approver, approval_id: str, decision: str, *, uses: object = 1, window: object = 0,
-    reason: object = "",
+    reason: object = "", via: str = "api",
 ) -> Approval:  # fmt: skip
-    """An approver approves or denies through the API (APR-02, APR-03).
+    """An approver approves or denies through the API or the console (``via``, recorded in the audit; APR-02, APR-03).
 
     An approval the approver may not see is ``not_found`` (as for ``GET``); one they see but
     are party to (the agent, the requester, an actor, the subject, the task's creator) is
@@ -234,7 +234,7 @@ async def decide(
     approval = await _load(ctx, approver, approval_id)
     task = await _task_of(ctx, approval)
     check_approver(approval, approver, task=task)
-    return await _write_decision(ctx, approval, approver, decision, uses=uses, window=window, reason=text, via="api")
+    return await _write_decision(ctx, approval, approver, decision, uses=uses, window=window, reason=text, via=via)
 
 
 # -- one-time links (APR-04) ------------------------------------------------------------
