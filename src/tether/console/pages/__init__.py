@@ -1,24 +1,34 @@
-"""The console's pages (helper "pages" writes these)."""
+"""The console's pages, as one list of routes for ``create_console_app``.
+
+Each page module exports its own ``ROUTES``; this list joins them, so a new module of pages is
+added with one line in ``PAGE_MODULES``. Order matters only where paths overlap: a module listed
+earlier wins.
+"""
 
 from __future__ import annotations
 
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+import importlib
 
-from tether.console.web import Human, page, render
-from tether.web.forms import Form
+from starlette.routing import BaseRoute
 
-__all__ = ["PAGE_ROUTES"]
+__all__ = ["PAGE_MODULES", "PAGE_ROUTES"]
+
+#: modules whose ``ROUTES`` the console serves
+PAGE_MODULES: tuple[str, ...] = (
+    "tether.console.pages.overview",
+    "tether.console.pages.tasks",
+    "tether.console.pages.agents",
+    "tether.console.live",
+    "tether.console.pages.records",
+    "tether.console.pages.approvals",
+)
 
 
-@page("view")
-async def overview(request: Request, human: Human, form: Form | None) -> Response:
-    return render(request, "error.html", {"title": "Overview", "status": 200, "message": "placeholder"}, human=human)
+def _routes() -> list[BaseRoute]:
+    routes: list[BaseRoute] = []
+    for name in PAGE_MODULES:
+        routes.extend(importlib.import_module(name).ROUTES)
+    return routes
 
 
-PAGE_ROUTES: list[BaseRoute] = [Route("/", overview, methods=["GET"])]
-
-from tether.console.pages import approvals, records  # noqa: E402  (h-records: the lead merges these into PAGE_ROUTES)
-
-PAGE_ROUTES += records.ROUTES + approvals.ROUTES
+PAGE_ROUTES: list[BaseRoute] = _routes()
