@@ -99,14 +99,17 @@ def test_operator_blocks_an_agent_through_the_confirmation_step(live: RunningCon
     assert agent in page.locator("main").inner_text()  # the confirmation page says who and what
     page.locator("main form button[type=submit]").click()
     page.goto(live.url + "/agents")
-    assert "blocked" in page.locator("main").inner_text()
+    blocked = page.locator("tr", has_text=agent).filter(has=page.get_by_role("link", name="Unblock"))
+    expect(blocked).to_have_count(1)
+    assert "No agent holds a live task" in page.locator("main").inner_text()  # its task ended with the block
     refused = off_loop(lambda: lineage.agent.hop(lineage.session, "http://127.0.0.1:9001"))
     assert refused.status_code in (400, 401, 403)  # the agent's tokens died with the block
     record = off_loop(lambda: live.sts.last_audit("principal.blocked"))
     assert record.principal == "console:oncall" and record.detail["via"] == "console"
-    page.goto(live.url + "/agents")
-    page.locator("tr", has_text=agent).get_by_role("link", name="Unblock").first.click()
+    blocked.get_by_role("link", name="Unblock").click()
     page.locator("main form button[type=submit]").click()
+    page.goto(live.url + "/agents")
+    expect(page.locator("tr", has_text=agent)).to_have_count(0)
     context.close()
 
 
@@ -127,4 +130,3 @@ def test_web05_a_viewer_sees_no_actions_and_a_forged_post_is_refused(live: Runni
     record = off_loop(lambda: live.sts.last_audit("console.refused"))
     assert record.principal == "console:vera"
     context.close()
-
