@@ -130,3 +130,27 @@ def test_web05_a_viewer_sees_no_actions_and_a_forged_post_is_refused(live: Runni
     record = off_loop(lambda: live.sts.last_audit("console.refused"))
     assert record.principal == "console:vera"
     context.close()
+
+
+_WIDE = """() => [...document.querySelectorAll('body *')]
+  .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1 || e.scrollWidth > e.clientWidth + 1)
+  .slice(0, 5).map(e => `${e.tagName}.${e.className}: ${(e.textContent || '').slice(0, 60)}`)"""
+
+
+def test_pages_fit_a_phone_screen_and_work_by_keyboard(demo: RunningConsole, browser: Browser) -> None:
+    context, page = logged_in(browser, demo.link("viewer", "console:phone"), width=390, height=844)
+    page.goto(demo.url + "/tasks")
+    first_task = page.locator("table a[href^='/tasks/tsk_']").first.get_attribute("href")
+    for path in ("/", "/tasks", str(first_task), "/agents", "/alerts", "/audit", "/policies", "/exceptions", "/approvals"):
+        page.goto(demo.url + path)
+        page.wait_for_load_state("load")
+        overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        wide = page.evaluate(_WIDE) if overflow > 1 else []
+        assert overflow <= 1, f"{path} is {overflow}px wider than a phone: {wide}"
+    shoot(page, "phone-task")
+    page.goto(demo.url + str(first_task))
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.id") == "main"
+    context.close()
