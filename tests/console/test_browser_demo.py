@@ -85,6 +85,9 @@ def test_tree_turns_revoked_without_a_reload_when_the_task_completes(live: Runni
     expect(page.locator("li[role=treeitem].cut")).to_have_count(3, timeout=15_000)
     expect(page.locator("[data-role=task-state]")).to_have_text("completed", timeout=15_000)
     assert page.evaluate("window.__sameDocument") is True
+    assert (
+        page.locator("[data-role=sum-revoked]").inner_text() == "3" and page.locator("[data-role=sum-live]").inner_text() == "0"
+    )
     shoot(page, "task-revoked")
     context.close()
 
@@ -147,8 +150,8 @@ def test_pages_fit_a_phone_screen_and_work_by_keyboard(demo: RunningConsole, bro
         overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
         wide = page.evaluate(_WIDE) if overflow > 1 else []
         assert overflow <= 1, f"{path} is {overflow}px wider than a phone: {wide}"
-    shoot(page, "phone-task")
     page.goto(demo.url + str(first_task))
+    shoot(page, "phone-task")
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.textContent") == "Skip to content"
     page.keyboard.press("Enter")

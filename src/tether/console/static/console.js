@@ -49,6 +49,10 @@
       }
       var live = root.querySelector("[data-role=live-count]");
       if (live && typeof data.live === "number") { live.textContent = String(data.live); }
+      var sumLive = root.querySelector("[data-role=sum-live]");
+      if (sumLive && typeof data.live === "number") { sumLive.textContent = String(data.live); }
+      var sumRevoked = root.querySelector("[data-role=sum-revoked]");
+      if (sumRevoked && Array.isArray(data.revoked)) { sumRevoked.textContent = String(data.revoked.length); }
       var parts = [];
       if (state && before !== data.state) { parts.push("Task is now " + data.state + "."); }
       if (changed) { parts.push(changed + " token(s) revoked."); }
