@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import pytest
 from services import REDIS_URL, drop_schema, new_schema, require_postgres_and_redis, schema_dsn
 from tether.audit.chain import AuditEvent, first_broken
 from tether.model import Task
+from tether.store.errors import StoreUnavailable
 from tether.store.protocol import Store
 from tether.store.records import IssuedToken
 from tether.store.sqlite.store import SqliteStore
@@ -122,3 +123,70 @@ async def chain_ok(store: Store) -> int:
 
 async def race(n: int, make: Callable[[int], Awaitable[Any]]) -> list[BaseException | Any]:
     return list(await asyncio.gather(*(make(i) for i in range(n)), return_exceptions=True))
+
+
+def upgrade_from(kind: str, tmp_path: Path, *, missing: dict[str, int], seed_sql: str,
+                 use: Callable[[Store], Coroutine[Any, Any, None]]) -> set[str]:  # fmt: skip
+    """A database at the schema before migration ``missing[kind]``, seeded with ``seed_sql``: the store
+    refuses to serve it unmigrated, then migrates it in place and ``use`` runs against it. Returns the
+    database's index names after the upgrade."""
+    if kind == "sqlite":
+        import sqlite3
+
+        from tether.store.sqlite.db import migrations as sqlite_migrations
+
+        path = tmp_path / "tether.db"
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for version, sql in sqlite_migrations():
+            if version >= missing["sqlite"]:
+                break
+            for statement in sql.split(";\n"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+        conn.execute(seed_sql)
+        conn.close()
+        with pytest.raises(StoreUnavailable, match="run tether migrate"):
+            SqliteStore.open(path, migrate_schema=False)
+        store = SqliteStore.open(path)
+        try:
+            asyncio.run(use(store))
+            query = "SELECT name FROM sqlite_master WHERE type = 'index'"
+            return set(store._db.run_sync(lambda c: {r[0] for r in c.execute(query)}))
+        finally:
+            store.close()
+
+    import psycopg
+
+    from tether.store.postgres.store import PostgresRedisStore
+    from tether.store.postgres.store import migrations as pg_migrations
+
+    require_postgres_and_redis()
+    schema = new_schema()
+
+    async def upgrade() -> None:
+        with pytest.raises(StoreUnavailable, match="run `tether migrate`"):
+            await PostgresRedisStore.open(schema_dsn(schema), REDIS_URL, prefix=schema)
+        pg_store = await PostgresRedisStore.open(schema_dsn(schema), REDIS_URL, prefix=schema, migrate=True)
+        try:
+            await use(pg_store)
+        finally:
+            await pg_store.aclose()
+
+    try:
+        with psycopg.connect(schema_dsn(schema), autocommit=True) as pg:
+            pg.execute(f'CREATE SCHEMA "{schema}"')
+            pg.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+            for version, sql in pg_migrations():
+                if version >= missing["postgres"]:
+                    break
+                pg.execute(sql.encode())
+                pg.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+            pg.execute(seed_sql.encode())
+        asyncio.run(upgrade())
+        with psycopg.connect(schema_dsn(schema), autocommit=True) as pg:
+            rows = pg.execute("SELECT indexname FROM pg_indexes WHERE schemaname = %s", (schema,)).fetchall()
+            return {str(r[0]) for r in rows}
+    finally:
+        drop_schema(schema)

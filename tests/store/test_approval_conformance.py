@@ -13,24 +13,20 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import secrets
-import sqlite3
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
-from storekit import BACKENDS, NOW, chain_ok, open_replicas, race, run, run_replicas
+from storekit import BACKENDS, NOW, chain_ok, open_replicas, race, run, run_replicas, upgrade_from
 
-from services import REDIS_URL, drop_schema, new_schema, require_postgres_and_redis, schema_dsn
 from tether.audit.chain import AuditEvent
 from tether.model import Approval, ApprovalStatus
 from tether.rules.approval_seal import ApprovalTampered, check_sealed, decision_mac, request_mac
 from tether.store.errors import CapReached, Conflict, NotFound, StoreUnavailable
 from tether.store.protocol import Store
 from tether.store.rows import APPROVAL_RETENTION
-from tether.store.sqlite.db import migrations as sqlite_migrations
 from tether.store.sqlite.store import SqliteStore
 
 KEY = secrets.token_bytes(32)
@@ -606,52 +602,7 @@ def test_a_database_on_the_previous_schema_upgrades_and_keeps_its_data(kind: str
         assert await store.get_approval(approval.id) == approval
         assert await chain_ok(store) == 1
 
-    if kind == "sqlite":
-        path = tmp_path / "tether.db"
-        conn = sqlite3.connect(path, isolation_level=None)
-        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-        for version, sql in sqlite_migrations()[:-1]:
-            for statement in sql.split(";\n"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
-        conn.execute(old_task)
-        conn.close()
-        with pytest.raises(StoreUnavailable, match="run tether migrate"):
-            SqliteStore.open(path, migrate_schema=False)
-        store = SqliteStore.open(path)
-        try:
-            asyncio.run(use(store))
-        finally:
-            store.close()
-        return
-
-    from tether.store.postgres.store import PostgresRedisStore
-    from tether.store.postgres.store import migrations as pg_migrations
-
-    require_postgres_and_redis()
-    schema = new_schema()
-
-    async def upgrade() -> None:
-        with pytest.raises(StoreUnavailable, match="run `tether migrate`"):
-            await PostgresRedisStore.open(schema_dsn(schema), REDIS_URL, prefix=schema)
-        pg_store = await PostgresRedisStore.open(schema_dsn(schema), REDIS_URL, prefix=schema, migrate=True)
-        try:
-            await use(pg_store)
-        finally:
-            await pg_store.aclose()
-
-    try:
-        with psycopg.connect(schema_dsn(schema), autocommit=True) as pg:
-            pg.execute(f'CREATE SCHEMA "{schema}"')
-            pg.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-            for version, sql in pg_migrations()[:-1]:
-                pg.execute(sql.encode())
-                pg.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
-            pg.execute(old_task.encode())
-        asyncio.run(upgrade())
-    finally:
-        drop_schema(schema)
+    upgrade_from(kind, tmp_path, missing={"sqlite": 7, "postgres": 8}, seed_sql=old_task, use=use)
 
 
 @pytest.mark.parametrize(

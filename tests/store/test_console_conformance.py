@@ -10,23 +10,18 @@ never let a filter value act as a pattern, to keep an audit page bounded, and to
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import sqlite3
 from pathlib import Path
 
-import psycopg
 import pytest
-from storekit import AGENT, BACKENDS, EVENT, NOW, chain_ok, run, task, token
+from storekit import AGENT, BACKENDS, EVENT, NOW, chain_ok, run, task, token, upgrade_from
 
-from services import REDIS_URL, drop_schema, new_schema, require_postgres_and_redis, schema_dsn
 from tether.audit.chain import AuditEvent, AuditRecord, first_broken
 from tether.model import TaskState
 from tether.store.errors import StoreUnavailable
 from tether.store.protocol import Store
 from tether.store.records import AgentHolding, AuditPage, Block, BlockKind
 from tether.store.rows import audit_search
-from tether.store.sqlite.db import migrations as sqlite_migrations
 from tether.store.sqlite.store import SqliteStore
 
 T0 = int(NOW)
@@ -537,56 +532,4 @@ def test_a_database_on_the_previous_schema_migrates_and_serves_the_console(kind:
         assert [r.kind for r in (await store.search_audit(kind="alert.raised", limit=5)).records] == ["alert.raised"]
         assert await chain_ok(store) == 1
 
-    if kind == "sqlite":
-        path = tmp_path / "tether.db"
-        conn = sqlite3.connect(path, isolation_level=None)
-        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-        for version, sql in sqlite_migrations()[:-1]:
-            for statement in sql.split(";\n"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
-        conn.execute(old_task)
-        conn.close()
-        with pytest.raises(StoreUnavailable, match="run tether migrate"):
-            SqliteStore.open(path, migrate_schema=False)
-        store = SqliteStore.open(path)
-        try:
-            asyncio.run(use(store))
-            names = store._db.run_sync(
-                lambda c: {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-            )
-            assert wanted <= names
-        finally:
-            store.close()
-        return
-
-    from tether.store.postgres.store import PostgresRedisStore
-    from tether.store.postgres.store import migrations as pg_migrations
-
-    require_postgres_and_redis()
-    schema = new_schema()
-
-    async def upgrade() -> None:
-        with pytest.raises(StoreUnavailable, match="run `tether migrate`"):
-            await PostgresRedisStore.open(schema_dsn(schema), REDIS_URL, prefix=schema)
-        pg_store = await PostgresRedisStore.open(schema_dsn(schema), REDIS_URL, prefix=schema, migrate=True)
-        try:
-            await use(pg_store)
-        finally:
-            await pg_store.aclose()
-
-    try:
-        with psycopg.connect(schema_dsn(schema), autocommit=True) as pg:
-            pg.execute(f'CREATE SCHEMA "{schema}"')
-            pg.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-            for version, sql in pg_migrations()[:-1]:
-                pg.execute(sql.encode())
-                pg.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
-            pg.execute(old_task.encode())
-        asyncio.run(upgrade())
-        with psycopg.connect(schema_dsn(schema), autocommit=True) as pg:
-            rows = pg.execute("SELECT indexname FROM pg_indexes WHERE schemaname = %s", (schema,)).fetchall()
-            assert wanted <= {r[0] for r in rows}
-    finally:
-        drop_schema(schema)
+    assert wanted <= upgrade_from(kind, tmp_path, missing={"sqlite": 8, "postgres": 9}, seed_sql=old_task, use=use)
