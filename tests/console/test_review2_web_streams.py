@@ -30,7 +30,7 @@ def _stream(browser: Browser) -> httpx.Client:
                         headers={"Cookie": f"{COOKIE}={browser.cookie}"})  # fmt: skip
 
 
-def test_web05_one_human_holds_at_most_max_streams_per_human_and_others_still_get_theirs(console: RunningConsole) -> None:
+def test_one_human_holds_at_most_max_streams_per_human_and_others_still_get_theirs(console: RunningConsole) -> None:
     task = create_task(console.sts)
     path = f"/tasks/{task['id']}/events"
     greedy = [console.login("viewer", "console:greedy") for _ in range(2)]  # two sessions, one human
