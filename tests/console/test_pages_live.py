@@ -13,7 +13,7 @@ from pageskit import RESOURCES, end_by_admin_api, make_lineage, sse_events
 
 from helpers import create_task
 from tether.console import live
-from tether.console.live import MAX_STREAMS
+from tether.console.live import MAX_STREAMS, MAX_STREAMS_PER_HUMAN
 from tether.console.web import COOKIE
 
 
@@ -65,9 +65,10 @@ def test_stream_needs_a_session(console: RunningConsole) -> None:
 def test_at_most_max_streams_per_process(console: RunningConsole) -> None:
     task = create_task(console.sts)
     viewer = console.login("viewer")
+    viewers = [console.login("viewer", f"console:v{n}") for n in range(MAX_STREAMS // MAX_STREAMS_PER_HUMAN)]
     with contextlib.ExitStack() as streams:
-        for _ in range(MAX_STREAMS):
-            client = streams.enter_context(_stream(viewer))
+        for n in range(MAX_STREAMS):  # spread over humans: each holds at most MAX_STREAMS_PER_HUMAN
+            client = streams.enter_context(_stream(viewers[n % len(viewers)]))
             response = streams.enter_context(client.stream("GET", f"/tasks/{task['id']}/events"))
             assert response.status_code == 200
         refused = viewer.get(f"/tasks/{task['id']}/events")

@@ -6,7 +6,9 @@ store announces a revocation (``wait_for_revocations``). It sends ``event: task`
 ``{"state", "revoked", "live"}`` whenever the task's state or its revoked tokens change (once at
 the start), and a comment line every ``HEARTBEAT`` seconds so proxies keep the connection.
 
-Bounded: at most ``MAX_STREAMS`` streams per process (one more is a 503 page), each ends after
+Bounded: at most ``MAX_STREAMS`` streams per process (one more is a 503 page) and
+``MAX_STREAMS_PER_HUMAN`` per principal (one more is a 429 page: one human, however many
+sessions or tabs, cannot take every slot and leave the other operators without live views), each ends after
 ``[console] session_idle`` seconds or when its session would time out (a stream is not activity:
 it never refreshes the session's last-seen time, so an open tab cannot keep an idle session
 alive), when the session is logged out on any replica (the logout mark is re-read each loop:
@@ -34,11 +36,12 @@ from tether.rules.console_session import logout_key
 from tether.store.errors import StoreError
 from tether.web.forms import Form
 
-__all__ = ["HEARTBEAT", "MAX_STREAMS", "POLL", "ROUTES", "task_events"]
+__all__ = ["HEARTBEAT", "MAX_STREAMS", "MAX_STREAMS_PER_HUMAN", "POLL", "ROUTES", "task_events"]
 
 log = logging.getLogger("tether.console")
 
 MAX_STREAMS = 32
+MAX_STREAMS_PER_HUMAN = 8
 POLL = 1.0
 HEARTBEAT = 15.0
 
@@ -48,6 +51,19 @@ class _Slots:
 
     def __init__(self) -> None:
         self.open = 0
+        self.by_human: dict[str, int] = {}
+
+    def take(self, principal: str) -> None:
+        self.open += 1
+        self.by_human[principal] = self.by_human.get(principal, 0) + 1
+
+    def give(self, principal: str) -> None:
+        self.open -= 1
+        left = self.by_human.get(principal, 1) - 1
+        if left > 0:
+            self.by_human[principal] = left
+        else:
+            self.by_human.pop(principal, None)
 
 
 def _slots(request: Request) -> _Slots:
@@ -62,16 +78,16 @@ def _slots(request: Request) -> _Slots:
 class _Stream(StreamingResponse):
     """A streaming response that gives its slot back however it ends (even if it never started)."""
 
-    def __init__(self, body: AsyncIterator[str], slots: _Slots) -> None:
+    def __init__(self, body: AsyncIterator[str], slots: _Slots, principal: str) -> None:
         super().__init__(body, media_type="text/event-stream",
                          headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})  # fmt: skip
-        self._slots = slots
+        self._slots, self._principal = slots, principal
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self._slots.open -= 1
+            self._slots.give(self._principal)
 
 
 def _event(data: dict[str, Any]) -> str:
@@ -86,7 +102,9 @@ async def task_events(request: Request, human: Human, form: Form | None) -> Resp
     slots = _slots(request)
     if slots.open >= MAX_STREAMS:
         return error_page(request, 503, "too many live views are open on this console; reload later", human=human)
-    slots.open += 1
+    if slots.by_human.get(human.principal, 0) >= MAX_STREAMS_PER_HUMAN:
+        return error_page(request, 429, "you have too many live views open; close some task pages", human=human)
+    slots.take(human.principal)
     store, task_id, session = ctx.store, task.id, human.session
     # the session's own end by its idle and absolute timeouts (WEB-01): a stream is not activity
     session_ends = min(session.seen + cfg.console.session_idle, session.iat + cfg.console.session_max)
@@ -122,7 +140,7 @@ async def task_events(request: Request, human: Human, form: Form | None) -> Resp
             except StoreError:
                 await asyncio.sleep(POLL)
 
-    response = _Stream(events(), slots)
+    response = _Stream(events(), slots, human.principal)
     # the cookie goes back unchanged: an open page must not keep an idle session alive (WEB-01),
     # and a cookie set here stops ``page`` from re-sealing it with a new last-seen time
     session_cookie(response, ctx.console_key, session, max_age=cfg.console.session_max)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import secrets
+import unicodedata
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 from urllib.parse import quote
 
 import jinja2
+from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -71,9 +73,25 @@ HEADERS = {
 }
 _HEADER_LIST = [(k.lower().encode(), v.encode()) for k, v in HEADERS.items()]
 
+_INVISIBLE = ("Cc", "Cf", "Co", "Cs", "Zl", "Zp")
+
+
+def visible(value: Any) -> Any:
+    """Jinja's ``finalize``: every value a template prints shows control and format characters
+    (bidi overrides such as U+202E, zero-width characters) as ``\\u202e`` instead of obeying them
+    (WEB-03; the "Trojan Source" trick, CVE-2021-42574): agent ids, purposes and audiences come
+    from the store, which a database writer can fill. HTML a template built (``Markup``) is left as is."""
+    if not isinstance(value, str) or isinstance(value, Markup):
+        return value
+    if all(unicodedata.category(c) not in _INVISIBLE for c in value):
+        return value
+    return "".join(f"\\u{ord(c):04x}" if unicodedata.category(c) in _INVISIBLE else c for c in value)
+
+
 _templates = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
     autoescape=True,  # WEB-03: every value from the store is attacker-chosen text
+    finalize=visible,
     undefined=jinja2.StrictUndefined,
     trim_blocks=True,
     lstrip_blocks=True,

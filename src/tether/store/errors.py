@@ -17,6 +17,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "TaskNotActive",
+    "UnreadableRow",
 ]
 
 
@@ -67,3 +68,9 @@ class Blocked(Conflict):
 
 class StoreUnavailable(StoreError, Unavailable):
     """The backing store could not answer; nothing may be granted."""
+
+
+class UnreadableRow(StoreUnavailable):
+    """A stored row no code of ours writes (a wrong type, JSON that does not parse, an unknown
+    state): only a database writer made it. Data in the store is not trusted because it is in
+    the store, so it fails closed as an unavailable store (503), never a 500 with a trace."""

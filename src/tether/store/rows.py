@@ -10,7 +10,7 @@ from typing import Any
 
 from tether.audit.chain import AuditEvent, AuditRecord
 from tether.model import Approval, ApprovalStatus, Task, TaskState
-from tether.store.errors import Conflict
+from tether.store.errors import Conflict, UnreadableRow
 from tether.store.records import (
     AuditMark,
     Block,
@@ -107,6 +107,15 @@ def task_principals(row: Sequence[Any] | None) -> tuple[str | None, ...]:
 
 
 def task_from_row(row: Sequence[Any]) -> Task:
+    """A task row, or ``UnreadableRow`` (fail closed, never a 500) for one only a database writer made."""
+    try:
+        return _task_from_row(row)
+    except (ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
+        log.error("task `%.40r`: its row cannot be read (%s)", row[0], type(exc).__name__)
+        raise UnreadableRow("a task row cannot be read") from None
+
+
+def _task_from_row(row: Sequence[Any]) -> Task:
     return Task(
         id=row[0],
         agent=row[1],
@@ -148,9 +157,18 @@ _TOKEN_FIELDS = tuple(TOKEN_COLUMNS.split(", "))
 _AUDIT_FIELDS = tuple(AUDIT_COLUMNS.split(", "))
 
 
+_TOKEN_INTEGERS = ("iat", "exp", "depth")
+
+
 def token_from_row(row: Sequence[Any]) -> IssuedToken:
-    """Integer columns come back as ``int`` from both backends (SQLite INTEGER, PostgreSQL BIGINT)."""
-    return IssuedToken(**dict(zip(_TOKEN_FIELDS, row, strict=True)))
+    """Integer columns come back as ``int`` from both backends (SQLite INTEGER, PostgreSQL BIGINT);
+    SQLite keeps any text a database writer put in one, which is ``UnreadableRow`` (never a 500)."""
+    fields = dict(zip(_TOKEN_FIELDS, row, strict=True))
+    numbers = [fields[name] for name in _TOKEN_INTEGERS] + ([] if fields["revoked_at"] is None else [fields["revoked_at"]])
+    if any(isinstance(n, bool) or not isinstance(n, int) for n in numbers):
+        log.error("token `%.40r`: its row cannot be read (text in an integer column)", fields["jti"])
+        raise UnreadableRow("a token row cannot be read")
+    return IssuedToken(**fields)
 
 
 def token_values(token: IssuedToken) -> tuple[Any, ...]:
@@ -159,8 +177,18 @@ def token_values(token: IssuedToken) -> tuple[Any, ...]:
 
 
 def audit_from_row(row: Sequence[Any]) -> AuditRecord:
+    """A detail that does not read as a JSON object (only a database writer makes one) is read as
+    ``{}``: the record's hash then fails to verify, so the chain's verifiers report it broken there
+    instead of every page that lists it failing with a 500."""
     fields = dict(zip(_AUDIT_FIELDS, row, strict=True))
-    return AuditRecord(**{**fields, "ts": float(row[1]), "detail": json.loads(row[8])})
+    try:
+        detail = json.loads(row[8])
+    except (ValueError, TypeError, RecursionError) as exc:
+        detail = None
+        log.error("audit record %.20r: its detail cannot be read (%s)", row[0], type(exc).__name__)
+    if not isinstance(detail, dict):
+        detail = {}
+    return AuditRecord(**{**fields, "ts": float(row[1]), "detail": detail})
 
 
 def audit_mark_from_row(row: Sequence[Any]) -> AuditMark:

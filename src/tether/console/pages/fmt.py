@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 from typing import Any
+from urllib.parse import quote
 
-__all__ = ["FORMATS", "duration", "when"]
+__all__ = ["FORMATS", "duration", "task_href", "when"]
 
 
 def when(ts: float | int | None) -> str:
@@ -29,4 +30,16 @@ def duration(seconds: float | int | None) -> str:
     return f"{int(value)} s"
 
 
-FORMATS: dict[str, Any] = {"when": when, "duration": duration}
+def task_href(task_id: object) -> str:
+    """The link to a task's page, or ``""`` when its id cannot name one (SECURITY WEB-03).
+
+    Ids come from the store (a database writer, an audit record's ``task``) and are not trusted.
+    The server percent-decodes a path before routing, so no escaping keeps a ``/`` inside one
+    segment: ``/tasks/t%2Fcancel%2Fconfirm`` routes as the cancel confirmation of task ``t``;
+    ``.`` and ``..`` are resolved by the browser. Such an id gets no link (it is shown as text)."""
+    if not isinstance(task_id, str) or not task_id or "/" in task_id or task_id in (".", "..") or len(task_id) > 200:
+        return ""
+    return "/tasks/" + quote(task_id, safe="")
+
+
+FORMATS: dict[str, Any] = {"when": when, "duration": duration, "task_href": task_href}

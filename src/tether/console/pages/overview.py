@@ -18,7 +18,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from tether.audit.chain import AuditRecord
-from tether.console.pages.fmt import FORMATS
+from tether.console.pages.fmt import FORMATS, task_href
+from tether.console.pages.shown import plain
 from tether.console.web import Human, context, page, render
 from tether.model import TaskState
 from tether.monitor.cursor import head_seq, seq_before
@@ -76,6 +77,23 @@ async def feed_head(store: Store, *, now: float) -> FeedHead:
     return FeedHead(newest, max(0.0, now - newest.at))
 
 
+#: badge classes by severity: a stored severity names no CSS class of its own (WEB-03)
+_SEVERITY = {"critical": "severity-critical", "high": "severity-high", "medium": "severity-medium", "low": "severity-low",
+             "info": "severity-info"}  # fmt: skip
+
+
+def _alert(record: AuditRecord) -> dict[str, object]:
+    """An alert record as the overview shows it: stored text with control characters visible (``shown.plain``)."""
+    detail = record.detail
+    severity = plain(detail.get("severity"), limit=20)
+    return {
+        "ts": record.ts, "severity": severity, "severity_class": _SEVERITY.get(severity.lower(), ""),
+        "detector": plain(detail.get("detector"), limit=80), "reason": plain(detail.get("reason")),
+        "agent": plain(detail.get("agent") or record.principal, limit=200), "task": plain(record.task, limit=80),
+        "task_href": task_href(record.task),
+    }  # fmt: skip
+
+
 def _summary_extra(record: AuditRecord) -> int:
     """How many refusals beyond one this record stands for (an anonymous refusals' summary)."""
     counted = record.detail.get("aggregated")
@@ -128,7 +146,7 @@ async def overview(request: Request, human: Human, form: Form | None) -> Respons
     recent = await store.audit_counts(after=max(minute, head - SCAN), scan=SCAN)
     issued = sum(n for (kind, outcome, _), n in recent.items() if kind == "token.issued" and outcome == "ok")
     refusals = await count_refusals(store, after=quarter, head=head)
-    alerts = (await store.search_audit(kind="alert.raised", limit=5)).records
+    alerts = [_alert(r) for r in (await store.search_audit(kind="alert.raised", limit=5)).records]
     feed = await feed_head(store, now=now)
     states = [(state.value, counts.get(state, 0)) for state in TaskState]
     return render(request, "overview.html", {

@@ -31,6 +31,7 @@ from starlette.routing import BaseRoute, Route
 from tether.audit import checkpoint
 from tether.audit.chain import AuditRecord
 from tether.audit.export import ExportBroken, verify_export
+from tether.console.pages.fmt import task_href
 from tether.console.pages.shown import compact, fields, int_param, plain, text_param, when
 from tether.console.web import Human, config, context, page, render
 from tether.gateway.routes import days_to_expiry, utc_date
@@ -78,7 +79,8 @@ def _row(record: AuditRecord) -> dict[str, Any]:
 
 def _alert(record: AuditRecord) -> dict[str, Any]:
     detail = record.detail
-    row = {"seq": record.seq, "time": when(record.ts), "task": plain(record.task, limit=80), "task_raw": record.task or ""}
+    row = {"seq": record.seq, "time": when(record.ts), "task": plain(record.task, limit=80), "task_raw": record.task or "",
+           "task_href": task_href(record.task)}  # fmt: skip
     row.update(fields(detail, "detector", "severity", "agent", "reason"))
     row["evidence"] = compact(detail.get("evidence", {}), limit=400)
     actions = detail.get("actions", [])
