@@ -71,5 +71,6 @@ def shoot(page: Page, name: str) -> None:
     """Save a screenshot for the README when ``TETHER_SCREENSHOTS=1`` (never in a normal test run)."""
     if os.environ.get("TETHER_SCREENSHOTS") == "1":
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        phone = (page.viewport_size or {}).get("width", 1280) < 600
+        size = page.viewport_size
+        phone = size is not None and size["width"] < 600
         page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=phone)
