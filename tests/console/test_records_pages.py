@@ -14,6 +14,7 @@ from consolekit import RunningConsole, running_console
 from recordskit import append, cells, checkpoint
 
 from services import store_sql
+from tether.console.pages.records import CHAIN_CACHE, without_userinfo
 
 HOSTILE = "<script>alert(1)</script>\"'&\u202egnp.exe"
 EXPIRED = (dt.date.today() - dt.timedelta(days=30)).isoformat()
@@ -37,7 +38,7 @@ expires = {EXPIRED}
 
 [[gateway.routes]]
 name = "billing"
-upstream = "http://127.0.0.1:9/billing"
+upstream = "http://billing-user:s3cr3t-in-url@127.0.0.1:9/billing"
 secret = "billing-key"
 allow = ["GET /invoices"]
 owner = "team-billing"
@@ -130,6 +131,8 @@ def test_exceptions_show_owner_expiry_and_calls(console: RunningConsole) -> None
     assert "GET /v1/items/*" in cells(page.text, "Allowlist")[0]
     assert "among the newest 5000 audit records" in page.text
     assert "<script>alert(1)" not in page.text and "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+    assert "s3cr3t-in-url" not in page.text and "billing-user" not in page.text  # userinfo never shown
+    assert "http://[redacted]@127.0.0.1:9/billing" in cells(page.text, "Upstream")[1]
 
 
 # -- policies -------------------------------------------------------------------------------------
@@ -201,8 +204,24 @@ def test_audit_chain_status_verifies_the_newest_checkpoint_and_detects_an_edit(c
     assert "verified</span>" in page.text and f"Newest checkpoint: record {written.seq}" in page.text
     assert "signature verified with the issuer" in page.text
     store_sql(config, "UPDATE audit SET outcome = ? WHERE seq = ?", ("refused", after.seq))
+    assert "broken</span>" not in browser.get("/audit").text  # one verification serves CHAIN_CACHE seconds
+    console.sts.clock.advance(CHAIN_CACHE + 1)
     broken = browser.get("/audit")
     assert broken.status_code == 200
     assert "broken</span>" in broken.text and f"broken at record {after.seq}" in broken.text
     store_sql(config, "UPDATE audit SET outcome = ? WHERE seq = ?", ("ok", after.seq))  # the module's log stays intact
+    console.sts.clock.advance(CHAIN_CACHE + 1)
     assert "verified</span>" in browser.get("/audit").text
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://u:p@api.example/x?q=1", "https://[redacted]@api.example/x?q=1"),
+        ("https://token@api.example:8443/", "https://[redacted]@api.example:8443/"),
+        ("http://u:p@[::1]:9/", "http://[redacted]@[::1]:9/"),
+        ("https://api.example/x", "https://api.example/x"),
+    ],
+)
+def test_upstream_userinfo_is_never_shown(url: str, shown: str) -> None:
+    assert without_userinfo(url) == shown

@@ -36,13 +36,15 @@ from tether.rules.console_session import logout_key
 from tether.store.errors import StoreError
 from tether.web.forms import Form
 
-__all__ = ["HEARTBEAT", "MAX_STREAMS", "MAX_STREAMS_PER_HUMAN", "POLL", "ROUTES", "task_events"]
+__all__ = ["HEARTBEAT", "MAX_STREAMS", "MAX_STREAMS_PER_HUMAN", "MIN_GAP", "POLL", "ROUTES", "task_events"]
 
 log = logging.getLogger("tether.console")
 
 MAX_STREAMS = 32
 MAX_STREAMS_PER_HUMAN = 8
 POLL = 1.0
+#: the shortest time between two reads of one stream, however many revocations arrive
+MIN_GAP = 0.25
 HEARTBEAT = 15.0
 
 
@@ -135,10 +137,13 @@ async def task_events(request: Request, human: Human, form: Form | None) -> Resp
             if loop.time() >= beat:
                 beat = loop.time() + HEARTBEAT
                 yield ": heartbeat\n\n"
+            woke = loop.time()
             try:
                 await store.wait_for_revocations(since=generation, timeout=max(0.0, min(POLL, ends - loop.time())))
             except StoreError:
                 await asyncio.sleep(POLL)
+            # a burst of revocations wakes each stream at most every MIN_GAP seconds, not once per revocation
+            await asyncio.sleep(max(0.0, MIN_GAP - (loop.time() - woke)))
 
     response = _Stream(events(), slots, human.principal)
     # the cookie goes back unchanged: an open page must not keep an idle session alive (WEB-01),

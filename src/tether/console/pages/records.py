@@ -23,6 +23,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -40,7 +41,17 @@ from tether.store.records import AuditPage
 from tether.sts.context import StsContext
 from tether.web.forms import Form
 
-__all__ = ["ALERT_SCAN", "AUDIT_SCAN", "CALL_WINDOW", "ROUTES", "SHADOW_SCAN", "VERIFY_MAX", "chain_status"]
+__all__ = [
+    "ALERT_SCAN",
+    "AUDIT_SCAN",
+    "CALL_WINDOW",
+    "CHAIN_CACHE",
+    "ROUTES",
+    "SHADOW_SCAN",
+    "VERIFY_MAX",
+    "chain_status",
+    "without_userinfo",
+]
 
 #: audit records examined per alerts page
 ALERT_SCAN = 20_000
@@ -123,7 +134,7 @@ async def exceptions(request: Request, human: Human, form: Form | None) -> Respo
         routes.append({
             "name": route.name, "owner": plain(route.owner), "justification": plain(route.justification, limit=500),
             "expires": route.expires.isoformat(), "days": days_to_expiry(route, today),
-            "upstream": plain(route.upstream, limit=200),
+            "upstream": plain(without_userinfo(route.upstream), limit=200),
             "inject": route.injection.mode,
             "allow": _allow_summary([str(rule) for rule in route.allow]),
             "caps": f"{route.max_requests_per_task}/task, {route.max_requests_per_second}/s, "
@@ -137,7 +148,7 @@ async def exceptions(request: Request, human: Human, form: Form | None) -> Respo
         mcp.append({
             "name": m.name, "owner": plain(m.owner), "justification": plain(m.justification, limit=500),
             "expires": m.expires.isoformat(), "days": days,
-            "upstream": plain(m.url, limit=200) if m.url else "stdio: " + plain(" ".join(m.command), limit=200),
+            "upstream": plain(without_userinfo(m.url), limit=200) if m.url else _stdio(m.command),
             "credential": m.credential + (f" (vault `{plain(m.secret, limit=60)}`)" if m.secret else ""),
             "allow": _allow_summary(list(m.tools)) or "every tool the catalogue pins",
             "caps": f"{m.max_calls_per_task}/task, {m.max_calls_per_second}/s, {m.max_argument_bytes} B arguments, "
@@ -209,6 +220,40 @@ def _issuer_keys(ctx: StsContext) -> dict[str, PublicKey]:
     return {kid: key.public for kid in ring.kids if (key := ring.public_key(kid, now=now)) is not None}
 
 
+#: seconds one verification of the chain serves every audit page view of this process
+CHAIN_CACHE = 5.0
+_chain_cache: dict[int, tuple[float, ChainStatus]] = {}
+
+
+def _stdio(command: tuple[str, ...] | list[str]) -> str:
+    return "stdio: " + plain(" ".join(command), limit=200)
+
+
+def without_userinfo(url: str) -> str:
+    """An upstream URL as viewers may see it: a ``user:password@`` part is never shown."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, "[redacted]@" + netloc, parts.path, parts.query, parts.fragment))
+
+
+async def _cached_chain_status(ctx: StsContext) -> ChainStatus:
+    """``chain_status`` at most once per ``CHAIN_CACHE`` seconds per runtime: a viewer reloading the
+    audit page in a loop costs one bounded verification every few seconds, not one per view."""
+    now = ctx.now()
+    hit = _chain_cache.get(id(ctx))
+    if hit is not None and now - hit[0] < CHAIN_CACHE:
+        return hit[1]
+    status = await chain_status(ctx)
+    _chain_cache.clear()  # one runtime per process in practice: never grow
+    _chain_cache[id(ctx)] = (now, status)
+    return status
+
+
 async def chain_status(ctx: StsContext) -> ChainStatus:
     """Verify the newest checkpoint (signature, issuer, pinned fields) and the links from the record
     it vouches for onward, at most ``VERIFY_MAX`` records: bounded work on every view.
@@ -269,7 +314,7 @@ async def audit(request: Request, human: Human, form: Form | None) -> Response:
     found: AuditPage = await ctx.store.search_audit(task=task, principal=principal, kind=kind, before=before,
                                                     limit=cfg.console.page_size, scan=AUDIT_SCAN)  # fmt: skip
     query = {k: v for k, v in (("task", task), ("principal", principal), ("kind", kind)) if v}
-    status = await chain_status(ctx)
+    status = await _cached_chain_status(ctx)
     return render(request, "records_audit.html", {"title": "Audit", "rows": [_row(r) for r in found.records],
                   "query": query, "before": before, "next_before": found.next_before, "scan": AUDIT_SCAN,
                   "indexed": task is not None, "chain": status, "verify_max": VERIFY_MAX}, human=human)  # fmt: skip
