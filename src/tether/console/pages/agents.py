@@ -17,7 +17,7 @@ from starlette.routing import BaseRoute, Route
 
 from tether.console.actions import MAX_PRINCIPAL, block_principal
 from tether.console.pages.fmt import FORMATS
-from tether.console.web import Human, client_address, config, context, page, render
+from tether.console.web import Human, client_address, context, page, render
 from tether.errors import InvalidRequest, NotFoundError
 from tether.store.records import BlockKind
 from tether.web.forms import Form
@@ -26,6 +26,8 @@ __all__ = ["ROUTES", "parse_principal"]
 
 #: blocked principals listed on one page
 BLOCKS = 500
+#: agents listed (those holding the most live tokens first); any other agent is one search away on /tasks
+AGENTS = 200
 _OPS = ("block", "unblock")
 
 
@@ -51,16 +53,16 @@ def _op(request: Request) -> str:
 @page("view")
 async def agents_page(request: Request, human: Human, form: Form | None) -> Response:
     """GET ``/agents``: holdings with risk and blocked state, and the kill switch's entries."""
-    ctx, cfg = context(request), config(request)
+    ctx = context(request)
     now = ctx.now()
-    holdings = await ctx.store.agent_holdings(now=now, limit=cfg.console.page_size)
+    holdings = await ctx.store.agent_holdings(now=now, limit=AGENTS)
     blocks = await ctx.store.list_blocks(limit=BLOCKS)
     blocked = {(b.kind.value, b.value): b.since for b in blocks}
     rows = [{"agent": h.agent, "tasks": h.tasks, "tokens": h.tokens, "risk": ctx.risk(h.agent),
              "blocked": blocked.get((BlockKind.AGENT.value, h.agent))} for h in holdings]  # fmt: skip
     return render(request, "agents.html", {
         **FORMATS, "title": "Agents", "rows": rows, "blocks": blocks, "operator": human.may("act"),
-        "kinds": [k.value for k in BlockKind],
+        "kinds": [k.value for k in BlockKind], "more": len(holdings) >= AGENTS, "shown": AGENTS,
     }, human=human)  # fmt: skip
 
 
