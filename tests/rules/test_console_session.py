@@ -6,7 +6,7 @@ import base64
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tether.errors import AccessDenied
@@ -84,6 +84,7 @@ def test_web01_session_seen_in_the_future_or_before_login_is_refused() -> None:
             _open(seal_session(KEY, bad), now=T0 + 10)
 
 
+@settings(max_examples=60)
 @given(st.text(min_size=1, max_size=40), st.text(min_size=1, max_size=40))
 def test_web02_csrf_token_of_one_session_never_verifies_for_another(sid: str, other: str) -> None:
     check_csrf(KEY, sid, csrf_token(KEY, sid))

@@ -222,7 +222,6 @@ def _issuer_keys(ctx: StsContext) -> dict[str, PublicKey]:
 
 #: seconds one verification of the chain serves every audit page view of this process
 CHAIN_CACHE = 5.0
-_chain_cache: dict[int, tuple[float, ChainStatus]] = {}
 
 
 def _stdio(command: tuple[str, ...] | list[str]) -> str:
@@ -241,16 +240,15 @@ def without_userinfo(url: str) -> str:
     return urlunsplit((parts.scheme, "[redacted]@" + netloc, parts.path, parts.query, parts.fragment))
 
 
-async def _cached_chain_status(ctx: StsContext) -> ChainStatus:
-    """``chain_status`` at most once per ``CHAIN_CACHE`` seconds per runtime: a viewer reloading the
-    audit page in a loop costs one bounded verification every few seconds, not one per view."""
+async def _cached_chain_status(request: Request, ctx: StsContext) -> ChainStatus:
+    """``chain_status`` at most once per ``CHAIN_CACHE`` seconds per console app: a viewer reloading
+    the audit page in a loop costs one bounded verification every few seconds, not one per view."""
     now = ctx.now()
-    hit = _chain_cache.get(id(ctx))
-    if hit is not None and now - hit[0] < CHAIN_CACHE:
+    hit: tuple[float, ChainStatus] | None = getattr(request.app.state, "chain_status", None)
+    if hit is not None and 0 <= now - hit[0] < CHAIN_CACHE:
         return hit[1]
     status = await chain_status(ctx)
-    _chain_cache.clear()  # one runtime per process in practice: never grow
-    _chain_cache[id(ctx)] = (now, status)
+    request.app.state.chain_status = (now, status)
     return status
 
 
@@ -314,7 +312,7 @@ async def audit(request: Request, human: Human, form: Form | None) -> Response:
     found: AuditPage = await ctx.store.search_audit(task=task, principal=principal, kind=kind, before=before,
                                                     limit=cfg.console.page_size, scan=AUDIT_SCAN)  # fmt: skip
     query = {k: v for k, v in (("task", task), ("principal", principal), ("kind", kind)) if v}
-    status = await _cached_chain_status(ctx)
+    status = await _cached_chain_status(request, ctx)
     return render(request, "records_audit.html", {"title": "Audit", "rows": [_row(r) for r in found.records],
                   "query": query, "before": before, "next_before": found.next_before, "scan": AUDIT_SCAN,
                   "indexed": task is not None, "chain": status, "verify_max": VERIFY_MAX}, human=human)  # fmt: skip
