@@ -26,14 +26,7 @@ if TYPE_CHECKING:
     from tether.config import Config
     from tether.sts.bootstrap import Sts
 
-__all__ = ["console_base", "console_command", "login_link"]
-
-
-def console_base(cfg: Config, host: str | None = None, port: int | None = None) -> str:
-    """The URL humans open: ``[console] public_url``, else ``http://host:port``."""
-    if cfg.console.public_url:
-        return cfg.console.public_url
-    return f"http://{host or cfg.console.host}:{port or cfg.console.port}"
+__all__ = ["console_command", "login_link"]
 
 
 def login_link(cfg: Config, base: str, *, role: str, principal: str | None) -> str:
@@ -74,7 +67,7 @@ def console_command(
     if role not in ROLES:
         fail(f"--role must be one of {', '.join(ROLES)}", code=2)
     cfg = config_or_exit(config)
-    base = console_base(cfg, host, port)
+    base = cfg.console.base_url(host, port)
     with errors_to_exit():
         url = login_link(cfg, base, role=role, principal=as_)
     if link:

@@ -44,6 +44,13 @@ class ConsoleSettings:
     #: rows per page on the list pages
     page_size: int = 50
 
+    def base_url(self, host: str | None = None, port: int | None = None) -> str:
+        """The URL humans open: ``public_url``, else ``http://host:port`` (``tether console --host/--port``
+        override the bind address); the OIDC redirect URI and the login links start with it."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        return f"http://{host or self.host}:{port or self.port}"
+
 
 @dataclass(frozen=True)
 class ConsoleOidcSettings:

@@ -55,6 +55,7 @@ from tether.identity.oidc import render_principal
 from tether.model import IdentityKind
 from tether.rules.console_session import LOGIN_TTL, LoginState, login_key, open_login, seal_login
 from tether.rules.dpop import numeric_date
+from tether.rules.signed_token import b64url
 from tether.store.errors import StoreError
 from tether.streams import read_at_most
 
@@ -127,8 +128,7 @@ def _client() -> httpx.AsyncClient:
 
 def redirect_uri(cfg: Config) -> str:
     """The exact redirect URI registered at the provider (WEB-04): ``{public_url}/login/callback``."""
-    base = cfg.console.public_url or f"http://{cfg.console.host}:{cfg.console.port}"
-    return base.rstrip("/") + "/login/callback"
+    return cfg.console.base_url() + "/login/callback"
 
 
 def _endpoint(doc: Mapping[str, Any], name: str, issuer: str) -> str:
@@ -197,13 +197,9 @@ async def _keys(request: Request, client: httpx.AsyncClient, issuer: str, meta: 
     return cache.keys
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
 def _challenge(verifier: str) -> str:
     """RFC 7636 §4.2: ``BASE64URL(SHA256(ASCII(code_verifier)))``."""
-    return _b64(hashlib.sha256(verifier.encode("ascii")).digest())
+    return b64url(hashlib.sha256(verifier.encode("ascii")).digest())
 
 
 async def start_login(request: Request) -> Response:

@@ -17,17 +17,15 @@ a second derived key (``"approval-links"``). The STS spends the nonce once (``St
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from tether.errors import AccessDenied, ExpiredToken, TetherError
 from tether.model import Approval
+from tether.rules.signed_token import b64url, open_payload, seal_payload
 from tether.rules.tool_call import canonical_json
 
 __all__ = ["DECISIONS", "ApprovalTampered", "Link", "check_sealed", "decision_mac", "request_mac", "sign_link", "verify_link"]
@@ -43,7 +41,7 @@ class ApprovalTampered(TetherError):
 
 def _tag(key: bytes, content: Mapping[str, Any], *, prefix: bytes = b"") -> str:
     mac = hmac.new(key, prefix + canonical_json(dict(content)).encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
+    return b64url(mac)
 
 
 def request_mac(key: bytes, approval: Approval) -> str:
@@ -82,15 +80,9 @@ class Link:
     nonce: str
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
 def sign_link(key: bytes, link: Link) -> str:
-    payload = _b64(canonical_json({"a": link.approval, "p": link.approver, "d": link.decision, "x": link.exp,
-                                   "n": link.nonce}).encode())  # fmt: skip
-    tag = hmac.new(key, _LINK_TAG + payload.encode(), hashlib.sha256).digest()
-    return f"{payload}.{_b64(tag)}"
+    return seal_payload(key, _LINK_TAG, {"a": link.approval, "p": link.approver, "d": link.decision, "x": link.exp,
+                                         "n": link.nonce})  # fmt: skip
 
 
 _INVALID = "the link is not valid"
@@ -101,16 +93,12 @@ def verify_link(key: bytes, token: str, *, now: float) -> Link:
 
     The tag is checked before anything in the payload is read; single use is the caller's
     (the nonce, ``Store.first_use``)."""
-    if not isinstance(token, str) or len(token) > MAX_LINK or not token.isascii() or token.count(".") != 1:
-        raise AccessDenied(_INVALID, debug="link malformed")
-    payload, tag = token.split(".")
-    expected = _b64(hmac.new(key, _LINK_TAG + payload.encode(), hashlib.sha256).digest())
-    if not hmac.compare_digest(tag.encode(), expected.encode()):
-        raise AccessDenied(_INVALID, debug="link tag does not verify")
+    data = open_payload(key, _LINK_TAG, token, max_length=MAX_LINK)
+    if data is None:
+        raise AccessDenied(_INVALID, debug="link malformed or its tag does not verify")
     try:
-        data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
         link = Link(data["a"], data["p"], data["d"], data["x"], data["n"])
-    except (binascii.Error, ValueError, KeyError, TypeError):
+    except KeyError:
         raise AccessDenied(_INVALID, debug="link payload malformed") from None
     texts = (link.approval, link.approver, link.nonce)
     if (

@@ -1,7 +1,7 @@
 """The operator console's sessions, CSRF tokens and one-time login links (SECURITY WEB-01, 02, 04).
 
-Pure: no I/O, no clock of its own. Everything the console hands a browser is ``payload.tag``:
-RFC 8785 JSON in base64url, then an HMAC-SHA256 tag (RFC 2104) under a key derived from the
+Pure: no I/O, no clock of its own. Everything the console hands a browser is ``payload.tag``
+(``rules.signed_token``): RFC 8785 JSON in base64url, then an HMAC-SHA256 tag under a key derived from the
 master key (``keys.sealed.derive_key(master, "console")``), with a label per kind of value so a
 login link can never be presented as a session or the other way round. The tag is checked
 before anything in the payload is read.
@@ -19,18 +19,14 @@ before anything in the payload is read.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import hashlib
 import hmac
-import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from tether.errors import AccessDenied, TetherError
-from tether.rules.tool_call import canonical_json
+from tether.rules.signed_token import b64url, open_payload, seal_payload
 
 __all__ = [
     "LoginLink",
@@ -58,30 +54,6 @@ class SessionInvalid(TetherError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _seal(key: bytes, label: bytes, content: Mapping[str, Any]) -> str:
-    payload = _b64(canonical_json(dict(content)).encode())
-    return f"{payload}.{_b64(hmac.new(key, label + payload.encode(), hashlib.sha256).digest())}"
-
-
-def _open(key: bytes, label: bytes, sealed: str) -> dict[str, Any] | None:
-    """The payload when the tag verifies, else ``None`` (checked before the payload is decoded)."""
-    if not isinstance(sealed, str) or len(sealed) > MAX_SEALED or not sealed.isascii() or sealed.count(".") != 1:
-        return None
-    payload, tag = sealed.split(".")
-    expected = _b64(hmac.new(key, label + payload.encode(), hashlib.sha256).digest())
-    if not hmac.compare_digest(tag.encode(), expected.encode()):
-        return None
-    try:
-        data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (binascii.Error, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _strings(value: Any) -> frozenset[str] | None:
@@ -117,7 +89,7 @@ class Session:
 
 
 def seal_session(key: bytes, session: Session) -> str:
-    return _seal(key, _SESSION, {
+    return seal_payload(key, _SESSION, {
         "sid": session.sid, "p": session.principal, "r": sorted(session.roles), "g": sorted(session.groups),
         "v": session.via, "iat": session.iat, "seen": session.seen, "n": session.name, "i": session.issuer,
     })  # fmt: skip
@@ -127,7 +99,7 @@ def open_session(key: bytes, sealed: str | None, *, now: float, idle: int, max_a
     """The session a cookie carries, if it verifies and neither timeout has passed (WEB-01)."""
     if not sealed:
         raise SessionInvalid("no session")
-    data = _open(key, _SESSION, sealed)
+    data = open_payload(key, _SESSION, sealed, max_length=MAX_SEALED)
     if data is None:
         raise SessionInvalid("session cookie does not verify")
     roles, groups = _strings(data.get("r")), _strings(data.get("g"))
@@ -152,7 +124,7 @@ def logout_key(sid: str) -> str:
 
 def csrf_token(key: bytes, sid: str) -> str:
     """The CSRF token of session ``sid`` (WEB-02): an HMAC of the id, never stored."""
-    return _b64(hmac.new(key, _CSRF + sid.encode(), hashlib.sha256).digest())
+    return b64url(hmac.new(key, _CSRF + sid.encode(), hashlib.sha256).digest())
 
 
 def check_csrf(key: bytes, sid: str, presented: object) -> None:
@@ -174,7 +146,7 @@ class LoginLink:
 
 
 def seal_link(key: bytes, link: LoginLink) -> str:
-    return _seal(key, _LINK, {"p": link.principal, "r": link.role, "x": link.exp, "n": link.nonce})
+    return seal_payload(key, _LINK, {"p": link.principal, "r": link.role, "x": link.exp, "n": link.nonce})
 
 
 _BAD_LINK = "this login link is not valid; ask for a new one (tether console --link)"
@@ -182,7 +154,7 @@ _BAD_LINK = "this login link is not valid; ask for a new one (tether console --l
 
 def open_link(key: bytes, sealed: str, *, now: float) -> LoginLink:
     """The link's content if it verifies and has not expired (``AccessDenied``); single use is the caller's."""
-    data = _open(key, _LINK, sealed)
+    data = open_payload(key, _LINK, sealed, max_length=MAX_SEALED)
     if data is None:
         raise AccessDenied(_BAD_LINK, debug="login link does not verify")
     exp = _int(data.get("x"))
@@ -222,7 +194,7 @@ class LoginState:
 
 
 def seal_login(key: bytes, login: LoginState) -> str:
-    return _seal(key, _LOGIN, {"s": login.state, "n": login.nonce, "v": login.verifier, "x": login.next_path,
+    return seal_payload(key, _LOGIN, {"s": login.state, "n": login.nonce, "v": login.verifier, "x": login.next_path,
                                "e": login.exp})  # fmt: skip
 
 
@@ -231,7 +203,7 @@ def open_login(key: bytes, sealed: str | None, *, now: float) -> LoginState:
     never opens as one) and has not expired; ``AccessDenied`` otherwise."""
     if not sealed:
         raise AccessDenied("this login was not started here or has expired; start again", debug="no login cookie")
-    data = _open(key, _LOGIN, sealed)
+    data = open_payload(key, _LOGIN, sealed, max_length=MAX_SEALED)
     if data is None:
         raise AccessDenied("this login was not started here; start again", debug="login cookie does not verify")
     exp = _int(data.get("e"))
