@@ -344,6 +344,16 @@ def approval_from_row(row: Sequence[Any], *, expired: bool = False) -> Approval:
         )  # fmt: skip
 
 
+def _after_row(table: str, *, mark: str, ordered: str, ties: str) -> str:
+    """The keyset condition "rows after the row with id ``{mark}``" in newest-first order: older,
+    or as old with an id beyond it (``ties``: ``<`` when ids run descending, ``>`` ascending)."""
+    a_id, b_id = ordered.replace("id", "a.id", 1), ordered.replace("id", "b.id", 1)
+    return (
+        f" AND EXISTS (SELECT 1 FROM {table} b WHERE b.id = {mark} AND (a.created_at < b.created_at"
+        f" OR (a.created_at = b.created_at AND {a_id} {ties} {b_id})))"
+    )
+
+
 def approvals_query(
     *, status: ApprovalStatus | None, task: str | None, before: str | None, now: float, mark: str, ordered: str
 ) -> tuple[str, list[object]]:
@@ -361,11 +371,7 @@ def approvals_query(
         sql += f" AND task = {mark}"
         args.append(task)
     if before is not None:  # an unknown id pages from nowhere: nothing
-        a_id, b_id = ordered.replace("id", "a.id", 1), ordered.replace("id", "b.id", 1)
-        sql += (
-            f" AND EXISTS (SELECT 1 FROM approvals b WHERE b.id = {mark} AND (a.created_at < b.created_at"
-            f" OR (a.created_at = b.created_at AND {a_id} < {b_id})))"
-        )
+        sql += _after_row("approvals", mark=mark, ordered=ordered, ties="<")
         args.append(before)
     a_id = ordered.replace("id", "a.id", 1)
     return sql + f" ORDER BY a.created_at DESC, {a_id} DESC LIMIT {mark}", args
@@ -404,14 +410,10 @@ def tasks_query(
     if audience is not None:
         sql += f" AND {has_audience.format(mark=mark)}"
         args.append(audience)
-    a_id, b_id = ordered.replace("id", "a.id", 1), ordered.replace("id", "b.id", 1)
     if after is not None:
-        sql += (
-            f" AND EXISTS (SELECT 1 FROM tasks b WHERE b.id = {mark} AND (a.created_at < b.created_at"
-            f" OR (a.created_at = b.created_at AND {a_id} > {b_id})))"
-        )
+        sql += _after_row("tasks", mark=mark, ordered=ordered, ties=">")
         args.append(after)
-    return sql + f" ORDER BY a.created_at DESC, {a_id} LIMIT {mark}", args
+    return sql + f" ORDER BY a.created_at DESC, {ordered.replace('id', 'a.id', 1)} LIMIT {mark}", args
 
 
 def audit_search(
