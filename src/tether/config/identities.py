@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 #: the top-level arrays of tables
-TABLES = ("trust_domains", "oidc_issuers", "clients", "resources", "approver_groups")
+TABLES = ("trust_domains", "oidc_issuers", "clients", "resources", "approver_groups", "federation")
 
 
 @dataclass(frozen=True)
@@ -207,15 +207,20 @@ def parse_resources(data: Mapping[str, Any]) -> tuple[ResourceConfig, ...]:
 
 
 def parse_namespaces(
-    domains: tuple[TrustDomainConfig, ...], issuers: tuple[OidcIssuerConfig, ...], clients: tuple[ClientConfig, ...]
+    domains: tuple[TrustDomainConfig, ...],
+    issuers: tuple[OidcIssuerConfig, ...],
+    clients: tuple[ClientConfig, ...],
+    federated: Iterable[Namespace] = (),
 ) -> tuple[Namespace, ...]:
-    """Each identity source's namespace (``tether.rules.namespace``); overlapping ones are refused."""
+    """Each identity source's namespace (``tether.rules.namespace``), a federation peer's among
+    them (``config.federation``); overlapping ones are refused."""
     spaces = [Namespace("spiffe", f"spiffe://{d.name}", f"spiffe://{d.name}/", key=f"trust_domains[{i}]")
               for i, d in enumerate(domains)]  # fmt: skip
     spaces += [Namespace("oidc", o.issuer, o.principal.split("{", 1)[0], key=f"oidc_issuers[{i}].principal")
                for i, o in enumerate(issuers)]  # fmt: skip
     spaces += [Namespace("client", c.client_id, c.client_id, exact=True, key=f"clients[{i}].client_id")
                for i, c in enumerate(clients)]  # fmt: skip
+    spaces += federated
     for first, second in collisions(spaces):
         raise ConfigError(
             second.key,

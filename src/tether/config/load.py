@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tether.config.approvers import parse_approver_groups
+from tether.config.federation import parse_federation
 from tether.config.identities import (
     TABLES,
     parse_clients,
@@ -65,7 +66,8 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None, env: Mapping[str
     domains = parse_trust_domains(data, base)
     issuers = parse_oidc_issuers(data, base, values[""]["issuer"])
     clients = parse_clients(data, base)
-    namespaces = parse_namespaces(domains, issuers, clients)
+    federation = parse_federation(data, base, values[""]["issuer"])
+    namespaces = parse_namespaces(domains, issuers, clients, (p.namespace(i) for i, p in enumerate(federation)))
     resources = parse_resources(data)
     routes = _feature_table(data, "gateway.routes")
     mcp_routes = _feature_table(data, "gateway.mcp")
@@ -82,7 +84,7 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None, env: Mapping[str
     }
     return Config(path=path, **sections, trust_domains=domains, oidc_issuers=issuers, clients=clients,
                   resources=resources, routes=routes, mcp_routes=mcp_routes, detectors=detectors, base_dir=base,
-                  sources=sources, namespaces=namespaces, approver_groups=approver_groups)  # fmt: skip
+                  sources=sources, namespaces=namespaces, approver_groups=approver_groups, federation=federation)  # fmt: skip
 
 
 def _check_networks(entries: list[str], key: str) -> None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from tether.config.approvers import ApproverGroup
 from tether.config.console import ConsoleOidcSettings, ConsoleSettings
+from tether.config.federation import FederationPeer
 from tether.config.identities import ClientConfig, OidcIssuerConfig, ResourceConfig, TrustDomainConfig, resolve
 from tether.config.sections import (
     SECTIONS,
@@ -79,6 +80,8 @@ class Config:
     approver_groups: tuple[ApproverGroup, ...] = ()
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
     console_oidc: ConsoleOidcSettings = field(default_factory=ConsoleOidcSettings)
+    #: ``[[federation]]``: peer trust domains whose agents are accepted within a ceiling
+    federation: tuple[FederationPeer, ...] = ()
     base_dir: Path = field(default_factory=Path.cwd)
     #: each identity source's namespace of principal names (disjoint; ``tether.rules.namespace``)
     namespaces: tuple[Namespace, ...] = ()

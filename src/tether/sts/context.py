@@ -19,6 +19,7 @@ from tether.audit.anonymous import AnonymousRefusals
 from tether.audit.chain import AuditEvent
 from tether.clock import Clock
 from tether.errors import AccessDenied, InvalidClient, InvalidGrant, InvalidToken, OAuthError
+from tether.federation.freshness import ClosedFeeds, PeerFeeds
 from tether.identity.approvers import ApproverVerifier
 from tether.identity.checks import IdentityError
 from tether.identity.verifier import IdentityVerifier
@@ -101,6 +102,8 @@ class StsContext:
     vault_values: Callable[[], Awaitable[tuple[str, ...]]] | None = None
     #: called (not awaited by the token response) for each newly held request: the webhook (``sts.approval_webhook``)
     on_hold: Callable[[Approval, Task], None] | None = None
+    #: whether each federation peer's revocation feed is current (``federation.freshness``): closed until followed
+    federation: PeerFeeds = field(default_factory=ClosedFeeds)
 
     def __post_init__(self) -> None:
         self.health = SharedCheck(self._ping)
