@@ -19,6 +19,7 @@ __all__ = [
     "FEED_LAG_SECONDS",
     "FEED_SUBSCRIBERS",
     "GATEWAY_CALLS",
+    "GATEWAY_OAUTH_TOKENS",
     "GATEWAY_SECONDS",
     "ISSUED",
     "MCP_CALLS",
@@ -62,6 +63,12 @@ GATEWAY_SECONDS = Histogram(
     "Gateway call latency including the upstream, by route",
     ["route"],
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    registry=REGISTRY,
+)
+GATEWAY_OAUTH_TOKENS = Counter(
+    "tether_gateway_oauth_tokens",
+    "Upstream OAuth access tokens on gateway routes: cached, fetched, refused, revoke_ok, revoke_failed, revoke_not_supported",
+    ["route", "outcome"],
     registry=REGISTRY,
 )
 MCP_CALLS = Counter(

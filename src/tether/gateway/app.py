@@ -29,18 +29,21 @@ from tether.agent.identity import IdentitySource
 from tether.clock import Clock, SystemClock
 from tether.config import Config
 from tether.errors import NotFoundError, OAuthError, TetherError
+from tether.gateway.allowlist import check_path
 from tether.gateway.audit import GatewayAudit
 from tether.gateway.forms import declared_length
 from tether.gateway.gate import Gate
 from tether.gateway.inflight import InFlight, Slot
 from tether.gateway.mcp_routes import McpRoute
+from tether.gateway.oauth_tokens import UpstreamTokens
 from tether.gateway.proxy import BadGateway, Forwarded, forward
 from tether.gateway.records import Call
 from tether.gateway.redact import SecretRedactor
 from tether.gateway.relay import Relayed
-from tether.gateway.routes import route_warnings, utc_date
+from tether.gateway.routes import GatewayRoute, route_warnings, utc_date
 from tether.gateway.runtime import Runtime, open_runtime
-from tether.gateway.vault import MissingSecret, SecretCache, opened_marks
+from tether.gateway.upstream_oauth import UpstreamOAuth
+from tether.gateway.vault import MissingSecret, SecretCache, opened_marks, put_secret
 from tether.keys.sealed import load_master_key
 from tether.logs import add_secret_source
 from tether.metrics import CONTENT_TYPE, FEED_LAG_SECONDS, exposition
@@ -81,6 +84,9 @@ class Gateway:
         self.in_flight = InFlight()
         self.audit = GatewayAudit(config, self.clock)
         self.mcp: McpService | None = None
+        #: upstream OAuth tokens, when a route has an ``oauth`` table (``tether.gateway.oauth_tokens``)
+        self.oauth: UpstreamTokens | None = None
+        self._sweeping: asyncio.Task[None] | None = None
         self.app = self._app()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -98,6 +104,8 @@ class Gateway:
                                    on_open=self.redactor.register)  # fmt: skip
         self.gate = Gate(store, self.run.verifiers)
         self.audit.start(store)
+        if any(route.oauth is not None for route in self.routes.values()):
+            self._start_oauth()
         if self.config.mcp_routes:
             from tether.gateway.mcp_hop import HopCredentials
             from tether.gateway.mcp_serve import McpService  # the optional MCP extra
@@ -112,9 +120,36 @@ class Gateway:
         for warning in route_warnings(tuple(self.routes.values()), utc_date(self.clock.now())):
             log.warning("bearer exception: %s", warning)
 
+    def _start_oauth(self) -> None:
+        """Upstream OAuth tokens per task: fetched on a call, dropped and revoked when the feed ends the task."""
+        assert self.run is not None
+        client = UpstreamOAuth(self.run.http, self.secrets, self._rotate, clock=self.clock,
+                               retired=self.redactor.unregister)  # fmt: skip
+        self.oauth = UpstreamTokens(client, self.routes, self.audit, clock=self.clock, ended=self.feed.ended,
+                                    register=self.redactor.register, unregister=self.redactor.unregister)  # fmt: skip
+        self.feed.task_listeners.append(self.oauth.task_ended)
+        self._sweeping = asyncio.create_task(self._sweep(self.oauth))
+
+    async def _rotate(self, route: str, name: str, value: str) -> None:
+        """Seal a refresh token the upstream rotated: a new vault version, audited as ``vault.rotated``."""
+        assert self.run is not None
+        self.redactor.register(value)
+        await put_secret(self.run.store, self.master, name, value.encode(), now=self.clock.now(),
+                         actor=f"gateway:{route}")  # fmt: skip
+
+    @staticmethod
+    async def _sweep(tokens: UpstreamTokens) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            tokens.sweep()
+
     async def stop(self) -> None:
         if self.run is None:
             return
+        if self._sweeping is not None:
+            self._sweeping.cancel()
+        if self.oauth is not None:
+            await self.oauth.aclose()  # before the audit and the HTTP client close: it revokes and records
         await self.audit.stop()
         await self.run.aclose()
         self.run = self.audit.store = None
@@ -202,17 +237,18 @@ class Gateway:
                                          now=self.clock.now())  # fmt: skip
             assert principal.task is not None  # admit refuses calls without a task
             slot = self.in_flight.acquire(route.name, principal.task, route.max_in_flight_per_task)
-            secret = await self.secrets.get(route.secret)
+            secret, also = await self._credential(route, principal, request.method, path)
             call = Call(route, principal, request.method, path, started, slot)
             call.seq = await self.audit.call(call)
             forwarded = await forward(upstream, route, method=request.method, path=path,
                                       query=request.url.query, headers=request.headers.items(),
                                       body=request.stream() if form is None else form,
-                                      content_length=declared_length(request), secret=secret, deadline=deadline)  # fmt: skip
+                                      content_length=declared_length(request), secret=secret, deadline=deadline,
+                                      also=also)  # fmt: skip
         except (TetherError, StoreError) as exc:
             refusal: Exception = exc
             if isinstance(exc, MissingSecret):
-                log.error("route %s: vault entry `%s` is missing or unusable: %s", route.name, route.secret, exc)
+                log.error("route %s: a vault entry is missing or unusable: %s", route.name, exc)
                 refusal = BadGateway("upstream credential unavailable")
             elif principal is None and isinstance(exc, OAuthError) and isinstance(exc.holder, Principal):
                 principal = exc.holder  # refused after a fresh proof of possession: a revoked token
@@ -224,6 +260,17 @@ class Gateway:
             if forwarded is None and slot is not None:  # refused, failed or cancelled before the relay
                 slot.release()
         return Relayed(forwarded, functools.partial(self._finish, call, forwarded))
+
+    async def _credential(
+        self, route: GatewayRoute, principal: Principal, method: str, path: str
+    ) -> tuple[str, tuple[str, ...]]:
+        """What is injected (the vaulted secret, or an upstream access token for this call's scope)
+        and the other values scrubbed from the answer (an OAuth route's client secret and refresh token)."""
+        if route.oauth is None:
+            return await self.secrets.get(route.secret), ()
+        assert self.oauth is not None
+        token = await self.oauth.token_for(route, principal, method, check_path(path))
+        return token, await self.oauth.client.also_scrub(route)
 
     async def _finish(self, call: Call, forwarded: Forwarded) -> None:
         """After the relay, whatever became of it: free the in-flight slot, count and record the call."""

@@ -129,8 +129,11 @@ async def forward(
     content_length: int | None,
     secret: str,
     deadline: float,
+    also: tuple[str, ...] = (),
 ) -> Forwarded:
-    """``body`` streams through, or is bytes already read (and checked: ``tether.gateway.forms``)."""
+    """``body`` streams through, or is bytes already read (and checked: ``tether.gateway.forms``).
+    ``also``: other values scrubbed from the answer like ``secret`` (an OAuth route's client secret
+    and refresh token, which the upstream never needs to see but might echo)."""
     counter: dict[str, int] = {}
     if isinstance(body, bytes):
         content_length = counter["bytes_in"] = len(body)
@@ -165,7 +168,7 @@ async def forward(
             raise PayloadTooLarge(f"request body exceeds {route.max_request_bytes} bytes") from None
         raise BadGateway("upstream unreachable", debug=f"route {route.name}: {type(exc).__name__}") from None
     _check_coding(response, route.name)
-    needles = _needles(secret, route.injection)
+    needles = _needles(secret, route.injection, also)
     length = response.headers.get("content-length")
     declared = int(length) if length is not None and length.isdigit() else None
     if declared is not None and declared > route.max_response_bytes:
@@ -229,8 +232,9 @@ async def _read_whole(forwarded: Forwarded, scrubber: Scrubber, route: str) -> N
 
 
 @functools.lru_cache(maxsize=64)
-def _needles(secret: str, injection: Injection) -> tuple[bytes, ...]:
-    return tuple(encodings(secret, injection))
+def _needles(secret: str, injection: Injection, also: tuple[str, ...] = ()) -> tuple[bytes, ...]:
+    forms = set(encodings(secret, injection)).union(*(encodings(value, injection) for value in also))
+    return tuple(sorted(forms, key=len, reverse=True))
 
 
 async def _empty() -> AsyncGenerator[bytes, None]:

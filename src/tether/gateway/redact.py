@@ -22,12 +22,25 @@ class SecretRedactor(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
         self._needles: list[bytes] = []
+        self._secrets: dict[str, frozenset[bytes]] = {}
         self._lock = threading.Lock()
 
     def register(self, secret: str) -> None:
-        forms = encodings(secret, Injection(mode="query"))
+        forms = frozenset(encodings(secret, Injection(mode="query")))
         with self._lock:
-            self._needles = sorted(set(self._needles) | set(forms), key=len, reverse=True)
+            if secret in self._secrets:
+                return
+            self._secrets[secret] = forms
+            self._needles = sorted(set(self._needles) | forms, key=len, reverse=True)
+
+    def unregister(self, secret: str) -> None:
+        """Stop looking for ``secret``: a short-lived upstream access token that is dead (expired or
+        revoked); without this the needles would grow with every token a busy gateway fetched."""
+        with self._lock:
+            if self._secrets.pop(secret, None) is None:
+                return
+            kept: set[bytes] = set().union(*self._secrets.values())
+            self._needles = sorted(kept, key=len, reverse=True)
 
     def redact(self, text: str) -> str:
         """``text`` without any registered secret (``text`` itself when none occurs); ``tether.logs`` uses it too."""

@@ -1,7 +1,8 @@
 """What a started gateway holds open until it stops, built in the serving loop.
 
-The store; a client for the STS (its JWKS); the revocation feed, which the gateway follows in
-the store it holds, with no identity to present; one token verifier per route, for the route's
+The store; a client for the STS (its JWKS) and for upstream OAuth servers; the revocation feed,
+which the gateway follows in the store it holds, with no identity to present (and which tells
+it when a task ends, ``tether.gateway.task_ends``); one token verifier per route, for the route's
 own audience (``/routes/{name}``, and ``/mcp/{name}`` for an MCP route: the two kinds of route
 have separate names and verifiers sharing the keys, feed, replay cache and policy); one
 upstream connection pool per HTTP route, so a slow upstream exhausts only its own.
@@ -17,10 +18,10 @@ import httpx
 from tether.clock import Clock
 from tether.config import Config
 from tether.gateway.proxy import upstream_client
+from tether.gateway.task_ends import TaskEndFeed, follow_store
 from tether.identity.jwks_cache import UrlKeySource
 from tether.metrics import count_epoch_refusal
 from tether.policy.engine import PolicyEngine
-from tether.resource.revocations import RevocationFeed
 from tether.resource.verifier import ResourceSettings, Verifier
 from tether.store.protocol import Store
 from tether.web.tls import client_trust
@@ -32,7 +33,7 @@ __all__ = ["Runtime", "open_runtime"]
 class Runtime:
     store: Store
     http: httpx.AsyncClient
-    feed: RevocationFeed
+    feed: TaskEndFeed
     verifiers: dict[str, Verifier]
     upstream: dict[str, aiohttp.ClientSession]
     #: one verifier per MCP route, for its audience ``{gateway.url}/mcp/{name}``
@@ -53,7 +54,7 @@ async def open_runtime(config: Config, store: Store, *, clock: Clock, policy: Po
     upstream = {route.name: upstream_client(route.max_connections) for route in config.routes}
     keys = UrlKeySource(config.issuer + "/jwks", http, ttl=300, min_refresh=5.0)
     stale = float(settings.stale_after)
-    feed = RevocationFeed.from_store(store, stale_after=stale, clock=clock)
+    feed = follow_store(store, stale_after=stale, clock=clock)
     feed.start()
 
     async def verifier(audience: str, tags: tuple[str, ...]) -> Verifier:

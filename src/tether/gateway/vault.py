@@ -108,6 +108,10 @@ class SecretCache:
         self._on_open = on_open
         self._opened: dict[str, tuple[float, str]] = {}
 
+    def forget(self, name: str) -> None:
+        """Open ``name`` from the store next time (the gateway has just rotated it, or is about to present it once)."""
+        self._opened.pop(name, None)
+
     async def get(self, name: str) -> str:
         now = time.monotonic()
         cached = self._opened.get(name)
