@@ -1,6 +1,7 @@
 """Gateway routes: each one a registered bearer exception, validated like the rest of ``tether.toml``.
 
-A route names an upstream that only takes a long-lived secret, the vault entry holding it, how
+A route names an upstream that only takes a long-lived secret, the vault entry holding it (or,
+for an upstream that issues OAuth tokens, an ``oauth`` table: ``tether.gateway.oauth_config``), how
 to inject it, an allowlist and caps, and, being an exception to "no bearer secrets", an owner,
 a justification and an expiry date. Its audience is ``{gateway.url}/routes/{name}``, so a hop
 token for it is usable nowhere else. So that no call holds the gateway, each route has its own
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 from tether.errors import ConfigError
 from tether.gateway.allowlist import AllowRule, parse_rule
 from tether.gateway.inject import Injection
+from tether.gateway.oauth_config import OAuthCredentials, parse_oauth
 
 __all__ = [
     "ROUTE_NAME",
@@ -41,7 +43,7 @@ _KEYS = {
     "name", "upstream", "secret", "inject", "header", "template", "query_param", "username", "allow",
     "max_requests_per_task", "max_requests_per_second", "max_request_bytes", "max_response_bytes",
     "max_session_seconds", "timeout", "owner", "justification", "expires", "tags", "max_connections",
-    "max_in_flight_per_task", "max_call_seconds",
+    "max_in_flight_per_task", "max_call_seconds", "oauth",
 }  # fmt: skip
 R = TypeVar("R")
 #: the default total deadline per call (or ``timeout``, when that is longer)
@@ -69,6 +71,8 @@ class GatewayRoute:
     max_connections: int = 64
     max_in_flight_per_task: int = 32
     max_call_seconds: float = CALL_SECONDS
+    #: an OAuth route (``secret`` is then ""): the injected value is an upstream access token
+    oauth: OAuthCredentials | None = None
 
     def audience(self, gateway_url: str) -> str:
         return f"{gateway_url}/routes/{self.name}"
@@ -150,9 +154,13 @@ def _route(index: int, row: Any) -> GatewayRoute:
     for key in row:
         if key not in _KEYS:
             raise ConfigError(f"{where}.{key}", "unknown key")
-    for key in ("name", "upstream", "secret", "allow", "owner", "justification", "expires"):
+    for key in ("name", "upstream", "allow", "owner", "justification", "expires"):
         if key not in row:
             raise ConfigError(f"{where}.{key}", "is required (every route is a registered bearer exception)")
+    if "secret" in row and "oauth" in row:
+        raise ConfigError(f"{where}.oauth", "excludes `secret`: the upstream gets one credential")
+    if "secret" not in row and "oauth" not in row:
+        raise ConfigError(f"{where}.secret", "is required (or an `oauth` table): every route injects a credential")
     name = text_value(f"{where}.name", row["name"])
     if not ROUTE_NAME.fullmatch(name):
         raise ConfigError(f"{where}.name", "must be lower-case letters, digits and dashes")
@@ -186,7 +194,7 @@ def _route(index: int, row: Any) -> GatewayRoute:
     return GatewayRoute(
         name=name,
         upstream=upstream,
-        secret=text_value(f"{where}.secret", row["secret"]),
+        secret=text_value(f"{where}.secret", row["secret"]) if "secret" in row else "",
         injection=injection_of(where, row),
         allow=allow,
         owner=text_value(f"{where}.owner", row["owner"]),
@@ -202,6 +210,7 @@ def _route(index: int, row: Any) -> GatewayRoute:
         max_connections=connections,
         max_in_flight_per_task=in_flight,
         max_call_seconds=call_seconds,
+        oauth=parse_oauth(f"{where}.oauth", row["oauth"], allow) if "oauth" in row else None,
     )
 
 
