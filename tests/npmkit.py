@@ -9,6 +9,7 @@ silently does not run proves nothing.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -36,8 +37,15 @@ def interop_dir() -> Path:
     files = sorted(p for p in SOURCE.iterdir() if p.is_file())
     digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in files)).hexdigest()[:16]
     target = Path.home() / ".cache" / "tether-tests" / "npm" / digest
+    target.mkdir(parents=True, exist_ok=True)
+    with (target.parent / f"{digest}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # xdist workers: one `npm ci` per directory at a time
+        _install(target, files)
+    return target
+
+
+def _install(target: Path, files: list[Path]) -> None:
     if not (target / "node_modules" / ".installed").exists():
-        target.mkdir(parents=True, exist_ok=True)
         for p in files:
             shutil.copy(p, target / p.name)
         done = subprocess.run(
@@ -47,7 +55,6 @@ def interop_dir() -> Path:
         if done.returncode != 0:
             _missing(f"npm ci failed: {done.stderr[-500:]}")
         (target / "node_modules" / ".installed").touch()
-    return target
 
 
 def run_node(script: str, payload: dict[str, Any], *, timeout: float = 60.0) -> dict[str, Any]:
