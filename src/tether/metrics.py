@@ -67,7 +67,7 @@ GATEWAY_SECONDS = Histogram(
 )
 GATEWAY_OAUTH_TOKENS = Counter(
     "tether_gateway_oauth_tokens",
-    "Upstream OAuth access tokens on gateway routes: cached, fetched, refused, revoke_ok, revoke_failed, revoke_not_supported",
+    "Upstream OAuth access tokens on gateway routes: cached, fetched, refused, revoke_ok, revoke_failed, revoke_not_revoked",
     ["route", "outcome"],
     registry=REGISTRY,
 )

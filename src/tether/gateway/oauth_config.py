@@ -8,6 +8,9 @@ task and per call, to obtain a token with the narrowest scope the call needs (FE
     grant           client_credentials | refresh_token | token_exchange (RFC 8693 at the upstream)
     token_endpoint  where tokens are obtained (http(s); https off loopback, RFC 6749 §3.2 / §1.6)
     revocation_endpoint   optional: RFC 7009 revocation of a task's tokens when it ends
+    revoke_access_tokens  whether to use it (default true, but false for grant = refresh_token: RFC 7009
+                    §2.1 lets a server revoke the refresh token with an access token of the same grant,
+                    and oidc-provider and Google do, which would end the route for every task)
     authorization_endpoint, redirect_uri   refresh_token grant: for ``tether vault oauth-connect``
                     (the redirect is a loopback http URI, RFC 8252 §7.3)
     client_id, client_auth   client_secret_basic | client_secret_post | private_key_jwt | none
@@ -41,6 +44,7 @@ VAULT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _KEYS = frozenset({
     "grant", "token_endpoint", "revocation_endpoint", "authorization_endpoint", "redirect_uri", "client_id",
     "client_auth", "client_secret", "private_key", "refresh_token", "scopes", "resource", "call_scopes",
+    "revoke_access_tokens",
 })  # fmt: skip
 
 
@@ -62,6 +66,8 @@ class OAuthCredentials:
     resource: str = ""
     #: (allow rule, its scopes), in the order of the route's allowlist
     call_scopes: tuple[tuple[AllowRule, tuple[str, ...]], ...] = ()
+    #: revoke (RFC 7009) each access token the gateway stops using; only with ``revocation_endpoint``
+    revoke_access_tokens: bool = False
 
     def scopes_for(self, method: str, segments: tuple[str, ...]) -> tuple[str, ...]:
         """The narrowest scope for a call: of the matching rules with ``call_scopes``, the one
@@ -200,6 +206,11 @@ def parse_oauth(where: str, row: Any, allow: Sequence[AllowRule]) -> OAuthCreden
     if not isinstance(client_id, str) or not client_id or not client_id.isprintable() or len(client_id) > 256:
         raise ConfigError(f"{where}.client_id", "must be printable text")
     scopes = _scopes(f"{where}.scopes", row.get("scopes", []))
+    revoke = row.get("revoke_access_tokens", grant != "refresh_token" and "revocation_endpoint" in row)
+    if not isinstance(revoke, bool):
+        raise ConfigError(f"{where}.revoke_access_tokens", "must be true or false")
+    if revoke and "revocation_endpoint" not in row:
+        raise ConfigError(f"{where}.revoke_access_tokens", "needs a `revocation_endpoint` (RFC 7009)")
 
     def url(key: str, **kwargs: bool) -> str:
         return _url(f"{where}.{key}", row[key], **kwargs) if key in row else ""
@@ -221,4 +232,5 @@ def parse_oauth(where: str, row: Any, allow: Sequence[AllowRule]) -> OAuthCreden
         refresh_token=vault("refresh_token"),
         resource=url("resource"),
         call_scopes=_call_scopes(f"{where}.call_scopes", row.get("call_scopes", {}), allow, scopes),
+        revoke_access_tokens=revoke,
     )

@@ -9,7 +9,9 @@ least recently used token goes first. Concurrent calls for one key share one fet
 A token dropped while the upstream would still honour it (task ended, capped, evicted, gateway
 stopping) is revoked at the route's ``revocation_endpoint`` (RFC 7009 §2.1) off the request
 path, retried a few times, and audited as ``gateway.oauth.revoked`` (route, task, how many and
-the outcome; tokens appear only as SHA-256 prefixes). Nothing here logs a token.
+the outcome; tokens appear only as SHA-256 prefixes). A route with ``revoke_access_tokens``
+false (the default for ``refresh_token``, whose server may revoke the refresh token with them)
+only drops them: outcome ``not_revoked``, alive upstream until ``expires_in``. Nothing here logs a token.
 """
 
 from __future__ import annotations
@@ -215,14 +217,14 @@ class UpstreamTokens:
         if delay:
             await asyncio.sleep(delay)
         done = 0
-        if route.oauth.revocation_endpoint:
+        revoking = route.oauth.revoke_access_tokens
+        if revoking:
             for value in values:
                 done += await self._revoke_one(route, value)
         self.revoked += done
         for value in values:
             self.unregister(value)
-        endpoint = bool(route.oauth.revocation_endpoint)
-        outcome = "ok" if endpoint and done == len(values) else "failed" if endpoint else "not_supported"
+        outcome = ("ok" if done == len(values) else "failed") if revoking else "not_revoked"
         GATEWAY_OAUTH_TOKENS.labels(route=route.name, outcome=f"revoke_{outcome}").inc(len(values))
         if outcome == "failed":
             log.warning("route %s: %d of %d upstream token(s) of task %s not revoked", route.name,
