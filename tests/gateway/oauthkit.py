@@ -15,6 +15,11 @@ Routes (``ROUTES``), one upstream client each at the server, all on the same API
 ``noisy``    like ``crm`` but without a revocation endpoint
 ``down``     a token endpoint nobody listens on
 ``wrong``    the vault holds a wrong client secret (the server answers ``invalid_client``)
+``absent``   names a vault entry that does not exist
+
+and, at a misbehaving token endpoint (``FakeAs``): ``leaky`` (its error body echoes the client's
+credentials), ``wide`` (grants more scope than asked for; records revocations), ``mac`` (a
+non-Bearer token type) and ``slow`` (answers after the route's 0.5 s timeout).
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from tether.keys.sealed import load_master_key, unseal, vault_aad
 from tether.store.open import open_store
 from tether.web.server import ServerThread, free_port
 
-__all__ = ["ALLOW", "CALL_SCOPES", "ROUTES", "Api", "OAuthEnv", "agent_saw", "introspect_many", "serve_oauth_env",
+__all__ = ["ALLOW", "CALL_SCOPES", "ROUTES", "Api", "FakeAs", "OAuthEnv", "agent_saw", "introspect_many", "serve_oauth_env",
            "toml_route"]  # fmt: skip
 
 ALLOW = ["GET /contacts/*", "POST /notes", "GET /me", "GET /echo/auth", "GET /echo/leak"]
@@ -50,7 +55,7 @@ CALL_SCOPES = {"GET /contacts/*": ["contacts.read"], "POST /notes": ["notes.writ
                "GET /echo/leak": ["contacts.read"]}  # fmt: skip
 SCOPES = ["contacts.read", "notes.write"]
 REDIRECT = "http://127.0.0.1:8765/callback"
-ROUTES = ("crm", "post", "jwt", "rt", "x", "noisy", "down", "wrong")
+ROUTES = ("crm", "post", "jwt", "rt", "x", "noisy", "down", "wrong", "absent", "leaky", "wide", "mac", "slow")
 _NEEDS = {"contacts": "contacts.read", "notes": "notes.write"}
 
 
@@ -92,12 +97,43 @@ class Api:
             return [s["token"] for s in self.seen if path is None or s["path"] == path]
 
 
+@dataclass
+class FakeAs:
+    """A misbehaving token endpoint (see the module docstring); ``revoked`` lists the tokens revoked at it."""
+
+    url: str = ""
+    revoked: list[str] = field(default_factory=list)
+    issued: list[str] = field(default_factory=list)
+
+    def app(self) -> Starlette:
+        async def token(request: Request) -> Response:
+            kind = request.path_params["kind"]
+            form = dict(await request.form())
+            if kind == "leaky":
+                echo = f"bad client {request.headers.get('authorization')} {form}"
+                return JSONResponse({"error": "invalid_client", "error_description": echo}, status_code=400)
+            if kind == "slow":
+                await asyncio.sleep(3)
+            value = f"{kind}-{secrets.token_urlsafe(16)}"
+            self.issued.append(value)
+            scope = "contacts.read notes.write admin" if kind == "wide" else str(form.get("scope", ""))
+            return JSONResponse({"access_token": value, "token_type": "mac" if kind == "mac" else "Bearer",
+                                 "expires_in": 60, "scope": scope})  # fmt: skip
+
+        async def revoke(request: Request) -> Response:
+            self.revoked.append(str((await request.form())["token"]))
+            return Response(status_code=200)
+
+        return Starlette(routes=[Route("/{kind}/token", token, methods=["POST"]),
+                                 Route("/{kind}/revoke", revoke, methods=["POST"])])  # fmt: skip
+
+
 def toml_route(name: str, upstream: str, oauth: dict[str, Any], *, allow: list[str] = ALLOW,
-               call_scopes: dict[str, list[str]] | None = None) -> str:  # fmt: skip
-    """A ``[[gateway.routes]]`` row with its ``[gateway.routes.oauth]`` table (and ``call_scopes``)."""
+               call_scopes: dict[str, list[str]] | None = None, **settings: Any) -> str:  # fmt: skip
+    """A ``[[gateway.routes]]`` row (``settings`` added) with its ``[gateway.routes.oauth]`` table and ``call_scopes``."""
     row = {"name": name, "upstream": upstream, "allow": allow, "owner": "team-crm",
            "justification": "the vendor issues OAuth tokens", "max_requests_per_second": 1000,
-           "max_requests_per_task": 1000}  # fmt: skip
+           "max_requests_per_task": 1000, **settings}  # fmt: skip
     lines = ["[[gateway.routes]]", *(f"{k} = {json.dumps(v)}" for k, v in row.items()), "expires = 2099-12-31"]
     lines += ["[gateway.routes.oauth]", *(f"{k} = {json.dumps(v)}" for k, v in oauth.items())]
     scopes = CALL_SCOPES if call_scopes is None else call_scopes
@@ -128,6 +164,7 @@ class OAuthEnv:
     #: client id → secret (and the private JWK of the signing clients, under ``key``)
     secrets: dict[str, str]
     key: dict[str, Any]
+    fake: FakeAs
 
     def caller(self, *routes: str) -> Caller:
         return self.gw.caller(*routes)
@@ -169,10 +206,11 @@ def serve_oauth_env(directory: Path, **server_options: Any) -> Iterator[OAuthEnv
          "redirect_uris": [REDIRECT]},
     ]  # fmt: skip
     with OAuthServer.run(directory, clients=clients, scopes=SCOPES, **server_options) as server:
-        api = Api(server)
-        port = free_port()
-        api.url = f"http://127.0.0.1:{port}"
+        api, fake = Api(server), FakeAs()
+        port, fake_port = free_port(), free_port()
+        api.url, fake.url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{fake_port}"
         thread = ServerThread(api.app(), port).start()
+        fake_thread = ServerThread(fake.app(), fake_port).start()
         try:
             base = {"token_endpoint": server.token_endpoint, "scopes": SCOPES, "resource": api.url}
             revoke = {"revocation_endpoint": server.revocation_endpoint}
@@ -196,6 +234,13 @@ def serve_oauth_env(directory: Path, **server_options: Any) -> Iterator[OAuthEnv
                                              "client_secret": "crm-secret"}),
                 toml_route("wrong", api.url, {**base, "grant": "client_credentials", "client_id": "gw-basic",
                                               "client_secret": "wrong-secret"}),
+                toml_route("absent", api.url, {**base, "grant": "client_credentials", "client_id": "gw-basic",
+                                               "client_secret": "absent-secret"}),
+                *(toml_route(kind, api.url, {**base, "token_endpoint": f"{fake.url}/{kind}/token",
+                                             "revocation_endpoint": f"{fake.url}/{kind}/revoke",
+                                             "grant": "client_credentials", "client_id": "gw-basic",
+                                             "client_secret": "crm-secret"}, timeout=0.5)
+                  for kind in ("leaky", "wide", "mac", "slow")),
             ]  # fmt: skip
             gw_port = free_port()
             settings = gateway_toml(gw_port, suspend_after_refusals=1000, suspend_on_cap=False, secret_cache_seconds=1)
@@ -213,11 +258,12 @@ def serve_oauth_env(directory: Path, **server_options: Any) -> Iterator[OAuthEnv
                     gw = GatewayEnv(sts=sts, config=config, gateway=gateway, upstream=Upstream(), elsewhere=Upstream(),
                                     down_port=0)  # fmt: skip
                     try:
-                        yield OAuthEnv(gw, server, api, secrets_by_client, key)
+                        yield OAuthEnv(gw, server, api, secrets_by_client, key, fake)
                     finally:
                         gw.close()
         finally:
             thread.stop()
+            fake_thread.stop()
 
 
 def agent_saw(caller: Caller) -> bytes:

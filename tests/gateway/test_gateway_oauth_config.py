@@ -108,6 +108,18 @@ def test_refresh_token_and_token_exchange_routes_load() -> None:
     assert jwt is not None and jwt.vault_entries() == ("crm-key",)
 
 
+def test_fed04_revocation_is_on_by_default_except_for_refresh_token_routes() -> None:
+    """RFC 7009 §2.1 lets a server revoke the refresh token with an access token of its grant."""
+    creds = route().oauth
+    assert creds is not None and creds.revoke_access_tokens is True
+    no_endpoint = route(oauth(revocation_endpoint=None)).oauth
+    assert no_endpoint is not None and no_endpoint.revoke_access_tokens is False
+    refreshing = route(refresh()).oauth
+    assert refreshing is not None and refreshing.revoke_access_tokens is False
+    opted_in = route(refresh(revoke_access_tokens=True)).oauth
+    assert opted_in is not None and opted_in.revoke_access_tokens is True
+
+
 def test_https_endpoints_load_off_loopback() -> None:
     creds = route(oauth(token_endpoint="https://as.example/oauth/token", resource="https://api.example/")).oauth
     assert creds is not None and creds.token_endpoint == "https://as.example/oauth/token"
@@ -159,6 +171,8 @@ def test_a_route_has_exactly_one_of_secret_and_oauth(changes: dict[str, Any], ke
         (refresh(redirect_uri=None), "redirect_uri"),
         (refresh(redirect_uri="https://app.example/callback"), "redirect_uri"),  # RFC 8252 §7.3: loopback
         (refresh(redirect_uri="http://localhost:8765/callback"), "redirect_uri"),  # RFC 8252 §8.3: an IP literal
+        (oauth(revoke_access_tokens="yes"), "revoke_access_tokens"),
+        (oauth(revoke_access_tokens=True, revocation_endpoint=None), "revoke_access_tokens"),
         (oauth(scopes="contacts.read"), "scopes"),
         (oauth(scopes=["a b"]), "scopes"),
         (oauth(scopes=["a", "a"]), "scopes"),

@@ -161,9 +161,14 @@ class UpstreamTokens:
 
     def _keep(self, key: Key, held: _Held, token: UpstreamToken) -> None:
         if held.until <= self.clock.now():
-            # usable for this call only (a hop token about to expire, a very short-lived upstream token)
-            route = self.routes[held.route]  # revoked once this call's deadline has passed
-            self._revoke_later(route, held.task, [token.access_token], reason="single use", delay=route.max_call_seconds)
+            # usable for this call only (a hop token about to expire, a very short-lived upstream token):
+            # given up once the call's deadline has passed
+            route = self.routes[held.route]
+            assert route.oauth is not None
+            if route.oauth.revoke_access_tokens:
+                self._revoke_later(route, held.task, [token.access_token], reason="single use", delay=route.max_call_seconds)
+            else:
+                asyncio.get_running_loop().call_later(route.max_call_seconds, self.unregister, token.access_token)
             return
         previous = self._held.pop(key, None)
         if previous is not None:
