@@ -8,7 +8,9 @@ within the task and never across tasks, and never seen by the agent.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from oauthkit import OAuthEnv, serve_oauth_env
@@ -91,3 +93,22 @@ def test_fed04_a_call_outside_the_allowlist_gets_no_token(env: OAuthEnv) -> None
     response = caller.call("DELETE", "crm", "/contacts/1")
     assert response.status_code == 403, response.text
     assert env.audit("gateway.oauth.token", caller.task["id"]) == []
+
+
+def test_fed04_concurrent_calls_of_one_task_share_one_fetch(env: OAuthEnv) -> None:
+    caller = env.caller("post")
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        statuses = list(pool.map(lambda _: caller.get("post", "/contacts/9").status_code, range(5)))
+    assert statuses == [200] * 5
+    assert len(env.audit("gateway.oauth.token", caller.task["id"])) == 1
+    assert len(set(env.api.tokens("/contacts/9")[-5:])) == 1
+
+
+def test_fed04_no_upstream_token_in_any_log_line(env: OAuthEnv, caplog: pytest.LogCaptureFixture) -> None:
+    caller = env.caller("jwt")
+    with caplog.at_level(logging.DEBUG):
+        assert caller.get("jwt", "/echo/auth").status_code == 200
+        assert caller.get("jwt", "/contacts/10").status_code == 200
+    token = env.api.tokens("/echo/auth")[-1]
+    assert caplog.records and token not in caplog.text
+    assert env.key["d"] not in caplog.text  # nor the private key the assertion was signed with

@@ -24,7 +24,9 @@ ROTATE_DAYS = 90
 def _route(evidence: Evidence, route: RouteFacts, vault_names: set[str] | None) -> Outcome:
     days = (route.expires - evidence.today).days
     where = f"tether.toml [[gateway.routes]] name = {route.name}"
-    state = "present" if vault_names and route.secret in vault_names else "missing"
+    entries = route.vault_entries or (route.secret,)
+    absent = [name for name in entries if vault_names is None or name not in vault_names]
+    state = "missing" if absent else "present"
     if vault_names is None:
         state = "not checked: store unreadable"
     items = [
@@ -40,7 +42,7 @@ def _route(evidence: Evidence, route: RouteFacts, vault_names: set[str] | None) 
             f"sessions ≤ {route.max_session_seconds}s",
             where,
         ),
-        Item("vault secret", f"{route.secret} ({state})", "store vault_list"),
+        Item("vault secret", f"{', '.join(entries)} ({state})", "store vault_list"),
     ]
     renew = f"Owner {route.owner}: renew the exception (new expires date and justification) or retire the route."
     problems = []
@@ -69,12 +71,12 @@ def _route(evidence: Evidence, route: RouteFacts, vault_names: set[str] | None) 
                 f"Owner {route.owner}: set an expiry within a year so the exception is reviewed.",
             )
         )
-    if vault_names is not None and route.secret not in vault_names:
+    for name in absent if vault_names is not None else []:
         problems.append(
             Problem(
                 "medium",
-                f"vault entry `{route.secret}` for route `{route.name}` does not exist",
-                f"tether vault put {route.secret} (the route answers 502 until then).",
+                f"vault entry `{name}` for route `{route.name}` does not exist",
+                f"tether vault put {name} (the route answers 502 until then).",
                 fail=True,
             )
         )

@@ -138,6 +138,7 @@ def _routes(config: Config) -> tuple[RouteFacts, ...]:
             max_requests_per_task=r.max_requests_per_task,
             max_requests_per_second=r.max_requests_per_second,
             max_session_seconds=r.max_session_seconds,
+            vault_entries=r.oauth.vault_entries() if r.oauth is not None else (r.secret,),
         )
         for r in config.routes
     )

@@ -85,6 +85,8 @@ class RouteFacts:
     max_requests_per_task: int
     max_requests_per_second: int
     max_session_seconds: int
+    #: the vault entries the route reads: ``(secret,)``, or an OAuth route's (client secret, key, refresh token)
+    vault_entries: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
