@@ -2,7 +2,9 @@
 
 Per request: the hop token and DPoP proof are verified for the route's own audience, the call
 is admitted (``tether.gateway.gate``) and recorded (``tether.gateway.audit``), the vaulted
-secret is injected, and the answer is relayed back scrubbed. MCP routes (``[[gateway.mcp]]``)
+secret is injected — on an OAuth route, an upstream access token for the call's narrowest scope,
+held per task and revoked when it ends (``tether.gateway.oauth_tokens``, FED-04) — and the answer
+is relayed back scrubbed. MCP routes (``[[gateway.mcp]]``)
 are served at ``/mcp/{name}`` by ``tether.gateway.mcp_serve`` (imported only when configured:
 the MCP SDK is an optional extra). ``GET /metrics`` is unauthenticated; its labels are route
 names, tool names from pinned catalogues and statuses, never principals.
