@@ -155,7 +155,8 @@ def client_assertion(private_jwk: str, client_id: str, audience: str, *, now: fl
     algs = algs_for_key(key)
     if not algs:
         raise ConnectRefused("invalid_client", "the vaulted private key names an algorithm tether does not sign with")
-    alg = "EdDSA" if "EdDSA" in algs else sorted(algs)[0]
+    # a JWK naming its ``alg`` gets exactly that; an Ed25519 key otherwise signs as ``Ed25519`` (RFC 9864)
+    alg = "Ed25519" if "Ed25519" in algs else sorted(algs)[0]
     header: dict[str, Any] = {"alg": alg, "typ": "JWT"}
     kid = key.get("kid")
     if isinstance(kid, str) and kid:
