@@ -125,6 +125,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         config = make_deployment(directory / "tether", extra_toml=f"[gateway]\nport = {free_port()}\n{routes}")
         _put(config, "crm-client-secret", CLIENT_SECRET)
         _put(config, "crm-client-key", json.dumps(KEY))
+        _put(config, "not-a-key", "just some text")
         yield Deployment(config, server, redirects)
 
 
@@ -307,3 +308,13 @@ def test_missing_client_secret_refused_before_listening(deployment: Deployment) 
                           capture_output=True, text=True, timeout=30, env=_env(), check=False)  # fmt: skip
     assert done.returncode == 1 and "no vault entry `absent-secret`" in done.stderr, done.stderr
     assert "http" not in done.stdout
+
+
+def test_bad_vaulted_private_key_refused_before_listening(deployment: Deployment) -> None:
+    text = deployment.config.path.read_text().replace('private_key = "crm-client-key"', 'private_key = "not-a-key"')
+    other = deployment.config.path.with_name("not-a-key.toml")
+    other.write_text(text)
+    done = subprocess.run([TETHER, "vault", "oauth-connect", "crm-jwt", "--config", str(other)],
+                          capture_output=True, text=True, timeout=30, env=_env(), check=False)  # fmt: skip
+    assert done.returncode == 2 and "vault entry `not-a-key`: the vaulted private key is not a JWK" in done.stderr, done.stderr
+    assert "http" not in done.stdout and "just some text" not in done.stdout + done.stderr

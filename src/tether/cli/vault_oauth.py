@@ -30,7 +30,15 @@ from tether.cli.common import config_or_exit, errors_to_exit
 from tether.cli.output import console, fail
 from tether.config import Config
 from tether.gateway.oauth_config import OAuthCredentials
-from tether.gateway.oauth_connect import ConnectRefused, ConnectRequest, callback_code, refresh_token_of, start, token_request
+from tether.gateway.oauth_connect import (
+    ConnectRefused,
+    ConnectRequest,
+    callback_code,
+    client_assertion,
+    refresh_token_of,
+    start,
+    token_request,
+)
 from tether.gateway.vault import MissingSecret, SecretCache, SecretRefused, put_secret
 from tether.keys.sealed import load_master_key
 from tether.localstate import LocalState
@@ -180,6 +188,11 @@ def oauth_connect(
     with errors_to_exit():
         master = load_master_key(cfg.master_key_file)
     credential = _client_credential(cfg, master, oauth)
+    if oauth.client_auth == "private_key_jwt":  # a bad vaulted key fails now, not after the operator logged in
+        try:
+            client_assertion(credential, oauth.client_id, oauth.token_endpoint, now=time.time(), jti="check")
+        except ConnectRefused as exc:
+            fail(f"vault entry `{oauth.private_key}`: {exc.description}", code=2)
     request = start(oauth, secrets.token_urlsafe)
     with _listen(oauth, request) as listener:
         console.print(f"Open this URL in a browser to authorize route `{route}`:")
