@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import quote, urljoin
 
 import httpx
 from joserfc import jwt
@@ -134,8 +134,10 @@ class OAuthServer:
         return result
 
     def token(self, form: dict[str, str], *, auth: tuple[str, str] | None = None) -> httpx.Response:
-        """POST ``form`` to the token endpoint (``auth``: HTTP Basic client credentials)."""
-        return self.http.post(self.token_endpoint, data=form, auth=auth)
+        """POST ``form`` to the token endpoint (``auth``: client_secret_basic, each part form-urlencoded
+        first as RFC 6749 §2.3.1 says: a secret with ``+`` or ``/`` is otherwise read differently)."""
+        basic = (quote(auth[0], safe=""), quote(auth[1], safe="")) if auth else None
+        return self.http.post(self.token_endpoint, data=form, auth=basic)
 
     def refresh(self, refresh_token: str, client_id: str, client_secret: str) -> httpx.Response:
         """An RFC 6749 §6 refresh with client_secret_basic."""

@@ -128,9 +128,9 @@ def _exchange(server: OAuthServer, subject: str, scope: str = "contacts.read") -
     return server.token(form)
 
 
-def _subject(server: OAuthServer, key: dict[str, Any] = KEY) -> str:
+def _subject(server: OAuthServer, key: dict[str, Any] = KEY, lifetime: int = 60) -> str:
     now = int(time.time())
-    claims = {"iss": "signed", "aud": server.token_endpoint, "sub": "agent-7", "iat": now, "exp": now + 60,
+    claims = {"iss": "signed", "aud": server.token_endpoint, "sub": "agent-7", "iat": now, "exp": now + lifetime,
               "jti": secrets.token_urlsafe(12), "task": "task-42"}  # fmt: skip
     return signed_jwt(key, claims)
 
@@ -150,5 +150,7 @@ def test_token_exchange_refuses_replay_foreign_key_and_wide_scope(server: OAuthS
     assert replayed.status_code == 400 and replayed.json()["error"] == "invalid_grant"
     foreign = _exchange(server, _subject(server, OTHER_KEY))
     assert foreign.status_code == 400 and foreign.json()["error"] == "invalid_grant"
+    long_lived = _exchange(server, _subject(server, lifetime=600))
+    assert long_lived.status_code == 400 and long_lived.json()["error"] == "invalid_grant"
     wide = _exchange(server, _subject(server), scope="contacts.read admin")
     assert wide.status_code == 400 and wide.json()["error"] == "invalid_scope"

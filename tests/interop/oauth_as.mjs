@@ -35,7 +35,8 @@
 // subject_token_type urn:ietf:params:oauth:token-type:jwt, and a subject_token JWT that is
 //   - signed by a key in the authenticated client's registered `jwks` (the key it uses for private_key_jwt),
 //   - iss = the client_id, aud = this issuer or its token endpoint URL, sub = the subject (the agent),
-//   - exp at most 300 s after iat, a jti never seen before (replays → invalid_grant);
+//   - iat within the last 300 s, exp in the future and at most 300 s after iat, a jti never seen before
+//     (replays → invalid_grant);
 // optional `scope` (⊆ the client's scopes) and `resource`. The answer is an opaque access token
 // (issued_token_type ...:access_token) whose introspection shows sub = the subject_token's sub,
 // act = {sub: client_id} (RFC 8693 §4.1) and the subject_token's other private claims under `subject_claims`.
@@ -153,6 +154,7 @@ provider.registerGrantType(TOKEN_EXCHANGE, async (ctx) => {
   } catch (err) {
     throw new errors.InvalidGrant(`subject_token rejected: ${err.code ?? 'invalid'}`);
   }
+  if (payload.exp - payload.iat > 300) throw new errors.InvalidGrant('subject_token lives longer than 300 s');
   const now = Math.floor(Date.now() / 1000);
   for (const [jti, exp] of seenJti) if (exp < now) seenJti.delete(jti);
   if (seenJti.has(payload.jti)) throw new errors.InvalidGrant('subject_token replayed');

@@ -1,8 +1,9 @@
-"""``tether vault put|rotate|list|delete`` and ``tether master-key rotate``.
+"""``tether vault put|rotate|list|delete|oauth-connect`` and ``tether master-key rotate``.
 
 Secret values are read from stdin or a file (``--file``), never from the command line
 (argv is visible to every user of the machine and lands in shell history); ``vault
-list`` shows names, versions and ages, never values.
+list`` shows names, versions and ages, never values. ``vault oauth-connect`` (``tether.cli.vault_oauth``)
+obtains a route's OAuth refresh token through the operator's browser and stores it the same way.
 
 A master key rotation also re-signs the MCP pin files (``tether.mcp.pins``), whose MAC key
 is derived from the master key: without it every MCP route would serve nothing afterwards; and
@@ -25,6 +26,7 @@ import typer
 from tether.audit.chain import AuditEvent
 from tether.cli.common import config_or_exit, dev_domain_name, errors_to_exit
 from tether.cli.output import console, fail, print_json, print_table
+from tether.cli.vault_oauth import oauth_connect
 from tether.config import Config
 from tether.gateway.vault import put_secret
 from tether.identity.dev_approvers import DevApprovers
@@ -149,6 +151,9 @@ def delete(name: str, config: ConfigOpt = None) -> None:
     if not removed:
         fail(f"no vault entry `{name}`")
     console.print(f"vault entry `{name}` deleted")
+
+
+app.command("oauth-connect")(oauth_connect)
 
 
 @master_app.command("rotate")
