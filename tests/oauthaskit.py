@@ -136,8 +136,9 @@ class OAuthServer:
     def token(self, form: dict[str, str], *, auth: tuple[str, str] | None = None) -> httpx.Response:
         """POST ``form`` to the token endpoint (``auth``: client_secret_basic, each part form-urlencoded
         first as RFC 6749 §2.3.1 says: a secret with ``+`` or ``/`` is otherwise read differently)."""
-        basic = (quote(auth[0], safe=""), quote(auth[1], safe="")) if auth else None
-        return self.http.post(self.token_endpoint, data=form, auth=basic)
+        if auth is None:
+            return self.http.post(self.token_endpoint, data=form)
+        return self.http.post(self.token_endpoint, data=form, auth=(quote(auth[0], safe=""), quote(auth[1], safe="")))
 
     def refresh(self, refresh_token: str, client_id: str, client_secret: str) -> httpx.Response:
         """An RFC 6749 §6 refresh with client_secret_basic."""

@@ -20,7 +20,7 @@ from oauthaskit import JWT_TOKEN_TYPE, TOKEN_EXCHANGE, OAuthServer, authorize, c
 REDIRECT = "http://127.0.0.1:8765/callback"
 KEY, JWKS = client_key()
 OTHER_KEY, _ = client_key("other")
-CLIENTS = [
+CLIENTS: list[dict[str, Any]] = [
     {"client_id": "basic", "client_secret": "basic-secret", "auth": "client_secret_basic"},
     {"client_id": "post", "client_secret": "post-secret", "auth": "client_secret_post"},
     {"client_id": "narrow", "client_secret": "narrow-secret", "scope": "contacts.read"},

@@ -18,6 +18,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -98,12 +99,17 @@ def vaulted(config: Config, name: str) -> tuple[str, int] | None:
     return asyncio.run(run())
 
 
+def _config_path(deployment: Deployment) -> Path:
+    assert deployment.config.path is not None
+    return deployment.config.path
+
+
 def last_audit_kind(config: Config, name: str) -> tuple[str, str] | None:
     async def run() -> tuple[str, str] | None:
         store = await open_store(config)
         try:
             record = await store.vault_latest_audit(name)
-            return None if record is None else (record.kind, record.principal)
+            return None if record is None else (record.kind, record.principal or "")
         finally:
             await store.aclose()
 
@@ -301,8 +307,8 @@ def test_wrong_route_refused(deployment: Deployment, route: str, message: str) -
 
 
 def test_missing_client_secret_refused_before_listening(deployment: Deployment) -> None:
-    text = deployment.config.path.read_text().replace('"crm-client-secret"', '"absent-secret"')
-    other = deployment.config.path.with_name("absent-secret.toml")  # beside it: same data_dir and store
+    text = _config_path(deployment).read_text().replace('"crm-client-secret"', '"absent-secret"')
+    other = _config_path(deployment).with_name("absent-secret.toml")  # beside it: same data_dir and store
     other.write_text(text)
     done = subprocess.run([TETHER, "vault", "oauth-connect", "crm-basic", "--config", str(other)],
                           capture_output=True, text=True, timeout=30, env=_env(), check=False)  # fmt: skip
@@ -311,8 +317,8 @@ def test_missing_client_secret_refused_before_listening(deployment: Deployment) 
 
 
 def test_bad_vaulted_private_key_refused_before_listening(deployment: Deployment) -> None:
-    text = deployment.config.path.read_text().replace('private_key = "crm-client-key"', 'private_key = "not-a-key"')
-    other = deployment.config.path.with_name("not-a-key.toml")
+    text = _config_path(deployment).read_text().replace('private_key = "crm-client-key"', 'private_key = "not-a-key"')
+    other = _config_path(deployment).with_name("not-a-key.toml")
     other.write_text(text)
     done = subprocess.run([TETHER, "vault", "oauth-connect", "crm-jwt", "--config", str(other)],
                           capture_output=True, text=True, timeout=30, env=_env(), check=False)  # fmt: skip

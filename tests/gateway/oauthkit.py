@@ -196,7 +196,7 @@ def serve_oauth_env(directory: Path, **server_options: Any) -> Iterator[OAuthEnv
     """The server (``server_options``: oauth_as.mjs's, e.g. ``ttl``), the API, the STS and a gateway with ``ROUTES``."""
     key, jwks = client_key("gw-key")
     secrets_by_client = {c: secrets.token_urlsafe(18) for c in ("gw-basic", "gw-post", "gw-web", "gw-noisy")}
-    clients = [
+    clients: list[dict[str, Any]] = [
         {"client_id": "gw-basic", "client_secret": secrets_by_client["gw-basic"], "auth": "client_secret_basic"},
         {"client_id": "gw-post", "client_secret": secrets_by_client["gw-post"], "auth": "client_secret_post"},
         {"client_id": "gw-noisy", "client_secret": secrets_by_client["gw-noisy"], "auth": "client_secret_basic"},
