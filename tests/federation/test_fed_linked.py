@@ -50,7 +50,7 @@ def test_fed01_rfc8693_subject_token_from_a_peer_crosses_too(border: Border) -> 
 
 def test_fed02_the_foreign_chain_is_kept_with_every_principal_namespaced(border: Border) -> None:
     task = border.a_task(on_behalf_of="user:alice", max_depth=3)
-    foreign, key = border.hop_to_b(task["id"])
+    foreign, _ = border.hop_to_b(task["id"])
     assert claims_of(foreign)["act"] == {"sub": AGENT} and claims_of(foreign)["sub"] == "user:alice"
     session, client = _session_at_b(border, task["id"])
     claims = claims_of(session)
