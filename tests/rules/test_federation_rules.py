@@ -41,8 +41,9 @@ OTHER_JKT = "1ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"
 WIKI = "https://wiki.b.example"
 LIMITS = Limits(session_ttl=900, hop_ttl=300)
 PEER = FederationPeer(
-    name="a", issuer=A, agents=("spiffe://a.example/agent/*",), audiences=(WIKI,), scopes=frozenset({"wiki:read", "wiki:write"}),
-    feed_principal="spiffe://b.example/feed", jwks_uri=A + "/jwks", max_depth=3, max_ttl=600, max_tokens=20,
+    name="a", issuer=A, agents=("spiffe://a.example/agent/*",), audiences=(WIKI,),
+    scopes=frozenset({"wiki:read", "wiki:write"}), feed_principal="spiffe://b.example/feed", jwks_uri=A + "/jwks",
+    max_depth=3, max_ttl=600, max_tokens=20,
 )  # fmt: skip
 
 
@@ -165,7 +166,7 @@ def test_fed01_within_the_ceiling_the_asked_scope_is_granted_as_asked() -> None:
         (lambda: foreign(scope=frozenset({"wiki:read"})), ask(frozenset({"wiki:write"})), InvalidScope),
         (lambda: foreign(scope=frozenset({"wiki:read", "wiki:admin"})), ask(), InvalidScope),
         (lambda: foreign(scope=frozenset({"wiki:read", "wiki:admin"})), ask(frozenset({"wiki:admin"})), InvalidScope),
-        (lambda: foreign(), ask(audience="https://elsewhere.example"), InvalidTarget),
+        (foreign, ask(audience="https://elsewhere.example"), InvalidTarget),
         (
             lambda: foreign(actors=("spiffe://a.example/s1", "spiffe://a.example/s2", "spiffe://a.example/s3")),
             ask(),
