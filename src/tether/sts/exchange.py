@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tether.audit.chain import AuditEvent
-from tether.config.federation import FederationPeer
+from tether.config.federation import FEDERATED_PREFIX, FederationPeer
 from tether.errors import (
     AccessDenied,
     AuthorizationPending,
@@ -579,7 +579,8 @@ async def _issue(
 
     FED-03 first: nothing naming a federation peer's principal while that peer's feed is stale.
     ``foreign``: the peer token a linked session was issued for (its ``iss``, ``jti``, ``txn``)."""
-    if ctx.settings.federation:  # the one check the local hot path pays
+    # the one check the local hot path pays; a linked task outliving its peer's configuration still fails closed
+    if ctx.settings.federation or grant.agent.startswith(FEDERATED_PREFIX):
         parties = (task.agent, task.on_behalf_of or "") if task is not None else ()
         check_feeds(ctx, [grant.client_id, grant.agent, grant.sub, *grant.actors, *parties], now=now)
     depth = len(grant.actors)

@@ -67,8 +67,6 @@ def check_feeds(ctx: StsContext, principals: Iterable[str], *, now: float) -> No
     — requester, task agent, subject or any actor — unless that peer's revocation feed is fresh:
     a revocation the peer published might not have arrived. Fail closed, also for a name whose
     peer is no longer configured (no feed is fresh for it)."""
-    if not ctx.settings.federation:
-        return
     for name in dict.fromkeys(n for n in map(_peer_named, principals) if n is not None):
         if not ctx.federation.fresh(name, now):
             raise TemporarilyUnavailable(
