@@ -5,11 +5,13 @@ audited; B's own agents are not affected, and the crossing works again once the 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fedinkit import WIKI_B, Border, FreshFeeds, StaleFeeds, claims_of, mark, refused, two_domains
 
 from helpers import Client, create_task
+from tether.federation.freshness import ClosedFeeds
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +62,9 @@ def test_fed03_no_hop_in_a_linked_task_while_the_peer_feed_is_stale(border: Bord
     assert client.hop(session, WIKI_B, scope="wiki:read").status_code == 200
 
 
-def test_fed03_closed_until_a_follower_runs(tmp_path: object) -> None:
+def test_fed03_closed_until_a_follower_runs(tmp_path: Path) -> None:
     """Without a follower (the context's default ``ClosedFeeds``), no peer agent gets anything."""
-    from pathlib import Path
-
-    with two_domains(Path(str(tmp_path))) as pair:
-        from tether.federation.freshness import ClosedFeeds
-
+    with two_domains(tmp_path) as pair:
         pair.feeds(ClosedFeeds())
         foreign, key = pair.hop_to_b(pair.a_task()["id"])
         since = mark(pair.b)
