@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tether.errors import InvalidGrant, InvalidScope, InvalidTarget, OAuthError
-from tether.model import AccessToken, IdentityKind, Task, TaskState, WorkloadIdentity
+from tether.model import AccessToken, IdentityKind, Task, TaskBudget, TaskState, WorkloadIdentity
 from tether.rules import exchange
 from tether.rules.claims import MAX_ACT_DEPTH, Expected, Grant, build_claims, check_access_token_claims
 from tether.rules.exchange import Ask, Limits, check_task_usable
@@ -157,6 +157,7 @@ def test_session_grant() -> None:
         agent_kind="spiffe",
         client_domain="example.org",
         agent_domain="example.org",
+        tsk=TaskBudget(exp=NOW + 800, depth=3, tokens=100),  # what the task has left (issue 19)
     )
 
 
@@ -261,6 +262,7 @@ def test_holder_hop_grant() -> None:
         agent_kind="spiffe",
         client_domain="example.org",
         agent_domain="example.org",
+        tsk=TaskBudget(exp=NOW + 800, depth=3, tokens=100),
     )
 
 

@@ -23,6 +23,7 @@ from tether.store.records import (
     AuditPage,
     Block,
     BlockKind,
+    FederationLink,
     IssuedToken,
     LookupResult,
     Revocation,
@@ -112,6 +113,28 @@ class Store(Protocol):
 
     async def expire_tasks(self, *, now: float) -> list[str]:
         """Mark active tasks past their hard cap as expired; returns their ids, sorted."""
+        ...
+
+    # -- linked tasks (federation) ----------------------------------------------------
+    async def link_task(self, task: Task, link: FederationLink, *, now: float, audit: AuditEvent) -> Task:
+        """Open ``task`` as the linked task of ``link.foreign_task`` from ``link.peer``, or join the one open.
+
+        One step: if an *active* task (state active, before its hard cap) is already linked to
+        ``(link.peer, link.foreign_task)`` with agent ``task.agent``, that task is returned and
+        ``task`` is not created; else ``task`` is inserted (``Blocked`` if its agent or subject is
+        blocked, as ``create_task``). Either way a link row ``(peer, foreign_task, foreign_jti,
+        the returned task's id, created_at)`` is written (``link.task_id`` is replaced by it) and
+        ``audit`` is appended with ``task`` set to that id and ``detail.joined`` saying which
+        happened. ``Conflict`` (nothing written) if ``(peer, foreign_jti)`` was linked before.
+        Concurrent calls for one foreign task and agent leave one active linked task.
+        """
+        ...
+
+    async def linked_tasks(self, peer: str, *, foreign_task: str | None = None, foreign_jti: str | None = None) -> list[str]:
+        """Ids of the tasks linked to ``peer``'s ``foreign_task`` or opened/joined from its ``foreign_jti``
+        (either filter matching suffices; neither: every task linked from ``peer``), in any state,
+        distinct and sorted. What a follower of the peer's revocation feed ends when the peer
+        revokes that task or token."""
         ...
 
     # -- tokens -------------------------------------------------------------------

@@ -15,6 +15,7 @@ __all__ = [
     "AuditPage",
     "Block",
     "BlockKind",
+    "FederationLink",
     "IssuedToken",
     "LookupResult",
     "Revocation",
@@ -142,3 +143,19 @@ class AuditPage:
 
     records: list[AuditRecord]
     next_before: int | None
+
+
+@dataclass(frozen=True)
+class FederationLink:
+    """A task at this STS opened (or joined) for a federation peer's task: the linked task.
+
+    ``peer`` is the ``[[federation]]`` name, ``foreign_task`` the peer's task (its token's ``txn``),
+    ``foreign_jti`` the peer token that was redeemed here, ``task_id`` the local task. The peer's
+    revocation feed names its tasks and tokens, so ``Store.linked_tasks`` finds what to end here.
+    """
+
+    peer: str
+    foreign_task: str
+    foreign_jti: str
+    task_id: str
+    created_at: int

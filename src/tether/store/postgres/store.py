@@ -27,6 +27,7 @@ from psycopg_pool import AsyncConnectionPool
 from tether.audit.chain import AuditEvent, AuditRecord, link
 from tether.model import Approval, ApprovalStatus, Task, TaskState
 from tether.rules.replay_epoch import ReplayEpoch
+from tether.store import links
 from tether.store.errors import (
     AlreadySpent,
     Blocked,
@@ -48,6 +49,7 @@ from tether.store.records import (
     AuditPage,
     Block,
     BlockKind,
+    FederationLink,
     IssuedToken,
     LookupResult,
     Revocation,
@@ -291,6 +293,12 @@ _HAS_AUDIENCE = "a.audiences::jsonb @> jsonb_build_array({mark}::text)"
 _COUNT_TASKS = COUNT_TASKS.format(mark="%s")
 _HOLDINGS = holdings_query(mark="%s", ordered='t.agent COLLATE "C"')
 _AUDIT_COUNTS = AUDIT_COUNTS.format(mark="%s")
+_ACTIVE_LINKED = links.ACTIVE_LINKED.format(mark="%s")
+_INSERT_LINK = links.INSERT_LINK.format(mark="%s")
+
+#: the advisory-lock namespace of linked tasks: ``link_task`` for one (peer, foreign task, agent)
+#: queues on it, so replicas look up and open the linked task as one step
+_LINK_LOCKS = 0x7E80
 
 
 async def _one(conn: Conn, sql: str) -> tuple[Any, ...]:
@@ -483,6 +491,32 @@ class PostgresRedisStore(Store):
             for task_id in ids:
                 await _append(conn, AuditEvent(kind="task.expired", outcome="ok", task=task_id), now)
             return ids
+
+    # -- linked tasks (federation) ----------------------------------------------------
+    async def link_task(self, task: Task, link: FederationLink, *, now: float, audit: AuditEvent) -> Task:
+        key = _task_key(json.dumps([link.peer, link.foreign_task, task.agent]))
+        async with self._conn() as conn, conn.transaction():
+            # every statement below reads a snapshot taken after the lock: a link queued behind
+            # another of the same foreign task and agent sees the task it opened
+            await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_LINK_LOCKS, key))
+            cur = await conn.execute(_ACTIVE_LINKED, (link.peer, link.foreign_task, task.agent, int(now)))
+            row = await cur.fetchone()
+            linked = task_from_row(row) if row else task
+            if await _is_blocked(conn, (linked.agent, linked.on_behalf_of)):
+                raise Blocked(linked.agent)
+            if row is None:
+                await conn.execute(f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({_marks(14)})", task_values(task))
+            cur = await conn.execute(_INSERT_LINK + " ON CONFLICT DO NOTHING", links.link_values(link, linked.id))
+            if cur.rowcount != 1:
+                raise Conflict(f"peer token of {link.peer} already linked")
+            await _append(conn, links.link_audit(audit, linked, joined=row is not None), now)
+            return linked
+
+    async def linked_tasks(self, peer: str, *, foreign_task: str | None = None, foreign_jti: str | None = None) -> list[str]:
+        sql, args = links.linked_query(peer, foreign_task, foreign_jti, "%s")
+        async with self._conn() as conn:
+            cur = await conn.execute(sql, args)
+            return sorted(str(r[0]) for r in await cur.fetchall())
 
     # -- tokens -------------------------------------------------------------------
     async def lookup(self, *, task_id: str | None, jti: str | None, principals: Sequence[str]) -> LookupResult:

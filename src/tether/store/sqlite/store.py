@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from tether.audit.chain import GENESIS, AuditEvent, AuditRecord, link
 from tether.model import Approval, ApprovalStatus, Task, TaskState
-from tether.store import errors, records
+from tether.store import errors, links, records
 from tether.store import rows as table
 from tether.store.notify import Notifier
 from tether.store.protocol import TAIL_PAGE, Issuance, Store
@@ -97,6 +97,8 @@ def _end_task(conn: sqlite3.Connection, task: Task, state: TaskState, now: float
 #: whole elements, so "https://a" never matches "https://ab"
 _HAS_AUDIENCE = "EXISTS (SELECT 1 FROM json_each(a.audiences) AS aud WHERE aud.type = 'text' AND aud.value = {mark})"
 _COUNT_TASKS = table.COUNT_TASKS.format(mark="?")
+_ACTIVE_LINKED = links.ACTIVE_LINKED.format(mark="?")
+_INSERT_LINK = links.INSERT_LINK.format(mark="?")
 
 
 class SqliteStore(Store):
@@ -264,6 +266,35 @@ class SqliteStore(Store):
                     conn.execute("UPDATE tasks SET state = 'expired', ended_at = expires_at WHERE id = ?", (task_id,))
                     _append(conn, AuditEvent(kind="task.expired", outcome="ok", task=task_id), now)
                 return ids
+
+        return await self._db.run(q)
+
+    # -- linked tasks (federation) ----------------------------------------------------
+    async def link_task(self, task: Task, link: records.FederationLink, *, now: float, audit: AuditEvent) -> Task:
+        def q(conn: sqlite3.Connection) -> Task:
+            # BEGIN IMMEDIATE: every writer of the file queues here, so the look-up and the insert are one step
+            with transaction(conn):
+                row = conn.execute(_ACTIVE_LINKED, (link.peer, link.foreign_task, task.agent, int(now))).fetchone()
+                linked = table.task_from_row(row) if row else task
+                if _is_blocked(conn, (linked.agent, linked.on_behalf_of)):
+                    raise errors.Blocked(linked.agent)
+                if row is None:
+                    conn.execute(
+                        f"INSERT INTO tasks ({table.TASK_COLUMNS}) VALUES ({', '.join('?' * 14)})", table.task_values(task)
+                    )
+                cur = conn.execute(_INSERT_LINK + " ON CONFLICT DO NOTHING", links.link_values(link, linked.id))
+                if cur.rowcount != 1:
+                    raise errors.Conflict(f"peer token of {link.peer} already linked")
+                _append(conn, links.link_audit(audit, linked, joined=row is not None), now)
+                return linked
+
+        return await self._db.run(q)
+
+    async def linked_tasks(self, peer: str, *, foreign_task: str | None = None, foreign_jti: str | None = None) -> list[str]:
+        sql, args = links.linked_query(peer, foreign_task, foreign_jti, "?")
+
+        def q(conn: sqlite3.Connection) -> list[str]:
+            return sorted(str(r[0]) for r in conn.execute(sql, args).fetchall())
 
         return await self._db.run(q)
 
