@@ -51,7 +51,9 @@ def test_fed01_jwt_bearer_gives_a_session_of_a_linked_task_within_the_ceiling(bo
     linked = _linked_task(border, claims["txn"])
     assert linked["agent"] == f"fed:a/{AGENT}" and linked["created_by"] == "federation:a"
     assert linked["audiences"] == [WIKI_B]
-    assert linked["expires_at"] <= a_task["expires_at"] and linked["expires_at"] <= border.clock.now() + 600
+    expires_at = linked["expires_at"]
+    assert isinstance(expires_at, int)
+    assert expires_at <= a_task["expires_at"] and expires_at <= border.clock.now() + 600
     assert linked["max_tokens"] == 20  # min(ceiling 20, A's 50)
     assert linked["max_depth"] == 2  # min(ceiling 2, 0 + 3 - 1)
     assert claims["tsk"] == {"exp": linked["expires_at"], "depth": 2, "tokens": 20}
