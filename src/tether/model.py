@@ -15,6 +15,7 @@ __all__ = [
     "DPoPProof",
     "IdentityKind",
     "Task",
+    "TaskBudget",
     "TaskState",
     "WorkloadIdentity",
     "act_from_chain",
@@ -72,6 +73,23 @@ class Task:
             "ended_at": self.ended_at,
             "created_by": self.created_by,
         }
+
+
+@dataclass(frozen=True)
+class TaskBudget:
+    """Claim ``tsk``: what a token's task has left, signed by its issuer (issue 19).
+
+    ``exp`` is the task's hard expiry, ``depth`` the delegation levels still allowed
+    (``max_depth`` minus the token's ``act`` chain) and ``tokens`` the task's ``max_tokens``.
+    A federation peer opening a linked task for the token never exceeds any of them.
+    """
+
+    exp: int
+    depth: int
+    tokens: int
+
+    def as_json(self) -> dict[str, int]:
+        return {"exp": self.exp, "depth": self.depth, "tokens": self.tokens}
 
 
 class IdentityKind(enum.StrEnum):
@@ -151,6 +169,8 @@ class AccessToken:
     tctx: str | None = None
     #: the human approval it was issued under (claim ``apr``: ``id``, ``by``, ``at``)
     apr: ApprovalClaim | None = None
+    #: what its task has left (claim ``tsk``), on every task-bound token
+    tsk: TaskBudget | None = None
 
     @property
     def bindings(self) -> str:

@@ -37,7 +37,7 @@ _FIELDS = {
     "tags", "task", "method", "path", "tool", "operation", "risk", "client", "time", "key_bound", "admins", "issuer",
     "principal_kind", "agent_kind", "principal_trust_domain", "agent_trust_domain", "binding", "arguments", "approval",
 }  # fmt: skip
-_KINDS = ("spiffe", "oidc", "client", "unknown")
+_KINDS = ("spiffe", "oidc", "client", "federated", "unknown")
 _NOON = 1_767_268_800  # 2026-01-01T12:00:00Z, a Thursday: the default decision time
 
 

@@ -152,6 +152,8 @@ class ExchangeQuestion:
     agent_domain: str = ""
     #: how the new token is bound (RFC 9449 ``jkt``, RFC 8705 ``x5t#S256``): "dpop", "mtls" or "dpop+mtls"
     binding: str = "dpop"
+    #: the issuer of the federation peer the task's chain came from (a linked task); "" for a local task
+    foreign_issuer: str = ""
 
     def key(self) -> Hashable:
         """Everything ``exchange_request`` reads, as a hashable key.
@@ -165,7 +167,7 @@ class ExchangeQuestion:
             *(self.kind, self.principal, self.principal_kind, self.audience, self.task),
             *(frozenset(self.scopes), tuple(self.actors), self.subject, int(self.now), self.client),
             *(frozenset(self.admins), tuple(sorted(self.tags.get(self.audience, ()))), self.risk, self.key_bound),
-            *(self.agent_kind, self.principal_domain, self.agent_domain, self.binding),
+            *(self.agent_kind, self.principal_domain, self.agent_domain, self.binding, self.foreign_issuer),
         )
 
 
@@ -186,6 +188,7 @@ def exchange_request(q: ExchangeQuestion) -> PolicyRequest:
         "task_age": max(0, int(q.now) - task.created_at),
         "purpose": task.purpose or "",
         "binding": q.binding,
+        "foreign_issuer": q.foreign_issuer,
     }
     return PolicyRequest(
         principal=who["uid"],

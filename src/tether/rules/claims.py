@@ -1,7 +1,8 @@
 """RFC 9068 JWT access token claims: ``build_claims`` for the STS, ``check_access_token_claims`` for everyone.
 
 The claim set is fixed: ``iss sub aud exp iat nbf jti client_id scope txn cnf`` plus ``act``
-(RFC 8693 §4.1), ``purp``, ``agt``, ``ckd`` and ``akd``. The check is RFC 9068 §4 made strict:
+(RFC 8693 §4.1), ``purp``, ``agt``, ``ckd`` and ``akd``, and ``tsk`` (what the task has left, for
+a federation peer's linked task) on task-bound tokens. The check is RFC 9068 §4 made strict:
 exact ``iss`` (no substring match, PyJWT CVE-2024-53861), a single ``aud``, NumericDates that
 are numbers and not booleans, bounded future ``iat``/``nbf`` and a bounded lifetime.
 """
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tether.errors import InvalidToken, OAuthError
-from tether.model import AccessToken, ApprovalClaim, act_from_chain, chain_from_act
+from tether.model import AccessToken, ApprovalClaim, TaskBudget, act_from_chain, chain_from_act
 from tether.rules.dpop import is_type, numeric_date
 from tether.rules.jws import JWSError, PublicKey, verify_compact
 from tether.rules.principal import is_principal
@@ -63,6 +64,8 @@ class Grant:
     #: the one tool call the token is for (``rules.approval.tool_call_context``), and the approval it was issued under
     tctx: str | None = None
     apr: ApprovalClaim | None = None
+    #: what the task has left (claim ``tsk``): set on every task-bound token
+    tsk: TaskBudget | None = None
 
 
 def cnf_claim(jkt: str | None, x5t: str | None) -> dict[str, str]:
@@ -109,6 +112,8 @@ def build_claims(grant: Grant, *, issuer: str, jti: str, now: int) -> dict[str, 
         claims["tctx"] = grant.tctx
     if grant.apr is not None:
         claims["apr"] = grant.apr.as_json()
+    if grant.tsk is not None:
+        claims["tsk"] = grant.tsk.as_json()
     return claims
 
 
@@ -208,6 +213,7 @@ def check_access_token_claims(
         x5t=x5t,
         tctx=_tctx(claims),
         apr=_apr(claims),
+        tsk=_tsk(claims),
     )
 
 
@@ -239,6 +245,26 @@ def _apr(claims: Mapping[str, Any]) -> ApprovalClaim | None:
     return ApprovalClaim(id=value["id"], by=value["by"], at=value["at"])
 
 
+#: bounds of ``tsk`` members: a depth never exceeds the ``act`` limit's order, a count fits 32 bits
+_TSK_MAX_DEPTH, _TSK_MAX_TOKENS = 64, 2**31 - 1
+
+
+def _tsk(claims: Mapping[str, Any]) -> TaskBudget | None:
+    """``tsk``: absent, or exactly ``{"exp", "depth", "tokens"}``, each a non-negative integer
+    (``tokens`` at least one); anything else is malformed, never read as "no limit"."""
+    if "tsk" not in claims:
+        return None
+    value = claims["tsk"]
+    if not isinstance(value, dict) or set(value) != {"exp", "depth", "tokens"}:
+        raise _invalid("tsk malformed")
+    exp, depth, tokens = value["exp"], value["depth"], value["tokens"]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (exp, depth, tokens)):
+        raise _invalid("tsk malformed")
+    if not (0 < exp < 2**53 and 0 <= depth <= _TSK_MAX_DEPTH and 1 <= tokens <= _TSK_MAX_TOKENS):
+        raise _invalid("tsk out of range")
+    return TaskBudget(exp=exp, depth=depth, tokens=tokens)
+
+
 def _cnf(claims: Mapping[str, Any]) -> tuple[str | None, str | None]:
     """``cnf`` (RFC 7800 §3.1): absent, or ``jkt`` and/or ``x5t#S256``, each a SHA-256 thumbprint.
 
@@ -265,8 +291,9 @@ def _kind(claims: Mapping[str, Any], name: str) -> str:
     return str(value)
 
 
-#: the kinds a principal can have (``tether.model.IdentityKind``), or unknown (not said)
-KINDS = frozenset({"spiffe", "oidc", "client", "unknown"})
+#: the kinds a principal can have (``tether.model.IdentityKind``), ``federated`` (a federation
+#: peer's principal, renamed ``fed:<peer>/…``), or unknown (not said)
+KINDS = frozenset({"spiffe", "oidc", "client", "federated", "unknown"})
 _AT_HEADERS = frozenset({"typ", "alg", "kid"})
 MAX_ACCESS_TOKEN = 8192
 

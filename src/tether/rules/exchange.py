@@ -13,11 +13,11 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from tether.errors import InvalidDPoPProof, InvalidGrant, InvalidRequest, InvalidTarget, after_end
-from tether.model import AccessToken, Task, TaskState, WorkloadIdentity
+from tether.model import AccessToken, Task, TaskBudget, TaskState, WorkloadIdentity
 from tether.rules.claims import MAX_ACT_DEPTH, Grant
 from tether.rules.scope import check_subset
 
-__all__ = ["Ask", "Limits", "check_hop_binding", "check_task_usable", "derive_hop", "derive_session"]
+__all__ = ["Ask", "Limits", "check_hop_binding", "check_task_usable", "derive_hop", "derive_session", "task_budget"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,11 @@ def _check_depth(actors: tuple[str, ...], task: Task) -> None:
     """The ``act`` chain never exceeds the task's ``max_depth`` (nor the global limit)."""
     if len(actors) > min(task.max_depth, MAX_ACT_DEPTH):
         raise InvalidGrant(f"delegation depth {len(actors)} exceeds the task's max_depth {task.max_depth}")
+
+
+def task_budget(task: Task, actors: tuple[str, ...]) -> TaskBudget:
+    """Claim ``tsk`` of a token of ``task`` with this ``act`` chain: what the task has left."""
+    return TaskBudget(exp=task.expires_at, depth=max(0, task.max_depth - len(actors)), tokens=task.max_tokens)
 
 
 def _expiry(now: int, ttl: int, *caps: int) -> int:
@@ -128,6 +133,7 @@ def derive_session(
         agent_kind=identity.kind.value,
         client_domain=identity.trust_domain,
         agent_domain=identity.trust_domain,
+        tsk=task_budget(task, actors),
     )
 
 
@@ -203,4 +209,5 @@ def derive_hop(
         agent_kind=parent.agent_kind,
         client_domain=client_domain,
         agent_domain=parent.agent_domain,
+        tsk=task_budget(task, actors),
     )

@@ -119,6 +119,7 @@ class Sts:
             console_key=derive_key(self.master_key, "console"),
             approvers=ApproverVerifier.from_config(self.config, self._http),
             vault_values=VaultValues(store, self.master_key).values,
+            http=self._http,
         )
         if settings.approvals.webhook_url:
             self.approval_webhook = ApprovalWebhook.for_context(self._ctx)

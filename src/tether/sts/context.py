@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+
 from tether.audit.anonymous import AnonymousRefusals
 from tether.audit.chain import AuditEvent
 from tether.clock import Clock
@@ -22,6 +24,7 @@ from tether.errors import AccessDenied, InvalidClient, InvalidGrant, InvalidToke
 from tether.federation.freshness import ClosedFeeds, PeerFeeds
 from tether.identity.approvers import ApproverVerifier
 from tether.identity.checks import IdentityError
+from tether.identity.jwks_cache import KeySource
 from tether.identity.verifier import IdentityVerifier
 from tether.identity.x509 import CertificateAuthenticator
 from tether.keys.keyring import KeyRing, SigningKey
@@ -104,6 +107,10 @@ class StsContext:
     on_hold: Callable[[Approval, Task], None] | None = None
     #: whether each federation peer's revocation feed is current (``federation.freshness``): closed until followed
     federation: PeerFeeds = field(default_factory=ClosedFeeds)
+    #: each federation peer's token-signing key source, by peer name, made on first use (``sts.federation``)
+    peer_keys: dict[str, KeySource] = field(default_factory=dict)
+    #: the client outbound fetches share (a peer's JWKS); ``None`` where nothing is fetched
+    http: httpx.AsyncClient | None = None
 
     def __post_init__(self) -> None:
         self.health = SharedCheck(self._ping)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tether.audit.chain import AuditEvent
+from tether.config.federation import FederationPeer
 from tether.errors import (
     AccessDenied,
     AuthorizationPending,
@@ -42,6 +43,7 @@ from tether.proofs import replayed_proof
 from tether.rules.certificate import ClientCertificate
 from tether.rules.claims import Grant, build_claims
 from tether.rules.exchange import Ask, check_hop_binding, derive_hop, derive_session
+from tether.rules.federation import check_ceiling, check_foreign_token, derive_linked_session, local_chain
 from tether.rules.namespace import source_of
 from tether.rules.scope import check_subset, format_scope
 from tether.rules.tool_call import ToolCall
@@ -58,8 +60,18 @@ from tether.store.errors import (
 from tether.store.records import IssuedToken
 from tether.sts.attribution import Claim, refuse_exchange
 from tether.sts.context import StsContext, new_jti, spend_key
+from tether.sts.federation import (
+    check_feeds,
+    foreign_issuer,
+    link_task,
+    linked_candidate,
+    peer_of_token,
+    redeem,
+    unredeemed,
+    verify_foreign_token,
+)
 from tether.sts.holds import gate
-from tether.urns import CLIENT_CREDENTIALS, JWT_BEARER, TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS, TOKEN_TYPE_JWT
+from tether.urns import CLIENT_CREDENTIALS, JWT_BEARER, JWT_BEARER_GRANT, TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS, TOKEN_TYPE_JWT
 
 __all__ = ["ExchangeRequest", "ExchangeResult", "exchange"]
 
@@ -86,6 +98,8 @@ class ExchangeRequest:
     tool_call: ToolCall | None = None
     #: RFC 8628-style poll of a held request (``rules.approval.valid_approval_id`` checked the shape)
     approval_id: str | None = None
+    #: RFC 7523 §2.1 ``assertion`` of the ``jwt-bearer`` grant: a federation peer's access token
+    assertion: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,8 +125,13 @@ def _check_shape(req: ExchangeRequest) -> None:
     if req.grant_type == CLIENT_CREDENTIALS:
         _check_credentials_shape(req)
         return
+    if req.grant_type == JWT_BEARER_GRANT:
+        _check_bearer_shape(req)
+        return
     if req.grant_type != TOKEN_EXCHANGE:
         raise UnsupportedGrantType("only the token exchange and client credentials grants are supported")
+    if req.assertion is not None:
+        raise InvalidRequest("`assertion` is not a token exchange parameter")
     if req.subject_token is None or req.subject_token_type is None:
         raise InvalidRequest("`subject_token` and `subject_token_type` are required")
     if req.subject_token_type not in (TOKEN_TYPE_JWT, TOKEN_TYPE_ACCESS):
@@ -147,6 +166,33 @@ def _check_credentials_shape(req: ExchangeRequest) -> None:
         raise InvalidRequest("`client_id` is required")
     if req.task is None:
         raise InvalidRequest("`task` is required")
+
+
+def _check_bearer_shape(req: ExchangeRequest) -> None:
+    """RFC 7523 §2.1: the ``assertion`` is the grant, and the only credential besides the DPoP
+    proof; the linked task is the foreign token's to name, never the request's."""
+    _check_linked_shape(req)
+    if req.assertion is None:
+        raise InvalidRequest("`assertion` is required")
+    extra = [name for name, value in (("subject_token", req.subject_token), ("subject_token_type", req.subject_token_type))
+             if value is not None]  # fmt: skip
+    if extra:
+        raise InvalidRequest(f"`{extra[0]}` is not a jwt-bearer parameter")
+
+
+def _check_linked_shape(req: ExchangeRequest) -> None:
+    """A federation peer's token, as assertion or subject token, opens (or joins) its linked task:
+    no ``task``, actor, client assertion, tool call or approval poll goes with it."""
+    extra = [name for name, value in (("task", req.task), ("actor_token", req.actor_token),
+                                      ("actor_token_type", req.actor_token_type),
+                                      ("client_assertion", req.client_assertion),
+                                      ("client_assertion_type", req.client_assertion_type),
+                                      ("authorization_details", req.tool_call), ("approval_id", req.approval_id))
+             if value is not None]  # fmt: skip
+    if extra:
+        raise InvalidRequest(f"`{extra[0]}` is not accepted with a federation peer's token")
+    if req.requested_token_type not in (None, TOKEN_TYPE_ACCESS):
+        raise InvalidRequest("only access tokens can be requested")
 
 
 async def _unredeemed(ctx: StsContext, claim: Claim, identity: WorkloadIdentity) -> WorkloadIdentity:
@@ -198,10 +244,19 @@ def chain_risk(ctx: StsContext, *principals: str) -> int:
 
 
 def _authorize(
-    ctx: StsContext, req: ExchangeRequest, grant: Grant, task: Task, *, kind: str, principal: str, risk: int
+    ctx: StsContext,
+    req: ExchangeRequest,
+    grant: Grant,
+    task: Task,
+    *,
+    kind: str,
+    principal: str,
+    risk: int,
+    holds: bool = True,
 ) -> Decision:
     """Cedar ``exchange`` for the token about to be issued (after the built-in attenuation rules);
-    ``risk`` is ``chain_risk`` of its parties, computed once for this and the tool call's ``call``."""
+    ``risk`` is ``chain_risk`` of its parties, computed once for this and the tool call's ``call``.
+    ``holds=False``: the caller cannot hold the request for approval, so a held decision is refused."""
     q = ExchangeQuestion(
         kind=kind,
         principal=principal,
@@ -220,7 +275,10 @@ def _authorize(
         principal_domain=grant.client_domain,
         agent_domain=grant.agent_domain,
         binding=binding_name(grant.jkt, grant.x5t),
+        foreign_issuer=foreign_issuer(ctx, task),
     )
+    if not holds:
+        return ctx.authorize(exchange_request(q))
     return ctx.authorize_memo(q.key(), lambda: exchange_request(q))
 
 
@@ -289,10 +347,20 @@ async def _exchange(ctx: StsContext, req: ExchangeRequest, claim: Claim) -> Exch
     if req.grant_type == CLIENT_CREDENTIALS and not ctx.certificates:
         # no trust domain has an X.509 bundle and no client a certificate: nobody can authenticate
         raise UnsupportedGrantType("client credentials need certificate client authentication, not configured here")
+    if req.grant_type == JWT_BEARER_GRANT and not ctx.settings.federation:
+        raise UnsupportedGrantType("the jwt-bearer grant is only for federation peers, none configured here")
     _check_shape(req)
     if req.grant_type == CLIENT_CREDENTIALS:
         return await _credentials(ctx, req, claim)
+    if req.grant_type == JWT_BEARER_GRANT:
+        assert req.assertion is not None
+        return await _linked(ctx, req, claim, req.assertion, peer_of_token(ctx, req.assertion))
     assert req.subject_token is not None
+    if req.subject_token_type == TOKEN_TYPE_ACCESS:
+        peer = peer_of_token(ctx, req.subject_token)  # exact ``iss``, before any verification
+        if peer is not None:
+            _check_linked_shape(req)
+            return await _linked(ctx, req, claim, req.subject_token, peer)
     proof, replay = _proof(ctx, req, claim)
     if req.subject_token_type == TOKEN_TYPE_JWT:
         _required(proof)
@@ -405,6 +473,47 @@ async def _hop(
     return await _issue(ctx, gated.grant, "hop", task, checked, claim, principals=principals, now=now, policy=decision)
 
 
+async def _linked(
+    ctx: StsContext, req: ExchangeRequest, claim: Claim, token: str, peer: FederationPeer | None
+) -> ExchangeResult:
+    """A federation peer's access token for a session of its linked task (``sts.federation``).
+
+    Order: the DPoP proof (and nonce), the peer and its signature, the token's shape and agent,
+    the proof's key against ``cnf.jkt`` (from here refusals are the agent's), not yet redeemed,
+    the peer's feed fresh (FED-03), the ceiling (FED-01), policy on the task it would open; then
+    the token is spent, the linked task opened or joined, and the session issued atomically.
+    """
+    checked_proof, replay = _proof(ctx, req, claim)
+    proof = _required(checked_proof)
+    if peer is None:
+        raise InvalidGrant("assertion is not from a federation peer", debug="iss names no [[federation]] peer")
+    foreign = await verify_foreign_token(ctx, token, peer)
+    check_foreign_token(foreign, peer)
+    if proof.jkt != foreign.jkt:
+        raise InvalidDPoPProof("dpop proof key does not match the foreign token binding")
+    agent = peer.local_name(foreign.client_id)
+    claim.principal = agent
+    await unredeemed(ctx, peer, foreign)
+    now = int(ctx.now())
+    check_feeds(ctx, [agent, peer.local_name(foreign.sub), *local_chain(foreign.actors, peer)], now=now)
+    ask = Ask(req.scope, req.audience, proof.jkt, ctx.settings.issuer, ctx.settings.limits)
+    scope = check_ceiling(foreign, peer, ask, now=now)
+    candidate = linked_candidate(peer, foreign, scope, now=now)
+    grant = derive_linked_session(foreign, candidate, peer, ask, now=now)
+    risk = chain_risk(ctx, agent, grant.sub, *grant.actors)
+    decision = _authorize(ctx, req, grant, candidate, kind="session", principal=agent, risk=risk, holds=False)
+    await redeem(ctx, peer, foreign)
+    task = await link_task(ctx, peer, foreign, candidate, now=now)
+    claim.task = task.id
+    if task.id != candidate.id:  # joined the linked task already open: judge the token for that task
+        grant = derive_linked_session(foreign, task, peer, ask, now=now)
+        decision = _authorize(ctx, req, grant, task, kind="session", principal=agent, risk=risk, holds=False)
+    origin = {"iss": peer.issuer, "jti": foreign.jti, "txn": foreign.txn, "peer": peer.name}
+    checked = _Checked(proof, replay, [])
+    return await _issue(ctx, grant, "session", task, checked, claim, principals=[agent, grant.sub, *grant.actors], now=now,
+                        policy=decision, foreign=origin)  # fmt: skip
+
+
 async def _admin(
     ctx: StsContext, req: ExchangeRequest, identity: WorkloadIdentity, checked: _Checked, claim: Claim
 ) -> ExchangeResult:
@@ -464,8 +573,15 @@ async def _issue(
     principals: list[str],
     now: int,
     policy: Decision,
+    foreign: dict[str, Any] | None = None,
 ) -> ExchangeResult:
-    """Sign, then commit atomically: proof consumed, identity spent, count taken, lineage and audit written."""
+    """Sign, then commit atomically: proof consumed, identity spent, count taken, lineage and audit written.
+
+    FED-03 first: nothing naming a federation peer's principal while that peer's feed is stale.
+    ``foreign``: the peer token a linked session was issued for (its ``iss``, ``jti``, ``txn``)."""
+    if ctx.settings.federation:  # the one check the local hot path pays
+        parties = (task.agent, task.on_behalf_of or "") if task is not None else ()
+        check_feeds(ctx, [grant.client_id, grant.agent, grant.sub, *grant.actors, *parties], now=now)
     depth = len(grant.actors)
     jti = new_jti()
     token = ctx.keyring.sign(build_claims(grant, issuer=ctx.settings.issuer, jti=jti, now=now))
@@ -505,6 +621,7 @@ async def _issue(
             "policy": policy.audit(),
             **({"approval": grant.apr.id} if grant.apr is not None else {}),
             **({"tctx": grant.tctx} if grant.tctx is not None else {}),
+            **({"foreign": foreign} if foreign is not None else {}),
         },
     )
     if task is not None:

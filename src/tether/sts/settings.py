@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 
 from tether.config import Config
 from tether.config.approvers import ApproverGroup
+from tether.config.federation import FederationPeer
 from tether.config.sections import ApprovalSettings
 from tether.rules.exchange import Limits
 from tether.rules.namespace import Namespace
@@ -42,6 +43,8 @@ class StsSettings:
     #: held requests and their approvers (``[approvals]``, ``[[approver_groups]]``; ``rules.approval``)
     approvals: ApprovalSettings = field(default_factory=ApprovalSettings)
     approver_groups: tuple[ApproverGroup, ...] = ()
+    #: ``[[federation]]`` peers whose agents are accepted within a ceiling (``sts.federation``)
+    federation: tuple[FederationPeer, ...] = ()
 
     @property
     def token_endpoint(self) -> str:
@@ -80,4 +83,5 @@ class StsSettings:
             trusted_proxies=tuple(config.tls.trusted_proxies),
             approvals=config.approvals,
             approver_groups=config.approver_groups,
+            federation=config.federation,
         )

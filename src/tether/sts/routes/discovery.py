@@ -18,7 +18,7 @@ from tether.rules.approval import TOOL_CALL_TYPE
 from tether.store.errors import StoreError
 from tether.sts.health import federation_health
 from tether.sts.routes.common import context, endpoint
-from tether.urns import CLIENT_CREDENTIALS, TOKEN_EXCHANGE
+from tether.urns import CLIENT_CREDENTIALS, JWT_BEARER_GRANT, TOKEN_EXCHANGE
 from tether.web.errors import error_response, wire_code
 
 __all__ = ["health_endpoint", "jwks_endpoint", "metadata_endpoint"]
@@ -37,7 +37,8 @@ async def metadata_endpoint(request: Request) -> Response:
     """RFC 8414 §2, with RFC 9449 §5.1 ``dpop_signing_alg_values_supported`` and, when client
     certificates can authenticate anyone here (a trust domain's X.509 bundle or a registered
     certificate), RFC 8705 §3.3 and §5 (``mtls_endpoint_aliases``: one port serves both); the
-    RFC 9396 §10 ``authorization_details`` types the token endpoint takes."""
+    RFC 9396 §10 ``authorization_details`` types the token endpoint takes; the RFC 7523 §2.1
+    ``jwt-bearer`` grant when federation peers are configured (issue 19)."""
     ctx = context(request)
     issuer = ctx.settings.issuer
     algs = list(ctx.proofs.algorithms)
@@ -77,6 +78,9 @@ async def metadata_endpoint(request: Request) -> Response:
             "introspection_endpoint": issuer + "/introspect",
             "revocation_endpoint": issuer + "/revoke",
         }
+    if ctx.settings.federation:
+        # RFC 7523 §2.1: a federation peer's access token as the grant (identity chaining)
+        body["grant_types_supported"] = [*body["grant_types_supported"], JWT_BEARER_GRANT]
     return JSONResponse(body, headers={"Cache-Control": "public, max-age=300"})
 
 

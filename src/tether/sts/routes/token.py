@@ -1,5 +1,8 @@
 """``POST /token`` (RFC 8693 §2), ``POST /introspect`` (RFC 7662 §2), ``POST /revoke`` (RFC 7009 §2).
 
+With ``[[federation]]`` peers, the token endpoint also takes the RFC 7523 §2.1 ``jwt-bearer`` grant
+(``assertion``: a peer's access token, draft-ietf-oauth-identity-chaining §2.4).
+
 The token endpoint also takes RFC 9396 ``authorization_details`` (one ``tool_call``, echoed in
 the response as §7 says) and ``approval_id``, the poll of a held request (RFC 8628 §3.4 style).
 """
@@ -75,6 +78,7 @@ async def _parse(request: Request) -> ExchangeRequest:
         certificate=client_certificate(request),
         tool_call=parse_authorization_details(details) if details is not None else None,
         approval_id=approval_id,
+        assertion=form.get("assertion"),
     )
 
 
