@@ -98,6 +98,11 @@ class PeerFollower:
     def fresh(self, now: float) -> bool:
         return self.feed.fresh(now)
 
+    def revoked(self, *, task: str | None, jti: str | None) -> bool:
+        """Whether the peer's feed said this foreign task ended or this token was revoked (kept until
+        what it covers expires): a token of an ended foreign task must open nothing here."""
+        return (jti is not None and jti in self.feed.jtis) or (task is not None and task in self.feed.tasks)
+
     async def apply(self, entry: Mapping[str, Any]) -> None:
         """End every active local task linked to the entry's foreign task or token."""
         kind, value = entry.get("kind"), entry.get("value")
@@ -171,6 +176,12 @@ class FederationFeeds:
     def fresh(self, peer: str, now: float) -> bool:
         follower = self.followers.get(peer)
         return follower is not None and follower.fresh(now)
+
+    def revoked(self, peer: str, *, task: str | None, jti: str | None, now: float) -> bool:
+        """For the exchange, before it links a foreign token: ``True`` if ``peer`` revoked its task or
+        the token itself, or if the peer is not followed or stale (nothing can be known: fail closed)."""
+        follower = self.followers.get(peer)
+        return follower is None or not follower.fresh(now) or follower.revoked(task=task, jti=jti)
 
     def states(self, now: float) -> dict[str, bool]:
         return {name: follower.fresh(now) for name, follower in self.followers.items()}
