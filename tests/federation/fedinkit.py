@@ -128,13 +128,17 @@ class Border:
 
 
 @contextlib.contextmanager
-def two_domains(root: Path, *, b_federation: Mapping[str, Any] | None = None, b_extra: str = "") -> Iterator[Border]:
-    """A, then B trusting A (``b_federation`` overrides the peer row); B starts with ``FreshFeeds``."""
+def two_domains(root: Path, *, b_federation: Mapping[str, Any] | None = None, b_extra: str = "",
+                b_policies: Mapping[str, str] | None = None) -> Iterator[Border]:  # fmt: skip
+    """A, then B trusting A (``b_federation`` overrides the peer row, ``b_policies`` are Cedar files
+    added to B's policy directory); B starts with ``FreshFeeds``."""
     clock = ManualClock()
     a_config = make_deployment(root / "a")
     with serving(a_config, clock) as a:
         b_config = make_deployment(root / "b", extra_toml=federation_toml(a.url, **(b_federation or {})) + b_extra,
                                    port=free_port())  # fmt: skip
+        for name, text in (b_policies or {}).items():
+            (b_config.policy_dir / name).write_text(text, encoding="utf-8")
         with serving(b_config, clock) as b:
             border = Border(a, b, clock)
             border.feeds(FreshFeeds())
