@@ -153,6 +153,11 @@ bundle_file = ".tether/bundles/{domain}.json"
 # name = "prod.example.org"
 # bundle_url = "https://spire.example.org/bundle"
 
+# [[trust_domains]]           # another trust domain's SPIFFE bundle endpoint (https_web), refreshed per its
+# name = "b.example"          # spiffe_refresh_hint; a tether serves its own at /spiffe/bundle
+# bundle_endpoint = "https://sts.b.example/spiffe/bundle"
+# bundle_ca_file = "b-ca.pem" # only that CA is trusted for the endpoint (a private one); default: the Web PKI
+
 # [[oidc_issuers]]            # Kubernetes projected service-account tokens of one cluster
 # issuer = "https://kubernetes.default.svc.cluster.local"
 # principal = "k8s-prod:{{/kubernetes.io/namespace}}/{{/kubernetes.io/serviceaccount/name}}"
