@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+import tether.features  # noqa: F401  (the feature tables are registered before a config is loaded)
 from tether.agent.identity import DevIdentity
 from tether.agent.proof import DPoPKey
 from tether.bench.harness import percentile, serve, tether_bin

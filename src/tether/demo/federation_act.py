@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+import tether.features  # noqa: F401  (the feature tables are registered before a config is loaded)
 from tether.agent.exchange import run_sync
 from tether.agent.federation import LinkedSession
 from tether.agent.identity import DevIdentity
