@@ -74,6 +74,9 @@ def _check_result(result: dict[str, Any]) -> None:
     assert checks["mcp:protected-call"] is True and checks["mcp:gateway-call"] is True
     # issue 17: a held payment approved by a scripted member of finance went through once
     assert checks["approval:held-then-paid"] is True
+    # issue 19: a hop across trust domains, and A's task completion ending B's linked task
+    assert checks["federation:crossed"] is True and checks["federation:hop-at-b"] is True
+    assert checks["federation:revocation-crossed"] is True
 
 
 def _tether(*args: str) -> subprocess.CompletedProcess[str]:

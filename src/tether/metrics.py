@@ -16,6 +16,9 @@ __all__ = [
     "APPROVALS",
     "CONTENT_TYPE",
     "EXCHANGE_SECONDS",
+    "FEDERATION_FEED_AGE",
+    "FEDERATION_FEED_FRESH",
+    "FEDERATION_TASKS_ENDED",
     "FEED_LAG_SECONDS",
     "FEED_SUBSCRIBERS",
     "GATEWAY_CALLS",
@@ -57,6 +60,21 @@ FEED_LAG_SECONDS = Gauge(
     "Seconds since the revocation view was last heard from the STS (resource servers and the gateway)",
     registry=REGISTRY,
 )
+#: per ``[[federation]]`` peer (a configured, bounded set of names): is its revocation feed current
+FEDERATION_FEED_FRESH = Gauge(
+    "tether_federation_feed_fresh",
+    "1 while a federation peer's revocation feed was heard within its stale_after (its agents are served), else 0",
+    ["peer"],
+    registry=REGISTRY,
+)
+FEDERATION_FEED_AGE = Gauge(
+    "tether_federation_feed_age_seconds", "Seconds since a federation peer's revocation feed was last heard", ["peer"],
+    registry=REGISTRY,
+)  # fmt: skip
+FEDERATION_TASKS_ENDED = Counter(
+    "tether_federation_tasks_ended", "Linked tasks ended because their federation peer revoked their origin", ["peer"],
+    registry=REGISTRY,
+)  # fmt: skip
 GATEWAY_CALLS = Counter("tether_gateway_calls", "Gateway calls, by route and status", ["route", "status"], registry=REGISTRY)
 GATEWAY_SECONDS = Histogram(
     "tether_gateway_seconds",

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import tether.features  # noqa: F401  (the feature tables are registered before a config is loaded)
 from tether.config import Config, load_config
+from tether.errors import ConfigError
 from tether.filemodes import OWNER_DIR, write_private
 from tether.identity.dev_approvers import DevApprovers
 from tether.identity.dev_issuer import DevTrustDomain
@@ -32,6 +33,7 @@ from tether.identity.dev_x509 import DevCA, write_secret
 from tether.keys.keyring import rotate_signing_key
 from tether.keys.sealed import MASTER_KEY_ENV, create_master_key, load_master_key, seal, unseal
 from tether.monitor.sample import sample_config
+from tether.rules.principal import spiffe_trust_domain
 from tether.store.open import open_store
 from tether.sts.settings import StsSettings
 
@@ -59,14 +61,17 @@ def _host_port(url: str) -> tuple[str, str]:
     return host, port or ("443" if url.startswith("https") else "80")
 
 
-def render_config(issuer: str, *, tls: bool = False) -> str:
+def render_config(issuer: str, *, tls: bool = False, trust_domain: str = DEV_TRUST_DOMAIN) -> str:
+    """The starter ``tether.toml``; ``trust_domain`` names the dev trust domain (two deployments
+    that federate each need their own: ``tether init --trust-domain a.example``)."""
     host, port = _host_port(issuer)
-    x509 = f'x509_bundle_file = ".tether/bundles/{DEV_TRUST_DOMAIN}.x509.pem"\n' if tls else ""
+    domain, admin = trust_domain, f"spiffe://{trust_domain}/admin"
+    x509 = f'x509_bundle_file = ".tether/bundles/{domain}.x509.pem"\n' if tls else ""
     tls_section = (
         "[tls]                         # HTTPS for tether serve / tether gateway (tether init --tls)\n"
         'certificate = ".tether/tls/server.pem"\n'
         'key = ".tether/tls/server.key"\n'
-        f'ca_file = ".tether/bundles/{DEV_TRUST_DOMAIN}.x509.pem"   # what the CLI and gateway trust for the STS\n'
+        f'ca_file = ".tether/bundles/{domain}.x509.pem"   # what the CLI and gateway trust for the STS\n'
         "# trusted_proxies = []        # TLS terminators whose Client-Cert header (RFC 9440) is believed\n\n"
         "[gateway]\n"
         'url = "https://127.0.0.1:8710"\n\n'
@@ -104,11 +109,11 @@ default_max_tokens = 100
 max_lifetime = 3600           # refuse workload JWTs valid for longer than this
 
 [admin]
-principals = ["{ADMIN_ID}"]
+principals = ["{admin}"]
 scope = "tether:admin"
 
 [dev]
-trust_domain = "{DEV_TRUST_DOMAIN}"   # local JWT-SVID issuer for `tether identity issue`
+trust_domain = "{domain}"   # local JWT-SVID issuer for `tether identity issue`
 
 [policy]
 dir = "policies"              # Cedar policies (*.cedar), validated against the tether schema, hot-reloaded
@@ -141,12 +146,17 @@ jwks_file = ".tether/bundles/approvers.json"
 
 {sample_config()}
 [[trust_domains]]
-name = "{DEV_TRUST_DOMAIN}"
-bundle_file = ".tether/bundles/{DEV_TRUST_DOMAIN}.json"
+name = "{domain}"
+bundle_file = ".tether/bundles/{domain}.json"
 {x509}
 # [[trust_domains]]           # a SPIRE trust domain, bundle served over HTTPS
 # name = "prod.example.org"
 # bundle_url = "https://spire.example.org/bundle"
+
+# [[trust_domains]]           # another trust domain's SPIFFE bundle endpoint (https_web), refreshed per its
+# name = "b.example"          # spiffe_refresh_hint; a tether serves its own at /spiffe/bundle
+# bundle_endpoint = "https://sts.b.example/spiffe/bundle"
+# bundle_ca_file = "b-ca.pem" # only that CA is trusted for the endpoint (a private one); default: the Web PKI
 
 # [[oidc_issuers]]            # Kubernetes projected service-account tokens of one cluster
 # issuer = "https://kubernetes.default.svc.cluster.local"
@@ -156,7 +166,7 @@ bundle_file = ".tether/bundles/{DEV_TRUST_DOMAIN}.json"
 
 # [[resources]]               # services that may act on behalf of a token's subject
 # uri = "https://tools.example.org"
-# principals = ["spiffe://{DEV_TRUST_DOMAIN}/tools"]
+# principals = ["spiffe://{domain}/tools"]
 # tags = ["wiki"]             # visible to policies as resource.tags
 
 # [revocations]               # the revocation feed and /policies: admins and [[resources]] principals
@@ -244,14 +254,19 @@ def _https(url: str) -> str:
     return "https://" + url.split("://", 1)[1] if url.startswith("http://") else url
 
 
-def initialize(directory: Path, *, issuer: str, force: bool = False, tls: bool = False) -> InitResult:
+def initialize(
+    directory: Path, *, issuer: str, force: bool = False, tls: bool = False, trust_domain: str | None = None
+) -> InitResult:
+    if trust_domain is not None and spiffe_trust_domain(f"spiffe://{trust_domain}/x") != trust_domain:
+        raise ConfigError("--trust-domain", f"`{trust_domain}` is not a lower-case trust domain name")
     directory.mkdir(parents=True, exist_ok=True)
     config_path = directory / "tether.toml"
     result = InitResult(config_path=config_path)
     if config_path.exists():
         result.kept.append(str(config_path))
     else:
-        write_private(config_path, render_config(_https(issuer) if tls else issuer, tls=tls))
+        text = render_config(_https(issuer) if tls else issuer, tls=tls, trust_domain=trust_domain or DEV_TRUST_DOMAIN)
+        write_private(config_path, text)
         result.created.append(str(config_path))
     config = load_config(config_path)
     data_dir = config.data_dir
@@ -291,6 +306,8 @@ def initialize(directory: Path, *, issuer: str, force: bool = False, tls: bool =
         install_starter_policies(policy_dir)
         result.created.append(f"starter policies in {policy_dir}")
     domain = config.dev.trust_domain or DEV_TRUST_DOMAIN
+    if trust_domain is not None and trust_domain != domain:
+        result.todo.append(f'[dev] trust_domain = "{trust_domain}" (it names `{domain}`; keys were made for that one)')
     if DevTrustDomain.key_path(data_dir, domain).exists() and not force:
         result.kept.append(f"dev trust domain spiffe://{domain}")
     else:

@@ -20,7 +20,10 @@ from tether.bench.report import Row, SignatureCosts, signature_costs
 
 __all__ = ["SECTIONS", "BenchOptions", "run_bench"]
 
-SECTIONS = ("exchange", "scaling", "mtls", "verify", "gateway", "mcp", "revocation", "completion", "cedar", "memory", "console")
+SECTIONS = (
+    "exchange", "scaling", "mtls", "verify", "gateway", "mcp", "revocation", "completion", "cedar", "memory", "console",
+    "federation",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,10 @@ def _section(name: str, workdir: Path, costs: SignatureCosts, options: BenchOpti
         from tether.bench.console import console_rows
 
         return console_rows(workdir)
+    if name == "federation":
+        from tether.bench.federation import federation_rows
+
+        return federation_rows(workdir, duration=options.duration, samples=options.completion_samples)
     raise ValueError(f"unknown section {name}")
 
 

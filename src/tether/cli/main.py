@@ -67,10 +67,14 @@ def init(
     tls: Annotated[
         bool, typer.Option("--tls", help="also a dev X.509 CA, a server certificate and https URLs (RFC 8705)")
     ] = False,
+    trust_domain: Annotated[
+        str | None,
+        typer.Option("--trust-domain", help="the dev trust domain (default tether.local; one per federating deployment)"),
+    ] = None,
 ) -> None:
     """Create tether.toml, the master key, the issuer signing key and the dev trust domain."""
     with errors_to_exit():
-        result = initialize(directory, issuer=issuer, force=force, tls=tls)
+        result = initialize(directory, issuer=issuer, force=force, tls=tls, trust_domain=trust_domain)
     for item in result.created:
         console.print(styled(("created", "green"), f" {item}"))
     for item in result.kept:

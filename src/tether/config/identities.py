@@ -46,6 +46,10 @@ class TrustDomainConfig:
     bundle_url: str | None
     #: the domain's X.509 bundle (PEM CA certificates) that its X.509-SVIDs chain to (RFC 8705 §2.1)
     x509_bundle_file: Path | None = None
+    #: SPIFFE Trust Domain and Bundle §5: the domain's bundle endpoint (``https_web``), refreshed per its hint
+    bundle_endpoint: str | None = None
+    #: the CA the endpoint's certificate chains to, when it is not a public one (only it is trusted)
+    bundle_ca_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -114,22 +118,32 @@ def _rows(data: Mapping[str, Any], name: str, allowed: set[str], required: set[s
 
 def parse_trust_domains(data: Mapping[str, Any], base: Path) -> tuple[TrustDomainConfig, ...]:
     domains = []
-    allowed = {"name", "bundle_file", "bundle_url", "x509_bundle_file"}
+    allowed = {"name", "bundle_file", "bundle_url", "bundle_endpoint", "bundle_ca_file", "x509_bundle_file"}
     for i, row in enumerate(_rows(data, "trust_domains", allowed, {"name"})):
-        name = typed(f"trust_domains[{i}].name", row["name"], str)
+        key = f"trust_domains[{i}]"
+        name = typed(f"{key}.name", row["name"], str)
         if spiffe_trust_domain(f"spiffe://{name}/x") != name:
-            raise ConfigError(f"trust_domains[{i}].name", "must be a lower-case trust domain name")
-        if ("bundle_file" in row) == ("bundle_url" in row):
-            raise ConfigError(f"trust_domains[{i}]", "needs exactly one of bundle_file or bundle_url")
+            raise ConfigError(f"{key}.name", "must be a lower-case trust domain name")
+        if sum(k in row for k in ("bundle_file", "bundle_url", "bundle_endpoint")) != 1:
+            raise ConfigError(key, "needs exactly one of bundle_file, bundle_url or bundle_endpoint")
         url = row.get("bundle_url")
         if url is not None:
-            url = http_url(url, f"trust_domains[{i}].bundle_url")
+            url = http_url(url, f"{key}.bundle_url")
+        endpoint = row.get("bundle_endpoint")
+        if endpoint is not None:
+            endpoint = http_url(endpoint, f"{key}.bundle_endpoint")
+            if not endpoint.startswith("https://"):
+                raise ConfigError(f"{key}.bundle_endpoint", "must be https (the SPIFFE https_web profile)")
+        if "bundle_ca_file" in row and endpoint is None:
+            raise ConfigError(f"{key}.bundle_ca_file", "is only for a bundle_endpoint")
         domains.append(
             TrustDomainConfig(
                 name,
-                _file(base, row.get("bundle_file"), f"trust_domains[{i}].bundle_file"),
+                _file(base, row.get("bundle_file"), f"{key}.bundle_file"),
                 url,
-                _file(base, row.get("x509_bundle_file"), f"trust_domains[{i}].x509_bundle_file"),
+                _file(base, row.get("x509_bundle_file"), f"{key}.x509_bundle_file"),
+                bundle_endpoint=endpoint,
+                bundle_ca_file=_file(base, row.get("bundle_ca_file"), f"{key}.bundle_ca_file"),
             )
         )
     return tuple(domains)

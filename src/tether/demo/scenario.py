@@ -27,6 +27,7 @@ from tether.client import StsClient
 from tether.config import load_config
 from tether.demo.acts import GatewayPlan, gateway_act, legacy_api, rogue_act, store_legacy_key
 from tether.demo.approval_act import APPROVAL_POLICY, PAYMENTS_SERVICE, ApprovalPlan, approval_act
+from tether.demo.federation_act import FederationPlan, federation_act, start_peer
 from tether.demo.mcp_act import NOTES_SERVICE, McpPlan, mcp_act, pin_drive
 from tether.demo.mcp_servers import notes_server, payments_server
 from tether.demo.mtls_act import REPORTS_SERVICE, MtlsPlan, enable_x509, mtls_act, reports_service, tls_files
@@ -166,6 +167,7 @@ def _scenario(directory: Path, run: _Run) -> None:
     mtls_plan = MtlsPlan(f"https://127.0.0.1:{free_port()}", f"https://127.0.0.1:{free_port()}")
     payments_port = free_port()
     approval_plan = ApprovalPlan(f"http://127.0.0.1:{payments_port}/mcp")
+    federation_plan = FederationPlan.create(directory)
     init = initialize(directory, issuer=sts_url)
     with init.config_path.open("a", encoding="utf-8") as handle:
         handle.write(
@@ -175,6 +177,8 @@ def _scenario(directory: Path, run: _Run) -> None:
             + plan.toml()
             + mtls_plan.toml()
             + approval_plan.toml()
+            + federation_plan.toml()
+            + f'\n[revocations]\nsubscribers = ["{federation_plan.subscriber()}"]\n'
         )
     initial = load_config(init.config_path)
     master = load_master_key(initial.master_key_file)
@@ -222,6 +226,9 @@ def _scenario(directory: Path, run: _Run) -> None:
             run.step("setup", "a payments MCP server behind tether.mcp.protect; `pay` is held for finance's approval",
                      payments=approval_plan.payments_url, policy="payments-need-finance")  # fmt: skip
             approval_act(run.step, run.check, admin, domain, sts_url, approval_plan, config, paid)
+            b_sts, b_server = start_peer(federation_plan, sts_url, AGENT)
+            servers.append(b_server)
+            federation_act(run.step, run.check, admin, DevIdentity(domain, AGENT), sts_url, federation_plan, b_sts)
     finally:
         for server in reversed(servers):
             server.stop()

@@ -1,4 +1,9 @@
-"""Where a federation peer's token-signing keys come from: its JWKS (URL or file) or a SPIFFE bundle endpoint."""
+"""Where a federation peer's token-signing keys come from: its JWKS (URL or file) or a SPIFFE bundle endpoint.
+
+A peer tether publishes its token-signing keys in its trust domain's bundle (``GET /spiffe/bundle``,
+``federation.published``), so ``bundle_endpoint`` follows that bundle (``identity.spiffe_bundle``):
+refreshed per its hint, kept through a failed refresh, refused if its sequence goes backwards.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import httpx
 
 from tether.config.federation import FederationPeer
 from tether.identity.jwks_cache import FileKeySource, KeySource, UrlKeySource
+from tether.identity.spiffe_bundle import BundleEndpointSource
 
 __all__ = ["peer_key_source"]
 
@@ -16,4 +22,5 @@ def peer_key_source(peer: FederationPeer, http: httpx.AsyncClient, *, refresh: i
         return FileKeySource(peer.jwks_file)
     if peer.jwks_uri is not None:
         return UrlKeySource(peer.jwks_uri, http, ttl=refresh)
-    raise NotImplementedError("SPIFFE bundle endpoints are not followed yet")
+    assert peer.bundle_endpoint is not None  # config.federation: exactly one of the three
+    return BundleEndpointSource(peer.bundle_endpoint, ca_file=peer.bundle_ca_file, refresh=refresh)

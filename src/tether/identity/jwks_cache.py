@@ -24,7 +24,17 @@ from tether.identity.watched import WatchedFile
 from tether.rules.jws import PublicKey, rsa_modulus_too_small
 from tether.streams import read_at_most
 
-__all__ = ["FileKeySource", "KeySet", "KeySource", "StaticKeySource", "UrlKeySource", "fetch_json", "load_json", "parse_jwks"]
+__all__ = [
+    "FileKeySource",
+    "KeySet",
+    "KeySource",
+    "StaticKeySource",
+    "UrlKeySource",
+    "fetch_json",
+    "import_public_jwk",
+    "load_json",
+    "parse_jwks",
+]
 
 log = logging.getLogger("tether.identity")
 
@@ -86,12 +96,28 @@ def parse_jwks(document: Any) -> KeySet:
         key_class = _CLASSES.get(str(entry.get("kty")))
         if key_class is None or (key_class is RSAKey and rsa_modulus_too_small(entry)):
             continue
-        clean = {k: v for k, v in entry.items() if k != "use"}
         try:
-            keys.append(key_class.import_key(clean))
-        except (JoseError, ValueError, TypeError, KeyError):
+            keys.append(import_public_jwk(entry))
+        except ValueError:
             log.warning("ignoring an unusable key set entry kid=%s", str(entry.get("kid"))[:64])
     return KeySet(keys)
+
+
+def import_public_jwk(entry: Mapping[str, Any]) -> PublicKey:
+    """One public asymmetric signing key (EC, OKP or RSA of at least 2048 bits), its ``use`` dropped;
+    ``ValueError`` saying why it is not one (private members, unknown ``kty``, bad parameters)."""
+    if _PRIVATE & set(entry):
+        raise ValueError("the key carries private key material")
+    key_class = _CLASSES.get(str(entry.get("kty")))
+    if key_class is None:
+        raise ValueError("the key type is not EC, OKP or RSA")
+    if key_class is RSAKey and rsa_modulus_too_small(entry):
+        raise ValueError("the RSA modulus is too small")
+    clean = {k: v for k, v in entry.items() if k != "use"}
+    try:
+        return key_class.import_key(clean)
+    except (JoseError, ValueError, TypeError, KeyError) as exc:
+        raise ValueError("the key parameters do not make a key") from exc
 
 
 class KeySource(Protocol):

@@ -19,6 +19,7 @@ from tether.identity.client_assertion import ClientAssertionVerifier
 from tether.identity.jwks_cache import FileKeySource, KeySource, StaticKeySource, UrlKeySource, parse_jwks
 from tether.identity.oidc import OidcVerifier
 from tether.identity.spiffe import SvidVerifier
+from tether.identity.spiffe_bundle import BundleEndpointSource
 from tether.model import WorkloadIdentity
 
 __all__ = ["IdentityVerifier", "build_identity_verifier"]
@@ -55,11 +56,16 @@ def build_identity_verifier(config: Config, client: httpx.AsyncClient) -> Identi
     for domain in config.trust_domains:
         if domain.bundle_file is not None:
             bundles[domain.name] = FileKeySource(domain.bundle_file)
+        elif domain.bundle_endpoint is not None:
+            bundles[domain.name] = BundleEndpointSource(domain.bundle_endpoint, ca_file=domain.bundle_ca_file, refresh=refresh)
         else:
             assert domain.bundle_url is not None
             bundles[domain.name] = UrlKeySource(domain.bundle_url, client, ttl=refresh)
+    # a tether's bundle also lists its token-signing keys (``federation.published``): tokens of any
+    # tether issuer this deployment knows are never JWT-SVIDs (JWT-12), whatever key signed them
+    tether_issuers = [config.issuer, *(peer.issuer for peer in config.federation)]
     verifiers: list[_Verifier] = [
-        SvidVerifier(bundles, audiences=audiences, max_lifetime=max_lifetime, skew=skew, foreign_issuers=[config.issuer])
+        SvidVerifier(bundles, audiences=audiences, max_lifetime=max_lifetime, skew=skew, foreign_issuers=tether_issuers)
     ]
     for issuer in config.oidc_issuers:
         verifiers.append(OidcVerifier(issuer, client, max_lifetime=max_lifetime, skew=skew))

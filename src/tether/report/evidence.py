@@ -118,7 +118,9 @@ def _detector_sources(config: Config) -> dict[str, str]:
 
 
 def _trust_sources(config: Config) -> tuple[TrustSource, ...]:
-    sources = [TrustSource("spiffe", d.name, d.bundle_url or str(d.bundle_file)) for d in config.trust_domains]
+    sources = [
+        TrustSource("spiffe", d.name, d.bundle_url or d.bundle_endpoint or str(d.bundle_file)) for d in config.trust_domains
+    ]
     for issuer in config.oidc_issuers:
         location = issuer.jwks_uri or (str(issuer.jwks_file) if issuer.jwks_file else f"{issuer.issuer} (discovery)")
         sources.append(TrustSource("oidc", issuer.issuer, location, issuer.algorithms))

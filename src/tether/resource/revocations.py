@@ -221,6 +221,10 @@ class RevocationFeed:
         self.announced_version: str | None = None
         #: when the announced version was first seen while another one was installed
         self.policy_behind_since: float | None = None
+        #: awaited with each entry before it counts as applied (the cursor moves past it only then);
+        #: a ``TetherError`` from it (a store that cannot answer) reconnects from the cursor, so the
+        #: entry comes again: what a federation follower does per entry is never skipped
+        self.on_revocation: Callable[[dict[str, Any]], Awaitable[None]] | None = None
         #: called (awaited) when a heartbeat names a policy version other than the last one
         #: returns the version it installed (a replica that has not reloaded yet may serve an older one)
         self.on_policy_version: Callable[[str], Awaitable[str | None]] | None = None
@@ -319,6 +323,11 @@ class RevocationFeed:
                 if event == "open":
                     self.connects += 1
                 elif event == "revocation":
+                    if self.on_revocation is not None:
+                        try:
+                            await self.on_revocation(payload)
+                        except TetherError as exc:
+                            raise FeedDown(f"entry {payload.get('seq')} not applied: {exc}") from exc
                     self.apply(payload)
                     self.last_heard = max(self.last_heard or 0.0, self._clock.now()) if self._heard.is_set() else None
                 elif event == "heartbeat":

@@ -19,6 +19,7 @@ from tether.audit.chain import AuditEvent
 from tether.clock import Clock, SystemClock
 from tether.config import Config
 from tether.errors import ConfigError
+from tether.federation.follower import FederationFeeds, check_feed_identities
 from tether.identity.approvers import ApproverVerifier
 from tether.identity.verifier import build_identity_verifier
 from tether.identity.x509 import CertificateAuthenticator
@@ -60,6 +61,8 @@ class Sts:
         self._ctx: StsContext | None = None
         #: the audit-stream monitor (``[monitor]``), running while the STS serves
         self.monitor: Monitor | None = None
+        #: the followers of the ``[[federation]]`` peers' revocation feeds (``ctx.federation``)
+        self.federation: FederationFeeds | None = None
         self._http: httpx.AsyncClient | None = None
         #: ``[approvals] webhook_url``: each held request announced with one-time links (``ctx.on_hold``)
         self.approval_webhook: ApprovalWebhook | None = None
@@ -128,6 +131,10 @@ class Sts:
             self.monitor = build_monitor(self.config, store, self.clock)
             await self.monitor.start()
             self._ctx.risk = self.monitor.risk
+        if self._upkeep and self.config.federation:
+            self.federation = FederationFeeds.for_config(self.config, self._ctx, self._http, self.master_key)
+            self.federation.start()
+            self._ctx.federation = self.federation
         return self._ctx
 
     async def _record_overrides(self, store: Store) -> None:
@@ -184,6 +191,9 @@ class Sts:
         self._refused_policy = problems
 
     async def stop(self) -> None:
+        if self.federation is not None:
+            await self.federation.aclose()
+            self.federation = None
         if self.approval_webhook is not None:
             await self.approval_webhook.stop()
             self.approval_webhook = None
@@ -208,6 +218,7 @@ def build_sts(config: Config, *, clock: Clock | None = None, store: Store | None
         policy = PolicyEngine(config.policy_dir, mode=config.policy.mode)
     except ValueError as exc:
         raise ConfigError("policy.mode", str(exc)) from exc
+    check_feed_identities(config)
     if policy.current is None:
         problem = policy.last_error.problems[0] if policy.last_error and policy.last_error.problems else "no policies"
         raise ConfigError("policy.dir", f"no valid policy set: {problem}")

@@ -1,4 +1,6 @@
-"""``/healthz``'s check of the store, shared: one in flight for all callers, its outcome reused ~1 s.
+"""``/healthz``'s check of the store, and what it says about federation peers' feeds.
+
+The store check is shared: one in flight for all callers, its outcome reused ~1 s.
 
 ``/healthz`` is unauthenticated, and each check costs a pooled database connection and a Redis
 round trip: a flood of health checks would compete with real traffic for both. Concurrent callers
@@ -12,9 +14,12 @@ from __future__ import annotations
 import asyncio
 import copy
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["SharedCheck"]
+from tether.federation.freshness import PeerFeeds
+
+__all__ = ["SharedCheck", "federation_health"]
 
 
 class SharedCheck:
@@ -52,3 +57,27 @@ class SharedCheck:
         finally:
             self._ended_at = self._clock()
             self._running = None
+
+
+@runtime_checkable
+class FeedStates(Protocol):
+    """Followers that can say each peer's state (``federation.follower.FederationFeeds``)."""
+
+    def states(self, now: float) -> Mapping[str, bool]: ...
+
+
+def federation_health(feeds: PeerFeeds, now: float) -> dict[str, Any]:
+    """``{"federation": {"fresh": n, "stale": m}}`` when peers are followed, else nothing.
+
+    Counts only: ``/healthz`` is unauthenticated, so it names no peer (which trust domains this
+    one federates with is the operator's business; ``/metrics`` has ``tether_federation_feed_fresh``
+    per peer). A stale peer does not fail the check: this STS still serves its own domain, and
+    refuses only that peer's agents.
+    """
+    if not isinstance(feeds, FeedStates):
+        return {}
+    states = feeds.states(now)
+    if not states:
+        return {}
+    fresh = sum(1 for state in states.values() if state)
+    return {"federation": {"fresh": fresh, "stale": len(states) - fresh}}

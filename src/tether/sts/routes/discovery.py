@@ -16,6 +16,7 @@ from tether.identity.x509 import SELF_SIGNED_TLS_CLIENT_AUTH, TLS_CLIENT_AUTH
 from tether.metrics import REFUSALS
 from tether.rules.approval import TOOL_CALL_TYPE
 from tether.store.errors import StoreError
+from tether.sts.health import federation_health
 from tether.sts.routes.common import context, endpoint
 from tether.urns import CLIENT_CREDENTIALS, JWT_BEARER_GRANT, TOKEN_EXCHANGE
 from tether.web.errors import error_response, wire_code
@@ -91,4 +92,4 @@ async def health_endpoint(request: Request) -> Response:
     except StoreError as exc:
         REFUSALS.labels(endpoint="health", error=wire_code(exc)).inc()
         return error_response(exc, quiet=True)
-    return JSONResponse({"status": "ok"}, headers={"Cache-Control": "no-store"})
+    return JSONResponse({"status": "ok", **federation_health(ctx.federation, ctx.now())}, headers={"Cache-Control": "no-store"})

@@ -1,0 +1,232 @@
+"""Two trust domains, two ``tether serve`` processes, HTTPS on loopback (issue 19; SECURITY FED-01..03).
+
+A (``a.example``) and B (``b.example``) are made by ``tether init --trust-domain --tls`` and
+configured as operators would: B trusts A as ``[[federation]]`` peer ``a`` through A's SPIFFE
+bundle endpoint (``GET /spiffe/bundle``, pinned to A's dev CA) and follows A's revocation feed
+as ``spiffe://b.example/feed``; A trusts B's trust domain through B's bundle endpoint (so it can
+authenticate that follower) and lists it in ``[revocations] subscribers``. One pair of
+processes serves the whole module.
+
+The chain: A's agent hops at A to A's summarizer service; the service, as actor, exchanges at A
+for a token whose audience is B's issuer and presents it at B (RFC 7523 jwt-bearer, DPoP with its
+key). B opens a linked task and issues a session with A's chain namespaced ``fed:a/…``; the
+service then hops at B to B's wiki. Revocation latency across the border is printed, never
+asserted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from e2e_kit import DPoPClient, ServedDomain, claims_of, init_domains, trust_both
+
+from helpers import ACCESS, JWT, TOKEN_EXCHANGE
+
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+SUMMARIZER = "https://summarizer.a.example"
+WIKI_B = "https://wiki.b.example"
+AGENT, SERVICE = "agent/research", "svc/summarizer"
+
+
+@dataclass
+class Pair:
+    a: ServedDomain
+    b: ServedDomain
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    root = tmp_path_factory.mktemp("two-domains")
+    a, b = init_domains(root, "a.example", "b.example")
+    trust_both(a, b)
+    a.append(f'[[trust_domains]]\nname = "b.example"\nbundle_endpoint = "{b.url}/spiffe/bundle"\n'
+             f'bundle_ca_file = "{b.ca_file}"\n\n'
+             f'[[resources]]\nuri = "{SUMMARIZER}"\nprincipals = ["{a.principal(SERVICE)}"]\n\n'
+             f'[revocations]\nsubscribers = ["{b.principal("feed")}"]')  # fmt: skip
+    b.append(f'[[federation]]\nname = "a"\nissuer = "{a.url}"\nbundle_endpoint = "{a.url}/spiffe/bundle"\n'
+             f'bundle_ca_file = "{a.ca_file}"\nagents = ["{a.principal("agent/*")}", "{a.principal("svc/*")}"]\n'
+             f'audiences = ["{WIKI_B}"]\nscopes = ["wiki:read"]\nmax_depth = 3\nmax_ttl = 600\nstale_after = 2\n'
+             f'feed_principal = "{b.principal("feed")}"')  # fmt: skip
+    b.launch()  # B first: its follower retries until A is up, and A fetches B's bundle when it first needs it
+    a.launch()
+    try:
+        b.wait_healthy()
+        a.wait_healthy()
+        feed_fresh(b)
+        yield Pair(a, b)
+    finally:
+        for side in (a, b):
+            side.stop()
+            for client in side.clients:
+                client.close()
+
+
+def feed_fresh(b: ServedDomain, *, fresh: bool = True, timeout: float = 20.0) -> float:
+    """Wait until B's /healthz says A's feed is ``fresh`` (or stale); the seconds it took."""
+    start = time.monotonic()
+    want = {"fresh": 1, "stale": 0} if fresh else {"fresh": 0, "stale": 1}
+    while b.health().get("federation") != want:
+        assert time.monotonic() - start < timeout, f"feed never {'fresh' if fresh else 'stale'}: {b.log()[-3000:]}"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def logged(side: ServedDomain, text: str, timeout: float = 5.0) -> None:
+    """The server's log says ``text`` (its feed watcher logs a change within a tick)."""
+    deadline = time.monotonic() + timeout
+    while text not in side.log():
+        assert time.monotonic() < deadline, f"`{text}` never logged"
+        time.sleep(0.05)
+
+
+@dataclass
+class Crossing:
+    task: str
+    foreign: str
+    service: DPoPClient
+
+
+def foreign_token(pair: Pair, *, scope: str = "wiki:read", task: str | None = None) -> Crossing:
+    """At A: a task (unless given), the agent's session and hop to the summarizer, and the
+    summarizer's actor exchange for a token whose audience is B's issuer."""
+    a = pair.a
+    if task is None:
+        body = {"agent": a.principal(AGENT), "audiences": [SUMMARIZER, pair.b.url], "scopes": ["wiki:read", "wiki:write"],
+                "max_depth": 3}  # fmt: skip
+        created = a.admin("POST", "/tasks", json=body)
+        assert created.status_code == 201, created.text
+        task = str(created.json()["id"])
+    agent = DPoPClient(a)
+    session = agent.token(a.svid(AGENT), task=task)
+    hop = agent.post_token({"grant_type": TOKEN_EXCHANGE, "subject_token": session, "subject_token_type": ACCESS,
+                            "resource": SUMMARIZER, "scope": "wiki:read wiki:write"})  # fmt: skip
+    assert hop.status_code == 200, hop.text
+    service = DPoPClient(a)
+    onward = service.post_token({"grant_type": TOKEN_EXCHANGE, "subject_token": hop.json()["access_token"],
+                                 "subject_token_type": ACCESS, "actor_token": a.svid(SERVICE), "actor_token_type": JWT,
+                                 "resource": pair.b.url, "scope": scope})  # fmt: skip
+    assert onward.status_code == 200, onward.text
+    return Crossing(task, str(onward.json()["access_token"]), service)
+
+
+def cross(pair: Pair, crossing: Crossing, **extra: str) -> tuple[httpx.Response, DPoPClient]:
+    """At B: the foreign token as an RFC 7523 grant, DPoP from the key it is bound to."""
+    at_b = DPoPClient(pair.b, crossing.service.key)
+    return at_b.post_token({"grant_type": JWT_BEARER_GRANT, "assertion": crossing.foreign, **extra}), at_b
+
+
+def hop_at_b(client: DPoPClient, session: str, resource: str = WIKI_B) -> httpx.Response:
+    return client.post_token({"grant_type": TOKEN_EXCHANGE, "subject_token": session, "subject_token_type": ACCESS,
+                              "resource": resource})  # fmt: skip
+
+
+def test_e2e_fed01_fed02_chained_exchange_keeps_the_act_chain_namespaced(pair: Pair) -> None:
+    crossing = foreign_token(pair)
+    foreign = claims_of(crossing.foreign)
+    assert foreign["act"] == {"sub": pair.a.principal(SERVICE)} and foreign["aud"] == pair.b.url
+    response, at_b = cross(pair, crossing)
+    assert response.status_code == 200, response.text
+    session = response.json()["access_token"]
+    claims = claims_of(session)
+    assert claims["iss"] == pair.b.url and claims["sub"] == f"fed:a/{pair.a.principal(AGENT)}"
+    assert claims["act"] == {"sub": f"fed:a/{pair.a.principal(SERVICE)}"}
+    assert claims["cnf"] == {"jkt": crossing.service.key.jkt}
+    hop = hop_at_b(at_b, session)
+    assert hop.status_code == 200, hop.text
+    hop_claims = claims_of(hop.json()["access_token"])
+    assert hop_claims["aud"] == WIKI_B and hop_claims["txn"] == claims["txn"]  # inside the linked task
+    seen = pair.b.introspect(hop.json()["access_token"])
+    assert seen["active"] is True and seen["act"] == claims["act"] and seen["txn"] == claims["txn"]
+
+
+def test_e2e_fed01_beyond_the_ceiling_is_refused_never_narrowed(pair: Pair) -> None:
+    wider = foreign_token(pair, scope="wiki:read wiki:write")  # within A's task, beyond B's ceiling
+    response, _ = cross(pair, wider)
+    assert response.status_code == 400 and response.json()["error"] == "invalid_scope", response.text
+    elsewhere = foreign_token(pair)
+    response, _ = cross(pair, elsewhere, resource="https://payroll.b.example")
+    assert response.status_code == 400 and response.json()["error"] == "invalid_target", response.text
+
+
+def test_e2e_fed03_revocation_crosses_the_border(pair: Pair, capsys: pytest.CaptureFixture[str]) -> None:
+    crossing = foreign_token(pair)
+    response, at_b = cross(pair, crossing)
+    assert response.status_code == 200, response.text
+    session = response.json()["access_token"]
+    hop = hop_at_b(at_b, session).json()["access_token"]
+    assert pair.b.introspect(hop)["active"] is True
+    ended = pair.a.admin("POST", f"/tasks/{crossing.task}/complete")
+    assert ended.status_code == 200, ended.text
+    start = time.monotonic()
+    while pair.b.introspect(hop)["active"] or pair.b.introspect(session)["active"]:
+        assert time.monotonic() - start < 10, "B still honours the linked task's tokens"
+        time.sleep(0.01)
+    latency = time.monotonic() - start
+    with capsys.disabled():
+        print(f"\ncross-domain revocation: B's tokens inactive {latency * 1000:.0f} ms after A's task completed")
+    refused = hop_at_b(at_b, session)
+    assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant", refused.text
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="gap: B's exchange (sts/federation.py) does not yet ask the follower whether the foreign task ended "
+    "(FederationFeeds.revoked); a token A minted before its task ended still opens a new linked task at B",
+)
+def test_e2e_fed03_token_of_an_ended_foreign_task_opens_nothing(pair: Pair) -> None:
+    crossing = foreign_token(pair)
+    spare = foreign_token(pair, task=crossing.task)  # minted before the end, presented after it
+    response, _ = cross(pair, crossing)
+    assert response.status_code == 200, response.text
+    assert pair.a.admin("POST", f"/tasks/{crossing.task}/complete").status_code == 200
+    start = time.monotonic()
+    while pair.b.introspect(response.json()["access_token"])["active"]:
+        assert time.monotonic() - start < 10
+        time.sleep(0.01)
+    late, _ = cross(pair, spare)
+    assert late.status_code == 400 and late.json()["error"] == "invalid_grant", late.text
+
+
+def test_e2e_fed03_b_fails_closed_without_a_feed_and_recovers(pair: Pair) -> None:
+    crossing = foreign_token(pair)
+    response, at_b = cross(pair, crossing)
+    assert response.status_code == 200, response.text
+    session = response.json()["access_token"]
+    waiting = foreign_token(pair)
+    metrics = pair.b.http().get(pair.b.url + "/metrics").text
+    assert 'tether_federation_feed_fresh{peer="a"} 1.0' in metrics
+    pair.a.stop()
+    try:
+        feed_fresh(pair.b, fresh=False)
+        time.sleep(1.0)  # the exchange judges freshness at whole seconds (its ``now`` is an int)
+        refused = hop_at_b(at_b, session)
+        assert refused.status_code == 503 and refused.json()["error"] == "temporarily_unavailable", refused.text
+        refused, _ = cross(pair, waiting)
+        assert refused.status_code == 503 and refused.json()["error"] == "temporarily_unavailable", refused.text
+        logged(pair.b, "went stale")
+    finally:
+        pair.a.start()
+    feed_fresh(pair.b)
+    assert hop_at_b(at_b, session).status_code == 200
+    again, _ = cross(pair, waiting)
+    assert again.status_code == 200, again.text
+    logged(pair.b, "is current again")
+
+
+def test_e2e_published_bundle_is_the_trust_domain_bundle(pair: Pair, tmp_path: Path) -> None:
+    from tether.identity.spiffe_bundle import parse_bundle
+
+    response = pair.a.http().get(pair.a.url + "/spiffe/bundle")
+    assert response.status_code == 200 and response.headers["content-type"] == "application/json"
+    bundle = parse_bundle(response.json())
+    jwks = pair.a.http().get(pair.a.url + "/jwks").json()
+    assert {k["kid"] for k in jwks["keys"]} < set(bundle.jwt.by_kid)  # the STS keys and the dev domain's
+    assert pair.a.dev().kid in bundle.jwt.by_kid
+    assert len(bundle.x509) == 1 and bundle.sequence is not None
+    cached = pair.a.http().get(pair.a.url + "/spiffe/bundle", headers={"If-None-Match": response.headers["etag"]})
+    assert cached.status_code == 304
