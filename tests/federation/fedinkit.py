@@ -51,12 +51,22 @@ class FreshFeeds:
     def fresh(self, peer: str, now: float) -> bool:
         return True
 
+    def revoked(self, peer: str, *, task: str | None, jti: str | None, now: float) -> bool:
+        return task in self.ended
+
+    def __init__(self) -> None:
+        #: foreign tasks the peer's feed said ended
+        self.ended: set[str] = set()
+
 
 class StaleFeeds:
     """A follower that lost every peer's feed (FED-03)."""
 
     def fresh(self, peer: str, now: float) -> bool:
         return False
+
+    def revoked(self, peer: str, *, task: str | None, jti: str | None, now: float) -> bool:
+        return True
 
 
 def federation_toml(a_issuer: str, **overrides: Any) -> str:

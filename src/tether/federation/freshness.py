@@ -17,9 +17,17 @@ class PeerFeeds(Protocol):
         """``True`` only if ``peer``'s feed was heard within its ``stale_after`` of ``now``."""
         ...
 
+    def revoked(self, peer: str, *, task: str | None, jti: str | None, now: float) -> bool:
+        """``True`` if ``peer``'s feed said ``task`` ended or ``jti`` was revoked — or if nothing can be
+        known (the peer is not followed, or stale): a token of an ended foreign task opens nothing here."""
+        ...
+
 
 class ClosedFeeds:
     """No follower runs: every peer is stale, so no peer's agent gets a token."""
 
     def fresh(self, peer: str, now: float) -> bool:
         return False
+
+    def revoked(self, peer: str, *, task: str | None, jti: str | None, now: float) -> bool:
+        return True

@@ -494,8 +494,12 @@ async def _linked(
     agent = peer.local_name(foreign.client_id)
     claim.principal = agent
     await unredeemed(ctx, peer, foreign)
-    now = int(ctx.now())
-    check_feeds(ctx, [agent, peer.local_name(foreign.sub), *local_chain(foreign.actors, peer)], now=now)
+    clock = ctx.now()
+    now = int(clock)
+    check_feeds(ctx, [agent, peer.local_name(foreign.sub), *local_chain(foreign.actors, peer)], now=clock)
+    if ctx.federation.revoked(peer.name, task=foreign.txn, jti=foreign.jti, now=clock):
+        # the ended task's linked task here is ended too: without this, the token would open a new one
+        raise after_end(InvalidGrant("the foreign task has ended or the token was revoked", debug=f"peer {peer.name}"))
     ask = Ask(req.scope, req.audience, proof.jkt, ctx.settings.issuer, ctx.settings.limits)
     scope = check_ceiling(foreign, peer, ask, now=now)
     candidate = linked_candidate(peer, foreign, scope, now=now)
@@ -582,7 +586,7 @@ async def _issue(
     # the one check the local hot path pays; a linked task outliving its peer's configuration still fails closed
     if ctx.settings.federation or grant.agent.startswith(FEDERATED_PREFIX):
         parties = (task.agent, task.on_behalf_of or "") if task is not None else ()
-        check_feeds(ctx, [grant.client_id, grant.agent, grant.sub, *grant.actors, *parties], now=now)
+        check_feeds(ctx, [grant.client_id, grant.agent, grant.sub, *grant.actors, *parties], now=ctx.now())
     depth = len(grant.actors)
     jti = new_jti()
     token = ctx.keyring.sign(build_claims(grant, issuer=ctx.settings.issuer, jti=jti, now=now))
