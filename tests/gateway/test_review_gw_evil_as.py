@@ -18,6 +18,7 @@ Everything is real: the STS, the gateway and, on loopback, the hostile token end
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import threading
@@ -27,14 +28,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gwkit import Caller, GatewayEnv, Upstream, gateway_toml, put_secret_sync, serve_gateway
+from gwkit import Caller, GatewayEnv, Upstream, gateway_toml, put_secret_sync, serve_gateway, wait_until
 from oauthkit import agent_saw, toml_route
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from helpers import QUIET_MONITOR, running_sts
+from helpers import QUIET_MONITOR, admin_token, running_sts
+from tether.audit.chain import AuditEvent
 from tether.web.server import ServerThread, free_port
 
 FIRST_REFRESH = "rt-" + secrets.token_urlsafe(24)
@@ -53,6 +55,7 @@ class EvilAs:
     reused: list[str] = field(default_factory=list)
     rotations: int = 0
     issued: list[str] = field(default_factory=list)
+    revoked: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def answer(self, kind: str, form: dict[str, str]) -> Response:
@@ -95,6 +98,7 @@ class EvilAs:
             return self.rotate(form) if kind == "rot" else self.answer(kind, form)
 
         async def revoke(request: Request) -> Response:
+            self.revoked.append(str((await request.form()).get("token", "")))
             return Response(status_code=200)
 
         async def api(request: Request) -> Response:
@@ -190,3 +194,35 @@ def test_review_fed04_a_rotated_refresh_token_is_kept_even_when_the_rest_of_the_
     assert second.status_code == 200, second.text
     assert env.evil.reused == []  # the dead refresh token was never presented again
     assert env.evil.rotations == 2
+
+
+def test_review_fed04_a_task_suspended_while_its_token_is_recorded_gets_it_revoked(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The feed may end the task at any await of the fetch: here, while ``gateway.oauth.token`` is written.
+    The token must not be kept for the ended task (it would sit unrevoked until its hop token expired)."""
+    caller = env.gw.caller("good")
+    task = caller.task["id"]
+    gateway = env.gw.gateway
+    audit = gateway.audit
+    real = audit.append_quietly
+
+    def suspend() -> None:
+        client, token = admin_token(env.gw.sts)
+        assert client.api("POST", f"/tasks/{task}/suspend", token).status_code == 200
+
+    async def append_quietly(event: AuditEvent) -> None:
+        await real(event)
+        if event.kind == "gateway.oauth.token" and event.task == task:
+            await asyncio.to_thread(suspend)  # an operator suspends the task right then
+            while not gateway.feed.ended(task):  # ... and the real feed reports it to the gateway
+                await asyncio.sleep(0.01)
+
+    monkeypatch.setattr(audit, "append_quietly", append_quietly)
+    response = caller.get("good", "/echo")
+    assert response.status_code == 401 and response.json()["error"] == "invalid_token"
+    [record] = env.gw.audit("gateway.oauth.token", task)
+    wait_until(lambda: bool(env.gw.audit("gateway.oauth.revoked", task)), what="the revocation of the task's token")
+    [revoked] = env.gw.audit("gateway.oauth.revoked", task)
+    assert revoked.outcome == "ok" and revoked.detail["tokens"] == [record.detail["token"]]
+    assert revoked.detail["reason"] == "task ended"
