@@ -19,6 +19,7 @@ Everything is real: the STS, the gateway and, on loopback, the hostile token end
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import secrets
 import threading
@@ -95,6 +96,8 @@ class EvilAs:
         async def token(request: Request) -> Response:
             form = {k: str(v) for k, v in (await request.form()).items()}
             kind = request.path_params["kind"]
+            if kind == "hang":
+                await asyncio.sleep(30)  # never answers within the route's timeout
             return self.rotate(form) if kind == "rot" else self.answer(kind, form)
 
         async def revoke(request: Request) -> Response:
@@ -127,6 +130,12 @@ def _routes(evil: EvilAs) -> str:
                    allow=allow, call_scopes=scopes, timeout=2.0)
         for kind in KINDS
     ]  # fmt: skip
+    rows.append(toml_route("hang", api, {"grant": "refresh_token", "token_endpoint": f"{evil.url}/as/hang/token",
+                                         "authorization_endpoint": f"{evil.url}/as/hang/authorize",
+                                         "redirect_uri": "http://127.0.0.1:8765/callback", "client_id": "gw",
+                                         "client_secret": "evil-secret", "refresh_token": "hang-refresh",
+                                         "scopes": ["read"]}, allow=allow, call_scopes=scopes, timeout=1.0,
+                           max_call_seconds=1.5))  # fmt: skip
     rows.append(toml_route("rot", api, {"grant": "refresh_token", "token_endpoint": f"{evil.url}/as/rot/token",
                                         "authorization_endpoint": f"{evil.url}/as/rot/authorize",
                                         "redirect_uri": "http://127.0.0.1:8765/callback", "client_id": "gw",
@@ -148,6 +157,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         with running_sts(directory, extra_toml=settings + "\n" + _routes(evil) + "\n" + QUIET_MONITOR) as sts:
             put_secret_sync(sts.config, "evil-secret", CLIENT_SECRET)
             put_secret_sync(sts.config, "rot-refresh", FIRST_REFRESH)
+            put_secret_sync(sts.config, "hang-refresh", "hang-" + secrets.token_urlsafe(24))
             with serve_gateway(sts.config, sts) as gateway:
                 gw = GatewayEnv(sts=sts, config=sts.config, gateway=gateway, upstream=Upstream(), elsewhere=Upstream(),
                                 down_port=0)  # fmt: skip
@@ -226,3 +236,18 @@ def test_review_fed04_a_task_suspended_while_its_token_is_recorded_gets_it_revok
     [revoked] = env.gw.audit("gateway.oauth.revoked", task)
     assert revoked.outcome == "ok" and revoked.detail["tokens"] == [record.detail["token"]]
     assert revoked.detail["reason"] == "task ended"
+
+
+def test_review_fed04_a_call_waiting_for_a_hanging_token_endpoint_ends_at_its_deadline(env: Env) -> None:
+    """Refreshes of a route are single-flight: calls of other tasks queue behind a hanging one. Each call
+    still ends at its own ``max_call_seconds`` (1.5 s; each refresh may take ``timeout``, 1 s), with 504."""
+    callers = [env.gw.caller("hang") for _ in range(3)]
+    for caller in callers:
+        caller.token(env.gw.aud("hang"))  # hop tokens first: the three calls arrive together
+    with concurrent.futures.ThreadPoolExecutor(len(callers)) as pool:
+        answers = list(pool.map(lambda c: c.get("hang", "/echo"), callers))
+    errors = sorted(a.json()["error"] for a in answers)
+    # the first refresh times out (503); the calls queued behind it reach their deadline first (504),
+    # instead of each waiting for every refresh ahead of it (1 s, 2 s, 3 s: all 503)
+    assert errors.count("gateway_timeout") >= 1, errors
+    assert all(a.status_code in (503, 504) for a in answers)
