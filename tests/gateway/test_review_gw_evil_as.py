@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import logging
 import secrets
 import threading
 from collections.abc import Iterator
@@ -57,6 +58,8 @@ class EvilAs:
     rotations: int = 0
     issued: list[str] = field(default_factory=list)
     revoked: list[str] = field(default_factory=list)
+    #: every refresh token the ``rot`` endpoint handed out
+    refreshes: list[str] = field(default_factory=lambda: [FIRST_REFRESH])
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def answer(self, kind: str, form: dict[str, str]) -> Response:
@@ -89,8 +92,11 @@ class EvilAs:
             self.rotations += 1
             self.current = f"rt-{self.rotations}-{secrets.token_urlsafe(24)}"
             token_type = "mac" if self.rotations == 1 else "Bearer"
-            return JSONResponse({"access_token": f"rot-{secrets.token_urlsafe(16)}", "token_type": token_type,
-                                 "expires_in": 60, "refresh_token": self.current})  # fmt: skip
+            access = f"rot-{secrets.token_urlsafe(16)}"
+            self.issued.append(access)
+            self.refreshes.append(self.current)
+            return JSONResponse({"access_token": access, "token_type": token_type, "expires_in": 60,
+                                 "refresh_token": self.current})  # fmt: skip
 
     def app(self) -> Starlette:
         async def token(request: Request) -> Response:
@@ -251,3 +257,22 @@ def test_review_fed04_a_call_waiting_for_a_hanging_token_endpoint_ends_at_its_de
     # instead of each waiting for every refresh ahead of it (1 s, 2 s, 3 s: all 503)
     assert errors.count("gateway_timeout") >= 1, errors
     assert all(a.status_code in (503, 504) for a in answers)
+
+
+def test_review_fed04_no_token_refresh_token_or_secret_in_any_log_line_or_audit_row(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    caller = env.gw.caller("rot", "good", "nested")
+    for route in ("rot", "rot", "good", "nested"):
+        caller.get(route, "/echo")
+    caller.complete()
+    wait_until(lambda: bool(env.gw.audit("gateway.oauth.revoked", caller.task["id"])), what="the revocations")
+    with env.evil.lock:
+        # (the hostile "t1" and "DACT" were refused unused; "DACT" is inside the redaction marker itself)
+        secrets_seen = [v for v in (*env.evil.issued, *env.evil.refreshes, CLIENT_SECRET) if len(v) >= 16]
+    logged = "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
+    audited = repr([(r.kind, r.detail, r.error) for r in env.gw.audit()])
+    for value in secrets_seen:
+        assert value not in logged and value not in audited
+    assert len(env.evil.refreshes) >= 2  # a rotation happened and was looked for
