@@ -153,8 +153,8 @@ def test_private_key_jwt_bad_vaulted_key_refused(vaulted: str) -> None:
 
 
 def test_refresh_token_of_a_good_answer() -> None:
-    body = json.dumps({"access_token": "at", "token_type": "Bearer", "refresh_token": "rt-1"}).encode()
-    assert refresh_token_of(200, body) == "rt-1"
+    body = json.dumps({"access_token": "at", "token_type": "Bearer", "refresh_token": "rt-0123456789abcdef"}).encode()
+    assert refresh_token_of(200, body) == "rt-0123456789abcdef"
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ from tether.gateway.oauth_wire import (
 from tether.gateway.vault import SecretRefused
 from tether.rules.jws import VerifiedJWS, verify_compact
 
-GOOD = {"access_token": "at-123", "token_type": "Bearer", "expires_in": 300, "scope": "contacts.read"}
+GOOD = {"access_token": "at-0123456789abcdef", "token_type": "Bearer", "expires_in": 300, "scope": "contacts.read"}
 
 
 def _parse(body: Any, status: int = 200, requested: tuple[str, ...] = ("contacts.read",)) -> Any:
@@ -37,11 +37,16 @@ def _parse(body: Any, status: int = 200, requested: tuple[str, ...] = ("contacts
 
 def test_a_good_response_is_read() -> None:
     token = _parse(GOOD)
-    assert (token.access_token, token.expires_in, token.scope, token.refresh_token) == ("at-123", 300, ("contacts.read",), None)
+    assert (token.access_token, token.expires_in, token.scope, token.refresh_token) == (
+        "at-0123456789abcdef",
+        300,
+        ("contacts.read",),
+        None,
+    )
     assert _parse({**GOOD, "token_type": "bearer", "expires_in": "60"}).expires_in == 60  # §7.1: case-insensitive
     assert _parse({k: v for k, v in GOOD.items() if k != "expires_in"}).expires_in == DEFAULT_EXPIRES_IN
     assert _parse({k: v for k, v in GOOD.items() if k != "scope"}).scope == ("contacts.read",)  # §5.1: as requested
-    assert _parse({**GOOD, "refresh_token": "rt-2"}).refresh_token == "rt-2"
+    assert _parse({**GOOD, "refresh_token": "rt-0123456789abcdef"}).refresh_token == "rt-0123456789abcdef"
 
 
 @pytest.mark.parametrize(("body", "status", "kind"), [

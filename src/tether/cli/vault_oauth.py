@@ -31,6 +31,7 @@ from tether.cli.output import console, fail
 from tether.config import Config
 from tether.gateway.oauth_config import OAuthCredentials
 from tether.gateway.oauth_connect import (
+    MAX_TOKEN_RESPONSE,
     ConnectRefused,
     ConnectRequest,
     callback_code,
@@ -50,6 +51,8 @@ __all__ = ["oauth_connect"]
 OPERATOR = "operator:cli"
 #: how long one connection to the listener may take to send its request (a stalled one is dropped)
 _REQUEST_SECONDS = 5.0
+#: how long the token request and its answer may take in all
+_TOKEN_SECONDS = 30.0
 _DONE = b"tether: authorization received. You can close this tab and go back to the terminal.\n"
 
 
@@ -169,11 +172,24 @@ def _exchange(oauth: OAuthCredentials, request: ConnectRequest, code: str, crede
                          jti=secrets.token_urlsafe(16))  # fmt: skip
     headers = {"Accept": "application/json"} | ({"Authorization": call.authorization} if call.authorization else {})
     try:
-        with httpx.Client(timeout=30.0, trust_env=False, follow_redirects=False) as http:
-            response = http.post(oauth.token_endpoint, data=call.form, headers=headers)
+        with httpx.Client(timeout=_TOKEN_SECONDS, trust_env=False, follow_redirects=False) as http:
+            return _post(http, oauth.token_endpoint, call.form, headers)
     except httpx.HTTPError as exc:
         fail(f"cannot reach the token endpoint {oauth.token_endpoint}: {type(exc).__name__}; nothing was stored")
-    return refresh_token_of(response.status_code, response.content)
+
+
+def _post(http: httpx.Client, url: str, form: dict[str, str], headers: dict[str, str]) -> str:
+    """The token request; its answer read only up to ``MAX_TOKEN_RESPONSE`` bytes and ``_TOKEN_SECONDS`` in
+    all (httpx's timeout is per read: a server trickling an endless body would hold the command for ever)."""
+    deadline = time.monotonic() + _TOKEN_SECONDS
+    with http.stream("POST", url, data=form, headers=headers) as response:
+        body = b""
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) > MAX_TOKEN_RESPONSE or time.monotonic() > deadline:
+                raise ConnectRefused("invalid_request", f"the token endpoint's answer is over {MAX_TOKEN_RESPONSE} "
+                                     f"bytes or took over {_TOKEN_SECONDS:g} s; nothing was stored")  # fmt: skip
+        return refresh_token_of(response.status_code, body)
 
 
 def oauth_connect(

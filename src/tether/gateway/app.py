@@ -38,7 +38,7 @@ from tether.gateway.gate import Gate
 from tether.gateway.inflight import InFlight, Slot
 from tether.gateway.mcp_routes import McpRoute
 from tether.gateway.oauth_tokens import UpstreamTokens
-from tether.gateway.proxy import BadGateway, Forwarded, forward
+from tether.gateway.proxy import BadGateway, Forwarded, GatewayTimeout, forward
 from tether.gateway.records import Call
 from tether.gateway.redact import SecretRedactor
 from tether.gateway.relay import Relayed
@@ -239,7 +239,7 @@ class Gateway:
                                          now=self.clock.now())  # fmt: skip
             assert principal.task is not None  # admit refuses calls without a task
             slot = self.in_flight.acquire(route.name, principal.task, route.max_in_flight_per_task)
-            secret, also = await self._credential(route, principal, request.method, path)
+            secret, also = await self._credential(route, principal, request.method, path, deadline)
             call = Call(route, principal, request.method, path, started, slot)
             call.seq = await self.audit.call(call)
             forwarded = await forward(upstream, route, method=request.method, path=path,
@@ -264,14 +264,26 @@ class Gateway:
         return Relayed(forwarded, functools.partial(self._finish, call, forwarded))
 
     async def _credential(
-        self, route: GatewayRoute, principal: Principal, method: str, path: str
+        self, route: GatewayRoute, principal: Principal, method: str, path: str, deadline: float
     ) -> tuple[str, tuple[str, ...]]:
         """What is injected (the vaulted secret, or an upstream access token for this call's scope)
-        and the other values scrubbed from the answer (an OAuth route's client secret and refresh token)."""
+        and the other values scrubbed from the answer (an OAuth route's client secret and refresh token).
+
+        Waiting for the token counts against the call's ``max_call_seconds``: a route's refreshes are
+        single-flight, so behind a hanging token endpoint calls would otherwise queue for one
+        ``timeout`` each (504 at the deadline; the fetch itself goes on for the other waiters)."""
         if route.oauth is None:
             return await self.secrets.get(route.secret), ()
         assert self.oauth is not None
-        token = await self.oauth.token_for(route, principal, method, check_path(path))
+        waiting = asyncio.timeout_at(deadline)
+        try:
+            async with waiting:
+                token = await self.oauth.token_for(route, principal, method, check_path(path))
+        except TimeoutError:
+            if not waiting.expired():
+                raise
+            raise GatewayTimeout("upstream authorization did not answer in time",
+                                 debug=f"route {route.name}: no upstream token by the call's deadline") from None  # fmt: skip
         return token, await self.oauth.client.also_scrub(route)
 
     async def _finish(self, call: Call, forwarded: Forwarded) -> None:

@@ -29,11 +29,13 @@ from joserfc.jwk import ECKey, JWKRegistry, OKPKey, RSAKey
 
 from tether.errors import OAuthError
 from tether.gateway.oauth_config import OAuthCredentials
+from tether.gateway.oauth_wire import MIN_TOKEN_BYTES
 from tether.rules.jws import algs_for_key, sign_compact
 from tether.urns import JWT_BEARER
 
 __all__ = [
     "ASSERTION_SECONDS",
+    "MAX_TOKEN_RESPONSE",
     "ConnectRefused",
     "ConnectRequest",
     "TokenRequest",
@@ -48,7 +50,7 @@ __all__ = [
 ASSERTION_SECONDS = 60
 #: RFC 6749 §4.1.2.1 / §5.2: ``error`` is %x20-21 / %x23-5B / %x5D-7E; any other character is shown as ``?``
 _NOT_ERROR_CHAR = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
-_MAX_TOKEN_RESPONSE = 64 * 1024
+MAX_TOKEN_RESPONSE = 64 * 1024
 
 
 class ConnectRefused(OAuthError):
@@ -195,11 +197,11 @@ def token_request(oauth: OAuthCredentials, request: ConnectRequest, code: str, *
 
 def refresh_token_of(status: int, body: bytes) -> str:
     """The refresh token of an RFC 6749 §5.1 answer; a §5.2 error by its code; nothing else from the body."""
-    if len(body) > _MAX_TOKEN_RESPONSE:
-        raise ConnectRefused("invalid_request", f"the token endpoint's answer is over {_MAX_TOKEN_RESPONSE} bytes")
+    if len(body) > MAX_TOKEN_RESPONSE:
+        raise ConnectRefused("invalid_request", f"the token endpoint's answer is over {MAX_TOKEN_RESPONSE} bytes")
     try:
         parsed = json.loads(body)
-    except ValueError:  # UnicodeDecodeError too
+    except (ValueError, RecursionError):  # UnicodeDecodeError too; RecursionError: ``[[[[...``
         parsed = None
     if status != 200:
         raw = parsed.get("error") if isinstance(parsed, dict) else None
@@ -216,4 +218,6 @@ def refresh_token_of(status: int, body: bytes) -> str:
         )
     if not token.isprintable():
         raise ConnectRefused("invalid_grant", "the refresh token has control characters; nothing was stored")
+    if len(token) < MIN_TOKEN_BYTES:  # the gateway could not scrub it from answers (and refuses one rotated to it)
+        raise ConnectRefused("invalid_grant", f"the refresh token is under {MIN_TOKEN_BYTES} bytes; nothing was stored")
     return token

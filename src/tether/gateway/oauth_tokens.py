@@ -140,22 +140,26 @@ class UpstreamTokens:
         self.fetched += 1
         self.register(token.access_token)
         wider = wider_than(token, scopes)
-        if wider or self.ended(task):  # never used: given up at once
-            self._revoke_later(route, task, [token.access_token], reason="wider" if wider else "task ended")
-            if wider:
-                beyond = " ".join(wider)[:200]
-                refused = TokenRefused("upstream granted more than the call needs",
-                                       debug=f"route {route.name}: granted beyond the request: {beyond}")  # fmt: skip
-                await self._record("gateway.oauth.refused", "refused", task, {**detail, "reason": refused.debug})
-                raise refused
-            self._refuse_ended(task)
-        now = self.clock.now()
-        upstream_until = now + token.expires_in
-        until = min(upstream_until - _margin(token.expires_in), float(principal.expires_at))
+        if wider:  # never used: given up at once
+            self._revoke_later(route, task, [token.access_token], reason="wider")
+            beyond = " ".join(wider)[:200]
+            refused = TokenRefused("upstream granted more than the call needs",
+                                   debug=f"route {route.name}: granted beyond the request: {beyond}")  # fmt: skip
+            await self._record("gateway.oauth.refused", "refused", task, {**detail, "reason": refused.debug})
+            raise refused
         GATEWAY_OAUTH_TOKENS.labels(route=route.name, outcome="fetched").inc()
         await self._record("gateway.oauth.token", "ok", task, {**detail, "token": token_digest(token.access_token),
                                                                "expires_in": token.expires_in,
                                                                "granted": " ".join(token.scope)})  # fmt: skip
+        # checked after the last await: the feed may end the task during the fetch or the record, and
+        # ``task_ended`` has then already released what the task held (a token kept now would sit
+        # unrevoked until its hop token expired)
+        if self.ended(task):
+            self._revoke_later(route, task, [token.access_token], reason="task ended")
+            self._refuse_ended(task)
+        now = self.clock.now()
+        upstream_until = now + token.expires_in
+        until = min(upstream_until - _margin(token.expires_in), float(principal.expires_at))
         self._keep(key, _Held(route.name, task, token.access_token, until, upstream_until), token)
         return token.access_token
 

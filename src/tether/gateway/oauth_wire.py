@@ -23,24 +23,33 @@ from tether.gateway.proxy import BadGateway
 from tether.rules.scope import parse_scope
 
 __all__ = [
+    "MAX_EXPIRES_IN",
     "MAX_TOKEN_BYTES",
+    "MIN_TOKEN_BYTES",
     "TokenRefused",
     "TokenUnavailable",
     "UpstreamToken",
     "basic_authorization",
     "parse_token_response",
+    "rotated_refresh_token",
     "upstream_error",
     "wider_than",
 ]
 
 #: an access or refresh token longer than this, or with characters a header cannot carry, is refused
 MAX_TOKEN_BYTES = 8192
+#: nor one shorter than this: the scrubber matches only forms of 4 bytes or more and refuses a value
+#: inside its own ``[REDACTED]`` marker, so a short token could reach the agent (and is guessable anyway)
+MIN_TOKEN_BYTES = 16
+#: the longest lifetime believed (a year): a token is never cached past its hop token anyway, and an
+#: absurd ``expires_in`` (``10**400`` is valid JSON) must not overflow the clock arithmetic
+MAX_EXPIRES_IN = 365 * 86400
 #: the most of an upstream answer the gateway reads (a token response is a few hundred bytes)
 MAX_RESPONSE_BYTES = 65536
 #: the lifetime assumed when the upstream does not say (RFC 6749 §5.1 only RECOMMENDS ``expires_in``)
 DEFAULT_EXPIRES_IN = 60
 _CODE = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]{1,64}")
-_TOKEN = re.compile(r"[\x21-\x7e]{1,8192}")
+_TOKEN = re.compile(rf"[\x21-\x7e]{{{MIN_TOKEN_BYTES},{MAX_TOKEN_BYTES}}}")
 
 
 class TokenUnavailable(BadGateway):
@@ -74,12 +83,18 @@ def basic_authorization(client_id: str, secret: str) -> str:
 
 def upstream_error(body: bytes) -> str:
     """The upstream's RFC 6749 §5.2 ``error`` code, for the log and the audit; ``-`` when it sent none fit to show."""
-    try:
-        parsed = json.loads(body[:MAX_RESPONSE_BYTES])
-    except (ValueError, UnicodeDecodeError):
-        return "-"
+    parsed = _json(body[:MAX_RESPONSE_BYTES])
     code = parsed.get("error") if isinstance(parsed, dict) else None
     return code if isinstance(code, str) and _CODE.fullmatch(code) else "-"
+
+
+def _json(body: bytes) -> Any:
+    """The parsed body, or None: not JSON, not UTF-8, or nested deeper than the parser recurses
+    (``[[[[...`` raises ``RecursionError``, which a hostile upstream must not turn into a 500)."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
 
 
 def _token(value: Any, what: str, route: str) -> str:
@@ -89,14 +104,15 @@ def _token(value: Any, what: str, route: str) -> str:
 
 
 def _expires_in(value: Any, route: str) -> int:
-    """``expires_in`` in seconds; a digit string is read too (some servers send one)."""
+    """``expires_in`` in seconds, at most ``MAX_EXPIRES_IN``; an ASCII digit string is read too (some
+    servers send one; ``str.isdigit`` alone would pass ``"²"``, which ``int`` refuses)."""
     if value is None:
         return DEFAULT_EXPIRES_IN
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise TokenUnavailable("upstream authorization is unavailable", debug=f"route {route}: malformed expires_in")
-    return value
+    return min(value, MAX_EXPIRES_IN)
 
 
 def wider_than(token: UpstreamToken, requested: tuple[str, ...]) -> list[str]:
@@ -117,10 +133,7 @@ def parse_token_response(
         raise TokenRefused("upstream refused the gateway's credentials", debug=f"route {route}: {status} {code}")
     if status != 200:
         raise TokenUnavailable("upstream authorization is unavailable", debug=f"route {route}: token endpoint {status}")
-    try:
-        parsed = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        parsed = None
+    parsed = _json(body)
     if not isinstance(parsed, Mapping):
         raise TokenUnavailable("upstream authorization is unavailable", debug=f"route {route}: not a json object")
     access = _token(parsed.get("access_token"), "access_token", route)
@@ -143,3 +156,15 @@ def parse_token_response(
         scope=granted,
         refresh_token=_token(refresh, "refresh_token", route) if refresh is not None else None,
     )
+
+
+def rotated_refresh_token(status: int, body: bytes) -> str | None:
+    """The well-formed ``refresh_token`` of a 200 JSON answer, whatever else the answer holds.
+
+    Read before the rest is checked: once a rotating upstream answered, the refresh token presented
+    is dead (RFC 6749 §6, RFC 9700 §4.14.2), so a new one must be kept even when the access token
+    beside it is refused (not Bearer, too wide, malformed); presenting the old one again would lose
+    the route's grant, and a server with reuse detection revokes every token of it."""
+    parsed = _json(body) if status == 200 else None
+    value = parsed.get("refresh_token") if isinstance(parsed, Mapping) else None
+    return value if isinstance(value, str) and _TOKEN.fullmatch(value) else None

@@ -33,6 +33,7 @@ from tether.gateway.oauth_wire import (
     UpstreamToken,
     basic_authorization,
     parse_token_response,
+    rotated_refresh_token,
 )
 from tether.gateway.routes import GatewayRoute
 from tether.gateway.vault import SecretCache
@@ -100,15 +101,16 @@ class UpstreamOAuth:
         current = await self.secrets.get(oauth.refresh_token)
         form |= {"grant_type": "refresh_token", "refresh_token": current}
         status, body = await self._post(route, oauth.token_endpoint, form)
-        token = parse_token_response(status, body, requested=scopes, route=route.name)
-        if token.refresh_token is not None and token.refresh_token != current:
-            # sealed before the access token is used; a store failure fails the call (StoreError)
-            await self.rotate(route.name, oauth.refresh_token, token.refresh_token)
+        rotated = rotated_refresh_token(status, body)
+        if rotated is not None and rotated != current:
+            # sealed before the rest of the answer is judged (the one presented is dead now) and before
+            # the access token is used; a store failure fails the call (StoreError)
+            await self.rotate(route.name, oauth.refresh_token, rotated)
             self.secrets.forget(oauth.refresh_token)
             self.rotations[route.name] = self.rotations.get(route.name, 0) + 1
             if self.retired is not None:
                 self.retired(current)
-        return token
+        return parse_token_response(status, body, requested=scopes, route=route.name)
 
     async def revoke(self, route: GatewayRoute, token: str) -> bool:
         """RFC 7009 §2.1 revocation of one access token; True when the upstream answered 200 (§2.2)."""
