@@ -158,6 +158,17 @@ bundle_file = ".tether/bundles/{domain}.json"
 # bundle_endpoint = "https://sts.b.example/spiffe/bundle"
 # bundle_ca_file = "b-ca.pem" # only that CA is trusted for the endpoint (a private one); default: the Web PKI
 
+# [[federation]]              # agents of another tether trust domain, within a ceiling (README: federation)
+# name = "a"                  # their principals are fed:a/<principal> here
+# issuer = "https://sts.a.example"
+# bundle_endpoint = "https://sts.a.example/spiffe/bundle"   # or jwks_uri / jwks_file
+# agents = ["spiffe://a.example/agent/*"]
+# audiences = ["https://tools.example.org"]
+# scopes = ["wiki:read"]      # the ceiling: beyond it refused, never narrowed
+# max_depth = 2               # max_ttl = 900, max_tokens = 100
+# feed_principal = "spiffe://{domain}/feed"   # who this STS is at A's revocation feed (A lists it)
+# stale_after = 10            # A's feed silent this long: A's agents are refused (fail closed)
+
 # [[oidc_issuers]]            # Kubernetes projected service-account tokens of one cluster
 # issuer = "https://kubernetes.default.svc.cluster.local"
 # principal = "k8s-prod:{{/kubernetes.io/namespace}}/{{/kubernetes.io/serviceaccount/name}}"
