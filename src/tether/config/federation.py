@@ -23,14 +23,12 @@ from tether.config.scalars import http_url, issuer_uri, typed
 from tether.errors import ConfigError, OAuthError
 from tether.rules.jws import ASYMMETRIC_ALGS
 from tether.rules.namespace import Namespace
-from tether.rules.principal import is_principal
+from tether.rules.principal import FEDERATED_PREFIX, is_principal
 from tether.rules.resource import check_resource_uri
 from tether.rules.scope import parse_scope
 
 __all__ = ["FEDERATED_PREFIX", "FederationPeer", "parse_federation"]
 
-#: a foreign principal ``p`` of peer ``n`` is ``fed:n/p`` here
-FEDERATED_PREFIX = "fed:"
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _ALLOWED = {
     "name", "issuer", "jwks_uri", "jwks_file", "bundle_endpoint", "bundle_ca_file", "agents", "audiences", "scopes",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from tether.errors import InvalidRequest, InvalidTarget
 from tether.model import Task, TaskState
-from tether.rules.principal import is_principal
+from tether.rules.principal import is_federated, is_principal
 from tether.rules.resource import check_resource_uri
 from tether.rules.scope import parse_scope_list
 
@@ -62,6 +62,10 @@ def build_task(request: TaskRequest, *, task_id: str, issuer: str, limits: TaskL
             raise InvalidRequest("`on_behalf_of` must be a principal such as `user:alice`")
         if request.on_behalf_of == request.agent:
             raise InvalidRequest("`on_behalf_of` must differ from `agent`")
+    for name, value in (("agent", request.agent), ("on_behalf_of", request.on_behalf_of)):
+        if value is not None and is_federated(value):
+            # FED-02: only a peer's verified token opens a task for a `fed:` principal (its linked task)
+            raise InvalidRequest(f"`{name}` must not name a federation peer's principal (`fed:`)")
     if not request.audiences or len(request.audiences) > MAX_AUDIENCES:
         raise InvalidRequest(f"between 1 and {MAX_AUDIENCES} audiences are required")
     audiences = tuple(dict.fromkeys(check_resource_uri(a) for a in request.audiences))
