@@ -16,10 +16,16 @@ from tether.rules.principal import is_federated, is_principal
 from tether.rules.resource import check_resource_uri
 from tether.rules.scope import parse_scope_list
 
-__all__ = ["MAX_AUDIENCES", "TaskLimits", "TaskRequest", "build_task", "check_transition"]
+__all__ = ["MAX_AUDIENCES", "TaskLimits", "TaskRequest", "build_task", "check_transition", "is_purpose"]
 
 MAX_AUDIENCES = 32
 _MAX_PURPOSE = 256
+
+
+def is_purpose(text: str) -> bool:
+    """A task's purpose is shown to operators (console, CLI, audit): printable text (no control or
+    bidi characters, which could make it read as something else) of bounded length."""
+    return len(text) <= _MAX_PURPOSE and text.isprintable()
 
 
 @dataclass(frozen=True)
@@ -75,7 +81,7 @@ def build_task(request: TaskRequest, *, task_id: str, issuer: str, limits: TaskL
     if not scopes:
         raise InvalidRequest("at least one scope is required")
     purpose = request.purpose
-    if purpose is not None and (len(purpose) > _MAX_PURPOSE or not purpose.isprintable()):
+    if purpose is not None and not is_purpose(purpose):
         raise InvalidRequest(f"`purpose` must be printable text of at most {_MAX_PURPOSE} characters")
     duration = _bounded("max_duration", request.max_duration, limits.max_duration, limits.max_duration)
     min_depth = 1 if request.on_behalf_of else 0
