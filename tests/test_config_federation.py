@@ -94,3 +94,15 @@ def test_fed02_a_client_id_inside_a_peers_namespace_is_refused() -> None:
     with pytest.raises(ConfigError) as raised:
         _parse(_peer(), clients=[client])
     assert str(raised.value).startswith("federation[0].name:") and "clients[0].client_id" in str(raised.value)
+
+
+def test_fed02_review_a_peer_named_like_a_local_trust_domain_is_refused() -> None:
+    """rvfed: Cedar's ``trust_domain`` of a peer's principal is the peer's name, of a local SPIFFE
+    workload its trust domain; a peer named like a local trust domain (natural when both sides run
+    the dev domain ``tether.local``) would satisfy a policy written for local workloads
+    (``principal.trust_domain == "tether.local"``), so the name is refused (FED-02). Client ids and
+    OIDC issuers contain ``:``, which a peer name cannot."""
+    domain = {"name": "tether.local", "bundle_file": "td.json"}
+    with pytest.raises(ConfigError) as raised:
+        _parse(_peer(name="tether.local"), trust_domains=[domain])
+    assert str(raised.value).startswith("federation[0].name:") and "trust_domain" in str(raised.value), raised.value

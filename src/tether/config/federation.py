@@ -13,7 +13,7 @@ for ``stale_after`` seconds (FED-03).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from tether.rules.principal import FEDERATED_PREFIX, is_principal
 from tether.rules.resource import check_resource_uri
 from tether.rules.scope import parse_scope
 
-__all__ = ["FEDERATED_PREFIX", "FederationPeer", "parse_federation"]
+__all__ = ["FEDERATED_PREFIX", "FederationPeer", "check_peer_names", "parse_federation"]
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _ALLOWED = {
@@ -164,3 +164,17 @@ def parse_federation(data: Mapping[str, Any], base: Path, own_issuer: str) -> tu
             if values.count(value) > 1:
                 raise ConfigError("federation", f"peer {attr} `{value}` is used twice")
     return peers
+
+
+def check_peer_names(peers: Iterable[FederationPeer], trust_domains: Iterable[str]) -> None:
+    """FED-02 in policy: Cedar's ``trust_domain`` of a peer's principal is the peer's name, and of a
+    local SPIFFE workload its trust domain; a peer named like a local trust domain would satisfy a
+    policy written for local workloads (``principal.trust_domain == "tether.local"``), so it is refused."""
+    local = set(trust_domains)
+    for index, peer in enumerate(peers):
+        if peer.name in local:
+            raise ConfigError(
+                f"federation[{index}].name",
+                f"`{peer.name}` is also a local trust_domain: Cedar could not tell the peer's principals from"
+                " local ones; name the peer differently",
+            )
