@@ -35,6 +35,7 @@ def test_a_peer_with_its_defaults_and_namespace() -> None:
     cfg = _parse(_peer())
     (peer,) = cfg.federation
     assert (peer.max_depth, peer.max_ttl, peer.max_tokens, peer.stale_after) == (2, 900, 100, 10)
+    assert peer.max_crossings_per_minute == 600
     assert peer.algorithms == ("ES256", "EdDSA") and peer.scopes == frozenset({"wiki:read"})
     assert peer.local_name("spiffe://a.example/agent/x") == "fed:a/spiffe://a.example/agent/x"
     assert peer.admits_agent("spiffe://a.example/agent/x") and not peer.admits_agent("spiffe://a.example/tool/x")
@@ -72,6 +73,8 @@ def test_a_peer_with_its_defaults_and_namespace() -> None:
         ([_peer(max_ttl=0)], "federation[0].max_ttl"),
         ([_peer(max_tokens=0)], "federation[0].max_tokens"),
         ([_peer(stale_after=0)], "federation[0].stale_after"),
+        ([_peer(max_crossings_per_minute=0)], "federation[0].max_crossings_per_minute"),
+        ([_peer(max_crossings_per_minute="10")], "federation[0].max_crossings_per_minute"),
         ([_peer(), _peer(issuer="https://other.example")], "federation"),
         ([_peer(), _peer(name="b")], "federation"),
     ],

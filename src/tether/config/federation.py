@@ -33,6 +33,7 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _ALLOWED = {
     "name", "issuer", "jwks_uri", "jwks_file", "bundle_endpoint", "bundle_ca_file", "agents", "audiences", "scopes",
     "max_depth", "max_ttl", "max_tokens", "stale_after", "feed_principal", "feed_identity_file", "algorithms",
+    "max_crossings_per_minute",
 }  # fmt: skip
 _REQUIRED = ("name", "issuer", "agents", "audiences", "scopes", "feed_principal")
 
@@ -60,6 +61,9 @@ class FederationPeer:
     #: a JWT-SVID kept fresh by a SPIFFE helper; without it the dev trust domain mints ``feed_principal``
     feed_identity_file: Path | None = None
     algorithms: tuple[str, ...] = ("ES256", "EdDSA")
+    #: crossings (foreign tokens redeemed) accepted from this peer per minute: each may open a linked
+    #: task, and a compromised peer can mint foreign tasks at will
+    max_crossings_per_minute: int = 600
 
     @property
     def prefix(self) -> str:
@@ -149,6 +153,9 @@ def _peer(index: int, row: Mapping[str, Any], base: Path, own_issuer: str) -> Fe
         stale_after=_int(f"{key}.stale_after", row.get("stale_after", 10), 1, 3600),
         feed_identity_file=file("feed_identity_file"),
         algorithms=algorithms,
+        max_crossings_per_minute=_int(
+            f"{key}.max_crossings_per_minute", row.get("max_crossings_per_minute", 600), 1, 1_000_000
+        ),
     )
 
 

@@ -62,6 +62,7 @@ from tether.sts.attribution import Claim, refuse_exchange
 from tether.sts.context import StsContext, new_jti, spend_key
 from tether.sts.federation import (
     check_feeds,
+    count_crossing,
     foreign_issuer,
     link_task,
     linked_candidate,
@@ -480,8 +481,8 @@ async def _linked(
 
     Order: the DPoP proof (and nonce), the peer and its signature, the token's shape and agent,
     the proof's key against ``cnf.jkt`` (from here refusals are the agent's), not yet redeemed,
-    the peer's feed fresh (FED-03), the ceiling (FED-01), policy on the task it would open; then
-    the token is spent, the linked task opened or joined, and the session issued atomically.
+    the peer's feed fresh (FED-03), the ceiling (FED-01), policy on the task it would open, the
+    peer's crossings this minute (``count_crossing``); then the token is spent, the linked task opened or joined, and the session issued atomically.
     """
     checked_proof, replay = _proof(ctx, req, claim)
     proof = _required(checked_proof)
@@ -502,6 +503,7 @@ async def _linked(
     grant = derive_linked_session(foreign, candidate, peer, ask, now=now)
     risk = chain_risk(ctx, agent, grant.sub, *grant.actors)
     decision = _authorize(ctx, req, grant, candidate, kind="session", principal=agent, risk=risk, holds=False)
+    await count_crossing(ctx, peer, now=now)
     await redeem(ctx, peer, foreign)
     task = await link_task(ctx, peer, foreign, candidate, now=now)
     claim.task = task.id

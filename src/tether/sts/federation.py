@@ -17,7 +17,7 @@ from typing import Any
 
 from tether.audit.chain import AuditEvent
 from tether.config.federation import FEDERATED_PREFIX, FederationPeer
-from tether.errors import AccessDenied, InvalidGrant, InvalidToken, TemporarilyUnavailable, spent
+from tether.errors import AccessDenied, InvalidGrant, InvalidToken, TemporarilyUnavailable, TooManyRequests, spent
 from tether.federation.keys import peer_key_source
 from tether.identity.jwks_cache import KeySource
 from tether.model import AccessToken, Task
@@ -31,6 +31,7 @@ from tether.sts.context import StsContext
 
 __all__ = [
     "check_feeds",
+    "count_crossing",
     "foreign_issuer",
     "link_task",
     "linked_candidate",
@@ -42,6 +43,8 @@ __all__ = [
 
 #: a redeemed foreign token stays marked this long past its ``exp`` (as a workload JWT's jti)
 _SPEND_MARGIN = 600
+#: the fixed window ``max_crossings_per_minute`` counts in
+_WINDOW = 60
 
 
 def peer_of_token(ctx: StsContext, token: str) -> FederationPeer | None:
@@ -138,6 +141,21 @@ async def redeem(ctx: StsContext, peer: FederationPeer, token: AccessToken) -> N
     key, until = _spend_key(peer, token)
     if not await ctx.store.spend(key, until=until, now=ctx.now()):
         raise _replayed()
+
+
+async def count_crossing(ctx: StsContext, peer: FederationPeer, *, now: int) -> None:
+    """Count one crossing from ``peer`` in this minute's window; beyond ``max_crossings_per_minute``,
+    429 ``too_many_requests`` with ``Retry-After`` (the window's end). A compromised peer signs any
+    ``txn`` it likes, and each new one opens a linked task (store rows, a ceiling's worth of tokens):
+    the count bounds how many it can open, whatever each one is allowed."""
+    window = now - now % _WINDOW
+    count = await ctx.store.count(f"fed:crossings:{peer.name}:{window}", until=window + _WINDOW, now=now)
+    if count > peer.max_crossings_per_minute:
+        raise TooManyRequests(
+            "too many crossings from this federation peer; retry later",
+            retry_after=max(1, window + _WINDOW - now),
+            debug=f"peer `{peer.name}` crossings {count} > max_crossings_per_minute {peer.max_crossings_per_minute}",
+        )
 
 
 def linked_candidate(peer: FederationPeer, token: AccessToken, scope: frozenset[str], *, now: int) -> Task:
