@@ -37,6 +37,7 @@ __all__ = [
     "linked_candidate",
     "peer_of_token",
     "redeem",
+    "stale_peer",
     "unredeemed",
     "verify_foreign_token",
 ]
@@ -65,17 +66,25 @@ def _peer_named(principal: str) -> str | None:
     return principal[len(FEDERATED_PREFIX) :].partition("/")[0]
 
 
+def stale_peer(ctx: StsContext, principals: Iterable[str], *, now: float) -> str | None:
+    """The first peer named by ``principals`` (``fed:<name>/…``) whose revocation feed is not fresh,
+    else ``None``; a name whose peer is no longer configured is stale (no feed is fresh for it)."""
+    for name in dict.fromkeys(n for n in map(_peer_named, principals) if n is not None):
+        if not ctx.federation.fresh(name, now):
+            return name
+    return None
+
+
 def check_feeds(ctx: StsContext, principals: Iterable[str], *, now: float) -> None:
     """FED-03: refuse (503 ``temporarily_unavailable``) to issue anything naming a peer's principal
     — requester, task agent, subject or any actor — unless that peer's revocation feed is fresh:
-    a revocation the peer published might not have arrived. Fail closed, also for a name whose
-    peer is no longer configured (no feed is fresh for it)."""
-    for name in dict.fromkeys(n for n in map(_peer_named, principals) if n is not None):
-        if not ctx.federation.fresh(name, now):
-            raise TemporarilyUnavailable(
-                "the federation peer's revocations are not current; retry shortly",
-                debug=f"feed of peer `{name:.64}` is stale",
-            )
+    a revocation the peer published might not have arrived. Fail closed (``stale_peer``)."""
+    name = stale_peer(ctx, principals, now=now)
+    if name is not None:
+        raise TemporarilyUnavailable(
+            "the federation peer's revocations are not current; retry shortly",
+            debug=f"feed of peer `{name:.64}` is stale",
+        )
 
 
 def foreign_issuer(ctx: StsContext, task: Task) -> str:
