@@ -482,7 +482,8 @@ async def _linked(
     Order: the DPoP proof (and nonce), the peer and its signature, the token's shape and agent,
     the proof's key against ``cnf.jkt`` (from here refusals are the agent's), not yet redeemed,
     the peer's feed fresh (FED-03), the ceiling (FED-01), policy on the task it would open, the
-    peer's crossings this minute (``count_crossing``); then the token is spent, the linked task opened or joined, and the session issued atomically.
+    peer's crossings this minute (``count_crossing``); then the token is spent, the linked task
+    opened or joined, and the session issued atomically.
     """
     checked_proof, replay = _proof(ctx, req, claim)
     proof = _required(checked_proof)
