@@ -51,12 +51,18 @@ class FreshFeeds:
     def fresh(self, peer: str, now: float) -> bool:
         return True
 
+    def revoked(self, peer: str, *, task: str | None, jti: str | None, now: float) -> bool:
+        return False
+
 
 class StaleFeeds:
     """A follower that lost every peer's feed (FED-03)."""
 
     def fresh(self, peer: str, now: float) -> bool:
         return False
+
+    def revoked(self, peer: str, *, task: str | None, jti: str | None, now: float) -> bool:
+        return True
 
 
 def federation_toml(a_issuer: str, **overrides: Any) -> str:

@@ -17,9 +17,18 @@ class PeerFeeds(Protocol):
         """``True`` only if ``peer``'s feed was heard within its ``stale_after`` of ``now``."""
         ...
 
+    def revoked(self, peer: str, *, task: str | None, jti: str | None, now: float) -> bool:
+        """``True`` if ``peer``'s feed said its ``task`` ended or its token ``jti`` was revoked (or
+        nothing can be known: not followed, or stale). A peer's token outlives the end of its task,
+        so the exchange asks this before it links one: an ended task opens nothing here."""
+        ...
+
 
 class ClosedFeeds:
     """No follower runs: every peer is stale, so no peer's agent gets a token."""
 
     def fresh(self, peer: str, now: float) -> bool:
         return False
+
+    def revoked(self, peer: str, *, task: str | None, jti: str | None, now: float) -> bool:
+        return True

@@ -62,6 +62,7 @@ from tether.sts.attribution import Claim, refuse_exchange
 from tether.sts.context import StsContext, new_jti, spend_key
 from tether.sts.federation import (
     check_feeds,
+    check_not_revoked,
     count_crossing,
     foreign_issuer,
     link_task,
@@ -481,9 +482,9 @@ async def _linked(
 
     Order: the DPoP proof (and nonce), the peer and its signature, the token's shape and agent,
     the proof's key against ``cnf.jkt`` (from here refusals are the agent's), not yet redeemed,
-    the peer's feed fresh (FED-03), the ceiling (FED-01), policy on the task it would open, the
-    peer's crossings this minute (``count_crossing``); then the token is spent, the linked task
-    opened or joined, and the session issued atomically.
+    the peer's feed fresh and silent about the token and its task (FED-03), the ceiling (FED-01),
+    policy on the task it would open, the peer's crossings this minute (``count_crossing``); then
+    the token is spent, the linked task opened or joined, and the session issued atomically.
     """
     checked_proof, replay = _proof(ctx, req, claim)
     proof = _required(checked_proof)
@@ -498,6 +499,7 @@ async def _linked(
     await unredeemed(ctx, peer, foreign)
     now = int(ctx.now())
     check_feeds(ctx, [agent, peer.local_name(foreign.sub), *local_chain(foreign.actors, peer)], now=now)
+    check_not_revoked(ctx, peer, foreign, now=now)
     ask = Ask(req.scope, req.audience, proof.jkt, ctx.settings.issuer, ctx.settings.limits)
     scope = check_ceiling(foreign, peer, ask, now=now)
     candidate = linked_candidate(peer, foreign, scope, now=now)

@@ -17,7 +17,15 @@ from typing import Any
 
 from tether.audit.chain import AuditEvent
 from tether.config.federation import FEDERATED_PREFIX, FederationPeer
-from tether.errors import AccessDenied, InvalidGrant, InvalidToken, TemporarilyUnavailable, TooManyRequests, spent
+from tether.errors import (
+    AccessDenied,
+    InvalidGrant,
+    InvalidToken,
+    TemporarilyUnavailable,
+    TooManyRequests,
+    after_end,
+    spent,
+)
 from tether.federation.keys import peer_key_source
 from tether.identity.jwks_cache import KeySource
 from tether.model import AccessToken, Task
@@ -31,6 +39,7 @@ from tether.sts.context import StsContext
 
 __all__ = [
     "check_feeds",
+    "check_not_revoked",
     "count_crossing",
     "foreign_issuer",
     "link_task",
@@ -85,6 +94,16 @@ def check_feeds(ctx: StsContext, principals: Iterable[str], *, now: float) -> No
             "the federation peer's revocations are not current; retry shortly",
             debug=f"feed of peer `{name:.64}` is stale",
         )
+
+
+def check_not_revoked(ctx: StsContext, peer: FederationPeer, token: AccessToken, *, now: float) -> None:
+    """FED-03: a foreign token whose task the peer ended, or which the peer revoked, opens nothing here.
+
+    Its ``exp`` and ``tsk.exp`` are the foreign task's hard cap, not its end: after the peer's feed
+    said the task ended, the token (in a thief's hands, or the agent's) would otherwise open a new
+    linked task — the first one, or one replacing the task the follower just cancelled."""
+    if ctx.federation.revoked(peer.name, task=token.txn, jti=token.jti, now=now):
+        raise after_end(InvalidGrant("the foreign task has ended or the token was revoked", debug="revoked by the peer's feed"))
 
 
 def foreign_issuer(ctx: StsContext, task: Task) -> str:
