@@ -35,6 +35,7 @@ def test_a_peer_with_its_defaults_and_namespace() -> None:
     cfg = _parse(_peer())
     (peer,) = cfg.federation
     assert (peer.max_depth, peer.max_ttl, peer.max_tokens, peer.stale_after) == (2, 900, 100, 10)
+    assert peer.max_crossings_per_minute == 600
     assert peer.algorithms == ("ES256", "EdDSA") and peer.scopes == frozenset({"wiki:read"})
     assert peer.local_name("spiffe://a.example/agent/x") == "fed:a/spiffe://a.example/agent/x"
     assert peer.admits_agent("spiffe://a.example/agent/x") and not peer.admits_agent("spiffe://a.example/tool/x")
@@ -72,6 +73,8 @@ def test_a_peer_with_its_defaults_and_namespace() -> None:
         ([_peer(max_ttl=0)], "federation[0].max_ttl"),
         ([_peer(max_tokens=0)], "federation[0].max_tokens"),
         ([_peer(stale_after=0)], "federation[0].stale_after"),
+        ([_peer(max_crossings_per_minute=0)], "federation[0].max_crossings_per_minute"),
+        ([_peer(max_crossings_per_minute="10")], "federation[0].max_crossings_per_minute"),
         ([_peer(), _peer(issuer="https://other.example")], "federation"),
         ([_peer(), _peer(name="b")], "federation"),
     ],
@@ -94,3 +97,15 @@ def test_fed02_a_client_id_inside_a_peers_namespace_is_refused() -> None:
     with pytest.raises(ConfigError) as raised:
         _parse(_peer(), clients=[client])
     assert str(raised.value).startswith("federation[0].name:") and "clients[0].client_id" in str(raised.value)
+
+
+def test_fed02_review_a_peer_named_like_a_local_trust_domain_is_refused() -> None:
+    """rvfed: Cedar's ``trust_domain`` of a peer's principal is the peer's name, of a local SPIFFE
+    workload its trust domain; a peer named like a local trust domain (natural when both sides run
+    the dev domain ``tether.local``) would satisfy a policy written for local workloads
+    (``principal.trust_domain == "tether.local"``), so the name is refused (FED-02). Client ids and
+    OIDC issuers contain ``:``, which a peer name cannot."""
+    domain = {"name": "tether.local", "bundle_file": "td.json"}
+    with pytest.raises(ConfigError) as raised:
+        _parse(_peer(name="tether.local"), trust_domains=[domain])
+    assert str(raised.value).startswith("federation[0].name:") and "trust_domain" in str(raised.value), raised.value

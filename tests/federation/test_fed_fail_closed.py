@@ -69,23 +69,3 @@ def test_fed03_closed_until_a_follower_runs(tmp_path: Path) -> None:
         foreign, key = pair.hop_to_b(pair.a_task()["id"])
         since = mark(pair.b)
         refused(pair.b, pair.cross(pair.at_b(key), foreign), since=since, status=503, error="temporarily_unavailable")
-
-
-def test_fed03_a_token_of_an_ended_foreign_task_opens_no_new_linked_task(border: Border) -> None:
-    """A token A minted before its task ended, presented after the feed said so, is refused
-    ``invalid_grant`` — B's linked task for it is ended, and the token must not open a fresh one —
-    while another task's token still crosses."""
-    ended, other = border.a_task()["id"], border.a_task()["id"]
-    late, key = border.hop_to_b(ended)
-    feeds = FreshFeeds()
-    feeds.ended.add(ended)
-    border.feeds(feeds)
-    try:
-        since = mark(border.b)
-        refused(border.b, border.cross(border.at_b(key), late), since=since, status=400, error="invalid_grant",
-                secrets=(late,))  # fmt: skip
-        assert not [r for r in border.b.audit() if r.seq > since and r.kind == "federation.linked"]
-        fine, other_key = border.hop_to_b(other)
-        assert border.cross(border.at_b(other_key), fine).status_code == 200
-    finally:
-        border.feeds(FreshFeeds())

@@ -13,7 +13,7 @@ for ``stale_after`` seconds (FED-03).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,18 +23,17 @@ from tether.config.scalars import http_url, issuer_uri, typed
 from tether.errors import ConfigError, OAuthError
 from tether.rules.jws import ASYMMETRIC_ALGS
 from tether.rules.namespace import Namespace
-from tether.rules.principal import is_principal
+from tether.rules.principal import FEDERATED_PREFIX, is_principal
 from tether.rules.resource import check_resource_uri
 from tether.rules.scope import parse_scope
 
-__all__ = ["FEDERATED_PREFIX", "FederationPeer", "parse_federation"]
+__all__ = ["FEDERATED_PREFIX", "FederationPeer", "check_peer_names", "parse_federation"]
 
-#: a foreign principal ``p`` of peer ``n`` is ``fed:n/p`` here
-FEDERATED_PREFIX = "fed:"
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _ALLOWED = {
     "name", "issuer", "jwks_uri", "jwks_file", "bundle_endpoint", "bundle_ca_file", "agents", "audiences", "scopes",
     "max_depth", "max_ttl", "max_tokens", "stale_after", "feed_principal", "feed_identity_file", "algorithms",
+    "max_crossings_per_minute",
 }  # fmt: skip
 _REQUIRED = ("name", "issuer", "agents", "audiences", "scopes", "feed_principal")
 
@@ -62,6 +61,9 @@ class FederationPeer:
     #: a JWT-SVID kept fresh by a SPIFFE helper; without it the dev trust domain mints ``feed_principal``
     feed_identity_file: Path | None = None
     algorithms: tuple[str, ...] = ("ES256", "EdDSA")
+    #: crossings (foreign tokens redeemed) accepted from this peer per minute: each may open a linked
+    #: task, and a compromised peer can mint foreign tasks at will
+    max_crossings_per_minute: int = 600
 
     @property
     def prefix(self) -> str:
@@ -151,6 +153,9 @@ def _peer(index: int, row: Mapping[str, Any], base: Path, own_issuer: str) -> Fe
         stale_after=_int(f"{key}.stale_after", row.get("stale_after", 10), 1, 3600),
         feed_identity_file=file("feed_identity_file"),
         algorithms=algorithms,
+        max_crossings_per_minute=_int(
+            f"{key}.max_crossings_per_minute", row.get("max_crossings_per_minute", 600), 1, 1_000_000
+        ),
     )
 
 
@@ -166,3 +171,17 @@ def parse_federation(data: Mapping[str, Any], base: Path, own_issuer: str) -> tu
             if values.count(value) > 1:
                 raise ConfigError("federation", f"peer {attr} `{value}` is used twice")
     return peers
+
+
+def check_peer_names(peers: Iterable[FederationPeer], trust_domains: Iterable[str]) -> None:
+    """FED-02 in policy: Cedar's ``trust_domain`` of a peer's principal is the peer's name, and of a
+    local SPIFFE workload its trust domain; a peer named like a local trust domain would satisfy a
+    policy written for local workloads (``principal.trust_domain == "tether.local"``), so it is refused."""
+    local = set(trust_domains)
+    for index, peer in enumerate(peers):
+        if peer.name in local:
+            raise ConfigError(
+                f"federation[{index}].name",
+                f"`{peer.name}` is also a local trust_domain: Cedar could not tell the peer's principals from"
+                " local ones; name the peer differently",
+            )

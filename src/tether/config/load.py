@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tether.config.approvers import parse_approver_groups
-from tether.config.federation import parse_federation
+from tether.config.federation import check_peer_names, parse_federation
 from tether.config.identities import (
     TABLES,
     parse_clients,
@@ -67,6 +67,7 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None, env: Mapping[str
     issuers = parse_oidc_issuers(data, base, values[""]["issuer"])
     clients = parse_clients(data, base)
     federation = parse_federation(data, base, values[""]["issuer"])
+    check_peer_names(federation, (d.name for d in domains))
     namespaces = parse_namespaces(domains, issuers, clients, (p.namespace(i) for i, p in enumerate(federation)))
     resources = parse_resources(data)
     routes = _feature_table(data, "gateway.routes")

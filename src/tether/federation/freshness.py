@@ -18,8 +18,9 @@ class PeerFeeds(Protocol):
         ...
 
     def revoked(self, peer: str, *, task: str | None, jti: str | None, now: float) -> bool:
-        """``True`` if ``peer``'s feed said ``task`` ended or ``jti`` was revoked — or if nothing can be
-        known (the peer is not followed, or stale): a token of an ended foreign task opens nothing here."""
+        """``True`` if ``peer``'s feed said its ``task`` ended or its token ``jti`` was revoked (or
+        nothing can be known: not followed, or stale). A peer's token outlives the end of its task,
+        so the exchange asks this before it links one: an ended task opens nothing here."""
         ...
 
 

@@ -12,6 +12,7 @@ and the session token B issues keeps A's whole chain, every principal renamed ``
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Protocol
@@ -21,7 +22,9 @@ from tether.model import AccessToken, Task, TaskBudget
 from tether.rules.claims import MAX_ACT_DEPTH, Grant
 from tether.rules.exchange import Ask, check_task_usable, task_budget
 from tether.rules.jws import JWSError, b64url_decode, peek_header, strict_json_loads
+from tether.rules.principal import is_principal
 from tether.rules.scope import check_subset
+from tether.rules.task import is_purpose
 
 __all__ = [
     "FEDERATED_KIND",
@@ -37,6 +40,8 @@ __all__ = [
 
 #: the kind of identity a peer's principal has here (claims ``ckd``/``akd``, Cedar ``kind``)
 FEDERATED_KIND = "federated"
+#: a foreign ``txn`` or ``jti``: an identifier, printable ASCII without spaces (as B's own ids are)
+_FOREIGN_ID = re.compile(r"[\x21-\x7e]{1,128}")
 
 
 class Ceiling(Protocol):
@@ -98,11 +103,34 @@ def check_foreign_token(token: AccessToken, ceiling: Ceiling) -> TaskBudget:
         raise InvalidGrant("foreign token is not bound to a task", debug="foreign token without txn")
     if token.tsk is None:
         raise InvalidGrant("foreign token does not say what its task has left", debug="foreign token without tsk")
+    _check_foreign_values(token, ceiling)
     if not ceiling.admits_agent(token.client_id):
         raise UnauthorizedClient(
             "this peer's agent is not accepted here", debug=f"client_id `{token.client_id:.200}` not in peer agents"
         )
     return token.tsk
+
+
+def _check_foreign_values(token: AccessToken, ceiling: Ceiling) -> None:
+    """What the peer signed is held to the rules B applies to the same values of its own (FED-02).
+
+    ``purp`` becomes the linked task's purpose (``rules.task.is_purpose``: no control or bidi
+    characters an operator would misread); ``txn`` and ``jti`` go into link rows and audit records
+    as identifiers; every principal must still be one once renamed ``fed:<peer>/…`` — otherwise B
+    would issue a session its own verifier refuses at the next hop (RFC 8725 §3.10: received claims
+    are not trusted as they are)."""
+    assert token.txn is not None
+    if token.purp is not None and not is_purpose(token.purp):
+        raise InvalidGrant("foreign token's purpose is not printable text", debug="foreign purp malformed")
+    for name, value in (("txn", token.txn), ("jti", token.jti)):
+        if not _FOREIGN_ID.fullmatch(value):
+            raise InvalidGrant(f"foreign token's `{name}` is malformed", debug=f"foreign {name} malformed")
+    for principal in (token.sub, token.client_id, *token.actors):
+        if not is_principal(ceiling.local_name(principal)):
+            raise InvalidGrant(
+                "a foreign principal does not fit this deployment's names",
+                debug=f"principal `{principal:.64}` too long once namespaced",
+            )
 
 
 def check_ceiling(token: AccessToken, ceiling: Ceiling, ask: Ask, *, now: int) -> frozenset[str]:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import functools
 import re
 
-__all__ = ["MAX_PRINCIPAL_LENGTH", "is_principal", "spiffe_trust_domain"]
+__all__ = ["FEDERATED_PREFIX", "MAX_PRINCIPAL_LENGTH", "is_federated", "is_principal", "spiffe_trust_domain"]
 
 MAX_PRINCIPAL_LENGTH = 2048
+#: a federation peer ``n``'s principal ``p`` is ``fed:n/p`` here (``config.federation``, SECURITY FED-02)
+FEDERATED_PREFIX = "fed:"
 _TRUST_DOMAIN = re.compile(r"[a-z0-9._-]{1,255}")
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
 _GENERIC = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[\x21-\x7e]+")
@@ -49,3 +51,11 @@ def is_principal(value: object) -> bool:
     if value.lower().startswith("spiffe:"):
         return spiffe_trust_domain(value) is not None
     return True
+
+
+def is_federated(principal: str) -> bool:
+    """Whether ``principal`` lies in the ``fed:`` scheme that only a federation peer's linked task names.
+
+    URI schemes are case-insensitive (RFC 3986 §3.1), so ``FED:a/x`` is refused wherever ``fed:a/x`` is:
+    no local source may mint a name a reader would take for a peer's principal (FED-02)."""
+    return principal[: len(FEDERATED_PREFIX)].lower() == FEDERATED_PREFIX

@@ -12,14 +12,20 @@ from dataclasses import dataclass
 
 from tether.errors import InvalidRequest, InvalidTarget
 from tether.model import Task, TaskState
-from tether.rules.principal import is_principal
+from tether.rules.principal import is_federated, is_principal
 from tether.rules.resource import check_resource_uri
 from tether.rules.scope import parse_scope_list
 
-__all__ = ["MAX_AUDIENCES", "TaskLimits", "TaskRequest", "build_task", "check_transition"]
+__all__ = ["MAX_AUDIENCES", "TaskLimits", "TaskRequest", "build_task", "check_transition", "is_purpose"]
 
 MAX_AUDIENCES = 32
 _MAX_PURPOSE = 256
+
+
+def is_purpose(text: str) -> bool:
+    """A task's purpose is shown to operators (console, CLI, audit): printable text (no control or
+    bidi characters, which could make it read as something else) of bounded length."""
+    return len(text) <= _MAX_PURPOSE and text.isprintable()
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,10 @@ def build_task(request: TaskRequest, *, task_id: str, issuer: str, limits: TaskL
             raise InvalidRequest("`on_behalf_of` must be a principal such as `user:alice`")
         if request.on_behalf_of == request.agent:
             raise InvalidRequest("`on_behalf_of` must differ from `agent`")
+    for name, value in (("agent", request.agent), ("on_behalf_of", request.on_behalf_of)):
+        if value is not None and is_federated(value):
+            # FED-02: only a peer's verified token opens a task for a `fed:` principal (its linked task)
+            raise InvalidRequest(f"`{name}` must not name a federation peer's principal (`fed:`)")
     if not request.audiences or len(request.audiences) > MAX_AUDIENCES:
         raise InvalidRequest(f"between 1 and {MAX_AUDIENCES} audiences are required")
     audiences = tuple(dict.fromkeys(check_resource_uri(a) for a in request.audiences))
@@ -71,7 +81,7 @@ def build_task(request: TaskRequest, *, task_id: str, issuer: str, limits: TaskL
     if not scopes:
         raise InvalidRequest("at least one scope is required")
     purpose = request.purpose
-    if purpose is not None and (len(purpose) > _MAX_PURPOSE or not purpose.isprintable()):
+    if purpose is not None and not is_purpose(purpose):
         raise InvalidRequest(f"`purpose` must be printable text of at most {_MAX_PURPOSE} characters")
     duration = _bounded("max_duration", request.max_duration, limits.max_duration, limits.max_duration)
     min_depth = 1 if request.on_behalf_of else 0

@@ -62,6 +62,8 @@ from tether.sts.attribution import Claim, refuse_exchange
 from tether.sts.context import StsContext, new_jti, spend_key
 from tether.sts.federation import (
     check_feeds,
+    check_not_revoked,
+    count_crossing,
     foreign_issuer,
     link_task,
     linked_candidate,
@@ -480,7 +482,8 @@ async def _linked(
 
     Order: the DPoP proof (and nonce), the peer and its signature, the token's shape and agent,
     the proof's key against ``cnf.jkt`` (from here refusals are the agent's), not yet redeemed,
-    the peer's feed fresh (FED-03), the ceiling (FED-01), policy on the task it would open; then
+    the peer's feed fresh and silent about the token and its task (FED-03), the ceiling (FED-01),
+    policy on the task it would open, the peer's crossings this minute (``count_crossing``); then
     the token is spent, the linked task opened or joined, and the session issued atomically.
     """
     checked_proof, replay = _proof(ctx, req, claim)
@@ -497,15 +500,14 @@ async def _linked(
     clock = ctx.now()
     now = int(clock)
     check_feeds(ctx, [agent, peer.local_name(foreign.sub), *local_chain(foreign.actors, peer)], now=clock)
-    if ctx.federation.revoked(peer.name, task=foreign.txn, jti=foreign.jti, now=clock):
-        # the ended task's linked task here is ended too: without this, the token would open a new one
-        raise after_end(InvalidGrant("the foreign task has ended or the token was revoked", debug=f"peer {peer.name}"))
+    check_not_revoked(ctx, peer, foreign, now=clock)
     ask = Ask(req.scope, req.audience, proof.jkt, ctx.settings.issuer, ctx.settings.limits)
     scope = check_ceiling(foreign, peer, ask, now=now)
     candidate = linked_candidate(peer, foreign, scope, now=now)
     grant = derive_linked_session(foreign, candidate, peer, ask, now=now)
     risk = chain_risk(ctx, agent, grant.sub, *grant.actors)
     decision = _authorize(ctx, req, grant, candidate, kind="session", principal=agent, risk=risk, holds=False)
+    await count_crossing(ctx, peer, now=now)
     await redeem(ctx, peer, foreign)
     task = await link_task(ctx, peer, foreign, candidate, now=now)
     claim.task = task.id

@@ -17,7 +17,15 @@ from typing import Any
 
 from tether.audit.chain import AuditEvent
 from tether.config.federation import FEDERATED_PREFIX, FederationPeer
-from tether.errors import AccessDenied, InvalidGrant, InvalidToken, TemporarilyUnavailable, spent
+from tether.errors import (
+    AccessDenied,
+    InvalidGrant,
+    InvalidToken,
+    TemporarilyUnavailable,
+    TooManyRequests,
+    after_end,
+    spent,
+)
 from tether.federation.keys import peer_key_source
 from tether.identity.jwks_cache import KeySource
 from tether.model import AccessToken, Task
@@ -31,17 +39,22 @@ from tether.sts.context import StsContext
 
 __all__ = [
     "check_feeds",
+    "check_not_revoked",
+    "count_crossing",
     "foreign_issuer",
     "link_task",
     "linked_candidate",
     "peer_of_token",
     "redeem",
+    "stale_peer",
     "unredeemed",
     "verify_foreign_token",
 ]
 
 #: a redeemed foreign token stays marked this long past its ``exp`` (as a workload JWT's jti)
 _SPEND_MARGIN = 600
+#: the fixed window ``max_crossings_per_minute`` counts in
+_WINDOW = 60
 
 
 def peer_of_token(ctx: StsContext, token: str) -> FederationPeer | None:
@@ -62,17 +75,35 @@ def _peer_named(principal: str) -> str | None:
     return principal[len(FEDERATED_PREFIX) :].partition("/")[0]
 
 
+def stale_peer(ctx: StsContext, principals: Iterable[str], *, now: float) -> str | None:
+    """The first peer named by ``principals`` (``fed:<name>/…``) whose revocation feed is not fresh,
+    else ``None``; a name whose peer is no longer configured is stale (no feed is fresh for it)."""
+    for name in dict.fromkeys(n for n in map(_peer_named, principals) if n is not None):
+        if not ctx.federation.fresh(name, now):
+            return name
+    return None
+
+
 def check_feeds(ctx: StsContext, principals: Iterable[str], *, now: float) -> None:
     """FED-03: refuse (503 ``temporarily_unavailable``) to issue anything naming a peer's principal
     — requester, task agent, subject or any actor — unless that peer's revocation feed is fresh:
-    a revocation the peer published might not have arrived. Fail closed, also for a name whose
-    peer is no longer configured (no feed is fresh for it)."""
-    for name in dict.fromkeys(n for n in map(_peer_named, principals) if n is not None):
-        if not ctx.federation.fresh(name, now):
-            raise TemporarilyUnavailable(
-                "the federation peer's revocations are not current; retry shortly",
-                debug=f"feed of peer `{name:.64}` is stale",
-            )
+    a revocation the peer published might not have arrived. Fail closed (``stale_peer``)."""
+    name = stale_peer(ctx, principals, now=now)
+    if name is not None:
+        raise TemporarilyUnavailable(
+            "the federation peer's revocations are not current; retry shortly",
+            debug=f"feed of peer `{name:.64}` is stale",
+        )
+
+
+def check_not_revoked(ctx: StsContext, peer: FederationPeer, token: AccessToken, *, now: float) -> None:
+    """FED-03: a foreign token whose task the peer ended, or which the peer revoked, opens nothing here.
+
+    Its ``exp`` and ``tsk.exp`` are the foreign task's hard cap, not its end: after the peer's feed
+    said the task ended, the token (in a thief's hands, or the agent's) would otherwise open a new
+    linked task — the first one, or one replacing the task the follower just cancelled."""
+    if ctx.federation.revoked(peer.name, task=token.txn, jti=token.jti, now=now):
+        raise after_end(InvalidGrant("the foreign task has ended or the token was revoked", debug="revoked by the peer's feed"))
 
 
 def foreign_issuer(ctx: StsContext, task: Task) -> str:
@@ -138,6 +169,21 @@ async def redeem(ctx: StsContext, peer: FederationPeer, token: AccessToken) -> N
     key, until = _spend_key(peer, token)
     if not await ctx.store.spend(key, until=until, now=ctx.now()):
         raise _replayed()
+
+
+async def count_crossing(ctx: StsContext, peer: FederationPeer, *, now: int) -> None:
+    """Count one crossing from ``peer`` in this minute's window; beyond ``max_crossings_per_minute``,
+    429 ``too_many_requests`` with ``Retry-After`` (the window's end). A compromised peer signs any
+    ``txn`` it likes, and each new one opens a linked task (store rows, a ceiling's worth of tokens):
+    the count bounds how many it can open, whatever each one is allowed."""
+    window = now - now % _WINDOW
+    count = await ctx.store.count(f"fed:crossings:{peer.name}:{window}", until=window + _WINDOW, now=now)
+    if count > peer.max_crossings_per_minute:
+        raise TooManyRequests(
+            "too many crossings from this federation peer; retry later",
+            retry_after=max(1, window + _WINDOW - now),
+            debug=f"peer `{peer.name}` crossings {count} > max_crossings_per_minute {peer.max_crossings_per_minute}",
+        )
 
 
 def linked_candidate(peer: FederationPeer, token: AccessToken, scope: frozenset[str], *, now: int) -> Task:

@@ -1,7 +1,8 @@
 """Introspection (RFC 7662), revocation (RFC 7009) and the kill switch.
 
 Introspection answers ``active`` from the token, the lineage store and the task at once, so a
-token of a completed task is inactive the moment the task ends. A caller learns about a token
+token of a completed task is inactive the moment the task ends, and a token naming a federation
+peer's principal is inactive while that peer's revocation feed is stale (FED-03). A caller learns about a token
 only if it is the token's audience (or registered for it), its client or an admin; anyone else
 gets ``{"active": false}`` (no token scanning, RFC 7662 §2.1). Revocation cuts the token and
 every token derived from it.
@@ -20,6 +21,7 @@ from tether.rules.scope import format_scope
 from tether.store.records import BlockKind
 from tether.sts.auth import require_admin
 from tether.sts.context import StsContext
+from tether.sts.federation import stale_peer
 
 __all__ = ["block", "introspect", "revoke", "set_block"]
 
@@ -47,6 +49,8 @@ async def introspect(ctx: StsContext, caller: WorkloadIdentity, token: str) -> d
         return inactive
     if claims.txn is not None and (state.task is None or state.task.effective_state(ctx.now()) is not TaskState.ACTIVE):
         return inactive
+    if stale_peer(ctx, [claims.sub, claims.client_id, claims.agent, *claims.actors], now=ctx.now()) is not None:
+        return inactive  # FED-03: a revocation by that peer might not have arrived
     body: dict[str, Any] = {
         "active": True,
         "iss": claims.iss,
