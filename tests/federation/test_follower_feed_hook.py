@@ -1,6 +1,7 @@
 """The feed hook a follower acts through: an entry counts as applied only once the hook succeeded.
 
-``RevocationFeed.on_revocation`` is awaited before the cursor moves past an entry; when it
+``RevocationFeed.on_revocation`` is awaited before the cursor moves past an entry (the view marks
+the entry first, so whatever checks it after the hook's store reads sees it); when it
 raises a ``TetherError`` (the store could not answer), the feed reconnects from its cursor and
 the STS sends the entry again, so what a federation follower must do for it is never skipped.
 """
@@ -39,8 +40,8 @@ def test_fed03_entry_is_delivered_again_after_the_hook_failed(sts: RunningSts) -
                 task_id = create_task(sts)["id"]
                 client, token = admin_token(sts)
                 assert client.api("POST", f"/tasks/{task_id}/complete", token).status_code == 200
-                await eventually(lambda: task_id in feed.tasks)
-                assert failed == [task_id] and task_id in seen
+                await eventually(lambda: task_id in seen)
+                assert failed == [task_id] and task_id in feed.tasks
                 assert feed.connects >= 2  # the failure reconnected; the entry came on the new stream
             finally:
                 await feed.aclose()

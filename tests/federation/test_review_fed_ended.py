@@ -53,3 +53,33 @@ def test_fed03_a_token_of_an_ended_foreign_task_or_a_revoked_one_opens_nothing(b
     # another task of A is not affected
     other, other_key = border.hop_to_b(border.a_task()["id"])
     assert border.cross(border.at_b(other_key), other).status_code == 200
+
+
+class EndsWhileLinking(FreshFeeds):
+    """The follower hears the foreign task end between the border's first check and the linking:
+    the first ``revoked`` question is answered no, every later one yes."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def revoked(self, peer: str, *, task: str | None, jti: str | None, now: float) -> bool:
+        self.asked += 1
+        return self.asked > 1
+
+
+def test_fed03_a_foreign_task_ending_while_it_is_linked_leaves_no_active_linked_task(border: Border) -> None:
+    foreign, key = border.hop_to_b(border.a_task()["id"])
+    feeds = EndsWhileLinking()
+    border.feeds(feeds)
+    try:
+        since = mark(border.b)
+        refused(border.b, border.cross(border.at_b(key), foreign), since=since, status=400, error="invalid_grant",
+                reason="ended while linking", secrets=(foreign,))  # fmt: skip
+    finally:
+        border.feeds(FreshFeeds())
+    records = [r for r in border.b.audit() if r.seq > since]
+    linked = [r for r in records if r.kind == "federation.linked"]
+    assert len(linked) == 1 and feeds.asked == 2
+    cancelled = [r for r in records if r.kind == "task.cancelled" and r.task == linked[0].task]
+    assert cancelled and cancelled[0].principal == "federation:a", [(r.kind, r.task) for r in records]
+    assert not [r for r in records if r.kind == "token.issued"]

@@ -38,14 +38,13 @@ from tether.agent.identity import DevIdentity, FileIdentity, IdentitySource
 from tether.background import cancel
 from tether.config import Config
 from tether.config.federation import FederationPeer
-from tether.errors import ConfigError, InvalidRequest, NotFoundError
+from tether.errors import ConfigError
 from tether.identity.dev_issuer import DevTrustDomain
 from tether.metrics import FEDERATION_FEED_AGE, FEDERATION_FEED_FRESH, FEDERATION_TASKS_ENDED
-from tether.model import TaskState
 from tether.resource.revocations import RevocationFeed
 from tether.rules.principal import spiffe_trust_domain
 from tether.sts.context import StsContext
-from tether.sts.tasks import move_task
+from tether.sts.federation import end_linked_task
 
 __all__ = ["FederationFeeds", "PeerFollower", "check_feed_identities", "feed_identity"]
 
@@ -117,14 +116,8 @@ class PeerFollower:
             await self._end(task_id, {"federation": name, f"foreign_{kind}": value})
 
     async def _end(self, task_id: str, detail: dict[str, Any]) -> None:
-        ctx = self._ctx
-        task = await ctx.store.get_task(task_id)
-        if task is None or task.effective_state(ctx.now()) is not TaskState.ACTIVE:
-            return  # already ended here (or by another worker, or by its hard cap)
-        try:
-            await move_task(ctx, task, TaskState.CANCELLED, principal=f"federation:{self.peer.name}", detail=detail)
-        except (InvalidRequest, NotFoundError):
-            return  # ended between the read and the write: what was wanted
+        if not await end_linked_task(self._ctx, self.peer.name, task_id, detail):
+            return
         self.ended += 1
         FEDERATION_TASKS_ENDED.labels(peer=self.peer.name).inc()
         log.info("linked task %s of peer %s ended: the peer revoked what it came from", task_id, self.peer.name)

@@ -323,12 +323,17 @@ class RevocationFeed:
                 if event == "open":
                     self.connects += 1
                 elif event == "revocation":
+                    # marked before the hook runs, so whatever checks the view after the hook's
+                    # store reads sees the entry (the federation exchange's check after linking);
+                    # the cursor moves on only once the hook has done its part
+                    cursor = self.cursor
+                    self.apply(payload)
                     if self.on_revocation is not None:
                         try:
                             await self.on_revocation(payload)
                         except TetherError as exc:
+                            self.cursor = cursor
                             raise FeedDown(f"entry {payload.get('seq')} not applied: {exc}") from exc
-                    self.apply(payload)
                     self.last_heard = max(self.last_heard or 0.0, self._clock.now()) if self._heard.is_set() else None
                 elif event == "heartbeat":
                     now = self._clock.now()

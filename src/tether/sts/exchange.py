@@ -63,6 +63,7 @@ from tether.sts.context import StsContext, new_jti, spend_key
 from tether.sts.federation import (
     check_feeds,
     check_not_revoked,
+    check_still_current,
     count_crossing,
     foreign_issuer,
     link_task,
@@ -511,6 +512,7 @@ async def _linked(
     await redeem(ctx, peer, foreign)
     task = await link_task(ctx, peer, foreign, candidate, now=now)
     claim.task = task.id
+    await check_still_current(ctx, peer, foreign, task)
     if task.id != candidate.id:  # joined the linked task already open: judge the token for that task
         grant = derive_linked_session(foreign, task, peer, ask, now=now)
         decision = _authorize(ctx, req, grant, task, kind="session", principal=agent, risk=risk, holds=False)

@@ -20,7 +20,9 @@ from tether.config.federation import FEDERATED_PREFIX, FederationPeer
 from tether.errors import (
     AccessDenied,
     InvalidGrant,
+    InvalidRequest,
     InvalidToken,
+    NotFoundError,
     TemporarilyUnavailable,
     TooManyRequests,
     after_end,
@@ -28,7 +30,7 @@ from tether.errors import (
 )
 from tether.federation.keys import peer_key_source
 from tether.identity.jwks_cache import KeySource
-from tether.model import AccessToken, Task
+from tether.model import AccessToken, Task, TaskState
 from tether.rules.claims import MAX_ACCESS_TOKEN, Expected, verify_access_token
 from tether.rules.federation import linked_limits, peek_issuer
 from tether.rules.jws import JWSError, PublicKey, peek_header
@@ -36,11 +38,14 @@ from tether.rules.scope import format_scope
 from tether.store.errors import Blocked, Conflict
 from tether.store.records import FederationLink
 from tether.sts.context import StsContext
+from tether.sts.tasks import move_task
 
 __all__ = [
     "check_feeds",
     "check_not_revoked",
+    "check_still_current",
     "count_crossing",
+    "end_linked_task",
     "foreign_issuer",
     "link_task",
     "linked_candidate",
@@ -104,6 +109,31 @@ def check_not_revoked(ctx: StsContext, peer: FederationPeer, token: AccessToken,
     linked task — the first one, or one replacing the task the follower just cancelled."""
     if ctx.federation.revoked(peer.name, task=token.txn, jti=token.jti, now=now):
         raise after_end(InvalidGrant("the foreign task has ended or the token was revoked", debug="revoked by the peer's feed"))
+
+
+async def end_linked_task(ctx: StsContext, peer: str, task_id: str, detail: dict[str, Any]) -> bool:
+    """Cancel a linked task because its peer revoked what it came from (audited as ``federation:<peer>``);
+    ``False`` if it had already ended (here, by another worker or replica, or by its hard cap)."""
+    task = await ctx.store.get_task(task_id)
+    if task is None or task.effective_state(ctx.now()) is not TaskState.ACTIVE:
+        return False
+    try:
+        await move_task(ctx, task, TaskState.CANCELLED, principal=f"federation:{peer}", detail=detail)
+    except (InvalidRequest, NotFoundError):
+        return False  # ended between the read and the write: what was wanted
+    return True
+
+
+async def check_still_current(ctx: StsContext, peer: FederationPeer, token: AccessToken, task: Task) -> None:
+    """FED-03, asked again once the linked task is committed: the peer's feed may have said the
+    foreign task ended while it was being linked, after the follower looked for linked tasks to
+    end. The follower marks an entry before it ends anything (``RevocationFeed._consume``), so
+    either it finds this task or this check sees the entry; then the task ends here and nothing
+    is issued."""
+    if not ctx.federation.revoked(peer.name, task=token.txn, jti=token.jti, now=ctx.now()):
+        return
+    await end_linked_task(ctx, peer.name, task.id, {"federation": peer.name, "foreign_task": token.txn, "while": "linking"})
+    raise after_end(InvalidGrant("the foreign task has ended or the token was revoked", debug="ended while linking"))
 
 
 def foreign_issuer(ctx: StsContext, task: Task) -> str:
