@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ssl
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 
@@ -21,9 +23,22 @@ from tether.identity.dev_x509 import DevCA
 from tether.keys.sealed import SealError, load_master_key
 from tether.provision import DEV_TRUST_DOMAIN, dev_ca_key_path, dev_x509_bundle_path, load_dev_ca
 from tether.store.errors import StoreUnavailable
+from tether.store.open import open_store
+from tether.store.protocol import Store
 from tether.web.tls import client_trust
 
-__all__ = ["admin_client", "config_or_exit", "dev_ca", "dev_domain", "dev_domain_name", "errors_to_exit", "sts_trust"]
+T = TypeVar("T")
+
+__all__ = [
+    "admin_client",
+    "config_or_exit",
+    "dev_ca",
+    "dev_domain",
+    "dev_domain_name",
+    "errors_to_exit",
+    "sts_trust",
+    "with_store",
+]
 
 
 @contextlib.contextmanager
@@ -103,3 +118,16 @@ def admin_client(config: Config, url: str | None, identity_file: Path | None) ->
         identity = DevIdentity(dev_domain(config), config.admin.principals[0], ttl=120)
     http = httpx.Client(timeout=10.0, trust_env=False, verify=sts_trust(config))
     return StsClient(url or config.issuer, identity, http=http)
+
+
+def with_store(cfg: Config, work: Callable[[Store], Awaitable[T]]) -> T:
+    """Run ``work`` with the deployment's store open, closing it whatever happens (one command's store use)."""
+
+    async def run() -> T:
+        store = await open_store(cfg)
+        try:
+            return await work(store)
+        finally:
+            await store.aclose()
+
+    return asyncio.run(run())

@@ -13,7 +13,6 @@ approval in flight would be refused as tampered.
 
 from __future__ import annotations
 
-import asyncio
 import getpass
 import os
 import sys
@@ -24,10 +23,9 @@ from typing import Annotated, Any
 import typer
 
 from tether.audit.chain import AuditEvent
-from tether.cli.common import config_or_exit, dev_domain_name, errors_to_exit
+from tether.cli.common import config_or_exit, dev_domain_name, errors_to_exit, with_store
 from tether.cli.output import console, fail, print_json, print_table
 from tether.cli.vault_oauth import oauth_connect
-from tether.config import Config
 from tether.gateway.vault import put_secret
 from tether.identity.dev_approvers import DevApprovers
 from tether.identity.dev_issuer import DevTrustDomain, dev_domain_aad
@@ -46,7 +44,6 @@ from tether.mcp.pins import rekey_pins
 from tether.model import Approval, ApprovalStatus
 from tether.rules.approval_seal import ApprovalTampered, check_sealed, decision_mac, request_mac
 from tether.store.errors import StoreError
-from tether.store.open import open_store
 from tether.store.protocol import Store
 
 __all__ = ["app", "master_app"]
@@ -77,17 +74,6 @@ def _read_value(file: Path | None) -> bytes:
     return data
 
 
-def _with_store(cfg: Config, work: Any) -> Any:
-    async def run() -> Any:
-        store = await open_store(cfg)
-        try:
-            return await work(store)
-        finally:
-            await store.aclose()
-
-    return asyncio.run(run())
-
-
 def _put(name: str, file: Path | None, config: Path | None, *, must_exist: bool, stray: list[str] | None) -> None:
     if stray:
         fail("secret values are read from stdin or --file, never from the command line; nothing was stored", code=2)
@@ -104,7 +90,7 @@ def _put(name: str, file: Path | None, config: Path | None, *, must_exist: bool,
             except ValueError as exc:
                 fail(str(exc), code=2)
 
-        entry = _with_store(cfg, work)
+        entry = with_store(cfg, work)
     console.print(f"vault entry `{name}` stored (version {entry.version}); the value is not shown")
 
 
@@ -130,7 +116,7 @@ def list_(config: ConfigOpt = None, json_out: Annotated[bool, typer.Option("--js
     """Names, versions and ages — never values."""
     cfg = config_or_exit(config)
     with errors_to_exit():
-        entries = _with_store(cfg, lambda store: store.vault_list())
+        entries = with_store(cfg, lambda store: store.vault_list())
     now = time.time()
     rows = [{"name": e.name, "version": e.version, "age_days": round((now - e.created_at) / 86400, 1),
              "rotated_days_ago": round((now - e.updated_at) / 86400, 1)} for e in entries]  # fmt: skip
@@ -147,7 +133,7 @@ def delete(name: str, config: ConfigOpt = None) -> None:
     cfg = config_or_exit(config)
     event = AuditEvent(kind="vault.deleted", outcome="ok", principal=OPERATOR, detail={"name": name})
     with errors_to_exit():
-        removed = _with_store(cfg, lambda store: store.vault_delete(name, now=time.time(), audit=event))
+        removed = with_store(cfg, lambda store: store.vault_delete(name, now=time.time(), audit=event))
     if not removed:
         fail(f"no vault entry `{name}`")
     console.print(f"vault entry `{name}` deleted")
@@ -216,7 +202,7 @@ def rotate_master(
 
         old_approvals, new_approvals = derive_key(old, "approvals"), derive_key(new, "approvals")
         resealing = AuditEvent(kind="approvals.resealed", outcome="ok", principal=OPERATOR, detail={"by": "master_key.rotated"})
-        count, resealed = _with_store(cfg, rewrap_all)
+        count, resealed = with_store(cfg, rewrap_all)
         name = dev_domain_name(cfg)
         dev = DevTrustDomain.key_path(cfg.data_dir, name)
         if dev.exists():

@@ -12,7 +12,6 @@ anywhere else; the rules live in ``tether.gateway.oauth_connect``.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import socket
 import tempfile
@@ -26,7 +25,7 @@ from urllib.parse import urlsplit
 import httpx
 import typer
 
-from tether.cli.common import config_or_exit, errors_to_exit
+from tether.cli.common import config_or_exit, errors_to_exit, with_store
 from tether.cli.output import console, fail
 from tether.config import Config
 from tether.gateway.oauth_config import OAuthCredentials
@@ -43,7 +42,6 @@ from tether.gateway.oauth_connect import (
 from tether.gateway.vault import MissingSecret, SecretCache, SecretRefused, put_secret
 from tether.keys.sealed import load_master_key
 from tether.localstate import LocalState
-from tether.store.open import open_store
 from tether.store.protocol import Store
 
 __all__ = ["oauth_connect"]
@@ -110,17 +108,6 @@ def _route_oauth(cfg: Config, name: str) -> OAuthCredentials:
     return route.oauth
 
 
-def _with_store(cfg: Config, work: Any) -> Any:
-    async def run() -> Any:
-        store = await open_store(cfg)
-        try:
-            return await work(store)
-        finally:
-            await store.aclose()
-
-    return asyncio.run(run())
-
-
 def _client_credential(cfg: Config, master: bytes, oauth: OAuthCredentials) -> str:
     """The vaulted client secret or private JWK the token request needs ("" for a public client).
 
@@ -136,7 +123,7 @@ def _client_credential(cfg: Config, master: bytes, oauth: OAuthCredentials) -> s
             return await cache.get(name)
 
     try:
-        value: str = _with_store(cfg, work)
+        value: str = with_store(cfg, work)
     except SecretRefused as exc:
         fail(str(exc))
     except MissingSecret:
@@ -235,7 +222,7 @@ def oauth_connect(
         return entry.version
 
     with errors_to_exit():
-        version = _with_store(cfg, store_it)
+        version = with_store(cfg, store_it)
     verb = "stored" if version == 1 else "rotated"
     console.print(f"route `{route}` connected: refresh token {verb} sealed as vault entry `{oauth.refresh_token}` "
                   f"(version {version}); it is not shown", soft_wrap=True)  # fmt: skip
