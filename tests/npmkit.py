@@ -68,3 +68,15 @@ def run_node(script: str, payload: dict[str, Any], *, timeout: float = 60.0) -> 
         raise AssertionError(f"{script} failed ({done.returncode}): {done.stderr[-2000:]}")
     result: dict[str, Any] = json.loads(done.stdout)
     return result
+
+
+def stop_node(process: subprocess.Popen[str]) -> None:
+    """Stop a node server a kit started: SIGTERM, then SIGKILL after 10 s; its pipe closed."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+    if process.stdout is not None:
+        process.stdout.close()

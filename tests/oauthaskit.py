@@ -30,7 +30,7 @@ from joserfc import jwt
 from joserfc.jwk import ECKey
 
 from helpers import free_port
-from npmkit import interop_dir
+from npmkit import interop_dir, stop_node
 
 __all__ = ["INTROSPECTOR", "OAuthServer", "authorize", "client_assertion", "client_key", "pkce"]
 
@@ -168,11 +168,4 @@ class OAuthServer:
         finally:
             if server is not None:
                 server.http.close()
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-            if process.stdout is not None:
-                process.stdout.close()
+            stop_node(process)

@@ -25,7 +25,7 @@ import httpx
 from consolekit import Browser, RunningConsole
 
 from helpers import QUIET_MONITOR, ServerThread, free_port, make_deployment, serving
-from npmkit import interop_dir
+from npmkit import interop_dir, stop_node
 from tether.clock import ManualClock
 from tether.console.app import create_console_app
 from tether.console.oidc import LOGIN_COOKIE
@@ -64,14 +64,7 @@ class OpenIdProvider:
                 raise AssertionError(f"oidc_op.mjs did not start: {log.read_text()[-2000:]}")
             yield cls(process, line.split()[1])
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-            if process.stdout is not None:
-                process.stdout.close()
+            stop_node(process)
 
 
 @dataclass
