@@ -161,7 +161,7 @@ bundle_file = ".tether/bundles/{domain}.json"
 # [[federation]]              # agents of another tether trust domain, within a ceiling (README: federation)
 # name = "a"                  # their principals are fed:a/<principal> here
 # issuer = "https://sts.a.example"
-# bundle_endpoint = "https://sts.a.example/spiffe/bundle"   # or jwks_uri / jwks_file
+# bundle_endpoint = "https://sts.a.example/federation/bundle"   # A's token keys; or jwks_uri / jwks_file
 # agents = ["spiffe://a.example/agent/*"]
 # audiences = ["https://tools.example.org"]
 # scopes = ["wiki:read"]      # the ceiling: beyond it refused, never narrowed

@@ -9,6 +9,7 @@ CAs; SVIDs are minted from a deployment's own files, as ``tether identity issue`
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import signal
@@ -24,10 +25,13 @@ import httpx
 
 from helpers import JWT, JWT_BEARER, TOKEN_EXCHANGE, free_port
 from tether.agent.proof import DPoPKey
+from tether.config import load_config
 from tether.identity.dev_issuer import DevTrustDomain
+from tether.keys.keyring import KeyRing, load_keyring
 from tether.keys.sealed import load_master_key
+from tether.store.open import open_store
 
-__all__ = ["TETHER", "DPoPClient", "ServedDomain", "claims_of", "init_domains", "trust_both"]
+__all__ = ["TETHER", "DPoPClient", "ServedDomain", "claims_of", "header_of", "init_domains", "trust_both"]
 
 TETHER = str(Path(sys.prefix) / "bin" / "tether")
 
@@ -114,6 +118,19 @@ class ServedDomain:
     def dev(self) -> DevTrustDomain:
         master = load_master_key(self.directory / ".tether" / "master.key")
         return DevTrustDomain.load(self.directory / ".tether", self.name, master)
+
+    def signing_ring(self) -> KeyRing:
+        """The STS's access-token signing keys, read from its store as ``tether serve`` reads them."""
+
+        async def load() -> KeyRing:
+            config = load_config(self.config_path)
+            store = await open_store(config)
+            try:
+                return await load_keyring(store, load_master_key(config.master_key_file), now=time.time())
+            finally:
+                await store.aclose()
+
+        return asyncio.run(load())
 
     def svid(self, path: str, *, audience: str | None = None) -> str:
         return self.dev().issue(self.principal(path), audience=audience or self.url, ttl=120, now=int(time.time()))
@@ -204,8 +221,16 @@ def trust_both(*domains: ServedDomain) -> ssl.SSLContext:
     return context
 
 
-def claims_of(token: str) -> dict[str, Any]:
+def _segment(token: str, index: int) -> dict[str, Any]:
     import base64
 
-    payload = token.split(".")[1]
-    return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
+    part = token.split(".")[index]
+    return dict(json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))))
+
+
+def claims_of(token: str) -> dict[str, Any]:
+    return _segment(token, 1)
+
+
+def header_of(token: str) -> dict[str, Any]:
+    return _segment(token, 0)

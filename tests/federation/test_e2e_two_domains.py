@@ -1,10 +1,11 @@
 """Two trust domains, two ``tether serve`` processes, HTTPS on loopback (issue 19; SECURITY FED-01..03).
 
 A (``a.example``) and B (``b.example``) are made by ``tether init --trust-domain --tls`` and
-configured as operators would: B trusts A as ``[[federation]]`` peer ``a`` through A's SPIFFE
-bundle endpoint (``GET /spiffe/bundle``, pinned to A's dev CA) and follows A's revocation feed
-as ``spiffe://b.example/feed``; A trusts B's trust domain through B's bundle endpoint (so it can
-authenticate that follower) and lists it in ``[revocations] subscribers``. One pair of
+configured as operators would: B trusts A as ``[[federation]]`` peer ``a`` through A's signing
+bundle endpoint (``GET /federation/bundle``, pinned to A's dev CA) and follows A's revocation feed
+as ``spiffe://b.example/feed``; A trusts B's trust domain through B's SVID bundle endpoint
+(``GET /spiffe/bundle``, so it can authenticate that follower) and lists it in ``[revocations]
+subscribers``. Neither bundle's keys verify the other kind of token (SECURITY JWT-08, JWT-12). One pair of
 processes serves the whole module.
 
 The chain: A's agent hops at A to A's summarizer service; the service, as actor, exchanges at A
@@ -19,13 +20,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
-from e2e_kit import DPoPClient, ServedDomain, claims_of, init_domains, trust_both
+from e2e_kit import DPoPClient, ServedDomain, claims_of, header_of, init_domains, trust_both
 
-from helpers import ACCESS, JWT, TOKEN_EXCHANGE
+from helpers import ACCESS, JWT, JWT_BEARER, TOKEN_EXCHANGE
+from tether.federation.published import SIGNING_BUNDLE_PATH, SVID_BUNDLE_PATH
+from tether.rules.jws import sign_compact
 
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 SUMMARIZER = "https://summarizer.a.example"
@@ -44,11 +46,11 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     root = tmp_path_factory.mktemp("two-domains")
     a, b = init_domains(root, "a.example", "b.example")
     trust_both(a, b)
-    a.append(f'[[trust_domains]]\nname = "b.example"\nbundle_endpoint = "{b.url}/spiffe/bundle"\n'
+    a.append(f'[[trust_domains]]\nname = "b.example"\nbundle_endpoint = "{b.url}{SVID_BUNDLE_PATH}"\n'
              f'bundle_ca_file = "{b.ca_file}"\n\n'
              f'[[resources]]\nuri = "{SUMMARIZER}"\nprincipals = ["{a.principal(SERVICE)}"]\n\n'
              f'[revocations]\nsubscribers = ["{b.principal("feed")}"]')  # fmt: skip
-    b.append(f'[[federation]]\nname = "a"\nissuer = "{a.url}"\nbundle_endpoint = "{a.url}/spiffe/bundle"\n'
+    b.append(f'[[federation]]\nname = "a"\nissuer = "{a.url}"\nbundle_endpoint = "{a.url}{SIGNING_BUNDLE_PATH}"\n'
              f'bundle_ca_file = "{a.ca_file}"\nagents = ["{a.principal("agent/*")}", "{a.principal("svc/*")}"]\n'
              f'audiences = ["{WIKI_B}"]\nscopes = ["wiki:read"]\nmax_depth = 3\nmax_ttl = 600\nstale_after = 2\n'
              f'feed_principal = "{b.principal("feed")}"')  # fmt: skip
@@ -212,15 +214,46 @@ def test_e2e_fed03_b_fails_closed_without_a_feed_and_recovers(pair: Pair) -> Non
     logged(pair.b, "is current again")
 
 
-def test_e2e_published_bundle_is_the_trust_domain_bundle(pair: Pair, tmp_path: Path) -> None:
+def test_e2e_jwt08_access_token_signed_by_a_svid_key_is_refused_at_the_peer(pair: Pair) -> None:
+    """A's crossing token exactly (typ ``at+jwt``, iss A, aud B, cnf, txn, tsk …), signed by the dev
+    trust domain key ``tether init`` made: whoever mints A's SVIDs cannot forge A's crossings at B."""
+    crossing = foreign_token(pair)
+    dev = pair.a.dev()
+    header = {**header_of(crossing.foreign), "alg": "ES256", "kid": dev.kid}
+    forged = Crossing(crossing.task, sign_compact(header, claims_of(crossing.foreign), dev.key, "ES256"), crossing.service)
+    refused, _ = cross(pair, forged)
+    assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant", refused.text
+    genuine, _ = cross(pair, crossing)  # the same claims under A's token key: accepted
+    assert genuine.status_code == 200, genuine.text
+
+
+def test_e2e_jwt12_svid_signed_by_the_token_key_is_refused_where_the_svid_bundle_is_trusted(pair: Pair) -> None:
+    """A trusts b.example through B's SVID bundle: a JWT-SVID of B's feed follower signed by B's
+    access-token key is no SVID of b.example (``invalid_client`` at A's feed)."""
+    b_feed = pair.b.principal("feed")
+    genuine = pair.b.dev().issue(b_feed, audience=pair.a.url, ttl=120, now=int(time.time()))
+    claims = claims_of(pair.b.dev().issue(b_feed, audience=pair.a.url, ttl=120, now=int(time.time())))
+    forged = pair.b.signing_ring().sign(claims, typ="JWT")
+    feed = pair.a.http()
+    refused = feed.post(pair.a.url + "/revocations", data={"client_assertion": forged, "client_assertion_type": JWT_BEARER})
+    assert refused.status_code == 401 and refused.json()["error"] == "invalid_client", refused.text
+    accepted = feed.post(pair.a.url + "/revocations", data={"client_assertion": genuine, "client_assertion_type": JWT_BEARER})
+    assert accepted.status_code == 200, accepted.text
+
+
+def test_e2e_published_bundles_hold_disjoint_keys(pair: Pair) -> None:
     from tether.identity.spiffe_bundle import parse_bundle
 
-    response = pair.a.http().get(pair.a.url + "/spiffe/bundle")
-    assert response.status_code == 200 and response.headers["content-type"] == "application/json"
-    bundle = parse_bundle(response.json())
-    jwks = pair.a.http().get(pair.a.url + "/jwks").json()
-    assert {k["kid"] for k in jwks["keys"]} < set(bundle.jwt.by_kid)  # the STS keys and the dev domain's
-    assert pair.a.dev().kid in bundle.jwt.by_kid
-    assert len(bundle.x509) == 1 and bundle.sequence is not None
-    cached = pair.a.http().get(pair.a.url + "/spiffe/bundle", headers={"If-None-Match": response.headers["etag"]})
-    assert cached.status_code == 304
+    http = pair.a.http()
+    svid_response = http.get(pair.a.url + SVID_BUNDLE_PATH)
+    signing_response = http.get(pair.a.url + SIGNING_BUNDLE_PATH)
+    for response in (svid_response, signing_response):
+        assert response.status_code == 200 and response.headers["content-type"] == "application/json"
+        cached = http.get(str(response.url), headers={"If-None-Match": response.headers["etag"]})
+        assert cached.status_code == 304 and cached.headers["etag"] == response.headers["etag"]
+    svids, signing = parse_bundle(svid_response.json()), parse_bundle(signing_response.json())
+    jwks = http.get(pair.a.url + "/jwks").json()
+    assert set(svids.jwt.by_kid) == {pair.a.dev().kid} and len(svids.x509) == 1
+    assert set(signing.jwt.by_kid) == {k["kid"] for k in jwks["keys"]} and signing.x509 == ()
+    assert not set(svids.jwt.by_kid) & set(signing.jwt.by_kid)
+    assert svid_response.headers["etag"] != signing_response.headers["etag"]

@@ -1,8 +1,10 @@
 """Where a federation peer's token-signing keys come from: its JWKS (URL or file) or a SPIFFE bundle endpoint.
 
-A peer tether publishes its token-signing keys in its trust domain's bundle (``GET /spiffe/bundle``,
-``federation.published``), so ``bundle_endpoint`` follows that bundle (``identity.spiffe_bundle``):
-refreshed per its hint, kept through a failed refresh, refused if its sequence goes backwards.
+A peer tether publishes its token-signing keys, and nothing else, as a SPIFFE bundle at ``GET
+/federation/bundle`` (``federation.published``; never ``/spiffe/bundle``, whose SVID keys must not
+verify access tokens: SECURITY JWT-08), so ``bundle_endpoint`` follows that bundle
+(``identity.spiffe_bundle``): refreshed per its hint, kept through a failed refresh, refused if
+its sequence goes backwards.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tether.background import FailureStreak
-from tether.federation.published import PublishedBundle
+from tether.federation.published import SIGNING_BUNDLE_PATH, SVID_BUNDLE_PATH, SigningBundle, SvidBundle
 from tether.metrics import CONTENT_TYPE, exposition
 from tether.store.errors import StoreUnavailable
 from tether.sts.context import StsContext
@@ -40,7 +40,7 @@ from tether.sts.routes.approvals import (
 from tether.sts.routes.discovery import health_endpoint, jwks_endpoint, metadata_endpoint
 from tether.sts.routes.feed import policies_endpoint, revocations_endpoint, revocations_stream_endpoint
 from tether.sts.routes.settings import settings_endpoint
-from tether.sts.routes.spiffe import spiffe_bundle_endpoint
+from tether.sts.routes.spiffe import signing_bundle_endpoint, svid_bundle_endpoint
 from tether.sts.routes.tasks import block_endpoint, task_endpoint, task_transition_endpoint, tasks_endpoint
 from tether.sts.routes.token import introspect_endpoint, revoke_endpoint, token_endpoint
 from tether.web.admission import AdmissionLimit
@@ -143,7 +143,8 @@ def create_app(runtime: Runtime, *, upkeep: bool = True, max_inflight: int = 64)
         Route("/introspect", introspect_endpoint, methods=["POST"]),
         Route("/revoke", revoke_endpoint, methods=["POST"]),
         Route("/jwks", jwks_endpoint, methods=["GET"]),
-        Route("/spiffe/bundle", spiffe_bundle_endpoint, methods=["GET"]),
+        Route(SVID_BUNDLE_PATH, svid_bundle_endpoint, methods=["GET"]),
+        Route(SIGNING_BUNDLE_PATH, signing_bundle_endpoint, methods=["GET"]),
         Route("/.well-known/oauth-authorization-server", metadata_endpoint, methods=["GET"]),
         Route("/healthz", health_endpoint, methods=["GET"]),
         # GET too, to be refused with invalid_client and the way in: never a 405 nor the data
@@ -178,5 +179,6 @@ def create_app(runtime: Runtime, *, upkeep: bool = True, max_inflight: int = 64)
         ],
         exception_handlers={HTTPException: handle_http, Exception: handle_unexpected},
     )
-    app.state.spiffe_bundle = PublishedBundle.from_config(runtime.config)
+    app.state.svid_bundle = SvidBundle.from_config(runtime.config)
+    app.state.signing_bundle = SigningBundle()
     return app
