@@ -6,7 +6,8 @@ peer ``a`` and follows A's revocation feed; A trusts B's trust domain and lists 
 
 - Exchange rate, one client, sequential: a local session exchange at A (workload JWT → session)
   against one crossing (A: session → hop token for B's issuer; B: that token as an RFC 7523
-  ``jwt-bearer`` grant → a session of the linked task). Client-side signing is included.
+  ``jwt-bearer`` grant → a session of the linked task). Client-side signing is included. B's
+  ``max_crossings_per_minute`` is raised: this measures the exchange, not the cap.
 - Revocation latency: per task, from sending A's ``POST /tasks/{id}/complete`` until a resource
   server subscribed to B's feed applies the entry ending B's linked task (A's feed → B's follower →
   B's store → B's feed); the in-domain twin completes a task at B and times the same subscriber.
@@ -107,7 +108,8 @@ def _pair(workdir: Path) -> tuple[Path, Path]:
     b_path = _deployment(workdir / "b", "b.example", b_issuer, (
         f'[[federation]]\nname = "a"\nissuer = "{a_issuer}"\njwks_uri = "{a_issuer}/jwks"\n'
         f'agents = ["spiffe://a.example/agent/*"]\naudiences = ["{WIKI_B}"]\nscopes = ["wiki:read"]\n'
-        f'max_tokens = 100000\nmax_ttl = 900\nstale_after = 10\nfeed_principal = "spiffe://b.example/feed"\n\n'
+        f'max_tokens = 100000\nmax_ttl = 900\nstale_after = 10\nmax_crossings_per_minute = 1000000\n'
+        f'feed_principal = "spiffe://b.example/feed"\n\n'
         f'[revocations]\nsubscribers = ["spiffe://b.example/svc/rs"]'
     ))  # fmt: skip
     bundle = DevTrustDomain.bundle_path(workdir / "b" / ".tether", "b.example")
