@@ -30,11 +30,11 @@ from tether.agent.identity import DevIdentity
 from tether.agent.proof import DPoPKey
 from tether.bench.harness import percentile, serve, tether_bin
 from tether.bench.report import Row
+from tether.bench.revocation import ObservedFeed
 from tether.config import load_config
 from tether.identity.dev_issuer import DevTrustDomain
 from tether.keys.sealed import load_master_key
 from tether.provision import initialize
-from tether.resource.revocations import RevocationFeed
 from tether.urns import JWT_BEARER_GRANT, TOKEN_EXCHANGE
 from tether.urns import TOKEN_TYPE_ACCESS as ACCESS
 from tether.urns import TOKEN_TYPE_JWT as JWT
@@ -165,23 +165,9 @@ def _exchange_rows(a: _Side, b: _Side, duration: float) -> list[Row]:
     ]  # fmt: skip
 
 
-class _Subscriber(RevocationFeed):
-    """A resource server's view of B's feed that resolves a waiter when an entry naming it is applied."""
-
-    waiting: dict[str, asyncio.Future[float]]
-
-    def apply(self, entry: dict[str, Any]) -> None:
-        super().apply(entry)
-        value = entry.get("value")
-        waiter = self.waiting.pop(value, None) if isinstance(value, str) else None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(time.perf_counter())
-
-
 async def _latencies(a: _Side, b: _Side, samples: int) -> tuple[list[float], list[float]]:
     async with httpx.AsyncClient(trust_env=False, timeout=10.0) as http:
-        feed = _Subscriber(b.url, http, identity=DevIdentity(b.domain, b.principal("svc/rs")), stale_after=10.0)
-        feed.waiting = {}
+        feed = ObservedFeed(b.url, http, identity=DevIdentity(b.domain, b.principal("svc/rs")))
         feed.start()
         try:
             await feed.wait_synced(15.0)
@@ -192,7 +178,7 @@ async def _latencies(a: _Side, b: _Side, samples: int) -> tuple[list[float], lis
     return cross, local
 
 
-async def _timed_end(side: _Side, task_id: str, watched: str, feed: _Subscriber) -> float:
+async def _timed_end(side: _Side, task_id: str, watched: str, feed: ObservedFeed) -> float:
     applied: asyncio.Future[float] = asyncio.get_running_loop().create_future()
     feed.waiting[watched] = applied
     start = time.perf_counter()
@@ -205,7 +191,7 @@ async def _timed_end(side: _Side, task_id: str, watched: str, feed: _Subscriber)
         raise RuntimeError(f"no revocation of {watched} reached B's subscriber within 10 s") from None
 
 
-async def _one_crossing(a: _Side, b: _Side, feed: _Subscriber) -> float:
+async def _one_crossing(a: _Side, b: _Side, feed: ObservedFeed) -> float:
     def setup() -> tuple[str, str]:
         task = a.task(a.principal(AGENT_PATH), [b.url])
         key = DPoPKey()
@@ -220,7 +206,7 @@ async def _one_crossing(a: _Side, b: _Side, feed: _Subscriber) -> float:
     return await _timed_end(a, task, linked_task, feed)
 
 
-async def _one_local(b: _Side, feed: _Subscriber) -> float:
+async def _one_local(b: _Side, feed: ObservedFeed) -> float:
     task = await asyncio.to_thread(b.task, b.principal(AGENT_PATH), [WIKI_B])
     return await _timed_end(b, task, task, feed)
 

@@ -36,7 +36,7 @@ from tether.urns import TOKEN_TYPE_ACCESS as ACCESS
 from tether.urns import TOKEN_TYPE_JWT as JWT
 from tether.web.server import free_port
 
-__all__ = ["revocation_rows"]
+__all__ = ["ObservedFeed", "revocation_rows"]
 
 TARGET = "p99 ≤ 50 ms"
 NAME = "revocation propagation: task completion → refusal at a subscribed resource server"
@@ -46,10 +46,10 @@ PROPAGATION_TIMEOUT = 5.0
 REVOKED = "token has been revoked"
 
 
-class _ObservedFeed(RevocationFeed):
+class ObservedFeed(RevocationFeed):
     """The SDK feed, unchanged, plus a hook: resolve a waiter when an entry naming it is applied."""
 
-    def __init__(self, sts_url: str, http: httpx.AsyncClient, *, identity: IdentitySource, audience: str) -> None:
+    def __init__(self, sts_url: str, http: httpx.AsyncClient, *, identity: IdentitySource, audience: str | None = None) -> None:
         super().__init__(sts_url, http, identity=identity, audience=audience)
         self.waiting: dict[str, asyncio.Future[float]] = {}
 
@@ -137,7 +137,7 @@ async def _complete(http: httpx.AsyncClient, agent: Actor, task: _Task, proof: s
 
 
 async def _one(
-    driver: _Driver, verifier: Verifier, feed: _ObservedFeed, http: httpx.AsyncClient, samples: _Samples | None
+    driver: _Driver, verifier: Verifier, feed: ObservedFeed, http: httpx.AsyncClient, samples: _Samples | None
 ) -> None:
     task = await asyncio.to_thread(driver.new_task)
     agent = driver.agent
@@ -195,7 +195,7 @@ async def _measure(d: Deployment, feed_url: str, tasks: int) -> _Samples:
         httpx.AsyncClient(trust_env=False, timeout=10.0) as sts_http,
     ):
         # the resource server subscribes as B, the workload registered for AUD_B; its assertions name the issuer
-        feed = _ObservedFeed(feed_url, rs_http, identity=DevIdentity(d.domain, SVC_B), audience=d.url)
+        feed = ObservedFeed(feed_url, rs_http, identity=DevIdentity(d.domain, SVC_B), audience=d.url)
         settings = ResourceSettings(issuer=d.url, resource=AUD_B, jwks_uri=feed_url + "/jwks")
         verifier = Verifier(settings, http=rs_http, feed=feed)
         feed.start()
