@@ -17,7 +17,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from tether.config.console import is_loopback
 from tether.config.identities import check_row, resolve
 from tether.config.scalars import http_url, issuer_uri, typed
 from tether.errors import ConfigError, OAuthError
@@ -82,6 +84,18 @@ class FederationPeer:
         return Namespace("federation", self.issuer, self.prefix, key=f"federation[{index}].name")
 
 
+def _not_plain_off_loopback(url: str, key: str) -> str:
+    """``url`` unless it is plain http to a host other than loopback (FED-01, FED-03).
+
+    The feed at the peer's issuer carries its revocations (and this deployment's SVID), ``jwks_uri``
+    the keys its crossing tokens are verified with: over plain http a network attacker would forge
+    heartbeats while withholding entries, or its own keys. Loopback (two deployments on one
+    machine: tests, ``tether demo``) needs no TLS."""
+    if url.startswith("http://") and not is_loopback(urlsplit(url).hostname or ""):
+        raise ConfigError(key, "must be https (plain http only to a loopback host)")
+    return url
+
+
 def _int(key: str, value: Any, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ConfigError(key, f"must be an integer from {low} to {high}")
@@ -101,7 +115,7 @@ def _peer(index: int, row: Mapping[str, Any], base: Path, own_issuer: str) -> Fe
     name = typed(f"{key}.name", row["name"], str)
     if not _NAME.fullmatch(name):
         raise ConfigError(f"{key}.name", "must be a lower-case trust domain label (letters, digits, `.`, `_`, `-`)")
-    issuer = issuer_uri(typed(f"{key}.issuer", row["issuer"], str), f"{key}.issuer")
+    issuer = _not_plain_off_loopback(issuer_uri(typed(f"{key}.issuer", row["issuer"], str), f"{key}.issuer"), f"{key}.issuer")
     if issuer == own_issuer:
         raise ConfigError(f"{key}.issuer", "is this deployment's own issuer")
     sources = [k for k in ("jwks_uri", "jwks_file", "bundle_endpoint") if k in row]
@@ -143,7 +157,9 @@ def _peer(index: int, row: Mapping[str, Any], base: Path, own_issuer: str) -> Fe
         audiences=audiences,
         scopes=scopes,
         feed_principal=feed_principal,
-        jwks_uri=http_url(row["jwks_uri"], f"{key}.jwks_uri") if "jwks_uri" in row else None,
+        jwks_uri=_not_plain_off_loopback(http_url(row["jwks_uri"], f"{key}.jwks_uri"), f"{key}.jwks_uri")
+        if "jwks_uri" in row
+        else None,
         jwks_file=file("jwks_file"),
         bundle_endpoint=bundle,
         bundle_ca_file=file("bundle_ca_file"),

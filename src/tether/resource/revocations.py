@@ -24,9 +24,11 @@ from tether.agent.identity import IdentitySource
 from tether.background import cancel
 from tether.clock import Clock, SystemClock
 from tether.errors import InvalidToken, TemporarilyUnavailable, TetherError, after_end
+from tether.streams import lines_at_most
 from tether.urns import JWT_BEARER
 
 __all__ = [
+    "MAX_EVENT_CHARS",
     "FeedDown",
     "FeedSource",
     "LoggedRevocation",
@@ -46,16 +48,24 @@ STORE_POLL_SECONDS = 0.25
 
 Event = tuple[str, dict[str, Any]]
 
+#: the most one event (or one line) of a feed may hold: an entry or a heartbeat is a few hundred
+#: characters; a feed, a federation peer's above all, that sends more is dropped, not buffered
+MAX_EVENT_CHARS = 64 * 1024
 
-async def parse_sse(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str, str | None]]:
-    """Yield ``(event, data, id)`` from a text/event-stream (WHATWG HTML §9.2.6)."""
+
+async def parse_sse(
+    lines: AsyncIterator[str], *, max_event: int = MAX_EVENT_CHARS
+) -> AsyncIterator[tuple[str, str, str | None]]:
+    """Yield ``(event, data, id)`` from a text/event-stream (WHATWG HTML §9.2.6); ``ValueError`` once
+    one event's data passes ``max_event`` characters (a feed that never ends an event is not buffered)."""
     event, last_id = "message", None
     data: list[str] = []
+    size = 0
     async for line in lines:
         if line == "":
             if data:
                 yield event, "\n".join(data), last_id
-            event, data = "message", []
+            event, data, size = "message", [], 0
             continue
         if line.startswith(":"):
             continue
@@ -64,6 +74,9 @@ async def parse_sse(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str, 
         if name == "event":
             event = value
         elif name == "data":
+            size += len(value) + 1
+            if size > max_event:
+                raise ValueError(f"an event's data exceeds {max_event} characters")
             data.append(value)
         elif name == "id":
             last_id = value
@@ -133,7 +146,9 @@ class StsSource:
                     refusal = f"refused: {response.status_code} {_error_code(response)}"
                     raise FeedDown(refusal, retry_after=_retry_after(response))
                 yield "open", {}
-                async for event, data, _ in parse_sse(response.aiter_lines()):
+                too_long = ValueError(f"a line exceeds {MAX_EVENT_CHARS} characters")
+                lines = lines_at_most(response.aiter_bytes(), MAX_EVENT_CHARS, lambda: too_long)
+                async for event, data, _ in parse_sse(lines):
                     payload = json.loads(data)
                     if isinstance(payload, dict):
                         yield event, payload

@@ -11,6 +11,7 @@ while the peer's revocation feed is stale. The checks themselves are ``rules.fed
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -49,12 +50,15 @@ __all__ = [
     "foreign_issuer",
     "link_task",
     "linked_candidate",
+    "opened_by",
     "peer_of_token",
     "redeem",
     "stale_peer",
     "unredeemed",
     "verify_foreign_token",
 ]
+
+log = logging.getLogger("tether.federation")
 
 #: a redeemed foreign token stays marked this long past its ``exp`` (as a workload JWT's jti)
 _SPEND_MARGIN = 600
@@ -111,11 +115,24 @@ def check_not_revoked(ctx: StsContext, peer: FederationPeer, token: AccessToken,
         raise after_end(InvalidGrant("the foreign task has ended or the token was revoked", debug="revoked by the peer's feed"))
 
 
+def opened_by(task: Task, peer: str) -> bool:
+    """Whether ``peer`` opened ``task`` here (its agent in ``fed:<peer>/``, created by ``federation:<peer>``).
+
+    A ``federation_links`` row is only a pointer: one left by a database writer (or a bug) naming
+    a local task, or another peer's linked task, must not let this peer's feed end it (FED-03 ends
+    what the peer's task gave rise to here, nothing else)."""
+    return task.created_by == f"federation:{peer}" and task.agent.startswith(f"{FEDERATED_PREFIX}{peer}/")
+
+
 async def end_linked_task(ctx: StsContext, peer: str, task_id: str, detail: dict[str, Any]) -> bool:
     """Cancel a linked task because its peer revoked what it came from (audited as ``federation:<peer>``);
-    ``False`` if it had already ended (here, by another worker or replica, or by its hard cap)."""
+    ``False`` if it had already ended (here, by another worker or replica, or by its hard cap), or if
+    the peer did not open it (``opened_by``)."""
     task = await ctx.store.get_task(task_id)
     if task is None or task.effective_state(ctx.now()) is not TaskState.ACTIVE:
+        return False
+    if not opened_by(task, peer):
+        log.warning("a link row of peer %s names task %s, which that peer did not open: not ended", peer, task_id)
         return False
     try:
         await move_task(ctx, task, TaskState.CANCELLED, principal=f"federation:{peer}", detail=detail)
