@@ -169,3 +169,33 @@ def test_review_feed_bounded_lines_split_as_the_event_stream_says() -> None:
         return [line async for line in lines_at_most(chunks(), 8, lambda: ValueError("long"))]
 
     assert asyncio.run(collect()) == ["a", "b", "c", "", "é", "d"]
+
+
+def test_review_feed_fed03_a_peer_entry_is_kept_no_longer_than_a_foreign_token_can_live(b_domain: Domain) -> None:
+    """A peer names its entries' ``exp``: one far in the future is kept only as long as any token the
+    peer signed could still cross here (the longest token lifetime, with both clocks' skew), so a
+    peer cannot make B's view grow with entries it never lets expire — while a near ``exp`` stands."""
+
+    async def scenario() -> None:
+        sts = build_sts(b_domain.config())
+        ctx = await sts.start()
+        try:
+            assert isinstance(ctx.federation, FederationFeeds)
+            feed = ctx.federation.followers["a"].feed
+            now = int(ctx.now())
+            horizon = ctx.settings.max_token_lifetime + 2 * ctx.settings.skew
+            feed.apply({"kind": "task", "value": "tsk_far", "exp": now + 10 * 365 * 86_400, "seq": 1})
+            feed.apply({"kind": "jti", "value": "jti_near", "exp": now + 5, "seq": 2})
+            assert now + horizon - 1 <= feed.tasks["tsk_far"] <= now + horizon + 1
+            assert feed.jtis["jti_near"] == now + 5
+        finally:
+            await sts.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_feed_from_ones_own_sts_keeps_entries_until_their_exp() -> None:
+    feed = RevocationFeed("http://127.0.0.1:9", httpx.AsyncClient(), identity=_Identity())
+    far = int(time.time()) + 10 * 365 * 86_400
+    feed.apply({"kind": "task", "value": "tsk_far", "exp": far, "seq": 1})
+    assert feed.tasks["tsk_far"] == far

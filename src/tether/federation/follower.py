@@ -90,6 +90,11 @@ class PeerFollower:
         self.feed = RevocationFeed(peer.issuer, http, identity=identity, audience=peer.issuer,
                                    stale_after=peer.stale_after, clock=ctx.clock, reconnect_delay=reconnect_delay)  # fmt: skip
         self.feed.on_revocation = self.apply
+        # a foreign token lives at most max_token_lifetime here (and its iat precedes its task's
+        # end): an entry kept that long past its arrival, with both clocks' skew, covers every
+        # token it could refuse, so a peer cannot make this view grow with far-future entries
+        settings = ctx.settings
+        self.feed.keep_at_most = settings.max_token_lifetime + 2 * settings.skew
         #: what was last logged: ``None`` before the feed was first heard
         self.was_fresh: bool | None = None
         self.ended = 0

@@ -243,6 +243,10 @@ class RevocationFeed:
         #: called (awaited) when a heartbeat names a policy version other than the last one
         #: returns the version it installed (a replica that has not reloaded yet may serve an older one)
         self.on_policy_version: Callable[[str], Awaitable[str | None]] | None = None
+        #: keep an entry at most this many seconds after it arrived, whatever ``exp`` it names:
+        #: a federation peer chooses its entries' ``exp``, and no token it signed can outlive
+        #: this horizon here (``None``: the entry's own ``exp``, for a feed from one's own STS)
+        self.keep_at_most: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._heard = asyncio.Event()
 
@@ -279,6 +283,8 @@ class RevocationFeed:
         kind, value, exp, seq = entry.get("kind"), entry.get("value"), entry.get("exp"), entry.get("seq")
         if not isinstance(value, str) or not isinstance(exp, int) or not isinstance(seq, int):
             return
+        if self.keep_at_most is not None:
+            exp = min(exp, int(self._clock.now() + self.keep_at_most))
         (self.jtis if kind == "jti" else self.tasks)[value] = exp
         self.cursor = max(self.cursor, seq)
 
