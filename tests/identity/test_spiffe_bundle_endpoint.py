@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +18,13 @@ import pytest
 from identity_support import ec_key, public_jwk
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from helpers import ServerThread, free_port
 from tether.config import load_config
 from tether.errors import ConfigError
+from tether.identity import spiffe_bundle
 from tether.identity.dev_x509 import DevCA
 from tether.identity.spiffe_bundle import BundleEndpointSource
 from tether.web.tls import TlsFiles
@@ -45,12 +46,16 @@ class HttpsEndpoint:
         self.documents: dict[str, Any] = {}
         self.raw: dict[str, tuple[int, bytes, dict[str, str]]] = {}
         self.hits: Counter[str] = Counter()
+        #: paths answered 200 with a body that trickles one byte at a time and never ends
+        self.trickle: set[str] = set()
         app = Starlette(routes=[Route("/{path:path}", self._serve)])
         self.thread = ServerThread(app, self.port, tls=TlsFiles(cert, key))
 
     async def _serve(self, request: Request) -> Response:
         path = request.url.path
         self.hits[path] += 1
+        if path in self.trickle:
+            return StreamingResponse(_trickle(), media_type="application/json")
         if path in self.raw:
             status, body, headers = self.raw[path]
             return Response(body, status_code=status, headers=headers)
@@ -67,6 +72,13 @@ class HttpsEndpoint:
         self.documents[path] = document
         self.raw.pop(path, None)
         return self.base + path
+
+
+async def _trickle() -> AsyncIterator[bytes]:
+    yield b'{"keys": ['
+    while True:
+        await asyncio.sleep(0.2)
+        yield b" "
 
 
 @pytest.fixture(scope="module")
@@ -204,3 +216,20 @@ def test_unreachable_endpoint_keeps_the_last_good_bundle(tmp_path: Path) -> None
         server.thread.stop()
     assert kids(source, now=NOW + 11) == {"k1"}
     assert source.failures == 1
+
+
+def test_a_trickling_endpoint_is_given_up_on_and_the_last_good_bundle_kept(
+    endpoint: HttpsEndpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One deadline covers the whole fetch: an endpoint that sends a byte every 0.2 s (never slow
+    enough for a per-read timeout) is abandoned, the refresh counted as failed, the old keys kept."""
+    monkeypatch.setattr(spiffe_bundle, "FETCH_SECONDS", 1.0)
+    url = endpoint.serve("/trickle", K1, sequence=1, hint=60)
+    source = BundleEndpointSource(url, ca_file=endpoint.ca_file, refresh=300, floor=1)
+    assert kids(source, now=NOW) == {"k1"}
+    endpoint.trickle.add("/trickle")
+    try:
+        assert asyncio.run(source.refresh(NOW + 400)) is False
+    finally:
+        endpoint.trickle.discard("/trickle")
+    assert source.failures == 1 and kids(source, now=NOW + 401) == {"k1"}

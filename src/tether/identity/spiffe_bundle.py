@@ -54,6 +54,8 @@ X509_SVID = "x509-svid"
 MAX_AUTHORITIES = 100
 #: the fastest an endpoint is polled, whatever its hint or a stranger's unknown ``kid`` asks for
 DEFAULT_FLOOR = 5.0
+#: the longest one fetch of a bundle may take, connection and whole body included
+FETCH_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -195,10 +197,11 @@ class BundleEndpointSource:
     async def refresh(self, now: float) -> bool:
         """Fetch the bundle once; ``True`` if a new one is in force (else the last good one stays)."""
         try:
-            async with httpx.AsyncClient(verify=self._verify, follow_redirects=False, timeout=5.0, trust_env=False) as http:
-                bundle = parse_bundle(await fetch_json(http, self.url))
+            # one deadline for the whole fetch: a peer trickling its bundle must not hold the lock
+            # (and every crossing or SVID check waiting on it) for a 5 s read timeout per chunk
+            bundle = await asyncio.wait_for(self._fetch(), FETCH_SECONDS)
             self._accept(bundle)
-        except (httpx.HTTPError, ValueError) as exc:
+        except (httpx.HTTPError, ValueError, TimeoutError) as exc:
             self.failures += 1
             log.warning("spiffe bundle %s could not be refreshed (keeping the last good one): %s", self.url, exc)
             return False
@@ -207,6 +210,10 @@ class BundleEndpointSource:
         self.bundle = bundle
         self.fetched_at = now
         return True
+
+    async def _fetch(self) -> Bundle:
+        async with httpx.AsyncClient(verify=self._verify, follow_redirects=False, timeout=5.0, trust_env=False) as http:
+            return parse_bundle(await fetch_json(http, self.url))
 
     def _accept(self, bundle: Bundle) -> None:
         """Refuse a bundle older than the one in force (``spiffe_sequence`` lower, or dropped)."""
