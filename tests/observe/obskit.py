@@ -19,8 +19,8 @@ __all__ = ["ALLOWED_LABELS", "Samples", "by_label", "check_labels", "delta", "sc
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 #: every label name tether uses; each names a bounded set (``le`` is the histogram bucket; ``tool`` a pinned
-#: MCP tool, else `-`)
-ALLOWED_LABELS = frozenset({"kind", "endpoint", "error", "route", "status", "detector", "tool", "outcome", "le"})
+#: MCP tool, else `-`; ``peer`` a configured ``[[federation]]`` peer's name)
+ALLOWED_LABELS = frozenset({"kind", "endpoint", "error", "route", "status", "detector", "tool", "outcome", "le", "peer"})
 _BOUNDED = re.compile(r"^[a-z0-9_.+-]{1,40}$|^[0-9.e+-]+$|^\+Inf$")
 
 
