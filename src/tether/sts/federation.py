@@ -69,9 +69,11 @@ _WINDOW = 60
 def peer_of_token(ctx: StsContext, token: str) -> FederationPeer | None:
     """The peer whose issuer is exactly the token's (unverified) ``iss``; ``None`` for any other token.
 
-    One cheap check when no ``[[federation]]`` is configured: the local path does no more work."""
+    One cheap check when no ``[[federation]]`` is configured: the local path does no more work; nor
+    for a token this STS has already verified with its own keys (a local hop's subject token, the
+    common case), whose payload would otherwise be decoded once more here."""
     peers = ctx.settings.federation
-    if not peers:
+    if not peers or ctx.verified.get(token) is not None:
         return None
     issuer = peek_issuer(token, max_length=MAX_ACCESS_TOKEN)
     return next((peer for peer in peers if peer.issuer == issuer), None)
