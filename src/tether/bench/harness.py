@@ -40,6 +40,7 @@ __all__ = [
     "rss_kib",
     "run_loadgen",
     "serve",
+    "serve_process",
     "summarise",
     "uvicorn_command",
 ]
@@ -164,8 +165,24 @@ def serve(
     """Start ``tether ARGS`` (or ``python -m ...``) pinned to ``core`` and wait until it answers
     (``verify``: how to check an https server's certificate)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
+    with serve_process(args, url, core=core, health=health, verify=verify, env=env) as server:
+        yield server
+
+
+@contextmanager
+def serve_process(
+    args: list[str],
+    url: str,
+    *,
+    core: str = "0",
+    health: str = "/healthz",
+    verify: ssl.SSLContext | bool = True,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Iterator[Server]:
+    """Start any server process pinned to ``core``, wait until ``url + health`` answers 200, stop it after."""
     command = [*_pin(core), *args]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)  # noqa: S603
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=cwd)  # noqa: S603
     server = Server(url, process)
     try:
         deadline = time.monotonic() + 30
@@ -177,7 +194,7 @@ def serve(
                 except httpx.TransportError:
                     pass
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{' '.join(args)} did not start")
+                    raise RuntimeError(f"{' '.join(args[:2])} did not start")
                 time.sleep(0.05)
         yield server
     finally:
