@@ -35,6 +35,7 @@ __all__ = [
     "Load",
     "Server",
     "bench_deployment",
+    "cpu_seconds",
     "loadgen_command",
     "percentile",
     "rss_kib",
@@ -57,6 +58,32 @@ def percentile(values: Sequence[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of ``pid`` and every live descendant (``--workers`` children), from /proc.
+
+    Per-request CPU is the figure that survives a shared machine: wall-clock throughput moves
+    with whatever else runs, the server's own CPU seconds per request much less."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / ticks
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += times.get(current, 0.0)
+        todo.extend(child for child, parent in parents.items() if parent == current)
+    return total
 
 
 def rss_kib(pid: int) -> int:
