@@ -35,6 +35,7 @@ __all__ = [
     "Load",
     "Server",
     "bench_deployment",
+    "core_busy_seconds",
     "cpu_seconds",
     "loadgen_command",
     "percentile",
@@ -84,6 +85,17 @@ def cpu_seconds(pid: int) -> float:
         total += times.get(current, 0.0)
         todo.extend(child for child, parent in parents.items() if parent == current)
     return total
+
+
+def core_busy_seconds(core: int) -> float:
+    """Seconds core ``core`` has spent not idle since boot (``/proc/stat``), whoever ran on it."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{core} "):
+            values = [int(v) for v in line.split()[1:]]
+            idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+            return (sum(values[:8]) - idle) / ticks
+    return float("nan")
 
 
 def rss_kib(pid: int) -> int:

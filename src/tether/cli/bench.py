@@ -70,10 +70,16 @@ def bench(
         "postgresql://127.0.0.1:5432/test"
     ),
     redis_url: Annotated[str, typer.Option("--redis-url", envvar="TETHER_BENCH_REDIS_URL")] = "redis://127.0.0.1:6379/0",
+    peer: Annotated[
+        bool, typer.Option("--peer", help="tether beside node oidc-provider (from npm, cached), --runs rounds (default 3)")
+    ] = False,
 ) -> None:
     """Exchange throughput and latency, resource-server verify, gateway overhead, revocation, completion under load,
     Cedar, memory, the console's pages with 10,000 tasks."""
     if ctx.invoked_subcommand is not None:
+        return
+    if peer:
+        _peer(duration, runs if runs > 1 else 3, as_json)
         return
     from tether.bench.run import SECTIONS, BenchOptions, run_bench
 
@@ -89,6 +95,41 @@ def bench(
 
     _, rows = run_bench(options, progress)
     _print(rows, as_json)
+
+
+def _peer(duration: float, rounds: int, as_json: bool) -> None:
+    import tempfile
+
+    from tether.bench.peer import PeerUnavailable
+    from tether.bench.versus import peer_rows
+
+    def progress(message: str) -> None:
+        if not as_json:
+            console.print(styled((f"… {message}", "dim")))
+
+    with tempfile.TemporaryDirectory(prefix="tether-bench-peer-") as tmp:
+        try:
+            rows = peer_rows(Path(tmp), duration=duration, rounds=rounds, progress=progress)
+        except PeerUnavailable as exc:
+            fail(f"--peer: {exc}", code=1)
+    if as_json:
+        print_json({"rows": [r.as_json() for r in rows]})
+        return
+    table = Table(title=f"tether bench --peer ({rounds} interleaved rounds, median)", title_justify="left")
+    for column in ("server (pinned to core 0, c=16)", "req/s", "rounds", "spread", "p50 · p99", "CPU µs/req", "vs peer"):
+        table.add_column(column)
+    for r in rows:
+        versus = f"{r.ratio:.2f}× (CPU {r.notes['cpu_per_req_ratio']:.2f}×)" if r.ratio is not None else "-"
+        table.add_row(
+            r.name,
+            _figure(r.value, ""),
+            " / ".join(f"{v:,}" for v in r.notes["rounds"]),
+            f"{r.notes['spread_pct']} %",
+            f"{r.notes['p50_ms']} · {r.notes['p99_ms']} ms",
+            " / ".join(str(v) for v in r.notes["cpu_us_per_req"]),
+            versus,
+        )
+    PlainConsole(highlight=False, width=max(console.width, 190)).print(table)
 
 
 @app.command()
