@@ -67,8 +67,13 @@ class AuditRecord:
         return {**self.body(), "hash": self.hash}
 
 
+#: ``json.dumps(…, sort_keys=True, separators=(",", ":"), ensure_ascii=True)``, built once:
+#: ``json.dumps`` with any non-default argument builds a new encoder on every call
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
 def canonical(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    return _CANONICAL.encode(value).encode()
 
 
 def _dump(value: Any) -> str:

@@ -133,6 +133,35 @@ def _peer(duration: float, rounds: int, as_json: bool) -> None:
 
 
 @app.command()
+def profile(
+    kind: Annotated[str, typer.Option("--kind", help="hop or session")] = "hop",
+    requests: Annotated[int, typer.Option("--requests", min=200, max=100_000)] = 3000,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=64)] = 16,
+    as_json: Annotated[bool, typer.Option("--json", help="print the rows as JSON")] = False,
+) -> None:
+    """CPU per exchange by component: the STS in this process, driven through ASGI under cProfile."""
+    import tempfile
+
+    from tether.bench.profile import profile_exchange
+
+    if kind not in ("hop", "session"):
+        fail("--kind: choose hop or session", code=2)
+    with tempfile.TemporaryDirectory(prefix="tether-profile-") as tmp:
+        rows, totals = profile_exchange(Path(tmp), kind=kind, requests=requests, concurrency=concurrency)
+    if as_json:
+        print_json({"kind": kind, **totals, "components": [r.__dict__ for r in rows]})
+        return
+    title = f"one {kind} exchange by component ({totals['requests']:,.0f} in process, c={concurrency}, cProfile)"
+    table = Table(title=title, title_justify="left")
+    for column in ("component", "µs per exchange", "share"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(r.component, f"{r.us_per_request:,.1f}", f"{r.share:.1%}")
+    table.add_row("total (profiled, wall)", f"{totals['profiled_us_per_request']:,.0f}", "")
+    PlainConsole(highlight=False, width=max(console.width, 120)).print(table)
+
+
+@app.command()
 def soak(
     duration: Annotated[
         float, typer.Option("--duration", min=10.0, max=720.0, help="seconds after warm-up (one task: ≤ 15 min in all)")

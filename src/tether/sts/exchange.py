@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import Counter, Histogram
+
 from tether.audit.chain import AuditEvent
 from tether.config.federation import FEDERATED_PREFIX, FederationPeer
 from tether.errors import (
@@ -297,6 +299,17 @@ async def _client(ctx: StsContext, req: ExchangeRequest, expected: str) -> Workl
     return client
 
 
+@functools.lru_cache(maxsize=16)
+def _seconds(kind: str) -> Histogram:
+    """The labelled child, looked up once per kind (``labels()`` takes a lock and checks names per call)."""
+    return EXCHANGE_SECONDS.labels(kind=kind)
+
+
+@functools.lru_cache(maxsize=16)
+def _issued(kind: str) -> Counter:
+    return ISSUED.labels(kind=kind)
+
+
 async def exchange(ctx: StsContext, req: ExchangeRequest) -> ExchangeResult:
     """Run one exchange, auditing the refusal if any check fails; count and time it (``tether.metrics``)."""
     claim = Claim()
@@ -306,15 +319,15 @@ async def exchange(ctx: StsContext, req: ExchangeRequest) -> ExchangeResult:
     except AuthorizationPending:
         # held: the approval.requested record says so once; a poll is neither audited (it
         # would flood the chain) nor a refusal the monitor could count against the agent
-        EXCHANGE_SECONDS.labels(kind="held").observe(time.perf_counter() - started)
+        _seconds("held").observe(time.perf_counter() - started)
         raise
     except OAuthError as exc:
-        EXCHANGE_SECONDS.labels(kind="refused").observe(time.perf_counter() - started)
+        _seconds("refused").observe(time.perf_counter() - started)
         if exc.error != "use_dpop_nonce":
             await refuse_exchange(ctx, exc, claim, audience=req.audience, task=req.task, source=req.client_ip)
         raise
-    EXCHANGE_SECONDS.labels(kind=result.kind).observe(time.perf_counter() - started)
-    ISSUED.labels(kind=result.kind).inc()
+    _seconds(result.kind).observe(time.perf_counter() - started)
+    _issued(result.kind).inc()
     return result
 
 
