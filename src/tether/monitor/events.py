@@ -10,7 +10,7 @@ the ``error`` code and the typed markers (``replay``, ``after_end``), never the 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from tether.audit.chain import AuditEvent, AuditRecord
@@ -73,7 +73,12 @@ def as_event(record: AuditRecord | Mapping[str, Any]) -> Event:
     if isinstance(record, Event):
         return record
     if isinstance(record, AuditRecord):
-        return Event(**{f.name: getattr(record, f.name) for f in fields(AuditRecord)})
+        # an Event is the same frozen record with typed readers and no field of its own: its
+        # fields are copied as they are (the monitor converts every record it tails, so the
+        # dataclass ``__init__``, which re-checks nothing, is skipped)
+        event: Event = object.__new__(Event)
+        event.__dict__.update(record.__dict__)
+        return event
     detail = record.get("detail")
     return Event(
         seq=int(record.get("seq") or 0),
