@@ -99,11 +99,13 @@ def b64url_decode(segment: str) -> bytes:
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise JWSError(f"duplicate member `{key}`")
-        out[key] = value
+    out = dict(pairs)  # built in C; fewer members than pairs means a name came twice
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise JWSError(f"duplicate member `{key}`")
+            seen.add(key)
     return out
 
 
