@@ -387,6 +387,8 @@ def _ec_jwk(curve: ec.EllipticCurve, **extra: Any) -> tuple[Any, ECKey]:
         pytest.param({"key_ops": ["encrypt"]}, id="key_ops-encrypt"),
         pytest.param({"use": "enc", "key_ops": ["encrypt"]}, id="use-enc-key_ops-encrypt"),
         pytest.param({"key_ops": "verify"}, id="key_ops-string"),
+        pytest.param({"use": ["sig"]}, id="use-list"),
+        pytest.param({"alg": ""}, id="alg-empty"),
     ],
 )
 def test_A_03_p256_jwk_parameters(extra: dict[str, Any]) -> None:
