@@ -7,8 +7,10 @@ strict base64url of the third. Each refusal raises the joserfc error class that 
 payload decoding, header registry, the key's ``use``/``alg``, signature length, ``key_ops``),
 so the caller's ``SignatureRejected`` reads the same on either path. Anything outside that
 reach — another algorithm, key family or curve, a header name beyond ``alg``/``typ``/``kid``/
-``jwk`` — stays on joserfc. ``tests/rules/test_jws_fast_differential.py`` holds the two paths to
-the same outcome on mutated input.
+``jwk`` — stays on joserfc. joserfc's header and payload caps are the caller's ``max_length``,
+which ``verify_compact`` has already held the whole token to; its signature cap is kept here.
+``tests/rules/test_jws_fast_differential.py`` holds the two paths to the same outcome on
+mutated input.
 """
 
 from __future__ import annotations
@@ -56,13 +58,12 @@ def covers(key: ECKey | OKPKey | RSAKey, header: Mapping[str, Any], alg: str) ->
     ``verify_compact`` has already matched ``alg`` to the key's family (RFC 8725 §3.1); this
     checks it again so the module cannot be reached with a pair it was not written for.
     """
+    if alg not in FAST_ALGS:
+        return False
     if alg == "ES256":
         if not isinstance(key, ECKey) or key.curve_name != "P-256":
             return False
-    elif alg in ("EdDSA", "Ed25519"):
-        if not isinstance(key, OKPKey) or key.curve_name != "Ed25519":
-            return False
-    else:
+    elif not isinstance(key, OKPKey) or key.curve_name != "Ed25519":
         return False
     return header.keys() <= _HEADERS
 
@@ -76,19 +77,18 @@ def _check_header(header: Mapping[str, Any]) -> None:
         raise InvalidHeaderValueError("'jwk' in header must be a JWK")
 
 
-def _check_key(key: ECKey | OKPKey, alg: str, operation: str) -> None:
-    """RFC 7517 §4.2 ``use``, §4.4 ``alg``, §4.3 ``key_ops``, tested as joserfc tests them."""
+def _check_key(key: ECKey | OKPKey, alg: str) -> None:
+    """RFC 7517 §4.2 ``use`` and §4.4 ``alg``, tested as joserfc tests them (a falsy value is absent)."""
     designed_use = key.get("use")
     if designed_use and designed_use != "sig":
         raise UnsupportedKeyUseError(f"This key is designed to be used for '{designed_use}'")
     designed_alg = key.get("alg")
     if designed_alg and designed_alg != alg:
         raise UnsupportedKeyAlgorithmError(f"This key is designed for algorithm '{designed_alg}'")
-    if operation:
-        _check_operation(key, operation)
 
 
 def _check_operation(key: ECKey | OKPKey, operation: str) -> None:
+    """RFC 7517 §4.3 ``key_ops``, as joserfc's ``get_op_key`` tests it (a string is searched as one)."""
     key_ops = key.get("key_ops")
     if key_ops is not None and operation not in key_ops:
         raise UnsupportedKeyOperationError(f"Unsupported key_op '{operation}'")
@@ -110,7 +110,7 @@ def verify(token: str, header: Mapping[str, Any], key: ECKey | OKPKey, alg: str)
     except (TypeError, ValueError) as exc:  # binascii.Error is a ValueError
         raise DecodeError("Invalid payload") from exc
     _check_header(header)
-    _check_key(key, alg, "")
+    _check_key(key, alg)
     try:
         signature = urlsafe_b64decode(signature_segment.encode("ascii"))
     except (TypeError, ValueError) as exc:
@@ -148,7 +148,8 @@ def signable(key: ECKey | OKPKey | RSAKey, header: Mapping[str, Any], alg: str) 
         return False
     try:
         _check_header(header)
-        _check_key(key, alg, "sign")
+        _check_key(key, alg)
+        _check_operation(key, "sign")
     except (InvalidHeaderValueError, UnsupportedKeyUseError, UnsupportedKeyAlgorithmError, UnsupportedKeyOperationError):
         return False
     return True
