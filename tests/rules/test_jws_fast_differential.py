@@ -509,7 +509,14 @@ def test_max_length_cap_applies_alike(family: Family) -> None:
 # ---------------------------------------------------------------------------------------------
 
 _CLAIMS = st.dictionaries(st.text(max_size=12), _JSON, max_size=6)
-_HEADER = st.fixed_dictionaries({}, optional={"typ": st.text(max_size=12), "kid": st.text(max_size=12)})
+_HEADER = st.fixed_dictionaries(
+    {},
+    optional={
+        "typ": st.text(max_size=12),
+        "kid": st.text(max_size=12),
+        "jwk": st.dictionaries(st.text(max_size=4), st.text(max_size=8), max_size=3),  # a DPoP proof's shape
+    },
+)
 
 
 def _signing_keys() -> dict[str, PublicKey]:

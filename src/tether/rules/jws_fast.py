@@ -16,6 +16,7 @@ mutated input.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from collections.abc import Mapping
 from typing import Any, TypeGuard
@@ -139,6 +140,28 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
+def _header_segment(header: Mapping[str, Any]) -> str:
+    """The header as joserfc serialises it: insertion order, ``,``/``:`` separators, ASCII."""
+    items = tuple(header.items())
+    if len(items) <= _MEMO_HEADER_MEMBERS and all(type(value) is str for _, value in items):
+        return _memo_header_segment(items)
+    return _encode_header(header)
+
+
+def _encode_header(header: Mapping[str, Any]) -> str:
+    return _b64(json.dumps(dict(header), ensure_ascii=True, separators=(",", ":")).encode("ascii"))
+
+
+#: A signer's headers repeat (one per signing key and token type): those of a few string members
+#: are memoised by their members in order, which fixes their serialisation.
+_MEMO_HEADER_MEMBERS = 4
+
+
+@functools.lru_cache(maxsize=256)
+def _memo_header_segment(items: tuple[tuple[str, str], ...]) -> str:
+    return _encode_header(dict(items))
+
+
 def signable(key: ECKey | OKPKey | RSAKey, header: Mapping[str, Any], alg: str) -> TypeGuard[ECKey | OKPKey]:
     """Whether ``sign`` makes exactly the token joserfc would: otherwise joserfc signs (or
     raises its own error), so a refusal never depends on which path ran."""
@@ -161,8 +184,7 @@ def sign(header: Mapping[str, Any], payload: bytes, key: ECKey | OKPKey, alg: st
     The header is serialised as joserfc serialises it (insertion order, ``,``/``:`` separators,
     ASCII), so both paths produce the same first two segments; ES256 is R‖S, 32 bytes each.
     """
-    header_json = json.dumps(dict(header), ensure_ascii=True, separators=(",", ":"))
-    signing_input = f"{_b64(header_json.encode('ascii'))}.{_b64(payload)}"
+    signing_input = f"{_header_segment(header)}.{_b64(payload)}"
     private = key.private_key
     message = signing_input.encode("ascii")
     if alg == "ES256" and isinstance(private, ec.EllipticCurvePrivateKey):
