@@ -559,6 +559,36 @@ def test_AUX_07_duplicate_claim_names_refused(p256: Pair, payload: bytes) -> Non
 
 
 @pytest.mark.parametrize(
+    ("data", "name"),
+    [
+        pytest.param(b'{"a":1,"b":2,"b":3,"a":4}', "b", id="first-repeat-named"),
+        pytest.param(b'{"a":1,"b":2,"a":3}', "a", id="apart"),
+        pytest.param(b'{"x":{"k":1,"k":1},"x":2}', "k", id="inner-object-first"),
+        pytest.param(b'[{"a":1},{"a":1,"a":1}]', "a", id="in-array"),
+    ],
+)
+def test_AUX_07_duplicate_names_the_first_repeat(data: bytes, name: str) -> None:
+    with pytest.raises(JWSError) as refused:
+        strict_json_loads(data)
+    assert str(refused.value) == f"duplicate member `{name}`"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abcd"), st.integers(0, 3)), max_size=6))
+def test_AUX_07_duplicate_detection_matches_a_plain_scan(pairs: list[tuple[str, int]]) -> None:
+    """Whatever the members, refused exactly when a name repeats, naming the first repeat."""
+    data = ("{" + ",".join(f'"{k}":{v}' for k, v in pairs) + "}").encode()
+    names = [k for k, _ in pairs]
+    repeats = [k for i, k in enumerate(names) if k in names[:i]]
+    if repeats:
+        with pytest.raises(JWSError) as refused:
+            strict_json_loads(data)
+        assert str(refused.value) == f"duplicate member `{repeats[0]}`"
+    else:
+        assert strict_json_loads(data) == dict(pairs)
+
+
+@pytest.mark.parametrize(
     ("where", "data"),
     [
         pytest.param("header", b'{"typ":"at+jwt","alg":"ES256","kid":"\xc3\x28"}', id="header-bad-2byte"),

@@ -4,7 +4,8 @@ Every JWT tether reads passes ``verify_compact``: a size cap before any decoding
 CVE-2025-61920), the JWT character set (no JSON serialization), strict UTF-8, duplicate
 header or claim names refused, an allowlist of header names per token kind (no ``crit``,
 ``b64``, ``jku``, ``x5u``), an algorithm allowlist compared case-sensitively, and a key the
-caller resolves from trusted configuration, never symmetric. joserfc verifies the signature.
+caller resolves from trusted configuration, never symmetric. Then ES256 and Ed25519 are
+verified with pyca/cryptography directly (``jws_fast``), every other algorithm by joserfc.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
 
+from tether.rules import jws_fast
+
 __all__ = [
     "ASYMMETRIC_ALGS",
     "JWSError",
@@ -35,8 +38,10 @@ __all__ = [
     "peek_header",
     "rsa_modulus_too_small",
     "sign_compact",
+    "sign_compact_joserfc",
     "strict_json_loads",
     "verify_compact",
+    "verify_compact_joserfc",
 ]
 
 PublicKey = ECKey | OKPKey | RSAKey
@@ -94,11 +99,13 @@ def b64url_decode(segment: str) -> bytes:
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise JWSError(f"duplicate member `{key}`")
-        out[key] = value
+    out = dict(pairs)  # built in C; fewer members than pairs means a name came twice
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise JWSError(f"duplicate member `{key}`")
+            seen.add(key)
     return out
 
 
@@ -242,8 +249,36 @@ def verify_compact(
     ``resolve_key`` receives the (unverified) header and returns the key that must have
     signed it, from configuration or the proof's own ``jwk`` for DPoP; it raises
     ``JWSError`` when no trusted key matches. The header ``alg`` must be in
-    ``algorithms`` and in the key's own family.
+    ``algorithms`` and in the key's own family. After every gate, ES256 and Ed25519 are
+    verified with pyca/cryptography directly (``jws_fast``), everything else by joserfc.
     """
+    return _verify(token, algorithms, allowed_headers, resolve_key, max_length, self_asserted_key, fast=True)
+
+
+def verify_compact_joserfc(
+    token: str,
+    *,
+    algorithms: Collection[str],
+    allowed_headers: Collection[str],
+    resolve_key: Callable[[Mapping[str, Any]], PublicKey],
+    max_length: int,
+    self_asserted_key: bool = False,
+) -> VerifiedJWS:
+    """``verify_compact`` with every signature checked by joserfc: the reference the fast
+    path is tested against and the benchmark's baseline, not a path tether itself takes."""
+    return _verify(token, algorithms, allowed_headers, resolve_key, max_length, self_asserted_key, fast=False)
+
+
+def _verify(
+    token: str,
+    algorithms: Collection[str],
+    allowed_headers: Collection[str],
+    resolve_key: Callable[[Mapping[str, Any]], PublicKey],
+    max_length: int,
+    self_asserted_key: bool,
+    *,
+    fast: bool,
+) -> VerifiedJWS:
     header = peek_header(token, max_length=max_length)
     unexpected = set(header) - set(allowed_headers)
     if unexpected:
@@ -258,16 +293,35 @@ def verify_compact(
     if not isinstance(key, ECKey | OKPKey | RSAKey) or alg not in algs_for_key(key, self_asserted=self_asserted_key):
         raise JWSError(f"algorithm `{alg}` does not match the key")
     try:
-        obj = jws.deserialize_compact(token, key, algorithms=[alg], registry=_registry(alg, max_length))
+        if fast and jws_fast.covers(key, header, alg):
+            payload = jws_fast.verify(token, header, key, alg)
+        else:
+            payload = jws.deserialize_compact(token, key, algorithms=[alg], registry=_registry(alg, max_length)).payload
     except (JoseError, ValueError, TypeError) as exc:
         raise SignatureRejected(f"signature rejected: {type(exc).__name__}") from exc
-    claims = strict_json_loads(obj.payload)
+    claims = strict_json_loads(payload)
     if not isinstance(claims, dict):
         raise JWSError("payload is not a json object")
     return VerifiedJWS(header=header, claims=claims)
 
 
 def sign_compact(header: Mapping[str, Any], claims: Mapping[str, Any], key: PublicKey, alg: str) -> str:
-    """Sign claims as a compact JWS with a private key of the matching family."""
+    """Sign claims as a compact JWS with a private key of the matching family.
+
+    ES256 and Ed25519 are signed with pyca/cryptography directly (``jws_fast``), byte for
+    byte the token joserfc would make apart from ECDSA's random ``k``; anything else, or
+    anything joserfc would refuse, goes through joserfc.
+    """
+    return _sign(header, claims, key, alg, fast=True)
+
+
+def sign_compact_joserfc(header: Mapping[str, Any], claims: Mapping[str, Any], key: PublicKey, alg: str) -> str:
+    """``sign_compact`` always through joserfc: the reference for tests and the benchmark."""
+    return _sign(header, claims, key, alg, fast=False)
+
+
+def _sign(header: Mapping[str, Any], claims: Mapping[str, Any], key: PublicKey, alg: str, *, fast: bool) -> str:
     payload = json.dumps(claims, separators=(",", ":"), ensure_ascii=True)
+    if fast and jws_fast.signable(key, header, alg):
+        return jws_fast.sign(header, payload.encode("ascii"), key, alg)
     return jws.serialize_compact(dict(header), payload, key, algorithms=[alg], registry=_registry(alg, 16384))
