@@ -25,6 +25,7 @@ import httpx
 
 import tether.features  # noqa: F401  (the feature tables are registered before a config is loaded)
 from tether.agent.proof import DPoPKey
+from tether.bench.procstat import core_busy_seconds, cpu_seconds
 from tether.config import Config, load_config
 from tether.identity.dev_issuer import DevTrustDomain
 from tether.keys.sealed import load_master_key
@@ -59,43 +60,6 @@ def percentile(values: Sequence[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) of ``pid`` and every live descendant (``--workers`` children), from /proc.
-
-    Per-request CPU is the figure that survives a shared machine: wall-clock throughput moves
-    with whatever else runs, the server's own CPU seconds per request much less."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    parents: dict[int, int] = {}
-    times: dict[int, float] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
-        parents[int(entry.name)] = int(fields[1])
-        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / ticks
-    total, todo = 0.0, [pid]
-    while todo:
-        current = todo.pop()
-        total += times.get(current, 0.0)
-        todo.extend(child for child, parent in parents.items() if parent == current)
-    return total
-
-
-def core_busy_seconds(core: int) -> float:
-    """Seconds core ``core`` has spent not idle since boot (``/proc/stat``), whoever ran on it."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    for line in Path("/proc/stat").read_text().splitlines():
-        if line.startswith(f"cpu{core} "):
-            values = [int(v) for v in line.split()[1:]]
-            idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
-            return (sum(values[:8]) - idle) / ticks
-    return float("nan")
 
 
 def rss_kib(pid: int) -> int:
@@ -155,9 +119,11 @@ def run_loadgen(
     duration: float,
     tls: dict[str, str] | None = None,
     new_connection: bool = False,
+    watch: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Replay ``requests`` against ``url`` from a separate process pinned to core 1 (``tls``:
-    ``loadgen.tls_context``'s files, for an https ``url``)."""
+    ``loadgen.tls_context``'s files, for an https ``url``; ``watch``: ``{"pid", "core"}`` of the
+    server, whose CPU the generator reads at the edges of its window)."""
     host, port = url.split("//", 1)[1].split(":")
     with tempfile.TemporaryDirectory() as tmp:
         spec, out = Path(tmp) / "spec.json", Path(tmp) / "out.json"
@@ -171,6 +137,7 @@ def run_loadgen(
                     "requests": [r.hex() for r in requests],
                     "tls": tls,
                     "new_connection": new_connection,
+                    "watch": watch,
                 }
             )
         )

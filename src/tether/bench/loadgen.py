@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+from tether.bench.procstat import core_busy_seconds, cpu_seconds
+
 __all__ = ["Result", "build_request", "form_request", "run_generated", "run_load"]
 
 
@@ -43,6 +45,9 @@ class Result:
     statuses: dict[int, int] = field(default_factory=dict)
     elapsed: float = 0.0
     sent: int = 0
+    #: with a ``watch`` spec: the server's CPU seconds and its core's busy seconds in the window
+    server_cpu: float | None = None
+    core_busy: float | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -50,7 +55,27 @@ class Result:
             "statuses": {str(k): v for k, v in self.statuses.items()},
             "elapsed": self.elapsed,
             "sent": self.sent,
+            "server_cpu": self.server_cpu,
+            "core_busy": self.core_busy,
         }
+
+
+class _Watch:
+    """The server's CPU and its core's busy time, read at the edges of the measured window."""
+
+    def __init__(self, spec: dict[str, int] | None) -> None:
+        self.spec = spec
+        self.start = self._read()
+
+    def _read(self) -> tuple[float, float] | None:
+        if not self.spec:
+            return None
+        return cpu_seconds(self.spec["pid"]), core_busy_seconds(self.spec["core"])
+
+    def finish(self, result: Result) -> None:
+        end = self._read()
+        if self.start is not None and end is not None:
+            result.server_cpu, result.core_busy = end[0] - self.start[0], end[1] - self.start[1]
 
 
 async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[bytes, bytes], bytes]:
@@ -98,12 +123,14 @@ async def run_load(
     duration: float,
     tls: ssl.SSLContext | None = None,
     new_connection: bool = False,
+    watch: dict[str, int] | None = None,
 ) -> Result:
     """Send ``requests`` (each at most once) from ``concurrency`` connections for up to ``duration`` seconds.
 
     With ``tls`` the connections speak TLS (presenting a client certificate if the context has
     one); with ``new_connection`` every request opens its own connection, handshake included in
-    its latency (``Connection: close`` is the caller's to put in the request)."""
+    its latency (``Connection: close`` is the caller's to put in the request). ``watch``
+    (``{"pid": server, "core": its core}``) records their CPU over exactly this window."""
     result = Result()
     queue = iter(requests)
     deadline = time.perf_counter() + duration
@@ -133,9 +160,11 @@ async def run_load(
             if writer is not None:
                 writer.close()
 
+    watching = _Watch(watch)
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     result.elapsed = time.perf_counter() - started
+    watching.finish(result)
     return result
 
 
@@ -224,6 +253,7 @@ def main(spec_path: str, out_path: str) -> None:
             duration=spec["duration"],
             tls=tls_context(spec.get("tls")),
             new_connection=bool(spec.get("new_connection")),
+            watch=spec.get("watch"),
         )
     )
     Path(out_path).write_text(json.dumps(result.as_json()))

@@ -35,8 +35,6 @@ from tether.bench.harness import (
     Deployment,
     Load,
     bench_deployment,
-    core_busy_seconds,
-    cpu_seconds,
     run_loadgen,
     serve,
     summarise,
@@ -82,10 +80,9 @@ class Phase:
 
 
 def measure(pid: int, url: str, requests: list[bytes], duration: float) -> Phase:
-    """One saturating phase against ``url``; the server's and core 0's CPU seconds around it."""
-    cpu0, core0 = cpu_seconds(pid), core_busy_seconds(0)
-    load = summarise(run_loadgen(url, requests, concurrency=CONCURRENCY, duration=duration))
-    return Phase(load, cpu_seconds(pid) - cpu0, core_busy_seconds(0) - core0)
+    """One saturating phase against ``url``; the server's and core 0's CPU seconds in its window."""
+    raw = run_loadgen(url, requests, concurrency=CONCURRENCY, duration=duration, watch={"pid": pid, "core": 0})
+    return Phase(summarise(raw), float(raw["server_cpu"]), float(raw["core_busy"]))
 
 
 def spread(values: list[float]) -> float:

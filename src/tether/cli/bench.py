@@ -116,7 +116,9 @@ def _peer(duration: float, rounds: int, as_json: bool) -> None:
         print_json({"rows": [r.as_json() for r in rows]})
         return
     table = Table(title=f"tether bench --peer ({rounds} interleaved rounds, median)", title_justify="left")
-    for column in ("server (pinned to core 0, c=16)", "req/s", "rounds", "spread", "p50 · p99", "CPU µs/req", "vs peer"):
+    columns = ("server (pinned to core 0, c=16)", "req/s", "rounds", "spread", "p50 · p99", "CPU µs/req",
+               "core 0: server / others", "vs peer")  # fmt: skip
+    for column in columns:
         table.add_column(column)
     for r in rows:
         versus = f"{r.ratio:.2f}× (CPU {r.notes['cpu_per_req_ratio']:.2f}×)" if r.ratio is not None else "-"
@@ -127,9 +129,17 @@ def _peer(duration: float, rounds: int, as_json: bool) -> None:
             f"{r.notes['spread_pct']} %",
             f"{r.notes['p50_ms']} · {r.notes['p99_ms']} ms",
             " / ".join(str(v) for v in r.notes["cpu_us_per_req"]),
+            " · ".join(
+                f"{a:.0%}/{b:.0%}"
+                for a, b in zip(r.notes["server_share_of_core"], r.notes["others_share_of_core"], strict=True)
+            ),
             versus,
         )
     PlainConsole(highlight=False, width=max(console.width, 190)).print(table)
+    shared = max(max(r.notes["others_share_of_core"]) for r in rows)
+    if shared > 0.05:
+        console.print(styled((f"core 0 was shared: other processes took up to {shared:.0%} of it in a round; "
+                              "compare the CPU µs/req, not req/s", "yellow")))  # fmt: skip
 
 
 @app.command()
