@@ -44,6 +44,7 @@ from tether.sts.routes.spiffe import signing_bundle_endpoint, svid_bundle_endpoi
 from tether.sts.routes.tasks import block_endpoint, task_endpoint, task_transition_endpoint, tasks_endpoint
 from tether.sts.routes.token import introspect_endpoint, revoke_endpoint, token_endpoint
 from tether.web.admission import AdmissionLimit
+from tether.web.direct_route import DirectRoute
 from tether.web.errors import handle_http, handle_unexpected
 
 if TYPE_CHECKING:
@@ -175,7 +176,8 @@ def create_app(runtime: Runtime, *, upkeep: bool = True, max_inflight: int = 64)
                 exempt=frozenset({"/healthz", "/metrics"}),
                 streams=frozenset({"/revocations/stream"}),
                 stream_suffixes=("/events",),
-            )
+            ),
+            Middleware(DirectRoute, path="/token", method="POST", endpoint=token_endpoint, on_http_error=handle_http),
         ],
         exception_handlers={HTTPException: handle_http, Exception: handle_unexpected},
     )
