@@ -8,7 +8,8 @@ statement, an ECDSA verify, ``json.dumps``' encoder) goes to the component of th
 function that called it, split by caller exactly as ``pstats`` records it. cProfile adds a
 fixed cost per Python call, so call-heavy components read a little larger than they run; the
 ranking and the before/after differences are what it is for. The server's HTTP parsing
-(uvicorn, httptools) is not in it: ``tether bench``'s floor row measures that.
+(uvicorn, httptools) is not in it: ``tether bench``'s floor row measures that. The profiler's
+clock is this process's CPU time, so another process on the core stretches the run, not the figures.
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ def profile_exchange(
         warm, measured = make(500), make(requests)
     sts_app = build_sts(load_config(d.config.path)).app
     settle_after_start()  # as ``tether serve`` does: the start-up heap frozen, young collections rarer
-    profiler = cProfile.Profile()
+    profiler = cProfile.Profile(time.process_time)  # CPU time: what a neighbour on the core does not move
 
     async def main() -> tuple[int, float]:
         async with sts_app.router.lifespan_context(sts_app):
