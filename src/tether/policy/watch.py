@@ -9,6 +9,7 @@ missed event costs at most that long.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -16,6 +17,7 @@ import os
 import struct
 import sys
 import time
+import weakref
 from pathlib import Path
 
 __all__ = ["DirectoryWatch"]
@@ -60,6 +62,7 @@ class DirectoryWatch:
         self.directory = directory
         self.recheck = recheck
         self._fd = -1
+        self._closer: weakref.finalize[[int], DirectoryWatch] | None = None
         self._first = True
         self._libc = _libc()
         self._resolved = os.path.realpath(directory)
@@ -75,6 +78,10 @@ class DirectoryWatch:
         watched = fd >= 0 and self._libc.inotify_add_watch(fd, os.fsencode(self._resolved), _EVENTS) >= 0
         if watched and self._libc.inotify_add_watch(fd, os.fsencode(parent), _PARENT_EVENTS) >= 0:
             self._fd = fd
+            # an engine nobody closes (a test's STS, a verifier dropped) still gives its inotify
+            # instance back when collected: instances are few per user (128 by default), and once
+            # they run out every process of that user falls back to a directory scan per decision
+            self._closer = weakref.finalize(self, _close_quietly, fd)
         elif fd >= 0:
             os.close(fd)
 
@@ -121,8 +128,17 @@ class DirectoryWatch:
     def close(self) -> None:
         """Stop watching (a later ``changed()`` falls back to fingerprint comparison)."""
         if self._fd >= 0:
-            os.close(self._fd)
+            if self._closer is not None:
+                self._closer()  # closes the descriptor once; the finalizer is then dead
+                self._closer = None
+            else:
+                _close_quietly(self._fd)
             self._fd = -1
+
+
+def _close_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
 
 
 def _lost(data: bytes) -> bool:
