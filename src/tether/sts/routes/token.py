@@ -25,6 +25,7 @@ from tether.sts.routes.common import client_address, client_certificate, context
 from tether.web.dpop_request import dpop_header
 from tether.web.errors import NO_STORE, error_response
 from tether.web.forms import Form, read_form
+from tether.web.json_response import CompactJSONResponse
 
 __all__ = ["introspect_endpoint", "revoke_endpoint", "token_endpoint"]
 
@@ -47,7 +48,7 @@ async def token_endpoint(request: Request) -> Response:
     body = result.as_json()
     if req.tool_call is not None:
         body["authorization_details"] = details_json(req.tool_call)
-    return JSONResponse(body, headers={**NO_STORE, **nonce_headers(ctx)})
+    return CompactJSONResponse(body, headers={**NO_STORE, **nonce_headers(ctx)})
 
 
 async def _parse(request: Request) -> ExchangeRequest:
