@@ -216,7 +216,7 @@ def test_JWT_07_lone_surrogate_in_header_refused_before_key_lookup(signer: Signe
         pytest.param(b'{"exp":1e400}', id="exp-overflow"),
         pytest.param(b'{"iat":-1e400}', id="iat-negative-overflow"),
         pytest.param(b'{"nbf":1E+309}', id="upper-case-exponent"),
-        pytest.param(b'{"exp":17976931348623159077293051907890247336179769789423065727343008115773267580550096313270847732240753602112011387987139335765878976881441662249284743063947412437140576840574468765958582011427591402356645654908003297498573183130436811010111101451099999999999999999999999.0}', id="long-mantissa"),
+        pytest.param(b'{"exp":1' + b"0" * 309 + b'.0}', id="long-mantissa"),
         pytest.param(b'{"act":{"n":[1,2e999]}}', id="nested"),
     ],
 )

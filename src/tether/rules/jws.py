@@ -15,6 +15,7 @@ import binascii
 import copy
 import functools
 import json
+import math
 import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -113,18 +114,54 @@ def _reject_constant(name: str) -> Any:
     raise JWSError(f"non-standard json constant `{name}`")
 
 
+def _finite_float(literal: str) -> float:
+    """A JSON number with a fraction or exponent, refused when a double cannot hold it.
+
+    ``float("1e400")`` is ``inf``: without this a claim could hold the infinity that the
+    ``Infinity`` constant is refused for (RFC 8259 §6 leaves such numbers to the parser).
+    """
+    value = float(literal)
+    if not math.isfinite(value):
+        raise JWSError("json number out of range")
+    return value
+
+
+#: A ``\\u`` escape of a UTF-16 surrogate (D800-DFFF); a backslash before it only costs the full check.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _encodable(value: Any) -> bool:
+    """Whether every string in a parsed value is Unicode scalar values only (no lone surrogate)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def strict_json_loads(data: bytes) -> Any:
-    """JSON with duplicate names refused (RFC 7515 §4), strict UTF-8 (RFC 8725 §3.7), no NaN."""
+    """JSON with duplicate names refused (RFC 7515 §4), strict UTF-8 (RFC 8725 §3.7), no NaN.
+
+    Strict UTF-8 holds for the escapes too: ``"\\ud800"`` is valid JSON syntax (RFC 8259 §8.2)
+    but no Unicode text, and a ``str`` holding it raises on every later ``encode()`` (a replay
+    key, a database row, a log line). A pair of escapes for one character is accepted. Numbers
+    are finite, ints bounded by Python's digit limit.
+    """
     try:
         text = data.decode("utf-8", errors="strict")
     except UnicodeDecodeError as exc:
         raise JWSError("not utf-8") from exc
     try:
-        return json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+        value = json.loads(
+            text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant, parse_float=_finite_float
+        )
+        # an escape names a surrogate rarely (any character outside the BMP as a pair): only
+        # then is the parsed value walked for one left alone
+        if "\\u" in text and _SURROGATE_ESCAPE.search(text) and not _encodable(value):
+            raise JWSError("not utf-8: lone surrogate escape")
     except (ValueError, RecursionError) as exc:
-        if isinstance(exc, JWSError):
-            raise
         raise JWSError("invalid json") from exc
+    return value
 
 
 def _decode_object(segment: str, what: str) -> dict[str, Any]:
