@@ -184,9 +184,12 @@ def peek_header(token: str, *, max_length: int) -> dict[str, Any]:
     segment = token.split(".", 1)[0]
     if len(segment) > _MEMO_HEADER_LENGTH:  # real headers are short: only those are memoised
         return _decode_object(segment, "header")
-    # a copy down to the nested ``jwk`` (whose members are strings), so a caller can never
-    # alter what the memo hands out next
-    return {k: dict(v) if isinstance(v, dict) else v for k, v in _decode_header(segment).items()}
+    # a copy of every container in it, so a caller can never alter what the memo hands out
+    # next: two levels for the usual header (a ``jwk`` of strings), all of them otherwise
+    header, two_levels = _decode_header(segment)
+    if two_levels:
+        return {k: dict(v) if isinstance(v, dict) else v for k, v in header.items()}
+    return copy.deepcopy(header)
 
 
 #: Header segments up to this length are memoised (an ES256 DPoP header with its ``jwk`` is
@@ -195,12 +198,19 @@ _MEMO_HEADER_LENGTH = 1536
 
 
 @functools.lru_cache(maxsize=1024)
-def _decode_header(segment: str) -> dict[str, Any]:
-    """Headers repeat (one per issuer key, one per DPoP key), so their parse is memoised.
+def _decode_header(segment: str) -> tuple[dict[str, Any], bool]:
+    """Headers repeat (one per issuer key, one per DPoP key), so their parse is memoised, with
+    whether a copy two levels deep copies every list and object in it (no list, and objects
+    of scalars only).
 
     A failed parse raises and is not cached; callers get a copy.
     """
-    return _decode_object(segment, "header")
+    header = _decode_object(segment, "header")
+    two_levels = not any(
+        isinstance(value, list) or (isinstance(value, dict) and any(isinstance(v, dict | list) for v in value.values()))
+        for value in header.values()
+    )
+    return header, two_levels
 
 
 def algs_for_key(key: PublicKey, *, self_asserted: bool = False) -> frozenset[str]:
