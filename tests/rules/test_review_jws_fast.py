@@ -37,11 +37,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from joserfc.jwk import ECKey, OKPKey
 
+from tether.errors import InvalidDPoPProof
 from tether.rules import jws_fast
+from tether.rules.dpop import check_proof
 from tether.rules.jws import (
     JWSError,
     PublicKey,
     SignatureRejected,
+    ed25519_small_order,
     peek_header,
     sign_compact,
     sign_compact_joserfc,
@@ -216,7 +219,7 @@ def test_JWT_07_lone_surrogate_in_header_refused_before_key_lookup(signer: Signe
         pytest.param(b'{"exp":1e400}', id="exp-overflow"),
         pytest.param(b'{"iat":-1e400}', id="iat-negative-overflow"),
         pytest.param(b'{"nbf":1E+309}', id="upper-case-exponent"),
-        pytest.param(b'{"exp":1' + b"0" * 309 + b'.0}', id="long-mantissa"),
+        pytest.param(b'{"exp":1' + b"0" * 309 + b".0}", id="long-mantissa"),
         pytest.param(b'{"act":{"n":[1,2e999]}}', id="nested"),
     ],
 )
@@ -341,10 +344,18 @@ def _encoding(y: int, negative: int = 0) -> bytes:
     return (y | negative << 255).to_bytes(32, "little")
 
 
+_SMALL_ORDER_Y = [
+    ("neutral", 1),
+    ("order-2", ED25519_P - 1),
+    ("order-4", 0),
+    ("order-8", _Y8),
+    ("order-8-other", ED25519_P - _Y8),
+    ("neutral-non-canonical", ED25519_P + 1),
+    ("order-4-non-canonical", ED25519_P),
+]
 SMALL_ORDER = [
     pytest.param(_encoding(y, negative), id=f"{name}{'-neg' if negative else ''}")
-    for name, y in [("neutral", 1), ("order-2", ED25519_P - 1), ("order-4", 0), ("order-8", _Y8), ("order-8-other", ED25519_P - _Y8),
-                    ("neutral-non-canonical", ED25519_P + 1), ("order-4-non-canonical", ED25519_P)]  # fmt: skip
+    for name, y in _SMALL_ORDER_Y
     for negative in (0, 1)
 ]
 #: R = the neutral point, S = 0: valid under a small-order key whenever [k]A is the neutral point
@@ -373,6 +384,34 @@ def test_JWT_04_DPOP_06_small_order_ed25519_key_refused_on_both_paths(public: by
     key = OKPKey.import_key({"kty": "OKP", "crv": "Ed25519", "x": b64u(public)})
     result = both(forged, key)
     assert refused(result) and "small order" in result[1]
+
+
+def test_DPOP_06_forged_proof_under_the_neutral_point_refused_by_check_proof() -> None:
+    """The whole RFC 9449 §4.3 check: a proof nobody signed, under a ``jwk`` of the neutral point."""
+    now = 1_700_000_000
+    url = "https://sts.example/token"
+    claims = {"jti": "forged-proof", "htm": "POST", "htu": url, "iat": now}
+
+    def proof(jwk: Mapping[str, Any], sign: Callable[[bytes], bytes]) -> str:
+        h = b64u(js({"typ": "dpop+jwt", "alg": "EdDSA", "jwk": jwk}))
+        signing_input = f"{h}.{b64u(js(claims))}"
+        return f"{signing_input}.{b64u(sign(signing_input.encode()))}"
+
+    honest = {"kty": "OKP", "crv": "Ed25519", "x": b64u(ED.private.public_key().public_bytes_raw())}
+    assert check_proof(proof(honest, ED.sign), method="POST", url=url, now=now).jti == "forged-proof"
+    neutral = {"kty": "OKP", "crv": "Ed25519", "x": b64u(_encoding(1))}
+    forged = proof(neutral, lambda _m: FORGED_SIGNATURE)
+    Ed25519PublicKey.from_public_bytes(_encoding(1)).verify(FORGED_SIGNATURE, forged.rsplit(".", 1)[0].encode())
+    with pytest.raises(InvalidDPoPProof) as info:
+        check_proof(forged, method="POST", url=url, now=now)
+    assert info.value.debug == "ed25519 key of small order"
+
+
+@PROPERTY
+@given(seed=st.binary(min_size=32, max_size=32))
+def test_JWT_04_honest_ed25519_keys_are_not_small_order(seed: bytes) -> None:
+    key = OKPKey.import_key(ed25519.Ed25519PrivateKey.from_private_bytes(seed).public_key())
+    assert not ed25519_small_order(key)
 
 
 def test_JWT_04_control_an_honest_ed25519_key_still_verifies_and_refuses_the_forgery() -> None:
@@ -476,7 +515,7 @@ def test_signer_non_string_header_members_refused_as_joserfc_refuses(signer: Sig
     assert not jws_fast.signable(key, header, signer.alg)
     errors = []
     for sign in (sign_compact, sign_compact_joserfc):
-        with pytest.raises(Exception) as info:  # noqa: PT011 - the class is what is compared
+        with pytest.raises(Exception) as info:
             sign(header, CLAIMS, key, signer.alg)
         errors.append((type(info.value), str(info.value)))
     assert errors[0] == errors[1]

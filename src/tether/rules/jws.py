@@ -21,6 +21,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey, RSAKey
@@ -36,6 +37,7 @@ __all__ = [
     "VerifiedJWS",
     "algs_for_key",
     "b64url_decode",
+    "ed25519_small_order",
     "peek_header",
     "rsa_modulus_too_small",
     "sign_compact",
@@ -238,6 +240,36 @@ def algs_for_key(key: PublicKey, *, self_asserted: bool = False) -> frozenset[st
     return _RSA_ALGS if self_asserted else frozenset({"RS256"})
 
 
+#: RFC 8032 §5.1: the field prime of edwards25519 and the y coordinates of its eight points of
+#: small order: 1 (the neutral point), -1 (order 2), 0 (order 4) and ±y8 (order 8; the value
+#: in libsodium's small-order list, ``ge25519_has_small_order``).
+_ED25519_P = 2**255 - 19
+_ED25519_Y8 = int.from_bytes(bytes.fromhex("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"), "little")
+#: Every 32-byte encoding of those points (RFC 8032 §5.1.2): either sign bit of ``x``, and ``y``
+#: also as ``y + p`` where that fits in 255 bits (0 and 1 only), the non-canonical spellings
+#: OpenSSL decodes alike. Fourteen in all; a set lookup is cheaper than reading ``y``.
+_ED25519_SMALL_ORDER = frozenset(
+    (y | sign << 255).to_bytes(32, "little")
+    for y0 in (1, _ED25519_P - 1, 0, _ED25519_Y8, _ED25519_P - _ED25519_Y8)
+    for y in (y0, y0 + _ED25519_P)
+    if y < 2**255
+    for sign in (0, 1)
+)
+
+
+def ed25519_small_order(key: OKPKey) -> bool:
+    """Whether ``key`` is an Ed25519 public key of small order, which no signature may be checked with.
+
+    OpenSSL verifies RFC 8032 §5.1.7 without the cofactor and accepts such a key: ``R`` the
+    neutral point and ``S = 0`` then verify on every message whose ``[k]A`` is neutral — all of
+    them for the neutral point, one in eight for a point of order 8 — so anyone can sign for
+    it (RFC 8725 §3.4, validate cryptographic inputs). A DPoP ``jwk`` of that kind would make
+    the token bound to it usable by whoever holds the token.
+    """
+    public = key.public_key
+    return isinstance(public, Ed25519PublicKey) and public.public_bytes_raw() in _ED25519_SMALL_ORDER
+
+
 def rsa_modulus_too_small(jwk: Mapping[str, Any]) -> bool:
     """True for an RSA JWK under 2048 bits, checked before the key is imported at all."""
     n = jwk.get("n")
@@ -339,6 +371,8 @@ def _verify(
     key = resolve_key(header)
     if not isinstance(key, ECKey | OKPKey | RSAKey) or alg not in algs_for_key(key, self_asserted=self_asserted_key):
         raise JWSError(f"algorithm `{alg}` does not match the key")
+    if isinstance(key, OKPKey) and ed25519_small_order(key):
+        raise JWSError("ed25519 key of small order")
     try:
         if fast and jws_fast.covers(key, header, alg):
             payload = jws_fast.verify(token, header, key, alg)
