@@ -323,6 +323,19 @@ def test_verified_header_nested_containers_are_not_shared_with_the_memo() -> Non
     assert peek_header(token, max_length=MAX)["jwk"]["key_ops"] == ["verify"]
 
 
+@pytest.mark.parametrize("depth", [100, 400, 550])
+def test_nested_header_short_enough_to_be_memoised_never_raises(depth: int) -> None:
+    """A header under the memo's length may nest hundreds of levels: copying it must not recurse."""
+    header = b'{"typ":"at+jwt","alg":"ES256","kid":"k1","crit":' + b"[" * depth + b"]" * depth + b"}"
+    token = P256.token(header=header)
+    assert len(token.split(".")[0]) <= 1536
+    for _ in range(2):
+        first = peek_header(token, max_length=MAX)
+        assert json.dumps(first["crit"]) == "[" * depth + "]" * depth
+        first["crit"].append(1)
+    assert refused(both(token, P256.public))  # ``crit`` is not an allowed header name
+
+
 def test_one_tokens_parse_does_not_affect_another_with_the_same_header() -> None:
     """Two tokens sharing a header segment (same key, same kid): a refused one leaves the other intact."""
     good = P256.token()

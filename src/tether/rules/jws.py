@@ -186,12 +186,12 @@ def peek_header(token: str, *, max_length: int) -> dict[str, Any]:
     segment = token.split(".", 1)[0]
     if len(segment) > _MEMO_HEADER_LENGTH:  # real headers are short: only those are memoised
         return _decode_object(segment, "header")
-    # a copy of every container in it, so a caller can never alter what the memo hands out
-    # next: two levels for the usual header (a ``jwk`` of strings), all of them otherwise
-    header, two_levels = _decode_header(segment)
-    if two_levels:
-        return {k: dict(v) if isinstance(v, dict) else v for k, v in header.items()}
-    return copy.deepcopy(header)
+    header = _decode_header(segment)
+    if header is None:  # lists or deeper objects: a parse of its own shares nothing
+        return _decode_object(segment, "header")
+    # a copy down to the nested ``jwk`` (whose members are scalars), so a caller can never
+    # alter what the memo hands out next
+    return {k: dict(v) if isinstance(v, dict) else v for k, v in header.items()}
 
 
 #: Header segments up to this length are memoised (an ES256 DPoP header with its ``jwk`` is
@@ -200,19 +200,18 @@ _MEMO_HEADER_LENGTH = 1536
 
 
 @functools.lru_cache(maxsize=1024)
-def _decode_header(segment: str) -> tuple[dict[str, Any], bool]:
-    """Headers repeat (one per issuer key, one per DPoP key), so their parse is memoised, with
-    whether a copy two levels deep copies every list and object in it (no list, and objects
-    of scalars only).
+def _decode_header(segment: str) -> dict[str, Any] | None:
+    """Headers repeat (one per issuer key, one per DPoP key), so their parse is memoised.
 
-    A failed parse raises and is not cached; callers get a copy.
+    Only a header that a copy two levels deep copies entirely (no list, objects of scalars
+    only: the usual DPoP and issuer headers) is kept; for any other the memo holds ``None``
+    and the caller parses it afresh. A failed parse raises and is not cached.
     """
     header = _decode_object(segment, "header")
-    two_levels = not any(
-        isinstance(value, list) or (isinstance(value, dict) and any(isinstance(v, dict | list) for v in value.values()))
-        for value in header.values()
-    )
-    return header, two_levels
+    for value in header.values():
+        if isinstance(value, list) or (isinstance(value, dict) and any(isinstance(v, dict | list) for v in value.values())):
+            return None
+    return header
 
 
 def algs_for_key(key: PublicKey, *, self_asserted: bool = False) -> frozenset[str]:
