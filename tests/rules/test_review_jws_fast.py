@@ -6,13 +6,15 @@ and Ed25519 on pyca/cryptography) and ``verify_compact_joserfc`` (joserfc for ev
 and asserts the same outcome, with a positive control on the same fixture first, so a refusal
 cannot come from a broken fixture. Findings (each was a failing test before its fix):
 
-- a lone UTF-16 surrogate escape (``"\\ud800"``) parsed into a ``str`` that cannot be encoded
-  as UTF-8 (RFC 8725 §3.7); a DPoP proof whose ``jti`` held one was a 500 at ``POST /token``,
-  before any credential was checked;
+- in a header or claim set, a lone UTF-16 surrogate escape (``"\\ud800"``) parsed into a
+  ``str`` that cannot be encoded as UTF-8 (RFC 8725 §3.7); a DPoP proof whose ``jti`` held one
+  was a 500 at ``POST /token``, before any credential was checked (``jose_json_loads``; the
+  general ``strict_json_loads`` leaves both to its callers' own answers);
 - a JSON number beyond a double's range (``1e400``) parsed as ``inf`` though the constants
   ``Infinity``/``NaN`` were refused (RFC 8259 §6);
 - ``peek_header`` copied the memoised header one level deep: a list or a deeper object in it
-  was shared with the memo, so a caller changing it changed every later parse of that segment;
+  was shared with the memo, so a caller changing it changed every later parse of that segment
+  (and a deep copy of one nested ~550 levels, short enough to be memoised, recursed too far);
 - an Ed25519 public key of small order (RFC 8032 §5.1.5 decodes it; OpenSSL verifies
   cofactorless) accepts the forged signature ``R = neutral, S = 0`` for 1/8 to all messages:
   a DPoP ``jwk`` of that kind made a bound token usable by anyone (JWT-04).
@@ -45,6 +47,7 @@ from tether.rules.jws import (
     PublicKey,
     SignatureRejected,
     ed25519_small_order,
+    jose_json_loads,
     peek_header,
     sign_compact,
     sign_compact_joserfc,
@@ -152,7 +155,7 @@ LONE_SURROGATES = [
 @pytest.mark.parametrize("data", LONE_SURROGATES)
 def test_JWT_07_lone_surrogate_escape_refused(data: bytes) -> None:
     with pytest.raises(JWSError, match="utf-8"):
-        strict_json_loads(data)
+        jose_json_loads(data)
 
 
 @pytest.mark.parametrize(
@@ -166,7 +169,22 @@ def test_JWT_07_lone_surrogate_escape_refused(data: bytes) -> None:
     ],
 )
 def test_JWT_07_surrogate_pairs_and_lookalikes_accepted(data: bytes, expected: dict[str, str]) -> None:
+    assert jose_json_loads(data) == expected
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        pytest.param(b'{"a":"\\ud800"}', {"a": "\ud800"}, id="lone-surrogate"),
+        pytest.param(b'{"a":1e400}', {"a": float("inf")}, id="overflow"),
+    ],
+)
+def test_strict_json_loads_outside_jose_leaves_these_to_its_callers(data: bytes, expected: dict[str, Any]) -> None:
+    """Request bodies and tool arguments keep their callers' own answers (``rules.tool_call``'s
+    "lone surrogate", the gateway's MCP refusals, which echo the request ``id``)."""
     assert strict_json_loads(data) == expected
+    with pytest.raises(JWSError):
+        jose_json_loads(data)
 
 
 @PROPERTY
@@ -178,9 +196,9 @@ def test_JWT_07_any_string_round_trips_or_is_refused_for_its_surrogates(text: st
         text.encode("utf-8")
     except UnicodeEncodeError:
         with pytest.raises(JWSError):
-            strict_json_loads(data)
+            jose_json_loads(data)
     else:
-        assert strict_json_loads(data) == {"v": text}
+        assert jose_json_loads(data) == {"v": text}
 
 
 @pytest.mark.parametrize("signer", FAST, ids=FAST_IDS)
@@ -225,7 +243,7 @@ def test_JWT_07_lone_surrogate_in_header_refused_before_key_lookup(signer: Signe
 )
 def test_number_overflowing_a_double_refused(data: bytes) -> None:
     with pytest.raises(JWSError, match="number"):
-        strict_json_loads(data)
+        jose_json_loads(data)
 
 
 @pytest.mark.parametrize(
@@ -239,12 +257,12 @@ def test_number_overflowing_a_double_refused(data: bytes) -> None:
     ],
 )
 def test_finite_numbers_accepted(data: bytes, expected: float) -> None:
-    assert strict_json_loads(data) == {"exp": expected}
+    assert jose_json_loads(data) == {"exp": expected}
 
 
 def test_int_over_the_digit_limit_refused_not_raised() -> None:
     with pytest.raises(JWSError):
-        strict_json_loads(b'{"exp":' + b"9" * 4301 + b"}")
+        jose_json_loads(b'{"exp":' + b"9" * 4301 + b"}")
 
 
 @pytest.mark.parametrize("signer", FAST, ids=FAST_IDS)

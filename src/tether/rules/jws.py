@@ -38,6 +38,7 @@ __all__ = [
     "algs_for_key",
     "b64url_decode",
     "ed25519_small_order",
+    "jose_json_loads",
     "peek_header",
     "rsa_modulus_too_small",
     "sign_compact",
@@ -144,22 +145,39 @@ def _encodable(value: Any) -> bool:
 def strict_json_loads(data: bytes) -> Any:
     """JSON with duplicate names refused (RFC 7515 §4), strict UTF-8 (RFC 8725 §3.7), no NaN.
 
-    Strict UTF-8 holds for the escapes too: ``"\\ud800"`` is valid JSON syntax (RFC 8259 §8.2)
-    but no Unicode text, and a ``str`` holding it raises on every later ``encode()`` (a replay
-    key, a database row, a log line). A pair of escapes for one character is accepted. Numbers
-    are finite, ints bounded by Python's digit limit.
+    For JSON that is not a JOSE header or claim set (request bodies, tool arguments): a
+    ``\\ud800`` escape still parses to a lone surrogate and ``1e400`` to ``inf``, which their
+    callers refuse with their own answer (``rules.tool_call``, the gateway's MCP checks).
     """
+    return _loads(data, jose=False)
+
+
+def jose_json_loads(data: bytes) -> Any:
+    """``strict_json_loads`` for a JOSE header or claim set, which must also be Unicode text and finite numbers.
+
+    A ``"\\ud800"`` escape is JSON syntax but no Unicode text (RFC 8259 §8.2; RFC 8725 §3.7
+    asks for UTF-8): the ``str`` it made raised on every later ``encode()`` (a replay key, a
+    database row), so a DPoP proof's ``jti`` of one was a 500. A pair of escapes for one
+    character is accepted. ``1e400`` would be ``inf`` where the ``Infinity`` constant is refused.
+    """
+    return _loads(data, jose=True)
+
+
+def _loads(data: bytes, *, jose: bool) -> Any:
     try:
         text = data.decode("utf-8", errors="strict")
     except UnicodeDecodeError as exc:
         raise JWSError("not utf-8") from exc
     try:
         value = json.loads(
-            text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant, parse_float=_finite_float
+            text,
+            object_pairs_hook=_reject_duplicates,
+            parse_constant=_reject_constant,
+            parse_float=_finite_float if jose else None,
         )
         # an escape names a surrogate rarely (any character outside the BMP as a pair): only
         # then is the parsed value walked for one left alone
-        if "\\u" in text and _SURROGATE_ESCAPE.search(text) and not _encodable(value):
+        if jose and "\\u" in text and _SURROGATE_ESCAPE.search(text) and not _encodable(value):
             raise JWSError("not utf-8: lone surrogate escape")
     except (ValueError, RecursionError) as exc:
         raise JWSError("invalid json") from exc
@@ -167,7 +185,7 @@ def strict_json_loads(data: bytes) -> Any:
 
 
 def _decode_object(segment: str, what: str) -> dict[str, Any]:
-    value = strict_json_loads(b64url_decode(segment))
+    value = jose_json_loads(b64url_decode(segment))
     if not isinstance(value, dict):
         raise JWSError(f"{what} is not a json object")
     return value
@@ -379,7 +397,7 @@ def _verify(
             payload = jws.deserialize_compact(token, key, algorithms=[alg], registry=_registry(alg, max_length)).payload
     except (JoseError, ValueError, TypeError) as exc:
         raise SignatureRejected(f"signature rejected: {type(exc).__name__}") from exc
-    claims = strict_json_loads(payload)
+    claims = jose_json_loads(payload)
     if not isinstance(claims, dict):
         raise JWSError("payload is not a json object")
     return VerifiedJWS(header=header, claims=claims)
