@@ -15,11 +15,13 @@ import binascii
 import copy
 import functools
 import json
+import math
 import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey, RSAKey
@@ -35,6 +37,8 @@ __all__ = [
     "VerifiedJWS",
     "algs_for_key",
     "b64url_decode",
+    "ed25519_small_order",
+    "jose_json_loads",
     "peek_header",
     "rsa_modulus_too_small",
     "sign_compact",
@@ -113,22 +117,75 @@ def _reject_constant(name: str) -> Any:
     raise JWSError(f"non-standard json constant `{name}`")
 
 
+def _finite_float(literal: str) -> float:
+    """A JSON number with a fraction or exponent, refused when a double cannot hold it.
+
+    ``float("1e400")`` is ``inf``: without this a claim could hold the infinity that the
+    ``Infinity`` constant is refused for (RFC 8259 §6 leaves such numbers to the parser).
+    """
+    value = float(literal)
+    if not math.isfinite(value):
+        raise JWSError("json number out of range")
+    return value
+
+
+#: A ``\\u`` escape of a UTF-16 surrogate (D800-DFFF); a backslash before it only costs the full check.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _encodable(value: Any) -> bool:
+    """Whether every string in a parsed value is Unicode scalar values only (no lone surrogate)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def strict_json_loads(data: bytes) -> Any:
-    """JSON with duplicate names refused (RFC 7515 §4), strict UTF-8 (RFC 8725 §3.7), no NaN."""
+    """JSON with duplicate names refused (RFC 7515 §4), strict UTF-8 (RFC 8725 §3.7), no NaN.
+
+    For JSON that is not a JOSE header or claim set (request bodies, tool arguments): a
+    ``\\ud800`` escape still parses to a lone surrogate and ``1e400`` to ``inf``, which their
+    callers refuse with their own answer (``rules.tool_call``, the gateway's MCP checks).
+    """
+    return _loads(data, jose=False)
+
+
+def jose_json_loads(data: bytes) -> Any:
+    """``strict_json_loads`` for a JOSE header or claim set, which must also be Unicode text and finite numbers.
+
+    A ``"\\ud800"`` escape is JSON syntax but no Unicode text (RFC 8259 §8.2; RFC 8725 §3.7
+    asks for UTF-8): the ``str`` it made raised on every later ``encode()`` (a replay key, a
+    database row), so a DPoP proof's ``jti`` of one was a 500. A pair of escapes for one
+    character is accepted. ``1e400`` would be ``inf`` where the ``Infinity`` constant is refused.
+    """
+    return _loads(data, jose=True)
+
+
+def _loads(data: bytes, *, jose: bool) -> Any:
     try:
         text = data.decode("utf-8", errors="strict")
     except UnicodeDecodeError as exc:
         raise JWSError("not utf-8") from exc
     try:
-        return json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+        value = json.loads(
+            text,
+            object_pairs_hook=_reject_duplicates,
+            parse_constant=_reject_constant,
+            parse_float=_finite_float if jose else None,
+        )
+        # an escape names a surrogate rarely (any character outside the BMP as a pair): only
+        # then is the parsed value walked for one left alone
+        if jose and "\\u" in text and _SURROGATE_ESCAPE.search(text) and not _encodable(value):
+            raise JWSError("not utf-8: lone surrogate escape")
     except (ValueError, RecursionError) as exc:
-        if isinstance(exc, JWSError):
-            raise
         raise JWSError("invalid json") from exc
+    return value
 
 
 def _decode_object(segment: str, what: str) -> dict[str, Any]:
-    value = strict_json_loads(b64url_decode(segment))
+    value = jose_json_loads(b64url_decode(segment))
     if not isinstance(value, dict):
         raise JWSError(f"{what} is not a json object")
     return value
@@ -147,9 +204,12 @@ def peek_header(token: str, *, max_length: int) -> dict[str, Any]:
     segment = token.split(".", 1)[0]
     if len(segment) > _MEMO_HEADER_LENGTH:  # real headers are short: only those are memoised
         return _decode_object(segment, "header")
-    # a copy down to the nested ``jwk`` (whose members are strings), so a caller can never
+    header = _decode_header(segment)
+    if header is None:  # lists or deeper objects: a parse of its own shares nothing
+        return _decode_object(segment, "header")
+    # a copy down to the nested ``jwk`` (whose members are scalars), so a caller can never
     # alter what the memo hands out next
-    return {k: dict(v) if isinstance(v, dict) else v for k, v in _decode_header(segment).items()}
+    return {k: dict(v) if isinstance(v, dict) else v for k, v in header.items()}
 
 
 #: Header segments up to this length are memoised (an ES256 DPoP header with its ``jwk`` is
@@ -158,12 +218,18 @@ _MEMO_HEADER_LENGTH = 1536
 
 
 @functools.lru_cache(maxsize=1024)
-def _decode_header(segment: str) -> dict[str, Any]:
+def _decode_header(segment: str) -> dict[str, Any] | None:
     """Headers repeat (one per issuer key, one per DPoP key), so their parse is memoised.
 
-    A failed parse raises and is not cached; callers get a copy.
+    Only a header that a copy two levels deep copies entirely (no list, objects of scalars
+    only: the usual DPoP and issuer headers) is kept; for any other the memo holds ``None``
+    and the caller parses it afresh. A failed parse raises and is not cached.
     """
-    return _decode_object(segment, "header")
+    header = _decode_object(segment, "header")
+    for value in header.values():
+        if isinstance(value, list) or (isinstance(value, dict) and any(isinstance(v, dict | list) for v in value.values())):
+            return None
+    return header
 
 
 def algs_for_key(key: PublicKey, *, self_asserted: bool = False) -> frozenset[str]:
@@ -189,6 +255,36 @@ def algs_for_key(key: PublicKey, *, self_asserted: bool = False) -> frozenset[st
     if declared is not None:
         return frozenset({declared}) & _RSA_ALGS
     return _RSA_ALGS if self_asserted else frozenset({"RS256"})
+
+
+#: RFC 8032 §5.1: the field prime of edwards25519 and the y coordinates of its eight points of
+#: small order: 1 (the neutral point), -1 (order 2), 0 (order 4) and ±y8 (order 8; the value
+#: in libsodium's small-order list, ``ge25519_has_small_order``).
+_ED25519_P = 2**255 - 19
+_ED25519_Y8 = int.from_bytes(bytes.fromhex("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"), "little")
+#: Every 32-byte encoding of those points (RFC 8032 §5.1.2): either sign bit of ``x``, and ``y``
+#: also as ``y + p`` where that fits in 255 bits (0 and 1 only), the non-canonical spellings
+#: OpenSSL decodes alike. Fourteen in all; a set lookup is cheaper than reading ``y``.
+_ED25519_SMALL_ORDER = frozenset(
+    (y | sign << 255).to_bytes(32, "little")
+    for y0 in (1, _ED25519_P - 1, 0, _ED25519_Y8, _ED25519_P - _ED25519_Y8)
+    for y in (y0, y0 + _ED25519_P)
+    if y < 2**255
+    for sign in (0, 1)
+)
+
+
+def ed25519_small_order(key: OKPKey) -> bool:
+    """Whether ``key`` is an Ed25519 public key of small order, which no signature may be checked with.
+
+    OpenSSL verifies RFC 8032 §5.1.7 without the cofactor and accepts such a key: ``R`` the
+    neutral point and ``S = 0`` then verify on every message whose ``[k]A`` is neutral — all of
+    them for the neutral point, one in eight for a point of order 8 — so anyone can sign for
+    it (RFC 8725 §3.4, validate cryptographic inputs). A DPoP ``jwk`` of that kind would make
+    the token bound to it usable by whoever holds the token.
+    """
+    public = key.public_key
+    return isinstance(public, Ed25519PublicKey) and public.public_bytes_raw() in _ED25519_SMALL_ORDER
 
 
 def rsa_modulus_too_small(jwk: Mapping[str, Any]) -> bool:
@@ -292,6 +388,8 @@ def _verify(
     key = resolve_key(header)
     if not isinstance(key, ECKey | OKPKey | RSAKey) or alg not in algs_for_key(key, self_asserted=self_asserted_key):
         raise JWSError(f"algorithm `{alg}` does not match the key")
+    if isinstance(key, OKPKey) and ed25519_small_order(key):
+        raise JWSError("ed25519 key of small order")
     try:
         if fast and jws_fast.covers(key, header, alg):
             payload = jws_fast.verify(token, header, key, alg)
@@ -299,7 +397,7 @@ def _verify(
             payload = jws.deserialize_compact(token, key, algorithms=[alg], registry=_registry(alg, max_length)).payload
     except (JoseError, ValueError, TypeError) as exc:
         raise SignatureRejected(f"signature rejected: {type(exc).__name__}") from exc
-    claims = strict_json_loads(payload)
+    claims = jose_json_loads(payload)
     if not isinstance(claims, dict):
         raise JWSError("payload is not a json object")
     return VerifiedJWS(header=header, claims=claims)
