@@ -30,7 +30,7 @@ from tether.gateway.mcp_checks import (
 from tether.gateway.mcp_records import McpCall, argument_shape, call_event, drift_event, refusal_event, result_event
 from tether.gateway.mcp_results import result_size, scrub_json
 from tether.gateway.mcp_routes import McpRoute
-from tether.gateway.mcp_wire import Ambiguous, ambiguity
+from tether.gateway.mcp_wire import Ambiguous, ambiguity, rpc_error
 from tether.gateway.scrub import REDACTED
 from tether.resource.principal import Principal
 from tether.rules.tool_call import parse_tool_call
@@ -166,6 +166,18 @@ def test_mcp15_ambiguous_json_is_named_and_strict_or_broken_json_passes_through(
                                                               tool=None)  # fmt: skip
     assert ambiguity(b'{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}') is None
     assert ambiguity(b"{not json") is None  # the SDK answers its own parse error
+
+
+def test_mcp15_an_ambiguous_body_with_a_lone_surrogate_id_is_answered_with_a_null_id() -> None:
+    """Review (issue 20): the loose parse keeps ``"\\ud800"``; echoing it made the 400 a 500."""
+    body = b'{"jsonrpc":"2.0","id":"\\ud800","method":"tools/\\udc00","params":{"name":"t\\ud800","a":1,"a":2}}'
+    found = ambiguity(body)
+    assert found is not None and "duplicate member `a`" in found.reason
+    assert (found.ident, found.method, found.tool) == (None, "POST", None)
+    answer = rpc_error(found.ident, -32602, found.reason, 400)
+    assert answer.status_code == 400 and json.loads(bytes(answer.body))["id"] is None
+    paired = ambiguity(b'{"jsonrpc":"2.0","id":"\\ud83d\\ude00","method":"m","a":1,"a":2}')
+    assert paired is not None and paired.ident == "\U0001f600"  # a proper pair is one character, kept
 
 
 def test_mcp11_param_headers_must_mirror_the_arguments_the_schema_declares() -> None:

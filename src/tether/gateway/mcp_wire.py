@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TypeGuard
 
 from starlette.responses import JSONResponse, Response
 
@@ -58,10 +59,22 @@ def ambiguity(body: bytes) -> Ambiguous | None:
     name = params.get("name") if isinstance(params, dict) else None
     return Ambiguous(
         reason=reason,
-        ident=ident if isinstance(ident, str | int) and not isinstance(ident, bool) else None,
-        method=method[:64] if isinstance(method, str) else "POST",
-        tool=name[:128] if isinstance(name, str) else None,
+        ident=ident if (isinstance(ident, int) and not isinstance(ident, bool)) or _utf8(ident) else None,
+        method=method[:64] if _utf8(method) else "POST",
+        tool=name[:128] if _utf8(name) else None,
     )
+
+
+def _utf8(value: object) -> TypeGuard[str]:
+    """A string the answer (UTF-8 JSON) and the audit can carry: the loose parse that reads an
+    ambiguous body keeps lone surrogate escapes (``"\\ud800"``), which cannot be encoded."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def rpc_error(ident: str | int | None, code: int, message: str, status: int, data: object = None) -> Response:
