@@ -9,12 +9,14 @@ loading) for the actions it is meant for, and silent for the plain hop the bench
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from pathlib import Path
 
 import pytest
 
+from tether.audit.chain import AuditEvent
 from tether.bench.exchange import AGENT, AUD_B, AUD_C, RESOURCES
 from tether.bench.features import (
     APPROVAL_POLICIES,
@@ -27,6 +29,7 @@ from tether.bench.features import (
     Sample,
     _federation_toml,
     _plain,
+    _refusals,
     _tls,
     interleave,
     overhead,
@@ -38,6 +41,7 @@ from tether.model import Task
 from tether.policy.engine import Decision, PolicyEngine
 from tether.policy.entities import ExchangeQuestion, PolicyRequest, call_request, exchange_request
 from tether.rules.tool_call import argument_tags, canonical_json, digest
+from tether.store.open import open_store
 
 
 def test_rounds_interleave_every_deployment_in_order() -> None:
@@ -66,10 +70,11 @@ def test_overhead_needs_one_cost_per_round_for_both(feature: list[float], refere
 
 
 def test_sample_cost_per_request_counts_only_served_requests() -> None:
-    sample = Sample(cpu_s=1.5, ok=3000, errors=7, elapsed=2.0)
+    sample = Sample(cpu_s=1.5, ok=3000, elapsed=2.0, others=(("400", 5), ("503", 2)))
     assert sample.cpu_us_per_request == pytest.approx(500.0)
     assert sample.throughput == pytest.approx(1500.0)
-    assert math.isnan(Sample(cpu_s=0.1, ok=0, errors=0, elapsed=1.0).cpu_us_per_request)
+    assert sample.errors == 7
+    assert math.isnan(Sample(cpu_s=0.1, ok=0, elapsed=1.0).cpu_us_per_request)
 
 
 def test_features_is_a_bench_section() -> None:
@@ -156,3 +161,22 @@ def test_tls_variants_differ_in_client_certificates_only(tmp_path: Path) -> None
         config = variant.deployment.config
         assert config.issuer.startswith("https://") and config.tls.certificate and variant.tls is not None
         assert RESOURCES.strip().splitlines()[1] in (config.path or Path()).read_text(encoding="utf-8")
+
+
+def test_refusals_name_each_audited_refusal_by_kind_and_code(tmp_path: Path) -> None:
+    """What a row says when hops were answered other than 200: the deployment's audit chain, by code."""
+    config = _plain(tmp_path / "d").config
+
+    async def audit() -> None:
+        store = await open_store(config)
+        try:
+            now = time.time()
+            for error in ("invalid_dpop_proof", "invalid_dpop_proof", "invalid_grant"):
+                refused = AuditEvent(kind="token.refused", outcome="refused", error=error, principal=AGENT)
+                await store.append_audit(refused, now=now)
+            await store.append_audit(AuditEvent(kind="token.issued", outcome="ok", principal=AGENT), now=now)
+        finally:
+            await store.aclose()
+
+    asyncio.run(audit())
+    assert asyncio.run(_refusals(config)) == {"token.refused invalid_dpop_proof": 2, "token.refused invalid_grant": 1}

@@ -55,10 +55,11 @@ from tether.bench.harness import (
     tether_bin,
 )
 from tether.bench.report import Row
-from tether.config import load_config
+from tether.config import Config, load_config
 from tether.identity.dev_issuer import DevTrustDomain
 from tether.keys.sealed import load_master_key
 from tether.provision import dev_x509_bundle_path, initialize, render_config
+from tether.store.open import open_store
 from tether.web.admission import AdmissionLimit
 from tether.web.server import free_port
 
@@ -68,7 +69,7 @@ CONCURRENCY = 16
 ROUNDS = 3
 TARGET = "≤ 5 % of the plain hop"
 #: pre-built hop requests per second of load: above what one STS core serves, so the list outlasts the load
-REQUESTS_PER_SECOND = 4000
+REQUESTS_PER_SECOND = 3000
 PAY = "https://pay.bench.example"
 NOTES_MCP = "https://notes.bench.example/mcp"
 PEER_DOMAIN = "a.example"
@@ -87,12 +88,17 @@ def interleave(names: Sequence[str], rounds: int) -> list[tuple[int, str]]:
 
 @dataclass(frozen=True)
 class Sample:
-    """One load phase against one deployment: server CPU seconds spent, requests answered."""
+    """One load phase against one deployment: server CPU seconds spent, requests answered
+    (``others``: each status other than 200 and how often it came)."""
 
     cpu_s: float
     ok: int
-    errors: int
     elapsed: float
+    others: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def errors(self) -> int:
+        return sum(count for _, count in self.others)
 
     @property
     def cpu_us_per_request(self) -> float:
@@ -294,7 +300,8 @@ def _measure(variant: Variant, duration: float) -> Sample:
         raw = run_loadgen(d.url, requests, concurrency=CONCURRENCY, duration=duration, tls=variant.tls)
         after = cpu_seconds(sts.process.pid)
     load = summarise(raw)
-    return Sample(after - before, load.ok, load.errors + load.refused, load.elapsed)
+    others = tuple(sorted((status, n) for status, n in load.statuses.items() if status != "200"))
+    return Sample(after - before, load.ok, load.elapsed, others)
 
 
 def _unit(spread: tuple[float, float]) -> str:
@@ -361,6 +368,26 @@ def _cpu(samples: list[Sample]) -> list[float]:
     return [s.cpu_us_per_request for s in samples]
 
 
+def _others(samples: list[Sample]) -> dict[str, int]:
+    """Every status other than 200 over the rounds: the hop must succeed for its cost to mean anything."""
+    counts: dict[str, int] = {}
+    for sample in samples:
+        for status, n in sample.others:
+            counts[status] = counts.get(status, 0) + n
+    return counts
+
+
+async def _refusals(config: Config) -> dict[str, int]:
+    """The deployment's audited refusals by kind and error code (a hop answered other than 200
+    spent CPU without serving: why is in the audit chain; ``use_dpop_nonce`` is never audited)."""
+    store = await open_store(config)
+    try:
+        counts = await store.audit_counts(after=0, scan=10_000_000)
+    finally:
+        await store.aclose()
+    return {f"{kind} {error}".strip(): n for (kind, outcome, error), n in sorted(counts.items()) if outcome != "ok"}
+
+
 def _reference_row(label: str, samples: list[Sample]) -> Row:
     return Row(
         f"features: {label}, server CPU per request (reference)",
@@ -369,7 +396,7 @@ def _reference_row(label: str, samples: list[Sample]) -> Row:
         notes={
             "rounds_cpu_us": [round(x, 1) for x in _cpu(samples)],
             "throughput_per_s": round(statistics.median(s.throughput for s in samples)),
-            "errors": sum(s.errors for s in samples),
+            "non_200": _others(samples),
         },
     )
 
@@ -389,7 +416,7 @@ def _comparison_row(c: Comparison, feature: list[Sample], reference: list[Sample
             "spread_pct": [round(x, 2) for x in o.spread],
             "throughput_per_s": round(statistics.median(s.throughput for s in feature)),
             "reference_throughput_per_s": round(statistics.median(s.throughput for s in reference)),
-            "errors": sum(s.errors for s in feature),
+            "non_200": _others(feature),
             "note": c.note,
         },
     )
@@ -408,4 +435,7 @@ def features_rows(workdir: Path, *, duration: float, rounds: int = ROUNDS) -> li
     ]
     rows += [_comparison_row(c, samples[c.feature], samples[c.reference]) for c in COMPARISONS]
     rows.append(admission_row(statistics.median(_cpu(samples["plain"]))))
+    for row, name in zip(rows, ["plain", "tls", *(c.feature for c in COMPARISONS)], strict=False):
+        if _others(samples[name]):
+            row.notes["audited_refusals"] = asyncio.run(_refusals(deployments.variants[name].deployment.config))
     return rows
