@@ -145,6 +145,16 @@ def test_federation_variant_names_one_followed_peer(tmp_path: Path) -> None:
     assert (peer.name, peer.issuer, peer.feed_principal) == ("a", "http://127.0.0.1:9", "spiffe://tether.local/feed")
 
 
+def test_no_deployment_suspends_the_agent_under_load(tmp_path: Path) -> None:
+    """Round after round of one agent's hops is a rate spike to the monitor: it may alert, never
+    suspend the task mid-load (the hops would be refused and their CPU counted against a feature)."""
+    configs = [_plain(tmp_path / "plain").config, _tls(tmp_path / "tls", client_certificates=True).deployment.config]
+    for config in configs:
+        actions = {d.name: d.actions for d in config.detectors}
+        assert "suspend" not in actions["exchange_rate_spike"] and "suspend" not in actions["refusal_burst"]
+        assert "alert" in actions["exchange_rate_spike"]
+
+
 def test_aggregation_off_is_refusal_interval_zero(tmp_path: Path) -> None:
     _plain(tmp_path / "plain")
     _plain(tmp_path / "off", extra="\n[audit]\nrefusal_interval = 0\n")

@@ -46,6 +46,7 @@ import httpx
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import tether.features  # noqa: F401  (the feature tables are registered before a config is loaded)
+from tether.bench.chaos import QUIET_MONITOR
 from tether.bench.exchange import AUD_B, AUD_C, RESOURCES, hop_requests, setup_task
 from tether.bench.harness import (
     Deployment,
@@ -212,7 +213,9 @@ COMPARISONS = (
 
 
 def _plain(directory: Path, *, extra: str = "", policies: str = "") -> Deployment:
-    d = bench_deployment(directory, extra=RESOURCES + extra)
+    """``bench_deployment`` with ``extra`` and a policy file; the monitor alerts but never suspends
+    (round after round of the same agent's load looks like a rate spike against its quiet setups)."""
+    d = bench_deployment(directory, extra=RESOURCES + QUIET_MONITOR + extra)
     if policies:
         (d.config.policy_dir / "50-features.cedar").write_text(policies, encoding="utf-8")
     return d
@@ -226,7 +229,7 @@ def _tls(directory: Path, *, client_certificates: bool) -> Variant:
     text = render_config(issuer, tls=True).replace("max_tokens = 10000", "max_tokens = 10000000")
     if not client_certificates:
         text = "\n".join(line for line in text.splitlines() if not line.startswith("x509_bundle_file")) + "\n"
-    (directory / "tether.toml").write_text(text + RESOURCES, encoding="utf-8")
+    (directory / "tether.toml").write_text(text + RESOURCES + QUIET_MONITOR, encoding="utf-8")
     initialize(directory, issuer=issuer, tls=True)
     config = load_config(directory / "tether.toml")
     d = Deployment(config, DevTrustDomain.load(config.data_dir, "tether.local", load_master_key(config.master_key_file)))
