@@ -22,7 +22,7 @@ __all__ = ["SECTIONS", "BenchOptions", "run_bench"]
 
 SECTIONS = (
     "exchange", "scaling", "mtls", "verify", "gateway", "mcp", "revocation", "completion", "cedar", "memory", "console",
-    "federation",
+    "federation", "features",
 )  # fmt: skip
 
 
@@ -123,6 +123,10 @@ def _section(name: str, workdir: Path, costs: SignatureCosts, options: BenchOpti
         from tether.bench.federation import federation_rows
 
         return federation_rows(workdir, duration=options.duration, samples=options.completion_samples)
+    if name == "features":
+        from tether.bench.features import features_rows
+
+        return features_rows(workdir, duration=options.duration)
     raise ValueError(f"unknown section {name}")
 
 
