@@ -29,6 +29,7 @@ from pathlib import Path
 
 import httpx
 
+from tether.bench.chaos import QUIET_MONITOR
 from tether.bench.exchange import AGENT, AUD_B, AUD_C, RESOURCES, hop_requests, setup_task
 from tether.bench.harness import (
     Actor,
@@ -115,7 +116,9 @@ class _Tether:
 def peer_rows(workdir: Path, *, duration: float, rounds: int, progress: Callable[[str], None] = lambda _: None) -> list[Row]:
     """Interleaved rounds of the four phases; one row per side and pair, with medians, spread and ratios."""
     peer_dir = install_peer()
-    d = bench_deployment(workdir / "tether", extra=RESOURCES)
+    # the monitor runs and reads every record, but only alerts: one agent loaded round after round
+    # is a rate spike to it, and a suspended task would turn the next rounds into refusals
+    d = bench_deployment(workdir / "tether", extra=RESOURCES + QUIET_MONITOR)
     phases: dict[str, list[Phase]] = {"hop": [], "plain": [], "session": [], "pkjwt": []}
     with (
         httpx.Client(trust_env=False, timeout=30) as http,

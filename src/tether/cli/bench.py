@@ -136,6 +136,9 @@ def _peer(duration: float, rounds: int, as_json: bool) -> None:
             versus,
         )
     PlainConsole(highlight=False, width=max(console.width, 190)).print(table)
+    failed = sum(r.notes["errors"] for r in rows)
+    if failed:
+        console.print(styled((f"{failed} answers were not 200: the figures count only the 200s", "yellow")))
     shared = max(max(r.notes["others_share_of_core"]) for r in rows)
     if shared > 0.05:
         console.print(styled((f"core 0 was shared: other processes took up to {shared:.0%} of it in a round; "
