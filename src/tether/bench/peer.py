@@ -94,6 +94,11 @@ class OidcProvider:
         self._client_key = client_key
         self._dpop = DPoPKey()
 
+    @property
+    def dpop_thumbprint(self) -> str:
+        """The RFC 7638 thumbprint of the key every prebuilt proof is signed with (``cnf.jkt``)."""
+        return self._dpop.jkt
+
     def plain_requests(self, n: int) -> list[bytes]:
         """Client credentials with ``client_secret_basic``, a fresh DPoP proof each."""
         basic = base64.b64encode(f"plain:{self._secret}".encode()).decode()
