@@ -176,19 +176,15 @@ def serve(
 def serve_worker(config_path: str, host: str, port: int, level: str, tls: dict[str, Any], started: Any) -> None:
     """One process of ``tether serve --workers N`` (``tether.cli.workers``): the one-process server
     on a socket of its own (``SO_REUSEPORT``), so the kernel spreads connections across the workers."""
-    import sys
-
     from tether.cli.workers import STARTUP_FAILURE, reuse_port_socket
-    from tether.config import load_config
     from tether.sts.bootstrap import build_sts
 
-    cfg = load_config(Path(config_path))
+    cfg = config_or_exit(Path(config_path))
     configure_logging(cfg)
     try:
         sock = reuse_port_socket(host, port)
     except OSError as exc:
-        console.print(f"cannot listen on {host}:{port}: {exc}")
-        sys.exit(STARTUP_FAILURE)
+        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", code=STARTUP_FAILURE)
     serve_apps(lambda: build_sts(cfg), None, host=host, port=port, level=level, graceful=2, tls=tls, sockets=[sock],
                started=started.set)  # fmt: skip
 
