@@ -7,8 +7,9 @@ issuance of the deployment — queued behind one disk flush and a dozen round tr
 them a turn of a busy event loop: about 100 hop exchanges a second on the bench machine
 whatever the number of workers or replicas (``tether bench --only scaling``). Here a process
 queues its issuances, and one transaction writes all those that arrived while the previous
-one ran, in three round trips (psycopg pipeline mode): the locks, the flush and the round
-trips are paid once per batch, like the SQLite store's group commit.
+one ran, in two round trips (psycopg pipeline mode): the locks and the reads, then the writes
+and the ``COMMIT``. The locks, the flush and the round trips are paid once per batch, like the
+SQLite store's group commit, and a lock is held for one round trip and the flush.
 
 Every issuance keeps the semantics of ``Store.issue_token``: its refusals are decided alone,
 in the documented order (spends, parent, blocks, task), and a refused issuance leaves nothing
@@ -17,9 +18,9 @@ spend the same mark never share a batch (the later one waits for the next), so o
 wins as it would have on its own. If the database fails, the batch commits nothing and every
 caller in it gets ``StoreUnavailable``.
 
-Locks are taken in the store's one order: the tasks' advisory locks (shared, sorted), the spent
-marks, the task rows (sorted as ``block`` sorts them), the parent token rows (shared), and
-``audit_head`` last, for the shortest time: from the round trip that reads it to the commit.
+Locks are taken in the store's one order, all in the first round trip: the tasks' advisory
+locks (shared, sorted), the spent marks, the task rows (sorted as ``block`` sorts them), the
+parent token rows (shared), and ``audit_head`` last.
 """
 
 from __future__ import annotations
@@ -202,11 +203,14 @@ async def _write(conn: Conn, batch: list[_Queued]) -> dict[int, Conflict]:
         blocked_rows = None
         if names:
             blocked_rows = await conn.execute("SELECT DISTINCT value FROM blocks WHERE value = ANY(%s)", (names,))
+        head = await conn.execute("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")  # the last lock
         await pipeline.sync()
         fresh = {r[0] for r in await spent.fetchall()} if spent else set()
         rows = {r[0]: r for r in await task_rows.fetchall()} if task_rows else {}
         revoked = {r[0]: r[1] for r in await parent_rows.fetchall()} if parent_rows else {}
         blocked = {r[0] for r in await blocked_rows.fetchall()} if blocked_rows else set()
+        chain = await head.fetchone()
+        assert chain is not None
 
         refusals, accepted, counts = _decide(batch, fresh, rows, revoked, blocked)
         undo = [key for q in batch if id(q) in refusals for key in q.fresh]
@@ -218,21 +222,16 @@ async def _write(conn: Conn, batch: list[_Queued]) -> dict[int, Conflict]:
                 " WHERE tasks.id = c.id",
                 (list(counts), list(counts.values())),
             )
-        head = None
         if accepted:
-            await conn.execute(_INSERT_TOKENS, _columns([_token_values(q.issuance.token) for q in accepted]))
-            head = await conn.execute("UPDATE audit_head SET seq = seq + %s WHERE id = 1 RETURNING seq, hash", (len(accepted),))
-            await pipeline.sync()
-            row = await head.fetchone()
-            assert row is not None
-            seq, prev = int(row[0]) - len(accepted), str(row[1])
+            seq, prev = int(chain[0]), str(chain[1])
             records = []
             for q in accepted:
                 seq += 1
                 records.append(record := link(q.issuance.audit, seq=seq, ts=q.now, prev=prev))
                 prev = record.hash
+            await conn.execute(_INSERT_TOKENS, _columns([_token_values(q.issuance.token) for q in accepted]))
             await conn.execute(_INSERT_AUDIT, _columns([audit_values(r) for r in records]))
-            await conn.execute("UPDATE audit_head SET hash = %s WHERE id = 1", (prev,))
+            await conn.execute("UPDATE audit_head SET seq = %s, hash = %s WHERE id = 1", (seq, prev))
         await conn.execute("COMMIT")
     return refusals
 
