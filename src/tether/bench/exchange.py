@@ -2,7 +2,7 @@
 
 Hop (session → hop), session (workload JWT → session) and actor (hop + service JWT →
 delegated) exchanges at a fixed concurrency; a single connection for the unloaded p50;
-64 connections for overload; and the same hop load against 2 STS worker processes.
+64 connections for overload. (``tether serve --workers N`` is measured in ``scaling.py``.)
 Every request is built (SVID minted, proof signed, nonce included) before the clock
 starts, and every one is unique, as the replay checks require.
 """
@@ -195,22 +195,3 @@ class ExchangeBench:
         ]
         load = self._load(d.url, requests, c)
         self.rows.append(Row(label, load.throughput, "req/s", self.floor(verifies=2, signs=1), "req/s", target, _notes(load)))
-
-    def scaling(self, concurrency: int = 16) -> None:
-        d = bench_deployment(self.workdir / "scaling", extra=RESOURCES, store_toml=self.store_toml)
-        args = [tether_bin(), "serve", "--config", str(d.config.path), "--workers", "2"]
-        with httpx.Client(trust_env=False, timeout=30) as http, serve(args, d.url, core="0-1"):
-            agent, session, _ = setup_task(d, http, [AUD_B, AUD_C])
-            load = self._load(d.url, hop_requests(agent, session, int(self.duration * 9000)), concurrency)
-        one = next((r.value for r in self.rows if r.name.startswith("hop exchange (session")), None)
-        self.rows.append(
-            Row(
-                "scaling: hop exchange with 2 STS worker processes",
-                load.throughput,
-                "req/s",
-                one,
-                "req/s with 1",
-                "",
-                _notes(load, note="the 2 workers share both cores with the load generator"),
-            )
-        )

@@ -53,17 +53,20 @@ def scale_out_reachable(options: BenchOptions) -> bool:
 
 
 def _section(name: str, workdir: Path, costs: SignatureCosts, options: BenchOptions) -> list[Row]:
-    if name in ("exchange", "scaling"):
+    if name == "exchange":
         from tether.bench.exchange import ExchangeBench
 
-        if name == "scaling" and "exchange" in options.sections:
-            return []  # measured with the exchange section, beside its one-process figure
         bench = ExchangeBench(workdir, costs, duration=options.duration)
-        if name == "exchange":
-            bench.run()
-        if "scaling" in options.sections:
-            bench.scaling()
+        bench.run()
         return bench.rows
+    if name == "scaling":
+        from tether.bench.scaling import scaling_rows
+
+        if scale_out_reachable(options):
+            return scaling_rows(
+                workdir, duration=options.duration, postgres_dsn=options.postgres_dsn, redis_url=options.redis_url
+            )
+        return scaling_rows(workdir, duration=options.duration)
     if name == "mtls":
         from tether.bench.mtls import mtls_rows
 

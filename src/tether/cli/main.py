@@ -130,27 +130,30 @@ def serve(
     tls: TlsOpt = False,
 ) -> None:
     """Serve the STS (default 127.0.0.1:8700); HTTPS with client certificates when [tls] is set."""
-    import uvicorn
-
     from tether.sts.bootstrap import build_sts
 
     cfg = config_or_exit(config)
-    log_config = configure_logging(cfg)  # [logging] format/level; redacted either way (tether.logs)
+    configure_logging(cfg)  # [logging] format/level; redacted either way (tether.logs)
     uvicorn_level = "debug" if cfg.logging.level == "debug" else "warning"
     bind_host = host or cfg.server.host
     bind_port = port or cfg.server.port
     tls_options = _uvicorn_tls(_tls_files(cfg, tls))
     if workers > 1:
+        from tether.cli.workers import claim_port, run_workers
+
         assert cfg.path is not None
         with errors_to_exit():
-            build_sts(cfg)  # check configuration, master key and policies before forking
+            build_sts(cfg)  # check configuration, master key and policies before starting the workers
+        try:
+            bind_port = claim_port(bind_host, bind_port)
+        except OSError as exc:
+            fail(f"cannot listen on {bind_host}:{bind_port}: {exc.strerror or exc}")
         if cfg.console.enabled:
             console.print("[console] is not served with --workers: run `tether console` beside the workers")
-        os.environ["TETHER_CONFIG"] = str(cfg.path)
         console.print(f"tether STS {cfg.issuer} listening on {bind_host}:{bind_port} with {workers} workers")
-        uvicorn.run("tether.sts.asgi:app", factory=True, host=bind_host, port=bind_port, workers=workers,
-                    loop="uvloop", log_level=uvicorn_level, access_log=False, server_header=False,
-                    timeout_graceful_shutdown=2, proxy_headers=False, log_config=log_config, **tls_options)  # fmt: skip
+        code = run_workers(workers, serve_worker, (str(cfg.path), bind_host, bind_port, uvicorn_level, tls_options))
+        if code:
+            raise typer.Exit(code)
         return
 
     def banner(sts: Any) -> str:
@@ -170,11 +173,29 @@ def serve(
                tls=tls_options, beside=console_app)  # fmt: skip
 
 
-def serve_apps(build: Callable[[], Any], banner: Callable[[Any], str], *, host: str, port: int, level: str,
+def serve_worker(config_path: str, host: str, port: int, level: str, tls: dict[str, Any], started: Any) -> None:
+    """One process of ``tether serve --workers N`` (``tether.cli.workers``): the one-process server
+    on a socket of its own (``SO_REUSEPORT``), so the kernel spreads connections across the workers."""
+    from tether.cli.workers import STARTUP_FAILURE, reuse_port_socket
+    from tether.sts.bootstrap import build_sts
+
+    cfg = config_or_exit(Path(config_path))
+    configure_logging(cfg)
+    try:
+        sock = reuse_port_socket(host, port)
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", code=STARTUP_FAILURE)
+    serve_apps(lambda: build_sts(cfg), None, host=host, port=port, level=level, graceful=2, tls=tls, sockets=[sock],
+               started=started.set)  # fmt: skip
+
+
+def serve_apps(build: Callable[[], Any], banner: Callable[[Any], str] | None, *, host: str, port: int, level: str,
                graceful: int | None, tls: dict[str, Any],
-               beside: Callable[[Any], list[tuple[Any, str, int]]] | None = None) -> None:  # fmt: skip
+               beside: Callable[[Any], list[tuple[Any, str, int]]] | None = None,
+               sockets: list[Any] | None = None, started: Callable[[], None] | None = None) -> None:  # fmt: skip
     """One process: build the service (its ``app`` and ``start()``) and serve it on uvloop + httptools;
-    ``beside`` names more apps to serve in the same event loop (the console next to the STS, sharing its runtime)."""
+    ``beside`` names more apps to serve in the same event loop (the console next to the STS, sharing its runtime);
+    ``sockets``: listen on these instead of binding ``host:port``; ``started``: called once the service has started."""
     import uvicorn
     import uvloop
 
@@ -191,16 +212,28 @@ def serve_apps(build: Callable[[], Any], banner: Callable[[Any], str], *, host: 
         settle_after_start()
         servers = [server(service.app, host, port, tls, "auto")]
         servers += [server(app, bind, number, {}, "off") for app, bind, number in (beside(service) if beside else [])]
-        console.print(banner(service), soft_wrap=True)
-        running = [asyncio.create_task(s.serve()) for s in servers]
+        if banner is not None:
+            console.print(banner(service), soft_wrap=True)
+        running = [asyncio.create_task(servers[0].serve(sockets=sockets))]
+        running += [asyncio.create_task(s.serve()) for s in servers[1:]]
+        announce = asyncio.create_task(_announce(servers[0], started or (lambda: None)))
         # each server catches the signals in turn: when one stops, stop the others
         await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
         for each in servers:
             each.should_exit = True
-        await asyncio.gather(*running)
+        await asyncio.gather(*running, announce)
 
     with errors_to_exit(), contextlib.suppress(KeyboardInterrupt):
         uvloop.run(run())
+
+
+async def _announce(server: Any, started: Callable[[], None]) -> None:
+    """Call ``started`` once uvicorn listens (after the app's lifespan start-up succeeded)."""
+    while not server.started:
+        if server.should_exit:
+            return
+        await asyncio.sleep(0.02)
+    started()
 
 
 @app.command()

@@ -13,7 +13,6 @@ circuit refuses at once while the database is unreachable instead of waiting on 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -29,12 +28,10 @@ from tether.model import Approval, ApprovalStatus, Task, TaskState
 from tether.rules.replay_epoch import ReplayEpoch
 from tether.store import links
 from tether.store.errors import (
-    AlreadySpent,
     Blocked,
     CapReached,
     Conflict,
     NotFound,
-    ParentRevoked,
     PredatesReplayCache,
     Replayed,
     StoreUnavailable,
@@ -42,6 +39,9 @@ from tether.store.errors import (
 )
 from tether.store.notify import Notifier
 from tether.store.postgres.guard import GuardedPool, GuardSettings
+from tether.store.postgres.issue import TASK_LOCKS as _TASK_LOCKS
+from tether.store.postgres.issue import IssueQueue
+from tether.store.postgres.issue import task_key as _task_key
 from tether.store.protocol import Issuance, Store
 from tether.store.records import (
     AgentHolding,
@@ -93,11 +93,9 @@ from tether.store.rows import (
     revocation_from_row,
     task_counts,
     task_from_row,
-    task_principals,
     task_values,
     tasks_query,
     token_from_row,
-    token_values,
     vault_from_row,
 )
 
@@ -213,26 +211,6 @@ async def _end_task(conn: Conn, feed: _Feed, task: Task, state: TaskState, now: 
     feed.add(RevocationKind.TASK, task.id, task.expires_at)
 
 
-#: the advisory-lock namespace of tasks (the first key of ``pg_advisory_xact_lock(int, int)``)
-_TASK_LOCKS = 0x7E7E
-
-
-def _task_key(task_id: str) -> int:
-    """A task's advisory-lock key: 32 bits of SHA-256 (a collision only makes two tasks share a queue)."""
-    return int.from_bytes(hashlib.sha256(task_id.encode()).digest()[:4], "big", signed=True)
-
-
-async def _enter_task(conn: Conn, task_id: str) -> None:
-    """Issuance holds its task's advisory lock shared: issuances never wait for each other on it.
-
-    Revocation takes it exclusive (``_end_tasks``). PostgreSQL queues a lock request behind
-    an earlier conflicting waiter, so a completion waits only for the issuances already in
-    flight, never for the ones that keep arriving (row locks do not queue fairly: under a
-    steady stream of hops a completion waiting on the task row alone could wait seconds).
-    """
-    await conn.execute("SELECT pg_advisory_xact_lock_shared(%s, %s)", (_TASK_LOCKS, _task_key(task_id)))
-
-
 #: the advisory-lock namespace of a task's approvals: holds on one task queue on it, so the
 #: idempotent look-up, the ``max_pending`` count and the insert are one step across replicas
 _APPROVAL_LOCKS = 0x7E7F
@@ -245,30 +223,19 @@ _MAX_TASK_LOCKS = 64
 
 
 async def _end_tasks(conn: Conn, task_ids: Sequence[str]) -> None:
-    """Revocation's exclusive hold on each task's advisory lock, in one statement and one order
-    (see ``_enter_task``). Correctness rests on the task row's lock; this lock buys fairness."""
+    """Revocation's exclusive hold on each task's advisory lock, in one statement and one order.
+
+    Issuance holds it shared (``IssueQueue``): issuances never wait for each other on it, and
+    PostgreSQL queues a lock request behind an earlier conflicting waiter, so a completion waits
+    only for the issuances already in flight, never for the ones that keep arriving (row locks
+    do not queue fairly: under a steady stream of hops a completion waiting on the task row
+    alone could wait seconds). Correctness rests on the task row's lock; this lock buys fairness."""
     keys = sorted({_task_key(t) for t in task_ids})
     if 0 < len(keys) <= _MAX_TASK_LOCKS:
         await conn.execute(
             "SELECT count(pg_advisory_xact_lock(%s, k)) FROM (SELECT unnest(%s::int[]) AS k ORDER BY 1) AS keys",
             (_TASK_LOCKS, keys),
         )
-
-
-async def _take_slot(conn: Conn, task_id: str, now: float) -> Conflict | None:
-    """Count one more token on an active task below ``max_tokens`` (row-locking it); else why not."""
-    cur = await conn.execute(
-        "UPDATE tasks SET tokens_issued = tokens_issued + 1"
-        " WHERE id = %s AND state = 'active' AND expires_at > %s AND tokens_issued < max_tokens",
-        (task_id, int(now)),
-    )
-    if cur.rowcount == 1:
-        return None
-    row = await (await conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = %s", (task_id,))).fetchone()
-    if row is None:
-        return TaskNotActive("unknown")
-    state = task_from_row(row).effective_state(now)
-    return TaskNotActive(state.value) if state is not TaskState.ACTIVE else CapReached(task_id)
 
 
 async def _create_search_schema(conn: Conn) -> None:
@@ -286,6 +253,12 @@ async def _is_blocked(conn: Conn, *groups: Iterable[str | None]) -> bool:
     cur = await conn.execute("SELECT 1 FROM blocks WHERE value = ANY(%s) LIMIT 1", (unique,))
     return await cur.fetchone() is not None
 
+
+#: ``block_names(principals, task_principals(task))`` blocked? — with the task's principals read in SQL
+_BLOCKED_LOOKUP = (
+    "SELECT 1 FROM blocks WHERE value <> '' AND (value = ANY(%s) OR value IN"
+    " (SELECT agent FROM tasks WHERE id = %s UNION ALL SELECT on_behalf_of FROM tasks WHERE id = %s)) LIMIT 1"
+)
 
 #: exactly ``audience`` among a task's audiences (JSON text): jsonb containment compares whole
 #: array elements, so "https://a" never matches "https://ab"
@@ -313,6 +286,7 @@ class PostgresRedisStore(Store):
         self.guard = guard
         self.cache = cache
         self._notifier = Notifier()
+        self._issues = IssueQueue(self._conn)
 
     @property
     def pool(self) -> AsyncConnectionPool[Any]:
@@ -377,6 +351,7 @@ class PostgresRedisStore(Store):
         await self.cache.ping()
 
     async def aclose(self) -> None:
+        await self._issues.aclose()
         await self.cache.aclose()
         await self.guard.aclose()
 
@@ -520,13 +495,20 @@ class PostgresRedisStore(Store):
 
     # -- tokens -------------------------------------------------------------------
     async def lookup(self, *, task_id: str | None, jti: str | None, principals: Sequence[str]) -> LookupResult:
-        async with self._conn() as conn:
-            task_row = token_row = None
+        """The task, the token and the blocks in one round trip (pipeline mode): the block check
+        names the task's agent and subject in SQL instead of waiting for the task row."""
+        names = block_names(principals)
+        async with self._conn() as conn, conn.pipeline():
+            tasks = tokens = blocks = None
             if task_id is not None:
-                task_row = await (await conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = %s", (task_id,))).fetchone()
+                tasks = await conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = %s", (task_id,))
             if jti is not None:
-                token_row = await (await conn.execute(f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE jti = %s", (jti,))).fetchone()
-            blocked = await _is_blocked(conn, principals, task_principals(task_row))
+                tokens = await conn.execute(f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE jti = %s", (jti,))
+            if names or task_id is not None:
+                blocks = await conn.execute(_BLOCKED_LOOKUP, (names, task_id, task_id))
+            task_row = await tasks.fetchone() if tasks else None
+            token_row = await tokens.fetchone() if tokens else None
+            blocked = await blocks.fetchone() is not None if blocks else False
         return LookupResult(
             task=task_from_row(task_row) if task_row else None,
             token=token_from_row(token_row) if token_row else None,
@@ -534,34 +516,14 @@ class PostgresRedisStore(Store):
         )
 
     async def _issue(self, issuance: Issuance, *, now: float) -> None:
-        token, replay = issuance.token, issuance.replay
+        replay = issuance.replay
         if replay is not None:
             fresh, epoch = await self.cache.spend_proof(replay[0], until=replay[1], now=now)
             if not fresh:
                 raise Replayed(replay[0])
             if issuance.vouch is not None and not issuance.vouch(epoch):
                 raise PredatesReplayCache(epoch)
-        async with self._conn() as conn, conn.transaction():
-            for key, until in issuance.spends:
-                if not await _spend(conn, key, until, now):
-                    raise AlreadySpent(key)
-            # the task row is locked before the parent, as end_task and block lock it before
-            # the task's tokens; its refusal is raised after the parent's and the blocks'
-            task_refusal = None
-            if token.task_id is not None:
-                await _enter_task(conn, token.task_id)
-                task_refusal = await _take_slot(conn, token.task_id, now)
-            if token.parent_jti is not None:
-                cur = await conn.execute("SELECT revoked_at FROM tokens WHERE jti = %s FOR SHARE", (token.parent_jti,))
-                parent = await cur.fetchone()
-                if parent is None or parent[0] is not None:
-                    raise ParentRevoked(token.parent_jti)
-            if await _is_blocked(conn, issuance.principals, (token.sub, token.client_id)):
-                raise Blocked(token.sub)
-            if task_refusal is not None:
-                raise task_refusal
-            await conn.execute(f"INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ({_marks(14)})", token_values(token))
-            await _append(conn, issuance.audit, now)
+        await self._issues.issue(issuance, now=now)  # a group commit with this process's other issuances
 
     async def get_token(self, jti: str) -> IssuedToken | None:
         async with self._conn() as conn:

@@ -3,9 +3,19 @@
 A statement runs inline on the calling thread's own connection with a busy timeout of a few
 milliseconds: in WAL mode with ``synchronous=NORMAL`` that is cheaper than a thread hop. When
 another process holds the write lock the attempt fails before changing anything and is retried
-on a worker thread that may wait, so the event loop never blocks on a lock. ``PASSIVE`` WAL
-checkpoints go to that worker every ``_CHECKPOINT_EVERY`` commits, leaving little to copy in
-the request path. Any sqlite3 failure is ``StoreUnavailable`` (fail closed).
+on a worker thread that may wait. ``PASSIVE`` WAL checkpoints go to that worker every
+``_CHECKPOINT_EVERY`` commits, leaving little to copy in the request path. Any sqlite3 failure
+is ``StoreUnavailable`` (fail closed).
+
+Group commits (``run_batched``) never wait for the write lock on the event loop: with
+``tether serve --workers N`` every worker commits its own batches to one file, and a
+``BEGIN IMMEDIATE`` that slept in SQLite's busy handler (1 ms, then 2 ms, ...) stopped every
+request of that worker meanwhile. The batch's ``BEGIN`` is tried without waiting; while another
+process holds the lock the batch stays open on the loop and is tried again a millisecond
+later, the writes that arrive meanwhile join it (one commit for more of them: waiting
+becomes batching), and only a batch kept waiting ``_LOOP_WAIT_S`` (a long transaction
+elsewhere) moves to the worker thread, which waits as long as it takes. Each of these is
+counted in ``tether_store_lock_waits`` (``/metrics``).
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ import asyncio
 import contextlib
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -21,15 +32,41 @@ from importlib import resources
 from pathlib import Path
 from typing import TypeVar
 
+from prometheus_client import Counter
+
+from tether.metrics import REGISTRY
 from tether.store.errors import StoreError, StoreUnavailable
 
-__all__ = ["SCHEMA_VERSION", "Database", "migrations"]
+__all__ = ["LOCK_WAITS", "LOCK_WAIT_SECONDS", "SCHEMA_VERSION", "Database", "migrations"]
 
 T = TypeVar("T")
 _INLINE_BUSY_MS = 5
 _WORKER_BUSY_MS = 10_000
 _CHECKPOINT_EVERY = 50
 _AUTOCHECKPOINT_PAGES = 4000
+#: a group commit finding the write lock held tries again after this long, on the event loop
+_RETRY_S = 0.001
+#: ... until it has waited this long; then the worker thread waits for the lock instead
+_LOOP_WAIT_S = 0.05
+
+#: where a write that found another connection holding the write lock went: ``deferred`` (a
+#: group commit tried again later on the event loop, its batch still open), ``moved_batch`` (a
+#: group commit kept waiting ``_LOOP_WAIT_S``, to the worker thread), ``moved_statement`` (a
+#: single statement, after its inline busy timeout, to the worker thread)
+LOCK_WAITS = Counter(
+    "tether_store_lock_waits",
+    "SQLite writes that found another connection (another process) holding the write lock, by where they went",
+    ["outcome"],
+    registry=REGISTRY,
+)
+LOCK_WAIT_SECONDS = Counter(
+    "tether_store_lock_wait_seconds",
+    "Seconds SQLite group commits waited for the write lock on the event loop (the loop served requests meanwhile)",
+    registry=REGISTRY,
+)
+_DEFERRED = LOCK_WAITS.labels(outcome="deferred")
+_MOVED_BATCH = LOCK_WAITS.labels(outcome="moved_batch")
+_MOVED_STATEMENT = LOCK_WAITS.labels(outcome="moved_statement")
 
 
 def migrations() -> list[tuple[int, str]]:
@@ -89,6 +126,7 @@ class Database:
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
                     raise StoreUnavailable(f"sqlite: {exc}") from exc
+                _MOVED_STATEMENT.inc()
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"sqlite: {type(exc).__name__}: {exc}") from exc
         try:
@@ -100,7 +138,8 @@ class Database:
     async def run_batched(
         self, fn: Callable[[sqlite3.Connection], T], *, kept: Callable[[sqlite3.Connection], object] | None = None
     ) -> T:
-        """Run ``fn`` inside one transaction shared by every write queued in this loop iteration.
+        """Run ``fn`` inside one transaction shared by every write queued in this loop iteration
+        (and, while another process holds the write lock, every write queued until it is free).
 
         Group commit: concurrent issuances pay for one ``COMMIT`` together. Each write runs
         in its own ``SAVEPOINT``, so a write that refuses (a ``StoreError``) is rolled back
@@ -118,7 +157,7 @@ class Database:
             batch = self._local.batch = []
         batch.append((kept, fn, future))  # type: ignore[arg-type]
         if len(batch) == 1:
-            loop.call_soon(self._flush)
+            loop.call_soon(self._flush, None)
         return await future
 
     def _count_inline(self) -> None:
@@ -139,23 +178,54 @@ class Database:
         finally:
             self._checkpointing.clear()
 
-    def _flush(self) -> None:
-        batch = self._local.batch
+    def _flush(self, waiting_since: float | None) -> None:
+        """Commit the open batch, or leave it open for the writes still arriving while another
+        process holds the write lock (``waiting_since``: when this batch first found it held)."""
+        batch: _Batch | None = getattr(self._local, "batch", None)
+        if not batch:  # the store was closed meanwhile (its batch failed then)
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            conn = self._connect(_INLINE_BUSY_MS)
+            begun = _begin_now(conn)
+        except sqlite3.Error as exc:
+            self._local.batch = []
+            _fail(batch, StoreUnavailable(f"sqlite: {type(exc).__name__}: {exc}"))
+            return
+        now = time.monotonic()
+        if not begun and (waiting_since is None or now - waiting_since < _LOOP_WAIT_S):
+            _DEFERRED.inc()
+            loop.call_later(_RETRY_S, self._flush, now if waiting_since is None else waiting_since)
+            return
+        if waiting_since is not None:
+            LOCK_WAIT_SECONDS.inc(now - waiting_since)
         self._local.batch = []
+        if not begun:
+            _MOVED_BATCH.inc()
+            self._to_worker(batch)
+            return
         self._count_inline()
         try:
-            outcomes = _run_batch(self._connect(_INLINE_BUSY_MS), batch)
+            outcomes = _run_batch(conn, batch, begun=True)
         except sqlite3.OperationalError as exc:
-            if not _is_busy(exc):
+            if not _is_busy(exc):  # rolled back; a lock lost mid-batch is waited for on the worker
                 _fail(batch, StoreUnavailable(f"sqlite: {exc}"))
                 return
-            worker = asyncio.get_running_loop().run_in_executor(self._executor, self._flush_on_worker, batch)
-            worker.add_done_callback(lambda done: _deliver(batch, done))
+            _MOVED_BATCH.inc()
+            self._to_worker(batch)
             return
         except sqlite3.Error as exc:
             _fail(batch, StoreUnavailable(f"sqlite: {type(exc).__name__}: {exc}"))
             return
         _resolve(batch, outcomes)
+
+    def _to_worker(self, batch: _Batch) -> None:
+        try:
+            worker = asyncio.get_running_loop().run_in_executor(self._executor, self._flush_on_worker, batch)
+        except RuntimeError:  # the store is closed
+            _fail(batch, StoreUnavailable("sqlite: the store is closed"))
+            return
+        worker.add_done_callback(lambda done: _deliver(batch, done))
 
     def _flush_on_worker(self, batch: _Batch) -> list[tuple[bool, object]]:
         try:
@@ -175,6 +245,9 @@ class Database:
             raise StoreUnavailable(f"sqlite: {type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
+        pending: _Batch | None = getattr(self._local, "batch", None)
+        if pending:  # a group commit still waiting for another process's write lock
+            _fail(pending, StoreUnavailable("sqlite: the store is closed"))
         self._executor.shutdown(wait=True)
         with self._lock:
             connections, self._connections = self._connections, []
@@ -187,10 +260,26 @@ _Step = Callable[[sqlite3.Connection], object]
 _Batch = list[tuple[_Step | None, _Step, "asyncio.Future[object]"]]
 
 
-def _run_batch(conn: sqlite3.Connection, batch: _Batch) -> list[tuple[bool, object]]:
-    """One transaction, one savepoint per step; returns ``(ok, value or StoreError)`` per write."""
+def _begin_now(conn: sqlite3.Connection) -> bool:
+    """``BEGIN IMMEDIATE`` without waiting: False (and nothing begun) while another connection
+    holds the write lock."""
+    conn.execute("PRAGMA busy_timeout=0")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if not _is_busy(exc):
+            raise
+        return False
+    finally:
+        conn.execute(f"PRAGMA busy_timeout={_INLINE_BUSY_MS}")
+    return True
+
+
+def _run_batch(conn: sqlite3.Connection, batch: _Batch, *, begun: bool = False) -> list[tuple[bool, object]]:
+    """One transaction (already ``begun``, or begun here), one savepoint per step; returns
+    ``(ok, value or StoreError)`` per write."""
     outcomes: list[tuple[bool, object]] = []
-    with transaction(conn):
+    with transaction(conn, begun=begun):
         for kept, fn, _ in batch:
             try:
                 if kept is not None:
@@ -242,9 +331,10 @@ def _deliver(batch: _Batch, done: asyncio.Future[list[tuple[bool, object]]]) -> 
 
 
 @contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """``BEGIN IMMEDIATE`` … ``COMMIT``; rolled back on any error."""
-    conn.execute("BEGIN IMMEDIATE")
+def transaction(conn: sqlite3.Connection, *, begun: bool = False) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` (unless already ``begun``) … ``COMMIT``; rolled back on any error."""
+    if not begun:
+        conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
     except BaseException:

@@ -1,0 +1,139 @@
+"""``tether serve --workers N``: N server processes, each listening on a socket of its own.
+
+uvicorn's own ``--workers`` binds one socket in the parent and hands it to every worker:
+whichever worker wakes first takes every pending connection (its event loop accepts until the
+backlog is empty), so a burst of long-lived keep-alive connections — a load balancer's pool,
+agents starting together — lands mostly on one worker while the others idle (measured with
+``tether bench --only scaling``: 32 connections split 28 : 4, and two workers served little
+more than one). Here every worker binds the address with ``SO_REUSEPORT`` and the kernel
+spreads new connections across their sockets by a hash of each connection.
+
+``SO_REUSEPORT`` would also let a second ``tether serve`` started by mistake on the same port
+join the group, so the parent first binds the address *without* it (``claim_port``): that fails
+while anything listens there, as uvicorn's own bind did.
+
+Each worker runs exactly what one ``tether serve`` process runs. The parent starts them,
+starts a new one when one ends after it started, stops all of them on SIGINT/SIGTERM, and
+stops (exit 1) when one cannot start at all: a broken configuration or store fails the same
+way on every restart. A worker whose parent is gone stops itself.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.connection import wait
+from typing import Any
+
+__all__ = ["STARTUP_FAILURE", "claim_port", "reuse_port_socket", "run_workers"]
+
+#: a worker's exit code when it could not start (bind, configuration, store)
+STARTUP_FAILURE = 3
+_STOP_SECONDS = 10.0
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def claim_port(host: str, port: int) -> int:
+    """Check that nothing is bound to ``host:port`` (``OSError`` if something is); the port, chosen
+    by the kernel when ``port`` is 0. The check binds without ``SO_REUSEPORT``, which fails against
+    any socket bound there, ``SO_REUSEPORT`` or not."""
+    with socket.socket(_family(host), socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is free
+        probe.bind((host, port))
+        return int(probe.getsockname()[1])
+
+
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` with ``SO_REUSEPORT``: every worker binds one, and the
+    kernel balances new connections across the listening sockets of the group."""
+    sock = socket.socket(_family(host), socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _stop_with_parent() -> None:
+    """SIGTERM to this worker once its parent is gone (killed outright, it could not stop us)."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="tether-parent-watch", daemon=True).start()
+
+
+def _child(target: Callable[..., None], args: tuple[Any, ...], started: Any) -> None:
+    _stop_with_parent()
+    target(*args, started)
+
+
+def run_workers(count: int, target: Callable[..., None], args: tuple[Any, ...]) -> int:
+    """Run ``count`` spawned processes of ``target(*args, started)`` until SIGINT/SIGTERM; the exit code.
+
+    ``target`` must be a module-level function (a spawned process imports it) that calls
+    ``started.set()`` once it serves; a process that ends before that is a start-up failure
+    and stops them all (exit 1)."""
+    context = multiprocessing.get_context("spawn")
+    stopping: list[int] = []
+
+    def on_signal(number: int, _frame: object) -> None:
+        stopping.append(number)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def start() -> tuple[Any, Any]:
+        started = context.Event()
+        process = context.Process(target=_child, args=(target, args, started), name="tether-worker")
+        process.start()
+        return process, started
+
+    workers = [start() for _ in range(count)]
+    code = 0
+    try:
+        while not stopping:
+            wait([process.sentinel for process, _ in workers], timeout=0.5)
+            for i, (process, started) in enumerate(workers):
+                if process.is_alive() or stopping:
+                    continue
+                if not started.is_set():
+                    print(f"worker {process.pid} did not start (exit {process.exitcode}): stopping", file=sys.stderr)
+                    stopping.append(0)
+                    code = 1
+                    break
+                print(f"worker {process.pid} ended (exit {process.exitcode}): starting another", file=sys.stderr)
+                workers[i] = start()
+    finally:
+        _stop([process for process, _ in workers])
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return code
+
+
+def _stop(processes: list[Any]) -> None:
+    """SIGTERM (uvicorn's graceful stop: requests in flight finish), then SIGKILL for any still running."""
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    deadline = time.monotonic() + _STOP_SECONDS
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join()

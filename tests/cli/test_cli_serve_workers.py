@@ -1,0 +1,119 @@
+"""``tether serve --workers N``: a listening socket per worker, connections spread across them, and
+an address already in use refused (``tether.cli.workers``).
+
+Which process owns which socket is read from the kernel (``/proc/net/tcp`` and each process's
+file descriptors), so the tests see what a client gets, not what the code meant to do.
+"""
+
+from __future__ import annotations
+
+import collections
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from cli_support import serving, tether
+
+from helpers import free_port
+
+LISTEN, ESTABLISHED = "0A", "01"
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("template")
+    result = tether("init", "--dir", str(directory), "--issuer", "http://127.0.0.1:8700")
+    assert result.returncode == 0, result.stderr
+    return directory
+
+
+def _deployment(template: Path, target: Path) -> tuple[Path, int]:
+    shutil.copytree(template, target)
+    port = free_port()
+    config = target / "tether.toml"
+    config.write_text(config.read_text().replace("8700", str(port)))
+    return config, port
+
+
+def _inodes(port: int, state: str) -> set[int]:
+    """The sockets bound to local ``port`` in ``state`` (TCP over IPv4 and IPv6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == state:
+                found.add(int(fields[9]))
+    return found
+
+
+def _descendants(pid: int) -> set[int]:
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+    tree, todo = set(), [pid]
+    while todo:
+        current = todo.pop()
+        tree.add(current)
+        todo.extend(child for child, parent in parents.items() if parent == current)
+    return tree
+
+
+def _owners(port: int, state: str, pids: set[int]) -> dict[int, int]:
+    """Socket inode → the process (among ``pids``) holding it."""
+    wanted, owners = _inodes(port, state), {}
+    for pid in pids:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = fd.readlink().name
+            except OSError:
+                continue
+            if target.startswith("socket:[") and int(target[8:-1]) in wanted:
+                owners[int(target[8:-1])] = pid
+    return owners
+
+
+def test_each_worker_listens_on_its_own_socket_and_the_kernel_spreads_connections(template: Path, tmp_path: Path) -> None:
+    config, port = _deployment(template, tmp_path / "d")
+    url = f"http://127.0.0.1:{port}"
+    with serving(config, url, log=tmp_path / "serve.log", args=("--workers", "2"), timeout=60) as proc:
+        deadline = time.monotonic() + 60
+        while len(set((listeners := _owners(port, LISTEN, _descendants(proc.pid))).values())) < 2:
+            assert time.monotonic() < deadline, f"two workers never listened: {listeners}"
+            time.sleep(0.1)
+        assert len(listeners) == 2 and proc.pid not in listeners.values(), "a socket per worker, none in the parent"
+        clients = [httpx.Client(trust_env=False, timeout=10) for _ in range(64)]
+        try:
+            assert all(client.get(url + "/healthz").status_code == 200 for client in clients)  # kept alive
+            served = collections.Counter(_owners(port, ESTABLISHED, set(listeners.values())).values())
+        finally:
+            for client in clients:
+                client.close()
+    assert sum(served.values()) == 64
+    assert len(served) == 2 and min(served.values()) >= 8, f"connections per worker: {dict(served)}"
+    assert not _inodes(port, LISTEN), "the workers stopped with the server"
+
+
+@pytest.mark.parametrize("reuse_port", [False, True])
+def test_workers_refuse_an_address_in_use(template: Path, tmp_path: Path, reuse_port: bool) -> None:
+    """Even by a socket that set ``SO_REUSEPORT`` (another ``tether serve --workers``): the workers
+    would otherwise join its group and share its connections."""
+    config, port = _deployment(template, tmp_path / "d")
+    with socket.socket() as busy:
+        if reuse_port:
+            busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        busy.bind(("127.0.0.1", port))
+        busy.listen()
+        result = tether("serve", "--config", str(config), "--workers", "2", timeout=60)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
