@@ -36,7 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from helpers import AGENT, JWT, QUIET_MONITOR, TOKEN_EXCHANGE, Client, RunningSts, create_task, make_deployment, serving
+from helpers import AGENT, JWT, TOKEN_EXCHANGE, Client, RunningSts, create_task, make_deployment, serving
 from tether.clock import ManualClock
 from tether.config import load_config
 from tether.metrics import REGISTRY
@@ -75,8 +75,15 @@ async def _toy_answer(app: Starlette, path: str, *, root_path: str) -> tuple[int
 @pytest.mark.anyio
 @pytest.mark.parametrize(
     ("root_path", "path"),
-    [("", "/token"), ("/token", "/token"), ("/token", "/token/token"), ("/sts", "/sts/token"), ("/sts", "/token"),
-     ("/tok", "/token"), ("/token", "/tokentoken")],  # fmt: skip
+    [
+        ("", "/token"),
+        ("/token", "/token"),
+        ("/token", "/token/token"),
+        ("/sts", "/sts/token"),
+        ("/sts", "/token"),
+        ("/tok", "/token"),
+        ("/token", "/tokentoken"),
+    ],
 )
 async def test_review_direct_route_matches_the_path_the_router_matches_under_a_root_path(root_path: str, path: str) -> None:
     # the router matches the path below ``root_path`` (``get_route_path``); under a mount or a
@@ -101,7 +108,8 @@ async def test_review_direct_route_still_serves_under_a_root_path() -> None:
 def _stack(app: Starlette) -> list[object]:
     if app.middleware_stack is None:  # built on the first request; build it now (no request is in flight)
         app.middleware_stack = app.build_middleware_stack()
-    nodes, node = [], app.middleware_stack
+    nodes: list[object] = []
+    node: object = app.middleware_stack
     while node is not None:
         nodes.append(node)
         node = getattr(node, "app", None)
@@ -116,7 +124,7 @@ def _admission(app: Starlette) -> AdmissionLimit:
 def _routed(app: Starlette) -> Iterator[None]:
     """The same app with ``DirectRoute`` taken out of its middleware (the stack is rebuilt on the next request)."""
     kept = list(app.user_middleware)
-    app.user_middleware[:] = [m for m in kept if m.cls is not DirectRoute]
+    app.user_middleware[:] = [m for m in kept if getattr(m, "cls", None) is not DirectRoute]
     app.middleware_stack = None
     try:
         yield
@@ -240,6 +248,10 @@ def _replayed(sts: RunningSts) -> httpx.Response:
     return client.post_token({**form, "subject_token": sts.svid(AGENT)}, proof=proof)
 
 
+_EXCHANGE = {"grant_type": TOKEN_EXCHANGE, "subject_token": "x", "subject_token_type": JWT}
+_LATIN1 = {"Content-Type": "application/x-www-form-urlencoded; charset=latin-1"}
+_SURROGATE = '[{"type":"tool_call","tool":"t","arguments":{"q":"\\ud800"}}]'
+
 REQUESTS: dict[str, Callable[[RunningSts], httpx.Response]] = {
     "empty form": _post("/token", b"", headers=FORM),
     "field without =": _post("/token", b"grant_type", headers=FORM),
@@ -252,7 +264,7 @@ REQUESTS: dict[str, Callable[[RunningSts], httpx.Response]] = {
     "unknown grant_type": _post("/token", b"grant_type=urn%3Ax", headers=FORM),
     "json body": _post("/token", b'{"grant_type":"x"}', headers={"Content-Type": "application/json"}),
     "no content type": _post("/token", b"grant_type=x"),
-    "form with charset": _post("/token", b"grant_type=x", headers={"Content-Type": "application/x-www-form-urlencoded; charset=latin-1"}),
+    "form with charset": _post("/token", b"grant_type=x", headers=_LATIN1),
     "declared too large": _post("/token", b"a=" + b"b" * 70_000, headers=FORM),
     "chunked too large": _chunked(70_000),
     "GET /token": _post("/token", method="GET"),
@@ -269,12 +281,11 @@ REQUESTS: dict[str, Callable[[RunningSts], httpx.Response]] = {
     "POST /token;x": _post("/token;x", b"grant_type=x", headers=FORM),
     "POST /token?grant_type=x": _post("/token?grant_type=x", b"", headers=FORM),
     "no proof": _post("/token", f"grant_type={TOKEN_EXCHANGE}&subject_token=x&subject_token_type={JWT}".encode(), headers=FORM),
-    "proof without nonce": _proved({"grant_type": TOKEN_EXCHANGE, "subject_token": "x", "subject_token_type": JWT}, nonce=False),
-    "garbage subject token": _proved({"grant_type": TOKEN_EXCHANGE, "subject_token": "x.y.z", "subject_token_type": JWT}),
-    "malformed proof": _proved({"grant_type": TOKEN_EXCHANGE, "subject_token": "x", "subject_token_type": JWT}, proof="a.b.c"),
-    "bad authorization_details": _proved({"grant_type": TOKEN_EXCHANGE, "subject_token": "x", "subject_token_type": JWT,
-                                          "authorization_details": '[{"type":"tool_call","tool":"t","arguments":{"q":"\\ud800"}}]'}),
-    "session without task": _proved({"grant_type": TOKEN_EXCHANGE, "subject_token_type": JWT, "subject_token": "<svid>"}),
+    "proof without nonce": _proved(_EXCHANGE, nonce=False),
+    "garbage subject token": _proved({**_EXCHANGE, "subject_token": "x.y.z"}),
+    "malformed proof": _proved(_EXCHANGE, proof="a.b.c"),
+    "bad authorization_details": _proved({**_EXCHANGE, "authorization_details": _SURROGATE}),
+    "session without task": _proved({**_EXCHANGE, "subject_token": "<svid>"}),
     "replayed proof": _replayed,
     "session": _session,
 }  # fmt: skip
@@ -282,7 +293,8 @@ REQUESTS: dict[str, Callable[[RunningSts], httpx.Response]] = {
 
 @pytest.fixture(scope="module")
 def hot_sts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSts]:
-    config = make_deployment(tmp_path_factory.mktemp("hot-sts"), extra_toml=QUIET_MONITOR)
+    # no monitor: its alerts land in the audit log whenever its detectors fire, not with a request
+    config = make_deployment(tmp_path_factory.mktemp("hot-sts"), extra_toml="[monitor]\nenabled = false\n")
     with serving(config, ManualClock()) as server:
         yield server
 
@@ -448,6 +460,8 @@ def test_review_memo_is_bounded_in_entries_and_never_holds_a_long_value() -> Non
         ("a=%C3%A9", "a=%c3%a9", [("a", "\u00e9")]),
     ],
 )
-def test_review_memo_one_requests_decoding_never_answers_for_anothers(warm: str, text: str, pairs: list[tuple[str, str]]) -> None:
+def test_review_memo_one_requests_decoding_never_answers_for_anothers(
+    warm: str, text: str, pairs: list[tuple[str, str]]
+) -> None:
     parse_pairs(warm)
     assert parse_pairs(text) == pairs
