@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import re
 import socket
 import time
@@ -35,6 +36,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Message
 
 from helpers import AGENT, JWT, TOKEN_EXCHANGE, Client, RunningSts, create_task, make_deployment, serving
 from tether.clock import ManualClock
@@ -45,6 +47,7 @@ from tether.web.admission import AdmissionLimit
 from tether.web.direct_route import DirectRoute
 from tether.web.errors import handle_http, handle_unexpected
 from tether.web.forms import parse_pairs
+from tether.web.json_response import CompactJSONResponse
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
@@ -100,6 +103,47 @@ async def test_review_direct_route_still_serves_under_a_root_path() -> None:
     async with httpx.AsyncClient(transport=transport, base_url="http://sts.test") as client:
         response = await client.post("/sts/token")
     assert response.status_code == 200 and response.json() == {"path": "/sts/token", "routed": False}
+
+
+async def _raw(app: Starlette, scope: dict[str, Any], inbox: list[Message]) -> list[Message]:
+    sent: list[Message] = []
+    pending = list(inbox)
+
+    async def receive() -> Message:
+        return pending.pop(0) if pending else {"type": "websocket.disconnect", "code": 1000}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent
+
+
+_WS = {"type": "websocket", "path": "/token", "raw_path": b"/token", "root_path": "", "headers": [], "query_string": b"",
+       "scheme": "ws", "server": ("sts.test", 80), "client": ("192.0.2.1", 4000), "subprotocols": []}  # fmt: skip
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("scope", "inbox"),
+    [
+        (_WS, [{"type": "websocket.connect"}]),
+        ({"type": "lifespan", "asgi": {"version": "3.0"}}, [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]),
+    ],
+    ids=["websocket /token", "lifespan"],
+)
+async def test_review_direct_route_passes_other_scope_types_on(scope: dict[str, Any], inbox: list[Message]) -> None:
+    direct = await _raw(_toy(direct=True), dict(scope), inbox)
+    assert direct == await _raw(_toy(direct=False), dict(scope), inbox)
+    assert direct and direct[0]["type"] in ("websocket.close", "lifespan.startup.complete")
+
+
+def test_review_compact_json_refusal_leaves_the_shared_encoder_unchanged() -> None:
+    # the token answer's encoder is built once: a refused body (NaN) must not spoil the next answer
+    with pytest.raises(ValueError):
+        CompactJSONResponse({"a": [math.nan]})
+    good = {"access_token": "t", "expires_in": 300, "scope": "wiki:read \u00e9"}
+    assert CompactJSONResponse(good).body == JSONResponse(good).body
 
 
 # -- the real STS, answered with and without the direct route ----------------------------------
