@@ -86,16 +86,19 @@ class Form:
 
 async def read_body(request: Request, *, limit: int = MAX_BODY) -> bytes:
     """The whole body, at most ``limit`` bytes. A client that hangs up before its body ends sent
-    an incomplete request: refused like any malformed one (audited, counted), never an unexpected
-    error — a traceback per cut connection would let any client fill the log."""
+    an incomplete request (RFC 9112 §8): refused like any malformed one (audited, counted), never
+    an unexpected error — a traceback per cut connection would let any client fill the log."""
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise InvalidRequest(f"request body must be at most {limit} bytes")
-    too_large = lambda: InvalidRequest(f"request body must be at most {limit} bytes")  # noqa: E731
+        raise _too_large(limit)
     try:
-        return await read_at_most(request.stream(), limit, too_large)
+        return await read_at_most(request.stream(), limit, lambda: _too_large(limit))
     except ClientDisconnect:
         raise InvalidRequest("the request body ended early", debug="client disconnected before its body ended") from None
+
+
+def _too_large(limit: int) -> InvalidRequest:
+    return InvalidRequest(f"request body must be at most {limit} bytes")
 
 
 async def read_form(request: Request, *, repeatable: Collection[str] = ()) -> Form:
