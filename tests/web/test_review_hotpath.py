@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -324,13 +325,13 @@ REQUESTS: dict[str, Callable[[RunningSts], httpx.Response]] = {
     "POST /TOKEN": _post("/TOKEN", b"grant_type=x", headers=FORM),
     "POST /token;x": _post("/token;x", b"grant_type=x", headers=FORM),
     "POST /token?grant_type=x": _post("/token?grant_type=x", b"", headers=FORM),
-    "no proof": _post("/token", f"grant_type={TOKEN_EXCHANGE}&subject_token=x&subject_token_type={JWT}".encode(), headers=FORM),
-    "proof without nonce": _proved(_EXCHANGE, nonce=False),
+    "DPOP-01 no proof": _post("/token", urlencode(_EXCHANGE).encode(), headers=FORM),
+    "DPOP-10 proof without nonce": _proved(_EXCHANGE, nonce=False),
     "garbage subject token": _proved({**_EXCHANGE, "subject_token": "x.y.z"}),
-    "malformed proof": _proved(_EXCHANGE, proof="a.b.c"),
+    "DPOP-02 malformed proof": _proved(_EXCHANGE, proof="a.b.c"),
     "bad authorization_details": _proved({**_EXCHANGE, "authorization_details": _SURROGATE}),
     "session without task": _proved({**_EXCHANGE, "subject_token": "<svid>"}),
-    "replayed proof": _replayed,
+    "DPOP-12 replayed proof": _replayed,
     "session": _session,
 }  # fmt: skip
 
