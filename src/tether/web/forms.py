@@ -12,7 +12,7 @@ from collections.abc import Collection
 from typing import Any
 from urllib.parse import unquote
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from tether.errors import InvalidRequest
 from tether.rules.jws import JWSError, strict_json_loads
@@ -85,10 +85,20 @@ class Form:
 
 
 async def read_body(request: Request, *, limit: int = MAX_BODY) -> bytes:
+    """The whole body, at most ``limit`` bytes. A client that hangs up before its body ends sent
+    an incomplete request (RFC 9112 §8): refused like any malformed one (audited, counted), never
+    an unexpected error — a traceback per cut connection would let any client fill the log."""
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise InvalidRequest(f"request body must be at most {limit} bytes")
-    return await read_at_most(request.stream(), limit, lambda: InvalidRequest(f"request body must be at most {limit} bytes"))
+        raise _too_large(limit)
+    try:
+        return await read_at_most(request.stream(), limit, lambda: _too_large(limit))
+    except ClientDisconnect:
+        raise InvalidRequest("the request body ended early", debug="client disconnected before its body ended") from None
+
+
+def _too_large(limit: int) -> InvalidRequest:
+    return InvalidRequest(f"request body must be at most {limit} bytes")
 
 
 async def read_form(request: Request, *, repeatable: Collection[str] = ()) -> Form:
