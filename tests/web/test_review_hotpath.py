@@ -10,8 +10,8 @@ Findings (each test names it): the direct route matched ``scope["path"]`` where 
 the path below ``root_path`` (a deployment mounted under a prefix equal to ``/token`` got the token
 endpoint where the router answers 404); a client that hung up mid-body made every body-reading
 endpoint log an "unexpected error" traceback (twice, with uvicorn's) instead of refusing the request.
-Found and left to the owner of ``web.admission`` (outside this review's files): a request whose
-body never ends holds its admission slot for ever (pinned by a strict ``xfail``).
+Found and fixed in ``web.admission`` after the review: a request whose body never ended held its
+admission slot for ever (now the body is read before a slot is taken, within a deadline).
 """
 
 from __future__ import annotations
@@ -357,44 +357,30 @@ def test_review_direct_route_answers_audits_counts_and_admits_as_the_router_did(
     assert direct.status < 500 and direct.in_flight == 0
 
 
-def _stall(port: int, path: str = "/token") -> socket.socket:
-    """A connection whose request body never ends (it waits in the endpoint's body read)."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.sendall(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded"
-                 b"\r\nContent-Length: 100\r\n\r\ngrant_type=")  # fmt: skip
-    return sock
-
-
 def _at_capacity(sts: RunningSts) -> tuple[int, str, int, tuple[tuple[tuple[str, str], float], ...]]:
-    """With a limit of one and one stalled token request in flight, what a second token request gets."""
+    """With no slot free, what a token request gets. (A stalled body no longer holds a slot — the
+    body is read before admission, ``tests/web/test_admission_body.py`` — so the limit is set to 0.)"""
     admission = _admission(sts.sts.app)
-    port = int(sts.url.rsplit(":", 1)[1])
-    limit, admission.limit = admission.limit, 1
-    stalled = _stall(port)
+    limit, admission.limit = admission.limit, 0
     try:
-        deadline = time.monotonic() + 5
-        while admission.in_flight < 1 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        held = admission.in_flight
         before = _refusal_counts()
         response = httpx.post(sts.token_url, content=b"grant_type=x", headers=FORM, trust_env=False)
         after = _refusal_counts()
     finally:
-        stalled.close()
         admission.limit = limit
     _settled(sts)
     delta = tuple(sorted((k, v - before.get(k, 0.0)) for k, v in after.items() if v != before.get(k, 0.0)))
-    return response.status_code, response.json()["error"], held, delta
+    return response.status_code, response.json()["error"], admission.in_flight, delta
 
 
 def test_review_the_direct_route_is_admitted_and_refused_at_capacity_like_the_router(hot_sts: RunningSts) -> None:
-    # no way past the admission limit through the short route: the stalled token request holds
-    # its slot, and the next one is refused with 503 and counted as an admission refusal
+    # no way past the admission limit through the short route: at capacity the token request is
+    # refused with 503 and counted as an admission refusal, exactly as through the router
     direct = _at_capacity(hot_sts)
     assert _app_has_direct_route(hot_sts)  # control
     with _routed(hot_sts.sts.app):
         routed = _at_capacity(hot_sts)
-    assert direct == routed == (503, "temporarily_unavailable", 1, ((("admission", "temporarily_unavailable"), 1.0),))
+    assert direct == routed == (503, "temporarily_unavailable", 0, ((("admission", "temporarily_unavailable"), 1.0),))
 
 
 def _app_has_direct_route(sts: RunningSts) -> bool:
@@ -442,11 +428,6 @@ def test_review_a_client_hanging_up_mid_body_is_a_refused_request_not_an_unexpec
 # -- admission: a body that never ends --------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pre-existing (routed endpoint too): web.admission counts a request waiting for its body as work "
-    "and no body deadline exists, so `max_inflight` stalled uploads lock every client out; outside this review's files",
-)
 def test_review_stalled_bodies_do_not_lock_other_clients_out(tmp_path: Path) -> None:
     config = make_deployment(tmp_path)
     assert config.path is not None

@@ -46,6 +46,7 @@ from tether.sts.routes.token import introspect_endpoint, revoke_endpoint, token_
 from tether.web.admission import AdmissionLimit
 from tether.web.direct_route import DirectRoute
 from tether.web.errors import handle_http, handle_unexpected
+from tether.web.forms import MAX_BODY
 
 if TYPE_CHECKING:
     from tether.config import Config
@@ -176,6 +177,7 @@ def create_app(runtime: Runtime, *, upkeep: bool = True, max_inflight: int = 64)
                 exempt=frozenset({"/healthz", "/metrics"}),
                 streams=frozenset({"/revocations/stream"}),
                 stream_suffixes=("/events",),
+                prebuffer=MAX_BODY,  # every body the STS reads is a form or JSON of at most this much
             ),
             Middleware(DirectRoute, path="/token", method="POST", endpoint=token_endpoint, on_http_error=handle_http),
         ],

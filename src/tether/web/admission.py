@@ -6,13 +6,22 @@ keeps latency bounded for the requests it does serve, and clients back off. Heal
 checks are never refused, so a load balancer can tell "busy" from "down". A long-lived
 stream is admitted like any request (authenticating it is work), but gives its slot back
 once its response starts: its lifetime is bounded by its own caps, not by this limit.
+
+A request is work once its body has arrived, not before: with ``prebuffer`` the body (up to that
+many bytes) is read before a slot is taken, within ``body_seconds``, and handed to the endpoint
+unchanged. Otherwise ``limit`` clients that send headers and part of a body, then stall, would
+hold every slot for as long as they liked and lock every other client out (a slow-body attack;
+uvicorn has no body deadline). A body that does not arrive in time is refused, 400
+``invalid_request``, and the connection closed.
 """
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tether.errors import TemporarilyUnavailable
+from tether.errors import InvalidRequest, TemporarilyUnavailable
 from tether.metrics import REFUSALS
 from tether.web.errors import error_response
 
@@ -25,9 +34,11 @@ class AdmissionLimit:
     response starts; nothing else is either."""
 
     def __init__(self, app: ASGIApp, *, limit: int, exempt: frozenset[str], streams: frozenset[str] = frozenset(),
-                 stream_suffixes: tuple[str, ...] = ()) -> None:  # fmt: skip
+                 stream_suffixes: tuple[str, ...] = (), prebuffer: int = 0, body_seconds: float = 10.0) -> None:  # fmt: skip
         self.app = app
         self.limit = limit
+        self.prebuffer = prebuffer
+        self.body_seconds = body_seconds
         self.exempt = exempt
         self.streams = streams
         self.stream_suffixes = stream_suffixes
@@ -37,6 +48,18 @@ class AdmissionLimit:
         if scope["type"] != "http" or scope["path"] in self.exempt:
             await self.app(scope, receive, send)
             return
+        if self.prebuffer and scope["method"] not in ("GET", "HEAD"):
+            try:
+                async with asyncio.timeout(self.body_seconds):
+                    received = await _buffer(receive, self.prebuffer)
+            except TimeoutError:
+                REFUSALS.labels(endpoint="admission", error="invalid_request").inc()
+                late = InvalidRequest("the request body did not arrive in time", debug="body deadline")
+                response = error_response(late)
+                response.headers["Connection"] = "close"
+                await response(scope, receive, send)
+                return
+            receive = _replay(received, receive)
         if self.in_flight >= self.limit:
             REFUSALS.labels(endpoint="admission", error="temporarily_unavailable").inc()
             refusal = TemporarilyUnavailable("the server is at capacity; retry shortly", debug="admission limit")
@@ -59,3 +82,29 @@ class AdmissionLimit:
         finally:
             if held:
                 self.in_flight -= 1
+
+
+async def _buffer(receive: Receive, limit: int) -> list[Message]:
+    """The messages of a request body, read until it ends, the client leaves, or past ``limit`` bytes."""
+    messages: list[Message] = []
+    size = 0
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            return messages  # http.disconnect: the endpoint meets it as it would have
+        size += len(message.get("body", b""))
+        if not message.get("more_body", False) or size > limit:
+            return messages  # whole, or too large: the endpoint refuses it after reading past its own limit
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """``receive`` giving ``messages`` first, in order, then the real channel."""
+    pending = list(messages)
+
+    async def replayed() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replayed
