@@ -126,3 +126,25 @@ async def test_get_and_exempt_paths_are_not_buffered() -> None:
     assert status == 200
     status, _, _ = await _call(limit, _scope("POST", "/healthz"), _chunks(b"x"))
     assert status == 200
+
+
+async def test_the_deadline_cuts_only_the_late_reads_and_the_timer_stops_when_none_wait() -> None:
+    echo = _Echo()
+    limit = _limit(echo, body_seconds=0.1)
+    late = asyncio.create_task(_call(limit, _scope(), _chunks(b"a=", stall=True)))
+    on_time = [await _call(limit, _scope(), _chunks(b"a=1")) for _ in range(3)]
+    status, _, _ = await late
+    assert status == 400 and [s for s, _, _ in on_time] == [200, 200, 200]
+    await asyncio.sleep(0.25)
+    assert limit._deadlines._waiting == {} and limit._deadlines._timer is None
+
+
+async def test_a_cancellation_from_elsewhere_is_not_taken_for_the_deadline() -> None:
+    echo = _Echo()
+    limit = _limit(echo, body_seconds=30)
+    call = asyncio.create_task(_call(limit, _scope(), _chunks(b"a=", stall=True)))
+    await asyncio.sleep(0.02)
+    call.cancel()  # the server shutting down, say
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert limit._deadlines._waiting == {}
