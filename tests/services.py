@@ -70,8 +70,17 @@ def postgres_toml(schema: str, prefix: str) -> str:
     return f'\n[postgres]\ndsn = "{schema_dsn(schema)}"\n\n[redis]\nurl = "{REDIS_URL}"\nprefix = "{prefix}"\n'
 
 
+#: how many times this process asked which store the suite runs on: ``conftest.py`` holds a
+#: test marked ``store_independent`` to never asking, in its setup or its body
+store_choices = 0
+
+
 def use_postgres() -> bool:
-    """The whole STS suite runs on PostgreSQL + Redis when ``TETHER_TEST_STORE=postgres``."""
+    """The whole STS suite runs on PostgreSQL + Redis when ``TETHER_TEST_STORE=postgres``.
+
+    Every deployment that follows ``TETHER_TEST_STORE`` asks here, and is counted."""
+    global store_choices
+    store_choices += 1
     return os.environ.get("TETHER_TEST_STORE", "sqlite") == "postgres"
 
 

@@ -550,7 +550,7 @@ try:
     parse_config({}, path=None, env={})
 except RuntimeError as exc:
     print("refused:", exc)
-import tether.cli.common  # an entry point: registers the feature tables
+import tether.sts.asgi  # an entry point (the --workers ASGI factory): registers the feature tables
 from tether.errors import ConfigError
 try:
     parse_config({"monitor": {"detectors": {"nope": {}}}}, path=None, env={})

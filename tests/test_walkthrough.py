@@ -36,7 +36,8 @@ JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 ACCESS_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
-pytestmark = pytest.mark.slow
+# runs the same whatever TETHER_TEST_STORE says: the PostgreSQL pass of scripts/test leaves it out
+pytestmark = [pytest.mark.slow, pytest.mark.store_independent]
 
 
 def _free_port() -> int:

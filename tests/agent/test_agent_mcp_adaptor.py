@@ -24,6 +24,9 @@ from tether.agent.exchange import Flow, Nonces, send_flow
 from tether.agent.mcp_auth import Httpx2Steps, McpAuth, metadata_urls, resource_metadata_of
 from tether.rules.dpop import compute_ath
 
+# runs the same whatever TETHER_TEST_STORE says: the PostgreSQL pass of scripts/test leaves it out
+pytestmark = pytest.mark.store_independent
+
 STS = "https://sts.example"
 METADATA = "/.well-known/oauth-protected-resource"
 MCP = "https://tools.example/mcp"

@@ -46,6 +46,9 @@ from tether.sts.bootstrap import build_sts
 from tether.web.server import ServerThread
 from tether.web.tls import TlsFiles
 
+# runs the same whatever TETHER_TEST_STORE says: the PostgreSQL pass of scripts/test leaves it out
+pytestmark = pytest.mark.store_independent
+
 OTHER = "spiffe://tether.local/agent/other"
 
 

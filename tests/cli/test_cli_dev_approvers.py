@@ -22,6 +22,9 @@ from tether.identity.approvers import ApproverVerifier
 from tether.identity.dev_approvers import DevApprovers
 from tether.rules.approval import Approver
 
+# runs the same whatever TETHER_TEST_STORE says: the PostgreSQL pass of scripts/test leaves it out
+pytestmark = pytest.mark.store_independent
+
 
 def _verify(config: Config, token: str) -> Approver:
     async def run() -> Approver:

@@ -15,6 +15,9 @@ from cli_support import one_line, serving, tether
 
 from helpers import free_port
 
+# runs the same whatever TETHER_TEST_STORE says: the PostgreSQL pass of scripts/test leaves it out
+pytestmark = pytest.mark.store_independent
+
 
 def _init(directory: Path, port: int, *extra: str) -> str:
     result = tether("init", "--dir", str(directory), "--issuer", f"http://127.0.0.1:{port}", *extra)

@@ -17,6 +17,9 @@ from cli_support import tether
 
 from tether.provision import initialize, install_starter_policies
 
+# runs the same whatever TETHER_TEST_STORE says: the PostgreSQL pass of scripts/test leaves it out
+pytestmark = pytest.mark.store_independent
+
 EXPLAIN_DEPTH_3 = [
     "policy", "explain", "--action", "exchange", "--principal", "spiffe://tether.local/svc/b",
     "--resource", "https://pay.example", "--tag", "payments", "--depth", "3",

@@ -31,6 +31,9 @@ from tether.gateway.oauth_connect import (
 )
 from tether.urns import JWT_BEARER
 
+# runs the same whatever TETHER_TEST_STORE says: the PostgreSQL pass of scripts/test leaves it out
+pytestmark = pytest.mark.store_independent
+
 OAUTH = OAuthCredentials(
     grant="refresh_token", token_endpoint="https://as.example/token", client_id="crm app", client_auth="client_secret_basic",
     scopes=("contacts.read", "notes.write"), authorization_endpoint="https://as.example/authorize?tenant=7",

@@ -12,11 +12,15 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from cli_support import tether
 
 from tether.config import load_config
 from tether.identity.approvers import ApproverVerifier
 from tether.rules.approval import Approver
+
+# runs the same whatever TETHER_TEST_STORE says: the PostgreSQL pass of scripts/test leaves it out
+pytestmark = pytest.mark.store_independent
 
 
 def _approver(directory: Path) -> str:

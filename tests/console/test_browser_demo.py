@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from browserkit import launch, logged_in, off_loop, shoot
+from browserkit import chromium_path, launch, logged_in, off_loop, shoot
 from consolekit import RunningConsole, console_for, running_console
 from pageskit import RESOURCES, Lineage, end_by_admin_api, make_lineage
 from playwright.sync_api import Browser, Page, expect
@@ -24,6 +24,7 @@ from tether.demo.scenario import run_demo
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningConsole]:
+    chromium_path()  # skipped (failed under CI=true) before the demo runs for a browser that is not there
     directory = tmp_path_factory.mktemp("demo") / "deployment"
     result = run_demo(directory)
     assert result.ok, "the demo's own checks failed"

@@ -15,6 +15,9 @@ import pytest
 from tether.config import parse_config
 from tether.errors import ConfigError
 
+# runs the same whatever TETHER_TEST_STORE says: the PostgreSQL pass of scripts/test leaves it out
+pytestmark = pytest.mark.store_independent
+
 BASE: dict[str, Any] = {
     "name": "crm",
     "upstream": "https://crm.example/api",

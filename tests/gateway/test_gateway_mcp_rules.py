@@ -35,6 +35,9 @@ from tether.gateway.scrub import REDACTED
 from tether.resource.principal import Principal
 from tether.rules.tool_call import parse_tool_call
 
+# runs the same whatever TETHER_TEST_STORE says: the PostgreSQL pass of scripts/test leaves it out
+pytestmark = pytest.mark.store_independent
+
 SECRET = 'k3y/with+odd="chars"\\'
 PINS = {"read_file": "d-read", "list_directory": "d-list"}
 

@@ -19,6 +19,9 @@ from tether.errors import ConfigError
 from tether.gateway.allowlist import parse_rule
 from tether.gateway.routes import GatewayRoute
 
+# runs the same whatever TETHER_TEST_STORE says: the PostgreSQL pass of scripts/test leaves it out
+pytestmark = pytest.mark.store_independent
+
 OAUTH: dict[str, Any] = {
     "grant": "client_credentials",
     "token_endpoint": "http://127.0.0.1:9200/token",

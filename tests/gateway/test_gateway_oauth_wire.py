@@ -27,6 +27,9 @@ from tether.gateway.oauth_wire import (
 from tether.gateway.vault import SecretRefused
 from tether.rules.jws import VerifiedJWS, verify_compact
 
+# runs the same whatever TETHER_TEST_STORE says: the PostgreSQL pass of scripts/test leaves it out
+pytestmark = pytest.mark.store_independent
+
 GOOD = {"access_token": "at-0123456789abcdef", "token_type": "Bearer", "expires_in": 300, "scope": "contacts.read"}
 
 

@@ -12,6 +12,9 @@ from tether.config import parse_config
 from tether.errors import ConfigError
 from tether.gateway.mcp_routes import McpRoute
 
+# runs the same whatever TETHER_TEST_STORE says: the PostgreSQL pass of scripts/test leaves it out
+pytestmark = pytest.mark.store_independent
+
 STDIO: dict[str, Any] = {
     "name": "files",
     "command": ["python", "-m", "some_mcp_server"],

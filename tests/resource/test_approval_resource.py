@@ -31,6 +31,9 @@ from tether.rules.tool_call import parse_tool_call
 from tether.store.redis.cache import RedisCache
 from tether.web.server import free_port
 
+# runs the same whatever TETHER_TEST_STORE says: the PostgreSQL pass of scripts/test leaves it out
+pytestmark = pytest.mark.store_independent
+
 APPROVAL = "apr_" + "A" * 22
 
 

@@ -30,6 +30,9 @@ from tether.resource import ResourceSettings, TetherMiddleware, Verifier, princi
 from tether.rules.certificate import client_cert_header, thumbprint
 from tether.web.server import ServerThread, free_port
 
+# runs the same whatever TETHER_TEST_STORE says: the PostgreSQL pass of scripts/test leaves it out
+pytestmark = pytest.mark.store_independent
+
 
 def _cert_headers(request: Request) -> list[str]:
     return sorted(name for name in request.headers if name.startswith("client-cert"))

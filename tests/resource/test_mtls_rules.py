@@ -21,6 +21,9 @@ from tether.rules.binding import needs_dpop_proof
 from tether.rules.certificate import ClientCertificate, thumbprint
 from tether.web.errors import error_response, request_scheme
 
+# runs the same whatever TETHER_TEST_STORE says: the PostgreSQL pass of scripts/test leaves it out
+pytestmark = pytest.mark.store_independent
+
 RESOURCE = "https://127.0.0.1:9443"
 JKT = "j" * 43
 

@@ -14,8 +14,13 @@ import secrets
 from collections.abc import MutableMapping
 from typing import Any
 
+import pytest
+
 from tether.resource import ResourceSettings, TetherMiddleware, Verifier
 from tether.rules.replay_epoch import ReplayEpoch
+
+# runs the same whatever TETHER_TEST_STORE says: the PostgreSQL pass of scripts/test leaves it out
+pytestmark = pytest.mark.store_independent
 
 ISSUER = "http://127.0.0.1:8700"
 RESOURCE = "http://127.0.0.1:9001"

@@ -27,6 +27,9 @@ from tether.identity.x509 import (
 from tether.model import IdentityKind
 from tether.rules.certificate import ClientCertificate
 
+# runs the same whatever TETHER_TEST_STORE says: the PostgreSQL pass of scripts/test leaves it out
+pytestmark = pytest.mark.store_independent
+
 AGENT = "spiffe://tether.local/agent/research"
 CLIENT = "user:batch-client"
 NOW = time.time()

@@ -10,6 +10,9 @@ import pytest
 from tether.store.errors import StoreUnavailable
 from tether.sts.app import _every
 
+# runs the same whatever TETHER_TEST_STORE says: the PostgreSQL pass of scripts/test leaves it out
+pytestmark = pytest.mark.store_independent
+
 
 def test_an_upkeep_job_keeps_running_after_it_raises(caplog: pytest.LogCaptureFixture) -> None:
     calls: list[int] = []

@@ -8,20 +8,19 @@ the beginning of the log.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from tether.audit.chain import AuditRecord
 from tether.cli.common import config_or_exit, errors_to_exit
 from tether.cli.output import fail, print_json, print_table
-from tether.config import Config
-from tether.monitor.cursor import seq_before
-from tether.store.open import open_store
+
+if TYPE_CHECKING:
+    from tether.audit.chain import AuditRecord
+    from tether.config import Config
 
 __all__ = ["alerts"]
 
@@ -46,6 +45,10 @@ def _view(record: AuditRecord) -> dict[str, Any]:
 
 def read_alerts(cfg: Config, *, since: float | None, limit: int) -> list[dict[str, Any]]:
     """``alert.raised`` records (at or after ``since``, epoch seconds), newest first, at most ``limit``."""
+    import asyncio
+
+    from tether.monitor.cursor import seq_before
+    from tether.store.open import open_store
 
     async def read() -> list[dict[str, Any]]:
         store = await open_store(cfg)

@@ -12,13 +12,15 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
-import httpx
 import typer
 
 from tether.cli.common import config_or_exit, sts_trust
 from tether.cli.output import console, fail, print_json, print_mapping, print_table, styled
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["TOKEN_ENV", "app", "parse_window"]
 
@@ -82,6 +84,8 @@ class _Api:
         self.verify = sts_trust(cfg) if cfg is not None else True
 
     def call(self, method: str, path: str, *, json: Any = None, params: dict[str, str] | None = None) -> Any:
+        import httpx
+
         headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
         try:
             with httpx.Client(timeout=10.0, trust_env=False, verify=self.verify, follow_redirects=False) as http:

@@ -9,27 +9,24 @@ the STS would not have left (``tether.audit.coverage``) warns, and fails ``--req
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from tether.audit.coverage import GRACE_SECONDS, Stretch
-from tether.audit.export import ExportBroken, ExportReport, verify_export
 from tether.cli.common import config_or_exit, errors_to_exit
 from tether.cli.output import PlainConsole, console, fail
-from tether.config import Config
-from tether.errors import ConfigError
-from tether.identity.jwks_cache import MAX_DOCUMENT_BYTES, parse_jwks
-from tether.keys.keyring import KeyRing, load_keyring
-from tether.keys.sealed import load_master_key
-from tether.rules.jws import JWSError, PublicKey, strict_json_loads
-from tether.store.open import open_store
+
+if TYPE_CHECKING:
+    from tether.audit.coverage import Stretch
+    from tether.audit.export import ExportReport
+    from tether.config import Config
+    from tether.keys.keyring import KeyRing
+    from tether.rules.jws import PublicKey
 
 __all__ = ["app"]
 
@@ -42,6 +39,10 @@ _EVERY = 1000
 
 
 def _records(cfg: Config, *, after: int = 0) -> list[dict[str, Any]]:
+    import asyncio
+
+    from tether.store.open import open_store
+
     async def read() -> list[dict[str, Any]]:
         store = await open_store(cfg)
         out: list[dict[str, Any]] = []
@@ -67,6 +68,13 @@ def _store_keys(cfg: Config) -> dict[str, PublicKey]:
     in the store is refused, never trusted to verify checkpoints. Without the master key
     the caller must bring its own JWKS.
     """
+    import asyncio
+
+    from tether.errors import ConfigError
+    from tether.keys.keyring import load_keyring
+    from tether.keys.sealed import load_master_key
+    from tether.store.open import open_store
+
     try:
         master = load_master_key(cfg.master_key_file)
     except ConfigError as exc:
@@ -84,6 +92,9 @@ def _store_keys(cfg: Config) -> dict[str, PublicKey]:
 
 
 def _load_jwks(files: list[Path]) -> dict[str, PublicKey]:
+    from tether.identity.jwks_cache import MAX_DOCUMENT_BYTES, parse_jwks
+    from tether.rules.jws import JWSError, strict_json_loads
+
     keys: dict[str, PublicKey] = {}
     for path in files:
         try:
@@ -113,6 +124,8 @@ def _position(value: str | None, option: str) -> tuple[int, str | None] | None:
 
 
 def _read_export(file: Path) -> list[dict[str, Any]]:
+    from tether.rules.jws import JWSError, strict_json_loads
+
     try:
         lines = file.read_text(encoding="utf-8").splitlines()
         records = [strict_json_loads(line.encode("utf-8")) for line in lines if line.strip()]
@@ -170,6 +183,8 @@ def _summary(report: ExportReport, *, anchored: bool, after: int) -> None:
 
 
 def _overdue(stretch: Stretch, every: int) -> str:
+    from tether.audit.coverage import GRACE_SECONDS
+
     return (f"checkpoint record {stretch.checkpoint} closes a stretch (records {stretch.first}-{stretch.last}) with "
             f"{stretch.late} records appended over {GRACE_SECONDS} s before it, more than checkpoint_every ({every}) "
             "lets pass: a checkpoint may have been removed and the log signed again")  # fmt: skip
@@ -205,6 +220,8 @@ def verify(
     Without FILE the live store is checked against the keys the master key vouches for
     (or `--jwks`). With FILE the checkpoints are checked only against `--jwks`.
     """
+    from tether.audit.export import ExportBroken, verify_export
+
     start = _position(after, "--after") or (0, None)
     head = _position(expect_head, "--expect-head")
     if head is not None and head[1] is None:

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from tether.bench.report import Row
 from tether.cli.output import PlainConsole, console, fail, print_json, styled
+
+if TYPE_CHECKING:
+    from tether.bench.report import Row
 
 __all__ = ["app"]
 
@@ -213,6 +215,7 @@ def chaos(
     import tempfile
 
     from tether.bench.chaos import chaos_rows
+    from tether.bench.report import Row
     from tether.bench.run import BenchOptions, scale_out_reachable
 
     reachable = scale_out_reachable(BenchOptions(postgres_dsn=postgres_dsn, redis_url=redis_url))

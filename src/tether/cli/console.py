@@ -17,8 +17,6 @@ import typer
 
 from tether.cli.common import config_or_exit, errors_to_exit
 from tether.cli.output import console, fail
-from tether.config.console import plain_http_refusal
-from tether.rules.console_roles import ROLES
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -62,7 +60,9 @@ def console_command(
 ) -> None:
     """Serve the operator console and print a one-time login link (valid once, for [console] link_ttl seconds)."""
     from tether.cli.main import serve_apps
+    from tether.config.console import plain_http_refusal
     from tether.logs import configure_logging
+    from tether.rules.console_roles import ROLES
 
     if role not in ROLES:
         fail(f"--role must be one of {', '.join(ROLES)}", code=2)

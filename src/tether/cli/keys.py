@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from tether.cli.common import config_or_exit, errors_to_exit
 from tether.cli.output import console, print_json, print_table
-from tether.keys.keyring import SIGNING_ALGS, rotate_signing_key
-from tether.keys.legacy import reseal_legacy
-from tether.keys.sealed import load_master_key
-from tether.store.open import open_store
-from tether.store.records import StoredKey
-from tether.sts.settings import StsSettings
+
+if TYPE_CHECKING:
+    from tether.store.records import StoredKey
 
 __all__ = ["app"]
 
@@ -30,6 +26,13 @@ def rotate(
     config: ConfigOpt = None,
 ) -> None:
     """Add a new signing key; the JWKS keeps the old one until its last token has expired."""
+    import asyncio
+
+    from tether.keys.keyring import SIGNING_ALGS, rotate_signing_key
+    from tether.keys.sealed import load_master_key
+    from tether.store.open import open_store
+    from tether.sts.settings import StsSettings
+
     if alg not in SIGNING_ALGS:
         raise typer.BadParameter(f"must be one of {', '.join(SIGNING_ALGS)}", param_hint="--alg")
     cfg = config_or_exit(config)
@@ -56,6 +59,12 @@ def upgrade(config: ConfigOpt = None) -> None:
     state as stored now); a store with any value sealed the new way is left alone: a legacy value
     beside it can only be an old row put back. Never run automatically.
     """
+    import asyncio
+
+    from tether.keys.legacy import reseal_legacy
+    from tether.keys.sealed import load_master_key
+    from tether.store.open import open_store
+
     cfg = config_or_exit(config)
 
     async def run() -> list[str]:
@@ -74,6 +83,10 @@ def upgrade(config: ConfigOpt = None) -> None:
 @app.command("list")
 def list_(config: ConfigOpt = None, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List published signing keys (public parts only)."""
+    import asyncio
+
+    from tether.store.open import open_store
+
     cfg = config_or_exit(config)
 
     async def run() -> list[StoredKey]:

@@ -1,11 +1,18 @@
-"""``tether``: init · serve · identity · keys · task · approvals · revoke · token · audit."""
+"""``tether``: init · serve · identity · keys · task · approvals · revoke · token · audit.
+
+Starting the CLI imports typer, rich and the command modules, nothing else: each command
+imports the parts of tether it uses (the store, the STS, uvicorn, Cedar, httpx…) inside its
+own body, so ``tether --help`` and a command's start cost only what that command needs. The
+command modules follow the same rule; annotations of what they import late are
+``TYPE_CHECKING`` imports (typer reads only the commands' own parameters, all plain types).
+"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,9 +34,6 @@ from tether.cli.console import console_command
 from tether.cli.demo import demo
 from tether.cli.output import console, fail, print_json, print_mapping, styled
 from tether.cli.report import report
-from tether.logs import configure_logging
-from tether.provision import initialize
-from tether.store.records import BlockKind
 
 if TYPE_CHECKING:
     from tether.config import Config
@@ -73,6 +77,8 @@ def init(
     ] = None,
 ) -> None:
     """Create tether.toml, the master key, the issuer signing key and the dev trust domain."""
+    from tether.provision import initialize
+
     with errors_to_exit():
         result = initialize(directory, issuer=issuer, force=force, tls=tls, trust_domain=trust_domain)
     for item in result.created:
@@ -130,6 +136,7 @@ def serve(
     tls: TlsOpt = False,
 ) -> None:
     """Serve the STS (default 127.0.0.1:8700); HTTPS with client certificates when [tls] is set."""
+    from tether.logs import configure_logging
     from tether.sts.bootstrap import build_sts
 
     cfg = config_or_exit(config)
@@ -177,6 +184,7 @@ def serve_worker(config_path: str, host: str, port: int, level: str, tls: dict[s
     """One process of ``tether serve --workers N`` (``tether.cli.workers``): the one-process server
     on a socket of its own (``SO_REUSEPORT``), so the kernel spreads connections across the workers."""
     from tether.cli.workers import STARTUP_FAILURE, reuse_port_socket
+    from tether.logs import configure_logging
     from tether.sts.bootstrap import build_sts
 
     cfg = config_or_exit(Path(config_path))
@@ -196,6 +204,8 @@ def serve_apps(build: Callable[[], Any], banner: Callable[[Any], str] | None, *,
     """One process: build the service (its ``app`` and ``start()``) and serve it on uvloop + httptools;
     ``beside`` names more apps to serve in the same event loop (the console next to the STS, sharing its runtime);
     ``sockets``: listen on these instead of binding ``host:port``; ``started``: called once the service has started."""
+    import asyncio
+
     import uvicorn
     import uvloop
 
@@ -229,6 +239,8 @@ def serve_apps(build: Callable[[], Any], banner: Callable[[Any], str] | None, *,
 
 async def _announce(server: Any, started: Callable[[], None]) -> None:
     """Call ``started`` once uvicorn listens (after the app's lifespan start-up succeeded)."""
+    import asyncio
+
     while not server.started:
         if server.should_exit:
             return
@@ -246,6 +258,7 @@ def gateway(
     """Serve the gateway: legacy-credential routes ([[gateway.routes]]) and MCP routes ([[gateway.mcp]])."""
     from tether.gateway.app import build_gateway
     from tether.gateway.routes import route_warnings
+    from tether.logs import configure_logging
 
     cfg = config_or_exit(config)
     if not cfg.routes and not cfg.mcp_routes:
@@ -269,6 +282,8 @@ def gateway(
 @app.command()
 def migrate(config: ConfigOpt = None) -> None:
     """Apply the store's schema migrations (PostgreSQL needs this before serving; SQLite migrates itself)."""
+    import asyncio
+
     from tether.store.open import open_store
 
     cfg = config_or_exit(config)
@@ -375,6 +390,8 @@ def revoke(
     """Offboard a principal: revoke its tasks and tokens and refuse new exchanges until lifted."""
     if (agent is None) == (subject is None):
         fail("give exactly one of --agent or --subject", code=2)
+    from tether.store.records import BlockKind
+
     kind, value = (BlockKind.AGENT, agent) if agent else (BlockKind.SUBJECT, subject)
     cfg = config_or_exit(config)
     with errors_to_exit():
@@ -400,7 +417,10 @@ def token_inspect(token: Annotated[str, typer.Argument(help="a JWT")]) -> None:
 
 
 def main() -> None:
-    asyncio.set_event_loop_policy(None)
+    """Run the command line on asyncio's default event loop policy (uvloop is used only where a
+    command asks for it). Nothing can have installed another policy before asyncio is imported."""
+    if (loaded := sys.modules.get("asyncio")) is not None:
+        loaded.set_event_loop_policy(None)
     app()
 
 

@@ -12,26 +12,22 @@ OWASP LLM03 supply chain; MCP "Tools" §Security Considerations).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from tether.cli.common import config_or_exit, errors_to_exit
 from tether.cli.output import console, fail, print_json, print_table, styled
-from tether.config import Config
-from tether.gateway.mcp_routes import McpRoute
-from tether.gateway.vault import MissingSecret, SecretCache, opened_marks
-from tether.keys.sealed import load_master_key
-from tether.mcp.catalogue import drift, tool_digest
-from tether.mcp.pins import PinnedCatalogue, PinsTampered, load_pins, pin_tools, pins_path, record_pins
-from tether.mcp.upstream import UpstreamError, connect
-from tether.store.open import open_store
-from tether.store.protocol import Store
+
+if TYPE_CHECKING:
+    from tether.config import Config
+    from tether.gateway.mcp_routes import McpRoute
+    from tether.mcp.pins import PinnedCatalogue
+    from tether.store.protocol import Store
 
 __all__ = ["app"]
 
@@ -65,6 +61,9 @@ def _route(cfg: Config, name: str) -> McpRoute:
 
 async def _secret(store: Store, cfg: Config, route: McpRoute) -> str | None:
     """The route's vault secret, opened as the gateway opens it (rollback marks included)."""
+    from tether.gateway.vault import MissingSecret, SecretCache, opened_marks
+    from tether.keys.sealed import load_master_key
+
     if not route.secret:
         return None
     cache = SecretCache(store, load_master_key(cfg.master_key_file), opened_marks(cfg))
@@ -75,6 +74,8 @@ async def _secret(store: Store, cfg: Config, route: McpRoute) -> str | None:
 
 
 async def _listing(store: Store, cfg: Config, route: McpRoute) -> list[dict[str, Any]]:
+    from tether.mcp.upstream import UpstreamError, connect
+
     secret = await _secret(store, cfg, route)
     try:
         upstream = await connect(route, secret=secret)
@@ -89,6 +90,8 @@ async def _listing(store: Store, cfg: Config, route: McpRoute) -> list[dict[str,
 
 
 def _previous(cfg: Config, name: str) -> tuple[PinnedCatalogue | None, str]:
+    from tether.mcp.pins import PinsTampered, load_pins
+
     try:
         return load_pins(cfg, name), ""
     except PinsTampered as exc:
@@ -98,6 +101,11 @@ def _previous(cfg: Config, name: str) -> tuple[PinnedCatalogue | None, str]:
 @app.command()
 def pin(name: str, config: ConfigOpt = None, json_out: JsonOpt = False, verbose: VerboseOpt = False) -> None:
     """Connect to route NAME's upstream, list its tools and pin them (the gateway then serves only these)."""
+    import asyncio
+
+    from tether.mcp.pins import pin_tools, pins_path, record_pins
+    from tether.store.open import open_store
+
     cfg = config_or_exit(config)
     if verbose:
         _show_upstream_stderr()
@@ -143,6 +151,12 @@ def tools(name: str, config: ConfigOpt = None, json_out: JsonOpt = False, verbos
 
     Exit code 0: no drift; 1: drift (a tool added, removed or changed, or nothing pinned);
     2: could not check (configuration, a pin file that does not verify, upstream unreachable)."""
+    import asyncio
+
+    from tether.mcp.catalogue import drift, tool_digest
+    from tether.mcp.pins import PinsTampered, load_pins
+    from tether.store.open import open_store
+
     cfg = config_or_exit(config)
     if verbose:
         _show_upstream_stderr()

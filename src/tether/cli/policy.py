@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-import yaml
 
 from tether.cli.common import config_or_exit
 from tether.cli.output import console, fail, print_json, print_table, styled
-from tether.policy.cases import CaseError, build_request, parse_cases, run_cases
-from tether.policy.engine import Decision, PolicyEngine
-from tether.policy.loader import PolicyLoadError, PolicyVersion, load_directory
+
+if TYPE_CHECKING:
+    from tether.policy.engine import Decision, PolicyEngine
+    from tether.policy.loader import PolicyVersion
 
 __all__ = ["app"]
 
@@ -34,6 +34,8 @@ def _directory(directory: Path | None, config: Path | None) -> tuple[Path, list[
 
 
 def _load(directory: Path) -> PolicyVersion:
+    from tether.policy.loader import PolicyLoadError, load_directory
+
     try:
         return load_directory(directory)
     except PolicyLoadError as exc:
@@ -57,6 +59,8 @@ def validate(
 
 def _engine(directory: Path | None, config: Path | None) -> tuple[PolicyEngine, list[str]]:
     """The engine over the chosen policy set (exit 1 if it is invalid), and the admin principals."""
+    from tether.policy.engine import PolicyEngine
+
     path, admins, mode = _directory(directory, config)
     logging.getLogger("tether.policy").setLevel(logging.ERROR)  # decisions are printed, not logged
     engine = PolicyEngine(path, mode=mode)
@@ -79,6 +83,10 @@ def test_cases(
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Run each case against the policy set; exit 1 if any decision differs from the expected one."""
+    import yaml
+
+    from tether.policy.cases import CaseError, parse_cases, run_cases
+
     engine, admins = _engine(directory, config)
     try:
         document = yaml.safe_load(cases_file.read_text(encoding="utf-8"))
@@ -193,6 +201,8 @@ def explain(
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Decide one request and show the determining policies, errors, the shadow decision and any approval hold."""
+    from tether.policy.cases import CaseError, build_request
+
     engine, admins = _engine(directory, config)
     raw: dict[str, Any] = {"action": action, "principal": principal, "resource": resource, "method": method,
                            "path": path, "operation": operation, "risk": risk, "scopes": scope or [],

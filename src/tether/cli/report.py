@@ -8,28 +8,21 @@ it; configuration problems and bad arguments exit 2.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import httpx
 import typer
 
 from tether.cli.common import admin_client, config_or_exit, errors_to_exit
 from tether.cli.output import console, fail
-from tether.client import StsError
-from tether.config import Config
-from tether.errors import ConfigError
-from tether.keys.sealed import SealError
-from tether.report.controls import run_controls
-from tether.report.evidence import gather, remote_settings
-from tether.report.measure import measure_revocation_lag
-from tether.report.model import LagFacts, Setting, severity_rank
-from tether.report.render import render
+
+if TYPE_CHECKING:
+    from tether.config import Config
+    from tether.report.model import LagFacts, Setting
 
 __all__ = ["report"]
 
@@ -49,6 +42,10 @@ class Severity(enum.StrEnum):
 
 
 def _lag(cfg: Config, url: str | None, identity_file: Path | None) -> LagFacts:
+    import asyncio
+
+    from tether.report.measure import measure_revocation_lag
+
     client = admin_client(cfg, url, identity_file)
     try:
         return asyncio.run(measure_revocation_lag(cfg, client))
@@ -62,6 +59,13 @@ def _running(cfg: Config, url: str | None, identity_file: Path | None) -> tuple[
     The STS's own view is the one that counts: ``TETHER_*`` variables in its environment
     override the file, and this shell's environment says nothing about them.
     """
+    import httpx
+
+    from tether.client import StsError
+    from tether.errors import ConfigError
+    from tether.keys.sealed import SealError
+    from tether.report.evidence import remote_settings
+
     target = url or cfg.issuer
     try:
         client = admin_client(cfg, url, identity_file)
@@ -90,6 +94,13 @@ def report(
     ] = None,
 ) -> None:
     """The posture of this deployment, control by control, mapped to OWASP ASI, CSA MAESTRO and NIST AI RMF."""
+    import asyncio
+
+    from tether.report.controls import run_controls
+    from tether.report.evidence import gather
+    from tether.report.model import severity_rank
+    from tether.report.render import render
+
     cfg = config_or_exit(config)
     with errors_to_exit():
         lag = _lag(cfg, url, identity_file) if measure else None

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from tether.cli.common import admin_client, config_or_exit, errors_to_exit
 from tether.cli.output import print_json, print_mapping, print_table
-from tether.client import StsClient
+
+if TYPE_CHECKING:
+    from tether.client import StsClient
 
 __all__ = ["app"]
 

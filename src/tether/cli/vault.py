@@ -18,33 +18,16 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from tether.audit.chain import AuditEvent
 from tether.cli.common import config_or_exit, dev_domain_name, errors_to_exit, with_store
 from tether.cli.output import console, fail, print_json, print_table
-from tether.cli.vault_oauth import oauth_connect
-from tether.gateway.vault import put_secret
-from tether.identity.dev_approvers import DevApprovers
-from tether.identity.dev_issuer import DevTrustDomain, dev_domain_aad
-from tether.keys.keyring import issuer_key_aad, legacy_issuer_key_aad
-from tether.keys.sealed import (
-    MASTER_KEY_ENV,
-    SealError,
-    create_master_key,
-    derive_key,
-    legacy_vault_aad,
-    load_master_key,
-    rewrap,
-    vault_aad,
-)
-from tether.mcp.pins import rekey_pins
-from tether.model import Approval, ApprovalStatus
-from tether.rules.approval_seal import ApprovalTampered, check_sealed, decision_mac, request_mac
-from tether.store.errors import StoreError
-from tether.store.protocol import Store
+
+if TYPE_CHECKING:
+    from tether.model import Approval
+    from tether.store.protocol import Store
 
 __all__ = ["app", "master_app"]
 
@@ -77,6 +60,9 @@ def _read_value(file: Path | None) -> bytes:
 def _put(name: str, file: Path | None, config: Path | None, *, must_exist: bool, stray: list[str] | None) -> None:
     if stray:
         fail("secret values are read from stdin or --file, never from the command line; nothing was stored", code=2)
+    from tether.gateway.vault import put_secret
+    from tether.keys.sealed import load_master_key
+
     cfg = config_or_exit(config)
     value = _read_value(file)
     with errors_to_exit():
@@ -130,6 +116,8 @@ def list_(config: ConfigOpt = None, json_out: Annotated[bool, typer.Option("--js
 @app.command()
 def delete(name: str, config: ConfigOpt = None) -> None:
     """Delete the secret NAME (routes using it then answer 502)."""
+    from tether.audit.chain import AuditEvent
+
     cfg = config_or_exit(config)
     event = AuditEvent(kind="vault.deleted", outcome="ok", principal=OPERATOR, detail={"name": name})
     with errors_to_exit():
@@ -139,7 +127,17 @@ def delete(name: str, config: ConfigOpt = None) -> None:
     console.print(f"vault entry `{name}` deleted")
 
 
-app.command("oauth-connect")(oauth_connect)
+@app.command("oauth-connect")
+def oauth_connect(
+    route: Annotated[str, typer.Argument(help="the gateway route (its oauth.grant must be refresh_token)")],
+    config: ConfigOpt = None,
+    browser: Annotated[bool, typer.Option("--browser/--no-browser", help="open the URL in a browser")] = False,
+    timeout: Annotated[int, typer.Option(min=1, max=3600, help="seconds to wait for the callback")] = 300,
+) -> None:
+    """Authorize ROUTE at its OAuth server once; its refresh token is stored sealed in the vault (never shown)."""
+    from tether.cli.vault_oauth import connect
+
+    connect(route, config, browser=browser, timeout=timeout)
 
 
 @master_app.command("rotate")
@@ -153,6 +151,23 @@ def rotate_master(
     An approval whose MACs do not verify under the old key is left as it is: still refused as tampered.
     One-time approve/deny links already sent stop working (their key changes too): approvers use the API instead.
     Run it with the STS stopped: a replica still on the old key would write approvals the new key refuses."""
+    from tether.audit.chain import AuditEvent
+    from tether.identity.dev_approvers import DevApprovers
+    from tether.identity.dev_issuer import DevTrustDomain, dev_domain_aad
+    from tether.keys.keyring import issuer_key_aad, legacy_issuer_key_aad
+    from tether.keys.sealed import (
+        MASTER_KEY_ENV,
+        SealError,
+        create_master_key,
+        derive_key,
+        legacy_vault_aad,
+        load_master_key,
+        rewrap,
+        vault_aad,
+    )
+    from tether.mcp.pins import rekey_pins
+    from tether.store.errors import StoreError
+
     cfg = config_or_exit(config)
     from_env = bool(os.environ.get(MASTER_KEY_ENV))
     if from_env and out is None:
@@ -221,6 +236,9 @@ def _reseal_approval(old: bytes, new: bytes, approval: Approval) -> tuple[str, s
     """``approval``'s MACs under ``new`` (the approvals key derived from the new master key), if they
     verify under ``old``: the request MAC, and the decision MAC once a human decided (else "").
     None if they do not: a row a database writer made stays refused (SECURITY APR-05)."""
+    from tether.model import ApprovalStatus
+    from tether.rules.approval_seal import ApprovalTampered, check_sealed, decision_mac, request_mac
+
     decided = approval.status in (ApprovalStatus.APPROVED, ApprovalStatus.DENIED)
     try:
         check_sealed(old, approval, decided=decided)

@@ -8,6 +8,9 @@ checks ``state``, exchanges the code with the route's client authentication, and
 refresh token sealed in the vault under ``oauth.refresh_token`` (audited; a second connect is
 a rotation). The code, the tokens and the client secret are never printed, logged or written
 anywhere else; the rules live in ``tether.gateway.oauth_connect``.
+
+The command itself (its options and help) is declared in ``tether.cli.vault``; this module,
+with the HTTP listener and the gateway's OAuth code it needs, is imported only when it runs.
 """
 
 from __future__ import annotations
@@ -19,11 +22,10 @@ import time
 import webbrowser
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import typer
 
 from tether.cli.common import config_or_exit, errors_to_exit, with_store
 from tether.cli.output import console, fail
@@ -44,7 +46,7 @@ from tether.keys.sealed import load_master_key
 from tether.localstate import LocalState
 from tether.store.protocol import Store
 
-__all__ = ["oauth_connect"]
+__all__ = ["connect"]
 
 OPERATOR = "operator:cli"
 #: how long one connection to the listener may take to send its request (a stalled one is dropped)
@@ -179,13 +181,8 @@ def _post(http: httpx.Client, url: str, form: dict[str, str], headers: dict[str,
         return refresh_token_of(response.status_code, body)
 
 
-def oauth_connect(
-    route: Annotated[str, typer.Argument(help="the gateway route (its oauth.grant must be refresh_token)")],
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="tether.toml")] = None,
-    browser: Annotated[bool, typer.Option("--browser/--no-browser", help="open the URL in a browser")] = False,
-    timeout: Annotated[int, typer.Option(min=1, max=3600, help="seconds to wait for the callback")] = 300,
-) -> None:
-    """Authorize ROUTE at its OAuth server once; its refresh token is stored sealed in the vault (never shown)."""
+def connect(route: str, config: Path | None, *, browser: bool, timeout: int) -> None:
+    """``tether vault oauth-connect``: authorize ROUTE at its OAuth server once; store its refresh token sealed."""
     cfg = config_or_exit(config)
     oauth = _route_oauth(cfg, route)
     with errors_to_exit():
