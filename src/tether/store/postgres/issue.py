@@ -19,8 +19,8 @@ wins as it would have on its own. If the database fails, the batch commits nothi
 caller in it gets ``StoreUnavailable``.
 
 Locks are taken in the store's one order, all in the first round trip: the tasks' advisory
-locks (shared, sorted), the spent marks, the task rows (sorted as ``block`` sorts them), the
-parent token rows (shared), and ``audit_head`` last.
+locks (shared, sorted), the spent marks (sorted), the task rows (sorted as ``block`` sorts them),
+the parent token rows (shared), and ``audit_head`` last.
 """
 
 from __future__ import annotations
@@ -174,7 +174,9 @@ async def _write(conn: Conn, batch: list[_Queued]) -> dict[int, Conflict]:
     """One transaction for ``batch``; returns each refused issuance's refusal (by ``id``)."""
     tasks = sorted({t for q in batch if (t := q.issuance.token.task_id) is not None})
     parents = sorted({p for q in batch if (p := q.issuance.token.parent_jti) is not None})
-    spends = {key: until for q in batch for key, until in q.issuance.spends}
+    # in one order in every process: two batches inserting the same marks in arrival order each
+    # waited for the other's uncommitted mark, and PostgreSQL ended one of them as a deadlock
+    spends = dict(sorted({key: until for q in batch for key, until in q.issuance.spends}.items()))
     names = sorted({n for q in batch for n in _names(q.issuance)})
     # a mark counts as expired against the batch's earliest clock: never freed early
     earliest = int(min(q.now for q in batch))
