@@ -85,3 +85,62 @@ def test_two_replicas_spending_the_same_marks_in_opposite_orders_never_deadlock(
         assert await chain_ok(a) == 1 + 4
 
     _run(tmp_path, body)
+
+
+async def _blocked_by(conn: psycopg.AsyncConnection[Any], pids: set[int]) -> set[int]:
+    """The backends waiting for a lock one of ``pids`` holds (or is queued for first)."""
+    cur = await conn.execute("SELECT pid FROM pg_stat_activity WHERE pg_blocking_pids(pid) && %s::int[]", (sorted(pids),))
+    return {int(r[0]) for r in await cur.fetchall()}
+
+
+def test_a_batch_holding_two_parents_of_one_lineage_never_deadlocks_with_its_revocation(tmp_path: Path) -> None:
+    """A batch issues from a token and from its child (two hops of one agent, ordinary traffic) while
+    an operator revokes the tree. The revocation locks the root, then the tree below it; the batch
+    locked its parents in index order, the child first: each waited for the other, and PostgreSQL
+    ended one as a deadlock victim (the revocation failed, or every issuance of the batch was a 503).
+    Both must complete, and nothing below the revoked root may stay valid."""
+
+    async def body(a: Store, b: Store) -> None:
+        t = task(max_tokens=100)
+        await a.create_task(t, EVENT)
+        root = dataclasses.replace(token(t.id), jti="b-root")
+        child = dataclasses.replace(token(t.id, parent=root.jti), jti="a-child")
+        for issued in (root, child):
+            await a.issue_token(issued, now=NOW, spends=[], audit=EVENT)
+        # the child comes first both in the index (its jti sorts first) and in the table (the root's
+        # row is rewritten after it), whichever plan reads the batch's parents
+        await _sql(a, "UPDATE tokens SET exp = exp WHERE jti = 'b-root'")
+
+        # another session holds the root for a moment, so that the revocation is first in line for it
+        async with await psycopg.AsyncConnection.connect(_dsn(a), autocommit=True) as holder, await psycopg.AsyncConnection.connect(
+            _dsn(a), autocommit=True
+        ) as watch:
+            await holder.execute("BEGIN")
+            await holder.execute("SELECT 1 FROM tokens WHERE jti = %s FOR UPDATE", (root.jti,))
+            holder_pid = holder.info.backend_pid
+            revoke = asyncio.create_task(b.revoke_tree(root.jti, now=NOW, audit=EVENT))
+            while not (revoker := await _blocked_by(watch, {holder_pid})):
+                assert not revoke.done(), revoke
+                await asyncio.sleep(0.01)
+            hops = asyncio.ensure_future(
+                asyncio.gather(
+                    a.issue_token(token(t.id, parent=child.jti), now=NOW, spends=[], audit=EVENT),
+                    a.issue_token(token(t.id, parent=root.jti), now=NOW, spends=[], audit=EVENT),
+                    return_exceptions=True,
+                )
+            )
+            while not hops.done() and not (await _blocked_by(watch, {holder_pid, *revoker})) - revoker:
+                await asyncio.sleep(0.01)
+            await holder.execute("COMMIT")
+            revoked = await asyncio.gather(revoke, return_exceptions=True)
+            outcomes = await hops
+
+        assert not isinstance(revoked[0], BaseException), revoked
+        assert not [o for o in outcomes if isinstance(o, StoreUnavailable)], outcomes
+        assert all(o is None or isinstance(o, ParentRevoked) for o in outcomes), outcomes
+        assert isinstance(outcomes[1], ParentRevoked), "the root was revoked before its hop could be issued"
+        live = [x.jti for x in await a.task_tokens(t.id, limit=100) if x.revoked_at is None]
+        assert live == [], "every token below the revoked root is revoked"
+        assert await chain_ok(a) == 1 + 2 + 1 + sum(o is None for o in outcomes)
+
+    _run(tmp_path, body)
