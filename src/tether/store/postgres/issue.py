@@ -20,7 +20,7 @@ caller in it gets ``StoreUnavailable``.
 
 Locks are taken in the store's one order, all in the first round trip: the tasks' advisory
 locks (shared, sorted), the spent marks (sorted), the task rows (sorted as ``block`` sorts them),
-the parent token rows (shared), and ``audit_head`` last.
+the parent token rows (shared, sorted as a revocation locks a lineage), and ``audit_head`` last.
 """
 
 from __future__ import annotations
@@ -201,7 +201,9 @@ async def _write(conn: Conn, batch: list[_Queued]) -> dict[int, Conflict]:
             )
         parent_rows = None
         if parents:
-            parent_rows = await conn.execute("SELECT jti, revoked_at FROM tokens WHERE jti = ANY(%s) FOR SHARE", (parents,))
+            parent_rows = await conn.execute(
+                'SELECT jti, revoked_at FROM tokens WHERE jti = ANY(%s) ORDER BY jti COLLATE "C" FOR SHARE', (parents,)
+            )
         blocked_rows = None
         if names:
             blocked_rows = await conn.execute("SELECT DISTINCT value FROM blocks WHERE value = ANY(%s)", (names,))

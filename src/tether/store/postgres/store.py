@@ -183,17 +183,26 @@ _TREE = (
     "WITH RECURSIVE tree(jti) AS (SELECT jti FROM tokens WHERE jti = ANY(%s)"
     " UNION SELECT t.jti FROM tokens t JOIN tree ON t.parent_jti = tree.jti) SELECT jti FROM tree"
 )
+_LOCK_TOKENS = 'SELECT jti FROM tokens WHERE jti = ANY(%s) ORDER BY jti COLLATE "C" FOR UPDATE'
 
 
 async def _revoke_jtis(conn: Conn, feed: _Feed, roots: Sequence[str], now: float) -> list[str]:
-    """Lock the lineage under ``roots`` until it stops growing, then revoke it and publish each token."""
+    """Lock the lineage under ``roots`` until it stops growing, then revoke it and publish each token.
+
+    Each round locks the tokens found in the order a group commit locks the parents it issues
+    from (``jti`` in code-point order, ``postgres.issue``): locking the root first and its
+    descendants next, a revocation waited for a batch holding a child while the batch waited for
+    the root, and PostgreSQL ended one of them as a deadlock. An issuance under a locked token
+    waits for this transaction and then finds its parent revoked; one committed before the lock
+    was granted is found by the next round's read."""
     tree: set[str] = set()
-    frontier = list(roots)
-    while frontier:
-        await conn.execute("SELECT jti FROM tokens WHERE jti = ANY(%s) FOR UPDATE", (frontier,))
-        tree.update(frontier)
+    while True:
         cur = await conn.execute(_TREE, (list(roots),))
-        frontier = [r[0] for r in await cur.fetchall() if r[0] not in tree]
+        frontier = sorted({r[0] for r in await cur.fetchall()} - tree)
+        if not frontier:
+            break
+        await conn.execute(_LOCK_TOKENS, (frontier,))
+        tree.update(frontier)
     cur = await conn.execute(
         "UPDATE tokens SET revoked_at = %s WHERE jti = ANY(%s) AND revoked_at IS NULL RETURNING jti, exp",
         (int(now), list(tree)),
