@@ -21,7 +21,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from storekit import EVENT, NOW, chain_ok, run_replicas, task, token
+from storekit import EVENT, NOW, chain_ok, run, run_replicas, task, token
 
 from tether.store.errors import AlreadySpent, ParentRevoked, StoreUnavailable
 from tether.store.protocol import Store
@@ -144,3 +144,92 @@ def test_a_batch_holding_two_parents_of_one_lineage_never_deadlocks_with_its_rev
         assert await chain_ok(a) == 1 + 2 + 1 + sum(o is None for o in outcomes)
 
     _run(tmp_path, body)
+
+
+@pytest.mark.parametrize("table", ["spent", "tokens"])
+def test_a_batch_whose_backend_is_killed_fails_closed_and_the_next_batch_is_served(tmp_path: Path, table: str) -> None:
+    """``pg_terminate_backend`` while a batch is in flight (in its first round trip, inserting the
+    marks, or in its second, inserting the tokens): every caller of the batch gets ``StoreUnavailable``
+    (none is left waiting), nothing of the batch is committed, and once the store reconnects the next
+    batch is issued."""
+
+    async def body(store: Store) -> None:
+        t = task(max_tokens=100)
+        await store.create_task(t, EVENT)
+        before = await chain_ok(store)
+        # the trigger says which backend runs it (setval is not transactional) and sleeps there
+        await _sql(
+            store,
+            "CREATE SEQUENCE sleeper",
+            "CREATE FUNCTION sleep_here() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN PERFORM setval('sleeper', pg_backend_pid()); PERFORM pg_sleep(30); RETURN NEW; END $$",
+            f"CREATE TRIGGER sleep_here BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION sleep_here()",
+        )
+        issued = [token(t.id) for _ in range(5)]
+        batch = asyncio.ensure_future(
+            asyncio.gather(
+                *(store.issue_token(x, now=NOW, spends=[(f"k-{i}", UNTIL)], audit=EVENT) for i, x in enumerate(issued)),
+                return_exceptions=True,
+            )
+        )
+        async with await psycopg.AsyncConnection.connect(_dsn(store), autocommit=True) as watch:
+            while True:
+                row = await (await watch.execute("SELECT last_value, is_called FROM sleeper")).fetchone()
+                if row is not None and row[1]:
+                    break
+                assert not batch.done(), batch
+                await asyncio.sleep(0.01)
+            await watch.execute("SELECT pg_terminate_backend(%s)", (int(row[0]),))
+            await watch.execute(f"DROP TRIGGER sleep_here ON {table}".encode())
+        outcomes = await asyncio.wait_for(batch, timeout=60)
+        assert all(isinstance(o, StoreUnavailable) for o in outcomes), outcomes
+
+        for _ in range(600):  # the circuit opened on the lost connection; a probe closes it again
+            try:
+                await store.ping()
+                break
+            except StoreUnavailable:
+                await asyncio.sleep(0.05)
+        assert await chain_ok(store) == before, "nothing of the killed batch was committed"
+        assert [await store.get_token(x.jti) for x in issued] == [None] * 5
+        assert not [i for i in range(5) if await store.spent(f"k-{i}", now=NOW)]
+        stored = await store.get_task(t.id)
+        assert stored is not None and stored.tokens_issued == 0
+
+        again = await asyncio.gather(
+            *(store.issue_token(token(t.id), now=NOW, spends=[(f"k-{i}", UNTIL)], audit=EVENT) for i in range(5))
+        )
+        assert again == [None] * 5, "the next batch is served, and the marks of the killed one are free"
+        stored = await store.get_task(t.id)
+        assert stored is not None and stored.tokens_issued == 5
+        assert await chain_ok(store) == before + 5
+
+    run("postgres", tmp_path, body)
+
+
+def test_a_statement_failing_mid_batch_fails_the_whole_batch_and_the_next_is_served(tmp_path: Path) -> None:
+    """A write the database rejects (here a ``jti`` already recorded) aborts the batch's transaction:
+    every caller gets ``StoreUnavailable``, none of the batch's marks, counts, tokens or records
+    remain, and the next batch commits."""
+
+    async def body(store: Store) -> None:
+        t = task(max_tokens=100)
+        await store.create_task(t, EVENT)
+        taken = token(t.id)
+        await store.issue_token(taken, now=NOW, spends=[], audit=EVENT)
+        before = await chain_ok(store)
+        batch = [token(t.id), dataclasses.replace(token(t.id), jti=taken.jti), token(t.id)]
+        outcomes = await asyncio.gather(
+            *(store.issue_token(x, now=NOW, spends=[(f"m-{i}", UNTIL)], audit=EVENT) for i, x in enumerate(batch)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(o, StoreUnavailable) for o in outcomes), outcomes
+        assert await chain_ok(store) == before
+        assert await store.get_token(batch[0].jti) is None and await store.get_token(batch[2].jti) is None
+        assert not [i for i in range(3) if await store.spent(f"m-{i}", now=NOW)]
+        stored = await store.get_task(t.id)
+        assert stored is not None and stored.tokens_issued == 1
+        await asyncio.gather(*(store.issue_token(batch[i], now=NOW, spends=[(f"m-{i}", UNTIL)], audit=EVENT) for i in (0, 2)))
+        assert await chain_ok(store) == before + 2
+
+    run("postgres", tmp_path, body)
