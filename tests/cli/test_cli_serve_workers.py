@@ -8,7 +8,9 @@ file descriptors), so the tests see what a client gets, not what the code meant 
 from __future__ import annotations
 
 import collections
+import os
 import shutil
+import signal
 import socket
 import time
 from pathlib import Path
@@ -18,6 +20,7 @@ import pytest
 from cli_support import serving, tether
 
 from helpers import free_port
+from tether.cli.workers import claim_port
 
 LISTEN, ESTABLISHED = "0A", "01"
 
@@ -117,3 +120,78 @@ def test_workers_refuse_an_address_in_use(template: Path, tmp_path: Path, reuse_
         result = tether("serve", "--config", str(config), "--workers", "2", timeout=60)
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def _workers_listening(port: int, parent: int, count: int, *, besides: set[int] = frozenset()) -> set[int]:  # type: ignore[assignment]
+    """The processes under ``parent`` listening on ``port``, once ``count`` of them (none in ``besides``) do."""
+    deadline = time.monotonic() + 60
+    while True:
+        pids = set(_owners(port, LISTEN, _descendants(parent) - {parent}).values()) - besides
+        if len(pids) >= count:
+            return pids
+        assert time.monotonic() < deadline, f"{count} workers never listened: {pids}"
+        time.sleep(0.05)
+
+
+def _issuers(url: str, n: int) -> collections.Counter[str]:
+    """The issuer each of ``n`` new connections is answered with (the kernel spreads them across the workers)."""
+    seen: collections.Counter[str] = collections.Counter()
+    for _ in range(n):
+        with httpx.Client(trust_env=False, timeout=10) as client:
+            seen[client.get(url + "/.well-known/oauth-authorization-server").json()["issuer"]] += 1
+    return seen
+
+
+def test_a_restarted_worker_serves_the_configuration_the_server_started_with(template: Path, tmp_path: Path) -> None:
+    """tether.toml is edited while the server runs (for the next restart), then a worker dies: its
+    replacement read the edited file, and the server answered with two configurations at once —
+    another issuer, other policies or another store, by the luck of a connection's hash."""
+    config, port = _deployment(template, tmp_path / "d")
+    url = f"http://127.0.0.1:{port}"
+    with serving(config, url, log=tmp_path / "serve.log", args=("--workers", "2"), timeout=60) as proc:
+        workers = _workers_listening(port, proc.pid, 2)
+        (issuer,) = _issuers(url, 4)
+        config.write_text(config.read_text().replace(f'issuer = "{url}"\n', f'issuer = "{url}/edited"\n', 1))
+        victim = min(workers)
+        os.kill(victim, signal.SIGKILL)
+        _workers_listening(port, proc.pid, 2, besides={victim})
+        answered = _issuers(url, 48)
+    assert answered == {issuer: 48}, f"the workers answered with: {dict(answered)}"
+
+
+def test_the_port_stays_claimed_while_every_worker_restarts(template: Path, tmp_path: Path) -> None:
+    """Both workers die at once: until their replacements listen, the address must not look free to
+    a second ``tether serve`` (whose workers would join this server's ``SO_REUSEPORT`` group, or whose
+    bind would make the replacements fail and the server stop)."""
+    config, port = _deployment(template, tmp_path / "d")
+    url = f"http://127.0.0.1:{port}"
+    with serving(config, url, log=tmp_path / "serve.log", args=("--workers", "2"), timeout=60) as proc:
+        workers = _workers_listening(port, proc.pid, 2)
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        free = []
+        deadline = time.monotonic() + 60
+        while len(set(_owners(port, LISTEN, _descendants(proc.pid)).values()) - workers - {proc.pid}) < 2:
+            assert time.monotonic() < deadline, "the workers were not replaced"
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                claim_port("127.0.0.1", port)
+            except OSError:
+                continue
+            free.append(time.monotonic())
+            break
+        assert free == [], "the address looked free while the workers restarted"
+        assert httpx.get(url + "/healthz", timeout=10).status_code == 200
+
+
+def test_workers_stop_when_the_parent_is_killed(template: Path, tmp_path: Path) -> None:
+    config, port = _deployment(template, tmp_path / "d")
+    url = f"http://127.0.0.1:{port}"
+    with serving(config, url, log=tmp_path / "serve.log", args=("--workers", "2"), timeout=60) as proc:
+        workers = _workers_listening(port, proc.pid, 2)
+        proc.kill()
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 60
+        while [pid for pid in workers if Path(f"/proc/{pid}").exists()] or _inodes(port, LISTEN):
+            assert time.monotonic() < deadline, "the workers outlived their parent"
+            time.sleep(0.05)
