@@ -112,9 +112,10 @@ def test_a_batch_holding_two_parents_of_one_lineage_never_deadlocks_with_its_rev
         await _sql(a, "UPDATE tokens SET exp = exp WHERE jti = 'b-root'")
 
         # another session holds the root for a moment, so that the revocation is first in line for it
-        async with await psycopg.AsyncConnection.connect(_dsn(a), autocommit=True) as holder, await psycopg.AsyncConnection.connect(
-            _dsn(a), autocommit=True
-        ) as watch:
+        async with (
+            await psycopg.AsyncConnection.connect(_dsn(a), autocommit=True) as holder,
+            await psycopg.AsyncConnection.connect(_dsn(a), autocommit=True) as watch,
+        ):
             await holder.execute("BEGIN")
             await holder.execute("SELECT 1 FROM tokens WHERE jti = %s FOR UPDATE", (root.jti,))
             holder_pid = holder.info.backend_pid
