@@ -23,8 +23,9 @@ import psycopg
 import pytest
 from storekit import EVENT, NOW, chain_ok, run, run_replicas, task, token
 
-from tether.store.errors import AlreadySpent, ParentRevoked, StoreUnavailable
+from tether.store.errors import AlreadySpent, Blocked, ParentRevoked, StoreUnavailable
 from tether.store.protocol import Store
+from tether.store.records import BlockKind
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -234,3 +235,46 @@ def test_a_statement_failing_mid_batch_fails_the_whole_batch_and_the_next_is_ser
         assert await chain_ok(store) == before + 2
 
     run("postgres", tmp_path, body)
+
+
+def test_a_token_issued_while_its_principal_is_blocked_is_refused_or_revoked(tmp_path: Path) -> None:
+    """The kill switch and an issuance for the blocked principal, at the same moment on two replicas.
+    The principal is the token's client (an actor hopping on another agent's task, or a token with no
+    task): no task row orders the two. The block had inserted its row and revoked that client's
+    tokens, and was about to commit; the batch read the blocks before that commit, and committed its
+    token after it: a token for a blocked principal, never revoked. Whichever commits first, the
+    token must be refused (``Blocked``) or revoked."""
+    blocked = "spiffe://t/actor-x"
+
+    async def body(a: Store, b: Store) -> None:
+        t = task(max_tokens=100)
+        await a.create_task(t, EVENT)
+        async with (
+            await psycopg.AsyncConnection.connect(_dsn(a), autocommit=True) as holder,
+            await psycopg.AsyncConnection.connect(_dsn(a), autocommit=True) as watch,
+        ):
+            # another session holds the audit head: the block waits there, everything but its commit done
+            await holder.execute("BEGIN")
+            await holder.execute("SELECT 1 FROM audit_head WHERE id = 1 FOR UPDATE")
+            holder_pid = holder.info.backend_pid
+            kill = asyncio.create_task(b.block(BlockKind.AGENT, blocked, now=NOW, audit=EVENT))
+            while not (blocker := await _blocked_by(watch, {holder_pid})):
+                assert not kill.done(), kill
+                await asyncio.sleep(0.01)
+            issued = token(t.id, client_id=blocked)
+            issue = asyncio.ensure_future(a.issue_token(issued, now=NOW, spends=[], audit=EVENT, principals=[blocked]))
+            while not issue.done() and not (await _blocked_by(watch, {holder_pid, *blocker})) - blocker:
+                await asyncio.sleep(0.01)
+            await holder.execute("COMMIT")
+            await kill
+            outcome = (await asyncio.gather(issue, return_exceptions=True))[0]
+
+        stored = await a.get_token(issued.jti)
+        if outcome is None:
+            assert stored is not None and stored.revoked_at is not None, "issued for a blocked principal, and not revoked"
+        else:
+            assert isinstance(outcome, Blocked), outcome
+            assert stored is None
+        assert (await a.lookup(task_id=None, jti=None, principals=[blocked])).blocked
+
+    _run(tmp_path, body)
