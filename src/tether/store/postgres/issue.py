@@ -18,8 +18,8 @@ spend the same mark never share a batch (the later one waits for the next), so o
 wins as it would have on its own. If the database fails, the batch commits nothing and every
 caller in it gets ``StoreUnavailable``.
 
-Locks are taken in the store's one order, all in the first round trip: the tasks' advisory
-locks (shared, sorted), the spent marks (sorted), the task rows (sorted as ``block`` sorts them),
+Locks are taken in the store's one order, all in the first round trip: the kill switch's
+advisory lock (shared, ``BLOCKS_LOCK``), the tasks' advisory locks (shared, sorted), the spent marks (sorted), the task rows (sorted as ``block`` sorts them),
 the parent token rows (shared, sorted as a revocation locks a lineage), and ``audit_head`` last.
 """
 
@@ -49,7 +49,7 @@ from tether.store.protocol import Issuance
 from tether.store.rows import AUDIT_COLUMNS, TASK_COLUMNS, TOKEN_COLUMNS, audit_values, block_names, task_from_row
 from tether.store.rows import token_values as _token_values
 
-__all__ = ["MAX_BATCH", "TASK_LOCKS", "IssueQueue", "task_key"]
+__all__ = ["BLOCKS_LOCK", "MAX_BATCH", "TASK_LOCKS", "IssueQueue", "task_key"]
 
 Conn = psycopg.AsyncConnection[Any]
 Connect = Callable[[], contextlib.AbstractAsyncContextManager[Conn]]
@@ -58,6 +58,14 @@ Connect = Callable[[], contextlib.AbstractAsyncContextManager[Conn]]
 TASK_LOCKS = 0x7E7E
 #: the most issuances one transaction writes; more wait for the next
 MAX_BATCH = 256
+#: the kill switch's advisory lock (``pg_advisory_xact_lock(int, int)``): a batch holds it shared
+#: from before it reads the blocks until its commit, ``Store.block`` exclusive from before it
+#: writes its block until its commit. A batch that read the blocks before a block committed
+#: then commits before that block looks for the principal's tokens (and they are revoked), and
+#: one that waits reads the committed block (and refuses). Without it, a batch could read the
+#: blocks just before a block's commit and write its token just after the block had revoked the
+#: principal's tokens: a token for a blocked principal, valid until it expires.
+BLOCKS_LOCK = (0x7E81, 0)
 
 # column positions in TASK_COLUMNS
 _EXPIRES_AT, _MAX_TOKENS, _TOKENS_ISSUED, _STATE = 7, 9, 10, 11
@@ -182,6 +190,7 @@ async def _write(conn: Conn, batch: list[_Queued]) -> dict[int, Conflict]:
     earliest = int(min(q.now for q in batch))
     async with conn.pipeline() as pipeline:
         await conn.execute("BEGIN")
+        await conn.execute("SELECT pg_advisory_xact_lock_shared(%s, %s)", BLOCKS_LOCK)
         if tasks:
             await conn.execute(
                 "SELECT count(pg_advisory_xact_lock_shared(%s, k)) FROM (SELECT unnest(%s::int[]) AS k ORDER BY 1) AS keys",

@@ -4,8 +4,9 @@ PostgreSQL holds tasks, token lineage, the revocation feed, blocks, single-use m
 keys and the audit chain; Redis holds the DPoP replay cache and announces revocations. Each
 security-critical step is one transaction whose row locks make it correct across replicas:
 the task row caps ``max_tokens``, ``revocation_head`` numbers the feed in commit order and
-``audit_head`` serialises the one chain. One lock order everywhere (``revocation_head``, task
-rows, token rows, ``audit_head``), so replicas queue instead of deadlocking. Database failures
+``audit_head`` serialises the one chain. One lock order everywhere (``revocation_head``, the
+kill switch's advisory lock, task rows, token rows, ``audit_head``), so replicas queue instead of
+deadlocking. Database failures
 raise ``StoreUnavailable`` (503, fail closed); connections come through ``GuardedPool``, whose
 circuit refuses at once while the database is unreachable instead of waiting on a dead pool.
 """
@@ -39,6 +40,7 @@ from tether.store.errors import (
 )
 from tether.store.notify import Notifier
 from tether.store.postgres.guard import GuardedPool, GuardSettings
+from tether.store.postgres.issue import BLOCKS_LOCK as _BLOCKS_LOCK
 from tether.store.postgres.issue import TASK_LOCKS as _TASK_LOCKS
 from tether.store.postgres.issue import IssueQueue
 from tether.store.postgres.issue import task_key as _task_key
@@ -553,6 +555,8 @@ class PostgresRedisStore(Store):
         column = "agent" if kind is BlockKind.AGENT else "on_behalf_of"
         async with self._conn() as conn, conn.transaction():
             feed = await _lock_feed(conn)
+            # waits for the batches that read the blocks without this one; later ones wait for its commit
+            await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", _BLOCKS_LOCK)
             await conn.execute(
                 "INSERT INTO blocks (kind, value, since) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING", (kind.value, value, now)
             )
