@@ -88,7 +88,7 @@ def test_a_write_raising_an_unexpected_error_fails_its_batch_and_leaves_nobody_w
             assert await store.get_token(innocent.jti) is None
             assert not await store.spent("m", now=NOW)
         again = await store.append_audit(AuditEvent(kind="test", outcome="ok"), now=NOW)
-        return outcomes, again.seq
+        return list(outcomes), again.seq
 
     try:
         _, seq = asyncio.run(scenario())

@@ -19,8 +19,9 @@ wins as it would have on its own. If the database fails, the batch commits nothi
 caller in it gets ``StoreUnavailable``.
 
 Locks are taken in the store's one order, all in the first round trip: the kill switch's
-advisory lock (shared, ``BLOCKS_LOCK``), the tasks' advisory locks (shared, sorted), the spent marks (sorted), the task rows (sorted as ``block`` sorts them),
-the parent token rows (shared, sorted as a revocation locks a lineage), and ``audit_head`` last.
+advisory lock (shared, ``BLOCKS_LOCK``), the tasks' advisory locks (shared, sorted), the spent
+marks (sorted), the task rows (sorted as ``block`` sorts them), the parent token rows (shared,
+sorted as a revocation locks a lineage), and ``audit_head`` last.
 """
 
 from __future__ import annotations
