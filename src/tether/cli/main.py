@@ -151,11 +151,8 @@ def serve(
         if cfg.console.enabled:
             console.print("[console] is not served with --workers: run `tether console` beside the workers")
         console.print(f"tether STS {cfg.issuer} listening on {bind_host}:{bind_port} with {workers} workers")
-        try:  # every worker, replacements too, serves this configuration, never a later edit of the file
-            code = run_workers(listeners, serve_worker, (cfg, uvicorn_level, tls_options))
-        finally:
-            for sock in listeners:
-                sock.close()
+        # every worker, replacements too, serves this configuration, never a later edit of the file
+        code = run_workers(listeners, serve_worker, (cfg, uvicorn_level, tls_options))
         if code:
             raise typer.Exit(code)
         return

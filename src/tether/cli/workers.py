@@ -109,6 +109,7 @@ def _child(target: Callable[..., None], args: tuple[Any, ...], started: Any) -> 
 def run_workers(sockets: list[socket.socket], target: Callable[..., None], args: tuple[Any, ...]) -> int:
     """Run a spawned process of ``target(*args, sock, started)`` for each of ``sockets`` until
     SIGINT/SIGTERM; the exit code. A process that ends is replaced by one on the same socket.
+    The sockets are closed here once stopping.
 
     ``target`` must be a module-level function (a spawned process imports it) that calls
     ``started.set()`` once it serves; a process that ends before that is a start-up failure
@@ -143,6 +144,10 @@ def run_workers(sockets: list[socket.socket], target: Callable[..., None], args:
                 print(f"worker {process.pid} ended (exit {process.exitcode}): starting another", file=sys.stderr)
                 workers[i] = start(sockets[i])
     finally:
+        # the parent's copies first: a listening socket closes when its worker stops listening, so new
+        # connections are refused (or go to a worker still serving) instead of waiting in its backlog
+        for sock in sockets:
+            sock.close()
         _stop([process for process, _ in workers])
         for sig, handler in previous.items():
             signal.signal(sig, handler)
