@@ -146,19 +146,20 @@ def serve(
     bind_port = port or cfg.server.port
     tls_options = _uvicorn_tls(_tls_files(cfg, tls))
     if workers > 1:
-        from tether.cli.workers import claim_port, run_workers
+        from tether.cli.workers import listen_sockets, run_workers
 
-        assert cfg.path is not None
         with errors_to_exit():
             build_sts(cfg)  # check configuration, master key and policies before starting the workers
-        try:
-            bind_port = claim_port(bind_host, bind_port)
+        try:  # held by this process while it runs: the address never looks free while workers restart
+            listeners = listen_sockets(bind_host, bind_port, workers)
         except OSError as exc:
             fail(f"cannot listen on {bind_host}:{bind_port}: {exc.strerror or exc}")
+        bind_port = int(listeners[0].getsockname()[1])
         if cfg.console.enabled:
             console.print("[console] is not served with --workers: run `tether console` beside the workers")
         console.print(f"tether STS {cfg.issuer} listening on {bind_host}:{bind_port} with {workers} workers")
-        code = run_workers(workers, serve_worker, (str(cfg.path), bind_host, bind_port, uvicorn_level, tls_options))
+        # every worker, replacements too, serves this configuration, never a later edit of the file
+        code = run_workers(listeners, serve_worker, (cfg, uvicorn_level, tls_options))
         if code:
             raise typer.Exit(code)
         return
@@ -180,19 +181,15 @@ def serve(
                tls=tls_options, beside=console_app)  # fmt: skip
 
 
-def serve_worker(config_path: str, host: str, port: int, level: str, tls: dict[str, Any], started: Any) -> None:
+def serve_worker(cfg: Config, level: str, tls: dict[str, Any], sock: Any, started: Any) -> None:
     """One process of ``tether serve --workers N`` (``tether.cli.workers``): the one-process server
-    on a socket of its own (``SO_REUSEPORT``), so the kernel spreads connections across the workers."""
-    from tether.cli.workers import STARTUP_FAILURE, reuse_port_socket
+    with the parent's configuration, on a socket of its own (``SO_REUSEPORT``, bound and held by the
+    parent), so the kernel spreads connections across the workers."""
     from tether.logs import configure_logging
     from tether.sts.bootstrap import build_sts
 
-    cfg = config_or_exit(Path(config_path))
     configure_logging(cfg)
-    try:
-        sock = reuse_port_socket(host, port)
-    except OSError as exc:
-        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", code=STARTUP_FAILURE)
+    host, port = sock.getsockname()[:2]
     serve_apps(lambda: build_sts(cfg), None, host=host, port=port, level=level, graceful=2, tls=tls, sockets=[sock],
                started=started.set)  # fmt: skip
 

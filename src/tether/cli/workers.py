@@ -10,12 +10,18 @@ spreads new connections across their sockets by a hash of each connection.
 
 ``SO_REUSEPORT`` would also let a second ``tether serve`` started by mistake on the same port
 join the group, so the parent first binds the address *without* it (``claim_port``): that fails
-while anything listens there, as uvicorn's own bind did.
+while anything listens there, as uvicorn's own bind did. The parent then binds and listens on
+the workers' sockets itself (``listen_sockets``) and holds them for as long as it runs: a
+worker's replacement takes over its socket (and the connections waiting in its backlog), and
+the address never looks free while workers restart — when each worker bound its own, a second
+server could claim the port in that moment and its workers join this server's group.
 
-Each worker runs exactly what one ``tether serve`` process runs. The parent starts them,
-starts a new one when one ends after it started, stops all of them on SIGINT/SIGTERM, and
-stops (exit 1) when one cannot start at all: a broken configuration or store fails the same
-way on every restart. A worker whose parent is gone stops itself.
+Each worker runs exactly what one ``tether serve`` process runs, with the configuration the
+parent loaded and checked: a replacement started after ``tether.toml`` was edited serves what
+the others serve, never the edited file. The parent starts them, starts a new one when one
+ends after it started, stops all of them on SIGINT/SIGTERM, and stops (exit 1) when one cannot
+start at all: a broken store fails the same way on every restart. A worker whose parent is
+gone stops itself.
 """
 
 from __future__ import annotations
@@ -31,11 +37,11 @@ from collections.abc import Callable
 from multiprocessing.connection import wait
 from typing import Any
 
-__all__ = ["STARTUP_FAILURE", "claim_port", "reuse_port_socket", "run_workers"]
+__all__ = ["BACKLOG", "claim_port", "listen_sockets", "reuse_port_socket", "run_workers"]
 
-#: a worker's exit code when it could not start (bind, configuration, store)
-STARTUP_FAILURE = 3
 _STOP_SECONDS = 10.0
+#: each listening socket's queue of connections not yet accepted (uvicorn's default)
+BACKLOG = 2048
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -66,6 +72,22 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def listen_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """``count`` sockets listening on ``host:port`` with ``SO_REUSEPORT``, one per worker, after
+    ``claim_port`` found the address free (``OSError`` if it is not)."""
+    port = claim_port(host, port)
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sockets.append(sock := reuse_port_socket(host, port))
+            sock.listen(BACKLOG)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
 def _stop_with_parent() -> None:
     """SIGTERM to this worker once its parent is gone (killed outright, it could not stop us)."""
     parent = multiprocessing.parent_process()
@@ -84,8 +106,10 @@ def _child(target: Callable[..., None], args: tuple[Any, ...], started: Any) -> 
     target(*args, started)
 
 
-def run_workers(count: int, target: Callable[..., None], args: tuple[Any, ...]) -> int:
-    """Run ``count`` spawned processes of ``target(*args, started)`` until SIGINT/SIGTERM; the exit code.
+def run_workers(sockets: list[socket.socket], target: Callable[..., None], args: tuple[Any, ...]) -> int:
+    """Run a spawned process of ``target(*args, sock, started)`` for each of ``sockets`` until
+    SIGINT/SIGTERM; the exit code. A process that ends is replaced by one on the same socket.
+    The sockets are closed here once stopping.
 
     ``target`` must be a module-level function (a spawned process imports it) that calls
     ``started.set()`` once it serves; a process that ends before that is a start-up failure
@@ -98,13 +122,13 @@ def run_workers(count: int, target: Callable[..., None], args: tuple[Any, ...]) 
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
 
-    def start() -> tuple[Any, Any]:
+    def start(sock: socket.socket) -> tuple[Any, Any]:
         started = context.Event()
-        process = context.Process(target=_child, args=(target, args, started), name="tether-worker")
+        process = context.Process(target=_child, args=(target, (*args, sock), started), name="tether-worker")
         process.start()
         return process, started
 
-    workers = [start() for _ in range(count)]
+    workers = [start(sock) for sock in sockets]
     code = 0
     try:
         while not stopping:
@@ -118,8 +142,12 @@ def run_workers(count: int, target: Callable[..., None], args: tuple[Any, ...]) 
                     code = 1
                     break
                 print(f"worker {process.pid} ended (exit {process.exitcode}): starting another", file=sys.stderr)
-                workers[i] = start()
+                workers[i] = start(sockets[i])
     finally:
+        # the parent's copies first: a listening socket closes when its worker stops listening, so new
+        # connections are refused (or go to a worker still serving) instead of waiting in its backlog
+        for sock in sockets:
+            sock.close()
         _stop([process for process, _ in workers])
         for sig, handler in previous.items():
             signal.signal(sig, handler)

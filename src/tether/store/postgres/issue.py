@@ -18,9 +18,10 @@ spend the same mark never share a batch (the later one waits for the next), so o
 wins as it would have on its own. If the database fails, the batch commits nothing and every
 caller in it gets ``StoreUnavailable``.
 
-Locks are taken in the store's one order, all in the first round trip: the tasks' advisory
-locks (shared, sorted), the spent marks, the task rows (sorted as ``block`` sorts them), the
-parent token rows (shared), and ``audit_head`` last.
+Locks are taken in the store's one order, all in the first round trip: the kill switch's
+advisory lock (shared, ``BLOCKS_LOCK``), the tasks' advisory locks (shared, sorted), the spent
+marks (sorted), the task rows (sorted as ``block`` sorts them), the parent token rows (shared,
+sorted as a revocation locks a lineage), and ``audit_head`` last.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from tether.store.protocol import Issuance
 from tether.store.rows import AUDIT_COLUMNS, TASK_COLUMNS, TOKEN_COLUMNS, audit_values, block_names, task_from_row
 from tether.store.rows import token_values as _token_values
 
-__all__ = ["MAX_BATCH", "TASK_LOCKS", "IssueQueue", "task_key"]
+__all__ = ["BLOCKS_LOCK", "MAX_BATCH", "TASK_LOCKS", "IssueQueue", "task_key"]
 
 Conn = psycopg.AsyncConnection[Any]
 Connect = Callable[[], contextlib.AbstractAsyncContextManager[Conn]]
@@ -58,6 +59,14 @@ Connect = Callable[[], contextlib.AbstractAsyncContextManager[Conn]]
 TASK_LOCKS = 0x7E7E
 #: the most issuances one transaction writes; more wait for the next
 MAX_BATCH = 256
+#: the kill switch's advisory lock (``pg_advisory_xact_lock(int, int)``): a batch holds it shared
+#: from before it reads the blocks until its commit, ``Store.block`` exclusive from before it
+#: writes its block until its commit. A batch that read the blocks before a block committed
+#: then commits before that block looks for the principal's tokens (and they are revoked), and
+#: one that waits reads the committed block (and refuses). Without it, a batch could read the
+#: blocks just before a block's commit and write its token just after the block had revoked the
+#: principal's tokens: a token for a blocked principal, valid until it expires.
+BLOCKS_LOCK = (0x7E81, 0)
 
 # column positions in TASK_COLUMNS
 _EXPIRES_AT, _MAX_TOKENS, _TOKENS_ISSUED, _STATE = 7, 9, 10, 11
@@ -174,12 +183,15 @@ async def _write(conn: Conn, batch: list[_Queued]) -> dict[int, Conflict]:
     """One transaction for ``batch``; returns each refused issuance's refusal (by ``id``)."""
     tasks = sorted({t for q in batch if (t := q.issuance.token.task_id) is not None})
     parents = sorted({p for q in batch if (p := q.issuance.token.parent_jti) is not None})
-    spends = {key: until for q in batch for key, until in q.issuance.spends}
+    # in one order in every process: two batches inserting the same marks in arrival order each
+    # waited for the other's uncommitted mark, and PostgreSQL ended one of them as a deadlock
+    spends = dict(sorted({key: until for q in batch for key, until in q.issuance.spends}.items()))
     names = sorted({n for q in batch for n in _names(q.issuance)})
     # a mark counts as expired against the batch's earliest clock: never freed early
     earliest = int(min(q.now for q in batch))
     async with conn.pipeline() as pipeline:
         await conn.execute("BEGIN")
+        await conn.execute("SELECT pg_advisory_xact_lock_shared(%s, %s)", BLOCKS_LOCK)
         if tasks:
             await conn.execute(
                 "SELECT count(pg_advisory_xact_lock_shared(%s, k)) FROM (SELECT unnest(%s::int[]) AS k ORDER BY 1) AS keys",
@@ -199,7 +211,9 @@ async def _write(conn: Conn, batch: list[_Queued]) -> dict[int, Conflict]:
             )
         parent_rows = None
         if parents:
-            parent_rows = await conn.execute("SELECT jti, revoked_at FROM tokens WHERE jti = ANY(%s) FOR SHARE", (parents,))
+            parent_rows = await conn.execute(
+                'SELECT jti, revoked_at FROM tokens WHERE jti = ANY(%s) ORDER BY jti COLLATE "C" FOR SHARE', (parents,)
+            )
         blocked_rows = None
         if names:
             blocked_rows = await conn.execute("SELECT DISTINCT value FROM blocks WHERE value = ANY(%s)", (names,))

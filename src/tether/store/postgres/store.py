@@ -4,8 +4,9 @@ PostgreSQL holds tasks, token lineage, the revocation feed, blocks, single-use m
 keys and the audit chain; Redis holds the DPoP replay cache and announces revocations. Each
 security-critical step is one transaction whose row locks make it correct across replicas:
 the task row caps ``max_tokens``, ``revocation_head`` numbers the feed in commit order and
-``audit_head`` serialises the one chain. One lock order everywhere (``revocation_head``, task
-rows, token rows, ``audit_head``), so replicas queue instead of deadlocking. Database failures
+``audit_head`` serialises the one chain. One lock order everywhere (``revocation_head``, the
+kill switch's advisory lock, task rows, token rows, ``audit_head``), so replicas queue instead of
+deadlocking. Database failures
 raise ``StoreUnavailable`` (503, fail closed); connections come through ``GuardedPool``, whose
 circuit refuses at once while the database is unreachable instead of waiting on a dead pool.
 """
@@ -39,6 +40,7 @@ from tether.store.errors import (
 )
 from tether.store.notify import Notifier
 from tether.store.postgres.guard import GuardedPool, GuardSettings
+from tether.store.postgres.issue import BLOCKS_LOCK as _BLOCKS_LOCK
 from tether.store.postgres.issue import TASK_LOCKS as _TASK_LOCKS
 from tether.store.postgres.issue import IssueQueue
 from tether.store.postgres.issue import task_key as _task_key
@@ -183,17 +185,26 @@ _TREE = (
     "WITH RECURSIVE tree(jti) AS (SELECT jti FROM tokens WHERE jti = ANY(%s)"
     " UNION SELECT t.jti FROM tokens t JOIN tree ON t.parent_jti = tree.jti) SELECT jti FROM tree"
 )
+_LOCK_TOKENS = 'SELECT jti FROM tokens WHERE jti = ANY(%s) ORDER BY jti COLLATE "C" FOR UPDATE'
 
 
 async def _revoke_jtis(conn: Conn, feed: _Feed, roots: Sequence[str], now: float) -> list[str]:
-    """Lock the lineage under ``roots`` until it stops growing, then revoke it and publish each token."""
+    """Lock the lineage under ``roots`` until it stops growing, then revoke it and publish each token.
+
+    Each round locks the tokens found in the order a group commit locks the parents it issues
+    from (``jti`` in code-point order, ``postgres.issue``): locking the root first and its
+    descendants next, a revocation waited for a batch holding a child while the batch waited for
+    the root, and PostgreSQL ended one of them as a deadlock. An issuance under a locked token
+    waits for this transaction and then finds its parent revoked; one committed before the lock
+    was granted is found by the next round's read."""
     tree: set[str] = set()
-    frontier = list(roots)
-    while frontier:
-        await conn.execute("SELECT jti FROM tokens WHERE jti = ANY(%s) FOR UPDATE", (frontier,))
-        tree.update(frontier)
+    while True:
         cur = await conn.execute(_TREE, (list(roots),))
-        frontier = [r[0] for r in await cur.fetchall() if r[0] not in tree]
+        frontier = sorted({r[0] for r in await cur.fetchall()} - tree)
+        if not frontier:
+            break
+        await conn.execute(_LOCK_TOKENS, (frontier,))
+        tree.update(frontier)
     cur = await conn.execute(
         "UPDATE tokens SET revoked_at = %s WHERE jti = ANY(%s) AND revoked_at IS NULL RETURNING jti, exp",
         (int(now), list(tree)),
@@ -544,6 +555,8 @@ class PostgresRedisStore(Store):
         column = "agent" if kind is BlockKind.AGENT else "on_behalf_of"
         async with self._conn() as conn, conn.transaction():
             feed = await _lock_feed(conn)
+            # waits for the batches that read the blocks without this one; later ones wait for its commit
+            await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", _BLOCKS_LOCK)
             await conn.execute(
                 "INSERT INTO blocks (kind, value, since) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING", (kind.value, value, now)
             )

@@ -14,8 +14,14 @@ request of that worker meanwhile. The batch's ``BEGIN`` is tried without waiting
 process holds the lock the batch stays open on the loop and is tried again a millisecond
 later, the writes that arrive meanwhile join it (one commit for more of them: waiting
 becomes batching), and only a batch kept waiting ``_LOOP_WAIT_S`` (a long transaction
-elsewhere) moves to the worker thread, which waits as long as it takes. Each of these is
-counted in ``tether_store_lock_waits`` (``/metrics``).
+elsewhere) moves to the worker thread. Each of these is counted in ``tether_store_lock_waits``
+(``/metrics``).
+
+A write waits for the lock ``_WORKER_BUSY_MS`` in all, counted from its first attempt, then
+fails closed (``StoreUnavailable``): the one worker thread runs what was moved to it in turn,
+and with a wait of its own for each, the writes queued behind a lock held for minutes (an
+operator's ``sqlite3`` shell, a stuck process) waited one full wait per write ahead of them,
+for hours, while the health check still answered.
 """
 
 from __future__ import annotations
@@ -130,7 +136,7 @@ class Database:
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"sqlite: {type(exc).__name__}: {exc}") from exc
         try:
-            work = asyncio.get_running_loop().run_in_executor(self._executor, self._call, fn)
+            work = asyncio.get_running_loop().run_in_executor(self._executor, self._call, fn, time.monotonic())
         except RuntimeError as exc:  # submitting to a shut-down executor: the store was closed
             raise StoreUnavailable("sqlite: the store is closed") from exc
         return await work
@@ -200,9 +206,10 @@ class Database:
         if waiting_since is not None:
             LOCK_WAIT_SECONDS.inc(now - waiting_since)
         self._local.batch = []
+        since = now if waiting_since is None else waiting_since
         if not begun:
             _MOVED_BATCH.inc()
-            self._to_worker(batch)
+            self._to_worker(batch, since)
             return
         self._count_inline()
         try:
@@ -212,33 +219,44 @@ class Database:
                 _fail(batch, StoreUnavailable(f"sqlite: {exc}"))
                 return
             _MOVED_BATCH.inc()
-            self._to_worker(batch)
+            self._to_worker(batch, since)
             return
         except sqlite3.Error as exc:
             _fail(batch, StoreUnavailable(f"sqlite: {type(exc).__name__}: {exc}"))
             return
+        except Exception as exc:  # noqa: BLE001 - a write's own error, rolled back with its batch: every caller gets it
+            # (raised out of this loop callback, it reached no caller, and the batch's callers waited forever)
+            _fail(batch, exc)
+            return
         _resolve(batch, outcomes)
 
-    def _to_worker(self, batch: _Batch) -> None:
+    def _to_worker(self, batch: _Batch, since: float) -> None:
         try:
-            worker = asyncio.get_running_loop().run_in_executor(self._executor, self._flush_on_worker, batch)
+            worker = asyncio.get_running_loop().run_in_executor(self._executor, self._flush_on_worker, batch, since)
         except RuntimeError:  # the store is closed
             _fail(batch, StoreUnavailable("sqlite: the store is closed"))
             return
         worker.add_done_callback(lambda done: _deliver(batch, done))
 
-    def _flush_on_worker(self, batch: _Batch) -> list[tuple[bool, object]]:
+    def _flush_on_worker(self, batch: _Batch, since: float) -> list[tuple[bool, object]]:
         try:
-            return _run_batch(self._connect(_WORKER_BUSY_MS), batch)
+            conn = self._connect(_WORKER_BUSY_MS)
+            with _waiting_from(conn, since):
+                return _run_batch(conn, batch)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"sqlite: {type(exc).__name__}: {exc}") from exc
 
     def run_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return self._executor.submit(self._call, fn).result()
+        return self._executor.submit(self._call, fn, None).result()
 
-    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _call(self, fn: Callable[[sqlite3.Connection], T], since: float | None) -> T:
+        """``fn`` on the worker thread; ``since``: when it was handed over (its wait for the lock is counted from then)."""
         try:
-            return fn(self._connect(_WORKER_BUSY_MS))
+            conn = self._connect(_WORKER_BUSY_MS)
+            if since is None:
+                return fn(conn)
+            with _waiting_from(conn, since):
+                return fn(conn)
         except StoreError:
             raise
         except sqlite3.Error as exc:
@@ -258,6 +276,20 @@ class Database:
 
 _Step = Callable[[sqlite3.Connection], object]
 _Batch = list[tuple[_Step | None, _Step, "asyncio.Future[object]"]]
+
+
+@contextmanager
+def _waiting_from(conn: sqlite3.Connection, since: float) -> Iterator[None]:
+    """The worker connection waits for the lock only what is left of ``_WORKER_BUSY_MS`` since
+    ``since``: a write's wait is bounded by its own arrival, not by the writes queued on the
+    worker before it. With nothing left, a write that finds the lock held fails at once (a read,
+    or a write finding it free, still runs)."""
+    left = max(0, _WORKER_BUSY_MS - int((time.monotonic() - since) * 1000))
+    conn.execute(f"PRAGMA busy_timeout={left}")
+    try:
+        yield
+    finally:
+        conn.execute(f"PRAGMA busy_timeout={_WORKER_BUSY_MS}")
 
 
 def _begin_now(conn: sqlite3.Connection) -> bool:
