@@ -195,8 +195,11 @@ def test_e2e_fed03_b_fails_closed_without_a_feed_and_recovers(pair: Pair) -> Non
     assert response.status_code == 200, response.text
     session = response.json()["access_token"]
     waiting = foreign_token(pair)
-    metrics = pair.b.http().get(pair.b.url + "/metrics").text
-    assert 'tether_federation_feed_fresh{peer="a"} 1.0' in metrics
+    # the gauge is published on the feed watcher's tick (``PeerFollower.observe``), not on the crossing
+    deadline = time.monotonic() + 5
+    while 'tether_federation_feed_fresh{peer="a"} 1.0' not in pair.b.http().get(pair.b.url + "/metrics").text:
+        assert time.monotonic() < deadline, "B's /metrics never said A's feed is fresh"
+        time.sleep(0.05)
     pair.a.stop()
     try:
         feed_fresh(pair.b, fresh=False)

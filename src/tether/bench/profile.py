@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 
+import tether.features  # noqa: F401  (the feature tables are registered before a config is loaded)
 from tether.bench.exchange import RESOURCES
 from tether.bench.harness import bench_deployment, serve, tether_bin
 from tether.bench.versus import _Tether
