@@ -90,7 +90,7 @@ class _Deadlines:
     """Cancels a body read that outlives its deadline: one timer for every read in flight.
 
     ``asyncio.timeout`` per request costs a timer handle each (about 6 µs on uvloop, a percent
-    of a hop); this keeps the reads waiting in a dict and looks at them ``tick`` times a second,
+    of a hop); this keeps the reads waiting in a dict and looks at them every ``tick`` seconds,
     so a read is cut between ``seconds`` and ``seconds + tick`` after it began."""
 
     def __init__(self, seconds: float) -> None:
