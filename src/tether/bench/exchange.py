@@ -32,7 +32,10 @@ from tether.urns import TOKEN_TYPE_ACCESS as ACCESS
 from tether.urns import TOKEN_TYPE_JWT as JWT
 from tether.web.server import free_port
 
-__all__ = ["ADMIN", "AGENT", "AUD_B", "AUD_C", "RESOURCES", "SVC_B", "ExchangeBench", "hop_requests", "setup_task"]
+__all__ = [
+    "ADMIN", "AGENT", "AUD_B", "AUD_C", "RESOURCES", "SVC_B", "ExchangeBench", "fresh_jwt_requests", "hop_requests",
+    "setup_task",
+]  # fmt: skip
 
 AGENT = "spiffe://tether.local/agent/bench"
 ADMIN = "spiffe://tether.local/admin"
@@ -74,6 +77,17 @@ def hop_requests(agent: Actor, session: str, n: int) -> list[bytes]:
     form = _hop_form(session, AUD_B)
     agent.token(form)  # warm-up: the subject token is verified once, then cached; the nonce is fresh
     return [form_request(url, form, {"DPoP": agent.key.proof("POST", url, nonce=agent.nonce)}) for _ in range(n)]
+
+
+def fresh_jwt_requests(caller: Actor, form: dict[str, str], field: str, who: str, n: int) -> list[bytes]:
+    """``n`` exchanges that each carry a fresh workload JWT for ``who`` in ``field``, proofs with the
+    server's current nonce (one exchange first, to learn it)."""
+    url = caller.d.url + "/token"
+    caller.token({**form, field: caller.svid(who)})
+    return [
+        form_request(url, {**form, field: caller.svid(who)}, {"DPoP": caller.key.proof("POST", url, nonce=caller.nonce)})
+        for _ in range(n)
+    ]
 
 
 def _notes(load: Load, **extra: object) -> dict[str, object]:
@@ -187,11 +201,5 @@ class ExchangeBench:
         self, d: Deployment, caller: Actor, form: dict[str, str], field: str, who: str, label: str, c: int, target: str
     ) -> None:
         """Exchanges that each carry a fresh workload JWT for ``who`` in ``field`` (two verifies, one sign)."""
-        url = d.url + "/token"
-        caller.token({**form, field: caller.svid(who)})
-        requests = [
-            form_request(url, {**form, field: caller.svid(who)}, {"DPoP": caller.key.proof("POST", url, nonce=caller.nonce)})
-            for _ in range(int(self.duration * 3000))
-        ]
-        load = self._load(d.url, requests, c)
+        load = self._load(d.url, fresh_jwt_requests(caller, form, field, who, int(self.duration * 3000)), c)
         self.rows.append(Row(label, load.throughput, "req/s", self.floor(verifies=2, signs=1), "req/s", target, _notes(load)))

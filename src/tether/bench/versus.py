@@ -30,9 +30,8 @@ from pathlib import Path
 import httpx
 
 from tether.bench.chaos import QUIET_MONITOR
-from tether.bench.exchange import AGENT, AUD_B, AUD_C, RESOURCES, hop_requests, setup_task
+from tether.bench.exchange import AGENT, AUD_B, AUD_C, RESOURCES, fresh_jwt_requests, hop_requests, setup_task
 from tether.bench.harness import (
-    Actor,
     Deployment,
     Load,
     bench_deployment,
@@ -41,7 +40,6 @@ from tether.bench.harness import (
     summarise,
     tether_bin,
 )
-from tether.bench.loadgen import form_request
 from tether.bench.peer import OidcProvider, install_peer, oidc_provider, peer_version
 from tether.bench.report import Row
 from tether.urns import TOKEN_EXCHANGE
@@ -102,15 +100,8 @@ class _Tether:
 
     def session_exchange(self, n: int) -> list[bytes]:
         """Workload JWT → session, each with a fresh JWT-SVID (two verifies, one sign, a spent jti)."""
-        url = self.d.url + "/token"
         form = {"grant_type": TOKEN_EXCHANGE, "subject_token_type": JWT, "task": self.task}
-        caller: Actor = self.agent
-        caller.token({**form, "subject_token": caller.svid(AGENT)})  # the current nonce
-        return [
-            form_request(url, {**form, "subject_token": caller.svid(AGENT)},
-                         {"DPoP": caller.key.proof("POST", url, nonce=caller.nonce)})
-            for _ in range(n)
-        ]  # fmt: skip
+        return fresh_jwt_requests(self.agent, form, "subject_token", AGENT, n)
 
 
 def peer_rows(workdir: Path, *, duration: float, rounds: int, progress: Callable[[str], None] = lambda _: None) -> list[Row]:
