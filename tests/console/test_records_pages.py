@@ -120,19 +120,27 @@ def test_exceptions_show_owner_expiry_and_calls(console: RunningConsole) -> None
         append(config, "gateway.call", now=_now(console), principal="agent", detail={"route": "crm", "method": "GET"})
     append(config, "gateway.call", now=_now(console), principal="agent", detail={"route": "billing", "method": "GET"})
     append(config, "mcp.call", now=_now(console), principal="agent", detail={"route": "files", "tool": "read_file"})
+    before = _utc_day(console)
     page = console.login("viewer").get("/exceptions")
+    after = _utc_day(console)
     assert page.status_code == 200
     routes, calls = cells(page.text, "Route"), cells(page.text, "Calls")
     assert routes == ["crm", "billing", "files"]
     assert calls == ["3", "1", "1"]
     expires = cells(page.text, "Expires")
-    assert "expired 30 days ago" in expires[0] and "days left" in expires[1]
+    # counted from the UTC day the page was rendered on: a run across midnight sees 31
+    ago = {f"expired {(day - dt.date.fromisoformat(EXPIRED)).days} days ago" for day in (before, after)}
+    assert any(text in expires[0] for text in ago) and "days left" in expires[1]
     assert "team-legacy" in cells(page.text, "Owner")
     assert "GET /v1/items/*" in cells(page.text, "Allowlist")[0]
     assert "among the newest 5000 audit records" in page.text
     assert "<script>alert(1)" not in page.text and "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
     assert "s3cr3t-in-url" not in page.text and "billing-user" not in page.text  # userinfo never shown
     assert "http://[redacted]@127.0.0.1:9/billing" in cells(page.text, "Upstream")[1]
+
+
+def _utc_day(console: RunningConsole) -> dt.date:
+    return dt.datetime.fromtimestamp(_now(console), dt.UTC).date()
 
 
 # -- policies -------------------------------------------------------------------------------------
