@@ -19,7 +19,7 @@ import pytest
 from storekit import BACKENDS, EVENT, NOW, chain_ok, race, run, task, token
 
 from tether.model import TaskState
-from tether.store.errors import AlreadySpent, Blocked, CapReached, ParentRevoked, TaskNotActive
+from tether.store.errors import AlreadySpent, Blocked, CapReached, ParentRevoked, Replayed, TaskNotActive
 from tether.store.protocol import Store
 from tether.store.records import BlockKind
 
@@ -102,6 +102,55 @@ def test_a_batch_refuses_each_issuance_alone_and_commits_the_rest(kind: str, tmp
         for mark in ("m-fresh", "m-twice", "m-parent", "m-blocked", "m-ended", "m-cap"):
             assert not await store.spent(mark, now=NOW), mark
         assert await store.spent("m-ok", now=NOW)
+
+    run(kind, tmp_path, body)
+
+
+def test_a_batch_of_hops_refuses_each_alone_and_keeps_every_checked_proof_spent(kind: str, tmp_path: Path) -> None:
+    """Hop issuances (a DPoP proof's replay mark, no identity marks) refuse before their first
+    write, so SQLite runs them without savepoints: a refused one still leaves nothing behind but
+    its spent proof, and a replayed proof is refused before anything else (SECURITY DPOP-05)."""
+
+    async def body(store: Store) -> None:
+        capped, ended = task(max_tokens=3), task()
+        await store.create_task(capped, EVENT)
+        await store.create_task(ended, EVENT)
+        parent = token(capped.id)
+        await store.issue_token(parent, now=NOW, spends=[], audit=EVENT)  # one of capped's 3
+        revoked = token(capped.id)
+        await store.issue_token(revoked, now=NOW, spends=[], audit=EVENT)  # two of 3
+        await store.revoke_tree(revoked.jti, now=NOW, audit=EVENT)
+        await store.end_task(ended.id, TaskState.COMPLETED, now=NOW, audit=EVENT)
+        await store.block(BlockKind.SUBJECT, "user:eve", now=NOW, audit=EVENT)
+        assert await store.first_use("proof-used", until=UNTIL, now=NOW)
+        before = await chain_ok(store)
+
+        hops = [token(capped.id, parent=parent.jti) for _ in range(7)]
+        hops[2] = token(capped.id, parent=revoked.jti)
+        hops[4] = token(ended.id, parent=parent.jti)
+        hops[5] = token(task().id, parent=parent.jti)
+        principals: list[list[str]] = [[], [], [], ["user:eve"], [], [], []]
+        proofs = ["proof-0", "proof-used", "proof-2", "proof-3", "proof-4", "proof-5", "proof-6"]
+        results = await asyncio.gather(
+            *(
+                store.issue_token(hop, now=NOW, spends=[], audit=EVENT, replay=(proof, UNTIL), principals=who)
+                for hop, proof, who in zip(hops, proofs, principals, strict=True)
+            ),
+            return_exceptions=True,
+        )
+        assert results[0] is None, "the first hop takes the third slot"
+        assert isinstance(results[1], Replayed) and str(results[1]) == "proof-used"
+        assert isinstance(results[2], ParentRevoked)
+        assert isinstance(results[3], Blocked)
+        assert isinstance(results[4], TaskNotActive) and str(results[4]) == "completed"
+        assert isinstance(results[5], TaskNotActive) and str(results[5]) == "unknown"
+        assert isinstance(results[6], CapReached), "the refused hops took no slot; the cap of 3 is reached"
+        stored = await store.get_task(capped.id)
+        assert stored is not None and stored.tokens_issued == 3
+        assert [await store.get_token(h.jti) is not None for h in hops] == [True] + [False] * 6
+        assert await chain_ok(store) == before + 1, "one audit record: the accepted hop's"
+        for proof in proofs:  # every checked proof stays spent, refused or not (RFC 9449 §11.1)
+            assert not await store.first_use(proof, until=UNTIL, now=NOW), proof
 
     run(kind, tmp_path, body)
 

@@ -142,7 +142,11 @@ class Database:
         return await work
 
     async def run_batched(
-        self, fn: Callable[[sqlite3.Connection], T], *, kept: Callable[[sqlite3.Connection], object] | None = None
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        *,
+        kept: Callable[[sqlite3.Connection], object] | None = None,
+        refuses_first: bool = False,
     ) -> T:
         """Run ``fn`` inside one transaction shared by every write queued in this loop iteration
         (and, while another process holds the write lock, every write queued until it is free).
@@ -152,16 +156,19 @@ class Database:
         alone and the others commit; a response is only sent after its batch committed,
         so durability is what it was with one transaction per write.
 
-        ``kept`` runs first, in a savepoint of its own: what it wrote commits with the batch
-        even if ``fn`` then refuses (a DPoP proof, once checked, stays spent). If ``kept``
-        refuses, ``fn`` does not run.
+        ``kept`` runs first and must be one statement (SQLite undoes a failed statement by
+        itself, so it needs no savepoint): what it wrote commits with the batch even if ``fn``
+        then refuses (a DPoP proof, once checked, stays spent). If ``kept`` refuses, ``fn``
+        does not run. ``refuses_first``: ``fn`` refuses only before its first write (its
+        checks read, or write nothing when they fail), so it runs without a savepoint too —
+        two statements fewer each, a fifth of an issuance's.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         batch: _Batch | None = getattr(self._local, "batch", None)
         if batch is None:
             batch = self._local.batch = []
-        batch.append((kept, fn, future))  # type: ignore[arg-type]
+        batch.append((kept, fn, refuses_first, future))  # type: ignore[arg-type]
         if len(batch) == 1:
             loop.call_soon(self._flush, None)
         return await future
@@ -275,7 +282,7 @@ class Database:
 
 
 _Step = Callable[[sqlite3.Connection], object]
-_Batch = list[tuple[_Step | None, _Step, "asyncio.Future[object]"]]
+_Batch = list[tuple[_Step | None, _Step, bool, "asyncio.Future[object]"]]
 
 
 @contextmanager
@@ -312,11 +319,11 @@ def _run_batch(conn: sqlite3.Connection, batch: _Batch, *, begun: bool = False) 
     ``(ok, value or StoreError)`` per write."""
     outcomes: list[tuple[bool, object]] = []
     with transaction(conn, begun=begun):
-        for kept, fn, _ in batch:
+        for kept, fn, refuses_first, _ in batch:
             try:
                 if kept is not None:
-                    _savepoint(conn, kept)
-                value = _savepoint(conn, fn)
+                    kept(conn)
+                value = fn(conn) if refuses_first else _savepoint(conn, fn)
             except StoreError as refusal:
                 outcomes.append((False, refusal))
             else:
@@ -338,7 +345,7 @@ def _savepoint(conn: sqlite3.Connection, step: _Step) -> object:
 
 
 def _resolve(batch: _Batch, outcomes: list[tuple[bool, object]]) -> None:
-    for (_, _, future), (ok, value) in zip(batch, outcomes, strict=True):
+    for (_, _, _, future), (ok, value) in zip(batch, outcomes, strict=True):
         if future.done():
             continue
         if ok:
@@ -349,7 +356,7 @@ def _resolve(batch: _Batch, outcomes: list[tuple[bool, object]]) -> None:
 
 
 def _fail(batch: _Batch, exc: BaseException) -> None:
-    for _, _, future in batch:
+    for _, _, _, future in batch:
         if not future.done():
             future.set_exception(exc)
 

@@ -78,6 +78,20 @@ def _is_blocked(conn: sqlite3.Connection, *groups: Iterable[str | None]) -> bool
     return conn.execute(f"SELECT 1 FROM blocks WHERE value IN ({marks}) LIMIT 1", unique).fetchone() is not None
 
 
+def _check_issuable(conn: sqlite3.Connection, token: records.IssuedToken, principals: Sequence[str]) -> None:
+    """The parent still live and no principal blocked, read in one statement (``ParentRevoked``
+    before ``Blocked``, as the PostgreSQL store checks them)."""
+    names = table.block_names(principals, (token.sub, token.client_id))
+    blocked = f"EXISTS (SELECT 1 FROM blocks WHERE value IN ({', '.join('?' * len(names))}))" if names else "0"
+    parent = "(SELECT revoked_at IS NULL FROM tokens WHERE jti = ?)" if token.parent_jti is not None else "1"
+    args = (token.parent_jti, *names) if token.parent_jti is not None else tuple(names)
+    live, is_blocked = conn.execute(f"SELECT {parent}, {blocked}", args).fetchone()
+    if live != 1:
+        raise errors.ParentRevoked(token.parent_jti or "")
+    if is_blocked:
+        raise errors.Blocked(token.sub)
+
+
 def _spend(conn: sqlite3.Connection, key: str, until: int, now: float) -> bool:
     cur = conn.execute(
         "INSERT INTO spent (key, until) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET until = excluded.until"
@@ -333,12 +347,7 @@ class SqliteStore(Store):
             for key, until in issuance.spends:
                 if not _spend(conn, key, until, now):
                     raise errors.AlreadySpent(key)
-            if token.parent_jti is not None:
-                parent = conn.execute("SELECT revoked_at FROM tokens WHERE jti = ?", (token.parent_jti,)).fetchone()
-                if parent is None or parent[0] is not None:
-                    raise errors.ParentRevoked(token.parent_jti)
-            if _is_blocked(conn, issuance.principals, (token.sub, token.client_id)):
-                raise errors.Blocked(token.sub)
+            _check_issuable(conn, token, issuance.principals)
             if token.task_id is not None:
                 cur = conn.execute(
                     "UPDATE tasks SET tokens_issued = tokens_issued + 1"
@@ -358,7 +367,9 @@ class SqliteStore(Store):
             )
             _append(conn, issuance.audit, now)
 
-        await self._db.run_batched(q, kept=None if replay is None else spend_proof)
+        # without spends, every refusal comes before the first write (the task's UPDATE writes
+        # nothing when it refuses): no savepoint needed
+        await self._db.run_batched(q, kept=None if replay is None else spend_proof, refuses_first=not issuance.spends)
 
     async def purge_expired(self, *, now: float) -> None:
         def q(conn: sqlite3.Connection) -> None:
