@@ -153,11 +153,14 @@ class Monitor:
             await asyncio.sleep(0)
 
     async def poll(self) -> int:
-        """Read and process what was appended since the last poll; returns the records read."""
+        """Read and process what was appended since the last poll; returns the records read.
+
+        Through ``Store.audit_tail``: the records this process wrote come from memory.
+        """
         read = 0
         async with self._polling:
             for _ in range(_PAGES_PER_POLL):
-                page = await self.store.audit_records(after=self.cursor, limit=_PAGE)
+                page = await self.store.audit_tail(after=self.cursor, limit=_PAGE)
                 self._recovered()
                 for record in page:
                     self.cursor = record.seq

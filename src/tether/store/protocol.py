@@ -17,6 +17,7 @@ from typing import Protocol
 from tether.audit.chain import AuditEvent, AuditRecord
 from tether.model import Approval, ApprovalStatus, Task, TaskState
 from tether.rules.replay_epoch import ReplayEpoch
+from tether.store.recent import RecentAudit
 from tether.store.records import (
     AgentHolding,
     AuditMark,
@@ -357,6 +358,19 @@ class Store(Protocol):
     async def append_audit(self, event: AuditEvent, *, now: float) -> AuditRecord: ...
 
     async def audit_records(self, *, after: int, limit: int) -> list[AuditRecord]: ...
+
+    #: what this process appended and saw committed (``tether.store.recent``)
+    recent: RecentAudit
+
+    async def audit_tail(self, *, after: int, limit: int) -> list[AuditRecord]:
+        """``audit_records``' page for a reader following the head (the monitor): the run of
+        records this process appended comes from memory, the rest of the page from the store.
+        Never what a verifier reads (``audit_records``): a check of the stored chain must read
+        what is stored."""
+        run = self.recent.run(after=after, limit=limit)
+        if len(run) == limit:
+            return run
+        return run + await self.audit_records(after=run[-1].seq if run else after, limit=limit - len(run))
 
     async def search_audit(
         self,

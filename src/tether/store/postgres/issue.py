@@ -35,7 +35,7 @@ from typing import Any
 
 import psycopg
 
-from tether.audit.chain import link
+from tether.audit.chain import AuditRecord, link
 from tether.model import TaskState
 from tether.store.errors import (
     AlreadySpent,
@@ -103,9 +103,16 @@ class _Queued:
 class IssueQueue:
     """A process's issuances, written in group commits over connections from ``connect``."""
 
-    def __init__(self, connect: Connect, *, limit: int = MAX_BATCH) -> None:
+    def __init__(
+        self,
+        connect: Connect,
+        *,
+        limit: int = MAX_BATCH,
+        committed: Callable[[Sequence[AuditRecord]], None] = lambda records: None,
+    ) -> None:
         self._connect = connect
         self._limit = limit
+        self._committed = committed  # told each batch's audit records once it committed
         self._queue: list[_Queued] = []
         self._draining: asyncio.Task[None] | None = None
 
@@ -164,11 +171,12 @@ class IssueQueue:
     async def _commit(self, batch: list[_Queued]) -> None:
         async with self._connect() as conn:
             try:
-                refusals = await _write(conn, batch)
+                refusals, records = await _write(conn, batch)
             except Exception:
                 with contextlib.suppress(psycopg.Error):
                     await conn.execute("ROLLBACK")
                 raise
+        self._committed(records)
         for queued in batch:
             if queued.future.done():
                 continue
@@ -179,8 +187,9 @@ class IssueQueue:
                 queued.future.set_exception(refusal)
 
 
-async def _write(conn: Conn, batch: list[_Queued]) -> dict[int, Conflict]:
-    """One transaction for ``batch``; returns each refused issuance's refusal (by ``id``)."""
+async def _write(conn: Conn, batch: list[_Queued]) -> tuple[dict[int, Conflict], list[AuditRecord]]:
+    """One transaction for ``batch``; returns each refused issuance's refusal (by ``id``) and the
+    audit records it committed."""
     tasks = sorted({t for q in batch if (t := q.issuance.token.task_id) is not None})
     parents = sorted({p for q in batch if (p := q.issuance.token.parent_jti) is not None})
     # in one order in every process: two batches inserting the same marks in arrival order each
@@ -236,9 +245,9 @@ async def _write(conn: Conn, batch: list[_Queued]) -> dict[int, Conflict]:
                 " WHERE tasks.id = c.id",
                 (list(counts), list(counts.values())),
             )
+        records: list[AuditRecord] = []
         if accepted:
             seq, prev = int(chain[0]), str(chain[1])
-            records = []
             for q in accepted:
                 seq += 1
                 records.append(record := link(q.issuance.audit, seq=seq, ts=q.now, prev=prev))
@@ -247,7 +256,7 @@ async def _write(conn: Conn, batch: list[_Queued]) -> dict[int, Conflict]:
             await conn.execute(_INSERT_AUDIT, _columns([audit_values(r) for r in records]))
             await conn.execute("UPDATE audit_head SET seq = %s, hash = %s WHERE id = 1", (seq, prev))
         await conn.execute("COMMIT")
-    return refusals
+    return refusals, records
 
 
 def _fail(batch: Sequence[_Queued], exc: BaseException) -> None:

@@ -45,6 +45,7 @@ from tether.store.postgres.issue import TASK_LOCKS as _TASK_LOCKS
 from tether.store.postgres.issue import IssueQueue
 from tether.store.postgres.issue import task_key as _task_key
 from tether.store.protocol import Issuance, Store
+from tether.store.recent import RecentAudit
 from tether.store.records import (
     AgentHolding,
     AuditMark,
@@ -297,7 +298,8 @@ class PostgresRedisStore(Store):
         self.guard = guard
         self.cache = cache
         self._notifier = Notifier()
-        self._issues = IssueQueue(self._conn)
+        self.recent = RecentAudit()
+        self._issues = IssueQueue(self._conn, committed=self.recent.add)
 
     @property
     def pool(self) -> AsyncConnectionPool[Any]:
@@ -833,7 +835,9 @@ class PostgresRedisStore(Store):
     # -- audit --------------------------------------------------------------------
     async def append_audit(self, event: AuditEvent, *, now: float) -> AuditRecord:
         async with self._conn() as conn, conn.transaction():
-            return await _append(conn, event, now)
+            record = await _append(conn, event, now)
+        self.recent.add((record,))  # committed
+        return record
 
     async def audit_records(self, *, after: int, limit: int) -> list[AuditRecord]:
         return await self._audit_page(AUDIT_COLUMNS, audit_from_row, after, limit)

@@ -19,6 +19,7 @@ from tether.store import errors, links, records
 from tether.store import rows as table
 from tether.store.notify import Notifier
 from tether.store.protocol import TAIL_PAGE, Issuance, Store
+from tether.store.recent import RecentAudit
 from tether.store.sqlite.db import SCHEMA_VERSION, Database, migrate, schema_version, transaction
 
 __all__ = ["SqliteStore"]
@@ -121,6 +122,7 @@ class SqliteStore(Store):
     def __init__(self, db: Database) -> None:
         self._db = db
         self._revocations = Notifier()
+        self.recent = RecentAudit()
 
     @classmethod
     def open(cls, path: Path, *, migrate_schema: bool = True) -> SqliteStore:
@@ -343,7 +345,7 @@ class SqliteStore(Store):
             if replay is not None and not _first_use(conn, replay[0], replay[1], now):
                 raise errors.Replayed(replay[0])
 
-        def q(conn: sqlite3.Connection) -> None:
+        def q(conn: sqlite3.Connection) -> AuditRecord:
             for key, until in issuance.spends:
                 if not _spend(conn, key, until, now):
                     raise errors.AlreadySpent(key)
@@ -365,11 +367,12 @@ class SqliteStore(Store):
             conn.execute(
                 f"INSERT INTO tokens ({table.TOKEN_COLUMNS}) VALUES ({', '.join('?' * 14)})", table.token_values(token)
             )
-            _append(conn, issuance.audit, now)
+            return _append(conn, issuance.audit, now)
 
         # without spends, every refusal comes before the first write (the task's UPDATE writes
         # nothing when it refuses): no savepoint needed
-        await self._db.run_batched(q, kept=None if replay is None else spend_proof, refuses_first=not issuance.spends)
+        record = await self._db.run_batched(q, kept=None if replay is None else spend_proof, refuses_first=not issuance.spends)
+        self.recent.add((record,))  # committed: the monitor reads it from here
 
     async def purge_expired(self, *, now: float) -> None:
         def q(conn: sqlite3.Connection) -> None:
@@ -724,7 +727,9 @@ class SqliteStore(Store):
 
     # -- audit --------------------------------------------------------------------
     async def append_audit(self, event: AuditEvent, *, now: float) -> AuditRecord:
-        return await self._db.run_batched(lambda conn: _append(conn, event, now))
+        record = await self._db.run_batched(lambda conn: _append(conn, event, now))
+        self.recent.add((record,))
+        return record
 
     async def audit_records(self, *, after: int, limit: int) -> list[AuditRecord]:
         # the monitor tails in pages of about a hundred, inline (on a worker thread the
