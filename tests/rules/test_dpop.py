@@ -958,3 +958,58 @@ def test_DPOP_07_an_oversized_jwk_is_parsed_but_not_memoised() -> None:
     assert _parse_public_jwk.cache_info().currsize == 0
     parse_public_jwk(jwk)  # positive control: a plain key is memoised
     assert _parse_public_jwk.cache_info().currsize == 1
+
+
+def _memo_outcome(jwk: dict[str, Any]) -> tuple[str, str]:
+    """What the proof's key resolver makes of ``jwk``: the thumbprint, or the refusal's debug text."""
+    from tether.rules.dpop import _jwk_and_thumbprint
+
+    try:
+        return "ok", _jwk_and_thumbprint(jwk)[1]
+    except InvalidDPoPProof as exc:
+        return "refused", str(exc.debug)
+
+
+def _unmemoised_outcome(jwk: dict[str, Any]) -> tuple[str, str]:
+    from tether.rules.dpop import _parse_public_jwk
+
+    try:
+        return "ok", _parse_public_jwk.__wrapped__(json.dumps(jwk, sort_keys=True, separators=(",", ":")))[1]
+    except InvalidDPoPProof as exc:
+        return "refused", str(exc.debug)
+
+
+_P256 = dict(ECKey.import_key(ec.generate_private_key(ec.SECP256R1()).public_key()).as_dict(private=False))
+_ED = dict(OKPKey.import_key(ed25519.Ed25519PrivateKey.generate().public_key()).as_dict(private=False))
+_PRIVATE = dict(ECKey.import_key(ec.generate_private_key(ec.SECP256R1())).as_dict(private=True))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    base=st.sampled_from([_P256, _ED, _PRIVATE, {"kty": "oct", "k": "AAAA"}, {"kty": "EC"}, {}]),
+    extra=st.dictionaries(st.text(max_size=8), st.one_of(st.text(max_size=300), st.integers()), max_size=4),
+    order=st.randoms(use_true_random=False),
+)
+def test_DPOP_07_the_flat_jwk_memo_decides_as_the_canonical_path(base: dict[str, Any], extra: dict[str, Any], order: Any) -> None:
+    """Memoising a proof's ``jwk`` by its members (no serialising) accepts, refuses and thumbprints
+    exactly as parsing its canonical JSON does, in any member order and for members the memo
+    does not take (non-strings, escapes, oversized)."""
+    members = list({**base, **extra}.items())
+    order.shuffle(members)
+    jwk = dict(members)
+    assert _memo_outcome(jwk) == _unmemoised_outcome(jwk)
+    assert _memo_outcome(jwk) == _memo_outcome(dict(reversed(members)))  # memoised now: the same answer
+
+
+def test_DPOP_07_the_flat_memo_takes_one_entry_per_key_and_never_a_refusal() -> None:
+    from tether.rules.dpop import _parse_flat_jwk
+
+    _parse_flat_jwk.cache_clear()
+    shuffled = dict(reversed(list(_P256.items())))
+    assert _memo_outcome(_P256) == _memo_outcome(shuffled) == ("ok", ECKey.import_key(_P256).thumbprint())
+    assert _parse_flat_jwk.cache_info().currsize == 1
+    for _ in range(3):
+        assert _memo_outcome(_PRIVATE) == ("refused", "jwk contains private key material")
+    assert _parse_flat_jwk.cache_info().currsize == 1, "a refused jwk is not remembered"
+    padded = {**_P256, "x-pad": "p" * 600}  # over the flat bound: the canonical path decides
+    assert _memo_outcome(padded)[0] == "ok" and _parse_flat_jwk.cache_info().currsize == 1

@@ -135,6 +135,11 @@ def parse_public_jwk(jwk: object) -> PublicKey:
 def _jwk_and_thumbprint(jwk: object) -> tuple[PublicKey, str]:
     if not isinstance(jwk, dict):
         raise InvalidDPoPProof("invalid dpop proof", debug="jwk is not a json web key")
+    # an EC or OKP public JWK is a few string members: memoised by them, without serialising
+    if len(jwk) <= _MEMO_FLAT_MEMBERS and all(_plain(k) and _plain(v) for k, v in jwk.items()):
+        items = tuple(sorted(jwk.items()))
+        if sum(len(k) + len(v) for k, v in items) <= _MEMO_FLAT_CHARS:
+            return _parse_flat_jwk(items)
     try:
         canonical = json.dumps(jwk, sort_keys=True, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
@@ -147,6 +152,22 @@ def _jwk_and_thumbprint(jwk: object) -> tuple[PublicKey, str]:
 #: JWKs up to this length are memoised; with the entry bound that caps the memo's size
 #: whatever keys (and extra members) callers send before their proof is verified.
 _MEMO_JWK_LENGTH = 1200
+#: flat JWKs (printable ASCII string members only) memoised by their members: at most this
+#: many, this long — their canonical JSON stays under ``_MEMO_JWK_LENGTH`` (escaping a ``"`` or
+#: ``\\`` doubles it, six members add 38 characters), so both memos hold the same keys
+_MEMO_FLAT_MEMBERS = 6
+_MEMO_FLAT_CHARS = 500
+
+
+def _plain(value: object) -> bool:
+    return type(value) is str and value.isascii() and value.isprintable()
+
+
+@functools.lru_cache(maxsize=2048)
+def _parse_flat_jwk(items: tuple[tuple[str, str], ...]) -> tuple[PublicKey, str]:
+    """``_parse_public_jwk`` of the JWK with these members: the same members always have the
+    same canonical JSON, so this only saves serialising it on every proof."""
+    return _parse_public_jwk(json.dumps(dict(items), sort_keys=True, separators=(",", ":")))
 
 
 @functools.lru_cache(maxsize=2048)
