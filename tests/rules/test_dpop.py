@@ -990,7 +990,9 @@ _PRIVATE = dict(ECKey.import_key(ec.generate_private_key(ec.SECP256R1())).as_dic
     extra=st.dictionaries(st.text(max_size=8), st.one_of(st.text(max_size=300), st.integers()), max_size=4),
     order=st.randoms(use_true_random=False),
 )
-def test_DPOP_07_the_flat_jwk_memo_decides_as_the_canonical_path(base: dict[str, Any], extra: dict[str, Any], order: Any) -> None:
+def test_DPOP_07_the_flat_jwk_memo_decides_as_the_canonical_path(
+    base: dict[str, Any], extra: dict[str, Any], order: Any
+) -> None:
     """Memoising a proof's ``jwk`` by its members (no serialising) accepts, refuses and thumbprints
     exactly as parsing its canonical JSON does, in any member order and for members the memo
     does not take (non-strings, escapes, oversized)."""
