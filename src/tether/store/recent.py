@@ -15,6 +15,7 @@ store is trusted more for it: these are the records this process hashed itself.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 
 from tether.audit.chain import AuditRecord
@@ -26,19 +27,27 @@ SIZE = 16_384
 
 
 class RecentAudit:
-    """Records by ``seq``, the oldest dropped past ``size``."""
+    """Records by ``seq``, the oldest dropped past ``size``.
+
+    The order of arrival is a deque beside the dict: evicting with ``del d[next(iter(d))]``
+    scanned every slot the dict had already deleted (until its next resize), thousands per
+    ``add`` once full.
+    """
 
     def __init__(self, size: int = SIZE) -> None:
         self._size = size
         self._records: dict[int, AuditRecord] = {}
+        self._order: deque[int] = deque()  # the keys of ``_records``, oldest first
 
     def add(self, records: Iterable[AuditRecord]) -> None:
         """Remember records whose transaction has committed."""
-        kept = self._records
+        kept, order = self._records, self._order
         for record in records:
+            if record.seq not in kept:
+                order.append(record.seq)
             kept[record.seq] = record
-        while len(kept) > self._size:
-            del kept[next(iter(kept))]
+        while len(order) > self._size:
+            del kept[order.popleft()]
 
     def run(self, *, after: int, limit: int) -> list[AuditRecord]:
         """The records ``after + 1``, ``after + 2``, … held here, up to ``limit``; empty at the first gap."""
