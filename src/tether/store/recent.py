@@ -11,6 +11,9 @@ PostgreSQL's ``audit_head`` row, locked until commit): a record is added only on
 transaction committed, so a run starting at ``after + 1`` is exactly what the store would
 return, and a record missing here is read from the store as before. Nothing read from the
 store is trusted more for it: these are the records this process hashed itself.
+
+Only what the reader has not read yet is kept: nothing until it first reads (a process whose
+monitor is off keeps nothing), then the records after its last position, at most ``SIZE``.
 """
 
 from __future__ import annotations
@@ -20,27 +23,31 @@ from collections.abc import Iterable
 
 from tether.audit.chain import AuditRecord
 
-__all__ = ["RecentAudit"]
+__all__ = ["SIZE", "RecentAudit"]
 
-#: about a minute of one busy process's records; older ones are read from the store
-SIZE = 16_384
+#: a few seconds of one busy process's records between two polls (about 3 KB each); beyond
+#: that the oldest are dropped and read from the store
+SIZE = 4096
 
 
 class RecentAudit:
-    """Records by ``seq``, the oldest dropped past ``size``.
+    """Records by ``seq`` for one reader that moves forward (``run``).
 
-    The order of arrival is a deque beside the dict: evicting with ``del d[next(iter(d))]``
-    scanned every slot the dict had already deleted (until its next resize), thousands per
-    ``add`` once full.
+    The order of arrival is a deque beside the dict, so dropping the oldest never scans the
+    dict: ``del d[next(iter(d))]`` walks every slot the dict already deleted until it resizes
+    (thousands per call once full — found in review).
     """
 
     def __init__(self, size: int = SIZE) -> None:
         self._size = size
         self._records: dict[int, AuditRecord] = {}
         self._order: deque[int] = deque()  # the keys of ``_records``, oldest first
+        self._reading = False
 
     def add(self, records: Iterable[AuditRecord]) -> None:
-        """Remember records whose transaction has committed."""
+        """Remember records whose transaction has committed (once a reader has asked for any)."""
+        if not self._reading:
+            return
         kept, order = self._records, self._order
         for record in records:
             if record.seq not in kept:
@@ -50,9 +57,13 @@ class RecentAudit:
             del kept[order.popleft()]
 
     def run(self, *, after: int, limit: int) -> list[AuditRecord]:
-        """The records ``after + 1``, ``after + 2``, … held here, up to ``limit``; empty at the first gap."""
+        """The records ``after + 1``, ``after + 2``, … held here, up to ``limit``; empty at the first
+        gap. What is at or before ``after`` is dropped: the reader has it."""
+        self._reading = True
+        kept, order = self._records, self._order
+        while order and order[0] <= after:
+            del kept[order.popleft()]
         found: list[AuditRecord] = []
-        kept = self._records
         seq = after + 1
         while len(found) < limit and (record := kept.get(seq)) is not None:
             found.append(record)

@@ -13,6 +13,7 @@ process claimed and died holding, while other replicas honour it for ``CLAIM_SEC
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Mapping
 from dataclasses import replace
@@ -127,8 +128,8 @@ class AuditCheckpoints:
     def _observe(self, record: AuditMark, *, adopt: bool = True) -> None:
         self._cursor, self._head = record.seq, (record.seq, record.hash)
         self._known[record.seq] = record.hash
-        if len(self._known) > LOOKBACK:
-            del self._known[next(iter(self._known))]
+        if len(self._known) > LOOKBACK + _TRIM:
+            _drop_oldest(self._known, len(self._known) - LOOKBACK)
         if record.kind == CHECKPOINT_KIND:
             self._last, self._kid, self._since, self._pending = record.seq, _kid_of(record), record.ts, 0
             self._last_hash = record.hash
@@ -152,8 +153,7 @@ class AuditCheckpoints:
 
     def _trust(self, seq: int, digest: str) -> None:
         self._trusted = (seq, digest)
-        while self._known and next(iter(self._known)) < seq:
-            del self._known[next(iter(self._known))]
+        _drop_oldest(self._known, sum(1 for _ in itertools.takewhile(lambda known: known < seq, self._known)))
         self._known[seq] = digest
 
     async def _anchor(self, store: Store, mark: AuditMark) -> bool:
@@ -336,3 +336,14 @@ class AuditCheckpoints:
         self._trust(seq, digest)
         await self._save(record, (seq, digest))
         return record
+
+
+#: how far ``_known`` may grow past ``LOOKBACK`` before its oldest are dropped, in one pass
+_TRIM = 1024
+
+
+def _drop_oldest(known: dict[int, str], count: int) -> None:
+    """Drop the ``count`` oldest entries, finding them in one pass: ``del d[next(iter(d))]`` in a
+    loop walks every slot already deleted on each call (quadratic until the dict resizes)."""
+    for seq in list(itertools.islice(known, count)):
+        del known[seq]
