@@ -15,12 +15,15 @@ import http.client
 import json
 import os
 import socket
+import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
+from tether.bench.calibrate import Sampler, reference_seconds, scaled
 from tether.bench.harness import Load
 from tether.bench.peer import RESOURCE, OidcProvider, PeerUnavailable, install_peer, oidc_provider
 from tether.bench.versus import Phase, _rows, spread
@@ -100,3 +103,42 @@ def test_rows_pair_each_side_with_its_peer_round_by_round() -> None:
     assert hop.notes["round_ratios"] == [1.5, 1.6, 1.0]
     assert hop.notes["cpu_per_req_ratio"] == pytest.approx(round((1.6 / 2000) / (1.0 / 3000), 2))
     assert session.ratio == pytest.approx(1.5) and pkjwt.value == 600
+
+
+def test_rows_scale_each_rounds_cpu_to_the_fastest_reference_of_the_run() -> None:
+    """A round run while the host made core 0 slower (its reference work took longer) is scaled
+    back: here the peer's second round took twice the CPU only because the core was half as fast."""
+
+    def timed(ok: int, cpu: float, reference: float) -> Phase:
+        return replace(_phase(ok, 2.0, cpu, cpu), reference_s=reference)
+
+    phases = {
+        "hop": [timed(2000, 1.0, 0.001)] * 3,
+        "plain": [timed(2000, 1.5, 0.001), timed(2000, 3.0, 0.002), timed(2000, 1.5, 0.001)],
+        "session": [timed(1000, 1.0, 0.002)] * 3,
+        "pkjwt": [timed(1000, 1.0, 0.001)] * 3,
+    }
+    plain, hop, pkjwt, session = _rows(phases)
+    assert plain.notes["cpu_us_per_req"] == [750, 1500, 750]
+    assert plain.notes["cpu_us_per_req_scaled"] == [750, 750, 750]
+    assert plain.notes["reference_us"] == [1000, 2000, 1000]
+    assert hop.notes["cpu_per_req_ratio_scaled"] == pytest.approx(1.5)
+    assert pkjwt.notes["cpu_us_per_req_scaled"] == [1000, 1000, 1000]
+    assert session.notes["cpu_us_per_req_scaled"] == [500, 500, 500], "its rounds all ran on a core half as fast"
+    assert session.notes["cpu_per_req_ratio"] == pytest.approx(1.0) and session.notes["cpu_per_req_ratio_scaled"] == 2.0
+
+
+def test_scaling_without_a_reference_leaves_the_figure_as_measured() -> None:
+    assert scaled(800.0, float("nan"), 0.001) == 800.0
+    assert scaled(800.0, 0.002, float("nan")) == 800.0
+    assert scaled(800.0, 0.002, 0.001) == pytest.approx(400.0)
+
+
+def test_the_reference_is_timed_on_the_core_asked_for_and_the_caller_keeps_its_cores() -> None:
+    before = os.sched_getaffinity(0)
+    seconds = reference_seconds(0, repeat=1)
+    assert 0 < seconds < 5 and os.sched_getaffinity(0) == before
+    with Sampler(0, interval=0.01) as sampler:
+        while len(sampler.samples) < 3:
+            time.sleep(0.01)
+    assert sampler.median > 0 and sampler._thread.is_alive() is False

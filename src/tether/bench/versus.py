@@ -22,6 +22,7 @@ process on it).
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import httpx
 
+from tether.bench.calibrate import Sampler, scaled
 from tether.bench.chaos import QUIET_MONITOR
 from tether.bench.exchange import AGENT, AUD_B, AUD_C, RESOURCES, fresh_jwt_requests, hop_requests, setup_task
 from tether.bench.harness import (
@@ -58,6 +60,8 @@ class Phase:
     load: Load
     server_cpu_s: float
     core_busy_s: float
+    #: the median time of the reference work on core 0 during the phase (``bench.calibrate``)
+    reference_s: float = float("nan")
 
     @property
     def throughput(self) -> float:
@@ -80,8 +84,9 @@ class Phase:
 
 def measure(pid: int, url: str, requests: list[bytes], duration: float) -> Phase:
     """One saturating phase against ``url``; the server's and core 0's CPU seconds in its window."""
-    raw = run_loadgen(url, requests, concurrency=CONCURRENCY, duration=duration, watch={"pid": pid, "core": 0})
-    return Phase(summarise(raw), float(raw["server_cpu"]), float(raw["core_busy"]))
+    with Sampler(0) as reference:
+        raw = run_loadgen(url, requests, concurrency=CONCURRENCY, duration=duration, watch={"pid": pid, "core": 0})
+    return Phase(summarise(raw), float(raw["server_cpu"]), float(raw["core_busy"]), reference.median)
 
 
 def spread(values: list[float]) -> float:
@@ -138,7 +143,17 @@ def _warm_up(ours: _Tether, op: OidcProvider) -> None:
         run_loadgen(url, requests, concurrency=CONCURRENCY, duration=_WARMUP_SECONDS)
 
 
-def _row(name: str, runs: list[Phase], floor: float | None = None, floor_unit: str = "", target: str = "") -> Row:
+def _scaled_cpu(phase: Phase, fastest: float) -> float:
+    return scaled(phase.cpu_us_per_request, phase.reference_s, fastest)
+
+
+def _cpu(phase: Phase, fastest: float, scale: bool) -> float:
+    return _scaled_cpu(phase, fastest) if scale else phase.cpu_us_per_request
+
+
+def _row(
+    name: str, runs: list[Phase], fastest: float, floor: float | None = None, floor_unit: str = "", target: str = ""
+) -> Row:
     rates = [p.throughput for p in runs]
     middle = sorted(runs, key=lambda p: p.throughput)[(len(runs) - 1) // 2]
     return Row(
@@ -154,6 +169,8 @@ def _row(name: str, runs: list[Phase], floor: float | None = None, floor_unit: s
             "p50_ms": round(middle.load.p50_ms, 2),
             "p99_ms": round(middle.load.p99_ms, 2),
             "cpu_us_per_req": [round(p.cpu_us_per_request) for p in runs],
+            "cpu_us_per_req_scaled": [round(_scaled_cpu(p, fastest)) for p in runs],
+            "reference_us": [round(p.reference_s * 1e6) if not math.isnan(p.reference_s) else None for p in runs],
             "server_share_of_core": [round(p.server_share, 2) for p in runs],
             "others_share_of_core": [round(p.others_share, 2) for p in runs],
             "errors": sum(p.load.errors + p.load.refused for p in runs),
@@ -163,15 +180,19 @@ def _row(name: str, runs: list[Phase], floor: float | None = None, floor_unit: s
 
 def _rows(phases: dict[str, list[Phase]]) -> list[Row]:
     version = peer_version()
-    plain = _row(f"oidc-provider {version}: client_credentials + DPoP, client_secret_basic (1 core)", phases["plain"])
-    pkjwt = _row(f"oidc-provider {version}: client_credentials + DPoP, private_key_jwt (1 core)", phases["pkjwt"])
-    hop = _row("tether hop exchange (session → hop) + DPoP (1 core)", phases["hop"], plain.value,
+    references = [p.reference_s for runs in phases.values() for p in runs if not math.isnan(p.reference_s)]
+    fastest = min(references) if references else float("nan")
+    plain = _row(f"oidc-provider {version}: client_credentials + DPoP, client_secret_basic (1 core)", phases["plain"],
+                 fastest)  # fmt: skip
+    pkjwt = _row(f"oidc-provider {version}: client_credentials + DPoP, private_key_jwt (1 core)", phases["pkjwt"], fastest)
+    hop = _row("tether hop exchange (session → hop) + DPoP (1 core)", phases["hop"], fastest, plain.value,
                "req/s peer plain", "≥ 1.5× the peer")  # fmt: skip
-    session = _row("tether session exchange (JWT-SVID → session) + DPoP (1 core)", phases["session"], pkjwt.value,
-                   "req/s peer private_key_jwt", "≥ 1.5× the peer")  # fmt: skip
+    session = _row("tether session exchange (JWT-SVID → session) + DPoP (1 core)", phases["session"], fastest,
+                   pkjwt.value, "req/s peer private_key_jwt", "≥ 1.5× the peer")  # fmt: skip
     for ours, key, peer_key in ((hop, "hop", "plain"), (session, "session", "pkjwt")):
         paired = [a.throughput / b.throughput for a, b in zip(phases[key], phases[peer_key], strict=True) if b.throughput]
         ours.notes["round_ratios"] = [round(r, 2) for r in paired]
-        theirs_cpu = statistics.median(p.cpu_us_per_request for p in phases[peer_key])
-        ours.notes["cpu_per_req_ratio"] = round(theirs_cpu / statistics.median(p.cpu_us_per_request for p in phases[key]), 2)
+        for note, scale in (("cpu_per_req_ratio", False), ("cpu_per_req_ratio_scaled", True)):
+            theirs = statistics.median(_cpu(p, fastest, scale) for p in phases[peer_key])
+            ours.notes[note] = round(theirs / statistics.median(_cpu(p, fastest, scale) for p in phases[key]), 2)
     return [plain, hop, pkjwt, session]

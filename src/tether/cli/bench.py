@@ -119,11 +119,13 @@ def _peer(duration: float, rounds: int, as_json: bool) -> None:
         return
     table = Table(title=f"tether bench --peer ({rounds} interleaved rounds, median)", title_justify="left")
     columns = ("server (pinned to core 0, c=16)", "req/s", "rounds", "spread", "p50 · p99", "CPU µs/req",
-               "core 0: server / others", "vs peer")  # fmt: skip
+               "at core 0's best speed", "core 0: server / others", "vs peer: req/s (CPU · scaled CPU)")  # fmt: skip
     for column in columns:
         table.add_column(column)
     for r in rows:
-        versus = f"{r.ratio:.2f}× (CPU {r.notes['cpu_per_req_ratio']:.2f}×)" if r.ratio is not None else "-"
+        versus = "-"
+        if r.ratio is not None:
+            versus = f"{r.ratio:.2f}× ({r.notes['cpu_per_req_ratio']:.2f}× · {r.notes['cpu_per_req_ratio_scaled']:.2f}×)"
         table.add_row(
             r.name,
             _figure(r.value, ""),
@@ -131,6 +133,7 @@ def _peer(duration: float, rounds: int, as_json: bool) -> None:
             f"{r.notes['spread_pct']} %",
             f"{r.notes['p50_ms']} · {r.notes['p99_ms']} ms",
             " / ".join(str(v) for v in r.notes["cpu_us_per_req"]),
+            " / ".join(str(v) for v in r.notes["cpu_us_per_req_scaled"]),
             " · ".join(
                 f"{a:.0%}/{b:.0%}"
                 for a, b in zip(r.notes["server_share_of_core"], r.notes["others_share_of_core"], strict=True)
@@ -141,6 +144,8 @@ def _peer(duration: float, rounds: int, as_json: bool) -> None:
     failed = sum(r.notes["errors"] for r in rows)
     if failed:
         console.print(styled((f"{failed} answers were not 200: the figures count only the 200s", "yellow")))
+    console.print(styled(("scaled: each round's CPU per request times the fastest round's reference work on core 0 "
+                          "over its own (tether.bench.calibrate) — the host's speed moved between rounds", "dim")))  # fmt: skip
     shared = max(max(r.notes["others_share_of_core"]) for r in rows)
     if shared > 0.05:
         console.print(styled((f"core 0 was shared: other processes took up to {shared:.0%} of it in a round; "
