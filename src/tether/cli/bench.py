@@ -58,7 +58,7 @@ def _print(rows: list[Row], as_json: bool) -> None:
         for r in rows
     ):
         table.add_row(*(c if c is not None else "-" for c in cells))
-    PlainConsole(highlight=False, width=max(console.width, 190)).print(table)
+    PlainConsole(highlight=False, width=max(console.width, 250)).print(table)
 
 
 @app.callback(invoke_without_command=True)
@@ -140,7 +140,7 @@ def _peer(duration: float, rounds: int, as_json: bool) -> None:
             ),
             versus,
         )
-    PlainConsole(highlight=False, width=max(console.width, 190)).print(table)
+    PlainConsole(highlight=False, width=max(console.width, 250)).print(table)
     failed = sum(r.notes["errors"] for r in rows)
     if failed:
         console.print(styled((f"{failed} answers were not 200: the figures count only the 200s", "yellow")))
