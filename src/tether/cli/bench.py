@@ -58,7 +58,7 @@ def _print(rows: list[Row], as_json: bool) -> None:
         for r in rows
     ):
         table.add_row(*(c if c is not None else "-" for c in cells))
-    PlainConsole(highlight=False, width=max(console.width, 250)).print(table)
+    PlainConsole(highlight=False, width=max(console.width, 190)).print(table)
 
 
 @app.callback(invoke_without_command=True)
