@@ -139,7 +139,7 @@ def _jwk_and_thumbprint(jwk: object) -> tuple[PublicKey, str]:
     if len(jwk) <= _MEMO_FLAT_MEMBERS and all(_plain(k) and _plain(v) for k, v in jwk.items()):
         items = tuple(sorted(jwk.items()))
         if sum(len(k) + len(v) for k, v in items) <= _MEMO_FLAT_CHARS:
-            return _parse_flat_jwk(items)
+            return _parse_public_jwk(_parse_flat_jwk(items))
     try:
         canonical = json.dumps(jwk, sort_keys=True, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
@@ -154,7 +154,7 @@ def _jwk_and_thumbprint(jwk: object) -> tuple[PublicKey, str]:
 _MEMO_JWK_LENGTH = 1200
 #: flat JWKs (printable ASCII string members only) memoised by their members: at most this
 #: many, this long — their canonical JSON stays under ``_MEMO_JWK_LENGTH`` (escaping a ``"`` or
-#: ``\\`` doubles it, six members add 38 characters), so both memos hold the same keys
+#: ``\\`` doubles it, six members add 38 characters), so ``_parse_public_jwk`` memoises them too
 _MEMO_FLAT_MEMBERS = 6
 _MEMO_FLAT_CHARS = 500
 
@@ -164,10 +164,15 @@ def _plain(value: object) -> bool:
 
 
 @functools.lru_cache(maxsize=2048)
-def _parse_flat_jwk(items: tuple[tuple[str, str], ...]) -> tuple[PublicKey, str]:
-    """``_parse_public_jwk`` of the JWK with these members: the same members always have the
-    same canonical JSON, so this only saves serialising it on every proof."""
-    return _parse_public_jwk(json.dumps(dict(items), sort_keys=True, separators=(",", ":")))
+def _parse_flat_jwk(items: tuple[tuple[str, str], ...]) -> str:
+    """The canonical JSON of the JWK with these members once ``_parse_public_jwk`` has accepted
+    it (refusals raise and are not cached): the same members always have the same canonical
+    JSON, so this only saves serialising it on every proof. It keeps the string, not the key:
+    parsed keys live in ``_parse_public_jwk`` alone, so however the two memos' contents drift
+    apart, no more keys are held than that memo's bound."""
+    canonical = json.dumps(dict(items), sort_keys=True, separators=(",", ":"))
+    _parse_public_jwk(canonical)
+    return canonical
 
 
 @functools.lru_cache(maxsize=2048)
