@@ -21,7 +21,7 @@ import pytest
 from cli_support import serving, tether
 
 from helpers import free_port
-from tether.cli.workers import claim_port
+from tether.cli.workers import STEADY_SECONDS, claim_port, restart_delay
 
 LISTEN, ESTABLISHED = "0A", "01"
 
@@ -178,6 +178,27 @@ def test_a_restarted_worker_serves_the_configuration_the_server_started_with(tem
         _serving_workers(url, port, proc.pid, 2, besides=frozenset({victim}))
         answered = _issuers(url, 48)
     assert answered == {issuer: 48}, f"the workers answered with: {dict(answered)}"
+    # it had served for seconds, not a steady minute: its replacement waited (restart_delay)
+    assert f"worker {victim} ended (exit -9): starting another in 1 s" in (tmp_path / "serve.log").read_text()
+
+
+@pytest.mark.parametrize(
+    ("previous", "lived", "delay"),
+    [
+        (0.0, STEADY_SECONDS, 0.0),  # served a steady minute: replaced at once
+        (30.0, STEADY_SECONDS + 1, 0.0),  # and the crash loop it came out of is forgotten
+        (0.0, 0.1, 1.0),  # ended right after it started: the first wait
+        (0.0, STEADY_SECONDS - 0.1, 1.0),
+        (1.0, 0.1, 2.0),
+        (2.0, 5.0, 4.0),
+        (16.0, 0.1, 30.0),  # doubling, capped
+        (30.0, 0.1, 30.0),
+    ],
+)
+def test_a_worker_that_keeps_ending_soon_after_it_started_is_replaced_ever_later(
+    previous: float, lived: float, delay: float
+) -> None:
+    assert restart_delay(previous, lived) == delay
 
 
 def test_the_port_stays_claimed_while_every_worker_restarts(template: Path, tmp_path: Path) -> None:

@@ -20,8 +20,9 @@ Each worker runs exactly what one ``tether serve`` process runs, with the config
 parent loaded and checked: a replacement started after ``tether.toml`` was edited serves what
 the others serve, never the edited file. The parent starts them, starts a new one when one
 ends after it started, stops all of them on SIGINT/SIGTERM, and stops (exit 1) when one cannot
-start at all: a broken store fails the same way on every restart. A worker whose parent is
-gone stops itself.
+start at all: a broken store fails the same way on every restart. A worker that keeps ending
+soon after it started is replaced after 1, 2, 4 … 30 seconds (``restart_delay``): a crash
+loop must not spend the machine on start-ups. A worker whose parent is gone stops itself.
 """
 
 from __future__ import annotations
@@ -37,9 +38,12 @@ from collections.abc import Callable
 from multiprocessing.connection import wait
 from typing import Any
 
-__all__ = ["BACKLOG", "claim_port", "listen_sockets", "reuse_port_socket", "run_workers"]
+__all__ = ["BACKLOG", "claim_port", "listen_sockets", "restart_delay", "reuse_port_socket", "run_workers"]
 
 _STOP_SECONDS = 10.0
+#: a worker that served this long before it ended is replaced at once
+STEADY_SECONDS = 60.0
+_FIRST_DELAY, _MAX_DELAY = 1.0, 30.0
 #: each listening socket's queue of connections not yet accepted (uvicorn's default)
 BACKLOG = 2048
 
@@ -101,6 +105,14 @@ def _stop_with_parent() -> None:
     threading.Thread(target=watch, name="tether-parent-watch", daemon=True).start()
 
 
+def restart_delay(previous: float, lived: float) -> float:
+    """Seconds to wait before replacing a worker that ran ``lived`` seconds, the wait before its
+    own start having been ``previous``: none after a steady run, else 1 s, then doubling to 30 s."""
+    if lived >= STEADY_SECONDS:
+        return 0.0
+    return min(_MAX_DELAY, max(_FIRST_DELAY, previous * 2))
+
+
 def _child(target: Callable[..., None], args: tuple[Any, ...], started: Any) -> None:
     _stop_with_parent()
     target(*args, started)
@@ -129,20 +141,36 @@ def run_workers(sockets: list[socket.socket], target: Callable[..., None], args:
         return process, started
 
     workers = [start(sock) for sock in sockets]
+    began = [time.monotonic()] * len(workers)
+    delays = [0.0] * len(workers)  # the wait before each slot's current worker started
+    due: dict[int, float] = {}  # slots whose replacement waits, and until when
     code = 0
     try:
         while not stopping:
-            wait([process.sentinel for process, _ in workers], timeout=0.5)
+            now = time.monotonic()
+            timeout = min([0.5, *(max(0.0, at - now) for at in due.values())])
+            wait([process.sentinel for i, (process, _) in enumerate(workers) if i not in due], timeout=timeout)
             for i, (process, started) in enumerate(workers):
-                if process.is_alive() or stopping:
+                now = time.monotonic()
+                if stopping or (i not in due and process.is_alive()):
+                    continue
+                if i in due:
+                    if now >= due[i]:
+                        del due[i]
+                        workers[i], began[i] = start(sockets[i]), now
                     continue
                 if not started.is_set():
                     print(f"worker {process.pid} did not start (exit {process.exitcode}): stopping", file=sys.stderr)
                     stopping.append(0)
                     code = 1
                     break
-                print(f"worker {process.pid} ended (exit {process.exitcode}): starting another", file=sys.stderr)
-                workers[i] = start(sockets[i])
+                delays[i] = restart_delay(delays[i], now - began[i])
+                print(f"worker {process.pid} ended (exit {process.exitcode}): starting another"
+                      + (f" in {delays[i]:.0f} s" if delays[i] else ""), file=sys.stderr)  # fmt: skip
+                if delays[i]:
+                    due[i] = now + delays[i]
+                else:
+                    workers[i], began[i] = start(sockets[i]), now
     finally:
         # the parent's copies first: a listening socket closes when its worker stops listening, so new
         # connections are refused (or go to a worker still serving) instead of waiting in its backlog
