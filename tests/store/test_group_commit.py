@@ -197,3 +197,27 @@ def test_postgres_issuances_queued_while_a_batch_commits_go_into_the_next(tmp_pa
         assert await chain_ok(store) == 1 + 140
 
     run("postgres", tmp_path, body)
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_postgres_batches_issue_for_at_most_max_batch_tasks_tasks_each(tmp_path: Path) -> None:
+    """Each task in a batch takes a shared advisory lock, a slot of PostgreSQL's lock table:
+    issuances for more tasks than ``MAX_BATCH_TASKS`` arriving together take more transactions."""
+    from tether.store.postgres.issue import MAX_BATCH_TASKS
+
+    async def body(store: Store) -> None:
+        tasks = [task() for _ in range(MAX_BATCH_TASKS + 6)]
+        for t in tasks:
+            await store.create_task(t, EVENT)
+        taken = _count_transactions(store)
+        calls = [store.issue_token(token(t.id), now=NOW, spends=[], audit=EVENT) for t in tasks]
+        calls += [store.issue_token(token(tasks[0].id), now=NOW, spends=[], audit=EVENT) for _ in range(3)]
+        assert await asyncio.gather(*calls) == [None] * (len(tasks) + 3)
+        assert taken == [2], "64 tasks in the first transaction (the repeats of the first task with them), 6 in the next"
+        for t in tasks:
+            stored = await store.get_task(t.id)
+            assert stored is not None and stored.tokens_issued == (4 if t is tasks[0] else 1)
+        assert await chain_ok(store) == len(tasks) + len(tasks) + 3
+
+    run("postgres", tmp_path, body)

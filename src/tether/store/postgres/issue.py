@@ -50,7 +50,7 @@ from tether.store.protocol import Issuance
 from tether.store.rows import AUDIT_COLUMNS, TASK_COLUMNS, TOKEN_COLUMNS, audit_values, block_names, task_from_row
 from tether.store.rows import token_values as _token_values
 
-__all__ = ["BLOCKS_LOCK", "MAX_BATCH", "TASK_LOCKS", "IssueQueue", "task_key"]
+__all__ = ["BLOCKS_LOCK", "MAX_BATCH", "MAX_BATCH_TASKS", "TASK_LOCKS", "IssueQueue", "task_key"]
 
 Conn = psycopg.AsyncConnection[Any]
 Connect = Callable[[], contextlib.AbstractAsyncContextManager[Conn]]
@@ -59,6 +59,10 @@ Connect = Callable[[], contextlib.AbstractAsyncContextManager[Conn]]
 TASK_LOCKS = 0x7E7E
 #: the most issuances one transaction writes; more wait for the next
 MAX_BATCH = 256
+#: the most tasks one transaction issues for: each takes a shared advisory lock, a slot of
+#: PostgreSQL's lock table (``max_locks_per_transaction``, 64 per connection by default, shared
+#: by all), so 256 tasks in one batch could leave other transactions "out of shared memory"
+MAX_BATCH_TASKS = 64
 #: the kill switch's advisory lock (``pg_advisory_xact_lock(int, int)``): a batch holds it shared
 #: from before it reads the blocks until its commit, ``Store.block`` exclusive from before it
 #: writes its block until its commit. A batch that read the blocks before a block committed
@@ -152,18 +156,24 @@ class IssueQueue:
                 self._draining = None
 
     def _take(self) -> list[_Queued]:
-        """The next batch: in arrival order, up to the limit, never two issuances spending one mark."""
+        """The next batch: in arrival order, up to the limit and ``MAX_BATCH_TASKS`` tasks, never
+        two issuances spending one mark."""
         batch: list[_Queued] = []
         later: list[_Queued] = []
         marks: set[str] = set()
+        tasks: set[str] = set()
         for queued in self._queue:
             if queued.future.done():  # its caller is gone: nothing to issue to
                 continue
             keys = {key for key, _ in queued.issuance.spends}
-            if len(batch) >= self._limit or not marks.isdisjoint(keys):
+            task = queued.issuance.token.task_id
+            new_task = task is not None and task not in tasks
+            if len(batch) >= self._limit or not marks.isdisjoint(keys) or (new_task and len(tasks) >= MAX_BATCH_TASKS):
                 later.append(queued)
                 continue
             marks |= keys
+            if task is not None:
+                tasks.add(task)
             batch.append(queued)
         self._queue = later
         return batch
