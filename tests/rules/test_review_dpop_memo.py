@@ -115,8 +115,7 @@ def _pad(chars: int, fill: str = "p") -> dict[str, str]:
         ({**_RSA, "alg": "PS256"}, True),  # an RSA-2048 public JWK is flat too
         ({**_RSA, "n": _RSA["n"][:-100]}, True),  # under 2048 bits
     ],
-    ids=repr,
-)
+)  # default ids (jwk0, jwk1, …): the keys are generated per process, and xdist's workers must collect the same names
 def test_the_flat_boundaries_decide_as_the_canonical_path(jwk: dict[str, Any], flat: bool) -> None:
     _clear()
     expected = _reference(jwk)
