@@ -156,13 +156,13 @@ _JSON = st.recursive(
     extra=st.dictionaries(_NAMES, _JSON | st.integers(0, 460).map(lambda n: "p" * n), max_size=3),
     order=st.randoms(use_true_random=False),
 )
-def test_every_parsable_jwk_is_decided_as_the_canonical_path_whatever_the_memos_hold(
+def test_DPOP_07_every_parsable_jwk_is_decided_as_the_canonical_path_whatever_the_memos_hold(
     base: dict[str, Any], dropped: set[str], extra: dict[str, Any], order: Any
 ) -> None:
-    """Wider than ``test_DPOP_07_the_flat_jwk_memo_decides_as_the_canonical_path``: every JSON type
-    the header parser yields (nested too), the member names a JWK gives meaning to and their case,
-    an RSA-2048 key (flat as well), members removed, sizes across the flat bound; and each JWK
-    asked again as a memo hit, and as a flat hit whose canonical entry has been evicted."""
+    """The flat memo decides as the canonical path for every JSON type the header parser yields
+    (nested too), the member names a JWK gives meaning to and their case, an RSA-2048 key (flat
+    as well), members removed, sizes across the flat bound; and each JWK asked again as a memo
+    hit, and as a flat hit whose canonical entry has been evicted."""
     members = [(k, v) for k, v in {**base, **extra}.items() if k not in dropped]
     order.shuffle(members)
     jwk = dict(members)
@@ -173,3 +173,15 @@ def test_every_parsable_jwk_is_decided_as_the_canonical_path_whatever_the_memos_
     _parse_public_jwk.cache_clear()
     assert _outcome(jwk) == expected
     _clear()
+
+
+def test_DPOP_07_the_flat_memo_takes_one_entry_per_key_and_never_a_refusal() -> None:
+    _parse_flat_jwk.cache_clear()
+    shuffled = dict(reversed(list(_P256.items())))
+    assert _outcome(_P256) == _outcome(shuffled) == ("ok", ECKey.import_key(_P256).thumbprint())
+    assert _parse_flat_jwk.cache_info().currsize == 1
+    for _ in range(3):
+        assert _outcome(_PRIVATE) == ("refused", "jwk contains private key material")
+    assert _parse_flat_jwk.cache_info().currsize == 1, "a refused jwk is not remembered"
+    padded = {**_P256, "x-pad": "p" * 600}  # over the flat bound: the canonical path decides
+    assert _outcome(padded)[0] == "ok" and _parse_flat_jwk.cache_info().currsize == 1

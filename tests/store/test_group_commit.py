@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from storekit import BACKENDS, EVENT, NOW, chain_ok, race, run, task, token
 
-from tether.model import TaskState
+from tether.model import Task, TaskState
 from tether.store.errors import AlreadySpent, Blocked, CapReached, ParentRevoked, Replayed, TaskNotActive
 from tether.store.protocol import Store
-from tether.store.records import BlockKind
+from tether.store.records import BlockKind, IssuedToken
 
 UNTIL = int(NOW) + 600
 
@@ -50,16 +50,22 @@ def _count_transactions(store: Store) -> list[int]:
     return taken
 
 
+async def _refusals_ahead(store: Store) -> tuple[Task, Task, IssuedToken]:
+    """A task with a cap of 3 and one token taken (then revoked), a completed task, a blocked subject."""
+    capped, ended = task(max_tokens=3), task()
+    await store.create_task(capped, EVENT)
+    await store.create_task(ended, EVENT)
+    revoked = token(capped.id)
+    await store.issue_token(revoked, now=NOW, spends=[], audit=EVENT)  # one of capped's 3
+    await store.revoke_tree(revoked.jti, now=NOW, audit=EVENT)
+    await store.end_task(ended.id, TaskState.COMPLETED, now=NOW, audit=EVENT)
+    await store.block(BlockKind.SUBJECT, "user:eve", now=NOW, audit=EVENT)
+    return capped, ended, revoked
+
+
 def test_a_batch_refuses_each_issuance_alone_and_commits_the_rest(kind: str, tmp_path: Path) -> None:
     async def body(store: Store) -> None:
-        capped, ended = task(max_tokens=3), task()
-        await store.create_task(capped, EVENT)
-        await store.create_task(ended, EVENT)
-        revoked = token(capped.id)
-        await store.issue_token(revoked, now=NOW, spends=[], audit=EVENT)  # one of capped's 3
-        await store.revoke_tree(revoked.jti, now=NOW, audit=EVENT)
-        await store.end_task(ended.id, TaskState.COMPLETED, now=NOW, audit=EVENT)
-        await store.block(BlockKind.SUBJECT, "user:eve", now=NOW, audit=EVENT)
+        capped, ended, revoked = await _refusals_ahead(store)
         assert await store.spend("used", until=UNTIL, now=NOW)
         before = await chain_ok(store)
         taken = _count_transactions(store) if kind == "postgres" else [1]
@@ -112,16 +118,9 @@ def test_a_batch_of_hops_refuses_each_alone_and_keeps_every_checked_proof_spent(
     its spent proof, and a replayed proof is refused before anything else (SECURITY DPOP-05)."""
 
     async def body(store: Store) -> None:
-        capped, ended = task(max_tokens=3), task()
-        await store.create_task(capped, EVENT)
-        await store.create_task(ended, EVENT)
+        capped, ended, revoked = await _refusals_ahead(store)
         parent = token(capped.id)
-        await store.issue_token(parent, now=NOW, spends=[], audit=EVENT)  # one of capped's 3
-        revoked = token(capped.id)
-        await store.issue_token(revoked, now=NOW, spends=[], audit=EVENT)  # two of 3
-        await store.revoke_tree(revoked.jti, now=NOW, audit=EVENT)
-        await store.end_task(ended.id, TaskState.COMPLETED, now=NOW, audit=EVENT)
-        await store.block(BlockKind.SUBJECT, "user:eve", now=NOW, audit=EVENT)
+        await store.issue_token(parent, now=NOW, spends=[], audit=EVENT)  # two of capped's 3
         assert await store.first_use("proof-used", until=UNTIL, now=NOW)
         before = await chain_ok(store)
 
