@@ -62,7 +62,7 @@ def reference_seconds(core: int, *, repeat: int = 3) -> float:
 
 
 class Sampler:
-    """Time the reference on ``core`` every ``interval`` seconds from a thread, until ``stop``."""
+    """Time the reference on ``core`` every ``interval`` seconds from a thread, while the ``with`` block runs."""
 
     def __init__(self, core: int, *, interval: float = 0.1) -> None:
         self.core, self.interval = core, interval
