@@ -11,14 +11,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["core_busy_seconds", "cpu_seconds"]
+__all__ = ["core_busy_seconds", "cpu_seconds", "processes"]
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) of ``pid`` and every live descendant (``--workers`` children), from /proc."""
+def processes() -> dict[int, tuple[str, int, float]]:
+    """Every process: its command name, its parent's pid and its CPU seconds (user + system), from /proc."""
     ticks = os.sysconf("SC_CLK_TCK")
-    parents: dict[int, int] = {}
-    times: dict[int, float] = {}
+    found: dict[int, tuple[str, int, float]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -27,13 +26,19 @@ def cpu_seconds(pid: int) -> float:
         except OSError:
             continue
         fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
-        parents[int(entry.name)] = int(fields[1])
-        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / ticks
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        found[int(entry.name)] = (name, int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of ``pid`` and every live descendant (``--workers`` children), from /proc."""
+    every = processes()
     total, todo = 0.0, [pid]
     while todo:
         current = todo.pop()
-        total += times.get(current, 0.0)
-        todo.extend(child for child, parent in parents.items() if parent == current)
+        total += every[current][2] if current in every else 0.0
+        todo.extend(child for child, (_, parent, _) in every.items() if parent == current)
     return total
 
 

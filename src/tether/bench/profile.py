@@ -28,7 +28,7 @@ import httpx
 import tether.features  # noqa: F401  (the feature tables are registered before a config is loaded)
 from tether.bench.exchange import RESOURCES
 from tether.bench.harness import bench_deployment, serve, tether_bin
-from tether.bench.versus import _Tether
+from tether.bench.versus import TetherRequests
 
 __all__ = ["COMPONENTS", "ComponentTime", "component_of", "profile_exchange"]
 
@@ -157,7 +157,7 @@ def profile_exchange(
         httpx.Client(trust_env=False, timeout=30) as http,
         serve([tether_bin(), "serve", "--config", str(d.config.path)], d.url) as sts,
     ):
-        ours = _Tether(d, http, sts.process.pid)
+        ours = TetherRequests(d, http, sts.process.pid)
         make: Callable[[int], list[bytes]] = ours.hop if kind == "hop" else ours.session_exchange
         warm, measured = make(500), make(requests)
     sts_app = build_sts(load_config(d.config.path)).app

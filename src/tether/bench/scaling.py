@@ -63,6 +63,7 @@ import httpx
 from tether.bench.exchange import AUD_B, AUD_C, RESOURCES, hop_requests, setup_task
 from tether.bench.harness import Deployment, Load, bench_deployment, cpu_seconds, serve, summarise, tether_bin
 from tether.bench.loadgen import run_load
+from tether.bench.procstat import processes
 from tether.bench.report import Row
 
 __all__ = ["Phase", "drive", "main", "scaling_rows", "worker_counters"]
@@ -96,17 +97,7 @@ class Reading:
 
 def _processes() -> dict[int, tuple[str, float]]:
     """Every process: its command name and CPU seconds (user + system)."""
-    out: dict[int, tuple[str, float]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        out[int(entry.name)] = (stat[stat.index("(") + 1 : stat.rindex(")")], (int(fields[11]) + int(fields[12])) / _TICKS)
-    return out
+    return {pid: (name, cpu) for pid, (name, _, cpu) in processes().items()}
 
 
 def _idle() -> dict[int, float]:

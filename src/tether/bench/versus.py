@@ -47,7 +47,7 @@ from tether.bench.report import Row
 from tether.urns import TOKEN_EXCHANGE
 from tether.urns import TOKEN_TYPE_JWT as JWT
 
-__all__ = ["Phase", "peer_rows", "spread"]
+__all__ = ["Phase", "TetherRequests", "peer_rows", "spread"]
 
 CONCURRENCY = 16
 _WARMUP_SECONDS = 2.0
@@ -95,7 +95,10 @@ def spread(values: list[float]) -> float:
     return (max(values) - min(values)) / middle if middle else float("nan")
 
 
-class _Tether:
+class TetherRequests:
+    """A task and session on a running STS, and prebuilt hop and session exchanges for it
+    (``--peer``'s load, and ``bench profile``'s in process)."""
+
     def __init__(self, d: Deployment, http: httpx.Client, pid: int) -> None:
         self.d, self.pid = d, pid
         self.agent, self.session, self.task = setup_task(d, http, [AUD_B, AUD_C])
@@ -121,7 +124,7 @@ def peer_rows(workdir: Path, *, duration: float, rounds: int, progress: Callable
         serve([tether_bin(), "serve", "--config", str(d.config.path)], d.url) as sts,
         oidc_provider(peer_dir) as op,
     ):
-        ours = _Tether(d, http, sts.process.pid)
+        ours = TetherRequests(d, http, sts.process.pid)
         _warm_up(ours, op)
         n_hop, n_peer = int(duration * 6000), int(duration * 4000)
         for i in range(rounds):
@@ -133,7 +136,7 @@ def peer_rows(workdir: Path, *, duration: float, rounds: int, progress: Callable
     return _rows(phases)
 
 
-def _warm_up(ours: _Tether, op: OidcProvider) -> None:
+def _warm_up(ours: TetherRequests, op: OidcProvider) -> None:
     for url, requests in (
         (ours.d.url, ours.hop(4000)),
         (op.url, op.plain_requests(3000)),
